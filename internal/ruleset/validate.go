@@ -1,0 +1,134 @@
+package ruleset
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Validate checks the structural invariants the datapath relies on. It
+// returns every problem found, joined, each naming the element at fault, so
+// a bad rule set is rejected whole with a useful message.
+func (rs *RuleSet) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if rs.Node == "" {
+		bad("node: empty node name")
+	}
+
+	rules := make(map[RuleID]bool, len(rs.Rules))
+	for i, r := range rs.Rules {
+		switch {
+		case r.ID == RuleDefaultDeny:
+			bad("rules[%d]: id 0 is reserved for the default deny", i)
+		case rules[r.ID]:
+			bad("rules[%d]: duplicate rule id %d", i, r.ID)
+		case r.Name == "":
+			bad("rules[%d]: rule id %d has no name", i, r.ID)
+		}
+		rules[r.ID] = true
+	}
+
+	endpoints := make(map[EndpointID]Endpoint, len(rs.Endpoints))
+	interfaces := make(map[string]EndpointID)
+	hostMode := EndpointID(0)
+	for i, e := range rs.Endpoints {
+		where := fmt.Sprintf("endpoints[%d] (workload %q)", i, e.Workload)
+		if e.ID == 0 {
+			bad("%s: endpoint id 0 is reserved", where)
+		}
+		if _, dup := endpoints[e.ID]; dup {
+			bad("%s: duplicate endpoint id %d", where, e.ID)
+		}
+		endpoints[e.ID] = e
+		if e.Workload == "" {
+			bad("%s: empty workload name", where)
+		}
+		if e.Identity <= IdentityWorld {
+			bad("%s: identity %d is reserved", where, e.Identity)
+		}
+		if e.Mode > ModeMonitor {
+			bad("%s: invalid mode %d", where, e.Mode)
+		}
+		if e.HostMode() {
+			if hostMode != 0 {
+				bad("%s: endpoints %d and %d are both in host mode; a node has one", where, hostMode, e.ID)
+			}
+			hostMode = e.ID
+			continue
+		}
+		if other, dup := interfaces[e.Interface]; dup {
+			bad("%s: interface %q already belongs to endpoint %d", where, e.Interface, other)
+		}
+		interfaces[e.Interface] = e.ID
+	}
+
+	identities := make(map[Identity]bool)
+	prefixes := make(map[string]bool, len(rs.IPCache))
+	for i, c := range rs.IPCache {
+		where := fmt.Sprintf("ipcache[%d]", i)
+		switch {
+		case !c.Prefix.IsValid():
+			bad("%s: invalid prefix", where)
+			continue
+		case c.Prefix.Addr().Is4In6():
+			bad("%s: %s is an IPv4-mapped IPv6 prefix; write it as IPv4", where, c.Prefix)
+		case c.Prefix != c.Prefix.Masked():
+			bad("%s: %s has host bits set (want %s)", where, c.Prefix, c.Prefix.Masked())
+		case c.Prefix.Addr().Zone() != "":
+			bad("%s: %s has a zone", where, c.Prefix)
+		}
+		if c.Identity == IdentityAny {
+			bad("%s: %s maps to identity 0, which is the wildcard", where, c.Prefix)
+		}
+		if prefixes[c.Prefix.String()] {
+			bad("%s: duplicate prefix %s", where, c.Prefix)
+		}
+		prefixes[c.Prefix.String()] = true
+		identities[c.Identity] = true
+	}
+	// The datapath tells an endpoint's own packets from spoofed (container
+	// mode) or forwarded (host mode) ones by the identity of the local
+	// address. An endpoint without addresses would drop everything, or in
+	// host mode let everything through unchecked: refuse it.
+	for _, e := range rs.Endpoints {
+		if e.Identity > IdentityWorld && !identities[e.Identity] {
+			bad("endpoint %d (workload %q): no ipcache prefix has its identity %d; its own addresses are needed to enforce it",
+				e.ID, e.Workload, e.Identity)
+		}
+	}
+
+	for i, e := range rs.Entries {
+		where := fmt.Sprintf("entries[%d]", i)
+		if _, ok := endpoints[e.Endpoint]; !ok {
+			bad("%s: unknown endpoint %d", where, e.Endpoint)
+		}
+		if e.Direction > Egress {
+			bad("%s: invalid direction %d", where, e.Direction)
+		}
+		if e.Verdict < VerdictAllowed || e.Verdict > VerdictWouldDeny {
+			bad("%s: invalid verdict %d", where, e.Verdict)
+		}
+		if e.Rule == RuleDefaultDeny {
+			bad("%s: rule id 0 is the default deny; entries name the rule they come from", where)
+		} else if !rules[e.Rule] {
+			bad("%s: rule id %d is not in the rule table", where, e.Rule)
+		}
+		if _, ok := protocolNames[e.Protocol]; !ok {
+			bad("%s: unsupported protocol %d", where, e.Protocol)
+		}
+		if !e.Protocol.HasPorts() && (e.Port != 0 || e.EndPort != 0) {
+			bad("%s: ports are only valid with TCP or UDP, not %s", where, e.Protocol)
+		}
+		if e.EndPort != 0 && (e.Port == 0 || e.EndPort < e.Port) {
+			bad("%s: endPort %d needs a port <= it (port is %d)", where, e.EndPort, e.Port)
+		}
+		if !e.Protocol.IsICMP() && (e.ICMPType != nil || e.ICMPCode != nil) {
+			bad("%s: ICMP type and code are only valid with ICMP or ICMPv6, not %s", where, e.Protocol)
+		}
+		if e.ICMPCode != nil && e.ICMPType == nil {
+			bad("%s: ICMP code without a type", where)
+		}
+	}
+	return errors.Join(errs...)
+}
