@@ -1,0 +1,81 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+)
+
+// maxNameLen bounds resource, rule and node names (a DNS subdomain's length).
+const maxNameLen = 253
+
+// checkName returns why s is not a valid resource, rule or node name, or
+// "". Names appear in "policy/rule" and in flow records, so '/' and white
+// space are out.
+func checkName(s string) string {
+	switch {
+	case s == "":
+		return "name is empty"
+	case len(s) > maxNameLen:
+		return fmt.Sprintf("name is longer than %d characters", maxNameLen)
+	case !isAlnum(s[0]):
+		return fmt.Sprintf("name %q must start with a letter or digit", s)
+	}
+	for _, c := range []byte(s) {
+		if !isAlnum(c) && c != '-' && c != '_' && c != '.' {
+			return fmt.Sprintf("name %q may only contain letters, digits, '-', '_' and '.'", s)
+		}
+	}
+	return ""
+}
+
+// checkLabelKey returns why k is not a valid label key, or "". Keys and
+// values exclude ',' and '=' so that Labels.String is unambiguous.
+func checkLabelKey(k string) string {
+	if k == "" {
+		return "label key is empty"
+	}
+	if len(k) > maxNameLen {
+		return fmt.Sprintf("label key is longer than %d characters", maxNameLen)
+	}
+	for _, c := range []byte(k) {
+		if !isAlnum(c) && !strings.ContainsRune("-_./:", rune(c)) {
+			return fmt.Sprintf("label key %q may only contain letters, digits, '-', '_', '.', '/' and ':'", k)
+		}
+	}
+	return ""
+}
+
+func checkLabelValue(v string) string {
+	if len(v) > maxNameLen {
+		return fmt.Sprintf("label value is longer than %d characters", maxNameLen)
+	}
+	for _, c := range []byte(v) {
+		if !isAlnum(c) && !strings.ContainsRune("-_./:", rune(c)) {
+			return fmt.Sprintf("label value %q may only contain letters, digits, '-', '_', '.', '/' and ':'", v)
+		}
+	}
+	return ""
+}
+
+// checkInterface returns why s is not a Linux interface name, or "".
+func checkInterface(s string) string {
+	const ifNameMax = 15 // IFNAMSIZ - 1
+	switch {
+	case s == "":
+		return "interface name is empty (omit the field for host mode)"
+	case len(s) > ifNameMax:
+		return fmt.Sprintf("interface name %q is longer than %d characters", s, ifNameMax)
+	case s == "." || s == "..":
+		return fmt.Sprintf("interface name %q is not valid", s)
+	}
+	for _, c := range []byte(s) {
+		if c <= ' ' || c == '/' || c == ':' || c >= 0x7f {
+			return fmt.Sprintf("interface name %q contains %q", s, c)
+		}
+	}
+	return ""
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
