@@ -7,7 +7,7 @@ BIN           ?= bin
 # bpf2go reads these (see agent/datapath/gen.go).
 export BPF2GO_CC     := clang-19
 export BPF2GO_STRIP  := llvm-strip-19
-export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu
+export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu
 
 # Test flags: -p 1 keeps privileged packages (netns, bpffs, tcx) from
 # competing for the two cores of CI machines; timeouts are generous so a slow

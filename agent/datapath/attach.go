@@ -1,0 +1,275 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// errInterfaceGone: the interface disappeared between lookup and attach.
+var errInterfaceGone = errors.New("interface vanished")
+
+// hook is one tcx attachment point.
+type hook struct {
+	ifindex uint32
+	egress  bool
+}
+
+func (h hook) String() string {
+	dir := "ingress"
+	if h.egress {
+		dir = "egress"
+	}
+	return fmt.Sprintf("tcx-%d-%s", h.ifindex, dir)
+}
+
+func (h hook) attachType() ebpf.AttachType {
+	if h.egress {
+		return ebpf.AttachTCXEgress
+	}
+	return ebpf.AttachTCXIngress
+}
+
+func (d *Datapath) pinPath(h hook) string {
+	return filepath.Join(d.cfg.BPFFSDir, linksDir, h.String())
+}
+
+func (d *Datapath) program(h hook) *ebpf.Program {
+	if h.egress {
+		return d.objs.EgTcEgress
+	}
+	return d.objs.EgTcIngress
+}
+
+func hooksOf(ifindex uint32) [2]hook {
+	return [2]hook{{ifindex, false}, {ifindex, true}}
+}
+
+func (d *Datapath) attached(ifindex uint32) bool {
+	_, in := d.links[hook{ifindex, false}]
+	_, out := d.links[hook{ifindex, true}]
+	return in && out
+}
+
+// attach puts both programs on an interface and pins the links, so they
+// outlive this process. Called with d.mu held.
+func (d *Datapath) attach(b binding) error {
+	for _, h := range hooksOf(b.ifindex) {
+		if _, ok := d.links[h]; ok {
+			continue
+		}
+		var l link.Link
+		err := inNetNS(d.netns(), func() error {
+			var err error
+			l, err = link.AttachTCX(link.TCXOptions{Interface: int(b.ifindex), Program: d.program(h), Attach: h.attachType()})
+			return err
+		})
+		if errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("attach to %s (ifindex %d): %w", b.ifname, b.ifindex, errInterfaceGone)
+		}
+		if err != nil {
+			return fmt.Errorf("attach to %s (ifindex %d): %w", b.ifname, b.ifindex, err)
+		}
+		path := d.pinPath(h)
+		_ = os.Remove(path) // a stale pin of a vanished interface with a reused index
+		if err := l.Pin(path); err != nil {
+			l.Close()
+			return fmt.Errorf("pin link %s: %w", path, err)
+		}
+		d.links[h] = l
+	}
+	d.log.Debug("attached", zap.String("interface", b.ifname), zap.Uint32("ifindex", b.ifindex))
+	return nil
+}
+
+// detach removes our programs from an interface. Called with d.mu held.
+func (d *Datapath) detach(ifindex uint32) {
+	for _, h := range hooksOf(ifindex) {
+		l, ok := d.links[h]
+		if !ok {
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			d.log.Warn("unpin link", zap.String("link", h.String()), zap.Error(err))
+		}
+		if err := l.Close(); err != nil {
+			d.log.Warn("close link", zap.String("link", h.String()), zap.Error(err))
+		}
+		delete(d.links, h)
+	}
+}
+
+// adoptLinks opens the links an earlier agent pinned. With switchNow, the
+// links are moved to our programs at once (BPF_LINK_UPDATE is atomic);
+// otherwise finishUpgrade does it after the first Apply.
+func (d *Datapath) adoptLinks(switchNow bool) error {
+	dir := filepath.Join(d.cfg.BPFFSDir, linksDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read pinned links: %w", err)
+	}
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("open pinned link %s: %w", path, err)
+		}
+		info, err := l.Info()
+		var tcx *link.TCXInfo
+		if err == nil {
+			tcx = info.TCX()
+		}
+		if tcx == nil || tcx.Ifindex == 0 {
+			// The interface is gone; the kernel already detached it.
+			d.log.Info("removing pin of a detached link", zap.String("pin", path))
+			_ = l.Unpin()
+			l.Close()
+			continue
+		}
+		h := hook{tcx.Ifindex, ebpf.AttachType(tcx.AttachType) == ebpf.AttachTCXEgress}
+		if switchNow {
+			if err := l.Update(d.program(h)); err != nil {
+				l.Close()
+				return fmt.Errorf("switch pinned link %s to the new programs: %w", path, err)
+			}
+		}
+		d.links[h] = l
+	}
+	return nil
+}
+
+// finishUpgrade completes an upgrade that replaced incompatible maps: once
+// the new maps hold a rule set, the adopted links switch to the new
+// programs and the new maps take over the pins. Called with d.mu held.
+func (d *Datapath) finishUpgrade() error {
+	if len(d.replaced) == 0 {
+		return nil
+	}
+	for h, l := range d.links {
+		if err := l.Update(d.program(h)); err != nil {
+			return fmt.Errorf("switch link %s to the new programs: %w", h, err)
+		}
+	}
+	byName := d.objs.mapsByName()
+	for _, name := range slices.Sorted(maps.Keys(d.replaced)) {
+		path := filepath.Join(d.cfg.BPFFSDir, name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("replace pin %s: %w", path, err)
+		}
+		if err := byName[name].Pin(path); err != nil {
+			return fmt.Errorf("pin %s: %w", path, err)
+		}
+		delete(d.replaced, name)
+	}
+	d.log.Info("upgrade finished: new maps pinned, links switched to the new programs")
+	return nil
+}
+
+// resolve binds the rule set's endpoints to interfaces present now.
+func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, error) {
+	var links []netlink.Link
+	err := inNetNS(d.netns(), func() error {
+		var err error
+		links, err = netlink.LinkList()
+		return err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	byName := make(map[string]netlink.Link, len(links))
+	for _, l := range links {
+		byName[l.Attrs().Name] = l
+	}
+	bind := func(l netlink.Link, ep ruleset.EndpointID) binding {
+		a := l.Attrs()
+		return binding{ifindex: uint32(a.Index), ifname: a.Name, endpoint: ep, l3: len(a.HardwareAddr) == 0}
+	}
+	bindings := make(map[uint32]binding)
+	var pending []string
+	containerIfaces := make(map[string]bool)
+	var host *ruleset.Endpoint
+	for i, e := range rs.Endpoints {
+		if e.HostMode() {
+			host = &rs.Endpoints[i]
+			continue
+		}
+		containerIfaces[e.Interface] = true
+		l, ok := byName[e.Interface]
+		if !ok {
+			pending = append(pending, e.Interface)
+			continue
+		}
+		bindings[uint32(l.Attrs().Index)] = bind(l, e.ID)
+	}
+	if host != nil {
+		for _, name := range d.hostInterfaces(links, containerIfaces) {
+			l, ok := byName[name]
+			if !ok {
+				pending = append(pending, name)
+				continue
+			}
+			bindings[uint32(l.Attrs().Index)] = bind(l, host.ID)
+		}
+	}
+	return bindings, pending, nil
+}
+
+// hostInterfaces lists the interfaces a host-mode endpoint is enforced on.
+func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]bool) []string {
+	if len(d.cfg.HostInterfaces) > 0 {
+		return slices.DeleteFunc(slices.Clone(d.cfg.HostInterfaces), func(n string) bool { return container[n] })
+	}
+	var out []string
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&unix.IFF_LOOPBACK != 0 || container[a.Name] {
+			continue
+		}
+		out = append(out, a.Name)
+	}
+	return out
+}
+
+// netns is the network namespace the datapath was opened in; every
+// interface operation happens there, whatever thread runs it.
+func (d *Datapath) netns() netns.NsHandle { return d.ns }
+
+// inNetNS runs f on an OS thread in ns. Interface indexes, netlink and tcx
+// attach all resolve in the calling thread's namespace, and Go may run a
+// goroutine on any thread.
+func inNetNS(ns netns.NsHandle, f func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cur, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("get network namespace: %w", err)
+	}
+	defer cur.Close()
+	if cur.Equal(ns) {
+		return f()
+	}
+	if err := netns.Set(ns); err != nil {
+		return fmt.Errorf("enter network namespace: %w", err)
+	}
+	ferr := f()
+	if err := netns.Set(cur); err != nil {
+		// This thread is in the wrong namespace now; keep it locked so
+		// the runtime throws it away instead of reusing it.
+		runtime.LockOSThread()
+		return errors.Join(ferr, fmt.Errorf("restore network namespace: %w", err))
+	}
+	return ferr
+}

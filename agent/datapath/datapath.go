@@ -1,0 +1,227 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// DefaultBPFFSDir is where an agent pins its objects unless told otherwise.
+const DefaultBPFFSDir = "/sys/fs/bpf/eastguard"
+
+// Timeouts are the conntrack lifetimes. Zero fields take the defaults.
+type Timeouts struct {
+	TCPSyn         time.Duration // until the first reply
+	TCPEstablished time.Duration // idle time of an established connection
+	TCPClose       time.Duration // after RST or FIN from both sides
+	Other          time.Duration // UDP, ICMP and everything else, idle
+	Fragment       time.Duration // first fragment's verdict, for the rest
+}
+
+// Config configures the datapath. Zero fields take the defaults.
+type Config struct {
+	// BPFFSDir is the pin directory; each agent on a machine has its own.
+	BPFFSDir string
+	// DefaultMode applies to interfaces that carry our programs but have
+	// no endpoint in the current rule set (being added or removed).
+	DefaultMode ruleset.Mode
+	// Limits caps the per-rule-set maps; a rule set that does not fit is
+	// refused whole.
+	Limits ruleset.Limits
+	// CTEntries is the conntrack capacity (LRU: the least recently used
+	// flow is evicted when full).
+	CTEntries uint32
+	// RingBufBytes is the flow event ring size, a power of two.
+	RingBufBytes uint32
+	// DenyEventsPerSecond and DenyEventsBurst rate-limit denied and
+	// would-deny events per CPU (a SYN flood must not drown the ring);
+	// suppressed events are counted. 0 per second means no limit.
+	DenyEventsPerSecond uint32
+	DenyEventsBurst     uint32
+	// EventsWakeupBytes batches reader wake-ups: the reader is woken when
+	// this much is queued (and polls on a timer below that). 0 wakes it
+	// for every event.
+	EventsWakeupBytes uint32
+	// KeepEstablished keeps established flows after a rule-set change
+	// instead of re-checking them against the new rules.
+	KeepEstablished bool
+	// NoFlowAccounting turns off per-flow packet and byte counts.
+	NoFlowAccounting bool
+	Timeouts         Timeouts
+	// HostInterfaces are the interfaces a host-mode endpoint is enforced
+	// on. Empty means every interface except loopback and the container
+	// endpoints' interfaces, including ones that appear later.
+	HostInterfaces []string
+	Logger         *zap.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.BPFFSDir == "" {
+		c.BPFFSDir = DefaultBPFFSDir
+	}
+	if c.Limits == (ruleset.Limits{}) {
+		c.Limits = ruleset.DefaultLimits()
+	}
+	if c.CTEntries == 0 {
+		c.CTEntries = 262144
+	}
+	if c.RingBufBytes == 0 {
+		c.RingBufBytes = 16 << 20
+	}
+	if c.DenyEventsPerSecond == 0 && c.DenyEventsBurst == 0 {
+		c.DenyEventsPerSecond, c.DenyEventsBurst = 2000, 500
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.Timeouts.TCPSyn, time.Minute)
+	def(&c.Timeouts.TCPEstablished, 6*time.Hour)
+	def(&c.Timeouts.TCPClose, 10*time.Second)
+	def(&c.Timeouts.Other, time.Minute)
+	def(&c.Timeouts.Fragment, 30*time.Second)
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+func seconds(d time.Duration) uint32 { return uint32(max(d/time.Second, 1)) }
+
+// Datapath owns the kernel objects of one agent. Its methods are safe for
+// concurrent use.
+type Datapath struct {
+	cfg  Config
+	log  *zap.Logger
+	spec *ebpf.CollectionSpec
+
+	ns   netns.NsHandle // the network namespace Open ran in
+
+	mu       sync.Mutex
+	objs     bpfObjects
+	replaced map[string]bool // pinned after the first Apply; see loaded
+	word     uint32               // generation word last written (eg_state)
+	gens     [2]*generation       // inner maps we built, by slot
+	current  *applied             // what the active generation holds
+	links    map[hook]link.Link   // our attachments
+	watch    *linkWatch
+	closed   bool
+	closeErr error
+}
+
+// Open loads the programs and maps, adopting whatever an earlier agent
+// pinned under cfg.BPFFSDir: pinned links are switched to the newly loaded
+// programs atomically, so enforcement has no gap across restarts and
+// upgrades. Nothing is attached to a new interface until Apply.
+func Open(cfg Config) (*Datapath, error) {
+	cfg.setDefaults()
+	log := cfg.Logger.With(zap.String("bpffs-dir", cfg.BPFFSDir))
+	if err := checkPrivileges(); err != nil {
+		return nil, err
+	}
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(cfg.BPFFSDir, log); err != nil {
+		return nil, err
+	}
+	spec, err := loadSpec(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("get network namespace: %w", err)
+	}
+	l, err := loadObjects(spec, cfg.BPFFSDir, log)
+	if err != nil {
+		ns.Close()
+		return nil, err
+	}
+	d := &Datapath{
+		ns:       ns,
+		cfg:      cfg,
+		log:      log,
+		spec:     spec,
+		objs:     l.objs,
+		replaced: l.replaced,
+		links:    make(map[hook]link.Link),
+	}
+	var g bpfEgGeneration
+	if err := d.objs.EgState.Lookup(uint32(0), &g); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("read eg_state: %w", err)
+	}
+	d.word = g.Word
+	if err := d.adoptLinks(len(l.replaced) == 0); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := d.startWatch(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	log.Info("datapath open",
+		zap.Uint32("generation", d.word>>1),
+		zap.Int("adopted-links", len(d.links)),
+		zap.Strings("new-maps", l.fresh),
+		zap.Int("replaced-maps", len(l.replaced)))
+	return d, nil
+}
+
+// Generation returns the number of the active rule-set generation (0: none
+// applied yet on this machine).
+func (d *Datapath) Generation() uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.word >> 1
+}
+
+// Close releases this process's handles. Enforcement stays in place: links
+// and maps are pinned. Close is idempotent.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return d.closeErr
+	}
+	d.closed = true
+	watch := d.watch
+	d.mu.Unlock()
+
+	var errs []error
+	if watch != nil {
+		watch.stop() // outside mu: the watcher takes it
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for h, l := range d.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close link %s: %w", h, err))
+		}
+	}
+	for _, g := range d.gens {
+		if g != nil {
+			errs = append(errs, g.close())
+		}
+	}
+	if err := d.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close eBPF objects: %w", err))
+	}
+	if err := d.ns.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close network namespace handle: %w", err))
+	}
+	d.closeErr = errors.Join(errs...)
+	return d.closeErr
+}
+
+// errClosed is returned by methods called after Close.
+var errClosed = errors.New("datapath is closed")

@@ -1,0 +1,10 @@
+// Package datapath owns the agent's kernel objects: it loads the eBPF
+// programs, attaches them with tcx, pins everything under a bpffs directory,
+// applies rule sets atomically, reads flow events and counters, and detaches.
+// It is the only package of Eastguard that touches the kernel; nothing else
+// holds an *ebpf.Map or *ebpf.Program.
+//
+// Fail-static: closing the package's handles never removes enforcement.
+// Programs stay attached through pinned tcx links, maps stay pinned, and a
+// later Open adopts them without a gap. Only Uninstall removes them.
+package datapath

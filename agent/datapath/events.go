@@ -1,0 +1,232 @@
+package datapath
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Reason says which path decided a flow event (enum eg_reason).
+type Reason uint8
+
+const (
+	ReasonPolicy      Reason = Reason(bpfEgReasonEG_REASON_POLICY)
+	ReasonNoEndpoint  Reason = Reason(bpfEgReasonEG_REASON_NO_ENDPOINT)
+	ReasonSpoofed     Reason = Reason(bpfEgReasonEG_REASON_SPOOFED)
+	ReasonFragment    Reason = Reason(bpfEgReasonEG_REASON_FRAGMENT)
+	ReasonRevalidated Reason = Reason(bpfEgReasonEG_REASON_REVALIDATED)
+	ReasonMalformed   Reason = Reason(bpfEgReasonEG_REASON_MALFORMED)
+)
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonPolicy:
+		return "policy"
+	case ReasonNoEndpoint:
+		return "no-endpoint"
+	case ReasonSpoofed:
+		return "spoofed"
+	case ReasonFragment:
+		return "fragment"
+	case ReasonRevalidated:
+		return "revalidated"
+	case ReasonMalformed:
+		return "malformed"
+	}
+	return fmt.Sprintf("reason(%d)", uint8(r))
+}
+
+// FlowEvent is one record of the datapath: a new flow admitted, or a packet
+// denied or let through by monitor mode.
+type FlowEvent struct {
+	// Time is when the packet was seen (wall clock, converted from the
+	// kernel's monotonic clock).
+	Time             time.Time
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16 // ICMP: SrcPort 0, DstPort type<<8|code
+	Protocol         ruleset.Protocol
+	Ifindex          uint32
+	Endpoint         ruleset.EndpointID
+	SrcIdentity      ruleset.Identity
+	DstIdentity      ruleset.Identity
+	Direction        ruleset.Direction
+	Verdict          ruleset.Verdict
+	Rule             ruleset.RuleID
+	Reason           Reason
+	TCPFlags         uint8
+	Length           uint32
+	// Suppressed counts the deny events this CPU dropped under its rate
+	// limit just before this one.
+	Suppressed uint32
+}
+
+// ICMP returns the ICMP type and code of an ICMP or ICMPv6 event.
+func (e *FlowEvent) ICMP() (typ, code uint8) { return uint8(e.DstPort >> 8), uint8(e.DstPort) }
+
+// Offsets in struct eg_flow_event; TestLayout checks them against the
+// bpf2go type.
+const (
+	evSize        = 80
+	evTimestamp   = 0
+	evSrc         = 8
+	evDst         = 24
+	evIfindex     = 40
+	evEndpoint    = 44
+	evSrcIdentity = 48
+	evDstIdentity = 52
+	evRule        = 56
+	evSuppressed  = 60
+	evLength      = 64
+	evSrcPort     = 68
+	evDstPort     = 70
+	evFamily      = 72
+	evProtocol    = 73
+	evDirection   = 74
+	evVerdict     = 75
+	evReason      = 76
+	evTCPFlags    = 77
+)
+
+// ErrShortEvent is returned for a ring record too short to be an event.
+var ErrShortEvent = errors.New("short flow event record")
+
+// DecodeEvent decodes a raw ring record. It does no allocation; the
+// monotonic timestamp is converted with clock.
+func DecodeEvent(b []byte, clock *Clock, ev *FlowEvent) error {
+	if len(b) < evSize {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrShortEvent, len(b), evSize)
+	}
+	le := binary.LittleEndian
+	ev.Time = clock.Wall(le.Uint64(b[evTimestamp:]))
+	if b[evFamily] == 4 {
+		ev.Src = netip.AddrFrom4([4]byte(b[evSrc : evSrc+4]))
+		ev.Dst = netip.AddrFrom4([4]byte(b[evDst : evDst+4]))
+	} else {
+		ev.Src = netip.AddrFrom16([16]byte(b[evSrc : evSrc+16]))
+		ev.Dst = netip.AddrFrom16([16]byte(b[evDst : evDst+16]))
+	}
+	ev.Ifindex = le.Uint32(b[evIfindex:])
+	ev.Endpoint = ruleset.EndpointID(le.Uint32(b[evEndpoint:]))
+	ev.SrcIdentity = ruleset.Identity(le.Uint32(b[evSrcIdentity:]))
+	ev.DstIdentity = ruleset.Identity(le.Uint32(b[evDstIdentity:]))
+	ev.Rule = ruleset.RuleID(le.Uint32(b[evRule:]))
+	ev.Suppressed = le.Uint32(b[evSuppressed:])
+	ev.Length = le.Uint32(b[evLength:])
+	ev.SrcPort = le.Uint16(b[evSrcPort:])
+	ev.DstPort = le.Uint16(b[evDstPort:])
+	ev.Protocol = ruleset.Protocol(b[evProtocol])
+	ev.Direction = ruleset.Direction(b[evDirection])
+	ev.Verdict = ruleset.Verdict(b[evVerdict])
+	ev.Reason = Reason(b[evReason])
+	ev.TCPFlags = b[evTCPFlags]
+	return nil
+}
+
+// Clock converts the kernel's CLOCK_MONOTONIC nanoseconds to wall time. The
+// offset is re-measured periodically so NTP adjustments are followed.
+type Clock struct {
+	mu     sync.Mutex
+	offset int64 // wall - monotonic, ns
+	at     time.Time
+}
+
+// NewClock measures the offset now.
+func NewClock() *Clock {
+	c := &Clock{}
+	c.measure()
+	return c
+}
+
+func (c *Clock) measure() {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	now := time.Now()
+	c.offset = now.UnixNano() - ts.Nano()
+	c.at = now
+}
+
+// Wall converts a monotonic timestamp.
+func (c *Clock) Wall(mono uint64) time.Time {
+	c.mu.Lock()
+	if time.Since(c.at) > 10*time.Second {
+		c.measure()
+	}
+	off := c.offset
+	c.mu.Unlock()
+	return time.Unix(0, int64(mono)+off)
+}
+
+// EventReader reads flow events from the ring buffer.
+type EventReader struct {
+	rd    *ringbuf.Reader
+	clock *Clock
+	rec   ringbuf.Record
+	poll  time.Duration
+}
+
+// NewEventReader opens a reader on the event ring. Only one reader should
+// consume the ring at a time.
+func (d *Datapath) NewEventReader() (*EventReader, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errClosed
+	}
+	rd, err := ringbuf.NewReader(d.objs.EgEvents)
+	if err != nil {
+		return nil, fmt.Errorf("open eg_events reader: %w", err)
+	}
+	// With batched wake-ups the reader must also poll, so a lone event is
+	// delivered within this time.
+	poll := time.Duration(0)
+	if d.cfg.EventsWakeupBytes > 0 {
+		poll = 100 * time.Millisecond
+	}
+	return &EventReader{rd: rd, clock: NewClock(), poll: poll}, nil
+}
+
+// Run calls handle for every event until ctx is done, then closes the
+// reader and returns nil. handle must not keep ev.
+func (r *EventReader) Run(ctx context.Context, handle func(ev *FlowEvent)) error {
+	stop := context.AfterFunc(ctx, func() { r.rd.Close() })
+	defer stop()
+	var ev FlowEvent
+	for {
+		if r.poll > 0 {
+			r.rd.SetDeadline(time.Now().Add(r.poll))
+		}
+		err := r.rd.ReadInto(&r.rec)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			continue
+		case errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("read eg_events: %w", err)
+		}
+		if err := DecodeEvent(r.rec.RawSample, r.clock, &ev); err != nil {
+			return err
+		}
+		handle(&ev)
+	}
+}
+
+// Close stops the reader; Run returns.
+func (r *EventReader) Close() error { return r.rd.Close() }
+
+// Pending returns how many bytes are queued in the ring.
+func (r *EventReader) Pending() int { return r.rd.AvailableBytes() }
+
+// RingSize returns the ring's capacity in bytes.
+func (r *EventReader) RingSize() int { return r.rd.BufferSize() }

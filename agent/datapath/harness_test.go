@@ -1,0 +1,186 @@
+package datapath
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/testutil"
+	tnetns "github.com/eastguard/eastguard/test/netns"
+)
+
+const (
+	retPass = -1 // TCX_NEXT
+	retDrop = 2  // TCX_DROP
+
+	retError = -1000 // prog.Run failed; the error is reported
+)
+
+// skbCtx is the head of struct __sk_buff up to ifindex: BPF_PROG_TEST_RUN
+// runs the program as if the packet were on that interface.
+type skbCtx struct {
+	_       [40]byte
+	Ifindex uint32
+	_       uint32 // tc_index
+}
+
+// harness is a datapath opened inside a throw-away network namespace that
+// holds veth interfaces, on a throw-away bpffs directory.
+type harness struct {
+	t       testing.TB
+	ns      *tnetns.NS
+	d       *Datapath
+	ifindex map[string]uint32
+	ring    *ringbuf.Reader
+	clock   *Clock
+}
+
+func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	h := &harness{t: t, ns: tnetns.New(t, "dp"), ifindex: make(map[string]uint32), clock: NewClock()}
+	for _, name := range ifaces {
+		// veth, because not every kernel has the dummy driver.
+		h.ns.IP(t, "link", "add", "name", name, "type", "veth", "peer", "name", name+"p")
+		h.ns.IP(t, "link", "set", name, "up")
+		h.ns.IP(t, "link", "set", name+"p", "up")
+	}
+	cfg.BPFFSDir = "/sys/fs/bpf/eg-test-" + tnetns.Suffix()
+	if cfg.Logger == nil {
+		cfg.Logger = zaptest.NewLogger(t)
+	}
+	if err := h.ns.Do(func() error {
+		var err error
+		h.d, err = Open(cfg)
+		return err
+	}); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := h.d.Uninstall(); err != nil {
+			t.Errorf("Uninstall: %v", err)
+		}
+		if _, err := os.Stat(cfg.BPFFSDir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("pin directory %s still there after Uninstall", cfg.BPFFSDir)
+		}
+	})
+	for _, name := range ifaces {
+		h.ifindex[name] = h.linkIndex(name)
+	}
+	rd, err := ringbuf.NewReader(h.d.objs.EgEvents)
+	if err != nil {
+		t.Fatalf("ring reader: %v", err)
+	}
+	h.ring = rd
+	t.Cleanup(func() { rd.Close() })
+	return h
+}
+
+func (h *harness) linkIndex(name string) uint32 {
+	var idx uint32
+	if err := h.ns.Do(func() error {
+		i, err := interfaceIndex(name)
+		idx = i
+		return err
+	}); err != nil {
+		h.t.Fatalf("interface %s: %v", name, err)
+	}
+	return idx
+}
+
+func (h *harness) apply(rs *ruleset.RuleSet) *ApplyResult {
+	h.t.Helper()
+	res, err := h.d.Apply(rs)
+	if err != nil {
+		h.t.Fatalf("Apply: %v", err)
+	}
+	return res
+}
+
+// run runs prog on pkt as if it were on iface and returns the verdict.
+func (h *harness) run(prog *ebpf.Program, iface string, pkt []byte) int32 {
+	h.t.Helper()
+	idx, ok := h.ifindex[iface]
+	if !ok {
+		h.t.Fatalf("unknown interface %q", iface)
+	}
+	var ret uint32
+	err := inNetNS(h.d.ns, func() error {
+		var err error
+		ret, err = prog.Run(&ebpf.RunOptions{Data: pkt, Context: skbCtx{Ifindex: idx}})
+		return err
+	})
+	if err != nil {
+		// Errorf, not Fatalf: run is called from subtests too.
+		h.t.Errorf("prog.Run: %v", err)
+		return retError
+	}
+	return int32(ret)
+}
+
+// Directions are the workload's: on a container's host-side interface tc
+// egress delivers to the workload, tc ingress carries what it sends. On a
+// host-mode interface they are the node's own.
+func (h *harness) toWorkload(iface string, pkt []byte) int32 {
+	return h.run(h.d.objs.EgTcEgress, iface, pkt)
+}
+
+func (h *harness) fromWorkload(iface string, pkt []byte) int32 {
+	return h.run(h.d.objs.EgTcIngress, iface, pkt)
+}
+
+func (h *harness) toHost(iface string, pkt []byte) int32 {
+	return h.run(h.d.objs.EgTcIngress, iface, pkt)
+}
+
+// drain returns the events in the ring. Programs write them before
+// prog.Run returns, so nothing is waited for.
+func (h *harness) drain() []FlowEvent {
+	h.t.Helper()
+	var out []FlowEvent
+	var rec ringbuf.Record
+	for {
+		h.ring.SetDeadline(time.Now())
+		err := h.ring.ReadInto(&rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return out
+		}
+		if err != nil {
+			h.t.Fatalf("read ring: %v", err)
+		}
+		var ev FlowEvent
+		if err := DecodeEvent(rec.RawSample, h.clock, &ev); err != nil {
+			h.t.Fatalf("decode: %v", err)
+		}
+		out = append(out, ev)
+	}
+}
+
+func (h *harness) counters() Counters {
+	h.t.Helper()
+	c, err := h.d.Counters()
+	if err != nil {
+		h.t.Fatalf("Counters: %v", err)
+	}
+	return c
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func ptr[T any](v T) *T { return &v }
+
+func interfaceIndex(name string) (uint32, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, err
+	}
+	return uint32(ifi.Index), nil
+}

@@ -1,0 +1,185 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// linksDir holds the pinned tcx links, one per (interface, hook).
+const linksDir = "links"
+
+// outerMaps are the per-generation map-of-maps; their inner maps are built
+// by Apply. The rest of the pinned maps are stateful and shared by every
+// generation.
+var outerMaps = []string{ruleset.MapEndpoints, ruleset.MapIPCache, ruleset.MapPolicy, ruleset.MapPolicyRanges}
+
+// loadSpec returns the object's spec with the configuration applied:
+// runtime switches and the sizes of the stateful maps.
+func loadSpec(cfg *Config) (*ebpf.CollectionSpec, error) {
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("load eBPF object: %w", err)
+	}
+	vars := map[string]any{
+		"cfg_default_mode":         uint8(cfg.DefaultMode),
+		"cfg_deny_events_per_sec":  cfg.DenyEventsPerSecond,
+		"cfg_deny_events_burst":    cfg.DenyEventsBurst,
+		"cfg_events_wakeup_bytes":  cfg.EventsWakeupBytes,
+		"cfg_ct_revalidate":        boolByte(!cfg.KeepEstablished),
+		"cfg_ct_accounting":        boolByte(!cfg.NoFlowAccounting),
+		"cfg_ct_tcp_syn_s":         seconds(cfg.Timeouts.TCPSyn),
+		"cfg_ct_tcp_established_s": seconds(cfg.Timeouts.TCPEstablished),
+		"cfg_ct_tcp_close_s":       seconds(cfg.Timeouts.TCPClose),
+		"cfg_ct_other_s":           seconds(cfg.Timeouts.Other),
+		"cfg_frag_timeout_s":       seconds(cfg.Timeouts.Fragment),
+	}
+	for name, v := range vars {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("eBPF object has no variable %s", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	spec.Maps["eg_ct"].MaxEntries = cfg.CTEntries
+	spec.Maps["eg_events"].MaxEntries = cfg.RingBufBytes
+	return spec, nil
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// loaded is the result of loading: programs and maps, and which pinned maps
+// could not be reused.
+type loaded struct {
+	objs bpfObjects
+	// replaced holds maps created fresh because the pinned one was
+	// incompatible (an upgrade changed its layout, or a size flag
+	// changed). They are pinned in place of the old ones once a rule set
+	// is in them; until then the old programs keep enforcing with the old
+	// maps.
+	replaced map[string]bool
+	// fresh lists maps that had no pin (first start).
+	fresh []string
+}
+
+// loadObjects opens the pinned maps under dir that match the spec, creates
+// the missing ones, and loads the programs against them. Programs are
+// always loaded anew: the running links are switched to them by Update,
+// atomically.
+func loadObjects(spec *ebpf.CollectionSpec, dir string, log *zap.Logger) (*loaded, error) {
+	l := &loaded{replaced: make(map[string]bool)}
+	repl := make(map[string]*ebpf.Map)
+	closeAll := func() {
+		for _, m := range repl {
+			m.Close()
+		}
+	}
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		ms.Pinning = ebpf.PinNone
+		path := filepath.Join(dir, name)
+		pinned, err := ebpf.LoadPinnedMap(path, nil)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			m, err := ebpf.NewMap(ms)
+			if err != nil {
+				closeAll()
+				return nil, fmt.Errorf("create map %s: %w", name, err)
+			}
+			if err := m.Pin(path); err != nil {
+				m.Close()
+				closeAll()
+				return nil, fmt.Errorf("pin map %s: %w", name, err)
+			}
+			repl[name] = m
+			l.fresh = append(l.fresh, name)
+		case err != nil:
+			closeAll()
+			return nil, fmt.Errorf("open pinned map %s: %w", path, err)
+		default:
+			if cerr := compatible(ms, pinned); cerr != nil {
+				log.Warn("pinned map is incompatible with this agent; a new one replaces it after the first rule set is applied",
+					zap.String("map", name), zap.String("pin", path), zap.Error(cerr))
+				pinned.Close()
+				m, err := ebpf.NewMap(ms)
+				if err != nil {
+					closeAll()
+					return nil, fmt.Errorf("create map %s: %w", name, err)
+				}
+				repl[name] = m
+				l.replaced[name] = true
+				continue
+			}
+			repl[name] = pinned
+		}
+	}
+	err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		closeAll()
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load eBPF programs (verifier): %+v", ve)
+		}
+		return nil, fmt.Errorf("load eBPF programs: %w", err)
+	}
+	// LoadAndAssign cloned the maps it assigned.
+	closeAll()
+	return l, nil
+}
+
+// compatible extends MapSpec.Compatible to map-of-maps: the inner map
+// template must match too (max_entries may differ: we size inner maps per
+// rule set).
+func compatible(ms *ebpf.MapSpec, m *ebpf.Map) error {
+	if err := ms.Compatible(m); err != nil {
+		return err
+	}
+	if ms.InnerMap == nil {
+		return nil
+	}
+	for slot := uint32(0); slot < 2; slot++ {
+		var inner *ebpf.Map
+		if err := m.Lookup(slot, &inner); err != nil {
+			continue // empty slot
+		}
+		im := ms.InnerMap.Copy()
+		im.MaxEntries = inner.MaxEntries()
+		err := im.Compatible(inner)
+		inner.Close()
+		if err != nil {
+			return fmt.Errorf("inner map: %w", err)
+		}
+	}
+	return nil
+}
+
+// mapsByName lists the pinned maps of objs by their C name.
+func (o *bpfObjects) mapsByName() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		"eg_state":           o.EgState,
+		"eg_endpoints":       o.EgEndpoints,
+		"eg_ipcache":         o.EgIpcache,
+		"eg_policy":          o.EgPolicy,
+		"eg_policy_ranges":   o.EgPolicyRanges,
+		"eg_ct":              o.EgCt,
+		"eg_frags":           o.EgFrags,
+		"eg_events":          o.EgEvents,
+		"eg_counters":        o.EgCounters,
+		"eg_ratelimit":       o.EgRatelimit,
+	}
+}

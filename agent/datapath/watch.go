@@ -1,0 +1,179 @@
+package datapath
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// linkWatch follows interfaces appearing and vanishing, so a workload whose
+// interface did not exist when its rule set was applied is enforced the
+// moment it appears, and a vanished one is reported pending again.
+type linkWatch struct {
+	done   chan struct{}
+	exited chan struct{}
+}
+
+func (d *Datapath) startWatch() error {
+	ch := make(chan netlink.LinkUpdate, 256)
+	done := make(chan struct{})
+	err := inNetNS(d.netns(), func() error {
+		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
+			ErrorCallback: func(err error) { d.log.Warn("interface watch failed", zap.Error(err)) },
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("watch interfaces: %w", err)
+	}
+	w := &linkWatch{done: done, exited: make(chan struct{})}
+	go func() {
+		defer close(w.exited)
+		for u := range ch { // closed by netlink after done
+			d.onLinkUpdate(u)
+		}
+	}()
+	d.watch = w
+	return nil
+}
+
+func (w *linkWatch) stop() {
+	close(w.done)
+	<-w.exited
+}
+
+func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur := d.current
+	if d.closed || cur == nil || d.gens[d.word&1] == nil {
+		return // nothing applied by this process: the next Apply resolves interfaces
+	}
+	a := u.Attrs()
+	ifindex := uint32(a.Index)
+	eps := d.gens[d.word&1].endpoints
+	log := d.log.With(zap.String("interface", a.Name), zap.Uint32("ifindex", ifindex))
+	switch u.Header.Type {
+	case unix.RTM_NEWLINK:
+		if _, bound := cur.bindings[ifindex]; bound {
+			return
+		}
+		ep, ok := d.endpointFor(a.Name, a.Flags&unix.IFF_LOOPBACK != 0)
+		if !ok {
+			return
+		}
+		b := binding{ifindex: ifindex, ifname: a.Name, endpoint: ep.ID, l3: len(a.HardwareAddr) == 0}
+		if len(cur.bindings) >= cur.capacity.Endpoints {
+			log.Error("interface appeared but the endpoint map is full; not enforced until the next rule set",
+				zap.String("map", ruleset.MapEndpoints), zap.Int("capacity", cur.capacity.Endpoints))
+			return
+		}
+		if err := eps.Update(ifindex, endpointValue(ep, b, cur.tables), ebpf.UpdateAny); err != nil {
+			log.Error("interface appeared but could not be bound", zap.Error(err))
+			return
+		}
+		if err := d.attach(b); err != nil {
+			_ = eps.Delete(ifindex)
+			log.Error("interface appeared but attaching failed; it stays pending", zap.Error(err))
+			return
+		}
+		cur.bindings = maps.Clone(cur.bindings)
+		cur.bindings[ifindex] = b
+		cur.pending = slices.DeleteFunc(slices.Clone(cur.pending), func(n string) bool { return n == a.Name })
+		log.Info("interface appeared: enforcing", zap.String("workload", ep.Workload))
+	case unix.RTM_DELLINK:
+		b, bound := cur.bindings[ifindex]
+		if !bound {
+			return
+		}
+		_ = eps.Delete(ifindex)
+		d.detach(ifindex) // the kernel detached it already; drop our pins
+		cur.bindings = maps.Clone(cur.bindings)
+		delete(cur.bindings, ifindex)
+		if ep, ok := cur.rs.Endpoint(b.endpoint); ok && (!ep.HostMode() || len(d.cfg.HostInterfaces) > 0) {
+			cur.pending = append(slices.Clone(cur.pending), a.Name)
+			slices.Sort(cur.pending)
+		}
+		log.Warn("interface vanished: its workload is pending until it is back")
+	}
+}
+
+// endpointFor finds the endpoint a newly seen interface belongs to.
+func (d *Datapath) endpointFor(name string, loopback bool) (ruleset.Endpoint, bool) {
+	var host *ruleset.Endpoint
+	for i, e := range d.current.rs.Endpoints {
+		if e.Interface == name {
+			return e, true
+		}
+		if e.HostMode() {
+			host = &d.current.rs.Endpoints[i]
+		}
+	}
+	if host == nil || loopback {
+		return ruleset.Endpoint{}, false
+	}
+	if len(d.cfg.HostInterfaces) == 0 || slices.Contains(d.cfg.HostInterfaces, name) {
+		return *host, true
+	}
+	return ruleset.Endpoint{}, false
+}
+
+// EndpointState says whether an endpoint is enforced.
+type EndpointState string
+
+const (
+	EndpointEnforcing EndpointState = "enforcing"
+	EndpointPending   EndpointState = "pending"
+)
+
+// EndpointStatus is one endpoint of the rule set in force.
+type EndpointStatus struct {
+	ID         ruleset.EndpointID `json:"id"`
+	Workload   string             `json:"workload"`
+	Mode       ruleset.Mode       `json:"mode"`
+	State      EndpointState      `json:"state"`
+	Interfaces []string           `json:"interfaces"`
+}
+
+// Status describes what the datapath enforces.
+type Status struct {
+	Generation uint32           `json:"generation"`
+	Version    uint64           `json:"version"`
+	Hash       string           `json:"hash,omitempty"`
+	Endpoints  []EndpointStatus `json:"endpoints"`
+	Pending    []string         `json:"pending,omitempty"`
+	Attached   int              `json:"attachedInterfaces"`
+}
+
+// Status reports the rule set in force and where it is enforced.
+func (d *Datapath) Status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := Status{Generation: d.word >> 1, Attached: len(d.links) / 2}
+	cur := d.current
+	if cur == nil {
+		return st
+	}
+	st.Version = cur.rs.Version
+	st.Hash = cur.rs.Hash()
+	st.Pending = slices.Clone(cur.pending)
+	ifaces := make(map[ruleset.EndpointID][]string)
+	for _, b := range cur.bindings {
+		ifaces[b.endpoint] = append(ifaces[b.endpoint], b.ifname)
+	}
+	for _, e := range cur.rs.Endpoints {
+		es := EndpointStatus{ID: e.ID, Workload: e.Workload, Mode: e.Mode, State: EndpointPending, Interfaces: ifaces[e.ID]}
+		slices.Sort(es.Interfaces)
+		if len(es.Interfaces) > 0 {
+			es.State = EndpointEnforcing
+		}
+		st.Endpoints = append(st.Endpoints, es)
+	}
+	return st
+}

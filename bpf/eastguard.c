@@ -1,0 +1,701 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Copyright The Eastguard Authors */
+//go:build ignore
+
+/*
+ * Eastguard datapath: per-workload default-deny enforcement on tcx.
+ *
+ * Per packet:
+ *   1. endpoint of the interface (eg_endpoints, active generation)
+ *   2. parse; ARP, IPv6 ND/MLD and non-IP pass; malformed drops (enforce)
+ *   3. non-first fragments follow their first fragment (eg_frags)
+ *   4. conntrack (eg_ct): an established flow checked in the current
+ *      generation passes after one lookup; ICMP errors about a tracked flow
+ *      pass as related
+ *   5. new flow: identities from eg_ipcache, the local address checked
+ *      (anti-spoofing in container mode, forwarded traffic in host mode),
+ *      policy probes (see internal/ruleset/encode.go), monitor downgrade,
+ *      conntrack entry for admitted flows, flow event.
+ *
+ * Return codes: TCX_NEXT lets the packet continue to any later tcx program
+ * (we only ever take away), TCX_DROP drops it.
+ */
+
+#include "maps.h"
+#include "packet.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define TCX_NEXT (-1)
+#define TCX_DROP 2
+
+#define NSEC_PER_SEC 1000000000ULL
+
+/* Runtime switches, set by the loader (agent/datapath.Config). */
+volatile const __u8  cfg_default_mode = EG_MODE_ENFORCE;  /* interfaces without an endpoint */
+volatile const __u32 cfg_deny_events_per_sec = 1000;      /* per CPU; 0 = no limit */
+volatile const __u32 cfg_deny_events_burst = 200;
+volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 = wake the reader on every event */
+volatile const __u8  cfg_ct_revalidate = 1;               /* re-check established flows after a change */
+volatile const __u8  cfg_ct_accounting = 1;               /* packet and byte counts per flow */
+volatile const __u32 cfg_ct_tcp_syn_s = 60;
+volatile const __u32 cfg_ct_tcp_established_s = 21600;
+volatile const __u32 cfg_ct_tcp_close_s = 10;
+volatile const __u32 cfg_ct_other_s = 60;
+volatile const __u32 cfg_frag_timeout_s = 30;
+
+static __always_inline void eg_count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&eg_counters, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void eg_count_verdict(__u8 verdict, __u8 dir)
+{
+	if (verdict >= EG_VERDICT_ALLOWED && verdict <= EG_VERDICT_WOULD_DENY)
+		eg_count(EG_CNT_ALLOWED_INGRESS + (verdict - 1) * 2 + (dir & 1));
+}
+
+/* ---- events ---- */
+
+/* eg_ratelimit_take takes a token for a deny event. It returns 0 when the
+ * event must be suppressed, else 1 and the number suppressed before it. */
+static __always_inline int eg_ratelimit_take(__u64 now, __u32 *suppressed)
+{
+	__u32 zero = 0;
+	struct eg_ratelimit *rl;
+	__u64 cap, elapsed;
+
+	*suppressed = 0;
+	if (!cfg_deny_events_per_sec)
+		return 1;
+	rl = bpf_map_lookup_elem(&eg_ratelimit, &zero);
+	if (!rl)
+		return 1;
+	cap = (__u64)cfg_deny_events_burst * NSEC_PER_SEC;
+	elapsed = now - rl->last_ns;
+	if (elapsed > 10 * NSEC_PER_SEC)
+		elapsed = 10 * NSEC_PER_SEC;
+	rl->tokens += elapsed * cfg_deny_events_per_sec;
+	if (rl->tokens > cap)
+		rl->tokens = cap;
+	rl->last_ns = now;
+	if (rl->tokens < NSEC_PER_SEC) {
+		rl->suppressed++;
+		return 0;
+	}
+	rl->tokens -= NSEC_PER_SEC;
+	*suppressed = rl->suppressed;
+	rl->suppressed = 0;
+	return 1;
+}
+
+struct eg_verdict_ctx {
+	__u32 ifindex;
+	__u32 endpoint_id;
+	__u32 local_identity;
+	__u32 peer_identity;
+	__u32 rule_id;
+	__u8  dir;
+	__u8  verdict;
+	__u8  reason;
+};
+
+/* Global (verified once, on its own): see eg_parse. */
+__noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
+{
+	struct eg_flow_event *ev;
+	__u32 suppressed = 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 flags = 0;
+
+	if (!p || !v)
+		return 0;
+
+	if (v->verdict != EG_VERDICT_ALLOWED && !eg_ratelimit_take(now, &suppressed)) {
+		eg_count(EG_CNT_EVENTS_SUPPRESSED);
+		return 0;
+	}
+	ev = bpf_ringbuf_reserve(&eg_events, sizeof(*ev), 0);
+	if (!ev) {
+		eg_count(EG_CNT_EVENTS_LOST);
+		return 0;
+	}
+	ev->timestamp_ns = now;
+	eg_copy16(ev->src, p->src);
+	eg_copy16(ev->dst, p->dst);
+	ev->ifindex = v->ifindex;
+	ev->endpoint_id = v->endpoint_id;
+	if (v->dir == EG_DIR_INGRESS) {
+		ev->src_identity = v->peer_identity;
+		ev->dst_identity = v->local_identity;
+	} else {
+		ev->src_identity = v->local_identity;
+		ev->dst_identity = v->peer_identity;
+	}
+	ev->rule_id = v->rule_id;
+	ev->suppressed = suppressed;
+	ev->length = p->len;
+	ev->src_port = (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) ? 0 : p->sport;
+	ev->dst_port = p->dport;
+	ev->family = p->family;
+	ev->protocol = p->proto;
+	ev->direction = v->dir;
+	ev->verdict = v->verdict;
+	ev->reason = v->reason;
+	ev->tcp_flags = p->tcp_flags;
+	ev->pad[0] = 0;
+	ev->pad[1] = 0;
+	if (cfg_events_wakeup_bytes &&
+	    bpf_ringbuf_query(&eg_events, BPF_RB_AVAIL_DATA) < cfg_events_wakeup_bytes)
+		flags = BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(ev, flags);
+	return 1;
+}
+
+/* ---- identities and policy ---- */
+
+static __noinline __u32 eg_identity(__u32 slot, __u8 family, const __u8 *addr)
+{
+	struct eg_ipcache_key k = {};
+	struct eg_ipcache_value *v;
+	void *ipcache = bpf_map_lookup_elem(&eg_ipcache, &slot);
+
+	if (!ipcache)
+		return EG_IDENTITY_WORLD;
+	k.prefixlen = 32 + (family == 4 ? 32 : 128);
+	k.family = family;
+	eg_copy16(k.addr, addr);
+	v = bpf_map_lookup_elem(ipcache, &k);
+	return v ? v->identity : EG_IDENTITY_WORLD;
+}
+
+static __always_inline int eg_range_find(const struct eg_range_value *rv, __u16 port,
+					 struct eg_policy_value *out)
+{
+	__u32 lo = 0, hi = rv->count;
+	int i;
+
+	if (hi > EG_MAX_RANGES)
+		hi = EG_MAX_RANGES;
+	/* ceil(log2(EG_MAX_RANGES + 1)) steps of binary search. */
+	for (i = 0; i < 6; i++) {
+		__u32 mid;
+
+		if (lo >= hi)
+			break;
+		mid = (lo + hi) / 2;
+		if (mid >= EG_MAX_RANGES)
+			break;
+		if (port < rv->iv[mid].lo) {
+			hi = mid;
+		} else if (port > rv->iv[mid].hi) {
+			lo = mid + 1;
+		} else {
+			out->verdict = rv->iv[mid].verdict;
+			out->rule_id = rv->iv[mid].rule_id;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* eg_range_probe searches one range-table value. Out of line: ranges are
+ * the less common shape, and the key type must appear in a prototype to be
+ * in BTF. */
+static __noinline int eg_range_probe(void *rm, const struct eg_range_key *rk, __u16 port,
+				     struct eg_policy_value *out)
+{
+	struct eg_range_value *rv = bpf_map_lookup_elem(rm, rk);
+
+	return rv && eg_range_find(rv, port, out);
+}
+
+/* eg_policy_decide runs the probes of internal/ruleset/encode.go in order;
+ * the first hit is final because overlaps were resolved in user space. k
+ * holds the flow (endpoint, peer, direction, protocol, port) and is
+ * rewritten for the wildcard probes. */
+__noinline int eg_policy_decide(const struct eg_endpoint *ep, __u32 slot,
+				 struct eg_policy_key *k, struct eg_policy_value *out)
+{
+	struct eg_range_key rk = {};
+	struct eg_policy_value *v;
+	void *pm, *rm;
+	__u32 peer;
+	__u16 port;
+	__u8 shape;
+
+	if (!ep || !k || !out)
+		return 0;
+	peer = k->peer_identity;
+	port = k->port;
+	shape = ep->shapes[k->direction & 1];
+	out->verdict = EG_VERDICT_DENIED;
+	out->rule_id = 0;
+	if (!shape)
+		return 1;
+	pm = bpf_map_lookup_elem(&eg_policy, &slot);
+	rm = bpf_map_lookup_elem(&eg_policy_ranges, &slot);
+	if (!pm)
+		return 1;
+	rk.endpoint_id = k->endpoint_id;
+	rk.peer_identity = peer;
+	rk.direction = k->direction;
+	rk.protocol = k->protocol;
+
+	if (shape & EG_SHAPE_EXACT_PEER) {
+		v = bpf_map_lookup_elem(pm, k);
+		if (v)
+			goto hit;
+	}
+	if ((shape & EG_SHAPE_RANGE_PEER) && rm && eg_range_probe(rm, &rk, port, out))
+		return 1;
+	k->peer_identity = EG_IDENTITY_ANY;
+	rk.peer_identity = EG_IDENTITY_ANY;
+	if (shape & EG_SHAPE_EXACT_ANY) {
+		v = bpf_map_lookup_elem(pm, k);
+		if (v)
+			goto hit;
+	}
+	if ((shape & EG_SHAPE_RANGE_ANY) && rm && eg_range_probe(rm, &rk, port, out))
+		return 1;
+	k->protocol = 0;
+	k->port = 0;
+	k->peer_identity = peer;
+	if (shape & EG_SHAPE_ANYPROTO_PEER) {
+		v = bpf_map_lookup_elem(pm, k);
+		if (v)
+			goto hit;
+	}
+	k->peer_identity = EG_IDENTITY_ANY;
+	if (shape & EG_SHAPE_ANYPROTO_ANY) {
+		v = bpf_map_lookup_elem(pm, k);
+		if (v)
+			goto hit;
+	}
+	return 0;
+hit:
+	out->verdict = v->verdict;
+	out->rule_id = v->rule_id;
+	return 1;
+}
+
+/* ---- conntrack ---- */
+
+static __always_inline __u64 eg_ct_lifetime(__u8 proto, __u8 state)
+{
+	__u32 s = cfg_ct_other_s;
+
+	if (proto == IPPROTO_TCP) {
+		if ((state & EG_CT_CLOSING) ||
+		    ((state & EG_CT_FIN_ORIG) && (state & EG_CT_FIN_REPLY)))
+			s = cfg_ct_tcp_close_s;
+		else if (state & EG_CT_SEEN_REPLY)
+			s = cfg_ct_tcp_established_s;
+		else
+			s = cfg_ct_tcp_syn_s;
+	}
+	return (__u64)s * NSEC_PER_SEC;
+}
+
+/* eg_ct_refresh updates an entry for a packet of its flow. Writes are
+ * limited to state changes and to moving the expiry by at least a second,
+ * except for the (optional) counters. */
+static __always_inline void eg_ct_refresh(struct eg_ct_entry *ct, const struct eg_pkt *p,
+					  __u8 dir, __u64 now)
+{
+	__u8 reply = dir != ct->origin;
+	__u8 st = ct->state, nst = st;
+	__u64 exp;
+
+	if (cfg_ct_accounting) {
+		/* Non-atomic: a flow is normally processed on one CPU at a
+		 * time; a rare lost increment beats a locked add per packet. */
+		ct->packets += 1;
+		ct->bytes += p->len;
+	}
+	if (reply)
+		nst |= EG_CT_SEEN_REPLY;
+	if (p->proto == IPPROTO_TCP) {
+		if ((p->tcp_flags & (EG_TCP_SYN | EG_TCP_ACK)) == EG_TCP_SYN && !reply &&
+		    (st & (EG_CT_CLOSING | EG_CT_FIN_ORIG | EG_CT_FIN_REPLY)))
+			nst = 0; /* the tuple is reused by a new connection */
+		if (p->tcp_flags & EG_TCP_RST)
+			nst |= EG_CT_CLOSING;
+		if (p->tcp_flags & EG_TCP_FIN)
+			nst |= reply ? EG_CT_FIN_REPLY : EG_CT_FIN_ORIG;
+	}
+	exp = now + eg_ct_lifetime(p->proto, nst);
+	if (nst != st || exp > ct->expires_ns + NSEC_PER_SEC) {
+		ct->state = nst;
+		ct->expires_ns = exp;
+	}
+}
+
+/* Fills the conntrack key of p as seen from the endpoint. */
+static __always_inline void eg_ct_key_of(struct eg_ct_key *k, const struct eg_pkt *p, __u8 dir,
+					 __u32 endpoint_id)
+{
+	__u16 lport, rport;
+
+	if (dir == EG_DIR_INGRESS) {
+		eg_copy16(k->local, p->dst);
+		eg_copy16(k->remote, p->src);
+		lport = p->dport;
+		rport = p->sport;
+	} else {
+		eg_copy16(k->local, p->src);
+		eg_copy16(k->remote, p->dst);
+		lport = p->sport;
+		rport = p->dport;
+	}
+	k->endpoint_id = endpoint_id;
+	k->protocol = p->proto;
+	k->family = p->family;
+	k->kind = EG_CT_KIND_PORTS;
+	k->pad = 0;
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		if (eg_icmp_is_echo(p->proto, p->icmp_type)) {
+			k->kind = EG_CT_KIND_ECHO;
+			lport = p->sport; /* identifier */
+			rport = 0;
+		} else {
+			/* One-way messages: only the same direction matches. */
+			k->kind = EG_CT_KIND_ICMP;
+			lport = dir;
+			rport = p->dport;
+		}
+	}
+	k->local_port = lport;
+	k->remote_port = rport;
+}
+
+/* The policy port of a tracked flow: the destination port of its first
+ * packet, for re-checking it against a new rule set. */
+static __always_inline __u16 eg_ct_policy_port(const struct eg_ct_key *k, const struct eg_ct_entry *ct)
+{
+	switch (k->kind) {
+	case EG_CT_KIND_ECHO:
+		return k->protocol == IPPROTO_ICMP ? (ICMP_ECHO << 8) : (ICMPV6_ECHO_REQUEST << 8);
+	case EG_CT_KIND_ICMP:
+		return k->remote_port;
+	}
+	return ct->origin == EG_DIR_INGRESS ? k->local_port : k->remote_port;
+}
+
+/*
+ * eg_related looks up the flow an ICMP error is about: the quoted header
+ * after the ICMP header is a packet of that flow, sent by the local side
+ * if the error comes in, by the remote side if it goes out.
+ */
+__noinline int eg_related(struct __sk_buff *skb, const struct eg_pkt *p, __u8 dir,
+			  __u32 endpoint_id, __u64 now)
+{
+	struct eg_pkt in = {};
+	struct eg_ct_key k = {};
+	struct eg_ct_entry *ct;
+	__u32 off;
+
+	if (!p)
+		return 0;
+	off = p->l4_off + 8;
+
+	if (p->family == 4) {
+		struct iphdr *ip = eg_hdr(skb, off, sizeof(*ip));
+
+		if (!ip || ip->ihl < 5)
+			return 0;
+		in.family = 4;
+		in.proto = ip->protocol;
+		eg_set_v4(in.src, ip->saddr);
+		eg_set_v4(in.dst, ip->daddr);
+		off += ip->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6 = eg_hdr(skb, off, sizeof(*ip6));
+
+		if (!ip6)
+			return 0;
+		in.family = 6;
+		in.proto = ip6->nexthdr;
+		eg_copy16(in.src, &ip6->saddr);
+		eg_copy16(in.dst, &ip6->daddr);
+		off += sizeof(*ip6);
+	}
+	switch (in.proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP: {
+		__be16 *ports = eg_hdr(skb, off, 4);
+
+		if (!ports)
+			return 0;
+		in.sport = bpf_ntohs(ports[0]);
+		in.dport = bpf_ntohs(ports[1]);
+		break;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 *ih = eg_hdr(skb, off, 8);
+
+		if (!ih)
+			return 0;
+		in.icmp_type = ih[0];
+		in.icmp_code = ih[1];
+		in.sport = bpf_ntohs(*(__be16 *)(ih + 4));
+		in.dport = (__u16)ih[0] << 8 | ih[1];
+		break;
+	}
+	default:
+		return 0;
+	}
+	/* The quoted packet travelled the other way round. */
+	eg_ct_key_of(&k, &in, dir ^ 1, endpoint_id);
+	ct = bpf_map_lookup_elem(&eg_ct, &k);
+	return ct && ct->expires_ns > now;
+}
+
+/* ---- fragments ---- */
+
+static __always_inline void eg_frag_key_of(struct eg_frag_key *k, const struct eg_pkt *p, __u32 endpoint_id)
+{
+	eg_copy16(k->src, p->src);
+	eg_copy16(k->dst, p->dst);
+	k->id = p->frag_id;
+	k->endpoint_id = endpoint_id;
+	k->protocol = p->proto;
+	k->family = p->family;
+	k->pad = 0;
+}
+
+static __noinline void eg_frag_store(const struct eg_pkt *p, __u32 endpoint_id, __u8 verdict, __u64 now)
+{
+	struct eg_frag_key k = {};
+	struct eg_frag_entry e = {};
+
+	eg_frag_key_of(&k, p, endpoint_id);
+	e.expires_ns = now + (__u64)cfg_frag_timeout_s * NSEC_PER_SEC;
+	e.verdict = verdict;
+	bpf_map_update_elem(&eg_frags, &k, &e, BPF_ANY);
+}
+
+static __always_inline void eg_frag_remember(const struct eg_pkt *p, __u32 endpoint_id, __u8 verdict, __u64 now)
+{
+	if (p->frag == EG_FRAG_FIRST)
+		eg_frag_store(p, endpoint_id, verdict, now);
+}
+
+/* ---- the program ---- */
+
+static __always_inline int eg_finish(const struct eg_pkt *p, struct eg_verdict_ctx *v, int emit)
+{
+	eg_count_verdict(v->verdict, v->dir);
+	if (emit)
+		eg_emit(p, v);
+	return v->verdict == EG_VERDICT_DENIED ? TCX_DROP : TCX_NEXT;
+}
+
+static __always_inline __u8 eg_downgrade(__u8 mode, __u8 verdict)
+{
+	if (mode == EG_MODE_MONITOR && verdict == EG_VERDICT_DENIED)
+		return EG_VERDICT_WOULD_DENY;
+	return verdict;
+}
+
+static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
+{
+	struct eg_endpoint ep = {};
+	struct eg_verdict_ctx v = {};
+	struct eg_policy_value pv;
+	struct eg_policy_key q = {};
+	struct eg_ct_key key = {};
+	struct eg_ct_entry *ct;
+	struct eg_pkt p = {};
+	struct eg_generation *st;
+	struct eg_endpoint *epp;
+	void *eps;
+	__u32 zero = 0, word = 0, slot, gen, ifindex = skb->ifindex;
+	__u64 now;
+	int have_ep, ret;
+
+	st = bpf_map_lookup_elem(&eg_state, &zero);
+	if (st)
+		word = st->word;
+	slot = word & 1;
+	gen = word >> 1;
+
+	eps = bpf_map_lookup_elem(&eg_endpoints, &slot);
+	epp = eps ? bpf_map_lookup_elem(eps, &ifindex) : NULL;
+	have_ep = epp != NULL;
+	if (epp) {
+		ep = *epp;
+	} else {
+		/* Programs still on an interface whose endpoint is gone, or
+		 * not there yet: the node's default mode, no rules. */
+		ep.mode = cfg_default_mode;
+		ep.flags = EG_EP_F_HOST;
+	}
+	/* On a container's host-side veth, tc ingress carries what the
+	 * workload sends: its egress. */
+	v.dir = hook_ingress ? EG_DIR_INGRESS : EG_DIR_EGRESS;
+	if (!(ep.flags & EG_EP_F_HOST))
+		v.dir ^= 1;
+	v.ifindex = ifindex;
+	v.endpoint_id = ep.id;
+	v.local_identity = ep.identity;
+
+	ret = eg_parse(skb, ep.flags & EG_EP_F_L3, &p);
+	switch (ret) {
+	case EG_PARSE_IP:
+		break;
+	case EG_PARSE_ARP:
+		eg_count(EG_CNT_NEIGHBOR);
+		return TCX_NEXT;
+	case EG_PARSE_NON_IP:
+		eg_count(EG_CNT_NON_IP);
+		return TCX_NEXT;
+	default:
+		eg_count(EG_CNT_MALFORMED);
+		v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
+		v.reason = EG_REASON_MALFORMED;
+		return eg_finish(&p, &v, 0);
+	}
+	if (p.proto == IPPROTO_ICMPV6 && p.frag != EG_FRAG_LATER && eg_icmp6_is_neighbor(p.icmp_type)) {
+		eg_count(EG_CNT_NEIGHBOR);
+		return TCX_NEXT;
+	}
+
+	now = bpf_ktime_get_coarse_ns();
+	if (p.frag != EG_FRAG_NONE)
+		eg_count(EG_CNT_FRAGMENTS);
+	if (p.frag == EG_FRAG_LATER) {
+		struct eg_frag_key fk = {};
+		struct eg_frag_entry *fe;
+
+		eg_frag_key_of(&fk, &p, ep.id);
+		fe = bpf_map_lookup_elem(&eg_frags, &fk);
+		if (fe && fe->expires_ns > now && fe->verdict != EG_VERDICT_DENIED)
+			return TCX_NEXT;
+		v.peer_identity = eg_identity(slot, p.family, v.dir == EG_DIR_INGRESS ? p.src : p.dst);
+		v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
+		v.reason = EG_REASON_FRAGMENT;
+		return eg_finish(&p, &v, 1);
+	}
+
+	if (!have_ep) {
+		eg_count(EG_CNT_NO_ENDPOINT);
+		v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
+		v.reason = EG_REASON_NO_ENDPOINT;
+		return eg_finish(&p, &v, 1);
+	}
+
+	eg_ct_key_of(&key, &p, v.dir, ep.id);
+	ct = bpf_map_lookup_elem(&eg_ct, &key);
+	if (ct && ct->expires_ns > now) {
+		if (ct->generation == gen || !cfg_ct_revalidate) {
+			eg_ct_refresh(ct, &p, v.dir, now);
+			eg_count(EG_CNT_ESTABLISHED);
+			eg_frag_remember(&p, ep.id, ct->verdict, now);
+			return TCX_NEXT;
+		}
+		/* The rule set changed since this flow was admitted: decide
+		 * it again, as its first packet would be decided now. */
+		v.peer_identity = eg_identity(slot, p.family, key.remote);
+		q.endpoint_id = ep.id;
+		q.peer_identity = v.peer_identity;
+		q.direction = ct->origin;
+		q.protocol = p.proto;
+		q.port = eg_ct_policy_port(&key, ct);
+		eg_policy_decide(&ep, slot, &q, &pv);
+		pv.verdict = eg_downgrade(ep.mode, pv.verdict);
+		eg_count(EG_CNT_REVALIDATED);
+		v.verdict = pv.verdict;
+		v.rule_id = pv.rule_id;
+		v.reason = EG_REASON_REVALIDATED;
+		if (pv.verdict == EG_VERDICT_DENIED) {
+			bpf_map_delete_elem(&eg_ct, &key);
+			return eg_finish(&p, &v, 1);
+		}
+		if (pv.verdict != ct->verdict || pv.rule_id != ct->rule_id) {
+			/* Still admitted, for another reason: report it. */
+			ct->verdict = pv.verdict;
+			ct->rule_id = pv.rule_id;
+			eg_emit(&p, &v);
+		}
+		ct->peer_identity = v.peer_identity;
+		ct->generation = gen;
+		eg_ct_refresh(ct, &p, v.dir, now);
+		eg_frag_remember(&p, ep.id, pv.verdict, now);
+		return TCX_NEXT;
+	}
+
+	if ((p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6) &&
+	    eg_icmp_is_error(p.proto, p.icmp_type) && eg_related(skb, &p, v.dir, ep.id, now)) {
+		eg_count(EG_CNT_RELATED);
+		return TCX_NEXT;
+	}
+
+	/* A new flow. */
+	if (eg_identity(slot, p.family, key.local) != ep.identity) {
+		if (ep.flags & EG_EP_F_HOST) {
+			/* Not the node's own traffic (routed through it): the
+			 * workload it belongs to is enforced on its own
+			 * interface. */
+			eg_count(EG_CNT_FORWARDED);
+			return TCX_NEXT;
+		}
+		if (v.dir == EG_DIR_EGRESS) {
+			eg_count(EG_CNT_SPOOFED);
+			v.peer_identity = eg_identity(slot, p.family, key.remote);
+			v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
+			v.reason = EG_REASON_SPOOFED;
+			return eg_finish(&p, &v, 1);
+		}
+		/* Ingress to a container for an address that is not its
+		 * own (multicast, broadcast, a routed prefix): decided by
+		 * policy like anything else. */
+	}
+	v.peer_identity = eg_identity(slot, p.family, key.remote);
+	q.endpoint_id = ep.id;
+	q.peer_identity = v.peer_identity;
+	q.direction = v.dir;
+	q.protocol = p.proto;
+	q.port = p.dport; /* 0 for protocols without ports */
+	eg_policy_decide(&ep, slot, &q, &pv);
+	v.verdict = eg_downgrade(ep.mode, pv.verdict);
+	v.rule_id = pv.rule_id;
+	v.reason = EG_REASON_POLICY;
+
+	if (v.verdict != EG_VERDICT_DENIED) {
+		struct eg_ct_entry e = {};
+
+		e.generation = gen;
+		e.rule_id = v.rule_id;
+		e.peer_identity = v.peer_identity;
+		e.verdict = v.verdict;
+		e.origin = v.dir;
+		if (cfg_ct_accounting) {
+			e.packets = 1;
+			e.bytes = p.len;
+		}
+		if (p.proto == IPPROTO_TCP && (p.tcp_flags & EG_TCP_RST))
+			e.state = EG_CT_CLOSING;
+		e.expires_ns = now + eg_ct_lifetime(p.proto, e.state);
+		if (bpf_map_update_elem(&eg_ct, &key, &e, BPF_ANY))
+			eg_count(EG_CNT_CT_FULL);
+		eg_frag_remember(&p, ep.id, v.verdict, now);
+	}
+	return eg_finish(&p, &v, 1);
+}
+
+SEC("tcx/ingress")
+int eg_tc_ingress(struct __sk_buff *skb)
+{
+	return eg_process(skb, 1);
+}
+
+SEC("tcx/egress")
+int eg_tc_egress(struct __sk_buff *skb)
+{
+	return eg_process(skb, 0);
+}

@@ -1,0 +1,418 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Copyright The Eastguard Authors */
+
+/*
+ * Every map, key, value and shared constant of the Eastguard datapath.
+ *
+ * The Go side (agent/datapath) gets its types from here through
+ * `bpf2go -type`, and a layout test checks the sizes and offsets it relies
+ * on; internal/ruleset mirrors the policy lookup in Go. Keep all three in
+ * step.
+ *
+ * Rule-set generations. A rule set is four maps: endpoints, ipcache, exact
+ * policy and range policy. Each lives in an ARRAY_OF_MAPS with two slots.
+ * The agent fills fresh inner maps for the inactive slot, then flips
+ * eg_state (one aligned 32-bit store), so a packet sees either the whole old
+ * rule set or the whole new one, never a mix. Incremental updates (an
+ * interface appears, a pod address changes) write the active slot's maps in
+ * place, entry by entry, and bump the generation too.
+ *
+ * Conntrack entries remember the generation their verdict was computed in;
+ * after any change the first packet of every established flow is checked
+ * against the new rule set once, so revoking access also cuts existing
+ * connections.
+ */
+#ifndef EG_MAPS_H
+#define EG_MAPS_H
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+/* Must equal ruleset.MaxIntervals. */
+#define EG_MAX_RANGES 32
+#define EG_GEN_SLOTS  2
+
+/* Reserved identities (internal/ruleset). */
+#define EG_IDENTITY_ANY   0
+#define EG_IDENTITY_WORLD 1
+#define EG_IDENTITY_HOST  2
+
+enum eg_direction {
+	EG_DIR_INGRESS = 0, /* to the workload */
+	EG_DIR_EGRESS  = 1, /* from the workload */
+};
+
+enum eg_verdict {
+	EG_VERDICT_NONE       = 0,
+	EG_VERDICT_ALLOWED    = 1,
+	EG_VERDICT_DENIED     = 2,
+	EG_VERDICT_WOULD_DENY = 3, /* monitor mode: reported, passes */
+};
+
+enum eg_mode {
+	EG_MODE_ENFORCE = 0,
+	EG_MODE_MONITOR = 1,
+};
+
+/* Why a packet got a non-policy verdict, or which path decided it. */
+enum eg_reason {
+	EG_REASON_POLICY      = 0, /* the policy lookup (rule_id 0 = default deny) */
+	EG_REASON_NO_ENDPOINT = 1, /* programs on an interface without an endpoint */
+	EG_REASON_SPOOFED     = 2, /* egress with a source address that is not the workload's */
+	EG_REASON_FRAGMENT    = 3, /* non-first fragment whose first fragment was not allowed */
+	EG_REASON_REVALIDATED = 4, /* established flow re-checked after a rule-set change */
+	EG_REASON_MALFORMED   = 5, /* truncated or inconsistent headers */
+};
+
+enum eg_endpoint_flags {
+	EG_EP_F_HOST = 1 << 0, /* host mode: hooks are the node's, no direction flip */
+	EG_EP_F_L3   = 1 << 1, /* the device has no Ethernet header (tun, wireguard) */
+};
+
+/* Probe shapes (ruleset.Shape): which policy probes can hit. */
+enum eg_shape {
+	EG_SHAPE_EXACT_PEER     = 1 << 0,
+	EG_SHAPE_RANGE_PEER     = 1 << 1,
+	EG_SHAPE_EXACT_ANY      = 1 << 2,
+	EG_SHAPE_RANGE_ANY      = 1 << 3,
+	EG_SHAPE_ANYPROTO_PEER  = 1 << 4,
+	EG_SHAPE_ANYPROTO_ANY   = 1 << 5,
+};
+
+/*
+ * Per-CPU counters. Verdict counters come in (verdict, direction) pairs in
+ * the order of enum eg_verdict so the index is computed:
+ * EG_CNT_ALLOWED_INGRESS + (verdict - 1) * 2 + direction.
+ * "allowed" counts new flows admitted; "denied" counts packets dropped;
+ * "would-deny" counts packets monitor mode let through that enforce mode
+ * would have dropped.
+ */
+enum eg_counter {
+	EG_CNT_ALLOWED_INGRESS = 0,
+	EG_CNT_ALLOWED_EGRESS,
+	EG_CNT_DENIED_INGRESS,
+	EG_CNT_DENIED_EGRESS,
+	EG_CNT_WOULD_DENY_INGRESS,
+	EG_CNT_WOULD_DENY_EGRESS,
+	EG_CNT_ESTABLISHED,        /* packets passed by conntrack */
+	EG_CNT_RELATED,            /* ICMP errors for a tracked flow */
+	EG_CNT_REVALIDATED,        /* established flows re-checked after a change */
+	EG_CNT_FORWARDED,          /* host mode: packets not to or from the node itself */
+	EG_CNT_NEIGHBOR,           /* ARP, IPv6 ND and MLD: always pass */
+	EG_CNT_NON_IP,             /* other ethertypes: pass */
+	EG_CNT_FRAGMENTS,          /* IP fragments seen */
+	EG_CNT_MALFORMED,
+	EG_CNT_SPOOFED,
+	EG_CNT_NO_ENDPOINT,
+	EG_CNT_EVENTS_LOST,        /* ring buffer full: event not written */
+	EG_CNT_EVENTS_SUPPRESSED,  /* deny events over the rate limit */
+	EG_CNT_CT_FULL,            /* conntrack insert failed */
+	EG_CNT_MAX,
+};
+
+/* eg_state (value struct eg_generation): the active generation. */
+struct eg_generation {
+	/* bit 0: active slot; bits 1..31: generation, 0 = no rule set yet.
+	 * User space rewrites the value with a map update (a memcpy). The
+	 * slot is in the lowest byte, and a byte cannot tear, so every packet
+	 * sees exactly the old or the new rule set. A torn generation number
+	 * only makes conntrack re-check a flow once more, which is harmless. */
+	__u32 word;
+	__u32 pad;
+};
+
+/* eg_endpoints inner map: ifindex -> endpoint. */
+struct eg_endpoint {
+	__u32 id;           /* ruleset.EndpointID, never 0 */
+	__u32 identity;     /* the workload's own identity */
+	__u8  mode;         /* enum eg_mode */
+	__u8  flags;        /* enum eg_endpoint_flags */
+	__u8  shapes[2];    /* enum eg_shape bits, indexed by enum eg_direction */
+};
+
+/*
+ * eg_ipcache inner map (LPM trie): address -> identity. IPv4 and IPv6 share
+ * one trie; the family byte keeps ::/0 from matching IPv4 addresses.
+ * prefixlen counts the 32 bits of family+pad plus the address prefix.
+ */
+struct eg_ipcache_key {
+	__u32 prefixlen;
+	__u8  family;       /* 4 or 6 */
+	__u8  pad[3];
+	__u8  addr[16];     /* IPv4 in addr[0..3], the rest zero */
+};
+
+struct eg_ipcache_value {
+	__u32 identity;
+	__u32 pad;
+};
+
+/*
+ * eg_policy inner map: exact probes. Wildcards: peer_identity 0 = any peer;
+ * protocol 0 (with port 0) = any protocol and port. port is the TCP/UDP
+ * destination port of the flow's first packet, or type<<8|code for ICMP, in
+ * host byte order. See internal/ruleset/encode.go for the probe order.
+ */
+struct eg_policy_key {
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u8  direction;
+	__u8  protocol;
+	__u16 port;
+};
+
+struct eg_policy_value {
+	__u32 rule_id;      /* 0 = default deny */
+	__u8  verdict;      /* enum eg_verdict */
+	__u8  pad[3];
+};
+
+/* eg_policy_ranges inner map: per (endpoint, peer, dir, proto) sorted
+ * disjoint port intervals, binary-searched. peer_identity 0 = any peer. */
+struct eg_range_key {
+	__u32 endpoint_id;
+	__u32 peer_identity;
+	__u8  direction;
+	__u8  protocol;
+	__u16 pad;
+};
+
+struct eg_port_interval {
+	__u16 lo;
+	__u16 hi;           /* inclusive */
+	__u32 rule_id;
+	__u8  verdict;
+	__u8  pad[3];
+};
+
+struct eg_range_value {
+	__u32 count;        /* intervals used, <= EG_MAX_RANGES */
+	__u32 pad;
+	struct eg_port_interval iv[EG_MAX_RANGES];
+};
+
+/* How the ports of a conntrack key are to be read (ICMP has no ports). */
+enum eg_ct_kind {
+	EG_CT_KIND_PORTS     = 0, /* TCP, UDP, other: local/remote ports (0 without ports) */
+	EG_CT_KIND_ECHO      = 1, /* ICMP(v6) echo: local_port = identifier, remote_port = 0 */
+	EG_CT_KIND_ICMP      = 2, /* other ICMP: local_port = direction, remote_port = type<<8|code */
+};
+
+/*
+ * eg_ct: LRU conntrack, keyed from the endpoint's point of view so that both
+ * directions of a flow find the same entry with one lookup: "local" is the
+ * workload's side, "remote" the peer's. endpoint_id keeps two workloads on
+ * one node from sharing state: each end decides on its own.
+ */
+struct eg_ct_key {
+	__u8  local[16];
+	__u8  remote[16];
+	__u32 endpoint_id;
+	__u16 local_port;
+	__u16 remote_port;
+	__u8  protocol;
+	__u8  family;
+	__u8  kind;         /* enum eg_ct_kind */
+	__u8  pad;
+};
+
+enum eg_ct_state {
+	EG_CT_SEEN_REPLY = 1 << 0,
+	EG_CT_FIN_ORIG   = 1 << 1,
+	EG_CT_FIN_REPLY  = 1 << 2,
+	EG_CT_CLOSING    = 1 << 3, /* RST seen */
+};
+
+struct eg_ct_entry {
+	__u64 expires_ns;   /* bpf_ktime_get_coarse_ns() after which the entry is dead */
+	__u64 packets;      /* both directions; approximate (non-atomic adds) */
+	__u64 bytes;
+	__u32 generation;   /* rule-set generation the verdict was checked in */
+	__u32 rule_id;
+	__u32 peer_identity;
+	__u8  verdict;      /* EG_VERDICT_ALLOWED or EG_VERDICT_WOULD_DENY */
+	__u8  origin;       /* enum eg_direction of the first packet */
+	__u8  state;        /* enum eg_ct_state bits */
+	__u8  pad;
+};
+
+/* eg_frags: verdicts of first fragments, so later fragments (no L4 header)
+ * follow them. Keyed by the packet's own addresses. */
+struct eg_frag_key {
+	__u8  src[16];
+	__u8  dst[16];
+	__u32 id;           /* IPv4 identification or IPv6 fragment id */
+	__u32 endpoint_id;
+	__u8  protocol;
+	__u8  family;
+	__u16 pad;
+};
+
+struct eg_frag_entry {
+	__u64 expires_ns;
+	__u8  verdict;
+	__u8  pad[7];
+};
+
+/* eg_ratelimit: per-CPU token bucket for deny and would-deny events. */
+struct eg_ratelimit {
+	__u64 last_ns;
+	__u64 tokens;       /* in event-nanoseconds: one event costs 1e9 */
+	__u32 suppressed;   /* events dropped since the last one written */
+	__u32 pad;
+};
+
+/* eg_events: one record per new flow and per denied/would-deny packet. */
+struct eg_flow_event {
+	__u64 timestamp_ns; /* bpf_ktime_get_ns() */
+	__u8  src[16];      /* the packet's addresses, IPv4 in [0..3] */
+	__u8  dst[16];
+	__u32 ifindex;
+	__u32 endpoint_id;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u32 suppressed;   /* deny events suppressed on this CPU before this one */
+	__u32 length;       /* packet length */
+	__u16 src_port;     /* host order; ICMP: 0 */
+	__u16 dst_port;     /* host order; ICMP: type<<8|code */
+	__u8  family;
+	__u8  protocol;
+	__u8  direction;    /* enum eg_direction */
+	__u8  verdict;      /* enum eg_verdict */
+	__u8  reason;       /* enum eg_reason */
+	__u8  tcp_flags;
+	__u8  pad[2];
+};
+
+/* ---- maps ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eg_generation);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EG_GEN_SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__uint(max_entries, 4096);
+		__type(key, __u32);
+		__type(value, struct eg_endpoint);
+	});
+} eg_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EG_GEN_SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+		__uint(max_entries, 131072);
+		__uint(map_flags, BPF_F_NO_PREALLOC);
+		__type(key, struct eg_ipcache_key);
+		__type(value, struct eg_ipcache_value);
+	});
+} eg_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EG_GEN_SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__uint(max_entries, 262144);
+		__type(key, struct eg_policy_key);
+		__type(value, struct eg_policy_value);
+	});
+} eg_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EG_GEN_SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__uint(max_entries, 16384);
+		__type(key, struct eg_range_key);
+		__type(value, struct eg_range_value);
+	});
+} eg_policy_ranges SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct eg_ct_key);
+	__type(value, struct eg_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct eg_frag_key);
+	__type(value, struct eg_frag_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_frags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EG_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eg_ratelimit);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_ratelimit SEC(".maps");
+
+/*
+ * BTF anchors. clang emits full BTF for the key and value types of a map
+ * definition, but not for those of the inner-map template inside
+ * __array(values, ...): they come out as forward declarations, which no
+ * loader can size. Referencing each type from a global forces the full
+ * definition. The pointers live in .rodata and are never read.
+ */
+#define EG_BTF_ANCHOR(type) const struct type *const eg_btf_##type = 0
+EG_BTF_ANCHOR(eg_endpoint);
+EG_BTF_ANCHOR(eg_ipcache_key);
+EG_BTF_ANCHOR(eg_ipcache_value);
+EG_BTF_ANCHOR(eg_policy_key);
+EG_BTF_ANCHOR(eg_policy_value);
+EG_BTF_ANCHOR(eg_range_key);
+EG_BTF_ANCHOR(eg_range_value);
+EG_BTF_ANCHOR(eg_flow_event);
+/* Enums are only in BTF when a typed object uses them. */
+#define EG_BTF_ENUM(type) const enum type eg_btf_##type = 0
+EG_BTF_ENUM(eg_counter);
+EG_BTF_ENUM(eg_reason);
+EG_BTF_ENUM(eg_verdict);
+EG_BTF_ENUM(eg_shape);
+EG_BTF_ENUM(eg_endpoint_flags);
+EG_BTF_ENUM(eg_ct_state);
+EG_BTF_ENUM(eg_ct_kind);
+EG_BTF_ENUM(eg_mode);
+EG_BTF_ENUM(eg_direction);
+
+#endif /* EG_MAPS_H */
