@@ -19,7 +19,9 @@ type generation struct {
 	endpoints, ipcache, policy, ranges *ebpf.Map
 }
 
-func (g *generation) maps() []*ebpf.Map { return []*ebpf.Map{g.endpoints, g.ipcache, g.policy, g.ranges} }
+func (g *generation) maps() []*ebpf.Map {
+	return []*ebpf.Map{g.endpoints, g.ipcache, g.policy, g.ranges}
+}
 
 func (g *generation) close() error {
 	var errs []error

@@ -103,15 +103,15 @@ type Datapath struct {
 	log  *zap.Logger
 	spec *ebpf.CollectionSpec
 
-	ns   netns.NsHandle // the network namespace Open ran in
+	ns netns.NsHandle // the network namespace Open ran in
 
 	mu       sync.Mutex
 	objs     bpfObjects
-	replaced map[string]bool // pinned after the first Apply; see loaded
-	word     uint32               // generation word last written (eg_state)
-	gens     [2]*generation       // inner maps we built, by slot
-	current  *applied             // what the active generation holds
-	links    map[hook]link.Link   // our attachments
+	replaced map[string]bool    // pinned after the first Apply; see loaded
+	word     uint32             // generation word last written (eg_state)
+	gens     [2]*generation     // inner maps we built, by slot
+	current  *applied           // what the active generation holds
+	links    map[hook]link.Link // our attachments
 	watch    *linkWatch
 	closed   bool
 	closeErr error

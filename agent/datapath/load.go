@@ -171,15 +171,15 @@ func compatible(ms *ebpf.MapSpec, m *ebpf.Map) error {
 // mapsByName lists the pinned maps of objs by their C name.
 func (o *bpfObjects) mapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		"eg_state":           o.EgState,
-		"eg_endpoints":       o.EgEndpoints,
-		"eg_ipcache":         o.EgIpcache,
-		"eg_policy":          o.EgPolicy,
-		"eg_policy_ranges":   o.EgPolicyRanges,
-		"eg_ct":              o.EgCt,
-		"eg_frags":           o.EgFrags,
-		"eg_events":          o.EgEvents,
-		"eg_counters":        o.EgCounters,
-		"eg_ratelimit":       o.EgRatelimit,
+		"eg_state":         o.EgState,
+		"eg_endpoints":     o.EgEndpoints,
+		"eg_ipcache":       o.EgIpcache,
+		"eg_policy":        o.EgPolicy,
+		"eg_policy_ranges": o.EgPolicyRanges,
+		"eg_ct":            o.EgCt,
+		"eg_frags":         o.EgFrags,
+		"eg_events":        o.EgEvents,
+		"eg_counters":      o.EgCounters,
+		"eg_ratelimit":     o.EgRatelimit,
 	}
 }

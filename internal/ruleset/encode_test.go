@@ -365,7 +365,6 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-
 func TestHashIgnoresOrderAndVersion(t *testing.T) {
 	a := validRuleSet()
 	b := validRuleSet()
