@@ -2,11 +2,11 @@ package policy
 
 import (
 	"fmt"
-	"time"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParse: the parser never panics, every diagnostic has a position and a
