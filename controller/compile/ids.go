@@ -1,0 +1,102 @@
+package compile
+
+import (
+	"hash/fnv"
+	"net/netip"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Identity, endpoint and rule ids are derived from names by hashing, so
+// they are the same in every run, on the controller and in an agent's
+// standalone mode, with no store: adding or removing one workload, label set
+// or rule does not renumber the others. A hash collision is resolved by
+// probing to the next free value, with keys taken in sorted order, so the
+// outcome is deterministic too; only the later key (in sorted order) of a
+// colliding pair moves, and only while the other exists.
+//
+// Identity ranges (all clear of the reserved ids below 256):
+//
+//	256 .. 2^31-1       label identities (distinct label sets of managed workloads)
+//	2^31 .. 2^32-1      CIDR identities (one per distinct prefix in cidr/except)
+const (
+	labelIdentityFirst = uint64(ruleset.IdentityFirstAllocated)
+	labelIdentityLast  = uint64(1<<31 - 1)
+	cidrIdentityFirst  = uint64(1 << 31)
+	cidrIdentityLast   = uint64(1<<32 - 1)
+)
+
+func hash64(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
+}
+
+// allocate gives each key a value in [lo, hi] derived from its hash,
+// probing upwards (wrapping) past values already taken. keys must be sorted
+// and unique, and fewer than the range.
+func allocate(keys []string, lo, hi uint64) []uint64 {
+	span := hi - lo + 1
+	taken := make(map[uint64]bool, len(keys))
+	out := make([]uint64, len(keys))
+	for i, k := range keys {
+		v := hash64(k) % span
+		for taken[v] {
+			v = (v + 1) % span
+		}
+		taken[v] = true
+		out[i] = lo + v
+	}
+	return out
+}
+
+// LabelIdentity returns the identity a label set gets when no other label
+// set collides with it (the common case; see the package comment).
+func LabelIdentity(canonicalLabels string) ruleset.Identity {
+	return ruleset.Identity(allocate([]string{canonicalLabels}, labelIdentityFirst, labelIdentityLast)[0])
+}
+
+func allocateIdentities(keys []string, lo, hi uint64) []ruleset.Identity {
+	raw := allocate(keys, lo, hi)
+	out := make([]ruleset.Identity, len(raw))
+	for i, v := range raw {
+		out[i] = ruleset.Identity(v)
+	}
+	return out
+}
+
+// cidrIdentities allocates one identity per distinct prefix (sorted).
+func cidrIdentities(prefixes []netip.Prefix) map[netip.Prefix]ruleset.Identity {
+	keys := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		keys[i] = p.String()
+	}
+	ids := allocateIdentities(keys, cidrIdentityFirst, cidrIdentityLast)
+	out := make(map[netip.Prefix]ruleset.Identity, len(prefixes))
+	for i, p := range prefixes {
+		out[p] = ids[i]
+	}
+	return out
+}
+
+// ruleIDs allocates rule ids from "policy/rule" names (sorted, unique),
+// never 0 (the default deny).
+func ruleIDs(names []string) []ruleset.RuleID {
+	raw := allocate(names, 1, 1<<32-1)
+	out := make([]ruleset.RuleID, len(raw))
+	for i, v := range raw {
+		out[i] = ruleset.RuleID(v)
+	}
+	return out
+}
+
+// endpointIDs allocates endpoint ids on one node from workload names
+// (sorted, unique), never 0.
+func endpointIDs(names []string) []ruleset.EndpointID {
+	raw := allocate(names, 1, 1<<32-1)
+	out := make([]ruleset.EndpointID, len(raw))
+	for i, v := range raw {
+		out[i] = ruleset.EndpointID(v)
+	}
+	return out
+}
