@@ -68,6 +68,10 @@ type Explanation struct {
 // workload: nothing of Eastguard's decides it.
 var ErrNoManagedEnd = errors.New("neither end is a managed workload")
 
+// ErrNoCommonFamily is returned when the two ends have no addresses of one
+// family (or none of the family the protocol needs).
+var ErrNoCommonFamily = errors.New("no address of a common family")
+
 // Explain decides a flow with the compiled rule sets of both ends' nodes.
 // res must hold the nodes of the managed ends (compile them all, or name
 // them in Options.Nodes).
@@ -171,7 +175,7 @@ func pickAddresses(from, to *Party, proto ruleset.Protocol) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%s and %s have no address of a common family for %s", partyName(*from), partyName(*to), proto)
+	return fmt.Errorf("%w: %s and %s for %s", ErrNoCommonFamily, partyName(*from), partyName(*to), proto)
 }
 
 func addrOf(p Party, is4 bool) (netip.Addr, bool) {

@@ -23,12 +23,13 @@ type denyKey struct {
 	peer ruleset.Identity
 }
 
-// shadowStats checks every allow entry of one rule set against the deny and
-// would-deny entries of the same endpoint and direction.
+// shadowStats checks every allow entry of one rule set against the deny
+// entries of the same endpoint and direction. Would-deny entries do not
+// shadow: under a monitor policy's deny the allowed traffic still passes.
 func shadowStats(entries []ruleset.Entry) map[ruleset.RuleID]*shadowStat {
 	denies := make(map[denyKey][]ruleset.Entry)
 	for _, e := range entries {
-		if e.Verdict != ruleset.VerdictAllowed {
+		if e.Verdict == ruleset.VerdictDenied {
 			k := denyKey{e.Endpoint, e.Direction, e.Peer}
 			denies[k] = append(denies[k], e)
 		}
