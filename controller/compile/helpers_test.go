@@ -60,7 +60,7 @@ func mustCompile(t testing.TB, input string) (*policy.Set, *Result) {
 	if set == nil {
 		t.Fatalf("invalid test input:\n%v", diags.Err())
 	}
-	res, err := Compile(set, Options{})
+	res, err := Compile(set, Options{Validate: true})
 	if err != nil {
 		t.Fatalf("Compile: %v", err)
 	}

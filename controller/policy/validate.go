@@ -93,25 +93,44 @@ func metas[T any](items []T, meta func(T) Meta) []Meta {
 
 // selectorWarnings warns about selectors that match no workload: usually a
 // typo in a label, which would leave the intended traffic default-denied.
+// Label sets are indexed by their pairs, so each selector only looks at
+// the label sets that have its rarest pair.
 func (s *Set) selectorWarnings() Diagnostics {
 	var ds Diagnostics
-	labelSets := make(map[string]Labels)
+	byPair := make(map[string][]Labels)
+	seen := make(map[string]bool)
 	for _, w := range s.Workloads {
-		labelSets[w.Labels.String()] = w.Labels
+		key := w.Labels.String()
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		for k, v := range w.Labels {
+			byPair[k+"="+v] = append(byPair[k+"="+v], w.Labels)
+		}
+	}
+	matches := func(sel Selector) bool {
+		if len(sel) == 0 {
+			return len(s.Workloads) > 0
+		}
+		var cands []Labels
+		first := true
+		for k, v := range sel {
+			list := byPair[k+"="+v]
+			if first || len(list) < len(cands) {
+				cands, first = list, false
+			}
+		}
+		for _, l := range cands {
+			if sel.Matches(l) {
+				return true
+			}
+		}
+		return false
 	}
 	check := func(peers []Peer) {
 		for _, p := range peers {
-			if p.Selector == nil {
-				continue
-			}
-			matched := false
-			for _, l := range labelSets {
-				if p.Selector.Matches(l) {
-					matched = true
-					break
-				}
-			}
-			if !matched {
+			if p.Selector != nil && !matches(p.Selector) {
 				ds = append(ds, Diagnostic{Pos: p.Pos, Path: p.Path + ".selector", Severity: SeverityWarning,
 					Message: fmt.Sprintf("selector {%s} matches no workload", Labels(p.Selector))})
 			}
