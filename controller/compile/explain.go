@@ -276,3 +276,15 @@ func ParseService(s string) (ruleset.Protocol, uint16, error) {
 	}
 	return 0, 0, fmt.Errorf("%q: want PORT/tcp, PORT/udp, [TYPE[:CODE]/]icmp or [TYPE[:CODE]/]icmpv6", s)
 }
+
+// Nodes returns the nodes whose rule sets Explain needs for q: those of its
+// managed ends (unresolvable ends are left for Explain to report).
+func (q Query) Nodes(set *policy.Set) []string {
+	var nodes []string
+	for _, s := range []string{q.From, q.To} {
+		if p, err := resolveParty(set, s); err == nil && p.Workload != nil && !slices.Contains(nodes, p.Workload.Node) {
+			nodes = append(nodes, p.Workload.Node)
+		}
+	}
+	return nodes
+}

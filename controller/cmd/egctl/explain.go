@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/eastguard/eastguard/controller/compile"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+var explainCmd = &command{
+	name:    "explain",
+	summary: "say whether a flow is allowed, at each end, and which rule decides",
+	usage:   "egctl explain --from WORKLOAD|ADDRESS --to WORKLOAD|ADDRESS --port PORT/PROTO FILE|DIR...",
+	help: `
+Compiles the rule sets of the nodes of both ends and decides the new flow
+exactly as their datapaths would: the source end (egress, on the source
+workload's node) and the destination end (ingress, on the destination's
+node). An address no workload owns has no end of its own. The flow is denied
+if either end denies it, would-deny if either end only reports it (a monitor
+mode is in force), and allowed otherwise. The deciding rule is printed as
+policy/rule, or default-deny when no rule admits the flow.
+
+--port takes PORT/tcp, PORT/udp, icmp (echo request), icmpv6, or
+TYPE/icmp, TYPE:CODE/icmp (and icmpv6). A workload given by name uses its
+first address of a family the other end also has (IPv4 first).
+
+Exit status: 0 allowed, 3 denied, 4 would-deny (allowed only because a
+monitor mode is in force), 1 bad input.
+
+Examples:
+  egctl explain --from web-1 --to db-1 --port 5432/tcp policies/
+  egctl explain --from 192.0.2.10 --to bastion --port 22/tcp policies/
+  egctl explain --from web-1 --to 10.10.0.21 --port icmp -o json policies/`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+		from := fs.String("from", "", "source: a workload name or an IP address (required)")
+		to := fs.String("to", "", "destination: a workload name or an IP address (required)")
+		port := fs.String("port", "", "destination port and protocol, e.g. 22/tcp, 53/udp, icmp (required)")
+		output := fs.String("o", "text", "output format: text or json")
+		return func(e *env, args []string) int {
+			if *from == "" || *to == "" || *port == "" {
+				fmt.Fprintln(e.stderr, "egctl explain: --from, --to and --port are required (see egctl explain --help)")
+				return exitBadInput
+			}
+			if *output != "text" && *output != "json" {
+				fmt.Fprintf(e.stderr, "egctl explain: -o %q: want text or json\n", *output)
+				return exitBadInput
+			}
+			proto, p, err := compile.ParseService(*port)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl explain: --port %v\n", err)
+				return exitBadInput
+			}
+			set := loadPolicy(e, args)
+			if set == nil {
+				return exitBadInput
+			}
+			q := compile.Query{From: *from, To: *to, Protocol: proto, Port: p}
+			nodes := q.Nodes(set)
+			res, err := compile.Compile(set, compile.Options{Nodes: nodes, Validate: true})
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
+				return exitBadInput
+			}
+			x, err := compile.Explain(set, res, q)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
+				return exitBadInput
+			}
+			if *output == "json" {
+				err = printExplainJSON(e.stdout, x)
+			} else {
+				printExplain(e.stdout, x)
+			}
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
+				return exitBadInput
+			}
+			switch x.Verdict {
+			case ruleset.VerdictDenied:
+				return exitDenied
+			case ruleset.VerdictWouldDeny:
+				return exitWouldDeny
+			}
+			return exitOK
+		}
+	},
+}
+
+func service(proto ruleset.Protocol, port uint16) string {
+	if proto.IsICMP() {
+		return fmt.Sprintf("%s type %d code %d", proto, port>>8, port&0xff)
+	}
+	return fmt.Sprintf("%s %d", proto, port)
+}
+
+func printExplain(w io.Writer, x *compile.Explanation) {
+	fmt.Fprintf(w, "flow:        %s -> %s, %s\n", x.From, x.To, service(x.Protocol, x.Port))
+	end := func(label string, p compile.Party, d *compile.EndDecision) {
+		if d == nil {
+			fmt.Fprintf(w, "%-12s %s is not a managed workload: no end of its own\n", label, p.Addr)
+			return
+		}
+		mode := ""
+		if d.Mode == ruleset.ModeMonitor {
+			mode = " (monitor mode)"
+		}
+		fmt.Fprintf(w, "%-12s %s on %s%s, %s, peer identity %d %s: %s by %s\n",
+			label, d.Workload, d.Node, mode, d.Direction, d.Peer, d.PeerName, d.Verdict, d.RuleName)
+	}
+	end("source:", x.From, x.Source)
+	end("destination:", x.To, x.Destination)
+	fmt.Fprintf(w, "verdict:     %s (%s)\n", x.Verdict, x.Rule)
+}
+
+type endJSON struct {
+	Node      string            `json:"node"`
+	Workload  string            `json:"workload"`
+	Endpoint  uint32            `json:"endpoint"`
+	Direction ruleset.Direction `json:"direction"`
+	Mode      ruleset.Mode      `json:"mode"`
+	Peer      uint32            `json:"peerIdentity"`
+	PeerName  string            `json:"peer"`
+	Verdict   ruleset.Verdict   `json:"verdict"`
+	Rule      string            `json:"rule"`
+}
+
+func printExplainJSON(w io.Writer, x *compile.Explanation) error {
+	end := func(d *compile.EndDecision) *endJSON {
+		if d == nil {
+			return nil
+		}
+		return &endJSON{d.Node, d.Workload, uint32(d.Endpoint), d.Direction, d.Mode, uint32(d.Peer), d.PeerName, d.Verdict, d.RuleName}
+	}
+	name := func(p compile.Party) string {
+		if p.Workload != nil {
+			return p.Workload.Name
+		}
+		return ""
+	}
+	out := struct {
+		From         string           `json:"from"`
+		FromAddr     string           `json:"fromAddr"`
+		To           string           `json:"to"`
+		ToAddr       string           `json:"toAddr"`
+		Protocol     ruleset.Protocol `json:"protocol"`
+		Port         uint16           `json:"port"`
+		Source       *endJSON         `json:"source"`
+		Destination  *endJSON         `json:"destination"`
+		Verdict      ruleset.Verdict  `json:"verdict"`
+		DecidingRule string           `json:"rule"`
+	}{name(x.From), x.From.Addr.String(), name(x.To), x.To.Addr.String(), x.Protocol, x.Port,
+		end(x.Source), end(x.Destination), x.Verdict, x.Rule}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return fmt.Errorf("render explanation: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/eastguard/eastguard/controller/compile"
+)
+
+var validateCmd = &command{
+	name:    "validate",
+	summary: "check policy files offline: errors, warnings, and whether every node's rule set fits",
+	usage:   "egctl validate [flags] FILE|DIR...",
+	help: `
+Parses every resource (Workload, Policy, AlertRule, Webhook) in the files and
+directories (every *.yaml and *.yml below a directory; - reads standard
+input), checks them, and compiles every node's rule set to check that it fits
+the datapath's maps. Problems are printed to standard error as
+
+  file:line:col: path: message
+  file:line:col: path: warning: message
+
+Exit status: 0 valid (warnings may have been printed), 1 invalid or
+unreadable input.
+
+Examples:
+  egctl validate policies/
+  egctl validate workloads.yaml shop.yaml
+  cat shop.yaml | egctl validate -`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+		return func(e *env, args []string) int {
+			set := loadPolicy(e, args)
+			if set == nil {
+				return exitBadInput
+			}
+			res, err := compile.Compile(set, compile.Options{Validate: true})
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl: %v\n", err)
+				return exitBadInput
+			}
+			printDiagnostics(e, res.Warnings)
+			rules := 0
+			for _, p := range set.Policies {
+				rules += len(p.Rules)
+			}
+			fmt.Fprintf(e.stdout, "valid: %s, %s (%s), %s, %s; %s compiled\n",
+				count(len(set.Workloads), "workload"), count(len(set.Policies), "policy"), count(rules, "rule"),
+				count(len(set.AlertRules), "alert rule"), count(len(set.Webhooks), "webhook"), count(len(res.Nodes), "node"))
+			return exitOK
+		}
+	},
+}
