@@ -54,6 +54,18 @@ func policyDoc(name, mode, rules string) string {
 	return "\n---\napiVersion: eastguard.dev/v1\nkind: Policy\nmetadata: {name: " + name + "}\nspec:\n" + m + "  rules:\n" + rules
 }
 
+// mustCompileNoFail parses input and compiles it, returning the compile
+// error instead of failing.
+func mustCompileNoFail(t testing.TB, input string) (*policy.Set, error) {
+	t.Helper()
+	set, diags := policy.ParseAndValidate("test.yaml", []byte(input))
+	if set == nil {
+		t.Fatalf("invalid test input:\n%v", diags.Err())
+	}
+	_, err := Compile(set, Options{Validate: true})
+	return set, err
+}
+
 func mustCompile(t testing.TB, input string) (*policy.Set, *Result) {
 	t.Helper()
 	set, diags := policy.ParseAndValidate("test.yaml", []byte(input))

@@ -59,6 +59,10 @@ func TestValidate(t *testing.T) {
 	if code != exitOK || !strings.Contains(errs, warn+":7:14: rules[0].from[0].selector: warning: selector {role=nobody} matches no workload") {
 		t.Errorf("warnings only: exit %d, stderr:\n%s", code, errs)
 	}
+	code, out, _ = egctl(t, "validate", "--sizes", shop)
+	if code != exitOK || !strings.Contains(out, "node-b: endpoints 2/4096, ipcache 9/131072, policy 13/262144") {
+		t.Errorf("--sizes: exit %d\n%s", code, out)
+	}
 	if code, _, errs := egctl(t, "validate", filepath.Join(dir, "missing.yaml")); code != exitBadInput || !strings.Contains(errs, "no such file") {
 		t.Errorf("missing file: exit %d, %s", code, errs)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/eastguard/eastguard/controller/compile"
+	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 var validateCmd = &command{
@@ -20,14 +21,19 @@ the datapath's maps. Problems are printed to standard error as
   file:line:col: path: message
   file:line:col: path: warning: message
 
+--sizes prints each node's map entries against the datapath limits; a node
+over a limit is an error whether or not it is given.
+
 Exit status: 0 valid (warnings may have been printed), 1 invalid or
 unreadable input.
 
 Examples:
   egctl validate policies/
   egctl validate workloads.yaml shop.yaml
+  egctl validate --sizes policies/
   cat shop.yaml | egctl validate -`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+		sizes := fs.Bool("sizes", false, "also print, per node, the datapath map entries its rule set needs against the limits")
 		return func(e *env, args []string) int {
 			set := loadPolicy(e, args)
 			if set == nil {
@@ -39,6 +45,14 @@ Examples:
 				return exitBadInput
 			}
 			printDiagnostics(e, res.Warnings)
+			if *sizes {
+				l := ruleset.DefaultLimits()
+				for _, n := range res.Nodes {
+					s := res.Sizes[n]
+					fmt.Fprintf(e.stdout, "%s: endpoints %d/%d, ipcache %d/%d, policy %d/%d, policy ranges %d/%d\n", n,
+						s.Endpoints, l.Endpoints, s.IPCache, l.IPCache, s.Policy, l.Policy, s.PolicyRanges, l.PolicyRanges)
+				}
+			}
 			rules := 0
 			for _, p := range set.Policies {
 				rules += len(p.Rules)
