@@ -56,11 +56,12 @@ func LabelIdentity(canonicalLabels string) ruleset.Identity {
 	return ruleset.Identity(allocate([]string{canonicalLabels}, labelIdentityFirst, labelIdentityLast)[0])
 }
 
-func allocateIdentities(keys []string, lo, hi uint64) []ruleset.Identity {
+// allocateAs is allocate for a typed id.
+func allocateAs[T ~uint32](keys []string, lo, hi uint64) []T {
 	raw := allocate(keys, lo, hi)
-	out := make([]ruleset.Identity, len(raw))
+	out := make([]T, len(raw))
 	for i, v := range raw {
-		out[i] = ruleset.Identity(v)
+		out[i] = T(v)
 	}
 	return out
 }
@@ -71,7 +72,7 @@ func cidrIdentities(prefixes []netip.Prefix) map[netip.Prefix]ruleset.Identity {
 	for i, p := range prefixes {
 		keys[i] = p.String()
 	}
-	ids := allocateIdentities(keys, cidrIdentityFirst, cidrIdentityLast)
+	ids := allocateAs[ruleset.Identity](keys, cidrIdentityFirst, cidrIdentityLast)
 	out := make(map[netip.Prefix]ruleset.Identity, len(prefixes))
 	for i, p := range prefixes {
 		out[p] = ids[i]
@@ -81,22 +82,10 @@ func cidrIdentities(prefixes []netip.Prefix) map[netip.Prefix]ruleset.Identity {
 
 // ruleIDs allocates rule ids from "policy/rule" names (sorted, unique),
 // never 0 (the default deny).
-func ruleIDs(names []string) []ruleset.RuleID {
-	raw := allocate(names, 1, 1<<32-1)
-	out := make([]ruleset.RuleID, len(raw))
-	for i, v := range raw {
-		out[i] = ruleset.RuleID(v)
-	}
-	return out
-}
+func ruleIDs(names []string) []ruleset.RuleID { return allocateAs[ruleset.RuleID](names, 1, 1<<32-1) }
 
 // endpointIDs allocates endpoint ids on one node from workload names
 // (sorted, unique), never 0.
 func endpointIDs(names []string) []ruleset.EndpointID {
-	raw := allocate(names, 1, 1<<32-1)
-	out := make([]ruleset.EndpointID, len(raw))
-	for i, v := range raw {
-		out[i] = ruleset.EndpointID(v)
-	}
-	return out
+	return allocateAs[ruleset.EndpointID](names, 1, 1<<32-1)
 }

@@ -75,7 +75,7 @@ func newModel(set *policy.Set) *model {
 		}
 	}
 	slices.Sort(keys)
-	ids := allocateIdentities(keys, labelIdentityFirst, labelIdentityLast)
+	ids := allocateAs[ruleset.Identity](keys, labelIdentityFirst, labelIdentityLast)
 	m.labelSets = make([]labelSet, len(keys))
 	for i, k := range keys {
 		byKey[k] = i

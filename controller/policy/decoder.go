@@ -92,6 +92,19 @@ type field struct {
 	decode   func(value *yaml.Node, path string)
 }
 
+// pairs calls fn for every key and value of mapping n, aliases resolved; it
+// stops when the node budget is spent.
+func (d *decoder) pairs(n *yaml.Node, path string, fn func(key, value *yaml.Node)) {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key := d.resolve(n.Content[i], path)
+		value := d.resolve(n.Content[i+1], path)
+		if key == nil || value == nil {
+			return
+		}
+		fn(key, value)
+	}
+}
+
 // mapping checks that n is a mapping whose keys are all known, none
 // repeated and the required ones present, and decodes each value. It
 // returns false when n is not a mapping.
@@ -101,33 +114,28 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) bool {
 		return false
 	}
 	seen := make(map[string]bool, len(n.Content)/2)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		key := d.resolve(n.Content[i], path)
-		value := d.resolve(n.Content[i+1], path)
-		if key == nil || value == nil {
-			return true
-		}
+	d.pairs(n, path, func(key, value *yaml.Node) {
 		if key.Kind != yaml.ScalarNode {
 			d.errorf(key, path, "expected a field name, got %s", describe(key))
-			continue
+			return
 		}
 		name := key.Value
 		if name == "<<" {
 			d.errorf(key, path, "merge keys (<<) are not supported; write the fields out")
-			continue
+			return
 		}
 		if seen[name] {
 			d.errorf(key, join(path, name), "field given twice")
-			continue
+			return
 		}
 		seen[name] = true
 		f, ok := findField(fields, name)
 		if !ok {
 			d.errorf(key, join(path, name), "unknown field %q%s", name, suggest(name, fields))
-			continue
+			return
 		}
 		f.decode(value, join(path, name))
-	}
+	})
 	for _, f := range fields {
 		if f.required && !seen[f.name] {
 			d.errorf(n, join(path, f.name), "missing required field %q", f.name)

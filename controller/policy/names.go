@@ -28,30 +28,19 @@ func checkName(s string) string {
 	return ""
 }
 
-// checkLabelKey returns why k is not a valid label key, or "". Keys and
-// values exclude ',' and '=' so that Labels.String is unambiguous.
-func checkLabelKey(k string) string {
-	if k == "" {
+// checkLabel returns why s is not a valid label key or value (what says
+// which), or "". Keys and values exclude ',' and '=' so that Labels.String
+// is unambiguous; a value may be empty, a key may not.
+func checkLabel(what, s string) string {
+	if s == "" && what == "key" {
 		return "label key is empty"
 	}
-	if len(k) > maxNameLen {
-		return fmt.Sprintf("label key is longer than %d characters", maxNameLen)
+	if len(s) > maxNameLen {
+		return fmt.Sprintf("label %s is longer than %d characters", what, maxNameLen)
 	}
-	for _, c := range []byte(k) {
+	for _, c := range []byte(s) {
 		if !isAlnum(c) && !strings.ContainsRune("-_./:", rune(c)) {
-			return fmt.Sprintf("label key %q may only contain letters, digits, '-', '_', '.', '/' and ':'", k)
-		}
-	}
-	return ""
-}
-
-func checkLabelValue(v string) string {
-	if len(v) > maxNameLen {
-		return fmt.Sprintf("label value is longer than %d characters", maxNameLen)
-	}
-	for _, c := range []byte(v) {
-		if !isAlnum(c) && !strings.ContainsRune("-_./:", rune(c)) {
-			return fmt.Sprintf("label value %q may only contain letters, digits, '-', '_', '.', '/' and ':'", v)
+			return fmt.Sprintf("label %s %q may only contain letters, digits, '-', '_', '.', '/' and ':'", what, s)
 		}
 	}
 	return ""

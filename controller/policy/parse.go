@@ -136,35 +136,30 @@ func (d *decoder) labels(n *yaml.Node, path string) map[string]string {
 		return nil
 	}
 	out := make(map[string]string, len(n.Content)/2)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		key := d.resolve(n.Content[i], path)
-		value := d.resolve(n.Content[i+1], path)
-		if key == nil || value == nil {
-			return out
-		}
+	d.pairs(n, path, func(key, value *yaml.Node) {
 		k, ok := d.scalarText(key, path)
 		if !ok {
-			continue
+			return
 		}
 		p := join(path, k)
-		if why := checkLabelKey(k); why != "" {
+		if why := checkLabel("key", k); why != "" {
 			d.errorf(key, p, "%s", why)
-			continue
+			return
 		}
 		if _, dup := out[k]; dup {
 			d.errorf(key, p, "label given twice")
-			continue
+			return
 		}
 		v, ok := d.scalarText(value, p)
 		if !ok {
-			continue
+			return
 		}
-		if why := checkLabelValue(v); why != "" {
+		if why := checkLabel("value", v); why != "" {
 			d.errorf(value, p, "%s", why)
-			continue
+			return
 		}
 		out[k] = v
-	}
+	})
 	return out
 }
 

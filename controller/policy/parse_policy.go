@@ -221,27 +221,20 @@ func (d *decoder) portRule(n *yaml.Node, path string) (PortRule, bool) {
 	if n.Kind != yaml.MappingNode || len(d.diags) != before {
 		return pr, false
 	}
-	if pr.Protocol.IsICMP() {
-		for _, f := range []struct {
-			n    *yaml.Node
-			name string
-		}{{portNode, "port"}, {endNode, "endPort"}} {
-			if f.n != nil {
-				d.errorf(f.n, join(path, f.name), "%s is not valid with %s; ICMP takes type and code", f.name, pr.Protocol)
+	reject := func(format string, fields map[string]*yaml.Node) {
+		for _, name := range []string{"port", "endPort", "type", "code"} {
+			if f := fields[name]; f != nil {
+				d.errorf(f, join(path, name), format, name, pr.Protocol)
 			}
 		}
+	}
+	if pr.Protocol.IsICMP() {
+		reject("%s is not valid with %s; ICMP takes type and code", map[string]*yaml.Node{"port": portNode, "endPort": endNode})
 		if codeNode != nil && typeNode == nil {
 			d.errorf(codeNode, join(path, "code"), "code needs a type")
 		}
 	} else {
-		for _, f := range []struct {
-			n    *yaml.Node
-			name string
-		}{{typeNode, "type"}, {codeNode, "code"}} {
-			if f.n != nil {
-				d.errorf(f.n, join(path, f.name), "ICMP %s is not valid with %s (only with ICMP or ICMPv6)", f.name, pr.Protocol)
-			}
-		}
+		reject("ICMP %s is not valid with %s (only with ICMP or ICMPv6)", map[string]*yaml.Node{"type": typeNode, "code": codeNode})
 		switch {
 		case endNode != nil && portNode == nil:
 			d.errorf(endNode, join(path, "endPort"), "endPort needs a port")
