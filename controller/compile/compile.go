@@ -294,19 +294,35 @@ func (c *compiler) compileNode(ni int) nodeOutput {
 	for _, w := range nc.node.workloads {
 		modes[c.m.wEndpoint[w]] = c.mode(w)
 	}
+	// Resolve every end's peers first, so the entries slice is allocated
+	// once at its final size (a large node has hundreds of thousands).
+	type planned struct {
+		r     *compiledRule
+		ep    ruleset.EndpointID
+		dir   ruleset.Direction
+		peers []ruleset.Identity
+	}
+	plan := make([]planned, 0, len(c.items[ni]))
+	size := 0
 	for _, it := range c.items[ni] {
 		r := &c.rules[it.rule]
 		other := r.to
 		if it.dir == ruleset.Ingress {
 			other = r.from
 		}
-		peers := nc.peersOn(other, it.restricted)
-		ep := c.m.wEndpoint[it.w]
-		if nc.storeInFull(r.verdict, peers, modes[ep]) {
-			nc.emit(r, ep, it.dir, peers)
+		p := planned{r: r, ep: c.m.wEndpoint[it.w], dir: it.dir, peers: nc.peersOn(other, it.restricted)}
+		if nc.storeInFull(r.verdict, p.peers, modes[p.ep]) {
+			size += len(p.peers) * len(r.templates)
+		}
+		plan = append(plan, p)
+	}
+	nc.entries = make([]ruleset.Entry, 0, size)
+	for _, p := range plan {
+		if nc.storeInFull(p.r.verdict, p.peers, modes[p.ep]) {
+			nc.emit(p.r, p.ep, p.dir, p.peers)
 			continue
 		}
-		nc.deferred = append(nc.deferred, deferredDeny{rule: r, ep: ep, dir: it.dir, peers: peers})
+		nc.deferred = append(nc.deferred, deferredDeny{rule: p.r, ep: p.ep, dir: p.dir, peers: p.peers})
 	}
 	nc.emitDeferred()
 	return nc.finish(modes)
@@ -387,7 +403,7 @@ func (nc *nodeCompiler) peersOn(s *side, restricted bool) []ruleset.Identity {
 		return p
 	}
 	hostIn := s.host || (nc.node.host >= 0 && nc.m.coversHost(s, nc.node.host))
-	var out []ruleset.Identity
+	out := make([]ruleset.Identity, 0, len(s.labelIDs)+len(nc.prefixes)+2)
 	switch {
 	case restricted:
 		if hostIn {
@@ -493,8 +509,7 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 		rs.Endpoints = append(rs.Endpoints, ruleset.Endpoint{ID: ep, Workload: wl.Name, Interface: wl.Interface, Identity: id, Mode: modes[ep]})
 	}
 
-	rs.IPCache = make([]ruleset.IPCacheEntry, len(nc.globalIPCache), len(nc.globalIPCache)+len(nc.prefixes))
-	copy(rs.IPCache, nc.globalIPCache)
+	rs.IPCache = mergeIPCache(nc.globalIPCache, nc.prefixes, m.cidrID)
 	if nc.node.host >= 0 {
 		// The node's own addresses are the host identity here (semantics 5).
 		for _, a := range m.ws[nc.node.host].Addresses {
@@ -506,10 +521,6 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 			}
 		}
 	}
-	for _, q := range nc.prefixes {
-		rs.IPCache = append(rs.IPCache, ruleset.IPCacheEntry{Prefix: q, Identity: m.cidrID[q]})
-	}
-
 	used := make(map[ruleset.RuleID]bool)
 	for _, e := range rs.Entries {
 		used[e.Rule] = true
@@ -520,6 +531,9 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 		}
 	}
 
+	// Sorting here with packed keys leaves Canonicalize (which must still
+	// run: it is what makes equal rule sets equal) an already sorted input.
+	rs.Entries = sortEntries(rs.Entries)
 	rs.Canonicalize()
 	if nc.opts.Validate {
 		if err := rs.Validate(); err != nil {
