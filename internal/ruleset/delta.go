@@ -47,9 +47,7 @@ func (d *Delta) Len() int {
 // Diff returns the delta that turns old into new. Neither is modified; the
 // result's slices are in canonical order.
 func Diff(old, new *RuleSet) Delta {
-	o, n := old.Clone(), new.Clone()
-	o.Canonicalize()
-	n.Canonicalize()
+	o, n := canonical(old), canonical(new)
 	d := Delta{Node: n.Node, Version: n.Version}
 
 	d.PutEndpoints, d.DeleteEndpoints = diffKeyed(o.Endpoints, n.Endpoints,
@@ -84,6 +82,30 @@ func Diff(old, new *RuleSet) Delta {
 		}
 	}
 	return d
+}
+
+// canonical returns rs itself when it is already canonical (the compiler's
+// output is, and a large node's rule set is costly to copy), otherwise a
+// canonical copy. The result is only read.
+func canonical(rs *RuleSet) *RuleSet {
+	if slices.IsSortedFunc(rs.Endpoints, func(a, b Endpoint) int { return cmp.Compare(a.ID, b.ID) }) &&
+		slices.IsSortedFunc(rs.IPCache, func(a, b IPCacheEntry) int { return comparePrefixes(a.Prefix, b.Prefix) }) &&
+		slices.IsSortedFunc(rs.Rules, func(a, b RuleName) int { return cmp.Compare(a.ID, b.ID) }) &&
+		strictlySorted(rs.Entries) {
+		return rs
+	}
+	c := rs.Clone()
+	c.Canonicalize()
+	return c
+}
+
+func strictlySorted(entries []Entry) bool {
+	for i := 1; i < len(entries); i++ {
+		if CompareEntries(entries[i-1], entries[i]) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func comparePrefixes(a, b netip.Prefix) int {

@@ -77,6 +77,15 @@ func TestDiffApplyReproduces(t *testing.T) {
 		if got.Hash() != b.Hash() {
 			t.Fatalf("iteration %d: hash differs", iter)
 		}
+		// Canonical inputs take the no-copy path: same delta.
+		ca, cb := a.Clone(), b.Clone()
+		ca.Canonicalize()
+		cb.Canonicalize()
+		cd := Diff(ca, cb)
+		cd.BaseHash, cd.Hash = d.BaseHash, d.Hash
+		if !reflect.DeepEqual(cd, d) {
+			t.Fatalf("iteration %d: Diff of canonical copies differs", iter)
+		}
 		if self := Diff(b, b); !self.Empty() {
 			t.Fatalf("iteration %d: Diff(b, b) is not empty: %+v", iter, self)
 		}
