@@ -3,8 +3,10 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -93,14 +95,15 @@ func (d *Datapath) Apply(rs *ruleset.RuleSet) (*ApplyResult, error) {
 	if err := d.swap(rs, tables, bindings, pending, size); err != nil {
 		return nil, err
 	}
+	// Duration is the time to enforcement; hashing comes after it.
 	res := &ApplyResult{
 		Generation: d.word >> 1,
 		Version:    rs.Version,
-		Hash:       rs.Hash(),
-		Pending:    pending,
+		Pending:    d.current.pending,
 		Size:       size,
 		Duration:   time.Since(start),
 	}
+	res.Hash = rs.Hash()
 	d.log.Info("rule set applied",
 		zap.Uint32("generation", res.Generation),
 		zap.Uint64("policy-version", rs.Version),
@@ -112,29 +115,35 @@ func (d *Datapath) Apply(rs *ruleset.RuleSet) (*ApplyResult, error) {
 	return res, nil
 }
 
-// swap builds the generation for the inactive slot, attaches programs to
-// interfaces that do not have them yet, flips eg_state and detaches
-// interfaces that are no longer bound. Called with d.mu held.
+// swap makes rs the rule set in force: it fills the inactive slot's maps,
+// attaches programs to interfaces that do not have them yet, flips
+// eg_state and detaches interfaces that are no longer bound. Called with
+// d.mu held.
+//
+// Installing a map into a map-of-maps slot makes the kernel wait for an RCU
+// grace period (10 ms or more each). So after every flip, a background
+// goroutine prepares empty maps in the slot just retired, paying those
+// waits off the critical path, and the next swap only fills them and
+// flips. The grace periods are also what guarantees that no program still
+// reads the retired generation when its slot is written again. A rule set
+// that does not fit the prepared maps takes the slow path: maps sized for
+// it, installed on the spot.
 func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, pending []string, size ruleset.Size) error {
 	slot := (d.word & 1) ^ 1
-	capacity := ruleset.Size{
-		Endpoints:    capacityFor(size.Endpoints, d.cfg.Limits.Endpoints),
-		IPCache:      capacityFor(size.IPCache, d.cfg.Limits.IPCache),
-		Policy:       capacityFor(size.Policy, d.cfg.Limits.Policy),
-		PolicyRanges: capacityFor(size.PolicyRanges, d.cfg.Limits.PolicyRanges),
-	}
-	gen, err := d.build(slot, rs, tables, bindings, capacity)
+	gen, capacity, err := d.stage(slot, rs, tables, bindings, size)
 	if err != nil {
-		return err
-	}
-	if err := d.install(slot, gen); err != nil {
-		gen.close()
 		return err
 	}
 	// Interfaces new to this rule set get programs before the flip. Until
 	// then the active generation has no endpoint for them: they get the
 	// node's default mode (enforce drops), never an open window.
 	var added []uint32
+	undo := func() {
+		for _, i := range added {
+			d.detach(i)
+		}
+		gen.close()
+	}
 	for ifindex, b := range bindings {
 		if d.attached(ifindex) {
 			continue
@@ -145,33 +154,28 @@ func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings ma
 				delete(bindings, ifindex)
 				continue
 			}
-			for _, i := range added {
-				d.detach(i)
-			}
-			gen.close()
+			undo()
 			return err
 		}
 		added = append(added, ifindex)
 	}
 	if err := d.finishUpgrade(); err != nil {
-		for _, i := range added {
-			d.detach(i)
-		}
-		gen.close()
+		undo()
 		return err
 	}
 	word := ((d.word>>1)+1)<<1 | slot
 	if err := d.setWord(word); err != nil {
-		for _, i := range added {
-			d.detach(i)
-		}
-		gen.close()
+		undo()
 		return err
 	}
-	if old := d.gens[slot]; old != nil {
-		old.close()
-	}
 	d.gens[slot] = gen
+	// The previous generation is retired; the kernel keeps its maps until
+	// the slot is reused.
+	if old := d.gens[slot^1]; old != nil {
+		old.close()
+		d.gens[slot^1] = nil
+	}
+	d.startPrepare(slot^1, capacity)
 	// Interfaces that lost their endpoint: the new generation already
 	// treats them as endpoint-less; take the programs off.
 	for h := range d.links {
@@ -182,6 +186,93 @@ func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings ma
 	slices.Sort(pending)
 	d.current = &applied{rs: rs, tables: tables, bindings: bindings, pending: slices.Compact(pending), capacity: capacity}
 	return nil
+}
+
+// stage fills maps for slot with the rule set: the prepared ones if the
+// rule set fits, else new ones installed now. It returns the generation and
+// the capacity of its maps.
+func (d *Datapath) stage(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, size ruleset.Size) (*generation, ruleset.Size, error) {
+	if p := d.takePrepared(); p != nil {
+		if p.slot == slot && fits(size, p.capacity) {
+			if err := d.fill(p.gen, rs, tables, bindings, p.capacity); err != nil {
+				// Half-filled, in the inactive slot: harmless, never
+				// reused; the next swap takes the slow path.
+				p.gen.close()
+				return nil, ruleset.Size{}, err
+			}
+			return p.gen, p.capacity, nil
+		}
+		p.gen.close()
+	}
+	capacity := capacityOf(size, d.cfg.Limits)
+	gen, err := d.create(slot, capacity)
+	if err != nil {
+		return nil, ruleset.Size{}, err
+	}
+	if err := d.fill(gen, rs, tables, bindings, capacity); err != nil {
+		gen.close()
+		return nil, ruleset.Size{}, err
+	}
+	// The slot is inactive, so a failure half-way is harmless: nothing
+	// reads it until the flip.
+	if err := d.install(slot, gen); err != nil {
+		gen.close()
+		return nil, ruleset.Size{}, err
+	}
+	return gen, capacity, nil
+}
+
+// prepared is a slot's set of empty maps, installed ahead of the next swap.
+type prepared struct {
+	slot     uint32
+	gen      *generation
+	capacity ruleset.Size
+}
+
+// startPrepare creates and installs empty maps for slot in the background.
+// Called with d.mu held.
+func (d *Datapath) startPrepare(slot uint32, capacity ruleset.Size) {
+	ch := make(chan *prepared, 1)
+	d.preparing = ch
+	go func() {
+		gen, err := d.create(slot, capacity)
+		if err == nil {
+			if err = d.install(slot, gen); err != nil {
+				gen.close()
+			}
+		}
+		if err != nil {
+			d.log.Warn("preparing the next generation failed; the next rule set takes the slow path", zap.Error(err))
+			ch <- nil
+			return
+		}
+		ch <- &prepared{slot: slot, gen: gen, capacity: capacity}
+	}()
+}
+
+// takePrepared waits for the background preparation, if one is running,
+// and returns its maps (nil if none). Called with d.mu held.
+func (d *Datapath) takePrepared() *prepared {
+	if d.preparing == nil {
+		return nil
+	}
+	p := <-d.preparing
+	d.preparing = nil
+	return p
+}
+
+func fits(need, capacity ruleset.Size) bool {
+	return need.Endpoints <= capacity.Endpoints && need.IPCache <= capacity.IPCache &&
+		need.Policy <= capacity.Policy && need.PolicyRanges <= capacity.PolicyRanges
+}
+
+func capacityOf(size ruleset.Size, limits ruleset.Limits) ruleset.Size {
+	return ruleset.Size{
+		Endpoints:    capacityFor(size.Endpoints, limits.Endpoints),
+		IPCache:      capacityFor(size.IPCache, limits.IPCache),
+		Policy:       capacityFor(size.Policy, limits.Policy),
+		PolicyRanges: capacityFor(size.PolicyRanges, limits.PolicyRanges),
+	}
 }
 
 // capacityFor sizes an inner map: room for incremental growth, never above
@@ -199,27 +290,30 @@ func (d *Datapath) setWord(word uint32) error {
 	return nil
 }
 
-// build creates and fills the four inner maps of a generation.
-func (d *Datapath) build(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, capacity ruleset.Size) (*generation, error) {
+// create makes the four empty inner maps of a generation.
+func (d *Datapath) create(slot uint32, capacity ruleset.Size) (*generation, error) {
 	g := &generation{}
 	var err error
-	fail := func(e error) (*generation, error) {
-		g.close()
-		return nil, e
+	for _, m := range []struct {
+		dst  **ebpf.Map
+		name string
+		n    int
+	}{
+		{&g.endpoints, ruleset.MapEndpoints, capacity.Endpoints},
+		{&g.ipcache, ruleset.MapIPCache, capacity.IPCache},
+		{&g.policy, ruleset.MapPolicy, capacity.Policy},
+		{&g.ranges, ruleset.MapPolicyRanges, capacity.PolicyRanges},
+	} {
+		if *m.dst, err = d.innerMap(m.name, slot, m.n); err != nil {
+			g.close()
+			return nil, err
+		}
 	}
-	if g.endpoints, err = d.innerMap(ruleset.MapEndpoints, slot, capacity.Endpoints); err != nil {
-		return fail(err)
-	}
-	if g.ipcache, err = d.innerMap(ruleset.MapIPCache, slot, capacity.IPCache); err != nil {
-		return fail(err)
-	}
-	if g.policy, err = d.innerMap(ruleset.MapPolicy, slot, capacity.Policy); err != nil {
-		return fail(err)
-	}
-	if g.ranges, err = d.innerMap(ruleset.MapPolicyRanges, slot, capacity.PolicyRanges); err != nil {
-		return fail(err)
-	}
+	return g, nil
+}
 
+// fill writes a rule set into a generation's empty maps.
+func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, capacity ruleset.Size) error {
 	eps := make(map[ruleset.EndpointID]ruleset.Endpoint, len(rs.Endpoints))
 	for _, e := range rs.Endpoints {
 		eps[e.ID] = e
@@ -231,12 +325,12 @@ func (d *Datapath) build(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Table
 		epVals = append(epVals, endpointValue(eps[b.endpoint], b, tables))
 	}
 	if err := batchUpdate(g.endpoints, ruleset.MapEndpoints, epKeys, epVals); err != nil {
-		return fail(err)
+		return err
 	}
 
 	for _, c := range rs.IPCache {
 		if err := g.ipcache.Update(ipcacheKey(c.Prefix), bpfEgIpcacheValue{Identity: uint32(c.Identity)}, ebpf.UpdateAny); err != nil {
-			return fail(mapErr(ruleset.MapIPCache, capacity.IPCache, err))
+			return mapErr(ruleset.MapIPCache, capacity.IPCache, err)
 		}
 	}
 
@@ -250,7 +344,7 @@ func (d *Datapath) build(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Table
 		pVals = append(pVals, bpfEgPolicyValue{RuleId: uint32(v.Rule), Verdict: uint8(v.Verdict)})
 	}
 	if err := batchUpdate(g.policy, ruleset.MapPolicy, pKeys, pVals); err != nil {
-		return fail(err)
+		return err
 	}
 
 	rKeys := make([]bpfEgRangeKey, 0, len(tables.Ranges))
@@ -267,10 +361,7 @@ func (d *Datapath) build(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Table
 		}
 		rVals = append(rVals, v)
 	}
-	if err := batchUpdate(g.ranges, ruleset.MapPolicyRanges, rKeys, rVals); err != nil {
-		return fail(err)
-	}
-	return g, nil
+	return batchUpdate(g.ranges, ruleset.MapPolicyRanges, rKeys, rVals)
 }
 
 func endpointValue(e ruleset.Endpoint, b binding, tables *ruleset.Tables) bpfEgEndpoint {
@@ -332,17 +423,22 @@ func mapErr(name string, capacity int, err error) error {
 	return fmt.Errorf("write %s: %w", name, err)
 }
 
-// install puts a generation's inner maps into the outer maps' slot. The
-// slot is inactive, so a failure half-way is harmless: nothing reads it
-// until the flip.
+// install puts a generation's inner maps into the outer maps' slot. Each
+// update waits for an RCU grace period; done concurrently, the four share
+// one.
 func (d *Datapath) install(slot uint32, g *generation) error {
 	outer := []*ebpf.Map{d.objs.EgEndpoints, d.objs.EgIpcache, d.objs.EgPolicy, d.objs.EgPolicyRanges}
+	errs := make([]error, len(outer))
+	var wg sync.WaitGroup
 	for i, inner := range g.maps() {
-		if err := outer[i].Update(slot, inner, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("install %s slot %d: %w", outerMaps[i], slot, err)
-		}
+		wg.Go(func() {
+			if err := outer[i].Update(slot, inner, ebpf.UpdateAny); err != nil {
+				errs[i] = fmt.Errorf("install %s slot %d: %w", outerMaps[i], slot, err)
+			}
+		})
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // UpdateIPCache changes address-to-identity entries of the rule set in
@@ -371,7 +467,7 @@ func (d *Datapath) UpdateIPCache(upsert []ruleset.IPCacheEntry, remove []netip.P
 		if err := size.Check(d.cfg.Limits); err != nil {
 			return fmt.Errorf("update ipcache: %w", err)
 		}
-		return d.swap(rs, cur.tables, cur.bindings, cur.pending, size)
+		return d.swap(rs, cur.tables, maps.Clone(cur.bindings), slices.Clone(cur.pending), size)
 	}
 	ipc := d.gens[d.word&1].ipcache
 	for _, p := range remove {

@@ -193,10 +193,6 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 	for _, l := range links {
 		byName[l.Attrs().Name] = l
 	}
-	bind := func(l netlink.Link, ep ruleset.EndpointID) binding {
-		a := l.Attrs()
-		return binding{ifindex: uint32(a.Index), ifname: a.Name, endpoint: ep, l3: len(a.HardwareAddr) == 0}
-	}
 	bindings := make(map[uint32]binding)
 	var pending []string
 	containerIfaces := make(map[string]bool)
@@ -212,19 +208,48 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 			pending = append(pending, e.Interface)
 			continue
 		}
-		bindings[uint32(l.Attrs().Index)] = bind(l, e.ID)
+		b, err := bindingOf(l.Attrs(), e.ID)
+		if err != nil {
+			return nil, nil, fmt.Errorf("endpoint %d (workload %q): %w", e.ID, e.Workload, err)
+		}
+		bindings[b.ifindex] = b
 	}
 	if host != nil {
+		explicit := len(d.cfg.HostInterfaces) > 0
 		for _, name := range d.hostInterfaces(links, containerIfaces) {
 			l, ok := byName[name]
 			if !ok {
 				pending = append(pending, name)
 				continue
 			}
-			bindings[uint32(l.Attrs().Index)] = bind(l, host.ID)
+			b, err := bindingOf(l.Attrs(), host.ID)
+			if err != nil {
+				if explicit {
+					return nil, nil, fmt.Errorf("host interface: %w", err)
+				}
+				d.log.Warn("host mode skips an interface it cannot parse", zap.Error(err))
+				continue
+			}
+			bindings[b.ifindex] = b
 		}
 	}
 	return bindings, pending, nil
+}
+
+// bindingOf binds an interface, refusing link types whose frames the
+// parser does not understand rather than guessing where the IP header is.
+func bindingOf(a *netlink.LinkAttrs, ep ruleset.EndpointID) (binding, error) {
+	b := binding{ifindex: uint32(a.Index), ifname: a.Name, endpoint: ep}
+	switch a.EncapType {
+	case "ether", "loopback":
+		// Ethernet header at tc.
+	case "none", "ipip", "sit", "tunnel6":
+		// tun, wireguard and IP-in-IP tunnels: the packet starts with IP.
+		b.l3 = true
+	default:
+		return binding{}, fmt.Errorf("interface %s has link type %q; the datapath supports Ethernet, loopback and IP tunnel devices", a.Name, a.EncapType)
+	}
+	return b, nil
 }
 
 // hostInterfaces lists the interfaces a host-mode endpoint is enforced on.

@@ -61,6 +61,11 @@ type Config struct {
 	// endpoints' interfaces, including ones that appear later.
 	HostInterfaces []string
 	Logger         *zap.Logger
+
+	// synExpiresAtOnce makes conntrack entries of unanswered TCP flows
+	// expire immediately, so a repeated SYN stays a new flow. Only the
+	// benchmarks set it, to measure the new-flow path with repeated runs.
+	synExpiresAtOnce bool
 }
 
 func (c *Config) setDefaults() {
@@ -107,14 +112,17 @@ type Datapath struct {
 
 	mu       sync.Mutex
 	objs     bpfObjects
-	replaced map[string]bool    // pinned after the first Apply; see loaded
-	word     uint32             // generation word last written (eg_state)
-	gens     [2]*generation     // inner maps we built, by slot
-	current  *applied           // what the active generation holds
-	links    map[hook]link.Link // our attachments
-	watch    *linkWatch
-	closed   bool
-	closeErr error
+	replaced map[string]bool // pinned after the first Apply; see loaded
+	word     uint32          // generation word last written (eg_state)
+	gens     [2]*generation  // inner maps of the generation in a slot, if we built it
+	// preparing delivers the empty maps being installed in the inactive
+	// slot (see swap); nil when nothing is being prepared.
+	preparing chan *prepared
+	current   *applied           // what the active generation holds
+	links     map[hook]link.Link // our attachments
+	watch     *linkWatch
+	closed    bool
+	closeErr  error
 }
 
 // Open loads the programs and maps, adopting whatever an earlier agent
@@ -207,6 +215,12 @@ func (d *Datapath) Close() error {
 		if err := l.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close link %s: %w", h, err))
 		}
+	}
+	if p := d.takePrepared(); p != nil {
+		errs = append(errs, p.gen.close())
+	}
+	if p := d.takePrepared(); p != nil {
+		errs = append(errs, p.gen.close())
 	}
 	for _, g := range d.gens {
 		if g != nil {

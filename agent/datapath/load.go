@@ -40,6 +40,9 @@ func loadSpec(cfg *Config) (*ebpf.CollectionSpec, error) {
 		"cfg_ct_other_s":           seconds(cfg.Timeouts.Other),
 		"cfg_frag_timeout_s":       seconds(cfg.Timeouts.Fragment),
 	}
+	if cfg.synExpiresAtOnce {
+		vars["cfg_ct_tcp_syn_s"] = uint32(0)
+	}
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
 		if !ok {

@@ -68,7 +68,11 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		if !ok {
 			return
 		}
-		b := binding{ifindex: ifindex, ifname: a.Name, endpoint: ep.ID, l3: len(a.HardwareAddr) == 0}
+		b, err := bindingOf(a, ep.ID)
+		if err != nil {
+			log.Error("interface appeared but cannot be enforced", zap.Error(err))
+			return
+		}
 		if len(cur.bindings) >= cur.capacity.Endpoints {
 			log.Error("interface appeared but the endpoint map is full; not enforced until the next rule set",
 				zap.String("map", ruleset.MapEndpoints), zap.Int("capacity", cur.capacity.Endpoints))
