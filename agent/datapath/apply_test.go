@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -353,23 +355,38 @@ func TestUpdateIPCache(t *testing.T) {
 
 // TestDenyEventRateLimit: a flood of denied packets yields at most the
 // burst in events; the rest are counted, and the next event says how many
-// were suppressed before it.
+// were suppressed before it. The flood runs on one CPU: buckets are per CPU.
 func TestDenyEventRateLimit(t *testing.T) {
 	h := newHarness(t, Config{DenyEventsPerSecond: 1, DenyEventsBurst: 5}, "web0", "mon0", "up0")
 	h.apply(shopRuleSet())
 	h.drain()
 	before := h.counters()
 	const flood = 200
-	for i := range flood {
-		h.toWorkload("web0", tcp4(cli4, web4, uint16(1000+i), 80, tcpSYN))
+	var next []FlowEvent
+	onOneCPU(t, func() {
+		for i := range flood {
+			h.toWorkload("web0", tcp4(cli4, web4, uint16(1000+i), 80, tcpSYN))
+		}
+		// One token refills after a second: the next deny event is written
+		// and carries the count of those suppressed before it.
+		time.Sleep(1100 * time.Millisecond)
+		h.drain()
+		h.toWorkload("web0", tcp4(cli4, web4, 999, 80, tcpSYN))
+		next = h.drain()
+	})
+	after := h.counters()
+	suppressed := after.Get(CounterEventsSuppressed) - before.Get(CounterEventsSuppressed)
+	if suppressed < flood-5-2 || suppressed > flood-5 {
+		t.Errorf("%d of %d deny events suppressed with burst 5, want about %d", suppressed, flood, flood-5)
 	}
-	evs := h.drain()
-	suppressed := h.counters().Get(CounterEventsSuppressed) - before.Get(CounterEventsSuppressed)
-	if len(evs) > 7 || len(evs) < 5 {
-		t.Errorf("%d events from a flood of %d with burst 5", len(evs), flood)
+	if len(next) != 1 {
+		t.Fatalf("%d events after the refill, want 1", len(next))
 	}
-	if int(suppressed)+len(evs) != flood {
-		t.Errorf("%d events + %d suppressed != %d packets", len(evs), suppressed, flood)
+	if uint64(next[0].Suppressed) != suppressed {
+		t.Errorf("event after the flood says %d suppressed, the counter says %d", next[0].Suppressed, suppressed)
+	}
+	if d := after.Get(VerdictCounter(ruleset.VerdictDenied, ruleset.Ingress)) - before.Get(VerdictCounter(ruleset.VerdictDenied, ruleset.Ingress)); d != flood+1 {
+		t.Errorf("denied counter +%d, want %d: rate limiting must not hide drops", d, flood+1)
 	}
 	// Allowed new flows are never rate-limited.
 	for i := range 20 {
@@ -378,9 +395,23 @@ func TestDenyEventRateLimit(t *testing.T) {
 	if evs := h.drain(); len(evs) != 20 {
 		t.Errorf("%d allowed events, want 20", len(evs))
 	}
-	if d := h.counters().Get(VerdictCounter(ruleset.VerdictDenied, ruleset.Ingress)) - before.Get(VerdictCounter(ruleset.VerdictDenied, ruleset.Ingress)); d != flood {
-		t.Errorf("denied counter +%d, want %d", d, flood)
+}
+
+// onOneCPU runs f on a thread bound to one CPU.
+func onOneCPU(t *testing.T, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var orig, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &orig); err != nil {
+		t.Fatal(err)
 	}
+	one.Set(0)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.SchedSetaffinity(0, &orig)
+	f()
 }
 
 // TestEventsLostAreCounted: with a tiny ring and no reader, events that do

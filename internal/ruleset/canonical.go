@@ -46,6 +46,19 @@ func (rs *RuleSet) Hash() string {
 	c := rs.Clone()
 	c.Version = 0
 	c.Canonicalize()
+	// nil and empty mean the same; JSON would tell them apart.
+	if len(c.Endpoints) == 0 {
+		c.Endpoints = nil
+	}
+	if len(c.IPCache) == 0 {
+		c.IPCache = nil
+	}
+	if len(c.Entries) == 0 {
+		c.Entries = nil
+	}
+	if len(c.Rules) == 0 {
+		c.Rules = nil
+	}
 	b, err := json.Marshal(c)
 	if err != nil {
 		// Only invalid enum values fail to marshal; hash what we can so the

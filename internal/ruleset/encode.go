@@ -32,6 +32,13 @@ import (
 // Port ranges cost one range-table entry per (endpoint, peer, direction,
 // protocol) holding up to MaxIntervals disjoint intervals, instead of one
 // entry per port; single-port results go to the exact table.
+//
+// A would-deny (the deny of a monitor-mode policy) reports a flow that an
+// enforced deny would drop, and lets it pass. It must never let through a
+// flow that nothing allows: at an enforcing endpoint, where no allow lies
+// beneath a would-deny, the default deny applies, and Encode stores an
+// explicit default deny there (verdict denied, rule 0). A monitor-mode
+// endpoint drops nothing anyway, so there the would-deny keeps its rule.
 
 // MaxIntervals is the capacity of one range-table value. It must equal
 // EG_MAX_RANGES in bpf/maps.h (a layout test checks).
@@ -99,6 +106,8 @@ type Tables struct {
 	Exact  map[PolicyKey]PolicyValue
 	Ranges map[RangeKey][]Interval
 	Shapes map[ShapeKey]Shape
+
+	monitor map[EndpointID]bool // endpoints in monitor mode, while encoding
 }
 
 // Encode resolves the rule set's entries into datapath tables. The rule set
@@ -107,9 +116,15 @@ type Tables struct {
 // endpoint, peer, direction and protocol.
 func Encode(rs *RuleSet) (*Tables, error) {
 	t := &Tables{
-		Exact:  make(map[PolicyKey]PolicyValue),
-		Ranges: make(map[RangeKey][]Interval),
-		Shapes: make(map[ShapeKey]Shape),
+		Exact:   make(map[PolicyKey]PolicyValue),
+		Ranges:  make(map[RangeKey][]Interval),
+		Shapes:  make(map[ShapeKey]Shape),
+		monitor: make(map[EndpointID]bool),
+	}
+	for _, e := range rs.Endpoints {
+		if e.Mode == ModeMonitor {
+			t.monitor[e.ID] = true
+		}
 	}
 	groups := make(map[ShapeKey][]Entry)
 	for _, e := range rs.Entries {
@@ -132,9 +147,21 @@ func Encode(rs *RuleSet) (*Tables, error) {
 }
 
 // span is a port interval carrying a verdict; contributions to a resolution.
+// allow says an allow matches there (the verdict itself, or beneath it).
 type span struct {
 	lo, hi int // inclusive, 0..0xffff
 	v      PolicyValue
+	allow  bool
+}
+
+// effective is what the datapath stores for a resolved value: at an
+// enforcing endpoint, a would-deny with no allow beneath it is the default
+// deny.
+func (t *Tables) effective(k ShapeKey, s span) PolicyValue {
+	if s.v.Verdict == VerdictWouldDeny && !s.allow && !t.monitor[k.Endpoint] {
+		return PolicyValue{VerdictDenied, RuleDefaultDeny}
+	}
+	return s.v
 }
 
 type peerProto struct {
@@ -149,7 +176,7 @@ func (t *Tables) encodeGroup(k ShapeKey, entries []Entry) error {
 	for _, e := range entries {
 		lo, hi := e.PortRange()
 		pp := peerProto{e.Peer, e.Protocol}
-		byPP[pp] = append(byPP[pp], span{int(lo), int(hi), PolicyValue{e.Verdict, e.Rule}})
+		byPP[pp] = append(byPP[pp], span{int(lo), int(hi), PolicyValue{e.Verdict, e.Rule}, e.Verdict == VerdictAllowed})
 		if e.Peer != IdentityAny {
 			peerSet[e.Peer] = true
 		}
@@ -167,14 +194,14 @@ func (t *Tables) encodeGroup(k ShapeKey, entries []Entry) error {
 	if hasA0 {
 		t.putExact(k, IdentityAny, ProtocolAny, 0, a0)
 	}
-	anyProto := make(map[Identity]PolicyValue)
+	anyProto := make(map[Identity]span)
 	for _, p := range peers {
 		ap, ok := strongest(byPP[peerProto{p, ProtocolAny}])
 		if !ok {
 			continue
 		}
-		if hasA0 && a0.beats(ap) {
-			ap = a0
+		if hasA0 {
+			ap = strongest2(ap, a0)
 		}
 		anyProto[p] = ap
 		t.putExact(k, p, ProtocolAny, 0, ap)
@@ -186,7 +213,7 @@ func (t *Tables) encodeGroup(k ShapeKey, entries []Entry) error {
 		own0 := byPP[peerProto{IdentityAny, x}]
 		contrib0 := slices.Clone(own0)
 		if hasA0 {
-			contrib0 = append(contrib0, span{0, 0xffff, a0})
+			contrib0 = append(contrib0, a0)
 		}
 		r0 := resolve(contrib0, regionOf(own0))
 		if err := t.putSegments(k, IdentityAny, x, r0); err != nil {
@@ -210,9 +237,9 @@ func (t *Tables) encodeGroup(k ShapeKey, entries []Entry) error {
 			contrib = append(contrib, r0...)
 			switch {
 			case pHasAny:
-				contrib = append(contrib, span{0, 0xffff, ap})
+				contrib = append(contrib, ap)
 			case hasA0:
-				contrib = append(contrib, span{0, 0xffff, a0})
+				contrib = append(contrib, a0)
 			}
 			if err := t.putSegments(k, p, x, resolve(contrib, region)); err != nil {
 				return err
@@ -222,7 +249,11 @@ func (t *Tables) encodeGroup(k ShapeKey, entries []Entry) error {
 	return nil
 }
 
-func (t *Tables) putExact(k ShapeKey, peer Identity, proto Protocol, port uint16, v PolicyValue) {
+func (t *Tables) putExact(k ShapeKey, peer Identity, proto Protocol, port uint16, s span) {
+	t.putExactValue(k, peer, proto, port, t.effective(k, s))
+}
+
+func (t *Tables) putExactValue(k ShapeKey, peer Identity, proto Protocol, port uint16, v PolicyValue) {
 	t.Exact[PolicyKey{k.Endpoint, peer, k.Direction, proto, port}] = v
 	switch {
 	case proto == ProtocolAny && peer == IdentityAny:
@@ -240,12 +271,23 @@ func (t *Tables) putExact(k ShapeKey, peer Identity, proto Protocol, port uint16
 // longer intervals in the range table.
 func (t *Tables) putSegments(k ShapeKey, peer Identity, proto Protocol, segs []span) error {
 	rk := RangeKey{k.Endpoint, peer, k.Direction, proto}
+	// Adjacent segments that differ only in what lies beneath them store
+	// the same value: merge them.
+	var merged []Interval
 	for _, s := range segs {
-		if s.lo == s.hi {
-			t.putExact(k, peer, proto, uint16(s.lo), s.v)
+		v := t.effective(k, s)
+		if n := len(merged); n > 0 && int(merged[n-1].Hi)+1 == s.lo && merged[n-1].PolicyValue == v {
+			merged[n-1].Hi = uint16(s.hi)
 			continue
 		}
-		t.Ranges[rk] = append(t.Ranges[rk], Interval{uint16(s.lo), uint16(s.hi), s.v})
+		merged = append(merged, Interval{uint16(s.lo), uint16(s.hi), v})
+	}
+	for _, iv := range merged {
+		if iv.Lo == iv.Hi {
+			t.putExactValue(k, peer, proto, iv.Lo, iv.PolicyValue)
+			continue
+		}
+		t.Ranges[rk] = append(t.Ranges[rk], iv)
 	}
 	if n := len(t.Ranges[rk]); n > MaxIntervals {
 		peerName := fmt.Sprintf("identity %d", peer)
@@ -265,17 +307,26 @@ func (t *Tables) putSegments(k ShapeKey, peer Identity, proto Protocol, segs []s
 	return nil
 }
 
-func strongest(spans []span) (PolicyValue, bool) {
+// strongest resolves any-protocol entries (no ports) into one full-range
+// span.
+func strongest(spans []span) (span, bool) {
 	if len(spans) == 0 {
-		return PolicyValue{}, false
+		return span{}, false
 	}
-	best := spans[0].v
+	best := span{0, 0xffff, spans[0].v, spans[0].allow}
 	for _, s := range spans[1:] {
-		if s.v.beats(best) {
-			best = s.v
-		}
+		best = strongest2(best, s)
 	}
 	return best, true
+}
+
+// strongest2 combines two full-range spans.
+func strongest2(a, b span) span {
+	out := span{0, 0xffff, a.v, a.allow || b.allow}
+	if b.v.beats(a.v) {
+		out.v = b.v
+	}
+	return out
 }
 
 // regionOf returns the union of the spans as sorted, disjoint, non-adjacent
@@ -323,10 +374,19 @@ func resolve(contrib []span, region []span) []span {
 	slices.Sort(bounds)
 	bounds = slices.Compact(bounds)
 
+	var allows []span
+	for _, s := range contrib {
+		if s.allow {
+			allows = append(allows, s)
+		}
+	}
+	allowRegion := regionOf(allows)
+
 	var (
 		active spanHeap
 		next   int // next contribution in sorted to activate
 		reg    int // current region interval
+		al     int // current allow-region interval
 		out    []span
 	)
 	for i := 0; i+1 < len(bounds); i++ {
@@ -347,12 +407,18 @@ func resolve(contrib []span, region []span) []span {
 		if region[reg].lo > lo || active.Len() == 0 {
 			continue // outside region, or a gap no contribution covers
 		}
+		// Segments are elementary with respect to every contribution's
+		// bounds, so each is wholly inside or outside the allow region.
+		for al < len(allowRegion) && allowRegion[al].hi < lo {
+			al++
+		}
+		allow := al < len(allowRegion) && allowRegion[al].lo <= lo
 		v := active[0].v
-		if n := len(out); n > 0 && out[n-1].hi+1 == lo && out[n-1].v == v {
+		if n := len(out); n > 0 && out[n-1].hi+1 == lo && out[n-1].v == v && out[n-1].allow == allow {
 			out[n-1].hi = hi
 			continue
 		}
-		out = append(out, span{lo, hi, v})
+		out = append(out, span{lo, hi, v, allow})
 	}
 	return out
 }

@@ -13,7 +13,7 @@ import (
 // deliberately naive and shares no code with Encode.
 func reference(entries []Entry, ep EndpointID, dir Direction, peer Identity, proto Protocol, port uint16) (PolicyValue, bool) {
 	var best PolicyValue
-	found := false
+	found, allowed := false, false
 	rank := map[Verdict]int{VerdictAllowed: 1, VerdictWouldDeny: 2, VerdictDenied: 3}
 	for _, e := range entries {
 		if e.Endpoint != ep || e.Direction != dir {
@@ -32,10 +32,16 @@ func reference(entries []Entry, ep EndpointID, dir Direction, peer Identity, pro
 			}
 		}
 		v := PolicyValue{e.Verdict, e.Rule}
+		allowed = allowed || e.Verdict == VerdictAllowed
 		if !found || rank[v.Verdict] > rank[best.Verdict] ||
 			(rank[v.Verdict] == rank[best.Verdict] && v.Rule < best.Rule) {
 			best, found = v, true
 		}
+	}
+	// A monitor deny reports, it never opens: with nothing allowing the
+	// flow, the default deny decides.
+	if found && best.Verdict == VerdictWouldDeny && !allowed {
+		return PolicyValue{VerdictDenied, RuleDefaultDeny}, true
 	}
 	return best, found
 }
@@ -142,6 +148,22 @@ func TestEncodeCases(t *testing.T) {
 			probes: []probe{
 				{peerA, ProtocolTCP, 22, PolicyValue{VerdictWouldDeny, 2}, true},
 				{peerA, ProtocolTCP, 23, deny(4), true},
+			},
+		},
+		{
+			name: "a monitor deny with no allow beneath it never opens: default deny",
+			entries: []Entry{
+				tcp(peerA, 22, 0, VerdictWouldDeny, 1),
+				tcp(IdentityAny, 0, 0, VerdictWouldDeny, 2),
+				tcp(peerB, 80, 0, VerdictAllowed, 3),
+				anyProto(peerB, VerdictWouldDeny, 4),
+			},
+			probes: []probe{
+				{peerA, ProtocolTCP, 22, deny(0), true},
+				{peerA, ProtocolTCP, 23, deny(0), true},
+				{peerB, ProtocolTCP, 80, PolicyValue{VerdictWouldDeny, 2}, true},
+				{peerB, ProtocolTCP, 81, deny(0), true},
+				{peerB, ProtocolUDP, 53, deny(0), true},
 			},
 		},
 		{

@@ -3,6 +3,7 @@ package ruleset
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 )
 
 // Validate checks the structural invariants the datapath relies on. It
@@ -63,28 +64,29 @@ func (rs *RuleSet) Validate() error {
 		interfaces[e.Interface] = e.ID
 	}
 
+	// The ipcache and entries can hold millions of items: nothing below
+	// formats or allocates per item unless the item is wrong.
 	identities := make(map[Identity]bool)
-	prefixes := make(map[string]bool, len(rs.IPCache))
+	prefixes := make(map[netip.Prefix]struct{}, len(rs.IPCache))
 	for i, c := range rs.IPCache {
-		where := fmt.Sprintf("ipcache[%d]", i)
 		switch {
 		case !c.Prefix.IsValid():
-			bad("%s: invalid prefix", where)
+			bad("ipcache[%d]: invalid prefix", i)
 			continue
 		case c.Prefix.Addr().Is4In6():
-			bad("%s: %s is an IPv4-mapped IPv6 prefix; write it as IPv4", where, c.Prefix)
+			bad("ipcache[%d]: %s is an IPv4-mapped IPv6 prefix; write it as IPv4", i, c.Prefix)
 		case c.Prefix != c.Prefix.Masked():
-			bad("%s: %s has host bits set (want %s)", where, c.Prefix, c.Prefix.Masked())
+			bad("ipcache[%d]: %s has host bits set (want %s)", i, c.Prefix, c.Prefix.Masked())
 		case c.Prefix.Addr().Zone() != "":
-			bad("%s: %s has a zone", where, c.Prefix)
+			bad("ipcache[%d]: %s has a zone", i, c.Prefix)
 		}
 		if c.Identity == IdentityAny {
-			bad("%s: %s maps to identity 0, which is the wildcard", where, c.Prefix)
+			bad("ipcache[%d]: %s maps to identity 0, which is the wildcard", i, c.Prefix)
 		}
-		if prefixes[c.Prefix.String()] {
-			bad("%s: duplicate prefix %s", where, c.Prefix)
+		if _, dup := prefixes[c.Prefix]; dup {
+			bad("ipcache[%d]: duplicate prefix %s", i, c.Prefix)
 		}
-		prefixes[c.Prefix.String()] = true
+		prefixes[c.Prefix] = struct{}{}
 		identities[c.Identity] = true
 	}
 	// The datapath tells an endpoint's own packets from spoofed (container
@@ -99,36 +101,45 @@ func (rs *RuleSet) Validate() error {
 	}
 
 	for i, e := range rs.Entries {
-		where := fmt.Sprintf("entries[%d]", i)
-		if _, ok := endpoints[e.Endpoint]; !ok {
-			bad("%s: unknown endpoint %d", where, e.Endpoint)
+		if err := validEntry(e, endpoints, rules); err != nil {
+			bad("entries[%d]: %w", i, err)
 		}
-		if e.Direction > Egress {
-			bad("%s: invalid direction %d", where, e.Direction)
-		}
-		if e.Verdict < VerdictAllowed || e.Verdict > VerdictWouldDeny {
-			bad("%s: invalid verdict %d", where, e.Verdict)
-		}
-		if e.Rule == RuleDefaultDeny {
-			bad("%s: rule id 0 is the default deny; entries name the rule they come from", where)
-		} else if !rules[e.Rule] {
-			bad("%s: rule id %d is not in the rule table", where, e.Rule)
-		}
-		if _, ok := protocolNames[e.Protocol]; !ok {
-			bad("%s: unsupported protocol %d", where, e.Protocol)
-		}
-		if !e.Protocol.HasPorts() && (e.Port != 0 || e.EndPort != 0) {
-			bad("%s: ports are only valid with TCP or UDP, not %s", where, e.Protocol)
-		}
-		if e.EndPort != 0 && (e.Port == 0 || e.EndPort < e.Port) {
-			bad("%s: endPort %d needs a port <= it (port is %d)", where, e.EndPort, e.Port)
-		}
-		if !e.Protocol.IsICMP() && (e.ICMPType != nil || e.ICMPCode != nil) {
-			bad("%s: ICMP type and code are only valid with ICMP or ICMPv6, not %s", where, e.Protocol)
-		}
-		if e.ICMPCode != nil && e.ICMPType == nil {
-			bad("%s: ICMP code without a type", where)
-		}
+	}
+	return errors.Join(errs...)
+}
+
+// validEntry checks one entry; it allocates only when the entry is wrong.
+func validEntry(e Entry, endpoints map[EndpointID]Endpoint, rules map[RuleID]bool) error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if _, ok := endpoints[e.Endpoint]; !ok {
+		bad("unknown endpoint %d", e.Endpoint)
+	}
+	if e.Direction > Egress {
+		bad("invalid direction %d", e.Direction)
+	}
+	if e.Verdict < VerdictAllowed || e.Verdict > VerdictWouldDeny {
+		bad("invalid verdict %d", e.Verdict)
+	}
+	if e.Rule == RuleDefaultDeny {
+		bad("rule id 0 is the default deny; entries name the rule they come from")
+	} else if !rules[e.Rule] {
+		bad("rule id %d is not in the rule table", e.Rule)
+	}
+	if _, ok := protocolNames[e.Protocol]; !ok {
+		bad("unsupported protocol %d", e.Protocol)
+	}
+	if !e.Protocol.HasPorts() && (e.Port != 0 || e.EndPort != 0) {
+		bad("ports are only valid with TCP or UDP, not %s", e.Protocol)
+	}
+	if e.EndPort != 0 && (e.Port == 0 || e.EndPort < e.Port) {
+		bad("endPort %d needs a port <= it (port is %d)", e.EndPort, e.Port)
+	}
+	if !e.Protocol.IsICMP() && (e.ICMPType != nil || e.ICMPCode != nil) {
+		bad("ICMP type and code are only valid with ICMP or ICMPv6, not %s", e.Protocol)
+	}
+	if e.ICMPCode != nil && e.ICMPType == nil {
+		bad("ICMP code without a type")
 	}
 	return errors.Join(errs...)
 }
