@@ -9,7 +9,7 @@
  *   1. endpoint of the interface (eg_endpoints, active generation)
  *   2. parse; ARP, IPv6 ND/MLD and non-IP pass; malformed drops (enforce)
  *   3. non-first fragments follow their first fragment (eg_frags)
- *   4. conntrack (eg_ct): an established flow checked in the current
+ *   4. conntrack (eg_ct4, eg_ct6): an established flow checked in the current
  *      generation passes after one lookup; ICMP errors about a tracked flow
  *      pass as related
  *   5. new flow: identities from eg_ipcache, the local address checked
@@ -29,20 +29,24 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define TCX_NEXT (-1)
 #define TCX_DROP 2
 
-#define NSEC_PER_SEC 1000000000ULL
-
-/* Runtime switches, set by the loader (agent/datapath.Config). */
+/*
+ * Runtime switches, set by the loader (agent/datapath.Config). Times are in
+ * jiffies: bpf_jiffies64() costs a couple of ns where the kernel clocks
+ * cost tens, and second resolution is all conntrack needs. The loader
+ * knows the kernel's HZ and scales the timeouts.
+ */
 volatile const __u8  cfg_default_mode = EG_MODE_ENFORCE;  /* interfaces without an endpoint */
+volatile const __u32 cfg_hz = 250;
 volatile const __u32 cfg_deny_events_per_sec = 1000;      /* per CPU; 0 = no limit */
 volatile const __u32 cfg_deny_events_burst = 200;
 volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 = wake the reader on every event */
 volatile const __u8  cfg_ct_revalidate = 1;               /* re-check established flows after a change */
 volatile const __u8  cfg_ct_accounting = 1;               /* packet and byte counts per flow */
-volatile const __u32 cfg_ct_tcp_syn_s = 60;
-volatile const __u32 cfg_ct_tcp_established_s = 21600;
-volatile const __u32 cfg_ct_tcp_close_s = 10;
-volatile const __u32 cfg_ct_other_s = 60;
-volatile const __u32 cfg_frag_timeout_s = 30;
+volatile const __u32 cfg_ct_tcp_syn_j = 60 * 250;
+volatile const __u32 cfg_ct_tcp_established_j = 21600 * 250;
+volatile const __u32 cfg_ct_tcp_close_j = 10 * 250;
+volatile const __u32 cfg_ct_other_j = 60 * 250;
+volatile const __u32 cfg_frag_timeout_j = 30 * 250;
 
 static __always_inline void eg_count(__u32 idx)
 {
@@ -61,12 +65,14 @@ static __always_inline void eg_count_verdict(__u8 verdict, __u8 dir)
 /* ---- events ---- */
 
 /* eg_ratelimit_take takes a token for a deny event. It returns 0 when the
- * event must be suppressed, else 1 and the number suppressed before it. */
+ * event must be suppressed, else 1 and the number suppressed before it.
+ * Tokens are event-jiffies: a jiffy adds the per-second rate, an event
+ * costs HZ. */
 static __always_inline int eg_ratelimit_take(__u64 now, __u32 *suppressed)
 {
 	__u32 zero = 0;
 	struct eg_ratelimit *rl;
-	__u64 cap, elapsed;
+	__u64 cap, elapsed, cost = cfg_hz;
 
 	*suppressed = 0;
 	if (!cfg_deny_events_per_sec)
@@ -74,19 +80,19 @@ static __always_inline int eg_ratelimit_take(__u64 now, __u32 *suppressed)
 	rl = bpf_map_lookup_elem(&eg_ratelimit, &zero);
 	if (!rl)
 		return 1;
-	cap = (__u64)cfg_deny_events_burst * NSEC_PER_SEC;
-	elapsed = now - rl->last_ns;
-	if (elapsed > 10 * NSEC_PER_SEC)
-		elapsed = 10 * NSEC_PER_SEC;
+	cap = (__u64)cfg_deny_events_burst * cost;
+	elapsed = now - rl->last;
+	if (elapsed > 10 * cost)
+		elapsed = 10 * cost;
 	rl->tokens += elapsed * cfg_deny_events_per_sec;
 	if (rl->tokens > cap)
 		rl->tokens = cap;
-	rl->last_ns = now;
-	if (rl->tokens < NSEC_PER_SEC) {
+	rl->last = now;
+	if (rl->tokens < cost) {
 		rl->suppressed++;
 		return 0;
 	}
-	rl->tokens -= NSEC_PER_SEC;
+	rl->tokens -= cost;
 	*suppressed = rl->suppressed;
 	rl->suppressed = 0;
 	return 1;
@@ -108,7 +114,7 @@ __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 {
 	struct eg_flow_event *ev;
 	__u32 suppressed = 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_jiffies64();
 	__u64 flags = 0;
 
 	if (!p || !v)
@@ -123,7 +129,7 @@ __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 		eg_count(EG_CNT_EVENTS_LOST);
 		return 0;
 	}
-	ev->timestamp_ns = now;
+	ev->jiffies = now;
 	eg_copy16(ev->src, p->src);
 	eg_copy16(ev->dst, p->dst);
 	ev->ifindex = v->ifindex;
@@ -157,12 +163,24 @@ __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 
 /* ---- identities and policy ---- */
 
+/* eg_identity resolves an address: its exact host entry if it has one,
+ * else the longest prefix, else world. */
 static __noinline __u32 eg_identity(__u32 slot, __u8 family, const __u8 *addr)
 {
 	struct eg_ipcache_key k = {};
+	struct eg_host_key hk;
 	struct eg_ipcache_value *v;
-	void *ipcache = bpf_map_lookup_elem(&eg_ipcache, &slot);
+	void *hosts = bpf_map_lookup_elem(&eg_ipcache_hosts, &slot);
+	void *ipcache;
 
+	hk.family = family;
+	eg_copy16(hk.addr, addr);
+	if (hosts) {
+		v = bpf_map_lookup_elem(hosts, &hk);
+		if (v)
+			return v->identity;
+	}
+	ipcache = bpf_map_lookup_elem(&eg_ipcache, &slot);
 	if (!ipcache)
 		return EG_IDENTITY_WORLD;
 	k.prefixlen = 32 + (family == 4 ? 32 : 128);
@@ -286,18 +304,18 @@ hit:
 
 static __always_inline __u64 eg_ct_lifetime(__u8 proto, __u8 state)
 {
-	__u32 s = cfg_ct_other_s;
+	__u32 j = cfg_ct_other_j;
 
 	if (proto == IPPROTO_TCP) {
 		if ((state & EG_CT_CLOSING) ||
 		    ((state & EG_CT_FIN_ORIG) && (state & EG_CT_FIN_REPLY)))
-			s = cfg_ct_tcp_close_s;
+			j = cfg_ct_tcp_close_j;
 		else if (state & EG_CT_SEEN_REPLY)
-			s = cfg_ct_tcp_established_s;
+			j = cfg_ct_tcp_established_j;
 		else
-			s = cfg_ct_tcp_syn_s;
+			j = cfg_ct_tcp_syn_j;
 	}
-	return (__u64)s * NSEC_PER_SEC;
+	return j;
 }
 
 /* eg_ct_refresh updates an entry for a packet of its flow. Writes are
@@ -328,61 +346,111 @@ static __always_inline void eg_ct_refresh(struct eg_ct_entry *ct, const struct e
 			nst |= reply ? EG_CT_FIN_REPLY : EG_CT_FIN_ORIG;
 	}
 	exp = now + eg_ct_lifetime(p->proto, nst);
-	if (nst != st || exp > ct->expires_ns + NSEC_PER_SEC) {
+	if (nst != st || exp > ct->expires + cfg_hz) {
 		ct->state = nst;
-		ct->expires_ns = exp;
+		ct->expires = exp;
 	}
 }
 
-/* Fills the conntrack key of p as seen from the endpoint. */
+/* The workload's and the peer's address of a packet. */
+static __always_inline const __u8 *eg_local(const struct eg_pkt *p, __u8 dir)
+{
+	return dir == EG_DIR_INGRESS ? p->dst : p->src;
+}
+
+static __always_inline const __u8 *eg_remote(const struct eg_pkt *p, __u8 dir)
+{
+	return dir == EG_DIR_INGRESS ? p->src : p->dst;
+}
+
+/* A conntrack key of either family; family says which member is valid. */
+struct eg_ct_key {
+	union {
+		struct eg_ct4_key k4;
+		struct eg_ct6_key k6;
+	};
+	__u8 family;
+};
+
+/* Fills the conntrack key of p as seen from the endpoint. Every byte of
+ * the member in use is written (it is hashed whole). */
 static __always_inline void eg_ct_key_of(struct eg_ct_key *k, const struct eg_pkt *p, __u8 dir,
 					 __u32 endpoint_id)
 {
-	__u16 lport, rport;
+	const __u8 *local = eg_local(p, dir);
+	const __u8 *remote = eg_remote(p, dir);
+	struct eg_ct_tail t;
 
-	if (dir == EG_DIR_INGRESS) {
-		eg_copy16(k->local, p->dst);
-		eg_copy16(k->remote, p->src);
-		lport = p->dport;
-		rport = p->sport;
-	} else {
-		eg_copy16(k->local, p->src);
-		eg_copy16(k->remote, p->dst);
-		lport = p->sport;
-		rport = p->dport;
-	}
-	k->endpoint_id = endpoint_id;
-	k->protocol = p->proto;
-	k->family = p->family;
-	k->kind = EG_CT_KIND_PORTS;
-	k->pad = 0;
+	t.endpoint_id = endpoint_id;
+	t.local_port = dir == EG_DIR_INGRESS ? p->dport : p->sport;
+	t.remote_port = dir == EG_DIR_INGRESS ? p->sport : p->dport;
+	t.protocol = p->proto;
+	t.kind = EG_CT_KIND_PORTS;
+	t.pad = 0;
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
 		if (eg_icmp_is_echo(p->proto, p->icmp_type)) {
-			k->kind = EG_CT_KIND_ECHO;
-			lport = p->sport; /* identifier */
-			rport = 0;
+			t.kind = EG_CT_KIND_ECHO;
+			t.local_port = p->sport; /* identifier */
+			t.remote_port = 0;
 		} else {
 			/* One-way messages: only the same direction matches. */
-			k->kind = EG_CT_KIND_ICMP;
-			lport = dir;
-			rport = p->dport;
+			t.kind = EG_CT_KIND_ICMP;
+			t.local_port = dir;
+			t.remote_port = p->dport;
 		}
 	}
-	k->local_port = lport;
-	k->remote_port = rport;
+	k->family = p->family;
+	if (p->family == 4) {
+		k->k4.local = *(__be32 *)local;
+		k->k4.remote = *(__be32 *)remote;
+		k->k4.t = t;
+	} else {
+		eg_copy16(k->k6.local, local);
+		eg_copy16(k->k6.remote, remote);
+		k->k6.t = t;
+	}
+}
+
+static __always_inline const struct eg_ct_tail *eg_ct_tail_of(const struct eg_ct_key *k)
+{
+	return k->family == 4 ? &k->k4.t : &k->k6.t;
+}
+
+static __always_inline struct eg_ct_entry *eg_ct_lookup(const struct eg_ct_key *k)
+{
+	if (k->family == 4)
+		return bpf_map_lookup_elem(&eg_ct4, &k->k4);
+	return bpf_map_lookup_elem(&eg_ct6, &k->k6);
+}
+
+static __always_inline long eg_ct_insert(const struct eg_ct_key *k, const struct eg_ct_entry *e)
+{
+	if (k->family == 4)
+		return bpf_map_update_elem(&eg_ct4, &k->k4, e, BPF_ANY);
+	return bpf_map_update_elem(&eg_ct6, &k->k6, e, BPF_ANY);
+}
+
+static __always_inline void eg_ct_delete(const struct eg_ct_key *k)
+{
+	if (k->family == 4)
+		bpf_map_delete_elem(&eg_ct4, &k->k4);
+	else
+		bpf_map_delete_elem(&eg_ct6, &k->k6);
 }
 
 /* The policy port of a tracked flow: the destination port of its first
  * packet, for re-checking it against a new rule set. */
 static __always_inline __u16 eg_ct_policy_port(const struct eg_ct_key *k, const struct eg_ct_entry *ct)
 {
-	switch (k->kind) {
+	const struct eg_ct_tail *t = eg_ct_tail_of(k);
+
+	switch (t->kind) {
 	case EG_CT_KIND_ECHO:
-		return k->protocol == IPPROTO_ICMP ? (ICMP_ECHO << 8) : (ICMPV6_ECHO_REQUEST << 8);
+		return t->protocol == IPPROTO_ICMP ? (ICMP_ECHO << 8) : (ICMPV6_ECHO_REQUEST << 8);
 	case EG_CT_KIND_ICMP:
-		return k->remote_port;
+		return t->remote_port;
 	}
-	return ct->origin == EG_DIR_INGRESS ? k->local_port : k->remote_port;
+	return ct->origin == EG_DIR_INGRESS ? t->local_port : t->remote_port;
 }
 
 /*
@@ -394,7 +462,7 @@ __noinline int eg_related(struct __sk_buff *skb, const struct eg_pkt *p, __u8 di
 			  __u32 endpoint_id, __u64 now)
 {
 	struct eg_pkt in = {};
-	struct eg_ct_key k = {};
+	struct eg_ct_key k;
 	struct eg_ct_entry *ct;
 	__u32 off;
 
@@ -451,8 +519,8 @@ __noinline int eg_related(struct __sk_buff *skb, const struct eg_pkt *p, __u8 di
 	}
 	/* The quoted packet travelled the other way round. */
 	eg_ct_key_of(&k, &in, dir ^ 1, endpoint_id);
-	ct = bpf_map_lookup_elem(&eg_ct, &k);
-	return ct && ct->expires_ns > now;
+	ct = eg_ct_lookup(&k);
+	return ct && ct->expires > now;
 }
 
 /* ---- fragments ---- */
@@ -474,7 +542,7 @@ static __noinline void eg_frag_store(const struct eg_pkt *p, __u32 endpoint_id, 
 	struct eg_frag_entry e = {};
 
 	eg_frag_key_of(&k, p, endpoint_id);
-	e.expires_ns = now + (__u64)cfg_frag_timeout_s * NSEC_PER_SEC;
+	e.expires = now + cfg_frag_timeout_j;
 	e.verdict = verdict;
 	bpf_map_update_elem(&eg_frags, &k, &e, BPF_ANY);
 }
@@ -486,6 +554,25 @@ static __always_inline void eg_frag_remember(const struct eg_pkt *p, __u32 endpo
 }
 
 /* ---- the program ---- */
+
+/* eg_endpoint_find probes the direct-mapped endpoint array (maps.h). */
+static __always_inline int eg_endpoint_find(void *eps, __u32 ifindex, struct eg_endpoint *out)
+{
+	int i;
+
+	for (i = 0; i < EG_EP_PROBES; i++) {
+		__u32 k = (ifindex + i) & (EG_EP_SLOTS - 1);
+		struct eg_endpoint *e = bpf_map_lookup_elem(eps, &k);
+
+		if (!e || e->ifindex == 0)
+			return 0;
+		if (e->ifindex == ifindex) {
+			*out = *e;
+			return 1;
+		}
+	}
+	return 0;
+}
 
 static __always_inline int eg_finish(const struct eg_pkt *p, struct eg_verdict_ctx *v, int emit)
 {
@@ -508,11 +595,10 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	struct eg_verdict_ctx v = {};
 	struct eg_policy_value pv;
 	struct eg_policy_key q = {};
-	struct eg_ct_key key = {};
+	struct eg_ct_key key;   /* the member in use is written whole by eg_ct_key_of */
 	struct eg_ct_entry *ct;
-	struct eg_pkt p = {};
+	struct eg_pkt p;        /* every byte written by the parser */
 	struct eg_generation *st;
-	struct eg_endpoint *epp;
 	void *eps;
 	__u32 zero = 0, word = 0, slot, gen, ifindex = skb->ifindex;
 	__u64 now;
@@ -525,11 +611,8 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	gen = word >> 1;
 
 	eps = bpf_map_lookup_elem(&eg_endpoints, &slot);
-	epp = eps ? bpf_map_lookup_elem(eps, &ifindex) : NULL;
-	have_ep = epp != NULL;
-	if (epp) {
-		ep = *epp;
-	} else {
+	have_ep = eps && eg_endpoint_find(eps, ifindex, &ep);
+	if (!have_ep) {
 		/* Programs still on an interface whose endpoint is gone, or
 		 * not there yet: the node's default mode, no rules. */
 		ep.mode = cfg_default_mode;
@@ -544,7 +627,12 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	v.endpoint_id = ep.id;
 	v.local_identity = ep.identity;
 
-	ret = eg_parse(skb, ep.flags & EG_EP_F_L3, &p);
+	if (!(ep.flags & EG_EP_F_L3) && eg_parse_fast(skb, &p)) {
+		ret = EG_PARSE_IP;
+	} else {
+		__builtin_memset(&p, 0, sizeof(p));
+		ret = eg_parse(skb, ep.flags & EG_EP_F_L3, &p);
+	}
 	switch (ret) {
 	case EG_PARSE_IP:
 		break;
@@ -565,7 +653,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		return TCX_NEXT;
 	}
 
-	now = bpf_ktime_get_coarse_ns();
+	now = bpf_jiffies64();
 	if (p.frag != EG_FRAG_NONE)
 		eg_count(EG_CNT_FRAGMENTS);
 	if (p.frag == EG_FRAG_LATER) {
@@ -574,9 +662,9 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 
 		eg_frag_key_of(&fk, &p, ep.id);
 		fe = bpf_map_lookup_elem(&eg_frags, &fk);
-		if (fe && fe->expires_ns > now && fe->verdict != EG_VERDICT_DENIED)
+		if (fe && fe->expires > now && fe->verdict != EG_VERDICT_DENIED)
 			return TCX_NEXT;
-		v.peer_identity = eg_identity(slot, p.family, v.dir == EG_DIR_INGRESS ? p.src : p.dst);
+		v.peer_identity = eg_identity(slot, p.family, eg_remote(&p, v.dir));
 		v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
 		v.reason = EG_REASON_FRAGMENT;
 		return eg_finish(&p, &v, 1);
@@ -590,8 +678,8 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	}
 
 	eg_ct_key_of(&key, &p, v.dir, ep.id);
-	ct = bpf_map_lookup_elem(&eg_ct, &key);
-	if (ct && ct->expires_ns > now) {
+	ct = eg_ct_lookup(&key);
+	if (ct && ct->expires > now) {
 		if (ct->generation == gen || !cfg_ct_revalidate) {
 			eg_ct_refresh(ct, &p, v.dir, now);
 			eg_count(EG_CNT_ESTABLISHED);
@@ -600,7 +688,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		}
 		/* The rule set changed since this flow was admitted: decide
 		 * it again, as its first packet would be decided now. */
-		v.peer_identity = eg_identity(slot, p.family, key.remote);
+		v.peer_identity = eg_identity(slot, p.family, eg_remote(&p, v.dir));
 		q.endpoint_id = ep.id;
 		q.peer_identity = v.peer_identity;
 		q.direction = ct->origin;
@@ -613,7 +701,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		v.rule_id = pv.rule_id;
 		v.reason = EG_REASON_REVALIDATED;
 		if (pv.verdict == EG_VERDICT_DENIED) {
-			bpf_map_delete_elem(&eg_ct, &key);
+			eg_ct_delete(&key);
 			return eg_finish(&p, &v, 1);
 		}
 		if (pv.verdict != ct->verdict || pv.rule_id != ct->rule_id) {
@@ -635,8 +723,12 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		return TCX_NEXT;
 	}
 
-	/* A new flow. */
-	if (eg_identity(slot, p.family, key.local) != ep.identity) {
+	/* A new flow. Whose traffic is it? In host mode, only the node's own
+	 * (by its local address); in container mode everything on the
+	 * interface is the workload's, and what it sends must carry its own
+	 * source address. */
+	if (((ep.flags & EG_EP_F_HOST) || v.dir == EG_DIR_EGRESS) &&
+	    eg_identity(slot, p.family, eg_local(&p, v.dir)) != ep.identity) {
 		if (ep.flags & EG_EP_F_HOST) {
 			/* Not the node's own traffic (routed through it): the
 			 * workload it belongs to is enforced on its own
@@ -644,18 +736,13 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 			eg_count(EG_CNT_FORWARDED);
 			return TCX_NEXT;
 		}
-		if (v.dir == EG_DIR_EGRESS) {
-			eg_count(EG_CNT_SPOOFED);
-			v.peer_identity = eg_identity(slot, p.family, key.remote);
-			v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
-			v.reason = EG_REASON_SPOOFED;
-			return eg_finish(&p, &v, 1);
-		}
-		/* Ingress to a container for an address that is not its
-		 * own (multicast, broadcast, a routed prefix): decided by
-		 * policy like anything else. */
+		eg_count(EG_CNT_SPOOFED);
+		v.peer_identity = eg_identity(slot, p.family, eg_remote(&p, v.dir));
+		v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
+		v.reason = EG_REASON_SPOOFED;
+		return eg_finish(&p, &v, 1);
 	}
-	v.peer_identity = eg_identity(slot, p.family, key.remote);
+	v.peer_identity = eg_identity(slot, p.family, eg_remote(&p, v.dir));
 	q.endpoint_id = ep.id;
 	q.peer_identity = v.peer_identity;
 	q.direction = v.dir;
@@ -680,8 +767,8 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		}
 		if (p.proto == IPPROTO_TCP && (p.tcp_flags & EG_TCP_RST))
 			e.state = EG_CT_CLOSING;
-		e.expires_ns = now + eg_ct_lifetime(p.proto, e.state);
-		if (bpf_map_update_elem(&eg_ct, &key, &e, BPF_ANY))
+		e.expires = now + eg_ct_lifetime(p.proto, e.state);
+		if (eg_ct_insert(&key, &e))
 			eg_count(EG_CNT_CT_FULL);
 		eg_frag_remember(&p, ep.id, v.verdict, now);
 	}

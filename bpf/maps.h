@@ -9,8 +9,8 @@
  * on; internal/ruleset mirrors the policy lookup in Go. Keep all three in
  * step.
  *
- * Rule-set generations. A rule set is four maps: endpoints, ipcache, exact
- * policy and range policy. Each lives in an ARRAY_OF_MAPS with two slots.
+ * Rule-set generations. A rule set is five maps: endpoints, ipcache (host
+ * entries and prefixes), exact policy and range policy. Each lives in an ARRAY_OF_MAPS with two slots.
  * The agent fills fresh inner maps for the inactive slot, then flips
  * eg_state (one aligned 32-bit store), so a packet sees either the whole old
  * rule set or the whole new one, never a mix. Incremental updates (an
@@ -122,8 +122,23 @@ struct eg_generation {
 	__u32 pad;
 };
 
-/* eg_endpoints inner map: ifindex -> endpoint. */
+/*
+ * eg_endpoints inner map: ifindex -> endpoint, as a direct-mapped array
+ * (an inlined array lookup costs a few ns, a hash lookup tens): the entry
+ * for ifindex i is in the first slot of i, i+1, ... i+EG_EP_PROBES-1
+ * (mod EG_EP_SLOTS) whose ifindex is i; a slot with ifindex 0 ends the
+ * search. User space places entries and refuses a rule set whose
+ * interfaces cannot all be placed. A removed entry keeps its slot with
+ * ifindex EG_EP_TOMBSTONE, so later entries stay reachable.
+ */
+enum eg_endpoint_table {
+	EG_EP_SLOTS  = 16384,
+	EG_EP_PROBES = 4,
+};
+#define EG_EP_TOMBSTONE 0xffffffff /* datapath.epTombstone */
+
 struct eg_endpoint {
+	__u32 ifindex;      /* 0: empty slot */
 	__u32 id;           /* ruleset.EndpointID, never 0 */
 	__u32 identity;     /* the workload's own identity */
 	__u8  mode;         /* enum eg_mode */
@@ -146,6 +161,19 @@ struct eg_ipcache_key {
 struct eg_ipcache_value {
 	__u32 identity;
 	__u32 pad;
+};
+
+/*
+ * eg_ipcache_hosts inner map (hash): the full-length entries of the
+ * ipcache (IPv4 /32, IPv6 /128), i.e. the workloads' own addresses. A hash
+ * hit costs about half an LPM lookup in a trie of thousands of host
+ * routes, and a full-length prefix is always the longest match, so the
+ * lookup tries here first and the trie (eg_ipcache) holds only shorter
+ * prefixes (CIDR peers).
+ */
+struct eg_host_key {
+	__u32 family;       /* 4 or 6 */
+	__u8  addr[16];     /* IPv4 in addr[0..3], the rest zero */
 };
 
 /*
@@ -200,21 +228,32 @@ enum eg_ct_kind {
 };
 
 /*
- * eg_ct: LRU conntrack, keyed from the endpoint's point of view so that both
- * directions of a flow find the same entry with one lookup: "local" is the
- * workload's side, "remote" the peer's. endpoint_id keeps two workloads on
- * one node from sharing state: each end decides on its own.
+ * eg_ct4, eg_ct6: LRU conntrack, keyed from the endpoint's point of view so
+ * that both directions of a flow find the same entry with one lookup:
+ * "local" is the workload's side, "remote" the peer's. endpoint_id keeps
+ * two workloads on one node from sharing state: each end decides on its
+ * own. IPv4 has its own map because a 20-byte key hashes and compares in
+ * about two thirds of the time of the 44-byte IPv6 one, on every packet.
  */
-struct eg_ct_key {
-	__u8  local[16];
-	__u8  remote[16];
+struct eg_ct_tail {
 	__u32 endpoint_id;
 	__u16 local_port;
 	__u16 remote_port;
 	__u8  protocol;
-	__u8  family;
 	__u8  kind;         /* enum eg_ct_kind */
-	__u8  pad;
+	__u16 pad;
+};
+
+struct eg_ct4_key {
+	__be32 local;
+	__be32 remote;
+	struct eg_ct_tail t;
+};
+
+struct eg_ct6_key {
+	__u8  local[16];
+	__u8  remote[16];
+	struct eg_ct_tail t;
 };
 
 enum eg_ct_state {
@@ -225,7 +264,7 @@ enum eg_ct_state {
 };
 
 struct eg_ct_entry {
-	__u64 expires_ns;   /* bpf_ktime_get_coarse_ns() after which the entry is dead */
+	__u64 expires;      /* bpf_jiffies64() after which the entry is dead */
 	__u64 packets;      /* both directions; approximate (non-atomic adds) */
 	__u64 bytes;
 	__u32 generation;   /* rule-set generation the verdict was checked in */
@@ -250,22 +289,22 @@ struct eg_frag_key {
 };
 
 struct eg_frag_entry {
-	__u64 expires_ns;
+	__u64 expires;      /* jiffies */
 	__u8  verdict;
 	__u8  pad[7];
 };
 
 /* eg_ratelimit: per-CPU token bucket for deny and would-deny events. */
 struct eg_ratelimit {
-	__u64 last_ns;
-	__u64 tokens;       /* in event-nanoseconds: one event costs 1e9 */
+	__u64 last;         /* jiffies */
+	__u64 tokens;       /* in event-jiffies: one event costs HZ */
 	__u32 suppressed;   /* events dropped since the last one written */
 	__u32 pad;
 };
 
 /* eg_events: one record per new flow and per denied/would-deny packet. */
 struct eg_flow_event {
-	__u64 timestamp_ns; /* bpf_ktime_get_ns() */
+	__u64 jiffies;      /* bpf_jiffies64(): user space converts to wall time */
 	__u8  src[16];      /* the packet's addresses, IPv4 in [0..3] */
 	__u8  dst[16];
 	__u32 ifindex;
@@ -302,8 +341,8 @@ struct {
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct {
-		__uint(type, BPF_MAP_TYPE_HASH);
-		__uint(max_entries, 4096);
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, EG_EP_SLOTS);
 		__type(key, __u32);
 		__type(value, struct eg_endpoint);
 	});
@@ -322,6 +361,19 @@ struct {
 		__type(value, struct eg_ipcache_value);
 	});
 } eg_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, EG_GEN_SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__uint(max_entries, 131072);
+		__type(key, struct eg_host_key);
+		__type(value, struct eg_ipcache_value);
+	});
+} eg_ipcache_hosts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -352,10 +404,18 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
-	__type(key, struct eg_ct_key);
+	__type(key, struct eg_ct4_key);
 	__type(value, struct eg_ct_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} eg_ct SEC(".maps");
+} eg_ct4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct eg_ct6_key);
+	__type(value, struct eg_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_ct6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -398,6 +458,7 @@ struct {
 EG_BTF_ANCHOR(eg_endpoint);
 EG_BTF_ANCHOR(eg_ipcache_key);
 EG_BTF_ANCHOR(eg_ipcache_value);
+EG_BTF_ANCHOR(eg_host_key);
 EG_BTF_ANCHOR(eg_policy_key);
 EG_BTF_ANCHOR(eg_policy_value);
 EG_BTF_ANCHOR(eg_range_key);
@@ -414,5 +475,6 @@ EG_BTF_ENUM(eg_ct_state);
 EG_BTF_ENUM(eg_ct_kind);
 EG_BTF_ENUM(eg_mode);
 EG_BTF_ENUM(eg_direction);
+EG_BTF_ENUM(eg_endpoint_table);
 
 #endif /* EG_MAPS_H */

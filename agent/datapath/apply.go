@@ -6,34 +6,13 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
-
-// generation is the set of inner maps of one slot, built by this process.
-type generation struct {
-	endpoints, ipcache, policy, ranges *ebpf.Map
-}
-
-func (g *generation) maps() []*ebpf.Map {
-	return []*ebpf.Map{g.endpoints, g.ipcache, g.policy, g.ranges}
-}
-
-func (g *generation) close() error {
-	var errs []error
-	for _, m := range g.maps() {
-		if m != nil {
-			errs = append(errs, m.Close())
-		}
-	}
-	return errors.Join(errs...)
-}
 
 // binding ties an interface to the endpoint enforced on it.
 type binding struct {
@@ -49,7 +28,7 @@ type applied struct {
 	tables   *ruleset.Tables
 	bindings map[uint32]binding // by ifindex
 	pending  []string           // interfaces named by the rule set but not present
-	capacity ruleset.Size       // of the active generation's inner maps
+	capacity sizes              // of the active generation's inner maps
 }
 
 // ApplyResult reports an applied rule set.
@@ -92,7 +71,7 @@ func (d *Datapath) Apply(rs *ruleset.RuleSet) (*ApplyResult, error) {
 	if err := size.Check(d.cfg.Limits); err != nil {
 		return nil, fmt.Errorf("rule set does not fit: %w", err)
 	}
-	if err := d.swap(rs, tables, bindings, pending, size); err != nil {
+	if err := d.swap(rs, tables, bindings, pending); err != nil {
 		return nil, err
 	}
 	// Duration is the time to enforcement; hashing comes after it.
@@ -128,9 +107,9 @@ func (d *Datapath) Apply(rs *ruleset.RuleSet) (*ApplyResult, error) {
 // reads the retired generation when its slot is written again. A rule set
 // that does not fit the prepared maps takes the slow path: maps sized for
 // it, installed on the spot.
-func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, pending []string, size ruleset.Size) error {
+func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, pending []string) error {
 	slot := (d.word & 1) ^ 1
-	gen, capacity, err := d.stage(slot, rs, tables, bindings, size)
+	gen, capacity, err := d.stage(slot, rs, tables, bindings, needOf(rs, tables, bindings))
 	if err != nil {
 		return err
 	}
@@ -191,95 +170,35 @@ func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings ma
 // stage fills maps for slot with the rule set: the prepared ones if the
 // rule set fits, else new ones installed now. It returns the generation and
 // the capacity of its maps.
-func (d *Datapath) stage(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, size ruleset.Size) (*generation, ruleset.Size, error) {
+func (d *Datapath) stage(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, need sizes) (*generation, sizes, error) {
 	if p := d.takePrepared(); p != nil {
-		if p.slot == slot && fits(size, p.capacity) {
+		if p.slot == slot && need.fits(p.capacity) {
 			if err := d.fill(p.gen, rs, tables, bindings, p.capacity); err != nil {
 				// Half-filled, in the inactive slot: harmless, never
 				// reused; the next swap takes the slow path.
 				p.gen.close()
-				return nil, ruleset.Size{}, err
+				return nil, sizes{}, err
 			}
 			return p.gen, p.capacity, nil
 		}
 		p.gen.close()
 	}
-	capacity := capacityOf(size, d.cfg.Limits)
+	capacity := capacityOf(need, d.cfg.Limits)
 	gen, err := d.create(slot, capacity)
 	if err != nil {
-		return nil, ruleset.Size{}, err
+		return nil, sizes{}, err
 	}
 	if err := d.fill(gen, rs, tables, bindings, capacity); err != nil {
 		gen.close()
-		return nil, ruleset.Size{}, err
+		return nil, sizes{}, err
 	}
 	// The slot is inactive, so a failure half-way is harmless: nothing
 	// reads it until the flip.
 	if err := d.install(slot, gen); err != nil {
 		gen.close()
-		return nil, ruleset.Size{}, err
+		return nil, sizes{}, err
 	}
 	return gen, capacity, nil
-}
-
-// prepared is a slot's set of empty maps, installed ahead of the next swap.
-type prepared struct {
-	slot     uint32
-	gen      *generation
-	capacity ruleset.Size
-}
-
-// startPrepare creates and installs empty maps for slot in the background.
-// Called with d.mu held.
-func (d *Datapath) startPrepare(slot uint32, capacity ruleset.Size) {
-	ch := make(chan *prepared, 1)
-	d.preparing = ch
-	go func() {
-		gen, err := d.create(slot, capacity)
-		if err == nil {
-			if err = d.install(slot, gen); err != nil {
-				gen.close()
-			}
-		}
-		if err != nil {
-			d.log.Warn("preparing the next generation failed; the next rule set takes the slow path", zap.Error(err))
-			ch <- nil
-			return
-		}
-		ch <- &prepared{slot: slot, gen: gen, capacity: capacity}
-	}()
-}
-
-// takePrepared waits for the background preparation, if one is running,
-// and returns its maps (nil if none). Called with d.mu held.
-func (d *Datapath) takePrepared() *prepared {
-	if d.preparing == nil {
-		return nil
-	}
-	p := <-d.preparing
-	d.preparing = nil
-	return p
-}
-
-func fits(need, capacity ruleset.Size) bool {
-	return need.Endpoints <= capacity.Endpoints && need.IPCache <= capacity.IPCache &&
-		need.Policy <= capacity.Policy && need.PolicyRanges <= capacity.PolicyRanges
-}
-
-func capacityOf(size ruleset.Size, limits ruleset.Limits) ruleset.Size {
-	return ruleset.Size{
-		Endpoints:    capacityFor(size.Endpoints, limits.Endpoints),
-		IPCache:      capacityFor(size.IPCache, limits.IPCache),
-		Policy:       capacityFor(size.Policy, limits.Policy),
-		PolicyRanges: capacityFor(size.PolicyRanges, limits.PolicyRanges),
-	}
-}
-
-// capacityFor sizes an inner map: room for incremental growth, never above
-// the configured limit. Hash maps are preallocated, so this bounds memory
-// to what the rule set needs.
-func capacityFor(need, limit int) int {
-	return max(min(need+need/4+64, limit), 1)
 }
 
 func (d *Datapath) setWord(word uint32) error {
@@ -290,82 +209,26 @@ func (d *Datapath) setWord(word uint32) error {
 	return nil
 }
 
-// create makes the four empty inner maps of a generation.
-func (d *Datapath) create(slot uint32, capacity ruleset.Size) (*generation, error) {
-	g := &generation{}
-	var err error
-	for _, m := range []struct {
-		dst  **ebpf.Map
-		name string
-		n    int
-	}{
-		{&g.endpoints, ruleset.MapEndpoints, capacity.Endpoints},
-		{&g.ipcache, ruleset.MapIPCache, capacity.IPCache},
-		{&g.policy, ruleset.MapPolicy, capacity.Policy},
-		{&g.ranges, ruleset.MapPolicyRanges, capacity.PolicyRanges},
-	} {
-		if *m.dst, err = d.innerMap(m.name, slot, m.n); err != nil {
-			g.close()
-			return nil, err
+// The endpoint table is a direct-mapped array (see bpf/maps.h).
+const (
+	epSlots     = uint32(bpfEgEndpointTableEG_EP_SLOTS)
+	epProbes    = int(bpfEgEndpointTableEG_EP_PROBES)
+	epTombstone = 0xffffffff // EG_EP_TOMBSTONE
+)
+
+// freeSlot returns the first slot of ifindex's probe sequence that used
+// says is free.
+func freeSlot(ifindex uint32, used func(slot uint32) bool) (uint32, bool) {
+	for i := range uint32(epProbes) {
+		if s := (ifindex + i) & (epSlots - 1); !used(s) {
+			return s, true
 		}
 	}
-	return g, nil
-}
-
-// fill writes a rule set into a generation's empty maps.
-func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, capacity ruleset.Size) error {
-	eps := make(map[ruleset.EndpointID]ruleset.Endpoint, len(rs.Endpoints))
-	for _, e := range rs.Endpoints {
-		eps[e.ID] = e
-	}
-	var epKeys []uint32
-	var epVals []bpfEgEndpoint
-	for ifindex, b := range bindings {
-		epKeys = append(epKeys, ifindex)
-		epVals = append(epVals, endpointValue(eps[b.endpoint], b, tables))
-	}
-	if err := batchUpdate(g.endpoints, ruleset.MapEndpoints, epKeys, epVals); err != nil {
-		return err
-	}
-
-	for _, c := range rs.IPCache {
-		if err := g.ipcache.Update(ipcacheKey(c.Prefix), bpfEgIpcacheValue{Identity: uint32(c.Identity)}, ebpf.UpdateAny); err != nil {
-			return mapErr(ruleset.MapIPCache, capacity.IPCache, err)
-		}
-	}
-
-	pKeys := make([]bpfEgPolicyKey, 0, len(tables.Exact))
-	pVals := make([]bpfEgPolicyValue, 0, len(tables.Exact))
-	for k, v := range tables.Exact {
-		pKeys = append(pKeys, bpfEgPolicyKey{
-			EndpointId: uint32(k.Endpoint), PeerIdentity: uint32(k.Peer),
-			Direction: uint8(k.Direction), Protocol: uint8(k.Protocol), Port: k.Port,
-		})
-		pVals = append(pVals, bpfEgPolicyValue{RuleId: uint32(v.Rule), Verdict: uint8(v.Verdict)})
-	}
-	if err := batchUpdate(g.policy, ruleset.MapPolicy, pKeys, pVals); err != nil {
-		return err
-	}
-
-	rKeys := make([]bpfEgRangeKey, 0, len(tables.Ranges))
-	rVals := make([]bpfEgRangeValue, 0, len(tables.Ranges))
-	for k, ivs := range tables.Ranges {
-		rKeys = append(rKeys, bpfEgRangeKey{
-			EndpointId: uint32(k.Endpoint), PeerIdentity: uint32(k.Peer),
-			Direction: uint8(k.Direction), Protocol: uint8(k.Protocol),
-		})
-		var v bpfEgRangeValue
-		v.Count = uint32(len(ivs))
-		for i, iv := range ivs {
-			v.Iv[i] = bpfEgPortInterval{Lo: iv.Lo, Hi: iv.Hi, RuleId: uint32(iv.Rule), Verdict: uint8(iv.Verdict)}
-		}
-		rVals = append(rVals, v)
-	}
-	return batchUpdate(g.ranges, ruleset.MapPolicyRanges, rKeys, rVals)
+	return 0, false
 }
 
 func endpointValue(e ruleset.Endpoint, b binding, tables *ruleset.Tables) bpfEgEndpoint {
-	v := bpfEgEndpoint{Id: uint32(e.ID), Identity: uint32(e.Identity), Mode: uint8(e.Mode)}
+	v := bpfEgEndpoint{Ifindex: b.ifindex, Id: uint32(e.ID), Identity: uint32(e.Identity), Mode: uint8(e.Mode)}
 	if e.HostMode() {
 		v.Flags |= uint8(bpfEgEndpointFlagsEG_EP_F_HOST)
 	}
@@ -375,70 +238,6 @@ func endpointValue(e ruleset.Endpoint, b binding, tables *ruleset.Tables) bpfEgE
 	v.Shapes[ruleset.Ingress] = uint8(tables.Shapes[ruleset.ShapeKey{Endpoint: e.ID, Direction: ruleset.Ingress}])
 	v.Shapes[ruleset.Egress] = uint8(tables.Shapes[ruleset.ShapeKey{Endpoint: e.ID, Direction: ruleset.Egress}])
 	return v
-}
-
-// ipcacheKey encodes a prefix for the LPM trie: 32 bits of family and
-// padding, then the address bits.
-func ipcacheKey(p netip.Prefix) bpfEgIpcacheKey {
-	k := bpfEgIpcacheKey{Prefixlen: uint32(32 + p.Bits())}
-	a := p.Addr()
-	if a.Is4() {
-		k.Family = 4
-		b := a.As4()
-		copy(k.Addr[:], b[:])
-	} else {
-		k.Family = 6
-		k.Addr = a.As16()
-	}
-	return k
-}
-
-// innerMap creates an inner map for slot from the outer map's template.
-func (d *Datapath) innerMap(outer string, slot uint32, capacity int) (*ebpf.Map, error) {
-	spec := d.spec.Maps[outer].InnerMap.Copy()
-	spec.Name = fmt.Sprintf("%.12s_%d", outer, slot)
-	spec.MaxEntries = uint32(capacity)
-	m, err := ebpf.NewMap(spec)
-	if err != nil {
-		return nil, fmt.Errorf("create %s (%d entries): %w", outer, capacity, err)
-	}
-	return m, nil
-}
-
-func batchUpdate[K, V any](m *ebpf.Map, name string, keys []K, vals []V) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	if _, err := m.BatchUpdate(keys, vals, &ebpf.BatchOptions{}); err != nil {
-		return mapErr(name, int(m.MaxEntries()), err)
-	}
-	return nil
-}
-
-// mapErr names the map in a kernel error, as a MapFullError when it is.
-func mapErr(name string, capacity int, err error) error {
-	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
-		return fmt.Errorf("%w: %v", &ruleset.MapFullError{Map: name, Need: capacity + 1, Limit: capacity}, err)
-	}
-	return fmt.Errorf("write %s: %w", name, err)
-}
-
-// install puts a generation's inner maps into the outer maps' slot. Each
-// update waits for an RCU grace period; done concurrently, the four share
-// one.
-func (d *Datapath) install(slot uint32, g *generation) error {
-	outer := []*ebpf.Map{d.objs.EgEndpoints, d.objs.EgIpcache, d.objs.EgPolicy, d.objs.EgPolicyRanges}
-	errs := make([]error, len(outer))
-	var wg sync.WaitGroup
-	for i, inner := range g.maps() {
-		wg.Go(func() {
-			if err := outer[i].Update(slot, inner, ebpf.UpdateAny); err != nil {
-				errs[i] = fmt.Errorf("install %s slot %d: %w", outerMaps[i], slot, err)
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // UpdateIPCache changes address-to-identity entries of the rule set in
@@ -461,23 +260,38 @@ func (d *Datapath) UpdateIPCache(upsert []ruleset.IPCacheEntry, remove []netip.P
 	if err := rs.Validate(); err != nil {
 		return fmt.Errorf("update ipcache: %w", err)
 	}
-	if len(rs.IPCache) > cur.capacity.IPCache {
+	if !needOf(rs, cur.tables, cur.bindings).fits(cur.capacity) {
 		size := cur.tables.Size(rs)
 		size.Endpoints = len(cur.bindings)
 		if err := size.Check(d.cfg.Limits); err != nil {
 			return fmt.Errorf("update ipcache: %w", err)
 		}
-		return d.swap(rs, cur.tables, maps.Clone(cur.bindings), slices.Clone(cur.pending), size)
+		return d.swap(rs, cur.tables, maps.Clone(cur.bindings), slices.Clone(cur.pending))
 	}
-	ipc := d.gens[d.word&1].ipcache
+	gen := d.gens[d.word&1]
 	for _, p := range remove {
-		if err := ipc.Delete(ipcacheKey(p)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		var err error
+		if isHost(p) {
+			err = gen[mHosts].Delete(hostKey(p.Addr()))
+		} else {
+			err = gen[mPrefixes].Delete(ipcacheKey(p))
+		}
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("update ipcache: delete %s: %w", p, err)
 		}
 	}
 	for _, c := range upsert {
-		if err := ipc.Update(ipcacheKey(c.Prefix), bpfEgIpcacheValue{Identity: uint32(c.Identity)}, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("update ipcache: %s: %w", c.Prefix, mapErr(ruleset.MapIPCache, cur.capacity.IPCache, err))
+		v := bpfEgIpcacheValue{Identity: uint32(c.Identity)}
+		var err error
+		which := mPrefixes
+		if isHost(c.Prefix) {
+			which = mHosts
+			err = gen[mHosts].Update(hostKey(c.Prefix.Addr()), v, ebpf.UpdateAny)
+		} else {
+			err = gen[mPrefixes].Update(ipcacheKey(c.Prefix), v, ebpf.UpdateAny)
+		}
+		if err != nil {
+			return fmt.Errorf("update ipcache: %s: %w", c.Prefix, mapErr(which, cur.capacity, err))
 		}
 	}
 	// Same slot, next generation: established flows re-check identities.

@@ -3,8 +3,8 @@ package datapath
 import (
 	"encoding/binary"
 	"fmt"
-	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -12,7 +12,6 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -32,6 +31,9 @@ import (
 //   - BenchmarkVerdictCold runs one packet per test run (new-allowed with a
 //     fresh source port each time: a true conntrack miss and insert). Each
 //     run follows a syscall, so caches are cold: an upper bound.
+//
+// ns/op is the median over test runs of the kernel's mean time per
+// program run.
 //
 // Events are written as in production (deny events not rate-limited here,
 // so every denied packet pays for its event); the ring is drained between
@@ -105,14 +107,14 @@ func (e *benchEnv) measure(b *testing.B, prog *ebpf.Program, repeat int, packet 
 	}
 	defer netns.Set(orig)
 
-	var total time.Duration
+	var per []time.Duration
 	runs := 0
 	for i := 0; b.Loop(); i++ {
 		_, d, err := prog.Benchmark(packet(i), repeat, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		total += d * time.Duration(repeat)
+		per = append(per, d)
 		runs += repeat
 		if runs%50000 < repeat {
 			b.StopTimer()
@@ -120,35 +122,39 @@ func (e *benchEnv) measure(b *testing.B, prog *ebpf.Program, repeat int, packet 
 			b.StartTimer()
 		}
 	}
-	b.ReportMetric(float64(total.Nanoseconds())/float64(runs), "ns/op")
+	// The median of the per-call means: robust against the bursts of steal
+	// time a shared VM has, which would otherwise dominate the mean.
+	slices.Sort(per)
+	b.ReportMetric(float64(per[len(per)/2].Nanoseconds()), "ns/op")
 }
 
 // verdictCases runs the four cases of BenchmarkVerdict and
 // BenchmarkVerdictCold.
 func verdictCases(b *testing.B, repeat int) {
+	peer := "10.250.128.0" // identity 1000, allowed to 443
+	established := tcp4(peer, web4, 1, 443, tcpACK)
+	denied := tcp4(peer, web4, 2, 80, tcpSYN)
+	newFlow := tcp4(peer, web4, 1024, 443, tcpSYN)
+	newPort := func(i int) []byte {
+		if repeat == 1 { // a fresh source port: a real conntrack miss
+			binary.BigEndian.PutUint16(newFlow[34:], uint16(1024+i%64000))
+		}
+		return newFlow
+	}
 	for _, rules := range []int{10, 50000} {
 		b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {
-			env := newBenchEnv(b, benchRuleSet(rules, 256), repeat > 1)
-			// The endpoint is in container mode: tc egress delivers to it.
-			prog := env.h.d.objs.EgTcEgress
-			peer := "10.250.128.0" // identity 1000, allowed to 443
-			established := tcp4(peer, web4, 1, 443, tcpACK)
-			if ret := env.h.run(prog, "lo", tcp4(peer, web4, 1, 443, tcpSYN)); ret != retPass {
+			env := newBenchEnv(b, benchRuleSet(rules, 256), false)
+			// The endpoint is in container mode: tc egress delivers to it,
+			// tc ingress carries its replies.
+			in, out := env.h.d.objs.EgTcEgress, env.h.d.objs.EgTcIngress
+			if ret := env.h.run(in, "lo", tcp4(peer, web4, 1, 443, tcpSYN)); ret != retPass {
 				b.Fatalf("allowed SYN dropped: %d", ret)
 			}
-			// Make it an answered, established flow (with synExpiresAtOnce
-			// the SYN's own entry is already expired).
-			env.h.establish(4, web4, peer, 1, 443, 1, protoTCP)
-			denied := tcp4(peer, web4, 2, 80, tcpSYN)
-			if ret := env.h.run(prog, "lo", denied); ret != retDrop {
-				b.Fatalf("denied SYN passed: %d", ret)
+			if ret := env.h.run(out, "lo", tcp4(web4, peer, 443, 1, tcpSYN|tcpACK)); ret != retPass {
+				b.Fatalf("SYN-ACK dropped: %d", ret)
 			}
-			newFlow := tcp4(peer, web4, 1024, 443, tcpSYN)
-			newPort := func(i int) []byte {
-				if repeat == 1 {
-					binary.BigEndian.PutUint16(newFlow[34:], uint16(1024+i%64000))
-				}
-				return newFlow
+			if ret := env.h.run(in, "lo", denied); ret != retDrop {
+				b.Fatalf("denied SYN passed: %d", ret)
 			}
 			env.h.drain()
 			if rules == 10 {
@@ -157,13 +163,18 @@ func verdictCases(b *testing.B, repeat int) {
 				})
 			}
 			b.Run("established", func(b *testing.B) {
-				env.measure(b, prog, repeat, func(int) []byte { return established })
+				env.measure(b, in, repeat, func(int) []byte { return established })
 			})
 			b.Run("new-allowed", func(b *testing.B) {
-				env.measure(b, prog, repeat, newPort)
+				envNew := env
+				if repeat > 1 {
+					// Repeated SYNs must stay new flows (see the top).
+					envNew = newBenchEnv(b, benchRuleSet(rules, 256), true)
+				}
+				envNew.measure(b, envNew.h.d.objs.EgTcEgress, repeat, newPort)
 			})
 			b.Run("new-denied", func(b *testing.B) {
-				env.measure(b, prog, repeat, func(int) []byte { return denied })
+				env.measure(b, in, repeat, func(int) []byte { return denied })
 			})
 		})
 	}
@@ -230,33 +241,4 @@ func (d *Datapath) waitPrepared() {
 	ch := make(chan *prepared, 1)
 	ch <- p
 	d.preparing = ch
-}
-
-// establish writes an established conntrack entry for a flow, checked in
-// the current generation, expiring in an hour.
-func (h *harness) establish(family uint8, local, remote string, ep uint32, lport, rport uint16, proto uint8) {
-	h.t.Helper()
-	k := bpfEgCtKey{EndpointId: ep, LocalPort: lport, RemotePort: rport, Protocol: proto, Family: family}
-	bits := 32
-	if family == 6 {
-		bits = 128
-	}
-	k.Local = ipcacheKey(netip.PrefixFrom(netip.MustParseAddr(local), bits)).Addr
-	k.Remote = ipcacheKey(netip.PrefixFrom(netip.MustParseAddr(remote), bits)).Addr
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
-		h.t.Fatal(err)
-	}
-	e := bpfEgCtEntry{
-		ExpiresNs:    uint64(ts.Nano()) + uint64(time.Hour),
-		Generation:   h.d.Generation(),
-		RuleId:       1,
-		PeerIdentity: 1000,
-		Verdict:      uint8(ruleset.VerdictAllowed),
-		Origin:       uint8(ruleset.Ingress),
-		State:        uint8(bpfEgCtStateEG_CT_SEEN_REPLY),
-	}
-	if err := h.d.objs.EgCt.Update(&k, &e, ebpf.UpdateAny); err != nil {
-		h.t.Fatalf("write conntrack entry: %v", err)
-	}
 }

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"testing"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -289,15 +290,18 @@ func TestConntrack(t *testing.T) {
 // ctEntry reads a conntrack entry by its endpoint-side key.
 func (h *harness) ctEntry(family uint8, local, remote string, ep uint32, lport, rport uint16, proto uint8) bpfEgCtEntry {
 	h.t.Helper()
-	k := bpfEgCtKey{EndpointId: ep, LocalPort: lport, RemotePort: rport, Protocol: proto, Family: family}
-	l, r := pfx(local+"/32"), pfx(remote+"/32")
-	if family == 6 {
-		l, r = pfx(local+"/128"), pfx(remote+"/128")
-	}
-	k.Local = ipcacheKey(l).Addr
-	k.Remote = ipcacheKey(r).Addr
+	tail := bpfEgCtTail{EndpointId: ep, LocalPort: lport, RemotePort: rport, Protocol: proto}
 	var e bpfEgCtEntry
-	if err := h.d.objs.EgCt.Lookup(&k, &e); err != nil {
+	var err error
+	if family == 4 {
+		l, r := netip.MustParseAddr(local).As4(), netip.MustParseAddr(remote).As4()
+		k := bpfEgCt4Key{Local: binary.NativeEndian.Uint32(l[:]), Remote: binary.NativeEndian.Uint32(r[:]), T: tail}
+		err = h.d.objs.EgCt4.Lookup(&k, &e)
+	} else {
+		k := bpfEgCt6Key{Local: netip.MustParseAddr(local).As16(), Remote: netip.MustParseAddr(remote).As16(), T: tail}
+		err = h.d.objs.EgCt6.Lookup(&k, &e)
+	}
+	if err != nil {
 		h.t.Fatalf("conntrack lookup: %v", err)
 	}
 	return e

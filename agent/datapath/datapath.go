@@ -36,9 +36,10 @@ type Config struct {
 	// Limits caps the per-rule-set maps; a rule set that does not fit is
 	// refused whole.
 	Limits ruleset.Limits
-	// CTEntries is the conntrack capacity (LRU: the least recently used
-	// flow is evicted when full).
-	CTEntries uint32
+	// CTEntries and CT6Entries are the IPv4 and IPv6 conntrack
+	// capacities (LRU: the least recently used flow is evicted when full).
+	CTEntries  uint32
+	CT6Entries uint32
 	// RingBufBytes is the flow event ring size, a power of two.
 	RingBufBytes uint32
 	// DenyEventsPerSecond and DenyEventsBurst rate-limit denied and
@@ -78,6 +79,9 @@ func (c *Config) setDefaults() {
 	if c.CTEntries == 0 {
 		c.CTEntries = 262144
 	}
+	if c.CT6Entries == 0 {
+		c.CT6Entries = max(c.CTEntries/2, 1024)
+	}
 	if c.RingBufBytes == 0 {
 		c.RingBufBytes = 16 << 20
 	}
@@ -99,7 +103,10 @@ func (c *Config) setDefaults() {
 	}
 }
 
-func seconds(d time.Duration) uint32 { return uint32(max(d/time.Second, 1)) }
+// jiffies converts a duration to kernel ticks, at least one.
+func jiffies(d time.Duration, hz uint32) uint32 {
+	return uint32(max(int64(d)*int64(hz)/int64(time.Second), 1))
+}
 
 // Datapath owns the kernel objects of one agent. Its methods are safe for
 // concurrent use.
@@ -108,7 +115,10 @@ type Datapath struct {
 	log  *zap.Logger
 	spec *ebpf.CollectionSpec
 
-	ns netns.NsHandle // the network namespace Open ran in
+	ns    netns.NsHandle // the network namespace Open ran in
+	hz    uint32         // kernel HZ: the datapath's clock ticks
+	probe *ebpf.Program  // reads jiffies for clock
+	clock *Clock         // converts event times
 
 	mu       sync.Mutex
 	objs     bpfObjects
@@ -141,21 +151,36 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := ensureBPFFS(cfg.BPFFSDir, log); err != nil {
 		return nil, err
 	}
-	spec, err := loadSpec(&cfg)
+	probe, err := newJiffyProbe()
 	if err != nil {
+		return nil, err
+	}
+	hz, err := kernelHZ(probe)
+	if err != nil {
+		probe.Close()
+		return nil, err
+	}
+	spec, err := loadSpec(&cfg, hz)
+	if err != nil {
+		probe.Close()
 		return nil, err
 	}
 	ns, err := netns.Get()
 	if err != nil {
+		probe.Close()
 		return nil, fmt.Errorf("get network namespace: %w", err)
 	}
 	l, err := loadObjects(spec, cfg.BPFFSDir, log)
 	if err != nil {
+		probe.Close()
 		ns.Close()
 		return nil, err
 	}
 	d := &Datapath{
 		ns:       ns,
+		hz:       hz,
+		probe:    probe,
+		clock:    newClock(probe, hz),
 		cfg:      cfg,
 		log:      log,
 		spec:     spec,
@@ -179,6 +204,7 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	log.Info("datapath open",
 		zap.Uint32("generation", d.word>>1),
+		zap.Uint32("hz", hz),
 		zap.Int("adopted-links", len(d.links)),
 		zap.Strings("new-maps", l.fresh),
 		zap.Int("replaced-maps", len(l.replaced)))
@@ -229,6 +255,9 @@ func (d *Datapath) Close() error {
 	}
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close eBPF objects: %w", err))
+	}
+	if err := d.probe.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close jiffies probe: %w", err))
 	}
 	if err := d.ns.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close network namespace handle: %w", err))

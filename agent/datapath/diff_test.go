@@ -3,7 +3,10 @@ package datapath
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -127,20 +130,22 @@ func TestKernelMatchesMirror(t *testing.T) {
 	t.Logf("%d packets decided identically by the kernel and the mirror", checked)
 }
 
-// flushConntrack empties eg_ct, so the next packets are all new flows.
+// flushConntrack empties the conntrack maps, so the next packets are all
+// new flows.
 func (h *harness) flushConntrack() {
 	h.t.Helper()
-	var k bpfEgCtKey
-	var keys []bpfEgCtKey
-	it := h.d.objs.EgCt.Iterate()
-	var v bpfEgCtEntry
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
-	}
-	if err := it.Err(); err != nil {
-		h.t.Fatalf("iterate conntrack: %v", err)
-	}
-	for _, k := range keys {
-		_ = h.d.objs.EgCt.Delete(&k)
+	for _, m := range []*ebpf.Map{h.d.objs.EgCt4, h.d.objs.EgCt6} {
+		var keys [][]byte
+		var k, v []byte
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			keys = append(keys, slices.Clone(k))
+		}
+		if err := it.Err(); err != nil {
+			h.t.Fatalf("iterate conntrack: %v", err)
+		}
+		for _, k := range keys {
+			_ = m.Delete(k)
+		}
 	}
 }

@@ -38,9 +38,23 @@ const (
 	bpfEgCounterEG_CNT_MAX                bpfEgCounter = 19
 )
 
+type bpfEgCt4Key struct {
+	_      structs.HostLayout
+	Local  uint32
+	Remote uint32
+	T      bpfEgCtTail
+}
+
+type bpfEgCt6Key struct {
+	_      structs.HostLayout
+	Local  [16]uint8
+	Remote [16]uint8
+	T      bpfEgCtTail
+}
+
 type bpfEgCtEntry struct {
 	_            structs.HostLayout
-	ExpiresNs    uint64
+	Expires      uint64
 	Packets      uint64
 	Bytes        uint64
 	Generation   uint32
@@ -50,19 +64,6 @@ type bpfEgCtEntry struct {
 	Origin       uint8
 	State        uint8
 	Pad          uint8
-}
-
-type bpfEgCtKey struct {
-	_          structs.HostLayout
-	Local      [16]uint8
-	Remote     [16]uint8
-	EndpointId uint32
-	LocalPort  uint16
-	RemotePort uint16
-	Protocol   uint8
-	Family     uint8
-	Kind       uint8
-	Pad        uint8
 }
 
 type bpfEgCtKind uint32
@@ -82,6 +83,16 @@ const (
 	bpfEgCtStateEG_CT_CLOSING    bpfEgCtState = 8
 )
 
+type bpfEgCtTail struct {
+	_          structs.HostLayout
+	EndpointId uint32
+	LocalPort  uint16
+	RemotePort uint16
+	Protocol   uint8
+	Kind       uint8
+	Pad        uint16
+}
+
 type bpfEgDirection uint32
 
 const (
@@ -91,6 +102,7 @@ const (
 
 type bpfEgEndpoint struct {
 	_        structs.HostLayout
+	Ifindex  uint32
 	Id       uint32
 	Identity uint32
 	Mode     uint8
@@ -105,9 +117,16 @@ const (
 	bpfEgEndpointFlagsEG_EP_F_L3   bpfEgEndpointFlags = 2
 )
 
+type bpfEgEndpointTable uint32
+
+const (
+	bpfEgEndpointTableEG_EP_SLOTS  bpfEgEndpointTable = 16384
+	bpfEgEndpointTableEG_EP_PROBES bpfEgEndpointTable = 4
+)
+
 type bpfEgFlowEvent struct {
 	_           structs.HostLayout
-	TimestampNs uint64
+	Jiffies     uint64
 	Src         [16]uint8
 	Dst         [16]uint8
 	Ifindex     uint32
@@ -129,10 +148,10 @@ type bpfEgFlowEvent struct {
 }
 
 type bpfEgFragEntry struct {
-	_         structs.HostLayout
-	ExpiresNs uint64
-	Verdict   uint8
-	Pad       [7]uint8
+	_       structs.HostLayout
+	Expires uint64
+	Verdict uint8
+	Pad     [7]uint8
 }
 
 type bpfEgFragKey struct {
@@ -150,6 +169,12 @@ type bpfEgGeneration struct {
 	_    structs.HostLayout
 	Word uint32
 	Pad  uint32
+}
+
+type bpfEgHostKey struct {
+	_      structs.HostLayout
+	Family uint32
+	Addr   [16]uint8
 }
 
 type bpfEgIpcacheKey struct {
@@ -216,7 +241,7 @@ type bpfEgRangeValue struct {
 
 type bpfEgRatelimit struct {
 	_          structs.HostLayout
-	LastNs     uint64
+	Last       uint64
 	Tokens     uint64
 	Suppressed uint32
 	Pad        uint32
@@ -258,11 +283,13 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapEgCounters           = "eg_counters"
-	bpfMapEgCt                 = "eg_ct"
+	bpfMapEgCt4                = "eg_ct4"
+	bpfMapEgCt6                = "eg_ct6"
 	bpfMapEgEndpoints          = "eg_endpoints"
 	bpfMapEgEvents             = "eg_events"
 	bpfMapEgFrags              = "eg_frags"
 	bpfMapEgIpcache            = "eg_ipcache"
+	bpfMapEgIpcacheHosts       = "eg_ipcache_hosts"
 	bpfMapEgPolicy             = "eg_policy"
 	bpfMapEgPolicyRanges       = "eg_policy_ranges"
 	bpfMapEgRatelimit          = "eg_ratelimit"
@@ -270,23 +297,26 @@ const (
 	bpfProgEgTcEgress          = "eg_tc_egress"
 	bpfProgEgTcIngress         = "eg_tc_ingress"
 	bpfVarCfgCtAccounting      = "cfg_ct_accounting"
-	bpfVarCfgCtOtherS          = "cfg_ct_other_s"
+	bpfVarCfgCtOtherJ          = "cfg_ct_other_j"
 	bpfVarCfgCtRevalidate      = "cfg_ct_revalidate"
-	bpfVarCfgCtTcpCloseS       = "cfg_ct_tcp_close_s"
-	bpfVarCfgCtTcpEstablishedS = "cfg_ct_tcp_established_s"
-	bpfVarCfgCtTcpSynS         = "cfg_ct_tcp_syn_s"
+	bpfVarCfgCtTcpCloseJ       = "cfg_ct_tcp_close_j"
+	bpfVarCfgCtTcpEstablishedJ = "cfg_ct_tcp_established_j"
+	bpfVarCfgCtTcpSynJ         = "cfg_ct_tcp_syn_j"
 	bpfVarCfgDefaultMode       = "cfg_default_mode"
 	bpfVarCfgDenyEventsBurst   = "cfg_deny_events_burst"
 	bpfVarCfgDenyEventsPerSec  = "cfg_deny_events_per_sec"
 	bpfVarCfgEventsWakeupBytes = "cfg_events_wakeup_bytes"
-	bpfVarCfgFragTimeoutS      = "cfg_frag_timeout_s"
+	bpfVarCfgFragTimeoutJ      = "cfg_frag_timeout_j"
+	bpfVarCfgHz                = "cfg_hz"
 	bpfVarEgBtfEgCounter       = "eg_btf_eg_counter"
 	bpfVarEgBtfEgCtKind        = "eg_btf_eg_ct_kind"
 	bpfVarEgBtfEgCtState       = "eg_btf_eg_ct_state"
 	bpfVarEgBtfEgDirection     = "eg_btf_eg_direction"
 	bpfVarEgBtfEgEndpoint      = "eg_btf_eg_endpoint"
 	bpfVarEgBtfEgEndpointFlags = "eg_btf_eg_endpoint_flags"
+	bpfVarEgBtfEgEndpointTable = "eg_btf_eg_endpoint_table"
 	bpfVarEgBtfEgFlowEvent     = "eg_btf_eg_flow_event"
+	bpfVarEgBtfEgHostKey       = "eg_btf_eg_host_key"
 	bpfVarEgBtfEgIpcacheKey    = "eg_btf_eg_ipcache_key"
 	bpfVarEgBtfEgIpcacheValue  = "eg_btf_eg_ipcache_value"
 	bpfVarEgBtfEgMode          = "eg_btf_eg_mode"
@@ -350,11 +380,13 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	EgCounters     *ebpf.MapSpec `ebpf:"eg_counters"`
-	EgCt           *ebpf.MapSpec `ebpf:"eg_ct"`
+	EgCt4          *ebpf.MapSpec `ebpf:"eg_ct4"`
+	EgCt6          *ebpf.MapSpec `ebpf:"eg_ct6"`
 	EgEndpoints    *ebpf.MapSpec `ebpf:"eg_endpoints"`
 	EgEvents       *ebpf.MapSpec `ebpf:"eg_events"`
 	EgFrags        *ebpf.MapSpec `ebpf:"eg_frags"`
 	EgIpcache      *ebpf.MapSpec `ebpf:"eg_ipcache"`
+	EgIpcacheHosts *ebpf.MapSpec `ebpf:"eg_ipcache_hosts"`
 	EgPolicy       *ebpf.MapSpec `ebpf:"eg_policy"`
 	EgPolicyRanges *ebpf.MapSpec `ebpf:"eg_policy_ranges"`
 	EgRatelimit    *ebpf.MapSpec `ebpf:"eg_ratelimit"`
@@ -366,23 +398,26 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	CfgCtAccounting      *ebpf.VariableSpec `ebpf:"cfg_ct_accounting"`
-	CfgCtOtherS          *ebpf.VariableSpec `ebpf:"cfg_ct_other_s"`
+	CfgCtOtherJ          *ebpf.VariableSpec `ebpf:"cfg_ct_other_j"`
 	CfgCtRevalidate      *ebpf.VariableSpec `ebpf:"cfg_ct_revalidate"`
-	CfgCtTcpCloseS       *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_close_s"`
-	CfgCtTcpEstablishedS *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_established_s"`
-	CfgCtTcpSynS         *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_syn_s"`
+	CfgCtTcpCloseJ       *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_close_j"`
+	CfgCtTcpEstablishedJ *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_established_j"`
+	CfgCtTcpSynJ         *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_syn_j"`
 	CfgDefaultMode       *ebpf.VariableSpec `ebpf:"cfg_default_mode"`
 	CfgDenyEventsBurst   *ebpf.VariableSpec `ebpf:"cfg_deny_events_burst"`
 	CfgDenyEventsPerSec  *ebpf.VariableSpec `ebpf:"cfg_deny_events_per_sec"`
 	CfgEventsWakeupBytes *ebpf.VariableSpec `ebpf:"cfg_events_wakeup_bytes"`
-	CfgFragTimeoutS      *ebpf.VariableSpec `ebpf:"cfg_frag_timeout_s"`
+	CfgFragTimeoutJ      *ebpf.VariableSpec `ebpf:"cfg_frag_timeout_j"`
+	CfgHz                *ebpf.VariableSpec `ebpf:"cfg_hz"`
 	EgBtfEgCounter       *ebpf.VariableSpec `ebpf:"eg_btf_eg_counter"`
 	EgBtfEgCtKind        *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_kind"`
 	EgBtfEgCtState       *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_state"`
 	EgBtfEgDirection     *ebpf.VariableSpec `ebpf:"eg_btf_eg_direction"`
 	EgBtfEgEndpoint      *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint"`
 	EgBtfEgEndpointFlags *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_flags"`
+	EgBtfEgEndpointTable *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_table"`
 	EgBtfEgFlowEvent     *ebpf.VariableSpec `ebpf:"eg_btf_eg_flow_event"`
+	EgBtfEgHostKey       *ebpf.VariableSpec `ebpf:"eg_btf_eg_host_key"`
 	EgBtfEgIpcacheKey    *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_key"`
 	EgBtfEgIpcacheValue  *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_value"`
 	EgBtfEgMode          *ebpf.VariableSpec `ebpf:"eg_btf_eg_mode"`
@@ -416,11 +451,13 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	EgCounters     *ebpf.Map `ebpf:"eg_counters"`
-	EgCt           *ebpf.Map `ebpf:"eg_ct"`
+	EgCt4          *ebpf.Map `ebpf:"eg_ct4"`
+	EgCt6          *ebpf.Map `ebpf:"eg_ct6"`
 	EgEndpoints    *ebpf.Map `ebpf:"eg_endpoints"`
 	EgEvents       *ebpf.Map `ebpf:"eg_events"`
 	EgFrags        *ebpf.Map `ebpf:"eg_frags"`
 	EgIpcache      *ebpf.Map `ebpf:"eg_ipcache"`
+	EgIpcacheHosts *ebpf.Map `ebpf:"eg_ipcache_hosts"`
 	EgPolicy       *ebpf.Map `ebpf:"eg_policy"`
 	EgPolicyRanges *ebpf.Map `ebpf:"eg_policy_ranges"`
 	EgRatelimit    *ebpf.Map `ebpf:"eg_ratelimit"`
@@ -430,11 +467,13 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.EgCounters,
-		m.EgCt,
+		m.EgCt4,
+		m.EgCt6,
 		m.EgEndpoints,
 		m.EgEvents,
 		m.EgFrags,
 		m.EgIpcache,
+		m.EgIpcacheHosts,
 		m.EgPolicy,
 		m.EgPolicyRanges,
 		m.EgRatelimit,
@@ -447,23 +486,26 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	CfgCtAccounting      *ebpf.Variable `ebpf:"cfg_ct_accounting"`
-	CfgCtOtherS          *ebpf.Variable `ebpf:"cfg_ct_other_s"`
+	CfgCtOtherJ          *ebpf.Variable `ebpf:"cfg_ct_other_j"`
 	CfgCtRevalidate      *ebpf.Variable `ebpf:"cfg_ct_revalidate"`
-	CfgCtTcpCloseS       *ebpf.Variable `ebpf:"cfg_ct_tcp_close_s"`
-	CfgCtTcpEstablishedS *ebpf.Variable `ebpf:"cfg_ct_tcp_established_s"`
-	CfgCtTcpSynS         *ebpf.Variable `ebpf:"cfg_ct_tcp_syn_s"`
+	CfgCtTcpCloseJ       *ebpf.Variable `ebpf:"cfg_ct_tcp_close_j"`
+	CfgCtTcpEstablishedJ *ebpf.Variable `ebpf:"cfg_ct_tcp_established_j"`
+	CfgCtTcpSynJ         *ebpf.Variable `ebpf:"cfg_ct_tcp_syn_j"`
 	CfgDefaultMode       *ebpf.Variable `ebpf:"cfg_default_mode"`
 	CfgDenyEventsBurst   *ebpf.Variable `ebpf:"cfg_deny_events_burst"`
 	CfgDenyEventsPerSec  *ebpf.Variable `ebpf:"cfg_deny_events_per_sec"`
 	CfgEventsWakeupBytes *ebpf.Variable `ebpf:"cfg_events_wakeup_bytes"`
-	CfgFragTimeoutS      *ebpf.Variable `ebpf:"cfg_frag_timeout_s"`
+	CfgFragTimeoutJ      *ebpf.Variable `ebpf:"cfg_frag_timeout_j"`
+	CfgHz                *ebpf.Variable `ebpf:"cfg_hz"`
 	EgBtfEgCounter       *ebpf.Variable `ebpf:"eg_btf_eg_counter"`
 	EgBtfEgCtKind        *ebpf.Variable `ebpf:"eg_btf_eg_ct_kind"`
 	EgBtfEgCtState       *ebpf.Variable `ebpf:"eg_btf_eg_ct_state"`
 	EgBtfEgDirection     *ebpf.Variable `ebpf:"eg_btf_eg_direction"`
 	EgBtfEgEndpoint      *ebpf.Variable `ebpf:"eg_btf_eg_endpoint"`
 	EgBtfEgEndpointFlags *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_flags"`
+	EgBtfEgEndpointTable *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_table"`
 	EgBtfEgFlowEvent     *ebpf.Variable `ebpf:"eg_btf_eg_flow_event"`
+	EgBtfEgHostKey       *ebpf.Variable `ebpf:"eg_btf_eg_host_key"`
 	EgBtfEgIpcacheKey    *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_key"`
 	EgBtfEgIpcacheValue  *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_value"`
 	EgBtfEgMode          *ebpf.Variable `ebpf:"eg_btf_eg_mode"`

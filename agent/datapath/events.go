@@ -7,11 +7,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -50,7 +48,7 @@ func (r Reason) String() string {
 // denied or let through by monitor mode.
 type FlowEvent struct {
 	// Time is when the packet was seen (wall clock, converted from the
-	// kernel's monotonic clock).
+	// kernel's jiffies: resolution 1/HZ).
 	Time             time.Time
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16 // ICMP: SrcPort 0, DstPort type<<8|code
@@ -77,7 +75,7 @@ func (e *FlowEvent) ICMP() (typ, code uint8) { return uint8(e.DstPort >> 8), uin
 // bpf2go type.
 const (
 	evSize        = 80
-	evTimestamp   = 0
+	evJiffies     = 0
 	evSrc         = 8
 	evDst         = 24
 	evIfindex     = 40
@@ -101,13 +99,13 @@ const (
 var ErrShortEvent = errors.New("short flow event record")
 
 // DecodeEvent decodes a raw ring record. It does no allocation; the
-// monotonic timestamp is converted with clock.
+// timestamp is converted with clock.
 func DecodeEvent(b []byte, clock *Clock, ev *FlowEvent) error {
 	if len(b) < evSize {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrShortEvent, len(b), evSize)
 	}
 	le := binary.LittleEndian
-	ev.Time = clock.Wall(le.Uint64(b[evTimestamp:]))
+	ev.Time = clock.Wall(le.Uint64(b[evJiffies:]))
 	if b[evFamily] == 4 {
 		ev.Src = netip.AddrFrom4([4]byte(b[evSrc : evSrc+4]))
 		ev.Dst = netip.AddrFrom4([4]byte(b[evDst : evDst+4]))
@@ -130,40 +128,6 @@ func DecodeEvent(b []byte, clock *Clock, ev *FlowEvent) error {
 	ev.Reason = Reason(b[evReason])
 	ev.TCPFlags = b[evTCPFlags]
 	return nil
-}
-
-// Clock converts the kernel's CLOCK_MONOTONIC nanoseconds to wall time. The
-// offset is re-measured periodically so NTP adjustments are followed.
-type Clock struct {
-	mu     sync.Mutex
-	offset int64 // wall - monotonic, ns
-	at     time.Time
-}
-
-// NewClock measures the offset now.
-func NewClock() *Clock {
-	c := &Clock{}
-	c.measure()
-	return c
-}
-
-func (c *Clock) measure() {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	now := time.Now()
-	c.offset = now.UnixNano() - ts.Nano()
-	c.at = now
-}
-
-// Wall converts a monotonic timestamp.
-func (c *Clock) Wall(mono uint64) time.Time {
-	c.mu.Lock()
-	if time.Since(c.at) > 10*time.Second {
-		c.measure()
-	}
-	off := c.offset
-	c.mu.Unlock()
-	return time.Unix(0, int64(mono)+off)
 }
 
 // EventReader reads flow events from the ring buffer.
@@ -192,7 +156,7 @@ func (d *Datapath) NewEventReader() (*EventReader, error) {
 	if d.cfg.EventsWakeupBytes > 0 {
 		poll = 100 * time.Millisecond
 	}
-	return &EventReader{rd: rd, clock: NewClock(), poll: poll}, nil
+	return &EventReader{rd: rd, clock: d.clock, poll: poll}, nil
 }
 
 // Run calls handle for every event until ctx is done, then closes the

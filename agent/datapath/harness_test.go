@@ -46,7 +46,7 @@ type harness struct {
 func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
 	t.Helper()
 	testutil.RequirePrivileged(t)
-	h := &harness{t: t, ns: tnetns.New(t, "dp"), ifindex: make(map[string]uint32), clock: NewClock()}
+	h := &harness{t: t, ns: tnetns.New(t, "dp"), ifindex: make(map[string]uint32)}
 	for _, name := range ifaces {
 		// veth, because not every kernel has the dummy driver.
 		h.ns.IP(t, "link", "add", "name", name, "type", "veth", "peer", "name", name+"p")
@@ -72,6 +72,7 @@ func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
 			t.Errorf("pin directory %s still there after Uninstall", cfg.BPFFSDir)
 		}
 	})
+	h.clock = h.d.clock
 	for _, name := range ifaces {
 		h.ifindex[name] = h.linkIndex(name)
 	}

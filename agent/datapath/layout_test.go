@@ -40,7 +40,9 @@ func TestLayout(t *testing.T) {
 		"eg_range_key":     bpfEgRangeKey{},
 		"eg_range_value":   bpfEgRangeValue{},
 		"eg_port_interval": bpfEgPortInterval{},
-		"eg_ct_key":        bpfEgCtKey{},
+		"eg_ct_tail":       bpfEgCtTail{},
+		"eg_ct4_key":       bpfEgCt4Key{},
+		"eg_ct6_key":       bpfEgCt6Key{},
 		"eg_ct_entry":      bpfEgCtEntry{},
 		"eg_frag_key":      bpfEgFragKey{},
 		"eg_frag_entry":    bpfEgFragEntry{},
@@ -80,7 +82,7 @@ func TestLayout(t *testing.T) {
 		t.Errorf("eg_flow_event size %d, decoder assumes %d", ev.Size, evSize)
 	}
 	offsets := map[string]int{
-		"timestamp_ns": evTimestamp, "src": evSrc, "dst": evDst, "ifindex": evIfindex,
+		"jiffies": evJiffies, "src": evSrc, "dst": evDst, "ifindex": evIfindex,
 		"endpoint_id": evEndpoint, "src_identity": evSrcIdentity, "dst_identity": evDstIdentity,
 		"rule_id": evRule, "suppressed": evSuppressed, "length": evLength,
 		"src_port": evSrcPort, "dst_port": evDstPort, "family": evFamily, "protocol": evProtocol,
@@ -107,6 +109,14 @@ func TestLayout(t *testing.T) {
 	}
 	if unsafe.Sizeof(rv.Iv[0]) != 12 {
 		t.Errorf("eg_port_interval is %d bytes", unsafe.Sizeof(rv.Iv[0]))
+	}
+
+	// The endpoint table's geometry.
+	if got := spec.Maps["eg_endpoints"].InnerMap.MaxEntries; got != epSlots {
+		t.Errorf("eg_endpoints inner array has %d slots, Go places entries in %d", got, epSlots)
+	}
+	if epSlots&(epSlots-1) != 0 {
+		t.Errorf("EG_EP_SLOTS %d is not a power of two", epSlots)
 	}
 
 	// Enums shared with internal/ruleset and the Go side.

@@ -8,21 +8,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"go.uber.org/zap"
-
-	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 // linksDir holds the pinned tcx links, one per (interface, hook).
 const linksDir = "links"
 
-// outerMaps are the per-generation map-of-maps; their inner maps are built
-// by Apply. The rest of the pinned maps are stateful and shared by every
-// generation.
-var outerMaps = []string{ruleset.MapEndpoints, ruleset.MapIPCache, ruleset.MapPolicy, ruleset.MapPolicyRanges}
-
 // loadSpec returns the object's spec with the configuration applied:
 // runtime switches and the sizes of the stateful maps.
-func loadSpec(cfg *Config) (*ebpf.CollectionSpec, error) {
+func loadSpec(cfg *Config, hz uint32) (*ebpf.CollectionSpec, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load eBPF object: %w", err)
@@ -34,14 +27,15 @@ func loadSpec(cfg *Config) (*ebpf.CollectionSpec, error) {
 		"cfg_events_wakeup_bytes":  cfg.EventsWakeupBytes,
 		"cfg_ct_revalidate":        boolByte(!cfg.KeepEstablished),
 		"cfg_ct_accounting":        boolByte(!cfg.NoFlowAccounting),
-		"cfg_ct_tcp_syn_s":         seconds(cfg.Timeouts.TCPSyn),
-		"cfg_ct_tcp_established_s": seconds(cfg.Timeouts.TCPEstablished),
-		"cfg_ct_tcp_close_s":       seconds(cfg.Timeouts.TCPClose),
-		"cfg_ct_other_s":           seconds(cfg.Timeouts.Other),
-		"cfg_frag_timeout_s":       seconds(cfg.Timeouts.Fragment),
+		"cfg_hz":                   hz,
+		"cfg_ct_tcp_syn_j":         jiffies(cfg.Timeouts.TCPSyn, hz),
+		"cfg_ct_tcp_established_j": jiffies(cfg.Timeouts.TCPEstablished, hz),
+		"cfg_ct_tcp_close_j":       jiffies(cfg.Timeouts.TCPClose, hz),
+		"cfg_ct_other_j":           jiffies(cfg.Timeouts.Other, hz),
+		"cfg_frag_timeout_j":       jiffies(cfg.Timeouts.Fragment, hz),
 	}
 	if cfg.synExpiresAtOnce {
-		vars["cfg_ct_tcp_syn_s"] = uint32(0)
+		vars["cfg_ct_tcp_syn_j"] = uint32(0)
 	}
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
@@ -52,7 +46,8 @@ func loadSpec(cfg *Config) (*ebpf.CollectionSpec, error) {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	spec.Maps["eg_ct"].MaxEntries = cfg.CTEntries
+	spec.Maps["eg_ct4"].MaxEntries = cfg.CTEntries
+	spec.Maps["eg_ct6"].MaxEntries = cfg.CT6Entries
 	spec.Maps["eg_events"].MaxEntries = cfg.RingBufBytes
 	return spec, nil
 }
@@ -177,9 +172,11 @@ func (o *bpfObjects) mapsByName() map[string]*ebpf.Map {
 		"eg_state":         o.EgState,
 		"eg_endpoints":     o.EgEndpoints,
 		"eg_ipcache":       o.EgIpcache,
+		"eg_ipcache_hosts": o.EgIpcacheHosts,
 		"eg_policy":        o.EgPolicy,
 		"eg_policy_ranges": o.EgPolicyRanges,
-		"eg_ct":            o.EgCt,
+		"eg_ct4":           o.EgCt4,
+		"eg_ct6":           o.EgCt6,
 		"eg_frags":         o.EgFrags,
 		"eg_events":        o.EgEvents,
 		"eg_counters":      o.EgCounters,

@@ -57,7 +57,7 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 	}
 	a := u.Attrs()
 	ifindex := uint32(a.Index)
-	eps := d.gens[d.word&1].endpoints
+	eps := d.gens[d.word&1][mEndpoints]
 	log := d.log.With(zap.String("interface", a.Name), zap.Uint32("ifindex", ifindex))
 	switch u.Header.Type {
 	case unix.RTM_NEWLINK:
@@ -73,17 +73,21 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 			log.Error("interface appeared but cannot be enforced", zap.Error(err))
 			return
 		}
-		if len(cur.bindings) >= cur.capacity.Endpoints {
+		if len(cur.bindings) >= cur.capacity[mEndpoints] {
 			log.Error("interface appeared but the endpoint map is full; not enforced until the next rule set",
-				zap.String("map", ruleset.MapEndpoints), zap.Int("capacity", cur.capacity.Endpoints))
+				zap.String("map", ruleset.MapEndpoints), zap.Int("capacity", cur.capacity[mEndpoints]))
 			return
 		}
-		if err := eps.Update(ifindex, endpointValue(ep, b, cur.tables), ebpf.UpdateAny); err != nil {
+		slot, err := placeEndpoint(eps, ifindex)
+		if err == nil {
+			err = eps.Update(slot, endpointValue(ep, b, cur.tables), ebpf.UpdateAny)
+		}
+		if err != nil {
 			log.Error("interface appeared but could not be bound", zap.Error(err))
 			return
 		}
 		if err := d.attach(b); err != nil {
-			_ = eps.Delete(ifindex)
+			_ = eps.Update(slot, bpfEgEndpoint{Ifindex: epTombstone}, ebpf.UpdateAny)
 			log.Error("interface appeared but attaching failed; it stays pending", zap.Error(err))
 			return
 		}
@@ -96,7 +100,9 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		if !bound {
 			return
 		}
-		_ = eps.Delete(ifindex)
+		if err := unplaceEndpoint(eps, ifindex); err != nil {
+			log.Warn("clearing the endpoint of a vanished interface", zap.Error(err))
+		}
 		d.detach(ifindex) // the kernel detached it already; drop our pins
 		cur.bindings = maps.Clone(cur.bindings)
 		delete(cur.bindings, ifindex)
@@ -106,6 +112,46 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		}
 		log.Warn("interface vanished: its workload is pending until it is back")
 	}
+}
+
+// placeEndpoint finds a free or tombstoned slot for ifindex in a live
+// endpoint table.
+func placeEndpoint(eps *ebpf.Map, ifindex uint32) (uint32, error) {
+	var lookupErr error
+	slot, ok := freeSlot(ifindex, func(s uint32) bool {
+		var v bpfEgEndpoint
+		if err := eps.Lookup(s, &v); err != nil {
+			lookupErr = err
+			return true
+		}
+		return v.Ifindex != 0 && v.Ifindex != epTombstone
+	})
+	if lookupErr != nil {
+		return 0, fmt.Errorf("read %s: %w", ruleset.MapEndpoints, lookupErr)
+	}
+	if !ok {
+		return 0, fmt.Errorf("%s: ifindex %d collides with %d others", ruleset.MapEndpoints, ifindex, epProbes)
+	}
+	return slot, nil
+}
+
+// unplaceEndpoint tombstones ifindex's slot: later entries of the same
+// probe sequence stay reachable.
+func unplaceEndpoint(eps *ebpf.Map, ifindex uint32) error {
+	for i := range uint32(epProbes) {
+		s := (ifindex + i) & (epSlots - 1)
+		var v bpfEgEndpoint
+		if err := eps.Lookup(s, &v); err != nil {
+			return err
+		}
+		if v.Ifindex == 0 {
+			return nil
+		}
+		if v.Ifindex == ifindex {
+			return eps.Update(s, bpfEgEndpoint{Ifindex: epTombstone}, ebpf.UpdateAny)
+		}
+	}
+	return nil
 }
 
 // endpointFor finds the endpoint a newly seen interface belongs to.
