@@ -27,7 +27,7 @@ generate: ## Regenerate eBPF objects (bpf2go) and protobuf code; needs clang-19.
 
 build: ## Build all binaries into bin/.
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./agent/cmd/eastguard-agent ./controller/cmd/eastguard-controller ./controller/cmd/egctl
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./agent/cmd/... ./controller/cmd/...
 
 lint: ## gofmt, go vet, and clang-format-free C checks.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

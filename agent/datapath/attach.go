@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -297,4 +298,29 @@ func inNetNS(ns netns.NsHandle, f func() error) error {
 		return errors.Join(ferr, fmt.Errorf("restore network namespace: %w", err))
 	}
 	return ferr
+}
+
+// NodeAddresses lists the addresses configured on the node's interfaces
+// (in the datapath's network namespace), loopback excluded: the agent
+// gives them the host identity when the rule set does not know them.
+func (d *Datapath) NodeAddresses() ([]netip.Addr, error) {
+	var addrs []netlink.Addr
+	err := inNetNS(d.netns(), func() error {
+		var err error
+		addrs, err = netlink.AddrList(nil, netlink.FAMILY_ALL)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list node addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ip.IsLoopback() {
+			continue
+		}
+		out = append(out, ip.Unmap())
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out), nil
 }

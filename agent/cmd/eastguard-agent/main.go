@@ -1,0 +1,260 @@
+// Command eastguard-agent enforces Eastguard policy on one host: it loads
+// the eBPF datapath, applies rule sets from its source (a policy directory
+// compiled locally, a compiled rule set, or the controller), and reports
+// flows. Stopping it never removes enforcement; --uninstall does.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/agent/enforcer"
+	"github.com/eastguard/eastguard/agent/flows"
+	"github.com/eastguard/eastguard/agent/standalone"
+	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // could not enforce: kernel, privileges, bad state
+	exitUsage   = 2 // bad flags
+)
+
+type options struct {
+	node           string
+	bpffsDir       string
+	stateDir       string
+	policyDir      string
+	ruleSetFile    string
+	controller     string
+	joinToken      string
+	defaultMode    string
+	hostInterfaces string
+	flowLog        string
+	logFormat      string
+	logLevel       string
+	uninstall      bool
+}
+
+const usage = `eastguard-agent enforces Eastguard policy on this host.
+
+Usage:
+  eastguard-agent --node NAME --policy-dir DIR [flags]     standalone: compile DIR locally
+  eastguard-agent --node NAME --rule-set FILE [flags]      enforce a compiled rule set (egctl compile -o json)
+  eastguard-agent --uninstall [--bpffs-dir DIR]            detach every program, remove the pins
+
+Examples:
+  eastguard-agent --node web-1 --policy-dir /etc/eastguard/policy --flow-log /var/log/eastguard/flows.jsonl
+  eastguard-agent --node node-a --rule-set node-a.json --bpffs-dir /sys/fs/bpf/eastguard-a --state-dir /var/lib/eastguard-a
+
+Enforcement outlives the agent: programs and maps are pinned under
+--bpffs-dir, and a restarted agent adopts them without a gap. The last
+applied rule set is kept in --state-dir and enforced at start, before any
+source answers.
+
+Flags:
+`
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("eastguard-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.node, "node", "", "this node's name, as in the policy's Workload.spec.node")
+	fs.StringVar(&o.bpffsDir, "bpffs-dir", datapath.DefaultBPFFSDir, "bpffs directory for pins; one per agent")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/eastguard", "directory for the last known good rule set")
+	fs.StringVar(&o.policyDir, "policy-dir", "", "standalone mode: policy YAML to compile for this node, reloaded on change")
+	fs.StringVar(&o.ruleSetFile, "rule-set", "", "enforce a compiled rule set (JSON), reloaded on change")
+	fs.StringVar(&o.controller, "controller", "", "controller address (host:port)")
+	fs.StringVar(&o.joinToken, "join-token", "", "one-time token to join the controller")
+	fs.StringVar(&o.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
+	fs.StringVar(&o.hostInterfaces, "host-interfaces", "", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
+	fs.StringVar(&o.flowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
+	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&o.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if o.uninstall {
+		return o, nil
+	}
+	if o.node == "" {
+		return nil, errors.New("--node is required")
+	}
+	sources := 0
+	for _, s := range []string{o.policyDir, o.ruleSetFile, o.controller} {
+		if s != "" {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return nil, errors.New("give exactly one of --policy-dir, --rule-set or --controller")
+	}
+	if o.controller != "" {
+		return nil, errors.New("--controller: the control plane is not available in this build yet; use --policy-dir")
+	}
+	if o.defaultMode != "enforce" && o.defaultMode != "monitor" {
+		return nil, fmt.Errorf("--default-mode %q: want enforce or monitor", o.defaultMode)
+	}
+	return o, nil
+}
+
+func newLogger(format, level string, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.TimeKey = "time"
+	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	var enc zapcore.Encoder
+	switch format {
+	case "json":
+		enc = zapcore.NewJSONEncoder(encCfg)
+	case "console":
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want json or console", format)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "eastguard-agent: %v\n", err)
+		return exitUsage
+	}
+	log, err := newLogger(o.logFormat, o.logLevel, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "eastguard-agent: %v\n", err)
+		return exitUsage
+	}
+	defer log.Sync()
+
+	if o.uninstall {
+		if err := datapath.Uninstall(o.bpffsDir, log); err != nil {
+			log.Error("uninstall failed", zap.Error(err))
+			return exitFailure
+		}
+		return exitOK
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent(ctx, o, stdout, log.With(zap.String("node", o.node))); err != nil {
+		log.Error("agent failed", zap.Error(err))
+		return exitFailure
+	}
+	return exitOK
+}
+
+func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) error {
+	mode := ruleset.ModeEnforce
+	if o.defaultMode == "monitor" {
+		mode = ruleset.ModeMonitor
+		log.Warn("default mode is monitor: workloads without a mode, and interfaces without an endpoint, are reported, not enforced")
+	}
+	var hostIfaces []string
+	if o.hostInterfaces != "" {
+		hostIfaces = strings.Split(o.hostInterfaces, ",")
+	}
+	dp, err := datapath.Open(datapath.Config{
+		BPFFSDir:       o.bpffsDir,
+		DefaultMode:    mode,
+		HostInterfaces: hostIfaces,
+		Logger:         log.Named("datapath"),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := dp.Close(); err != nil {
+			log.Error("closing the datapath", zap.Error(err))
+		}
+		log.Info("agent stopped; enforcement stays in place (pinned under --bpffs-dir)", zap.String("bpffs-dir", o.bpffsDir))
+	}()
+
+	st, err := state.Open(o.stateDir)
+	if err != nil {
+		return err
+	}
+	enf := enforcer.New(dp, st, log.Named("enforcer"))
+	if err := enf.Restore(); err != nil {
+		// Keep going: whatever is pinned keeps enforcing, and the source
+		// may provide a good rule set.
+		log.Error("last known good rule set not restored", zap.Error(err))
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if o.flowLog != "" {
+		out := stdout
+		if o.flowLog != "-" {
+			f, err := os.OpenFile(o.flowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+			if err != nil {
+				return fmt.Errorf("--flow-log: %w", err)
+			}
+			defer f.Close()
+			out = f
+		}
+		rd, err := dp.NewEventReader()
+		if err != nil {
+			return err
+		}
+		w := flows.NewLineWriter(out)
+		wg.Go(func() {
+			err := rd.Run(ctx, func(ev *datapath.FlowEvent) {
+				rules, workloads := enf.Names()
+				rec := flows.FromEvent(o.node, ev, rules, workloads)
+				if err := w.Write(&rec); err != nil {
+					log.Error("flow log write failed", zap.Error(err))
+				}
+			})
+			if err != nil {
+				log.Error("flow events", zap.Error(err))
+			}
+		})
+	}
+
+	src := &standalone.Source{
+		Node:        o.node,
+		PolicyDir:   o.policyDir,
+		RuleSetFile: o.ruleSetFile,
+		DefaultMode: mode,
+		Log:         log.Named("standalone"),
+	}
+	return src.Run(ctx, func(rs *ruleset.RuleSet, book enforcer.AddressBook) error {
+		_, err := enf.Apply(rs, book)
+		return err
+	})
+}

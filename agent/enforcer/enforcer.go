@@ -1,0 +1,177 @@
+// Package enforcer is the agent's one way of changing what the datapath
+// enforces. Rule-set sources (standalone policy files, the controller) hand
+// it rule sets; it completes them with what only the node knows (its own
+// addresses, as the host identity), applies them atomically, keeps the last
+// applied one on disk as the last known good, and answers what is enforced
+// now. Sources never touch the datapath themselves.
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Datapath is what the enforcer needs of agent/datapath.
+type Datapath interface {
+	Apply(*ruleset.RuleSet) (*datapath.ApplyResult, error)
+	NodeAddresses() ([]netip.Addr, error)
+	Status() datapath.Status
+}
+
+// AddressBook names the workloads behind addresses, for flow records. A
+// standalone agent knows every workload; with a controller, the controller
+// names flows itself.
+type AddressBook map[netip.Addr]string
+
+// Enforcer applies rule sets. It is safe for concurrent use.
+type Enforcer struct {
+	dp    Datapath
+	state *state.Dir
+	log   *zap.Logger
+
+	mu      sync.Mutex
+	current *ruleset.RuleSet // as received (without the node's addresses)
+	book    AddressBook
+	result  *datapath.ApplyResult
+	lastErr error
+	lastAt  time.Time
+}
+
+// New returns an enforcer over dp that persists to st (may be nil).
+func New(dp Datapath, st *state.Dir, log *zap.Logger) *Enforcer {
+	return &Enforcer{dp: dp, state: st, log: log}
+}
+
+// Restore enforces the rule set saved by an earlier run, if there is one:
+// the agent's last known good policy, before any source has spoken.
+func (e *Enforcer) Restore() error {
+	if e.state == nil {
+		return nil
+	}
+	rs, err := e.state.LoadRuleSet()
+	if errors.Is(err, state.ErrNone) {
+		e.log.Info("no saved rule set: enforcing nothing until a source provides one")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("last known good rule set: %w", err)
+	}
+	if _, err := e.Apply(rs, nil); err != nil {
+		return fmt.Errorf("restore last known good rule set: %w", err)
+	}
+	e.log.Info("last known good rule set enforced", zap.Uint64("policy-version", rs.Version))
+	return nil
+}
+
+// Apply enforces rs (completed with the node's addresses) atomically and
+// saves it. On error the previous rule set stays in force and the error is
+// kept for status reports.
+func (e *Enforcer) Apply(rs *ruleset.RuleSet, book AddressBook) (*datapath.ApplyResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	res, err := e.apply(rs)
+	e.lastAt = time.Now()
+	e.lastErr = err
+	if err != nil {
+		e.log.Error("rule set not applied; the previous one stays in force",
+			zap.Uint64("policy-version", rs.Version), zap.Error(err))
+		return nil, err
+	}
+	e.current, e.result = rs, res
+	if book != nil {
+		e.book = book
+	}
+	if e.state != nil {
+		if err := e.state.SaveRuleSet(rs); err != nil {
+			// Enforced, but would not survive a restart without the
+			// controller: say so loudly, it is not fatal.
+			e.log.Error("applied rule set not saved as last known good", zap.Error(err))
+		}
+	}
+	return res, nil
+}
+
+func (e *Enforcer) apply(rs *ruleset.RuleSet) (*datapath.ApplyResult, error) {
+	addrs, err := e.dp.NodeAddresses()
+	if err != nil {
+		return nil, err
+	}
+	return e.dp.Apply(WithNodeAddresses(rs, addrs))
+}
+
+// WithNodeAddresses returns rs with every node address it has no exact
+// entry for added as the host identity. A compiled rule set knows the
+// node's addresses only if the policy declares the node as a host-mode
+// workload; without them, traffic from the node to its workloads would be
+// "world" instead of "host".
+func WithNodeAddresses(rs *ruleset.RuleSet, addrs []netip.Addr) *ruleset.RuleSet {
+	known := make(map[netip.Prefix]bool, len(rs.IPCache))
+	for _, c := range rs.IPCache {
+		known[c.Prefix] = true
+	}
+	var extra []ruleset.IPCacheEntry
+	for _, a := range addrs {
+		p := netip.PrefixFrom(a.WithZone(""), a.BitLen())
+		if !known[p] {
+			known[p] = true
+			extra = append(extra, ruleset.IPCacheEntry{Prefix: p, Identity: ruleset.IdentityHost})
+		}
+	}
+	if len(extra) == 0 {
+		return rs
+	}
+	out := *rs
+	out.IPCache = append(append([]ruleset.IPCacheEntry(nil), rs.IPCache...), extra...)
+	return &out
+}
+
+// Names resolves rule ids and addresses for flow records, from the rule
+// set in force.
+func (e *Enforcer) Names() (rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) {
+	e.mu.Lock()
+	rs, book := e.current, e.book
+	e.mu.Unlock()
+	rules = func(id ruleset.RuleID) string {
+		if rs == nil {
+			if id == ruleset.RuleDefaultDeny {
+				return ruleset.DefaultDenyName
+			}
+			return fmt.Sprintf("rule-%d", id)
+		}
+		return rs.RuleName(id)
+	}
+	workloads = func(a netip.Addr) string { return book[a] }
+	return rules, workloads
+}
+
+// Status is what the agent enforces and how the last apply went.
+type Status struct {
+	Version   uint64          `json:"version"`
+	Hash      string          `json:"hash,omitempty"`
+	AppliedAt time.Time       `json:"appliedAt,omitzero"`
+	LastError string          `json:"lastError,omitempty"`
+	Datapath  datapath.Status `json:"datapath"`
+}
+
+// Status reports the rule set in force.
+func (e *Enforcer) Status() Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := Status{AppliedAt: e.lastAt, Datapath: e.dp.Status()}
+	if e.result != nil {
+		st.Version, st.Hash = e.result.Version, e.result.Hash
+	}
+	if e.lastErr != nil {
+		st.LastError = e.lastErr.Error()
+	}
+	return st
+}

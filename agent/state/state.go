@@ -1,0 +1,103 @@
+// Package state keeps the last rule set the agent applied to the kernel, on
+// disk, so that an agent that starts without its controller enforces its
+// last known good policy before anything else. It must not decide what to
+// enforce; it only remembers.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+const ruleSetFile = "ruleset.json"
+
+// ErrNone is returned by Load when nothing was saved yet.
+var ErrNone = errors.New("no saved rule set")
+
+// Dir is an agent's state directory.
+type Dir struct {
+	path string
+}
+
+// Open creates the directory if needed (mode 0700: rule sets describe the
+// node's whole policy).
+func Open(path string) (*Dir, error) {
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	return &Dir{path: path}, nil
+}
+
+// Path returns the directory.
+func (d *Dir) Path() string { return d.path }
+
+// SaveRuleSet writes rs atomically: a crash leaves the previous file or the
+// new one, never half of one.
+func (d *Dir) SaveRuleSet(rs *ruleset.RuleSet) error {
+	b, err := json.Marshal(rs)
+	if err != nil {
+		return fmt.Errorf("encode rule set: %w", err)
+	}
+	return WriteFileAtomic(filepath.Join(d.path, ruleSetFile), b, 0o600)
+}
+
+// LoadRuleSet returns the saved rule set, ErrNone if there is none, or an
+// error naming the file if it cannot be used.
+func (d *Dir) LoadRuleSet() (*ruleset.RuleSet, error) {
+	path := filepath.Join(d.path, ruleSetFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNone
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rs ruleset.RuleSet
+	if err := json.Unmarshal(b, &rs); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := rs.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &rs, nil
+}
+
+// WriteFileAtomic writes data to a temporary file in the same directory,
+// syncs it and renames it over path, then syncs the directory.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename to %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
