@@ -1,0 +1,409 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// SQLiteFile is the database's file name under the data directory.
+const SQLiteFile = "eastguard.db"
+
+// SQLite is the default Store: one database file, written by one
+// connection at a time (SQLite has one writer anyway; one connection also
+// keeps every transaction free of SQLITE_BUSY).
+type SQLite struct {
+	db   *sql.DB
+	path string
+}
+
+// OpenSQLite opens (creating if needed) the database in dataDir, which it
+// creates mode 0700, and brings its schema up to date. The file is mode
+// 0600: it holds the CA key.
+func OpenSQLite(dataDir string) (*SQLite, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	path := filepath.Join(dataDir, SQLiteFile)
+	// Create the file ourselves so that it never exists with a wider mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	f.Close()
+	q := url.Values{}
+	q.Set("_busy_timeout", "10000")
+	q.Set("_journal_mode", "WAL")
+	// FULL: a committed policy change, token use or revocation survives a
+	// power cut, not only a crash.
+	q.Set("_synchronous", "FULL")
+	q.Set("_foreign_keys", "1")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	s := &SQLite{db: db, path: path}
+	if err := s.migrate(context.Background()); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Path is the database file.
+func (s *SQLite) Path() string { return s.path }
+
+// Close closes the database.
+func (s *SQLite) Close() error { return s.db.Close() }
+
+func (s *SQLite) migrate(ctx context.Context) error {
+	var version int
+	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("schema version: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this controller knows (%d): refusing to touch it", version, len(migrations))
+	}
+	for i := version; i < len(migrations); i++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1))
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func (s *SQLite) tx(ctx context.Context, f func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func (s *SQLite) CA(ctx context.Context) ([]byte, []byte, error) {
+	var cert, key []byte
+	err := s.db.QueryRowContext(ctx, "SELECT cert_pem, key_pem FROM ca WHERE id = 1").Scan(&cert, &key)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read CA: %w", err)
+	}
+	return cert, key, nil
+}
+
+func (s *SQLite) InitCA(ctx context.Context, certPEM, keyPEM []byte) error {
+	res, err := s.db.ExecContext(ctx, "INSERT INTO ca (id, cert_pem, key_pem) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING", certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("store CA: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("store CA: %w", ErrExists)
+	}
+	return nil
+}
+
+func (s *SQLite) AddAdminToken(ctx context.Context, id, secretHash string, created time.Time) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO admin_tokens (id, secret_hash, created) VALUES (?, ?, ?)", id, secretHash, nanos(created))
+	if err != nil {
+		return fmt.Errorf("store admin token: %w", err)
+	}
+	return nil
+}
+
+func (s *SQLite) AdminTokenHash(ctx context.Context, id string) (string, error) {
+	var h string
+	err := s.db.QueryRowContext(ctx, "SELECT secret_hash FROM admin_tokens WHERE id = ?", id).Scan(&h)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	return h, nil
+}
+
+func (s *SQLite) AddJoinToken(ctx context.Context, t JoinToken) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO join_tokens (id, secret_hash, node, created, expires) VALUES (?, ?, ?, ?, ?)",
+		t.ID, t.SecretHash, t.Node, nanos(t.Created), nanos(t.Expires))
+	if err != nil {
+		return fmt.Errorf("store join token: %w", err)
+	}
+	return nil
+}
+
+func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error) {
+	var t JoinToken
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var created, expires, used int64
+		err := tx.QueryRowContext(ctx, "SELECT id, secret_hash, node, created, expires, used FROM join_tokens WHERE id = ?", id).
+			Scan(&t.ID, &t.SecretHash, &t.Node, &created, &expires, &used)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
+		// The secret is checked before anything else is said about the
+		// token: without it, nobody learns whether it was used.
+		if err := check(t); err != nil {
+			return err
+		}
+		if !t.Used.IsZero() {
+			return fmt.Errorf("%w at %s", ErrTokenUsed, t.Used.Format(time.RFC3339))
+		}
+		if !now.Before(t.Expires) {
+			return fmt.Errorf("%w at %s", ErrTokenExpiry, t.Expires.Format(time.RFC3339))
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE join_tokens SET used = ? WHERE id = ? AND used = 0", nanos(now), id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrTokenUsed
+		}
+		t.Used = now
+		return nil
+	})
+	return t, err
+}
+
+func (s *SQLite) AddCert(ctx context.Context, c Cert) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES (?, ?, ?, ?)",
+		c.Serial, c.Node, nanos(c.NotAfter), nanos(c.Revoked))
+	if err != nil {
+		return fmt.Errorf("record certificate: %w", err)
+	}
+	return nil
+}
+
+func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, error) {
+	var out []Cert
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "UPDATE certs SET revoked = ? WHERE node = ? AND revoked = 0", nanos(at), node); err != nil {
+			return err
+		}
+		rows, err := tx.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE node = ?", node)
+		if err != nil {
+			return err
+		}
+		out, err = scanCerts(rows)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("revoke node %s: %w", node, err)
+	}
+	return out, nil
+}
+
+func (s *SQLite) RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE revoked <> 0 AND not_after > ?", nanos(now))
+	if err != nil {
+		return nil, fmt.Errorf("read revocations: %w", err)
+	}
+	return scanCerts(rows)
+}
+
+func scanCerts(rows *sql.Rows) ([]Cert, error) {
+	defer rows.Close()
+	var out []Cert
+	for rows.Next() {
+		var c Cert
+		var notAfter, revoked int64
+		if err := rows.Scan(&c.Serial, &c.Node, &notAfter, &revoked); err != nil {
+			return nil, err
+		}
+		c.NotAfter, c.Revoked = fromNanos(notAfter), fromNanos(revoked)
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT kind, name, document, updated FROM resources ORDER BY kind, name")
+	if err != nil {
+		return nil, fmt.Errorf("read resources: %w", err)
+	}
+	defer rows.Close()
+	var out []Resource
+	for rows.Next() {
+		var r Resource
+		var updated int64
+		if err := rows.Scan(&r.Kind, &r.Name, &r.Document, &updated); err != nil {
+			return nil, fmt.Errorf("read resources: %w", err)
+		}
+		r.Updated = fromNanos(updated)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) CommitPolicy(ctx context.Context, c PolicyCommit) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		for _, k := range c.Delete {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM resources WHERE kind = ? AND name = ?", k.Kind, k.Name); err != nil {
+				return err
+			}
+		}
+		for _, r := range c.Put {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO resources (kind, name, document, updated) VALUES (?, ?, ?, ?)
+				ON CONFLICT (kind, name) DO UPDATE SET document = excluded.document, updated = excluded.updated`,
+				r.Kind, r.Name, r.Document, nanos(r.Updated)); err != nil {
+				return err
+			}
+		}
+		for _, rs := range c.RuleSets {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created) VALUES (?, ?, ?, ?, ?)",
+				rs.Node, int64(rs.Version), rs.Hash, rs.Data, nanos(rs.Created)); err != nil {
+				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
+			}
+			if _, err := tx.ExecContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ?",
+				rs.Node, int64(rs.Version)-KeepRuleSetVersions); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("commit policy: %w", err)
+	}
+	return nil
+}
+
+func (s *SQLite) LatestRuleSets(ctx context.Context) ([]RuleSetRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
+		JOIN (SELECT node, MAX(version) AS version FROM rulesets GROUP BY node) m ON r.node = m.node AND r.version = m.version
+		ORDER BY r.node`)
+	if err != nil {
+		return nil, fmt.Errorf("read rule sets: %w", err)
+	}
+	defer rows.Close()
+	var out []RuleSetRecord
+	for rows.Next() {
+		r, err := scanRuleSet(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read rule sets: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (RuleSetRecord, error) {
+	r, err := scanRuleSet(s.db.QueryRowContext(ctx, "SELECT node, version, hash, data, created FROM rulesets WHERE node = ? AND version = ?",
+		node, int64(version)))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, ErrNotFound
+	}
+	if err != nil {
+		return r, fmt.Errorf("read rule set %s version %d: %w", node, version, err)
+	}
+	return r, nil
+}
+
+func scanRuleSet(row interface{ Scan(...any) error }) (RuleSetRecord, error) {
+	var r RuleSetRecord
+	var version, created int64
+	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created)
+	r.Version, r.Created = uint64(version), fromNanos(created)
+	return r, err
+}
+
+func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, agent_version, kernel, capabilities, default_mode, applied_version, applied_hash,
+		applied_at, last_contact, last_error, cert_serial, cert_expiry, joined, revoked FROM nodes ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("read nodes: %w", err)
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		var n Node
+		var caps string
+		var applied, appliedAt, contact, expiry, joined, revoked int64
+		if err := rows.Scan(&n.Name, &n.AgentVersion, &n.Kernel, &caps, &n.DefaultMode, &applied, &n.AppliedHash,
+			&appliedAt, &contact, &n.LastError, &n.CertSerial, &expiry, &joined, &revoked); err != nil {
+			return nil, fmt.Errorf("read nodes: %w", err)
+		}
+		if caps != "" {
+			n.Capabilities = strings.Split(caps, ",")
+		}
+		n.AppliedVersion = uint64(applied)
+		n.AppliedAt, n.LastContact, n.CertExpiry = fromNanos(appliedAt), fromNanos(contact), fromNanos(expiry)
+		n.Joined, n.Revoked = fromNanos(joined), fromNanos(revoked)
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) SaveNodes(ctx context.Context, nodes []Node) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO nodes (name, agent_version, kernel, capabilities, default_mode, applied_version,
+			applied_hash, applied_at, last_contact, last_error, cert_serial, cert_expiry, joined, revoked)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (name) DO UPDATE SET agent_version = excluded.agent_version, kernel = excluded.kernel,
+				capabilities = excluded.capabilities, default_mode = excluded.default_mode,
+				applied_version = excluded.applied_version, applied_hash = excluded.applied_hash,
+				applied_at = excluded.applied_at, last_contact = excluded.last_contact, last_error = excluded.last_error,
+				cert_serial = excluded.cert_serial, cert_expiry = excluded.cert_expiry, joined = excluded.joined,
+				revoked = excluded.revoked`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, n := range nodes {
+			if _, err := stmt.ExecContext(ctx, n.Name, n.AgentVersion, n.Kernel, strings.Join(n.Capabilities, ","), n.DefaultMode,
+				int64(n.AppliedVersion), n.AppliedHash, nanos(n.AppliedAt), nanos(n.LastContact), n.LastError, n.CertSerial,
+				nanos(n.CertExpiry), nanos(n.Joined), nanos(n.Revoked)); err != nil {
+				return fmt.Errorf("node %s: %w", n.Name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save nodes: %w", err)
+	}
+	return nil
+}
+
+var _ Store = (*SQLite)(nil)

@@ -1,0 +1,158 @@
+// Package store persists the controller's state: the CA, admin and join
+// tokens, issued certificates and revocations, policy resources, every
+// node's rule sets with their versions, and what each agent last reported.
+// It must not decide anything: validation, compilation, versioning and
+// access control are the callers' (controller/server); the store keeps
+// what they decided, each change in one transaction.
+//
+// Store is the interface; SQLite (OpenSQLite, a pure-Go driver, one file
+// under the data directory) is the default implementation. Adding Postgres
+// means a second implementation of Store, typically with pgx/stdlib and
+// the same schema: the SQL here sticks to what both engines accept
+// (INSERT ... ON CONFLICT DO UPDATE, integers for times, no
+// SQLite-specific types) except for placeholders ($n in Postgres) and
+// BLOB (BYTEA), so the port is mostly mechanical; its migrations must be
+// versioned the same way (see migrations.go). The shared behaviour is
+// pinned by the tests in store_test.go, which a Postgres implementation
+// should run too.
+//
+// Secrets: the CA private key is stored in the database, unencrypted; the
+// database file is created mode 0600 in a data directory the controller
+// creates mode 0700, and must be protected and backed up like the key it
+// holds. Token secrets are only stored hashed.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrExists      = errors.New("already exists")
+	ErrTokenUsed   = errors.New("join token already used")
+	ErrTokenExpiry = errors.New("join token expired")
+)
+
+// Store is the controller's persistence.
+type Store interface {
+	// CA returns the CA certificate and key (PEM), or ErrNotFound.
+	CA(ctx context.Context) (certPEM, keyPEM []byte, err error)
+	// InitCA stores the CA; ErrExists if there is one already.
+	InitCA(ctx context.Context, certPEM, keyPEM []byte) error
+
+	// AddAdminToken keeps an admin token's id and secret hash.
+	AddAdminToken(ctx context.Context, id, secretHash string, created time.Time) error
+	// AdminTokenHash returns the secret hash of an admin token, or
+	// ErrNotFound.
+	AdminTokenHash(ctx context.Context, id string) (string, error)
+
+	// AddJoinToken keeps a join token (its secret hashed).
+	AddJoinToken(ctx context.Context, t JoinToken) error
+	// ConsumeJoinToken marks a join token used, atomically: of two
+	// concurrent calls for the same token, one wins. check runs on the
+	// stored token inside the transaction; if it fails, nothing changes
+	// and its error is returned. Errors: ErrNotFound, ErrTokenUsed,
+	// ErrTokenExpiry (at now), or check's.
+	ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error)
+
+	// AddCert records a certificate issued to a node.
+	AddCert(ctx context.Context, c Cert) error
+	// RevokeNode revokes every certificate issued to node so far.
+	RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, error)
+	// RevokedCerts returns the revoked certificates that have not expired
+	// at now (expired ones are refused anyway).
+	RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error)
+
+	// Resources returns every policy resource.
+	Resources(ctx context.Context) ([]Resource, error)
+	// CommitPolicy stores a policy change and the rule sets it produced,
+	// in one transaction.
+	CommitPolicy(ctx context.Context, c PolicyCommit) error
+	// LatestRuleSets returns the newest rule set of every node.
+	LatestRuleSets(ctx context.Context) ([]RuleSetRecord, error)
+	// RuleSet returns one version of a node's rule set (the store keeps
+	// the last few), or ErrNotFound.
+	RuleSet(ctx context.Context, node string, version uint64) (RuleSetRecord, error)
+
+	// Nodes returns every node record.
+	Nodes(ctx context.Context) ([]Node, error)
+	// SaveNodes inserts or replaces node records.
+	SaveNodes(ctx context.Context, nodes []Node) error
+
+	Close() error
+}
+
+// JoinToken is a stored join token.
+type JoinToken struct {
+	ID         string
+	SecretHash string
+	Node       string
+	Created    time.Time
+	Expires    time.Time
+	Used       time.Time // zero until used
+}
+
+// Cert is a certificate issued to a node.
+type Cert struct {
+	Serial   string
+	Node     string
+	NotAfter time.Time
+	Revoked  time.Time // zero unless revoked
+}
+
+// ResourceKey names a policy resource.
+type ResourceKey struct {
+	Kind string // policy.KindWorkload, ...
+	Name string
+}
+
+// Resource is one policy resource, kept as the YAML document it was
+// applied as.
+type Resource struct {
+	ResourceKey
+	Document []byte
+	Updated  time.Time
+}
+
+// RuleSetRecord is one version of a node's rule set.
+type RuleSetRecord struct {
+	Node    string
+	Version uint64
+	Hash    string
+	// Data is the rule set as JSON (internal/ruleset.RuleSet).
+	Data    []byte
+	Created time.Time
+}
+
+// PolicyCommit is one policy change: resources put and deleted, and the
+// new rule sets of the nodes it changed.
+type PolicyCommit struct {
+	Put      []Resource
+	Delete   []ResourceKey
+	RuleSets []RuleSetRecord
+}
+
+// Node is what the controller knows of a node's agent.
+type Node struct {
+	Name           string
+	AgentVersion   string
+	Kernel         string
+	Capabilities   []string
+	DefaultMode    string
+	AppliedVersion uint64
+	AppliedHash    string
+	AppliedAt      time.Time
+	LastContact    time.Time
+	LastError      string
+	CertSerial     string
+	CertExpiry     time.Time
+	Joined         time.Time
+	Revoked        time.Time
+}
+
+// KeepRuleSetVersions is how many versions of each node's rule set the
+// store keeps: enough to send a delta to an agent a few versions behind.
+const KeepRuleSetVersions = 8

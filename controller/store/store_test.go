@@ -1,0 +1,173 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTest(t *testing.T, dir string) *SQLite {
+	t.Helper()
+	s, err := OpenSQLite(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestOpenModesAndMigrations(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	s := openTest(t, dir)
+	for path, want := range map[string]os.FileMode{dir: 0o700, s.Path(): 0o600} {
+		info, err := os.Stat(path)
+		if err != nil || info.Mode().Perm() != want {
+			t.Errorf("%s: mode %v (%v), want %v", path, info.Mode().Perm(), err, want)
+		}
+	}
+	ctx := context.Background()
+	if err := s.InitCA(ctx, []byte("cert"), []byte("key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.InitCA(ctx, []byte("other"), []byte("key")); !errors.Is(err, ErrExists) {
+		t.Errorf("second CA: %v", err)
+	}
+	s.Close()
+	// Reopening runs no migration twice and keeps the data.
+	s = openTest(t, dir)
+	if cert, _, err := s.CA(ctx); err != nil || string(cert) != "cert" {
+		t.Errorf("CA after reopen: %q, %v", cert, err)
+	}
+	// A database from a newer controller is left alone.
+	if _, err := s.db.Exec("PRAGMA user_version = 99"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := OpenSQLite(dir); err == nil {
+		t.Error("opened a schema newer than this controller knows")
+	}
+}
+
+func TestConsumeJoinToken(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Now()
+	if err := s.AddJoinToken(ctx, JoinToken{ID: "t1", SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddJoinToken(ctx, JoinToken{ID: "t2", SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	ok := func(JoinToken) error { return nil }
+	bad := errors.New("bad secret")
+	if _, err := s.ConsumeJoinToken(ctx, "t1", now, func(JoinToken) error { return bad }); !errors.Is(err, bad) {
+		t.Errorf("failed check: %v", err)
+	}
+	if _, err := s.ConsumeJoinToken(ctx, "nope", now, ok); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown id: %v", err)
+	}
+	if _, err := s.ConsumeJoinToken(ctx, "t2", now.Add(2*time.Minute), ok); !errors.Is(err, ErrTokenExpiry) {
+		t.Errorf("expired: %v", err)
+	}
+	// Of many concurrent uses, exactly one wins.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins, used := 0, 0
+	for range 8 {
+		wg.Go(func() {
+			_, err := s.ConsumeJoinToken(ctx, "t1", now, ok)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				wins++
+			case errors.Is(err, ErrTokenUsed):
+				used++
+			default:
+				t.Errorf("concurrent use: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if wins != 1 || used != 7 {
+		t.Errorf("%d wins, %d refused as used", wins, used)
+	}
+}
+
+func TestCertsAndRevocation(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Now()
+	for _, c := range []Cert{{Serial: "1", Node: "a", NotAfter: now.Add(time.Hour)}, {Serial: "2", Node: "a", NotAfter: now.Add(-time.Hour)},
+		{Serial: "3", Node: "b", NotAfter: now.Add(time.Hour)}} {
+		if err := s.AddCert(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certs, err := s.RevokeNode(ctx, "a", now)
+	if err != nil || len(certs) != 2 {
+		t.Fatalf("revoke: %v, %v", certs, err)
+	}
+	revoked, err := s.RevokedCerts(ctx, now)
+	if err != nil || len(revoked) != 1 || revoked[0].Serial != "1" {
+		t.Errorf("revoked and unexpired: %+v, %v", revoked, err)
+	}
+}
+
+func TestPolicyCommitAndRuleSets(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Now()
+	wl := Resource{ResourceKey: ResourceKey{Kind: "Workload", Name: "web"}, Document: []byte("doc1"), Updated: now}
+	for v := uint64(1); v <= KeepRuleSetVersions+3; v++ {
+		c := PolicyCommit{RuleSets: []RuleSetRecord{{Node: "n", Version: v, Hash: "h", Data: []byte("{}"), Created: now}}}
+		if v == 1 {
+			c.Put = []Resource{wl}
+		}
+		if err := s.CommitPolicy(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	latest, err := s.LatestRuleSets(ctx)
+	if err != nil || len(latest) != 1 || latest[0].Version != KeepRuleSetVersions+3 {
+		t.Errorf("latest: %+v, %v", latest, err)
+	}
+	if _, err := s.RuleSet(ctx, "n", 3); !errors.Is(err, ErrNotFound) {
+		t.Errorf("version 3 should be pruned: %v", err)
+	}
+	if _, err := s.RuleSet(ctx, "n", 4); err != nil {
+		t.Errorf("version 4 should be kept: %v", err)
+	}
+	// A failing commit changes nothing: the duplicate version aborts it.
+	err = s.CommitPolicy(ctx, PolicyCommit{Delete: []ResourceKey{wl.ResourceKey},
+		RuleSets: []RuleSetRecord{{Node: "n", Version: 4, Hash: "x", Data: []byte("{}")}}})
+	if err == nil {
+		t.Fatal("duplicate version committed")
+	}
+	res, err := s.Resources(ctx)
+	if err != nil || len(res) != 1 || string(res[0].Document) != "doc1" {
+		t.Errorf("resources after a failed commit: %+v, %v", res, err)
+	}
+}
+
+func TestNodes(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	n := Node{Name: "a", Capabilities: []string{"x", "y"}, AppliedVersion: 7, AppliedHash: "h", LastContact: now, CertExpiry: now, LastError: "e"}
+	if err := s.SaveNodes(ctx, []Node{n}); err != nil {
+		t.Fatal(err)
+	}
+	n.AppliedVersion = 8
+	if err := s.SaveNodes(ctx, []Node{n}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Nodes(ctx)
+	if err != nil || len(got) != 1 || got[0].AppliedVersion != 8 || !got[0].LastContact.Equal(now) || len(got[0].Capabilities) != 2 {
+		t.Errorf("nodes: %+v, %v", got, err)
+	}
+}
