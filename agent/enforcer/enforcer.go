@@ -153,6 +153,15 @@ func (e *Enforcer) Names() (rules func(ruleset.RuleID) string, workloads func(ne
 	return rules, workloads
 }
 
+// Current returns the rule set in force as it was received, without the
+// node's addresses (nil: none yet). It is the base the control plane
+// applies deltas to; callers must not modify it.
+func (e *Enforcer) Current() *ruleset.RuleSet {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.current
+}
+
 // Status is what the agent enforces and how the last apply went.
 type Status struct {
 	Version   uint64          `json:"version"`

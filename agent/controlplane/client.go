@@ -1,0 +1,328 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Enforcer is what the client needs of agent/enforcer.
+type Enforcer interface {
+	// Apply enforces rs atomically and keeps it as the last known good;
+	// on error the rule set in force stays. It returns the interfaces
+	// still missing (enforced once they appear).
+	Apply(rs *ruleset.RuleSet) (pending []string, err error)
+	// Current returns the rule set in force as it was received (nil:
+	// none). Callers must not modify it.
+	Current() *ruleset.RuleSet
+}
+
+// Config configures a Client. Zero durations take the defaults.
+type Config struct {
+	Node string
+	// Controller is the controller's gRPC address (host:port); the host
+	// must be one its serving certificate names.
+	Controller string
+	// JoinToken is needed the first time, and to join again with a new
+	// identity; otherwise the state directory's credentials are used.
+	JoinToken string
+	State     *state.Dir
+	Enforcer  Enforcer
+	// DefaultMode is the agent's --default-mode, reported to the
+	// controller, which compiles this node's rule set with it.
+	DefaultMode  ruleset.Mode
+	AgentVersion string
+	Kernel       string
+	Capabilities []string
+	// Counters, if set, is read at every heartbeat and sent along.
+	Counters func() (map[string]uint64, error)
+	// Heartbeat is how often the agent sends one (default 10s).
+	Heartbeat time.Duration
+	// MinBackoff and MaxBackoff bound the jittered exponential wait
+	// between connection attempts (defaults 250ms and 15s).
+	MinBackoff, MaxBackoff time.Duration
+	Log                    *zap.Logger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// Dialer, if set, makes the connections (tests).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// Client is the agent's control-plane client.
+type Client struct {
+	cfg   Config
+	log   *zap.Logger
+	now   func() time.Time
+	token *pki.JoinToken
+	creds atomic.Pointer[identity]
+
+	// hashed caches the hash of the rule set in force.
+	hashMu  sync.Mutex
+	hashed  *ruleset.RuleSet
+	hashVal string
+
+	connected atomic.Bool
+	streams   atomic.Int64
+}
+
+// Permanent errors: Run returns them, since retrying cannot help. The
+// agent keeps enforcing its last known good rule set.
+var (
+	ErrJoinRefused = errors.New("join refused")
+	ErrRevoked     = errors.New("this node's certificate was revoked")
+	ErrExpired     = errors.New("this node's certificate expired")
+)
+
+// New checks the configuration. It does no I/O.
+func New(cfg Config) (*Client, error) {
+	if err := pki.ValidNodeName(cfg.Node); err != nil {
+		return nil, err
+	}
+	if cfg.Controller == "" || cfg.State == nil || cfg.Enforcer == nil {
+		return nil, errors.New("controlplane: Controller, State and Enforcer are required")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Controller); err != nil {
+		return nil, fmt.Errorf("controller address %q: %w", cfg.Controller, err)
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 10 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 250 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(15*time.Second, cfg.MinBackoff)
+	}
+	c := &Client{cfg: cfg, log: cfg.Log, now: cfg.Now}
+	if cfg.JoinToken != "" {
+		t, err := pki.ParseJoinToken(cfg.JoinToken)
+		if err != nil {
+			return nil, err
+		}
+		c.token = &t
+	}
+	return c, nil
+}
+
+// Connected reports whether a stream is up (tests, status).
+func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Streams counts the streams opened so far (tests: a renewal must not
+// open a new one).
+func (c *Client) Streams() int64 { return c.streams.Load() }
+
+// CertExpiry is when the current certificate expires (zero before the
+// join).
+func (c *Client) CertExpiry() time.Time {
+	if cr := c.creds.Load(); cr != nil {
+		return cr.expiry()
+	}
+	return time.Time{}
+}
+
+// Run joins if needed, then keeps a stream to the controller open until
+// ctx is done (it returns nil) or a permanent error (ErrJoinRefused,
+// ErrRevoked, ErrExpired). Enforcement never depends on it.
+func (c *Client) Run(ctx context.Context) error {
+	if err := c.ensureIdentity(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	wg.Go(func() {
+		if err := c.renewLoop(ctx); err != nil {
+			cancel(err)
+		}
+	})
+	b := c.newBackoff()
+	for {
+		established, err := c.stream(ctx)
+		if ctx.Err() != nil {
+			if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
+				return cause
+			}
+			return nil
+		}
+		if errors.Is(err, ErrRevoked) {
+			return err
+		}
+		if established {
+			b.reset()
+		}
+		wait := b.next()
+		c.log.Warn("controller stream down; enforcement continues with the rule set in force; reconnecting",
+			zap.Error(explain(err)), zap.Duration("retry-in", wait))
+		select {
+		case <-ctx.Done():
+			continue
+		case <-time.After(wait):
+		}
+	}
+}
+
+// ensureIdentity loads the saved identity, or joins for a new one.
+func (c *Client) ensureIdentity(ctx context.Context) error {
+	saved, err := loadCredentials(c.cfg.State, c.cfg.Node)
+	switch {
+	case err == nil && (c.token == nil || c.token.ID == saved.meta.TokenID):
+		if c.now().After(saved.expiry()) {
+			return fmt.Errorf("%w at %s: join again with a new --join-token", ErrExpired, saved.expiry().Format(time.RFC3339))
+		}
+		c.creds.Store(saved)
+		c.log.Info("using saved node certificate", zap.Time("cert-expiry", saved.expiry()),
+			zap.String("cert-serial", pki.Serial(saved.cert.Leaf)))
+		return nil
+	case err != nil && !errors.Is(err, ErrNoCredentials):
+		if c.token == nil {
+			return fmt.Errorf("node credentials: %w", err)
+		}
+		c.log.Warn("saved credentials unusable; joining with the token given", zap.Error(err))
+	case c.token == nil:
+		return errors.New("no node certificate in --state-dir yet: give --join-token (egctl token create --node NAME)")
+	}
+	b := c.newBackoff()
+	for {
+		creds, err := c.join(ctx, *c.token)
+		if err == nil {
+			c.creds.Store(creds)
+			c.log.Info("joined the controller", zap.Time("cert-expiry", creds.expiry()),
+				zap.String("cert-serial", pki.Serial(creds.cert.Leaf)), zap.String("ca-fingerprint", c.token.CAFingerprint))
+			return nil
+		}
+		if refused(err) {
+			return fmt.Errorf("%w: %v", ErrJoinRefused, status.Convert(err).Message())
+		}
+		wait := b.next()
+		c.log.Warn("join failed; retrying", zap.Error(explain(err)), zap.Duration("retry-in", wait))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// refused tells the controller's refusals (final) from transport errors.
+func refused(err error) bool {
+	// The pin check fails inside the TLS handshake, which gRPC reports
+	// as a transport error: match its words.
+	if errors.Is(err, pki.ErrCAPin) || strings.Contains(err.Error(), pki.ErrCAPin.Error()) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
+		return !strings.Contains(err.Error(), "authentication handshake failed")
+	}
+	return false
+}
+
+// explain adds what an operator needs to know to transport errors whose
+// wording hides it.
+func explain(err error) error {
+	if err != nil && strings.Contains(err.Error(), "bad certificate") {
+		return fmt.Errorf("the controller refuses this node's certificate (revoked, expired or from another CA): %w", err)
+	}
+	return err
+}
+
+// renewLoop renews the certificate at two thirds of its life, retrying
+// until it expires.
+func (c *Client) renewLoop(ctx context.Context) error {
+	b := c.newBackoff()
+	for {
+		cur := c.creds.Load()
+		wait := cur.renewAt().Sub(c.now())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(max(wait, 0)):
+		}
+		creds, err := c.renew(ctx)
+		if err == nil {
+			c.creds.Store(creds)
+			b.reset()
+			c.log.Info("node certificate renewed", zap.Time("cert-expiry", creds.expiry()),
+				zap.String("cert-serial", pki.Serial(creds.cert.Leaf)))
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if status.Code(err) == codes.PermissionDenied {
+			return fmt.Errorf("%w: %v", ErrRevoked, status.Convert(err).Message())
+		}
+		if c.now().After(cur.expiry()) {
+			return fmt.Errorf("%w at %s before it could be renewed (%v): join again with a new --join-token",
+				ErrExpired, cur.expiry().Format(time.RFC3339), err)
+		}
+		wait = min(b.next(), time.Until(cur.expiry()))
+		c.log.Warn("certificate renewal failed; retrying", zap.Error(explain(err)), zap.Duration("retry-in", wait),
+			zap.Time("cert-expiry", cur.expiry()))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(max(wait, 0)):
+		}
+	}
+}
+
+func (c *Client) dial(tlsCfg *tls.Config) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512 << 20)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+		grpc.WithReadBufferSize(8 << 10),
+	}
+	if c.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+c.cfg.Controller, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("controller address %q: %w", c.cfg.Controller, err)
+	}
+	return conn, nil
+}
+
+// backoff is jittered exponential backoff: each wait is drawn from the
+// upper half of a range that doubles up to the maximum.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (c *Client) newBackoff() *backoff {
+	return &backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff, cur: c.cfg.MinBackoff}
+}
+
+func (b *backoff) next() time.Duration {
+	d := b.cur
+	b.cur = min(2*b.cur, b.max)
+	return d/2 + rand.N(d/2+1)
+}
+
+func (b *backoff) reset() { b.cur = b.min }
