@@ -1,0 +1,70 @@
+package restapi
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is admin.conf: everything egctl needs to reach the controller's
+// API. The controller writes it on first start (mode 0600); whoever holds
+// it can change every node's policy.
+type Config struct {
+	// Server is the API's base URL ("http://127.0.0.1:8080").
+	Server string `yaml:"server"`
+	// Token is the admin credential, sent as a bearer token.
+	Token string `yaml:"token"`
+	// CACert (PEM) verifies the API's certificate when Server is https.
+	CACert string `yaml:"caCert,omitempty"`
+}
+
+// Marshal returns the file's contents.
+func (c *Config) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString("# Eastguard admin credential, written by eastguard-controller.\n")
+	b.WriteString("# Whoever holds this file can change every node's policy: keep it mode 0600.\n")
+	b.WriteString("# Use it with: egctl --config FILE ...  or  EGCTL_CONFIG=FILE egctl ...\n")
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), enc.Close()
+}
+
+// LoadConfig reads and checks an admin.conf.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := c.Check(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Check says what is missing or wrong.
+func (c *Config) Check() error {
+	if c.Server == "" {
+		return errors.New("no server address")
+	}
+	u, err := url.Parse(c.Server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("server %q: want http://HOST:PORT or https://HOST:PORT", c.Server)
+	}
+	if c.Token == "" {
+		return errors.New("no admin token")
+	}
+	return nil
+}

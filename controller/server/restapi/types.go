@@ -1,0 +1,160 @@
+// Package restapi is the controller's REST API as its clients see it: the
+// request and response types of /api/v1, the admin.conf file that holds
+// the address and credential, and a small client. egctl uses it; the
+// server (controller/server) serves these same types. It must stay light:
+// no gRPC, no store, no compiler.
+package restapi
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Error is the body of every API error. Diagnostics are
+// "file:line:col: path: message" lines for refused policy.
+type Error struct {
+	Error       string   `json:"error"`
+	Diagnostics []string `json:"diagnostics,omitempty"`
+}
+
+// File is one input file of an apply: its name (used in diagnostics) and
+// its YAML.
+type File struct {
+	Name    string `json:"name"`
+	Content string `json:"content"`
+}
+
+// ApplyRequest is the body of POST /api/v1/apply.
+type ApplyRequest struct {
+	Files  []File `json:"files"`
+	DryRun bool   `json:"dryRun,omitempty"`
+}
+
+// ResourceRef names a resource: kind as in the YAML ("Workload") or as in
+// the API path ("workloads").
+type ResourceRef struct {
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+}
+
+// DeleteRequest is the body of POST /api/v1/delete.
+type DeleteRequest struct {
+	Resources []ResourceRef `json:"resources"`
+	DryRun    bool          `json:"dryRun,omitempty"`
+}
+
+// ChangeResult says what an apply or delete did (or would do, dry run).
+type ChangeResult struct {
+	DryRun    bool     `json:"dryRun,omitempty"`
+	Created   []string `json:"created,omitempty"`
+	Updated   []string `json:"updated,omitempty"`
+	Unchanged []string `json:"unchanged,omitempty"`
+	Deleted   []string `json:"deleted,omitempty"`
+	// Nodes are the nodes whose rule set changed, with the new version.
+	Nodes    []NodeVersion `json:"nodes,omitempty"`
+	Warnings []string      `json:"warnings,omitempty"`
+}
+
+// NodeVersion is a node's new rule-set version.
+type NodeVersion struct {
+	Node    string `json:"node"`
+	Version uint64 `json:"version"`
+	Hash    string `json:"hash"`
+}
+
+// TokenRequest is the body of POST /api/v1/tokens.
+type TokenRequest struct {
+	Node string `json:"node"`
+	// TTL is a Go duration ("1h", "30m").
+	TTL string `json:"ttl"`
+}
+
+// JoinToken is a created join token.
+type JoinToken struct {
+	Token   string    `json:"token"`
+	Node    string    `json:"node"`
+	Expires time.Time `json:"expires"`
+}
+
+// RevokeResult is the answer to POST /api/v1/agents/{node}/revoke.
+type RevokeResult struct {
+	Node                string `json:"node"`
+	RevokedCertificates int    `json:"revokedCertificates"`
+}
+
+// AgentStatus is one node's entry in GET /api/v1/agents and `egctl agents
+// -o json`. The keys node, connected, appliedVersion, latestVersion,
+// certExpiry and lastError are an interface scripts rely on
+// (ARCHITECTURE.md).
+type AgentStatus struct {
+	Node              string            `json:"node"`
+	Connected         bool              `json:"connected"`
+	AppliedVersion    uint64            `json:"appliedVersion"`
+	LatestVersion     uint64            `json:"latestVersion"`
+	CertExpiry        *time.Time        `json:"certExpiry"`
+	LastError         string            `json:"lastError"`
+	LastContact       *time.Time        `json:"lastContact"`
+	AppliedHash       string            `json:"appliedHash,omitempty"`
+	LatestHash        string            `json:"latestHash,omitempty"`
+	AgentVersion      string            `json:"agentVersion,omitempty"`
+	Kernel            string            `json:"kernel,omitempty"`
+	Capabilities      []string          `json:"capabilities,omitempty"`
+	DefaultMode       string            `json:"defaultMode,omitempty"`
+	Revoked           bool              `json:"revoked"`
+	PendingInterfaces []string          `json:"pendingInterfaces,omitempty"`
+	Counters          map[string]uint64 `json:"counters,omitempty"`
+}
+
+// Resource views returned by GET /api/v1/{kind}.
+type (
+	WorkloadView struct {
+		Name      string            `json:"name"`
+		Node      string            `json:"node"`
+		Interface string            `json:"interface,omitempty"`
+		Addresses []netip.Addr      `json:"addresses"`
+		Labels    map[string]string `json:"labels,omitempty"`
+		Mode      string            `json:"mode,omitempty"`
+		Updated   time.Time         `json:"updated"`
+	}
+	PolicyView struct {
+		Name    string    `json:"name"`
+		Mode    string    `json:"mode,omitempty"`
+		Rules   []string  `json:"rules"`
+		Updated time.Time `json:"updated"`
+	}
+	AlertRuleView struct {
+		Name     string    `json:"name"`
+		Severity string    `json:"severity"`
+		Notify   []string  `json:"notify,omitempty"`
+		Updated  time.Time `json:"updated"`
+	}
+	WebhookView struct {
+		Name    string    `json:"name"`
+		URL     string    `json:"url"`
+		Format  string    `json:"format"`
+		Updated time.Time `json:"updated"`
+	}
+)
+
+// Kinds maps what users write for a resource kind (API path segments,
+// singular and plural, any case) to the kind in the YAML.
+var Kinds = map[string]string{
+	"workloads": "Workload", "policies": "Policy", "alertrules": "AlertRule", "webhooks": "Webhook",
+	"workload": "Workload", "policy": "Policy", "alertrule": "AlertRule", "webhook": "Webhook",
+}
+
+// KindPaths maps a kind to its API path segment.
+var KindPaths = map[string]string{
+	"Workload": "workloads", "Policy": "policies", "AlertRule": "alertrules", "Webhook": "webhooks",
+}
+
+// ParseKind returns the resource kind a user wrote ("Workload",
+// "workloads", "policy"...).
+func ParseKind(s string) (string, error) {
+	if k, ok := Kinds[strings.ToLower(s)]; ok {
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown resource kind %q (want workloads, policies, alertrules or webhooks)", s)
+}
