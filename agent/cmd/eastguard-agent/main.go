@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,12 +19,15 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 
+	"github.com/eastguard/eastguard/agent/controlplane"
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/agent/enforcer"
 	"github.com/eastguard/eastguard/agent/flows"
 	"github.com/eastguard/eastguard/agent/standalone"
 	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
@@ -55,16 +59,23 @@ const usage = `eastguard-agent enforces Eastguard policy on this host.
 Usage:
   eastguard-agent --node NAME --policy-dir DIR [flags]     standalone: compile DIR locally
   eastguard-agent --node NAME --rule-set FILE [flags]      enforce a compiled rule set (egctl compile -o json)
+  eastguard-agent --node NAME --controller HOST:PORT [--join-token TOKEN] [flags]
+                                                           take rule sets from the controller
   eastguard-agent --uninstall [--bpffs-dir DIR]            detach every program, remove the pins
 
 Examples:
   eastguard-agent --node web-1 --policy-dir /etc/eastguard/policy --flow-log /var/log/eastguard/flows.jsonl
   eastguard-agent --node node-a --rule-set node-a.json --bpffs-dir /sys/fs/bpf/eastguard-a --state-dir /var/lib/eastguard-a
+  eastguard-agent --node node-a --controller ctl.example:7443 --join-token "$(egctl token create --node node-a --ttl 1h)"
 
 Enforcement outlives the agent: programs and maps are pinned under
 --bpffs-dir, and a restarted agent adopts them without a gap. The last
 applied rule set is kept in --state-dir and enforced at start, before any
 source answers.
+
+With --controller, the agent joins once with the one-time --join-token
+(its private key never leaves --state-dir), renews its certificate by
+itself, and needs no token on later starts.
 
 Flags:
 `
@@ -79,11 +90,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	fs.StringVar(&o.node, "node", "", "this node's name, as in the policy's Workload.spec.node")
 	fs.StringVar(&o.bpffsDir, "bpffs-dir", datapath.DefaultBPFFSDir, "bpffs directory for pins; one per agent")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/eastguard", "directory for the last known good rule set")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/eastguard", "directory for the last known good rule set and the node's key and certificates")
 	fs.StringVar(&o.policyDir, "policy-dir", "", "standalone mode: policy YAML to compile for this node, reloaded on change")
 	fs.StringVar(&o.ruleSetFile, "rule-set", "", "enforce a compiled rule set (JSON), reloaded on change")
-	fs.StringVar(&o.controller, "controller", "", "controller address (host:port)")
-	fs.StringVar(&o.joinToken, "join-token", "", "one-time token to join the controller")
+	fs.StringVar(&o.controller, "controller", "", "controller gRPC address (HOST:PORT); HOST must be a name its certificate covers")
+	fs.StringVar(&o.joinToken, "join-token", "", "one-time token to join the controller (egctl token create); not needed once joined")
 	fs.StringVar(&o.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
 	fs.StringVar(&o.hostInterfaces, "host-interfaces", "", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
 	fs.StringVar(&o.flowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
@@ -112,7 +123,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errors.New("give exactly one of --policy-dir, --rule-set or --controller")
 	}
 	if o.controller != "" {
-		return nil, errors.New("--controller: the control plane is not available in this build yet; use --policy-dir")
+		if _, _, err := net.SplitHostPort(o.controller); err != nil {
+			return nil, fmt.Errorf("--controller %q: want HOST:PORT: %w", o.controller, err)
+		}
+		if o.joinToken != "" {
+			if _, err := pki.ParseJoinToken(o.joinToken); err != nil {
+				return nil, fmt.Errorf("--join-token: %w", err)
+			}
+		}
+	} else if o.joinToken != "" {
+		return nil, errors.New("--join-token goes with --controller")
 	}
 	if o.defaultMode != "enforce" && o.defaultMode != "monitor" {
 		return nil, fmt.Errorf("--default-mode %q: want enforce or monitor", o.defaultMode)
@@ -246,6 +266,9 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 		})
 	}
 
+	if o.controller != "" {
+		return controlPlane(ctx, o, dp, enf, st, mode, log)
+	}
 	src := &standalone.Source{
 		Node:        o.node,
 		PolicyDir:   o.policyDir,
@@ -257,4 +280,68 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 		_, err := enf.Apply(rs, book)
 		return err
 	})
+}
+
+// version is the agent's version, set at build time
+// (-ldflags "-X main.version=...").
+var version = "dev"
+
+// controlPlane takes rule sets from the controller until ctx is done. If
+// the control plane stops for good (a revoked or expired certificate, a
+// refused token), the agent keeps enforcing the rule set in force, and
+// keeps watching for its pending interfaces, until it is stopped.
+func controlPlane(ctx context.Context, o *options, dp *datapath.Datapath, enf *enforcer.Enforcer, st *state.Dir,
+	mode ruleset.Mode, log *zap.Logger) error {
+	cp, err := controlplane.New(controlplane.Config{
+		Node:         o.node,
+		Controller:   o.controller,
+		JoinToken:    o.joinToken,
+		State:        st,
+		Enforcer:     enforcerSource{enf},
+		DefaultMode:  mode,
+		AgentVersion: version,
+		Kernel:       kernelRelease(),
+		Counters: func() (map[string]uint64, error) {
+			c, err := dp.Counters()
+			if err != nil {
+				return nil, err
+			}
+			out := make(map[string]uint64, len(c))
+			for i, v := range c {
+				out[datapath.Counter(i).String()] = v
+			}
+			return out, nil
+		},
+		Log: log.Named("controlplane"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := cp.Run(ctx); err != nil {
+		log.Error("control plane stopped; the rule set in force stays enforced until the agent is stopped", zap.Error(err))
+		<-ctx.Done()
+		return err
+	}
+	return nil
+}
+
+// enforcerSource adapts the enforcer to what the control plane needs.
+type enforcerSource struct{ e *enforcer.Enforcer }
+
+func (s enforcerSource) Apply(rs *ruleset.RuleSet) ([]string, error) {
+	res, err := s.e.Apply(rs, nil)
+	if err != nil {
+		return nil, err
+	}
+	return res.Pending, nil
+}
+
+func (s enforcerSource) Current() *ruleset.RuleSet { return s.e.Current() }
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
