@@ -4,7 +4,9 @@
 // flows, alerts, token) slot in the same way.
 //
 // Exit codes shared by every command: 0 success, 1 bad input (unreadable or
-// invalid files, bad flags). explain adds 3 (denied) and 4 (would-deny).
+// invalid files, bad flags). explain adds 3 (denied) and 4 (would-deny);
+// the online commands (apply, get, delete, agents, agent, token) add 2 (the
+// controller could not be reached or refused the credential).
 package main
 
 import (
@@ -40,7 +42,7 @@ type env struct {
 	stdout, stderr io.Writer
 }
 
-var commands = []*command{validateCmd, compileCmd, explainCmd}
+var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, tokenCmd}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))

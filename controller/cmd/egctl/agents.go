@@ -1,0 +1,113 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/eastguard/eastguard/controller/server/restapi"
+)
+
+var agentsCmd = &command{
+	name:    "agents",
+	summary: "list the nodes' agents: connected, applied and latest version, certificate expiry, last error",
+	usage:   "egctl agents [-o table|json] [flags]",
+	help: `
+Lists every node the controller knows (agents that joined, and nodes the
+policy names that have no agent yet): whether its agent is connected, the
+rule-set version it has applied to the kernel against the latest one, when
+its certificate expires, and the last error (an update it could not apply,
+a lost stream, a revocation).
+
+-o json prints a JSON array of objects with at least the keys node,
+connected, appliedVersion, latestVersion, certExpiry and lastError.
+` + remoteHelp + `
+
+Examples:
+  egctl agents
+  egctl agents -o json | jq '.[] | select(.appliedVersion != .latestVersion)'`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+		output := fs.String("o", "table", "output format: table or json")
+		remote := addRemoteFlags(fs)
+		return func(e *env, args []string) int {
+			if len(args) > 0 {
+				fmt.Fprintf(e.stderr, "egctl agents: unexpected arguments %q (to revoke: egctl agent revoke NAME)\n", args)
+				return exitBadInput
+			}
+			if !checkOutput(e, *output, "table", "json") {
+				return exitBadInput
+			}
+			return listAgents(e, remote, *output)
+		}
+	},
+}
+
+func listAgents(e *env, remote *remoteFlags, output string) int {
+	c := remote.client(e)
+	if c == nil {
+		return exitRemote
+	}
+	ctx, cancel := remote.context()
+	defer cancel()
+	var agents []restapi.AgentStatus
+	if err := c.Do(ctx, http.MethodGet, "/api/v1/agents", nil, &agents); err != nil {
+		return remoteFailed(e, err)
+	}
+	if output == "json" {
+		if agents == nil {
+			agents = []restapi.AgentStatus{}
+		}
+		return printJSON(e, agents)
+	}
+	tw := newTable(e)
+	fmt.Fprintln(tw, "NODE\tCONNECTED\tAPPLIED\tLATEST\tCERT-EXPIRY\tLAST-ERROR")
+	for _, a := range agents {
+		expiry := "-"
+		if a.CertExpiry != nil {
+			expiry = a.CertExpiry.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%t\t%d\t%d\t%s\t%s\n", a.Node, a.Connected, a.AppliedVersion, a.LatestVersion, expiry, dash(a.LastError))
+	}
+	tw.Flush()
+	return exitOK
+}
+
+var agentCmd = &command{
+	name:    "agent",
+	summary: "act on one node's agent: revoke",
+	usage:   "egctl agent revoke NAME [flags]",
+	help: `
+revoke NAME revokes every certificate issued to node NAME: the controller
+refuses them from now on, at every handshake and every call, and closes the
+node's stream. The agent keeps enforcing the rule set it has; it gets no
+updates until it joins again with a new token (egctl token create). The
+node stays listed by egctl agents, disconnected, its last error saying it
+was revoked.
+` + remoteHelp + `
+
+Examples:
+  egctl agent revoke node-b`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+		remote := addRemoteFlags(fs)
+		return func(e *env, args []string) int {
+			if len(args) != 2 || args[0] != "revoke" {
+				fmt.Fprintln(e.stderr, "egctl agent: want: egctl agent revoke NAME")
+				return exitBadInput
+			}
+			c := remote.client(e)
+			if c == nil {
+				return exitRemote
+			}
+			ctx, cancel := remote.context()
+			defer cancel()
+			var res restapi.RevokeResult
+			if err := c.Do(ctx, http.MethodPost, "/api/v1/agents/"+url.PathEscape(args[1])+"/revoke", nil, &res); err != nil {
+				return remoteFailed(e, err)
+			}
+			fmt.Fprintf(e.stdout, "node %s revoked (%s)\n", res.Node, count(res.RevokedCertificates, "certificate"))
+			return exitOK
+		}
+	},
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/http"
+
+	"github.com/eastguard/eastguard/controller/server/restapi"
+)
+
+var applyCmd = &command{
+	name:    "apply",
+	summary: "apply policy files to the controller, as one change",
+	usage:   "egctl apply -f FILE|DIR [-f ...] [--dry-run] [flags]",
+	help: `
+Sends the resources in the files and directories (every *.yaml and *.yml
+below a directory; - reads standard input) to the controller, which adds
+them to its policy or replaces the ones of the same kind and name, checks
+the result whole, compiles every node's rule set and pushes the changed ones
+to their agents. Invalid input is refused whole, with every problem as
+
+  file:line:col: path: message
+
+and the policy in force stays. --dry-run checks and compiles without
+applying. Prints what was created, updated or unchanged, and each node's
+new rule-set version.
+` + remoteHelp + `
+
+Examples:
+  egctl apply -f policies/
+  egctl apply -f workloads.yaml -f shop.yaml
+  egctl apply --dry-run -f policies/
+  EGCTL_CONFIG=/var/lib/eastguard-controller/admin.conf egctl apply -f shop.yaml`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+		var files fileFlags
+		fs.Var(&files, "f", "policy file or directory (repeatable; - for standard input)")
+		dryRun := fs.Bool("dry-run", false, "check and compile only; change nothing")
+		remote := addRemoteFlags(fs)
+		return func(e *env, args []string) int {
+			files = append(files, args...)
+			inputs, err := readInputs(files)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl apply: %v\n", err)
+				return exitBadInput
+			}
+			c := remote.client(e)
+			if c == nil {
+				return exitRemote
+			}
+			ctx, cancel := remote.context()
+			defer cancel()
+			var res restapi.ChangeResult
+			if err := c.Do(ctx, http.MethodPost, "/api/v1/apply", restapi.ApplyRequest{Files: inputs, DryRun: *dryRun}, &res); err != nil {
+				return remoteFailed(e, err)
+			}
+			printChange(e, &res)
+			return exitOK
+		}
+	},
+}
+
+// printChange prints what an apply or delete did: resources on standard
+// output, warnings on standard error.
+func printChange(e *env, res *restapi.ChangeResult) {
+	suffix := ""
+	if res.DryRun {
+		suffix = " (dry run)"
+	}
+	for _, group := range []struct {
+		names []string
+		verb  string
+	}{{res.Created, "created"}, {res.Updated, "updated"}, {res.Unchanged, "unchanged"}, {res.Deleted, "deleted"}} {
+		for _, n := range group.names {
+			fmt.Fprintf(e.stdout, "%s %s%s\n", n, group.verb, suffix)
+		}
+	}
+	for _, n := range res.Nodes {
+		fmt.Fprintf(e.stdout, "node %s: rule set version %d%s\n", n.Node, n.Version, suffix)
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintln(e.stderr, w)
+	}
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/http"
+
+	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/controller/server/restapi"
+)
+
+var deleteCmd = &command{
+	name:    "delete",
+	summary: "delete resources from the controller's policy, as one change",
+	usage:   "egctl delete KIND NAME... | egctl delete -f FILE|DIR [flags]",
+	help: `
+Deletes the named resources of one kind (workloads, policies, alertrules,
+webhooks), or every resource defined in the files given with -f. The
+controller checks the policy that remains whole (an alert rule may not lose
+its webhook) and refuses the change, deleting nothing, if it is invalid or
+names a resource that does not exist. The changed nodes' new rule sets are
+pushed to their agents.
+` + remoteHelp + `
+
+Examples:
+  egctl delete policy shop
+  egctl delete workloads web-1 web-2
+  egctl delete -f policies/extra.yaml
+  egctl delete --dry-run policy shop`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+		var files fileFlags
+		fs.Var(&files, "f", "delete the resources defined in this file or directory (repeatable)")
+		dryRun := fs.Bool("dry-run", false, "check only; change nothing")
+		remote := addRemoteFlags(fs)
+		return func(e *env, args []string) int {
+			refs, ok := deleteRefs(e, files, args)
+			if !ok {
+				return exitBadInput
+			}
+			c := remote.client(e)
+			if c == nil {
+				return exitRemote
+			}
+			ctx, cancel := remote.context()
+			defer cancel()
+			var res restapi.ChangeResult
+			if err := c.Do(ctx, http.MethodPost, "/api/v1/delete", restapi.DeleteRequest{Resources: refs, DryRun: *dryRun}, &res); err != nil {
+				return remoteFailed(e, err)
+			}
+			printChange(e, &res)
+			return exitOK
+		}
+	},
+}
+
+// deleteRefs turns "KIND NAME..." or -f files into resource references.
+func deleteRefs(e *env, files, args []string) ([]restapi.ResourceRef, bool) {
+	var refs []restapi.ResourceRef
+	switch {
+	case len(files) > 0 && len(args) > 0:
+		fmt.Fprintln(e.stderr, "egctl delete: give either KIND NAME... or -f, not both")
+		return nil, false
+	case len(files) > 0:
+		inputs, err := readInputs(files)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "egctl delete: %v\n", err)
+			return nil, false
+		}
+		for _, in := range inputs {
+			set, diags := policy.Parse(in.Name, []byte(in.Content))
+			printDiagnostics(e, diags.Errors())
+			if diags.HasErrors() {
+				fmt.Fprintf(e.stderr, "egctl delete: %s, nothing deleted\n", count(len(diags.Errors()), "error"))
+				return nil, false
+			}
+			for _, w := range set.Workloads {
+				refs = append(refs, restapi.ResourceRef{Kind: policy.KindWorkload, Name: w.Name})
+			}
+			for _, p := range set.Policies {
+				refs = append(refs, restapi.ResourceRef{Kind: policy.KindPolicy, Name: p.Name})
+			}
+			for _, a := range set.AlertRules {
+				refs = append(refs, restapi.ResourceRef{Kind: policy.KindAlertRule, Name: a.Name})
+			}
+			for _, w := range set.Webhooks {
+				refs = append(refs, restapi.ResourceRef{Kind: policy.KindWebhook, Name: w.Name})
+			}
+		}
+	case len(args) >= 2:
+		kind, err := restapi.ParseKind(args[0])
+		if err != nil {
+			fmt.Fprintf(e.stderr, "egctl delete: %v\n", err)
+			return nil, false
+		}
+		for _, name := range args[1:] {
+			refs = append(refs, restapi.ResourceRef{Kind: kind, Name: name})
+		}
+	default:
+		fmt.Fprintln(e.stderr, "egctl delete: give KIND NAME... or -f FILE|DIR")
+		return nil, false
+	}
+	if len(refs) == 0 {
+		fmt.Fprintln(e.stderr, "egctl delete: the files define no resources")
+		return nil, false
+	}
+	return refs, true
+}
