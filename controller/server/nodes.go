@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,16 +32,12 @@ type version struct {
 	hash string
 	rs   *ruleset.RuleSet
 	at   time.Time // committed
-
-	wireOnce sync.Once
-	wire     *pb.RuleSet
 }
 
-// full returns the version on the wire, built once.
-func (v *version) full() *pb.RuleSet {
-	v.wireOnce.Do(func() { v.wire = pb.FromRuleSet(v.rs, v.hash) })
-	return v.wire
-}
+// full returns the version on the wire. It is built for each send, not
+// kept: a node has one agent, and the wire form of a large rule set is
+// several times its size.
+func (v *version) full() *pb.RuleSet { return pb.FromRuleSet(v.rs, v.hash) }
 
 func (s *Server) loadNodes(ctx context.Context) error {
 	recs, err := s.store.Nodes(ctx)

@@ -2,22 +2,27 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/eastguard/eastguard/controller/compile"
 	"github.com/eastguard/eastguard/controller/policy"
 	"github.com/eastguard/eastguard/controller/server/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
 // resource is one stored policy resource: its document and the resource
@@ -87,12 +92,11 @@ func (s *Server) loadPolicy(ctx context.Context) error {
 		return err
 	}
 	for _, r := range records {
-		var rs ruleset.RuleSet
-		if err := json.Unmarshal(r.Data, &rs); err != nil {
-			return fmt.Errorf("stored rule set of %s version %d: %w", r.Node, r.Version, err)
+		rs, err := decodeRuleSet(r)
+		if err != nil {
+			return err
 		}
-		rs.Version = r.Version
-		s.nodeLocked(r.Node).latest = &version{num: r.Version, hash: r.Hash, rs: &rs, at: r.Created}
+		s.nodeLocked(r.Node).latest = &version{num: r.Version, hash: r.Hash, rs: rs, at: r.Created}
 	}
 	if broken > 0 {
 		s.log.Error("policy not recompiled at start: stored documents are invalid; agents get the last committed rule sets",
@@ -196,7 +200,7 @@ type NotFoundError struct{ Missing []string }
 func (e *NotFoundError) Error() string { return strings.Join(e.Missing, "\n") }
 
 func compareKeys(a, b store.ResourceKey) int {
-	return strings.Compare(keyString(a), keyString(b))
+	return cmp.Or(strings.Compare(a.Kind, b.Kind), strings.Compare(a.Name, b.Name))
 }
 
 // changeLocked validates the stored policy without the removed keys plus
@@ -345,38 +349,80 @@ func (s *Server) compileLocked(set *policy.Set, nodes []string) (map[string]*rul
 }
 
 // nextVersionsLocked returns a new version for every node whose rule set
-// hash differs from its latest, sorted by node.
+// differs from its latest, sorted by node. Unchanged nodes are found by
+// comparing the rule sets (cheap); only changed ones are hashed, in
+// parallel (hashing is the expensive part of an apply on a large cluster).
 func (s *Server) nextVersionsLocked(ruleSets map[string]*ruleset.RuleSet) []*version {
 	var out []*version
 	for _, name := range slices.Sorted(maps.Keys(ruleSets)) {
 		rs := ruleSets[name]
-		hash := rs.Hash()
 		latest := s.latestOf(name)
-		if latest != nil && latest.hash == hash {
-			continue
+		if latest != nil {
+			if d := ruleset.Diff(latest.rs, rs); d.Empty() {
+				continue
+			}
 		}
 		num := uint64(1)
 		if latest != nil {
 			num = latest.num + 1
 		}
 		rs.Version = num
-		out = append(out, &version{num: num, hash: hash, rs: rs})
+		out = append(out, &version{num: num, rs: rs})
 	}
+	parallel(len(out), func(i int) { out[i].hash = out[i].rs.Hash() })
 	return out
+}
+
+// parallel runs f(0..n-1) on GOMAXPROCS goroutines and waits for them.
+func parallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range min(runtime.GOMAXPROCS(0), n) {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// encodeRuleSet is a rule set as the store keeps it: its protobuf wire
+// form (compact and quick to encode; the version and hash are columns).
+func encodeRuleSet(v *version) ([]byte, error) {
+	return proto.Marshal(pb.FromRuleSet(v.rs, ""))
+}
+
+func decodeRuleSet(r store.RuleSetRecord) (*ruleset.RuleSet, error) {
+	var m pb.RuleSet
+	if err := proto.Unmarshal(r.Data, &m); err != nil {
+		return nil, fmt.Errorf("stored rule set of %s version %d: %w", r.Node, r.Version, err)
+	}
+	rs, err := m.ToRuleSet()
+	if err != nil {
+		return nil, fmt.Errorf("stored rule set of %s version %d: %w", r.Node, r.Version, err)
+	}
+	rs.Version = r.Version
+	return rs, nil
 }
 
 // commitLocked persists a change and its versions, then makes the
 // versions current and wakes the nodes' streams.
 func (s *Server) commitLocked(ctx context.Context, put []store.Resource, del []store.ResourceKey, versions []*version) error {
 	now := s.now()
-	c := store.PolicyCommit{Put: put, Delete: del}
-	for _, v := range versions {
-		data, err := json.Marshal(v.rs)
-		if err != nil {
-			return fmt.Errorf("encode rule set of %s: %w", v.rs.Node, err)
-		}
+	c := store.PolicyCommit{Put: put, Delete: del, RuleSets: make([]store.RuleSetRecord, len(versions))}
+	errs := make([]error, len(versions))
+	parallel(len(versions), func(i int) {
+		v := versions[i]
 		v.at = now
-		c.RuleSets = append(c.RuleSets, store.RuleSetRecord{Node: v.rs.Node, Version: v.num, Hash: v.hash, Data: data, Created: now})
+		data, err := encodeRuleSet(v)
+		if err != nil {
+			errs[i] = fmt.Errorf("encode rule set of %s: %w", v.rs.Node, err)
+		}
+		c.RuleSets[i] = store.RuleSetRecord{Node: v.rs.Node, Version: v.num, Hash: v.hash, Data: data, Created: now}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	if err := s.store.CommitPolicy(ctx, c); err != nil {
 		return err
@@ -419,9 +465,9 @@ func (s *Server) prepareNode(ctx context.Context, name, defaultMode string) erro
 	defer s.applyMu.Unlock()
 	changedMode := false
 	s.update(name, func(n *node) {
-		if n.rec.DefaultMode != defaultMode {
-			n.rec.DefaultMode, changedMode = defaultMode, true
-		}
+		// Only monitor changes what the compiler does (unset is enforce).
+		changedMode = (n.rec.DefaultMode == ruleset.ModeMonitor.String()) != (defaultMode == ruleset.ModeMonitor.String())
+		n.rec.DefaultMode = defaultMode
 	})
 	if !changedMode && s.latestOf(name) != nil {
 		return nil
@@ -464,12 +510,12 @@ func (s *Server) storedVersion(ctx context.Context, name string, num uint64, has
 	if err != nil || r.Hash != hash {
 		return nil
 	}
-	var rs ruleset.RuleSet
-	if err := json.Unmarshal(r.Data, &rs); err != nil {
+	rs, err := decodeRuleSet(r)
+	if err != nil {
+		s.log.Warn("stored rule set unreadable; sending a full one", zap.String("node", name), zap.Error(err))
 		return nil
 	}
-	rs.Version = num
-	return &version{num: num, hash: hash, rs: &rs, at: r.Created}
+	return &version{num: num, hash: hash, rs: rs, at: r.Created}
 }
 
 // splitResources cuts one input into its documents and parses each on its

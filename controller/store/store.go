@@ -122,7 +122,8 @@ type RuleSetRecord struct {
 	Node    string
 	Version uint64
 	Hash    string
-	// Data is the rule set as JSON (internal/ruleset.RuleSet).
+	// Data is the rule set, encoded by the caller (controller/server
+	// stores the protobuf form, eastguard.v1.RuleSet).
 	Data    []byte
 	Created time.Time
 }
