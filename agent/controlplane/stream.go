@@ -202,7 +202,7 @@ func (c *Client) applyFull(m *pb.RuleSet) *pb.Ack {
 // applyDelta rebuilds the full rule set from the one in force and a delta
 // and applies it whole.
 func (c *Client) applyDelta(m *pb.RuleSetDelta) *pb.Ack {
-	cur, _ := c.current()
+	cur, curHash := c.current()
 	if cur == nil {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_DELTA_BASE, errors.New("no rule set in force to apply a delta to"))
 	}
@@ -213,6 +213,17 @@ func (c *Client) applyDelta(m *pb.RuleSetDelta) *pb.Ack {
 	if m.GetVersion() <= cur.Version {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_STALE_VERSION,
 			fmt.Errorf("version %d is not newer than version %d in force", m.GetVersion(), cur.Version))
+	}
+	// The base is checked against the cached hash of the rule set in
+	// force, which ApplyDelta would otherwise compute again; the result's
+	// hash ApplyDelta checks.
+	if d.BaseHash != "" && d.BaseHash != curHash {
+		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_DELTA_BASE,
+			fmt.Errorf("%w: base hash %s, rule set in force has %s", ruleset.ErrDeltaBase, d.BaseHash, curHash))
+	}
+	d.BaseHash = ""
+	if d.Hash == "" {
+		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_INVALID, errors.New("delta without the hash of its result"))
 	}
 	rs, err := cur.ApplyDelta(*d)
 	if errors.Is(err, ruleset.ErrDeltaBase) {
