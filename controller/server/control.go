@@ -48,8 +48,8 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		return nil, refuse(codes.InvalidArgument, err)
 	}
 	// The CSR is checked before the token is used up.
-	if _, err := x509.ParseCertificateRequest(req.GetCsr()); err != nil {
-		return nil, refuse(codes.InvalidArgument, fmt.Errorf("certificate signing request: %w", err))
+	if _, err := pki.CheckCSR(req.GetCsr()); err != nil {
+		return nil, refuse(codes.InvalidArgument, err)
 	}
 	now := s.now()
 	_, err := s.store.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error {

@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -319,4 +321,28 @@ func TestExpiredCertificateRefused(t *testing.T) {
 	if len(h.logged("agent certificate refused", "not signed by this controller's CA")) == 0 {
 		t.Errorf("no log line for the foreign certificate")
 	}
+}
+
+// TestBadCSRKeepsToken: a join with an unacceptable CSR is refused before
+// the token is used up.
+func TestBadCSRKeepsToken(t *testing.T) {
+	h := newHarness(t)
+	tok := h.token("node-a", time.Hour)
+	parsed, _ := pki.ParseJoinToken(tok)
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, rsaKey)
+	_, err = h.rawClient(nil).Join(context.Background(), &pb.JoinRequest{Node: "node-a", TokenId: parsed.ID, TokenSecret: parsed.Secret, Csr: csr})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "want ECDSA P-256 or Ed25519") {
+		t.Fatalf("RSA CSR: %v", err)
+	}
+	a := h.startAgent("node-a", tok, nil, nil)
+	eventually(t, 10*time.Second, "a join with the same token", func() error {
+		if !a.client.Connected() {
+			return errors.New("not connected")
+		}
+		return nil
+	})
 }

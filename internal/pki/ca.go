@@ -129,15 +129,9 @@ func (ca *CA) SignNode(csrDER []byte, node string, ttl time.Duration, now time.T
 	if err := ValidNodeName(node); err != nil {
 		return nil, nil, err
 	}
-	csr, err := x509.ParseCertificateRequest(csrDER)
+	csr, err := CheckCSR(csrDER)
 	if err != nil {
-		return nil, nil, fmt.Errorf("certificate signing request: %w", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, nil, fmt.Errorf("certificate signing request: signature: %w", err)
-	}
-	if err := acceptableKey(csr.PublicKey); err != nil {
-		return nil, nil, fmt.Errorf("certificate signing request: %w", err)
+		return nil, nil, err
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -153,6 +147,22 @@ func (ca *CA) SignNode(csrDER []byte, node string, ttl time.Duration, now time.T
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	return ca.sign(tmpl, csr.PublicKey)
+}
+
+// CheckCSR parses a DER certificate signing request and checks its
+// signature (the requester holds the key) and key type.
+func CheckCSR(der []byte) (*x509.CertificateRequest, error) {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("certificate signing request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("certificate signing request: signature: %w", err)
+	}
+	if err := acceptableKey(csr.PublicKey); err != nil {
+		return nil, fmt.Errorf("certificate signing request: %w", err)
+	}
+	return csr, nil
 }
 
 // IssueServer creates a key and a serving certificate for the controller,
