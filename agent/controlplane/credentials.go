@@ -151,11 +151,7 @@ func issued(certPEM, caPEM []byte, key crypto.Signer, node, wantCA string, meta 
 // join trades the token and a CSR for credentials, trusting the
 // controller only if its chain holds the pinned CA.
 func (c *Client) join(ctx context.Context, tok pki.JoinToken) (*identity, error) {
-	key, _, err := pki.NewNodeKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(key, c.cfg.Node)
+	key, csr, err := c.newKey()
 	if err != nil {
 		return nil, err
 	}
@@ -190,11 +186,7 @@ func (c *Client) join(ctx context.Context, tok pki.JoinToken) (*identity, error)
 // connection; the stream keeps running on its own connection meanwhile.
 func (c *Client) renew(ctx context.Context) (*identity, error) {
 	old := c.creds.Load()
-	key, _, err := pki.NewNodeKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := pki.NewCSR(key, c.cfg.Node)
+	key, csr, err := c.newKey()
 	if err != nil {
 		return nil, err
 	}
@@ -215,6 +207,20 @@ func (c *Client) renew(ctx context.Context) (*identity, error) {
 		return nil, err
 	}
 	return creds, nil
+}
+
+// newKey makes a fresh key (each certificate gets its own) and the CSR
+// that asks for it.
+func (c *Client) newKey() (crypto.Signer, []byte, error) {
+	key, _, err := pki.NewNodeKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := pki.NewCSR(key, c.cfg.Node)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
 }
 
 // mutualTLS is the TLS configuration of every connection after the join:

@@ -70,7 +70,7 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 	heard := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer cancel(nil)
+	defer cancel(nil) // stops the heartbeats before waiting for them
 	wg.Go(func() { s.heartbeats(ctx, cancel, peer, heard) })
 
 	for {

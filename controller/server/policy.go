@@ -593,17 +593,8 @@ func isMarker(line []byte, marker string) bool {
 
 func setKeys(set *policy.Set) []store.ResourceKey {
 	var keys []store.ResourceKey
-	for _, w := range set.Workloads {
-		keys = append(keys, store.ResourceKey{Kind: policy.KindWorkload, Name: w.Name})
-	}
-	for _, p := range set.Policies {
-		keys = append(keys, store.ResourceKey{Kind: policy.KindPolicy, Name: p.Name})
-	}
-	for _, a := range set.AlertRules {
-		keys = append(keys, store.ResourceKey{Kind: policy.KindAlertRule, Name: a.Name})
-	}
-	for _, w := range set.Webhooks {
-		keys = append(keys, store.ResourceKey{Kind: policy.KindWebhook, Name: w.Name})
+	for _, r := range restapi.RefsOf(set) {
+		keys = append(keys, store.ResourceKey{Kind: r.Kind, Name: r.Name})
 	}
 	return keys
 }

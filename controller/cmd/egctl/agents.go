@@ -45,15 +45,9 @@ Examples:
 }
 
 func listAgents(e *env, remote *remoteFlags, output string) int {
-	c := remote.client(e)
-	if c == nil {
-		return exitRemote
-	}
-	ctx, cancel := remote.context()
-	defer cancel()
 	var agents []restapi.AgentStatus
-	if err := c.Do(ctx, http.MethodGet, "/api/v1/agents", nil, &agents); err != nil {
-		return remoteFailed(e, err)
+	if code := remote.call(e, http.MethodGet, "/api/v1/agents", nil, &agents); code != exitOK {
+		return code
 	}
 	if output == "json" {
 		if agents == nil {
@@ -96,15 +90,9 @@ Examples:
 				fmt.Fprintln(e.stderr, "egctl agent: want: egctl agent revoke NAME")
 				return exitBadInput
 			}
-			c := remote.client(e)
-			if c == nil {
-				return exitRemote
-			}
-			ctx, cancel := remote.context()
-			defer cancel()
 			var res restapi.RevokeResult
-			if err := c.Do(ctx, http.MethodPost, "/api/v1/agents/"+url.PathEscape(args[1])+"/revoke", nil, &res); err != nil {
-				return remoteFailed(e, err)
+			if code := remote.call(e, http.MethodPost, "/api/v1/agents/"+url.PathEscape(args[1])+"/revoke", nil, &res); code != exitOK {
+				return code
 			}
 			fmt.Fprintf(e.stdout, "node %s revoked (%s)\n", res.Node, count(res.RevokedCertificates, "certificate"))
 			return exitOK

@@ -43,15 +43,9 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl apply: %v\n", err)
 				return exitBadInput
 			}
-			c := remote.client(e)
-			if c == nil {
-				return exitRemote
-			}
-			ctx, cancel := remote.context()
-			defer cancel()
 			var res restapi.ChangeResult
-			if err := c.Do(ctx, http.MethodPost, "/api/v1/apply", restapi.ApplyRequest{Files: inputs, DryRun: *dryRun}, &res); err != nil {
-				return remoteFailed(e, err)
+			if code := remote.call(e, http.MethodPost, "/api/v1/apply", restapi.ApplyRequest{Files: inputs, DryRun: *dryRun}, &res); code != exitOK {
+				return code
 			}
 			printChange(e, &res)
 			return exitOK

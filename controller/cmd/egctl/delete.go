@@ -37,15 +37,9 @@ Examples:
 			if !ok {
 				return exitBadInput
 			}
-			c := remote.client(e)
-			if c == nil {
-				return exitRemote
-			}
-			ctx, cancel := remote.context()
-			defer cancel()
 			var res restapi.ChangeResult
-			if err := c.Do(ctx, http.MethodPost, "/api/v1/delete", restapi.DeleteRequest{Resources: refs, DryRun: *dryRun}, &res); err != nil {
-				return remoteFailed(e, err)
+			if code := remote.call(e, http.MethodPost, "/api/v1/delete", restapi.DeleteRequest{Resources: refs, DryRun: *dryRun}, &res); code != exitOK {
+				return code
 			}
 			printChange(e, &res)
 			return exitOK
@@ -73,18 +67,7 @@ func deleteRefs(e *env, files, args []string) ([]restapi.ResourceRef, bool) {
 				fmt.Fprintf(e.stderr, "egctl delete: %s, nothing deleted\n", count(len(diags.Errors()), "error"))
 				return nil, false
 			}
-			for _, w := range set.Workloads {
-				refs = append(refs, restapi.ResourceRef{Kind: policy.KindWorkload, Name: w.Name})
-			}
-			for _, p := range set.Policies {
-				refs = append(refs, restapi.ResourceRef{Kind: policy.KindPolicy, Name: p.Name})
-			}
-			for _, a := range set.AlertRules {
-				refs = append(refs, restapi.ResourceRef{Kind: policy.KindAlertRule, Name: a.Name})
-			}
-			for _, w := range set.Webhooks {
-				refs = append(refs, restapi.ResourceRef{Kind: policy.KindWebhook, Name: w.Name})
-			}
+			refs = append(refs, restapi.RefsOf(set)...)
 		}
 	case len(args) >= 2:
 		kind, err := restapi.ParseKind(args[0])

@@ -50,29 +50,16 @@ Examples:
 			if !checkOutput(e, *output, "table", "json", "yaml") {
 				return exitBadInput
 			}
-			c := remote.client(e)
-			if c == nil {
-				return exitRemote
-			}
-			ctx, cancel := remote.context()
-			defer cancel()
 			path := "/api/v1/" + restapi.KindPaths[kind]
-			if *output == "yaml" {
-				if err := c.Do(ctx, http.MethodGet, path+"?output=yaml", nil, e.stdout); err != nil {
-					return remoteFailed(e, err)
-				}
-				return exitOK
+			switch *output {
+			case "yaml":
+				return remote.call(e, http.MethodGet, path+"?output=yaml", nil, e.stdout)
+			case "json":
+				return remote.call(e, http.MethodGet, path, nil, e.stdout)
 			}
 			var raw bytes.Buffer
-			if err := c.Do(ctx, http.MethodGet, path, nil, &raw); err != nil {
-				return remoteFailed(e, err)
-			}
-			if *output == "json" {
-				_, err := e.stdout.Write(raw.Bytes())
-				if err != nil {
-					return exitRemote
-				}
-				return exitOK
+			if code := remote.call(e, http.MethodGet, path, nil, &raw); code != exitOK {
+				return code
 			}
 			return printResources(e, kind, raw.Bytes())
 		}

@@ -77,8 +77,20 @@ func (f *remoteFlags) client(e *env) *restapi.Client {
 	return c
 }
 
-func (f *remoteFlags) context() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), *f.timeout)
+// call sends one API request (body nil: none) and decodes the answer into
+// out (nil: ignored; an io.Writer: copied). It returns exitOK, or prints
+// why not and returns the exit status.
+func (f *remoteFlags) call(e *env, method, path string, body, out any) int {
+	c := f.client(e)
+	if c == nil {
+		return exitRemote
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *f.timeout)
+	defer cancel()
+	if err := c.Do(ctx, method, path, body, out); err != nil {
+		return remoteFailed(e, err)
+	}
+	return exitOK
 }
 
 func first(vals ...string) string {

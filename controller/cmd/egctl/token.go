@@ -40,15 +40,9 @@ Examples:
 				fmt.Fprintln(e.stderr, "egctl token create: --node is required")
 				return exitBadInput
 			}
-			c := remote.client(e)
-			if c == nil {
-				return exitRemote
-			}
-			ctx, cancel := remote.context()
-			defer cancel()
 			var tok restapi.JoinToken
-			if err := c.Do(ctx, http.MethodPost, "/api/v1/tokens", restapi.TokenRequest{Node: *node, TTL: ttl.String()}, &tok); err != nil {
-				return remoteFailed(e, err)
+			if code := remote.call(e, http.MethodPost, "/api/v1/tokens", restapi.TokenRequest{Node: *node, TTL: ttl.String()}, &tok); code != exitOK {
+				return code
 			}
 			fmt.Fprintf(e.stderr, "join token for node %s, single use, valid until %s\n", tok.Node, tok.Expires.Local().Format(time.RFC3339))
 			fmt.Fprintln(e.stdout, tok.Token)

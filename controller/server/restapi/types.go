@@ -2,7 +2,7 @@
 // request and response types of /api/v1, the admin.conf file that holds
 // the address and credential, and a small client. egctl uses it; the
 // server (controller/server) serves these same types. It must stay light:
-// no gRPC, no store, no compiler.
+// no gRPC, no store, no compiler (the policy types only).
 package restapi
 
 import (
@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/eastguard/eastguard/controller/policy"
 )
 
 // Error is the body of every API error. Diagnostics are
@@ -157,4 +159,23 @@ func ParseKind(s string) (string, error) {
 		return k, nil
 	}
 	return "", fmt.Errorf("unknown resource kind %q (want workloads, policies, alertrules or webhooks)", s)
+}
+
+// RefsOf names every resource of a policy set, by kind then in the set's
+// order.
+func RefsOf(set *policy.Set) []ResourceRef {
+	var refs []ResourceRef
+	for _, w := range set.Workloads {
+		refs = append(refs, ResourceRef{Kind: policy.KindWorkload, Name: w.Name})
+	}
+	for _, p := range set.Policies {
+		refs = append(refs, ResourceRef{Kind: policy.KindPolicy, Name: p.Name})
+	}
+	for _, a := range set.AlertRules {
+		refs = append(refs, ResourceRef{Kind: policy.KindAlertRule, Name: a.Name})
+	}
+	for _, w := range set.Webhooks {
+		refs = append(refs, ResourceRef{Kind: policy.KindWebhook, Name: w.Name})
+	}
+	return refs
 }
