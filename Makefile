@@ -17,7 +17,7 @@ BENCH_FLAGS   ?= -run '^$$' -benchmem -timeout 30m
 
 COMMANDS := eastguard-agent eastguard-controller egctl
 
-.PHONY: help generate build lint test bench bench-throughput e2e demo demo-clean images clean
+.PHONY: help deps generate build lint test bench bench-throughput e2e demo demo-clean images clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,23 +33,31 @@ lint: ## gofmt, go vet, and clang-format-free C checks.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-test: build ## Run every test: unit, BPF (prog.Run), and end-to-end in network namespaces (privileged ones need root and say so when skipped).
+deps: ## Install the packages the tests and the demo need, if any is missing (Debian, root).
+	@missing=""; for c in ip nsenter sysctl nc iperf3 nft; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing packages for:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			iproute2 util-linux procps netcat-openbsd iperf3 nftables >/dev/null; \
+	fi
+
+test: deps build ## Run every test: unit, BPF (prog.Run), and end-to-end in network namespaces (privileged ones need root and say so when skipped).
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## Run the Go benchmarks (datapath verdict cost, compiler, ...).
 	$(GO) test $(BENCH_FLAGS) -bench . ./...
 
 bench-throughput: build ## iperf3 through an enforcing veth vs no program vs nftables (needs root, iperf3, nft).
-	$(GO) run ./test/cmd/throughput
+	$(GO) test -tags throughput -run '^$$' -bench Throughput -benchtime 1x -timeout 30m ./test/throughput/
 
 e2e: build ## Only the end-to-end tests under test/.
 	$(GO) test $(TEST_FLAGS) ./test/...
 
-demo: build ## Run the demo.
-	@echo "demo: not yet (arrives with the control plane issue)"
+demo: deps build ## Run the demo (root): a simulated node, three workloads, allowed and denied traffic.
+	deploy/demo/demo.sh
 
 demo-clean: ## Remove whatever the demo left behind.
-	@echo "demo-clean: nothing to clean yet"
+	deploy/demo/clean.sh
 
 images: ## Container images (needs a Docker engine).
 	@echo "images: not yet"

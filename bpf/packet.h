@@ -93,17 +93,18 @@ struct eg_pkt {
  * L4 headers. */
 #define EG_PULL_LEN 256
 
-/* eg_linearize makes the first EG_PULL_LEN bytes (or the whole packet if
- * shorter) directly readable. Done once per packet, and only costs
- * anything for the rare skb whose headers are not in its linear part. */
-static __always_inline void eg_linearize(struct __sk_buff *skb)
+/* eg_need_pull says whether the packet has bytes the parser may need that
+ * are not in the linear area. Pulling copies them in; GSO packets, whose
+ * linear area holds only headers, are never pulled unless a header itself
+ * is out of reach (see eg_parse). */
+static __always_inline __u32 eg_need_pull(struct __sk_buff *skb)
 {
 	__u32 want = skb->len < EG_PULL_LEN ? skb->len : EG_PULL_LEN;
 
 	if ((__u32)(EG_DATA_END(skb) - EG_DATA(skb)) < want)
-		bpf_skb_pull_data(skb, want);
+		return want;
+	return 0;
 }
-
 /* eg_hdr returns a pointer to size bytes at off, or NULL if the packet (or
  * its readable part) is shorter. */
 static __always_inline void *eg_hdr(struct __sk_buff *skb, __u32 off, __u32 size)
@@ -288,21 +289,14 @@ l4:
 	return eg_parse_l4(skb, p);
 }
 
-/* eg_parse fills p from the packet. l3 says the device has no Ethernet
- * header. It is a global function on purpose: the verifier checks it once,
- * on its own, and the caller then sees its outputs as unknown values
- * instead of exploring every combination of parser constants again. */
-__noinline int eg_parse(struct __sk_buff *skb, int l3, struct eg_pkt *p)
+static __always_inline int eg_parse_once(struct __sk_buff *skb, int l3, struct eg_pkt *p)
 {
 	__u32 off = 0;
 	__u16 proto;
 	int i;
 
-	if (!p)
-		return EG_PARSE_MALFORMED;
 	__builtin_memset(p, 0, sizeof(*p));
 	p->len = skb->len;
-	eg_linearize(skb);
 	if (l3) {
 		proto = bpf_ntohs(skb->protocol);
 	} else {
@@ -334,6 +328,29 @@ __noinline int eg_parse(struct __sk_buff *skb, int l3, struct eg_pkt *p)
 		return EG_PARSE_ARP;
 	}
 	return EG_PARSE_NON_IP;
+}
+
+/* eg_parse fills p from the packet. l3 says the device has no Ethernet
+ * header. A header that is not in the linear area is pulled in and the
+ * packet parsed again; only a packet that is malformed with all its bytes
+ * readable is malformed. It is a global function on purpose: the verifier
+ * checks it once, on its own, and the caller then sees its outputs as
+ * unknown values instead of exploring every combination of parser
+ * constants again. */
+__noinline int eg_parse(struct __sk_buff *skb, int l3, struct eg_pkt *p)
+{
+	__u32 want;
+	int ret;
+
+	if (!p)
+		return EG_PARSE_MALFORMED;
+	ret = eg_parse_once(skb, l3, p);
+	if (ret != EG_PARSE_MALFORMED)
+		return ret;
+	want = eg_need_pull(skb);
+	if (!want || bpf_skb_pull_data(skb, want) < 0)
+		return ret;
+	return eg_parse_once(skb, l3, p);
 }
 
 /*

@@ -59,11 +59,12 @@ func NewNode(t testing.TB, name string, index int) *Node {
 		Workloads: map[string]*Workload{},
 		BPFFSDir:  "/sys/fs/bpf/eg-e2e-" + netns.Suffix() + "-" + name,
 	}
-	sysctl(t, n.NS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	Sysctl(t, n.NS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	return n
 }
 
-func sysctl(t testing.TB, ns *netns.NS, kv ...string) {
+// Sysctl sets kernel parameters inside a namespace.
+func Sysctl(t testing.TB, ns *netns.NS, kv ...string) {
 	t.Helper()
 	for _, s := range kv {
 		if out, err := ns.Exec(context.Background(), "sysctl", "-q", "-w", s).CombinedOutput(); err != nil {
@@ -91,8 +92,8 @@ func (n *Node) AddWorkload(t testing.TB, name string, index int) *Workload {
 	}
 	netns.Veth(t, n.NS, w.HostIface, w.NS, "eth0")
 	// No DAD delays: tests start traffic at once.
-	sysctl(t, w.NS, "net.ipv6.conf.eth0.accept_dad=0")
-	sysctl(t, n.NS, "net.ipv6.conf."+w.HostIface+".accept_dad=0")
+	Sysctl(t, w.NS, "net.ipv6.conf.eth0.accept_dad=0")
+	Sysctl(t, n.NS, "net.ipv6.conf."+w.HostIface+".accept_dad=0")
 	gw4 := netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 1})
 	gw6 := netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::1", n.Index, index))
 	n.NS.IP(t, "addr", "add", gw4.String()+"/24", "dev", w.HostIface)
@@ -117,7 +118,7 @@ func Link(t testing.TB, a, b *Node) {
 	}{{a, ia}, {b, ib}} {
 		x.n.Addr4 = netip.AddrFrom4([4]byte{10, 250, 0, byte(x.n.Index)})
 		x.n.Addr6 = netip.MustParseAddr(fmt.Sprintf("fd0e::%d", x.n.Index))
-		sysctl(t, x.n.NS, "net.ipv6.conf."+x.iface+".accept_dad=0")
+		Sysctl(t, x.n.NS, "net.ipv6.conf."+x.iface+".accept_dad=0")
 		x.n.NS.IP(t, "addr", "add", x.n.Addr4.String()+"/24", "dev", x.iface)
 		x.n.NS.IP(t, "-6", "addr", "add", x.n.Addr6.String()+"/64", "dev", x.iface, "nodad")
 	}
@@ -149,10 +150,17 @@ func (w *Workload) Listen(t testing.TB, ports ...int) {
 				}
 				go func() {
 					defer c.Close()
-					c.SetDeadline(time.Now().Add(5 * time.Second))
 					buf := make([]byte, 256)
-					n, _ := c.Read(buf)
-					c.Write(buf[:n])
+					for {
+						c.SetDeadline(time.Now().Add(5 * time.Second))
+						n, err := c.Read(buf)
+						if err != nil {
+							return
+						}
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+					}
 				}()
 			}
 		}()

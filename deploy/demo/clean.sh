@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Removes what deploy/demo/demo.sh created: its processes (by the PIDs it
+# recorded), its pins, its namespaces and its files.
+DEMO_DIR=${DEMO_DIR:-/tmp/eastguard-demo}
+BIN=${BIN:-bin}
+cd "$(dirname "$0")/../.."
+if [ -f "$DEMO_DIR/pids" ]; then
+	while read -r pid; do kill "$pid" 2>/dev/null; done < "$DEMO_DIR/pids"
+fi
+[ -x "$BIN/eastguard-agent" ] && "$BIN/eastguard-agent" --uninstall --bpffs-dir /sys/fs/bpf/eastguard-demo --log-level error 2>/dev/null
+for ns in $(ip netns list 2>/dev/null | awk '/^egdemo-/ {print $1}'); do ip netns del "$ns"; done
+rm -rf "$DEMO_DIR"
+echo "demo cleaned up"
