@@ -1,0 +1,151 @@
+package datapath
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/eastguard/eastguard/internal/testutil"
+)
+
+// BenchmarkPrimitives measures, on this machine, what the datapath's
+// building blocks cost over an empty program: the floor under the verdict
+// benchmarks. Each program does one thing and returns; times are the
+// kernel's, median over calls of 1000-run means (as BenchmarkVerdict).
+func BenchmarkPrimitives(b *testing.B) {
+	testutil.RequirePrivileged(b)
+	mk := func(typ ebpf.MapType, key, value, entries uint32, flags uint32) *ebpf.Map {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: typ, KeySize: key, ValueSize: value, MaxEntries: entries, Flags: flags})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { m.Close() })
+		return m
+	}
+	fill := func(m *ebpf.Map, key uint32, n int) {
+		for i := range n {
+			k := make([]byte, key)
+			k[0], k[1], k[2] = 1, byte(i), byte(i>>8) // k[0]=1 marks the looked-up key when i == 0
+			if i > 0 {
+				k[0] = 2
+			}
+			if err := m.Put(k, make([]byte, m.ValueSize())); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	// lookup builds: key of size n on the stack, first byte 1; call
+	// helper(map, key[, value]); return TCX_NEXT.
+	withKey := func(m *ebpf.Map, keySize int16, fn asm.BuiltinFunc, value bool) asm.Instructions {
+		ins := asm.Instructions{}
+		for off := int16(0); off < keySize; off += 4 {
+			ins = append(ins, asm.StoreImm(asm.RFP, -keySize-64+off, 0, asm.Word))
+		}
+		ins = append(ins,
+			asm.StoreImm(asm.RFP, -keySize-64, 1, asm.Byte),
+			asm.LoadMapPtr(asm.R1, m.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, int32(-keySize-64)),
+		)
+		if value { // value: 64 zero bytes at fp-64
+			for off := int16(-64); off < 0; off += 4 {
+				ins = append(ins, asm.StoreImm(asm.RFP, off, 0, asm.Word))
+			}
+			ins = append(ins, asm.Mov.Reg(asm.R3, asm.RFP), asm.Add.Imm(asm.R3, -64), asm.Mov.Imm(asm.R4, 0))
+		}
+		return append(ins, fn.Call(), asm.Mov.Imm(asm.R0, -1), asm.Return())
+	}
+
+	arr := mk(ebpf.Array, 4, 40, 1, 0)
+	h20 := mk(ebpf.Hash, 20, 40, 262144, 0)
+	h44 := mk(ebpf.Hash, 44, 40, 262144, 0)
+	lru20 := mk(ebpf.LRUHash, 20, 40, 262144, 0)
+	lru44 := mk(ebpf.LRUHash, 44, 40, 262144, 0)
+	lruIns := mk(ebpf.LRUHash, 20, 40, 262144, 0)
+	lpm := mk(ebpf.LPMTrie, 24, 8, 1024, 1 /* BPF_F_NO_PREALLOC */)
+	rb := mk(ebpf.RingBuf, 0, 0, 1<<24, 0)
+	for _, m := range []*ebpf.Map{h20, lru20} {
+		fill(m, 20, 1000)
+	}
+	for _, m := range []*ebpf.Map{h44, lru44} {
+		fill(m, 44, 1000)
+	}
+	lpmKey := make([]byte, 24)
+	lpmKey[0], lpmKey[4], lpmKey[8] = 64, 1, 1 // prefixlen 64 over family(1)+pad+addr(10.x)
+	if err := lpm.Put(lpmKey, make([]byte, 8)); err != nil {
+		b.Fatal(err)
+	}
+
+	cases := []struct {
+		name string
+		ins  asm.Instructions
+	}{
+		{"empty", asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}},
+		{"array-lookup", withKey(arr, 4, asm.FnMapLookupElem, false)},
+		{"hash-lookup/key=20", withKey(h20, 20, asm.FnMapLookupElem, false)},
+		{"hash-lookup/key=44", withKey(h44, 44, asm.FnMapLookupElem, false)},
+		{"lru-lookup/key=20", withKey(lru20, 20, asm.FnMapLookupElem, false)},
+		{"lru-lookup/key=44", withKey(lru44, 44, asm.FnMapLookupElem, false)},
+		{"lru-update/key=20", withKey(lruIns, 20, asm.FnMapUpdateElem, true)},
+		{"lpm-lookup", withKey(lpm, 24, asm.FnMapLookupElem, false)},
+		{"jiffies", asm.Instructions{asm.FnJiffies64.Call(), asm.Mov.Imm(asm.R0, -1), asm.Return()}},
+		{"ktime-coarse", asm.Instructions{asm.FnKtimeGetCoarseNs.Call(), asm.Mov.Imm(asm.R0, -1), asm.Return()}},
+		{"ktime", asm.Instructions{asm.FnKtimeGetNs.Call(), asm.Mov.Imm(asm.R0, -1), asm.Return()}},
+		{"ringbuf-output/80B", func() asm.Instructions {
+			ins := asm.Instructions{}
+			for off := int16(-80); off < 0; off += 4 {
+				ins = append(ins, asm.StoreImm(asm.RFP, off, 0, asm.Word))
+			}
+			return append(ins,
+				asm.LoadMapPtr(asm.R1, rb.FD()),
+				asm.Mov.Reg(asm.R2, asm.RFP), asm.Add.Imm(asm.R2, -80),
+				asm.Mov.Imm(asm.R3, 80), asm.Mov.Imm(asm.R4, 0),
+				asm.FnRingbufOutput.Call(), asm.Mov.Imm(asm.R0, -1), asm.Return())
+		}()},
+	}
+	pkt := make([]byte, 64)
+	for _, c := range cases {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL", Instructions: c.ins})
+		if err != nil {
+			b.Fatalf("%s: %v", c.name, err)
+		}
+		b.Run(c.name, func(b *testing.B) {
+			var per []time.Duration
+			for b.Loop() {
+				_, d, err := prog.Benchmark(pkt, 1000, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				per = append(per, d)
+				if c.name == "ringbuf-output/80B" && len(per)%100 == 0 {
+					b.StopTimer() // keep the ring from filling
+					drainRing(b, rb)
+					b.StartTimer()
+				}
+			}
+			slices.Sort(per)
+			b.ReportMetric(float64(per[len(per)/2].Nanoseconds()), "ns/op")
+		})
+		prog.Close()
+	}
+}
+
+// drainRing consumes whatever the ring holds.
+func drainRing(b *testing.B, rb *ebpf.Map) {
+	rd, err := ringbuf.NewReader(rb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rd.Close()
+	var rec ringbuf.Record
+	for {
+		rd.SetDeadline(time.Now())
+		if err := rd.ReadInto(&rec); err != nil {
+			return
+		}
+	}
+}
