@@ -54,9 +54,13 @@ func clusterPolicy(n, port int) string {
 // streams) and goroutines-per-stream.
 func BenchmarkPropagation1000Agents(b *testing.B) {
 	const agents = 1000
+	// acks tracks the newest version each node acked, and how many nodes
+	// have reached the version waited for.
 	var mu sync.Mutex
 	acked := make(map[string]uint64, agents)
-	changed := make(chan struct{}, 1)
+	var target uint64
+	reached := 0
+	all := make(chan struct{}, 1)
 	h := newHarness(b, func(c *server.Config) {
 		c.Heartbeat = 10 * time.Second
 		c.FlushInterval = time.Second
@@ -65,35 +69,40 @@ func BenchmarkPropagation1000Agents(b *testing.B) {
 				return
 			}
 			mu.Lock()
-			acked[a.Node] = a.Version
-			mu.Unlock()
-			select {
-			case changed <- struct{}{}:
-			default:
+			defer mu.Unlock()
+			if acked[a.Node] < target && a.Version >= target {
+				if reached++; reached == agents {
+					all <- struct{}{}
+				}
 			}
+			acked[a.Node] = max(acked[a.Node], a.Version)
 		}
 	})
 	h.apply(clusterPolicy(agents, 8000))
 	// waitAll waits until every node has acked at least version v.
 	waitAll := func(v uint64, timeout time.Duration) {
-		deadline := time.After(timeout)
-		for {
+		mu.Lock()
+		target, reached = v, 0
+		for _, got := range acked {
+			if got >= v {
+				reached++
+			}
+		}
+		select {
+		case <-all:
+		default:
+		}
+		done := reached == agents
+		mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-all:
+		case <-time.After(timeout):
 			mu.Lock()
-			n := 0
-			for _, got := range acked {
-				if got >= v {
-					n++
-				}
-			}
-			mu.Unlock()
-			if n == agents {
-				return
-			}
-			select {
-			case <-changed:
-			case <-deadline:
-				b.Fatalf("only %d of %d agents acked version %d after %v", n, agents, v, timeout)
-			}
+			defer mu.Unlock()
+			b.Fatalf("only %d of %d agents acked version %d after %v", reached, agents, v, timeout)
 		}
 	}
 
