@@ -149,10 +149,13 @@ func TestDatapathEndToEnd(t *testing.T) {
 		}
 	})
 
-	// Before the agent: everything flows.
-	if err := client.Dial(web.Addr4, 22, 2*time.Second); err != nil {
-		t.Fatalf("no connectivity before the agent: %v", err)
-	}
+	// Before the agent: everything flows, IPv4 and IPv6.
+	topo.Eventually(t, 10*time.Second, "connectivity before the agent", func() error {
+		if err := client.Dial(web.Addr4, 22, time.Second); err != nil {
+			return err
+		}
+		return client.Dial(web.Addr6, 8080, time.Second)
+	})
 	agent := startAgent()
 	waitEnforcing(t, agent, client, web)
 

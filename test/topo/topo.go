@@ -60,6 +60,7 @@ func NewNode(t testing.TB, name string, index int) *Node {
 		BPFFSDir:  "/sys/fs/bpf/eg-e2e-" + netns.Suffix() + "-" + name,
 	}
 	Sysctl(t, n.NS, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	noDAD(t, n.NS)
 	return n
 }
 
@@ -71,6 +72,14 @@ func Sysctl(t testing.TB, ns *netns.NS, kv ...string) {
 			t.Fatalf("sysctl %s in %s: %v: %s", s, ns.Name, err, out)
 		}
 	}
+}
+
+// noDAD turns off duplicate address detection for interfaces created in
+// ns from now on: tests start traffic at once, and a link-local address
+// still tentative delays neighbour discovery by a second.
+func noDAD(t testing.TB, ns *netns.NS) {
+	t.Helper()
+	Sysctl(t, ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
 }
 
 // AddWorkload creates workload number index (1..15) on the node.
@@ -90,10 +99,8 @@ func (n *Node) AddWorkload(t testing.TB, name string, index int) *Workload {
 	if len(w.HostIface) > 15 {
 		t.Fatalf("interface name %q too long", w.HostIface)
 	}
+	noDAD(t, w.NS)
 	netns.Veth(t, n.NS, w.HostIface, w.NS, "eth0")
-	// No DAD delays: tests start traffic at once.
-	Sysctl(t, w.NS, "net.ipv6.conf.eth0.accept_dad=0")
-	Sysctl(t, n.NS, "net.ipv6.conf."+w.HostIface+".accept_dad=0")
 	gw4 := netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 1})
 	gw6 := netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::1", n.Index, index))
 	n.NS.IP(t, "addr", "add", gw4.String()+"/24", "dev", w.HostIface)
@@ -118,7 +125,6 @@ func Link(t testing.TB, a, b *Node) {
 	}{{a, ia}, {b, ib}} {
 		x.n.Addr4 = netip.AddrFrom4([4]byte{10, 250, 0, byte(x.n.Index)})
 		x.n.Addr6 = netip.MustParseAddr(fmt.Sprintf("fd0e::%d", x.n.Index))
-		Sysctl(t, x.n.NS, "net.ipv6.conf."+x.iface+".accept_dad=0")
 		x.n.NS.IP(t, "addr", "add", x.n.Addr4.String()+"/24", "dev", x.iface)
 		x.n.NS.IP(t, "-6", "addr", "add", x.n.Addr6.String()+"/64", "dev", x.iface, "nodad")
 	}
