@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/internal/fsutil"
 	"github.com/eastguard/eastguard/internal/pki"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
@@ -103,7 +104,7 @@ func loadCredentials(dir *state.Dir, node string) (*identity, error) {
 // consistent certificate and key.
 func (c *identity) save(dir *state.Dir, key crypto.Signer) error {
 	path := func(f string) string { return filepath.Join(dir.Path(), f) }
-	if err := state.WriteFileAtomic(path(caFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.ca.Raw}), 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(path(caFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.ca.Raw}), 0o600); err != nil {
 		return fmt.Errorf("save CA certificate: %w", err)
 	}
 	keyPEM, err := pki.EncodeKey(key)
@@ -115,14 +116,14 @@ func (c *identity) save(dir *state.Dir, key crypto.Signer) error {
 		creds = append(creds, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
 	creds = append(creds, keyPEM...)
-	if err := state.WriteFileAtomic(path(credsFile), creds, 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(path(credsFile), creds, 0o600); err != nil {
 		return fmt.Errorf("save node certificate: %w", err)
 	}
 	meta, err := json.Marshal(c.meta)
 	if err != nil {
 		return err
 	}
-	return state.WriteFileAtomic(path(metaFile), meta, 0o600)
+	return fsutil.WriteFileAtomic(path(metaFile), meta, 0o600)
 }
 
 // issued turns a controller's answer to a CSR into credentials, after

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/eastguard/eastguard/internal/fsutil"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
@@ -43,7 +44,7 @@ func (d *Dir) SaveRuleSet(rs *ruleset.RuleSet) error {
 	if err != nil {
 		return fmt.Errorf("encode rule set: %w", err)
 	}
-	return WriteFileAtomic(filepath.Join(d.path, ruleSetFile), b, 0o600)
+	return fsutil.WriteFileAtomic(filepath.Join(d.path, ruleSetFile), b, 0o600)
 }
 
 // LoadRuleSet returns the saved rule set, ErrNone if there is none, or an
@@ -65,39 +66,4 @@ func (d *Dir) LoadRuleSet() (*ruleset.RuleSet, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &rs, nil
-}
-
-// WriteFileAtomic writes data to a temporary file in the same directory,
-// syncs it and renames it over path, then syncs the directory.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename to %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }

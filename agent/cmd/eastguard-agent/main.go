@@ -18,7 +18,6 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
 	"github.com/eastguard/eastguard/agent/controlplane"
@@ -27,6 +26,7 @@ import (
 	"github.com/eastguard/eastguard/agent/flows"
 	"github.com/eastguard/eastguard/agent/standalone"
 	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/internal/logging"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -140,27 +140,6 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
-func newLogger(format, level string, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	encCfg := zap.NewProductionEncoderConfig()
-	encCfg.TimeKey = "time"
-	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
-	var enc zapcore.Encoder
-	switch format {
-	case "json":
-		enc = zapcore.NewJSONEncoder(encCfg)
-	case "console":
-		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
-		enc = zapcore.NewConsoleEncoder(encCfg)
-	default:
-		return nil, fmt.Errorf("--log-format %q: want json or console", format)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
-}
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -174,7 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "eastguard-agent: %v\n", err)
 		return exitUsage
 	}
-	log, err := newLogger(o.logFormat, o.logLevel, stderr)
+	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "eastguard-agent: %v\n", err)
 		return exitUsage

@@ -25,12 +25,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
-	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/controller/server"
 	"github.com/eastguard/eastguard/controller/server/restapi"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/fsutil"
+	"github.com/eastguard/eastguard/internal/logging"
 	"github.com/eastguard/eastguard/internal/pki"
 )
 
@@ -141,22 +141,6 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
-func newLogger(format, level string, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	encCfg := zap.NewProductionEncoderConfig()
-	encCfg.TimeKey = "time"
-	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
-	enc := zapcore.NewJSONEncoder(encCfg)
-	if format == "console" {
-		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
-		enc = zapcore.NewConsoleEncoder(encCfg)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
-}
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
@@ -170,7 +154,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "eastguard-controller: %v\n", err)
 		return exitUsage
 	}
-	log, err := newLogger(o.logFormat, o.logLevel, stderr)
+	log, err := logging.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "eastguard-controller: %v\n", err)
 		return exitUsage
@@ -321,7 +305,7 @@ func writeAdminConfig(ctx context.Context, srv *server.Server, o *options, httpA
 	if err != nil {
 		return err
 	}
-	if err := state.WriteFileAtomic(path, data, 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(path, data, 0o600); err != nil {
 		return fmt.Errorf("write admin credential: %w", err)
 	}
 	log.Info("admin credential written", zap.String("path", path), zap.String("server", url))
