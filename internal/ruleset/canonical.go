@@ -2,9 +2,6 @@ package ruleset
 
 import (
 	"cmp"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"slices"
 )
 
@@ -12,15 +9,17 @@ import (
 // entries, so that equal rule sets have equal encodings and equal hashes.
 func (rs *RuleSet) Canonicalize() {
 	slices.SortFunc(rs.Endpoints, func(a, b Endpoint) int { return cmp.Compare(a.ID, b.ID) })
-	slices.SortFunc(rs.IPCache, func(a, b IPCacheEntry) int {
-		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits())
-	})
+	slices.SortFunc(rs.IPCache, compareIPCache)
 	slices.SortFunc(rs.Entries, CompareEntries)
 	rs.Entries = slices.CompactFunc(rs.Entries, func(a, b Entry) bool { return CompareEntries(a, b) == 0 })
 	slices.SortFunc(rs.Rules, func(a, b RuleName) int { return cmp.Compare(a.ID, b.ID) })
+}
+
+func compareIPCache(a, b IPCacheEntry) int {
+	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits())
 }
 
 // CompareEntries orders entries by endpoint, direction, peer, protocol, port
@@ -38,35 +37,6 @@ func CompareEntries(a, b Entry) int {
 		cmp.Compare(a.Verdict, b.Verdict),
 		cmp.Compare(a.Rule, b.Rule),
 	)
-}
-
-// Hash returns a content hash of the rule set ("sha256:<hex>"), independent
-// of Version and of the order of its slices.
-func (rs *RuleSet) Hash() string {
-	c := rs.Clone()
-	c.Version = 0
-	c.Canonicalize()
-	// nil and empty mean the same; JSON would tell them apart.
-	if len(c.Endpoints) == 0 {
-		c.Endpoints = nil
-	}
-	if len(c.IPCache) == 0 {
-		c.IPCache = nil
-	}
-	if len(c.Entries) == 0 {
-		c.Entries = nil
-	}
-	if len(c.Rules) == 0 {
-		c.Rules = nil
-	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		// Only invalid enum values fail to marshal; hash what we can so the
-		// caller still gets a value that differs from every valid set.
-		b = []byte(err.Error())
-	}
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // Clone returns a deep copy.
