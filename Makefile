@@ -22,7 +22,7 @@ COMMANDS := eastguard-agent eastguard-controller egctl
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-generate: ## Regenerate eBPF objects (bpf2go) and protobuf code; needs clang-19.
+generate: ## Regenerate eBPF objects (bpf2go, clang-19) and protobuf code (protoc 3.21.12, Debian protobuf-compiler).
 	$(GO) generate ./...
 
 build: ## Build all binaries into bin/.
