@@ -453,6 +453,7 @@ type ControllerMessage struct {
 	//	*ControllerMessage_Delta
 	//	*ControllerMessage_Heartbeat
 	//	*ControllerMessage_Revocation
+	//	*ControllerMessage_FlowAck
 	Msg           isControllerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -540,6 +541,15 @@ func (x *ControllerMessage) GetRevocation() *Revocation {
 	return nil
 }
 
+func (x *ControllerMessage) GetFlowAck() *FlowAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ControllerMessage_FlowAck); ok {
+			return x.FlowAck
+		}
+	}
+	return nil
+}
+
 type isControllerMessage_Msg interface {
 	isControllerMessage_Msg()
 }
@@ -564,6 +574,10 @@ type ControllerMessage_Revocation struct {
 	Revocation *Revocation `protobuf:"bytes,5,opt,name=revocation,proto3,oneof"`
 }
 
+type ControllerMessage_FlowAck struct {
+	FlowAck *FlowAck `protobuf:"bytes,6,opt,name=flow_ack,json=flowAck,proto3,oneof"`
+}
+
 func (*ControllerMessage_Welcome) isControllerMessage_Msg() {}
 
 func (*ControllerMessage_Full) isControllerMessage_Msg() {}
@@ -573,6 +587,8 @@ func (*ControllerMessage_Delta) isControllerMessage_Msg() {}
 func (*ControllerMessage_Heartbeat) isControllerMessage_Msg() {}
 
 func (*ControllerMessage_Revocation) isControllerMessage_Msg() {}
+
+func (*ControllerMessage_FlowAck) isControllerMessage_Msg() {}
 
 // Hello is the agent's first message on a stream.
 type Hello struct {
@@ -1591,14 +1607,21 @@ func (x *RuleName) GetName() string {
 	return ""
 }
 
-// FlowBatch carries aggregated flow records from an agent. The flow
-// pipeline issue fills it; the controller accepts and counts it meanwhile.
+// FlowBatch carries aggregated flow records from an agent. Delivery is
+// acknowledged: the agent keeps every batch (in memory, then spooled to
+// disk) until a FlowAck with its seq arrives, and sends it again on the
+// next stream otherwise. The controller must therefore (1) ack a batch only
+// once it is stored, or rejected for good, and (2) ignore (but ack again)
+// a seq it already stored for that node: seqs increase per agent state
+// directory, so the controller keeps the highest stored seq per node.
 type FlowBatch struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Records []*FlowRecord          `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
 	// lost counts records the agent had to drop under pressure since the
 	// previous batch.
-	Lost          uint64 `protobuf:"varint,2,opt,name=lost,proto3" json:"lost,omitempty"`
+	Lost uint64 `protobuf:"varint,2,opt,name=lost,proto3" json:"lost,omitempty"`
+	// seq numbers batches from this agent, from 1, increasing.
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1647,6 +1670,78 @@ func (x *FlowBatch) GetLost() uint64 {
 	return 0
 }
 
+func (x *FlowBatch) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// FlowAck answers a FlowBatch.
+type FlowAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// error is empty when the batch is stored. Otherwise the batch was not
+	// stored: with retry set (store full, ingestion queue full, rate limit)
+	// the agent keeps it and sends it again later; without (malformed) the
+	// agent drops it and counts its records as lost.
+	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	Retry         bool   `protobuf:"varint,3,opt,name=retry,proto3" json:"retry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlowAck) Reset() {
+	*x = FlowAck{}
+	mi := &file_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlowAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlowAck) ProtoMessage() {}
+
+func (x *FlowAck) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlowAck.ProtoReflect.Descriptor instead.
+func (*FlowAck) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *FlowAck) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *FlowAck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *FlowAck) GetRetry() bool {
+	if x != nil {
+		return x.Retry
+	}
+	return false
+}
+
 // FlowRecord is ARCHITECTURE.md's flow record; addresses are 4 or 16 bytes,
 // times Unix nanoseconds, enums ruleset's numeric values.
 type FlowRecord struct {
@@ -1675,7 +1770,7 @@ type FlowRecord struct {
 
 func (x *FlowRecord) Reset() {
 	*x = FlowRecord{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1687,7 +1782,7 @@ func (x *FlowRecord) String() string {
 func (*FlowRecord) ProtoMessage() {}
 
 func (x *FlowRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1700,7 +1795,7 @@ func (x *FlowRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowRecord.ProtoReflect.Descriptor instead.
 func (*FlowRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FlowRecord) GetTimeUnixNano() int64 {
@@ -1853,7 +1948,7 @@ const file_control_proto_rawDesc = "" +
 	"\theartbeat\x18\x03 \x01(\v2\x17.eastguard.v1.HeartbeatH\x00R\theartbeat\x124\n" +
 	"\bcounters\x18\x04 \x01(\v2\x16.eastguard.v1.CountersH\x00R\bcounters\x12/\n" +
 	"\x05flows\x18\x05 \x01(\v2\x17.eastguard.v1.FlowBatchH\x00R\x05flowsB\x05\n" +
-	"\x03msg\"\xa3\x02\n" +
+	"\x03msg\"\xd7\x02\n" +
 	"\x11ControllerMessage\x121\n" +
 	"\awelcome\x18\x01 \x01(\v2\x15.eastguard.v1.WelcomeH\x00R\awelcome\x12+\n" +
 	"\x04full\x18\x02 \x01(\v2\x15.eastguard.v1.RuleSetH\x00R\x04full\x122\n" +
@@ -1861,7 +1956,8 @@ const file_control_proto_rawDesc = "" +
 	"\theartbeat\x18\x04 \x01(\v2\x17.eastguard.v1.HeartbeatH\x00R\theartbeat\x12:\n" +
 	"\n" +
 	"revocation\x18\x05 \x01(\v2\x18.eastguard.v1.RevocationH\x00R\n" +
-	"revocationB\x05\n" +
+	"revocation\x122\n" +
+	"\bflow_ack\x18\x06 \x01(\v2\x15.eastguard.v1.FlowAckH\x00R\aflowAckB\x05\n" +
 	"\x03msg\"\x9f\x02\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12#\n" +
@@ -1952,10 +2048,15 @@ const file_control_proto_rawDesc = "" +
 	"_icmp_code\".\n" +
 	"\bRuleName\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"S\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"e\n" +
 	"\tFlowBatch\x122\n" +
 	"\arecords\x18\x01 \x03(\v2\x18.eastguard.v1.FlowRecordR\arecords\x12\x12\n" +
-	"\x04lost\x18\x02 \x01(\x04R\x04lost\"\xd4\x04\n" +
+	"\x04lost\x18\x02 \x01(\x04R\x04lost\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"G\n" +
+	"\aFlowAck\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x14\n" +
+	"\x05retry\x18\x03 \x01(\bR\x05retry\"\xd4\x04\n" +
 	"\n" +
 	"FlowRecord\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1c\n" +
@@ -2005,7 +2106,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_control_proto_goTypes = []any{
 	(AckCode)(0),              // 0: eastguard.v1.AckCode
 	(*JoinRequest)(nil),       // 1: eastguard.v1.JoinRequest
@@ -2028,8 +2129,9 @@ var file_control_proto_goTypes = []any{
 	(*Entry)(nil),             // 18: eastguard.v1.Entry
 	(*RuleName)(nil),          // 19: eastguard.v1.RuleName
 	(*FlowBatch)(nil),         // 20: eastguard.v1.FlowBatch
-	(*FlowRecord)(nil),        // 21: eastguard.v1.FlowRecord
-	nil,                       // 22: eastguard.v1.Counters.ValuesEntry
+	(*FlowAck)(nil),           // 21: eastguard.v1.FlowAck
+	(*FlowRecord)(nil),        // 22: eastguard.v1.FlowRecord
+	nil,                       // 23: eastguard.v1.Counters.ValuesEntry
 }
 var file_control_proto_depIdxs = []int32{
 	7,  // 0: eastguard.v1.AgentMessage.hello:type_name -> eastguard.v1.Hello
@@ -2042,30 +2144,31 @@ var file_control_proto_depIdxs = []int32{
 	14, // 7: eastguard.v1.ControllerMessage.delta:type_name -> eastguard.v1.RuleSetDelta
 	10, // 8: eastguard.v1.ControllerMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
 	12, // 9: eastguard.v1.ControllerMessage.revocation:type_name -> eastguard.v1.Revocation
-	0,  // 10: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
-	22, // 11: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
-	15, // 12: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 13: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
-	18, // 14: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
-	19, // 15: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
-	15, // 16: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 17: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
-	17, // 18: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
-	18, // 19: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
-	18, // 20: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
-	19, // 21: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
-	21, // 22: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
-	1,  // 23: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
-	3,  // 24: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
-	5,  // 25: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
-	2,  // 26: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
-	4,  // 27: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
-	6,  // 28: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
-	26, // [26:29] is the sub-list for method output_type
-	23, // [23:26] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	21, // 10: eastguard.v1.ControllerMessage.flow_ack:type_name -> eastguard.v1.FlowAck
+	0,  // 11: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
+	23, // 12: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
+	15, // 13: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
+	16, // 14: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
+	18, // 15: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
+	19, // 16: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
+	15, // 17: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
+	16, // 18: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
+	17, // 19: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
+	18, // 20: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
+	18, // 21: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
+	19, // 22: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
+	22, // 23: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
+	1,  // 24: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
+	3,  // 25: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
+	5,  // 26: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
+	2,  // 27: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
+	4,  // 28: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
+	6,  // 29: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
+	27, // [27:30] is the sub-list for method output_type
+	24, // [24:27] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2086,16 +2189,17 @@ func file_control_proto_init() {
 		(*ControllerMessage_Delta)(nil),
 		(*ControllerMessage_Heartbeat)(nil),
 		(*ControllerMessage_Revocation)(nil),
+		(*ControllerMessage_FlowAck)(nil),
 	}
 	file_control_proto_msgTypes[17].OneofWrappers = []any{}
-	file_control_proto_msgTypes[20].OneofWrappers = []any{}
+	file_control_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
