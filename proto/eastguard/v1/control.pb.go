@@ -1612,16 +1612,19 @@ func (x *RuleName) GetName() string {
 // disk) until a FlowAck with its seq arrives, and sends it again on the
 // next stream otherwise. The controller must therefore (1) ack a batch only
 // once it is stored, or rejected for good, and (2) ignore (but ack again)
-// a seq it already stored for that node: seqs increase per agent state
-// directory, so the controller keeps the highest stored seq per node.
+// a batch whose seq is not above the highest it stored for that node and
+// spool_id.
 type FlowBatch struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Records []*FlowRecord          `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
 	// lost counts records the agent had to drop under pressure since the
 	// previous batch.
 	Lost uint64 `protobuf:"varint,2,opt,name=lost,proto3" json:"lost,omitempty"`
-	// seq numbers batches from this agent, from 1, increasing.
-	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// seq numbers batches within spool_id, from 1, increasing.
+	Seq uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// spool_id is random, chosen when the agent's spool is created (a wiped
+	// state directory starts a new one, with seqs from 1 again).
+	SpoolId       uint64 `protobuf:"varint,4,opt,name=spool_id,json=spoolId,proto3" json:"spool_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1673,6 +1676,13 @@ func (x *FlowBatch) GetLost() uint64 {
 func (x *FlowBatch) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
+	}
+	return 0
+}
+
+func (x *FlowBatch) GetSpoolId() uint64 {
+	if x != nil {
+		return x.SpoolId
 	}
 	return 0
 }
@@ -2048,11 +2058,12 @@ const file_control_proto_rawDesc = "" +
 	"_icmp_code\".\n" +
 	"\bRuleName\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"e\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x80\x01\n" +
 	"\tFlowBatch\x122\n" +
 	"\arecords\x18\x01 \x03(\v2\x18.eastguard.v1.FlowRecordR\arecords\x12\x12\n" +
 	"\x04lost\x18\x02 \x01(\x04R\x04lost\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"G\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x19\n" +
+	"\bspool_id\x18\x04 \x01(\x04R\aspoolId\"G\n" +
 	"\aFlowAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x14\n" +
