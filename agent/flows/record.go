@@ -4,54 +4,21 @@
 package flows
 
 import (
-	"encoding/json"
 	"io"
 	"net/netip"
-	"sync"
-	"time"
 
 	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-// Record is a flow as operators and scripts see it (ARCHITECTURE.md, "Flow
-// record"): JSON with these exact keys, ports as numbers, times RFC 3339.
-type Record struct {
-	Time        time.Time         `json:"time"`
-	Node        string            `json:"node"`
-	Direction   ruleset.Direction `json:"direction"`
-	Protocol    string            `json:"protocol"`
-	SrcAddr     netip.Addr        `json:"srcAddr"`
-	SrcPort     uint16            `json:"srcPort"`
-	SrcWorkload string            `json:"srcWorkload"`
-	SrcIdentity ruleset.Identity  `json:"srcIdentity"`
-	DstAddr     netip.Addr        `json:"dstAddr"`
-	DstPort     uint16            `json:"dstPort"`
-	DstWorkload string            `json:"dstWorkload"`
-	DstIdentity ruleset.Identity  `json:"dstIdentity"`
-	Verdict     ruleset.Verdict   `json:"verdict"`
-	Rule        string            `json:"rule"`
-	Packets     uint64            `json:"packets"`
-	Bytes       uint64            `json:"bytes"`
-	FirstSeen   time.Time         `json:"firstSeen"`
-	LastSeen    time.Time         `json:"lastSeen"`
-	// ICMPType and ICMPCode are set for ICMP and ICMPv6 flows (whose
-	// ports are 0).
-	ICMPType *uint8 `json:"icmpType,omitempty"`
-	ICMPCode *uint8 `json:"icmpCode,omitempty"`
-	// Reason says which datapath check decided a non-policy verdict
-	// (spoofed, malformed, fragment, no-endpoint, revalidated).
-	Reason string `json:"reason,omitempty"`
-}
+// Record is a flow as operators and scripts see it; the type lives in
+// internal/flowrecord so that the controller can use it without the kernel
+// side of this package.
+type Record = flowrecord.Record
 
-// protocolName names a protocol the way flow records do: TCP, UDP, ICMP,
-// ICMPv6, or the number for anything else.
-func protocolName(p ruleset.Protocol) string {
-	if p == ruleset.ProtocolAny {
-		return "proto-0"
-	}
-	return p.String()
-}
+// protocolName names a protocol the way flow records do.
+func protocolName(p ruleset.Protocol) string { return flowrecord.ProtocolName(p) }
 
 // Namer resolves what events carry as numbers.
 type Namer func() (rules func(ruleset.RuleID) string, workloads func(netip.Addr) string)
@@ -90,17 +57,7 @@ func FromEvent(node string, ev *datapath.FlowEvent, rules func(ruleset.RuleID) s
 }
 
 // LineWriter writes records as JSON lines (the agent's --flow-log).
-type LineWriter struct {
-	mu  sync.Mutex
-	enc *json.Encoder
-}
+type LineWriter = flowrecord.LineWriter
 
 // NewLineWriter writes to w.
-func NewLineWriter(w io.Writer) *LineWriter { return &LineWriter{enc: json.NewEncoder(w)} }
-
-// Write writes one record as a line.
-func (l *LineWriter) Write(r *Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.enc.Encode(r)
-}
+func NewLineWriter(w io.Writer) *LineWriter { return flowrecord.NewLineWriter(w) }
