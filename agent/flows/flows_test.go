@@ -1,0 +1,243 @@
+package flows
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/internal/ruleset"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+func event(sport, dport uint16, v ruleset.Verdict, at time.Duration) *datapath.FlowEvent {
+	return &datapath.FlowEvent{
+		Time: t0.Add(at), Src: netip.MustParseAddr("10.250.3.2"), Dst: netip.MustParseAddr("10.250.1.2"),
+		SrcPort: sport, DstPort: dport, Protocol: ruleset.ProtocolTCP, Endpoint: 1,
+		SrcIdentity: 400, DstIdentity: 300, Direction: ruleset.Ingress, Verdict: v, Rule: 7, Length: 60,
+	}
+}
+
+func TestAggregator(t *testing.T) {
+	a := NewAggregator(3)
+	// A denied SYN retried three times is one flow; two new flows are two.
+	for i := range 3 {
+		if full := a.Add(event(40000, 22, ruleset.VerdictDenied, time.Duration(i)*time.Second)); full {
+			t.Fatalf("full after %d flows", a.Len())
+		}
+	}
+	a.Add(event(40001, 8080, ruleset.VerdictAllowed, 0))
+	if full := a.Add(event(40002, 8080, ruleset.VerdictAllowed, 0)); !full {
+		t.Error("not full at 3 flows with max 3")
+	}
+	flows := a.Flush()
+	if len(flows) != 3 || a.Len() != 0 {
+		t.Fatalf("flushed %d flows, %d left; want 3, 0", len(flows), a.Len())
+	}
+	f := flows[0]
+	if f.Packets != 3 || f.Bytes != 180 || f.FirstSeen != t0.UnixNano() || f.LastSeen != t0.Add(2*time.Second).UnixNano() {
+		t.Errorf("denied flow %+v: want 3 packets, 180 bytes, first and last seen 2 s apart", f)
+	}
+	rec := f.Record("n1", func(id ruleset.RuleID) string { return "p/r" }, func(a netip.Addr) string { return map[string]string{"10.250.1.2": "web"}[a.String()] })
+	b, _ := json.Marshal(rec)
+	for _, want := range []string{`"node":"n1"`, `"direction":"ingress"`, `"protocol":"TCP"`, `"dstPort":22`, `"dstWorkload":"web"`, `"srcWorkload":""`, `"verdict":"denied"`, `"rule":"p/r"`, `"packets":3`, `"firstSeen":"2026-11-23T12:00:00Z"`, `"lastSeen":"2026-11-23T12:00:02Z"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("record %s lacks %s", b, want)
+		}
+	}
+}
+
+func TestICMPRecordAndProto(t *testing.T) {
+	ev := event(0, 8<<8, ruleset.VerdictAllowed, 0)
+	ev.Protocol = ruleset.ProtocolICMP
+	a := NewAggregator(10)
+	a.Add(ev)
+	f := a.Flush()[0]
+	rec := f.Record("n", func(ruleset.RuleID) string { return "" }, func(netip.Addr) string { return "" })
+	if rec.DstPort != 0 || rec.ICMPType == nil || *rec.ICMPType != 8 || *rec.ICMPCode != 0 || rec.Protocol != "ICMP" {
+		t.Errorf("ICMP record %+v", rec)
+	}
+	p := f.Proto()
+	if p.DstPort != 0 || p.GetIcmpType() != 8 || p.IcmpCode == nil || len(p.SrcAddr) != 4 {
+		t.Errorf("ICMP proto %+v", p)
+	}
+}
+
+func flowsN(n int) []Flow {
+	a := NewAggregator(n + 1)
+	for i := range n {
+		a.Add(event(uint16(30000+i), 22, ruleset.VerdictDenied, 0))
+	}
+	return a.Flush()
+}
+
+func openSpool(t *testing.T, dir string, mem, disk int64) *Spool {
+	t.Helper()
+	s, err := OpenSpool(SpoolConfig{Dir: dir, MemBytes: mem, DiskBytes: disk, Window: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func next(t *testing.T, s *Spool) *pb.FlowBatch {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	b, err := s.Next(ctx)
+	if err != nil {
+		t.Fatalf("Next: %v", err)
+	}
+	return b
+}
+
+func noNext(t *testing.T, s *Spool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if b, err := s.Next(ctx); err == nil {
+		t.Fatalf("Next gave batch %d, want none", b.Seq)
+	}
+}
+
+func TestSpoolDelivery(t *testing.T) {
+	s := openSpool(t, t.TempDir(), 1<<20, 1<<20)
+	for range 4 {
+		s.Write(flowsN(2))
+	}
+	b1, b2 := next(t, s), next(t, s)
+	if b1.Seq != 1 || b2.Seq != 2 || b1.SpoolId != s.ID() || len(b1.Records) != 2 {
+		t.Fatalf("batches %d, %d: want 1, 2 in order", b1.Seq, b2.Seq)
+	}
+	noNext(t, s) // window of 2 in flight
+	s.Ack(&pb.FlowAck{Seq: 1})
+	if b := next(t, s); b.Seq != 3 {
+		t.Fatalf("after ack of 1: batch %d, want 3", b.Seq)
+	}
+	// The stream breaks: 2 and 3 go again, in order.
+	s.Reset()
+	if b := next(t, s); b.Seq != 2 {
+		t.Fatalf("after reset: batch %d, want 2", b.Seq)
+	}
+	// 2 is refused for good: its records are lost, and the next batch out
+	// says so.
+	s.Ack(&pb.FlowAck{Seq: 2, Error: "malformed"})
+	b3 := next(t, s)
+	if b3.Seq != 3 || b3.Lost != 2 {
+		t.Fatalf("batch %d lost %d, want 3 carrying 2 lost", b3.Seq, b3.Lost)
+	}
+	// 3 must wait (store full): it comes back after a second.
+	s.Ack(&pb.FlowAck{Seq: 3, Error: "store full", Retry: true})
+	if b := next(t, s); b.Seq != 4 {
+		t.Fatalf("batch %d, want 4 while 3 waits", b.Seq)
+	}
+	start := time.Now()
+	if b := next(t, s); b.Seq != 3 || time.Since(start) < 500*time.Millisecond {
+		t.Fatalf("batch %d after %v, want 3 again after about a second", b.Seq, time.Since(start))
+	}
+	st := s.Stats()
+	if st.RecordsLost != 2 || st.BatchesAcked != 1 || st.BatchesRetried != 1 || st.BatchesQueued != 2 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestSpoolBoundsAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	one := int64(len(mustMarshal(t, flowsN(50))))
+	// Memory for about 2 batches, disk for about 3: 10 batches written,
+	// the oldest 5 are dropped and counted, 3 are on disk.
+	s := openSpool(t, dir, 2*one+one/2, 3*one+one/2)
+	for range 10 {
+		if err := s.Write(flowsN(50)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := s.Stats()
+	if st.RecordsLost != 5*50 || st.BatchesQueued != 5 {
+		t.Fatalf("stats %+v: want 250 records lost, 5 batches kept", st)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.batch"))
+	if len(files) != 3 {
+		t.Errorf("%d batch files, want 3", len(files))
+	}
+	if b := next(t, s); b.Seq != 6 || b.Lost != 250 {
+		t.Fatalf("first batch out: %d carrying %d lost, want 6 carrying 250", b.Seq, b.Lost)
+	}
+	// A clean stop puts memory on disk; a restart sends everything again
+	// (6 was never acked), with the same spool id and new seqs above.
+	id := s.ID()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openSpool(t, dir, 1<<20, 1<<20)
+	if s2.ID() != id {
+		t.Errorf("spool id changed across restart")
+	}
+	var seqs []uint64
+	for range 5 {
+		b := next(t, s2)
+		seqs = append(seqs, b.Seq)
+		s2.Ack(&pb.FlowAck{Seq: b.Seq})
+	}
+	if seqs[0] != 6 || seqs[4] != 10 {
+		t.Errorf("after restart sent %v, want 6..10", seqs)
+	}
+	s2.Write(flowsN(1))
+	if b := next(t, s2); b.Seq <= 10 {
+		t.Errorf("a new batch after restart has seq %d, not above 10", b.Seq)
+	}
+	os.WriteFile(filepath.Join(dir, "garbage.batch"), []byte("x"), 0o600)
+	if _, err := OpenSpool(SpoolConfig{Dir: dir}); err != nil {
+		t.Errorf("a stray file breaks the spool: %v", err)
+	}
+}
+
+func mustMarshal(t *testing.T, flows []Flow) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	b := &pb.FlowBatch{Seq: 1, SpoolId: 1}
+	for i := range flows {
+		b.Records = append(b.Records, flows[i].Proto())
+	}
+	raw, err := proto.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf.Write(raw)
+	return buf.Bytes()
+}
+
+func TestPipelineFlushesToSinks(t *testing.T) {
+	var out bytes.Buffer
+	names := func() (func(ruleset.RuleID) string, func(netip.Addr) string) {
+		return func(ruleset.RuleID) string { return "shop/no-ssh" }, func(netip.Addr) string { return "" }
+	}
+	p := NewPipeline(PipelineConfig{Interval: 20 * time.Millisecond, Sinks: []Sink{NewLineSink(&out, "n1", names)}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	for i := range 5 {
+		ev := event(40000, 22, ruleset.VerdictDenied, time.Duration(i)*time.Millisecond)
+		ev.Suppressed = 2
+		p.Handle(ev)
+	}
+	cancel()
+	<-done
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], `"packets":5`) || !strings.Contains(lines[0], `"rule":"shop/no-ssh"`) {
+		t.Errorf("flow log %q: want one record of 5 packets", out.String())
+	}
+	if st := p.Stats(); st.Events != 5 || st.Suppressed != 10 || st.Flows != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
