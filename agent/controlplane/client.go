@@ -22,6 +22,7 @@ import (
 	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
 // Enforcer is what the client needs of agent/enforcer.
@@ -54,6 +55,9 @@ type Config struct {
 	Capabilities []string
 	// Counters, if set, is read at every heartbeat and sent along.
 	Counters func() (map[string]uint64, error)
+	// Flows, if set, supplies flow batches to send on the stream
+	// (agent/flows.Spool).
+	Flows FlowSource
 	// Heartbeat is how often the agent sends one (default 10s).
 	Heartbeat time.Duration
 	// MinBackoff and MaxBackoff bound the jittered exponential wait
@@ -64,6 +68,15 @@ type Config struct {
 	Now func() time.Time
 	// Dialer, if set, makes the connections (tests).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// FlowSource hands flow batches to the stream and takes the controller's
+// answers. Delivery is acknowledged: a batch stays with the source until
+// Ack, and Reset (the stream ended) makes unacknowledged ones go again.
+type FlowSource interface {
+	Next(ctx context.Context) (*pb.FlowBatch, error)
+	Ack(*pb.FlowAck)
+	Reset()
 }
 
 // Client is the agent's control-plane client.

@@ -72,6 +72,21 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 	defer wg.Wait()
 	defer cancel(nil) // stops the heartbeats before waiting for them
 	wg.Go(func() { s.heartbeats(ctx, cancel, peer, heard) })
+	if flows := c.cfg.Flows; flows != nil {
+		defer flows.Reset() // after the sender stopped: in-flight batches go again
+		wg.Go(func() {
+			for {
+				b, err := flows.Next(ctx)
+				if err != nil {
+					return // ctx done
+				}
+				if err := s.send(&pb.AgentMessage{Msg: &pb.AgentMessage_Flows{Flows: b}}); err != nil {
+					cancel(fmt.Errorf("send flows: %w", err))
+					return
+				}
+			}
+		})
+	}
 
 	for {
 		m, err := st.Recv()
@@ -90,6 +105,10 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 			err = s.send(ackMessage(c.applyFull(msg.Full)))
 		case *pb.ControllerMessage_Delta:
 			err = s.send(ackMessage(c.applyDelta(msg.Delta)))
+		case *pb.ControllerMessage_FlowAck:
+			if c.cfg.Flows != nil {
+				c.cfg.Flows.Ack(msg.FlowAck)
+			}
 		case *pb.ControllerMessage_Heartbeat:
 		case *pb.ControllerMessage_Revocation:
 			c.log.Error("the controller revoked this node's certificate; enforcement continues with the rule set in force; join again with a new --join-token",

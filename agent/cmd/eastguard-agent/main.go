@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -214,8 +215,23 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 		log.Error("last known good rule set not restored", zap.Error(err))
 	}
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Flows: every datapath event is aggregated; the flow log and, with a
+	// controller, the spool streamed to it take the result. The spool is
+	// closed (memory to disk) after the pipeline's last flush.
+	var sinks []flows.Sink
+	var spool *flows.Spool
+	if o.controller != "" {
+		spool, err = flows.OpenSpool(flows.SpoolConfig{Dir: filepath.Join(o.stateDir, "flows"), Log: log.Named("flows")})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := spool.Close(); err != nil {
+				log.Error("flow spool: batches in memory not saved", zap.Error(err))
+			}
+		}()
+		sinks = append(sinks, spool)
+	}
 	if o.flowLog != "" {
 		out := stdout
 		if o.flowLog != "-" {
@@ -226,27 +242,26 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 			defer f.Close()
 			out = f
 		}
+		sinks = append(sinks, flows.NewLineSink(out, o.node, enf.Names))
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if len(sinks) > 0 {
 		rd, err := dp.NewEventReader()
 		if err != nil {
 			return err
 		}
-		w := flows.NewLineWriter(out)
+		pipe := flows.NewPipeline(flows.PipelineConfig{Sinks: sinks, Log: log.Named("flows")})
 		wg.Go(func() {
-			err := rd.Run(ctx, func(ev *datapath.FlowEvent) {
-				rules, workloads := enf.Names()
-				rec := flows.FromEvent(o.node, ev, rules, workloads)
-				if err := w.Write(&rec); err != nil {
-					log.Error("flow log write failed", zap.Error(err))
-				}
-			})
-			if err != nil {
+			if err := rd.Run(ctx, pipe.Handle); err != nil {
 				log.Error("flow events", zap.Error(err))
 			}
 		})
+		wg.Go(func() { pipe.Run(ctx) })
 	}
 
 	if o.controller != "" {
-		return controlPlane(ctx, o, dp, enf, st, mode, log)
+		return controlPlane(ctx, o, dp, enf, st, spool, mode, log)
 	}
 	src := &standalone.Source{
 		Node:        o.node,
@@ -270,8 +285,9 @@ var version = "dev"
 // refused token), the agent keeps enforcing the rule set in force, and
 // keeps watching for its pending interfaces, until it is stopped.
 func controlPlane(ctx context.Context, o *options, dp *datapath.Datapath, enf *enforcer.Enforcer, st *state.Dir,
-	mode ruleset.Mode, log *zap.Logger) error {
+	spool *flows.Spool, mode ruleset.Mode, log *zap.Logger) error {
 	cp, err := controlplane.New(controlplane.Config{
+		Flows:        spool,
 		Node:         o.node,
 		Controller:   o.controller,
 		JoinToken:    o.joinToken,
