@@ -191,6 +191,13 @@ type EndpointStatus struct {
 	Interfaces []string           `json:"interfaces"`
 }
 
+// MapUsage is how full one of the rule set's maps is.
+type MapUsage struct {
+	Name     string `json:"name"`
+	Entries  int    `json:"entries"`
+	Capacity int    `json:"capacity"`
+}
+
 // Status describes what the datapath enforces.
 type Status struct {
 	Generation uint32           `json:"generation"`
@@ -199,6 +206,9 @@ type Status struct {
 	Endpoints  []EndpointStatus `json:"endpoints"`
 	Pending    []string         `json:"pending,omitempty"`
 	Attached   int              `json:"attachedInterfaces"`
+	// Maps are the active generation's maps: entries used and capacity
+	// (what incremental updates may grow into before a rebuild).
+	Maps []MapUsage `json:"maps,omitempty"`
 }
 
 // Status reports the rule set in force and where it is enforced.
@@ -212,6 +222,10 @@ func (d *Datapath) Status() Status {
 	}
 	st.Version = cur.rs.Version
 	st.Hash = cur.rs.Hash()
+	need := needOf(cur.rs, cur.tables, cur.bindings)
+	for i, name := range innerNames {
+		st.Maps = append(st.Maps, MapUsage{Name: name, Entries: need[i], Capacity: cur.capacity[i]})
+	}
 	st.Pending = slices.Clone(cur.pending)
 	ifaces := make(map[ruleset.EndpointID][]string)
 	for _, b := range cur.bindings {

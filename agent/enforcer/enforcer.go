@@ -38,6 +38,9 @@ type Enforcer struct {
 	state *state.Dir
 	log   *zap.Logger
 
+	// Observe, if set before use, is told about every apply (metrics).
+	Observe func(d time.Duration, err error)
+
 	mu      sync.Mutex
 	current *ruleset.RuleSet // as received (without the node's addresses)
 	book    AddressBook
@@ -78,7 +81,11 @@ func (e *Enforcer) Restore() error {
 func (e *Enforcer) Apply(rs *ruleset.RuleSet, book AddressBook) (*datapath.ApplyResult, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	start := time.Now()
 	res, err := e.apply(rs)
+	if e.Observe != nil {
+		e.Observe(time.Since(start), err)
+	}
 	e.lastAt = time.Now()
 	e.lastErr = err
 	if err != nil {

@@ -139,7 +139,8 @@ func TestDatapathEndToEnd(t *testing.T) {
 	stateDir, flowLog := t.TempDir(), filepath.Join(t.TempDir(), "flows.jsonl")
 	startAgent := func() *topo.Process {
 		cmd := node.NS.Nsenter(t.Context(), bin, "--node", "node-a", "--policy-dir", policyDir,
-			"--bpffs-dir", node.BPFFSDir, "--state-dir", stateDir, "--flow-log", flowLog, "--log-format", "console")
+			"--bpffs-dir", node.BPFFSDir, "--state-dir", stateDir, "--flow-log", flowLog, "--log-format", "console",
+			"--metrics-listen", "127.0.0.1:9790")
 		return topo.Start(t, "agent", cmd)
 	}
 	t.Cleanup(func() {
@@ -203,6 +204,30 @@ func TestDatapathEndToEnd(t *testing.T) {
 		} {
 			if _, ok := findFlow(recs, want); !ok {
 				return fmt.Errorf("no record like %+v among:\n%s", want, dumpFlows(recs))
+			}
+		}
+		return nil
+	})
+
+	// The agent's metrics count what just happened.
+	topo.Eventually(t, 3*time.Second, "agent metrics", func() error {
+		m, err := node.Get("http://127.0.0.1:9790/metrics")
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{
+			`eastguard_agent_endpoints{state="enforcing"} 3`,
+			`eastguard_agent_flow_events_lost_total 0`,
+			`eastguard_agent_map_entries{map="eg_policy"}`,
+		} {
+			if !strings.Contains(m, want) {
+				return fmt.Errorf("/metrics lacks %s", want)
+			}
+		}
+		for _, name := range []string{`eastguard_agent_datapath_verdicts_total{direction="ingress",verdict="denied"}`,
+			`eastguard_agent_flow_events_read_total`, `eastguard_agent_flow_records_total`} {
+			if v := metricValue(m, name); v <= 0 {
+				return fmt.Errorf("%s is %v, want > 0", name, v)
 			}
 		}
 		return nil
@@ -273,4 +298,18 @@ func dumpFlows(recs []flowRecord) string {
 		fmt.Fprintf(&b, "  %+v\n", r)
 	}
 	return b.String()
+}
+
+// metricValue returns the value of a sample line "name value" in a
+// Prometheus text exposition, or -1.
+func metricValue(exposition, name string) float64 {
+	for _, line := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }

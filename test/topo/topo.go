@@ -13,7 +13,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -197,6 +200,43 @@ func (w *Workload) ListenUDP(t testing.TB, ports ...int) {
 			}
 		}()
 	}
+}
+
+// Get fetches url over HTTP from inside the node's namespace (agents there
+// listen on the node's loopback). The connection is opened on the thread
+// inside the namespace: http.Transport would dial from a goroutine of its
+// own, in whatever namespace its thread is.
+func (n *Node) Get(rawURL string) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", err
+	}
+	var conn net.Conn
+	if err := n.NS.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", u.Host, 2*time.Second)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext:       func(context.Context, string, string) (net.Conn, error) { return conn, nil },
+	}}
+	resp, err := c.Get(rawURL)
+	if err != nil {
+		conn.Close()
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", rawURL, resp.Status)
+	}
+	return string(b), nil
 }
 
 // ErrNoAnswer is returned when a connection attempt gets no answer in

@@ -16,7 +16,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -25,6 +27,7 @@ import (
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/agent/enforcer"
 	"github.com/eastguard/eastguard/agent/flows"
+	"github.com/eastguard/eastguard/agent/metrics"
 	"github.com/eastguard/eastguard/agent/standalone"
 	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/internal/logging"
@@ -50,6 +53,7 @@ type options struct {
 	defaultMode    string
 	hostInterfaces string
 	flowLog        string
+	metricsListen  string
 	logFormat      string
 	logLevel       string
 	uninstall      bool
@@ -99,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
 	fs.StringVar(&o.hostInterfaces, "host-interfaces", "", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
 	fs.StringVar(&o.flowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&o.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
@@ -209,6 +214,47 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 		return err
 	}
 	enf := enforcer.New(dp, st, log.Named("enforcer"))
+	// Sources the metrics read at scrape time; filled as the pieces start.
+	var (
+		pipeRef  atomic.Pointer[flows.Pipeline]
+		readerRf atomic.Pointer[datapath.EventReader]
+		cpRef    atomic.Pointer[controlplane.Client]
+		spoolRef atomic.Pointer[flows.Spool]
+	)
+	met := metrics.New(metrics.Sources{
+		Counters: dp.Counters,
+		Status:   enf.Status,
+		Pipeline: func() flows.PipelineStats {
+			if p := pipeRef.Load(); p != nil {
+				return p.Stats()
+			}
+			return flows.PipelineStats{}
+		},
+		Spool: func() flows.SpoolStats {
+			if s := spoolRef.Load(); s != nil {
+				return s.Stats()
+			}
+			return flows.SpoolStats{}
+		},
+		Ring: func() (int, int) {
+			if r := readerRf.Load(); r != nil {
+				return r.Pending(), r.RingSize()
+			}
+			return 0, 0
+		},
+		Connected: func() bool {
+			c := cpRef.Load()
+			return c != nil && c.Connected()
+		},
+		CertExpiry: func() time.Time {
+			if c := cpRef.Load(); c != nil {
+				return c.CertExpiry()
+			}
+			return time.Time{}
+		},
+		DefaultMode: mode,
+	})
+	enf.Observe = met.ObserveApply
 	if err := enf.Restore(); err != nil {
 		// Keep going: whatever is pinned keeps enforcing, and the source
 		// may provide a good rule set.
@@ -230,6 +276,7 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 				log.Error("flow spool: batches in memory not saved", zap.Error(err))
 			}
 		}()
+		spoolRef.Store(spool)
 		sinks = append(sinks, spool)
 	}
 	if o.flowLog != "" {
@@ -246,12 +293,21 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if o.metricsListen != "" {
+		wg.Go(func() {
+			if err := met.Serve(ctx, o.metricsListen, log.Named("metrics")); err != nil {
+				log.Error("metrics listener failed", zap.Error(err))
+			}
+		})
+	}
 	if len(sinks) > 0 {
 		rd, err := dp.NewEventReader()
 		if err != nil {
 			return err
 		}
 		pipe := flows.NewPipeline(flows.PipelineConfig{Sinks: sinks, Log: log.Named("flows")})
+		pipeRef.Store(pipe)
+		readerRf.Store(rd)
 		wg.Go(func() {
 			if err := rd.Run(ctx, pipe.Handle); err != nil {
 				log.Error("flow events", zap.Error(err))
@@ -261,7 +317,7 @@ func agent(ctx context.Context, o *options, stdout io.Writer, log *zap.Logger) e
 	}
 
 	if o.controller != "" {
-		return controlPlane(ctx, o, dp, enf, st, spool, mode, log)
+		return controlPlane(ctx, o, dp, enf, st, spool, mode, &cpRef, log)
 	}
 	src := &standalone.Source{
 		Node:        o.node,
@@ -285,7 +341,7 @@ var version = "dev"
 // refused token), the agent keeps enforcing the rule set in force, and
 // keeps watching for its pending interfaces, until it is stopped.
 func controlPlane(ctx context.Context, o *options, dp *datapath.Datapath, enf *enforcer.Enforcer, st *state.Dir,
-	spool *flows.Spool, mode ruleset.Mode, log *zap.Logger) error {
+	spool *flows.Spool, mode ruleset.Mode, cpRef *atomic.Pointer[controlplane.Client], log *zap.Logger) error {
 	cp, err := controlplane.New(controlplane.Config{
 		Flows:        spool,
 		Node:         o.node,
@@ -312,6 +368,7 @@ func controlPlane(ctx context.Context, o *options, dp *datapath.Datapath, enf *e
 	if err != nil {
 		return err
 	}
+	cpRef.Store(cp)
 	if err := cp.Run(ctx); err != nil {
 		log.Error("control plane stopped; the rule set in force stays enforced until the agent is stopped", zap.Error(err))
 		<-ctx.Done()

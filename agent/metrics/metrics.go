@@ -1,0 +1,248 @@
+// Package metrics exposes the agent's Prometheus metrics on
+// --metrics-listen. Almost everything is read from its source when
+// Prometheus scrapes (datapath counters, enforcer status, flow pipeline,
+// spool, control plane), so the packet and event paths pay nothing for
+// metrics. It must not change anything it reads.
+package metrics
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/agent/enforcer"
+	"github.com/eastguard/eastguard/agent/flows"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Sources are what the metrics read. Nil fields are skipped.
+type Sources struct {
+	Counters    func() (datapath.Counters, error)
+	Status      func() enforcer.Status
+	Pipeline    func() flows.PipelineStats
+	Spool       func() flows.SpoolStats
+	Ring        func() (used, size int)
+	Connected   func() bool
+	CertExpiry  func() time.Time
+	DefaultMode ruleset.Mode
+}
+
+// Agent holds the agent's metrics.
+type Agent struct {
+	reg   *prometheus.Registry
+	src   Sources
+	apply *prometheus.HistogramVec
+}
+
+var (
+	descVerdicts = prometheus.NewDesc("eastguard_agent_datapath_verdicts_total",
+		"Datapath decisions by verdict and direction (relative to the workload): allowed counts new flows admitted, denied packets dropped, would_deny packets monitor mode let through.",
+		[]string{"verdict", "direction"}, nil)
+	descPackets = prometheus.NewDesc("eastguard_agent_datapath_packets_total",
+		"Packets by the path that passed them: established (conntrack), related (ICMP errors of a tracked flow), forwarded (host mode, not the node's own), neighbor (ARP, ND, MLD), non_ip, fragments (seen).",
+		[]string{"path"}, nil)
+	descChecks = prometheus.NewDesc("eastguard_agent_datapath_checks_total",
+		"Packets a datapath check decided: malformed, spoofed, no_endpoint (no endpoint on the interface), revalidated (established flows re-checked after a rule-set change).",
+		[]string{"check"}, nil)
+	descEventsRead = prometheus.NewDesc("eastguard_agent_flow_events_read_total",
+		"Flow events read from the datapath's ring buffer.", nil, nil)
+	descEventsLost = prometheus.NewDesc("eastguard_agent_flow_events_lost_total",
+		"Flow events the datapath could not write because the ring buffer was full.", nil, nil)
+	descEventsSuppressed = prometheus.NewDesc("eastguard_agent_flow_events_suppressed_total",
+		"Deny events the datapath's per-CPU rate limit suppressed (the drops themselves are counted in verdicts).", nil, nil)
+	descCTFull = prometheus.NewDesc("eastguard_agent_conntrack_insert_failures_total",
+		"Admitted flows the datapath could not add to conntrack.", nil, nil)
+	descRingUsed = prometheus.NewDesc("eastguard_agent_event_ring_used_bytes",
+		"Bytes waiting in the flow event ring buffer.", nil, nil)
+	descRingSize = prometheus.NewDesc("eastguard_agent_event_ring_size_bytes",
+		"Size of the flow event ring buffer.", nil, nil)
+	descVersion = prometheus.NewDesc("eastguard_agent_ruleset_version",
+		"Version of the rule set in force (0 for one compiled locally).", nil, nil)
+	descApplyFailed = prometheus.NewDesc("eastguard_agent_ruleset_last_apply_failed",
+		"1 when the last rule set could not be applied (the previous one stays in force).", nil, nil)
+	descMapEntries = prometheus.NewDesc("eastguard_agent_map_entries",
+		"Entries used in the rule set's datapath maps.", []string{"map"}, nil)
+	descMapCapacity = prometheus.NewDesc("eastguard_agent_map_capacity_entries",
+		"Capacity of the rule set's datapath maps.", []string{"map"}, nil)
+	descEndpoints = prometheus.NewDesc("eastguard_agent_endpoints",
+		"Endpoints of the rule set in force, by state: enforcing, or pending (interface not there).", []string{"state"}, nil)
+	descFlows = prometheus.NewDesc("eastguard_agent_flow_records_total",
+		"Aggregated flow records produced.", nil, nil)
+	descFlowsLost = prometheus.NewDesc("eastguard_agent_flow_records_lost_total",
+		"Flow records dropped: the spool was full, or the controller refused a batch as malformed.", nil, nil)
+	descSpoolBytes = prometheus.NewDesc("eastguard_agent_flow_spool_bytes",
+		"Flow batches waiting for the controller's acknowledgement, by where they wait.", []string{"where"}, nil)
+	descSpoolBatches = prometheus.NewDesc("eastguard_agent_flow_spool_batches",
+		"Flow batches waiting for the controller's acknowledgement.", nil, nil)
+	descConnected = prometheus.NewDesc("eastguard_agent_controller_connected",
+		"1 while the agent's stream to the controller is up.", nil, nil)
+	descCertExpiry = prometheus.NewDesc("eastguard_agent_certificate_expiry_timestamp_seconds",
+		"When the agent's certificate expires (renewed at 2/3 of its life).", nil, nil)
+	descDefaultMode = prometheus.NewDesc("eastguard_agent_default_monitor_mode",
+		"1 when the agent's --default-mode is monitor: workloads without a mode are not enforced.", nil, nil)
+)
+
+// New registers the agent's metrics, plus the Go and process collectors.
+func New(src Sources) *Agent {
+	a := &Agent{reg: prometheus.NewRegistry(), src: src}
+	a.apply = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "eastguard_agent_ruleset_apply_duration_seconds",
+		Help:    "Time to apply a rule set to the kernel, by outcome.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	}, []string{"outcome"})
+	a.reg.MustRegister(a, a.apply, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return a
+}
+
+// ObserveApply records one rule-set apply (enforcer.Enforcer.Observe).
+func (a *Agent) ObserveApply(d time.Duration, err error) {
+	outcome := "applied"
+	if err != nil {
+		outcome = "failed"
+	}
+	a.apply.WithLabelValues(outcome).Observe(d.Seconds())
+}
+
+// Describe implements prometheus.Collector.
+func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVerdicts, descPackets, descChecks, descEventsRead, descEventsLost,
+		descEventsSuppressed, descCTFull, descRingUsed, descRingSize, descVersion, descApplyFailed, descMapEntries,
+		descMapCapacity, descEndpoints, descFlows, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
+		descCertExpiry, descDefaultMode} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: it reads every source now.
+func (a *Agent) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	if a.src.Counters != nil {
+		if c, err := a.src.Counters(); err == nil {
+			for _, v := range []ruleset.Verdict{ruleset.VerdictAllowed, ruleset.VerdictDenied, ruleset.VerdictWouldDeny} {
+				for _, d := range []ruleset.Direction{ruleset.Ingress, ruleset.Egress} {
+					name := map[ruleset.Verdict]string{ruleset.VerdictAllowed: "allowed", ruleset.VerdictDenied: "denied", ruleset.VerdictWouldDeny: "would_deny"}[v]
+					counter(descVerdicts, c.Get(datapath.VerdictCounter(v, d)), name, d.String())
+				}
+			}
+			for path, k := range map[string]datapath.Counter{"established": datapath.CounterEstablished, "related": datapath.CounterRelated,
+				"forwarded": datapath.CounterForwarded, "neighbor": datapath.CounterNeighbor, "non_ip": datapath.CounterNonIP,
+				"fragments": datapath.CounterFragments} {
+				counter(descPackets, c.Get(k), path)
+			}
+			for check, k := range map[string]datapath.Counter{"malformed": datapath.CounterMalformed, "spoofed": datapath.CounterSpoofed,
+				"no_endpoint": datapath.CounterNoEndpoint, "revalidated": datapath.CounterRevalidated} {
+				counter(descChecks, c.Get(k), check)
+			}
+			counter(descEventsLost, c.Get(datapath.CounterEventsLost))
+			counter(descEventsSuppressed, c.Get(datapath.CounterEventsSuppressed))
+			counter(descCTFull, c.Get(datapath.CounterCTFull))
+		}
+	}
+	if a.src.Ring != nil {
+		used, size := a.src.Ring()
+		gauge(descRingUsed, float64(used))
+		gauge(descRingSize, float64(size))
+	}
+	if a.src.Status != nil {
+		st := a.src.Status()
+		gauge(descVersion, float64(st.Version))
+		failed := 0.0
+		if st.LastError != "" {
+			failed = 1
+		}
+		gauge(descApplyFailed, failed)
+		for _, m := range st.Datapath.Maps {
+			gauge(descMapEntries, float64(m.Entries), m.Name)
+			gauge(descMapCapacity, float64(m.Capacity), m.Name)
+		}
+		states := map[datapath.EndpointState]int{datapath.EndpointEnforcing: 0, datapath.EndpointPending: 0}
+		for _, e := range st.Datapath.Endpoints {
+			states[e.State]++
+		}
+		for s, n := range states {
+			gauge(descEndpoints, float64(n), string(s))
+		}
+	}
+	if a.src.Pipeline != nil {
+		p := a.src.Pipeline()
+		counter(descEventsRead, p.Events)
+		counter(descFlows, p.Flows)
+	}
+	if a.src.Spool != nil {
+		s := a.src.Spool()
+		counter(descFlowsLost, s.RecordsLost)
+		gauge(descSpoolBytes, float64(s.MemoryBytes), "memory")
+		gauge(descSpoolBytes, float64(s.DiskBytes), "disk")
+		gauge(descSpoolBatches, float64(s.BatchesQueued))
+	}
+	if a.src.Connected != nil {
+		v := 0.0
+		if a.src.Connected() {
+			v = 1
+		}
+		gauge(descConnected, v)
+	}
+	if a.src.CertExpiry != nil {
+		if t := a.src.CertExpiry(); !t.IsZero() {
+			gauge(descCertExpiry, float64(t.Unix()))
+		}
+	}
+	monitor := 0.0
+	if a.src.DefaultMode == ruleset.ModeMonitor {
+		monitor = 1
+	}
+	gauge(descDefaultMode, monitor)
+}
+
+// Handler serves /metrics, /healthz and /status (the enforcer's status as
+// JSON: what is enforced, pending interfaces, the last error).
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		if a.src.Status == nil {
+			http.Error(w, "no status", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(a.src.Status())
+	})
+	return mux
+}
+
+// Serve listens on addr until ctx is done.
+func (a *Agent) Serve(ctx context.Context, addr string, log *zap.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	log.Info("serving metrics", zap.String("address", ln.Addr().String()))
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,90 @@
+package metrics
+
+import (
+	"errors"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/agent/enforcer"
+	"github.com/eastguard/eastguard/agent/flows"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+func fakeSources() Sources {
+	var c datapath.Counters
+	c[datapath.VerdictCounter(ruleset.VerdictDenied, ruleset.Ingress)] = 7
+	c[datapath.CounterEventsLost] = 3
+	c[datapath.CounterEstablished] = 100
+	return Sources{
+		Counters: func() (datapath.Counters, error) { return c, nil },
+		Status: func() enforcer.Status {
+			return enforcer.Status{Version: 42, LastError: "map eg_policy is full", Datapath: datapath.Status{
+				Maps:      []datapath.MapUsage{{Name: "eg_policy", Entries: 10, Capacity: 74}},
+				Endpoints: []datapath.EndpointStatus{{State: datapath.EndpointEnforcing}, {State: datapath.EndpointPending}},
+			}}
+		},
+		Pipeline:    func() flows.PipelineStats { return flows.PipelineStats{Events: 9, Flows: 4} },
+		Spool:       func() flows.SpoolStats { return flows.SpoolStats{RecordsLost: 5, DiskBytes: 1024, BatchesQueued: 2} },
+		Ring:        func() (int, int) { return 80, 1 << 24 },
+		Connected:   func() bool { return true },
+		CertExpiry:  func() time.Time { return time.Unix(1900000000, 0) },
+		DefaultMode: ruleset.ModeMonitor,
+	}
+}
+
+func TestMetricsLintAndValues(t *testing.T) {
+	a := New(fakeSources())
+	a.ObserveApply(2*time.Millisecond, nil)
+	a.ObserveApply(time.Millisecond, errors.New("x"))
+	problems, err := testutil.CollectAndLint(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`eastguard_agent_datapath_verdicts_total{direction="ingress",verdict="denied"} 7`,
+		`eastguard_agent_datapath_packets_total{path="established"} 100`,
+		`eastguard_agent_flow_events_lost_total 3`,
+		`eastguard_agent_flow_events_read_total 9`,
+		`eastguard_agent_flow_records_lost_total 5`,
+		`eastguard_agent_flow_spool_bytes{where="disk"} 1024`,
+		`eastguard_agent_event_ring_used_bytes 80`,
+		`eastguard_agent_ruleset_version 42`,
+		`eastguard_agent_ruleset_last_apply_failed 1`,
+		`eastguard_agent_map_entries{map="eg_policy"} 10`,
+		`eastguard_agent_map_capacity_entries{map="eg_policy"} 74`,
+		`eastguard_agent_endpoints{state="pending"} 1`,
+		`eastguard_agent_controller_connected 1`,
+		`eastguard_agent_default_monitor_mode 1`,
+		`eastguard_agent_ruleset_apply_duration_seconds_count{outcome="failed"} 1`,
+		`eastguard_agent_certificate_expiry_timestamp_seconds 1.9e+09`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	resp, err = srv.Client().Get(srv.URL + "/status")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/status: %v %v", err, resp.Status)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), `"lastError": "map eg_policy is full"`) {
+		t.Errorf("/status %s", body)
+	}
+}
