@@ -1,0 +1,167 @@
+package eastguardv1
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+func validFlowRecord() *FlowRecord {
+	t := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano()
+	return &FlowRecord{
+		TimeUnixNano: t, Direction: uint32(ruleset.Ingress), Protocol: uint32(ruleset.ProtocolTCP),
+		SrcAddr: []byte{10, 250, 1, 2}, SrcPort: 40000, SrcIdentity: 300,
+		DstAddr: []byte{10, 250, 1, 3}, DstPort: 22, DstIdentity: 301,
+		Verdict: uint32(ruleset.VerdictDenied), Rule: 0, Packets: 2, Bytes: 120,
+		FirstSeenUnixNano: t, LastSeenUnixNano: t + int64(time.Second),
+	}
+}
+
+func namesForTest() (func(ruleset.RuleID) string, func(netip.Addr) string) {
+	rules := func(id ruleset.RuleID) string {
+		if id == 0 {
+			return ruleset.DefaultDenyName
+		}
+		return "shop/r"
+	}
+	workloads := func(a netip.Addr) string {
+		if a == netip.MustParseAddr("10.250.1.3") {
+			return "db-1"
+		}
+		return ""
+	}
+	return rules, workloads
+}
+
+// TestFlowBatchToRecords: a valid batch becomes ARCHITECTURE's flow
+// records with exactly its JSON keys, named for the stream's node.
+func TestFlowBatchToRecords(t *testing.T) {
+	icmp := validFlowRecord()
+	icmp.Protocol, icmp.SrcPort, icmp.DstPort = uint32(ruleset.ProtocolICMP), 0, 0
+	typ, code := uint32(8), uint32(0)
+	icmp.IcmpType, icmp.IcmpCode = &typ, &code
+	b := &FlowBatch{Seq: 1, SpoolId: 9, Records: []*FlowRecord{validFlowRecord(), icmp}}
+	rules, workloads := namesForTest()
+	recs, err := b.ToRecords("node-b", rules, workloads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want 2", len(recs))
+	}
+	r := recs[0]
+	if r.Node != "node-b" || r.DstWorkload != "db-1" || r.SrcWorkload != "" || r.Rule != "default-deny" ||
+		r.Verdict != ruleset.VerdictDenied || r.Protocol != "TCP" || r.DstPort != 22 || r.Packets != 2 {
+		t.Errorf("record: %+v", r)
+	}
+	if recs[1].Protocol != "ICMP" || recs[1].ICMPType == nil || *recs[1].ICMPType != 8 {
+		t.Errorf("ICMP record: %+v", recs[1])
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys map[string]any
+	if err := json.Unmarshal(data, &keys); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Fields("time node direction protocol srcAddr srcPort srcWorkload srcIdentity dstAddr dstPort dstWorkload dstIdentity verdict rule packets bytes firstSeen lastSeen")
+	for _, k := range want {
+		if _, ok := keys[k]; !ok {
+			t.Errorf("key %s missing from %s", k, data)
+		}
+	}
+	if len(keys) != len(want) {
+		t.Errorf("keys %v, want exactly %v", keys, want)
+	}
+	if keys["direction"] != "ingress" || keys["verdict"] != "denied" || keys["dstPort"] != float64(22) || keys["time"] != "2026-05-01T12:00:00Z" {
+		t.Errorf("values: %s", data)
+	}
+}
+
+// TestFlowBatchRejected: every out-of-range field rejects the whole batch
+// with an error naming the record index and the field.
+func TestFlowBatchRejected(t *testing.T) {
+	cases := []struct {
+		name   string
+		modify func(*FlowRecord)
+		want   string
+	}{
+		{"direction", func(r *FlowRecord) { r.Direction = 2 }, "records[1].direction: 2 out of range"},
+		{"protocol", func(r *FlowRecord) { r.Protocol = 256 }, "records[1].protocol: 256 out of range"},
+		{"src port", func(r *FlowRecord) { r.SrcPort = 70000 }, "records[1].srcPort: 70000 out of range"},
+		{"dst port", func(r *FlowRecord) { r.DstPort = 65536 }, "records[1].dstPort: 65536 out of range"},
+		{"verdict 0", func(r *FlowRecord) { r.Verdict = 0 }, "records[1].verdict: 0 out of range"},
+		{"verdict 4", func(r *FlowRecord) { r.Verdict = 4 }, "records[1].verdict: 4 out of range"},
+		{"time zero", func(r *FlowRecord) { r.TimeUnixNano = 0 }, "records[1].timeUnixNano: 0 out of range"},
+		{"first seen", func(r *FlowRecord) { r.FirstSeenUnixNano = -5 }, "records[1].firstSeenUnixNano: -5 out of range"},
+		{"last before first", func(r *FlowRecord) { r.LastSeenUnixNano = r.FirstSeenUnixNano - 1 }, "records[1].lastSeenUnixNano: "},
+		{"src addr", func(r *FlowRecord) { r.SrcAddr = []byte{1, 2, 3} }, "records[1].srcAddr: address of 3 bytes"},
+		{"dst addr", func(r *FlowRecord) { r.DstAddr = nil }, "records[1].dstAddr: address of 0 bytes"},
+		{"families", func(r *FlowRecord) { r.DstAddr = netip.MustParseAddr("fd0e::1").AsSlice() }, "records[1].dstAddr: fd0e::1 and srcAddr 10.250.1.2 are not of one address family"},
+		{"icmp with ports", func(r *FlowRecord) { r.Protocol = uint32(ruleset.ProtocolICMP) }, "records[1].dstPort: ports 40000 and 22 given for ICMP"},
+		{"icmp type on tcp", func(r *FlowRecord) { v := uint32(3); r.IcmpType = &v }, "records[1].icmpType: ICMP type or code given for TCP"},
+		{"icmp type range", func(r *FlowRecord) {
+			v := uint32(300)
+			r.Protocol, r.SrcPort, r.DstPort, r.IcmpType = uint32(ruleset.ProtocolICMPv6), 0, 0, &v
+			r.SrcAddr, r.DstAddr = netip.MustParseAddr("fd0e::1").AsSlice(), netip.MustParseAddr("fd0e::2").AsSlice()
+		}, "records[1].icmpType: 300 out of range"},
+		{"reason", func(r *FlowRecord) { r.Reason = "DROP\n" }, `records[1].reason: "DROP\n" is not a datapath reason`},
+	}
+	rules, workloads := namesForTest()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bad := validFlowRecord()
+			c.modify(bad)
+			b := &FlowBatch{Seq: 4, Records: []*FlowRecord{validFlowRecord(), bad, validFlowRecord()}}
+			recs, err := b.ToRecords("n", rules, workloads)
+			if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+				t.Fatalf("error %v, want one starting %q", err, c.want)
+			}
+			if recs != nil {
+				t.Errorf("records returned with an error: %d", len(recs))
+			}
+		})
+	}
+	if _, err := (&FlowBatch{Seq: 0}).ToRecords("n", rules, workloads); err == nil || !strings.Contains(err.Error(), "seq: 0") {
+		t.Errorf("seq 0: %v", err)
+	}
+	big := &FlowBatch{Seq: 1, Records: make([]*FlowRecord, MaxFlowBatchRecords+1)}
+	if _, err := big.ToRecords("n", rules, workloads); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("oversized batch: %v", err)
+	}
+	nilRec := &FlowBatch{Seq: 1, Records: []*FlowRecord{nil}}
+	if _, err := nilRec.ToRecords("n", rules, workloads); err == nil || !strings.HasPrefix(err.Error(), "records[0].record") {
+		t.Errorf("nil record: %v", err)
+	}
+}
+
+// FuzzFlowBatch: whatever bytes arrive, decoding and conversion either
+// fail with an error or give records whose JSON encodes.
+func FuzzFlowBatch(f *testing.F) {
+	good, _ := proto.Marshal(&FlowBatch{Seq: 1, Records: []*FlowRecord{validFlowRecord()}})
+	f.Add(good)
+	f.Add([]byte{})
+	rules, workloads := namesForTest()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var b FlowBatch
+		if proto.Unmarshal(data, &b) != nil {
+			return
+		}
+		recs, err := b.ToRecords("n", rules, workloads)
+		if err != nil {
+			return
+		}
+		for i := range recs {
+			if _, err := json.Marshal(&recs[i]); err != nil {
+				t.Fatalf("record %d does not encode: %v", i, err)
+			}
+		}
+	})
+}
