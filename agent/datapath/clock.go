@@ -124,6 +124,12 @@ type Clock struct {
 	sample time.Time
 }
 
+// NewStaticClock converts with a fixed reference instead of sampling the
+// kernel: for decoding recorded events, tests and benchmarks.
+func NewStaticClock(hz uint32, jiffies uint32, at time.Time) *Clock {
+	return &Clock{tick: time.Second / time.Duration(hz), j0: jiffies, wall0: at, sample: at}
+}
+
 func newClock(probe *ebpf.Program, hz uint32) *Clock {
 	c := &Clock{probe: probe, tick: time.Second / time.Duration(hz)}
 	c.resample()
@@ -148,7 +154,7 @@ func (c *Clock) resample() {
 func (c *Clock) Wall(jiffies uint64) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if time.Since(c.sample) > 5*time.Second {
+	if c.probe != nil && time.Since(c.sample) > 5*time.Second {
 		c.resample()
 	}
 	delta := int32(uint32(jiffies) - c.j0)

@@ -24,14 +24,6 @@ const (
 	retError = -1000 // prog.Run failed; the error is reported
 )
 
-// skbCtx is the head of struct __sk_buff up to ifindex: BPF_PROG_TEST_RUN
-// runs the program as if the packet were on that interface.
-type skbCtx struct {
-	_       [40]byte
-	Ifindex uint32
-	_       uint32 // tc_index
-}
-
 // harness is a datapath opened inside a throw-away network namespace that
 // holds veth interfaces, on a throw-away bpffs directory.
 type harness struct {
@@ -116,7 +108,7 @@ func (h *harness) run(prog *ebpf.Program, iface string, pkt []byte) int32 {
 	var ret uint32
 	err := inNetNS(h.d.ns, func() error {
 		var err error
-		ret, err = prog.Run(&ebpf.RunOptions{Data: pkt, Context: skbCtx{Ifindex: idx}})
+		ret, err = prog.Run(&ebpf.RunOptions{Data: pkt, Context: runContext{Ifindex: idx}})
 		return err
 	})
 	if err != nil {
