@@ -64,3 +64,99 @@ CREATE TABLE nodes (
 );
 `,
 }
+
+// eventMigrations are the event database's (flows.db), versioned the same
+// way.
+var eventMigrations = []string{
+	// 1: flows, spool positions, alerts, the webhook outbox. Times are
+	// Unix nanoseconds, 0 for none; uint64 counters are stored as their
+	// int64 bit pattern.
+	`
+CREATE TABLE flows (
+	id           INTEGER PRIMARY KEY,
+	time         INTEGER NOT NULL,
+	node         TEXT NOT NULL,
+	direction    INTEGER NOT NULL,
+	protocol     TEXT NOT NULL,
+	src_addr     TEXT NOT NULL,
+	src_port     INTEGER NOT NULL,
+	src_workload TEXT NOT NULL,
+	src_identity INTEGER NOT NULL,
+	dst_addr     TEXT NOT NULL,
+	dst_port     INTEGER NOT NULL,
+	dst_workload TEXT NOT NULL,
+	dst_identity INTEGER NOT NULL,
+	verdict      INTEGER NOT NULL,
+	rule         TEXT NOT NULL,
+	packets      INTEGER NOT NULL,
+	bytes        INTEGER NOT NULL,
+	first_seen   INTEGER NOT NULL,
+	last_seen    INTEGER NOT NULL,
+	icmp_type    INTEGER,
+	icmp_code    INTEGER,
+	reason       TEXT NOT NULL DEFAULT ''
+);
+-- The queries of egctl flows and the dashboard: newest first, filtered
+-- by verdict, destination port, deciding rule or workload (either end).
+CREATE INDEX flows_time ON flows (time);
+CREATE INDEX flows_verdict ON flows (verdict, time);
+CREATE INDEX flows_dst_port ON flows (dst_port, time);
+CREATE INDEX flows_rule ON flows (rule, time);
+CREATE INDEX flows_src_workload ON flows (src_workload, time);
+CREATE INDEX flows_dst_workload ON flows (dst_workload, time);
+CREATE TABLE flow_spools (
+	node     TEXT NOT NULL,
+	spool_id INTEGER NOT NULL,
+	high     INTEGER NOT NULL,
+	holes    TEXT NOT NULL DEFAULT '',
+	updated  INTEGER NOT NULL,
+	PRIMARY KEY (node, spool_id)
+);
+CREATE TABLE alerts (
+	id              INTEGER PRIMARY KEY AUTOINCREMENT,
+	rule            TEXT NOT NULL,
+	severity        TEXT NOT NULL,
+	dedup_key       TEXT NOT NULL,
+	state           TEXT NOT NULL,
+	count           INTEGER NOT NULL,
+	source          TEXT NOT NULL,
+	destination     TEXT NOT NULL,
+	src_workload    TEXT NOT NULL,
+	dst_workload    TEXT NOT NULL,
+	src_addr        TEXT NOT NULL,
+	dst_addr        TEXT NOT NULL,
+	src_labels      TEXT NOT NULL,
+	dst_labels      TEXT NOT NULL,
+	port            INTEGER NOT NULL,
+	protocol        TEXT NOT NULL,
+	verdict         TEXT NOT NULL,
+	deciding_rule   TEXT NOT NULL,
+	node            TEXT NOT NULL,
+	first_seen      INTEGER NOT NULL,
+	last_seen       INTEGER NOT NULL,
+	window_ns       INTEGER NOT NULL,
+	notify          TEXT NOT NULL,
+	created         INTEGER NOT NULL,
+	acknowledged_at INTEGER NOT NULL DEFAULT 0,
+	resolved_at     INTEGER NOT NULL DEFAULT 0,
+	resolved_by     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX alerts_key ON alerts (dedup_key, state);
+CREATE INDEX alerts_state ON alerts (state, last_seen);
+CREATE INDEX alerts_last_seen ON alerts (last_seen);
+CREATE TABLE deliveries (
+	id           INTEGER PRIMARY KEY AUTOINCREMENT,
+	alert_id     INTEGER NOT NULL REFERENCES alerts (id) ON DELETE CASCADE,
+	webhook      TEXT NOT NULL,
+	event        TEXT NOT NULL,
+	state        TEXT NOT NULL,
+	attempts     INTEGER NOT NULL DEFAULT 0,
+	next_attempt INTEGER NOT NULL,
+	created      INTEGER NOT NULL,
+	last_error   TEXT NOT NULL DEFAULT '',
+	finished     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX deliveries_due ON deliveries (state, next_attempt);
+CREATE INDEX deliveries_alert ON deliveries (alert_id, webhook);
+`,
+}

@@ -11,28 +11,80 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"modernc.org/sqlite" // registers the "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // SQLiteFile is the database's file name under the data directory.
 const SQLiteFile = "eastguard.db"
 
-// SQLite is the default Store: one database file, written by one
-// connection at a time (SQLite has one writer anyway; one connection also
-// keeps every transaction free of SQLITE_BUSY).
+// SQLite is the default Store. It keeps two database files: the control
+// plane's state (eastguard.db: CA, tokens, policy, rule sets, nodes),
+// written by one connection at a time (SQLite has one writer anyway; one
+// connection also keeps every transaction free of SQLITE_BUSY), and the
+// event data (flows.db: flows, alerts, the webhook outbox), apart so that
+// a flood of flows never queues a policy change behind it and a full
+// flow budget never stops the control plane from writing. flows.db has a
+// few connections so that queries read while ingestion writes (WAL).
 type SQLite struct {
-	db   *sql.DB
-	path string
+	db    *sql.DB
+	path  string
+	edb   *sql.DB
+	epath string
 }
 
-// OpenSQLite opens (creating if needed) the database in dataDir, which it
-// creates mode 0700, and brings its schema up to date. The file is mode
-// 0600: it holds the CA key.
-func OpenSQLite(dataDir string) (*SQLite, error) {
+// EventsFile is the event database's file name under the data directory.
+const EventsFile = "flows.db"
+
+// Option changes how OpenSQLite opens the store.
+type Option func(*openOptions)
+
+type openOptions struct {
+	eventMaxPages int
+}
+
+// WithEventMaxPages caps flows.db at n pages (SQLite's max_page_count):
+// writes beyond it fail with ErrFull, as on a full disk. Tests use it to
+// fill the store without filling a disk.
+func WithEventMaxPages(n int) Option { return func(o *openOptions) { o.eventMaxPages = n } }
+
+// OpenSQLite opens (creating if needed) the databases in dataDir, which it
+// creates mode 0700, and brings their schemas up to date. The files are
+// mode 0600: one holds the CA key, the other every flow.
+func OpenSQLite(dataDir string, opts ...Option) (*SQLite, error) {
+	var o openOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	path := filepath.Join(dataDir, SQLiteFile)
+	s := &SQLite{path: filepath.Join(dataDir, SQLiteFile), epath: filepath.Join(dataDir, EventsFile)}
+	var err error
+	if s.db, err = openDB(s.path, 1, nil); err != nil {
+		return nil, err
+	}
+	if err := migrate(context.Background(), s.db, migrations); err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("store %s: %w", s.path, err)
+	}
+	var pragmas []string
+	if o.eventMaxPages > 0 {
+		pragmas = append(pragmas, fmt.Sprintf("max_page_count(%d)", o.eventMaxPages))
+	}
+	if s.edb, err = openDB(s.epath, 4, pragmas); err != nil {
+		s.db.Close()
+		return nil, err
+	}
+	if err := migrate(context.Background(), s.edb, eventMigrations); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store %s: %w", s.epath, err)
+	}
+	return s, nil
+}
+
+// openDB opens one database file with conns connections.
+func openDB(path string, conns int, pragmas []string) (*sql.DB, error) {
 	// Create the file ourselves so that it never exists with a wider mode.
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -47,39 +99,41 @@ func OpenSQLite(dataDir string) (*SQLite, error) {
 	q.Set("_busy_timeout", "10000")
 	q.Set("_journal_mode", "WAL")
 	// FULL: a committed policy change, token use or revocation survives a
-	// power cut, not only a crash.
+	// power cut, not only a crash; so does a flow batch once acked.
 	q.Set("_synchronous", "FULL")
 	q.Set("_foreign_keys", "1")
 	q.Set("_txlock", "immediate")
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	db.SetMaxOpenConns(1)
-	s := &SQLite{db: db, path: path}
-	if err := s.migrate(context.Background()); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("store %s: %w", path, err)
-	}
-	return s, nil
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	return db, nil
 }
 
 // Path is the database file.
 func (s *SQLite) Path() string { return s.path }
 
-// Close closes the database.
-func (s *SQLite) Close() error { return s.db.Close() }
+// EventsPath is the event database file.
+func (s *SQLite) EventsPath() string { return s.epath }
 
-func (s *SQLite) migrate(ctx context.Context) error {
+// Close closes the databases.
+func (s *SQLite) Close() error { return errors.Join(s.db.Close(), s.edb.Close()) }
+
+func migrate(ctx context.Context, db *sql.DB, migrations []string) error {
 	var version int
-	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
 		return fmt.Errorf("schema version: %w", err)
 	}
 	if version > len(migrations) {
 		return fmt.Errorf("schema version %d is newer than this controller knows (%d): refusing to touch it", version, len(migrations))
 	}
 	for i := version; i < len(migrations); i++ {
-		err := s.tx(ctx, func(tx *sql.Tx) error {
+		err := inTx(ctx, db, func(tx *sql.Tx) error {
 			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
 				return err
 			}
@@ -93,16 +147,40 @@ func (s *SQLite) migrate(ctx context.Context) error {
 	return nil
 }
 
-func (s *SQLite) tx(ctx context.Context, f func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *SQLite) tx(ctx context.Context, f func(*sql.Tx) error) error { return inTx(ctx, s.db, f) }
+
+// inTx runs f in a transaction of db. Errors that say the disk is full or
+// failing are wrapped in ErrFull or ErrIO.
+func inTx(ctx context.Context, db *sql.DB, f func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return classify(err)
 	}
 	if err := f(tx); err != nil {
 		tx.Rollback()
+		return classify(err)
+	}
+	return classify(tx.Commit())
+}
+
+// classify wraps SQLite's "full" and I/O errors in ErrFull and ErrIO,
+// whose messages say what is wrong ("store full: database or disk is
+// full"), so that callers can refuse work cleanly and count why.
+func classify(err error) error {
+	if err == nil || errors.Is(err, ErrFull) || errors.Is(err, ErrIO) {
 		return err
 	}
-	return tx.Commit()
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_FULL:
+		return fmt.Errorf("%w: %w (free disk space, lower --flow-max-bytes or --flow-retention)", ErrFull, err)
+	case sqlite3.SQLITE_IOERR:
+		return fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	return err
 }
 
 func nanos(t time.Time) int64 {

@@ -82,6 +82,8 @@ type Store interface {
 	// SaveNodes inserts or replaces node records.
 	SaveNodes(ctx context.Context, nodes []Node) error
 
+	EventStore
+
 	Close() error
 }
 

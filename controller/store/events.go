@@ -1,0 +1,259 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Errors of a store that cannot write. Both are retryable for whoever
+// holds the data (an agent keeps its flow batches): the error message says
+// what the operator must fix.
+var (
+	// ErrFull: the disk, or the size budget of the database, is full.
+	ErrFull = errors.New("store full")
+	// ErrIO: the database could not be read or written (disk error).
+	ErrIO = errors.New("store I/O error")
+)
+
+// EventStore is the part of Store that keeps what the agents report and
+// what it leads to: flow records, alerts, webhook deliveries (the outbox),
+// and how far each agent's flow spool has been stored. Its volume is
+// unlike the rest (a flood of flows must never delay a policy change), so
+// an implementation may keep it apart; the SQLite one uses a second
+// database file (flows.db).
+type EventStore interface {
+	// EventTx runs f in one transaction: the flows, alerts, deliveries and
+	// spool positions it writes are stored together or not at all. f must
+	// not keep tx.
+	EventTx(ctx context.Context, f func(tx EventTx) error) error
+
+	// Flows returns flow records matching q, newest first.
+	Flows(ctx context.Context, q FlowQuery) ([]flowrecord.Record, error)
+	// PruneFlows deletes up to limit flows recorded before before, oldest
+	// first, and returns how many it deleted.
+	PruneFlows(ctx context.Context, before time.Time, limit int) (int64, error)
+	// PruneOldestFlows deletes the n oldest flows.
+	PruneOldestFlows(ctx context.Context, n int) (int64, error)
+	// EventStoreSize returns the bytes the event data occupies (free pages
+	// excluded) and the number of flows stored.
+	EventStoreSize(ctx context.Context) (bytes int64, flows int64, err error)
+
+	// Alerts returns alerts matching q, most recently seen first.
+	Alerts(ctx context.Context, q AlertQuery) ([]Alert, error)
+	// PruneAlerts deletes resolved alerts, and finished deliveries, older
+	// than before.
+	PruneAlerts(ctx context.Context, before time.Time) (int64, error)
+
+	// DueDeliveries returns up to limit pending deliveries due at now,
+	// oldest first, leaving out any whose alert has an older pending
+	// delivery to the same webhook (deliveries of one alert to one
+	// webhook go out in order).
+	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
+	// NextDeliveryAt returns when the next pending delivery is due (zero
+	// when none is pending) and how many are pending.
+	NextDeliveryAt(ctx context.Context) (time.Time, int, error)
+	// UpdateDelivery records an attempt's outcome (state, attempts, next
+	// attempt, last error, finished).
+	UpdateDelivery(ctx context.Context, d Delivery) error
+	// Delivery returns one delivery, or ErrNotFound.
+	Delivery(ctx context.Context, id int64) (Delivery, error)
+}
+
+// EventTx is what an EventStore transaction may do.
+type EventTx interface {
+	// SpoolPosition returns how far an agent's spool has been stored (the
+	// zero position, with node and spool id set, when never).
+	SpoolPosition(node string, spoolID uint64) (SpoolPosition, error)
+	SaveSpoolPosition(p SpoolPosition) error
+	// InsertFlows stores flow records.
+	InsertFlows(recs []flowrecord.Record) error
+
+	// LiveAlert returns the newest alert with the dedup key that is not
+	// resolved, or ErrNotFound.
+	LiveAlert(key string) (Alert, error)
+	// Alert returns an alert by id, or ErrNotFound.
+	Alert(id int64) (Alert, error)
+	// LiveAlerts returns every alert that is not resolved.
+	LiveAlerts() ([]Alert, error)
+	// InsertAlert stores a new alert and sets its ID.
+	InsertAlert(a *Alert) error
+	// UpdateAlert stores an alert's state, count, times and last flow.
+	UpdateAlert(a *Alert) error
+
+	// AddDeliveries queues deliveries (their IDs are set).
+	AddDeliveries(ds []Delivery) error
+	// LastDeliveryCreated returns when the newest delivery of an alert to
+	// a webhook was queued (zero if never).
+	LastDeliveryCreated(alertID int64, webhook string) (time.Time, error)
+}
+
+// SpoolPosition says which batches of one agent spool are stored. Batches
+// are numbered within a spool; High is the highest stored, Holes the seq
+// ranges below High not stored (a batch refused for a while, or dropped
+// by the agent): a batch is new when its seq is above High or in a hole.
+type SpoolPosition struct {
+	Node    string
+	SpoolID uint64
+	High    uint64
+	Holes   []SeqRange
+	Updated time.Time
+}
+
+// SeqRange is an inclusive range of batch seqs.
+type SeqRange struct{ First, Last uint64 }
+
+// maxHoles bounds SpoolPosition.Holes; the oldest are forgotten first
+// (a batch that comes back after that many newer gaps is taken for a
+// duplicate).
+const maxHoles = 256
+
+// Stored reports whether the batch seq was stored already.
+func (p *SpoolPosition) Stored(seq uint64) bool {
+	if seq > p.High {
+		return false
+	}
+	for _, h := range p.Holes {
+		if seq >= h.First && seq <= h.Last {
+			return false
+		}
+	}
+	return true
+}
+
+// Add records batch seq as stored (seq must not be Stored). It returns
+// the number of hole ranges forgotten to stay within the bound.
+func (p *SpoolPosition) Add(seq uint64) (forgotten int) {
+	if seq > p.High {
+		if seq > p.High+1 {
+			p.Holes = append(p.Holes, SeqRange{p.High + 1, seq - 1})
+		}
+		p.High = seq
+	} else {
+		for i, h := range p.Holes {
+			if seq < h.First || seq > h.Last {
+				continue
+			}
+			var repl []SeqRange
+			if seq > h.First {
+				repl = append(repl, SeqRange{h.First, seq - 1})
+			}
+			if seq < h.Last {
+				repl = append(repl, SeqRange{seq + 1, h.Last})
+			}
+			p.Holes = append(p.Holes[:i], append(repl, p.Holes[i+1:]...)...)
+			break
+		}
+	}
+	if n := len(p.Holes) - maxHoles; n > 0 {
+		p.Holes = append([]SeqRange(nil), p.Holes[n:]...)
+		return n
+	}
+	return 0
+}
+
+// FlowQuery selects flows. Zero fields select everything.
+type FlowQuery struct {
+	Since, Until time.Time
+	Verdict      ruleset.Verdict
+	// Port is the destination port; HasPort says it is set (0 is a port).
+	Port     uint16
+	HasPort  bool
+	Protocol string
+	// Workload matches either end's workload; Addr either end's address.
+	Workload string
+	Addr     netip.Addr
+	Rule     string
+	Node     string
+	// Limit bounds the answer (callers cap it).
+	Limit int
+}
+
+// Alert states.
+const (
+	AlertOpen         = "open"
+	AlertAcknowledged = "acknowledged"
+	AlertResolved     = "resolved"
+)
+
+// Alert is a run of flows matching one AlertRule between one source and
+// one destination on one port and protocol, with no gap longer than the
+// rule's window.
+type Alert struct {
+	ID       int64
+	Rule     string
+	Severity string
+	// Key is the dedup key: rule, source, destination, port, protocol.
+	Key   string
+	State string
+	// Count is the number of connection attempts (distinct 5-tuples)
+	// the alert covers.
+	Count uint64
+	// Source and Destination are workload names, or addresses for
+	// unmanaged ends.
+	Source, Destination      string
+	SrcWorkload, DstWorkload string
+	SrcAddr, DstAddr         netip.Addr
+	SrcLabels, DstLabels     map[string]string
+	Port                     uint16
+	Protocol                 string
+	// Verdict, DecidingRule and Node are the last matching flow's.
+	Verdict      string
+	DecidingRule string
+	Node         string
+	FirstSeen    time.Time
+	LastSeen     time.Time
+	Window       time.Duration
+	// Notify names the webhooks told about it.
+	Notify         []string
+	Created        time.Time
+	AcknowledgedAt time.Time
+	ResolvedAt     time.Time
+	// ResolvedBy says why it was resolved: "window" (no repeat for a
+	// whole window) or "api".
+	ResolvedBy string
+}
+
+// AlertQuery selects alerts.
+type AlertQuery struct {
+	// States selects by state; empty means every state.
+	States []string
+	Rule   string
+	Since  time.Time // last seen at or after
+	Limit  int
+}
+
+// Delivery states.
+const (
+	DeliveryPending   = "pending"
+	DeliveryDelivered = "delivered"
+	DeliveryGaveUp    = "gave-up"
+)
+
+// Delivery events: what a delivery tells the webhook.
+const (
+	EventFiring   = "firing"
+	EventResolved = "resolved"
+	// EventRefresh re-posts an open alert to Alertmanager, which forgets
+	// alerts that are not re-posted.
+	EventRefresh = "refresh"
+)
+
+// Delivery is one message to one webhook about one alert, in the outbox
+// until delivered or given up.
+type Delivery struct {
+	ID          int64
+	AlertID     int64
+	Webhook     string
+	Event       string
+	State       string
+	Attempts    int
+	NextAttempt time.Time
+	Created     time.Time
+	LastError   string
+	Finished    time.Time
+}

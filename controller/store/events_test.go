@@ -1,0 +1,344 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+func testFlow(i int, at time.Time) flowrecord.Record {
+	verdict := ruleset.VerdictAllowed
+	if i%2 == 1 {
+		verdict = ruleset.VerdictDenied
+	}
+	return flowrecord.Record{
+		Time: at, Node: "node-a", Direction: ruleset.Ingress, Protocol: "TCP",
+		SrcAddr: netip.MustParseAddr("10.250.0.1"), SrcPort: uint16(30000 + i), SrcWorkload: "web", SrcIdentity: 300,
+		DstAddr: netip.MustParseAddr("10.250.0.2"), DstPort: uint16(22 + i%3), DstWorkload: "db", DstIdentity: 301,
+		Verdict: verdict, Rule: fmt.Sprintf("shop/r%d", i%2), Packets: 1, Bytes: 60, FirstSeen: at, LastSeen: at,
+	}
+}
+
+func insertFlows(t *testing.T, s *SQLite, recs []flowrecord.Record) {
+	t.Helper()
+	if err := s.EventTx(context.Background(), func(tx EventTx) error { return tx.InsertFlows(recs) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSpoolPosition(t *testing.T) {
+	p := SpoolPosition{}
+	for _, seq := range []uint64{1, 2, 5} {
+		if p.Stored(seq) {
+			t.Fatalf("seq %d stored before it was added", seq)
+		}
+		p.Add(seq)
+	}
+	// 3 and 4 are a hole: new, and 1, 2, 5 are duplicates.
+	for seq, want := range map[uint64]bool{1: true, 2: true, 3: false, 4: false, 5: true, 6: false} {
+		if got := p.Stored(seq); got != want {
+			t.Errorf("Stored(%d) = %v, want %v", seq, got, want)
+		}
+	}
+	p.Add(4)
+	if !p.Stored(4) || p.Stored(3) || len(p.Holes) != 1 || p.Holes[0] != (SeqRange{3, 3}) {
+		t.Errorf("after 4: %+v", p)
+	}
+	p.Add(3)
+	if len(p.Holes) != 0 {
+		t.Errorf("holes left: %+v", p.Holes)
+	}
+	// Holes are bounded; the oldest go first.
+	q := SpoolPosition{}
+	for i := range uint64(maxHoles + 10) {
+		q.Add(2*i + 2)
+	}
+	if len(q.Holes) != maxHoles || q.Stored(1) != true || q.Stored(2*maxHoles+19) {
+		t.Errorf("bounded holes: %d, Stored(1)=%v", len(q.Holes), q.Stored(1))
+	}
+	// Positions survive the store.
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	p.Add(9)
+	err := s.EventTx(ctx, func(tx EventTx) error {
+		p.Node, p.SpoolID = "n", 1<<63+5 // a uint64 beyond int64
+		return tx.SaveSpoolPosition(p)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.EventTx(ctx, func(tx EventTx) error {
+		got, err := tx.SpoolPosition("n", 1<<63+5)
+		if err != nil {
+			return err
+		}
+		if got.High != 9 || len(got.Holes) != 1 || got.Holes[0] != (SeqRange{6, 8}) {
+			t.Errorf("stored position: %+v", got)
+		}
+		other, err := tx.SpoolPosition("n", 2)
+		if other.High != 0 || other.Node != "n" || other.SpoolID != 2 {
+			t.Errorf("unknown spool: %+v", other)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFlowsQueryAndRetention(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var recs []flowrecord.Record
+	for i := range 30 {
+		recs = append(recs, testFlow(i, base.Add(time.Duration(i)*time.Minute)))
+	}
+	icmp := testFlow(100, base.Add(time.Hour))
+	icmp.Protocol, icmp.SrcPort, icmp.DstPort = "ICMP", 0, 0
+	typ, code := uint8(8), uint8(0)
+	icmp.ICMPType, icmp.ICMPCode = &typ, &code
+	recs = append(recs, icmp)
+	insertFlows(t, s, recs)
+
+	all, err := s.Flows(ctx, FlowQuery{})
+	if err != nil || len(all) != 31 {
+		t.Fatalf("all flows: %d, %v", len(all), err)
+	}
+	if all[0].Protocol != "ICMP" || *all[0].ICMPType != 8 || all[0].ICMPCode == nil || !all[0].Time.Equal(icmp.Time) {
+		t.Errorf("newest first, ICMP kept: %+v", all[0])
+	}
+	if all[1].SrcAddr != recs[29].SrcAddr || all[1].DstWorkload != "db" || all[1].Rule != "shop/r1" || all[1].SrcPort != 30029 {
+		t.Errorf("round trip: %+v", all[1])
+	}
+	cases := []struct {
+		name string
+		q    FlowQuery
+		want int
+	}{
+		{"denied", FlowQuery{Verdict: ruleset.VerdictDenied}, 15},
+		{"port 22", FlowQuery{Port: 22, HasPort: true}, 10},
+		{"port 0", FlowQuery{Port: 0, HasPort: true}, 1},
+		{"since", FlowQuery{Since: base.Add(20 * time.Minute)}, 11},
+		{"until", FlowQuery{Until: base.Add(5 * time.Minute)}, 5},
+		{"rule", FlowQuery{Rule: "shop/r0"}, 16},
+		{"workload either end", FlowQuery{Workload: "web"}, 31},
+		{"workload none", FlowQuery{Workload: "nope"}, 0},
+		{"address", FlowQuery{Addr: netip.MustParseAddr("10.250.0.2")}, 31},
+		{"protocol", FlowQuery{Protocol: "ICMP"}, 1},
+		{"node", FlowQuery{Node: "node-a"}, 31},
+		{"limit", FlowQuery{Limit: 3}, 3},
+		{"combined", FlowQuery{Verdict: ruleset.VerdictDenied, Port: 23, HasPort: true, Since: base.Add(10 * time.Minute)}, 3},
+	}
+	for _, c := range cases {
+		got, err := s.Flows(ctx, c.q)
+		if err != nil || len(got) != c.want {
+			t.Errorf("%s: %d flows (%v), want %d", c.name, len(got), err, c.want)
+		}
+	}
+	// Every filter uses an index.
+	for _, cond := range []string{"verdict = 2", "dst_port = 22", "rule = 'x'", "src_workload = 'x' OR dst_workload = 'x'"} {
+		var plan strings.Builder
+		rows, err := s.edb.Query("EXPLAIN QUERY PLAN SELECT * FROM flows WHERE (" + cond + ") AND time > 0 ORDER BY time DESC")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			rows.Scan(&id, &parent, &unused, &detail)
+			plan.WriteString(detail + "; ")
+		}
+		rows.Close()
+		if !strings.Contains(plan.String(), "USING INDEX") || strings.Contains(plan.String(), "SCAN flows") {
+			t.Errorf("%s: plan %s", cond, plan.String())
+		}
+	}
+
+	n, err := s.PruneFlows(ctx, base.Add(10*time.Minute), 4)
+	if err != nil || n != 4 {
+		t.Errorf("prune by age, limited: %d, %v", n, err)
+	}
+	n, err = s.PruneFlows(ctx, base.Add(10*time.Minute), 100)
+	if err != nil || n != 6 {
+		t.Errorf("prune by age: %d, %v", n, err)
+	}
+	if n, err = s.PruneOldestFlows(ctx, 5); err != nil || n != 5 {
+		t.Errorf("prune oldest: %d, %v", n, err)
+	}
+	left, _ := s.Flows(ctx, FlowQuery{})
+	if len(left) != 16 || !left[len(left)-1].Time.Equal(base.Add(15*time.Minute)) {
+		t.Errorf("%d left, oldest %v", len(left), left[len(left)-1].Time)
+	}
+	size, count, err := s.EventStoreSize(ctx)
+	if err != nil || size <= 0 || count != 16 {
+		t.Errorf("size %d, count %d, %v", size, count, err)
+	}
+}
+
+func TestAlertsAndDeliveries(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	ctx := context.Background()
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	a := Alert{Rule: "ssh", Severity: "critical", Key: "ssh|web|db|22|TCP", State: AlertOpen, Count: 1, Source: "web",
+		Destination: "db", SrcWorkload: "web", DstWorkload: "db", SrcAddr: netip.MustParseAddr("10.250.0.1"),
+		DstAddr: netip.MustParseAddr("10.250.0.2"), SrcLabels: map[string]string{"role": "web"}, Port: 22, Protocol: "TCP",
+		Verdict: "denied", DecidingRule: "default-deny", Node: "node-a", FirstSeen: now, LastSeen: now, Window: time.Minute,
+		Notify: []string{"sec", "am"}, Created: now}
+	err := s.EventTx(ctx, func(tx EventTx) error {
+		if err := tx.InsertAlert(&a); err != nil {
+			return err
+		}
+		return tx.AddDeliveries([]Delivery{
+			{AlertID: a.ID, Webhook: "sec", Event: EventFiring, NextAttempt: now, Created: now},
+			{AlertID: a.ID, Webhook: "am", Event: EventFiring, NextAttempt: now, Created: now},
+			{AlertID: a.ID, Webhook: "sec", Event: EventResolved, NextAttempt: now.Add(time.Second), Created: now.Add(time.Second)},
+		})
+	})
+	if err != nil || a.ID == 0 {
+		t.Fatalf("insert: %v (id %d)", err, a.ID)
+	}
+	// A failed transaction leaves nothing behind.
+	boom := errors.New("boom")
+	err = s.EventTx(ctx, func(tx EventTx) error {
+		b := a
+		b.Key = "other"
+		if err := tx.InsertAlert(&b); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("rollback: %v", err)
+	}
+	err = s.EventTx(ctx, func(tx EventTx) error {
+		got, err := tx.LiveAlert(a.Key)
+		if err != nil {
+			return err
+		}
+		if got.ID != a.ID || got.SrcLabels["role"] != "web" || len(got.Notify) != 2 || got.Window != time.Minute ||
+			!got.FirstSeen.Equal(now) || got.SrcAddr != a.SrcAddr || got.DstLabels != nil {
+			t.Errorf("live alert: %+v", got)
+		}
+		if _, err := tx.LiveAlert("other"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("rolled back alert found: %v", err)
+		}
+		got.Count, got.State, got.ResolvedAt, got.ResolvedBy = 5, AlertResolved, now.Add(time.Hour), "window"
+		if err := tx.UpdateAlert(&got); err != nil {
+			return err
+		}
+		if _, err := tx.LiveAlert(a.Key); !errors.Is(err, ErrNotFound) {
+			t.Errorf("resolved alert is live: %v", err)
+		}
+		last, err := tx.LastDeliveryCreated(a.ID, "sec")
+		if !last.Equal(now.Add(time.Second)) {
+			t.Errorf("last delivery %v", last)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.Alerts(ctx, AlertQuery{States: []string{AlertResolved}})
+	if err != nil || len(list) != 1 || list[0].Count != 5 {
+		t.Fatalf("alerts: %+v, %v", list, err)
+	}
+	if list, _ := s.Alerts(ctx, AlertQuery{States: []string{AlertOpen}}); len(list) != 0 {
+		t.Errorf("open alerts: %+v", list)
+	}
+
+	// The resolved delivery to sec waits for the firing one.
+	due, err := s.DueDeliveries(ctx, now, 10)
+	if err != nil || len(due) != 2 || due[0].Webhook != "sec" || due[0].Event != EventFiring || due[1].Webhook != "am" {
+		t.Fatalf("due: %+v, %v", due, err)
+	}
+	if next, n, err := s.NextDeliveryAt(ctx); err != nil || !next.Equal(now) || n != 3 {
+		t.Errorf("next %v, %d, %v", next, n, err)
+	}
+	d := due[0]
+	d.State, d.Attempts, d.Finished = DeliveryDelivered, 1, now
+	if err := s.UpdateDelivery(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	due, _ = s.DueDeliveries(ctx, now, 10)
+	if len(due) != 1 || due[0].Webhook != "am" {
+		t.Errorf("due after delivery: %+v", due)
+	}
+	if due, _ = s.DueDeliveries(ctx, now.Add(time.Second), 10); len(due) != 2 {
+		t.Errorf("due a second later: %+v", due)
+	}
+	if got, err := s.Delivery(ctx, d.ID); err != nil || got.State != DeliveryDelivered || got.Attempts != 1 {
+		t.Errorf("delivery: %+v %v", got, err)
+	}
+	// Pruning keeps an alert while a delivery of it is pending.
+	if _, err := s.PruneAlerts(ctx, now.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := s.Alerts(ctx, AlertQuery{}); len(list) != 1 {
+		t.Errorf("alert with pending deliveries pruned")
+	}
+	for _, d := range []Delivery{due[0], due[1]} {
+		d.State, d.Finished = DeliveryGaveUp, now
+		s.UpdateDelivery(ctx, d)
+	}
+	// The delivered one went in the first pass; now the alert and the
+	// two given up.
+	if n, err := s.PruneAlerts(ctx, now.Add(2*time.Hour)); err != nil || n != 3 {
+		t.Errorf("pruned %d, %v", n, err)
+	}
+	if list, _ := s.Alerts(ctx, AlertQuery{}); len(list) != 0 {
+		t.Errorf("alerts left: %+v", list)
+	}
+}
+
+// TestEventStoreFull: a store over its page budget (as a full disk)
+// refuses the write whole with ErrFull and a message that says so; the
+// control-plane database stays writable.
+func TestEventStoreFull(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSQLite(dir, WithEventMaxPages(64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	base := time.Now()
+	var full error
+	stored := 0
+	for i := range 200 { // bounded: 64 pages hold far fewer than 200*100 flows
+		recs := make([]flowrecord.Record, 100)
+		for j := range recs {
+			recs[j] = testFlow(i*100+j, base)
+		}
+		err := s.EventTx(ctx, func(tx EventTx) error { return tx.InsertFlows(recs) })
+		if err != nil {
+			full = err
+			break
+		}
+		stored += len(recs)
+	}
+	if !errors.Is(full, ErrFull) || !strings.HasPrefix(full.Error(), "store full: ") {
+		t.Fatalf("error when full: %v", full)
+	}
+	if _, count, err := s.EventStoreSize(ctx); err != nil || count != int64(stored) {
+		t.Errorf("flows stored %d, want %d (nothing of the refused batch): %v", count, stored, err)
+	}
+	if err := s.AddAdminToken(ctx, "id", "hash", base); err != nil {
+		t.Errorf("control-plane store not writable: %v", err)
+	}
+	// Deleting the oldest makes room again.
+	if _, err := s.PruneOldestFlows(ctx, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EventTx(ctx, func(tx EventTx) error { return tx.InsertFlows([]flowrecord.Record{testFlow(1, base)}) }); err != nil {
+		t.Errorf("after pruning: %v", err)
+	}
+}

@@ -1,0 +1,494 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// EventTx runs f in one transaction of flows.db.
+func (s *SQLite) EventTx(ctx context.Context, f func(EventTx) error) error {
+	return inTx(ctx, s.edb, func(tx *sql.Tx) error {
+		etx := &sqliteEventTx{ctx: ctx, tx: tx}
+		defer etx.close()
+		return f(etx)
+	})
+}
+
+type sqliteEventTx struct {
+	ctx        context.Context
+	tx         *sql.Tx
+	insertFlow *sql.Stmt
+}
+
+func (t *sqliteEventTx) close() {
+	if t.insertFlow != nil {
+		t.insertFlow.Close()
+	}
+}
+
+func (t *sqliteEventTx) SpoolPosition(node string, spoolID uint64) (SpoolPosition, error) {
+	p := SpoolPosition{Node: node, SpoolID: spoolID}
+	var high, updated int64
+	var holes string
+	err := t.tx.QueryRowContext(t.ctx, "SELECT high, holes, updated FROM flow_spools WHERE node = ? AND spool_id = ?",
+		node, int64(spoolID)).Scan(&high, &holes, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return p, nil
+	}
+	if err != nil {
+		return p, fmt.Errorf("spool position of %s: %w", node, err)
+	}
+	p.High, p.Updated = uint64(high), fromNanos(updated)
+	if p.Holes, err = parseHoles(holes); err != nil {
+		return p, fmt.Errorf("spool position of %s: %w", node, err)
+	}
+	return p, nil
+}
+
+func (t *sqliteEventTx) SaveSpoolPosition(p SpoolPosition) error {
+	_, err := t.tx.ExecContext(t.ctx, `INSERT INTO flow_spools (node, spool_id, high, holes, updated) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (node, spool_id) DO UPDATE SET high = excluded.high, holes = excluded.holes, updated = excluded.updated`,
+		p.Node, int64(p.SpoolID), int64(p.High), formatHoles(p.Holes), nanos(p.Updated))
+	if err != nil {
+		return fmt.Errorf("save spool position of %s: %w", p.Node, err)
+	}
+	return nil
+}
+
+// Holes are kept as "first-last,first-last".
+func formatHoles(hs []SeqRange) string {
+	var b strings.Builder
+	for i, h := range hs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%d-%d", h.First, h.Last)
+	}
+	return b.String()
+}
+
+func parseHoles(s string) ([]SeqRange, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []SeqRange
+	for _, part := range strings.Split(s, ",") {
+		a, b, ok := strings.Cut(part, "-")
+		first, err1 := strconv.ParseUint(a, 10, 64)
+		last, err2 := strconv.ParseUint(b, 10, 64)
+		if !ok || err1 != nil || err2 != nil || first > last {
+			return nil, fmt.Errorf("holes: %q is not a seq range", part)
+		}
+		out = append(out, SeqRange{first, last})
+	}
+	return out, nil
+}
+
+const flowColumns = `time, node, direction, protocol, src_addr, src_port, src_workload, src_identity, dst_addr, dst_port,
+	dst_workload, dst_identity, verdict, rule, packets, bytes, first_seen, last_seen, icmp_type, icmp_code, reason`
+
+func (t *sqliteEventTx) InsertFlows(recs []flowrecord.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	if t.insertFlow == nil {
+		var err error
+		t.insertFlow, err = t.tx.PrepareContext(t.ctx, "INSERT INTO flows ("+flowColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		if err != nil {
+			return fmt.Errorf("insert flows: %w", err)
+		}
+	}
+	for i := range recs {
+		r := &recs[i]
+		var icmpType, icmpCode any
+		if r.ICMPType != nil {
+			icmpType = int64(*r.ICMPType)
+		}
+		if r.ICMPCode != nil {
+			icmpCode = int64(*r.ICMPCode)
+		}
+		if _, err := t.insertFlow.ExecContext(t.ctx, r.Time.UnixNano(), r.Node, int64(r.Direction), r.Protocol,
+			r.SrcAddr.String(), int64(r.SrcPort), r.SrcWorkload, int64(r.SrcIdentity),
+			r.DstAddr.String(), int64(r.DstPort), r.DstWorkload, int64(r.DstIdentity),
+			int64(r.Verdict), r.Rule, int64(r.Packets), int64(r.Bytes), r.FirstSeen.UnixNano(), r.LastSeen.UnixNano(),
+			icmpType, icmpCode, r.Reason); err != nil {
+			return fmt.Errorf("insert flows: %w", err)
+		}
+	}
+	return nil
+}
+
+const alertColumns = `id, rule, severity, dedup_key, state, count, source, destination, src_workload, dst_workload,
+	src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node, first_seen, last_seen,
+	window_ns, notify, created, acknowledged_at, resolved_at, resolved_by`
+
+func scanAlert(row interface{ Scan(...any) error }) (Alert, error) {
+	var a Alert
+	var count, port, first, last, window, created, acked, resolved int64
+	var srcAddr, dstAddr, srcLabels, dstLabels, notify string
+	err := row.Scan(&a.ID, &a.Rule, &a.Severity, &a.Key, &a.State, &count, &a.Source, &a.Destination, &a.SrcWorkload,
+		&a.DstWorkload, &srcAddr, &dstAddr, &srcLabels, &dstLabels, &port, &a.Protocol, &a.Verdict, &a.DecidingRule,
+		&a.Node, &first, &last, &window, &notify, &created, &acked, &resolved, &a.ResolvedBy)
+	if err != nil {
+		return a, err
+	}
+	a.Count, a.Port, a.Window = uint64(count), uint16(port), time.Duration(window)
+	a.FirstSeen, a.LastSeen, a.Created = fromNanos(first), fromNanos(last), fromNanos(created)
+	a.AcknowledgedAt, a.ResolvedAt = fromNanos(acked), fromNanos(resolved)
+	a.SrcAddr, _ = netip.ParseAddr(srcAddr)
+	a.DstAddr, _ = netip.ParseAddr(dstAddr)
+	if err := errors.Join(unmarshalIfAny(srcLabels, &a.SrcLabels), unmarshalIfAny(dstLabels, &a.DstLabels),
+		unmarshalIfAny(notify, &a.Notify)); err != nil {
+		return a, fmt.Errorf("alert %d: %w", a.ID, err)
+	}
+	return a, nil
+}
+
+func unmarshalIfAny(s string, v any) error {
+	if s == "" || s == "null" {
+		return nil
+	}
+	return json.Unmarshal([]byte(s), v)
+}
+
+func marshalString(v any) string {
+	b, _ := json.Marshal(v) // maps of strings and string slices always encode
+	return string(b)
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func (t *sqliteEventTx) LiveAlert(key string) (Alert, error) {
+	a, err := scanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE dedup_key = ? AND state <> ? ORDER BY id DESC LIMIT 1",
+		key, AlertResolved))
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, ErrNotFound
+	}
+	return a, err
+}
+
+func (t *sqliteEventTx) Alert(id int64) (Alert, error) {
+	a, err := scanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, fmt.Errorf("alert %d: %w", id, ErrNotFound)
+	}
+	return a, err
+}
+
+func (t *sqliteEventTx) LiveAlerts() ([]Alert, error) {
+	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE state <> ? ORDER BY id", AlertResolved)
+	if err != nil {
+		return nil, err
+	}
+	return scanAlerts(rows)
+}
+
+func scanAlerts(rows *sql.Rows) ([]Alert, error) {
+	defer rows.Close()
+	var out []Alert
+	for rows.Next() {
+		a, err := scanAlert(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+func (t *sqliteEventTx) InsertAlert(a *Alert) error {
+	err := t.tx.QueryRowContext(t.ctx, `INSERT INTO alerts (rule, severity, dedup_key, state, count, source, destination,
+		src_workload, dst_workload, src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node,
+		first_seen, last_seen, window_ns, notify, created, acknowledged_at, resolved_at, resolved_by)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		a.Rule, a.Severity, a.Key, a.State, int64(a.Count), a.Source, a.Destination, a.SrcWorkload, a.DstWorkload,
+		addrString(a.SrcAddr), addrString(a.DstAddr), marshalString(a.SrcLabels), marshalString(a.DstLabels), int64(a.Port),
+		a.Protocol, a.Verdict, a.DecidingRule, a.Node, nanos(a.FirstSeen), nanos(a.LastSeen), int64(a.Window),
+		marshalString(a.Notify), nanos(a.Created), nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy).Scan(&a.ID)
+	if err != nil {
+		return fmt.Errorf("insert alert: %w", err)
+	}
+	return nil
+}
+
+func (t *sqliteEventTx) UpdateAlert(a *Alert) error {
+	_, err := t.tx.ExecContext(t.ctx, `UPDATE alerts SET state = ?, count = ?, verdict = ?, deciding_rule = ?, node = ?,
+		first_seen = ?, last_seen = ?, acknowledged_at = ?, resolved_at = ?, resolved_by = ? WHERE id = ?`,
+		a.State, int64(a.Count), a.Verdict, a.DecidingRule, a.Node, nanos(a.FirstSeen), nanos(a.LastSeen),
+		nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy, a.ID)
+	if err != nil {
+		return fmt.Errorf("update alert %d: %w", a.ID, err)
+	}
+	return nil
+}
+
+func (t *sqliteEventTx) AddDeliveries(ds []Delivery) error {
+	for i := range ds {
+		d := &ds[i]
+		if d.State == "" {
+			d.State = DeliveryPending
+		}
+		err := t.tx.QueryRowContext(t.ctx, `INSERT INTO deliveries (alert_id, webhook, event, state, attempts, next_attempt,
+			created, last_error, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+			d.AlertID, d.Webhook, d.Event, d.State, d.Attempts, nanos(d.NextAttempt), nanos(d.Created), d.LastError,
+			nanos(d.Finished)).Scan(&d.ID)
+		if err != nil {
+			return fmt.Errorf("queue delivery of alert %d to %s: %w", d.AlertID, d.Webhook, err)
+		}
+	}
+	return nil
+}
+
+func (t *sqliteEventTx) LastDeliveryCreated(alertID int64, webhook string) (time.Time, error) {
+	var created sql.NullInt64
+	err := t.tx.QueryRowContext(t.ctx, "SELECT MAX(created) FROM deliveries WHERE alert_id = ? AND webhook = ?",
+		alertID, webhook).Scan(&created)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return fromNanos(created.Int64), nil
+}
+
+// Flows answers a flow query from an index: the filters that have one
+// (verdict, port, rule, workload) lead, time orders.
+func (s *SQLite) Flows(ctx context.Context, q FlowQuery) ([]flowrecord.Record, error) {
+	var where []string
+	var args []any
+	add := func(cond string, vals ...any) {
+		where = append(where, cond)
+		args = append(args, vals...)
+	}
+	if !q.Since.IsZero() {
+		add("time >= ?", q.Since.UnixNano())
+	}
+	if !q.Until.IsZero() {
+		add("time < ?", q.Until.UnixNano())
+	}
+	if q.Verdict != ruleset.VerdictNone {
+		add("verdict = ?", int64(q.Verdict))
+	}
+	if q.HasPort {
+		add("dst_port = ?", int64(q.Port))
+	}
+	if q.Protocol != "" {
+		add("protocol = ?", q.Protocol)
+	}
+	if q.Workload != "" {
+		add("(src_workload = ? OR dst_workload = ?)", q.Workload, q.Workload)
+	}
+	if q.Addr.IsValid() {
+		add("(src_addr = ? OR dst_addr = ?)", q.Addr.String(), q.Addr.String())
+	}
+	if q.Rule != "" {
+		add("rule = ?", q.Rule)
+	}
+	if q.Node != "" {
+		add("node = ?", q.Node)
+	}
+	query := "SELECT " + flowColumns + " FROM flows"
+	if len(where) > 0 {
+		query += " WHERE " + strings.Join(where, " AND ")
+	}
+	query += " ORDER BY time DESC, id DESC"
+	if q.Limit > 0 {
+		query += " LIMIT " + strconv.Itoa(q.Limit)
+	}
+	rows, err := s.edb.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read flows: %w", classify(err))
+	}
+	defer rows.Close()
+	var out []flowrecord.Record
+	for rows.Next() {
+		var r flowrecord.Record
+		var t, dir, srcPort, srcID, dstPort, dstID, verdict, packets, bytes, first, last int64
+		var srcAddr, dstAddr string
+		var icmpType, icmpCode sql.NullInt64
+		if err := rows.Scan(&t, &r.Node, &dir, &r.Protocol, &srcAddr, &srcPort, &r.SrcWorkload, &srcID, &dstAddr, &dstPort,
+			&r.DstWorkload, &dstID, &verdict, &r.Rule, &packets, &bytes, &first, &last, &icmpType, &icmpCode, &r.Reason); err != nil {
+			return nil, fmt.Errorf("read flows: %w", err)
+		}
+		r.Time, r.FirstSeen, r.LastSeen = time.Unix(0, t).UTC(), time.Unix(0, first).UTC(), time.Unix(0, last).UTC()
+		r.Direction, r.Verdict = ruleset.Direction(dir), ruleset.Verdict(verdict)
+		r.SrcAddr, _ = netip.ParseAddr(srcAddr)
+		r.DstAddr, _ = netip.ParseAddr(dstAddr)
+		r.SrcPort, r.DstPort = uint16(srcPort), uint16(dstPort)
+		r.SrcIdentity, r.DstIdentity = ruleset.Identity(srcID), ruleset.Identity(dstID)
+		r.Packets, r.Bytes = uint64(packets), uint64(bytes)
+		if icmpType.Valid {
+			v := uint8(icmpType.Int64)
+			r.ICMPType = &v
+		}
+		if icmpCode.Valid {
+			v := uint8(icmpCode.Int64)
+			r.ICMPCode = &v
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) PruneFlows(ctx context.Context, before time.Time, limit int) (int64, error) {
+	res, err := s.edb.ExecContext(ctx, "DELETE FROM flows WHERE id IN (SELECT id FROM flows WHERE time < ? ORDER BY time LIMIT ?)",
+		before.UnixNano(), limit)
+	if err != nil {
+		return 0, fmt.Errorf("prune flows: %w", classify(err))
+	}
+	return res.RowsAffected()
+}
+
+func (s *SQLite) PruneOldestFlows(ctx context.Context, n int) (int64, error) {
+	res, err := s.edb.ExecContext(ctx, "DELETE FROM flows WHERE id IN (SELECT id FROM flows ORDER BY time LIMIT ?)", n)
+	if err != nil {
+		return 0, fmt.Errorf("prune flows: %w", classify(err))
+	}
+	return res.RowsAffected()
+}
+
+func (s *SQLite) EventStoreSize(ctx context.Context) (int64, int64, error) {
+	var pages, free, pageSize, flows int64
+	err := errors.Join(
+		s.edb.QueryRowContext(ctx, "PRAGMA page_count").Scan(&pages),
+		s.edb.QueryRowContext(ctx, "PRAGMA freelist_count").Scan(&free),
+		s.edb.QueryRowContext(ctx, "PRAGMA page_size").Scan(&pageSize),
+		// MAX(id) - MIN(id) + 1 would be cheaper but wrong after deletes
+		// in the middle; COUNT walks the smallest index.
+		s.edb.QueryRowContext(ctx, "SELECT COUNT(*) FROM flows").Scan(&flows),
+	)
+	if err != nil {
+		return 0, 0, fmt.Errorf("event store size: %w", err)
+	}
+	return (pages - free) * pageSize, flows, nil
+}
+
+func (s *SQLite) Alerts(ctx context.Context, q AlertQuery) ([]Alert, error) {
+	var where []string
+	var args []any
+	if len(q.States) > 0 {
+		where = append(where, "state IN ("+strings.TrimSuffix(strings.Repeat("?, ", len(q.States)), ", ")+")")
+		for _, st := range q.States {
+			args = append(args, st)
+		}
+	}
+	if q.Rule != "" {
+		where = append(where, "rule = ?")
+		args = append(args, q.Rule)
+	}
+	if !q.Since.IsZero() {
+		where = append(where, "last_seen >= ?")
+		args = append(args, q.Since.UnixNano())
+	}
+	query := "SELECT " + alertColumns + " FROM alerts"
+	if len(where) > 0 {
+		query += " WHERE " + strings.Join(where, " AND ")
+	}
+	query += " ORDER BY last_seen DESC, id DESC"
+	if q.Limit > 0 {
+		query += " LIMIT " + strconv.Itoa(q.Limit)
+	}
+	rows, err := s.edb.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read alerts: %w", classify(err))
+	}
+	return scanAlerts(rows)
+}
+
+func (s *SQLite) PruneAlerts(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := inTx(ctx, s.edb, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "DELETE FROM deliveries WHERE state <> ? AND finished < ?", DeliveryPending, before.UnixNano())
+		if err != nil {
+			return err
+		}
+		d, _ := res.RowsAffected()
+		// Deliveries of a deleted alert go with it (ON DELETE CASCADE):
+		// only alerts with nothing pending are old enough to go.
+		res, err = tx.ExecContext(ctx, `DELETE FROM alerts WHERE state = ? AND resolved_at < ?
+			AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alert_id = alerts.id AND d.state = ?)`,
+			AlertResolved, before.UnixNano(), DeliveryPending)
+		if err != nil {
+			return err
+		}
+		a, _ := res.RowsAffected()
+		n = a + d
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune alerts: %w", err)
+	}
+	return n, nil
+}
+
+const deliveryColumns = "id, alert_id, webhook, event, state, attempts, next_attempt, created, last_error, finished"
+
+func scanDelivery(row interface{ Scan(...any) error }) (Delivery, error) {
+	var d Delivery
+	var next, created, finished int64
+	err := row.Scan(&d.ID, &d.AlertID, &d.Webhook, &d.Event, &d.State, &d.Attempts, &next, &created, &d.LastError, &finished)
+	d.NextAttempt, d.Created, d.Finished = fromNanos(next), fromNanos(created), fromNanos(finished)
+	return d, err
+}
+
+func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
+	rows, err := s.edb.QueryContext(ctx, `SELECT `+deliveryColumns+` FROM deliveries d
+		WHERE d.state = ? AND d.next_attempt <= ?
+		AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id)
+		ORDER BY d.next_attempt, d.id LIMIT ?`, DeliveryPending, now.UnixNano(), DeliveryPending, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", classify(err))
+	}
+	defer rows.Close()
+	var out []Delivery
+	for rows.Next() {
+		d, err := scanDelivery(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read outbox: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) NextDeliveryAt(ctx context.Context) (time.Time, int, error) {
+	var next sql.NullInt64
+	var n int
+	err := s.edb.QueryRowContext(ctx, "SELECT MIN(next_attempt), COUNT(*) FROM deliveries WHERE state = ?", DeliveryPending).Scan(&next, &n)
+	if err != nil {
+		return time.Time{}, 0, fmt.Errorf("read outbox: %w", classify(err))
+	}
+	return fromNanos(next.Int64), n, nil
+}
+
+func (s *SQLite) UpdateDelivery(ctx context.Context, d Delivery) error {
+	_, err := s.edb.ExecContext(ctx, "UPDATE deliveries SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, finished = ? WHERE id = ?",
+		d.State, d.Attempts, nanos(d.NextAttempt), d.LastError, nanos(d.Finished), d.ID)
+	if err != nil {
+		return fmt.Errorf("update delivery %d: %w", d.ID, classify(err))
+	}
+	return nil
+}
+
+func (s *SQLite) Delivery(ctx context.Context, id int64) (Delivery, error) {
+	d, err := scanDelivery(s.edb.QueryRowContext(ctx, "SELECT "+deliveryColumns+" FROM deliveries WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
+	}
+	return d, err
+}
+
+var _ EventStore = (*SQLite)(nil)
