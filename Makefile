@@ -59,8 +59,10 @@ demo: deps build ## Run the demo (root): a simulated node, three workloads, allo
 demo-clean: ## Remove whatever the demo left behind.
 	deploy/demo/clean.sh
 
-images: ## Container images (needs a Docker engine).
-	@echo "images: not yet"
+images: ## Container images eastguard/agent:dev and eastguard/controller:dev (needs a Docker engine).
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "images: no Docker engine on this machine"; exit 1; }
+	docker build -f deploy/docker/agent.Dockerfile -t eastguard/agent:dev .
+	docker build -f deploy/docker/controller.Dockerfile -t eastguard/controller:dev .
 
 clean: ## Remove build outputs.
 	rm -rf $(BIN)

@@ -50,6 +50,7 @@ type options struct {
 	ruleSetFile    string
 	controller     string
 	joinToken      string
+	joinTokenFile  string
 	defaultMode    string
 	hostInterfaces string
 	flowLog        string
@@ -100,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.ruleSetFile, "rule-set", "", "enforce a compiled rule set (JSON), reloaded on change")
 	fs.StringVar(&o.controller, "controller", "", "controller gRPC address (HOST:PORT); HOST must be a name its certificate covers")
 	fs.StringVar(&o.joinToken, "join-token", "", "one-time token to join the controller (egctl token create); not needed once joined")
+	fs.StringVar(&o.joinTokenFile, "join-token-file", "", "read the join token from this file; a missing file means no token (for DaemonSets: a Secret keyed by node name)")
 	fs.StringVar(&o.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
 	fs.StringVar(&o.hostInterfaces, "host-interfaces", "", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
 	fs.StringVar(&o.flowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
@@ -127,6 +129,21 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if sources != 1 {
 		return nil, errors.New("give exactly one of --policy-dir, --rule-set or --controller")
+	}
+	if o.joinTokenFile != "" {
+		if o.joinToken != "" {
+			return nil, errors.New("give --join-token or --join-token-file, not both")
+		}
+		b, err := os.ReadFile(o.joinTokenFile)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			// Already joined, or the token is not provisioned yet: the
+			// client says which if it needs one.
+		case err != nil:
+			return nil, fmt.Errorf("--join-token-file: %w", err)
+		default:
+			o.joinToken = strings.TrimSpace(string(b))
+		}
 	}
 	if o.controller != "" {
 		if _, _, err := net.SplitHostPort(o.controller); err != nil {
