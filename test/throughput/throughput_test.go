@@ -5,9 +5,10 @@
 // Run with `make bench-throughput` (root, iperf3 and nft needed).
 //
 // Topology: client -- node -- server, three network namespaces; the node
-// routes. Eastguard's programs sit on the node's veth to the server (the
-// server's host-side interface, as for a container); nftables rules sit in
-// the node's forward chain. The same traffic crosses the same path in every
+// routes. Eastguard runs as deployed: the agent binary in the node's
+// namespace, its programs on the node's veth to the server (the server's
+// host-side interface, as for a container), its flow log written; nftables
+// rules sit in the node's forward chain. The same traffic crosses the same path in every
 // scenario:
 //
 //   - stream: one iperf3 TCP stream (bits/s)
@@ -41,7 +42,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -81,38 +81,43 @@ func BenchmarkThroughput(b *testing.B) {
 	// TIME_WAIT and widen the range, or the client runs out.
 	topo.Sysctl(b, client.NS, "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
 
-	var dp *datapath.Datapath
-	openDP := func() {
-		if err := node.NS.Do(func() error {
-			var err error
-			dp, err = datapath.Open(datapath.Config{BPFFSDir: node.BPFFSDir, Logger: zap.NewNop(),
-				DenyEventsPerSecond: 1000, DenyEventsBurst: 100})
-			return err
-		}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	// Drain flow events while Eastguard is on, as an agent would.
-	var stopReader context.CancelFunc
+	// Eastguard as deployed: the agent binary in the node's namespace,
+	// enforcing a compiled rule set and reading every flow event into its
+	// flow log, in a process of its own (as nftables' work is not done by
+	// the benchmark process either).
+	bin := topo.BuildBinary(b, "agent/cmd/eastguard-agent", b.TempDir())
+	var agent *topo.Process
 	eastguard := func(rules int) scenario {
 		return scenario{
 			name: fmt.Sprintf("eastguard %d rules", rules),
 			setup: func() {
-				openDP()
-				if _, err := dp.Apply(ruleSet(client, server, rules)); err != nil {
-					b.Fatal(err)
-				}
-				rd, err := dp.NewEventReader()
+				dir := b.TempDir()
+				rsFile := filepath.Join(dir, "ruleset.json")
+				raw, err := json.Marshal(ruleSet(client, server, rules))
 				if err != nil {
 					b.Fatal(err)
 				}
-				var ctx context.Context
-				ctx, stopReader = context.WithCancel(context.Background())
-				go rd.Run(ctx, func(*datapath.FlowEvent) {})
+				if err := os.WriteFile(rsFile, raw, 0o600); err != nil {
+					b.Fatal(err)
+				}
+				agent = topo.Start(b, "agent", node.NS.Nsenter(context.Background(), bin, "--node", "node-t",
+					"--rule-set", rsFile, "--bpffs-dir", node.BPFFSDir, "--state-dir", filepath.Join(dir, "state"),
+					"--flow-log", filepath.Join(dir, "flows.jsonl"), "--log-format", "console"))
+				topo.Eventually(b, 20*time.Second, "the agent to apply the rule set", func() error {
+					if agent.Exited() {
+						b.Fatalf("agent exited:\n%s", agent.Output())
+					}
+					if !strings.Contains(agent.Output(), "policy input applied") {
+						return fmt.Errorf("not yet")
+					}
+					return nil
+				})
 			},
 			clear: func() {
-				stopReader()
-				if err := dp.Uninstall(); err != nil {
+				if err := agent.Stop(10 * time.Second); err != nil {
+					b.Fatal(err)
+				}
+				if err := datapath.Uninstall(node.BPFFSDir, nil); err != nil {
 					b.Fatal(err)
 				}
 			},
