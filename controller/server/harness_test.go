@@ -44,7 +44,9 @@ type harness struct {
 	logs    *observer.ObservedLogs
 	clock   *clock
 	cfg     server.Config
-	serveWG sync.WaitGroup
+	// storeOpts are passed to OpenSQLite at every start.
+	storeOpts []store.Option
+	serveWG   sync.WaitGroup
 
 	mu   sync.Mutex
 	acks []server.Ack
@@ -78,7 +80,7 @@ func newHarness(t testing.TB, opts ...harnessOpt) *harness {
 func (h *harness) start() {
 	h.t.Helper()
 	var err error
-	if h.st, err = store.OpenSQLite(h.dir); err != nil {
+	if h.st, err = store.OpenSQLite(h.dir, h.storeOpts...); err != nil {
 		h.t.Fatal(err)
 	}
 	core, logs := observer.New(zap.DebugLevel)

@@ -87,6 +87,9 @@ func (s *Server) loadPolicy(ctx context.Context) error {
 		}
 		s.resources[r.ResourceKey] = res
 	}
+	merged, _ := s.mergedLocked(nil)
+	merged.Sort()
+	s.events.setPolicy(merged)
 	records, err := s.store.LatestRuleSets(ctx)
 	if err != nil {
 		return err
@@ -270,6 +273,7 @@ func (s *Server) changeLocked(ctx context.Context, incoming []*resource, removed
 		}
 	}
 	s.polMu.Unlock()
+	s.events.setPolicy(merged)
 	s.log.Info("policy changed",
 		zap.Strings("created", res.Created), zap.Strings("updated", res.Updated), zap.Strings("deleted", del2strings(del)),
 		zap.Int("nodes-changed", len(versions)))

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -46,6 +47,19 @@ type Config struct {
 	FlushInterval time.Duration
 	// Now is the clock (tests move it); nil is time.Now.
 	Now func() time.Time
+	// Flow and alert handling; zero values take the defaults.
+	FlowRetention  time.Duration
+	FlowMaxBytes   int64
+	AlertRetention time.Duration
+	// AgentFlowRate is each agent's flow records per second (negative:
+	// unlimited).
+	AgentFlowRate float64
+	// AlertRefresh is how often open alerts are re-posted to
+	// Alertmanager webhooks.
+	AlertRefresh time.Duration
+	// BuiltinAlerts configures the built-in "any denied flow" rule.
+	BuiltinAlerts alert.Builtin
+
 	// OnAck, if set, is called after each ack is recorded (tests and
 	// benchmarks wait on it). It must not block.
 	OnAck func(Ack)
@@ -92,6 +106,7 @@ type Server struct {
 
 	tls    *tlsState
 	admins *adminTokens
+	events *ingester
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -125,6 +140,18 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = DefaultFlushInterval
 	}
+	if cfg.FlowRetention <= 0 {
+		cfg.FlowRetention = DefaultFlowRetention
+	}
+	if cfg.FlowMaxBytes <= 0 {
+		cfg.FlowMaxBytes = DefaultFlowMaxBytes
+	}
+	if cfg.AlertRetention <= 0 {
+		cfg.AlertRetention = DefaultAlertRetention
+	}
+	if cfg.AgentFlowRate == 0 {
+		cfg.AgentFlowRate = DefaultAgentFlowRate
+	}
 	if cfg.ServingHosts == nil {
 		cfg.ServingHosts = func() []string { return []string{"localhost", "127.0.0.1", "::1"} }
 	}
@@ -139,6 +166,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		nodes:     make(map[string]*node),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.events = newIngester(s)
 	var err error
 	if s.admins, err = loadAdminTokens(ctx, s.store); err != nil {
 		return nil, err
@@ -166,6 +194,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	pb.RegisterControlServer(s.grpc, &control{s: s})
 	s.wg.Go(func() { s.tls.rotate(s.ctx) })
 	s.wg.Go(func() { s.flushLoop(s.ctx) })
+	s.wg.Go(func() { s.events.run(s.ctx) })
 	return s, nil
 }
 

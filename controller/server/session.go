@@ -52,6 +52,16 @@ type session struct {
 	inflight *version
 	refused  uint64
 	lastRecv time.Time
+
+	// Flow batches: how many are between arrival and ack, their acks on
+	// the way back from the writer, the agent's rate limit, and the rule
+	// names of the version the flows were decided by.
+	flowsInFlight atomic.Int32
+	flowAcks      chan *pb.FlowAck
+	flowBucket    tokenBucket
+	lastRateLog   time.Time
+	names         map[ruleset.RuleID]string
+	namesOf       *version
 }
 
 func newSession(s *Server, node string, stream pb.Control_ConnectServer, hello *pb.Hello) *session {
@@ -68,6 +78,8 @@ func newSession(s *Server, node string, stream pb.Control_ConnectServer, hello *
 		wake:          make(chan struct{}, 1),
 		done:          make(chan struct{}),
 		lastRecv:      s.now(),
+		flowAcks:      make(chan *pb.FlowAck, maxFlowsInFlight),
+		flowBucket:    newTokenBucket(s.cfg.AgentFlowRate, s.now()),
 	}
 }
 
@@ -109,6 +121,11 @@ func (ss *session) run(msgs <-chan *pb.AgentMessage, recvErr <-chan error) error
 			return err
 		case m := <-msgs:
 			if err := ss.handle(m); err != nil {
+				return err
+			}
+		case a := <-ss.flowAcks:
+			ss.flowsInFlight.Add(-1)
+			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_FlowAck{FlowAck: a}}); err != nil {
 				return err
 			}
 		case <-ss.wake:
@@ -197,7 +214,9 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 	case *pb.AgentMessage_Counters:
 		ss.s.update(ss.node, func(n *node) { n.counters = msg.Counters.GetValues() })
 	case *pb.AgentMessage_Flows:
-		ss.s.m.flowBatches.Inc()
+		if err := ss.onFlows(msg.Flows); err != nil {
+			return err
+		}
 	case *pb.AgentMessage_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice on one stream")
 	default:
