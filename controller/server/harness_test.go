@@ -34,16 +34,16 @@ func (c *clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 // harness is a controller serving gRPC on loopback, with its store in a
 // temporary directory that survives restarts.
 type harness struct {
-	t       testing.TB
-	dir     string
-	st      *store.SQLite
-	ca      *pki.CA
-	srv     *server.Server
-	addr    string
-	reg     *prometheus.Registry
-	logs    *observer.ObservedLogs
-	clock   *clock
-	cfg     server.Config
+	t     testing.TB
+	dir   string
+	st    *store.SQLite
+	ca    *pki.CA
+	srv   *server.Server
+	addr  string
+	reg   *prometheus.Registry
+	logs  *observer.ObservedLogs
+	clock *clock
+	cfg   server.Config
 	// storeOpts are passed to OpenSQLite at every start.
 	storeOpts []store.Option
 	serveWG   sync.WaitGroup
