@@ -179,3 +179,45 @@ func RefsOf(set *policy.Set) []ResourceRef {
 	}
 	return refs
 }
+
+// Alert is one alert in GET /api/v1/alerts, POST /api/v1/alerts/{id}/ack
+// and `egctl alerts -o json`. The keys id, rule, severity, state, count,
+// source, destination, port, protocol, firstSeen and lastSeen are an
+// interface scripts rely on (ARCHITECTURE.md); the rest are left out when
+// empty.
+type Alert struct {
+	ID       int64  `json:"id"`
+	Rule     string `json:"rule"`
+	Severity string `json:"severity"`
+	// State is open, acknowledged or resolved. An acknowledged alert is
+	// still live: it keeps counting repeats until a whole window passes
+	// without one, and is then resolved.
+	State string `json:"state"`
+	// Count is the number of connection attempts the alert covers.
+	Count uint64 `json:"count"`
+	// Source and Destination are workload names, or addresses for ends
+	// no workload has.
+	Source      string    `json:"source"`
+	Destination string    `json:"destination"`
+	Port        uint16    `json:"port"`
+	Protocol    string    `json:"protocol"`
+	FirstSeen   time.Time `json:"firstSeen"`
+	LastSeen    time.Time `json:"lastSeen"`
+
+	SrcWorkload string            `json:"srcWorkload,omitempty"`
+	DstWorkload string            `json:"dstWorkload,omitempty"`
+	SrcAddr     netip.Addr        `json:"srcAddr,omitzero"`
+	DstAddr     netip.Addr        `json:"dstAddr,omitzero"`
+	SrcLabels   map[string]string `json:"srcLabels,omitempty"`
+	DstLabels   map[string]string `json:"dstLabels,omitempty"`
+	// Verdict, DecidingRule (the policy rule, or default-deny, that
+	// decided the flow) and Node are the last matching flow's.
+	Verdict        string    `json:"verdict,omitempty"`
+	DecidingRule   string    `json:"decidingRule,omitempty"`
+	Node           string    `json:"node,omitempty"`
+	AcknowledgedAt time.Time `json:"acknowledgedAt,omitzero"`
+	ResolvedAt     time.Time `json:"resolvedAt,omitzero"`
+	// ResolvedBy says why the alert was resolved: "window" (no repeat
+	// for a whole window) or "api".
+	ResolvedBy string `json:"resolvedBy,omitempty"`
+}
