@@ -48,6 +48,9 @@ func (s *Server) Handler(metrics prometheus.Gatherer) http.Handler {
 	api.HandleFunc("POST /api/v1/agents/{node}/revoke", s.handleRevoke)
 	api.HandleFunc("POST /api/v1/tokens", s.handleToken)
 	api.HandleFunc("GET /api/v1/rulesets/{node}", s.handleRuleSet)
+	api.HandleFunc("GET /api/v1/flows", s.handleFlows)
+	api.HandleFunc("GET /api/v1/alerts", s.handleAlerts)
+	api.HandleFunc("POST /api/v1/alerts/{id}/ack", s.handleAckAlert)
 	api.HandleFunc("GET /api/v1/{kind}", s.handleList)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no API %s %s", r.Method, r.URL.Path), nil)
