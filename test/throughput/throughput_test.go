@@ -42,7 +42,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
