@@ -118,7 +118,7 @@ func (q *query) single(name string) (string, bool) {
 		q.fail(name, "given %d times (%s); give it once", len(vals), quoteAll(vals))
 		return "", false
 	case strings.TrimSpace(vals[0]) == "":
-		q.fail(name, "%q is empty; to select any, leave the parameter out", vals[0])
+		q.fail(name, "%q is empty; to select any, leave it out", vals[0])
 		return "", false
 	}
 	return vals[0], true

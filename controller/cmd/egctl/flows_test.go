@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/controller/server"
+	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// eventController starts an in-process controller API, points
+// EGCTL_CONFIG at its admin.conf, and returns its store for the test to
+// put flows and alerts in.
+func eventController(t *testing.T) *store.SQLite {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ca, err := server.LoadCA(context.Background(), st, nil, nil, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(context.Background(), server.Config{Store: st, CA: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	api := httptest.NewServer(srv.Handler(nil))
+	t.Cleanup(api.Close)
+	token, err := srv.NewAdminToken(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := (&restapi.Config{Server: api.URL, Token: token}).Marshal()
+	path := filepath.Join(dir, "admin.conf")
+	writeFile(t, path, string(data))
+	t.Setenv(envConfig, path)
+	return st
+}
+
+// The keys of a flow record (ARCHITECTURE.md, "Flow record").
+var flowKeys = []string{"time", "node", "direction", "protocol", "srcAddr", "srcPort", "srcWorkload", "srcIdentity",
+	"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen"}
+
+func TestOnlineFlows(t *testing.T) {
+	st := eventController(t)
+	if code, out, errs := egctl(t, "flows", "-o", "json"); code != exitOK || out != "[]\n" {
+		t.Errorf("flows -o json with none: exit %d, %q %s", code, out, errs)
+	}
+
+	// Times are minutes apart around now, far from the --since bound.
+	now := time.Now().UTC().Truncate(time.Second)
+	rec := func(ago time.Duration, src string, srcPort uint16, dst string, dstPort uint16, v ruleset.Verdict, rule string) flowrecord.Record {
+		names := map[string]string{"10.0.0.1": "web-1", "10.0.0.2": "db-1"}
+		return flowrecord.Record{Time: now.Add(-ago), Node: "node-b", Direction: ruleset.Ingress, Protocol: "TCP",
+			SrcAddr: netip.MustParseAddr(src), SrcPort: srcPort, SrcWorkload: names[src], SrcIdentity: 7,
+			DstAddr: netip.MustParseAddr(dst), DstPort: dstPort, DstWorkload: names[dst], DstIdentity: 9,
+			Verdict: v, Rule: rule, Packets: 2, Bytes: 120, FirstSeen: now.Add(-ago - time.Second), LastSeen: now.Add(-ago)}
+	}
+	recs := []flowrecord.Record{
+		rec(50*time.Minute, "10.0.0.1", 41000, "10.0.0.2", 5432, ruleset.VerdictAllowed, "shop/web-to-db"),
+		rec(5*time.Minute, "10.9.9.9", 50000, "10.0.0.2", 22, ruleset.VerdictDenied, "default-deny"),
+		rec(time.Minute, "fd00::9", 50001, "10.0.0.2", 22, ruleset.VerdictWouldDeny, "shop/no-ssh"),
+	}
+	if err := st.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errs := egctl(t, "flows", "-o", "json")
+	var raw []map[string]any
+	if code != exitOK || json.Unmarshal([]byte(out), &raw) != nil || len(raw) != 3 {
+		t.Fatalf("flows -o json: exit %d\n%s\n%s", code, out, errs)
+	}
+	for _, r := range raw {
+		if got := slices.Sorted(maps.Keys(r)); !slices.Equal(got, slices.Sorted(slices.Values(flowKeys))) {
+			t.Errorf("flow keys %v, want exactly %v", got, flowKeys)
+		}
+	}
+	var back []flowrecord.Record
+	if err := json.Unmarshal([]byte(out), &back); err != nil || len(back) != 3 {
+		t.Fatalf("flows -o json as records: %v", err)
+	}
+	for i, r := range back { // newest first, unchanged by the round trip
+		want := recs[len(recs)-1-i]
+		if !r.Time.Equal(want.Time) || r.SrcAddr != want.SrcAddr || r.SrcPort != want.SrcPort || r.Verdict != want.Verdict ||
+			r.Rule != want.Rule || r.DstWorkload != want.DstWorkload || r.SrcIdentity != want.SrcIdentity || r.Bytes != want.Bytes {
+			t.Errorf("flow %d: %+v, want %+v", i, r, want)
+		}
+	}
+
+	code, out, _ = egctl(t, "flows", "--verdict", "denied", "--port", "22", "--protocol", "tcp", "--workload", "db-1", "-o", "json")
+	if code != exitOK || json.Unmarshal([]byte(out), &back) != nil || len(back) != 1 || back[0].SrcPort != 50000 {
+		t.Errorf("flows --verdict denied --port 22: exit %d\n%s", code, out)
+	}
+
+	code, out, _ = egctl(t, "flows", "--since", "10m")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != exitOK || len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "TIME NODE DIR PROTO SOURCE DESTINATION PORT VERDICT RULE PACKETS" {
+		t.Fatalf("flows --since 10m: exit %d\n%s", code, out)
+	}
+	for i, want := range [][]string{
+		{"node-b", "ingress", "TCP", "[fd00::9]:50001", "db-1", "22", "would-deny", "shop/no-ssh", "2"},
+		{"node-b", "ingress", "TCP", "10.9.9.9:50000", "db-1", "22", "denied", "default-deny", "2"},
+	} {
+		if f := strings.Fields(lines[i+1]); len(f) != 11 || !slices.Equal(f[2:], want) {
+			t.Errorf("row %d: %q, want date, time and %q", i, lines[i+1], want)
+		}
+	}
+}
+
+func TestFlowsBadFlags(t *testing.T) {
+	// Mistakes are caught before any call: no controller is configured.
+	t.Setenv(envConfig, "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--port", "70000"}, `egctl flows: --port: "70000" is not a port (1-65535)`},
+		{[]string{"--verdict", "deny"}, `egctl flows: --verdict: "deny" is not one of allowed, denied, would-deny`},
+		{[]string{"--since", "10x"}, `egctl flows: --since: "10x" is neither a duration like 10m nor an RFC 3339 time`},
+		{[]string{"--addr", "host-1"}, `egctl flows: --addr: "host-1" is not an IP address`},
+		{[]string{"--protocol", "SCTPX"}, `egctl flows: --protocol: "SCTPX" is not one of TCP, UDP, ICMP, ICMPv6`},
+		{[]string{"--limit", "10001"}, `egctl flows: --limit: "10001" is not a number from 1 to 10000`},
+		{[]string{"--workload", ""}, `egctl flows: --workload: "" is empty`},
+		{[]string{"--since", "5m", "--until", "10m"}, `egctl flows: --until: "10m"`},
+		{[]string{"--verdikt", "denied"}, "flag provided but not defined: -verdikt"},
+		{[]string{"db-1"}, `unexpected arguments ["db-1"]`},
+		{[]string{"-o", "yaml"}, `-o "yaml": want one of [table json]`},
+	} {
+		code, _, errs := egctl(t, append([]string{"flows"}, c.args...)...)
+		if code != exitBadInput || !strings.Contains(errs, c.want) {
+			t.Errorf("flows %q: exit %d, stderr %s\nwant exit %d with %q", c.args, code, errs, exitBadInput, c.want)
+		}
+	}
+	// Good flags get as far as the missing controller.
+	if code, _, errs := egctl(t, "flows", "--port", "22", "--since", "2025-06-01T08:00:00+02:00"); code != exitRemote || !strings.Contains(errs, "no controller configured") {
+		t.Errorf("good flags: exit %d, %s", code, errs)
+	}
+}
