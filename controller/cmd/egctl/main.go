@@ -96,23 +96,28 @@ func runCommand(c *command, e *env, args []string) int {
 	fs := flag.NewFlagSet("egctl "+c.name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	runFn := c.flags(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s\n\n%s\n", c.usage, strings.TrimSpace(c.help))
+	printUsage := func(w io.Writer) {
+		fs.SetOutput(w)
+		fmt.Fprintf(w, "Usage: %s\n\n%s\n", c.usage, strings.TrimSpace(c.help))
 		var hasFlags bool
 		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
 		if hasFlags {
-			fmt.Fprintf(fs.Output(), "\nFlags:\n")
+			fmt.Fprintf(w, "\nFlags:\n")
 			fs.PrintDefaults()
 		}
 	}
+	// flag would print the usage itself on --help and on errors; it is
+	// printed once below instead: on stdout when asked for, on stderr
+	// after an error.
+	fs.Usage = func() {}
 	positional, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
-		fs.SetOutput(e.stdout)
-		fs.Usage()
+		printUsage(e.stdout)
 		return exitOK
 	}
 	if err != nil {
-		return exitBadInput // flag has printed the error and the usage
+		printUsage(e.stderr) // flag has printed the error
+		return exitBadInput
 	}
 	return runFn(e, positional)
 }
