@@ -50,12 +50,14 @@ type EventStore interface {
 	PruneAlerts(ctx context.Context, before time.Time) (int64, error)
 
 	// DueDeliveries returns up to limit pending deliveries due at now,
-	// oldest first, leaving out any whose alert has an older pending
-	// delivery to the same webhook (deliveries of one alert to one
-	// webhook go out in order).
-	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
+	// oldest first and at most perWebhook to one webhook (so a backlog to
+	// one receiver cannot hide the others' deliveries), leaving out any
+	// whose alert has an older pending delivery to the same webhook
+	// (deliveries of one alert to one webhook go out in order).
+	DueDeliveries(ctx context.Context, now time.Time, perWebhook, limit int) ([]Delivery, error)
 	// NextDeliveryAt returns when the next pending delivery is due (zero
-	// when none is pending) and how many are pending.
+	// when none is pending), not counting deliveries that wait behind an
+	// older one (as DueDeliveries), and how many are pending in all.
 	NextDeliveryAt(ctx context.Context) (time.Time, int, error)
 	// UpdateDelivery records an attempt's outcome (state, attempts, next
 	// attempt, last error, finished).

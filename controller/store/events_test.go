@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -256,7 +257,7 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	}
 
 	// The resolved delivery to sec waits for the firing one.
-	due, err := s.DueDeliveries(ctx, now, 10)
+	due, err := s.DueDeliveries(ctx, now, 10, 10)
 	if err != nil || len(due) != 2 || due[0].Webhook != "sec" || due[0].Event != EventFiring || due[1].Webhook != "am" {
 		t.Fatalf("due: %+v, %v", due, err)
 	}
@@ -268,11 +269,11 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	if err := s.UpdateDelivery(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	due, _ = s.DueDeliveries(ctx, now, 10)
+	due, _ = s.DueDeliveries(ctx, now, 10, 10)
 	if len(due) != 1 || due[0].Webhook != "am" {
 		t.Errorf("due after delivery: %+v", due)
 	}
-	if due, _ = s.DueDeliveries(ctx, now.Add(time.Second), 10); len(due) != 2 {
+	if due, _ = s.DueDeliveries(ctx, now.Add(time.Second), 10, 10); len(due) != 2 {
 		t.Errorf("due a second later: %+v", due)
 	}
 	if got, err := s.Delivery(ctx, d.ID); err != nil || got.State != DeliveryDelivered || got.Attempts != 1 {
@@ -296,6 +297,68 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	}
 	if list, _ := s.Alerts(ctx, AlertQuery{}); len(list) != 0 {
 		t.Errorf("alerts left: %+v", list)
+	}
+}
+
+// TestDueDeliveriesFairness: a backlog to one webhook does not hide the
+// deliveries to others (at most perWebhook each), and a delivery waiting
+// behind an older one of its alert is neither due nor counted as next.
+func TestDueDeliveriesFairness(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var ds []Delivery
+	err := s.EventTx(ctx, func(tx EventTx) error {
+		for i := range 20 {
+			a := Alert{Rule: "r", Key: fmt.Sprint("k", i), State: AlertOpen, Created: now}
+			if err := tx.InsertAlert(&a); err != nil {
+				return err
+			}
+			// Twenty old deliveries to "busy", then one to "quiet".
+			ds = append(ds, Delivery{AlertID: a.ID, Webhook: "busy", Event: EventFiring,
+				NextAttempt: now.Add(time.Duration(i) * time.Millisecond), Created: now})
+		}
+		ds = append(ds, Delivery{AlertID: 1, Webhook: "quiet", Event: EventFiring, NextAttempt: now.Add(time.Second), Created: now})
+		return tx.AddDeliveries(ds)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	due, err := s.DueDeliveries(ctx, now.Add(time.Minute), 4, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range due {
+		got = append(got, d.Webhook)
+	}
+	if want := []string{"busy", "busy", "busy", "busy", "quiet"}; !slices.Equal(got, want) {
+		t.Errorf("due with 4 per webhook: %q, want %q", got, want)
+	}
+	if due, _ := s.DueDeliveries(ctx, now.Add(time.Minute), 100, 3); len(due) != 3 || due[0].ID != ds[0].ID {
+		t.Errorf("due with limit 3: %+v", due)
+	}
+
+	// Alert 1's resolved delivery to "quiet" is due at once but waits
+	// behind its firing one, due in a second: the next due time is the
+	// firing one's, not the resolved one's (the deliverer would spin).
+	err = s.EventTx(ctx, func(tx EventTx) error {
+		return tx.AddDeliveries([]Delivery{{AlertID: 1, Webhook: "quiet", Event: EventResolved, NextAttempt: now, Created: now}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds[:20] {
+		d.State, d.Finished = DeliveryDelivered, now
+		if err := s.UpdateDelivery(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if next, n, err := s.NextDeliveryAt(ctx); err != nil || !next.Equal(now.Add(time.Second)) || n != 2 {
+		t.Errorf("next %v, %d pending, %v; want %v, 2", next, n, err, now.Add(time.Second))
+	}
+	if due, _ := s.DueDeliveries(ctx, now, 4, 10); len(due) != 0 {
+		t.Errorf("due now: %+v, want none", due)
 	}
 }
 

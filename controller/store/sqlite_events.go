@@ -444,11 +444,12 @@ func scanDelivery(row interface{ Scan(...any) error }) (Delivery, error) {
 	return d, err
 }
 
-func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
-	rows, err := s.edb.QueryContext(ctx, `SELECT `+deliveryColumns+` FROM deliveries d
+func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, perWebhook, limit int) ([]Delivery, error) {
+	rows, err := s.edb.QueryContext(ctx, `SELECT `+deliveryColumns+` FROM (
+		SELECT d.*, ROW_NUMBER() OVER (PARTITION BY d.webhook ORDER BY d.next_attempt, d.id) AS nth FROM deliveries d
 		WHERE d.state = ? AND d.next_attempt <= ?
-		AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id)
-		ORDER BY d.next_attempt, d.id LIMIT ?`, DeliveryPending, now.UnixNano(), DeliveryPending, limit)
+		AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id))
+		WHERE nth <= ? ORDER BY next_attempt, id LIMIT ?`, DeliveryPending, now.UnixNano(), DeliveryPending, perWebhook, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", classify(err))
 	}
@@ -467,7 +468,14 @@ func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, limit int) ([
 func (s *SQLite) NextDeliveryAt(ctx context.Context) (time.Time, int, error) {
 	var next sql.NullInt64
 	var n int
-	err := s.edb.QueryRowContext(ctx, "SELECT MIN(next_attempt), COUNT(*) FROM deliveries WHERE state = ?", DeliveryPending).Scan(&next, &n)
+	// The minimum is over the deliveries DueDeliveries could return: one
+	// queued behind an older pending delivery of its alert to its webhook
+	// is not due before that one, whatever its own next_attempt says.
+	err := s.edb.QueryRowContext(ctx, `SELECT
+		(SELECT MIN(d.next_attempt) FROM deliveries d WHERE d.state = ?
+			AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id)),
+		(SELECT COUNT(*) FROM deliveries WHERE state = ?)`,
+		DeliveryPending, DeliveryPending, DeliveryPending).Scan(&next, &n)
 	if err != nil {
 		return time.Time{}, 0, fmt.Errorf("read outbox: %w", classify(err))
 	}
