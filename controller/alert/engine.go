@@ -171,7 +171,7 @@ func (e *Engine) raise(tx store.EventTx, r *rule, f *flowrecord.Record, src, dst
 	case first.Sub(a.LastSeen) > a.Window:
 		// The previous run ended a window ago (the sweeper had not got
 		// to it yet): close it and open a new one.
-		if err := e.resolve(tx, &a, a.LastSeen.Add(a.Window), "window", pend); err != nil {
+		if err := e.resolve(tx, &a, a.LastSeen.Add(a.Window), "window", now, pend); err != nil {
 			return err
 		}
 	default:
@@ -232,14 +232,16 @@ func (e *Engine) queue(tx store.EventTx, a *store.Alert, event string, webhooks 
 	return nil
 }
 
-// resolve closes a live alert and tells its webhooks.
-func (e *Engine) resolve(tx store.EventTx, a *store.Alert, at time.Time, by string, pend *Pending) error {
+// resolve closes a live alert as of at and tells its webhooks. at may be
+// flow time long past (a late batch); the deliveries are queued at now, the
+// controller's clock, which their retries and give-up deadline count from.
+func (e *Engine) resolve(tx store.EventTx, a *store.Alert, at time.Time, by string, now time.Time, pend *Pending) error {
 	a.State, a.ResolvedAt, a.ResolvedBy = store.AlertResolved, at, by
 	if err := tx.UpdateAlert(a); err != nil {
 		return err
 	}
 	pend.forget = append(pend.forget, a.ID)
-	return e.queue(tx, a, store.EventResolved, a.Notify, at, pend)
+	return e.queue(tx, a, store.EventResolved, a.Notify, now, pend)
 }
 
 // Resolve closes a live alert on an operator's request (the API).
@@ -251,7 +253,7 @@ func (e *Engine) Resolve(tx store.EventTx, id int64, now time.Time, pend *Pendin
 	if a.State == store.AlertResolved {
 		return a, nil
 	}
-	return a, e.resolve(tx, &a, now, "api", pend)
+	return a, e.resolve(tx, &a, now, "api", now, pend)
 }
 
 // Sweep resolves live alerts whose window passed with no repeat, and
@@ -265,7 +267,7 @@ func (e *Engine) Sweep(tx store.EventTx, now time.Time, pend *Pending) error {
 	for i := range live {
 		a := &live[i]
 		if now.Sub(a.LastSeen) > a.Window {
-			if err := e.resolve(tx, a, now, "window", pend); err != nil {
+			if err := e.resolve(tx, a, now, "window", now, pend); err != nil {
 				return err
 			}
 			continue

@@ -396,6 +396,12 @@ func TestWindowDeduplication(t *testing.T) {
 		fmt.Sprintf("%d security-team firing", as[1].ID),
 		fmt.Sprintf("%d security-team resolved", old.ID),
 		fmt.Sprintf("%d security-team firing", fresh.ID))
+	// The resolution is dated by the flows, its delivery by the
+	// controller's clock: retries and giving up count from when it was
+	// queued, however old the flows that ended the run.
+	if d := h.delivery(3); d.Event != store.EventResolved || !d.Created.Equal(now) || !d.NextAttempt.Equal(now) {
+		t.Errorf("resolved delivery queued at %v, due %v; want both %v", d.Created, d.NextAttempt, now)
+	}
 
 	// The new alert remembers its own connections, not the old one's:
 	// source port 40005 counted in the old run is new here, 40001 is not.
