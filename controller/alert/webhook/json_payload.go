@@ -1,0 +1,90 @@
+package webhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/eastguard/eastguard/controller/store"
+)
+
+// SchemaVersion is the "version" of json payloads. Fields may be added
+// within a version; none is removed or changes meaning.
+const SchemaVersion = "eastguard.dev/v1"
+
+// Payload is the body of a json delivery (see the package documentation
+// for the schema). Go receivers may decode into it.
+type Payload struct {
+	Version    string       `json:"version"`
+	Event      string       `json:"event"`
+	DeliveryID int64        `json:"deliveryId"`
+	SentAt     string       `json:"sentAt"`
+	Alert      PayloadAlert `json:"alert"`
+}
+
+// PayloadAlert is the alert in a json payload.
+type PayloadAlert struct {
+	ID           int64    `json:"id"`
+	Rule         string   `json:"rule"`
+	Severity     string   `json:"severity"`
+	State        string   `json:"state"`
+	Count        uint64   `json:"count"`
+	Source       Endpoint `json:"source"`
+	Destination  Endpoint `json:"destination"`
+	Port         uint16   `json:"port"`
+	Protocol     string   `json:"protocol"`
+	Verdict      string   `json:"verdict"`
+	DecidingRule string   `json:"decidingRule"`
+	Node         string   `json:"node"`
+	FirstSeen    string   `json:"firstSeen"`
+	LastSeen     string   `json:"lastSeen"`
+	// URL is the alert's dashboard page, "" when the controller has no
+	// external URL configured.
+	URL string `json:"url"`
+}
+
+// Endpoint is one end of an alert. Workload is "" and Labels empty (never
+// null) for an unmanaged end; Name is the workload, or the address.
+type Endpoint struct {
+	Name     string            `json:"name"`
+	Workload string            `json:"workload"`
+	Address  string            `json:"address"`
+	Labels   map[string]string `json:"labels"`
+}
+
+// EncodeJSON returns the body of a json delivery.
+func EncodeJSON(m Message) ([]byte, error) {
+	if m.Event != store.EventFiring && m.Event != store.EventResolved {
+		return nil, fmt.Errorf("json payload: event %q is not sent to json webhooks", m.Event)
+	}
+	a := m.Alert
+	p := Payload{
+		Version:    SchemaVersion,
+		Event:      m.Event,
+		DeliveryID: m.DeliveryID,
+		SentAt:     timestamp(m.SentAt),
+		Alert: PayloadAlert{
+			ID: a.ID, Rule: a.Rule, Severity: a.Severity, State: a.State, Count: a.Count,
+			Source:      endpoint(srcName(a), a.SrcWorkload, a.SrcAddr, a.SrcLabels),
+			Destination: endpoint(dstName(a), a.DstWorkload, a.DstAddr, a.DstLabels),
+			Port:        a.Port, Protocol: a.Protocol, Verdict: a.Verdict, DecidingRule: a.DecidingRule,
+			Node: a.Node, FirstSeen: timestamp(a.FirstSeen), LastSeen: timestamp(a.LastSeen), URL: m.Link,
+		},
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("json payload of alert %d: %w", a.ID, err)
+	}
+	return b, nil
+}
+
+func endpoint(name, workload string, addr netip.Addr, labels map[string]string) Endpoint {
+	e := Endpoint{Name: name, Workload: workload, Labels: labels}
+	if addr.IsValid() {
+		e.Address = addr.String()
+	}
+	if e.Labels == nil {
+		e.Labels = map[string]string{}
+	}
+	return e
+}

@@ -1,0 +1,69 @@
+package webhook
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/eastguard/eastguard/controller/store"
+)
+
+// Message is what one delivery says: everything a format needs, so the
+// formats are pure functions of it.
+type Message struct {
+	DeliveryID int64
+	// Event is store.EventFiring, EventResolved or EventRefresh.
+	Event string
+	// Alert is the alert as stored when the attempt is made (its state
+	// may have moved on since the delivery was queued: a firing delivery
+	// retried for an hour may carry an alert that is resolved by then).
+	Alert  store.Alert
+	SentAt time.Time
+	// Link is the alert's page on the dashboard; "" when the controller
+	// has no external URL.
+	Link string
+}
+
+// AlertLink returns the dashboard page of an alert, or "" when
+// dashboardURL is empty.
+func AlertLink(dashboardURL string, alertID int64) string {
+	if dashboardURL == "" {
+		return ""
+	}
+	return strings.TrimRight(dashboardURL, "/") + "/#/alerts/" + strconv.FormatInt(alertID, 10)
+}
+
+// endName is how an alert end is named to people: its workload, or its
+// address when unmanaged (the store's Source/Destination as a last
+// resort, should neither be set).
+func endName(workload string, addr netip.Addr, stored string) string {
+	switch {
+	case workload != "":
+		return workload
+	case addr.IsValid():
+		return addr.String()
+	default:
+		return stored
+	}
+}
+
+func srcName(a store.Alert) string { return endName(a.SrcWorkload, a.SrcAddr, a.Source) }
+func dstName(a store.Alert) string { return endName(a.DstWorkload, a.DstAddr, a.Destination) }
+
+// portProto is "22/TCP", or the protocol alone for ICMP (no port).
+func portProto(a store.Alert) string {
+	if a.Port == 0 && strings.HasPrefix(a.Protocol, "ICMP") {
+		return a.Protocol
+	}
+	return strconv.Itoa(int(a.Port)) + "/" + a.Protocol
+}
+
+// timestamp formats times in payloads: RFC 3339 in UTC, with fractional
+// seconds only when there are any.
+func timestamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}

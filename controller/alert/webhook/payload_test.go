@@ -1,0 +1,480 @@
+package webhook_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"maps"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-openapi/strfmt"
+	amalert "github.com/prometheus/alertmanager/alert"
+	"github.com/prometheus/alertmanager/api/v2/models"
+	"github.com/prometheus/common/model"
+
+	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/store"
+)
+
+// t0 is the alerts' clock in payload tests.
+var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+
+const dashboard = "https://eastguard.example.com/"
+
+// sshAlert is an open alert from an unmanaged address to a managed
+// workload.
+func sshAlert() store.Alert {
+	return store.Alert{
+		ID: 42, Rule: "unexpected-ssh", Severity: "critical", State: store.AlertOpen, Count: 3,
+		Key:    "unexpected-ssh|203.0.113.7|web-1|22/TCP",
+		Source: "203.0.113.7", Destination: "web-1",
+		SrcAddr:     netip.MustParseAddr("203.0.113.7"),
+		DstWorkload: "web-1", DstAddr: netip.MustParseAddr("10.10.0.11"),
+		DstLabels: map[string]string{"role": "web", "env": "prod"},
+		Port:      22, Protocol: "TCP", Verdict: "denied", DecidingRule: "default-deny", Node: "node-a",
+		FirstSeen: t0, LastSeen: t0.Add(90*time.Second + 500*time.Millisecond),
+		Window: 5 * time.Minute, Notify: []string{"security-team"}, Created: t0.Add(time.Second),
+	}
+}
+
+func message(event string, a store.Alert) webhook.Message {
+	return webhook.Message{DeliveryID: 9007199254740993, Event: event, Alert: a, SentAt: t0.Add(2 * time.Minute),
+		Link: webhook.AlertLink(dashboard, a.ID)}
+}
+
+// The documented json schema: every field name and its JSON type.
+var (
+	jsonTopFields = map[string]string{
+		"version": "string", "event": "string", "deliveryId": "integer", "sentAt": "time", "alert": "object",
+	}
+	jsonAlertFields = map[string]string{
+		"id": "integer", "rule": "string", "severity": "string", "state": "string", "count": "integer",
+		"source": "endpoint", "destination": "endpoint", "port": "integer", "protocol": "string",
+		"verdict": "string", "decidingRule": "string", "node": "string", "firstSeen": "time", "lastSeen": "time",
+		"url": "string",
+	}
+	jsonEndpointFields = map[string]string{
+		"name": "string", "workload": "string", "address": "string", "labels": "labels",
+	}
+)
+
+// checkJSONPayload decodes a json delivery's body and checks it against
+// the documented schema: exactly the documented fields, each of its type
+// (labels an object of strings, never null; times RFC 3339). It returns
+// the decoded body.
+func checkJSONPayload(t *testing.T, body []byte) map[string]any {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var top map[string]any
+	if err := dec.Decode(&top); err != nil {
+		t.Fatalf("json payload %s: %v", body, err)
+	}
+	checkFields(t, "", top, jsonTopFields)
+	if v, _ := top["version"].(string); v != "eastguard.dev/v1" {
+		t.Errorf("version = %v", top["version"])
+	}
+	if e, _ := top["event"].(string); e != store.EventFiring && e != store.EventResolved {
+		t.Errorf("event = %v, want firing or resolved", top["event"])
+	}
+	a, _ := top["alert"].(map[string]any)
+	checkFields(t, "alert.", a, jsonAlertFields)
+	for _, end := range []string{"source", "destination"} {
+		e, _ := a[end].(map[string]any)
+		checkFields(t, "alert."+end+".", e, jsonEndpointFields)
+	}
+	return top
+}
+
+func checkFields(t *testing.T, prefix string, obj map[string]any, want map[string]string) {
+	t.Helper()
+	if obj == nil {
+		t.Fatalf("%s is not an object", strings.TrimSuffix(prefix, "."))
+	}
+	if got, wantKeys := slices.Sorted(maps.Keys(obj)), slices.Sorted(maps.Keys(want)); !slices.Equal(got, wantKeys) {
+		t.Errorf("%sfields %v, want exactly %v", prefix, got, wantKeys)
+	}
+	for name, typ := range want {
+		v, ok := obj[name]
+		if !ok {
+			continue
+		}
+		field := prefix + name
+		switch typ {
+		case "string":
+			if _, ok := v.(string); !ok {
+				t.Errorf("%s = %#v, want a string", field, v)
+			}
+		case "time":
+			s, ok := v.(string)
+			if _, err := time.Parse(time.RFC3339Nano, s); !ok || err != nil || !strings.HasSuffix(s, "Z") {
+				t.Errorf("%s = %#v, want an RFC 3339 UTC time", field, v)
+			}
+		case "integer":
+			if n, ok := v.(json.Number); !ok || !digits.MatchString(string(n)) {
+				t.Errorf("%s = %#v, want a non-negative integer", field, v)
+			}
+		case "object", "endpoint":
+			if _, ok := v.(map[string]any); !ok {
+				t.Errorf("%s = %#v, want an object", field, v)
+			}
+		case "labels":
+			m, ok := v.(map[string]any)
+			if !ok {
+				t.Errorf("%s = %#v, want an object (never null)", field, v)
+			}
+			for k, lv := range m {
+				if _, ok := lv.(string); !ok {
+					t.Errorf("%s[%s] = %#v, want a string", field, k, lv)
+				}
+			}
+		}
+	}
+}
+
+var digits = regexp.MustCompile(`^(0|[1-9][0-9]*)$`)
+
+// get walks a decoded payload: get(p, "alert", "source", "name").
+func get(v any, path ...string) any {
+	for _, p := range path {
+		m, _ := v.(map[string]any)
+		v = m[p]
+	}
+	if n, ok := v.(json.Number); ok {
+		return string(n)
+	}
+	return v
+}
+
+func TestJSONPayload(t *testing.T) {
+	v6 := sshAlert()
+	v6.SrcAddr, v6.Source = netip.MustParseAddr("2001:db8::7"), "2001:db8::7"
+	managed := sshAlert()
+	managed.SrcWorkload, managed.Source, managed.SrcAddr = "client", "client", netip.MustParseAddr("10.10.0.30")
+	managed.SrcLabels = map[string]string{"role": "client"}
+	resolved := sshAlert()
+	resolved.State, resolved.ResolvedAt, resolved.ResolvedBy = store.AlertResolved, t0.Add(7*time.Minute), "window"
+	noLink := message(store.EventFiring, sshAlert())
+	noLink.Link = ""
+	otherZone := message(store.EventFiring, sshAlert())
+	otherZone.SentAt = otherZone.SentAt.In(time.FixedZone("UTC+9", 9*3600))
+
+	tests := []struct {
+		name string
+		msg  webhook.Message
+		want map[string]any // path "a.b.c" -> value (strings; numbers as their text)
+	}{
+		{"unmanaged source, managed destination", message(store.EventFiring, sshAlert()), map[string]any{
+			"version": "eastguard.dev/v1", "event": "firing", "deliveryId": "9007199254740993",
+			"sentAt":   "2026-05-01T12:02:00Z",
+			"alert.id": "42", "alert.rule": "unexpected-ssh", "alert.severity": "critical", "alert.state": "open",
+			"alert.count": "3", "alert.port": "22", "alert.protocol": "TCP", "alert.verdict": "denied",
+			"alert.decidingRule": "default-deny", "alert.node": "node-a",
+			"alert.firstSeen": "2026-05-01T12:00:00Z", "alert.lastSeen": "2026-05-01T12:01:30.5Z",
+			"alert.url":         "https://eastguard.example.com/#/alerts/42",
+			"alert.source.name": "203.0.113.7", "alert.source.workload": "", "alert.source.address": "203.0.113.7",
+			"alert.source.labels":    map[string]any{},
+			"alert.destination.name": "web-1", "alert.destination.workload": "web-1", "alert.destination.address": "10.10.0.11",
+			"alert.destination.labels": map[string]any{"role": "web", "env": "prod"},
+		}},
+		{"IPv6 unmanaged source", message(store.EventFiring, v6), map[string]any{
+			"alert.source.name": "2001:db8::7", "alert.source.workload": "", "alert.source.address": "2001:db8::7",
+			"alert.source.labels": map[string]any{},
+		}},
+		{"both managed", message(store.EventFiring, managed), map[string]any{
+			"alert.source.name": "client", "alert.source.workload": "client", "alert.source.address": "10.10.0.30",
+			"alert.source.labels": map[string]any{"role": "client"},
+		}},
+		{"resolved", message(store.EventResolved, resolved), map[string]any{
+			"event": "resolved", "alert.state": "resolved",
+		}},
+		{"no dashboard", noLink, map[string]any{"alert.url": ""}},
+		{"times in UTC", otherZone, map[string]any{"sentAt": "2026-05-01T12:02:00Z"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body, err := webhook.EncodeJSON(tc.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(body, []byte("null")) {
+				t.Errorf("payload contains null: %s", body)
+			}
+			p := checkJSONPayload(t, body)
+			for path, want := range tc.want {
+				got := get(p, strings.Split(path, ".")...)
+				gotJSON, _ := json.Marshal(got)
+				wantJSON, _ := json.Marshal(want)
+				if !bytes.Equal(gotJSON, wantJSON) {
+					t.Errorf("%s = %s, want %s", path, gotJSON, wantJSON)
+				}
+			}
+			// Go receivers may decode into Payload.
+			var typed webhook.Payload
+			if err := json.Unmarshal(body, &typed); err != nil || typed.DeliveryID != tc.msg.DeliveryID || typed.Alert.ID != tc.msg.Alert.ID {
+				t.Errorf("decode into Payload: %+v, %v", typed, err)
+			}
+		})
+	}
+	for _, ev := range []string{store.EventRefresh, "bogus"} {
+		if _, err := webhook.EncodeJSON(message(ev, sshAlert())); err == nil {
+			t.Errorf("EncodeJSON of a %q event: no error", ev)
+		}
+	}
+}
+
+// slackBody decodes a slack delivery and checks its shape: {text,
+// blocks: [{type: section, text: {type: mrkdwn, text}}...]}. It returns
+// the fallback text and the sections' texts.
+func slackBody(t *testing.T, body []byte) (string, []string) {
+	t.Helper()
+	var msg map[string]any
+	if err := json.Unmarshal(body, &msg); err != nil {
+		t.Fatalf("slack payload %s: %v", body, err)
+	}
+	if keys := slices.Sorted(maps.Keys(msg)); !slices.Equal(keys, []string{"blocks", "text"}) {
+		t.Errorf("slack message fields %v, want blocks and text", keys)
+	}
+	text, ok := msg["text"].(string)
+	if !ok || text == "" {
+		t.Errorf("text = %#v, want the fallback text", msg["text"])
+	}
+	blocks, _ := msg["blocks"].([]any)
+	if len(blocks) == 0 {
+		t.Fatalf("blocks = %#v, want sections", msg["blocks"])
+	}
+	var sections []string
+	for i, b := range blocks {
+		bm, _ := b.(map[string]any)
+		tm, _ := bm["text"].(map[string]any)
+		s, ok := tm["text"].(string)
+		if bm["type"] != "section" || tm["type"] != "mrkdwn" || !ok || len(bm) != 2 || len(tm) != 2 {
+			t.Errorf("blocks[%d] = %#v, want {type: section, text: {type: mrkdwn, text}}", i, b)
+		}
+		sections = append(sections, s)
+	}
+	return text, sections
+}
+
+func TestSlackPayload(t *testing.T) {
+	const evil = "<!channel> <http://evil|x> & co"
+	hostile := sshAlert()
+	hostile.SrcWorkload, hostile.Source = evil, evil
+	hostile.DstWorkload, hostile.Destination = "<@U123>", "<@U123>"
+	hostile.DecidingRule, hostile.Node = "shop/<!here>", "node-<b>"
+	hostile.Rule = "ssh&<rule>"
+
+	long := sshAlert()
+	long.SrcWorkload, long.Source = strings.Repeat("a", 5000), strings.Repeat("a", 5000)
+	wide := sshAlert()
+	wide.DstWorkload, wide.Destination = strings.Repeat("é", 4000), strings.Repeat("é", 4000)
+	wide.Rule = strings.Repeat("ü", 4000)
+	resolved := sshAlert()
+	resolved.State, resolved.ResolvedAt = store.AlertResolved, t0.Add(7*time.Minute)
+
+	// The only links and mentions a section may hold are the ones the
+	// format writes: dates and the dashboard link.
+	allowed := regexp.MustCompile(`^<(!date\^\d+\^\{date_short_pretty\} \{time_secs\}\|[0-9TZ:.-]+|https://eastguard\.example\.com/#/alerts/\d+\|Open alert \d+ in Eastguard)>$`)
+	tag := regexp.MustCompile(`<[^>]*>?`)
+
+	tests := []struct {
+		name     string
+		msg      webhook.Message
+		contains []string // in some section
+		absent   []string // in no section and not in text
+	}{
+		{"plain", message(store.EventFiring, sshAlert()),
+			[]string{":red_circle: *CRITICAL* unexpected-ssh", "*203.0.113.7* → *web-1* `22/TCP`", "Verdict: *denied* by `default-deny` on node node-a",
+				"Count: 3", "<https://eastguard.example.com/#/alerts/42|Open alert 42 in Eastguard>"}, nil},
+		{"attacker-controlled names are escaped", message(store.EventFiring, hostile),
+			[]string{"&lt;!channel&gt; &lt;http://evil|x&gt; &amp; co", "&lt;@U123&gt;", "shop/&lt;!here&gt;", "node-&lt;b&gt;", "ssh&amp;&lt;rule&gt;"},
+			[]string{"<!channel>", "<http://evil", "<@U123>", "<!here>", "<b>", "& co", "<rule>"}},
+		{"resolved", message(store.EventResolved, resolved), []string{":white_check_mark: *RESOLVED* unexpected-ssh (critical)", ", resolved <!date^"}, nil},
+		{"long name", message(store.EventFiring, long), []string{"aaaa"}, nil},
+		{"long multibyte names", message(store.EventFiring, wide), []string{"éééé", "üüüü"}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body, err := webhook.EncodeSlack(tc.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			text, sections := slackBody(t, body)
+			all := strings.Join(sections, "\n")
+			for _, s := range tc.contains {
+				if !strings.Contains(all, s) {
+					t.Errorf("sections do not contain %q:\n%s", s, all)
+				}
+			}
+			for _, s := range tc.absent {
+				if strings.Contains(all, s) || strings.Contains(text, s) {
+					t.Errorf("%q not escaped:\ntext: %s\nsections: %s", s, text, all)
+				}
+			}
+			if strings.Contains(text, "<") {
+				t.Errorf("fallback text holds a '<': %s", text)
+			}
+			for i, s := range sections {
+				if n := utf8.RuneCountInString(s); n > 3000 {
+					t.Errorf("section %d is %d characters, over Slack's 3000", i, n)
+				}
+				if !utf8.ValidString(s) {
+					t.Errorf("section %d is not valid UTF-8", i)
+				}
+				for _, m := range tag.FindAllString(s, -1) {
+					if !allowed.MatchString(m) {
+						t.Errorf("section %d holds %q, not a date or the dashboard link", i, m)
+					}
+				}
+			}
+		})
+	}
+	if _, err := webhook.EncodeSlack(message(store.EventRefresh, sshAlert())); err == nil {
+		t.Error("EncodeSlack of a refresh: no error")
+	}
+}
+
+// checkAlertmanagerBody validates a body against Alertmanager's API v2:
+// the OpenAPI schema of POST /api/v2/alerts, then the checks Alertmanager
+// makes before accepting an alert (alert.Validate: start time set, not
+// after the end, label names and values valid).
+func checkAlertmanagerBody(t *testing.T, body []byte) models.PostableAlerts {
+	t.Helper()
+	var alerts models.PostableAlerts
+	if err := json.Unmarshal(body, &alerts); err != nil {
+		t.Fatalf("alertmanager payload %s: %v", body, err)
+	}
+	if err := alerts.Validate(strfmt.Default); err != nil {
+		t.Fatalf("alertmanager payload %s does not validate against the API v2 schema: %v", body, err)
+	}
+	for i, a := range alerts {
+		ma := model.Alert{
+			Labels: model.LabelSet{}, Annotations: model.LabelSet{},
+			StartsAt: time.Time(a.StartsAt), EndsAt: time.Time(a.EndsAt), GeneratorURL: string(a.GeneratorURL),
+		}
+		for k, v := range a.Labels {
+			ma.Labels[model.LabelName(k)] = model.LabelValue(v)
+		}
+		for k, v := range a.Annotations {
+			ma.Annotations[model.LabelName(k)] = model.LabelValue(v)
+		}
+		if err := amalert.Validate(&ma); err != nil {
+			t.Errorf("alerts[%d] refused by Alertmanager: %v", i, err)
+		}
+	}
+	return alerts
+}
+
+func TestAlertmanagerPayload(t *testing.T) {
+	const resolveAfter = 5 * time.Minute
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	open := sshAlert()
+	open.FirstSeen, open.LastSeen = now.Add(-time.Minute), now.Add(-time.Second)
+	resolved := open
+	resolved.State, resolved.ResolvedAt = store.AlertResolved, now.Add(-10*time.Second)
+	resolvedNoTime := resolved
+	resolvedNoTime.ResolvedAt = time.Time{}
+	skewed := resolved // resolved before its first flow (agent clock ahead)
+	skewed.ResolvedAt = open.FirstSeen.Add(-time.Hour)
+	noFirstSeen := open
+	noFirstSeen.FirstSeen = time.Time{}
+	managedSrc := open
+	managedSrc.SrcWorkload, managedSrc.Source = "client", "client"
+	icmp := open
+	icmp.Port, icmp.Protocol = 0, "ICMP"
+
+	msg := func(event string, a store.Alert) webhook.Message {
+		m := message(event, a)
+		m.SentAt = now
+		return m
+	}
+	tests := []struct {
+		name           string
+		msg            webhook.Message
+		startsAt       time.Time
+		endsAt         time.Time
+		src, dst, port string
+	}{
+		{"firing", msg(store.EventFiring, open), open.FirstSeen, now.Add(resolveAfter), "203.0.113.7", "web-1", "22"},
+		{"refresh", msg(store.EventRefresh, open), open.FirstSeen, now.Add(resolveAfter), "203.0.113.7", "web-1", "22"},
+		{"resolved", msg(store.EventResolved, resolved), open.FirstSeen, resolved.ResolvedAt, "203.0.113.7", "web-1", "22"},
+		{"firing sent after the alert resolved", msg(store.EventFiring, resolved), open.FirstSeen, resolved.ResolvedAt, "203.0.113.7", "web-1", "22"},
+		{"refresh sent after the alert resolved", msg(store.EventRefresh, resolved), open.FirstSeen, resolved.ResolvedAt, "203.0.113.7", "web-1", "22"},
+		{"resolved without a time", msg(store.EventResolved, resolvedNoTime), open.FirstSeen, now, "203.0.113.7", "web-1", "22"},
+		{"resolved before the first flow", msg(store.EventResolved, skewed), open.FirstSeen, open.FirstSeen, "203.0.113.7", "web-1", "22"},
+		{"no first seen: created", msg(store.EventFiring, noFirstSeen), open.Created, now.Add(resolveAfter), "203.0.113.7", "web-1", "22"},
+		{"managed source", msg(store.EventFiring, managedSrc), open.FirstSeen, now.Add(resolveAfter), "client", "web-1", "22"},
+		{"ICMP", msg(store.EventFiring, icmp), open.FirstSeen, now.Add(resolveAfter), "203.0.113.7", "web-1", "0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			body, err := webhook.EncodeAlertmanager(tc.msg, resolveAfter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			alerts := checkAlertmanagerBody(t, body)
+			if len(alerts) != 1 {
+				t.Fatalf("%d alerts posted, want 1", len(alerts))
+			}
+			a := alerts[0]
+			wantLabels := map[string]string{
+				"alertname": "unexpected-ssh", "severity": "critical", "source": tc.src, "destination": tc.dst,
+				"port": tc.port, "protocol": tc.msg.Alert.Protocol, "eastguard_alert_id": "42",
+			}
+			if !maps.Equal(map[string]string(a.Labels), wantLabels) {
+				t.Errorf("labels %v, want %v", a.Labels, wantLabels)
+			}
+			for _, k := range []string{"summary", "description", "verdict", "decidingRule", "count", "node", "firstSeen", "lastSeen"} {
+				if a.Annotations[k] == "" && !(k == "firstSeen" && tc.msg.Alert.FirstSeen.IsZero()) {
+					t.Errorf("annotation %s missing: %v", k, a.Annotations)
+				}
+			}
+			starts, ends := time.Time(a.StartsAt), time.Time(a.EndsAt)
+			if !starts.Equal(tc.startsAt) || !ends.Equal(tc.endsAt) {
+				t.Errorf("startsAt %v endsAt %v, want %v and %v", starts, ends, tc.startsAt, tc.endsAt)
+			}
+			if ends.Before(starts) {
+				t.Errorf("endsAt %v before startsAt %v", ends, starts)
+			}
+			live := tc.msg.Alert.State != store.AlertResolved && tc.msg.Event != store.EventResolved
+			if live && !ends.After(time.Now()) {
+				t.Errorf("open alert's endsAt %v is not in the future: Alertmanager would resolve it", ends)
+			}
+			if string(a.GeneratorURL) != "https://eastguard.example.com/#/alerts/42" {
+				t.Errorf("generatorURL %q", a.GeneratorURL)
+			}
+		})
+	}
+	if _, err := webhook.EncodeAlertmanager(msg("bogus", open), resolveAfter); err == nil {
+		t.Error("unknown event: no error")
+	}
+}
+
+func TestAlertmanagerURL(t *testing.T) {
+	tests := []struct{ base, want string }{
+		{"http://am:9093", "http://am:9093/api/v2/alerts"},
+		{"http://am:9093/", "http://am:9093/api/v2/alerts"},
+		{"https://example.com/alertmanager", "https://example.com/alertmanager/api/v2/alerts"},
+		{"https://example.com/alertmanager/", "https://example.com/alertmanager/api/v2/alerts"},
+		{"https://example.com/a/b", "https://example.com/a/b/api/v2/alerts"},
+		{"http://am:9093/api/v2/alerts", "http://am:9093/api/v2/alerts"},
+		{"http://am:9093/api/v2/alerts/", "http://am:9093/api/v2/alerts"},
+		{"https://example.com/alertmanager/api/v2/alerts", "https://example.com/alertmanager/api/v2/alerts"},
+		{"https://user:pw@example.com/am?tenant=a", "https://user:pw@example.com/am/api/v2/alerts?tenant=a"},
+	}
+	for _, tc := range tests {
+		got, err := webhook.AlertmanagerURL(tc.base)
+		if err != nil || got != tc.want {
+			t.Errorf("AlertmanagerURL(%q) = %q, %v; want %q", tc.base, got, err, tc.want)
+		}
+	}
+	const bad = "http://am:9093/s3cr3t-token/%zz"
+	if _, err := webhook.AlertmanagerURL(bad); err == nil || strings.Contains(err.Error(), "s3cr3t-token") {
+		t.Errorf("AlertmanagerURL(%q) = %v, want an error without the URL", bad, err)
+	}
+}
