@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/eastguard/eastguard/controller/alert"
+	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/policy"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -59,6 +61,15 @@ type Config struct {
 	AlertRefresh time.Duration
 	// BuiltinAlerts configures the built-in "any denied flow" rule.
 	BuiltinAlerts alert.Builtin
+	// DashboardURL is the base of the alert links sent to webhooks ("" for
+	// none).
+	DashboardURL string
+	// WebhookGiveUp is how long a webhook delivery is retried;
+	// WebhookTimeout bounds one attempt; WebhookMinBackoff is the first
+	// retry's wait. Zero takes the webhook package's defaults.
+	WebhookGiveUp     time.Duration
+	WebhookTimeout    time.Duration
+	WebhookMinBackoff time.Duration
 
 	// OnAck, if set, is called after each ack is recorded (tests and
 	// benchmarks wait on it). It must not block.
@@ -104,9 +115,10 @@ type Server struct {
 	mu    sync.Mutex
 	nodes map[string]*node
 
-	tls    *tlsState
-	admins *adminTokens
-	events *ingester
+	tls      *tlsState
+	admins   *adminTokens
+	events   *ingester
+	webhooks *webhook.Deliverer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -152,6 +164,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.AgentFlowRate == 0 {
 		cfg.AgentFlowRate = DefaultAgentFlowRate
 	}
+	if cfg.AlertRefresh <= 0 {
+		cfg.AlertRefresh = alert.DefaultRefreshInterval
+	}
 	if cfg.ServingHosts == nil {
 		cfg.ServingHosts = func() []string { return []string{"localhost", "127.0.0.1", "::1"} }
 	}
@@ -168,6 +183,27 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.events = newIngester(s)
 	var err error
+	s.webhooks, err = webhook.New(webhook.Config{
+		Store: cfg.Store,
+		// Read at every attempt: deliveries already queued follow a
+		// webhook whose URL or secret changed.
+		Webhooks:    func(name string) (policy.Webhook, bool) { return s.events.engine.Policy().Webhook(name) },
+		Log:         s.log.Named("webhooks"),
+		Timeout:     cfg.WebhookTimeout,
+		MinBackoff:  cfg.WebhookMinBackoff,
+		GiveUpAfter: cfg.WebhookGiveUp,
+		// Five re-post intervals: Alertmanager keeps a live alert through
+		// a few missed re-posts (a controller restart) but resolves it by
+		// itself once the controller is gone for good.
+		AlertmanagerResolveAfter: 5 * cfg.AlertRefresh,
+		DashboardURL:             cfg.DashboardURL,
+		Now:                      cfg.Now,
+		Outcome:                  func(hook, outcome string) { s.m.deliveries.WithLabelValues(hook, outcome).Inc() },
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.events.kick = s.webhooks.Kick
 	if s.admins, err = loadAdminTokens(ctx, s.store); err != nil {
 		return nil, err
 	}
@@ -195,6 +231,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.wg.Go(func() { s.tls.rotate(s.ctx) })
 	s.wg.Go(func() { s.flushLoop(s.ctx) })
 	s.wg.Go(func() { s.events.run(s.ctx) })
+	s.wg.Go(func() { s.webhooks.Run(s.ctx) })
 	return s, nil
 }
 

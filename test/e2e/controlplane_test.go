@@ -71,6 +71,9 @@ type controlPlane struct {
 	bin     map[string]string
 	dataDir string
 	proc    *topo.Process
+	// env and args are added to the controller's environment and flags.
+	env  []string
+	args []string
 }
 
 func newControlPlane(t *testing.T, bin map[string]string, nodes ...*topo.Node) *controlPlane {
@@ -93,8 +96,9 @@ func (cp *controlPlane) addr(n *topo.Node) string {
 
 func (cp *controlPlane) start() {
 	cp.t.Helper()
-	cmd := cp.ns.Nsenter(cp.t.Context(), cp.bin["eastguard-controller"], "--data-dir", cp.dataDir,
-		"--grpc-listen", ":7443", "--http-listen", "127.0.0.1:8080", "--log-format", "console")
+	cmd := cp.ns.Nsenter(cp.t.Context(), cp.bin["eastguard-controller"], append([]string{"--data-dir", cp.dataDir,
+		"--grpc-listen", ":7443", "--http-listen", "127.0.0.1:8080", "--log-format", "console"}, cp.args...)...)
+	cmd.Env = append(os.Environ(), cp.env...)
 	cp.proc = topo.Start(cp.t, "controller", cmd)
 	topo.Eventually(cp.t, 20*time.Second, "the controller to serve", func() error {
 		if cp.proc.Exited() {

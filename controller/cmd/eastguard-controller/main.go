@@ -12,11 +12,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +29,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/eastguard/eastguard/controller/alert"
+	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/policy"
 	"github.com/eastguard/eastguard/controller/server"
 	"github.com/eastguard/eastguard/controller/server/restapi"
 	"github.com/eastguard/eastguard/controller/store"
@@ -58,6 +64,16 @@ type options struct {
 	heartbeat     time.Duration
 	logFormat     string
 	logLevel      string
+
+	flowRetention  time.Duration
+	flowMaxBytes   byteSize
+	alertRetention time.Duration
+	agentFlowRate  float64
+	externalURL    string
+	webhookGiveUp  time.Duration
+	alertOnDenied  bool
+	deniedNotify   []string
+	deniedSeverity string
 }
 
 const usage = `eastguard-controller keeps the policy and pushes every node's rule set to its agent.
@@ -110,6 +126,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.certTTL, "cert-ttl", pki.DefaultNodeCertTTL, "lifetime of node certificates (agents renew at 2/3)")
 	fs.DurationVar(&o.serverCertTTL, "server-cert-ttl", pki.DefaultServerCertTTL, "lifetime of the serving certificate (rotated at 2/3)")
 	fs.DurationVar(&o.heartbeat, "heartbeat", server.DefaultHeartbeat, "heartbeat interval on agent streams")
+	o.flowMaxBytes = server.DefaultFlowMaxBytes
+	fs.DurationVar(&o.flowRetention, "flow-retention", server.DefaultFlowRetention, "delete flow records older than this")
+	fs.Var(&o.flowMaxBytes, "flow-max-bytes", "keep the flow store under this size (e.g. 4GiB, 500MB); the oldest flows go first")
+	fs.DurationVar(&o.alertRetention, "alert-retention", server.DefaultAlertRetention, "delete resolved alerts and finished webhook deliveries older than this")
+	fs.Float64Var(&o.agentFlowRate, "agent-flow-rate", server.DefaultAgentFlowRate, "flow records per second each agent may send (0: unlimited); beyond it batches wait in the agent's spool")
+	fs.StringVar(&o.externalURL, "external-url", "", "the dashboard's URL as the security team reaches it, for links in alerts (default: the HTTP listener's)")
+	fs.DurationVar(&o.webhookGiveUp, "webhook-give-up", webhook.DefaultGiveUpAfter, "stop retrying a webhook delivery this long after the alert queued it (recorded as gave-up)")
+	fs.BoolVar(&o.alertOnDenied, "alert-on-denied", false, "raise an alert (rule "+alert.BuiltinDeniedRule+") for every denied flow, in addition to the AlertRules")
+	fs.Var((*listFlag)(&o.deniedNotify), "alert-on-denied-notify", "webhooks (by name) that --alert-on-denied alerts go to (repeatable, comma-separated)")
+	fs.StringVar(&o.deniedSeverity, "alert-on-denied-severity", "warning", "severity of --alert-on-denied alerts: info, warning or critical")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -134,6 +160,30 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.certTTL < time.Second || o.serverCertTTL < time.Second || o.heartbeat < 100*time.Millisecond {
 		return nil, errors.New("--cert-ttl and --server-cert-ttl must be at least 1s, --heartbeat at least 100ms")
+	}
+	if o.flowRetention < time.Minute || o.alertRetention < time.Minute || o.webhookGiveUp < time.Second {
+		return nil, errors.New("--flow-retention and --alert-retention must be at least 1m, --webhook-give-up at least 1s")
+	}
+	if o.flowMaxBytes < 1<<20 {
+		return nil, fmt.Errorf("--flow-max-bytes %s: want at least 1MiB", o.flowMaxBytes.String())
+	}
+	if o.agentFlowRate < 0 {
+		return nil, fmt.Errorf("--agent-flow-rate %v: want 0 (unlimited) or a positive rate", o.agentFlowRate)
+	}
+	switch policy.AlertSeverity(o.deniedSeverity) {
+	case policy.SeverityInfo, policy.SeverityWarn, policy.SeverityCritical:
+	default:
+		return nil, fmt.Errorf("--alert-on-denied-severity %q: want info, warning or critical", o.deniedSeverity)
+	}
+	if len(o.deniedNotify) > 0 && !o.alertOnDenied {
+		return nil, errors.New("--alert-on-denied-notify needs --alert-on-denied")
+	}
+	if o.externalURL != "" {
+		u, err := url.Parse(o.externalURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("--external-url %q: want an http(s) URL such as https://eastguard.example.com", o.externalURL)
+		}
+		o.externalURL = strings.TrimRight(o.externalURL, "/")
 	}
 	if o.logFormat != "json" && o.logFormat != "console" {
 		return nil, fmt.Errorf("--log-format %q: want json or console", o.logFormat)
@@ -197,6 +247,18 @@ func controller(ctx context.Context, o *options, log *zap.Logger) error {
 		httpTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
+	// The HTTP listener is opened before the server so that alert links
+	// can name its real address (--http-listen may say port 0).
+	httpLis, err := net.Listen("tcp", o.httpListen)
+	if err != nil {
+		return fmt.Errorf("--http-listen: %w", err)
+	}
+	defer httpLis.Close()
+	dashboardURL := o.externalURL
+	if dashboardURL == "" {
+		dashboardURL = apiURL(httpLis.Addr(), httpTLS != nil)
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := server.New(ctx, server.Config{
@@ -208,6 +270,16 @@ func controller(ctx context.Context, o *options, log *zap.Logger) error {
 		NodeCertTTL:   o.certTTL,
 		ServerCertTTL: o.serverCertTTL,
 		Heartbeat:     o.heartbeat,
+
+		FlowRetention:  o.flowRetention,
+		FlowMaxBytes:   int64(o.flowMaxBytes),
+		AlertRetention: o.alertRetention,
+		AgentFlowRate:  flowRate(o.agentFlowRate),
+		BuiltinAlerts: alert.Builtin{
+			Denied: o.alertOnDenied, Notify: o.deniedNotify, Severity: policy.AlertSeverity(o.deniedSeverity),
+		},
+		DashboardURL:  dashboardURL,
+		WebhookGiveUp: o.webhookGiveUp,
 	})
 	if err != nil {
 		return err
@@ -221,11 +293,6 @@ func controller(ctx context.Context, o *options, log *zap.Logger) error {
 	grpcLis, err := net.Listen("tcp", o.grpcListen)
 	if err != nil {
 		return fmt.Errorf("--grpc-listen: %w", err)
-	}
-	httpLis, err := net.Listen("tcp", o.httpListen)
-	if err != nil {
-		grpcLis.Close()
-		return fmt.Errorf("--http-listen: %w", err)
 	}
 	if httpTLS == nil && !isLoopback(o.httpListen) {
 		log.Warn("serving the admin API over plain HTTP on a non-loopback address: the admin token crosses the network in clear; give --http-tls-cert and --http-tls-key",
@@ -273,6 +340,51 @@ func controller(ctx context.Context, o *options, log *zap.Logger) error {
 	}
 	wg.Wait()
 	return runErr
+}
+
+// flowRate maps the flag's 0 (unlimited) to the server's negative.
+func flowRate(r float64) float64 {
+	if r == 0 {
+		return -1
+	}
+	return r
+}
+
+// byteSize is a size flag: a number of bytes with an optional unit (KB,
+// MB, GB, TB in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024).
+type byteSize int64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+}
+
+func (b *byteSize) String() string {
+	for _, u := range sizeUnits[:4] {
+		if v := int64(*b); v >= u.mult && v%u.mult == 0 && (u.mult == 1<<40 || v%(u.mult<<10) != 0) {
+			return fmt.Sprintf("%d%s", v/u.mult, u.suffix)
+		}
+	}
+	return strconv.FormatInt(int64(*b), 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64/mult {
+		return fmt.Errorf("%q is not a size such as 4GiB, 500MB or 1048576", s)
+	}
+	*b = byteSize(v * mult)
+	return nil
 }
 
 // writeAdminConfig writes DIR/admin.conf unless a valid one for this
