@@ -39,7 +39,7 @@ volatile const __u8  cfg_default_mode = EG_MODE_ENFORCE;  /* interfaces without 
 volatile const __u32 cfg_hz = 250;
 volatile const __u32 cfg_deny_events_per_sec = 1000;      /* per CPU; 0 = no limit */
 volatile const __u32 cfg_deny_events_burst = 200;
-volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 = wake the reader on every event */
+volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 or 1: wake the reader on every event */
 volatile const __u8  cfg_ct_revalidate = 1;               /* re-check established flows after a change */
 volatile const __u8  cfg_ct_accounting = 1;               /* packet and byte counts per flow */
 volatile const __u32 cfg_ct_tcp_syn_j = 60 * 250;

@@ -154,7 +154,7 @@ func (d *Datapath) NewEventReader() (*EventReader, error) {
 	// With batched wake-ups the reader must also poll, so a lone event is
 	// delivered within this time.
 	poll := time.Duration(0)
-	if d.cfg.EventsWakeupBytes > 0 {
+	if d.cfg.EventsWakeupBytes > 1 {
 		poll = 100 * time.Millisecond
 	}
 	return &EventReader{rd: rd, clock: d.clock, poll: poll}, nil
