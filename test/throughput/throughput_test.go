@@ -54,7 +54,7 @@ const (
 	crrPort   = 5203
 	streamDur = 4 * time.Second
 	rrDur     = 2 * time.Second
-	rounds    = 7
+	rounds    = 9
 )
 
 type scenario struct {
@@ -76,6 +76,9 @@ func BenchmarkThroughput(b *testing.B) {
 	client := node.AddWorkload(b, "client", 1)
 	server := node.AddWorkload(b, "server", 2)
 	server.Listen(b, rrPort, crrPort)
+	// One iperf3 server for the whole run: a one-shot server per stream
+	// raced its client now and then ("connection refused").
+	iperfServer := topo.Start(b, "iperf3-server", server.NS.Exec(context.Background(), "iperf3", "-s", "-p", fmt.Sprint(iperfPort)))
 	// crr opens tens of thousands of connections a minute: reuse ports in
 	// TIME_WAIT and widen the range, or the client runs out.
 	topo.Sysctl(b, client.NS, "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000")
@@ -143,29 +146,37 @@ func BenchmarkThroughput(b *testing.B) {
 			s := scenarios[(i+r)%len(scenarios)]
 			s.setup()
 			res := result{
-				stream: iperf(b, client, server),
+				stream: iperf(b, client, server, iperfServer),
 				rr:     requestResponse(b, client, server.Addr4, rrPort, false),
 				crr:    requestResponse(b, client, server.Addr4, crrPort, true),
 			}
 			s.clear()
 			results[s.name] = append(results[s.name], res)
-			b.Logf("round %d %-20s stream %6.2f Gbit/s  rr %8.0f/s  crr %7.0f/s", r+1, s.name, res.stream/1e9, res.rr, res.crr)
+			fmt.Fprintf(os.Stdout, "round %d %-22s stream %6.2f Gbit/s  rr %8.0f/s  crr %7.0f/s\n", r+1, s.name, res.stream/1e9, res.rr, res.crr)
 		}
 	}
 
-	base := median(results["no filter"])
+	// Ratios are taken within a round (each scenario over the same
+	// round's "no filter"), then the median over rounds: the machine's
+	// drift between rounds, often larger than what is measured, cancels.
+	base := results["no filter"]
 	var out strings.Builder
 	fmt.Fprintf(&out, "\n%-20s %12s %7s %12s %7s %12s %7s\n", "scenario", "stream", "ratio", "rr/s", "ratio", "crr/s", "ratio")
 	for _, s := range scenarios {
 		m := median(results[s.name])
+		ratios := make([]result, len(base))
+		for i, r := range results[s.name] {
+			ratios[i] = result{r.stream / base[i].stream, r.rr / base[i].rr, r.crr / base[i].crr}
+		}
+		q := median(ratios)
 		fmt.Fprintf(&out, "%-20s %8.2f Gb/s %7.3f %12.0f %7.3f %12.0f %7.3f\n",
-			s.name, m.stream/1e9, m.stream/base.stream, m.rr, m.rr/base.rr, m.crr, m.crr/base.crr)
+			s.name, m.stream/1e9, q.stream, m.rr, q.rr, m.crr, q.crr)
 		key := strings.ReplaceAll(s.name, " ", "-")
-		b.ReportMetric(m.stream/base.stream, key+"-stream-ratio")
-		b.ReportMetric(m.rr/base.rr, key+"-rr-ratio")
-		b.ReportMetric(m.crr/base.crr, key+"-crr-ratio")
+		b.ReportMetric(q.stream, key+"-stream-ratio")
+		b.ReportMetric(q.rr, key+"-rr-ratio")
+		b.ReportMetric(q.crr, key+"-crr-ratio")
 	}
-	fmt.Fprintf(os.Stdout, "%s(medians of %d interleaved rounds; ratios are over \"no filter\")\n", out.String(), rounds)
+	fmt.Fprintf(os.Stdout, "%s(%d interleaved rounds: medians of the values, and medians of each round's ratio over \"no filter\")\n", out.String(), rounds)
 	for b.Loop() {
 		// The measurement above is the benchmark; one iteration is enough.
 	}
@@ -251,45 +262,30 @@ func nftRun(b *testing.B, node *topo.Node, args ...string) {
 }
 
 // iperf runs one TCP stream from client to server and returns bits/s.
-// A run that fails or reports nothing (the one-shot server was not up yet)
-// is retried.
-func iperf(b *testing.B, client, server *topo.Workload) float64 {
-	for attempt := 0; attempt < 5; attempt++ {
-		if bps, err := iperfOnce(client, server); err == nil {
-			return bps
-		} else if attempt == 4 {
-			b.Fatalf("iperf3: %v", err)
+// A run that fails or reports nothing (the server not listening yet, at
+// the start) is retried a few times.
+func iperf(b *testing.B, client, server *topo.Workload, srv *topo.Process) float64 {
+	var err error
+	for range 10 {
+		if srv.Exited() {
+			b.Fatalf("iperf3 server exited:\n%s", srv.Output())
 		}
-		time.Sleep(200 * time.Millisecond)
+		var bps float64
+		if bps, err = iperfOnce(client, server); err == nil {
+			return bps
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
+	b.Fatalf("iperf3: %v", err)
 	return 0
 }
 
 func iperfOnce(client, server *topo.Workload) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), streamDur+20*time.Second)
 	defer cancel()
-	srv := server.NS.Exec(ctx, "iperf3", "-s", "-1", "-p", fmt.Sprint(iperfPort))
-	srv.Stdout, srv.Stderr = io.Discard, io.Discard
-	if err := srv.Start(); err != nil {
-		return 0, err
-	}
-	defer func() {
-		srv.Process.Kill()
-		srv.Wait()
-	}()
-	var out []byte
-	var err error
-	for range 50 { // until the server listens
-		out, err = client.NS.Exec(ctx, "iperf3", "-c", server.Addr4.String(), "-p", fmt.Sprint(iperfPort),
-			"-t", fmt.Sprint(int(streamDur.Seconds())), "-J").Output()
-		if err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("%v: %s", err, out)
-	}
+	// -O 1: the first second (slow start) is not counted.
+	out, err := client.NS.Exec(ctx, "iperf3", "-c", server.Addr4.String(), "-p", fmt.Sprint(iperfPort),
+		"-t", fmt.Sprint(int(streamDur.Seconds())), "-O", "1", "-J").Output()
 	var r struct {
 		Error string `json:"error"`
 		End   struct {
@@ -298,11 +294,11 @@ func iperfOnce(client, server *topo.Workload) (float64, error) {
 			} `json:"sum_received"`
 		} `json:"end"`
 	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		return 0, fmt.Errorf("output: %v", err)
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		return 0, fmt.Errorf("iperf3 client: %v, output: %v", err, jerr)
 	}
-	if r.Error != "" || r.End.SumReceived.BitsPerSecond == 0 {
-		return 0, fmt.Errorf("no result (%q)", r.Error)
+	if err != nil || r.Error != "" || r.End.SumReceived.BitsPerSecond == 0 {
+		return 0, fmt.Errorf("no result (%v, %q)", err, r.Error)
 	}
 	return r.End.SumReceived.BitsPerSecond, nil
 }
