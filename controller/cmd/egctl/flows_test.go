@@ -4,18 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
-	"net/http/httptest"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/eastguard/eastguard/controller/server"
-	"github.com/eastguard/eastguard/controller/server/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -26,31 +20,8 @@ import (
 // put flows and alerts in.
 func eventController(t *testing.T) *store.SQLite {
 	t.Helper()
-	dir := t.TempDir()
-	st, err := store.OpenSQLite(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ca, err := server.LoadCA(context.Background(), st, nil, nil, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(context.Background(), server.Config{Store: st, CA: ca})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	api := httptest.NewServer(srv.Handler(nil))
-	t.Cleanup(api.Close)
-	token, err := srv.NewAdminToken(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := (&restapi.Config{Server: api.URL, Token: token}).Marshal()
-	path := filepath.Join(dir, "admin.conf")
-	writeFile(t, path, string(data))
-	t.Setenv(envConfig, path)
+	conf, st := controllerWithStore(t)
+	t.Setenv(envConfig, conf)
 	return st
 }
 

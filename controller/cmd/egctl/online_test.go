@@ -20,6 +20,14 @@ import (
 // an admin.conf for it.
 func controller(t *testing.T) string {
 	t.Helper()
+	conf, _ := controllerWithStore(t)
+	return conf
+}
+
+// controllerWithStore is controller, also returning the controller's
+// store (for tests that put flows and alerts in it).
+func controllerWithStore(t *testing.T) (string, *store.SQLite) {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.OpenSQLite(dir)
 	if err != nil {
@@ -44,7 +52,7 @@ func controller(t *testing.T) string {
 	data, _ := (&restapi.Config{Server: api.URL, Token: token}).Marshal()
 	path := filepath.Join(dir, "admin.conf")
 	writeFile(t, path, string(data))
-	return path
+	return path, st
 }
 
 func TestOnlineCommands(t *testing.T) {
