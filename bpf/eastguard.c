@@ -109,13 +109,43 @@ struct eg_verdict_ctx {
 	__u8  reason;
 };
 
+/* EG_FILL_EVENT fills every field of an eg_flow_event or eg_flow_event4
+ * but the addresses (the two share their field names). */
+#define EG_FILL_EVENT(ev, now, p, v, suppressed)                                             \
+	do {                                                                                 \
+		(ev)->jiffies = (now);                                                       \
+		(ev)->ifindex = (v)->ifindex;                                                \
+		(ev)->endpoint_id = (v)->endpoint_id;                                        \
+		if ((v)->dir == EG_DIR_INGRESS) {                                            \
+			(ev)->src_identity = (v)->peer_identity;                             \
+			(ev)->dst_identity = (v)->local_identity;                            \
+		} else {                                                                     \
+			(ev)->src_identity = (v)->local_identity;                            \
+			(ev)->dst_identity = (v)->peer_identity;                             \
+		}                                                                            \
+		(ev)->rule_id = (v)->rule_id;                                                \
+		(ev)->suppressed = (suppressed);                                             \
+		(ev)->length = (p)->len;                                                     \
+		(ev)->src_port = ((p)->proto == IPPROTO_ICMP || (p)->proto == IPPROTO_ICMPV6) ? \
+					 0 : (p)->sport;                                     \
+		(ev)->dst_port = (p)->dport;                                                 \
+		(ev)->family = (p)->family;                                                  \
+		(ev)->protocol = (p)->proto;                                                 \
+		(ev)->direction = (v)->dir;                                                  \
+		(ev)->verdict = (v)->verdict;                                                \
+		(ev)->reason = (v)->reason;                                                  \
+		(ev)->tcp_flags = (p)->tcp_flags;                                            \
+		(ev)->pad[0] = 0;                                                            \
+		(ev)->pad[1] = 0;                                                            \
+	} while (0)
+
 /* Global (verified once, on its own): see eg_parse. */
 __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 {
-	struct eg_flow_event *ev;
 	__u32 suppressed = 0;
 	__u64 now = bpf_jiffies64();
 	__u64 flags = 0;
+	void *rec;
 
 	if (!p || !v)
 		return 0;
@@ -124,41 +154,33 @@ __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 		eg_count(EG_CNT_EVENTS_SUPPRESSED);
 		return 0;
 	}
-	ev = bpf_ringbuf_reserve(&eg_events, sizeof(*ev), 0);
-	if (!ev) {
-		eg_count(EG_CNT_EVENTS_LOST);
-		return 0;
-	}
-	ev->jiffies = now;
-	eg_copy16(ev->src, p->src);
-	eg_copy16(ev->dst, p->dst);
-	ev->ifindex = v->ifindex;
-	ev->endpoint_id = v->endpoint_id;
-	if (v->dir == EG_DIR_INGRESS) {
-		ev->src_identity = v->peer_identity;
-		ev->dst_identity = v->local_identity;
+	if (p->family == 4) {
+		struct eg_flow_event4 *ev = bpf_ringbuf_reserve(&eg_events, sizeof(*ev), 0);
+
+		if (!ev)
+			goto lost;
+		EG_FILL_EVENT(ev, now, p, v, suppressed);
+		__builtin_memcpy(ev->src, p->src, 4);
+		__builtin_memcpy(ev->dst, p->dst, 4);
+		rec = ev;
 	} else {
-		ev->src_identity = v->local_identity;
-		ev->dst_identity = v->peer_identity;
+		struct eg_flow_event *ev = bpf_ringbuf_reserve(&eg_events, sizeof(*ev), 0);
+
+		if (!ev)
+			goto lost;
+		EG_FILL_EVENT(ev, now, p, v, suppressed);
+		eg_copy16(ev->src, p->src);
+		eg_copy16(ev->dst, p->dst);
+		rec = ev;
 	}
-	ev->rule_id = v->rule_id;
-	ev->suppressed = suppressed;
-	ev->length = p->len;
-	ev->src_port = (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) ? 0 : p->sport;
-	ev->dst_port = p->dport;
-	ev->family = p->family;
-	ev->protocol = p->proto;
-	ev->direction = v->dir;
-	ev->verdict = v->verdict;
-	ev->reason = v->reason;
-	ev->tcp_flags = p->tcp_flags;
-	ev->pad[0] = 0;
-	ev->pad[1] = 0;
 	if (cfg_events_wakeup_bytes &&
 	    bpf_ringbuf_query(&eg_events, BPF_RB_AVAIL_DATA) < cfg_events_wakeup_bytes)
 		flags = BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(ev, flags);
+	bpf_ringbuf_submit(rec, flags);
 	return 1;
+lost:
+	eg_count(EG_CNT_EVENTS_LOST);
+	return 0;
 }
 
 /* ---- identities and policy ---- */

@@ -147,6 +147,29 @@ type bpfEgFlowEvent struct {
 	Pad         [2]uint8
 }
 
+type bpfEgFlowEvent4 struct {
+	_           structs.HostLayout
+	Jiffies     uint64
+	Src         [4]uint8
+	Dst         [4]uint8
+	Ifindex     uint32
+	EndpointId  uint32
+	SrcIdentity uint32
+	DstIdentity uint32
+	RuleId      uint32
+	Suppressed  uint32
+	Length      uint32
+	SrcPort     uint16
+	DstPort     uint16
+	Family      uint8
+	Protocol    uint8
+	Direction   uint8
+	Verdict     uint8
+	Reason      uint8
+	TcpFlags    uint8
+	Pad         [2]uint8
+}
+
 type bpfEgFragEntry struct {
 	_       structs.HostLayout
 	Expires uint64
@@ -316,6 +339,7 @@ const (
 	bpfVarEgBtfEgEndpointFlags = "eg_btf_eg_endpoint_flags"
 	bpfVarEgBtfEgEndpointTable = "eg_btf_eg_endpoint_table"
 	bpfVarEgBtfEgFlowEvent     = "eg_btf_eg_flow_event"
+	bpfVarEgBtfEgFlowEvent4    = "eg_btf_eg_flow_event4"
 	bpfVarEgBtfEgHostKey       = "eg_btf_eg_host_key"
 	bpfVarEgBtfEgIpcacheKey    = "eg_btf_eg_ipcache_key"
 	bpfVarEgBtfEgIpcacheValue  = "eg_btf_eg_ipcache_value"
@@ -417,6 +441,7 @@ type bpfVariableSpecs struct {
 	EgBtfEgEndpointFlags *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_flags"`
 	EgBtfEgEndpointTable *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_table"`
 	EgBtfEgFlowEvent     *ebpf.VariableSpec `ebpf:"eg_btf_eg_flow_event"`
+	EgBtfEgFlowEvent4    *ebpf.VariableSpec `ebpf:"eg_btf_eg_flow_event4"`
 	EgBtfEgHostKey       *ebpf.VariableSpec `ebpf:"eg_btf_eg_host_key"`
 	EgBtfEgIpcacheKey    *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_key"`
 	EgBtfEgIpcacheValue  *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_value"`
@@ -505,6 +530,7 @@ type bpfVariables struct {
 	EgBtfEgEndpointFlags *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_flags"`
 	EgBtfEgEndpointTable *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_table"`
 	EgBtfEgFlowEvent     *ebpf.Variable `ebpf:"eg_btf_eg_flow_event"`
+	EgBtfEgFlowEvent4    *ebpf.Variable `ebpf:"eg_btf_eg_flow_event4"`
 	EgBtfEgHostKey       *ebpf.Variable `ebpf:"eg_btf_eg_host_key"`
 	EgBtfEgIpcacheKey    *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_key"`
 	EgBtfEgIpcacheValue  *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_value"`

@@ -73,8 +73,13 @@ type FlowEvent struct {
 func (e *FlowEvent) ICMP() (typ, code uint8) { return uint8(e.DstPort >> 8), uint8(e.DstPort) }
 
 // Offsets in struct eg_flow_event; TestLayout checks them against the
-// bpf2go type.
+// bpf2go type. struct eg_flow_event4 (IPv4) is evSize4 bytes, with 4-byte
+// addresses at evSrc and evSrc4Dst, and every later field at its offset
+// here minus ev4Shift.
 const (
+	evSize4       = 56
+	evSrc4Dst     = 12
+	ev4Shift      = evSize - evSize4
 	evSize        = 80
 	evJiffies     = 0
 	evSrc         = 8
@@ -102,32 +107,40 @@ var ErrShortEvent = errors.New("short flow event record")
 // DecodeEvent decodes a raw ring record. It does no allocation; the
 // timestamp is converted with clock.
 func DecodeEvent(b []byte, clock *Clock, ev *FlowEvent) error {
-	if len(b) < evSize {
-		return fmt.Errorf("%w: %d bytes, want %d", ErrShortEvent, len(b), evSize)
-	}
 	le := binary.LittleEndian
-	ev.Time = clock.Wall(le.Uint64(b[evJiffies:]))
-	if b[evFamily] == 4 {
+	shift := 0 // how much earlier than in eg_flow_event the fields after dst are
+	switch {
+	case len(b) == evSize4:
+		if b[evFamily-ev4Shift] != 4 {
+			return fmt.Errorf("%w: %d-byte record of family %d", ErrShortEvent, evSize4, b[evFamily-ev4Shift])
+		}
+		ev.Src = netip.AddrFrom4([4]byte(b[evSrc : evSrc+4]))
+		ev.Dst = netip.AddrFrom4([4]byte(b[evSrc4Dst : evSrc4Dst+4]))
+		shift = ev4Shift
+	case len(b) < evSize:
+		return fmt.Errorf("%w: %d bytes, want %d (IPv6) or %d (IPv4)", ErrShortEvent, len(b), evSize, evSize4)
+	case b[evFamily] == 4:
 		ev.Src = netip.AddrFrom4([4]byte(b[evSrc : evSrc+4]))
 		ev.Dst = netip.AddrFrom4([4]byte(b[evDst : evDst+4]))
-	} else {
+	default:
 		ev.Src = netip.AddrFrom16([16]byte(b[evSrc : evSrc+16]))
 		ev.Dst = netip.AddrFrom16([16]byte(b[evDst : evDst+16]))
 	}
-	ev.Ifindex = le.Uint32(b[evIfindex:])
-	ev.Endpoint = ruleset.EndpointID(le.Uint32(b[evEndpoint:]))
-	ev.SrcIdentity = ruleset.Identity(le.Uint32(b[evSrcIdentity:]))
-	ev.DstIdentity = ruleset.Identity(le.Uint32(b[evDstIdentity:]))
-	ev.Rule = ruleset.RuleID(le.Uint32(b[evRule:]))
-	ev.Suppressed = le.Uint32(b[evSuppressed:])
-	ev.Length = le.Uint32(b[evLength:])
-	ev.SrcPort = le.Uint16(b[evSrcPort:])
-	ev.DstPort = le.Uint16(b[evDstPort:])
-	ev.Protocol = ruleset.Protocol(b[evProtocol])
-	ev.Direction = ruleset.Direction(b[evDirection])
-	ev.Verdict = ruleset.Verdict(b[evVerdict])
-	ev.Reason = Reason(b[evReason])
-	ev.TCPFlags = b[evTCPFlags]
+	ev.Time = clock.Wall(le.Uint64(b[evJiffies:]))
+	ev.Ifindex = le.Uint32(b[evIfindex-shift:])
+	ev.Endpoint = ruleset.EndpointID(le.Uint32(b[evEndpoint-shift:]))
+	ev.SrcIdentity = ruleset.Identity(le.Uint32(b[evSrcIdentity-shift:]))
+	ev.DstIdentity = ruleset.Identity(le.Uint32(b[evDstIdentity-shift:]))
+	ev.Rule = ruleset.RuleID(le.Uint32(b[evRule-shift:]))
+	ev.Suppressed = le.Uint32(b[evSuppressed-shift:])
+	ev.Length = le.Uint32(b[evLength-shift:])
+	ev.SrcPort = le.Uint16(b[evSrcPort-shift:])
+	ev.DstPort = le.Uint16(b[evDstPort-shift:])
+	ev.Protocol = ruleset.Protocol(b[evProtocol-shift])
+	ev.Direction = ruleset.Direction(b[evDirection-shift])
+	ev.Verdict = ruleset.Verdict(b[evVerdict-shift])
+	ev.Reason = Reason(b[evReason-shift])
+	ev.TCPFlags = b[evTCPFlags-shift]
 	return nil
 }
 

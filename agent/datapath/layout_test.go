@@ -48,6 +48,7 @@ func TestLayout(t *testing.T) {
 		"eg_frag_entry":    bpfEgFragEntry{},
 		"eg_ratelimit":     bpfEgRatelimit{},
 		"eg_flow_event":    bpfEgFlowEvent{},
+		"eg_flow_event4":   bpfEgFlowEvent4{},
 	}
 	for name, v := range goTypes {
 		s := structType(name)
@@ -99,6 +100,32 @@ func TestLayout(t *testing.T) {
 		}
 		if int(m.Offset.Bytes()) != want {
 			t.Errorf("eg_flow_event.%s at %d, decoder reads %d", m.Name, m.Offset.Bytes(), want)
+		}
+	}
+	// IPv4 events: the same members, 4-byte addresses, the rest
+	// ev4Shift bytes earlier.
+	ev4 := structType("eg_flow_event4")
+	if ev4.Size != evSize4 {
+		t.Errorf("eg_flow_event4 size %d, decoder assumes %d", ev4.Size, evSize4)
+	}
+	if len(ev4.Members) != len(ev.Members) {
+		t.Errorf("eg_flow_event4 has %d members, eg_flow_event %d", len(ev4.Members), len(ev.Members))
+	}
+	for _, m := range ev4.Members {
+		want, ok := offsets[m.Name]
+		switch {
+		case m.Name == "pad":
+			continue
+		case !ok:
+			t.Errorf("eg_flow_event4.%s is not decoded", m.Name)
+			continue
+		case m.Name == "dst":
+			want = evSrc4Dst
+		case m.Name != "jiffies" && m.Name != "src":
+			want -= ev4Shift
+		}
+		if int(m.Offset.Bytes()) != want {
+			t.Errorf("eg_flow_event4.%s at %d, decoder reads %d", m.Name, m.Offset.Bytes(), want)
 		}
 	}
 
