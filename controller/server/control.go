@@ -73,7 +73,9 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		log.Error("join failed", zap.Error(err))
 		return nil, status.Error(codes.Internal, "join failed; see the controller's log")
 	}
+	s.certMu.Lock() // see Renew
 	cert, certPEM, err := s.issueNodeCert(ctx, req.GetNode(), req.GetCsr(), now)
+	s.certMu.Unlock()
 	if err != nil {
 		return nil, refuse(codes.InvalidArgument, err)
 	}
@@ -91,7 +93,19 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 	if err != nil {
 		return nil, err
 	}
+	// Issuing and revoking exclude each other: a revocation that lands
+	// while this renewal is in flight either comes first (the check below
+	// refuses) or finds the new certificate in the store and revokes it
+	// too. Without this the node would keep a fresh, unrevoked
+	// certificate.
+	s.certMu.Lock()
+	if serial := pki.Serial(id.cert); s.tls.isRevoked(serial) {
+		s.certMu.Unlock()
+		s.log.Warn("renewal refused: certificate revoked", zap.String("node", id.node), zap.String("cert-serial", serial))
+		return nil, status.Errorf(codes.PermissionDenied, "certificate of node %q (serial %s) was revoked", id.node, serial)
+	}
 	cert, certPEM, err := s.issueNodeCert(ctx, id.node, req.GetCsr(), s.now())
+	s.certMu.Unlock()
 	if err != nil {
 		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -212,11 +212,15 @@ func (s *Server) Revoke(ctx context.Context, name string) (int, error) {
 		return 0, fmt.Errorf("node %q: %w", name, errUnknownNode)
 	}
 	at := s.now()
+	s.certMu.Lock() // see Renew
 	certs, err := s.store.RevokeNode(ctx, name, at)
+	if err == nil {
+		s.tls.revoke(certs)
+	}
+	s.certMu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	s.tls.revoke(certs)
 	reason := fmt.Sprintf("certificate revoked at %s: the agent must join again with a new token", at.UTC().Format(time.RFC3339))
 	s.update(name, func(n *node) {
 		n.rec.Revoked = at

@@ -253,11 +253,23 @@ func TestRevokedAgentRefused(t *testing.T) {
 	if err == nil {
 		t.Fatal("a revoked certificate opened a stream")
 	}
-	if lines := h.logged("agent certificate refused", "revoked"); len(lines) == 0 {
+	if lines := h.logged("agent RPC refused", "revoked"); len(lines) == 0 {
 		t.Errorf("no log line refusing the revoked certificate; logs: %q", h.logged("refused"))
 	}
-	// A restarted agent with the revoked certificate keeps being refused,
-	// and a new token admits the node again.
+	// The revoked certificate cannot renew itself into a valid one.
+	if _, err := h.rawClient(savedCert(t, a.dir)).Renew(context.Background(), &pb.RenewRequest{}); status.Code(err) != codes.PermissionDenied ||
+		!strings.Contains(err.Error(), "revoked") {
+		t.Errorf("renewal with the revoked certificate: %v, want PermissionDenied saying revoked", err)
+	}
+	// A restarted agent with the revoked certificate (its state dir, no
+	// token) keeps being refused, and a new token admits the node again.
+	r := h.startAgent("node-a", "", nil, a.dir)
+	if err := r.wait(t, 10*time.Second); !errors.Is(err, controlplane.ErrRevoked) {
+		t.Errorf("restarted agent with the revoked certificate ended with %v, want ErrRevoked", err)
+	}
+	if st := h.agentStatus("node-a"); st.Connected || !st.Revoked {
+		t.Errorf("after the restarted agent's attempt: %+v", st)
+	}
 	b := h.startAgent("node-a", h.token("node-a", time.Hour), nil, nil)
 	h.waitApplied(b)
 	if st := h.agentStatus("node-a"); st.Revoked || st.LastError != "" {

@@ -115,6 +115,8 @@ type Server struct {
 	mu    sync.Mutex
 	nodes map[string]*node
 
+	// certMu orders node certificate renewals against revocations.
+	certMu   sync.Mutex
 	tls      *tlsState
 	admins   *adminTokens
 	events   *ingester

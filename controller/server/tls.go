@@ -110,8 +110,12 @@ func (t *tlsState) rotate(ctx context.Context) {
 
 // serverConfig is the gRPC listener's TLS configuration. A client
 // certificate is requested but not required (Join has none); when given,
-// it is verified here, so a bad one fails the handshake, with a log line
-// that says why.
+// its chain is verified here, so a certificate of another CA, expired or
+// without a node identity fails the handshake, with a log line that says
+// why. A revoked one passes the handshake: every RPC it could open checks
+// revocation (authenticate) and refuses it with PermissionDenied and the
+// reason, which tells the agent to stop retrying; a failed handshake would
+// tell it nothing, and it would try again forever.
 func (t *tlsState) serverConfig() *tls.Config {
 	base := &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -130,7 +134,7 @@ func (t *tlsState) serverConfig() *tls.Config {
 				if len(cs.PeerCertificates) == 0 {
 					return nil // only Join accepts that; every other RPC checks
 				}
-				_, err := t.verify(cs.PeerCertificates)
+				_, err := t.verifyChain(cs.PeerCertificates)
 				if err != nil {
 					t.s.log.Warn("agent certificate refused", zap.String("remote", remote), zap.Error(err))
 				}
@@ -146,6 +150,19 @@ var errRevoked = errors.New("certificate revoked")
 // verify checks a node certificate chain: CA, validity, node identity,
 // revocation.
 func (t *tlsState) verify(chain []*x509.Certificate) (string, error) {
+	node, err := t.verifyChain(chain)
+	if err != nil {
+		return "", err
+	}
+	if serial := pki.Serial(chain[0]); t.isRevoked(serial) {
+		t.s.m.refused.WithLabelValues("revoked").Inc()
+		return "", fmt.Errorf("%w: certificate of node %q (serial %s) was revoked", errRevoked, node, serial)
+	}
+	return node, nil
+}
+
+// verifyChain checks a node certificate chain but not revocation.
+func (t *tlsState) verifyChain(chain []*x509.Certificate) (string, error) {
 	node, err := t.s.ca.VerifyNode(chain, t.s.now())
 	switch {
 	case errors.Is(err, pki.ErrCertExpired), errors.Is(err, pki.ErrCertNotYet):
@@ -157,10 +174,6 @@ func (t *tlsState) verify(chain []*x509.Certificate) (string, error) {
 	}
 	if err != nil {
 		return "", err
-	}
-	if serial := pki.Serial(chain[0]); t.isRevoked(serial) {
-		t.s.m.refused.WithLabelValues("revoked").Inc()
-		return "", fmt.Errorf("%w: certificate of node %q (serial %s) was revoked", errRevoked, node, serial)
 	}
 	return node, nil
 }
