@@ -1,0 +1,222 @@
+package standalone
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/eastguard/eastguard/agent/enforcer"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// policyOn allows role client to reach web on port, both on node n1.
+func policyOn(port string) string {
+	return fmt.Sprintf(`apiVersion: eastguard.dev/v1
+kind: Workload
+metadata: {name: web, labels: {role: web}}
+spec: {node: n1, interface: veth-web, addresses: [10.250.1.2]}
+---
+apiVersion: eastguard.dev/v1
+kind: Workload
+metadata: {name: client, labels: {role: client}}
+spec: {node: n1, interface: veth-client, addresses: [10.250.3.2]}
+---
+apiVersion: eastguard.dev/v1
+kind: Policy
+metadata: {name: shop}
+spec:
+  rules:
+    - name: client-to-web
+      from: [{selector: {role: client}}]
+      to: [{selector: {role: web}}]
+      ports: [{protocol: TCP, port: %s}]
+`, port)
+}
+
+// recorder is an Applier that keeps what it was given.
+type recorder struct {
+	mu      sync.Mutex
+	applied []*ruleset.RuleSet
+	books   []enforcer.AddressBook
+	changed chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 16)} }
+
+func (r *recorder) apply(rs *ruleset.RuleSet, book enforcer.AddressBook) error {
+	r.mu.Lock()
+	r.applied = append(r.applied, rs)
+	r.books = append(r.books, book)
+	r.mu.Unlock()
+	r.changed <- struct{}{}
+	return nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.applied)
+}
+
+func (r *recorder) last() *ruleset.RuleSet {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applied[len(r.applied)-1]
+}
+
+// waitApplied waits for the n-th rule set.
+func (r *recorder) waitApplied(t *testing.T, n int) *ruleset.RuleSet {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for r.count() < n {
+		select {
+		case <-r.changed:
+		case <-deadline:
+			t.Fatalf("rule set %d not applied (have %d)", n, r.count())
+		}
+	}
+	return r.last()
+}
+
+// ports returns the ports of the rule set's allowed entries.
+func ports(rs *ruleset.RuleSet) []uint16 {
+	var out []uint16
+	for _, e := range rs.Entries {
+		if e.Verdict == ruleset.VerdictAllowed {
+			out = append(out, e.Port)
+		}
+	}
+	return out
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs src until the test ends.
+func start(t *testing.T, src *Source, rec *recorder) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, rec.apply) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// TestPolicyDirReload: the policy directory is compiled for the node and
+// applied; a change is applied again; an invalid change is logged with its
+// position and applies nothing, the rule set in force stays; fixing it
+// applies the fix.
+func TestPolicyDirReload(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "shop.yaml")
+	write(t, file, policyOn("8080"))
+	core, logs := observer.New(zap.InfoLevel)
+	rec := newRecorder()
+	start(t, &Source{Node: "n1", PolicyDir: dir, Poll: 20 * time.Millisecond, Log: zap.New(core)}, rec)
+
+	rs := rec.waitApplied(t, 1)
+	if got := ports(rs); len(got) != 2 || got[0] != 8080 || got[1] != 8080 {
+		t.Fatalf("first rule set allows ports %v, want 8080 at both ends", got)
+	}
+	if len(rs.Endpoints) != 2 || rs.Node != "n1" {
+		t.Errorf("first rule set: node %q, %d endpoints", rs.Node, len(rs.Endpoints))
+	}
+	if book := rec.books[0]; book[rs.IPCache[0].Prefix.Addr()] == "" {
+		t.Errorf("address book %v does not name %v", book, rs.IPCache[0].Prefix.Addr())
+	}
+
+	write(t, file, policyOn("443"))
+	if got := ports(rec.waitApplied(t, 2)); len(got) != 2 || got[0] != 443 {
+		t.Fatalf("after the change: ports %v, want 443", got)
+	}
+
+	// An invalid port: refused with file:line:col, nothing applied.
+	write(t, file, policyOn("99999"))
+	deadline := time.Now().Add(20 * time.Second)
+	for logs.FilterMessage("policy input rejected; the rule set in force stays").Len() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the invalid policy was not reported")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	entry := logs.FilterMessage("policy input rejected; the rule set in force stays").All()[0]
+	msg := fmt.Sprint(entry.ContextMap()["error"])
+	if !strings.Contains(msg, file+":19:") || !strings.Contains(msg, "99999 is out of range") {
+		t.Errorf("rejection does not say where and what: %s", msg)
+	}
+	if n := rec.count(); n != 2 {
+		t.Errorf("%d rule sets applied after the invalid change, want still 2", n)
+	}
+
+	write(t, file, policyOn("8443"))
+	if got := ports(rec.waitApplied(t, 3)); len(got) != 2 || got[0] != 8443 {
+		t.Fatalf("after the fix: ports %v, want 8443", got)
+	}
+}
+
+// TestRuleSetFileReload: a compiled rule set is applied, reapplied when the
+// file changes, and one for another node, or not JSON, is refused.
+func TestRuleSetFileReload(t *testing.T) {
+	dir := t.TempDir()
+	polDir := filepath.Join(dir, "policy")
+	if err := os.Mkdir(polDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	compiled := func(port string) string {
+		t.Helper()
+		write(t, filepath.Join(polDir, "shop.yaml"), policyOn(port))
+		rs, _, err := (&Source{Node: "n1", PolicyDir: polDir, Log: zap.NewNop()}).Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := json.Marshal(rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	file := filepath.Join(dir, "n1.json")
+	write(t, file, compiled("8080"))
+	core, logs := observer.New(zap.InfoLevel)
+	rec := newRecorder()
+	start(t, &Source{Node: "n1", RuleSetFile: file, Poll: 20 * time.Millisecond, Log: zap.New(core)}, rec)
+	if got := ports(rec.waitApplied(t, 1)); len(got) != 2 || got[0] != 8080 {
+		t.Fatalf("ports %v, want 8080", got)
+	}
+
+	for _, bad := range []string{`{"node": "n2"}`, `not json`} {
+		n := logs.FilterMessage("policy input rejected; the rule set in force stays").Len()
+		write(t, file, bad)
+		deadline := time.Now().Add(20 * time.Second)
+		for logs.FilterMessage("policy input rejected; the rule set in force stays").Len() == n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%q was not refused", bad)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if n := rec.count(); n != 1 {
+		t.Errorf("%d rule sets applied after refused input, want still 1", n)
+	}
+	write(t, file, compiled("443"))
+	if got := ports(rec.waitApplied(t, 2)); len(got) != 2 || got[0] != 443 {
+		t.Fatalf("ports %v, want 443", got)
+	}
+}
