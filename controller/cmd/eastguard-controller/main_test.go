@@ -18,10 +18,18 @@ import (
 )
 
 // start runs the controller until the test ends and returns its admin
-// config once written.
-func start(t *testing.T, dataDir string) *restapi.Config {
+// config once written, and its gRPC address.
+func start(t *testing.T, dataDir string) (*restapi.Config, string) {
 	t.Helper()
-	o, err := parseFlags([]string{"--data-dir", dataDir, "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, io.Discard)
+	// A free port for gRPC, so the test knows where to find it (the HTTP
+	// address is in admin.conf).
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr := lis.Addr().String()
+	lis.Close()
+	o, err := parseFlags([]string{"--data-dir", dataDir, "--grpc-listen", grpcAddr, "--http-listen", "127.0.0.1:0"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +57,7 @@ func start(t *testing.T, dataDir string) *restapi.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cfg
+	return cfg, grpcAddr
 }
 
 func get(t *testing.T, url, token string) (int, string) {
@@ -58,14 +66,8 @@ func get(t *testing.T, url, token string) (int, string) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	var resp *http.Response
-	var err error
-	for range 100 {
-		if resp, err = http.DefaultClient.Do(req); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// No retry: admin.conf is written only once both listeners accept.
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +78,14 @@ func get(t *testing.T, url, token string) (int, string) {
 
 func TestAdminConfAndHTTP(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ctl")
-	cfg := start(t, dir)
+	cfg, grpcAddr := start(t, dir)
+	// Both listeners accept by the time admin.conf exists.
+	c, err := net.DialTimeout("tcp", grpcAddr, 5*time.Second)
+	if err != nil {
+		t.Errorf("gRPC listener not accepting once admin.conf is written: %v", err)
+	} else {
+		c.Close()
+	}
 	info, err := os.Stat(filepath.Join(dir, AdminConfigFile))
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Errorf("admin.conf mode %v, %v", info.Mode().Perm(), err)
