@@ -102,7 +102,16 @@ func Compile(set *policy.Set, opts Options) (*Result, error) {
 		o := outs[i]
 		name := m.nodes[ni].name
 		if o.err != nil {
-			errs = append(errs, fmt.Errorf("node %s: %w", name, o.err))
+			// Each line of an error names its node (a size check
+			// reports every full map at once).
+			var joined interface{ Unwrap() []error }
+			if errors.As(o.err, &joined) {
+				for _, err := range joined.Unwrap() {
+					errs = append(errs, fmt.Errorf("node %s: %w", name, err))
+				}
+			} else {
+				errs = append(errs, fmt.Errorf("node %s: %w", name, o.err))
+			}
 			continue
 		}
 		res.Nodes = append(res.Nodes, name)

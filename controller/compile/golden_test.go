@@ -125,6 +125,17 @@ func TestSizeLimit(t *testing.T) {
 	if !strings.Contains(err.Error(), "node n1: map eg_policy is full: the rule set needs ") || !strings.Contains(err.Error(), "the limit is 5") {
 		t.Errorf("error does not name the node, the map and the limit: %v", err)
 	}
+	// Two maps full on one node: each line names the node.
+	_, err = Compile(set, Options{Limits: ruleset.Limits{Endpoints: 1, IPCache: 100, Policy: 5, PolicyRanges: 100}})
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) < 2 {
+		t.Fatalf("want a line per full map: %v", err)
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "node ") || !strings.Contains(l, "is full") {
+			t.Errorf("line %q does not name its node and map", l)
+		}
+	}
 }
 
 func TestDefaultMode(t *testing.T) {

@@ -46,10 +46,15 @@ func (d Diagnostic) String() string {
 	var b strings.Builder
 	b.WriteString(d.Pos.String())
 	b.WriteString(": ")
+	// Every diagnostic reads file:line:col: path: message; a problem
+	// with the document as a whole (not a mapping, a field missing at
+	// its top) has the path "document".
 	if d.Path != "" {
 		b.WriteString(d.Path)
-		b.WriteString(": ")
+	} else {
+		b.WriteString("document")
 	}
+	b.WriteString(": ")
 	if d.Severity == SeverityWarning {
 		b.WriteString("warning: ")
 	}

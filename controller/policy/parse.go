@@ -50,14 +50,34 @@ func Parse(file string, data []byte) (*Set, Diagnostics) {
 
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): `)
 
+// yamlParserProblems are the problems yaml.v3's parser (as opposed to its
+// scanner) reports. For those it gives the line of the construct being
+// parsed (the flow sequence left open, the mapping a key is missing from)
+// counted from 0, where scanner errors count from 1.
+var yamlParserProblems = map[string]bool{
+	"did not find expected '-' indicator":    true,
+	"did not find expected key":              true,
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected <document start>": true,
+	"did not find expected node content":     true,
+	"found undefined tag handle":             true,
+	"found duplicate %YAML directive":        true,
+	"found duplicate %TAG directive":         true,
+	"found incompatible YAML document":       true,
+}
+
 // syntaxError turns a yaml.v3 error into a Diagnostic; yaml.v3 gives a line
-// but no column for syntax errors.
+// (for parser errors, that of the enclosing construct) but no column.
 func syntaxError(file string, err error) Diagnostic {
 	msg := err.Error()
-	line := 1
+	line := 1 // yaml.v3 gives no line for errors on the first
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		line, _ = strconv.Atoi(m[1])
 		msg = msg[len(m[0]):]
+		if yamlParserProblems[msg] {
+			line++
+		}
 	}
 	msg = strings.TrimPrefix(msg, "yaml: ")
 	return Diagnostic{Pos: Pos{File: file, Line: line, Col: 1}, Path: "document", Message: "invalid YAML: " + msg}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/eastguard/eastguard/controller/policy"
 )
@@ -33,9 +34,13 @@ func printDiagnostics(e *env, diags policy.Diagnostics) {
 	}
 }
 
+// count says "1 policy", "2 policies", "0 rules".
 func count(n int, what string) string {
 	if n == 1 {
 		return fmt.Sprintf("1 %s", what)
+	}
+	if stem, ok := strings.CutSuffix(what, "y"); ok {
+		return fmt.Sprintf("%d %sies", n, stem)
 	}
 	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -41,6 +41,17 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	}
 }
 
+func TestCount(t *testing.T) {
+	for n, want := range map[int]string{0: "0 policies", 1: "1 policy", 2: "2 policies"} {
+		if got := count(n, "policy"); got != want {
+			t.Errorf("count(%d, policy) = %q, want %q", n, got, want)
+		}
+	}
+	if got := count(3, "alert rule"); got != "3 alert rules" {
+		t.Errorf("count(3, alert rule) = %q", got)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	code, out, errs := egctl(t, "validate", shop)
 	if code != exitOK || !strings.HasPrefix(out, "valid: 5 workloads, 1 policy (4 rules), 1 alert rule, 1 webhook; 3 nodes compiled") || errs != "" {
