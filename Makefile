@@ -17,7 +17,7 @@ BENCH_FLAGS   ?= -run '^$$' -benchmem -timeout 30m
 
 COMMANDS := eastguard-agent eastguard-controller egctl
 
-.PHONY: help deps generate build lint test bench bench-throughput e2e demo demo-clean images clean
+.PHONY: help deps generate build lint test bench fuzz bench-throughput e2e demo demo-clean images clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,19 @@ test: deps build ## Run every test: unit, BPF (prog.Run), and end-to-end in netw
 
 bench: ## Run the Go benchmarks (datapath verdict cost, compiler, ...).
 	$(GO) test $(BENCH_FLAGS) -bench . ./...
+
+# Fuzz targets, PACKAGE:TARGET. -fuzzminimizetime bounds the minimisation of
+# each new input: the compiler's seeds are large, and with the default (60 s)
+# FuzzCompile spends its time minimising instead of fuzzing.
+FUZZ_TARGETS := ./controller/policy:FuzzParse ./controller/compile:FuzzCompile \
+	./proto/eastguard/v1:FuzzFlowBatch ./agent/datapath:FuzzDecodeEvent
+FUZZTIME     ?= 30s
+
+fuzz: ## Run every fuzz target for FUZZTIME each (default 30s).
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== $${t#*:} ($${t%%:*})"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s "$${t%%:*}" || exit 1; \
+	done
 
 bench-throughput: build ## iperf3 through an enforcing veth vs no program vs nftables (needs root, iperf3, nft).
 	$(GO) test -tags throughput -run '^$$' -bench Throughput -benchtime 1x -timeout 30m ./test/throughput/
