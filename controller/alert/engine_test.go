@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -485,7 +486,7 @@ match:
 	h := newHarness(t, rules, alert.Builtin{}, 0)
 	would := flow(outside, db1, 22, verdict(ruleset.VerdictWouldDeny), func(r *flowrecord.Record) { r.Rule = "shop/no-ssh" })
 	p := h.observe(t0, would)
-	if !maps(p.Raised, map[string]int{"unexpected-ssh": 1}) {
+	if !maps.Equal(p.Raised, map[string]int{"unexpected-ssh": 1}) {
 		t.Errorf("would-deny raised %v, want unexpected-ssh only", p.Raised)
 	}
 	a := h.only()
@@ -495,25 +496,13 @@ match:
 	// The same pair, now enforced: one alert for each rule, and the live
 	// one takes the last flow's verdict.
 	p = h.observe(t0, flow(outside, db1, 22, sport(40001), seen(t0.Add(time.Second), t0.Add(time.Second))))
-	if !maps(p.Raised, map[string]int{"enforced-only": 1}) {
+	if !maps.Equal(p.Raised, map[string]int{"enforced-only": 1}) {
 		t.Errorf("denied raised %v, want enforced-only", p.Raised)
 	}
 	as := h.alerts()
 	if len(as) != 2 || as[0].Verdict != "denied" || as[0].Count != 2 || as[1].Rule != "enforced-only" || as[1].Verdict != "denied" {
 		t.Errorf("alerts: %+v", as)
 	}
-}
-
-func maps(a, b map[string]int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func TestAcknowledgedAlertKeepsCounting(t *testing.T) {

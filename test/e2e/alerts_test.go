@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -126,11 +125,7 @@ type alertRow struct {
 // new; the flow is queryable with egctl flows.
 func TestAlertEndToEnd(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	binDir := t.TempDir()
-	bin := map[string]string{}
-	for _, pkg := range []string{"controller/cmd/eastguard-controller", "controller/cmd/egctl", "agent/cmd/eastguard-agent"} {
-		bin[filepath.Base(pkg)] = topo.BuildBinary(t, pkg, binDir)
-	}
+	bin := buildAll(t)
 	nodeA, nodeB := topo.NewNode(t, "node-a", 1), topo.NewNode(t, "node-b", 2)
 	web := nodeA.AddWorkload(t, "web", 1)
 	client := nodeB.AddWorkload(t, "client", 3)

@@ -76,6 +76,17 @@ type controlPlane struct {
 	args []string
 }
 
+// buildAll builds the controller, egctl and the agent, by binary name.
+func buildAll(t *testing.T) map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := map[string]string{}
+	for _, pkg := range []string{"controller/cmd/eastguard-controller", "controller/cmd/egctl", "agent/cmd/eastguard-agent"} {
+		bin[filepath.Base(pkg)] = topo.BuildBinary(t, pkg, dir)
+	}
+	return bin
+}
+
 func newControlPlane(t *testing.T, bin map[string]string, nodes ...*topo.Node) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{t: t, ns: netns.New(t, "ctl"), bin: bin, dataDir: t.TempDir()}
@@ -179,11 +190,7 @@ func (cp *controlPlane) apply(t *testing.T, policy string) {
 // cut off by revocation without losing enforcement.
 func TestControlPlaneEndToEnd(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	binDir := t.TempDir()
-	bin := map[string]string{}
-	for _, pkg := range []string{"controller/cmd/eastguard-controller", "controller/cmd/egctl", "agent/cmd/eastguard-agent"} {
-		bin[filepath.Base(pkg)] = topo.BuildBinary(t, pkg, binDir)
-	}
+	bin := buildAll(t)
 	nodeA, nodeB := topo.NewNode(t, "node-a", 1), topo.NewNode(t, "node-b", 2)
 	web := nodeA.AddWorkload(t, "web", 1)
 	other := nodeA.AddWorkload(t, "other", 2)

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -71,7 +72,7 @@ func TestSchedulerCaps(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newScheduler(tc.concurrency, time.Hour, minutes)
 			p := s.take(schedT0, tc.due)
-			if got := perHook(p.start); !mapsEqual(got, tc.want) {
+			if got := perHook(p.start); !maps.Equal(got, tc.want) {
 				t.Errorf("started %v, want %v", got, tc.want)
 			}
 			if len(p.hold)+len(p.giveUp) != 0 {
@@ -107,18 +108,6 @@ func TestSchedulerCaps(t *testing.T) {
 			}
 		})
 	}
-}
-
-func mapsEqual(a, b map[string]int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestSchedulerFailingWebhook: after a failed attempt the webhook's other
