@@ -247,7 +247,7 @@ func (d *Deliverer) retry(ctx context.Context, dl store.Delivery, msg string, fa
 	if !now.Before(deadline) {
 		return d.finish(ctx, dl, store.DeliveryGaveUp, msg, failing)
 	}
-	wait := backoff(dl.Attempts, d.cfg.MinBackoff, d.cfg.MaxBackoff, d.rand())
+	wait := d.backoff(dl.Attempts)
 	retryAfter = min(retryAfter, d.cfg.MaxBackoff)
 	if retryAfter > wait {
 		wait = retryAfter

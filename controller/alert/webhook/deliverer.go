@@ -119,7 +119,11 @@ func New(cfg Config) (*Deliverer, error) {
 	return &Deliverer{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1)}, nil
 }
 
-func (d *Deliverer) rand() float64 { return d.cfg.Rand() }
+// backoff is how long to wait after the n-th failure in a row, of a
+// delivery or of a webhook.
+func (d *Deliverer) backoff(n int) time.Duration {
+	return backoff(n, d.cfg.MinBackoff, d.cfg.MaxBackoff, d.cfg.Rand())
+}
 
 // Kick says deliveries were queued; it never blocks.
 func (d *Deliverer) Kick() {
@@ -143,9 +147,7 @@ const (
 // (each stops at once: ctx is theirs too) and returns. Pending deliveries
 // stay in the store for the next run: an outbox outlives the process.
 func (d *Deliverer) Run(ctx context.Context) {
-	sched := newScheduler(d.cfg.Concurrency, d.cfg.GiveUpAfter, func(n int) time.Duration {
-		return backoff(n, d.cfg.MinBackoff, d.cfg.MaxBackoff, d.rand())
-	})
+	sched := newScheduler(d.cfg.Concurrency, d.cfg.GiveUpAfter, d.backoff)
 	results := make(chan result, d.cfg.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -184,11 +186,7 @@ func (d *Deliverer) pass(ctx context.Context, sched *scheduler, results chan<- r
 		d.record(ctx, dl)
 	}
 	for _, dl := range p.giveUp {
-		d.record(ctx, dl)
-		d.log.Error("webhook delivery given up", zap.String("webhook", dl.Webhook), zap.Int64("alert-id", dl.AlertID),
-			zap.Int64("delivery-id", dl.ID), zap.String("event", dl.Event), zap.Int("attempts", dl.Attempts),
-			zap.Time("created", dl.Created), zap.String("error", dl.LastError))
-		d.outcome(dl.Webhook, OutcomeGaveUp)
+		d.finish(ctx, dl, store.DeliveryGaveUp, dl.LastError, false)
 	}
 	for _, dl := range p.start {
 		wg.Go(func() { results <- d.attempt(ctx, dl) })
