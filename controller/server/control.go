@@ -89,20 +89,16 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 // Renew signs a new certificate for the caller's node.
 func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResponse, error) {
 	s := c.s
+	// Issuing and revoking exclude each other: a revocation either comes
+	// first (authenticate refuses the certificate) or finds the new
+	// certificate in the store and revokes it too. Without this a
+	// revocation landing between the check and the issuing would leave
+	// the node a fresh, unrevoked certificate.
+	s.certMu.Lock()
 	id, err := s.authenticate(ctx)
 	if err != nil {
-		return nil, err
-	}
-	// Issuing and revoking exclude each other: a revocation that lands
-	// while this renewal is in flight either comes first (the check below
-	// refuses) or finds the new certificate in the store and revokes it
-	// too. Without this the node would keep a fresh, unrevoked
-	// certificate.
-	s.certMu.Lock()
-	if serial := pki.Serial(id.cert); s.tls.isRevoked(serial) {
 		s.certMu.Unlock()
-		s.log.Warn("renewal refused: certificate revoked", zap.String("node", id.node), zap.String("cert-serial", serial))
-		return nil, status.Errorf(codes.PermissionDenied, "certificate of node %q (serial %s) was revoked", id.node, serial)
+		return nil, err
 	}
 	cert, certPEM, err := s.issueNodeCert(ctx, id.node, req.GetCsr(), s.now())
 	s.certMu.Unlock()
