@@ -23,16 +23,7 @@ import (
 
 // sshAlertNotify is sshAlert telling a json webhook, signed with the
 // secret in a file.
-const sshAlertNotify = `apiVersion: eastguard.dev/v1
-kind: AlertRule
-metadata: {name: unexpected-ssh}
-spec:
-  severity: critical
-  match:
-    protocol: TCP
-    ports: [22]
-    to: [{selector: {}}]
-  notify: [security-team]
+const sshAlertNotify = sshAlert + `  notify: [security-team]
 ---
 apiVersion: eastguard.dev/v1
 kind: Webhook

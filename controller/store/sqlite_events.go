@@ -444,11 +444,16 @@ func scanDelivery(row interface{ Scan(...any) error }) (Delivery, error) {
 	return d, err
 }
 
+// notBehindOlder keeps, of pending deliveries d, those with no older
+// pending delivery of their alert to their webhook (the one parameter is
+// DeliveryPending): deliveries of one alert to one webhook go in order.
+const notBehindOlder = `NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id)`
+
 func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, perWebhook, limit int) ([]Delivery, error) {
 	rows, err := s.edb.QueryContext(ctx, `SELECT `+deliveryColumns+` FROM (
 		SELECT d.*, ROW_NUMBER() OVER (PARTITION BY d.webhook ORDER BY d.next_attempt, d.id) AS nth FROM deliveries d
 		WHERE d.state = ? AND d.next_attempt <= ?
-		AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id))
+		AND `+notBehindOlder+`)
 		WHERE nth <= ? ORDER BY next_attempt, id LIMIT ?`, DeliveryPending, now.UnixNano(), DeliveryPending, perWebhook, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", classify(err))
@@ -473,7 +478,7 @@ func (s *SQLite) NextDeliveryAt(ctx context.Context) (time.Time, int, error) {
 	// is not due before that one, whatever its own next_attempt says.
 	err := s.edb.QueryRowContext(ctx, `SELECT
 		(SELECT MIN(d.next_attempt) FROM deliveries d WHERE d.state = ?
-			AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id)),
+			AND `+notBehindOlder+`),
 		(SELECT COUNT(*) FROM deliveries WHERE state = ?)`,
 		DeliveryPending, DeliveryPending, DeliveryPending).Scan(&next, &n)
 	if err != nil {
