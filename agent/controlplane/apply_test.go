@@ -9,6 +9,7 @@ import (
 
 	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -55,12 +56,12 @@ func ruleSet(version uint64, port uint16) *ruleset.RuleSet {
 	}
 }
 
-func full(rs *ruleset.RuleSet) *pb.RuleSet { return pb.FromRuleSet(rs, rs.Hash()) }
+func full(rs *ruleset.RuleSet) *pb.RuleSet { return wire.FromRuleSet(rs, rs.Hash()) }
 
 func delta(from, to *ruleset.RuleSet) *pb.RuleSetDelta {
 	d := ruleset.Diff(from, to)
 	d.BaseHash, d.Hash, d.Version = from.Hash(), to.Hash(), to.Version
-	return pb.FromDelta(&d, from.Version)
+	return wire.FromDelta(&d, from.Version)
 }
 
 func TestApplyAcks(t *testing.T) {

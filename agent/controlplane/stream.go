@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -207,7 +208,7 @@ func (c *Client) current() (*ruleset.RuleSet, string) {
 
 // applyFull applies a full rule set and says how it went.
 func (c *Client) applyFull(m *pb.RuleSet) *pb.Ack {
-	rs, err := m.ToRuleSet()
+	rs, err := wire.ToRuleSet(m)
 	if err != nil {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_INVALID, fmt.Errorf("rule set: %w", err))
 	}
@@ -225,7 +226,7 @@ func (c *Client) applyDelta(m *pb.RuleSetDelta) *pb.Ack {
 	if cur == nil {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_DELTA_BASE, errors.New("no rule set in force to apply a delta to"))
 	}
-	d, err := m.ToDelta()
+	d, err := wire.ToDelta(m)
 	if err != nil {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_INVALID, fmt.Errorf("delta: %w", err))
 	}

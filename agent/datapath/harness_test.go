@@ -14,7 +14,7 @@ import (
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
-	tnetns "github.com/eastguard/eastguard/test/netns"
+	tnetns "github.com/eastguard/eastguard/internal/testutil/netns"
 )
 
 const (

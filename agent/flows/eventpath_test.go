@@ -16,7 +16,7 @@ import (
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
-	"github.com/eastguard/eastguard/test/netns"
+	"github.com/eastguard/eastguard/internal/testutil/netns"
 )
 
 // countingSink counts the flows the pipeline hands over.

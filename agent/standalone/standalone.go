@@ -19,8 +19,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/agent/enforcer"
-	"github.com/eastguard/eastguard/controller/compile"
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/compile"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 )
 
@@ -96,7 +96,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, msg string, diags []string) {
-	writeJSON(w, code, restapi.Error{Error: msg, Diagnostics: diags})
+	writeJSON(w, code, apiclient.Error{Error: msg, Diagnostics: diags})
 }
 
 // fail answers an error from the server's methods with its status.
@@ -135,7 +135,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
-	var req restapi.ApplyRequest
+	var req apiclient.ApplyRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -148,13 +148,13 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
-	var req restapi.DeleteRequest
+	var req apiclient.DeleteRequest
 	if !decode(w, r, &req) {
 		return
 	}
 	var keys []store.ResourceKey
 	for _, ref := range req.Resources {
-		kind, err := restapi.ParseKind(ref.Kind)
+		kind, err := apiclient.ParseKind(ref.Kind)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err.Error(), nil)
 			return
@@ -170,7 +170,7 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDeleteOne(w http.ResponseWriter, r *http.Request) {
-	kind, err := restapi.ParseKind(r.PathValue("kind"))
+	kind, err := apiclient.ParseKind(r.PathValue("kind"))
 	if err != nil {
 		writeError(w, http.StatusNotFound, err.Error(), nil)
 		return
@@ -190,11 +190,11 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, restapi.RevokeResult{Node: node, RevokedCertificates: n})
+	writeJSON(w, http.StatusOK, apiclient.RevokeResult{Node: node, RevokedCertificates: n})
 }
 
 func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
-	var req restapi.TokenRequest
+	var req apiclient.TokenRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -223,7 +223,7 @@ func (s *Server) handleRuleSet(w http.ResponseWriter, r *http.Request) {
 // handleList lists one kind of resource: JSON views, or with
 // ?output=yaml the stored documents as one YAML stream.
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
-	kind, err := restapi.ParseKind(r.PathValue("kind"))
+	kind, err := apiclient.ParseKind(r.PathValue("kind"))
 	if err != nil {
 		writeError(w, http.StatusNotFound, err.Error(), nil)
 		return
@@ -259,25 +259,25 @@ func view(r *resource) any {
 	switch {
 	case len(set.Workloads) == 1:
 		wl := set.Workloads[0]
-		return restapi.WorkloadView{Name: wl.Name, Node: wl.Node, Interface: wl.Interface, Addresses: wl.Addresses,
+		return apiclient.WorkloadView{Name: wl.Name, Node: wl.Node, Interface: wl.Interface, Addresses: wl.Addresses,
 			Labels: wl.Labels, Mode: string(wl.Mode), Updated: r.updated}
 	case len(set.Policies) == 1:
 		p := set.Policies[0]
-		v := restapi.PolicyView{Name: p.Name, Mode: string(p.Mode), Rules: []string{}, Updated: r.updated}
+		v := apiclient.PolicyView{Name: p.Name, Mode: string(p.Mode), Rules: []string{}, Updated: r.updated}
 		for _, rule := range p.Rules {
 			v.Rules = append(v.Rules, rule.Name)
 		}
 		return v
 	case len(set.AlertRules) == 1:
 		a := set.AlertRules[0]
-		v := restapi.AlertRuleView{Name: a.Name, Severity: string(a.Severity), Updated: r.updated}
+		v := apiclient.AlertRuleView{Name: a.Name, Severity: string(a.Severity), Updated: r.updated}
 		for _, n := range a.Notify {
 			v.Notify = append(v.Notify, n.Name)
 		}
 		return v
 	case len(set.Webhooks) == 1:
 		wh := set.Webhooks[0]
-		return restapi.WebhookView{Name: wh.Name, URL: wh.URL, Format: wh.Format, Updated: r.updated}
+		return apiclient.WebhookView{Name: wh.Name, URL: wh.URL, Format: wh.Format, Updated: r.updated}
 	}
 	return map[string]string{"name": r.key.Name, "kind": r.key.Kind, "error": "stored document does not parse"}
 }

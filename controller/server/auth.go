@@ -9,7 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
@@ -77,7 +77,7 @@ func (s *Server) CheckAdminToken(ctx context.Context, token string) error {
 const MaxJoinTokenTTL = 7 * 24 * time.Hour
 
 // CreateJoinToken makes a one-time token for node, valid for ttl.
-func (s *Server) CreateJoinToken(ctx context.Context, node string, ttl time.Duration) (*restapi.JoinToken, error) {
+func (s *Server) CreateJoinToken(ctx context.Context, node string, ttl time.Duration) (*apiclient.JoinToken, error) {
 	if err := pki.ValidNodeName(node); err != nil {
 		return nil, &BadRequestError{err}
 	}
@@ -94,7 +94,7 @@ func (s *Server) CreateJoinToken(ctx context.Context, node string, ttl time.Dura
 		return nil, err
 	}
 	s.log.Info("join token created", zap.String("node", node), zap.String("token-id", t.ID), zap.Time("expires", rec.Expires))
-	return &restapi.JoinToken{Token: t.String(), Node: node, Expires: rec.Expires.UTC()}, nil
+	return &apiclient.JoinToken{Token: t.String(), Node: node, Expires: rec.Expires.UTC()}, nil
 }
 
 // BadRequestError is a request the API refuses as malformed.

@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 )
@@ -28,8 +28,8 @@ var (
 )
 
 // Flows returns the flow records q selects, newest first (never nil).
-// q.Limit 0 means restapi.DefaultListLimit; more than
-// restapi.MaxListLimit is refused.
+// q.Limit 0 means apiclient.DefaultListLimit; more than
+// apiclient.MaxListLimit is refused.
 func (s *Server) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Record, error) {
 	var err error
 	if q.Limit, err = listLimit(q.Limit); err != nil {
@@ -47,7 +47,7 @@ func (s *Server) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 
 // Alerts returns the alerts q selects, most recently seen first (never
 // nil). Limits are as for Flows.
-func (s *Server) Alerts(ctx context.Context, q store.AlertQuery) ([]restapi.Alert, error) {
+func (s *Server) Alerts(ctx context.Context, q store.AlertQuery) ([]apiclient.Alert, error) {
 	var err error
 	if q.Limit, err = listLimit(q.Limit); err != nil {
 		return nil, err
@@ -56,7 +56,7 @@ func (s *Server) Alerts(ctx context.Context, q store.AlertQuery) ([]restapi.Aler
 	if err != nil {
 		return nil, err
 	}
-	out := make([]restapi.Alert, len(list))
+	out := make([]apiclient.Alert, len(list))
 	for i := range list {
 		out[i] = alertView(&list[i])
 	}
@@ -68,7 +68,7 @@ func (s *Server) Alerts(ctx context.Context, q store.AlertQuery) ([]restapi.Aler
 // engine like an open one); AcknowledgedAt is set to now. Acknowledging
 // an acknowledged alert changes nothing; a resolved one is refused
 // (ErrAlertResolved), an unknown id is ErrNoSuchAlert.
-func (s *Server) AckAlert(ctx context.Context, id int64) (restapi.Alert, error) {
+func (s *Server) AckAlert(ctx context.Context, id int64) (apiclient.Alert, error) {
 	var a store.Alert
 	var changed bool
 	err := s.store.EventTx(ctx, func(tx store.EventTx) error {
@@ -95,7 +95,7 @@ func (s *Server) AckAlert(ctx context.Context, id int64) (restapi.Alert, error) 
 		return tx.UpdateAlert(&a)
 	})
 	if err != nil {
-		return restapi.Alert{}, err
+		return apiclient.Alert{}, err
 	}
 	if changed {
 		s.log.Info("alert acknowledged", zap.Int64("alert-id", id), zap.String("alert-rule", a.Rule))
@@ -107,15 +107,15 @@ func (s *Server) AckAlert(ctx context.Context, id int64) (restapi.Alert, error) 
 func listLimit(n int) (int, error) {
 	switch {
 	case n == 0:
-		return restapi.DefaultListLimit, nil
-	case n < 0 || n > restapi.MaxListLimit:
-		return 0, &BadRequestError{fmt.Errorf("limit %d: want 1 to %d", n, restapi.MaxListLimit)}
+		return apiclient.DefaultListLimit, nil
+	case n < 0 || n > apiclient.MaxListLimit:
+		return 0, &BadRequestError{fmt.Errorf("limit %d: want 1 to %d", n, apiclient.MaxListLimit)}
 	}
 	return n, nil
 }
 
-func alertView(a *store.Alert) restapi.Alert {
-	return restapi.Alert{
+func alertView(a *store.Alert) apiclient.Alert {
+	return apiclient.Alert{
 		ID: a.ID, Rule: a.Rule, Severity: a.Severity, State: a.State, Count: a.Count,
 		Source: a.Source, Destination: a.Destination, Port: a.Port, Protocol: a.Protocol,
 		FirstSeen: a.FirstSeen, LastSeen: a.LastSeen,
@@ -141,7 +141,7 @@ func (s *Server) handleFlows(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	f, err := restapi.ParseFlowFilter(v, s.now())
+	f, err := apiclient.ParseFlowFilter(v, s.now())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), nil)
 		return
@@ -162,7 +162,7 @@ func (s *Server) handleAlerts(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	f, err := restapi.ParseAlertFilter(v, s.now())
+	f, err := apiclient.ParseAlertFilter(v, s.now())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), nil)
 		return

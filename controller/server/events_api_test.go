@@ -17,8 +17,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/server"
-	"github.com/eastguard/eastguard/controller/server/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -197,7 +197,7 @@ func TestEventAPIRefusesBadParameters(t *testing.T) {
 	}
 	for _, c := range cases {
 		code, body := e.call(t, "GET", c.path, e.token)
-		var apiErr restapi.Error
+		var apiErr apiclient.Error
 		if code != 400 || json.Unmarshal(body, &apiErr) != nil || !strings.Contains(apiErr.Error, c.want) {
 			t.Errorf("GET %s: %d %s, want 400 with %q", c.path, code, body, c.want)
 		}
@@ -279,7 +279,7 @@ func TestAlertsAPI(t *testing.T) {
 	}
 	for _, c := range cases {
 		code, body := e.call(t, "GET", "/api/v1/alerts?"+c.query, e.token)
-		var list []restapi.Alert
+		var list []apiclient.Alert
 		if code != 200 || json.Unmarshal(body, &list) != nil {
 			t.Errorf("?%s: %d %s", c.query, code, body)
 			continue
@@ -320,11 +320,11 @@ func TestAlertsAPI(t *testing.T) {
 func TestAckAlert(t *testing.T) {
 	e := newEventAPI(t)
 	open, acked, resolved := e.insertAlerts(t)
-	ack := func(id int64) (int, restapi.Alert, restapi.Error) {
+	ack := func(id int64) (int, apiclient.Alert, apiclient.Error) {
 		t.Helper()
 		code, body := e.call(t, "POST", fmt.Sprintf("/api/v1/alerts/%d/ack", id), e.token)
-		var a restapi.Alert
-		var apiErr restapi.Error
+		var a apiclient.Alert
+		var apiErr apiclient.Error
 		if code == 200 {
 			if err := json.Unmarshal(body, &a); err != nil {
 				t.Fatalf("ack %d: %v: %s", id, err, body)

@@ -17,8 +17,8 @@ import (
 
 	"github.com/eastguard/eastguard/agent/controlplane"
 	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/server"
-	"github.com/eastguard/eastguard/controller/server/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -146,11 +146,11 @@ func (h *harness) token(node string, ttl time.Duration) string {
 	return tok.Token
 }
 
-func (h *harness) apply(files ...string) *restapi.ChangeResult {
+func (h *harness) apply(files ...string) *apiclient.ChangeResult {
 	h.t.Helper()
-	var in []restapi.File
+	var in []apiclient.File
 	for i, f := range files {
-		in = append(in, restapi.File{Name: fmt.Sprintf("f%d.yaml", i+1), Content: f})
+		in = append(in, apiclient.File{Name: fmt.Sprintf("f%d.yaml", i+1), Content: f})
 	}
 	res, err := h.srv.Apply(context.Background(), in, false)
 	if err != nil {
@@ -159,13 +159,13 @@ func (h *harness) apply(files ...string) *restapi.ChangeResult {
 	return res
 }
 
-func (h *harness) agentStatus(node string) restapi.AgentStatus {
+func (h *harness) agentStatus(node string) apiclient.AgentStatus {
 	for _, a := range h.srv.Agents() {
 		if a.Node == node {
 			return a
 		}
 	}
-	return restapi.AgentStatus{}
+	return apiclient.AgentStatus{}
 }
 
 // counter reads a counter of the controller's registry.
@@ -340,9 +340,9 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 
 // waitApplied waits until the node's agent has applied the latest version
 // and the fake enforcer holds it.
-func (h *harness) waitApplied(a *testAgent) restapi.AgentStatus {
+func (h *harness) waitApplied(a *testAgent) apiclient.AgentStatus {
 	h.t.Helper()
-	var st restapi.AgentStatus
+	var st apiclient.AgentStatus
 	eventually(h.t, 10*time.Second, a.node+" applying the latest version", func() error {
 		st = h.agentStatus(a.node)
 		if !st.Connected || st.LatestVersion == 0 || st.AppliedVersion != st.LatestVersion || a.enf.version() != st.LatestVersion {

@@ -9,10 +9,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/alert"
-	"github.com/eastguard/eastguard/controller/policy"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -318,7 +319,7 @@ func (ss *session) onFlows(b *pb.FlowBatch) error {
 		return refuse("rate_limited", fmt.Sprintf("rate limited: this agent may send %.0f flow records/s", s.cfg.AgentFlowRate), true)
 	}
 	pol := s.events.engine.Policy()
-	recs, err := b.ToRecords(ss.node, ss.ruleNamer(), pol.Workload)
+	recs, err := wire.ToRecords(b, ss.node, ss.ruleNamer(), pol.Workload)
 	if err != nil {
 		// A broken batch is refused whole, never stored in part. It will
 		// not get better by retrying: the agent counts it as lost.

@@ -9,9 +9,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -37,7 +38,7 @@ type version struct {
 // full returns the version on the wire. It is built for each send, not
 // kept: a node has one agent, and the wire form of a large rule set is
 // several times its size.
-func (v *version) full() *pb.RuleSet { return pb.FromRuleSet(v.rs, v.hash) }
+func (v *version) full() *pb.RuleSet { return wire.FromRuleSet(v.rs, v.hash) }
 
 func (s *Server) loadNodes(ctx context.Context) error {
 	recs, err := s.store.Nodes(ctx)
@@ -160,13 +161,13 @@ func (s *Server) flush(ctx context.Context) error {
 
 // Agents returns every node's status, sorted by node: nodes whose agent
 // joined, and nodes that have a rule set but no agent yet.
-func (s *Server) Agents() []restapi.AgentStatus {
+func (s *Server) Agents() []apiclient.AgentStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]restapi.AgentStatus, 0, len(s.nodes))
+	out := make([]apiclient.AgentStatus, 0, len(s.nodes))
 	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
 		n := s.nodes[name]
-		st := restapi.AgentStatus{
+		st := apiclient.AgentStatus{
 			Node:              name,
 			Connected:         n.sess != nil,
 			AppliedVersion:    n.rec.AppliedVersion,

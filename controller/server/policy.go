@@ -17,11 +17,12 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/eastguard/eastguard/controller/compile"
-	"github.com/eastguard/eastguard/controller/policy"
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/compile"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -129,7 +130,7 @@ func parseStored(r store.Resource) *resource {
 // versions in one transaction; then the agents of those nodes are told.
 // Invalid input is refused whole with an *InvalidError; the policy in
 // force stays.
-func (s *Server) Apply(ctx context.Context, files []restapi.File, dryRun bool) (*restapi.ChangeResult, error) {
+func (s *Server) Apply(ctx context.Context, files []apiclient.File, dryRun bool) (*apiclient.ChangeResult, error) {
 	if len(files) == 0 {
 		return nil, invalid("nothing to apply", []string{"the request holds no files"})
 	}
@@ -170,7 +171,7 @@ func (s *Server) Apply(ctx context.Context, files []restapi.File, dryRun bool) (
 }
 
 // Delete removes resources as one change; every one must exist.
-func (s *Server) Delete(ctx context.Context, keys []store.ResourceKey, dryRun bool) (*restapi.ChangeResult, error) {
+func (s *Server) Delete(ctx context.Context, keys []store.ResourceKey, dryRun bool) (*apiclient.ChangeResult, error) {
 	if len(keys) == 0 {
 		return nil, invalid("nothing to delete", []string{"the request names no resources"})
 	}
@@ -210,7 +211,7 @@ func compareKeys(a, b store.ResourceKey) int {
 // the incoming resources, compiles it, and commits unless dryRun. keep
 // selects the warnings to report. Called with applyMu held.
 func (s *Server) changeLocked(ctx context.Context, incoming []*resource, removed map[store.ResourceKey]bool, dryRun bool,
-	keep func(policy.Diagnostic) bool) (*restapi.ChangeResult, error) {
+	keep func(policy.Diagnostic) bool) (*apiclient.ChangeResult, error) {
 	merged, diags := s.mergedLocked(removed)
 	for _, r := range incoming {
 		merged.Merge(r.set)
@@ -225,7 +226,7 @@ func (s *Server) changeLocked(ctx context.Context, incoming []*resource, removed
 	if err != nil {
 		return nil, invalid("policy does not compile, nothing applied", strings.Split(err.Error(), "\n"))
 	}
-	res := &restapi.ChangeResult{DryRun: dryRun}
+	res := &apiclient.ChangeResult{DryRun: dryRun}
 	for _, d := range append(diags.Warnings(), warnings...) {
 		if keep(d) {
 			res.Warnings = append(res.Warnings, d.String())
@@ -233,7 +234,7 @@ func (s *Server) changeLocked(ctx context.Context, incoming []*resource, removed
 	}
 	versions := s.nextVersionsLocked(ruleSets)
 	for _, v := range versions {
-		res.Nodes = append(res.Nodes, restapi.NodeVersion{Node: v.rs.Node, Version: v.num, Hash: v.hash})
+		res.Nodes = append(res.Nodes, apiclient.NodeVersion{Node: v.rs.Node, Version: v.num, Hash: v.hash})
 	}
 	now := s.now()
 	var put []store.Resource
@@ -394,7 +395,7 @@ func parallel(n int, f func(i int)) {
 // encodeRuleSet is a rule set as the store keeps it: its protobuf wire
 // form (compact and quick to encode; the version and hash are columns).
 func encodeRuleSet(v *version) ([]byte, error) {
-	return proto.Marshal(pb.FromRuleSet(v.rs, ""))
+	return proto.Marshal(wire.FromRuleSet(v.rs, ""))
 }
 
 func decodeRuleSet(r store.RuleSetRecord) (*ruleset.RuleSet, error) {
@@ -402,7 +403,7 @@ func decodeRuleSet(r store.RuleSetRecord) (*ruleset.RuleSet, error) {
 	if err := proto.Unmarshal(r.Data, &m); err != nil {
 		return nil, fmt.Errorf("stored rule set of %s version %d: %w", r.Node, r.Version, err)
 	}
-	rs, err := m.ToRuleSet()
+	rs, err := wire.ToRuleSet(&m)
 	if err != nil {
 		return nil, fmt.Errorf("stored rule set of %s version %d: %w", r.Node, r.Version, err)
 	}
@@ -597,7 +598,7 @@ func isMarker(line []byte, marker string) bool {
 
 func setKeys(set *policy.Set) []store.ResourceKey {
 	var keys []store.ResourceKey
-	for _, r := range restapi.RefsOf(set) {
+	for _, r := range apiclient.RefsOf(set) {
 		keys = append(keys, store.ResourceKey{Kind: r.Kind, Name: r.Name})
 	}
 	return keys

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/agent/controlplane"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/server"
-	"github.com/eastguard/eastguard/controller/server/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -50,7 +50,7 @@ spec:
       ports: [{protocol: TCP, port: 22}]
 `
 
-func nodes(res *restapi.ChangeResult) []string {
+func nodes(res *apiclient.ChangeResult) []string {
 	var out []string
 	for _, n := range res.Nodes {
 		out = append(out, fmt.Sprintf("%s@%d", n.Node, n.Version))
@@ -146,7 +146,7 @@ func TestInvalidPolicyChangesNothing(t *testing.T) {
 	a := h.startAgent("node-a", h.token("node-a", time.Hour), nil, nil)
 	h.waitApplied(a)
 	bad := strings.Replace(adminSSH, "port: 22", "port: 70000", 1) + "---\n" + strings.Replace(twoNodes, "name: web,", "name: web2,", 1)
-	_, err := h.srv.Apply(context.Background(), []restapi.File{{Name: "bad.yaml", Content: bad}}, false)
+	_, err := h.srv.Apply(context.Background(), []apiclient.File{{Name: "bad.yaml", Content: bad}}, false)
 	var inv *server.InvalidError
 	if !errors.As(err, &inv) {
 		t.Fatalf("invalid input: got %v", err)
@@ -158,7 +158,7 @@ func TestInvalidPolicyChangesNothing(t *testing.T) {
 	// Valid documents next to a duplicate address are refused too.
 	dup := strings.Replace(twoNodes, "name: web,", "name: web2,", 1)
 	dup = dup[:strings.Index(dup, "---")]
-	_, err = h.srv.Apply(context.Background(), []restapi.File{{Name: "dup.yaml", Content: adminSSH + "---\n" + dup}}, false)
+	_, err = h.srv.Apply(context.Background(), []apiclient.File{{Name: "dup.yaml", Content: adminSSH + "---\n" + dup}}, false)
 	if !errors.As(err, &inv) || !strings.Contains(err.Error(), "dup.yaml:") || !strings.Contains(err.Error(), `already belongs to workload "web"`) {
 		t.Errorf("duplicate address: got %v", err)
 	}

@@ -17,9 +17,9 @@ import (
 
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
-	"github.com/eastguard/eastguard/controller/policy"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/policy"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -184,7 +185,7 @@ func (ss *session) push() error {
 		d := ruleset.Diff(ss.base.rs, latest.rs)
 		if d.Len() < ruleSetItems(latest.rs) {
 			d.BaseHash, d.Hash, d.Version = ss.base.hash, latest.hash, latest.num
-			msg.Msg = &pb.ControllerMessage_Delta{Delta: pb.FromDelta(&d, ss.base.num)}
+			msg.Msg = &pb.ControllerMessage_Delta{Delta: wire.FromDelta(&d, ss.base.num)}
 			kind = "delta"
 		}
 	}

@@ -16,7 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/eastguard/eastguard/test/topo"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 var flagRE = regexp.MustCompile(`(?:^|\s|")--([a-z][a-z0-9-]*)`)

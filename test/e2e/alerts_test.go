@@ -14,7 +14,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller/alert/webhook"
 	"github.com/eastguard/eastguard/internal/testutil"
-	"github.com/eastguard/eastguard/test/topo"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 // alertPolicy adds to crossNodePolicy an alert on any SSH attempt to a

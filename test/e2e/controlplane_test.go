@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/internal/testutil"
-	"github.com/eastguard/eastguard/test/netns"
-	"github.com/eastguard/eastguard/test/topo"
+	"github.com/eastguard/eastguard/internal/testutil/netns"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 // crossNodePolicy: client on node-b may reach web on node-a on 8080. The

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/internal/testutil"
-	"github.com/eastguard/eastguard/test/topo"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 const shopPolicy = `apiVersion: eastguard.dev/v1

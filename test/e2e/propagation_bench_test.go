@@ -13,10 +13,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/server"
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/testutil"
-	"github.com/eastguard/eastguard/test/topo"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 // BenchmarkPropagationRealAgent: time from an apply to the ack of one real
@@ -57,7 +57,7 @@ func BenchmarkPropagationRealAgent(b *testing.B) {
 	go srv.ServeGRPC(lis)
 
 	apply := func(port int) uint64 {
-		res, err := srv.Apply(context.Background(), []restapi.File{{Name: "shop.yaml",
+		res, err := srv.Apply(context.Background(), []apiclient.File{{Name: "shop.yaml",
 			Content: strings.Replace(shopPolicy, "port: 8080", fmt.Sprintf("port: %d", port), 1)}}, false)
 		if err != nil {
 			b.Fatal(err)

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/eastguard/eastguard/internal/testutil"
-	"github.com/eastguard/eastguard/test/netns"
-	"github.com/eastguard/eastguard/test/topo"
+	"github.com/eastguard/eastguard/internal/testutil/netns"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 // TestAgentRefusesClearly: without privileges, or on a kernel without BTF,

@@ -45,7 +45,7 @@ import (
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
-	"github.com/eastguard/eastguard/test/topo"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 const (

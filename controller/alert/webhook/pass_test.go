@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/store"
 )
 

@@ -6,7 +6,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // readSecret reads a webhook's HMAC secret where the policy says it is.

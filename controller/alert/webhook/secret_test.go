@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 func TestReadSecret(t *testing.T) {

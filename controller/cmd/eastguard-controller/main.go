@@ -31,9 +31,9 @@ import (
 
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/server"
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/fsutil"
 	"github.com/eastguard/eastguard/internal/logging"
@@ -401,7 +401,7 @@ func writeAdminConfig(ctx context.Context, srv *server.Server, o *options, httpA
 		}
 		caCert = trustAnchor(b)
 	}
-	if old, err := restapi.LoadConfig(path); err == nil {
+	if old, err := apiclient.LoadConfig(path); err == nil {
 		if old.Server == url && old.CACert == caCert && srv.CheckAdminToken(ctx, old.Token) == nil {
 			return nil
 		}
@@ -413,7 +413,7 @@ func writeAdminConfig(ctx context.Context, srv *server.Server, o *options, httpA
 	if err != nil {
 		return err
 	}
-	data, err := (&restapi.Config{Server: url, Token: token, CACert: caCert}).Marshal()
+	data, err := (&apiclient.Config{Server: url, Token: token, CACert: caCert}).Marshal()
 	if err != nil {
 		return err
 	}

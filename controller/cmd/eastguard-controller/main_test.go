@@ -14,12 +14,12 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 // start runs the controller until the test ends and returns its admin
 // config once written, and its gRPC address.
-func start(t *testing.T, dataDir string) (*restapi.Config, string) {
+func start(t *testing.T, dataDir string) (*apiclient.Config, string) {
 	t.Helper()
 	// A free port for gRPC, so the test knows where to find it (the HTTP
 	// address is in admin.conf).
@@ -53,7 +53,7 @@ func start(t *testing.T, dataDir string) (*restapi.Config, string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	cfg, err := restapi.LoadConfig(path)
+	cfg, err := apiclient.LoadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 var agentsCmd = &command{
@@ -45,13 +45,13 @@ Examples:
 }
 
 func listAgents(e *env, remote *remoteFlags, output string) int {
-	var agents []restapi.AgentStatus
+	var agents []apiclient.AgentStatus
 	if code := remote.call(e, http.MethodGet, "/api/v1/agents", nil, &agents); code != exitOK {
 		return code
 	}
 	if output == "json" {
 		if agents == nil {
-			agents = []restapi.AgentStatus{}
+			agents = []apiclient.AgentStatus{}
 		}
 		return printJSON(e, agents)
 	}
@@ -90,7 +90,7 @@ Examples:
 				fmt.Fprintln(e.stderr, "egctl agent: want: egctl agent revoke NAME")
 				return exitBadInput
 			}
-			var res restapi.RevokeResult
+			var res apiclient.RevokeResult
 			if code := remote.call(e, http.MethodPost, "/api/v1/agents/"+url.PathEscape(args[1])+"/revoke", nil, &res); code != exitOK {
 				return code
 			}

@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 var alertsCmd = &command{
@@ -62,7 +62,7 @@ Examples:
 					}
 					v.Set("state", "open,acknowledged")
 				}
-				_, err := restapi.ParseAlertFilter(v, time.Now())
+				_, err := apiclient.ParseAlertFilter(v, time.Now())
 				return err
 			})
 			if !ok {
@@ -72,7 +72,7 @@ Examples:
 			if code := remote.call(e, http.MethodGet, "/api/v1/alerts?"+params, nil, &raw); code != exitOK {
 				return code
 			}
-			var list []restapi.Alert
+			var list []apiclient.Alert
 			if err := json.Unmarshal(raw.Bytes(), &list); err != nil {
 				fmt.Fprintf(e.stderr, "egctl alerts: controller answer: %v\n", err)
 				return exitRemote
@@ -120,7 +120,7 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl alert ack: %q is not an alert id (a positive integer, the ID column of egctl alerts)\n", args[1])
 				return exitBadInput
 			}
-			var a restapi.Alert
+			var a apiclient.Alert
 			if code := remote.call(e, http.MethodPost, "/api/v1/alerts/"+strconv.FormatInt(id, 10)+"/ack", nil, &a); code != exitOK {
 				return code
 			}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 )
 
@@ -52,7 +52,7 @@ func insertAlerts(t *testing.T, st *store.SQLite) (open, acked, resolved store.A
 func alertIDs(t *testing.T, args ...string) []int64 {
 	t.Helper()
 	code, out, errs := egctl(t, append(append([]string{"alerts"}, args...), "-o", "json")...)
-	var list []restapi.Alert
+	var list []apiclient.Alert
 	if code != exitOK || json.Unmarshal([]byte(out), &list) != nil || list == nil {
 		t.Fatalf("alerts %q -o json: exit %d\n%s\n%s", args, code, out, errs)
 	}

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 var applyCmd = &command{
@@ -43,8 +43,8 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl apply: %v\n", err)
 				return exitBadInput
 			}
-			var res restapi.ChangeResult
-			if code := remote.call(e, http.MethodPost, "/api/v1/apply", restapi.ApplyRequest{Files: inputs, DryRun: *dryRun}, &res); code != exitOK {
+			var res apiclient.ChangeResult
+			if code := remote.call(e, http.MethodPost, "/api/v1/apply", apiclient.ApplyRequest{Files: inputs, DryRun: *dryRun}, &res); code != exitOK {
 				return code
 			}
 			printChange(e, &res)
@@ -55,7 +55,7 @@ Examples:
 
 // printChange prints what an apply or delete did: resources on standard
 // output, warnings on standard error.
-func printChange(e *env, res *restapi.ChangeResult) {
+func printChange(e *env, res *apiclient.ChangeResult) {
 	suffix := ""
 	if res.DryRun {
 		suffix = " (dry run)"

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/eastguard/eastguard/controller/compile"
+	"github.com/eastguard/eastguard/internal/compile"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

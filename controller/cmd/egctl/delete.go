@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/eastguard/eastguard/controller/policy"
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/internal/policy"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 var deleteCmd = &command{
@@ -37,8 +37,8 @@ Examples:
 			if !ok {
 				return exitBadInput
 			}
-			var res restapi.ChangeResult
-			if code := remote.call(e, http.MethodPost, "/api/v1/delete", restapi.DeleteRequest{Resources: refs, DryRun: *dryRun}, &res); code != exitOK {
+			var res apiclient.ChangeResult
+			if code := remote.call(e, http.MethodPost, "/api/v1/delete", apiclient.DeleteRequest{Resources: refs, DryRun: *dryRun}, &res); code != exitOK {
 				return code
 			}
 			printChange(e, &res)
@@ -48,8 +48,8 @@ Examples:
 }
 
 // deleteRefs turns "KIND NAME..." or -f files into resource references.
-func deleteRefs(e *env, files, args []string) ([]restapi.ResourceRef, bool) {
-	var refs []restapi.ResourceRef
+func deleteRefs(e *env, files, args []string) ([]apiclient.ResourceRef, bool) {
+	var refs []apiclient.ResourceRef
 	switch {
 	case len(files) > 0 && len(args) > 0:
 		fmt.Fprintln(e.stderr, "egctl delete: give either KIND NAME... or -f, not both")
@@ -67,16 +67,16 @@ func deleteRefs(e *env, files, args []string) ([]restapi.ResourceRef, bool) {
 				fmt.Fprintf(e.stderr, "egctl delete: %s, nothing deleted\n", count(len(diags.Errors()), "error"))
 				return nil, false
 			}
-			refs = append(refs, restapi.RefsOf(set)...)
+			refs = append(refs, apiclient.RefsOf(set)...)
 		}
 	case len(args) >= 2:
-		kind, err := restapi.ParseKind(args[0])
+		kind, err := apiclient.ParseKind(args[0])
 		if err != nil {
 			fmt.Fprintf(e.stderr, "egctl delete: %v\n", err)
 			return nil, false
 		}
 		for _, name := range args[1:] {
-			refs = append(refs, restapi.ResourceRef{Kind: kind, Name: name})
+			refs = append(refs, apiclient.ResourceRef{Kind: kind, Name: name})
 		}
 	default:
 		fmt.Fprintln(e.stderr, "egctl delete: give KIND NAME... or -f FILE|DIR")

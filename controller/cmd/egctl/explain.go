@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/eastguard/eastguard/controller/compile"
+	"github.com/eastguard/eastguard/internal/compile"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 )
 
@@ -61,7 +61,7 @@ Examples:
 				return exitBadInput
 			}
 			params, ok := queryFlags(e, fs, "flows", func(v url.Values) error {
-				_, err := restapi.ParseFlowFilter(v, time.Now())
+				_, err := apiclient.ParseFlowFilter(v, time.Now())
 				return err
 			})
 			if !ok {
@@ -117,7 +117,7 @@ func queryFlags(e *env, fs *flag.FlagSet, cmd string, check func(url.Values) err
 		v.Set(f.Name, f.Value.String())
 	})
 	if err := check(v); err != nil {
-		var pes restapi.ParamErrors
+		var pes apiclient.ParamErrors
 		if errors.As(err, &pes) {
 			for _, pe := range pes {
 				fmt.Fprintf(e.stderr, "egctl %s: --%v\n", cmd, pe)

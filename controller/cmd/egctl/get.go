@@ -10,7 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 var getCmd = &command{
@@ -42,7 +42,7 @@ Examples:
 				}
 				return listAgents(e, remote, *output)
 			}
-			kind, err := restapi.ParseKind(args[0])
+			kind, err := apiclient.ParseKind(args[0])
 			if err != nil {
 				fmt.Fprintf(e.stderr, "egctl get: %v\n", err)
 				return exitBadInput
@@ -50,7 +50,7 @@ Examples:
 			if !checkOutput(e, *output, "table", "json", "yaml") {
 				return exitBadInput
 			}
-			path := "/api/v1/" + restapi.KindPaths[kind]
+			path := "/api/v1/" + apiclient.KindPaths[kind]
 			switch *output {
 			case "yaml":
 				return remote.call(e, http.MethodGet, path+"?output=yaml", nil, e.stdout)
@@ -72,7 +72,7 @@ func printResources(e *env, kind string, data []byte) int {
 	var err error
 	switch kind {
 	case "Workload":
-		var list []restapi.WorkloadView
+		var list []apiclient.WorkloadView
 		if err = json.Unmarshal(data, &list); err == nil {
 			fmt.Fprintln(tw, "NAME\tNODE\tINTERFACE\tADDRESSES\tMODE\tLABELS")
 			for _, w := range list {
@@ -85,7 +85,7 @@ func printResources(e *env, kind string, data []byte) int {
 			}
 		}
 	case "Policy":
-		var list []restapi.PolicyView
+		var list []apiclient.PolicyView
 		if err = json.Unmarshal(data, &list); err == nil {
 			fmt.Fprintln(tw, "NAME\tMODE\tRULES")
 			for _, p := range list {
@@ -93,7 +93,7 @@ func printResources(e *env, kind string, data []byte) int {
 			}
 		}
 	case "AlertRule":
-		var list []restapi.AlertRuleView
+		var list []apiclient.AlertRuleView
 		if err = json.Unmarshal(data, &list); err == nil {
 			fmt.Fprintln(tw, "NAME\tSEVERITY\tNOTIFY")
 			for _, a := range list {
@@ -101,7 +101,7 @@ func printResources(e *env, kind string, data []byte) int {
 			}
 		}
 	case "Webhook":
-		var list []restapi.WebhookView
+		var list []apiclient.WebhookView
 		if err = json.Unmarshal(data, &list); err == nil {
 			fmt.Fprintln(tw, "NAME\tFORMAT\tURL")
 			for _, w := range list {

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // loadPolicy reads and validates the policy files and directories, prints

@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/server"
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
@@ -49,7 +49,7 @@ func controllerWithStore(t *testing.T) (string, *store.SQLite) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, _ := (&restapi.Config{Server: api.URL, Token: token}).Marshal()
+	data, _ := (&apiclient.Config{Server: api.URL, Token: token}).Marshal()
 	path := filepath.Join(dir, "admin.conf")
 	writeFile(t, path, string(data))
 	return path, st
@@ -81,7 +81,7 @@ func TestOnlineCommands(t *testing.T) {
 	}
 
 	code, out, _ = egctl(t, "get", "workloads", "-o", "json")
-	var wls []restapi.WorkloadView
+	var wls []apiclient.WorkloadView
 	if code != exitOK || json.Unmarshal([]byte(out), &wls) != nil || len(wls) != 5 {
 		t.Errorf("get workloads -o json: exit %d\n%s", code, out)
 	}
@@ -127,7 +127,7 @@ func TestOnlineCommands(t *testing.T) {
 
 func TestOnlineCredentials(t *testing.T) {
 	conf := controller(t)
-	cfg, err := restapi.LoadConfig(conf)
+	cfg, err := apiclient.LoadConfig(conf)
 	if err != nil {
 		t.Fatal(err)
 	}

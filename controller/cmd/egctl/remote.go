@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 // exitRemote is the exit status of online commands when the controller
@@ -53,11 +53,11 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteFlags {
 
 // client resolves the connection settings and returns an API client; on
 // error it has printed why and returns nil.
-func (f *remoteFlags) client(e *env) *restapi.Client {
-	cfg := &restapi.Config{Server: first(*f.server, os.Getenv(envServer)), Token: first(*f.token, os.Getenv(envToken))}
+func (f *remoteFlags) client(e *env) *apiclient.Client {
+	cfg := &apiclient.Config{Server: first(*f.server, os.Getenv(envServer)), Token: first(*f.token, os.Getenv(envToken))}
 	path := first(*f.config, os.Getenv(envConfig))
 	if path != "" {
-		file, err := restapi.LoadConfig(path)
+		file, err := apiclient.LoadConfig(path)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "egctl: config: %v\n", err)
 			return nil
@@ -69,7 +69,7 @@ func (f *remoteFlags) client(e *env) *restapi.Client {
 		fmt.Fprintf(e.stderr, "egctl: no controller configured: give --config FILE or set %s (the controller writes <data-dir>/admin.conf), or give --server and --token\n", envConfig)
 		return nil
 	}
-	c, err := restapi.NewClient(cfg)
+	c, err := apiclient.NewClient(cfg)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
 		return nil
@@ -106,7 +106,7 @@ func first(vals ...string) string {
 // for refusals of the request itself (4xx but 401/403), exitRemote for the
 // rest.
 func remoteFailed(e *env, err error) int {
-	var se *restapi.StatusError
+	var se *apiclient.StatusError
 	if !errors.As(err, &se) {
 		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
 		return exitRemote
@@ -148,18 +148,18 @@ func newTable(e *env) *tabwriter.Writer {
 
 // readInputs reads the files named by -f: files, directories (every
 // *.yaml and *.yml below, in lexical order) or - for standard input.
-func readInputs(paths []string) ([]restapi.File, error) {
+func readInputs(paths []string) ([]apiclient.File, error) {
 	if len(paths) == 0 {
 		return nil, errors.New("no input: give -f FILE|DIR")
 	}
-	var files []restapi.File
+	var files []apiclient.File
 	for _, p := range paths {
 		if p == "-" {
 			b, err := io.ReadAll(os.Stdin)
 			if err != nil {
 				return nil, fmt.Errorf("read standard input: %w", err)
 			}
-			files = append(files, restapi.File{Name: "<stdin>", Content: string(b)})
+			files = append(files, apiclient.File{Name: "<stdin>", Content: string(b)})
 			continue
 		}
 		info, err := os.Stat(p)
@@ -190,7 +190,7 @@ func readInputs(paths []string) ([]restapi.File, error) {
 			if err != nil {
 				return nil, err
 			}
-			files = append(files, restapi.File{Name: n, Content: string(b)})
+			files = append(files, apiclient.File{Name: n, Content: string(b)})
 		}
 	}
 	return files, nil

@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/server/restapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
 var tokenCmd = &command{
@@ -40,8 +40,8 @@ Examples:
 				fmt.Fprintln(e.stderr, "egctl token create: --node is required")
 				return exitBadInput
 			}
-			var tok restapi.JoinToken
-			if code := remote.call(e, http.MethodPost, "/api/v1/tokens", restapi.TokenRequest{Node: *node, TTL: ttl.String()}, &tok); code != exitOK {
+			var tok apiclient.JoinToken
+			if code := remote.call(e, http.MethodPost, "/api/v1/tokens", apiclient.TokenRequest{Node: *node, TTL: ttl.String()}, &tok); code != exitOK {
 				return code
 			}
 			fmt.Fprintf(e.stderr, "join token for node %s, single use, valid until %s\n", tok.Node, tok.Expires.Local().Format(time.RFC3339))

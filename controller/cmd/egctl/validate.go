@@ -4,7 +4,7 @@ import (
 	"flag"
 	"fmt"
 
-	"github.com/eastguard/eastguard/controller/compile"
+	"github.com/eastguard/eastguard/internal/compile"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

@@ -1,7 +1,6 @@
 // Package eastguardv1 is the control channel's wire format: the generated
-// protobuf and gRPC code for control.proto, and the conversions between
-// the wire messages and internal/ruleset's types (convert.go). It must not
-// hold behaviour beyond those conversions.
+// protobuf and gRPC code for control.proto, and nothing else. Conversions
+// between these messages and the internal types live in internal/wire.
 //
 // The generated files are committed. `make generate` rebuilds them with
 // protoc from the system (Debian's protobuf-compiler, libprotoc 3.21.12)

@@ -1,4 +1,4 @@
-package eastguardv1
+package wire
 
 import (
 	"encoding/json"
@@ -7,14 +7,16 @@ import (
 	"testing"
 	"time"
 
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+
 	"google.golang.org/protobuf/proto"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-func validFlowRecord() *FlowRecord {
+func validFlowRecord() *pb.FlowRecord {
 	t := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano()
-	return &FlowRecord{
+	return &pb.FlowRecord{
 		TimeUnixNano: t, Direction: uint32(ruleset.Ingress), Protocol: uint32(ruleset.ProtocolTCP),
 		SrcAddr: []byte{10, 250, 1, 2}, SrcPort: 40000, SrcIdentity: 300,
 		DstAddr: []byte{10, 250, 1, 3}, DstPort: 22, DstIdentity: 301,
@@ -46,9 +48,9 @@ func TestFlowBatchToRecords(t *testing.T) {
 	icmp.Protocol, icmp.SrcPort, icmp.DstPort = uint32(ruleset.ProtocolICMP), 0, 0
 	typ, code := uint32(8), uint32(0)
 	icmp.IcmpType, icmp.IcmpCode = &typ, &code
-	b := &FlowBatch{Seq: 1, SpoolId: 9, Records: []*FlowRecord{validFlowRecord(), icmp}}
+	b := &pb.FlowBatch{Seq: 1, SpoolId: 9, Records: []*pb.FlowRecord{validFlowRecord(), icmp}}
 	rules, workloads := namesForTest()
-	recs, err := b.ToRecords("node-b", rules, workloads)
+	recs, err := ToRecords(b, "node-b", rules, workloads)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,37 +92,37 @@ func TestFlowBatchToRecords(t *testing.T) {
 func TestFlowBatchRejected(t *testing.T) {
 	cases := []struct {
 		name   string
-		modify func(*FlowRecord)
+		modify func(*pb.FlowRecord)
 		want   string
 	}{
-		{"direction", func(r *FlowRecord) { r.Direction = 2 }, "records[1].direction: 2 out of range"},
-		{"protocol", func(r *FlowRecord) { r.Protocol = 256 }, "records[1].protocol: 256 out of range"},
-		{"src port", func(r *FlowRecord) { r.SrcPort = 70000 }, "records[1].srcPort: 70000 out of range"},
-		{"dst port", func(r *FlowRecord) { r.DstPort = 65536 }, "records[1].dstPort: 65536 out of range"},
-		{"verdict 0", func(r *FlowRecord) { r.Verdict = 0 }, "records[1].verdict: 0 out of range"},
-		{"verdict 4", func(r *FlowRecord) { r.Verdict = 4 }, "records[1].verdict: 4 out of range"},
-		{"time zero", func(r *FlowRecord) { r.TimeUnixNano = 0 }, "records[1].timeUnixNano: 0 out of range"},
-		{"first seen", func(r *FlowRecord) { r.FirstSeenUnixNano = -5 }, "records[1].firstSeenUnixNano: -5 out of range"},
-		{"last before first", func(r *FlowRecord) { r.LastSeenUnixNano = r.FirstSeenUnixNano - 1 }, "records[1].lastSeenUnixNano: "},
-		{"src addr", func(r *FlowRecord) { r.SrcAddr = []byte{1, 2, 3} }, "records[1].srcAddr: address of 3 bytes"},
-		{"dst addr", func(r *FlowRecord) { r.DstAddr = nil }, "records[1].dstAddr: address of 0 bytes"},
-		{"families", func(r *FlowRecord) { r.DstAddr = netip.MustParseAddr("fd0e::1").AsSlice() }, "records[1].dstAddr: fd0e::1 and srcAddr 10.250.1.2 are not of one address family"},
-		{"icmp with ports", func(r *FlowRecord) { r.Protocol = uint32(ruleset.ProtocolICMP) }, "records[1].dstPort: ports 40000 and 22 given for ICMP"},
-		{"icmp type on tcp", func(r *FlowRecord) { v := uint32(3); r.IcmpType = &v }, "records[1].icmpType: ICMP type or code given for TCP"},
-		{"icmp type range", func(r *FlowRecord) {
+		{"direction", func(r *pb.FlowRecord) { r.Direction = 2 }, "records[1].direction: 2 out of range"},
+		{"protocol", func(r *pb.FlowRecord) { r.Protocol = 256 }, "records[1].protocol: 256 out of range"},
+		{"src port", func(r *pb.FlowRecord) { r.SrcPort = 70000 }, "records[1].srcPort: 70000 out of range"},
+		{"dst port", func(r *pb.FlowRecord) { r.DstPort = 65536 }, "records[1].dstPort: 65536 out of range"},
+		{"verdict 0", func(r *pb.FlowRecord) { r.Verdict = 0 }, "records[1].verdict: 0 out of range"},
+		{"verdict 4", func(r *pb.FlowRecord) { r.Verdict = 4 }, "records[1].verdict: 4 out of range"},
+		{"time zero", func(r *pb.FlowRecord) { r.TimeUnixNano = 0 }, "records[1].timeUnixNano: 0 out of range"},
+		{"first seen", func(r *pb.FlowRecord) { r.FirstSeenUnixNano = -5 }, "records[1].firstSeenUnixNano: -5 out of range"},
+		{"last before first", func(r *pb.FlowRecord) { r.LastSeenUnixNano = r.FirstSeenUnixNano - 1 }, "records[1].lastSeenUnixNano: "},
+		{"src addr", func(r *pb.FlowRecord) { r.SrcAddr = []byte{1, 2, 3} }, "records[1].srcAddr: address of 3 bytes"},
+		{"dst addr", func(r *pb.FlowRecord) { r.DstAddr = nil }, "records[1].dstAddr: address of 0 bytes"},
+		{"families", func(r *pb.FlowRecord) { r.DstAddr = netip.MustParseAddr("fd0e::1").AsSlice() }, "records[1].dstAddr: fd0e::1 and srcAddr 10.250.1.2 are not of one address family"},
+		{"icmp with ports", func(r *pb.FlowRecord) { r.Protocol = uint32(ruleset.ProtocolICMP) }, "records[1].dstPort: ports 40000 and 22 given for ICMP"},
+		{"icmp type on tcp", func(r *pb.FlowRecord) { v := uint32(3); r.IcmpType = &v }, "records[1].icmpType: ICMP type or code given for TCP"},
+		{"icmp type range", func(r *pb.FlowRecord) {
 			v := uint32(300)
 			r.Protocol, r.SrcPort, r.DstPort, r.IcmpType = uint32(ruleset.ProtocolICMPv6), 0, 0, &v
 			r.SrcAddr, r.DstAddr = netip.MustParseAddr("fd0e::1").AsSlice(), netip.MustParseAddr("fd0e::2").AsSlice()
 		}, "records[1].icmpType: 300 out of range"},
-		{"reason", func(r *FlowRecord) { r.Reason = "DROP\n" }, `records[1].reason: "DROP\n" is not a datapath reason`},
+		{"reason", func(r *pb.FlowRecord) { r.Reason = "DROP\n" }, `records[1].reason: "DROP\n" is not a datapath reason`},
 	}
 	rules, workloads := namesForTest()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			bad := validFlowRecord()
 			c.modify(bad)
-			b := &FlowBatch{Seq: 4, Records: []*FlowRecord{validFlowRecord(), bad, validFlowRecord()}}
-			recs, err := b.ToRecords("n", rules, workloads)
+			b := &pb.FlowBatch{Seq: 4, Records: []*pb.FlowRecord{validFlowRecord(), bad, validFlowRecord()}}
+			recs, err := ToRecords(b, "n", rules, workloads)
 			if err == nil || !strings.HasPrefix(err.Error(), c.want) {
 				t.Fatalf("error %v, want one starting %q", err, c.want)
 			}
@@ -129,15 +131,15 @@ func TestFlowBatchRejected(t *testing.T) {
 			}
 		})
 	}
-	if _, err := (&FlowBatch{Seq: 0}).ToRecords("n", rules, workloads); err == nil || !strings.Contains(err.Error(), "seq: 0") {
+	if _, err := ToRecords(&pb.FlowBatch{Seq: 0}, "n", rules, workloads); err == nil || !strings.Contains(err.Error(), "seq: 0") {
 		t.Errorf("seq 0: %v", err)
 	}
-	big := &FlowBatch{Seq: 1, Records: make([]*FlowRecord, MaxFlowBatchRecords+1)}
-	if _, err := big.ToRecords("n", rules, workloads); err == nil || !strings.Contains(err.Error(), "more than") {
+	big := &pb.FlowBatch{Seq: 1, Records: make([]*pb.FlowRecord, MaxFlowBatchRecords+1)}
+	if _, err := ToRecords(big, "n", rules, workloads); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Errorf("oversized batch: %v", err)
 	}
-	nilRec := &FlowBatch{Seq: 1, Records: []*FlowRecord{nil}}
-	if _, err := nilRec.ToRecords("n", rules, workloads); err == nil || !strings.HasPrefix(err.Error(), "records[0].record") {
+	nilRec := &pb.FlowBatch{Seq: 1, Records: []*pb.FlowRecord{nil}}
+	if _, err := ToRecords(nilRec, "n", rules, workloads); err == nil || !strings.HasPrefix(err.Error(), "records[0].record") {
 		t.Errorf("nil record: %v", err)
 	}
 }
@@ -145,16 +147,16 @@ func TestFlowBatchRejected(t *testing.T) {
 // FuzzFlowBatch: whatever bytes arrive, decoding and conversion either
 // fail with an error or give records whose JSON encodes.
 func FuzzFlowBatch(f *testing.F) {
-	good, _ := proto.Marshal(&FlowBatch{Seq: 1, Records: []*FlowRecord{validFlowRecord()}})
+	good, _ := proto.Marshal(&pb.FlowBatch{Seq: 1, Records: []*pb.FlowRecord{validFlowRecord()}})
 	f.Add(good)
 	f.Add([]byte{})
 	rules, workloads := namesForTest()
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var b FlowBatch
+		var b pb.FlowBatch
 		if proto.Unmarshal(data, &b) != nil {
 			return
 		}
-		recs, err := b.ToRecords("n", rules, workloads)
+		recs, err := ToRecords(&b, "n", rules, workloads)
 		if err != nil {
 			return
 		}

@@ -1,7 +1,7 @@
 package compile
 
 import (
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

@@ -3,7 +3,7 @@
 // the address and credential, and a small client. egctl uses it; the
 // server (controller/server) serves these same types. It must stay light:
 // no gRPC, no store, no compiler (the policy types only).
-package restapi
+package apiclient
 
 import (
 	"fmt"
@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // Error is the body of every API error. Diagnostics are

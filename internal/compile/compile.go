@@ -9,7 +9,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

@@ -1,10 +1,12 @@
-package eastguardv1
+package wire
 
 import (
 	"errors"
 	"fmt"
 	"net/netip"
 	"time"
+
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -30,7 +32,7 @@ const maxReasonLen = 32
 // rule ids and workloads names addresses ("" for an unmanaged address).
 // One invalid record rejects the whole batch: the error names the record
 // index and the field, e.g. "records[3].direction: 7 out of range (max 1)".
-func (b *FlowBatch) ToRecords(node string, rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) ([]flowrecord.Record, error) {
+func ToRecords(b *pb.FlowBatch, node string, rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) ([]flowrecord.Record, error) {
 	if b.GetSeq() == 0 {
 		return nil, errors.New("seq: 0 (batches are numbered from 1)")
 	}
@@ -39,7 +41,7 @@ func (b *FlowBatch) ToRecords(node string, rules func(ruleset.RuleID) string, wo
 	}
 	out := make([]flowrecord.Record, len(b.GetRecords()))
 	for i, m := range b.GetRecords() {
-		if err := m.toRecord(&out[i], node, rules, workloads); err != nil {
+		if err := toRecord(m, &out[i], node, rules, workloads); err != nil {
 			return nil, fmt.Errorf("records[%d].%w", i, err)
 		}
 	}
@@ -47,7 +49,7 @@ func (b *FlowBatch) ToRecords(node string, rules func(ruleset.RuleID) string, wo
 }
 
 // toRecord checks m and fills r. Errors start with the field name.
-func (m *FlowRecord) toRecord(r *flowrecord.Record, node string, rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) error {
+func toRecord(m *pb.FlowRecord, r *flowrecord.Record, node string, rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) error {
 	if m == nil {
 		return errors.New("record: missing")
 	}

@@ -1,14 +1,16 @@
-package eastguardv1
+package wire
 
 import (
 	"errors"
 	"strings"
 	"testing"
 
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+
 	"google.golang.org/protobuf/proto"
 
-	"github.com/eastguard/eastguard/controller/compile"
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/compile"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
@@ -16,7 +18,7 @@ func compiled(t *testing.T) map[string]*ruleset.RuleSet {
 	t.Helper()
 	out := make(map[string]*ruleset.RuleSet)
 	for _, f := range []string{"shop.yaml", "mixed.yaml"} {
-		set, diags, err := policy.Load("../../../controller/compile/testdata/" + f)
+		set, diags, err := policy.Load("../compile/testdata/" + f)
 		if err != nil || diags.HasErrors() {
 			t.Fatalf("load %s: %v %v", f, err, diags.Err())
 		}
@@ -43,11 +45,11 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var back RuleSet
+		var back pb.RuleSet
 		if err := proto.Unmarshal(b, &back); err != nil {
 			t.Fatal(err)
 		}
-		got, err := back.ToRuleSet()
+		got, err := ToRuleSet(&back)
 		if err != nil {
 			t.Fatalf("%s: %v", node, err)
 		}
@@ -66,11 +68,11 @@ func TestRoundTrip(t *testing.T) {
 			d.BaseHash, d.Hash, d.Version = other.Hash(), rs.Hash(), 8
 			wire := FromDelta(&d, 7)
 			b, _ := proto.Marshal(wire)
-			var dm RuleSetDelta
+			var dm pb.RuleSetDelta
 			if err := proto.Unmarshal(b, &dm); err != nil {
 				t.Fatal(err)
 			}
-			back, err := dm.ToDelta()
+			back, err := ToDelta(&dm)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -90,18 +92,18 @@ func TestFromWireRefusals(t *testing.T) {
 	big := uint32(300)
 	cases := []struct {
 		name string
-		m    *RuleSet
+		m    *pb.RuleSet
 		want string
 	}{
-		{"address length", &RuleSet{Ipcache: []*IPCacheEntry{{Addr: []byte{1, 2, 3}, Bits: 8}}}, "ipcache[0]: address of 3 bytes"},
-		{"prefix length", &RuleSet{Ipcache: []*IPCacheEntry{{Addr: []byte{10, 0, 0, 0}, Bits: 33}}}, "prefix length 33 out of range"},
-		{"port", &RuleSet{Entries: []*Entry{{Port: 70000}}}, "entries[0]: port: 70000 out of range"},
-		{"icmp type", &RuleSet{Entries: []*Entry{{Protocol: 1, IcmpType: &big}}}, "icmpType: 300 out of range"},
-		{"mode", &RuleSet{Endpoints: []*Endpoint{{Mode: 256}}}, "endpoints[0]: mode"},
-		{"rule name", &RuleSet{Rules: []*RuleName{{Id: 1}}}, "rules[0]: rule 1 has no name"},
+		{"address length", &pb.RuleSet{Ipcache: []*pb.IPCacheEntry{{Addr: []byte{1, 2, 3}, Bits: 8}}}, "ipcache[0]: address of 3 bytes"},
+		{"prefix length", &pb.RuleSet{Ipcache: []*pb.IPCacheEntry{{Addr: []byte{10, 0, 0, 0}, Bits: 33}}}, "prefix length 33 out of range"},
+		{"port", &pb.RuleSet{Entries: []*pb.Entry{{Port: 70000}}}, "entries[0]: port: 70000 out of range"},
+		{"icmp type", &pb.RuleSet{Entries: []*pb.Entry{{Protocol: 1, IcmpType: &big}}}, "icmpType: 300 out of range"},
+		{"mode", &pb.RuleSet{Endpoints: []*pb.Endpoint{{Mode: 256}}}, "endpoints[0]: mode"},
+		{"rule name", &pb.RuleSet{Rules: []*pb.RuleName{{Id: 1}}}, "rules[0]: rule 1 has no name"},
 	}
 	for _, c := range cases {
-		_, err := c.m.ToRuleSet()
+		_, err := ToRuleSet(c.m)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: got %v, want %q", c.name, err, c.want)
 		}
@@ -109,7 +111,7 @@ func TestFromWireRefusals(t *testing.T) {
 			t.Errorf("port error does not match errRange: %v", err)
 		}
 	}
-	if _, err := (&RuleSetDelta{DeleteIpcache: []*Prefix{{Addr: []byte{1}}}}).ToDelta(); err == nil {
+	if _, err := ToDelta(&pb.RuleSetDelta{DeleteIpcache: []*pb.Prefix{{Addr: []byte{1}}}}); err == nil {
 		t.Error("bad delete prefix accepted")
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/eastguard/eastguard/controller/policy"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

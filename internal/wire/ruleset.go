@@ -1,9 +1,11 @@
-package eastguardv1
+package wire
 
 import (
 	"errors"
 	"fmt"
 	"net/netip"
+
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -15,8 +17,8 @@ import (
 
 // FromRuleSet returns rs on the wire, with hash (rs.Hash(), computed by the
 // caller, which usually has it already).
-func FromRuleSet(rs *ruleset.RuleSet, hash string) *RuleSet {
-	m := &RuleSet{
+func FromRuleSet(rs *ruleset.RuleSet, hash string) *pb.RuleSet {
+	m := &pb.RuleSet{
 		Node:      rs.Node,
 		Version:   rs.Version,
 		Hash:      hash,
@@ -30,7 +32,7 @@ func FromRuleSet(rs *ruleset.RuleSet, hash string) *RuleSet {
 
 // ToRuleSet returns the rule set m carries. Empty lists are nil, as the
 // compiler makes them.
-func (m *RuleSet) ToRuleSet() (*ruleset.RuleSet, error) {
+func ToRuleSet(m *pb.RuleSet) (*ruleset.RuleSet, error) {
 	rs := &ruleset.RuleSet{Node: m.GetNode(), Version: m.GetVersion()}
 	var err error
 	if rs.Endpoints, err = toEndpoints(m.GetEndpoints(), "endpoints"); err != nil {
@@ -50,8 +52,8 @@ func (m *RuleSet) ToRuleSet() (*ruleset.RuleSet, error) {
 
 // FromDelta returns d on the wire; baseVersion is the version of the rule
 // set it applies to.
-func FromDelta(d *ruleset.Delta, baseVersion uint64) *RuleSetDelta {
-	m := &RuleSetDelta{
+func FromDelta(d *ruleset.Delta, baseVersion uint64) *pb.RuleSetDelta {
+	m := &pb.RuleSetDelta{
 		Node:          d.Node,
 		Version:       d.Version,
 		BaseVersion:   baseVersion,
@@ -67,7 +69,7 @@ func FromDelta(d *ruleset.Delta, baseVersion uint64) *RuleSetDelta {
 		m.DeleteEndpoints = append(m.DeleteEndpoints, uint32(id))
 	}
 	for _, p := range d.DeleteIPCache {
-		m.DeleteIpcache = append(m.DeleteIpcache, &Prefix{Addr: p.Addr().AsSlice(), Bits: uint32(p.Bits())})
+		m.DeleteIpcache = append(m.DeleteIpcache, &pb.Prefix{Addr: p.Addr().AsSlice(), Bits: uint32(p.Bits())})
 	}
 	for _, id := range d.DeleteRules {
 		m.DeleteRules = append(m.DeleteRules, uint32(id))
@@ -76,7 +78,7 @@ func FromDelta(d *ruleset.Delta, baseVersion uint64) *RuleSetDelta {
 }
 
 // ToDelta returns the delta m carries.
-func (m *RuleSetDelta) ToDelta() (*ruleset.Delta, error) {
+func ToDelta(m *pb.RuleSetDelta) (*ruleset.Delta, error) {
 	d := &ruleset.Delta{Node: m.GetNode(), Version: m.GetVersion(), BaseHash: m.GetBaseHash(), Hash: m.GetHash()}
 	var err error
 	if d.PutEndpoints, err = toEndpoints(m.GetPutEndpoints(), "putEndpoints"); err != nil {
@@ -110,24 +112,24 @@ func (m *RuleSetDelta) ToDelta() (*ruleset.Delta, error) {
 	return d, nil
 }
 
-func fromEndpoints(eps []ruleset.Endpoint) []*Endpoint {
+func fromEndpoints(eps []ruleset.Endpoint) []*pb.Endpoint {
 	if len(eps) == 0 {
 		return nil
 	}
-	out := make([]*Endpoint, len(eps))
+	out := make([]*pb.Endpoint, len(eps))
 	for i, e := range eps {
-		out[i] = &Endpoint{Id: uint32(e.ID), Workload: e.Workload, Interface: e.Interface, Identity: uint32(e.Identity), Mode: uint32(e.Mode)}
+		out[i] = &pb.Endpoint{Id: uint32(e.ID), Workload: e.Workload, Interface: e.Interface, Identity: uint32(e.Identity), Mode: uint32(e.Mode)}
 	}
 	return out
 }
 
-func fromIPCache(c []ruleset.IPCacheEntry) []*IPCacheEntry {
+func fromIPCache(c []ruleset.IPCacheEntry) []*pb.IPCacheEntry {
 	if len(c) == 0 {
 		return nil
 	}
 	// One allocation for all the messages: the ipcache can be large.
-	msgs := make([]IPCacheEntry, len(c))
-	out := make([]*IPCacheEntry, len(c))
+	msgs := make([]pb.IPCacheEntry, len(c))
+	out := make([]*pb.IPCacheEntry, len(c))
 	for i, e := range c {
 		msgs[i].Addr, msgs[i].Bits, msgs[i].Identity = e.Prefix.Addr().AsSlice(), uint32(e.Prefix.Bits()), uint32(e.Identity)
 		out[i] = &msgs[i]
@@ -135,12 +137,12 @@ func fromIPCache(c []ruleset.IPCacheEntry) []*IPCacheEntry {
 	return out
 }
 
-func fromEntries(entries []ruleset.Entry) []*Entry {
+func fromEntries(entries []ruleset.Entry) []*pb.Entry {
 	if len(entries) == 0 {
 		return nil
 	}
-	msgs := make([]Entry, len(entries))
-	out := make([]*Entry, len(entries))
+	msgs := make([]pb.Entry, len(entries))
+	out := make([]*pb.Entry, len(entries))
 	for i, e := range entries {
 		m := &msgs[i]
 		m.Endpoint, m.Direction, m.Peer = uint32(e.Endpoint), uint32(e.Direction), uint32(e.Peer)
@@ -159,13 +161,13 @@ func fromEntries(entries []ruleset.Entry) []*Entry {
 	return out
 }
 
-func fromRules(rules []ruleset.RuleName) []*RuleName {
+func fromRules(rules []ruleset.RuleName) []*pb.RuleName {
 	if len(rules) == 0 {
 		return nil
 	}
-	out := make([]*RuleName, len(rules))
+	out := make([]*pb.RuleName, len(rules))
 	for i, r := range rules {
-		out[i] = &RuleName{Id: uint32(r.ID), Name: r.Name}
+		out[i] = &pb.RuleName{Id: uint32(r.ID), Name: r.Name}
 	}
 	return out
 }
@@ -180,7 +182,7 @@ func small(v uint32, bits int, field string) error {
 	return nil
 }
 
-func toEndpoints(in []*Endpoint, field string) ([]ruleset.Endpoint, error) {
+func toEndpoints(in []*pb.Endpoint, field string) ([]ruleset.Endpoint, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
@@ -197,7 +199,7 @@ func toEndpoints(in []*Endpoint, field string) ([]ruleset.Endpoint, error) {
 	return out, nil
 }
 
-func toIPCache(in []*IPCacheEntry, field string) ([]ruleset.IPCacheEntry, error) {
+func toIPCache(in []*pb.IPCacheEntry, field string) ([]ruleset.IPCacheEntry, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
@@ -223,7 +225,7 @@ func toPrefix(addr []byte, bits uint32) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, int(bits)), nil
 }
 
-func toEntries(in []*Entry, field string) ([]ruleset.Entry, error) {
+func toEntries(in []*pb.Entry, field string) ([]ruleset.Entry, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
@@ -260,7 +262,7 @@ func toEntries(in []*Entry, field string) ([]ruleset.Entry, error) {
 	return out, nil
 }
 
-func toRules(in []*RuleName, field string) ([]ruleset.RuleName, error) {
+func toRules(in []*pb.RuleName, field string) ([]ruleset.RuleName, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}

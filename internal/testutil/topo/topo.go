@@ -27,7 +27,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/test/netns"
+	"github.com/eastguard/eastguard/internal/testutil/netns"
 )
 
 // Node is a simulated host.

@@ -1,4 +1,4 @@
-package restapi
+package apiclient
 
 import (
 	"net/netip"
