@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,30 +17,19 @@ import (
 
 	"github.com/eastguard/eastguard/agent/enforcer"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 // policyOn allows role client to reach web on port, both on node n1.
 func policyOn(port string) string {
-	return fmt.Sprintf(`apiVersion: eastguard.dev/v1
-kind: Workload
-metadata: {name: web, labels: {role: web}}
-spec: {node: n1, interface: veth-web, addresses: [10.250.1.2]}
----
-apiVersion: eastguard.dev/v1
-kind: Workload
-metadata: {name: client, labels: {role: client}}
-spec: {node: n1, interface: veth-client, addresses: [10.250.3.2]}
----
-apiVersion: eastguard.dev/v1
-kind: Policy
-metadata: {name: shop}
-spec:
-  rules:
-    - name: client-to-web
-      from: [{selector: {role: client}}]
-      to: [{selector: {role: web}}]
-      ports: [{protocol: TCP, port: %s}]
-`, port)
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		panic(err)
+	}
+	return testutil.LabPolicy(testutil.Lab{Port: p, Workloads: []testutil.LabWorkload{
+		{Name: "web", Node: "n1", Interface: "veth-web", Addrs: []string{"10.250.1.2"}},
+		{Name: "client", Node: "n1", Interface: "veth-client", Addrs: []string{"10.250.3.2"}},
+	}})
 }
 
 // recorder is an Applier that keeps what it was given.

@@ -8,9 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // DefaultRefreshInterval is how often an open alert is re-posted to

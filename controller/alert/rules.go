@@ -12,8 +12,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

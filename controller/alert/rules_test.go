@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/alert"
-	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 

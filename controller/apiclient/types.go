@@ -165,17 +165,8 @@ func ParseKind(s string) (string, error) {
 // order.
 func RefsOf(set *policy.Set) []ResourceRef {
 	var refs []ResourceRef
-	for _, w := range set.Workloads {
-		refs = append(refs, ResourceRef{Kind: policy.KindWorkload, Name: w.Name})
-	}
-	for _, p := range set.Policies {
-		refs = append(refs, ResourceRef{Kind: policy.KindPolicy, Name: p.Name})
-	}
-	for _, a := range set.AlertRules {
-		refs = append(refs, ResourceRef{Kind: policy.KindAlertRule, Name: a.Name})
-	}
-	for _, w := range set.Webhooks {
-		refs = append(refs, ResourceRef{Kind: policy.KindWebhook, Name: w.Name})
+	for _, r := range set.Refs() {
+		refs = append(refs, ResourceRef{Kind: r.Kind, Name: r.Name})
 	}
 	return refs
 }

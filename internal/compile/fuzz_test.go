@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/eastguard/eastguard/internal/testutil"
 
 	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -18,7 +19,7 @@ import (
 // compiling twice gives the same bytes. The only errors allowed are the
 // datapath's capacity limits.
 func FuzzCompile(f *testing.F) {
-	seeds, _ := filepath.Glob("testdata/*.yaml")
+	seeds := testutil.PolicyFixtures(f)
 	for _, s := range seeds {
 		data, err := os.ReadFile(s)
 		if err != nil {

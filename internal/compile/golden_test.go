@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/eastguard/eastguard/internal/testutil"
+
 	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -17,13 +19,10 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/golden")
 
 // TestGolden compares the rendered rule set of every node of every
-// testdata input with testdata/golden/INPUT-NODE.{yaml,json}. Run with
+// policy fixture (internal/testutil/testdata) with testdata/golden/INPUT-NODE.{yaml,json}. Run with
 // -update to rewrite them, then review the diff.
 func TestGolden(t *testing.T) {
-	inputs, _ := filepath.Glob("testdata/*.yaml")
-	if len(inputs) == 0 {
-		t.Fatal("no testdata inputs")
-	}
+	inputs := testutil.PolicyFixtures(t)
 	for _, in := range inputs {
 		set, diags, err := policy.Load(in)
 		if err != nil || set == nil {
@@ -70,7 +69,7 @@ func TestGolden(t *testing.T) {
 // TestDeterministic: document and file order, and repeated runs, change
 // nothing: same rule sets, same hashes, same bytes.
 func TestDeterministic(t *testing.T) {
-	data, err := os.ReadFile("testdata/mixed.yaml")
+	data, err := os.ReadFile(testutil.PolicyFixture("mixed.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,16 +3,17 @@ package policy
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 // FuzzParse: the parser never panics, every diagnostic has a position and a
 // message, and a set is returned exactly when there is no error.
 func FuzzParse(f *testing.F) {
-	seeds, _ := filepath.Glob("testdata/*.yaml")
+	seeds := testutil.PolicyFixtures(f)
 	for _, s := range seeds {
 		data, err := os.ReadFile(s)
 		if err != nil {

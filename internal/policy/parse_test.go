@@ -8,11 +8,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/eastguard/eastguard/internal/testutil"
+
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 func TestLoadExample(t *testing.T) {
-	set, diags, err := Load("testdata/shop.yaml")
+	set, diags, err := Load(testutil.PolicyFixture("shop.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +196,7 @@ func TestWarnings(t *testing.T) {
 // applied either.
 func TestOneBadDocumentRejectsAll(t *testing.T) {
 	dir := t.TempDir()
-	good, _ := os.ReadFile("testdata/shop.yaml")
+	good, _ := os.ReadFile(testutil.PolicyFixture("shop.yaml"))
 	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), good, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +217,7 @@ func TestOneBadDocumentRejectsAll(t *testing.T) {
 }
 
 func TestLoadErrors(t *testing.T) {
-	if _, _, err := Load("testdata/does-not-exist.yaml"); err == nil {
+	if _, _, err := Load(filepath.Join(t.TempDir(), "does-not-exist.yaml")); err == nil {
 		t.Error("missing file: no error")
 	}
 	if _, _, err := Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "no .yaml or .yml files") {

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/eastguard/eastguard/internal/testutil"
+
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 
 	"google.golang.org/protobuf/proto"
@@ -18,7 +20,7 @@ func compiled(t *testing.T) map[string]*ruleset.RuleSet {
 	t.Helper()
 	out := make(map[string]*ruleset.RuleSet)
 	for _, f := range []string{"shop.yaml", "mixed.yaml"} {
-		set, diags, err := policy.Load("../compile/testdata/" + f)
+		set, diags, err := policy.Load(testutil.PolicyFixture(f))
 		if err != nil || diags.HasErrors() {
 			t.Fatalf("load %s: %v %v", f, err, diags.Err())
 		}

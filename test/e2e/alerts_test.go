@@ -160,7 +160,7 @@ func TestAlertEndToEnd(t *testing.T) {
 			"--controller", cp.addr(n), "--join-token", out[len(out)-1], "--state-dir", t.TempDir(),
 			"--bpffs-dir", n.BPFFSDir, "--log-format", "console"))
 	}
-	cp.apply(t, crossNodePolicy+fmt.Sprintf(alertPolicy, hookURL))
+	cp.apply(t, crossNodePolicy(web, client)+fmt.Sprintf(alertPolicy, hookURL))
 	cp.waitSynced(1, "node-a", "node-b")
 	if err := client.Dial(web.Addr4, 8080, 2*time.Second); err != nil {
 		t.Fatalf("allowed connection client -> web:8080: %v", err)
@@ -173,7 +173,7 @@ func TestAlertEndToEnd(t *testing.T) {
 		t.Fatal("client -> web:22 connected; want it dropped")
 	}
 	var first received
-	topo.Eventually(t, 15*time.Second, "the alert at the webhook", func() error {
+	testutil.Eventually(t, 15*time.Second, "the alert at the webhook", func() error {
 		got, errs := rc.requests()
 		if len(errs) > 0 {
 			t.Fatalf("webhook requests that do not verify or parse: %v", errs)
@@ -201,7 +201,7 @@ func TestAlertEndToEnd(t *testing.T) {
 	if err := client.Dial(web.Addr4, 22, 500*time.Millisecond); err == nil {
 		t.Fatal("second client -> web:22 connected")
 	}
-	topo.Eventually(t, 15*time.Second, "the alert counting the repeat", func() error {
+	testutil.Eventually(t, 15*time.Second, "the alert counting the repeat", func() error {
 		var rows []alertRow
 		if err := json.Unmarshal([]byte(cp.mustEgctl("alerts", "-o", "json")), &rows); err != nil {
 			return err

@@ -21,38 +21,7 @@ import (
 // workload "other" on node-a is not in the policy (no programs on it), so
 // only node-b's agent drops client -> other: it tells whether node-b
 // enforces.
-const crossNodePolicy = `apiVersion: eastguard.dev/v1
-kind: Workload
-metadata: {name: web, labels: {app: shop, role: web}}
-spec: {node: node-a, interface: eg1-web, addresses: [10.250.17.2, "fd0e:1:1::2"]}
----
-apiVersion: eastguard.dev/v1
-kind: Workload
-metadata: {name: client, labels: {app: shop, role: client}}
-spec: {node: node-b, interface: eg2-client, addresses: [10.250.35.2, "fd0e:2:3::2"]}
----
-apiVersion: eastguard.dev/v1
-kind: Policy
-metadata: {name: shop}
-spec:
-  rules:
-    - name: client-to-web
-      from: [{selector: {role: client}}]
-      to:   [{selector: {role: web}}]
-      ports: [{protocol: TCP, port: 8080}]
-`
-
-const extra9999 = `---
-apiVersion: eastguard.dev/v1
-kind: Policy
-metadata: {name: extra}
-spec:
-  rules:
-    - name: client-to-web-9999
-      from: [{selector: {role: client}}]
-      to:   [{selector: {role: web}}]
-      ports: [{protocol: TCP, port: 9999}]
-`
+func crossNodePolicy(web, client *topo.Workload) string { return topo.LabPolicy(false, web, client) }
 
 // agentRow is the part of `egctl agents -o json` this test reads.
 type agentRow struct {
@@ -111,7 +80,7 @@ func (cp *controlPlane) start() {
 		"--grpc-listen", ":7443", "--http-listen", "127.0.0.1:8080", "--log-format", "console"}, cp.args...)...)
 	cmd.Env = append(os.Environ(), cp.env...)
 	cp.proc = topo.Start(cp.t, "controller", cmd)
-	topo.Eventually(cp.t, 20*time.Second, "the controller to serve", func() error {
+	testutil.Eventually(cp.t, 20*time.Second, "the controller to serve", func() error {
 		if cp.proc.Exited() {
 			cp.t.Fatalf("controller exited:\n%s", cp.proc.Output())
 		}
@@ -159,7 +128,7 @@ func (cp *controlPlane) agents() (map[string]agentRow, error) {
 // the latest version (at least minVersion).
 func (cp *controlPlane) waitSynced(minVersion uint64, nodes ...string) {
 	cp.t.Helper()
-	topo.Eventually(cp.t, 30*time.Second, "agents in sync", func() error {
+	testutil.Eventually(cp.t, 30*time.Second, "agents in sync", func() error {
 		rows, err := cp.agents()
 		if err != nil {
 			return err
@@ -239,7 +208,7 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 	agentA, agentB := startAgent(nodeA, token("node-a")), startAgent(nodeB, token("node-b"))
 
 	// Apply: both ends enforce the cross-node edge.
-	cp.apply(t, crossNodePolicy)
+	cp.apply(t, crossNodePolicy(web, client))
 	cp.waitSynced(1, "node-a", "node-b")
 	mustPass("client -> web 8080", client.Dial(web.Addr4, 8080, 2*time.Second))
 	mustDrop("client -> web 22", client.Dial(web.Addr4, 22, quick))
@@ -248,7 +217,7 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 
 	// Invalid input changes nothing.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
-	os.WriteFile(bad, []byte(strings.Replace(extra9999, "port: 9999", "port: 99999", 1)), 0o644)
+	os.WriteFile(bad, []byte(strings.Replace(testutil.LabExtraPolicy(), "port: 9999", "port: 99999", 1)), 0o644)
 	if _, errs, err := cp.egctl("apply", "-f", bad); err == nil || !strings.Contains(errs, bad+":10:") || !strings.Contains(errs, "99999 is out of range") {
 		t.Errorf("invalid apply: %v\n%s", err, errs)
 	}
@@ -257,7 +226,7 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 	}
 
 	// A change reaches both ends.
-	cp.apply(t, crossNodePolicy+extra9999)
+	cp.apply(t, crossNodePolicy(web, client)+testutil.LabExtraPolicy())
 	cp.waitSynced(2, "node-a", "node-b")
 	mustPass("after the change: client -> web 9999", client.Dial(web.Addr4, 9999, 2*time.Second))
 
@@ -274,7 +243,7 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 	agentA.Kill()
 	mustDrop("agent-a down: other -> web 8080 (web's ingress)", other.Dial(web.Addr4, 8080, quick))
 	agentA = startAgent(nodeA, "")
-	topo.Eventually(t, 20*time.Second, "agent-a adopting its pins", func() error {
+	testutil.Eventually(t, 20*time.Second, "agent-a adopting its pins", func() error {
 		if !strings.Contains(agentA.Output(), `"adopted-links": 2`) {
 			return errors.New("no adoption logged yet")
 		}
@@ -293,7 +262,7 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 	}
 	mustPass("node-b uninstalled: client -> other", client.Dial(other.Addr4, 8080, 2*time.Second))
 	agentB = startAgent(nodeB, "")
-	topo.Eventually(t, 20*time.Second, "agent-b enforcing its last known good rule set", func() error {
+	testutil.Eventually(t, 20*time.Second, "agent-b enforcing its last known good rule set", func() error {
 		if agentB.Exited() {
 			t.Fatalf("agent-b exited:\n%s", agentB.Output())
 		}
@@ -311,7 +280,7 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 
 	// Revocation: the controller cuts node-b off; node-b keeps enforcing.
 	cp.mustEgctl("agent", "revoke", "node-b")
-	topo.Eventually(t, 20*time.Second, "node-b listed as revoked", func() error {
+	testutil.Eventually(t, 20*time.Second, "node-b listed as revoked", func() error {
 		rows, err := cp.agents()
 		if err != nil {
 			return err
@@ -321,7 +290,7 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
-	topo.Eventually(t, 10*time.Second, "agent-b logging the revocation", func() error {
+	testutil.Eventually(t, 10*time.Second, "agent-b logging the revocation", func() error {
 		if !strings.Contains(agentB.Output(), "revoked") {
 			return errors.New("not yet")
 		}

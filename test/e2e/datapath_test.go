@@ -19,55 +19,6 @@ import (
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
-const shopPolicy = `apiVersion: eastguard.dev/v1
-kind: Workload
-metadata: {name: web, labels: {app: shop, role: web}}
-spec: {node: node-a, interface: eg1-web, addresses: [10.250.17.2, "fd0e:1:1::2"]}
----
-apiVersion: eastguard.dev/v1
-kind: Workload
-metadata: {name: db, labels: {app: shop, role: db}}
-spec: {node: node-a, interface: eg1-db, addresses: [10.250.18.2, "fd0e:1:2::2"]}
----
-apiVersion: eastguard.dev/v1
-kind: Workload
-metadata: {name: client, labels: {app: shop, role: client}}
-spec: {node: node-a, interface: eg1-client, addresses: [10.250.19.2, "fd0e:1:3::2"]}
----
-apiVersion: eastguard.dev/v1
-kind: Policy
-metadata: {name: shop}
-spec:
-  rules:
-    - name: client-to-web
-      from: [{selector: {role: client}}]
-      to:   [{selector: {role: web}}]
-      ports: [{protocol: TCP, port: 8080}, {protocol: UDP, port: 5353}]
-    - name: web-to-db
-      from: [{selector: {role: web}}]
-      to:   [{selector: {role: db}}]
-      ports: [{protocol: TCP, port: 5432}]
-    - name: no-ssh
-      action: deny
-      from: [{cidr: 0.0.0.0/0}, {cidr: "::/0"}]
-      to:   [{selector: {}}]
-      ports: [{protocol: TCP, port: 22}]
-`
-
-// extraRule opens port 9999 from the client to web: used to prove that a
-// restarted agent still controls enforcement.
-const extraRule = `---
-apiVersion: eastguard.dev/v1
-kind: Policy
-metadata: {name: extra}
-spec:
-  rules:
-    - name: client-to-web-9999
-      from: [{selector: {role: client}}]
-      to:   [{selector: {role: web}}]
-      ports: [{protocol: TCP, port: 9999}]
-`
-
 // flowRecord is the part of the flow log this test reads.
 type flowRecord struct {
 	Direction   string `json:"direction"`
@@ -133,7 +84,7 @@ func TestDatapathEndToEnd(t *testing.T) {
 	db.Listen(t, 5432, 22)
 
 	policyDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(policyDir, "shop.yaml"), []byte(shopPolicy), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(policyDir, "shop.yaml"), []byte(topo.LabPolicy(true, web, db, client)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	stateDir, flowLog := t.TempDir(), filepath.Join(t.TempDir(), "flows.jsonl")
@@ -151,7 +102,7 @@ func TestDatapathEndToEnd(t *testing.T) {
 	})
 
 	// Before the agent: everything flows, IPv4 and IPv6.
-	topo.Eventually(t, 10*time.Second, "connectivity before the agent", func() error {
+	testutil.Eventually(t, 10*time.Second, "connectivity before the agent", func() error {
 		if err := client.Dial(web.Addr4, 22, time.Second); err != nil {
 			return err
 		}
@@ -191,7 +142,7 @@ func TestDatapathEndToEnd(t *testing.T) {
 	mustDrop("node -> web tcp/22 v6 (no-ssh at web)", node.Dial(web.Addr6, 22, quick))
 
 	// The flow log names the deciding rule at each end.
-	topo.Eventually(t, 3*time.Second, "flow records", func() error {
+	testutil.Eventually(t, 3*time.Second, "flow records", func() error {
 		recs := readFlows(t, flowLog)
 		for _, want := range []flowRecord{
 			{Direction: "egress", SrcWorkload: "client", DstWorkload: "web", DstPort: 8080, Verdict: "allowed", Rule: "shop/client-to-web"},
@@ -210,7 +161,7 @@ func TestDatapathEndToEnd(t *testing.T) {
 	})
 
 	// The agent's metrics count what just happened.
-	topo.Eventually(t, 3*time.Second, "agent metrics", func() error {
+	testutil.Eventually(t, 3*time.Second, "agent metrics", func() error {
 		m, err := node.Get("http://127.0.0.1:9790/metrics")
 		if err != nil {
 			return err
@@ -241,7 +192,7 @@ func TestDatapathEndToEnd(t *testing.T) {
 
 	// Restart: it adopts the pins, and a policy change takes effect.
 	agent = startAgent()
-	topo.Eventually(t, 10*time.Second, "restarted agent opening the datapath", func() error {
+	testutil.Eventually(t, 10*time.Second, "restarted agent opening the datapath", func() error {
 		if !strings.Contains(agent.Output(), "datapath open") {
 			return errors.New("no 'datapath open' line yet")
 		}
@@ -252,10 +203,10 @@ func TestDatapathEndToEnd(t *testing.T) {
 		t.Errorf("restarted agent did not adopt the 6 pinned links:\n%s", out)
 	}
 	mustDrop("after restart: client -> web tcp/22", client.Dial(web.Addr4, 22, quick))
-	if err := os.WriteFile(filepath.Join(policyDir, "shop.yaml"), []byte(shopPolicy+extraRule), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(policyDir, "shop.yaml"), []byte(topo.LabPolicy(true, web, db, client)+testutil.LabExtraPolicy()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	topo.Eventually(t, 10*time.Second, "the restarted agent applying a policy change", func() error {
+	testutil.Eventually(t, 10*time.Second, "the restarted agent applying a policy change", func() error {
 		return client.Dial(web.Addr4, 9999, quick)
 	})
 	mustDrop("after change: client -> web tcp/22", client.Dial(web.Addr4, 22, quick))
@@ -281,7 +232,7 @@ func TestDatapathEndToEnd(t *testing.T) {
 // port stops answering.
 func waitEnforcing(t *testing.T, agent *topo.Process, client, web *topo.Workload) {
 	t.Helper()
-	topo.Eventually(t, 15*time.Second, "the agent to enforce", func() error {
+	testutil.Eventually(t, 15*time.Second, "the agent to enforce", func() error {
 		if agent.Exited() {
 			t.Fatalf("agent exited:\n%s", agent.Output())
 		}

@@ -2,17 +2,16 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os/exec"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/eastguard/eastguard/controller/server"
+	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/testutil"
@@ -28,20 +27,20 @@ func BenchmarkPropagationRealAgent(b *testing.B) {
 	testutil.RequirePrivileged(b)
 	agentBin := topo.BuildBinary(b, "agent/cmd/eastguard-agent", b.TempDir())
 	node := topo.NewNode(b, "node-a", 1)
-	node.AddWorkload(b, "web", 1)
-	node.AddWorkload(b, "client", 3)
+	web := node.AddWorkload(b, "web", 1)
+	client := node.AddWorkload(b, "client", 3)
 
 	st, err := store.OpenSQLite(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	ca, err := server.LoadCA(context.Background(), st, nil, nil, zap.NewNop())
+	ca, err := controller.LoadCA(context.Background(), st, nil, nil, zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
 	}
-	acks := make(chan server.Ack, 16)
-	srv, err := server.New(context.Background(), server.Config{Store: st, CA: ca, OnAck: func(a server.Ack) { acks <- a }})
+	acks := make(chan agentapi.Ack, 16)
+	srv, err := controller.New(context.Background(), controller.Config{Store: st, CA: ca, OnAck: func(a agentapi.Ack) { acks <- a }})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -57,8 +56,8 @@ func BenchmarkPropagationRealAgent(b *testing.B) {
 	go srv.ServeGRPC(lis)
 
 	apply := func(port int) uint64 {
-		res, err := srv.Apply(context.Background(), []apiclient.File{{Name: "shop.yaml",
-			Content: strings.Replace(shopPolicy, "port: 8080", fmt.Sprintf("port: %d", port), 1)}}, false)
+		res, err := srv.Policy.Apply(context.Background(), []apiclient.File{{Name: "shop.yaml",
+			Content: testutil.LabPolicy(testutil.Lab{Workloads: []testutil.LabWorkload{web.Lab(), client.Lab()}, Port: port})}}, false)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -81,7 +80,7 @@ func BenchmarkPropagationRealAgent(b *testing.B) {
 		}
 	}
 	v := apply(8080)
-	tok, err := srv.CreateJoinToken(context.Background(), "node-a", time.Hour)
+	tok, err := srv.Agents.CreateJoinToken(context.Background(), "node-a", time.Hour)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -105,7 +105,7 @@ func BenchmarkThroughput(b *testing.B) {
 				agent = topo.Start(b, "agent", node.NS.Nsenter(context.Background(), bin, "--node", "node-t",
 					"--rule-set", rsFile, "--bpffs-dir", node.BPFFSDir, "--state-dir", filepath.Join(dir, "state"),
 					"--flow-log", filepath.Join(dir, "flows.jsonl"), "--log-format", "console"))
-				topo.Eventually(b, 20*time.Second, "the agent to apply the rule set", func() error {
+				testutil.Eventually(b, 20*time.Second, "the agent to apply the rule set", func() error {
 					if agent.Exited() {
 						b.Fatalf("agent exited:\n%s", agent.Output())
 					}

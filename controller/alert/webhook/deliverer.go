@@ -10,8 +10,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // Defaults of Config.

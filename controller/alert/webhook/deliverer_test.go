@@ -22,8 +22,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/eastguard/eastguard/controller/alert/webhook"
-	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // waitFor bounds every wait of these tests: generous, for a slow, noisy

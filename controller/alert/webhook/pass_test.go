@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // fakeOutbox answers the loop's reads with fixed due deliveries and next

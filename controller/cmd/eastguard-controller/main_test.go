@@ -1,114 +1,10 @@
 package main
 
 import (
-	"context"
 	"io"
-	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
-	"time"
-
-	"go.uber.org/zap"
-
-	"github.com/eastguard/eastguard/controller/apiclient"
 )
-
-// start runs the controller until the test ends and returns its admin
-// config once written, and its gRPC address.
-func start(t *testing.T, dataDir string) (*apiclient.Config, string) {
-	t.Helper()
-	// A free port for gRPC, so the test knows where to find it (the HTTP
-	// address is in admin.conf).
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcAddr := lis.Addr().String()
-	lis.Close()
-	o, err := parseFlags([]string{"--data-dir", dataDir, "--grpc-listen", grpcAddr, "--http-listen", "127.0.0.1:0"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	path := filepath.Join(dataDir, AdminConfigFile)
-	go func() { done <- controller(ctx, o, zap.NewNop()) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no admin.conf after 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cfg, err := apiclient.LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg, grpcAddr
-}
-
-func get(t *testing.T, url, token string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, url, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	// No retry: admin.conf is written only once both listeners accept.
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-func TestAdminConfAndHTTP(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "ctl")
-	cfg, grpcAddr := start(t, dir)
-	// Both listeners accept by the time admin.conf exists.
-	c, err := net.DialTimeout("tcp", grpcAddr, 5*time.Second)
-	if err != nil {
-		t.Errorf("gRPC listener not accepting once admin.conf is written: %v", err)
-	} else {
-		c.Close()
-	}
-	info, err := os.Stat(filepath.Join(dir, AdminConfigFile))
-	if err != nil || info.Mode().Perm() != 0o600 {
-		t.Errorf("admin.conf mode %v, %v", info.Mode().Perm(), err)
-	}
-	if !strings.HasPrefix(cfg.Server, "http://127.0.0.1:") || !strings.HasPrefix(cfg.Token, "egadm1.") {
-		t.Errorf("admin.conf: %+v", cfg)
-	}
-	for _, c := range []struct {
-		path, token string
-		want        int
-	}{
-		{"/healthz", "", 200}, {"/metrics", "", 200}, {"/", "", 200},
-		{"/api/v1/agents", "", 401}, {"/api/v1/policies", "egadm1.x.y", 401}, {"/api/v1/nothing", "", 401},
-		{"/api/v1/agents", cfg.Token, 200}, {"/api/v1/nothing", cfg.Token, 404},
-	} {
-		if code, body := get(t, cfg.Server+c.path, c.token); code != c.want {
-			t.Errorf("GET %s (token %q): %d, want %d\n%s", c.path, c.token, code, c.want, body)
-		}
-	}
-	if _, body := get(t, cfg.Server+"/metrics", ""); !strings.Contains(body, "eastguard_controller_agents_connected") {
-		t.Error("/metrics lacks eastguard_controller_agents_connected")
-	}
-}
 
 func TestParseFlags(t *testing.T) {
 	for _, args := range [][]string{
@@ -124,26 +20,7 @@ func TestParseFlags(t *testing.T) {
 		}
 	}
 	o, err := parseFlags([]string{"--data-dir", "d", "--advertise", "a.example,10.0.0.1", "--advertise", "b"}, io.Discard)
-	if err != nil || !slices.Equal(o.advertise, []string{"a.example", "10.0.0.1", "b"}) {
-		t.Errorf("--advertise: %v %v", o.advertise, err)
-	}
-}
-
-func TestServingHosts(t *testing.T) {
-	hosts := servingHosts("10.1.2.3:7443", []string{"ctl.example"}, zap.NewNop())()
-	for _, want := range []string{"localhost", "127.0.0.1", "::1", "10.1.2.3", "ctl.example"} {
-		if !slices.Contains(hosts, want) {
-			t.Errorf("hosts %v lack %s", hosts, want)
-		}
-	}
-	wild := servingHosts(":7443", nil, zap.NewNop())()
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLinkLocalUnicast() && !slices.Contains(wild, n.IP.String()) {
-			t.Errorf("wildcard hosts %v lack local address %s", wild, n.IP)
-		}
-	}
-	if got := apiURL(&net.TCPAddr{IP: net.IPv4zero, Port: 8080}, false); got != "http://127.0.0.1:8080" {
-		t.Errorf("apiURL of a wildcard: %s", got)
+	if err != nil || !slices.Equal(o.Advertise, []string{"a.example", "10.0.0.1", "b"}) {
+		t.Errorf("--advertise: %v %v", o.Advertise, err)
 	}
 }

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 var deleteCmd = &command{

@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
-const shop = "../../policy/testdata/shop.yaml"
+var shop = testutil.PolicyFixture("shop.yaml")
 
 func egctl(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()

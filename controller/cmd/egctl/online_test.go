@@ -1,17 +1,13 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"go.uber.org/zap"
-
-	"github.com/eastguard/eastguard/controller/server"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
@@ -28,31 +24,13 @@ func controller(t *testing.T) string {
 // store (for tests that put flows and alerts in it).
 func controllerWithStore(t *testing.T) (string, *store.SQLite) {
 	t.Helper()
+	h := controllertest.New(t)
+	cfg := h.ServeAPI()
 	dir := t.TempDir()
-	st, err := store.OpenSQLite(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ca, err := server.LoadCA(context.Background(), st, nil, nil, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(context.Background(), server.Config{Store: st, CA: ca})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	api := httptest.NewServer(srv.Handler(nil))
-	t.Cleanup(api.Close)
-	token, err := srv.NewAdminToken(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := (&apiclient.Config{Server: api.URL, Token: token}).Marshal()
+	data, _ := cfg.Marshal()
 	path := filepath.Join(dir, "admin.conf")
 	writeFile(t, path, string(data))
-	return path, st
+	return path, h.St
 }
 
 func TestOnlineCommands(t *testing.T) {

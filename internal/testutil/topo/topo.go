@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eastguard/eastguard/internal/testutil"
 	"github.com/eastguard/eastguard/internal/testutil/netns"
 )
 
@@ -50,6 +51,21 @@ type Workload struct {
 	HostIface string // on the node side
 	Addr4     netip.Addr
 	Addr6     netip.Addr
+}
+
+// Lab is the workload as testutil.LabPolicy places it.
+func (w *Workload) Lab() testutil.LabWorkload {
+	return testutil.LabWorkload{Name: w.Name, Node: w.Node.Name, Interface: w.HostIface,
+		Addrs: []string{w.Addr4.String(), w.Addr6.String()}}
+}
+
+// LabPolicy is testutil.LabPolicy for these workloads.
+func LabPolicy(full bool, ws ...*Workload) string {
+	lab := testutil.Lab{Full: full}
+	for _, w := range ws {
+		lab.Workloads = append(lab.Workloads, w.Lab())
+	}
+	return testutil.LabPolicy(lab)
 }
 
 // NewNode creates a node namespace that forwards IPv4 and IPv6.
@@ -398,22 +414,6 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// Eventually polls cond every 50 ms until it holds or timeout passes.
-func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = cond(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // BuildBinary compiles a main package of this module into dir.

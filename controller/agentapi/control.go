@@ -1,0 +1,251 @@
+package agentapi
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/eastguard/eastguard/controller/nodes"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/ruleset"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// control implements the gRPC Control service.
+type control struct {
+	pb.UnimplementedControlServer
+	s *Service
+}
+
+func remote(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		return p.Addr.String()
+	}
+	return "unknown"
+}
+
+// errBadToken is what every unusable token gets before its secret is
+// proven: nobody learns whether an id exists.
+var errBadToken = errors.New("join token not valid")
+
+// Join trades a one-time token and a CSR for a node certificate.
+func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+	s := c.s
+	log := s.log.With(zap.String("node", req.GetNode()), zap.String("token-id", req.GetTokenId()), zap.String("remote", remote(ctx)))
+	refuse := func(code codes.Code, err error) error {
+		s.m.refused.WithLabelValues("token").Inc()
+		log.Warn("join refused", zap.Error(err))
+		return status.Error(code, err.Error())
+	}
+	if err := pki.ValidNodeName(req.GetNode()); err != nil {
+		return nil, refuse(codes.InvalidArgument, err)
+	}
+	// The CSR is checked before the token is used up.
+	if _, err := pki.CheckCSR(req.GetCsr()); err != nil {
+		return nil, refuse(codes.InvalidArgument, err)
+	}
+	now := s.now()
+	_, err := s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error {
+		if !pki.SecretMatches(t.SecretHash, req.GetTokenSecret()) {
+			return errBadToken
+		}
+		if t.Node != req.GetNode() {
+			return status.Errorf(codes.PermissionDenied, "join token is for node %q, not %q", t.Node, req.GetNode())
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, errBadToken):
+		return nil, refuse(codes.Unauthenticated, errBadToken)
+	case errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpiry):
+		return nil, refuse(codes.Unauthenticated, err)
+	case status.Code(err) == codes.PermissionDenied:
+		return nil, refuse(codes.PermissionDenied, errors.New(status.Convert(err).Message()))
+	default:
+		log.Error("join failed", zap.Error(err))
+		return nil, status.Error(codes.Internal, "join failed; see the controller's log")
+	}
+	s.certMu.Lock() // see Renew
+	cert, certPEM, err := s.issueNodeCert(ctx, req.GetNode(), req.GetCsr(), now)
+	s.certMu.Unlock()
+	if err != nil {
+		return nil, refuse(codes.InvalidArgument, err)
+	}
+	s.nodes.Update(req.GetNode(), func(n *nodes.Node) {
+		n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
+	})
+	log.Info("node joined", zap.String("cert-serial", pki.Serial(cert)), zap.Time("cert-expiry", cert.NotAfter))
+	return &pb.JoinResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
+}
+
+// Renew signs a new certificate for the caller's node.
+func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResponse, error) {
+	s := c.s
+	// Issuing and revoking exclude each other: a revocation either comes
+	// first (authenticate refuses the certificate) or finds the new
+	// certificate in the store and revokes it too. Without this a
+	// revocation landing between the check and the issuing would leave
+	// the node a fresh, unrevoked certificate.
+	s.certMu.Lock()
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		s.certMu.Unlock()
+		return nil, err
+	}
+	cert, certPEM, err := s.issueNodeCert(ctx, id.node, req.GetCsr(), s.now())
+	s.certMu.Unlock()
+	if err != nil {
+		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.nodes.Update(id.node, func(n *nodes.Node) {
+		if ss, ok := n.Stream.(*session); ok {
+			ss.certExpiry.Store(cert.NotAfter.UnixNano())
+		}
+	})
+	s.log.Info("node certificate renewed", zap.String("node", id.node), zap.String("cert-serial", pki.Serial(cert)),
+		zap.Time("cert-expiry", cert.NotAfter))
+	return &pb.RenewResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
+}
+
+// issueNodeCert signs and records a node certificate.
+func (s *Service) issueNodeCert(ctx context.Context, name string, csr []byte, now time.Time) (*x509.Certificate, []byte, error) {
+	cert, certPEM, err := s.ca.SignNode(csr, name, s.cfg.NodeCertTTL, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.st.AddCert(ctx, store.Cert{Serial: pki.Serial(cert), Node: name, NotAfter: cert.NotAfter}); err != nil {
+		return nil, nil, err
+	}
+	s.nodes.Update(name, func(n *nodes.Node) { n.Rec.CertSerial, n.Rec.CertExpiry = pki.Serial(cert), cert.NotAfter })
+	return cert, certPEM, nil
+}
+
+// Connect serves an agent's stream.
+func (c *control) Connect(stream pb.Control_ConnectServer) error {
+	s := c.s
+	ctx := stream.Context()
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		return err
+	}
+	// One goroutine reads; the session goroutine (this one) does the rest.
+	msgs := make(chan *pb.AgentMessage)
+	recvErr := make(chan error, 1)
+	done := make(chan struct{})
+	defer close(done)
+	s.wg.Go(func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-done:
+				return
+			}
+		}
+	})
+
+	var hello *pb.Hello
+	timer := time.NewTimer(helloTimeout)
+	defer timer.Stop()
+	select {
+	case m := <-msgs:
+		if hello = m.GetHello(); hello == nil {
+			return status.Error(codes.InvalidArgument, "the first message on a stream must be Hello")
+		}
+	case err := <-recvErr:
+		return err
+	case <-timer.C:
+		return status.Error(codes.DeadlineExceeded, "no Hello")
+	case <-s.ctx.Done():
+		return status.Error(codes.Unavailable, "controller shutting down")
+	}
+	log := s.log.With(zap.String("node", id.node), zap.String("remote", remote(ctx)))
+	if hello.GetNode() != id.node {
+		s.m.refused.WithLabelValues("wrong_node").Inc()
+		log.Warn("stream refused: an agent spoke for another node than its certificate's", zap.String("claimed-node", hello.GetNode()))
+		return status.Errorf(codes.PermissionDenied, "this certificate is for node %q; it cannot speak for node %q", id.node, hello.GetNode())
+	}
+	mode := hello.GetDefaultMode()
+	if mode == "" {
+		mode = ruleset.ModeEnforce.String()
+	}
+	if mode != ruleset.ModeEnforce.String() && mode != ruleset.ModeMonitor.String() {
+		return status.Errorf(codes.InvalidArgument, "hello: default mode %q: want enforce or monitor", mode)
+	}
+	if err := s.policy.PrepareNode(ctx, id.node, mode); err != nil {
+		log.Error("no rule set for the node", zap.Error(err))
+		return status.Error(codes.Internal, "the controller could not compile this node's rule set; see its log")
+	}
+
+	ss := newSession(s, id.node, stream, hello)
+	ss.certExpiry.Store(id.cert.NotAfter.UnixNano())
+	if latest := s.nodes.Latest(id.node); latest != nil && hello.GetAppliedVersion() > latest.Num {
+		if _, err := s.policy.BumpPast(ctx, id.node, hello.GetAppliedVersion()); err != nil {
+			log.Error("version conflict not resolved", zap.Error(err))
+		}
+	}
+	if hello.GetAppliedVersion() > 0 {
+		ss.base = s.policy.StoredVersion(ctx, id.node, hello.GetAppliedVersion(), hello.GetAppliedHash())
+	}
+	s.attach(ss, hello)
+	latest := s.nodes.Latest(id.node)
+	if err := stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Welcome{Welcome: &pb.Welcome{
+		LatestVersion:       latest.Num,
+		HeartbeatIntervalMs: uint32(s.cfg.Heartbeat / time.Millisecond),
+		ControllerVersion:   s.cfg.Version,
+	}}}); err != nil {
+		s.detach(ss, err)
+		return err
+	}
+	log.Info("agent connected", zap.String("agent-version", hello.GetAgentVersion()),
+		zap.Uint64("applied-version", hello.GetAppliedVersion()), zap.Uint64("policy-version", latest.Num),
+		zap.Bool("delta-base-known", ss.base != nil))
+	err = ss.run(msgs, recvErr)
+	switch code := status.Code(err); {
+	case err == nil, code == codes.Canceled, code == codes.Aborted:
+		// The agent went away, or reconnected on a new stream.
+		s.detach(ss, nil)
+		log.Info("agent disconnected", zap.String("reason", fmt.Sprint(err)))
+	default:
+		s.detach(ss, err)
+		log.Warn("agent stream ended", zap.Error(err))
+	}
+	return err
+}
+
+// attach makes ss its node's stream, with what the agent said in Hello.
+func (s *Service) attach(ss *session, hello *pb.Hello) {
+	now := s.now()
+	replaced := s.nodes.Attach(ss.node, ss, func(n *nodes.Node) {
+		n.Rec.LastContact = now
+		n.Rec.AgentVersion, n.Rec.Kernel = hello.GetAgentVersion(), hello.GetKernel()
+		n.Rec.Capabilities = slices.Clone(hello.GetCapabilities())
+		n.Rec.AppliedVersion, n.Rec.AppliedHash = hello.GetAppliedVersion(), hello.GetAppliedHash()
+		n.Rec.LastError = ""
+	})
+	if !replaced {
+		s.m.connected.Inc()
+	}
+}
+
+// detach forgets ss if it is still its node's stream.
+func (s *Service) detach(ss *session, reason error) {
+	if s.nodes.Detach(ss.node, ss, reason) {
+		s.m.connected.Dec()
+	}
+}

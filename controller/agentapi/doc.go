@@ -1,0 +1,22 @@
+// Package agentapi is the controller's agent-facing gRPC service: Join (a
+// one-time token and a CSR for a node certificate), Renew, and Connect,
+// one stream per agent that carries rule sets down and acks, heartbeats,
+// counters and flow batches up. It owns the serving certificate (rotated
+// at two thirds of its life), node certificates and their revocation, and
+// join tokens.
+//
+// Invariants:
+//   - The node an agent speaks for is the node in its certificate; an
+//     expired certificate fails the handshake; a revoked one is refused
+//     on every RPC with PermissionDenied and the reason, and a revocation
+//     closes the node's stream.
+//   - Each stream has one goroutine that sends, so a slow agent only
+//     delays itself; it holds at most one update in flight and always
+//     sends the newest version next (older ones are skipped, never queued).
+//
+// It must not import restapi or the controller package that wires it.
+//
+// Lock order: Service.certMu, then the node table's lock. certMu orders
+// issuing a certificate against revoking a node's certificates. A
+// session's state is owned by its stream's goroutine.
+package agentapi

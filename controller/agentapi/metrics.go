@@ -1,0 +1,42 @@
+package agentapi
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the agent-facing service's.
+type metrics struct {
+	connected   prometheus.Gauge
+	propagation prometheus.Histogram
+	pushes      *prometheus.CounterVec
+	acks        *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "eastguard_controller_agents_connected",
+			Help: "Agents with an open control stream.",
+		}),
+		propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "eastguard_controller_policy_propagation_seconds",
+			Help:    "Time from committing a node's new rule-set version to its agent's ack of it applied to the kernel.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_rule_set_pushes_total",
+			Help: "Rule-set updates sent to agents, by kind (full or delta).",
+		}, []string{"kind"}),
+		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_acks_total",
+			Help: "Acks received from agents, by result (applied, apply_failed, delta_base, stale_version, invalid).",
+		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_agent_refusals_total",
+			Help: "Agent connections or RPCs refused, by reason (expired, revoked, unknown_ca, no_identity, wrong_node, token).",
+		}, []string{"reason"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused)
+	}
+	return m
+}

@@ -1,0 +1,250 @@
+package agentapi
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/flowingest"
+	"github.com/eastguard/eastguard/controller/nodes"
+	"github.com/eastguard/eastguard/controller/policyrepo"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/pki"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// Config configures a Service. Zero durations take the defaults.
+type Config struct {
+	Store  store.Store
+	CA     *pki.CA
+	Log    *zap.Logger
+	Now    func() time.Time
+	Nodes  *nodes.Table
+	Policy *policyrepo.Repo
+	Flows  *flowingest.Ingester
+	// Registry receives the service's metrics; nil means none.
+	Registry prometheus.Registerer
+	// ServingHosts returns the DNS names and IP addresses the serving
+	// certificate must cover; it is called at every rotation, so addresses
+	// that appear later are picked up.
+	ServingHosts func() []string
+	// NodeCertTTL is the lifetime of node certificates (default 1h);
+	// ServerCertTTL that of the serving certificate (default 24h). Both
+	// are renewed at two thirds of their life.
+	NodeCertTTL   time.Duration
+	ServerCertTTL time.Duration
+	// Heartbeat is how often the controller sends heartbeats on each
+	// stream; a stream silent for three of the agent's intervals is closed.
+	Heartbeat time.Duration
+	// Version is the controller's version as agents see it in Welcome.
+	Version string
+	// OnAck, if set, is called after each ack is recorded (tests and
+	// benchmarks wait on it). It must not block.
+	OnAck func(Ack)
+}
+
+// Ack is an agent's report on one version, as OnAck sees it.
+type Ack struct {
+	Node    string
+	Version uint64
+	Applied bool
+	Error   string
+}
+
+// Defaults.
+const (
+	DefaultHeartbeat = 10 * time.Second
+	// helloTimeout bounds the wait for an agent's first message.
+	helloTimeout = 30 * time.Second
+	// maxAgentMessage bounds what an agent may send (flow batches are the
+	// largest).
+	maxAgentMessage = 16 << 20
+)
+
+// Service is the agent-facing gRPC service. Create it with New, serve
+// with Serve, stop with Close.
+type Service struct {
+	cfg    Config
+	log    *zap.Logger
+	st     store.Store
+	ca     *pki.CA
+	now    func() time.Time
+	m      *metrics
+	nodes  *nodes.Table
+	policy *policyrepo.Repo
+	flows  *flowingest.Ingester
+
+	// certMu orders node certificate issuing against revocations.
+	certMu sync.Mutex
+	tls    *tlsState
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	grpc   *grpc.Server
+	closed sync.Once
+}
+
+// New makes the service: it loads the revoked certificates and issues a
+// serving certificate.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.CA == nil || cfg.Nodes == nil || cfg.Policy == nil || cfg.Flows == nil {
+		return nil, errors.New("agentapi: a store, a CA, the node table, the policy repository and the flow ingester are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.NodeCertTTL <= 0 {
+		cfg.NodeCertTTL = pki.DefaultNodeCertTTL
+	}
+	if cfg.ServerCertTTL <= 0 {
+		cfg.ServerCertTTL = pki.DefaultServerCertTTL
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	if cfg.ServingHosts == nil {
+		cfg.ServingHosts = func() []string { return []string{"localhost", "127.0.0.1", "::1"} }
+	}
+	s := &Service{
+		cfg: cfg, log: cfg.Log, st: cfg.Store, ca: cfg.CA, now: cfg.Now, m: newMetrics(cfg.Registry),
+		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	var err error
+	if s.tls, err = newTLSState(ctx, s); err != nil {
+		return nil, err
+	}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.tls.serverConfig())),
+		grpc.MaxRecvMsgSize(maxAgentMessage),
+		// Dead peers are found by transport keepalives even while a send
+		// to them is blocked.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Thousands of mostly idle streams: small per-connection buffers.
+		grpc.ReadBufferSize(8<<10),
+		grpc.WaitForHandlers(true),
+	)
+	pb.RegisterControlServer(s.grpc, &control{s: s})
+	s.wg.Go(func() { s.tls.rotate(s.ctx) })
+	return s, nil
+}
+
+// Serve serves the gRPC service on lis until Close.
+func (s *Service) Serve(lis net.Listener) error {
+	err := s.grpc.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// ServingCertificate returns the serving certificate in use.
+func (s *Service) ServingCertificate() *tls.Certificate { return s.tls.serving.Load() }
+
+// Close stops serving, closes every agent stream and waits for every
+// goroutine. Agents keep enforcing and reconnect when a controller is
+// back.
+func (s *Service) Close() {
+	s.closed.Do(func() {
+		s.cancel()
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			s.grpc.Stop() // streams never end by themselves
+			<-stopped
+		}
+		s.wg.Wait()
+	})
+}
+
+// Revoke revokes every certificate issued to node, closes its stream and
+// remembers why. The node stays listed, disconnected, until an agent joins
+// for it again with a new token.
+func (s *Service) Revoke(ctx context.Context, name string) (int, error) {
+	if !s.nodes.Known(name) {
+		return 0, fmt.Errorf("node %q: %w", name, nodes.ErrUnknownNode)
+	}
+	at := s.now()
+	s.certMu.Lock() // see Renew
+	certs, err := s.st.RevokeNode(ctx, name, at)
+	if err == nil {
+		s.tls.revoke(certs)
+	}
+	s.certMu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	reason := fmt.Sprintf("certificate revoked at %s: the agent must join again with a new token", at.UTC().Format(time.RFC3339))
+	s.nodes.Update(name, func(n *nodes.Node) {
+		n.Rec.Revoked = at
+		n.Rec.LastError = reason
+		if n.Stream != nil {
+			n.Stream.Close(&revokedError{serials: serials(certs), reason: reason})
+		}
+	})
+	s.log.Warn("node revoked", zap.String("node", name), zap.Int("certificates", len(certs)))
+	return len(certs), nil
+}
+
+func serials(certs []store.Cert) []string {
+	out := make([]string, len(certs))
+	for i, c := range certs {
+		out[i] = c.Serial
+	}
+	return out
+}
+
+// MaxJoinTokenTTL bounds join tokens: they are meant for the next few
+// minutes or hours, not as standing credentials.
+const MaxJoinTokenTTL = 7 * 24 * time.Hour
+
+// ErrInvalidArgument marks a request refused as malformed
+// (errors.Is(err, ErrInvalidArgument)); the error's text is the reason
+// alone.
+var ErrInvalidArgument = errors.New("invalid argument")
+
+type invalidArgument struct{ error }
+
+func (invalidArgument) Is(target error) bool { return target == ErrInvalidArgument }
+
+// CreateJoinToken makes a one-time token for node, valid for ttl.
+func (s *Service) CreateJoinToken(ctx context.Context, node string, ttl time.Duration) (*apiclient.JoinToken, error) {
+	if err := pki.ValidNodeName(node); err != nil {
+		return nil, invalidArgument{err}
+	}
+	if ttl <= 0 || ttl > MaxJoinTokenTTL {
+		return nil, invalidArgument{fmt.Errorf("ttl %s: want more than 0 and at most %s", ttl, MaxJoinTokenTTL)}
+	}
+	t, err := pki.NewJoinToken(s.ca.Fingerprint())
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	rec := store.JoinToken{ID: t.ID, SecretHash: pki.HashSecret(t.Secret), Node: node, Created: now, Expires: now.Add(ttl)}
+	if err := s.st.AddJoinToken(ctx, rec); err != nil {
+		return nil, err
+	}
+	s.log.Info("join token created", zap.String("node", node), zap.String("token-id", t.ID), zap.Time("expires", rec.Expires))
+	return &apiclient.JoinToken{Token: t.String(), Node: node, Expires: rec.Expires.UTC()}, nil
+}

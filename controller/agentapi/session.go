@@ -1,0 +1,344 @@
+package agentapi
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/eastguard/eastguard/controller/flowingest"
+	"github.com/eastguard/eastguard/controller/nodes"
+	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// revokedError closes the stream of a revoked node.
+type revokedError struct {
+	serials []string
+	reason  string
+}
+
+func (e *revokedError) Error() string { return e.reason }
+
+// session is one agent's stream. Its run goroutine owns base, inflight
+// and refused; other goroutines only wake it or close it.
+type session struct {
+	s      *Service
+	node   string
+	stream pb.Control_ConnectServer
+	log    *zap.Logger
+	// peerHeartbeat is the agent's heartbeat interval.
+	peerHeartbeat time.Duration
+	// certExpiry (Unix ns) is when the certificate the agent last
+	// presented or was issued expires; the stream is closed after it.
+	certExpiry atomic.Int64
+
+	wake      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+
+	// base is the version the agent enforces as far as the controller
+	// knows (nil: unknown, the next update is a full one); inflight the
+	// update sent and not acked yet; refused a version the agent could
+	// not apply, not sent again.
+	base     *nodes.Version
+	inflight *nodes.Version
+	refused  uint64
+	lastRecv time.Time
+
+	// Flow batches: the agent's admission to the ingester, the acks of its
+	// queued batches on the way back from the writer, and the rule names
+	// of the version the flows were decided by.
+	flows    *flowingest.Agent
+	flowAcks chan *pb.FlowAck
+	names    map[ruleset.RuleID]string
+	namesOf  *nodes.Version
+}
+
+func newSession(s *Service, node string, stream pb.Control_ConnectServer, hello *pb.Hello) *session {
+	hb := time.Duration(hello.GetHeartbeatIntervalMs()) * time.Millisecond
+	if hb <= 0 {
+		hb = DefaultHeartbeat
+	}
+	log := s.log.With(zap.String("node", node))
+	return &session{
+		s:             s,
+		node:          node,
+		stream:        stream,
+		log:           log,
+		flows:         s.flows.NewAgent(node, log),
+		peerHeartbeat: max(hb, 100*time.Millisecond),
+		wake:          make(chan struct{}, 1),
+		done:          make(chan struct{}),
+		lastRecv:      s.now(),
+		flowAcks:      make(chan *pb.FlowAck, flowingest.MaxInFlight),
+	}
+}
+
+// WakeUp tells the session that its node has a new version. It never
+// blocks: a wake-up already pending covers this one too.
+func (ss *session) WakeUp() {
+	select {
+	case ss.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close ends the session with err (the first reason wins).
+func (ss *session) Close(err error) {
+	ss.closeOnce.Do(func() {
+		ss.closeErr = err
+		close(ss.done)
+	})
+}
+
+// run serves the stream until it ends: it sends updates and heartbeats
+// and handles what the agent says, all from this one goroutine.
+func (ss *session) run(msgs <-chan *pb.AgentMessage, recvErr <-chan error) error {
+	tick := time.NewTicker(ss.s.cfg.Heartbeat)
+	defer tick.Stop()
+	for {
+		if err := ss.push(); err != nil {
+			return err
+		}
+		select {
+		case <-ss.s.ctx.Done():
+			return status.Error(codes.Unavailable, "controller shutting down")
+		case <-ss.done:
+			return ss.closed()
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case m := <-msgs:
+			if err := ss.handle(m); err != nil {
+				return err
+			}
+		case a := <-ss.flowAcks:
+			ss.flows.Done()
+			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_FlowAck{FlowAck: a}}); err != nil {
+				return err
+			}
+		case <-ss.wake:
+		case <-tick.C:
+			if err := ss.heartbeat(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (ss *session) closed() error {
+	var rev *revokedError
+	switch {
+	case errors.As(ss.closeErr, &rev):
+		_ = ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Revocation{Revocation: &pb.Revocation{
+			Node: ss.node, Reason: rev.reason, Serials: rev.serials,
+		}}})
+		return status.Error(codes.PermissionDenied, rev.reason)
+	case errors.Is(ss.closeErr, nodes.ErrReplaced):
+		return status.Error(codes.Aborted, ss.closeErr.Error())
+	}
+	return status.Error(codes.Unavailable, ss.closeErr.Error())
+}
+
+func (ss *session) heartbeat() error {
+	now := ss.s.now()
+	if exp := time.Unix(0, ss.certExpiry.Load()); now.After(exp) {
+		ss.s.m.refused.WithLabelValues("expired").Inc()
+		ss.log.Warn("closing stream: the agent's certificate expired and was not renewed",
+			zap.Time("cert-expiry", exp))
+		return status.Errorf(codes.Unauthenticated, "certificate expired at %s and was not renewed", exp.UTC().Format(time.RFC3339))
+	}
+	if silent := now.Sub(ss.lastRecv); silent > 3*ss.peerHeartbeat+ss.s.cfg.Heartbeat {
+		return status.Errorf(codes.DeadlineExceeded, "no message from the agent for %s (heartbeat every %s)",
+			silent.Round(time.Millisecond), ss.peerHeartbeat)
+	}
+	return ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Heartbeat{Heartbeat: &pb.Heartbeat{UnixNano: now.UnixNano()}}})
+}
+
+// push sends the node's newest version unless an update is in flight, the
+// agent has it, or the agent refused it. An update is a delta from the
+// agent's version when the controller knows that version and the delta is
+// smaller than the whole rule set.
+func (ss *session) push() error {
+	if ss.inflight != nil {
+		return nil
+	}
+	latest := ss.s.nodes.Latest(ss.node)
+	if latest == nil || latest.Num == ss.refused || ss.base != nil && ss.base.Num == latest.Num {
+		return nil
+	}
+	msg := &pb.ControllerMessage{}
+	kind := "full"
+	if ss.base != nil {
+		d := ruleset.Diff(ss.base.RuleSet, latest.RuleSet)
+		if d.Len() < ruleSetItems(latest.RuleSet) {
+			d.BaseHash, d.Hash, d.Version = ss.base.Hash, latest.Hash, latest.Num
+			msg.Msg = &pb.ControllerMessage_Delta{Delta: wire.FromDelta(&d, ss.base.Num)}
+			kind = "delta"
+		}
+	}
+	if msg.Msg == nil {
+		// Built for each send, not kept: a node has one agent, and the wire
+		// form of a large rule set is several times its size.
+		msg.Msg = &pb.ControllerMessage_Full{Full: wire.FromRuleSet(latest.RuleSet, latest.Hash)}
+	}
+	if err := ss.stream.Send(msg); err != nil {
+		return err
+	}
+	ss.inflight = latest
+	ss.s.m.pushes.WithLabelValues(kind).Inc()
+	ss.log.Debug("rule set sent", zap.String("kind", kind), zap.Uint64("policy-version", latest.Num))
+	return nil
+}
+
+func ruleSetItems(rs *ruleset.RuleSet) int {
+	return len(rs.Endpoints) + len(rs.IPCache) + len(rs.Entries) + len(rs.Rules)
+}
+
+// handle processes one message from the agent.
+func (ss *session) handle(m *pb.AgentMessage) error {
+	ss.lastRecv = ss.s.now()
+	switch msg := m.GetMsg().(type) {
+	case *pb.AgentMessage_Ack:
+		ss.onAck(msg.Ack)
+	case *pb.AgentMessage_Heartbeat:
+	case *pb.AgentMessage_Counters:
+		ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Counters = msg.Counters.GetValues() })
+	case *pb.AgentMessage_Flows:
+		if ack := ss.flows.Submit(msg.Flows, ss.ruleNamer(), ss.flowAck); ack != nil {
+			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_FlowAck{FlowAck: ack}}); err != nil {
+				return err
+			}
+		}
+	case *pb.AgentMessage_Hello:
+		return status.Error(codes.InvalidArgument, "hello sent twice on one stream")
+	default:
+		// A newer agent's message this controller does not know: ignore
+		// it, as protobuf lets old readers do.
+		ss.log.Debug("unknown message from agent ignored")
+	}
+	ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Rec.LastContact = ss.lastRecv })
+	return nil
+}
+
+// onAck records the outcome of the update in flight and decides what
+// follows it.
+func (ss *session) onAck(a *pb.Ack) {
+	v := ss.inflight
+	if v == nil || a.GetVersion() != v.Num {
+		ss.log.Debug("ack of a version not in flight ignored", zap.Uint64("policy-version", a.GetVersion()))
+		return
+	}
+	ss.inflight = nil
+	now := ss.s.now()
+	result := "applied"
+	var lastErr string
+	switch a.GetCode() {
+	case pb.AckCode_ACK_CODE_APPLIED:
+		if a.GetHash() != v.Hash {
+			// The agent enforces something else than what was sent: start
+			// over with a full rule set, once.
+			result = "invalid"
+			lastErr = fmt.Sprintf("version %d applied with hash %s, the controller's is %s", v.Num, a.GetHash(), v.Hash)
+			if ss.base == nil {
+				ss.refused = v.Num
+			}
+			ss.base = nil
+			break
+		}
+		ss.base, ss.refused = v, 0
+		if !v.At.IsZero() {
+			ss.s.m.propagation.Observe(now.Sub(v.At).Seconds())
+		}
+	case pb.AckCode_ACK_CODE_DELTA_BASE:
+		result = "delta_base"
+		ss.log.Info("agent could not apply a delta; sending the full rule set", zap.String("error", a.GetError()))
+		ss.base = nil
+	case pb.AckCode_ACK_CODE_STALE_VERSION:
+		result = "stale_version"
+		ss.base = nil
+		if _, err := ss.s.policy.BumpPast(ss.s.ctx, ss.node, a.GetAppliedVersion()); err != nil {
+			ss.refused = v.Num
+			lastErr = fmt.Sprintf("agent enforces version %d, newer than any this controller has: %v", a.GetAppliedVersion(), err)
+		}
+	default:
+		result = "apply_failed"
+		if a.GetCode() == pb.AckCode_ACK_CODE_INVALID {
+			result = "invalid"
+		}
+		ss.refused = v.Num
+		if ss.base != nil && a.GetHash() != ss.base.Hash {
+			ss.base = nil
+		}
+		lastErr = fmt.Sprintf("version %d not applied: %s; version %d stays in force", v.Num, a.GetError(), a.GetAppliedVersion())
+		ss.log.Warn("agent could not apply a rule set; its previous one stays in force",
+			zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()), zap.String("error", a.GetError()))
+	}
+	ss.s.m.acks.WithLabelValues(result).Inc()
+	ss.s.nodes.Update(ss.node, func(n *nodes.Node) {
+		if result == "applied" {
+			n.Rec.AppliedVersion, n.Rec.AppliedHash, n.Rec.AppliedAt = v.Num, v.Hash, now
+			n.Pending = a.GetPendingInterfaces()
+		}
+		n.Rec.LastError = lastErr
+	})
+	if f := ss.s.cfg.OnAck; f != nil {
+		f(Ack{Node: ss.node, Version: v.Num, Applied: result == "applied", Error: lastErr})
+	}
+}
+
+// flowAck hands an ack to the session goroutine. The channel holds
+// flowingest.MaxInFlight acks, as many as batches can be in flight (a batch
+// leaves flight when its ack is taken from the channel), so this never
+// blocks; a session that ended drops it (its agent resends the
+// batch, which is then recognised as stored).
+func (ss *session) flowAck(a *pb.FlowAck) {
+	select {
+	case ss.flowAcks <- a:
+	case <-ss.done:
+	default:
+		ss.log.Error("flow ack dropped: ack channel full (bug)")
+	}
+}
+
+// ruleNamer names rule ids from the rule set the agent enforces (the
+// flows were decided by it), or the newest one when that is not known.
+func (ss *session) ruleNamer() func(ruleset.RuleID) string {
+	v := ss.base
+	if v == nil {
+		v = ss.s.nodes.Latest(ss.node)
+	}
+	if v == nil {
+		return func(id ruleset.RuleID) string {
+			if id == ruleset.RuleDefaultDeny {
+				return ruleset.DefaultDenyName
+			}
+			return fmt.Sprintf("rule-%d", id)
+		}
+	}
+	if ss.names == nil || ss.namesOf != v {
+		ss.names = make(map[ruleset.RuleID]string, len(v.RuleSet.Rules))
+		for _, r := range v.RuleSet.Rules {
+			ss.names[r.ID] = r.Name
+		}
+		ss.namesOf = v
+	}
+	names, rs := ss.names, v.RuleSet
+	return func(id ruleset.RuleID) string {
+		if n, ok := names[id]; ok {
+			return n
+		}
+		return rs.RuleName(id)
+	}
+}

@@ -1,0 +1,219 @@
+// Package controller wires Eastguard's central service together: the
+// node table (nodes), the policy repository (policyrepo), the agent-facing
+// gRPC service (agentapi), flow ingest and alerts (flowingest, alert,
+// alert/webhook) and the admin REST API (restapi), over one store. New
+// builds them for a store and a CA (tests use it in-process); Run is the
+// whole process as eastguard-controller runs it: the store in the data
+// directory, the CA, both listeners and admin.conf.
+//
+// It must not import anything under agent/.
+package controller
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/alert"
+	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/flowingest"
+	"github.com/eastguard/eastguard/controller/nodes"
+	"github.com/eastguard/eastguard/controller/policyrepo"
+	"github.com/eastguard/eastguard/controller/restapi"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/policy"
+)
+
+// Config configures a Controller. Zero durations take the defaults.
+type Config struct {
+	Store store.Store
+	CA    *pki.CA
+	Log   *zap.Logger
+	// Registry receives the controller's metrics; nil means none.
+	Registry prometheus.Registerer
+	// Version is the controller's version as agents see it.
+	Version string
+	// ServingHosts returns the DNS names and IP addresses the serving
+	// certificate must cover, at every rotation.
+	ServingHosts func() []string
+	// NodeCertTTL is the lifetime of node certificates (default 1h);
+	// ServerCertTTL that of the serving certificate (default 24h).
+	NodeCertTTL   time.Duration
+	ServerCertTTL time.Duration
+	// Heartbeat is how often the controller sends heartbeats on each
+	// stream.
+	Heartbeat time.Duration
+	// FlushInterval is how often agents' status is written to the store.
+	FlushInterval time.Duration
+	// Now is the clock (tests move it); nil is time.Now.
+	Now func() time.Time
+	// Flow and alert handling; zero values take flowingest's defaults.
+	FlowRetention  time.Duration
+	FlowMaxBytes   int64
+	AlertRetention time.Duration
+	// AgentFlowRate is each agent's flow records per second (negative:
+	// unlimited).
+	AgentFlowRate float64
+	// AlertRefresh is how often open alerts are re-posted to
+	// Alertmanager webhooks.
+	AlertRefresh time.Duration
+	// BuiltinAlerts configures the built-in "any denied flow" rule.
+	BuiltinAlerts alert.Builtin
+	// DashboardURL is the base of the alert links sent to webhooks ("" for
+	// none).
+	DashboardURL string
+	// WebhookGiveUp is how long a webhook delivery is retried;
+	// WebhookTimeout bounds one attempt; WebhookMinBackoff is the first
+	// retry's wait. Zero takes the webhook package's defaults.
+	WebhookGiveUp     time.Duration
+	WebhookTimeout    time.Duration
+	WebhookMinBackoff time.Duration
+	// OnAck, if set, is called after each agent ack is recorded (tests
+	// and benchmarks wait on it). It must not block.
+	OnAck func(agentapi.Ack)
+}
+
+// DefaultFlushInterval is how often agents' status is written to the
+// store by default.
+const DefaultFlushInterval = time.Second
+
+// Controller is the central service's parts, wired. Its fields are for
+// callers that drive a part directly (egctl's API handlers go through
+// API; tests apply policy through Policy).
+type Controller struct {
+	Nodes  *nodes.Table
+	Policy *policyrepo.Repo
+	Agents *agentapi.Service
+	Flows  *flowingest.Ingester
+	API    *restapi.API
+
+	nodes    *nodes.Table
+	webhooks *webhook.Deliverer
+	flush    time.Duration
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closed   sync.Once
+}
+
+// New loads the controller's state from the store and reconciles it with
+// the compiler: nodes whose compiled rule set changed (a new controller
+// version) get a new version. Its background work (status flushes, flow
+// ingest, webhook deliveries, certificate rotation) runs until Close.
+func New(ctx context.Context, cfg Config) (*Controller, error) {
+	if cfg.Store == nil || cfg.CA == nil {
+		return nil, errors.New("controller: a store and a CA are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = DefaultFlushInterval
+	}
+	if cfg.AlertRefresh <= 0 {
+		cfg.AlertRefresh = alert.DefaultRefreshInterval
+	}
+	log := cfg.Log
+	c := &Controller{flush: cfg.FlushInterval}
+	c.nodes = nodes.New(cfg.Store, cfg.Now, log)
+	c.Nodes = c.nodes
+	c.Flows = flowingest.New(flowingest.Config{
+		Store: cfg.Store, Log: log.Named("flows"), Now: cfg.Now, Registry: cfg.Registry,
+		FlowRetention: cfg.FlowRetention, FlowMaxBytes: cfg.FlowMaxBytes, AlertRetention: cfg.AlertRetention,
+		AgentFlowRate: cfg.AgentFlowRate, AlertRefresh: cfg.AlertRefresh, BuiltinAlerts: cfg.BuiltinAlerts,
+	})
+	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "eastguard_controller_webhook_deliveries_total",
+		Help: "Webhook delivery attempts, by webhook and outcome (delivered, retry, gave_up).",
+	}, []string{"webhook", "outcome"})
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(deliveries)
+	}
+	var err error
+	c.webhooks, err = webhook.New(webhook.Config{
+		Store: cfg.Store,
+		// Read at every attempt: deliveries already queued follow a
+		// webhook whose URL or secret changed.
+		Webhooks:    func(name string) (policy.Webhook, bool) { return c.Flows.Policy().Webhook(name) },
+		Log:         log.Named("webhooks"),
+		Timeout:     cfg.WebhookTimeout,
+		MinBackoff:  cfg.WebhookMinBackoff,
+		GiveUpAfter: cfg.WebhookGiveUp,
+		// Five re-post intervals: Alertmanager keeps a live alert through
+		// a few missed re-posts (a controller restart) but resolves it by
+		// itself once the controller is gone for good.
+		AlertmanagerResolveAfter: 5 * cfg.AlertRefresh,
+		DashboardURL:             cfg.DashboardURL,
+		Now:                      cfg.Now,
+		Outcome:                  func(hook, outcome string) { deliveries.WithLabelValues(hook, outcome).Inc() },
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.Flows.OnDeliveries(c.webhooks.Kick)
+	c.Policy = policyrepo.New(policyrepo.Config{
+		Store: cfg.Store, Nodes: c.nodes, Log: log, Now: cfg.Now, OnChange: c.Flows.SetPolicy,
+	})
+	if err := c.nodes.Load(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.Policy.Load(ctx); err != nil {
+		return nil, err
+	}
+	c.Agents, err = agentapi.New(ctx, agentapi.Config{
+		Store: cfg.Store, CA: cfg.CA, Log: log, Now: cfg.Now, Registry: cfg.Registry,
+		Nodes: c.nodes, Policy: c.Policy, Flows: c.Flows,
+		ServingHosts: cfg.ServingHosts, NodeCertTTL: cfg.NodeCertTTL, ServerCertTTL: cfg.ServerCertTTL,
+		Heartbeat: cfg.Heartbeat, Version: cfg.Version, OnAck: cfg.OnAck,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.API = restapi.New(restapi.Config{
+		Store: cfg.Store, Log: log, Now: cfg.Now, Nodes: c.nodes, Policy: c.Policy, Agents: c.Agents,
+	})
+	run, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.wg.Go(func() { c.nodes.Run(run, c.flush) })
+	c.wg.Go(func() { c.Flows.Run(run) })
+	c.wg.Go(func() { c.webhooks.Run(run) })
+	return c, nil
+}
+
+// ServeGRPC serves the agent-facing gRPC service on lis until Close.
+func (c *Controller) ServeGRPC(lis net.Listener) error { return c.Agents.Serve(lis) }
+
+// Handler serves the HTTP listener: /healthz, /metrics (from metrics, if
+// not nil), GET / and the admin API.
+func (c *Controller) Handler(metrics prometheus.Gatherer) http.Handler { return c.API.Handler(metrics) }
+
+// ServingCertificate returns the gRPC serving certificate in use.
+func (c *Controller) ServingCertificate() *tls.Certificate { return c.Agents.ServingCertificate() }
+
+// Close stops serving, closes every agent stream, waits for every
+// goroutine and writes the agents' last status to the store. Agents keep
+// enforcing and reconnect when a controller is back.
+func (c *Controller) Close() error {
+	var err error
+	c.closed.Do(func() {
+		c.Agents.Close()
+		c.cancel()
+		c.wg.Wait()
+		if err = c.nodes.Flush(context.Background()); err != nil {
+			err = fmt.Errorf("final flush of agent status: %w", err)
+		}
+	})
+	return err
+}

@@ -1,0 +1,255 @@
+// Package controllertest runs a controller in-process for tests: its
+// store in a temporary directory that survives restarts, gRPC on a
+// loopback port kept across restarts, a clock the test can move, logs and
+// metrics the test can read, and the admin API on an httptest server.
+// Only tests import it; it must not import anything under agent/.
+package controllertest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/pki"
+)
+
+// Clock is the controller's clock in tests: real time plus an offset the
+// test can move forward.
+type Clock struct{ offset atomic.Int64 }
+
+// Now is the clock's time.
+func (c *Clock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+// Advance moves the clock forward.
+func (c *Clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// Controller is a controller serving gRPC on loopback.
+type Controller struct {
+	T     testing.TB
+	Dir   string
+	St    *store.SQLite
+	CA    *pki.CA
+	Srv   *controller.Controller
+	Addr  string // gRPC
+	Reg   *prometheus.Registry
+	Logs  *observer.ObservedLogs
+	Clock *Clock
+	Cfg   controller.Config
+	// StoreOpts are passed to OpenSQLite at every start.
+	StoreOpts []store.Option
+	// WrapStore, if set, wraps the store the controller is given (tests
+	// inject failures with it).
+	WrapStore func(store.Store) store.Store
+
+	serveWG sync.WaitGroup
+	mu      sync.Mutex
+	acks    []agentapi.Ack
+}
+
+// Option changes the controller's configuration before it starts.
+type Option func(*controller.Config)
+
+// New starts a controller with short heartbeats and flushes; it is
+// stopped when the test ends.
+func New(t testing.TB, opts ...Option) *Controller {
+	t.Helper()
+	h := &Controller{T: t, Dir: t.TempDir(), Clock: &Clock{}}
+	h.Cfg = controller.Config{
+		Heartbeat:     200 * time.Millisecond,
+		FlushInterval: 50 * time.Millisecond,
+		Now:           h.Clock.Now,
+		OnAck: func(a agentapi.Ack) {
+			h.mu.Lock()
+			h.acks = append(h.acks, a)
+			h.mu.Unlock()
+		},
+	}
+	for _, o := range opts {
+		o(&h.Cfg)
+	}
+	h.Start()
+	t.Cleanup(h.Stop)
+	return h
+}
+
+// Acks returns the acks recorded so far.
+func (h *Controller) Acks() []agentapi.Ack {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]agentapi.Ack(nil), h.acks...)
+}
+
+// Start opens the store and serves; the listener's port is kept across
+// restarts so that agents find the controller again.
+func (h *Controller) Start() {
+	h.T.Helper()
+	var err error
+	if h.St, err = store.OpenSQLite(h.Dir, h.StoreOpts...); err != nil {
+		h.T.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	h.Logs = logs
+	log := zap.New(core)
+	if h.CA, err = controller.LoadCA(context.Background(), h.St, nil, nil, log); err != nil {
+		h.T.Fatal(err)
+	}
+	h.Reg = prometheus.NewRegistry()
+	cfg := h.Cfg
+	cfg.Store, cfg.CA, cfg.Log, cfg.Registry = h.St, h.CA, log, h.Reg
+	if h.WrapStore != nil {
+		cfg.Store = h.WrapStore(h.St)
+	}
+	if h.Srv, err = controller.New(context.Background(), cfg); err != nil {
+		h.T.Fatal(err)
+	}
+	addr := h.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var lis net.Listener
+	for range 50 { // the old listener's port may take a moment to free
+		if lis, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	h.Addr = lis.Addr().String()
+	h.serveWG.Go(func() {
+		if err := h.Srv.ServeGRPC(lis); err != nil {
+			h.T.Errorf("serve: %v", err)
+		}
+	})
+}
+
+// Stop stops the controller and closes its store (a no-op if stopped).
+func (h *Controller) Stop() {
+	if h.Srv == nil {
+		return
+	}
+	if err := h.Srv.Close(); err != nil {
+		h.T.Errorf("close: %v", err)
+	}
+	h.serveWG.Wait()
+	if err := h.St.Close(); err != nil {
+		h.T.Errorf("close store: %v", err)
+	}
+	h.Srv = nil
+}
+
+// Restart stops and starts the controller on the same store and port.
+func (h *Controller) Restart() {
+	h.T.Helper()
+	h.Stop()
+	h.Start()
+}
+
+// Token makes a join token for node.
+func (h *Controller) Token(node string, ttl time.Duration) string {
+	h.T.Helper()
+	tok, err := h.Srv.Agents.CreateJoinToken(context.Background(), node, ttl)
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	return tok.Token
+}
+
+// Apply applies each file's content as one change and fails the test if
+// it is refused.
+func (h *Controller) Apply(files ...string) *apiclient.ChangeResult {
+	h.T.Helper()
+	var in []apiclient.File
+	for i, f := range files {
+		in = append(in, apiclient.File{Name: fmt.Sprintf("f%d.yaml", i+1), Content: f})
+	}
+	res, err := h.Srv.Policy.Apply(context.Background(), in, false)
+	if err != nil {
+		h.T.Fatalf("apply: %v", err)
+	}
+	return res
+}
+
+// AgentStatus returns a node's status as the API lists it (zero if the
+// node is not listed).
+func (h *Controller) AgentStatus(node string) apiclient.AgentStatus {
+	for _, a := range h.Srv.Nodes.Agents() {
+		if a.Node == node {
+			return a
+		}
+	}
+	return apiclient.AgentStatus{}
+}
+
+// Counter reads a counter of the controller's registry.
+func (h *Controller) Counter(name, label, value string) float64 {
+	h.T.Helper()
+	mfs, err := h.Reg.Gather()
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// Logged returns the log messages (with their error field) that contain
+// every one of the words.
+func (h *Controller) Logged(words ...string) []string {
+	var out []string
+	for _, e := range h.Logs.All() {
+		line := e.Message
+		for _, f := range e.Context {
+			if f.Key == "error" {
+				line += ": " + fmt.Sprint(f.Interface)
+			}
+		}
+		ok := true
+		for _, w := range words {
+			ok = ok && strings.Contains(line, w)
+		}
+		if ok {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// ServeAPI serves the controller's HTTP handler on an httptest server
+// until the test ends, and returns its admin configuration (URL and a new
+// admin token).
+func (h *Controller) ServeAPI() *apiclient.Config {
+	h.T.Helper()
+	api := httptest.NewServer(h.Srv.Handler(h.Reg))
+	h.T.Cleanup(api.Close)
+	token, err := h.Srv.API.NewAdminToken(context.Background())
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	return &apiclient.Config{Server: api.URL, Token: token}
+}

@@ -1,0 +1,326 @@
+package flowingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/controller/alert"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/policy"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// Defaults.
+const (
+	DefaultFlowRetention  = 7 * 24 * time.Hour
+	DefaultFlowMaxBytes   = 4 << 30
+	DefaultAlertRetention = 30 * 24 * time.Hour
+	// DefaultAgentFlowRate is the records per second one agent may send
+	// on average (a burst of ten seconds' worth is allowed); beyond it its
+	// batches are answered "retry later" and wait in its spool.
+	DefaultAgentFlowRate = 20000
+	// queueLen bounds the batches waiting for the store writer; a full
+	// queue answers "retry later" rather than holding a stream.
+	queueLen = 256
+	// maxGroup bounds the batches one store transaction takes: group
+	// commit amortises the fsync over many agents' batches.
+	maxGroup = 64
+	// MaxInFlight bounds one agent's batches between arrival and ack, so
+	// a session's ack channel of this size never blocks the writer.
+	MaxInFlight = 16
+	// housekeeping is how often alerts are swept (window expiry,
+	// Alertmanager re-posts) and retention applied.
+	housekeeping = 2 * time.Second
+	// pruneChunk bounds the rows one housekeeping pass deletes, so that
+	// retention never stalls ingestion for long.
+	pruneChunk = 50000
+)
+
+// Config configures an Ingester. Zero values take the defaults.
+type Config struct {
+	Store    store.Store
+	Log      *zap.Logger
+	Now      func() time.Time
+	Registry prometheus.Registerer
+	// FlowRetention and FlowMaxBytes bound the stored flows by age and
+	// size; AlertRetention the resolved alerts and finished deliveries.
+	FlowRetention  time.Duration
+	FlowMaxBytes   int64
+	AlertRetention time.Duration
+	// AgentFlowRate is each agent's flow records per second (negative:
+	// unlimited).
+	AgentFlowRate float64
+	// AlertRefresh is how often open alerts are re-posted to
+	// Alertmanager webhooks.
+	AlertRefresh time.Duration
+	// BuiltinAlerts configures the built-in "any denied flow" rule.
+	BuiltinAlerts alert.Builtin
+}
+
+// batch is one validated flow batch on its way to the store.
+type batch struct {
+	agent   *Agent
+	spoolID uint64
+	seq     uint64
+	lost    uint64
+	recs    []flowrecord.Record
+	reply   func(*pb.FlowAck)
+}
+
+// Ingester is the single writer of the event store: flow batches, the
+// alerts they raise, alert sweeps and retention all go through its one
+// goroutine (Run), so SQLite never sees two writers and batches from many
+// agents share a transaction.
+type Ingester struct {
+	cfg    Config
+	st     store.Store
+	log    *zap.Logger
+	now    func() time.Time
+	m      *metrics
+	engine *alert.Engine
+	queue  chan *batch
+	// kick tells the webhook deliverer that deliveries were queued; set
+	// before Run.
+	kick func()
+	// lastSize is when the store's size was last measured.
+	lastSize time.Time
+}
+
+// New returns an ingester; Run serves it.
+func New(cfg Config) *Ingester {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.FlowRetention <= 0 {
+		cfg.FlowRetention = DefaultFlowRetention
+	}
+	if cfg.FlowMaxBytes <= 0 {
+		cfg.FlowMaxBytes = DefaultFlowMaxBytes
+	}
+	if cfg.AlertRetention <= 0 {
+		cfg.AlertRetention = DefaultAlertRetention
+	}
+	if cfg.AgentFlowRate == 0 {
+		cfg.AgentFlowRate = DefaultAgentFlowRate
+	}
+	if cfg.AlertRefresh <= 0 {
+		cfg.AlertRefresh = alert.DefaultRefreshInterval
+	}
+	return &Ingester{
+		cfg:    cfg,
+		st:     cfg.Store,
+		log:    cfg.Log,
+		now:    cfg.Now,
+		m:      newMetrics(cfg.Registry),
+		engine: alert.NewEngine(nil, cfg.AlertRefresh),
+		queue:  make(chan *batch, queueLen),
+		kick:   func() {},
+	}
+}
+
+// OnDeliveries sets what is called when alerts queued webhook deliveries.
+// Call it before Run.
+func (in *Ingester) OnDeliveries(kick func()) { in.kick = kick }
+
+// SetPolicy gives the alert engine the policy in force.
+func (in *Ingester) SetPolicy(set *policy.Set) {
+	in.engine.SetPolicy(alert.NewPolicy(set, in.cfg.BuiltinAlerts))
+}
+
+// Policy returns the alert policy in force (alert rules, webhooks, the
+// workloads that name flow ends).
+func (in *Ingester) Policy() *alert.Policy { return in.engine.Policy() }
+
+// offer queues a batch; false when the queue is full.
+func (in *Ingester) offer(b *batch) bool {
+	select {
+	case in.queue <- b:
+		in.m.ingestQueue.Set(float64(len(in.queue)))
+		return true
+	default:
+		return false
+	}
+}
+
+// Run is the writer loop; it returns when ctx is done. Batches still
+// queued then are not acked: their agents send them again to the next
+// controller.
+func (in *Ingester) Run(ctx context.Context) {
+	tick := time.NewTicker(housekeeping)
+	defer tick.Stop()
+	group := make([]*batch, 0, maxGroup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			in.housekeep(ctx)
+		case b := <-in.queue:
+			group = append(group[:0], b)
+		more:
+			for len(group) < maxGroup {
+				select {
+				case b := <-in.queue:
+					group = append(group, b)
+				default:
+					break more
+				}
+			}
+			in.m.ingestQueue.Set(float64(len(in.queue)))
+			in.store(ctx, group)
+		}
+	}
+}
+
+// store writes a group of batches in one transaction and acks each.
+func (in *Ingester) store(ctx context.Context, group []*batch) {
+	now := in.now()
+	var pend alert.Pending
+	results := make([]string, len(group))
+	stored := 0
+	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
+		pend = alert.Pending{}
+		stored = 0
+		positions := make(map[[2]any]*store.SpoolPosition)
+		for i, b := range group {
+			k := [2]any{b.agent.node, b.spoolID}
+			pos := positions[k]
+			if pos == nil {
+				p, err := tx.SpoolPosition(b.agent.node, b.spoolID)
+				if err != nil {
+					return err
+				}
+				pos = &p
+				positions[k] = pos
+			}
+			if pos.Stored(b.seq) {
+				// Sent again after a lost ack: stored already, ack it.
+				results[i] = "duplicate"
+				continue
+			}
+			if err := tx.InsertFlows(b.recs); err != nil {
+				return err
+			}
+			if err := in.engine.Observe(tx, b.recs, now, &pend); err != nil {
+				return fmt.Errorf("alert engine: %w", err)
+			}
+			if n := pos.Add(b.seq); n > 0 {
+				in.log.Warn("agent spool has many gaps; the oldest are forgotten", zap.String("node", b.agent.node), zap.Int("forgotten", n))
+			}
+			pos.Updated = now
+			results[i] = "stored"
+			stored += len(b.recs)
+		}
+		for _, pos := range positions {
+			if err := tx.SaveSpoolPosition(*pos); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		reason := storeErrorReason(err)
+		in.m.storeErrors.WithLabelValues(reason).Inc()
+		in.log.Error("flow batches not stored; agents keep them and retry", zap.Int("batches", len(group)), zap.String("reason", reason), zap.Error(err))
+		for _, b := range group {
+			in.m.flowBatches.WithLabelValues("store_" + reason).Inc()
+			b.reply(&pb.FlowAck{Seq: b.seq, Error: "controller could not store the batch: " + err.Error(), Retry: true})
+		}
+		return
+	}
+	in.engine.Commit(&pend)
+	in.m.flowsIngested.Add(float64(stored))
+	for rule, n := range pend.Raised {
+		in.m.alertsRaised.WithLabelValues(rule).Add(float64(n))
+	}
+	if pend.Deliveries > 0 {
+		in.kick()
+	}
+	for i, b := range group {
+		in.m.flowBatches.WithLabelValues(results[i]).Inc()
+		if results[i] == "stored" && b.lost > 0 {
+			in.m.flowsLost.Add(float64(b.lost))
+			in.log.Warn("agent reports flow records it had to drop", zap.String("node", b.agent.node), zap.Uint64("lost", b.lost))
+		}
+		b.reply(&pb.FlowAck{Seq: b.seq})
+	}
+}
+
+func storeErrorReason(err error) string {
+	switch {
+	case errors.Is(err, store.ErrFull):
+		return "full"
+	case errors.Is(err, store.ErrIO):
+		return "io"
+	}
+	return "other"
+}
+
+// housekeep sweeps alerts and applies retention. Errors are logged and
+// counted; the next pass tries again.
+func (in *Ingester) housekeep(ctx context.Context) {
+	now := in.now()
+	var pend alert.Pending
+	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
+		pend = alert.Pending{}
+		return in.engine.Sweep(tx, now, &pend)
+	})
+	if err != nil {
+		in.m.storeErrors.WithLabelValues(storeErrorReason(err)).Inc()
+		in.log.Error("alert sweep failed", zap.Error(err))
+	} else {
+		in.engine.Commit(&pend)
+		if pend.Deliveries > 0 {
+			in.kick()
+		}
+	}
+	in.retain(ctx, now)
+}
+
+// retain deletes flows older than the retention, then the oldest flows
+// while the store is over its size budget, a chunk per pass.
+func (in *Ingester) retain(ctx context.Context, now time.Time) {
+	cfg := &in.cfg
+	if n, err := in.st.PruneFlows(ctx, now.Add(-cfg.FlowRetention), pruneChunk); err != nil {
+		in.log.Error("flow retention failed", zap.Error(err))
+	} else if n > 0 {
+		in.m.flowsPruned.WithLabelValues("age").Add(float64(n))
+	}
+	if now.Sub(in.lastSize) >= 10*housekeeping {
+		in.lastSize = now
+		if _, err := in.st.PruneAlerts(ctx, now.Add(-cfg.AlertRetention)); err != nil {
+			in.log.Error("alert retention failed", zap.Error(err))
+		}
+	}
+	size, flows, err := in.st.EventStoreSize(ctx)
+	if err != nil {
+		in.log.Error("flow store size unknown", zap.Error(err))
+		return
+	}
+	in.m.storeBytes.Set(float64(size))
+	in.m.storeFlows.Set(float64(flows))
+	if size <= cfg.FlowMaxBytes || flows == 0 {
+		return
+	}
+	// Delete the share of flows that is over budget, plus a tenth, so the
+	// store does not sit at the limit.
+	over := float64(size-cfg.FlowMaxBytes)/float64(size) + 0.1
+	n := min(int(over*float64(flows))+1, pruneChunk)
+	deleted, err := in.st.PruneOldestFlows(ctx, n)
+	if err != nil {
+		in.log.Error("flow size retention failed", zap.Error(err))
+		return
+	}
+	in.m.flowsPruned.WithLabelValues("size").Add(float64(deleted))
+	in.log.Info("flow store over its size budget: oldest flows deleted",
+		zap.Int64("bytes", size), zap.Int64("budget", cfg.FlowMaxBytes), zap.Int64("deleted", deleted))
+}

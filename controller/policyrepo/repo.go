@@ -1,0 +1,358 @@
+package policyrepo
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/nodes"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/policy"
+)
+
+// Config configures a Repo.
+type Config struct {
+	Store store.Store
+	Nodes *nodes.Table
+	Log   *zap.Logger
+	Now   func() time.Time
+	// OnChange is given the merged policy in force after Load and after
+	// every committed change (the alert engine follows it). It must not
+	// block.
+	OnChange func(*policy.Set)
+}
+
+// Repo holds the policy resources. It is safe for concurrent use.
+type Repo struct {
+	cfg   Config
+	st    store.Store
+	nodes *nodes.Table
+	log   *zap.Logger
+	now   func() time.Time
+
+	applyMu   sync.Mutex   // serialises changes; resources are only written with it held
+	docMu     sync.RWMutex // guards resources for readers without applyMu
+	resources map[store.ResourceKey]*resource
+}
+
+// resource is one stored policy resource: its document and the resource
+// parsed from it alone.
+type resource struct {
+	key     store.ResourceKey
+	doc     []byte
+	set     *policy.Set
+	diags   policy.Diagnostics // problems of a stored document (only after an upgrade made the parser stricter)
+	updated time.Time
+}
+
+// Document is a stored resource as readers see it.
+type Document struct {
+	Key     store.ResourceKey
+	Text    []byte
+	Set     *policy.Set // the resource parsed alone; nil fields if it no longer parses
+	Updated time.Time
+}
+
+// New returns an empty repository; Load fills it.
+func New(cfg Config) *Repo {
+	if cfg.OnChange == nil {
+		cfg.OnChange = func(*policy.Set) {}
+	}
+	return &Repo{cfg: cfg, st: cfg.Store, nodes: cfg.Nodes, log: cfg.Log, now: cfg.Now,
+		resources: make(map[store.ResourceKey]*resource)}
+}
+
+// InvalidError is a refused policy change: nothing was applied. Each
+// diagnostic is "file:line:col: path: message".
+type InvalidError struct {
+	Summary     string
+	Diagnostics []string
+}
+
+func (e *InvalidError) Error() string {
+	return e.Summary + ":\n" + strings.Join(e.Diagnostics, "\n")
+}
+
+func invalid(summary string, diags []string) *InvalidError {
+	return &InvalidError{Summary: summary, Diagnostics: diags}
+}
+
+// NotFoundError is a delete of resources that do not exist.
+type NotFoundError struct{ Missing []string }
+
+func (e *NotFoundError) Error() string { return strings.Join(e.Missing, "\n") }
+
+func diagStrings(ds policy.Diagnostics) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = d.String()
+	}
+	return out
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+func keyString(k store.ResourceKey) string { return k.Kind + "/" + k.Name }
+
+func compareKeys(a, b store.ResourceKey) int {
+	return cmp.Or(strings.Compare(a.Kind, b.Kind), strings.Compare(a.Name, b.Name))
+}
+
+// Load reads the resources and the latest rule sets, then brings the rule
+// sets up to date with the compiler (a new controller version may compile
+// differently). Stored documents that no longer parse are logged and keep
+// the last committed rule sets in force.
+func (r *Repo) Load(ctx context.Context) error {
+	stored, err := r.st.Resources(ctx)
+	if err != nil {
+		return err
+	}
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	broken := 0
+	r.docMu.Lock()
+	for _, s := range stored {
+		res := parseStored(s)
+		if res.diags.HasErrors() {
+			broken++
+			r.log.Error("stored policy document no longer valid; re-apply a corrected version",
+				zap.String("resource", keyString(s.ResourceKey)), zap.String("diagnostics", res.diags.Errors().Err().Error()))
+		}
+		r.resources[s.ResourceKey] = res
+	}
+	r.docMu.Unlock()
+	merged, _ := r.mergedLocked(nil)
+	merged.Sort()
+	r.cfg.OnChange(merged)
+	records, err := r.st.LatestRuleSets(ctx)
+	if err != nil {
+		return err
+	}
+	var latest []*nodes.Version
+	for _, rec := range records {
+		rs, err := decodeRuleSet(rec)
+		if err != nil {
+			return err
+		}
+		latest = append(latest, &nodes.Version{Num: rec.Version, Hash: rec.Hash, RuleSet: rs, At: rec.Created})
+	}
+	r.nodes.SetLatest(latest)
+	if broken > 0 {
+		r.log.Error("policy not recompiled at start: stored documents are invalid; agents get the last committed rule sets",
+			zap.Int("invalid-documents", broken))
+		return nil
+	}
+	changed, err := r.recompileLocked(ctx, nil)
+	if err != nil {
+		r.log.Error("policy not recompiled at start; agents get the last committed rule sets", zap.Error(err))
+		return nil
+	}
+	if len(changed) > 0 {
+		r.log.Info("rule sets recompiled at start", zap.Int("nodes-changed", len(changed)))
+	}
+	return nil
+}
+
+func parseStored(s store.Resource) *resource {
+	set, diags := policy.Parse(keyString(s.ResourceKey)+" (stored)", s.Document)
+	return &resource{key: s.ResourceKey, doc: s.Document, set: set, diags: diags, updated: s.Updated}
+}
+
+// Documents returns the stored resources of one kind, sorted by name.
+func (r *Repo) Documents(kind string) []Document {
+	r.docMu.RLock()
+	defer r.docMu.RUnlock()
+	var out []Document
+	for _, k := range slices.SortedFunc(maps.Keys(r.resources), compareKeys) {
+		if k.Kind == kind {
+			res := r.resources[k]
+			out = append(out, Document{Key: k, Text: res.doc, Set: res.set, Updated: res.updated})
+		}
+	}
+	return out
+}
+
+// Apply validates the files as one change on top of the stored policy,
+// compiles every node and commits the resources and the changed nodes' new
+// versions in one transaction; then the agents of those nodes are told.
+// Invalid input is refused whole with an *InvalidError; the policy in
+// force stays.
+func (r *Repo) Apply(ctx context.Context, files []apiclient.File, dryRun bool) (*apiclient.ChangeResult, error) {
+	if len(files) == 0 {
+		return nil, invalid("nothing to apply", []string{"the request holds no files"})
+	}
+	var diags policy.Diagnostics
+	var incoming []*resource
+	requestFiles := make(map[string]bool)
+	for i, f := range files {
+		name := f.Name
+		if name == "" {
+			name = fmt.Sprintf("<input %d>", i+1)
+		}
+		requestFiles[name] = true
+		set, ds := policy.Parse(name, []byte(f.Content))
+		diags = append(diags, ds...)
+		if ds.HasErrors() {
+			continue
+		}
+		docs, err := policy.SplitResources(name, []byte(f.Content), set)
+		if err != nil {
+			return nil, invalid("invalid policy, nothing applied", []string{err.Error()})
+		}
+		for _, d := range docs {
+			incoming = append(incoming, &resource{key: store.ResourceKey{Kind: d.Ref.Kind, Name: d.Ref.Name}, doc: d.Text, set: d.Set})
+		}
+	}
+	if diags.HasErrors() {
+		return nil, invalid(fmt.Sprintf("invalid policy: %s, nothing applied", plural(len(diags.Errors()), "error")), diagStrings(diags.Errors()))
+	}
+	if len(incoming) == 0 {
+		return nil, invalid("nothing to apply", []string{"the input holds no resources"})
+	}
+
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	replaced := make(map[store.ResourceKey]bool, len(incoming))
+	for _, res := range incoming {
+		replaced[res.key] = true
+	}
+	return r.changeLocked(ctx, incoming, replaced, dryRun, func(d policy.Diagnostic) bool { return requestFiles[d.Pos.File] })
+}
+
+// Delete removes resources as one change; every one must exist.
+func (r *Repo) Delete(ctx context.Context, keys []store.ResourceKey, dryRun bool) (*apiclient.ChangeResult, error) {
+	if len(keys) == 0 {
+		return nil, invalid("nothing to delete", []string{"the request names no resources"})
+	}
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	var missing []string
+	del := make(map[store.ResourceKey]bool, len(keys))
+	for _, k := range keys {
+		if r.resources[k] == nil {
+			missing = append(missing, fmt.Sprintf("%s: no such resource", keyString(k)))
+		}
+		del[k] = true
+	}
+	if len(missing) > 0 {
+		return nil, &NotFoundError{Missing: missing}
+	}
+	res, err := r.changeLocked(ctx, nil, del, dryRun, func(policy.Diagnostic) bool { return true })
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range slices.SortedFunc(maps.Keys(del), compareKeys) {
+		res.Deleted = append(res.Deleted, keyString(k))
+	}
+	return res, nil
+}
+
+// changeLocked validates the stored policy without the removed keys plus
+// the incoming resources, compiles it, and commits unless dryRun. keep
+// selects the warnings to report. Called with applyMu held.
+func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed map[store.ResourceKey]bool, dryRun bool,
+	keep func(policy.Diagnostic) bool) (*apiclient.ChangeResult, error) {
+	merged, diags := r.mergedLocked(removed)
+	for _, res := range incoming {
+		merged.Merge(res.set)
+	}
+	diags = append(diags, merged.Validate()...)
+	diags.Sort()
+	if diags.HasErrors() {
+		return nil, invalid(fmt.Sprintf("invalid policy: %s, nothing applied", plural(len(diags.Errors()), "error")), diagStrings(diags.Errors()))
+	}
+	merged.Sort()
+	ruleSets, warnings, err := r.compileLocked(merged, nil)
+	if err != nil {
+		return nil, invalid("policy does not compile, nothing applied", strings.Split(err.Error(), "\n"))
+	}
+	out := &apiclient.ChangeResult{DryRun: dryRun}
+	for _, d := range append(diags.Warnings(), warnings...) {
+		if keep(d) {
+			out.Warnings = append(out.Warnings, d.String())
+		}
+	}
+	versions := r.nextVersionsLocked(ruleSets)
+	for _, v := range versions {
+		out.Nodes = append(out.Nodes, apiclient.NodeVersion{Node: v.RuleSet.Node, Version: v.Num, Hash: v.Hash})
+	}
+	now := r.now()
+	var put []store.Resource
+	for _, res := range incoming {
+		old := r.resources[res.key]
+		switch {
+		case old == nil:
+			out.Created = append(out.Created, keyString(res.key))
+		case bytes.Equal(old.doc, res.doc):
+			out.Unchanged = append(out.Unchanged, keyString(res.key))
+			continue
+		default:
+			out.Updated = append(out.Updated, keyString(res.key))
+		}
+		res.updated = now
+		put = append(put, store.Resource{ResourceKey: res.key, Document: res.doc, Updated: now})
+	}
+	if dryRun {
+		return out, nil
+	}
+	var del []store.ResourceKey
+	var deleted []string
+	for k := range removed {
+		if r.resources[k] != nil && !slices.ContainsFunc(incoming, func(res *resource) bool { return res.key == k }) {
+			del = append(del, k)
+			deleted = append(deleted, keyString(k))
+		}
+	}
+	if err := r.commitLocked(ctx, put, del, versions); err != nil {
+		return nil, err
+	}
+	r.docMu.Lock()
+	for _, k := range del {
+		delete(r.resources, k)
+	}
+	for _, res := range incoming {
+		if r.resources[res.key] == nil || !bytes.Equal(r.resources[res.key].doc, res.doc) {
+			r.resources[res.key] = res
+		}
+	}
+	r.docMu.Unlock()
+	r.cfg.OnChange(merged)
+	r.log.Info("policy changed",
+		zap.Strings("created", out.Created), zap.Strings("updated", out.Updated), zap.Strings("deleted", deleted),
+		zap.Int("nodes-changed", len(versions)))
+	return out, nil
+}
+
+// mergedLocked returns the stored policy minus the removed keys, with the
+// diagnostics of stored documents that no longer parse. Called with
+// applyMu held.
+func (r *Repo) mergedLocked(removed map[store.ResourceKey]bool) (*policy.Set, policy.Diagnostics) {
+	merged := &policy.Set{}
+	var diags policy.Diagnostics
+	for _, k := range slices.SortedFunc(maps.Keys(r.resources), compareKeys) {
+		if removed[k] {
+			continue
+		}
+		res := r.resources[k]
+		diags = append(diags, res.diags...)
+		merged.Merge(res.set)
+	}
+	return merged, diags
+}
+
+var errNoRuleSet = errors.New("node has no rule set")

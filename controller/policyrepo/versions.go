@@ -1,0 +1,233 @@
+package policyrepo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/eastguard/eastguard/controller/nodes"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/compile"
+	"github.com/eastguard/eastguard/internal/policy"
+	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// compileLocked compiles set for the given nodes (nil: every node the
+// controller knows of, and every node a workload names). Nodes without
+// workloads get an empty rule set.
+func (r *Repo) compileLocked(set *policy.Set, targets []string) (map[string]*ruleset.RuleSet, policy.Diagnostics, error) {
+	withWorkloads := make(map[string]bool)
+	for _, w := range set.Workloads {
+		withWorkloads[w.Node] = true
+	}
+	all := maps.Clone(withWorkloads)
+	known, monitor := r.nodes.CompileTargets()
+	for _, name := range known {
+		all[name] = true
+	}
+	if targets == nil {
+		targets = slices.Sorted(maps.Keys(all))
+	}
+	var compileNodes []string
+	for _, n := range targets {
+		if withWorkloads[n] {
+			compileNodes = append(compileNodes, n)
+		}
+	}
+	out := make(map[string]*ruleset.RuleSet, len(targets))
+	var warnings policy.Diagnostics
+	if len(compileNodes) > 0 {
+		res, err := compile.Compile(set, compile.Options{
+			Nodes: compileNodes,
+			DefaultMode: func(node string) ruleset.Mode {
+				if monitor[node] {
+					return ruleset.ModeMonitor
+				}
+				return ruleset.ModeEnforce
+			},
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		maps.Copy(out, res.RuleSets)
+		warnings = res.Warnings
+	}
+	for _, n := range targets {
+		if out[n] == nil {
+			out[n] = &ruleset.RuleSet{Node: n}
+		}
+	}
+	return out, warnings, nil
+}
+
+// nextVersionsLocked returns a new version for every node whose rule set
+// differs from its latest, sorted by node. Unchanged nodes are found by
+// comparing the rule sets (cheap); only changed ones are hashed, in
+// parallel (hashing is the expensive part of an apply on a large cluster).
+func (r *Repo) nextVersionsLocked(ruleSets map[string]*ruleset.RuleSet) []*nodes.Version {
+	var out []*nodes.Version
+	for _, name := range slices.Sorted(maps.Keys(ruleSets)) {
+		rs := ruleSets[name]
+		latest := r.nodes.Latest(name)
+		if latest != nil {
+			if d := ruleset.Diff(latest.RuleSet, rs); d.Empty() {
+				continue
+			}
+		}
+		num := uint64(1)
+		if latest != nil {
+			num = latest.Num + 1
+		}
+		rs.Version = num
+		out = append(out, &nodes.Version{Num: num, RuleSet: rs})
+	}
+	parallel(len(out), func(i int) { out[i].Hash = out[i].RuleSet.Hash() })
+	return out
+}
+
+// parallel runs f(0..n-1) on GOMAXPROCS goroutines and waits for them.
+func parallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range min(runtime.GOMAXPROCS(0), n) {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// encodeRuleSet is a rule set as the store keeps it: its protobuf wire
+// form (compact and quick to encode; the version and hash are columns).
+func encodeRuleSet(v *nodes.Version) ([]byte, error) {
+	return proto.Marshal(wire.FromRuleSet(v.RuleSet, ""))
+}
+
+func decodeRuleSet(rec store.RuleSetRecord) (*ruleset.RuleSet, error) {
+	var m pb.RuleSet
+	if err := proto.Unmarshal(rec.Data, &m); err != nil {
+		return nil, fmt.Errorf("stored rule set of %s version %d: %w", rec.Node, rec.Version, err)
+	}
+	rs, err := wire.ToRuleSet(&m)
+	if err != nil {
+		return nil, fmt.Errorf("stored rule set of %s version %d: %w", rec.Node, rec.Version, err)
+	}
+	rs.Version = rec.Version
+	return rs, nil
+}
+
+// commitLocked persists a change and its versions, then makes the
+// versions current and wakes the nodes' streams.
+func (r *Repo) commitLocked(ctx context.Context, put []store.Resource, del []store.ResourceKey, versions []*nodes.Version) error {
+	now := r.now()
+	c := store.PolicyCommit{Put: put, Delete: del, RuleSets: make([]store.RuleSetRecord, len(versions))}
+	errs := make([]error, len(versions))
+	parallel(len(versions), func(i int) {
+		v := versions[i]
+		v.At = now
+		data, err := encodeRuleSet(v)
+		if err != nil {
+			errs[i] = fmt.Errorf("encode rule set of %s: %w", v.RuleSet.Node, err)
+		}
+		c.RuleSets[i] = store.RuleSetRecord{Node: v.RuleSet.Node, Version: v.Num, Hash: v.Hash, Data: data, Created: now}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := r.st.CommitPolicy(ctx, c); err != nil {
+		return err
+	}
+	r.nodes.SetLatest(versions)
+	return nil
+}
+
+// recompileLocked compiles the stored policy for nodes (nil: all) and
+// commits the versions that changed.
+func (r *Repo) recompileLocked(ctx context.Context, targets []string) ([]*nodes.Version, error) {
+	merged, diags := r.mergedLocked(nil)
+	if diags.HasErrors() {
+		return nil, diags.Err()
+	}
+	merged.Sort()
+	ruleSets, _, err := r.compileLocked(merged, targets)
+	if err != nil {
+		return nil, err
+	}
+	versions := r.nextVersionsLocked(ruleSets)
+	if len(versions) == 0 {
+		return nil, nil
+	}
+	return versions, r.commitLocked(ctx, nil, nil, versions)
+}
+
+// PrepareNode makes sure a connecting agent's node has a rule set
+// compiled with the agent's default mode.
+func (r *Repo) PrepareNode(ctx context.Context, name, defaultMode string) error {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	changedMode := false
+	r.nodes.Update(name, func(n *nodes.Node) {
+		// Only monitor changes what the compiler does (unset is enforce).
+		changedMode = (n.Rec.DefaultMode == ruleset.ModeMonitor.String()) != (defaultMode == ruleset.ModeMonitor.String())
+		n.Rec.DefaultMode = defaultMode
+	})
+	if !changedMode && r.nodes.Latest(name) != nil {
+		return nil
+	}
+	_, err := r.recompileLocked(ctx, []string{name})
+	return err
+}
+
+// BumpPast gives a node a new version above an agent's: the agent enforces
+// a version the controller has not issued (its data was restored from an
+// older backup), and versions must only grow from the agent's view.
+func (r *Repo) BumpPast(ctx context.Context, name string, agentVersion uint64) (*nodes.Version, error) {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	latest := r.nodes.Latest(name)
+	if latest == nil {
+		return nil, fmt.Errorf("node %s: %w", name, errNoRuleSet)
+	}
+	if latest.Num > agentVersion {
+		return latest, nil
+	}
+	rs := latest.RuleSet.Clone()
+	rs.Version = agentVersion + 1
+	v := &nodes.Version{Num: rs.Version, Hash: latest.Hash, RuleSet: rs}
+	if err := r.commitLocked(ctx, nil, nil, []*nodes.Version{v}); err != nil {
+		return nil, err
+	}
+	r.log.Warn("agent enforces a version this controller never issued; numbering moved past it",
+		zap.String("node", name), zap.Uint64("agent-version", agentVersion), zap.Uint64("policy-version", v.Num))
+	return v, nil
+}
+
+// StoredVersion returns an earlier version of a node's rule set, if the
+// store still has it with that hash.
+func (r *Repo) StoredVersion(ctx context.Context, name string, num uint64, hash string) *nodes.Version {
+	if latest := r.nodes.Latest(name); latest != nil && latest.Num == num && latest.Hash == hash {
+		return latest
+	}
+	rec, err := r.st.RuleSet(ctx, name, num)
+	if err != nil || rec.Hash != hash {
+		return nil
+	}
+	rs, err := decodeRuleSet(rec)
+	if err != nil {
+		r.log.Warn("stored rule set unreadable; sending a full one", zap.String("node", name), zap.Error(err))
+		return nil
+	}
+	return &nodes.Version{Num: num, Hash: hash, RuleSet: rs, At: rec.Created}
+}

@@ -1,0 +1,225 @@
+package integration_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/agent/controlplane"
+	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/agentapi"
+)
+
+// Simulated agents for BenchmarkPropagation1000Agents run in a child
+// process (this test binary, re-run with the environment below), so that
+// the benchmark measures the controller's memory alone.
+const (
+	envSimTokens = "EG_SIM_AGENT_TOKENS" // file of "node token" lines
+	envSimAddr   = "EG_SIM_CONTROLLER"
+)
+
+// clusterPolicy is n nodes with one workload each, all allowed to reach
+// each other on port: every node's rule set holds every workload's address
+// (n ipcache entries), as in a real cluster.
+func clusterPolicy(n, port int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "apiVersion: eastguard.dev/v1\nkind: Workload\nmetadata: {name: w%04d, labels: {role: app}}\n"+
+			"spec: {node: node-%04d, interface: eg-w%04d, addresses: [10.%d.%d.%d]}\n---\n", i, i, i, 100+i/65536, i/256%256, i%256)
+	}
+	fmt.Fprintf(&b, "apiVersion: eastguard.dev/v1\nkind: Policy\nmetadata: {name: mesh}\nspec:\n  rules:\n"+
+		"    - name: app-to-app\n      from: [{selector: {role: app}}]\n      to: [{selector: {role: app}}]\n      ports: [{protocol: TCP, port: %d}]\n", port)
+	return b.String()
+}
+
+// BenchmarkPropagation1000Agents: time from an apply (validate, compile
+// 1,000 nodes, commit) to the last of 1,000 simulated agents' acks over
+// loopback mutual TLS, and the controller's memory per agent stream.
+// Reported: ms-to-last-ack (the mean over the ops), max-ms-to-last-ack,
+// ms-apply (of that, the apply call itself: parse, validate, compile,
+// hash, commit), KB-per-stream (the controller's heap and stacks, after
+// GC, over the idle baseline with the same policy loaded, divided by the
+// streams) and goroutines-per-stream.
+func BenchmarkPropagation1000Agents(b *testing.B) {
+	const agents = 1000
+	// acks tracks the newest version each node acked, and how many nodes
+	// have reached the version waited for.
+	var mu sync.Mutex
+	acked := make(map[string]uint64, agents)
+	var target uint64
+	reached := 0
+	all := make(chan struct{}, 1)
+	h := newHarness(b, func(c *controller.Config) {
+		c.Heartbeat = 10 * time.Second
+		c.FlushInterval = time.Second
+		c.OnAck = func(a agentapi.Ack) {
+			if !a.Applied {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if acked[a.Node] < target && a.Version >= target {
+				if reached++; reached == agents {
+					all <- struct{}{}
+				}
+			}
+			acked[a.Node] = max(acked[a.Node], a.Version)
+		}
+	})
+	h.Apply(clusterPolicy(agents, 8000))
+	// waitAll waits until every node has acked at least version v.
+	waitAll := func(v uint64, timeout time.Duration) {
+		mu.Lock()
+		target, reached = v, 0
+		for _, got := range acked {
+			if got >= v {
+				reached++
+			}
+		}
+		select {
+		case <-all:
+		default:
+		}
+		done := reached == agents
+		mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-all:
+		case <-time.After(timeout):
+			mu.Lock()
+			defer mu.Unlock()
+			b.Fatalf("only %d of %d agents acked version %d after %v", reached, agents, v, timeout)
+		}
+	}
+
+	var tokens strings.Builder
+	for i := range agents {
+		node := fmt.Sprintf("node-%04d", i)
+		fmt.Fprintf(&tokens, "%s %s\n", node, h.Token(node, time.Hour))
+	}
+	tokFile := filepath.Join(b.TempDir(), "tokens")
+	if err := os.WriteFile(tokFile, []byte(tokens.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	base := liveBytes()
+	baseGoroutines := runtime.NumGoroutine()
+
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	child := exec.Command(exe, "-test.run=^TestSimulatedAgents$", "-test.v")
+	child.Env = append(os.Environ(), envSimTokens+"="+tokFile, envSimAddr+"="+h.Addr)
+	stdin, _ := child.StdinPipe()
+	out, _ := child.StdoutPipe()
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		stdin.Close() // the child stops when its standard input closes
+		done := make(chan error, 1)
+		go func() { done <- child.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			child.Process.Kill()
+			<-done
+		}
+	}()
+	go io.Copy(io.Discard, bufio.NewReader(out))
+
+	start := time.Now()
+	waitAll(1, 5*time.Minute)
+	b.Logf("%d agents joined and synced in %v", agents, time.Since(start).Round(time.Millisecond))
+	perStream := float64(liveBytes()-base) / agents
+	goroutines := float64(runtime.NumGoroutine()-baseGoroutines) / agents
+
+	version := uint64(1)
+	var times, applyTimes []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		t0 := time.Now()
+		res := h.Apply(clusterPolicy(agents, 8001+i))
+		applyTimes = append(applyTimes, time.Since(t0))
+		version = res.Nodes[0].Version
+		waitAll(version, time.Minute)
+		times = append(times, time.Since(t0))
+	}
+	b.StopTimer()
+	var total time.Duration
+	for _, d := range times {
+		total += d
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(len(times)), "ms-to-last-ack")
+	b.ReportMetric(float64(slices.Max(times).Milliseconds()), "max-ms-to-last-ack")
+	var applyTotal time.Duration
+	for _, d := range applyTimes {
+		applyTotal += d
+	}
+	b.ReportMetric(float64(applyTotal.Milliseconds())/float64(len(applyTimes)), "ms-apply")
+	b.ReportMetric(perStream/1024, "KB-per-stream")
+	b.ReportMetric(goroutines, "goroutines-per-stream")
+}
+
+// liveBytes is the heap in use and the goroutine stacks, after a GC.
+func liveBytes() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc + m.StackInuse
+}
+
+// TestSimulatedAgents is the child process of BenchmarkPropagation1000Agents
+// (it runs only with the benchmark's environment): one control-plane
+// client per token, with in-memory enforcers, until standard input closes.
+func TestSimulatedAgents(t *testing.T) {
+	tokFile, addr := os.Getenv(envSimTokens), os.Getenv(envSimAddr)
+	if tokFile == "" || addr == "" {
+		t.Skip("helper process of BenchmarkPropagation1000Agents; runs only when the benchmark starts it")
+	}
+	data, err := os.ReadFile(tokFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		node, token, _ := strings.Cut(line, " ")
+		dir, err := state.Open(filepath.Join(t.TempDir(), node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := controlplane.New(controlplane.Config{
+			Node: node, Controller: addr, JoinToken: token, State: dir, Enforcer: &fakeEnforcer{},
+			Heartbeat: 10 * time.Second, MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second, Log: zap.NewNop(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			if err := c.Run(ctx); err != nil {
+				t.Errorf("%s: %v", node, err)
+			}
+		})
+	}
+	io.Copy(io.Discard, os.Stdin)
+	cancel()
+	wg.Wait()
+}

@@ -1,0 +1,166 @@
+package integration_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/internal/testutil"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// sshAlertNotify is sshAlert telling a json webhook, signed with the
+// secret in a file.
+const sshAlertNotify = sshAlert + `  notify: [security-team]
+---
+apiVersion: eastguard.dev/v1
+kind: Webhook
+metadata: {name: security-team}
+spec:
+  url: %q
+  format: json
+  secretFrom: {file: %q}
+`
+
+// hookReceiver is a json webhook receiver that refuses everything until
+// it is told to be healthy, then verifies signatures and keeps what it
+// accepted.
+type hookReceiver struct {
+	*httptest.Server
+	healthy atomic.Bool
+
+	mu       sync.Mutex
+	refused  int
+	accepted []webhook.Payload
+	errs     []error
+}
+
+func newHookReceiver(t *testing.T, secret []byte) *hookReceiver {
+	t.Helper()
+	rc := &hookReceiver{}
+	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		if !rc.healthy.Load() {
+			rc.refused++
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		if err == nil {
+			err = webhook.Verify(secret, r.Header.Get(webhook.SignatureHeader), body, time.Now(), 0)
+		}
+		var p webhook.Payload
+		if err == nil {
+			err = json.Unmarshal(body, &p)
+		}
+		if err == nil && r.Header.Get(webhook.DeliveryHeader) != strconv.FormatInt(p.DeliveryID, 10) {
+			err = fmt.Errorf("header %s=%s, body deliveryId %d", webhook.DeliveryHeader, r.Header.Get(webhook.DeliveryHeader), p.DeliveryID)
+		}
+		if err != nil {
+			rc.errs = append(rc.errs, err)
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		rc.accepted = append(rc.accepted, p)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rc.Close)
+	return rc
+}
+
+func (rc *hookReceiver) state() (refused int, accepted []webhook.Payload, errs []error) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.refused, append([]webhook.Payload(nil), rc.accepted...), append([]error(nil), rc.errs...)
+}
+
+// TestWebhookDeliveryAcrossRestart: an alert raised by an ingested flow
+// is queued for its webhook in the store; while the receiver refuses it
+// is retried, and a controller restarted on the same store (receiver
+// healthy by then) delivers it, signed, exactly once. The deliveries
+// metric counts each outcome.
+func TestWebhookDeliveryAcrossRestart(t *testing.T) {
+	secretFile := filepath.Join(t.TempDir(), "webhook-secret")
+	if err := os.WriteFile(secretFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc := newHookReceiver(t, []byte("s3cret"))
+	h := newHarness(t, func(c *controller.Config) {
+		c.WebhookMinBackoff = 10 * time.Millisecond
+		c.WebhookTimeout = 30 * time.Second
+		c.DashboardURL = "https://eastguard.example.com/"
+	})
+	h.Apply(twoNodes, fmt.Sprintf(sshAlertNotify, rc.URL+"/eastguard", secretFile))
+	src := newScriptedFlows()
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
+	h.waitApplied(a)
+	if ack := src.send(t, &pb.FlowBatch{Seq: 1, SpoolId: 1, Records: []*pb.FlowRecord{sshAttempt(40000, h.Clock.Now())}}); ack.GetError() != "" {
+		t.Fatalf("batch refused: %s", ack.GetError())
+	}
+	testutil.Eventually(t, 30*time.Second, "a refused delivery attempt retried", func() error {
+		if got := h.Counter("eastguard_controller_webhook_deliveries_total", "outcome", "retry"); got < 1 {
+			return fmt.Errorf("retry outcomes %v", got)
+		}
+		return nil
+	})
+	if got := h.Counter("eastguard_controller_webhook_deliveries_total", "outcome", "delivered"); got != 0 {
+		t.Errorf("delivered %v while the receiver refuses", got)
+	}
+	if err := a.stop(); err != nil && !errors.Is(err, context.Canceled) {
+		t.Logf("agent: %v", err)
+	}
+	as := h.alerts(t)
+	if len(as) != 1 {
+		t.Fatalf("alerts %+v, want the SSH attempt's", as)
+	}
+
+	h.Stop()
+	rc.healthy.Store(true)
+	h.Start()
+	testutil.Eventually(t, 30*time.Second, "the alert delivered after the restart", func() error {
+		_, n, err := h.St.NextDeliveryAt(context.Background())
+		if err != nil || n != 0 {
+			return fmt.Errorf("%d pending, %v", n, err)
+		}
+		return nil
+	})
+	h.Stop() // nothing more can be sent
+	refused, accepted, errs := rc.state()
+	if len(errs) != 0 {
+		t.Errorf("receiver errors: %v", errs)
+	}
+	if refused == 0 {
+		t.Error("the receiver refused nothing before the restart")
+	}
+	if len(accepted) != 1 {
+		t.Fatalf("receiver accepted %d deliveries, want exactly 1: %+v", len(accepted), accepted)
+	}
+	p := accepted[0]
+	if p.Event != "firing" || p.Alert.ID != as[0].ID || p.Alert.Rule != "unexpected-ssh" || p.Alert.Severity != "critical" ||
+		p.Alert.Source.Workload != "client" || p.Alert.Destination.Workload != "web" || p.Alert.Port != 22 ||
+		p.Alert.Protocol != "TCP" || p.Alert.Verdict != "denied" || p.Alert.Node != "node-a" ||
+		p.Alert.URL != fmt.Sprintf("https://eastguard.example.com/#/alerts/%d", as[0].ID) {
+		t.Errorf("delivered payload %+v", p)
+	}
+	// The registry is the restarted controller's.
+	if got := h.Counter("eastguard_controller_webhook_deliveries_total", "outcome", "delivered"); got != 1 {
+		t.Errorf("delivered outcomes after the restart %v, want 1", got)
+	}
+	if got := h.Counter("eastguard_controller_webhook_deliveries_total", "outcome", "gave_up"); got != 0 {
+		t.Errorf("gave_up outcomes %v", got)
+	}
+}
