@@ -73,3 +73,13 @@ func (d *Datapath) Counters() (Counters, error) {
 	}
 	return out, nil
 }
+
+// ByName returns the counters keyed by their names, as the agent reports
+// them to the controller.
+func (c Counters) ByName() map[string]uint64 {
+	out := make(map[string]uint64, len(c))
+	for i, v := range c {
+		out[Counter(i).String()] = v
+	}
+	return out
+}

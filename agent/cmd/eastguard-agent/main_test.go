@@ -25,16 +25,16 @@ func TestParseFlags(t *testing.T) {
 		name    string
 		args    []string
 		wantErr string
-		check   func(*options) bool
+		check   func(*flags) bool
 	}{
 		{"standalone", []string{"--node", "a", "--policy-dir", dir}, "", nil},
 		{"no node", []string{"--policy-dir", dir}, "--node is required", nil},
 		{"two sources", []string{"--node", "a", "--policy-dir", dir, "--rule-set", "f"}, "exactly one of", nil},
 		{"bad mode", []string{"--node", "a", "--policy-dir", dir, "--default-mode", "open"}, `--default-mode "open"`, nil},
 		{"token from file", []string{"--node", "a", "--controller", "ctl:7443", "--join-token-file", tokFile}, "",
-			func(o *options) bool { return o.joinToken == tok.String() }},
+			func(o *flags) bool { return o.JoinToken == tok.String() }},
 		{"token file not there yet", []string{"--node", "a", "--controller", "ctl:7443", "--join-token-file", filepath.Join(dir, "missing")}, "",
-			func(o *options) bool { return o.joinToken == "" }},
+			func(o *flags) bool { return o.JoinToken == "" }},
 		{"bad token in file", []string{"--node", "a", "--controller", "ctl:7443", "--join-token-file", bad}, "--join-token: join token", nil},
 		{"token and file", []string{"--node", "a", "--controller", "ctl:7443", "--join-token", tok.String(), "--join-token-file", tokFile}, "not both", nil},
 		{"token without controller", []string{"--node", "a", "--policy-dir", dir, "--join-token", tok.String()}, "goes with --controller", nil},

@@ -1,0 +1,349 @@
+// Package agent wires Eastguard's per-host agent together: the datapath
+// (the only part touching the kernel), the enforcer in front of it with
+// the last known good rule set, one rule-set source (a policy directory, a
+// compiled rule-set file, or the controller), the flow pipeline (ring
+// buffer, aggregation, flow log, spool to the controller) and the metrics
+// listener. eastguard-agent's main is its flags; New builds the pieces,
+// Run runs them.
+//
+// Stopping the agent never removes enforcement: programs and maps stay
+// pinned under the bpffs directory. It must not import anything under
+// controller/.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/eastguard/eastguard/agent/controlplane"
+	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/agent/enforcer"
+	"github.com/eastguard/eastguard/agent/flows"
+	"github.com/eastguard/eastguard/agent/metrics"
+	"github.com/eastguard/eastguard/agent/standalone"
+	"github.com/eastguard/eastguard/agent/state"
+	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Config is the agent's settings, as eastguard-agent's flags give them.
+type Config struct {
+	Node     string
+	BPFFSDir string
+	StateDir string
+	// Exactly one source: PolicyDir, RuleSetFile or Controller.
+	PolicyDir   string
+	RuleSetFile string
+	Controller  string
+	// JoinToken, or JoinTokenFile to read it from (a missing file means
+	// no token: the agent has joined already, or the token comes later).
+	JoinToken     string
+	JoinTokenFile string
+	DefaultMode   ruleset.Mode
+	// HostInterfaces limits host-mode enforcement to these interfaces.
+	HostInterfaces []string
+	// FlowLog is a file for flow records as JSON lines, or "-" for Stdout.
+	FlowLog string
+	Stdout  io.Writer
+	// MetricsListen serves /metrics, /healthz and /status ("" for none).
+	MetricsListen string
+	// Version is reported to the controller.
+	Version string
+	Log     *zap.Logger
+}
+
+// Check says what is wrong with the configuration, naming the flag, and
+// reads JoinTokenFile into JoinToken.
+func (c *Config) Check() error {
+	if c.Node == "" {
+		return errors.New("--node is required")
+	}
+	sources := 0
+	for _, s := range []string{c.PolicyDir, c.RuleSetFile, c.Controller} {
+		if s != "" {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return errors.New("give exactly one of --policy-dir, --rule-set or --controller")
+	}
+	if c.JoinTokenFile != "" {
+		if c.JoinToken != "" {
+			return errors.New("give --join-token or --join-token-file, not both")
+		}
+		b, err := os.ReadFile(c.JoinTokenFile)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			// Already joined, or the token is not provisioned yet: the
+			// client says which if it needs one.
+		case err != nil:
+			return fmt.Errorf("--join-token-file: %w", err)
+		default:
+			c.JoinToken = strings.TrimSpace(string(b))
+		}
+	}
+	if c.Controller != "" {
+		if _, _, err := net.SplitHostPort(c.Controller); err != nil {
+			return fmt.Errorf("--controller %q: want HOST:PORT: %w", c.Controller, err)
+		}
+		if c.JoinToken != "" {
+			if _, err := pki.ParseJoinToken(c.JoinToken); err != nil {
+				return fmt.Errorf("--join-token: %w", err)
+			}
+		}
+	} else if c.JoinToken != "" {
+		return errors.New("--join-token goes with --controller")
+	}
+	return nil
+}
+
+// Agent is the agent's pieces, built and not yet running.
+type Agent struct {
+	cfg   Config
+	log   *zap.Logger
+	dp    *datapath.Datapath
+	state *state.Dir
+	enf   *enforcer.Enforcer
+	met   *metrics.Agent
+
+	// Flows: nil when no sink wants them.
+	reader *datapath.EventReader
+	pipe   *flows.Pipeline
+	spool  *flows.Spool // with a controller only
+
+	cp *controlplane.Client // with a controller only
+
+	closers []func() error // in the order to run them
+}
+
+// New opens the datapath (adopting pinned enforcement), the state
+// directory, the flow sinks and the source. On error everything opened is
+// closed again; enforcement pinned before stays.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log}
+	if err := a.open(); err != nil {
+		if cerr := a.close(); cerr != nil {
+			a.log.Error("closing after a failed start", zap.Error(cerr))
+		}
+		return nil, err
+	}
+	return a, nil
+}
+
+// open builds the pieces; what it opened is in a.closers.
+func (a *Agent) open() (err error) {
+	cfg := a.cfg
+	if cfg.DefaultMode == ruleset.ModeMonitor {
+		a.log.Warn("default mode is monitor: workloads without a mode, and interfaces without an endpoint, are reported, not enforced")
+	}
+	if a.dp, err = datapath.Open(datapath.Config{
+		BPFFSDir:       cfg.BPFFSDir,
+		DefaultMode:    cfg.DefaultMode,
+		HostInterfaces: cfg.HostInterfaces,
+		Logger:         a.log.Named("datapath"),
+	}); err != nil {
+		return err
+	}
+	a.closers = append(a.closers, func() error {
+		err := a.dp.Close()
+		a.log.Info("agent stopped; enforcement stays in place (pinned under --bpffs-dir)", zap.String("bpffs-dir", cfg.BPFFSDir))
+		return err
+	})
+	if a.state, err = state.Open(cfg.StateDir); err != nil {
+		return err
+	}
+	a.enf = enforcer.New(a.dp, a.state, a.log.Named("enforcer"))
+
+	// Flows: every datapath event is aggregated; the flow log and, with a
+	// controller, the spool streamed to it take the result.
+	var sinks []flows.Sink
+	if cfg.Controller != "" {
+		if a.spool, err = flows.OpenSpool(flows.SpoolConfig{Dir: filepath.Join(cfg.StateDir, "flows"), Log: a.log.Named("flows")}); err != nil {
+			return err
+		}
+		// Closed after the pipeline's last flush (Run waits for it):
+		// batches in memory go to disk.
+		a.closers = append([]func() error{func() error {
+			if err := a.spool.Close(); err != nil {
+				return fmt.Errorf("flow spool: batches in memory not saved: %w", err)
+			}
+			return nil
+		}}, a.closers...)
+		sinks = append(sinks, a.spool)
+	}
+	if cfg.FlowLog != "" {
+		out := cfg.Stdout
+		if cfg.FlowLog != "-" {
+			f, err := os.OpenFile(cfg.FlowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+			if err != nil {
+				return fmt.Errorf("--flow-log: %w", err)
+			}
+			a.closers = append([]func() error{f.Close}, a.closers...)
+			out = f
+		}
+		sinks = append(sinks, flows.NewLineSink(out, cfg.Node, a.enf.Names))
+	}
+	if len(sinks) > 0 {
+		if a.reader, err = a.dp.NewEventReader(); err != nil {
+			return err
+		}
+		a.pipe = flows.NewPipeline(flows.PipelineConfig{Sinks: sinks, Log: a.log.Named("flows")})
+	}
+
+	if cfg.Controller != "" {
+		if a.cp, err = controlplane.New(controlplane.Config{
+			Flows:        a.spool,
+			Node:         cfg.Node,
+			Controller:   cfg.Controller,
+			JoinToken:    cfg.JoinToken,
+			State:        a.state,
+			Enforcer:     controllerSource{a.enf},
+			DefaultMode:  cfg.DefaultMode,
+			AgentVersion: cfg.Version,
+			Kernel:       kernelRelease(),
+			Counters: func() (map[string]uint64, error) {
+				c, err := a.dp.Counters()
+				if err != nil {
+					return nil, err
+				}
+				return c.ByName(), nil
+			},
+			Log: a.log.Named("controlplane"),
+		}); err != nil {
+			return err
+		}
+	}
+	a.met = metrics.New(a.metricSources())
+	a.enf.Observe = a.met.ObserveApply
+	return nil
+}
+
+// metricSources are what the metrics read at scrape time: every piece
+// exists by now, or never will (nil pieces report zero).
+func (a *Agent) metricSources() metrics.Sources {
+	src := metrics.Sources{
+		Counters:    a.dp.Counters,
+		Status:      a.enf.Status,
+		Pipeline:    func() flows.PipelineStats { return flows.PipelineStats{} },
+		Spool:       func() flows.SpoolStats { return flows.SpoolStats{} },
+		Ring:        func() (int, int) { return 0, 0 },
+		Connected:   func() bool { return false },
+		CertExpiry:  func() (t time.Time) { return t },
+		DefaultMode: a.cfg.DefaultMode,
+	}
+	if a.pipe != nil {
+		src.Pipeline = a.pipe.Stats
+		src.Ring = func() (int, int) { return a.reader.Pending(), a.reader.RingSize() }
+	}
+	if a.spool != nil {
+		src.Spool = a.spool.Stats
+	}
+	if a.cp != nil {
+		src.Connected, src.CertExpiry = a.cp.Connected, a.cp.CertExpiry
+	}
+	return src
+}
+
+// close releases what New opened, in order, and joins the errors.
+func (a *Agent) close() error {
+	var errs []error
+	for _, c := range a.closers {
+		errs = append(errs, c())
+	}
+	a.closers = nil
+	return errors.Join(errs...)
+}
+
+// Run enforces the last known good rule set, then follows the source
+// until ctx is done, and closes everything. With a controller, a control
+// plane that stops for good (a revoked or expired certificate, a refused
+// token) leaves the rule set in force enforced until ctx is done, and Run
+// returns its error then.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		if cerr := a.close(); cerr != nil {
+			a.log.Error("closing", zap.Error(cerr))
+		}
+	}()
+	if err := a.enf.Restore(); err != nil {
+		// Keep going: whatever is pinned keeps enforcing, and the source
+		// may provide a good rule set.
+		a.log.Error("last known good rule set not restored", zap.Error(err))
+	}
+	if a.cfg.MetricsListen != "" {
+		wg.Go(func() {
+			if err := a.met.Serve(ctx, a.cfg.MetricsListen, a.log.Named("metrics")); err != nil {
+				a.log.Error("metrics listener failed", zap.Error(err))
+			}
+		})
+	}
+	if a.pipe != nil {
+		wg.Go(func() {
+			if err := a.reader.Run(ctx, a.pipe.Handle); err != nil {
+				a.log.Error("flow events", zap.Error(err))
+			}
+		})
+		wg.Go(func() { a.pipe.Run(ctx) })
+	}
+	if a.cp != nil {
+		if err := a.cp.Run(ctx); err != nil {
+			a.log.Error("control plane stopped; the rule set in force stays enforced until the agent is stopped", zap.Error(err))
+			<-ctx.Done()
+			return err
+		}
+		return nil
+	}
+	src := &standalone.Source{
+		Node:        a.cfg.Node,
+		PolicyDir:   a.cfg.PolicyDir,
+		RuleSetFile: a.cfg.RuleSetFile,
+		DefaultMode: a.cfg.DefaultMode,
+		Log:         a.log.Named("standalone"),
+	}
+	return src.Run(ctx, func(rs *ruleset.RuleSet, book enforcer.AddressBook) error {
+		_, err := a.enf.Apply(rs, book)
+		return err
+	})
+}
+
+// controllerSource is the enforcer as the control plane sees it: rule
+// sets from the controller come without an address book (the controller
+// names flows itself).
+type controllerSource struct{ e *enforcer.Enforcer }
+
+func (s controllerSource) Apply(rs *ruleset.RuleSet) ([]string, error) {
+	res, err := s.e.Apply(rs, nil)
+	if err != nil {
+		return nil, err
+	}
+	return res.Pending, nil
+}
+
+func (s controllerSource) Current() *ruleset.RuleSet { return s.e.Current() }
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}

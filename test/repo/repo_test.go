@@ -1,0 +1,282 @@
+// Package repo_test checks the rules of the repository itself, as `make
+// lint` and `make test` run them: dependencies run one way (mains ->
+// agent/... | controller/... -> internal/...), no build output or other
+// binary is committed, the README and docs/ link only inside the
+// repository, and the README's layout section lists exactly the folders
+// and packages the tree has.
+package repo_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/eastguard/eastguard"
+
+// root is the repository's top directory.
+func root(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+		t.Fatalf("no go.mod at %s: %v", dir, err)
+	}
+	return dir
+}
+
+type pkg struct {
+	ImportPath string
+	Dir        string
+	Deps       []string // non-test dependencies, transitive
+}
+
+func packages(t *testing.T) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-json=ImportPath,Dir,Deps", "./...")
+	cmd.Dir = root(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if len(pkgs) < 20 {
+		t.Fatalf("go list found %d packages; the module has more", len(pkgs))
+	}
+	return pkgs
+}
+
+// rel is a package's path inside the module ("" for the module root).
+func rel(importPath string) string {
+	return strings.TrimPrefix(strings.TrimPrefix(importPath, module), "/")
+}
+
+func under(path, dir string) bool { return path == dir || strings.HasPrefix(path, dir+"/") }
+
+// TestDependenciesRunOneWay: non-test code of agent/... never depends on
+// controller/... nor the reverse; internal/... depends on neither;
+// proto/... (generated code) on nothing of the project.
+func TestDependenciesRunOneWay(t *testing.T) {
+	rules := []struct {
+		from      string
+		forbidden []string
+	}{
+		{"agent", []string{"controller", "test"}},
+		{"controller", []string{"agent", "test"}},
+		{"internal", []string{"agent", "controller", "test"}},
+		{"proto", []string{"agent", "controller", "internal", "test"}},
+	}
+	checked := 0
+	for _, p := range packages(t) {
+		from := rel(p.ImportPath)
+		for _, r := range rules {
+			if !under(from, r.from) {
+				continue
+			}
+			checked++
+			for _, d := range p.Deps {
+				if !strings.HasPrefix(d, module+"/") {
+					continue
+				}
+				for _, f := range r.forbidden {
+					if under(rel(d), f) {
+						t.Errorf("%s depends on %s: %s/... must not depend on %s/...", from, rel(d), r.from, f)
+					}
+				}
+			}
+		}
+	}
+	if checked < 20 {
+		t.Errorf("only %d packages checked", checked)
+	}
+}
+
+// TestNoCommittedBinaries: no ELF file or other binary is committed
+// except the eBPF objects bpf2go generates and images for the docs.
+func TestNoCommittedBinaries(t *testing.T) {
+	cmd := exec.Command("git", "ls-files", "-z")
+	cmd.Dir = root(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Skipf("skipped: not a git checkout (%v); the rule is checked where git is", err)
+	}
+	allowed := regexp.MustCompile(`(_bpfel\.o|_bpfeb\.o|\.png)$`)
+	files := strings.Split(strings.TrimRight(string(out), "\x00"), "\x00")
+	for _, f := range files {
+		if allowed.MatchString(f) {
+			continue
+		}
+		head := make([]byte, 8000)
+		fh, err := os.Open(filepath.Join(root(t), f))
+		if err != nil {
+			continue // deleted in the work tree
+		}
+		n, _ := io.ReadFull(fh, head)
+		fh.Close()
+		head = head[:n]
+		switch {
+		case bytes.HasPrefix(head, []byte("\x7fELF")):
+			t.Errorf("%s: a committed ELF binary (build outputs belong in bin/ and .gitignore)", f)
+		case bytes.IndexByte(head, 0) >= 0:
+			t.Errorf("%s: a committed binary file", f)
+		}
+	}
+	if len(files) < 100 {
+		t.Errorf("git ls-files listed %d files", len(files))
+	}
+}
+
+var mdLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
+
+// markdownLinks returns the link targets of a Markdown file, outside
+// code blocks and code spans.
+func markdownLinks(t *testing.T, path string) []string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []string
+	fenced := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(strings.TrimSpace(line), "```") {
+			fenced = !fenced
+			continue
+		}
+		if fenced || strings.HasPrefix(line, "    ") || strings.HasPrefix(line, "\t") {
+			continue
+		}
+		for _, m := range mdLink.FindAllStringSubmatch(line, -1) {
+			out = append(out, m[1])
+		}
+	}
+	return out
+}
+
+// TestDocsLinkInsideRepository: every link of the README and docs/ is a
+// file or folder of the repository (an anchor may follow it); none leaves
+// it, and none is a URL.
+func TestDocsLinkInsideRepository(t *testing.T) {
+	top := root(t)
+	docs, _ := filepath.Glob(filepath.Join(top, "docs", "*.md"))
+	if len(docs) < 3 {
+		t.Errorf("docs/ has %d Markdown files, want ARCHITECTURE, POLICY and OPERATIONS at least", len(docs))
+	}
+	links := 0
+	for _, doc := range append([]string{filepath.Join(top, "README.md")}, docs...) {
+		name, _ := filepath.Rel(top, doc)
+		for _, l := range markdownLinks(t, doc) {
+			links++
+			target, _, _ := strings.Cut(l, "#")
+			switch {
+			case strings.Contains(l, "://") || strings.HasPrefix(l, "mailto:"):
+				t.Errorf("%s links outside the repository: %s", name, l)
+				continue
+			case target == "":
+				continue // an anchor in the same file
+			}
+			abs := filepath.Join(filepath.Dir(doc), target)
+			if r, err := filepath.Rel(top, abs); err != nil || r == ".." || strings.HasPrefix(r, "../") {
+				t.Errorf("%s links outside the repository: %s", name, l)
+				continue
+			}
+			if _, err := os.Stat(abs); err != nil {
+				t.Errorf("%s links to %s, which does not exist", name, l)
+			}
+		}
+	}
+	if links == 0 {
+		t.Error("no links found: the parser is broken")
+	}
+}
+
+// TestREADMELayout: the README's layout section (a code block under
+// "## Layout", one "path/  what it is" line each) lists every top-level
+// folder and every Go package folder, and nothing else.
+func TestREADMELayout(t *testing.T) {
+	top := root(t)
+	data, err := os.ReadFile(filepath.Join(top, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "\n## Layout\n")
+	if !ok {
+		t.Fatal(`README.md has no "## Layout" section`)
+	}
+	if i := strings.Index(section, "\n## "); i >= 0 {
+		section = section[:i]
+	}
+	_, block, ok := strings.Cut(section, "```\n")
+	if !ok {
+		t.Fatal("the layout section has no code block")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	listed := map[string]bool{}
+	for _, line := range strings.Split(block, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(f[0], "/") || len(f) < 2 {
+			t.Errorf("layout line %q: want \"path/  what it is\"", line)
+			continue
+		}
+		listed[strings.TrimSuffix(f[0], "/")] = true
+	}
+
+	want := map[string]bool{}
+	entries, err := os.ReadDir(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") && e.Name() != "bin" {
+			want[e.Name()] = true
+		}
+	}
+	want[".ci"] = true
+	for _, p := range packages(t) {
+		if r := rel(p.ImportPath); r != "" {
+			want[r] = true
+		}
+	}
+	// Folders without Go packages that hold the project's parts, and a
+	// package behind a build tag.
+	for _, d := range []string{"deploy/demo", "deploy/docker", "deploy/kubernetes", "deploy/systemd", "test/throughput"} {
+		want[d] = true
+	}
+	for _, p := range slices.Sorted(maps.Keys(want)) {
+		if !listed[p] {
+			t.Errorf("README layout lacks %s/", p)
+		}
+	}
+	for _, p := range slices.Sorted(maps.Keys(listed)) {
+		if !want[p] {
+			t.Errorf("README layout lists %s/, which is not a top-level folder or a package", p)
+		}
+	}
+}
