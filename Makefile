@@ -9,9 +9,11 @@ export BPF2GO_CC     := clang-19
 export BPF2GO_STRIP  := llvm-strip-19
 export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu
 
-# Test flags: -p 1 keeps privileged packages (netns, bpffs, tcx) from
-# competing for the two cores of CI machines; timeouts are generous so a slow
-# machine fails on a real hang only.
+# Test flags: packages run in parallel (privileged tests name their
+# namespaces, bpffs directories and interfaces per run, so they do not
+# collide); timeouts are generous so a slow machine fails on a real hang
+# only. Privileged tests are named TestPrivileged...: `go test -run
+# TestPrivileged ./...` runs just them, `-skip TestPrivileged` the rest.
 TEST_FLAGS    ?= -count=1 -timeout 20m
 BENCH_FLAGS   ?= -run '^$$' -benchmem -timeout 30m
 
@@ -29,9 +31,10 @@ build: ## Build all binaries into bin/.
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./agent/cmd/... ./controller/cmd/...
 
-lint: ## gofmt, go vet, and clang-format-free C checks.
+lint: ## gofmt, go vet, and the repository's rules (test/repo: one-way imports, no committed binaries, links inside the repository, README layout).
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) test -count=1 ./test/repo/
 
 deps: ## Install the packages the tests and the demo need, if any is missing (Debian, root).
 	@missing=""; for c in ip nsenter sysctl nc iperf3 nft; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
@@ -50,8 +53,8 @@ bench: ## Run the Go benchmarks (datapath verdict cost, compiler, ...).
 # Fuzz targets, PACKAGE:TARGET. -fuzzminimizetime bounds the minimisation of
 # each new input: the compiler's seeds are large, and with the default (60 s)
 # FuzzCompile spends its time minimising instead of fuzzing.
-FUZZ_TARGETS := ./controller/policy:FuzzParse ./controller/compile:FuzzCompile \
-	./proto/eastguard/v1:FuzzFlowBatch ./agent/datapath:FuzzDecodeEvent
+FUZZ_TARGETS := ./internal/policy:FuzzParse ./internal/compile:FuzzCompile \
+	./internal/wire:FuzzFlowBatch ./agent/datapath:FuzzDecodeEvent
 FUZZTIME     ?= 30s
 
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s).

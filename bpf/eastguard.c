@@ -26,6 +26,8 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* enum tcx_action_base of Linux 6.6's uapi; Debian's linux-libc-dev predates
+ * it. agent/datapath's tests name the same values (retPass, retDrop). */
 #define TCX_NEXT (-1)
 #define TCX_DROP 2
 
@@ -37,8 +39,8 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  */
 volatile const __u8  cfg_default_mode = EG_MODE_ENFORCE;  /* interfaces without an endpoint */
 volatile const __u32 cfg_hz = 250;
-volatile const __u32 cfg_deny_events_per_sec = 1000;      /* per CPU; 0 = no limit */
-volatile const __u32 cfg_deny_events_burst = 200;
+volatile const __u32 cfg_deny_events_per_sec = 2000;      /* per CPU; 0 = no limit; as the loader's default */
+volatile const __u32 cfg_deny_events_burst = 500;
 volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 or 1: wake the reader on every event */
 volatile const __u8  cfg_ct_revalidate = 1;               /* re-check established flows after a change */
 volatile const __u8  cfg_ct_accounting = 1;               /* packet and byte counts per flow */

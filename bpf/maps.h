@@ -455,9 +455,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_frags SEC(".maps");
 
+/* 4 MiB, the loader's default; it sets the size (datapath.Config.RingBufBytes). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 << 20);
+	__uint(max_entries, 4 << 20);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_events SEC(".maps");
 

@@ -87,7 +87,8 @@ type Client struct {
 	token *pki.JoinToken
 	creds atomic.Pointer[identity]
 
-	// hashed caches the hash of the rule set in force.
+	// hashed caches the hash of the rule set in force. hashMu is never
+	// held together with agentStream.mu.
 	hashMu  sync.Mutex
 	hashed  *ruleset.RuleSet
 	hashVal string

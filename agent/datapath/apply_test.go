@@ -21,10 +21,10 @@ import (
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-// TestRevalidation: after a rule-set change, established flows are checked
+// TestPrivilegedRevalidation: after a rule-set change, established flows are checked
 // once against the new rules; a flow the new rules deny is cut, with an
 // event naming why. With KeepEstablished, they are left alone.
-func TestRevalidation(t *testing.T) {
+func TestPrivilegedRevalidation(t *testing.T) {
 	for _, keep := range []bool{false, true} {
 		t.Run(fmt.Sprintf("keep-established=%v", keep), func(t *testing.T) {
 			h := newHarness(t, Config{KeepEstablished: keep, HostInterfaces: []string{"up0"}}, "web0", "mon0", "up0")
@@ -73,11 +73,11 @@ func TestRevalidation(t *testing.T) {
 	}
 }
 
-// TestApplyIsAtomic alternates two rule sets while packets keep arriving.
+// TestPrivilegedApplyIsAtomic alternates two rule sets while packets keep arriving.
 // Each is consistent on its own (rule 1 allows, or rule 2 denies, port 80
 // from the clients); a packet that saw one's endpoint map with the other's
 // policy map would fall through to the default deny (rule 0). It never may.
-func TestApplyIsAtomic(t *testing.T) {
+func TestPrivilegedApplyIsAtomic(t *testing.T) {
 	h := newHarness(t, Config{DenyEventsPerSecond: 1 << 30, DenyEventsBurst: 1 << 20}, "web0")
 	base := func() *ruleset.RuleSet {
 		return &ruleset.RuleSet{
@@ -140,9 +140,9 @@ func TestApplyIsAtomic(t *testing.T) {
 	}
 }
 
-// TestApplyRefusals: a bad rule set, or one that does not fit, is refused
+// TestPrivilegedApplyRefusals: a bad rule set, or one that does not fit, is refused
 // whole with an error that says why, and the previous one stays in force.
-func TestApplyRefusals(t *testing.T) {
+func TestPrivilegedApplyRefusals(t *testing.T) {
 	h := newHarness(t, Config{HostInterfaces: []string{"up0"}, Limits: ruleset.Limits{Endpoints: 16, IPCache: 64, Policy: 12, PolicyRanges: 8}}, "web0", "mon0", "up0")
 	first := h.apply(shopRuleSet())
 	enforced := func() {
@@ -186,10 +186,10 @@ func TestApplyRefusals(t *testing.T) {
 	enforced()
 }
 
-// TestPendingInterfaces: a workload whose interface does not exist yet does
+// TestPrivilegedPendingInterfaces: a workload whose interface does not exist yet does
 // not fail the rule set; it is enforced when the interface appears, and
 // pending again when it goes.
-func TestPendingInterfaces(t *testing.T) {
+func TestPrivilegedPendingInterfaces(t *testing.T) {
 	h := newHarness(t, Config{HostInterfaces: []string{"up0"}}, "web0", "up0")
 	res := h.apply(shopRuleSet()) // mon0 does not exist
 	if len(res.Pending) != 1 || res.Pending[0] != "mon0" {
@@ -225,10 +225,10 @@ func TestPendingInterfaces(t *testing.T) {
 	}
 }
 
-// TestRestartAdoptsPins: closing the datapath leaves enforcement in place;
+// TestPrivilegedRestartAdoptsPins: closing the datapath leaves enforcement in place;
 // a new Open adopts the pinned links (switching them to its programs) and
 // the rule set in force, without detaching anything in between.
-func TestRestartAdoptsPins(t *testing.T) {
+func TestPrivilegedRestartAdoptsPins(t *testing.T) {
 	h := newHarness(t, Config{HostInterfaces: []string{"up0"}}, "web0", "mon0", "up0")
 	res := h.apply(shopRuleSet())
 	ifindex := h.ifindex["web0"]
@@ -276,8 +276,8 @@ func TestRestartAdoptsPins(t *testing.T) {
 	h.apply(shopRuleSet())
 }
 
-// TestUninstall removes every program and pin.
-func TestUninstall(t *testing.T) {
+// TestPrivilegedUninstall removes every program and pin.
+func TestPrivilegedUninstall(t *testing.T) {
 	h := newHarness(t, Config{HostInterfaces: []string{"up0"}}, "web0", "mon0", "up0")
 	h.apply(shopRuleSet())
 	dir := h.d.cfg.BPFFSDir
@@ -319,8 +319,8 @@ func attachedPrograms(t *testing.T, h *harness, ifindex uint32) []ebpf.ProgramID
 	return ids
 }
 
-// TestUpdateIPCache: an address changes identity in place; flows re-check.
-func TestUpdateIPCache(t *testing.T) {
+// TestPrivilegedUpdateIPCache: an address changes identity in place; flows re-check.
+func TestPrivilegedUpdateIPCache(t *testing.T) {
 	h := newHarness(t, Config{HostInterfaces: []string{"up0"}}, "web0", "mon0", "up0")
 	h.apply(shopRuleSet())
 	gen := h.d.Generation()
@@ -353,10 +353,10 @@ func TestUpdateIPCache(t *testing.T) {
 	}
 }
 
-// TestDenyEventRateLimit: a flood of denied packets yields at most the
+// TestPrivilegedDenyEventRateLimit: a flood of denied packets yields at most the
 // burst in events; the rest are counted, and the next event says how many
 // were suppressed before it. The flood runs on one CPU: buckets are per CPU.
-func TestDenyEventRateLimit(t *testing.T) {
+func TestPrivilegedDenyEventRateLimit(t *testing.T) {
 	h := newHarness(t, Config{DenyEventsPerSecond: 1, DenyEventsBurst: 5}, "web0", "mon0", "up0")
 	h.apply(shopRuleSet())
 	h.drain()
@@ -414,9 +414,9 @@ func onOneCPU(t *testing.T, f func()) {
 	f()
 }
 
-// TestEventsLostAreCounted: with a tiny ring and no reader, events that do
+// TestPrivilegedEventsLostAreCounted: with a tiny ring and no reader, events that do
 // not fit are counted, never silently gone.
-func TestEventsLostAreCounted(t *testing.T) {
+func TestPrivilegedEventsLostAreCounted(t *testing.T) {
 	h := newHarness(t, Config{RingBufBytes: 4096}, "web0", "mon0", "up0")
 	h.apply(shopRuleSet())
 	h.drain()

@@ -22,7 +22,7 @@ import (
 // Two methods, reported side by side:
 //
 //   - BenchmarkVerdict repeats one packet 1000 times per test run, hot in
-//     cache, as the targets in KERNEL-NOTES.md were measured. A repeated SYN
+//     cache, as the README's verdict figures are measured. A repeated SYN
 //     would be established after its first run, so for "new-allowed" the
 //     datapath is loaded with synExpiresAtOnce: each repetition finds only
 //     an expired conntrack entry and does the whole new-flow work (policy

@@ -102,9 +102,9 @@ type wantEvent struct {
 	src, dst ruleset.Identity
 }
 
-// TestVerdicts covers every verdict path of a new packet, each case on a
+// TestPrivilegedVerdicts covers every verdict path of a new packet, each case on a
 // fresh flow.
-func TestVerdicts(t *testing.T) {
+func TestPrivilegedVerdicts(t *testing.T) {
 	h := newShopHarness(t)
 	in, out := ruleset.Ingress, ruleset.Egress
 	allowed, denied, would := ruleset.VerdictAllowed, ruleset.VerdictDenied, ruleset.VerdictWouldDeny
@@ -204,10 +204,10 @@ func checkEvents(t *testing.T, evs []FlowEvent, want *wantEvent) {
 	}
 }
 
-// TestConntrack checks the stateful paths: replies and later packets of an
+// TestPrivilegedConntrack checks the stateful paths: replies and later packets of an
 // admitted flow pass on the conntrack entry alone; replies of a flow that
 // was never admitted do not; closing states; echo replies.
-func TestConntrack(t *testing.T) {
+func TestPrivilegedConntrack(t *testing.T) {
 	h := newShopHarness(t)
 	h.drain()
 	before := h.counters()
@@ -307,10 +307,10 @@ func (h *harness) ctEntry(family uint8, local, remote string, ep uint32, lport, 
 	return e
 }
 
-// TestMalformed: truncated or inconsistent packets never pass unchecked in
+// TestPrivilegedMalformed: truncated or inconsistent packets never pass unchecked in
 // enforce mode, never crash, and are counted; monitor mode lets them
 // through.
-func TestMalformed(t *testing.T) {
+func TestPrivilegedMalformed(t *testing.T) {
 	h := newShopHarness(t)
 	good := ipv4(cli4, web4, protoTCP, tcp(42000, 443, tcpSYN), v4opts{})
 	badDataOff := tcp(42001, 443, tcpSYN)
@@ -380,10 +380,10 @@ func extChain(n int, l4 []byte) []byte {
 	return b
 }
 
-// TestFragments: later fragments follow their first fragment's verdict;
+// TestPrivilegedFragments: later fragments follow their first fragment's verdict;
 // without a first fragment they are dropped (enforce) or reported
 // (monitor).
-func TestFragments(t *testing.T) {
+func TestPrivilegedFragments(t *testing.T) {
 	h := newShopHarness(t)
 	frag4 := func(id uint16, off uint16, more bool, payload []byte, dport uint16) []byte {
 		return ethFrame(ethIPv4, ipv4(cli4, web4, protoUDP, payload, v4opts{id: id, fragOff: off, more: more}))

@@ -9,11 +9,11 @@ import (
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-// TestEndpointTableCollisions: interfaces whose indexes share a slot of the
+// TestPrivilegedEndpointTableCollisions: interfaces whose indexes share a slot of the
 // direct-mapped endpoint table are placed by probing; one more than the
 // probe length is refused with an error naming it; a vanished interface
 // leaves a tombstone that keeps the later ones reachable.
-func TestEndpointTableCollisions(t *testing.T) {
+func TestPrivilegedEndpointTableCollisions(t *testing.T) {
 	h := newHarness(t, Config{})
 	base := uint32(200)
 	var names []string

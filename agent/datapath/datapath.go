@@ -132,6 +132,8 @@ type Datapath struct {
 	probe *ebpf.Program  // reads jiffies for clock
 	clock *Clock         // converts event times
 
+	// mu serialises changes to the kernel objects. Lock order: mu, then
+	// Clock.mu (never the other way round).
 	mu       sync.Mutex
 	objs     bpfObjects
 	replaced map[string]bool // pinned after the first Apply; see loaded

@@ -11,12 +11,12 @@ import (
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-// TestKernelMatchesMirror applies random overlapping rule sets and checks,
+// TestPrivilegedKernelMatchesMirror applies random overlapping rule sets and checks,
 // packet by packet, that the kernel decides exactly what the Go mirror of
 // its lookup (ruleset.Tables.Decide) decides: verdict and rule id. The
 // mirror itself is checked against a naive evaluator in internal/ruleset,
 // so together the kernel is checked against the plain semantics.
-func TestKernelMatchesMirror(t *testing.T) {
+func TestPrivilegedKernelMatchesMirror(t *testing.T) {
 	h := newHarness(t, Config{DenyEventsPerSecond: 1 << 30, DenyEventsBurst: 1 << 20}, "web0", "mon0")
 	rng := rand.New(rand.NewPCG(7, 11))
 	peers := []ruleset.Identity{ruleset.IdentityAny, ruleset.IdentityWorld, 400, 401, 402}

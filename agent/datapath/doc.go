@@ -7,4 +7,8 @@
 // Fail-static: closing the package's handles never removes enforcement.
 // Programs stay attached through pinned tcx links, maps stay pinned, and a
 // later Open adopts them without a gap. Only Uninstall removes them.
+//
+// It is the only package that holds eBPF objects or touches the kernel's
+// networking; it must not import anything under controller/ nor decide
+// policy (it enforces the rule sets it is given).
 package datapath

@@ -9,7 +9,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -208,41 +207,3 @@ func (r *EventReader) Pending() int { return r.rd.AvailableBytes() }
 
 // RingSize returns the ring's capacity in bytes.
 func (r *EventReader) RingSize() int { return r.rd.BufferSize() }
-
-// RunProgram runs frames through the datapath's program for one hook, as
-// if they crossed the interface ifindex (in the datapath's namespace), with
-// BPF_PROG_TEST_RUN: they go nowhere, but conntrack, counters and flow
-// events are real. For diagnostics and for benchmarking the event path.
-// frame(i) returns the i-th of n frames (it may reuse its buffer); the
-// result is how many would pass.
-func (d *Datapath) RunProgram(egress bool, ifindex uint32, n int, frame func(i int) []byte) (passed int, err error) {
-	d.mu.Lock()
-	prog := d.program(hook{ifindex, egress})
-	closed := d.closed
-	d.mu.Unlock()
-	if closed {
-		return 0, errClosed
-	}
-	err = inNetNS(d.netns(), func() error {
-		opts := &ebpf.RunOptions{Context: runContext{Ifindex: ifindex}}
-		for i := range n {
-			opts.Data = frame(i)
-			ret, err := prog.Run(opts)
-			if err != nil {
-				return err
-			}
-			if int32(ret) != 2 { // TCX_DROP
-				passed++
-			}
-		}
-		return nil
-	})
-	return passed, err
-}
-
-// runContext is the head of struct __sk_buff up to ifindex.
-type runContext struct {
-	_       [40]byte
-	Ifindex uint32
-	_       uint32
-}

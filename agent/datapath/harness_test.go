@@ -177,3 +177,10 @@ func interfaceIndex(name string) (uint32, error) {
 	}
 	return uint32(ifi.Index), nil
 }
+
+// runContext is the head of struct __sk_buff up to ifindex.
+type runContext struct {
+	_       [40]byte
+	Ifindex uint32
+	_       uint32
+}

@@ -1,13 +1,11 @@
 package datapath
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -16,6 +14,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/eastguard/eastguard/internal/caps"
 )
 
 // Sentinel errors callers (and the agent's exit code) branch on.
@@ -24,45 +24,18 @@ var (
 	ErrUnsupported = errors.New("kernel not supported")
 )
 
-// Capability bits (linux/capability.h).
-const (
-	capNetAdmin = 12
-	capSysAdmin = 21
-	capPerfmon  = 38
-	capBPF      = 39
-)
-
 // checkPrivileges fails early, with the capabilities named, instead of
 // letting the first map creation fail with a bare EPERM.
 func checkPrivileges() error {
-	eff, err := effectiveCaps()
+	eff, err := caps.Effective()
 	if err != nil {
 		return fmt.Errorf("read capabilities: %w", err)
 	}
-	has := func(c uint) bool { return eff&(1<<c) != 0 }
-	if has(capSysAdmin) || (has(capBPF) && has(capNetAdmin) && has(capPerfmon)) {
+	if eff.CanLoadBPF() {
 		return nil
 	}
 	return fmt.Errorf("%w: the datapath needs root, CAP_SYS_ADMIN, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (effective set is %#x)",
-		ErrPrivileges, eff)
-}
-
-func effectiveCaps() (uint64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, errors.New("no CapEff line in /proc/self/status")
+		ErrPrivileges, uint64(eff))
 }
 
 // checkKernel refuses kernels without BTF or tcx, naming what is missing.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
@@ -98,11 +99,11 @@ func (a *Aggregator) Len() int {
 	return len(a.flows)
 }
 
-// Record names a flow for people and scripts (ARCHITECTURE's flow record).
-func (f *Flow) Record(node string, rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) Record {
+// Record names a flow for people and scripts (docs/ARCHITECTURE.md, "Flow record").
+func (f *Flow) Record(node string, rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) flowrecord.Record {
 	first, last := time.Unix(0, f.FirstSeen).UTC(), time.Unix(0, f.LastSeen).UTC()
-	r := Record{
-		Time: first, Node: node, Direction: f.Dir, Protocol: protocolName(f.Protocol),
+	r := flowrecord.Record{
+		Time: first, Node: node, Direction: f.Dir, Protocol: flowrecord.ProtocolName(f.Protocol),
 		SrcAddr: f.Src, SrcPort: f.SrcPort, SrcWorkload: workloads(f.Src), SrcIdentity: f.SrcIdentity,
 		DstAddr: f.Dst, DstPort: f.DstPort, DstWorkload: workloads(f.Dst), DstIdentity: f.DstIdentity,
 		Verdict: f.Verdict, Rule: rules(f.Rule), Packets: f.Packets, Bytes: f.Bytes,

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/internal/flowrecord"
 )
 
 // Sink takes aggregated flows. Write is called from one goroutine, every
@@ -119,12 +120,12 @@ func (p *Pipeline) Stats() PipelineStats {
 type LineSink struct {
 	node  string
 	names Namer
-	w     *LineWriter
+	w     *flowrecord.LineWriter
 }
 
 // NewLineSink writes to w.
 func NewLineSink(w io.Writer, node string, names Namer) *LineSink {
-	return &LineSink{node: node, names: names, w: NewLineWriter(w)}
+	return &LineSink{node: node, names: names, w: flowrecord.NewLineWriter(w)}
 }
 
 // Write writes one line per flow.

@@ -6,27 +6,11 @@
 package flows
 
 import (
-	"io"
 	"net/netip"
 
-	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
-
-// Record is a flow as operators and scripts see it; the type lives in
-// internal/flowrecord so that the controller can use it without the kernel
-// side of this package.
-type Record = flowrecord.Record
-
-// protocolName names a protocol the way flow records do.
-func protocolName(p ruleset.Protocol) string { return flowrecord.ProtocolName(p) }
 
 // Namer resolves what flows carry as numbers: rule ids and the addresses of
 // workloads (enforcer.Enforcer.Names).
 type Namer func() (rules func(ruleset.RuleID) string, workloads func(netip.Addr) string)
-
-// LineWriter writes records as JSON lines (the agent's --flow-log).
-type LineWriter = flowrecord.LineWriter
-
-// NewLineWriter writes to w.
-func NewLineWriter(w io.Writer) *LineWriter { return flowrecord.NewLineWriter(w) }

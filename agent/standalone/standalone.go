@@ -3,6 +3,9 @@
 // compiler, or reads a rule set compiled elsewhere (egctl compile -o json),
 // and does it again whenever the files change. Bad input is reported with
 // its positions and changes nothing: the rule set in force stays.
+//
+// It must not touch the datapath (it hands rule sets to the enforcer) nor
+// import anything under controller/.
 package standalone
 
 import (

@@ -85,7 +85,9 @@ type Service struct {
 	policy *policyrepo.Repo
 	flows  *flowingest.Ingester
 
-	// certMu orders node certificate issuing against revocations.
+	// certMu orders node certificate issuing against revocations. Lock
+	// order: certMu, then tlsState.mu (revocation checks and updates),
+	// then the node table's lock.
 	certMu sync.Mutex
 	tls    *tlsState
 

@@ -28,6 +28,8 @@ type tlsState struct {
 	s       *Service
 	serving atomic.Pointer[tls.Certificate]
 
+	// mu guards revoked; taken after Service.certMu, and no other lock is
+	// taken while it is held.
 	mu      sync.RWMutex
 	revoked map[string]string // serial -> node
 }

@@ -5,6 +5,9 @@
 // queues their webhook deliveries in the store's outbox, in the same
 // transaction as the flows that raised them. Delivery itself is
 // controller/alert/webhook's job.
+//
+// It must not import agent/ or the packages that serve (agentapi,
+// restapi); it works on a store transaction it is given.
 package alert
 
 import (

@@ -1,7 +1,7 @@
-// Package restapi is the controller's REST API as its clients see it: the
-// request and response types of /api/v1, the admin.conf file that holds
-// the address and credential, and a small client. egctl uses it; the
-// server (controller/server) serves these same types. It must stay light:
+// Package apiclient is the controller's REST API as its clients see it:
+// the request and response types of /api/v1, the admin.conf file that
+// holds the address and credential, and a small client. egctl uses it;
+// controller/restapi serves these same types. It must stay light:
 // no gRPC, no store, no compiler (the policy types only).
 package apiclient
 
@@ -89,7 +89,7 @@ type RevokeResult struct {
 // AgentStatus is one node's entry in GET /api/v1/agents and `egctl agents
 // -o json`. The keys node, connected, appliedVersion, latestVersion,
 // certExpiry and lastError are an interface scripts rely on
-// (ARCHITECTURE.md).
+// (docs/ARCHITECTURE.md).
 type AgentStatus struct {
 	Node              string            `json:"node"`
 	Connected         bool              `json:"connected"`
@@ -174,7 +174,7 @@ func RefsOf(set *policy.Set) []ResourceRef {
 // Alert is one alert in GET /api/v1/alerts, POST /api/v1/alerts/{id}/ack
 // and `egctl alerts -o json`. The keys id, rule, severity, state, count,
 // source, destination, port, protocol, firstSeen and lastSeen are an
-// interface scripts rely on (ARCHITECTURE.md); the rest are left out when
+// interface scripts rely on (docs/ARCHITECTURE.md); the rest are left out when
 // empty.
 type Alert struct {
 	ID       int64  `json:"id"`

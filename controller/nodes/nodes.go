@@ -72,6 +72,10 @@ type Table struct {
 	now func() time.Time
 	log *zap.Logger
 
+	// mu guards nodes and every Node. Lock order: last. It is taken with
+	// policyrepo's Repo.applyMu or agentapi's Service.certMu held, never
+	// the other way round; while it is held only Stream.WakeUp and
+	// Stream.Close are called, which take no lock of these packages.
 	mu    sync.Mutex
 	nodes map[string]*Node
 }

@@ -40,8 +40,13 @@ type Repo struct {
 	log   *zap.Logger
 	now   func() time.Time
 
-	applyMu   sync.Mutex   // serialises changes; resources are only written with it held
-	docMu     sync.RWMutex // guards resources for readers without applyMu
+	// Lock order: applyMu, then the node table's lock (nodes.Table), then
+	// docMu. applyMu serialises changes and version assignment; resources
+	// are only written with it held. docMu guards resources for readers
+	// that do not hold applyMu (Documents), and nothing else is locked or
+	// called while it is held.
+	applyMu   sync.Mutex
+	docMu     sync.RWMutex
 	resources map[store.ResourceKey]*resource
 }
 

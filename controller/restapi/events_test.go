@@ -91,7 +91,7 @@ func (e *eventAPI) insertFlows(t *testing.T) {
 }
 
 // TestFlowsAPI: every filter selects what it says, newest first, and the
-// records have the keys ARCHITECTURE.md lists.
+// records have the keys docs/ARCHITECTURE.md lists.
 func TestFlowsAPI(t *testing.T) {
 	e := newEventAPI(t)
 	if code, body := e.call(t, "GET", "/api/v1/flows", e.token); code != 200 || strings.TrimSpace(string(body)) != "[]" {

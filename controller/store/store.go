@@ -2,7 +2,8 @@
 // tokens, issued certificates and revocations, policy resources, every
 // node's rule sets with their versions, and what each agent last reported.
 // It must not decide anything: validation, compilation, versioning and
-// access control are the callers' (controller/server); the store keeps
+// access control are the callers' (controller/policyrepo, agentapi,
+// flowingest, restapi); the store keeps
 // what they decided, each change in one transaction.
 //
 // Store is the interface; SQLite (OpenSQLite, a pure-Go driver, one file
@@ -124,7 +125,7 @@ type RuleSetRecord struct {
 	Node    string
 	Version uint64
 	Hash    string
-	// Data is the rule set, encoded by the caller (controller/server
+	// Data is the rule set, encoded by the caller (controller/policyrepo
 	// stores the protobuf form, eastguard.v1.RuleSet).
 	Data    []byte
 	Created time.Time

@@ -223,7 +223,7 @@ func (c *compiler) selectNodes() ([]int, error) {
 
 // planEnds finds every end of every rule on the compiled nodes: the
 // managed sources get egress entries, the managed destinations ingress
-// entries (semantics 3: one edge, enforced at both ends).
+// entries (docs/POLICY.md, semantics 3: one edge, enforced at both ends).
 func (c *compiler) planEnds(nodes []int) {
 	want := make([]bool, len(c.m.nodes))
 	for _, ni := range nodes {
@@ -520,7 +520,7 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 
 	rs.IPCache = mergeIPCache(nc.globalIPCache, nc.prefixes, m.cidrID)
 	if nc.node.host >= 0 {
-		// The node's own addresses are the host identity here (semantics 5).
+		// The node's own addresses are the host identity here (docs/POLICY.md, semantics 5 of docs/POLICY.md).
 		for _, a := range m.ws[nc.node.host].Addresses {
 			i, found := slices.BinarySearchFunc(rs.IPCache, a, func(e ruleset.IPCacheEntry, a netip.Addr) int {
 				return cmp.Or(e.Prefix.Addr().Compare(a), cmp.Compare(e.Prefix.Bits(), a.BitLen()))

@@ -1,4 +1,4 @@
-// Package compile turns a validated policy (controller/policy) into one
+// Package compile turns a validated policy (internal/policy) into one
 // ruleset.RuleSet per node: the endpoints the node's agent enforces, its
 // ipcache, and policy entries with verdicts and rule ids. It is a pure
 // library (no server, store or kernel) so the controller, egctl and the
@@ -24,7 +24,7 @@
 // egress entries (peers: the identities its to side covers), every managed
 // workload its to side covers gets ingress entries (peers: the from side),
 // so allowed traffic between managed workloads passes at both ends
-// (semantics 3). Peers are identities as the end's own node resolves them:
+// (docs/POLICY.md, semantics 3 of docs/POLICY.md). Peers are identities as the end's own node resolves them:
 //
 //   - selector: the label identities of matching workloads ({} = every
 //     managed workload).
@@ -41,7 +41,7 @@
 //     as inside for a deny and outside for an allow (neither then grants
 //     more than written), with a warning.
 //   - host: identity host, the node's own addresses as its workloads see
-//     them (semantics 5). A host-mode Workload (no interface) is the node
+//     them (docs/POLICY.md, semantics 5 of docs/POLICY.md). A host-mode Workload (no interface) is the node
 //     itself: on its own node its endpoint and addresses have identity host;
 //     on other nodes it has its label identity like any workload. Its end of
 //     a rule through a `host` peer is limited to the other side's workloads
@@ -95,4 +95,6 @@
 // Besides policy's (selectors matching nothing): label sets partly inside a
 // rule's CIDRs, allow rules fully shadowed by denies, and rules with no
 // managed end.
+//
+// It must not import anything under agent/ or controller/.
 package compile

@@ -15,8 +15,8 @@ const (
 	dd      = "default-deny"
 )
 
-// TestSemantics has one case per numbered semantic rule of POLICY.md, and
-// the cases the issue lists besides (mixed v4/v6, CIDR except, port ranges,
+// TestSemantics has one case per numbered semantic rule of docs/POLICY.md, and
+// the cases that are easy to get wrong besides (mixed v4/v6, CIDR except, port ranges,
 // monitor policies, the empty selector, world and host peers).
 func TestSemantics(t *testing.T) {
 	webToDB := "    - name: web-to-db\n      from: [{selector: {role: web}}]\n      to: [{selector: {role: db}}]\n      ports: [{protocol: TCP, port: 5432}]\n"
@@ -195,7 +195,7 @@ func TestSemantics(t *testing.T) {
 	}
 }
 
-// TestNoReverseEntries backs semantics 4: replies ride on conntrack, so an
+// TestNoReverseEntries backs semantics 4 of docs/POLICY.md: replies ride on conntrack, so an
 // edge produces exactly one egress and one ingress entry per end and peer.
 func TestNoReverseEntries(t *testing.T) {
 	_, res := mustCompile(t, cluster+policyDoc("p", "", "    - name: r\n      from: [{selector: {role: web}}]\n      to: [{selector: {role: db}}]\n      ports: [{port: 5432}]\n"))

@@ -11,7 +11,7 @@ import (
 )
 
 // shadowStat counts, for one allow rule, its entries and how many of them
-// deny entries cover completely (a deny beats every allow, semantics 2).
+// deny entries cover completely (a deny beats every allow, semantics 2 of docs/POLICY.md).
 type shadowStat struct {
 	total, covered int
 	by             map[ruleset.RuleID]bool

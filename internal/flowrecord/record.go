@@ -14,7 +14,7 @@ import (
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-// Record is a flow as operators and scripts see it (ARCHITECTURE.md, "Flow
+// Record is a flow as operators and scripts see it (docs/ARCHITECTURE.md, "Flow
 // record"): JSON with these exact keys, ports as numbers, times RFC 3339.
 type Record struct {
 	Time        time.Time         `json:"time"`

@@ -1,4 +1,6 @@
 // Package fsutil holds the few file operations agent and controller share.
+//
+// It must not import anything of the project.
 package fsutil
 
 import (

@@ -2,6 +2,8 @@
 // production (one object per line, RFC 3339 times under "time"), console
 // for people (the demo). Commands build one and pass it down; there is no
 // global logger.
+//
+// It must not import anything of the project.
 package logging
 
 import (

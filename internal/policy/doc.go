@@ -1,4 +1,4 @@
-// Package policy is the Eastguard policy language (POLICY.md): the resource
+// Package policy is the Eastguard policy language (docs/POLICY.md): the resource
 // types (Workload, Policy, AlertRule, Webhook), their parsing from
 // multi-document YAML with a position on every value, and validation.
 //
@@ -9,8 +9,10 @@
 // never half-applies. Warnings (a selector that matches no workload) do not
 // stop anything. Warnings that need the compiled rule sets (rules shadowed by
 // a deny, CIDRs that cut through a workload's addresses) come from
-// controller/compile in the same Diagnostic form.
+// internal/compile in the same Diagnostic form.
 //
 // This package is a pure library: no server, store, kernel or network. The
 // controller, egctl and the agent's standalone mode all use it.
+//
+// It must not import anything under agent/ or controller/.
 package policy

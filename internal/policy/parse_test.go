@@ -65,7 +65,7 @@ func doc(kind, name, spec string) string {
 const okWorkload = "apiVersion: eastguard.dev/v1\nkind: Workload\nmetadata:\n  name: db\n  labels: {role: db}\nspec:\n  node: n1\n  interface: veth-db\n  addresses: [10.0.0.1]\n---\n"
 
 // TestErrorClasses checks the message and position of every class of error
-// the issue and POLICY.md list.
+// docs/POLICY.md lists.
 func TestErrorClasses(t *testing.T) {
 	rule := func(body string) string {
 		return okWorkload + doc("Policy", "p", "  rules:\n    - name: r\n"+body)

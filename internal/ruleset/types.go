@@ -1,5 +1,5 @@
 // Package ruleset defines the per-node rule set: the contract between the
-// policy compiler (controller/compile), which produces it, and the datapath
+// policy compiler (internal/compile), which produces it, and the datapath
 // (agent/datapath), which enforces it.
 //
 // A RuleSet is plain data in the vocabulary of the datapath (endpoints,
@@ -196,7 +196,7 @@ func (v *Verdict) UnmarshalText(b []byte) error {
 
 // precedence orders verdicts for conflict resolution: an enforced deny beats
 // a monitor-mode deny, which beats an allow (semantics 2 and 6 of
-// POLICY.md: a would-deny is reported even where an allow also matches,
+// docs/POLICY.md: a would-deny is reported even where an allow also matches,
 // because in enforce mode the deny would win).
 func (v Verdict) precedence() int {
 	switch v {

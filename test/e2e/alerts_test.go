@@ -118,12 +118,12 @@ type alertRow struct {
 	Port        uint16 `json:"port"`
 }
 
-// TestAlertEndToEnd: a forbidden SSH attempt between workloads on two
+// TestPrivilegedAlertEndToEnd: a forbidden SSH attempt between workloads on two
 // nodes reaches the security team's webhook as exactly one signed alert
 // within 2 s of the packet, naming both workloads and the deciding rule;
 // a repeat within the window counts on the same alert and sends nothing
 // new; the flow is queryable with egctl flows.
-func TestAlertEndToEnd(t *testing.T) {
+func TestPrivilegedAlertEndToEnd(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	bin := buildAll(t)
 	nodeA, nodeB := topo.NewNode(t, "node-a", 1), topo.NewNode(t, "node-b", 2)

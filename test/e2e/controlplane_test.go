@@ -152,12 +152,12 @@ func (cp *controlPlane) apply(t *testing.T, policy string) {
 	cp.mustEgctl("apply", "-f", f)
 }
 
-// TestControlPlaneEndToEnd: a controller and two agents as separate
+// TestPrivilegedControlPlaneEndToEnd: a controller and two agents as separate
 // processes in network namespaces enforce a cross-node policy, follow its
 // changes, survive the controller's and their own deaths, enforce their
 // last known good rule set when they start without a controller, and are
 // cut off by revocation without losing enforcement.
-func TestControlPlaneEndToEnd(t *testing.T) {
+func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	bin := buildAll(t)
 	nodeA, nodeB := topo.NewNode(t, "node-a", 1), topo.NewNode(t, "node-b", 2)

@@ -68,11 +68,11 @@ func findFlow(records []flowRecord, want flowRecord) (flowRecord, bool) {
 	return flowRecord{}, false
 }
 
-// TestDatapathEndToEnd: one node, three workloads, a standalone agent
+// TestPrivilegedDatapathEndToEnd: one node, three workloads, a standalone agent
 // enforcing the shop policy on real TCP and UDP, IPv4 and IPv6; the agent
 // is killed (enforcement stays), restarted (adopts and takes a change),
 // then uninstalled (enforcement goes).
-func TestDatapathEndToEnd(t *testing.T) {
+func TestPrivilegedDatapathEndToEnd(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	bin := topo.BuildBinary(t, "agent/cmd/eastguard-agent", t.TempDir())
 	node := topo.NewNode(t, "node-a", 1)

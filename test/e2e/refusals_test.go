@@ -13,9 +13,9 @@ import (
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
-// TestAgentRefusesClearly: without privileges, or on a kernel without BTF,
+// TestPrivilegedAgentRefusesClearly: without privileges, or on a kernel without BTF,
 // the agent says what is missing and exits 1, having changed nothing.
-func TestAgentRefusesClearly(t *testing.T) {
+func TestPrivilegedAgentRefusesClearly(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	for _, tool := range []string{"setpriv", "unshare"} {
 		if _, err := exec.LookPath(tool); err != nil {

@@ -128,7 +128,7 @@ func (d *Deliverer) request(ctx context.Context, hook policy.Webhook, m Message)
 		if body, err = EncodeJSON(m); err != nil {
 			return nil, err
 		}
-		// Only json deliveries are signed (POLICY.md): Slack and
+		// Only json deliveries are signed (docs/POLICY.md): Slack and
 		// Alertmanager do not check a signature, and an unreadable
 		// secret must not hold their deliveries back.
 		if hook.SecretFrom != nil {

@@ -1,4 +1,4 @@
-// Package webhook delivers alerts to the Webhooks of the policy (POLICY.md,
+// Package webhook delivers alerts to the Webhooks of the policy (docs/POLICY.md,
 // "AlertRule and Webhook"): it sends what the alert engine queued in the
 // store's outbox (the deliveries table) in one of three formats, retries
 // what fails, and records every delivery's outcome in the store.

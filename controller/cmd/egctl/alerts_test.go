@@ -14,7 +14,7 @@ import (
 	"github.com/eastguard/eastguard/controller/store"
 )
 
-// The keys of an alert scripts rely on (ARCHITECTURE.md).
+// The keys of an alert scripts rely on (docs/ARCHITECTURE.md).
 var alertKeys = []string{"id", "rule", "severity", "state", "count", "source", "destination", "port", "protocol", "firstSeen", "lastSeen"}
 
 // insertAlerts stores an open, an acknowledged and a resolved alert, seen

@@ -25,7 +25,7 @@ func eventController(t *testing.T) *store.SQLite {
 	return st
 }
 
-// The keys of a flow record (ARCHITECTURE.md, "Flow record").
+// The keys of a flow record (docs/ARCHITECTURE.md, "Flow record").
 var flowKeys = []string{"time", "node", "direction", "protocol", "srcAddr", "srcPort", "srcWorkload", "srcIdentity",
 	"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen"}
 

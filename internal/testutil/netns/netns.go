@@ -9,6 +9,9 @@
 // namespace with a fresh sysfs, so it cannot see the host's bpffs; fine for
 // traffic tools. Nsenter enters only the network namespace; agents must be
 // started that way or their pins vanish with them.
+//
+// Only tests import it; it must not import anything under agent/ or
+// controller/.
 package netns
 
 import (

@@ -7,6 +7,9 @@
 // Addresses (all inside namespaces made here): workload j of node i has
 // 10.250.(16i+j).2/24 and fd0e:i:j::2/64, its node side .1 and ::1. Nodes
 // are linked over 10.250.0.0/24 and fd0e::/64, node i at .i and ::i.
+//
+// Only tests import it; it must not import anything under agent/ or
+// controller/.
 package topo
 
 import (

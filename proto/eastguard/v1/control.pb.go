@@ -1,5 +1,5 @@
 // The control channel between the Eastguard controller and its agents
-// (ARCHITECTURE.md, "Control channel"). Every RPC but Join runs over mutual
+// (docs/ARCHITECTURE.md, "Control channel"). Every RPC but Join runs over mutual
 // TLS with the agent's node certificate; the node named in the certificate
 // is the only node an agent may speak for.
 
@@ -1752,7 +1752,7 @@ func (x *FlowAck) GetRetry() bool {
 	return false
 }
 
-// FlowRecord is ARCHITECTURE.md's flow record; addresses are 4 or 16 bytes,
+// FlowRecord is docs/ARCHITECTURE.md's flow record; addresses are 4 or 16 bytes,
 // times Unix nanoseconds, enums ruleset's numeric values.
 type FlowRecord struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`

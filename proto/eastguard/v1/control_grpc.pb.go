@@ -1,5 +1,5 @@
 // The control channel between the Eastguard controller and its agents
-// (ARCHITECTURE.md, "Control channel"). Every RPC but Join runs over mutual
+// (docs/ARCHITECTURE.md, "Control channel"). Every RPC but Join runs over mutual
 // TLS with the agent's node certificate; the node named in the certificate
 // is the only node an agent may speak for.
 

@@ -5,6 +5,8 @@
 // The generated files are committed. `make generate` rebuilds them with
 // protoc from the system (Debian's protobuf-compiler, libprotoc 3.21.12)
 // and the plugin versions pinned as go tools in go.mod.
+//
+// It must not import anything of the project.
 package eastguardv1
 
 //go:generate sh -c "protoc --version | grep -qx 'libprotoc 3.21.12' || { echo 'protoc: want libprotoc 3.21.12 (Debian bookworm protobuf-compiler), got '\"$(protoc --version)\" >&2; exit 1; }"

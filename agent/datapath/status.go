@@ -1,0 +1,75 @@
+package datapath
+
+import (
+	"slices"
+
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// EndpointState says whether an endpoint is enforced.
+type EndpointState string
+
+const (
+	EndpointEnforcing EndpointState = "enforcing"
+	EndpointPending   EndpointState = "pending"
+)
+
+// EndpointStatus is one endpoint of the rule set in force.
+type EndpointStatus struct {
+	ID         ruleset.EndpointID `json:"id"`
+	Workload   string             `json:"workload"`
+	Mode       ruleset.Mode       `json:"mode"`
+	State      EndpointState      `json:"state"`
+	Interfaces []string           `json:"interfaces"`
+}
+
+// MapUsage is how full one of the rule set's maps is.
+type MapUsage struct {
+	Name     string `json:"name"`
+	Entries  int    `json:"entries"`
+	Capacity int    `json:"capacity"`
+}
+
+// Status describes what the datapath enforces.
+type Status struct {
+	Generation uint32           `json:"generation"`
+	Version    uint64           `json:"version"`
+	Hash       string           `json:"hash,omitempty"`
+	Endpoints  []EndpointStatus `json:"endpoints"`
+	Pending    []string         `json:"pending,omitempty"`
+	Attached   int              `json:"attachedInterfaces"`
+	// Maps are the active generation's maps: entries used and capacity
+	// (what incremental updates may grow into before a rebuild).
+	Maps []MapUsage `json:"maps,omitempty"`
+}
+
+// Status reports the rule set in force and where it is enforced.
+func (d *Datapath) Status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := Status{Generation: d.word >> 1, Attached: len(d.links) / 2}
+	cur := d.current
+	if cur == nil {
+		return st
+	}
+	st.Version = cur.rs.Version
+	st.Hash = cur.rs.Hash()
+	need := needOf(cur.rs, cur.tables, cur.bindings)
+	for i, name := range innerNames {
+		st.Maps = append(st.Maps, MapUsage{Name: name, Entries: need[i], Capacity: cur.capacity[i]})
+	}
+	st.Pending = slices.Clone(cur.pending)
+	ifaces := make(map[ruleset.EndpointID][]string)
+	for _, b := range cur.bindings {
+		ifaces[b.endpoint] = append(ifaces[b.endpoint], b.ifname)
+	}
+	for _, e := range cur.rs.Endpoints {
+		es := EndpointStatus{ID: e.ID, Workload: e.Workload, Mode: e.Mode, State: EndpointPending, Interfaces: ifaces[e.ID]}
+		slices.Sort(es.Interfaces)
+		if len(es.Interfaces) > 0 {
+			es.State = EndpointEnforcing
+		}
+		st.Endpoints = append(st.Endpoints, es)
+	}
+	return st
+}
