@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -19,14 +18,7 @@ import (
 // compiling twice gives the same bytes. The only errors allowed are the
 // datapath's capacity limits.
 func FuzzCompile(f *testing.F) {
-	seeds := testutil.PolicyFixtures(f)
-	for _, s := range seeds {
-		data, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
+	testutil.AddPolicySeeds(f)
 	f.Add([]byte(cluster + policyDoc("p", "monitor", "    - {name: r, action: deny, from: [{cidr: 10.0.0.0/9, except: [10.0.1.0/24]}, {host: true}], to: [{world: true}, {selector: {}}], ports: [{protocol: ICMP, type: 3, code: 1}, {protocol: ANY, port: 1, endPort: 1024}]}\n")))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// A hang is a bug too: fail loudly with the input.

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,14 +12,7 @@ import (
 // FuzzParse: the parser never panics, every diagnostic has a position and a
 // message, and a set is returned exactly when there is no error.
 func FuzzParse(f *testing.F) {
-	seeds := testutil.PolicyFixtures(f)
-	for _, s := range seeds {
-		data, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
+	testutil.AddPolicySeeds(f)
 	f.Add([]byte(doc("Policy", "p", "  rules:\n    - name: r\n      from: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]\n      to: [{world: true}, {host: true}]\n      ports: [{protocol: ANY, port: 1, endPort: 9}, {protocol: ICMPv6, type: 128, code: 0}]\n")))
 	f.Add([]byte("---\n---\n"))
 	f.Add([]byte("a: &x [*x]\n"))

@@ -59,7 +59,10 @@ type Lab struct {
 	Full bool
 }
 
-var labTemplate = template.Must(template.ParseFiles(PolicyFixture("lab.yaml.tmpl")))
+var (
+	labTemplate      = template.Must(template.ParseFiles(PolicyFixture("lab.yaml.tmpl")))
+	sshAlertTemplate = template.Must(template.ParseFiles(PolicyFixture("ssh-alert.yaml.tmpl")))
+)
 
 // LabPolicy renders the lab policy (testdata/lab.yaml.tmpl): the
 // workloads and the Policy "shop" that lets role client reach role web.
@@ -83,4 +86,29 @@ func LabExtraPolicy() string {
 		panic(err)
 	}
 	return string(b)
+}
+
+// SSHAlertPolicy renders testdata/ssh-alert.yaml.tmpl: the AlertRule
+// "unexpected-ssh" (critical, any TCP 22 attempt to a managed workload,
+// window 5m); with a webhookURL, it notifies the Webhook "security-team"
+// there (format json), also returned, whose secret comes from secretFile,
+// or from $EG_WEBHOOK_SECRET when secretFile is "".
+func SSHAlertPolicy(webhookURL, secretFile string) string {
+	var b strings.Builder
+	if err := sshAlertTemplate.Execute(&b, struct{ URL, SecretFile string }{webhookURL, secretFile}); err != nil {
+		panic(err)
+	}
+	return b.String() + "\n"
+}
+
+// AddPolicySeeds adds every complete policy fixture to a fuzz corpus.
+func AddPolicySeeds(f *testing.F) {
+	f.Helper()
+	for _, p := range PolicyFixtures(f) {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
 }

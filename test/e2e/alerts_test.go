@@ -17,30 +17,6 @@ import (
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
-// alertPolicy adds to crossNodePolicy an alert on any SSH attempt to a
-// managed workload, told to a signed JSON webhook at %s.
-const alertPolicy = `---
-apiVersion: eastguard.dev/v1
-kind: AlertRule
-metadata: {name: unexpected-ssh}
-spec:
-  severity: critical
-  match:
-    protocol: TCP
-    ports: [22]
-    to: [{selector: {}}]
-  window: 5m
-  notify: [security-team]
----
-apiVersion: eastguard.dev/v1
-kind: Webhook
-metadata: {name: security-team}
-spec:
-  url: %s
-  format: json
-  secretFrom: {env: EG_WEBHOOK_SECRET}
-`
-
 const webhookSecret = "e2e-webhook-secret"
 
 // receiver is the security team's webhook endpoint: it keeps every
@@ -160,7 +136,7 @@ func TestPrivilegedAlertEndToEnd(t *testing.T) {
 			"--controller", cp.addr(n), "--join-token", out[len(out)-1], "--state-dir", t.TempDir(),
 			"--bpffs-dir", n.BPFFSDir, "--log-format", "console"))
 	}
-	cp.apply(t, crossNodePolicy(web, client)+fmt.Sprintf(alertPolicy, hookURL))
+	cp.apply(t, crossNodePolicy(web, client)+"---\n"+testutil.SSHAlertPolicy(hookURL, ""))
 	cp.waitSynced(1, "node-a", "node-b")
 	if err := client.Dial(web.Addr4, 8080, 2*time.Second); err != nil {
 		t.Fatalf("allowed connection client -> web:8080: %v", err)

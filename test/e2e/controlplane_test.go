@@ -176,20 +176,7 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 		})
 	}
 
-	const quick = 700 * time.Millisecond // a dropped SYN shows as a timeout
-	mustPass := func(what string, err error) {
-		t.Helper()
-		if err != nil {
-			t.Errorf("%s: want it to pass, got %v", what, err)
-		}
-	}
-	mustDrop := func(what string, err error) {
-		t.Helper()
-		if !errors.Is(err, topo.ErrNoAnswer) {
-			t.Errorf("%s: want it dropped (no answer), got %v", what, err)
-		}
-	}
-	mustPass("before any agent: client -> other", client.Dial(other.Addr4, 8080, 2*time.Second))
+	topo.MustPass(t, "before any agent: client -> other", client.Dial(other.Addr4, 8080, 2*time.Second))
 
 	cp.start()
 	stateDirs := map[*topo.Node]string{nodeA: t.TempDir(), nodeB: t.TempDir()}
@@ -210,10 +197,10 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 	// Apply: both ends enforce the cross-node edge.
 	cp.apply(t, crossNodePolicy(web, client))
 	cp.waitSynced(1, "node-a", "node-b")
-	mustPass("client -> web 8080", client.Dial(web.Addr4, 8080, 2*time.Second))
-	mustDrop("client -> web 22", client.Dial(web.Addr4, 22, quick))
-	mustDrop("client -> web 9999", client.Dial(web.Addr4, 9999, quick))
-	mustDrop("client -> other (node-b's egress)", client.Dial(other.Addr4, 8080, quick))
+	topo.MustPass(t, "client -> web 8080", client.Dial(web.Addr4, 8080, 2*time.Second))
+	topo.MustDrop(t, "client -> web 22", client.Dial(web.Addr4, 22, topo.Quick))
+	topo.MustDrop(t, "client -> web 9999", client.Dial(web.Addr4, 9999, topo.Quick))
+	topo.MustDrop(t, "client -> other (node-b's egress)", client.Dial(other.Addr4, 8080, topo.Quick))
 
 	// Invalid input changes nothing.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
@@ -228,20 +215,20 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 	// A change reaches both ends.
 	cp.apply(t, crossNodePolicy(web, client)+testutil.LabExtraPolicy())
 	cp.waitSynced(2, "node-a", "node-b")
-	mustPass("after the change: client -> web 9999", client.Dial(web.Addr4, 9999, 2*time.Second))
+	topo.MustPass(t, "after the change: client -> web 9999", client.Dial(web.Addr4, 9999, 2*time.Second))
 
 	// The controller dies: enforcement continues; it comes back and the
 	// agents reconnect by themselves.
 	cp.proc.Kill()
-	mustPass("controller down: client -> web 8080", client.Dial(web.Addr4, 8080, 2*time.Second))
-	mustDrop("controller down: client -> web 22", client.Dial(web.Addr4, 22, quick))
+	topo.MustPass(t, "controller down: client -> web 8080", client.Dial(web.Addr4, 8080, 2*time.Second))
+	topo.MustDrop(t, "controller down: client -> web 22", client.Dial(web.Addr4, 22, topo.Quick))
 	cp.start()
 	cp.waitSynced(2, "node-a", "node-b")
 
 	// An agent dies: its pins keep enforcing; restarted without a token,
 	// it adopts them and reconnects.
 	agentA.Kill()
-	mustDrop("agent-a down: other -> web 8080 (web's ingress)", other.Dial(web.Addr4, 8080, quick))
+	topo.MustDrop(t, "agent-a down: other -> web 8080 (web's ingress)", other.Dial(web.Addr4, 8080, topo.Quick))
 	agentA = startAgent(nodeA, "")
 	testutil.Eventually(t, 20*time.Second, "agent-a adopting its pins", func() error {
 		if !strings.Contains(agentA.Output(), `"adopted-links": 2`) {
@@ -250,7 +237,7 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 		return nil
 	})
 	cp.waitSynced(2, "node-a")
-	mustDrop("agent-a restarted: client -> web 22", client.Dial(web.Addr4, 22, quick))
+	topo.MustDrop(t, "agent-a restarted: client -> web 22", client.Dial(web.Addr4, 22, topo.Quick))
 
 	// An agent starting while the controller is down enforces its last
 	// known good rule set, from its state directory: its pins are removed
@@ -260,7 +247,7 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 	if out, err := exec.Command(bin["eastguard-agent"], "--uninstall", "--bpffs-dir", nodeB.BPFFSDir).CombinedOutput(); err != nil {
 		t.Fatalf("uninstall node-b: %v\n%s", err, out)
 	}
-	mustPass("node-b uninstalled: client -> other", client.Dial(other.Addr4, 8080, 2*time.Second))
+	topo.MustPass(t, "node-b uninstalled: client -> other", client.Dial(other.Addr4, 8080, 2*time.Second))
 	agentB = startAgent(nodeB, "")
 	testutil.Eventually(t, 20*time.Second, "agent-b enforcing its last known good rule set", func() error {
 		if agentB.Exited() {
@@ -274,7 +261,7 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 	if !strings.Contains(agentB.Output(), "last known good rule set enforced") {
 		t.Errorf("agent-b did not log its last known good rule set")
 	}
-	mustPass("last known good: client -> web 9999", client.Dial(web.Addr4, 9999, 2*time.Second))
+	topo.MustPass(t, "last known good: client -> web 9999", client.Dial(web.Addr4, 9999, 2*time.Second))
 	cp.start()
 	cp.waitSynced(2, "node-a", "node-b")
 
@@ -296,8 +283,8 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
-	mustDrop("node-b revoked: client -> other", client.Dial(other.Addr4, 8080, quick))
-	mustPass("node-b revoked: client -> web 8080", client.Dial(web.Addr4, 8080, 2*time.Second))
+	topo.MustDrop(t, "node-b revoked: client -> other", client.Dial(other.Addr4, 8080, topo.Quick))
+	topo.MustPass(t, "node-b revoked: client -> web 8080", client.Dial(web.Addr4, 8080, 2*time.Second))
 	if rows, _ := cp.agents(); !rows["node-a"].Connected {
 		t.Errorf("node-a lost its stream when node-b was revoked: %+v", rows["node-a"])
 	}

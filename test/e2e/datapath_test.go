@@ -111,35 +111,22 @@ func TestPrivilegedDatapathEndToEnd(t *testing.T) {
 	agent := startAgent()
 	waitEnforcing(t, agent, client, web)
 
-	const quick = 700 * time.Millisecond // a dropped SYN shows as a timeout
-	mustPass := func(what string, err error) {
-		t.Helper()
-		if err != nil {
-			t.Errorf("%s: want it to pass, got %v", what, err)
-		}
-	}
-	mustDrop := func(what string, err error) {
-		t.Helper()
-		if !errors.Is(err, topo.ErrNoAnswer) {
-			t.Errorf("%s: want it dropped (no answer), got %v", what, err)
-		}
-	}
-	mustPass("client -> web tcp/8080 v4", client.Dial(web.Addr4, 8080, 2*time.Second))
-	mustPass("client -> web tcp/8080 v6", client.Dial(web.Addr6, 8080, 2*time.Second))
-	mustPass("client -> web udp/5353 v4", client.DialUDP(web.Addr4, 5353, 2*time.Second))
-	mustPass("client -> web udp/5353 v6", client.DialUDP(web.Addr6, 5353, 2*time.Second))
-	mustPass("web -> db tcp/5432", web.Dial(db.Addr4, 5432, 2*time.Second))
-	mustDrop("client -> web tcp/22 (no-ssh)", client.Dial(web.Addr4, 22, quick))
-	mustDrop("client -> web tcp/22 v6", client.Dial(web.Addr6, 22, quick))
-	mustDrop("web -> db tcp/22", web.Dial(db.Addr4, 22, quick))
-	mustDrop("client -> web tcp/9999 (default deny)", client.Dial(web.Addr4, 9999, quick))
-	mustDrop("client -> web udp/5354", client.DialUDP(web.Addr4, 5354, quick))
-	mustDrop("db -> web tcp/8080 (no edge)", db.Dial(web.Addr4, 8080, quick))
-	mustDrop("client -> db tcp/5432 (no edge)", client.Dial(db.Addr4, 5432, quick))
+	topo.MustPass(t, "client -> web tcp/8080 v4", client.Dial(web.Addr4, 8080, 2*time.Second))
+	topo.MustPass(t, "client -> web tcp/8080 v6", client.Dial(web.Addr6, 8080, 2*time.Second))
+	topo.MustPass(t, "client -> web udp/5353 v4", client.DialUDP(web.Addr4, 5353, 2*time.Second))
+	topo.MustPass(t, "client -> web udp/5353 v6", client.DialUDP(web.Addr6, 5353, 2*time.Second))
+	topo.MustPass(t, "web -> db tcp/5432", web.Dial(db.Addr4, 5432, 2*time.Second))
+	topo.MustDrop(t, "client -> web tcp/22 (no-ssh)", client.Dial(web.Addr4, 22, topo.Quick))
+	topo.MustDrop(t, "client -> web tcp/22 v6", client.Dial(web.Addr6, 22, topo.Quick))
+	topo.MustDrop(t, "web -> db tcp/22", web.Dial(db.Addr4, 22, topo.Quick))
+	topo.MustDrop(t, "client -> web tcp/9999 (default deny)", client.Dial(web.Addr4, 9999, topo.Quick))
+	topo.MustDrop(t, "client -> web udp/5354", client.DialUDP(web.Addr4, 5354, topo.Quick))
+	topo.MustDrop(t, "db -> web tcp/8080 (no edge)", db.Dial(web.Addr4, 8080, topo.Quick))
+	topo.MustDrop(t, "client -> db tcp/5432 (no edge)", client.Dial(db.Addr4, 5432, topo.Quick))
 	// The deny applies at both ends: the client's egress refuses 22 before
 	// web sees it. The node itself is not enforced, so its attempt shows
 	// web's ingress dropping it by the same rule.
-	mustDrop("node -> web tcp/22 v6 (no-ssh at web)", node.Dial(web.Addr6, 22, quick))
+	topo.MustDrop(t, "node -> web tcp/22 v6 (no-ssh at web)", node.Dial(web.Addr6, 22, topo.Quick))
 
 	// The flow log names the deciding rule at each end.
 	testutil.Eventually(t, 3*time.Second, "flow records", func() error {
@@ -186,9 +173,9 @@ func TestPrivilegedDatapathEndToEnd(t *testing.T) {
 
 	// Kill the agent: enforcement stays exactly as it was.
 	agent.Kill()
-	mustPass("after kill: client -> web tcp/8080", client.Dial(web.Addr4, 8080, 2*time.Second))
-	mustDrop("after kill: client -> web tcp/22", client.Dial(web.Addr4, 22, quick))
-	mustDrop("after kill: client -> web tcp/9999", client.Dial(web.Addr4, 9999, quick))
+	topo.MustPass(t, "after kill: client -> web tcp/8080", client.Dial(web.Addr4, 8080, 2*time.Second))
+	topo.MustDrop(t, "after kill: client -> web tcp/22", client.Dial(web.Addr4, 22, topo.Quick))
+	topo.MustDrop(t, "after kill: client -> web tcp/9999", client.Dial(web.Addr4, 9999, topo.Quick))
 
 	// Restart: it adopts the pins, and a policy change takes effect.
 	agent = startAgent()
@@ -202,27 +189,27 @@ func TestPrivilegedDatapathEndToEnd(t *testing.T) {
 	if out := agent.Output(); !strings.Contains(out, `"adopted-links": 6`) {
 		t.Errorf("restarted agent did not adopt the 6 pinned links:\n%s", out)
 	}
-	mustDrop("after restart: client -> web tcp/22", client.Dial(web.Addr4, 22, quick))
+	topo.MustDrop(t, "after restart: client -> web tcp/22", client.Dial(web.Addr4, 22, topo.Quick))
 	if err := os.WriteFile(filepath.Join(policyDir, "shop.yaml"), []byte(topo.LabPolicy(true, web, db, client)+testutil.LabExtraPolicy()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, "the restarted agent applying a policy change", func() error {
-		return client.Dial(web.Addr4, 9999, quick)
+		return client.Dial(web.Addr4, 9999, topo.Quick)
 	})
-	mustDrop("after change: client -> web tcp/22", client.Dial(web.Addr4, 22, quick))
+	topo.MustDrop(t, "after change: client -> web tcp/22", client.Dial(web.Addr4, 22, topo.Quick))
 
 	// A clean stop also leaves enforcement in place.
 	if err := agent.Stop(10 * time.Second); err != nil {
 		t.Errorf("agent stop: %v", err)
 	}
-	mustDrop("after stop: client -> web tcp/22", client.Dial(web.Addr4, 22, quick))
-	mustPass("after stop: client -> web tcp/9999", client.Dial(web.Addr4, 9999, 2*time.Second))
+	topo.MustDrop(t, "after stop: client -> web tcp/22", client.Dial(web.Addr4, 22, topo.Quick))
+	topo.MustPass(t, "after stop: client -> web tcp/9999", client.Dial(web.Addr4, 9999, 2*time.Second))
 
 	// Uninstall: everything flows again.
 	if out, err := exec.Command(bin, "--uninstall", "--bpffs-dir", node.BPFFSDir).CombinedOutput(); err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
-	mustPass("after uninstall: client -> web tcp/22", client.Dial(web.Addr4, 22, 2*time.Second))
+	topo.MustPass(t, "after uninstall: client -> web tcp/22", client.Dial(web.Addr4, 22, 2*time.Second))
 	if _, err := os.Stat(node.BPFFSDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pins left after uninstall: %v", err)
 	}

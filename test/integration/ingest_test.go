@@ -17,16 +17,7 @@ import (
 )
 
 // sshAlert alerts on any SSH attempt to a managed workload.
-const sshAlert = `apiVersion: eastguard.dev/v1
-kind: AlertRule
-metadata: {name: unexpected-ssh}
-spec:
-  severity: critical
-  match:
-    protocol: TCP
-    ports: [22]
-    to: [{selector: {}}]
-`
+var sshAlert = testutil.SSHAlertPolicy("", "")
 
 // scriptedFlows is a FlowSource that sends the batches a test gives it,
 // each once, and records the controller's answers.

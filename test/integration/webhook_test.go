@@ -22,19 +22,6 @@ import (
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
-// sshAlertNotify is sshAlert telling a json webhook, signed with the
-// secret in a file.
-const sshAlertNotify = sshAlert + `  notify: [security-team]
----
-apiVersion: eastguard.dev/v1
-kind: Webhook
-metadata: {name: security-team}
-spec:
-  url: %q
-  format: json
-  secretFrom: {file: %q}
-`
-
 // hookReceiver is a json webhook receiver that refuses everything until
 // it is told to be healthy, then verifies signatures and keeps what it
 // accepted.
@@ -104,7 +91,7 @@ func TestWebhookDeliveryAcrossRestart(t *testing.T) {
 		c.WebhookTimeout = 30 * time.Second
 		c.DashboardURL = "https://eastguard.example.com/"
 	})
-	h.Apply(twoNodes, fmt.Sprintf(sshAlertNotify, rc.URL+"/eastguard", secretFile))
+	h.Apply(twoNodes, testutil.SSHAlertPolicy(rc.URL+"/eastguard", secretFile))
 	src := newScriptedFlows()
 	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
 	h.waitApplied(a)

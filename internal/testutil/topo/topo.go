@@ -56,6 +56,26 @@ type Workload struct {
 	Addr6     netip.Addr
 }
 
+// Quick is how long a probe that should be dropped waits: a dropped SYN
+// shows as a timeout.
+const Quick = 700 * time.Millisecond
+
+// MustPass fails the test, naming what, unless the probe's err is nil.
+func MustPass(t testing.TB, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("%s: want it to pass, got %v", what, err)
+	}
+}
+
+// MustDrop fails the test, naming what, unless the probe got no answer.
+func MustDrop(t testing.TB, what string, err error) {
+	t.Helper()
+	if !errors.Is(err, ErrNoAnswer) {
+		t.Errorf("%s: want it dropped (no answer), got %v", what, err)
+	}
+}
+
 // Lab is the workload as testutil.LabPolicy places it.
 func (w *Workload) Lab() testutil.LabWorkload {
 	return testutil.LabWorkload{Name: w.Name, Node: w.Node.Name, Interface: w.HostIface,
