@@ -8,7 +8,9 @@ package controllertest
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -24,6 +26,7 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/pki"
 )
 
@@ -252,4 +255,52 @@ func (h *Controller) ServeAPI() *apiclient.Config {
 		h.T.Fatal(err)
 	}
 	return &apiclient.Config{Server: api.URL, Token: token}
+}
+
+// InsertFlows puts flow records straight into the controller's store.
+func (h *Controller) InsertFlows(recs ...flowrecord.Record) {
+	h.T.Helper()
+	if err := h.St.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
+		h.T.Fatal(err)
+	}
+}
+
+// InsertAlerts puts alerts straight into the controller's store, in
+// order, and sets their ids.
+func (h *Controller) InsertAlerts(alerts ...*store.Alert) {
+	h.T.Helper()
+	err := h.St.EventTx(context.Background(), func(tx store.EventTx) error {
+		for _, a := range alerts {
+			if err := tx.InsertAlert(a); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		h.T.Fatal(err)
+	}
+}
+
+// Call sends an HTTP request with the admin token as bearer (none if
+// token is "") and an optional body, and returns the status and the body.
+func Call(t testing.TB, method, url, token, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -41,23 +39,7 @@ func newEventAPI(t *testing.T) *eventAPI {
 // and returns the status and body.
 func (e *eventAPI) call(t *testing.T, method, path, token string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, e.url+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, b
+	return controllertest.Call(t, method, e.url+path, token, "")
 }
 
 // flow makes a flow record told apart from the others by its source port.
@@ -85,9 +67,7 @@ func (e *eventAPI) insertFlows(t *testing.T) {
 		flow(e.now.Add(-time.Minute), 4, "node-b", "TCP", "10.0.0.1", "10.0.0.2", 22, ruleset.VerdictWouldDeny, "shop/no-ssh"),
 		icmp,
 	}
-	if err := e.h.St.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
-		t.Fatal(err)
-	}
+	e.h.InsertFlows(recs...)
 }
 
 // TestFlowsAPI: every filter selects what it says, newest first, and the
@@ -233,17 +213,7 @@ func (e *eventAPI) insertAlerts(t *testing.T) (open, acked, resolved store.Alert
 	acked.AcknowledgedAt = e.now.Add(-20 * time.Minute).UTC()
 	resolved = alert("db", store.AlertResolved, -2*time.Hour)
 	resolved.ResolvedAt, resolved.ResolvedBy = e.now.Add(-time.Hour).UTC(), "window"
-	err := e.h.St.EventTx(context.Background(), func(tx store.EventTx) error {
-		for _, a := range []*store.Alert{&resolved, &acked, &open} {
-			if err := tx.InsertAlert(a); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.h.InsertAlerts(&resolved, &acked, &open)
 	return open, acked, resolved
 }
 

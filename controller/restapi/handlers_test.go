@@ -1,8 +1,6 @@
 package restapi_test
 
 import (
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -30,16 +28,9 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 		{"GET", "/api/v1/rulesets/nobody", "", 404, "has no rule set"},
 	}
 	for _, c := range cases {
-		req, _ := http.NewRequest(c.method, cfg.Server+c.path, strings.NewReader(c.body))
-		req.Header.Set("Authorization", "Bearer "+cfg.Token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != c.code || !strings.Contains(string(b), c.want) {
-			t.Errorf("%s %s %s: %d %s, want %d with %q", c.method, c.path, c.body, resp.StatusCode, b, c.code, c.want)
+		code, b := controllertest.Call(t, c.method, cfg.Server+c.path, cfg.Token, c.body)
+		if code != c.code || !strings.Contains(string(b), c.want) {
+			t.Errorf("%s %s %s: %d %s, want %d with %q", c.method, c.path, c.body, code, b, c.code, c.want)
 		}
 	}
 	if got := h.Srv.Nodes.Agents(); len(got) != 0 {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/store"
 )
 
@@ -19,8 +19,8 @@ var alertKeys = []string{"id", "rule", "severity", "state", "count", "source", "
 
 // insertAlerts stores an open, an acknowledged and a resolved alert, seen
 // last in that order (newest first).
-func insertAlerts(t *testing.T, st *store.SQLite) (open, acked, resolved store.Alert) {
-	t.Helper()
+func insertAlerts(h *controllertest.Controller) (open, acked, resolved store.Alert) {
+	h.T.Helper()
 	now := time.Now().UTC().Truncate(time.Second)
 	alert := func(rule, state, src string, ago time.Duration) store.Alert {
 		return store.Alert{Rule: rule, Severity: "critical", Key: rule + "|" + src + "|db-1|22|TCP", State: state, Count: 3,
@@ -34,17 +34,7 @@ func insertAlerts(t *testing.T, st *store.SQLite) (open, acked, resolved store.A
 	acked.AcknowledgedAt = now.Add(-5 * time.Minute)
 	resolved = alert("ssh-attempts", store.AlertResolved, "10.9.9.3", 2*time.Hour)
 	resolved.ResolvedAt, resolved.ResolvedBy = now.Add(-time.Hour), "window"
-	err := st.EventTx(context.Background(), func(tx store.EventTx) error {
-		for _, a := range []*store.Alert{&resolved, &acked, &open} {
-			if err := tx.InsertAlert(a); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.InsertAlerts(&resolved, &acked, &open)
 	return open, acked, resolved
 }
 
@@ -68,7 +58,7 @@ func TestOnlineAlerts(t *testing.T) {
 	if code, out, _ := egctl(t, "alerts", "-o", "json"); code != exitOK || out != "[]\n" {
 		t.Errorf("alerts -o json with none: exit %d, %q", code, out)
 	}
-	open, acked, resolved := insertAlerts(t, st)
+	open, acked, resolved := insertAlerts(st)
 
 	code, out, errs := egctl(t, "alerts", "--open", "-o", "json")
 	var raw []map[string]any

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
 	"net/netip"
@@ -10,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -18,7 +17,7 @@ import (
 // eventController starts an in-process controller API, points
 // EGCTL_CONFIG at its admin.conf, and returns its store for the test to
 // put flows and alerts in.
-func eventController(t *testing.T) *store.SQLite {
+func eventController(t *testing.T) *controllertest.Controller {
 	t.Helper()
 	conf, st := controllerWithStore(t)
 	t.Setenv(envConfig, conf)
@@ -49,9 +48,7 @@ func TestOnlineFlows(t *testing.T) {
 		rec(5*time.Minute, "10.9.9.9", 50000, "10.0.0.2", 22, ruleset.VerdictDenied, "default-deny"),
 		rec(time.Minute, "fd00::9", 50001, "10.0.0.2", 22, ruleset.VerdictWouldDeny, "shop/no-ssh"),
 	}
-	if err := st.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
-		t.Fatal(err)
-	}
+	st.InsertFlows(recs...)
 
 	code, out, errs := egctl(t, "flows", "-o", "json")
 	var raw []map[string]any

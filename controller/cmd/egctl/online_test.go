@@ -8,7 +8,6 @@ import (
 
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
-	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
 
@@ -20,9 +19,9 @@ func controller(t *testing.T) string {
 	return conf
 }
 
-// controllerWithStore is controller, also returning the controller's
-// store (for tests that put flows and alerts in it).
-func controllerWithStore(t *testing.T) (string, *store.SQLite) {
+// controllerWithStore is controller, also returning the controller (for
+// tests that put flows and alerts in its store).
+func controllerWithStore(t *testing.T) (string, *controllertest.Controller) {
 	t.Helper()
 	h := controllertest.New(t)
 	cfg := h.ServeAPI()
@@ -30,7 +29,7 @@ func controllerWithStore(t *testing.T) (string, *store.SQLite) {
 	data, _ := cfg.Marshal()
 	path := filepath.Join(dir, "admin.conf")
 	writeFile(t, path, string(data))
-	return path, h.St
+	return path, h
 }
 
 func TestOnlineCommands(t *testing.T) {
