@@ -162,7 +162,7 @@ func (c *Client) CertExpiry() time.Time {
 // ctx is done (it returns nil) or a permanent error (ErrJoinRefused,
 // ErrRevoked, ErrExpired). Enforcement never depends on it.
 func (c *Client) Run(ctx context.Context) error {
-	if err := c.ensureIdentity(ctx); err != nil {
+	if err := c.ensureIdentity(ctx); err != nil || ctx.Err() != nil {
 		return err
 	}
 	var wg sync.WaitGroup
@@ -236,7 +236,7 @@ func (c *Client) ensureIdentity(ctx context.Context) error {
 		c.log.Warn("join failed; retrying", zap.Error(explain(err)), zap.Duration("retry-in", wait))
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil // stopped before joining: Run returns nil, as documented
 		case <-time.After(wait):
 		}
 	}

@@ -49,6 +49,13 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 		hello.AppliedVersion, hello.AppliedHash = applied.Version, hash
 	}
 	if err := s.send(&pb.AgentMessage{Msg: &pb.AgentMessage_Hello{Hello: hello}}); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The controller ended the stream before the Hello went out
+			// (a revoked certificate is refused at once): its status
+			// says why, and a final one must stop the agent.
+			_, err = st.Recv()
+			return false, c.streamErr(err)
+		}
 		return false, err
 	}
 	first, err := st.Recv()
@@ -70,11 +77,15 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 	peer := max(time.Duration(welcome.GetHeartbeatIntervalMs())*time.Millisecond, 100*time.Millisecond)
 	heard := make(chan struct{}, 1)
 	var wg sync.WaitGroup
+	if flows := c.cfg.Flows; flows != nil {
+		// Deferred first, so it runs last: after the sender has stopped,
+		// batches in flight go again on the next stream.
+		defer flows.Reset()
+	}
 	defer wg.Wait()
-	defer cancel(nil) // stops the heartbeats before waiting for them
+	defer cancel(nil) // stops the heartbeats and the sender before waiting for them
 	wg.Go(func() { s.heartbeats(ctx, cancel, peer, heard) })
 	if flows := c.cfg.Flows; flows != nil {
-		defer flows.Reset() // after the sender stopped: in-flight batches go again
 		wg.Go(func() {
 			for {
 				b, err := flows.Next(ctx)
