@@ -19,12 +19,12 @@ BENCH_FLAGS   ?= -run '^$$' -benchmem -timeout 30m
 
 COMMANDS := eastguard-agent eastguard-controller egctl
 
-.PHONY: help deps generate build lint test bench fuzz bench-throughput e2e demo demo-clean images clean
+.PHONY: help deps deps-run generate build lint test bench fuzz bench-throughput e2e demo demo-clean images clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-generate: ## Regenerate eBPF objects (bpf2go, clang-19) and protobuf code (protoc 3.21.12, Debian protobuf-compiler).
+generate: deps ## Regenerate eBPF objects (bpf2go, clang-19) and protobuf code (protoc 3.21.12, Debian protobuf-compiler).
 	$(GO) generate ./...
 
 build: ## Build all binaries into bin/.
@@ -36,15 +36,24 @@ lint: ## gofmt, go vet, and the repository's rules (test/repo: one-way imports, 
 	$(GO) vet ./...
 	$(GO) test -count=1 ./test/repo/
 
-deps: ## Install the packages the tests and the demo need, if any is missing (Debian, root).
-	@missing=""; for c in ip nsenter sysctl nc iperf3 nft; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+deps-run: ## Install the Debian packages the tests and the demo need, if any is missing (root).
+	@missing=""; for c in ip nsenter sysctl nc ss timeout iperf3 nft; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing packages for:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			iproute2 util-linux procps netcat-openbsd iperf3 nftables >/dev/null; \
+			iproute2 util-linux procps coreutils netcat-openbsd iperf3 nftables >/dev/null; \
 	fi
 
-test: deps build ## Run every test: unit, BPF (prog.Run), and end-to-end in network namespaces (privileged ones need root and say so when skipped).
+deps: deps-run ## Install every Debian package the build needs: deps-run's, and make generate's toolchain (protoc, clang-19, llvm-19, libbpf-dev).
+	@missing=""; for c in protoc clang-19 llvm-strip-19; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	[ -e /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing packages for:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			protobuf-compiler clang-19 llvm-19 libbpf-dev linux-libc-dev >/dev/null; \
+	fi
+
+test: deps-run build ## Run every test: unit, BPF (prog.Run), and end-to-end in network namespaces (privileged ones need root and say so when skipped).
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## Run the Go benchmarks (datapath verdict cost, compiler, ...).
@@ -69,7 +78,7 @@ bench-throughput: build ## iperf3 through an enforcing veth vs no program vs nft
 e2e: build ## Only the end-to-end tests under test/.
 	$(GO) test $(TEST_FLAGS) ./test/...
 
-demo: deps build ## Run the demo (root): a simulated node, three workloads, allowed and denied traffic.
+demo: deps-run build ## Run the demo (root): a simulated node, three workloads, allowed and denied traffic.
 	deploy/demo/demo.sh
 
 demo-clean: ## Remove whatever the demo left behind.
