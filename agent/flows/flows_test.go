@@ -241,3 +241,108 @@ func TestPipelineFlushesToSinks(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestSpoolBadFiles: spilled batches that were cut short, have flipped
+// bytes or cannot be read are dropped and counted as lost, and the batches
+// behind them still go out. (Before: a read error ended the sender for
+// good, and a file with a flipped bit was sent as if it were the batch.)
+func TestSpoolBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(SpoolConfig{Dir: dir, MemBytes: 1, DiskBytes: 1 << 20, Window: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := s.Write(flowsN(3)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.batch"))
+	if len(files) != 5 {
+		t.Fatalf("%d batch files, want all 5 spilled", len(files))
+	}
+	// 1: cut short by a byte; 2: its last byte flipped (still decodes as
+	// protobuf); 3: gone (a read error); 4 and 5 intact.
+	raw, _ := os.ReadFile(files[0])
+	os.WriteFile(files[0], raw[:len(raw)-1], 0o600)
+	raw, _ = os.ReadFile(files[1])
+	raw[len(raw)-1] ^= 1
+	os.WriteFile(files[1], raw, 0o600)
+	os.Remove(files[2])
+
+	b := next(t, s)
+	if b.Seq != 4 || len(b.Records) != 3 || b.Lost != 9 {
+		t.Fatalf("first batch out: %d with %d records carrying %d lost; want 4 with 3 carrying 9", b.Seq, len(b.Records), b.Lost)
+	}
+	if b := next(t, s); b.Seq != 5 || b.Lost != 0 {
+		t.Fatalf("second batch out: %d carrying %d lost; want 5 carrying 0", b.Seq, b.Lost)
+	}
+	if st := s.Stats(); st.RecordsLost != 9 || st.BatchesQueued != 2 {
+		t.Errorf("stats %+v: want 9 records lost, 2 batches queued", st)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*.batch")); len(left) != 2 {
+		t.Errorf("bad files not removed: %v", left)
+	}
+}
+
+// TestBatchFileTornAnywhere: a batch file cut at any length, or with any
+// one byte changed, is refused, never decoded as a shorter batch.
+func TestBatchFileTornAnywhere(t *testing.T) {
+	b := &pb.FlowBatch{Seq: 7, SpoolId: 3}
+	for _, f := range flowsN(4) {
+		b.Records = append(b.Records, f.Proto())
+	}
+	payload, err := proto.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := encodeBatchFile(payload)
+	if got, err := decodeBatchFile(file, 4); err != nil || !proto.Equal(got, b) {
+		t.Fatalf("intact file: %v", err)
+	}
+	for n := range len(file) {
+		if _, err := decodeBatchFile(file[:n], 4); err == nil {
+			t.Fatalf("file cut to %d of %d bytes decoded", n, len(file))
+		}
+	}
+	for i := range file {
+		bad := bytes.Clone(file)
+		bad[i] ^= 0x40
+		if _, err := decodeBatchFile(bad, 4); err == nil {
+			t.Fatalf("file with byte %d changed decoded", i)
+		}
+	}
+	// A file of an older agent (no header) is taken only whole.
+	if _, err := decodeBatchFile(payload, 4); err != nil {
+		t.Errorf("headerless file of an older agent refused: %v", err)
+	}
+	if _, err := decodeBatchFile(payload, 5); err == nil {
+		t.Errorf("headerless file with fewer records than its name says decoded")
+	}
+}
+
+// TestSpoolSpillIsAtomic: a spill interrupted by a crash leaves only a
+// temporary file, which the next start removes and does not send.
+func TestSpoolSpillIsAtomic(t *testing.T) {
+	dir := t.TempDir()
+	s := openSpool(t, dir, 1, 1<<20)
+	if err := s.Write(flowsN(2)); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp") {
+			t.Errorf("temporary file %s left after a spill", e.Name())
+		}
+	}
+	tmp := filepath.Join(dir, ".00000000000000000099-2-0.batch.tmp123")
+	os.WriteFile(tmp, []byte("half"), 0o600)
+	s2 := openSpool(t, dir, 1<<20, 1<<20)
+	if b := next(t, s2); b.Seq != 1 {
+		t.Errorf("after restart sent %d, want 1", b.Seq)
+	}
+	noNext(t, s2)
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Errorf("interrupted spill %s not removed at start", tmp)
+	}
+}
