@@ -198,7 +198,7 @@ func (a *Agent) open() (err error) {
 			a.closers = append([]func() error{f.Close}, a.closers...)
 			out = f
 		}
-		sinks = append(sinks, flows.NewLineSink(out, cfg.Node, a.enf.Names))
+		sinks = append(sinks, flows.NewLineSink(out, cfg.Node, a.flowNames))
 	}
 	if len(sinks) > 0 {
 		if a.reader, err = a.dp.NewEventReader(); err != nil {
@@ -325,9 +325,29 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	})
 }
 
+// flowNames names the flow log's records from the rule set in force: rule
+// names, workloads by address where the source gave an address book
+// (standalone), and the end on this node by its endpoint's workload,
+// which a rule set from the controller also names (it carries no
+// addresses: the remote end of such a flow stays unnamed here, and the
+// controller names both ends of what it stores).
+func (a *Agent) flowNames() flows.Names {
+	rules, workloads := a.enf.Names()
+	n := flows.Names{Rules: rules, Workloads: workloads}
+	if cur := a.enf.Current(); cur != nil {
+		byID := make(map[ruleset.EndpointID]string, len(cur.Endpoints))
+		for _, e := range cur.Endpoints {
+			byID[e.ID] = e.Workload
+		}
+		n.Endpoints = func(id ruleset.EndpointID) string { return byID[id] }
+	}
+	return n
+}
+
 // controllerSource is the enforcer as the control plane sees it: rule
-// sets from the controller come without an address book (the controller
-// names flows itself).
+// sets from the controller come without an address book (flowNames names
+// the local end of flows from the endpoints; the controller names flows
+// itself).
 type controllerSource struct{ e *enforcer.Enforcer }
 
 func (s controllerSource) Apply(rs *ruleset.RuleSet) ([]string, error) {

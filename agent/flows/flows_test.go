@@ -48,7 +48,7 @@ func TestAggregator(t *testing.T) {
 	if f.Packets != 3 || f.Bytes != 180 || f.FirstSeen != t0.UnixNano() || f.LastSeen != t0.Add(2*time.Second).UnixNano() {
 		t.Errorf("denied flow %+v: want 3 packets, 180 bytes, first and last seen 2 s apart", f)
 	}
-	rec := f.Record("n1", func(id ruleset.RuleID) string { return "p/r" }, func(a netip.Addr) string { return map[string]string{"10.250.1.2": "web"}[a.String()] })
+	rec := f.Record("n1", Names{Rules: func(id ruleset.RuleID) string { return "p/r" }, Workloads: func(a netip.Addr) string { return map[string]string{"10.250.1.2": "web"}[a.String()] }})
 	b, _ := json.Marshal(rec)
 	for _, want := range []string{`"node":"n1"`, `"direction":"ingress"`, `"protocol":"TCP"`, `"dstPort":22`, `"dstWorkload":"web"`, `"srcWorkload":""`, `"verdict":"denied"`, `"rule":"p/r"`, `"packets":3`, `"firstSeen":"2026-11-23T12:00:00Z"`, `"lastSeen":"2026-11-23T12:00:02Z"`} {
 		if !strings.Contains(string(b), want) {
@@ -63,7 +63,7 @@ func TestICMPRecordAndProto(t *testing.T) {
 	a := NewAggregator(10)
 	a.Add(ev)
 	f := a.Flush()[0]
-	rec := f.Record("n", func(ruleset.RuleID) string { return "" }, func(netip.Addr) string { return "" })
+	rec := f.Record("n", Names{})
 	if rec.DstPort != 0 || rec.ICMPType == nil || *rec.ICMPType != 8 || *rec.ICMPCode != 0 || rec.Protocol != "ICMP" {
 		t.Errorf("ICMP record %+v", rec)
 	}
@@ -219,8 +219,8 @@ func mustMarshal(t *testing.T, flows []Flow) []byte {
 
 func TestPipelineFlushesToSinks(t *testing.T) {
 	var out bytes.Buffer
-	names := func() (func(ruleset.RuleID) string, func(netip.Addr) string) {
-		return func(ruleset.RuleID) string { return "shop/no-ssh" }, func(netip.Addr) string { return "" }
+	names := func() Names {
+		return Names{Rules: func(ruleset.RuleID) string { return "shop/no-ssh" }, Workloads: func(netip.Addr) string { return "" }}
 	}
 	p := NewPipeline(PipelineConfig{Interval: 20 * time.Millisecond, Sinks: []Sink{NewLineSink(&out, "n1", names)}})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -344,5 +344,42 @@ func TestSpoolSpillIsAtomic(t *testing.T) {
 	noNext(t, s2)
 	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
 		t.Errorf("interrupted spill %s not removed at start", tmp)
+	}
+}
+
+// TestRecordNamesLocalEnd: without an address book (an agent with a
+// controller), the end of a flow on this node is named after its
+// endpoint's workload; an address the book knows keeps its name; a
+// spoofed source is not named after the workload that sent it.
+func TestRecordNamesLocalEnd(t *testing.T) {
+	names := Names{Endpoints: func(id ruleset.EndpointID) string { return map[ruleset.EndpointID]string{1: "web"}[id] }}
+	in := event(40000, 8080, ruleset.VerdictAllowed, 0) // ingress at endpoint 1
+	out := event(40000, 8080, ruleset.VerdictAllowed, 0)
+	out.Direction = ruleset.Egress
+	spoofed := event(40000, 8080, ruleset.VerdictDenied, 0)
+	spoofed.Direction, spoofed.Reason = ruleset.Egress, datapath.ReasonSpoofed
+	noEndpoint := event(40000, 8080, ruleset.VerdictDenied, 0)
+	noEndpoint.Endpoint = 0
+	for _, tc := range []struct {
+		name     string
+		ev       *datapath.FlowEvent
+		names    Names
+		src, dst string
+	}{
+		{"ingress", in, names, "", "web"},
+		{"egress", out, names, "web", ""},
+		{"spoofed", spoofed, names, "", ""},
+		{"no endpoint", noEndpoint, names, "", ""},
+		{"book first", in, Names{Endpoints: names.Endpoints, Workloads: func(a netip.Addr) string {
+			return map[string]string{"10.250.3.2": "client", "10.250.1.2": "web-by-address"}[a.String()]
+		}}, "client", "web-by-address"},
+	} {
+		a := NewAggregator(10)
+		a.Add(tc.ev)
+		f := a.Flush()[0]
+		r := f.Record("n1", tc.names)
+		if r.SrcWorkload != tc.src || r.DstWorkload != tc.dst {
+			t.Errorf("%s: src %q dst %q, want %q %q", tc.name, r.SrcWorkload, r.DstWorkload, tc.src, tc.dst)
+		}
 	}
 }
