@@ -27,7 +27,7 @@ import (
 // Exit codes.
 const (
 	exitOK      = 0
-	exitFailure = 1 // could not enforce: kernel, privileges, bad state
+	exitFailure = 1 // could not enforce (kernel, privileges, bad state), or refused by the controller for good
 	exitUsage   = 2 // bad flags
 )
 
@@ -138,6 +138,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	a, err := agent.New(f.Config)
 	if err == nil {
 		err = a.Run(ctx)
+	}
+	if errors.Is(err, agent.ErrRefused) {
+		return exitFailure // logged with what to do by the agent
 	}
 	if err != nil {
 		log.Error("agent failed", zap.Error(err))
