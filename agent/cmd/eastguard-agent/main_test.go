@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"os"
 	"path/filepath"
@@ -68,5 +69,16 @@ func TestRunExitCodes(t *testing.T) {
 	}
 	if code := run([]string{"--uninstall", "--bpffs-dir", filepath.Join(t.TempDir(), "absent")}, io.Discard, io.Discard); code != exitOK {
 		t.Errorf("uninstall of nothing: exit %d, want 0", code)
+	}
+}
+
+// TestVersion: --version prints the stamped version (make build sets it)
+// and exits 0, needing no other flag.
+func TestVersion(t *testing.T) {
+	defer func(v string) { version = v }(version)
+	version = "v1.2.3-4-gabcdef"
+	var out, errb bytes.Buffer
+	if code := run([]string{"--version"}, &out, &errb); code != exitOK || out.String() != "eastguard-agent v1.2.3-4-gabcdef\n" {
+		t.Errorf("--version: exit %d, %q %q", code, out.String(), errb.String())
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"slices"
 	"testing"
@@ -22,5 +23,16 @@ func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--data-dir", "d", "--advertise", "a.example,10.0.0.1", "--advertise", "b"}, io.Discard)
 	if err != nil || !slices.Equal(o.Advertise, []string{"a.example", "10.0.0.1", "b"}) {
 		t.Errorf("--advertise: %v %v", o.Advertise, err)
+	}
+}
+
+// TestVersion: --version prints the stamped version (make build sets it)
+// and exits 0, needing no other flag.
+func TestVersion(t *testing.T) {
+	defer func(v string) { version = v }(version)
+	version = "v1.2.3-4-gabcdef"
+	var out, errb bytes.Buffer
+	if code := run([]string{"--version"}, &out, &errb); code != exitOK || out.String() != "eastguard-controller v1.2.3-4-gabcdef\n" {
+		t.Errorf("--version: exit %d, %q %q", code, out.String(), errb.String())
 	}
 }
