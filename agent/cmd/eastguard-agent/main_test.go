@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"io"
 	"os"
 	"path/filepath"
@@ -9,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -75,10 +75,5 @@ func TestRunExitCodes(t *testing.T) {
 // TestVersion: --version prints the stamped version (make build sets it)
 // and exits 0, needing no other flag.
 func TestVersion(t *testing.T) {
-	defer func(v string) { version = v }(version)
-	version = "v1.2.3-4-gabcdef"
-	var out, errb bytes.Buffer
-	if code := run([]string{"--version"}, &out, &errb); code != exitOK || out.String() != "eastguard-agent v1.2.3-4-gabcdef\n" {
-		t.Errorf("--version: exit %d, %q %q", code, out.String(), errb.String())
-	}
+	testutil.CheckVersionFlag(t, "eastguard-agent", &version, run)
 }

@@ -1,10 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"io"
 	"slices"
 	"testing"
+
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -29,10 +30,5 @@ func TestParseFlags(t *testing.T) {
 // TestVersion: --version prints the stamped version (make build sets it)
 // and exits 0, needing no other flag.
 func TestVersion(t *testing.T) {
-	defer func(v string) { version = v }(version)
-	version = "v1.2.3-4-gabcdef"
-	var out, errb bytes.Buffer
-	if code := run([]string{"--version"}, &out, &errb); code != exitOK || out.String() != "eastguard-controller v1.2.3-4-gabcdef\n" {
-		t.Errorf("--version: exit %d, %q %q", code, out.String(), errb.String())
-	}
+	testutil.CheckVersionFlag(t, "eastguard-controller", &version, run)
 }

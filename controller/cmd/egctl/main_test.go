@@ -159,13 +159,8 @@ func writeFile(t *testing.T, path, content string) {
 // TestVersion: egctl --version (and egctl version) prints the stamped
 // version (make build sets it) and exits 0.
 func TestVersion(t *testing.T) {
-	defer func(v string) { version = v }(version)
-	version = "v1.2.3-4-gabcdef"
-	for _, arg := range []string{"--version", "version"} {
-		if code, out, errs := egctl(t, arg); code != exitOK || out != "egctl v1.2.3-4-gabcdef\n" {
-			t.Errorf("%s: exit %d, %q %q", arg, code, out, errs)
-		}
-	}
+	testutil.CheckVersionFlag(t, "egctl", &version, run)
+	testutil.CheckVersionFlag(t, "egctl", &version, run, "version")
 }
 
 // TestAgentsShowsAgentVersion: egctl agents shows each agent's version in
