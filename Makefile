@@ -19,6 +19,12 @@ BENCH_FLAGS   ?= -run '^$$' -benchmem -timeout 30m
 
 COMMANDS := eastguard-agent eastguard-controller egctl
 
+# The version the binaries report (--version; agents send it to the
+# controller, egctl agents shows it): the git description of the checkout,
+# "dev" outside a git checkout.
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS       := -X main.version=$(VERSION)
+
 .PHONY: help deps deps-run generate build lint test bench fuzz bench-throughput e2e demo demo-clean images clean
 
 help: ## Show this help.
@@ -27,9 +33,9 @@ help: ## Show this help.
 generate: deps ## Regenerate eBPF objects (bpf2go, clang-19) and protobuf code (protoc 3.21.12, Debian protobuf-compiler).
 	$(GO) generate ./...
 
-build: ## Build all binaries into bin/.
+build: ## Build all binaries into bin/, stamped with VERSION (git describe).
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./agent/cmd/... ./controller/cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./agent/cmd/... ./controller/cmd/...
 
 lint: ## gofmt, go vet, and the repository's rules (test/repo: one-way imports, no committed binaries, links inside the repository, README layout).
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

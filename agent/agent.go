@@ -198,7 +198,7 @@ func (a *Agent) open() (err error) {
 			a.closers = append([]func() error{f.Close}, a.closers...)
 			out = f
 		}
-		sinks = append(sinks, flows.NewLineSink(out, cfg.Node, a.enf.Names))
+		sinks = append(sinks, flows.NewLineSink(out, cfg.Node, a.flowNames))
 	}
 	if len(sinks) > 0 {
 		if a.reader, err = a.dp.NewEventReader(); err != nil {
@@ -271,14 +271,25 @@ func (a *Agent) close() error {
 	return errors.Join(errs...)
 }
 
+// ErrRefused is returned by Run when the control plane stopped for good:
+// the controller refused the agent (a spent, expired or unknown join
+// token, a token for another node, a revoked node, an expired
+// certificate), or the agent has no credentials it could ever be admitted
+// with (no certificate and no token, another node's certificate).
+// Retrying cannot help, so the agent stops (eastguard-agent exits 1) after
+// saying what to do and whether a rule set stays enforced. Enforcement
+// stays as it was.
+var ErrRefused = errors.New("control plane stopped for good")
+
 // Run enforces the last known good rule set, then follows the source
 // until ctx is done, and closes everything. With a controller, a control
-// plane that stops for good (a revoked or expired certificate, a refused
-// token) leaves the rule set in force enforced until ctx is done, and Run
-// returns its error then.
+// plane that stops for good (see ErrRefused) ends Run too: what is pinned
+// stays enforced, and the error says what to do.
 func (a *Agent) Run(ctx context.Context) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
+		cancel() // the goroutines below end with ctx, also when Run returns first
 		wg.Wait()
 		if cerr := a.close(); cerr != nil {
 			a.log.Error("closing", zap.Error(cerr))
@@ -306,9 +317,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	if a.cp != nil {
 		if err := a.cp.Run(ctx); err != nil {
-			a.log.Error("control plane stopped; the rule set in force stays enforced until the agent is stopped", zap.Error(err))
-			<-ctx.Done()
-			return err
+			return a.refused(err)
 		}
 		return nil
 	}
@@ -325,9 +334,57 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	})
 }
 
+// refused logs why the control plane stopped for good, what the operator
+// should do and what stays enforced, and returns the error Run ends with.
+func (a *Agent) refused(err error) error {
+	node := a.cfg.Node
+	newToken := fmt.Sprintf("create a new token with `egctl token create --node %s` and restart the agent with it (--join-token-file or --join-token)", node)
+	var todo string
+	switch {
+	case errors.Is(err, controlplane.ErrJoinRefused):
+		todo = "the join token was refused (used already, expired, unknown, or for another node): " + newToken
+	case errors.Is(err, controlplane.ErrRevoked):
+		todo = "this node was revoked (egctl agent revoke): to admit it again, " + newToken
+	case errors.Is(err, controlplane.ErrExpired):
+		todo = "the node certificate expired before it could be renewed: " + newToken
+	default:
+		todo = "fix what the error says: give this node's own --state-dir, or " + newToken
+	}
+	enforced := "nothing is enforced: no rule set was ever applied on this node"
+	fields := []zap.Field{zap.Error(err), zap.String("what-to-do", todo)}
+	if cur := a.enf.Current(); cur != nil {
+		enforced = "the rule set in force stays enforced (stopping the agent never removes it)"
+		fields = append(fields, zap.Uint64("policy-version", cur.Version))
+	} else if st := a.enf.Status(); st.Datapath.Generation > 0 {
+		enforced = "the rule set pinned by an earlier run stays enforced (stopping the agent never removes it)"
+	}
+	a.log.Error("control plane stopped for good; exiting; "+enforced, fields...)
+	return fmt.Errorf("%w: %w; %s; %s", ErrRefused, err, enforced, todo)
+}
+
+// flowNames names the flow log's records from the rule set in force: rule
+// names, workloads by address where the source gave an address book
+// (standalone), and the end on this node by its endpoint's workload,
+// which a rule set from the controller also names (it carries no
+// addresses: the remote end of such a flow stays unnamed here, and the
+// controller names both ends of what it stores).
+func (a *Agent) flowNames() flows.Names {
+	rules, workloads := a.enf.Names()
+	n := flows.Names{Rules: rules, Workloads: workloads}
+	if cur := a.enf.Current(); cur != nil {
+		byID := make(map[ruleset.EndpointID]string, len(cur.Endpoints))
+		for _, e := range cur.Endpoints {
+			byID[e.ID] = e.Workload
+		}
+		n.Endpoints = func(id ruleset.EndpointID) string { return byID[id] }
+	}
+	return n
+}
+
 // controllerSource is the enforcer as the control plane sees it: rule
-// sets from the controller come without an address book (the controller
-// names flows itself).
+// sets from the controller come without an address book (flowNames names
+// the local end of flows from the endpoints; the controller names flows
+// itself).
 type controllerSource struct{ e *enforcer.Enforcer }
 
 func (s controllerSource) Apply(rs *ruleset.RuleSet) ([]string, error) {

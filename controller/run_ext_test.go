@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/eastguard/eastguard/controller"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
+	"github.com/eastguard/eastguard/internal/testutil"
 	"go.uber.org/zap"
 )
 
@@ -108,5 +110,22 @@ func testOptions(dataDir string) controller.Options {
 		CertTTL: time.Hour, ServerCertTTL: 24 * time.Hour, Heartbeat: 10 * time.Second,
 		FlowRetention: 7 * 24 * time.Hour, FlowMaxBytes: 4 << 30, AlertRetention: 30 * 24 * time.Hour,
 		WebhookGiveUp: 24 * time.Hour, DeniedSeverity: "warning",
+	}
+}
+
+// TestPolicyChangeLogsNodeNames: a policy change logs which nodes got a
+// new rule set, not how many (an operator needs the names).
+func TestPolicyChangeLogsNodeNames(t *testing.T) {
+	h := controllertest.New(t)
+	h.Apply(testutil.LabPolicy(testutil.Lab{Workloads: []testutil.LabWorkload{
+		{Name: "web", Node: "node-b", Interface: "veth-web", Addrs: []string{"10.250.1.2"}},
+		{Name: "client", Node: "node-a", Interface: "veth-client", Addrs: []string{"10.250.3.2"}},
+	}}))
+	changes := h.Logs.FilterMessage("policy changed").All()
+	if len(changes) != 1 {
+		t.Fatalf("%d \"policy changed\" lines, want 1", len(changes))
+	}
+	if got := fmt.Sprint(changes[0].ContextMap()["nodes-changed"]); got != "[node-a node-b]" {
+		t.Errorf("nodes-changed = %s, want [node-a node-b]", got)
 	}
 }

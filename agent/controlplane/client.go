@@ -97,8 +97,8 @@ type Client struct {
 	streams   atomic.Int64
 }
 
-// Permanent errors: Run returns them, since retrying cannot help. The
-// agent keeps enforcing its last known good rule set.
+// Permanent errors: Run returns them, since retrying cannot help (the
+// agent then exits 1, saying what to do; what is pinned stays enforced).
 var (
 	ErrJoinRefused = errors.New("join refused")
 	ErrRevoked     = errors.New("this node's certificate was revoked")
@@ -159,8 +159,11 @@ func (c *Client) CertExpiry() time.Time {
 }
 
 // Run joins if needed, then keeps a stream to the controller open until
-// ctx is done (it returns nil) or a permanent error (ErrJoinRefused,
-// ErrRevoked, ErrExpired). Enforcement never depends on it.
+// ctx is done (it returns nil) or a permanent error: ErrJoinRefused,
+// ErrRevoked, ErrExpired, or credentials it could never be admitted with
+// (none and no token, another node's). Transient errors (the controller
+// unreachable, a stream lost) are retried with backoff, never returned.
+// Enforcement never depends on it.
 func (c *Client) Run(ctx context.Context) error {
 	if err := c.ensureIdentity(ctx); err != nil || ctx.Err() != nil {
 		return err

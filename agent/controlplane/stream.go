@@ -123,8 +123,8 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 			}
 		case *pb.ControllerMessage_Heartbeat:
 		case *pb.ControllerMessage_Revocation:
-			c.log.Error("the controller revoked this node's certificate; enforcement continues with the rule set in force; join again with a new --join-token",
-				zap.String("reason", msg.Revocation.GetReason()))
+			// Final: Run returns it, and the agent says what stays
+			// enforced and what to do (logged once, there).
 			return true, fmt.Errorf("%w: %s", ErrRevoked, msg.Revocation.GetReason())
 		default:
 			c.log.Debug("unknown message from the controller ignored")

@@ -3,6 +3,8 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -221,7 +223,7 @@ func Open(cfg Config) (*Datapath, error) {
 		zap.Uint32("hz", hz),
 		zap.Int("adopted-links", len(d.links)),
 		zap.Strings("new-maps", l.fresh),
-		zap.Int("replaced-maps", len(l.replaced)))
+		zap.Strings("replaced-maps", slices.Sorted(maps.Keys(l.replaced))))
 	return d, nil
 }
 

@@ -32,12 +32,14 @@ type MapUsage struct {
 
 // Status describes what the datapath enforces.
 type Status struct {
-	Generation uint32           `json:"generation"`
-	Version    uint64           `json:"version"`
-	Hash       string           `json:"hash,omitempty"`
-	Endpoints  []EndpointStatus `json:"endpoints"`
-	Pending    []string         `json:"pending,omitempty"`
-	Attached   int              `json:"attachedInterfaces"`
+	Generation uint32 `json:"generation"`
+	Version    uint64 `json:"version"`
+	// EffectiveHash is of the rule set as enforced: the node's own
+	// addresses added to the one received (whose hash is "hash").
+	EffectiveHash string           `json:"effectiveHash,omitempty"`
+	Endpoints     []EndpointStatus `json:"endpoints"`
+	Pending       []string         `json:"pending,omitempty"`
+	Attached      int              `json:"attachedInterfaces"`
 	// Maps are the active generation's maps: entries used and capacity
 	// (what incremental updates may grow into before a rebuild).
 	Maps []MapUsage `json:"maps,omitempty"`
@@ -53,7 +55,7 @@ func (d *Datapath) Status() Status {
 		return st
 	}
 	st.Version = cur.rs.Version
-	st.Hash = cur.rs.Hash()
+	st.EffectiveHash = cur.rs.Hash()
 	need := needOf(cur.rs, cur.tables, cur.bindings)
 	for i, name := range innerNames {
 		st.Maps = append(st.Maps, MapUsage{Name: name, Entries: need[i], Capacity: cur.capacity[i]})

@@ -26,7 +26,16 @@ func (d *Datapath) startWatch() error {
 	done := make(chan struct{})
 	err := inNetNS(d.netns(), func() error {
 		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
-			ErrorCallback: func(err error) { d.log.Warn("interface watch failed", zap.Error(err)) },
+			ErrorCallback: func(err error) {
+				select {
+				case <-done:
+					// stop closed the socket: the receive error that
+					// ends netlink's reader is the clean stop itself.
+					return
+				default:
+				}
+				d.log.Warn("interface watch failed", zap.Error(err))
+			},
 		})
 	})
 	if err != nil {

@@ -43,6 +43,9 @@ type Enforcer struct {
 
 	mu      sync.Mutex
 	current *ruleset.RuleSet // as received (without the node's addresses)
+	// hashOf and hash cache current's hash for Status (metrics scrape it).
+	hashOf  *ruleset.RuleSet
+	hash    string
 	book    AddressBook
 	result  *datapath.ApplyResult
 	lastErr error
@@ -171,11 +174,15 @@ func (e *Enforcer) Current() *ruleset.RuleSet {
 
 // Status is what the agent enforces and how the last apply went.
 type Status struct {
-	Version   uint64          `json:"version"`
-	Hash      string          `json:"hash,omitempty"`
-	AppliedAt time.Time       `json:"appliedAt,omitzero"`
-	LastError string          `json:"lastError,omitempty"`
-	Datapath  datapath.Status `json:"datapath"`
+	Version uint64 `json:"version"`
+	// Hash is the rule set's as received (compiled), the one the
+	// controller and egctl report; EffectiveHash is of what the datapath
+	// enforces, with the node's own addresses added.
+	Hash          string          `json:"hash,omitempty"`
+	EffectiveHash string          `json:"effectiveHash,omitempty"`
+	AppliedAt     time.Time       `json:"appliedAt,omitzero"`
+	LastError     string          `json:"lastError,omitempty"`
+	Datapath      datapath.Status `json:"datapath"`
 }
 
 // Status reports the rule set in force.
@@ -184,7 +191,13 @@ func (e *Enforcer) Status() Status {
 	defer e.mu.Unlock()
 	st := Status{AppliedAt: e.lastAt, Datapath: e.dp.Status()}
 	if e.result != nil {
-		st.Version, st.Hash = e.result.Version, e.result.Hash
+		st.Version, st.EffectiveHash = e.result.Version, e.result.Hash
+	}
+	if e.current != nil {
+		if e.hashOf != e.current {
+			e.hashOf, e.hash = e.current, e.current.Hash()
+		}
+		st.Hash = e.hash
 	}
 	if e.lastErr != nil {
 		st.LastError = e.lastErr.Error()

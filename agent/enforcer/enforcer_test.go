@@ -63,7 +63,7 @@ func (d *fakeDatapath) Status() datapath.Status {
 	if d.last == nil {
 		return datapath.Status{}
 	}
-	return datapath.Status{Generation: d.last.Generation, Version: d.last.Version, Hash: d.last.Hash}
+	return datapath.Status{Generation: d.last.Generation, Version: d.last.Version, EffectiveHash: d.last.Hash}
 }
 
 func (d *fakeDatapath) appliedRuleSets() []*ruleset.RuleSet {

@@ -25,7 +25,7 @@ type Key struct {
 }
 
 // Flow is an aggregated flow in numbers (identities, rule id). Names are
-// added by whoever knows them: the standalone agent for its flow log, the
+// added by whoever knows them: the agent for its flow log (Names), the
 // controller for everything it stores.
 type Flow struct {
 	Key
@@ -100,13 +100,14 @@ func (a *Aggregator) Len() int {
 }
 
 // Record names a flow for people and scripts (docs/ARCHITECTURE.md, "Flow record").
-func (f *Flow) Record(node string, rules func(ruleset.RuleID) string, workloads func(netip.Addr) string) flowrecord.Record {
+func (f *Flow) Record(node string, names Names) flowrecord.Record {
 	first, last := time.Unix(0, f.FirstSeen).UTC(), time.Unix(0, f.LastSeen).UTC()
+	src, dst := names.ends(f)
 	r := flowrecord.Record{
 		Time: first, Node: node, Direction: f.Dir, Protocol: flowrecord.ProtocolName(f.Protocol),
-		SrcAddr: f.Src, SrcPort: f.SrcPort, SrcWorkload: workloads(f.Src), SrcIdentity: f.SrcIdentity,
-		DstAddr: f.Dst, DstPort: f.DstPort, DstWorkload: workloads(f.Dst), DstIdentity: f.DstIdentity,
-		Verdict: f.Verdict, Rule: rules(f.Rule), Packets: f.Packets, Bytes: f.Bytes,
+		SrcAddr: f.Src, SrcPort: f.SrcPort, SrcWorkload: src, SrcIdentity: f.SrcIdentity,
+		DstAddr: f.Dst, DstPort: f.DstPort, DstWorkload: dst, DstIdentity: f.DstIdentity,
+		Verdict: f.Verdict, Rule: names.rule(f.Rule), Packets: f.Packets, Bytes: f.Bytes,
 		FirstSeen: first, LastSeen: last,
 	}
 	if f.Protocol.IsICMP() {

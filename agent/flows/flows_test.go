@@ -48,7 +48,7 @@ func TestAggregator(t *testing.T) {
 	if f.Packets != 3 || f.Bytes != 180 || f.FirstSeen != t0.UnixNano() || f.LastSeen != t0.Add(2*time.Second).UnixNano() {
 		t.Errorf("denied flow %+v: want 3 packets, 180 bytes, first and last seen 2 s apart", f)
 	}
-	rec := f.Record("n1", func(id ruleset.RuleID) string { return "p/r" }, func(a netip.Addr) string { return map[string]string{"10.250.1.2": "web"}[a.String()] })
+	rec := f.Record("n1", Names{Rules: func(id ruleset.RuleID) string { return "p/r" }, Workloads: func(a netip.Addr) string { return map[string]string{"10.250.1.2": "web"}[a.String()] }})
 	b, _ := json.Marshal(rec)
 	for _, want := range []string{`"node":"n1"`, `"direction":"ingress"`, `"protocol":"TCP"`, `"dstPort":22`, `"dstWorkload":"web"`, `"srcWorkload":""`, `"verdict":"denied"`, `"rule":"p/r"`, `"packets":3`, `"firstSeen":"2026-11-23T12:00:00Z"`, `"lastSeen":"2026-11-23T12:00:02Z"`} {
 		if !strings.Contains(string(b), want) {
@@ -63,7 +63,7 @@ func TestICMPRecordAndProto(t *testing.T) {
 	a := NewAggregator(10)
 	a.Add(ev)
 	f := a.Flush()[0]
-	rec := f.Record("n", func(ruleset.RuleID) string { return "" }, func(netip.Addr) string { return "" })
+	rec := f.Record("n", Names{})
 	if rec.DstPort != 0 || rec.ICMPType == nil || *rec.ICMPType != 8 || *rec.ICMPCode != 0 || rec.Protocol != "ICMP" {
 		t.Errorf("ICMP record %+v", rec)
 	}
@@ -219,8 +219,8 @@ func mustMarshal(t *testing.T, flows []Flow) []byte {
 
 func TestPipelineFlushesToSinks(t *testing.T) {
 	var out bytes.Buffer
-	names := func() (func(ruleset.RuleID) string, func(netip.Addr) string) {
-		return func(ruleset.RuleID) string { return "shop/no-ssh" }, func(netip.Addr) string { return "" }
+	names := func() Names {
+		return Names{Rules: func(ruleset.RuleID) string { return "shop/no-ssh" }, Workloads: func(netip.Addr) string { return "" }}
 	}
 	p := NewPipeline(PipelineConfig{Interval: 20 * time.Millisecond, Sinks: []Sink{NewLineSink(&out, "n1", names)}})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -239,5 +239,147 @@ func TestPipelineFlushesToSinks(t *testing.T) {
 	}
 	if st := p.Stats(); st.Events != 5 || st.Suppressed != 10 || st.Flows != 1 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestSpoolBadFiles: spilled batches that were cut short, have flipped
+// bytes or cannot be read are dropped and counted as lost, and the batches
+// behind them still go out. (Before: a read error ended the sender for
+// good, and a file with a flipped bit was sent as if it were the batch.)
+func TestSpoolBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSpool(SpoolConfig{Dir: dir, MemBytes: 1, DiskBytes: 1 << 20, Window: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := s.Write(flowsN(3)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.batch"))
+	if len(files) != 5 {
+		t.Fatalf("%d batch files, want all 5 spilled", len(files))
+	}
+	// 1: cut short by a byte; 2: its last byte flipped (still decodes as
+	// protobuf); 3: gone (a read error); 4 and 5 intact.
+	raw, _ := os.ReadFile(files[0])
+	os.WriteFile(files[0], raw[:len(raw)-1], 0o600)
+	raw, _ = os.ReadFile(files[1])
+	raw[len(raw)-1] ^= 1
+	os.WriteFile(files[1], raw, 0o600)
+	os.Remove(files[2])
+
+	b := next(t, s)
+	if b.Seq != 4 || len(b.Records) != 3 || b.Lost != 9 {
+		t.Fatalf("first batch out: %d with %d records carrying %d lost; want 4 with 3 carrying 9", b.Seq, len(b.Records), b.Lost)
+	}
+	if b := next(t, s); b.Seq != 5 || b.Lost != 0 {
+		t.Fatalf("second batch out: %d carrying %d lost; want 5 carrying 0", b.Seq, b.Lost)
+	}
+	if st := s.Stats(); st.RecordsLost != 9 || st.BatchesQueued != 2 {
+		t.Errorf("stats %+v: want 9 records lost, 2 batches queued", st)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*.batch")); len(left) != 2 {
+		t.Errorf("bad files not removed: %v", left)
+	}
+}
+
+// TestBatchFileTornAnywhere: a batch file cut at any length, or with any
+// one byte changed, is refused, never decoded as a shorter batch.
+func TestBatchFileTornAnywhere(t *testing.T) {
+	b := &pb.FlowBatch{Seq: 7, SpoolId: 3}
+	for _, f := range flowsN(4) {
+		b.Records = append(b.Records, f.Proto())
+	}
+	payload, err := proto.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := encodeBatchFile(payload)
+	if got, err := decodeBatchFile(file, 4); err != nil || !proto.Equal(got, b) {
+		t.Fatalf("intact file: %v", err)
+	}
+	for n := range len(file) {
+		if _, err := decodeBatchFile(file[:n], 4); err == nil {
+			t.Fatalf("file cut to %d of %d bytes decoded", n, len(file))
+		}
+	}
+	for i := range file {
+		bad := bytes.Clone(file)
+		bad[i] ^= 0x40
+		if _, err := decodeBatchFile(bad, 4); err == nil {
+			t.Fatalf("file with byte %d changed decoded", i)
+		}
+	}
+	// A file of an older agent (no header) is taken only whole.
+	if _, err := decodeBatchFile(payload, 4); err != nil {
+		t.Errorf("headerless file of an older agent refused: %v", err)
+	}
+	if _, err := decodeBatchFile(payload, 5); err == nil {
+		t.Errorf("headerless file with fewer records than its name says decoded")
+	}
+}
+
+// TestSpoolSpillIsAtomic: a spill interrupted by a crash leaves only a
+// temporary file, which the next start removes and does not send.
+func TestSpoolSpillIsAtomic(t *testing.T) {
+	dir := t.TempDir()
+	s := openSpool(t, dir, 1, 1<<20)
+	if err := s.Write(flowsN(2)); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp") {
+			t.Errorf("temporary file %s left after a spill", e.Name())
+		}
+	}
+	tmp := filepath.Join(dir, ".00000000000000000099-2-0.batch.tmp123")
+	os.WriteFile(tmp, []byte("half"), 0o600)
+	s2 := openSpool(t, dir, 1<<20, 1<<20)
+	if b := next(t, s2); b.Seq != 1 {
+		t.Errorf("after restart sent %d, want 1", b.Seq)
+	}
+	noNext(t, s2)
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		t.Errorf("interrupted spill %s not removed at start", tmp)
+	}
+}
+
+// TestRecordNamesLocalEnd: without an address book (an agent with a
+// controller), the end of a flow on this node is named after its
+// endpoint's workload; an address the book knows keeps its name; a
+// spoofed source is not named after the workload that sent it.
+func TestRecordNamesLocalEnd(t *testing.T) {
+	names := Names{Endpoints: func(id ruleset.EndpointID) string { return map[ruleset.EndpointID]string{1: "web"}[id] }}
+	in := event(40000, 8080, ruleset.VerdictAllowed, 0) // ingress at endpoint 1
+	out := event(40000, 8080, ruleset.VerdictAllowed, 0)
+	out.Direction = ruleset.Egress
+	spoofed := event(40000, 8080, ruleset.VerdictDenied, 0)
+	spoofed.Direction, spoofed.Reason = ruleset.Egress, datapath.ReasonSpoofed
+	noEndpoint := event(40000, 8080, ruleset.VerdictDenied, 0)
+	noEndpoint.Endpoint = 0
+	for _, tc := range []struct {
+		name     string
+		ev       *datapath.FlowEvent
+		names    Names
+		src, dst string
+	}{
+		{"ingress", in, names, "", "web"},
+		{"egress", out, names, "web", ""},
+		{"spoofed", spoofed, names, "", ""},
+		{"no endpoint", noEndpoint, names, "", ""},
+		{"book first", in, Names{Endpoints: names.Endpoints, Workloads: func(a netip.Addr) string {
+			return map[string]string{"10.250.3.2": "client", "10.250.1.2": "web-by-address"}[a.String()]
+		}}, "client", "web-by-address"},
+	} {
+		a := NewAggregator(10)
+		a.Add(tc.ev)
+		f := a.Flush()[0]
+		r := f.Record("n1", tc.names)
+		if r.SrcWorkload != tc.src || r.DstWorkload != tc.dst {
+			t.Errorf("%s: src %q dst %q, want %q %q", tc.name, r.SrcWorkload, r.DstWorkload, tc.src, tc.dst)
+		}
 	}
 }

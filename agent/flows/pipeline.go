@@ -130,9 +130,9 @@ func NewLineSink(w io.Writer, node string, names Namer) *LineSink {
 
 // Write writes one line per flow.
 func (l *LineSink) Write(flows []Flow) error {
-	rules, workloads := l.names()
+	names := l.names()
 	for i := range flows {
-		r := flows[i].Record(l.node, rules, workloads)
+		r := flows[i].Record(l.node, names)
 		if err := l.w.Write(&r); err != nil {
 			return err
 		}

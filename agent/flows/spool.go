@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"slices"
@@ -175,12 +176,71 @@ func batchName(e *spoolEntry) string {
 	return fmt.Sprintf("%020d-%d-%d.batch", e.seq, e.records, e.lost)
 }
 
+// A batch file is a header, then the FlowBatch in protobuf:
+//
+//	"EGB1" | payload length (uint32 LE) | CRC-32C of the payload (uint32 LE)
+//
+// Files are written whole (temporary file, fsync, rename), so a crash
+// leaves no file or a whole one; the header makes anything else (a file
+// cut short by a full disk, bytes flipped on the medium) detectable
+// instead of decoding as a shorter batch, which protobuf would happily do.
+// Files without the header (written by an older agent) are accepted only
+// if they decode to exactly the number of records their name says.
+var batchMagic = [4]byte{'E', 'G', 'B', '1'}
+
+const batchHeaderLen = 12
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// errCorrupt says a batch file is not what was written.
+var errCorrupt = errors.New("corrupt batch file")
+
+func encodeBatchFile(payload []byte) []byte {
+	b := make([]byte, batchHeaderLen, batchHeaderLen+len(payload))
+	copy(b, batchMagic[:])
+	binary.LittleEndian.PutUint32(b[4:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[8:], crc32.Checksum(payload, castagnoli))
+	return append(b, payload...)
+}
+
+// decodeBatchFile checks and decodes a batch file's content; records is
+// the count its name promises.
+func decodeBatchFile(raw []byte, records int) (*pb.FlowBatch, error) {
+	payload := raw
+	if len(raw) >= 4 && [4]byte(raw[:4]) == batchMagic {
+		if len(raw) < batchHeaderLen {
+			return nil, fmt.Errorf("%w: %d bytes, shorter than its header", errCorrupt, len(raw))
+		}
+		n, sum := binary.LittleEndian.Uint32(raw[4:]), binary.LittleEndian.Uint32(raw[8:])
+		payload = raw[batchHeaderLen:]
+		if uint64(len(payload)) != uint64(n) {
+			return nil, fmt.Errorf("%w: %d bytes of batch, the header says %d (cut short or extended)", errCorrupt, len(payload), n)
+		}
+		if got := crc32.Checksum(payload, castagnoli); got != sum {
+			return nil, fmt.Errorf("%w: checksum %08x, the header says %08x", errCorrupt, got, sum)
+		}
+	}
+	b := &pb.FlowBatch{}
+	if err := proto.Unmarshal(payload, b); err != nil {
+		return nil, fmt.Errorf("%w: %w", errCorrupt, err)
+	}
+	if len(b.Records) != records {
+		return nil, fmt.Errorf("%w: %d records, its name says %d", errCorrupt, len(b.Records), records)
+	}
+	return b, nil
+}
+
 func (s *Spool) loadBatches() error {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return fmt.Errorf("flow spool: %w", err)
 	}
 	for _, de := range entries {
+		if strings.HasPrefix(de.Name(), ".") && strings.Contains(de.Name(), ".batch.tmp") {
+			// A spill interrupted by a crash: never renamed, never counted.
+			os.Remove(filepath.Join(s.dir, de.Name()))
+			continue
+		}
 		name, ok := strings.CutSuffix(de.Name(), ".batch")
 		if !ok {
 			continue
@@ -260,14 +320,16 @@ func (s *Spool) enforceLimits() {
 	}
 }
 
+// spill writes an entry's batch to disk, atomically: after a crash its
+// file is there whole or not at all.
 func (s *Spool) spill(e *spoolEntry) error {
-	b, err := proto.Marshal(e.batch)
+	payload, err := proto.Marshal(e.batch)
 	if err != nil {
 		return err
 	}
+	b := encodeBatchFile(payload)
 	path := filepath.Join(s.dir, batchName(e))
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		os.Remove(path)
+	if err := fsutil.WriteFileAtomic(path, b, 0o600); err != nil {
 		return err
 	}
 	e.batch, e.path = nil, path
@@ -296,14 +358,14 @@ func (s *Spool) signal() {
 
 // Next returns the next batch to send: the oldest not sent yet, once fewer
 // than Window batches await their acknowledgement. It blocks until there
-// is one or ctx is done.
+// is one or ctx is done; its only error is ctx's.
 func (s *Spool) Next(ctx context.Context) (*pb.FlowBatch, error) {
 	for {
 		s.mu.Lock()
-		b, wait, err := s.next()
+		b, wait := s.next()
 		s.mu.Unlock()
-		if err != nil || b != nil {
-			return b, err
+		if b != nil {
+			return b, nil
 		}
 		var timer <-chan time.Time
 		if wait > 0 {
@@ -319,18 +381,21 @@ func (s *Spool) Next(ctx context.Context) (*pb.FlowBatch, error) {
 }
 
 // next picks a sendable batch. Called with s.mu held. wait > 0 says when a
-// retried batch becomes sendable.
-func (s *Spool) next() (*pb.FlowBatch, time.Duration, error) {
+// retried batch becomes sendable. A batch file that cannot be read or is
+// corrupt is dropped and its records counted as lost: one bad file must
+// not stop the batches behind it.
+func (s *Spool) next() (*pb.FlowBatch, time.Duration) {
 	inflight := 0
 	var wait time.Duration
 	now := time.Now()
-	for _, e := range s.queue {
+	for i := 0; i < len(s.queue); i++ {
+		e := s.queue[i]
 		if e.sent {
 			inflight++
 			continue
 		}
 		if inflight >= s.window {
-			return nil, 0, nil
+			return nil, 0
 		}
 		if d := e.notBefore.Sub(now); d > 0 {
 			if wait == 0 || d < wait {
@@ -340,27 +405,40 @@ func (s *Spool) next() (*pb.FlowBatch, time.Duration, error) {
 		}
 		b := e.batch
 		if b == nil {
-			raw, err := os.ReadFile(e.path)
-			if err != nil {
-				return nil, 0, fmt.Errorf("flow spool: %w", err)
-			}
-			b = &pb.FlowBatch{}
-			if err := proto.Unmarshal(raw, b); err != nil {
-				// A corrupt file (a crash mid-write): drop it, count it.
-				s.log.Error("flow spool: unreadable batch dropped", zap.String("file", e.path), zap.Error(err))
+			var err error
+			if b, err = s.read(e); err != nil {
+				s.log.Error("flow spool: unreadable batch dropped; its records are counted as lost",
+					zap.String("file", e.path), zap.Uint64("seq", e.seq), zap.Int("records", e.records), zap.Error(err))
 				s.remove(e.seq)
-				s.lost += uint64(e.records)
+				s.lost += uint64(e.records) + e.lost
 				s.stats.RecordsLost += uint64(e.records)
-				return s.next()
+				i-- // the queue moved up by one
+				continue
 			}
 		}
 		e.sent = true
 		// Losses go out with the first batch that leaves after them.
 		b.Lost = e.lost + s.lost
 		e.lost, s.lost = b.Lost, 0
-		return b, 0, nil
+		return b, 0
 	}
-	return nil, wait, nil
+	return nil, wait
+}
+
+// read loads a spilled batch and checks it is the one written.
+func (s *Spool) read(e *spoolEntry) (*pb.FlowBatch, error) {
+	raw, err := os.ReadFile(e.path)
+	if err != nil {
+		return nil, err
+	}
+	b, err := decodeBatchFile(raw, e.records)
+	if err != nil {
+		return nil, err
+	}
+	if b.GetSeq() != e.seq {
+		return nil, fmt.Errorf("%w: it holds batch %d, its name says %d", errCorrupt, b.GetSeq(), e.seq)
+	}
+	return b, nil
 }
 
 // Ack handles the controller's answer to a batch.

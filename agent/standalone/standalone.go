@@ -4,6 +4,15 @@
 // and does it again whenever the files change. Bad input is reported with
 // its positions and changes nothing: the rule set in force stays.
 //
+// A policy directory may be a Kubernetes ConfigMap volume: the kubelet
+// keeps the data in a timestamped dot-directory ("..2026_12_07_01_00_00.1"),
+// points the symlink "..data" at it, and makes every visible name a
+// symlink through "..data"; an update writes a new timestamped directory
+// and swaps "..data" atomically. So entries whose names start with "." are
+// never read (each resource would appear twice), symlinks are followed,
+// and changes are detected by content, since the visible symlinks keep
+// their size and time across an update.
+//
 // It must not touch the datapath (it hands rule sets to the enforcer) nor
 // import anything under controller/.
 package standalone
@@ -13,7 +22,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,22 +55,27 @@ type Source struct {
 }
 
 // Run loads the input, hands the rule set to apply, and repeats whenever
-// the input changes, until ctx is done.
+// the input's content changes, until ctx is done.
 func (s *Source) Run(ctx context.Context, apply Applier) error {
 	if s.Poll <= 0 {
 		s.Poll = time.Second
 	}
-	var last string
+	var last, lastErr string
 	t := time.NewTicker(s.Poll)
 	defer t.Stop()
 	for {
 		fp, err := s.fingerprint()
 		switch {
 		case err != nil:
-			s.Log.Error("cannot read the policy input; the rule set in force stays", zap.Error(err))
+			if err.Error() != lastErr { // once, not at every poll
+				s.Log.Error("cannot read the policy input; the rule set in force stays", zap.Error(err))
+			}
+			lastErr = err.Error()
 		case fp != last:
-			last = fp
+			last, lastErr = fp, ""
 			s.load(apply)
+		default:
+			lastErr = ""
 		}
 		select {
 		case <-ctx.Done():
@@ -90,7 +103,14 @@ func (s *Source) Load() (*ruleset.RuleSet, enforcer.AddressBook, error) {
 	if s.PolicyDir == "" {
 		return s.loadRuleSet()
 	}
-	set, diags, err := policy.Load(s.PolicyDir)
+	files, err := policyFiles(s.PolicyDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(files) == 0 {
+		return nil, nil, fmt.Errorf("read policy directory %s: no .yaml or .yml files in it (names starting with \".\" are skipped)", s.PolicyDir)
+	}
+	set, diags, err := policy.Load(files...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -140,32 +160,83 @@ func (s *Source) loadRuleSet() (*ruleset.RuleSet, enforcer.AddressBook, error) {
 	return &rs, nil, nil
 }
 
-// fingerprint summarises names, sizes and modification times of the input
-// files, so a change to any of them triggers a reload.
+// fingerprint hashes the names and contents of the input files, so that
+// any change to what would be loaded, and only that, triggers a reload.
+// (Sizes and times do not do: a ConfigMap update leaves the visible
+// symlinks as they were.)
 func (s *Source) fingerprint() (string, error) {
-	h := sha256.New()
-	root := s.PolicyDir
-	if root == "" {
-		root = s.RuleSetFile
+	files := []string{s.RuleSetFile}
+	if s.PolicyDir != "" {
+		var err error
+		if files, err = policyFiles(s.PolicyDir); err != nil {
+			return "", err
+		}
 	}
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+	h := sha256.New()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
 		if err != nil {
-			return err
+			return "", err
 		}
-		if d.IsDir() || (s.PolicyDir != "" && !isYAML(path)) {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(h, "%s\x00%d\x00%d\n", path, info.Size(), info.ModTime().UnixNano())
-		return nil
-	})
-	if err != nil {
-		return "", err
+		fmt.Fprintf(h, "%s\x00%d\x00", f, len(b))
+		h.Write(b)
 	}
 	return string(h.Sum(nil)), nil
+}
+
+// maxDirDepth bounds the walk of a policy directory (symlinks could
+// otherwise make it endless).
+const maxDirDepth = 16
+
+// policyFiles lists the *.yaml and *.yml files below dir in lexical order,
+// following symlinks (a ConfigMap's visible names are symlinks) and
+// skipping every entry whose name starts with "." (a ConfigMap's
+// timestamped data directory and its "..data" link, editor and VCS
+// leftovers).
+func policyFiles(dir string) ([]string, error) {
+	var files []string
+	seen := map[string]bool{}
+	var walk func(d string, depth int) error
+	walk = func(d string, depth int) error {
+		real, err := filepath.EvalSymlinks(d)
+		if err != nil {
+			return err
+		}
+		if seen[real] {
+			return nil // a symlink back to a directory already read
+		}
+		seen[real] = true
+		if depth > maxDirDepth {
+			return fmt.Errorf("%s: more than %d directories deep", d, maxDirDepth)
+		}
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			p := filepath.Join(d, e.Name())
+			info, err := os.Stat(p) // through symlinks
+			if err != nil {
+				return err
+			}
+			switch {
+			case info.IsDir():
+				if err := walk(p, depth+1); err != nil {
+					return err
+				}
+			case info.Mode().IsRegular() && isYAML(p):
+				files = append(files, p)
+			}
+		}
+		return nil
+	}
+	if err := walk(dir, 0); err != nil {
+		return nil, fmt.Errorf("read policy directory %s: %w", dir, err)
+	}
+	return files, nil
 }
 
 func isYAML(path string) bool {

@@ -210,3 +210,97 @@ func TestRuleSetFileReload(t *testing.T) {
 		t.Fatalf("ports %v, want 443", got)
 	}
 }
+
+// configMapVolume lays dir out as the kubelet lays out a ConfigMap volume:
+// the files in a timestamped dot-directory, "..data" pointing at it, and
+// each visible name a symlink through "..data". Called again, it makes
+// the update the kubelet makes: a new timestamped directory, "..data"
+// swapped atomically (symlink and rename), the old directory removed.
+func configMapVolume(t *testing.T, dir, stamp string, files map[string]string) {
+	t.Helper()
+	data := filepath.Join(dir, stamp)
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range files {
+		write(t, filepath.Join(data, name), content)
+	}
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	tmp := filepath.Join(dir, "..data_tmp")
+	if err := os.Symlink(stamp, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for name := range files {
+		link := filepath.Join(dir, name)
+		if _, err := os.Lstat(link); os.IsNotExist(err) {
+			if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if old != "" {
+		if err := os.RemoveAll(filepath.Join(dir, old)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestPolicyDirConfigMap: a policy directory mounted from a ConfigMap is
+// read once per resource (not also through its dot-directory), and an
+// update (a new timestamped directory, "..data" swapped) is applied
+// exactly once. (Before: every resource appeared twice, so validation
+// refused every version, and the swap left sizes and times of the
+// visible names unchanged.)
+func TestPolicyDirConfigMap(t *testing.T) {
+	dir := t.TempDir()
+	configMapVolume(t, dir, "..2026_12_07_01_00_00.123", map[string]string{"shop.yaml": policyOn("8080")})
+	core, logs := observer.New(zap.InfoLevel)
+	rec := newRecorder()
+	poll := 20 * time.Millisecond
+	start(t, &Source{Node: "n1", PolicyDir: dir, Poll: poll, Log: zap.New(core)}, rec)
+
+	if got := ports(rec.waitApplied(t, 1)); len(got) != 2 || got[0] != 8080 {
+		t.Fatalf("first rule set allows ports %v, want 8080 at both ends", got)
+	}
+	configMapVolume(t, dir, "..2026_12_07_02_00_00.456", map[string]string{"shop.yaml": policyOn("443")})
+	if got := ports(rec.waitApplied(t, 2)); len(got) != 2 || got[0] != 443 {
+		t.Fatalf("after the update: ports %v, want 443", got)
+	}
+	// Touching the data without changing it reloads nothing.
+	later := time.Now().Add(time.Hour)
+	os.Chtimes(filepath.Join(dir, "..2026_12_07_02_00_00.456", "shop.yaml"), later, later)
+	// An observation window of 10 polls, not a synchronisation: nothing
+	// else may be applied in it.
+	time.Sleep(10 * poll)
+	if n := rec.count(); n != 2 {
+		t.Errorf("%d rule sets applied for one update, want 2 in all", n)
+	}
+	if bad := logs.FilterLevelExact(zap.ErrorLevel).All(); len(bad) > 0 {
+		t.Errorf("errors logged: %v", bad[0].ContextMap())
+	}
+}
+
+// TestPolicyFilesSkipDotEntries: dot-files and dot-directories are never
+// read; symlinked directories are, once, even in a loop.
+func TestPolicyFilesSkipDotEntries(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "a.yaml"), "x")
+	write(t, filepath.Join(dir, ".hidden.yaml"), "x")
+	os.Mkdir(filepath.Join(dir, ".git"), 0o755)
+	write(t, filepath.Join(dir, ".git", "b.yaml"), "x")
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	write(t, filepath.Join(dir, "sub", "c.yml"), "x")
+	write(t, filepath.Join(dir, "sub", "notes.txt"), "x")
+	os.Symlink("..", filepath.Join(dir, "sub", "loop"))
+	files, err := policyFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "a.yaml"), filepath.Join(dir, "sub", "c.yml")}
+	if fmt.Sprint(files) != fmt.Sprint(want) {
+		t.Errorf("files %v, want %v", files, want)
+	}
+}

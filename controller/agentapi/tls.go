@@ -80,7 +80,11 @@ func (t *tlsState) issue() error {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
 	t.serving.Store(cert)
-	t.s.log.Info("serving certificate issued", zap.Strings("dns-names", dns), zap.Int("ip-addresses", len(ips)),
+	ipNames := make([]string, len(ips))
+	for i, ip := range ips {
+		ipNames[i] = ip.String()
+	}
+	t.s.log.Info("serving certificate issued", zap.Strings("dns-names", dns), zap.Strings("ip-addresses", ipNames),
 		zap.Time("cert-expiry", cert.Leaf.NotAfter), zap.String("cert-serial", pki.Serial(cert.Leaf)))
 	return nil
 }

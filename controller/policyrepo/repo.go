@@ -168,7 +168,7 @@ func (r *Repo) Load(ctx context.Context) error {
 		return nil
 	}
 	if len(changed) > 0 {
-		r.log.Info("rule sets recompiled at start", zap.Int("nodes-changed", len(changed)))
+		r.log.Info("rule sets recompiled at start", zap.Strings("nodes-changed", nodeNames(changed)))
 	}
 	return nil
 }
@@ -339,7 +339,7 @@ func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed m
 	r.cfg.OnChange(merged)
 	r.log.Info("policy changed",
 		zap.Strings("created", out.Created), zap.Strings("updated", out.Updated), zap.Strings("deleted", deleted),
-		zap.Int("nodes-changed", len(versions)))
+		zap.Strings("nodes-changed", nodeNames(versions)))
 	return out, nil
 }
 

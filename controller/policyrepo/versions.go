@@ -231,3 +231,14 @@ func (r *Repo) StoredVersion(ctx context.Context, name string, num uint64, hash 
 	}
 	return &nodes.Version{Num: num, Hash: hash, RuleSet: rs, At: rec.Created}
 }
+
+// nodeNames lists the nodes of versions, sorted, for logs: a person needs
+// which nodes changed, not how many.
+func nodeNames(versions []*nodes.Version) []string {
+	names := make([]string, 0, len(versions))
+	for _, v := range versions {
+		names = append(names, v.RuleSet.Node)
+	}
+	slices.Sort(names)
+	return names
+}

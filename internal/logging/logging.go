@@ -1,7 +1,8 @@
 // Package logging builds the zap loggers of Eastguard's commands: JSON for
 // production (one object per line, RFC 3339 times under "time"), console
 // for people (the demo). Commands build one and pass it down; there is no
-// global logger.
+// global logger. Durations (zap.Duration) are written as Go duration
+// strings with their unit, in both formats.
 //
 // It must not import anything of the project.
 package logging
@@ -24,6 +25,10 @@ func New(format, level string, w io.Writer) (*zap.Logger, error) {
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.TimeKey = "time"
 	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	// Durations as Go duration strings ("1.5s", "250ms"): zap's default
+	// writes bare seconds (1.5), a number without a unit that readers
+	// take for milliseconds as often as not.
+	encCfg.EncodeDuration = zapcore.StringDurationEncoder
 	var enc zapcore.Encoder
 	switch format {
 	case "json":

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
 )
 
 func TestNew(t *testing.T) {
@@ -27,5 +30,29 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New("json", "loud", &buf); err == nil || !strings.Contains(err.Error(), "--log-level") {
 		t.Errorf("bad level: %v", err)
+	}
+}
+
+// TestDurationsHaveUnits: a zap.Duration is written with its unit in both
+// formats. (Before: 1.5 in JSON and 1.5 on the console, seconds unsaid.)
+func TestDurationsHaveUnits(t *testing.T) {
+	for _, format := range []string{"json", "console"} {
+		var buf bytes.Buffer
+		log, err := New(format, "info", &buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("waited", zap.Duration("retry-in", 1500*time.Millisecond), zap.Duration("duration", 250*time.Microsecond))
+		for _, want := range []string{"1.5s", "250µs"} {
+			if !strings.Contains(buf.String(), want) {
+				t.Errorf("%s: %q lacks %q", format, buf.String(), want)
+			}
+		}
+		if format == "json" {
+			var rec map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec["retry-in"] != "1.5s" {
+				t.Errorf("json: retry-in is %#v, want the string \"1.5s\" (%v)", rec["retry-in"], err)
+			}
+		}
 	}
 }

@@ -1,6 +1,7 @@
 // Package deploy checks the deployment files under deploy/: the
 // Kubernetes manifests parse, and every flag they and the systemd units
-// give the binaries is one the binaries accept.
+// give the binaries is one the binaries accept; and that `make build`
+// stamps the binaries with their version.
 package deploy
 
 import (
@@ -108,6 +109,35 @@ func TestDeployFiles(t *testing.T) {
 	for _, k := range []string{"Kustomization", "Namespace", "StatefulSet", "Service", "DaemonSet"} {
 		if !kinds[k] {
 			t.Errorf("no %s in deploy/kubernetes", k)
+		}
+	}
+}
+
+// TestMakeBuildStampsVersion: `make build` stamps every binary with `git
+// describe --tags --always --dirty`, which --version prints.
+func TestMakeBuildStampsVersion(t *testing.T) {
+	for _, tool := range []string{"make", "git"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is required: %v", tool, err)
+		}
+	}
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := exec.Command("git", "-C", root, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		t.Fatalf("git describe: %v", err)
+	}
+	want := strings.TrimSpace(string(desc))
+	bin := t.TempDir()
+	if out, err := exec.Command("make", "-C", root, "build", "BIN="+bin).CombinedOutput(); err != nil {
+		t.Fatalf("make build: %v\n%s", err, out)
+	}
+	for _, name := range []string{"eastguard-agent", "eastguard-controller", "egctl"} {
+		out, err := exec.Command(filepath.Join(bin, name), "--version").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != name+" "+want {
+			t.Errorf("%s --version: %v, %q; want %q", name, err, out, name+" "+want)
 		}
 	}
 }

@@ -30,6 +30,7 @@ type agentRow struct {
 	AppliedVersion uint64 `json:"appliedVersion"`
 	LatestVersion  uint64 `json:"latestVersion"`
 	LastError      string `json:"lastError"`
+	AppliedHash    string `json:"appliedHash"`
 }
 
 // controlPlane is a controller in its own namespace, linked to each node
@@ -180,9 +181,10 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 
 	cp.start()
 	stateDirs := map[*topo.Node]string{nodeA: t.TempDir(), nodeB: t.TempDir()}
+	flowLogs := map[*topo.Node]string{nodeA: filepath.Join(t.TempDir(), "flows.jsonl"), nodeB: filepath.Join(t.TempDir(), "flows.jsonl")}
 	startAgent := func(n *topo.Node, token string) *topo.Process {
 		args := []string{"--node", n.Name, "--controller", cp.addr(n), "--state-dir", stateDirs[n],
-			"--bpffs-dir", n.BPFFSDir, "--log-format", "console"}
+			"--bpffs-dir", n.BPFFSDir, "--log-format", "console", "--flow-log", flowLogs[n], "--metrics-listen", "127.0.0.1:9790"}
 		if token != "" {
 			args = append(args, "--join-token", token)
 		}
@@ -201,6 +203,35 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 	topo.MustDrop(t, "client -> web 22", client.Dial(web.Addr4, 22, topo.Quick))
 	topo.MustDrop(t, "client -> web 9999", client.Dial(web.Addr4, 9999, topo.Quick))
 	topo.MustDrop(t, "client -> other (node-b's egress)", client.Dial(other.Addr4, 8080, topo.Quick))
+
+	// Each agent's flow log names the workload on its own node (the
+	// rule set from the controller carries no other workload's address).
+	testutil.Eventually(t, 5*time.Second, "flow records naming the local workload", func() error {
+		for n, want := range map[*topo.Node]flowRecord{
+			nodeA: {Direction: "ingress", DstWorkload: "web", DstPort: 8080, Verdict: "allowed", Rule: "shop/client-to-web"},
+			nodeB: {Direction: "egress", SrcWorkload: "client", DstPort: 8080, Verdict: "allowed", Rule: "shop/client-to-web"},
+		} {
+			if recs := readFlows(t, flowLogs[n]); !found(findFlow(recs, want)) {
+				return fmt.Errorf("%s: no record like %+v among:\n%s", n.Name, want, dumpFlows(recs))
+			}
+		}
+		return nil
+	})
+	// /status's hash is the one egctl agents reports.
+	for _, n := range []*topo.Node{nodeA, nodeB} {
+		body, err := n.Get("http://127.0.0.1:9790/status")
+		var st struct{ Hash, EffectiveHash string }
+		if err == nil {
+			err = json.Unmarshal([]byte(body), &st)
+		}
+		rows, aerr := cp.agents()
+		if err != nil || aerr != nil {
+			t.Fatalf("%s: /status %v, agents %v", n.Name, err, aerr)
+		}
+		if st.Hash == "" || st.Hash != rows[n.Name].AppliedHash || st.EffectiveHash == "" {
+			t.Errorf("%s: /status hash %q (effective %q), egctl agents appliedHash %q: want hash = appliedHash", n.Name, st.Hash, st.EffectiveHash, rows[n.Name].AppliedHash)
+		}
+	}
 
 	// Invalid input changes nothing.
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
@@ -289,3 +320,5 @@ func TestPrivilegedControlPlaneEndToEnd(t *testing.T) {
 		t.Errorf("node-a lost its stream when node-b was revoked: %+v", rows["node-a"])
 	}
 }
+
+func found(_ flowRecord, ok bool) bool { return ok }

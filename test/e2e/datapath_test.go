@@ -198,9 +198,15 @@ func TestPrivilegedDatapathEndToEnd(t *testing.T) {
 	})
 	topo.MustDrop(t, "after change: client -> web tcp/22", client.Dial(web.Addr4, 22, topo.Quick))
 
-	// A clean stop also leaves enforcement in place.
+	// A clean stop also leaves enforcement in place, and logs no warning
+	// or error.
 	if err := agent.Stop(10 * time.Second); err != nil {
 		t.Errorf("agent stop: %v", err)
+	}
+	for _, line := range strings.Split(agent.Output(), "\n") {
+		if strings.Contains(line, "\tWARN\t") || strings.Contains(line, "\tERROR\t") {
+			t.Errorf("the restarted agent logged a warning or an error:\n%s", line)
+		}
 	}
 	topo.MustDrop(t, "after stop: client -> web tcp/22", client.Dial(web.Addr4, 22, topo.Quick))
 	topo.MustPass(t, "after stop: client -> web tcp/9999", client.Dial(web.Addr4, 9999, 2*time.Second))

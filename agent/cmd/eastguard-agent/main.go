@@ -27,11 +27,13 @@ import (
 // Exit codes.
 const (
 	exitOK      = 0
-	exitFailure = 1 // could not enforce: kernel, privileges, bad state
+	exitFailure = 1 // could not enforce (kernel, privileges, bad state), or refused by the controller for good
 	exitUsage   = 2 // bad flags
 )
 
-// version is set at build time (-ldflags "-X main.version=...").
+// version is set at build time (make build: -ldflags "-X
+// main.version=$(git describe --tags --always --dirty)"), reported by
+// --version and sent to the controller (egctl agents).
 var version = "dev"
 
 const usage = `eastguard-agent enforces Eastguard policy on this host.
@@ -63,7 +65,7 @@ Flags:
 type flags struct {
 	agent.Config
 	defaultMode, logFormat, logLevel string
-	uninstall                        bool
+	uninstall, version               bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -87,13 +89,14 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	if f.uninstall {
+	if f.uninstall || f.version {
 		return f, nil
 	}
 	if err := c.Check(); err != nil {
@@ -119,6 +122,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "eastguard-agent: %v\n", err)
 		return exitUsage
 	}
+	if f.version {
+		fmt.Fprintf(stdout, "eastguard-agent %s\n", version)
+		return exitOK
+	}
 	log, err := logging.New(f.logFormat, f.logLevel, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "eastguard-agent: %v\n", err)
@@ -138,6 +145,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	a, err := agent.New(f.Config)
 	if err == nil {
 		err = a.Run(ctx)
+	}
+	if errors.Is(err, agent.ErrRefused) {
+		return exitFailure // logged with what to do by the agent
 	}
 	if err != nil {
 		log.Error("agent failed", zap.Error(err))

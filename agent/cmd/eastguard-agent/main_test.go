@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -69,4 +70,10 @@ func TestRunExitCodes(t *testing.T) {
 	if code := run([]string{"--uninstall", "--bpffs-dir", filepath.Join(t.TempDir(), "absent")}, io.Discard, io.Discard); code != exitOK {
 		t.Errorf("uninstall of nothing: exit %d, want 0", code)
 	}
+}
+
+// TestVersion: --version prints the stamped version (make build sets it)
+// and exits 0, needing no other flag.
+func TestVersion(t *testing.T) {
+	testutil.CheckVersionFlag(t, "eastguard-agent", &version, run)
 }

@@ -35,7 +35,9 @@ const (
 	exitUsage   = 2
 )
 
-// version is set at build time (-ldflags "-X main.version=...").
+// version is set at build time (make build: -ldflags "-X
+// main.version=$(git describe --tags --always --dirty)"), reported by
+// --version.
 var version = "dev"
 
 const usage = `eastguard-controller keeps the policy and pushes every node's rule set to its agent.
@@ -60,6 +62,7 @@ Flags:
 type flags struct {
 	controller.Options
 	logFormat, logLevel string
+	version             bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -91,11 +94,15 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&o.DeniedSeverity, "alert-on-denied-severity", "warning", "severity of --alert-on-denied alerts: info, warning or critical")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if f.version {
+		return f, nil
 	}
 	if f.logFormat != "json" && f.logFormat != "console" {
 		return nil, fmt.Errorf("--log-format %q: want json or console", f.logFormat)
@@ -105,10 +112,10 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	f, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -116,6 +123,10 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "eastguard-controller: %v\n", err)
 		return exitUsage
+	}
+	if f.version {
+		fmt.Fprintf(stdout, "eastguard-controller %s\n", version)
+		return exitOK
 	}
 	log, err := logging.New(f.logFormat, f.logLevel, stderr)
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"io"
 	"slices"
 	"testing"
+
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -23,4 +25,10 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || !slices.Equal(o.Advertise, []string{"a.example", "10.0.0.1", "b"}) {
 		t.Errorf("--advertise: %v %v", o.Advertise, err)
 	}
+}
+
+// TestVersion: --version prints the stamped version (make build sets it)
+// and exits 0, needing no other flag.
+func TestVersion(t *testing.T) {
+	testutil.CheckVersionFlag(t, "eastguard-controller", &version, run)
 }

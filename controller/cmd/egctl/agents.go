@@ -12,17 +12,19 @@ import (
 
 var agentsCmd = &command{
 	name:    "agents",
-	summary: "list the nodes' agents: connected, applied and latest version, certificate expiry, last error",
+	summary: "list the nodes' agents: connected, applied and latest version, agent version, certificate expiry, last error",
 	usage:   "egctl agents [-o table|json] [flags]",
 	help: `
 Lists every node the controller knows (agents that joined, and nodes the
 policy names that have no agent yet): whether its agent is connected, the
-rule-set version it has applied to the kernel against the latest one, when
-its certificate expires, and the last error (an update it could not apply,
-a lost stream, a revocation).
+rule-set version it has applied to the kernel against the latest one, the
+agent's own version (its --version, sent when it connects), when its
+certificate expires, and the last error (an update it could not apply, a
+lost stream, a revocation).
 
 -o json prints a JSON array of objects with at least the keys node,
-connected, appliedVersion, latestVersion, certExpiry and lastError.
+connected, appliedVersion, latestVersion, certExpiry and lastError, and
+agentVersion once the agent has connected.
 ` + remoteHelp + `
 
 Examples:
@@ -56,13 +58,13 @@ func listAgents(e *env, remote *remoteFlags, output string) int {
 		return printJSON(e, agents)
 	}
 	tw := newTable(e)
-	fmt.Fprintln(tw, "NODE\tCONNECTED\tAPPLIED\tLATEST\tCERT-EXPIRY\tLAST-ERROR")
+	fmt.Fprintln(tw, "NODE\tCONNECTED\tAPPLIED\tLATEST\tAGENT-VERSION\tCERT-EXPIRY\tLAST-ERROR")
 	for _, a := range agents {
 		expiry := "-"
 		if a.CertExpiry != nil {
 			expiry = a.CertExpiry.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%t\t%d\t%d\t%s\t%s\n", a.Node, a.Connected, a.AppliedVersion, a.LatestVersion, expiry, dash(a.LastError))
+		fmt.Fprintf(tw, "%s\t%t\t%d\t%d\t%s\t%s\t%s\n", a.Node, a.Connected, a.AppliedVersion, a.LatestVersion, dash(a.AgentVersion), expiry, dash(a.LastError))
 	}
 	tw.Flush()
 	return exitOK

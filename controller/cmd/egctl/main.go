@@ -43,6 +43,11 @@ type env struct {
 	stdout, stderr io.Writer
 }
 
+// version is set at build time (make build: -ldflags "-X
+// main.version=$(git describe --tags --always --dirty)"), reported by
+// --version.
+var version = "dev"
+
 var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd}
 
 func main() {
@@ -64,6 +69,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		usage(stdout)
+		return exitOK
+	case "-version", "--version", "version":
+		fmt.Fprintf(stdout, "egctl %s\n", version)
 		return exitOK
 	}
 	c := find(name)
@@ -89,7 +97,7 @@ func usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nRun \"egctl COMMAND --help\" for a command's flags and examples.\n")
+	fmt.Fprintf(w, "\nRun \"egctl COMMAND --help\" for a command's flags and examples, \"egctl --version\" for the version.\n")
 }
 
 func runCommand(c *command, e *env, args []string) int {
