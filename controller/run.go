@@ -21,6 +21,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/fsutil"
@@ -242,7 +243,10 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 
 // writeAdminConfig writes DIR/admin.conf unless a valid one for this
 // address is there already (it is written on first start, and again only
-// if it was removed, its token is unknown, or the API moved).
+// if it was removed, its token is no longer valid, or the API moved).
+// The token of a file it replaces is revoked first: a copy of the old
+// file left anywhere stops working, and a crash between the two steps
+// leaves a file whose token is refused, which the next start replaces.
 func writeAdminConfig(ctx context.Context, c *Controller, o Options, httpAddr net.Addr, log *zap.Logger) error {
 	path := filepath.Join(o.DataDir, AdminConfigFile)
 	url := apiURL(httpAddr, o.HTTPTLSCert != "")
@@ -254,26 +258,35 @@ func writeAdminConfig(ctx context.Context, c *Controller, o Options, httpAddr ne
 		}
 		caCert = trustAnchor(b)
 	}
-	if old, err := apiclient.LoadConfig(path); err == nil {
-		if old.Server == url && old.CACert == caCert && c.API.CheckAdminToken(ctx, old.Token) == nil {
+	if old, err := apiclient.ReadConfig(path); err == nil {
+		if old.Check() == nil && old.Server == url && old.CACert == caCert && c.API.CheckAdminToken(ctx, old.Token) == nil {
 			return nil
 		}
 		log.Warn("admin.conf is out of date (API address, certificate or token changed); writing a new one", zap.String("path", path))
+		if old.Token != "" {
+			id, err := c.API.RetireAdminToken(ctx, old.Token)
+			if err != nil {
+				return fmt.Errorf("revoke the admin token of the admin.conf being replaced: %w", err)
+			}
+			if id != "" {
+				log.Info("the replaced admin.conf's token is revoked", zap.String("admin-token", id))
+			}
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		log.Warn("admin.conf unusable; writing a new one", zap.String("path", path), zap.Error(err))
 	}
-	token, err := c.API.NewAdminToken(ctx)
+	token, err := c.API.NewAdminToken(ctx, restapi.AdminTokenSpec{Name: restapi.AdminConfName})
 	if err != nil {
 		return err
 	}
-	data, err := (&apiclient.Config{Server: url, Token: token, CACert: caCert}).Marshal()
+	data, err := (&apiclient.Config{Server: url, Token: token.Token, CACert: caCert}).Marshal()
 	if err != nil {
 		return err
 	}
 	if err := fsutil.WriteFileAtomic(path, data, 0o600); err != nil {
 		return fmt.Errorf("write admin credential: %w", err)
 	}
-	log.Info("admin credential written", zap.String("path", path), zap.String("server", url))
+	log.Info("admin credential written", zap.String("path", path), zap.String("server", url), zap.String("admin-token", token.ID))
 	return nil
 }
 

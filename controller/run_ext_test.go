@@ -1,11 +1,13 @@
 package controller_test
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,33 +21,50 @@ import (
 // config once written, and its gRPC address.
 func start(t *testing.T, dataDir string) (*apiclient.Config, string) {
 	t.Helper()
+	cfg, grpcAddr, _ := startWith(t, dataDir, nil)
+	return cfg, grpcAddr
+}
+
+// startWith is start with options changed by change (if not nil); stop
+// stops the controller before the test ends (once is enough).
+func startWith(t *testing.T, dataDir string, change func(*controller.Options)) (cfg *apiclient.Config, grpcAddr string, stop func()) {
+	t.Helper()
+	o := testOptions(dataDir)
 	// A free port for gRPC, so the test knows where to find it (the HTTP
 	// address is in admin.conf).
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	o.GRPCListen, o.HTTPListen = freeAddr(t), "127.0.0.1:0"
+	if change != nil {
+		change(&o)
 	}
-	grpcAddr := lis.Addr().String()
-	lis.Close()
-	o := testOptions(dataDir)
-	o.GRPCListen, o.HTTPListen = grpcAddr, "127.0.0.1:0"
 	if err := o.Check(); err != nil {
 		t.Fatal(err)
 	}
+	path := filepath.Join(dataDir, controller.AdminConfigFile)
+	before, _ := os.ReadFile(path)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	path := filepath.Join(dataDir, controller.AdminConfigFile)
 	go func() { done <- controller.Run(ctx, o, zap.NewNop()) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("controller: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	// Ready once admin.conf is written, or, when it is already up to date,
+	// once the API answers with its token.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(path); err == nil {
+		if now, err := os.ReadFile(path); err == nil && !bytes.Equal(now, before) {
 			break
+		}
+		if before != nil {
+			if old, err := apiclient.LoadConfig(path); err == nil && apiAnswers(old) {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("no admin.conf after 10s")
@@ -56,7 +75,29 @@ func start(t *testing.T, dataDir string) (*apiclient.Config, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cfg, grpcAddr
+	return cfg, o.GRPCListen, stop
+}
+
+// apiAnswers says whether the API at cfg accepts cfg's token.
+func apiAnswers(cfg *apiclient.Config) bool {
+	c, err := apiclient.NewClient(cfg)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return c.Do(ctx, "GET", "/api/v1/agents", nil, nil) == nil
+}
+
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().String()
 }
 
 // get sends no retry: admin.conf is written only once both listeners
@@ -108,5 +149,36 @@ func testOptions(dataDir string) controller.Options {
 		CertTTL: time.Hour, ServerCertTTL: 24 * time.Hour, Heartbeat: 10 * time.Second,
 		FlowRetention: 7 * 24 * time.Hour, FlowMaxBytes: 4 << 30, AlertRetention: 30 * 24 * time.Hour,
 		WebhookGiveUp: 24 * time.Hour, DeniedSeverity: "warning",
+	}
+}
+
+// TestAdminConfRewriteRevokesOldToken: the token of an admin.conf the
+// controller replaces (the API moved) stops working; an admin.conf that
+// is up to date is kept, and its token keeps working across restarts.
+func TestAdminConfRewriteRevokesOldToken(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ctl")
+	httpAddr := freeAddr(t)
+	atFixed := func(o *controller.Options) { o.HTTPListen = httpAddr }
+	first, _, stop := startWith(t, dir, atFixed)
+	stop()
+	again, _, stop := startWith(t, dir, atFixed)
+	if again.Token != first.Token {
+		t.Errorf("admin.conf rewritten although up to date")
+	}
+	if code, body := get(t, again.Server+"/api/v1/agents", first.Token); code != 200 {
+		t.Errorf("the first admin.conf's token after a restart: %d %s", code, body)
+	}
+	stop()
+	// Another HTTP address: admin.conf is rewritten with a new token, and
+	// the old one is revoked.
+	moved, _, _ := startWith(t, dir, nil)
+	if moved.Token == first.Token || moved.Server == first.Server {
+		t.Fatalf("admin.conf not rewritten: %+v", moved)
+	}
+	if code, body := get(t, moved.Server+"/api/v1/agents", moved.Token); code != 200 {
+		t.Errorf("new token: %d %s", code, body)
+	}
+	if code, body := get(t, moved.Server+"/api/v1/agents", first.Token); code != 401 {
+		t.Errorf("the replaced admin.conf's token: %d %s, want 401", code, body)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +47,9 @@ func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	api.HandleFunc("GET /api/v1/agents", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.nodes.Agents()) })
 	api.HandleFunc("POST /api/v1/agents/{node}/revoke", s.handleRevoke)
 	api.HandleFunc("POST /api/v1/tokens", s.handleToken)
+	api.HandleFunc("GET /api/v1/admin-tokens", s.handleAdminTokens)
+	api.HandleFunc("POST /api/v1/admin-tokens", s.handleCreateAdminToken)
+	api.HandleFunc("POST /api/v1/admin-tokens/{id}/revoke", s.handleRevokeAdminToken)
 	api.HandleFunc("GET /api/v1/rulesets/{node}", s.handleRuleSet)
 	api.HandleFunc("GET /api/v1/flows", s.handleFlows)
 	api.HandleFunc("GET /api/v1/alerts", s.handleAlerts)
@@ -66,27 +68,6 @@ const loginPage = `<!doctype html>
 <p>The dashboard is not part of this build yet. Use <code>egctl</code> with the admin credential in <code>&lt;data-dir&gt;/admin.conf</code>.</p>
 </body></html>
 `
-
-// requireAdmin lets through requests with a valid admin bearer token and
-// answers 401 to every other.
-func (s *API) requireAdmin(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		var err error
-		if !ok {
-			err = errors.New("missing admin credential (Authorization: Bearer <token from admin.conf>)")
-		} else {
-			err = s.CheckAdminToken(r.Context(), strings.TrimSpace(token))
-		}
-		if err != nil {
-			s.log.Warn("API call refused", zap.String("remote", r.RemoteAddr), zap.String("path", r.URL.Path), zap.Error(err))
-			w.Header().Set("WWW-Authenticate", `Bearer realm="eastguard"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -6,8 +6,8 @@
 // Exit codes shared by every command: 0 success, 1 bad input (unreadable or
 // invalid files, bad flags). explain adds 3 (denied) and 4 (would-deny);
 // the online commands (apply, get, delete, agents, agent, flows, alerts,
-// alert, token) add 2 (the controller could not be reached or refused the
-// credential).
+// alert, token, admin-token) add 2 (the controller could not be reached
+// or refused the credential).
 package main
 
 import (
@@ -43,7 +43,7 @@ type env struct {
 	stdout, stderr io.Writer
 }
 
-var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd}
+var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd, adminTokenCmd}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
