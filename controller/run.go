@@ -36,11 +36,14 @@ const AdminConfigFile = "admin.conf"
 // Options are the controller process's settings, as eastguard-controller's
 // flags give them.
 type Options struct {
-	DataDir       string
-	GRPCListen    string
-	HTTPListen    string
-	HTTPTLSCert   string
-	HTTPTLSKey    string
+	DataDir     string
+	GRPCListen  string
+	HTTPListen  string
+	HTTPTLSCert string
+	HTTPTLSKey  string
+	// HTTP bounds the HTTP listener's connections; zero fields take the
+	// defaults.
+	HTTP          HTTPLimits
 	Advertise     []string
 	CACert, CAKey string
 	CertTTL       time.Duration
@@ -75,6 +78,9 @@ func (o *Options) Check() error {
 	}
 	if (o.HTTPTLSCert == "") != (o.HTTPTLSKey == "") {
 		return errors.New("--http-tls-cert and --http-tls-key go together")
+	}
+	if err := o.HTTP.check(); err != nil {
+		return err
 	}
 	if (o.CACert == "") != (o.CAKey == "") {
 		return errors.New("--ca-cert and --ca-key go together")
@@ -197,7 +203,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		log.Warn("serving the admin API over plain HTTP on a non-loopback address: the admin token crosses the network in clear; give --http-tls-cert and --http-tls-key",
 			zap.String("http-listen", o.HTTPListen))
 	}
-	httpSrv := &http.Server{Handler: c.Handler(reg), ReadHeaderTimeout: 10 * time.Second, TLSConfig: httpTLS}
+	httpSrv, httpConns := httpServer(c.Handler(reg), httpLis, o.HTTP, httpTLS)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	wg.Go(func() {
@@ -208,9 +214,9 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	wg.Go(func() {
 		var err error
 		if httpTLS != nil {
-			err = httpSrv.ServeTLS(httpLis, "", "")
+			err = httpSrv.ServeTLS(httpConns, "", "")
 		} else {
-			err = httpSrv.Serve(httpLis)
+			err = httpSrv.Serve(httpConns)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs <- fmt.Errorf("HTTP listener: %w", err)

@@ -1,9 +1,13 @@
 package controller_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -180,5 +184,83 @@ func TestAdminConfRewriteRevokesOldToken(t *testing.T) {
 	}
 	if code, body := get(t, moved.Server+"/api/v1/agents", first.Token); code != 401 {
 		t.Errorf("the replaced admin.conf's token: %d %s, want 401", code, body)
+	}
+}
+
+// dialHTTP opens a raw connection to the API at cfg.
+func dialHTTP(t *testing.T, cfg *apiclient.Config) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", strings.TrimPrefix(cfg.Server, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedByServer waits up to 10 s for the server to close c and says
+// whether it did.
+func closedByServer(t *testing.T, c net.Conn, r *bufio.Reader) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := r.ReadByte()
+	if err == nil {
+		t.Fatal("the server sent something unasked")
+	}
+	return errors.Is(err, io.EOF)
+}
+
+// TestHTTPListenerTimeouts: a connection that sends nothing, and a
+// keep-alive connection left idle after a request, are closed after their
+// timeouts (short ones here; the defaults are 10 s and 1 min).
+func TestHTTPListenerTimeouts(t *testing.T) {
+	cfg, _, _ := startWith(t, filepath.Join(t.TempDir(), "ctl"), func(o *controller.Options) {
+		o.HTTP = controller.HTTPLimits{ReadHeaderTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}
+	})
+	silent := dialHTTP(t, cfg)
+	if !closedByServer(t, silent, bufio.NewReader(silent)) {
+		t.Error("a connection that sent nothing is still open after 10s")
+	}
+	idle := dialHTTP(t, cfg)
+	r := bufio.NewReader(idle)
+	io.WriteString(idle, "GET /healthz HTTP/1.1\r\nHost: eastguard\r\n\r\n")
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("keep-alive request: %d, close %v", resp.StatusCode, resp.Close)
+	}
+	if !closedByServer(t, idle, r) {
+		t.Error("an idle keep-alive connection is still open after 10s")
+	}
+}
+
+// TestHTTPListenerConnectionLimit: beyond the limit, a connection waits
+// (unanswered) until another one closes.
+func TestHTTPListenerConnectionLimit(t *testing.T) {
+	cfg, _, _ := startWith(t, filepath.Join(t.TempDir(), "ctl"), func(o *controller.Options) {
+		o.HTTP = controller.HTTPLimits{ReadHeaderTimeout: time.Minute, MaxConns: 2}
+	})
+	held := []net.Conn{dialHTTP(t, cfg), dialHTTP(t, cfg)}
+	third := dialHTTP(t, cfg)
+	r := bufio.NewReader(third)
+	io.WriteString(third, "GET /healthz HTTP/1.1\r\nHost: eastguard\r\n\r\n")
+	third.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := r.Peek(1); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a third connection was served while two were held (limit 2): %v", err)
+	}
+	held[0].Close()
+	third.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("the waiting connection once a slot freed: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("the waiting connection: %d", resp.StatusCode)
 	}
 }

@@ -218,7 +218,7 @@ func (s *API) handleAdminTokens(w http.ResponseWriter, r *http.Request) {
 
 func (s *API) handleCreateAdminToken(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.AdminTokenRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req, maxSmallBody) {
 		return
 	}
 	sp := AdminTokenSpec{Name: req.Name, CreatedBy: caller(r)}

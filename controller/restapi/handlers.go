@@ -19,8 +19,14 @@ import (
 	"github.com/eastguard/eastguard/controller/store"
 )
 
-// maxRequestBody bounds API request bodies (a whole policy directory).
-const maxRequestBody = 64 << 20
+// Request body bounds: a whole policy directory for apply and delete, a
+// few fields for everything else. Bodies are read only after the admin
+// token is checked, so nobody without one can make the controller hold
+// any.
+const (
+	maxRequestBody = 64 << 20
+	maxSmallBody   = 64 << 10
+)
 
 // Handler serves the HTTP listener: /healthz and /metrics without
 // credentials, GET / (the login page placeholder until the dashboard
@@ -100,9 +106,9 @@ func (s *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
-// decode reads a JSON request body strictly.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+// decode reads a JSON request body of at most limit bytes strictly.
+func decode(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		writeError(w, http.StatusBadRequest, "request body: "+err.Error(), nil)
@@ -117,7 +123,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (s *API) handleApply(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.ApplyRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req, maxRequestBody) {
 		return
 	}
 	res, err := s.policy.Apply(r.Context(), req.Files, req.DryRun)
@@ -130,7 +136,7 @@ func (s *API) handleApply(w http.ResponseWriter, r *http.Request) {
 
 func (s *API) handleDelete(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.DeleteRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req, maxRequestBody) {
 		return
 	}
 	var keys []store.ResourceKey
@@ -176,7 +182,7 @@ func (s *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
 
 func (s *API) handleToken(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.TokenRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req, maxSmallBody) {
 		return
 	}
 	ttl, err := time.ParseDuration(req.TTL)
