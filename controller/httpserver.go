@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/netutil"
 )
 
@@ -81,9 +83,12 @@ func (l HTTPLimits) check() error {
 }
 
 // httpServer returns the HTTP listener's server and the listener to serve
-// it on, wrapped to hold at most l.MaxConns connections.
-func httpServer(h http.Handler, lis net.Listener, l HTTPLimits, tlsConfig *tls.Config) (*http.Server, net.Listener) {
+// it on, wrapped to hold at most l.MaxConns connections. Connection errors
+// (failed TLS handshakes, mostly clients' or scanners' doing) are logged
+// at debug level: anyone can cause them.
+func httpServer(h http.Handler, lis net.Listener, l HTTPLimits, tlsConfig *tls.Config, log *zap.Logger) (*http.Server, net.Listener) {
 	l = l.withDefaults()
+	errLog, _ := zap.NewStdLogAt(log.Named("http"), zapcore.DebugLevel) // fails only for an invalid level
 	srv := &http.Server{
 		Handler:           h,
 		TLSConfig:         tlsConfig,
@@ -92,6 +97,7 @@ func httpServer(h http.Handler, lis net.Listener, l HTTPLimits, tlsConfig *tls.C
 		WriteTimeout:      l.WriteTimeout,
 		IdleTimeout:       l.IdleTimeout,
 		MaxHeaderBytes:    l.MaxHeaderBytes,
+		ErrorLog:          errLog,
 	}
 	return srv, netutil.LimitListener(lis, l.MaxConns)
 }

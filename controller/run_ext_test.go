@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -18,6 +20,8 @@ import (
 	"github.com/eastguard/eastguard/controller"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
+	"github.com/eastguard/eastguard/internal/pki"
+	"github.com/eastguard/eastguard/internal/testutil"
 	"go.uber.org/zap"
 )
 
@@ -262,5 +266,61 @@ func TestHTTPListenerConnectionLimit(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("the waiting connection: %d", resp.StatusCode)
+	}
+}
+
+// TestHTTPSFromCA: with --http-tls-from-ca the API is served over TLS with
+// a certificate of the controller's CA, which admin.conf carries; egctl's
+// client verifies it, plain HTTP and clients without the CA are refused,
+// and the certificate rotates without admin.conf changing.
+func TestHTTPSFromCA(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ctl")
+	cfg, _, _ := startWith(t, dir, func(o *controller.Options) {
+		o.HTTPTLSFromCA = true
+		o.Advertise = []string{"ctl.example"}
+		o.ServerCertTTL = 3 * time.Second // rotated after 2 s
+	})
+	if !strings.HasPrefix(cfg.Server, "https://127.0.0.1:") {
+		t.Fatalf("admin.conf server %q, want https", cfg.Server)
+	}
+	caCerts, err := pki.ParseCertificatesPEM([]byte(cfg.CACert))
+	if err != nil || len(caCerts) != 1 || !caCerts[0].IsCA {
+		t.Fatalf("admin.conf caCert is not the CA: %v", err)
+	}
+	if !apiAnswers(cfg) {
+		t.Fatal("the API does not answer over TLS with admin.conf's CA")
+	}
+	host := strings.TrimPrefix(cfg.Server, "https://")
+	if code, body := get(t, "http://"+host+"/healthz", ""); code != 400 {
+		t.Errorf("plain HTTP to the TLS listener: %d %s", code, body)
+	}
+	if _, err := http.Get(cfg.Server + "/healthz"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("a client without the CA: %v", err)
+	}
+	// The names: the advertised one too, for clients that reach the
+	// controller by it (a Kubernetes Service).
+	roots := x509.NewCertPool()
+	roots.AddCert(caCerts[0])
+	serial := func(name string) (string, error) {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", host, &tls.Config{RootCAs: roots, ServerName: name})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
+	}
+	first, err := serial("ctl.example")
+	if err != nil {
+		t.Fatalf("TLS as ctl.example: %v", err)
+	}
+	testutil.Eventually(t, 20*time.Second, "the HTTPS certificate to rotate", func() error {
+		s, err := serial("127.0.0.1")
+		if err == nil && s == first {
+			err = errors.New("same certificate")
+		}
+		return err
+	})
+	if !apiAnswers(cfg) {
+		t.Error("admin.conf no longer works after the certificate rotated")
 	}
 }

@@ -15,6 +15,7 @@ func TestParseFlags(t *testing.T) {
 		{"--data-dir", "d", "--cert-ttl", "1ms"},
 		{"--data-dir", "d", "extra"},
 		{"--data-dir", "d", "--http-max-connections", "0"},
+		{"--data-dir", "d", "--http-tls-from-ca", "--http-tls-cert", "c", "--http-tls-key", "k"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
