@@ -16,7 +16,7 @@ import (
 var adminTokenCmd = &command{
 	name:    "admin-token",
 	summary: "list, create or revoke the admin tokens that may call the controller's API",
-	usage:   "egctl admin-token list [-o table|json] | create [--name N] [--ttl D] [--write-config FILE] | revoke ID [flags]",
+	usage:   "egctl admin-token list [-o table|json|yaml] | create [--name N] [--ttl D] [--write-config FILE] | revoke ID [flags]",
 	help: `
 Admin tokens are the credentials of the controller's API: whoever holds one
 can change every node's policy. The controller writes the first one to
@@ -45,7 +45,7 @@ Examples:
   TOKEN=$(egctl admin-token create --name alice --ttl 8h | tail -n1)
   egctl admin-token revoke 3f2a9c0d1e4b`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
-		output := fs.String("o", "table", "list: output format: table or json")
+		output := fs.String("o", "table", "list: output format: table, json or yaml")
 		name := fs.String("name", "", "create: what the token is for (at most 64 characters)")
 		ttl := fs.Duration("ttl", 0, "create: how long the token stays valid (default: never expires)")
 		writeConfig := fs.String("write-config", "", "create: write the new token to this admin config file instead of standard output")
@@ -53,7 +53,7 @@ Examples:
 		return func(e *env, args []string) int {
 			switch {
 			case len(args) == 1 && args[0] == "list":
-				if !checkOutput(e, *output, "table", "json") {
+				if !checkOutput(e, *output, "table", "json", "yaml") {
 					return exitBadInput
 				}
 				return listAdminTokens(e, remote, *output)
@@ -77,31 +77,29 @@ func listAdminTokens(e *env, remote *remoteFlags, output string) int {
 	if code := remote.call(e, http.MethodGet, "/api/v1/admin-tokens", nil, &list); code != exitOK {
 		return code
 	}
-	if output == "json" {
-		if list == nil {
-			list = []apiclient.AdminToken{}
-		}
-		return printJSON(e, list)
+	if list == nil {
+		list = []apiclient.AdminToken{}
 	}
-	tw := newTable(e)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tCREATED\tEXPIRES\tREVOKED\tCREATED-BY")
-	for _, t := range list {
-		id := t.ID
-		if t.Current {
-			id += " *"
+	return printListing(e, output, list, func() {
+		tw := newTable(e)
+		fmt.Fprintln(tw, "ID\tNAME\tSTATE\tCREATED\tEXPIRES\tREVOKED\tCREATED-BY")
+		for _, t := range list {
+			id := t.ID
+			if t.Current {
+				id += " *"
+			}
+			expires := "never"
+			if !t.Expires.IsZero() {
+				expires = localTime(t.Expires)
+			}
+			revoked := "-"
+			if !t.Revoked.IsZero() {
+				revoked = localTime(t.Revoked)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, dash(t.Name), t.State, localTime(t.Created), expires, revoked, dash(t.CreatedBy))
 		}
-		expires := "never"
-		if !t.Expires.IsZero() {
-			expires = localTime(t.Expires)
-		}
-		revoked := "-"
-		if !t.Revoked.IsZero() {
-			revoked = localTime(t.Revoked)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, dash(t.Name), t.State, localTime(t.Created), expires, revoked, dash(t.CreatedBy))
-	}
-	tw.Flush()
-	return exitOK
+		tw.Flush()
+	})
 }
 
 func localTime(t time.Time) string { return t.Local().Format(time.DateTime) }

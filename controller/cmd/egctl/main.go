@@ -38,9 +38,11 @@ type command struct {
 	flags func(fs *flag.FlagSet) func(env *env, args []string) int
 }
 
-// env is what a command may touch: its output streams.
+// env is what a command may touch: its output streams, and the global
+// flags given before the command (name -> value).
 type env struct {
 	stdout, stderr io.Writer
+	globals        map[string]string
 }
 
 var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd, adminTokenCmd}
@@ -54,6 +56,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		usage(stderr)
 		return exitBadInput
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+	default:
+		var err error
+		if e.globals, args, err = parseGlobals(args); err != nil {
+			fmt.Fprintf(stderr, "egctl: %v\n\n", err)
+			usage(stderr)
+			return exitBadInput
+		}
 	}
 	name := args[0]
 	switch name {
@@ -85,17 +97,50 @@ func find(name string) *command {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "egctl is the Eastguard command-line client.\n\nUsage:\n  egctl COMMAND [flags] [arguments]\n\nCommands:\n")
+	fmt.Fprintf(w, "egctl is the Eastguard command-line client.\n\nUsage:\n  egctl [global flags] COMMAND [flags] [arguments]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
+	fmt.Fprintf(w, "\nGlobal flags, before or after the command (after it, they win); commands\nthat do not call the controller ignore them:\n")
+	fs := flag.NewFlagSet("egctl", flag.ContinueOnError)
+	addRemoteFlags(fs)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
 	fmt.Fprintf(w, "\nRun \"egctl COMMAND --help\" for a command's flags and examples.\n")
+}
+
+// parseGlobals parses the global flags (the controller connection's) that
+// stand before the command, and returns those given and the rest of the
+// arguments, the command first.
+func parseGlobals(args []string) (map[string]string, []string, error) {
+	fs := flag.NewFlagSet("egctl", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // the caller prints the error, then the usage
+	addRemoteFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if fs.NArg() == 0 {
+		return nil, nil, errors.New("no command after the global flags")
+	}
+	globals := map[string]string{}
+	fs.Visit(func(f *flag.Flag) { globals[f.Name] = f.Value.String() })
+	return globals, fs.Args(), nil
 }
 
 func runCommand(c *command, e *env, args []string) int {
 	fs := flag.NewFlagSet("egctl "+c.name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	runFn := c.flags(fs)
+	// Global flags given before the command are the defaults of the
+	// command's own; commands without them (offline ones) ignore them.
+	for name, value := range e.globals {
+		if fs.Lookup(name) != nil {
+			if err := fs.Set(name, value); err != nil {
+				fmt.Fprintf(e.stderr, "egctl: --%s: %v\n", name, err)
+				return exitBadInput
+			}
+		}
+	}
 	printUsage := func(w io.Writer) {
 		fs.SetOutput(w)
 		fmt.Fprintf(w, "Usage: %s\n\n%s\n", c.usage, strings.TrimSpace(c.help))

@@ -12,6 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/eastguard/eastguard/controller/apiclient"
 )
 
@@ -149,6 +151,51 @@ func printJSON(e *env, v any) int {
 		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
 		return exitRemote
 	}
+	return exitOK
+}
+
+// printYAML prints v as YAML: the objects -o json prints, with the same
+// keys in the same order (v goes through its JSON encoding).
+func printYAML(e *env, v any) int {
+	b, err := json.Marshal(v)
+	var doc yaml.Node
+	if err == nil {
+		err = yaml.Unmarshal(b, &doc)
+	}
+	if err == nil {
+		blockStyle(&doc)
+		enc := yaml.NewEncoder(e.stdout)
+		enc.SetIndent(2)
+		if err = enc.Encode(&doc); err == nil {
+			err = enc.Close()
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
+		return exitRemote
+	}
+	return exitOK
+}
+
+// blockStyle drops the flow style and quotes JSON's syntax gave the
+// nodes: the encoder then writes block YAML, and quotes only the strings
+// that would read as something else.
+func blockStyle(n *yaml.Node) {
+	n.Style = 0
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
+}
+
+// printListing prints a listing as JSON, YAML or, through table, a table.
+func printListing(e *env, output string, v any, table func()) int {
+	switch output {
+	case "json":
+		return printJSON(e, v)
+	case "yaml":
+		return printYAML(e, v)
+	}
+	table()
 	return exitOK
 }
 
