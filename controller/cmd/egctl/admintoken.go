@@ -31,7 +31,7 @@ create makes a new token, named --name, expiring after --ttl (default:
 never). The token is printed alone on the last line of standard output,
 this once; or, with --write-config FILE, written to a new admin.conf
 (mode 0600) with this one's server address and CA (an existing file is
-never overwritten).
+never overwritten); --write-config - prints that admin.conf instead.
 
 revoke ID revokes a token at once: its next call gets 401, here and in any
 controller sharing the store. You may revoke the token you are using; the
@@ -42,13 +42,15 @@ writes a new admin.conf when the token in it is no longer valid.
 Examples:
   egctl admin-token list
   egctl admin-token create --name ci --ttl 720h --write-config ci.conf
+  kubectl -n eastguard exec eastguard-controller-0 -- egctl --config /var/lib/eastguard-controller/admin.conf \
+      admin-token create --name ops --ttl 720h --write-config - > ops.conf
   TOKEN=$(egctl admin-token create --name alice --ttl 8h | tail -n1)
   egctl admin-token revoke 3f2a9c0d1e4b`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		output := fs.String("o", "table", "list: output format: table, json or yaml")
 		name := fs.String("name", "", "create: what the token is for (at most 64 characters)")
 		ttl := fs.Duration("ttl", 0, "create: how long the token stays valid (default: never expires)")
-		writeConfig := fs.String("write-config", "", "create: write the new token to this admin config file instead of standard output")
+		writeConfig := fs.String("write-config", "", "create: write the new token to this new admin config file (- for standard output) instead of printing it alone")
 		remote := addRemoteFlags(fs)
 		return func(e *env, args []string) int {
 			switch {
@@ -112,7 +114,7 @@ func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duratio
 	// The file is created before the token, so that a token is never made
 	// whose secret nobody receives.
 	var file *os.File
-	if writeConfig != "" {
+	if writeConfig != "" && writeConfig != "-" {
 		var err error
 		if file, err = os.OpenFile(writeConfig, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
 			if errors.Is(err, fs.ErrExist) {
@@ -138,16 +140,19 @@ func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duratio
 	if !tok.Expires.IsZero() {
 		until = "valid until " + tok.Expires.Local().Format(time.RFC3339)
 	}
-	if file == nil {
+	if writeConfig == "" {
 		fmt.Fprintf(e.stderr, "admin token %s (%s), %s; it is shown this once\n", tok.ID, dash(tok.Name), until)
 		fmt.Fprintln(e.stdout, tok.Token)
 		return exitOK
 	}
 	data, err := (&apiclient.Config{Server: cfg.Server, Token: tok.Token, CACert: cfg.CACert}).Marshal()
-	if err == nil {
+	if err == nil && file == nil {
+		fmt.Fprintf(e.stderr, "admin token %s (%s), %s; its admin.conf follows, shown this once\n", tok.ID, dash(tok.Name), until)
+		_, err = e.stdout.Write(data)
+	} else if err == nil {
 		_, err = file.Write(data)
 	}
-	if err == nil {
+	if err == nil && file != nil {
 		err = file.Close()
 	}
 	if err != nil {
@@ -155,7 +160,9 @@ func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duratio
 			err, tok.ID, tok.ID)
 		return exitBadInput
 	}
-	fmt.Fprintf(e.stdout, "admin token %s (%s), %s, written to %s\n", tok.ID, dash(tok.Name), until, writeConfig)
+	if file != nil {
+		fmt.Fprintf(e.stdout, "admin token %s (%s), %s, written to %s\n", tok.ID, dash(tok.Name), until, writeConfig)
+	}
 	return exitOK
 }
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/internal/pki"
 )
@@ -41,6 +43,16 @@ func TestOnlineAdminTokens(t *testing.T) {
 	if code, _, errs = egctl(t, "admin-token", "create", "--write-config", ciConf); code != exitBadInput || !strings.Contains(errs, "never overwritten") {
 		t.Errorf("create over an existing file: exit %d, %s", code, errs)
 	}
+	// --write-config - prints it.
+	code, out, errs = egctl(t, "admin-token", "create", "--name", "ops", "--write-config", "-")
+	var ops apiclient.Config
+	if code != exitOK || yaml.Unmarshal([]byte(out), &ops) != nil || ops.Check() != nil || ops.Server != admin.Server ||
+		!strings.Contains(errs, "(ops), never expires; its admin.conf follows") {
+		t.Fatalf("create --write-config -: exit %d\n%s\n%s", code, out, errs)
+	}
+	if code, _, errs = egctl(t, "agents", "--server", ops.Server, "--token", ops.Token); code != exitOK {
+		t.Errorf("the printed admin.conf's token: exit %d, %s", code, errs)
+	}
 	if code, _, errs = egctl(t, "admin-token", "create", "--ttl", "-1h"); code != exitBadInput || !strings.Contains(errs, "--ttl -1h") {
 		t.Errorf("negative ttl: exit %d, %s", code, errs)
 	}
@@ -53,7 +65,7 @@ func TestOnlineAdminTokens(t *testing.T) {
 	}
 	code, out, _ = egctl(t, "admin-token", "list", "-o", "json")
 	var list []apiclient.AdminToken
-	if code != exitOK || json.Unmarshal([]byte(out), &list) != nil || len(list) != 3 || strings.Contains(out, alice.Secret) {
+	if code != exitOK || json.Unmarshal([]byte(out), &list) != nil || len(list) != 4 || strings.Contains(out, alice.Secret) {
 		t.Errorf("list -o json: exit %d\n%s", code, out)
 	}
 
@@ -79,6 +91,9 @@ func TestOnlineAdminTokens(t *testing.T) {
 		t.Errorf("self-revoked token still accepted: exit %d", code)
 	}
 	// The last active token: the output says how to get a new one.
+	if code, _, _ = egctl(t, "admin-token", "revoke", strings.Split(ops.Token, ".")[1]); code != exitOK {
+		t.Errorf("revoke ops: exit %d", code)
+	}
 	adminID := strings.Split(admin.Token, ".")[1]
 	if code, out, _ = egctl(t, "admin-token", "revoke", adminID); code != exitOK || !strings.Contains(out, "no active admin token remains") {
 		t.Errorf("last token: exit %d, %q", code, out)

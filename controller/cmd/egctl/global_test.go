@@ -38,9 +38,9 @@ func TestGlobalFlagsBeforeCommand(t *testing.T) {
 		t.Errorf("--token after the command over --config before it: exit %d, %s", code, errs)
 	}
 	for args, want := range map[string]string{
-		"--timeout nope agents":  `invalid value "nope" for flag -timeout`,
-		"--nope agents":          "flag provided but not defined: -nope",
-		"--config " + conf:       "no command",
+		"--timeout nope agents":   `invalid value "nope" for flag -timeout`,
+		"--nope agents":           "flag provided but not defined: -nope",
+		"--config " + conf:        "no command",
 		"--config " + conf + " x": `unknown command "x"`,
 	} {
 		code, out, errs := egctl(t, strings.Fields(args)...)
