@@ -75,12 +75,9 @@ Examples:
 }
 
 func listAdminTokens(e *env, remote *remoteFlags, output string) int {
-	var list []apiclient.AdminToken
-	if code := remote.call(e, http.MethodGet, "/api/v1/admin-tokens", nil, &list); code != exitOK {
+	list, code := getList[apiclient.AdminToken](e, remote, "/api/v1/admin-tokens")
+	if code != exitOK {
 		return code
-	}
-	if list == nil {
-		list = []apiclient.AdminToken{}
 	}
 	return printListing(e, output, list, func() {
 		tw := newTable(e)

@@ -46,12 +46,9 @@ Examples:
 }
 
 func listAgents(e *env, remote *remoteFlags, output string) int {
-	var agents []apiclient.AgentStatus
-	if code := remote.call(e, http.MethodGet, "/api/v1/agents", nil, &agents); code != exitOK {
+	agents, code := getList[apiclient.AgentStatus](e, remote, "/api/v1/agents")
+	if code != exitOK {
 		return code
-	}
-	if agents == nil {
-		agents = []apiclient.AgentStatus{}
 	}
 	return printListing(e, output, agents, func() {
 		tw := newTable(e)

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -185,6 +186,19 @@ func blockStyle(n *yaml.Node) {
 	for _, c := range n.Content {
 		blockStyle(c)
 	}
+}
+
+// getList fetches a listing; an empty one is an empty slice, never nil,
+// so that -o json prints [] and not null.
+func getList[T any](e *env, remote *remoteFlags, path string) ([]T, int) {
+	var list []T
+	if code := remote.call(e, http.MethodGet, path, nil, &list); code != exitOK {
+		return nil, code
+	}
+	if list == nil {
+		list = []T{}
+	}
+	return list, exitOK
 }
 
 // printListing prints a listing as JSON, YAML or, through table, a table.
