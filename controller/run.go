@@ -21,6 +21,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/fsutil"
@@ -35,11 +36,18 @@ const AdminConfigFile = "admin.conf"
 // Options are the controller process's settings, as eastguard-controller's
 // flags give them.
 type Options struct {
-	DataDir       string
-	GRPCListen    string
-	HTTPListen    string
-	HTTPTLSCert   string
-	HTTPTLSKey    string
+	DataDir     string
+	GRPCListen  string
+	HTTPListen  string
+	HTTPTLSCert string
+	HTTPTLSKey  string
+	// HTTPTLSFromCA serves the HTTP listener over TLS with the
+	// controller's own serving certificate, issued from its CA and
+	// rotated with it; admin.conf then carries the CA.
+	HTTPTLSFromCA bool
+	// HTTP bounds the HTTP listener's connections; zero fields take the
+	// defaults.
+	HTTP          HTTPLimits
 	Advertise     []string
 	CACert, CAKey string
 	CertTTL       time.Duration
@@ -74,6 +82,12 @@ func (o *Options) Check() error {
 	}
 	if (o.HTTPTLSCert == "") != (o.HTTPTLSKey == "") {
 		return errors.New("--http-tls-cert and --http-tls-key go together")
+	}
+	if o.HTTPTLSFromCA && o.HTTPTLSCert != "" {
+		return errors.New("give --http-tls-from-ca or --http-tls-cert/--http-tls-key, not both")
+	}
+	if err := o.HTTP.check(); err != nil {
+		return err
 	}
 	if (o.CACert == "") != (o.CAKey == "") {
 		return errors.New("--ca-cert and --ca-key go together")
@@ -131,13 +145,29 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	// httpTLS is the HTTP listener's TLS (nil: plain HTTP); caCert is
+	// what admin.conf tells egctl to trust for it.
 	var httpTLS *tls.Config
-	if o.HTTPTLSCert != "" {
+	var caCert string
+	switch {
+	case o.HTTPTLSCert != "":
 		cert, err := tls.LoadX509KeyPair(o.HTTPTLSCert, o.HTTPTLSKey)
 		if err != nil {
 			return fmt.Errorf("--http-tls-cert/--http-tls-key: %w", err)
 		}
 		httpTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		chain, err := os.ReadFile(o.HTTPTLSCert)
+		if err != nil {
+			return fmt.Errorf("--http-tls-cert: %w", err)
+		}
+		caCert = trustAnchor(chain)
+	case o.HTTPTLSFromCA:
+		// The certificate is the controller's serving certificate (set
+		// below, once the controller exists): its names cover the HTTP
+		// listener too (servingHosts), it is rotated at two thirds of its
+		// life, and its chain ends at the CA that admin.conf carries.
+		httpTLS = &tls.Config{MinVersion: tls.VersionTLS12}
+		caCert = string(ca.CertPEM)
 	}
 
 	// The HTTP listener is opened before the controller so that alert
@@ -164,7 +194,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		Log:           log,
 		Registry:      reg,
 		Version:       o.Version,
-		ServingHosts:  servingHosts(o.GRPCListen, o.Advertise, log),
+		ServingHosts:  servingHosts(o, log),
 		NodeCertTTL:   o.CertTTL,
 		ServerCertTTL: o.ServerCertTTL,
 		Heartbeat:     o.Heartbeat,
@@ -192,11 +222,14 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--grpc-listen: %w", err)
 	}
+	if o.HTTPTLSFromCA {
+		httpTLS.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.ServingCertificate(), nil }
+	}
 	if httpTLS == nil && !isLoopback(o.HTTPListen) {
-		log.Warn("serving the admin API over plain HTTP on a non-loopback address: the admin token crosses the network in clear; give --http-tls-cert and --http-tls-key",
+		log.Warn("serving the admin API over plain HTTP on a non-loopback address: the admin token crosses the network in clear; give --http-tls-from-ca, or --http-tls-cert and --http-tls-key",
 			zap.String("http-listen", o.HTTPListen))
 	}
-	httpSrv := &http.Server{Handler: c.Handler(reg), ReadHeaderTimeout: 10 * time.Second, TLSConfig: httpTLS}
+	httpSrv, httpConns := httpServer(c.Handler(reg), httpLis, o.HTTP, httpTLS, log)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	wg.Go(func() {
@@ -207,9 +240,9 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	wg.Go(func() {
 		var err error
 		if httpTLS != nil {
-			err = httpSrv.ServeTLS(httpLis, "", "")
+			err = httpSrv.ServeTLS(httpConns, "", "")
 		} else {
-			err = httpSrv.Serve(httpLis)
+			err = httpSrv.Serve(httpConns)
 		}
 		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs <- fmt.Errorf("HTTP listener: %w", err)
@@ -221,7 +254,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	// Both listeners accept connections now: admin.conf may tell egctl
 	// where to go.
 	var runErr error
-	if err := writeAdminConfig(ctx, c, o, httpLis.Addr(), log); err != nil {
+	if err := writeAdminConfig(ctx, c, o.DataDir, apiURL(httpLis.Addr(), httpTLS != nil), caCert, log); err != nil {
 		runErr = err
 	} else {
 		select {
@@ -242,38 +275,41 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 
 // writeAdminConfig writes DIR/admin.conf unless a valid one for this
 // address is there already (it is written on first start, and again only
-// if it was removed, its token is unknown, or the API moved).
-func writeAdminConfig(ctx context.Context, c *Controller, o Options, httpAddr net.Addr, log *zap.Logger) error {
-	path := filepath.Join(o.DataDir, AdminConfigFile)
-	url := apiURL(httpAddr, o.HTTPTLSCert != "")
-	var caCert string
-	if o.HTTPTLSCert != "" {
-		b, err := os.ReadFile(o.HTTPTLSCert)
-		if err != nil {
-			return fmt.Errorf("--http-tls-cert: %w", err)
-		}
-		caCert = trustAnchor(b)
-	}
-	if old, err := apiclient.LoadConfig(path); err == nil {
-		if old.Server == url && old.CACert == caCert && c.API.CheckAdminToken(ctx, old.Token) == nil {
+// if it was removed, its token is no longer valid, or the API moved).
+// The token of a file it replaces is revoked first: a copy of the old
+// file left anywhere stops working, and a crash between the two steps
+// leaves a file whose token is refused, which the next start replaces.
+func writeAdminConfig(ctx context.Context, c *Controller, dataDir, url, caCert string, log *zap.Logger) error {
+	path := filepath.Join(dataDir, AdminConfigFile)
+	if old, err := apiclient.ReadConfig(path); err == nil {
+		if old.Check() == nil && old.Server == url && old.CACert == caCert && c.API.CheckAdminToken(ctx, old.Token) == nil {
 			return nil
 		}
 		log.Warn("admin.conf is out of date (API address, certificate or token changed); writing a new one", zap.String("path", path))
+		if old.Token != "" {
+			id, err := c.API.RetireAdminToken(ctx, old.Token)
+			if err != nil {
+				return fmt.Errorf("revoke the admin token of the admin.conf being replaced: %w", err)
+			}
+			if id != "" {
+				log.Info("the replaced admin.conf's token is revoked", zap.String("admin-token", id))
+			}
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		log.Warn("admin.conf unusable; writing a new one", zap.String("path", path), zap.Error(err))
 	}
-	token, err := c.API.NewAdminToken(ctx)
+	token, err := c.API.NewAdminToken(ctx, restapi.AdminTokenSpec{Name: restapi.AdminConfName})
 	if err != nil {
 		return err
 	}
-	data, err := (&apiclient.Config{Server: url, Token: token, CACert: caCert}).Marshal()
+	data, err := (&apiclient.Config{Server: url, Token: token.Token, CACert: caCert}).Marshal()
 	if err != nil {
 		return err
 	}
 	if err := fsutil.WriteFileAtomic(path, data, 0o600); err != nil {
 		return fmt.Errorf("write admin credential: %w", err)
 	}
-	log.Info("admin credential written", zap.String("path", path), zap.String("server", url))
+	log.Info("admin credential written", zap.String("path", path), zap.String("server", url), zap.String("admin-token", token.ID))
 	return nil
 }
 
@@ -319,15 +355,25 @@ func isLoopback(addr string) bool {
 }
 
 // servingHosts returns the names the serving certificate must cover:
-// localhost and the loopback addresses, the host of --grpc-listen (every
-// local address when it is a wildcard, looked up again at each rotation),
-// and every --advertise.
-func servingHosts(grpcListen string, advertise []string, log *zap.Logger) func() []string {
-	host, _, _ := net.SplitHostPort(grpcListen)
+// localhost and the loopback addresses, the host of --grpc-listen, and of
+// --http-listen when the certificate serves it too (--http-tls-from-ca)
+// (every local address when one is a wildcard, looked up again at each
+// rotation), and every --advertise.
+func servingHosts(o Options, log *zap.Logger) func() []string {
+	listens := []string{o.GRPCListen}
+	if o.HTTPTLSFromCA {
+		listens = append(listens, o.HTTPListen)
+	}
+	advertise := o.Advertise
 	return func() []string {
 		hosts := []string{"localhost", "127.0.0.1", "::1"}
-		ip := net.ParseIP(host)
-		if host == "" || ip != nil && ip.IsUnspecified() {
+		for _, l := range listens {
+			host, _, _ := net.SplitHostPort(l)
+			ip := net.ParseIP(host)
+			if host != "" && (ip == nil || !ip.IsUnspecified()) {
+				hosts = append(hosts, host)
+				continue
+			}
 			addrs, err := net.InterfaceAddrs()
 			if err != nil {
 				log.Warn("local addresses not listed for the serving certificate; use --advertise", zap.Error(err))
@@ -337,8 +383,6 @@ func servingHosts(grpcListen string, advertise []string, log *zap.Logger) func()
 					hosts = append(hosts, n.IP.String())
 				}
 			}
-		} else {
-			hosts = append(hosts, host)
 		}
 		hosts = append(hosts, advertise...)
 		seen := make(map[string]bool, len(hosts))

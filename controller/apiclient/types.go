@@ -80,6 +80,60 @@ type JoinToken struct {
 	Expires time.Time `json:"expires"`
 }
 
+// AdminTokenRequest is the body of POST /api/v1/admin-tokens.
+type AdminTokenRequest struct {
+	// Name says what the token is for (at most 64 characters).
+	Name string `json:"name,omitempty"`
+	// TTL is a Go duration ("720h"); empty: the token never expires.
+	TTL string `json:"ttl,omitempty"`
+}
+
+// Admin token states.
+const (
+	AdminTokenActive  = "active"
+	AdminTokenExpired = "expired"
+	AdminTokenRevoked = "revoked"
+)
+
+// AdminToken is one admin token in GET /api/v1/admin-tokens and `egctl
+// admin-token list -o json`: what it is, never its secret nor the hash
+// the controller keeps of it.
+type AdminToken struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// State is active, expired or revoked.
+	State   string    `json:"state"`
+	Created time.Time `json:"created"`
+	// Expires is left out for a token that never expires.
+	Expires time.Time `json:"expires,omitzero"`
+	Revoked time.Time `json:"revoked,omitzero"`
+	// CreatedBy is the id of the admin token that created it; left out
+	// for the controller's own (admin.conf).
+	CreatedBy string `json:"createdBy,omitempty"`
+	// Current is true for the token the request was made with.
+	Current bool `json:"current,omitempty"`
+}
+
+// CreatedAdminToken is the answer to POST /api/v1/admin-tokens. Token is
+// the credential itself: the controller keeps only a hash of its secret,
+// and this answer is the only time it is shown.
+type CreatedAdminToken struct {
+	AdminToken
+	Token string `json:"token"`
+}
+
+// RevokedAdminToken is the answer to POST /api/v1/admin-tokens/{id}/revoke.
+// Current says the caller revoked the token it used: its next call gets
+// 401.
+type RevokedAdminToken struct {
+	AdminToken
+	// AlreadyRevoked: it was revoked before this call (Revoked is that
+	// first time).
+	AlreadyRevoked bool `json:"alreadyRevoked,omitempty"`
+	// ActiveTokens is how many admin tokens are still valid.
+	ActiveTokens int `json:"activeTokens"`
+}
+
 // RevokeResult is the answer to POST /api/v1/agents/{node}/revoke.
 type RevokeResult struct {
 	Node                string `json:"node"`

@@ -25,6 +25,7 @@ import (
 	"github.com/eastguard/eastguard/controller"
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/pki"
@@ -250,11 +251,11 @@ func (h *Controller) ServeAPI() *apiclient.Config {
 	h.T.Helper()
 	api := httptest.NewServer(h.Srv.Handler(h.Reg))
 	h.T.Cleanup(api.Close)
-	token, err := h.Srv.API.NewAdminToken(context.Background())
+	token, err := h.Srv.API.NewAdminToken(context.Background(), restapi.AdminTokenSpec{Name: "controllertest"})
 	if err != nil {
 		h.T.Fatal(err)
 	}
-	return &apiclient.Config{Server: api.URL, Token: token}
+	return &apiclient.Config{Server: api.URL, Token: token.Token}
 }
 
 // InsertFlows puts flow records straight into the controller's store.

@@ -29,7 +29,6 @@ type API struct {
 	nodes  *nodes.Table
 	policy *policyrepo.Repo
 	agents *agentapi.Service
-	admins *adminTokens
 }
 
 // New returns the API over the controller's parts.
@@ -40,6 +39,5 @@ func New(cfg Config) *API {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents,
-		admins: newAdminTokens(cfg.Store)}
+	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents}
 }

@@ -3,66 +3,269 @@ package restapi
 import (
 	"context"
 	"errors"
-	"sync"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
 
+	"go.uber.org/zap"
+
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
 
-// adminTokens checks admin credentials against the hashes in the store,
-// cached: every API call checks one.
-type adminTokens struct {
-	st     store.Store
-	mu     sync.RWMutex
-	hashes map[string]string // id -> secret hash
-}
+// Admin tokens. Every API call reads its token's record from the store:
+// there is no cache, so a revocation or an expiry holds from the very
+// next request, also when another controller process sharing the store
+// revoked the token. The read is one primary-key lookup (see
+// BenchmarkAdminTokenCheck); correctness is worth more than saving it.
 
-func newAdminTokens(st store.Store) *adminTokens {
-	return &adminTokens{st: st, hashes: make(map[string]string)}
-}
+// Sentinel errors of admin-token checks. The messages say why a token is
+// refused only to whoever proves they hold it (the secret matched):
+// anyone else learns nothing about which ids exist.
+var (
+	errAdminToken     = errors.New("admin token not valid")
+	errAdminRevoked   = errors.New("admin token revoked")
+	errAdminExpired   = errors.New("admin token expired")
+	errNoSuchAdminTok = errors.New("no such admin token")
+)
 
-var errAdminToken = errors.New("admin token not valid")
+// Bounds of what an admin token may be created with.
+const (
+	maxAdminTokenName = 64
+	maxAdminTokenTTL  = 10 * 365 * 24 * time.Hour
+)
 
-// check verifies a bearer token.
-func (a *adminTokens) check(ctx context.Context, token string) error {
+// AdminConfName is the name of the admin token the controller writes to
+// admin.conf.
+const AdminConfName = "admin.conf"
+
+// authenticate returns the stored admin token that token proves, or why
+// it does not.
+func (s *API) authenticate(ctx context.Context, token string) (store.AdminToken, error) {
 	t, err := pki.ParseAdminToken(token)
 	if err != nil {
-		return err
+		return store.AdminToken{}, err
 	}
-	a.mu.RLock()
-	hash, ok := a.hashes[t.ID]
-	a.mu.RUnlock()
-	if !ok {
-		hash, err = a.st.AdminTokenHash(ctx, t.ID)
-		if errors.Is(err, store.ErrNotFound) {
-			return errAdminToken
-		}
-		if err != nil {
-			return err
-		}
-		a.mu.Lock()
-		a.hashes[t.ID] = hash
-		a.mu.Unlock()
+	rec, err := s.st.AdminToken(ctx, t.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.AdminToken{}, errAdminToken
 	}
-	if !pki.SecretMatches(hash, t.Secret) {
-		return errAdminToken
+	if err != nil {
+		return store.AdminToken{}, err
+	}
+	if !pki.SecretMatches(rec.SecretHash, t.Secret) {
+		return store.AdminToken{}, errAdminToken
+	}
+	switch adminTokenState(rec, s.now()) {
+	case apiclient.AdminTokenRevoked:
+		return rec, fmt.Errorf("%w at %s (token %s)", errAdminRevoked, rec.Revoked.Format(time.RFC3339), rec.ID)
+	case apiclient.AdminTokenExpired:
+		return rec, fmt.Errorf("%w at %s (token %s)", errAdminExpired, rec.Expires.Format(time.RFC3339), rec.ID)
+	}
+	return rec, nil
+}
+
+func validAdminTokenID(id string) bool {
+	if len(id) != 12 {
+		return false
+	}
+	for _, c := range id {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func adminTokenState(t store.AdminToken, now time.Time) string {
+	switch {
+	case !t.Revoked.IsZero():
+		return apiclient.AdminTokenRevoked
+	case !t.Expires.IsZero() && !now.Before(t.Expires):
+		return apiclient.AdminTokenExpired
+	}
+	return apiclient.AdminTokenActive
+}
+
+// CheckAdminToken verifies an admin credential: known, secret matching,
+// neither revoked nor expired.
+func (s *API) CheckAdminToken(ctx context.Context, token string) error {
+	_, err := s.authenticate(ctx, token)
+	return err
+}
+
+// AdminTokenSpec says what admin token to create.
+type AdminTokenSpec struct {
+	Name string
+	// TTL is the token's lifetime; 0: it never expires.
+	TTL time.Duration
+	// CreatedBy is the id of the admin token whose holder asks; empty for
+	// the controller itself.
+	CreatedBy string
+}
+
+func (sp AdminTokenSpec) check() error {
+	if len(sp.Name) > maxAdminTokenName {
+		return badRequest{fmt.Errorf("name is %d bytes long, at most %d", len(sp.Name), maxAdminTokenName)}
+	}
+	if !utf8.ValidString(sp.Name) || strings.IndexFunc(sp.Name, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return badRequest{fmt.Errorf("name %q: only printable characters", sp.Name)}
+	}
+	if sp.TTL < 0 || sp.TTL > maxAdminTokenTTL {
+		return badRequest{fmt.Errorf("ttl %s: want a positive duration of at most %s, or none for a token that never expires",
+			sp.TTL, maxAdminTokenTTL)}
 	}
 	return nil
 }
 
-// NewAdminToken creates and stores an admin credential.
-func (s *API) NewAdminToken(ctx context.Context) (string, error) {
+// NewAdminToken creates and stores an admin credential. The answer holds
+// the token itself; only a hash of its secret is stored.
+func (s *API) NewAdminToken(ctx context.Context, sp AdminTokenSpec) (apiclient.CreatedAdminToken, error) {
+	if err := sp.check(); err != nil {
+		return apiclient.CreatedAdminToken{}, err
+	}
 	t, err := pki.NewAdminToken()
 	if err != nil {
-		return "", err
+		return apiclient.CreatedAdminToken{}, err
 	}
-	if err := s.st.AddAdminToken(ctx, t.ID, pki.HashSecret(t.Secret), s.now()); err != nil {
-		return "", err
+	now := s.now().UTC()
+	rec := store.AdminToken{ID: t.ID, SecretHash: pki.HashSecret(t.Secret), Name: sp.Name, Created: now, CreatedBy: sp.CreatedBy}
+	if sp.TTL > 0 {
+		rec.Expires = now.Add(sp.TTL)
 	}
-	return t.String(), nil
+	if err := s.st.AddAdminToken(ctx, rec); err != nil {
+		return apiclient.CreatedAdminToken{}, err
+	}
+	s.log.Info("admin token created", zap.String("admin-token", rec.ID), zap.String("name", rec.Name),
+		zap.Time("expires", rec.Expires), zap.String("created-by", rec.CreatedBy))
+	return apiclient.CreatedAdminToken{AdminToken: s.adminTokenView(rec, ""), Token: t.String()}, nil
 }
 
-// CheckAdminToken verifies an admin credential.
-func (s *API) CheckAdminToken(ctx context.Context, token string) error {
-	return s.admins.check(ctx, token)
+// RetireAdminToken revokes the admin token written in a file the
+// controller replaces (admin.conf out of date), so that copies of the old
+// file stop working. It revokes only a token whose secret matches; it
+// returns the id revoked, or "" when there was nothing to revoke.
+func (s *API) RetireAdminToken(ctx context.Context, token string) (string, error) {
+	rec, err := s.authenticate(ctx, token)
+	switch {
+	case errors.Is(err, errAdminRevoked):
+		return "", nil
+	case errors.Is(err, errAdminExpired):
+	case err != nil:
+		return "", nil // not a token of this store: nothing to revoke
+	}
+	if _, err := s.st.RevokeAdminToken(ctx, rec.ID, s.now()); err != nil {
+		return "", err
+	}
+	s.log.Info("admin token revoked", zap.String("admin-token", rec.ID), zap.String("name", rec.Name),
+		zap.String("reason", "admin.conf rewritten"))
+	return rec.ID, nil
+}
+
+// adminTokenView is the API's view of a stored token; current is the id
+// of the caller's token.
+func (s *API) adminTokenView(t store.AdminToken, current string) apiclient.AdminToken {
+	return apiclient.AdminToken{ID: t.ID, Name: t.Name, State: adminTokenState(t, s.now()), Created: t.Created,
+		Expires: t.Expires, Revoked: t.Revoked, CreatedBy: t.CreatedBy, Current: t.ID == current}
+}
+
+// callerKey is the request context's key for the caller's admin token id.
+type callerKey struct{}
+
+func caller(r *http.Request) string {
+	id, _ := r.Context().Value(callerKey{}).(string)
+	return id
+}
+
+// requireAdmin lets through requests with a valid admin bearer token and
+// answers 401 to every other.
+func (s *API) requireAdmin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		var rec store.AdminToken
+		var err error
+		if !ok {
+			err = errors.New("missing admin credential (Authorization: Bearer <token from admin.conf>)")
+		} else {
+			rec, err = s.authenticate(r.Context(), strings.TrimSpace(token))
+		}
+		if err != nil {
+			s.log.Warn("API call refused", zap.String("remote", r.RemoteAddr), zap.String("path", r.URL.Path), zap.Error(err))
+			w.Header().Set("WWW-Authenticate", `Bearer realm="eastguard"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, rec.ID)))
+	})
+}
+
+func (s *API) handleAdminTokens(w http.ResponseWriter, r *http.Request) {
+	list, err := s.st.AdminTokens(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	views := make([]apiclient.AdminToken, 0, len(list))
+	for _, t := range list {
+		views = append(views, s.adminTokenView(t, caller(r)))
+	}
+	writeJSON(w, http.StatusOK, views)
+}
+
+func (s *API) handleCreateAdminToken(w http.ResponseWriter, r *http.Request) {
+	var req apiclient.AdminTokenRequest
+	if !decode(w, r, &req, maxSmallBody) {
+		return
+	}
+	sp := AdminTokenSpec{Name: req.Name, CreatedBy: caller(r)}
+	if req.TTL != "" {
+		var err error
+		if sp.TTL, err = time.ParseDuration(req.TTL); err != nil || sp.TTL <= 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("ttl %q: want a positive duration such as 720h, or none for a token that never expires", req.TTL), nil)
+			return
+		}
+	}
+	tok, err := s.NewAdminToken(r.Context(), sp)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, tok)
+}
+
+func (s *API) handleRevokeAdminToken(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !validAdminTokenID(id) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("admin token id %q: want the id egctl admin-token list shows (12 hexadecimal digits)", id), nil)
+		return
+	}
+	now := s.now()
+	rec, err := s.st.RevokeAdminToken(r.Context(), id, now)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("%v %q, nothing changed", errNoSuchAdminTok, id), nil)
+		return
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	// The store keeps the first revocation's time: another one means an
+	// earlier call revoked it.
+	res := apiclient.RevokedAdminToken{AdminToken: s.adminTokenView(rec, caller(r)), AlreadyRevoked: !rec.Revoked.Equal(now)}
+	if list, err := s.st.AdminTokens(r.Context()); err == nil {
+		for _, t := range list {
+			if adminTokenState(t, s.now()) == apiclient.AdminTokenActive {
+				res.ActiveTokens++
+			}
+		}
+	}
+	if !res.AlreadyRevoked {
+		s.log.Info("admin token revoked", zap.String("admin-token", rec.ID), zap.String("name", rec.Name),
+			zap.String("revoked-by", caller(r)))
+	}
+	writeJSON(w, http.StatusOK, res)
 }

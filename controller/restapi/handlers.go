@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,8 +19,14 @@ import (
 	"github.com/eastguard/eastguard/controller/store"
 )
 
-// maxRequestBody bounds API request bodies (a whole policy directory).
-const maxRequestBody = 64 << 20
+// Request body bounds: a whole policy directory for apply and delete, a
+// few fields for everything else. Bodies are read only after the admin
+// token is checked, so nobody without one can make the controller hold
+// any.
+const (
+	maxRequestBody = 64 << 20
+	maxSmallBody   = 64 << 10
+)
 
 // Handler serves the HTTP listener: /healthz and /metrics without
 // credentials, GET / (the login page placeholder until the dashboard
@@ -48,6 +53,9 @@ func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	api.HandleFunc("GET /api/v1/agents", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.nodes.Agents()) })
 	api.HandleFunc("POST /api/v1/agents/{node}/revoke", s.handleRevoke)
 	api.HandleFunc("POST /api/v1/tokens", s.handleToken)
+	api.HandleFunc("GET /api/v1/admin-tokens", s.handleAdminTokens)
+	api.HandleFunc("POST /api/v1/admin-tokens", s.handleCreateAdminToken)
+	api.HandleFunc("POST /api/v1/admin-tokens/{id}/revoke", s.handleRevokeAdminToken)
 	api.HandleFunc("GET /api/v1/rulesets/{node}", s.handleRuleSet)
 	api.HandleFunc("GET /api/v1/flows", s.handleFlows)
 	api.HandleFunc("GET /api/v1/alerts", s.handleAlerts)
@@ -66,27 +74,6 @@ const loginPage = `<!doctype html>
 <p>The dashboard is not part of this build yet. Use <code>egctl</code> with the admin credential in <code>&lt;data-dir&gt;/admin.conf</code>.</p>
 </body></html>
 `
-
-// requireAdmin lets through requests with a valid admin bearer token and
-// answers 401 to every other.
-func (s *API) requireAdmin(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		var err error
-		if !ok {
-			err = errors.New("missing admin credential (Authorization: Bearer <token from admin.conf>)")
-		} else {
-			err = s.CheckAdminToken(r.Context(), strings.TrimSpace(token))
-		}
-		if err != nil {
-			s.log.Warn("API call refused", zap.String("remote", r.RemoteAddr), zap.String("path", r.URL.Path), zap.Error(err))
-			w.Header().Set("WWW-Authenticate", `Bearer realm="eastguard"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -119,9 +106,9 @@ func (s *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
-// decode reads a JSON request body strictly.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+// decode reads a JSON request body of at most limit bytes strictly.
+func decode(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		writeError(w, http.StatusBadRequest, "request body: "+err.Error(), nil)
@@ -136,7 +123,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (s *API) handleApply(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.ApplyRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req, maxRequestBody) {
 		return
 	}
 	res, err := s.policy.Apply(r.Context(), req.Files, req.DryRun)
@@ -149,7 +136,7 @@ func (s *API) handleApply(w http.ResponseWriter, r *http.Request) {
 
 func (s *API) handleDelete(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.DeleteRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req, maxRequestBody) {
 		return
 	}
 	var keys []store.ResourceKey
@@ -195,7 +182,7 @@ func (s *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
 
 func (s *API) handleToken(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.TokenRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req, maxSmallBody) {
 		return
 	}
 	ttl, err := time.ParseDuration(req.TTL)

@@ -25,12 +25,15 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 		{"POST", "/api/v1/tokens", `{"node": "n", "ttl": "9000h"}`, 400, "at most"},
 		{"POST", "/api/v1/delete", `{"resources": [{"kind": "pods", "name": "x"}]}`, 400, "unknown resource kind"},
 		{"GET", "/api/v1/pods", "", 404, "unknown resource kind"},
+		// Small requests have a small bound: 64 KiB, not apply's 64 MiB.
+		{"POST", "/api/v1/tokens", `{"node": "` + strings.Repeat("n", 65<<10) + `", "ttl": "1h"}`, 400, "request body too large"},
+		{"POST", "/api/v1/admin-tokens", `{"name": "` + strings.Repeat("n", 65<<10) + `"}`, 400, "request body too large"},
 		{"GET", "/api/v1/rulesets/nobody", "", 404, "has no rule set"},
 	}
 	for _, c := range cases {
 		code, b := controllertest.Call(t, c.method, cfg.Server+c.path, cfg.Token, c.body)
 		if code != c.code || !strings.Contains(string(b), c.want) {
-			t.Errorf("%s %s %s: %d %s, want %d with %q", c.method, c.path, c.body, code, b, c.code, c.want)
+			t.Errorf("%s %s %.100s: %d %.300s, want %d with %q", c.method, c.path, c.body, code, b, c.code, c.want)
 		}
 	}
 	if got := h.Srv.Nodes.Agents(); len(got) != 0 {

@@ -394,7 +394,7 @@ func TestEventStoreFull(t *testing.T) {
 	if _, count, err := s.EventStoreSize(ctx); err != nil || count != int64(stored) {
 		t.Errorf("flows stored %d, want %d (nothing of the refused batch): %v", count, stored, err)
 	}
-	if err := s.AddAdminToken(ctx, "id", "hash", base); err != nil {
+	if err := s.AddAdminToken(ctx, AdminToken{ID: "id", SecretHash: "hash", Created: base}); err != nil {
 		t.Errorf("control-plane store not writable: %v", err)
 	}
 	// Deleting the oldest makes room again.

@@ -63,6 +63,16 @@ CREATE TABLE nodes (
 	revoked         INTEGER NOT NULL DEFAULT 0
 );
 `,
+	// 2: admin tokens get a name, an optional expiry, a revocation time
+	// and the token that created them. Every token before this one was
+	// the controller's own, written to admin.conf.
+	`
+ALTER TABLE admin_tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE admin_tokens ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE admin_tokens ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE admin_tokens ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+UPDATE admin_tokens SET name = 'admin.conf';
+`,
 }
 
 // eventMigrations are the event database's (flows.db), versioned the same

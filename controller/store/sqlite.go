@@ -220,24 +220,74 @@ func (s *SQLite) InitCA(ctx context.Context, certPEM, keyPEM []byte) error {
 	return nil
 }
 
-func (s *SQLite) AddAdminToken(ctx context.Context, id, secretHash string, created time.Time) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO admin_tokens (id, secret_hash, created) VALUES (?, ?, ?)", id, secretHash, nanos(created))
+func (s *SQLite) AddAdminToken(ctx context.Context, t AdminToken) error {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO admin_tokens (id, secret_hash, name, created, expires, revoked, created_by)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		t.ID, t.SecretHash, t.Name, nanos(t.Created), nanos(t.Expires), nanos(t.Revoked), t.CreatedBy)
 	if err != nil {
 		return fmt.Errorf("store admin token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("store admin token %s: %w", t.ID, ErrExists)
 	}
 	return nil
 }
 
-func (s *SQLite) AdminTokenHash(ctx context.Context, id string) (string, error) {
-	var h string
-	err := s.db.QueryRowContext(ctx, "SELECT secret_hash FROM admin_tokens WHERE id = ?", id).Scan(&h)
+const adminTokenColumns = "id, secret_hash, name, created, expires, revoked, created_by"
+
+func scanAdminToken(row interface{ Scan(...any) error }) (AdminToken, error) {
+	var t AdminToken
+	var created, expires, revoked int64
+	err := row.Scan(&t.ID, &t.SecretHash, &t.Name, &created, &expires, &revoked, &t.CreatedBy)
+	t.Created, t.Expires, t.Revoked = fromNanos(created), fromNanos(expires), fromNanos(revoked)
+	return t, err
+}
+
+func (s *SQLite) AdminToken(ctx context.Context, id string) (AdminToken, error) {
+	t, err := scanAdminToken(s.db.QueryRowContext(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", ErrNotFound
+		return AdminToken{}, ErrNotFound
 	}
 	if err != nil {
-		return "", fmt.Errorf("read admin token: %w", err)
+		return AdminToken{}, fmt.Errorf("read admin token: %w", err)
 	}
-	return h, nil
+	return t, nil
+}
+
+func (s *SQLite) AdminTokens(ctx context.Context) ([]AdminToken, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens ORDER BY created, id")
+	if err != nil {
+		return nil, fmt.Errorf("read admin tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []AdminToken
+	for rows.Next() {
+		t, err := scanAdminToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read admin tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) (AdminToken, error) {
+	var t AdminToken
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "UPDATE admin_tokens SET revoked = ? WHERE id = ? AND revoked = 0", nanos(at), id); err != nil {
+			return err
+		}
+		var err error
+		t, err = scanAdminToken(tx.QueryRowContext(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens WHERE id = ?", id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return AdminToken{}, fmt.Errorf("revoke admin token %s: %w", id, err)
+	}
+	return t, nil
 }
 
 func (s *SQLite) AddJoinToken(ctx context.Context, t JoinToken) error {

@@ -44,11 +44,20 @@ type Store interface {
 	// InitCA stores the CA; ErrExists if there is one already.
 	InitCA(ctx context.Context, certPEM, keyPEM []byte) error
 
-	// AddAdminToken keeps an admin token's id and secret hash.
-	AddAdminToken(ctx context.Context, id, secretHash string, created time.Time) error
-	// AdminTokenHash returns the secret hash of an admin token, or
-	// ErrNotFound.
-	AdminTokenHash(ctx context.Context, id string) (string, error)
+	// AddAdminToken keeps an admin token (its secret hashed); ErrExists
+	// if its id is taken.
+	AddAdminToken(ctx context.Context, t AdminToken) error
+	// AdminToken returns one admin token, or ErrNotFound. Callers that
+	// authenticate with it read it at every call: a revocation by
+	// another process sharing the store takes effect at once.
+	AdminToken(ctx context.Context, id string) (AdminToken, error)
+	// AdminTokens returns every admin token, revoked and expired ones
+	// included, oldest first.
+	AdminTokens(ctx context.Context) ([]AdminToken, error)
+	// RevokeAdminToken revokes an admin token at at and returns it; a
+	// token revoked before keeps its first revocation time. ErrNotFound
+	// if there is no such token.
+	RevokeAdminToken(ctx context.Context, id string, at time.Time) (AdminToken, error)
 
 	// AddJoinToken keeps a join token (its secret hashed).
 	AddJoinToken(ctx context.Context, t JoinToken) error
@@ -96,6 +105,22 @@ type JoinToken struct {
 	Created    time.Time
 	Expires    time.Time
 	Used       time.Time // zero until used
+}
+
+// AdminToken is a stored admin credential. The secret itself is never
+// stored.
+type AdminToken struct {
+	ID         string
+	SecretHash string
+	// Name says what the token is for ("admin.conf" for the one the
+	// controller writes there).
+	Name    string
+	Created time.Time
+	Expires time.Time // zero: never
+	Revoked time.Time // zero unless revoked
+	// CreatedBy is the id of the admin token whose holder created this
+	// one; empty for the controller's own.
+	CreatedBy string
 }
 
 // Cert is a certificate issued to a node.

@@ -171,3 +171,55 @@ func TestNodes(t *testing.T) {
 		t.Errorf("nodes: %+v, %v", got, err)
 	}
 }
+
+func TestAdminTokens(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	// A store of the first schema holds the token admin.conf carries.
+	db, err := openDB(filepath.Join(dir, SQLiteFile), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(ctx, db, migrations[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("INSERT INTO admin_tokens (id, secret_hash, created) VALUES ('old', 'h0', 1)"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s := openTest(t, dir)
+	old, err := s.AdminToken(ctx, "old")
+	if err != nil || old.Name != "admin.conf" || old.SecretHash != "h0" || !old.Expires.IsZero() || !old.Revoked.IsZero() {
+		t.Fatalf("token of the first schema after migration: %+v, %v", old, err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	tok := AdminToken{ID: "t1", SecretHash: "h1", Name: "ci", Created: now, Expires: now.Add(time.Hour), CreatedBy: "old"}
+	if err := s.AddAdminToken(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddAdminToken(ctx, tok); !errors.Is(err, ErrExists) {
+		t.Errorf("same id twice: %v", err)
+	}
+	if got, err := s.AdminToken(ctx, "t1"); err != nil || got != tok {
+		t.Errorf("read back: %+v, %v\nwant %+v", got, err, tok)
+	}
+	if _, err := s.AdminToken(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown id: %v", err)
+	}
+	// Revocation keeps the record and its first time.
+	got, err := s.RevokeAdminToken(ctx, "t1", now.Add(time.Minute))
+	if err != nil || !got.Revoked.Equal(now.Add(time.Minute)) {
+		t.Errorf("revoke: %+v, %v", got, err)
+	}
+	if got, err = s.RevokeAdminToken(ctx, "t1", now.Add(time.Hour)); err != nil || !got.Revoked.Equal(now.Add(time.Minute)) {
+		t.Errorf("revoke again: %+v, %v", got, err)
+	}
+	if _, err := s.RevokeAdminToken(ctx, "nope", now); !errors.Is(err, ErrNotFound) {
+		t.Errorf("revoke an unknown id: %v", err)
+	}
+	list, err := s.AdminTokens(ctx)
+	if err != nil || len(list) != 2 || list[0].ID != "old" || list[1].ID != "t1" || list[1].Revoked.IsZero() {
+		t.Errorf("list: %+v, %v", list, err)
+	}
+}

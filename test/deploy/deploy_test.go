@@ -7,11 +7,13 @@ package deploy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -68,6 +70,9 @@ func TestDeployFiles(t *testing.T) {
 	}
 
 	kinds := map[string]bool{}
+	var netpols []netpol
+	var controllerArgs []string
+	var controllerProbe string
 	files, _ := filepath.Glob(filepath.Join(root, "kubernetes", "*.yaml"))
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -76,41 +81,166 @@ func TestDeployFiles(t *testing.T) {
 		}
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		for {
+			var node yaml.Node
+			err := dec.Decode(&node)
+			if errors.Is(err, io.EOF) {
+				break
+			}
 			var doc struct {
-				Kind string `yaml:"kind"`
-				Spec struct {
+				Kind      string   `yaml:"kind"`
+				Resources []string `yaml:"resources"`
+				Spec      struct {
 					Template struct {
 						Spec struct {
 							Containers []struct {
-								Image string   `yaml:"image"`
-								Args  []string `yaml:"args"`
+								Image          string   `yaml:"image"`
+								Args           []string `yaml:"args"`
+								ReadinessProbe struct {
+									HTTPGet struct {
+										Scheme string `yaml:"scheme"`
+									} `yaml:"httpGet"`
+								} `yaml:"readinessProbe"`
 							} `yaml:"containers"`
 						} `yaml:"spec"`
 					} `yaml:"template"`
 				} `yaml:"spec"`
 			}
-			err := dec.Decode(&doc)
-			if errors.Is(err, io.EOF) {
-				break
+			if err == nil {
+				err = node.Decode(&doc)
 			}
 			if err != nil {
 				t.Fatalf("%s: %v", f, err)
 			}
 			kinds[doc.Kind] = true
+			switch doc.Kind {
+			case "Kustomization":
+				// Every manifest is deployed.
+				for _, other := range files {
+					if name := filepath.Base(other); name != "kustomization.yaml" && !slices.Contains(doc.Resources, name) {
+						t.Errorf("kustomization.yaml does not list %s", name)
+					}
+				}
+			case "NetworkPolicy":
+				var np netpol
+				if err := node.Decode(&np); err != nil {
+					t.Fatalf("%s: %v", f, err)
+				}
+				netpols = append(netpols, np)
+			}
 			for _, c := range doc.Spec.Template.Spec.Containers {
 				flags := agent
 				if strings.Contains(c.Image, "controller") {
 					flags = controller
+					controllerArgs = c.Args
+					controllerProbe = c.ReadinessProbe.HTTPGet.Scheme
 				}
 				checkFlags(t, filepath.Base(f)+" "+c.Image, strings.Join(c.Args, " "), flags)
 			}
 		}
 	}
-	for _, k := range []string{"Kustomization", "Namespace", "StatefulSet", "Service", "DaemonSet"} {
+	for _, k := range []string{"Kustomization", "Namespace", "StatefulSet", "Service", "DaemonSet", "NetworkPolicy"} {
 		if !kinds[k] {
 			t.Errorf("no %s in deploy/kubernetes", k)
 		}
 	}
+	checkControllerTLS(t, controllerArgs, controllerProbe)
+	checkControllerNetworkPolicy(t, netpols)
+}
+
+// checkControllerTLS: the manifest's controller serves its HTTP listener
+// over TLS (the admin token must not cross the pod network in clear), and
+// its readiness probe speaks HTTPS.
+func checkControllerTLS(t *testing.T, args []string, probeScheme string) {
+	t.Helper()
+	has := func(flag string) bool {
+		return slices.ContainsFunc(args, func(a string) bool { return a == flag || strings.HasPrefix(a, flag+"=") })
+	}
+	if !has("--http-tls-from-ca") && !(has("--http-tls-cert") && has("--http-tls-key")) {
+		t.Errorf("the controller in deploy/kubernetes serves HTTP in clear: args %q lack --http-tls-from-ca (or --http-tls-cert and --http-tls-key)", args)
+	}
+	if probeScheme != "HTTPS" {
+		t.Errorf("the controller's readiness probe scheme is %q, want HTTPS", probeScheme)
+	}
+}
+
+// netpol is what the test reads of a NetworkPolicy.
+type netpol struct {
+	Metadata struct {
+		Name string `yaml:"name"`
+	} `yaml:"metadata"`
+	Spec struct {
+		PodSelector labelSelector `yaml:"podSelector"`
+		PolicyTypes []string      `yaml:"policyTypes"`
+		Ingress     []struct {
+			Ports []struct {
+				Port any `yaml:"port"`
+			} `yaml:"ports"`
+			From []struct {
+				PodSelector       *labelSelector `yaml:"podSelector"`
+				NamespaceSelector *labelSelector `yaml:"namespaceSelector"`
+				IPBlock           any            `yaml:"ipBlock"`
+			} `yaml:"from"`
+		} `yaml:"ingress"`
+	} `yaml:"spec"`
+}
+
+type labelSelector struct {
+	MatchLabels      map[string]string `yaml:"matchLabels"`
+	MatchExpressions []any             `yaml:"matchExpressions"`
+}
+
+func (s *labelSelector) empty() bool {
+	return s == nil || len(s.MatchLabels) == 0 && len(s.MatchExpressions) == 0
+}
+
+// checkControllerNetworkPolicy: a NetworkPolicy selects the controller's
+// pods for ingress; the agents reach gRPC; HTTP (admin API, /metrics) is
+// reachable only from this namespace or from labelled pods, never from
+// every pod or address.
+func checkControllerNetworkPolicy(t *testing.T, nps []netpol) {
+	t.Helper()
+	for _, np := range nps {
+		if np.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"] != "eastguard-controller" {
+			continue
+		}
+		if !slices.Contains(np.Spec.PolicyTypes, "Ingress") {
+			t.Errorf("NetworkPolicy %s does not restrict ingress", np.Metadata.Name)
+		}
+		var grpc, http bool
+		for i, rule := range np.Spec.Ingress {
+			if len(rule.Ports) == 0 {
+				t.Errorf("NetworkPolicy %s: ingress rule %d allows every port", np.Metadata.Name, i)
+			}
+			for _, p := range rule.Ports {
+				switch fmt.Sprint(p.Port) {
+				case "grpc", "7443":
+					grpc = true
+				case "http", "8080":
+					http = true
+					if len(rule.From) == 0 {
+						t.Errorf("NetworkPolicy %s: the HTTP port is open to every source", np.Metadata.Name)
+					}
+					for j, peer := range rule.From {
+						switch {
+						case peer.IPBlock != nil:
+							t.Errorf("NetworkPolicy %s: HTTP peer %d is an address block", np.Metadata.Name, j)
+						case peer.NamespaceSelector != nil && peer.PodSelector.empty():
+							t.Errorf("NetworkPolicy %s: HTTP peer %d admits every pod of the namespaces it selects", np.Metadata.Name, j)
+						case peer.NamespaceSelector == nil && peer.PodSelector == nil:
+							t.Errorf("NetworkPolicy %s: HTTP peer %d selects nothing in particular", np.Metadata.Name, j)
+						}
+					}
+				default:
+					t.Errorf("NetworkPolicy %s: port %v is not one of the controller's", np.Metadata.Name, p.Port)
+				}
+			}
+		}
+		if !grpc || !http {
+			t.Errorf("NetworkPolicy %s: agents reach gRPC: %v; someone reaches HTTP: %v", np.Metadata.Name, grpc, http)
+		}
+		return
+	}
+	t.Error("no NetworkPolicy in deploy/kubernetes selects the controller's pods (app.kubernetes.io/name: eastguard-controller)")
 }
 
 // TestMakeBuildStampsVersion: `make build` stamps every binary with `git

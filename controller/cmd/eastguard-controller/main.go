@@ -76,6 +76,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&o.HTTPListen, "http-listen", "127.0.0.1:8080", "admin API, /metrics and /healthz address")
 	fs.StringVar(&o.HTTPTLSCert, "http-tls-cert", "", "serve the HTTP listener over TLS with this certificate (PEM)")
 	fs.StringVar(&o.HTTPTLSKey, "http-tls-key", "", "key of --http-tls-cert (PEM)")
+	fs.BoolVar(&o.HTTPTLSFromCA, "http-tls-from-ca", false, "serve the HTTP listener over TLS with a certificate from the controller's own CA (its serving certificate, rotated; admin.conf carries the CA)")
+	fs.IntVar(&o.HTTP.MaxConns, "http-max-connections", controller.DefaultHTTPMaxConns, "connections the HTTP listener serves at once; more wait until one closes")
 	fs.Var((*cliflag.List)(&o.Advertise), "advertise", "extra DNS name or IP address agents reach the controller by, for the serving certificate (repeatable, comma-separated)")
 	fs.StringVar(&o.CACert, "ca-cert", "", "on first start: use this CA certificate (PEM) instead of creating one")
 	fs.StringVar(&o.CAKey, "ca-key", "", "key of --ca-cert (PEM)")
@@ -103,6 +105,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	if f.version {
 		return f, nil
+	}
+	if o.HTTP.MaxConns < 1 {
+		return nil, fmt.Errorf("--http-max-connections %d: want at least 1", o.HTTP.MaxConns)
 	}
 	if f.logFormat != "json" && f.logFormat != "console" {
 		return nil, fmt.Errorf("--log-format %q: want json or console", f.logFormat)

@@ -16,12 +16,17 @@ func TestParseFlags(t *testing.T) {
 		{"--data-dir", "d", "--ca-key", "k"},
 		{"--data-dir", "d", "--cert-ttl", "1ms"},
 		{"--data-dir", "d", "extra"},
+		{"--data-dir", "d", "--http-max-connections", "0"},
+		{"--data-dir", "d", "--http-tls-from-ca", "--http-tls-cert", "c", "--http-tls-key", "k"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
-	o, err := parseFlags([]string{"--data-dir", "d", "--advertise", "a.example,10.0.0.1", "--advertise", "b"}, io.Discard)
+	o, err := parseFlags([]string{"--data-dir", "d", "--advertise", "a.example,10.0.0.1", "--advertise", "b", "--http-max-connections", "10"}, io.Discard)
+	if err != nil || o.HTTP.MaxConns != 10 {
+		t.Errorf("--http-max-connections: %v %v", o.HTTP.MaxConns, err)
+	}
 	if err != nil || !slices.Equal(o.Advertise, []string{"a.example", "10.0.0.1", "b"}) {
 		t.Errorf("--advertise: %v %v", o.Advertise, err)
 	}

@@ -13,7 +13,7 @@ import (
 var agentsCmd = &command{
 	name:    "agents",
 	summary: "list the nodes' agents: connected, applied and latest version, agent version, certificate expiry, last error",
-	usage:   "egctl agents [-o table|json] [flags]",
+	usage:   "egctl agents [-o table|json|yaml] [flags]",
 	help: `
 Lists every node the controller knows (agents that joined, and nodes the
 policy names that have no agent yet): whether its agent is connected, the
@@ -24,21 +24,21 @@ lost stream, a revocation).
 
 -o json prints a JSON array of objects with at least the keys node,
 connected, appliedVersion, latestVersion, certExpiry and lastError, and
-agentVersion once the agent has connected.
+agentVersion once the agent has connected; -o yaml the same objects as YAML.
 ` + remoteHelp + `
 
 Examples:
   egctl agents
   egctl agents -o json | jq '.[] | select(.appliedVersion != .latestVersion)'`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
-		output := fs.String("o", "table", "output format: table or json")
+		output := fs.String("o", "table", "output format: table, json or yaml")
 		remote := addRemoteFlags(fs)
 		return func(e *env, args []string) int {
 			if len(args) > 0 {
 				fmt.Fprintf(e.stderr, "egctl agents: unexpected arguments %q (to revoke: egctl agent revoke NAME)\n", args)
 				return exitBadInput
 			}
-			if !checkOutput(e, *output, "table", "json") {
+			if !checkOutput(e, *output, "table", "json", "yaml") {
 				return exitBadInput
 			}
 			return listAgents(e, remote, *output)
@@ -47,27 +47,22 @@ Examples:
 }
 
 func listAgents(e *env, remote *remoteFlags, output string) int {
-	var agents []apiclient.AgentStatus
-	if code := remote.call(e, http.MethodGet, "/api/v1/agents", nil, &agents); code != exitOK {
+	agents, code := getList[apiclient.AgentStatus](e, remote, "/api/v1/agents")
+	if code != exitOK {
 		return code
 	}
-	if output == "json" {
-		if agents == nil {
-			agents = []apiclient.AgentStatus{}
+	return printListing(e, output, agents, func() {
+		tw := newTable(e)
+		fmt.Fprintln(tw, "NODE\tCONNECTED\tAPPLIED\tLATEST\tAGENT-VERSION\tCERT-EXPIRY\tLAST-ERROR")
+		for _, a := range agents {
+			expiry := "-"
+			if a.CertExpiry != nil {
+				expiry = a.CertExpiry.Local().Format(time.DateTime)
+			}
+			fmt.Fprintf(tw, "%s\t%t\t%d\t%d\t%s\t%s\t%s\n", a.Node, a.Connected, a.AppliedVersion, a.LatestVersion, dash(a.AgentVersion), expiry, dash(a.LastError))
 		}
-		return printJSON(e, agents)
-	}
-	tw := newTable(e)
-	fmt.Fprintln(tw, "NODE\tCONNECTED\tAPPLIED\tLATEST\tAGENT-VERSION\tCERT-EXPIRY\tLAST-ERROR")
-	for _, a := range agents {
-		expiry := "-"
-		if a.CertExpiry != nil {
-			expiry = a.CertExpiry.Local().Format(time.DateTime)
-		}
-		fmt.Fprintf(tw, "%s\t%t\t%d\t%d\t%s\t%s\t%s\n", a.Node, a.Connected, a.AppliedVersion, a.LatestVersion, dash(a.AgentVersion), expiry, dash(a.LastError))
-	}
-	tw.Flush()
-	return exitOK
+		tw.Flush()
+	})
 }
 
 var agentCmd = &command{

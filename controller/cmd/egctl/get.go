@@ -21,13 +21,14 @@ var getCmd = &command{
 Lists one kind of resource from the controller: a table by default, a JSON
 array of objects with camelCase keys with -o json, the stored YAML documents
 with -o yaml (which egctl apply takes back). "egctl get agents" is "egctl
-agents".
+agents"; its -o yaml prints the objects of -o json as YAML.
 ` + remoteHelp + `
 
 Examples:
   egctl get workloads
   egctl get policies -o yaml > backup.yaml
-  egctl get agents -o json | jq '.[] | select(.connected | not)'`,
+  egctl get agents -o json | jq '.[] | select(.connected | not)'
+  egctl get agents -o yaml`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		output := fs.String("o", "table", "output format: table, json or yaml")
 		remote := addRemoteFlags(fs)
@@ -37,7 +38,7 @@ Examples:
 				return exitBadInput
 			}
 			if args[0] == "agents" || args[0] == "agent" {
-				if !checkOutput(e, *output, "table", "json") {
+				if !checkOutput(e, *output, "table", "json", "yaml") {
 					return exitBadInput
 				}
 				return listAgents(e, remote, *output)

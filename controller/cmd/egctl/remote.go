@@ -7,10 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
 )
@@ -54,6 +57,21 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteFlags {
 // client resolves the connection settings and returns an API client; on
 // error it has printed why and returns nil.
 func (f *remoteFlags) client(e *env) *apiclient.Client {
+	cfg := f.resolve(e)
+	if cfg == nil {
+		return nil
+	}
+	c, err := apiclient.NewClient(cfg)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
+		return nil
+	}
+	return c
+}
+
+// resolve returns the connection settings; on error it has printed why
+// and returns nil.
+func (f *remoteFlags) resolve(e *env) *apiclient.Config {
 	cfg := &apiclient.Config{Server: first(*f.server, os.Getenv(envServer)), Token: first(*f.token, os.Getenv(envToken))}
 	path := first(*f.config, os.Getenv(envConfig))
 	if path != "" {
@@ -69,12 +87,7 @@ func (f *remoteFlags) client(e *env) *apiclient.Client {
 		fmt.Fprintf(e.stderr, "egctl: no controller configured: give --config FILE or set %s (the controller writes <data-dir>/admin.conf), or give --server and --token\n", envConfig)
 		return nil
 	}
-	c, err := apiclient.NewClient(cfg)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
-		return nil
-	}
-	return c
+	return cfg
 }
 
 // call sends one API request (body nil: none) and decodes the answer into
@@ -139,6 +152,64 @@ func printJSON(e *env, v any) int {
 		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
 		return exitRemote
 	}
+	return exitOK
+}
+
+// printYAML prints v as YAML: the objects -o json prints, with the same
+// keys in the same order (v goes through its JSON encoding).
+func printYAML(e *env, v any) int {
+	b, err := json.Marshal(v)
+	var doc yaml.Node
+	if err == nil {
+		err = yaml.Unmarshal(b, &doc)
+	}
+	if err == nil {
+		blockStyle(&doc)
+		enc := yaml.NewEncoder(e.stdout)
+		enc.SetIndent(2)
+		if err = enc.Encode(&doc); err == nil {
+			err = enc.Close()
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
+		return exitRemote
+	}
+	return exitOK
+}
+
+// blockStyle drops the flow style and quotes JSON's syntax gave the
+// nodes: the encoder then writes block YAML, and quotes only the strings
+// that would read as something else.
+func blockStyle(n *yaml.Node) {
+	n.Style = 0
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
+}
+
+// getList fetches a listing; an empty one is an empty slice, never nil,
+// so that -o json prints [] and not null.
+func getList[T any](e *env, remote *remoteFlags, path string) ([]T, int) {
+	var list []T
+	if code := remote.call(e, http.MethodGet, path, nil, &list); code != exitOK {
+		return nil, code
+	}
+	if list == nil {
+		list = []T{}
+	}
+	return list, exitOK
+}
+
+// printListing prints a listing as JSON, YAML or, through table, a table.
+func printListing(e *env, output string, v any, table func()) int {
+	switch output {
+	case "json":
+		return printJSON(e, v)
+	case "yaml":
+		return printYAML(e, v)
+	}
+	table()
 	return exitOK
 }
 
