@@ -78,6 +78,14 @@ type Config struct {
 	WebhookGiveUp     time.Duration
 	WebhookTimeout    time.Duration
 	WebhookMinBackoff time.Duration
+	// WebhookRate is each webhook's attempts per second (0: the webhook
+	// package's default; negative: unlimited), WebhookBurst how many it
+	// may get at once; deliveries beyond wait in the outbox.
+	WebhookRate  float64
+	WebhookBurst int
+	// AlertLimits bound alert storms: live alerts per rule (the rest fold
+	// into a summary alert), resolved alerts and finished deliveries kept.
+	AlertLimits alert.Limits
 	// OnAck, if set, is called after each agent ack is recorded (tests
 	// and benchmarks wait on it). It must not block.
 	OnAck func(agentapi.Ack)
@@ -133,6 +141,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		Store: cfg.Store, Log: log.Named("flows"), Now: cfg.Now, Registry: cfg.Registry,
 		FlowRetention: cfg.FlowRetention, FlowMaxBytes: cfg.FlowMaxBytes, AlertRetention: cfg.AlertRetention,
 		AgentFlowRate: cfg.AgentFlowRate, AlertRefresh: cfg.AlertRefresh, BuiltinAlerts: cfg.BuiltinAlerts,
+		AlertLimits: cfg.AlertLimits,
 	})
 	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "eastguard_controller_webhook_deliveries_total",
@@ -151,6 +160,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		Timeout:     cfg.WebhookTimeout,
 		MinBackoff:  cfg.WebhookMinBackoff,
 		GiveUpAfter: cfg.WebhookGiveUp,
+		Rate:        cfg.WebhookRate,
+		Burst:       cfg.WebhookBurst,
 		// Five re-post intervals: Alertmanager keeps a live alert through
 		// a few missed re-posts (a controller restart) but resolves it by
 		// itself once the controller is gone for good.

@@ -51,12 +51,21 @@ type Options struct {
 	AlertRetention time.Duration
 	// AgentFlowRate is each agent's flow records per second; 0 is
 	// unlimited.
-	AgentFlowRate  float64
-	ExternalURL    string
-	WebhookGiveUp  time.Duration
-	AlertOnDenied  bool
-	DeniedNotify   []string
-	DeniedSeverity string
+	AgentFlowRate float64
+	ExternalURL   string
+	WebhookGiveUp time.Duration
+	// WebhookRate is each webhook's deliveries per second (0: unlimited),
+	// WebhookBurst how many at once.
+	WebhookRate  float64
+	WebhookBurst int
+	// AlertMaxLivePerRule, AlertMaxResolved and WebhookOutboxMax bound
+	// alert storms: see alert.Limits.
+	AlertMaxLivePerRule int
+	AlertMaxResolved    int
+	WebhookOutboxMax    int
+	AlertOnDenied       bool
+	DeniedNotify        []string
+	DeniedSeverity      string
 	// Version is reported to agents.
 	Version string
 }
@@ -90,6 +99,13 @@ func (o *Options) Check() error {
 	}
 	if o.AgentFlowRate < 0 {
 		return fmt.Errorf("--agent-flow-rate %v: want 0 (unlimited) or a positive rate", o.AgentFlowRate)
+	}
+	if o.WebhookRate < 0 || o.WebhookBurst < 1 {
+		return fmt.Errorf("--webhook-rate %v, --webhook-burst %d: want a rate of 0 (unlimited) or more and a burst of at least 1", o.WebhookRate, o.WebhookBurst)
+	}
+	if o.AlertMaxLivePerRule < 1 || o.AlertMaxResolved < 1 || o.WebhookOutboxMax < 1 {
+		return fmt.Errorf("--alert-max-live-per-rule %d, --alert-max-resolved %d, --webhook-outbox-max %d: each must be at least 1",
+			o.AlertMaxLivePerRule, o.AlertMaxResolved, o.WebhookOutboxMax)
 	}
 	switch policy.AlertSeverity(o.DeniedSeverity) {
 	case policy.SeverityInfo, policy.SeverityWarn, policy.SeverityCritical:
@@ -155,6 +171,10 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	if flowRate == 0 {
 		flowRate = -1 // the flag's "unlimited"
 	}
+	webhookRate := o.WebhookRate
+	if webhookRate == 0 {
+		webhookRate = -1 // the flag's "unlimited"
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -178,6 +198,11 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		},
 		DashboardURL:  dashboardURL,
 		WebhookGiveUp: o.WebhookGiveUp,
+		WebhookRate:   webhookRate,
+		WebhookBurst:  o.WebhookBurst,
+		AlertLimits: alert.Limits{
+			MaxLivePerRule: o.AlertMaxLivePerRule, MaxResolved: o.AlertMaxResolved, MaxFinishedDeliveries: o.WebhookOutboxMax,
+		},
 	})
 	if err != nil {
 		return err

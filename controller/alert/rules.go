@@ -113,6 +113,17 @@ func (p *Policy) Webhook(name string) (policy.Webhook, bool) {
 	return w, ok
 }
 
+// hasAlertmanager reports whether a webhook of the policy is an
+// Alertmanager (the only format open alerts are re-posted to).
+func (p *Policy) hasAlertmanager() bool {
+	for _, w := range p.webhooks {
+		if w.Format == policy.FormatAlertmanager {
+			return true
+		}
+	}
+	return false
+}
+
 // Workload names the managed workload that owns addr ("" when none).
 func (p *Policy) Workload(addr netip.Addr) string { return p.byAddr[addr.Unmap()] }
 
