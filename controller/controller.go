@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -83,6 +84,14 @@ type Config struct {
 	// may get at once; deliveries beyond wait in the outbox.
 	WebhookRate  float64
 	WebhookBurst int
+	// WebhookAllowPrivate lets webhooks reach loopback and link-local
+	// addresses (tests' and demos' receivers on 127.0.0.1); OwnAddrs are
+	// the controller's listening addresses, which webhooks never reach.
+	WebhookAllowPrivate bool
+	OwnAddrs            func() []netip.AddrPort
+	// SecretsDir is where webhooks' secretFrom.file names files ("":
+	// file secrets are refused).
+	SecretsDir string
 	// AlertLimits bound alert storms: live alerts per rule (the rest fold
 	// into a summary alert), resolved alerts and finished deliveries kept.
 	AlertLimits alert.Limits
@@ -162,6 +171,10 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		GiveUpAfter: cfg.WebhookGiveUp,
 		Rate:        cfg.WebhookRate,
 		Burst:       cfg.WebhookBurst,
+		Destinations: webhook.Destinations{
+			AllowPrivate: cfg.WebhookAllowPrivate, Own: cfg.OwnAddrs,
+		},
+		Secrets: webhook.NewSecrets(cfg.SecretsDir),
 		// Five re-post intervals: Alertmanager keeps a live alert through
 		// a few missed re-posts (a controller restart) but resolves it by
 		// itself once the controller is gone for good.

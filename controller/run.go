@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +65,11 @@ type Options struct {
 	AlertMaxLivePerRule int
 	AlertMaxResolved    int
 	WebhookOutboxMax    int
+	// WebhookAllowPrivate lets webhooks reach loopback and link-local
+	// addresses; SecretsDir holds the files webhooks' secretFrom.file
+	// names.
+	WebhookAllowPrivate bool
+	SecretsDir          string
 	AlertOnDenied       bool
 	DeniedNotify        []string
 	DeniedSeverity      string
@@ -106,6 +113,11 @@ func (o *Options) Check() error {
 	if o.AlertMaxLivePerRule < 1 || o.AlertMaxResolved < 1 || o.WebhookOutboxMax < 1 {
 		return fmt.Errorf("--alert-max-live-per-rule %d, --alert-max-resolved %d, --webhook-outbox-max %d: each must be at least 1",
 			o.AlertMaxLivePerRule, o.AlertMaxResolved, o.WebhookOutboxMax)
+	}
+	if o.SecretsDir != "" {
+		if fi, err := os.Stat(o.SecretsDir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("--secrets-dir %q: want an existing directory", o.SecretsDir)
+		}
 	}
 	switch policy.AlertSeverity(o.DeniedSeverity) {
 	case policy.SeverityInfo, policy.SeverityWarn, policy.SeverityCritical:
@@ -200,6 +212,10 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		WebhookGiveUp: o.WebhookGiveUp,
 		WebhookRate:   webhookRate,
 		WebhookBurst:  o.WebhookBurst,
+		// Webhooks never reach the controller's own listeners.
+		OwnAddrs:            ownAddrs(o.GRPCListen, httpLis.Addr()),
+		WebhookAllowPrivate: o.WebhookAllowPrivate,
+		SecretsDir:          o.SecretsDir,
 		AlertLimits: alert.Limits{
 			MaxLivePerRule: o.AlertMaxLivePerRule, MaxResolved: o.AlertMaxResolved, MaxFinishedDeliveries: o.WebhookOutboxMax,
 		},
@@ -263,6 +279,34 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	}
 	wg.Wait()
 	return runErr
+}
+
+// ownAddrs returns the controller's listening addresses: --grpc-listen
+// (a host name there is resolved once, here) and the HTTP listener's.
+func ownAddrs(grpcListen string, httpAddr net.Addr) func() []netip.AddrPort {
+	var out []netip.AddrPort
+	if ap, err := netip.ParseAddrPort(httpAddr.String()); err == nil {
+		out = append(out, ap)
+	}
+	host, port, _ := net.SplitHostPort(grpcListen)
+	if p, err := strconv.ParseUint(port, 10, 16); err == nil {
+		var ips []netip.Addr
+		if a, err := netip.ParseAddr(host); err == nil {
+			ips = append(ips, a)
+		} else if host == "" {
+			ips = append(ips, netip.IPv6Unspecified())
+		} else if addrs, err := net.LookupHost(host); err == nil {
+			for _, s := range addrs {
+				if a, err := netip.ParseAddr(s); err == nil {
+					ips = append(ips, a)
+				}
+			}
+		}
+		for _, a := range ips {
+			out = append(out, netip.AddrPortFrom(a, uint16(p)))
+		}
+	}
+	return func() []netip.AddrPort { return out }
 }
 
 // writeAdminConfig writes DIR/admin.conf unless a valid one for this

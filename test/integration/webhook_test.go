@@ -82,17 +82,19 @@ func (rc *hookReceiver) state() (refused int, accepted []webhook.Payload, errs [
 // healthy by then) delivers it, signed, exactly once. The deliveries
 // metric counts each outcome.
 func TestWebhookDeliveryAcrossRestart(t *testing.T) {
-	secretFile := filepath.Join(t.TempDir(), "webhook-secret")
-	if err := os.WriteFile(secretFile, []byte("s3cret\n"), 0o600); err != nil {
+	secretsDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(secretsDir, "webhook-secret"), []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	rc := newHookReceiver(t, []byte("s3cret"))
 	h := newHarness(t, func(c *controller.Config) {
+		c.SecretsDir = secretsDir
+		c.WebhookAllowPrivate = true // the receiver is on 127.0.0.1
 		c.WebhookMinBackoff = 10 * time.Millisecond
 		c.WebhookTimeout = 30 * time.Second
 		c.DashboardURL = "https://eastguard.example.com/"
 	})
-	h.Apply(twoNodes, testutil.SSHAlertPolicy(rc.URL+"/eastguard", secretFile))
+	h.Apply(twoNodes, testutil.SSHAlertPolicy(rc.URL+"/eastguard", "webhook-secret"))
 	src := newScriptedFlows()
 	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
 	h.waitApplied(a)
@@ -182,6 +184,7 @@ func TestPortScanAlertStorm(t *testing.T) {
 	h := newHarness(t, func(c *controller.Config) {
 		c.WebhookMinBackoff = 10 * time.Millisecond
 		c.BuiltinAlerts = alert.Builtin{Denied: true, Notify: []string{"scan-hook"}}
+		c.WebhookAllowPrivate = true // the receiver is on 127.0.0.1
 	})
 	h.Apply(twoNodes, fmt.Sprintf("apiVersion: eastguard.dev/v1\nkind: Webhook\nmetadata: {name: scan-hook}\nspec: {url: %q}\n", rc.URL))
 	src := newScriptedFlows()

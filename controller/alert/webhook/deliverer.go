@@ -48,10 +48,16 @@ type Config struct {
 	// already queued).
 	Webhooks func(name string) (policy.Webhook, bool)
 	Log      *zap.Logger
-	// Client sends the requests; nil is a client that does not follow
-	// redirects (a receiver that moved must be reconfigured, not followed
-	// with the alert and its signature to wherever it points).
-	Client *http.Client
+	// Client sends the requests; nil is NewClient(&Destinations): one
+	// that connects only where Destinations allows, not through a proxy,
+	// and does not follow redirects (a receiver that moved must be
+	// reconfigured, not followed with the alert and its signature to
+	// wherever it points). Tests may give their own.
+	Client       *http.Client
+	Destinations Destinations
+	// Secrets reads webhooks' secrets; nil reads env secrets only (file
+	// secrets need a directory: NewSecrets(--secrets-dir)).
+	Secrets *Secrets
 	// Timeout bounds one attempt, connection and answer included.
 	Timeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts (full
@@ -100,7 +106,10 @@ func New(cfg Config) (*Deliverer, error) {
 		cfg.Log = zap.NewNop()
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		cfg.Client = NewClient(&cfg.Destinations)
+	}
+	if cfg.Secrets == nil {
+		cfg.Secrets = NewSecrets("")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout

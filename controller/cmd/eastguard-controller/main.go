@@ -91,6 +91,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.IntVar(&o.AlertMaxLivePerRule, "alert-max-live-per-rule", alert.DefaultMaxLivePerRule, "live alerts one rule may have; further source/destination pairs are folded into the rule's summary alert")
 	fs.IntVar(&o.AlertMaxResolved, "alert-max-resolved", alert.DefaultMaxResolved, "resolved alerts kept (besides --alert-retention); the oldest go first")
 	fs.IntVar(&o.WebhookOutboxMax, "webhook-outbox-max", alert.DefaultMaxFinishedDeliveries, "finished (delivered or given-up) webhook deliveries kept; the oldest go first, pending ones never")
+	fs.BoolVar(&o.WebhookAllowPrivate, "webhook-allow-private", false, "let webhooks reach loopback and link-local addresses (127.0.0.0/8, ::1, 169.254.0.0/16 with cloud metadata, fe80::/10); private RFC 1918 ranges are allowed without it")
+	fs.StringVar(&o.SecretsDir, "secrets-dir", "", "directory of the files webhooks' secretFrom.file names (regular files, at most 4KiB, relative names)")
 	fs.BoolVar(&o.AlertOnDenied, "alert-on-denied", false, "raise an alert (rule "+alert.BuiltinDeniedRule+") for every denied flow, in addition to the AlertRules")
 	fs.Var((*cliflag.List)(&o.DeniedNotify), "alert-on-denied-notify", "webhooks (by name) that --alert-on-denied alerts go to (repeatable, comma-separated)")
 	fs.StringVar(&o.DeniedSeverity, "alert-on-denied-severity", "warning", "severity of --alert-on-denied alerts: info, warning or critical")
