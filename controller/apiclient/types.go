@@ -188,12 +188,21 @@ type Alert struct {
 	Count uint64 `json:"count"`
 	// Source and Destination are workload names, or addresses for ends
 	// no workload has.
-	Source      string    `json:"source"`
-	Destination string    `json:"destination"`
-	Port        uint16    `json:"port"`
-	Protocol    string    `json:"protocol"`
-	FirstSeen   time.Time `json:"firstSeen"`
-	LastSeen    time.Time `json:"lastSeen"`
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	// Port is the first destination port seen; Ports the first distinct
+	// ones (at most 64), PortCount how many distinct ports in all: an
+	// alert covers every port of its source, destination and protocol.
+	Port      uint16    `json:"port"`
+	Ports     []uint16  `json:"ports"`
+	PortCount int       `json:"portCount"`
+	Protocol  string    `json:"protocol"`
+	FirstSeen time.Time `json:"firstSeen"`
+	LastSeen  time.Time `json:"lastSeen"`
+	// Folded is set on a rule's summary alert (source and destination
+	// "*"): the source/destination pairs it stands for, beyond the
+	// rule's cap of live alerts.
+	Folded uint64 `json:"folded,omitempty"`
 
 	SrcWorkload string            `json:"srcWorkload,omitempty"`
 	DstWorkload string            `json:"dstWorkload,omitempty"`
