@@ -11,6 +11,7 @@
 package alert
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -111,6 +112,11 @@ func NewPolicy(set *policy.Set, b Builtin) *Policy {
 func (p *Policy) Webhook(name string) (policy.Webhook, bool) {
 	w, ok := p.webhooks[name]
 	return w, ok
+}
+
+// WebhookNames returns the names of the policy's webhooks, sorted.
+func (p *Policy) WebhookNames() []string {
+	return slices.Sorted(maps.Keys(p.webhooks))
 }
 
 // hasAlertmanager reports whether a webhook of the policy is an

@@ -132,11 +132,18 @@ type (
 		Notify   []string  `json:"notify,omitempty"`
 		Updated  time.Time `json:"updated"`
 	}
+	// WebhookView is a Webhook with its deliveries' status (as far as
+	// the outbox keeps them): when one last succeeded, the error of the
+	// newest that failed, how many wait and how many were given up.
 	WebhookView struct {
-		Name    string    `json:"name"`
-		URL     string    `json:"url"`
-		Format  string    `json:"format"`
-		Updated time.Time `json:"updated"`
+		Name          string    `json:"name"`
+		URL           string    `json:"url"`
+		Format        string    `json:"format"`
+		Updated       time.Time `json:"updated"`
+		LastDelivered time.Time `json:"lastDelivered,omitzero"`
+		LastError     string    `json:"lastError,omitempty"`
+		Pending       int       `json:"pending"`
+		GaveUp        int       `json:"gaveUp"`
 	}
 )
 

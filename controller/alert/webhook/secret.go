@@ -22,6 +22,12 @@ const MaxSecretBytes = 4 << 10
 // does not exist (it may appear later; other errors are refusals).
 var ErrSecretNotFound = errors.New("secret not found")
 
+// missing is an ErrSecretNotFound that says which secret.
+type missing string
+
+func (m missing) Error() string        { return string(m) }
+func (m missing) Is(target error) bool { return target == ErrSecretNotFound }
+
 // Secrets reads webhooks' HMAC secrets where their secretFrom says:
 //   - env: a variable of the controller's environment, named EASTGUARD_...
 //     (policy validation refuses other names; checked here again);
@@ -68,7 +74,7 @@ func (s *Secrets) Read(ref *policy.SecretRef) ([]byte, error) {
 		}
 		v, ok := os.LookupEnv(ref.Env)
 		if !ok {
-			return nil, fmt.Errorf("secret env %s is not set: %w", ref.Env, ErrSecretNotFound)
+			return nil, missing(fmt.Sprintf("secret env %s is not set", ref.Env))
 		}
 		if v == "" {
 			return nil, fmt.Errorf("secret env %s is empty", ref.Env)
@@ -98,7 +104,7 @@ func (s *Secrets) readFile(name string) ([]byte, error) {
 	fi, err := root.Stat(name)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("secret file %s does not exist under %s: %w", name, s.Dir, ErrSecretNotFound)
+			return nil, missing(fmt.Sprintf("secret file %s does not exist under %s", name, s.Dir))
 		}
 		return nil, fmt.Errorf("secret file %s: %w", name, err)
 	}

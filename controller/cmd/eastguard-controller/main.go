@@ -134,6 +134,10 @@ func run(args []string, stderr io.Writer) int {
 	defer stop()
 	if err := controller.Run(ctx, f.Options, log); err != nil {
 		log.Error("controller failed", zap.Error(err))
+		if errors.Is(err, controller.ErrBadFlag) {
+			fmt.Fprintf(stderr, "eastguard-controller: %v\n", err)
+			return exitUsage
+		}
 		return exitFailure
 	}
 	return exitOK

@@ -43,7 +43,7 @@ type env struct {
 	stdout, stderr io.Writer
 }
 
-var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd}
+var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, webhooksCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
