@@ -1,9 +1,12 @@
 // Package alert is the controller's alert engine: it matches incoming flow
 // records against AlertRules, folds repeats of the same (source,
-// destination, port, protocol) within a rule's window into one alert with
-// a count, moves alerts through open -> acknowledged -> resolved, and
-// queues their webhook deliveries in the store's outbox, in the same
-// transaction as the flows that raised them. Delivery itself is
+// destination, protocol) within a rule's window into one alert with a
+// count and the ports seen (a port scan is one alert), folds the runs
+// beyond a rule's cap of live alerts into its summary alert, moves alerts
+// through open -> acknowledged -> resolved, and queues their webhook
+// deliveries in the store's outbox, in the same transaction as the flows
+// that raised them; its sweep also keeps resolved alerts and finished
+// deliveries within their budgets. Delivery itself is
 // controller/alert/webhook's job.
 //
 // It must not import agent/ or the packages that serve (agentapi,

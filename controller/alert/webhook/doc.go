@@ -18,7 +18,18 @@
 //     receiver points), or put a webhook URL in an error or a log line (a
 //     Slack URL is its own secret);
 //   - sign with an empty secret, or send a json delivery unsigned when its
-//     secret cannot be read (it is retried instead).
+//     secret cannot be read (it is retried instead);
+//   - connect where a policy author should not reach through it: the
+//     dialer (NewClient, Destinations) checks the address it connects to,
+//     after DNS, and refuses unspecified, multicast and broadcast
+//     addresses and the controller's own listeners always, loopback and
+//     link-local (cloud metadata) unless --webhook-allow-private; it uses
+//     no proxy;
+//   - read a secret from anywhere but an EASTGUARD_ variable or a regular
+//     file of at most MaxSecretBytes under --secrets-dir (Secrets), or
+//     read a file again before it changed;
+//   - send more than Config.Rate deliveries a second to one webhook
+//     (burst Config.Burst): the rest wait in the outbox, pending.
 //
 // # Formats
 //
@@ -152,10 +163,10 @@
 // replayed with a fresh one; receivers should refuse a t more than a few
 // minutes from their clock. During a secret rotation the header may carry
 // several v1 values: accept the request if any matches. Keys other than t
-// and v1 are reserved for later schemes and are ignored. The secret is
-// read (from the environment variable or the file of secretFrom; one
-// trailing newline of a file is not part of it) at every attempt, so a
-// rotated file applies at once.
+// and v1 are reserved for later schemes and are ignored. The secret comes
+// from the environment variable or the file of secretFrom (one trailing
+// newline of a file is not part of it); a file is read once and again
+// when it changes, so a rotated file applies at the next attempt.
 //
 // A Go receiver can call Verify, which does all of the above. Without
 // this package:
