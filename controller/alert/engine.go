@@ -140,32 +140,23 @@ type Pending struct {
 	trimAt                           time.Time
 }
 
-func (p *Pending) add(id int64, t tuple) {
-	if p.tuples == nil {
-		p.tuples = make(map[int64][]tuple)
+func (p *Pending) add(id int64, t tuple)     { appendTo(&p.tuples, id, t) }
+func (p *Pending) addKey(id int64, k string) { appendTo(&p.keys, id, k) }
+func (p *Pending) raised(rule string)        { inc(&p.Raised, rule) }
+func (p *Pending) folded(rule string)        { inc(&p.Folded, rule) }
+
+func appendTo[T any](m *map[int64][]T, id int64, v T) {
+	if *m == nil {
+		*m = make(map[int64][]T)
 	}
-	p.tuples[id] = append(p.tuples[id], t)
+	(*m)[id] = append((*m)[id], v)
 }
 
-func (p *Pending) addKey(id int64, k string) {
-	if p.keys == nil {
-		p.keys = make(map[int64][]string)
+func inc(m *map[string]int, k string) {
+	if *m == nil {
+		*m = make(map[string]int)
 	}
-	p.keys[id] = append(p.keys[id], k)
-}
-
-func (p *Pending) raised(rule string) {
-	if p.Raised == nil {
-		p.Raised = make(map[string]int)
-	}
-	p.Raised[rule]++
-}
-
-func (p *Pending) folded(rule string) {
-	if p.Folded == nil {
-		p.Folded = make(map[string]int)
-	}
-	p.Folded[rule]++
+	(*m)[k]++
 }
 
 // Commit applies what a committed transaction did to the engine's memory.
@@ -175,32 +166,28 @@ func (e *Engine) Commit(p *Pending) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for id, ts := range p.tuples {
-		s := e.seen[id]
-		if s == nil {
-			s = newBoundedSet[tuple](maxTuplesPerAlert)
-			e.seen[id] = s
-		}
-		for _, t := range ts {
-			s.add(t)
-		}
-	}
-	for id, ks := range p.keys {
-		s := e.folded[id]
-		if s == nil {
-			s = newBoundedSet[string](maxFoldedKeys)
-			e.folded[id] = s
-		}
-		for _, k := range ks {
-			s.add(k)
-		}
-	}
+	remember(e.seen, p.tuples, maxTuplesPerAlert)
+	remember(e.folded, p.keys, maxFoldedKeys)
 	for _, id := range p.forget {
 		delete(e.seen, id)
 		delete(e.folded, id)
 	}
 	if p.trimmed {
 		e.lastTrim = p.trimAt
+	}
+}
+
+// remember adds, per alert, the members of add to its bounded set in sets.
+func remember[T comparable](sets map[int64]*boundedSet[T], add map[int64][]T, bound int) {
+	for id, ms := range add {
+		s := sets[id]
+		if s == nil {
+			s = newBoundedSet[T](bound)
+			sets[id] = s
+		}
+		for _, m := range ms {
+			s.add(m)
+		}
 	}
 }
 
@@ -420,44 +407,48 @@ const SummaryEnd = "*"
 
 func summaryKey(rule string) string { return rule + "|" + SummaryEnd }
 
+// counted reports whether alert id counted connection t already (in this
+// Observe call, or in a committed one).
 func (e *Engine) counted(o *observation, id int64, t tuple) bool {
-	if o.counted[id][t] {
-		return true
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := e.seen[id]
-	return s != nil && s.has(t)
+	return known(o.counted, e.seen, id, t)
 }
 
 func (e *Engine) count(o *observation, a *store.Alert, t tuple) {
-	m := o.counted[a.ID]
-	if m == nil {
-		m = map[tuple]bool{}
-		o.counted[a.ID] = m
-	}
-	m[t] = true
+	note(o.counted, a.ID, t)
 	o.pend.add(a.ID, t)
 }
 
+// wasFolded reports whether summary alert id counted run key already.
 func (e *Engine) wasFolded(o *observation, id int64, key string) bool {
-	if o.keys[id][key] {
-		return true
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := e.folded[id]
-	return s != nil && s.has(key)
+	return known(o.keys, e.folded, id, key)
 }
 
 func (e *Engine) addFolded(o *observation, id int64, key string) {
-	m := o.keys[id]
-	if m == nil {
-		m = map[string]bool{}
-		o.keys[id] = m
-	}
-	m[key] = true
+	note(o.keys, id, key)
 	o.pend.addKey(id, key)
+}
+
+// known reports whether v is in alert id's set: this call's (local) or
+// the committed one. Called with the engine's lock held.
+func known[T comparable](local map[int64]map[T]bool, committed map[int64]*boundedSet[T], id int64, v T) bool {
+	if local[id][v] {
+		return true
+	}
+	s := committed[id]
+	return s != nil && s.has(v)
+}
+
+func note[T comparable](local map[int64]map[T]bool, id int64, v T) {
+	m := local[id]
+	if m == nil {
+		m = map[T]bool{}
+		local[id] = m
+	}
+	m[v] = true
 }
 
 // addPort records a destination port on an alert: the first ones in the
