@@ -115,7 +115,7 @@ func alertRule(name, spec string) string {
 
 // loadSet parses and validates the base resources plus docs, as the
 // controller does with an operator's files.
-func loadSet(t *testing.T, docs string) *policy.Set {
+func loadSet(t testing.TB, docs string) *policy.Set {
 	t.Helper()
 	set, diags := policy.ParseAndValidate("test.yaml", []byte(baseYAML+docs))
 	if diags.HasErrors() || set == nil {
@@ -893,5 +893,34 @@ func TestSizeBudgets(t *testing.T) {
 	}
 	if _, n, err := h.s.NextDeliveryAt(ctx); err != nil || n != 2 {
 		t.Errorf("pending deliveries %d (%v), want 2", n, err)
+	}
+}
+
+// BenchmarkFullPortScan observes a scan of every port (65,535 attempts in
+// batches of 1,000, as ingestion groups them) with --alert-on-denied:
+// one alert, one delivery.
+func BenchmarkFullPortScan(b *testing.B) {
+	for range b.N {
+		b.StopTimer()
+		s, err := store.OpenSQLite(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		e := alert.NewEngine(alert.NewPolicy(loadSet(b, ""), alert.Builtin{Denied: true, Notify: []string{"security-team"}}), 0, alert.Limits{})
+		batches := scan(outside, db1, portRange(1, 65535), 1000)
+		b.StartTimer()
+		for _, recs := range batches {
+			var p alert.Pending
+			if err := s.EventTx(context.Background(), func(tx store.EventTx) error { return e.Observe(tx, recs, t0, &p) }); err != nil {
+				b.Fatal(err)
+			}
+			e.Commit(&p)
+		}
+		b.StopTimer()
+		as, err := s.Alerts(context.Background(), store.AlertQuery{})
+		if err != nil || len(as) != 1 || as[0].PortCount != 65535 {
+			b.Fatalf("alerts %d (%v)", len(as), err)
+		}
+		s.Close()
 	}
 }
