@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -78,6 +80,22 @@ type Config struct {
 	WebhookGiveUp     time.Duration
 	WebhookTimeout    time.Duration
 	WebhookMinBackoff time.Duration
+	// WebhookRate is each webhook's attempts per second (0: the webhook
+	// package's default; negative: unlimited), WebhookBurst how many it
+	// may get at once; deliveries beyond wait in the outbox.
+	WebhookRate  float64
+	WebhookBurst int
+	// WebhookAllowPrivate lets webhooks reach loopback and link-local
+	// addresses (tests' and demos' receivers on 127.0.0.1); OwnAddrs are
+	// the controller's listening addresses, which webhooks never reach.
+	WebhookAllowPrivate bool
+	OwnAddrs            func() []netip.AddrPort
+	// SecretsDir is where webhooks' secretFrom.file names files ("":
+	// file secrets are refused).
+	SecretsDir string
+	// AlertLimits bound alert storms: live alerts per rule (the rest fold
+	// into a summary alert), resolved alerts and finished deliveries kept.
+	AlertLimits alert.Limits
 	// OnAck, if set, is called after each agent ack is recorded (tests
 	// and benchmarks wait on it). It must not block.
 	OnAck func(agentapi.Ack)
@@ -133,7 +151,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		Store: cfg.Store, Log: log.Named("flows"), Now: cfg.Now, Registry: cfg.Registry,
 		FlowRetention: cfg.FlowRetention, FlowMaxBytes: cfg.FlowMaxBytes, AlertRetention: cfg.AlertRetention,
 		AgentFlowRate: cfg.AgentFlowRate, AlertRefresh: cfg.AlertRefresh, BuiltinAlerts: cfg.BuiltinAlerts,
+		AlertLimits: cfg.AlertLimits,
 	})
+	secrets := webhook.NewSecrets(cfg.SecretsDir)
 	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "eastguard_controller_webhook_deliveries_total",
 		Help: "Webhook delivery attempts, by webhook and outcome (delivered, retry, gave_up).",
@@ -151,6 +171,12 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		Timeout:     cfg.WebhookTimeout,
 		MinBackoff:  cfg.WebhookMinBackoff,
 		GiveUpAfter: cfg.WebhookGiveUp,
+		Rate:        cfg.WebhookRate,
+		Burst:       cfg.WebhookBurst,
+		Destinations: webhook.Destinations{
+			AllowPrivate: cfg.WebhookAllowPrivate, Own: cfg.OwnAddrs,
+		},
+		Secrets: secrets,
 		// Five re-post intervals: Alertmanager keeps a live alert through
 		// a few missed re-posts (a controller restart) but resolves it by
 		// itself once the controller is gone for good.
@@ -163,13 +189,20 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.Flows.OnDeliveries(c.webhooks.Kick)
+	dests := &webhook.Destinations{AllowPrivate: cfg.WebhookAllowPrivate, Own: cfg.OwnAddrs}
 	c.Policy = policyrepo.New(policyrepo.Config{
 		Store: cfg.Store, Nodes: c.nodes, Log: log, Now: cfg.Now, OnChange: c.Flows.SetPolicy,
+		Check: func(set *policy.Set, changed func(policy.Pos) bool) policy.Diagnostics {
+			return webhook.CheckPolicy(set, changed, secrets, dests, cfg.BuiltinAlerts.Notify)
+		},
 	})
 	if err := c.nodes.Load(ctx); err != nil {
 		return nil, err
 	}
 	if err := c.Policy.Load(ctx); err != nil {
+		return nil, err
+	}
+	if err := checkNotify(c.Flows.Policy(), cfg.BuiltinAlerts.Notify, log); err != nil {
 		return nil, err
 	}
 	c.Agents, err = agentapi.New(ctx, agentapi.Config{
@@ -190,6 +223,31 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c.wg.Go(func() { c.Flows.Run(run) })
 	c.wg.Go(func() { c.webhooks.Run(run) })
 	return c, nil
+}
+
+// ErrBadFlag is a flag the policy in force contradicts (eastguard-controller
+// exits 2 with it).
+var ErrBadFlag = errors.New("bad flag")
+
+// checkNotify checks --alert-on-denied-notify against the policy in force:
+// a name it does not define is refused when the policy defines webhooks
+// (a typo: the built-in alerts would go nowhere), and only warned about
+// when it defines none (a first start: webhooks come with a later apply,
+// which must then define it, see webhook.CheckPolicy).
+func checkNotify(p *alert.Policy, notify []string, log *zap.Logger) error {
+	defined := p.WebhookNames()
+	for _, name := range notify {
+		if _, ok := p.Webhook(name); ok {
+			continue
+		}
+		if len(defined) > 0 {
+			return fmt.Errorf("%w: --alert-on-denied-notify names webhook %q, which the policy does not define (it defines %s)",
+				ErrBadFlag, name, strings.Join(defined, ", "))
+		}
+		log.Warn("--alert-on-denied-notify names a webhook the policy does not define yet; the next policy that defines webhooks must define it",
+			zap.String("webhook", name))
+	}
+	return nil
 }
 
 // ServeGRPC serves the agent-facing gRPC service on lis until Close.

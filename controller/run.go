@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -59,12 +61,26 @@ type Options struct {
 	AlertRetention time.Duration
 	// AgentFlowRate is each agent's flow records per second; 0 is
 	// unlimited.
-	AgentFlowRate  float64
-	ExternalURL    string
-	WebhookGiveUp  time.Duration
-	AlertOnDenied  bool
-	DeniedNotify   []string
-	DeniedSeverity string
+	AgentFlowRate float64
+	ExternalURL   string
+	WebhookGiveUp time.Duration
+	// WebhookRate is each webhook's deliveries per second (0: unlimited),
+	// WebhookBurst how many at once.
+	WebhookRate  float64
+	WebhookBurst int
+	// AlertMaxLivePerRule, AlertMaxResolved and WebhookOutboxMax bound
+	// alert storms: see alert.Limits.
+	AlertMaxLivePerRule int
+	AlertMaxResolved    int
+	WebhookOutboxMax    int
+	// WebhookAllowPrivate lets webhooks reach loopback and link-local
+	// addresses; SecretsDir holds the files webhooks' secretFrom.file
+	// names.
+	WebhookAllowPrivate bool
+	SecretsDir          string
+	AlertOnDenied       bool
+	DeniedNotify        []string
+	DeniedSeverity      string
 	// Version is reported to agents.
 	Version string
 }
@@ -104,6 +120,18 @@ func (o *Options) Check() error {
 	}
 	if o.AgentFlowRate < 0 {
 		return fmt.Errorf("--agent-flow-rate %v: want 0 (unlimited) or a positive rate", o.AgentFlowRate)
+	}
+	if o.WebhookRate < 0 || o.WebhookBurst < 1 {
+		return fmt.Errorf("--webhook-rate %v, --webhook-burst %d: want a rate of 0 (unlimited) or more and a burst of at least 1", o.WebhookRate, o.WebhookBurst)
+	}
+	if o.AlertMaxLivePerRule < 1 || o.AlertMaxResolved < 1 || o.WebhookOutboxMax < 1 {
+		return fmt.Errorf("--alert-max-live-per-rule %d, --alert-max-resolved %d, --webhook-outbox-max %d: each must be at least 1",
+			o.AlertMaxLivePerRule, o.AlertMaxResolved, o.WebhookOutboxMax)
+	}
+	if o.SecretsDir != "" {
+		if fi, err := os.Stat(o.SecretsDir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("--secrets-dir %q: want an existing directory", o.SecretsDir)
+		}
 	}
 	switch policy.AlertSeverity(o.DeniedSeverity) {
 	case policy.SeverityInfo, policy.SeverityWarn, policy.SeverityCritical:
@@ -185,6 +213,10 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	if flowRate == 0 {
 		flowRate = -1 // the flag's "unlimited"
 	}
+	webhookRate := o.WebhookRate
+	if webhookRate == 0 {
+		webhookRate = -1 // the flag's "unlimited"
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -208,6 +240,15 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		},
 		DashboardURL:  dashboardURL,
 		WebhookGiveUp: o.WebhookGiveUp,
+		WebhookRate:   webhookRate,
+		WebhookBurst:  o.WebhookBurst,
+		// Webhooks never reach the controller's own listeners.
+		OwnAddrs:            ownAddrs(o.GRPCListen, httpLis.Addr()),
+		WebhookAllowPrivate: o.WebhookAllowPrivate,
+		SecretsDir:          o.SecretsDir,
+		AlertLimits: alert.Limits{
+			MaxLivePerRule: o.AlertMaxLivePerRule, MaxResolved: o.AlertMaxResolved, MaxFinishedDeliveries: o.WebhookOutboxMax,
+		},
 	})
 	if err != nil {
 		return err
@@ -271,6 +312,34 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	}
 	wg.Wait()
 	return runErr
+}
+
+// ownAddrs returns the controller's listening addresses: --grpc-listen
+// (a host name there is resolved once, here) and the HTTP listener's.
+func ownAddrs(grpcListen string, httpAddr net.Addr) func() []netip.AddrPort {
+	var out []netip.AddrPort
+	if ap, err := netip.ParseAddrPort(httpAddr.String()); err == nil {
+		out = append(out, ap)
+	}
+	host, port, _ := net.SplitHostPort(grpcListen)
+	if p, err := strconv.ParseUint(port, 10, 16); err == nil {
+		var ips []netip.Addr
+		if a, err := netip.ParseAddr(host); err == nil {
+			ips = append(ips, a)
+		} else if host == "" {
+			ips = append(ips, netip.IPv6Unspecified())
+		} else if addrs, err := net.LookupHost(host); err == nil {
+			for _, s := range addrs {
+				if a, err := netip.ParseAddr(s); err == nil {
+					ips = append(ips, a)
+				}
+			}
+		}
+		for _, a := range ips {
+			out = append(out, netip.AddrPortFrom(a, uint16(p)))
+		}
+	}
+	return func() []netip.AddrPort { return out }
 }
 
 // writeAdminConfig writes DIR/admin.conf unless a valid one for this

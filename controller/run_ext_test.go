@@ -158,6 +158,7 @@ func testOptions(dataDir string) controller.Options {
 		CertTTL: time.Hour, ServerCertTTL: 24 * time.Hour, Heartbeat: 10 * time.Second,
 		FlowRetention: 7 * 24 * time.Hour, FlowMaxBytes: 4 << 30, AlertRetention: 30 * 24 * time.Hour,
 		WebhookGiveUp: 24 * time.Hour, DeniedSeverity: "warning",
+		WebhookRate: 1, WebhookBurst: 20, AlertMaxLivePerRule: 100, AlertMaxResolved: 100000, WebhookOutboxMax: 100000,
 	}
 }
 

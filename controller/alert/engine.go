@@ -3,8 +3,9 @@ package alert
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"strconv"
+	"slices"
 	"sync"
 	"time"
 
@@ -19,6 +20,37 @@ import (
 // endsAt several intervals ahead).
 const DefaultRefreshInterval = time.Minute
 
+// Limits bound what an alert storm costs. Zero values take the defaults.
+type Limits struct {
+	// MaxLivePerRule is how many live alerts one rule may have; the
+	// runs beyond it are folded into the rule's one summary alert.
+	MaxLivePerRule int
+	// MaxResolved and MaxFinishedDeliveries bound the resolved alerts
+	// and the finished (delivered or given-up) deliveries kept; the
+	// oldest finished go first. Pending deliveries are never deleted.
+	MaxResolved           int
+	MaxFinishedDeliveries int
+}
+
+// Defaults of Limits.
+const (
+	DefaultMaxLivePerRule        = 100
+	DefaultMaxResolved           = 100000
+	DefaultMaxFinishedDeliveries = 100000
+)
+
+// MaxPortSample is how many ports an alert lists (the first distinct ones
+// seen); PortCount counts them all.
+const MaxPortSample = 64
+
+// sweepBatch bounds the alerts one sweep reads for each of its jobs
+// (expiry, re-posts); a bigger backlog is worked off over the next
+// sweeps. trimEvery is how often the sweep applies the size budgets.
+const (
+	sweepBatch = 1000
+	trimEvery  = 20 * time.Second
+)
+
 // Engine turns matching flows into alerts. Its methods run inside the
 // caller's store transaction; what it remembers between transactions
 // (which connections an alert already counted) is only updated once the
@@ -26,6 +58,7 @@ const DefaultRefreshInterval = time.Minute
 // is counted once.
 type Engine struct {
 	refresh time.Duration
+	limits  Limits
 
 	mu     sync.Mutex
 	policy *Policy
@@ -34,24 +67,44 @@ type Engine struct {
 	// connection attempt reaches the controller from both ends. Bounded
 	// per alert; lost on restart (at most one extra count per connection
 	// in flight then).
-	seen map[int64]*tupleSet
+	seen map[int64]*boundedSet[tuple]
+	// folded remembers, per summary alert, the runs (dedup keys) it
+	// counted in Folded. Bounded and lost on restart like seen: a run
+	// folded before a restart and seen again after it is counted again.
+	folded map[int64]*boundedSet[string]
+	// lastTrim is when the sweep last applied the size budgets.
+	lastTrim time.Time
 }
 
 // maxTuplesPerAlert bounds the memory one alert's dedup set takes; past
 // it the oldest are forgotten (a long-lived flood counts a connection
-// again only after that many newer ones).
-const maxTuplesPerAlert = 4096
+// again only after that many newer ones). maxFoldedKeys does the same for
+// a summary alert's runs.
+const (
+	maxTuplesPerAlert = 4096
+	maxFoldedKeys     = 16384
+)
 
 // NewEngine returns an engine enforcing p. refresh <= 0 takes
 // DefaultRefreshInterval.
-func NewEngine(p *Policy, refresh time.Duration) *Engine {
+func NewEngine(p *Policy, refresh time.Duration, l Limits) *Engine {
 	if refresh <= 0 {
 		refresh = DefaultRefreshInterval
 	}
 	if p == nil {
 		p = NewPolicy(&policy.Set{}, Builtin{})
 	}
-	return &Engine{refresh: refresh, policy: p, seen: make(map[int64]*tupleSet)}
+	if l.MaxLivePerRule <= 0 {
+		l.MaxLivePerRule = DefaultMaxLivePerRule
+	}
+	if l.MaxResolved <= 0 {
+		l.MaxResolved = DefaultMaxResolved
+	}
+	if l.MaxFinishedDeliveries <= 0 {
+		l.MaxFinishedDeliveries = DefaultMaxFinishedDeliveries
+	}
+	return &Engine{refresh: refresh, limits: l, policy: p,
+		seen: make(map[int64]*boundedSet[tuple]), folded: make(map[int64]*boundedSet[string])}
 }
 
 // SetPolicy switches to a new policy; alerts already raised keep the rule
@@ -73,34 +126,37 @@ func (e *Engine) Policy() *Policy {
 // engine's memory; Commit applies it once the transaction committed.
 type Pending struct {
 	tuples map[int64][]tuple
+	keys   map[int64][]string
 	forget []int64
-	// Raised counts alerts opened, by rule; Deliveries the deliveries
-	// queued.
+	// Raised counts alerts opened, by rule; Folded the runs folded into
+	// a summary alert, by rule; Deliveries the deliveries queued.
 	Raised     map[string]int
+	Folded     map[string]int
 	Deliveries int
+	// Trimmed counts the resolved alerts and finished deliveries the
+	// size budgets deleted.
+	TrimmedAlerts, TrimmedDeliveries int64
+	trimmed                          bool
+	trimAt                           time.Time
 }
 
-func (p *Pending) add(id int64, t tuple) {
-	if p.tuples == nil {
-		p.tuples = make(map[int64][]tuple)
+func (p *Pending) add(id int64, t tuple)     { appendTo(&p.tuples, id, t) }
+func (p *Pending) addKey(id int64, k string) { appendTo(&p.keys, id, k) }
+func (p *Pending) raised(rule string)        { inc(&p.Raised, rule) }
+func (p *Pending) folded(rule string)        { inc(&p.Folded, rule) }
+
+func appendTo[T any](m *map[int64][]T, id int64, v T) {
+	if *m == nil {
+		*m = make(map[int64][]T)
 	}
-	p.tuples[id] = append(p.tuples[id], t)
+	(*m)[id] = append((*m)[id], v)
 }
 
-func (p *Pending) has(id int64, t tuple) bool {
-	for _, x := range p.tuples[id] {
-		if x == t {
-			return true
-		}
+func inc(m *map[string]int, k string) {
+	if *m == nil {
+		*m = make(map[string]int)
 	}
-	return false
-}
-
-func (p *Pending) raised(rule string) {
-	if p.Raised == nil {
-		p.Raised = make(map[string]int)
-	}
-	p.Raised[rule]++
+	(*m)[k]++
 }
 
 // Commit applies what a committed transaction did to the engine's memory.
@@ -110,19 +166,47 @@ func (e *Engine) Commit(p *Pending) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for id, ts := range p.tuples {
-		s := e.seen[id]
-		if s == nil {
-			s = newTupleSet()
-			e.seen[id] = s
-		}
-		for _, t := range ts {
-			s.add(t)
-		}
-	}
+	remember(e.seen, p.tuples, maxTuplesPerAlert)
+	remember(e.folded, p.keys, maxFoldedKeys)
 	for _, id := range p.forget {
 		delete(e.seen, id)
+		delete(e.folded, id)
 	}
+	if p.trimmed {
+		e.lastTrim = p.trimAt
+	}
+}
+
+// remember adds, per alert, the members of add to its bounded set in sets.
+func remember[T comparable](sets map[int64]*boundedSet[T], add map[int64][]T, bound int) {
+	for id, ms := range add {
+		s := sets[id]
+		if s == nil {
+			s = newBoundedSet[T](bound)
+			sets[id] = s
+		}
+		for _, m := range ms {
+			s.add(m)
+		}
+	}
+}
+
+// observation is one Observe call's view of the live alerts it touched:
+// each is read from the store once and written back once at the end, so a
+// batch of a thousand flows of one scan costs one read and one write.
+type observation struct {
+	tx    store.EventTx
+	now   time.Time
+	pend  *Pending
+	live  map[string]*store.Alert // by dedup key; nil: known not live
+	dirty map[string]bool
+	// liveCount is, per rule, its live alerts (summary not counted), as
+	// far as this call knows; read from the store at first need.
+	liveCount map[string]int
+	// tuples and keys counted in this call, not yet in Pending's
+	// committed view (Pending has them too).
+	counted map[int64]map[tuple]bool
+	keys    map[int64]map[string]bool
 }
 
 // Observe matches flow records against the rules and records what they
@@ -136,6 +220,8 @@ func (e *Engine) Observe(tx store.EventTx, recs []flowrecord.Record, now time.Ti
 	if len(pol.rules) == 0 {
 		return nil
 	}
+	o := &observation{tx: tx, now: now, pend: pend, live: map[string]*store.Alert{}, dirty: map[string]bool{},
+		liveCount: map[string]int{}, counted: map[int64]map[tuple]bool{}, keys: map[int64]map[string]bool{}}
 	for i := range recs {
 		f := &recs[i]
 		src, dst := pol.ends(f)
@@ -144,7 +230,15 @@ func (e *Engine) Observe(tx store.EventTx, recs []flowrecord.Record, now time.Ti
 			if !r.matches(f, &src, &dst) {
 				continue
 			}
-			if err := e.raise(tx, r, f, &src, &dst, now, pend); err != nil {
+			if err := e.raise(o, r, f, &src, &dst); err != nil {
+				return err
+			}
+		}
+	}
+	// Written in key order: the same batch always writes the same way.
+	for _, k := range slices.Sorted(maps.Keys(o.dirty)) {
+		if a := o.live[k]; a != nil {
+			if err := tx.UpdateAlert(a); err != nil {
 				return err
 			}
 		}
@@ -152,69 +246,239 @@ func (e *Engine) Observe(tx store.EventTx, recs []flowrecord.Record, now time.Ti
 	return nil
 }
 
-func (e *Engine) raise(tx store.EventTx, r *rule, f *flowrecord.Record, src, dst *end, now time.Time, pend *Pending) error {
-	source, destination := endName(src), endName(dst)
-	key := dedupKey(r.name, source, destination, f.DstPort, f.Protocol)
-	t := tupleOf(f)
-	first, last := f.FirstSeen, f.LastSeen
+// liveAlert returns the live alert of key, reading the store at most once
+// per Observe call; nil when there is none.
+func (o *observation) liveAlert(key string) (*store.Alert, error) {
+	if a, ok := o.live[key]; ok {
+		return a, nil
+	}
+	a, err := o.tx.LiveAlert(key)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		o.live[key] = nil
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	o.live[key] = &a
+	return &a, nil
+}
+
+// flowTimes are a flow's first and last seen, filled in from its time.
+func flowTimes(f *flowrecord.Record) (first, last time.Time) {
+	first, last = f.FirstSeen, f.LastSeen
 	if first.IsZero() {
 		first = f.Time
 	}
 	if last.IsZero() {
 		last = first
 	}
-	a, err := tx.LiveAlert(key)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
+	return first, last
+}
+
+func (e *Engine) raise(o *observation, r *rule, f *flowrecord.Record, src, dst *end) error {
+	source, destination := endName(src), endName(dst)
+	key := dedupKey(r.name, source, destination, f.Protocol)
+	first, _ := flowTimes(f)
+	a, err := e.current(o, key, first)
+	if err != nil {
 		return err
-	case first.Sub(a.LastSeen) > a.Window:
-		// The previous run ended a window ago (the sweeper had not got
-		// to it yet): close it and open a new one.
-		if err := e.resolve(tx, &a, a.LastSeen.Add(a.Window), "window", now, pend); err != nil {
+	}
+	if a != nil {
+		e.fold(o, key, a, f)
+		return nil
+	}
+	// A new run. Within the rule's cap it is an alert of its own; past
+	// it, one more run of the rule's summary alert.
+	n, ok := o.liveCount[r.name]
+	if !ok {
+		if n, err = o.tx.LiveAlertCount(r.name); err != nil {
 			return err
 		}
-	default:
-		if !e.counted(a.ID, t, pend) {
-			a.Count++
-			pend.add(a.ID, t)
-		}
-		if last.After(a.LastSeen) {
-			a.LastSeen = last
-		}
-		if first.Before(a.FirstSeen) {
-			a.FirstSeen = first
-		}
-		a.Verdict, a.DecidingRule, a.Node = f.Verdict.String(), f.Rule, f.Node
-		return tx.UpdateAlert(&a)
 	}
-	a = store.Alert{
-		Rule: r.name, Severity: r.severity, Key: key, State: store.AlertOpen, Count: 1,
+	if n >= e.limits.MaxLivePerRule {
+		o.liveCount[r.name] = n
+		return e.foldSummary(o, r, key, f)
+	}
+	o.liveCount[r.name] = n + 1
+	na := &store.Alert{
+		Rule: r.name, Severity: r.severity, Key: key, State: store.AlertOpen,
 		Source: source, Destination: destination,
 		SrcWorkload: src.workload, DstWorkload: dst.workload,
 		SrcAddr: src.addr, DstAddr: dst.addr,
 		SrcLabels: src.labels, DstLabels: dst.labels,
 		Port: f.DstPort, Protocol: f.Protocol,
-		Verdict: f.Verdict.String(), DecidingRule: f.Rule, Node: f.Node,
-		FirstSeen: first, LastSeen: last, Window: r.window,
-		Notify: r.notify, Created: now,
+		Window: r.window, Notify: r.notify, Created: o.now, RefreshedAt: o.now,
 	}
-	if err := tx.InsertAlert(&a); err != nil {
-		return err
-	}
-	pend.add(a.ID, t)
-	pend.raised(r.name)
-	return e.queue(tx, &a, store.EventFiring, a.Notify, now, pend)
+	return e.open(o, key, na, f, r.name)
 }
 
-func (e *Engine) counted(id int64, t tuple, pend *Pending) bool {
-	if pend.has(id, t) {
-		return true
+// current returns the live alert of key, closing it first (nil returned)
+// when the flow starting at first comes more than a window after it.
+func (e *Engine) current(o *observation, key string, first time.Time) (*store.Alert, error) {
+	a, err := o.liveAlert(key)
+	if err != nil || a == nil {
+		return nil, err
 	}
+	if first.Sub(a.LastSeen) > a.Window {
+		// The previous run ended a window ago (the sweeper had not got
+		// to it yet): close it and open a new one.
+		if err := e.resolve(o.tx, a, a.LastSeen.Add(a.Window), "window", o.now, o.pend); err != nil {
+			return nil, err
+		}
+		o.live[key] = nil
+		delete(o.dirty, key)
+		if n, ok := o.liveCount[a.Rule]; ok && a.Folded == 0 {
+			o.liveCount[a.Rule] = max(n-1, 0) // counted while it was live
+		}
+		return nil, nil
+	}
+	return a, nil
+}
+
+// open stores a new alert with the flow in it and queues its firing
+// deliveries.
+func (e *Engine) open(o *observation, key string, a *store.Alert, f *flowrecord.Record, rule string) error {
+	first, last := flowTimes(f)
+	a.FirstSeen, a.LastSeen = first, last
+	a.Verdict, a.DecidingRule, a.Node = f.Verdict.String(), f.Rule, f.Node
+	a.Count = 1
+	addPort(a, f.DstPort)
+	if err := o.tx.InsertAlert(a); err != nil {
+		return err
+	}
+	o.live[key] = a
+	e.count(o, a, tupleOf(f))
+	o.pend.raised(rule)
+	return e.queue(o.tx, a, store.EventFiring, a.Notify, o.now, o.pend)
+}
+
+// fold adds a flow to a live alert (written back at the end of Observe).
+func (e *Engine) fold(o *observation, key string, a *store.Alert, f *flowrecord.Record) {
+	first, last := flowTimes(f)
+	if !e.counted(o, a.ID, tupleOf(f)) {
+		a.Count++
+		e.count(o, a, tupleOf(f))
+	}
+	if last.After(a.LastSeen) {
+		a.LastSeen = last
+	}
+	if first.Before(a.FirstSeen) {
+		a.FirstSeen = first
+	}
+	addPort(a, f.DstPort)
+	a.Verdict, a.DecidingRule, a.Node = f.Verdict.String(), f.Rule, f.Node
+	o.dirty[key] = true
+}
+
+// foldSummary adds a flow of run key to its rule's summary alert, opening
+// it if the rule has none live.
+func (e *Engine) foldSummary(o *observation, r *rule, key string, f *flowrecord.Record) error {
+	skey := summaryKey(r.name)
+	first, _ := flowTimes(f)
+	s, err := e.current(o, skey, first)
+	if err != nil {
+		return err
+	}
+	if s == nil {
+		s = &store.Alert{
+			Rule: r.name, Severity: r.severity, Key: skey, State: store.AlertOpen,
+			Source: SummaryEnd, Destination: SummaryEnd, Port: f.DstPort, Protocol: f.Protocol,
+			Window: r.window, Notify: r.notify, Created: o.now, RefreshedAt: o.now, Folded: 1,
+		}
+		if err := e.open(o, skey, s, f, r.name); err != nil {
+			return err
+		}
+		e.addFolded(o, s.ID, key)
+		o.pend.folded(r.name)
+		return nil
+	}
+	if !e.wasFolded(o, s.ID, key) {
+		s.Folded++
+		e.addFolded(o, s.ID, key)
+		o.pend.folded(r.name)
+	}
+	e.fold(o, skey, s, f)
+	return nil
+}
+
+// SummaryEnd is the source and destination of a summary alert.
+const SummaryEnd = "*"
+
+func summaryKey(rule string) string { return rule + "|" + SummaryEnd }
+
+// counted reports whether alert id counted connection t already (in this
+// Observe call, or in a committed one).
+func (e *Engine) counted(o *observation, id int64, t tuple) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := e.seen[id]
-	return s != nil && s.has(t)
+	return known(o.counted, e.seen, id, t)
+}
+
+func (e *Engine) count(o *observation, a *store.Alert, t tuple) {
+	note(o.counted, a.ID, t)
+	o.pend.add(a.ID, t)
+}
+
+// wasFolded reports whether summary alert id counted run key already.
+func (e *Engine) wasFolded(o *observation, id int64, key string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return known(o.keys, e.folded, id, key)
+}
+
+func (e *Engine) addFolded(o *observation, id int64, key string) {
+	note(o.keys, id, key)
+	o.pend.addKey(id, key)
+}
+
+// known reports whether v is in alert id's set: this call's (local) or
+// the committed one. Called with the engine's lock held.
+func known[T comparable](local map[int64]map[T]bool, committed map[int64]*boundedSet[T], id int64, v T) bool {
+	if local[id][v] {
+		return true
+	}
+	s := committed[id]
+	return s != nil && s.has(v)
+}
+
+func note[T comparable](local map[int64]map[T]bool, id int64, v T) {
+	m := local[id]
+	if m == nil {
+		m = map[T]bool{}
+		local[id] = m
+	}
+	m[v] = true
+}
+
+// addPort records a destination port on an alert: the first ones in the
+// sample, every one in the count (and, past the sample, the bitmap).
+func addPort(a *store.Alert, p uint16) {
+	if a.PortCount == 0 {
+		a.Ports, a.PortCount = []uint16{p}, 1
+		return
+	}
+	if a.PortSet == nil {
+		if slices.Contains(a.Ports, p) {
+			return
+		}
+		if len(a.Ports) < MaxPortSample {
+			a.Ports = append(a.Ports, p)
+			a.PortCount++
+			return
+		}
+		// The sample is full (and holds every port so far): from now
+		// on the bitmap says which ports were seen.
+		a.PortSet = make([]byte, 65536/8)
+		for _, q := range a.Ports {
+			a.PortSet[q/8] |= 1 << (q % 8)
+		}
+	}
+	if a.PortSet[p/8]&(1<<(p%8)) != 0 {
+		return
+	}
+	a.PortSet[p/8] |= 1 << (p % 8)
+	a.PortCount++
 }
 
 func (e *Engine) queue(tx store.EventTx, a *store.Alert, event string, webhooks []string, now time.Time, pend *Pending) error {
@@ -256,37 +520,56 @@ func (e *Engine) Resolve(tx store.EventTx, id int64, now time.Time, pend *Pendin
 	return a, e.resolve(tx, &a, now, "api", now, pend)
 }
 
-// Sweep resolves live alerts whose window passed with no repeat, and
-// queues the periodic re-post of the others to Alertmanager webhooks.
+// Sweep resolves live alerts whose window passed with no repeat, queues
+// the periodic re-post of the others to Alertmanager webhooks, and (every
+// trimEvery) keeps resolved alerts and finished deliveries within their
+// budgets. It reads only the alerts it has work for: those whose window
+// passed, and those not re-posted for a refresh interval (and those only
+// when some webhook of the policy is an Alertmanager), at most sweepBatch
+// of each per call.
 func (e *Engine) Sweep(tx store.EventTx, now time.Time, pend *Pending) error {
 	pol := e.Policy()
-	live, err := tx.LiveAlerts()
+	expired, err := tx.ExpiredAlerts(now, sweepBatch)
 	if err != nil {
 		return err
 	}
-	for i := range live {
-		a := &live[i]
-		if now.Sub(a.LastSeen) > a.Window {
-			if err := e.resolve(tx, a, now, "window", now, pend); err != nil {
-				return err
-			}
-			continue
+	for i := range expired {
+		if err := e.resolve(tx, &expired[i], now, "window", now, pend); err != nil {
+			return err
 		}
-		for _, name := range a.Notify {
-			w, ok := pol.Webhook(name)
-			if !ok || w.Format != policy.FormatAlertmanager {
-				continue
-			}
-			last, err := tx.LastDeliveryCreated(a.ID, name)
-			if err != nil {
-				return err
-			}
-			if now.Sub(last) >= e.refresh {
-				if err := e.queue(tx, a, store.EventRefresh, []string{name}, now, pend); err != nil {
-					return err
+	}
+	if pol.hasAlertmanager() {
+		due, err := tx.AlertsToRefresh(now.Add(-e.refresh), sweepBatch)
+		if err != nil {
+			return err
+		}
+		for i := range due {
+			a := &due[i]
+			var hooks []string
+			for _, name := range a.Notify {
+				if w, ok := pol.Webhook(name); ok && w.Format == policy.FormatAlertmanager {
+					hooks = append(hooks, name)
 				}
 			}
+			if err := e.queue(tx, a, store.EventRefresh, hooks, now, pend); err != nil {
+				return err
+			}
+			a.RefreshedAt = now
+			if err := tx.UpdateAlert(a); err != nil {
+				return err
+			}
 		}
+	}
+	e.mu.Lock()
+	trim := now.Sub(e.lastTrim) >= trimEvery || now.Before(e.lastTrim)
+	e.mu.Unlock()
+	if trim {
+		a, d, err := tx.TrimFinished(e.limits.MaxResolved, e.limits.MaxFinishedDeliveries)
+		if err != nil {
+			return err
+		}
+		pend.TrimmedAlerts, pend.TrimmedDeliveries, pend.trimmed = a, d, true
+		pend.trimAt = now
 	}
 	return nil
 }
@@ -298,8 +581,11 @@ func endName(e *end) string {
 	return e.addr.String()
 }
 
-func dedupKey(rule, src, dst string, port uint16, proto string) string {
-	return fmt.Sprintf("%s|%s|%s|%s/%s", rule, src, dst, strconv.Itoa(int(port)), proto)
+// dedupKey names a run: one rule, source, destination and protocol. The
+// port is not part of it (a scan of every port is one alert listing
+// them); the protocol is, so that the ports listed are of one protocol.
+func dedupKey(rule, src, dst, proto string) string {
+	return fmt.Sprintf("%s|%s|%s|%s", rule, src, dst, proto)
 }
 
 // tuple names one connection. Both ends' reports of it (egress on the
@@ -316,21 +602,25 @@ func tupleOf(f *flowrecord.Record) tuple {
 	return tuple{src: f.SrcAddr.Unmap(), dst: f.DstAddr.Unmap(), srcPort: f.SrcPort, dstPort: f.DstPort, proto: f.Protocol}
 }
 
-// tupleSet is a FIFO-bounded set.
-type tupleSet struct {
-	m     map[tuple]struct{}
-	order []tuple
+// boundedSet is a FIFO-bounded set: past its bound the oldest members
+// are forgotten.
+type boundedSet[T comparable] struct {
+	max   int
+	m     map[T]struct{}
+	order []T
 }
 
-func newTupleSet() *tupleSet { return &tupleSet{m: make(map[tuple]struct{})} }
+func newBoundedSet[T comparable](n int) *boundedSet[T] {
+	return &boundedSet[T]{max: n, m: make(map[T]struct{})}
+}
 
-func (s *tupleSet) has(t tuple) bool { _, ok := s.m[t]; return ok }
+func (s *boundedSet[T]) has(t T) bool { _, ok := s.m[t]; return ok }
 
-func (s *tupleSet) add(t tuple) {
+func (s *boundedSet[T]) add(t T) {
 	if s.has(t) {
 		return
 	}
-	if len(s.order) >= maxTuplesPerAlert {
+	if len(s.order) >= s.max {
 		delete(s.m, s.order[0])
 		s.order = s.order[1:]
 	}

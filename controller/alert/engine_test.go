@@ -115,7 +115,7 @@ func alertRule(name, spec string) string {
 
 // loadSet parses and validates the base resources plus docs, as the
 // controller does with an operator's files.
-func loadSet(t *testing.T, docs string) *policy.Set {
+func loadSet(t testing.TB, docs string) *policy.Set {
 	t.Helper()
 	set, diags := policy.ParseAndValidate("test.yaml", []byte(baseYAML+docs))
 	if diags.HasErrors() || set == nil {
@@ -190,7 +190,7 @@ func newHarness(t *testing.T, docs string, b alert.Builtin, refresh time.Duratio
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return &harness{t: t, s: s, e: alert.NewEngine(alert.NewPolicy(loadSet(t, docs), b), refresh)}
+	return &harness{t: t, s: s, e: alert.NewEngine(alert.NewPolicy(loadSet(t, docs), b), refresh, alert.Limits{})}
 }
 
 // observe runs Observe in a transaction and commits it, as ingestion does.
@@ -298,17 +298,21 @@ func TestAlertFields(t *testing.T) {
 		ID: a.ID, Rule: "unexpected-ssh", Severity: "critical", Key: a.Key, State: store.AlertOpen, Count: 1,
 		Source: outside, Destination: "db-1", SrcWorkload: "", DstWorkload: "db-1",
 		SrcAddr: netip.MustParseAddr(outside), DstAddr: netip.MustParseAddr(db1),
-		DstLabels: map[string]string{"role": "db", "env": "prod"}, Port: 22, Protocol: "TCP",
+		DstLabels: map[string]string{"role": "db", "env": "prod"}, Port: 22, Ports: []uint16{22}, PortCount: 1, Protocol: "TCP",
 		Verdict: "denied", DecidingRule: "default-deny", Node: "node-b",
-		FirstSeen: t0, LastSeen: t0, Window: 5 * time.Minute, Notify: []string{"security-team"}, Created: now,
+		FirstSeen: t0, LastSeen: t0, Window: 5 * time.Minute, Notify: []string{"security-team"}, Created: now, RefreshedAt: now,
 	}
 	if fmt.Sprintf("%+v", a) != fmt.Sprintf("%+v", want) {
 		t.Errorf("alert\n  %+v\nwant\n  %+v", a, want)
 	}
-	for _, part := range []string{"unexpected-ssh", outside, "db-1", "22", "TCP"} {
+	for _, part := range []string{"unexpected-ssh", outside, "db-1", "TCP"} {
 		if !strings.Contains(a.Key, part) {
 			t.Errorf("key %q does not name %s", a.Key, part)
 		}
+	}
+	// Not the port: every port of a scan is one alert.
+	if strings.Contains(a.Key, "22") {
+		t.Errorf("key %q names the port", a.Key)
 	}
 	h.wantDeliveries("first flow", fmt.Sprintf("%d security-team firing", a.ID))
 	if d := h.delivery(1); d.State != store.DeliveryPending || !d.NextAttempt.Equal(now) || !d.Created.Equal(now) {
@@ -667,5 +671,256 @@ notify: [security-team, am]
 	p = h.observe(at, flow(outside, db1, 22, sport(40001), seen(at, at)))
 	if as := h.alerts(); p.Raised["unexpected-ssh"] != 1 || len(as) != 2 || as[1].State != store.AlertOpen || as[1].Count != 1 {
 		t.Errorf("after an API resolve: %+v, %+v", p, as)
+	}
+}
+
+// scan returns one denied TCP attempt from src to dst on each port of
+// ports, in batches of at most n records (as an agent sends them), each
+// from its own source port.
+func scan(src, dst string, ports []uint16, n int) [][]flowrecord.Record {
+	var out [][]flowrecord.Record
+	for i := 0; i < len(ports); i += n {
+		var b []flowrecord.Record
+		for _, p := range ports[i:min(i+n, len(ports))] {
+			b = append(b, flow(src, dst, p, sport(uint16(30000+len(b)+i))))
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func portRange(first, n int) []uint16 {
+	out := make([]uint16, n)
+	for i := range out {
+		out[i] = uint16(first + i)
+	}
+	return out
+}
+
+// TestPortScanIsOneAlert: a 2,000-port scan of one destination from one
+// source with --alert-on-denied is one alert, with one delivery per
+// webhook, that says how many ports were tried and which (a sample).
+// Before, the dedup key held the port: 2,000 alerts and 2,000 deliveries.
+func TestPortScanIsOneAlert(t *testing.T) {
+	h := newHarness(t, "", alert.Builtin{Denied: true, Notify: []string{"security-team"}}, 0)
+	now := t0.Add(time.Second)
+	for _, b := range scan(outside, db1, portRange(1, 2000), 250) {
+		h.observe(now, b...)
+	}
+	as := h.alerts()
+	if len(as) > 3 {
+		t.Fatalf("a 2,000-port scan raised %d alerts, want at most a few", len(as))
+	}
+	if n := len(h.deliveries()); n > 3 {
+		t.Fatalf("a 2,000-port scan queued %d deliveries, want at most a few", n)
+	}
+	a := h.only()
+	if a.Count != 2000 || a.Port != 1 || a.PortCount != 2000 {
+		t.Errorf("alert count %d, port %d, port count %d; want 2000 attempts on 2000 ports, first port 1", a.Count, a.Port, a.PortCount)
+	}
+	if len(a.Ports) != alert.MaxPortSample || a.Ports[0] != 1 || a.Ports[alert.MaxPortSample-1] != alert.MaxPortSample {
+		t.Errorf("port sample %v, want the first %d ports seen", a.Ports, alert.MaxPortSample)
+	}
+	// Ports seen again are not counted again.
+	for _, b := range scan(outside, db1, portRange(1990, 20), 20) {
+		h.observe(now, b...)
+	}
+	if a := h.only(); a.PortCount != 2009 {
+		t.Errorf("port count after a re-scan of 1990-2009: %d, want 2009", a.PortCount)
+	}
+}
+
+func newLimitedHarness(t *testing.T, docs string, b alert.Builtin, l alert.Limits) *harness {
+	t.Helper()
+	h := newHarness(t, docs, b, 0)
+	h.e = alert.NewEngine(alert.NewPolicy(loadSet(t, docs), b), 0, l)
+	return h
+}
+
+// TestLiveAlertCapFoldsIntoSummary: past a rule's cap of live alerts, new
+// runs (here a sweep of many sources) are folded into one summary alert
+// that says how many runs it stands for; runs already live keep
+// counting on their own alert.
+func TestLiveAlertCapFoldsIntoSummary(t *testing.T) {
+	h := newLimitedHarness(t, "", alert.Builtin{Denied: true, Notify: []string{"security-team"}}, alert.Limits{MaxLivePerRule: 3})
+	var recs []flowrecord.Record
+	for i := range 10 {
+		recs = append(recs, flow(fmt.Sprintf("203.0.113.%d", 10+i), db1, 22))
+	}
+	p := h.observe(t0, recs...)
+	if p.Raised[alert.BuiltinDeniedRule] != 4 || p.Folded[alert.BuiltinDeniedRule] != 7 || p.Deliveries != 4 {
+		t.Errorf("pending %+v, want 3 alerts and a summary of 7 runs, 4 deliveries", p)
+	}
+	// Again, plus a new port from a source that has its own alert and
+	// one more folded source: the summary counts each run once.
+	p = h.observe(t0.Add(time.Second), append(recs[:10:10],
+		flow("203.0.113.10", db1, 23, sport(41000)), flow("203.0.113.99", db1, 22))...)
+	if len(p.Raised) != 0 || p.Folded[alert.BuiltinDeniedRule] != 1 || p.Deliveries != 0 {
+		t.Errorf("second batch: pending %+v, want one more folded run and nothing raised", p)
+	}
+	as := h.alerts()
+	if len(as) != 4 {
+		t.Fatalf("%d alerts, want 3 and a summary: %+v", len(as), as)
+	}
+	s := as[3]
+	if s.Source != alert.SummaryEnd || s.Destination != alert.SummaryEnd || s.Folded != 8 || s.Count != 8 || s.State != store.AlertOpen {
+		t.Errorf("summary alert: %+v", s)
+	}
+	if a := as[0]; a.Source != "203.0.113.10" || a.Folded != 0 || a.Count != 2 || a.PortCount != 2 {
+		t.Errorf("first alert: %+v", a)
+	}
+	// Once the live alerts end, the rule has room again.
+	h.sweep(t0.Add(time.Hour))
+	p = h.observe(t0.Add(time.Hour), flow("203.0.113.50", db1, 22, seen(t0.Add(time.Hour), t0.Add(time.Hour))))
+	if p.Raised[alert.BuiltinDeniedRule] != 1 || len(p.Folded) != 0 {
+		t.Errorf("after the sweep: pending %+v, want an alert of its own", p)
+	}
+}
+
+// countingTx counts the alerts a sweep reads, and fails the test if it
+// reads every live alert.
+type countingTx struct {
+	store.EventTx
+	t    *testing.T
+	read int
+}
+
+func (c *countingTx) LiveAlerts() ([]store.Alert, error) {
+	c.t.Error("the sweep read every live alert")
+	return c.EventTx.LiveAlerts()
+}
+
+func (c *countingTx) ExpiredAlerts(now time.Time, limit int) ([]store.Alert, error) {
+	as, err := c.EventTx.ExpiredAlerts(now, limit)
+	c.read += len(as)
+	return as, err
+}
+
+func (c *countingTx) AlertsToRefresh(before time.Time, limit int) ([]store.Alert, error) {
+	as, err := c.EventTx.AlertsToRefresh(before, limit)
+	c.read += len(as)
+	return as, err
+}
+
+// TestSweepReadsOnlyDueAlerts: with hundreds of live alerts, a sweep
+// every 2 s reads none of them until one has work (expiry, or a re-post
+// to Alertmanager once a refresh interval).
+func TestSweepReadsOnlyDueAlerts(t *testing.T) {
+	rule := alertRule("any-denied", `
+severity: warning
+window: 5m
+notify: [security-team, am]
+`)
+	h := newLimitedHarness(t, rule, alert.Builtin{}, alert.Limits{MaxLivePerRule: 1000})
+	var recs []flowrecord.Record
+	for i := range 300 {
+		recs = append(recs, flow(fmt.Sprintf("198.51.100.%d", i%250), db1, 22, proto([]string{"TCP", "UDP"}[i/250])))
+	}
+	h.observe(t0, recs...)
+	if n := len(h.alerts()); n != 300 {
+		t.Fatalf("%d alerts, want 300", n)
+	}
+	sweep := func(at time.Time) (read int, p alert.Pending) {
+		t.Helper()
+		err := h.s.EventTx(context.Background(), func(tx store.EventTx) error {
+			c := &countingTx{EventTx: tx, t: t}
+			err := h.e.Sweep(c, at, &p)
+			read = c.read
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.e.Commit(&p)
+		return read, p
+	}
+	for i := 1; i < 30; i++ {
+		if read, _ := sweep(t0.Add(time.Duration(2*i) * time.Second)); read != 0 {
+			t.Fatalf("sweep %d read %d alerts, want none", i, read)
+		}
+	}
+	// A minute on, each is re-posted once to the Alertmanager webhook.
+	if read, p := sweep(t0.Add(time.Minute)); read != 300 || p.Deliveries != 300 {
+		t.Errorf("refresh sweep read %d alerts and queued %d deliveries, want 300 and 300", read, p.Deliveries)
+	}
+	if read, _ := sweep(t0.Add(time.Minute + 2*time.Second)); read != 0 {
+		t.Errorf("sweep after the refresh read %d alerts", read)
+	}
+	// After the window, each is read once more, to be resolved.
+	if read, p := sweep(t0.Add(5*time.Minute + time.Second)); read != 300 || p.Deliveries != 600 {
+		t.Errorf("expiry sweep read %d alerts and queued %d deliveries, want 300 and 600", read, p.Deliveries)
+	}
+}
+
+// TestSizeBudgets: resolved alerts and finished deliveries beyond their
+// budget are deleted, oldest finished first; pending deliveries, and the
+// resolved alerts they belong to, are kept.
+func TestSizeBudgets(t *testing.T) {
+	h := newLimitedHarness(t, "", alert.Builtin{Denied: true, Notify: []string{"security-team"}},
+		alert.Limits{MaxLivePerRule: 100, MaxResolved: 5, MaxFinishedDeliveries: 4})
+	ctx := context.Background()
+	for i := range 20 {
+		at := t0.Add(time.Duration(i) * time.Minute)
+		h.observe(at, flow(fmt.Sprintf("203.0.113.%d", i), db1, 22, seen(at, at)))
+	}
+	// Alerts 1-20 resolve: deliveries 1-20 fired them, 21-40 resolve them.
+	end := t0.Add(2 * time.Hour)
+	if p := h.sweep(end); p.Deliveries != 20 || p.TrimmedAlerts+p.TrimmedDeliveries != 0 {
+		t.Fatalf("first sweep: %+v, want 20 resolved deliveries queued and nothing to trim", p)
+	}
+	// Every delivery delivered but alert 1's and alert 20's resolved ones.
+	for id := int64(1); id <= 40; id++ {
+		if id == 21 || id == 40 {
+			continue
+		}
+		d := h.delivery(id)
+		d.State, d.Finished, d.Attempts = store.DeliveryDelivered, end.Add(time.Duration(id)*time.Second), 1
+		if err := h.s.UpdateDelivery(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := h.sweep(end.Add(time.Minute))
+	if p.TrimmedAlerts != 14 || p.TrimmedDeliveries != 34 {
+		t.Errorf("trimmed %d alerts and %d deliveries, want 14 (alert 1 waits for a delivery) and 34",
+			p.TrimmedAlerts, p.TrimmedDeliveries)
+	}
+	var ids []int64
+	for _, a := range h.alerts() {
+		ids = append(ids, a.ID)
+	}
+	if !slices.Equal(ids, []int64{1, 16, 17, 18, 19, 20}) {
+		t.Errorf("alerts kept %v, want 1 (a delivery pending) and the 5 newest", ids)
+	}
+	if _, n, err := h.s.NextDeliveryAt(ctx); err != nil || n != 2 {
+		t.Errorf("pending deliveries %d (%v), want 2", n, err)
+	}
+}
+
+// BenchmarkFullPortScan observes a scan of every port (65,535 attempts in
+// batches of 1,000, as ingestion groups them) with --alert-on-denied:
+// one alert, one delivery.
+func BenchmarkFullPortScan(b *testing.B) {
+	for range b.N {
+		b.StopTimer()
+		s, err := store.OpenSQLite(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		e := alert.NewEngine(alert.NewPolicy(loadSet(b, ""), alert.Builtin{Denied: true, Notify: []string{"security-team"}}), 0, alert.Limits{})
+		batches := scan(outside, db1, portRange(1, 65535), 1000)
+		b.StartTimer()
+		for _, recs := range batches {
+			var p alert.Pending
+			if err := s.EventTx(context.Background(), func(tx store.EventTx) error { return e.Observe(tx, recs, t0, &p) }); err != nil {
+				b.Fatal(err)
+			}
+			e.Commit(&p)
+		}
+		b.StopTimer()
+		as, err := s.Alerts(context.Background(), store.AlertQuery{})
+		if err != nil || len(as) != 1 || as[0].PortCount != 65535 {
+			b.Fatalf("alerts %d (%v)", len(as), err)
+		}
+		s.Close()
 	}
 }

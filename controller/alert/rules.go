@@ -1,9 +1,12 @@
 // Package alert is the controller's alert engine: it matches incoming flow
 // records against AlertRules, folds repeats of the same (source,
-// destination, port, protocol) within a rule's window into one alert with
-// a count, moves alerts through open -> acknowledged -> resolved, and
-// queues their webhook deliveries in the store's outbox, in the same
-// transaction as the flows that raised them. Delivery itself is
+// destination, protocol) within a rule's window into one alert with a
+// count and the ports seen (a port scan is one alert), folds the runs
+// beyond a rule's cap of live alerts into its summary alert, moves alerts
+// through open -> acknowledged -> resolved, and queues their webhook
+// deliveries in the store's outbox, in the same transaction as the flows
+// that raised them; its sweep also keeps resolved alerts and finished
+// deliveries within their budgets. Delivery itself is
 // controller/alert/webhook's job.
 //
 // It must not import agent/ or the packages that serve (agentapi,
@@ -11,6 +14,7 @@
 package alert
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -111,6 +115,22 @@ func NewPolicy(set *policy.Set, b Builtin) *Policy {
 func (p *Policy) Webhook(name string) (policy.Webhook, bool) {
 	w, ok := p.webhooks[name]
 	return w, ok
+}
+
+// WebhookNames returns the names of the policy's webhooks, sorted.
+func (p *Policy) WebhookNames() []string {
+	return slices.Sorted(maps.Keys(p.webhooks))
+}
+
+// hasAlertmanager reports whether a webhook of the policy is an
+// Alertmanager (the only format open alerts are re-posted to).
+func (p *Policy) hasAlertmanager() bool {
+	for _, w := range p.webhooks {
+		if w.Format == policy.FormatAlertmanager {
+			return true
+		}
+	}
+	return false
 }
 
 // Workload names the managed workload that owns addr ("" when none).

@@ -186,11 +186,18 @@ type (
 		Notify   []string  `json:"notify,omitempty"`
 		Updated  time.Time `json:"updated"`
 	}
+	// WebhookView is a Webhook with its deliveries' status (as far as
+	// the outbox keeps them): when one last succeeded, the error of the
+	// newest that failed, how many wait and how many were given up.
 	WebhookView struct {
-		Name    string    `json:"name"`
-		URL     string    `json:"url"`
-		Format  string    `json:"format"`
-		Updated time.Time `json:"updated"`
+		Name          string    `json:"name"`
+		URL           string    `json:"url"`
+		Format        string    `json:"format"`
+		Updated       time.Time `json:"updated"`
+		LastDelivered time.Time `json:"lastDelivered,omitzero"`
+		LastError     string    `json:"lastError,omitempty"`
+		Pending       int       `json:"pending"`
+		GaveUp        int       `json:"gaveUp"`
 	}
 )
 
@@ -242,12 +249,21 @@ type Alert struct {
 	Count uint64 `json:"count"`
 	// Source and Destination are workload names, or addresses for ends
 	// no workload has.
-	Source      string    `json:"source"`
-	Destination string    `json:"destination"`
-	Port        uint16    `json:"port"`
-	Protocol    string    `json:"protocol"`
-	FirstSeen   time.Time `json:"firstSeen"`
-	LastSeen    time.Time `json:"lastSeen"`
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	// Port is the first destination port seen; Ports the first distinct
+	// ones (at most 64), PortCount how many distinct ports in all: an
+	// alert covers every port of its source, destination and protocol.
+	Port      uint16    `json:"port"`
+	Ports     []uint16  `json:"ports"`
+	PortCount int       `json:"portCount"`
+	Protocol  string    `json:"protocol"`
+	FirstSeen time.Time `json:"firstSeen"`
+	LastSeen  time.Time `json:"lastSeen"`
+	// Folded is set on a rule's summary alert (source and destination
+	// "*"): the source/destination pairs it stands for, beyond the
+	// rule's cap of live alerts.
+	Folded uint64 `json:"folded,omitempty"`
 
 	SrcWorkload string            `json:"srcWorkload,omitempty"`
 	DstWorkload string            `json:"dstWorkload,omitempty"`

@@ -61,6 +61,9 @@ type Config struct {
 	AlertRefresh time.Duration
 	// BuiltinAlerts configures the built-in "any denied flow" rule.
 	BuiltinAlerts alert.Builtin
+	// AlertLimits bound alert storms (live alerts per rule, resolved
+	// alerts and finished deliveries kept).
+	AlertLimits alert.Limits
 }
 
 // batch is one validated flow batch on its way to the store.
@@ -121,7 +124,7 @@ func New(cfg Config) *Ingester {
 		log:    cfg.Log,
 		now:    cfg.Now,
 		m:      newMetrics(cfg.Registry),
-		engine: alert.NewEngine(nil, cfg.AlertRefresh),
+		engine: alert.NewEngine(nil, cfg.AlertRefresh, cfg.AlertLimits),
 		queue:  make(chan *batch, queueLen),
 		kick:   func() {},
 	}

@@ -30,6 +30,11 @@ type Config struct {
 	// every committed change (the alert engine follows it). It must not
 	// block.
 	OnChange func(*policy.Set)
+	// Check, if set, adds the controller's own checks of a change (that
+	// webhook secrets can be read, say): its errors refuse the change,
+	// its warnings are reported. changed says whether a position is in
+	// the request (a delete changes no document).
+	Check func(merged *policy.Set, changed func(policy.Pos) bool) policy.Diagnostics
 }
 
 // Repo holds the policy resources. It is safe for concurrent use.
@@ -277,6 +282,11 @@ func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed m
 		merged.Merge(res.set)
 	}
 	diags = append(diags, merged.Validate()...)
+	if r.cfg.Check != nil {
+		diags = append(diags, r.cfg.Check(merged, func(p policy.Pos) bool {
+			return len(incoming) > 0 && keep(policy.Diagnostic{Pos: p})
+		})...)
+	}
 	diags.Sort()
 	if diags.HasErrors() {
 		return nil, invalid(fmt.Sprintf("invalid policy: %s, nothing applied", plural(len(diags.Errors()), "error")), diagStrings(diags.Errors()))

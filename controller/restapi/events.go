@@ -119,10 +119,13 @@ func listLimit(n int) (int, error) {
 }
 
 func alertView(a *store.Alert) apiclient.Alert {
+	if len(a.Ports) == 0 {
+		a.Ports = []uint16{a.Port}
+	}
 	return apiclient.Alert{
 		ID: a.ID, Rule: a.Rule, Severity: a.Severity, State: a.State, Count: a.Count,
-		Source: a.Source, Destination: a.Destination, Port: a.Port, Protocol: a.Protocol,
-		FirstSeen: a.FirstSeen, LastSeen: a.LastSeen,
+		Source: a.Source, Destination: a.Destination, Port: a.Port, Ports: a.Ports, PortCount: max(a.PortCount, 1),
+		Protocol: a.Protocol, FirstSeen: a.FirstSeen, LastSeen: a.LastSeen, Folded: a.Folded,
 		SrcWorkload: a.SrcWorkload, DstWorkload: a.DstWorkload, SrcAddr: a.SrcAddr, DstAddr: a.DstAddr,
 		SrcLabels: a.SrcLabels, DstLabels: a.DstLabels, Verdict: a.Verdict, DecidingRule: a.DecidingRule,
 		Node: a.Node, AcknowledgedAt: a.AcknowledgedAt, ResolvedAt: a.ResolvedAt, ResolvedBy: a.ResolvedBy,

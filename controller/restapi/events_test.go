@@ -260,19 +260,20 @@ func TestAlertsAPI(t *testing.T) {
 	if err := json.Unmarshal(body, &raw); err != nil || len(raw) != 1 {
 		t.Fatalf("%v: %s", err, body)
 	}
-	for _, k := range []string{"id", "rule", "severity", "state", "count", "source", "destination", "port", "protocol",
-		"firstSeen", "lastSeen", "srcWorkload", "dstWorkload", "srcAddr", "dstAddr", "srcLabels", "verdict",
+	for _, k := range []string{"id", "rule", "severity", "state", "count", "source", "destination", "port", "ports",
+		"portCount", "protocol", "firstSeen", "lastSeen", "srcWorkload", "dstWorkload", "srcAddr", "dstAddr", "srcLabels", "verdict",
 		"decidingRule", "node", "resolvedAt", "resolvedBy"} {
 		if _, ok := raw[0][k]; !ok {
 			t.Errorf("resolved alert: no key %q in %v", k, raw[0])
 		}
 	}
-	for _, k := range []string{"acknowledgedAt", "dstLabels", "key", "window", "notify"} {
+	for _, k := range []string{"acknowledgedAt", "dstLabels", "key", "window", "notify", "folded", "portSet"} {
 		if _, ok := raw[0][k]; ok {
 			t.Errorf("resolved alert: key %q should be left out: %v", k, raw[0])
 		}
 	}
-	if raw[0]["state"] != "resolved" || raw[0]["port"] != 22.0 || raw[0]["source"] != "web-1" || raw[0]["resolvedBy"] != "window" {
+	if raw[0]["state"] != "resolved" || raw[0]["port"] != 22.0 || raw[0]["source"] != "web-1" || raw[0]["resolvedBy"] != "window" ||
+		fmt.Sprint(raw[0]["ports"]) != "[22]" || raw[0]["portCount"] != 1.0 {
 		t.Errorf("resolved alert: %v", raw[0])
 	}
 }

@@ -227,9 +227,27 @@ func (s *API) handleList(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	var stats map[string]store.WebhookStats
+	if kind == "Webhook" {
+		ws, err := s.st.WebhookStats(r.Context())
+		if err != nil {
+			s.failEvents(w, r, err)
+			return
+		}
+		stats = make(map[string]store.WebhookStats, len(ws))
+		for _, st := range ws {
+			stats[st.Webhook] = st
+		}
+	}
 	views := make([]any, 0, len(list))
 	for _, res := range list {
-		views = append(views, view(res))
+		v := view(res)
+		if wv, ok := v.(apiclient.WebhookView); ok {
+			st := stats[wv.Name]
+			wv.LastDelivered, wv.LastError, wv.Pending, wv.GaveUp = st.LastDelivered, st.LastError, st.Pending, st.GaveUp
+			v = wv
+		}
+		views = append(views, v)
 	}
 	writeJSON(w, http.StatusOK, views)
 }

@@ -59,6 +59,9 @@ type EventStore interface {
 	// when none is pending), not counting deliveries that wait behind an
 	// older one (as DueDeliveries), and how many are pending in all.
 	NextDeliveryAt(ctx context.Context) (time.Time, int, error)
+	// WebhookStats returns, for every webhook with a delivery in the
+	// outbox, its last delivery, last error and counts, by name.
+	WebhookStats(ctx context.Context) ([]WebhookStats, error)
 	// UpdateDelivery records an attempt's outcome (state, attempts, next
 	// attempt, last error, finished).
 	UpdateDelivery(ctx context.Context, d Delivery) error
@@ -82,6 +85,20 @@ type EventTx interface {
 	Alert(id int64) (Alert, error)
 	// LiveAlerts returns every alert that is not resolved.
 	LiveAlerts() ([]Alert, error)
+	// ExpiredAlerts returns up to limit live alerts whose window passed
+	// before now (LastSeen + Window < now), soonest expired first.
+	ExpiredAlerts(now time.Time, limit int) ([]Alert, error)
+	// AlertsToRefresh returns up to limit live alerts whose RefreshedAt
+	// is at or before before, least recently refreshed first.
+	AlertsToRefresh(before time.Time, limit int) ([]Alert, error)
+	// LiveAlertCount returns how many live alerts a rule has, its summary
+	// alert (Folded > 0) not counted.
+	LiveAlertCount(rule string) (int, error)
+	// TrimFinished keeps at most maxResolved resolved alerts and at most
+	// maxFinished finished (delivered or given-up) deliveries, deleting
+	// the oldest finished first; a resolved alert with a delivery still
+	// pending is kept. It returns how many of each it deleted.
+	TrimFinished(maxResolved, maxFinished int) (alerts, deliveries int64, err error)
 	// InsertAlert stores a new alert and sets its ID.
 	InsertAlert(a *Alert) error
 	// UpdateAlert stores an alert's state, count, times and last flow.
@@ -183,13 +200,15 @@ const (
 )
 
 // Alert is a run of flows matching one AlertRule between one source and
-// one destination on one port and protocol, with no gap longer than the
-// rule's window.
+// one destination over one protocol (any port), with no gap longer than
+// the rule's window; or, for a rule that has its cap of live alerts, the
+// rule's summary alert, which stands for the pairs beyond the cap.
 type Alert struct {
 	ID       int64
 	Rule     string
 	Severity string
-	// Key is the dedup key: rule, source, destination, port, protocol.
+	// Key is the dedup key: rule, source, destination, protocol; a
+	// summary alert's is the rule's name and "|*".
 	Key   string
 	State string
 	// Count is the number of connection attempts (distinct 5-tuples)
@@ -201,8 +220,20 @@ type Alert struct {
 	SrcWorkload, DstWorkload string
 	SrcAddr, DstAddr         netip.Addr
 	SrcLabels, DstLabels     map[string]string
-	Port                     uint16
-	Protocol                 string
+	// Port is the first destination port seen; Ports the first distinct
+	// ports seen, in order (at most a sample's worth); PortCount how
+	// many distinct ports there were; PortSet their bitmap (bit p of
+	// byte p/8), nil while Ports holds them all.
+	Port      uint16
+	Ports     []uint16
+	PortCount int
+	PortSet   []byte
+	Protocol  string
+	// Folded is, on a summary alert, how many (source, destination,
+	// protocol) runs it stands for: each would have been an alert of its
+	// own had the rule not had its cap of live alerts. 0 on the others;
+	// a summary alert's Source and Destination are "*".
+	Folded uint64
 	// Verdict, DecidingRule and Node are the last matching flow's.
 	Verdict      string
 	DecidingRule string
@@ -211,13 +242,31 @@ type Alert struct {
 	LastSeen     time.Time
 	Window       time.Duration
 	// Notify names the webhooks told about it.
-	Notify         []string
-	Created        time.Time
+	Notify  []string
+	Created time.Time
+	// RefreshedAt is when the alert was last re-posted to Alertmanager
+	// webhooks, or considered for it (its creation at first).
+	RefreshedAt    time.Time
 	AcknowledgedAt time.Time
 	ResolvedAt     time.Time
 	// ResolvedBy says why it was resolved: "window" (no repeat for a
 	// whole window) or "api".
 	ResolvedBy string
+}
+
+// WebhookStats is what the outbox says of one webhook.
+type WebhookStats struct {
+	Webhook string
+	// LastDelivered is when a delivery to it last succeeded (zero if
+	// none is in the outbox).
+	LastDelivered time.Time
+	// LastError is the error of the newest delivery whose last attempt
+	// failed, pending or given up ("" when none did).
+	LastError string
+	// Pending deliveries wait to be sent; GaveUp were given up (both as
+	// far as the outbox keeps them: see TrimFinished).
+	Pending int
+	GaveUp  int
 }
 
 // AlertQuery selects alerts.

@@ -405,3 +405,91 @@ func TestEventStoreFull(t *testing.T) {
 		t.Errorf("after pruning: %v", err)
 	}
 }
+
+// TestAlertsMigrationKeepsLiveAlerts: an event store written before the
+// ports columns (migration 2) upgrades with every alert listing its one
+// port and due for expiry and refresh as before.
+func TestAlertsMigrationKeepsLiveAlerts(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	db, err := openDB(dir+"/"+EventsFile, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(ctx, db, eventMigrations[:1]); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	_, err = db.ExecContext(ctx, `INSERT INTO alerts (rule, severity, dedup_key, state, count, source, destination,
+		src_workload, dst_workload, src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node,
+		first_seen, last_seen, window_ns, notify, created) VALUES ('ssh', 'critical', 'ssh|a|b|22/TCP', 'open', 3, 'a', 'b',
+		'', '', '192.0.2.1', '192.0.2.2', '{}', '{}', 22, 'TCP', 'denied', 'default-deny', 'n', ?, ?, ?, '[]', ?)`,
+		now.UnixNano(), now.UnixNano(), int64(time.Minute), now.UnixNano())
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s := openTest(t, dir)
+	err = s.EventTx(ctx, func(tx EventTx) error {
+		as, err := tx.ExpiredAlerts(now.Add(time.Minute+time.Second), 10)
+		if err != nil {
+			return err
+		}
+		if len(as) != 1 || !slices.Equal(as[0].Ports, []uint16{22}) || as[0].PortCount != 1 || as[0].PortSet != nil || as[0].Folded != 0 {
+			t.Errorf("expired alerts after the upgrade: %+v", as)
+		}
+		if as, err := tx.ExpiredAlerts(now.Add(time.Minute), 10); err != nil || len(as) != 0 {
+			t.Errorf("alerts expired at the end of the window (not past it): %+v, %v", as, err)
+		}
+		if as, err := tx.AlertsToRefresh(now, 10); err != nil || len(as) != 1 || !as[0].RefreshedAt.Equal(now) {
+			t.Errorf("alerts to refresh after the upgrade: %+v, %v", as, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWebhookStats: per webhook, the last successful delivery, the last
+// error and the pending and given-up counts.
+func TestWebhookStats(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	a := Alert{Rule: "ssh", Key: "k", State: AlertOpen, Port: 22, Protocol: "TCP", FirstSeen: now, LastSeen: now, Created: now}
+	var ds []Delivery
+	err := s.EventTx(ctx, func(tx EventTx) error {
+		if err := tx.InsertAlert(&a); err != nil {
+			return err
+		}
+		for _, w := range []string{"sec", "sec", "sec", "sec", "am"} {
+			ds = append(ds, Delivery{AlertID: a.ID, Webhook: w, Event: EventFiring, NextAttempt: now, Created: now})
+		}
+		return tx.AddDeliveries(ds)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(d Delivery, state, lastErr string, finished time.Time) {
+		d.State, d.LastError, d.Finished = state, lastErr, finished
+		if err := s.UpdateDelivery(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(ds[0], DeliveryDelivered, "", now.Add(time.Second))
+	set(ds[1], DeliveryGaveUp, "HTTP 500 Internal Server Error", now.Add(2*time.Second))
+	set(ds[2], DeliveryDelivered, "HTTP 503 earlier", now.Add(3*time.Second))
+	set(ds[3], DeliveryPending, "POST: connection refused", time.Time{})
+	got, err := s.WebhookStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []WebhookStats{
+		{Webhook: "am", Pending: 1},
+		{Webhook: "sec", LastDelivered: now.Add(3 * time.Second), LastError: "POST: connection refused", Pending: 1, GaveUp: 1},
+	}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+		t.Errorf("stats\n  %+v\nwant\n  %+v", got, want)
+	}
+}

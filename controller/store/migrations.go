@@ -168,5 +168,28 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (state, next_attempt);
 CREATE INDEX deliveries_alert ON deliveries (alert_id, webhook);
+`, // 2: alert storms. An alert covers every port of one (rule, source,
+	// destination, protocol): ports is the JSON sample of the first ports
+	// seen, port_count how many distinct ones, port_set their bitmap
+	// (8 KiB, NULL while the sample holds them all). folded counts the
+	// (source, destination) pairs a rule's summary alert stands for once
+	// the rule has its cap of live alerts. expires (last_seen + window)
+	// and refreshed (when a re-post to Alertmanager was last considered)
+	// let the sweep read only the alerts it has work for. Alerts live
+	// from before keep their old per-port key and end by themselves.
+	`
+ALTER TABLE alerts ADD COLUMN ports TEXT NOT NULL DEFAULT '';
+ALTER TABLE alerts ADD COLUMN port_count INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE alerts ADD COLUMN port_set BLOB;
+ALTER TABLE alerts ADD COLUMN folded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE alerts ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE alerts ADD COLUMN refreshed INTEGER NOT NULL DEFAULT 0;
+UPDATE alerts SET ports = '[' || port || ']', expires = last_seen + window_ns, refreshed = created;
+CREATE INDEX alerts_expires ON alerts (state, expires);
+CREATE INDEX alerts_refreshed ON alerts (state, refreshed);
+CREATE INDEX alerts_rule ON alerts (rule, state);
+CREATE INDEX alerts_resolved ON alerts (state, resolved_at);
+CREATE INDEX deliveries_finished ON deliveries (state, finished);
+CREATE INDEX deliveries_webhook ON deliveries (webhook, state);
 `,
 }

@@ -130,28 +130,42 @@ func (t *sqliteEventTx) InsertFlows(recs []flowrecord.Record) error {
 
 const alertColumns = `id, rule, severity, dedup_key, state, count, source, destination, src_workload, dst_workload,
 	src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node, first_seen, last_seen,
-	window_ns, notify, created, acknowledged_at, resolved_at, resolved_by`
+	window_ns, notify, created, acknowledged_at, resolved_at, resolved_by, ports, port_count, port_set, folded, refreshed`
 
 func scanAlert(row interface{ Scan(...any) error }) (Alert, error) {
 	var a Alert
-	var count, port, first, last, window, created, acked, resolved int64
-	var srcAddr, dstAddr, srcLabels, dstLabels, notify string
+	var count, port, first, last, window, created, acked, resolved, portCount, folded, refreshed int64
+	var srcAddr, dstAddr, srcLabels, dstLabels, notify, ports string
 	err := row.Scan(&a.ID, &a.Rule, &a.Severity, &a.Key, &a.State, &count, &a.Source, &a.Destination, &a.SrcWorkload,
 		&a.DstWorkload, &srcAddr, &dstAddr, &srcLabels, &dstLabels, &port, &a.Protocol, &a.Verdict, &a.DecidingRule,
-		&a.Node, &first, &last, &window, &notify, &created, &acked, &resolved, &a.ResolvedBy)
+		&a.Node, &first, &last, &window, &notify, &created, &acked, &resolved, &a.ResolvedBy,
+		&ports, &portCount, &a.PortSet, &folded, &refreshed)
 	if err != nil {
 		return a, err
 	}
 	a.Count, a.Port, a.Window = uint64(count), uint16(port), time.Duration(window)
+	a.PortCount, a.Folded = int(portCount), uint64(folded)
 	a.FirstSeen, a.LastSeen, a.Created = fromNanos(first), fromNanos(last), fromNanos(created)
-	a.AcknowledgedAt, a.ResolvedAt = fromNanos(acked), fromNanos(resolved)
+	a.AcknowledgedAt, a.ResolvedAt, a.RefreshedAt = fromNanos(acked), fromNanos(resolved), fromNanos(refreshed)
 	a.SrcAddr, _ = netip.ParseAddr(srcAddr)
 	a.DstAddr, _ = netip.ParseAddr(dstAddr)
+	if len(a.PortSet) == 0 {
+		a.PortSet = nil
+	}
 	if err := errors.Join(unmarshalIfAny(srcLabels, &a.SrcLabels), unmarshalIfAny(dstLabels, &a.DstLabels),
-		unmarshalIfAny(notify, &a.Notify)); err != nil {
+		unmarshalIfAny(notify, &a.Notify), unmarshalIfAny(ports, &a.Ports)); err != nil {
 		return a, fmt.Errorf("alert %d: %w", a.ID, err)
 	}
 	return a, nil
+}
+
+// portSetValue is the port_set column's value: NULL while the sample
+// holds every port.
+func portSetValue(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
 }
 
 func unmarshalIfAny(s string, v any) error {
@@ -198,6 +212,59 @@ func (t *sqliteEventTx) LiveAlerts() ([]Alert, error) {
 	return scanAlerts(rows)
 }
 
+func (t *sqliteEventTx) ExpiredAlerts(now time.Time, limit int) ([]Alert, error) {
+	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+` FROM alerts INDEXED BY alerts_expires
+		WHERE state IN (?, ?) AND expires < ? ORDER BY expires, id LIMIT ?`,
+		AlertOpen, AlertAcknowledged, nanos(now), limit)
+	if err != nil {
+		return nil, err
+	}
+	return scanAlerts(rows)
+}
+
+func (t *sqliteEventTx) AlertsToRefresh(before time.Time, limit int) ([]Alert, error) {
+	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+` FROM alerts INDEXED BY alerts_refreshed
+		WHERE state IN (?, ?) AND refreshed <= ? ORDER BY refreshed, id LIMIT ?`,
+		AlertOpen, AlertAcknowledged, nanos(before), limit)
+	if err != nil {
+		return nil, err
+	}
+	return scanAlerts(rows)
+}
+
+func (t *sqliteEventTx) LiveAlertCount(rule string) (int, error) {
+	var n int
+	err := t.tx.QueryRowContext(t.ctx, "SELECT COUNT(*) FROM alerts WHERE rule = ? AND state IN (?, ?) AND folded = 0",
+		rule, AlertOpen, AlertAcknowledged).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("live alerts of %s: %w", rule, err)
+	}
+	return n, nil
+}
+
+func (t *sqliteEventTx) TrimFinished(maxResolved, maxFinished int) (int64, int64, error) {
+	// Deliveries first: a resolved alert with a finished delivery goes
+	// anyway (ON DELETE CASCADE), one with a pending delivery stays.
+	res, err := t.tx.ExecContext(t.ctx, `DELETE FROM deliveries WHERE id IN (
+		SELECT id FROM deliveries INDEXED BY deliveries_finished WHERE state IN (?, ?)
+		ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?)`,
+		DeliveryDelivered, DeliveryGaveUp, maxFinished)
+	if err != nil {
+		return 0, 0, fmt.Errorf("trim finished deliveries: %w", err)
+	}
+	d, _ := res.RowsAffected()
+	res, err = t.tx.ExecContext(t.ctx, `DELETE FROM alerts WHERE id IN (
+		SELECT id FROM alerts INDEXED BY alerts_resolved WHERE state = ?
+		ORDER BY resolved_at DESC, id DESC LIMIT -1 OFFSET ?)
+		AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alert_id = alerts.id AND d.state = ?)`,
+		AlertResolved, maxResolved, DeliveryPending)
+	if err != nil {
+		return 0, 0, fmt.Errorf("trim resolved alerts: %w", err)
+	}
+	a, _ := res.RowsAffected()
+	return a, d, nil
+}
+
 func scanAlerts(rows *sql.Rows) ([]Alert, error) {
 	defer rows.Close()
 	var out []Alert
@@ -212,14 +279,18 @@ func scanAlerts(rows *sql.Rows) ([]Alert, error) {
 }
 
 func (t *sqliteEventTx) InsertAlert(a *Alert) error {
+	normalizePorts(a)
 	err := t.tx.QueryRowContext(t.ctx, `INSERT INTO alerts (rule, severity, dedup_key, state, count, source, destination,
 		src_workload, dst_workload, src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node,
-		first_seen, last_seen, window_ns, notify, created, acknowledged_at, resolved_at, resolved_by)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		first_seen, last_seen, window_ns, notify, created, acknowledged_at, resolved_at, resolved_by,
+		ports, port_count, port_set, folded, expires, refreshed)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
 		a.Rule, a.Severity, a.Key, a.State, int64(a.Count), a.Source, a.Destination, a.SrcWorkload, a.DstWorkload,
 		addrString(a.SrcAddr), addrString(a.DstAddr), marshalString(a.SrcLabels), marshalString(a.DstLabels), int64(a.Port),
 		a.Protocol, a.Verdict, a.DecidingRule, a.Node, nanos(a.FirstSeen), nanos(a.LastSeen), int64(a.Window),
-		marshalString(a.Notify), nanos(a.Created), nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy).Scan(&a.ID)
+		marshalString(a.Notify), nanos(a.Created), nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy,
+		marshalString(a.Ports), int64(a.PortCount), portSetValue(a.PortSet), int64(a.Folded), expires(a),
+		nanos(a.RefreshedAt)).Scan(&a.ID)
 	if err != nil {
 		return fmt.Errorf("insert alert: %w", err)
 	}
@@ -227,14 +298,34 @@ func (t *sqliteEventTx) InsertAlert(a *Alert) error {
 }
 
 func (t *sqliteEventTx) UpdateAlert(a *Alert) error {
+	normalizePorts(a)
 	_, err := t.tx.ExecContext(t.ctx, `UPDATE alerts SET state = ?, count = ?, verdict = ?, deciding_rule = ?, node = ?,
-		first_seen = ?, last_seen = ?, acknowledged_at = ?, resolved_at = ?, resolved_by = ? WHERE id = ?`,
+		first_seen = ?, last_seen = ?, acknowledged_at = ?, resolved_at = ?, resolved_by = ?,
+		ports = ?, port_count = ?, port_set = ?, folded = ?, expires = ?, refreshed = ? WHERE id = ?`,
 		a.State, int64(a.Count), a.Verdict, a.DecidingRule, a.Node, nanos(a.FirstSeen), nanos(a.LastSeen),
-		nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy, a.ID)
+		nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy,
+		marshalString(a.Ports), int64(a.PortCount), portSetValue(a.PortSet), int64(a.Folded), expires(a),
+		nanos(a.RefreshedAt), a.ID)
 	if err != nil {
 		return fmt.Errorf("update alert %d: %w", a.ID, err)
 	}
 	return nil
+}
+
+// normalizePorts fills the port fields of an alert made without them
+// (one port, the sample holding it), so every stored alert has them.
+func normalizePorts(a *Alert) {
+	if a.PortCount == 0 && len(a.Ports) == 0 {
+		a.Ports, a.PortCount = []uint16{a.Port}, 1
+	}
+}
+
+// expires is when an alert's window passes with no repeat.
+func expires(a *Alert) int64 {
+	if a.LastSeen.IsZero() {
+		return 0
+	}
+	return a.LastSeen.Add(a.Window).UnixNano()
 }
 
 func (t *sqliteEventTx) AddDeliveries(ds []Delivery) error {
@@ -485,6 +576,32 @@ func (s *SQLite) NextDeliveryAt(ctx context.Context) (time.Time, int, error) {
 		return time.Time{}, 0, fmt.Errorf("read outbox: %w", classify(err))
 	}
 	return fromNanos(next.Int64), n, nil
+}
+
+func (s *SQLite) WebhookStats(ctx context.Context) ([]WebhookStats, error) {
+	rows, err := s.edb.QueryContext(ctx, `SELECT w.webhook,
+		(SELECT MAX(finished) FROM deliveries WHERE webhook = w.webhook AND state = ?),
+		COALESCE((SELECT last_error FROM deliveries WHERE webhook = w.webhook AND last_error <> '' AND state <> ?
+			ORDER BY id DESC LIMIT 1), ''),
+		(SELECT COUNT(*) FROM deliveries WHERE webhook = w.webhook AND state = ?),
+		(SELECT COUNT(*) FROM deliveries WHERE webhook = w.webhook AND state = ?)
+		FROM (SELECT DISTINCT webhook FROM deliveries) w ORDER BY w.webhook`,
+		DeliveryDelivered, DeliveryDelivered, DeliveryPending, DeliveryGaveUp)
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", classify(err))
+	}
+	defer rows.Close()
+	var out []WebhookStats
+	for rows.Next() {
+		var w WebhookStats
+		var last sql.NullInt64
+		if err := rows.Scan(&w.Webhook, &last, &w.LastError, &w.Pending, &w.GaveUp); err != nil {
+			return nil, fmt.Errorf("read outbox: %w", err)
+		}
+		w.LastDelivered = fromNanos(last.Int64)
+		out = append(out, w)
+	}
+	return out, rows.Err()
 }
 
 func (s *SQLite) UpdateDelivery(ctx context.Context, d Delivery) error {

@@ -1,7 +1,10 @@
 package policy
 
 import (
+	"errors"
+	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -117,18 +120,25 @@ func (d *decoder) webhookSpec(n *yaml.Node, w *Webhook) {
 			d.mapping(n, p,
 				field{name: "env", decode: func(n *yaml.Node, p string) {
 					if s, ok := d.str(n, p); ok {
-						if !isEnvName(s) {
+						switch {
+						case !isEnvName(s):
 							d.errorf(n, p, "%q is not an environment variable name", s)
+						case !strings.HasPrefix(s, SecretEnvPrefix) || s == SecretEnvPrefix:
+							// Any other variable of the controller's
+							// environment (a cloud credential, a proxy
+							// password) would be an HMAC key a policy
+							// author could use as an oracle.
+							d.errorf(n, p, "%q: a secret's environment variable must be named %s...", s, SecretEnvPrefix)
 						}
-						ref.Env = s
+						ref.Env, ref.Pos, ref.Path = s, d.pos(n), p
 					}
 				}},
 				field{name: "file", decode: func(n *yaml.Node, p string) {
 					if s, ok := d.str(n, p); ok {
-						if s == "" {
-							d.errorf(n, p, "file path is empty")
+						if err := CheckSecretFileName(s); err != nil {
+							d.errorf(n, p, "%v", err)
 						}
-						ref.File = s
+						ref.File, ref.Pos, ref.Path = s, d.pos(n), p
 					}
 				}},
 			)
@@ -138,6 +148,31 @@ func (d *decoder) webhookSpec(n *yaml.Node, w *Webhook) {
 			w.SecretFrom = ref
 		}},
 	)
+}
+
+// SecretEnvPrefix starts the name of every environment variable a
+// Webhook's secretFrom.env may name.
+const SecretEnvPrefix = "EASTGUARD_"
+
+// CheckSecretFileName says what is wrong with a secretFrom.file: it names
+// a file under the controller's --secrets-dir, so it must be relative,
+// with no "." or ".." element (no way out of the directory by name; the
+// controller refuses symlinks that lead out of it too).
+func CheckSecretFileName(s string) error {
+	switch {
+	case s == "":
+		return errors.New("file name is empty")
+	case strings.HasPrefix(s, "/"):
+		return fmt.Errorf("%q: name a file relative to the controller's --secrets-dir, not an absolute path", s)
+	case strings.ContainsAny(s, "\\\x00"):
+		return fmt.Errorf("%q: a file name may not contain a backslash or NUL", s)
+	}
+	for _, el := range strings.Split(s, "/") {
+		if el == "" || el == "." || el == ".." {
+			return fmt.Errorf("%q: a file name relative to --secrets-dir, without empty, \".\" or \"..\" elements", s)
+		}
+	}
+	return nil
 }
 
 func isEnvName(s string) bool {

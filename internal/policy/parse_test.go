@@ -45,7 +45,7 @@ func TestLoadExample(t *testing.T) {
 	if a := set.AlertRules[0]; a.Severity != SeverityCritical || a.Window.String() != "5m0s" || a.Notify[0].Name != "security-team" {
 		t.Errorf("alert rule = %+v", a)
 	}
-	if w := set.Webhooks[0]; w.SecretFrom == nil || w.SecretFrom.Env != "EG_WEBHOOK_SECRET" || w.Format != FormatJSON {
+	if w := set.Webhooks[0]; w.SecretFrom == nil || w.SecretFrom.Env != "EASTGUARD_WEBHOOK_SECRET" || w.Format != FormatJSON {
 		t.Errorf("webhook = %+v", w)
 	}
 	if w, _ := set.Workload("bastion"); !w.HostMode() || w.Mode != ModeMonitor {
@@ -146,6 +146,14 @@ func TestErrorClasses(t *testing.T) {
 			`t.yaml:18:14: rules[0].from[0]: a peer has exactly one of selector, cidr, world or host; write several peers instead`},
 		{"secretFrom with both", doc("Webhook", "h", "  url: https://example.com/h\n  secretFrom: {env: A, file: /b}\n"),
 			`t.yaml:7:15: secretFrom: secretFrom needs exactly one of env or file`},
+		{"secret env without the prefix", doc("Webhook", "h", "  url: https://example.com/h\n  secretFrom: {env: AWS_SECRET_ACCESS_KEY}\n"),
+			`t.yaml:7:21: secretFrom.env: "AWS_SECRET_ACCESS_KEY": a secret's environment variable must be named EASTGUARD_...`},
+		{"secret env that is the prefix alone", doc("Webhook", "h", "  url: https://example.com/h\n  secretFrom: {env: EASTGUARD_}\n"),
+			`t.yaml:7:21: secretFrom.env: "EASTGUARD_": a secret's environment variable must be named EASTGUARD_...`},
+		{"secret file absolute", doc("Webhook", "h", "  url: https://example.com/h\n  secretFrom: {file: /etc/shadow}\n"),
+			`t.yaml:7:22: secretFrom.file: "/etc/shadow": name a file relative to the controller's --secrets-dir, not an absolute path`},
+		{"secret file up and out", doc("Webhook", "h", "  url: https://example.com/h\n  secretFrom: {file: hooks/../../etc/shadow}\n"),
+			`t.yaml:7:22: secretFrom.file: "hooks/../../etc/shadow": a file name relative to --secrets-dir, without empty, "." or ".." elements`},
 		{"webhook url", doc("Webhook", "h", "  url: ftp://example.com/h\n"),
 			`t.yaml:6:8: url: "ftp://example.com/h" is not an http or https URL`},
 		{"field given twice", doc("Policy", "p", "  mode: enforce\n  mode: monitor\n"),

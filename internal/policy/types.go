@@ -219,10 +219,16 @@ type Webhook struct {
 }
 
 // SecretRef names where a webhook's HMAC secret comes from: exactly one of
-// an environment variable or a file.
+// an environment variable (named EASTGUARD_...) or a file (a name
+// relative to the controller's --secrets-dir).
 type SecretRef struct {
 	Env  string
 	File string
+	// Pos and Path locate the env or file value, for diagnostics the
+	// controller adds (a variable that is not set, a file that is not
+	// there).
+	Pos  Pos
+	Path string
 }
 
 // Set is a validated collection of resources.

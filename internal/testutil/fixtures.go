@@ -91,8 +91,9 @@ func LabExtraPolicy() string {
 // SSHAlertPolicy renders testdata/ssh-alert.yaml.tmpl: the AlertRule
 // "unexpected-ssh" (critical, any TCP 22 attempt to a managed workload,
 // window 5m); with a webhookURL, it notifies the Webhook "security-team"
-// there (format json), also returned, whose secret comes from secretFile,
-// or from $EG_WEBHOOK_SECRET when secretFile is "".
+// there (format json), also returned, whose secret comes from secretFile
+// (a name under the controller's --secrets-dir), or from
+// $EASTGUARD_WEBHOOK_SECRET when secretFile is "".
 func SSHAlertPolicy(webhookURL, secretFile string) string {
 	var b strings.Builder
 	if err := sshAlertTemplate.Execute(&b, struct{ URL, SecretFile string }{webhookURL, secretFile}); err != nil {

@@ -69,6 +69,25 @@ func TestDeployFiles(t *testing.T) {
 		}
 	}
 
+	// The controller's unit reads an environment file (webhook secrets in
+	// EASTGUARD_... variables, extra flags) that may be absent, and gives
+	// the controller a secrets directory for secretFrom.file.
+	b, err := os.ReadFile(filepath.Join(root, "systemd", "eastguard-controller.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(b)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^EnvironmentFile=-/etc/eastguard/controller\.env$`),
+		regexp.MustCompile(`(?m)^ExecStart=.* --secrets-dir \$\{CREDENTIALS_DIRECTORY\} .*\$EASTGUARD_ARGS$`),
+		regexp.MustCompile(`(?m)^#\s*LoadCredential=[a-z-]+:/etc/eastguard/secrets/[a-z-]+$`),
+		regexp.MustCompile(`(?m)^#\s+EASTGUARD_WEBHOOK_SECRET=`),
+	} {
+		if !want.MatchString(unit) {
+			t.Errorf("eastguard-controller.service has no line matching %s", want)
+		}
+	}
+
 	kinds := map[string]bool{}
 	var netpols []netpol
 	var controllerArgs []string

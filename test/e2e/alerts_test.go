@@ -108,7 +108,9 @@ func TestPrivilegedAlertEndToEnd(t *testing.T) {
 	topo.Link(t, nodeA, nodeB)
 	web.Listen(t, 8080, 22)
 	cp := newControlPlane(t, bin, nodeA, nodeB)
-	cp.env = []string{"EG_WEBHOOK_SECRET=" + webhookSecret}
+	cp.env = []string{"EASTGUARD_WEBHOOK_SECRET=" + webhookSecret}
+	// The receiver is on the controller namespace's loopback.
+	cp.args = append(cp.args, "--webhook-allow-private")
 	for _, n := range []*topo.Node{nodeA, nodeB} {
 		t.Cleanup(func() {
 			if out, err := exec.Command(bin["eastguard-agent"], "--uninstall", "--bpffs-dir", n.BPFFSDir).CombinedOutput(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
 	"github.com/eastguard/eastguard/internal/testutil"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -81,17 +82,19 @@ func (rc *hookReceiver) state() (refused int, accepted []webhook.Payload, errs [
 // healthy by then) delivers it, signed, exactly once. The deliveries
 // metric counts each outcome.
 func TestWebhookDeliveryAcrossRestart(t *testing.T) {
-	secretFile := filepath.Join(t.TempDir(), "webhook-secret")
-	if err := os.WriteFile(secretFile, []byte("s3cret\n"), 0o600); err != nil {
+	secretsDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(secretsDir, "webhook-secret"), []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	rc := newHookReceiver(t, []byte("s3cret"))
 	h := newHarness(t, func(c *controller.Config) {
+		c.SecretsDir = secretsDir
+		c.WebhookAllowPrivate = true // the receiver is on 127.0.0.1
 		c.WebhookMinBackoff = 10 * time.Millisecond
 		c.WebhookTimeout = 30 * time.Second
 		c.DashboardURL = "https://eastguard.example.com/"
 	})
-	h.Apply(twoNodes, testutil.SSHAlertPolicy(rc.URL+"/eastguard", secretFile))
+	h.Apply(twoNodes, testutil.SSHAlertPolicy(rc.URL+"/eastguard", "webhook-secret"))
 	src := newScriptedFlows()
 	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
 	h.waitApplied(a)
@@ -149,5 +152,76 @@ func TestWebhookDeliveryAcrossRestart(t *testing.T) {
 	}
 	if got := h.Counter("eastguard_controller_webhook_deliveries_total", "outcome", "gave_up"); got != 0 {
 		t.Errorf("gave_up outcomes %v", got)
+	}
+}
+
+// TestPortScanAlertStorm: a 2,000-port scan from one source against a
+// node with --alert-on-denied is at most a few alerts and a few webhook
+// deliveries, and the delivered alert says how many ports were tried.
+// Before, every port was an alert and a delivery of its own.
+func TestPortScanAlertStorm(t *testing.T) {
+	var mu sync.Mutex
+	var got []webhook.Payload
+	// Refused until the whole scan is stored, so the delivery (read at
+	// its attempt) carries the whole scan.
+	var ready atomic.Bool
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not yet", http.StatusServiceUnavailable)
+			return
+		}
+		var p webhook.Payload
+		if err := json.NewDecoder(r.Body).Decode(&p); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got = append(got, p)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rc.Close)
+	h := newHarness(t, func(c *controller.Config) {
+		c.WebhookMinBackoff = 10 * time.Millisecond
+		c.BuiltinAlerts = alert.Builtin{Denied: true, Notify: []string{"scan-hook"}}
+		c.WebhookAllowPrivate = true // the receiver is on 127.0.0.1
+	})
+	h.Apply(twoNodes, fmt.Sprintf("apiVersion: eastguard.dev/v1\nkind: Webhook\nmetadata: {name: scan-hook}\nspec: {url: %q}\n", rc.URL))
+	src := newScriptedFlows()
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
+	h.waitApplied(a)
+	now := h.Clock.Now()
+	for b := range 4 {
+		var recs []*pb.FlowRecord
+		for i := range 500 {
+			r := sshAttempt(uint32(20000+b*500+i), now)
+			r.DstPort = uint32(1 + b*500 + i)
+			recs = append(recs, r)
+		}
+		if ack := src.send(t, &pb.FlowBatch{Seq: uint64(b + 1), SpoolId: 1, Records: recs}); ack.GetError() != "" {
+			t.Fatalf("batch %d refused: %s", b+1, ack.GetError())
+		}
+	}
+	ready.Store(true)
+	testutil.Eventually(t, 30*time.Second, "the scan's alert delivered", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		_, n, err := h.St.NextDeliveryAt(context.Background())
+		if err != nil || n != 0 || len(got) == 0 {
+			return fmt.Errorf("%d pending, %d delivered, %v", n, len(got), err)
+		}
+		return nil
+	})
+	if as := h.alerts(t); len(as) > 3 {
+		t.Errorf("a 2,000-port scan raised %d alerts, want at most a few", len(as))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) > 3 {
+		t.Fatalf("a 2,000-port scan made %d webhook deliveries, want at most a few", len(got))
+	}
+	if p := got[0].Alert; p.Port != 1 || p.PortCount != 2000 || p.Count != 2000 || len(p.Ports) != alert.MaxPortSample || p.Ports[0] != 1 {
+		t.Errorf("delivered alert: port %d, ports %v, port count %d, count %d; want 2000 ports from 1, a sample of %d",
+			p.Port, p.Ports, p.PortCount, p.Count, alert.MaxPortSample)
 	}
 }

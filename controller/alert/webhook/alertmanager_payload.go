@@ -92,14 +92,18 @@ func EncodeAlertmanager(m Message, resolveAfter time.Duration) ([]byte, error) {
 	}
 	annotations := map[string]string{
 		"summary": fmt.Sprintf("%s: %s → %s %s %s", a.Rule, srcName(a), dstName(a), portProto(a), a.Verdict),
-		"description": fmt.Sprintf("%d connection attempt(s) from %s to %s on %s, %s by %s (last seen on node %s).",
-			a.Count, srcName(a), dstName(a), portProto(a), a.Verdict, a.DecidingRule, a.Node),
+		"description": fmt.Sprintf("%d connection attempt(s) from %s to %s on %s, %s by %s (last seen on node %s)%s.",
+			a.Count, srcName(a), dstName(a), portProto(a), a.Verdict, a.DecidingRule, a.Node, foldedNote(a)),
+		"portCount":    strconv.Itoa(max(a.PortCount, 1)),
 		"decidingRule": a.DecidingRule,
 		"verdict":      a.Verdict,
 		"count":        strconv.FormatUint(a.Count, 10),
 		"firstSeen":    timestamp(a.FirstSeen),
 		"lastSeen":     timestamp(a.LastSeen),
 		"node":         a.Node,
+	}
+	if a.Folded > 0 {
+		annotations["folded"] = strconv.FormatUint(a.Folded, 10)
 	}
 	for k, v := range annotations {
 		if v == "" {

@@ -132,7 +132,7 @@ func (d *Deliverer) request(ctx context.Context, hook policy.Webhook, m Message)
 		// Alertmanager do not check a signature, and an unreadable
 		// secret must not hold their deliveries back.
 		if hook.SecretFrom != nil {
-			secret, err := readSecret(hook.SecretFrom)
+			secret, err := d.cfg.Secrets.Read(hook.SecretFrom)
 			if err != nil {
 				return nil, err
 			}

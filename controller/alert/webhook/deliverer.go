@@ -21,6 +21,11 @@ const (
 	DefaultMaxBackoff  = 5 * time.Minute
 	DefaultGiveUpAfter = 24 * time.Hour
 	DefaultConcurrency = 8
+	// DefaultRate and DefaultBurst bound the attempts to one webhook:
+	// one a second on average (Slack's limit for incoming webhooks), 20
+	// at once. Beyond it deliveries wait in the outbox.
+	DefaultRate  = 1.0
+	DefaultBurst = 20
 	// DefaultAlertmanagerResolveAfter is how far ahead of now an open
 	// alert's endsAt is set: several re-post intervals, so a late re-post
 	// does not let Alertmanager resolve a live alert.
@@ -43,10 +48,16 @@ type Config struct {
 	// already queued).
 	Webhooks func(name string) (policy.Webhook, bool)
 	Log      *zap.Logger
-	// Client sends the requests; nil is a client that does not follow
-	// redirects (a receiver that moved must be reconfigured, not followed
-	// with the alert and its signature to wherever it points).
-	Client *http.Client
+	// Client sends the requests; nil is NewClient(&Destinations): one
+	// that connects only where Destinations allows, not through a proxy,
+	// and does not follow redirects (a receiver that moved must be
+	// reconfigured, not followed with the alert and its signature to
+	// wherever it points). Tests may give their own.
+	Client       *http.Client
+	Destinations Destinations
+	// Secrets reads webhooks' secrets; nil reads env secrets only (file
+	// secrets need a directory: NewSecrets(--secrets-dir)).
+	Secrets *Secrets
 	// Timeout bounds one attempt, connection and answer included.
 	Timeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts (full
@@ -57,6 +68,11 @@ type Config struct {
 	// Concurrency bounds the attempts in flight (at most half of them to
 	// one webhook).
 	Concurrency int
+	// Rate is the attempts per second one webhook gets on average (0:
+	// DefaultRate; negative: unlimited), Burst how many it may get at
+	// once (0: DefaultBurst). Deliveries beyond wait, pending.
+	Rate  float64
+	Burst int
 	// AlertmanagerResolveAfter: see DefaultAlertmanagerResolveAfter.
 	AlertmanagerResolveAfter time.Duration
 	// DashboardURL is the base of the alert links in payloads; "" for
@@ -90,7 +106,10 @@ func New(cfg Config) (*Deliverer, error) {
 		cfg.Log = zap.NewNop()
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		cfg.Client = NewClient(&cfg.Destinations)
+	}
+	if cfg.Secrets == nil {
+		cfg.Secrets = NewSecrets("")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
@@ -106,6 +125,12 @@ func New(cfg Config) (*Deliverer, error) {
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.Rate == 0 {
+		cfg.Rate = DefaultRate
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = DefaultBurst
 	}
 	if cfg.AlertmanagerResolveAfter <= 0 {
 		cfg.AlertmanagerResolveAfter = DefaultAlertmanagerResolveAfter
@@ -147,7 +172,7 @@ const (
 // (each stops at once: ctx is theirs too) and returns. Pending deliveries
 // stay in the store for the next run: an outbox outlives the process.
 func (d *Deliverer) Run(ctx context.Context) {
-	sched := newScheduler(d.cfg.Concurrency, d.cfg.GiveUpAfter, d.backoff)
+	sched := newScheduler(d.cfg.Concurrency, d.cfg.GiveUpAfter, d.backoff, d.cfg.Rate, d.cfg.Burst)
 	results := make(chan result, d.cfg.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -200,8 +225,13 @@ func (d *Deliverer) pass(ctx context.Context, sched *scheduler, results chan<- r
 		// deliveries in flight (still pending in the store), so it
 		// cannot say when a retry of another webhook comes due. Look
 		// again after the shortest backoff, or that retry would wait for
-		// a slow receiver's attempt to end (up to maxSleep).
-		return min(d.cfg.MinBackoff, maxSleep)
+		// a slow receiver's attempt to end (up to maxSleep). One waiting
+		// for its webhook's rate limit may go sooner.
+		wait := min(d.cfg.MinBackoff, maxSleep)
+		if p.rateWait > 0 {
+			wait = min(wait, p.rateWait)
+		}
+		return wait
 	}
 	next, _, err := d.cfg.Store.NextDeliveryAt(ctx)
 	switch {

@@ -53,6 +53,11 @@ type fixture struct {
 	t   *testing.T
 	dir string
 	st  *store.SQLite
+	// secretsDir is the deliverers' --secrets-dir.
+	secretsDir string
+	// refusePrivate: the deliverers refuse loopback receivers (the
+	// default outside tests); false lets them reach httptest servers.
+	refusePrivate bool
 
 	mu       sync.Mutex
 	hooks    map[string]policy.Webhook
@@ -64,7 +69,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dir: t.TempDir(), hooks: map[string]policy.Webhook{}}
+	f := &fixture{t: t, dir: t.TempDir(), secretsDir: t.TempDir(), hooks: map[string]policy.Webhook{}}
 	f.logCore, f.logs = observer.New(zap.DebugLevel)
 	f.open()
 	t.Cleanup(f.close)
@@ -242,6 +247,11 @@ func (f *fixture) start(cfg webhook.Config) *running {
 	cfg.Webhooks = f.lookup
 	cfg.Log = zap.New(f.logCore)
 	cfg.Outcome = f.outcome
+	if cfg.Secrets == nil {
+		cfg.Secrets = webhook.NewSecrets(f.secretsDir)
+	}
+	// The receivers are httptest servers on 127.0.0.1.
+	cfg.Destinations.AllowPrivate = !f.refusePrivate
 	if cfg.Timeout == 0 {
 		cfg.Timeout = waitFor
 	}
@@ -396,8 +406,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // verifies with Verify.
 func TestDeliverJSON(t *testing.T) {
 	f := newFixture(t)
-	secretFile := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(secretFile, []byte("s3cret\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(f.secretsDir, "secret"), []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var verifyErr error
@@ -412,7 +421,7 @@ func TestDeliverJSON(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	f.hook("security-team", rc.URL+"/eastguard", policy.FormatJSON, &policy.SecretRef{File: secretFile})
+	f.hook("security-team", rc.URL+"/eastguard", policy.FormatJSON, &policy.SecretRef{File: "secret"})
 	a, ids := f.raise(store.EventFiring, time.Now(), "security-team")
 	r := f.start(webhook.Config{DashboardURL: dashboard})
 	r.d.Kick()
@@ -471,12 +480,11 @@ func TestDeliverJSON(t *testing.T) {
 func TestDeliverUnsigned(t *testing.T) {
 	f := newFixture(t)
 	rc := newReceiver(t, answer(http.StatusOK))
-	secretFile := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(f.secretsDir, "secret"), []byte("s3cret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f.hook("plain", rc.URL+"/json", policy.FormatJSON, nil)
-	f.hook("slack", rc.URL+"/slack", policy.FormatSlack, &policy.SecretRef{File: secretFile})
+	f.hook("slack", rc.URL+"/slack", policy.FormatSlack, &policy.SecretRef{File: "secret"})
 	_, ids := f.raise(store.EventFiring, time.Now(), "plain", "slack")
 	f.start(webhook.Config{}).d.Kick()
 	for _, id := range ids {
@@ -497,13 +505,13 @@ func TestDeliverUnsigned(t *testing.T) {
 func TestDeliverSecretUnreadable(t *testing.T) {
 	f := newFixture(t)
 	rc := newReceiver(t, answer(http.StatusOK))
-	f.hook("security-team", rc.URL, policy.FormatJSON, &policy.SecretRef{Env: "EG_TEST_WEBHOOK_SECRET_NEVER_SET"})
+	f.hook("security-team", rc.URL, policy.FormatJSON, &policy.SecretRef{Env: "EASTGUARD_TEST_WEBHOOK_SECRET_NEVER_SET"})
 	_, ids := f.raise(store.EventFiring, time.Now(), "security-team")
 	r := f.start(webhook.Config{})
 	r.d.Kick()
 	d := f.waitAttempted(ids[0], 2)
 	r.stop()
-	if !strings.Contains(d.LastError, "EG_TEST_WEBHOOK_SECRET_NEVER_SET is not set") {
+	if !strings.Contains(d.LastError, "EASTGUARD_TEST_WEBHOOK_SECRET_NEVER_SET is not set") {
 		t.Errorf("last error %q does not say the secret is missing", d.LastError)
 	}
 	if n := len(rc.requests()); n != 0 {

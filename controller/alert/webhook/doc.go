@@ -18,7 +18,18 @@
 //     receiver points), or put a webhook URL in an error or a log line (a
 //     Slack URL is its own secret);
 //   - sign with an empty secret, or send a json delivery unsigned when its
-//     secret cannot be read (it is retried instead).
+//     secret cannot be read (it is retried instead);
+//   - connect where a policy author should not reach through it: the
+//     dialer (NewClient, Destinations) checks the address it connects to,
+//     after DNS, and refuses unspecified, multicast and broadcast
+//     addresses and the controller's own listeners always, loopback and
+//     link-local (cloud metadata) unless --webhook-allow-private; it uses
+//     no proxy;
+//   - read a secret from anywhere but an EASTGUARD_ variable or a regular
+//     file of at most MaxSecretBytes under --secrets-dir (Secrets), or
+//     read a file again before it changed;
+//   - send more than Config.Rate deliveries a second to one webhook
+//     (burst Config.Burst): the rest wait in the outbox, pending.
 //
 // # Formats
 //
@@ -34,8 +45,9 @@
 //     posted to <url>/api/v2/alerts (a route prefix in the URL is kept; a
 //     URL already ending in /api/v2/alerts is used as is). Labels are what
 //     never changes during an alert's life (alertname = the AlertRule,
-//     severity, source, destination, port, protocol, eastguard_alert_id),
-//     annotations the rest. While the alert is open endsAt is a few refresh
+//     severity, source, destination, port (the first seen), protocol,
+//     eastguard_alert_id), annotations the rest (portCount, and folded on
+//     a summary alert, among them). While the alert is open endsAt is a few refresh
 //     intervals ahead and the alert is re-posted ("refresh" deliveries), so
 //     Alertmanager resolves it by itself if the controller goes away; once
 //     resolved, endsAt is the resolution time.
@@ -65,6 +77,9 @@
 //	    "destination": {"name": "web-1", "workload": "web-1", "address": "10.10.0.11",
 //	                    "labels": {"env": "prod", "role": "web"}},
 //	    "port": 22,
+//	    "ports": [22],
+//	    "portCount": 1,
+//	    "folded": 0,
 //	    "protocol": "TCP",
 //	    "verdict": "denied",
 //	    "decidingRule": "default-deny",
@@ -95,13 +110,27 @@
 //     alert is when the attempt is made (a firing delivery retried late
 //     may carry an alert resolved since).
 //   - alert.count (integer): connection attempts (distinct 5-tuples) the
-//     alert covers so far.
+//     alert covers so far, over all its ports.
 //   - alert.source, alert.destination (object): the two ends, each with
 //     name (string: the workload, or the address for an unmanaged end),
 //     workload (string: the workload's name, "" when unmanaged), address
 //     (string: the IP address, IPv4 or IPv6) and labels (object of string
 //     values: the workload's labels; {} when unmanaged, never null).
-//   - alert.port (integer): the destination port (0 for ICMP).
+//   - alert.port (integer): the first destination port seen (0 for
+//     ICMP). An alert covers every port of one rule, source, destination
+//     and protocol within the window, so a port scan is one alert.
+//   - alert.ports (list of integers): the first distinct destination
+//     ports seen, in order, at most 64 of them (never empty: [port] for
+//     an alert on one port).
+//   - alert.portCount (integer): how many distinct destination ports the
+//     alert covers so far (1 for one port; 2000 for a 2,000-port scan,
+//     whose ports list shows the first 64).
+//   - alert.folded (integer): 0, except on a rule's summary alert: once
+//     a rule has its cap of live alerts (--alert-max-live-per-rule), the
+//     new (source, destination, protocol) runs are folded into one
+//     summary alert per rule, whose source and destination names are
+//     "*" (workload and address "") and whose folded counts the runs it
+//     stands for (its count, ports and times are theirs together).
 //   - alert.protocol (string): "TCP", "UDP", "ICMP" or "ICMPv6".
 //   - alert.verdict (string): the last matching flow's verdict: "denied",
 //     "would-deny" (monitor mode) or "allowed".
@@ -134,10 +163,10 @@
 // replayed with a fresh one; receivers should refuse a t more than a few
 // minutes from their clock. During a secret rotation the header may carry
 // several v1 values: accept the request if any matches. Keys other than t
-// and v1 are reserved for later schemes and are ignored. The secret is
-// read (from the environment variable or the file of secretFrom; one
-// trailing newline of a file is not part of it) at every attempt, so a
-// rotated file applies at once.
+// and v1 are reserved for later schemes and are ignored. The secret comes
+// from the environment variable or the file of secretFrom (one trailing
+// newline of a file is not part of it); a file is read once and again
+// when it changes, so a rotated file applies at the next attempt.
 //
 // A Go receiver can call Verify, which does all of the above. Without
 // this package:

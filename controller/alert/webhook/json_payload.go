@@ -24,20 +24,29 @@ type Payload struct {
 
 // PayloadAlert is the alert in a json payload.
 type PayloadAlert struct {
-	ID           int64    `json:"id"`
-	Rule         string   `json:"rule"`
-	Severity     string   `json:"severity"`
-	State        string   `json:"state"`
-	Count        uint64   `json:"count"`
-	Source       Endpoint `json:"source"`
-	Destination  Endpoint `json:"destination"`
-	Port         uint16   `json:"port"`
-	Protocol     string   `json:"protocol"`
-	Verdict      string   `json:"verdict"`
-	DecidingRule string   `json:"decidingRule"`
-	Node         string   `json:"node"`
-	FirstSeen    string   `json:"firstSeen"`
-	LastSeen     string   `json:"lastSeen"`
+	ID          int64    `json:"id"`
+	Rule        string   `json:"rule"`
+	Severity    string   `json:"severity"`
+	State       string   `json:"state"`
+	Count       uint64   `json:"count"`
+	Source      Endpoint `json:"source"`
+	Destination Endpoint `json:"destination"`
+	// Port is the first destination port seen; Ports the first distinct
+	// ones seen (at most MaxPorts), in order; PortCount how many
+	// distinct ports the alert covers in all.
+	Port      uint16   `json:"port"`
+	Ports     []uint16 `json:"ports"`
+	PortCount int      `json:"portCount"`
+	// Folded is, on a rule's summary alert (source and destination
+	// "*"), how many (source, destination, protocol) runs it stands for
+	// beyond the rule's cap of live alerts; 0 on every other alert.
+	Folded       uint64 `json:"folded"`
+	Protocol     string `json:"protocol"`
+	Verdict      string `json:"verdict"`
+	DecidingRule string `json:"decidingRule"`
+	Node         string `json:"node"`
+	FirstSeen    string `json:"firstSeen"`
+	LastSeen     string `json:"lastSeen"`
 	// URL is the alert's dashboard page, "" when the controller has no
 	// external URL configured.
 	URL string `json:"url"`
@@ -67,7 +76,8 @@ func EncodeJSON(m Message) ([]byte, error) {
 			ID: a.ID, Rule: a.Rule, Severity: a.Severity, State: a.State, Count: a.Count,
 			Source:      endpoint(srcName(a), a.SrcWorkload, a.SrcAddr, a.SrcLabels),
 			Destination: endpoint(dstName(a), a.DstWorkload, a.DstAddr, a.DstLabels),
-			Port:        a.Port, Protocol: a.Protocol, Verdict: a.Verdict, DecidingRule: a.DecidingRule,
+			Port:        a.Port, Ports: ports(a), PortCount: max(a.PortCount, 1), Folded: a.Folded,
+			Protocol: a.Protocol, Verdict: a.Verdict, DecidingRule: a.DecidingRule,
 			Node: a.Node, FirstSeen: timestamp(a.FirstSeen), LastSeen: timestamp(a.LastSeen), URL: m.Link,
 		},
 	}
@@ -76,6 +86,15 @@ func EncodeJSON(m Message) ([]byte, error) {
 		return nil, fmt.Errorf("json payload of alert %d: %w", a.ID, err)
 	}
 	return b, nil
+}
+
+// ports is an alert's port sample, never null: an alert stored before
+// alerts had one lists its one port.
+func ports(a store.Alert) []uint16 {
+	if len(a.Ports) == 0 {
+		return []uint16{a.Port}
+	}
+	return a.Ports
 }
 
 func endpoint(name, workload string, addr netip.Addr, labels map[string]string) Endpoint {

@@ -51,12 +51,28 @@ func endName(workload string, addr netip.Addr, stored string) string {
 func srcName(a store.Alert) string { return endName(a.SrcWorkload, a.SrcAddr, a.Source) }
 func dstName(a store.Alert) string { return endName(a.DstWorkload, a.DstAddr, a.Destination) }
 
-// portProto is "22/TCP", or the protocol alone for ICMP (no port).
+// portProto is "22/TCP", or the protocol alone for ICMP (no port); an
+// alert over several ports says how many: "22/TCP and 1999 more ports".
 func portProto(a store.Alert) string {
 	if a.Port == 0 && strings.HasPrefix(a.Protocol, "ICMP") {
 		return a.Protocol
 	}
-	return strconv.Itoa(int(a.Port)) + "/" + a.Protocol
+	s := strconv.Itoa(int(a.Port)) + "/" + a.Protocol
+	if a.PortCount > 1 {
+		s += " and " + strconv.Itoa(a.PortCount-1) + " more port"
+		if a.PortCount > 2 {
+			s += "s"
+		}
+	}
+	return s
+}
+
+// foldedNote says what a summary alert stands for ("" for the others).
+func foldedNote(a store.Alert) string {
+	if a.Folded == 0 {
+		return ""
+	}
+	return " (summary of " + strconv.FormatUint(a.Folded, 10) + " source/destination pairs beyond the rule's cap of live alerts)"
 }
 
 // timestamp formats times in payloads: RFC 3339 in UTC, with fractional

@@ -54,7 +54,7 @@ func TestPassSleep(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sched := newScheduler(4, time.Hour, func(int) time.Duration { return time.Minute })
+			sched := newScheduler(4, time.Hour, func(int) time.Duration { return time.Minute }, 0, 0)
 			if tc.inflight {
 				if p := sched.take(now, []store.Delivery{inFlight}); len(p.start) != 1 {
 					t.Fatal("not started")

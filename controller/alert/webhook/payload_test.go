@@ -54,7 +54,8 @@ var (
 	}
 	jsonAlertFields = map[string]string{
 		"id": "integer", "rule": "string", "severity": "string", "state": "string", "count": "integer",
-		"source": "endpoint", "destination": "endpoint", "port": "integer", "protocol": "string",
+		"source": "endpoint", "destination": "endpoint", "port": "integer", "ports": "integers",
+		"portCount": "integer", "folded": "integer", "protocol": "string",
 		"verdict": "string", "decidingRule": "string", "node": "string", "firstSeen": "time", "lastSeen": "time",
 		"url": "string",
 	}
@@ -119,6 +120,16 @@ func checkFields(t *testing.T, prefix string, obj map[string]any, want map[strin
 			if n, ok := v.(json.Number); !ok || !digits.MatchString(string(n)) {
 				t.Errorf("%s = %#v, want a non-negative integer", field, v)
 			}
+		case "integers":
+			l, ok := v.([]any)
+			if !ok || len(l) == 0 {
+				t.Errorf("%s = %#v, want a non-empty list of integers", field, v)
+			}
+			for _, e := range l {
+				if n, ok := e.(json.Number); !ok || !digits.MatchString(string(n)) {
+					t.Errorf("%s has %#v, want a non-negative integer", field, e)
+				}
+			}
 		case "object", "endpoint":
 			if _, ok := v.(map[string]any); !ok {
 				t.Errorf("%s = %#v, want an object", field, v)
@@ -159,6 +170,12 @@ func TestJSONPayload(t *testing.T) {
 	managed.SrcLabels = map[string]string{"role": "client"}
 	resolved := sshAlert()
 	resolved.State, resolved.ResolvedAt, resolved.ResolvedBy = store.AlertResolved, t0.Add(7*time.Minute), "window"
+	scanned := sshAlert()
+	scanned.Port, scanned.Ports, scanned.PortCount = 1, []uint16{1, 2, 3}, 2000
+	summary := sshAlert()
+	summary.Source, summary.Destination, summary.Folded = "*", "*", 12
+	summary.SrcAddr, summary.DstAddr, summary.SrcWorkload, summary.DstWorkload = netip.Addr{}, netip.Addr{}, "", ""
+	summary.DstLabels = nil
 	noLink := message(store.EventFiring, sshAlert())
 	noLink.Link = ""
 	otherZone := message(store.EventFiring, sshAlert())
@@ -194,6 +211,15 @@ func TestJSONPayload(t *testing.T) {
 			"event": "resolved", "alert.state": "resolved",
 		}},
 		{"no dashboard", noLink, map[string]any{"alert.url": ""}},
+		{"one port", message(store.EventFiring, sshAlert()), map[string]any{
+			"alert.port": "22", "alert.ports": []any{22}, "alert.portCount": "1", "alert.folded": "0",
+		}},
+		{"a scan", message(store.EventFiring, scanned), map[string]any{
+			"alert.port": "1", "alert.ports": []any{1, 2, 3}, "alert.portCount": "2000", "alert.folded": "0",
+		}},
+		{"a summary alert", message(store.EventFiring, summary), map[string]any{
+			"alert.source.name": "*", "alert.source.address": "", "alert.destination.name": "*", "alert.folded": "12",
+		}},
 		{"times in UTC", otherZone, map[string]any{"sentAt": "2026-05-01T12:02:00Z"}},
 	}
 	for _, tc := range tests {

@@ -22,6 +22,12 @@ import (
 //   - a failing webhook is tried again with one probe, the due delivery
 //     with the fewest attempts, so one delivery the receiver always
 //     refuses cannot keep the webhook failing for the others.
+//
+// And each webhook has a token bucket (rate, burst): an attempt takes a
+// token, and a due delivery finding none waits in the outbox, pending,
+// until one is there (it is never given up for waiting: give-up counts
+// failed attempts' time only, so a storm delays deliveries, never loses
+// them).
 type scheduler struct {
 	concurrency int
 	perWebhook  int
@@ -31,6 +37,40 @@ type scheduler struct {
 	hookBackoff func(n int) time.Duration
 	inflight    map[int64]bool
 	hooks       map[string]*hookState
+	// rate (attempts per second, <= 0: unlimited) and burst configure
+	// buckets, one per webhook that was attempted.
+	rate    float64
+	burst   float64
+	buckets map[string]*bucket
+}
+
+// bucket is a token bucket: tokens at last, refilled at the scheduler's
+// rate up to its burst.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// take takes a token if there is one; else it returns how long until
+// there is.
+func (s *scheduler) takeToken(name string, now time.Time) (bool, time.Duration) {
+	if s.rate <= 0 {
+		return true, 0
+	}
+	b := s.buckets[name]
+	if b == nil {
+		b = &bucket{tokens: s.burst, last: now}
+		s.buckets[name] = b
+	}
+	if now.After(b.last) {
+		b.tokens = min(s.burst, b.tokens+now.Sub(b.last).Seconds()*s.rate)
+		b.last = now
+	}
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	return false, time.Duration((1 - b.tokens) / s.rate * float64(time.Second))
 }
 
 // hookState is what the scheduler knows of one webhook. It lives in
@@ -46,13 +86,19 @@ type hookState struct {
 // plan is what take decided: attempts to start, and deliveries to write
 // back without an attempt.
 type plan struct {
-	start  []store.Delivery
-	hold   []store.Delivery // NextAttempt and LastError updated
-	giveUp []store.Delivery // held past GiveUpAfter: State gave-up
+	// rateWait, when some due delivery waits for its webhook's rate
+	// limit, is how long until the first of them may go.
+	rateWait time.Duration
+	start    []store.Delivery
+	hold     []store.Delivery // NextAttempt and LastError updated
+	giveUp   []store.Delivery // held past GiveUpAfter: State gave-up
 }
 
-func newScheduler(concurrency int, giveUpAfter time.Duration, hookBackoff func(int) time.Duration) *scheduler {
+func newScheduler(concurrency int, giveUpAfter time.Duration, hookBackoff func(int) time.Duration, rate float64, burst int) *scheduler {
 	return &scheduler{
+		rate:        rate,
+		burst:       float64(max(burst, 1)),
+		buckets:     map[string]*bucket{},
 		concurrency: concurrency,
 		perWebhook:  max(1, concurrency/2),
 		giveUpAfter: giveUpAfter,
@@ -101,6 +147,12 @@ func (s *scheduler) take(now time.Time, due []store.Delivery) plan {
 				continue
 			}
 		} else if h != nil && h.inflight >= s.perWebhook {
+			continue
+		}
+		if ok, wait := s.takeToken(dl.Webhook, now); !ok {
+			if p.rateWait == 0 || wait < p.rateWait {
+				p.rateWait = max(wait, time.Millisecond)
+			}
 			continue
 		}
 		if h == nil {

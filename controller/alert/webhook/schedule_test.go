@@ -70,7 +70,7 @@ func TestSchedulerCaps(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newScheduler(tc.concurrency, time.Hour, minutes)
+			s := newScheduler(tc.concurrency, time.Hour, minutes, 0, 0)
 			p := s.take(schedT0, tc.due)
 			if got := perHook(p.start); !maps.Equal(got, tc.want) {
 				t.Errorf("started %v, want %v", got, tc.want)
@@ -117,7 +117,7 @@ func TestSchedulerCaps(t *testing.T) {
 // rest.
 func TestSchedulerFailingWebhook(t *testing.T) {
 	const giveUp = 30 * time.Minute
-	s := newScheduler(8, giveUp, minutes)
+	s := newScheduler(8, giveUp, minutes, 0, 0)
 	now := schedT0.Add(10 * time.Minute)
 
 	first := dues(1, "down")[0]
@@ -212,7 +212,7 @@ func TestSchedulerRetryAfterHoldsWebhook(t *testing.T) {
 		{10 * time.Minute, 10 * time.Minute},
 	} {
 		t.Run(fmt.Sprint(tc.retryAfter), func(t *testing.T) {
-			s := newScheduler(8, time.Hour, minutes)
+			s := newScheduler(8, time.Hour, minutes, 0, 0)
 			d := dues(1, "a")[0]
 			s.take(schedT0, []store.Delivery{d})
 			s.done(result{d: d, outcome: OutcomeRetry, failing: true, err: "HTTP 429 Too Many Requests", retryAfter: tc.retryAfter}, schedT0)
@@ -235,7 +235,7 @@ func TestSchedulerNotFailing(t *testing.T) {
 		{outcome: OutcomeDelivered},
 	} {
 		t.Run(fmt.Sprintf("%s/%q", r.outcome, r.err), func(t *testing.T) {
-			s := newScheduler(4, time.Hour, minutes)
+			s := newScheduler(4, time.Hour, minutes, 0, 0)
 			d := dues(1, "a")[0]
 			s.take(schedT0, []store.Delivery{d})
 			r.d = d
@@ -251,5 +251,59 @@ func TestSchedulerNotFailing(t *testing.T) {
 				t.Errorf("idle healthy scheduler remembers hooks %v, in flight %v", s.hooks, s.inflight)
 			}
 		})
+	}
+}
+
+// TestSchedulerRateLimit: a webhook gets its burst at once, then one
+// attempt per 1/rate; the rest wait (not held, not given up, nothing
+// written), other webhooks are not slowed, and the plan says when the
+// next may go.
+func TestSchedulerRateLimit(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	s := newScheduler(100, time.Hour, minutes, 2, 3) // 2/s, burst 3
+	var due []store.Delivery
+	for i := range 10 {
+		due = append(due, store.Delivery{ID: int64(i + 1), AlertID: int64(i + 1), Webhook: "busy",
+			Event: store.EventFiring, State: store.DeliveryPending, NextAttempt: now, Created: now.Add(-2 * time.Hour)})
+	}
+	due = append(due, store.Delivery{ID: 99, AlertID: 99, Webhook: "quiet", Event: store.EventFiring,
+		State: store.DeliveryPending, NextAttempt: now, Created: now})
+	started := map[int64]bool{}
+	take := func(at time.Time) plan {
+		t.Helper()
+		var left []store.Delivery
+		for _, d := range due {
+			if !started[d.ID] {
+				left = append(left, d)
+			}
+		}
+		p := s.take(at, left)
+		if len(p.hold)+len(p.giveUp) != 0 {
+			t.Errorf("at %v: held %d, gave up %d; rate-limited deliveries just wait", at.Sub(now), len(p.hold), len(p.giveUp))
+		}
+		for _, d := range p.start {
+			started[d.ID] = true
+			s.done(result{d: d, outcome: OutcomeDelivered}, at)
+		}
+		return p
+	}
+	p := take(now)
+	if len(p.start) != 4 || p.start[3].Webhook != "quiet" {
+		t.Errorf("first pass started %d (%v), want the burst of 3 and the quiet webhook's", len(p.start), p.start)
+	}
+	if p.rateWait != 500*time.Millisecond {
+		t.Errorf("rate wait %v, want 500ms", p.rateWait)
+	}
+	if p := take(now.Add(100 * time.Millisecond)); len(p.start) != 0 {
+		t.Errorf("100ms on: started %d, want none", len(p.start))
+	}
+	if p := take(now.Add(time.Second)); len(p.start) != 2 {
+		t.Errorf("1s on: started %d, want 2", len(p.start))
+	}
+	if p := take(now.Add(time.Hour)); len(p.start) != 3 {
+		t.Errorf("an hour on: started %d, want the burst of 3", len(p.start))
+	}
+	if p := take(now.Add(time.Hour + 2*time.Second)); len(p.start) != 2 || len(started) != len(due) {
+		t.Errorf("then: started %d, %d of %d in all", len(p.start), len(started), len(due))
 	}
 }

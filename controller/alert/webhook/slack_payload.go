@@ -63,6 +63,9 @@ func EncodeSlack(m Message) ([]byte, error) {
 	fmt.Fprintf(&details, "*%s* → *%s* `%s`\n", slackEscape(srcName(a)), slackEscape(dstName(a)), slackEscape(portProto(a)))
 	fmt.Fprintf(&details, "Verdict: *%s* by `%s` on node %s\n", slackEscape(a.Verdict), slackEscape(a.DecidingRule), slackEscape(a.Node))
 	fmt.Fprintf(&details, "Count: %d, first seen %s, last seen %s", a.Count, slackDate(a.FirstSeen), slackDate(a.LastSeen))
+	if note := foldedNote(a); note != "" {
+		details.WriteString(slackEscape(note))
+	}
 	if m.Event == store.EventResolved && !a.ResolvedAt.IsZero() {
 		fmt.Fprintf(&details, ", resolved %s", slackDate(a.ResolvedAt))
 	}

@@ -91,6 +91,13 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.Float64Var(&o.AgentFlowRate, "agent-flow-rate", flowingest.DefaultAgentFlowRate, "flow records per second each agent may send (0: unlimited); beyond it batches wait in the agent's spool")
 	fs.StringVar(&o.ExternalURL, "external-url", "", "the dashboard's URL as the security team reaches it, for links in alerts (default: the HTTP listener's)")
 	fs.DurationVar(&o.WebhookGiveUp, "webhook-give-up", webhook.DefaultGiveUpAfter, "stop retrying a webhook delivery this long after the alert queued it (recorded as gave-up)")
+	fs.Float64Var(&o.WebhookRate, "webhook-rate", webhook.DefaultRate, "deliveries per second to each webhook (0: unlimited); beyond it (and --webhook-burst) deliveries wait in the outbox, none is lost")
+	fs.IntVar(&o.WebhookBurst, "webhook-burst", webhook.DefaultBurst, "deliveries one webhook may get at once before --webhook-rate applies")
+	fs.IntVar(&o.AlertMaxLivePerRule, "alert-max-live-per-rule", alert.DefaultMaxLivePerRule, "live alerts one rule may have; further source/destination pairs are folded into the rule's summary alert")
+	fs.IntVar(&o.AlertMaxResolved, "alert-max-resolved", alert.DefaultMaxResolved, "resolved alerts kept (besides --alert-retention); the oldest go first")
+	fs.IntVar(&o.WebhookOutboxMax, "webhook-outbox-max", alert.DefaultMaxFinishedDeliveries, "finished (delivered or given-up) webhook deliveries kept; the oldest go first, pending ones never")
+	fs.BoolVar(&o.WebhookAllowPrivate, "webhook-allow-private", false, "let webhooks reach loopback and link-local addresses (127.0.0.0/8, ::1, 169.254.0.0/16 with cloud metadata, fe80::/10); private RFC 1918 ranges are allowed without it")
+	fs.StringVar(&o.SecretsDir, "secrets-dir", "", "directory of the files webhooks' secretFrom.file names (regular files, at most 4KiB, relative names)")
 	fs.BoolVar(&o.AlertOnDenied, "alert-on-denied", false, "raise an alert (rule "+alert.BuiltinDeniedRule+") for every denied flow, in addition to the AlertRules")
 	fs.Var((*cliflag.List)(&o.DeniedNotify), "alert-on-denied-notify", "webhooks (by name) that --alert-on-denied alerts go to (repeatable, comma-separated)")
 	fs.StringVar(&o.DeniedSeverity, "alert-on-denied-severity", "warning", "severity of --alert-on-denied alerts: info, warning or critical")
@@ -143,6 +150,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	if err := controller.Run(ctx, f.Options, log); err != nil {
 		log.Error("controller failed", zap.Error(err))
+		if errors.Is(err, controller.ErrBadFlag) {
+			fmt.Fprintf(stderr, "eastguard-controller: %v\n", err)
+			return exitUsage
+		}
 		return exitFailure
 	}
 	return exitOK

@@ -3,8 +3,10 @@ package main
 import (
 	"io"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/internal/testutil"
 )
 
@@ -36,4 +38,20 @@ func TestParseFlags(t *testing.T) {
 // and exits 0, needing no other flag.
 func TestVersion(t *testing.T) {
 	testutil.CheckVersionFlag(t, "eastguard-controller", &version, run)
+}
+
+// TestUnknownNotifyWebhookExits2: --alert-on-denied-notify naming a
+// webhook the stored policy does not define (it defines others) stops
+// the controller at start with exit 2 and the name. Before, it started
+// and the built-in alerts went nowhere.
+func TestUnknownNotifyWebhookExits2(t *testing.T) {
+	h := controllertest.New(t)
+	h.Apply("apiVersion: eastguard.dev/v1\nkind: Webhook\nmetadata: {name: ops}\nspec: {url: https://hooks.example.com/ops}\n")
+	h.Stop()
+	var stderr strings.Builder
+	code := run([]string{"--data-dir", h.Dir, "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+		"--alert-on-denied", "--alert-on-denied-notify", "nosuch", "--log-format", "console"}, io.Discard, &stderr)
+	if code != exitUsage || !strings.Contains(stderr.String(), `--alert-on-denied-notify names webhook "nosuch", which the policy does not define (it defines ops)`) {
+		t.Errorf("exit %d, stderr:\n%s", code, stderr.String())
+	}
 }

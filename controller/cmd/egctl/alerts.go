@@ -84,7 +84,7 @@ Examples:
 			fmt.Fprintln(tw, "ID\tSTATE\tSEVERITY\tRULE\tSOURCE\tDESTINATION\tPORT\tCOUNT\tFIRST-SEEN\tLAST-SEEN")
 			for _, a := range list {
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.State, dash(a.Severity), a.Rule,
-					dash(a.Source), dash(a.Destination), portProto(a.Port, a.Protocol), a.Count,
+					dash(a.Source), dash(a.Destination), alertPorts(a), a.Count,
 					a.FirstSeen.Local().Format(time.DateTime), a.LastSeen.Local().Format(time.DateTime))
 			}
 			tw.Flush()
@@ -128,7 +128,7 @@ Examples:
 			if !a.AcknowledgedAt.IsZero() {
 				fmt.Fprintf(e.stdout, " at %s", a.AcknowledgedAt.Local().Format(time.DateTime))
 			}
-			fmt.Fprintf(e.stdout, " (%s: %s -> %s %s)\n", a.Rule, dash(a.Source), dash(a.Destination), portProto(a.Port, a.Protocol))
+			fmt.Fprintf(e.stdout, " (%s: %s -> %s %s)\n", a.Rule, dash(a.Source), dash(a.Destination), alertPorts(a))
 			return exitOK
 		}
 	},
@@ -144,4 +144,14 @@ func portProto(port uint16, proto string) string {
 		return strconv.Itoa(int(port))
 	}
 	return strconv.Itoa(int(port)) + "/" + proto
+}
+
+// alertPorts is the alert's port and protocol, "22/TCP", with the number
+// of other ports when it covers several: "1/TCP +1999".
+func alertPorts(a apiclient.Alert) string {
+	s := portProto(a.Port, a.Protocol)
+	if a.PortCount > 1 {
+		s += fmt.Sprintf(" +%d", a.PortCount-1)
+	}
+	return s
 }

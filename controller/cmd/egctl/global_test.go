@@ -58,6 +58,7 @@ func TestGlobalFlagsBeforeCommand(t *testing.T) {
 func TestGetAgentsYAML(t *testing.T) {
 	conf := controller(t)
 	t.Setenv(envConfig, conf)
+	t.Setenv("EASTGUARD_WEBHOOK_SECRET", "s3cret") // shop's webhook signs with it
 	if code, out, errs := egctl(t, "apply", "-f", shop); code != exitOK {
 		t.Fatalf("apply: exit %d\n%s\n%s", code, out, errs)
 	}

@@ -29,7 +29,7 @@ const (
 // --version.
 var version = "dev"
 
-var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd, adminTokenCmd}
+var commands = []*command{validateCmd, compileCmd, explainCmd, applyCmd, getCmd, deleteCmd, agentsCmd, agentCmd, webhooksCmd, flowsCmd, alertsCmd, alertCmd, tokenCmd, adminTokenCmd}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))

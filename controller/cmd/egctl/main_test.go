@@ -79,6 +79,15 @@ func TestValidate(t *testing.T) {
 	if code != exitOK || !strings.Contains(errs, warn+":7:14: rules[0].from[0].selector: warning: selector {role=nobody} matches no workload") {
 		t.Errorf("warnings only: exit %d, stderr:\n%s", code, errs)
 	}
+	// A webhook secret from a variable not named EASTGUARD_... is refused
+	// with its path: the controller's environment is not a secret store
+	// for policy authors.
+	env := filepath.Join(dir, "env.yaml")
+	writeFile(t, env, "apiVersion: eastguard.dev/v1\nkind: Webhook\nmetadata: {name: h}\nspec:\n  url: https://hooks.example.com/x\n  secretFrom: {env: AWS_SECRET_ACCESS_KEY}\n")
+	code, out, errs = egctl(t, "validate", env)
+	if want := env + `:6:21: secretFrom.env: "AWS_SECRET_ACCESS_KEY": a secret's environment variable must be named EASTGUARD_...`; code != exitBadInput || out != "" || !strings.Contains(errs, want) {
+		t.Errorf("secret env without the prefix: exit %d, stdout %q, stderr does not hold\n  %s\ngot\n%s", code, out, want, errs)
+	}
 	code, out, _ = egctl(t, "validate", "--sizes", shop)
 	if code != exitOK || !strings.Contains(out, "node-b: endpoints 2/4096, ipcache 9/131072, policy 13/262144") {
 		t.Errorf("--sizes: exit %d\n%s", code, out)

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
 
@@ -36,7 +41,15 @@ func TestOnlineCommands(t *testing.T) {
 	conf := controller(t)
 	t.Setenv(envConfig, conf)
 
+	// shop's Webhook signs with $EASTGUARD_WEBHOOK_SECRET: refused, with
+	// the path, while the controller's environment lacks it.
+	os.Unsetenv("EASTGUARD_WEBHOOK_SECRET")
 	code, out, errs := egctl(t, "apply", "-f", shop)
+	if want := shop + ":8:21: secretFrom.env: secret env EASTGUARD_WEBHOOK_SECRET is not set in the controller's environment"; code != exitBadInput || !strings.Contains(errs, want) {
+		t.Fatalf("apply with the secret's variable unset: exit %d\n%s\n%s\nwant %s", code, out, errs, want)
+	}
+	t.Setenv("EASTGUARD_WEBHOOK_SECRET", "s3cret") // the in-process controller's environment
+	code, out, errs = egctl(t, "apply", "-f", shop)
 	if code != exitOK || !strings.Contains(out, "Policy/shop created") || !strings.Contains(out, "node node-a: rule set version 1") {
 		t.Fatalf("apply: exit %d\n%s\n%s", code, out, errs)
 	}
@@ -99,6 +112,51 @@ func TestOnlineCommands(t *testing.T) {
 	}
 	if code, _, errs = egctl(t, "agent", "revoke", "nobody"); code != exitBadInput || !strings.Contains(errs, "no such node") {
 		t.Errorf("revoke an unknown node: exit %d\n%s", code, errs)
+	}
+}
+
+// TestOnlineWebhooks: egctl webhooks shows each webhook's last delivery,
+// last error, pending and given-up counts (GET /api/v1/webhooks).
+func TestOnlineWebhooks(t *testing.T) {
+	conf, h := controllerWithStore(t)
+	t.Setenv(envConfig, conf)
+	t.Setenv("EASTGUARD_WEBHOOK_SECRET", "s3cret")
+	if code, out, errs := egctl(t, "apply", "-f", shop); code != exitOK {
+		t.Fatalf("apply: exit %d\n%s%s", code, out, errs)
+	}
+	now := time.Now()
+	a := &store.Alert{Rule: "ssh", Key: "k", State: store.AlertOpen, Port: 22, Protocol: "TCP", FirstSeen: now, LastSeen: now,
+		Window: time.Hour, Created: now}
+	h.InsertAlerts(a)
+	ds := []store.Delivery{
+		{AlertID: a.ID, Webhook: "security-team", Event: store.EventFiring, NextAttempt: now.Add(time.Hour), Created: now},
+		{AlertID: a.ID, Webhook: "security-team", Event: store.EventFiring, NextAttempt: now, Created: now},
+		{AlertID: a.ID, Webhook: "security-team", Event: store.EventFiring, NextAttempt: now, Created: now},
+	}
+	if err := h.St.EventTx(context.Background(), func(tx store.EventTx) error { return tx.AddDeliveries(ds) }); err != nil {
+		t.Fatal(err)
+	}
+	ds[1].State, ds[1].Finished, ds[1].Attempts = store.DeliveryDelivered, now, 1
+	ds[2].State, ds[2].Finished, ds[2].Attempts, ds[2].LastError = store.DeliveryGaveUp, now, 9, "HTTP 500 Internal Server Error"
+	for _, d := range ds[1:] {
+		if err := h.St.UpdateDelivery(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, _ := egctl(t, "webhooks", "-o", "json")
+	var hooks []apiclient.WebhookView
+	if code != exitOK || json.Unmarshal([]byte(out), &hooks) != nil || len(hooks) != 1 {
+		t.Fatalf("webhooks -o json: exit %d\n%s", code, out)
+	}
+	if w := hooks[0]; w.Name != "security-team" || w.Pending != 1 || w.GaveUp != 1 || w.LastError != "HTTP 500 Internal Server Error" ||
+		!w.LastDelivered.Equal(now) {
+		t.Errorf("webhooks -o json: %+v", w)
+	}
+	code, out, _ = egctl(t, "webhooks")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != exitOK || len(lines) != 2 || !strings.HasPrefix(lines[0], "NAME") ||
+		!regexp.MustCompile(`^security-team\s+json\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+1\s+1\s+HTTP 500 Internal Server Error$`).MatchString(lines[1]) {
+		t.Errorf("webhooks: exit %d\n%s", code, out)
 	}
 }
 
