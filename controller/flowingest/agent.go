@@ -44,7 +44,10 @@ func (a *Agent) Submit(b *pb.FlowBatch, rules func(ruleset.RuleID) string, reply
 		return refuse("busy", fmt.Sprintf("%d batches of this agent are being stored; send this one later", MaxInFlight), true)
 	}
 	now := in.now()
-	if !a.bucket.take(len(b.GetRecords()), now) {
+	// Every batch costs at least one token: an empty one still costs a
+	// share of a store transaction and an ack, so a flood of them is
+	// limited like a flood of records.
+	if !a.bucket.take(max(1, len(b.GetRecords())), now) {
 		if now.Sub(a.lastLog) > time.Minute {
 			a.lastLog = now
 			a.log.Warn("agent sends flow records faster than its rate limit; its batches wait in its spool",
