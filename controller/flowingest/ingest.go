@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,7 +71,10 @@ type batch struct {
 	seq     uint64
 	lost    uint64
 	recs    []flowrecord.Record
-	reply   func(*pb.FlowAck)
+	// notLocal counts the records dropped from the batch for having no
+	// end on the agent's node; counted once the batch is stored.
+	notLocal int
+	reply    func(*pb.FlowAck)
 }
 
 // Ingester is the single writer of the event store: flow batches, the
@@ -84,6 +88,9 @@ type Ingester struct {
 	now    func() time.Time
 	m      *metrics
 	engine *alert.Engine
+	// owners names flow ends and says which node each managed address is
+	// on; replaced whole with each policy.
+	owners atomic.Pointer[owners]
 	queue  chan *batch
 	// kick tells the webhook deliverer that deliveries were queued; set
 	// before Run.
@@ -115,7 +122,7 @@ func New(cfg Config) *Ingester {
 	if cfg.AlertRefresh <= 0 {
 		cfg.AlertRefresh = alert.DefaultRefreshInterval
 	}
-	return &Ingester{
+	in := &Ingester{
 		cfg:    cfg,
 		st:     cfg.Store,
 		log:    cfg.Log,
@@ -125,14 +132,19 @@ func New(cfg Config) *Ingester {
 		queue:  make(chan *batch, queueLen),
 		kick:   func() {},
 	}
+	in.owners.Store(&owners{})
+	return in
 }
 
 // OnDeliveries sets what is called when alerts queued webhook deliveries.
 // Call it before Run.
 func (in *Ingester) OnDeliveries(kick func()) { in.kick = kick }
 
-// SetPolicy gives the alert engine the policy in force.
+// SetPolicy gives the alert engine, and the checks of where flows were
+// seen, the policy in force.
 func (in *Ingester) SetPolicy(set *policy.Set) {
+	o := newOwners(set)
+	in.owners.Store(&o)
 	in.engine.SetPolicy(alert.NewPolicy(set, in.cfg.BuiltinAlerts))
 }
 
@@ -247,6 +259,9 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 	}
 	for i, b := range group {
 		in.m.flowBatches.WithLabelValues(results[i]).Inc()
+		if results[i] == "stored" && b.notLocal > 0 {
+			in.m.recordsRefused.WithLabelValues("not_local").Add(float64(b.notLocal))
+		}
 		if results[i] == "stored" && b.lost > 0 {
 			in.m.flowsLost.Add(float64(b.lost))
 			in.log.Warn("agent reports flow records it had to drop", zap.String("node", b.agent.node), zap.Uint64("lost", b.lost))
