@@ -41,6 +41,12 @@ const (
 	// pruneChunk bounds the rows one housekeeping pass deletes, so that
 	// retention never stalls ingestion for long.
 	pruneChunk = 50000
+	// maxSpools bounds the spool positions kept per node: an agent has one
+	// spool (a new id only when its state directory is lost), so the cap
+	// only ever bites an agent that makes up spool ids to grow the store.
+	// The least recently used are forgotten (a batch of a forgotten spool
+	// sent again would be stored twice).
+	maxSpools = 16
 )
 
 // Config configures an Ingester. Zero values take the defaults.
@@ -97,6 +103,10 @@ type Ingester struct {
 	kick func()
 	// lastSize is when the store's size was last measured.
 	lastSize time.Time
+	// forgotLog is when the writer last logged, per node, that spool
+	// positions were forgotten (a node cycling spool ids would otherwise
+	// log at every transaction). Owned by the writer goroutine.
+	forgotLog map[string]time.Time
 }
 
 // New returns an ingester; Run serves it.
@@ -131,6 +141,8 @@ func New(cfg Config) *Ingester {
 		engine: alert.NewEngine(nil, cfg.AlertRefresh),
 		queue:  make(chan *batch, queueLen),
 		kick:   func() {},
+
+		forgotLog: make(map[string]time.Time),
 	}
 	in.owners.Store(&owners{})
 	return in
@@ -199,10 +211,14 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 	var pend alert.Pending
 	results := make([]string, len(group))
 	stored := 0
+	var forgot []forgotten
 	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
 		pend = alert.Pending{}
 		stored = 0
 		positions := make(map[[2]any]*store.SpoolPosition)
+		// newSpools are the nodes with a spool position created here: they
+		// may now be over maxSpools.
+		newSpools := make(map[string]bool)
 		for i, b := range group {
 			k := [2]any{b.agent.node, b.spoolID}
 			pos := positions[k]
@@ -210,6 +226,9 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 				p, err := tx.SpoolPosition(b.agent.node, b.spoolID)
 				if err != nil {
 					return err
+				}
+				if p.Updated.IsZero() {
+					newSpools[b.agent.node] = true
 				}
 				pos = &p
 				positions[k] = pos
@@ -237,6 +256,16 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 				return err
 			}
 		}
+		forgot = forgot[:0]
+		for node := range newSpools {
+			ids, err := tx.ForgetSpools(node, maxSpools)
+			if err != nil {
+				return err
+			}
+			if len(ids) > 0 {
+				forgot = append(forgot, forgotten{node, ids})
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -250,6 +279,7 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 		return
 	}
 	in.engine.Commit(&pend)
+	in.logForgotten(forgot, now)
 	in.m.flowsIngested.Add(float64(stored))
 	for rule, n := range pend.Raised {
 		in.m.alertsRaised.WithLabelValues(rule).Add(float64(n))
@@ -267,6 +297,25 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 			in.log.Warn("agent reports flow records it had to drop", zap.String("node", b.agent.node), zap.Uint64("lost", b.lost))
 		}
 		b.reply(&pb.FlowAck{Seq: b.seq})
+	}
+}
+
+// forgotten are the spool ids of a node whose positions were forgotten.
+type forgotten struct {
+	node string
+	ids  []uint64
+}
+
+// logForgotten says which spool positions were forgotten, at most once a
+// minute per node.
+func (in *Ingester) logForgotten(forgot []forgotten, now time.Time) {
+	for _, f := range forgot {
+		if now.Sub(in.forgotLog[f.node]) < time.Minute {
+			continue
+		}
+		in.forgotLog[f.node] = now
+		in.log.Warn("agent uses more flow spools than the controller keeps positions for; the least recently used are forgotten",
+			zap.String("node", f.node), zap.Int("spools-kept", maxSpools), zap.Uint64s("forgotten-spool-ids", f.ids))
 	}
 }
 
@@ -314,6 +363,12 @@ func (in *Ingester) retain(ctx context.Context, now time.Time) {
 		in.lastSize = now
 		if _, err := in.st.PruneAlerts(ctx, now.Add(-cfg.AlertRetention)); err != nil {
 			in.log.Error("alert retention failed", zap.Error(err))
+		}
+		// The position of a spool silent for longer than the flow
+		// retention protects nothing: a batch of it sent again that late
+		// holds flows that retention deletes anyway.
+		if _, err := in.st.PruneSpoolPositions(ctx, now.Add(-cfg.FlowRetention)); err != nil {
+			in.log.Error("spool position retention failed", zap.Error(err))
 		}
 	}
 	size, flows, err := in.st.EventStoreSize(ctx)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,6 +75,8 @@ type testIngester struct {
 	*Ingester
 	st  *store.SQLite
 	reg *prometheus.Registry
+	// stop stops the writer (the test may then call its methods itself).
+	stop func()
 }
 
 func startIngester(t *testing.T, cfg Config) *testIngester {
@@ -93,14 +96,14 @@ func startIngester(t *testing.T, cfg Config) *testIngester {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { in.Run(ctx); close(done) }()
+	stop := func() { cancel(); <-done }
 	t.Cleanup(func() {
-		cancel()
-		<-done
+		stop()
 		if err := st.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	return &testIngester{Ingester: in, st: st, reg: reg}
+	return &testIngester{Ingester: in, st: st, reg: reg, stop: stop}
 }
 
 // send submits b for a and returns its ack: the refusal, or the writer's
@@ -216,5 +219,87 @@ func TestRecordsMustBeLocal(t *testing.T) {
 	}
 	if got := promtest.ToFloat64(ti.m.recordsRefused.WithLabelValues("not_local")); got != float64(len(forged)+1) {
 		t.Errorf("records refused as not local counted %v, want %d", got, len(forged)+1)
+	}
+}
+
+// TestSpoolIDsCapped: an agent making up a new spool id for every batch
+// leaves at most maxSpools positions (the newest) in the store, and
+// positions older than the flow retention are pruned.
+func TestSpoolIDsCapped(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(testNow.UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()).UTC() }
+	ti := startIngester(t, Config{Now: now})
+	a := ti.NewAgent("node-a", zap.NewNop())
+	b := ti.NewAgent("node-b", zap.NewNop())
+	if ack := ti.send(t, b, &pb.FlowBatch{Seq: 1, SpoolId: 5}); ack.GetError() != "" {
+		t.Fatalf("node-b's batch refused: %+v", ack)
+	}
+	const spools = 1000
+	acks := make(chan *pb.FlowAck, MaxInFlight)
+	for id := uint64(1); id <= spools; id += MaxInFlight {
+		// A window of batches in flight, so that they share transactions
+		// as an agent's do.
+		n := 0
+		for ; n < MaxInFlight && id+uint64(n) <= spools; n++ {
+			if ack := a.Submit(&pb.FlowBatch{Seq: 1, SpoolId: id + uint64(n)}, ruleNames, func(ack *pb.FlowAck) { acks <- ack }); ack != nil {
+				t.Fatalf("spool %d refused: %+v", id+uint64(n), ack)
+			}
+		}
+		for range n {
+			select {
+			case ack := <-acks:
+				a.Done()
+				if ack.GetError() != "" {
+					t.Fatalf("batch not stored: %+v", ack)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("batch not acked within 10 s")
+			}
+		}
+		clock.Add(int64(time.Millisecond))
+	}
+	kept := func(node string, ids ...uint64) []uint64 {
+		t.Helper()
+		var out []uint64
+		err := ti.st.EventTx(context.Background(), func(tx store.EventTx) error {
+			for _, id := range ids {
+				p, err := tx.SpoolPosition(node, id)
+				if err != nil {
+					return err
+				}
+				if p.High != 0 {
+					out = append(out, id)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	all := make([]uint64, spools)
+	for i := range all {
+		all[i] = uint64(i + 1)
+	}
+	got := kept("node-a", all...)
+	if len(got) > maxSpools {
+		t.Errorf("%d spool positions of node-a stored after %d spool ids, want at most %d", len(got), spools, maxSpools)
+	}
+	if !slices.Contains(got, spools) {
+		t.Errorf("the newest spool's position was forgotten: kept %v", got)
+	}
+	if len(kept("node-b", 5)) != 1 {
+		t.Error("node-b's spool forgotten because of node-a's")
+	}
+
+	// Retention: positions not updated for longer than the flow
+	// retention are pruned.
+	ti.stop()
+	clock.Add(int64(DefaultFlowRetention + time.Minute))
+	ti.retain(context.Background(), now())
+	if got := append(kept("node-a", all...), kept("node-b", 5)...); len(got) != 0 {
+		t.Errorf("spool positions older than the flow retention kept: %v", got)
 	}
 }
