@@ -194,7 +194,9 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 
 	ss := newSession(s, id.node, stream, hello)
 	ss.certExpiry.Store(id.cert.NotAfter.UnixNano())
-	if latest := s.nodes.Latest(id.node); latest != nil && hello.GetAppliedVersion() > latest.Num {
+	// Beyond the re-sync limit the version is not bumped: the agent's
+	// stale-version ack of the push that follows closes the stream.
+	if latest := s.nodes.Latest(id.node); latest != nil && hello.GetAppliedVersion() > latest.Num && s.allowResync(id.node, s.now()) {
 		if _, err := s.policy.BumpPast(ctx, id.node, hello.GetAppliedVersion()); err != nil {
 			log.Error("version conflict not resolved", zap.Error(err))
 		}

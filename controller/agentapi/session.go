@@ -19,6 +19,25 @@ import (
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
+// ResyncInterval bounds stale-version re-syncs per node: each numbers the
+// node's versions past its agent's with a new committed version
+// (policyrepo.BumpPast). An honest agent needs one after the controller's
+// data was restored from an older backup; one that keeps asking is lying,
+// and beyond one per interval its stream is closed.
+const ResyncInterval = time.Minute
+
+// allowResync reports whether node may have its versions numbered past
+// its agent's now, and if so records that it had.
+func (s *Service) allowResync(node string, now time.Time) bool {
+	ok := false
+	s.nodes.Update(node, func(n *nodes.Node) {
+		if n.LastResync.IsZero() || now.Sub(n.LastResync) >= ResyncInterval {
+			n.LastResync, ok = now, true
+		}
+	})
+	return ok
+}
+
 // revokedError closes the stream of a revoked node.
 type revokedError struct {
 	serials []string
@@ -211,7 +230,9 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 	ss.lastRecv = ss.s.now()
 	switch msg := m.GetMsg().(type) {
 	case *pb.AgentMessage_Ack:
-		ss.onAck(msg.Ack)
+		if err := ss.onAck(msg.Ack); err != nil {
+			return err
+		}
 	case *pb.AgentMessage_Heartbeat:
 	case *pb.AgentMessage_Counters:
 		ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Counters = msg.Counters.GetValues() })
@@ -233,12 +254,12 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 }
 
 // onAck records the outcome of the update in flight and decides what
-// follows it.
-func (ss *session) onAck(a *pb.Ack) {
+// follows it. An error ends the stream.
+func (ss *session) onAck(a *pb.Ack) error {
 	v := ss.inflight
 	if v == nil || a.GetVersion() != v.Num {
 		ss.log.Debug("ack of a version not in flight ignored", zap.Uint64("policy-version", a.GetVersion()))
-		return
+		return nil
 	}
 	ss.inflight = nil
 	now := ss.s.now()
@@ -268,6 +289,15 @@ func (ss *session) onAck(a *pb.Ack) {
 	case pb.AckCode_ACK_CODE_STALE_VERSION:
 		result = "stale_version"
 		ss.base = nil
+		if !ss.s.allowResync(ss.node, now) {
+			ss.s.m.acks.WithLabelValues(result).Inc()
+			ss.s.m.refused.WithLabelValues("stale_resync").Inc()
+			ss.log.Warn("stale-version ack refused: the node's versions were re-numbered less than a minute ago; closing the stream",
+				zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()))
+			return status.Errorf(codes.ResourceExhausted,
+				"stale-version ack of version %d refused: the agent says it enforces version %d, but node %s had its versions re-numbered past its agent's less than %s ago (at most one re-sync per %s)",
+				v.Num, a.GetAppliedVersion(), ss.node, ResyncInterval, ResyncInterval)
+		}
 		if _, err := ss.s.policy.BumpPast(ss.s.ctx, ss.node, a.GetAppliedVersion()); err != nil {
 			ss.refused = v.Num
 			lastErr = fmt.Sprintf("agent enforces version %d, newer than any this controller has: %v", a.GetAppliedVersion(), err)
@@ -296,6 +326,7 @@ func (ss *session) onAck(a *pb.Ack) {
 	if f := ss.s.cfg.OnAck; f != nil {
 		f(Ack{Node: ss.node, Version: v.Num, Applied: result == "applied", Error: lastErr})
 	}
+	return nil
 }
 
 // flowAck hands an ack to the session goroutine. The channel holds

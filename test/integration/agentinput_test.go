@@ -1,0 +1,126 @@
+package integration_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/internal/testutil"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// Tests of what a compromised agent may send on its stream: a joined
+// node's certificate in a raw gRPC client that says what a real agent
+// never would.
+
+// staleAgent connects as node with the hello given, answers every rule
+// set pushed with a stale-version ack (claiming to enforce that very
+// version) until it has sent budget acks or the stream ends, and returns
+// how many it sent and the error that ended the stream (nil if it did
+// not end).
+func staleAgent(t *testing.T, c pb.ControlClient, hello *pb.Hello, budget int) (int, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Hello{Hello: hello}}); err != nil {
+		_, err = st.Recv()
+		return 0, err
+	}
+	sent := 0
+	for sent < budget {
+		m, err := st.Recv()
+		if err != nil {
+			return sent, err
+		}
+		var v uint64
+		switch msg := m.GetMsg().(type) {
+		case *pb.ControllerMessage_Full:
+			v = msg.Full.GetVersion()
+		case *pb.ControllerMessage_Delta:
+			v = msg.Delta.GetVersion()
+		default:
+			continue // welcome, heartbeats
+		}
+		ack := &pb.Ack{Version: v, Code: pb.AckCode_ACK_CODE_STALE_VERSION, AppliedVersion: v, Error: "stale"}
+		if err := st.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Ack{Ack: ack}}); err != nil {
+			_, err = st.Recv()
+			return sent, err
+		}
+		sent++
+	}
+	return sent, nil
+}
+
+// TestStaleVersionResyncLimited: an agent that answers every rule set
+// with "stale version" (each one makes the controller commit a version
+// numbered past the agent's) gets at most one re-sync a minute; beyond
+// it the ack is refused and the stream closed with ResourceExhausted,
+// saying why. A Hello claiming a version from the future counts too.
+func TestStaleVersionResyncLimited(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(a)
+	a.stop()
+	c := h.rawClient(savedCert(t, a.dir))
+	// Each re-sync commits a version and says so (policyrepo.BumpPast).
+	resyncs := func() int { return len(h.Logged("numbering moved past it")) }
+
+	acks, refusals := 0, 0
+	for streams := 0; acks < 100; streams++ {
+		if streams > 200 {
+			t.Fatalf("%d streams for %d stale acks", streams, acks)
+		}
+		n, err := staleAgent(t, c, &pb.Hello{Node: "node-a"}, 100-acks)
+		acks += n
+		if err == nil {
+			continue
+		}
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "at most one re-sync per") {
+			t.Fatalf("stream ended with %v, want ResourceExhausted saying re-syncs are limited", err)
+		}
+		refusals++
+	}
+	if n := resyncs(); n > 2 {
+		t.Errorf("100 stale-version acks committed %d re-synced versions, want at most 2", n)
+	}
+	if refusals < 90 {
+		t.Errorf("%d of 100 stale-version acks refused, want the ones beyond the first", refusals)
+	}
+	if got := h.Counter("eastguard_controller_agent_refusals_total", "reason", "stale_resync"); got < 90 {
+		t.Errorf("agent_refusals_total{reason=stale_resync} = %v", got)
+	}
+	if _, err := staleAgent(t, c, &pb.Hello{Node: "node-a"}, 10); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream ended with %v, want ResourceExhausted", err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the node's last error saying why its stream was closed", func() error {
+		if st := h.AgentStatus("node-a"); st.Connected || !strings.Contains(st.LastError, "at most one re-sync per") {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+
+	// A minute later one more is allowed; a Hello claiming a version
+	// beyond the newest counts against the same limit.
+	h.Clock.Advance(agentapi.ResyncInterval)
+	before := resyncs()
+	for range 20 {
+		_, err := staleAgent(t, c, &pb.Hello{Node: "node-a", AppliedVersion: h.AgentStatus("node-a").LatestVersion + 5}, 10)
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("stream ended with %v, want ResourceExhausted", err)
+		}
+	}
+	if n := resyncs() - before; n != 1 {
+		t.Errorf("20 streams with a Hello from the future and stale acks, a minute later, committed %d re-synced versions, want 1", n)
+	}
+}
