@@ -180,6 +180,11 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		log.Warn("stream refused: an agent spoke for another node than its certificate's", zap.String("claimed-node", hello.GetNode()))
 		return status.Errorf(codes.PermissionDenied, "this certificate is for node %q; it cannot speak for node %q", id.node, hello.GetNode())
 	}
+	if err := checkHello(hello); err != nil {
+		s.m.refused.WithLabelValues("invalid").Inc()
+		log.Warn("stream refused: Hello out of bounds", zap.Error(err))
+		return err
+	}
 	mode := hello.GetDefaultMode()
 	if mode == "" {
 		mode = ruleset.ModeEnforce.String()
