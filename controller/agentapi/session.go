@@ -105,28 +105,38 @@ func checkInterface(field, s string) error {
 	return nil
 }
 
-// checkHello checks what a Hello says about the agent before any of it is
-// kept. The node and the default mode are checked by Connect.
-func checkHello(h *pb.Hello) error {
-	for _, err := range []error{
-		checkText("hello.agentVersion", h.GetAgentVersion(), maxHelloText),
-		checkText("hello.kernel", h.GetKernel(), maxHelloText),
-		checkText("hello.appliedHash", h.GetAppliedHash(), maxHashLen),
-	} {
+// checkList checks a list of at most max items, each with check.
+func checkList(field string, items []string, max int, check func(field, s string) error) error {
+	if len(items) > max {
+		return fmt.Errorf("%s: %d entries, more than the %d allowed", field, len(items), max)
+	}
+	for i, s := range items {
+		if err := check(fmt.Sprintf("%s[%d]", field, i), s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// firstInvalid refuses the message with the first error of errs, if any.
+func firstInvalid(errs ...error) error {
+	for _, err := range errs {
 		if err != nil {
 			return invalid(err)
 		}
 	}
-	caps := h.GetCapabilities()
-	if len(caps) > maxCapabilities {
-		return invalid(fmt.Errorf("hello.capabilities: %d entries, more than the %d allowed", len(caps), maxCapabilities))
-	}
-	for i, c := range caps {
-		if err := checkWord(fmt.Sprintf("hello.capabilities[%d]", i), c); err != nil {
-			return invalid(err)
-		}
-	}
 	return nil
+}
+
+// checkHello checks what a Hello says about the agent before any of it is
+// kept. The node and the default mode are checked by Connect.
+func checkHello(h *pb.Hello) error {
+	return firstInvalid(
+		checkText("hello.agentVersion", h.GetAgentVersion(), maxHelloText),
+		checkText("hello.kernel", h.GetKernel(), maxHelloText),
+		checkText("hello.appliedHash", h.GetAppliedHash(), maxHashLen),
+		checkList("hello.capabilities", h.GetCapabilities(), maxCapabilities, checkWord),
+	)
 }
 
 // checkCounters checks a Counters message before it is kept.
@@ -144,19 +154,10 @@ func checkCounters(c *pb.Counters) error {
 
 // checkAck checks the identifiers of an ack before any is kept.
 func checkAck(a *pb.Ack) error {
-	if err := checkText("ack.hash", a.GetHash(), maxHashLen); err != nil {
-		return invalid(err)
-	}
-	p := a.GetPendingInterfaces()
-	if len(p) > maxPending {
-		return invalid(fmt.Errorf("ack.pendingInterfaces: %d entries, more than the %d allowed", len(p), maxPending))
-	}
-	for i, name := range p {
-		if err := checkInterface(fmt.Sprintf("ack.pendingInterfaces[%d]", i), name); err != nil {
-			return invalid(err)
-		}
-	}
-	return nil
+	return firstInvalid(
+		checkText("ack.hash", a.GetHash(), maxHashLen),
+		checkList("ack.pendingInterfaces", a.GetPendingInterfaces(), maxPending, checkInterface),
+	)
 }
 
 // cut returns at most max bytes of s as valid UTF-8, marked when cut.

@@ -19,6 +19,16 @@ import (
 // node's certificate in a raw gRPC client that says what a real agent
 // never would.
 
+// rawNode joins node with a real agent, stops it, and returns a raw
+// client with the certificate it saved: the node compromised.
+func (h *harness) rawNode(node string) pb.ControlClient {
+	h.T.Helper()
+	a := h.startAgent(node, h.Token(node, time.Hour), nil, nil)
+	h.waitApplied(a)
+	a.stop()
+	return h.rawClient(savedCert(h.T, a.dir))
+}
+
 // staleAgent connects as node with the hello given, answers every rule
 // set pushed with a stale-version ack (claiming to enforce that very
 // version) until it has sent budget acks or the stream ends, and returns
@@ -69,10 +79,7 @@ func staleAgent(t *testing.T, c pb.ControlClient, hello *pb.Hello, budget int) (
 func TestStaleVersionResyncLimited(t *testing.T) {
 	h := newHarness(t)
 	h.Apply(twoNodes)
-	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
-	h.waitApplied(a)
-	a.stop()
-	c := h.rawClient(savedCert(t, a.dir))
+	c := h.rawNode("node-a")
 	// Each re-sync commits a version and says so (policyrepo.BumpPast).
 	resyncs := func() int { return len(h.Logged("numbering moved past it")) }
 
@@ -163,14 +170,10 @@ func endOf(t *testing.T, st pb.Control_ConnectClient, m *pb.AgentMessage) error 
 func TestAgentReportsBounded(t *testing.T) {
 	h := newHarness(t)
 	h.Apply(twoNodes)
-	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
-	h.waitApplied(a)
-	a.stop()
-	before := h.AgentStatus("node-a")
-	if before.AgentVersion != "test" {
-		t.Fatalf("agent version %q before the test, want test", before.AgentVersion)
+	c := h.rawNode("node-a")
+	if v := h.AgentStatus("node-a").AgentVersion; v != "test" {
+		t.Fatalf("agent version %q before the test, want test", v)
 	}
-	c := h.rawClient(savedCert(t, a.dir))
 	many := make([]string, 10000)
 	for i := range many {
 		many[i] = "cap"
