@@ -180,6 +180,11 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		log.Warn("stream refused: an agent spoke for another node than its certificate's", zap.String("claimed-node", hello.GetNode()))
 		return status.Errorf(codes.PermissionDenied, "this certificate is for node %q; it cannot speak for node %q", id.node, hello.GetNode())
 	}
+	if err := checkHello(hello); err != nil {
+		s.m.refused.WithLabelValues("invalid").Inc()
+		log.Warn("stream refused: Hello out of bounds", zap.Error(err))
+		return err
+	}
 	mode := hello.GetDefaultMode()
 	if mode == "" {
 		mode = ruleset.ModeEnforce.String()
@@ -194,7 +199,9 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 
 	ss := newSession(s, id.node, stream, hello)
 	ss.certExpiry.Store(id.cert.NotAfter.UnixNano())
-	if latest := s.nodes.Latest(id.node); latest != nil && hello.GetAppliedVersion() > latest.Num {
+	// Beyond the re-sync limit the version is not bumped: the agent's
+	// stale-version ack of the push that follows closes the stream.
+	if latest := s.nodes.Latest(id.node); latest != nil && hello.GetAppliedVersion() > latest.Num && s.allowResync(id.node, s.now()) {
 		if _, err := s.policy.BumpPast(ctx, id.node, hello.GetAppliedVersion()); err != nil {
 			log.Error("version conflict not resolved", zap.Error(err))
 		}

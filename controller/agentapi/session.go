@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -18,6 +21,152 @@ import (
 	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
+
+// ResyncInterval bounds stale-version re-syncs per node: each numbers the
+// node's versions past its agent's with a new committed version
+// (policyrepo.BumpPast). An honest agent needs one after the controller's
+// data was restored from an older backup; one that keeps asking is lying,
+// and beyond one per interval its stream is closed.
+const ResyncInterval = time.Minute
+
+// allowResync reports whether node may have its versions numbered past
+// its agent's now, and if so records that it had.
+func (s *Service) allowResync(node string, now time.Time) bool {
+	ok := false
+	s.nodes.Update(node, func(n *nodes.Node) {
+		if n.LastResync.IsZero() || now.Sub(n.LastResync) >= ResyncInterval {
+			n.LastResync, ok = now, true
+		}
+	})
+	return ok
+}
+
+// Bounds on what an agent reports about itself, which the controller keeps
+// (the node table, the store, `egctl agents`). Identifiers beyond them are
+// refused, never truncated: a truncated identifier names something else.
+const (
+	// maxHelloText bounds Hello.agentVersion and Hello.kernel (a kernel
+	// release is at most 64 bytes).
+	maxHelloText = 256
+	// maxCapabilities and maxWordLen bound Hello.capabilities (an agent
+	// of this build sends 3); maxWordLen also bounds counter names.
+	maxCapabilities = 64
+	maxWordLen      = 64
+	// maxHashLen bounds rule-set hashes ("sha256:" and 64 hex digits).
+	maxHashLen = 128
+	// maxCounters bounds Counters.values (the datapath has 19).
+	maxCounters = 256
+	// maxPending bounds Ack.pendingInterfaces: the datapath's endpoint
+	// slots, more interfaces than a node can have enforced.
+	maxPending = 16384
+	// maxAckError bounds Ack.error as kept in the node's last error; it
+	// is free text, so it is cut, not refused.
+	maxAckError = 1024
+)
+
+// invalid refuses a message that breaks the bounds: the stream is closed
+// with InvalidArgument; err names the field.
+func invalid(err error) error { return status.Error(codes.InvalidArgument, err.Error()) }
+
+// checkText checks a short free text: at most max bytes of UTF-8 without
+// control characters.
+func checkText(field, s string, max int) error {
+	switch {
+	case len(s) > max:
+		return fmt.Errorf("%s: %d bytes, more than the %d allowed", field, len(s), max)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%s: %q is not UTF-8", field, s)
+	case strings.IndexFunc(s, unicode.IsControl) >= 0:
+		return fmt.Errorf("%s: %q contains a control character", field, s)
+	}
+	return nil
+}
+
+// checkWord checks a name: 1 to maxWordLen lowercase letters, digits, '_',
+// '-' and '.'.
+func checkWord(field, s string) error {
+	if s == "" || len(s) > maxWordLen {
+		return fmt.Errorf("%s: %d bytes, want 1 to %d", field, len(s), maxWordLen)
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return fmt.Errorf("%s: %q may only contain lowercase letters, digits, '_', '-' and '.'", field, s)
+		}
+	}
+	return nil
+}
+
+// checkInterface checks a Linux interface name: 1 to 15 bytes, no white
+// space, '/' or ':'.
+func checkInterface(field, s string) error {
+	if s == "" || len(s) > 15 || strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '/' || r == ':' || r >= 0x7f }) {
+		return fmt.Errorf("%s: %q is not an interface name", field, cut(s, maxWordLen))
+	}
+	return nil
+}
+
+// checkList checks a list of at most max items, each with check.
+func checkList(field string, items []string, max int, check func(field, s string) error) error {
+	if len(items) > max {
+		return fmt.Errorf("%s: %d entries, more than the %d allowed", field, len(items), max)
+	}
+	for i, s := range items {
+		if err := check(fmt.Sprintf("%s[%d]", field, i), s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// firstInvalid refuses the message with the first error of errs, if any.
+func firstInvalid(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return invalid(err)
+		}
+	}
+	return nil
+}
+
+// checkHello checks what a Hello says about the agent before any of it is
+// kept. The node and the default mode are checked by Connect.
+func checkHello(h *pb.Hello) error {
+	return firstInvalid(
+		checkText("hello.agentVersion", h.GetAgentVersion(), maxHelloText),
+		checkText("hello.kernel", h.GetKernel(), maxHelloText),
+		checkText("hello.appliedHash", h.GetAppliedHash(), maxHashLen),
+		checkList("hello.capabilities", h.GetCapabilities(), maxCapabilities, checkWord),
+	)
+}
+
+// checkCounters checks a Counters message before it is kept.
+func checkCounters(c *pb.Counters) error {
+	if n := len(c.GetValues()); n > maxCounters {
+		return invalid(fmt.Errorf("counters.values: %d keys, more than the %d allowed", n, maxCounters))
+	}
+	for k := range c.GetValues() {
+		if err := checkWord("counters.values key", k); err != nil {
+			return invalid(err)
+		}
+	}
+	return nil
+}
+
+// checkAck checks the identifiers of an ack before any is kept.
+func checkAck(a *pb.Ack) error {
+	return firstInvalid(
+		checkText("ack.hash", a.GetHash(), maxHashLen),
+		checkList("ack.pendingInterfaces", a.GetPendingInterfaces(), maxPending, checkInterface),
+	)
+}
+
+// cut returns at most max bytes of s as valid UTF-8, marked when cut.
+func cut(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	return strings.ToValidUTF8(s[:max], "") + "..."
+}
 
 // revokedError closes the stream of a revoked node.
 type revokedError struct {
@@ -211,9 +360,15 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 	ss.lastRecv = ss.s.now()
 	switch msg := m.GetMsg().(type) {
 	case *pb.AgentMessage_Ack:
-		ss.onAck(msg.Ack)
+		if err := ss.onAck(msg.Ack); err != nil {
+			return err
+		}
 	case *pb.AgentMessage_Heartbeat:
 	case *pb.AgentMessage_Counters:
+		if err := checkCounters(msg.Counters); err != nil {
+			ss.s.m.refused.WithLabelValues("invalid").Inc()
+			return err
+		}
 		ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Counters = msg.Counters.GetValues() })
 	case *pb.AgentMessage_Flows:
 		if ack := ss.flows.Submit(msg.Flows, ss.ruleNamer(), ss.flowAck); ack != nil {
@@ -233,12 +388,16 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 }
 
 // onAck records the outcome of the update in flight and decides what
-// follows it.
-func (ss *session) onAck(a *pb.Ack) {
+// follows it. An error ends the stream.
+func (ss *session) onAck(a *pb.Ack) error {
+	if err := checkAck(a); err != nil {
+		ss.s.m.refused.WithLabelValues("invalid").Inc()
+		return err
+	}
 	v := ss.inflight
 	if v == nil || a.GetVersion() != v.Num {
 		ss.log.Debug("ack of a version not in flight ignored", zap.Uint64("policy-version", a.GetVersion()))
-		return
+		return nil
 	}
 	ss.inflight = nil
 	now := ss.s.now()
@@ -263,11 +422,20 @@ func (ss *session) onAck(a *pb.Ack) {
 		}
 	case pb.AckCode_ACK_CODE_DELTA_BASE:
 		result = "delta_base"
-		ss.log.Info("agent could not apply a delta; sending the full rule set", zap.String("error", a.GetError()))
+		ss.log.Info("agent could not apply a delta; sending the full rule set", zap.String("error", cut(a.GetError(), maxAckError)))
 		ss.base = nil
 	case pb.AckCode_ACK_CODE_STALE_VERSION:
 		result = "stale_version"
 		ss.base = nil
+		if !ss.s.allowResync(ss.node, now) {
+			ss.s.m.acks.WithLabelValues(result).Inc()
+			ss.s.m.refused.WithLabelValues("stale_resync").Inc()
+			ss.log.Warn("stale-version ack refused: the node's versions were re-numbered less than a minute ago; closing the stream",
+				zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()))
+			return status.Errorf(codes.ResourceExhausted,
+				"stale-version ack of version %d refused: the agent says it enforces version %d, but node %s had its versions re-numbered past its agent's less than %s ago (at most one re-sync per %s)",
+				v.Num, a.GetAppliedVersion(), ss.node, ResyncInterval, ResyncInterval)
+		}
 		if _, err := ss.s.policy.BumpPast(ss.s.ctx, ss.node, a.GetAppliedVersion()); err != nil {
 			ss.refused = v.Num
 			lastErr = fmt.Sprintf("agent enforces version %d, newer than any this controller has: %v", a.GetAppliedVersion(), err)
@@ -281,9 +449,10 @@ func (ss *session) onAck(a *pb.Ack) {
 		if ss.base != nil && a.GetHash() != ss.base.Hash {
 			ss.base = nil
 		}
-		lastErr = fmt.Sprintf("version %d not applied: %s; version %d stays in force", v.Num, a.GetError(), a.GetAppliedVersion())
+		agentErr := cut(a.GetError(), maxAckError)
+		lastErr = fmt.Sprintf("version %d not applied: %s; version %d stays in force", v.Num, agentErr, a.GetAppliedVersion())
 		ss.log.Warn("agent could not apply a rule set; its previous one stays in force",
-			zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()), zap.String("error", a.GetError()))
+			zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()), zap.String("error", agentErr))
 	}
 	ss.s.m.acks.WithLabelValues(result).Inc()
 	ss.s.nodes.Update(ss.node, func(n *nodes.Node) {
@@ -296,6 +465,7 @@ func (ss *session) onAck(a *pb.Ack) {
 	if f := ss.s.cfg.OnAck; f != nil {
 		f(Ack{Node: ss.node, Version: v.Num, Applied: result == "applied", Error: lastErr})
 	}
+	return nil
 }
 
 // flowAck hands an ack to the session goroutine. The channel holds

@@ -21,7 +21,10 @@ type Agent struct {
 	log      *zap.Logger
 	bucket   tokenBucket
 	inFlight atomic.Int32
-	lastLog  time.Time
+	// lastLog and lastNotLocalLog rate-limit the warnings about this
+	// agent's rate and its records refused as not local.
+	lastLog         time.Time
+	lastNotLocalLog time.Time
 }
 
 // NewAgent returns the admission state of a new stream of node.
@@ -44,7 +47,10 @@ func (a *Agent) Submit(b *pb.FlowBatch, rules func(ruleset.RuleID) string, reply
 		return refuse("busy", fmt.Sprintf("%d batches of this agent are being stored; send this one later", MaxInFlight), true)
 	}
 	now := in.now()
-	if !a.bucket.take(len(b.GetRecords()), now) {
+	// Every batch costs at least one token: an empty one still costs a
+	// share of a store transaction and an ack, so a flood of them is
+	// limited like a flood of records.
+	if !a.bucket.take(max(1, len(b.GetRecords())), now) {
 		if now.Sub(a.lastLog) > time.Minute {
 			a.lastLog = now
 			a.log.Warn("agent sends flow records faster than its rate limit; its batches wait in its spool",
@@ -52,15 +58,28 @@ func (a *Agent) Submit(b *pb.FlowBatch, rules func(ruleset.RuleID) string, reply
 		}
 		return refuse("rate_limited", fmt.Sprintf("rate limited: this agent may send %.0f flow records/s", in.cfg.AgentFlowRate), true)
 	}
-	recs, err := wire.ToRecords(b, a.node, rules, in.Policy().Workload)
+	ows := *in.owners.Load()
+	recs, err := wire.ToRecords(b, a.node, rules, ows.workload)
 	if err != nil {
 		// A broken batch is refused whole, never stored in part. It will
 		// not get better by retrying: the agent counts it as lost.
 		a.log.Error("malformed flow batch refused", zap.Uint64("seq", b.GetSeq()), zap.Int("records", len(b.GetRecords())), zap.Error(err))
 		return refuse("malformed", "malformed flow batch: "+err.Error(), false)
 	}
+	// Records with no end on this node are dropped, the rest of the batch
+	// stored: a well-formed batch of a workload that just moved to
+	// another node (records spooled before the move) must not cost the
+	// node's other records, and retrying would not help.
+	recs, notLocal, first := ows.keepLocal(a.node, recs)
+	if notLocal > 0 && now.Sub(a.lastNotLocalLog) > time.Minute {
+		a.lastNotLocalLog = now
+		a.log.Warn("flow records refused: no end on the reporting node (another node's workloads); the rest of the batch is stored",
+			zap.Uint64("seq", b.GetSeq()), zap.Int("refused", notLocal), zap.String("direction", first.Direction.String()),
+			zap.Stringer("src-addr", first.SrcAddr), zap.String("src-workload", first.SrcWorkload),
+			zap.Stringer("dst-addr", first.DstAddr), zap.String("dst-workload", first.DstWorkload))
+	}
 	a.inFlight.Add(1)
-	if !in.offer(&batch{agent: a, spoolID: b.GetSpoolId(), seq: b.GetSeq(), lost: b.GetLost(), recs: recs, reply: reply}) {
+	if !in.offer(&batch{agent: a, spoolID: b.GetSpoolId(), seq: b.GetSeq(), lost: b.GetLost(), recs: recs, notLocal: notLocal, reply: reply}) {
 		a.inFlight.Add(-1)
 		return refuse("busy", "the controller's flow queue is full; send this batch later", true)
 	}

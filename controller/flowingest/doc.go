@@ -6,7 +6,9 @@
 // size) and the alert sweeps.
 //
 // Invariants: a batch is stored whole or not at all, and acked only once
-// stored; a batch sent again after a lost ack is recognised by its spool
+// stored; only records with an end on the reporting node are stored (see
+// owners.local: the others are dropped from the batch and counted, so a
+// compromised node cannot report other nodes' traffic); a batch sent again after a lost ack is recognised by its spool
 // position and acked without being stored twice; nothing an agent sends
 // blocks its stream (refusals are answered at once with "retry later").
 //

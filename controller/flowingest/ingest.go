@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,12 @@ const (
 	// pruneChunk bounds the rows one housekeeping pass deletes, so that
 	// retention never stalls ingestion for long.
 	pruneChunk = 50000
+	// maxSpools bounds the spool positions kept per node: an agent has one
+	// spool (a new id only when its state directory is lost), so the cap
+	// only ever bites an agent that makes up spool ids to grow the store.
+	// The least recently used are forgotten (a batch of a forgotten spool
+	// sent again would be stored twice).
+	maxSpools = 16
 )
 
 // Config configures an Ingester. Zero values take the defaults.
@@ -73,7 +80,10 @@ type batch struct {
 	seq     uint64
 	lost    uint64
 	recs    []flowrecord.Record
-	reply   func(*pb.FlowAck)
+	// notLocal counts the records dropped from the batch for having no
+	// end on the agent's node; counted once the batch is stored.
+	notLocal int
+	reply    func(*pb.FlowAck)
 }
 
 // Ingester is the single writer of the event store: flow batches, the
@@ -87,12 +97,19 @@ type Ingester struct {
 	now    func() time.Time
 	m      *metrics
 	engine *alert.Engine
+	// owners names flow ends and says which node each managed address is
+	// on; replaced whole with each policy.
+	owners atomic.Pointer[owners]
 	queue  chan *batch
 	// kick tells the webhook deliverer that deliveries were queued; set
 	// before Run.
 	kick func()
 	// lastSize is when the store's size was last measured.
 	lastSize time.Time
+	// forgotLog is when the writer last logged, per node, that spool
+	// positions were forgotten (a node cycling spool ids would otherwise
+	// log at every transaction). Owned by the writer goroutine.
+	forgotLog map[string]time.Time
 }
 
 // New returns an ingester; Run serves it.
@@ -118,7 +135,7 @@ func New(cfg Config) *Ingester {
 	if cfg.AlertRefresh <= 0 {
 		cfg.AlertRefresh = alert.DefaultRefreshInterval
 	}
-	return &Ingester{
+	in := &Ingester{
 		cfg:    cfg,
 		st:     cfg.Store,
 		log:    cfg.Log,
@@ -127,15 +144,22 @@ func New(cfg Config) *Ingester {
 		engine: alert.NewEngine(nil, cfg.AlertRefresh, cfg.AlertLimits),
 		queue:  make(chan *batch, queueLen),
 		kick:   func() {},
+
+		forgotLog: make(map[string]time.Time),
 	}
+	in.owners.Store(&owners{})
+	return in
 }
 
 // OnDeliveries sets what is called when alerts queued webhook deliveries.
 // Call it before Run.
 func (in *Ingester) OnDeliveries(kick func()) { in.kick = kick }
 
-// SetPolicy gives the alert engine the policy in force.
+// SetPolicy gives the alert engine, and the checks of where flows were
+// seen, the policy in force.
 func (in *Ingester) SetPolicy(set *policy.Set) {
+	o := newOwners(set)
+	in.owners.Store(&o)
 	in.engine.SetPolicy(alert.NewPolicy(set, in.cfg.BuiltinAlerts))
 }
 
@@ -190,10 +214,14 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 	var pend alert.Pending
 	results := make([]string, len(group))
 	stored := 0
+	var forgot []forgotten
 	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
 		pend = alert.Pending{}
 		stored = 0
 		positions := make(map[[2]any]*store.SpoolPosition)
+		// newSpools are the nodes with a spool position created here: they
+		// may now be over maxSpools.
+		newSpools := make(map[string]bool)
 		for i, b := range group {
 			k := [2]any{b.agent.node, b.spoolID}
 			pos := positions[k]
@@ -201,6 +229,9 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 				p, err := tx.SpoolPosition(b.agent.node, b.spoolID)
 				if err != nil {
 					return err
+				}
+				if p.Updated.IsZero() {
+					newSpools[b.agent.node] = true
 				}
 				pos = &p
 				positions[k] = pos
@@ -228,6 +259,16 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 				return err
 			}
 		}
+		forgot = forgot[:0]
+		for node := range newSpools {
+			ids, err := tx.ForgetSpools(node, maxSpools)
+			if err != nil {
+				return err
+			}
+			if len(ids) > 0 {
+				forgot = append(forgot, forgotten{node, ids})
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -241,6 +282,7 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 		return
 	}
 	in.engine.Commit(&pend)
+	in.logForgotten(forgot, now)
 	in.m.flowsIngested.Add(float64(stored))
 	for rule, n := range pend.Raised {
 		in.m.alertsRaised.WithLabelValues(rule).Add(float64(n))
@@ -250,11 +292,33 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 	}
 	for i, b := range group {
 		in.m.flowBatches.WithLabelValues(results[i]).Inc()
+		if results[i] == "stored" && b.notLocal > 0 {
+			in.m.recordsRefused.WithLabelValues("not_local").Add(float64(b.notLocal))
+		}
 		if results[i] == "stored" && b.lost > 0 {
 			in.m.flowsLost.Add(float64(b.lost))
 			in.log.Warn("agent reports flow records it had to drop", zap.String("node", b.agent.node), zap.Uint64("lost", b.lost))
 		}
 		b.reply(&pb.FlowAck{Seq: b.seq})
+	}
+}
+
+// forgotten are the spool ids of a node whose positions were forgotten.
+type forgotten struct {
+	node string
+	ids  []uint64
+}
+
+// logForgotten says which spool positions were forgotten, at most once a
+// minute per node.
+func (in *Ingester) logForgotten(forgot []forgotten, now time.Time) {
+	for _, f := range forgot {
+		if now.Sub(in.forgotLog[f.node]) < time.Minute {
+			continue
+		}
+		in.forgotLog[f.node] = now
+		in.log.Warn("agent uses more flow spools than the controller keeps positions for; the least recently used are forgotten",
+			zap.String("node", f.node), zap.Int("spools-kept", maxSpools), zap.Uint64s("forgotten-spool-ids", f.ids))
 	}
 }
 
@@ -302,6 +366,12 @@ func (in *Ingester) retain(ctx context.Context, now time.Time) {
 		in.lastSize = now
 		if _, err := in.st.PruneAlerts(ctx, now.Add(-cfg.AlertRetention)); err != nil {
 			in.log.Error("alert retention failed", zap.Error(err))
+		}
+		// The position of a spool silent for longer than the flow
+		// retention protects nothing: a batch of it sent again that late
+		// holds flows that retention deletes anyway.
+		if _, err := in.st.PruneSpoolPositions(ctx, now.Add(-cfg.FlowRetention)); err != nil {
+			in.log.Error("spool position retention failed", zap.Error(err))
 		}
 	}
 	size, flows, err := in.st.EventStoreSize(ctx)

@@ -4,15 +4,16 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // metrics are the flow and alert counters.
 type metrics struct {
-	flowBatches   *prometheus.CounterVec
-	flowsIngested prometheus.Counter
-	flowsLost     prometheus.Counter
-	flowsPruned   *prometheus.CounterVec
-	ingestQueue   prometheus.Gauge
-	storeErrors   *prometheus.CounterVec
-	storeBytes    prometheus.Gauge
-	storeFlows    prometheus.Gauge
-	alertsRaised  *prometheus.CounterVec
+	flowBatches    *prometheus.CounterVec
+	recordsRefused *prometheus.CounterVec
+	flowsIngested  prometheus.Counter
+	flowsLost      prometheus.Counter
+	flowsPruned    *prometheus.CounterVec
+	ingestQueue    prometheus.Gauge
+	storeErrors    *prometheus.CounterVec
+	storeBytes     prometheus.Gauge
+	storeFlows     prometheus.Gauge
+	alertsRaised   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -21,6 +22,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eastguard_controller_flow_batches_total",
 			Help: "Flow batches received from agents, by result (stored, duplicate, malformed, rate_limited, busy, store_full, store_io, store_other).",
 		}, []string{"result"}),
+		recordsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_flow_records_refused_total",
+			Help: "Flow records dropped from stored batches, by reason (not_local: neither end the reporting node's, by the record's direction).",
+		}, []string{"reason"}),
 		flowsIngested: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "eastguard_controller_flows_ingested_total",
 			Help: "Flow records stored.",
@@ -55,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"rule"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.flowBatches, m.flowsIngested, m.flowsLost, m.flowsPruned, m.ingestQueue,
+		reg.MustRegister(m.flowBatches, m.recordsRefused, m.flowsIngested, m.flowsLost, m.flowsPruned, m.ingestQueue,
 			m.storeErrors, m.storeBytes, m.storeFlows, m.alertsRaised)
 	}
 	return m

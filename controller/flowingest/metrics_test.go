@@ -14,6 +14,7 @@ func TestMetricsLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
 	m.flowBatches.WithLabelValues("stored").Inc()
+	m.recordsRefused.WithLabelValues("not_local").Inc()
 	m.flowsIngested.Inc()
 	m.flowsLost.Inc()
 	m.flowsPruned.WithLabelValues("age").Inc()

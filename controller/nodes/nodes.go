@@ -63,7 +63,10 @@ type Node struct {
 	Stream   Stream   // the open stream, if any
 	Pending  []string
 	Counters map[string]uint64
-	dirty    bool
+	// LastResync is when the node's versions were last numbered past its
+	// agent's (agentapi limits how often); in memory only.
+	LastResync time.Time
+	dirty      bool
 }
 
 // Table is the node table. It is safe for concurrent use.

@@ -39,6 +39,9 @@ type EventStore interface {
 	PruneFlows(ctx context.Context, before time.Time, limit int) (int64, error)
 	// PruneOldestFlows deletes the n oldest flows.
 	PruneOldestFlows(ctx context.Context, n int) (int64, error)
+	// PruneSpoolPositions deletes the spool positions last updated before
+	// before, and returns how many it deleted.
+	PruneSpoolPositions(ctx context.Context, before time.Time) (int64, error)
 	// EventStoreSize returns the bytes the event data occupies (free pages
 	// excluded) and the number of flows stored.
 	EventStoreSize(ctx context.Context) (bytes int64, flows int64, err error)
@@ -75,6 +78,10 @@ type EventTx interface {
 	// zero position, with node and spool id set, when never).
 	SpoolPosition(node string, spoolID uint64) (SpoolPosition, error)
 	SaveSpoolPosition(p SpoolPosition) error
+	// ForgetSpools deletes the positions of node's spools but the keep
+	// most recently updated (the most recently created first among equal
+	// times), and returns the spool ids it forgot.
+	ForgetSpools(node string, keep int) ([]uint64, error)
 	// InsertFlows stores flow records.
 	InsertFlows(recs []flowrecord.Record) error
 

@@ -94,6 +94,71 @@ func TestSpoolPosition(t *testing.T) {
 	}
 }
 
+// TestForgetAndPruneSpools: a node's spool positions are capped (the
+// least recently updated forgotten first, other nodes untouched) and those
+// not updated for long are pruned.
+func TestForgetAndPruneSpools(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	save := func(node string, id uint64, at time.Time) {
+		t.Helper()
+		if err := s.EventTx(ctx, func(tx EventTx) error {
+			return tx.SaveSpoolPosition(SpoolPosition{Node: node, SpoolID: id, High: 1, Updated: at})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range uint64(6) {
+		save("n", 100+i, base.Add(time.Duration(i)*time.Minute))
+	}
+	save("n", 1<<63+1, base.Add(time.Hour)) // a uint64 beyond int64, the newest
+	save("n", 99, base)                     // as old as 100, created later
+	save("other", 1, base)
+	stored := func(node string, id uint64) bool {
+		t.Helper()
+		var p SpoolPosition
+		if err := s.EventTx(ctx, func(tx EventTx) (err error) { p, err = tx.SpoolPosition(node, id); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return p.High != 0
+	}
+	forget := func(keep int) []uint64 {
+		t.Helper()
+		var ids []uint64
+		if err := s.EventTx(ctx, func(tx EventTx) (err error) { ids, err = tx.ForgetSpools("n", keep); return err }); err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	// 99 and 100 were updated at the same time; 99 was created later.
+	if got := forget(7); !slices.Equal(got, []uint64{100}) {
+		t.Errorf("keeping 7 of 8 forgot %v, want [100]", got)
+	}
+	if got := forget(4); !slices.Equal(got, []uint64{99, 101, 102}) {
+		t.Errorf("keeping 4 forgot %v, want [99 101 102]", got)
+	}
+	if got := forget(4); len(got) != 0 {
+		t.Errorf("keeping 4 of 4 forgot %v", got)
+	}
+	for id, want := range map[uint64]bool{99: false, 100: false, 103: true, 105: true, 1<<63 + 1: true} {
+		if got := stored("n", id); got != want {
+			t.Errorf("spool %d kept: %v, want %v", id, got, want)
+		}
+	}
+	if !stored("other", 1) {
+		t.Error("another node's spool forgotten")
+	}
+	n, err := s.PruneSpoolPositions(ctx, base.Add(4*time.Minute+time.Second))
+	if err != nil || n != 3 { // 103, 104 and other's 1
+		t.Errorf("pruned %d (%v), want 3", n, err)
+	}
+	if stored("n", 104) || !stored("n", 105) || stored("other", 1) {
+		t.Error("pruning by age kept an old position or deleted a recent one")
+	}
+}
+
 func TestFlowsQueryAndRetention(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()

@@ -65,6 +65,35 @@ func (t *sqliteEventTx) SaveSpoolPosition(p SpoolPosition) error {
 	return nil
 }
 
+func (t *sqliteEventTx) ForgetSpools(node string, keep int) ([]uint64, error) {
+	// A node has few spools (the cap is small), so reading them is cheap;
+	// the primary key's node prefix finds them.
+	rows, err := t.tx.QueryContext(t.ctx, `SELECT spool_id FROM flow_spools WHERE node = ?
+		ORDER BY updated DESC, rowid DESC LIMIT -1 OFFSET ?`, node, keep)
+	if err != nil {
+		return nil, fmt.Errorf("spools of %s: %w", node, err)
+	}
+	var ids []uint64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("spools of %s: %w", node, err)
+		}
+		ids = append(ids, uint64(id))
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("spools of %s: %w", node, err)
+	}
+	for _, id := range ids {
+		if _, err := t.tx.ExecContext(t.ctx, "DELETE FROM flow_spools WHERE node = ? AND spool_id = ?", node, int64(id)); err != nil {
+			return nil, fmt.Errorf("forget spool of %s: %w", node, err)
+		}
+	}
+	return ids, nil
+}
+
 // Holes are kept as "first-last,first-last".
 func formatHoles(hs []SeqRange) string {
 	var b strings.Builder
@@ -439,6 +468,14 @@ func (s *SQLite) PruneFlows(ctx context.Context, before time.Time, limit int) (i
 		before.UnixNano(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("prune flows: %w", classify(err))
+	}
+	return res.RowsAffected()
+}
+
+func (s *SQLite) PruneSpoolPositions(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.edb.ExecContext(ctx, "DELETE FROM flow_spools WHERE updated < ?", before.UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("prune spool positions: %w", classify(err))
 	}
 	return res.RowsAffected()
 }

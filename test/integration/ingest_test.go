@@ -182,6 +182,40 @@ func TestFlowIngest(t *testing.T) {
 	}
 }
 
+// TestFlowIngestNotLocal: node-a reporting an SSH attempt between two of
+// node-b's workloads (a compromised node framing others) raises no alert:
+// that record is dropped and counted, the rest of its batch stored.
+func TestFlowIngestNotLocal(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(testutil.LabPolicy(testutil.Lab{Workloads: []testutil.LabWorkload{
+		{Name: "web", Node: "node-a", Interface: "eg1-web", Addrs: []string{"10.250.17.2"}},
+		{Name: "client", Node: "node-b", Interface: "eg2-client", Addrs: []string{"10.250.33.2"}},
+		{Name: "db", Node: "node-b", Interface: "eg2-db", Addrs: []string{"10.250.33.3"}},
+	}}), sshAlert)
+	src := newScriptedFlows()
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
+	h.waitApplied(a)
+	forged := sshAttempt(40000, flowBase)
+	forged.DstAddr = []byte{10, 250, 33, 3} // client -> db, both on node-b
+	ack := src.send(t, &pb.FlowBatch{Seq: 1, SpoolId: 1, Records: []*pb.FlowRecord{forged, sshAttempt(40001, flowBase)}})
+	if ack.GetError() != "" {
+		t.Fatalf("batch refused: %+v", ack)
+	}
+	as := h.alerts(t)
+	if len(as) != 1 || as[0].Source != "client" || as[0].Destination != "web" {
+		t.Errorf("alerts %+v, want client -> web only", as)
+	}
+	if n := h.flows(t, store.FlowQuery{}); n != 1 {
+		t.Errorf("%d flows stored, want the genuine one", n)
+	}
+	if got := h.Counter("eastguard_controller_flow_records_refused_total", "reason", "not_local"); got != 1 {
+		t.Errorf("records refused as not local counted %v, want 1", got)
+	}
+	if len(h.Logged("flow records refused: no end on the reporting node")) == 0 {
+		t.Error("refused record not logged")
+	}
+}
+
 // TestFlowIngestRateLimit: an agent over its rate gets "retry later",
 // and nothing of the refused batch is stored.
 func TestFlowIngestRateLimit(t *testing.T) {

@@ -47,7 +47,7 @@ func (h *harness) rawClient(cert *tls.Certificate) pb.ControlClient {
 }
 
 // savedCert reads the certificate and key an agent saved.
-func savedCert(t *testing.T, dir *state.Dir) *tls.Certificate {
+func savedCert(t testing.TB, dir *state.Dir) *tls.Certificate {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir.Path(), "node.pem"))
 	if err != nil {
