@@ -226,4 +226,3 @@ func WithFailsafe(rs *RuleSet, cp ControlPlane) (*RuleSet, error) {
 	out.Rules = append(slices.Clone(rs.Rules), RuleName{ID: RuleFailsafe, Name: FailsafeName})
 	return &out, nil
 }
-
