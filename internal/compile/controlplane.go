@@ -88,9 +88,13 @@ func BlockedControlPlane(rs *ruleset.RuleSet, tables *ruleset.Tables, ctl []neti
 // ControlPlaneMessage says what a blocked controller address means, for a
 // warning about the host-mode workload.
 func ControlPlaneMessage(workload, node string, b Blocked) string {
+	cut := "is cut off from the controller"
+	if b.Verdict == ruleset.VerdictWouldDeny {
+		cut = "would be cut off from the controller in enforce mode"
+	}
 	return fmt.Sprintf("host-mode workload %s: no rule lets node %s reach the controller at %s (TCP egress %s by %s); "+
-		"only the agent's own control connection passes there (%s), everything else on the node is cut off from the controller",
-		workload, node, b.Controller, b.Verdict, b.Rule, ruleset.FailsafeName)
+		"only the agent's own control connection passes there (%s), everything else on the node %s",
+		workload, node, b.Controller, b.Verdict, b.Rule, ruleset.FailsafeName, cut)
 }
 
 // ControlPlaneWarnings warns, at the workload, about every host-mode

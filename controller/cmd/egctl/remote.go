@@ -54,6 +54,21 @@ func addRemoteFlags(fs *flag.FlagSet) *remoteFlags {
 // client resolves the connection settings and returns an API client; on
 // error it has printed why and returns nil.
 func (f *remoteFlags) client(e *env) *apiclient.Client {
+	cfg := f.settings(e)
+	if cfg == nil {
+		return nil
+	}
+	c, err := apiclient.NewClient(cfg)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
+		return nil
+	}
+	return c
+}
+
+// settings resolves the connection settings; on error it has printed why
+// and returns nil.
+func (f *remoteFlags) settings(e *env) *apiclient.Config {
 	cfg := &apiclient.Config{Server: first(*f.server, os.Getenv(envServer)), Token: first(*f.token, os.Getenv(envToken))}
 	path := first(*f.config, os.Getenv(envConfig))
 	if path != "" {
@@ -69,12 +84,7 @@ func (f *remoteFlags) client(e *env) *apiclient.Client {
 		fmt.Fprintf(e.stderr, "egctl: no controller configured: give --config FILE or set %s (the controller writes <data-dir>/admin.conf), or give --server and --token\n", envConfig)
 		return nil
 	}
-	c, err := apiclient.NewClient(cfg)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
-		return nil
-	}
-	return c
+	return cfg
 }
 
 // call sends one API request (body nil: none) and decodes the answer into
