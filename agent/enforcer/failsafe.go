@@ -181,7 +181,9 @@ func (f *failsafe) dial(ctx context.Context, addrs []netip.Addr) (net.Conn, erro
 
 // setControlPlane makes cp the failsafe's control plane and, if that
 // changes what it opens, enforces the rule set in force again with it.
-// On failure the previous one stays, in the datapath and here.
+// On failure the previous one stays, in the datapath and here. Neither
+// touches the last apply's outcome (lastErr, metrics): that is the
+// source's rule set's, and the version in force does not change.
 func (e *Enforcer) setControlPlane(cp ruleset.ControlPlane) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -193,12 +195,7 @@ func (e *Enforcer) setControlPlane(cp ruleset.ControlPlane) {
 	if e.current == nil {
 		return
 	}
-	start := time.Now()
 	res, err := e.apply(e.current)
-	if e.Observe != nil {
-		e.Observe(time.Since(start), err)
-	}
-	e.lastAt, e.lastErr = time.Now(), err
 	if err != nil {
 		e.cp = prev
 		e.log.Error("failsafe not updated; the rule set in force keeps the previous control-plane addresses",

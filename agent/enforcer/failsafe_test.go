@@ -258,6 +258,26 @@ func TestFailsafeFollowsReResolution(t *testing.T) {
 		t.Errorf("with DNS down: dialled %v, %d applies (want %d)", fn.dialed, len(dp.appliedRuleSets()), n)
 	}
 
+	// The datapath refuses the update: the failsafe in force stays, and
+	// so does the outcome of the last apply; the next dial tries again.
+	third := netip.MustParseAddr("203.0.113.99")
+	fn.set([]netip.Addr{third}, nil)
+	dp.fail(errors.New("map full"), nil)
+	if conn, err := e.DialController(context.Background(), "ctl.example:7443"); err == nil {
+		conn.Close()
+	}
+	if s := e.Status(); s.LastError != "" || !slices.Equal(s.Failsafe.Controller, []string{"203.0.113.77:7443"}) {
+		t.Errorf("after a refused update: lastError %q, failsafe %v", s.LastError, s.Failsafe.Controller)
+	}
+	dp.fail(nil, nil)
+	if conn, err := e.DialController(context.Background(), "ctl.example:7443"); err == nil {
+		conn.Close()
+	}
+	last = dp.appliedRuleSets()[len(dp.appliedRuleSets())-1]
+	if fs := failsafeIPCache(last); fs[third] == 0 || fs[moved] != 0 {
+		t.Errorf("after the datapath recovered: failsafe ipcache %v, want %s", fs, third)
+	}
+
 	// Another address than the failsafe's controller is refused.
 	if _, err := e.DialController(context.Background(), "other.example:7443"); err == nil {
 		t.Error("dialled a controller the failsafe is not for")

@@ -55,14 +55,36 @@ const (
 // longest matching prefix, or world when none matches, as the datapath's
 // lookups do (exact host entries first, then the LPM trie).
 func (rs *RuleSet) Resolve(a netip.Addr) Identity {
-	a = a.Unmap().WithZone("")
-	best, bits := IdentityWorld, -1
-	for _, c := range rs.IPCache {
-		if c.Prefix.Bits() > bits && c.Prefix.Contains(a) {
-			best, bits = c.Identity, c.Prefix.Bits()
+	return rs.resolveAll([]netip.Addr{a.Unmap().WithZone("")})[0].identity
+}
+
+// resolved is an address's longest ipcache match: its identity and, if
+// the match is the address's own full-length entry, that entry's index.
+type resolved struct {
+	identity Identity
+	bits     int
+	exact    int // -1: none
+}
+
+// resolveAll resolves several addresses in one pass over the ipcache
+// (which can hold 131,072 entries).
+func (rs *RuleSet) resolveAll(addrs []netip.Addr) []resolved {
+	out := make([]resolved, len(addrs))
+	for j := range out {
+		out[j] = resolved{identity: IdentityWorld, bits: -1, exact: -1}
+	}
+	for i, c := range rs.IPCache {
+		bits := c.Prefix.Bits()
+		for j, a := range addrs {
+			if bits > out[j].bits && c.Prefix.Contains(a) {
+				out[j].identity, out[j].bits = c.Identity, bits
+				if bits == a.BitLen() {
+					out[j].exact = i
+				}
+			}
 		}
 	}
-	return best
+	return out
 }
 
 // ErrReserved is wrapped by the error of CheckReserved and WithFailsafe for
@@ -155,17 +177,13 @@ func WithFailsafe(rs *RuleSet, cp ControlPlane) (*RuleSet, error) {
 		role uint8
 	}
 	groups := make(map[group]Identity)
-	exact := make(map[netip.Prefix]int, len(rs.IPCache))
-	for i, c := range rs.IPCache {
-		if c.Prefix.Bits() == c.Prefix.Addr().BitLen() {
-			exact[c.Prefix] = i
-		}
-	}
+	addrs := slices.SortedFunc(maps.Keys(roles), netip.Addr.Compare)
+	found := rs.resolveAll(addrs)
 	out := *rs
 	out.IPCache = slices.Clone(rs.IPCache)
 	next := IdentityFailsafeFirst
-	for _, a := range slices.SortedFunc(maps.Keys(roles), netip.Addr.Compare) {
-		was := rs.Resolve(a)
+	for j, a := range addrs {
+		was := found[j].identity
 		if local[was] {
 			continue
 		}
@@ -179,11 +197,10 @@ func WithFailsafe(rs *RuleSet, cp ControlPlane) (*RuleSet, error) {
 			groups[g] = id
 			next++
 		}
-		p := netip.PrefixFrom(a, a.BitLen())
-		if i, ok := exact[p]; ok {
+		if i := found[j].exact; i >= 0 {
 			out.IPCache[i].Identity = id
 		} else {
-			out.IPCache = append(out.IPCache, IPCacheEntry{Prefix: p, Identity: id})
+			out.IPCache = append(out.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(a, a.BitLen()), Identity: id})
 		}
 	}
 	if len(groups) == 0 {
@@ -199,7 +216,13 @@ func WithFailsafe(rs *RuleSet, cp ControlPlane) (*RuleSet, error) {
 	for _, g := range sorted {
 		heirs[g.was] = append(heirs[g.was], groups[g])
 	}
-	out.Entries = slices.Clone(rs.Entries)
+	// Sized once: rule sets run to millions of entries.
+	extra := 4 * len(sorted)
+	for _, e := range rs.Entries {
+		extra += len(heirs[e.Peer])
+	}
+	out.Entries = make([]Entry, len(rs.Entries), len(rs.Entries)+extra)
+	copy(out.Entries, rs.Entries)
 	for _, e := range rs.Entries {
 		for _, id := range heirs[e.Peer] {
 			c := e

@@ -193,3 +193,26 @@ func TestWithFailsafeRefusesReservedIDs(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkWithFailsafe: the cost the failsafe adds to every apply of a
+// large rule set (100,000 ipcache entries, 500,000 entries, 5 addresses).
+func BenchmarkWithFailsafe(b *testing.B) {
+	rs := &RuleSet{Node: "n", Endpoints: []Endpoint{{ID: 1, Workload: "host", Identity: IdentityHost}}}
+	for i := range 100000 {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		rs.IPCache = append(rs.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(a, 32), Identity: Identity(256 + i%1000)})
+	}
+	rs.IPCache = append(rs.IPCache, IPCacheEntry{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Identity: 1 << 31})
+	for i := range 500000 {
+		rs.Entries = append(rs.Entries, Entry{Endpoint: 1, Direction: Direction(i % 2), Peer: Identity(256 + i%1001),
+			Protocol: ProtocolTCP, Port: uint16(1 + i%5000), Verdict: VerdictAllowed, Rule: 1})
+	}
+	rs.Rules = []RuleName{{ID: 1, Name: "p/r"}}
+	cp := ControlPlane{Port: 7443, Controller: []netip.Addr{netip.MustParseAddr("192.0.2.5"), netip.MustParseAddr("10.0.1.7")},
+		Resolvers: []netip.Addr{netip.MustParseAddr("198.51.100.53"), netip.MustParseAddr("2001:db8::53"), netip.MustParseAddr("10.0.2.9")}}
+	for b.Loop() {
+		if _, err := WithFailsafe(rs, cp); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
