@@ -45,13 +45,14 @@ type Enforcer struct {
 
 	// mu is taken before the datapath's lock, never after it.
 	mu      sync.Mutex
-	current *ruleset.RuleSet // as received (without the node's addresses and the failsafe)
+	current *ruleset.RuleSet // as received (without the node's addresses)
 	book    AddressBook
 	result  *datapath.ApplyResult
 	lastErr error
 	lastAt  time.Time
-	// The failsafe (failsafe.go): nil fs means none (standalone). cp is
-	// what it opens now; fsEnforced says the rule set in force has it.
+	// The failsafe (failsafe.go), also not in current: nil fs means none
+	// (standalone). cp is what it opens now; fsEnforced says the rule set
+	// in force has it.
 	fs         *failsafe
 	cp         ruleset.ControlPlane
 	fsEnforced bool
@@ -211,12 +212,13 @@ type Status struct {
 func (e *Enforcer) Status() Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := Status{AppliedAt: e.lastAt, Failsafe: e.failsafeStatus(), Datapath: e.dp.Status()}
+	st := Status{AppliedAt: e.lastAt, Datapath: e.dp.Status()}
 	if e.result != nil {
 		st.Version, st.Hash = e.result.Version, e.result.Hash
 	}
 	if e.lastErr != nil {
 		st.LastError = e.lastErr.Error()
 	}
+	st.Failsafe = e.failsafeStatus()
 	return st
 }

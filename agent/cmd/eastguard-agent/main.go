@@ -73,8 +73,9 @@ Flags:
 
 type flags struct {
 	agent.Config
+	resetState                       bool
 	defaultMode, logFormat, logLevel string
-	uninstall, resetState            bool
+	uninstall                        bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -97,15 +98,18 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
 	fs.BoolVar(&f.resetState, "reset-state", false, "remove the last known good rule set from --state-dir (keeping the node's key and certificates), exit; with --uninstall, remove enforcement too")
+	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	if f.uninstall || f.resetState {
+	if f.uninstall {
+		return f, nil
+	}
+	if f.resetState { // like --uninstall, it needs no source
 		return f, nil
 	}
 	if err := c.Check(); err != nil {
