@@ -170,6 +170,13 @@ func (a *Agent) open() (err error) {
 		return err
 	}
 	a.enf = enforcer.New(a.dp, a.state, a.log.Named("enforcer"))
+	if cfg.Controller != "" {
+		// The agent's own control traffic passes whatever the policy
+		// says, from the last known good rule set on.
+		if err := a.enf.EnableFailsafe(enforcer.FailsafeConfig{Controller: cfg.Controller}); err != nil {
+			return err
+		}
+	}
 
 	// Flows: every datapath event is aggregated; the flow log and, with a
 	// controller, the spool streamed to it take the result.
@@ -226,6 +233,9 @@ func (a *Agent) open() (err error) {
 				return c.ByName(), nil
 			},
 			Log: a.log.Named("controlplane"),
+			// Every connection resolves the controller again, and the
+			// failsafe follows the answer before the connection starts.
+			Dialer: a.enf.DialController,
 		}); err != nil {
 			return err
 		}

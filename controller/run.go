@@ -296,7 +296,9 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	// where to go.
 	var runErr error
 	if err := writeAdminConfig(ctx, c, o.DataDir, apiURL(httpLis.Addr(), httpTLS != nil), caCert, log); err != nil {
-		runErr = err
+		if ctx.Err() == nil { // else: stopped while starting, a clean stop
+			runErr = err
+		}
 	} else {
 		select {
 		case <-ctx.Done():
@@ -351,7 +353,14 @@ func ownAddrs(grpcListen string, httpAddr net.Addr) func() []netip.AddrPort {
 func writeAdminConfig(ctx context.Context, c *Controller, dataDir, url, caCert string, log *zap.Logger) error {
 	path := filepath.Join(dataDir, AdminConfigFile)
 	if old, err := apiclient.ReadConfig(path); err == nil {
-		if old.Check() == nil && old.Server == url && old.CACert == caCert && c.API.CheckAdminToken(ctx, old.Token) == nil {
+		// Only a token the store refuses makes admin.conf out of date; a
+		// store that cannot answer now is an error, not a reason to revoke
+		// a token that may be valid.
+		tokenErr := c.API.CheckAdminToken(ctx, old.Token)
+		if tokenErr != nil && !errors.Is(tokenErr, restapi.ErrAdminTokenRefused) {
+			return fmt.Errorf("check the token of %s: %w", path, tokenErr)
+		}
+		if old.Check() == nil && old.Server == url && old.CACert == caCert && tokenErr == nil {
 			return nil
 		}
 		log.Warn("admin.conf is out of date (API address, certificate or token changed); writing a new one", zap.String("path", path))

@@ -66,7 +66,8 @@ type Config struct {
 	Log                    *zap.Logger
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
-	// Dialer, if set, makes the connections (tests).
+	// Dialer, if set, makes the connections (the agent: its failsafe
+	// follows the controller's addresses; tests).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 

@@ -1,9 +1,11 @@
 // Package enforcer is the agent's one way of changing what the datapath
 // enforces. Rule-set sources (standalone policy files, the controller) hand
 // it rule sets; it completes them with what only the node knows (its own
-// addresses, as the host identity), applies them atomically, keeps the last
+// addresses, as the host identity, and with a controller the failsafe for
+// the agent's own control traffic), applies them atomically, keeps the last
 // applied one on disk as the last known good, and answers what is enforced
-// now. Sources never touch the datapath themselves.
+// now. Sources never touch the datapath themselves. It must not import
+// anything under controller/.
 package enforcer
 
 import (
@@ -41,6 +43,7 @@ type Enforcer struct {
 	// Observe, if set before use, is told about every apply (metrics).
 	Observe func(d time.Duration, err error)
 
+	// mu is taken before the datapath's lock, never after it.
 	mu      sync.Mutex
 	current *ruleset.RuleSet // as received (without the node's addresses)
 	// hashOf and hash cache current's hash for Status (metrics scrape it).
@@ -50,6 +53,12 @@ type Enforcer struct {
 	result  *datapath.ApplyResult
 	lastErr error
 	lastAt  time.Time
+	// The failsafe (failsafe.go), also not in current: nil fs means none
+	// (standalone). cp is what it opens now; fsEnforced says the rule set
+	// in force has it.
+	fs         *failsafe
+	cp         ruleset.ControlPlane
+	fsEnforced bool
 }
 
 // New returns an enforcer over dp that persists to st (may be nil).
@@ -78,8 +87,8 @@ func (e *Enforcer) Restore() error {
 	return nil
 }
 
-// Apply enforces rs (completed with the node's addresses) atomically and
-// saves it. On error the previous rule set stays in force and the error is
+// Apply enforces rs (completed with the node's addresses and the
+// failsafe) atomically and saves it as received. On error the previous rule set stays in force and the error is
 // kept for status reports.
 func (e *Enforcer) Apply(rs *ruleset.RuleSet, book AddressBook) (*datapath.ApplyResult, error) {
 	e.mu.Lock()
@@ -110,12 +119,31 @@ func (e *Enforcer) Apply(rs *ruleset.RuleSet, book AddressBook) (*datapath.Apply
 	return res, nil
 }
 
+// apply enforces rs as completed for the datapath; called with e.mu held.
 func (e *Enforcer) apply(rs *ruleset.RuleSet) (*datapath.ApplyResult, error) {
+	// The reserved ids are the failsafe's alone, with or without one: a
+	// source's entry under the failsafe's rule would beat its own denies.
+	if err := rs.CheckReserved(); err != nil {
+		return nil, err
+	}
 	addrs, err := e.dp.NodeAddresses()
 	if err != nil {
 		return nil, err
 	}
-	return e.dp.Apply(WithNodeAddresses(rs, addrs))
+	eff := WithNodeAddresses(rs, addrs)
+	withFS := eff
+	if e.fs != nil {
+		// After the node's addresses: the failsafe leaves those alone.
+		if withFS, err = ruleset.WithFailsafe(eff, e.cp); err != nil {
+			return nil, err
+		}
+	}
+	res, err := e.dp.Apply(withFS)
+	if err != nil {
+		return nil, err
+	}
+	e.fsEnforced = withFS != eff
+	return res, nil
 }
 
 // WithNodeAddresses returns rs with every node address it has no exact
@@ -164,7 +192,7 @@ func (e *Enforcer) Names() (rules func(ruleset.RuleID) string, workloads func(ne
 }
 
 // Current returns the rule set in force as it was received, without the
-// node's addresses (nil: none yet). It is the base the control plane
+// node's addresses and the failsafe (nil: none yet). It is the base the control plane
 // applies deltas to; callers must not modify it.
 func (e *Enforcer) Current() *ruleset.RuleSet {
 	e.mu.Lock()
@@ -177,12 +205,14 @@ type Status struct {
 	Version uint64 `json:"version"`
 	// Hash is the rule set's as received (compiled), the one the
 	// controller and egctl report; EffectiveHash is of what the datapath
-	// enforces, with the node's own addresses added.
-	Hash          string          `json:"hash,omitempty"`
-	EffectiveHash string          `json:"effectiveHash,omitempty"`
-	AppliedAt     time.Time       `json:"appliedAt,omitzero"`
-	LastError     string          `json:"lastError,omitempty"`
-	Datapath      datapath.Status `json:"datapath"`
+	// enforces, with the node's own addresses (and the failsafe) added.
+	Hash          string    `json:"hash,omitempty"`
+	EffectiveHash string    `json:"effectiveHash,omitempty"`
+	AppliedAt     time.Time `json:"appliedAt,omitzero"`
+	LastError     string    `json:"lastError,omitempty"`
+	// Failsafe is what the agent's failsafe opens (with a controller).
+	Failsafe *FailsafeStatus `json:"failsafe,omitempty"`
+	Datapath datapath.Status `json:"datapath"`
 }
 
 // Status reports the rule set in force.
@@ -202,5 +232,6 @@ func (e *Enforcer) Status() Status {
 	if e.lastErr != nil {
 		st.LastError = e.lastErr.Error()
 	}
+	st.Failsafe = e.failsafeStatus()
 	return st
 }

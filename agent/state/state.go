@@ -47,6 +47,21 @@ func (d *Dir) SaveRuleSet(rs *ruleset.RuleSet) error {
 	return fsutil.WriteFileAtomic(filepath.Join(d.path, ruleSetFile), b, 0o600)
 }
 
+// RemoveRuleSet removes the rule set saved in the state directory at path
+// (the last known good), and nothing else: the node's key, certificates
+// and flow spool stay, so the agent reconnects without a token. It reports
+// whether there was one. It does not create the directory.
+func RemoveRuleSet(path string) (bool, error) {
+	err := os.Remove(filepath.Join(path, ruleSetFile))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("remove the saved rule set: %w", err)
+}
+
 // LoadRuleSet returns the saved rule set, ErrNone if there is none, or an
 // error naming the file if it cannot be used.
 func (d *Dir) LoadRuleSet() (*ruleset.RuleSet, error) {

@@ -33,6 +33,17 @@ var (
 	errNoSuchAdminTok = errors.New("no such admin token")
 )
 
+// ErrAdminTokenRefused marks every refusal of an admin token (malformed,
+// unknown, wrong secret, revoked, expired), as opposed to a store that
+// could not answer: errors.Is(err, ErrAdminTokenRefused).
+var ErrAdminTokenRefused = errors.New("admin token refused")
+
+// refusedToken wraps a refusal; its text is the refusal's alone.
+type refusedToken struct{ error }
+
+func (refusedToken) Is(target error) bool { return target == ErrAdminTokenRefused }
+func (r refusedToken) Unwrap() error      { return r.error }
+
 // Bounds of what an admin token may be created with.
 const (
 	maxAdminTokenName = 64
@@ -48,23 +59,23 @@ const AdminConfName = "admin.conf"
 func (s *API) authenticate(ctx context.Context, token string) (store.AdminToken, error) {
 	t, err := pki.ParseAdminToken(token)
 	if err != nil {
-		return store.AdminToken{}, err
+		return store.AdminToken{}, refusedToken{err}
 	}
 	rec, err := s.st.AdminToken(ctx, t.ID)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.AdminToken{}, errAdminToken
+		return store.AdminToken{}, refusedToken{errAdminToken}
 	}
 	if err != nil {
 		return store.AdminToken{}, err
 	}
 	if !pki.SecretMatches(rec.SecretHash, t.Secret) {
-		return store.AdminToken{}, errAdminToken
+		return store.AdminToken{}, refusedToken{errAdminToken}
 	}
 	switch adminTokenState(rec, s.now()) {
 	case apiclient.AdminTokenRevoked:
-		return rec, fmt.Errorf("%w at %s (token %s)", errAdminRevoked, rec.Revoked.Format(time.RFC3339), rec.ID)
+		return rec, refusedToken{fmt.Errorf("%w at %s (token %s)", errAdminRevoked, rec.Revoked.Format(time.RFC3339), rec.ID)}
 	case apiclient.AdminTokenExpired:
-		return rec, fmt.Errorf("%w at %s (token %s)", errAdminExpired, rec.Expires.Format(time.RFC3339), rec.ID)
+		return rec, refusedToken{fmt.Errorf("%w at %s (token %s)", errAdminExpired, rec.Expires.Format(time.RFC3339), rec.ID)}
 	}
 	return rec, nil
 }

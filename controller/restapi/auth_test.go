@@ -1,7 +1,10 @@
 package restapi_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -10,6 +13,7 @@ import (
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/restapi"
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
 
@@ -192,5 +196,35 @@ func BenchmarkAdminTokenCheck(b *testing.B) {
 		if err := h.Srv.API.CheckAdminToken(ctx, cfg.Token); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// tokenStoreDown is a store whose admin-token reads fail as a broken disk
+// makes them fail.
+type tokenStoreDown struct{ store.Store }
+
+func (tokenStoreDown) AdminToken(context.Context, string) (store.AdminToken, error) {
+	return store.AdminToken{}, fmt.Errorf("read admin token: %w: injected", store.ErrIO)
+}
+
+// TestAdminTokenRefusalsAreMarked: a token the store refuses is
+// ErrAdminTokenRefused; a store that cannot answer is not (the controller
+// rewrote admin.conf, revoking a valid token, when a check failed because
+// the store or the context did).
+func TestAdminTokenRefusalsAreMarked(t *testing.T) {
+	h := controllertest.New(t)
+	good := h.ServeAPI().Token
+	ctx := context.Background()
+	if err := h.Srv.API.CheckAdminToken(ctx, good); err != nil {
+		t.Fatalf("valid token: %v", err)
+	}
+	for _, bad := range []string{"nonsense", "egadm1.000000000000.c2VjcmV0", good[:len(good)-2] + "xx"} {
+		if err := h.Srv.API.CheckAdminToken(ctx, bad); !errors.Is(err, restapi.ErrAdminTokenRefused) {
+			t.Errorf("token %q: %v, want an ErrAdminTokenRefused", bad, err)
+		}
+	}
+	down := restapi.New(restapi.Config{Store: tokenStoreDown{h.St}})
+	if err := down.CheckAdminToken(ctx, good); err == nil || errors.Is(err, restapi.ErrAdminTokenRefused) {
+		t.Errorf("store down: %v, want an error that is not a refusal", err)
 	}
 }

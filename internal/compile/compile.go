@@ -176,6 +176,10 @@ func (c *compiler) resolveRules() {
 		cr.to, pt = c.m.newSide(ref.rule.To, deny, sel)
 		c.partialWarnings(ref, "from", pf)
 		c.partialWarnings(ref, "to", pt)
+		if ref.name == ruleset.FailsafeName {
+			c.warnings = append(c.warnings, policy.Diagnostic{Pos: ref.rule.Pos, Path: ref.rule.Path + ".name", Severity: policy.SeverityWarning,
+				Message: fmt.Sprintf("rule %s has the name of the agent's failsafe: flows and explain cannot tell them apart; rename it", ref.name)})
+		}
 		c.rules = append(c.rules, cr)
 	}
 	for _, oa := range c.m.addrs {

@@ -16,7 +16,8 @@
 // stored: the same label set has the same identity in every run, on every
 // controller replica and in standalone agents, and unrelated edits renumber
 // nothing. Collisions are resolved by probing to the next free value with
-// keys in sorted order (see ids.go). Reserved: 1 world, 2 host, < 256.
+// keys in sorted order (see ids.go). Reserved: 1 world, 2 host, < 256
+// (128-255: the agent's failsafe); rule id 2^32-1 is the failsafe's too.
 //
 // # Edges and ends
 //
@@ -93,8 +94,11 @@
 // # Warnings
 //
 // Besides policy's (selectors matching nothing): label sets partly inside a
-// rule's CIDRs, allow rules fully shadowed by denies, and rules with no
-// managed end.
+// rule's CIDRs, allow rules fully shadowed by denies, rules with no
+// managed end, and a rule named like the agent's failsafe. Apart from
+// Compile, ControlPlaneWarnings warns about host-mode workloads whose
+// policy does not let their node reach the controller (egctl validate and
+// apply); Result.WithFailsafe adds the agent's failsafe for explain.
 //
 // It must not import anything under agent/ or controller/.
 package compile

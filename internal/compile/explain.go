@@ -225,15 +225,7 @@ func decideEnd(res *Result, w *policy.Workload, dir ruleset.Direction, peerAddr 
 // ResolveAddr returns the identity a rule set's ipcache gives an address:
 // the longest matching prefix, or world when none matches (as the datapath's
 // LPM lookup does).
-func ResolveAddr(rs *ruleset.RuleSet, a netip.Addr) ruleset.Identity {
-	best, bits := ruleset.IdentityWorld, -1
-	for _, c := range rs.IPCache {
-		if c.Prefix.Bits() > bits && c.Prefix.Contains(a) {
-			best, bits = c.Identity, c.Prefix.Bits()
-		}
-	}
-	return best
-}
+func ResolveAddr(rs *ruleset.RuleSet, a netip.Addr) ruleset.Identity { return rs.Resolve(a) }
 
 // ParseService parses a flow's protocol and port as egctl explain takes
 // it: "22/tcp", "53/udp", "TYPE/icmp" or "TYPE:CODE/icmp" (and icmpv6), or

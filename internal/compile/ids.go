@@ -33,11 +33,15 @@ func hash64(s string) uint64 {
 }
 
 // allocate gives each key a value in [lo, hi] derived from its hash,
-// probing upwards (wrapping) past values already taken. keys must be sorted
-// and unique, and fewer than the range.
-func allocate(keys []string, lo, hi uint64) []uint64 {
+// probing upwards (wrapping) past values already taken and the reserved
+// ones. keys must be sorted and unique, and fewer than the range minus
+// the reserved values.
+func allocate(keys []string, lo, hi uint64, reserved ...uint64) []uint64 {
 	span := hi - lo + 1
-	taken := make(map[uint64]bool, len(keys))
+	taken := make(map[uint64]bool, len(keys)+len(reserved))
+	for _, r := range reserved {
+		taken[r-lo] = true
+	}
 	out := make([]uint64, len(keys))
 	for i, k := range keys {
 		v := hash64(k) % span
@@ -57,8 +61,8 @@ func LabelIdentity(canonicalLabels string) ruleset.Identity {
 }
 
 // allocateAs is allocate for a typed id.
-func allocateAs[T ~uint32](keys []string, lo, hi uint64) []T {
-	raw := allocate(keys, lo, hi)
+func allocateAs[T ~uint32](keys []string, lo, hi uint64, reserved ...uint64) []T {
+	raw := allocate(keys, lo, hi, reserved...)
 	out := make([]T, len(raw))
 	for i, v := range raw {
 		out[i] = T(v)
@@ -81,8 +85,12 @@ func cidrIdentities(prefixes []netip.Prefix) map[netip.Prefix]ruleset.Identity {
 }
 
 // ruleIDs allocates rule ids from "policy/rule" names (sorted, unique),
-// never 0 (the default deny).
-func ruleIDs(names []string) []ruleset.RuleID { return allocateAs[ruleset.RuleID](names, 1, 1<<32-1) }
+// never 0 (the default deny) nor ruleset.RuleFailsafe (the agent's). Only
+// a name hashing exactly onto the failsafe's id moves, so reserving it
+// renumbered nothing else.
+func ruleIDs(names []string) []ruleset.RuleID {
+	return allocateAs[ruleset.RuleID](names, 1, 1<<32-1, uint64(ruleset.RuleFailsafe))
+}
 
 // endpointIDs allocates endpoint ids on one node from workload names
 // (sorted, unique), never 0.

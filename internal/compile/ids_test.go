@@ -32,6 +32,28 @@ func TestAllocateCollisions(t *testing.T) {
 	}
 }
 
+// TestAllocateSkipsReserved: a reserved value is never given out, and only
+// the key that would have got it moves.
+func TestAllocateSkipsReserved(t *testing.T) {
+	keys := []string{"a", "b", "c", "d", "e", "f", "g"}
+	for r := uint64(100); r <= 107; r++ {
+		got := allocate(keys, 100, 107, r)
+		if slices.Contains(got, r) || len(slices.Compact(slices.Sorted(slices.Values(got)))) != len(keys) {
+			t.Fatalf("reserving %d: %v", r, got)
+		}
+	}
+	keys = []string{"a", "zz"}
+	free := allocate(keys, 100, 1<<40)
+	got := allocate(keys, 100, 1<<40, free[0])
+	if got[0] == free[0] || got[1] != free[1] {
+		t.Errorf("reserving a's value %d: %v, want only a moved (was %v)", free[0], got, free)
+	}
+	// The failsafe's rule id is reserved for rule names.
+	if ids := ruleIDs([]string{"p/r"}); ids[0] == ruleset.RuleFailsafe || ids[0] == ruleset.RuleDefaultDeny {
+		t.Errorf("rule id %d is reserved", ids[0])
+	}
+}
+
 // TestIDsStableAcrossUnrelatedEdits: adding a workload, a label set and a
 // rule renumbers no existing identity, endpoint or rule.
 func TestIDsStableAcrossUnrelatedEdits(t *testing.T) {

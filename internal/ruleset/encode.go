@@ -59,14 +59,21 @@ type PolicyValue struct {
 	Rule    RuleID
 }
 
-// beats reports whether a decides over b: stronger verdict first, then the
-// lower rule id, so the choice does not depend on input order.
+// beats reports whether a decides over b: the agent's failsafe allow
+// first (its own control connection must survive any policy, denies
+// included), then the stronger verdict, then the lower rule id, so the
+// choice does not depend on input order.
 func (a PolicyValue) beats(b PolicyValue) bool {
+	if fa, fb := a.failsafe(), b.failsafe(); fa != fb {
+		return fa
+	}
 	if pa, pb := a.Verdict.precedence(), b.Verdict.precedence(); pa != pb {
 		return pa > pb
 	}
 	return a.Rule < b.Rule
 }
+
+func (a PolicyValue) failsafe() bool { return a.Rule == RuleFailsafe && a.Verdict == VerdictAllowed }
 
 // RangeKey is the key of a range-table entry.
 type RangeKey struct {

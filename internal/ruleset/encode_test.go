@@ -14,7 +14,12 @@ import (
 func reference(entries []Entry, ep EndpointID, dir Direction, peer Identity, proto Protocol, port uint16) (PolicyValue, bool) {
 	var best PolicyValue
 	found, allowed := false, false
-	rank := map[Verdict]int{VerdictAllowed: 1, VerdictWouldDeny: 2, VerdictDenied: 3}
+	rank := func(v PolicyValue) int {
+		if v.Rule == RuleFailsafe && v.Verdict == VerdictAllowed {
+			return 4 // the agent's failsafe beats every deny
+		}
+		return map[Verdict]int{VerdictAllowed: 1, VerdictWouldDeny: 2, VerdictDenied: 3}[v.Verdict]
+	}
 	for _, e := range entries {
 		if e.Endpoint != ep || e.Direction != dir {
 			continue
@@ -33,8 +38,8 @@ func reference(entries []Entry, ep EndpointID, dir Direction, peer Identity, pro
 		}
 		v := PolicyValue{e.Verdict, e.Rule}
 		allowed = allowed || e.Verdict == VerdictAllowed
-		if !found || rank[v.Verdict] > rank[best.Verdict] ||
-			(rank[v.Verdict] == rank[best.Verdict] && v.Rule < best.Rule) {
+		if !found || rank(v) > rank(best) ||
+			(rank(v) == rank(best) && v.Rule < best.Rule) {
 			best, found = v, true
 		}
 	}
@@ -226,6 +231,9 @@ func TestEncodeMatchesReference(t *testing.T) {
 				Protocol:  protos[rng.IntN(len(protos))],
 				Verdict:   verdicts[rng.IntN(len(verdicts))],
 				Rule:      RuleID(1 + i),
+			}
+			if rng.IntN(8) == 0 {
+				e.Verdict, e.Rule = VerdictAllowed, RuleFailsafe
 			}
 			switch {
 			case e.Protocol.HasPorts():

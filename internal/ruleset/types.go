@@ -31,6 +31,12 @@ const (
 	// IdentityHost is the local node's own addresses as seen by its
 	// workloads (health checks, node-local agents).
 	IdentityHost Identity = 2
+	// IdentityFailsafeFirst to IdentityFailsafeLast are the identities
+	// the agent gives the addresses of its own control plane (the
+	// controller, the DNS resolvers it finds it with) in the rule set it
+	// enforces (WithFailsafe). A compiled rule set never holds them.
+	IdentityFailsafeFirst Identity = 128
+	IdentityFailsafeLast  Identity = 255
 	// IdentityFirstAllocated is the first identity the compiler may
 	// allocate; everything below is reserved.
 	IdentityFirstAllocated Identity = 256
@@ -50,6 +56,15 @@ const RuleDefaultDeny RuleID = 0
 // DefaultDenyName is how the default deny is named wherever rule names are
 // shown (flow records, explain, alerts).
 const DefaultDenyName = "default-deny"
+
+// RuleFailsafe is the rule id of the agent's failsafe entries, which keep
+// its own control traffic open whatever the policy (WithFailsafe). The
+// compiler never allocates it, and its allows beat every deny (Encode).
+const RuleFailsafe RuleID = 1<<32 - 1
+
+// FailsafeName is how RuleFailsafe is named wherever rule names are shown,
+// also by those (the controller, egctl) whose rule sets lack the entry.
+const FailsafeName = "failsafe/control-plane"
 
 // Direction is relative to the workload: Ingress is traffic to it, Egress is
 // traffic from it. The datapath maps tc hooks onto these (on a container's
@@ -352,11 +367,15 @@ type RuleSet struct {
 	Rules     []RuleName     `json:"rules"`
 }
 
-// RuleName returns the name of a rule id, DefaultDenyName for 0, and
-// "rule-<id>" for an id the table does not know.
+// RuleName returns the name of a rule id, DefaultDenyName for 0,
+// FailsafeName for RuleFailsafe, and "rule-<id>" for an id the table does
+// not know.
 func (rs *RuleSet) RuleName(id RuleID) string {
-	if id == RuleDefaultDeny {
+	switch id {
+	case RuleDefaultDeny:
 		return DefaultDenyName
+	case RuleFailsafe:
+		return FailsafeName
 	}
 	for _, r := range rs.Rules {
 		if r.ID == id {

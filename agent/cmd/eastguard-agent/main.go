@@ -1,8 +1,9 @@
 // Command eastguard-agent enforces Eastguard policy on one host: it loads
 // the eBPF datapath, applies rule sets from its source (a policy directory
 // compiled locally, a compiled rule set, or the controller), and reports
-// flows. Stopping it never removes enforcement; --uninstall does. The
-// agent itself is package agent; this is its flags.
+// flows. Stopping it never removes enforcement; --uninstall does.
+// --reset-state forgets the last known good rule set. The agent itself is
+// package agent; this is its flags.
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 
 	"github.com/eastguard/eastguard/agent"
 	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/logging"
 )
@@ -44,6 +46,9 @@ Usage:
   eastguard-agent --node NAME --controller HOST:PORT [--join-token-file FILE] [flags]
                                                            take rule sets from the controller
   eastguard-agent --uninstall [--bpffs-dir DIR]            detach every program, remove the pins
+  eastguard-agent --reset-state [--state-dir DIR] [--uninstall [--bpffs-dir DIR]]
+                                                           forget the last known good rule set (keeps
+                                                           the node's key and certificates), then exit
 
 Examples:
   eastguard-agent --node web-1 --policy-dir /etc/eastguard/policy --flow-log /var/log/eastguard/flows.jsonl
@@ -57,13 +62,20 @@ source answers.
 
 With --controller, the agent joins once with a one-time token (its private
 key never leaves --state-dir), renews its certificate by itself, and needs
-no token on later starts.
+no token on later starts. Its own control traffic (the controller's
+addresses on its port, DNS to find them) passes whatever the policy says:
+the failsafe, failsafe/control-plane in flow records and /status.
+
+A node stuck on a bad last known good rule set: stop the agent, run
+--reset-state (add --uninstall if what is pinned blocks the controller),
+start it again: it takes the controller's newest rule set.
 
 Flags:
 `
 
 type flags struct {
 	agent.Config
+	resetState                       bool
 	defaultMode, logFormat, logLevel string
 	uninstall, version               bool
 }
@@ -88,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&f.resetState, "reset-state", false, "remove the last known good rule set from --state-dir (keeping the node's key and certificates), exit; with --uninstall, remove enforcement too")
 	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -97,6 +110,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if f.uninstall || f.version {
+		return f, nil
+	}
+	if f.resetState { // like --uninstall, it needs no source
 		return f, nil
 	}
 	if err := c.Check(); err != nil {
@@ -132,12 +148,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer log.Sync()
-	if f.uninstall {
-		if err := datapath.Uninstall(f.BPFFSDir, log); err != nil {
-			log.Error("uninstall failed", zap.Error(err))
-			return exitFailure
-		}
-		return exitOK
+	if f.uninstall || f.resetState {
+		return uninstallOrReset(f, log)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -152,6 +164,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		log.Error("agent failed", zap.Error(err))
 		return exitFailure
+	}
+	return exitOK
+}
+
+// uninstallOrReset does --reset-state and --uninstall, in that order (a
+// failed uninstall leaves the state reset); the agent does not run.
+func uninstallOrReset(f *flags, log *zap.Logger) int {
+	if f.resetState {
+		removed, err := state.RemoveRuleSet(f.StateDir)
+		if err != nil {
+			log.Error("state not reset", zap.String("state-dir", f.StateDir), zap.Error(err))
+			return exitFailure
+		}
+		msg := "no saved rule set: nothing to reset"
+		if removed {
+			msg = "last known good rule set removed; the node's key and certificates stay: the agent takes the controller's newest rule set at its next start"
+		}
+		log.Info(msg, zap.String("state-dir", f.StateDir))
+		if !f.uninstall {
+			log.Info("enforcement pinned under --bpffs-dir stays until the next rule set is applied (add --uninstall to remove it now)",
+				zap.String("bpffs-dir", f.BPFFSDir))
+		}
+	}
+	if f.uninstall {
+		if err := datapath.Uninstall(f.BPFFSDir, log); err != nil {
+			log.Error("uninstall failed", zap.Error(err))
+			return exitFailure
+		}
 	}
 	return exitOK
 }

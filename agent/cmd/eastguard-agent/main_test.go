@@ -29,6 +29,8 @@ func TestParseFlags(t *testing.T) {
 		check   func(*flags) bool
 	}{
 		{"standalone", []string{"--node", "a", "--policy-dir", dir}, "", nil},
+		{"reset-state needs nothing else", []string{"--reset-state", "--state-dir", dir}, "",
+			func(o *flags) bool { return o.resetState && !o.uninstall && o.StateDir == dir }},
 		{"no node", []string{"--policy-dir", dir}, "--node is required", nil},
 		{"two sources", []string{"--node", "a", "--policy-dir", dir, "--rule-set", "f"}, "exactly one of", nil},
 		{"bad mode", []string{"--node", "a", "--policy-dir", dir, "--default-mode", "open"}, `--default-mode "open"`, nil},

@@ -24,17 +24,28 @@ to their agents. Invalid input is refused whole, with every problem as
 and the policy in force stays. --dry-run checks and compiles without
 applying. Prints what was created, updated or unchanged, and each node's
 new rule-set version.
+
+Then it warns, at the workload, about every host-mode workload whose policy
+does not let its node reach the controller (TCP to --controller-address):
+only the agent's own control connection passes there, by the agent's
+failsafe (failsafe/control-plane); everything else on the node is cut off
+from the controller. It decides with the rule sets the controller now
+holds for the changed nodes (with --dry-run, with the files alone). The
+controller's address is --controller-address, else
+$` + envControllerAddress + `, else the API server's host on port ` + defaultGRPCPort + `.
 ` + remoteHelp + `
 
 Examples:
   egctl apply -f policies/
   egctl apply -f workloads.yaml -f shop.yaml
   egctl apply --dry-run -f policies/
+  egctl apply --controller-address ctl.example.com:7443 -f policies/
   EGCTL_CONFIG=/var/lib/eastguard-controller/admin.conf egctl apply -f shop.yaml`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		var files fileFlags
 		fs.Var(&files, "f", "policy file or directory (repeatable; - for standard input)")
 		dryRun := fs.Bool("dry-run", false, "check and compile only; change nothing")
+		ctlAddrs := addControllerAddressFlag(fs)
 		remote := addRemoteFlags(fs)
 		return func(e *env, args []string) int {
 			files = append(files, args...)
@@ -48,6 +59,7 @@ Examples:
 				return code
 			}
 			printChange(e, &res)
+			checkControlPlane(e, remote, &res, inputs, *ctlAddrs)
 			return exitOK
 		}
 	},

@@ -27,18 +27,28 @@ policy/rule, or default-deny when no rule admits the flow.
 TYPE/icmp, TYPE:CODE/icmp (and icmpv6). A workload given by name uses its
 first address of a family the other end also has (IPv4 first).
 
+A node's agent always lets its own control traffic through, whatever the
+policy: TCP to and from its controller's address and port, and DNS to its
+resolvers when the controller is a name (the failsafe, rule
+failsafe/control-plane). Only the agent knows those addresses; give
+--controller-address (or $` + envControllerAddress + `) to decide flows of
+host-mode workloads with the failsafe for a controller there. Without it, a
+flow with a host-mode end is decided by the policy alone, with a note.
+
 Exit status: 0 allowed, 3 denied, 4 would-deny (allowed only because a
 monitor mode is in force), 1 bad input.
 
 Examples:
   egctl explain --from web-1 --to db-1 --port 5432/tcp policies/
   egctl explain --from 192.0.2.10 --to bastion --port 22/tcp policies/
-  egctl explain --from web-1 --to 10.10.0.21 --port icmp -o json policies/`,
+  egctl explain --from web-1 --to 10.10.0.21 --port icmp -o json policies/
+  egctl explain --from bastion --to 10.0.0.5 --port 7443/tcp --controller-address 10.0.0.5:7443 policies/`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		from := fs.String("from", "", "source: a workload name or an IP address (required)")
 		to := fs.String("to", "", "destination: a workload name or an IP address (required)")
 		port := fs.String("port", "", "destination port and protocol, e.g. 22/tcp, 53/udp, icmp (required)")
 		output := fs.String("o", "text", "output format: text or json")
+		ctlFlag := addControllerAddressFlag(fs)
 		return func(e *env, args []string) int {
 			if *from == "" || *to == "" || *port == "" {
 				fmt.Fprintln(e.stderr, "egctl explain: --from, --to and --port are required (see egctl explain --help)")
@@ -53,6 +63,11 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl explain: --port %v\n", err)
 				return exitBadInput
 			}
+			ctl, err := controllerAddresses(*ctlFlag)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
+				return exitBadInput
+			}
 			set := loadPolicy(e, args)
 			if set == nil {
 				return exitBadInput
@@ -60,6 +75,9 @@ Examples:
 			q := compile.Query{From: *from, To: *to, Protocol: proto, Port: p}
 			nodes := q.Nodes(set)
 			res, err := compile.Compile(set, compile.Options{Nodes: nodes, Validate: true})
+			if err == nil {
+				err = res.WithFailsafe(ctl)
+			}
 			if err != nil {
 				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
 				return exitBadInput
@@ -69,10 +87,11 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
 				return exitBadInput
 			}
+			notes := failsafeNotes(x, len(ctl) > 0)
 			if *output == "json" {
-				err = printExplainJSON(e.stdout, x)
+				err = printExplainJSON(e.stdout, x, notes)
 			} else {
-				printExplain(e.stdout, x)
+				printExplain(e.stdout, x, notes)
 			}
 			if err != nil {
 				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
@@ -96,7 +115,24 @@ func service(proto ruleset.Protocol, port uint16) string {
 	return fmt.Sprintf("%s %d", proto, port)
 }
 
-func printExplain(w io.Writer, x *compile.Explanation) {
+// failsafeNotes says, for each host-mode end decided without the failsafe,
+// that the agent's own control traffic passes whatever this verdict.
+func failsafeNotes(x *compile.Explanation, withFailsafe bool) []string {
+	if withFailsafe {
+		return nil
+	}
+	var notes []string
+	for _, p := range []compile.Party{x.From, x.To} {
+		if p.Workload != nil && p.Workload.HostMode() {
+			notes = append(notes, fmt.Sprintf("%s is in host mode: its agent lets its own control traffic through whatever the policy "+
+				"(TCP to and from its controller, DNS to its resolvers: %s); give --controller-address to decide with it",
+				p.Workload.Name, ruleset.FailsafeName))
+		}
+	}
+	return notes
+}
+
+func printExplain(w io.Writer, x *compile.Explanation, notes []string) {
 	fmt.Fprintf(w, "flow:        %s -> %s, %s\n", x.From, x.To, service(x.Protocol, x.Port))
 	end := func(label string, p compile.Party, d *compile.EndDecision) {
 		if d == nil {
@@ -113,6 +149,9 @@ func printExplain(w io.Writer, x *compile.Explanation) {
 	end("source:", x.From, x.Source)
 	end("destination:", x.To, x.Destination)
 	fmt.Fprintf(w, "verdict:     %s (%s)\n", x.Verdict, x.Rule)
+	for _, n := range notes {
+		fmt.Fprintf(w, "note:        %s\n", n)
+	}
 }
 
 type endJSON struct {
@@ -127,7 +166,7 @@ type endJSON struct {
 	Rule      string            `json:"rule"`
 }
 
-func printExplainJSON(w io.Writer, x *compile.Explanation) error {
+func printExplainJSON(w io.Writer, x *compile.Explanation, notes []string) error {
 	end := func(d *compile.EndDecision) *endJSON {
 		if d == nil {
 			return nil
@@ -151,8 +190,9 @@ func printExplainJSON(w io.Writer, x *compile.Explanation) error {
 		Destination  *endJSON         `json:"destination"`
 		Verdict      ruleset.Verdict  `json:"verdict"`
 		DecidingRule string           `json:"rule"`
+		Notes        []string         `json:"notes,omitempty"`
 	}{name(x.From), x.From.Addr.String(), name(x.To), x.To.Addr.String(), x.Protocol, x.Port,
-		end(x.Source), end(x.Destination), x.Verdict, x.Rule}
+		end(x.Source), end(x.Destination), x.Verdict, x.Rule, notes}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
 		return fmt.Errorf("render explanation: %w", err)

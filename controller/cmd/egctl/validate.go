@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"slices"
 
 	"github.com/eastguard/eastguard/internal/compile"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -24,6 +25,13 @@ the datapath's maps. Problems are printed to standard error as
 --sizes prints each node's map entries against the datapath limits; a node
 over a limit is an error whether or not it is given.
 
+With --controller-address (or $` + envControllerAddress + `), it also warns, at
+the workload, about every host-mode workload whose policy does not let its
+node reach the controller there (TCP egress to that address and port): only
+the agent's own control connection would pass, by its failsafe
+(failsafe/control-plane); everything else on the node would be cut off from
+the controller.
+
 Exit status: 0 valid (warnings may have been printed), 1 invalid or
 unreadable input.
 
@@ -31,10 +39,17 @@ Examples:
   egctl validate policies/
   egctl validate workloads.yaml shop.yaml
   egctl validate --sizes policies/
+  egctl validate --controller-address 10.0.0.5:7443 policies/
   cat shop.yaml | egctl validate -`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) int {
 		sizes := fs.Bool("sizes", false, "also print, per node, the datapath map entries its rule set needs against the limits")
+		ctlFlag := addControllerAddressFlag(fs)
 		return func(e *env, args []string) int {
+			ctl, err := controllerAddresses(*ctlFlag)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "egctl: %v\n", err)
+				return exitBadInput
+			}
 			set := loadPolicy(e, args)
 			if set == nil {
 				return exitBadInput
@@ -44,7 +59,9 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl: %v\n", err)
 				return exitBadInput
 			}
-			printDiagnostics(e, res.Warnings)
+			warnings := slices.Concat(res.Warnings, compile.ControlPlaneWarnings(set, res, ctl))
+			warnings.Sort()
+			printDiagnostics(e, warnings)
 			if *sizes {
 				l := ruleset.DefaultLimits()
 				for _, n := range res.Nodes {
