@@ -14,7 +14,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -22,7 +21,6 @@ import (
 	"github.com/eastguard/eastguard/agent"
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/agent/state"
-	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/logging"
 )
 
@@ -37,93 +35,6 @@ const (
 // main.version=$(git describe --tags --always --dirty)"), reported by
 // --version and sent to the controller (egctl agents).
 var version = "dev"
-
-const usage = `eastguard-agent enforces Eastguard policy on this host.
-
-Usage:
-  eastguard-agent --node NAME --policy-dir DIR [flags]     standalone: compile DIR locally
-  eastguard-agent --node NAME --rule-set FILE [flags]      enforce a compiled rule set (egctl compile -o json)
-  eastguard-agent --node NAME --controller HOST:PORT [--join-token-file FILE] [flags]
-                                                           take rule sets from the controller
-  eastguard-agent --uninstall [--bpffs-dir DIR]            detach every program, remove the pins
-  eastguard-agent --reset-state [--state-dir DIR] [--uninstall [--bpffs-dir DIR]]
-                                                           forget the last known good rule set (keeps
-                                                           the node's key and certificates), then exit
-
-Examples:
-  eastguard-agent --node web-1 --policy-dir /etc/eastguard/policy --flow-log /var/log/eastguard/flows.jsonl
-  eastguard-agent --node node-a --rule-set node-a.json --bpffs-dir /sys/fs/bpf/eastguard-a --state-dir /var/lib/eastguard-a
-  eastguard-agent --node node-a --controller ctl.example:7443 --join-token-file /etc/eastguard/join-token
-
-Enforcement outlives the agent: programs and maps are pinned under
---bpffs-dir, and a restarted agent adopts them without a gap. The last
-applied rule set is kept in --state-dir and enforced at start, before any
-source answers.
-
-With --controller, the agent joins once with a one-time token (its private
-key never leaves --state-dir), renews its certificate by itself, and needs
-no token on later starts. Its own control traffic (the controller's
-addresses on its port, DNS to find them) passes whatever the policy says:
-the failsafe, failsafe/control-plane in flow records and /status.
-
-A node stuck on a bad last known good rule set: stop the agent, run
---reset-state (add --uninstall if what is pinned blocks the controller),
-start it again: it takes the controller's newest rule set.
-
-Flags:
-`
-
-type flags struct {
-	agent.Config
-	resetState                       bool
-	defaultMode, logFormat, logLevel string
-	uninstall, version               bool
-}
-
-func parseFlags(args []string, stderr io.Writer) (*flags, error) {
-	f := &flags{}
-	c := &f.Config
-	fs := flag.NewFlagSet("eastguard-agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
-	fs.StringVar(&c.Node, "node", "", "this node's name, as in the policy's Workload.spec.node")
-	fs.StringVar(&c.BPFFSDir, "bpffs-dir", datapath.DefaultBPFFSDir, "bpffs directory for pins; one per agent")
-	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/eastguard", "directory for the last known good rule set and the node's key and certificates")
-	fs.StringVar(&c.PolicyDir, "policy-dir", "", "standalone mode: policy YAML to compile for this node, reloaded on change")
-	fs.StringVar(&c.RuleSetFile, "rule-set", "", "enforce a compiled rule set (JSON), reloaded on change")
-	fs.StringVar(&c.Controller, "controller", "", "controller gRPC address (HOST:PORT); HOST must be a name its certificate covers")
-	fs.StringVar(&c.JoinToken, "join-token", "", "one-time token to join the controller (egctl token create); not needed once joined; prefer --join-token-file (a command line is visible to every user)")
-	fs.StringVar(&c.JoinTokenFile, "join-token-file", "", "read the join token from this file; a missing file means no token (for DaemonSets: a Secret keyed by node name)")
-	fs.StringVar(&f.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
-	fs.Var((*cliflag.List)(&c.HostInterfaces), "host-interfaces", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
-	fs.StringVar(&c.FlowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")
-	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.BoolVar(&f.resetState, "reset-state", false, "remove the last known good rule set from --state-dir (keeping the node's key and certificates), exit; with --uninstall, remove enforcement too")
-	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
-	fs.BoolVar(&f.version, "version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
-	}
-	if f.uninstall || f.version {
-		return f, nil
-	}
-	if f.resetState { // like --uninstall, it needs no source
-		return f, nil
-	}
-	if err := c.Check(); err != nil {
-		return nil, err
-	}
-	if err := c.DefaultMode.UnmarshalText([]byte(f.defaultMode)); err != nil {
-		return nil, fmt.Errorf("--default-mode %q: want enforce or monitor", f.defaultMode)
-	}
-	c.Version = version
-	return f, nil
-}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
