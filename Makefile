@@ -54,7 +54,8 @@ bench: ## Run the Go benchmarks (datapath verdict cost, compiler, ...).
 # each new input: the compiler's seeds are large, and with the default (60 s)
 # FuzzCompile spends its time minimising instead of fuzzing.
 FUZZ_TARGETS := ./internal/policy:FuzzParse ./internal/compile:FuzzCompile \
-	./internal/wire:FuzzFlowBatch ./agent/datapath:FuzzDecodeEvent
+	./internal/wire:FuzzFlowBatch ./agent/datapath:FuzzDecodeEvent \
+	./internal/pki:FuzzCheckCSR
 FUZZTIME     ?= 30s
 
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s).

@@ -41,20 +41,22 @@ var errBadToken = errors.New("join token not valid")
 func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 	s := c.s
 	log := s.log.With(zap.String("node", req.GetNode()), zap.String("token-id", req.GetTokenId()), zap.String("remote", remote(ctx)))
-	refuse := func(code codes.Code, err error) error {
-		s.m.refused.WithLabelValues("token").Inc()
+	refuseAs := func(reason string, code codes.Code, err error) error {
+		s.m.refused.WithLabelValues(reason).Inc()
 		log.Warn("join refused", zap.Error(err))
 		return status.Error(code, err.Error())
 	}
+	refuse := func(code codes.Code, err error) error { return refuseAs("token", code, err) }
 	if err := pki.ValidNodeName(req.GetNode()); err != nil {
-		return nil, refuse(codes.InvalidArgument, err)
+		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
 	}
 	// The CSR is checked before the token is used up.
-	if _, err := pki.CheckCSR(req.GetCsr()); err != nil {
-		return nil, refuse(codes.InvalidArgument, err)
+	csr, err := pki.CheckCSR(req.GetCsr())
+	if err != nil {
+		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
 	}
 	now := s.now()
-	_, err := s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error {
+	_, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error {
 		if !pki.SecretMatches(t.SecretHash, req.GetTokenSecret()) {
 			return errBadToken
 		}
@@ -76,10 +78,11 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		return nil, status.Error(codes.Internal, "join failed; see the controller's log")
 	}
 	s.certMu.Lock() // see Renew
-	cert, certPEM, err := s.issueNodeCert(ctx, req.GetNode(), req.GetCsr(), now)
+	cert, certPEM, err := s.issueNodeCert(ctx, req.GetNode(), csr, now)
 	s.certMu.Unlock()
 	if err != nil {
-		return nil, refuse(codes.InvalidArgument, err)
+		log.Error("join failed", zap.Error(err))
+		return nil, status.Error(codes.Internal, "join failed; see the controller's log")
 	}
 	s.nodes.Update(req.GetNode(), func(n *nodes.Node) {
 		n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
@@ -91,22 +94,35 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 // Renew signs a new certificate for the caller's node.
 func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResponse, error) {
 	s := c.s
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The CSR is parsed and its signature verified before the certificate
+	// lock is taken: whatever it costs delays its sender only, never a
+	// revocation or another node's renewal.
+	csr, err := pki.CheckCSR(req.GetCsr())
+	if err != nil {
+		s.m.refused.WithLabelValues("bad_request").Inc()
+		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	// Issuing and revoking exclude each other: a revocation either comes
-	// first (authenticate refuses the certificate) or finds the new
+	// first (the check below refuses the certificate) or finds the new
 	// certificate in the store and revokes it too. Without this a
 	// revocation landing between the check and the issuing would leave
 	// the node a fresh, unrevoked certificate.
 	s.certMu.Lock()
-	id, err := s.authenticate(ctx)
-	if err != nil {
+	if err := s.tls.checkNotRevoked(id); err != nil {
 		s.certMu.Unlock()
-		return nil, err
+		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
+		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
-	cert, certPEM, err := s.issueNodeCert(ctx, id.node, req.GetCsr(), s.now())
+	cert, certPEM, err := s.issueNodeCert(ctx, id.node, csr, s.now())
 	s.certMu.Unlock()
 	if err != nil {
-		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		s.log.Error("renewal failed", zap.String("node", id.node), zap.Error(err))
+		return nil, status.Error(codes.Internal, "renewal failed; see the controller's log")
 	}
 	s.nodes.Update(id.node, func(n *nodes.Node) {
 		if ss, ok := n.Stream.(*session); ok {
@@ -118,9 +134,10 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 	return &pb.RenewResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
 }
 
-// issueNodeCert signs and records a node certificate.
-func (s *Service) issueNodeCert(ctx context.Context, name string, csr []byte, now time.Time) (*x509.Certificate, []byte, error) {
-	cert, certPEM, err := s.ca.SignNode(csr, name, s.cfg.NodeCertTTL, now)
+// issueNodeCert signs and records a node certificate for a CSR that
+// pki.CheckCSR accepted. Called with certMu held.
+func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time) (*x509.Certificate, []byte, error) {
+	cert, certPEM, err := s.ca.IssueNode(csr, name, s.cfg.NodeCertTTL, now)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -137,6 +137,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.tls.serverConfig())),
 		grpc.MaxRecvMsgSize(maxAgentMessage),
+		// Join and Renew: a deadline before the request is read, and a
+		// far smaller size limit than Connect's flow batches need.
+		grpc.InTapHandle(s.tap),
+		grpc.ChainUnaryInterceptor(s.limitRequestSize),
 		// Dead peers are found by transport keepalives even while a send
 		// to them is blocked.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),

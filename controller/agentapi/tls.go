@@ -156,11 +156,21 @@ func (t *tlsState) verify(chain []*x509.Certificate) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if serial := pki.Serial(chain[0]); t.isRevoked(serial) {
-		t.s.m.refused.WithLabelValues("revoked").Inc()
-		return "", fmt.Errorf("%w: certificate of node %q (serial %s) was revoked", errRevoked, node, serial)
+	if err := t.checkNotRevoked(identity{node: node, cert: chain[0]}); err != nil {
+		return "", err
 	}
 	return node, nil
+}
+
+// checkNotRevoked says whether id's certificate was revoked, and counts
+// the refusal if so. The caller holds Service.certMu when the answer must
+// stay true until it has acted on it.
+func (t *tlsState) checkNotRevoked(id identity) error {
+	if serial := pki.Serial(id.cert); t.isRevoked(serial) {
+		t.s.m.refused.WithLabelValues("revoked").Inc()
+		return fmt.Errorf("%w: certificate of node %q (serial %s) was revoked", errRevoked, id.node, serial)
+	}
+	return nil
 }
 
 // verifyChain checks a node certificate chain but not revocation.

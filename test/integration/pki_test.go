@@ -359,3 +359,63 @@ func TestBadCSRKeepsToken(t *testing.T) {
 		return nil
 	})
 }
+
+// TestHugeCSRRefusedQuickly: a Join and a Renew whose CSR carries an RSA
+// key with a 64 KiB modulus (and a signature as long: verifying it costs
+// seconds of CPU) are refused at once, and a revocation running meanwhile
+// is never held up behind them.
+func TestHugeCSRRefusedQuickly(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(a)
+	huge := testutil.HugeRSACSR(64 << 10)
+	const bound = 2 * time.Second // target 100 ms
+
+	parsed, _ := pki.ParseJoinToken(h.Token("node-b", time.Hour))
+	start := time.Now()
+	_, err := h.rawClient(nil).Join(context.Background(), &pb.JoinRequest{Node: "node-b", TokenId: parsed.ID, TokenSecret: parsed.Secret, Csr: huge})
+	took := time.Since(start)
+	t.Logf("join with a %d-byte CSR refused in %v", len(huge), took)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("join: %v, want InvalidArgument for the request's size", err)
+	}
+	if took > bound {
+		t.Errorf("join refused after %v, want under %v", took, bound)
+	}
+
+	// A renewal with the huge CSR, and revocations of another node until
+	// it is answered: none waits for the other.
+	renewed := make(chan error, 1)
+	var renewTook time.Duration
+	client := h.rawClient(savedCert(t, a.dir))
+	go func() {
+		start := time.Now()
+		_, err := client.Renew(context.Background(), &pb.RenewRequest{Csr: huge})
+		renewTook = time.Since(start)
+		renewed <- err
+	}()
+	var slowest time.Duration
+	for done := false; !done; {
+		start := time.Now()
+		if _, err := h.Srv.Agents.Revoke(context.Background(), "node-b"); err != nil {
+			t.Fatal(err)
+		}
+		slowest = max(slowest, time.Since(start))
+		select {
+		case err = <-renewed:
+			done = true
+		default:
+		}
+	}
+	t.Logf("renewal with a %d-byte CSR refused in %v; slowest concurrent revocation %v", len(huge), renewTook, slowest)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("renew: %v, want InvalidArgument for the request's size", err)
+	}
+	if renewTook > bound || slowest > bound {
+		t.Errorf("renewal refused after %v, slowest revocation %v; want both under %v", renewTook, slowest, bound)
+	}
+	if !h.AgentStatus("node-a").Connected {
+		t.Error("node-a's stream did not survive")
+	}
+}
