@@ -156,6 +156,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 	if err != nil {
 		return err
 	}
+	s.log.Debug("stream opened; waiting for its Hello", zap.String("node", id.node), zap.String("remote", remote(ctx)))
 	// One goroutine reads; the session goroutine (this one) does the rest.
 	msgs := make(chan *pb.AgentMessage)
 	recvErr := make(chan error, 1)
@@ -209,7 +210,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		return status.Error(codes.Internal, "the controller could not compile this node's rule set; see its log")
 	}
 
-	ss := newSession(s, id.node, stream, hello)
+	ss := newSession(s, id, stream, hello)
 	ss.certExpiry.Store(id.cert.NotAfter.UnixNano())
 	if latest := s.nodes.Latest(id.node); latest != nil && hello.GetAppliedVersion() > latest.Num {
 		if _, err := s.policy.BumpPast(ctx, id.node, hello.GetAppliedVersion()); err != nil {
@@ -219,7 +220,10 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 	if hello.GetAppliedVersion() > 0 {
 		ss.base = s.policy.StoredVersion(ctx, id.node, hello.GetAppliedVersion(), hello.GetAppliedHash())
 	}
-	s.attach(ss, hello)
+	if err := s.attach(ss, hello); err != nil {
+		log.Warn("stream refused", zap.Error(err))
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
 	latest := s.nodes.Latest(id.node)
 	if err := stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Welcome{Welcome: &pb.Welcome{
 		LatestVersion:       latest.Num,
@@ -245,8 +249,18 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 	return err
 }
 
-// attach makes ss its node's stream, with what the agent said in Hello.
-func (s *Service) attach(ss *session, hello *pb.Hello) {
+// attach makes ss its node's stream, with what the agent said in Hello,
+// unless the certificate the stream was opened with was revoked since it
+// was authenticated (the agent may take up to helloTimeout to say Hello).
+// The check and the attach hold certMu, as Revoke does while it revokes:
+// a revocation either comes first (refused here, the node's record left
+// as the revocation wrote it) or finds this stream attached and closes it.
+func (s *Service) attach(ss *session, hello *pb.Hello) error {
+	s.certMu.Lock()
+	defer s.certMu.Unlock()
+	if err := s.tls.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+		return err
+	}
 	now := s.now()
 	replaced := s.nodes.Attach(ss.node, ss, func(n *nodes.Node) {
 		n.Rec.LastContact = now
@@ -258,6 +272,7 @@ func (s *Service) attach(ss *session, hello *pb.Hello) {
 	if !replaced {
 		s.m.connected.Inc()
 	}
+	return nil
 }
 
 // detach forgets ss if it is still its node's stream.

@@ -85,9 +85,11 @@ type Service struct {
 	policy *policyrepo.Repo
 	flows  *flowingest.Ingester
 
-	// certMu orders node certificate issuing against revocations. Lock
-	// order: certMu, then tlsState.mu (revocation checks and updates),
-	// then the node table's lock.
+	// certMu orders node certificate issuing (Join, Renew) and the
+	// attaching of streams (Connect, after Hello) against revocations:
+	// each checks revocation and acts under it, as Revoke revokes under
+	// it. Lock order: certMu, then tlsState.mu (revocation checks and
+	// updates), then the node table's lock.
 	certMu sync.Mutex
 	tls    *tlsState
 

@@ -419,3 +419,49 @@ func TestHugeCSRRefusedQuickly(t *testing.T) {
 		t.Error("node-a's stream did not survive")
 	}
 }
+
+// TestRevocationDuringConnect: a stream opened (and authenticated) before
+// its node was revoked, whose Hello comes after, is refused: it never
+// becomes the node's stream, and the node stays listed revoked and
+// disconnected with the revocation as its last error.
+func TestRevocationDuringConnect(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(a)
+	a.stop()
+	testutil.Eventually(t, 5*time.Second, "node-a disconnected", func() error {
+		if h.AgentStatus("node-a").Connected {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+
+	opened := len(h.Logged("waiting for its Hello"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := h.rawClient(savedCert(t, a.dir)).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the controller to authenticate the stream", func() error {
+		if len(h.Logged("waiting for its Hello")) == opened {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if _, err := h.Srv.Agents.Revoke(context.Background(), "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Hello{Hello: &pb.Hello{Node: "node-a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := st.Recv()
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("hello after the revocation: got %v, %v; want PermissionDenied saying revoked", msg, err)
+	}
+	st2 := h.AgentStatus("node-a")
+	if st2.Connected || !st2.Revoked || !strings.Contains(st2.LastError, "revoked") {
+		t.Errorf("node-a after the refused stream: %+v", st2)
+	}
+}
