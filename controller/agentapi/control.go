@@ -33,10 +33,6 @@ func remote(ctx context.Context) string {
 	return "unknown"
 }
 
-// errBadToken is what every unusable token gets before its secret is
-// proven: nobody learns whether an id exists.
-var errBadToken = errors.New("join token not valid")
-
 // Join trades a one-time token and a CSR for a node certificate.
 func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 	s := c.s
@@ -46,7 +42,6 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		log.Warn("join refused", zap.Error(err))
 		return status.Error(code, err.Error())
 	}
-	refuse := func(code codes.Code, err error) error { return refuseAs("token", code, err) }
 	if err := pki.ValidNodeName(req.GetNode()); err != nil {
 		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
 	}
@@ -56,39 +51,78 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
 	}
 	now := s.now()
-	_, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error {
-		if !pki.SecretMatches(t.SecretHash, req.GetTokenSecret()) {
-			return errBadToken
-		}
-		if t.Node != req.GetNode() {
-			return status.Errorf(codes.PermissionDenied, "join token is for node %q, not %q", t.Node, req.GetNode())
-		}
-		return nil
-	})
-	switch {
-	case err == nil:
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, errBadToken):
-		return nil, refuse(codes.Unauthenticated, errBadToken)
-	case errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpiry):
-		return nil, refuse(codes.Unauthenticated, err)
-	case status.Code(err) == codes.PermissionDenied:
-		return nil, refuse(codes.PermissionDenied, errors.New(status.Convert(err).Message()))
-	default:
-		log.Error("join failed", zap.Error(err))
-		return nil, status.Error(codes.Internal, "join failed; see the controller's log")
+	tok, err := s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error { return s.checkJoinToken(t, req, now) })
+	if err != nil {
+		return nil, s.joinRefusal(err, log, refuseAs)
 	}
 	s.certMu.Lock() // see Renew
-	cert, certPEM, err := s.issueNodeCert(ctx, req.GetNode(), csr, now)
+	// Under certMu, as Revoke deletes the node's tokens and records the
+	// revocation: a token made before the revocation never undoes it.
+	err = tokenAfterRevocation(tok, s.nodes.RevokedAt(req.GetNode()))
+	var cert *x509.Certificate
+	var certPEM []byte
+	if err == nil {
+		cert, certPEM, err = s.issueNodeCert(ctx, req.GetNode(), csr, now)
+	}
+	if err == nil {
+		s.nodes.Update(req.GetNode(), func(n *nodes.Node) {
+			n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
+		})
+	}
 	s.certMu.Unlock()
 	if err != nil {
-		log.Error("join failed", zap.Error(err))
-		return nil, status.Error(codes.Internal, "join failed; see the controller's log")
+		return nil, s.joinRefusal(err, log, refuseAs)
 	}
-	s.nodes.Update(req.GetNode(), func(n *nodes.Node) {
-		n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
-	})
 	log.Info("node joined", zap.String("cert-serial", pki.Serial(cert)), zap.Time("cert-expiry", cert.NotAfter))
 	return &pb.JoinResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
+}
+
+// errBadToken is what every unusable token gets before its secret is
+// proven: nobody learns whether an id exists.
+var errBadToken = errors.New("join token not valid")
+
+// errTokenBeforeRevocation refuses a token made before its node's
+// revocation.
+var errTokenBeforeRevocation = errors.New("join token created before node")
+
+// checkJoinToken says whether t admits the node req joins as, at now: its
+// secret first (until it is proven, every refusal is errBadToken), then
+// its node, its age against the node's revocation, use and expiry.
+func (s *Service) checkJoinToken(t store.JoinToken, req *pb.JoinRequest, now time.Time) error {
+	if !pki.SecretMatches(t.SecretHash, req.GetTokenSecret()) {
+		return errBadToken
+	}
+	if t.Node != req.GetNode() {
+		return status.Errorf(codes.PermissionDenied, "join token is for node %q, not %q", t.Node, req.GetNode())
+	}
+	if err := tokenAfterRevocation(t, s.nodes.RevokedAt(t.Node)); err != nil {
+		return err
+	}
+	return t.Usable(now)
+}
+
+// tokenAfterRevocation refuses a token created before its node was
+// revoked (revoked is zero for a node that is not revoked).
+func tokenAfterRevocation(t store.JoinToken, revoked time.Time) error {
+	if !revoked.IsZero() && !t.Created.After(revoked) {
+		return status.Errorf(codes.PermissionDenied, "%v %q was revoked (token created %s, node revoked %s): create a new token",
+			errTokenBeforeRevocation, t.Node, t.Created.UTC().Format(time.RFC3339), revoked.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// joinRefusal turns what stopped a join into its answer.
+func (s *Service) joinRefusal(err error, log *zap.Logger, refuseAs func(string, codes.Code, error) error) error {
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, errBadToken):
+		return refuseAs("token", codes.Unauthenticated, errBadToken)
+	case errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpiry):
+		return refuseAs("token", codes.Unauthenticated, err)
+	case status.Code(err) == codes.PermissionDenied:
+		return refuseAs("token", codes.PermissionDenied, errors.New(status.Convert(err).Message()))
+	}
+	log.Error("join failed", zap.Error(err))
+	return status.Error(codes.Internal, "join failed; see the controller's log")
 }
 
 // Renew signs a new certificate for the caller's node.

@@ -186,23 +186,25 @@ func (s *Service) Close() {
 	})
 }
 
-// Revoke revokes every certificate issued to node, closes its stream and
-// remembers why. The node stays listed, disconnected, until an agent joins
-// for it again with a new token.
-func (s *Service) Revoke(ctx context.Context, name string) (int, error) {
+// Revoke revokes every certificate issued to node, deletes its unused
+// join tokens, closes its stream and remembers why. The node stays listed,
+// disconnected, until an agent joins for it again with a token created
+// after the revocation.
+func (s *Service) Revoke(ctx context.Context, name string) (*apiclient.RevokeResult, error) {
 	if !s.nodes.Known(name) {
-		return 0, fmt.Errorf("node %q: %w", name, nodes.ErrUnknownNode)
+		return nil, fmt.Errorf("node %q: %w", name, nodes.ErrUnknownNode)
 	}
+	// Under certMu: no certificate is issued, no stream attached and no
+	// token created while the node is being revoked (see Join, Renew,
+	// attach and CreateJoinToken).
+	s.certMu.Lock()
+	defer s.certMu.Unlock()
 	at := s.now()
-	s.certMu.Lock() // see Renew
-	certs, err := s.st.RevokeNode(ctx, name, at)
-	if err == nil {
-		s.tls.revoke(certs)
-	}
-	s.certMu.Unlock()
+	certs, tokens, err := s.st.RevokeNode(ctx, name, at)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	s.tls.revoke(certs)
 	reason := fmt.Sprintf("certificate revoked at %s: the agent must join again with a new token", at.UTC().Format(time.RFC3339))
 	s.nodes.Update(name, func(n *nodes.Node) {
 		n.Rec.Revoked = at
@@ -211,8 +213,8 @@ func (s *Service) Revoke(ctx context.Context, name string) (int, error) {
 			n.Stream.Close(&revokedError{serials: serials(certs), reason: reason})
 		}
 	})
-	s.log.Warn("node revoked", zap.String("node", name), zap.Int("certificates", len(certs)))
-	return len(certs), nil
+	s.log.Warn("node revoked", zap.String("node", name), zap.Int("certificates", len(certs)), zap.Int("join-tokens-deleted", tokens))
+	return &apiclient.RevokeResult{Node: name, RevokedCertificates: len(certs), DeletedJoinTokens: tokens}, nil
 }
 
 func serials(certs []store.Cert) []string {
@@ -248,11 +250,62 @@ func (s *Service) CreateJoinToken(ctx context.Context, node string, ttl time.Dur
 	if err != nil {
 		return nil, err
 	}
+	// Under certMu, as Revoke: a token is either in the store when the
+	// node is revoked (and deleted with the revocation) or created after
+	// it (and admits the node again).
+	s.certMu.Lock()
 	now := s.now()
 	rec := store.JoinToken{ID: t.ID, SecretHash: pki.HashSecret(t.Secret), Node: node, Created: now, Expires: now.Add(ttl)}
-	if err := s.st.AddJoinToken(ctx, rec); err != nil {
+	err = s.st.AddJoinToken(ctx, rec)
+	s.certMu.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	s.log.Info("join token created", zap.String("node", node), zap.String("token-id", t.ID), zap.Time("expires", rec.Expires))
 	return &apiclient.JoinToken{Token: t.String(), Node: node, Expires: rec.Expires.UTC()}, nil
+}
+
+// ErrUnknownToken is a join token id the controller does not keep.
+var ErrUnknownToken = errors.New("no such join token")
+
+// JoinTokens lists the join tokens the controller keeps: ids, nodes and
+// times, never secrets or their hashes.
+func (s *Service) JoinTokens(ctx context.Context) ([]apiclient.JoinTokenInfo, error) {
+	toks, err := s.st.JoinTokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	out := make([]apiclient.JoinTokenInfo, 0, len(toks))
+	for _, t := range toks {
+		out = append(out, tokenInfo(t, now))
+	}
+	return out, nil
+}
+
+// DeleteJoinToken deletes a join token, used or not: an unused one can no
+// longer admit its node.
+func (s *Service) DeleteJoinToken(ctx context.Context, id string) (*apiclient.JoinTokenInfo, error) {
+	t, err := s.st.DeleteJoinToken(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("join token %q: %w", id, ErrUnknownToken)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("join token deleted", zap.String("node", t.Node), zap.String("token-id", t.ID))
+	info := tokenInfo(t, s.now())
+	return &info, nil
+}
+
+func tokenInfo(t store.JoinToken, now time.Time) apiclient.JoinTokenInfo {
+	info := apiclient.JoinTokenInfo{ID: t.ID, Node: t.Node, Created: t.Created.UTC(), Expires: t.Expires.UTC(), State: apiclient.TokenPending}
+	switch {
+	case !t.Used.IsZero():
+		used := t.Used.UTC()
+		info.Used, info.State = &used, apiclient.TokenUsed
+	case !now.Before(t.Expires):
+		info.State = apiclient.TokenExpired
+	}
+	return info
 }

@@ -48,6 +48,8 @@ func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	api.HandleFunc("GET /api/v1/agents", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.nodes.Agents()) })
 	api.HandleFunc("POST /api/v1/agents/{node}/revoke", s.handleRevoke)
 	api.HandleFunc("POST /api/v1/tokens", s.handleToken)
+	api.HandleFunc("GET /api/v1/tokens", s.handleListTokens)
+	api.HandleFunc("DELETE /api/v1/tokens/{id}", s.handleDeleteToken)
 	api.HandleFunc("GET /api/v1/rulesets/{node}", s.handleRuleSet)
 	api.HandleFunc("GET /api/v1/flows", s.handleFlows)
 	api.HandleFunc("GET /api/v1/alerts", s.handleAlerts)
@@ -185,12 +187,12 @@ func (s *API) handleDeleteOne(w http.ResponseWriter, r *http.Request) {
 
 func (s *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	node := r.PathValue("node")
-	n, err := s.agents.Revoke(r.Context(), node)
+	res, err := s.agents.Revoke(r.Context(), node)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, apiclient.RevokeResult{Node: node, RevokedCertificates: n})
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (s *API) handleToken(w http.ResponseWriter, r *http.Request) {

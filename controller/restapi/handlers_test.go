@@ -26,6 +26,7 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 		{"POST", "/api/v1/delete", `{"resources": [{"kind": "pods", "name": "x"}]}`, 400, "unknown resource kind"},
 		{"GET", "/api/v1/pods", "", 404, "unknown resource kind"},
 		{"GET", "/api/v1/rulesets/nobody", "", 404, "has no rule set"},
+		{"DELETE", "/api/v1/tokens/nope", "", 404, `join token \"nope\": no such join token, nothing changed`},
 	}
 	for _, c := range cases {
 		code, b := controllertest.Call(t, c.method, cfg.Server+c.path, cfg.Token, c.body)

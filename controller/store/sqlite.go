@@ -249,29 +249,85 @@ func (s *SQLite) AddJoinToken(ctx context.Context, t JoinToken) error {
 	return nil
 }
 
-func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error) {
+const joinTokenColumns = "id, secret_hash, node, created, expires, used"
+
+// scanJoinToken reads one row of joinTokenColumns.
+func scanJoinToken(row interface{ Scan(...any) error }) (JoinToken, error) {
+	var t JoinToken
+	var created, expires, used int64
+	if err := row.Scan(&t.ID, &t.SecretHash, &t.Node, &created, &expires, &used); err != nil {
+		return JoinToken{}, err
+	}
+	t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
+	return t, nil
+}
+
+func (s *SQLite) JoinToken(ctx context.Context, id string) (JoinToken, error) {
+	t, err := scanJoinToken(s.db.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return JoinToken{}, ErrNotFound
+	}
+	if err != nil {
+		return JoinToken{}, fmt.Errorf("read join token: %w", err)
+	}
+	return t, nil
+}
+
+func (s *SQLite) JoinTokens(ctx context.Context) ([]JoinToken, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens ORDER BY created, id")
+	if err != nil {
+		return nil, fmt.Errorf("read join tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []JoinToken
+	for rows.Next() {
+		t, err := scanJoinToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read join tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) (JoinToken, error) {
 	var t JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var created, expires, used int64
-		err := tx.QueryRowContext(ctx, "SELECT id, secret_hash, node, created, expires, used FROM join_tokens WHERE id = ?", id).
-			Scan(&t.ID, &t.SecretHash, &t.Node, &created, &expires, &used)
+		var err error
+		t, err = scanJoinToken(tx.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
 		if err != nil {
 			return err
 		}
-		t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
+		_, err = tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE id = ?", id)
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return JoinToken{}, fmt.Errorf("delete join token: %w", err)
+	}
+	return t, err
+}
+
+func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error) {
+	var t JoinToken
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		t, err = scanJoinToken(tx.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
 		// The secret is checked before anything else is said about the
 		// token: without it, nobody learns whether it was used.
 		if err := check(t); err != nil {
 			return err
 		}
-		if !t.Used.IsZero() {
-			return fmt.Errorf("%w at %s", ErrTokenUsed, t.Used.Format(time.RFC3339))
-		}
-		if !now.Before(t.Expires) {
-			return fmt.Errorf("%w at %s", ErrTokenExpiry, t.Expires.Format(time.RFC3339))
+		if err := t.Usable(now); err != nil {
+			return err
 		}
 		res, err := tx.ExecContext(ctx, "UPDATE join_tokens SET used = ? WHERE id = ? AND used = 0", nanos(now), id)
 		if err != nil {
@@ -295,10 +351,22 @@ func (s *SQLite) AddCert(ctx context.Context, c Cert) error {
 	return nil
 }
 
-func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, error) {
+func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, int, error) {
 	var out []Cert
+	var tokens int64
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "UPDATE certs SET revoked = ? WHERE node = ? AND revoked = 0", nanos(at), node); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE node = ? AND used = 0", node)
+		if err != nil {
+			return err
+		}
+		if tokens, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (name, revoked) VALUES (?, ?)
+			ON CONFLICT (name) DO UPDATE SET revoked = excluded.revoked`, node, nanos(at)); err != nil {
 			return err
 		}
 		rows, err := tx.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE node = ?", node)
@@ -309,9 +377,9 @@ func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]C
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("revoke node %s: %w", node, err)
+		return nil, 0, fmt.Errorf("revoke node %s: %w", node, err)
 	}
-	return out, nil
+	return out, int(tokens), nil
 }
 
 func (s *SQLite) RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error) {

@@ -22,6 +22,7 @@ import (
 	"github.com/eastguard/eastguard/agent/controlplane"
 	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/testutil"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -463,5 +464,50 @@ func TestRevocationDuringConnect(t *testing.T) {
 	st2 := h.AgentStatus("node-a")
 	if st2.Connected || !st2.Revoked || !strings.Contains(st2.LastError, "revoked") {
 		t.Errorf("node-a after the refused stream: %+v", st2)
+	}
+}
+
+// TestRevokedNodeNeedsNewToken: a revocation deletes the node's unused
+// join tokens, and only a token created after the revocation admits the
+// node again, so an old token (up to 7 days valid) cannot undo it.
+func TestRevokedNodeNeedsNewToken(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	spare := h.Token("node-a", time.Hour) // made before the revocation, never used
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(a)
+	if _, err := h.Srv.Agents.Revoke(context.Background(), "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.wait(t, 10*time.Second); !errors.Is(err, controlplane.ErrRevoked) {
+		t.Fatalf("agent ended with %v, want ErrRevoked", err)
+	}
+	err := h.startAgent("node-a", spare, nil, nil).wait(t, 10*time.Second)
+	if !errors.Is(err, controlplane.ErrJoinRefused) || !strings.Contains(err.Error(), "join token not valid") {
+		t.Errorf("join with a token made before the revocation: %v, want refused", err)
+	}
+	// A token made before the revocation that the revocation did not
+	// delete (stored after it: a creation racing the revocation) is
+	// refused too, and says why.
+	late, err := pki.NewJoinToken(h.CA.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := h.Clock.Now().Add(-time.Minute)
+	if err := h.St.AddJoinToken(context.Background(), store.JoinToken{ID: late.ID, SecretHash: pki.HashSecret(late.Secret),
+		Node: "node-a", Created: created, Expires: created.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	err = h.startAgent("node-a", late.String(), nil, nil).wait(t, 10*time.Second)
+	if !errors.Is(err, controlplane.ErrJoinRefused) || !strings.Contains(err.Error(), "created before node") {
+		t.Errorf("join with a token created before the revocation: %v, want refused saying so", err)
+	}
+	if st := h.AgentStatus("node-a"); st.Connected || !st.Revoked {
+		t.Errorf("after the refused joins: %+v", st)
+	}
+	b := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(b)
+	if st := h.AgentStatus("node-a"); st.Revoked || st.LastError != "" {
+		t.Errorf("node-a joined with a new token: %+v", st)
 	}
 }
