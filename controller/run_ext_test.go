@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"go.uber.org/zap"
@@ -107,6 +108,6 @@ func testOptions(dataDir string) controller.Options {
 		DataDir: dataDir, GRPCListen: ":7443", HTTPListen: "127.0.0.1:8080",
 		CertTTL: time.Hour, ServerCertTTL: 24 * time.Hour, Heartbeat: 10 * time.Second,
 		FlowRetention: 7 * 24 * time.Hour, FlowMaxBytes: 4 << 30, AlertRetention: 30 * 24 * time.Hour,
-		WebhookGiveUp: 24 * time.Hour, DeniedSeverity: "warning",
+		WebhookGiveUp: 24 * time.Hour, DeniedSeverity: "warning", AgentLimits: agentapi.DefaultLimits(),
 	}
 }

@@ -33,13 +33,19 @@ func remote(ctx context.Context) string {
 	return "unknown"
 }
 
-// Join trades a one-time token and a CSR for a node certificate.
+// Join trades a one-time token and a CSR for a node certificate. Anyone
+// who reaches the listener may call it, so what costs little comes first:
+// the rate limit and the request's size (tap, limitRequestSize), the node
+// name, the CSR, then a read-only lookup of the token; only a token whose
+// secret matches costs a write transaction (ConsumeJoinToken) and the
+// certificate lock. Refusals are counted, and logged within limits.
 func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 	s := c.s
-	log := s.log.With(zap.String("node", req.GetNode()), zap.String("token-id", req.GetTokenId()), zap.String("remote", remote(ctx)))
+	fields := []zap.Field{zap.String("node", req.GetNode()), zap.String("token-id", req.GetTokenId()), zap.String("remote", remote(ctx))}
+	log := s.log.With(fields...)
 	refuseAs := func(reason string, code codes.Code, err error) error {
 		s.m.refused.WithLabelValues(reason).Inc()
-		log.Warn("join refused", zap.Error(err))
+		s.refusals.Warn(peerAddr(ctx), "join refused", append(fields, zap.Error(err))...)
 		return status.Error(code, err.Error())
 	}
 	if err := pki.ValidNodeName(req.GetNode()); err != nil {
@@ -51,7 +57,14 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
 	}
 	now := s.now()
-	tok, err := s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error { return s.checkJoinToken(t, req, now) })
+	check := func(t store.JoinToken) error { return s.checkJoinToken(t, req, now) }
+	tok, err := s.st.JoinToken(ctx, req.GetTokenId())
+	if err == nil {
+		err = check(tok)
+	}
+	if err == nil {
+		tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
+	}
 	if err != nil {
 		return nil, s.joinRefusal(err, log, refuseAs)
 	}

@@ -12,6 +12,12 @@
 //     closes the node's stream. A stream is checked again when it
 //     attaches (after Hello) and at every heartbeat, so none outlives a
 //     revocation.
+//   - What a peer can make the controller hold or do before it
+//     authenticates is bounded (limits.go): connections per source and in
+//     all, calls per connection, joins per source, the size of a Join or
+//     Renew request and of a CSR, the time to a handshake and to an
+//     answer; a made-up join token costs a read, never a write; refusals
+//     are counted, and logged a few lines per source per minute.
 //   - Each stream has one goroutine that sends, so a slow agent only
 //     delays itself; it holds at most one update in flight and always
 //     sends the newest version next (older ones are skipped, never queued).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -49,6 +50,9 @@ type Config struct {
 	Heartbeat time.Duration
 	// Version is the controller's version as agents see it in Welcome.
 	Version string
+	// Limits bound connections, streams and Joins (zero fields: the
+	// defaults).
+	Limits Limits
 	// OnAck, if set, is called after each ack is recorded (tests and
 	// benchmarks wait on it). It must not block.
 	OnAck func(Ack)
@@ -93,6 +97,12 @@ type Service struct {
 	certMu sync.Mutex
 	tls    *tlsState
 
+	// What the listener lets peers hold and do (limits.go), and the
+	// rate-limited log of refusals (refusals.go).
+	conns    *connLimiter
+	joins    *joinLimiter
+	refusals *refusalLog
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -127,9 +137,13 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.ServingHosts == nil {
 		cfg.ServingHosts = func() []string { return []string{"localhost", "127.0.0.1", "::1"} }
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	s := &Service{
 		cfg: cfg, log: cfg.Log, st: cfg.Store, ca: cfg.CA, now: cfg.Now, m: newMetrics(cfg.Registry),
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
+		conns:    &connLimiter{max: cfg.Limits.MaxConns, perSource: cfg.Limits.MaxConnsPerSource, counts: make(map[netip.Prefix]int)},
+		joins:    newJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		refusals: newRefusalLog(cfg.Log, cfg.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
@@ -143,9 +157,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		// far smaller size limit than Connect's flow batches need.
 		grpc.InTapHandle(s.tap),
 		grpc.ChainUnaryInterceptor(s.limitRequestSize),
+		grpc.MaxConcurrentStreams(uint32(cfg.Limits.MaxStreamsPerConn)),
+		grpc.ConnectionTimeout(handshakeTimeout),
 		// Dead peers are found by transport keepalives even while a send
 		// to them is blocked.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second, MaxConnectionIdle: maxConnIdle}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Thousands of mostly idle streams: small per-connection buffers.
 		grpc.ReadBufferSize(8<<10),
@@ -153,12 +169,14 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	)
 	pb.RegisterControlServer(s.grpc, &control{s: s})
 	s.wg.Go(func() { s.tls.rotate(s.ctx) })
+	s.wg.Go(func() { s.refusals.run(s.ctx) })
 	return s, nil
 }
 
-// Serve serves the gRPC service on lis until Close.
+// Serve serves the gRPC service on lis until Close, within the
+// connection limits.
 func (s *Service) Serve(lis net.Listener) error {
-	err := s.grpc.Serve(lis)
+	err := s.grpc.Serve(limitedListener{Listener: lis, s: s})
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}

@@ -131,14 +131,14 @@ func (t *tlsState) serverConfig() *tls.Config {
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			c := base.Clone()
-			remote := hello.Conn.RemoteAddr().String()
+			remote := hello.Conn.RemoteAddr()
 			c.VerifyConnection = func(cs tls.ConnectionState) error {
 				if len(cs.PeerCertificates) == 0 {
 					return nil // only Join accepts that; every other RPC checks
 				}
 				_, err := t.verifyChain(cs.PeerCertificates)
 				if err != nil {
-					t.s.log.Warn("agent certificate refused", zap.String("remote", remote), zap.Error(err))
+					t.s.refusals.Warn(remote, "agent certificate refused", zap.Stringer("remote", remote), zap.Error(err))
 				}
 				return err
 			}
@@ -209,7 +209,7 @@ func (s *Service) authenticate(ctx context.Context) (identity, error) {
 	}
 	node, err := s.tls.verify(info.State.PeerCertificates)
 	if err != nil {
-		s.log.Warn("agent RPC refused", zap.String("remote", p.Addr.String()), zap.Error(err))
+		s.refusals.Warn(p.Addr, "agent RPC refused", zap.Stringer("remote", p.Addr), zap.Error(err))
 		code := codes.Unauthenticated
 		if errors.Is(err, errRevoked) {
 			code = codes.PermissionDenied

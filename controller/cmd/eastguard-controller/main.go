@@ -79,6 +79,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&o.CertTTL, "cert-ttl", pki.DefaultNodeCertTTL, "lifetime of node certificates (agents renew at 2/3)")
 	fs.DurationVar(&o.ServerCertTTL, "server-cert-ttl", pki.DefaultServerCertTTL, "lifetime of the serving certificate (rotated at 2/3)")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", agentapi.DefaultHeartbeat, "heartbeat interval on agent streams")
+	fs.IntVar(&o.AgentLimits.MaxConns, "agent-max-conns", agentapi.DefaultMaxConns, "connections the gRPC listener holds at most; more are closed at once")
+	fs.IntVar(&o.AgentLimits.MaxConnsPerSource, "agent-max-conns-per-source", agentapi.DefaultMaxConnsPerSource, "connections the gRPC listener holds from one IPv4 address or IPv6 /64")
+	fs.IntVar(&o.AgentLimits.MaxStreamsPerConn, "agent-max-streams-per-conn", agentapi.DefaultMaxStreamsPerConn, "concurrent calls on one gRPC connection")
+	fs.Float64Var(&o.AgentLimits.JoinRate, "agent-join-rate", agentapi.DefaultJoinRate, "joins per second one IPv4 address or IPv6 /64 may start (beyond it and --agent-join-burst: retry later)")
+	fs.IntVar(&o.AgentLimits.JoinBurst, "agent-join-burst", agentapi.DefaultJoinBurst, "joins one source may start at once")
 	o.FlowMaxBytes = flowingest.DefaultFlowMaxBytes
 	fs.DurationVar(&o.FlowRetention, "flow-retention", flowingest.DefaultFlowRetention, "delete flow records older than this")
 	fs.Var((*cliflag.ByteSize)(&o.FlowMaxBytes), "flow-max-bytes", "keep the flow store under this size (e.g. 4GiB, 500MB); the oldest flows go first")
