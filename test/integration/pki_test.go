@@ -244,13 +244,7 @@ func TestRevokedAgentRefused(t *testing.T) {
 	if a.enf.version() != 1 {
 		t.Errorf("agent enforces version %d after revocation, want 1 (kept)", a.enf.version())
 	}
-	testutil.Eventually(t, 5*time.Second, "the revoked node listed", func() error {
-		st := h.AgentStatus("node-a")
-		if st.Connected || !st.Revoked || !strings.Contains(st.LastError, "revoked") {
-			return fmt.Errorf("%+v", st)
-		}
-		return nil
-	})
+	testutil.Eventually(t, 5*time.Second, "the revoked node listed", func() error { return h.listedRevoked("node-a") })
 	_, err := connect(t, h.rawClient(savedCert(t, a.dir)), "node-a")
 	if err == nil {
 		t.Fatal("a revoked certificate opened a stream")
@@ -269,13 +263,29 @@ func TestRevokedAgentRefused(t *testing.T) {
 	if err := r.wait(t, 10*time.Second); !errors.Is(err, controlplane.ErrRevoked) {
 		t.Errorf("restarted agent with the revoked certificate ended with %v, want ErrRevoked", err)
 	}
-	if st := h.AgentStatus("node-a"); st.Connected || !st.Revoked {
-		t.Errorf("after the restarted agent's attempt: %+v", st)
+	if err := h.listedRevoked("node-a"); err != nil {
+		t.Errorf("after the restarted agent's attempt: %v", err)
 	}
-	b := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
-	h.waitApplied(b)
-	if st := h.AgentStatus("node-a"); st.Revoked || st.LastError != "" {
-		t.Errorf("rejoined node: %+v", st)
+	h.rejoin("node-a")
+}
+
+// listedRevoked says what is wrong unless node is listed disconnected and
+// revoked, with the revocation as its last error.
+func (h *harness) listedRevoked(node string) error {
+	if st := h.AgentStatus(node); st.Connected || !st.Revoked || !strings.Contains(st.LastError, "revoked") {
+		return fmt.Errorf("%s listed as %+v", node, st)
+	}
+	return nil
+}
+
+// rejoin starts an agent for node with a new token and checks that the
+// node is admitted again: connected, no longer revoked, no error.
+func (h *harness) rejoin(node string) {
+	h.T.Helper()
+	a := h.startAgent(node, h.Token(node, time.Hour), nil, nil)
+	h.waitApplied(a)
+	if st := h.AgentStatus(node); st.Revoked || st.LastError != "" {
+		h.T.Errorf("%s joined again with a new token: %+v", node, st)
 	}
 }
 
@@ -461,9 +471,8 @@ func TestRevocationDuringConnect(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("hello after the revocation: got %v, %v; want PermissionDenied saying revoked", msg, err)
 	}
-	st2 := h.AgentStatus("node-a")
-	if st2.Connected || !st2.Revoked || !strings.Contains(st2.LastError, "revoked") {
-		t.Errorf("node-a after the refused stream: %+v", st2)
+	if err := h.listedRevoked("node-a"); err != nil {
+		t.Errorf("after the refused stream: %v", err)
 	}
 }
 
@@ -502,12 +511,8 @@ func TestRevokedNodeNeedsNewToken(t *testing.T) {
 	if !errors.Is(err, controlplane.ErrJoinRefused) || !strings.Contains(err.Error(), "created before node") {
 		t.Errorf("join with a token created before the revocation: %v, want refused saying so", err)
 	}
-	if st := h.AgentStatus("node-a"); st.Connected || !st.Revoked {
-		t.Errorf("after the refused joins: %+v", st)
+	if err := h.listedRevoked("node-a"); err != nil {
+		t.Errorf("after the refused joins: %v", err)
 	}
-	b := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
-	h.waitApplied(b)
-	if st := h.AgentStatus("node-a"); st.Revoked || st.LastError != "" {
-		t.Errorf("node-a joined with a new token: %+v", st)
-	}
+	h.rejoin("node-a")
 }
