@@ -66,7 +66,7 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
 	}
 	if err != nil {
-		return nil, s.joinRefusal(err, log, refuseAs)
+		return nil, joinRefusal(err, log, refuseAs)
 	}
 	s.certMu.Lock() // see Renew
 	// Under certMu, as Revoke deletes the node's tokens and records the
@@ -84,7 +84,7 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	}
 	s.certMu.Unlock()
 	if err != nil {
-		return nil, s.joinRefusal(err, log, refuseAs)
+		return nil, joinRefusal(err, log, refuseAs)
 	}
 	log.Info("node joined", zap.String("cert-serial", pki.Serial(cert)), zap.Time("cert-expiry", cert.NotAfter))
 	return &pb.JoinResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
@@ -93,10 +93,6 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 // errBadToken is what every unusable token gets before its secret is
 // proven: nobody learns whether an id exists.
 var errBadToken = errors.New("join token not valid")
-
-// errTokenBeforeRevocation refuses a token made before its node's
-// revocation.
-var errTokenBeforeRevocation = errors.New("join token created before node")
 
 // checkJoinToken says whether t admits the node req joins as, at now: its
 // secret first (until it is proven, every refusal is errBadToken), then
@@ -118,14 +114,14 @@ func (s *Service) checkJoinToken(t store.JoinToken, req *pb.JoinRequest, now tim
 // revoked (revoked is zero for a node that is not revoked).
 func tokenAfterRevocation(t store.JoinToken, revoked time.Time) error {
 	if !revoked.IsZero() && !t.Created.After(revoked) {
-		return status.Errorf(codes.PermissionDenied, "%v %q was revoked (token created %s, node revoked %s): create a new token",
-			errTokenBeforeRevocation, t.Node, t.Created.UTC().Format(time.RFC3339), revoked.UTC().Format(time.RFC3339))
+		return status.Errorf(codes.PermissionDenied, "join token created before node %q was revoked (token created %s, node revoked %s): create a new token",
+			t.Node, t.Created.UTC().Format(time.RFC3339), revoked.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
 
 // joinRefusal turns what stopped a join into its answer.
-func (s *Service) joinRefusal(err error, log *zap.Logger, refuseAs func(string, codes.Code, error) error) error {
+func joinRefusal(err error, log *zap.Logger, refuseAs func(string, codes.Code, error) error) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, errBadToken):
 		return refuseAs("token", codes.Unauthenticated, errBadToken)

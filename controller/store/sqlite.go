@@ -262,43 +262,57 @@ func scanJoinToken(row interface{ Scan(...any) error }) (JoinToken, error) {
 	return t, nil
 }
 
-func (s *SQLite) JoinToken(ctx context.Context, id string) (JoinToken, error) {
-	t, err := scanJoinToken(s.db.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
+// joinTokenByID reads one join token, in a transaction or not; ErrNotFound
+// if there is none such.
+func joinTokenByID(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, id string) (JoinToken, error) {
+	t, err := scanJoinToken(q.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return JoinToken{}, ErrNotFound
 	}
-	if err != nil {
+	return t, err
+}
+
+func (s *SQLite) JoinToken(ctx context.Context, id string) (JoinToken, error) {
+	t, err := joinTokenByID(ctx, s.db, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return JoinToken{}, fmt.Errorf("read join token: %w", err)
 	}
-	return t, nil
+	return t, err
 }
 
 func (s *SQLite) JoinTokens(ctx context.Context) ([]JoinToken, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens ORDER BY created, id")
+	return queryAll(ctx, s.db, "join tokens", scanJoinToken, "SELECT "+joinTokenColumns+" FROM join_tokens ORDER BY created, id")
+}
+
+// queryAll runs a query and scans every row of its answer; errors name
+// what was read.
+func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(interface{ Scan(...any) error }) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read join tokens: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	defer rows.Close()
-	var out []JoinToken
+	var out []T
 	for rows.Next() {
-		t, err := scanJoinToken(rows)
+		v, err := scan(rows)
 		if err != nil {
-			return nil, fmt.Errorf("read join tokens: %w", err)
+			return nil, fmt.Errorf("read %s: %w", what, err)
 		}
-		out = append(out, t)
+		out = append(out, v)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	return out, nil
 }
 
 func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) (JoinToken, error) {
 	var t JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
-		t, err = scanJoinToken(tx.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
+		if t, err = joinTokenByID(ctx, tx, id); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE id = ?", id)
@@ -314,11 +328,7 @@ func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time,
 	var t JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
-		t, err = scanJoinToken(tx.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
+		if t, err = joinTokenByID(ctx, tx, id); err != nil {
 			return err
 		}
 		// The secret is checked before anything else is said about the
@@ -457,22 +467,9 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c PolicyCommit) error {
 }
 
 func (s *SQLite) LatestRuleSets(ctx context.Context) ([]RuleSetRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
+	return queryAll(ctx, s.db, "rule sets", scanRuleSet, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
 		JOIN (SELECT node, MAX(version) AS version FROM rulesets GROUP BY node) m ON r.node = m.node AND r.version = m.version
 		ORDER BY r.node`)
-	if err != nil {
-		return nil, fmt.Errorf("read rule sets: %w", err)
-	}
-	defer rows.Close()
-	var out []RuleSetRecord
-	for rows.Next() {
-		r, err := scanRuleSet(rows)
-		if err != nil {
-			return nil, fmt.Errorf("read rule sets: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
 }
 
 func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (RuleSetRecord, error) {
