@@ -70,7 +70,7 @@ bench: ## Run the Go benchmarks (datapath verdict cost, compiler, ...).
 # FuzzCompile spends its time minimising instead of fuzzing.
 FUZZ_TARGETS := ./internal/policy:FuzzParse ./internal/compile:FuzzCompile \
 	./internal/wire:FuzzFlowBatch ./agent/datapath:FuzzDecodeEvent \
-	./controller/apiclient:FuzzParseFilters
+	./controller/apiclient:FuzzParseFilters ./internal/pki:FuzzCheckCSR
 FUZZTIME     ?= 30s
 
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s).

@@ -55,6 +55,9 @@ type Config struct {
 	// Heartbeat is how often the controller sends heartbeats on each
 	// stream.
 	Heartbeat time.Duration
+	// AgentLimits bound the agent-facing listener's connections, streams
+	// and Joins; zero fields take agentapi's defaults.
+	AgentLimits agentapi.Limits
 	// FlushInterval is how often agents' status is written to the store.
 	FlushInterval time.Duration
 	// Now is the clock (tests move it); nil is time.Now.
@@ -209,7 +212,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		Store: cfg.Store, CA: cfg.CA, Log: log, Now: cfg.Now, Registry: cfg.Registry,
 		Nodes: c.nodes, Policy: c.Policy, Flows: c.Flows,
 		ServingHosts: cfg.ServingHosts, NodeCertTTL: cfg.NodeCertTTL, ServerCertTTL: cfg.ServerCertTTL,
-		Heartbeat: cfg.Heartbeat, Version: cfg.Version, OnAck: cfg.OnAck,
+		Heartbeat: cfg.Heartbeat, Version: cfg.Version, OnAck: cfg.OnAck, Limits: cfg.AgentLimits,
 	})
 	if err != nil {
 		return nil, err

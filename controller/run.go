@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/restapi"
@@ -55,6 +56,9 @@ type Options struct {
 	CertTTL       time.Duration
 	ServerCertTTL time.Duration
 	Heartbeat     time.Duration
+	// AgentLimits bound the gRPC listener's connections, streams and
+	// joins (--agent-max-conns, ...).
+	AgentLimits agentapi.Limits
 
 	FlowRetention  time.Duration
 	FlowMaxBytes   int64
@@ -110,6 +114,9 @@ func (o *Options) Check() error {
 	}
 	if o.CertTTL < time.Second || o.ServerCertTTL < time.Second || o.Heartbeat < 100*time.Millisecond {
 		return errors.New("--cert-ttl and --server-cert-ttl must be at least 1s, --heartbeat at least 100ms")
+	}
+	if l := o.AgentLimits; l.MaxConns < 1 || l.MaxConnsPerSource < 1 || l.MaxStreamsPerConn < 1 || l.JoinBurst < 1 || !(l.JoinRate > 0) {
+		return errors.New("--agent-max-conns, --agent-max-conns-per-source, --agent-max-streams-per-conn, --agent-join-rate and --agent-join-burst must be more than 0")
 	}
 	if o.FlowRetention < time.Minute || o.AlertRetention < time.Minute || o.WebhookGiveUp < time.Second {
 		return errors.New("--flow-retention and --alert-retention must be at least 1m, --webhook-give-up at least 1s")
@@ -230,6 +237,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		NodeCertTTL:   o.CertTTL,
 		ServerCertTTL: o.ServerCertTTL,
 		Heartbeat:     o.Heartbeat,
+		AgentLimits:   o.AgentLimits,
 
 		FlowRetention:  o.FlowRetention,
 		FlowMaxBytes:   o.FlowMaxBytes,

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/internal/pki"
@@ -159,6 +160,7 @@ func testOptions(dataDir string) controller.Options {
 		FlowRetention: 7 * 24 * time.Hour, FlowMaxBytes: 4 << 30, AlertRetention: 30 * 24 * time.Hour,
 		WebhookGiveUp: 24 * time.Hour, DeniedSeverity: "warning",
 		WebhookRate: 1, WebhookBurst: 20, AlertMaxLivePerRule: 100, AlertMaxResolved: 100000, WebhookOutboxMax: 100000,
+		AgentLimits: agentapi.DefaultLimits(),
 	}
 }
 

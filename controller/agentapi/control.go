@@ -33,80 +33,139 @@ func remote(ctx context.Context) string {
 	return "unknown"
 }
 
+// Join trades a one-time token and a CSR for a node certificate. Anyone
+// who reaches the listener may call it, so what costs little comes first:
+// the rate limit and the request's size (tap, limitRequestSize), the node
+// name, the CSR, then a read-only lookup of the token; only a token whose
+// secret matches costs a write transaction (ConsumeJoinToken) and the
+// certificate lock. Refusals are counted, and logged within limits.
+func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+	s := c.s
+	fields := []zap.Field{zap.String("node", req.GetNode()), zap.String("token-id", req.GetTokenId()), zap.String("remote", remote(ctx))}
+	log := s.log.With(fields...)
+	refuseAs := func(reason string, code codes.Code, err error) error {
+		s.m.refused.WithLabelValues(reason).Inc()
+		s.refusals.Warn(peerAddr(ctx), "join refused", append(fields, zap.Error(err))...)
+		return status.Error(code, err.Error())
+	}
+	if err := pki.ValidNodeName(req.GetNode()); err != nil {
+		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
+	}
+	// The CSR is checked before the token is used up.
+	csr, err := pki.CheckCSR(req.GetCsr())
+	if err != nil {
+		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
+	}
+	now := s.now()
+	check := func(t store.JoinToken) error { return s.checkJoinToken(t, req, now) }
+	tok, err := s.st.JoinToken(ctx, req.GetTokenId())
+	if err == nil {
+		err = check(tok)
+	}
+	if err == nil {
+		tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
+	}
+	if err != nil {
+		return nil, joinRefusal(err, log, refuseAs)
+	}
+	s.certMu.Lock() // see Renew
+	// Under certMu, as Revoke deletes the node's tokens and records the
+	// revocation: a token made before the revocation never undoes it.
+	err = tokenAfterRevocation(tok, s.nodes.RevokedAt(req.GetNode()))
+	var cert *x509.Certificate
+	var certPEM []byte
+	if err == nil {
+		cert, certPEM, err = s.issueNodeCert(ctx, req.GetNode(), csr, now)
+	}
+	if err == nil {
+		s.nodes.Update(req.GetNode(), func(n *nodes.Node) {
+			n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
+		})
+	}
+	s.certMu.Unlock()
+	if err != nil {
+		return nil, joinRefusal(err, log, refuseAs)
+	}
+	log.Info("node joined", zap.String("cert-serial", pki.Serial(cert)), zap.Time("cert-expiry", cert.NotAfter))
+	return &pb.JoinResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
+}
+
 // errBadToken is what every unusable token gets before its secret is
 // proven: nobody learns whether an id exists.
 var errBadToken = errors.New("join token not valid")
 
-// Join trades a one-time token and a CSR for a node certificate.
-func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
-	s := c.s
-	log := s.log.With(zap.String("node", req.GetNode()), zap.String("token-id", req.GetTokenId()), zap.String("remote", remote(ctx)))
-	refuse := func(code codes.Code, err error) error {
-		s.m.refused.WithLabelValues("token").Inc()
-		log.Warn("join refused", zap.Error(err))
-		return status.Error(code, err.Error())
+// checkJoinToken says whether t admits the node req joins as, at now: its
+// secret first (until it is proven, every refusal is errBadToken), then
+// its node, its age against the node's revocation, use and expiry.
+func (s *Service) checkJoinToken(t store.JoinToken, req *pb.JoinRequest, now time.Time) error {
+	if !pki.SecretMatches(t.SecretHash, req.GetTokenSecret()) {
+		return errBadToken
 	}
-	if err := pki.ValidNodeName(req.GetNode()); err != nil {
-		return nil, refuse(codes.InvalidArgument, err)
+	if t.Node != req.GetNode() {
+		return status.Errorf(codes.PermissionDenied, "join token is for node %q, not %q", t.Node, req.GetNode())
 	}
-	// The CSR is checked before the token is used up.
-	if _, err := pki.CheckCSR(req.GetCsr()); err != nil {
-		return nil, refuse(codes.InvalidArgument, err)
+	if err := tokenAfterRevocation(t, s.nodes.RevokedAt(t.Node)); err != nil {
+		return err
 	}
-	now := s.now()
-	_, err := s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, func(t store.JoinToken) error {
-		if !pki.SecretMatches(t.SecretHash, req.GetTokenSecret()) {
-			return errBadToken
-		}
-		if t.Node != req.GetNode() {
-			return status.Errorf(codes.PermissionDenied, "join token is for node %q, not %q", t.Node, req.GetNode())
-		}
-		return nil
-	})
+	return t.Usable(now)
+}
+
+// tokenAfterRevocation refuses a token created before its node was
+// revoked (revoked is zero for a node that is not revoked).
+func tokenAfterRevocation(t store.JoinToken, revoked time.Time) error {
+	if !revoked.IsZero() && !t.Created.After(revoked) {
+		return status.Errorf(codes.PermissionDenied, "join token created before node %q was revoked (token created %s, node revoked %s): create a new token",
+			t.Node, t.Created.UTC().Format(time.RFC3339), revoked.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// joinRefusal turns what stopped a join into its answer.
+func joinRefusal(err error, log *zap.Logger, refuseAs func(string, codes.Code, error) error) error {
 	switch {
-	case err == nil:
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, errBadToken):
-		return nil, refuse(codes.Unauthenticated, errBadToken)
+		return refuseAs("token", codes.Unauthenticated, errBadToken)
 	case errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpiry):
-		return nil, refuse(codes.Unauthenticated, err)
+		return refuseAs("token", codes.Unauthenticated, err)
 	case status.Code(err) == codes.PermissionDenied:
-		return nil, refuse(codes.PermissionDenied, errors.New(status.Convert(err).Message()))
-	default:
-		log.Error("join failed", zap.Error(err))
-		return nil, status.Error(codes.Internal, "join failed; see the controller's log")
+		return refuseAs("token", codes.PermissionDenied, errors.New(status.Convert(err).Message()))
 	}
-	s.certMu.Lock() // see Renew
-	cert, certPEM, err := s.issueNodeCert(ctx, req.GetNode(), req.GetCsr(), now)
-	s.certMu.Unlock()
-	if err != nil {
-		return nil, refuse(codes.InvalidArgument, err)
-	}
-	s.nodes.Update(req.GetNode(), func(n *nodes.Node) {
-		n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
-	})
-	log.Info("node joined", zap.String("cert-serial", pki.Serial(cert)), zap.Time("cert-expiry", cert.NotAfter))
-	return &pb.JoinResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
+	log.Error("join failed", zap.Error(err))
+	return status.Error(codes.Internal, "join failed; see the controller's log")
 }
 
 // Renew signs a new certificate for the caller's node.
 func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewResponse, error) {
 	s := c.s
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The CSR is parsed and its signature verified before the certificate
+	// lock is taken: whatever it costs delays its sender only, never a
+	// revocation or another node's renewal.
+	csr, err := pki.CheckCSR(req.GetCsr())
+	if err != nil {
+		s.m.refused.WithLabelValues("bad_request").Inc()
+		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	// Issuing and revoking exclude each other: a revocation either comes
-	// first (authenticate refuses the certificate) or finds the new
+	// first (the check below refuses the certificate) or finds the new
 	// certificate in the store and revokes it too. Without this a
 	// revocation landing between the check and the issuing would leave
 	// the node a fresh, unrevoked certificate.
 	s.certMu.Lock()
-	id, err := s.authenticate(ctx)
-	if err != nil {
+	if err := s.tls.checkNotRevoked(id); err != nil {
 		s.certMu.Unlock()
-		return nil, err
+		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
+		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
-	cert, certPEM, err := s.issueNodeCert(ctx, id.node, req.GetCsr(), s.now())
+	cert, certPEM, err := s.issueNodeCert(ctx, id.node, csr, s.now())
 	s.certMu.Unlock()
 	if err != nil {
-		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		s.log.Error("renewal failed", zap.String("node", id.node), zap.Error(err))
+		return nil, status.Error(codes.Internal, "renewal failed; see the controller's log")
 	}
 	s.nodes.Update(id.node, func(n *nodes.Node) {
 		if ss, ok := n.Stream.(*session); ok {
@@ -118,9 +177,10 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 	return &pb.RenewResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
 }
 
-// issueNodeCert signs and records a node certificate.
-func (s *Service) issueNodeCert(ctx context.Context, name string, csr []byte, now time.Time) (*x509.Certificate, []byte, error) {
-	cert, certPEM, err := s.ca.SignNode(csr, name, s.cfg.NodeCertTTL, now)
+// issueNodeCert signs and records a node certificate for a CSR that
+// pki.CheckCSR accepted. Called with certMu held.
+func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time) (*x509.Certificate, []byte, error) {
+	cert, certPEM, err := s.ca.IssueNode(csr, name, s.cfg.NodeCertTTL, now)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -139,6 +199,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 	if err != nil {
 		return err
 	}
+	s.log.Debug("stream opened; waiting for its Hello", zap.String("node", id.node), zap.String("remote", remote(ctx)))
 	// One goroutine reads; the session goroutine (this one) does the rest.
 	msgs := make(chan *pb.AgentMessage)
 	recvErr := make(chan error, 1)
@@ -197,7 +258,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		return status.Error(codes.Internal, "the controller could not compile this node's rule set; see its log")
 	}
 
-	ss := newSession(s, id.node, stream, hello)
+	ss := newSession(s, id, stream, hello)
 	ss.certExpiry.Store(id.cert.NotAfter.UnixNano())
 	// Beyond the re-sync limit the version is not bumped: the agent's
 	// stale-version ack of the push that follows closes the stream.
@@ -209,7 +270,10 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 	if hello.GetAppliedVersion() > 0 {
 		ss.base = s.policy.StoredVersion(ctx, id.node, hello.GetAppliedVersion(), hello.GetAppliedHash())
 	}
-	s.attach(ss, hello)
+	if err := s.attach(ss, hello); err != nil {
+		log.Warn("stream refused", zap.Error(err))
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
 	latest := s.nodes.Latest(id.node)
 	if err := stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Welcome{Welcome: &pb.Welcome{
 		LatestVersion:       latest.Num,
@@ -235,8 +299,18 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 	return err
 }
 
-// attach makes ss its node's stream, with what the agent said in Hello.
-func (s *Service) attach(ss *session, hello *pb.Hello) {
+// attach makes ss its node's stream, with what the agent said in Hello,
+// unless the certificate the stream was opened with was revoked since it
+// was authenticated (the agent may take up to helloTimeout to say Hello).
+// The check and the attach hold certMu, as Revoke does while it revokes:
+// a revocation either comes first (refused here, the node's record left
+// as the revocation wrote it) or finds this stream attached and closes it.
+func (s *Service) attach(ss *session, hello *pb.Hello) error {
+	s.certMu.Lock()
+	defer s.certMu.Unlock()
+	if err := s.tls.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+		return err
+	}
 	now := s.now()
 	replaced := s.nodes.Attach(ss.node, ss, func(n *nodes.Node) {
 		n.Rec.LastContact = now
@@ -248,6 +322,7 @@ func (s *Service) attach(ss *session, hello *pb.Hello) {
 	if !replaced {
 		s.m.connected.Inc()
 	}
+	return nil
 }
 
 // detach forgets ss if it is still its node's stream.

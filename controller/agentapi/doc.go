@@ -9,7 +9,15 @@
 //   - The node an agent speaks for is the node in its certificate; an
 //     expired certificate fails the handshake; a revoked one is refused
 //     on every RPC with PermissionDenied and the reason, and a revocation
-//     closes the node's stream.
+//     closes the node's stream. A stream is checked again when it
+//     attaches (after Hello) and at every heartbeat, so none outlives a
+//     revocation.
+//   - What a peer can make the controller hold or do before it
+//     authenticates is bounded (limits.go): connections per source and in
+//     all, calls per connection, joins per source, the size of a Join or
+//     Renew request and of a CSR, the time to a handshake and to an
+//     answer; a made-up join token costs a read, never a write; refusals
+//     are counted, and logged a few lines per source per minute.
 //   - Each stream has one goroutine that sends, so a slow agent only
 //     delays itself; it holds at most one update in flight and always
 //     sends the newest version next (older ones are skipped, never queued).
@@ -17,6 +25,6 @@
 // It must not import restapi or the controller package that wires it.
 //
 // Lock order: Service.certMu, then the node table's lock. certMu orders
-// issuing a certificate against revoking a node's certificates. A
-// session's state is owned by its stream's goroutine.
+// issuing a certificate and attaching a stream against revoking a node's
+// certificates. A session's state is owned by its stream's goroutine.
 package agentapi

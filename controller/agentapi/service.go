@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -49,6 +50,9 @@ type Config struct {
 	Heartbeat time.Duration
 	// Version is the controller's version as agents see it in Welcome.
 	Version string
+	// Limits bound connections, streams and Joins (zero fields: the
+	// defaults).
+	Limits Limits
 	// OnAck, if set, is called after each ack is recorded (tests and
 	// benchmarks wait on it). It must not block.
 	OnAck func(Ack)
@@ -85,11 +89,19 @@ type Service struct {
 	policy *policyrepo.Repo
 	flows  *flowingest.Ingester
 
-	// certMu orders node certificate issuing against revocations. Lock
-	// order: certMu, then tlsState.mu (revocation checks and updates),
-	// then the node table's lock.
+	// certMu orders node certificate issuing (Join, Renew) and the
+	// attaching of streams (Connect, after Hello) against revocations:
+	// each checks revocation and acts under it, as Revoke revokes under
+	// it. Lock order: certMu, then tlsState.mu (revocation checks and
+	// updates), then the node table's lock.
 	certMu sync.Mutex
 	tls    *tlsState
+
+	// What the listener lets peers hold and do (limits.go), and the
+	// rate-limited log of refusals (refusals.go).
+	conns    *connLimiter
+	joins    *joinLimiter
+	refusals *refusalLog
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -125,9 +137,13 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.ServingHosts == nil {
 		cfg.ServingHosts = func() []string { return []string{"localhost", "127.0.0.1", "::1"} }
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	s := &Service{
 		cfg: cfg, log: cfg.Log, st: cfg.Store, ca: cfg.CA, now: cfg.Now, m: newMetrics(cfg.Registry),
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
+		conns:    &connLimiter{max: cfg.Limits.MaxConns, perSource: cfg.Limits.MaxConnsPerSource, counts: make(map[netip.Prefix]int)},
+		joins:    newJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		refusals: newRefusalLog(cfg.Log, cfg.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
@@ -137,9 +153,15 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.tls.serverConfig())),
 		grpc.MaxRecvMsgSize(maxAgentMessage),
+		// Join and Renew: a deadline before the request is read, and a
+		// far smaller size limit than Connect's flow batches need.
+		grpc.InTapHandle(s.tap),
+		grpc.ChainUnaryInterceptor(s.limitRequestSize),
+		grpc.MaxConcurrentStreams(uint32(cfg.Limits.MaxStreamsPerConn)),
+		grpc.ConnectionTimeout(handshakeTimeout),
 		// Dead peers are found by transport keepalives even while a send
 		// to them is blocked.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second, MaxConnectionIdle: maxConnIdle}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Thousands of mostly idle streams: small per-connection buffers.
 		grpc.ReadBufferSize(8<<10),
@@ -147,12 +169,14 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	)
 	pb.RegisterControlServer(s.grpc, &control{s: s})
 	s.wg.Go(func() { s.tls.rotate(s.ctx) })
+	s.wg.Go(func() { s.refusals.run(s.ctx) })
 	return s, nil
 }
 
-// Serve serves the gRPC service on lis until Close.
+// Serve serves the gRPC service on lis until Close, within the
+// connection limits.
 func (s *Service) Serve(lis net.Listener) error {
-	err := s.grpc.Serve(lis)
+	err := s.grpc.Serve(limitedListener{Listener: lis, s: s})
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}
@@ -180,23 +204,25 @@ func (s *Service) Close() {
 	})
 }
 
-// Revoke revokes every certificate issued to node, closes its stream and
-// remembers why. The node stays listed, disconnected, until an agent joins
-// for it again with a new token.
-func (s *Service) Revoke(ctx context.Context, name string) (int, error) {
+// Revoke revokes every certificate issued to node, deletes its unused
+// join tokens, closes its stream and remembers why. The node stays listed,
+// disconnected, until an agent joins for it again with a token created
+// after the revocation.
+func (s *Service) Revoke(ctx context.Context, name string) (*apiclient.RevokeResult, error) {
 	if !s.nodes.Known(name) {
-		return 0, fmt.Errorf("node %q: %w", name, nodes.ErrUnknownNode)
+		return nil, fmt.Errorf("node %q: %w", name, nodes.ErrUnknownNode)
 	}
+	// Under certMu: no certificate is issued, no stream attached and no
+	// token created while the node is being revoked (see Join, Renew,
+	// attach and CreateJoinToken).
+	s.certMu.Lock()
+	defer s.certMu.Unlock()
 	at := s.now()
-	s.certMu.Lock() // see Renew
-	certs, err := s.st.RevokeNode(ctx, name, at)
-	if err == nil {
-		s.tls.revoke(certs)
-	}
-	s.certMu.Unlock()
+	certs, tokens, err := s.st.RevokeNode(ctx, name, at)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	s.tls.revoke(certs)
 	reason := fmt.Sprintf("certificate revoked at %s: the agent must join again with a new token", at.UTC().Format(time.RFC3339))
 	s.nodes.Update(name, func(n *nodes.Node) {
 		n.Rec.Revoked = at
@@ -205,8 +231,8 @@ func (s *Service) Revoke(ctx context.Context, name string) (int, error) {
 			n.Stream.Close(&revokedError{serials: serials(certs), reason: reason})
 		}
 	})
-	s.log.Warn("node revoked", zap.String("node", name), zap.Int("certificates", len(certs)))
-	return len(certs), nil
+	s.log.Warn("node revoked", zap.String("node", name), zap.Int("certificates", len(certs)), zap.Int("join-tokens-deleted", tokens))
+	return &apiclient.RevokeResult{Node: name, RevokedCertificates: len(certs), DeletedJoinTokens: tokens}, nil
 }
 
 func serials(certs []store.Cert) []string {
@@ -242,11 +268,62 @@ func (s *Service) CreateJoinToken(ctx context.Context, node string, ttl time.Dur
 	if err != nil {
 		return nil, err
 	}
+	// Under certMu, as Revoke: a token is either in the store when the
+	// node is revoked (and deleted with the revocation) or created after
+	// it (and admits the node again).
+	s.certMu.Lock()
 	now := s.now()
 	rec := store.JoinToken{ID: t.ID, SecretHash: pki.HashSecret(t.Secret), Node: node, Created: now, Expires: now.Add(ttl)}
-	if err := s.st.AddJoinToken(ctx, rec); err != nil {
+	err = s.st.AddJoinToken(ctx, rec)
+	s.certMu.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	s.log.Info("join token created", zap.String("node", node), zap.String("token-id", t.ID), zap.Time("expires", rec.Expires))
 	return &apiclient.JoinToken{Token: t.String(), Node: node, Expires: rec.Expires.UTC()}, nil
+}
+
+// ErrUnknownToken is a join token id the controller does not keep.
+var ErrUnknownToken = errors.New("no such join token")
+
+// JoinTokens lists the join tokens the controller keeps: ids, nodes and
+// times, never secrets or their hashes.
+func (s *Service) JoinTokens(ctx context.Context) ([]apiclient.JoinTokenInfo, error) {
+	toks, err := s.st.JoinTokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	out := make([]apiclient.JoinTokenInfo, 0, len(toks))
+	for _, t := range toks {
+		out = append(out, tokenInfo(t, now))
+	}
+	return out, nil
+}
+
+// DeleteJoinToken deletes a join token, used or not: an unused one can no
+// longer admit its node.
+func (s *Service) DeleteJoinToken(ctx context.Context, id string) (*apiclient.JoinTokenInfo, error) {
+	t, err := s.st.DeleteJoinToken(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("join token %q: %w", id, ErrUnknownToken)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("join token deleted", zap.String("node", t.Node), zap.String("token-id", t.ID))
+	info := tokenInfo(t, s.now())
+	return &info, nil
+}
+
+func tokenInfo(t store.JoinToken, now time.Time) apiclient.JoinTokenInfo {
+	info := apiclient.JoinTokenInfo{ID: t.ID, Node: t.Node, Created: t.Created.UTC(), Expires: t.Expires.UTC(), State: apiclient.TokenPending}
+	switch {
+	case !t.Used.IsZero():
+		used := t.Used.UTC()
+		info.Used, info.State = &used, apiclient.TokenUsed
+	case !now.Before(t.Expires):
+		info.State = apiclient.TokenExpired
+	}
+	return info
 }

@@ -1,6 +1,7 @@
 package agentapi
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
+	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -179,8 +181,11 @@ func (e *revokedError) Error() string { return e.reason }
 // session is one agent's stream. Its run goroutine owns base, inflight
 // and refused; other goroutines only wake it or close it.
 type session struct {
-	s      *Service
-	node   string
+	s    *Service
+	node string
+	// cert is the certificate the stream's connection was opened with:
+	// every heartbeat checks it against the revocations.
+	cert   *x509.Certificate
 	stream pb.Control_ConnectServer
 	log    *zap.Logger
 	// peerHeartbeat is the agent's heartbeat interval.
@@ -212,7 +217,8 @@ type session struct {
 	namesOf  *nodes.Version
 }
 
-func newSession(s *Service, node string, stream pb.Control_ConnectServer, hello *pb.Hello) *session {
+func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello *pb.Hello) *session {
+	node := id.node
 	hb := time.Duration(hello.GetHeartbeatIntervalMs()) * time.Millisecond
 	if hb <= 0 {
 		hb = DefaultHeartbeat
@@ -221,6 +227,7 @@ func newSession(s *Service, node string, stream pb.Control_ConnectServer, hello 
 	return &session{
 		s:             s,
 		node:          node,
+		cert:          id.cert,
 		stream:        stream,
 		log:           log,
 		flows:         s.flows.NewAgent(node, log),
@@ -300,7 +307,16 @@ func (ss *session) closed() error {
 	return status.Error(codes.Unavailable, ss.closeErr.Error())
 }
 
+// heartbeat checks that the stream may go on, then sends a heartbeat.
+// Revocation is checked here too, not only when a revocation closes the
+// stream: whatever way a stream of a revoked certificate came to be
+// attached, it ends within one heartbeat.
 func (ss *session) heartbeat() error {
+	if err := ss.s.tls.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+		ss.log.Warn("closing stream: the agent's certificate was revoked", zap.Error(err))
+		ss.Close(&revokedError{serials: []string{pki.Serial(ss.cert)}, reason: err.Error()})
+		return ss.closed()
+	}
 	now := ss.s.now()
 	if exp := time.Unix(0, ss.certExpiry.Load()); now.After(exp) {
 		ss.s.m.refused.WithLabelValues("expired").Inc()

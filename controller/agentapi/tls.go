@@ -135,14 +135,14 @@ func (t *tlsState) serverConfig() *tls.Config {
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			c := base.Clone()
-			remote := hello.Conn.RemoteAddr().String()
+			remote := hello.Conn.RemoteAddr()
 			c.VerifyConnection = func(cs tls.ConnectionState) error {
 				if len(cs.PeerCertificates) == 0 {
 					return nil // only Join accepts that; every other RPC checks
 				}
 				_, err := t.verifyChain(cs.PeerCertificates)
 				if err != nil {
-					t.s.log.Warn("agent certificate refused", zap.String("remote", remote), zap.Error(err))
+					t.s.refusals.Warn(remote, "agent certificate refused", zap.Stringer("remote", remote), zap.Error(err))
 				}
 				return err
 			}
@@ -160,11 +160,21 @@ func (t *tlsState) verify(chain []*x509.Certificate) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if serial := pki.Serial(chain[0]); t.isRevoked(serial) {
-		t.s.m.refused.WithLabelValues("revoked").Inc()
-		return "", fmt.Errorf("%w: certificate of node %q (serial %s) was revoked", errRevoked, node, serial)
+	if err := t.checkNotRevoked(identity{node: node, cert: chain[0]}); err != nil {
+		return "", err
 	}
 	return node, nil
+}
+
+// checkNotRevoked says whether id's certificate was revoked, and counts
+// the refusal if so. The caller holds Service.certMu when the answer must
+// stay true until it has acted on it.
+func (t *tlsState) checkNotRevoked(id identity) error {
+	if serial := pki.Serial(id.cert); t.isRevoked(serial) {
+		t.s.m.refused.WithLabelValues("revoked").Inc()
+		return fmt.Errorf("%w: certificate of node %q (serial %s) was revoked", errRevoked, id.node, serial)
+	}
+	return nil
 }
 
 // verifyChain checks a node certificate chain but not revocation.
@@ -203,7 +213,7 @@ func (s *Service) authenticate(ctx context.Context) (identity, error) {
 	}
 	node, err := s.tls.verify(info.State.PeerCertificates)
 	if err != nil {
-		s.log.Warn("agent RPC refused", zap.String("remote", p.Addr.String()), zap.Error(err))
+		s.refusals.Warn(p.Addr, "agent RPC refused", zap.Stringer("remote", p.Addr), zap.Error(err))
 		code := codes.Unauthenticated
 		if errors.Is(err, errRevoked) {
 			code = codes.PermissionDenied

@@ -134,10 +134,33 @@ type RevokedAdminToken struct {
 	ActiveTokens int `json:"activeTokens"`
 }
 
+// JoinTokenInfo is one join token in GET /api/v1/tokens and `egctl token
+// list -o json`, and the answer to DELETE /api/v1/tokens/{id}. It never
+// carries the token's secret (the controller keeps only a hash of it, and
+// does not give that out either).
+type JoinTokenInfo struct {
+	ID      string     `json:"id"`
+	Node    string     `json:"node"`
+	Created time.Time  `json:"created"`
+	Expires time.Time  `json:"expires"`
+	Used    *time.Time `json:"used"` // null until used
+	State   string     `json:"state"`
+}
+
+// Join token states.
+const (
+	TokenPending = "pending" // usable until it expires
+	TokenUsed    = "used"
+	TokenExpired = "expired"
+)
+
 // RevokeResult is the answer to POST /api/v1/agents/{node}/revoke.
 type RevokeResult struct {
 	Node                string `json:"node"`
 	RevokedCertificates int    `json:"revokedCertificates"`
+	// DeletedJoinTokens counts the node's unused join tokens the
+	// revocation deleted.
+	DeletedJoinTokens int `json:"deletedJoinTokens"`
 }
 
 // AgentStatus is one node's entry in GET /api/v1/agents and `egctl agents

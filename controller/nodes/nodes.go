@@ -129,6 +129,17 @@ func (t *Table) Known(name string) bool {
 	return t.nodes[name] != nil
 }
 
+// RevokedAt returns when the node was revoked, zero if it is not (never
+// revoked, or joined again since).
+func (t *Table) RevokedAt(name string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n := t.nodes[name]; n != nil {
+		return n.Rec.Revoked
+	}
+	return time.Time{}
+}
+
 // Latest returns a node's newest version, nil if it has none.
 func (t *Table) Latest(name string) *Version {
 	t.mu.Lock()

@@ -56,6 +56,8 @@ func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	api.HandleFunc("GET /api/v1/admin-tokens", s.handleAdminTokens)
 	api.HandleFunc("POST /api/v1/admin-tokens", s.handleCreateAdminToken)
 	api.HandleFunc("POST /api/v1/admin-tokens/{id}/revoke", s.handleRevokeAdminToken)
+	api.HandleFunc("GET /api/v1/tokens", s.handleListTokens)
+	api.HandleFunc("DELETE /api/v1/tokens/{id}", s.handleDeleteToken)
 	api.HandleFunc("GET /api/v1/rulesets/{node}", s.handleRuleSet)
 	api.HandleFunc("GET /api/v1/flows", s.handleFlows)
 	api.HandleFunc("GET /api/v1/alerts", s.handleAlerts)
@@ -172,12 +174,12 @@ func (s *API) handleDeleteOne(w http.ResponseWriter, r *http.Request) {
 
 func (s *API) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	node := r.PathValue("node")
-	n, err := s.agents.Revoke(r.Context(), node)
+	res, err := s.agents.Revoke(r.Context(), node)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, apiclient.RevokeResult{Node: node, RevokedCertificates: n})
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (s *API) handleToken(w http.ResponseWriter, r *http.Request) {

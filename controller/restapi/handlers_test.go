@@ -29,6 +29,7 @@ func TestAPIRefusesBadRequests(t *testing.T) {
 		{"POST", "/api/v1/tokens", `{"node": "` + strings.Repeat("n", 65<<10) + `", "ttl": "1h"}`, 400, "request body too large"},
 		{"POST", "/api/v1/admin-tokens", `{"name": "` + strings.Repeat("n", 65<<10) + `"}`, 400, "request body too large"},
 		{"GET", "/api/v1/rulesets/nobody", "", 404, "has no rule set"},
+		{"DELETE", "/api/v1/tokens/nope", "", 404, `join token \"nope\": no such join token, nothing changed`},
 	}
 	for _, c := range cases {
 		code, b := controllertest.Call(t, c.method, cfg.Server+c.path, cfg.Token, c.body)

@@ -299,29 +299,95 @@ func (s *SQLite) AddJoinToken(ctx context.Context, t JoinToken) error {
 	return nil
 }
 
+const joinTokenColumns = "id, secret_hash, node, created, expires, used"
+
+// scanJoinToken reads one row of joinTokenColumns.
+func scanJoinToken(row interface{ Scan(...any) error }) (JoinToken, error) {
+	var t JoinToken
+	var created, expires, used int64
+	if err := row.Scan(&t.ID, &t.SecretHash, &t.Node, &created, &expires, &used); err != nil {
+		return JoinToken{}, err
+	}
+	t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
+	return t, nil
+}
+
+// joinTokenByID reads one join token, in a transaction or not; ErrNotFound
+// if there is none such.
+func joinTokenByID(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, id string) (JoinToken, error) {
+	t, err := scanJoinToken(q.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return JoinToken{}, ErrNotFound
+	}
+	return t, err
+}
+
+func (s *SQLite) JoinToken(ctx context.Context, id string) (JoinToken, error) {
+	t, err := joinTokenByID(ctx, s.db, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return JoinToken{}, fmt.Errorf("read join token: %w", err)
+	}
+	return t, err
+}
+
+func (s *SQLite) JoinTokens(ctx context.Context) ([]JoinToken, error) {
+	return queryAll(ctx, s.db, "join tokens", scanJoinToken, "SELECT "+joinTokenColumns+" FROM join_tokens ORDER BY created, id")
+}
+
+// queryAll runs a query and scans every row of its answer; errors name
+// what was read.
+func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(interface{ Scan(...any) error }) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	return out, nil
+}
+
+func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) (JoinToken, error) {
+	var t JoinToken
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if t, err = joinTokenByID(ctx, tx, id); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE id = ?", id)
+		return err
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return JoinToken{}, fmt.Errorf("delete join token: %w", err)
+	}
+	return t, err
+}
+
 func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error) {
 	var t JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var created, expires, used int64
-		err := tx.QueryRowContext(ctx, "SELECT id, secret_hash, node, created, expires, used FROM join_tokens WHERE id = ?", id).
-			Scan(&t.ID, &t.SecretHash, &t.Node, &created, &expires, &used)
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
+		var err error
+		if t, err = joinTokenByID(ctx, tx, id); err != nil {
 			return err
 		}
-		t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
 		// The secret is checked before anything else is said about the
 		// token: without it, nobody learns whether it was used.
 		if err := check(t); err != nil {
 			return err
 		}
-		if !t.Used.IsZero() {
-			return fmt.Errorf("%w at %s", ErrTokenUsed, t.Used.Format(time.RFC3339))
-		}
-		if !now.Before(t.Expires) {
-			return fmt.Errorf("%w at %s", ErrTokenExpiry, t.Expires.Format(time.RFC3339))
+		if err := t.Usable(now); err != nil {
+			return err
 		}
 		res, err := tx.ExecContext(ctx, "UPDATE join_tokens SET used = ? WHERE id = ? AND used = 0", nanos(now), id)
 		if err != nil {
@@ -345,10 +411,22 @@ func (s *SQLite) AddCert(ctx context.Context, c Cert) error {
 	return nil
 }
 
-func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, error) {
+func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, int, error) {
 	var out []Cert
+	var tokens int64
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "UPDATE certs SET revoked = ? WHERE node = ? AND revoked = 0", nanos(at), node); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE node = ? AND used = 0", node)
+		if err != nil {
+			return err
+		}
+		if tokens, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (name, revoked) VALUES (?, ?)
+			ON CONFLICT (name) DO UPDATE SET revoked = excluded.revoked`, node, nanos(at)); err != nil {
 			return err
 		}
 		rows, err := tx.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE node = ?", node)
@@ -359,9 +437,9 @@ func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]C
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("revoke node %s: %w", node, err)
+		return nil, 0, fmt.Errorf("revoke node %s: %w", node, err)
 	}
-	return out, nil
+	return out, int(tokens), nil
 }
 
 func (s *SQLite) RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error) {
@@ -439,22 +517,9 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c PolicyCommit) error {
 }
 
 func (s *SQLite) LatestRuleSets(ctx context.Context) ([]RuleSetRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
+	return queryAll(ctx, s.db, "rule sets", scanRuleSet, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
 		JOIN (SELECT node, MAX(version) AS version FROM rulesets GROUP BY node) m ON r.node = m.node AND r.version = m.version
 		ORDER BY r.node`)
-	if err != nil {
-		return nil, fmt.Errorf("read rule sets: %w", err)
-	}
-	defer rows.Close()
-	var out []RuleSetRecord
-	for rows.Next() {
-		r, err := scanRuleSet(rows)
-		if err != nil {
-			return nil, fmt.Errorf("read rule sets: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
 }
 
 func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (RuleSetRecord, error) {

@@ -26,6 +26,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -61,6 +62,15 @@ type Store interface {
 
 	// AddJoinToken keeps a join token (its secret hashed).
 	AddJoinToken(ctx context.Context, t JoinToken) error
+	// JoinToken reads one join token, or ErrNotFound. It writes nothing:
+	// callers look a token up before they spend a write transaction on
+	// it (Join is open to anyone who can reach the listener).
+	JoinToken(ctx context.Context, id string) (JoinToken, error)
+	// JoinTokens returns every join token kept, used and expired ones
+	// included, oldest first.
+	JoinTokens(ctx context.Context) ([]JoinToken, error)
+	// DeleteJoinToken deletes a join token and returns it, or ErrNotFound.
+	DeleteJoinToken(ctx context.Context, id string) (JoinToken, error)
 	// ConsumeJoinToken marks a join token used, atomically: of two
 	// concurrent calls for the same token, one wins. check runs on the
 	// stored token inside the transaction; if it fails, nothing changes
@@ -70,8 +80,12 @@ type Store interface {
 
 	// AddCert records a certificate issued to a node.
 	AddCert(ctx context.Context, c Cert) error
-	// RevokeNode revokes every certificate issued to node so far.
-	RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, error)
+	// RevokeNode revokes every certificate issued to node so far, deletes
+	// its unused join tokens (so that none made before the revocation can
+	// admit it again) and records the revocation time in its node record,
+	// in one transaction. It returns the node's certificates and the
+	// number of tokens deleted.
+	RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, int, error)
 	// RevokedCerts returns the revoked certificates that have not expired
 	// at now (expired ones are refused anyway).
 	RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error)
@@ -121,6 +135,18 @@ type AdminToken struct {
 	// CreatedBy is the id of the admin token whose holder created this
 	// one; empty for the controller's own.
 	CreatedBy string
+}
+
+// Usable says whether the token may still be used at now: ErrTokenUsed or
+// ErrTokenExpiry (wrapped, with the time) if not.
+func (t JoinToken) Usable(now time.Time) error {
+	if !t.Used.IsZero() {
+		return fmt.Errorf("%w at %s", ErrTokenUsed, t.Used.Format(time.RFC3339))
+	}
+	if !now.Before(t.Expires) {
+		return fmt.Errorf("%w at %s", ErrTokenExpiry, t.Expires.Format(time.RFC3339))
+	}
+	return nil
 }
 
 // Cert is a certificate issued to a node.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,13 +109,72 @@ func TestCertsAndRevocation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	certs, err := s.RevokeNode(ctx, "a", now)
-	if err != nil || len(certs) != 2 {
-		t.Fatalf("revoke: %v, %v", certs, err)
+	// Node a's unused tokens go with the revocation; its used one (a
+	// record) and node b's stay.
+	for _, tok := range []JoinToken{{ID: "a-pending", Node: "a"}, {ID: "a-used", Node: "a"}, {ID: "a-expired", Node: "a"}, {ID: "b-pending", Node: "b"}} {
+		tok.SecretHash, tok.Created, tok.Expires = "h", now.Add(-2*time.Hour), now.Add(time.Hour)
+		if tok.ID == "a-expired" {
+			tok.Expires = now.Add(-time.Hour)
+		}
+		if err := s.AddJoinToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.ConsumeJoinToken(ctx, "a-used", now.Add(-time.Hour), func(JoinToken) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	certs, tokens, err := s.RevokeNode(ctx, "a", now)
+	if err != nil || len(certs) != 2 || tokens != 2 {
+		t.Fatalf("revoke: %v, %d tokens deleted, %v", certs, tokens, err)
 	}
 	revoked, err := s.RevokedCerts(ctx, now)
 	if err != nil || len(revoked) != 1 || revoked[0].Serial != "1" {
 		t.Errorf("revoked and unexpired: %+v, %v", revoked, err)
+	}
+	var left []string
+	all, err := s.JoinTokens(ctx)
+	for _, tok := range all {
+		left = append(left, tok.ID)
+	}
+	if err != nil || strings.Join(left, ",") != "a-used,b-pending" {
+		t.Errorf("tokens after the revocation: %q, %v", left, err)
+	}
+	// The revocation time is in the node's record at once, not only after
+	// the node table's next flush.
+	nodes, err := s.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Name != "a" || !nodes[0].Revoked.Equal(now.Truncate(0).UTC()) {
+		t.Errorf("node records after the revocation: %+v, %v", nodes, err)
+	}
+}
+
+func TestJoinTokenLookupListDelete(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Now().UTC()
+	for i, id := range []string{"t2", "t1"} {
+		tok := JoinToken{ID: id, SecretHash: "h-" + id, Node: "n", Created: now.Add(time.Duration(i) * time.Second), Expires: now.Add(time.Hour)}
+		if err := s.AddJoinToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.JoinToken(ctx, "t1")
+	if err != nil || got.SecretHash != "h-t1" || got.Node != "n" || !got.Expires.Equal(now.Add(time.Hour)) || !got.Used.IsZero() {
+		t.Errorf("lookup: %+v, %v", got, err)
+	}
+	if _, err := s.JoinToken(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("lookup of an unknown id: %v", err)
+	}
+	if all, err := s.JoinTokens(ctx); err != nil || len(all) != 2 || all[0].ID != "t2" {
+		t.Errorf("list (oldest first): %+v, %v", all, err)
+	}
+	if del, err := s.DeleteJoinToken(ctx, "t2"); err != nil || del.ID != "t2" || del.Node != "n" {
+		t.Errorf("delete: %+v, %v", del, err)
+	}
+	if _, err := s.DeleteJoinToken(ctx, "t2"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete again: %v", err)
+	}
+	if all, err := s.JoinTokens(ctx); err != nil || len(all) != 1 || all[0].ID != "t1" {
+		t.Errorf("list after the delete: %+v, %v", all, err)
 	}
 }
 

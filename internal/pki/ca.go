@@ -122,16 +122,26 @@ func (ca *CA) Pool() *x509.CertPool {
 }
 
 // SignNode checks a node's CSR (DER) and signs a client certificate for
-// node valid for ttl from now. Whatever names the CSR asks for are ignored:
-// the certificate names the node the caller vouches for. It returns the
-// certificate and its PEM.
+// node valid for ttl from now: CheckCSR, then IssueNode.
 func (ca *CA) SignNode(csrDER []byte, node string, ttl time.Duration, now time.Time) (*x509.Certificate, []byte, error) {
-	if err := ValidNodeName(node); err != nil {
-		return nil, nil, err
-	}
 	csr, err := CheckCSR(csrDER)
 	if err != nil {
 		return nil, nil, err
+	}
+	return ca.IssueNode(csr, node, ttl, now)
+}
+
+// IssueNode signs a client certificate for node, valid for ttl from now,
+// for the key of csr, which CheckCSR returned (callers check the CSR
+// before they take any lock, and issue under it). Whatever names the CSR
+// asks for are ignored: the certificate names the node the caller vouches
+// for. It returns the certificate and its PEM.
+func (ca *CA) IssueNode(csr *x509.CertificateRequest, node string, ttl time.Duration, now time.Time) (*x509.Certificate, []byte, error) {
+	if err := ValidNodeName(node); err != nil {
+		return nil, nil, err
+	}
+	if err := acceptableKey(csr.PublicKey); err != nil { // cheap: no signature check
+		return nil, nil, fmt.Errorf("certificate signing request: %w", err)
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -149,18 +159,32 @@ func (ca *CA) SignNode(csrDER []byte, node string, ttl time.Duration, now time.T
 	return ca.sign(tmpl, csr.PublicKey)
 }
 
-// CheckCSR parses a DER certificate signing request and checks its
-// signature (the requester holds the key) and key type.
+// MaxCSRSize bounds a CSR (DER). An ECDSA P-256 or Ed25519 CSR is a few
+// hundred bytes.
+const MaxCSRSize = 4 << 10
+
+// CheckCSR parses a DER certificate signing request and checks its key
+// type and its signature (the requester holds the key). It runs on
+// unauthenticated input (Join), so what it costs is bounded before
+// anything expensive: the size first, then the key type and size (a huge
+// RSA modulus would make the signature check take minutes), and only then
+// the signature.
 func CheckCSR(der []byte) (*x509.CertificateRequest, error) {
+	if len(der) == 0 {
+		return nil, errors.New("certificate signing request: empty")
+	}
+	if len(der) > MaxCSRSize {
+		return nil, fmt.Errorf("certificate signing request of %d bytes: at most %d (an ECDSA P-256 or Ed25519 CSR is a few hundred)", len(der), MaxCSRSize)
+	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
 		return nil, fmt.Errorf("certificate signing request: %w", err)
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("certificate signing request: signature: %w", err)
-	}
 	if err := acceptableKey(csr.PublicKey); err != nil {
 		return nil, fmt.Errorf("certificate signing request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("certificate signing request: signature: %w", err)
 	}
 	return csr, nil
 }

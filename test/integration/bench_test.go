@@ -65,6 +65,8 @@ func BenchmarkPropagation1000Agents(b *testing.B) {
 	h := newHarness(b, func(c *controller.Config) {
 		c.Heartbeat = 10 * time.Second
 		c.FlushInterval = time.Second
+		// Every simulated agent comes from the one loopback address.
+		c.AgentLimits = agentapi.Limits{MaxConns: 4 * agents, MaxConnsPerSource: 4 * agents, JoinRate: agents, JoinBurst: agents}
 		c.OnAck = func(a agentapi.Ack) {
 			if !a.Applied {
 				return

@@ -22,6 +22,7 @@ import (
 	"github.com/eastguard/eastguard/agent/controlplane"
 	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/testutil"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -243,13 +244,7 @@ func TestRevokedAgentRefused(t *testing.T) {
 	if a.enf.version() != 1 {
 		t.Errorf("agent enforces version %d after revocation, want 1 (kept)", a.enf.version())
 	}
-	testutil.Eventually(t, 5*time.Second, "the revoked node listed", func() error {
-		st := h.AgentStatus("node-a")
-		if st.Connected || !st.Revoked || !strings.Contains(st.LastError, "revoked") {
-			return fmt.Errorf("%+v", st)
-		}
-		return nil
-	})
+	testutil.Eventually(t, 5*time.Second, "the revoked node listed", func() error { return h.listedRevoked("node-a") })
 	_, err := connect(t, h.rawClient(savedCert(t, a.dir)), "node-a")
 	if err == nil {
 		t.Fatal("a revoked certificate opened a stream")
@@ -268,13 +263,29 @@ func TestRevokedAgentRefused(t *testing.T) {
 	if err := r.wait(t, 10*time.Second); !errors.Is(err, controlplane.ErrRevoked) {
 		t.Errorf("restarted agent with the revoked certificate ended with %v, want ErrRevoked", err)
 	}
-	if st := h.AgentStatus("node-a"); st.Connected || !st.Revoked {
-		t.Errorf("after the restarted agent's attempt: %+v", st)
+	if err := h.listedRevoked("node-a"); err != nil {
+		t.Errorf("after the restarted agent's attempt: %v", err)
 	}
-	b := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
-	h.waitApplied(b)
-	if st := h.AgentStatus("node-a"); st.Revoked || st.LastError != "" {
-		t.Errorf("rejoined node: %+v", st)
+	h.rejoin("node-a")
+}
+
+// listedRevoked says what is wrong unless node is listed disconnected and
+// revoked, with the revocation as its last error.
+func (h *harness) listedRevoked(node string) error {
+	if st := h.AgentStatus(node); st.Connected || !st.Revoked || !strings.Contains(st.LastError, "revoked") {
+		return fmt.Errorf("%s listed as %+v", node, st)
+	}
+	return nil
+}
+
+// rejoin starts an agent for node with a new token and checks that the
+// node is admitted again: connected, no longer revoked, no error.
+func (h *harness) rejoin(node string) {
+	h.T.Helper()
+	a := h.startAgent(node, h.Token(node, time.Hour), nil, nil)
+	h.waitApplied(a)
+	if st := h.AgentStatus(node); st.Revoked || st.LastError != "" {
+		h.T.Errorf("%s joined again with a new token: %+v", node, st)
 	}
 }
 
@@ -358,4 +369,150 @@ func TestBadCSRKeepsToken(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestHugeCSRRefusedQuickly: a Join and a Renew whose CSR carries an RSA
+// key with a 64 KiB modulus (and a signature as long: verifying it costs
+// seconds of CPU) are refused at once, and a revocation running meanwhile
+// is never held up behind them.
+func TestHugeCSRRefusedQuickly(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(a)
+	huge := testutil.HugeRSACSR(64 << 10)
+	const bound = 2 * time.Second // target 100 ms
+
+	parsed, _ := pki.ParseJoinToken(h.Token("node-b", time.Hour))
+	start := time.Now()
+	_, err := h.rawClient(nil).Join(context.Background(), &pb.JoinRequest{Node: "node-b", TokenId: parsed.ID, TokenSecret: parsed.Secret, Csr: huge})
+	took := time.Since(start)
+	t.Logf("join with a %d-byte CSR refused in %v", len(huge), took)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("join: %v, want InvalidArgument for the request's size", err)
+	}
+	if took > bound {
+		t.Errorf("join refused after %v, want under %v", took, bound)
+	}
+
+	// A renewal with the huge CSR, and revocations of another node until
+	// it is answered: none waits for the other.
+	renewed := make(chan error, 1)
+	var renewTook time.Duration
+	client := h.rawClient(savedCert(t, a.dir))
+	go func() {
+		start := time.Now()
+		_, err := client.Renew(context.Background(), &pb.RenewRequest{Csr: huge})
+		renewTook = time.Since(start)
+		renewed <- err
+	}()
+	var slowest time.Duration
+	for done := false; !done; {
+		start := time.Now()
+		if _, err := h.Srv.Agents.Revoke(context.Background(), "node-b"); err != nil {
+			t.Fatal(err)
+		}
+		slowest = max(slowest, time.Since(start))
+		select {
+		case err = <-renewed:
+			done = true
+		default:
+		}
+	}
+	t.Logf("renewal with a %d-byte CSR refused in %v; slowest concurrent revocation %v", len(huge), renewTook, slowest)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("renew: %v, want InvalidArgument for the request's size", err)
+	}
+	if renewTook > bound || slowest > bound {
+		t.Errorf("renewal refused after %v, slowest revocation %v; want both under %v", renewTook, slowest, bound)
+	}
+	if !h.AgentStatus("node-a").Connected {
+		t.Error("node-a's stream did not survive")
+	}
+}
+
+// TestRevocationDuringConnect: a stream opened (and authenticated) before
+// its node was revoked, whose Hello comes after, is refused: it never
+// becomes the node's stream, and the node stays listed revoked and
+// disconnected with the revocation as its last error.
+func TestRevocationDuringConnect(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(a)
+	a.stop()
+	testutil.Eventually(t, 5*time.Second, "node-a disconnected", func() error {
+		if h.AgentStatus("node-a").Connected {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+
+	opened := len(h.Logged("waiting for its Hello"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := h.rawClient(savedCert(t, a.dir)).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the controller to authenticate the stream", func() error {
+		if len(h.Logged("waiting for its Hello")) == opened {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if _, err := h.Srv.Agents.Revoke(context.Background(), "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Hello{Hello: &pb.Hello{Node: "node-a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := st.Recv()
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("hello after the revocation: got %v, %v; want PermissionDenied saying revoked", msg, err)
+	}
+	if err := h.listedRevoked("node-a"); err != nil {
+		t.Errorf("after the refused stream: %v", err)
+	}
+}
+
+// TestRevokedNodeNeedsNewToken: a revocation deletes the node's unused
+// join tokens, and only a token created after the revocation admits the
+// node again, so an old token (up to 7 days valid) cannot undo it.
+func TestRevokedNodeNeedsNewToken(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	spare := h.Token("node-a", time.Hour) // made before the revocation, never used
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	h.waitApplied(a)
+	if _, err := h.Srv.Agents.Revoke(context.Background(), "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.wait(t, 10*time.Second); !errors.Is(err, controlplane.ErrRevoked) {
+		t.Fatalf("agent ended with %v, want ErrRevoked", err)
+	}
+	err := h.startAgent("node-a", spare, nil, nil).wait(t, 10*time.Second)
+	if !errors.Is(err, controlplane.ErrJoinRefused) || !strings.Contains(err.Error(), "join token not valid") {
+		t.Errorf("join with a token made before the revocation: %v, want refused", err)
+	}
+	// A token made before the revocation that the revocation did not
+	// delete (stored after it: a creation racing the revocation) is
+	// refused too, and says why.
+	late, err := pki.NewJoinToken(h.CA.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := h.Clock.Now().Add(-time.Minute)
+	if err := h.St.AddJoinToken(context.Background(), store.JoinToken{ID: late.ID, SecretHash: pki.HashSecret(late.Secret),
+		Node: "node-a", Created: created, Expires: created.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	err = h.startAgent("node-a", late.String(), nil, nil).wait(t, 10*time.Second)
+	if !errors.Is(err, controlplane.ErrJoinRefused) || !strings.Contains(err.Error(), "created before node") {
+		t.Errorf("join with a token created before the revocation: %v, want refused saying so", err)
+	}
+	if err := h.listedRevoked("node-a"); err != nil {
+		t.Errorf("after the refused joins: %v", err)
+	}
+	h.rejoin("node-a")
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/internal/testutil"
 )
@@ -20,6 +21,8 @@ func TestParseFlags(t *testing.T) {
 		{"--data-dir", "d", "extra"},
 		{"--data-dir", "d", "--http-max-connections", "0"},
 		{"--data-dir", "d", "--http-tls-from-ca", "--http-tls-cert", "c", "--http-tls-key", "k"},
+		{"--data-dir", "d", "--agent-join-rate", "0"},
+		{"--data-dir", "d", "--agent-max-conns-per-source", "-1"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
@@ -31,6 +34,11 @@ func TestParseFlags(t *testing.T) {
 	}
 	if err != nil || !slices.Equal(o.Advertise, []string{"a.example", "10.0.0.1", "b"}) {
 		t.Errorf("--advertise: %v %v", o.Advertise, err)
+	}
+	o, err = parseFlags([]string{"--data-dir", "d", "--agent-max-conns-per-source", "300", "--agent-join-rate", "0.5"}, io.Discard)
+	if want := (agentapi.Limits{MaxConns: agentapi.DefaultMaxConns, MaxConnsPerSource: 300, MaxStreamsPerConn: agentapi.DefaultMaxStreamsPerConn,
+		JoinRate: 0.5, JoinBurst: agentapi.DefaultJoinBurst}); err != nil || o.AgentLimits != want {
+		t.Errorf("agent limits: %+v %v, want %+v", o.AgentLimits, err, want)
 	}
 }
 

@@ -73,9 +73,10 @@ var agentCmd = &command{
 revoke NAME revokes every certificate issued to node NAME: the controller
 refuses them from now on, at every handshake and every call, and closes the
 node's stream. The agent keeps enforcing the rule set it has; it gets no
-updates until it joins again with a new token (egctl token create). The
-node stays listed by egctl agents, disconnected, its last error saying it
-was revoked.
+updates until it joins again with a new token (egctl token create): the
+node's unused tokens are deleted, and only a token created after the
+revocation admits it again. The node stays listed by egctl agents,
+disconnected, its last error saying it was revoked.
 ` + remoteHelp + `
 
 Examples:
@@ -91,7 +92,8 @@ Examples:
 			if code := remote.call(e, http.MethodPost, "/api/v1/agents/"+url.PathEscape(args[1])+"/revoke", nil, &res); code != exitOK {
 				return code
 			}
-			fmt.Fprintf(e.stdout, "node %s revoked (%s)\n", res.Node, count(res.RevokedCertificates, "certificate"))
+			fmt.Fprintf(e.stdout, "node %s revoked (%s; %s deleted)\n", res.Node, count(res.RevokedCertificates, "certificate"),
+				count(res.DeletedJoinTokens, "unused join token"))
 			return exitOK
 		}
 	},
