@@ -64,7 +64,7 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		if _, bound := cur.bindings[ifindex]; bound {
 			return
 		}
-		ep, ok := d.endpointFor(a.Name, a.Flags&unix.IFF_LOOPBACK != 0)
+		ep, ok := d.endpointFor(a.Name, isLoopback(a))
 		if !ok {
 			return
 		}
