@@ -162,8 +162,17 @@ func (a *Agent) open() (err error) {
 		return err
 	}
 	a.closers = append(a.closers, func() error {
+		// Enforcement outlives the agent only through its pins: if they
+		// were removed while it ran (an older --uninstall, rm -rf, bpffs
+		// unmounted), closing the last descriptors ends it. Say which.
+		pinErr := a.dp.CheckPins()
 		err := a.dp.Close()
-		a.log.Info("agent stopped; enforcement stays in place (pinned under --bpffs-dir)", zap.String("bpffs-dir", cfg.BPFFSDir))
+		if pinErr != nil {
+			a.log.Error("agent stopped, and its pins under --bpffs-dir were removed while it ran: enforcement did not stay; start the agent again to enforce",
+				zap.String("bpffs-dir", cfg.BPFFSDir), zap.Error(pinErr))
+		} else {
+			a.log.Info("agent stopped; enforcement stays in place (pinned under --bpffs-dir)", zap.String("bpffs-dir", cfg.BPFFSDir))
+		}
 		return err
 	})
 	if a.state, err = state.Open(cfg.StateDir); err != nil {

@@ -128,6 +128,7 @@ type Datapath struct {
 	spec *ebpf.CollectionSpec
 
 	ns    netns.NsHandle // the network namespace Open ran in
+	lock  *dirLock       // on cfg.BPFFSDir, until Close (or Uninstall)
 	hz    uint32         // kernel HZ: the datapath's clock ticks
 	probe *ebpf.Program  // reads jiffies for clock
 	clock *Clock         // converts event times
@@ -165,32 +166,47 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := ensureBPFFS(cfg.BPFFSDir, log); err != nil {
 		return nil, err
 	}
+	// Held until Close: one agent per pin directory, and no --uninstall
+	// under a running agent.
+	lock, err := lockDir(cfg.BPFFSDir)
+	if err != nil {
+		if errors.Is(err, ErrInUse) {
+			return nil, fmt.Errorf("%w; each agent needs its own --bpffs-dir", err)
+		}
+		return nil, err
+	}
 	probe, err := newJiffyProbe()
 	if err != nil {
+		lock.release()
 		return nil, err
 	}
 	hz, err := kernelHZ(probe)
 	if err != nil {
 		probe.Close()
+		lock.release()
 		return nil, err
 	}
 	spec, err := loadSpec(&cfg, hz)
 	if err != nil {
 		probe.Close()
+		lock.release()
 		return nil, err
 	}
 	ns, err := netns.Get()
 	if err != nil {
 		probe.Close()
+		lock.release()
 		return nil, fmt.Errorf("get network namespace: %w", err)
 	}
 	l, err := loadObjects(spec, cfg.BPFFSDir, log)
 	if err != nil {
 		probe.Close()
 		ns.Close()
+		lock.release()
 		return nil, err
 	}
 	d := &Datapath{
+		lock:     lock,
 		ns:       ns,
 		hz:       hz,
 		probe:    probe,
@@ -275,6 +291,9 @@ func (d *Datapath) Close() error {
 	}
 	if err := d.ns.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close network namespace handle: %w", err))
+	}
+	if err := d.lock.release(); err != nil { // nil once Uninstall took it
+		errs = append(errs, fmt.Errorf("release the lock on %s: %w", d.cfg.BPFFSDir, err))
 	}
 	d.closeErr = errors.Join(errs...)
 	return d.closeErr

@@ -41,7 +41,8 @@ Usage:
   eastguard-agent --node NAME --rule-set FILE [flags]      enforce a compiled rule set (egctl compile -o json)
   eastguard-agent --node NAME --controller HOST:PORT [--join-token-file FILE] [flags]
                                                            take rule sets from the controller
-  eastguard-agent --uninstall [--bpffs-dir DIR]            detach every program, remove the pins
+  eastguard-agent --uninstall [--bpffs-dir DIR]            detach the agent's programs, remove its pins
+                                                           (refused while an agent runs on DIR)
 
 Examples:
   eastguard-agent --node web-1 --policy-dir /etc/eastguard/policy --flow-log /var/log/eastguard/flows.jsonl
@@ -86,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
+	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach the agent's programs pinned under --bpffs-dir, remove its pins, exit (refused while an agent runs on it, or if it is not on a bpffs)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -127,7 +128,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer log.Sync()
 	if f.uninstall {
 		if err := datapath.Uninstall(f.BPFFSDir, log); err != nil {
-			log.Error("uninstall failed", zap.Error(err))
+			msg := "uninstall failed"
+			if errors.Is(err, datapath.ErrUninstallRefused) {
+				msg = "uninstall refused; nothing was removed"
+			}
+			log.Error(msg, zap.String("bpffs-dir", f.BPFFSDir), zap.Error(err))
 			return exitFailure
 		}
 		return exitOK
