@@ -298,6 +298,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		// may provide a good rule set.
 		a.log.Error("last known good rule set not restored", zap.Error(err))
 	}
+	// A new address of the node is the node's within milliseconds, not
+	// at the next policy change (until then host mode let it through).
+	wg.Go(func() {
+		if err := a.enf.FollowNodeAddresses(ctx); err != nil {
+			a.log.Error("node addresses are not followed: an address added later is not the host's until the next rule set", zap.Error(err))
+		}
+	})
 	if a.cfg.MetricsListen != "" {
 		wg.Go(func() {
 			if err := a.met.Serve(ctx, a.cfg.MetricsListen, a.log.Named("metrics")); err != nil {

@@ -146,6 +146,7 @@ type Datapath struct {
 	current   *applied           // what the active generation holds
 	links     map[hook]link.Link // our attachments
 	watch     *linkWatch
+	stopped   chan struct{} // closed by Close: address watches end
 	closed    bool
 	closeErr  error
 }
@@ -217,6 +218,7 @@ func Open(cfg Config) (*Datapath, error) {
 		objs:     l.objs,
 		replaced: l.replaced,
 		links:    make(map[hook]link.Link),
+		stopped:  make(chan struct{}),
 	}
 	var g bpfEgGeneration
 	if err := d.objs.EgState.Lookup(uint32(0), &g); err != nil {
@@ -258,6 +260,7 @@ func (d *Datapath) Close() error {
 		return d.closeErr
 	}
 	d.closed = true
+	close(d.stopped)
 	watch := d.watch
 	d.mu.Unlock()
 
