@@ -164,7 +164,7 @@ func TestPrivilegedVerdicts(t *testing.T) {
 			// No endpoint: the hook's own direction, no identities.
 			&wantEvent{denied, ruleset.RuleDefaultDeny, ReasonNoEndpoint, out, 0, 0}},
 		{"arp passes", h.toWorkload, "web0", arpFrame(), retPass, nil},
-		{"ipv6 neighbour solicitation passes", h.toWorkload, "web0", icmp6("fe80::1", "ff02::1:ff00:10", 135, 0, 0), retPass, nil},
+		{"ipv6 neighbour solicitation passes", h.toWorkload, "web0", nd6("fe80::1", "ff02::1:ff00:10", 135, 255, web6), retPass, nil},
 		{"non-IP ethertype passes", h.toWorkload, "web0", ethFrame(0x88cc, make([]byte, 46)), retPass, nil},
 		{"vlan-tagged tcp is parsed", h.toWorkload, "web0", vlanFrame(100, ethIPv4, ipv4(cli4, web4, protoTCP, tcp(40015, 80, tcpSYN), v4opts{})), retDrop,
 			&wantEvent{denied, ruleset.RuleDefaultDeny, ReasonPolicy, in, idClients, idWeb}},

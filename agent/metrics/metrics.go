@@ -48,7 +48,7 @@ var (
 		"Datapath decisions by verdict and direction (relative to the workload): allowed counts new flows admitted, denied packets dropped, would_deny packets monitor mode let through.",
 		[]string{"verdict", "direction"}, nil)
 	descPackets = prometheus.NewDesc("eastguard_agent_datapath_packets_total",
-		"Packets by the path that passed them: established (conntrack), related (ICMP errors of a tracked flow), forwarded (host mode, not the node's own), neighbor (ARP, ND, MLD), non_ip, fragments (seen).",
+		"Packets by the path that passed them: established (conntrack), related (ICMP errors of a tracked flow), forwarded (host mode, not the node's own), neighbor (ARP, and IPv6 ND and MLD that cannot leave the link), non_ip, fragments (seen).",
 		[]string{"path"}, nil)
 	descChecks = prometheus.NewDesc("eastguard_agent_datapath_checks_total",
 		"Packets a datapath check decided: malformed, spoofed, no_endpoint (no endpoint on the interface), revalidated (established flows re-checked after a rule-set change).",
