@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,20 +23,18 @@ import (
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
-	tnetns "github.com/eastguard/eastguard/internal/testutil/netns"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
-// The node of these tests: a network namespace whose uplink "eg-up"
-// (10.250.0.1/24) is a veth to a client namespace (10.250.0.2/24); the
-// node is a host-mode workload that admits TCP 8080 from the client's
-// subnet, so anything else to it is default-denied.
-const (
-	nodeAddr   = "10.250.0.1"
-	clientAddr = "10.250.0.2"
-	nodePolicy = `apiVersion: eastguard.dev/v1
+// The node of these tests: a simulated node (internal/testutil/topo) with
+// one client namespace behind its interface eg1-client (node side
+// 10.250.17.1, client 10.250.17.2). The node is a host-mode workload that
+// admits TCP 8080 from the client's subnet, so anything else to it is
+// default-denied; the client is no workload.
+const nodePolicy = `apiVersion: eastguard.dev/v1
 kind: Workload
 metadata: {name: node-a, labels: {role: node}}
-spec: {node: node-a, addresses: ["10.250.0.1"]}
+spec: {node: node-a, addresses: ["10.250.17.1"]}
 ---
 apiVersion: eastguard.dev/v1
 kind: Policy
@@ -43,32 +42,32 @@ metadata: {name: node}
 spec:
   rules:
     - name: web
-      from: [{cidr: 10.250.0.0/24}]
+      from: [{cidr: 10.250.17.0/24}]
       to:   [{selector: {role: node}}]
       ports: [{protocol: TCP, port: 8080}]
 `
-)
 
-// testNode is an agent running in its own network namespace.
+var nodeAddr = netip.MustParseAddr("10.250.17.1")
+
+// testNode is an agent running in a simulated node.
 type testNode struct {
-	ns, client *tnetns.NS
-	cfg        Config
-	agent      *Agent
-	logs       *observer.ObservedLogs
-	cancel     context.CancelFunc
-	done       chan error
+	node   *topo.Node
+	client *topo.Workload
+	cfg    Config
+	agent  *Agent
+	logs   *observer.ObservedLogs
+	cancel context.CancelFunc
+	done   chan error
 }
 
-// startNode creates the namespaces, starts a standalone agent enforcing
-// nodePolicy on them, and waits until it has applied it. Stop (or the
-// end of the test) stops it; the end of the test uninstalls it.
+// startNode creates the node and the client, starts a standalone agent
+// enforcing nodePolicy there, and waits until it has applied it. Stop (or
+// the end of the test) stops it; the end of the test uninstalls it.
 func startNode(t *testing.T) *testNode {
 	t.Helper()
 	testutil.RequirePrivileged(t)
-	n := &testNode{ns: tnetns.New(t, "node"), client: tnetns.New(t, "client")}
-	tnetns.Veth(t, n.ns, "eg-up", n.client, "eth0")
-	n.ns.IP(t, "addr", "add", nodeAddr+"/24", "dev", "eg-up")
-	n.client.IP(t, "addr", "add", clientAddr+"/24", "dev", "eth0")
+	n := &testNode{node: topo.NewNode(t, "node-a", 1)}
+	n.client = n.node.AddWorkload(t, "client", 1)
 	policyDir, stateDir := t.TempDir(), t.TempDir()
 	if err := os.WriteFile(filepath.Join(policyDir, "node.yaml"), []byte(nodePolicy), 0o644); err != nil {
 		t.Fatal(err)
@@ -77,7 +76,7 @@ func startNode(t *testing.T) *testNode {
 	n.logs = logs
 	n.cfg = Config{
 		Node:     "node-a",
-		BPFFSDir: "/sys/fs/bpf/eg-test-" + tnetns.Suffix(),
+		BPFFSDir: n.node.BPFFSDir,
 		StateDir: stateDir, PolicyDir: policyDir,
 		FlowLog: filepath.Join(t.TempDir(), "flows.jsonl"),
 		Log:     zap.New(core),
@@ -88,7 +87,7 @@ func startNode(t *testing.T) *testNode {
 		}
 	})
 	// The datapath works in the namespace it was opened in.
-	if err := n.ns.Do(func() error {
+	if err := n.node.NS.Do(func() error {
 		var err error
 		n.agent, err = New(n.cfg)
 		return err
@@ -137,7 +136,7 @@ func (n *testNode) stop(t *testing.T) {
 func (n *testNode) programsOn(t *testing.T, iface string) int {
 	t.Helper()
 	count := 0
-	if err := n.ns.Do(func() error {
+	if err := n.node.NS.Do(func() error {
 		ifi, err := net.InterfaceByName(iface)
 		if err != nil {
 			return err
@@ -162,14 +161,14 @@ func (n *testNode) programsOn(t *testing.T, iface string) int {
 // enforcement stays when it stops: it does not, and it says so.
 func TestPrivilegedPinsRemovedUnderTheAgent(t *testing.T) {
 	n := startNode(t)
-	if got := n.programsOn(t, "eg-up"); got != 2 {
+	if got := n.programsOn(t, n.client.HostIface); got != 2 {
 		t.Fatalf("programs on eg-up: %d, want 2", got)
 	}
 	if err := os.RemoveAll(n.cfg.BPFFSDir); err != nil {
 		t.Fatalf("remove the pins: %v", err)
 	}
 	n.stop(t)
-	if got := n.programsOn(t, "eg-up"); got != 0 {
+	if got := n.programsOn(t, n.client.HostIface); got != 0 {
 		t.Errorf("programs on eg-up after the stop: %d; this test assumes enforcement ends", got)
 	}
 	if l := n.logs.FilterMessageSnippet("enforcement stays").All(); len(l) != 0 {
@@ -186,56 +185,13 @@ func TestPrivilegedPinsRemovedUnderTheAgent(t *testing.T) {
 func TestPrivilegedAgentStopKeepsEnforcement(t *testing.T) {
 	n := startNode(t)
 	n.stop(t)
-	if got := n.programsOn(t, "eg-up"); got != 2 {
+	if got := n.programsOn(t, n.client.HostIface); got != 2 {
 		t.Errorf("programs on eg-up after the stop: %d, want 2", got)
 	}
 	if l := n.logs.FilterMessageSnippet("enforcement stays in place").All(); len(l) != 1 {
 		t.Errorf("the stop did not say enforcement stays: %v", n.logs.All())
 	}
 }
-
-// listen accepts TCP connections on addr in ns, closing them at once,
-// until the test ends.
-func listen(t *testing.T, ns *tnetns.NS, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatalf("listen on %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-}
-
-// dial connects from ns to addr; errNoAnswer when nothing answered in
-// time (what a dropped SYN looks like).
-func dial(ns *tnetns.NS, addr string, timeout time.Duration) error {
-	return ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, timeout)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return errNoAnswer
-		}
-		return err
-	})
-}
-
-var errNoAnswer = errors.New("no answer")
 
 // readFlows returns the agent's flow log so far.
 func readFlows(t *testing.T, path string) []flowrecord.Record {
@@ -267,18 +223,15 @@ func readFlows(t *testing.T, path string) []flowrecord.Record {
 // generous for a noisy machine).
 func TestPrivilegedNewNodeAddressIsEnforced(t *testing.T) {
 	n := startNode(t)
-	const vip = "10.250.0.77"
-	listen(t, n.ns, ":22")
-	listen(t, n.ns, ":8080")
+	vip := netip.MustParseAddr("10.250.17.77")
+	n.node.Listen(t, 22, 8080)
 	testutil.Eventually(t, 10*time.Second, "SSH to the node's declared address dropped", func() error {
-		if err := dial(n.client, nodeAddr+":22", 300*time.Millisecond); !errors.Is(err, errNoAnswer) {
+		if err := n.client.Dial(nodeAddr, 22, 300*time.Millisecond); !errors.Is(err, topo.ErrNoAnswer) {
 			return fmt.Errorf("answered: %v", err)
 		}
 		return nil
 	})
-	if err := dial(n.client, nodeAddr+":8080", 2*time.Second); err != nil {
-		t.Fatalf("the allowed port does not answer: %v", err)
-	}
+	topo.MustPass(t, "the allowed port", n.client.Dial(nodeAddr, 8080, 2*time.Second))
 	hostEntries := func() int {
 		for _, m := range n.agent.enf.Status().Datapath.Maps {
 			if m.Name == "eg_ipcache_hosts" {
@@ -290,13 +243,13 @@ func TestPrivilegedNewNodeAddressIsEnforced(t *testing.T) {
 	before, hashBefore := hostEntries(), n.agent.enf.Status().Datapath.Hash
 
 	added := time.Now()
-	n.ns.IP(t, "addr", "add", vip+"/32", "dev", "eg-up")
+	n.node.NS.IP(t, "addr", "add", vip.String()+"/32", "dev", n.client.HostIface)
 	ipDone := time.Now()
 	var enforcedAt time.Time
 	answered := 0
 	testutil.Eventually(t, 5*time.Second, "SSH to the new address dropped", func() error {
 		start := time.Now()
-		if err := dial(n.client, vip+":22", 200*time.Millisecond); !errors.Is(err, errNoAnswer) {
+		if err := n.client.Dial(vip, 22, 200*time.Millisecond); !errors.Is(err, topo.ErrNoAnswer) {
 			answered++
 			return fmt.Errorf("answered: %v", err)
 		}
@@ -310,13 +263,11 @@ func TestPrivilegedNewNodeAddressIsEnforced(t *testing.T) {
 	for _, l := range n.logs.FilterMessageSnippet("host identity updated").All() {
 		t.Logf("agent: %s %v", l.Message, l.ContextMap())
 	}
-	if err := dial(n.client, vip+":8080", 2*time.Second); err != nil {
-		t.Errorf("the allowed port on the new address does not answer: %v", err)
-	}
+	topo.MustPass(t, "the allowed port on the new address", n.client.Dial(vip, 8080, 2*time.Second))
 	testutil.Eventually(t, 10*time.Second, "a denied flow record for SSH to the new address", func() error {
 		recs := readFlows(t, n.cfg.FlowLog)
 		for _, r := range recs {
-			if r.DstAddr.String() == vip && r.DstPort == 22 && r.Verdict == ruleset.VerdictDenied && r.Rule == ruleset.DefaultDenyName {
+			if r.DstAddr == vip && r.DstPort == 22 && r.Verdict == ruleset.VerdictDenied && r.Rule == ruleset.DefaultDenyName {
 				return nil
 			}
 		}
@@ -326,7 +277,7 @@ func TestPrivilegedNewNodeAddressIsEnforced(t *testing.T) {
 		t.Errorf("host entries after the address appeared: %d, want %d", got, before+1)
 	}
 
-	n.ns.IP(t, "addr", "del", vip+"/32", "dev", "eg-up")
+	n.node.NS.IP(t, "addr", "del", vip.String()+"/32", "dev", n.client.HostIface)
 	testutil.Eventually(t, 5*time.Second, "the removed address gone from the datapath", func() error {
 		if got := hostEntries(); got != before {
 			return fmt.Errorf("host entries %d, want %d", got, before)

@@ -255,11 +255,8 @@ func TestPrivilegedRestartAdoptsPins(t *testing.T) {
 	}
 
 	cfg.Logger = zaptest.NewLogger(t)
-	if err := h.ns.Do(func() error {
-		var err error
-		h.d, err = Open(cfg)
-		return err
-	}); err != nil {
+	var err error
+	if h.d, err = h.open(cfg); err != nil {
 		t.Fatalf("re-Open: %v", err)
 	}
 	if g := h.d.Generation(); g != res.Generation {

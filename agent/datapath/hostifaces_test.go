@@ -1,13 +1,14 @@
 package datapath
 
 import (
-	"net"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 // hostOnlyRuleSet is a node with a host-mode workload and nothing else:
@@ -61,33 +62,8 @@ func TestPrivilegedHostModeInterfaceKinds(t *testing.T) {
 	}
 
 	// The node's own address over loopback: not enforced, so it answers.
-	var ln net.Listener
-	if err := h.ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", host4+":9")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	if err := h.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", host4+":9", 2*time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err
-	}); err != nil {
-		t.Errorf("the node cannot reach its own address over loopback: %v", err)
-	}
+	topo.ListenOn(t, h.ns, 9)
+	topo.MustPass(t, "the node to its own address over loopback", topo.DialFrom(h.ns, netip.MustParseAddr(host4), 9, 2*time.Second))
 
 	// A tun that appears later is enforced too.
 	h.ns.IP(t, "tuntap", "add", "dev", "tun1", "mode", "tun")

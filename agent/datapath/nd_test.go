@@ -38,15 +38,8 @@ func TestPrivilegedNeighbourDiscovery(t *testing.T) {
 	mld := func(src, dst string, typ, hops uint8) []byte {
 		return ethFrame(ethIPv6, ipv6Hops(src, dst, 0, hops, hbh(protoICMPv6, icmp(typ, 0, 0, make([]byte, 16)))))
 	}
-	type hookFn func(iface string, pkt []byte) int32
-	cases := []struct {
-		name  string
-		hook  hookFn
-		iface string
-		pkt   []byte
-		ret   int32
-		ev    *wantEvent // nil: passed as link plumbing, no event
-	}{
+	// No event: passed as link plumbing.
+	h.runVerdictCases(t, []verdictCase{
 		// Accepted shapes.
 		{"DAD: NS from ::", h.fromWorkload, "web0", nd6("::", "ff02::1:ff00:10", ns, 255, web6), retPass, nil},
 		{"NS link-local to solicited-node multicast", h.fromWorkload, "web0", nd6(webLL, solicitedNode, ns, 255, "fd0e:1::1"), retPass, nil},
@@ -90,20 +83,11 @@ func TestPrivilegedNeighbourDiscovery(t *testing.T) {
 			&wantEvent{denied, 0, ReasonPolicy, out, idWeb, ruleset.IdentityWorld}},
 		{"ICMPv6 type 135 inside IPv4", h.fromWorkload, "web0", ethFrame(ethIPv4, ipv4(web4, db4, protoICMPv6, icmp(ns, 0, 0, make([]byte, 16)), v4opts{})), retDrop,
 			&wantEvent{denied, 0, ReasonPolicy, out, idWeb, idDB}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			h.drain()
-			before := h.counters().Get(CounterNeighbor)
-			if got := tc.hook(tc.iface, tc.pkt); got != tc.ret {
-				t.Errorf("verdict %d, want %d", got, tc.ret)
-			}
-			checkEvents(t, h.drain(), tc.ev)
-			if n := h.counters().Get(CounterNeighbor) - before; (n == 1) != (tc.ev == nil) {
-				t.Errorf("neighbour counter +%d", n)
-			}
-		})
-	}
+	}, func(t *testing.T, tc verdictCase, before Counters) {
+		if n := h.counters().Get(CounterNeighbor) - before.Get(CounterNeighbor); (n == 1) != (tc.ev == nil) {
+			t.Errorf("neighbour counter +%d", n)
+		}
+	})
 
 	// A heard neighbour expires: then it is a global address like any.
 	k := bpfEgNdKey{Ifindex: h.ifindex["web0"], Addr: netip.MustParseAddr(host6).As16()}

@@ -26,18 +26,14 @@ func TestPrivilegedOneAgentPerPinDirectory(t *testing.T) {
 	pid := fmt.Sprintf("PID %d", os.Getpid())
 
 	cfg.Logger = zaptest.NewLogger(t)
-	err := h.ns.Do(func() error {
-		d, err := Open(cfg)
-		if err == nil {
-			d.Close()
-		}
-		return err
-	})
-	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), pid) {
+	if d, err := h.open(cfg); err == nil {
+		d.Close()
+		t.Errorf("a second agent opened %s", cfg.BPFFSDir)
+	} else if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), pid) {
 		t.Errorf("second agent on %s: err = %v, want ErrInUse naming %s", cfg.BPFFSDir, err, pid)
 	}
 
-	err = Uninstall(cfg.BPFFSDir, zaptest.NewLogger(t))
+	err := Uninstall(cfg.BPFFSDir, zaptest.NewLogger(t))
 	if !errors.Is(err, ErrUninstallRefused) || !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), pid) {
 		t.Errorf("uninstall under a running agent: err = %v, want a refusal naming %s", err, pid)
 	}
@@ -55,11 +51,7 @@ func TestPrivilegedOneAgentPerPinDirectory(t *testing.T) {
 	if err := h.d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.ns.Do(func() error {
-		var err error
-		h.d, err = Open(cfg)
-		return err
-	}); err != nil {
+	if h.d, err = h.open(cfg); err != nil {
 		t.Fatalf("Open after the first agent stopped: %v", err)
 	}
 	h.d.Close()
