@@ -22,11 +22,11 @@ type InUseError struct {
 }
 
 func (e *InUseError) Error() string {
-	who := "a running eastguard-agent"
+	who := "an eastguard-agent"
 	if e.PID > 0 {
-		who = fmt.Sprintf("a running eastguard-agent (PID %d)", e.PID)
+		who = fmt.Sprintf("an eastguard-agent (PID %d)", e.PID)
 	}
-	return fmt.Sprintf("%s holds %s", who, e.Dir)
+	return fmt.Sprintf("%s is running on %s", who, e.Dir)
 }
 
 func (e *InUseError) Is(target error) bool { return target == ErrInUse }

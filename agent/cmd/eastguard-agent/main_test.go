@@ -78,11 +78,11 @@ func TestRunExitCodes(t *testing.T) {
 	}
 }
 
-// TestPrivilegedUninstallRefusals: --uninstall exits 1, saying why and
-// removing nothing, on a directory that is not on a bpffs and on the pin
-// directory of a running agent (naming its PID); it exits 0 once that
-// agent has stopped.
-func TestPrivilegedUninstallRefusals(t *testing.T) {
+// TestPrivilegedRefusals: --uninstall exits 1, saying why and removing
+// nothing, on a directory that is not on a bpffs and on the pin directory
+// of a running agent (naming its PID), where a second agent refuses to
+// start too; it exits 0 once that agent has stopped.
+func TestPrivilegedRefusals(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	notBPFFS := t.TempDir()
 	keep := filepath.Join(notBPFFS, "precious.db")
@@ -119,6 +119,15 @@ func TestPrivilegedUninstallRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "eg_state")); err != nil {
 		t.Errorf("the refused uninstall removed pins: %v", err)
+	}
+	// A second agent on the same directory refuses to start, naming it.
+	stderr.Reset()
+	second := []string{"--node", "node-a", "--rule-set", filepath.Join(t.TempDir(), "rs.json"), "--bpffs-dir", dir, "--state-dir", t.TempDir()}
+	if code := run(second, io.Discard, &stderr); code != exitFailure {
+		t.Errorf("a second agent on %s: exit %d, want %d", dir, code, exitFailure)
+	}
+	if want := fmt.Sprintf("PID %d", os.Getpid()); !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "own --bpffs-dir") {
+		t.Errorf("the second agent does not say why it refused, naming %s: %s", want, stderr.String())
 	}
 	if err := dp.Close(); err != nil {
 		t.Fatal(err)
