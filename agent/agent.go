@@ -162,8 +162,17 @@ func (a *Agent) open() (err error) {
 		return err
 	}
 	a.closers = append(a.closers, func() error {
+		// Enforcement outlives the agent only through its pins: if they
+		// were removed while it ran (an older --uninstall, rm -rf, bpffs
+		// unmounted), closing the last descriptors ends it. Say which.
+		pinErr := a.dp.CheckPins()
 		err := a.dp.Close()
-		a.log.Info("agent stopped; enforcement stays in place (pinned under --bpffs-dir)", zap.String("bpffs-dir", cfg.BPFFSDir))
+		if pinErr != nil {
+			a.log.Error("agent stopped, and its pins under --bpffs-dir were removed while it ran: enforcement did not stay; start the agent again to enforce",
+				zap.String("bpffs-dir", cfg.BPFFSDir), zap.Error(pinErr))
+		} else {
+			a.log.Info("agent stopped; enforcement stays in place (pinned under --bpffs-dir)", zap.String("bpffs-dir", cfg.BPFFSDir))
+		}
 		return err
 	})
 	if a.state, err = state.Open(cfg.StateDir); err != nil {
@@ -310,6 +319,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		// may provide a good rule set.
 		a.log.Error("last known good rule set not restored", zap.Error(err))
 	}
+	// A new address of the node is the node's within milliseconds, not
+	// at the next policy change (until then host mode let it through).
+	wg.Go(func() {
+		if err := a.enf.FollowNodeAddresses(ctx); err != nil {
+			a.log.Error("node addresses are not followed: an address added later is not the host's until the next rule set", zap.Error(err))
+		}
+	})
 	if a.cfg.MetricsListen != "" {
 		wg.Go(func() {
 			if err := a.met.Serve(ctx, a.cfg.MetricsListen, a.log.Named("metrics")); err != nil {

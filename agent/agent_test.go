@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -23,13 +24,15 @@ import (
 // one address of its own.
 type fakeDatapath struct{ last *datapath.ApplyResult }
 
-var nodeAddr = netip.MustParseAddr("192.168.7.10")
+var fakeNodeAddr = netip.MustParseAddr("192.168.7.10")
 
 func (d *fakeDatapath) Apply(rs *ruleset.RuleSet) (*datapath.ApplyResult, error) {
 	d.last = &datapath.ApplyResult{Generation: 1, Version: rs.Version, Hash: rs.Hash()}
 	return d.last, nil
 }
-func (d *fakeDatapath) NodeAddresses() ([]netip.Addr, error) { return []netip.Addr{nodeAddr}, nil }
+func (d *fakeDatapath) NodeAddresses() ([]netip.Addr, error)                       { return []netip.Addr{fakeNodeAddr}, nil }
+func (d *fakeDatapath) UpdateIPCache([]ruleset.IPCacheEntry, []netip.Prefix) error { return nil }
+func (d *fakeDatapath) WatchAddresses(context.Context) (<-chan struct{}, error)    { return nil, nil }
 func (d *fakeDatapath) Status() datapath.Status {
 	return datapath.Status{Generation: d.last.Generation, Version: d.last.Version, EffectiveHash: d.last.Hash}
 }
@@ -107,7 +110,7 @@ func TestStatusHashIsTheCompiledOne(t *testing.T) {
 	if err := json.Unmarshal(raw.Bytes(), &st); err != nil {
 		t.Fatal(err)
 	}
-	effective := enforcer.WithNodeAddresses(rs, []netip.Addr{nodeAddr}).Hash()
+	effective := enforcer.WithNodeAddresses(rs, []netip.Addr{fakeNodeAddr}).Hash()
 	if st.Hash != rs.Hash() {
 		t.Errorf("/status hash %s, want the compiled rule set's %s", st.Hash, rs.Hash())
 	}

@@ -7,7 +7,8 @@
  *
  * Per packet:
  *   1. endpoint of the interface (eg_endpoints, active generation)
- *   2. parse; ARP, IPv6 ND/MLD and non-IP pass; malformed drops (enforce)
+ *   2. parse; ARP, IPv6 ND/MLD that cannot leave the link, and non-IP
+ *      pass; malformed drops (enforce)
  *   3. non-first fragments follow their first fragment (eg_frags)
  *   4. conntrack (eg_ct4, eg_ct6): an established flow checked in the current
  *      generation passes after one lookup; ICMP errors about a tracked flow
@@ -547,6 +548,81 @@ __noinline int eg_related(struct __sk_buff *skb, const struct eg_pkt *p, __u8 di
 	return ct && ct->expires > now;
 }
 
+/* ---- neighbour discovery ---- */
+
+/*
+ * eg_nd_link_scoped says whether an ICMPv6 neighbour discovery (133-137) or
+ * MLD (130-132, 143) message is link plumbing that passes before policy
+ * and the spoofing check. Only messages that cannot leave the link do;
+ * anything else in these types (a "neighbour solicitation" to a global
+ * address off the link, carrying data) is a packet like any other. dir is
+ * the endpoint's direction; local is its side of the packet (the source
+ * of what it sends, the destination of what it receives).
+ *
+ * - Never a fragment (RFC 6980), never ICMPv6 inside IPv4.
+ * - MLD: hop limit 1, a link-local or unspecified source, an ff02::/16
+ *   destination (RFC 2710 section 3, RFC 3810 section 5).
+ * - Neighbour discovery: hop limit 255 (RFC 4861: receivers discard
+ *   anything less, and a router that forwards it decrements it). The
+ *   local side is link-local, the endpoint's own address (the spoofing
+ *   check's lookup), the unspecified source of duplicate address
+ *   detection, or link-scope multicast to the endpoint. The remote side:
+ *   of what the endpoint receives, any address, since hop limit 255 on
+ *   receipt proves it was sent on this link (a global one is remembered
+ *   as a neighbour heard on this interface); of what it sends, link-local,
+ *   ff02::/16, or a neighbour heard on this interface. Linux sends
+ *   solicitations from the global address of the packet that prompted
+ *   them, and answers to it, so global addresses on the link must pass.
+ *
+ * Global (verified once, on its own): see eg_parse.
+ */
+__noinline int eg_nd_link_scoped(const struct eg_pkt *p, const struct eg_endpoint *ep, __u32 slot, __u32 dir)
+{
+	struct eg_nd_key nk = {};
+	struct eg_nd_entry ne = {};
+	struct eg_nd_entry *n;
+	const __u8 *local, *remote;
+	__u64 now;
+
+	if (!p || !ep)
+		return 0;
+	if (p->family != 6 || p->frag != EG_FRAG_NONE)
+		return 0;
+	if (eg_icmp6_is_mld(p->icmp_type))
+		return p->hop_limit == 1 &&
+		       (eg_ip6_is_link_local(p->src) || eg_ip6_is_unspecified(p->src)) &&
+		       eg_ip6_is_ll_multicast(p->dst);
+	if (p->hop_limit != 255)
+		return 0;
+	local = dir == EG_DIR_INGRESS ? p->dst : p->src;
+	remote = dir == EG_DIR_INGRESS ? p->src : p->dst;
+	if (!eg_ip6_is_link_local(local) &&
+	    !(dir == EG_DIR_INGRESS ? eg_ip6_is_ll_multicast(local) : eg_ip6_is_unspecified(local)) &&
+	    eg_identity(slot, 6, local) != ep->identity)
+		return 0;
+	if (eg_ip6_is_link_local(remote))
+		return 1;
+	if (dir == EG_DIR_INGRESS) {
+		if (eg_ip6_is_unspecified(remote))
+			return 1;
+		nk.ifindex = ep->ifindex;
+		eg_copy16(nk.addr, remote);
+		ne.expires = bpf_jiffies64() + (__u64)cfg_hz * EG_ND_NEIGH_SECS;
+		bpf_map_update_elem(&eg_nd_neigh, &nk, &ne, BPF_ANY);
+		return 1;
+	}
+	if (eg_ip6_is_ll_multicast(remote))
+		return 1;
+	nk.ifindex = ep->ifindex;
+	eg_copy16(nk.addr, remote);
+	n = bpf_map_lookup_elem(&eg_nd_neigh, &nk);
+	now = bpf_jiffies64();
+	if (!n || n->expires <= now)
+		return 0;
+	n->expires = now + (__u64)cfg_hz * EG_ND_NEIGH_SECS;
+	return 1;
+}
+
 /* ---- fragments ---- */
 
 static __always_inline void eg_frag_key_of(struct eg_frag_key *k, const struct eg_pkt *p, __u32 endpoint_id)
@@ -639,6 +715,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	if (!have_ep) {
 		/* Programs still on an interface whose endpoint is gone, or
 		 * not there yet: the node's default mode, no rules. */
+		ep.ifindex = ifindex;
 		ep.mode = cfg_default_mode;
 		ep.flags = EG_EP_F_HOST;
 	}
@@ -672,7 +749,10 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		v.reason = EG_REASON_MALFORMED;
 		return eg_finish(&p, &v, 0);
 	}
-	if (p.proto == IPPROTO_ICMPV6 && p.frag != EG_FRAG_LATER && eg_icmp6_is_neighbor(p.icmp_type)) {
+	/* Neighbour discovery and MLD that cannot leave the link pass; in
+	 * any other shape they go on like any packet. */
+	if (p.proto == IPPROTO_ICMPV6 && eg_icmp6_is_neighbor(p.icmp_type) &&
+	    eg_nd_link_scoped(&p, &ep, slot, v.dir)) {
 		eg_count(EG_CNT_NEIGHBOR);
 		return TCX_NEXT;
 	}

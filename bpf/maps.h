@@ -99,7 +99,7 @@ enum eg_counter {
 	EG_CNT_RELATED,            /* ICMP errors for a tracked flow */
 	EG_CNT_REVALIDATED,        /* established flows re-checked after a change */
 	EG_CNT_FORWARDED,          /* host mode: packets not to or from the node itself */
-	EG_CNT_NEIGHBOR,           /* ARP, IPv6 ND and MLD: always pass */
+	EG_CNT_NEIGHBOR,           /* ARP, and IPv6 ND and MLD that cannot leave the link: pass */
 	EG_CNT_NON_IP,             /* other ethertypes: pass */
 	EG_CNT_FRAGMENTS,          /* IP fragments seen */
 	EG_CNT_MALFORMED,
@@ -454,6 +454,34 @@ struct {
 	__type(value, struct eg_frag_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_frags SEC(".maps");
+
+/*
+ * Neighbours heard on an interface: a global address that sent the
+ * endpoint there a neighbour discovery message with hop limit 255, which
+ * no router forwards, so it is on the endpoint's link. The endpoint may
+ * send neighbour discovery to that address (unreachability probes,
+ * advertisements answering its solicitations); to any other global
+ * address such a message is a packet like any other (policy). Entries
+ * expire EG_ND_NEIGH_SECS after the last message to or from them.
+ */
+#define EG_ND_NEIGH_SECS 3600
+
+struct eg_nd_key {
+	__u32 ifindex;
+	__u8  addr[16];
+};
+
+struct eg_nd_entry {
+	__u64 expires; /* jiffies */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct eg_nd_key);
+	__type(value, struct eg_nd_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_nd_neigh SEC(".maps");
 
 /* 4 MiB, the loader's default; it sets the size (datapath.Config.RingBufBytes). */
 struct {

@@ -71,7 +71,8 @@ struct eg_pkt {
 	__u8  frag;       /* enum eg_frag */
 	__u8  icmp_type;
 	__u8  icmp_code;
-	__u8  pad[2];
+	__u8  hop_limit;  /* IPv6 only, and only where eg_parse ran (never TCP or UDP) */
+	__u8  pad;
 };
 
 /* TCP flag bits as in byte 13 of the header. */
@@ -230,6 +231,7 @@ static __always_inline int eg_parse_ipv6(struct __sk_buff *skb, __u32 off, struc
 	if (off + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > skb->len)
 		return EG_PARSE_MALFORMED;
 	p->family = 6;
+	p->hop_limit = ip6->hop_limit;
 	eg_copy16(p->src, &ip6->saddr);
 	eg_copy16(p->dst, &ip6->daddr);
 	nexthdr = ip6->nexthdr;
@@ -425,8 +427,8 @@ static __always_inline int eg_parse_fast(struct __sk_buff *skb, struct eg_pkt *p
 	p->frag = EG_FRAG_NONE;
 	p->icmp_type = 0;
 	p->icmp_code = 0;
-	p->pad[0] = 0;
-	p->pad[1] = 0;
+	p->hop_limit = 0; /* only ICMPv6 needs it, and ICMPv6 is not parsed here */
+	p->pad = 0;
 	return 1;
 }
 
@@ -448,10 +450,34 @@ static __always_inline int eg_icmp_is_echo(__u8 proto, __u8 type)
 }
 
 /* IPv6 neighbour discovery (133-137) and multicast listener messages
- * (130-132, 143): link plumbing that must pass for IPv6 to work at all. */
+ * (130-132, 143): link plumbing that must pass for IPv6 to work at all,
+ * but only in the shapes that cannot leave the link (eg_nd_link_scoped). */
 static __always_inline int eg_icmp6_is_neighbor(__u8 type)
 {
 	return (type >= 130 && type <= 137) || type == 143;
+}
+
+static __always_inline int eg_icmp6_is_mld(__u8 type)
+{
+	return (type >= 130 && type <= 132) || type == 143;
+}
+
+/* IPv6 address classes. Addresses in struct eg_pkt are 4-byte aligned. */
+static __always_inline int eg_ip6_is_link_local(const __u8 *a)
+{
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80; /* fe80::/10 */
+}
+
+static __always_inline int eg_ip6_is_ll_multicast(const __u8 *a)
+{
+	return a[0] == 0xff && a[1] == 0x02; /* ff02::/16 */
+}
+
+static __always_inline int eg_ip6_is_unspecified(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return (w[0] | w[1] | w[2] | w[3]) == 0;
 }
 
 #endif /* EG_PACKET_H */

@@ -172,6 +172,13 @@ func TestPrivilegedApplyRefusals(t *testing.T) {
 		big.Entries = append(big.Entries, ruleset.Entry{Endpoint: 1, Direction: ruleset.Egress, Peer: idDB, Protocol: ruleset.ProtocolUDP,
 			Port: 1000 + 2*p, Verdict: ruleset.VerdictAllowed, Rule: rWebToDB}) // not adjacent: no merging into a range
 	}
+	// Status names each map's limit, what the refusal below compares with.
+	limits := map[string]int{"eg_endpoints": 16, "eg_ipcache_hosts": 64, "eg_ipcache": 64, "eg_policy": 12, "eg_policy_ranges": 8}
+	for _, m := range h.d.Status().Maps {
+		if m.Limit != limits[m.Name] || m.Entries > m.Capacity || m.Capacity > m.Limit {
+			t.Errorf("status of %s: %+v, want limit %d >= capacity >= entries", m.Name, m, limits[m.Name])
+		}
+	}
 	_, err = h.d.Apply(big)
 	var full *ruleset.MapFullError
 	if !errors.As(err, &full) || full.Map != "eg_policy" || full.Limit != 12 {
@@ -248,11 +255,8 @@ func TestPrivilegedRestartAdoptsPins(t *testing.T) {
 	}
 
 	cfg.Logger = zaptest.NewLogger(t)
-	if err := h.ns.Do(func() error {
-		var err error
-		h.d, err = Open(cfg)
-		return err
-	}); err != nil {
+	var err error
+	if h.d, err = h.open(cfg); err != nil {
 		t.Fatalf("re-Open: %v", err)
 	}
 	if g := h.d.Generation(); g != res.Generation {

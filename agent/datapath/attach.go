@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -261,13 +262,19 @@ func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]boo
 	var out []string
 	for _, l := range links {
 		a := l.Attrs()
-		if a.Flags&unix.IFF_LOOPBACK != 0 || container[a.Name] {
+		if isLoopback(a) || container[a.Name] {
 			continue
 		}
 		out = append(out, a.Name)
 	}
 	return out
 }
+
+// isLoopback says whether an interface is a loopback device. netlink's
+// LinkAttrs.Flags is Go's net.Flags, not the kernel's IFF_ bits: there
+// unix.IFF_LOOPBACK (0x8) is net.FlagPointToPoint, which would skip tun
+// and other point-to-point devices and enforce lo instead.
+func isLoopback(a *netlink.LinkAttrs) bool { return a.Flags&net.FlagLoopback != 0 }
 
 // netns is the network namespace the datapath was opened in; every
 // interface operation happens there, whatever thread runs it.

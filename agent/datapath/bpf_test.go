@@ -108,15 +108,7 @@ func TestPrivilegedVerdicts(t *testing.T) {
 	h := newShopHarness(t)
 	in, out := ruleset.Ingress, ruleset.Egress
 	allowed, denied, would := ruleset.VerdictAllowed, ruleset.VerdictDenied, ruleset.VerdictWouldDeny
-	type hookFn func(iface string, pkt []byte) int32
-	cases := []struct {
-		name  string
-		hook  hookFn
-		iface string
-		pkt   []byte
-		ret   int32
-		ev    *wantEvent
-	}{
+	h.runVerdictCases(t, []verdictCase{
 		{"v4 tcp allowed by peer+port", h.toWorkload, "web0", tcp4(cli4, web4, 40001, 443, tcpSYN), retPass,
 			&wantEvent{allowed, rClientsToWeb, ReasonPolicy, in, idClients, idWeb}},
 		{"v6 tcp allowed by peer+port", h.toWorkload, "web0", tcp6(cli6, web6, 40002, 443, tcpSYN), retPass,
@@ -164,21 +156,46 @@ func TestPrivilegedVerdicts(t *testing.T) {
 			// No endpoint: the hook's own direction, no identities.
 			&wantEvent{denied, ruleset.RuleDefaultDeny, ReasonNoEndpoint, out, 0, 0}},
 		{"arp passes", h.toWorkload, "web0", arpFrame(), retPass, nil},
-		{"ipv6 neighbour solicitation passes", h.toWorkload, "web0", icmp6("fe80::1", "ff02::1:ff00:10", 135, 0, 0), retPass, nil},
+		{"ipv6 neighbour solicitation passes", h.toWorkload, "web0", nd6("fe80::1", "ff02::1:ff00:10", 135, 255, web6), retPass, nil},
 		{"non-IP ethertype passes", h.toWorkload, "web0", ethFrame(0x88cc, make([]byte, 46)), retPass, nil},
 		{"vlan-tagged tcp is parsed", h.toWorkload, "web0", vlanFrame(100, ethIPv4, ipv4(cli4, web4, protoTCP, tcp(40015, 80, tcpSYN), v4opts{})), retDrop,
 			&wantEvent{denied, ruleset.RuleDefaultDeny, ReasonPolicy, in, idClients, idWeb}},
 		{"ipv6 extension headers are walked", h.toWorkload, "web0",
 			ethFrame(ethIPv6, ipv6(cli6, web6, 0, ext6(60, ext6(protoTCP, tcp(40016, 443, tcpSYN))))), retPass,
 			&wantEvent{allowed, rClientsToWeb, ReasonPolicy, in, idClients, idWeb}},
-	}
+	}, nil)
+}
+
+// hookFn runs a program on a packet as if on iface (harness.toWorkload,
+// fromWorkload, toHost).
+type hookFn func(iface string, pkt []byte) int32
+
+// verdictCase is one packet and what the datapath must do with it.
+type verdictCase struct {
+	name  string
+	hook  hookFn
+	iface string
+	pkt   []byte
+	ret   int32
+	ev    *wantEvent // nil: no event
+}
+
+// runVerdictCases runs the cases in order, each a subtest checking the
+// verdict and the event; after, if set, checks more with the counters as
+// they were before the case.
+func (h *harness) runVerdictCases(t *testing.T, cases []verdictCase, after func(t *testing.T, tc verdictCase, before Counters)) {
+	t.Helper()
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			h.drain()
+			before := h.counters()
 			if got := tc.hook(tc.iface, tc.pkt); got != tc.ret {
 				t.Errorf("verdict %d, want %d", got, tc.ret)
 			}
 			checkEvents(t, h.drain(), tc.ev)
+			if after != nil {
+				after(t, tc, before)
+			}
 		})
 	}
 }

@@ -130,6 +130,7 @@ type Datapath struct {
 	spec *ebpf.CollectionSpec
 
 	ns    netns.NsHandle // the network namespace Open ran in
+	lock  *dirLock       // on cfg.BPFFSDir, until Close (or Uninstall)
 	hz    uint32         // kernel HZ: the datapath's clock ticks
 	probe *ebpf.Program  // reads jiffies for clock
 	clock *Clock         // converts event times
@@ -147,6 +148,7 @@ type Datapath struct {
 	current   *applied           // what the active generation holds
 	links     map[hook]link.Link // our attachments
 	watch     *linkWatch
+	stopped   chan struct{} // closed by Close: address watches end
 	closed    bool
 	closeErr  error
 }
@@ -167,32 +169,47 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := ensureBPFFS(cfg.BPFFSDir, log); err != nil {
 		return nil, err
 	}
+	// Held until Close: one agent per pin directory, and no --uninstall
+	// under a running agent.
+	lock, err := lockDir(cfg.BPFFSDir)
+	if err != nil {
+		if errors.Is(err, ErrInUse) {
+			return nil, fmt.Errorf("%w; each agent needs its own --bpffs-dir", err)
+		}
+		return nil, err
+	}
 	probe, err := newJiffyProbe()
 	if err != nil {
+		lock.release()
 		return nil, err
 	}
 	hz, err := kernelHZ(probe)
 	if err != nil {
 		probe.Close()
+		lock.release()
 		return nil, err
 	}
 	spec, err := loadSpec(&cfg, hz)
 	if err != nil {
 		probe.Close()
+		lock.release()
 		return nil, err
 	}
 	ns, err := netns.Get()
 	if err != nil {
 		probe.Close()
+		lock.release()
 		return nil, fmt.Errorf("get network namespace: %w", err)
 	}
 	l, err := loadObjects(spec, cfg.BPFFSDir, log)
 	if err != nil {
 		probe.Close()
 		ns.Close()
+		lock.release()
 		return nil, err
 	}
 	d := &Datapath{
+		lock:     lock,
 		ns:       ns,
 		hz:       hz,
 		probe:    probe,
@@ -203,6 +220,7 @@ func Open(cfg Config) (*Datapath, error) {
 		objs:     l.objs,
 		replaced: l.replaced,
 		links:    make(map[hook]link.Link),
+		stopped:  make(chan struct{}),
 	}
 	var g bpfEgGeneration
 	if err := d.objs.EgState.Lookup(uint32(0), &g); err != nil {
@@ -244,6 +262,7 @@ func (d *Datapath) Close() error {
 		return d.closeErr
 	}
 	d.closed = true
+	close(d.stopped)
 	watch := d.watch
 	d.mu.Unlock()
 
@@ -277,6 +296,9 @@ func (d *Datapath) Close() error {
 	}
 	if err := d.ns.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close network namespace handle: %w", err))
+	}
+	if err := d.lock.release(); err != nil { // nil once Uninstall took it
+		errs = append(errs, fmt.Errorf("release the lock on %s: %w", d.cfg.BPFFSDir, err))
 	}
 	d.closeErr = errors.Join(errs...)
 	return d.closeErr

@@ -221,6 +221,17 @@ const (
 	bpfEgModeEG_MODE_MONITOR bpfEgMode = 1
 )
 
+type bpfEgNdEntry struct {
+	_       structs.HostLayout
+	Expires uint64
+}
+
+type bpfEgNdKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr    [16]uint8
+}
+
 type bpfEgPolicyKey struct {
 	_            structs.HostLayout
 	EndpointId   uint32
@@ -313,6 +324,7 @@ const (
 	bpfMapEgFrags              = "eg_frags"
 	bpfMapEgIpcache            = "eg_ipcache"
 	bpfMapEgIpcacheHosts       = "eg_ipcache_hosts"
+	bpfMapEgNdNeigh            = "eg_nd_neigh"
 	bpfMapEgPolicy             = "eg_policy"
 	bpfMapEgPolicyRanges       = "eg_policy_ranges"
 	bpfMapEgRatelimit          = "eg_ratelimit"
@@ -411,6 +423,7 @@ type bpfMapSpecs struct {
 	EgFrags        *ebpf.MapSpec `ebpf:"eg_frags"`
 	EgIpcache      *ebpf.MapSpec `ebpf:"eg_ipcache"`
 	EgIpcacheHosts *ebpf.MapSpec `ebpf:"eg_ipcache_hosts"`
+	EgNdNeigh      *ebpf.MapSpec `ebpf:"eg_nd_neigh"`
 	EgPolicy       *ebpf.MapSpec `ebpf:"eg_policy"`
 	EgPolicyRanges *ebpf.MapSpec `ebpf:"eg_policy_ranges"`
 	EgRatelimit    *ebpf.MapSpec `ebpf:"eg_ratelimit"`
@@ -483,6 +496,7 @@ type bpfMaps struct {
 	EgFrags        *ebpf.Map `ebpf:"eg_frags"`
 	EgIpcache      *ebpf.Map `ebpf:"eg_ipcache"`
 	EgIpcacheHosts *ebpf.Map `ebpf:"eg_ipcache_hosts"`
+	EgNdNeigh      *ebpf.Map `ebpf:"eg_nd_neigh"`
 	EgPolicy       *ebpf.Map `ebpf:"eg_policy"`
 	EgPolicyRanges *ebpf.Map `ebpf:"eg_policy_ranges"`
 	EgRatelimit    *ebpf.Map `ebpf:"eg_ratelimit"`
@@ -499,6 +513,7 @@ func (m *bpfMaps) Close() error {
 		m.EgFrags,
 		m.EgIpcache,
 		m.EgIpcacheHosts,
+		m.EgNdNeigh,
 		m.EgPolicy,
 		m.EgPolicyRanges,
 		m.EgRatelimit,

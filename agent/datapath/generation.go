@@ -74,18 +74,30 @@ func needOf(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]bin
 
 func isHost(p netip.Prefix) bool { return p.Bits() == p.Addr().BitLen() }
 
+// limitsOf is the most each inner map may hold. The two ipcache maps share
+// the ipcache limit: a rule set's ipcache entries, in either map, count
+// against it together (ruleset.Size.Check).
+func limitsOf(l ruleset.Limits) sizes {
+	return sizes{
+		mEndpoints: l.Endpoints,
+		mHosts:     l.IPCache,
+		mPrefixes:  l.IPCache,
+		mPolicy:    l.Policy,
+		mRanges:    l.PolicyRanges,
+	}
+}
+
 // capacityOf sizes a generation for need: room for incremental growth,
 // never above the configured limits. Hash maps are preallocated, so this
 // bounds memory to what the rule set needs.
 func capacityOf(need sizes, l ruleset.Limits) sizes {
-	f := func(n, limit int) int { return max(min(n+n/4+64, limit), 1) }
-	return sizes{
-		mEndpoints: l.Endpoints, // logical limit; the table itself is a fixed array
-		mHosts:     f(need[mHosts], l.IPCache),
-		mPrefixes:  f(need[mPrefixes], l.IPCache),
-		mPolicy:    f(need[mPolicy], l.Policy),
-		mRanges:    f(need[mRanges], l.PolicyRanges),
+	c := limitsOf(l)
+	for i := range c {
+		if i != mEndpoints { // its limit is logical; the table itself is a fixed array
+			c[i] = max(min(need[i]+need[i]/4+64, c[i]), 1)
+		}
 	}
+	return c
 }
 
 func (s sizes) fits(capacity sizes) bool {

@@ -49,11 +49,8 @@ func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t)
 	}
-	if err := h.ns.Do(func() error {
-		var err error
-		h.d, err = Open(cfg)
-		return err
-	}); err != nil {
+	var err error
+	if h.d, err = h.open(cfg); err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() {
@@ -75,6 +72,18 @@ func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
 	h.ring = rd
 	t.Cleanup(func() { rd.Close() })
 	return h
+}
+
+// open opens a datapath with cfg in the harness's namespace, as an agent
+// started there would.
+func (h *harness) open(cfg Config) (*Datapath, error) {
+	var d *Datapath
+	err := h.ns.Do(func() error {
+		var err error
+		d, err = Open(cfg)
+		return err
+	})
+	return d, err
 }
 
 func (h *harness) linkIndex(name string) uint32 {

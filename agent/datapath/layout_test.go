@@ -46,6 +46,8 @@ func TestLayout(t *testing.T) {
 		"eg_ct_entry":      bpfEgCtEntry{},
 		"eg_frag_key":      bpfEgFragKey{},
 		"eg_frag_entry":    bpfEgFragEntry{},
+		"eg_nd_key":        bpfEgNdKey{},
+		"eg_nd_entry":      bpfEgNdEntry{},
 		"eg_ratelimit":     bpfEgRatelimit{},
 		"eg_flow_event":    bpfEgFlowEvent{},
 		"eg_flow_event4":   bpfEgFlowEvent4{},

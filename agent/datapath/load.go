@@ -178,6 +178,7 @@ func (o *bpfObjects) mapsByName() map[string]*ebpf.Map {
 		"eg_ct4":           o.EgCt4,
 		"eg_ct6":           o.EgCt6,
 		"eg_frags":         o.EgFrags,
+		"eg_nd_neigh":      o.EgNdNeigh,
 		"eg_events":        o.EgEvents,
 		"eg_counters":      o.EgCounters,
 		"eg_ratelimit":     o.EgRatelimit,

@@ -79,11 +79,16 @@ func ipv4(src, dst string, proto uint8, payload []byte, o v4opts) []byte {
 // ipv6 builds a header; payload starts with whatever nexthdr says
 // (extension headers included).
 func ipv6(src, dst string, nexthdr uint8, payload []byte) []byte {
+	return ipv6Hops(src, dst, nexthdr, 64, payload)
+}
+
+// ipv6Hops is ipv6 with a hop limit.
+func ipv6Hops(src, dst string, nexthdr, hops uint8, payload []byte) []byte {
 	h := make([]byte, 40)
 	h[0] = 0x60
 	binary.BigEndian.PutUint16(h[4:], uint16(len(payload)))
 	h[6] = nexthdr
-	h[7] = 64
+	h[7] = hops
 	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
 	copy(h[8:], s[:])
 	copy(h[24:], d[:])
@@ -158,6 +163,13 @@ func icmp4(src, dst string, typ, code uint8, id uint16) []byte {
 
 func icmp6(src, dst string, typ, code uint8, id uint16) []byte {
 	return ethFrame(ethIPv6, ipv6(src, dst, protoICMPv6, icmp(typ, code, id, nil)))
+}
+
+// nd6 is an ICMPv6 neighbour discovery or MLD message of type typ with
+// the given hop limit; target goes where NS and NA carry it.
+func nd6(src, dst string, typ, hops uint8, target string) []byte {
+	t := netip.MustParseAddr(target).As16()
+	return ethFrame(ethIPv6, ipv6Hops(src, dst, protoICMPv6, hops, icmp(typ, 0, 0, t[:])))
 }
 
 func arpFrame() []byte {

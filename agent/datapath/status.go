@@ -25,9 +25,18 @@ type EndpointStatus struct {
 
 // MapUsage is how full one of the rule set's maps is.
 type MapUsage struct {
-	Name     string `json:"name"`
-	Entries  int    `json:"entries"`
-	Capacity int    `json:"capacity"`
+	Name string `json:"name"`
+	// Entries is what the rule set in force uses.
+	Entries int `json:"entries"`
+	// Capacity is what the active generation's map was created with: the
+	// rule set's need plus room for incremental updates. Every rule set
+	// gets maps sized anew, so it is no bound on the next one.
+	Capacity int `json:"capacity"`
+	// Limit is the most the map can be grown to (the configured limit, as
+	// egctl validate --sizes reports it); a rule set that needs more is
+	// refused. eg_ipcache_hosts and eg_ipcache share one limit: their
+	// entries together count against it.
+	Limit int `json:"limit"`
 }
 
 // Status describes what the datapath enforces.
@@ -40,8 +49,8 @@ type Status struct {
 	Endpoints     []EndpointStatus `json:"endpoints"`
 	Pending       []string         `json:"pending,omitempty"`
 	Attached      int              `json:"attachedInterfaces"`
-	// Maps are the active generation's maps: entries used and capacity
-	// (what incremental updates may grow into before a rebuild).
+	// Maps are the active generation's maps: entries used, capacity (what
+	// incremental updates may grow into before a rebuild) and limit.
 	Maps []MapUsage `json:"maps,omitempty"`
 }
 
@@ -57,8 +66,9 @@ func (d *Datapath) Status() Status {
 	st.Version = cur.rs.Version
 	st.EffectiveHash = cur.rs.Hash()
 	need := needOf(cur.rs, cur.tables, cur.bindings)
+	limit := limitsOf(d.cfg.Limits)
 	for i, name := range innerNames {
-		st.Maps = append(st.Maps, MapUsage{Name: name, Entries: need[i], Capacity: cur.capacity[i]})
+		st.Maps = append(st.Maps, MapUsage{Name: name, Entries: need[i], Capacity: cur.capacity[i], Limit: limit[i]})
 	}
 	st.Pending = slices.Clone(cur.pending)
 	ifaces := make(map[ruleset.EndpointID][]string)

@@ -1,9 +1,11 @@
 package datapath
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -73,7 +75,7 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		if _, bound := cur.bindings[ifindex]; bound {
 			return
 		}
-		ep, ok := d.endpointFor(a.Name, a.Flags&unix.IFF_LOOPBACK != 0)
+		ep, ok := d.endpointFor(a.Name, isLoopback(a))
 		if !ok {
 			return
 		}
@@ -181,4 +183,99 @@ func (d *Datapath) endpointFor(name string, loopback bool) (ruleset.Endpoint, bo
 		return *host, true
 	}
 	return ruleset.Endpoint{}, false
+}
+
+// WatchAddresses reports changes of the node's addresses (in the
+// datapath's network namespace): a value on the channel means they
+// changed, and NodeAddresses says what they are now. Changes that come
+// together may be reported once. If the subscription is lost (the
+// kernel's socket buffer overflowed), it subscribes again and reports a
+// change, since some may have been missed. The channel is closed when ctx
+// is done or the datapath is closed.
+func (d *Datapath) WatchAddresses(ctx context.Context) (<-chan struct{}, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	sub, err := d.subscribeAddresses()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	out := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case out <- struct{}{}:
+		default: // one is pending: the reader reads everything anyway
+		}
+	}
+	go func() {
+		defer close(out)
+		defer cancel()
+		for {
+			select {
+			case <-ctx.Done():
+				sub.stop()
+				return
+			case <-d.stopped:
+				sub.stop()
+				return
+			case _, ok := <-sub.ch:
+				if ok {
+					notify()
+					continue
+				}
+			}
+			// Lost: subscribe again, once a second until it works.
+			sub.stop()
+			d.log.Warn("node address watch lost; subscribing again")
+			for {
+				if sub, err = d.subscribeAddresses(); err == nil {
+					break
+				}
+				d.log.Warn("node address watch: subscribing failed", zap.Error(err))
+				select {
+				case <-ctx.Done():
+					return
+				case <-d.stopped:
+					return
+				case <-time.After(time.Second):
+				}
+			}
+			notify()
+		}
+	}()
+	return out, nil
+}
+
+// addrSub is one netlink address subscription.
+type addrSub struct {
+	ch   chan netlink.AddrUpdate
+	done chan struct{}
+}
+
+// stop ends the subscription and waits for netlink to close its channel.
+func (s *addrSub) stop() {
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
+	for range s.ch {
+	}
+}
+
+func (d *Datapath) subscribeAddresses() (*addrSub, error) {
+	d.mu.Lock() // the namespace handle lives until Close
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errClosed
+	}
+	s := &addrSub{ch: make(chan netlink.AddrUpdate, 256), done: make(chan struct{})}
+	ns := d.netns()
+	err := netlink.AddrSubscribeWithOptions(s.ch, s.done, netlink.AddrSubscribeOptions{
+		Namespace:     &ns,
+		ErrorCallback: func(err error) { d.log.Warn("node address watch", zap.Error(err)) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch node addresses: %w", err)
+	}
+	return s, nil
 }

@@ -1,17 +1,21 @@
 // Package enforcer is the agent's one way of changing what the datapath
 // enforces. Rule-set sources (standalone policy files, the controller) hand
 // it rule sets; it completes them with what only the node knows (its own
-// addresses, as the host identity, and with a controller the failsafe for
-// the agent's own control traffic), applies them atomically, keeps the last
+// addresses, as the host identity, followed as they change, and with a
+// controller the failsafe for the agent's own control traffic), applies
+// them atomically, keeps the last
 // applied one on disk as the last known good, and answers what is enforced
 // now. Sources never touch the datapath themselves. It must not import
 // anything under controller/.
 package enforcer
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,7 +29,12 @@ import (
 // Datapath is what the enforcer needs of agent/datapath.
 type Datapath interface {
 	Apply(*ruleset.RuleSet) (*datapath.ApplyResult, error)
+	// UpdateIPCache changes entries of the rule set in force in place.
+	UpdateIPCache(upsert []ruleset.IPCacheEntry, remove []netip.Prefix) error
 	NodeAddresses() ([]netip.Addr, error)
+	// WatchAddresses reports that the node's addresses changed, until
+	// ctx is done.
+	WatchAddresses(ctx context.Context) (<-chan struct{}, error)
 	Status() datapath.Status
 }
 
@@ -43,9 +52,14 @@ type Enforcer struct {
 	// Observe, if set before use, is told about every apply (metrics).
 	Observe func(d time.Duration, err error)
 
-	// mu is taken before the datapath's lock, never after it.
+	// mu serialises applies, node-address updates and failsafe updates.
+	// Lock order: mu, then the datapath's own lock (the datapath never
+	// calls back).
 	mu      sync.Mutex
 	current *ruleset.RuleSet // as received (without the node's addresses)
+	// nodeAddrs are the entries the enforcer added to current for the
+	// node's own addresses, as the datapath holds them now.
+	nodeAddrs []ruleset.IPCacheEntry
 	// hashOf and hash cache current's hash for Status (metrics scrape it).
 	hashOf  *ruleset.RuleSet
 	hash    string
@@ -94,7 +108,7 @@ func (e *Enforcer) Apply(rs *ruleset.RuleSet, book AddressBook) (*datapath.Apply
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	start := time.Now()
-	res, err := e.apply(rs)
+	res, added, err := e.apply(rs)
 	if e.Observe != nil {
 		e.Observe(time.Since(start), err)
 	}
@@ -105,7 +119,7 @@ func (e *Enforcer) Apply(rs *ruleset.RuleSet, book AddressBook) (*datapath.Apply
 			zap.Uint64("policy-version", rs.Version), zap.Error(err))
 		return nil, err
 	}
-	e.current, e.result = rs, res
+	e.current, e.result, e.nodeAddrs = rs, res, added
 	if book != nil {
 		e.book = book
 	}
@@ -119,39 +133,50 @@ func (e *Enforcer) Apply(rs *ruleset.RuleSet, book AddressBook) (*datapath.Apply
 	return res, nil
 }
 
-// apply enforces rs as completed for the datapath; called with e.mu held.
-func (e *Enforcer) apply(rs *ruleset.RuleSet) (*datapath.ApplyResult, error) {
+// apply enforces rs as completed for the datapath (the node's addresses,
+// then the failsafe), and returns the entries it added for the node's
+// addresses; called with e.mu held.
+func (e *Enforcer) apply(rs *ruleset.RuleSet) (*datapath.ApplyResult, []ruleset.IPCacheEntry, error) {
 	// The reserved ids are the failsafe's alone, with or without one: a
 	// source's entry under the failsafe's rule would beat its own denies.
 	if err := rs.CheckReserved(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	addrs, err := e.dp.NodeAddresses()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	eff := WithNodeAddresses(rs, addrs)
+	extra := nodeAddressEntries(rs, addrs)
+	eff := withEntries(rs, extra)
 	withFS := eff
 	if e.fs != nil {
 		// After the node's addresses: the failsafe leaves those alone.
 		if withFS, err = ruleset.WithFailsafe(eff, e.cp); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	res, err := e.dp.Apply(withFS)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	e.fsEnforced = withFS != eff
-	return res, nil
+	return res, extra, nil
 }
 
 // WithNodeAddresses returns rs with every node address it has no exact
 // entry for added as the host identity. A compiled rule set knows the
 // node's addresses only if the policy declares the node as a host-mode
 // workload; without them, traffic from the node to its workloads would be
-// "world" instead of "host".
+// "world" instead of "host", and in host mode traffic to an address the
+// datapath does not know as the node's passes as forwarded.
 func WithNodeAddresses(rs *ruleset.RuleSet, addrs []netip.Addr) *ruleset.RuleSet {
+	return withEntries(rs, nodeAddressEntries(rs, addrs))
+}
+
+// nodeAddressEntries are the host-identity entries of the node's addresses
+// that rs has no exact entry for (an exact entry of the rule set wins),
+// sorted by prefix.
+func nodeAddressEntries(rs *ruleset.RuleSet, addrs []netip.Addr) []ruleset.IPCacheEntry {
 	known := make(map[netip.Prefix]bool, len(rs.IPCache))
 	for _, c := range rs.IPCache {
 		known[c.Prefix] = true
@@ -164,12 +189,86 @@ func WithNodeAddresses(rs *ruleset.RuleSet, addrs []netip.Addr) *ruleset.RuleSet
 			extra = append(extra, ruleset.IPCacheEntry{Prefix: p, Identity: ruleset.IdentityHost})
 		}
 	}
+	slices.SortFunc(extra, func(a, b ruleset.IPCacheEntry) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+	return extra
+}
+
+func withEntries(rs *ruleset.RuleSet, extra []ruleset.IPCacheEntry) *ruleset.RuleSet {
 	if len(extra) == 0 {
 		return rs
 	}
 	out := *rs
 	out.IPCache = append(append([]ruleset.IPCacheEntry(nil), rs.IPCache...), extra...)
 	return &out
+}
+
+// FollowNodeAddresses keeps the node's addresses the host identity in the
+// rule set in force as they come and go (DHCP and SLAAC renewals, a VIP,
+// a new interface or bridge), until ctx is done. Each change is written
+// into the active generation in place, within milliseconds of the
+// kernel's notification, without a rule-set swap: until then, in host
+// mode, traffic to a new address passes as forwarded (not the node's),
+// SSH included; a removed address stops being the host's. It returns an
+// error only if it cannot watch at all.
+func (e *Enforcer) FollowNodeAddresses(ctx context.Context) error {
+	changes, err := e.dp.WatchAddresses(ctx)
+	if err != nil {
+		return err
+	}
+	e.SyncNodeAddresses() // whatever changed since the last apply
+	for range changes {
+		e.SyncNodeAddresses()
+	}
+	return nil
+}
+
+// SyncNodeAddresses brings the node's addresses in the rule set in force
+// up to date with the addresses the node has now. Failures are logged;
+// the next change retries.
+func (e *Enforcer) SyncNodeAddresses() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.current == nil {
+		return // the next apply adds them
+	}
+	addrs, err := e.dp.NodeAddresses()
+	if err != nil {
+		e.log.Error("node addresses changed but could not be read; the host identity may be out of date", zap.Error(err))
+		return
+	}
+	want := nodeAddressEntries(e.current, addrs)
+	have := make(map[netip.Prefix]bool, len(e.nodeAddrs))
+	for _, c := range e.nodeAddrs {
+		have[c.Prefix] = true
+	}
+	var upsert []ruleset.IPCacheEntry
+	for _, c := range want {
+		if !have[c.Prefix] {
+			upsert = append(upsert, c)
+		}
+		delete(have, c.Prefix)
+	}
+	remove := slices.SortedFunc(maps.Keys(have), func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	if len(upsert) == 0 && len(remove) == 0 {
+		return
+	}
+	start := time.Now()
+	if err := e.dp.UpdateIPCache(upsert, remove); err != nil {
+		e.log.Error("node addresses changed but the host identity could not be updated; the next change retries",
+			zap.Stringers("added", prefixes(upsert)), zap.Stringers("removed", remove), zap.Error(err))
+		return
+	}
+	e.nodeAddrs = want
+	e.log.Info("node addresses changed: host identity updated",
+		zap.Stringers("added", prefixes(upsert)), zap.Stringers("removed", remove), zap.Duration("duration", time.Since(start)))
+}
+
+func prefixes(es []ruleset.IPCacheEntry) []netip.Prefix {
+	out := make([]netip.Prefix, len(es))
+	for i, c := range es {
+		out[i] = c.Prefix
+	}
+	return out
 }
 
 // Names resolves rule ids and addresses for flow records, from the rule

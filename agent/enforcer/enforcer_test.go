@@ -1,7 +1,9 @@
 package enforcer_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,18 +19,28 @@ import (
 	"github.com/eastguard/eastguard/agent/enforcer"
 	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 // fakeDatapath is an enforcer.Datapath without a kernel: it records what
 // it is asked to apply and fails when told to.
 type fakeDatapath struct {
-	mu       sync.Mutex
-	addrs    []netip.Addr
-	addrErr  error
-	applyErr error
-	applied  []*ruleset.RuleSet
-	gen      uint32
-	last     *datapath.ApplyResult
+	mu        sync.Mutex
+	addrs     []netip.Addr
+	addrErr   error
+	applyErr  error
+	updateErr error
+	applied   []*ruleset.RuleSet
+	updates   []ipcacheUpdate
+	watch     chan struct{} // WatchAddresses's channel; nil: it fails
+	gen       uint32
+	last      *datapath.ApplyResult
+}
+
+// ipcacheUpdate is one UpdateIPCache call.
+type ipcacheUpdate struct {
+	upsert []ruleset.IPCacheEntry
+	remove []netip.Prefix
 }
 
 var _ enforcer.Datapath = (*fakeDatapath)(nil)
@@ -46,6 +58,53 @@ func (d *fakeDatapath) Apply(rs *ruleset.RuleSet) (*datapath.ApplyResult, error)
 	d.gen++
 	d.last = &datapath.ApplyResult{Generation: d.gen, Version: rs.Version, Hash: rs.Hash(), Pending: []string{"eg1-later"}}
 	return d.last, nil
+}
+
+func (d *fakeDatapath) UpdateIPCache(upsert []ruleset.IPCacheEntry, remove []netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.updateErr != nil {
+		return d.updateErr
+	}
+	d.updates = append(d.updates, ipcacheUpdate{slices.Clone(upsert), slices.Clone(remove)})
+	return nil
+}
+
+func (d *fakeDatapath) WatchAddresses(ctx context.Context) (<-chan struct{}, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.watch == nil {
+		return nil, errors.New("no netlink here")
+	}
+	out := make(chan struct{})
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.watch:
+				select {
+				case out <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+func (d *fakeDatapath) setAddrs(addrs ...netip.Addr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.addrs = addrs
+}
+
+func (d *fakeDatapath) ipcacheUpdates() []ipcacheUpdate {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.updates)
 }
 
 func (d *fakeDatapath) NodeAddresses() ([]netip.Addr, error) {
@@ -529,5 +588,115 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	if s := e.Status(); s.Datapath.Generation != 80 || s.LastError != "" {
 		t.Errorf("after 80 applies: %+v", s)
+	}
+}
+
+// TestSyncNodeAddresses: an address the node gains after the rule set was
+// applied becomes the host identity in place (UpdateIPCache, no new
+// apply), one it loses stops being it; addresses the rule set itself
+// names are never touched, and nothing happens before the first apply.
+func TestSyncNodeAddresses(t *testing.T) {
+	e, dp := newEnforcer(t, nil)
+	e.SyncNodeAddresses() // nothing applied yet: nothing to update
+	if n := len(dp.ipcacheUpdates()); n != 0 {
+		t.Fatalf("updates before any apply: %d", n)
+	}
+	if _, err := e.Apply(ruleSet(1, 443, "p/https"), nil); err != nil {
+		t.Fatal(err)
+	}
+	host := func(a netip.Addr) ruleset.IPCacheEntry {
+		return ruleset.IPCacheEntry{Prefix: netip.PrefixFrom(a, a.BitLen()), Identity: ruleset.IdentityHost}
+	}
+	vip, ll := netip.MustParseAddr("192.168.7.77"), netip.MustParseAddr("fe80::1")
+	steps := []struct {
+		name   string
+		addrs  []netip.Addr
+		want   *ipcacheUpdate // nil: no update
+		update error
+	}{
+		{"unchanged", []netip.Addr{nodeAddr}, nil, nil},
+		{"a VIP and a link-local address appear", []netip.Addr{nodeAddr, vip, ll},
+			&ipcacheUpdate{upsert: []ruleset.IPCacheEntry{host(vip), host(ll)}}, nil},
+		{"an address the rule set names appears: its entry stays", []netip.Addr{nodeAddr, vip, ll, webAddr}, nil, nil},
+		{"the first address goes", []netip.Addr{vip, ll, webAddr},
+			&ipcacheUpdate{remove: []netip.Prefix{netip.PrefixFrom(nodeAddr, 32)}}, nil},
+		{"the update fails", []netip.Addr{ll}, nil, errors.New("map full")},
+		{"the next change retries what failed", []netip.Addr{ll},
+			&ipcacheUpdate{remove: []netip.Prefix{netip.PrefixFrom(vip, 32)}}, nil},
+	}
+	for _, s := range steps {
+		before := len(dp.ipcacheUpdates())
+		dp.setAddrs(s.addrs...)
+		dp.mu.Lock()
+		dp.updateErr = s.update
+		dp.mu.Unlock()
+		e.SyncNodeAddresses()
+		got := dp.ipcacheUpdates()[before:]
+		switch {
+		case s.want == nil && len(got) != 0:
+			t.Errorf("%s: updates %+v, want none", s.name, got)
+		case s.want != nil && (len(got) != 1 || !slices.Equal(got[0].upsert, s.want.upsert) || !slices.Equal(got[0].remove, s.want.remove)):
+			t.Errorf("%s: updates %+v, want %+v", s.name, got, *s.want)
+		}
+	}
+	dp.mu.Lock()
+	dp.updateErr = nil
+	dp.mu.Unlock()
+	if n := len(dp.appliedRuleSets()); n != 1 {
+		t.Errorf("rule sets applied: %d, want 1 (changes in place only)", n)
+	}
+
+	// A new rule set is applied with the addresses of the moment, and
+	// later changes are relative to it.
+	if _, err := e.Apply(ruleSet(2, 443, "p/https"), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := len(dp.ipcacheUpdates())
+	e.SyncNodeAddresses()
+	if got := dp.ipcacheUpdates()[before:]; len(got) != 0 {
+		t.Errorf("updates right after an apply: %+v", got)
+	}
+}
+
+// TestFollowNodeAddresses: FollowNodeAddresses catches up at once, updates
+// on every reported change, and returns when ctx is done; without a watch
+// it says so.
+func TestFollowNodeAddresses(t *testing.T) {
+	e, dp := newEnforcer(t, nil)
+	if err := e.FollowNodeAddresses(context.Background()); err == nil {
+		t.Errorf("FollowNodeAddresses without a watch: no error")
+	}
+	dp.watch = make(chan struct{})
+	if _, err := e.Apply(ruleSet(1, 443, "p/https"), nil); err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParseAddr("192.168.7.77")
+	dp.setAddrs(nodeAddr, vip) // before the watch starts
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.FollowNodeAddresses(ctx) }()
+	testutil.Eventually(t, 5*time.Second, "the change before the watch", func() error {
+		if n := len(dp.ipcacheUpdates()); n != 1 {
+			return fmt.Errorf("%d updates", n)
+		}
+		return nil
+	})
+	dp.setAddrs(nodeAddr)
+	dp.watch <- struct{}{}
+	testutil.Eventually(t, 5*time.Second, "the reported change", func() error {
+		u := dp.ipcacheUpdates()
+		if len(u) != 2 || len(u[1].remove) != 1 || u[1].remove[0] != netip.PrefixFrom(vip, 32) {
+			return fmt.Errorf("updates %+v", u)
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("FollowNodeAddresses: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("FollowNodeAddresses did not return after ctx was done")
 	}
 }

@@ -195,14 +195,14 @@ func (e *Enforcer) setControlPlane(cp ruleset.ControlPlane) {
 	if e.current == nil {
 		return
 	}
-	res, err := e.apply(e.current)
+	res, added, err := e.apply(e.current)
 	if err != nil {
 		e.cp = prev
 		e.log.Error("failsafe not updated; the rule set in force keeps the previous control-plane addresses",
 			zap.Stringers("controller", cp.Controller), zap.Stringers("resolvers", cp.Resolvers), zap.Error(err))
 		return
 	}
-	e.result = res
+	e.result, e.nodeAddrs = res, added
 	e.log.Info("failsafe updated", zap.Uint64("policy-version", e.current.Version),
 		zap.Stringers("controller", cp.Controller), zap.Stringers("resolvers", cp.Resolvers))
 }

@@ -48,7 +48,7 @@ var (
 		"Datapath decisions by verdict and direction (relative to the workload): allowed counts new flows admitted, denied packets dropped, would_deny packets monitor mode let through.",
 		[]string{"verdict", "direction"}, nil)
 	descPackets = prometheus.NewDesc("eastguard_agent_datapath_packets_total",
-		"Packets by the path that passed them: established (conntrack), related (ICMP errors of a tracked flow), forwarded (host mode, not the node's own), neighbor (ARP, ND, MLD), non_ip, fragments (seen).",
+		"Packets by the path that passed them: established (conntrack), related (ICMP errors of a tracked flow), forwarded (host mode, not the node's own), neighbor (ARP, and IPv6 ND and MLD that cannot leave the link), non_ip, fragments (seen).",
 		[]string{"path"}, nil)
 	descChecks = prometheus.NewDesc("eastguard_agent_datapath_checks_total",
 		"Packets a datapath check decided: malformed, spoofed, no_endpoint (no endpoint on the interface), revalidated (established flows re-checked after a rule-set change).",
@@ -71,8 +71,10 @@ var (
 		"1 when the last rule set could not be applied (the previous one stays in force).", nil, nil)
 	descMapEntries = prometheus.NewDesc("eastguard_agent_map_entries",
 		"Entries used in the rule set's datapath maps.", []string{"map"}, nil)
-	descMapCapacity = prometheus.NewDesc("eastguard_agent_map_capacity_entries",
-		"Capacity of the rule set's datapath maps.", []string{"map"}, nil)
+	descMapAllocated = prometheus.NewDesc("eastguard_agent_map_allocated_entries",
+		"Entries the active generation's datapath maps were created with: the rule set's need plus room for incremental updates; every rule set gets maps sized anew, so this is no bound (see eastguard_agent_map_limit_entries).", []string{"map"}, nil)
+	descMapLimit = prometheus.NewDesc("eastguard_agent_map_limit_entries",
+		"The most entries a datapath map can be grown to, as egctl validate --sizes reports it; a rule set that needs more is refused. eg_ipcache_hosts and eg_ipcache share one limit.", []string{"map"}, nil)
 	descEndpoints = prometheus.NewDesc("eastguard_agent_endpoints",
 		"Endpoints of the rule set in force, by state: enforcing, or pending (interface not there).", []string{"state"}, nil)
 	descFlows = prometheus.NewDesc("eastguard_agent_flow_records_total",
@@ -116,7 +118,7 @@ func (a *Agent) ObserveApply(d time.Duration, err error) {
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVerdicts, descPackets, descChecks, descEventsRead, descEventsLost,
 		descEventsSuppressed, descCTFull, descRingUsed, descRingSize, descVersion, descApplyFailed, descMapEntries,
-		descMapCapacity, descEndpoints, descFlows, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
+		descMapAllocated, descMapLimit, descEndpoints, descFlows, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
 		descCertExpiry, descDefaultMode} {
 		ch <- d
 	}
@@ -167,7 +169,8 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 		gauge(descApplyFailed, failed)
 		for _, m := range st.Datapath.Maps {
 			gauge(descMapEntries, float64(m.Entries), m.Name)
-			gauge(descMapCapacity, float64(m.Capacity), m.Name)
+			gauge(descMapAllocated, float64(m.Capacity), m.Name)
+			gauge(descMapLimit, float64(m.Limit), m.Name)
 		}
 		states := map[datapath.EndpointState]int{datapath.EndpointEnforcing: 0, datapath.EndpointPending: 0}
 		for _, e := range st.Datapath.Endpoints {

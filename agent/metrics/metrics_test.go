@@ -25,7 +25,7 @@ func fakeSources() Sources {
 		Counters: func() (datapath.Counters, error) { return c, nil },
 		Status: func() enforcer.Status {
 			return enforcer.Status{Version: 42, LastError: "map eg_policy is full", Datapath: datapath.Status{
-				Maps:      []datapath.MapUsage{{Name: "eg_policy", Entries: 10, Capacity: 74}},
+				Maps:      []datapath.MapUsage{{Name: "eg_policy", Entries: 10, Capacity: 74, Limit: 262144}},
 				Endpoints: []datapath.EndpointStatus{{State: datapath.EndpointEnforcing}, {State: datapath.EndpointPending}},
 			}}
 		},
@@ -68,7 +68,8 @@ func TestMetricsLintAndValues(t *testing.T) {
 		`eastguard_agent_ruleset_version 42`,
 		`eastguard_agent_ruleset_last_apply_failed 1`,
 		`eastguard_agent_map_entries{map="eg_policy"} 10`,
-		`eastguard_agent_map_capacity_entries{map="eg_policy"} 74`,
+		`eastguard_agent_map_allocated_entries{map="eg_policy"} 74`,
+		`eastguard_agent_map_limit_entries{map="eg_policy"} 262144`,
 		`eastguard_agent_endpoints{state="pending"} 1`,
 		`eastguard_agent_controller_connected 1`,
 		`eastguard_agent_default_monitor_mode 1`,
@@ -87,4 +88,59 @@ func TestMetricsLintAndValues(t *testing.T) {
 	if !strings.Contains(string(body), `"lastError": "map eg_policy is full"`) {
 		t.Errorf("/status %s", body)
 	}
+}
+
+// TestMapLimitIsItsOwnMetric: the limit a map can be grown to (what egctl
+// validate --sizes compares against, and what to alert on) is exposed by
+// itself, not confused with the size of the current generation's map,
+// which follows the rule set (85 entries in a map of 170 here).
+func TestMapLimitIsItsOwnMetric(t *testing.T) {
+	src := Sources{Status: func() enforcer.Status {
+		return enforcer.Status{Datapath: datapath.Status{Maps: []datapath.MapUsage{
+			{Name: "eg_policy", Entries: 85, Capacity: 170, Limit: 262144},
+			{Name: "eg_ipcache", Entries: 3, Capacity: 67, Limit: 131072},
+		}}}
+	}}
+	a := New(src)
+	for _, c := range []struct {
+		metric, m string
+		want      float64
+	}{
+		{"eastguard_agent_map_entries", "eg_policy", 85},
+		{"eastguard_agent_map_allocated_entries", "eg_policy", 170},
+		{"eastguard_agent_map_limit_entries", "eg_policy", 262144},
+		{"eastguard_agent_map_limit_entries", "eg_ipcache", 131072},
+	} {
+		got, ok := gaugeValue(t, a, c.metric, c.m)
+		if !ok || got != c.want {
+			t.Errorf("%s{map=%q} = %v (present %v), want %v", c.metric, c.m, got, ok, c.want)
+		}
+	}
+	// The ambiguous name is gone: it looked like the limit but was the
+	// generation's size.
+	if _, ok := gaugeValue(t, a, "eastguard_agent_map_capacity_entries", "eg_policy"); ok {
+		t.Errorf("eastguard_agent_map_capacity_entries is still exposed")
+	}
+}
+
+// gaugeValue reads one sample of a labelled gauge from a's registry.
+func gaugeValue(t *testing.T, a *Agent, name, mapName string) (float64, bool) {
+	t.Helper()
+	fams, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "map" && l.GetValue() == mapName {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+	}
+	return 0, false
 }

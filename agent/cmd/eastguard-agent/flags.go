@@ -18,7 +18,8 @@ Usage:
   eastguard-agent --node NAME --rule-set FILE [flags]      enforce a compiled rule set (egctl compile -o json)
   eastguard-agent --node NAME --controller HOST:PORT [--join-token-file FILE] [flags]
                                                            take rule sets from the controller
-  eastguard-agent --uninstall [--bpffs-dir DIR]            detach every program, remove the pins
+  eastguard-agent --uninstall [--bpffs-dir DIR]            detach the agent's programs, remove its pins
+                                                           (refused while an agent runs on DIR)
   eastguard-agent --reset-state [--state-dir DIR] [--uninstall [--bpffs-dir DIR]]
                                                            forget the last known good rule set (keeps
                                                            the node's key and certificates), then exit
@@ -74,7 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&f.resetState, "reset-state", false, "remove the last known good rule set from --state-dir (keeping the node's key and certificates), exit; with --uninstall, remove enforcement too")
-	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach every program pinned under --bpffs-dir, remove the pins, exit")
+	fs.BoolVar(&f.uninstall, "uninstall", false, "remove enforcement: detach the agent's programs pinned under --bpffs-dir, remove its pins, exit (refused while an agent runs on it, or if it is not on a bpffs)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

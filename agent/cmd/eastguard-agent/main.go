@@ -100,7 +100,11 @@ func uninstallOrReset(f *flags, log *zap.Logger) int {
 	}
 	if f.uninstall {
 		if err := datapath.Uninstall(f.BPFFSDir, log); err != nil {
-			log.Error("uninstall failed", zap.Error(err))
+			msg := "uninstall failed"
+			if errors.Is(err, datapath.ErrUninstallRefused) {
+				msg = "uninstall refused; nothing was removed"
+			}
+			log.Error(msg, zap.String("bpffs-dir", f.BPFFSDir), zap.Error(err))
 			return exitFailure
 		}
 	}

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"go.uber.org/zap/zaptest"
+
+	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/testutil"
+	tnetns "github.com/eastguard/eastguard/internal/testutil/netns"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -78,4 +84,67 @@ func TestRunExitCodes(t *testing.T) {
 // and exits 0, needing no other flag.
 func TestVersion(t *testing.T) {
 	testutil.CheckVersionFlag(t, "eastguard-agent", &version, run)
+}
+
+// TestPrivilegedRefusals: --uninstall exits 1, saying why and removing
+// nothing, on a directory that is not on a bpffs and on the pin directory
+// of a running agent (naming its PID), where a second agent refuses to
+// start too; it exits 0 once that agent has stopped.
+func TestPrivilegedRefusals(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	notBPFFS := t.TempDir()
+	keep := filepath.Join(notBPFFS, "precious.db")
+	os.WriteFile(keep, []byte("keep me"), 0o600)
+	var stderr strings.Builder
+	if code := run([]string{"--uninstall", "--bpffs-dir", notBPFFS}, io.Discard, &stderr); code != exitFailure {
+		t.Errorf("uninstall of a non-bpffs directory: exit %d, want %d", code, exitFailure)
+	}
+	if !strings.Contains(stderr.String(), "uninstall refused") || !strings.Contains(stderr.String(), "not on a bpffs") {
+		t.Errorf("the refusal does not say why: %s", stderr.String())
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("uninstall removed a file of a non-bpffs directory: %v", err)
+	}
+
+	// A running agent: an open datapath in a namespace of the test's.
+	ns := tnetns.New(t, "agent")
+	dir := "/sys/fs/bpf/eg-test-" + tnetns.Suffix()
+	var dp *datapath.Datapath
+	if err := ns.Do(func() error {
+		var err error
+		dp, err = datapath.Open(datapath.Config{BPFFSDir: dir, Logger: zaptest.NewLogger(t)})
+		return err
+	}); err != nil {
+		t.Fatalf("open the datapath: %v", err)
+	}
+	t.Cleanup(func() { dp.Uninstall() })
+	stderr.Reset()
+	if code := run([]string{"--uninstall", "--bpffs-dir", dir}, io.Discard, &stderr); code != exitFailure {
+		t.Errorf("uninstall under a running agent: exit %d, want %d", code, exitFailure)
+	}
+	if want := fmt.Sprintf("PID %d", os.Getpid()); !strings.Contains(stderr.String(), want) {
+		t.Errorf("the refusal does not name the agent's %s: %s", want, stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "eg_state")); err != nil {
+		t.Errorf("the refused uninstall removed pins: %v", err)
+	}
+	// A second agent on the same directory refuses to start, naming it.
+	stderr.Reset()
+	second := []string{"--node", "node-a", "--rule-set", filepath.Join(t.TempDir(), "rs.json"), "--bpffs-dir", dir, "--state-dir", t.TempDir()}
+	if code := run(second, io.Discard, &stderr); code != exitFailure {
+		t.Errorf("a second agent on %s: exit %d, want %d", dir, code, exitFailure)
+	}
+	if want := fmt.Sprintf("PID %d", os.Getpid()); !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "own --bpffs-dir") {
+		t.Errorf("the second agent does not say why it refused, naming %s: %s", want, stderr.String())
+	}
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stderr.Reset()
+	if code := run([]string{"--uninstall", "--bpffs-dir", dir}, io.Discard, &stderr); code != exitOK {
+		t.Errorf("uninstall after the agent stopped: exit %d, want 0: %s", code, stderr.String())
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left after uninstall: %v", dir, err)
+	}
 }

@@ -180,14 +180,27 @@ func Link(t testing.TB, a, b *Node) {
 // workload's addresses. Servers stop when the test ends.
 func (w *Workload) Listen(t testing.TB, ports ...int) {
 	t.Helper()
+	ListenOn(t, w.NS, ports...)
+}
+
+// Listen is Workload.Listen on the node itself (its own addresses).
+func (n *Node) Listen(t testing.TB, ports ...int) {
+	t.Helper()
+	ListenOn(t, n.NS, ports...)
+}
+
+// ListenOn opens a TCP echo server on every port given, on all the
+// addresses of ns. Servers stop when the test ends.
+func ListenOn(t testing.TB, ns *netns.NS, ports ...int) {
+	t.Helper()
 	for _, p := range ports {
 		var ln net.Listener
-		if err := w.NS.Do(func() error {
+		if err := ns.Do(func() error {
 			var err error
 			ln, err = net.Listen("tcp", fmt.Sprintf(":%d", p))
 			return err
 		}); err != nil {
-			t.Fatalf("%s: listen tcp %d: %v", w.Name, p, err)
+			t.Fatalf("%s: listen tcp %d: %v", ns.Name, p, err)
 		}
 		t.Cleanup(func() { ln.Close() })
 		go func() {
@@ -286,15 +299,16 @@ var ErrNoAnswer = errors.New("no answer")
 // for its echo. It returns nil on success, ErrNoAnswer on a timeout, or the
 // error (e.g. connection refused).
 func (w *Workload) Dial(addr netip.Addr, port int, timeout time.Duration) error {
-	return dial(w.NS, addr, port, timeout)
+	return DialFrom(w.NS, addr, port, timeout)
 }
 
 // Dial is Workload.Dial from the node itself.
 func (n *Node) Dial(addr netip.Addr, port int, timeout time.Duration) error {
-	return dial(n.NS, addr, port, timeout)
+	return DialFrom(n.NS, addr, port, timeout)
 }
 
-func dial(ns *netns.NS, addr netip.Addr, port int, timeout time.Duration) error {
+// DialFrom is Workload.Dial from any namespace.
+func DialFrom(ns *netns.NS, addr netip.Addr, port int, timeout time.Duration) error {
 	var conn net.Conn
 	err := ns.Do(func() error {
 		var err error
