@@ -272,7 +272,16 @@ func (d *Datapath) subscribeAddresses() (*addrSub, error) {
 	ns := d.netns()
 	err := netlink.AddrSubscribeWithOptions(s.ch, s.done, netlink.AddrSubscribeOptions{
 		Namespace:     &ns,
-		ErrorCallback: func(err error) { d.log.Warn("node address watch", zap.Error(err)) },
+		ErrorCallback: func(err error) {
+			select {
+			case <-s.done:
+				// stop closed the socket: the receive error that ends
+				// netlink's reader is the clean stop itself.
+				return
+			default:
+			}
+			d.log.Warn("node address watch", zap.Error(err))
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("watch node addresses: %w", err)
