@@ -13,10 +13,12 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/eastguard/eastguard/controller/agentapi/admission"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -45,7 +47,7 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	log := s.log.With(fields...)
 	refuseAs := func(reason string, code codes.Code, err error) error {
 		s.m.refused.WithLabelValues(reason).Inc()
-		s.refusals.Warn(peerAddr(ctx), "join refused", append(fields, zap.Error(err))...)
+		s.refusals.Warn(admission.PeerAddr(ctx), "join refused", append(fields, zap.Error(err))...)
 		return status.Error(code, err.Error())
 	}
 	if err := pki.ValidNodeName(req.GetNode()); err != nil {
@@ -241,7 +243,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		log.Warn("stream refused: an agent spoke for another node than its certificate's", zap.String("claimed-node", hello.GetNode()))
 		return status.Errorf(codes.PermissionDenied, "this certificate is for node %q; it cannot speak for node %q", id.node, hello.GetNode())
 	}
-	if err := checkHello(hello); err != nil {
+	if err := invalid(wire.CheckHello(hello)); err != nil {
 		s.m.refused.WithLabelValues("invalid").Inc()
 		log.Warn("stream refused: Hello out of bounds", zap.Error(err))
 		return err

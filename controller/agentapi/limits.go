@@ -2,10 +2,6 @@ package agentapi
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/netip"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,6 +11,7 @@ import (
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/eastguard/eastguard/controller/agentapi/admission"
 	"github.com/eastguard/eastguard/internal/pki"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
@@ -96,12 +93,12 @@ const (
 func (s *Service) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	switch info.FullMethodName {
 	case pb.Control_Join_FullMethodName:
-		remote := peerAddr(ctx)
-		if !s.joins.allow(sourceOf(remote), s.now()) {
+		remote := admission.PeerAddr(ctx)
+		if !s.joins.Allow(admission.SourceOf(remote), s.now()) {
 			s.m.refused.WithLabelValues("rate_limited").Inc()
 			s.refusals.Warn(remote, "join refused: rate limit", zap.Stringer("remote", remote))
 			return ctx, status.Errorf(codes.ResourceExhausted, "too many joins from %s (%g a second, %d at once): retry later",
-				sourceName(sourceOf(remote)), s.cfg.Limits.JoinRate, s.cfg.Limits.JoinBurst)
+				admission.SourceName(admission.SourceOf(remote)), s.cfg.Limits.JoinRate, s.cfg.Limits.JoinBurst)
 		}
 	case pb.Control_Renew_FullMethodName:
 	default:
@@ -121,140 +118,11 @@ func (s *Service) limitRequestSize(ctx context.Context, req any, info *grpc.Unar
 	if m, ok := req.(proto.Message); ok {
 		if n := proto.Size(m); n > maxUnaryRequest {
 			s.m.refused.WithLabelValues("bad_request").Inc()
-			remote := peerAddr(ctx)
+			remote := admission.PeerAddr(ctx)
 			s.refusals.Warn(remote, "agent RPC refused: request too large", zap.String("method", info.FullMethod),
 				zap.Int("bytes", n), zap.Stringer("remote", remote))
 			return nil, status.Errorf(codes.InvalidArgument, "request of %d bytes: at most %d (a CSR is at most %d)", n, maxUnaryRequest, pki.MaxCSRSize)
 		}
 	}
 	return handler(ctx, req)
-}
-
-// joinLimiter is a token bucket per source.
-type joinLimiter struct {
-	rate, burst float64
-
-	mu      sync.Mutex
-	buckets map[netip.Prefix]*bucket
-	swept   time.Time // last forgetFull: at most one a second
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func newJoinLimiter(rate float64, burst int) *joinLimiter {
-	return &joinLimiter{rate: rate, burst: float64(burst), buckets: make(map[netip.Prefix]*bucket)}
-}
-
-// allow takes a token from src's bucket if it has one.
-func (j *joinLimiter) allow(src netip.Prefix, now time.Time) bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	b := j.buckets[src]
-	if b == nil && len(j.buckets) >= maxTrackedSources {
-		if now.Sub(j.swept) >= time.Second {
-			j.forgetFull(now)
-			j.swept = now
-		}
-		if len(j.buckets) >= maxTrackedSources {
-			src = netip.Prefix{} // every further source shares one bucket
-			b = j.buckets[src]
-		}
-	}
-	if b == nil {
-		b = &bucket{tokens: j.burst, last: now}
-		j.buckets[src] = b
-	}
-	b.tokens = min(j.burst, b.tokens+max(now.Sub(b.last).Seconds(), 0)*j.rate)
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
-// forgetFull drops the buckets that have filled up again: a new one is
-// the same.
-func (j *joinLimiter) forgetFull(now time.Time) {
-	for src, b := range j.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*j.rate >= j.burst {
-			delete(j.buckets, src)
-		}
-	}
-}
-
-// connLimiter counts the listener's connections, in all and per source.
-type connLimiter struct {
-	max, perSource int
-
-	mu     sync.Mutex
-	total  int
-	counts map[netip.Prefix]int
-}
-
-// acquire takes a slot for a connection from src, or says which limit
-// stops it.
-func (l *connLimiter) acquire(src netip.Prefix) (refused string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case l.total >= l.max:
-		return fmt.Sprintf("the listener holds %d connections, its limit", l.total)
-	case l.counts[src] >= l.perSource:
-		return fmt.Sprintf("%s holds %d connections, the limit per source", sourceName(src), l.counts[src])
-	}
-	l.total++
-	l.counts[src]++
-	return ""
-}
-
-func (l *connLimiter) release(src netip.Prefix) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total--
-	if l.counts[src]--; l.counts[src] <= 0 {
-		delete(l.counts, src)
-	}
-}
-
-// limitedListener closes connections over the limits as soon as they are
-// accepted, before any TLS: holding one costs its peer a connection of its
-// own.
-type limitedListener struct {
-	net.Listener
-	s *Service
-}
-
-func (l limitedListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		src := sourceOf(c.RemoteAddr())
-		if why := l.s.conns.acquire(src); why != "" {
-			c.Close()
-			l.s.m.refused.WithLabelValues("connection_limit").Inc()
-			l.s.refusals.Warn(c.RemoteAddr(), "agent connection refused: limit reached", zap.Stringer("remote", c.RemoteAddr()),
-				zap.String("reason", why))
-			continue
-		}
-		return &limitedConn{Conn: c, release: func() { l.s.conns.release(src) }}, nil
-	}
-}
-
-// limitedConn gives its slot back when it is closed.
-type limitedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/eastguard/eastguard/controller/agentapi/admission"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
@@ -99,9 +99,9 @@ type Service struct {
 
 	// What the listener lets peers hold and do (limits.go), and the
 	// rate-limited log of refusals (refusals.go).
-	conns    *connLimiter
-	joins    *joinLimiter
-	refusals *refusalLog
+	conns    *admission.ConnLimiter
+	joins    *admission.JoinLimiter
+	refusals *admission.RefusalLog
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -141,9 +141,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{
 		cfg: cfg, log: cfg.Log, st: cfg.Store, ca: cfg.CA, now: cfg.Now, m: newMetrics(cfg.Registry),
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
-		conns:    &connLimiter{max: cfg.Limits.MaxConns, perSource: cfg.Limits.MaxConnsPerSource, counts: make(map[netip.Prefix]int)},
-		joins:    newJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
-		refusals: newRefusalLog(cfg.Log, cfg.Now),
+		conns:    admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
+		joins:    admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		refusals: admission.NewRefusalLog(cfg.Log, cfg.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
@@ -169,14 +169,18 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	)
 	pb.RegisterControlServer(s.grpc, &control{s: s})
 	s.wg.Go(func() { s.tls.rotate(s.ctx) })
-	s.wg.Go(func() { s.refusals.run(s.ctx) })
+	s.wg.Go(func() { s.refusals.Run(s.ctx) })
 	return s, nil
 }
 
 // Serve serves the gRPC service on lis until Close, within the
 // connection limits.
 func (s *Service) Serve(lis net.Listener) error {
-	err := s.grpc.Serve(limitedListener{Listener: lis, s: s})
+	err := s.grpc.Serve(admission.Listener(lis, s.conns, func(c net.Conn, why string) {
+		s.m.refused.WithLabelValues("connection_limit").Inc()
+		s.refusals.Warn(c.RemoteAddr(), "agent connection refused: limit reached", zap.Stringer("remote", c.RemoteAddr()),
+			zap.String("reason", why))
+	}))
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -43,131 +40,14 @@ func (s *Service) allowResync(node string, now time.Time) bool {
 	return ok
 }
 
-// Bounds on what an agent reports about itself, which the controller keeps
-// (the node table, the store, `egctl agents`). Identifiers beyond them are
-// refused, never truncated: a truncated identifier names something else.
-const (
-	// maxHelloText bounds Hello.agentVersion and Hello.kernel (a kernel
-	// release is at most 64 bytes).
-	maxHelloText = 256
-	// maxCapabilities and maxWordLen bound Hello.capabilities (an agent
-	// of this build sends 3); maxWordLen also bounds counter names.
-	maxCapabilities = 64
-	maxWordLen      = 64
-	// maxHashLen bounds rule-set hashes ("sha256:" and 64 hex digits).
-	maxHashLen = 128
-	// maxCounters bounds Counters.values (the datapath has 19).
-	maxCounters = 256
-	// maxPending bounds Ack.pendingInterfaces: the datapath's endpoint
-	// slots, more interfaces than a node can have enforced.
-	maxPending = 16384
-	// maxAckError bounds Ack.error as kept in the node's last error; it
-	// is free text, so it is cut, not refused.
-	maxAckError = 1024
-)
-
-// invalid refuses a message that breaks the bounds: the stream is closed
-// with InvalidArgument; err names the field.
-func invalid(err error) error { return status.Error(codes.InvalidArgument, err.Error()) }
-
-// checkText checks a short free text: at most max bytes of UTF-8 without
-// control characters.
-func checkText(field, s string, max int) error {
-	switch {
-	case len(s) > max:
-		return fmt.Errorf("%s: %d bytes, more than the %d allowed", field, len(s), max)
-	case !utf8.ValidString(s):
-		return fmt.Errorf("%s: %q is not UTF-8", field, s)
-	case strings.IndexFunc(s, unicode.IsControl) >= 0:
-		return fmt.Errorf("%s: %q contains a control character", field, s)
+// invalid refuses a message that breaks the bounds of what agents may
+// report (internal/wire's checks): the stream is closed with
+// InvalidArgument; err names the field.
+func invalid(err error) error {
+	if err == nil {
+		return nil
 	}
-	return nil
-}
-
-// checkWord checks a name: 1 to maxWordLen lowercase letters, digits, '_',
-// '-' and '.'.
-func checkWord(field, s string) error {
-	if s == "" || len(s) > maxWordLen {
-		return fmt.Errorf("%s: %d bytes, want 1 to %d", field, len(s), maxWordLen)
-	}
-	for _, c := range []byte(s) {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return fmt.Errorf("%s: %q may only contain lowercase letters, digits, '_', '-' and '.'", field, s)
-		}
-	}
-	return nil
-}
-
-// checkInterface checks a Linux interface name: 1 to 15 bytes, no white
-// space, '/' or ':'.
-func checkInterface(field, s string) error {
-	if s == "" || len(s) > 15 || strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '/' || r == ':' || r >= 0x7f }) {
-		return fmt.Errorf("%s: %q is not an interface name", field, cut(s, maxWordLen))
-	}
-	return nil
-}
-
-// checkList checks a list of at most max items, each with check.
-func checkList(field string, items []string, max int, check func(field, s string) error) error {
-	if len(items) > max {
-		return fmt.Errorf("%s: %d entries, more than the %d allowed", field, len(items), max)
-	}
-	for i, s := range items {
-		if err := check(fmt.Sprintf("%s[%d]", field, i), s); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// firstInvalid refuses the message with the first error of errs, if any.
-func firstInvalid(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return invalid(err)
-		}
-	}
-	return nil
-}
-
-// checkHello checks what a Hello says about the agent before any of it is
-// kept. The node and the default mode are checked by Connect.
-func checkHello(h *pb.Hello) error {
-	return firstInvalid(
-		checkText("hello.agentVersion", h.GetAgentVersion(), maxHelloText),
-		checkText("hello.kernel", h.GetKernel(), maxHelloText),
-		checkText("hello.appliedHash", h.GetAppliedHash(), maxHashLen),
-		checkList("hello.capabilities", h.GetCapabilities(), maxCapabilities, checkWord),
-	)
-}
-
-// checkCounters checks a Counters message before it is kept.
-func checkCounters(c *pb.Counters) error {
-	if n := len(c.GetValues()); n > maxCounters {
-		return invalid(fmt.Errorf("counters.values: %d keys, more than the %d allowed", n, maxCounters))
-	}
-	for k := range c.GetValues() {
-		if err := checkWord("counters.values key", k); err != nil {
-			return invalid(err)
-		}
-	}
-	return nil
-}
-
-// checkAck checks the identifiers of an ack before any is kept.
-func checkAck(a *pb.Ack) error {
-	return firstInvalid(
-		checkText("ack.hash", a.GetHash(), maxHashLen),
-		checkList("ack.pendingInterfaces", a.GetPendingInterfaces(), maxPending, checkInterface),
-	)
-}
-
-// cut returns at most max bytes of s as valid UTF-8, marked when cut.
-func cut(s string, max int) string {
-	if len(s) <= max {
-		return s
-	}
-	return strings.ToValidUTF8(s[:max], "") + "..."
+	return status.Error(codes.InvalidArgument, err.Error())
 }
 
 // revokedError closes the stream of a revoked node.
@@ -381,7 +261,7 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 		}
 	case *pb.AgentMessage_Heartbeat:
 	case *pb.AgentMessage_Counters:
-		if err := checkCounters(msg.Counters); err != nil {
+		if err := invalid(wire.CheckCounters(msg.Counters)); err != nil {
 			ss.s.m.refused.WithLabelValues("invalid").Inc()
 			return err
 		}
@@ -406,7 +286,7 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 // onAck records the outcome of the update in flight and decides what
 // follows it. An error ends the stream.
 func (ss *session) onAck(a *pb.Ack) error {
-	if err := checkAck(a); err != nil {
+	if err := invalid(wire.CheckAck(a)); err != nil {
 		ss.s.m.refused.WithLabelValues("invalid").Inc()
 		return err
 	}
@@ -438,7 +318,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		}
 	case pb.AckCode_ACK_CODE_DELTA_BASE:
 		result = "delta_base"
-		ss.log.Info("agent could not apply a delta; sending the full rule set", zap.String("error", cut(a.GetError(), maxAckError)))
+		ss.log.Info("agent could not apply a delta; sending the full rule set", zap.String("error", wire.Cut(a.GetError(), wire.MaxAckError)))
 		ss.base = nil
 	case pb.AckCode_ACK_CODE_STALE_VERSION:
 		result = "stale_version"
@@ -465,7 +345,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		if ss.base != nil && a.GetHash() != ss.base.Hash {
 			ss.base = nil
 		}
-		agentErr := cut(a.GetError(), maxAckError)
+		agentErr := wire.Cut(a.GetError(), wire.MaxAckError)
 		lastErr = fmt.Sprintf("version %d not applied: %s; version %d stays in force", v.Num, agentErr, a.GetAppliedVersion())
 		ss.log.Warn("agent could not apply a rule set; its previous one stays in force",
 			zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()), zap.String("error", agentErr))
