@@ -1,4 +1,4 @@
-package main
+package offline
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/egctl/cli"
 	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/compile"
 	"github.com/eastguard/eastguard/internal/policy"
@@ -27,13 +28,13 @@ import (
 // (apply only) the API server's host on the controller's default gRPC
 // port.
 const (
-	envControllerAddress = "EGCTL_CONTROLLER_ADDRESS"
-	defaultGRPCPort      = "7443"
+	EnvControllerAddress = "EGCTL_CONTROLLER_ADDRESS"
+	DefaultGRPCPort      = "7443"
 )
 
-const controllerAddressHelp = "the controller's gRPC address as the agents dial it, HOST:PORT (repeatable, comma-separated; default $" + envControllerAddress + ")"
+const controllerAddressHelp = "the controller's gRPC address as the agents dial it, HOST:PORT (repeatable, comma-separated; default $" + EnvControllerAddress + ")"
 
-func addControllerAddressFlag(fs *flag.FlagSet) *cliflag.List {
+func AddControllerAddressFlag(fs *flag.FlagSet) *cliflag.List {
 	l := &cliflag.List{}
 	fs.Var(l, "controller-address", controllerAddressHelp)
 	return l
@@ -46,7 +47,7 @@ func controllerAddresses(flagged []string) ([]netip.AddrPort, error) {
 	list := flagged
 	if len(list) == 0 {
 		var l cliflag.List
-		_ = l.Set(os.Getenv(envControllerAddress)) // never fails
+		_ = l.Set(os.Getenv(EnvControllerAddress)) // never fails
 		list = l
 	}
 	var out []netip.AddrPort
@@ -89,11 +90,11 @@ func resolveHostPort(s string) ([]netip.AddrPort, error) {
 // applyControllerAddresses is controllerAddresses for apply: with none
 // given, the API server's host (from the config) on the default gRPC
 // port, and a note saying so.
-func applyControllerAddresses(e *env, flagged []string, server string) []netip.AddrPort {
-	if len(flagged) > 0 || os.Getenv(envControllerAddress) != "" {
+func applyControllerAddresses(e *cli.Env, flagged []string, server string) []netip.AddrPort {
+	if len(flagged) > 0 || os.Getenv(EnvControllerAddress) != "" {
 		aps, err := controllerAddresses(flagged)
 		if err != nil {
-			fmt.Fprintf(e.stderr, "egctl: warning: controller reachability not checked: %v\n", err)
+			fmt.Fprintf(e.Stderr, "egctl: warning: controller reachability not checked: %v\n", err)
 		}
 		return aps
 	}
@@ -101,22 +102,22 @@ func applyControllerAddresses(e *env, flagged []string, server string) []netip.A
 	if err != nil || u.Hostname() == "" {
 		return nil
 	}
-	aps, err := resolveHostPort(net.JoinHostPort(u.Hostname(), defaultGRPCPort))
+	aps, err := resolveHostPort(net.JoinHostPort(u.Hostname(), DefaultGRPCPort))
 	if err != nil {
-		fmt.Fprintf(e.stderr, "egctl: warning: controller reachability not checked: %s: %v\n", u.Hostname(), err)
+		fmt.Fprintf(e.Stderr, "egctl: warning: controller reachability not checked: %s: %v\n", u.Hostname(), err)
 		return nil
 	}
 	return aps
 }
 
-// checkControlPlane warns about every host-mode workload whose policy,
+// CheckControlPlane warns about every host-mode workload whose policy,
 // after an apply, does not let its node reach the controller: only the
 // agent's own control connection passes there, by the failsafe. Without a
 // dry run it decides with the rule sets the controller now holds for the
 // nodes the change touched; with one, with the files alone. The warnings
 // point at the workload in the files when it is there.
-func checkControlPlane(e *env, remote *remoteFlags, res *apiclient.ChangeResult, inputs []apiclient.File, flagged []string) {
-	cfg := remote.resolve(e)
+func CheckControlPlane(e *cli.Env, remote *cli.RemoteFlags, res *apiclient.ChangeResult, inputs []apiclient.File, flagged []string) {
+	cfg := remote.Resolve(e)
 	if cfg == nil {
 		return
 	}
@@ -146,13 +147,13 @@ func checkControlPlane(e *env, remote *remoteFlags, res *apiclient.ChangeResult,
 	} else {
 		for _, n := range res.Nodes {
 			var rs ruleset.RuleSet
-			if code := remote.call(e, http.MethodGet, "/api/v1/rulesets/"+url.PathEscape(n.Node), nil, &rs); code != exitOK {
-				fmt.Fprintf(e.stderr, "egctl: warning: controller reachability of node %s not checked\n", n.Node)
+			if code := remote.Call(e, http.MethodGet, "/api/v1/rulesets/"+url.PathEscape(n.Node), nil, &rs); code != cli.ExitOK {
+				fmt.Fprintf(e.Stderr, "egctl: warning: controller reachability of node %s not checked\n", n.Node)
 				continue
 			}
 			tables, err := ruleset.Encode(&rs)
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl: warning: controller reachability of node %s not checked: %v\n", n.Node, err)
+				fmt.Fprintf(e.Stderr, "egctl: warning: controller reachability of node %s not checked: %v\n", n.Node, err)
 				continue
 			}
 			host, _ := rs.HostEndpoint()
@@ -162,11 +163,11 @@ func checkControlPlane(e *env, remote *remoteFlags, res *apiclient.ChangeResult,
 		}
 	}
 	for _, w := range warnings {
-		fmt.Fprintln(e.stderr, w)
+		fmt.Fprintln(e.Stderr, w)
 	}
-	if len(warnings) > 0 && len(flagged) == 0 && os.Getenv(envControllerAddress) == "" {
-		fmt.Fprintf(e.stderr, "egctl: (checked against the API server's host on port %s; give --controller-address or set %s to the address the agents dial)\n",
-			defaultGRPCPort, envControllerAddress)
+	if len(warnings) > 0 && len(flagged) == 0 && os.Getenv(EnvControllerAddress) == "" {
+		fmt.Fprintf(e.Stderr, "egctl: (checked against the API server's host on port %s; give --controller-address or set %s to the address the agents dial)\n",
+			DefaultGRPCPort, EnvControllerAddress)
 	}
 }
 

@@ -1,4 +1,4 @@
-package main
+package offline
 
 import (
 	"encoding/json"
@@ -6,15 +6,16 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/eastguard/eastguard/controller/egctl/cli"
 	"github.com/eastguard/eastguard/internal/compile"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-var explainCmd = &command{
-	name:    "explain",
-	summary: "say whether a flow is allowed, at each end, and which rule decides",
-	usage:   "egctl explain --from WORKLOAD|ADDRESS --to WORKLOAD|ADDRESS --port PORT/PROTO FILE|DIR...",
-	help: `
+var ExplainCmd = &cli.Command{
+	Name:    "explain",
+	Summary: "say whether a flow is allowed, at each end, and which rule decides",
+	Usage:   "egctl explain --from WORKLOAD|ADDRESS --to WORKLOAD|ADDRESS --port PORT/PROTO FILE|DIR...",
+	Help: `
 Compiles the rule sets of the nodes of both ends and decides the new flow
 exactly as their datapaths would: the source end (egress, on the source
 workload's node) and the destination end (ingress, on the destination's
@@ -31,7 +32,7 @@ A node's agent always lets its own control traffic through, whatever the
 policy: TCP to and from its controller's address and port, and DNS to its
 resolvers when the controller is a name (the failsafe, rule
 failsafe/control-plane). Only the agent knows those addresses; give
---controller-address (or $` + envControllerAddress + `) to decide flows of
+--controller-address (or $` + EnvControllerAddress + `) to decide flows of
 host-mode workloads with the failsafe for a controller there. Without it, a
 flow with a host-mode end is decided by the policy alone, with a note.
 
@@ -43,34 +44,34 @@ Examples:
   egctl explain --from 192.0.2.10 --to bastion --port 22/tcp policies/
   egctl explain --from web-1 --to 10.10.0.21 --port icmp -o json policies/
   egctl explain --from bastion --to 10.0.0.5 --port 7443/tcp --controller-address 10.0.0.5:7443 policies/`,
-	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+	Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) int {
 		from := fs.String("from", "", "source: a workload name or an IP address (required)")
 		to := fs.String("to", "", "destination: a workload name or an IP address (required)")
 		port := fs.String("port", "", "destination port and protocol, e.g. 22/tcp, 53/udp, icmp (required)")
 		output := fs.String("o", "text", "output format: text or json")
-		ctlFlag := addControllerAddressFlag(fs)
-		return func(e *env, args []string) int {
+		ctlFlag := AddControllerAddressFlag(fs)
+		return func(e *cli.Env, args []string) int {
 			if *from == "" || *to == "" || *port == "" {
-				fmt.Fprintln(e.stderr, "egctl explain: --from, --to and --port are required (see egctl explain --help)")
-				return exitBadInput
+				fmt.Fprintln(e.Stderr, "egctl explain: --from, --to and --port are required (see egctl explain --help)")
+				return cli.ExitBadInput
 			}
 			if *output != "text" && *output != "json" {
-				fmt.Fprintf(e.stderr, "egctl explain: -o %q: want text or json\n", *output)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl explain: -o %q: want text or json\n", *output)
+				return cli.ExitBadInput
 			}
 			proto, p, err := compile.ParseService(*port)
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl explain: --port %v\n", err)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl explain: --port %v\n", err)
+				return cli.ExitBadInput
 			}
 			ctl, err := controllerAddresses(*ctlFlag)
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl explain: %v\n", err)
+				return cli.ExitBadInput
 			}
 			set := loadPolicy(e, args)
 			if set == nil {
-				return exitBadInput
+				return cli.ExitBadInput
 			}
 			q := compile.Query{From: *from, To: *to, Protocol: proto, Port: p}
 			nodes := q.Nodes(set)
@@ -79,31 +80,31 @@ Examples:
 				err = res.WithFailsafe(ctl)
 			}
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl explain: %v\n", err)
+				return cli.ExitBadInput
 			}
 			x, err := compile.Explain(set, res, q)
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl explain: %v\n", err)
+				return cli.ExitBadInput
 			}
 			notes := failsafeNotes(x, len(ctl) > 0)
 			if *output == "json" {
-				err = printExplainJSON(e.stdout, x, notes)
+				err = printExplainJSON(e.Stdout, x, notes)
 			} else {
-				printExplain(e.stdout, x, notes)
+				printExplain(e.Stdout, x, notes)
 			}
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl explain: %v\n", err)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl explain: %v\n", err)
+				return cli.ExitBadInput
 			}
 			switch x.Verdict {
 			case ruleset.VerdictDenied:
-				return exitDenied
+				return cli.ExitDenied
 			case ruleset.VerdictWouldDeny:
-				return exitWouldDeny
+				return cli.ExitWouldDeny
 			}
-			return exitOK
+			return cli.ExitOK
 		}
 	},
 }

@@ -1,4 +1,4 @@
-package main
+package online
 
 import (
 	"flag"
@@ -6,13 +6,15 @@ import (
 	"net/http"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/egctl/cli"
+	"github.com/eastguard/eastguard/controller/egctl/offline"
 )
 
-var applyCmd = &command{
-	name:    "apply",
-	summary: "apply policy files to the controller, as one change",
-	usage:   "egctl apply -f FILE|DIR [-f ...] [--dry-run] [flags]",
-	help: `
+var ApplyCmd = &cli.Command{
+	Name:    "apply",
+	Summary: "apply policy files to the controller, as one change",
+	Usage:   "egctl apply -f FILE|DIR [-f ...] [--dry-run] [flags]",
+	Help: `
 Sends the resources in the files and directories (every *.yaml and *.yml
 below a directory; - reads standard input) to the controller, which adds
 them to its policy or replaces the ones of the same kind and name, checks
@@ -32,8 +34,8 @@ failsafe (failsafe/control-plane); everything else on the node is cut off
 from the controller. It decides with the rule sets the controller now
 holds for the changed nodes (with --dry-run, with the files alone). The
 controller's address is --controller-address, else
-$` + envControllerAddress + `, else the API server's host on port ` + defaultGRPCPort + `.
-` + remoteHelp + `
+$` + offline.EnvControllerAddress + `, else the API server's host on port ` + offline.DefaultGRPCPort + `.
+` + cli.RemoteHelp + `
 
 Examples:
   egctl apply -f policies/
@@ -41,33 +43,33 @@ Examples:
   egctl apply --dry-run -f policies/
   egctl apply --controller-address ctl.example.com:7443 -f policies/
   EGCTL_CONFIG=/var/lib/eastguard-controller/admin.conf egctl apply -f shop.yaml`,
-	flags: func(fs *flag.FlagSet) func(*env, []string) int {
-		var files fileFlags
+	Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) int {
+		var files cli.FileFlags
 		fs.Var(&files, "f", "policy file or directory (repeatable; - for standard input)")
 		dryRun := fs.Bool("dry-run", false, "check and compile only; change nothing")
-		ctlAddrs := addControllerAddressFlag(fs)
-		remote := addRemoteFlags(fs)
-		return func(e *env, args []string) int {
+		ctlAddrs := offline.AddControllerAddressFlag(fs)
+		remote := cli.AddRemoteFlags(fs)
+		return func(e *cli.Env, args []string) int {
 			files = append(files, args...)
-			inputs, err := readInputs(files)
+			inputs, err := cli.ReadInputs(files)
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl apply: %v\n", err)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl apply: %v\n", err)
+				return cli.ExitBadInput
 			}
 			var res apiclient.ChangeResult
-			if code := remote.call(e, http.MethodPost, "/api/v1/apply", apiclient.ApplyRequest{Files: inputs, DryRun: *dryRun}, &res); code != exitOK {
+			if code := remote.Call(e, http.MethodPost, "/api/v1/apply", apiclient.ApplyRequest{Files: inputs, DryRun: *dryRun}, &res); code != cli.ExitOK {
 				return code
 			}
 			printChange(e, &res)
-			checkControlPlane(e, remote, &res, inputs, *ctlAddrs)
-			return exitOK
+			offline.CheckControlPlane(e, remote, &res, inputs, *ctlAddrs)
+			return cli.ExitOK
 		}
 	},
 }
 
 // printChange prints what an apply or delete did: resources on standard
 // output, warnings on standard error.
-func printChange(e *env, res *apiclient.ChangeResult) {
+func printChange(e *cli.Env, res *apiclient.ChangeResult) {
 	suffix := ""
 	if res.DryRun {
 		suffix = " (dry run)"
@@ -77,13 +79,13 @@ func printChange(e *env, res *apiclient.ChangeResult) {
 		verb  string
 	}{{res.Created, "created"}, {res.Updated, "updated"}, {res.Unchanged, "unchanged"}, {res.Deleted, "deleted"}} {
 		for _, n := range group.names {
-			fmt.Fprintf(e.stdout, "%s %s%s\n", n, group.verb, suffix)
+			fmt.Fprintf(e.Stdout, "%s %s%s\n", n, group.verb, suffix)
 		}
 	}
 	for _, n := range res.Nodes {
-		fmt.Fprintf(e.stdout, "node %s: rule set version %d%s\n", n.Node, n.Version, suffix)
+		fmt.Fprintf(e.Stdout, "node %s: rule set version %d%s\n", n.Node, n.Version, suffix)
 	}
 	for _, w := range res.Warnings {
-		fmt.Fprintln(e.stderr, w)
+		fmt.Fprintln(e.Stderr, w)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 func parseGlobals(args []string) (map[string]string, []string, error) {
 	fs := flag.NewFlagSet("egctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // the caller prints the error, then the usage
-	addRemoteFlags(fs)
+	AddRemoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}

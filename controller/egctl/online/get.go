@@ -1,4 +1,4 @@
-package main
+package online
 
 import (
 	"bytes"
@@ -11,55 +11,56 @@ import (
 	"strings"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/egctl/cli"
 )
 
-var getCmd = &command{
-	name:    "get",
-	summary: "list the controller's workloads, policies, alert rules, webhooks or agents",
-	usage:   "egctl get workloads|policies|alertrules|webhooks|agents [-o table|json|yaml] [flags]",
-	help: `
+var GetCmd = &cli.Command{
+	Name:    "get",
+	Summary: "list the controller's workloads, policies, alert rules, webhooks or agents",
+	Usage:   "egctl get workloads|policies|alertrules|webhooks|agents [-o table|json|yaml] [flags]",
+	Help: `
 Lists one kind of resource from the controller: a table by default, a JSON
 array of objects with camelCase keys with -o json, the stored YAML documents
 with -o yaml (which egctl apply takes back). "egctl get agents" is "egctl
 agents"; its -o yaml prints the objects of -o json as YAML.
-` + remoteHelp + `
+` + cli.RemoteHelp + `
 
 Examples:
   egctl get workloads
   egctl get policies -o yaml > backup.yaml
   egctl get agents -o json | jq '.[] | select(.connected | not)'
   egctl get agents -o yaml`,
-	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+	Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) int {
 		output := fs.String("o", "table", "output format: table, json or yaml")
-		remote := addRemoteFlags(fs)
-		return func(e *env, args []string) int {
+		remote := cli.AddRemoteFlags(fs)
+		return func(e *cli.Env, args []string) int {
 			if len(args) != 1 {
-				fmt.Fprintln(e.stderr, "egctl get: name one kind: workloads, policies, alertrules, webhooks or agents")
-				return exitBadInput
+				fmt.Fprintln(e.Stderr, "egctl get: name one kind: workloads, policies, alertrules, webhooks or agents")
+				return cli.ExitBadInput
 			}
 			if args[0] == "agents" || args[0] == "agent" {
-				if !checkOutput(e, *output, "table", "json", "yaml") {
-					return exitBadInput
+				if !cli.CheckOutput(e, *output, "table", "json", "yaml") {
+					return cli.ExitBadInput
 				}
 				return listAgents(e, remote, *output)
 			}
 			kind, err := apiclient.ParseKind(args[0])
 			if err != nil {
-				fmt.Fprintf(e.stderr, "egctl get: %v\n", err)
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl get: %v\n", err)
+				return cli.ExitBadInput
 			}
-			if !checkOutput(e, *output, "table", "json", "yaml") {
-				return exitBadInput
+			if !cli.CheckOutput(e, *output, "table", "json", "yaml") {
+				return cli.ExitBadInput
 			}
 			path := "/api/v1/" + apiclient.KindPaths[kind]
 			switch *output {
 			case "yaml":
-				return remote.call(e, http.MethodGet, path+"?output=yaml", nil, e.stdout)
+				return remote.Call(e, http.MethodGet, path+"?output=yaml", nil, e.Stdout)
 			case "json":
-				return remote.call(e, http.MethodGet, path, nil, e.stdout)
+				return remote.Call(e, http.MethodGet, path, nil, e.Stdout)
 			}
 			var raw bytes.Buffer
-			if code := remote.call(e, http.MethodGet, path, nil, &raw); code != exitOK {
+			if code := remote.Call(e, http.MethodGet, path, nil, &raw); code != cli.ExitOK {
 				return code
 			}
 			return printResources(e, kind, raw.Bytes())
@@ -68,8 +69,8 @@ Examples:
 }
 
 // printResources prints a resource list as a table.
-func printResources(e *env, kind string, data []byte) int {
-	tw := newTable(e)
+func printResources(e *cli.Env, kind string, data []byte) int {
+	tw := cli.NewTable(e)
 	var err error
 	switch kind {
 	case "Workload":
@@ -81,8 +82,8 @@ func printResources(e *env, kind string, data []byte) int {
 				for i, a := range w.Addresses {
 					addrs[i] = a.String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", w.Name, w.Node, dash(w.Interface), strings.Join(addrs, ","),
-					dash(w.Mode), labels(w.Labels))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", w.Name, w.Node, cli.Dash(w.Interface), strings.Join(addrs, ","),
+					cli.Dash(w.Mode), labels(w.Labels))
 			}
 		}
 	case "Policy":
@@ -90,7 +91,7 @@ func printResources(e *env, kind string, data []byte) int {
 		if err = json.Unmarshal(data, &list); err == nil {
 			fmt.Fprintln(tw, "NAME\tMODE\tRULES")
 			for _, p := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, dash(p.Mode), strings.Join(p.Rules, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, cli.Dash(p.Mode), strings.Join(p.Rules, ","))
 			}
 		}
 	case "AlertRule":
@@ -111,18 +112,11 @@ func printResources(e *env, kind string, data []byte) int {
 		}
 	}
 	if err != nil {
-		fmt.Fprintf(e.stderr, "egctl get: controller answer: %v\n", err)
-		return exitRemote
+		fmt.Fprintf(e.Stderr, "egctl get: controller answer: %v\n", err)
+		return cli.ExitRemote
 	}
 	tw.Flush()
-	return exitOK
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
+	return cli.ExitOK
 }
 
 func labels(l map[string]string) string {
@@ -130,5 +124,5 @@ func labels(l map[string]string) string {
 	for _, k := range slices.Sorted(maps.Keys(l)) {
 		parts = append(parts, k+"="+l[k])
 	}
-	return dash(strings.Join(parts, ","))
+	return cli.Dash(strings.Join(parts, ","))
 }

@@ -1,4 +1,4 @@
-package main
+package online
 
 import (
 	"context"
@@ -11,31 +11,9 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
-	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
-
-// controller starts an in-process controller API and returns the path of
-// an admin.conf for it.
-func controller(t *testing.T) string {
-	t.Helper()
-	conf, _ := controllerWithStore(t)
-	return conf
-}
-
-// controllerWithStore is controller, also returning the controller (for
-// tests that put flows and alerts in its store).
-func controllerWithStore(t *testing.T) (string, *controllertest.Controller) {
-	t.Helper()
-	h := controllertest.New(t)
-	cfg := h.ServeAPI()
-	dir := t.TempDir()
-	data, _ := cfg.Marshal()
-	path := filepath.Join(dir, "admin.conf")
-	writeFile(t, path, string(data))
-	return path, h
-}
 
 func TestOnlineCommands(t *testing.T) {
 	conf := controller(t)

@@ -1,4 +1,4 @@
-package main
+package online
 
 import (
 	"errors"
@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/egctl/cli"
 )
 
-var adminTokenCmd = &command{
-	name:    "admin-token",
-	summary: "list, create or revoke the admin tokens that may call the controller's API",
-	usage:   "egctl admin-token list [-o table|json|yaml] | create [--name N] [--ttl D] [--write-config FILE] | revoke ID [flags]",
-	help: `
+var AdminTokenCmd = &cli.Command{
+	Name:    "admin-token",
+	Summary: "list, create or revoke the admin tokens that may call the controller's API",
+	Usage:   "egctl admin-token list [-o table|json|yaml] | create [--name N] [--ttl D] [--write-config FILE] | revoke ID [flags]",
+	Help: `
 Admin tokens are the credentials of the controller's API: whoever holds one
 can change every node's policy. The controller writes the first one to
 <data-dir>/admin.conf; it never expires.
@@ -37,7 +38,7 @@ revoke ID revokes a token at once: its next call gets 401, here and in any
 controller sharing the store. You may revoke the token you are using; the
 output says so. If no active token remains, restart the controller: it
 writes a new admin.conf when the token in it is no longer valid.
-` + remoteHelp + `
+` + cli.RemoteHelp + `
 
 Examples:
   egctl admin-token list
@@ -46,41 +47,41 @@ Examples:
       admin-token create --name ops --ttl 720h --write-config - > ops.conf
   TOKEN=$(egctl admin-token create --name alice --ttl 8h | tail -n1)
   egctl admin-token revoke 3f2a9c0d1e4b`,
-	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+	Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) int {
 		output := fs.String("o", "table", "list: output format: table, json or yaml")
 		name := fs.String("name", "", "create: what the token is for (at most 64 characters)")
 		ttl := fs.Duration("ttl", 0, "create: how long the token stays valid (default: never expires)")
 		writeConfig := fs.String("write-config", "", "create: write the new token to this new admin config file (- for standard output) instead of printing it alone")
-		remote := addRemoteFlags(fs)
-		return func(e *env, args []string) int {
+		remote := cli.AddRemoteFlags(fs)
+		return func(e *cli.Env, args []string) int {
 			switch {
 			case len(args) == 1 && args[0] == "list":
-				if !checkOutput(e, *output, "table", "json", "yaml") {
-					return exitBadInput
+				if !cli.CheckOutput(e, *output, "table", "json", "yaml") {
+					return cli.ExitBadInput
 				}
 				return listAdminTokens(e, remote, *output)
 			case len(args) == 1 && args[0] == "create":
 				if *ttl < 0 {
-					fmt.Fprintf(e.stderr, "egctl admin-token create: --ttl %s: want a positive duration, or none for a token that never expires\n", *ttl)
-					return exitBadInput
+					fmt.Fprintf(e.Stderr, "egctl admin-token create: --ttl %s: want a positive duration, or none for a token that never expires\n", *ttl)
+					return cli.ExitBadInput
 				}
 				return createAdminToken(e, remote, *name, *ttl, *writeConfig)
 			case len(args) == 2 && args[0] == "revoke":
 				return revokeAdminToken(e, remote, args[1])
 			}
-			fmt.Fprintln(e.stderr, "egctl admin-token: want: egctl admin-token list | create [--name N] [--ttl D] | revoke ID")
-			return exitBadInput
+			fmt.Fprintln(e.Stderr, "egctl admin-token: want: egctl admin-token list | create [--name N] [--ttl D] | revoke ID")
+			return cli.ExitBadInput
 		}
 	},
 }
 
-func listAdminTokens(e *env, remote *remoteFlags, output string) int {
-	list, code := getList[apiclient.AdminToken](e, remote, "/api/v1/admin-tokens")
-	if code != exitOK {
+func listAdminTokens(e *cli.Env, remote *cli.RemoteFlags, output string) int {
+	list, code := cli.GetList[apiclient.AdminToken](e, remote, "/api/v1/admin-tokens")
+	if code != cli.ExitOK {
 		return code
 	}
-	return printListing(e, output, list, func() {
-		tw := newTable(e)
+	return cli.PrintListing(e, output, list, func() {
+		tw := cli.NewTable(e)
 		fmt.Fprintln(tw, "ID\tNAME\tSTATE\tCREATED\tEXPIRES\tREVOKED\tCREATED-BY")
 		for _, t := range list {
 			id := t.ID
@@ -95,7 +96,7 @@ func listAdminTokens(e *env, remote *remoteFlags, output string) int {
 			if !t.Revoked.IsZero() {
 				revoked = localTime(t.Revoked)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, dash(t.Name), t.State, localTime(t.Created), expires, revoked, dash(t.CreatedBy))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, cli.Dash(t.Name), t.State, localTime(t.Created), expires, revoked, cli.Dash(t.CreatedBy))
 		}
 		tw.Flush()
 	})
@@ -103,10 +104,10 @@ func listAdminTokens(e *env, remote *remoteFlags, output string) int {
 
 func localTime(t time.Time) string { return t.Local().Format(time.DateTime) }
 
-func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duration, writeConfig string) int {
-	cfg := remote.resolve(e)
+func createAdminToken(e *cli.Env, remote *cli.RemoteFlags, name string, ttl time.Duration, writeConfig string) int {
+	cfg := remote.Resolve(e)
 	if cfg == nil {
-		return exitRemote
+		return cli.ExitRemote
 	}
 	// The file is created before the token, so that a token is never made
 	// whose secret nobody receives.
@@ -117,8 +118,8 @@ func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duratio
 			if errors.Is(err, fs.ErrExist) {
 				err = fmt.Errorf("%s exists; choose a new file (it is never overwritten)", writeConfig)
 			}
-			fmt.Fprintf(e.stderr, "egctl admin-token create: --write-config: %v\n", err)
-			return exitBadInput
+			fmt.Fprintf(e.Stderr, "egctl admin-token create: --write-config: %v\n", err)
+			return cli.ExitBadInput
 		}
 		defer file.Close()
 	}
@@ -127,7 +128,7 @@ func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duratio
 		req.TTL = ttl.String()
 	}
 	var tok apiclient.CreatedAdminToken
-	if code := remote.call(e, http.MethodPost, "/api/v1/admin-tokens", req, &tok); code != exitOK {
+	if code := remote.Call(e, http.MethodPost, "/api/v1/admin-tokens", req, &tok); code != cli.ExitOK {
 		if file != nil {
 			os.Remove(writeConfig)
 		}
@@ -138,14 +139,14 @@ func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duratio
 		until = "valid until " + tok.Expires.Local().Format(time.RFC3339)
 	}
 	if writeConfig == "" {
-		fmt.Fprintf(e.stderr, "admin token %s (%s), %s; it is shown this once\n", tok.ID, dash(tok.Name), until)
-		fmt.Fprintln(e.stdout, tok.Token)
-		return exitOK
+		fmt.Fprintf(e.Stderr, "admin token %s (%s), %s; it is shown this once\n", tok.ID, cli.Dash(tok.Name), until)
+		fmt.Fprintln(e.Stdout, tok.Token)
+		return cli.ExitOK
 	}
 	data, err := (&apiclient.Config{Server: cfg.Server, Token: tok.Token, CACert: cfg.CACert}).Marshal()
 	if err == nil && file == nil {
-		fmt.Fprintf(e.stderr, "admin token %s (%s), %s; its admin.conf follows, shown this once\n", tok.ID, dash(tok.Name), until)
-		_, err = e.stdout.Write(data)
+		fmt.Fprintf(e.Stderr, "admin token %s (%s), %s; its admin.conf follows, shown this once\n", tok.ID, cli.Dash(tok.Name), until)
+		_, err = e.Stdout.Write(data)
 	} else if err == nil {
 		_, err = file.Write(data)
 	}
@@ -153,32 +154,32 @@ func createAdminToken(e *env, remote *remoteFlags, name string, ttl time.Duratio
 		err = file.Close()
 	}
 	if err != nil {
-		fmt.Fprintf(e.stderr, "egctl admin-token create: --write-config: %v; token %s is of no use: revoke it with egctl admin-token revoke %s\n",
+		fmt.Fprintf(e.Stderr, "egctl admin-token create: --write-config: %v; token %s is of no use: revoke it with egctl admin-token revoke %s\n",
 			err, tok.ID, tok.ID)
-		return exitBadInput
+		return cli.ExitBadInput
 	}
 	if file != nil {
-		fmt.Fprintf(e.stdout, "admin token %s (%s), %s, written to %s\n", tok.ID, dash(tok.Name), until, writeConfig)
+		fmt.Fprintf(e.Stdout, "admin token %s (%s), %s, written to %s\n", tok.ID, cli.Dash(tok.Name), until, writeConfig)
 	}
-	return exitOK
+	return cli.ExitOK
 }
 
-func revokeAdminToken(e *env, remote *remoteFlags, id string) int {
+func revokeAdminToken(e *cli.Env, remote *cli.RemoteFlags, id string) int {
 	var res apiclient.RevokedAdminToken
-	if code := remote.call(e, http.MethodPost, "/api/v1/admin-tokens/"+url.PathEscape(id)+"/revoke", nil, &res); code != exitOK {
+	if code := remote.Call(e, http.MethodPost, "/api/v1/admin-tokens/"+url.PathEscape(id)+"/revoke", nil, &res); code != cli.ExitOK {
 		return code
 	}
 	switch {
 	case res.AlreadyRevoked:
-		fmt.Fprintf(e.stdout, "admin token %s (%s) was already revoked at %s\n", res.ID, dash(res.Name), localTime(res.Revoked))
+		fmt.Fprintf(e.Stdout, "admin token %s (%s) was already revoked at %s\n", res.ID, cli.Dash(res.Name), localTime(res.Revoked))
 	case res.Current:
-		fmt.Fprintf(e.stdout, "admin token %s (%s) revoked: it is the token this command used, so its next call is refused (401)\n",
-			res.ID, dash(res.Name))
+		fmt.Fprintf(e.Stdout, "admin token %s (%s) revoked: it is the token this command used, so its next call is refused (401)\n",
+			res.ID, cli.Dash(res.Name))
 	default:
-		fmt.Fprintf(e.stdout, "admin token %s (%s) revoked\n", res.ID, dash(res.Name))
+		fmt.Fprintf(e.Stdout, "admin token %s (%s) revoked\n", res.ID, cli.Dash(res.Name))
 	}
 	if res.ActiveTokens == 0 {
-		fmt.Fprintln(e.stdout, "no active admin token remains: restart the controller to get a new <data-dir>/admin.conf")
+		fmt.Fprintln(e.Stdout, "no active admin token remains: restart the controller to get a new <data-dir>/admin.conf")
 	}
-	return exitOK
+	return cli.ExitOK
 }
