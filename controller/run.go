@@ -25,7 +25,7 @@ import (
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/restapi"
-	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/fsutil"
 	"github.com/eastguard/eastguard/internal/pki"
@@ -162,7 +162,7 @@ func (o *Options) Check() error {
 // directory, loads or creates the CA, serves both listeners, writes
 // admin.conf once both accept, and runs until ctx is done.
 func Run(ctx context.Context, o Options, log *zap.Logger) error {
-	st, err := store.OpenSQLite(o.DataDir)
+	st, err := sqlite.Open(o.DataDir)
 	if err != nil {
 		return err
 	}

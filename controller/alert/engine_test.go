@@ -13,6 +13,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -179,13 +180,13 @@ func noWorkloadNames(r *flowrecord.Record) { r.SrcWorkload, r.DstWorkload = "", 
 // harness is an engine over a real SQLite event store.
 type harness struct {
 	t *testing.T
-	s *store.SQLite
+	s *sqlite.SQLite
 	e *alert.Engine
 }
 
 func newHarness(t *testing.T, docs string, b alert.Builtin, refresh time.Duration) *harness {
 	t.Helper()
-	s, err := store.OpenSQLite(t.TempDir())
+	s, err := sqlite.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -902,7 +903,7 @@ func TestSizeBudgets(t *testing.T) {
 func BenchmarkFullPortScan(b *testing.B) {
 	for range b.N {
 		b.StopTimer()
-		s, err := store.OpenSQLite(b.TempDir())
+		s, err := sqlite.Open(b.TempDir())
 		if err != nil {
 			b.Fatal(err)
 		}

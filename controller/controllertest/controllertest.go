@@ -27,6 +27,7 @@ import (
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/restapi"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/pki"
 )
@@ -45,7 +46,7 @@ func (c *Clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 type Controller struct {
 	T     testing.TB
 	Dir   string
-	St    *store.SQLite
+	St    *sqlite.SQLite
 	CA    *pki.CA
 	Srv   *controller.Controller
 	Addr  string // gRPC
@@ -53,8 +54,8 @@ type Controller struct {
 	Logs  *observer.ObservedLogs
 	Clock *Clock
 	Cfg   controller.Config
-	// StoreOpts are passed to OpenSQLite at every start.
-	StoreOpts []store.Option
+	// StoreOpts are passed to sqlite.Open at every start.
+	StoreOpts []sqlite.Option
 	// WrapStore, if set, wraps the store the controller is given (tests
 	// inject failures with it).
 	WrapStore func(store.Store) store.Store
@@ -102,7 +103,7 @@ func (h *Controller) Acks() []agentapi.Ack {
 func (h *Controller) Start() {
 	h.T.Helper()
 	var err error
-	if h.St, err = store.OpenSQLite(h.Dir, h.StoreOpts...); err != nil {
+	if h.St, err = sqlite.Open(h.Dir, h.StoreOpts...); err != nil {
 		h.T.Fatal(err)
 	}
 	core, logs := observer.New(zap.DebugLevel)

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
@@ -73,7 +74,7 @@ var testPolicy = testutil.LabPolicy(testutil.Lab{Workloads: []testutil.LabWorklo
 // in a temporary directory, under testPolicy.
 type testIngester struct {
 	*Ingester
-	st  *store.SQLite
+	st  *sqlite.SQLite
 	reg *prometheus.Registry
 	// stop stops the writer (the test may then call its methods itself).
 	stop func()
@@ -81,7 +82,7 @@ type testIngester struct {
 
 func startIngester(t *testing.T, cfg Config) *testIngester {
 	t.Helper()
-	st, err := store.OpenSQLite(t.TempDir())
+	st, err := sqlite.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,26 +1,35 @@
-// Package store persists the controller's state: the CA, admin and join
-// tokens, issued certificates and revocations, policy resources, every
-// node's rule sets with their versions, and what each agent last reported.
-// It must not decide anything: validation, compilation, versioning and
+// Package store defines the controller's persistence: the Store and
+// EventStore interfaces (EventTx for one event transaction), the records
+// they keep (the CA, admin and join tokens, issued certificates and
+// revocations, policy resources, every node's rule sets with their
+// versions, what each agent last reported; flows, alerts, webhook
+// deliveries and how far each agent's flow spool is stored), the sentinel
+// errors callers branch on, and the logic on those records that does not
+// depend on an engine (JoinToken.Usable, SpoolPosition's holes). It must
+// not decide anything: validation, compilation, versioning and
 // access control are the callers' (controller/policyrepo, agentapi,
 // flowingest, restapi); the store keeps
 // what they decided, each change in one transaction.
 //
-// Store is the interface; SQLite (OpenSQLite, a pure-Go driver, one file
-// under the data directory) is the default implementation. Adding Postgres
-// means a second implementation of Store, typically with pgx/stdlib and
-// the same schema: the SQL here sticks to what both engines accept
+// Implementations live in subpackages; this package imports none of them,
+// no database driver and nothing else of the controller. The default is
+// controller/store/sqlite (sqlite.Open, a pure-Go driver, files under the
+// data directory); callers take a Store, and only the process wiring
+// (controller.Run) and tests open one. Adding Postgres means a second
+// subpackage implementing Store, typically with pgx/stdlib and the same
+// schema: the SQLite SQL sticks to what both engines accept
 // (INSERT ... ON CONFLICT DO UPDATE, integers for times, no
 // SQLite-specific types) except for placeholders ($n in Postgres) and
 // BLOB (BYTEA), so the port is mostly mechanical; its migrations must be
-// versioned the same way (see migrations.go). The shared behaviour is
-// pinned by the tests in store_test.go, which a Postgres implementation
-// should run too.
+// versioned the same way (see controller/store/sqlite/migrations.go). The
+// shared behaviour is pinned by the tests in controller/store/sqlite
+// (store_test.go, events_test.go), which a Postgres implementation should
+// run too.
 //
-// Secrets: the CA private key is stored in the database, unencrypted; the
-// database file is created mode 0600 in a data directory the controller
-// creates mode 0700, and must be protected and backed up like the key it
-// holds. Token secrets are only stored hashed.
+// Secrets: the CA private key is stored in the database, unencrypted; an
+// implementation's database must be protected and backed up like the key
+// it holds (sqlite's files are mode 0600 in a data directory of mode
+// 0700). Token secrets are only stored hashed.
 package store
 
 import (

@@ -13,7 +13,7 @@ import (
 	"github.com/eastguard/eastguard/controller"
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/apiclient"
-	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/testutil"
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
@@ -30,7 +30,7 @@ func BenchmarkPropagationRealAgent(b *testing.B) {
 	web := node.AddWorkload(b, "web", 1)
 	client := node.AddWorkload(b, "client", 3)
 
-	st, err := store.OpenSQLite(b.TempDir())
+	st, err := sqlite.Open(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

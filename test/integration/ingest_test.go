@@ -11,6 +11,7 @@ import (
 	"github.com/eastguard/eastguard/agent/controlplane"
 	"github.com/eastguard/eastguard/controller"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -251,7 +252,7 @@ func TestFlowIngestRateLimit(t *testing.T) {
 // reach agents).
 func TestFlowIngestStoreFull(t *testing.T) {
 	h := newHarness(t, func(c *controller.Config) { c.AgentFlowRate = -1 })
-	h.StoreOpts = []store.Option{store.WithEventMaxPages(64)} // 256 KiB
+	h.StoreOpts = []sqlite.Option{sqlite.WithEventMaxPages(64)} // 256 KiB
 	h.Restart()
 	h.Apply(twoNodes)
 	src := newScriptedFlows()

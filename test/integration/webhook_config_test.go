@@ -14,6 +14,7 @@ import (
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 )
 
 // webhookDoc is a Webhook document; spec is its flow-style spec body.
@@ -105,7 +106,7 @@ func TestAlertOnDeniedNotifyStaysDefined(t *testing.T) {
 
 	h.Stop()
 	h.Cfg.BuiltinAlerts.Notify = []string{"nosuch"}
-	st, err := store.OpenSQLite(h.Dir)
+	st, err := sqlite.Open(h.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller/alert/webhook"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/policy"
 )
 
@@ -52,7 +53,7 @@ func eventually(t *testing.T, what string, cond func() error) {
 type fixture struct {
 	t   *testing.T
 	dir string
-	st  *store.SQLite
+	st  *sqlite.SQLite
 	// secretsDir is the deliverers' --secrets-dir.
 	secretsDir string
 	// refusePrivate: the deliverers refuse loopback receivers (the
@@ -78,7 +79,7 @@ func newFixture(t *testing.T) *fixture {
 
 func (f *fixture) open() {
 	f.t.Helper()
-	st, err := store.OpenSQLite(f.dir)
+	st, err := sqlite.Open(f.dir)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -9,11 +9,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/eastguard/eastguard/controller/store"
 )
 
 func openTest(t *testing.T, dir string) *SQLite {
 	t.Helper()
-	s, err := OpenSQLite(dir)
+	s, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +36,7 @@ func TestOpenModesAndMigrations(t *testing.T) {
 	if err := s.InitCA(ctx, []byte("cert"), []byte("key")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.InitCA(ctx, []byte("other"), []byte("key")); !errors.Is(err, ErrExists) {
+	if err := s.InitCA(ctx, []byte("other"), []byte("key")); !errors.Is(err, store.ErrExists) {
 		t.Errorf("second CA: %v", err)
 	}
 	s.Close()
@@ -48,7 +50,7 @@ func TestOpenModesAndMigrations(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	if _, err := OpenSQLite(dir); err == nil {
+	if _, err := Open(dir); err == nil {
 		t.Error("opened a schema newer than this controller knows")
 	}
 }
@@ -57,21 +59,21 @@ func TestConsumeJoinToken(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
 	now := time.Now()
-	if err := s.AddJoinToken(ctx, JoinToken{ID: "t1", SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+	if err := s.AddJoinToken(ctx, store.JoinToken{ID: "t1", SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddJoinToken(ctx, JoinToken{ID: "t2", SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Minute)}); err != nil {
+	if err := s.AddJoinToken(ctx, store.JoinToken{ID: "t2", SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	ok := func(JoinToken) error { return nil }
+	ok := func(store.JoinToken) error { return nil }
 	bad := errors.New("bad secret")
-	if _, err := s.ConsumeJoinToken(ctx, "t1", now, func(JoinToken) error { return bad }); !errors.Is(err, bad) {
+	if _, err := s.ConsumeJoinToken(ctx, "t1", now, func(store.JoinToken) error { return bad }); !errors.Is(err, bad) {
 		t.Errorf("failed check: %v", err)
 	}
-	if _, err := s.ConsumeJoinToken(ctx, "nope", now, ok); !errors.Is(err, ErrNotFound) {
+	if _, err := s.ConsumeJoinToken(ctx, "nope", now, ok); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown id: %v", err)
 	}
-	if _, err := s.ConsumeJoinToken(ctx, "t2", now.Add(2*time.Minute), ok); !errors.Is(err, ErrTokenExpiry) {
+	if _, err := s.ConsumeJoinToken(ctx, "t2", now.Add(2*time.Minute), ok); !errors.Is(err, store.ErrTokenExpiry) {
 		t.Errorf("expired: %v", err)
 	}
 	// Of many concurrent uses, exactly one wins.
@@ -86,7 +88,7 @@ func TestConsumeJoinToken(t *testing.T) {
 			switch {
 			case err == nil:
 				wins++
-			case errors.Is(err, ErrTokenUsed):
+			case errors.Is(err, store.ErrTokenUsed):
 				used++
 			default:
 				t.Errorf("concurrent use: %v", err)
@@ -103,7 +105,7 @@ func TestCertsAndRevocation(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
 	now := time.Now()
-	for _, c := range []Cert{{Serial: "1", Node: "a", NotAfter: now.Add(time.Hour)}, {Serial: "2", Node: "a", NotAfter: now.Add(-time.Hour)},
+	for _, c := range []store.Cert{{Serial: "1", Node: "a", NotAfter: now.Add(time.Hour)}, {Serial: "2", Node: "a", NotAfter: now.Add(-time.Hour)},
 		{Serial: "3", Node: "b", NotAfter: now.Add(time.Hour)}} {
 		if err := s.AddCert(ctx, c); err != nil {
 			t.Fatal(err)
@@ -111,7 +113,7 @@ func TestCertsAndRevocation(t *testing.T) {
 	}
 	// Node a's unused tokens go with the revocation; its used one (a
 	// record) and node b's stay.
-	for _, tok := range []JoinToken{{ID: "a-pending", Node: "a"}, {ID: "a-used", Node: "a"}, {ID: "a-expired", Node: "a"}, {ID: "b-pending", Node: "b"}} {
+	for _, tok := range []store.JoinToken{{ID: "a-pending", Node: "a"}, {ID: "a-used", Node: "a"}, {ID: "a-expired", Node: "a"}, {ID: "b-pending", Node: "b"}} {
 		tok.SecretHash, tok.Created, tok.Expires = "h", now.Add(-2*time.Hour), now.Add(time.Hour)
 		if tok.ID == "a-expired" {
 			tok.Expires = now.Add(-time.Hour)
@@ -120,7 +122,7 @@ func TestCertsAndRevocation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.ConsumeJoinToken(ctx, "a-used", now.Add(-time.Hour), func(JoinToken) error { return nil }); err != nil {
+	if _, err := s.ConsumeJoinToken(ctx, "a-used", now.Add(-time.Hour), func(store.JoinToken) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	certs, tokens, err := s.RevokeNode(ctx, "a", now)
@@ -152,7 +154,7 @@ func TestJoinTokenLookupListDelete(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().UTC()
 	for i, id := range []string{"t2", "t1"} {
-		tok := JoinToken{ID: id, SecretHash: "h-" + id, Node: "n", Created: now.Add(time.Duration(i) * time.Second), Expires: now.Add(time.Hour)}
+		tok := store.JoinToken{ID: id, SecretHash: "h-" + id, Node: "n", Created: now.Add(time.Duration(i) * time.Second), Expires: now.Add(time.Hour)}
 		if err := s.AddJoinToken(ctx, tok); err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +163,7 @@ func TestJoinTokenLookupListDelete(t *testing.T) {
 	if err != nil || got.SecretHash != "h-t1" || got.Node != "n" || !got.Expires.Equal(now.Add(time.Hour)) || !got.Used.IsZero() {
 		t.Errorf("lookup: %+v, %v", got, err)
 	}
-	if _, err := s.JoinToken(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.JoinToken(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("lookup of an unknown id: %v", err)
 	}
 	if all, err := s.JoinTokens(ctx); err != nil || len(all) != 2 || all[0].ID != "t2" {
@@ -170,7 +172,7 @@ func TestJoinTokenLookupListDelete(t *testing.T) {
 	if del, err := s.DeleteJoinToken(ctx, "t2"); err != nil || del.ID != "t2" || del.Node != "n" {
 		t.Errorf("delete: %+v, %v", del, err)
 	}
-	if _, err := s.DeleteJoinToken(ctx, "t2"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.DeleteJoinToken(ctx, "t2"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("delete again: %v", err)
 	}
 	if all, err := s.JoinTokens(ctx); err != nil || len(all) != 1 || all[0].ID != "t1" {
@@ -182,29 +184,29 @@ func TestPolicyCommitAndRuleSets(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
 	now := time.Now()
-	wl := Resource{ResourceKey: ResourceKey{Kind: "Workload", Name: "web"}, Document: []byte("doc1"), Updated: now}
-	for v := uint64(1); v <= KeepRuleSetVersions+3; v++ {
-		c := PolicyCommit{RuleSets: []RuleSetRecord{{Node: "n", Version: v, Hash: "h", Data: []byte("{}"), Created: now}}}
+	wl := store.Resource{ResourceKey: store.ResourceKey{Kind: "Workload", Name: "web"}, Document: []byte("doc1"), Updated: now}
+	for v := uint64(1); v <= store.KeepRuleSetVersions+3; v++ {
+		c := store.PolicyCommit{RuleSets: []store.RuleSetRecord{{Node: "n", Version: v, Hash: "h", Data: []byte("{}"), Created: now}}}
 		if v == 1 {
-			c.Put = []Resource{wl}
+			c.Put = []store.Resource{wl}
 		}
 		if err := s.CommitPolicy(ctx, c); err != nil {
 			t.Fatal(err)
 		}
 	}
 	latest, err := s.LatestRuleSets(ctx)
-	if err != nil || len(latest) != 1 || latest[0].Version != KeepRuleSetVersions+3 {
+	if err != nil || len(latest) != 1 || latest[0].Version != store.KeepRuleSetVersions+3 {
 		t.Errorf("latest: %+v, %v", latest, err)
 	}
-	if _, err := s.RuleSet(ctx, "n", 3); !errors.Is(err, ErrNotFound) {
+	if _, err := s.RuleSet(ctx, "n", 3); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("version 3 should be pruned: %v", err)
 	}
 	if _, err := s.RuleSet(ctx, "n", 4); err != nil {
 		t.Errorf("version 4 should be kept: %v", err)
 	}
 	// A failing commit changes nothing: the duplicate version aborts it.
-	err = s.CommitPolicy(ctx, PolicyCommit{Delete: []ResourceKey{wl.ResourceKey},
-		RuleSets: []RuleSetRecord{{Node: "n", Version: 4, Hash: "x", Data: []byte("{}")}}})
+	err = s.CommitPolicy(ctx, store.PolicyCommit{Delete: []store.ResourceKey{wl.ResourceKey},
+		RuleSets: []store.RuleSetRecord{{Node: "n", Version: 4, Hash: "x", Data: []byte("{}")}}})
 	if err == nil {
 		t.Fatal("duplicate version committed")
 	}
@@ -218,12 +220,12 @@ func TestNodes(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	n := Node{Name: "a", Capabilities: []string{"x", "y"}, AppliedVersion: 7, AppliedHash: "h", LastContact: now, CertExpiry: now, LastError: "e"}
-	if err := s.SaveNodes(ctx, []Node{n}); err != nil {
+	n := store.Node{Name: "a", Capabilities: []string{"x", "y"}, AppliedVersion: 7, AppliedHash: "h", LastContact: now, CertExpiry: now, LastError: "e"}
+	if err := s.SaveNodes(ctx, []store.Node{n}); err != nil {
 		t.Fatal(err)
 	}
 	n.AppliedVersion = 8
-	if err := s.SaveNodes(ctx, []Node{n}); err != nil {
+	if err := s.SaveNodes(ctx, []store.Node{n}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.Nodes(ctx)
@@ -254,17 +256,17 @@ func TestAdminTokens(t *testing.T) {
 		t.Fatalf("token of the first schema after migration: %+v, %v", old, err)
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	tok := AdminToken{ID: "t1", SecretHash: "h1", Name: "ci", Created: now, Expires: now.Add(time.Hour), CreatedBy: "old"}
+	tok := store.AdminToken{ID: "t1", SecretHash: "h1", Name: "ci", Created: now, Expires: now.Add(time.Hour), CreatedBy: "old"}
 	if err := s.AddAdminToken(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddAdminToken(ctx, tok); !errors.Is(err, ErrExists) {
+	if err := s.AddAdminToken(ctx, tok); !errors.Is(err, store.ErrExists) {
 		t.Errorf("same id twice: %v", err)
 	}
 	if got, err := s.AdminToken(ctx, "t1"); err != nil || got != tok {
 		t.Errorf("read back: %+v, %v\nwant %+v", got, err, tok)
 	}
-	if _, err := s.AdminToken(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.AdminToken(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown id: %v", err)
 	}
 	// Revocation keeps the record and its first time.
@@ -275,7 +277,7 @@ func TestAdminTokens(t *testing.T) {
 	if got, err = s.RevokeAdminToken(ctx, "t1", now.Add(time.Hour)); err != nil || !got.Revoked.Equal(now.Add(time.Minute)) {
 		t.Errorf("revoke again: %+v, %v", got, err)
 	}
-	if _, err := s.RevokeAdminToken(ctx, "nope", now); !errors.Is(err, ErrNotFound) {
+	if _, err := s.RevokeAdminToken(ctx, "nope", now); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("revoke an unknown id: %v", err)
 	}
 	list, err := s.AdminTokens(ctx)

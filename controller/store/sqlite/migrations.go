@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 // migrations are applied in order, each once, in a transaction; the
 // database's user_version counts how many ran. Never edit a migration that

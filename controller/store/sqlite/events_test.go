@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -29,13 +30,13 @@ func testFlow(i int, at time.Time) flowrecord.Record {
 
 func insertFlows(t *testing.T, s *SQLite, recs []flowrecord.Record) {
 	t.Helper()
-	if err := s.EventTx(context.Background(), func(tx EventTx) error { return tx.InsertFlows(recs) }); err != nil {
+	if err := s.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestSpoolPosition(t *testing.T) {
-	p := SpoolPosition{}
+	p := store.SpoolPosition{}
 	for _, seq := range []uint64{1, 2, 5} {
 		if p.Stored(seq) {
 			t.Fatalf("seq %d stored before it was added", seq)
@@ -49,38 +50,31 @@ func TestSpoolPosition(t *testing.T) {
 		}
 	}
 	p.Add(4)
-	if !p.Stored(4) || p.Stored(3) || len(p.Holes) != 1 || p.Holes[0] != (SeqRange{3, 3}) {
+	if !p.Stored(4) || p.Stored(3) || len(p.Holes) != 1 || p.Holes[0] != (store.SeqRange{First: 3, Last: 3}) {
 		t.Errorf("after 4: %+v", p)
 	}
 	p.Add(3)
 	if len(p.Holes) != 0 {
 		t.Errorf("holes left: %+v", p.Holes)
 	}
-	// Holes are bounded; the oldest go first.
-	q := SpoolPosition{}
-	for i := range uint64(maxHoles + 10) {
-		q.Add(2*i + 2)
-	}
-	if len(q.Holes) != maxHoles || q.Stored(1) != true || q.Stored(2*maxHoles+19) {
-		t.Errorf("bounded holes: %d, Stored(1)=%v", len(q.Holes), q.Stored(1))
-	}
+	// Holes are bounded: TestSpoolPositionBoundedHoles in controller/store.
 	// Positions survive the store.
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
 	p.Add(9)
-	err := s.EventTx(ctx, func(tx EventTx) error {
+	err := s.EventTx(ctx, func(tx store.EventTx) error {
 		p.Node, p.SpoolID = "n", 1<<63+5 // a uint64 beyond int64
 		return tx.SaveSpoolPosition(p)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.EventTx(ctx, func(tx EventTx) error {
+	err = s.EventTx(ctx, func(tx store.EventTx) error {
 		got, err := tx.SpoolPosition("n", 1<<63+5)
 		if err != nil {
 			return err
 		}
-		if got.High != 9 || len(got.Holes) != 1 || got.Holes[0] != (SeqRange{6, 8}) {
+		if got.High != 9 || len(got.Holes) != 1 || got.Holes[0] != (store.SeqRange{First: 6, Last: 8}) {
 			t.Errorf("stored position: %+v", got)
 		}
 		other, err := tx.SpoolPosition("n", 2)
@@ -103,8 +97,8 @@ func TestForgetAndPruneSpools(t *testing.T) {
 	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	save := func(node string, id uint64, at time.Time) {
 		t.Helper()
-		if err := s.EventTx(ctx, func(tx EventTx) error {
-			return tx.SaveSpoolPosition(SpoolPosition{Node: node, SpoolID: id, High: 1, Updated: at})
+		if err := s.EventTx(ctx, func(tx store.EventTx) error {
+			return tx.SaveSpoolPosition(store.SpoolPosition{Node: node, SpoolID: id, High: 1, Updated: at})
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -117,8 +111,8 @@ func TestForgetAndPruneSpools(t *testing.T) {
 	save("other", 1, base)
 	stored := func(node string, id uint64) bool {
 		t.Helper()
-		var p SpoolPosition
-		if err := s.EventTx(ctx, func(tx EventTx) (err error) { p, err = tx.SpoolPosition(node, id); return err }); err != nil {
+		var p store.SpoolPosition
+		if err := s.EventTx(ctx, func(tx store.EventTx) (err error) { p, err = tx.SpoolPosition(node, id); return err }); err != nil {
 			t.Fatal(err)
 		}
 		return p.High != 0
@@ -126,7 +120,7 @@ func TestForgetAndPruneSpools(t *testing.T) {
 	forget := func(keep int) []uint64 {
 		t.Helper()
 		var ids []uint64
-		if err := s.EventTx(ctx, func(tx EventTx) (err error) { ids, err = tx.ForgetSpools("n", keep); return err }); err != nil {
+		if err := s.EventTx(ctx, func(tx store.EventTx) (err error) { ids, err = tx.ForgetSpools("n", keep); return err }); err != nil {
 			t.Fatal(err)
 		}
 		slices.Sort(ids)
@@ -174,7 +168,7 @@ func TestFlowsQueryAndRetention(t *testing.T) {
 	recs = append(recs, icmp)
 	insertFlows(t, s, recs)
 
-	all, err := s.Flows(ctx, FlowQuery{})
+	all, err := s.Flows(ctx, store.FlowQuery{})
 	if err != nil || len(all) != 31 {
 		t.Fatalf("all flows: %d, %v", len(all), err)
 	}
@@ -186,22 +180,22 @@ func TestFlowsQueryAndRetention(t *testing.T) {
 	}
 	cases := []struct {
 		name string
-		q    FlowQuery
+		q    store.FlowQuery
 		want int
 	}{
-		{"denied", FlowQuery{Verdict: ruleset.VerdictDenied}, 15},
-		{"port 22", FlowQuery{Port: 22, HasPort: true}, 10},
-		{"port 0", FlowQuery{Port: 0, HasPort: true}, 1},
-		{"since", FlowQuery{Since: base.Add(20 * time.Minute)}, 11},
-		{"until", FlowQuery{Until: base.Add(5 * time.Minute)}, 5},
-		{"rule", FlowQuery{Rule: "shop/r0"}, 16},
-		{"workload either end", FlowQuery{Workload: "web"}, 31},
-		{"workload none", FlowQuery{Workload: "nope"}, 0},
-		{"address", FlowQuery{Addr: netip.MustParseAddr("10.250.0.2")}, 31},
-		{"protocol", FlowQuery{Protocol: "ICMP"}, 1},
-		{"node", FlowQuery{Node: "node-a"}, 31},
-		{"limit", FlowQuery{Limit: 3}, 3},
-		{"combined", FlowQuery{Verdict: ruleset.VerdictDenied, Port: 23, HasPort: true, Since: base.Add(10 * time.Minute)}, 3},
+		{"denied", store.FlowQuery{Verdict: ruleset.VerdictDenied}, 15},
+		{"port 22", store.FlowQuery{Port: 22, HasPort: true}, 10},
+		{"port 0", store.FlowQuery{Port: 0, HasPort: true}, 1},
+		{"since", store.FlowQuery{Since: base.Add(20 * time.Minute)}, 11},
+		{"until", store.FlowQuery{Until: base.Add(5 * time.Minute)}, 5},
+		{"rule", store.FlowQuery{Rule: "shop/r0"}, 16},
+		{"workload either end", store.FlowQuery{Workload: "web"}, 31},
+		{"workload none", store.FlowQuery{Workload: "nope"}, 0},
+		{"address", store.FlowQuery{Addr: netip.MustParseAddr("10.250.0.2")}, 31},
+		{"protocol", store.FlowQuery{Protocol: "ICMP"}, 1},
+		{"node", store.FlowQuery{Node: "node-a"}, 31},
+		{"limit", store.FlowQuery{Limit: 3}, 3},
+		{"combined", store.FlowQuery{Verdict: ruleset.VerdictDenied, Port: 23, HasPort: true, Since: base.Add(10 * time.Minute)}, 3},
 	}
 	for _, c := range cases {
 		got, err := s.Flows(ctx, c.q)
@@ -239,7 +233,7 @@ func TestFlowsQueryAndRetention(t *testing.T) {
 	if n, err = s.PruneOldestFlows(ctx, 5); err != nil || n != 5 {
 		t.Errorf("prune oldest: %d, %v", n, err)
 	}
-	left, _ := s.Flows(ctx, FlowQuery{})
+	left, _ := s.Flows(ctx, store.FlowQuery{})
 	if len(left) != 16 || !left[len(left)-1].Time.Equal(base.Add(15*time.Minute)) {
 		t.Errorf("%d left, oldest %v", len(left), left[len(left)-1].Time)
 	}
@@ -254,19 +248,19 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	s := openTest(t, dir)
 	ctx := context.Background()
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	a := Alert{Rule: "ssh", Severity: "critical", Key: "ssh|web|db|22|TCP", State: AlertOpen, Count: 1, Source: "web",
+	a := store.Alert{Rule: "ssh", Severity: "critical", Key: "ssh|web|db|22|TCP", State: store.AlertOpen, Count: 1, Source: "web",
 		Destination: "db", SrcWorkload: "web", DstWorkload: "db", SrcAddr: netip.MustParseAddr("10.250.0.1"),
 		DstAddr: netip.MustParseAddr("10.250.0.2"), SrcLabels: map[string]string{"role": "web"}, Port: 22, Protocol: "TCP",
 		Verdict: "denied", DecidingRule: "default-deny", Node: "node-a", FirstSeen: now, LastSeen: now, Window: time.Minute,
 		Notify: []string{"sec", "am"}, Created: now}
-	err := s.EventTx(ctx, func(tx EventTx) error {
+	err := s.EventTx(ctx, func(tx store.EventTx) error {
 		if err := tx.InsertAlert(&a); err != nil {
 			return err
 		}
-		return tx.AddDeliveries([]Delivery{
-			{AlertID: a.ID, Webhook: "sec", Event: EventFiring, NextAttempt: now, Created: now},
-			{AlertID: a.ID, Webhook: "am", Event: EventFiring, NextAttempt: now, Created: now},
-			{AlertID: a.ID, Webhook: "sec", Event: EventResolved, NextAttempt: now.Add(time.Second), Created: now.Add(time.Second)},
+		return tx.AddDeliveries([]store.Delivery{
+			{AlertID: a.ID, Webhook: "sec", Event: store.EventFiring, NextAttempt: now, Created: now},
+			{AlertID: a.ID, Webhook: "am", Event: store.EventFiring, NextAttempt: now, Created: now},
+			{AlertID: a.ID, Webhook: "sec", Event: store.EventResolved, NextAttempt: now.Add(time.Second), Created: now.Add(time.Second)},
 		})
 	})
 	if err != nil || a.ID == 0 {
@@ -274,7 +268,7 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	}
 	// A failed transaction leaves nothing behind.
 	boom := errors.New("boom")
-	err = s.EventTx(ctx, func(tx EventTx) error {
+	err = s.EventTx(ctx, func(tx store.EventTx) error {
 		b := a
 		b.Key = "other"
 		if err := tx.InsertAlert(&b); err != nil {
@@ -285,7 +279,7 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	if !errors.Is(err, boom) {
 		t.Fatalf("rollback: %v", err)
 	}
-	err = s.EventTx(ctx, func(tx EventTx) error {
+	err = s.EventTx(ctx, func(tx store.EventTx) error {
 		got, err := tx.LiveAlert(a.Key)
 		if err != nil {
 			return err
@@ -294,14 +288,14 @@ func TestAlertsAndDeliveries(t *testing.T) {
 			!got.FirstSeen.Equal(now) || got.SrcAddr != a.SrcAddr || got.DstLabels != nil {
 			t.Errorf("live alert: %+v", got)
 		}
-		if _, err := tx.LiveAlert("other"); !errors.Is(err, ErrNotFound) {
+		if _, err := tx.LiveAlert("other"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("rolled back alert found: %v", err)
 		}
-		got.Count, got.State, got.ResolvedAt, got.ResolvedBy = 5, AlertResolved, now.Add(time.Hour), "window"
+		got.Count, got.State, got.ResolvedAt, got.ResolvedBy = 5, store.AlertResolved, now.Add(time.Hour), "window"
 		if err := tx.UpdateAlert(&got); err != nil {
 			return err
 		}
-		if _, err := tx.LiveAlert(a.Key); !errors.Is(err, ErrNotFound) {
+		if _, err := tx.LiveAlert(a.Key); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("resolved alert is live: %v", err)
 		}
 		last, err := tx.LastDeliveryCreated(a.ID, "sec")
@@ -313,24 +307,24 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	list, err := s.Alerts(ctx, AlertQuery{States: []string{AlertResolved}})
+	list, err := s.Alerts(ctx, store.AlertQuery{States: []string{store.AlertResolved}})
 	if err != nil || len(list) != 1 || list[0].Count != 5 {
 		t.Fatalf("alerts: %+v, %v", list, err)
 	}
-	if list, _ := s.Alerts(ctx, AlertQuery{States: []string{AlertOpen}}); len(list) != 0 {
+	if list, _ := s.Alerts(ctx, store.AlertQuery{States: []string{store.AlertOpen}}); len(list) != 0 {
 		t.Errorf("open alerts: %+v", list)
 	}
 
 	// The resolved delivery to sec waits for the firing one.
 	due, err := s.DueDeliveries(ctx, now, 10, 10)
-	if err != nil || len(due) != 2 || due[0].Webhook != "sec" || due[0].Event != EventFiring || due[1].Webhook != "am" {
+	if err != nil || len(due) != 2 || due[0].Webhook != "sec" || due[0].Event != store.EventFiring || due[1].Webhook != "am" {
 		t.Fatalf("due: %+v, %v", due, err)
 	}
 	if next, n, err := s.NextDeliveryAt(ctx); err != nil || !next.Equal(now) || n != 3 {
 		t.Errorf("next %v, %d, %v", next, n, err)
 	}
 	d := due[0]
-	d.State, d.Attempts, d.Finished = DeliveryDelivered, 1, now
+	d.State, d.Attempts, d.Finished = store.DeliveryDelivered, 1, now
 	if err := s.UpdateDelivery(ctx, d); err != nil {
 		t.Fatal(err)
 	}
@@ -341,18 +335,18 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	if due, _ = s.DueDeliveries(ctx, now.Add(time.Second), 10, 10); len(due) != 2 {
 		t.Errorf("due a second later: %+v", due)
 	}
-	if got, err := s.Delivery(ctx, d.ID); err != nil || got.State != DeliveryDelivered || got.Attempts != 1 {
+	if got, err := s.Delivery(ctx, d.ID); err != nil || got.State != store.DeliveryDelivered || got.Attempts != 1 {
 		t.Errorf("delivery: %+v %v", got, err)
 	}
 	// Pruning keeps an alert while a delivery of it is pending.
 	if _, err := s.PruneAlerts(ctx, now.Add(2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if list, _ := s.Alerts(ctx, AlertQuery{}); len(list) != 1 {
+	if list, _ := s.Alerts(ctx, store.AlertQuery{}); len(list) != 1 {
 		t.Errorf("alert with pending deliveries pruned")
 	}
-	for _, d := range []Delivery{due[0], due[1]} {
-		d.State, d.Finished = DeliveryGaveUp, now
+	for _, d := range []store.Delivery{due[0], due[1]} {
+		d.State, d.Finished = store.DeliveryGaveUp, now
 		s.UpdateDelivery(ctx, d)
 	}
 	// The delivered one went in the first pass; now the alert and the
@@ -360,7 +354,7 @@ func TestAlertsAndDeliveries(t *testing.T) {
 	if n, err := s.PruneAlerts(ctx, now.Add(2*time.Hour)); err != nil || n != 3 {
 		t.Errorf("pruned %d, %v", n, err)
 	}
-	if list, _ := s.Alerts(ctx, AlertQuery{}); len(list) != 0 {
+	if list, _ := s.Alerts(ctx, store.AlertQuery{}); len(list) != 0 {
 		t.Errorf("alerts left: %+v", list)
 	}
 }
@@ -372,18 +366,18 @@ func TestDueDeliveriesFairness(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	var ds []Delivery
-	err := s.EventTx(ctx, func(tx EventTx) error {
+	var ds []store.Delivery
+	err := s.EventTx(ctx, func(tx store.EventTx) error {
 		for i := range 20 {
-			a := Alert{Rule: "r", Key: fmt.Sprint("k", i), State: AlertOpen, Created: now}
+			a := store.Alert{Rule: "r", Key: fmt.Sprint("k", i), State: store.AlertOpen, Created: now}
 			if err := tx.InsertAlert(&a); err != nil {
 				return err
 			}
 			// Twenty old deliveries to "busy", then one to "quiet".
-			ds = append(ds, Delivery{AlertID: a.ID, Webhook: "busy", Event: EventFiring,
+			ds = append(ds, store.Delivery{AlertID: a.ID, Webhook: "busy", Event: store.EventFiring,
 				NextAttempt: now.Add(time.Duration(i) * time.Millisecond), Created: now})
 		}
-		ds = append(ds, Delivery{AlertID: 1, Webhook: "quiet", Event: EventFiring, NextAttempt: now.Add(time.Second), Created: now})
+		ds = append(ds, store.Delivery{AlertID: 1, Webhook: "quiet", Event: store.EventFiring, NextAttempt: now.Add(time.Second), Created: now})
 		return tx.AddDeliveries(ds)
 	})
 	if err != nil {
@@ -407,14 +401,14 @@ func TestDueDeliveriesFairness(t *testing.T) {
 	// Alert 1's resolved delivery to "quiet" is due at once but waits
 	// behind its firing one, due in a second: the next due time is the
 	// firing one's, not the resolved one's (the deliverer would spin).
-	err = s.EventTx(ctx, func(tx EventTx) error {
-		return tx.AddDeliveries([]Delivery{{AlertID: 1, Webhook: "quiet", Event: EventResolved, NextAttempt: now, Created: now}})
+	err = s.EventTx(ctx, func(tx store.EventTx) error {
+		return tx.AddDeliveries([]store.Delivery{{AlertID: 1, Webhook: "quiet", Event: store.EventResolved, NextAttempt: now, Created: now}})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range ds[:20] {
-		d.State, d.Finished = DeliveryDelivered, now
+		d.State, d.Finished = store.DeliveryDelivered, now
 		if err := s.UpdateDelivery(ctx, d); err != nil {
 			t.Fatal(err)
 		}
@@ -432,7 +426,7 @@ func TestDueDeliveriesFairness(t *testing.T) {
 // control-plane database stays writable.
 func TestEventStoreFull(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenSQLite(dir, WithEventMaxPages(64))
+	s, err := Open(dir, WithEventMaxPages(64))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,27 +440,27 @@ func TestEventStoreFull(t *testing.T) {
 		for j := range recs {
 			recs[j] = testFlow(i*100+j, base)
 		}
-		err := s.EventTx(ctx, func(tx EventTx) error { return tx.InsertFlows(recs) })
+		err := s.EventTx(ctx, func(tx store.EventTx) error { return tx.InsertFlows(recs) })
 		if err != nil {
 			full = err
 			break
 		}
 		stored += len(recs)
 	}
-	if !errors.Is(full, ErrFull) || !strings.HasPrefix(full.Error(), "store full: ") {
+	if !errors.Is(full, store.ErrFull) || !strings.HasPrefix(full.Error(), "store full: ") {
 		t.Fatalf("error when full: %v", full)
 	}
 	if _, count, err := s.EventStoreSize(ctx); err != nil || count != int64(stored) {
 		t.Errorf("flows stored %d, want %d (nothing of the refused batch): %v", count, stored, err)
 	}
-	if err := s.AddAdminToken(ctx, AdminToken{ID: "id", SecretHash: "hash", Created: base}); err != nil {
+	if err := s.AddAdminToken(ctx, store.AdminToken{ID: "id", SecretHash: "hash", Created: base}); err != nil {
 		t.Errorf("control-plane store not writable: %v", err)
 	}
 	// Deleting the oldest makes room again.
 	if _, err := s.PruneOldestFlows(ctx, 1000); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.EventTx(ctx, func(tx EventTx) error { return tx.InsertFlows([]flowrecord.Record{testFlow(1, base)}) }); err != nil {
+	if err := s.EventTx(ctx, func(tx store.EventTx) error { return tx.InsertFlows([]flowrecord.Record{testFlow(1, base)}) }); err != nil {
 		t.Errorf("after pruning: %v", err)
 	}
 }
@@ -495,7 +489,7 @@ func TestAlertsMigrationKeepsLiveAlerts(t *testing.T) {
 	}
 	db.Close()
 	s := openTest(t, dir)
-	err = s.EventTx(ctx, func(tx EventTx) error {
+	err = s.EventTx(ctx, func(tx store.EventTx) error {
 		as, err := tx.ExpiredAlerts(now.Add(time.Minute+time.Second), 10)
 		if err != nil {
 			return err
@@ -522,35 +516,35 @@ func TestWebhookStats(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	a := Alert{Rule: "ssh", Key: "k", State: AlertOpen, Port: 22, Protocol: "TCP", FirstSeen: now, LastSeen: now, Created: now}
-	var ds []Delivery
-	err := s.EventTx(ctx, func(tx EventTx) error {
+	a := store.Alert{Rule: "ssh", Key: "k", State: store.AlertOpen, Port: 22, Protocol: "TCP", FirstSeen: now, LastSeen: now, Created: now}
+	var ds []store.Delivery
+	err := s.EventTx(ctx, func(tx store.EventTx) error {
 		if err := tx.InsertAlert(&a); err != nil {
 			return err
 		}
 		for _, w := range []string{"sec", "sec", "sec", "sec", "am"} {
-			ds = append(ds, Delivery{AlertID: a.ID, Webhook: w, Event: EventFiring, NextAttempt: now, Created: now})
+			ds = append(ds, store.Delivery{AlertID: a.ID, Webhook: w, Event: store.EventFiring, NextAttempt: now, Created: now})
 		}
 		return tx.AddDeliveries(ds)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	set := func(d Delivery, state, lastErr string, finished time.Time) {
+	set := func(d store.Delivery, state, lastErr string, finished time.Time) {
 		d.State, d.LastError, d.Finished = state, lastErr, finished
 		if err := s.UpdateDelivery(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 	}
-	set(ds[0], DeliveryDelivered, "", now.Add(time.Second))
-	set(ds[1], DeliveryGaveUp, "HTTP 500 Internal Server Error", now.Add(2*time.Second))
-	set(ds[2], DeliveryDelivered, "HTTP 503 earlier", now.Add(3*time.Second))
-	set(ds[3], DeliveryPending, "POST: connection refused", time.Time{})
+	set(ds[0], store.DeliveryDelivered, "", now.Add(time.Second))
+	set(ds[1], store.DeliveryGaveUp, "HTTP 500 Internal Server Error", now.Add(2*time.Second))
+	set(ds[2], store.DeliveryDelivered, "HTTP 503 earlier", now.Add(3*time.Second))
+	set(ds[3], store.DeliveryPending, "POST: connection refused", time.Time{})
 	got, err := s.WebhookStats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []WebhookStats{
+	want := []store.WebhookStats{
 		{Webhook: "am", Pending: 1},
 		{Webhook: "sec", LastDelivered: now.Add(3 * time.Second), LastError: "POST: connection refused", Pending: 1, GaveUp: 1},
 	}

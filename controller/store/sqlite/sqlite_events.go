@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -11,12 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 // EventTx runs f in one transaction of flows.db.
-func (s *SQLite) EventTx(ctx context.Context, f func(EventTx) error) error {
+func (s *SQLite) EventTx(ctx context.Context, f func(store.EventTx) error) error {
 	return inTx(ctx, s.edb, func(tx *sql.Tx) error {
 		etx := &sqliteEventTx{ctx: ctx, tx: tx}
 		defer etx.close()
@@ -36,8 +37,8 @@ func (t *sqliteEventTx) close() {
 	}
 }
 
-func (t *sqliteEventTx) SpoolPosition(node string, spoolID uint64) (SpoolPosition, error) {
-	p := SpoolPosition{Node: node, SpoolID: spoolID}
+func (t *sqliteEventTx) SpoolPosition(node string, spoolID uint64) (store.SpoolPosition, error) {
+	p := store.SpoolPosition{Node: node, SpoolID: spoolID}
 	var high, updated int64
 	var holes string
 	err := t.tx.QueryRowContext(t.ctx, "SELECT high, holes, updated FROM flow_spools WHERE node = ? AND spool_id = ?",
@@ -55,7 +56,7 @@ func (t *sqliteEventTx) SpoolPosition(node string, spoolID uint64) (SpoolPositio
 	return p, nil
 }
 
-func (t *sqliteEventTx) SaveSpoolPosition(p SpoolPosition) error {
+func (t *sqliteEventTx) SaveSpoolPosition(p store.SpoolPosition) error {
 	_, err := t.tx.ExecContext(t.ctx, `INSERT INTO flow_spools (node, spool_id, high, holes, updated) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT (node, spool_id) DO UPDATE SET high = excluded.high, holes = excluded.holes, updated = excluded.updated`,
 		p.Node, int64(p.SpoolID), int64(p.High), formatHoles(p.Holes), nanos(p.Updated))
@@ -95,7 +96,7 @@ func (t *sqliteEventTx) ForgetSpools(node string, keep int) ([]uint64, error) {
 }
 
 // Holes are kept as "first-last,first-last".
-func formatHoles(hs []SeqRange) string {
+func formatHoles(hs []store.SeqRange) string {
 	var b strings.Builder
 	for i, h := range hs {
 		if i > 0 {
@@ -106,11 +107,11 @@ func formatHoles(hs []SeqRange) string {
 	return b.String()
 }
 
-func parseHoles(s string) ([]SeqRange, error) {
+func parseHoles(s string) ([]store.SeqRange, error) {
 	if s == "" {
 		return nil, nil
 	}
-	var out []SeqRange
+	var out []store.SeqRange
 	for _, part := range strings.Split(s, ",") {
 		a, b, ok := strings.Cut(part, "-")
 		first, err1 := strconv.ParseUint(a, 10, 64)
@@ -118,7 +119,7 @@ func parseHoles(s string) ([]SeqRange, error) {
 		if !ok || err1 != nil || err2 != nil || first > last {
 			return nil, fmt.Errorf("holes: %q is not a seq range", part)
 		}
-		out = append(out, SeqRange{first, last})
+		out = append(out, store.SeqRange{First: first, Last: last})
 	}
 	return out, nil
 }
@@ -161,8 +162,8 @@ const alertColumns = `id, rule, severity, dedup_key, state, count, source, desti
 	src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node, first_seen, last_seen,
 	window_ns, notify, created, acknowledged_at, resolved_at, resolved_by, ports, port_count, port_set, folded, refreshed`
 
-func scanAlert(row interface{ Scan(...any) error }) (Alert, error) {
-	var a Alert
+func scanAlert(row interface{ Scan(...any) error }) (store.Alert, error) {
+	var a store.Alert
 	var count, port, first, last, window, created, acked, resolved, portCount, folded, refreshed int64
 	var srcAddr, dstAddr, srcLabels, dstLabels, notify, ports string
 	err := row.Scan(&a.ID, &a.Rule, &a.Severity, &a.Key, &a.State, &count, &a.Source, &a.Destination, &a.SrcWorkload,
@@ -216,45 +217,45 @@ func addrString(a netip.Addr) string {
 	return a.String()
 }
 
-func (t *sqliteEventTx) LiveAlert(key string) (Alert, error) {
+func (t *sqliteEventTx) LiveAlert(key string) (store.Alert, error) {
 	a, err := scanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE dedup_key = ? AND state <> ? ORDER BY id DESC LIMIT 1",
-		key, AlertResolved))
+		key, store.AlertResolved))
 	if errors.Is(err, sql.ErrNoRows) {
-		return a, ErrNotFound
+		return a, store.ErrNotFound
 	}
 	return a, err
 }
 
-func (t *sqliteEventTx) Alert(id int64) (Alert, error) {
+func (t *sqliteEventTx) Alert(id int64) (store.Alert, error) {
 	a, err := scanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return a, fmt.Errorf("alert %d: %w", id, ErrNotFound)
+		return a, fmt.Errorf("alert %d: %w", id, store.ErrNotFound)
 	}
 	return a, err
 }
 
-func (t *sqliteEventTx) LiveAlerts() ([]Alert, error) {
-	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE state <> ? ORDER BY id", AlertResolved)
+func (t *sqliteEventTx) LiveAlerts() ([]store.Alert, error) {
+	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE state <> ? ORDER BY id", store.AlertResolved)
 	if err != nil {
 		return nil, err
 	}
 	return scanAlerts(rows)
 }
 
-func (t *sqliteEventTx) ExpiredAlerts(now time.Time, limit int) ([]Alert, error) {
+func (t *sqliteEventTx) ExpiredAlerts(now time.Time, limit int) ([]store.Alert, error) {
 	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+` FROM alerts INDEXED BY alerts_expires
 		WHERE state IN (?, ?) AND expires < ? ORDER BY expires, id LIMIT ?`,
-		AlertOpen, AlertAcknowledged, nanos(now), limit)
+		store.AlertOpen, store.AlertAcknowledged, nanos(now), limit)
 	if err != nil {
 		return nil, err
 	}
 	return scanAlerts(rows)
 }
 
-func (t *sqliteEventTx) AlertsToRefresh(before time.Time, limit int) ([]Alert, error) {
+func (t *sqliteEventTx) AlertsToRefresh(before time.Time, limit int) ([]store.Alert, error) {
 	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+` FROM alerts INDEXED BY alerts_refreshed
 		WHERE state IN (?, ?) AND refreshed <= ? ORDER BY refreshed, id LIMIT ?`,
-		AlertOpen, AlertAcknowledged, nanos(before), limit)
+		store.AlertOpen, store.AlertAcknowledged, nanos(before), limit)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +265,7 @@ func (t *sqliteEventTx) AlertsToRefresh(before time.Time, limit int) ([]Alert, e
 func (t *sqliteEventTx) LiveAlertCount(rule string) (int, error) {
 	var n int
 	err := t.tx.QueryRowContext(t.ctx, "SELECT COUNT(*) FROM alerts WHERE rule = ? AND state IN (?, ?) AND folded = 0",
-		rule, AlertOpen, AlertAcknowledged).Scan(&n)
+		rule, store.AlertOpen, store.AlertAcknowledged).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("live alerts of %s: %w", rule, err)
 	}
@@ -277,7 +278,7 @@ func (t *sqliteEventTx) TrimFinished(maxResolved, maxFinished int) (int64, int64
 	res, err := t.tx.ExecContext(t.ctx, `DELETE FROM deliveries WHERE id IN (
 		SELECT id FROM deliveries INDEXED BY deliveries_finished WHERE state IN (?, ?)
 		ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?)`,
-		DeliveryDelivered, DeliveryGaveUp, maxFinished)
+		store.DeliveryDelivered, store.DeliveryGaveUp, maxFinished)
 	if err != nil {
 		return 0, 0, fmt.Errorf("trim finished deliveries: %w", err)
 	}
@@ -286,7 +287,7 @@ func (t *sqliteEventTx) TrimFinished(maxResolved, maxFinished int) (int64, int64
 		SELECT id FROM alerts INDEXED BY alerts_resolved WHERE state = ?
 		ORDER BY resolved_at DESC, id DESC LIMIT -1 OFFSET ?)
 		AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alert_id = alerts.id AND d.state = ?)`,
-		AlertResolved, maxResolved, DeliveryPending)
+		store.AlertResolved, maxResolved, store.DeliveryPending)
 	if err != nil {
 		return 0, 0, fmt.Errorf("trim resolved alerts: %w", err)
 	}
@@ -294,9 +295,9 @@ func (t *sqliteEventTx) TrimFinished(maxResolved, maxFinished int) (int64, int64
 	return a, d, nil
 }
 
-func scanAlerts(rows *sql.Rows) ([]Alert, error) {
+func scanAlerts(rows *sql.Rows) ([]store.Alert, error) {
 	defer rows.Close()
-	var out []Alert
+	var out []store.Alert
 	for rows.Next() {
 		a, err := scanAlert(rows)
 		if err != nil {
@@ -307,7 +308,7 @@ func scanAlerts(rows *sql.Rows) ([]Alert, error) {
 	return out, rows.Err()
 }
 
-func (t *sqliteEventTx) InsertAlert(a *Alert) error {
+func (t *sqliteEventTx) InsertAlert(a *store.Alert) error {
 	normalizePorts(a)
 	err := t.tx.QueryRowContext(t.ctx, `INSERT INTO alerts (rule, severity, dedup_key, state, count, source, destination,
 		src_workload, dst_workload, src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node,
@@ -326,7 +327,7 @@ func (t *sqliteEventTx) InsertAlert(a *Alert) error {
 	return nil
 }
 
-func (t *sqliteEventTx) UpdateAlert(a *Alert) error {
+func (t *sqliteEventTx) UpdateAlert(a *store.Alert) error {
 	normalizePorts(a)
 	_, err := t.tx.ExecContext(t.ctx, `UPDATE alerts SET state = ?, count = ?, verdict = ?, deciding_rule = ?, node = ?,
 		first_seen = ?, last_seen = ?, acknowledged_at = ?, resolved_at = ?, resolved_by = ?,
@@ -343,25 +344,25 @@ func (t *sqliteEventTx) UpdateAlert(a *Alert) error {
 
 // normalizePorts fills the port fields of an alert made without them
 // (one port, the sample holding it), so every stored alert has them.
-func normalizePorts(a *Alert) {
+func normalizePorts(a *store.Alert) {
 	if a.PortCount == 0 && len(a.Ports) == 0 {
 		a.Ports, a.PortCount = []uint16{a.Port}, 1
 	}
 }
 
 // expires is when an alert's window passes with no repeat.
-func expires(a *Alert) int64 {
+func expires(a *store.Alert) int64 {
 	if a.LastSeen.IsZero() {
 		return 0
 	}
 	return a.LastSeen.Add(a.Window).UnixNano()
 }
 
-func (t *sqliteEventTx) AddDeliveries(ds []Delivery) error {
+func (t *sqliteEventTx) AddDeliveries(ds []store.Delivery) error {
 	for i := range ds {
 		d := &ds[i]
 		if d.State == "" {
-			d.State = DeliveryPending
+			d.State = store.DeliveryPending
 		}
 		err := t.tx.QueryRowContext(t.ctx, `INSERT INTO deliveries (alert_id, webhook, event, state, attempts, next_attempt,
 			created, last_error, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
@@ -386,7 +387,7 @@ func (t *sqliteEventTx) LastDeliveryCreated(alertID int64, webhook string) (time
 
 // Flows answers a flow query from an index: the filters that have one
 // (verdict, port, rule, workload) lead, time orders.
-func (s *SQLite) Flows(ctx context.Context, q FlowQuery) ([]flowrecord.Record, error) {
+func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Record, error) {
 	var where []string
 	var args []any
 	add := func(cond string, vals ...any) {
@@ -504,7 +505,7 @@ func (s *SQLite) EventStoreSize(ctx context.Context) (int64, int64, error) {
 	return (pages - free) * pageSize, flows, nil
 }
 
-func (s *SQLite) Alerts(ctx context.Context, q AlertQuery) ([]Alert, error) {
+func (s *SQLite) Alerts(ctx context.Context, q store.AlertQuery) ([]store.Alert, error) {
 	var where []string
 	var args []any
 	if len(q.States) > 0 {
@@ -539,7 +540,7 @@ func (s *SQLite) Alerts(ctx context.Context, q AlertQuery) ([]Alert, error) {
 func (s *SQLite) PruneAlerts(ctx context.Context, before time.Time) (int64, error) {
 	var n int64
 	err := inTx(ctx, s.edb, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "DELETE FROM deliveries WHERE state <> ? AND finished < ?", DeliveryPending, before.UnixNano())
+		res, err := tx.ExecContext(ctx, "DELETE FROM deliveries WHERE state <> ? AND finished < ?", store.DeliveryPending, before.UnixNano())
 		if err != nil {
 			return err
 		}
@@ -548,7 +549,7 @@ func (s *SQLite) PruneAlerts(ctx context.Context, before time.Time) (int64, erro
 		// only alerts with nothing pending are old enough to go.
 		res, err = tx.ExecContext(ctx, `DELETE FROM alerts WHERE state = ? AND resolved_at < ?
 			AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.alert_id = alerts.id AND d.state = ?)`,
-			AlertResolved, before.UnixNano(), DeliveryPending)
+			store.AlertResolved, before.UnixNano(), store.DeliveryPending)
 		if err != nil {
 			return err
 		}
@@ -564,8 +565,8 @@ func (s *SQLite) PruneAlerts(ctx context.Context, before time.Time) (int64, erro
 
 const deliveryColumns = "id, alert_id, webhook, event, state, attempts, next_attempt, created, last_error, finished"
 
-func scanDelivery(row interface{ Scan(...any) error }) (Delivery, error) {
-	var d Delivery
+func scanDelivery(row interface{ Scan(...any) error }) (store.Delivery, error) {
+	var d store.Delivery
 	var next, created, finished int64
 	err := row.Scan(&d.ID, &d.AlertID, &d.Webhook, &d.Event, &d.State, &d.Attempts, &next, &created, &d.LastError, &finished)
 	d.NextAttempt, d.Created, d.Finished = fromNanos(next), fromNanos(created), fromNanos(finished)
@@ -577,17 +578,17 @@ func scanDelivery(row interface{ Scan(...any) error }) (Delivery, error) {
 // DeliveryPending): deliveries of one alert to one webhook go in order.
 const notBehindOlder = `NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.alert_id = d.alert_id AND o.webhook = d.webhook AND o.state = ? AND o.id < d.id)`
 
-func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, perWebhook, limit int) ([]Delivery, error) {
+func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, perWebhook, limit int) ([]store.Delivery, error) {
 	rows, err := s.edb.QueryContext(ctx, `SELECT `+deliveryColumns+` FROM (
 		SELECT d.*, ROW_NUMBER() OVER (PARTITION BY d.webhook ORDER BY d.next_attempt, d.id) AS nth FROM deliveries d
 		WHERE d.state = ? AND d.next_attempt <= ?
 		AND `+notBehindOlder+`)
-		WHERE nth <= ? ORDER BY next_attempt, id LIMIT ?`, DeliveryPending, now.UnixNano(), DeliveryPending, perWebhook, limit)
+		WHERE nth <= ? ORDER BY next_attempt, id LIMIT ?`, store.DeliveryPending, now.UnixNano(), store.DeliveryPending, perWebhook, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", classify(err))
 	}
 	defer rows.Close()
-	var out []Delivery
+	var out []store.Delivery
 	for rows.Next() {
 		d, err := scanDelivery(rows)
 		if err != nil {
@@ -608,14 +609,14 @@ func (s *SQLite) NextDeliveryAt(ctx context.Context) (time.Time, int, error) {
 		(SELECT MIN(d.next_attempt) FROM deliveries d WHERE d.state = ?
 			AND `+notBehindOlder+`),
 		(SELECT COUNT(*) FROM deliveries WHERE state = ?)`,
-		DeliveryPending, DeliveryPending, DeliveryPending).Scan(&next, &n)
+		store.DeliveryPending, store.DeliveryPending, store.DeliveryPending).Scan(&next, &n)
 	if err != nil {
 		return time.Time{}, 0, fmt.Errorf("read outbox: %w", classify(err))
 	}
 	return fromNanos(next.Int64), n, nil
 }
 
-func (s *SQLite) WebhookStats(ctx context.Context) ([]WebhookStats, error) {
+func (s *SQLite) WebhookStats(ctx context.Context) ([]store.WebhookStats, error) {
 	rows, err := s.edb.QueryContext(ctx, `SELECT w.webhook,
 		(SELECT MAX(finished) FROM deliveries WHERE webhook = w.webhook AND state = ?),
 		COALESCE((SELECT last_error FROM deliveries WHERE webhook = w.webhook AND last_error <> '' AND state <> ?
@@ -623,14 +624,14 @@ func (s *SQLite) WebhookStats(ctx context.Context) ([]WebhookStats, error) {
 		(SELECT COUNT(*) FROM deliveries WHERE webhook = w.webhook AND state = ?),
 		(SELECT COUNT(*) FROM deliveries WHERE webhook = w.webhook AND state = ?)
 		FROM (SELECT DISTINCT webhook FROM deliveries) w ORDER BY w.webhook`,
-		DeliveryDelivered, DeliveryDelivered, DeliveryPending, DeliveryGaveUp)
+		store.DeliveryDelivered, store.DeliveryDelivered, store.DeliveryPending, store.DeliveryGaveUp)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", classify(err))
 	}
 	defer rows.Close()
-	var out []WebhookStats
+	var out []store.WebhookStats
 	for rows.Next() {
-		var w WebhookStats
+		var w store.WebhookStats
 		var last sql.NullInt64
 		if err := rows.Scan(&w.Webhook, &last, &w.LastError, &w.Pending, &w.GaveUp); err != nil {
 			return nil, fmt.Errorf("read outbox: %w", err)
@@ -641,7 +642,7 @@ func (s *SQLite) WebhookStats(ctx context.Context) ([]WebhookStats, error) {
 	return out, rows.Err()
 }
 
-func (s *SQLite) UpdateDelivery(ctx context.Context, d Delivery) error {
+func (s *SQLite) UpdateDelivery(ctx context.Context, d store.Delivery) error {
 	_, err := s.edb.ExecContext(ctx, "UPDATE deliveries SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, finished = ? WHERE id = ?",
 		d.State, d.Attempts, nanos(d.NextAttempt), d.LastError, nanos(d.Finished), d.ID)
 	if err != nil {
@@ -650,12 +651,12 @@ func (s *SQLite) UpdateDelivery(ctx context.Context, d Delivery) error {
 	return nil
 }
 
-func (s *SQLite) Delivery(ctx context.Context, id int64) (Delivery, error) {
+func (s *SQLite) Delivery(ctx context.Context, id int64) (store.Delivery, error) {
 	d, err := scanDelivery(s.edb.QueryRowContext(ctx, "SELECT "+deliveryColumns+" FROM deliveries WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return d, fmt.Errorf("delivery %d: %w", id, ErrNotFound)
+		return d, fmt.Errorf("delivery %d: %w", id, store.ErrNotFound)
 	}
 	return d, err
 }
 
-var _ EventStore = (*SQLite)(nil)
+var _ store.EventStore = (*SQLite)(nil)

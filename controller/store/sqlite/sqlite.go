@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/eastguard/eastguard/controller/store"
 	"modernc.org/sqlite" // registers the "sqlite" driver
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -36,7 +37,7 @@ type SQLite struct {
 // EventsFile is the event database's file name under the data directory.
 const EventsFile = "flows.db"
 
-// Option changes how OpenSQLite opens the store.
+// Option changes how Open opens the store.
 type Option func(*openOptions)
 
 type openOptions struct {
@@ -48,10 +49,10 @@ type openOptions struct {
 // fill the store without filling a disk.
 func WithEventMaxPages(n int) Option { return func(o *openOptions) { o.eventMaxPages = n } }
 
-// OpenSQLite opens (creating if needed) the databases in dataDir, which it
+// Open opens (creating if needed) the databases in dataDir, which it
 // creates mode 0700, and brings their schemas up to date. The files are
 // mode 0600: one holds the CA key, the other every flow.
-func OpenSQLite(dataDir string, opts ...Option) (*SQLite, error) {
+func Open(dataDir string, opts ...Option) (*SQLite, error) {
 	var o openOptions
 	for _, f := range opts {
 		f(&o)
@@ -167,7 +168,7 @@ func inTx(ctx context.Context, db *sql.DB, f func(*sql.Tx) error) error {
 // whose messages say what is wrong ("store full: database or disk is
 // full"), so that callers can refuse work cleanly and count why.
 func classify(err error) error {
-	if err == nil || errors.Is(err, ErrFull) || errors.Is(err, ErrIO) {
+	if err == nil || errors.Is(err, store.ErrFull) || errors.Is(err, store.ErrIO) {
 		return err
 	}
 	var se *sqlite.Error
@@ -176,9 +177,9 @@ func classify(err error) error {
 	}
 	switch se.Code() & 0xff {
 	case sqlite3.SQLITE_FULL:
-		return fmt.Errorf("%w: %w (free disk space, lower --flow-max-bytes or --flow-retention)", ErrFull, err)
+		return fmt.Errorf("%w: %w (free disk space, lower --flow-max-bytes or --flow-retention)", store.ErrFull, err)
 	case sqlite3.SQLITE_IOERR:
-		return fmt.Errorf("%w: %w", ErrIO, err)
+		return fmt.Errorf("%w: %w", store.ErrIO, err)
 	}
 	return err
 }
@@ -201,7 +202,7 @@ func (s *SQLite) CA(ctx context.Context) ([]byte, []byte, error) {
 	var cert, key []byte
 	err := s.db.QueryRowContext(ctx, "SELECT cert_pem, key_pem FROM ca WHERE id = 1").Scan(&cert, &key)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil, ErrNotFound
+		return nil, nil, store.ErrNotFound
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("read CA: %w", err)
@@ -215,12 +216,12 @@ func (s *SQLite) InitCA(ctx context.Context, certPEM, keyPEM []byte) error {
 		return fmt.Errorf("store CA: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("store CA: %w", ErrExists)
+		return fmt.Errorf("store CA: %w", store.ErrExists)
 	}
 	return nil
 }
 
-func (s *SQLite) AddAdminToken(ctx context.Context, t AdminToken) error {
+func (s *SQLite) AddAdminToken(ctx context.Context, t store.AdminToken) error {
 	res, err := s.db.ExecContext(ctx, `INSERT INTO admin_tokens (id, secret_hash, name, created, expires, revoked, created_by)
 		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
 		t.ID, t.SecretHash, t.Name, nanos(t.Created), nanos(t.Expires), nanos(t.Revoked), t.CreatedBy)
@@ -228,39 +229,39 @@ func (s *SQLite) AddAdminToken(ctx context.Context, t AdminToken) error {
 		return fmt.Errorf("store admin token: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("store admin token %s: %w", t.ID, ErrExists)
+		return fmt.Errorf("store admin token %s: %w", t.ID, store.ErrExists)
 	}
 	return nil
 }
 
 const adminTokenColumns = "id, secret_hash, name, created, expires, revoked, created_by"
 
-func scanAdminToken(row interface{ Scan(...any) error }) (AdminToken, error) {
-	var t AdminToken
+func scanAdminToken(row interface{ Scan(...any) error }) (store.AdminToken, error) {
+	var t store.AdminToken
 	var created, expires, revoked int64
 	err := row.Scan(&t.ID, &t.SecretHash, &t.Name, &created, &expires, &revoked, &t.CreatedBy)
 	t.Created, t.Expires, t.Revoked = fromNanos(created), fromNanos(expires), fromNanos(revoked)
 	return t, err
 }
 
-func (s *SQLite) AdminToken(ctx context.Context, id string) (AdminToken, error) {
+func (s *SQLite) AdminToken(ctx context.Context, id string) (store.AdminToken, error) {
 	t, err := scanAdminToken(s.db.QueryRowContext(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return AdminToken{}, ErrNotFound
+		return store.AdminToken{}, store.ErrNotFound
 	}
 	if err != nil {
-		return AdminToken{}, fmt.Errorf("read admin token: %w", err)
+		return store.AdminToken{}, fmt.Errorf("read admin token: %w", err)
 	}
 	return t, nil
 }
 
-func (s *SQLite) AdminTokens(ctx context.Context) ([]AdminToken, error) {
+func (s *SQLite) AdminTokens(ctx context.Context) ([]store.AdminToken, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens ORDER BY created, id")
 	if err != nil {
 		return nil, fmt.Errorf("read admin tokens: %w", err)
 	}
 	defer rows.Close()
-	var out []AdminToken
+	var out []store.AdminToken
 	for rows.Next() {
 		t, err := scanAdminToken(rows)
 		if err != nil {
@@ -271,8 +272,8 @@ func (s *SQLite) AdminTokens(ctx context.Context) ([]AdminToken, error) {
 	return out, rows.Err()
 }
 
-func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) (AdminToken, error) {
-	var t AdminToken
+func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) (store.AdminToken, error) {
+	var t store.AdminToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "UPDATE admin_tokens SET revoked = ? WHERE id = ? AND revoked = 0", nanos(at), id); err != nil {
 			return err
@@ -280,17 +281,17 @@ func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) 
 		var err error
 		t, err = scanAdminToken(tx.QueryRowContext(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens WHERE id = ?", id))
 		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
+			return store.ErrNotFound
 		}
 		return err
 	})
 	if err != nil {
-		return AdminToken{}, fmt.Errorf("revoke admin token %s: %w", id, err)
+		return store.AdminToken{}, fmt.Errorf("revoke admin token %s: %w", id, err)
 	}
 	return t, nil
 }
 
-func (s *SQLite) AddJoinToken(ctx context.Context, t JoinToken) error {
+func (s *SQLite) AddJoinToken(ctx context.Context, t store.JoinToken) error {
 	_, err := s.db.ExecContext(ctx, "INSERT INTO join_tokens (id, secret_hash, node, created, expires) VALUES (?, ?, ?, ?, ?)",
 		t.ID, t.SecretHash, t.Node, nanos(t.Created), nanos(t.Expires))
 	if err != nil {
@@ -302,11 +303,11 @@ func (s *SQLite) AddJoinToken(ctx context.Context, t JoinToken) error {
 const joinTokenColumns = "id, secret_hash, node, created, expires, used"
 
 // scanJoinToken reads one row of joinTokenColumns.
-func scanJoinToken(row interface{ Scan(...any) error }) (JoinToken, error) {
-	var t JoinToken
+func scanJoinToken(row interface{ Scan(...any) error }) (store.JoinToken, error) {
+	var t store.JoinToken
 	var created, expires, used int64
 	if err := row.Scan(&t.ID, &t.SecretHash, &t.Node, &created, &expires, &used); err != nil {
-		return JoinToken{}, err
+		return store.JoinToken{}, err
 	}
 	t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
 	return t, nil
@@ -316,23 +317,23 @@ func scanJoinToken(row interface{ Scan(...any) error }) (JoinToken, error) {
 // if there is none such.
 func joinTokenByID(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, id string) (JoinToken, error) {
+}, id string) (store.JoinToken, error) {
 	t, err := scanJoinToken(q.QueryRowContext(ctx, "SELECT "+joinTokenColumns+" FROM join_tokens WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return JoinToken{}, ErrNotFound
+		return store.JoinToken{}, store.ErrNotFound
 	}
 	return t, err
 }
 
-func (s *SQLite) JoinToken(ctx context.Context, id string) (JoinToken, error) {
+func (s *SQLite) JoinToken(ctx context.Context, id string) (store.JoinToken, error) {
 	t, err := joinTokenByID(ctx, s.db, id)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return JoinToken{}, fmt.Errorf("read join token: %w", err)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.JoinToken{}, fmt.Errorf("read join token: %w", err)
 	}
 	return t, err
 }
 
-func (s *SQLite) JoinTokens(ctx context.Context) ([]JoinToken, error) {
+func (s *SQLite) JoinTokens(ctx context.Context) ([]store.JoinToken, error) {
 	return queryAll(ctx, s.db, "join tokens", scanJoinToken, "SELECT "+joinTokenColumns+" FROM join_tokens ORDER BY created, id")
 }
 
@@ -358,8 +359,8 @@ func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(int
 	return out, nil
 }
 
-func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) (JoinToken, error) {
-	var t JoinToken
+func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) (store.JoinToken, error) {
+	var t store.JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		if t, err = joinTokenByID(ctx, tx, id); err != nil {
@@ -368,14 +369,14 @@ func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) (JoinToken, err
 		_, err = tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE id = ?", id)
 		return err
 	})
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return JoinToken{}, fmt.Errorf("delete join token: %w", err)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.JoinToken{}, fmt.Errorf("delete join token: %w", err)
 	}
 	return t, err
 }
 
-func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error) {
-	var t JoinToken
+func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(store.JoinToken) error) (store.JoinToken, error) {
+	var t store.JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		if t, err = joinTokenByID(ctx, tx, id); err != nil {
@@ -394,7 +395,7 @@ func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time,
 			return err
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrTokenUsed
+			return store.ErrTokenUsed
 		}
 		t.Used = now
 		return nil
@@ -402,7 +403,7 @@ func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time,
 	return t, err
 }
 
-func (s *SQLite) AddCert(ctx context.Context, c Cert) error {
+func (s *SQLite) AddCert(ctx context.Context, c store.Cert) error {
 	_, err := s.db.ExecContext(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES (?, ?, ?, ?)",
 		c.Serial, c.Node, nanos(c.NotAfter), nanos(c.Revoked))
 	if err != nil {
@@ -411,8 +412,8 @@ func (s *SQLite) AddCert(ctx context.Context, c Cert) error {
 	return nil
 }
 
-func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, int, error) {
-	var out []Cert
+func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]store.Cert, int, error) {
+	var out []store.Cert
 	var tokens int64
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "UPDATE certs SET revoked = ? WHERE node = ? AND revoked = 0", nanos(at), node); err != nil {
@@ -442,7 +443,7 @@ func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]C
 	return out, int(tokens), nil
 }
 
-func (s *SQLite) RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error) {
+func (s *SQLite) RevokedCerts(ctx context.Context, now time.Time) ([]store.Cert, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE revoked <> 0 AND not_after > ?", nanos(now))
 	if err != nil {
 		return nil, fmt.Errorf("read revocations: %w", err)
@@ -450,11 +451,11 @@ func (s *SQLite) RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error
 	return scanCerts(rows)
 }
 
-func scanCerts(rows *sql.Rows) ([]Cert, error) {
+func scanCerts(rows *sql.Rows) ([]store.Cert, error) {
 	defer rows.Close()
-	var out []Cert
+	var out []store.Cert
 	for rows.Next() {
-		var c Cert
+		var c store.Cert
 		var notAfter, revoked int64
 		if err := rows.Scan(&c.Serial, &c.Node, &notAfter, &revoked); err != nil {
 			return nil, err
@@ -465,15 +466,15 @@ func scanCerts(rows *sql.Rows) ([]Cert, error) {
 	return out, rows.Err()
 }
 
-func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
+func (s *SQLite) Resources(ctx context.Context) ([]store.Resource, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT kind, name, document, updated FROM resources ORDER BY kind, name")
 	if err != nil {
 		return nil, fmt.Errorf("read resources: %w", err)
 	}
 	defer rows.Close()
-	var out []Resource
+	var out []store.Resource
 	for rows.Next() {
-		var r Resource
+		var r store.Resource
 		var updated int64
 		if err := rows.Scan(&r.Kind, &r.Name, &r.Document, &updated); err != nil {
 			return nil, fmt.Errorf("read resources: %w", err)
@@ -484,7 +485,7 @@ func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
 	return out, rows.Err()
 }
 
-func (s *SQLite) CommitPolicy(ctx context.Context, c PolicyCommit) error {
+func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for _, k := range c.Delete {
 			if _, err := tx.ExecContext(ctx, "DELETE FROM resources WHERE kind = ? AND name = ?", k.Kind, k.Name); err != nil {
@@ -504,7 +505,7 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c PolicyCommit) error {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
 			if _, err := tx.ExecContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ?",
-				rs.Node, int64(rs.Version)-KeepRuleSetVersions); err != nil {
+				rs.Node, int64(rs.Version)-store.KeepRuleSetVersions); err != nil {
 				return err
 			}
 		}
@@ -516,17 +517,17 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c PolicyCommit) error {
 	return nil
 }
 
-func (s *SQLite) LatestRuleSets(ctx context.Context) ([]RuleSetRecord, error) {
+func (s *SQLite) LatestRuleSets(ctx context.Context) ([]store.RuleSetRecord, error) {
 	return queryAll(ctx, s.db, "rule sets", scanRuleSet, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
 		JOIN (SELECT node, MAX(version) AS version FROM rulesets GROUP BY node) m ON r.node = m.node AND r.version = m.version
 		ORDER BY r.node`)
 }
 
-func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (RuleSetRecord, error) {
+func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (store.RuleSetRecord, error) {
 	r, err := scanRuleSet(s.db.QueryRowContext(ctx, "SELECT node, version, hash, data, created FROM rulesets WHERE node = ? AND version = ?",
 		node, int64(version)))
 	if errors.Is(err, sql.ErrNoRows) {
-		return r, ErrNotFound
+		return r, store.ErrNotFound
 	}
 	if err != nil {
 		return r, fmt.Errorf("read rule set %s version %d: %w", node, version, err)
@@ -534,24 +535,24 @@ func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (Rule
 	return r, nil
 }
 
-func scanRuleSet(row interface{ Scan(...any) error }) (RuleSetRecord, error) {
-	var r RuleSetRecord
+func scanRuleSet(row interface{ Scan(...any) error }) (store.RuleSetRecord, error) {
+	var r store.RuleSetRecord
 	var version, created int64
 	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created)
 	r.Version, r.Created = uint64(version), fromNanos(created)
 	return r, err
 }
 
-func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
+func (s *SQLite) Nodes(ctx context.Context) ([]store.Node, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT name, agent_version, kernel, capabilities, default_mode, applied_version, applied_hash,
 		applied_at, last_contact, last_error, cert_serial, cert_expiry, joined, revoked FROM nodes ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("read nodes: %w", err)
 	}
 	defer rows.Close()
-	var out []Node
+	var out []store.Node
 	for rows.Next() {
-		var n Node
+		var n store.Node
 		var caps string
 		var applied, appliedAt, contact, expiry, joined, revoked int64
 		if err := rows.Scan(&n.Name, &n.AgentVersion, &n.Kernel, &caps, &n.DefaultMode, &applied, &n.AppliedHash,
@@ -569,7 +570,7 @@ func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
 	return out, rows.Err()
 }
 
-func (s *SQLite) SaveNodes(ctx context.Context, nodes []Node) error {
+func (s *SQLite) SaveNodes(ctx context.Context, nodes []store.Node) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		stmt, err := tx.PrepareContext(ctx, `INSERT INTO nodes (name, agent_version, kernel, capabilities, default_mode, applied_version,
 			applied_hash, applied_at, last_contact, last_error, cert_serial, cert_expiry, joined, revoked)
@@ -599,4 +600,4 @@ func (s *SQLite) SaveNodes(ctx context.Context, nodes []Node) error {
 	return nil
 }
 
-var _ Store = (*SQLite)(nil)
+var _ store.Store = (*SQLite)(nil)
