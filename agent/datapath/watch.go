@@ -271,7 +271,7 @@ func (d *Datapath) subscribeAddresses() (*addrSub, error) {
 	s := &addrSub{ch: make(chan netlink.AddrUpdate, 256), done: make(chan struct{})}
 	ns := d.netns()
 	err := netlink.AddrSubscribeWithOptions(s.ch, s.done, netlink.AddrSubscribeOptions{
-		Namespace:     &ns,
+		Namespace: &ns,
 		ErrorCallback: func(err error) {
 			select {
 			case <-s.done:
