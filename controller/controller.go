@@ -27,6 +27,7 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/alert/webhook/egress"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/policyrepo"
@@ -156,7 +157,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		AgentFlowRate: cfg.AgentFlowRate, AlertRefresh: cfg.AlertRefresh, BuiltinAlerts: cfg.BuiltinAlerts,
 		AlertLimits: cfg.AlertLimits,
 	})
-	secrets := webhook.NewSecrets(cfg.SecretsDir)
+	secrets := egress.NewSecrets(cfg.SecretsDir)
 	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "eastguard_controller_webhook_deliveries_total",
 		Help: "Webhook delivery attempts, by webhook and outcome (delivered, retry, gave_up).",
@@ -176,7 +177,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		GiveUpAfter: cfg.WebhookGiveUp,
 		Rate:        cfg.WebhookRate,
 		Burst:       cfg.WebhookBurst,
-		Destinations: webhook.Destinations{
+		Destinations: egress.Destinations{
 			AllowPrivate: cfg.WebhookAllowPrivate, Own: cfg.OwnAddrs,
 		},
 		Secrets: secrets,
@@ -192,11 +193,11 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.Flows.OnDeliveries(c.webhooks.Kick)
-	dests := &webhook.Destinations{AllowPrivate: cfg.WebhookAllowPrivate, Own: cfg.OwnAddrs}
+	dests := &egress.Destinations{AllowPrivate: cfg.WebhookAllowPrivate, Own: cfg.OwnAddrs}
 	c.Policy = policyrepo.New(policyrepo.Config{
 		Store: cfg.Store, Nodes: c.nodes, Log: log, Now: cfg.Now, OnChange: c.Flows.SetPolicy,
 		Check: func(set *policy.Set, changed func(policy.Pos) bool) policy.Diagnostics {
-			return webhook.CheckPolicy(set, changed, secrets, dests, cfg.BuiltinAlerts.Notify)
+			return egress.CheckPolicy(set, changed, secrets, dests, cfg.BuiltinAlerts.Notify)
 		},
 	})
 	if err := c.nodes.Load(ctx); err != nil {
@@ -236,7 +237,7 @@ var ErrBadFlag = errors.New("bad flag")
 // a name it does not define is refused when the policy defines webhooks
 // (a typo: the built-in alerts would go nowhere), and only warned about
 // when it defines none (a first start: webhooks come with a later apply,
-// which must then define it, see webhook.CheckPolicy).
+// which must then define it, see egress.CheckPolicy).
 func checkNotify(p *alert.Policy, notify []string, log *zap.Logger) error {
 	defined := p.WebhookNames()
 	for _, name := range notify {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload"
 	"github.com/eastguard/eastguard/internal/testutil"
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
@@ -63,7 +63,7 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	if err == nil {
-		err = webhook.Verify([]byte(webhookSecret), r.Header.Get("X-Eastguard-Signature"), body, at, 5*time.Minute)
+		err = payload.Verify([]byte(webhookSecret), r.Header.Get("X-Eastguard-Signature"), body, at, 5*time.Minute)
 	}
 	var p webhookPayload
 	if err == nil {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller"
 	"github.com/eastguard/eastguard/controller/alert"
-	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload"
 	"github.com/eastguard/eastguard/internal/testutil"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
@@ -32,7 +32,7 @@ type hookReceiver struct {
 
 	mu       sync.Mutex
 	refused  int
-	accepted []webhook.Payload
+	accepted []payload.Payload
 	errs     []error
 }
 
@@ -49,14 +49,14 @@ func newHookReceiver(t *testing.T, secret []byte) *hookReceiver {
 			return
 		}
 		if err == nil {
-			err = webhook.Verify(secret, r.Header.Get(webhook.SignatureHeader), body, time.Now(), 0)
+			err = payload.Verify(secret, r.Header.Get(payload.SignatureHeader), body, time.Now(), 0)
 		}
-		var p webhook.Payload
+		var p payload.Payload
 		if err == nil {
 			err = json.Unmarshal(body, &p)
 		}
-		if err == nil && r.Header.Get(webhook.DeliveryHeader) != strconv.FormatInt(p.DeliveryID, 10) {
-			err = fmt.Errorf("header %s=%s, body deliveryId %d", webhook.DeliveryHeader, r.Header.Get(webhook.DeliveryHeader), p.DeliveryID)
+		if err == nil && r.Header.Get(payload.DeliveryHeader) != strconv.FormatInt(p.DeliveryID, 10) {
+			err = fmt.Errorf("header %s=%s, body deliveryId %d", payload.DeliveryHeader, r.Header.Get(payload.DeliveryHeader), p.DeliveryID)
 		}
 		if err != nil {
 			rc.errs = append(rc.errs, err)
@@ -70,10 +70,10 @@ func newHookReceiver(t *testing.T, secret []byte) *hookReceiver {
 	return rc
 }
 
-func (rc *hookReceiver) state() (refused int, accepted []webhook.Payload, errs []error) {
+func (rc *hookReceiver) state() (refused int, accepted []payload.Payload, errs []error) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	return rc.refused, append([]webhook.Payload(nil), rc.accepted...), append([]error(nil), rc.errs...)
+	return rc.refused, append([]payload.Payload(nil), rc.accepted...), append([]error(nil), rc.errs...)
 }
 
 // TestWebhookDeliveryAcrossRestart: an alert raised by an ingested flow
@@ -161,7 +161,7 @@ func TestWebhookDeliveryAcrossRestart(t *testing.T) {
 // Before, every port was an alert and a delivery of its own.
 func TestPortScanAlertStorm(t *testing.T) {
 	var mu sync.Mutex
-	var got []webhook.Payload
+	var got []payload.Payload
 	// Refused until the whole scan is stored, so the delivery (read at
 	// its attempt) carries the whole scan.
 	var ready atomic.Bool
@@ -170,7 +170,7 @@ func TestPortScanAlertStorm(t *testing.T) {
 			http.Error(w, "not yet", http.StatusServiceUnavailable)
 			return
 		}
-		var p webhook.Payload
+		var p payload.Payload
 		if err := json.NewDecoder(r.Body).Decode(&p); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

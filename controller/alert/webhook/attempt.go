@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
 )
@@ -27,12 +28,9 @@ const (
 	OutcomeGaveUp    = "gave_up"
 )
 
-// Headers of every delivery.
-const (
-	DeliveryHeader = "X-Eastguard-Delivery"
-	EventHeader    = "X-Eastguard-Event"
-	userAgent      = "eastguard-controller"
-)
+// userAgent is the User-Agent of every delivery (the other headers are
+// payload's: DeliveryHeader, EventHeader, SignatureHeader).
+const userAgent = "eastguard-controller"
 
 // Limits on reading a receiver's answer: enough of the body for
 // LastError, and enough drained for the connection to be reused.
@@ -87,8 +85,8 @@ func (d *Deliverer) attempt(ctx context.Context, dl store.Delivery) result {
 		dl.Attempts++
 		return d.retry(ctx, dl, "read alert: "+err.Error(), false, 0)
 	}
-	msg := Message{DeliveryID: dl.ID, Event: dl.Event, Alert: alert, SentAt: d.cfg.Now(),
-		Link: AlertLink(d.cfg.DashboardURL, alert.ID)}
+	msg := payload.Message{DeliveryID: dl.ID, Event: dl.Event, Alert: alert, SentAt: d.cfg.Now(),
+		Link: payload.AlertLink(d.cfg.DashboardURL, alert.ID)}
 	dl.Attempts++
 	req, err := d.request(ctx, hook, msg)
 	if err != nil {
@@ -118,14 +116,14 @@ func (d *Deliverer) attempt(ctx context.Context, dl store.Delivery) result {
 }
 
 // request builds the HTTP request of a delivery in the webhook's format.
-func (d *Deliverer) request(ctx context.Context, hook policy.Webhook, m Message) (*http.Request, error) {
+func (d *Deliverer) request(ctx context.Context, hook policy.Webhook, m payload.Message) (*http.Request, error) {
 	target := hook.URL
 	var body []byte
 	var err error
 	var sig string
 	switch hook.Format {
 	case policy.FormatJSON, "":
-		if body, err = EncodeJSON(m); err != nil {
+		if body, err = payload.EncodeJSON(m); err != nil {
 			return nil, err
 		}
 		// Only json deliveries are signed (docs/POLICY.md): Slack and
@@ -136,17 +134,17 @@ func (d *Deliverer) request(ctx context.Context, hook policy.Webhook, m Message)
 			if err != nil {
 				return nil, err
 			}
-			sig = Sign(secret, m.SentAt, body)
+			sig = payload.Sign(secret, m.SentAt, body)
 		}
 	case policy.FormatSlack:
-		if body, err = EncodeSlack(m); err != nil {
+		if body, err = payload.EncodeSlack(m); err != nil {
 			return nil, err
 		}
 	case policy.FormatAlertmanager:
-		if body, err = EncodeAlertmanager(m, d.cfg.AlertmanagerResolveAfter); err != nil {
+		if body, err = payload.EncodeAlertmanager(m, d.cfg.AlertmanagerResolveAfter); err != nil {
 			return nil, err
 		}
-		if target, err = AlertmanagerURL(hook.URL); err != nil {
+		if target, err = payload.AlertmanagerURL(hook.URL); err != nil {
 			return nil, err
 		}
 	default:
@@ -158,10 +156,10 @@ func (d *Deliverer) request(ctx context.Context, hook policy.Webhook, m Message)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", userAgent)
-	req.Header.Set(DeliveryHeader, strconv.FormatInt(m.DeliveryID, 10))
-	req.Header.Set(EventHeader, m.Event)
+	req.Header.Set(payload.DeliveryHeader, strconv.FormatInt(m.DeliveryID, 10))
+	req.Header.Set(payload.EventHeader, m.Event)
 	if sig != "" {
-		req.Header.Set(SignatureHeader, sig)
+		req.Header.Set(payload.SignatureHeader, sig)
 	}
 	return req, nil
 }

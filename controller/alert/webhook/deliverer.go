@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/eastguard/eastguard/controller/alert/webhook/egress"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
 )
@@ -48,16 +49,16 @@ type Config struct {
 	// already queued).
 	Webhooks func(name string) (policy.Webhook, bool)
 	Log      *zap.Logger
-	// Client sends the requests; nil is NewClient(&Destinations): one
+	// Client sends the requests; nil is egress.NewClient(&Destinations): one
 	// that connects only where Destinations allows, not through a proxy,
 	// and does not follow redirects (a receiver that moved must be
 	// reconfigured, not followed with the alert and its signature to
 	// wherever it points). Tests may give their own.
 	Client       *http.Client
-	Destinations Destinations
+	Destinations egress.Destinations
 	// Secrets reads webhooks' secrets; nil reads env secrets only (file
-	// secrets need a directory: NewSecrets(--secrets-dir)).
-	Secrets *Secrets
+	// secrets need a directory: egress.NewSecrets(--secrets-dir)).
+	Secrets *egress.Secrets
 	// Timeout bounds one attempt, connection and answer included.
 	Timeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts (full
@@ -106,10 +107,10 @@ func New(cfg Config) (*Deliverer, error) {
 		cfg.Log = zap.NewNop()
 	}
 	if cfg.Client == nil {
-		cfg.Client = NewClient(&cfg.Destinations)
+		cfg.Client = egress.NewClient(&cfg.Destinations)
 	}
 	if cfg.Secrets == nil {
-		cfg.Secrets = NewSecrets("")
+		cfg.Secrets = egress.NewSecrets("")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout

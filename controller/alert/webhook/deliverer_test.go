@@ -22,6 +22,9 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/alert/webhook/egress"
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload"
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload/payloadtest"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/policy"
@@ -133,7 +136,7 @@ func (f *fixture) outcomesOf(hook string) []string {
 // the alert and the deliveries' IDs.
 func (f *fixture) raise(event string, created time.Time, hooks ...string) (store.Alert, []int64) {
 	f.t.Helper()
-	a := sshAlert()
+	a := payloadtest.SSHAlert()
 	a.ID, a.Notify, a.Created = 0, hooks, created
 	var ids []int64
 	err := f.st.EventTx(context.Background(), func(tx store.EventTx) error {
@@ -249,7 +252,7 @@ func (f *fixture) start(cfg webhook.Config) *running {
 	cfg.Log = zap.New(f.logCore)
 	cfg.Outcome = f.outcome
 	if cfg.Secrets == nil {
-		cfg.Secrets = webhook.NewSecrets(f.secretsDir)
+		cfg.Secrets = egress.NewSecrets(f.secretsDir)
 	}
 	// The receivers are httptest servers on 127.0.0.1.
 	cfg.Destinations.AllowPrivate = !f.refusePrivate
@@ -413,7 +416,7 @@ func TestDeliverJSON(t *testing.T) {
 	var verifyErr error
 	rc := newReceiver(t, func(rc *receiver, n int, w http.ResponseWriter, r *http.Request) {
 		body := rc.requests()[n-1].body
-		if err := webhook.Verify([]byte("s3cret"), r.Header.Get(webhook.SignatureHeader), body, time.Now(), 0); err != nil {
+		if err := payload.Verify([]byte("s3cret"), r.Header.Get(payload.SignatureHeader), body, time.Now(), 0); err != nil {
 			rc.mu.Lock()
 			verifyErr = err
 			rc.mu.Unlock()
@@ -424,7 +427,7 @@ func TestDeliverJSON(t *testing.T) {
 	})
 	f.hook("security-team", rc.URL+"/eastguard", policy.FormatJSON, &policy.SecretRef{File: "secret"})
 	a, ids := f.raise(store.EventFiring, time.Now(), "security-team")
-	r := f.start(webhook.Config{DashboardURL: dashboard})
+	r := f.start(webhook.Config{DashboardURL: payloadtest.Dashboard})
 	r.d.Kick()
 
 	d := f.waitState(ids[0], store.DeliveryDelivered)
@@ -440,9 +443,9 @@ func TestDeliverJSON(t *testing.T) {
 		t.Fatalf("%d requests, want 1; verify error: %v", len(reqs), vErr)
 	}
 	req := reqs[0]
-	if webhook.DeliveryHeader != "X-Eastguard-Delivery" || webhook.EventHeader != "X-Eastguard-Event" ||
-		webhook.SignatureHeader != "X-Eastguard-Signature" {
-		t.Errorf("header names %s, %s, %s differ from the documented ones", webhook.DeliveryHeader, webhook.EventHeader, webhook.SignatureHeader)
+	if payload.DeliveryHeader != "X-Eastguard-Delivery" || payload.EventHeader != "X-Eastguard-Event" ||
+		payload.SignatureHeader != "X-Eastguard-Signature" {
+		t.Errorf("header names %s, %s, %s differ from the documented ones", payload.DeliveryHeader, payload.EventHeader, payload.SignatureHeader)
 	}
 	for h, want := range map[string]string{
 		"Content-Type":         "application/json",
@@ -460,14 +463,14 @@ func TestDeliverJSON(t *testing.T) {
 	if req.path != "/eastguard" {
 		t.Errorf("posted to %s", req.path)
 	}
-	p := checkJSONPayload(t, req.body)
+	p := payloadtest.CheckJSON(t, req.body)
 	for path, want := range map[string]string{
 		"event":      "firing",
 		"deliveryId": strconv.FormatInt(ids[0], 10),
 		"alert.id":   strconv.FormatInt(a.ID, 10),
 		"alert.url":  fmt.Sprintf("https://eastguard.example.com/#/alerts/%d", a.ID),
 	} {
-		if got := get(p, strings.Split(path, ".")...); got != want {
+		if got := payloadtest.Get(p, strings.Split(path, ".")...); got != want {
 			t.Errorf("%s = %v, want %s", path, got, want)
 		}
 	}
@@ -492,11 +495,11 @@ func TestDeliverUnsigned(t *testing.T) {
 		f.waitState(id, store.DeliveryDelivered)
 	}
 	for _, r := range rc.requests() {
-		if sig := r.header.Get(webhook.SignatureHeader); sig != "" {
+		if sig := r.header.Get(payload.SignatureHeader); sig != "" {
 			t.Errorf("%s signed: %q", r.path, sig)
 		}
 		if r.path == "/slack" {
-			slackBody(t, r.body)
+			payloadtest.SlackBody(t, r.body)
 		}
 	}
 }
@@ -734,7 +737,7 @@ func TestDeliverRetryAfter(t *testing.T) {
 			// attempts, then the rest.
 			var order []string
 			for _, req := range rc.requests() {
-				order = append(order, req.header.Get(webhook.DeliveryHeader))
+				order = append(order, req.header.Get(payload.DeliveryHeader))
 			}
 			want := []string{strconv.FormatInt(ids[0], 10), strconv.FormatInt(ids[1], 10), strconv.FormatInt(ids[0], 10)}
 			if !slices.Equal(order, want) {
@@ -797,8 +800,8 @@ func TestDeliverInOrder(t *testing.T) {
 	var failed sync.Map
 	rc := newReceiver(t, func(rc *receiver, n int, w http.ResponseWriter, _ *http.Request) {
 		req := rc.requests()[n-1]
-		id := req.header.Get(webhook.DeliveryHeader)
-		if _, again := failed.LoadOrStore(id, true); !again && req.header.Get(webhook.EventHeader) == store.EventFiring {
+		id := req.header.Get(payload.DeliveryHeader)
+		if _, again := failed.LoadOrStore(id, true); !again && req.header.Get(payload.EventHeader) == store.EventFiring {
 			w.WriteHeader(http.StatusInternalServerError) // every firing fails once
 			return
 		}
@@ -822,9 +825,9 @@ func TestDeliverInOrder(t *testing.T) {
 	for _, id := range alerts {
 		var events []string
 		for _, req := range rc.requests() {
-			p := checkJSONPayload(t, req.body)
-			if get(p, "alert", "id") == strconv.FormatInt(id, 10) {
-				events = append(events, fmt.Sprintf("%s:%d", get(p, "event"), req.status))
+			p := payloadtest.CheckJSON(t, req.body)
+			if payloadtest.Get(p, "alert", "id") == strconv.FormatInt(id, 10) {
+				events = append(events, fmt.Sprintf("%s:%d", payloadtest.Get(p, "event"), req.status))
 			}
 		}
 		if want := []string{"firing:500", "firing:200", "resolved:200"}; !slices.Equal(events, want) {
@@ -860,10 +863,10 @@ func TestDeliverRefresh(t *testing.T) {
 		t.Errorf("%d refresh requests to json and slack webhooks", n)
 	}
 	reqs := am.requests()
-	if len(reqs) != 1 || reqs[0].path != "/alertmanager/api/v2/alerts" || reqs[0].header.Get(webhook.EventHeader) != store.EventRefresh {
+	if len(reqs) != 1 || reqs[0].path != "/alertmanager/api/v2/alerts" || reqs[0].header.Get(payload.EventHeader) != store.EventRefresh {
 		t.Fatalf("alertmanager requests %+v, want one refresh POST to /alertmanager/api/v2/alerts", reqs)
 	}
-	if alerts := checkAlertmanagerBody(t, reqs[0].body); len(alerts) != 1 || !time.Time(alerts[0].EndsAt).After(time.Now()) {
+	if alerts := payloadtest.CheckAlertmanager(t, reqs[0].body); len(alerts) != 1 || !time.Time(alerts[0].EndsAt).After(time.Now()) {
 		t.Errorf("refresh of an open alert: %+v, want one alert ending in the future", alerts)
 	}
 	f.mu.Lock()
@@ -1041,7 +1044,7 @@ func TestOutboxSurvivesRestart(t *testing.T) {
 			r.stop() // no attempt in flight, none to come
 			got := map[string]int{}
 			for _, req := range rc.answered() {
-				got[req.header.Get(webhook.DeliveryHeader)]++
+				got[req.header.Get(payload.DeliveryHeader)]++
 			}
 			for _, id := range ids {
 				d := f.delivery(id)

@@ -1,4 +1,4 @@
-package webhook
+package payload
 
 import (
 	"encoding/json"

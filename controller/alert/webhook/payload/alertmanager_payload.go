@@ -1,7 +1,8 @@
-package webhook
+package payload
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -118,4 +119,14 @@ func EncodeAlertmanager(m Message, resolveAfter time.Duration) ([]byte, error) {
 		return nil, fmt.Errorf("alertmanager payload of alert %d: %w", a.ID, err)
 	}
 	return b, nil
+}
+
+// redact drops the URL from a *url.Error, keeping what went wrong: a
+// webhook URL may be its own secret (a Slack URL is).
+func redact(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }

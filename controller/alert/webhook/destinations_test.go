@@ -1,7 +1,6 @@
 package webhook_test
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"strconv"
@@ -11,53 +10,10 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/alert/webhook/egress"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
 )
-
-func TestDestinationsCheck(t *testing.T) {
-	own := func() []netip.AddrPort {
-		return []netip.AddrPort{netip.MustParseAddrPort("10.1.2.3:8080"), netip.MustParseAddrPort("[::]:7443")}
-	}
-	tests := []struct {
-		addr         string
-		allowPrivate bool
-		refused      string // "" when allowed
-	}{
-		{"203.0.113.9:443", false, ""},
-		{"10.0.0.5:443", false, ""}, // RFC 1918 stays allowed: receivers live inside networks
-		{"192.168.1.5:443", false, ""},
-		{"172.16.0.5:443", false, ""},
-		{"[fd00::5]:443", false, ""},
-		{"127.0.0.1:80", false, "loopback"},
-		{"127.8.9.10:80", false, "loopback"},
-		{"[::1]:80", false, "loopback"},
-		{"[::ffff:127.0.0.1]:80", false, "loopback"},
-		{"169.254.169.254:80", false, "link-local"},
-		{"[fe80::1]:80", false, "link-local"},
-		{"0.0.0.0:80", false, "unspecified"},
-		{"[::]:80", false, "unspecified"},
-		{"224.0.0.1:80", false, "multicast"},
-		{"255.255.255.255:80", false, "broadcast"},
-		{"10.1.2.3:8080", false, "own listening"},
-		{"10.1.2.3:8081", false, ""},
-		{"127.0.0.1:7443", true, "own listening"}, // a wildcard listener: every local address on its port
-		{"127.0.0.1:80", true, ""},
-		{"169.254.169.254:80", true, ""},
-		{"10.1.2.3:8080", true, "own listening"},
-		{"0.0.0.0:80", true, "unspecified"},
-	}
-	for _, tc := range tests {
-		d := &webhook.Destinations{AllowPrivate: tc.allowPrivate, Own: own}
-		err := d.Check(netip.MustParseAddrPort(tc.addr))
-		switch {
-		case tc.refused == "" && err != nil:
-			t.Errorf("%s (allow private %v): refused: %v", tc.addr, tc.allowPrivate, err)
-		case tc.refused != "" && (err == nil || !errors.Is(err, webhook.ErrDestinationRefused) || !strings.Contains(err.Error(), tc.refused)):
-			t.Errorf("%s (allow private %v): %v, want refused as %s", tc.addr, tc.allowPrivate, err, tc.refused)
-		}
-	}
-}
 
 // countingListener accepts connections on 127.0.0.1 and counts them.
 func countingListener(t *testing.T) (net.Listener, *atomic.Int64) {
@@ -107,7 +63,7 @@ func TestDeliverRefusesPrivateDestinations(t *testing.T) {
 	r.d.Kick()
 	for i, id := range ids {
 		d := f.waitAttempted(id, 1)
-		if !strings.Contains(d.LastError, webhook.ErrDestinationRefused.Error()) || !strings.Contains(d.LastError, want[names[i]]) {
+		if !strings.Contains(d.LastError, egress.ErrDestinationRefused.Error()) || !strings.Contains(d.LastError, want[names[i]]) {
 			t.Errorf("%s: last error %q, want the destination refused as %s", names[i], d.LastError, want[names[i]])
 		}
 	}
@@ -122,7 +78,7 @@ func TestDeliverRefusesPrivateDestinations(t *testing.T) {
 	g.hook("own", "http://"+lis.Addr().String()+"/api/v1/policies", policy.FormatJSON, nil)
 	_, ids = g.raise(store.EventFiring, time.Now(), "own")
 	own := netip.MustParseAddrPort(lis.Addr().String())
-	r = g.start(webhook.Config{Destinations: webhook.Destinations{Own: func() []netip.AddrPort { return []netip.AddrPort{own} }}})
+	r = g.start(webhook.Config{Destinations: egress.Destinations{Own: func() []netip.AddrPort { return []netip.AddrPort{own} }}})
 	r.d.Kick()
 	d := g.waitAttempted(ids[0], 1)
 	r.stop()

@@ -1,4 +1,4 @@
-package webhook_test
+package payload_test
 
 import (
 	"crypto/hmac"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload"
 )
 
 // receiverSignature computes the v1 signature the way the package
@@ -54,7 +54,7 @@ func TestSignMatchesDocumentedAlgorithm(t *testing.T) {
 		{"body with dots and newlines", time.Date(2026, 5, 1, 12, 0, 0, 0, time.FixedZone("X", 3600)), "a.b\n.c"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := webhook.Sign(secret, tc.at, []byte(tc.body))
+			h := payload.Sign(secret, tc.at, []byte(tc.body))
 			if !strings.HasPrefix(h, "t=") || strings.Count(h, ",") != 1 {
 				t.Fatalf("header %q, want t=<ts>,v1=<hex>", h)
 			}
@@ -65,7 +65,7 @@ func TestSignMatchesDocumentedAlgorithm(t *testing.T) {
 			if want := receiverSignature(secret, ts, []byte(tc.body)); len(v1) != 1 || v1[0] != want {
 				t.Errorf("v1=%v, want %s", v1, want)
 			}
-			if err := webhook.Verify(secret, h, []byte(tc.body), tc.at, 0); err != nil {
+			if err := payload.Verify(secret, h, []byte(tc.body), tc.at, 0); err != nil {
 				t.Errorf("Verify of Sign: %v", err)
 			}
 		})
@@ -73,7 +73,7 @@ func TestSignMatchesDocumentedAlgorithm(t *testing.T) {
 	// The package documentation's example, as computed by
 	//   { printf '%s.' 1700000000; printf '%s' '{"event":"firing"}'; } | openssl dgst -sha256 -hmac s3cret
 	const want = "t=1700000000,v1=7968948c97e4cc94cd4e1989daa839863ea993006a7ec58d3511c11c6181ca77"
-	if got := webhook.Sign([]byte("s3cret"), time.Unix(1700000000, 0), []byte(`{"event":"firing"}`)); got != want {
+	if got := payload.Sign([]byte("s3cret"), time.Unix(1700000000, 0), []byte(`{"event":"firing"}`)); got != want {
 		t.Errorf("Sign = %s, want %s", got, want)
 	}
 }
@@ -86,7 +86,7 @@ func TestVerify(t *testing.T) {
 	ts := strconv.FormatInt(now.Unix(), 10)
 	sig := receiverSignature(secret, ts, body)
 	oldSig := receiverSignature(old, ts, body)
-	at := func(d time.Duration) string { return webhook.Sign(secret, now.Add(d), body) }
+	at := func(d time.Duration) string { return payload.Sign(secret, now.Add(d), body) }
 
 	tests := []struct {
 		name      string
@@ -102,31 +102,31 @@ func TestVerify(t *testing.T) {
 		{"unknown scheme ignored", secret, "t=" + ts + ",v0=abc,v2=zz,v1=" + sig, body, 0, nil},
 		{"rotation: old and new, new secret", secret, "t=" + ts + ",v1=" + oldSig + ",v1=" + sig, body, 0, nil},
 		{"rotation: old and new, old secret", old, "t=" + ts + ",v1=" + oldSig + ",v1=" + sig, body, 0, nil},
-		{"rotation: neither matches", []byte("other"), "t=" + ts + ",v1=" + oldSig + ",v1=" + sig, body, 0, webhook.ErrSignatureMismatch},
-		{"wrong secret", old, "t=" + ts + ",v1=" + sig, body, 0, webhook.ErrSignatureMismatch},
-		{"body changed", secret, "t=" + ts + ",v1=" + sig, append([]byte(nil), append(body, ' ')...), 0, webhook.ErrSignatureMismatch},
-		{"timestamp changed", secret, "t=" + strconv.FormatInt(now.Unix()+1, 10) + ",v1=" + sig, body, 0, webhook.ErrSignatureMismatch},
+		{"rotation: neither matches", []byte("other"), "t=" + ts + ",v1=" + oldSig + ",v1=" + sig, body, 0, payload.ErrSignatureMismatch},
+		{"wrong secret", old, "t=" + ts + ",v1=" + sig, body, 0, payload.ErrSignatureMismatch},
+		{"body changed", secret, "t=" + ts + ",v1=" + sig, append([]byte(nil), append(body, ' ')...), 0, payload.ErrSignatureMismatch},
+		{"timestamp changed", secret, "t=" + strconv.FormatInt(now.Unix()+1, 10) + ",v1=" + sig, body, 0, payload.ErrSignatureMismatch},
 		{"uppercase hex accepted", secret, "t=" + ts + ",v1=" + strings.ToUpper(sig), body, 0, nil},
-		{"empty header", secret, "", body, 0, webhook.ErrSignatureMalformed},
-		{"no key=value", secret, "garbage", body, 0, webhook.ErrSignatureMalformed},
-		{"no v1", secret, "t=" + ts, body, 0, webhook.ErrSignatureMalformed},
-		{"no t", secret, "v1=" + sig, body, 0, webhook.ErrSignatureMalformed},
-		{"two t", secret, "t=" + ts + ",t=" + ts + ",v1=" + sig, body, 0, webhook.ErrSignatureMalformed},
-		{"t not a number", secret, "t=yesterday,v1=" + sig, body, 0, webhook.ErrSignatureMalformed},
-		{"v1 not hex", secret, "t=" + ts + ",v1=" + strings.Repeat("z", 64), body, 0, webhook.ErrSignatureMalformed},
-		{"v1 too short", secret, "t=" + ts + ",v1=" + sig[:62], body, 0, webhook.ErrSignatureMalformed},
-		{"old, default tolerance", secret, at(-5*time.Minute - time.Second), body, 0, webhook.ErrSignatureExpired},
-		{"future, default tolerance", secret, at(5*time.Minute + time.Second), body, 0, webhook.ErrSignatureExpired},
+		{"empty header", secret, "", body, 0, payload.ErrSignatureMalformed},
+		{"no key=value", secret, "garbage", body, 0, payload.ErrSignatureMalformed},
+		{"no v1", secret, "t=" + ts, body, 0, payload.ErrSignatureMalformed},
+		{"no t", secret, "v1=" + sig, body, 0, payload.ErrSignatureMalformed},
+		{"two t", secret, "t=" + ts + ",t=" + ts + ",v1=" + sig, body, 0, payload.ErrSignatureMalformed},
+		{"t not a number", secret, "t=yesterday,v1=" + sig, body, 0, payload.ErrSignatureMalformed},
+		{"v1 not hex", secret, "t=" + ts + ",v1=" + strings.Repeat("z", 64), body, 0, payload.ErrSignatureMalformed},
+		{"v1 too short", secret, "t=" + ts + ",v1=" + sig[:62], body, 0, payload.ErrSignatureMalformed},
+		{"old, default tolerance", secret, at(-5*time.Minute - time.Second), body, 0, payload.ErrSignatureExpired},
+		{"future, default tolerance", secret, at(5*time.Minute + time.Second), body, 0, payload.ErrSignatureExpired},
 		{"old, within the default tolerance", secret, at(-5 * time.Minute), body, 0, nil},
 		{"future, within the default tolerance", secret, at(5 * time.Minute), body, 0, nil},
-		{"old, own tolerance", secret, at(-31 * time.Second), body, 30 * time.Second, webhook.ErrSignatureExpired},
-		{"future, own tolerance", secret, at(31 * time.Second), body, 30 * time.Second, webhook.ErrSignatureExpired},
+		{"old, own tolerance", secret, at(-31 * time.Second), body, 30 * time.Second, payload.ErrSignatureExpired},
+		{"future, own tolerance", secret, at(31 * time.Second), body, 30 * time.Second, payload.ErrSignatureExpired},
 		{"old, within own tolerance", secret, at(-time.Hour), body, 2 * time.Hour, nil},
-		{"old and wrong: mismatch first", old, at(-time.Hour), body, 0, webhook.ErrSignatureMismatch},
+		{"old and wrong: mismatch first", old, at(-time.Hour), body, 0, payload.ErrSignatureMismatch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := webhook.Verify(tc.secret, tc.header, tc.body, now, tc.tolerance)
+			err := payload.Verify(tc.secret, tc.header, tc.body, now, tc.tolerance)
 			switch {
 			case tc.want == nil && err != nil:
 				t.Errorf("Verify(%q) = %v, want nil", tc.header, err)

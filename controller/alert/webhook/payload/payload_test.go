@@ -1,4 +1,4 @@
-package webhook_test
+package payload_test
 
 import (
 	"bytes"
@@ -6,187 +6,46 @@ import (
 	"maps"
 	"net/netip"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
-	"github.com/go-openapi/strfmt"
-	amalert "github.com/prometheus/alertmanager/alert"
-	"github.com/prometheus/alertmanager/api/v2/models"
-	"github.com/prometheus/common/model"
-
-	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload"
+	"github.com/eastguard/eastguard/controller/alert/webhook/payload/payloadtest"
 	"github.com/eastguard/eastguard/controller/store"
 )
 
-// t0 is the alerts' clock in payload tests.
-var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-
-const dashboard = "https://eastguard.example.com/"
-
-// sshAlert is an open alert from an unmanaged address to a managed
-// workload.
-func sshAlert() store.Alert {
-	return store.Alert{
-		ID: 42, Rule: "unexpected-ssh", Severity: "critical", State: store.AlertOpen, Count: 3,
-		Key:    "unexpected-ssh|203.0.113.7|web-1|22/TCP",
-		Source: "203.0.113.7", Destination: "web-1",
-		SrcAddr:     netip.MustParseAddr("203.0.113.7"),
-		DstWorkload: "web-1", DstAddr: netip.MustParseAddr("10.10.0.11"),
-		DstLabels: map[string]string{"role": "web", "env": "prod"},
-		Port:      22, Protocol: "TCP", Verdict: "denied", DecidingRule: "default-deny", Node: "node-a",
-		FirstSeen: t0, LastSeen: t0.Add(90*time.Second + 500*time.Millisecond),
-		Window: 5 * time.Minute, Notify: []string{"security-team"}, Created: t0.Add(time.Second),
-	}
-}
-
-func message(event string, a store.Alert) webhook.Message {
-	return webhook.Message{DeliveryID: 9007199254740993, Event: event, Alert: a, SentAt: t0.Add(2 * time.Minute),
-		Link: webhook.AlertLink(dashboard, a.ID)}
-}
-
-// The documented json schema: every field name and its JSON type.
-var (
-	jsonTopFields = map[string]string{
-		"version": "string", "event": "string", "deliveryId": "integer", "sentAt": "time", "alert": "object",
-	}
-	jsonAlertFields = map[string]string{
-		"id": "integer", "rule": "string", "severity": "string", "state": "string", "count": "integer",
-		"source": "endpoint", "destination": "endpoint", "port": "integer", "ports": "integers",
-		"portCount": "integer", "folded": "integer", "protocol": "string",
-		"verdict": "string", "decidingRule": "string", "node": "string", "firstSeen": "time", "lastSeen": "time",
-		"url": "string",
-	}
-	jsonEndpointFields = map[string]string{
-		"name": "string", "workload": "string", "address": "string", "labels": "labels",
-	}
-)
-
-// checkJSONPayload decodes a json delivery's body and checks it against
-// the documented schema: exactly the documented fields, each of its type
-// (labels an object of strings, never null; times RFC 3339). It returns
-// the decoded body.
-func checkJSONPayload(t *testing.T, body []byte) map[string]any {
-	t.Helper()
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	var top map[string]any
-	if err := dec.Decode(&top); err != nil {
-		t.Fatalf("json payload %s: %v", body, err)
-	}
-	checkFields(t, "", top, jsonTopFields)
-	if v, _ := top["version"].(string); v != "eastguard.dev/v1" {
-		t.Errorf("version = %v", top["version"])
-	}
-	if e, _ := top["event"].(string); e != store.EventFiring && e != store.EventResolved {
-		t.Errorf("event = %v, want firing or resolved", top["event"])
-	}
-	a, _ := top["alert"].(map[string]any)
-	checkFields(t, "alert.", a, jsonAlertFields)
-	for _, end := range []string{"source", "destination"} {
-		e, _ := a[end].(map[string]any)
-		checkFields(t, "alert."+end+".", e, jsonEndpointFields)
-	}
-	return top
-}
-
-func checkFields(t *testing.T, prefix string, obj map[string]any, want map[string]string) {
-	t.Helper()
-	if obj == nil {
-		t.Fatalf("%s is not an object", strings.TrimSuffix(prefix, "."))
-	}
-	if got, wantKeys := slices.Sorted(maps.Keys(obj)), slices.Sorted(maps.Keys(want)); !slices.Equal(got, wantKeys) {
-		t.Errorf("%sfields %v, want exactly %v", prefix, got, wantKeys)
-	}
-	for name, typ := range want {
-		v, ok := obj[name]
-		if !ok {
-			continue
-		}
-		field := prefix + name
-		switch typ {
-		case "string":
-			if _, ok := v.(string); !ok {
-				t.Errorf("%s = %#v, want a string", field, v)
-			}
-		case "time":
-			s, ok := v.(string)
-			if _, err := time.Parse(time.RFC3339Nano, s); !ok || err != nil || !strings.HasSuffix(s, "Z") {
-				t.Errorf("%s = %#v, want an RFC 3339 UTC time", field, v)
-			}
-		case "integer":
-			if n, ok := v.(json.Number); !ok || !digits.MatchString(string(n)) {
-				t.Errorf("%s = %#v, want a non-negative integer", field, v)
-			}
-		case "integers":
-			l, ok := v.([]any)
-			if !ok || len(l) == 0 {
-				t.Errorf("%s = %#v, want a non-empty list of integers", field, v)
-			}
-			for _, e := range l {
-				if n, ok := e.(json.Number); !ok || !digits.MatchString(string(n)) {
-					t.Errorf("%s has %#v, want a non-negative integer", field, e)
-				}
-			}
-		case "object", "endpoint":
-			if _, ok := v.(map[string]any); !ok {
-				t.Errorf("%s = %#v, want an object", field, v)
-			}
-		case "labels":
-			m, ok := v.(map[string]any)
-			if !ok {
-				t.Errorf("%s = %#v, want an object (never null)", field, v)
-			}
-			for k, lv := range m {
-				if _, ok := lv.(string); !ok {
-					t.Errorf("%s[%s] = %#v, want a string", field, k, lv)
-				}
-			}
-		}
-	}
-}
-
-var digits = regexp.MustCompile(`^(0|[1-9][0-9]*)$`)
-
-// get walks a decoded payload: get(p, "alert", "source", "name").
-func get(v any, path ...string) any {
-	for _, p := range path {
-		m, _ := v.(map[string]any)
-		v = m[p]
-	}
-	if n, ok := v.(json.Number); ok {
-		return string(n)
-	}
-	return v
+func message(event string, a store.Alert) payload.Message {
+	return payload.Message{DeliveryID: 9007199254740993, Event: event, Alert: a, SentAt: payloadtest.T0.Add(2 * time.Minute),
+		Link: payload.AlertLink(payloadtest.Dashboard, a.ID)}
 }
 
 func TestJSONPayload(t *testing.T) {
-	v6 := sshAlert()
+	v6 := payloadtest.SSHAlert()
 	v6.SrcAddr, v6.Source = netip.MustParseAddr("2001:db8::7"), "2001:db8::7"
-	managed := sshAlert()
+	managed := payloadtest.SSHAlert()
 	managed.SrcWorkload, managed.Source, managed.SrcAddr = "client", "client", netip.MustParseAddr("10.10.0.30")
 	managed.SrcLabels = map[string]string{"role": "client"}
-	resolved := sshAlert()
-	resolved.State, resolved.ResolvedAt, resolved.ResolvedBy = store.AlertResolved, t0.Add(7*time.Minute), "window"
-	scanned := sshAlert()
+	resolved := payloadtest.SSHAlert()
+	resolved.State, resolved.ResolvedAt, resolved.ResolvedBy = store.AlertResolved, payloadtest.T0.Add(7*time.Minute), "window"
+	scanned := payloadtest.SSHAlert()
 	scanned.Port, scanned.Ports, scanned.PortCount = 1, []uint16{1, 2, 3}, 2000
-	summary := sshAlert()
+	summary := payloadtest.SSHAlert()
 	summary.Source, summary.Destination, summary.Folded = "*", "*", 12
 	summary.SrcAddr, summary.DstAddr, summary.SrcWorkload, summary.DstWorkload = netip.Addr{}, netip.Addr{}, "", ""
 	summary.DstLabels = nil
-	noLink := message(store.EventFiring, sshAlert())
+	noLink := message(store.EventFiring, payloadtest.SSHAlert())
 	noLink.Link = ""
-	otherZone := message(store.EventFiring, sshAlert())
+	otherZone := message(store.EventFiring, payloadtest.SSHAlert())
 	otherZone.SentAt = otherZone.SentAt.In(time.FixedZone("UTC+9", 9*3600))
 
 	tests := []struct {
 		name string
-		msg  webhook.Message
+		msg  payload.Message
 		want map[string]any // path "a.b.c" -> value (strings; numbers as their text)
 	}{
-		{"unmanaged source, managed destination", message(store.EventFiring, sshAlert()), map[string]any{
+		{"unmanaged source, managed destination", message(store.EventFiring, payloadtest.SSHAlert()), map[string]any{
 			"version": "eastguard.dev/v1", "event": "firing", "deliveryId": "9007199254740993",
 			"sentAt":   "2026-05-01T12:02:00Z",
 			"alert.id": "42", "alert.rule": "unexpected-ssh", "alert.severity": "critical", "alert.state": "open",
@@ -211,7 +70,7 @@ func TestJSONPayload(t *testing.T) {
 			"event": "resolved", "alert.state": "resolved",
 		}},
 		{"no dashboard", noLink, map[string]any{"alert.url": ""}},
-		{"one port", message(store.EventFiring, sshAlert()), map[string]any{
+		{"one port", message(store.EventFiring, payloadtest.SSHAlert()), map[string]any{
 			"alert.port": "22", "alert.ports": []any{22}, "alert.portCount": "1", "alert.folded": "0",
 		}},
 		{"a scan", message(store.EventFiring, scanned), map[string]any{
@@ -224,16 +83,16 @@ func TestJSONPayload(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			body, err := webhook.EncodeJSON(tc.msg)
+			body, err := payload.EncodeJSON(tc.msg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if bytes.Contains(body, []byte("null")) {
 				t.Errorf("payload contains null: %s", body)
 			}
-			p := checkJSONPayload(t, body)
+			p := payloadtest.CheckJSON(t, body)
 			for path, want := range tc.want {
-				got := get(p, strings.Split(path, ".")...)
+				got := payloadtest.Get(p, strings.Split(path, ".")...)
 				gotJSON, _ := json.Marshal(got)
 				wantJSON, _ := json.Marshal(want)
 				if !bytes.Equal(gotJSON, wantJSON) {
@@ -241,80 +100,47 @@ func TestJSONPayload(t *testing.T) {
 				}
 			}
 			// Go receivers may decode into Payload.
-			var typed webhook.Payload
+			var typed payload.Payload
 			if err := json.Unmarshal(body, &typed); err != nil || typed.DeliveryID != tc.msg.DeliveryID || typed.Alert.ID != tc.msg.Alert.ID {
 				t.Errorf("decode into Payload: %+v, %v", typed, err)
 			}
 		})
 	}
 	for _, ev := range []string{store.EventRefresh, "bogus"} {
-		if _, err := webhook.EncodeJSON(message(ev, sshAlert())); err == nil {
+		if _, err := payload.EncodeJSON(message(ev, payloadtest.SSHAlert())); err == nil {
 			t.Errorf("EncodeJSON of a %q event: no error", ev)
 		}
 	}
 }
 
-// slackBody decodes a slack delivery and checks its shape: {text,
-// blocks: [{type: section, text: {type: mrkdwn, text}}...]}. It returns
-// the fallback text and the sections' texts.
-func slackBody(t *testing.T, body []byte) (string, []string) {
-	t.Helper()
-	var msg map[string]any
-	if err := json.Unmarshal(body, &msg); err != nil {
-		t.Fatalf("slack payload %s: %v", body, err)
-	}
-	if keys := slices.Sorted(maps.Keys(msg)); !slices.Equal(keys, []string{"blocks", "text"}) {
-		t.Errorf("slack message fields %v, want blocks and text", keys)
-	}
-	text, ok := msg["text"].(string)
-	if !ok || text == "" {
-		t.Errorf("text = %#v, want the fallback text", msg["text"])
-	}
-	blocks, _ := msg["blocks"].([]any)
-	if len(blocks) == 0 {
-		t.Fatalf("blocks = %#v, want sections", msg["blocks"])
-	}
-	var sections []string
-	for i, b := range blocks {
-		bm, _ := b.(map[string]any)
-		tm, _ := bm["text"].(map[string]any)
-		s, ok := tm["text"].(string)
-		if bm["type"] != "section" || tm["type"] != "mrkdwn" || !ok || len(bm) != 2 || len(tm) != 2 {
-			t.Errorf("blocks[%d] = %#v, want {type: section, text: {type: mrkdwn, text}}", i, b)
-		}
-		sections = append(sections, s)
-	}
-	return text, sections
-}
-
 func TestSlackPayload(t *testing.T) {
 	const evil = "<!channel> <http://evil|x> & co"
-	hostile := sshAlert()
+	hostile := payloadtest.SSHAlert()
 	hostile.SrcWorkload, hostile.Source = evil, evil
 	hostile.DstWorkload, hostile.Destination = "<@U123>", "<@U123>"
 	hostile.DecidingRule, hostile.Node = "shop/<!here>", "node-<b>"
 	hostile.Rule = "ssh&<rule>"
 
-	long := sshAlert()
+	long := payloadtest.SSHAlert()
 	long.SrcWorkload, long.Source = strings.Repeat("a", 5000), strings.Repeat("a", 5000)
-	wide := sshAlert()
+	wide := payloadtest.SSHAlert()
 	wide.DstWorkload, wide.Destination = strings.Repeat("é", 4000), strings.Repeat("é", 4000)
 	wide.Rule = strings.Repeat("ü", 4000)
-	resolved := sshAlert()
-	resolved.State, resolved.ResolvedAt = store.AlertResolved, t0.Add(7*time.Minute)
+	resolved := payloadtest.SSHAlert()
+	resolved.State, resolved.ResolvedAt = store.AlertResolved, payloadtest.T0.Add(7*time.Minute)
 
 	// The only links and mentions a section may hold are the ones the
-	// format writes: dates and the dashboard link.
+	// format writes: dates and the payloadtest.Dashboard link.
 	allowed := regexp.MustCompile(`^<(!date\^\d+\^\{date_short_pretty\} \{time_secs\}\|[0-9TZ:.-]+|https://eastguard\.example\.com/#/alerts/\d+\|Open alert \d+ in Eastguard)>$`)
 	tag := regexp.MustCompile(`<[^>]*>?`)
 
 	tests := []struct {
 		name     string
-		msg      webhook.Message
+		msg      payload.Message
 		contains []string // in some section
 		absent   []string // in no section and not in text
 	}{
-		{"plain", message(store.EventFiring, sshAlert()),
+		{"plain", message(store.EventFiring, payloadtest.SSHAlert()),
 			[]string{":red_circle: *CRITICAL* unexpected-ssh", "*203.0.113.7* → *web-1* `22/TCP`", "Verdict: *denied* by `default-deny` on node node-a",
 				"Count: 3", "<https://eastguard.example.com/#/alerts/42|Open alert 42 in Eastguard>"}, nil},
 		{"attacker-controlled names are escaped", message(store.EventFiring, hostile),
@@ -326,11 +152,11 @@ func TestSlackPayload(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			body, err := webhook.EncodeSlack(tc.msg)
+			body, err := payload.EncodeSlack(tc.msg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			text, sections := slackBody(t, body)
+			text, sections := payloadtest.SlackBody(t, body)
 			all := strings.Join(sections, "\n")
 			for _, s := range tc.contains {
 				if !strings.Contains(all, s) {
@@ -354,52 +180,21 @@ func TestSlackPayload(t *testing.T) {
 				}
 				for _, m := range tag.FindAllString(s, -1) {
 					if !allowed.MatchString(m) {
-						t.Errorf("section %d holds %q, not a date or the dashboard link", i, m)
+						t.Errorf("section %d holds %q, not a date or the payloadtest.Dashboard link", i, m)
 					}
 				}
 			}
 		})
 	}
-	if _, err := webhook.EncodeSlack(message(store.EventRefresh, sshAlert())); err == nil {
+	if _, err := payload.EncodeSlack(message(store.EventRefresh, payloadtest.SSHAlert())); err == nil {
 		t.Error("EncodeSlack of a refresh: no error")
 	}
-}
-
-// checkAlertmanagerBody validates a body against Alertmanager's API v2:
-// the OpenAPI schema of POST /api/v2/alerts, then the checks Alertmanager
-// makes before accepting an alert (alert.Validate: start time set, not
-// after the end, label names and values valid).
-func checkAlertmanagerBody(t *testing.T, body []byte) models.PostableAlerts {
-	t.Helper()
-	var alerts models.PostableAlerts
-	if err := json.Unmarshal(body, &alerts); err != nil {
-		t.Fatalf("alertmanager payload %s: %v", body, err)
-	}
-	if err := alerts.Validate(strfmt.Default); err != nil {
-		t.Fatalf("alertmanager payload %s does not validate against the API v2 schema: %v", body, err)
-	}
-	for i, a := range alerts {
-		ma := model.Alert{
-			Labels: model.LabelSet{}, Annotations: model.LabelSet{},
-			StartsAt: time.Time(a.StartsAt), EndsAt: time.Time(a.EndsAt), GeneratorURL: string(a.GeneratorURL),
-		}
-		for k, v := range a.Labels {
-			ma.Labels[model.LabelName(k)] = model.LabelValue(v)
-		}
-		for k, v := range a.Annotations {
-			ma.Annotations[model.LabelName(k)] = model.LabelValue(v)
-		}
-		if err := amalert.Validate(&ma); err != nil {
-			t.Errorf("alerts[%d] refused by Alertmanager: %v", i, err)
-		}
-	}
-	return alerts
 }
 
 func TestAlertmanagerPayload(t *testing.T) {
 	const resolveAfter = 5 * time.Minute
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	open := sshAlert()
+	open := payloadtest.SSHAlert()
 	open.FirstSeen, open.LastSeen = now.Add(-time.Minute), now.Add(-time.Second)
 	resolved := open
 	resolved.State, resolved.ResolvedAt = store.AlertResolved, now.Add(-10*time.Second)
@@ -414,14 +209,14 @@ func TestAlertmanagerPayload(t *testing.T) {
 	icmp := open
 	icmp.Port, icmp.Protocol = 0, "ICMP"
 
-	msg := func(event string, a store.Alert) webhook.Message {
+	msg := func(event string, a store.Alert) payload.Message {
 		m := message(event, a)
 		m.SentAt = now
 		return m
 	}
 	tests := []struct {
 		name           string
-		msg            webhook.Message
+		msg            payload.Message
 		startsAt       time.Time
 		endsAt         time.Time
 		src, dst, port string
@@ -439,11 +234,11 @@ func TestAlertmanagerPayload(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			body, err := webhook.EncodeAlertmanager(tc.msg, resolveAfter)
+			body, err := payload.EncodeAlertmanager(tc.msg, resolveAfter)
 			if err != nil {
 				t.Fatal(err)
 			}
-			alerts := checkAlertmanagerBody(t, body)
+			alerts := payloadtest.CheckAlertmanager(t, body)
 			if len(alerts) != 1 {
 				t.Fatalf("%d alerts posted, want 1", len(alerts))
 			}
@@ -476,7 +271,7 @@ func TestAlertmanagerPayload(t *testing.T) {
 			}
 		})
 	}
-	if _, err := webhook.EncodeAlertmanager(msg("bogus", open), resolveAfter); err == nil {
+	if _, err := payload.EncodeAlertmanager(msg("bogus", open), resolveAfter); err == nil {
 		t.Error("unknown event: no error")
 	}
 }
@@ -494,13 +289,13 @@ func TestAlertmanagerURL(t *testing.T) {
 		{"https://user:pw@example.com/am?tenant=a", "https://user:pw@example.com/am/api/v2/alerts?tenant=a"},
 	}
 	for _, tc := range tests {
-		got, err := webhook.AlertmanagerURL(tc.base)
+		got, err := payload.AlertmanagerURL(tc.base)
 		if err != nil || got != tc.want {
 			t.Errorf("AlertmanagerURL(%q) = %q, %v; want %q", tc.base, got, err, tc.want)
 		}
 	}
 	const bad = "http://am:9093/s3cr3t-token/%zz"
-	if _, err := webhook.AlertmanagerURL(bad); err == nil || strings.Contains(err.Error(), "s3cr3t-token") {
+	if _, err := payload.AlertmanagerURL(bad); err == nil || strings.Contains(err.Error(), "s3cr3t-token") {
 		t.Errorf("AlertmanagerURL(%q) = %v, want an error without the URL", bad, err)
 	}
 }
