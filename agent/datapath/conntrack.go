@@ -41,9 +41,6 @@ type Conn struct {
 // bound before the end of the maps.
 var ErrWalkLimit = errors.New("conntrack walk stopped at its entry limit")
 
-// ctBatch is how many entries one batch lookup reads.
-const ctBatch = 256
-
 // Conntrack calls fn for each port-keyed (TCP, UDP, other protocols)
 // conntrack entry, IPv4 then IPv6, reading at most max entries in all
 // (the maps hold at most 2 x 131072). ICMP entries (echo, errors) carry
@@ -69,25 +66,25 @@ func (d *Datapath) Conntrack(max int, fn func(c *Conn)) error {
 		c.Closed = c.Protocol == ruleset.ProtocolTCP && ctClosed(e.State)
 		fn(&c)
 	}
-	k4 := make([]bpfEgCt4Key, ctBatch)
-	k6 := make([]bpfEgCt6Key, ctBatch)
-	vals := make([]bpfEgCtEntry, ctBatch)
-	err := walkBatches(d.objs.EgCt4, k4, vals, max, &seen, func(i int) {
+	var k4 bpfEgCt4Key
+	var k6 bpfEgCt6Key
+	var val bpfEgCtEntry
+	err := walkMap(d.objs.EgCt4, &k4, &val, max, &seen, func() {
 		var l, r [4]byte
-		binary.NativeEndian.PutUint32(l[:], k4[i].Local)
-		binary.NativeEndian.PutUint32(r[:], k4[i].Remote)
-		visit(netip.AddrFrom4(l), netip.AddrFrom4(r), &k4[i].T, &vals[i])
+		binary.NativeEndian.PutUint32(l[:], k4.Local)
+		binary.NativeEndian.PutUint32(r[:], k4.Remote)
+		visit(netip.AddrFrom4(l), netip.AddrFrom4(r), &k4.T, &val)
 	})
 	if err != nil {
 		return fmt.Errorf("walk eg_ct4: %w", err)
 	}
-	err = walkBatches(d.objs.EgCt6, k6, vals, max, &seen, func(i int) {
-		visit(netip.AddrFrom16(k6[i].Local), netip.AddrFrom16(k6[i].Remote), &k6[i].T, &vals[i])
+	err = walkMap(d.objs.EgCt6, &k6, &val, max, &seen, func() {
+		visit(netip.AddrFrom16(k6.Local), netip.AddrFrom16(k6.Remote), &k6.T, &val)
 	})
 	if err != nil {
 		return fmt.Errorf("walk eg_ct6: %w", err)
 	}
-	return fmt.Errorf("%w (%d entries)", ErrWalkLimit, max)
+	return nil
 }
 
 // ctClosed: RST seen, or a FIN each way.
@@ -96,23 +93,16 @@ func ctClosed(state uint8) bool {
 	return state&uint8(bpfEgCtStateEG_CT_CLOSING) != 0 || state&fins == fins
 }
 
-// walkBatches reads m in batches into keys and vals, calling visit for
-// each index read, until the map is done or *seen reaches max.
-func walkBatches[K any](m *ebpf.Map, keys []K, vals []bpfEgCtEntry, max int, seen *int, visit func(i int)) error {
-	var cursor ebpf.MapBatchCursor
-	for {
+// walkMap reads m entry by entry into key and val, calling visit for each,
+// until the map is done or *seen reaches max. The iterator costs two
+// syscalls an entry; batch lookups would cut that (not done yet).
+func walkMap[K any](m *ebpf.Map, key *K, val *bpfEgCtEntry, max int, seen *int, visit func()) error {
+	it := m.Iterate()
+	for it.Next(key, val) {
 		if *seen >= max {
 			return fmt.Errorf("%w (%d entries)", ErrWalkLimit, max)
 		}
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := range min(n, max-*seen) {
-			visit(i)
-		}
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil // the map is done
-		case err != nil:
-			return err
-		}
+		visit()
 	}
+	return it.Err()
 }
