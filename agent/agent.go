@@ -55,7 +55,10 @@ type Config struct {
 	HostInterfaces []string
 	// FlowLog is a file for flow records as JSON lines, or "-" for Stdout.
 	FlowLog string
-	Stdout  io.Writer
+	// FlowUpdateInterval is how often connections' volume is reported
+	// (active and closed records); 0 means DefaultFlowUpdateInterval.
+	FlowUpdateInterval time.Duration
+	Stdout             io.Writer
 	// MetricsListen serves /metrics, /healthz and /status ("" for none).
 	MetricsListen string
 	// Version is reported to the controller.
@@ -77,6 +80,9 @@ func (c *Config) Check() error {
 	}
 	if sources != 1 {
 		return errors.New("give exactly one of --policy-dir, --rule-set or --controller")
+	}
+	if c.FlowUpdateInterval != 0 && (c.FlowUpdateInterval < time.Second || c.FlowUpdateInterval > 24*time.Hour) {
+		return fmt.Errorf("--flow-update-interval %s: want between 1s and 24h", c.FlowUpdateInterval)
 	}
 	if c.JoinTokenFile != "" {
 		if c.JoinToken != "" {
@@ -220,7 +226,10 @@ func (a *Agent) open() (err error) {
 		if a.reader, err = a.dp.NewEventReader(); err != nil {
 			return err
 		}
-		a.pipe = flows.NewPipeline(flows.PipelineConfig{Sinks: sinks, Log: a.log.Named("flows")})
+		a.pipe = flows.NewPipeline(flows.PipelineConfig{
+			Sinks: sinks, Log: a.log.Named("flows"),
+			Conntrack: a.dp.Conntrack, UpdateInterval: cfg.FlowUpdateInterval, Identity: a.endpointIdentity,
+		})
 	}
 
 	if cfg.Controller != "" {
@@ -405,6 +414,19 @@ func (a *Agent) flowNames() flows.Names {
 		n.Endpoints = func(id ruleset.EndpointID) string { return byID[id] }
 	}
 	return n
+}
+
+// endpointIdentity is the identity of one of this node's endpoints in
+// the rule set in force (0 when unknown), for volume records.
+func (a *Agent) endpointIdentity(id ruleset.EndpointID) ruleset.Identity {
+	if cur := a.enf.Current(); cur != nil {
+		for _, e := range cur.Endpoints {
+			if e.ID == id {
+				return e.Identity
+			}
+		}
+	}
+	return 0
 }
 
 // controllerSource is the enforcer as the control plane sees it: rule

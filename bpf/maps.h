@@ -265,8 +265,15 @@ enum eg_ct_state {
 
 struct eg_ct_entry {
 	__u64 expires;      /* bpf_jiffies64() after which the entry is dead */
-	__u64 packets;      /* both directions; approximate (non-atomic adds) */
-	__u64 bytes;
+	__u64 created;      /* bpf_jiffies64() of the flow's first packet */
+	/* Counters per direction relative to the origin: [0] origin -> reply
+	 * (what the side that opened the flow sent), [1] reply -> origin.
+	 * Atomic adds: a flow's two directions are often processed on two
+	 * CPUs at once (a reply's softirq while the sender transmits), and
+	 * volume records must not lose counts (docs/ARCHITECTURE.md,
+	 * "Conntrack"). 64 bits: no wrap the agent has to guess about. */
+	__u64 packets[2];
+	__u64 bytes[2];
 	__u32 generation;   /* rule-set generation the verdict was checked in */
 	__u32 rule_id;
 	__u32 peer_identity;

@@ -296,8 +296,13 @@ func TestPrivilegedConntrack(t *testing.T) {
 		t.Errorf("dns answer dropped: %d", got)
 	}
 	entry := h.ctEntry(6, web6, "fd0e:9::53", 1, 53000, 53, protoUDP)
-	if entry.Packets != 2 || entry.Verdict != uint8(ruleset.VerdictAllowed) || entry.RuleId != uint32(rDNS) {
-		t.Errorf("conntrack entry %+v: want 2 packets, allowed by rule %d", entry, rDNS)
+	if entry.Packets != [2]uint64{1, 1} || entry.Verdict != uint8(ruleset.VerdictAllowed) || entry.RuleId != uint32(rDNS) {
+		t.Errorf("conntrack entry %+v: want 1 packet each way, allowed by rule %d", entry, rDNS)
+	}
+	// Per direction relative to the origin: [0] the query (origin ->
+	// reply), [1] the answer; each is one packet of its own length.
+	if entry.Bytes[0] == 0 || entry.Bytes[1] == 0 || entry.Created == 0 {
+		t.Errorf("conntrack entry %+v: want bytes counted in both directions and a creation time", entry)
 	}
 	if entry.State&uint8(bpfEgCtStateEG_CT_SEEN_REPLY) == 0 {
 		t.Errorf("conntrack entry did not see the reply: state %#x", entry.State)

@@ -55,8 +55,9 @@ type bpfEgCt6Key struct {
 type bpfEgCtEntry struct {
 	_            structs.HostLayout
 	Expires      uint64
-	Packets      uint64
-	Bytes        uint64
+	Created      uint64
+	Packets      [2]uint64
+	Bytes        [2]uint64
 	Generation   uint32
 	RuleId       uint32
 	PeerIdentity uint32

@@ -37,6 +37,47 @@ type Flow struct {
 	// FirstSeen and LastSeen are Unix nanoseconds (no pointers: a large
 	// pending set costs the garbage collector nothing to scan).
 	FirstSeen, LastSeen int64
+	// State is what the record reports: StateNew for the datapath's
+	// events, StateActive and StateClosed for a connection's totals
+	// (Tracker).
+	State State
+	// The counts per direction from Src's point of view (Src -> Dst is
+	// the flow's first packet). Events count only packets of their own
+	// direction: all sent. Packets and Bytes are the sums.
+	PacketsSent, PacketsReceived, BytesSent, BytesReceived uint64
+	// Time is when a volume record was made (Unix nanoseconds); 0 for
+	// new flows, whose time is FirstSeen.
+	Time int64
+}
+
+// State is what a flow record reports (flowrecord.State, as a number: no
+// pointers in Flow).
+type State uint8
+
+// States of a flow record.
+const (
+	StateNew State = iota
+	StateActive
+	StateClosed
+)
+
+// Record returns the state's name in flow records.
+func (s State) Record() flowrecord.State {
+	switch s {
+	case StateActive:
+		return flowrecord.StateActive
+	case StateClosed:
+		return flowrecord.StateClosed
+	}
+	return flowrecord.StateNew
+}
+
+// time is when the record was made.
+func (f *Flow) time() int64 {
+	if f.Time != 0 {
+		return f.Time
+	}
+	return f.FirstSeen
 }
 
 // Aggregator folds events into flows until Flush. A denied port scan or a
@@ -70,6 +111,8 @@ func (a *Aggregator) Add(ev *datapath.FlowEvent) (full bool) {
 		f := &a.flows[i]
 		f.Packets++
 		f.Bytes += uint64(ev.Length)
+		f.PacketsSent++
+		f.BytesSent += uint64(ev.Length)
 		f.FirstSeen = min(f.FirstSeen, t)
 		f.LastSeen = max(f.LastSeen, t)
 		return len(a.flows) >= a.max
@@ -78,6 +121,7 @@ func (a *Aggregator) Add(ev *datapath.FlowEvent) (full bool) {
 	a.flows = append(a.flows, Flow{
 		Key: k, SrcIdentity: ev.SrcIdentity, DstIdentity: ev.DstIdentity,
 		Packets: 1, Bytes: uint64(ev.Length), FirstSeen: t, LastSeen: t,
+		PacketsSent: 1, BytesSent: uint64(ev.Length),
 	})
 	return len(a.flows) >= a.max
 }
@@ -109,7 +153,10 @@ func (f *Flow) Record(node string, names Names) flowrecord.Record {
 		DstAddr: f.Dst, DstPort: f.DstPort, DstWorkload: dst, DstIdentity: f.DstIdentity,
 		Verdict: f.Verdict, Rule: names.rule(f.Rule), Packets: f.Packets, Bytes: f.Bytes,
 		FirstSeen: first, LastSeen: last,
+		PacketsSent: f.PacketsSent, PacketsReceived: f.PacketsReceived,
+		BytesSent: f.BytesSent, BytesReceived: f.BytesReceived, State: f.State.Record(),
 	}
+	r.Time = time.Unix(0, f.time()).UTC()
 	if f.Protocol.IsICMP() {
 		typ, code := uint8(f.DstPort>>8), uint8(f.DstPort)
 		r.ICMPType, r.ICMPCode = &typ, &code

@@ -10,6 +10,7 @@ import (
 
 	"github.com/eastguard/eastguard/agent/datapath"
 	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 // Sink takes aggregated flows. Write is called from one goroutine, every
@@ -28,18 +29,30 @@ type PipelineConfig struct {
 	MaxFlows int
 	Sinks    []Sink
 	Log      *zap.Logger
+	// Conntrack, when set, is walked every UpdateInterval (default 30 s)
+	// for connections' volume: active and closed records (Tracker), at
+	// most MaxConnections remembered (default DefaultMaxConnections).
+	Conntrack      ConnSource
+	UpdateInterval time.Duration
+	MaxConnections int
+	// Identity names this node's endpoints' identities for volume
+	// records (conntrack keeps only the peer's).
+	Identity func(ruleset.EndpointID) ruleset.Identity
 }
 
 // Pipeline aggregates datapath events and hands flows to its sinks.
 type Pipeline struct {
-	cfg   PipelineConfig
-	agg   *Aggregator
-	flush chan struct{}
+	cfg     PipelineConfig
+	agg     *Aggregator
+	tracker *Tracker // nil without Conntrack; used by Run's goroutine only
+	flush   chan struct{}
 
 	events     atomic.Uint64
 	suppressed atomic.Uint64
 	flows      atomic.Uint64
 	sinkErrors atomic.Uint64
+	updates    atomic.Uint64
+	untracked  atomic.Uint64
 }
 
 // NewPipeline returns a pipeline; feed it with Handle, run it with Run.
@@ -53,7 +66,14 @@ func NewPipeline(cfg PipelineConfig) *Pipeline {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	return &Pipeline{cfg: cfg, agg: NewAggregator(cfg.MaxFlows), flush: make(chan struct{}, 1)}
+	if cfg.UpdateInterval <= 0 {
+		cfg.UpdateInterval = 30 * time.Second
+	}
+	p := &Pipeline{cfg: cfg, agg: NewAggregator(cfg.MaxFlows), flush: make(chan struct{}, 1)}
+	if cfg.Conntrack != nil {
+		p.tracker = NewTracker(cfg.MaxConnections, cfg.Identity)
+	}
+	return p
 }
 
 // Handle takes one event (datapath.EventReader.Run's callback).
@@ -75,6 +95,12 @@ func (p *Pipeline) Handle(ev *datapath.FlowEvent) {
 func (p *Pipeline) Run(ctx context.Context) error {
 	t := time.NewTicker(p.cfg.Interval)
 	defer t.Stop()
+	var updates <-chan time.Time
+	if p.tracker != nil {
+		u := time.NewTicker(p.cfg.UpdateInterval)
+		defer u.Stop()
+		updates = u.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -82,9 +108,34 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-p.flush:
+		case now := <-updates:
+			// New flows first: a connection's new record goes out
+			// before its first update.
+			p.Flush()
+			p.Update(now)
+			continue
 		}
 		p.Flush()
 	}
+}
+
+// Update walks the conntrack and hands the volume records due to the
+// sinks. Run calls it every UpdateInterval; it must not run concurrently
+// with itself.
+func (p *Pipeline) Update(now time.Time) {
+	if p.tracker == nil {
+		return
+	}
+	flows, err := p.tracker.Walk(now, p.cfg.Conntrack)
+	if err != nil {
+		p.cfg.Log.Warn("conntrack walk incomplete; connections not seen are not taken for closed", zap.Error(err))
+	}
+	p.untracked.Store(p.tracker.Untracked())
+	if len(flows) == 0 {
+		return
+	}
+	p.updates.Add(uint64(len(flows)))
+	p.write(flows)
 }
 
 // Flush hands what was aggregated to the sinks now.
@@ -94,6 +145,10 @@ func (p *Pipeline) Flush() {
 		return
 	}
 	p.flows.Add(uint64(len(flows)))
+	p.write(flows)
+}
+
+func (p *Pipeline) write(flows []Flow) {
 	for _, s := range p.cfg.Sinks {
 		if err := s.Write(flows); err != nil {
 			p.sinkErrors.Add(1)
@@ -108,11 +163,14 @@ type PipelineStats struct {
 	Suppressed uint64 // deny events the datapath rate-limited (reported by the events after them)
 	Flows      uint64 // aggregated flows handed to the sinks
 	SinkErrors uint64
+	Updates    uint64 // volume records (active, closed) handed to the sinks
+	Untracked  uint64 // connections seen beyond MaxConnections (no volume records)
 }
 
 // Stats returns the counters.
 func (p *Pipeline) Stats() PipelineStats {
-	return PipelineStats{Events: p.events.Load(), Suppressed: p.suppressed.Load(), Flows: p.flows.Load(), SinkErrors: p.sinkErrors.Load()}
+	return PipelineStats{Events: p.events.Load(), Suppressed: p.suppressed.Load(), Flows: p.flows.Load(), SinkErrors: p.sinkErrors.Load(),
+		Updates: p.updates.Load(), Untracked: p.untracked.Load()}
 }
 
 // LineSink writes flows as JSON lines (the agent's --flow-log), named with

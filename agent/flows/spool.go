@@ -518,7 +518,7 @@ func (s *Spool) Stats() SpoolStats {
 // Proto converts a flow for the wire.
 func (f *Flow) Proto() *pb.FlowRecord {
 	r := &pb.FlowRecord{
-		TimeUnixNano:      f.FirstSeen,
+		TimeUnixNano:      f.time(),
 		Direction:         uint32(f.Dir),
 		Protocol:          uint32(f.Protocol),
 		SrcAddr:           f.Src.AsSlice(),
@@ -533,6 +533,11 @@ func (f *Flow) Proto() *pb.FlowRecord {
 		Bytes:             f.Bytes,
 		FirstSeenUnixNano: f.FirstSeen,
 		LastSeenUnixNano:  f.LastSeen,
+		PacketsSent:       f.PacketsSent,
+		PacketsReceived:   f.PacketsReceived,
+		BytesSent:         f.BytesSent,
+		BytesReceived:     f.BytesReceived,
+		State:             uint32(f.State),
 	}
 	if f.Protocol.IsICMP() {
 		typ, code := uint32(f.DstPort>>8), uint32(f.DstPort&0xff)

@@ -224,6 +224,11 @@ func (e *Engine) Observe(tx store.EventTx, recs []flowrecord.Record, now time.Ti
 		liveCount: map[string]int{}, counted: map[int64]map[tuple]bool{}, keys: map[int64]map[string]bool{}}
 	for i := range recs {
 		f := &recs[i]
+		if f.State.IsUpdate() {
+			// Volume of a connection its new record already reported
+			// (and counted): not a new attempt. Alerts match attempts.
+			continue
+		}
 		src, dst := pol.ends(f)
 		for ri := range pol.rules {
 			r := &pol.rules[ri]

@@ -925,3 +925,39 @@ func BenchmarkFullPortScan(b *testing.B) {
 		s.Close()
 	}
 }
+
+// TestUpdateRecordsDoNotCount: the volume records of a connection (active
+// while it lasts, closed when it ends) are not new attempts: they neither
+// count on its alert nor raise a new one, also after the alert's window,
+// when a long connection's update would otherwise open a second alert.
+func TestUpdateRecordsDoNotCount(t *testing.T) {
+	h := newHarness(t, sshRule, alert.Builtin{}, 0)
+	now := t0.Add(time.Second)
+	h.observe(now, flow(outside, db1, 22, sport(41000)))
+	state := func(s flowrecord.State, at time.Time) flowOpt {
+		return func(r *flowrecord.Record) {
+			r.State, r.Time, r.LastSeen = s, at, at
+			r.Packets, r.PacketsSent, r.PacketsReceived = 3000, 2000, 1000
+			r.Bytes, r.BytesSent, r.BytesReceived = 3_000_000, 2_900_000, 100_000
+		}
+	}
+	h.observe(now, flow(outside, db1, 22, sport(41000), state(flowrecord.StateActive, t0.Add(30*time.Second))))
+	a := h.only()
+	if a.Count != 1 || !a.LastSeen.Equal(t0) {
+		t.Errorf("after an active update: count %d, last seen %v; want 1, %v", a.Count, a.LastSeen, t0)
+	}
+	// Ten minutes on (two windows): the connection is still up, then
+	// ends; another connection whose new record was lost closes too.
+	late := t0.Add(10 * time.Minute)
+	p := h.observe(late.Add(time.Second),
+		flow(outside, db1, 22, sport(41000), state(flowrecord.StateActive, late)),
+		flow(outside, db1, 22, sport(41000), state(flowrecord.StateClosed, late)),
+		flow(outside, db1, 22, sport(41001), state(flowrecord.StateClosed, late)))
+	if len(p.Raised) != 0 || p.Deliveries != 0 {
+		t.Errorf("update records raised alerts: %+v", p)
+	}
+	if a := h.only(); a.Count != 1 {
+		t.Errorf("count %d after updates, want 1", a.Count)
+	}
+	h.wantDeliveries("updates", fmt.Sprintf("%d security-team firing", a.ID))
+}

@@ -6,6 +6,7 @@ package flowrecord
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/netip"
 	"sync"
@@ -31,10 +32,23 @@ type Record struct {
 	DstIdentity ruleset.Identity  `json:"dstIdentity"`
 	Verdict     ruleset.Verdict   `json:"verdict"`
 	Rule        string            `json:"rule"`
-	Packets     uint64            `json:"packets"`
-	Bytes       uint64            `json:"bytes"`
-	FirstSeen   time.Time         `json:"firstSeen"`
-	LastSeen    time.Time         `json:"lastSeen"`
+	// Packets and Bytes are the totals of both directions.
+	Packets   uint64    `json:"packets"`
+	Bytes     uint64    `json:"bytes"`
+	FirstSeen time.Time `json:"firstSeen"`
+	LastSeen  time.Time `json:"lastSeen"`
+	// The volume per direction, from the source's point of view (src ->
+	// dst is the direction of the flow's first packet): Sent is src ->
+	// dst, Received dst -> src. Sent + Received = Packets (Bytes).
+	PacketsSent     uint64 `json:"packetsSent"`
+	PacketsReceived uint64 `json:"packetsReceived"`
+	BytesSent       uint64 `json:"bytesSent"`
+	BytesReceived   uint64 `json:"bytesReceived"`
+	// State says what the record reports: StateNew, the flow's first
+	// record (the datapath's event; denied flows only ever have these);
+	// StateActive, a connection's totals so far while it lasts; StateClosed,
+	// its final totals.
+	State State `json:"state"`
 	// ICMPType and ICMPCode are set for ICMP and ICMPv6 flows (whose
 	// ports are 0).
 	ICMPType *uint8 `json:"icmpType,omitempty"`
@@ -43,6 +57,29 @@ type Record struct {
 	// (spoofed, malformed, fragment, no-endpoint, revalidated).
 	Reason string `json:"reason,omitempty"`
 }
+
+// State is what a record reports of its flow.
+type State string
+
+// States of a record.
+const (
+	StateNew    State = "new"
+	StateActive State = "active"
+	StateClosed State = "closed"
+)
+
+// ParseState parses a state name.
+func ParseState(s string) (State, error) {
+	switch st := State(s); st {
+	case StateNew, StateActive, StateClosed:
+		return st, nil
+	}
+	return "", fmt.Errorf("flow state %q: want new, active or closed", s)
+}
+
+// IsUpdate reports whether the record reports volume of a flow an
+// earlier record already reported (active or closed): not a new attempt.
+func (s State) IsUpdate() bool { return s == StateActive || s == StateClosed }
 
 // ProtocolName names a protocol the way flow records do: TCP, UDP, ICMP,
 // ICMPv6, or proto-N for anything else.

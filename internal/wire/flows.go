@@ -95,6 +95,29 @@ func toRecord(m *pb.FlowRecord, r *flowrecord.Record, node string, rules func(ru
 	if len(m.GetReason()) > maxReasonLen || !isWord(m.GetReason()) {
 		return fmt.Errorf("reason: %q is not a datapath reason (lowercase letters, digits and '-', at most %d)", m.GetReason(), maxReasonLen)
 	}
+	sentP, recvP, sentB, recvB := m.GetPacketsSent(), m.GetPacketsReceived(), m.GetBytesSent(), m.GetBytesReceived()
+	if sentP == 0 && recvP == 0 && sentB == 0 && recvB == 0 {
+		// An agent that predates per-direction counts: its records are
+		// new-flow events, whose packets all went src -> dst.
+		sentP, sentB = m.GetPackets(), m.GetBytes()
+	}
+	if s, c := sentP+recvP, m.GetPackets(); s < sentP || s != c {
+		return fmt.Errorf("packetsSent: %d + packetsReceived %d is not packets %d", sentP, recvP, c)
+	}
+	if s, c := sentB+recvB, m.GetBytes(); s < sentB || s != c {
+		return fmt.Errorf("bytesSent: %d + bytesReceived %d is not bytes %d", sentB, recvB, c)
+	}
+	var state flowrecord.State
+	switch m.GetState() {
+	case 0:
+		state = flowrecord.StateNew
+	case 1:
+		state = flowrecord.StateActive
+	case 2:
+		state = flowrecord.StateClosed
+	default:
+		return fmt.Errorf("state: %d %w (want 0 new, 1 active or 2 closed)", m.GetState(), errRange)
+	}
 	*r = flowrecord.Record{
 		Time:        time.Unix(0, m.GetTimeUnixNano()).UTC(),
 		Node:        node,
@@ -115,6 +138,9 @@ func toRecord(m *pb.FlowRecord, r *flowrecord.Record, node string, rules func(ru
 		FirstSeen:   time.Unix(0, m.GetFirstSeenUnixNano()).UTC(),
 		LastSeen:    time.Unix(0, m.GetLastSeenUnixNano()).UTC(),
 		Reason:      m.GetReason(),
+
+		PacketsSent: sentP, PacketsReceived: recvP, BytesSent: sentB, BytesReceived: recvB,
+		State: state,
 	}
 	if m.IcmpType != nil {
 		if err := small(*m.IcmpType, 8, "icmpType"); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
@@ -73,7 +74,7 @@ func TestFlowBatchToRecords(t *testing.T) {
 	if err := json.Unmarshal(data, &keys); err != nil {
 		t.Fatal(err)
 	}
-	want := strings.Fields("time node direction protocol srcAddr srcPort srcWorkload srcIdentity dstAddr dstPort dstWorkload dstIdentity verdict rule packets bytes firstSeen lastSeen")
+	want := strings.Fields("time node direction protocol srcAddr srcPort srcWorkload srcIdentity dstAddr dstPort dstWorkload dstIdentity verdict rule packets bytes firstSeen lastSeen packetsSent packetsReceived bytesSent bytesReceived state")
 	for _, k := range want {
 		if _, ok := keys[k]; !ok {
 			t.Errorf("key %s missing from %s", k, data)
@@ -84,6 +85,29 @@ func TestFlowBatchToRecords(t *testing.T) {
 	}
 	if keys["direction"] != "ingress" || keys["verdict"] != "denied" || keys["dstPort"] != float64(22) || keys["time"] != "2026-05-01T12:00:00Z" {
 		t.Errorf("values: %s", data)
+	}
+	// A record without per-direction counts (an older agent's new-flow
+	// event): everything was sent by the source.
+	if keys["state"] != "new" || keys["packetsSent"] != float64(2) || keys["bytesSent"] != float64(120) || keys["bytesReceived"] != float64(0) {
+		t.Errorf("legacy record's volume: %s", data)
+	}
+}
+
+// TestFlowBatchVolume: an update record's counts per direction and state
+// come through as sent.
+func TestFlowBatchVolume(t *testing.T) {
+	m := validFlowRecord()
+	m.Packets, m.PacketsSent, m.PacketsReceived = 1500, 1000, 500
+	m.Bytes, m.BytesSent, m.BytesReceived = 2_100_000, 2_000_000, 100_000
+	m.State = 2
+	rules, workloads := namesForTest()
+	recs, err := ToRecords(&pb.FlowBatch{Seq: 1, Records: []*pb.FlowRecord{m}}, "n", rules, workloads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := recs[0]
+	if r.State != flowrecord.StateClosed || r.PacketsSent != 1000 || r.PacketsReceived != 500 || r.BytesSent != 2_000_000 || r.BytesReceived != 100_000 {
+		t.Errorf("record: %+v", r)
 	}
 }
 
@@ -115,6 +139,10 @@ func TestFlowBatchRejected(t *testing.T) {
 			r.SrcAddr, r.DstAddr = netip.MustParseAddr("fd0e::1").AsSlice(), netip.MustParseAddr("fd0e::2").AsSlice()
 		}, "records[1].icmpType: 300 out of range"},
 		{"reason", func(r *pb.FlowRecord) { r.Reason = "DROP\n" }, `records[1].reason: "DROP\n" is not a datapath reason`},
+		{"state", func(r *pb.FlowRecord) { r.State = 3 }, "records[1].state: 3 out of range"},
+		{"packets sum", func(r *pb.FlowRecord) { r.PacketsSent, r.PacketsReceived = 1, 2 }, "records[1].packetsSent: 1 + packetsReceived 2 is not packets 2"},
+		{"packets overflow", func(r *pb.FlowRecord) { r.PacketsSent, r.PacketsReceived, r.Packets = 1<<63, 1<<63+2, 2 }, "records[1].packetsSent: "},
+		{"bytes sum", func(r *pb.FlowRecord) { r.PacketsSent, r.BytesSent, r.BytesReceived = 2, 100, 100 }, "records[1].bytesSent: 100 + bytesReceived 100 is not bytes 120"},
 	}
 	rules, workloads := namesForTest()
 	for _, c := range cases {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/eastguard/eastguard/agent"
 	"github.com/eastguard/eastguard/agent/datapath"
@@ -71,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
 	fs.Var((*cliflag.List)(&c.HostInterfaces), "host-interfaces", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
 	fs.StringVar(&c.FlowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
+	fs.DurationVar(&c.FlowUpdateInterval, "flow-update-interval", 30*time.Second, "report each connection's volume (active records) this often while it lasts, and when it ends (closed records); 1s to 24h")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")

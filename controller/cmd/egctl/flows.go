@@ -80,7 +80,7 @@ Examples:
 				return printList(e, len(recs), raw.Bytes())
 			}
 			tw := newTable(e)
-			fmt.Fprintln(tw, "TIME\tNODE\tDIR\tPROTO\tSOURCE\tDESTINATION\tPORT\tVERDICT\tRULE\tPACKETS")
+			fmt.Fprintln(tw, "TIME\tNODE\tDIR\tPROTO\tSOURCE\tDESTINATION\tPORT\tVERDICT\tRULE\tSTATE\tPACKETS\tSENT\tRECEIVED")
 			for _, r := range recs {
 				src := endpoint(r.SrcWorkload, r.SrcAddr)
 				if r.SrcPort != 0 {
@@ -93,13 +93,31 @@ Examples:
 				if r.DstPort != 0 {
 					port = strconv.Itoa(int(r.DstPort))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.Time.Local().Format(time.DateTime), r.Node,
-					r.Direction, r.Protocol, src, endpoint(r.DstWorkload, r.DstAddr), port, r.Verdict, dash(r.Rule), r.Packets)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Time.Local().Format(time.DateTime), r.Node,
+					r.Direction, r.Protocol, src, endpoint(r.DstWorkload, r.DstAddr), port, r.Verdict, dash(r.Rule),
+					dash(string(r.State)), r.Packets, byteSize(r.BytesSent), byteSize(r.BytesReceived))
 			}
 			tw.Flush()
 			return exitOK
 		}
 	},
+}
+
+// byteSize shows a byte count for people: exact below 1 KiB, else in
+// KiB, MiB, GiB or TiB with one decimal (SENT and RECEIVED are bytes from
+// the source's point of view; -o json has the exact counts).
+func byteSize(n uint64) string {
+	if n < 1024 {
+		return strconv.FormatUint(n, 10) + "B"
+	}
+	v, unit := float64(n)/1024, "KiB"
+	for _, u := range []string{"MiB", "GiB", "TiB"} {
+		if v < 1024 {
+			break
+		}
+		v, unit = v/1024, u
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64) + unit
 }
 
 // queryFlags turns the filter flags given on the command line (every

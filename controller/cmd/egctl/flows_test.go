@@ -26,7 +26,8 @@ func eventController(t *testing.T) *controllertest.Controller {
 
 // The keys of a flow record (docs/ARCHITECTURE.md, "Flow record").
 var flowKeys = []string{"time", "node", "direction", "protocol", "srcAddr", "srcPort", "srcWorkload", "srcIdentity",
-	"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen"}
+	"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen",
+	"packetsSent", "packetsReceived", "bytesSent", "bytesReceived", "state"}
 
 func TestOnlineFlows(t *testing.T) {
 	st := eventController(t)
@@ -48,11 +49,20 @@ func TestOnlineFlows(t *testing.T) {
 		rec(5*time.Minute, "10.9.9.9", 50000, "10.0.0.2", 22, ruleset.VerdictDenied, "default-deny"),
 		rec(time.Minute, "fd00::9", 50001, "10.0.0.2", 22, ruleset.VerdictWouldDeny, "shop/no-ssh"),
 	}
+	// The first connection's final totals: 2 MB sent, 40 KiB back.
+	closed := recs[0]
+	closed.Time, closed.State = now.Add(-30*time.Second), flowrecord.StateClosed
+	closed.Packets, closed.PacketsSent, closed.PacketsReceived = 2000, 1400, 600
+	closed.Bytes, closed.BytesSent, closed.BytesReceived = 2_000_000+40960, 2_000_000, 40960
+	for i := range recs {
+		recs[i].State, recs[i].PacketsSent, recs[i].BytesSent = flowrecord.StateNew, recs[i].Packets, recs[i].Bytes
+	}
+	recs = append(recs, closed)
 	st.InsertFlows(recs...)
 
 	code, out, errs := egctl(t, "flows", "-o", "json")
 	var raw []map[string]any
-	if code != exitOK || json.Unmarshal([]byte(out), &raw) != nil || len(raw) != 3 {
+	if code != exitOK || json.Unmarshal([]byte(out), &raw) != nil || len(raw) != 4 {
 		t.Fatalf("flows -o json: exit %d\n%s\n%s", code, out, errs)
 	}
 	for _, r := range raw {
@@ -61,13 +71,15 @@ func TestOnlineFlows(t *testing.T) {
 		}
 	}
 	var back []flowrecord.Record
-	if err := json.Unmarshal([]byte(out), &back); err != nil || len(back) != 3 {
+	if err := json.Unmarshal([]byte(out), &back); err != nil || len(back) != 4 {
 		t.Fatalf("flows -o json as records: %v", err)
 	}
 	for i, r := range back { // newest first, unchanged by the round trip
-		want := recs[len(recs)-1-i]
+		want := []flowrecord.Record{closed, recs[2], recs[1], recs[0]}[i]
 		if !r.Time.Equal(want.Time) || r.SrcAddr != want.SrcAddr || r.SrcPort != want.SrcPort || r.Verdict != want.Verdict ||
-			r.Rule != want.Rule || r.DstWorkload != want.DstWorkload || r.SrcIdentity != want.SrcIdentity || r.Bytes != want.Bytes {
+			r.Rule != want.Rule || r.DstWorkload != want.DstWorkload || r.SrcIdentity != want.SrcIdentity || r.Bytes != want.Bytes ||
+			r.State != want.State || r.BytesSent != want.BytesSent || r.BytesReceived != want.BytesReceived ||
+			r.PacketsSent != want.PacketsSent || r.PacketsReceived != want.PacketsReceived {
 			t.Errorf("flow %d: %+v, want %+v", i, r, want)
 		}
 	}
@@ -79,14 +91,15 @@ func TestOnlineFlows(t *testing.T) {
 
 	code, out, _ = egctl(t, "flows", "--since", "10m")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if code != exitOK || len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "TIME NODE DIR PROTO SOURCE DESTINATION PORT VERDICT RULE PACKETS" {
+	if code != exitOK || len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "TIME NODE DIR PROTO SOURCE DESTINATION PORT VERDICT RULE STATE PACKETS SENT RECEIVED" {
 		t.Fatalf("flows --since 10m: exit %d\n%s", code, out)
 	}
 	for i, want := range [][]string{
-		{"node-b", "ingress", "TCP", "[fd00::9]:50001", "db-1", "22", "would-deny", "shop/no-ssh", "2"},
-		{"node-b", "ingress", "TCP", "10.9.9.9:50000", "db-1", "22", "denied", "default-deny", "2"},
+		{"node-b", "ingress", "TCP", "web-1:41000", "db-1", "5432", "allowed", "shop/web-to-db", "closed", "2000", "1.9MiB", "40.0KiB"},
+		{"node-b", "ingress", "TCP", "[fd00::9]:50001", "db-1", "22", "would-deny", "shop/no-ssh", "new", "2", "120B", "0B"},
+		{"node-b", "ingress", "TCP", "10.9.9.9:50000", "db-1", "22", "denied", "default-deny", "new", "2", "120B", "0B"},
 	} {
-		if f := strings.Fields(lines[i+1]); len(f) != 11 || !slices.Equal(f[2:], want) {
+		if f := strings.Fields(lines[i+1]); len(f) != 14 || !slices.Equal(f[2:], want) {
 			t.Errorf("row %d: %q, want date, time and %q", i, lines[i+1], want)
 		}
 	}

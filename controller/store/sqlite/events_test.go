@@ -552,3 +552,56 @@ func TestWebhookStats(t *testing.T) {
 		t.Errorf("stats\n  %+v\nwant\n  %+v", got, want)
 	}
 }
+
+// TestFlowVolumeRoundTrip: a volume record's counts per direction and
+// state come back as stored; a record without a state is stored as new.
+func TestFlowVolumeRoundTrip(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	closed := testFlow(0, base.Add(time.Minute))
+	closed.State = flowrecord.StateClosed
+	closed.Packets, closed.PacketsSent, closed.PacketsReceived = 1500, 1000, 500
+	closed.Bytes, closed.BytesSent, closed.BytesReceived = 2_100_000, 2_000_000, 100_000
+	legacy := testFlow(1, base)
+	insertFlows(t, s, []flowrecord.Record{closed, legacy})
+	got, err := s.Flows(context.Background(), FlowQuery{})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("flows: %d, %v", len(got), err)
+	}
+	if fmt.Sprintf("%+v", got[0]) != fmt.Sprintf("%+v", closed) {
+		t.Errorf("closed record\n  %+v\nwant\n  %+v", got[0], closed)
+	}
+	if got[1].State != flowrecord.StateNew {
+		t.Errorf("record without a state stored as %q, want new", got[1].State)
+	}
+}
+
+// TestFlowVolumeMigration: flows stored before migration 3 read back as
+// the new-flow events they were, all their packets sent by the source.
+func TestFlowVolumeMigration(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	db, err := openDB(dir+"/"+EventsFile, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(ctx, db, eventMigrations[:2]); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano()
+	_, err = db.ExecContext(ctx, `INSERT INTO flows (time, node, direction, protocol, src_addr, src_port, src_workload,
+		src_identity, dst_addr, dst_port, dst_workload, dst_identity, verdict, rule, packets, bytes, first_seen, last_seen)
+		VALUES (?, 'n', 0, 'TCP', '10.250.0.1', 40000, '', 0, '10.250.0.2', 22, '', 0, 2, 'default-deny', 3, 180, ?, ?)`, at, at, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s := openTest(t, dir)
+	got, err := s.Flows(ctx, FlowQuery{})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("flows: %d, %v", len(got), err)
+	}
+	if r := got[0]; r.State != flowrecord.StateNew || r.PacketsSent != 3 || r.BytesSent != 180 || r.PacketsReceived != 0 || r.BytesReceived != 0 {
+		t.Errorf("migrated record: %+v", r)
+	}
+}

@@ -191,5 +191,16 @@ CREATE INDEX alerts_rule ON alerts (rule, state);
 CREATE INDEX alerts_resolved ON alerts (state, resolved_at);
 CREATE INDEX deliveries_finished ON deliveries (state, finished);
 CREATE INDEX deliveries_webhook ON deliveries (webhook, state);
+`, // 3: connection volume. Counts per direction from the source's point
+	// of view (sent: src -> dst) and what the record reports (new,
+	// active, closed). Rows from before are new-flow events, whose
+	// packets all went src -> dst.
+	`
+ALTER TABLE flows ADD COLUMN packets_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows ADD COLUMN packets_received INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows ADD COLUMN bytes_received INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows ADD COLUMN state TEXT NOT NULL DEFAULT 'new';
+UPDATE flows SET packets_sent = packets, bytes_sent = bytes;
 `,
 }

@@ -125,7 +125,8 @@ func parseHoles(s string) ([]store.SeqRange, error) {
 }
 
 const flowColumns = `time, node, direction, protocol, src_addr, src_port, src_workload, src_identity, dst_addr, dst_port,
-	dst_workload, dst_identity, verdict, rule, packets, bytes, first_seen, last_seen, icmp_type, icmp_code, reason`
+	dst_workload, dst_identity, verdict, rule, packets, bytes, first_seen, last_seen, icmp_type, icmp_code, reason,
+	packets_sent, packets_received, bytes_sent, bytes_received, state`
 
 func (t *sqliteEventTx) InsertFlows(recs []flowrecord.Record) error {
 	if len(recs) == 0 {
@@ -133,7 +134,7 @@ func (t *sqliteEventTx) InsertFlows(recs []flowrecord.Record) error {
 	}
 	if t.insertFlow == nil {
 		var err error
-		t.insertFlow, err = t.tx.PrepareContext(t.ctx, "INSERT INTO flows ("+flowColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		t.insertFlow, err = t.tx.PrepareContext(t.ctx, "INSERT INTO flows ("+flowColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 		if err != nil {
 			return fmt.Errorf("insert flows: %w", err)
 		}
@@ -151,11 +152,21 @@ func (t *sqliteEventTx) InsertFlows(recs []flowrecord.Record) error {
 			r.SrcAddr.String(), int64(r.SrcPort), r.SrcWorkload, int64(r.SrcIdentity),
 			r.DstAddr.String(), int64(r.DstPort), r.DstWorkload, int64(r.DstIdentity),
 			int64(r.Verdict), r.Rule, int64(r.Packets), int64(r.Bytes), r.FirstSeen.UnixNano(), r.LastSeen.UnixNano(),
-			icmpType, icmpCode, r.Reason); err != nil {
+			icmpType, icmpCode, r.Reason,
+			int64(r.PacketsSent), int64(r.PacketsReceived), int64(r.BytesSent), int64(r.BytesReceived), string(stateOrNew(r.State))); err != nil {
 			return fmt.Errorf("insert flows: %w", err)
 		}
 	}
 	return nil
+}
+
+// stateOrNew stores a record without a state (made before records had
+// one) as the new-flow event it is.
+func stateOrNew(s flowrecord.State) flowrecord.State {
+	if s == "" {
+		return flowrecord.StateNew
+	}
+	return s
 }
 
 const alertColumns = `id, rule, severity, dedup_key, state, count, source, destination, src_workload, dst_workload,
@@ -438,12 +449,16 @@ func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 	for rows.Next() {
 		var r flowrecord.Record
 		var t, dir, srcPort, srcID, dstPort, dstID, verdict, packets, bytes, first, last int64
-		var srcAddr, dstAddr string
+		var pSent, pRecv, bSent, bRecv int64
+		var srcAddr, dstAddr, state string
 		var icmpType, icmpCode sql.NullInt64
 		if err := rows.Scan(&t, &r.Node, &dir, &r.Protocol, &srcAddr, &srcPort, &r.SrcWorkload, &srcID, &dstAddr, &dstPort,
-			&r.DstWorkload, &dstID, &verdict, &r.Rule, &packets, &bytes, &first, &last, &icmpType, &icmpCode, &r.Reason); err != nil {
+			&r.DstWorkload, &dstID, &verdict, &r.Rule, &packets, &bytes, &first, &last, &icmpType, &icmpCode, &r.Reason,
+			&pSent, &pRecv, &bSent, &bRecv, &state); err != nil {
 			return nil, fmt.Errorf("read flows: %w", err)
 		}
+		r.PacketsSent, r.PacketsReceived, r.BytesSent, r.BytesReceived = uint64(pSent), uint64(pRecv), uint64(bSent), uint64(bRecv)
+		r.State = flowrecord.State(state)
 		r.Time, r.FirstSeen, r.LastSeen = time.Unix(0, t).UTC(), time.Unix(0, first).UTC(), time.Unix(0, last).UTC()
 		r.Direction, r.Verdict = ruleset.Direction(dir), ruleset.Verdict(verdict)
 		r.SrcAddr, _ = netip.ParseAddr(srcAddr)

@@ -1774,8 +1774,19 @@ type FlowRecord struct {
 	IcmpType          *uint32                `protobuf:"varint,16,opt,name=icmp_type,json=icmpType,proto3,oneof" json:"icmp_type,omitempty"`
 	IcmpCode          *uint32                `protobuf:"varint,17,opt,name=icmp_code,json=icmpCode,proto3,oneof" json:"icmp_code,omitempty"`
 	Reason            string                 `protobuf:"bytes,18,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Volume per direction from the source's point of view (src -> dst is
+	// the flow's first packet): sent + received = packets (bytes). An
+	// agent that predates them sends 0s; the controller then takes packets
+	// and bytes as sent.
+	PacketsSent     uint64 `protobuf:"varint,19,opt,name=packets_sent,json=packetsSent,proto3" json:"packets_sent,omitempty"`
+	PacketsReceived uint64 `protobuf:"varint,20,opt,name=packets_received,json=packetsReceived,proto3" json:"packets_received,omitempty"`
+	BytesSent       uint64 `protobuf:"varint,21,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	BytesReceived   uint64 `protobuf:"varint,22,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	// 0 new (the flow's first record), 1 active (totals so far), 2 closed
+	// (final totals).
+	State         uint32 `protobuf:"varint,23,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FlowRecord) Reset() {
@@ -1934,6 +1945,41 @@ func (x *FlowRecord) GetReason() string {
 	return ""
 }
 
+func (x *FlowRecord) GetPacketsSent() uint64 {
+	if x != nil {
+		return x.PacketsSent
+	}
+	return 0
+}
+
+func (x *FlowRecord) GetPacketsReceived() uint64 {
+	if x != nil {
+		return x.PacketsReceived
+	}
+	return 0
+}
+
+func (x *FlowRecord) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *FlowRecord) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *FlowRecord) GetState() uint32 {
+	if x != nil {
+		return x.State
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -2067,7 +2113,7 @@ const file_control_proto_rawDesc = "" +
 	"\aFlowAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x14\n" +
-	"\x05retry\x18\x03 \x01(\bR\x05retry\"\xd4\x04\n" +
+	"\x05retry\x18\x03 \x01(\bR\x05retry\"\xfe\x05\n" +
 	"\n" +
 	"FlowRecord\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1c\n" +
@@ -2088,7 +2134,13 @@ const file_control_proto_rawDesc = "" +
 	"\x13last_seen_unix_nano\x18\x0f \x01(\x03R\x10lastSeenUnixNano\x12 \n" +
 	"\ticmp_type\x18\x10 \x01(\rH\x00R\bicmpType\x88\x01\x01\x12 \n" +
 	"\ticmp_code\x18\x11 \x01(\rH\x01R\bicmpCode\x88\x01\x01\x12\x16\n" +
-	"\x06reason\x18\x12 \x01(\tR\x06reasonB\f\n" +
+	"\x06reason\x18\x12 \x01(\tR\x06reason\x12!\n" +
+	"\fpackets_sent\x18\x13 \x01(\x04R\vpacketsSent\x12)\n" +
+	"\x10packets_received\x18\x14 \x01(\x04R\x0fpacketsReceived\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\x15 \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\x16 \x01(\x04R\rbytesReceived\x12\x14\n" +
+	"\x05state\x18\x17 \x01(\rR\x05stateB\f\n" +
 	"\n" +
 	"_icmp_typeB\f\n" +
 	"\n" +
