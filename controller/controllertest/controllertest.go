@@ -306,3 +306,9 @@ func Call(t testing.TB, method, url, token, body string) (int, []byte) {
 	}
 	return resp.StatusCode, b
 }
+
+// FlowRecordKeys are the JSON keys of a flow record (docs/ARCHITECTURE.md,
+// "Flow record"): the API, egctl and the flow log all write exactly these.
+var FlowRecordKeys = []string{"time", "node", "direction", "protocol", "srcAddr", "srcPort", "srcWorkload", "srcIdentity",
+	"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen",
+	"packetsSent", "packetsReceived", "bytesSent", "bytesReceived", "state"}

@@ -123,8 +123,7 @@ func TestFlowsAPI(t *testing.T) {
 	if err := json.Unmarshal(body, &raw); err != nil || len(raw) != 1 {
 		t.Fatalf("%v: %s", err, body)
 	}
-	want := []string{"time", "node", "direction", "protocol", "srcAddr", "srcPort", "srcWorkload", "srcIdentity",
-		"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen"}
+	want := controllertest.FlowRecordKeys
 	if got := slices.Sorted(maps.Keys(raw[0])); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
 		t.Errorf("flow record keys %v, want %v", got, want)
 	}

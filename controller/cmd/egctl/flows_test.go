@@ -25,9 +25,7 @@ func eventController(t *testing.T) *controllertest.Controller {
 }
 
 // The keys of a flow record (docs/ARCHITECTURE.md, "Flow record").
-var flowKeys = []string{"time", "node", "direction", "protocol", "srcAddr", "srcPort", "srcWorkload", "srcIdentity",
-	"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen",
-	"packetsSent", "packetsReceived", "bytesSent", "bytesReceived", "state"}
+var flowKeys = controllertest.FlowRecordKeys
 
 func TestOnlineFlows(t *testing.T) {
 	st := eventController(t)

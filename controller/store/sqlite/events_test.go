@@ -564,7 +564,7 @@ func TestFlowVolumeRoundTrip(t *testing.T) {
 	closed.Bytes, closed.BytesSent, closed.BytesReceived = 2_100_000, 2_000_000, 100_000
 	legacy := testFlow(1, base)
 	insertFlows(t, s, []flowrecord.Record{closed, legacy})
-	got, err := s.Flows(context.Background(), FlowQuery{})
+	got, err := s.Flows(context.Background(), store.FlowQuery{})
 	if err != nil || len(got) != 2 {
 		t.Fatalf("flows: %d, %v", len(got), err)
 	}
@@ -597,7 +597,7 @@ func TestFlowVolumeMigration(t *testing.T) {
 	}
 	db.Close()
 	s := openTest(t, dir)
-	got, err := s.Flows(ctx, FlowQuery{})
+	got, err := s.Flows(ctx, store.FlowQuery{})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("flows: %d, %v", len(got), err)
 	}
