@@ -143,6 +143,11 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 	if err != nil {
 		return nil, err
 	}
+	if !s.renews.Allow(id.node, s.now()) {
+		s.m.refused.WithLabelValues("rate_limited").Inc()
+		s.refusals.Warn(admission.PeerAddr(ctx), "renewal refused: rate limit", zap.String("node", id.node))
+		return nil, status.Errorf(codes.ResourceExhausted, "node %s renews too often (%d at once, then one a minute): retry later", id.node, renewBurst)
+	}
 	// The CSR is parsed and its signature verified before the certificate
 	// lock is taken: whatever it costs delays its sender only, never a
 	// revocation or another node's renewal.

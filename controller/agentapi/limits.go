@@ -44,6 +44,13 @@ const (
 	DefaultMaxStreamsPerConn = 16
 	DefaultJoinRate          = 5
 	DefaultJoinBurst         = 20
+	// renewRate and renewBurst bound one node's renewals. An agent renews
+	// at two thirds of its certificate's life (40 minutes by default) and
+	// retries failures with backoff: ten at once and one a minute after
+	// that is far more than it needs, and keeps a compromised node from
+	// keeping the certificate lock and the store busy.
+	renewRate  = 1.0 / 60
+	renewBurst = 10
 )
 
 // DefaultLimits are the limits with every field at its default.

@@ -101,6 +101,7 @@ type Service struct {
 	// rate-limited log of refusals (refusals.go).
 	conns    *admission.ConnLimiter
 	joins    *admission.JoinLimiter
+	renews   *admission.RateLimiter[string] // per node
 	refusals *admission.RefusalLog
 
 	ctx    context.Context
@@ -143,6 +144,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
 		conns:    admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
 		joins:    admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		renews:   admission.NewRateLimiter[string](renewRate, renewBurst),
 		refusals: admission.NewRefusalLog(cfg.Log, cfg.Now),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

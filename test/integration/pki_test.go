@@ -2,6 +2,8 @@ package integration_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
@@ -515,4 +517,49 @@ func TestRevokedNodeNeedsNewToken(t *testing.T) {
 		t.Errorf("after the refused joins: %v", err)
 	}
 	h.rejoin("node-a")
+}
+
+// TestRenewRateLimited: a node that renews over and over (a compromised
+// node keeping the certificate lock and the store busy) is refused with
+// ResourceExhausted after ten renewals, counted; another node's renewal
+// still goes through. Before, every renewal was served.
+func TestRenewRateLimited(t *testing.T) {
+	h := newHarness(t)
+	h.Apply(twoNodes)
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil)
+	b := h.startAgent("node-b", h.Token("node-b", time.Hour), nil, nil)
+	h.waitApplied(a)
+	h.waitApplied(b)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renew := func(dir *state.Dir, node string) error {
+		csr, err := pki.NewCSR(key, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = h.rawClient(savedCert(t, dir)).Renew(context.Background(), &pb.RenewRequest{Csr: csr})
+		return err
+	}
+	served, limited := 0, 0
+	for range 30 {
+		switch err := renew(a.dir, "node-a"); status.Code(err) {
+		case codes.ResourceExhausted:
+			limited++
+		case codes.OK:
+			served++
+		default:
+			t.Fatalf("renewal: %v", err)
+		}
+	}
+	if served > 11 || limited < 19 {
+		t.Errorf("30 renewals of one node: %d served, %d rate limited; want at most 11 served", served, limited)
+	}
+	if got := h.Counter("eastguard_controller_agent_refusals_total", "reason", "rate_limited"); got < float64(limited) {
+		t.Errorf("rate-limited renewals counted %v, want %d", got, limited)
+	}
+	if err := renew(b.dir, "node-b"); err != nil {
+		t.Errorf("another node's renewal: %v", err)
+	}
 }

@@ -170,42 +170,54 @@ func (r *RefusalLog) Run(ctx context.Context) {
 	}
 }
 
-// JoinLimiter is a token bucket per source.
-type JoinLimiter struct {
+// RateLimiter is a token bucket per key (a source for joins, a node for
+// renewals). At most MaxTrackedSources keys have their own bucket; further
+// keys share the zero key's.
+type RateLimiter[K comparable] struct {
 	rate, burst float64
 
 	mu      sync.Mutex
-	buckets map[netip.Prefix]*bucket
+	buckets map[K]*bucket
 	swept   time.Time // last forgetFull: at most one a second
 }
+
+// JoinLimiter limits joins per source.
+type JoinLimiter = RateLimiter[netip.Prefix]
 
 type bucket struct {
 	tokens float64
 	last   time.Time
 }
 
-func NewJoinLimiter(rate float64, burst int) *JoinLimiter {
-	return &JoinLimiter{rate: rate, burst: float64(burst), buckets: make(map[netip.Prefix]*bucket)}
+// NewRateLimiter allows rate calls per second per key, burst at once.
+func NewRateLimiter[K comparable](rate float64, burst int) *RateLimiter[K] {
+	return &RateLimiter[K]{rate: rate, burst: float64(burst), buckets: make(map[K]*bucket)}
 }
 
-// Allow takes a token from src's bucket if it has one.
-func (j *JoinLimiter) Allow(src netip.Prefix, now time.Time) bool {
+// NewJoinLimiter allows rate joins per second per source, burst at once.
+func NewJoinLimiter(rate float64, burst int) *JoinLimiter {
+	return NewRateLimiter[netip.Prefix](rate, burst)
+}
+
+// Allow takes a token from key's bucket if it has one.
+func (j *RateLimiter[K]) Allow(key K, now time.Time) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	b := j.buckets[src]
+	b := j.buckets[key]
 	if b == nil && len(j.buckets) >= MaxTrackedSources {
 		if now.Sub(j.swept) >= time.Second {
 			j.forgetFull(now)
 			j.swept = now
 		}
 		if len(j.buckets) >= MaxTrackedSources {
-			src = netip.Prefix{} // every further source shares one bucket
-			b = j.buckets[src]
+			var zero K
+			key = zero // every further key shares one bucket
+			b = j.buckets[key]
 		}
 	}
 	if b == nil {
 		b = &bucket{tokens: j.burst, last: now}
-		j.buckets[src] = b
+		j.buckets[key] = b
 	}
 	b.tokens = min(j.burst, b.tokens+max(now.Sub(b.last).Seconds(), 0)*j.rate)
 	b.last = now
@@ -218,10 +230,10 @@ func (j *JoinLimiter) Allow(src netip.Prefix, now time.Time) bool {
 
 // forgetFull drops the buckets that have filled up again: a new one is
 // the same.
-func (j *JoinLimiter) forgetFull(now time.Time) {
-	for src, b := range j.buckets {
+func (j *RateLimiter[K]) forgetFull(now time.Time) {
+	for key, b := range j.buckets {
 		if b.tokens+now.Sub(b.last).Seconds()*j.rate >= j.burst {
-			delete(j.buckets, src)
+			delete(j.buckets, key)
 		}
 	}
 }
