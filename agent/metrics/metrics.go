@@ -79,6 +79,10 @@ var (
 		"Endpoints of the rule set in force, by state: enforcing, or pending (interface not there).", []string{"state"}, nil)
 	descFlows = prometheus.NewDesc("eastguard_agent_flow_records_total",
 		"Aggregated flow records produced.", nil, nil)
+	descVolumeRecords = prometheus.NewDesc("eastguard_agent_flow_volume_records_total",
+		"Connection volume records (state active or closed) produced every --flow-update-interval.", nil, nil)
+	descUntracked = prometheus.NewDesc("eastguard_agent_flow_untracked_connections_total",
+		"Connections seen beyond the most the agent remembers: they get their new-flow record but no volume records.", nil, nil)
 	descFlowsLost = prometheus.NewDesc("eastguard_agent_flow_records_lost_total",
 		"Flow records dropped: the spool was full, or the controller refused a batch as malformed.", nil, nil)
 	descSpoolBytes = prometheus.NewDesc("eastguard_agent_flow_spool_bytes",
@@ -118,7 +122,7 @@ func (a *Agent) ObserveApply(d time.Duration, err error) {
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVerdicts, descPackets, descChecks, descEventsRead, descEventsLost,
 		descEventsSuppressed, descCTFull, descRingUsed, descRingSize, descVersion, descApplyFailed, descMapEntries,
-		descMapAllocated, descMapLimit, descEndpoints, descFlows, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
+		descMapAllocated, descMapLimit, descEndpoints, descFlows, descVolumeRecords, descUntracked, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
 		descCertExpiry, descDefaultMode} {
 		ch <- d
 	}
@@ -184,6 +188,8 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 		p := a.src.Pipeline()
 		counter(descEventsRead, p.Events)
 		counter(descFlows, p.Flows)
+		counter(descVolumeRecords, p.Updates)
+		counter(descUntracked, p.Untracked)
 	}
 	if a.src.Spool != nil {
 		s := a.src.Spool()

@@ -29,7 +29,7 @@ func fakeSources() Sources {
 				Endpoints: []datapath.EndpointStatus{{State: datapath.EndpointEnforcing}, {State: datapath.EndpointPending}},
 			}}
 		},
-		Pipeline:    func() flows.PipelineStats { return flows.PipelineStats{Events: 9, Flows: 4} },
+		Pipeline:    func() flows.PipelineStats { return flows.PipelineStats{Events: 9, Flows: 4, Updates: 6, Untracked: 2} },
 		Spool:       func() flows.SpoolStats { return flows.SpoolStats{RecordsLost: 5, DiskBytes: 1024, BatchesQueued: 2} },
 		Ring:        func() (int, int) { return 80, 1 << 24 },
 		Connected:   func() bool { return true },
@@ -63,6 +63,8 @@ func TestMetricsLintAndValues(t *testing.T) {
 		`eastguard_agent_flow_events_lost_total 3`,
 		`eastguard_agent_flow_events_read_total 9`,
 		`eastguard_agent_flow_records_lost_total 5`,
+		`eastguard_agent_flow_volume_records_total 6`,
+		`eastguard_agent_flow_untracked_connections_total 2`,
 		`eastguard_agent_flow_spool_bytes{where="disk"} 1024`,
 		`eastguard_agent_event_ring_used_bytes 80`,
 		`eastguard_agent_ruleset_version 42`,
