@@ -16,7 +16,7 @@ import (
 var alertsCmd = &command{
 	name:    "alerts",
 	summary: "list alerts, most recently seen first: open, acknowledged, resolved",
-	usage:   "egctl alerts [--open | --state S[,S]] [--rule R] [--since T] [--limit N] [-o table|json] [flags]",
+	usage:   "egctl alerts [--open | --state S[,S]] [--rule R] [--since T] [--limit N] [-o table|json|yaml] [flags]",
 	help: `
 Lists the alerts the controller raised, most recently seen first. An alert
 is a run of flows matching one alert rule between one source and one
@@ -45,14 +45,14 @@ Examples:
 		fs.String("rule", "", "only alerts of this alert rule")
 		fs.String("since", "", "only alerts last seen from this time on: a duration back from now (10m, 2h, 7d) or an RFC 3339 time")
 		fs.String("limit", "", "at most this many alerts (default 100, at most 10000)")
-		output := fs.String("o", "table", "output format: table or json")
+		output := fs.String("o", "table", "output format: table, json or yaml")
 		remote := addRemoteFlags(fs)
 		return func(e *env, args []string) int {
 			if len(args) > 0 {
 				fmt.Fprintf(e.stderr, "egctl alerts: unexpected arguments %q (to acknowledge: egctl alert ack ID)\n", args)
 				return exitBadInput
 			}
-			if !checkOutput(e, *output, "table", "json") {
+			if !checkOutput(e, *output, "table", "json", "yaml") {
 				return exitBadInput
 			}
 			params, ok := queryFlags(e, fs, "alerts", func(v url.Values) error {
@@ -77,8 +77,8 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl alerts: controller answer: %v\n", err)
 				return exitRemote
 			}
-			if *output == "json" {
-				return printList(e, len(list), raw.Bytes())
+			if *output != "table" {
+				return printList(e, *output, len(list), raw.Bytes())
 			}
 			tw := newTable(e)
 			fmt.Fprintln(tw, "ID\tSTATE\tSEVERITY\tRULE\tSOURCE\tDESTINATION\tPORT\tCOUNT\tFIRST-SEEN\tLAST-SEEN")

@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/egctl/cli"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 )
 
 var flowsCmd = &command{
 	name:    "flows",
 	summary: "list recorded flows, newest first, filtered by verdict, port, workload, address, rule, node, time",
-	usage:   "egctl flows [--verdict V] [--port N] [--protocol P] [--workload W] [--addr IP] [--rule R] [--node N] [--since T] [--until T] [--limit N] [-o table|json] [flags]",
+	usage:   "egctl flows [--verdict V] [--port N] [--protocol P] [--workload W] [--addr IP] [--rule R] [--node N] [--since T] [--until T] [--limit N] [-o table|json|yaml] [flags]",
 	help: `
 Lists the flow records the agents reported, newest first: a table by
 default, with -o json a JSON array of flow records with the keys time,
@@ -50,14 +51,14 @@ Examples:
 		fs.String("since", "", "only flows from this time on: a duration back from now (10m, 2h, 7d) or an RFC 3339 time")
 		fs.String("until", "", "only flows before this time: a duration back from now or an RFC 3339 time")
 		fs.String("limit", "", "at most this many flows (default 100, at most 10000)")
-		output := fs.String("o", "table", "output format: table or json")
+		output := fs.String("o", "table", "output format: table, json or yaml")
 		remote := addRemoteFlags(fs)
 		return func(e *env, args []string) int {
 			if len(args) > 0 {
 				fmt.Fprintf(e.stderr, "egctl flows: unexpected arguments %q (filters are flags: --workload %s)\n", args, args[0])
 				return exitBadInput
 			}
-			if !checkOutput(e, *output, "table", "json") {
+			if !checkOutput(e, *output, "table", "json", "yaml") {
 				return exitBadInput
 			}
 			params, ok := queryFlags(e, fs, "flows", func(v url.Values) error {
@@ -76,8 +77,8 @@ Examples:
 				fmt.Fprintf(e.stderr, "egctl flows: controller answer: %v\n", err)
 				return exitRemote
 			}
-			if *output == "json" {
-				return printList(e, len(recs), raw.Bytes())
+			if *output != "table" {
+				return printList(e, *output, len(recs), raw.Bytes())
 			}
 			tw := newTable(e)
 			fmt.Fprintln(tw, "TIME\tNODE\tDIR\tPROTO\tSOURCE\tDESTINATION\tPORT\tVERDICT\tRULE\tSTATE\tPACKETS\tSENT\tRECEIVED")
@@ -160,11 +161,14 @@ func endpoint(workload string, addr netip.Addr) string {
 	return "-"
 }
 
-// printList prints a listing's JSON answer as it came, an empty array
-// (never null) when it has nothing.
-func printList(e *env, n int, raw []byte) int {
+// printList prints a listing's JSON answer as it came (-o json), an empty
+// array (never null) when it has nothing, or the same objects as YAML.
+func printList(e *env, output string, n int, raw []byte) int {
 	if n == 0 {
 		raw = []byte("[]\n")
+	}
+	if output == "yaml" {
+		return cli.PrintYAML(e.Env, json.RawMessage(raw))
 	}
 	if _, err := e.stdout.Write(raw); err != nil {
 		fmt.Fprintf(e.stderr, "egctl: %v\n", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"gopkg.in/yaml.v3"
 )
 
 // eventController starts an in-process controller API, points
@@ -72,6 +74,20 @@ func TestOnlineFlows(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &back); err != nil || len(back) != 4 {
 		t.Fatalf("flows -o json as records: %v", err)
 	}
+	// -o yaml: the same objects, the same keys.
+	code, ys, errs := egctl(t, "flows", "-o", "yaml")
+	var fromYAML []map[string]any
+	if code != exitOK || yaml.Unmarshal([]byte(ys), &fromYAML) != nil || len(fromYAML) != 4 {
+		t.Fatalf("flows -o yaml: exit %d\n%s\n%s", code, ys, errs)
+	}
+	for i, r := range fromYAML {
+		if got := slices.Sorted(maps.Keys(r)); !slices.Equal(got, slices.Sorted(slices.Values(flowKeys))) {
+			t.Errorf("yaml flow keys %v, want exactly %v", got, flowKeys)
+		}
+		if fmt.Sprint(r["srcPort"]) != fmt.Sprint(raw[i]["srcPort"]) || r["rule"] != raw[i]["rule"] {
+			t.Errorf("yaml flow %d: %v, json %v", i, r, raw[i])
+		}
+	}
 	for i, r := range back { // newest first, unchanged by the round trip
 		want := []flowrecord.Record{closed, recs[2], recs[1], recs[0]}[i]
 		if !r.Time.Equal(want.Time) || r.SrcAddr != want.SrcAddr || r.SrcPort != want.SrcPort || r.Verdict != want.Verdict ||
@@ -120,7 +136,7 @@ func TestFlowsBadFlags(t *testing.T) {
 		{[]string{"--since", "5m", "--until", "10m"}, `egctl flows: --until: "10m"`},
 		{[]string{"--verdikt", "denied"}, "flag provided but not defined: -verdikt"},
 		{[]string{"db-1"}, `unexpected arguments ["db-1"]`},
-		{[]string{"-o", "yaml"}, `-o "yaml": want one of [table json]`},
+		{[]string{"-o", "xml"}, `-o "xml": want one of [table json yaml]`},
 	} {
 		code, _, errs := egctl(t, append([]string{"flows"}, c.args...)...)
 		if code != exitBadInput || !strings.Contains(errs, c.want) {
