@@ -31,7 +31,7 @@ var version = "dev"
 
 // commands is the command table, in the order egctl --help lists it.
 var commands = []*command{
-	fromCLI(offline.ValidateCmd), fromCLI(offline.CompileCmd), fromCLI(offline.ExplainCmd),
+	fromCLI(offline.ValidateCmd), fromCLI(offline.CompileCmd), fromCLI(offline.ExplainCmd), fromCLI(offline.ImportCmd),
 	fromCLI(online.ApplyCmd), fromCLI(online.GetCmd), fromCLI(online.DeleteCmd),
 	fromCLI(online.AgentsCmd), fromCLI(online.AgentCmd), fromCLI(online.WebhooksCmd),
 	flowsCmd, alertsCmd, alertCmd,
