@@ -31,7 +31,7 @@ import (
 // Labels Eastguard's Kubernetes integration puts on pods: the namespace
 // name, and each label of the namespace under a prefix.
 const (
-	LabelNamespace      = "k8s:namespace"
+	LabelNamespace       = "k8s:namespace"
 	NamespaceLabelPrefix = "k8s:ns."
 )
 

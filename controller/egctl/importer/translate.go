@@ -158,6 +158,7 @@ func (t *translator) policy(s source) (*outDoc, error) {
 // read as "every peer".
 func (t *translator) peers(ns string, in []netv1.NetworkPolicyPeer, path string) ([]outPeer, bool, error) {
 	if len(in) == 0 {
+		t.warn(path, "empty: every peer, which in Eastguard includes every managed workload; an Eastguard rule is an edge enforced at both ends, so this also allows the traffic at their own end, which NetworkPolicy leaves to the policies selecting them")
 		return everyPeer(), true, nil
 	}
 	var out []outPeer
