@@ -384,3 +384,20 @@ func TestImportBadInput(t *testing.T) {
 		})
 	}
 }
+
+// Egress rules under policyTypes without Egress are not translated, and
+// say so: NetworkPolicy ignores them too, but the author may not know.
+func TestImportIgnoredDirection(t *testing.T) {
+	in := header + "metadata: {name: x, namespace: ns}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  egress: [{}]\n"
+	res, err := Import([]Input{{Name: "in.yaml", Data: []byte(in)}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, w := range res.Warnings {
+		found = found || w.String() == "ns/x: spec.egress: warning: ignored: policyTypes has no Egress"
+	}
+	if !found || strings.Contains(string(res.YAML), "egress-0") {
+		t.Errorf("warnings %v\noutput:\n%s", res.Warnings, res.YAML)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	netv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/eastguard/eastguard/internal/policy"
 )
 
 // The output's shape: the Eastguard policy language (docs/POLICY.md), in
@@ -116,19 +118,16 @@ func (t *translator) policy(s source) (*outDoc, error) {
 	}
 	doc := &outDoc{APIVersion: "eastguard.dev/v1", Kind: "Policy", Metadata: outMeta{Name: np.Namespace + "." + np.Name}, object: t.object}
 	doc.Spec.Rules = []outRule{}
+	add := func(r *outRule, err error) error {
+		if r != nil {
+			doc.Spec.Rules = append(doc.Spec.Rules, *r)
+		}
+		return err
+	}
 	if ingress {
 		for i, r := range np.Spec.Ingress {
-			path := fmt.Sprintf("spec.ingress[%d]", i)
-			peers, ok, err := t.peers(np.Namespace, r.From, path+".from")
-			if err != nil {
+			if err := add(t.rule("ingress", i, np.Namespace, r.From, r.Ports, target)); err != nil {
 				return nil, err
-			}
-			ports, portsOK, err := t.ports(r.Ports, path+".ports")
-			if err != nil {
-				return nil, err
-			}
-			if ok && portsOK {
-				doc.Spec.Rules = append(doc.Spec.Rules, outRule{Name: fmt.Sprintf("ingress-%d", i), From: peers, To: target, Ports: ports})
 			}
 		}
 	} else if len(np.Spec.Ingress) > 0 {
@@ -136,21 +135,38 @@ func (t *translator) policy(s source) (*outDoc, error) {
 	}
 	if egress {
 		for i, r := range np.Spec.Egress {
-			path := fmt.Sprintf("spec.egress[%d]", i)
-			peers, ok, err := t.peers(np.Namespace, r.To, path+".to")
-			if err != nil {
+			if err := add(t.rule("egress", i, np.Namespace, r.To, r.Ports, target)); err != nil {
 				return nil, err
-			}
-			ports, portsOK, err := t.ports(r.Ports, path+".ports")
-			if err != nil {
-				return nil, err
-			}
-			if ok && portsOK {
-				doc.Spec.Rules = append(doc.Spec.Rules, outRule{Name: fmt.Sprintf("egress-%d", i), From: target, To: peers, Ports: ports})
 			}
 		}
+	} else if len(np.Spec.Egress) > 0 {
+		t.warn("spec.egress", "ignored: policyTypes has no Egress")
 	}
 	return doc, nil
+}
+
+// rule translates spec.ingress[i] (direction "ingress": from the peers to
+// the target) or spec.egress[i] (from the target to the peers); nil when
+// it is dropped.
+func (t *translator) rule(direction string, i int, ns string, in []netv1.NetworkPolicyPeer, ports []netv1.NetworkPolicyPort, target []outPeer) (*outRule, error) {
+	path := fmt.Sprintf("spec.%s[%d]", direction, i)
+	field := ".from"
+	if direction == "egress" {
+		field = ".to"
+	}
+	peers, ok, err := t.peers(ns, in, path+field)
+	if err != nil {
+		return nil, err
+	}
+	out, portsOK, err := t.ports(ports, path+".ports")
+	if err != nil || !ok || !portsOK {
+		return nil, err
+	}
+	r := &outRule{Name: fmt.Sprintf("%s-%d", direction, i), From: peers, To: target, Ports: out}
+	if direction == "egress" {
+		r.From, r.To = target, peers
+	}
+	return r, nil
 }
 
 // peers translates a rule's from or to; ok is false (with a warning) when
@@ -360,19 +376,8 @@ func alternatives(sel *metav1.LabelSelector, prefix string) ([]map[string]string
 	if len(alts) == 0 {
 		return nil, "the selector selects nothing (contradictory matchLabels and matchExpressions)"
 	}
-	slices.SortFunc(alts, func(a, b map[string]string) int { return strings.Compare(canon(a), canon(b)) })
+	slices.SortFunc(alts, func(a, b map[string]string) int {
+		return strings.Compare(policy.Labels(a).String(), policy.Labels(b).String())
+	})
 	return alts, ""
-}
-
-func canon(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		b.WriteString(k + "=" + m[k] + ",")
-	}
-	return b.String()
 }
