@@ -2,7 +2,7 @@
 // the command table and main; the commands live in packages by concern:
 // controller/egctl/cli (the command type, dispatch and usage, flag
 // parsing, output, the controller connection), controller/egctl/offline
-// (validate, compile, explain: files only) and controller/egctl/online
+// (validate, compile, explain, import: files only) and controller/egctl/online
 // (the commands that call the controller). flows and alerts are still
 // declared here (flows.go, alerts.go), through the adapter in command.go.
 //
@@ -31,7 +31,7 @@ var version = "dev"
 
 // commands is the command table, in the order egctl --help lists it.
 var commands = []*command{
-	fromCLI(offline.ValidateCmd), fromCLI(offline.CompileCmd), fromCLI(offline.ExplainCmd),
+	fromCLI(offline.ValidateCmd), fromCLI(offline.CompileCmd), fromCLI(offline.ExplainCmd), fromCLI(offline.ImportCmd),
 	fromCLI(online.ApplyCmd), fromCLI(online.GetCmd), fromCLI(online.DeleteCmd),
 	fromCLI(online.AgentsCmd), fromCLI(online.AgentCmd), fromCLI(online.WebhooksCmd),
 	flowsCmd, alertsCmd, alertCmd,

@@ -22,7 +22,7 @@ const (
 var (
 	shop      = egctltest.Shop
 	writeFile = egctltest.WriteFile
-	run       = egctltest.Commands(ValidateCmd, CompileCmd, ExplainCmd)
+	run       = egctltest.Commands(ValidateCmd, CompileCmd, ExplainCmd, ImportCmd)
 )
 
 func egctl(t *testing.T, args ...string) (int, string, string) {
