@@ -68,15 +68,33 @@ func SplitResources(name string, data []byte, whole *Set) ([]Document, error) {
 // blank lines are dropped.
 func SplitDocuments(data []byte) [][]byte {
 	var docs [][]byte
+	for _, p := range SplitDocumentLines(data) {
+		docs = append(docs, p.Text)
+	}
+	return docs
+}
+
+// Piece is one document of a YAML stream and the line (from 1) its first
+// content is on, for positions in messages about the document as a whole.
+type Piece struct {
+	Line int
+	Text []byte
+}
+
+// SplitDocumentLines is SplitDocuments keeping each document's line.
+func SplitDocumentLines(data []byte) []Piece {
+	var docs []Piece
 	var cur []byte
-	hasContent := false
+	first := 0 // line of the current document's first content; 0: none yet
+	lineNo := 0
 	emit := func() {
-		if hasContent {
-			docs = append(docs, bytes.TrimSpace(cur))
+		if first > 0 {
+			docs = append(docs, Piece{Line: first, Text: bytes.TrimSpace(cur)})
 		}
-		cur, hasContent = nil, false
+		cur, first = nil, 0
 	}
 	for len(data) > 0 {
+		lineNo++
 		line := data
 		if i := bytes.IndexByte(data, '\n'); i >= 0 {
 			line, data = data[:i+1], data[i+1:]
@@ -88,7 +106,7 @@ func SplitDocuments(data []byte) [][]byte {
 			emit()
 			rest := bytes.TrimSpace(body[3:])
 			if len(rest) > 0 && rest[0] != '#' {
-				cur, hasContent = append(cur, rest...), true
+				cur, first = append(cur, rest...), lineNo
 				cur = append(cur, '\n')
 			}
 			continue
@@ -98,8 +116,8 @@ func SplitDocuments(data []byte) [][]byte {
 			continue
 		}
 		cur = append(cur, line...)
-		if t := bytes.TrimSpace(body); len(t) > 0 && t[0] != '#' {
-			hasContent = true
+		if t := bytes.TrimSpace(body); first == 0 && len(t) > 0 && t[0] != '#' {
+			first = lineNo
 		}
 	}
 	emit()

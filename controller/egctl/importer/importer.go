@@ -116,8 +116,8 @@ func Import(inputs []Input, opts Options) (*Result, error) {
 	var srcs []source
 	var warns []Warning
 	for _, in := range inputs {
-		for _, d := range splitDocuments(in.Data) {
-			if err := decodeObject(in.Name, d.line, "", d.data, &srcs, named, &warns); err != nil {
+		for _, d := range policy.SplitDocumentLines(in.Data) {
+			if err := decodeObject(in.Name, d.Line, "", d.Text, &srcs, named, &warns); err != nil {
 				return nil, err
 			}
 		}
@@ -255,46 +255,4 @@ func prefix(path string) string {
 		return ""
 	}
 	return path + "."
-}
-
-type document struct {
-	line int
-	data []byte
-}
-
-// splitDocuments splits a YAML stream at its "---" lines, keeping the line
-// each document starts on; documents with only comments and blank lines
-// are dropped.
-func splitDocuments(data []byte) []document {
-	var docs []document
-	var cur []byte
-	start, lineNo, content := 1, 0, false
-	emit := func(next int) {
-		if content {
-			docs = append(docs, document{line: start, data: cur})
-		}
-		cur, content, start = nil, false, next
-	}
-	for len(data) > 0 {
-		lineNo++
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i+1], data[i+1:]
-		} else {
-			data = nil
-		}
-		body := bytes.TrimRight(line, "\r\n")
-		if bytes.HasPrefix(body, []byte("---")) && (len(body) == 3 || body[3] == ' ' || body[3] == '\t') {
-			emit(lineNo + 1)
-			continue
-		}
-		if t := bytes.TrimSpace(body); !content && (len(t) == 0 || t[0] == '#') {
-			start = lineNo + 1
-			continue
-		}
-		content = true
-		cur = append(cur, line...)
-	}
-	emit(0)
-	return docs
 }
