@@ -199,9 +199,14 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 	var pending []string
 	containerIfaces := make(map[string]bool)
 	var host *ruleset.Endpoint
+	var auto []ruleset.Endpoint
 	for i, e := range rs.Endpoints {
 		if e.HostMode() {
 			host = &rs.Endpoints[i]
+			continue
+		}
+		if e.Auto() {
+			auto = append(auto, e)
 			continue
 		}
 		containerIfaces[e.Interface] = true
@@ -215,6 +220,29 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 			return nil, nil, fmt.Errorf("endpoint %d (workload %q): %w", e.ID, e.Workload, err)
 		}
 		bindings[b.ifindex] = b
+	}
+	if len(auto) > 0 {
+		var view *liveView
+		err := inNetNS(d.netns(), func() error {
+			var err error
+			view, err = newLiveView(links)
+			if err != nil {
+				return err
+			}
+			for _, e := range auto {
+				b, ok := d.resolveAutoEndpoint(view, e, bindings)
+				if !ok {
+					pending = append(pending, pendingName(e))
+					continue
+				}
+				bindings[b.ifindex] = b
+				containerIfaces[b.ifname] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("resolve interface auto: %w", err)
+		}
 	}
 	if host != nil {
 		explicit := len(d.cfg.HostInterfaces) > 0
@@ -236,6 +264,38 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 		}
 	}
 	return bindings, pending, nil
+}
+
+// resolveAutoEndpoint finds an auto endpoint's interface in view. It is
+// not bound (false) when none is found, when the interface is already
+// another endpoint's, or when its link type cannot be enforced. Runs in
+// the datapath's network namespace.
+func (d *Datapath) resolveAutoEndpoint(view *liveView, e ruleset.Endpoint, bound map[uint32]binding) (binding, bool) {
+	log := d.log.With(zap.String("workload", e.Workload), zap.String("pending-interface", pendingName(e)))
+	ifindex, err := resolveAuto(view, e.Addresses)
+	if err != nil {
+		if !errors.Is(err, errUnresolved) {
+			log.Warn("interface auto: not resolved", zap.Error(err))
+		}
+		return binding{}, false
+	}
+	l, ok := view.links[ifindex]
+	if !ok {
+		return binding{}, false
+	}
+	if other, clash := bound[uint32(ifindex)]; clash {
+		// Never take an interface from the endpoint it is bound to: a
+		// workload answering for another's address must not get its policy.
+		log.Warn("interface auto: the interface found is already another endpoint's",
+			zap.String("interface", l.Attrs().Name), zap.Uint32("endpoint", uint32(other.endpoint)))
+		return binding{}, false
+	}
+	b, err := bindingOf(l.Attrs(), e.ID)
+	if err != nil {
+		log.Warn("interface auto: cannot enforce the interface found", zap.Error(err))
+		return binding{}, false
+	}
+	return b, true
 }
 
 // bindingOf binds an interface, refusing link types whose frames the
