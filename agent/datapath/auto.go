@@ -25,10 +25,10 @@ import (
 //     the bridge's forwarding database maps that MAC to the port, the
 //     workload's veth.
 //
-// The resolved interface must be a workload's, not the node's: one that
-// carries a global address of the node (an uplink, the bridge itself) or
-// is loopback is refused, so a workload address that happens to be on a
-// node subnet never binds a workload's policy to the node's interfaces.
+// The resolved interface must be a veth, the host side of a workload's
+// pair in every CNI covered: an uplink, a bridge, a tunnel or loopback is
+// never bound, so a workload address that happens to be on a node subnet
+// never binds a workload's policy to the node's own interfaces.
 // The rule set is not rewritten: its hash stays the one received.
 
 // errUnresolved: no address of the endpoint leads to an interface (yet).
@@ -45,10 +45,9 @@ const autoRetry = 2 * time.Second
 
 // viewLink is what resolution needs to know of an interface.
 type viewLink struct {
-	bridge   bool
-	loopback bool
-	master   int  // ifindex of the bridge it is a port of, or 0
-	nodeAddr bool // carries a global address (it is a node interface)
+	bridge bool
+	veth   bool
+	master int // ifindex of the bridge it is a port of, or 0
 }
 
 // netView is the node's network as auto resolution reads it; the live one
@@ -111,13 +110,8 @@ func resolveAddr(v netView, a netip.Addr) (int, error) {
 		}
 		dev = port
 	}
-	switch {
-	case l.loopback:
-		return 0, fmt.Errorf("%s is reached through loopback (ifindex %d), not a workload interface: %w", a, dev, errUnresolved)
-	case l.nodeAddr:
-		return 0, fmt.Errorf("%s is reached through ifindex %d, which carries an address of the node; it is not a workload interface: %w", a, dev, errUnresolved)
-	case l.bridge:
-		return 0, fmt.Errorf("%s is reached through bridge ifindex %d: %w", a, dev, errUnresolved)
+	if !l.veth {
+		return 0, fmt.Errorf("%s is reached through ifindex %d, which is not a veth (not a workload's interface): %w", a, dev, errUnresolved)
 	}
 	return dev, nil
 }
@@ -135,23 +129,14 @@ func pendingName(e ruleset.Endpoint) string {
 type liveView struct {
 	links map[int]netlink.Link
 	fdbs  []netlink.Neigh // AF_BRIDGE entries, read once
-	addrs map[int]bool    // ifindex -> has a global address
 }
 
 func newLiveView(links []netlink.Link) (*liveView, error) {
-	v := &liveView{links: make(map[int]netlink.Link, len(links)), addrs: make(map[int]bool)}
+	v := &liveView{links: make(map[int]netlink.Link, len(links))}
 	for _, l := range links {
 		v.links[l.Attrs().Index] = l
 	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	for _, a := range addrs {
-		if a.IP.IsGlobalUnicast() {
-			v.addrs[a.LinkIndex] = true
-		}
-	}
+	var err error
 	v.fdbs, err = netlink.NeighList(0, unix.AF_BRIDGE)
 	if err != nil {
 		return nil, fmt.Errorf("list bridge forwarding entries: %w", err)
@@ -174,7 +159,7 @@ func (v *liveView) link(ifindex int) (viewLink, bool) {
 		return viewLink{}, false
 	}
 	a := l.Attrs()
-	return viewLink{bridge: l.Type() == "bridge", loopback: isLoopback(a), master: a.MasterIndex, nodeAddr: v.addrs[ifindex]}, true
+	return viewLink{bridge: l.Type() == "bridge", veth: l.Type() == "veth", master: a.MasterIndex}, true
 }
 
 func (v *liveView) neighbour(ifindex int, a netip.Addr) (net.HardwareAddr, bool) {

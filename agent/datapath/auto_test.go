@@ -62,12 +62,12 @@ func TestResolveAuto(t *testing.T) {
 			ip("10.250.2.99"): {bridge, true},     // a neighbour whose MAC no port has
 		},
 		links: map[int]viewLink{
-			lo:          {loopback: true},
-			uplink:      {nodeAddr: true},
-			bridge:      {bridge: true, nodeAddr: true},
-			routedVeth:  {},
-			bridgedVeth: {master: bridge},
-			other:       {},
+			lo:          {},
+			uplink:      {},
+			bridge:      {bridge: true},
+			routedVeth:  {veth: true},
+			bridgedVeth: {veth: true, master: bridge},
+			other:       {veth: true},
 		},
 		neighs: map[int]map[netip.Addr]net.HardwareAddr{bridge: {
 			ip("10.250.2.2"):  mac,
