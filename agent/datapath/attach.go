@@ -246,7 +246,7 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 	}
 	if host != nil {
 		explicit := len(d.cfg.HostInterfaces) > 0
-		for _, name := range d.hostInterfaces(links, containerIfaces) {
+		for _, name := range d.hostInterfaces(links, containerIfaces, len(auto) > 0) {
 			l, ok := byName[name]
 			if !ok {
 				pending = append(pending, name)
@@ -315,20 +315,28 @@ func bindingOf(a *netlink.LinkAttrs, ep ruleset.EndpointID) (binding, error) {
 }
 
 // hostInterfaces lists the interfaces a host-mode endpoint is enforced on.
-func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]bool) []string {
+// Without an explicit list, that is every interface but loopback and the
+// workloads'; with auto endpoints in the rule set, veths are left out too
+// (hostModeSkips): a workload's veth not resolved yet must not be taken by
+// the node, or its own endpoint could never bind it.
+func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]bool, auto bool) []string {
 	if len(d.cfg.HostInterfaces) > 0 {
 		return slices.DeleteFunc(slices.Clone(d.cfg.HostInterfaces), func(n string) bool { return container[n] })
 	}
 	var out []string
 	for _, l := range links {
 		a := l.Attrs()
-		if isLoopback(a) || container[a.Name] {
+		if isLoopback(a) || container[a.Name] || hostModeSkips(l, auto) {
 			continue
 		}
 		out = append(out, a.Name)
 	}
 	return out
 }
+
+// hostModeSkips says whether implicit host mode leaves l alone because
+// the rule set has auto endpoints and l is a veth, a workload's interface.
+func hostModeSkips(l netlink.Link, auto bool) bool { return auto && l.Type() == "veth" }
 
 // isLoopback says whether an interface is a loopback device. netlink's
 // LinkAttrs.Flags is Go's net.Flags, not the kernel's IFF_ bits: there

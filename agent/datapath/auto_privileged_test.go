@@ -163,3 +163,36 @@ func macOf(t *testing.T, ns *tnetns.NS, iface string) string {
 	}
 	return f[2]
 }
+
+// TestPrivilegedInterfaceAutoBeforeHostMode: with a host-mode endpoint and
+// no --host-interfaces, a workload's veth that appears before its route
+// is left to its auto endpoint, not taken by the node (which would keep
+// the workload pending for good: an interface bound is never taken from
+// its endpoint).
+func TestPrivilegedInterfaceAutoBeforeHostMode(t *testing.T) {
+	h := newHarness(t, Config{}, "up0")
+	rs := hostOnlyRuleSet()
+	pod := netip.MustParseAddr("10.250.30.2")
+	rs.Endpoints = append(rs.Endpoints, ruleset.Endpoint{ID: 4, Workload: "pod", Interface: ruleset.InterfaceAuto,
+		Addresses: []netip.Addr{pod}, Identity: 300})
+	rs.IPCache = append(rs.IPCache, ruleset.IPCacheEntry{Prefix: netip.PrefixFrom(pod, 32), Identity: 300})
+	h.apply(rs)
+
+	// The CNI's order: the veth, then (a moment later) the route to it.
+	h.ns.IP(t, "link", "add", "pod0", "type", "veth", "peer", "name", "pod0p")
+	h.ns.IP(t, "link", "set", "pod0", "up")
+	h.ns.IP(t, "link", "set", "pod0p", "up")
+	time.Sleep(200 * time.Millisecond) // not synchronisation: lets the link watch see pod0 first, as in a CNI
+	h.ns.IP(t, "route", "add", pod.String()+"/32", "dev", "pod0")
+	testutil.Eventually(t, 5*autoRetry, "the pod's endpoint on pod0", func() error {
+		for _, e := range h.d.Status().Endpoints {
+			if slices.Contains(e.Interfaces, "pod0") && e.ID != 4 {
+				return fmt.Errorf("pod0 is endpoint %d's", e.ID)
+			}
+			if e.ID == 4 && !slices.Equal(e.Interfaces, []string{"pod0"}) {
+				return fmt.Errorf("the pod's endpoint is on %v", e.Interfaces)
+			}
+		}
+		return nil
+	})
+}

@@ -90,7 +90,7 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		if _, bound := cur.bindings[ifindex]; bound {
 			return
 		}
-		ep, ok := d.endpointFor(a.Name, isLoopback(a))
+		ep, ok := d.endpointFor(u.Link)
 		if !ok {
 			return
 		}
@@ -238,9 +238,12 @@ func unplaceEndpoint(eps *ebpf.Map, ifindex uint32) error {
 	return nil
 }
 
-// endpointFor finds the endpoint a newly seen interface belongs to.
-func (d *Datapath) endpointFor(name string, loopback bool) (ruleset.Endpoint, bool) {
+// endpointFor finds the endpoint a newly seen interface belongs to by its
+// name (auto endpoints are found by retryAuto, from their addresses).
+func (d *Datapath) endpointFor(l netlink.Link) (ruleset.Endpoint, bool) {
+	name := l.Attrs().Name
 	var host *ruleset.Endpoint
+	auto := false
 	for i, e := range d.current.rs.Endpoints {
 		if e.Interface == name && !e.Auto() {
 			return e, true
@@ -248,8 +251,9 @@ func (d *Datapath) endpointFor(name string, loopback bool) (ruleset.Endpoint, bo
 		if e.HostMode() {
 			host = &d.current.rs.Endpoints[i]
 		}
+		auto = auto || e.Auto()
 	}
-	if host == nil || loopback {
+	if host == nil || isLoopback(l.Attrs()) || (len(d.cfg.HostInterfaces) == 0 && hostModeSkips(l, auto)) {
 		return ruleset.Endpoint{}, false
 	}
 	if len(d.cfg.HostInterfaces) == 0 || slices.Contains(d.cfg.HostInterfaces, name) {
