@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
-
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
 	tnetns "github.com/eastguard/eastguard/internal/testutil/netns"
@@ -55,19 +53,7 @@ func TestPrivilegedInterfaceAuto(t *testing.T) {
 	// The late workload: its interface and route do not exist yet.
 	late4, late6 := netip.MustParseAddr("10.250.21.2"), netip.MustParseAddr("fd0e:1:5::2")
 
-	var d *Datapath
-	if err := node.NS.Do(func() error {
-		var err error
-		d, err = Open(Config{BPFFSDir: "/sys/fs/bpf/eg-test-" + tnetns.Suffix(), Logger: zaptest.NewLogger(t)})
-		return err
-	}); err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := d.Uninstall(); err != nil {
-			t.Errorf("Uninstall: %v", err)
-		}
-	})
+	d := openInNode(t, node)
 
 	rs := &ruleset.RuleSet{Node: "node", Rules: []ruleset.RuleName{{ID: 1, Name: "p/node-to-8080"}}}
 	type wl struct {

@@ -43,16 +43,7 @@ func TestRoundTrip(t *testing.T) {
 	var prev *ruleset.RuleSet
 	for node, rs := range sets {
 		rs.Version = 7
-		m := FromRuleSet(rs, rs.Hash())
-		b, err := proto.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var back pb.RuleSet
-		if err := proto.Unmarshal(b, &back); err != nil {
-			t.Fatal(err)
-		}
-		got, err := ToRuleSet(&back)
+		got, back, err := throughWire(t, rs)
 		if err != nil {
 			t.Fatalf("%s: %v", node, err)
 		}
@@ -127,6 +118,18 @@ func TestRoundTripAutoEndpoint(t *testing.T) {
 		ID: 1, Workload: "pod", Interface: ruleset.InterfaceAuto, Identity: 300,
 		Addresses: []netip.Addr{netip.MustParseAddr("10.250.1.2"), netip.MustParseAddr("fd0e::2")},
 	}}}
+	got, _, err := throughWire(t, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Hash() != rs.Hash() || !got.Endpoints[0].Equal(rs.Endpoints[0]) {
+		t.Errorf("after the wire: %+v, hash %s; before: %+v, hash %s", got.Endpoints, got.Hash(), rs.Endpoints, rs.Hash())
+	}
+}
+
+// throughWire sends rs (with its hash) through protobuf encoding and back.
+func throughWire(t *testing.T, rs *ruleset.RuleSet) (*ruleset.RuleSet, *pb.RuleSet, error) {
+	t.Helper()
 	b, err := proto.Marshal(FromRuleSet(rs, rs.Hash()))
 	if err != nil {
 		t.Fatal(err)
@@ -136,10 +139,5 @@ func TestRoundTripAutoEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := ToRuleSet(&back)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Hash() != rs.Hash() || !got.Endpoints[0].Equal(rs.Endpoints[0]) {
-		t.Errorf("after the wire: %+v, hash %s; before: %+v, hash %s", got.Endpoints, got.Hash(), rs.Endpoints, rs.Hash())
-	}
+	return got, &back, err
 }
