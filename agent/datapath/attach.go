@@ -199,9 +199,14 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 	var pending []string
 	containerIfaces := make(map[string]bool)
 	var host *ruleset.Endpoint
+	var auto []ruleset.Endpoint
 	for i, e := range rs.Endpoints {
 		if e.HostMode() {
 			host = &rs.Endpoints[i]
+			continue
+		}
+		if e.Auto() {
+			auto = append(auto, e)
 			continue
 		}
 		containerIfaces[e.Interface] = true
@@ -216,9 +221,32 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 		}
 		bindings[b.ifindex] = b
 	}
+	if len(auto) > 0 {
+		var view *liveView
+		err := inNetNS(d.netns(), func() error {
+			var err error
+			view, err = newLiveView(links)
+			if err != nil {
+				return err
+			}
+			for _, e := range auto {
+				b, ok := d.resolveAutoEndpoint(view, e, bindings)
+				if !ok {
+					pending = append(pending, pendingName(e))
+					continue
+				}
+				bindings[b.ifindex] = b
+				containerIfaces[b.ifname] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("resolve interface auto: %w", err)
+		}
+	}
 	if host != nil {
 		explicit := len(d.cfg.HostInterfaces) > 0
-		for _, name := range d.hostInterfaces(links, containerIfaces) {
+		for _, name := range d.hostInterfaces(links, containerIfaces, len(auto) > 0) {
 			l, ok := byName[name]
 			if !ok {
 				pending = append(pending, name)
@@ -238,6 +266,38 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 	return bindings, pending, nil
 }
 
+// resolveAutoEndpoint finds an auto endpoint's interface in view. It is
+// not bound (false) when none is found, when the interface is already
+// another endpoint's, or when its link type cannot be enforced. Runs in
+// the datapath's network namespace.
+func (d *Datapath) resolveAutoEndpoint(view *liveView, e ruleset.Endpoint, bound map[uint32]binding) (binding, bool) {
+	log := d.log.With(zap.String("workload", e.Workload), zap.String("pending-interface", pendingName(e)))
+	ifindex, err := resolveAuto(view, e.Addresses)
+	if err != nil {
+		if !errors.Is(err, errUnresolved) {
+			log.Warn("interface auto: not resolved", zap.Error(err))
+		}
+		return binding{}, false
+	}
+	l, ok := view.links[ifindex]
+	if !ok {
+		return binding{}, false
+	}
+	if other, clash := bound[uint32(ifindex)]; clash {
+		// Never take an interface from the endpoint it is bound to: a
+		// workload answering for another's address must not get its policy.
+		log.Warn("interface auto: the interface found is already another endpoint's",
+			zap.String("interface", l.Attrs().Name), zap.Uint32("endpoint", uint32(other.endpoint)))
+		return binding{}, false
+	}
+	b, err := bindingOf(l.Attrs(), e.ID)
+	if err != nil {
+		log.Warn("interface auto: cannot enforce the interface found", zap.Error(err))
+		return binding{}, false
+	}
+	return b, true
+}
+
 // bindingOf binds an interface, refusing link types whose frames the
 // parser does not understand rather than guessing where the IP header is.
 func bindingOf(a *netlink.LinkAttrs, ep ruleset.EndpointID) (binding, error) {
@@ -255,20 +315,28 @@ func bindingOf(a *netlink.LinkAttrs, ep ruleset.EndpointID) (binding, error) {
 }
 
 // hostInterfaces lists the interfaces a host-mode endpoint is enforced on.
-func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]bool) []string {
+// Without an explicit list, that is every interface but loopback and the
+// workloads'; with auto endpoints in the rule set, veths are left out too
+// (hostModeSkips): a workload's veth not resolved yet must not be taken by
+// the node, or its own endpoint could never bind it.
+func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]bool, auto bool) []string {
 	if len(d.cfg.HostInterfaces) > 0 {
 		return slices.DeleteFunc(slices.Clone(d.cfg.HostInterfaces), func(n string) bool { return container[n] })
 	}
 	var out []string
 	for _, l := range links {
 		a := l.Attrs()
-		if isLoopback(a) || container[a.Name] {
+		if isLoopback(a) || container[a.Name] || hostModeSkips(l, auto) {
 			continue
 		}
 		out = append(out, a.Name)
 	}
 	return out
 }
+
+// hostModeSkips says whether implicit host mode leaves l alone because
+// the rule set has auto endpoints and l is a veth, a workload's interface.
+func hostModeSkips(l netlink.Link, auto bool) bool { return auto && l.Type() == "veth" }
 
 // isLoopback says whether an interface is a loopback device. netlink's
 // LinkAttrs.Flags is Go's net.Flags, not the kernel's IFF_ bits: there

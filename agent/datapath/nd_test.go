@@ -116,19 +116,7 @@ func TestPrivilegedNeighbourDiscoveryEndToEnd(t *testing.T) {
 	c := node.AddWorkload(t, "wc", 3)
 	c.Listen(t, 8080)
 
-	var d *Datapath
-	if err := node.NS.Do(func() error {
-		var err error
-		d, err = Open(Config{BPFFSDir: "/sys/fs/bpf/eg-test-" + tnetns.Suffix(), Logger: zaptest.NewLogger(t)})
-		return err
-	}); err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := d.Uninstall(); err != nil {
-			t.Errorf("Uninstall: %v", err)
-		}
-	})
+	d := openInNode(t, node)
 	ids := map[*topo.Workload]ruleset.Identity{a: 300, b: 301, c: 302}
 	rs := &ruleset.RuleSet{Node: "node", Rules: []ruleset.RuleName{{ID: 1, Name: "p/a-to-c"}}}
 	for i, w := range []*topo.Workload{a, b, c} {
@@ -194,6 +182,26 @@ wait:
 	if n := after.Get(denied) - before.Get(denied); n < 2 {
 		t.Errorf("denied egress packets +%d, want the two crafted solicitations", n)
 	}
+}
+
+// openInNode opens a datapath in a topo node's namespace, uninstalled when
+// the test ends.
+func openInNode(t *testing.T, node *topo.Node) *Datapath {
+	t.Helper()
+	var d *Datapath
+	if err := node.NS.Do(func() error {
+		var err error
+		d, err = Open(Config{BPFFSDir: "/sys/fs/bpf/eg-test-" + tnetns.Suffix(), Logger: zaptest.NewLogger(t)})
+		return err
+	}); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Uninstall(); err != nil {
+			t.Errorf("Uninstall: %v", err)
+		}
+	})
+	return d
 }
 
 // sendNS sends an ICMPv6 neighbour solicitation from ns to dst (target

@@ -44,11 +44,26 @@ func (d *Datapath) startWatch() error {
 		return fmt.Errorf("watch interfaces: %w", err)
 	}
 	w := &linkWatch{done: done, exited: make(chan struct{})}
+	retried := make(chan struct{})
+	go func() {
+		defer close(retried)
+		t := time.NewTicker(autoRetry)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				d.retryAuto()
+			}
+		}
+	}()
 	go func() {
 		defer close(w.exited)
 		for u := range ch { // closed by netlink after done
 			d.onLinkUpdate(u)
 		}
+		<-retried
 	}()
 	d.watch = w
 	return nil
@@ -75,7 +90,7 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		if _, bound := cur.bindings[ifindex]; bound {
 			return
 		}
-		ep, ok := d.endpointFor(a.Name, isLoopback(a))
+		ep, ok := d.endpointFor(u.Link)
 		if !ok {
 			return
 		}
@@ -84,28 +99,9 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 			log.Error("interface appeared but cannot be enforced", zap.Error(err))
 			return
 		}
-		if len(cur.bindings) >= cur.capacity[mEndpoints] {
-			log.Error("interface appeared but the endpoint map is full; not enforced until the next rule set",
-				zap.String("map", ruleset.MapEndpoints), zap.Int("capacity", cur.capacity[mEndpoints]))
-			return
+		if d.bindLive(cur, ep, b, a.Name, log) {
+			log.Info("interface appeared: enforcing", zap.String("workload", ep.Workload))
 		}
-		slot, err := placeEndpoint(eps, ifindex)
-		if err == nil {
-			err = eps.Update(slot, endpointValue(ep, b, cur.tables), ebpf.UpdateAny)
-		}
-		if err != nil {
-			log.Error("interface appeared but could not be bound", zap.Error(err))
-			return
-		}
-		if err := d.attach(b); err != nil {
-			_ = eps.Update(slot, bpfEgEndpoint{Ifindex: epTombstone}, ebpf.UpdateAny)
-			log.Error("interface appeared but attaching failed; it stays pending", zap.Error(err))
-			return
-		}
-		cur.bindings = maps.Clone(cur.bindings)
-		cur.bindings[ifindex] = b
-		cur.pending = slices.DeleteFunc(slices.Clone(cur.pending), func(n string) bool { return n == a.Name })
-		log.Info("interface appeared: enforcing", zap.String("workload", ep.Workload))
 	case unix.RTM_DELLINK:
 		b, bound := cur.bindings[ifindex]
 		if !bound {
@@ -118,10 +114,87 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		cur.bindings = maps.Clone(cur.bindings)
 		delete(cur.bindings, ifindex)
 		if ep, ok := cur.rs.Endpoint(b.endpoint); ok && (!ep.HostMode() || len(d.cfg.HostInterfaces) > 0) {
-			cur.pending = append(slices.Clone(cur.pending), a.Name)
+			name := a.Name
+			if ep.Auto() {
+				name = pendingName(ep) // resolved again by retryAuto
+			}
+			cur.pending = append(slices.Clone(cur.pending), name)
 			slices.Sort(cur.pending)
 		}
 		log.Warn("interface vanished: its workload is pending until it is back")
+	}
+}
+
+// bindLive binds an interface to ep in the active generation and attaches
+// the programs; pendingAs is removed from the pending list. It reports
+// whether it did. Called with d.mu held.
+func (d *Datapath) bindLive(cur *applied, ep ruleset.Endpoint, b binding, pendingAs string, log *zap.Logger) bool {
+	eps := d.gens[d.word&1][mEndpoints]
+	if len(cur.bindings) >= cur.capacity[mEndpoints] {
+		log.Error("interface appeared but the endpoint map is full; not enforced until the next rule set",
+			zap.String("map", ruleset.MapEndpoints), zap.Int("capacity", cur.capacity[mEndpoints]))
+		return false
+	}
+	slot, err := placeEndpoint(eps, b.ifindex)
+	if err == nil {
+		err = eps.Update(slot, endpointValue(ep, b, cur.tables), ebpf.UpdateAny)
+	}
+	if err != nil {
+		log.Error("interface appeared but could not be bound", zap.Error(err))
+		return false
+	}
+	if err := d.attach(b); err != nil {
+		_ = eps.Update(slot, bpfEgEndpoint{Ifindex: epTombstone}, ebpf.UpdateAny)
+		log.Error("interface appeared but attaching failed; it stays pending", zap.Error(err))
+		return false
+	}
+	cur.bindings = maps.Clone(cur.bindings)
+	cur.bindings[b.ifindex] = b
+	cur.pending = slices.DeleteFunc(slices.Clone(cur.pending), func(n string) bool { return n == pendingAs })
+	return true
+}
+
+// retryAuto resolves the auto endpoints that are pending again, and
+// enforces those whose interface is found now.
+func (d *Datapath) retryAuto() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur := d.current
+	if d.closed || cur == nil || d.gens[d.word&1] == nil {
+		return
+	}
+	var todo []ruleset.Endpoint
+	for _, e := range cur.rs.Endpoints {
+		if e.Auto() && slices.Contains(cur.pending, pendingName(e)) {
+			todo = append(todo, e)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	err := inNetNS(d.netns(), func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("list interfaces: %w", err)
+		}
+		view, err := newLiveView(links)
+		if err != nil {
+			return err
+		}
+		for _, e := range todo {
+			b, ok := d.resolveAutoEndpoint(view, e, cur.bindings)
+			if !ok {
+				continue
+			}
+			log := d.log.With(zap.String("interface", b.ifname), zap.Uint32("ifindex", b.ifindex))
+			if d.bindLive(cur, e, b, pendingName(e), log) {
+				log.Info("interface auto resolved: enforcing", zap.String("workload", e.Workload))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		d.log.Warn("interface auto: resolving pending workloads failed; retrying", zap.Error(err))
 	}
 }
 
@@ -165,18 +238,22 @@ func unplaceEndpoint(eps *ebpf.Map, ifindex uint32) error {
 	return nil
 }
 
-// endpointFor finds the endpoint a newly seen interface belongs to.
-func (d *Datapath) endpointFor(name string, loopback bool) (ruleset.Endpoint, bool) {
+// endpointFor finds the endpoint a newly seen interface belongs to by its
+// name (auto endpoints are found by retryAuto, from their addresses).
+func (d *Datapath) endpointFor(l netlink.Link) (ruleset.Endpoint, bool) {
+	name := l.Attrs().Name
 	var host *ruleset.Endpoint
+	auto := false
 	for i, e := range d.current.rs.Endpoints {
-		if e.Interface == name {
+		if e.Interface == name && !e.Auto() {
 			return e, true
 		}
 		if e.HostMode() {
 			host = &d.current.rs.Endpoints[i]
 		}
+		auto = auto || e.Auto()
 	}
-	if host == nil || loopback {
+	if host == nil || isLoopback(l.Attrs()) || (len(d.cfg.HostInterfaces) == 0 && hostModeSkips(l, auto)) {
 		return ruleset.Endpoint{}, false
 	}
 	if len(d.cfg.HostInterfaces) == 0 || slices.Contains(d.cfg.HostInterfaces, name) {

@@ -519,7 +519,15 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 			id = ruleset.IdentityHost
 		}
 		ep := m.wEndpoint[w]
-		rs.Endpoints = append(rs.Endpoints, ruleset.Endpoint{ID: ep, Workload: wl.Name, Interface: wl.Interface, Identity: id, Mode: modes[ep]})
+		e := ruleset.Endpoint{ID: ep, Workload: wl.Name, Interface: wl.Interface, Identity: id, Mode: modes[ep]}
+		if wl.Auto() {
+			// The agent finds the interface from these (docs/POLICY.md,
+			// "interface: auto"); other endpoints leave them out, so their
+			// rule sets hash as before.
+			e.Addresses = slices.SortedFunc(slices.Values(wl.Addresses), netip.Addr.Compare)
+			e.Addresses = slices.Compact(e.Addresses)
+		}
+		rs.Endpoints = append(rs.Endpoints, e)
 	}
 
 	rs.IPCache = mergeIPCache(nc.globalIPCache, nc.prefixes, m.cidrID)

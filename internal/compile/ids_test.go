@@ -77,7 +77,7 @@ spec:
 		b, a := before.RuleSets[n], after.RuleSets[n]
 		for _, ep := range b.Endpoints {
 			i := slices.IndexFunc(a.Endpoints, func(e ruleset.Endpoint) bool { return e.Workload == ep.Workload })
-			if i < 0 || a.Endpoints[i] != ep {
+			if i < 0 || !a.Endpoints[i].Equal(ep) {
 				t.Errorf("%s: endpoint of %s changed: %+v", n, ep.Workload, ep)
 			}
 		}

@@ -80,7 +80,8 @@ type Workload struct {
 	Meta
 	Node string
 	// Interface is the host-side interface; empty means host mode: the
-	// workload is the node itself.
+	// workload is the node itself; ruleset.InterfaceAuto ("auto") means the
+	// agent finds it from the workload's addresses.
 	Interface string
 	Addresses []netip.Addr
 	Mode      Mode
@@ -88,6 +89,10 @@ type Workload struct {
 
 // HostMode reports whether the workload is its node's own interfaces.
 func (w *Workload) HostMode() bool { return w.Interface == "" }
+
+// Auto reports whether the agent finds the workload's interface from its
+// addresses (interface: auto).
+func (w *Workload) Auto() bool { return w.Interface == ruleset.InterfaceAuto }
 
 // Policy is a set of rules, each an edge of the data-flow diagram.
 type Policy struct {

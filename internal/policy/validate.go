@@ -59,6 +59,9 @@ func (s *Set) Validate() Diagnostics {
 			hosts[w.Node] = owner{w.Name, w.NamePos}
 			continue
 		}
+		if w.Auto() {
+			continue // each resolves to its own interface on the node; the agent reports clashes
+		}
 		key := [2]string{w.Node, w.Interface}
 		if o, dup := ifaces[key]; dup && o.name != w.Name {
 			errorf(w.NamePos, "interface", "interface %q on node %q already belongs to workload %q (%s)", w.Interface, w.Node, o.name, o.pos)

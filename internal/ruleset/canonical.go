@@ -43,6 +43,9 @@ func CompareEntries(a, b Entry) int {
 func (rs *RuleSet) Clone() *RuleSet {
 	c := *rs
 	c.Endpoints = slices.Clone(rs.Endpoints)
+	for i := range c.Endpoints {
+		c.Endpoints[i].Addresses = slices.Clone(c.Endpoints[i].Addresses)
+	}
 	c.IPCache = slices.Clone(rs.IPCache)
 	c.Rules = slices.Clone(rs.Rules)
 	c.Entries = make([]Entry, len(rs.Entries))

@@ -51,11 +51,11 @@ func Diff(old, new *RuleSet) Delta {
 	d := Delta{Node: n.Node, Version: n.Version}
 
 	d.PutEndpoints, d.DeleteEndpoints = diffKeyed(o.Endpoints, n.Endpoints,
-		func(e Endpoint) EndpointID { return e.ID }, cmp.Compare[EndpointID])
+		func(e Endpoint) EndpointID { return e.ID }, cmp.Compare[EndpointID], Endpoint.Equal)
 	d.PutIPCache, d.DeleteIPCache = diffKeyed(o.IPCache, n.IPCache,
-		func(e IPCacheEntry) netip.Prefix { return e.Prefix }, comparePrefixes)
+		func(e IPCacheEntry) netip.Prefix { return e.Prefix }, comparePrefixes, same[IPCacheEntry])
 	d.PutRules, d.DeleteRules = diffKeyed(o.Rules, n.Rules,
-		func(r RuleName) RuleID { return r.ID }, cmp.Compare[RuleID])
+		func(r RuleName) RuleID { return r.ID }, cmp.Compare[RuleID], same[RuleName])
 
 	// Both entry lists are sorted and duplicate-free: merge them.
 	i, j := 0, 0
@@ -114,7 +114,7 @@ func comparePrefixes(a, b netip.Prefix) int {
 
 // diffKeyed merges two lists sorted by key: items new or changed in b are
 // put, keys only in a are deleted.
-func diffKeyed[T comparable, K any](a, b []T, key func(T) K, compare func(K, K) int) (put []T, del []K) {
+func diffKeyed[T any, K any](a, b []T, key func(T) K, compare func(K, K) int, equal func(T, T) bool) (put []T, del []K) {
 	i, j := 0, 0
 	for i < len(a) || j < len(b) {
 		switch {
@@ -133,7 +133,7 @@ func diffKeyed[T comparable, K any](a, b []T, key func(T) K, compare func(K, K) 
 				put = append(put, b[j])
 				j++
 			default:
-				if a[i] != b[j] {
+				if !equal(a[i], b[j]) {
 					put = append(put, b[j])
 				}
 				i++
@@ -267,3 +267,6 @@ func nilIfEmpty[T any](s []T) []T {
 	}
 	return s
 }
+
+// same is == for diffKeyed's comparable element types.
+func same[T comparable](a, b T) bool { return a == b }

@@ -82,6 +82,14 @@ func encodeCanonical(h hash.Hash, rs *RuleSet) error {
 				e.raw(`,"interface":`)
 				e.str(ep.Interface)
 			}
+			if len(ep.Addresses) > 0 {
+				e.raw(`,"addresses":`)
+				for j, a := range ep.Addresses {
+					e.sep(j)
+					e.str(a.String())
+				}
+				e.raw("]")
+			}
 			e.raw(`,"identity":`)
 			e.uint(uint64(ep.Identity))
 			e.raw(`,"mode":`)

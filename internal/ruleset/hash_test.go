@@ -21,7 +21,10 @@ func randomHashRuleSet(rng *rand.Rand, entries int) *RuleSet {
 	rs := &RuleSet{Node: names[rng.IntN(len(names))], Version: uint64(rng.IntN(5))}
 	for i := range rng.IntN(4) {
 		rs.Endpoints = append(rs.Endpoints, Endpoint{ID: EndpointID(i + 1), Workload: names[rng.IntN(len(names))],
-			Interface: []string{"", "veth0"}[rng.IntN(2)], Identity: Identity(300 + i), Mode: Mode(rng.IntN(2))})
+			Interface: []string{"", "veth0", InterfaceAuto}[rng.IntN(3)], Identity: Identity(300 + i), Mode: Mode(rng.IntN(2))})
+		if ep := &rs.Endpoints[len(rs.Endpoints)-1]; ep.Auto() {
+			ep.Addresses = []netip.Addr{netip.MustParseAddr("10.250.1.2"), netip.MustParseAddr("fd0e::2")}[:1+rng.IntN(2)]
+		}
 	}
 	for i := range rng.IntN(5) {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(i), 0}), 24)

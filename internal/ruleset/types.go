@@ -15,6 +15,7 @@ package ruleset
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Identity is the numeric security identity of a set of addresses: a
@@ -273,14 +274,36 @@ type Endpoint struct {
 	// Interface is the host-side interface of a container or network
 	// namespace. Empty means host mode: the programs go on the node's own
 	// interfaces and protect the node's own addresses. At most one endpoint
-	// per rule set is in host mode.
-	Interface string   `json:"interface,omitempty"`
-	Identity  Identity `json:"identity"`
-	Mode      Mode     `json:"mode"`
+	// per rule set is in host mode. InterfaceAuto means the agent finds the
+	// interface from Addresses (docs/POLICY.md, "interface: auto").
+	Interface string `json:"interface,omitempty"`
+	// Addresses are the workload's own addresses, sorted and unique. Only
+	// an endpoint with InterfaceAuto carries them (and must): they are how
+	// the agent finds its interface. Left empty otherwise, so the hashes of
+	// rule sets without auto endpoints are those of earlier versions.
+	Addresses []netip.Addr `json:"addresses,omitempty"`
+	Identity  Identity     `json:"identity"`
+	Mode      Mode         `json:"mode"`
 }
+
+// InterfaceAuto is the Interface of an endpoint whose host-side interface
+// the agent resolves from the endpoint's addresses (the route to them, or
+// a bridge's neighbour and forwarding entries). It is reserved: an
+// interface literally named "auto" cannot be named by a rule set.
+const InterfaceAuto = "auto"
 
 // HostMode reports whether the endpoint is the node itself.
 func (e Endpoint) HostMode() bool { return e.Interface == "" }
+
+// Auto reports whether the agent resolves the endpoint's interface from
+// its addresses.
+func (e Endpoint) Auto() bool { return e.Interface == InterfaceAuto }
+
+// Equal reports whether two endpoints are the same in every field.
+func (e Endpoint) Equal(o Endpoint) bool {
+	return e.ID == o.ID && e.Workload == o.Workload && e.Interface == o.Interface &&
+		e.Identity == o.Identity && e.Mode == o.Mode && slices.Equal(e.Addresses, o.Addresses)
+}
 
 // IPCacheEntry maps a prefix to the identity of the addresses in it. The
 // longest prefix wins. An endpoint's own addresses must be present with the

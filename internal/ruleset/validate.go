@@ -58,6 +58,23 @@ func (rs *RuleSet) Validate() error {
 			hostMode = e.ID
 			continue
 		}
+		if e.Auto() {
+			if len(e.Addresses) == 0 {
+				bad("%s: interface %q needs the workload's addresses to find its interface", where, e.Interface)
+			}
+			for j, a := range e.Addresses {
+				switch {
+				case !a.IsValid() || a.Zone() != "" || a.Is4In6() || a.IsUnspecified():
+					bad("%s: addresses[%d]: %s is not a workload address", where, j, a)
+				case j > 0 && e.Addresses[j-1].Compare(a) >= 0:
+					bad("%s: addresses[%d]: %s is out of order or listed twice (addresses are sorted and unique)", where, j, a)
+				}
+			}
+			continue // several endpoints may be auto
+		}
+		if len(e.Addresses) > 0 {
+			bad("%s: addresses are only given with interface %q", where, InterfaceAuto)
+		}
 		if other, dup := interfaces[e.Interface]; dup {
 			bad("%s: interface %q already belongs to endpoint %d", where, e.Interface, other)
 		}

@@ -2,10 +2,12 @@ package wire
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/eastguard/eastguard/internal/ruleset"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -62,7 +64,18 @@ func checkWord(field, s string) error {
 
 // checkInterface checks a Linux interface name: 1 to 15 bytes, no white
 // space, '/' or ':'.
+//
+// A pending auto endpoint is reported as "auto:" and the first of its
+// addresses (docs/POLICY.md, "interface: auto"); the address must be one
+// a workload may have, written canonically.
 func checkInterface(field, s string) error {
+	if rest, ok := strings.CutPrefix(s, ruleset.InterfaceAuto+":"); ok {
+		a, err := netip.ParseAddr(rest)
+		if err != nil || a.String() != rest || a.Zone() != "" || a.Is4In6() || a.IsUnspecified() {
+			return fmt.Errorf("%s: %q is not auto and a workload address", field, Cut(s, MaxWordLen))
+		}
+		return nil
+	}
 	if s == "" || len(s) > 15 || strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '/' || r == ':' || r >= 0x7f }) {
 		return fmt.Errorf("%s: %q is not an interface name", field, Cut(s, MaxWordLen))
 	}

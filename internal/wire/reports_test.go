@@ -7,6 +7,15 @@ import (
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
+// TestAckPendingAuto: a pending auto endpoint is reported as auto:ADDR,
+// longer than an interface name and with colons, and the controller keeps
+// it.
+func TestAckPendingAuto(t *testing.T) {
+	if err := CheckAck(&pb.Ack{PendingInterfaces: []string{"auto:10.250.1.2", "auto:fd0e:1:2::2", "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestAgentReportBounds: Hello, counters and acks within the bounds pass
 // (what a honest agent sends); beyond them they are refused with
 // InvalidArgument naming the field, never Cut.
@@ -53,6 +62,9 @@ func TestAgentReportBounds(t *testing.T) {
 		{"pending", CheckAck(&pb.Ack{PendingInterfaces: make([]string, MaxPending+1)}), "ack.pendingInterfaces: 16385 entries"},
 		{"pending name", CheckAck(&pb.Ack{PendingInterfaces: []string{"eth0", "a-name-of-16-chr"}}), "ack.pendingInterfaces[1]"},
 		{"pending slash", CheckAck(&pb.Ack{PendingInterfaces: []string{"a/b"}}), "ack.pendingInterfaces[0]"},
+		{"pending auto, not an address", CheckAck(&pb.Ack{PendingInterfaces: []string{"auto:eth0"}}), "ack.pendingInterfaces[0]"},
+		{"pending auto, not canonical", CheckAck(&pb.Ack{PendingInterfaces: []string{"auto:fd0e:0::2"}}), "ack.pendingInterfaces[0]"},
+		{"pending auto, zone", CheckAck(&pb.Ack{PendingInterfaces: []string{"auto:fe80::1%eth0"}}), "ack.pendingInterfaces[0]"},
 	} {
 		// The controller refuses these with InvalidArgument
 		// (test/integration TestAgentReportsBounded).

@@ -119,6 +119,9 @@ func fromEndpoints(eps []ruleset.Endpoint) []*pb.Endpoint {
 	out := make([]*pb.Endpoint, len(eps))
 	for i, e := range eps {
 		out[i] = &pb.Endpoint{Id: uint32(e.ID), Workload: e.Workload, Interface: e.Interface, Identity: uint32(e.Identity), Mode: uint32(e.Mode)}
+		for _, a := range e.Addresses {
+			out[i].Addresses = append(out[i].Addresses, a.AsSlice())
+		}
 	}
 	return out
 }
@@ -194,6 +197,13 @@ func toEndpoints(in []*pb.Endpoint, field string) ([]ruleset.Endpoint, error) {
 		out[i] = ruleset.Endpoint{
 			ID: ruleset.EndpointID(m.GetId()), Workload: m.GetWorkload(), Interface: m.GetInterface(),
 			Identity: ruleset.Identity(m.GetIdentity()), Mode: ruleset.Mode(m.GetMode()),
+		}
+		for j, b := range m.GetAddresses() {
+			a, ok := netip.AddrFromSlice(b)
+			if !ok {
+				return nil, fmt.Errorf("%s[%d].addresses[%d]: address of %d bytes", field, i, j, len(b))
+			}
+			out[i].Addresses = append(out[i].Addresses, a)
 		}
 	}
 	return out, nil

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -42,16 +43,7 @@ func TestRoundTrip(t *testing.T) {
 	var prev *ruleset.RuleSet
 	for node, rs := range sets {
 		rs.Version = 7
-		m := FromRuleSet(rs, rs.Hash())
-		b, err := proto.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var back pb.RuleSet
-		if err := proto.Unmarshal(b, &back); err != nil {
-			t.Fatal(err)
-		}
-		got, err := ToRuleSet(&back)
+		got, back, err := throughWire(t, rs)
 		if err != nil {
 			t.Fatalf("%s: %v", node, err)
 		}
@@ -102,6 +94,7 @@ func TestFromWireRefusals(t *testing.T) {
 		{"port", &pb.RuleSet{Entries: []*pb.Entry{{Port: 70000}}}, "entries[0]: port: 70000 out of range"},
 		{"icmp type", &pb.RuleSet{Entries: []*pb.Entry{{Protocol: 1, IcmpType: &big}}}, "icmpType: 300 out of range"},
 		{"mode", &pb.RuleSet{Endpoints: []*pb.Endpoint{{Mode: 256}}}, "endpoints[0]: mode"},
+		{"endpoint address", &pb.RuleSet{Endpoints: []*pb.Endpoint{{Interface: "auto", Addresses: [][]byte{{10, 0, 0}}}}}, "endpoints[0].addresses[0]: address of 3 bytes"},
 		{"rule name", &pb.RuleSet{Rules: []*pb.RuleName{{Id: 1}}}, "rules[0]: rule 1 has no name"},
 	}
 	for _, c := range cases {
@@ -116,4 +109,35 @@ func TestFromWireRefusals(t *testing.T) {
 	if _, err := ToDelta(&pb.RuleSetDelta{DeleteIpcache: []*pb.Prefix{{Addr: []byte{1}}}}); err == nil {
 		t.Error("bad delete prefix accepted")
 	}
+}
+
+// TestRoundTripAutoEndpoint: an auto endpoint's addresses cross the wire,
+// and the hash computed before is the hash after.
+func TestRoundTripAutoEndpoint(t *testing.T) {
+	rs := &ruleset.RuleSet{Node: "n1", Version: 3, Endpoints: []ruleset.Endpoint{{
+		ID: 1, Workload: "pod", Interface: ruleset.InterfaceAuto, Identity: 300,
+		Addresses: []netip.Addr{netip.MustParseAddr("10.250.1.2"), netip.MustParseAddr("fd0e::2")},
+	}}}
+	got, _, err := throughWire(t, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Hash() != rs.Hash() || !got.Endpoints[0].Equal(rs.Endpoints[0]) {
+		t.Errorf("after the wire: %+v, hash %s; before: %+v, hash %s", got.Endpoints, got.Hash(), rs.Endpoints, rs.Hash())
+	}
+}
+
+// throughWire sends rs (with its hash) through protobuf encoding and back.
+func throughWire(t *testing.T, rs *ruleset.RuleSet) (*ruleset.RuleSet, *pb.RuleSet, error) {
+	t.Helper()
+	b, err := proto.Marshal(FromRuleSet(rs, rs.Hash()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back pb.RuleSet
+	if err := proto.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ToRuleSet(&back)
+	return got, &back, err
 }

@@ -1251,12 +1251,15 @@ func (x *RuleSetDelta) GetDeleteRules() []uint32 {
 }
 
 type Endpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Workload      string                 `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
-	Interface     string                 `protobuf:"bytes,3,opt,name=interface,proto3" json:"interface,omitempty"`
-	Identity      uint32                 `protobuf:"varint,4,opt,name=identity,proto3" json:"identity,omitempty"`
-	Mode          uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Workload  string                 `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
+	Interface string                 `protobuf:"bytes,3,opt,name=interface,proto3" json:"interface,omitempty"`
+	Identity  uint32                 `protobuf:"varint,4,opt,name=identity,proto3" json:"identity,omitempty"`
+	Mode      uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
+	// addresses (4 or 16 bytes each) are given only with interface "auto":
+	// the agent finds the workload's interface from them.
+	Addresses     [][]byte `protobuf:"bytes,6,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1324,6 +1327,13 @@ func (x *Endpoint) GetMode() uint32 {
 		return x.Mode
 	}
 	return 0
+}
+
+func (x *Endpoint) GetAddresses() [][]byte {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
 }
 
 // IPCacheEntry maps addr/bits (addr is 4 or 16 bytes) to an identity.
@@ -2072,13 +2082,14 @@ const file_control_proto_rawDesc = "" +
 	"addEntries\x12:\n" +
 	"\x0edelete_entries\x18\v \x03(\v2\x13.eastguard.v1.EntryR\rdeleteEntries\x123\n" +
 	"\tput_rules\x18\f \x03(\v2\x16.eastguard.v1.RuleNameR\bputRules\x12!\n" +
-	"\fdelete_rules\x18\r \x03(\rR\vdeleteRules\"\x84\x01\n" +
+	"\fdelete_rules\x18\r \x03(\rR\vdeleteRules\"\xa2\x01\n" +
 	"\bEndpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1a\n" +
 	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x1c\n" +
 	"\tinterface\x18\x03 \x01(\tR\tinterface\x12\x1a\n" +
 	"\bidentity\x18\x04 \x01(\rR\bidentity\x12\x12\n" +
-	"\x04mode\x18\x05 \x01(\rR\x04mode\"R\n" +
+	"\x04mode\x18\x05 \x01(\rR\x04mode\x12\x1c\n" +
+	"\taddresses\x18\x06 \x03(\fR\taddresses\"R\n" +
 	"\fIPCacheEntry\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\fR\x04addr\x12\x12\n" +
 	"\x04bits\x18\x02 \x01(\rR\x04bits\x12\x1a\n" +
