@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -152,7 +151,7 @@ func (d *Deliverer) request(ctx context.Context, hook policy.Webhook, m payload.
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return nil, fmt.Errorf("request: %w", redact(err))
+		return nil, fmt.Errorf("request: %w", payload.Redact(err))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", userAgent)
@@ -208,16 +207,7 @@ func (d *Deliverer) transportError(actx context.Context, err error) error {
 	if errors.Is(actx.Err(), context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return fmt.Errorf("POST timed out after %s", d.cfg.Timeout)
 	}
-	return fmt.Errorf("POST: %w", redact(err))
-}
-
-// redact drops the URL from a *url.Error, keeping what went wrong.
-func redact(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
+	return fmt.Errorf("POST: %w", payload.Redact(err))
 }
 
 // excerpt makes the start of a response body fit for one line of

@@ -29,7 +29,7 @@ type amAlert struct {
 func AlertmanagerURL(base string) (string, error) {
 	u, err := url.Parse(base)
 	if err != nil {
-		return "", fmt.Errorf("alertmanager url: %w", redact(err))
+		return "", fmt.Errorf("alertmanager url: %w", Redact(err))
 	}
 	if p := strings.TrimRight(u.Path, "/"); strings.HasSuffix(p, "/api/v2/alerts") {
 		u.Path, u.RawPath = p, strings.TrimRight(u.RawPath, "/")
@@ -121,9 +121,10 @@ func EncodeAlertmanager(m Message, resolveAfter time.Duration) ([]byte, error) {
 	return b, nil
 }
 
-// redact drops the URL from a *url.Error, keeping what went wrong: a
-// webhook URL may be its own secret (a Slack URL is).
-func redact(err error) error {
+// Redact drops the URL from a *url.Error, keeping what went wrong: a
+// webhook URL may be its own secret (a Slack URL is), so no error about a
+// delivery may carry it.
+func Redact(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		return ue.Err
