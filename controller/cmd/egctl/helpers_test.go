@@ -10,12 +10,17 @@ import (
 // The names this package's tests use, bound to egctltest's helpers and
 // main's run.
 
-const envConfig = cli.EnvConfig
+const (
+	exitOK       = cli.ExitOK
+	exitBadInput = cli.ExitBadInput
+	exitRemote   = cli.ExitRemote
+
+	envConfig = cli.EnvConfig
+)
 
 var (
-	shop                = egctltest.Shop
-	controller          = egctltest.Controller
-	controllerWithStore = egctltest.ControllerWithStore
+	shop       = egctltest.Shop
+	controller = egctltest.Controller
 )
 
 func egctl(t *testing.T, args ...string) (int, string, string) {

@@ -3,8 +3,7 @@
 // controller/egctl/cli (the command type, dispatch and usage, flag
 // parsing, output, the controller connection), controller/egctl/offline
 // (validate, compile, explain, import: files only) and controller/egctl/online
-// (the commands that call the controller). flows and alerts are still
-// declared here (flows.go, alerts.go), through the adapter in command.go.
+// (the commands that call the controller).
 //
 // Exit codes shared by every command: 0 success, 1 bad input (unreadable or
 // invalid files, bad flags). explain adds 3 (denied) and 4 (would-deny);
@@ -30,12 +29,12 @@ import (
 var version = "dev"
 
 // commands is the command table, in the order egctl --help lists it.
-var commands = []*command{
-	fromCLI(offline.ValidateCmd), fromCLI(offline.CompileCmd), fromCLI(offline.ExplainCmd), fromCLI(offline.ImportCmd),
-	fromCLI(online.ApplyCmd), fromCLI(online.GetCmd), fromCLI(online.DeleteCmd),
-	fromCLI(online.AgentsCmd), fromCLI(online.AgentCmd), fromCLI(online.WebhooksCmd),
-	flowsCmd, alertsCmd, alertCmd,
-	fromCLI(online.TokenCmd), fromCLI(online.AdminTokenCmd),
+var commands = []*cli.Command{
+	offline.ValidateCmd, offline.CompileCmd, offline.ExplainCmd, offline.ImportCmd,
+	online.ApplyCmd, online.GetCmd, online.DeleteCmd,
+	online.AgentsCmd, online.AgentCmd, online.WebhooksCmd,
+	online.FlowsCmd, online.AlertsCmd, online.AlertCmd,
+	online.TokenCmd, online.AdminTokenCmd,
 }
 
 func main() {
@@ -43,9 +42,5 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	table := make([]*cli.Command, len(commands))
-	for i, c := range commands {
-		table[i] = c.cli()
-	}
-	return cli.Run(table, version, args, stdout, stderr)
+	return cli.Run(commands, version, args, stdout, stderr)
 }

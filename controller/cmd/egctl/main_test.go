@@ -9,16 +9,16 @@ import (
 
 func TestHelpOnEveryCommand(t *testing.T) {
 	for _, c := range commands {
-		for _, args := range [][]string{{c.name, "--help"}, {c.name, "-h"}, {"help", c.name}} {
+		for _, args := range [][]string{{c.Name, "--help"}, {c.Name, "-h"}, {"help", c.Name}} {
 			code, out, errs := egctl(t, args...)
-			if code != exitOK || strings.Count(out, "Usage: egctl "+c.name) != 1 || !strings.Contains(out, "Examples:") || errs != "" {
+			if code != exitOK || strings.Count(out, "Usage: egctl "+c.Name) != 1 || !strings.Contains(out, "Examples:") || errs != "" {
 				t.Errorf("egctl %s: exit %d, output:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out, errs)
 			}
 		}
 		// A bad flag: the error and the usage once, on stderr only.
-		code, out, errs := egctl(t, c.name, "--no-such-flag")
-		if code != exitBadInput || out != "" || !strings.Contains(errs, "no-such-flag") || strings.Count(errs, "Usage: egctl "+c.name) != 1 {
-			t.Errorf("egctl %s --no-such-flag: exit %d, stdout %q, stderr:\n%s", c.name, code, out, errs)
+		code, out, errs := egctl(t, c.Name, "--no-such-flag")
+		if code != exitBadInput || out != "" || !strings.Contains(errs, "no-such-flag") || strings.Count(errs, "Usage: egctl "+c.Name) != 1 {
+			t.Errorf("egctl %s --no-such-flag: exit %d, stdout %q, stderr:\n%s", c.Name, code, out, errs)
 		}
 	}
 	code, out, _ := egctl(t, "--help")

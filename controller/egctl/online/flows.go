@@ -1,4 +1,4 @@
-package main
+package online
 
 import (
 	"bytes"
@@ -17,11 +17,11 @@ import (
 	"github.com/eastguard/eastguard/internal/flowrecord"
 )
 
-var flowsCmd = &command{
-	name:    "flows",
-	summary: "list recorded flows, newest first, filtered by verdict, port, workload, address, rule, node, time",
-	usage:   "egctl flows [--verdict V] [--port N] [--protocol P] [--workload W] [--addr IP] [--rule R] [--node N] [--since T] [--until T] [--limit N] [-o table|json|yaml] [flags]",
-	help: `
+var FlowsCmd = &cli.Command{
+	Name:    "flows",
+	Summary: "list recorded flows, newest first, filtered by verdict, port, workload, address, rule, node, time",
+	Usage:   "egctl flows [--verdict V] [--port N] [--protocol P] [--workload W] [--addr IP] [--rule R] [--node N] [--since T] [--until T] [--limit N] [-o table|json|yaml] [flags]",
+	Help: `
 Lists the flow records the agents reported, newest first: a table by
 default, with -o json a JSON array of flow records with the keys time,
 node, direction, protocol, srcAddr, srcPort, srcWorkload, srcIdentity,
@@ -33,14 +33,14 @@ Filters combine (all must match). --port is the destination port;
 duration back from now (10m, 2h, 7d) or an RFC 3339 time; --limit caps the
 answer (default 100, at most 10000). In the table SOURCE and DESTINATION
 are the workload, or the address of an end no workload has.
-` + remoteHelp + `
+` + cli.RemoteHelp + `
 
 Examples:
   egctl flows --verdict denied --since 10m
   egctl flows --port 22 --protocol TCP --workload db-1
   egctl flows --addr 10.0.0.7 --since 2025-06-01T08:00:00Z --until 2025-06-01T09:00:00Z
   egctl flows --verdict would-deny --limit 10000 -o json | jq -r '.[].rule' | sort | uniq -c`,
-	flags: func(fs *flag.FlagSet) func(*env, []string) int {
+	Flags: func(fs *flag.FlagSet) func(*cli.Env, []string) int {
 		fs.String("verdict", "", "only flows with this verdict: allowed, denied or would-deny")
 		fs.String("port", "", "only flows to this destination port (1-65535)")
 		fs.String("protocol", "", "only flows of this protocol: TCP, UDP, ICMP, ICMPv6 or proto-N")
@@ -52,35 +52,35 @@ Examples:
 		fs.String("until", "", "only flows before this time: a duration back from now or an RFC 3339 time")
 		fs.String("limit", "", "at most this many flows (default 100, at most 10000)")
 		output := fs.String("o", "table", "output format: table, json or yaml")
-		remote := addRemoteFlags(fs)
-		return func(e *env, args []string) int {
+		remote := cli.AddRemoteFlags(fs)
+		return func(e *cli.Env, args []string) int {
 			if len(args) > 0 {
-				fmt.Fprintf(e.stderr, "egctl flows: unexpected arguments %q (filters are flags: --workload %s)\n", args, args[0])
-				return exitBadInput
+				fmt.Fprintf(e.Stderr, "egctl flows: unexpected arguments %q (filters are flags: --workload %s)\n", args, args[0])
+				return cli.ExitBadInput
 			}
-			if !checkOutput(e, *output, "table", "json", "yaml") {
-				return exitBadInput
+			if !cli.CheckOutput(e, *output, "table", "json", "yaml") {
+				return cli.ExitBadInput
 			}
 			params, ok := queryFlags(e, fs, "flows", func(v url.Values) error {
 				_, err := apiclient.ParseFlowFilter(v, time.Now())
 				return err
 			})
 			if !ok {
-				return exitBadInput
+				return cli.ExitBadInput
 			}
 			var raw bytes.Buffer
-			if code := remote.call(e, http.MethodGet, "/api/v1/flows?"+params, nil, &raw); code != exitOK {
+			if code := remote.Call(e, http.MethodGet, "/api/v1/flows?"+params, nil, &raw); code != cli.ExitOK {
 				return code
 			}
 			var recs []flowrecord.Record
 			if err := json.Unmarshal(raw.Bytes(), &recs); err != nil {
-				fmt.Fprintf(e.stderr, "egctl flows: controller answer: %v\n", err)
-				return exitRemote
+				fmt.Fprintf(e.Stderr, "egctl flows: controller answer: %v\n", err)
+				return cli.ExitRemote
 			}
 			if *output != "table" {
 				return printList(e, *output, len(recs), raw.Bytes())
 			}
-			tw := newTable(e)
+			tw := cli.NewTable(e)
 			fmt.Fprintln(tw, "TIME\tNODE\tDIR\tPROTO\tSOURCE\tDESTINATION\tPORT\tVERDICT\tRULE\tSTATE\tPACKETS\tSENT\tRECEIVED")
 			for _, r := range recs {
 				src := endpoint(r.SrcWorkload, r.SrcAddr)
@@ -95,11 +95,11 @@ Examples:
 					port = strconv.Itoa(int(r.DstPort))
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Time.Local().Format(time.DateTime), r.Node,
-					r.Direction, r.Protocol, src, endpoint(r.DstWorkload, r.DstAddr), port, r.Verdict, dash(r.Rule),
-					dash(string(r.State)), r.Packets, byteSize(r.BytesSent), byteSize(r.BytesReceived))
+					r.Direction, r.Protocol, src, endpoint(r.DstWorkload, r.DstAddr), port, r.Verdict, cli.Dash(r.Rule),
+					cli.Dash(string(r.State)), r.Packets, byteSize(r.BytesSent), byteSize(r.BytesReceived))
 			}
 			tw.Flush()
-			return exitOK
+			return cli.ExitOK
 		}
 	},
 }
@@ -126,7 +126,7 @@ func byteSize(n uint64) string {
 // checked with the server's own parser so that a mistake is refused
 // before any call, with the server's message. A flag given empty is sent
 // as given and refused: it must not silently mean "any".
-func queryFlags(e *env, fs *flag.FlagSet, cmd string, check func(url.Values) error) (string, bool) {
+func queryFlags(e *cli.Env, fs *flag.FlagSet, cmd string, check func(url.Values) error) (string, bool) {
 	v := url.Values{}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -139,10 +139,10 @@ func queryFlags(e *env, fs *flag.FlagSet, cmd string, check func(url.Values) err
 		var pes apiclient.ParamErrors
 		if errors.As(err, &pes) {
 			for _, pe := range pes {
-				fmt.Fprintf(e.stderr, "egctl %s: --%v\n", cmd, pe)
+				fmt.Fprintf(e.Stderr, "egctl %s: --%v\n", cmd, pe)
 			}
 		} else {
-			fmt.Fprintf(e.stderr, "egctl %s: %v\n", cmd, err)
+			fmt.Fprintf(e.Stderr, "egctl %s: %v\n", cmd, err)
 		}
 		return "", false
 	}
@@ -163,16 +163,16 @@ func endpoint(workload string, addr netip.Addr) string {
 
 // printList prints a listing's JSON answer as it came (-o json), an empty
 // array (never null) when it has nothing, or the same objects as YAML.
-func printList(e *env, output string, n int, raw []byte) int {
+func printList(e *cli.Env, output string, n int, raw []byte) int {
 	if n == 0 {
 		raw = []byte("[]\n")
 	}
 	if output == "yaml" {
-		return cli.PrintYAML(e.Env, json.RawMessage(raw))
+		return cli.PrintYAML(e, json.RawMessage(raw))
 	}
-	if _, err := e.stdout.Write(raw); err != nil {
-		fmt.Fprintf(e.stderr, "egctl: %v\n", err)
-		return exitRemote
+	if _, err := e.Stdout.Write(raw); err != nil {
+		fmt.Fprintf(e.Stderr, "egctl: %v\n", err)
+		return cli.ExitRemote
 	}
-	return exitOK
+	return cli.ExitOK
 }
