@@ -63,18 +63,10 @@ type Config struct {
 	FlushInterval time.Duration
 	// Now is the clock (tests move it); nil is time.Now.
 	Now func() time.Time
-	// Flow and alert handling; zero values take flowingest's defaults.
-	FlowRetention  time.Duration
-	FlowMaxBytes   int64
-	AlertRetention time.Duration
-	// AgentFlowRate is each agent's flow records per second (negative:
-	// unlimited).
-	AgentFlowRate float64
-	// AlertRefresh is how often open alerts are re-posted to
-	// Alertmanager webhooks.
-	AlertRefresh time.Duration
-	// BuiltinAlerts configures the built-in "any denied flow" rule.
-	BuiltinAlerts alert.Builtin
+	// Settings are the flow and alert handling (retention, rates, the
+	// built-in alert, alert limits); zero values take flowingest's
+	// defaults.
+	flowingest.Settings
 	// DashboardURL is the base of the alert links sent to webhooks ("" for
 	// none).
 	DashboardURL string
@@ -97,9 +89,6 @@ type Config struct {
 	// SecretsDir is where webhooks' secretFrom.file names files ("":
 	// file secrets are refused).
 	SecretsDir string
-	// AlertLimits bound alert storms: live alerts per rule (the rest fold
-	// into a summary alert), resolved alerts and finished deliveries kept.
-	AlertLimits alert.Limits
 	// OnAck, if set, is called after each agent ack is recorded (tests
 	// and benchmarks wait on it). It must not block.
 	OnAck func(agentapi.Ack)
@@ -153,9 +142,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c.Nodes = c.nodes
 	c.Flows = flowingest.New(flowingest.Config{
 		Store: cfg.Store, Log: log.Named("flows"), Now: cfg.Now, Registry: cfg.Registry,
-		FlowRetention: cfg.FlowRetention, FlowMaxBytes: cfg.FlowMaxBytes, AlertRetention: cfg.AlertRetention,
-		AgentFlowRate: cfg.AgentFlowRate, AlertRefresh: cfg.AlertRefresh, BuiltinAlerts: cfg.BuiltinAlerts,
-		AlertLimits: cfg.AlertLimits,
+		Settings: cfg.Settings,
 	})
 	secrets := egress.NewSecrets(cfg.SecretsDir)
 	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -24,6 +24,7 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/restapi"
 	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/cliflag"
@@ -239,12 +240,17 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		Heartbeat:     o.Heartbeat,
 		AgentLimits:   o.AgentLimits,
 
-		FlowRetention:  o.FlowRetention,
-		FlowMaxBytes:   o.FlowMaxBytes,
-		AlertRetention: o.AlertRetention,
-		AgentFlowRate:  flowRate,
-		BuiltinAlerts: alert.Builtin{
-			Denied: o.AlertOnDenied, Notify: o.DeniedNotify, Severity: policy.AlertSeverity(o.DeniedSeverity),
+		Settings: flowingest.Settings{
+			FlowRetention:  o.FlowRetention,
+			FlowMaxBytes:   o.FlowMaxBytes,
+			AlertRetention: o.AlertRetention,
+			AgentFlowRate:  flowRate,
+			BuiltinAlerts: alert.Builtin{
+				Denied: o.AlertOnDenied, Notify: o.DeniedNotify, Severity: policy.AlertSeverity(o.DeniedSeverity),
+			},
+			AlertLimits: alert.Limits{
+				MaxLivePerRule: o.AlertMaxLivePerRule, MaxResolved: o.AlertMaxResolved, MaxFinishedDeliveries: o.WebhookOutboxMax,
+			},
 		},
 		DashboardURL:  dashboardURL,
 		WebhookGiveUp: o.WebhookGiveUp,
@@ -254,9 +260,6 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		OwnAddrs:            ownAddrs(o.GRPCListen, httpLis.Addr()),
 		WebhookAllowPrivate: o.WebhookAllowPrivate,
 		SecretsDir:          o.SecretsDir,
-		AlertLimits: alert.Limits{
-			MaxLivePerRule: o.AlertMaxLivePerRule, MaxResolved: o.AlertMaxResolved, MaxFinishedDeliveries: o.WebhookOutboxMax,
-		},
 	})
 	if err != nil {
 		return err

@@ -49,12 +49,9 @@ const (
 	maxSpools = 16
 )
 
-// Config configures an Ingester. Zero values take the defaults.
-type Config struct {
-	Store    store.Store
-	Log      *zap.Logger
-	Now      func() time.Time
-	Registry prometheus.Registerer
+// Settings are the flow and alert handling an operator chooses (the
+// controller's flags). Zero values take the defaults.
+type Settings struct {
 	// FlowRetention and FlowMaxBytes bound the stored flows by age and
 	// size; AlertRetention the resolved alerts and finished deliveries.
 	FlowRetention  time.Duration
@@ -71,6 +68,15 @@ type Config struct {
 	// AlertLimits bound alert storms (live alerts per rule, resolved
 	// alerts and finished deliveries kept).
 	AlertLimits alert.Limits
+}
+
+// Config configures an Ingester. Zero values take the defaults.
+type Config struct {
+	Store    store.Store
+	Log      *zap.Logger
+	Now      func() time.Time
+	Registry prometheus.Registerer
+	Settings
 }
 
 // batch is one validated flow batch on its way to the store.

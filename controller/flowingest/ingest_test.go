@@ -42,7 +42,7 @@ func admitted(t *testing.T, in *Ingester, a *Agent, b *pb.FlowBatch) *pb.FlowAck
 // ack, so none is free.
 func TestEmptyBatchesCostTokens(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	in := New(Config{Now: func() time.Time { return testNow }, AgentFlowRate: 100, Registry: reg}) // a burst of 1,000
+	in := New(Config{Now: func() time.Time { return testNow }, Settings: Settings{AgentFlowRate: 100}, Registry: reg}) // a burst of 1,000
 	a := in.NewAgent("node-a", zap.NewNop())
 	accepted := 0
 	for seq := uint64(1); seq <= 10000; seq++ {
