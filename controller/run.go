@@ -86,6 +86,9 @@ type Options struct {
 	AlertOnDenied       bool
 	DeniedNotify        []string
 	DeniedSeverity      string
+	// Kubernetes is Kubernetes mode: pods and custom resources mirrored
+	// into the policy.
+	Kubernetes KubernetesOptions
 	// Version is reported to agents.
 	Version string
 }
@@ -148,6 +151,9 @@ func (o *Options) Check() error {
 	}
 	if len(o.DeniedNotify) > 0 && !o.AlertOnDenied {
 		return errors.New("--alert-on-denied-notify needs --alert-on-denied")
+	}
+	if err := o.Kubernetes.check(); err != nil {
+		return err
 	}
 	if o.ExternalURL != "" {
 		u, err := url.Parse(o.ExternalURL)
@@ -226,6 +232,13 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		webhookRate = -1 // the flag's "unlimited"
 	}
 
+	var kc *kubeClients
+	if o.Kubernetes.On() {
+		if kc, err = newKubeClients(o.Kubernetes); err != nil {
+			return err
+		}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	c, err := New(ctx, Config{
@@ -283,7 +296,14 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	}
 	httpSrv, httpConns := httpServer(c.Handler(reg), httpLis, o.HTTP, httpTLS, log)
 	var wg sync.WaitGroup
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
+	if kc != nil {
+		wg.Go(func() {
+			if err := runKubernetes(ctx, c, kc, log); err != nil {
+				errs <- fmt.Errorf("kubernetes: %w", err)
+			}
+		})
+	}
 	wg.Go(func() {
 		if err := c.ServeGRPC(grpcLis); err != nil {
 			errs <- fmt.Errorf("gRPC listener: %w", err)

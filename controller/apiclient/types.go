@@ -196,33 +196,49 @@ type (
 		Labels    map[string]string `json:"labels,omitempty"`
 		Mode      string            `json:"mode,omitempty"`
 		Updated   time.Time         `json:"updated"`
+		// Source is where the resource comes from: "api" (egctl) or
+		// "kubernetes" (a pod or a custom resource, changed only there).
+		Source string `json:"source"`
 	}
 	PolicyView struct {
 		Name    string    `json:"name"`
 		Mode    string    `json:"mode,omitempty"`
 		Rules   []string  `json:"rules"`
 		Updated time.Time `json:"updated"`
+		// Source is where the resource comes from: "api" (egctl) or
+		// "kubernetes" (a pod or a custom resource, changed only there).
+		Source string `json:"source"`
 	}
 	AlertRuleView struct {
 		Name     string    `json:"name"`
 		Severity string    `json:"severity"`
 		Notify   []string  `json:"notify,omitempty"`
 		Updated  time.Time `json:"updated"`
+		// Source is where the resource comes from: "api" (egctl) or
+		// "kubernetes" (a pod or a custom resource, changed only there).
+		Source string `json:"source"`
 	}
 	// WebhookView is a Webhook with its deliveries' status (as far as
 	// the outbox keeps them): when one last succeeded, the error of the
 	// newest that failed, how many wait and how many were given up.
 	WebhookView struct {
-		Name          string    `json:"name"`
-		URL           string    `json:"url"`
-		Format        string    `json:"format"`
-		Updated       time.Time `json:"updated"`
+		Name    string    `json:"name"`
+		URL     string    `json:"url"`
+		Format  string    `json:"format"`
+		Updated time.Time `json:"updated"`
+		// Source is where the resource comes from: "api" (egctl) or
+		// "kubernetes" (a pod or a custom resource, changed only there).
+		Source        string    `json:"source"`
 		LastDelivered time.Time `json:"lastDelivered,omitzero"`
 		LastError     string    `json:"lastError,omitempty"`
 		Pending       int       `json:"pending"`
 		GaveUp        int       `json:"gaveUp"`
 	}
 )
+
+// SourceAPI is the source of resources applied through the API (egctl);
+// others are named by the system that owns them ("kubernetes").
+const SourceAPI = "api"
 
 // Kinds maps what users write for a resource kind (API path segments,
 // singular and plural, any case) to the kind in the YAML.

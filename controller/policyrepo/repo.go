@@ -63,6 +63,8 @@ type resource struct {
 	set     *policy.Set
 	diags   policy.Diagnostics // problems of a stored document (only after an upgrade made the parser stricter)
 	updated time.Time
+	source  string // "" for the API's resources, else store.SourceKubernetes, ... (see Sync)
+	file    string // the name its diagnostics give the document, while it is incoming
 }
 
 // Document is a stored resource as readers see it.
@@ -71,6 +73,9 @@ type Document struct {
 	Text    []byte
 	Set     *policy.Set // the resource parsed alone; nil fields if it no longer parses
 	Updated time.Time
+	// Source is "" for a resource applied through the API, else the
+	// system that owns it (store.SourceKubernetes).
+	Source string
 }
 
 // New returns an empty repository; Load fills it.
@@ -101,6 +106,42 @@ func invalid(summary string, diags []string) *InvalidError {
 type NotFoundError struct{ Missing []string }
 
 func (e *NotFoundError) Error() string { return strings.Join(e.Missing, "\n") }
+
+// OwnedError is an API change to resources that another system owns
+// (pods and custom resources mirrored from Kubernetes): nothing was
+// changed. Each entry says which resource and where it comes from.
+type OwnedError struct{ Owned []string }
+
+func (e *OwnedError) Error() string {
+	return "resources owned by another system, nothing changed:\n" + strings.Join(e.Owned, "\n")
+}
+
+// ownedLocked refuses an API change to any of keys that a source owns.
+// Called with applyMu held.
+func (r *Repo) ownedLocked(keys []store.ResourceKey) error {
+	var owned []string
+	for _, k := range slices.SortedFunc(slices.Values(keys), compareKeys) {
+		if res := r.resources[k]; res != nil && res.source != "" {
+			owned = append(owned, fmt.Sprintf("%s: comes from %s; change it there", keyString(k), Origin(k, res.source)))
+		}
+	}
+	if len(owned) > 0 {
+		return &OwnedError{Owned: owned}
+	}
+	return nil
+}
+
+// Origin says where a sourced resource comes from, for people: the
+// Kubernetes object it mirrors.
+func Origin(k store.ResourceKey, source string) string {
+	if source != store.SourceKubernetes {
+		return source
+	}
+	if k.Kind == policy.KindWorkload {
+		return "Kubernetes (Pod " + k.Name + ")"
+	}
+	return "Kubernetes (" + k.Kind + ".eastguard.dev " + k.Name + ", kubectl edit " + strings.ToLower(k.Kind) + " " + k.Name + ")"
+}
 
 func diagStrings(ds policy.Diagnostics) []string {
 	out := make([]string, len(ds))
@@ -180,7 +221,7 @@ func (r *Repo) Load(ctx context.Context) error {
 
 func parseStored(s store.Resource) *resource {
 	set, diags := policy.Parse(keyString(s.ResourceKey)+" (stored)", s.Document)
-	return &resource{key: s.ResourceKey, doc: s.Document, set: set, diags: diags, updated: s.Updated}
+	return &resource{key: s.ResourceKey, doc: s.Document, set: set, diags: diags, updated: s.Updated, source: s.Source}
 }
 
 // Documents returns the stored resources of one kind, sorted by name.
@@ -191,7 +232,7 @@ func (r *Repo) Documents(kind string) []Document {
 	for _, k := range slices.SortedFunc(maps.Keys(r.resources), compareKeys) {
 		if k.Kind == kind {
 			res := r.resources[k]
-			out = append(out, Document{Key: k, Text: res.doc, Set: res.set, Updated: res.updated})
+			out = append(out, Document{Key: k, Text: res.doc, Set: res.set, Updated: res.updated, Source: res.source})
 		}
 	}
 	return out
@@ -241,6 +282,9 @@ func (r *Repo) Apply(ctx context.Context, files []apiclient.File, dryRun bool) (
 	for _, res := range incoming {
 		replaced[res.key] = true
 	}
+	if err := r.ownedLocked(slices.Collect(maps.Keys(replaced))); err != nil {
+		return nil, err
+	}
 	return r.changeLocked(ctx, incoming, replaced, dryRun, func(d policy.Diagnostic) bool { return requestFiles[d.Pos.File] })
 }
 
@@ -261,6 +305,9 @@ func (r *Repo) Delete(ctx context.Context, keys []store.ResourceKey, dryRun bool
 	}
 	if len(missing) > 0 {
 		return nil, &NotFoundError{Missing: missing}
+	}
+	if err := r.ownedLocked(keys); err != nil {
+		return nil, err
 	}
 	res, err := r.changeLocked(ctx, nil, del, dryRun, func(policy.Diagnostic) bool { return true })
 	if err != nil {
@@ -320,7 +367,7 @@ func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed m
 			out.Updated = append(out.Updated, keyString(res.key))
 		}
 		res.updated = now
-		put = append(put, store.Resource{ResourceKey: res.key, Document: res.doc, Updated: now})
+		put = append(put, store.Resource{ResourceKey: res.key, Document: res.doc, Updated: now, Source: res.source})
 	}
 	if dryRun {
 		return out, nil

@@ -1,6 +1,7 @@
 package restapi
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,11 +94,14 @@ func writeError(w http.ResponseWriter, code int, msg string, diags []string) {
 func (s *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var inv *policyrepo.InvalidError
 	var nf *policyrepo.NotFoundError
+	var owned *policyrepo.OwnedError
 	switch {
 	case errors.As(err, &inv):
 		writeError(w, http.StatusUnprocessableEntity, inv.Summary, inv.Diagnostics)
 	case errors.As(err, &nf):
 		writeError(w, http.StatusNotFound, "not found, nothing changed", nf.Missing)
+	case errors.As(err, &owned):
+		writeError(w, http.StatusConflict, "owned by another system, nothing changed", owned.Owned)
 	case errors.Is(err, agentapi.ErrInvalidArgument), errors.As(err, new(badRequest)):
 		writeError(w, http.StatusBadRequest, err.Error(), nil)
 	case errors.Is(err, nodes.ErrUnknownNode):
@@ -256,28 +260,29 @@ func (s *API) handleList(w http.ResponseWriter, r *http.Request) {
 
 func view(r policyrepo.Document) any {
 	set := r.Set
+	source := cmp.Or(r.Source, apiclient.SourceAPI)
 	switch {
 	case len(set.Workloads) == 1:
 		wl := set.Workloads[0]
 		return apiclient.WorkloadView{Name: wl.Name, Node: wl.Node, Interface: wl.Interface, Addresses: wl.Addresses,
-			Labels: wl.Labels, Mode: string(wl.Mode), Updated: r.Updated}
+			Labels: wl.Labels, Mode: string(wl.Mode), Updated: r.Updated, Source: source}
 	case len(set.Policies) == 1:
 		p := set.Policies[0]
-		v := apiclient.PolicyView{Name: p.Name, Mode: string(p.Mode), Rules: []string{}, Updated: r.Updated}
+		v := apiclient.PolicyView{Name: p.Name, Mode: string(p.Mode), Rules: []string{}, Updated: r.Updated, Source: source}
 		for _, rule := range p.Rules {
 			v.Rules = append(v.Rules, rule.Name)
 		}
 		return v
 	case len(set.AlertRules) == 1:
 		a := set.AlertRules[0]
-		v := apiclient.AlertRuleView{Name: a.Name, Severity: string(a.Severity), Updated: r.Updated}
+		v := apiclient.AlertRuleView{Name: a.Name, Severity: string(a.Severity), Updated: r.Updated, Source: source}
 		for _, n := range a.Notify {
 			v.Notify = append(v.Notify, n.Name)
 		}
 		return v
 	case len(set.Webhooks) == 1:
 		wh := set.Webhooks[0]
-		return apiclient.WebhookView{Name: wh.Name, URL: wh.URL, Format: wh.Format, Updated: r.Updated}
+		return apiclient.WebhookView{Name: wh.Name, URL: wh.URL, Format: wh.Format, Updated: r.Updated, Source: source}
 	}
 	return map[string]string{"name": r.Key.Name, "kind": r.Key.Kind, "error": "stored document does not parse"}
 }

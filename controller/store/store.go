@@ -178,7 +178,15 @@ type Resource struct {
 	ResourceKey
 	Document []byte
 	Updated  time.Time
+	// Source is "" for a resource applied through the API (egctl), or the
+	// system it is mirrored from (SourceKubernetes), which alone changes
+	// it.
+	Source string
 }
+
+// SourceKubernetes marks resources mirrored from Kubernetes: pods as
+// Workloads, eastguard.dev/v1 custom resources as themselves.
+const SourceKubernetes = "kubernetes"
 
 // RuleSetRecord is one version of a node's rule set.
 type RuleSetRecord struct {

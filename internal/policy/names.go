@@ -28,6 +28,26 @@ func checkName(s string) string {
 	return ""
 }
 
+// checkWorkloadName is checkName for workloads, which may also be
+// "<namespace>/<pod>": the name Kubernetes pods have as workloads. One '/'
+// at most, so a workload name never reads as a "policy/rule".
+func checkWorkloadName(s string) string {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok {
+		return checkName(s)
+	}
+	if strings.Contains(name, "/") {
+		return fmt.Sprintf("workload name %q may hold one '/' at most (namespace/pod)", s)
+	}
+	if why := checkName(ns); why != "" {
+		return fmt.Sprintf("namespace part of %q: %s", s, why)
+	}
+	if why := checkName(name); why != "" {
+		return fmt.Sprintf("pod part of %q: %s", s, why)
+	}
+	return ""
+}
+
 // checkLabel returns why s is not a valid label key or value (what says
 // which), or "". Keys and values exclude ',' and '=' so that Labels.String
 // is unambiguous; a value may be empty, a key may not.

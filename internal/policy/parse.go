@@ -104,7 +104,7 @@ func (d *decoder) document(root *yaml.Node, set *Set) {
 	}
 	meta := Meta{Pos: d.pos(root)}
 	if metaNode != nil {
-		d.metadata(metaNode, &meta)
+		d.metadata(metaNode, &meta, kind)
 	}
 	if specNode == nil {
 		return
@@ -129,13 +129,17 @@ func (d *decoder) document(root *yaml.Node, set *Set) {
 	}
 }
 
-func (d *decoder) metadata(n *yaml.Node, m *Meta) {
+func (d *decoder) metadata(n *yaml.Node, m *Meta, kind string) {
 	d.mapping(n, "metadata",
 		field{name: "name", required: true, decode: func(n *yaml.Node, p string) {
 			m.NamePos = d.pos(n)
 			if s, ok := d.str(n, p); ok {
 				m.Name = s
-				if why := checkName(s); why != "" {
+				check := checkName
+				if kind == KindWorkload {
+					check = checkWorkloadName
+				}
+				if why := check(s); why != "" {
 					d.errorf(n, p, "%s", why)
 				}
 			}

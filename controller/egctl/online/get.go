@@ -76,38 +76,38 @@ func printResources(e *cli.Env, kind string, data []byte) int {
 	case "Workload":
 		var list []apiclient.WorkloadView
 		if err = json.Unmarshal(data, &list); err == nil {
-			fmt.Fprintln(tw, "NAME\tNODE\tINTERFACE\tADDRESSES\tMODE\tLABELS")
+			fmt.Fprintln(tw, "NAME\tNODE\tINTERFACE\tADDRESSES\tMODE\tSOURCE\tLABELS")
 			for _, w := range list {
 				addrs := make([]string, len(w.Addresses))
 				for i, a := range w.Addresses {
 					addrs[i] = a.String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", w.Name, w.Node, cli.Dash(w.Interface), strings.Join(addrs, ","),
-					cli.Dash(w.Mode), labels(w.Labels))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", w.Name, w.Node, cli.Dash(w.Interface), strings.Join(addrs, ","),
+					cli.Dash(w.Mode), cli.Dash(w.Source), labels(w.Labels))
 			}
 		}
 	case "Policy":
 		var list []apiclient.PolicyView
 		if err = json.Unmarshal(data, &list); err == nil {
-			fmt.Fprintln(tw, "NAME\tMODE\tRULES")
+			fmt.Fprintln(tw, "NAME\tMODE\tSOURCE\tRULES")
 			for _, p := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, cli.Dash(p.Mode), strings.Join(p.Rules, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, cli.Dash(p.Mode), cli.Dash(p.Source), strings.Join(p.Rules, ","))
 			}
 		}
 	case "AlertRule":
 		var list []apiclient.AlertRuleView
 		if err = json.Unmarshal(data, &list); err == nil {
-			fmt.Fprintln(tw, "NAME\tSEVERITY\tNOTIFY")
+			fmt.Fprintln(tw, "NAME\tSEVERITY\tSOURCE\tNOTIFY")
 			for _, a := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", a.Name, a.Severity, strings.Join(a.Notify, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Name, a.Severity, cli.Dash(a.Source), strings.Join(a.Notify, ","))
 			}
 		}
 	case "Webhook":
 		var list []apiclient.WebhookView
 		if err = json.Unmarshal(data, &list); err == nil {
-			fmt.Fprintln(tw, "NAME\tFORMAT\tURL")
+			fmt.Fprintln(tw, "NAME\tFORMAT\tSOURCE\tURL")
 			for _, w := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", w.Name, w.Format, w.URL)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", w.Name, w.Format, cli.Dash(w.Source), w.URL)
 			}
 		}
 	}

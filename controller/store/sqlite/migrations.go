@@ -73,6 +73,12 @@ ALTER TABLE admin_tokens ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE admin_tokens ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
 UPDATE admin_tokens SET name = 'admin.conf';
 `,
+	// 3: resources get their source: '' for egctl and the API, or the
+	// system the controller mirrors them from ('kubernetes'), which owns
+	// them.
+	`
+ALTER TABLE resources ADD COLUMN source TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // eventMigrations are the event database's (flows.db), versioned the same

@@ -467,7 +467,7 @@ func scanCerts(rows *sql.Rows) ([]store.Cert, error) {
 }
 
 func (s *SQLite) Resources(ctx context.Context) ([]store.Resource, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT kind, name, document, updated FROM resources ORDER BY kind, name")
+	rows, err := s.db.QueryContext(ctx, "SELECT kind, name, document, updated, source FROM resources ORDER BY kind, name")
 	if err != nil {
 		return nil, fmt.Errorf("read resources: %w", err)
 	}
@@ -476,7 +476,7 @@ func (s *SQLite) Resources(ctx context.Context) ([]store.Resource, error) {
 	for rows.Next() {
 		var r store.Resource
 		var updated int64
-		if err := rows.Scan(&r.Kind, &r.Name, &r.Document, &updated); err != nil {
+		if err := rows.Scan(&r.Kind, &r.Name, &r.Document, &updated, &r.Source); err != nil {
 			return nil, fmt.Errorf("read resources: %w", err)
 		}
 		r.Updated = fromNanos(updated)
@@ -493,9 +493,9 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 			}
 		}
 		for _, r := range c.Put {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO resources (kind, name, document, updated) VALUES (?, ?, ?, ?)
-				ON CONFLICT (kind, name) DO UPDATE SET document = excluded.document, updated = excluded.updated`,
-				r.Kind, r.Name, r.Document, nanos(r.Updated)); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO resources (kind, name, document, updated, source) VALUES (?, ?, ?, ?, ?)
+				ON CONFLICT (kind, name) DO UPDATE SET document = excluded.document, updated = excluded.updated, source = excluded.source`,
+				r.Kind, r.Name, r.Document, nanos(r.Updated), r.Source); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,388 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/eastguard/eastguard/controller/policyrepo"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/policy"
+)
+
+// Group and Version of the custom resources.
+const (
+	Group   = "eastguard.dev"
+	Version = "v1"
+)
+
+// CustomKinds are the custom resources the controller watches, by kind,
+// with their plural (resource) names.
+var CustomKinds = []struct {
+	Kind     string
+	Resource string
+}{
+	{policy.KindPolicy, "policies"},
+	{policy.KindAlertRule, "alertrules"},
+	{policy.KindWebhook, "webhooks"},
+}
+
+// GVR is the custom resource of a plural name.
+func GVR(resource string) schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: Group, Version: Version, Resource: resource}
+}
+
+// Repo is the policy repository the source writes to
+// (*policyrepo.Repo).
+type Repo interface {
+	Sync(ctx context.Context, source string, kinds []string, objs []policyrepo.SourceObject) (*policyrepo.SyncResult, error)
+}
+
+// Config configures a Source.
+type Config struct {
+	Client    kubernetes.Interface
+	Dynamic   dynamic.Interface
+	Discovery discovery.DiscoveryInterface // Client.Discovery() when nil
+	Repo      Repo
+	Log       *zap.Logger
+	// Quiet is how long the source waits after a change for more before
+	// it syncs, and MaxDelay the longest it waits in a steady stream of
+	// changes: a rollout of a thousand pods becomes a handful of
+	// policy versions, and a single change is in force after about
+	// Quiet. Defaults 200 ms and 1 s.
+	Quiet, MaxDelay time.Duration
+	// Resync is the informers' resync period and how often missing CRDs
+	// are looked for again (default 1 minute).
+	Resync time.Duration
+	// Events records Events on the custom resources (nil: none).
+	Events EventRecorder
+}
+
+// EventRecorder is the part of client-go's record.EventRecorder the
+// source uses.
+type EventRecorder interface {
+	Event(object *unstructured.Unstructured, eventType, reason, message string)
+}
+
+// Source mirrors pods and custom resources into the repository.
+type Source struct {
+	cfg  Config
+	log  *zap.Logger
+	kick chan struct{}
+
+	pods       listerscorev1.PodLister
+	namespaces listerscorev1.NamespaceLister
+
+	// mu guards custom: the listers of the custom resources whose
+	// informers have synced, by kind.
+	mu     sync.Mutex
+	custom map[string]cache.GenericLister
+
+	synced atomic.Bool
+}
+
+// New returns a source; Run starts it.
+func New(cfg Config) *Source {
+	if cfg.Discovery == nil && cfg.Client != nil {
+		cfg.Discovery = cfg.Client.Discovery()
+	}
+	if cfg.Quiet <= 0 {
+		cfg.Quiet = 200 * time.Millisecond
+	}
+	if cfg.MaxDelay < cfg.Quiet {
+		cfg.MaxDelay = max(time.Second, cfg.Quiet)
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = time.Minute
+	}
+	return &Source{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1),
+		custom: make(map[string]cache.GenericLister)}
+}
+
+// Synced reports whether the first sync after the informers' caches
+// filled has been done: until then the policy in force is the one stored
+// at the last sync.
+func (s *Source) Synced() bool { return s.synced.Load() }
+
+func (s *Source) changed() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// handler kicks a sync at every change.
+func (s *Source) handler() cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.changed() },
+		UpdateFunc: func(any, any) { s.changed() },
+		DeleteFunc: func(any) { s.changed() },
+	}
+}
+
+// Run watches until ctx is done. It syncs only once the pod and namespace
+// caches are full: an empty cache would read as "every pod is gone".
+func (s *Source) Run(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactory(s.cfg.Client, s.cfg.Resync)
+	podInf := factory.Core().V1().Pods()
+	nsInf := factory.Core().V1().Namespaces()
+	if _, err := podInf.Informer().AddEventHandler(s.handler()); err != nil {
+		return err
+	}
+	if _, err := nsInf.Informer().AddEventHandler(s.handler()); err != nil {
+		return err
+	}
+	// Only the fields the source reads are kept: a large cluster's pods
+	// are mostly container specs and statuses nobody here needs.
+	if err := podInf.Informer().SetTransform(trimPod); err != nil {
+		return err
+	}
+	s.pods, s.namespaces = podInf.Lister(), nsInf.Lister()
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	s.log.Info("watching Kubernetes pods and namespaces")
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("kubernetes: cache of %v did not sync", typ)
+		}
+	}
+	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, s.cfg.Resync)
+	defer dyn.Shutdown()
+	s.startCustom(ctx, dyn)
+	s.changed()
+
+	recheck := time.NewTicker(s.cfg.Resync)
+	defer recheck.Stop()
+	retry := time.NewTimer(0)
+	<-retry.C
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-recheck.C:
+			s.startCustom(ctx, dyn)
+			continue
+		case <-retry.C:
+		case <-s.kick:
+			if !s.settle(ctx) {
+				return nil
+			}
+		}
+		if err := s.syncOnce(ctx); err != nil {
+			backoff = min(max(2*backoff, time.Second), 30*time.Second)
+			s.log.Error("kubernetes objects not synced; retrying", zap.Duration("in", backoff), zap.Error(err))
+			retry.Reset(backoff)
+			continue
+		}
+		backoff = 0
+	}
+}
+
+// settle waits until no change came for Quiet, or MaxDelay passed.
+func (s *Source) settle(ctx context.Context) bool {
+	deadline := time.Now().Add(s.cfg.MaxDelay)
+	quiet := time.NewTimer(s.cfg.Quiet)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-s.kick:
+			quiet.Reset(min(s.cfg.Quiet, max(time.Until(deadline), 0)))
+		case <-quiet.C:
+			return true
+		}
+	}
+}
+
+// startCustom starts the informers of the custom resources whose CRDs
+// are installed and not watched yet, and waits for their caches.
+func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSharedInformerFactory) {
+	installed, err := s.installedKinds()
+	if err != nil {
+		s.log.Warn("cannot list the eastguard.dev custom resources; retrying", zap.Error(err))
+		return
+	}
+	var started []string
+	for _, ck := range CustomKinds {
+		s.mu.Lock()
+		watching := s.custom[ck.Kind] != nil
+		s.mu.Unlock()
+		if watching || !installed[ck.Resource] {
+			continue
+		}
+		inf := dyn.ForResource(GVR(ck.Resource))
+		if _, err := inf.Informer().AddEventHandler(s.handler()); err != nil {
+			s.log.Error("watch custom resource", zap.String("kind", ck.Kind), zap.Error(err))
+			continue
+		}
+		dyn.Start(ctx.Done())
+		if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+			return
+		}
+		s.mu.Lock()
+		s.custom[ck.Kind] = inf.Lister()
+		s.mu.Unlock()
+		started = append(started, ck.Kind)
+	}
+	if len(started) > 0 {
+		s.log.Info("watching eastguard.dev custom resources", zap.Strings("kinds", started))
+		s.changed()
+	}
+	for _, ck := range CustomKinds {
+		if !installed[ck.Resource] {
+			s.log.Warn("custom resource definition not installed; its objects are not read until it is",
+				zap.String("crd", ck.Resource+"."+Group))
+		}
+	}
+}
+
+func (s *Source) installedKinds() (map[string]bool, error) {
+	list, err := s.cfg.Discovery.ServerResourcesForGroupVersion(Group + "/" + Version)
+	if apierrors.IsNotFound(err) {
+		return map[string]bool{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool)
+	for _, r := range list.APIResources {
+		out[r.Name] = true
+	}
+	return out, nil
+}
+
+// syncOnce mirrors the caches into the repository as one change and
+// writes the custom resources' conditions.
+func (s *Source) syncOnce(ctx context.Context) error {
+	kinds := []string{policy.KindWorkload}
+	objs, err := s.podObjects()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	custom := make(map[string]cache.GenericLister, len(s.custom))
+	for k, l := range s.custom {
+		custom[k] = l
+	}
+	s.mu.Unlock()
+	var crs []customObject
+	for _, ck := range CustomKinds {
+		l := custom[ck.Kind]
+		if l == nil {
+			continue
+		}
+		kinds = append(kinds, ck.Kind)
+		items, err := l.List(labels.Everything())
+		if err != nil {
+			return fmt.Errorf("list %s: %w", ck.Resource, err)
+		}
+		for _, it := range items {
+			u, ok := it.(*unstructured.Unstructured)
+			if !ok {
+				continue
+			}
+			co := newCustomObject(ck.Kind, u)
+			crs = append(crs, co)
+			objs = append(objs, co.obj)
+		}
+	}
+	start := time.Now()
+	res, err := s.cfg.Repo.Sync(ctx, store.SourceKubernetes, kinds, objs)
+	if err != nil {
+		var inv *policyrepo.InvalidError
+		if errors.As(err, &inv) {
+			// Nothing changed: every changed object says so.
+			s.report(ctx, crs, nil, conditionFailed(inv))
+		}
+		return err
+	}
+	s.synced.Store(true)
+	if res.Change != nil {
+		c := res.Change
+		s.log.Info("kubernetes objects synced", zap.Duration("took", time.Since(start)),
+			zap.Int("created", len(c.Created)), zap.Int("updated", len(c.Updated)), zap.Int("deleted", len(c.Deleted)),
+			zap.Int("nodes-changed", len(c.Nodes)))
+	}
+	for k, diags := range res.Refused {
+		if k.Kind == policy.KindWorkload {
+			s.log.Warn("pod not mirrored as a workload", zap.String("pod", k.Name), zap.String("why", conditionMessage(diags)))
+		}
+	}
+	s.report(ctx, crs, res.Refused, nil)
+	return nil
+}
+
+func (s *Source) podObjects() ([]policyrepo.SourceObject, error) {
+	pods, err := s.pods.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	nsLabels := make(map[string]map[string]string)
+	var out []policyrepo.SourceObject
+	for _, p := range pods {
+		l, ok := nsLabels[p.Namespace]
+		if !ok {
+			ns, err := s.namespaces.Get(p.Namespace)
+			if err != nil && !apierrors.IsNotFound(err) {
+				return nil, err
+			}
+			l = namespaceLabels(ns)
+			nsLabels[p.Namespace] = l
+		}
+		if o, ok := podWorkload(p, l); ok {
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, func(a, b policyrepo.SourceObject) int { return compareString(a.Key.Name, b.Key.Name) })
+	return out, nil
+}
+
+func compareString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// trimPod keeps what podWorkload reads.
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Pod{}
+	out.Name, out.Namespace, out.UID, out.Labels, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.Labels, p.ResourceVersion
+	if m := p.Annotations[ModeAnnotation]; m != "" {
+		out.Annotations = map[string]string{ModeAnnotation: m}
+	}
+	out.DeletionTimestamp = p.DeletionTimestamp
+	out.Spec.NodeName, out.Spec.HostNetwork, out.Spec.ServiceAccountName = p.Spec.NodeName, p.Spec.HostNetwork, p.Spec.ServiceAccountName
+	out.Status.Phase, out.Status.PodIP, out.Status.PodIPs = p.Status.Phase, p.Status.PodIP, p.Status.PodIPs
+	return out, nil
+}
