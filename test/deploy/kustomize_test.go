@@ -55,41 +55,35 @@ func render(t *testing.T) rendered {
 			continue
 		}
 		r.kinds[head.Kind] = append(r.kinds[head.Kind], head.Metadata.Name)
-		decode := func(into any) {
-			if err := sigsyaml.UnmarshalStrict(doc, into); err != nil {
-				t.Fatalf("%s %s: %v", head.Kind, head.Metadata.Name, err)
-			}
-		}
 		switch head.Kind {
 		case "Namespace":
-			var o corev1.Namespace
-			decode(&o)
-			r.namespaces = append(r.namespaces, o)
+			r.namespaces = append(r.namespaces, decodeStrict[corev1.Namespace](t, head.Kind, doc))
 		case "ServiceAccount":
-			var o corev1.ServiceAccount
-			decode(&o)
-			r.sas[o.Name] = o
+			r.sas[head.Metadata.Name] = decodeStrict[corev1.ServiceAccount](t, head.Kind, doc)
 		case "ClusterRole":
-			var o rbacv1.ClusterRole
-			decode(&o)
-			r.clusterRoles = append(r.clusterRoles, o)
+			r.clusterRoles = append(r.clusterRoles, decodeStrict[rbacv1.ClusterRole](t, head.Kind, doc))
 		case "Role":
-			var o rbacv1.Role
-			decode(&o)
-			r.roles = append(r.roles, o)
+			r.roles = append(r.roles, decodeStrict[rbacv1.Role](t, head.Kind, doc))
 		case "StatefulSet":
-			var o appsv1.StatefulSet
-			decode(&o)
-			r.statefulSets = append(r.statefulSets, o)
+			r.statefulSets = append(r.statefulSets, decodeStrict[appsv1.StatefulSet](t, head.Kind, doc))
 		case "DaemonSet":
-			var o appsv1.DaemonSet
-			decode(&o)
-			r.daemonSets = append(r.daemonSets, o)
+			r.daemonSets = append(r.daemonSets, decodeStrict[appsv1.DaemonSet](t, head.Kind, doc))
 		case "Deployment":
 			t.Errorf("Deployment %s: the controller is a StatefulSet (its volume holds the SQLite store)", head.Metadata.Name)
 		}
 	}
 	return r
+}
+
+// decodeStrict decodes one rendered object; a field the API type does not
+// have (a typo the apiserver would drop or refuse) fails.
+func decodeStrict[T any](t *testing.T, kind string, doc []byte) T {
+	t.Helper()
+	var o T
+	if err := sigsyaml.UnmarshalStrict(doc, &o); err != nil {
+		t.Fatalf("%s: %v\n%s", kind, err, doc)
+	}
+	return o
 }
 
 // TestKustomizeRenders checks the invariants of what `kubectl apply -k
