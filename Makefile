@@ -1,6 +1,6 @@
 # Eastguard build. The toolchain is pinned here and only here: the eBPF
-# compiler and strip tool, the bpf2go and protoc plugin versions (go.mod
-# tool directives), and the C flags.
+# compiler and strip tool, the bpf2go, protoc plugin and controller-gen
+# versions (go.mod tool directives), and the C flags.
 
 GO            ?= go
 BIN           ?= bin
@@ -30,7 +30,7 @@ LDFLAGS       := -X main.version=$(VERSION)
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-generate: deps ## Regenerate eBPF objects (bpf2go, clang-19) and protobuf code (protoc 3.21.12, Debian protobuf-compiler).
+generate: deps ## Regenerate eBPF objects (bpf2go, clang-19), protobuf code (protoc 3.21.12, Debian protobuf-compiler) and the CRDs and DeepCopy code of controller/kube/crdv1 (controller-gen).
 	$(GO) generate ./...
 
 build: ## Build all binaries into bin/, stamped with VERSION (git describe).

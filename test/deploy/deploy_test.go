@@ -1,7 +1,10 @@
 // Package deploy checks the deployment files under deploy/: the
 // Kubernetes manifests parse, and every flag they and the systemd units
-// give the binaries is one the binaries accept; and that `make build`
-// stamps the binaries with their version.
+// give the binaries is one the binaries accept; what `kubectl kustomize
+// deploy/kubernetes` renders keeps its security invariants (Pod Security,
+// least-privilege RBAC, the agent's minimal capabilities and projected
+// token, probes); and that `make build` stamps the binaries with their
+// version.
 package deploy
 
 import (
