@@ -53,6 +53,10 @@ type Config struct {
 	// Limits bound connections, streams and Joins (zero fields: the
 	// defaults).
 	Limits Limits
+	// ServiceAccounts, if set, checks the Kubernetes ServiceAccount tokens
+	// agents join with (Kubernetes mode); without it such joins are
+	// refused.
+	ServiceAccounts ServiceAccountVerifier
 	// OnAck, if set, is called after each ack is recorded (tests and
 	// benchmarks wait on it). It must not block.
 	OnAck func(Ack)
@@ -103,6 +107,9 @@ type Service struct {
 	joins    *admission.JoinLimiter
 	renews   *admission.RateLimiter[string] // per node
 	refusals *admission.RefusalLog
+	// usedTokens are the ServiceAccount tokens' credential ids that
+	// joined, until the tokens expire: each joins once.
+	usedTokens *admission.Once
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -142,10 +149,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{
 		cfg: cfg, log: cfg.Log, st: cfg.Store, ca: cfg.CA, now: cfg.Now, m: newMetrics(cfg.Registry),
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
-		conns:    admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
-		joins:    admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
-		renews:   admission.NewRateLimiter[string](renewRate, renewBurst),
-		refusals: admission.NewRefusalLog(cfg.Log, cfg.Now),
+		conns:      admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
+		joins:      admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		renews:     admission.NewRateLimiter[string](renewRate, renewBurst),
+		refusals:   admission.NewRefusalLog(cfg.Log, cfg.Now),
+		usedTokens: admission.NewOnce(maxUsedTokens),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
