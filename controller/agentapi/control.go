@@ -210,7 +210,7 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 	// revocation landing between the check and the issuing would leave
 	// the node a fresh, unrevoked certificate.
 	s.certMu.Lock()
-	if err := s.tls.checkNotRevoked(id); err != nil {
+	if err := s.checkNotRevoked(id); err != nil {
 		s.certMu.Unlock()
 		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
 		return nil, status.Error(codes.PermissionDenied, err.Error())
@@ -362,7 +362,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 func (s *Service) attach(ss *session, hello *pb.Hello) error {
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
-	if err := s.tls.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+	if err := s.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
 		return err
 	}
 	now := s.now()

@@ -3,8 +3,8 @@
 // ServiceAccountVerifier, and a CSR for a node certificate), Renew, and Connect,
 // one stream per agent that carries rule sets down and acks, heartbeats,
 // counters and flow batches up. It owns the serving certificate (rotated
-// at two thirds of its life), node certificates and their revocation, and
-// join tokens.
+// at two thirds of its life; agenttls), node certificates and their
+// revocation, and join tokens.
 //
 // Invariants:
 //   - The node an agent speaks for is the node in its certificate; an
