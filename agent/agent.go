@@ -50,7 +50,13 @@ type Config struct {
 	// no token: the agent has joined already, or the token comes later).
 	JoinToken     string
 	JoinTokenFile string
-	DefaultMode   ruleset.Mode
+	// JoinServiceAccountTokenFile is the pod's projected ServiceAccount
+	// token (Kubernetes), in place of a join token; CAFile the
+	// controller's CA certificate (needed with it). Both are read at each
+	// join attempt, and waited for while missing.
+	JoinServiceAccountTokenFile string
+	CAFile                      string
+	DefaultMode                 ruleset.Mode
 	// HostInterfaces limits host-mode enforcement to these interfaces.
 	HostInterfaces []string
 	// FlowLog is a file for flow records as JSON lines, or "-" for Stdout.
@@ -84,10 +90,19 @@ func (c *Config) Check() error {
 	if c.FlowUpdateInterval != 0 && (c.FlowUpdateInterval < time.Second || c.FlowUpdateInterval > 24*time.Hour) {
 		return fmt.Errorf("--flow-update-interval %s: want between 1s and 24h", c.FlowUpdateInterval)
 	}
-	if c.JoinTokenFile != "" {
-		if c.JoinToken != "" {
-			return errors.New("give --join-token or --join-token-file, not both")
+	given := 0
+	for _, s := range []string{c.JoinToken, c.JoinTokenFile, c.JoinServiceAccountTokenFile} {
+		if s != "" {
+			given++
 		}
+	}
+	if given > 1 {
+		return errors.New("give one of --join-token, --join-token-file or --join-service-account-token-file, not several")
+	}
+	if c.JoinServiceAccountTokenFile != "" && c.CAFile == "" {
+		return errors.New("--join-service-account-token-file needs --ca-file (the controller's CA certificate, e.g. the eastguard-ca ConfigMap's ca.crt)")
+	}
+	if c.JoinTokenFile != "" {
 		b, err := os.ReadFile(c.JoinTokenFile)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
@@ -108,8 +123,8 @@ func (c *Config) Check() error {
 				return fmt.Errorf("--join-token: %w", err)
 			}
 		}
-	} else if c.JoinToken != "" {
-		return errors.New("--join-token goes with --controller")
+	} else if c.JoinToken != "" || c.JoinServiceAccountTokenFile != "" || c.CAFile != "" {
+		return errors.New("--join-token, --join-service-account-token-file and --ca-file go with --controller")
 	}
 	return nil
 }
@@ -234,15 +249,18 @@ func (a *Agent) open() (err error) {
 
 	if cfg.Controller != "" {
 		if a.cp, err = controlplane.New(controlplane.Config{
-			Flows:        a.spool,
-			Node:         cfg.Node,
-			Controller:   cfg.Controller,
-			JoinToken:    cfg.JoinToken,
-			State:        a.state,
-			Enforcer:     controllerSource{a.enf},
-			DefaultMode:  cfg.DefaultMode,
-			AgentVersion: cfg.Version,
-			Kernel:       kernelRelease(),
+			Flows:      a.spool,
+			Node:       cfg.Node,
+			Controller: cfg.Controller,
+			JoinToken:  cfg.JoinToken,
+			// Kubernetes: the pod's token and the CA, read at each join.
+			ServiceAccountTokenFile: cfg.JoinServiceAccountTokenFile,
+			CAFile:                  cfg.CAFile,
+			State:                   a.state,
+			Enforcer:                controllerSource{a.enf},
+			DefaultMode:             cfg.DefaultMode,
+			AgentVersion:            cfg.Version,
+			Kernel:                  kernelRelease(),
 			Counters: func() (map[string]uint64, error) {
 				c, err := a.dp.Counters()
 				if err != nil {
@@ -378,6 +396,8 @@ func (a *Agent) refused(err error) error {
 	switch {
 	case errors.Is(err, controlplane.ErrJoinRefused):
 		todo = "the join token was refused (used already, expired, unknown, or for another node): " + newToken
+	case errors.Is(err, controlplane.ErrRevoked) && a.cfg.JoinServiceAccountTokenFile != "":
+		todo = "this node was revoked (egctl agent revoke): to admit it again, delete this agent's pod so that a new one joins with its token"
 	case errors.Is(err, controlplane.ErrRevoked):
 		todo = "this node was revoked (egctl agent revoke): to admit it again, " + newToken
 	case errors.Is(err, controlplane.ErrExpired):

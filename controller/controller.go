@@ -59,6 +59,9 @@ type Config struct {
 	// AgentLimits bound the agent-facing listener's connections, streams
 	// and Joins; zero fields take agentapi's defaults.
 	AgentLimits agentapi.Limits
+	// ServiceAccounts, if set, checks the ServiceAccount tokens agents
+	// join with (Kubernetes mode); nil refuses such joins.
+	ServiceAccounts agentapi.ServiceAccountVerifier
 	// FlushInterval is how often agents' status is written to the store.
 	FlushInterval time.Duration
 	// Now is the clock (tests move it); nil is time.Now.
@@ -201,6 +204,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		Nodes: c.nodes, Policy: c.Policy, Flows: c.Flows,
 		ServingHosts: cfg.ServingHosts, NodeCertTTL: cfg.NodeCertTTL, ServerCertTTL: cfg.ServerCertTTL,
 		Heartbeat: cfg.Heartbeat, Version: cfg.Version, OnAck: cfg.OnAck, Limits: cfg.AgentLimits,
+		ServiceAccounts: cfg.ServiceAccounts,
 	})
 	if err != nil {
 		return nil, err

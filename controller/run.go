@@ -60,6 +60,10 @@ type Options struct {
 	// AgentLimits bound the gRPC listener's connections, streams and
 	// joins (--agent-max-conns, ...).
 	AgentLimits agentapi.Limits
+	// ServiceAccounts, if set, admits agents that join with their
+	// Kubernetes ServiceAccount token (Kubernetes mode: the verifier of
+	// controller/kube/join); nil refuses such joins.
+	ServiceAccounts agentapi.ServiceAccountVerifier
 
 	FlowRetention  time.Duration
 	FlowMaxBytes   int64
@@ -252,6 +256,8 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		ServerCertTTL: o.ServerCertTTL,
 		Heartbeat:     o.Heartbeat,
 		AgentLimits:   o.AgentLimits,
+		// Kubernetes mode's verifier, when there is one.
+		ServiceAccounts: o.ServiceAccounts,
 
 		Settings: flowingest.Settings{
 			FlowRetention:  o.FlowRetention,

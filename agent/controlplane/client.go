@@ -45,8 +45,19 @@ type Config struct {
 	// JoinToken is needed the first time, and to join again with a new
 	// identity; otherwise the state directory's credentials are used.
 	JoinToken string
-	State     *state.Dir
-	Enforcer  Enforcer
+	// ServiceAccountTokenFile is the agent pod's projected Kubernetes
+	// ServiceAccount token (audience eastguard), joined with in place of
+	// a join token (exclusive with JoinToken; needs CAFile). It is read at
+	// each join attempt: the kubelet rotates it. A refused token is tried
+	// again with backoff (the next one may be admitted), never final.
+	ServiceAccountTokenFile string
+	// CAFile is the controller's CA certificate (PEM), trusted for the
+	// first join; with a join token it must be the CA the token pins. It
+	// is read at each join attempt. A missing token or CA file is waited
+	// for (it comes from a Secret or ConfigMap that may not exist yet).
+	CAFile   string
+	State    *state.Dir
+	Enforcer Enforcer
 	// DefaultMode is the agent's --default-mode, reported to the
 	// controller, which compiles this node's rule set with it.
 	DefaultMode  ruleset.Mode
@@ -133,6 +144,14 @@ func New(cfg Config) (*Client, error) {
 		cfg.MaxBackoff = max(15*time.Second, cfg.MinBackoff)
 	}
 	c := &Client{cfg: cfg, log: cfg.Log, now: cfg.Now}
+	if cfg.ServiceAccountTokenFile != "" {
+		if cfg.JoinToken != "" {
+			return nil, errors.New("controlplane: a join token or a ServiceAccount token file, not both")
+		}
+		if cfg.CAFile == "" {
+			return nil, errors.New("controlplane: a ServiceAccount token file needs the controller's CA file (--ca-file)")
+		}
+	}
 	if cfg.JoinToken != "" {
 		t, err := pki.ParseJoinToken(cfg.JoinToken)
 		if err != nil {
@@ -204,46 +223,68 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-// ensureIdentity loads the saved identity, or joins for a new one.
+// ensureIdentity loads the saved identity, or joins for a new one. With
+// a ServiceAccount token, an expired saved certificate is replaced by
+// joining again.
 func (c *Client) ensureIdentity(ctx context.Context) error {
 	saved, err := loadCredentials(c.cfg.State, c.cfg.Node)
+	sa := c.cfg.ServiceAccountTokenFile != ""
 	switch {
 	case err == nil && (c.token == nil || c.token.ID == saved.meta.TokenID):
-		if c.now().After(saved.expiry()) {
+		if !c.now().After(saved.expiry()) {
+			c.creds.Store(saved)
+			c.log.Info("using saved node certificate", zap.Time("cert-expiry", saved.expiry()),
+				zap.String("cert-serial", pki.Serial(saved.cert.Leaf)))
+			return nil
+		}
+		if !sa {
 			return fmt.Errorf("%w at %s: join again with a new --join-token", ErrExpired, saved.expiry().Format(time.RFC3339))
 		}
-		c.creds.Store(saved)
-		c.log.Info("using saved node certificate", zap.Time("cert-expiry", saved.expiry()),
-			zap.String("cert-serial", pki.Serial(saved.cert.Leaf)))
-		return nil
+		c.log.Warn("saved node certificate expired; joining again with the ServiceAccount token", zap.Time("cert-expiry", saved.expiry()))
 	case err != nil && !errors.Is(err, ErrNoCredentials):
-		if c.token == nil {
+		if c.token == nil && !sa {
 			return fmt.Errorf("node credentials: %w", err)
 		}
 		c.log.Warn("saved credentials unusable; joining with the token given", zap.Error(err))
-	case c.token == nil:
-		return errors.New("no node certificate in --state-dir yet: give --join-token (egctl token create --node NAME)")
+	case c.token == nil && !sa:
+		return errors.New("no node certificate in --state-dir yet: give --join-token (egctl token create --node NAME) or, in Kubernetes, --join-service-account-token-file")
 	}
 	b := c.newBackoff()
 	for {
-		creds, err := c.join(ctx, *c.token)
+		creds, fingerprint, err := c.joinOnce(ctx)
 		if err == nil {
 			c.creds.Store(creds)
-			c.log.Info("joined the controller", zap.Time("cert-expiry", creds.expiry()),
-				zap.String("cert-serial", pki.Serial(creds.cert.Leaf)), zap.String("ca-fingerprint", c.token.CAFingerprint))
+			c.log.Info("joined the controller", zap.String("method", joinMethod(sa)), zap.Time("cert-expiry", creds.expiry()),
+				zap.String("cert-serial", pki.Serial(creds.cert.Leaf)), zap.String("ca-fingerprint", fingerprint))
 			return nil
 		}
-		if refused(err) {
+		var final *finalError
+		switch {
+		case errors.As(err, &final):
+			return final.err
+		case errors.Is(err, errWaiting):
+		case refused(err) && !sa:
 			return fmt.Errorf("%w: %v", ErrJoinRefused, status.Convert(err).Message())
+		case refused(err):
+			// The kubelet's next token, or the controller's next answer
+			// about this pod, may be admitted: retry, never exit.
+			err = fmt.Errorf("the controller refused the ServiceAccount token: %s", status.Convert(err).Message())
 		}
 		wait := b.next()
-		c.log.Warn("join failed; retrying", zap.Error(explain(err)), zap.Duration("retry-in", wait))
+		c.log.Warn("join failed; retrying; enforcement continues with what is pinned", zap.Error(explain(err)), zap.Duration("retry-in", wait))
 		select {
 		case <-ctx.Done():
 			return nil // stopped before joining: Run returns nil, as documented
 		case <-time.After(wait):
 		}
 	}
+}
+
+func joinMethod(serviceAccount bool) string {
+	if serviceAccount {
+		return "service-account"
+	}
+	return "token"
 }
 
 // refused tells the controller's refusals (final) from transport errors.

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -149,38 +150,89 @@ func issued(certPEM, caPEM []byte, key crypto.Signer, node, wantCA string, meta 
 	}, nil
 }
 
-// join trades the token and a CSR for credentials, trusting the
-// controller only if its chain holds the pinned CA.
-func (c *Client) join(ctx context.Context, tok pki.JoinToken) (*identity, error) {
+// errWaiting marks a join attempt that could not start: a file it needs
+// is missing or unreadable (retried: it may come later).
+var errWaiting = errors.New("waiting")
+
+// finalError is a join attempt's error that retrying cannot mend.
+type finalError struct{ err error }
+
+func (e *finalError) Error() string { return e.err.Error() }
+
+// joinRequest reads what this attempt joins with: the join token or the
+// ServiceAccount token file, and the CA to pin (the join token's
+// fingerprint, or the CA file's).
+func (c *Client) joinRequest() (*pb.JoinRequest, string, error) {
+	req := &pb.JoinRequest{Node: c.cfg.Node}
+	var pin string
+	if c.token != nil {
+		req.TokenId, req.TokenSecret, pin = c.token.ID, c.token.Secret, c.token.CAFingerprint
+	}
+	if c.cfg.CAFile != "" {
+		b, err := os.ReadFile(c.cfg.CAFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w for the controller's CA certificate (--ca-file): %w", errWaiting, err)
+		}
+		ca, err := pki.ParseCertificatePEM(b)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w for a valid CA certificate in --ca-file %s: %w", errWaiting, c.cfg.CAFile, err)
+		}
+		fp := pki.Fingerprint(ca)
+		if pin != "" && fp != pin {
+			return nil, "", &finalError{fmt.Errorf("%w: --ca-file %s holds CA %.16s..., the join token pins %.16s...: give the controller's CA or drop --ca-file",
+				pki.ErrCAPin, c.cfg.CAFile, fp, pin)}
+		}
+		pin = fp
+	}
+	if c.cfg.ServiceAccountTokenFile != "" {
+		b, err := os.ReadFile(c.cfg.ServiceAccountTokenFile)
+		if err == nil && len(bytes.TrimSpace(b)) == 0 {
+			err = errors.New("empty")
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("%w for the ServiceAccount token (--join-service-account-token-file): %w", errWaiting, err)
+		}
+		req.ServiceAccountToken = string(bytes.TrimSpace(b))
+	}
+	return req, pin, nil
+}
+
+// joinOnce trades the token and a CSR for credentials, trusting the
+// controller only if its chain holds the pinned CA. It returns the pinned
+// CA's fingerprint.
+func (c *Client) joinOnce(ctx context.Context) (*identity, string, error) {
+	req, pin, err := c.joinRequest()
+	if err != nil {
+		return nil, "", err
+	}
 	key, csr, err := c.newKey()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	req.Csr = csr
 	conn, err := c.dial(&tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// Replaced, not relaxed: VerifyPinned checks the chain against the
-		// token's CA fingerprint and the leaf against the name dialled.
+		// pinned CA's fingerprint and the leaf against the name dialled.
 		InsecureSkipVerify: true,
-		VerifyConnection:   pki.VerifyPinned(tok.CAFingerprint),
+		VerifyConnection:   pki.VerifyPinned(pin),
 	})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer conn.Close()
-	resp, err := pb.NewControlClient(conn).Join(ctx, &pb.JoinRequest{
-		Node: c.cfg.Node, TokenId: tok.ID, TokenSecret: tok.Secret, Csr: csr,
-	})
+	resp, err := pb.NewControlClient(conn).Join(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	creds, err := issued(resp.GetCertificate(), resp.GetCa(), key, c.cfg.Node, tok.CAFingerprint, credMeta{TokenID: tok.ID}, c.now())
+	creds, err := issued(resp.GetCertificate(), resp.GetCa(), key, c.cfg.Node, pin, credMeta{TokenID: req.GetTokenId()}, c.now())
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if err := creds.save(c.cfg.State, key); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return creds, nil
+	return creds, pin, nil
 }
 
 // renew asks for a new certificate for a new key over a fresh mutual-TLS

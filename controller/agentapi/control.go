@@ -35,30 +35,40 @@ func remote(ctx context.Context) string {
 	return "unknown"
 }
 
-// Join trades a one-time token and a CSR for a node certificate. Anyone
-// who reaches the listener may call it, so what costs little comes first:
-// the rate limit and the request's size (tap, limitRequestSize), the node
-// name, the CSR, then a read-only lookup of the token; only a token whose
-// secret matches costs a write transaction (ConsumeJoinToken) and the
-// certificate lock. Refusals are counted, and logged within limits.
+// Join trades a one-time join token, or a Kubernetes ServiceAccount
+// token (serviceaccount.go), and a CSR for a node certificate. Anyone who
+// reaches the listener may call it, so what costs little comes first: the
+// rate limit and the request's size (tap, limitRequestSize), the node
+// name, the CSR, then a read-only lookup of the join token (or the
+// TokenReview); only a token that is proven costs a write (the join
+// token's ConsumeJoinToken, the ServiceAccount token's credential id) and
+// the certificate lock. Refusals are counted, and logged within limits.
 func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 	s := c.s
-	fields := []zap.Field{zap.String("node", req.GetNode()), zap.String("token-id", req.GetTokenId()), zap.String("remote", remote(ctx))}
-	log := s.log.With(fields...)
-	refuseAs := func(reason string, code codes.Code, err error) error {
-		s.m.refused.WithLabelValues(reason).Inc()
-		s.refusals.Warn(admission.PeerAddr(ctx), "join refused", append(fields, zap.Error(err))...)
-		return status.Error(code, err.Error())
-	}
+	j := s.newJoinAttempt(ctx, req)
 	if err := pki.ValidNodeName(req.GetNode()); err != nil {
-		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
+		return nil, j.refuse("bad_request", codes.InvalidArgument, err)
+	}
+	if req.GetServiceAccountToken() != "" && (req.GetTokenId() != "" || req.GetTokenSecret() != "") {
+		return nil, j.refuse("bad_request", codes.InvalidArgument, errors.New("give a join token or a ServiceAccount token, not both"))
 	}
 	// The CSR is checked before the token is used up.
 	csr, err := pki.CheckCSR(req.GetCsr())
 	if err != nil {
-		return nil, refuseAs("bad_request", codes.InvalidArgument, err)
+		return nil, j.refuse("bad_request", codes.InvalidArgument, err)
 	}
 	now := s.now()
+	if req.GetServiceAccountToken() != "" {
+		id, giveBack, err := s.verifyServiceAccount(ctx, j)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := s.admit(ctx, j, csr, now, func(revoked time.Time) error { return podAfterRevocation(req.GetNode(), id, revoked) })
+		if status.Code(err) == codes.Internal {
+			giveBack()
+		}
+		return resp, err
+	}
 	check := func(t store.JoinToken) error { return s.checkJoinToken(t, req, now) }
 	tok, err := s.st.JoinToken(ctx, req.GetTokenId())
 	if err == nil {
@@ -68,27 +78,60 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
 	}
 	if err != nil {
-		return nil, joinRefusal(err, log, refuseAs)
+		return nil, joinRefusal(err, j)
 	}
-	s.certMu.Lock() // see Renew
-	// Under certMu, as Revoke deletes the node's tokens and records the
-	// revocation: a token made before the revocation never undoes it.
-	err = tokenAfterRevocation(tok, s.nodes.RevokedAt(req.GetNode()))
+	// A token made before the revocation never undoes it.
+	return s.admit(ctx, j, csr, now, func(revoked time.Time) error { return tokenAfterRevocation(tok, revoked) })
+}
+
+// joinAttempt is one Join's logging and refusing.
+type joinAttempt struct {
+	s      *Service
+	ctx    context.Context
+	req    *pb.JoinRequest
+	fields []zap.Field
+	log    *zap.Logger
+}
+
+func (s *Service) newJoinAttempt(ctx context.Context, req *pb.JoinRequest) *joinAttempt {
+	fields := []zap.Field{zap.String("node", req.GetNode()), zap.String("method", joinMethod(req)), zap.String("remote", remote(ctx))}
+	if req.GetTokenId() != "" {
+		fields = append(fields, zap.String("token-id", req.GetTokenId()))
+	}
+	return &joinAttempt{s: s, ctx: ctx, req: req, fields: fields, log: s.log.With(fields...)}
+}
+
+// refuse counts and logs (within limits) a refusal, and returns its
+// answer: code and err's text.
+func (j *joinAttempt) refuse(reason string, code codes.Code, err error) error {
+	j.s.m.refused.WithLabelValues(reason).Inc()
+	j.s.refusals.Warn(admission.PeerAddr(j.ctx), "join refused", append(j.fields, zap.Error(err))...)
+	return status.Error(code, err.Error())
+}
+
+// admit issues the certificate of a join whose token was proven, unless
+// afterRevocation refuses the token against the node's revocation. Under
+// certMu, as Revoke records the revocation (see Renew).
+func (s *Service) admit(ctx context.Context, j *joinAttempt, csr *x509.CertificateRequest, now time.Time, afterRevocation func(revoked time.Time) error) (*pb.JoinResponse, error) {
+	node := j.req.GetNode()
+	s.certMu.Lock()
+	err := afterRevocation(s.nodes.RevokedAt(node))
 	var cert *x509.Certificate
 	var certPEM []byte
 	if err == nil {
-		cert, certPEM, err = s.issueNodeCert(ctx, req.GetNode(), csr, now)
+		cert, certPEM, err = s.issueNodeCert(ctx, node, csr, now)
 	}
 	if err == nil {
-		s.nodes.Update(req.GetNode(), func(n *nodes.Node) {
+		s.nodes.Update(node, func(n *nodes.Node) {
 			n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
 		})
 	}
 	s.certMu.Unlock()
 	if err != nil {
-		return nil, joinRefusal(err, log, refuseAs)
+		return nil, joinRefusal(err, j)
 	}
-	log.Info("node joined", zap.String("cert-serial", pki.Serial(cert)), zap.Time("cert-expiry", cert.NotAfter))
+	s.m.joins.WithLabelValues(joinMethod(j.req)).Inc()
+	j.log.Info("node joined", zap.String("cert-serial", pki.Serial(cert)), zap.Time("cert-expiry", cert.NotAfter))
 	return &pb.JoinResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
 }
 
@@ -123,16 +166,20 @@ func tokenAfterRevocation(t store.JoinToken, revoked time.Time) error {
 }
 
 // joinRefusal turns what stopped a join into its answer.
-func joinRefusal(err error, log *zap.Logger, refuseAs func(string, codes.Code, error) error) error {
+func joinRefusal(err error, j *joinAttempt) error {
+	reason := "token"
+	if j.req.GetServiceAccountToken() != "" {
+		reason = "service_account"
+	}
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, errBadToken):
-		return refuseAs("token", codes.Unauthenticated, errBadToken)
+		return j.refuse(reason, codes.Unauthenticated, errBadToken)
 	case errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpiry):
-		return refuseAs("token", codes.Unauthenticated, err)
+		return j.refuse(reason, codes.Unauthenticated, err)
 	case status.Code(err) == codes.PermissionDenied:
-		return refuseAs("token", codes.PermissionDenied, errors.New(status.Convert(err).Message()))
+		return j.refuse(reason, codes.PermissionDenied, errors.New(status.Convert(err).Message()))
 	}
-	log.Error("join failed", zap.Error(err))
+	j.log.Error("join failed", zap.Error(err))
 	return status.Error(codes.Internal, "join failed; see the controller's log")
 }
 
@@ -163,7 +210,7 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 	// revocation landing between the check and the issuing would leave
 	// the node a fresh, unrevoked certificate.
 	s.certMu.Lock()
-	if err := s.tls.checkNotRevoked(id); err != nil {
+	if err := s.checkNotRevoked(id); err != nil {
 		s.certMu.Unlock()
 		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
 		return nil, status.Error(codes.PermissionDenied, err.Error())
@@ -315,7 +362,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 func (s *Service) attach(ss *session, hello *pb.Hello) error {
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
-	if err := s.tls.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+	if err := s.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
 		return err
 	}
 	now := s.now()

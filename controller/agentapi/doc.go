@@ -1,9 +1,10 @@
 // Package agentapi is the controller's agent-facing gRPC service: Join (a
-// one-time token and a CSR for a node certificate), Renew, and Connect,
+// one-time token, or in Kubernetes mode a ServiceAccount token checked by a
+// ServiceAccountVerifier, and a CSR for a node certificate), Renew, and Connect,
 // one stream per agent that carries rule sets down and acks, heartbeats,
 // counters and flow batches up. It owns the serving certificate (rotated
-// at two thirds of its life), node certificates and their revocation, and
-// join tokens.
+// at two thirds of its life; agenttls), node certificates and their
+// revocation, and join tokens.
 //
 // Invariants:
 //   - The node an agent speaks for is the node in its certificate; an
@@ -18,6 +19,9 @@
 //     Renew request and of a CSR, the time to a handshake and to an
 //     answer; a made-up join token costs a read, never a write; refusals
 //     are counted, and logged a few lines per source per minute.
+//   - A ServiceAccount token joins once (its credential id is remembered
+//     until it expires), only for the node its pod runs on, and a revoked
+//     node only with a token of a pod created after the revocation.
 //   - Each stream has one goroutine that sends, so a slow agent only
 //     delays itself; it holds at most one update in flight and always
 //     sends the newest version next (older ones are skipped, never queued).

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/eastguard/eastguard/controller/agentapi/agenttls"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
@@ -40,7 +41,10 @@ func TestHeartbeatClosesRevokedStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &Service{cfg: Config{Heartbeat: time.Second}, log: zap.NewNop(), now: time.Now, m: newMetrics(nil)}
-	s.tls = &tlsState{s: s, revoked: make(map[string]string)}
+	if s.tls, err = agenttls.New(agenttls.Config{CA: ca, Hosts: func() []string { return []string{"localhost"} }, TTL: time.Hour,
+		Now: time.Now, Log: zap.NewNop()}); err != nil {
+		t.Fatal(err)
+	}
 	stream := &sentStream{}
 	ss := &session{s: s, node: "node-a", cert: leaf, stream: stream, log: zap.NewNop(),
 		peerHeartbeat: time.Second, done: make(chan struct{}), lastRecv: time.Now()}
@@ -49,7 +53,7 @@ func TestHeartbeatClosesRevokedStream(t *testing.T) {
 	if err := ss.heartbeat(); err != nil || len(stream.sent) != 1 || stream.sent[0].GetHeartbeat() == nil {
 		t.Fatalf("heartbeat of a valid stream: %v, sent %v", err, stream.sent)
 	}
-	s.tls.revoke([]store.Cert{{Serial: pki.Serial(leaf), Node: "node-a", NotAfter: leaf.NotAfter, Revoked: time.Now()}})
+	revoke(s.tls, []store.Cert{{Serial: pki.Serial(leaf), Node: "node-a", NotAfter: leaf.NotAfter, Revoked: time.Now()}})
 	err = ss.heartbeat()
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("heartbeat after the revocation: %v, want PermissionDenied saying revoked", err)

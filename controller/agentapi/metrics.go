@@ -9,6 +9,7 @@ type metrics struct {
 	pushes      *prometheus.CounterVec
 	acks        *prometheus.CounterVec
 	refused     *prometheus.CounterVec
+	joins       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,11 +33,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eastguard_controller_agent_refusals_total",
-			Help: "Agent connections or RPCs refused, by reason (expired, revoked, unknown_ca, no_identity, wrong_node, token, bad_request, rate_limited, connection_limit, stale_resync, invalid).",
+			Help: "Agent connections or RPCs refused, by reason (expired, revoked, unknown_ca, no_identity, wrong_node, token, bad_request, rate_limited, connection_limit, stale_resync, invalid, service_account, unavailable).",
 		}, []string{"reason"}),
+		joins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_joins_total",
+			Help: "Nodes admitted by Join, by method (token: a join token; service-account: a Kubernetes ServiceAccount token).",
+		}, []string{"method"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused)
+		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins)
 	}
 	return m
 }

@@ -18,5 +18,6 @@ func TestMetricsLint(t *testing.T) {
 	m.pushes.WithLabelValues("full").Inc()
 	m.acks.WithLabelValues("applied").Inc()
 	m.refused.WithLabelValues("revoked").Inc()
+	m.joins.WithLabelValues("service-account").Inc()
 	testutil.LintMetrics(t, reg, reflect.TypeOf(*m).NumField())
 }

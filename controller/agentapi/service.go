@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/eastguard/eastguard/controller/agentapi/admission"
+	"github.com/eastguard/eastguard/controller/agentapi/agenttls"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
@@ -53,6 +54,10 @@ type Config struct {
 	// Limits bound connections, streams and Joins (zero fields: the
 	// defaults).
 	Limits Limits
+	// ServiceAccounts, if set, checks the Kubernetes ServiceAccount tokens
+	// agents join with (Kubernetes mode); without it such joins are
+	// refused.
+	ServiceAccounts ServiceAccountVerifier
 	// OnAck, if set, is called after each ack is recorded (tests and
 	// benchmarks wait on it). It must not block.
 	OnAck func(Ack)
@@ -92,10 +97,10 @@ type Service struct {
 	// certMu orders node certificate issuing (Join, Renew) and the
 	// attaching of streams (Connect, after Hello) against revocations:
 	// each checks revocation and acts under it, as Revoke revokes under
-	// it. Lock order: certMu, then tlsState.mu (revocation checks and
+	// it. Lock order: certMu, then agenttls.State's lock (revocation checks and
 	// updates), then the node table's lock.
 	certMu sync.Mutex
-	tls    *tlsState
+	tls    *agenttls.State
 
 	// What the listener lets peers hold and do (limits.go), and the
 	// rate-limited log of refusals (refusals.go).
@@ -103,6 +108,9 @@ type Service struct {
 	joins    *admission.JoinLimiter
 	renews   *admission.RateLimiter[string] // per node
 	refusals *admission.RefusalLog
+	// usedTokens are the ServiceAccount tokens' credential ids that
+	// joined, until the tokens expire: each joins once.
+	usedTokens *admission.Once
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -138,22 +146,23 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.ServingHosts == nil {
 		cfg.ServingHosts = func() []string { return []string{"localhost", "127.0.0.1", "::1"} }
 	}
-	cfg.Limits = cfg.Limits.withDefaults()
+	cfg.Limits = cfg.Limits.WithDefaults()
 	s := &Service{
 		cfg: cfg, log: cfg.Log, st: cfg.Store, ca: cfg.CA, now: cfg.Now, m: newMetrics(cfg.Registry),
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
-		conns:    admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
-		joins:    admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
-		renews:   admission.NewRateLimiter[string](renewRate, renewBurst),
-		refusals: admission.NewRefusalLog(cfg.Log, cfg.Now),
+		conns:      admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
+		joins:      admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		renews:     admission.NewRateLimiter[string](renewRate, renewBurst),
+		refusals:   admission.NewRefusalLog(cfg.Log, cfg.Now),
+		usedTokens: admission.NewOnce(maxUsedTokens),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
-	if s.tls, err = newTLSState(ctx, s); err != nil {
+	if s.tls, err = newTLS(ctx, s); err != nil {
 		return nil, err
 	}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(s.tls.serverConfig())),
+		grpc.Creds(credentials.NewTLS(s.tls.ServerConfig())),
 		grpc.MaxRecvMsgSize(maxAgentMessage),
 		// Join and Renew: a deadline before the request is read, and a
 		// far smaller size limit than Connect's flow batches need.
@@ -170,7 +179,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		grpc.WaitForHandlers(true),
 	)
 	pb.RegisterControlServer(s.grpc, &control{s: s})
-	s.wg.Go(func() { s.tls.rotate(s.ctx) })
+	s.wg.Go(func() { s.tls.Rotate(s.ctx) })
 	s.wg.Go(func() { s.refusals.Run(s.ctx) })
 	return s, nil
 }
@@ -190,7 +199,7 @@ func (s *Service) Serve(lis net.Listener) error {
 }
 
 // ServingCertificate returns the serving certificate in use.
-func (s *Service) ServingCertificate() *tls.Certificate { return s.tls.serving.Load() }
+func (s *Service) ServingCertificate() *tls.Certificate { return s.tls.Serving() }
 
 // Close stops serving, closes every agent stream and waits for every
 // goroutine. Agents keep enforcing and reconnect when a controller is
@@ -228,7 +237,7 @@ func (s *Service) Revoke(ctx context.Context, name string) (*apiclient.RevokeRes
 	if err != nil {
 		return nil, err
 	}
-	s.tls.revoke(certs)
+	revoke(s.tls, certs)
 	reason := fmt.Sprintf("certificate revoked at %s: the agent must join again with a new token", at.UTC().Format(time.RFC3339))
 	s.nodes.Update(name, func(n *nodes.Node) {
 		n.Rec.Revoked = at

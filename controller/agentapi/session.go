@@ -192,7 +192,7 @@ func (ss *session) closed() error {
 // stream: whatever way a stream of a revoked certificate came to be
 // attached, it ends within one heartbeat.
 func (ss *session) heartbeat() error {
-	if err := ss.s.tls.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+	if err := ss.s.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
 		ss.log.Warn("closing stream: the agent's certificate was revoked", zap.Error(err))
 		ss.Close(&revokedError{serials: []string{pki.Serial(ss.cert)}, reason: err.Error()})
 		return ss.closed()

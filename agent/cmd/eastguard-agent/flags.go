@@ -29,14 +29,17 @@ Examples:
   eastguard-agent --node web-1 --policy-dir /etc/eastguard/policy --flow-log /var/log/eastguard/flows.jsonl
   eastguard-agent --node node-a --rule-set node-a.json --bpffs-dir /sys/fs/bpf/eastguard-a --state-dir /var/lib/eastguard-a
   eastguard-agent --node node-a --controller ctl.example:7443 --join-token-file /etc/eastguard/join-token
+  eastguard-agent --node "$NODE_NAME" --controller eastguard-controller.eastguard:7443 \
+      --join-service-account-token-file /var/run/secrets/eastguard/token --ca-file /etc/eastguard/ca/ca.crt
 
 Enforcement outlives the agent: programs and maps are pinned under
 --bpffs-dir, and a restarted agent adopts them without a gap. The last
 applied rule set is kept in --state-dir and enforced at start, before any
 source answers.
 
-With --controller, the agent joins once with a one-time token (its private
-key never leaves --state-dir), renews its certificate by itself, and needs
+With --controller, the agent joins once with a one-time token, or in
+Kubernetes with its pod's ServiceAccount token (its private key never
+leaves --state-dir), renews its certificate by itself, and needs
 no token on later starts. Its own control traffic (the controller's
 addresses on its port, DNS to find them) passes whatever the policy says:
 the failsafe, failsafe/control-plane in flow records and /status.
@@ -69,6 +72,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.Controller, "controller", "", "controller gRPC address (HOST:PORT); HOST must be a name its certificate covers")
 	fs.StringVar(&c.JoinToken, "join-token", "", "one-time token to join the controller (egctl token create); not needed once joined; prefer --join-token-file (a command line is visible to every user)")
 	fs.StringVar(&c.JoinTokenFile, "join-token-file", "", "read the join token from this file; a missing file means no token (for DaemonSets: a Secret keyed by node name)")
+	fs.StringVar(&c.JoinServiceAccountTokenFile, "join-service-account-token-file", "", "Kubernetes: join with this pod's projected ServiceAccount token (audience eastguard) instead of a join token; read at each join attempt, waited for while missing; needs --ca-file")
+	fs.StringVar(&c.CAFile, "ca-file", "", "the controller's CA certificate (PEM) to trust for the first join (Kubernetes: the eastguard-ca ConfigMap's ca.crt); waited for while missing; with a join token it must be the CA the token pins")
 	fs.StringVar(&f.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
 	fs.Var((*cliflag.List)(&c.HostInterfaces), "host-interfaces", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
 	fs.StringVar(&c.FlowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")

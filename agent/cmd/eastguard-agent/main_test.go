@@ -45,8 +45,19 @@ func TestParseFlags(t *testing.T) {
 		{"token file not there yet", []string{"--node", "a", "--controller", "ctl:7443", "--join-token-file", filepath.Join(dir, "missing")}, "",
 			func(o *flags) bool { return o.JoinToken == "" }},
 		{"bad token in file", []string{"--node", "a", "--controller", "ctl:7443", "--join-token-file", bad}, "--join-token: join token", nil},
-		{"token and file", []string{"--node", "a", "--controller", "ctl:7443", "--join-token", tok.String(), "--join-token-file", tokFile}, "not both", nil},
-		{"token without controller", []string{"--node", "a", "--policy-dir", dir, "--join-token", tok.String()}, "goes with --controller", nil},
+		{"token and file", []string{"--node", "a", "--controller", "ctl:7443", "--join-token", tok.String(), "--join-token-file", tokFile}, "not several", nil},
+		{"token without controller", []string{"--node", "a", "--policy-dir", dir, "--join-token", tok.String()}, "go with --controller", nil},
+		{"service account token and CA, files not there yet", []string{"--node", "a", "--controller", "ctl:7443",
+			"--join-service-account-token-file", filepath.Join(dir, "sa-missing"), "--ca-file", filepath.Join(dir, "ca-missing")}, "",
+			func(o *flags) bool {
+				return o.JoinServiceAccountTokenFile == filepath.Join(dir, "sa-missing") && o.CAFile == filepath.Join(dir, "ca-missing")
+			}},
+		{"service account token without CA", []string{"--node", "a", "--controller", "ctl:7443", "--join-service-account-token-file", tokFile},
+			"needs --ca-file", nil},
+		{"service account token and join token", []string{"--node", "a", "--controller", "ctl:7443", "--join-service-account-token-file", tokFile,
+			"--ca-file", tokFile, "--join-token-file", tokFile}, "not several", nil},
+		{"service account token without controller", []string{"--node", "a", "--policy-dir", dir, "--join-service-account-token-file", tokFile,
+			"--ca-file", tokFile}, "go with --controller", nil},
 		{"uninstall needs nothing else", []string{"--uninstall"}, "", nil},
 	}
 	for _, tc := range cases {

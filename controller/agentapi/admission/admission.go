@@ -1,10 +1,11 @@
 // Package admission is what the controller's agent-facing listener holds
 // against peers that have not authenticated (anyone who reaches the port):
-// connection limits in all and per source, a per-source token bucket for
+// the Limits (limits.go), connection limits in all and per source, a per-source token bucket for
 // joins, and a refusal log that says at most a few lines per source per
 // minute and counts the rest. A source is an IPv4 address or an IPv6 /64.
 // Per-source state is bounded: sources beyond MaxTrackedSources share one
-// entry.
+// entry. Once (once.go) remembers one-use credentials until they expire,
+// so that a replayed one is refused.
 //
 // It must not import the rest of the controller (agentapi uses it) nor
 // anything under agent/.

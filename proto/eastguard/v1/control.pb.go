@@ -98,9 +98,15 @@ type JoinRequest struct {
 	TokenSecret string `protobuf:"bytes,3,opt,name=token_secret,json=tokenSecret,proto3" json:"token_secret,omitempty"`
 	// csr is a DER PKCS#10 request signed by the agent's new key (ECDSA
 	// P-256 or Ed25519).
-	Csr           []byte `protobuf:"bytes,4,opt,name=csr,proto3" json:"csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Csr []byte `protobuf:"bytes,4,opt,name=csr,proto3" json:"csr,omitempty"`
+	// service_account_token is the agent pod's projected Kubernetes
+	// ServiceAccount token (audience "eastguard", bound to the pod), in
+	// place of token_id and token_secret: a controller in Kubernetes mode
+	// checks it with the TokenReview API and admits the node only if the
+	// token's pod runs on it. Exclusive with token_id and token_secret.
+	ServiceAccountToken string `protobuf:"bytes,5,opt,name=service_account_token,json=serviceAccountToken,proto3" json:"service_account_token,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -159,6 +165,13 @@ func (x *JoinRequest) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *JoinRequest) GetServiceAccountToken() string {
+	if x != nil {
+		return x.ServiceAccountToken
+	}
+	return ""
 }
 
 type JoinResponse struct {
@@ -1994,12 +2007,13 @@ var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
-	"\rcontrol.proto\x12\feastguard.v1\"q\n" +
+	"\rcontrol.proto\x12\feastguard.v1\"\xa5\x01\n" +
 	"\vJoinRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x19\n" +
 	"\btoken_id\x18\x02 \x01(\tR\atokenId\x12!\n" +
 	"\ftoken_secret\x18\x03 \x01(\tR\vtokenSecret\x12\x10\n" +
-	"\x03csr\x18\x04 \x01(\fR\x03csr\"@\n" +
+	"\x03csr\x18\x04 \x01(\fR\x03csr\x122\n" +
+	"\x15service_account_token\x18\x05 \x01(\tR\x13serviceAccountToken\"@\n" +
 	"\fJoinResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
 	"\x02ca\x18\x02 \x01(\fR\x02ca\" \n" +

@@ -1,0 +1,63 @@
+package join
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// The ConfigMap agents mount to trust the controller on their first join
+// (eastguard-agent --ca-file).
+const (
+	CAConfigMap = "eastguard-ca"
+	CAKey       = "ca.crt"
+)
+
+// PublishCA makes the ConfigMap CAConfigMap in namespace (the
+// controller's) hold caPEM under CAKey: it creates it, or updates it when
+// its content differs, and leaves it alone otherwise. Other keys and the
+// ConfigMap's metadata are kept.
+func PublishCA(ctx context.Context, client kubernetes.Interface, namespace string, caPEM []byte) error {
+	cms := client.CoreV1().ConfigMaps(namespace)
+	for range 3 { // a concurrent create or update: read again
+		cm, err := cms.Get(ctx, CAConfigMap, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			_, err = cms.Create(ctx, &corev1.ConfigMap{
+				ObjectMeta: metav1.ObjectMeta{Name: CAConfigMap, Namespace: namespace,
+					Labels: map[string]string{"app.kubernetes.io/part-of": "eastguard"}},
+				Data: map[string]string{CAKey: string(caPEM)},
+			}, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("create configmap %s/%s: %w", namespace, CAConfigMap, err)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("get configmap %s/%s: %w", namespace, CAConfigMap, err)
+		}
+		if cm.Data[CAKey] == string(caPEM) {
+			return nil
+		}
+		cm = cm.DeepCopy()
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[CAKey] = string(caPEM)
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("update configmap %s/%s: %w", namespace, CAConfigMap, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("configmap %s/%s: changed concurrently three times; not published", namespace, CAConfigMap)
+}
