@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/eastguard/eastguard/controller/kube"
+	"github.com/eastguard/eastguard/controller/kube/join"
 )
 
 // KubernetesOptions are the settings of Kubernetes mode.
@@ -71,11 +73,37 @@ func newKubeClients(o KubernetesOptions) (*kubeClients, error) {
 	return &kubeClients{client: client, dynamic: dyn}, nil
 }
 
-// runKubernetes mirrors pods and custom resources into the policy until
-// ctx is done.
-func runKubernetes(ctx context.Context, c *Controller, k *kubeClients, log *zap.Logger) error {
+// verifier checks agents' ServiceAccount tokens with the TokenReview API.
+func (k *kubeClients) verifier(o KubernetesOptions, log *zap.Logger) *join.Verifier {
+	ns, name, _ := strings.Cut(o.AgentServiceAccount, "/") // check made sure of the form
+	return join.NewVerifier(k.client, join.Config{AgentNamespace: ns, AgentServiceAccount: name, Log: log.Named("join")})
+}
+
+// runKubernetes publishes the CA for the agents and mirrors pods and
+// custom resources into the policy until ctx is done.
+func runKubernetes(ctx context.Context, c *Controller, k *kubeClients, o KubernetesOptions, caPEM []byte, log *zap.Logger) error {
+	go publishCA(ctx, k, o.Namespace, caPEM, log)
 	events, stop := kube.NewEventRecorder(k.client)
 	defer stop()
 	src := kube.New(kube.Config{Client: k.client, Dynamic: k.dynamic, Repo: c.Policy, Log: log.Named("kubernetes"), Events: events})
 	return src.Run(ctx)
+}
+
+// publishCA writes the CA certificate to the ConfigMap the agents mount,
+// retrying until it succeeds: agents cannot join before it is there (they
+// wait for it), so a failure is logged as an error each time.
+func publishCA(ctx context.Context, k *kubeClients, namespace string, caPEM []byte, log *zap.Logger) {
+	for wait := time.Second; ; wait = min(2*wait, time.Minute) {
+		err := join.PublishCA(ctx, k.client, namespace, caPEM)
+		if err == nil {
+			log.Info("CA published for agents", zap.String("configmap", namespace+"/"+join.CAConfigMap))
+			return
+		}
+		log.Error("cannot publish the CA for agents; ServiceAccount joins wait for it", zap.Duration("retry-in", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }

@@ -241,6 +241,9 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		if kc, err = newKubeClients(o.Kubernetes); err != nil {
 			return err
 		}
+		if o.ServiceAccounts == nil {
+			o.ServiceAccounts = kc.verifier(o.Kubernetes, log)
+		}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -305,7 +308,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	errs := make(chan error, 3)
 	if kc != nil {
 		wg.Go(func() {
-			if err := runKubernetes(ctx, c, kc, log); err != nil {
+			if err := runKubernetes(ctx, c, kc, o.Kubernetes, ca.CertPEM, log); err != nil {
 				errs <- fmt.Errorf("kubernetes: %w", err)
 			}
 		})

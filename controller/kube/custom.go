@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/eastguard/eastguard/controller/kube/crdv1"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
@@ -20,7 +21,7 @@ import (
 // ConditionValid is the condition every custom resource carries: True
 // when the object is in force as it is, False with the reason and the
 // diagnostics ("path: message", as `egctl validate` says them) when not.
-const ConditionValid = "Valid"
+const ConditionValid = crdv1.ConditionValid
 
 // Reasons of the Valid condition, also the reasons of the Events.
 const (
@@ -48,11 +49,13 @@ type customObject struct {
 
 func newCustomObject(kind string, u *unstructured.Unstructured) customObject {
 	name := u.GetName()
-	spec := u.Object["spec"]
+	// An object that cannot be rendered (it says it is another kind)
+	// gets no document: Sync refuses it as not holding the resource.
+	doc, _ := crdv1.Document(kind, u)
 	return customObject{kind: kind, u: u, obj: policyrepo.SourceObject{
 		Key:  store.ResourceKey{Kind: kind, Name: name},
-		File: kind + "." + Group + " " + name,
-		Doc:  document(kind, name, u.GetLabels(), spec),
+		File: kind + "." + crdv1.Group + " " + name,
+		Doc:  doc,
 	}}
 }
 
@@ -120,8 +123,7 @@ func (s *Source) setCondition(ctx context.Context, co customObject, want conditi
 	if err != nil {
 		return
 	}
-	gvr := GVR(resourceOf(co.kind))
-	_, err = s.cfg.Dynamic.Resource(gvr).Patch(ctx, co.u.GetName(), types.MergePatchType, patch,
+	_, err = s.cfg.Dynamic.Resource(crdv1.Resources[co.kind]).Patch(ctx, co.u.GetName(), types.MergePatchType, patch,
 		metav1.PatchOptions{FieldManager: fieldManager}, "status")
 	if err != nil {
 		s.log.Warn("cannot write the status of a custom resource", zap.String("kind", co.kind),
@@ -141,15 +143,6 @@ func (s *Source) setCondition(ctx context.Context, co customObject, want conditi
 		s.log.Warn("custom resource not in force as it is", zap.String("kind", co.kind), zap.String("name", co.u.GetName()),
 			zap.String("reason", want.reason), zap.String("why", want.message))
 	}
-}
-
-func resourceOf(kind string) string {
-	for _, ck := range CustomKinds {
-		if ck.Kind == kind {
-			return ck.Resource
-		}
-	}
-	return ""
 }
 
 func observedGeneration(u *unstructured.Unstructured) int64 {

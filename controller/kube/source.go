@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -23,32 +22,15 @@ import (
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/eastguard/eastguard/controller/kube/crdv1"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
 )
 
-// Group and Version of the custom resources.
-const (
-	Group   = "eastguard.dev"
-	Version = "v1"
-)
-
-// CustomKinds are the custom resources the controller watches, by kind,
-// with their plural (resource) names.
-var CustomKinds = []struct {
-	Kind     string
-	Resource string
-}{
-	{policy.KindPolicy, "policies"},
-	{policy.KindAlertRule, "alertrules"},
-	{policy.KindWebhook, "webhooks"},
-}
-
-// GVR is the custom resource of a plural name.
-func GVR(resource string) schema.GroupVersionResource {
-	return schema.GroupVersionResource{Group: Group, Version: Version, Resource: resource}
-}
+// customKinds are the custom resources the controller watches, in the
+// order it reads them.
+var customKinds = []string{crdv1.KindPolicy, crdv1.KindAlertRule, crdv1.KindWebhook}
 
 // Repo is the policy repository the source writes to
 // (*policyrepo.Repo).
@@ -226,16 +208,17 @@ func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSha
 		return
 	}
 	var started []string
-	for _, ck := range CustomKinds {
+	for _, kind := range customKinds {
 		s.mu.Lock()
-		watching := s.custom[ck.Kind] != nil
+		watching := s.custom[kind] != nil
 		s.mu.Unlock()
-		if watching || !installed[ck.Resource] {
+		gvr := crdv1.Resources[kind]
+		if watching || !installed[gvr.Resource] {
 			continue
 		}
-		inf := dyn.ForResource(GVR(ck.Resource))
+		inf := dyn.ForResource(gvr)
 		if _, err := inf.Informer().AddEventHandler(s.handler()); err != nil {
-			s.log.Error("watch custom resource", zap.String("kind", ck.Kind), zap.Error(err))
+			s.log.Error("watch custom resource", zap.String("kind", kind), zap.Error(err))
 			continue
 		}
 		dyn.Start(ctx.Done())
@@ -243,24 +226,24 @@ func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSha
 			return
 		}
 		s.mu.Lock()
-		s.custom[ck.Kind] = inf.Lister()
+		s.custom[kind] = inf.Lister()
 		s.mu.Unlock()
-		started = append(started, ck.Kind)
+		started = append(started, kind)
 	}
 	if len(started) > 0 {
 		s.log.Info("watching eastguard.dev custom resources", zap.Strings("kinds", started))
 		s.changed()
 	}
-	for _, ck := range CustomKinds {
-		if !installed[ck.Resource] {
+	for _, kind := range customKinds {
+		if r := crdv1.Resources[kind].Resource; !installed[r] {
 			s.log.Warn("custom resource definition not installed; its objects are not read until it is",
-				zap.String("crd", ck.Resource+"."+Group))
+				zap.String("crd", r+"."+crdv1.Group))
 		}
 	}
 }
 
 func (s *Source) installedKinds() (map[string]bool, error) {
-	list, err := s.cfg.Discovery.ServerResourcesForGroupVersion(Group + "/" + Version)
+	list, err := s.cfg.Discovery.ServerResourcesForGroupVersion(crdv1.SchemeGroupVersion.String())
 	if apierrors.IsNotFound(err) {
 		return map[string]bool{}, nil
 	}
@@ -289,22 +272,22 @@ func (s *Source) syncOnce(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	var crs []customObject
-	for _, ck := range CustomKinds {
-		l := custom[ck.Kind]
+	for _, kind := range customKinds {
+		l := custom[kind]
 		if l == nil {
 			continue
 		}
-		kinds = append(kinds, ck.Kind)
+		kinds = append(kinds, kind)
 		items, err := l.List(labels.Everything())
 		if err != nil {
-			return fmt.Errorf("list %s: %w", ck.Resource, err)
+			return fmt.Errorf("list %s: %w", crdv1.Resources[kind].Resource, err)
 		}
 		for _, it := range items {
 			u, ok := it.(*unstructured.Unstructured)
 			if !ok {
 				continue
 			}
-			co := newCustomObject(ck.Kind, u)
+			co := newCustomObject(kind, u)
 			crs = append(crs, co)
 			objs = append(objs, co.obj)
 		}

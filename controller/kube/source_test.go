@@ -28,6 +28,7 @@ import (
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/kube"
+	"github.com/eastguard/eastguard/controller/kube/crdv1"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
@@ -94,14 +95,14 @@ func start(t *testing.T, crds bool, objs ...runtime.Object) *harness {
 	h := &harness{t: t, ctl: controllertest.New(t), client: fake.NewClientset(objs...), events: &events{}}
 	listKinds := make(map[schema.GroupVersionResource]string)
 	var resources []metav1.APIResource
-	for _, ck := range kube.CustomKinds {
-		listKinds[kube.GVR(ck.Resource)] = ck.Kind + "List"
-		resources = append(resources, metav1.APIResource{Name: ck.Resource, Kind: ck.Kind})
+	for kind, gvr := range crdv1.Resources {
+		listKinds[gvr] = kind + "List"
+		resources = append(resources, metav1.APIResource{Name: gvr.Resource, Kind: kind})
 	}
 	h.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), listKinds)
 	if crds {
 		h.client.Discovery().(*fakediscovery.FakeDiscovery).Resources = []*metav1.APIResourceList{
-			{GroupVersion: kube.Group + "/" + kube.Version, APIResources: resources}}
+			{GroupVersion: crdv1.SchemeGroupVersion.String(), APIResources: resources}}
 	}
 	h.repo = &countingRepo{repo: h.ctl.Srv.Policy}
 	core, logs := observer.New(zap.InfoLevel)
@@ -326,7 +327,7 @@ func TestBurstCoalesced(t *testing.T) {
 // policyObject is a Policy custom resource.
 func policyObject(name string, gen int64, spec map[string]any) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": kube.Group + "/" + kube.Version, "kind": policy.KindPolicy,
+		"apiVersion": crdv1.SchemeGroupVersion.String(), "kind": policy.KindPolicy,
 		"metadata": map[string]any{"name": name},
 		"spec":     spec,
 	}}
@@ -344,7 +345,7 @@ func webToDB(port int64) map[string]any {
 }
 
 func (h *harness) condition(name string) (status, reason, msg string, gen int64) {
-	u, err := h.dyn.Resource(kube.GVR("policies")).Get(context.Background(), name, metav1.GetOptions{})
+	u, err := h.dyn.Resource(crdv1.PolicyResource).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		return "", "", err.Error(), 0
 	}
@@ -364,7 +365,7 @@ func TestPolicyCustomResources(t *testing.T) {
 	h := start(t, true,
 		pod("shop", "web-1", "node-a", map[string]string{"app": "web"}, "10.250.1.5"),
 		pod("shop", "db-1", "node-b", map[string]string{"app": "db"}, "10.250.2.7"))
-	policies := h.dyn.Resource(kube.GVR("policies"))
+	policies := h.dyn.Resource(crdv1.PolicyResource)
 	if _, err := policies.Create(ctx, policyObject("shop", 1, webToDB(5432)), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +447,7 @@ kind: Policy
 metadata: {name: shop}
 spec: {rules: []}
 `)
-	if _, err := h.dyn.Resource(kube.GVR("policies")).Create(ctx, policyObject("shop", 1, webToDB(80)), metav1.CreateOptions{}); err != nil {
+	if _, err := h.dyn.Resource(crdv1.PolicyResource).Create(ctx, policyObject("shop", 1, webToDB(80)), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	until(t, 10*time.Second, "Valid=False", func() bool {
@@ -462,9 +463,9 @@ spec: {rules: []}
 func TestBrokenReferenceKeepsDeletedWebhook(t *testing.T) {
 	ctx := context.Background()
 	h := start(t, true)
-	hooks := h.dyn.Resource(kube.GVR("webhooks"))
+	hooks := h.dyn.Resource(crdv1.WebhookResource)
 	wh := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": kube.Group + "/" + kube.Version, "kind": policy.KindWebhook,
+		"apiVersion": crdv1.SchemeGroupVersion.String(), "kind": policy.KindWebhook,
 		"metadata": map[string]any{"name": "sec", "generation": int64(1)},
 		"spec":     map[string]any{"url": "https://hooks.example.com/x"},
 	}}
