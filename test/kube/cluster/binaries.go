@@ -30,10 +30,36 @@ type Binaries struct {
 
 // tools maps each binary to the package it is built from; both are tool
 // directives of test/kube/go.mod, so `go mod tidy` keeps their
-// dependencies in go.sum.
-var tools = []struct{ name, pkg string }{
-	{"kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"},
-	{"etcd", "go.etcd.io/etcd/server/v3"},
+// dependencies in go.sum. etcd is the version k8s.io/kubernetes itself
+// requires (go.etcd.io/etcd/server/v3, v3.7.0 for v1.37.2): Debian
+// bookworm's etcd-server (3.4.23) predates the watch-progress fixes the
+// apiserver's watch cache relies on (etcd 3.4.25/3.4.31) and lacks
+// --unsafe-no-fsync.
+var tools = []struct {
+	name, pkg string
+	// versionVars are the variables a release build stamps with the
+	// version (hack/lib/version.sh); a plain go build leaves them at
+	// v0.0.0-master, which /version and kubectl would report.
+	versionVars []string
+}{
+	{"kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"}},
+	{"etcd", "go.etcd.io/etcd/server/v3", nil},
+}
+
+// ldflags stamps the Kubernetes version (v1.37.2) into the packages
+// named.
+func ldflags(version string, pkgs []string) string {
+	major, minor, _ := strings.Cut(strings.TrimPrefix(version, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	var flags []string
+	for _, p := range pkgs {
+		flags = append(flags,
+			"-X "+p+".gitVersion="+version,
+			"-X "+p+".gitMajor="+major,
+			"-X "+p+".gitMinor="+minor,
+			"-X "+p+".gitTreeState=clean")
+	}
+	return strings.Join(flags, " ")
 }
 
 // CacheRoot is where built binaries are kept between runs:
@@ -101,10 +127,10 @@ func EnsureBinaries(logf func(format string, args ...any)) (Binaries, error) {
 		if _, err := os.Stat(out); err == nil {
 			continue // built by another package while this one waited
 		}
-		logf("building %s %s into %s (the first build takes minutes; later ones use the cache)", tool.name, version, dir)
+		logf("building %s (%s, k8s.io/kubernetes %s) into %s: the first build takes minutes, later ones use the Go build cache", tool.name, tool.pkg, version, dir)
 		start := time.Now()
 		tmp := out + ".tmp"
-		if _, err := goOutput(modDir, "build", "-o", tmp, tool.pkg); err != nil {
+		if _, err := goOutput(modDir, "build", "-ldflags", ldflags(version, tool.versionVars), "-o", tmp, tool.pkg); err != nil {
 			os.Remove(tmp)
 			return Binaries{}, fmt.Errorf("building %s: %w", tool.name, err)
 		}

@@ -299,12 +299,16 @@ func (c *Cluster) startAPIServer(bin, etcdURL string, pki *pkiFiles) error {
 			"--etcd-servers="+etcdURL,
 			"--bind-address=127.0.0.1",
 			"--advertise-address=127.0.0.1",
+			// The endpoint reconciler publishes the advertise address as
+			// the kubernetes Service's endpoint and refuses a loopback
+			// one; nothing here reaches the apiserver through the Service.
+			"--endpoint-reconciler-type=none",
 			"--secure-port="+strconv.Itoa(ports[0]),
 			"--cert-dir="+filepath.Join(c.dir, "apiserver-certs"),
 			"--tls-cert-file="+pki.servingCrt,
 			"--tls-private-key-file="+pki.servingKey,
 			"--client-ca-file="+pki.caCert,
-			"--service-account-key-file="+pki.saKey,
+			"--service-account-key-file="+pki.saPub,
 			"--service-account-signing-key-file="+pki.saKey,
 			"--service-account-issuer="+Issuer,
 			"--service-cluster-ip-range="+ServiceCIDR,
@@ -455,7 +459,7 @@ func waitReady(p *process, timeout time.Duration, ready func() error) error {
 			return nil
 		}
 		if p.exited() {
-			return fmt.Errorf("%s exited (%v) before it was ready; its log ends:\n%s", p.name, p.err, tail(p.log, 30))
+			return fmt.Errorf("%s exited (%v) before it was ready (its log's tail follows)", p.name, p.err)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s not ready after %v: %w", p.name, timeout, err)

@@ -25,7 +25,8 @@ type pkiFiles struct {
 	servingKey string
 	adminCert  []byte // client certificate, O=system:masters
 	adminKey   []byte
-	saKey      string // ServiceAccount token signing key (private; the public half verifies)
+	saKey      string // ServiceAccount token signing key (--service-account-signing-key-file)
+	saPub      string // its public half, which verifies tokens (--service-account-key-file)
 }
 
 // newPKI writes a CA, a serving certificate for 127.0.0.1, an admin
@@ -62,6 +63,7 @@ func newPKI(dir string) (*pkiFiles, error) {
 		servingCrt: filepath.Join(dir, "apiserver.crt"),
 		servingKey: filepath.Join(dir, "apiserver.key"),
 		saKey:      filepath.Join(dir, "sa.key"),
+		saPub:      filepath.Join(dir, "sa.pub"),
 	}
 	if err := os.WriteFile(p.caCert, p.caPEM, 0o600); err != nil {
 		return nil, err
@@ -116,6 +118,16 @@ func newPKI(dir string) (*pkiFiles, error) {
 		return nil, err
 	}
 	if err := os.WriteFile(p.saKey, saPEM, 0o600); err != nil {
+		return nil, err
+	}
+	// The apiserver reads verification keys as public keys, certificates
+	// or PKCS#1/SEC 1 private keys, not PKCS#8: the public key is written
+	// on its own.
+	pubDER, err := x509.MarshalPKIXPublicKey(saKey.Public())
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(p.saPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
 		return nil, err
 	}
 	return p, nil
