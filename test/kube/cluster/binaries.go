@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,10 @@ import (
 	"syscall"
 	"time"
 )
+
+// buildTimeout bounds building one binary: the first build of
+// kube-apiserver took 22 minutes on a loaded 2-core machine.
+const buildTimeout = 45 * time.Minute
 
 // moduleName is the module this package belongs to: the binaries are
 // built from its go.mod, which pins k8s.io/kubernetes and etcd.
@@ -130,7 +135,7 @@ func EnsureBinaries(logf func(format string, args ...any)) (Binaries, error) {
 		logf("building %s (%s, k8s.io/kubernetes %s) into %s: the first build takes minutes, later ones use the Go build cache", tool.name, tool.pkg, version, dir)
 		start := time.Now()
 		tmp := out + ".tmp"
-		if _, err := goOutput(modDir, "build", "-ldflags", ldflags(version, tool.versionVars), "-o", tmp, tool.pkg); err != nil {
+		if _, err := goOutputTimeout(buildTimeout, modDir, "build", "-ldflags", ldflags(version, tool.versionVars), "-o", tmp, tool.pkg); err != nil {
 			os.Remove(tmp)
 			return Binaries{}, fmt.Errorf("building %s: %w", tool.name, err)
 		}
@@ -171,6 +176,11 @@ func moduleDir() (string, error) {
 // goOutput runs the go command in dir and returns its trimmed standard
 // output; the error carries its standard error.
 func goOutput(dir string, args ...string) (string, error) {
+	return goOutputTimeout(time.Minute, dir, args...)
+}
+
+// goOutputTimeout is goOutput killing the go command after timeout.
+func goOutputTimeout(timeout time.Duration, dir string, args ...string) (string, error) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		if _, serr := os.Stat("/usr/local/go/bin/go"); serr != nil {
@@ -178,7 +188,9 @@ func goOutput(dir string, args ...string) (string, error) {
 		}
 		goBin = "/usr/local/go/bin/go"
 	}
-	cmd := exec.Command(goBin, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = dir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

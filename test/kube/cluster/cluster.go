@@ -13,6 +13,10 @@
 //	func TestX(t *testing.T) { c := cluster.Shared(t); ... }
 //
 // Each test on a shared cluster works in its own namespace (Namespace).
+// Starting takes about 5 s once the binaries are cached; the first build
+// takes tens of minutes, longer than go test's default -timeout: `make
+// kube-apiserver` (or `go run ./cmd/kube-binaries` in test/kube) builds
+// them first, as `make test` does.
 //
 // It is test code: nothing outside test/kube imports it, and it imports
 // only internal/testutil of the main module.
@@ -55,9 +59,6 @@ const (
 	ServiceCIDR = "10.96.0.0/24"
 	serviceIP   = "10.96.0.1"
 
-	// buildTimeout bounds building the binaries: the first build of
-	// kube-apiserver takes minutes on a loaded 2-core machine.
-	buildTimeout = 30 * time.Minute
 	// readyTimeout bounds etcd and kube-apiserver becoming ready.
 	readyTimeout = 3 * time.Minute
 )
@@ -179,7 +180,7 @@ func requireRoot(t testing.TB) {
 // started: the caller stops it.
 func start(logf func(string, ...any)) (*Cluster, error) {
 	begin := time.Now()
-	bins, err := ensureBinariesTimeout(logf)
+	bins, err := EnsureBinaries(logf)
 	if err != nil {
 		return nil, err
 	}
@@ -206,24 +207,6 @@ func start(logf func(string, ...any)) (*Cluster, error) {
 	}
 	logf("kube-apiserver %s ready at %s in %v (binaries in %s; logs in %s)", bins.Version, c.URL, time.Since(begin).Round(time.Millisecond), bins.Dir, dir)
 	return c, nil
-}
-
-func ensureBinariesTimeout(logf func(string, ...any)) (Binaries, error) {
-	type result struct {
-		b   Binaries
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		b, err := EnsureBinaries(logf)
-		ch <- result{b, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.b, r.err
-	case <-time.After(buildTimeout):
-		return Binaries{}, fmt.Errorf("building kube-apiserver and etcd took more than %v", buildTimeout)
-	}
 }
 
 // startEtcd starts a one-member etcd on two free loopback ports and

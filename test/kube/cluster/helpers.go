@@ -76,8 +76,8 @@ func (c *Cluster) CreateServiceAccount(t testing.TB, ns, name string) *corev1.Se
 // exist), bound to node (no scheduler or kubelet runs; the Node object
 // need not exist), then sets its status as a kubelet would: phase
 // Running, Ready, status.podIP = podIPs[0] and status.podIPs = podIPs
-// (at most one IPv4 and one IPv6, the apiserver checks). It returns the
-// pod as stored after the status update.
+// (at most one IPv4 and one IPv6, the apiserver checks). With no podIPs
+// the pod stays Pending, as created. It returns the pod as stored.
 func (c *Cluster) CreatePod(t testing.TB, ns, name, node string, labels map[string]string, sa string, podIPs []string) *corev1.Pod {
 	t.Helper()
 	ctx, cancel := ctx()
