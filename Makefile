@@ -25,7 +25,7 @@ COMMANDS := eastguard-agent eastguard-controller egctl
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 
-.PHONY: help deps deps-run generate build lint test bench fuzz bench-throughput e2e demo demo-clean images clean
+.PHONY: help deps deps-run generate build lint test kube-apiserver bench fuzz bench-throughput e2e demo demo-clean images clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,7 @@ build: ## Build all binaries into bin/, stamped with VERSION (git describe).
 lint: ## gofmt, go vet, and the repository's rules (test/repo: one-way imports, no committed binaries, links inside the repository, README layout).
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd test/kube && $(GO) vet ./...
 	$(GO) test -count=1 ./test/repo/
 
 deps-run: ## Install the Debian packages the tests and the demo need, if any is missing (root).
@@ -59,8 +60,17 @@ deps: deps-run ## Install every Debian package the build needs: deps-run's, and 
 			protobuf-compiler clang-19 llvm-19 libbpf-dev linux-libc-dev >/dev/null; \
 	fi
 
-test: deps-run build ## Run every test: unit, BPF (prog.Run), and end-to-end in network namespaces (privileged ones need root and say so when skipped).
+test: deps-run build kube-apiserver ## Run every test: unit, BPF (prog.Run), end-to-end in network namespaces, and test/kube against a real kube-apiserver (privileged ones need root and say so when skipped).
 	$(GO) test $(TEST_FLAGS) ./...
+	cd test/kube && $(GO) test $(TEST_FLAGS) ./...
+
+# test/kube is its own module (k8s.io/kubernetes stays out of go.mod).
+# The first build of kube-apiserver takes minutes; the binaries are cached
+# outside the repository (cluster.CacheRoot: $$EASTGUARD_KUBE_CACHE, else
+# $$XDG_CACHE_HOME or ~/.cache, /eastguard/kube/VERSION/) and only built
+# when missing.
+kube-apiserver: ## Build kube-apiserver and etcd for test/kube into the cache (~/.cache/eastguard/kube/), if missing.
+	cd test/kube && $(GO) run ./cmd/kube-binaries
 
 bench: ## Run the Go benchmarks (datapath verdict cost, compiler, ...).
 	$(GO) test $(BENCH_FLAGS) -bench . ./...

@@ -264,6 +264,9 @@ func TestREADMELayout(t *testing.T) {
 			want[r] = true
 		}
 	}
+	for _, d := range nestedModulePackages(t, top) {
+		want[d] = true
+	}
 	// Folders without Go packages that hold the project's parts, and a
 	// package behind a build tag.
 	for _, d := range []string{"deploy/demo", "deploy/docker", "deploy/kubernetes", "deploy/systemd", "test/throughput"} {
@@ -279,4 +282,44 @@ func TestREADMELayout(t *testing.T) {
 			t.Errorf("README layout lists %s/, which is not a top-level folder or a package", p)
 		}
 	}
+}
+
+// nestedModules are the modules inside the repository besides the main
+// one (their own go.mod keeps their dependencies out of the main
+// module's): test/kube builds kube-apiserver from k8s.io/kubernetes.
+var nestedModules = []string{"test/kube"}
+
+// nestedModulePackages lists the package folders of the nested modules,
+// relative to the repository's top, and checks that the main module's
+// `go list ./...` does not descend into them.
+func nestedModulePackages(t *testing.T, top string) []string {
+	t.Helper()
+	var dirs []string
+	for _, m := range nestedModules {
+		if _, err := os.Stat(filepath.Join(top, m, "go.mod")); err != nil {
+			t.Errorf("nested module %s: %v", m, err)
+			continue
+		}
+		cmd := exec.Command("go", "list", "-e", "-f", "{{.Dir}}", "./...")
+		cmd.Dir = filepath.Join(top, m)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go list in %s: %v", m, err)
+		}
+		for _, dir := range strings.Fields(string(out)) {
+			r, err := filepath.Rel(top, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dirs = append(dirs, filepath.ToSlash(r))
+		}
+	}
+	for _, p := range packages(t) {
+		for _, m := range nestedModules {
+			if under(rel(p.ImportPath), m) {
+				t.Errorf("the main module lists %s, which belongs to the nested module %s", p.ImportPath, m)
+			}
+		}
+	}
+	return dirs
 }
