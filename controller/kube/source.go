@@ -149,10 +149,13 @@ func (s *Source) Run(ctx context.Context) error {
 			return fmt.Errorf("kubernetes: cache of %v did not sync", typ)
 		}
 	}
+	// Pods first: a sync of the pods alone need not wait for the custom
+	// resources' caches (their kinds are left as stored until theirs
+	// have synced).
+	s.changed()
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, s.cfg.Resync)
 	defer dyn.Shutdown()
 	s.startCustom(ctx, dyn)
-	s.changed()
 
 	recheck := time.NewTicker(s.cfg.Resync)
 	defer recheck.Stop()
