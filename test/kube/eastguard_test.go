@@ -133,6 +133,19 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// uninstallAtEnd removes the node's pins when the test ends (after its
+// agent stopped: cleanups run last-registered first), also when it fails.
+func uninstallAtEnd(t *testing.T, agentBin string, n *topo.Node) {
+	t.Cleanup(func() {
+		if out, err := exec.Command(agentBin, "--uninstall", "--bpffs-dir", n.BPFFSDir).CombinedOutput(); err != nil {
+			t.Errorf("uninstall %s: %v\n%s", n.Name, err, out)
+		}
+		if _, err := os.Stat(n.BPFFSDir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind (%v)", n.BPFFSDir, err)
+		}
+	})
+}
+
 // bridgedPod is a pod on the node's bridge, as flannel or the bridge CNI
 // plugin make them: its veth a port of the bridge, its MAC in the
 // bridge's neighbour table and forwarding database.
@@ -278,6 +291,7 @@ func TestPrivilegedKubernetesMode(t *testing.T) {
 	// node-a with a routed-style pod (web, and other) and a bridge-style
 	// one (db).
 	node := topo.NewNode(t, "node-a", 1)
+	uninstallAtEnd(t, bin["eastguard-agent"], node)
 	web := node.AddWorkload(t, "web", 1)
 	other := node.AddWorkload(t, "other", 2)
 	dbNS, db4, db6 := bridgedPod(t, node, "db")
@@ -371,6 +385,7 @@ func TestPrivilegedKubernetesMode(t *testing.T) {
 
 	// A token of an agent pod on node-b does not join as node-a.
 	nodeB := topo.NewNode(t, "node-b", 2)
+	uninstallAtEnd(t, bin["eastguard-agent"], nodeB)
 	podB := c.CreatePod(t, "eastguard", "eastguard-agent-b", "node-b", nil, "eastguard-agent", nil)
 	tokenB := filepath.Join(files, "token-b")
 	write(t, tokenB, c.TokenFor(t, "eastguard", "eastguard-agent", podB.Name, string(podB.UID), "eastguard"))
