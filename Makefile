@@ -60,8 +60,9 @@ deps: deps-run ## Install every Debian package the build needs: deps-run's, and 
 			protobuf-compiler clang-19 llvm-19 libbpf-dev linux-libc-dev >/dev/null; \
 	fi
 
-test: deps-run build kube-apiserver ## Run every test: unit, BPF (prog.Run), end-to-end in network namespaces, and test/kube against a real kube-apiserver (privileged ones need root and say so when skipped).
+test: deps-run build ## Run every test: unit, BPF (prog.Run), end-to-end in network namespaces, and test/kube against a real kube-apiserver (privileged ones need root and say so when skipped).
 	$(GO) test $(TEST_FLAGS) ./...
+	$(MAKE) --no-print-directory kube-apiserver
 	cd test/kube && $(GO) test $(TEST_FLAGS) ./...
 
 # test/kube is its own module (k8s.io/kubernetes stays out of go.mod).
