@@ -41,11 +41,11 @@ spec: {rules: []}
 	p := filepath.Join(t.TempDir(), "web.yaml")
 	writeFile(t, p, "apiVersion: eastguard.dev/v1\nkind: Policy\nmetadata: {name: web}\nspec:\n  rules: [{name: all, from: [{world: true}], to: [{selector: {}}]}]\n")
 	code, _, errs := egctl(t, "apply", "-f", p)
-	if code == exitOK || !strings.Contains(errs, "Policy/web: comes from Kubernetes (Policy.eastguard.dev web, kubectl edit policy web)") {
+	if code != exitBadInput || !strings.Contains(errs, "Policy/web: comes from Kubernetes (Policy.eastguard.dev web, kubectl edit policy web)") {
 		t.Errorf("apply over a custom resource: exit %d\n%s", code, errs)
 	}
 	code, _, errs = egctl(t, "delete", "workload", "shop/web-1")
-	if code == exitOK || !strings.Contains(errs, "Workload/shop/web-1: comes from Kubernetes (Pod shop/web-1)") {
+	if code != exitBadInput || !strings.Contains(errs, "Workload/shop/web-1: comes from Kubernetes (Pod shop/web-1)") {
 		t.Errorf("delete of a pod's workload: exit %d\n%s", code, errs)
 	}
 	docs := h.Srv.Policy.Documents(policy.KindPolicy)
