@@ -1,7 +1,9 @@
 package policyrepo
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -54,6 +56,9 @@ func (r *Repo) Sync(ctx context.Context, source string, kinds []string, objs []S
 	var parsed []*resource
 	for _, o := range objs {
 		present[o.Key] = true
+		if r.unchanged(source, o) {
+			continue // parsed when it was stored: a sync of 10,000 pods parses only what changed
+		}
 		res, diags := parseSourceObject(o, kinds)
 		if diags.HasErrors() {
 			out.Refused[o.Key] = diags.Errors()
@@ -72,7 +77,7 @@ func (r *Repo) Sync(ctx context.Context, source string, kinds []string, objs []S
 		case old != nil && old.source != source:
 			out.Refused[res.key] = policy.Diagnostics{{Pos: onlyMeta(res.set).NamePos, Path: "metadata.name", Severity: policy.SeverityError,
 				Message: fmt.Sprintf("a %s named %s was applied through the API (egctl); delete it there to let %s own it", res.key.Kind, res.key.Name, source)}}
-		case old != nil && string(old.doc) == string(res.doc):
+		case old != nil && bytes.Equal(old.doc, res.doc):
 			// unchanged
 		default:
 			incoming = append(incoming, res)
@@ -86,19 +91,63 @@ func (r *Repo) Sync(ctx context.Context, source string, kinds []string, objs []S
 	}
 	slices.SortFunc(deleted, compareKeys)
 
+	if len(incoming)+len(deleted) == 0 {
+		return out, nil
+	}
+	// The usual case, a valid change, validates once; an invalid one is
+	// then taken apart to find what to leave out.
+	change, err := r.changeLocked(ctx, incoming, changedKeys(incoming, deleted), false, inFiles(incoming))
+	var inv *InvalidError
+	if errors.As(err, &inv) {
+		if incoming, deleted, err = r.leaveOutInvalidLocked(source, incoming, deleted, out); err != nil {
+			return nil, err
+		}
+		if len(incoming)+len(deleted) == 0 {
+			return out, nil
+		}
+		change, err = r.changeLocked(ctx, incoming, changedKeys(incoming, deleted), false, inFiles(incoming))
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range deleted {
+		change.Deleted = append(change.Deleted, keyString(k))
+	}
+	out.Change = change
+	return out, nil
+}
+
+// inFiles selects the diagnostics in the incoming objects' documents:
+// the controller's own checks (a webhook secret that can be read) apply
+// to what changes, as for an apply, so that a resource the API owns
+// never blocks Kubernetes' changes.
+func inFiles(incoming []*resource) func(policy.Diagnostic) bool {
+	files := make(map[string]bool, len(incoming))
+	for _, res := range incoming {
+		files[res.file] = true
+	}
+	return func(d policy.Diagnostic) bool { return files[d.Pos.File] }
+}
+
+// leaveOutInvalidLocked returns the part of a change that validates: the
+// first round leaves out the incoming objects with errors (reported in
+// out.Refused), the next also keeps the deleted resources (a deletion can
+// break a reference elsewhere). Called with applyMu held.
+func (r *Repo) leaveOutInvalidLocked(source string, incoming []*resource, deleted []store.ResourceKey,
+	out *SyncResult) ([]*resource, []store.ResourceKey, error) {
 	for round := 1; len(incoming)+len(deleted) > 0; round++ {
 		diags := r.validateLocked(incoming, changedKeys(incoming, deleted))
 		if !diags.HasErrors() {
 			break
 		}
 		if round == maxSyncRounds {
-			return nil, invalid("objects from "+source+" do not validate together, nothing changed", diagStrings(diags.Errors()))
+			return nil, nil, invalid("objects from "+source+" do not validate together, nothing changed", diagStrings(diags.Errors()))
 		}
 		byFile := make(map[string]policy.Diagnostics)
 		for _, d := range diags.Errors() {
 			byFile[d.Pos.File] = append(byFile[d.Pos.File], d)
 		}
-		kept := incoming[:0]
+		kept := incoming[:0:0]
 		for _, res := range incoming {
 			if ds := byFile[res.file]; len(ds) > 0 {
 				out.Refused[res.key] = ds
@@ -118,18 +167,15 @@ func (r *Repo) Sync(ctx context.Context, source string, kinds []string, objs []S
 		}
 		incoming = kept
 	}
-	if len(incoming)+len(deleted) == 0 {
-		return out, nil
-	}
-	change, err := r.changeLocked(ctx, incoming, changedKeys(incoming, deleted), false, func(policy.Diagnostic) bool { return true })
-	if err != nil {
-		return nil, err
-	}
-	for _, k := range deleted {
-		change.Deleted = append(change.Deleted, keyString(k))
-	}
-	out.Change = change
-	return out, nil
+	return incoming, deleted, nil
+}
+
+// unchanged reports whether the object is stored as it is, by source.
+func (r *Repo) unchanged(source string, o SourceObject) bool {
+	r.docMu.RLock()
+	defer r.docMu.RUnlock()
+	old := r.resources[o.Key]
+	return old != nil && old.source == source && bytes.Equal(old.doc, o.Doc)
 }
 
 // parseSourceObject parses one object's document, which must hold
@@ -156,11 +202,8 @@ func (r *Repo) validateLocked(incoming []*resource, removed map[store.ResourceKe
 	}
 	diags = append(diags, merged.Validate()...)
 	if r.cfg.Check != nil {
-		files := make(map[string]bool, len(incoming))
-		for _, res := range incoming {
-			files[res.file] = true
-		}
-		diags = append(diags, r.cfg.Check(merged, func(p policy.Pos) bool { return files[p.File] })...)
+		keep := inFiles(incoming)
+		diags = append(diags, r.cfg.Check(merged, func(p policy.Pos) bool { return keep(policy.Diagnostic{Pos: p}) })...)
 	}
 	return diags
 }
