@@ -4,13 +4,11 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
-	tnetns "github.com/eastguard/eastguard/internal/testutil/netns"
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
@@ -30,25 +28,9 @@ func TestPrivilegedInterfaceAuto(t *testing.T) {
 	routed.Listen(t, 8080, 9090)
 
 	// The bridged workload, flannel style: 10.250.20.0/24 on the bridge.
-	bridged := tnetns.New(t, "wb")
-	br, port := "egbr1", "eg1-wb"
-	bridged4, bridged6 := netip.MustParseAddr("10.250.20.2"), netip.MustParseAddr("fd0e:1:4::2")
-	node.NS.IP(t, "link", "add", br, "type", "bridge")
-	node.NS.IP(t, "link", "set", br, "up")
-	node.NS.IP(t, "addr", "add", "10.250.20.1/24", "dev", br)
-	node.NS.IP(t, "-6", "addr", "add", "fd0e:1:4::1/64", "dev", br, "nodad")
-	tnetns.Veth(t, node.NS, port, bridged, "eth0")
-	node.NS.IP(t, "link", "set", port, "master", br)
-	bridged.IP(t, "addr", "add", bridged4.String()+"/24", "dev", "eth0")
-	bridged.IP(t, "-6", "addr", "add", bridged6.String()+"/64", "dev", "eth0", "nodad")
-	bridged.IP(t, "route", "add", "default", "via", "10.250.20.1")
-	bridged.IP(t, "-6", "route", "add", "default", "via", "fd0e:1:4::1")
-	mac := macOf(t, bridged, "eth0")
-	for _, a := range []netip.Addr{bridged4, bridged6} {
-		node.NS.IP(t, "neigh", "replace", a.String(), "lladdr", mac, "dev", br, "nud", "permanent")
-	}
-	tnetns.Run(t, "bridge", "-n", node.NS.Name, "fdb", "replace", mac, "dev", port, "master", "static")
-	topo.ListenOn(t, bridged, 8080, 9090)
+	wb := node.AddBridgedWorkload(t, "wb", 4)
+	bridged4, bridged6, port := wb.Addr4, wb.Addr6, wb.HostIface
+	wb.Listen(t, 8080, 9090)
 
 	// The late workload: its interface and route do not exist yet.
 	late4, late6 := netip.MustParseAddr("10.250.21.2"), netip.MustParseAddr("fd0e:1:5::2")
@@ -138,16 +120,6 @@ func TestPrivilegedInterfaceAuto(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-// macOf is an interface's MAC address in ns.
-func macOf(t *testing.T, ns *tnetns.NS, iface string) string {
-	t.Helper()
-	f := strings.Fields(ns.IP(t, "-br", "link", "show", iface))
-	if len(f) < 3 {
-		t.Fatalf("ip -br link show %s: %q", iface, f)
-	}
-	return f[2]
 }
 
 // TestPrivilegedInterfaceAutoBeforeHostMode: with a host-mode endpoint and

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,36 +145,6 @@ func uninstallAtEnd(t *testing.T, agentBin string, n *topo.Node) {
 	})
 }
 
-// bridgedPod is a pod on the node's bridge, as flannel or the bridge CNI
-// plugin make them: its veth a port of the bridge, its MAC in the
-// bridge's neighbour table and forwarding database.
-func bridgedPod(t *testing.T, node *topo.Node, name string) (*netns.NS, netip.Addr, netip.Addr) {
-	t.Helper()
-	ns := netns.New(t, name)
-	br, port := "egbr1", "eg1-"+name
-	a4, a6 := netip.MustParseAddr("10.250.20.2"), netip.MustParseAddr("fd0e:1:4::2")
-	node.NS.IP(t, "link", "add", br, "type", "bridge")
-	node.NS.IP(t, "link", "set", br, "up")
-	node.NS.IP(t, "addr", "add", "10.250.20.1/24", "dev", br)
-	node.NS.IP(t, "-6", "addr", "add", "fd0e:1:4::1/64", "dev", br, "nodad")
-	topo.Sysctl(t, ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
-	netns.Veth(t, node.NS, port, ns, "eth0")
-	node.NS.IP(t, "link", "set", port, "master", br)
-	ns.IP(t, "addr", "add", a4.String()+"/24", "dev", "eth0")
-	ns.IP(t, "-6", "addr", "add", a6.String()+"/64", "dev", "eth0", "nodad")
-	ns.IP(t, "route", "add", "default", "via", "10.250.20.1")
-	ns.IP(t, "-6", "route", "add", "default", "via", "fd0e:1:4::1")
-	f := strings.Fields(ns.IP(t, "-br", "link", "show", "eth0"))
-	if len(f) < 3 {
-		t.Fatalf("ip -br link show eth0: %q", f)
-	}
-	for _, a := range []netip.Addr{a4, a6} {
-		node.NS.IP(t, "neigh", "replace", a.String(), "lladdr", f[2], "dev", br, "nud", "permanent")
-	}
-	netns.Run(t, "bridge", "-n", node.NS.Name, "fdb", "replace", f[2], "dev", port, "master", "static")
-	return ns, a4, a6
-}
-
 const shopPolicy = `apiVersion: eastguard.dev/v1
 kind: Policy
 metadata: {name: shop}
@@ -294,8 +263,9 @@ func TestPrivilegedKubernetesMode(t *testing.T) {
 	uninstallAtEnd(t, bin["eastguard-agent"], node)
 	web := node.AddWorkload(t, "web", 1)
 	other := node.AddWorkload(t, "other", 2)
-	dbNS, db4, db6 := bridgedPod(t, node, "db")
-	topo.ListenOn(t, dbNS, 5432)
+	db := node.AddBridgedWorkload(t, "db", 4)
+	db4, db6 := db.Addr4, db.Addr6
+	db.Listen(t, 5432)
 	c.CreateNamespace(t, "shop")
 	c.CreateServiceAccount(t, "shop", "app")
 	c.CreatePod(t, "shop", "web", "node-a", map[string]string{"app": "web"}, "app", []string{web.Addr4.String(), web.Addr6.String()})

@@ -155,6 +155,57 @@ func (n *Node) AddWorkload(t testing.TB, name string, index int) *Workload {
 	return w
 }
 
+// AddBridgedWorkload creates workload number index (1..15) on the node's
+// bridge, as flannel or the bridge CNI plugin make them: its veth a port
+// of the bridge egbr<node index>, which holds the workload's gateway
+// addresses (the same as AddWorkload's), the workload's MAC in the
+// bridge's neighbour table and forwarding database. HostIface is the
+// bridge port.
+func (n *Node) AddBridgedWorkload(t testing.TB, name string, index int) *Workload {
+	t.Helper()
+	if index < 1 || index > 15 {
+		t.Fatalf("workload index %d out of 1..15", index)
+	}
+	br := fmt.Sprintf("egbr%d", n.Index)
+	if _, err := n.NS.Exec(context.Background(), "ip", "link", "show", br).Output(); err != nil {
+		n.NS.IP(t, "link", "add", br, "type", "bridge")
+		n.NS.IP(t, "link", "set", br, "up")
+	}
+	w := &Workload{
+		Name:      name,
+		Node:      n,
+		NS:        netns.New(t, name),
+		HostIface: fmt.Sprintf("eg%d-%s", n.Index, name),
+		Addr4:     netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 2}),
+		Addr6:     netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::2", n.Index, index)),
+	}
+	if len(w.HostIface) > 15 {
+		t.Fatalf("interface name %q too long", w.HostIface)
+	}
+	gw4 := netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 1})
+	gw6 := netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::1", n.Index, index))
+	n.NS.IP(t, "addr", "add", gw4.String()+"/24", "dev", br)
+	n.NS.IP(t, "-6", "addr", "add", gw6.String()+"/64", "dev", br, "nodad")
+	noDAD(t, w.NS)
+	netns.Veth(t, n.NS, w.HostIface, w.NS, "eth0")
+	n.NS.IP(t, "link", "set", w.HostIface, "master", br)
+	w.NS.IP(t, "addr", "add", w.Addr4.String()+"/24", "dev", "eth0")
+	w.NS.IP(t, "-6", "addr", "add", w.Addr6.String()+"/64", "dev", "eth0", "nodad")
+	w.NS.IP(t, "route", "add", "default", "via", gw4.String())
+	w.NS.IP(t, "-6", "route", "add", "default", "via", gw6.String())
+	f := strings.Fields(w.NS.IP(t, "-br", "link", "show", "eth0"))
+	if len(f) < 3 {
+		t.Fatalf("ip -br link show eth0 in %s: %q", w.NS.Name, f)
+	}
+	mac := f[2]
+	for _, a := range []netip.Addr{w.Addr4, w.Addr6} {
+		n.NS.IP(t, "neigh", "replace", a.String(), "lladdr", mac, "dev", br, "nud", "permanent")
+	}
+	netns.Run(t, "bridge", "-n", n.NS.Name, "fdb", "replace", mac, "dev", w.HostIface, "master", "static")
+	n.Workloads[name] = w
+	return w
+}
+
 // Link connects two nodes and routes each one's workloads through the
 // other.
 func Link(t testing.TB, a, b *Node) {
