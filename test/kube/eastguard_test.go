@@ -345,6 +345,19 @@ func TestPrivilegedKubernetesMode(t *testing.T) {
 	if !strings.Contains(msg, `label key "bad key!"`) {
 		t.Errorf("condition message %q, want the validator's diagnostic", msg)
 	}
+	testutil.Eventually(t, 30*time.Second, "a Warning Event on the invalid Policy", func() error {
+		evs, err := c.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=broken"})
+		if err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.Type == corev1.EventTypeWarning && e.Reason == "Invalid" && strings.Contains(e.Message, `label key "bad key!"`) &&
+				e.InvolvedObject.Kind == "Policy" && e.Source.Component == "eastguard-controller" {
+				return nil
+			}
+		}
+		return fmt.Errorf("events %v", evs.Items)
+	})
 	if after := agents()["node-a"]; after.LatestVersion != before.LatestVersion {
 		t.Errorf("an invalid Policy changed node-a's rule set: version %d -> %d", before.LatestVersion, after.LatestVersion)
 	}
@@ -403,5 +416,3 @@ func write(t *testing.T, path, content string) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-var _ = corev1.PodRunning
