@@ -99,7 +99,7 @@ export async function render(box, { params }) {
     state.collapsed = new Set(model.workloads.length > groupThreshold ? groupsOf(model.workloads, state.groupBy) : []);
   }
   groupSel.append(h('option', { value: '', selected: state.groupBy === '' }, 'none'),
-    [...keys].sort().map((k) => h('option', { value: k, selected: k === state.groupBy }, k)));
+    ...[...keys].sort().map((k) => h('option', { value: k, selected: k === state.groupBy }, k)));
 
   const draw = () => {
     const els = elements(model, state.groupBy, state.collapsed);
