@@ -335,6 +335,29 @@ func TestBrowserDashboard(t *testing.T) {
 		t.Errorf("map edges\n%+v\nwant\n%+v", edges, want)
 	}
 	shot(t, ctx, shots, "map.png")
+	// Click a workload: its flows in the side panel; click the denied
+	// edge: the explain answer.
+	click := func(what string) {
+		t.Helper()
+		type xy struct{ X, Y float64 }
+		p := eval[xy](t, ctx, fmt.Sprintf(`window.egMap.position(%q)`, what))
+		step(t, ctx, "click "+what, chromedp.MouseClickXY(p.X, p.Y))
+	}
+	click("jump")
+	waitFor(t, ctx, "the node panel", `document.querySelector('[data-testid=map-panel] [data-testid=panel-title]')?.textContent === 'jump'`)
+	waitFor(t, ctx, "the node's flows", `document.querySelector('[data-testid=map-panel] [data-testid=flow-row]')`)
+	if href := eval[string](t, ctx, `document.querySelector('[data-testid=panel-flows-link]').getAttribute('href')`); href != "#/flows?workload=jump&since=1h" {
+		t.Errorf("node panel flows link %q", href)
+	}
+	click("jump->db-1:22")
+	waitFor(t, ctx, "the explain answer", `document.querySelector('[data-testid=explain-verdict]')`)
+	if v := eval[string](t, ctx, `document.querySelector('[data-testid=explain-verdict]').textContent`); v != "denied" {
+		t.Errorf("explain verdict %q", v)
+	}
+	if got := api.called("explain?"); len(got) != 1 || got[0] != "explain?src=jump&dst=db-1&protocol=TCP&port=22" {
+		t.Errorf("explain calls %q", got)
+	}
+	shot(t, ctx, shots, "map-edge.png")
 	// Grouped by app: web-1 and web-2 are one collapsible group.
 	step(t, ctx, "group by app", selectOption("map-group", "app"),
 		chromedp.Click(chromedp.CSS(`[data-testid=map-collapse-all]`)))
@@ -457,5 +480,88 @@ func TestBrowserAPIError(t *testing.T) {
 	}
 	if len(pageErrs) > 0 {
 		t.Errorf("console errors:\n%s", strings.Join(pageErrs, "\n"))
+	}
+}
+
+// largeMap is a service map of n workloads in apps of 50, each talking
+// to the next app's workloads and some denied SSH across.
+func largeMap(n int) []byte {
+	type wl struct {
+		Name   string            `json:"name"`
+		Node   string            `json:"node"`
+		Labels map[string]string `json:"labels"`
+	}
+	type edge struct {
+		Src      string `json:"src"`
+		Dst      string `json:"dst"`
+		Protocol string `json:"protocol"`
+		Port     int    `json:"port"`
+		Verdict  string `json:"verdict"`
+		Flows    int    `json:"flows"`
+	}
+	var m struct {
+		Workloads   []wl             `json:"workloads"`
+		Edges       []edge           `json:"edges"`
+		PolicyEdges []map[string]any `json:"policyEdges"`
+		Truncated   bool             `json:"truncated"`
+	}
+	name := func(i int) string { return fmt.Sprintf("w%04d", i) }
+	for i := range n {
+		m.Workloads = append(m.Workloads, wl{name(i), fmt.Sprintf("node-%d", i%40), map[string]string{"app": fmt.Sprintf("app%02d", i/50), "role": "r"}})
+		m.Edges = append(m.Edges, edge{name(i), name((i + 50) % n), "TCP", 8080, "allowed", 3})
+		if i%7 == 0 {
+			m.Edges = append(m.Edges, edge{name(i), name((i + 13) % n), "TCP", 22, "denied", 1})
+		}
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// TestBrowserMapLarge: 1,000 workloads start grouped by app and
+// collapsed (20 group nodes), and expand to all 1,000 nodes. Asserted
+// bounds are generous (a slow, shared CI machine); the log has the
+// figures.
+func TestBrowserMapLarge(t *testing.T) {
+	api := newFakeAPI(t)
+	api.fixture["map"] = largeMap(1000)
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", api)
+	mux.Handle("/", Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	ctx, consoleErrors := browser(t)
+	step(t, ctx, "log in", chromedp.Navigate(srv.URL+"/#/login"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)),
+		chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken))
+	start := time.Now()
+	step(t, ctx, "submit", chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)))
+	waitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
+	grouped := time.Since(start)
+	groups := eval[[]struct {
+		Name      string
+		Collapsed bool
+		Members   int
+	}](t, ctx, `window.egMap.groups()`)
+	if len(groups) != 20 {
+		t.Errorf("%d groups, want 20 (app00..app19)", len(groups))
+	}
+	for _, g := range groups {
+		if !g.Collapsed || g.Members != 50 {
+			t.Errorf("group %+v: want collapsed with 50 members", g)
+		}
+	}
+	if n := len(eval[[]string](t, ctx, `window.egMap.nodes()`)); n != 20 {
+		t.Errorf("%d nodes drawn collapsed, want 20", n)
+	}
+	start = time.Now()
+	step(t, ctx, "expand all", chromedp.Click(chromedp.CSS(`[data-testid=map-expand-all]`)))
+	waitFor(t, ctx, "expanded", `window.egMap.ready && window.egMap.nodes().length === 1000`)
+	expanded := time.Since(start)
+	t.Logf("1,000 workloads: grouped map ready %v after login; expanded (1,000 nodes, %d edges) in %v",
+		grouped.Round(time.Millisecond), len(eval[[]any](t, ctx, `window.egMap.edges()`)), expanded.Round(time.Millisecond))
+	if grouped > 15*time.Second || expanded > 60*time.Second {
+		t.Errorf("too slow: grouped %v, expanded %v", grouped, expanded)
+	}
+	if errs := consoleErrors(); len(errs) > 0 {
+		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
 	}
 }

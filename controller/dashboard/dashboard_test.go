@@ -4,6 +4,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -192,5 +194,35 @@ func TestLoadNeedsIndex(t *testing.T) {
 	}
 	if len(h.assets) != 1 {
 		t.Errorf("assets %v, want app-X.js only", h.assets)
+	}
+}
+
+// TestSourcesRenderText: the front end's sources never parse data as
+// HTML nor set inline style (the CSP would refuse it and break the page):
+// every string reaches the page through textContent or setAttribute.
+func TestSourcesRenderText(t *testing.T) {
+	files, err := filepath.Glob("ui/src/*.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, _ := filepath.Glob("ui/src/*/*.js")
+	files = append(files, more...)
+	if len(files) < 5 {
+		t.Fatalf("found %d source files under ui/src", len(files))
+	}
+	bad := regexp.MustCompile(`innerHTML|outerHTML|insertAdjacentHTML|document\.write|\.style\.|setAttribute\(\s*['"]style|new Function|\beval\(|DOMParser|createContextualFragment`)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(data), "\n") {
+			if trimmed := strings.TrimSpace(line); strings.HasPrefix(trimmed, "//") {
+				continue
+			}
+			if m := bad.FindString(line); m != "" {
+				t.Errorf("%s:%d: %s: render text with textContent / h(), style with classes", f, i+1, m)
+			}
+		}
 	}
 }

@@ -37,6 +37,18 @@ export function flowRow(f) {
     h('td', null, f.state || ''));
 }
 
+// compactRow is a flow in the map's side panel: what fits in 380 px.
+export function compactRow(f) {
+  return h('tr', { 'data-testid': 'flow-row', 'data-id': f.id ?? '', 'data-verdict': f.verdict, class: 'v-' + f.verdict },
+    h('td', null, fmtTime(f.time || f.lastSeen).slice(11)),
+    h('td', null, endpoint(f, 'srcAddr', 'srcWorkload')),
+    h('td', null, endpoint(f, 'dstAddr', 'dstWorkload', 'dstPort')),
+    h('td', { class: 'verdict' }, f.verdict || ''),
+    h('td', null, f.rule || ''));
+}
+
+export const compactHeaders = ['Time', 'Source', 'Destination', 'Verdict', 'Rule'];
+
 export const flowHeaders = ['Time', 'Node', 'Source', 'Destination', 'Protocol', 'Verdict', 'Rule', 'Packets', 'Bytes', 'State'];
 
 function field(name, label, value, opts) {

@@ -11,7 +11,7 @@ import cytoscape from 'cytoscape';
 import fcose from 'cytoscape-fcose';
 import { get, arr } from '../api.js';
 import { h, on, clear, table, fmtNum, fmtTime, hashLink, errorBox } from '../dom.js';
-import { flowRow, flowHeaders } from './flows.js';
+import { compactRow, compactHeaders } from './flows.js';
 
 cytoscape.use(fcose);
 
@@ -102,7 +102,8 @@ export async function render(box, { params }) {
     ...[...keys].sort().map((k) => h('option', { value: k, selected: k === state.groupBy }, k)));
 
   const draw = () => {
-    const els = elements(model, state.groupBy, state.collapsed);
+    const meta = new Map();
+    const els = elements(model, state.groupBy, state.collapsed, meta);
     leave();
     cy = cytoscape({
       container,
@@ -127,10 +128,10 @@ export async function render(box, { params }) {
       idealEdgeLength: 90,
       nodeRepulsion: 6000,
     }).run();
-    cy.on('tap', 'node', (ev) => showNode(panel, model, ev.target.data()));
-    cy.on('tap', 'edge', (ev) => showEdge(panel, model, ev.target.data()));
+    cy.on('tap', 'node', (ev) => showNode(panel, model, ev.target.data(), meta.get(ev.target.id())));
+    cy.on('tap', 'edge', (ev) => showEdge(panel, model, ev.target.data(), meta.get(ev.target.id())));
     cy.on('dbltap', 'node.group', (ev) => toggle(ev.target.data('group')));
-    window.egMap = view(cy);
+    window.egMap = view(cy, meta);
     clear(info);
     if (data && data.truncated) info.append('truncated: narrow the range. ');
     info.append(`${model.workloads.length} workloads, ${model.edges.length} observed edges`);
@@ -186,8 +187,10 @@ function groupsOf(ws, key) {
 
 // elements builds cytoscape's elements from the model. Ids are opaque
 // (workload names are attacker-controlled and must never become
-// selectors); names live in data.
-export function elements(model, key, collapsed) {
+// selectors); names live in data. The workload and edge objects go in
+// meta (by element id), not in data: cytoscape copies data on every add,
+// which at 1,000 workloads costs seconds.
+export function elements(model, key, collapsed, meta) {
   const els = [];
   const ids = new Map(); // display name -> element id
   let seq = 0;
@@ -217,7 +220,10 @@ export function elements(model, key, collapsed) {
       continue;
     }
     rep.set(w.name, w.name);
-    idOf(w.name, (id) => els.push({ group: 'nodes', data: { id, name: w.name, label: w.name, workload: w, parent: g !== null ? groupIds.get(g) : undefined }, classes: 'workload' }));
+    idOf(w.name, (id) => {
+      meta.set(id, w);
+      els.push({ group: 'nodes', data: { id, name: w.name, label: w.name, parent: g !== null ? groupIds.get(g) : undefined }, classes: 'workload' });
+    });
   }
   const endpoint = (name) => {
     const r = rep.get(name) || name;
@@ -254,22 +260,41 @@ export function elements(model, key, collapsed) {
     const s = endpoint(a.src);
     const t = endpoint(a.dst);
     const label = a.port ? `${a.protocol}/${a.port}` : a.protocol;
-    els.push({ group: 'edges', data: { id: 'x' + n++, source: s, target: t, label, edge: a }, classes: 'v-' + a.verdict + (a.dashed ? ' dashed' : '') });
+    const id = 'x' + n++;
+    meta.set(id, a);
+    els.push({ group: 'edges', data: { id, source: s, target: t, label }, classes: 'v-' + a.verdict + (a.dashed ? ' dashed' : '') });
   }
   return els;
 }
 
 // view is window.egMap: a read-only view of what is drawn, for tests.
-function view(c) {
+function view(c, meta) {
   return Object.freeze({
     ready: true,
     nodes: () => c.nodes().filter((n) => !n.isParent() || n.data('collapsed')).map((n) => n.data('name')),
     groups: () => c.nodes('.group').map((n) => ({ name: n.data('name'), collapsed: !!n.data('collapsed'), members: n.data('members') })),
     edges: () => c.edges().map((e) => {
-      const a = e.data('edge');
+      const a = meta.get(e.id());
       return { src: a.src, dst: a.dst, port: a.port, protocol: a.protocol, verdict: a.verdict, dashed: !!a.dashed };
     }),
     zoom: () => c.zoom(),
+    // position: where a node (by name) or an edge (by "src->dst:port") is
+    // drawn, in page coordinates, so that a test can click it as a user
+    // would; null when not drawn.
+    position: (what) => {
+      const box = c.container().getBoundingClientRect();
+      let p = null;
+      const n = c.nodes().filter((x) => x.data('name') === what);
+      if (n.length) p = n[0].renderedPosition();
+      else {
+        const e = c.edges().filter((x) => {
+          const a = meta.get(x.id());
+          return `${a.src}->${a.dst}:${a.port}` === what;
+        });
+        if (e.length) p = e[0].renderedMidpoint();
+      }
+      return p ? { x: box.left + p.x, y: box.top + p.y } : null;
+    },
   });
 }
 
@@ -301,14 +326,14 @@ async function flowsInto(box, params, keep) {
     if (keep) list = list.filter(keep);
     wait.remove();
     if (list.length === 0) box.append(h('p', { class: 'empty' }, 'No stored flow in the range.'));
-    else box.append(table('panel-flows', flowHeaders, list.slice(0, 20).map(flowRow)));
+    else box.append(table('panel-flows', compactHeaders, list.slice(0, 20).map(compactRow)));
   } catch (e) {
     wait.remove();
     if (e.status !== 401) box.append(errorBox(e));
   }
 }
 
-function showNode(panel, model, d) {
+function showNode(panel, model, d, w) {
   clear(panel);
   if (d.group !== undefined) {
     const b = h('button', { type: 'button', 'data-testid': 'group-toggle' }, d.collapsed ? 'Expand group' : 'Collapse group');
@@ -317,7 +342,6 @@ function showNode(panel, model, d) {
     return;
   }
   panel.append(h('h2', { 'data-testid': 'panel-title' }, d.name));
-  const w = d.workload;
   if (w) {
     panel.append(h('p', null, 'Node: ', w.node || ''), h('p', { class: 'labels' }, labelsOf(w.labels)));
   }
@@ -331,9 +355,8 @@ function showNode(panel, model, d) {
   flowsInto(panel, { ...params, ...rangeParams(model) });
 }
 
-function showEdge(panel, model, d) {
+function showEdge(panel, model, d, a) {
   clear(panel);
-  const a = d.edge;
   panel.append(h('h2', { 'data-testid': 'panel-title' }, a.src, ' → ', a.dst),
     h('p', null, d.label, ' · ', a.verdict === 'policy' ? 'allowed by policy, no traffic seen' : a.verdict),
     a.verdict === 'policy'
