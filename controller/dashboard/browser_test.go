@@ -170,6 +170,26 @@ func (f *fakeAPI) called(prefix string) []string {
 	return out
 }
 
+// serveDashboard starts the dashboard and the fake API; more, if given, adds
+// handlers in front of the fake API's.
+func serveDashboard(t *testing.T, api *fakeAPI, more func(*http.ServeMux)) *httptest.Server {
+	mux := http.NewServeMux()
+	if more != nil {
+		more(mux)
+	}
+	mux.Handle("/api/v1/", api)
+	mux.Handle("/", Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// login opens the login page and logs in with the admin token.
+func login(base string) chromedp.Action[chromedp.Void] {
+	return chromedp.Steps(chromedp.Navigate(base+"/#/login"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)),
+		chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken), chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)))
+}
+
 func chromiumPath(t *testing.T) string {
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
 		if p, err := exec.LookPath(name); err == nil {
@@ -280,11 +300,7 @@ const noImg = `document.querySelectorAll('img, script:not([src])').length === 0`
 // render as text; no console error anywhere.
 func TestBrowserDashboard(t *testing.T) {
 	api := newFakeAPI(t)
-	mux := http.NewServeMux()
-	mux.Handle("/api/v1/", api)
-	mux.Handle("/", Handler())
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
+	srv := serveDashboard(t, api, nil)
 	ctx, consoleErrors := browser(t)
 	// Screenshots go to the test's temp dir, or to $EASTGUARD_SCREENSHOTS
 	// to keep them (docs/dashboard.png is taken this way).
@@ -448,22 +464,16 @@ func TestBrowserDashboard(t *testing.T) {
 // TestBrowserAPIError: an API answering other than the contract says gets
 // a readable message on the page, not a console error.
 func TestBrowserAPIError(t *testing.T) {
-	api := newFakeAPI(t)
-	mux := http.NewServeMux()
-	mux.HandleFunc("/api/v1/agents", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 500, map[string]string{"error": "store unavailable"})
+	srv := serveDashboard(t, newFakeAPI(t), func(mux *http.ServeMux) {
+		mux.HandleFunc("/api/v1/agents", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, 500, map[string]string{"error": "store unavailable"})
+		})
+		mux.HandleFunc("/api/v1/policies", func(w http.ResponseWriter, r *http.Request) {
+			w.Write([]byte("<html>proxy error</html>"))
+		})
 	})
-	mux.HandleFunc("/api/v1/policies", func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte("<html>proxy error</html>"))
-	})
-	mux.Handle("/api/v1/", api)
-	mux.Handle("/", Handler())
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
 	ctx, consoleErrors := browser(t)
-	step(t, ctx, "log in", chromedp.Navigate(srv.URL+"/#/login"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)),
-		chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken), chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)),
-		chromedp.WaitVisible(chromedp.CSS(`[data-testid=map]`)))
+	step(t, ctx, "log in", login(srv.URL), chromedp.WaitVisible(chromedp.CSS(`[data-testid=map]`)))
 	for page, want := range map[string]string{"agents": "store unavailable", "policies": "not JSON"} {
 		step(t, ctx, page, chromedp.Navigate(srv.URL+"/#/"+page), chromedp.WaitVisible(chromedp.CSS(`[data-testid=page-`+page+`] [data-testid=error]`)))
 		if msg := eval[string](t, ctx, `document.querySelector('[data-testid=page-`+page+`] [data-testid=error]').textContent`); !strings.Contains(msg, want) {
@@ -524,16 +534,10 @@ func largeMap(n int) []byte {
 func TestBrowserMapLarge(t *testing.T) {
 	api := newFakeAPI(t)
 	api.fixture["map"] = largeMap(1000)
-	mux := http.NewServeMux()
-	mux.Handle("/api/v1/", api)
-	mux.Handle("/", Handler())
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
+	srv := serveDashboard(t, api, nil)
 	ctx, consoleErrors := browser(t)
-	step(t, ctx, "log in", chromedp.Navigate(srv.URL+"/#/login"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)),
-		chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken))
 	start := time.Now()
-	step(t, ctx, "submit", chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)))
+	step(t, ctx, "log in", login(srv.URL))
 	waitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
 	grouped := time.Since(start)
 	groups := eval[[]struct {
