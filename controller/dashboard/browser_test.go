@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -146,7 +147,14 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.acked[id] = true
 		writeJSON(w, 200, map[string]any{"id": id, "state": "acknowledged", "acknowledgedBy": fakeName})
 	case p == "agents":
-		w.Write(f.fixture["agents"])
+		// "in 5m": a certificate about to expire, relative to now.
+		agents := f.list("agents")
+		for _, a := range agents {
+			if a["certExpiry"] == "in 5m" {
+				a["certExpiry"] = time.Now().Add(5 * time.Minute).UTC().Format(time.RFC3339)
+			}
+		}
+		writeJSON(w, 200, agents)
 	case p == "policies":
 		w.Write(f.fixture["policies"])
 	case p == "policies/web-mesh/detail":
@@ -428,11 +436,17 @@ func TestBrowserDashboard(t *testing.T) {
 	// Agents: the one behind the latest version stands out.
 	step(t, ctx, "agents", chromedp.Navigate(srv.URL+"/#/agents"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=agent-row]`)))
 	att := eval[map[string]string](t, ctx, `Object.fromEntries([...document.querySelectorAll('[data-testid=agent-row]')].map(r => [r.dataset.node, r.dataset.attention]))`)
-	if att["node-a"] != "false" || att["node-b"] != "true" {
-		t.Errorf("agents' attention %v, want node-b only", att)
+	// node-b is behind the latest version, node-c's certificate expires in
+	// 5 minutes, node-d is disconnected with an error; node-a is fine.
+	if want := map[string]string{"node-a": "false", "node-b": "true", "node-c": "true", "node-d": "true"}; !maps.Equal(att, want) {
+		t.Errorf("agents' attention %v, want %v", att, want)
+	}
+	why := eval[[]string](t, ctx, `[...document.querySelectorAll('[data-testid=agent-attention]')].map(c => c.textContent)`)
+	if want := []string{"", "⚠ behind latest version", "⚠ certificate expiring", "⚠ disconnected, last error"}; !slices.Equal(why, want) {
+		t.Errorf("attention markers %q, want %q", why, want)
 	}
 	waitFor(t, ctx, "attention counts", `document.querySelector('[data-testid=agents-attention]')`)
-	if s := eval[string](t, ctx, `document.querySelector('[data-testid=agents-attention]').textContent`); s != "1 agent needs attention" {
+	if s := eval[string](t, ctx, `document.querySelector('[data-testid=agents-attention]').textContent`); s != "3 agents need attention" {
 		t.Errorf("header says %q", s)
 	}
 	shot(t, ctx, shots, "agents.png")
