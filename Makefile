@@ -25,13 +25,24 @@ COMMANDS := eastguard-agent eastguard-controller egctl
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 
-.PHONY: help deps deps-run generate build lint test kube-apiserver bench fuzz bench-throughput e2e demo demo-clean images clean
+.PHONY: help deps deps-run generate ui build lint test kube-apiserver bench fuzz bench-throughput e2e demo demo-clean images clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-generate: deps ## Regenerate eBPF objects (bpf2go, clang-19), protobuf code (protoc 3.21.12, Debian protobuf-compiler) and the CRDs and DeepCopy code of controller/kube/crdv1 (controller-gen).
+generate: deps ## Regenerate eBPF objects (bpf2go, clang-19), protobuf code (protoc 3.21.12, Debian protobuf-compiler), the CRDs and DeepCopy code of controller/kube/crdv1 (controller-gen), and the dashboard's assets (make ui).
 	$(GO) generate ./...
+	$(MAKE) --no-print-directory ui
+
+# The dashboard's front end: npm packages from the lockfile only (npm ci),
+# bundled and minified by esbuild into controller/dashboard/assets/, which
+# is committed and embedded (go:embed), so build and test need no Node.js.
+# The build is deterministic: .ci/run rebuilds and fails on any difference.
+UI_DIR        := controller/dashboard/ui
+
+ui: ## Rebuild the dashboard's assets (controller/dashboard/assets/) from controller/dashboard/ui/ (Node.js and npm: apt-get install nodejs).
+	@command -v npm >/dev/null || { echo "make ui: npm not found: apt-get install nodejs (it brings npm; do not install the separate npm package)"; exit 1; }
+	cd $(UI_DIR) && npm ci --no-audit --no-fund && npm run build
 
 build: ## Build all binaries into bin/, stamped with VERSION (git describe).
 	@mkdir -p $(BIN)
@@ -51,13 +62,13 @@ deps-run: ## Install the Debian packages the tests and the demo need, if any is 
 			iproute2 util-linux procps coreutils netcat-openbsd iperf3 nftables >/dev/null; \
 	fi
 
-deps: deps-run ## Install every Debian package the build needs: deps-run's, and make generate's toolchain (protoc, clang-19, llvm-19, libbpf-dev).
-	@missing=""; for c in protoc clang-19 llvm-strip-19; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+deps: deps-run ## Install every Debian package the build needs: deps-run's, and make generate's toolchain (protoc, clang-19, llvm-19, libbpf-dev, nodejs with npm).
+	@missing=""; for c in protoc clang-19 llvm-strip-19 npm; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	[ -e /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing packages for:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			protobuf-compiler clang-19 llvm-19 libbpf-dev linux-libc-dev >/dev/null; \
+			protobuf-compiler clang-19 llvm-19 libbpf-dev linux-libc-dev nodejs >/dev/null; \
 	fi
 
 test: deps-run build ## Run every test: unit, BPF (prog.Run), end-to-end in network namespaces, and test/kube against a real kube-apiserver (privileged ones need root and say so when skipped).
