@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sync/atomic"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,23 +126,8 @@ func TestPrivilegedGuard(t *testing.T) {
 	// (2) The workload arrives: its veth is taken over in the swap that
 	// installs its policy. A probe of a port its policy denies runs all
 	// along and must never pass.
-	var leaked atomic.Int32
 	stop := make(chan struct{})
-	probed := make(chan int)
-	go func() {
-		n := 0
-		defer func() { probed <- n }()
-		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); n++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if node.Dial(ga.Addr4, 9090, 50*time.Millisecond) == nil {
-				leaked.Add(1)
-			}
-		}
-	}()
+	denied := probeNeverPasses(node, ga.Addr4, 9090, stop)
 	time.Sleep(200 * time.Millisecond) // not synchronisation: probes before the takeover too
 	if _, err := d.Apply(autoRuleSet(ga)); err != nil {
 		t.Fatalf("Apply: %v", err)
@@ -151,11 +136,8 @@ func TestPrivilegedGuard(t *testing.T) {
 	topo.MustPass(t, "node -> ga tcp/8080 v6 (its policy)", node.Dial(ga.Addr6, 8080, 3*time.Second))
 	time.Sleep(200 * time.Millisecond) // and after it
 	close(stop)
-	if n := <-probed; n < 3 {
-		t.Errorf("only %d probes during the takeover", n)
-	}
-	if n := leaked.Load(); n > 0 {
-		t.Errorf("%d probes of a denied port passed during the takeover", n)
+	if r := <-denied; r[0] < 3 || r[1] > 0 {
+		t.Errorf("%d probes of a port ga's policy denies during the takeover, %d passed; want several, none passed", r[0], r[1])
 	}
 	topo.MustDrop(t, "node -> ga tcp/9090 (not in its policy)", node.Dial(ga.Addr4, 9090, topo.Quick))
 	wantGuarded("eg1-gb")
@@ -196,4 +178,106 @@ func TestPrivilegedGuard(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// probeNeverPasses dials addr:port from node again and again until stop is
+// closed (at most 60 s) and reports how many probes ran and how many
+// passed.
+func probeNeverPasses(node *topo.Node, addr netip.Addr, port int, stop <-chan struct{}) <-chan [2]int {
+	res := make(chan [2]int, 1)
+	go func() {
+		n, passed := 0, 0
+		defer func() { res <- [2]int{n, passed} }()
+		for end := time.Now().Add(60 * time.Second); time.Now().Before(end); n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if node.Dial(addr, port, 50*time.Millisecond) == nil {
+				passed++
+			}
+		}
+	}()
+	return res
+}
+
+// TestPrivilegedGuardLiveTakeover: the CNI's order on a running node. The
+// pod's workload is in the rule set already (interface auto, pending);
+// its veth appears and is guarded at once; its addresses and route follow
+// and the periodic auto resolution claims the guarded veth in a swap.
+// A port its policy denies is probed all along and never answers; the
+// allowed one answers once the workload is enforced. Without the guard
+// the veth carries traffic unenforced until auto resolution runs (up to
+// autoRetry).
+func TestPrivilegedGuardLiveTakeover(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	node := topo.NewNode(t, "node", 1)
+	d := openInNodeWith(t, node, Config{GuardInterfaces: []string{"eg1-*"}})
+	// The workload's addresses as topo will place them (index 6).
+	want := &topo.Workload{Name: "pod", Addr4: netip.MustParseAddr("10.250.22.2"), Addr6: netip.MustParseAddr("fd0e:1:6::2")}
+	if _, err := d.Apply(autoRuleSet(want)); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	stop := make(chan struct{})
+	denied := probeNeverPasses(node, want.Addr4, 9090, stop)
+	pod := node.AddWorkload(t, "pod", 6)
+	if pod.Addr4 != want.Addr4 || pod.Addr6 != want.Addr6 {
+		t.Fatalf("topo placed the pod at %s %s", pod.Addr4, pod.Addr6)
+	}
+	pod.Listen(t, 8080, 9090)
+	testutil.Eventually(t, 5*autoRetry, "the pod enforced on its veth", func() error {
+		st := d.Status()
+		if st.Guarded != 0 || len(st.Pending) != 0 {
+			return fmt.Errorf("guarded %v, pending %v", st.GuardedInterfaces, st.Pending)
+		}
+		if es := st.Endpoints; len(es) != 1 || !slices.Equal(es[0].Interfaces, []string{pod.HostIface}) {
+			return fmt.Errorf("endpoints %+v", es)
+		}
+		return nil
+	})
+	topo.MustPass(t, "node -> pod tcp/8080 (its policy)", node.Dial(pod.Addr4, 8080, 3*time.Second))
+	close(stop)
+	if r := <-denied; r[0] < 3 || r[1] > 0 {
+		t.Errorf("%d probes of a port the pod's policy denies, %d passed; want several, none passed", r[0], r[1])
+	}
+	topo.MustDrop(t, "node -> pod tcp/9090", node.Dial(pod.Addr4, 9090, topo.Quick))
+}
+
+// TestPrivilegedGuardWithHostMode: a node in host mode (no
+// --host-interfaces) with guards. Its uplink is the host endpoint's, never
+// guarded; a veth matching a pattern is guarded, not taken by the node
+// (which would keep its workload off it), also when it appears later. A
+// rule set that uses the guard's reserved endpoint id is refused whole.
+func TestPrivilegedGuardWithHostMode(t *testing.T) {
+	h := newHarness(t, Config{GuardInterfaces: []string{"pod?", "up*x"}}, "up0", "pod0")
+	h.apply(hostOnlyRuleSet())
+	// The peers (podNp, up0p) match no pattern: the node's, like up0.
+	host := []string{"pod0p", "up0", "up0p"}
+	check := func(guarded ...string) error {
+		st := h.d.Status()
+		if !slices.Equal(st.GuardedInterfaces, guarded) {
+			return fmt.Errorf("guarded %v, want %v", st.GuardedInterfaces, guarded)
+		}
+		if es := st.Endpoints; len(es) != 1 || !slices.Equal(es[0].Interfaces, host) {
+			return fmt.Errorf("host endpoint on %+v, want %v", es, host)
+		}
+		return nil
+	}
+	if err := check("pod0"); err != nil {
+		t.Fatal(err)
+	}
+	h.ns.IP(t, "link", "add", "pod1", "type", "veth", "peer", "name", "pod1p")
+	host = []string{"pod0p", "pod1p", "up0", "up0p"}
+	testutil.Eventually(t, 5*time.Second, "pod1 guarded", func() error { return check("pod0", "pod1") })
+
+	bad := hostOnlyRuleSet()
+	bad.Endpoints = append(bad.Endpoints, ruleset.Endpoint{ID: GuardEndpoint, Workload: "w", Interface: "pod0", Identity: 300})
+	bad.IPCache = append(bad.IPCache, ruleset.IPCacheEntry{Prefix: pfx("10.250.99.2/32"), Identity: 300})
+	if _, err := h.d.Apply(bad); err == nil || !strings.Contains(err.Error(), "reserved for guarded interfaces") {
+		t.Fatalf("Apply with the guard's endpoint id: err %v", err)
+	}
+	if err := check("pod0", "pod1"); err != nil {
+		t.Fatalf("after a refused rule set: %v", err)
+	}
 }
