@@ -134,25 +134,23 @@ func (d *Datapath) logGuardChanges(before, after map[uint32]binding) {
 	if len(d.cfg.GuardInterfaces) == 0 {
 		return
 	}
-	n0, n1 := 0, 0
-	for i, b := range before {
-		if !b.isGuard() {
-			continue
+	// guardsIn counts the guards of from and logs msg for each one that is
+	// not a guard in to.
+	guardsIn := func(from, to map[uint32]binding, msg string) int {
+		n := 0
+		for i, b := range from {
+			if !b.isGuard() {
+				continue
+			}
+			n++
+			if o, ok := to[i]; !ok || !o.isGuard() {
+				d.log.Debug(msg, zap.String("interface", b.ifname), zap.Uint32("ifindex", i))
+			}
 		}
-		n0++
-		if a, ok := after[i]; !ok || !a.isGuard() {
-			d.log.Debug("interface no longer guarded", zap.String("interface", b.ifname), zap.Uint32("ifindex", i))
-		}
+		return n
 	}
-	for i, a := range after {
-		if !a.isGuard() {
-			continue
-		}
-		n1++
-		if b, ok := before[i]; !ok || !b.isGuard() {
-			d.log.Debug("interface guarded: denied until an endpoint claims it", zap.String("interface", a.ifname), zap.Uint32("ifindex", i))
-		}
-	}
+	n0 := guardsIn(before, after, "interface no longer guarded")
+	n1 := guardsIn(after, before, "interface guarded: denied until an endpoint claims it")
 	if n0 != n1 {
 		d.log.Info("guarded interfaces", zap.Int("guarded-interfaces", n1))
 	}
