@@ -59,6 +59,9 @@ type Config struct {
 	DefaultMode                 ruleset.Mode
 	// HostInterfaces limits host-mode enforcement to these interfaces.
 	HostInterfaces []string
+	// GuardInterfaces are shell globs of interface names: matching veths
+	// no workload claims are denied until one does (datapath.Config).
+	GuardInterfaces []string
 	// FlowLog is a file for flow records as JSON lines, or "-" for Stdout.
 	FlowLog string
 	// FlowUpdateInterval is how often connections' volume is reported
@@ -86,6 +89,9 @@ func (c *Config) Check() error {
 	}
 	if sources != 1 {
 		return errors.New("give exactly one of --policy-dir, --rule-set or --controller")
+	}
+	if err := datapath.CheckGuardPatterns(c.GuardInterfaces); err != nil {
+		return fmt.Errorf("--guard-interfaces: %w", err)
 	}
 	if c.FlowUpdateInterval != 0 && (c.FlowUpdateInterval < time.Second || c.FlowUpdateInterval > 24*time.Hour) {
 		return fmt.Errorf("--flow-update-interval %s: want between 1s and 24h", c.FlowUpdateInterval)
@@ -175,10 +181,11 @@ func (a *Agent) open() (err error) {
 		a.log.Warn("default mode is monitor: workloads without a mode, and interfaces without an endpoint, are reported, not enforced")
 	}
 	if a.dp, err = datapath.Open(datapath.Config{
-		BPFFSDir:       cfg.BPFFSDir,
-		DefaultMode:    cfg.DefaultMode,
-		HostInterfaces: cfg.HostInterfaces,
-		Logger:         a.log.Named("datapath"),
+		BPFFSDir:        cfg.BPFFSDir,
+		DefaultMode:     cfg.DefaultMode,
+		HostInterfaces:  cfg.HostInterfaces,
+		GuardInterfaces: cfg.GuardInterfaces,
+		Logger:          a.log.Named("datapath"),
 	}); err != nil {
 		return err
 	}

@@ -55,6 +55,11 @@ func (d *Datapath) Apply(rs *ruleset.RuleSet) (*ApplyResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode rule set: %w", err)
 	}
+	if len(d.cfg.GuardInterfaces) > 0 {
+		if _, ok := rs.Endpoint(GuardEndpoint); ok {
+			return nil, fmt.Errorf("invalid rule set: endpoint id %d is reserved for guarded interfaces", GuardEndpoint)
+		}
+	}
 	rs = rs.Clone()
 
 	d.mu.Lock()
@@ -90,6 +95,7 @@ func (d *Datapath) Apply(rs *ruleset.RuleSet) (*ApplyResult, error) {
 		zap.Int("ipcache-entries", size.IPCache),
 		zap.Int("interfaces", len(bindings)),
 		zap.Strings("pending-interfaces", pending),
+		zap.Int("guarded-interfaces", len(guardedNames(d.current.bindings))),
 		zap.Duration("duration", res.Duration))
 	return res, nil
 }
@@ -163,6 +169,11 @@ func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings ma
 		}
 	}
 	slices.Sort(pending)
+	var before map[uint32]binding
+	if d.current != nil {
+		before = d.current.bindings
+	}
+	d.logGuardChanges(before, bindings)
 	d.current = &applied{rs: rs, tables: tables, bindings: bindings, pending: slices.Compact(pending), capacity: capacity}
 	return nil
 }
@@ -228,6 +239,9 @@ func freeSlot(ifindex uint32, used func(slot uint32) bool) (uint32, bool) {
 }
 
 func endpointValue(e ruleset.Endpoint, b binding, tables *ruleset.Tables) bpfEgEndpoint {
+	if b.isGuard() {
+		e = guardEndpoint
+	}
 	v := bpfEgEndpoint{Ifindex: b.ifindex, Id: uint32(e.ID), Identity: uint32(e.Identity), Mode: uint8(e.Mode)}
 	if e.HostMode() {
 		v.Flags |= uint8(bpfEgEndpointFlagsEG_EP_F_HOST)

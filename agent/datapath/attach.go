@@ -263,6 +263,7 @@ func (d *Datapath) resolve(rs *ruleset.RuleSet) (map[uint32]binding, []string, e
 			bindings[b.ifindex] = b
 		}
 	}
+	d.guardUnclaimed(links, bindings)
 	return bindings, pending, nil
 }
 
@@ -283,9 +284,10 @@ func (d *Datapath) resolveAutoEndpoint(view *liveView, e ruleset.Endpoint, bound
 	if !ok {
 		return binding{}, false
 	}
-	if other, clash := bound[uint32(ifindex)]; clash {
+	if other, clash := bound[uint32(ifindex)]; clash && !other.isGuard() {
 		// Never take an interface from the endpoint it is bound to: a
 		// workload answering for another's address must not get its policy.
+		// A guard is no endpoint: taking its interface over is the point.
 		log.Warn("interface auto: the interface found is already another endpoint's",
 			zap.String("interface", l.Attrs().Name), zap.Uint32("endpoint", uint32(other.endpoint)))
 		return binding{}, false
@@ -326,7 +328,7 @@ func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]boo
 	var out []string
 	for _, l := range links {
 		a := l.Attrs()
-		if isLoopback(a) || container[a.Name] || hostModeSkips(l, auto) {
+		if isLoopback(a) || container[a.Name] || d.hostModeSkips(l, auto) {
 			continue
 		}
 		out = append(out, a.Name)
@@ -335,8 +337,12 @@ func (d *Datapath) hostInterfaces(links []netlink.Link, container map[string]boo
 }
 
 // hostModeSkips says whether implicit host mode leaves l alone because
-// the rule set has auto endpoints and l is a veth, a workload's interface.
-func hostModeSkips(l netlink.Link, auto bool) bool { return auto && l.Type() == "veth" }
+// l is a veth, a workload's interface, and the rule set has auto
+// endpoints or l's name matches a guard pattern (it is guarded until its
+// workload claims it; the node taking it would keep the workload off it).
+func (d *Datapath) hostModeSkips(l netlink.Link, auto bool) bool {
+	return l.Type() == "veth" && (auto || d.guards(l))
+}
 
 // isLoopback says whether an interface is a loopback device. netlink's
 // LinkAttrs.Flags is Go's net.Flags, not the kernel's IFF_ bits: there

@@ -72,7 +72,12 @@ type Config struct {
 	// on. Empty means every interface except loopback and the container
 	// endpoints' interfaces, including ones that appear later.
 	HostInterfaces []string
-	Logger         *zap.Logger
+	// GuardInterfaces are shell globs (path.Match) of interface names:
+	// every veth that matches one and that no endpoint claims is guarded,
+	// denied both ways until an endpoint claims it (guard.go). Empty: no
+	// guard. Host mode without HostInterfaces leaves matching veths alone.
+	GuardInterfaces []string
+	Logger          *zap.Logger
 
 	// synExpiresAtOnce makes conntrack entries of unanswered TCP flows
 	// expire immediately, so a repeated SYN stays a new flow. Only the
@@ -160,6 +165,9 @@ type Datapath struct {
 func Open(cfg Config) (*Datapath, error) {
 	cfg.setDefaults()
 	log := cfg.Logger.With(zap.String("bpffs-dir", cfg.BPFFSDir))
+	if err := CheckGuardPatterns(cfg.GuardInterfaces); err != nil {
+		return nil, fmt.Errorf("guard interfaces: %w", err)
+	}
 	if err := checkPrivileges(); err != nil {
 		return nil, err
 	}
@@ -235,6 +243,16 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := d.startWatch(); err != nil {
 		d.Close()
 		return nil, err
+	}
+	if len(cfg.GuardInterfaces) > 0 && d.word>>1 == 0 {
+		// Nothing was ever enforced here: guard what exists now, denied
+		// whatever --default-mode says, until a source speaks. (On a
+		// restart, the pinned generation stays in force instead, and
+		// the last known good rule set follows at once: Restore.)
+		if _, err := d.Apply(guardOnlyRuleSet()); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("guard interfaces: %w", err)
+		}
 	}
 	log.Info("datapath open",
 		zap.Uint32("generation", d.word>>1),

@@ -147,20 +147,26 @@ func (h *harness) toHost(iface string, pkt []byte) int32 {
 // prog.Run returns, so nothing is waited for.
 func (h *harness) drain() []FlowEvent {
 	h.t.Helper()
+	return readEvents(h.t, h.ring, h.clock)
+}
+
+// readEvents returns the events waiting in ring, without waiting for more.
+func readEvents(t testing.TB, ring *ringbuf.Reader, clock *Clock) []FlowEvent {
+	t.Helper()
 	var out []FlowEvent
 	var rec ringbuf.Record
 	for {
-		h.ring.SetDeadline(time.Now())
-		err := h.ring.ReadInto(&rec)
+		ring.SetDeadline(time.Now())
+		err := ring.ReadInto(&rec)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return out
 		}
 		if err != nil {
-			h.t.Fatalf("read ring: %v", err)
+			t.Fatalf("read ring: %v", err)
 		}
 		var ev FlowEvent
-		if err := DecodeEvent(rec.RawSample, h.clock, &ev); err != nil {
-			h.t.Fatalf("decode: %v", err)
+		if err := DecodeEvent(rec.RawSample, clock, &ev); err != nil {
+			t.Fatalf("decode: %v", err)
 		}
 		out = append(out, ev)
 	}

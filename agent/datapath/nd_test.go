@@ -188,10 +188,19 @@ wait:
 // the test ends.
 func openInNode(t *testing.T, node *topo.Node) *Datapath {
 	t.Helper()
+	return openInNodeWith(t, node, Config{})
+}
+
+// openInNodeWith is openInNode with cfg (its pin directory and logger set
+// here).
+func openInNodeWith(t *testing.T, node *topo.Node, cfg Config) *Datapath {
+	t.Helper()
+	cfg.BPFFSDir = "/sys/fs/bpf/eg-test-" + tnetns.Suffix()
+	cfg.Logger = zaptest.NewLogger(t)
 	var d *Datapath
 	if err := node.NS.Do(func() error {
 		var err error
-		d, err = Open(Config{BPFFSDir: "/sys/fs/bpf/eg-test-" + tnetns.Suffix(), Logger: zaptest.NewLogger(t)})
+		d, err = Open(cfg)
 		return err
 	}); err != nil {
 		t.Fatalf("Open: %v", err)

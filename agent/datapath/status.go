@@ -49,6 +49,11 @@ type Status struct {
 	Endpoints     []EndpointStatus `json:"endpoints"`
 	Pending       []string         `json:"pending,omitempty"`
 	Attached      int              `json:"attachedInterfaces"`
+	// Guarded counts the interfaces guarded now (Config.GuardInterfaces):
+	// veths no endpoint claims, denied both ways; GuardedInterfaces names
+	// them.
+	Guarded           int      `json:"guardedInterfaces"`
+	GuardedInterfaces []string `json:"guarded,omitempty"`
 	// Maps are the active generation's maps: entries used, capacity (what
 	// incremental updates may grow into before a rebuild) and limit.
 	Maps []MapUsage `json:"maps,omitempty"`
@@ -71,6 +76,8 @@ func (d *Datapath) Status() Status {
 		st.Maps = append(st.Maps, MapUsage{Name: name, Entries: need[i], Capacity: cur.capacity[i], Limit: limit[i]})
 	}
 	st.Pending = slices.Clone(cur.pending)
+	st.GuardedInterfaces = guardedNames(cur.bindings)
+	st.Guarded = len(st.GuardedInterfaces)
 	ifaces := make(map[ruleset.EndpointID][]string)
 	for _, b := range cur.bindings {
 		ifaces[b.endpoint] = append(ifaces[b.endpoint], b.ifname)

@@ -78,20 +78,45 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cur := d.current
-	if d.closed || cur == nil || d.gens[d.word&1] == nil {
-		return // nothing applied by this process: the next Apply resolves interfaces
+	if d.closed {
+		return
 	}
 	a := u.Attrs()
 	ifindex := uint32(a.Index)
-	eps := d.gens[d.word&1][mEndpoints]
 	log := d.log.With(zap.String("interface", a.Name), zap.Uint32("ifindex", ifindex))
+	if cur == nil || d.gens[d.word&1] == nil {
+		// Nothing applied by this process (it adopted an earlier agent's
+		// generation and waits for its first Apply, which resolves
+		// interfaces): a new veth to guard gets programs now and, having
+		// no endpoint in the adopted generation, the default mode until
+		// that Apply guards it.
+		if u.Header.Type == unix.RTM_NEWLINK && d.guards(u.Link) && !d.attached(ifindex) {
+			if err := d.attach(binding{ifindex: ifindex, ifname: a.Name, endpoint: GuardEndpoint}); err != nil {
+				log.Error("interface to guard appeared but attaching failed", zap.Error(err))
+				return
+			}
+			log.Debug("interface to guard appeared: programs attached, default mode until the first rule set")
+		}
+		return
+	}
+	eps := d.gens[d.word&1][mEndpoints]
 	switch u.Header.Type {
 	case unix.RTM_NEWLINK:
-		if _, bound := cur.bindings[ifindex]; bound {
+		if b, bound := cur.bindings[ifindex]; bound {
+			if b.isGuard() { // renamed to the name an endpoint claims?
+				if ep, ok := d.endpointFor(u.Link); ok {
+					if nb, err := bindingOf(a, ep.ID); err == nil {
+						d.takeOver([]takeover{{ep, nb}})
+					}
+				}
+			}
 			return
 		}
 		ep, ok := d.endpointFor(u.Link)
 		if !ok {
+			if d.guards(u.Link) {
+				d.guardLive(cur, u.Link, log)
+			}
 			return
 		}
 		b, err := bindingOf(a, ep.ID)
@@ -111,8 +136,13 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 			log.Warn("clearing the endpoint of a vanished interface", zap.Error(err))
 		}
 		d.detach(ifindex) // the kernel detached it already; drop our pins
+		before := cur.bindings
 		cur.bindings = maps.Clone(cur.bindings)
 		delete(cur.bindings, ifindex)
+		if b.isGuard() {
+			d.logGuardChanges(before, cur.bindings)
+			return
+		}
 		if ep, ok := cur.rs.Endpoint(b.endpoint); ok && (!ep.HostMode() || len(d.cfg.HostInterfaces) > 0) {
 			name := a.Name
 			if ep.Auto() {
@@ -172,6 +202,7 @@ func (d *Datapath) retryAuto() {
 	if len(todo) == 0 {
 		return
 	}
+	var takeovers []takeover
 	err := inNetNS(d.netns(), func() error {
 		links, err := netlink.LinkList()
 		if err != nil {
@@ -186,6 +217,10 @@ func (d *Datapath) retryAuto() {
 			if !ok {
 				continue
 			}
+			if g, guarded := cur.bindings[b.ifindex]; guarded && g.isGuard() {
+				takeovers = append(takeovers, takeover{e, b})
+				continue
+			}
 			log := d.log.With(zap.String("interface", b.ifname), zap.Uint32("ifindex", b.ifindex))
 			if d.bindLive(cur, e, b, pendingName(e), log) {
 				log.Info("interface auto resolved: enforcing", zap.String("workload", e.Workload))
@@ -195,6 +230,55 @@ func (d *Datapath) retryAuto() {
 	})
 	if err != nil {
 		d.log.Warn("interface auto: resolving pending workloads failed; retrying", zap.Error(err))
+	}
+	d.takeOver(takeovers)
+}
+
+// takeover is an endpoint found on a guarded interface.
+type takeover struct {
+	ep ruleset.Endpoint
+	b  binding
+}
+
+// takeOver moves guarded interfaces to the endpoints that claim them, in
+// one swap of the whole generation: the interfaces keep their programs and
+// one store of eg_state moves them from the guard's entry to their
+// endpoint's, with its policy already in the maps. (Rewriting the live
+// entry in place would not be atomic: an array map's value is copied, and
+// a packet could read half the guard's entry and half the endpoint's.)
+// Called with d.mu held.
+func (d *Datapath) takeOver(ts []takeover) {
+	if len(ts) == 0 {
+		return
+	}
+	cur := d.current
+	bindings := maps.Clone(cur.bindings)
+	pending := slices.Clone(cur.pending)
+	for _, t := range ts {
+		bindings[t.b.ifindex] = t.b
+		pending = slices.DeleteFunc(pending, func(n string) bool { return n == pendingName(t.ep) })
+	}
+	if err := d.swap(cur.rs, cur.tables, bindings, pending); err != nil {
+		d.log.Error("taking guarded interfaces over failed; they stay guarded (denied) until the next retry or rule set", zap.Error(err))
+		return
+	}
+	for _, t := range ts {
+		d.log.Info("guarded interface claimed: enforcing its workload",
+			zap.String("workload", t.ep.Workload), zap.String("interface", t.b.ifname), zap.Uint32("ifindex", t.b.ifindex))
+	}
+}
+
+// guardLive guards a new interface in the active generation. Called with
+// d.mu held.
+func (d *Datapath) guardLive(cur *applied, l netlink.Link, log *zap.Logger) {
+	b, err := bindingOf(l.Attrs(), GuardEndpoint)
+	if err != nil {
+		log.Error("interface to guard appeared but cannot be guarded", zap.Error(err))
+		return
+	}
+	before := cur.bindings
+	if d.bindLive(cur, guardEndpoint, b, "", log) {
+		d.logGuardChanges(before, cur.bindings)
 	}
 }
 
@@ -253,7 +337,7 @@ func (d *Datapath) endpointFor(l netlink.Link) (ruleset.Endpoint, bool) {
 		}
 		auto = auto || e.Auto()
 	}
-	if host == nil || isLoopback(l.Attrs()) || (len(d.cfg.HostInterfaces) == 0 && hostModeSkips(l, auto)) {
+	if host == nil || isLoopback(l.Attrs()) || (len(d.cfg.HostInterfaces) == 0 && d.hostModeSkips(l, auto)) {
 		return ruleset.Endpoint{}, false
 	}
 	if len(d.cfg.HostInterfaces) == 0 || slices.Contains(d.cfg.HostInterfaces, name) {

@@ -77,6 +77,8 @@ var (
 		"The most entries a datapath map can be grown to, as egctl validate --sizes reports it; a rule set that needs more is refused. eg_ipcache_hosts and eg_ipcache share one limit.", []string{"map"}, nil)
 	descEndpoints = prometheus.NewDesc("eastguard_agent_endpoints",
 		"Endpoints of the rule set in force, by state: enforcing, or pending (interface not there).", []string{"state"}, nil)
+	descGuarded = prometheus.NewDesc("eastguard_agent_guarded_interfaces",
+		"Interfaces guarded now (--guard-interfaces): veths no workload claims yet, denied both ways.", nil, nil)
 	descFlows = prometheus.NewDesc("eastguard_agent_flow_records_total",
 		"Aggregated flow records produced.", nil, nil)
 	descVolumeRecords = prometheus.NewDesc("eastguard_agent_flow_volume_records_total",
@@ -122,7 +124,7 @@ func (a *Agent) ObserveApply(d time.Duration, err error) {
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVerdicts, descPackets, descChecks, descEventsRead, descEventsLost,
 		descEventsSuppressed, descCTFull, descRingUsed, descRingSize, descVersion, descApplyFailed, descMapEntries,
-		descMapAllocated, descMapLimit, descEndpoints, descFlows, descVolumeRecords, descUntracked, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
+		descMapAllocated, descMapLimit, descEndpoints, descGuarded, descFlows, descVolumeRecords, descUntracked, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
 		descCertExpiry, descDefaultMode} {
 		ch <- d
 	}
@@ -183,6 +185,7 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 		for s, n := range states {
 			gauge(descEndpoints, float64(n), string(s))
 		}
+		gauge(descGuarded, float64(st.Datapath.Guarded))
 	}
 	if a.src.Pipeline != nil {
 		p := a.src.Pipeline()

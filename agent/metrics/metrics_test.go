@@ -27,6 +27,7 @@ func fakeSources() Sources {
 			return enforcer.Status{Version: 42, LastError: "map eg_policy is full", Datapath: datapath.Status{
 				Maps:      []datapath.MapUsage{{Name: "eg_policy", Entries: 10, Capacity: 74, Limit: 262144}},
 				Endpoints: []datapath.EndpointStatus{{State: datapath.EndpointEnforcing}, {State: datapath.EndpointPending}},
+				Guarded:   3, GuardedInterfaces: []string{"cali1", "cali2", "cali3"},
 			}}
 		},
 		Pipeline:    func() flows.PipelineStats { return flows.PipelineStats{Events: 9, Flows: 4, Updates: 6, Untracked: 2} },
@@ -73,6 +74,7 @@ func TestMetricsLintAndValues(t *testing.T) {
 		`eastguard_agent_map_allocated_entries{map="eg_policy"} 74`,
 		`eastguard_agent_map_limit_entries{map="eg_policy"} 262144`,
 		`eastguard_agent_endpoints{state="pending"} 1`,
+		`eastguard_agent_guarded_interfaces 3`,
 		`eastguard_agent_controller_connected 1`,
 		`eastguard_agent_default_monitor_mode 1`,
 		`eastguard_agent_ruleset_apply_duration_seconds_count{outcome="failed"} 1`,
@@ -87,7 +89,7 @@ func TestMetricsLintAndValues(t *testing.T) {
 		t.Fatalf("/status: %v %v", err, resp.Status)
 	}
 	body, _ = io.ReadAll(resp.Body)
-	if !strings.Contains(string(body), `"lastError": "map eg_policy is full"`) {
+	if !strings.Contains(string(body), `"lastError": "map eg_policy is full"`) || !strings.Contains(string(body), `"guardedInterfaces": 3`) {
 		t.Errorf("/status %s", body)
 	}
 }

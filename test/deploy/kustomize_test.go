@@ -274,7 +274,8 @@ func checkAgent(t *testing.T, ds appsv1.DaemonSet, sas map[string]corev1.Service
 				t.Errorf("%s: the token is mounted at %s", where, m.MountPath)
 			}
 		}
-		for _, want := range []string{"--join-service-account-token-file=/var/run/secrets/eastguard/token", "--ca-file=/etc/eastguard/ca/ca.crt"} {
+		for _, want := range []string{"--join-service-account-token-file=/var/run/secrets/eastguard/token", "--ca-file=/etc/eastguard/ca/ca.crt",
+			"--guard-interfaces=cali*,lxc*,veth*,cni*"} { // a new pod is denied until its workload arrives
 			if !slices.Contains(c.Args, want) {
 				t.Errorf("%s: args %q lack %s", where, c.Args, want)
 			}

@@ -58,6 +58,29 @@ type flags struct {
 	uninstall, version               bool
 }
 
+// guardList is --guard-interfaces: a cliflag.List whose items must be
+// valid globs, so a bad one is refused where it is given.
+type guardList struct{ l *[]string }
+
+func (g guardList) String() string {
+	if g.l == nil {
+		return ""
+	}
+	return (*cliflag.List)(g.l).String()
+}
+
+func (g guardList) Set(v string) error {
+	var add cliflag.List
+	if err := add.Set(v); err != nil {
+		return err
+	}
+	if err := datapath.CheckGuardPatterns(add); err != nil {
+		return err
+	}
+	*g.l = append(*g.l, add...)
+	return nil
+}
+
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	f := &flags{}
 	c := &f.Config
@@ -76,6 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.CAFile, "ca-file", "", "the controller's CA certificate (PEM) to trust for the first join (Kubernetes: the eastguard-ca ConfigMap's ca.crt); waited for while missing; with a join token it must be the CA the token pins")
 	fs.StringVar(&f.defaultMode, "default-mode", "enforce", "mode of workloads that declare none, and of interfaces without an endpoint: enforce or monitor")
 	fs.Var((*cliflag.List)(&c.HostInterfaces), "host-interfaces", "comma-separated interfaces a host-mode workload is enforced on (default: all but loopback and container interfaces)")
+	fs.Var(guardList{&c.GuardInterfaces}, "guard-interfaces", "comma-separated shell globs of interface names (e.g. cali*,lxc*,veth*): every matching veth no workload claims yet is denied both ways until its workload arrives (Kubernetes: closes the window before a new pod's workload reaches the agent); only veths are guarded (default off)")
 	fs.StringVar(&c.FlowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
 	fs.DurationVar(&c.FlowUpdateInterval, "flow-update-interval", 30*time.Second, "report each connection's volume (active records) this often while it lasts, and when it ends (closed records); 1s to 24h")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")

@@ -58,6 +58,12 @@ func TestParseFlags(t *testing.T) {
 			"--ca-file", tokFile, "--join-token-file", tokFile}, "not several", nil},
 		{"service account token without controller", []string{"--node", "a", "--policy-dir", dir, "--join-service-account-token-file", tokFile,
 			"--ca-file", tokFile}, "go with --controller", nil},
+		{"guard interfaces", []string{"--node", "a", "--policy-dir", dir, "--guard-interfaces", "cali*, lxc*", "--guard-interfaces=veth?x,cni[0-9]*"}, "",
+			func(o *flags) bool {
+				return strings.Join(o.GuardInterfaces, " ") == "cali* lxc* veth?x cni[0-9]*"
+			}},
+		{"guard interfaces: bad glob", []string{"--node", "a", "--policy-dir", dir, "--guard-interfaces", "cali*,lxc[", "--guard-interfaces", "veth*"},
+			`invalid value "cali*,lxc[" for flag -guard-interfaces: pattern 2 "lxc[": bad guard interface pattern: syntax error in pattern`, nil},
 		{"uninstall needs nothing else", []string{"--uninstall"}, "", nil},
 	}
 	for _, tc := range cases {
