@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
-	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,7 +16,6 @@ import (
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/policy"
-	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 // Flows for the dashboard: pages (newest first, ?before=<id>), exports
@@ -90,38 +87,6 @@ func (s *API) handleFlows(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// csvHeader is the CSV export's first line: the flow record's keys.
-var csvHeader = []string{"id", "time", "node", "direction", "protocol", "srcAddr", "srcPort", "srcWorkload", "srcIdentity",
-	"dstAddr", "dstPort", "dstWorkload", "dstIdentity", "verdict", "rule", "packets", "bytes", "firstSeen", "lastSeen",
-	"packetsSent", "packetsReceived", "bytesSent", "bytesReceived", "state", "icmpType", "icmpCode", "reason"}
-
-func csvRow(id int64, r *flowrecord.Record) []string {
-	u := func(n uint64) string { return strconv.FormatUint(n, 10) }
-	opt := func(p *uint8) string {
-		if p == nil {
-			return ""
-		}
-		return strconv.Itoa(int(*p))
-	}
-	t := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
-	return []string{strconv.FormatInt(id, 10), t(r.Time), r.Node, r.Direction.String(), r.Protocol, r.SrcAddr.String(),
-		u(uint64(r.SrcPort)), r.SrcWorkload, u(uint64(r.SrcIdentity)), r.DstAddr.String(), u(uint64(r.DstPort)), r.DstWorkload,
-		u(uint64(r.DstIdentity)), r.Verdict.String(), r.Rule, u(r.Packets), u(r.Bytes), t(r.FirstSeen), t(r.LastSeen),
-		u(r.PacketsSent), u(r.PacketsReceived), u(r.BytesSent), u(r.BytesReceived), string(r.State),
-		opt(r.ICMPType), opt(r.ICMPCode), r.Reason}
-}
-
-// csvSafe defuses a cell a spreadsheet would take for a formula
-// (=, +, -, @ first): names are attacker-controlled.
-func csvSafe(row []string) []string {
-	for i, c := range row {
-		if c != "" && (c[0] == '=' || c[0] == '+' || c[0] == '-' || c[0] == '@' || c[0] == '\t' || c[0] == '\r') {
-			row[i] = "'" + c
-		}
-	}
-	return row
-}
-
 // exportFlows streams the whole filtered result, up to MaxExportRows (the
 // limit parameter does not apply). An error after the first row can only
 // end the download early: the status is sent.
@@ -146,7 +111,7 @@ func (s *API) exportFlows(w http.ResponseWriter, r *http.Request, format string,
 		if !started {
 			started = true
 			if format == "csv" {
-				if err := cw.Write(csvHeader); err != nil {
+				if err := cw.Write(apiclient.FlowCSVHeader); err != nil {
 					return err
 				}
 			}
@@ -156,12 +121,12 @@ func (s *API) exportFlows(w http.ResponseWriter, r *http.Request, format string,
 			_ = rc.SetWriteDeadline(time.Now().Add(streamWriteWindow))
 		}
 		if format == "csv" {
-			return cw.Write(csvSafe(csvRow(id, rec)))
+			return cw.Write(apiclient.FlowCSVRow(id, rec))
 		}
 		return enc.Encode(apiclient.StoredFlow{ID: id, Record: *rec})
 	})
 	if err == nil && !started && format == "csv" {
-		err = cw.Write(csvHeader)
+		err = cw.Write(apiclient.FlowCSVHeader)
 	}
 	cw.Flush()
 	if err != nil {
@@ -173,26 +138,8 @@ func (s *API) exportFlows(w http.ResponseWriter, r *http.Request, format string,
 	}
 }
 
-// streamParams are the flow filters that make no sense for live flows.
+// streamRefused are the flow parameters that make no sense for live flows.
 var streamRefused = []string{"before", "format", "limit", "since", "until"}
-
-// matcher is a live stream's filter, as the store's query would select.
-func matcher(q store.FlowQuery) func(*flowrecord.Record) bool {
-	return func(r *flowrecord.Record) bool {
-		switch {
-		case q.Verdict != ruleset.VerdictNone && r.Verdict != q.Verdict,
-			q.HasPort && r.DstPort != q.Port,
-			q.Protocol != "" && r.Protocol != q.Protocol,
-			q.Workload != "" && r.SrcWorkload != q.Workload && r.DstWorkload != q.Workload,
-			q.Addr.IsValid() && r.SrcAddr != q.Addr && r.DstAddr != q.Addr,
-			q.Rule != "" && r.Rule != q.Rule,
-			q.Node != "" && r.Node != q.Node,
-			q.ByWorkloads && !slices.Contains(q.Workloads, r.SrcWorkload) && !slices.Contains(q.Workloads, r.DstWorkload):
-			return false
-		}
-		return true
-	}
-}
 
 func (s *API) handleFlowStream(w http.ResponseWriter, r *http.Request) {
 	v, ok := query(w, r)
@@ -210,10 +157,7 @@ func (s *API) handleFlowStream(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error(), nil)
 		return
 	}
-	if q.ByWorkloads {
-		slices.Sort(q.Workloads)
-	}
-	sub, err := s.stream.Subscribe(matcher(q))
+	sub, err := s.stream.Subscribe(flowstream.Matcher(q))
 	if errors.Is(err, flowstream.ErrTooMany) {
 		writeError(w, http.StatusServiceUnavailable, err.Error()+"; retry later", nil)
 		return

@@ -10,16 +10,19 @@
 // refuses beyond it, ErrTooMany); published records are not modified.
 //
 // It must not import restapi (which uses it) nor flowingest (which feeds
-// it through a plain function).
+// it through a plain function); of the store it uses only the query type.
 package flowstream
 
 import (
 	"errors"
+	"slices"
 	"sync"
 
 	"go.uber.org/zap"
 
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 // Defaults of Config.
@@ -120,5 +123,24 @@ func (b *Broker) Publish(recs []flowrecord.Record) {
 				break recs
 			}
 		}
+	}
+}
+
+// Matcher is a live stream's filter: it selects the records the store's
+// query q would (its time bounds, limit and cursor aside).
+func Matcher(q store.FlowQuery) func(*flowrecord.Record) bool {
+	return func(r *flowrecord.Record) bool {
+		switch {
+		case q.Verdict != ruleset.VerdictNone && r.Verdict != q.Verdict,
+			q.HasPort && r.DstPort != q.Port,
+			q.Protocol != "" && r.Protocol != q.Protocol,
+			q.Workload != "" && r.SrcWorkload != q.Workload && r.DstWorkload != q.Workload,
+			q.Addr.IsValid() && r.SrcAddr != q.Addr && r.DstAddr != q.Addr,
+			q.Rule != "" && r.Rule != q.Rule,
+			q.Node != "" && r.Node != q.Node,
+			q.ByWorkloads && !slices.Contains(q.Workloads, r.SrcWorkload) && !slices.Contains(q.Workloads, r.DstWorkload):
+			return false
+		}
+		return true
 	}
 }
