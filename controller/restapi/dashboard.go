@@ -32,14 +32,23 @@ func (s *API) handleOpenAPI(w http.ResponseWriter, _ *http.Request) {
 // the query gives no since.
 const mapRangeDefault = time.Hour
 
-func (s *API) handleMap(w http.ResponseWriter, r *http.Request) {
+// timeRange parses a view's since and until (400 if they are wrong).
+func (s *API) timeRange(w http.ResponseWriter, r *http.Request) (since, until time.Time, ok bool) {
 	v, ok := query(w, r)
 	if !ok {
-		return
+		return since, until, false
 	}
 	since, until, err := apiclient.ParseTimeRange(v, s.now(), mapRangeDefault)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), nil)
+		return since, until, false
+	}
+	return since, until, true
+}
+
+func (s *API) handleMap(w http.ResponseWriter, r *http.Request) {
+	since, until, ok := s.timeRange(w, r)
+	if !ok {
 		return
 	}
 	groups, err := s.st.FlowEdges(r.Context(), since, until, servicemap.MaxEdges+1)
@@ -118,13 +127,8 @@ func (s *API) handleExplain(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *API) handlePolicyDetail(w http.ResponseWriter, r *http.Request) {
-	v, ok := query(w, r)
+	since, until, ok := s.timeRange(w, r)
 	if !ok {
-		return
-	}
-	since, until, err := apiclient.ParseTimeRange(v, s.now(), mapRangeDefault)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error(), nil)
 		return
 	}
 	name := r.PathValue("name")
