@@ -212,6 +212,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c.API = restapi.New(restapi.Config{
 		Store: cfg.Store, Log: log, Now: cfg.Now, Nodes: c.nodes, Policy: c.Policy, Agents: c.Agents,
 	})
+	c.Flows.OnStored(c.API.PublishFlows)
 	run, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.wg.Go(func() { c.nodes.Run(run, c.flush) })

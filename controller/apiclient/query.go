@@ -45,7 +45,20 @@ type FlowFilter struct {
 	// Since and Until bound the record time: Since <= time < Until.
 	Since, Until time.Time
 	Limit        int
+	// Before is a page's last flow id: the flows after it, newest first
+	// (0: from the newest).
+	Before int64
+	// LabelKey and LabelValue (label=k=v) select flows with either end a
+	// workload that has the label.
+	LabelKey, LabelValue string
+	// Format is "" (a JSON array of at most Limit flows), "csv" or
+	// "jsonl" (the whole filtered result, streamed, up to MaxExportRows).
+	Format string
 }
+
+// MaxExportRows bounds an export (format=csv or jsonl) of GET
+// /api/v1/flows.
+const MaxExportRows = 1000000
 
 // AlertFilter is the query of GET /api/v1/alerts.
 type AlertFilter struct {
@@ -58,7 +71,8 @@ type AlertFilter struct {
 }
 
 var (
-	flowParams  = []string{"verdict", "port", "protocol", "workload", "addr", "rule", "node", "since", "until", "limit"}
+	flowParams  = []string{"verdict", "port", "protocol", "workload", "addr", "rule", "node", "since", "until", "limit", "before", "label", "format"}
+	rangeParams = []string{"since", "until"}
 	alertParams = []string{"state", "rule", "since", "limit"}
 )
 
@@ -232,7 +246,49 @@ func ParseFlowFilter(v url.Values, now time.Time) (FlowFilter, error) {
 			v.Get("since"), f.Since.Format(time.RFC3339))
 	}
 	f.Limit = q.limit()
+	if s, ok := q.single("before"); ok {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 1 {
+			q.fail("before", "%q is not a flow id (a positive integer)", s)
+		}
+		f.Before = n
+	}
+	if s, ok := q.single("label"); ok {
+		k, val, found := strings.Cut(s, "=")
+		if !found || k == "" {
+			q.fail("label", "%q: want key=value", s)
+		}
+		f.LabelKey, f.LabelValue = k, val
+	}
+	if s, ok := q.single("format"); ok {
+		if s != "csv" && s != "jsonl" && s != "json" {
+			q.fail("format", "%q: want json, csv or jsonl", s)
+		}
+		if s != "json" {
+			f.Format = s
+		}
+	}
 	return f, q.err()
+}
+
+// ParseTimeRange parses the query of the dashboard's views over a time
+// range (GET /api/v1/map, /api/v1/policies/{name}/detail): since and
+// until, each an RFC 3339 time or a duration before now; since defaults
+// to def before now, until to now. Other parameters are refused.
+func ParseTimeRange(v url.Values, now time.Time, def time.Duration) (since, until time.Time, err error) {
+	q := &query{v: v}
+	q.unknown(rangeParams)
+	since, until = q.time("since", now), q.time("until", now)
+	if since.IsZero() {
+		since = now.Add(-def)
+	}
+	if until.IsZero() {
+		until = now
+	}
+	if !until.After(since) {
+		q.fail("until", "%s is not after since %s", until.Format(time.RFC3339), since.Format(time.RFC3339))
+	}
+	return since, until, q.err()
 }
 
 // ParseProtocol returns a protocol as flow records name it (TCP, UDP,

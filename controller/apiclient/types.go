@@ -184,6 +184,13 @@ type AgentStatus struct {
 	Revoked           bool              `json:"revoked"`
 	PendingInterfaces []string          `json:"pendingInterfaces,omitempty"`
 	Counters          map[string]uint64 `json:"counters,omitempty"`
+	// Mode is the agent's default mode (enforce or monitor; "" until it
+	// reported one), as DefaultMode. DeniedPackets and LostEvents are
+	// sums of its datapath counters (denied_ingress + denied_egress,
+	// events_lost), for the dashboard.
+	Mode          string `json:"mode"`
+	DeniedPackets uint64 `json:"deniedPackets"`
+	LostEvents    uint64 `json:"lostEvents"`
 }
 
 // Resource views returned by GET /api/v1/{kind}.
@@ -316,6 +323,9 @@ type Alert struct {
 	DecidingRule   string    `json:"decidingRule,omitempty"`
 	Node           string    `json:"node,omitempty"`
 	AcknowledgedAt time.Time `json:"acknowledgedAt,omitzero"`
+	// AcknowledgedBy names who acknowledged it: the admin token's name
+	// (its id when it has none), by bearer token or dashboard session.
+	AcknowledgedBy string    `json:"acknowledgedBy,omitempty"`
 	ResolvedAt     time.Time `json:"resolvedAt,omitzero"`
 	// ResolvedBy says why the alert was resolved: "window" (no repeat
 	// for a whole window) or "api".

@@ -110,6 +110,9 @@ type Ingester struct {
 	// kick tells the webhook deliverer that deliveries were queued; set
 	// before Run.
 	kick func()
+	// stored is given each committed group's new records (live flows);
+	// set before Run.
+	stored func([]flowrecord.Record)
 	// lastSize is when the store's size was last measured.
 	lastSize time.Time
 	// forgotLog is when the writer last logged, per node, that spool
@@ -150,6 +153,7 @@ func New(cfg Config) *Ingester {
 		engine: alert.NewEngine(nil, cfg.AlertRefresh, cfg.AlertLimits),
 		queue:  make(chan *batch, queueLen),
 		kick:   func() {},
+		stored: func([]flowrecord.Record) {},
 
 		forgotLog: make(map[string]time.Time),
 	}
@@ -160,6 +164,12 @@ func New(cfg Config) *Ingester {
 // OnDeliveries sets what is called when alerts queued webhook deliveries.
 // Call it before Run.
 func (in *Ingester) OnDeliveries(kick func()) { in.kick = kick }
+
+// OnStored sets what is given the records of every stored batch, after
+// the commit, on the writer's goroutine: it must not block nor keep or
+// change the records (the live flows' broker copies what it queues).
+// Set before Run.
+func (in *Ingester) OnStored(f func([]flowrecord.Record)) { in.stored = f }
 
 // SetPolicy gives the alert engine, and the checks of where flows were
 // seen, the policy in force.
@@ -298,6 +308,9 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 	}
 	for i, b := range group {
 		in.m.flowBatches.WithLabelValues(results[i]).Inc()
+		if results[i] == "stored" {
+			in.stored(b.recs)
+		}
 		if results[i] == "stored" && b.notLocal > 0 {
 			in.m.recordsRefused.WithLabelValues("not_local").Add(float64(b.notLocal))
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/controller/store/sqlite"
+	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
@@ -80,7 +81,7 @@ type testIngester struct {
 	stop func()
 }
 
-func startIngester(t *testing.T, cfg Config) *testIngester {
+func startIngester(t *testing.T, cfg Config, setup ...func(*Ingester)) *testIngester {
 	t.Helper()
 	st, err := sqlite.Open(t.TempDir())
 	if err != nil {
@@ -94,6 +95,9 @@ func startIngester(t *testing.T, cfg Config) *testIngester {
 		t.Fatalf("test policy: %v", diags)
 	}
 	in.SetPolicy(set)
+	for _, f := range setup {
+		f(in)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { in.Run(ctx); close(done) }()
@@ -220,6 +224,40 @@ func TestRecordsMustBeLocal(t *testing.T) {
 	}
 	if got := promtest.ToFloat64(ti.m.recordsRefused.WithLabelValues("not_local")); got != float64(len(forged)+1) {
 		t.Errorf("records refused as not local counted %v, want %d", got, len(forged)+1)
+	}
+}
+
+// TestStoredFlowsPublished: the records of a stored batch are handed on
+// (to the dashboard's live flows) once committed, so they can be read
+// back by then; records dropped as not local and a batch sent again are
+// not handed on.
+func TestStoredFlowsPublished(t *testing.T) {
+	var published [][]string
+	var ti *testIngester
+	ti = startIngester(t, Config{Now: func() time.Time { return testNow }}, func(in *Ingester) {
+		in.OnStored(func(recs []flowrecord.Record) {
+			var got []string
+			for _, r := range recs {
+				got = append(got, r.SrcAddr.String()+">"+r.DstAddr.String())
+			}
+			if stored := ti.flows(t); len(stored) < len(got) {
+				t.Errorf("records %v handed on before they were committed (stored: %v)", got, stored)
+			}
+			published = append(published, got)
+		})
+	})
+	a := ti.NewAgent("node-a", zap.NewNop())
+	const web, client, db = "10.250.17.2", "10.250.33.2", "10.250.33.3"
+	b := &pb.FlowBatch{Seq: 1, SpoolId: 1, Records: []*pb.FlowRecord{flow(ruleset.Ingress, client, web, ""), flow(ruleset.Ingress, client, db, "")}}
+	if ack := ti.send(t, a, b); ack.GetError() != "" {
+		t.Fatalf("batch refused: %+v", ack)
+	}
+	if ack := ti.send(t, a, b); ack.GetError() != "" {
+		t.Fatalf("batch sent again refused: %+v", ack)
+	}
+	ti.stop()
+	if want := [][]string{{client + ">" + web}}; !slices.EqualFunc(published, want, slices.Equal) {
+		t.Errorf("handed on %v, want %v", published, want)
 	}
 }
 

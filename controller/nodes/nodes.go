@@ -279,6 +279,9 @@ func (t *Table) Agents() []apiclient.AgentStatus {
 			Revoked:           !n.Rec.Revoked.IsZero(),
 			PendingInterfaces: n.Pending,
 			Counters:          n.Counters,
+			Mode:              n.Rec.DefaultMode,
+			DeniedPackets:     n.Counters["denied_ingress"] + n.Counters["denied_egress"],
+			LostEvents:        n.Counters["events_lost"],
 			CertExpiry:        timePtr(n.Rec.CertExpiry),
 			LastContact:       timePtr(n.Rec.LastContact),
 		}

@@ -238,6 +238,19 @@ func (r *Repo) Documents(kind string) []Document {
 	return out
 }
 
+// Merged returns the stored policy as one set (the policy in force),
+// for readers: the dashboard's map, explain and policy views. Callers
+// must not change it.
+func (r *Repo) Merged() *policy.Set {
+	r.docMu.RLock()
+	defer r.docMu.RUnlock()
+	merged := &policy.Set{}
+	for _, k := range slices.SortedFunc(maps.Keys(r.resources), compareKeys) {
+		merged.Merge(r.resources[k].set)
+	}
+	return merged
+}
+
 // Apply validates the files as one change on top of the stored policy,
 // compiles every node and commits the resources and the changed nodes' new
 // versions in one transaction; then the agents of those nodes are told.

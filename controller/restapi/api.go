@@ -8,7 +8,10 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/policyrepo"
+	"github.com/eastguard/eastguard/controller/restapi/flowstream"
+	"github.com/eastguard/eastguard/controller/restapi/session"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/flowrecord"
 )
 
 // Config configures an API.
@@ -19,6 +22,12 @@ type Config struct {
 	Nodes  *nodes.Table
 	Policy *policyrepo.Repo
 	Agents *agentapi.Service
+	// Sessions configures the dashboard's login sessions (its Log and Now
+	// default to the API's).
+	Sessions session.Config
+	// Stream configures the live flows' broker (its Log defaults to the
+	// API's).
+	Stream flowstream.Config
 }
 
 // API serves the admin REST API.
@@ -29,6 +38,9 @@ type API struct {
 	nodes  *nodes.Table
 	policy *policyrepo.Repo
 	agents *agentapi.Service
+
+	sessions *session.Store
+	stream   *flowstream.Broker
 }
 
 // New returns the API over the controller's parts.
@@ -39,5 +51,20 @@ func New(cfg Config) *API {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents}
+	if cfg.Sessions.Log == nil {
+		cfg.Sessions.Log = cfg.Log.Named("sessions")
+	}
+	if cfg.Sessions.Now == nil {
+		cfg.Sessions.Now = cfg.Now
+	}
+	if cfg.Stream.Log == nil {
+		cfg.Stream.Log = cfg.Log.Named("flowstream")
+	}
+	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents,
+		sessions: session.New(cfg.Sessions), stream: flowstream.New(cfg.Stream)}
 }
+
+// PublishFlows hands newly stored flows to the live subscribers
+// (GET /api/v1/flows/stream); the flow ingest calls it after each commit.
+// It never blocks.
+func (s *API) PublishFlows(recs []flowrecord.Record) { s.stream.Publish(recs) }

@@ -1,6 +1,7 @@
 package restapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/restapi/session"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 )
@@ -184,25 +186,53 @@ func (s *API) adminTokenView(t store.AdminToken, current string) apiclient.Admin
 		Expires: t.Expires, Revoked: t.Revoked, CreatedBy: t.CreatedBy, Current: t.ID == current}
 }
 
-// callerKey is the request context's key for the caller's admin token id.
+// callerKey is the request context's key for the caller: the admin
+// token's id and name.
 type callerKey struct{}
 
+type callerInfo struct{ id, name string }
+
 func caller(r *http.Request) string {
-	id, _ := r.Context().Value(callerKey{}).(string)
-	return id
+	c, _ := r.Context().Value(callerKey{}).(callerInfo)
+	return c.id
 }
 
-// requireAdmin lets through requests with a valid admin bearer token and
-// answers 401 to every other.
+// callerName is who the caller is in records (an alert's acknowledgedBy):
+// the token's name, or its id when it has none.
+func callerName(r *http.Request) string {
+	c, _ := r.Context().Value(callerKey{}).(callerInfo)
+	return cmp.Or(c.name, c.id)
+}
+
+// cutBearer returns the request's bearer token, if it has one.
+func cutBearer(r *http.Request) (string, bool) {
+	t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return strings.TrimSpace(t), ok
+}
+
+// requireAdmin lets through requests with a valid admin bearer token or
+// a live dashboard session (whose token is still valid, and which sends
+// its CSRF token with every method but GET and HEAD), and answers 401 to
+// every other (403 to a session without its CSRF token).
 func (s *API) requireAdmin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		bearer, hasBearer := cutBearer(r)
 		var rec store.AdminToken
 		var err error
-		if !ok {
-			err = errors.New("missing admin credential (Authorization: Bearer <token from admin.conf>)")
-		} else {
-			rec, err = s.authenticate(r.Context(), strings.TrimSpace(token))
+		switch {
+		case hasBearer:
+			rec, err = s.authenticate(r.Context(), bearer)
+		case hasSessionCookie(r):
+			var sess session.Session
+			sess, rec, err = s.sessionOf(r)
+			if err == nil && r.Method != http.MethodGet && r.Method != http.MethodHead && !sess.CheckCSRF(r.Header.Get(csrfHeader)) {
+				s.log.Warn("API call refused: missing or wrong CSRF token", zap.String("remote", r.RemoteAddr),
+					zap.String("path", r.URL.Path), zap.String("admin-token", rec.ID))
+				writeError(w, http.StatusForbidden, errCSRF, nil)
+				return
+			}
+		default:
+			err = errors.New("missing admin credential (Authorization: Bearer <token from admin.conf>, or a dashboard session)")
 		}
 		if err != nil {
 			s.log.Warn("API call refused", zap.String("remote", r.RemoteAddr), zap.String("path", r.URL.Path), zap.Error(err))
@@ -210,7 +240,7 @@ func (s *API) requireAdmin(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, rec.ID)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, callerInfo{rec.ID, rec.Name})))
 	})
 }
 
@@ -274,8 +304,11 @@ func (s *API) handleRevokeAdminToken(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	// Its dashboard sessions end now (they would be refused at their next
+	// call anyway: every call reads the token).
+	ended := s.sessions.EndToken(rec.ID)
 	if !res.AlreadyRevoked {
-		s.log.Info("admin token revoked", zap.String("admin-token", rec.ID), zap.String("name", rec.Name),
+		s.log.Info("admin token revoked", zap.Int("sessions-ended", ended), zap.String("admin-token", rec.ID), zap.String("name", rec.Name),
 			zap.String("revoked-by", caller(r)))
 	}
 	writeJSON(w, http.StatusOK, res)

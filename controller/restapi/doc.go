@@ -1,17 +1,26 @@
 // Package restapi is the controller's admin REST API (/api/v1/...): policy
 // apply and delete, listings of resources, agents, rule sets, flows and
-// alerts, join tokens, revocations and alert acknowledgement; and the
-// admin tokens that every call needs, with their lifecycle (create with a
-// name and an optional expiry, list, revoke). Its JSON shapes are
-// controller/apiclient's, which egctl uses to call it.
+// alerts, join tokens, revocations and alert acknowledgement; the
+// dashboard's data (flow pages and exports, live flows, the service map,
+// explain, a policy's detail) and its login sessions; and the admin
+// tokens that every call needs, with their lifecycle (create with a name
+// and an optional expiry, list, revoke). Its JSON shapes are
+// controller/apiclient's, which egctl uses to call it. Every route is in
+// one table (routes.go), from which the mux is built and against which
+// openapi.json is tested.
 //
-// Invariants: every /api/v1 call without a valid admin token (known,
-// secret matching, neither revoked nor expired) answers 401; the token is
-// read from the store at every call, never cached, so a revocation holds
-// from the next request on, in every controller sharing the store; no
-// answer carries a token's secret or hash except the creation's, once; a
-// request that is refused changes nothing; request bodies are bounded and
-// decoded strictly.
+// Invariants: every /api/v1 call without a valid admin credential answers
+// 401, but login, session, logout (which check the session cookie
+// themselves) and openapi.json; the credential is a bearer admin token or
+// a session cookie (restapi/session) whose admin token is valid; a token
+// (also a session's) is read from the store at every call, never cached,
+// so a revocation holds from the next request on, in every controller
+// sharing the store; with a session cookie every method but GET and HEAD
+// needs the session's CSRF token (403 without, nothing changed); no answer
+// carries a token's secret or hash except the creation's, once; a request
+// that is refused changes nothing; request bodies are bounded and decoded
+// strictly; streamed answers (exports, live flows) are bounded in rows,
+// time and subscribers and never wait for a slow client.
 //
 // It must not import the controller package that wires it.
 package restapi

@@ -65,10 +65,11 @@ func (s *API) Alerts(ctx context.Context, q store.AlertQuery) ([]apiclient.Alert
 
 // AckAlert acknowledges an open alert: the security team has seen it. It
 // stays live (it keeps counting repeats and is resolved by the alert
-// engine like an open one); AcknowledgedAt is set to now. Acknowledging
+// engine like an open one); AcknowledgedAt is set to now, AcknowledgedBy
+// to by (who acknowledged it). Acknowledging
 // an acknowledged alert changes nothing; a resolved one is refused
 // (ErrAlertResolved), an unknown id is ErrNoSuchAlert.
-func (s *API) AckAlert(ctx context.Context, id int64) (apiclient.Alert, error) {
+func (s *API) AckAlert(ctx context.Context, id int64, by string) (apiclient.Alert, error) {
 	var a store.Alert
 	var changed bool
 	err := s.st.EventTx(ctx, func(tx store.EventTx) error {
@@ -91,14 +92,14 @@ func (s *API) AckAlert(ctx context.Context, id int64) (apiclient.Alert, error) {
 			return fmt.Errorf("alert %d was resolved%s at %s: %w (it opens again as a new alert if the traffic repeats)",
 				id, by, a.ResolvedAt.Format(time.RFC3339), ErrAlertResolved)
 		}
-		a.State, a.AcknowledgedAt, changed = store.AlertAcknowledged, s.now().UTC(), true
+		a.State, a.AcknowledgedAt, a.AcknowledgedBy, changed = store.AlertAcknowledged, s.now().UTC(), by, true
 		return tx.UpdateAlert(&a)
 	})
 	if err != nil {
 		return apiclient.Alert{}, err
 	}
 	if changed {
-		s.log.Info("alert acknowledged", zap.Int64("alert-id", id), zap.String("alert-rule", a.Rule))
+		s.log.Info("alert acknowledged", zap.Int64("alert-id", id), zap.String("alert-rule", a.Rule), zap.String("by", by))
 	}
 	return alertView(&a), nil
 }
@@ -128,7 +129,7 @@ func alertView(a *store.Alert) apiclient.Alert {
 		Protocol: a.Protocol, FirstSeen: a.FirstSeen, LastSeen: a.LastSeen, Folded: a.Folded,
 		SrcWorkload: a.SrcWorkload, DstWorkload: a.DstWorkload, SrcAddr: a.SrcAddr, DstAddr: a.DstAddr,
 		SrcLabels: a.SrcLabels, DstLabels: a.DstLabels, Verdict: a.Verdict, DecidingRule: a.DecidingRule,
-		Node: a.Node, AcknowledgedAt: a.AcknowledgedAt, ResolvedAt: a.ResolvedAt, ResolvedBy: a.ResolvedBy,
+		Node: a.Node, AcknowledgedAt: a.AcknowledgedAt, AcknowledgedBy: a.AcknowledgedBy, ResolvedAt: a.ResolvedAt, ResolvedBy: a.ResolvedBy,
 	}
 }
 
@@ -141,27 +142,6 @@ func query(w http.ResponseWriter, r *http.Request) (url.Values, bool) {
 		return nil, false
 	}
 	return v, true
-}
-
-func (s *API) handleFlows(w http.ResponseWriter, r *http.Request) {
-	v, ok := query(w, r)
-	if !ok {
-		return
-	}
-	f, err := apiclient.ParseFlowFilter(v, s.now())
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error(), nil)
-		return
-	}
-	recs, err := s.Flows(r.Context(), store.FlowQuery{
-		Since: f.Since, Until: f.Until, Verdict: f.Verdict, Port: f.Port, HasPort: f.Port != 0,
-		Protocol: f.Protocol, Workload: f.Workload, Addr: f.Addr, Rule: f.Rule, Node: f.Node, Limit: f.Limit,
-	})
-	if err != nil {
-		s.failEvents(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, recs)
 }
 
 func (s *API) handleAlerts(w http.ResponseWriter, r *http.Request) {
@@ -188,7 +168,7 @@ func (s *API) handleAckAlert(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("id: %q is not an alert id (a positive integer)", r.PathValue("id")), nil)
 		return
 	}
-	a, err := s.AckAlert(r.Context(), id)
+	a, err := s.AckAlert(r.Context(), id, callerName(r))
 	if err != nil {
 		s.failEvents(w, r, err)
 		return

@@ -48,22 +48,13 @@ func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	})
 
 	api := http.NewServeMux()
-	api.HandleFunc("POST /api/v1/apply", s.handleApply)
-	api.HandleFunc("POST /api/v1/delete", s.handleDelete)
-	api.HandleFunc("DELETE /api/v1/{kind}/{name}", s.handleDeleteOne)
-	api.HandleFunc("GET /api/v1/agents", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.nodes.Agents()) })
-	api.HandleFunc("POST /api/v1/agents/{node}/revoke", s.handleRevoke)
-	api.HandleFunc("POST /api/v1/tokens", s.handleToken)
-	api.HandleFunc("GET /api/v1/admin-tokens", s.handleAdminTokens)
-	api.HandleFunc("POST /api/v1/admin-tokens", s.handleCreateAdminToken)
-	api.HandleFunc("POST /api/v1/admin-tokens/{id}/revoke", s.handleRevokeAdminToken)
-	api.HandleFunc("GET /api/v1/tokens", s.handleListTokens)
-	api.HandleFunc("DELETE /api/v1/tokens/{id}", s.handleDeleteToken)
-	api.HandleFunc("GET /api/v1/rulesets/{node}", s.handleRuleSet)
-	api.HandleFunc("GET /api/v1/flows", s.handleFlows)
-	api.HandleFunc("GET /api/v1/alerts", s.handleAlerts)
-	api.HandleFunc("POST /api/v1/alerts/{id}/ack", s.handleAckAlert)
-	api.HandleFunc("GET /api/v1/{kind}", s.handleList)
+	for _, rt := range routes {
+		if rt.public {
+			mux.HandleFunc(rt.pattern, s.bind(rt))
+		} else {
+			api.HandleFunc(rt.pattern, s.bind(rt))
+		}
+	}
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no API %s %s", r.Method, r.URL.Path), nil)
 	})
@@ -202,6 +193,10 @@ func (s *API) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, tok)
+}
+
+func (s *API) handleAgents(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.nodes.Agents())
 }
 
 func (s *API) handleRuleSet(w http.ResponseWriter, r *http.Request) {

@@ -34,6 +34,19 @@ type EventStore interface {
 
 	// Flows returns flow records matching q, newest first.
 	Flows(ctx context.Context, q FlowQuery) ([]flowrecord.Record, error)
+	// ScanFlows calls fn with every flow q selects and its id, newest
+	// first (time, then id); an error of fn stops the scan and is
+	// returned. q.Limit 0 means no limit: callers bound what they read.
+	// fn must not keep r.
+	ScanFlows(ctx context.Context, q FlowQuery, fn func(id int64, r *flowrecord.Record) error) error
+	// FlowEdges aggregates the flows recorded in [since, until) by
+	// source and destination (workload, or address for an unmanaged
+	// end), protocol, destination port and verdict: the limit groups
+	// with the most flows, most first.
+	FlowEdges(ctx context.Context, since, until time.Time, limit int) ([]FlowEdge, error)
+	// RuleCounts counts the flows recorded in [since, until) by deciding
+	// rule and verdict.
+	RuleCounts(ctx context.Context, since, until time.Time) ([]RuleCount, error)
 	// PruneFlows deletes up to limit flows recorded before before, oldest
 	// first, and returns how many it deleted.
 	PruneFlows(ctx context.Context, before time.Time, limit int) (int64, error)
@@ -195,8 +208,42 @@ type FlowQuery struct {
 	Addr     netip.Addr
 	Rule     string
 	Node     string
+	// ByWorkloads selects flows with either end's workload in Workloads
+	// (none when Workloads is empty): a label filter, resolved by the
+	// caller.
+	ByWorkloads bool
+	Workloads   []string
+	// Before, when not 0, selects the flows after the flow with this id
+	// in the newest-first order (a page's last id): none if that flow is
+	// no longer stored.
+	Before int64
 	// Limit bounds the answer (callers cap it).
 	Limit int
+}
+
+// FlowEdge is one group of FlowEdges: flows of one source, destination,
+// protocol, destination port and verdict.
+type FlowEdge struct {
+	// SrcWorkload and DstWorkload are the ends' workloads; SrcAddr and
+	// DstAddr are set only for an end no workload owns.
+	SrcWorkload, DstWorkload string
+	SrcAddr, DstAddr         netip.Addr
+	Protocol                 string
+	Port                     uint16
+	Verdict                  ruleset.Verdict
+	// Flows counts the new flows (first records); Packets and Bytes sum
+	// the final volume of closed connections and the packets of flows
+	// that were not allowed (connections still open count only once
+	// closed).
+	Flows, Packets, Bytes uint64
+	LastSeen              time.Time
+}
+
+// RuleCount is how many flows one rule decided with one verdict.
+type RuleCount struct {
+	Rule    string
+	Verdict ruleset.Verdict
+	Flows   uint64
 }
 
 // Alert states.
@@ -255,6 +302,8 @@ type Alert struct {
 	// webhooks, or considered for it (its creation at first).
 	RefreshedAt    time.Time
 	AcknowledgedAt time.Time
+	// AcknowledgedBy names who acknowledged it (the admin token's name).
+	AcknowledgedBy string
 	ResolvedAt     time.Time
 	// ResolvedBy says why it was resolved: "window" (no repeat for a
 	// whole window) or "api".

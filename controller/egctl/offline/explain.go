@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/eastguard/eastguard/controller/apiclient"
+
 	"github.com/eastguard/eastguard/controller/egctl/cli"
 	"github.com/eastguard/eastguard/internal/compile"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -155,45 +157,8 @@ func printExplain(w io.Writer, x *compile.Explanation, notes []string) {
 	}
 }
 
-type endJSON struct {
-	Node      string            `json:"node"`
-	Workload  string            `json:"workload"`
-	Endpoint  uint32            `json:"endpoint"`
-	Direction ruleset.Direction `json:"direction"`
-	Mode      ruleset.Mode      `json:"mode"`
-	Peer      uint32            `json:"peerIdentity"`
-	PeerName  string            `json:"peer"`
-	Verdict   ruleset.Verdict   `json:"verdict"`
-	Rule      string            `json:"rule"`
-}
-
 func printExplainJSON(w io.Writer, x *compile.Explanation, notes []string) error {
-	end := func(d *compile.EndDecision) *endJSON {
-		if d == nil {
-			return nil
-		}
-		return &endJSON{d.Node, d.Workload, uint32(d.Endpoint), d.Direction, d.Mode, uint32(d.Peer), d.PeerName, d.Verdict, d.RuleName}
-	}
-	name := func(p compile.Party) string {
-		if p.Workload != nil {
-			return p.Workload.Name
-		}
-		return ""
-	}
-	out := struct {
-		From         string           `json:"from"`
-		FromAddr     string           `json:"fromAddr"`
-		To           string           `json:"to"`
-		ToAddr       string           `json:"toAddr"`
-		Protocol     ruleset.Protocol `json:"protocol"`
-		Port         uint16           `json:"port"`
-		Source       *endJSON         `json:"source"`
-		Destination  *endJSON         `json:"destination"`
-		Verdict      ruleset.Verdict  `json:"verdict"`
-		DecidingRule string           `json:"rule"`
-		Notes        []string         `json:"notes,omitempty"`
-	}{name(x.From), x.From.Addr.String(), name(x.To), x.To.Addr.String(), x.Protocol, x.Port,
-		end(x.Source), end(x.Destination), x.Verdict, x.Rule, notes}
+	out := apiclient.NewExplanation(x, notes)
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
 		return fmt.Errorf("render explanation: %w", err)

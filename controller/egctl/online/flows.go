@@ -78,7 +78,14 @@ Examples:
 				return cli.ExitRemote
 			}
 			if *output != "table" {
-				return printList(e, *output, len(recs), raw.Bytes())
+				// The records alone, as documented (the API adds each
+				// flow's id in the store, the dashboard's page cursor).
+				b, err := json.MarshalIndent(recs, "", "  ")
+				if err != nil {
+					fmt.Fprintf(e.Stderr, "egctl flows: %v\n", err)
+					return cli.ExitRemote
+				}
+				return printList(e, *output, len(recs), append(b, '\n'))
 			}
 			tw := cli.NewTable(e)
 			fmt.Fprintln(tw, "TIME\tNODE\tDIR\tPROTO\tSOURCE\tDESTINATION\tPORT\tVERDICT\tRULE\tSTATE\tPACKETS\tSENT\tRECEIVED")

@@ -171,7 +171,7 @@ func stateOrNew(s flowrecord.State) flowrecord.State {
 
 const alertColumns = `id, rule, severity, dedup_key, state, count, source, destination, src_workload, dst_workload,
 	src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node, first_seen, last_seen,
-	window_ns, notify, created, acknowledged_at, resolved_at, resolved_by, ports, port_count, port_set, folded, refreshed`
+	window_ns, notify, created, acknowledged_at, resolved_at, resolved_by, ports, port_count, port_set, folded, refreshed, acknowledged_by`
 
 func scanAlert(row interface{ Scan(...any) error }) (store.Alert, error) {
 	var a store.Alert
@@ -180,7 +180,7 @@ func scanAlert(row interface{ Scan(...any) error }) (store.Alert, error) {
 	err := row.Scan(&a.ID, &a.Rule, &a.Severity, &a.Key, &a.State, &count, &a.Source, &a.Destination, &a.SrcWorkload,
 		&a.DstWorkload, &srcAddr, &dstAddr, &srcLabels, &dstLabels, &port, &a.Protocol, &a.Verdict, &a.DecidingRule,
 		&a.Node, &first, &last, &window, &notify, &created, &acked, &resolved, &a.ResolvedBy,
-		&ports, &portCount, &a.PortSet, &folded, &refreshed)
+		&ports, &portCount, &a.PortSet, &folded, &refreshed, &a.AcknowledgedBy)
 	if err != nil {
 		return a, err
 	}
@@ -341,10 +341,10 @@ func (t *sqliteEventTx) InsertAlert(a *store.Alert) error {
 func (t *sqliteEventTx) UpdateAlert(a *store.Alert) error {
 	normalizePorts(a)
 	_, err := t.tx.ExecContext(t.ctx, `UPDATE alerts SET state = ?, count = ?, verdict = ?, deciding_rule = ?, node = ?,
-		first_seen = ?, last_seen = ?, acknowledged_at = ?, resolved_at = ?, resolved_by = ?,
+		first_seen = ?, last_seen = ?, acknowledged_at = ?, acknowledged_by = ?, resolved_at = ?, resolved_by = ?,
 		ports = ?, port_count = ?, port_set = ?, folded = ?, expires = ?, refreshed = ? WHERE id = ?`,
 		a.State, int64(a.Count), a.Verdict, a.DecidingRule, a.Node, nanos(a.FirstSeen), nanos(a.LastSeen),
-		nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy,
+		nanos(a.AcknowledgedAt), a.AcknowledgedBy, nanos(a.ResolvedAt), a.ResolvedBy,
 		marshalString(a.Ports), int64(a.PortCount), portSetValue(a.PortSet), int64(a.Folded), expires(a),
 		nanos(a.RefreshedAt), a.ID)
 	if err != nil {
@@ -399,6 +399,16 @@ func (t *sqliteEventTx) LastDeliveryCreated(alertID int64, webhook string) (time
 // Flows answers a flow query from an index: the filters that have one
 // (verdict, port, rule, workload) lead, time orders.
 func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Record, error) {
+	var out []flowrecord.Record
+	err := s.ScanFlows(ctx, q, func(_ int64, r *flowrecord.Record) error {
+		out = append(out, *r)
+		return nil
+	})
+	return out, err
+}
+
+// ScanFlows is Flows one record at a time, with the records' ids.
+func (s *SQLite) ScanFlows(ctx context.Context, q store.FlowQuery, fn func(id int64, r *flowrecord.Record) error) error {
 	var where []string
 	var args []any
 	add := func(cond string, vals ...any) {
@@ -423,6 +433,15 @@ func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 	if q.Workload != "" {
 		add("(src_workload = ? OR dst_workload = ?)", q.Workload, q.Workload)
 	}
+	if q.ByWorkloads {
+		if len(q.Workloads) == 0 {
+			return nil
+		}
+		// A JSON array as one parameter: any number of names, no SQL
+		// built from them.
+		names := marshalString(q.Workloads)
+		add("(src_workload IN (SELECT value FROM json_each(?)) OR dst_workload IN (SELECT value FROM json_each(?)))", names, names)
+	}
 	if q.Addr.IsValid() {
 		add("(src_addr = ? OR dst_addr = ?)", q.Addr.String(), q.Addr.String())
 	}
@@ -432,7 +451,21 @@ func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 	if q.Node != "" {
 		add("node = ?", q.Node)
 	}
-	query := "SELECT " + flowColumns + " FROM flows"
+	if q.Before != 0 {
+		// Keyset paging in the answer's order (time, id), from the time
+		// of the page's last flow: read first, so that the condition
+		// leaves the indexes usable.
+		var t int64
+		err := s.edb.QueryRowContext(ctx, "SELECT time FROM flows WHERE id = ?", q.Before).Scan(&t)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read flows: %w", classify(err))
+		}
+		add("(time < ? OR (time = ? AND id < ?))", t, t, q.Before)
+	}
+	query := "SELECT id, " + flowColumns + " FROM flows"
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -442,20 +475,19 @@ func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 	}
 	rows, err := s.edb.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read flows: %w", classify(err))
+		return fmt.Errorf("read flows: %w", classify(err))
 	}
 	defer rows.Close()
-	var out []flowrecord.Record
 	for rows.Next() {
 		var r flowrecord.Record
-		var t, dir, srcPort, srcID, dstPort, dstID, verdict, packets, bytes, first, last int64
+		var id, t, dir, srcPort, srcID, dstPort, dstID, verdict, packets, bytes, first, last int64
 		var pSent, pRecv, bSent, bRecv int64
 		var srcAddr, dstAddr, state string
 		var icmpType, icmpCode sql.NullInt64
-		if err := rows.Scan(&t, &r.Node, &dir, &r.Protocol, &srcAddr, &srcPort, &r.SrcWorkload, &srcID, &dstAddr, &dstPort,
+		if err := rows.Scan(&id, &t, &r.Node, &dir, &r.Protocol, &srcAddr, &srcPort, &r.SrcWorkload, &srcID, &dstAddr, &dstPort,
 			&r.DstWorkload, &dstID, &verdict, &r.Rule, &packets, &bytes, &first, &last, &icmpType, &icmpCode, &r.Reason,
 			&pSent, &pRecv, &bSent, &bRecv, &state); err != nil {
-			return nil, fmt.Errorf("read flows: %w", err)
+			return fmt.Errorf("read flows: %w", err)
 		}
 		r.PacketsSent, r.PacketsReceived, r.BytesSent, r.BytesReceived = uint64(pSent), uint64(pRecv), uint64(bSent), uint64(bRecv)
 		r.State = flowrecord.State(state)
@@ -474,9 +506,14 @@ func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 			v := uint8(icmpCode.Int64)
 			r.ICMPCode = &v
 		}
-		out = append(out, r)
+		if err := fn(id, &r); err != nil {
+			return err
+		}
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read flows: %w", classify(err))
+	}
+	return nil
 }
 
 func (s *SQLite) PruneFlows(ctx context.Context, before time.Time, limit int) (int64, error) {

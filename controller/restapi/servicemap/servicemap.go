@@ -1,0 +1,252 @@
+// Package servicemap builds the dashboard's views of the policy against
+// the traffic: the service map (observed edges from the flow store's
+// aggregation, the edges the policy's allow rules admit) and which
+// workloads each rule of a policy selects. It computes from what it is
+// given (a policy set, aggregated flows) and reads nothing itself.
+//
+// Invariants: every answer is bounded (MaxEdges, MaxPolicyEdges; beyond
+// them the answer says it is truncated); names and labels are passed
+// through as data, never interpreted.
+//
+// It must not import restapi (which uses it) nor the store's
+// implementations.
+package servicemap
+
+import (
+	"cmp"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/policy"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Bounds of a map.
+const (
+	// MaxEdges bounds the observed edges (the ones with most flows are
+	// kept).
+	MaxEdges = 20000
+	// MaxPolicyEdges bounds the edges the policy admits.
+	MaxPolicyEdges = 20000
+	// MaxWorldPeers: with more distinct unmanaged addresses than this
+	// among the edges, they are all drawn as one peer, "world".
+	MaxWorldPeers = 100
+)
+
+// World is the peer that stands for every unmanaged address.
+const World = "world"
+
+// Workloads lists the set's workloads, sorted by name.
+func Workloads(set *policy.Set) []apiclient.MapWorkload {
+	out := make([]apiclient.MapWorkload, 0, len(set.Workloads))
+	for _, w := range set.Workloads {
+		labels := maps.Clone(map[string]string(w.Labels))
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		out = append(out, apiclient.MapWorkload{Name: w.Name, Node: w.Node, Labels: labels})
+	}
+	slices.SortFunc(out, func(a, b apiclient.MapWorkload) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Edges turns the store's groups into the map's edges: unmanaged ends are
+// "world:<addr>", or "world" for all of them when there are more than
+// MaxWorldPeers distinct ones (groups that then coincide are summed).
+func Edges(groups []store.FlowEdge) []apiclient.MapEdge {
+	world := make(map[netip.Addr]bool)
+	for _, g := range groups {
+		if g.SrcWorkload == "" {
+			world[g.SrcAddr] = true
+		}
+		if g.DstWorkload == "" {
+			world[g.DstAddr] = true
+		}
+	}
+	collapse := len(world) > MaxWorldPeers
+	name := func(wl string, a netip.Addr) string {
+		switch {
+		case wl != "":
+			return wl
+		case collapse || !a.IsValid():
+			return World
+		}
+		return World + ":" + a.String()
+	}
+	type key struct {
+		src, dst, proto string
+		port            uint16
+		verdict         ruleset.Verdict
+	}
+	index := make(map[key]int)
+	out := make([]apiclient.MapEdge, 0, len(groups))
+	for _, g := range groups {
+		k := key{name(g.SrcWorkload, g.SrcAddr), name(g.DstWorkload, g.DstAddr), g.Protocol, g.Port, g.Verdict}
+		if i, ok := index[k]; ok {
+			e := &out[i]
+			e.Flows, e.Packets, e.Bytes = e.Flows+g.Flows, e.Packets+g.Packets, e.Bytes+g.Bytes
+			if g.LastSeen.After(e.LastSeen) {
+				e.LastSeen = g.LastSeen
+			}
+			continue
+		}
+		index[k] = len(out)
+		out = append(out, apiclient.MapEdge{Src: k.src, Dst: k.dst, Protocol: g.Protocol, Port: g.Port, Verdict: g.Verdict,
+			Flows: g.Flows, Packets: g.Packets, Bytes: g.Bytes, LastSeen: g.LastSeen.UTC()})
+	}
+	return out
+}
+
+// selected returns the workloads the selector peers of peers select, in
+// the set's order.
+func selected(set *policy.Set, peers []policy.Peer) []*policy.Workload {
+	var out []*policy.Workload
+	for i := range set.Workloads {
+		w := &set.Workloads[i]
+		for _, p := range peers {
+			if p.Selector != nil && p.Selector.Matches(w.Labels) {
+				out = append(out, w)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// selects reports whether a selector of peers selects w.
+func selects(peers []policy.Peer, w *policy.Workload) bool {
+	for _, p := range peers {
+		if p.Selector != nil && p.Selector.Matches(w.Labels) {
+			return true
+		}
+	}
+	return false
+}
+
+// covers reports whether a deny rule's ports take in all of pr (nil pr:
+// every port, which only a deny of every port takes in).
+func covers(deny []policy.PortRule, pr *policy.PortRule) bool {
+	if deny == nil {
+		return true
+	}
+	if pr == nil {
+		return false
+	}
+	for _, d := range deny {
+		if d.Protocol != pr.Protocol {
+			continue
+		}
+		if pr.Protocol.IsICMP() {
+			if d.ICMPType == nil || (pr.ICMPType != nil && *d.ICMPType == *pr.ICMPType && (d.ICMPCode == nil ||
+				(pr.ICMPCode != nil && *d.ICMPCode == *pr.ICMPCode))) {
+				return true
+			}
+			continue
+		}
+		if d.Port == 0 || (d.Port <= pr.Port && max(d.EndPort, d.Port) >= max(pr.EndPort, pr.Port) && pr.Port != 0) {
+			return true
+		}
+	}
+	return false
+}
+
+// PolicyEdges returns the (workload, workload, protocol, port) edges the
+// allow rules admit, with their policy and rule: each allow rule's
+// from-selected workloads times its to-selected ones, times its ports,
+// less those a deny rule of an enforcing policy takes in whole (a
+// monitor policy's deny only reports). Peers that are not selectors
+// (cidr, world, host) give no edge: the map draws workloads. A deny that
+// covers part of a port range leaves the edge, as a workload in monitor
+// mode leaves a deny's edge: the map's dashed edges are a guide, egctl
+// explain (GET /api/v1/explain) is the exact answer. Bounded by
+// MaxPolicyEdges; truncated says edges were left out.
+func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool) {
+	var denies []*policy.Rule
+	for pi := range set.Policies {
+		p := &set.Policies[pi]
+		if p.Monitor() {
+			continue
+		}
+		for ri := range p.Rules {
+			if p.Rules[ri].Action == policy.ActionDeny {
+				denies = append(denies, &p.Rules[ri])
+			}
+		}
+	}
+	denied := func(src, dst *policy.Workload, pr *policy.PortRule) bool {
+		for _, d := range denies {
+			if selects(d.From, src) && selects(d.To, dst) && covers(d.Ports, pr) {
+				return true
+			}
+		}
+		return false
+	}
+	edges = []apiclient.PolicyEdge{}
+	for pi := range set.Policies {
+		p := &set.Policies[pi]
+		for ri := range p.Rules {
+			r := &p.Rules[ri]
+			if r.Action != policy.ActionAllow {
+				continue
+			}
+			from, to := selected(set, r.From), selected(set, r.To)
+			ports := make([]*policy.PortRule, 0, max(len(r.Ports), 1))
+			for i := range r.Ports {
+				ports = append(ports, &r.Ports[i])
+			}
+			if r.Ports == nil {
+				ports = append(ports, nil)
+			}
+			for _, src := range from {
+				for _, dst := range to {
+					for _, pr := range ports {
+						if denied(src, dst, pr) {
+							continue
+						}
+						if len(edges) >= MaxPolicyEdges {
+							return edges, true
+						}
+						e := apiclient.PolicyEdge{Src: src.Name, Dst: dst.Name, Protocol: "any", Policy: p.Name, Rule: r.Name}
+						if pr != nil {
+							e.Protocol, e.Port = pr.Protocol.String(), pr.Port
+							if pr.EndPort > pr.Port {
+								e.EndPort = pr.EndPort
+							}
+						}
+						edges = append(edges, e)
+					}
+				}
+			}
+		}
+	}
+	return edges, false
+}
+
+// RuleSelects names what a rule's from and to select: the workloads of
+// its selectors, sorted, and its other peers ("cidr:<prefix>", "world",
+// "host").
+func RuleSelects(set *policy.Set, r *policy.Rule) apiclient.RuleSelects {
+	names := func(peers []policy.Peer) []string {
+		out := []string{}
+		for _, w := range selected(set, peers) {
+			out = append(out, w.Name)
+		}
+		slices.Sort(out)
+		out = slices.Compact(out)
+		for _, p := range peers {
+			switch {
+			case p.CIDR.IsValid():
+				out = append(out, "cidr:"+p.CIDR.String())
+			case p.World:
+				out = append(out, World)
+			case p.Host:
+				out = append(out, "host")
+			}
+		}
+		return out
+	}
+	return apiclient.RuleSelects{From: names(r.From), To: names(r.To)}
+}
