@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/eastguard/eastguard/controller/dashboard"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -30,9 +32,9 @@ const (
 )
 
 // Handler serves the HTTP listener: /healthz and /metrics without
-// credentials, GET / (the login page placeholder until the dashboard
-// arrives), and /api/v1/..., every call of which needs the admin
-// credential (401 without it).
+// credentials, the dashboard (GET / and /ui/), and /api/v1/..., every
+// call of which needs the admin credential or a dashboard session (401
+// without it) but login and the OpenAPI document.
 func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -42,10 +44,11 @@ func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	if metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		io.WriteString(w, loginPage)
-	})
+	// The dashboard: its page at / (it logs in through /api/v1/login) and
+	// its assets under /ui/, with their own security headers.
+	dash := dashboard.Handler()
+	mux.Handle("GET /{$}", dash)
+	mux.Handle("GET /ui/", dash)
 
 	api := http.NewServeMux()
 	for _, rt := range routes {
@@ -61,13 +64,6 @@ func (s *API) Handler(metrics prometheus.Gatherer) http.Handler {
 	mux.Handle("/api/v1/", s.requireAdmin(api))
 	return mux
 }
-
-const loginPage = `<!doctype html>
-<html><head><meta charset="utf-8"><title>Eastguard</title></head>
-<body><h1>Eastguard controller</h1>
-<p>The dashboard is not part of this build yet. Use <code>egctl</code> with the admin credential in <code>&lt;data-dir&gt;/admin.conf</code>.</p>
-</body></html>
-`
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
