@@ -162,10 +162,38 @@ func (s *API) handleAlerts(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, list)
 }
 
-func (s *API) handleAckAlert(w http.ResponseWriter, r *http.Request) {
+// alertID is the {id} of an alert route; false when it answered 400.
+func alertID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id < 1 {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("id: %q is not an alert id (a positive integer)", r.PathValue("id")), nil)
+		return 0, false
+	}
+	return id, true
+}
+
+// handleAlert answers one alert: what a webhook's link (#/alerts/ID)
+// opens.
+func (s *API) handleAlert(w http.ResponseWriter, r *http.Request) {
+	id, ok := alertID(w, r)
+	if !ok {
+		return
+	}
+	list, err := s.Alerts(r.Context(), store.AlertQuery{ID: id, Limit: 1})
+	if err != nil {
+		s.failEvents(w, r, err)
+		return
+	}
+	if len(list) == 0 {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("alert %d: %v", id, ErrNoSuchAlert), nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, list[0])
+}
+
+func (s *API) handleAckAlert(w http.ResponseWriter, r *http.Request) {
+	id, ok := alertID(w, r)
+	if !ok {
 		return
 	}
 	a, err := s.AckAlert(r.Context(), id, callerName(r))

@@ -375,3 +375,25 @@ func TestEventAPIStoreUnavailable(t *testing.T) {
 		}
 	}
 }
+
+// TestGetAlert: one alert by id, what a webhook's #/alerts/ID link opens.
+func TestGetAlert(t *testing.T) {
+	e := newEventAPI(t)
+	open, _, resolved := e.insertAlerts(t)
+	for _, want := range []store.Alert{open, resolved} {
+		code, body := e.call(t, "GET", fmt.Sprintf("/api/v1/alerts/%d", want.ID), e.token)
+		var a apiclient.Alert
+		if code != 200 || json.Unmarshal(body, &a) != nil || a.ID != want.ID || a.Rule != want.Rule || a.State != want.State {
+			t.Errorf("GET alert %d: %d %s", want.ID, code, body)
+		}
+	}
+	if code, body := e.call(t, "GET", "/api/v1/alerts/999", e.token); code != 404 || !strings.Contains(string(body), "alert 999: no such alert") {
+		t.Errorf("unknown alert: %d %s", code, body)
+	}
+	if code, body := e.call(t, "GET", "/api/v1/alerts/x", e.token); code != 400 || !strings.Contains(string(body), `is not an alert id (a positive integer)`) {
+		t.Errorf("bad id: %d %s", code, body)
+	}
+	if code, _ := e.call(t, "GET", fmt.Sprintf("/api/v1/alerts/%d", open.ID), ""); code != 401 {
+		t.Errorf("without a credential: %d, want 401", code)
+	}
+}

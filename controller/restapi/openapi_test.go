@@ -103,6 +103,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	check("GET", "/api/v1/policies/{name}/detail", "/api/v1/policies/shop/detail", "", map[string]string{"name": "shop"})
 	check("GET", "/api/v1/policies/{name}/detail", "/api/v1/policies/nope/detail", "", map[string]string{"name": "nope"})
 	check("GET", "/api/v1/alerts", "/api/v1/alerts", "", nil)
+	check("GET", "/api/v1/alerts/{id}", "/api/v1/alerts/1", "", map[string]string{"id": "1"})
+	check("GET", "/api/v1/alerts/{id}", "/api/v1/alerts/999", "", map[string]string{"id": "999"})
 	check("POST", "/api/v1/alerts/{id}/ack", "/api/v1/alerts/1/ack", "", map[string]string{"id": "1"})
 	check("GET", "/api/v1/{kind}", "/api/v1/workloads", "", map[string]string{"kind": "workloads"})
 	check("GET", "/api/v1/admin-tokens", "/api/v1/admin-tokens", "", nil)

@@ -40,6 +40,7 @@ var routes = []route{
 	{"GET /api/v1/explain", false, (*API).handleExplain},
 	{"GET /api/v1/policies/{name}/detail", false, (*API).handlePolicyDetail},
 	{"GET /api/v1/alerts", false, (*API).handleAlerts},
+	{"GET /api/v1/alerts/{id}", false, (*API).handleAlert},
 	{"POST /api/v1/alerts/{id}/ack", false, (*API).handleAckAlert},
 	{"GET /api/v1/{kind}", false, (*API).handleList},
 }

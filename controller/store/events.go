@@ -327,6 +327,8 @@ type WebhookStats struct {
 
 // AlertQuery selects alerts.
 type AlertQuery struct {
+	// ID selects one alert (0: any).
+	ID int64
 	// States selects by state; empty means every state.
 	States []string
 	Rule   string

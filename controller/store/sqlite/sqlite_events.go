@@ -560,6 +560,10 @@ func (s *SQLite) EventStoreSize(ctx context.Context) (int64, int64, error) {
 func (s *SQLite) Alerts(ctx context.Context, q store.AlertQuery) ([]store.Alert, error) {
 	var where []string
 	var args []any
+	if q.ID != 0 {
+		where = append(where, "id = ?")
+		args = append(args, q.ID)
+	}
 	if len(q.States) > 0 {
 		where = append(where, "state IN ("+strings.TrimSuffix(strings.Repeat("?, ", len(q.States)), ", ")+")")
 		for _, st := range q.States {
