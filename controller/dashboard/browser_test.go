@@ -227,25 +227,18 @@ func TestBrowserDashboard(t *testing.T) {
 
 	// The service map.
 	browsertest.WaitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
-	nodes := browsertest.Eval[[]string](t, ctx, `window.egMap.nodes()`)
-	slices.Sort(nodes)
+	nodes := browsertest.MapNodes(t, ctx)
 	if want := []string{"db-1", "jump", "web-1", "web-2", "world:198.51.100.7"}; !slices.Equal(nodes, want) {
 		t.Errorf("map nodes %q, want %q", nodes, want)
 	}
-	type edge struct {
-		Src, Dst, Protocol, Verdict string
-		Port                        int
-		Dashed                      bool
+	edges := browsertest.MapEdges(t, ctx)
+	want := []browsertest.MapEdge{
+		browsertest.Edge("jump", "db-1", "TCP", "denied", 22, false),
+		browsertest.Edge("web-1", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("web-1", "web-2", "TCP", "policy", 8080, true),
+		browsertest.Edge("web-2", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("world:198.51.100.7", "web-1", "TCP", "would-deny", 443, false),
 	}
-	edges := browsertest.Eval[[]edge](t, ctx, `window.egMap.edges()`)
-	want := []edge{
-		{"jump", "db-1", "TCP", "denied", 22, false},
-		{"web-1", "db-1", "TCP", "allowed", 5432, false},
-		{"web-1", "web-2", "TCP", "policy", 8080, true},
-		{"web-2", "db-1", "TCP", "allowed", 5432, false},
-		{"world:198.51.100.7", "web-1", "TCP", "would-deny", 443, false},
-	}
-	slices.SortFunc(edges, func(a, b edge) int { return strings.Compare(a.Src+a.Dst, b.Src+b.Dst) })
 	if !slices.Equal(edges, want) {
 		t.Errorf("map edges\n%+v\nwant\n%+v", edges, want)
 	}
@@ -277,8 +270,8 @@ func TestBrowserDashboard(t *testing.T) {
 	browsertest.Step(t, ctx, "group by app", browsertest.SelectOption("map-group", "app"),
 		chromedp.Click(chromedp.CSS(`[data-testid=map-collapse-all]`)))
 	browsertest.WaitFor(t, ctx, "collapsed groups", `window.egMap.nodes().includes('group:app=web')`)
-	grouped := browsertest.Eval[[]edge](t, ctx, `window.egMap.edges()`)
-	if !slices.ContainsFunc(grouped, func(e edge) bool {
+	grouped := browsertest.MapEdges(t, ctx)
+	if !slices.ContainsFunc(grouped, func(e browsertest.MapEdge) bool {
 		return e.Src == "group:app=web" && e.Dst == "group:app=db" && e.Port == 5432 && e.Verdict == "allowed"
 	}) {
 		t.Errorf("collapsed map edges %+v: want web's two edges to db aggregated", grouped)

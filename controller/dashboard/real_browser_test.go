@@ -126,6 +126,13 @@ func TestBrowserRealController(t *testing.T) {
 	)
 	eval := func(expr string) string { t.Helper(); return browsertest.Eval[string](t, ctx, expr) }
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
+	// textOnly: the hostile names stayed text on this page.
+	textOnly := func(page string) {
+		t.Helper()
+		if !browsertest.Eval[B](t, ctx, browsertest.NoImg) {
+			t.Errorf("%s: an <img> or inline script made it into the page", page)
+		}
+	}
 
 	// Log in: the real POST /api/v1/login, the real cookie.
 	browsertest.Step(t, ctx, "open the dashboard", chromedp.Navigate(base+"/"), chromedp.WaitVisible(css(`[data-testid=login-token]`)))
@@ -151,31 +158,24 @@ func TestBrowserRealController(t *testing.T) {
 
 	// The service map of the last hour.
 	browsertest.WaitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
-	nodes := browsertest.Eval[S](t, ctx, `window.egMap.nodes()`)
-	slices.Sort(nodes)
+	nodes := browsertest.MapNodes(t, ctx)
 	if want := (S{hostile, "db-1", "jump", "web-1", "web-2", "world:198.51.100.7"}); !slices.Equal(nodes, want) {
 		t.Errorf("map nodes %q, want %q", nodes, want)
 	}
-	type edge struct {
-		Src, Dst, Protocol, Verdict string
-		Port                        int
-		Dashed                      bool
+	edges := browsertest.MapEdges(t, ctx)
+	want := []browsertest.MapEdge{ // in MapEdges' order
+		browsertest.Edge(hostile, "db-1", "TCP", "denied", 3306, false),
+		browsertest.Edge("jump", "db-1", "TCP", "denied", 22, false),
+		browsertest.Edge("web-1", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("web-1", "web-2", "TCP", "policy", 8080, true),
+		browsertest.Edge("web-2", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("world:198.51.100.7", "jump", "TCP", "would-deny", 443, false),
 	}
-	edges := browsertest.Eval[[]edge](t, ctx, `window.egMap.edges()`)
-	slices.SortFunc(edges, func(a, b edge) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
-	want := []edge{
-		{"jump", "db-1", "TCP", "denied", 22, false},
-		{"web-1", "db-1", "TCP", "allowed", 5432, false},
-		{"web-1", "web-2", "TCP", "policy", 8080, true},
-		{"web-2", "db-1", "TCP", "allowed", 5432, false},
-		{"world:198.51.100.7", "jump", "TCP", "would-deny", 443, false},
-		{hostile, "db-1", "TCP", "denied", 3306, false},
-	}
-	slices.SortFunc(want, func(a, b edge) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
 	if !slices.Equal(edges, want) {
 		t.Errorf("map edges\n%+v\nwant\n%+v", edges, want)
 	}
 	browsertest.Shot(t, ctx, shots, "real-map.png")
+	textOnly("map")
 
 	// Flows filtered by port 22: the denied SSH flow, and only it.
 	browsertest.Step(t, ctx, "flows port 22", chromedp.Navigate(base+"/#/flows?port=22"), chromedp.WaitVisible(css(`[data-testid=flow-row]`)))
@@ -189,9 +189,7 @@ func TestBrowserRealController(t *testing.T) {
 	if n := browsertest.Eval[int](t, ctx, fmt.Sprintf(`[...document.querySelectorAll('[data-testid=flow-row] td')].filter(td => td.textContent === %q).length`, hostile)); n < 2 {
 		t.Errorf("the hostile workload and rule names are in %d cells as text, want 2", n)
 	}
-	if !browsertest.Eval[B](t, ctx, browsertest.NoImg) {
-		t.Error("flows: an <img> or inline script made it into the page")
-	}
+	textOnly("flows")
 	browsertest.Shot(t, ctx, shots, "real-flows.png")
 
 	// CSRF: a POST with the cookie but without X-CSRF-Token is refused,
@@ -213,6 +211,7 @@ func TestBrowserRealController(t *testing.T) {
 	}
 	browsertest.Step(t, ctx, "alert link", chromedp.Navigate(fmt.Sprintf("%s/#/alerts/%d", base, alertID)), chromedp.WaitVisible(css(`[data-testid=alert-detail]`)))
 	browsertest.Shot(t, ctx, shots, "real-alert.png")
+	textOnly("alert")
 
 	// Agents: no agent has joined, so every node with a rule set is
 	// listed disconnected, behind its latest version (applied 0) and with
@@ -232,15 +231,14 @@ func TestBrowserRealController(t *testing.T) {
 	}
 	browsertest.WaitFor(t, ctx, "attention counts", `document.querySelector('[data-testid=agents-attention]')?.textContent === '3 agents need attention'`)
 	browsertest.Shot(t, ctx, shots, "real-agents.png")
+	textOnly("agents")
 
 	// The policies pages render against the real API too.
 	browsertest.Step(t, ctx, "policy detail", chromedp.Navigate(base+"/#/policies/shop"), chromedp.WaitVisible(css(`[data-testid=policy-yaml]`)))
 	if y := eval(`document.querySelector('[data-testid=policy-yaml]').textContent`); !strings.Contains(y, "web-to-db") {
 		t.Errorf("policy YAML %q", y)
 	}
-	if !browsertest.Eval[B](t, ctx, browsertest.NoImg) {
-		t.Error("an <img> or inline script made it into the page")
-	}
+	textOnly("policy detail")
 
 	// Logout: the session is gone server-side, so even the old cookie,
 	// put back, is refused.

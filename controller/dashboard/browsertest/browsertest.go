@@ -9,6 +9,7 @@
 package browsertest
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -157,4 +158,38 @@ func Shot(t testing.TB, ctx context.Context, dir, name string) {
 // would: the value, then a change event.
 func SelectOption(testid, value string) chromedp.Action[chromedp.Void] {
 	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const s = document.querySelector('[data-testid=%s]'); s.value = %q; s.dispatchEvent(new Event('change')); })()`, testid, value))
+}
+
+// MapEdge is an edge of the service map as the page's test hook
+// (window.egMap.edges()) reports it; Verdict is "policy" and Dashed true
+// for an edge a policy allows but no traffic used.
+type MapEdge struct {
+	Src, Dst, Protocol, Verdict string
+	Port                        int
+	Dashed                      bool
+}
+
+// Edge makes a MapEdge (to write expected edges compactly).
+func Edge(src, dst, protocol, verdict string, port int, dashed bool) MapEdge {
+	return MapEdge{Src: src, Dst: dst, Protocol: protocol, Verdict: verdict, Port: port, Dashed: dashed}
+}
+
+// MapNodes returns the service map's node names (window.egMap.nodes()),
+// sorted.
+func MapNodes(t testing.TB, ctx context.Context) []string {
+	t.Helper()
+	nodes := Eval[[]string](t, ctx, `window.egMap.nodes()`)
+	slices.Sort(nodes)
+	return nodes
+}
+
+// MapEdges returns the service map's edges, sorted by source,
+// destination, port and verdict.
+func MapEdges(t testing.TB, ctx context.Context) []MapEdge {
+	t.Helper()
+	edges := Eval[[]MapEdge](t, ctx, `window.egMap.edges()`)
+	slices.SortFunc(edges, func(a, b MapEdge) int {
+		return cmp.Or(cmp.Compare(a.Src, b.Src), cmp.Compare(a.Dst, b.Dst), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Verdict, b.Verdict))
+	})
+	return edges
 }
