@@ -11,6 +11,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/dashboard/browsertest"
 	"github.com/eastguard/eastguard/controller/store"
@@ -26,9 +27,9 @@ import (
 // so what reaches it unallowed is would-deny.
 //
 // Label values and names cannot carry a hostile string here: the policy
-// validator refuses "<" in them (a test in internal/policy checks it). What
-// can reach the store is a flow record, which a compromised agent writes
-// as it likes; the hostile flow below stands for that.
+// validator refuses "<" in them (the test checks that it does). What can
+// reach the store is a flow record, which a compromised agent writes as it
+// likes; the hostile flow below stands for that.
 const realPolicy = `apiVersion: eastguard.dev/v1
 kind: Workload
 metadata: {name: web-1, labels: {app: web, role: frontend}}
@@ -115,6 +116,12 @@ func seedReal(h *controllertest.Controller) int64 {
 func TestBrowserRealController(t *testing.T) {
 	browsertest.ChromiumPath(t) // skip before starting a controller
 	h := controllertest.New(t)
+	// A hostile label value does not get past the policy's validation,
+	// so the page's XSS check below uses a flow record instead.
+	evil := "apiVersion: eastguard.dev/v1\nkind: Workload\nmetadata: {name: evil, labels: {app: \"" + hostile + "\"}}\nspec: {node: node-a, interface: veth-evil, addresses: [10.250.1.66]}\n"
+	if _, err := h.Srv.Policy.Apply(t.Context(), []apiclient.File{{Name: "evil.yaml", Content: evil}}, false); err == nil || !strings.Contains(err.Error(), "label value") {
+		t.Errorf("applying a workload labelled %s: %v, want it refused (label value)", hostile, err)
+	}
 	alertID := seedReal(h)
 	cfg := h.ServeAPI()
 	base := cfg.Server
