@@ -1,15 +1,12 @@
 package dashboard
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +14,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/eastguard/eastguard/controller/dashboard/browsertest"
 )
 
 // fakeAPI answers the contract's endpoints (docs: DASHBOARD-CONTRACT, the
@@ -198,108 +197,6 @@ func login(base string) chromedp.Action[chromedp.Void] {
 		chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken), chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)))
 }
 
-func chromiumPath(t *testing.T) string {
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Skip("skipped: no Chromium on this machine (apt-get install chromium; .ci/run installs it)")
-	return ""
-}
-
-// browser starts a headless Chromium for one test and collects its
-// console: every console.error, uncaught exception and error entry of the
-// browser log (CSP refusals are those) is a failure, except the 401s the
-// contract asks for (the page asks for its session; without one the
-// browser logs the refused request).
-func browser(t *testing.T) (context.Context, func() []string) {
-	path := chromiumPath(t)
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(),
-		append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.DisableGPU,
-			chromedp.WindowSize(1400, 900), chromedp.UserDataDir(t.TempDir()))...)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(func() { cancel(); cancelA() })
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("starting %s: %v", path, err)
-	}
-	var mu sync.Mutex
-	var errs []string
-	msgs := chromedp.Console(ctx)
-	go func() {
-		for m, err := range msgs {
-			if err != nil {
-				return
-			}
-			if m.Type != chromedp.ConsoleError && !m.IsException() {
-				continue
-			}
-			if m.Source == "network" && strings.Contains(m.Text, "401") {
-				continue
-			}
-			mu.Lock()
-			errs = append(errs, m.String()+" at "+m.URL)
-			mu.Unlock()
-		}
-	}()
-	return ctx, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(errs)
-	}
-}
-
-func step(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
-	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := chromedp.Do(c, actions...); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
-
-func eval[T any](t *testing.T, ctx context.Context, expr string) T {
-	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	v, err := chromedp.Run(c, chromedp.Evaluate[T](expr))
-	if err != nil {
-		t.Fatalf("evaluate %s: %v", expr, err)
-	}
-	return v
-}
-
-func waitFor(t *testing.T, ctx context.Context, what, expr string) {
-	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 40*time.Second)
-	defer cancel()
-	if _, err := chromedp.Run(c, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second))); err != nil {
-		t.Fatalf("waiting for %s (%s): %v", what, expr, err)
-	}
-}
-
-func shot(t *testing.T, ctx context.Context, dir, name string) {
-	t.Helper()
-	c, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	png, err := chromedp.Run(c, chromedp.FullScreenshot(100)) // 100: PNG
-	if err != nil {
-		t.Fatalf("screenshot %s: %v", name, err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name), png, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// selectOption picks a <select>'s option as a user would (a change event).
-func selectOption(testid, value string) chromedp.Action[chromedp.Void] {
-	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const s = document.querySelector('[data-testid=%s]'); s.value = %q; s.dispatchEvent(new Event('change')); })()`, testid, value))
-}
-
-// noImg: the hostile names and labels (<img src=x onerror=...>) stayed
-// text; the page has no <img> element at all.
-const noImg = `document.querySelectorAll('img, script:not([src])').length === 0`
-
 // TestBrowserDashboard drives every page of the built dashboard in headless
 // Chromium against Handler() and a fake API: login, the service map's
 // nodes and edges (a denied SSH edge, a dashed policy-only edge), flows
@@ -309,164 +206,151 @@ const noImg = `document.querySelectorAll('img, script:not([src])').length === 0`
 func TestBrowserDashboard(t *testing.T) {
 	api := newFakeAPI(t)
 	srv := serveDashboard(t, api, nil)
-	ctx, consoleErrors := browser(t)
-	// Screenshots go to the test's temp dir, or to $EASTGUARD_SCREENSHOTS
-	// to keep them (docs/dashboard.png is taken this way).
-	shots := os.Getenv("EASTGUARD_SCREENSHOTS")
-	if shots == "" {
-		shots = t.TempDir()
-	}
-	t.Logf("screenshots in %s", shots)
+	ctx, consoleErrors := browsertest.Browser(t)
+	shots := browsertest.ScreenshotDir(t)
 
 	// Not logged in: the map sends to the login page.
-	step(t, ctx, "open the map", chromedp.Navigate(srv.URL+"/#/map"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)))
-	if h := eval[string](t, ctx, `location.hash`); h != "#/login" {
+	browsertest.Step(t, ctx, "open the map", chromedp.Navigate(srv.URL+"/#/map"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)))
+	if h := browsertest.Eval[string](t, ctx, `location.hash`); h != "#/login" {
 		t.Errorf("without a session the map went to %q, want #/login", h)
 	}
-	step(t, ctx, "a wrong token", chromedp.SendKeys(chromedp.CSS(`[data-testid=login-token]`), "wrong"),
+	browsertest.Step(t, ctx, "a wrong token", chromedp.SendKeys(chromedp.CSS(`[data-testid=login-token]`), "wrong"),
 		chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-message] [data-testid=error]`)))
-	shot(t, ctx, shots, "login.png")
-	step(t, ctx, "log in", chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken),
+	browsertest.Shot(t, ctx, shots, "login.png")
+	browsertest.Step(t, ctx, "log in", chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken),
 		chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`[data-testid=map]`)))
-	if user := eval[string](t, ctx, `document.querySelector('[data-testid=user]').textContent`); user != fakeName {
+	if user := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=user]').textContent`); user != fakeName {
 		t.Errorf("header shows user %q, want %q", user, fakeName)
 	}
 
 	// The service map.
-	waitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
-	nodes := eval[[]string](t, ctx, `window.egMap.nodes()`)
-	slices.Sort(nodes)
+	browsertest.WaitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
+	nodes := browsertest.MapNodes(t, ctx)
 	if want := []string{"db-1", "jump", "web-1", "web-2", "world:198.51.100.7"}; !slices.Equal(nodes, want) {
 		t.Errorf("map nodes %q, want %q", nodes, want)
 	}
-	type edge struct {
-		Src, Dst, Protocol, Verdict string
-		Port                        int
-		Dashed                      bool
+	edges := browsertest.MapEdges(t, ctx)
+	want := []browsertest.MapEdge{
+		browsertest.Edge("jump", "db-1", "TCP", "denied", 22, false),
+		browsertest.Edge("web-1", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("web-1", "web-2", "TCP", "policy", 8080, true),
+		browsertest.Edge("web-2", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("world:198.51.100.7", "web-1", "TCP", "would-deny", 443, false),
 	}
-	edges := eval[[]edge](t, ctx, `window.egMap.edges()`)
-	want := []edge{
-		{"jump", "db-1", "TCP", "denied", 22, false},
-		{"web-1", "db-1", "TCP", "allowed", 5432, false},
-		{"web-1", "web-2", "TCP", "policy", 8080, true},
-		{"web-2", "db-1", "TCP", "allowed", 5432, false},
-		{"world:198.51.100.7", "web-1", "TCP", "would-deny", 443, false},
-	}
-	slices.SortFunc(edges, func(a, b edge) int { return strings.Compare(a.Src+a.Dst, b.Src+b.Dst) })
 	if !slices.Equal(edges, want) {
 		t.Errorf("map edges\n%+v\nwant\n%+v", edges, want)
 	}
-	shot(t, ctx, shots, "map.png")
+	browsertest.Shot(t, ctx, shots, "map.png")
 	// Click a workload: its flows in the side panel; click the denied
 	// edge: the explain answer.
 	click := func(what string) {
 		t.Helper()
 		type xy struct{ X, Y float64 }
-		p := eval[xy](t, ctx, fmt.Sprintf(`window.egMap.position(%q)`, what))
-		step(t, ctx, "click "+what, chromedp.MouseClickXY(p.X, p.Y))
+		p := browsertest.Eval[xy](t, ctx, fmt.Sprintf(`window.egMap.position(%q)`, what))
+		browsertest.Step(t, ctx, "click "+what, chromedp.MouseClickXY(p.X, p.Y))
 	}
 	click("jump")
-	waitFor(t, ctx, "the node panel", `document.querySelector('[data-testid=map-panel] [data-testid=panel-title]')?.textContent === 'jump'`)
-	waitFor(t, ctx, "the node's flows", `document.querySelector('[data-testid=map-panel] [data-testid=flow-row]')`)
-	if href := eval[string](t, ctx, `document.querySelector('[data-testid=panel-flows-link]').getAttribute('href')`); href != "#/flows?workload=jump&since=1h" {
+	browsertest.WaitFor(t, ctx, "the node panel", `document.querySelector('[data-testid=map-panel] [data-testid=panel-title]')?.textContent === 'jump'`)
+	browsertest.WaitFor(t, ctx, "the node's flows", `document.querySelector('[data-testid=map-panel] [data-testid=flow-row]')`)
+	if href := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=panel-flows-link]').getAttribute('href')`); href != "#/flows?workload=jump&since=1h" {
 		t.Errorf("node panel flows link %q", href)
 	}
 	click("jump->db-1:22")
-	waitFor(t, ctx, "the explain answer", `document.querySelector('[data-testid=explain-verdict]')`)
-	if v := eval[string](t, ctx, `document.querySelector('[data-testid=explain-verdict]').textContent`); v != "denied" {
+	browsertest.WaitFor(t, ctx, "the explain answer", `document.querySelector('[data-testid=explain-verdict]')`)
+	if v := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=explain-verdict]').textContent`); v != "denied" {
 		t.Errorf("explain verdict %q", v)
 	}
 	if got := api.called("explain?"); len(got) != 1 || got[0] != "explain?src=jump&dst=db-1&protocol=TCP&port=22" {
 		t.Errorf("explain calls %q", got)
 	}
-	shot(t, ctx, shots, "map-edge.png")
+	browsertest.Shot(t, ctx, shots, "map-edge.png")
 	// Grouped by app: web-1 and web-2 are one collapsible group.
-	step(t, ctx, "group by app", selectOption("map-group", "app"),
+	browsertest.Step(t, ctx, "group by app", browsertest.SelectOption("map-group", "app"),
 		chromedp.Click(chromedp.CSS(`[data-testid=map-collapse-all]`)))
-	waitFor(t, ctx, "collapsed groups", `window.egMap.nodes().includes('group:app=web')`)
-	grouped := eval[[]edge](t, ctx, `window.egMap.edges()`)
-	if !slices.ContainsFunc(grouped, func(e edge) bool {
+	browsertest.WaitFor(t, ctx, "collapsed groups", `window.egMap.nodes().includes('group:app=web')`)
+	grouped := browsertest.MapEdges(t, ctx)
+	if !slices.ContainsFunc(grouped, func(e browsertest.MapEdge) bool {
 		return e.Src == "group:app=web" && e.Dst == "group:app=db" && e.Port == 5432 && e.Verdict == "allowed"
 	}) {
 		t.Errorf("collapsed map edges %+v: want web's two edges to db aggregated", grouped)
 	}
-	step(t, ctx, "group by the hostile key", selectOption("map-group", "evil"))
-	waitFor(t, ctx, "hostile group", `window.egMap.groups().some(g => g.name === 'group:evil=<img src=x onerror=alert(1)>')`)
+	browsertest.Step(t, ctx, "group by the hostile key", browsertest.SelectOption("map-group", "evil"))
+	browsertest.WaitFor(t, ctx, "hostile group", `window.egMap.groups().some(g => g.name === 'group:evil=<img src=x onerror=alert(1)>')`)
 
 	// Flows filtered by port 22, as a link from elsewhere would.
-	step(t, ctx, "flows port 22", chromedp.Navigate(srv.URL+"/#/flows?port=22"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=flow-row]`)))
-	if n := eval[int](t, ctx, `document.querySelectorAll('[data-testid=flow-row]').length`); n != 2 {
+	browsertest.Step(t, ctx, "flows port 22", chromedp.Navigate(srv.URL+"/#/flows?port=22"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=flow-row]`)))
+	if n := browsertest.Eval[int](t, ctx, `document.querySelectorAll('[data-testid=flow-row]').length`); n != 2 {
 		t.Errorf("flows?port=22 shows %d rows, want 2", n)
 	}
 	if got := api.called("flows?"); len(got) == 0 || !strings.Contains(got[len(got)-1], "port=22") {
 		t.Errorf("the flows page asked %q, want port=22", got)
 	}
-	if v := eval[string](t, ctx, `document.querySelector('[data-testid=filter-port]').value`); v != "22" {
+	if v := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=filter-port]').value`); v != "22" {
 		t.Errorf("port filter shows %q", v)
 	}
-	if !eval[bool](t, ctx, `[...document.querySelectorAll('[data-testid=flow-row] td')].some(td => td.textContent === '<img src=x onerror=alert(2)>')`) {
+	if !browsertest.Eval[bool](t, ctx, `[...document.querySelectorAll('[data-testid=flow-row] td')].some(td => td.textContent === '<img src=x onerror=alert(2)>')`) {
 		t.Error("the hostile rule name is not shown as text")
 	}
-	if href := eval[string](t, ctx, `document.querySelector('[data-testid=export-csv]').getAttribute('href')`); href != "api/v1/flows?port=22&format=csv" {
+	if href := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=export-csv]').getAttribute('href')`); href != "api/v1/flows?port=22&format=csv" {
 		t.Errorf("CSV export link %q", href)
 	}
-	step(t, ctx, "live", chromedp.Click(chromedp.CSS(`[data-testid=live]`)))
-	waitFor(t, ctx, "a live flow", `document.querySelector('[data-testid=flow-row]').dataset.id === '200'`)
-	shot(t, ctx, shots, "flows.png")
+	browsertest.Step(t, ctx, "live", chromedp.Click(chromedp.CSS(`[data-testid=live]`)))
+	browsertest.WaitFor(t, ctx, "a live flow", `document.querySelector('[data-testid=flow-row]').dataset.id === '200'`)
+	browsertest.Shot(t, ctx, shots, "flows.png")
 
 	// Alerts: acknowledge, then see who did.
-	step(t, ctx, "alerts", chromedp.Navigate(srv.URL+"/#/alerts"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=ack]`)))
-	if href := eval[string](t, ctx, `document.querySelector('[data-testid=alert-flows]').getAttribute('href')`); !strings.Contains(href, "workload=jump") || !strings.Contains(href, "port=22") {
+	browsertest.Step(t, ctx, "alerts", chromedp.Navigate(srv.URL+"/#/alerts"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=ack]`)))
+	if href := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=alert-flows]').getAttribute('href')`); !strings.Contains(href, "workload=jump") || !strings.Contains(href, "port=22") {
 		t.Errorf("alert flows link %q", href)
 	}
-	step(t, ctx, "acknowledge", chromedp.Click(chromedp.CSS(`[data-testid=ack]`)), chromedp.WaitVisible(chromedp.CSS(`[data-testid=no-alerts]`)))
-	step(t, ctx, "acknowledged tab", chromedp.Click(chromedp.CSS(`[data-testid=tab-acknowledged]`)), chromedp.WaitVisible(chromedp.CSS(`[data-testid=acked-by]`)))
-	if by := eval[string](t, ctx, `document.querySelector('[data-testid=acked-by]').textContent`); !strings.HasPrefix(by, fakeName+" at ") {
+	browsertest.Step(t, ctx, "acknowledge", chromedp.Click(chromedp.CSS(`[data-testid=ack]`)), chromedp.WaitVisible(chromedp.CSS(`[data-testid=no-alerts]`)))
+	browsertest.Step(t, ctx, "acknowledged tab", chromedp.Click(chromedp.CSS(`[data-testid=tab-acknowledged]`)), chromedp.WaitVisible(chromedp.CSS(`[data-testid=acked-by]`)))
+	if by := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=acked-by]').textContent`); !strings.HasPrefix(by, fakeName+" at ") {
 		t.Errorf("acknowledged by %q, want %s at ...", by, fakeName)
 	}
 	// The webhook link: #/alerts/<id>, with the hostile label as text.
-	step(t, ctx, "alert link", chromedp.Navigate(srv.URL+"/#/alerts/7"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=alert-detail]`)))
-	if !eval[bool](t, ctx, `document.querySelector('[data-testid=alert-detail]').textContent.includes('evil=<img src=x onerror=alert(1)>')`) {
+	browsertest.Step(t, ctx, "alert link", chromedp.Navigate(srv.URL+"/#/alerts/7"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=alert-detail]`)))
+	if !browsertest.Eval[bool](t, ctx, `document.querySelector('[data-testid=alert-detail]').textContent.includes('evil=<img src=x onerror=alert(1)>')`) {
 		t.Error("the alert's hostile label is not shown as text")
 	}
-	shot(t, ctx, shots, "alert.png")
+	browsertest.Shot(t, ctx, shots, "alert.png")
 
 	// Agents: the one behind the latest version stands out.
-	step(t, ctx, "agents", chromedp.Navigate(srv.URL+"/#/agents"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=agent-row]`)))
-	att := eval[map[string]string](t, ctx, `Object.fromEntries([...document.querySelectorAll('[data-testid=agent-row]')].map(r => [r.dataset.node, r.dataset.attention]))`)
+	browsertest.Step(t, ctx, "agents", chromedp.Navigate(srv.URL+"/#/agents"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=agent-row]`)))
+	att := browsertest.Eval[map[string]string](t, ctx, `Object.fromEntries([...document.querySelectorAll('[data-testid=agent-row]')].map(r => [r.dataset.node, r.dataset.attention]))`)
 	// node-b is behind the latest version, node-c's certificate expires in
 	// 5 minutes, node-d is disconnected with an error; node-a is fine.
 	if want := map[string]string{"node-a": "false", "node-b": "true", "node-c": "true", "node-d": "true"}; !maps.Equal(att, want) {
 		t.Errorf("agents' attention %v, want %v", att, want)
 	}
-	why := eval[[]string](t, ctx, `[...document.querySelectorAll('[data-testid=agent-attention]')].map(c => c.textContent)`)
+	why := browsertest.Eval[[]string](t, ctx, `[...document.querySelectorAll('[data-testid=agent-attention]')].map(c => c.textContent)`)
 	if want := []string{"", "⚠ behind latest version", "⚠ certificate expiring", "⚠ disconnected, last error"}; !slices.Equal(why, want) {
 		t.Errorf("attention markers %q, want %q", why, want)
 	}
-	waitFor(t, ctx, "attention counts", `document.querySelector('[data-testid=agents-attention]')`)
-	if s := eval[string](t, ctx, `document.querySelector('[data-testid=agents-attention]').textContent`); s != "3 agents need attention" {
+	browsertest.WaitFor(t, ctx, "attention counts", `document.querySelector('[data-testid=agents-attention]')`)
+	if s := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=agents-attention]').textContent`); s != "3 agents need attention" {
 		t.Errorf("header says %q", s)
 	}
-	shot(t, ctx, shots, "agents.png")
+	browsertest.Shot(t, ctx, shots, "agents.png")
 
 	// Policies: the monitor policy's YAML as text, would-deny flows linked.
-	step(t, ctx, "policies", chromedp.Navigate(srv.URL+"/#/policies"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=monitor]`)))
-	step(t, ctx, "policy detail", chromedp.Navigate(srv.URL+"/#/policies/web-mesh"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=policy-yaml]`)))
-	if y := eval[string](t, ctx, `document.querySelector('[data-testid=policy-yaml]').textContent`); !strings.Contains(y, "<script>alert(3)</script>") {
+	browsertest.Step(t, ctx, "policies", chromedp.Navigate(srv.URL+"/#/policies"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=monitor]`)))
+	browsertest.Step(t, ctx, "policy detail", chromedp.Navigate(srv.URL+"/#/policies/web-mesh"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=policy-yaml]`)))
+	if y := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=policy-yaml]').textContent`); !strings.Contains(y, "<script>alert(3)</script>") {
 		t.Errorf("policy YAML %q", y)
 	}
-	if href := eval[string](t, ctx, `document.querySelector('[data-testid=would-deny-link]').getAttribute('href')`); href != "#/flows?rule=peers&verdict=would-deny&since=24h" {
+	if href := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=would-deny-link]').getAttribute('href')`); href != "#/flows?rule=peers&verdict=would-deny&since=24h" {
 		t.Errorf("would-deny link %q", href)
 	}
-	if !eval[bool](t, ctx, noImg) {
+	if !browsertest.Eval[bool](t, ctx, browsertest.NoImg) {
 		t.Error("an <img> or inline script made it into the page")
 	}
 
 	// Logout: the session is gone; the next page asks to log in again.
-	step(t, ctx, "logout", chromedp.Click(chromedp.CSS(`[data-testid=logout]`)), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)))
-	step(t, ctx, "after logout", chromedp.Navigate(srv.URL+"/#/agents"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)))
+	browsertest.Step(t, ctx, "logout", chromedp.Click(chromedp.CSS(`[data-testid=logout]`)), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)))
+	browsertest.Step(t, ctx, "after logout", chromedp.Navigate(srv.URL+"/#/agents"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)))
 	if api.csrfBad != 0 {
 		t.Errorf("%d POSTs went without the CSRF token", api.csrfBad)
 	}
@@ -486,11 +370,11 @@ func TestBrowserAPIError(t *testing.T) {
 			w.Write([]byte("<html>proxy error</html>"))
 		})
 	})
-	ctx, consoleErrors := browser(t)
-	step(t, ctx, "log in", login(srv.URL), chromedp.WaitVisible(chromedp.CSS(`[data-testid=map]`)))
+	ctx, consoleErrors := browsertest.Browser(t)
+	browsertest.Step(t, ctx, "log in", login(srv.URL), chromedp.WaitVisible(chromedp.CSS(`[data-testid=map]`)))
 	for page, want := range map[string]string{"agents": "store unavailable", "policies": "not JSON"} {
-		step(t, ctx, page, chromedp.Navigate(srv.URL+"/#/"+page), chromedp.WaitVisible(chromedp.CSS(`[data-testid=page-`+page+`] [data-testid=error]`)))
-		if msg := eval[string](t, ctx, `document.querySelector('[data-testid=page-`+page+`] [data-testid=error]').textContent`); !strings.Contains(msg, want) {
+		browsertest.Step(t, ctx, page, chromedp.Navigate(srv.URL+"/#/"+page), chromedp.WaitVisible(chromedp.CSS(`[data-testid=page-`+page+`] [data-testid=error]`)))
+		if msg := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=page-`+page+`] [data-testid=error]').textContent`); !strings.Contains(msg, want) {
 			t.Errorf("%s: error %q, want it to say %q", page, msg, want)
 		}
 	}
@@ -549,12 +433,12 @@ func TestBrowserMapLarge(t *testing.T) {
 	api := newFakeAPI(t)
 	api.fixture["map"] = largeMap(1000)
 	srv := serveDashboard(t, api, nil)
-	ctx, consoleErrors := browser(t)
+	ctx, consoleErrors := browsertest.Browser(t)
 	start := time.Now()
-	step(t, ctx, "log in", login(srv.URL))
-	waitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
+	browsertest.Step(t, ctx, "log in", login(srv.URL))
+	browsertest.WaitFor(t, ctx, "the map", `window.egMap && window.egMap.ready`)
 	grouped := time.Since(start)
-	groups := eval[[]struct {
+	groups := browsertest.Eval[[]struct {
 		Name      string
 		Collapsed bool
 		Members   int
@@ -567,15 +451,15 @@ func TestBrowserMapLarge(t *testing.T) {
 			t.Errorf("group %+v: want collapsed with 50 members", g)
 		}
 	}
-	if n := len(eval[[]string](t, ctx, `window.egMap.nodes()`)); n != 20 {
+	if n := len(browsertest.Eval[[]string](t, ctx, `window.egMap.nodes()`)); n != 20 {
 		t.Errorf("%d nodes drawn collapsed, want 20", n)
 	}
 	start = time.Now()
-	step(t, ctx, "expand all", chromedp.Click(chromedp.CSS(`[data-testid=map-expand-all]`)))
-	waitFor(t, ctx, "expanded", `window.egMap.ready && window.egMap.nodes().length === 1000`)
+	browsertest.Step(t, ctx, "expand all", chromedp.Click(chromedp.CSS(`[data-testid=map-expand-all]`)))
+	browsertest.WaitFor(t, ctx, "expanded", `window.egMap.ready && window.egMap.nodes().length === 1000`)
 	expanded := time.Since(start)
 	t.Logf("1,000 workloads: grouped map ready %v after login; expanded (1,000 nodes, %d edges) in %v",
-		grouped.Round(time.Millisecond), len(eval[[]any](t, ctx, `window.egMap.edges()`)), expanded.Round(time.Millisecond))
+		grouped.Round(time.Millisecond), len(browsertest.Eval[[]any](t, ctx, `window.egMap.edges()`)), expanded.Round(time.Millisecond))
 	if grouped > 15*time.Second || expanded > 60*time.Second {
 		t.Errorf("too slow: grouped %v, expanded %v", grouped, expanded)
 	}
