@@ -140,6 +140,14 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			out = append(out, a)
 		}
 		writeJSON(w, 200, out)
+	case r.Method == "GET" && strings.HasPrefix(p, "alerts/"):
+		for _, a := range f.list("alerts") {
+			if fmt.Sprint(a["id"]) == strings.TrimPrefix(p, "alerts/") {
+				writeJSON(w, 200, a)
+				return
+			}
+		}
+		writeJSON(w, 404, map[string]any{"error": "no such alert"})
 	case r.Method == "POST" && strings.HasPrefix(p, "alerts/") && strings.HasSuffix(p, "/ack"):
 		var id float64
 		fmt.Sscanf(strings.TrimSuffix(strings.TrimPrefix(p, "alerts/"), "/ack"), "%g", &id)
