@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -81,11 +82,11 @@ func (k *kubeClients) verifier(o KubernetesOptions, log *zap.Logger) *join.Verif
 
 // runKubernetes publishes the CA for the agents and mirrors pods and
 // custom resources into the policy until ctx is done.
-func runKubernetes(ctx context.Context, c *Controller, k *kubeClients, o KubernetesOptions, caPEM []byte, log *zap.Logger) error {
+func runKubernetes(ctx context.Context, c *Controller, k *kubeClients, o KubernetesOptions, caPEM []byte, reg prometheus.Registerer, log *zap.Logger) error {
 	go publishCA(ctx, k, o.Namespace, caPEM, log)
 	events, stop := kube.NewEventRecorder(k.client)
 	defer stop()
-	src := kube.New(kube.Config{Client: k.client, Dynamic: k.dynamic, Repo: c.Policy, Log: log.Named("kubernetes"), Events: events})
+	src := kube.New(kube.Config{Client: k.client, Dynamic: k.dynamic, Repo: c.Policy, Log: log.Named("kubernetes"), Events: events, Registry: reg})
 	return src.Run(ctx)
 }
 

@@ -308,7 +308,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	errs := make(chan error, 3)
 	if kc != nil {
 		wg.Go(func() {
-			if err := runKubernetes(ctx, c, kc, o.Kubernetes, ca.CertPEM, log); err != nil {
+			if err := runKubernetes(ctx, c, kc, o.Kubernetes, ca.CertPEM, reg, log); err != nil {
 				errs <- fmt.Errorf("kubernetes: %w", err)
 			}
 		})

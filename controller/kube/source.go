@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -56,6 +57,8 @@ type Config struct {
 	Resync time.Duration
 	// Events records Events on the custom resources (nil: none).
 	Events EventRecorder
+	// Registry receives the source's metrics (nil: none).
+	Registry prometheus.Registerer
 }
 
 // EventRecorder is the part of client-go's record.EventRecorder the
@@ -66,9 +69,10 @@ type EventRecorder interface {
 
 // Source mirrors pods and custom resources into the repository.
 type Source struct {
-	cfg  Config
-	log  *zap.Logger
-	kick chan struct{}
+	cfg     Config
+	log     *zap.Logger
+	kick    chan struct{}
+	metrics *metrics
 
 	pods       listerscorev1.PodLister
 	namespaces listerscorev1.NamespaceLister
@@ -95,7 +99,7 @@ func New(cfg Config) *Source {
 	if cfg.Resync <= 0 {
 		cfg.Resync = time.Minute
 	}
-	return &Source{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1),
+	return &Source{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), metrics: newMetrics(cfg.Registry),
 		custom: make(map[string]cache.GenericLister)}
 }
 
@@ -297,6 +301,7 @@ func (s *Source) syncOnce(ctx context.Context) error {
 	}
 	start := time.Now()
 	res, err := s.cfg.Repo.Sync(ctx, store.SourceKubernetes, kinds, objs)
+	s.metrics.synced(time.Since(start), objs, kinds, res)
 	if err != nil {
 		var inv *policyrepo.InvalidError
 		if errors.As(err, &inv) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
@@ -86,6 +87,7 @@ type harness struct {
 	events *events
 	src    *kube.Source
 	logs   *observer.ObservedLogs
+	reg    *prometheus.Registry
 }
 
 // start runs a source against fake clients; crds says whether the
@@ -107,7 +109,8 @@ func start(t *testing.T, crds bool, objs ...runtime.Object) *harness {
 	h.repo = &countingRepo{repo: h.ctl.Srv.Policy}
 	core, logs := observer.New(zap.InfoLevel)
 	h.logs = logs
-	h.src = kube.New(kube.Config{Client: h.client, Dynamic: h.dyn, Repo: h.repo, Log: zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core())),
+	h.reg = prometheus.NewRegistry()
+	h.src = kube.New(kube.Config{Client: h.client, Dynamic: h.dyn, Repo: h.repo, Registry: h.reg, Log: zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core())),
 		Quiet: 50 * time.Millisecond, MaxDelay: 300 * time.Millisecond, Events: h.events})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -178,6 +181,12 @@ func TestPodsBecomeWorkloads(t *testing.T) {
 	}
 	if fmt.Sprint(w.Addresses) != "[10.250.1.5 fd0e::1:5]" {
 		t.Errorf("addresses %v, want both families", w.Addresses)
+	}
+	if n := metric(t, h.reg, "eastguard_controller_kubernetes_objects", "Workload"); n != 2 {
+		t.Errorf("objects gauge for Workload %v, want 2", n)
+	}
+	if n := metric(t, h.reg, "eastguard_controller_kubernetes_syncs_total", "changed"); n < 1 {
+		t.Errorf("changed syncs %v, want at least 1", n)
 	}
 	if db := h.workload("shop/db-1"); db == nil || db.Node != "node-b" {
 		t.Errorf("pod on node-b: %+v", db)
@@ -505,4 +514,22 @@ func until(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 		}
 		return errors.New("not yet")
 	})
+}
+
+// metric is the value of a gauge or counter child by its one label value.
+func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == name && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
+				return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no %s{%s}", name, label)
+	return 0
 }
