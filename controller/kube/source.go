@@ -29,6 +29,10 @@ import (
 	"github.com/eastguard/eastguard/internal/policy"
 )
 
+// customSyncWait bounds the wait for a custom resource's cache before
+// the next kind is looked at.
+const customSyncWait = 30 * time.Second
+
 // customKinds are the custom resources the controller watches, in the
 // order it reads them.
 var customKinds = []string{crdv1.KindPolicy, crdv1.KindAlertRule, crdv1.KindWebhook}
@@ -81,6 +85,9 @@ type Source struct {
 	// informers have synced, by kind.
 	mu     sync.Mutex
 	custom map[string]cache.GenericLister
+	// handled says which custom informers have the source's handler
+	// (only the goroutine that runs startCustom touches it).
+	handled map[string]bool
 
 	synced atomic.Bool
 }
@@ -100,7 +107,7 @@ func New(cfg Config) *Source {
 		cfg.Resync = time.Minute
 	}
 	return &Source{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), metrics: newMetrics(cfg.Registry),
-		custom: make(map[string]cache.GenericLister)}
+		custom: make(map[string]cache.GenericLister), handled: make(map[string]bool)}
 }
 
 // Synced reports whether the first sync after the informers' caches
@@ -157,12 +164,28 @@ func (s *Source) Run(ctx context.Context) error {
 	// resources' caches (their kinds are left as stored until theirs
 	// have synced).
 	s.changed()
+	// The custom resources are looked for, and their caches waited for,
+	// beside the sync loop: a CRD missing or unreadable never holds up
+	// the pods.
 	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, s.cfg.Resync)
-	defer dyn.Shutdown()
-	s.startCustom(ctx, dyn)
+	var custom sync.WaitGroup
+	custom.Go(func() {
+		recheck := time.NewTicker(s.cfg.Resync)
+		defer recheck.Stop()
+		for {
+			s.startCustom(ctx, dyn)
+			select {
+			case <-ctx.Done():
+				return
+			case <-recheck.C:
+			}
+		}
+	})
+	defer func() {
+		custom.Wait()
+		dyn.Shutdown()
+	}()
 
-	recheck := time.NewTicker(s.cfg.Resync)
-	defer recheck.Stop()
 	retry := time.NewTimer(0)
 	<-retry.C
 	backoff := time.Duration(0)
@@ -170,9 +193,6 @@ func (s *Source) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-recheck.C:
-			s.startCustom(ctx, dyn)
-			continue
 		case <-retry.C:
 		case <-s.kick:
 			if !s.settle(ctx) {
@@ -214,7 +234,7 @@ func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSha
 		s.log.Warn("cannot list the eastguard.dev custom resources; retrying", zap.Error(err))
 		return
 	}
-	var started []string
+	pending := make(map[string]informers.GenericInformer)
 	for _, kind := range customKinds {
 		s.mu.Lock()
 		watching := s.custom[kind] != nil
@@ -224,18 +244,46 @@ func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSha
 			continue
 		}
 		inf := dyn.ForResource(gvr)
-		if _, err := inf.Informer().AddEventHandler(s.handler()); err != nil {
-			s.log.Error("watch custom resource", zap.String("kind", kind), zap.Error(err))
-			continue
+		if !s.handled[kind] {
+			if _, err := inf.Informer().AddEventHandler(s.handler()); err != nil {
+				s.log.Error("watch custom resource", zap.String("kind", kind), zap.Error(err))
+				continue
+			}
+			s.handled[kind] = true
 		}
-		dyn.Start(ctx.Done())
-		if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+		pending[kind] = inf
+	}
+	dyn.Start(ctx.Done())
+	// Each kind is read as soon as its cache is full. Bounded: a cache
+	// that cannot fill (its list forbidden to the controller) holds up
+	// neither the pods nor the other kinds, and is waited for again at
+	// the next look.
+	var started []string
+	deadline := time.Now().Add(customSyncWait)
+	for len(pending) > 0 {
+		for _, kind := range customKinds {
+			if inf := pending[kind]; inf != nil && inf.Informer().HasSynced() {
+				s.mu.Lock()
+				s.custom[kind] = inf.Lister()
+				s.mu.Unlock()
+				started = append(started, kind)
+				delete(pending, kind)
+			}
+		}
+		if len(pending) == 0 || !time.Now().Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
 			return
+		case <-time.After(100 * time.Millisecond):
 		}
-		s.mu.Lock()
-		s.custom[kind] = inf.Lister()
-		s.mu.Unlock()
-		started = append(started, kind)
+	}
+	for _, kind := range customKinds {
+		if pending[kind] != nil {
+			s.log.Error("custom resources not readable; their objects stay as last synced (check the controller's RBAC)",
+				zap.String("crd", crdv1.Resources[kind].Resource+"."+crdv1.Group), zap.Duration("waited", customSyncWait))
+		}
 	}
 	if len(started) > 0 {
 		s.log.Info("watching eastguard.dev custom resources", zap.Strings("kinds", started))

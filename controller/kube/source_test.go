@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -25,6 +26,7 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
@@ -94,6 +96,13 @@ type harness struct {
 // custom resource definitions are installed.
 func start(t *testing.T, crds bool, objs ...runtime.Object) *harness {
 	t.Helper()
+	return startWith(t, crds, nil, objs...)
+}
+
+// startWith is start with setup run on the fake clients before the
+// source starts (reactors that inject failures).
+func startWith(t *testing.T, crds bool, setup func(*harness), objs ...runtime.Object) *harness {
+	t.Helper()
 	h := &harness{t: t, ctl: controllertest.New(t), client: fake.NewClientset(objs...), events: &events{}}
 	listKinds := make(map[schema.GroupVersionResource]string)
 	var resources []metav1.APIResource
@@ -112,6 +121,9 @@ func start(t *testing.T, crds bool, objs ...runtime.Object) *harness {
 	h.reg = prometheus.NewRegistry()
 	h.src = kube.New(kube.Config{Client: h.client, Dynamic: h.dyn, Repo: h.repo, Registry: h.reg, Log: zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core())),
 		Quiet: 50 * time.Millisecond, MaxDelay: 300 * time.Millisecond, Events: h.events})
+	if setup != nil {
+		setup(h)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.src.Run(ctx) }()
@@ -532,4 +544,28 @@ func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 
 	}
 	t.Fatalf("no %s{%s}", name, label)
 	return 0
+}
+
+// TestUnreadableCustomResourceDoesNotStallPods: the controller may not
+// list one CRD's objects (RBAC forgot it); pods are mirrored all the same,
+// and the readable custom resources are too.
+func TestUnreadableCustomResourceDoesNotStallPods(t *testing.T) {
+	ctx := context.Background()
+	h := startWith(t, true, func(h *harness) {
+		h.dyn.PrependReactor("list", "policies", func(clienttesting.Action) (bool, runtime.Object, error) {
+			return true, nil, apierrors.NewForbidden(crdv1.PolicyResource.GroupResource(), "", errors.New("RBAC: not allowed"))
+		})
+	}, pod("shop", "web-1", "node-a", map[string]string{"app": "web"}, "10.250.1.5"))
+	h.waitWorkload("shop/web-1", func(w *apiclient.WorkloadView) bool { return w != nil })
+	wh := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": crdv1.SchemeGroupVersion.String(), "kind": policy.KindWebhook,
+		"metadata": map[string]any{"name": "sec"},
+		"spec":     map[string]any{"url": "https://hooks.example.com/x"},
+	}}
+	if _, err := h.dyn.Resource(crdv1.WebhookResource).Create(ctx, wh, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	until(t, 20*time.Second, "the Webhook mirrored while Policies cannot be read", func() bool {
+		return len(h.ctl.Srv.Policy.Documents(policy.KindWebhook)) == 1
+	})
 }
