@@ -15,10 +15,9 @@
 // runs the cleanups. Either way every namespace, pin and process is
 // removed by the TB's cleanups.
 //
-// It runs the built binaries (controller, agent, egctl) as processes,
-// and imports nothing of agent/... nor controller/... but the webhook
-// signature's check (controller/alert/webhook/payload), which is what a
-// receiver is documented to use.
+// It runs the built binaries (controller, agent, egctl) as processes;
+// the control plane and the webhook receiver are test/harness's, which
+// test/e2e shares.
 package demo
 
 import (
@@ -29,8 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -38,15 +35,14 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/eastguard/eastguard/controller/alert/webhook/payload"
 	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/testutil"
 	"github.com/eastguard/eastguard/internal/testutil/netns"
 	"github.com/eastguard/eastguard/internal/testutil/topo"
+	"github.com/eastguard/eastguard/test/harness"
 )
 
 // Config is what a run needs.
@@ -81,9 +77,6 @@ type Result struct {
 	AlertDelay, Propagation time.Duration
 }
 
-// ControllerHTTP is the controller's --http-listen inside its namespace.
-const ControllerHTTP = "127.0.0.1:8080"
-
 // The fixtures the scenario reuses: the shop policy of docs/POLICY.md
 // (its Policy "shop" and AlertRule "unexpected-ssh"), the signed webhook
 // of the SSH alert fixture, and the demo's own two additions.
@@ -111,13 +104,10 @@ type scenario struct {
 	db1, bastion        *topo.Workload
 	laptop              *netns.NS
 	laptopAddr          netip.Addr
-	ctl                 *netns.NS
-	rc                  *receiver
+	cp                  *harness.ControlPlane
+	rc                  *harness.Receiver
 	policyFile          string
-	secret              string
 	webhookURL          string
-	controller          *topo.Process
-	changeApplied       uint64
 	firstVersionApplied uint64
 }
 
@@ -177,14 +167,14 @@ func (s *scenario) run() {
 	s.checkFlows()
 
 	s.say("Why was it blocked? egctl explain --from web-1 --to db-1 --port 22/tcp")
-	out, _, err := s.egctlRun("explain", "--from", "web-1", "--to", "db-1", "--port", "22/tcp", s.policyFile)
+	out, _, err := s.cp.Egctl("explain", "--from", "web-1", "--to", "db-1", "--port", "22/tcp", s.policyFile)
 	s.indent(out)
 	if !strings.Contains(out, "default-deny") && !strings.Contains(out, "denied") {
 		t.Errorf("egctl explain web-1 -> db-1 22/tcp (%v): want a denial, got\n%s", err, out)
 	}
 
 	s.say("Both agents run the latest rule set (egctl agents)")
-	s.indent(s.egctl("agents"))
+	s.indent(s.cp.MustEgctl("agents"))
 	s.waitSynced(s.firstVersionApplied)
 
 	s.say("A policy change: web may reach db on 6432 (PgBouncer) too")
@@ -232,50 +222,28 @@ func (s *scenario) topology() {
 	s.line("ops laptop  %s (no agent, no policy: outside the segmentation)", s.laptopAddr)
 }
 
-// startController links a namespace to both nodes (node i reaches it at
-// 10.250.240.(4i-3)), starts the webhook receiver on its loopback and the
-// controller in it.
+// startController links a namespace to both nodes, starts the webhook
+// receiver on its loopback and the controller in it.
 func (s *scenario) startController() {
 	t := s.t
-	s.ctl = netns.New(t, "ctl")
-	s.record("netns", s.ctl.Name)
-	s.res.ControlNS = s.ctl
-	for _, n := range []*topo.Node{s.nodeA, s.nodeB} {
-		ctlSide := fmt.Sprintf("eg-c%d", n.Index)
-		netns.Veth(t, s.ctl, ctlSide, n.NS, "eg-ctl")
-		base := 4*n.Index - 4
-		s.ctl.IP(t, "addr", "add", fmt.Sprintf("10.250.240.%d/30", base+1), "dev", ctlSide)
-		n.NS.IP(t, "addr", "add", fmt.Sprintf("10.250.240.%d/30", base+2), "dev", "eg-ctl")
-	}
+	s.cp = harness.NewControlPlane(t, s.cfg.Bin, filepath.Join(s.cfg.WorkDir, "controller"), s.nodeA, s.nodeB)
+	s.record("netns", s.cp.NS.Name)
+	s.res.ControlNS = s.cp.NS
+	s.res.AdminConf = s.cp.AdminConf()
 
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
-	s.secret = hex.EncodeToString(b)
-	s.rc = &receiver{secret: []byte(s.secret), s: s}
-	var lis net.Listener
-	if err := s.ctl.Do(func() (err error) { lis, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
-		t.Fatalf("webhook receiver: %v", err)
-	}
-	hs := &http.Server{Handler: s.rc, ReadHeaderTimeout: 5 * time.Second}
-	go hs.Serve(lis)
-	t.Cleanup(func() { hs.Close() })
-	s.webhookURL = "http://" + lis.Addr().String() + "/eastguard"
+	secret := hex.EncodeToString(b)
+	s.rc = harness.NewReceiver([]byte(secret))
+	s.rc.OnDelivery = s.printDelivery
+	s.webhookURL = s.cp.ServeWebhook(s.rc)
 
-	dataDir := filepath.Join(s.cfg.WorkDir, "controller")
-	s.res.AdminConf = filepath.Join(dataDir, "admin.conf")
 	// The receiver is on the namespace's loopback: a private address,
 	// which webhooks may only reach with --webhook-allow-private.
-	cmd := s.ctl.Nsenter(t.Context(), s.cfg.Bin["eastguard-controller"], "--data-dir", dataDir,
-		"--grpc-listen", ":7443", "--http-listen", ControllerHTTP, "--log-format", "console", "--webhook-allow-private")
-	cmd.Env = append(os.Environ(), "EASTGUARD_WEBHOOK_SECRET="+s.secret)
-	s.controller = s.start("controller", cmd)
-	testutil.Eventually(t, 20*time.Second, "the controller to serve", func() error {
-		if s.controller.Exited() {
-			t.Fatalf("controller exited:\n%s", s.controller.Output())
-		}
-		_, _, err := s.egctlRun("agents")
-		return err
-	})
+	s.cp.Args = []string{"--webhook-allow-private"}
+	s.cp.Env = []string{"EASTGUARD_WEBHOOK_SECRET=" + secret}
+	s.cp.OnStart = func(p *topo.Process) { s.record("pid", fmt.Sprint(p.Cmd.Process.Pid)) }
+	s.cp.Start()
 	conf, err := os.ReadFile(s.res.AdminConf)
 	if err != nil {
 		t.Fatalf("admin.conf: %v", err)
@@ -285,7 +253,8 @@ func (s *scenario) startController() {
 	} else {
 		t.Fatalf("no token in %s", s.res.AdminConf)
 	}
-	s.line("controller: gRPC for agents on 10.250.240.1:7443 (node-a) and .5:7443 (node-b), API and dashboard on %s", ControllerHTTP)
+	s.line("controller: gRPC for agents on %s (node-a) and %s (node-b), API and dashboard on %s",
+		s.cp.Addr(s.nodeA), s.cp.Addr(s.nodeB), harness.ControllerHTTP)
 	s.line("webhook receiver: %s (checks each delivery's X-Eastguard-Signature)", s.webhookURL)
 }
 
@@ -341,7 +310,7 @@ func (s *scenario) applyPolicy() {
 	if err := os.WriteFile(s.policyFile, []byte(s.demoPolicy(false)), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
-	s.indent(s.egctl("apply", "-f", s.policyFile))
+	s.indent(s.cp.MustEgctl("apply", "-f", s.policyFile))
 	s.line("policy file: %s", s.policyFile)
 	s.line("rules: lb -> web 443, web -> db 5432 (shop); bastion -> db 22 (ops); anything else denied")
 	s.line("alert: unexpected-ssh, any denied TCP 22 attempt, notifying webhook security-team")
@@ -350,7 +319,6 @@ func (s *scenario) applyPolicy() {
 func (s *scenario) joinAgents() {
 	t := s.t
 	for _, n := range []*topo.Node{s.nodeA, s.nodeB} {
-		out := strings.Split(strings.TrimSpace(s.egctl("token", "create", "--node", n.Name, "--ttl", "10m")), "\n")
 		s.record("bpffs", n.BPFFSDir)
 		agent := s.cfg.Bin["eastguard-agent"]
 		t.Cleanup(func() {
@@ -360,7 +328,7 @@ func (s *scenario) joinAgents() {
 		})
 		stateDir := filepath.Join(s.cfg.WorkDir, "agent-"+n.Name)
 		s.start("agent-"+n.Name, n.NS.Nsenter(t.Context(), agent, "--node", n.Name,
-			"--controller", fmt.Sprintf("10.250.240.%d:7443", 4*n.Index-3), "--join-token", out[len(out)-1],
+			"--controller", s.cp.Addr(n), "--join-token", s.cp.Token(n.Name),
 			"--state-dir", stateDir, "--bpffs-dir", n.BPFFSDir, "--log-format", "console"))
 	}
 	start := time.Now()
@@ -395,24 +363,13 @@ func (s *scenario) mustDrop(what string, from *netns.NS, to netip.Addr, port int
 	s.deny(what)
 }
 
-// alertRow is the part of `egctl alerts -o json` the scenario reads.
-type alertRow struct {
-	ID          int64  `json:"id"`
-	Rule        string `json:"rule"`
-	State       string `json:"state"`
-	Count       uint64 `json:"count"`
-	Source      string `json:"source"`
-	Destination string `json:"destination"`
-	Port        uint16 `json:"port"`
-}
-
 func (s *scenario) sshAttempts() {
 	t := s.t
 	start := time.Now()
 	s.mustDrop("web-1   -> db-1:22   (ssh)", s.web1.NS, s.db1.Addr4, 22)
-	var first received
+	var first harness.Received
 	testutil.Eventually(t, 15*time.Second, "the alert at the webhook receiver", func() error {
-		got, errs := s.rc.requests()
+		got, errs := s.rc.Requests()
 		if len(errs) > 0 {
 			t.Fatalf("webhook deliveries that do not verify or parse: %v", errs)
 		}
@@ -422,25 +379,25 @@ func (s *scenario) sshAttempts() {
 		first = got[0]
 		return nil
 	})
-	s.res.AlertDelay = first.at.Sub(start)
+	s.res.AlertDelay = first.At.Sub(start)
 	s.line("the signed alert reached the receiver %v after the attempt", s.res.AlertDelay.Round(time.Millisecond))
 	// A generous bound: the target is a second, measured and printed above;
 	// a slow, shared machine must not make this fail.
 	if s.res.AlertDelay > 5*time.Second {
 		t.Errorf("alert reached the webhook %v after the attempt, want well under 5s (target 1s)", s.res.AlertDelay)
 	}
-	a := first.payload.Alert
-	if first.payload.Event != "firing" || a.Rule != "unexpected-ssh" || a.Count != 1 || a.Port != 22 ||
+	a := first.Payload.Alert
+	if first.Payload.Event != "firing" || a.Rule != "unexpected-ssh" || a.Count != 1 || a.Port != 22 ||
 		a.Verdict != "denied" || a.Source.Workload != "web-1" || a.Destination.Workload != "db-1" {
-		t.Errorf("webhook payload: %+v", first.payload)
+		t.Errorf("webhook payload: %+v", first.Payload)
 	}
 
 	s.say("They try again: the same alert counts it, no second notification")
 	s.mustDrop("web-1   -> db-1:22   (ssh, again)", s.web1.NS, s.db1.Addr4, 22)
-	var rows []alertRow
+	var rows []harness.AlertRow
 	testutil.Eventually(t, 15*time.Second, "the alert counting the repeat", func() error {
 		rows = nil
-		if err := json.Unmarshal([]byte(s.egctl("alerts", "-o", "json")), &rows); err != nil {
+		if err := json.Unmarshal([]byte(s.cp.MustEgctl("alerts", "-o", "json")), &rows); err != nil {
 			return err
 		}
 		if len(rows) != 1 || rows[0].Count != 2 || rows[0].ID != a.ID || rows[0].Rule != "unexpected-ssh" ||
@@ -452,7 +409,7 @@ func (s *scenario) sshAttempts() {
 	// A second delivery, if one (wrongly) existed, would be sent at once:
 	// give it time to arrive.
 	time.Sleep(time.Second)
-	got, errs := s.rc.requests()
+	got, errs := s.rc.Requests()
 	if len(got) != 1 || len(errs) != 0 {
 		t.Errorf("webhook got %d deliveries (%d refused: %v), want exactly 1", len(got), len(errs), errs)
 	}
@@ -482,7 +439,7 @@ func (s *scenario) checkFlows() {
 	var rows []flowRow
 	testutil.Eventually(s.t, 15*time.Second, "the flows at the controller", func() error {
 		rows = nil
-		if err := json.Unmarshal([]byte(s.egctl("flows", "--limit", "500", "-o", "json")), &rows); err != nil {
+		if err := json.Unmarshal([]byte(s.cp.MustEgctl("flows", "--limit", "500", "-o", "json")), &rows); err != nil {
 			return err
 		}
 		for _, w := range want {
@@ -501,48 +458,10 @@ func (s *scenario) checkFlows() {
 	}
 }
 
-// agentRow is the part of `egctl agents -o json` the scenario reads.
-type agentRow struct {
-	Node           string `json:"node"`
-	Connected      bool   `json:"connected"`
-	AppliedVersion uint64 `json:"appliedVersion"`
-	LatestVersion  uint64 `json:"latestVersion"`
-}
-
-func (s *scenario) agents() (map[string]agentRow, error) {
-	out, errs, err := s.egctlRun("agents", "-o", "json")
-	if err != nil {
-		return nil, fmt.Errorf("egctl agents: %v: %s", err, errs)
-	}
-	var rows []agentRow
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
-		return nil, err
-	}
-	m := make(map[string]agentRow, len(rows))
-	for _, r := range rows {
-		m[r.Node] = r
-	}
-	return m, nil
-}
-
 // waitSynced waits until both agents are connected and have applied the
 // latest version, at least minVersion.
-func (s *scenario) waitSynced(minVersion uint64) map[string]agentRow {
-	var rows map[string]agentRow
-	testutil.Eventually(s.t, 30*time.Second, "both agents at the latest version", func() error {
-		var err error
-		if rows, err = s.agents(); err != nil {
-			return err
-		}
-		for _, n := range []string{"node-a", "node-b"} {
-			r := rows[n]
-			if !r.Connected || r.AppliedVersion < minVersion || r.AppliedVersion != r.LatestVersion {
-				return fmt.Errorf("%s: %+v", n, r)
-			}
-		}
-		return nil
-	})
-	return rows
+func (s *scenario) waitSynced(minVersion uint64) map[string]harness.AgentRow {
+	return s.cp.WaitSynced(minVersion, "node-a", "node-b")
 }
 
 func (s *scenario) policyChange() {
@@ -552,7 +471,7 @@ func (s *scenario) policyChange() {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	s.indent(s.egctl("apply", "-f", s.policyFile))
+	s.indent(s.cp.MustEgctl("apply", "-f", s.policyFile))
 	rows := s.waitSynced(s.firstVersionApplied + 1)
 	s.res.Propagation = time.Since(start)
 	s.line("both nodes enforce version %d, %v after egctl apply started (egctl's own run included)",
@@ -562,91 +481,14 @@ func (s *scenario) policyChange() {
 	s.mustDrop("web-1   -> db-1:22   (still no SSH)", s.web1.NS, s.db1.Addr4, 22)
 }
 
-// egctlRun runs egctl in the controller's namespace with its admin.conf.
-func (s *scenario) egctlRun(args ...string) (stdout, stderr string, err error) {
-	cmd := s.ctl.Nsenter(s.t.Context(), s.cfg.Bin["egctl"], args...)
-	cmd.Env = append(os.Environ(), "EGCTL_CONFIG="+s.res.AdminConf)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
-	return out.String(), errb.String(), err
-}
-
-func (s *scenario) egctl(args ...string) string {
-	s.t.Helper()
-	out, errs, err := s.egctlRun(args...)
+// printDelivery is the receiver's voice: each delivery as it arrives.
+func (s *scenario) printDelivery(d harness.Received, err error) {
 	if err != nil {
-		s.t.Fatalf("egctl %s: %v\n%s%s", strings.Join(args, " "), err, out, errs)
-	}
-	return out
-}
-
-// receiver is the security team's webhook endpoint: it verifies each
-// delivery's signature, prints the alert and keeps it.
-type receiver struct {
-	secret []byte
-	s      *scenario
-	mu     sync.Mutex
-	got    []received
-	errs   []string
-}
-
-type received struct {
-	at      time.Time
-	payload webhookPayload
-}
-
-// webhookPayload is the part of the documented JSON schema the demo
-// shows.
-type webhookPayload struct {
-	Event string `json:"event"`
-	Alert struct {
-		ID          int64  `json:"id"`
-		Rule        string `json:"rule"`
-		Severity    string `json:"severity"`
-		Count       uint64 `json:"count"`
-		Port        uint16 `json:"port"`
-		Protocol    string `json:"protocol"`
-		Verdict     string `json:"verdict"`
-		Decider     string `json:"decidingRule"`
-		Node        string `json:"node"`
-		Source      end    `json:"source"`
-		Destination end    `json:"destination"`
-	} `json:"alert"`
-}
-
-type end struct {
-	Workload string `json:"workload"`
-	Address  string `json:"address"`
-}
-
-func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	at := time.Now()
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	if err == nil {
-		err = payload.Verify(rc.secret, r.Header.Get("X-Eastguard-Signature"), body, at, 5*time.Minute)
-	}
-	var p webhookPayload
-	if err == nil {
-		err = json.Unmarshal(body, &p)
-	}
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	if err != nil {
-		rc.errs = append(rc.errs, err.Error())
-		rc.s.line("%s webhook delivery refused: %v", rc.s.style("33", "receiver:"), err)
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		s.line("%s webhook delivery refused: %v", s.style("33", "receiver:"), err)
 		return
 	}
-	rc.got = append(rc.got, received{at: at, payload: p})
-	a := p.Alert
-	rc.s.line("%s signature valid, %s alert %d, rule %s, %s: %s (%s) -> %s (%s) %s/%d %s by %s on %s, count %d",
-		rc.s.style("35", "receiver:"), p.Event, a.ID, a.Rule, a.Severity, a.Source.Workload, a.Source.Address,
+	p, a := d.Payload, d.Payload.Alert
+	s.line("%s signature valid, %s alert %d, rule %s, %s: %s (%s) -> %s (%s) %s/%d %s by %s on %s, count %d",
+		s.style("35", "receiver:"), p.Event, a.ID, a.Rule, a.Severity, a.Source.Workload, a.Source.Address,
 		a.Destination.Workload, a.Destination.Address, a.Protocol, a.Port, a.Verdict, a.Decider, a.Node, a.Count)
-}
-
-func (rc *receiver) requests() ([]received, []string) {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	return append([]received(nil), rc.got...), append([]string(nil), rc.errs...)
 }

@@ -37,6 +37,7 @@ import (
 
 	"github.com/eastguard/eastguard/internal/testutil/netns"
 	"github.com/eastguard/eastguard/test/demo"
+	"github.com/eastguard/eastguard/test/harness"
 )
 
 func main() {
@@ -127,7 +128,7 @@ func play(stateRoot, binDir, listen string, keep bool) int {
 	if isTerminal(os.Stdout) {
 		heading = "\033[1m" + heading + "\033[0m"
 	}
-	fmt.Printf("\n%s\n   %s   (forwarded into the controller's namespace, %s there)\n", heading, url, demo.ControllerHTTP)
+	fmt.Printf("\n%s\n   %s   (forwarded into the controller's namespace, %s there)\n", heading, url, harness.ControllerHTTP)
 	fmt.Printf("   admin token: %s   (from %s)\n", res.AdminToken, res.AdminConf)
 	fmt.Printf("\n   measured: SSH attempt to signed alert %v; policy change on both nodes %v; whole run %v\n",
 		res.AlertDelay.Round(time.Millisecond), res.Propagation.Round(time.Millisecond), time.Since(start).Round(100*time.Millisecond))
@@ -163,7 +164,7 @@ func forward(addr string, ns *netns.NS) (net.Listener, error) {
 				defer c.Close()
 				var up net.Conn
 				if err := ns.Do(func() (err error) {
-					up, err = net.DialTimeout("tcp", demo.ControllerHTTP, 5*time.Second)
+					up, err = net.DialTimeout("tcp", harness.ControllerHTTP, 5*time.Second)
 					return err
 				}); err != nil {
 					return
