@@ -394,18 +394,7 @@ func (s *scenario) sshAttempts() {
 
 	s.say("They try again: the same alert counts it, no second notification")
 	s.mustDrop("web-1   -> db-1:22   (ssh, again)", s.web1.NS, s.db1.Addr4, 22)
-	var rows []harness.AlertRow
-	testutil.Eventually(t, 15*time.Second, "the alert counting the repeat", func() error {
-		rows = nil
-		if err := json.Unmarshal([]byte(s.cp.MustEgctl("alerts", "-o", "json")), &rows); err != nil {
-			return err
-		}
-		if len(rows) != 1 || rows[0].Count != 2 || rows[0].ID != a.ID || rows[0].Rule != "unexpected-ssh" ||
-			rows[0].Source != "web-1" || rows[0].Destination != "db-1" || rows[0].Port != 22 {
-			return fmt.Errorf("alerts %+v", rows)
-		}
-		return nil
-	})
+	row := s.cp.WaitOnlyAlert(harness.AlertRow{ID: a.ID, Rule: "unexpected-ssh", State: "open", Count: 2, Source: "web-1", Destination: "db-1", Port: 22})
 	// A second delivery, if one (wrongly) existed, would be sent at once:
 	// give it time to arrive.
 	time.Sleep(time.Second)
@@ -414,7 +403,7 @@ func (s *scenario) sshAttempts() {
 		t.Errorf("webhook got %d deliveries (%d refused: %v), want exactly 1", len(got), len(errs), errs)
 	}
 	s.line("egctl alerts: alert %d, rule %s, %s -> %s port %d, count %d, %s; deliveries received: %d",
-		rows[0].ID, rows[0].Rule, rows[0].Source, rows[0].Destination, rows[0].Port, rows[0].Count, rows[0].State, len(got))
+		row.ID, row.Rule, row.Source, row.Destination, row.Port, row.Count, row.State, len(got))
 }
 
 // flowRow is the part of `egctl flows -o json` the scenario reads.

@@ -285,3 +285,20 @@ func (rc *Receiver) Requests() ([]Received, []string) {
 	defer rc.mu.Unlock()
 	return append([]Received(nil), rc.got...), append([]string(nil), rc.errs...)
 }
+
+// WaitOnlyAlert waits until `egctl alerts` lists exactly one alert and it
+// is want (every field compared), and returns it.
+func (cp *ControlPlane) WaitOnlyAlert(want AlertRow) AlertRow {
+	cp.t.Helper()
+	testutil.Eventually(cp.t, 15*time.Second, "the only alert to be "+fmt.Sprintf("%+v", want), func() error {
+		var rows []AlertRow
+		if err := json.Unmarshal([]byte(cp.MustEgctl("alerts", "-o", "json")), &rows); err != nil {
+			return err
+		}
+		if len(rows) != 1 || rows[0] != want {
+			return fmt.Errorf("alerts %+v", rows)
+		}
+		return nil
+	})
+	return want
+}
