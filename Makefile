@@ -107,11 +107,15 @@ bench-throughput: build ## iperf3 through an enforcing veth vs no program vs nft
 e2e: build ## Only the end-to-end tests under test/.
 	$(GO) test $(TEST_FLAGS) ./test/...
 
-demo: deps-run build ## Run the demo (root): a simulated node, three workloads, allowed and denied traffic.
-	deploy/demo/demo.sh
+# The demo is test/demo's scenario (TestPrivilegedDemo checks the same
+# one) played by test/demo/cmd/eastguard-demo with the binaries of build.
+demo: deps-run build ## Run the demo (root): two nodes, the controller and its dashboard, allowed traffic, an SSH attempt blocked and alerted (DEMO_KEEP=1 keeps it up).
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./test/demo/cmd/eastguard-demo
+	$(BIN)/eastguard-demo --bin $(BIN)
 
-demo-clean: ## Remove whatever the demo left behind.
-	deploy/demo/clean.sh
+demo-clean: ## Stop a kept demo and remove whatever any demo run left (namespaces, pins, processes).
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./test/demo/cmd/eastguard-demo
+	$(BIN)/eastguard-demo --bin $(BIN) --clean
 
 images: ## Container images eastguard/agent:dev and eastguard/controller:dev (needs a Docker engine).
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "images: no Docker engine on this machine"; exit 1; }

@@ -1,13 +1,15 @@
 package deploy
 
 import (
-	"fmt"
+	"bufio"
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,75 +17,119 @@ import (
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
-// The demo's verdict lines, without colours: "allowed  client -> web:8080".
-var demoLine = regexp.MustCompile(`(allowed|denied|failed)\x1b\[0m\s+(\S+)\s+-> (\S+)`)
-
-// TestPrivilegedDemo runs two demos at once: each finishes, neither sees
-// the other's namespaces or pins, every probe is allowed or dropped as the
-// story says (none fails for another reason, such as a listener not up
-// yet), and nothing is left behind.
-func TestPrivilegedDemo(t *testing.T) {
+// TestPrivilegedDemoProgram runs `make demo`'s program (test/demo/cmd/
+// eastguard-demo; test/demo's TestPrivilegedDemo checks the scenario it
+// plays) twice at once: one run to its end, which must finish, print the
+// dashboard's URL and admin token and leave nothing behind; one killed
+// with SIGKILL mid-way, whose namespaces, pins and processes --clean
+// (make demo-clean) must then remove.
+func TestPrivilegedDemoProgram(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	bin := t.TempDir()
-	for _, pkg := range []string{"agent/cmd/eastguard-agent", "controller/cmd/egctl"} {
+	for _, pkg := range []string{"agent/cmd/eastguard-agent", "controller/cmd/eastguard-controller", "controller/cmd/egctl", "test/demo/cmd/eastguard-demo"} {
 		topo.BuildBinary(t, pkg, bin)
 	}
-	ids := []string{fmt.Sprintf("t%da", os.Getpid()), fmt.Sprintf("t%db", os.Getpid())}
-	t.Cleanup(func() {
-		for _, id := range ids {
-			cmd := exec.Command("deploy/demo/clean.sh")
-			cmd.Dir, cmd.Env = "../..", append(os.Environ(), "BIN="+bin, "DEMO_ID="+id)
-			cmd.Run()
-		}
-	})
-	outs := make([]string, len(ids))
-	errs := make([]error, len(ids))
-	var wg sync.WaitGroup
-	for i, id := range ids {
-		wg.Go(func() {
-			cmd := exec.Command("deploy/demo/demo.sh")
-			cmd.Dir, cmd.Env = "../..", append(os.Environ(), "BIN="+bin, "DEMO_ID="+id)
-			done := make(chan struct{})
-			time.AfterFunc(3*time.Minute, func() {
-				select {
-				case <-done:
-				default:
-					cmd.Process.Kill()
-				}
-			})
-			out, err := cmd.CombinedOutput()
-			close(done)
-			outs[i], errs[i] = string(out), err
-		})
+	state := t.TempDir()
+	demo := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(filepath.Join(bin, "eastguard-demo"), append([]string{"--bin", bin, "--state-dir", state, "--listen", "127.0.0.1:0"}, args...)...)
+		cmd.Env = append(os.Environ(), "DEMO_KEEP=")
+		return cmd
 	}
-	wg.Wait()
-	// The story: open, enforced, enforced after kill -9, open after
-	// --uninstall. Each matrix is five probes in this order.
-	open := "allowed allowed allowed allowed allowed"
-	enforced := "allowed denied allowed denied denied"
-	want := strings.Join([]string{open, enforced, enforced, open}, " ")
-	for i, out := range outs {
-		if errs[i] != nil {
-			t.Errorf("demo %s: %v\n%s", ids[i], errs[i], out)
+	t.Cleanup(func() { demo("--clean").Run() })
+
+	var wg sync.WaitGroup
+	var full []byte
+	var fullErr error
+	wg.Go(func() {
+		cmd := demo()
+		timer := time.AfterFunc(3*time.Minute, func() { cmd.Process.Kill() })
+		defer timer.Stop()
+		full, fullErr = cmd.CombinedOutput()
+	})
+
+	// The crashed run: killed once its agents enforce.
+	crash := demo()
+	var crashOut bytes.Buffer
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash.Stdout, crash.Stderr = pw, pw
+	if err := crash.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	reached := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sent := false
+		for sc.Scan() {
+			crashOut.WriteString(sc.Text() + "\n")
+			if !sent && strings.Contains(sc.Text(), "Traffic the policy allows") {
+				reached <- true
+				sent = true
+			}
+		}
+		if !sent {
+			reached <- false
+		}
+	}()
+	select {
+	case ok := <-reached:
+		if !ok {
+			t.Errorf("the run to be killed ended early:\n%s", crashOut.String())
+		}
+	case <-time.After(2 * time.Minute):
+		t.Errorf("the run to be killed did not reach its traffic in 2 minutes")
+	}
+	crash.Process.Signal(syscall.SIGKILL)
+	crash.Wait()
+	runs, _ := filepath.Glob(filepath.Join(state, "*", "resources"))
+	var left []string
+	for _, r := range runs {
+		if filepath.Base(filepath.Dir(r)) != itoa(crash.Process.Pid) {
 			continue
 		}
-		var got []string
-		for _, m := range demoLine.FindAllStringSubmatch(out, -1) {
-			got = append(got, m[1])
-		}
-		if strings.Join(got, " ") != want {
-			t.Errorf("demo %s verdicts:\n  %s\nwant\n  %s\n%s", ids[i], strings.Join(got, " "), want, out)
-		}
-		if !strings.Contains(out, "demo cleaned up") {
-			t.Errorf("demo %s did not clean up:\n%s", ids[i], out)
+		b, _ := os.ReadFile(r)
+		left = strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+	if len(left) < 9 {
+		t.Fatalf("the killed run recorded %d resources, want its 9 namespaces and more: %q", len(left), left)
+	}
+	wg.Wait()
+	out := string(full)
+	if fullErr != nil {
+		t.Errorf("demo: %v\n%s", fullErr, out)
+	}
+	for _, want := range []string{"receiver: signature valid, firing alert", "count 2, open; deliveries received: 1",
+		"http://127.0.0.1:", "admin token: egadm1.", "Cleaned up."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
-	for _, id := range ids {
-		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "egdemo-"+id) {
-			t.Errorf("demo %s left namespaces:\n%s", id, out)
+
+	if out, err := demo("--clean").CombinedOutput(); err != nil {
+		t.Errorf("eastguard-demo --clean: %v\n%s", err, out)
+	}
+	for _, l := range left {
+		kind, value, _ := strings.Cut(l, " ")
+		path := map[string]string{"netns": "/run/netns/" + value, "bpffs": value, "dir": value}[kind]
+		if kind == "pid" {
+			// Only a process still running one of ours counts: PIDs
+			// are reused.
+			if comm, err := os.ReadFile("/proc/" + value + "/comm"); err == nil &&
+				(strings.HasPrefix(string(comm), "eastguard-") || strings.HasPrefix(string(comm), "nsenter")) {
+				t.Errorf("after --clean, the killed run's process %s (%s) still runs", value, strings.TrimSpace(string(comm)))
+			}
+			continue
 		}
-		if _, err := os.Stat(filepath.Join("/sys/fs/bpf", "eastguard-demo-"+id)); err == nil {
-			t.Errorf("demo %s left its pins", id)
+		if _, err := os.Stat(path); err == nil {
+			t.Errorf("after --clean, the killed run's %s %s is still there", kind, value)
 		}
+	}
+	if entries, _ := os.ReadDir(state); len(entries) != 0 {
+		t.Errorf("state directory not emptied: %v", entries)
 	}
 }
+
+func itoa(i int) string { return strconv.Itoa(i) }

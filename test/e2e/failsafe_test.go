@@ -14,6 +14,7 @@ import (
 
 	"github.com/eastguard/eastguard/internal/testutil"
 	"github.com/eastguard/eastguard/internal/testutil/topo"
+	"github.com/eastguard/eastguard/test/harness"
 )
 
 // hostModePolicy makes node-a a host-mode workload whose policy lets in
@@ -44,38 +45,38 @@ func TestPrivilegedFailsafeKeepsAgentConnected(t *testing.T) {
 	bin := buildAll(t)
 	nodeA := topo.NewNode(t, "node-a", 1)
 	web := nodeA.AddWorkload(t, "web", 1)
-	cp := newControlPlane(t, bin, nodeA)
+	cp := harness.NewControlPlane(t, bin, t.TempDir(), nodeA)
 	t.Cleanup(func() {
 		if out, err := exec.Command(bin["eastguard-agent"], "--uninstall", "--bpffs-dir", nodeA.BPFFSDir).CombinedOutput(); err != nil {
 			t.Errorf("uninstall: %v\n%s", err, out)
 		}
 	})
 	// Something else on the controller's host for the node to reach.
-	ctlHost := &topo.Workload{Name: "controller-host", NS: cp.ns}
+	ctlHost := &topo.Workload{Name: "controller-host", NS: cp.NS}
 	ctlHost.Listen(t, 9000)
 	ctlAddr := netip.MustParseAddr("10.250.240.1")
 
-	cp.start()
+	cp.Start()
 	stateDir, flowLog := t.TempDir(), filepath.Join(t.TempDir(), "flows.jsonl")
 	startAgent := func(token string) *topo.Process {
-		args := []string{"--node", "node-a", "--controller", cp.addr(nodeA), "--state-dir", stateDir,
+		args := []string{"--node", "node-a", "--controller", cp.Addr(nodeA), "--state-dir", stateDir,
 			"--bpffs-dir", nodeA.BPFFSDir, "--flow-log", flowLog, "--metrics-listen", "127.0.0.1:9790", "--log-format", "console"}
 		if token != "" {
 			args = append(args, "--join-token", token)
 		}
 		return topo.Start(t, "agent-node-a", nodeA.NS.Nsenter(t.Context(), bin["eastguard-agent"], args...))
 	}
-	out := strings.Split(strings.TrimSpace(cp.mustEgctl("token", "create", "--node", "node-a", "--ttl", "10m")), "\n")
+	out := strings.Split(strings.TrimSpace(cp.MustEgctl("token", "create", "--node", "node-a", "--ttl", "10m")), "\n")
 	agent := startAgent(out[len(out)-1])
 
-	cp.apply(t, topo.LabPolicy(false, web))
-	cp.waitSynced(1, "node-a")
+	cp.Apply(topo.LabPolicy(false, web))
+	cp.WaitSynced(1, "node-a")
 	topo.MustPass(t, "no host-mode workload: node -> controller host 9000", nodeA.Dial(ctlAddr, 9000, 2*time.Second))
 
 	// The host-mode workload: the node's own traffic is enforced, its
 	// policy allows nothing out, and the agent stays connected.
-	cp.apply(t, hostModePolicy)
-	cp.waitSynced(2, "node-a")
+	cp.Apply(hostModePolicy)
+	cp.WaitSynced(2, "node-a")
 	topo.MustDrop(t, "host mode: node -> controller host 9000", nodeA.Dial(ctlAddr, 9000, topo.Quick))
 	testutil.Eventually(t, 10*time.Second, "the agent's /status showing the failsafe", func() error {
 		body, err := nodeA.Get("http://127.0.0.1:9790/status")
@@ -94,7 +95,7 @@ func TestPrivilegedFailsafeKeepsAgentConnected(t *testing.T) {
 			return err
 		}
 		if st.Version != 2 || !st.Failsafe.Enforced || st.Failsafe.Rule != "failsafe/control-plane" ||
-			len(st.Failsafe.Controller) != 1 || st.Failsafe.Controller[0] != cp.addr(nodeA) {
+			len(st.Failsafe.Controller) != 1 || st.Failsafe.Controller[0] != cp.Addr(nodeA) {
 			return fmt.Errorf("status: %s", body)
 		}
 		return nil
@@ -115,7 +116,7 @@ func TestPrivilegedFailsafeKeepsAgentConnected(t *testing.T) {
 		return errors.New("none in the flow log yet")
 	})
 	testutil.Eventually(t, 10*time.Second, "the controller storing the failsafe's flow", func() error {
-		out, errs, err := cp.egctl("flows", "--rule", "failsafe/control-plane", "--node", "node-a", "-o", "json")
+		out, errs, err := cp.Egctl("flows", "--rule", "failsafe/control-plane", "--node", "node-a", "-o", "json")
 		if err != nil {
 			return fmt.Errorf("egctl flows: %v: %s", err, errs)
 		}
@@ -133,8 +134,8 @@ func TestPrivilegedFailsafeKeepsAgentConnected(t *testing.T) {
 	})
 
 	// Deleting the workload reaches the agent: the node is free again.
-	cp.mustEgctl("delete", "workload", "node-a-host")
-	cp.waitSynced(3, "node-a")
+	cp.MustEgctl("delete", "workload", "node-a-host")
+	cp.WaitSynced(3, "node-a")
 	topo.MustPass(t, "host-mode workload deleted: node -> controller host 9000", nodeA.Dial(ctlAddr, 9000, 2*time.Second))
 
 	// --reset-state: the saved rule set goes, the credentials stay; the
@@ -152,7 +153,7 @@ func TestPrivilegedFailsafeKeepsAgentConnected(t *testing.T) {
 		t.Errorf("node.pem after --reset-state: %v", err)
 	}
 	agent = startAgent("")
-	cp.waitSynced(3, "node-a")
+	cp.WaitSynced(3, "node-a")
 	if !strings.Contains(agent.Output(), "no saved rule set") {
 		t.Errorf("the restarted agent did not start without a saved rule set:\n%s", agent.Output())
 	}

@@ -269,7 +269,7 @@ func TestREADMELayout(t *testing.T) {
 	}
 	// Folders without Go packages that hold the project's parts, and a
 	// package behind a build tag.
-	for _, d := range []string{"deploy/demo", "deploy/docker", "deploy/kubernetes", "deploy/systemd", "test/throughput"} {
+	for _, d := range []string{"deploy/docker", "deploy/kubernetes", "deploy/systemd", "test/throughput"} {
 		want[d] = true
 	}
 	for _, p := range slices.Sorted(maps.Keys(want)) {
