@@ -124,13 +124,14 @@ func noDAD(t testing.TB, ns *netns.NS) {
 	Sysctl(t, ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
 }
 
-// AddWorkload creates workload number index (1..15) on the node.
-func (n *Node) AddWorkload(t testing.TB, name string, index int) *Workload {
+// newWorkload makes workload number index (1..15) of the node: its
+// namespace and the veth pair to the node, with its gateway addresses.
+func (n *Node) newWorkload(t testing.TB, name string, index int) (w *Workload, gw4, gw6 netip.Addr) {
 	t.Helper()
 	if index < 1 || index > 15 {
 		t.Fatalf("workload index %d out of 1..15", index)
 	}
-	w := &Workload{
+	w = &Workload{
 		Name:      name,
 		Node:      n,
 		NS:        netns.New(t, name),
@@ -143,8 +144,15 @@ func (n *Node) AddWorkload(t testing.TB, name string, index int) *Workload {
 	}
 	noDAD(t, w.NS)
 	netns.Veth(t, n.NS, w.HostIface, w.NS, "eth0")
-	gw4 := netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 1})
-	gw6 := netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::1", n.Index, index))
+	gw4 = netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 1})
+	gw6 = netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::1", n.Index, index))
+	return w, gw4, gw6
+}
+
+// AddWorkload creates workload number index (1..15) on the node.
+func (n *Node) AddWorkload(t testing.TB, name string, index int) *Workload {
+	t.Helper()
+	w, gw4, gw6 := n.newWorkload(t, name, index)
 	n.NS.IP(t, "addr", "add", gw4.String()+"/24", "dev", w.HostIface)
 	n.NS.IP(t, "-6", "addr", "add", gw6.String()+"/64", "dev", w.HostIface, "nodad")
 	w.NS.IP(t, "addr", "add", w.Addr4.String()+"/24", "dev", "eth0")
@@ -163,31 +171,14 @@ func (n *Node) AddWorkload(t testing.TB, name string, index int) *Workload {
 // bridge port.
 func (n *Node) AddBridgedWorkload(t testing.TB, name string, index int) *Workload {
 	t.Helper()
-	if index < 1 || index > 15 {
-		t.Fatalf("workload index %d out of 1..15", index)
-	}
 	br := fmt.Sprintf("egbr%d", n.Index)
 	if _, err := n.NS.Exec(context.Background(), "ip", "link", "show", br).Output(); err != nil {
 		n.NS.IP(t, "link", "add", br, "type", "bridge")
 		n.NS.IP(t, "link", "set", br, "up")
 	}
-	w := &Workload{
-		Name:      name,
-		Node:      n,
-		NS:        netns.New(t, name),
-		HostIface: fmt.Sprintf("eg%d-%s", n.Index, name),
-		Addr4:     netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 2}),
-		Addr6:     netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::2", n.Index, index)),
-	}
-	if len(w.HostIface) > 15 {
-		t.Fatalf("interface name %q too long", w.HostIface)
-	}
-	gw4 := netip.AddrFrom4([4]byte{10, 250, byte(16*n.Index + index), 1})
-	gw6 := netip.MustParseAddr(fmt.Sprintf("fd0e:%d:%d::1", n.Index, index))
+	w, gw4, gw6 := n.newWorkload(t, name, index)
 	n.NS.IP(t, "addr", "add", gw4.String()+"/24", "dev", br)
 	n.NS.IP(t, "-6", "addr", "add", gw6.String()+"/64", "dev", br, "nodad")
-	noDAD(t, w.NS)
-	netns.Veth(t, n.NS, w.HostIface, w.NS, "eth0")
 	n.NS.IP(t, "link", "set", w.HostIface, "master", br)
 	w.NS.IP(t, "addr", "add", w.Addr4.String()+"/24", "dev", "eth0")
 	w.NS.IP(t, "-6", "addr", "add", w.Addr6.String()+"/64", "dev", "eth0", "nodad")
