@@ -28,6 +28,12 @@ type fakeAPI struct {
 	fixture  map[string]json.RawMessage
 	mu       sync.Mutex
 	sessions map[string]bool // cookie value -> live
+	// endStreams, closed, ends the live streams open now; streamEnded
+	// then refuses the stream and the session (401) until the next login,
+	// and answers every other call: only the page's own check can find
+	// that the session is gone.
+	endStreams  chan struct{}
+	streamEnded bool
 	acked    map[float64]bool
 	queries  []string // "path?query" of every API call, in order
 	csrfBad  int      // POSTs refused for a missing or wrong CSRF token
@@ -44,7 +50,7 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeAPI{t: t, sessions: map[string]bool{}, acked: map[float64]bool{}}
+	f := &fakeAPI{t: t, sessions: map[string]bool{}, acked: map[float64]bool{}, endStreams: make(chan struct{})}
 	if err := json.Unmarshal(data, &f.fixture); err != nil {
 		t.Fatalf("testdata/api.json: %v", err)
 	}
@@ -83,11 +89,12 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		id := fmt.Sprintf("s%d", len(f.sessions)+1)
 		f.sessions[id] = true
+		f.streamEnded = false
 		http.SetCookie(w, &http.Cookie{Name: "eg_session", Value: id, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: 43200})
 		writeJSON(w, 200, sessionBody)
 		return
 	}
-	if session == "" {
+	if session == "" || f.streamEnded && (p == "flows/stream" || p == "session") {
 		writeJSON(w, 401, map[string]string{"error": "not logged in"})
 		return
 	}
@@ -125,8 +132,12 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b, _ := json.Marshal(fl)
 		fmt.Fprintf(w, ": hello\n\nevent: flow\ndata: %s\n\n", b)
 		w.(http.Flusher).Flush()
+		end := f.endStreams
 		f.mu.Unlock()
-		<-r.Context().Done()
+		select {
+		case <-r.Context().Done():
+		case <-end:
+		}
 		f.mu.Lock()
 	case p == "alerts":
 		var out []map[string]any
@@ -306,6 +317,19 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	browsertest.Step(t, ctx, "live", chromedp.Click(chromedp.CSS(`[data-testid=live]`)))
 	browsertest.WaitFor(t, ctx, "a live flow", `document.querySelector('[data-testid=flow-row]').dataset.id === '200'`)
+	// The session ends under the live stream: its reconnect is refused,
+	// and the page, told nothing by EventSource, asks for its session and
+	// goes to the login page; after logging in it is back on the flows.
+	api.mu.Lock()
+	api.streamEnded = true
+	close(api.endStreams)
+	api.endStreams = make(chan struct{})
+	api.mu.Unlock()
+	browsertest.WaitFor(t, ctx, "the login page after the live stream was refused", `location.hash.startsWith('#/login')`)
+	browsertest.Step(t, ctx, "log in again", chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)),
+		chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), fakeToken),
+		chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`[data-testid=flow-row]`)))
 	browsertest.Shot(t, ctx, shots, "flows.png")
 
 	// Alerts: acknowledge, then see who did.

@@ -143,6 +143,9 @@ export async function render(box, { params }) {
         clear(status).append(errorBox(new Error('the live stream closed (logged out, or the controller refused it)')));
         liveBox.checked = false;
         leave();
+        // EventSource does not say why. If the session ended, asking for
+        // it answers 401, and every 401 goes to the login page.
+        get('session').catch(() => {});
       } else {
         clear(status).append('reconnecting…');
       }
