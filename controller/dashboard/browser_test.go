@@ -34,9 +34,9 @@ type fakeAPI struct {
 	// that the session is gone.
 	endStreams  chan struct{}
 	streamEnded bool
-	acked    map[float64]bool
-	queries  []string // "path?query" of every API call, in order
-	csrfBad  int      // POSTs refused for a missing or wrong CSRF token
+	acked       map[float64]bool
+	queries     []string // "path?query" of every API call, in order
+	csrfBad     int      // POSTs refused for a missing or wrong CSRF token
 }
 
 const (
