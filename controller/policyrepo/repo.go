@@ -337,16 +337,7 @@ func (r *Repo) Delete(ctx context.Context, keys []store.ResourceKey, dryRun bool
 // selects the warnings to report. Called with applyMu held.
 func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed map[store.ResourceKey]bool, dryRun bool,
 	keep func(policy.Diagnostic) bool) (*apiclient.ChangeResult, error) {
-	merged, diags := r.mergedLocked(removed)
-	for _, res := range incoming {
-		merged.Merge(res.set)
-	}
-	diags = append(diags, merged.Validate()...)
-	if r.cfg.Check != nil {
-		diags = append(diags, r.cfg.Check(merged, func(p policy.Pos) bool {
-			return len(incoming) > 0 && keep(policy.Diagnostic{Pos: p})
-		})...)
-	}
+	merged, diags := r.validateLocked(incoming, removed, keep)
 	diags.Sort()
 	if diags.HasErrors() {
 		return nil, invalid(fmt.Sprintf("invalid policy: %s, nothing applied", plural(len(diags.Errors()), "error")), diagStrings(diags.Errors()))
@@ -411,6 +402,26 @@ func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed m
 		zap.Strings("created", out.Created), zap.Strings("updated", out.Updated), zap.Strings("deleted", deleted),
 		zap.Strings("nodes-changed", nodeNames(versions)))
 	return out, nil
+}
+
+// validateLocked validates the stored policy without removed, plus
+// incoming, and returns it merged: the parsers' and the validator's
+// diagnostics, and the controller's own checks (cfg.Check) of the
+// positions keep selects, in a change that brings anything. Called with
+// applyMu held.
+func (r *Repo) validateLocked(incoming []*resource, removed map[store.ResourceKey]bool,
+	keep func(policy.Diagnostic) bool) (*policy.Set, policy.Diagnostics) {
+	merged, diags := r.mergedLocked(removed)
+	for _, res := range incoming {
+		merged.Merge(res.set)
+	}
+	diags = append(diags, merged.Validate()...)
+	if r.cfg.Check != nil {
+		diags = append(diags, r.cfg.Check(merged, func(p policy.Pos) bool {
+			return len(incoming) > 0 && keep(policy.Diagnostic{Pos: p})
+		})...)
+	}
+	return merged, diags
 }
 
 // mergedLocked returns the stored policy minus the removed keys, with the

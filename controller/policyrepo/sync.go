@@ -136,7 +136,7 @@ func inFiles(incoming []*resource) func(policy.Diagnostic) bool {
 func (r *Repo) leaveOutInvalidLocked(source string, incoming []*resource, deleted []store.ResourceKey,
 	out *SyncResult) ([]*resource, []store.ResourceKey, error) {
 	for round := 1; len(incoming)+len(deleted) > 0; round++ {
-		diags := r.validateLocked(incoming, changedKeys(incoming, deleted))
+		_, diags := r.validateLocked(incoming, changedKeys(incoming, deleted), inFiles(incoming))
 		if !diags.HasErrors() {
 			break
 		}
@@ -191,21 +191,6 @@ func parseSourceObject(o SourceObject, kinds []string) (*resource, policy.Diagno
 			Message: fmt.Sprintf("the document must hold the %s %s alone", o.Key.Kind, o.Key.Name)}}
 	}
 	return &resource{key: o.Key, doc: o.Doc, set: set, file: o.File}, diags
-}
-
-// validateLocked is changeLocked's validation: the stored policy without
-// removed, plus incoming. Called with applyMu held.
-func (r *Repo) validateLocked(incoming []*resource, removed map[store.ResourceKey]bool) policy.Diagnostics {
-	merged, diags := r.mergedLocked(removed)
-	for _, res := range incoming {
-		merged.Merge(res.set)
-	}
-	diags = append(diags, merged.Validate()...)
-	if r.cfg.Check != nil {
-		keep := inFiles(incoming)
-		diags = append(diags, r.cfg.Check(merged, func(p policy.Pos) bool { return keep(policy.Diagnostic{Pos: p}) })...)
-	}
-	return diags
 }
 
 func changedKeys(incoming []*resource, deleted []store.ResourceKey) map[store.ResourceKey]bool {
