@@ -1,15 +1,14 @@
 package kube
 
 import (
-	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/yaml"
 
+	"github.com/eastguard/eastguard/controller/kube/crdv1"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
@@ -92,25 +91,11 @@ func podWorkload(pod *corev1.Pod, nsLabels map[string]string) (policyrepo.Source
 	}
 	name := pod.Namespace + "/" + pod.Name
 	key := store.ResourceKey{Kind: policy.KindWorkload, Name: name}
-	return policyrepo.SourceObject{Key: key, File: "Pod " + name, Doc: document(policy.KindWorkload, name, labels, spec)}, true
-}
-
-// document renders an Eastguard policy document: what `egctl validate`
-// reads, so that what comes from Kubernetes is checked by the same code.
-// The output is deterministic (sigs.k8s.io/yaml sorts map keys), so an
-// unchanged object renders the same bytes and changes nothing.
-func document(kind, name string, labels map[string]string, spec any) []byte {
-	meta := map[string]any{"name": name}
-	if len(labels) > 0 {
-		meta["labels"] = labels
-	}
-	doc := map[string]any{"apiVersion": policy.APIVersion, "kind": kind, "metadata": meta, "spec": spec}
-	out, err := yaml.Marshal(doc)
-	if err != nil {
-		// Only values from decoded JSON and strings go in: cannot fail.
-		panic(fmt.Sprintf("kube: render %s %s: %v", kind, name, err))
-	}
-	return out
+	// The document `egctl validate` reads, so that what comes from
+	// Kubernetes is checked by the same code. Only strings go in: it
+	// cannot fail, and if it did the empty document would be refused.
+	doc, _ := crdv1.Render(policy.KindWorkload, name, labels, spec, true)
+	return policyrepo.SourceObject{Key: key, File: "Pod " + name, Doc: doc}, true
 }
 
 // namespaceLabels returns a copy of a namespace's labels, sorted keys

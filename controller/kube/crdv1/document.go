@@ -38,8 +38,19 @@ func Document(kind string, obj *unstructured.Unstructured) ([]byte, error) {
 	if k := obj.GetKind(); k != "" && k != kind {
 		return nil, fmt.Errorf("render %s %q: the object is a %s: %w", kind, obj.GetName(), k, ErrKind)
 	}
-	meta := map[string]any{"name": obj.GetName()}
-	if labels := obj.GetLabels(); len(labels) > 0 {
+	// An absent spec stays absent: the parser reports the missing field.
+	spec, ok := obj.Object["spec"]
+	return Render(kind, obj.GetName(), obj.GetLabels(), spec, ok)
+}
+
+// Render writes an Eastguard policy document: apiVersion eastguard.dev/v1,
+// the kind, metadata with the name and the labels (left out when there
+// are none), and spec as given (left out unless hasSpec). Keys come out
+// sorted, so equal input renders equal bytes: an unchanged object changes
+// nothing in the store. Kubernetes mode renders pods' Workloads with it too.
+func Render(kind, name string, labels map[string]string, spec any, hasSpec bool) ([]byte, error) {
+	meta := map[string]any{"name": name}
+	if len(labels) > 0 {
 		meta["labels"] = labels
 	}
 	doc := map[string]any{
@@ -47,13 +58,12 @@ func Document(kind string, obj *unstructured.Unstructured) ([]byte, error) {
 		"kind":       kind,
 		"metadata":   meta,
 	}
-	// An absent spec stays absent: the parser reports the missing field.
-	if spec, ok := obj.Object["spec"]; ok {
+	if hasSpec {
 		doc["spec"] = spec
 	}
 	out, err := yaml.Marshal(doc)
 	if err != nil {
-		return nil, fmt.Errorf("render %s %q: %w", kind, obj.GetName(), err)
+		return nil, fmt.Errorf("render %s %q: %w", kind, name, err)
 	}
 	return out, nil
 }
