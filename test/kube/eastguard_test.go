@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -104,21 +103,7 @@ func proxy(t *testing.T, ns *netns.NS, target string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lis.Close() })
-	go func() {
-		for {
-			in, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.DialTimeout("tcp", target, 5*time.Second)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() { io.Copy(in, out); in.Close() }()
-		}
-	}()
+	netns.Forward(lis, func() (net.Conn, error) { return net.DialTimeout("tcp", target, 5*time.Second) })
 	return "127.0.0.1:7443"
 }
 

@@ -19,6 +19,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -116,4 +118,35 @@ func Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// Forward copies every connection lis accepts to one that dial makes,
+// both ways (a half-close passes through), until lis is closed. The
+// listener and the dial may each be in any namespace: a socket keeps the
+// namespace it was made in, so a listener made inside n.Do serves that
+// namespace, and a dial made inside one reaches it.
+func Forward(lis net.Listener, dial func() (net.Conn, error)) {
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := dial()
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() {
+					io.Copy(up, c)
+					if w, ok := up.(interface{ CloseWrite() error }); ok {
+						w.CloseWrite()
+					}
+				}()
+				io.Copy(c, up)
+			}()
+		}
+	}()
 }

@@ -154,27 +154,13 @@ func forward(addr string, ns *netns.NS) (net.Listener, error) {
 			return nil, err
 		}
 	}
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var up net.Conn
-				if err := ns.Do(func() (err error) {
-					up, err = net.DialTimeout("tcp", harness.ControllerHTTP, 5*time.Second)
-					return err
-				}); err != nil {
-					return
-				}
-				defer up.Close()
-				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
-				io.Copy(c, up)
-			}()
-		}
-	}()
+	netns.Forward(lis, func() (up net.Conn, err error) {
+		err = ns.Do(func() (err error) {
+			up, err = net.DialTimeout("tcp", harness.ControllerHTTP, 5*time.Second)
+			return err
+		})
+		return up, err
+	})
 	return lis, nil
 }
 
