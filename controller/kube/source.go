@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -395,18 +396,8 @@ func (s *Source) podObjects() ([]policyrepo.SourceObject, error) {
 			out = append(out, o)
 		}
 	}
-	slices.SortFunc(out, func(a, b policyrepo.SourceObject) int { return compareString(a.Key.Name, b.Key.Name) })
+	slices.SortFunc(out, func(a, b policyrepo.SourceObject) int { return strings.Compare(a.Key.Name, b.Key.Name) })
 	return out, nil
-}
-
-func compareString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // trimPod keeps what podWorkload reads.
