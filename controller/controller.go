@@ -28,6 +28,7 @@ import (
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
 	"github.com/eastguard/eastguard/controller/alert/webhook/egress"
+	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/policyrepo"
@@ -62,6 +63,9 @@ type Config struct {
 	// ServiceAccounts, if set, checks the ServiceAccount tokens agents
 	// join with (Kubernetes mode); nil refuses such joins.
 	ServiceAccounts agentapi.ServiceAccountVerifier
+	// ClientCerts, if set, lets the client certificates it accepts log
+	// in to the dashboard (the HTTP listener must have TLS).
+	ClientCerts *clientcert.Verifier
 	// FlushInterval is how often agents' status is written to the store.
 	FlushInterval time.Duration
 	// Now is the clock (tests move it); nil is time.Now.
@@ -211,6 +215,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c.API = restapi.New(restapi.Config{
 		Store: cfg.Store, Log: log, Now: cfg.Now, Nodes: c.nodes, Policy: c.Policy, Agents: c.Agents,
+		ClientCerts: cfg.ClientCerts,
 	})
 	c.Flows.OnStored(c.API.PublishFlows)
 	run, cancel := context.WithCancel(context.Background())

@@ -24,6 +24,7 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/restapi"
 	"github.com/eastguard/eastguard/controller/store/sqlite"
@@ -49,6 +50,11 @@ type Options struct {
 	// controller's own serving certificate, issued from its CA and
 	// rotated with it; admin.conf then carries the CA.
 	HTTPTLSFromCA bool
+	// HTTPClientCA, with TLS on the HTTP listener, lets the client
+	// certificates these CAs issue log in to the dashboard;
+	// HTTPClientCRL is their revocation list (optional).
+	HTTPClientCA  string
+	HTTPClientCRL string
 	// HTTP bounds the HTTP listener's connections; zero fields take the
 	// defaults.
 	HTTP          HTTPLimits
@@ -113,6 +119,12 @@ func (o *Options) Check() error {
 	}
 	if o.HTTPTLSFromCA && o.HTTPTLSCert != "" {
 		return errors.New("give --http-tls-from-ca or --http-tls-cert/--http-tls-key, not both")
+	}
+	if o.HTTPClientCA != "" && o.HTTPTLSCert == "" && !o.HTTPTLSFromCA {
+		return errors.New("--http-client-ca needs TLS on the HTTP listener: give --http-tls-from-ca, or --http-tls-cert and --http-tls-key")
+	}
+	if o.HTTPClientCRL != "" && o.HTTPClientCA == "" {
+		return errors.New("--http-client-crl goes with --http-client-ca")
 	}
 	if err := o.HTTP.check(); err != nil {
 		return err
@@ -215,6 +227,14 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		httpTLS = &tls.Config{MinVersion: tls.VersionTLS12}
 		caCert = string(ca.CertPEM)
 	}
+	var clientCerts *clientcert.Verifier
+	if o.HTTPClientCA != "" {
+		if clientCerts, err = clientcert.Load(clientcert.Config{CAFile: o.HTTPClientCA, CRLFile: o.HTTPClientCRL,
+			OwnCA: ca.Cert, Log: log.Named("clientcert")}); err != nil {
+			return err
+		}
+		clientCerts.Configure(httpTLS)
+	}
 
 	// The HTTP listener is opened before the controller so that alert
 	// links can name its real address (--http-listen may say port 0).
@@ -261,6 +281,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		AgentLimits:   o.AgentLimits,
 		// Kubernetes mode's verifier, when there is one.
 		ServiceAccounts: o.ServiceAccounts,
+		ClientCerts:     clientCerts,
 
 		Settings: flowingest.Settings{
 			FlowRetention:  o.FlowRetention,

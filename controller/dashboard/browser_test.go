@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/eastguard/eastguard/controller/dashboard/browsertest"
+	"github.com/eastguard/eastguard/internal/testutil"
 )
 
 // fakeAPI answers the contract's endpoints (docs: DASHBOARD-CONTRACT, the
@@ -37,6 +39,11 @@ type fakeAPI struct {
 	acked       map[float64]bool
 	queries     []string // "path?query" of every API call, in order
 	csrfBad     int      // POSTs refused for a missing or wrong CSRF token
+	// certLogin: the listener takes client certificates (login/methods
+	// says so, and login/certificate opens a session when the page sends
+	// its header: a browser test cannot hold a certificate, the API's
+	// tests check the real thing).
+	certLogin bool
 }
 
 const (
@@ -81,9 +88,17 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		session = c.Value
 	}
 	sessionBody := map[string]any{"name": fakeName, "csrfToken": fakeCSRF, "expires": time.Now().Add(12 * time.Hour).Format(time.RFC3339)}
-	if r.Method == "POST" && p == "login" {
+	if r.Method == "GET" && p == "login/methods" {
+		writeJSON(w, 200, map[string]bool{"token": true, "certificate": f.certLogin})
+		return
+	}
+	if r.Method == "POST" && (p == "login" || p == "login/certificate") {
 		var body struct{ Token string }
-		if json.NewDecoder(r.Body).Decode(&body) != nil || body.Token != fakeToken {
+		switch {
+		case p == "login/certificate" && (!f.certLogin || r.Header.Get("X-Eastguard-Login") != "certificate"):
+			writeJSON(w, 403, map[string]string{"error": "a certificate login must send the header X-Eastguard-Login: certificate"})
+			return
+		case p == "login" && (json.NewDecoder(r.Body).Decode(&body) != nil || body.Token != fakeToken):
 			writeJSON(w, 401, map[string]string{"error": "wrong admin token"})
 			return
 		}
@@ -420,6 +435,41 @@ func TestBrowserAPIError(t *testing.T) {
 	}
 	if len(pageErrs) > 0 {
 		t.Errorf("console errors:\n%s", strings.Join(pageErrs, "\n"))
+	}
+}
+
+// TestBrowserCertificateLogin: where the listener takes client
+// certificates, the login page offers them, and the button logs in
+// (sending the header that keeps other sites out); where it does not,
+// no button.
+func TestBrowserCertificateLogin(t *testing.T) {
+	api := newFakeAPI(t)
+	srv := serveDashboard(t, api, nil)
+	ctx, consoleErrors := browsertest.Browser(t)
+	browsertest.Step(t, ctx, "the login page", chromedp.Navigate(srv.URL+"/#/login"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-token]`)))
+	testutil.Eventually(t, 30*time.Second, "the login page to ask for the login methods", func() error {
+		api.mu.Lock()
+		defer api.mu.Unlock()
+		if !slices.ContainsFunc(api.queries, func(q string) bool { return strings.HasPrefix(q, "login/methods?") }) {
+			return errors.New("not asked yet")
+		}
+		return nil
+	})
+	if n := browsertest.Eval[int](t, ctx, `document.querySelectorAll('[data-testid=login-certificate]').length`); n != 0 {
+		t.Errorf("%d certificate buttons on a listener without certificate login", n)
+	}
+
+	api.mu.Lock()
+	api.certLogin = true
+	api.mu.Unlock()
+	browsertest.Step(t, ctx, "reload the login page", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`[data-testid=login-certificate]`)))
+	browsertest.Step(t, ctx, "log in with the certificate", chromedp.Click(chromedp.CSS(`[data-testid=login-certificate]`)),
+		chromedp.WaitVisible(chromedp.CSS(`[data-testid=map]`)))
+	if who := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=user]') ? document.querySelector('[data-testid=user]').textContent : ''`); !strings.Contains(who, fakeName) {
+		t.Errorf("after a certificate login the header shows %q, want %q", who, fakeName)
+	}
+	if errs := consoleErrors(); len(errs) > 0 {
+		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
 	}
 }
 

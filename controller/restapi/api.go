@@ -6,6 +6,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/restapi/flowstream"
@@ -28,6 +29,10 @@ type Config struct {
 	// Stream configures the live flows' broker (its Log defaults to the
 	// API's).
 	Stream flowstream.Config
+	// ClientCerts, if set, lets client certificates it accepts log in to
+	// the dashboard (POST /api/v1/login/certificate) on a TLS listener;
+	// nil: only admin tokens log in.
+	ClientCerts *clientcert.Verifier
 }
 
 // API serves the admin REST API.
@@ -40,6 +45,7 @@ type API struct {
 	agents *agentapi.Service
 
 	sessions *session.Store
+	certs    *clientcert.Verifier
 	stream   *flowstream.Broker
 }
 
@@ -61,7 +67,7 @@ func New(cfg Config) *API {
 		cfg.Stream.Log = cfg.Log.Named("flowstream")
 	}
 	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents,
-		sessions: session.New(cfg.Sessions), stream: flowstream.New(cfg.Stream)}
+		sessions: session.New(cfg.Sessions), certs: cfg.ClientCerts, stream: flowstream.New(cfg.Stream)}
 }
 
 // PublishFlows hands newly stored flows to the live subscribers

@@ -18,6 +18,8 @@ type route struct {
 
 var routes = []route{
 	{"POST /api/v1/login", true, (*API).handleLogin},
+	{"GET /api/v1/login/methods", true, (*API).handleLoginMethods},
+	{"POST /api/v1/login/certificate", true, (*API).handleCertLogin},
 	{"GET /api/v1/session", true, (*API).handleSession},
 	{"POST /api/v1/logout", true, (*API).handleLogout},
 	{"GET /api/v1/openapi.json", true, (*API).handleOpenAPI},

@@ -2,6 +2,7 @@ package restapi
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/restapi/session"
 	"github.com/eastguard/eastguard/controller/store"
 )
@@ -25,8 +27,13 @@ import (
 
 const (
 	sessionCookie = "eg_session"
-	csrfHeader    = "X-CSRF-Token"
-	errCSRF       = "missing or wrong CSRF token"
+	// certLoginHeader must say "certificate" on a certificate login. A
+	// page of another site cannot send a custom header without a CORS
+	// preflight, which this server never grants: so no other site can
+	// log a visitor in with the certificate their browser holds.
+	certLoginHeader = "X-Eastguard-Login"
+	csrfHeader      = "X-CSRF-Token"
+	errCSRF         = "missing or wrong CSRF token"
 	// maxLoginBody bounds a login's body: one token.
 	maxLoginBody = 4 << 10
 )
@@ -44,6 +51,13 @@ type SessionView struct {
 	Expires   time.Time `json:"expires"`
 }
 
+// LoginMethods is the answer of GET /api/v1/login/methods: how this
+// listener lets the dashboard log in.
+type LoginMethods struct {
+	Token       bool `json:"token"`
+	Certificate bool `json:"certificate"`
+}
+
 func hasSessionCookie(r *http.Request) bool {
 	_, err := r.Cookie(sessionCookie)
 	return err == nil
@@ -59,6 +73,9 @@ func (s *API) sessionOf(r *http.Request) (session.Session, store.AdminToken, err
 	sess, err := s.sessions.Lookup(c.Value)
 	if err != nil {
 		return session.Session{}, store.AdminToken{}, err
+	}
+	if sess.Cert != ([sha256.Size]byte{}) {
+		return s.certSessionOf(r, c.Value, sess)
 	}
 	rec, err := s.st.AdminToken(r.Context(), sess.TokenID)
 	switch {
@@ -79,6 +96,31 @@ func (s *API) sessionOf(r *http.Request) (session.Session, store.AdminToken, err
 		return session.Session{}, store.AdminToken{}, refusedToken{err}
 	}
 	return sess, rec, nil
+}
+
+// certSessionOf checks a session opened with a client certificate: the
+// request's connection must present that same certificate, still
+// accepted (not expired, not revoked). The cookie alone, stolen or
+// leaked, is not enough. A certificate no longer accepted ends the
+// session; another certificate only has its request refused (whoever
+// holds it must not be able to end someone else's session).
+func (s *API) certSessionOf(r *http.Request, cookie string, sess session.Session) (session.Session, store.AdminToken, error) {
+	if s.certs == nil {
+		s.sessions.End(cookie)
+		return session.Session{}, store.AdminToken{}, refusedToken{errors.New("client certificate logins are off")}
+	}
+	id, err := s.certs.Identify(r.TLS)
+	switch {
+	case errors.Is(err, clientcert.ErrNoCertificate):
+		return session.Session{}, store.AdminToken{}, refusedToken{fmt.Errorf("session of client certificate %s: %w", sess.TokenID, err)}
+	case err != nil:
+		s.sessions.End(cookie)
+		return session.Session{}, store.AdminToken{}, refusedToken{fmt.Errorf("session of client certificate %s ended: %w", sess.TokenID, err)}
+	case id.Fingerprint != sess.Cert:
+		return session.Session{}, store.AdminToken{}, refusedToken{fmt.Errorf(
+			"session of client certificate %s: this connection presents another certificate (%s)", sess.TokenID, id.ID())}
+	}
+	return sess, store.AdminToken{ID: sess.TokenID, Name: sess.TokenName}, nil
 }
 
 func sessionView(sess session.Session) SessionView {
@@ -120,6 +162,45 @@ func (s *API) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	setSessionCookie(w, r, cookie, int(s.sessions.TTL()/time.Second))
 	s.log.Info("dashboard login", zap.String("remote", r.RemoteAddr), zap.String("admin-token", rec.ID), zap.String("name", rec.Name))
+	writeJSON(w, http.StatusOK, sessionView(sess))
+}
+
+func (s *API) handleLoginMethods(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, LoginMethods{Token: true, Certificate: s.certs != nil && r.TLS != nil})
+}
+
+// handleCertLogin opens a session for the client certificate the
+// connection presents.
+func (s *API) handleCertLogin(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	if s.certs == nil || r.TLS == nil {
+		writeError(w, http.StatusNotFound, "client certificate login is off on this listener (eastguard-controller --http-client-ca, with TLS)", nil)
+		return
+	}
+	if r.Header.Get(certLoginHeader) != "certificate" {
+		writeError(w, http.StatusForbidden, "a certificate login must send the header "+certLoginHeader+": certificate", nil)
+		return
+	}
+	if !s.sessions.AllowLogin(r.RemoteAddr) {
+		s.log.Warn("login refused: too many attempts", zap.String("remote", r.RemoteAddr))
+		w.Header().Set("Retry-After", strconv.Itoa(int(1/session.DefaultLoginRate)+1))
+		writeError(w, http.StatusTooManyRequests, "too many login attempts from this address; retry later", nil)
+		return
+	}
+	id, err := s.certs.Identify(r.TLS)
+	if err != nil {
+		s.log.Warn("certificate login refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
+		writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
+		return
+	}
+	cookie, sess, err := s.sessions.CreateBound(id.ID(), id.Name, id.Fingerprint, id.NotAfter)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	setSessionCookie(w, r, cookie, max(int(sess.Expires.Sub(s.now())/time.Second), 1))
+	s.log.Info("dashboard login", zap.String("remote", r.RemoteAddr), zap.String("certificate", id.ID()), zap.String("name", id.Name),
+		zap.Time("certificate-expires", id.NotAfter))
 	writeJSON(w, http.StatusOK, sessionView(sess))
 }
 

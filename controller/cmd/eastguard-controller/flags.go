@@ -52,6 +52,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&o.HTTPTLSCert, "http-tls-cert", "", "serve the HTTP listener over TLS with this certificate (PEM)")
 	fs.StringVar(&o.HTTPTLSKey, "http-tls-key", "", "key of --http-tls-cert (PEM)")
 	fs.BoolVar(&o.HTTPTLSFromCA, "http-tls-from-ca", false, "serve the HTTP listener over TLS with a certificate from the controller's own CA (its serving certificate, rotated; admin.conf carries the CA)")
+	fs.StringVar(&o.HTTPClientCA, "http-client-ca", "", "with TLS on the HTTP listener: let client certificates these CAs issue (PEM bundle; never the controller's own CA) log in to the dashboard, named by their subject's common name")
+	fs.StringVar(&o.HTTPClientCRL, "http-client-crl", "", "revocation list (PEM or DER) for --http-client-ca's certificates, signed by one of them; read again when it changes, and no certificate logs in while it cannot be read")
 	fs.IntVar(&o.HTTP.MaxConns, "http-max-connections", controller.DefaultHTTPMaxConns, "connections the HTTP listener serves at once; more wait until one closes")
 	fs.IntVar(&o.AgentLimits.MaxConns, "agent-max-conns", agentapi.DefaultMaxConns, "connections the gRPC listener holds at most; more are closed at once")
 	fs.IntVar(&o.AgentLimits.MaxConnsPerSource, "agent-max-conns-per-source", agentapi.DefaultMaxConnsPerSource, "connections the gRPC listener holds from one IPv4 address or IPv6 /64")

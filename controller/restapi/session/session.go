@@ -57,8 +57,14 @@ type Config struct {
 
 // Session is one login.
 type Session struct {
-	// TokenID and TokenName are the admin token's that opened it.
+	// TokenID and TokenName are the admin token's that opened it; for a
+	// session opened with a client certificate, the certificate's id
+	// ("cert:...", never an admin token's) and its holder's name.
 	TokenID, TokenName string
+	// Cert, when not zero, is the SHA-256 of the client certificate that
+	// opened the session: its requests must present that certificate
+	// again (the cookie alone is not enough).
+	Cert [sha256.Size]byte
 	// CSRF is the value the page must send in X-CSRF-Token with every
 	// request that changes something.
 	CSRF    string
@@ -136,6 +142,13 @@ func random() (string, error) {
 // Create opens a session for an admin token and returns the cookie value
 // and the session. When the store is full, the oldest session ends.
 func (st *Store) Create(tokenID, tokenName string) (string, Session, error) {
+	return st.CreateBound(tokenID, tokenName, [sha256.Size]byte{}, time.Time{})
+}
+
+// CreateBound opens a session bound to a client certificate (its
+// fingerprint, see Session.Cert) that ends at the latest when the
+// certificate does (notAfter; zero: no such bound).
+func (st *Store) CreateBound(tokenID, tokenName string, cert [sha256.Size]byte, notAfter time.Time) (string, Session, error) {
 	cookie, err := random()
 	if err != nil {
 		return "", Session{}, err
@@ -145,7 +158,10 @@ func (st *Store) Create(tokenID, tokenName string) (string, Session, error) {
 		return "", Session{}, err
 	}
 	now := st.cfg.Now()
-	s := &Session{TokenID: tokenID, TokenName: tokenName, CSRF: csrf, Created: now, Expires: now.Add(st.cfg.TTL)}
+	s := &Session{TokenID: tokenID, TokenName: tokenName, Cert: cert, CSRF: csrf, Created: now, Expires: now.Add(st.cfg.TTL)}
+	if !notAfter.IsZero() && notAfter.Before(s.Expires) {
+		s.Expires = notAfter
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.sweepLocked(now)

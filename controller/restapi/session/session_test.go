@@ -100,3 +100,24 @@ func TestLoginRate(t *testing.T) {
 		t.Error("refused after waiting")
 	}
 }
+
+// TestBoundSessionEndsWithItsCertificate: a certificate's session keeps
+// the fingerprint and ends when the certificate does, if that is before
+// the TTL.
+func TestBoundSessionEndsWithItsCertificate(t *testing.T) {
+	c := &clock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	st := New(Config{Now: c.now, TTL: time.Hour})
+	fp := [32]byte{1, 2, 3}
+	short, s, _ := st.CreateBound("cert:0102", "alice", fp, c.t.Add(10*time.Minute))
+	long, sl, _ := st.CreateBound("cert:0102", "alice", fp, c.t.Add(48*time.Hour))
+	if s.Cert != fp || !s.Expires.Equal(c.t.Add(10*time.Minute)) || !sl.Expires.Equal(c.t.Add(time.Hour)) {
+		t.Fatalf("sessions %+v and %+v: want the fingerprint kept, expiry at the certificate's end or the TTL, whichever is first", s, sl)
+	}
+	c.t = c.t.Add(10 * time.Minute)
+	if _, err := st.Lookup(short); !errors.Is(err, ErrNoSession) {
+		t.Errorf("after its certificate expired: %v, want no session", err)
+	}
+	if _, err := st.Lookup(long); err != nil {
+		t.Errorf("the other session: %v", err)
+	}
+}

@@ -27,8 +27,8 @@ export function apiURL(path, params) {
   return 'api/v1/' + path + (s ? '?' + s : '');
 }
 
-export async function call(method, path, params, body) {
-  const headers = { Accept: 'application/json' };
+export async function call(method, path, params, body, extraHeaders) {
+  const headers = { Accept: 'application/json', ...(extraHeaders || {}) };
   if (method !== 'GET' && method !== 'HEAD' && session.csrfToken) headers['X-CSRF-Token'] = session.csrfToken;
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
   if (body !== undefined) {
@@ -41,7 +41,7 @@ export async function call(method, path, params, body) {
   } catch (e) {
     throw new ApiError(0, `${method} /api/v1/${path}: the controller is unreachable (${e.message})`);
   }
-  if (resp.status === 401 && path !== 'login') {
+  if (resp.status === 401 && !path.startsWith('login')) {
     session.csrfToken = '';
     session.name = '';
     onUnauthorized();
@@ -75,6 +75,25 @@ function keep(s) {
 
 export async function login(token) {
   keep(await post('login', { token }));
+}
+
+// loginMethods says whether this listener takes a client certificate
+// (GET /api/v1/login/methods); an older controller without the endpoint
+// takes tokens only.
+export async function loginMethods() {
+  try {
+    const m = await get('login/methods');
+    return { token: true, certificate: !!(m && m.certificate === true) };
+  } catch {
+    return { token: true, certificate: false };
+  }
+}
+
+// loginCertificate logs in with the client certificate the browser
+// presents on this TLS connection; the header tells the controller that
+// this page, not another site's, asks.
+export async function loginCertificate() {
+  keep(await call('POST', 'login/certificate', undefined, undefined, { 'X-Eastguard-Login': 'certificate' }));
 }
 
 export async function restoreSession() {
