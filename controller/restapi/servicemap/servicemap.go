@@ -126,43 +126,80 @@ func selects(peers []policy.Peer, w *policy.Workload) bool {
 	return false
 }
 
-// covers reports whether a deny rule's ports take in all of pr (nil pr:
-// every port, which only a deny of every port takes in).
-func covers(deny []policy.PortRule, pr *policy.PortRule) bool {
+// subtract returns what of pr a deny rule's ports leave: nothing, pr
+// itself, or for a port range the sub-ranges outside the deny's ranges.
+// A nil pr (every protocol and port) is left whole unless the deny takes
+// every port; ICMP is left whole or not at all.
+func subtract(pr *policy.PortRule, deny []policy.PortRule) []*policy.PortRule {
 	if deny == nil {
-		return true
+		return nil
 	}
 	if pr == nil {
-		return false
+		return []*policy.PortRule{pr}
 	}
-	for _, d := range deny {
+	left := []*policy.PortRule{pr}
+	for i := range deny {
+		d := &deny[i]
 		if d.Protocol != pr.Protocol {
 			continue
 		}
 		if pr.Protocol.IsICMP() {
 			if d.ICMPType == nil || (pr.ICMPType != nil && *d.ICMPType == *pr.ICMPType && (d.ICMPCode == nil ||
 				(pr.ICMPCode != nil && *d.ICMPCode == *pr.ICMPCode))) {
-				return true
+				return nil
 			}
 			continue
 		}
-		if d.Port == 0 || (d.Port <= pr.Port && max(d.EndPort, d.Port) >= max(pr.EndPort, pr.Port) && pr.Port != 0) {
-			return true
+		if d.Port == 0 {
+			return nil // every port of the protocol
+		}
+		dlo, dhi := d.Port, max(d.EndPort, d.Port)
+		var next []*policy.PortRule
+		for _, l := range left {
+			lo, hi := l.Port, max(l.EndPort, l.Port)
+			if l.Port == 0 { // the allow's every port
+				lo, hi = 1, 65535
+			}
+			if dhi < lo || dlo > hi {
+				next = append(next, l)
+				continue
+			}
+			if lo < dlo {
+				next = append(next, portRange(l, lo, dlo-1))
+			}
+			if hi > dhi {
+				next = append(next, portRange(l, dhi+1, hi))
+			}
+		}
+		if left = next; len(left) == 0 {
+			return nil
 		}
 	}
-	return false
+	return left
+}
+
+// portRange is a copy of pr for ports lo to hi.
+func portRange(pr *policy.PortRule, lo, hi uint16) *policy.PortRule {
+	c := *pr
+	c.Port, c.EndPort = lo, 0
+	if hi > lo {
+		c.EndPort = hi
+	}
+	return &c
 }
 
 // PolicyEdges returns the (workload, workload, protocol, port) edges the
 // allow rules admit, with their policy and rule: each allow rule's
 // from-selected workloads times its to-selected ones, times its ports,
-// less those a deny rule of an enforcing policy takes in whole (a
-// monitor policy's deny only reports). Peers that are not selectors
-// (cidr, world, host) give no edge: the map draws workloads. A deny that
-// covers part of a port range leaves the edge, as a workload in monitor
-// mode leaves a deny's edge: the map's dashed edges are a guide, egctl
-// explain (GET /api/v1/explain) is the exact answer. Bounded by
-// MaxPolicyEdges; truncated says edges were left out.
+// less what the deny rules of enforcing policies take (a monitor
+// policy's deny only reports): a port range a deny covers in part is cut
+// into the ranges that remain. Peers that are not selectors (cidr, world,
+// host) give no edge: the map draws workloads. Two cases stay coarse: an
+// allow of every protocol and port stays one "any" edge whatever a deny
+// takes out of it (the map cannot draw "everything but"), and a workload
+// in monitor mode keeps the denies' cuts (they say what it would drop).
+// egctl explain (GET /api/v1/explain) is the exact answer for one flow.
+// Bounded by MaxPolicyEdges; truncated says edges were left out.
 func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool) {
 	var denies []*policy.Rule
 	for pi := range set.Policies {
@@ -176,13 +213,24 @@ func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool)
 			}
 		}
 	}
-	denied := func(src, dst *policy.Workload, pr *policy.PortRule) bool {
+	// remaining returns what of pr the denies between src and dst leave
+	// ([]: nothing; nil pr, every port: itself unless a deny takes every
+	// port).
+	remaining := func(src, dst *policy.Workload, pr *policy.PortRule) []*policy.PortRule {
+		left := []*policy.PortRule{pr}
 		for _, d := range denies {
-			if selects(d.From, src) && selects(d.To, dst) && covers(d.Ports, pr) {
-				return true
+			if !selects(d.From, src) || !selects(d.To, dst) {
+				continue
+			}
+			var next []*policy.PortRule
+			for _, l := range left {
+				next = append(next, subtract(l, d.Ports)...)
+			}
+			if left = next; len(left) == 0 {
+				break
 			}
 		}
-		return false
+		return left
 	}
 	edges = []apiclient.PolicyEdge{}
 	for pi := range set.Policies {
@@ -202,21 +250,20 @@ func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool)
 			}
 			for _, src := range from {
 				for _, dst := range to {
-					for _, pr := range ports {
-						if denied(src, dst, pr) {
-							continue
-						}
-						if len(edges) >= MaxPolicyEdges {
-							return edges, true
-						}
-						e := apiclient.PolicyEdge{Src: src.Name, Dst: dst.Name, Protocol: "any", Policy: p.Name, Rule: r.Name}
-						if pr != nil {
-							e.Protocol, e.Port = pr.Protocol.String(), pr.Port
-							if pr.EndPort > pr.Port {
-								e.EndPort = pr.EndPort
+					for _, allowed := range ports {
+						for _, pr := range remaining(src, dst, allowed) {
+							if len(edges) >= MaxPolicyEdges {
+								return edges, true
 							}
+							e := apiclient.PolicyEdge{Src: src.Name, Dst: dst.Name, Protocol: "any", Policy: p.Name, Rule: r.Name}
+							if pr != nil {
+								e.Protocol, e.Port = pr.Protocol.String(), pr.Port
+								if pr.EndPort > pr.Port {
+									e.EndPort = pr.EndPort
+								}
+							}
+							edges = append(edges, e)
 						}
-						edges = append(edges, e)
 					}
 				}
 			}

@@ -48,3 +48,70 @@ func TestPolicyEdgesBounded(t *testing.T) {
 		t.Errorf("an allow of every port: %+v", edges[0])
 	}
 }
+
+// TestPolicyEdgesCutByDenies: an enforcing deny cuts the ports it takes
+// out of an allowed range (and takes an edge away whole when it covers
+// it); a monitor policy's deny cuts nothing.
+func TestPolicyEdgesCutByDenies(t *testing.T) {
+	const doc = `
+apiVersion: eastguard.dev/v1
+kind: Workload
+metadata: {name: web-1, labels: {app: web}}
+spec: {node: node-a, interface: veth-web1, addresses: [10.250.1.2]}
+---
+apiVersion: eastguard.dev/v1
+kind: Workload
+metadata: {name: db-1, labels: {app: db}}
+spec: {node: node-b, interface: veth-db1, addresses: [10.250.2.2]}
+---
+apiVersion: eastguard.dev/v1
+kind: Policy
+metadata: {name: shop}
+spec:
+  rules:
+    - name: web-to-db
+      from: [{selector: {app: web}}]
+      to: [{selector: {app: db}}]
+      ports: [{protocol: TCP, port: 5000, endPort: 6000}, {protocol: TCP, port: 22}, {protocol: UDP}]
+---
+apiVersion: eastguard.dev/v1
+kind: Policy
+metadata: {name: guard}
+spec:
+  rules:
+    - name: no-5432
+      action: deny
+      from: [{selector: {app: web}}]
+      to: [{selector: {app: db}}]
+      ports: [{protocol: TCP, port: 5432}, {protocol: TCP, port: 5990, endPort: 6100}, {protocol: UDP, port: 53}]
+---
+apiVersion: eastguard.dev/v1
+kind: Policy
+metadata: {name: audit}
+spec:
+  mode: monitor
+  rules:
+    - name: no-ssh
+      action: deny
+      from: [{selector: {app: web}}]
+      to: [{selector: {app: db}}]
+      ports: [{protocol: TCP, port: 22}]
+`
+	set, diags := policy.ParseAndValidate("edges.yaml", []byte(doc))
+	if diags.HasErrors() {
+		t.Fatalf("fixture: %v", diags)
+	}
+	edges, truncated := PolicyEdges(set)
+	var got []string
+	for _, e := range edges {
+		got = append(got, fmt.Sprintf("%s>%s %s/%d-%d", e.Src, e.Dst, e.Protocol, e.Port, e.EndPort))
+	}
+	want := []string{
+		"web-1>db-1 TCP/5000-5431", "web-1>db-1 TCP/5433-5989", // 5432 and 5990-6000 denied
+		"web-1>db-1 TCP/22-0", // the monitor policy's deny only reports
+		"web-1>db-1 UDP/1-52", "web-1>db-1 UDP/54-65535", // every UDP port but 53
+	}
+	if truncated || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("policy edges\n got %v\nwant %v", got, want)
+	}
+}
