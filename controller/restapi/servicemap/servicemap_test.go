@@ -108,7 +108,7 @@ spec:
 	}
 	want := []string{
 		"web-1>db-1 TCP/5000-5431", "web-1>db-1 TCP/5433-5989", // 5432 and 5990-6000 denied
-		"web-1>db-1 TCP/22-0", // the monitor policy's deny only reports
+		"web-1>db-1 TCP/22-0",                            // the monitor policy's deny only reports
 		"web-1>db-1 UDP/1-52", "web-1>db-1 UDP/54-65535", // every UDP port but 53
 	}
 	if truncated || fmt.Sprint(got) != fmt.Sprint(want) {
