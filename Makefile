@@ -32,7 +32,7 @@ GOBUILD        = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 .PHONY: help deps deps-run generate ui build lint test kube-apiserver bench fuzz bench-throughput e2e demo demo-clean images clean
 
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 generate: deps ## Regenerate eBPF objects (bpf2go, clang-19), protobuf code (protoc 3.21.12, Debian protobuf-compiler), the CRDs and DeepCopy code of controller/kube/crdv1 (controller-gen), and the dashboard's assets (make ui).
 	$(GO) generate ./...
@@ -52,7 +52,7 @@ build: ## Build all binaries into bin/, stamped with VERSION (git describe).
 	@mkdir -p $(BIN)
 	$(GOBUILD) -o $(BIN)/ ./agent/cmd/... ./controller/cmd/...
 
-lint: ## gofmt, go vet, and the repository's rules (test/repo: one-way imports, no committed binaries, links inside the repository, README layout).
+lint: ## gofmt, go vet, and the repository's rules (test/repo: one-way imports, no committed binaries, links inside the repository, README layout, a test for every README command).
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test/kube && $(GO) vet ./...

@@ -7,10 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/eastguard/eastguard/internal/testutil/readme"
 	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
@@ -429,15 +429,14 @@ func TestInstallScript(t *testing.T) {
 // must succeed.
 func TestReadmeInstallCommands(t *testing.T) {
 	r := newInstallRig(t)
-	readme := readFile(t, filepath.Join("..", "..", "README.md"))
-	cmds := regexp.MustCompile(`(?m)^\s+sudo (deploy/install\.sh .*)$`).FindAllStringSubmatch(readme, -1)
+	cmds := readme.WithPrefix(readme.Commands(t), "sudo deploy/install.sh ")
 	if len(cmds) < 2 {
 		t.Fatalf("README shows %d deploy/install.sh commands, want the install and the uninstall", len(cmds))
 	}
 	dest := t.TempDir()
 	var sawInstall, sawUninstall bool
-	for _, m := range cmds {
-		command := strings.TrimSpace(strings.SplitN(m[1], "  #", 2)[0])
+	for _, c := range cmds {
+		command := strings.TrimPrefix(c.Text, "sudo ")
 		r.mustRun(t, dest, testToken+"\n", command)
 		if strings.Contains(command, "--uninstall") {
 			sawUninstall = true
@@ -450,6 +449,6 @@ func TestReadmeInstallCommands(t *testing.T) {
 		}
 	}
 	if !sawInstall || !sawUninstall {
-		t.Errorf("README's deploy/install.sh commands %q: want an install and an uninstall", cmds)
+		t.Errorf("README's deploy/install.sh commands %v: want an install and an uninstall", cmds)
 	}
 }

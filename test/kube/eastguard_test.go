@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -130,17 +131,6 @@ func uninstallAtEnd(t *testing.T, agentBin string, n *topo.Node) {
 	})
 }
 
-const shopPolicy = `apiVersion: eastguard.dev/v1
-kind: Policy
-metadata: {name: shop}
-spec:
-  rules:
-    - name: web-to-db
-      from: [{selector: {app: web, "k8s:namespace": shop}}]
-      to: [{selector: {app: db}}]
-      ports: [{protocol: TCP, port: 5432}]
-`
-
 // badPolicy passes the CRD's schema (it cannot check label keys) but not
 // the policy parser.
 const badPolicy = `apiVersion: eastguard.dev/v1
@@ -186,7 +176,7 @@ func TestPrivilegedKubernetesMode(t *testing.T) {
 		return nil
 	})
 	c.ApplyDryRun(t, manifests)
-	c.Apply(t, manifests)
+	readmeKubectl(t, c, "kubectl apply -k deploy/kubernetes")
 
 	// The controller runs as its ServiceAccount: the manifests' RBAC must
 	// be enough for everything it does.
@@ -297,14 +287,21 @@ func TestPrivilegedKubernetesMode(t *testing.T) {
 	// No policy yet: default deny between the pods.
 	topo.MustDrop(t, "web -> db before any policy", web.Dial(db4, 5432, topo.Quick))
 
-	// A Policy custom resource: web -> db:5432, in both families.
-	c.Apply(t, []byte(shopPolicy))
+	// A Policy custom resource: web -> db:5432, in both families, applied
+	// as the README shows it.
+	readmeKubectl(t, c, "kubectl apply -f - <<")
 	testutil.Eventually(t, 30*time.Second, "web -> db allowed by the Policy", func() error {
 		return web.Dial(db4, 5432, 2*time.Second)
 	})
 	topo.MustPass(t, "web -> db over IPv6", web.Dial(db6, 5432, 2*time.Second))
 	topo.MustDrop(t, "other -> db", other.Dial(db4, 5432, topo.Quick))
 	waitValid(t, c, "shop", "True")
+	if out := readmeKubectl(t, c, "kubectl get policies"); !regexp.MustCompile(`(?m)^NAME\s+MODE\s+VALID\s+AGE\n(.*\n)*shop\s+True\s`).MatchString(out) {
+		t.Errorf("kubectl get policies: want a VALID column saying True for shop:\n%s", out)
+	}
+	if out := readmeKubectl(t, c, "kubectl describe policy shop"); !regexp.MustCompile(`(?s)Status:\s+True\s+Type:\s+Valid\s.*\nEvents:.*\sAccepted\s`).MatchString(out) {
+		t.Errorf("kubectl describe policy shop: want the Valid condition, True, and the Accepted Event:\n%s", out)
+	}
 
 	// Relabelling a pod changes its verdicts.
 	pods := c.Client.CoreV1().Pods("shop")

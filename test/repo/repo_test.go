@@ -2,8 +2,9 @@
 // lint` and `make test` run them: dependencies run one way (mains ->
 // agent/... | controller/... -> internal/...), no build output or other
 // binary is committed, the README and docs/ link only inside the
-// repository, and the README's layout section lists exactly the folders
-// and packages the tree has.
+// repository, the README's layout section lists exactly the folders
+// and packages the tree has, and every command the README shows is run
+// by a test (readme_test.go).
 package repo_test
 
 import (
