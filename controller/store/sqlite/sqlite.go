@@ -107,7 +107,7 @@ func openDB(path string, conns int, pragmas []string) (*sql.DB, error) {
 	for _, p := range pragmas {
 		q.Add("_pragma", p)
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	db, err := sql.Open("sqlite", "file:"+uriPath.Replace(path)+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
@@ -115,6 +115,11 @@ func openDB(path string, conns int, pragmas []string) (*sql.DB, error) {
 	db.SetMaxIdleConns(conns)
 	return db, nil
 }
+
+// uriPath escapes what a SQLite URI filename would otherwise read as
+// its query ('?'), its fragment ('#') or an escape ('%'): a data
+// directory named "ctl#2" must open ctl#2/eastguard.db, not "ctl".
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
 // Path is the database file.
 func (s *SQLite) Path() string { return s.path }

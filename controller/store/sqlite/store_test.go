@@ -285,3 +285,23 @@ func TestAdminTokens(t *testing.T) {
 		t.Errorf("list: %+v, %v", list, err)
 	}
 }
+
+// TestOpenPathWithURICharacters: a data directory whose name holds what
+// a SQLite URI reads specially ('#', '?', '%') opens the database inside
+// it, and again after a restart.
+func TestOpenPathWithURICharacters(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ctl#1?x=%41")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatalf("open %s: %v", dir, err)
+		}
+		s.Close()
+	}
+	if _, err := os.Stat(filepath.Join(dir, "eastguard.db")); err != nil {
+		t.Errorf("the database is not inside the data directory: %v", err)
+	}
+}
