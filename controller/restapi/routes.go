@@ -40,6 +40,7 @@ var routes = []route{
 	{"GET /api/v1/flows/stream", false, (*API).handleFlowStream},
 	{"GET /api/v1/map", false, (*API).handleMap},
 	{"GET /api/v1/explain", false, (*API).handleExplain},
+	{"GET /api/v1/recommend", false, (*API).handleRecommend},
 	{"GET /api/v1/policies/{name}/detail", false, (*API).handlePolicyDetail},
 	{"GET /api/v1/alerts", false, (*API).handleAlerts},
 	{"GET /api/v1/alerts/{id}", false, (*API).handleAlert},

@@ -236,7 +236,9 @@ type FlowEdge struct {
 	// that were not allowed (connections still open count only once
 	// closed).
 	Flows, Packets, Bytes uint64
-	LastSeen              time.Time
+	// FirstSeen and LastSeen are the times of the group's first and last
+	// records in the range.
+	FirstSeen, LastSeen time.Time
 }
 
 // RuleCount is how many flows one rule decided with one verdict.

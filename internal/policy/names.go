@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -87,4 +88,25 @@ func checkInterface(s string) string {
 
 func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// CheckLabel returns why key: value is not a label the language accepts,
+// or nil. It is for code that writes policy from labels it did not parse
+// itself (egctl recommend), so that what it writes always reads back.
+func CheckLabel(key, value string) error {
+	if why := checkLabel("key", key); why != "" {
+		return errors.New(why)
+	}
+	if why := checkLabel("value", value); why != "" {
+		return errors.New(why)
+	}
+	return nil
+}
+
+// CheckName returns why s is not a valid resource or rule name, or nil.
+func CheckName(s string) error {
+	if why := checkName(s); why != "" {
+		return errors.New(why)
+	}
+	return nil
 }

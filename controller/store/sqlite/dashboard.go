@@ -31,7 +31,7 @@ SELECT src_workload, CASE WHEN src_workload = '' THEN src_addr ELSE '' END AS sr
 	SUM(state = 'new') AS n,
 	SUM(CASE WHEN state = 'closed' OR (state = 'new' AND verdict <> ?) THEN packets ELSE 0 END),
 	SUM(CASE WHEN state = 'closed' OR (state = 'new' AND verdict <> ?) THEN bytes ELSE 0 END),
-	MAX(time)
+	MIN(time), MAX(time)
 FROM flows INDEXED BY flows_map
 WHERE time >= ? AND time < ?
 GROUP BY src_workload, src, dst_workload, dst, protocol, dst_port, verdict
@@ -45,14 +45,15 @@ LIMIT ?`, int64(ruleset.VerdictAllowed), int64(ruleset.VerdictAllowed), lo, hi, 
 	for rows.Next() {
 		var e store.FlowEdge
 		var src, dst string
-		var port, verdict, n, packets, bytes, last int64
-		if err := rows.Scan(&e.SrcWorkload, &src, &e.DstWorkload, &dst, &e.Protocol, &port, &verdict, &n, &packets, &bytes, &last); err != nil {
+		var port, verdict, n, packets, bytes, first, last int64
+		if err := rows.Scan(&e.SrcWorkload, &src, &e.DstWorkload, &dst, &e.Protocol, &port, &verdict, &n, &packets, &bytes, &first, &last); err != nil {
 			return nil, fmt.Errorf("read flow edges: %w", err)
 		}
 		e.SrcAddr, _ = netip.ParseAddr(src)
 		e.DstAddr, _ = netip.ParseAddr(dst)
 		e.Port, e.Verdict = uint16(port), ruleset.Verdict(verdict)
-		e.Flows, e.Packets, e.Bytes, e.LastSeen = uint64(n), uint64(packets), uint64(bytes), fromNanos(last)
+		e.Flows, e.Packets, e.Bytes = uint64(n), uint64(packets), uint64(bytes)
+		e.FirstSeen, e.LastSeen = fromNanos(first), fromNanos(last)
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
