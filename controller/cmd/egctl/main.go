@@ -7,8 +7,8 @@
 //
 // Exit codes shared by every command: 0 success, 1 bad input (unreadable or
 // invalid files, bad flags). explain adds 3 (denied) and 4 (would-deny);
-// the online commands (apply, get, delete, agents, agent, flows, alerts,
-// alert, token, admin-token) add 2 (the controller could not be reached
+// the online commands (apply, get, delete, agents, agent, flows, recommend,
+// alerts, alert, token, admin-token) add 2 (the controller could not be reached
 // or refused the credential).
 //
 // It must not import agent/... .
@@ -33,7 +33,7 @@ var commands = []*cli.Command{
 	offline.ValidateCmd, offline.CompileCmd, offline.ExplainCmd, offline.ImportCmd,
 	online.ApplyCmd, online.GetCmd, online.DeleteCmd,
 	online.AgentsCmd, online.AgentCmd, online.WebhooksCmd,
-	online.FlowsCmd, online.AlertsCmd, online.AlertCmd,
+	online.FlowsCmd, online.RecommendCmd, online.AlertsCmd, online.AlertCmd,
 	online.TokenCmd, online.AdminTokenCmd,
 }
 
