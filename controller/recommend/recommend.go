@@ -450,8 +450,12 @@ func Document(opts Options, rules []apiclient.RecommendedRule) ([]byte, error) {
 	}
 	for i, item := range seq.Content {
 		ev := rules[i].Evidence
-		item.HeadComment = fmt.Sprintf("%d flows (%d allowed, %d would-deny, %d denied), first seen %s, last seen %s",
-			ev.Flows, ev.Allowed, ev.WouldDeny, ev.Denied, ev.FirstSeen.Format(time.RFC3339), ev.LastSeen.Format(time.RFC3339))
+		flows := "flows"
+		if ev.Flows == 1 {
+			flows = "flow"
+		}
+		item.HeadComment = fmt.Sprintf("%d %s (%d allowed, %d would-deny, %d denied), first seen %s, last seen %s",
+			ev.Flows, flows, ev.Allowed, ev.WouldDeny, ev.Denied, ev.FirstSeen.Format(time.RFC3339), ev.LastSeen.Format(time.RFC3339))
 		for _, key := range []string{"from", "to", "ports"} {
 			if v := mapValue(item, key); v != nil {
 				v.Style = yaml.FlowStyle

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/policy"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
 )
@@ -431,5 +433,76 @@ func TestFlowStream(t *testing.T) {
 	var got flowrecord.Record
 	if ev != "flow" || json.Unmarshal([]byte(data), &got) != nil || got.DstPort != 22 || got.DstWorkload != "db-1" {
 		t.Errorf("event %q data %s, want the port-22 flow to db-1 only", ev, data)
+	}
+}
+
+// TestRecommendAPI: GET /api/v1/recommend writes the policy from the
+// stored flows (allowed and would-deny; denied with includeDenied), its
+// YAML valid, and with diff=true compares the traffic with the policy in
+// force; bad queries are 400 and change nothing.
+func TestRecommendAPI(t *testing.T) {
+	d := newDashAPI(t)
+	var rec apiclient.Recommendation
+	d.get(t, "/api/v1/recommend?since=1h&groupBy=role", &rec)
+	if rec.GroupBy != "role" || rec.Truncated || rec.Diff != nil || (rec.Until.Sub(rec.Since) != time.Hour) {
+		t.Errorf("answer %+v", rec)
+	}
+	type rv struct{ name, from, to, ports string }
+	var got []rv
+	for _, r := range rec.Rules {
+		var ports []string
+		for _, p := range r.Ports {
+			ports = append(ports, fmt.Sprintf("%s/%d", p.Protocol, p.Port))
+		}
+		got = append(got, rv{r.Name, fmt.Sprint(r.From), fmt.Sprint(r.To), strings.Join(ports, ",")})
+	}
+	// web -> db 5432 (allowed, 2 flows in the hour) and 22 (would-deny);
+	// the denied SSH from 203.0.113.9 and from the node named like a
+	// formula are left out.
+	want := []rv{{"web-to-db", "[{map[role:web] }]", "[{map[role:db] }]", "TCP/22,TCP/5432"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("rules %v, want %v\n%s", got, want, rec.YAML)
+	}
+	if ev := rec.Rules[0].Evidence; ev.Flows != 3 || ev.Allowed != 2 || ev.WouldDeny != 1 || ev.Denied != 0 {
+		t.Errorf("evidence %+v", ev)
+	}
+	if _, diags := policy.ParseAndValidate("rec.yaml", []byte(rec.YAML)); diags.HasErrors() || !strings.Contains(rec.YAML, "name: recommended") {
+		t.Errorf("YAML does not validate: %v\n%s", diags, rec.YAML)
+	}
+
+	d.get(t, "/api/v1/recommend?since=1h&groupBy=role&includeDenied=true&name=seen", &rec)
+	// Plus the denied SSH from two addresses of different /24s.
+	if len(rec.Rules) != 3 || !strings.Contains(rec.YAML, "name: seen") || !strings.Contains(rec.YAML, "cidr: 203.0.113.9/32") ||
+		!strings.Contains(rec.YAML, "cidr: 198.51.100.7/32") {
+		t.Errorf("includeDenied: %+v\n%s", rec.Rules, rec.YAML)
+	}
+
+	d.get(t, "/api/v1/recommend?since=1h&diff=true&workload=web-1", &rec)
+	if rec.Diff == nil {
+		t.Fatal("diff=true: no diff")
+	}
+	// web -> db SSH is not allowed (default deny: the monitor deny opens
+	// nothing); web -> cache 6379 is taken back by a deny, so not an edge;
+	// bastion -> db is not web-1's.
+	if na := rec.Diff.NotAllowed; len(na) != 1 || na[0].Src != "web-1" || na[0].Dst != "db-1" || na[0].Port != 22 ||
+		na[0].Verdict != ruleset.VerdictDenied || na[0].Rule != "default-deny" {
+		t.Errorf("notAllowed %+v", na)
+	}
+	if len(rec.Diff.Unused) != 0 {
+		t.Errorf("unused %+v: web-1's only allow edge was used", rec.Diff.Unused)
+	}
+	d.get(t, "/api/v1/recommend?since=1h&diff=true", &rec)
+	if u := rec.Diff.Unused; len(u) != 1 || u[0].Src != "bastion" || u[0].Rule != "bastion-ssh" {
+		t.Errorf("unused %+v", u)
+	}
+
+	for _, bad := range []string{"since=x", "since=1h&until=2h", "nope=1", "groupBy=a%20b", "groupBy=", "workload=nobody",
+		"includeDenied=yes", "name=a/b", "diff=1"} {
+		if code, body := controllertest.Call(t, "GET", d.cfg.Server+"/api/v1/recommend?"+bad, d.cfg.Token, ""); code != 400 {
+			t.Errorf("?%s: %d %s, want 400", bad, code, body)
+		}
+	}
+	if code, _ := controllertest.Call(t, "GET", d.cfg.Server+"/api/v1/recommend", "", ""); code != 401 {
+		t.Errorf("without a credential: %d, want 401", code)
 	}
 }

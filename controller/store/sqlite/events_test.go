@@ -605,3 +605,25 @@ func TestFlowVolumeMigration(t *testing.T) {
 		t.Errorf("migrated record: %+v", r)
 	}
 }
+
+// TestFlowEdgesFirstSeen: each group says when its first and last records
+// in the range were stored (a recommended rule's evidence); records
+// outside the range do not count.
+func TestFlowEdgesFirstSeen(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var recs []flowrecord.Record
+	for i, ago := range []time.Duration{3 * time.Hour, 50 * time.Minute, 30 * time.Minute, 10 * time.Minute} {
+		r := testFlow(0, base.Add(-ago))
+		r.SrcPort, r.State = uint16(40000+i), flowrecord.StateNew
+		recs = append(recs, r)
+	}
+	insertFlows(t, s, recs)
+	edges, err := s.FlowEdges(context.Background(), base.Add(-time.Hour), base, 10)
+	if err != nil || len(edges) != 1 {
+		t.Fatalf("edges %+v, %v", edges, err)
+	}
+	if e := edges[0]; e.Flows != 3 || !e.FirstSeen.Equal(base.Add(-50*time.Minute)) || !e.LastSeen.Equal(base.Add(-10*time.Minute)) {
+		t.Errorf("edge %+v: want 3 flows, first seen 50 min and last 10 min before", e)
+	}
+}
