@@ -102,6 +102,11 @@ var readmeEgctl = map[string]readmeWant{
 	"egctl alerts --open":                                {out: map[string][]string{"": {"unexpected-ssh", "web-1"}}},
 	"egctl alert ack 42":                                 {out: map[string][]string{"": {"acknowledged"}}},
 	"egctl webhooks":                                     {out: map[string][]string{"": {"security-team"}}},
+	"egctl recommend --workload db-1 -o json":            {out: map[string][]string{"": {`"yaml"`, "bastion-to-shop", "shop-to-shop", `"wouldDeny": 1`}}},
+	"egctl recommend --since 24h --group-by role > recommended.yaml": {
+		files: map[string]string{"recommended.yaml": "name: web-to-db"}},
+	"egctl recommend --diff": {out: map[string][]string{"": {"break under enforce): 1", "bastion", "db-1", "TCP/5432",
+		"never used", "shop/lb-to-web"}}},
 
 	"egctl validate policies/":                                       {out: map[string][]string{"": {"valid"}}},
 	"egctl validate --sizes policies/":                               {out: map[string][]string{"": {"node-a", "node-b"}}},
@@ -164,6 +169,15 @@ func newReadmeSeed(t *testing.T) readmeSeed {
 		Source: "web-1", Destination: "db-1", SrcWorkload: "web-1", DstWorkload: "db-1", SrcAddr: web1, DstAddr: db1,
 		Port: 22, Protocol: "TCP", FirstSeen: now, LastSeen: now, Window: 5 * time.Minute, Created: now}
 	h.InsertAlerts(a)
+	// The traffic egctl recommend writes policy from: web-1 -> db-1
+	// allowed, and bastion (monitor mode) -> db-1, which nothing allows.
+	bastion := netip.MustParseAddr("10.10.0.2")
+	h.InsertFlows(flowrecord.Record{Time: now, Node: "node-b", Direction: ruleset.Ingress, Protocol: "TCP",
+		SrcAddr: web1, SrcPort: 40001, SrcWorkload: "web-1", DstAddr: db1, DstPort: 5432, DstWorkload: "db-1",
+		Verdict: ruleset.VerdictAllowed, Rule: "shop/web-to-db", Packets: 1, Bytes: 60, FirstSeen: now, LastSeen: now, State: flowrecord.StateNew},
+		flowrecord.Record{Time: now, Node: "node-c", Direction: ruleset.Egress, Protocol: "TCP",
+			SrcAddr: bastion, SrcPort: 40002, SrcWorkload: "bastion", DstAddr: db1, DstPort: 5432, DstWorkload: "db-1",
+			Verdict: ruleset.VerdictWouldDeny, Rule: "default-deny", Packets: 1, Bytes: 60, FirstSeen: now, LastSeen: now, State: flowrecord.StateNew})
 	return readmeSeed{conf: conf, dir: dir, joinTokenID: join[1], adminTokenID: admin.ID, alertID: a.ID}
 }
 
