@@ -96,13 +96,22 @@ func Diff(set *policy.Set, edges []store.FlowEdge, opts Options) (*apiclient.Rec
 		return cmp.Or(cmp.Compare(a.Src, b.Src), cmp.Compare(a.Dst, b.Dst), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
 	})
 
+	// The observed edges between workloads, by pair: a policy edge is
+	// compared with its pair's only.
+	pairs := make(map[[2]string][]store.FlowEdge)
+	for _, e := range observed {
+		if e.SrcWorkload != "" && e.DstWorkload != "" {
+			k := [2]string{e.SrcWorkload, e.DstWorkload}
+			pairs[k] = append(pairs[k], e)
+		}
+	}
 	pedges, truncated := servicemap.PolicyEdges(set)
 	out.Truncated = truncated
 	for _, pe := range pedges {
 		if opts.Workload != "" && pe.Src != opts.Workload && pe.Dst != opts.Workload {
 			continue
 		}
-		if !slices.ContainsFunc(observed, func(e store.FlowEdge) bool { return covers(pe, e) }) {
+		if !slices.ContainsFunc(pairs[[2]string{pe.Src, pe.Dst}], func(e store.FlowEdge) bool { return covers(pe, e) }) {
 			out.Unused = append(out.Unused, pe)
 		}
 	}
