@@ -10,8 +10,9 @@ import (
 
 // handleRecommend answers egctl recommend: a policy recommended from the
 // stored flows (controller/recommend), from at most recommend.MaxEdges of
-// the store's aggregated edges, the ones with the most flows (beyond:
-// truncated), and with diff=true its comparison with the policy in force.
+// the store's aggregated edges (of the workload's flows with workload=),
+// the ones with the most flows (beyond: truncated), and with diff=true its
+// comparison with the policy in force.
 func (s *API) handleRecommend(w http.ResponseWriter, r *http.Request) {
 	v, ok := query(w, r)
 	if !ok {
@@ -29,7 +30,7 @@ func (s *API) handleRecommend(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	groups, err := s.st.FlowEdges(r.Context(), q.Since, q.Until, recommend.MaxEdges+1)
+	groups, err := s.st.FlowEdgesOf(r.Context(), q.Since, q.Until, q.Workload, recommend.MaxEdges+1)
 	if err != nil {
 		s.failEvents(w, r, err)
 		return

@@ -44,6 +44,10 @@ type EventStore interface {
 	// end), protocol, destination port and verdict: the limit groups
 	// with the most flows, most first.
 	FlowEdges(ctx context.Context, since, until time.Time, limit int) ([]FlowEdge, error)
+	// FlowEdgesOf is FlowEdges of the flows from or to one workload
+	// only: the limit applies to that workload's groups (egctl recommend
+	// --workload).
+	FlowEdgesOf(ctx context.Context, since, until time.Time, workload string, limit int) ([]FlowEdge, error)
 	// RuleCounts counts the flows recorded in [since, until) by deciding
 	// rule and verdict.
 	RuleCounts(ctx context.Context, since, until time.Time) ([]RuleCount, error)

@@ -23,6 +23,17 @@ func rangeArgs(since, until time.Time) (int64, int64) {
 // FlowEdges groups the range's flows from the covering index flows_map
 // (migration 4): the table itself is not read.
 func (s *SQLite) FlowEdges(ctx context.Context, since, until time.Time, limit int) ([]store.FlowEdge, error) {
+	return s.flowEdges(ctx, since, until, "", limit)
+}
+
+// FlowEdgesOf is FlowEdges of one workload's flows, from the same index.
+func (s *SQLite) FlowEdgesOf(ctx context.Context, since, until time.Time, workload string, limit int) ([]store.FlowEdge, error) {
+	return s.flowEdges(ctx, since, until, workload, limit)
+}
+
+// flowEdges groups the range's flows; a workload other than "" keeps
+// only its flows.
+func (s *SQLite) flowEdges(ctx context.Context, since, until time.Time, workload string, limit int) ([]store.FlowEdge, error) {
 	lo, hi := rangeArgs(since, until)
 	rows, err := s.edb.QueryContext(ctx, `
 SELECT src_workload, CASE WHEN src_workload = '' THEN src_addr ELSE '' END AS src,
@@ -33,10 +44,10 @@ SELECT src_workload, CASE WHEN src_workload = '' THEN src_addr ELSE '' END AS sr
 	SUM(CASE WHEN state = 'closed' OR (state = 'new' AND verdict <> ?) THEN bytes ELSE 0 END),
 	MIN(time), MAX(time)
 FROM flows INDEXED BY flows_map
-WHERE time >= ? AND time < ?
+WHERE time >= ? AND time < ? AND (? = '' OR src_workload = ? OR dst_workload = ?)
 GROUP BY src_workload, src, dst_workload, dst, protocol, dst_port, verdict
 ORDER BY n DESC, src_workload, src, dst_workload, dst, protocol, dst_port, verdict
-LIMIT ?`, int64(ruleset.VerdictAllowed), int64(ruleset.VerdictAllowed), lo, hi, limit)
+LIMIT ?`, int64(ruleset.VerdictAllowed), int64(ruleset.VerdictAllowed), lo, hi, workload, workload, workload, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read flow edges: %w", classify(err))
 	}

@@ -627,3 +627,32 @@ func TestFlowEdgesFirstSeen(t *testing.T) {
 		t.Errorf("edge %+v: want 3 flows, first seen 50 min and last 10 min before", e)
 	}
 }
+
+// TestFlowEdgesOf: one workload's groups only, from either end, the limit
+// counting only them.
+func TestFlowEdgesOf(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var recs []flowrecord.Record
+	for i, ends := range [][2]string{{"web", "db"}, {"web", "db"}, {"db", "cache"}, {"lb", "web"}, {"lb", "api"}} {
+		r := testFlow(0, base.Add(-time.Duration(i+1)*time.Minute))
+		r.SrcWorkload, r.DstWorkload, r.SrcPort, r.State = ends[0], ends[1], uint16(40000+i), flowrecord.StateNew
+		recs = append(recs, r)
+	}
+	insertFlows(t, s, recs)
+	ctx := context.Background()
+	edges, err := s.FlowEdgesOf(ctx, base.Add(-time.Hour), base, "web", 10)
+	var got []string
+	for _, e := range edges {
+		got = append(got, fmt.Sprintf("%s>%s:%d", e.SrcWorkload, e.DstWorkload, e.Flows))
+	}
+	if err != nil || !slices.Equal(got, []string{"web>db:2", "lb>web:1"}) {
+		t.Errorf("web's edges %v, %v", got, err)
+	}
+	if edges, err := s.FlowEdgesOf(ctx, base.Add(-time.Hour), base, "cache", 1); err != nil || len(edges) != 1 || edges[0].SrcWorkload != "db" {
+		t.Errorf("cache's edges, limit 1: %+v, %v", edges, err)
+	}
+	if all, err := s.FlowEdges(ctx, base.Add(-time.Hour), base, 10); err != nil || len(all) != 4 {
+		t.Errorf("every edge: %+v, %v", all, err)
+	}
+}
