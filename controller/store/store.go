@@ -22,9 +22,8 @@
 // SQLite-specific types) except for placeholders ($n in Postgres) and
 // BLOB (BYTEA), so the port is mostly mechanical; its migrations must be
 // versioned the same way (see controller/store/sqlite/migrations.go). The
-// shared behaviour is pinned by the tests in controller/store/sqlite
-// (store_test.go, events_test.go), which a Postgres implementation should
-// run too.
+// shared behaviour is pinned by the conformance suite
+// (controller/store/storetest), which every implementation runs.
 //
 // Secrets: the CA private key is stored in the database, unencrypted; an
 // implementation's database must be protected and backed up like the key
