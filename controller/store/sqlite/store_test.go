@@ -11,7 +11,7 @@ import (
 	"github.com/eastguard/eastguard/controller/store/storetest"
 )
 
-func openTest(t *testing.T, dir string) *SQLite {
+func openTest(t testing.TB, dir string) *SQLite {
 	t.Helper()
 	s, err := Open(dir)
 	if err != nil {
@@ -55,7 +55,7 @@ func TestOpenModesAndMigrations(t *testing.T) {
 
 // TestConformance runs the store's conformance suite on SQLite.
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store { return openTest(t, t.TempDir()) })
+	storetest.Run(t, func(t testing.TB) store.Store { return openTest(t, t.TempDir()) })
 }
 
 // TestAdminTokens: the token of a store of the first schema is the
@@ -107,4 +107,13 @@ func TestOpenPathWithURICharacters(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "eastguard.db")); err != nil {
 		t.Errorf("the database is not inside the data directory: %v", err)
 	}
+}
+
+// BenchmarkInsertFlows: flow ingest into SQLite through the store's
+// insert path, batches of 1,000 (BenchmarkPostgresInsertFlows is the
+// same on PostgreSQL). Measure with
+//
+//	go test -run '^$' -bench InsertFlows -benchtime 200x ./controller/store/sqlite/
+func BenchmarkInsertFlows(b *testing.B) {
+	storetest.BenchmarkInsertFlows(b, func(t testing.TB) store.Store { return openTest(t, t.TempDir()) }, 1000)
 }

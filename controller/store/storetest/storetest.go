@@ -26,7 +26,7 @@ import (
 
 // Open returns a new, empty store for one test; the implementation closes
 // it when the test ends (t.Cleanup).
-type Open func(t *testing.T) store.Store
+type Open func(t testing.TB) store.Store
 
 // Run runs the whole suite, each test on a store of its own.
 func Run(t *testing.T, open Open) {
@@ -181,4 +181,25 @@ func testFlowsPaging(t *testing.T, open Open) {
 	if got, err := s.Flows(ctx, store.FlowQuery{Before: ids[0]}); err != nil || len(got) != 0 {
 		t.Errorf("page after a pruned flow: %d flows, %v", len(got), err)
 	}
+}
+
+// BenchmarkInsertFlows measures flow ingest through the store's insert
+// path: batches of batch records, one event transaction each (as
+// controller/flowingest writes them), records spread over the last hour.
+// Reported: records/s.
+func BenchmarkInsertFlows(b *testing.B, open Open, batch int) {
+	s := open(b)
+	now := time.Now().Add(-time.Hour)
+	recs := make([]flowrecord.Record, batch)
+	n := 0
+	for b.Loop() {
+		for i := range recs {
+			recs[i] = Flow(n, now.Add(time.Duration(n)*time.Millisecond))
+			n++
+		}
+		if err := s.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
 }
