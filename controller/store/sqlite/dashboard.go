@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/store"
+	rc "github.com/eastguard/eastguard/controller/store/internal/rowcodec"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
@@ -52,7 +53,7 @@ LIMIT ?`, int64(ruleset.VerdictAllowed), int64(ruleset.VerdictAllowed), lo, hi, 
 		e.SrcAddr, _ = netip.ParseAddr(src)
 		e.DstAddr, _ = netip.ParseAddr(dst)
 		e.Port, e.Verdict = uint16(port), ruleset.Verdict(verdict)
-		e.Flows, e.Packets, e.Bytes, e.LastSeen = uint64(n), uint64(packets), uint64(bytes), fromNanos(last)
+		e.Flows, e.Packets, e.Bytes, e.LastSeen = uint64(n), uint64(packets), uint64(bytes), rc.FromNanos(last)
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
