@@ -53,10 +53,10 @@ type Options struct {
 	StorePasswordFile      string
 	CAKeyEncryptionKeyFile string
 	StoreFlowPartition     string
-	GRPCListen  string
-	HTTPListen  string
-	HTTPTLSCert string
-	HTTPTLSKey  string
+	GRPCListen             string
+	HTTPListen             string
+	HTTPTLSCert            string
+	HTTPTLSKey             string
 	// HTTPTLSFromCA serves the HTTP listener over TLS with the
 	// controller's own serving certificate, issued from its CA and
 	// rotated with it; admin.conf then carries the CA.
