@@ -195,9 +195,10 @@ func (o *Options) Check() error {
 	return nil
 }
 
-// Run is the controller process: it opens the store in the data
-// directory, loads or creates the CA, serves both listeners, writes
-// admin.conf once both accept, and runs until ctx is done.
+// Run is the controller process: it opens the store (SQLite in the data
+// directory, or PostgreSQL with --store), loads or creates the CA, serves
+// both listeners, writes admin.conf once both accept, and runs until ctx
+// is done.
 func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	st, err := openStore(ctx, o, log)
 	if err != nil {
