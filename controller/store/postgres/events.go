@@ -335,50 +335,11 @@ func (s *Postgres) Flows(ctx context.Context, fq store.FlowQuery) ([]flowrecord.
 
 // ScanFlows is Flows one record at a time, with the records' ids.
 func (s *Postgres) ScanFlows(ctx context.Context, fq store.FlowQuery, fn func(id int64, r *flowrecord.Record) error) error {
-	var where []string
-	var args []any
-	add := func(cond string, vals ...any) {
-		where = append(where, cond)
-		args = append(args, vals...)
-	}
-	if !fq.Since.IsZero() {
-		add("time >= ?", fq.Since.UnixNano())
-	}
-	if !fq.Until.IsZero() {
-		add("time < ?", fq.Until.UnixNano())
-	}
-	if fq.Verdict != ruleset.VerdictNone {
-		add("verdict = ?", int64(fq.Verdict))
-	}
-	if fq.HasPort {
-		add("dst_port = ?", int64(fq.Port))
-	}
-	if fq.Protocol != "" {
-		add("protocol = ?", fq.Protocol)
-	}
-	if fq.Workload != "" {
-		add("(src_workload = ? OR dst_workload = ?)", fq.Workload, fq.Workload)
-	}
-	if fq.ByWorkloads {
-		if len(fq.Workloads) == 0 {
-			return nil
-		}
-		// An array as one parameter: any number of names, no SQL built
-		// from them.
-		add("(src_workload = ANY(?) OR dst_workload = ANY(?))", fq.Workloads, fq.Workloads)
-	}
-	if fq.Addr.IsValid() {
-		add("(src_addr = ? OR dst_addr = ?)", fq.Addr.String(), fq.Addr.String())
-	}
-	if fq.Rule != "" {
-		add("rule = ?", fq.Rule)
-	}
-	if fq.Node != "" {
-		add("node = ?", fq.Node)
+	f := rc.NewFlowFilter(fq, "%s = ANY(?)", fq.Workloads)
+	if f.None {
+		return nil
 	}
 	if fq.Before != 0 {
-		// Keyset paging in the answer's order (time, id), from the time
-		// of the page's last flow.
 		var t int64
 		err := s.pool.QueryRow(ctx, "SELECT time FROM flows WHERE id = $1", fq.Before).Scan(&t)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -387,16 +348,9 @@ func (s *Postgres) ScanFlows(ctx context.Context, fq store.FlowQuery, fn func(id
 		if err != nil {
 			return fmt.Errorf("read flows: %w", classify(err))
 		}
-		add("(time < ? OR (time = ? AND id < ?))", t, t, fq.Before)
+		f.Page(t, fq.Before)
 	}
-	query := "SELECT id, " + rc.FlowColumns + " FROM flows"
-	if len(where) > 0 {
-		query += " WHERE " + strings.Join(where, " AND ")
-	}
-	query += " ORDER BY time DESC, id DESC"
-	if fq.Limit > 0 {
-		query += " LIMIT " + strconv.Itoa(fq.Limit)
-	}
+	query, args := f.Query(fq), f.Args
 	rows, err := s.pool.Query(ctx, q(query), args...)
 	if err != nil {
 		return fmt.Errorf("read flows: %w", classify(err))

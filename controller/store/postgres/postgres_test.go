@@ -218,31 +218,7 @@ func TestPostgresJoinTokenRace(t *testing.T) {
 		if err := a.AddJoinToken(ctx, store.JoinToken{ID: id, SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		wins, used := 0, 0
-		for i := range 8 {
-			s := a
-			if i%2 == 1 {
-				s = b
-			}
-			wg.Go(func() {
-				// check is slow, as a real secret check may be: the
-				// other handle's attempt overlaps it.
-				_, err := s.ConsumeJoinToken(ctx, id, now, func(store.JoinToken) error { time.Sleep(5 * time.Millisecond); return nil })
-				mu.Lock()
-				defer mu.Unlock()
-				switch {
-				case err == nil:
-					wins++
-				case errors.Is(err, store.ErrTokenUsed):
-					used++
-				default:
-					t.Errorf("concurrent use: %v", err)
-				}
-			})
-		}
-		wg.Wait()
+		wins, used := storetest.ConsumeConcurrently(t, []store.Store{a, b}, id, now, 8)
 		if wins != 1 || used != 7 {
 			t.Fatalf("round %d: %d wins, %d refused as used", round, wins, used)
 		}

@@ -12,7 +12,6 @@ import (
 	"github.com/eastguard/eastguard/controller/store"
 	rc "github.com/eastguard/eastguard/controller/store/internal/rowcodec"
 	"github.com/eastguard/eastguard/internal/flowrecord"
-	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 // EventTx runs f in one transaction of flows.db.
@@ -261,52 +260,11 @@ func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 
 // ScanFlows is Flows one record at a time, with the records' ids.
 func (s *SQLite) ScanFlows(ctx context.Context, q store.FlowQuery, fn func(id int64, r *flowrecord.Record) error) error {
-	var where []string
-	var args []any
-	add := func(cond string, vals ...any) {
-		where = append(where, cond)
-		args = append(args, vals...)
-	}
-	if !q.Since.IsZero() {
-		add("time >= ?", q.Since.UnixNano())
-	}
-	if !q.Until.IsZero() {
-		add("time < ?", q.Until.UnixNano())
-	}
-	if q.Verdict != ruleset.VerdictNone {
-		add("verdict = ?", int64(q.Verdict))
-	}
-	if q.HasPort {
-		add("dst_port = ?", int64(q.Port))
-	}
-	if q.Protocol != "" {
-		add("protocol = ?", q.Protocol)
-	}
-	if q.Workload != "" {
-		add("(src_workload = ? OR dst_workload = ?)", q.Workload, q.Workload)
-	}
-	if q.ByWorkloads {
-		if len(q.Workloads) == 0 {
-			return nil
-		}
-		// A JSON array as one parameter: any number of names, no SQL
-		// built from them.
-		names := rc.MarshalString(q.Workloads)
-		add("(src_workload IN (SELECT value FROM json_each(?)) OR dst_workload IN (SELECT value FROM json_each(?)))", names, names)
-	}
-	if q.Addr.IsValid() {
-		add("(src_addr = ? OR dst_addr = ?)", q.Addr.String(), q.Addr.String())
-	}
-	if q.Rule != "" {
-		add("rule = ?", q.Rule)
-	}
-	if q.Node != "" {
-		add("node = ?", q.Node)
+	f := rc.NewFlowFilter(q, "%s IN (SELECT value FROM json_each(?))", rc.MarshalString(q.Workloads))
+	if f.None {
+		return nil
 	}
 	if q.Before != 0 {
-		// Keyset paging in the answer's order (time, id), from the time
-		// of the page's last flow: read first, so that the condition
-		// leaves the indexes usable.
 		var t int64
 		err := s.edb.QueryRowContext(ctx, "SELECT time FROM flows WHERE id = ?", q.Before).Scan(&t)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -315,16 +273,9 @@ func (s *SQLite) ScanFlows(ctx context.Context, q store.FlowQuery, fn func(id in
 		if err != nil {
 			return fmt.Errorf("read flows: %w", classify(err))
 		}
-		add("(time < ? OR (time = ? AND id < ?))", t, t, q.Before)
+		f.Page(t, q.Before)
 	}
-	query := "SELECT id, " + rc.FlowColumns + " FROM flows"
-	if len(where) > 0 {
-		query += " WHERE " + strings.Join(where, " AND ")
-	}
-	query += " ORDER BY time DESC, id DESC"
-	if q.Limit > 0 {
-		query += " LIMIT " + strconv.Itoa(q.Limit)
-	}
+	query, args := f.Query(q), f.Args
 	rows, err := s.edb.QueryContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("read flows: %w", classify(err))

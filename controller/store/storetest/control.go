@@ -33,25 +33,7 @@ func testConsumeJoinToken(t *testing.T, open Open) {
 		t.Errorf("expired: %v", err)
 	}
 	// Of many concurrent uses, exactly one wins.
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	wins, used := 0, 0
-	for range 8 {
-		wg.Go(func() {
-			_, err := s.ConsumeJoinToken(ctx, "t1", now, ok)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				wins++
-			case errors.Is(err, store.ErrTokenUsed):
-				used++
-			default:
-				t.Errorf("concurrent use: %v", err)
-			}
-		})
-	}
-	wg.Wait()
+	wins, used := ConsumeConcurrently(t, []store.Store{s}, "t1", now, 8)
 	if wins != 1 || used != 7 {
 		t.Errorf("%d wins, %d refused as used", wins, used)
 	}
@@ -188,4 +170,36 @@ func testNodes(t *testing.T, open Open) {
 	if err != nil || len(got) != 1 || got[0].AppliedVersion != 8 || !got[0].LastContact.Equal(now) || len(got[0].Capabilities) != 2 {
 		t.Errorf("nodes: %+v, %v", got, err)
 	}
+}
+
+// ConsumeConcurrently makes n concurrent ConsumeJoinToken calls for id at
+// now, spread over the handles (store handles on one database, as
+// several controller processes have), each with a secret check slow
+// enough for the others to overlap it, and returns how many won and how
+// many were refused as used; any other error fails the test.
+func ConsumeConcurrently(t testing.TB, handles []store.Store, id string, now time.Time, n int) (wins, used int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range n {
+		s := handles[i%len(handles)]
+		wg.Go(func() {
+			_, err := s.ConsumeJoinToken(context.Background(), id, now, func(store.JoinToken) error {
+				time.Sleep(5 * time.Millisecond)
+				return nil
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				wins++
+			case errors.Is(err, store.ErrTokenUsed):
+				used++
+			default:
+				t.Errorf("concurrent use of %s: %v", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	return wins, used
 }

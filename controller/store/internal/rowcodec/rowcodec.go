@@ -248,3 +248,81 @@ func ScanFlow(row interface{ Scan(...any) error }, r *flowrecord.Record) (id int
 	}
 	return id, nil
 }
+
+// FlowFilter is the WHERE of a flow query, with ? placeholders, before
+// its paging condition (which needs a read of the store: see
+// FlowFilter.Page). inWorkloads is the engine's condition that a column
+// (its one %s, twice) is in a list given as one parameter, and
+// workloadsArg that parameter's value. None reports a query that selects
+// nothing (ByWorkloads with no workload).
+type FlowFilter struct {
+	Where []string
+	Args  []any
+	None  bool
+}
+
+// NewFlowFilter builds the filter of q.
+func NewFlowFilter(q store.FlowQuery, inWorkloads string, workloadsArg any) FlowFilter {
+	var f FlowFilter
+	add := func(cond string, vals ...any) {
+		f.Where = append(f.Where, cond)
+		f.Args = append(f.Args, vals...)
+	}
+	if !q.Since.IsZero() {
+		add("time >= ?", q.Since.UnixNano())
+	}
+	if !q.Until.IsZero() {
+		add("time < ?", q.Until.UnixNano())
+	}
+	if q.Verdict != ruleset.VerdictNone {
+		add("verdict = ?", int64(q.Verdict))
+	}
+	if q.HasPort {
+		add("dst_port = ?", int64(q.Port))
+	}
+	if q.Protocol != "" {
+		add("protocol = ?", q.Protocol)
+	}
+	if q.Workload != "" {
+		add("(src_workload = ? OR dst_workload = ?)", q.Workload, q.Workload)
+	}
+	if q.ByWorkloads {
+		if len(q.Workloads) == 0 {
+			f.None = true
+		}
+		// The list as one parameter: any number of names, no SQL built
+		// from them.
+		add("("+fmt.Sprintf(inWorkloads, "src_workload")+" OR "+fmt.Sprintf(inWorkloads, "dst_workload")+")", workloadsArg, workloadsArg)
+	}
+	if q.Addr.IsValid() {
+		add("(src_addr = ? OR dst_addr = ?)", q.Addr.String(), q.Addr.String())
+	}
+	if q.Rule != "" {
+		add("rule = ?", q.Rule)
+	}
+	if q.Node != "" {
+		add("node = ?", q.Node)
+	}
+	return f
+}
+
+// Page adds keyset paging in the answer's order (time, id) after the
+// flow before, stored at time t (read by the caller first, so that the
+// condition leaves the indexes usable).
+func (f *FlowFilter) Page(t, before int64) {
+	f.Where = append(f.Where, "(time < ? OR (time = ? AND id < ?))")
+	f.Args = append(f.Args, t, t, before)
+}
+
+// Query is the flow query's SELECT with f and q's limit, newest first.
+func (f *FlowFilter) Query(q store.FlowQuery) string {
+	query := "SELECT id, " + FlowColumns + " FROM flows"
+	if len(f.Where) > 0 {
+		query += " WHERE " + strings.Join(f.Where, " AND ")
+	}
+	query += " ORDER BY time DESC, id DESC"
+	if q.Limit > 0 {
+		query += " LIMIT " + strconv.Itoa(q.Limit)
+	}
+	return query
+}
