@@ -40,8 +40,9 @@ type pgEventTx struct {
 	ctx context.Context
 	tx  pgx.Tx
 	s   *Postgres
-	// made are the partitions this transaction created: known to exist
-	// once it commits.
+	// made are the partition starts this transaction settled (made, found
+	// made, or covered by a partition of another size): nothing to do for
+	// them once it commits.
 	made []int64
 }
 
@@ -190,6 +191,9 @@ func (t *pgEventTx) ensurePartition(nanos int64) error {
 			return fmt.Errorf("partition %s: %w", name, err)
 		}
 		if overlap {
+			// Nothing to make for this range: remembered like a made
+			// one, so that its records cost no more queries.
+			t.made = append(t.made, lo)
 			return nil
 		}
 		id := pgx.Identifier{name}.Sanitize()

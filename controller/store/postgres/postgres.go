@@ -75,8 +75,9 @@ type Postgres struct {
 	back  time.Duration
 	now   func() time.Time
 
-	// partMu guards parts, the partitions known to exist (by lower
-	// bound). It is taken inside event transactions, never around one.
+	// partMu guards parts, the partition starts settled (their partition
+	// exists, or one of another size covers the range). It is taken
+	// inside event transactions, never around one.
 	partMu sync.Mutex
 	parts  map[int64]bool
 }

@@ -451,3 +451,31 @@ func BenchmarkPostgresInsertFlows(b *testing.B) {
 		return s
 	}, 1000)
 }
+
+// TestPostgresPartitionSizeChange: after a switch from daily to hourly
+// partitions, records of a day that has its daily partition go there
+// (no overlapping hourly one is made); the next day gets hourly ones.
+func TestPostgresPartitionSizeChange(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	key := testKey(t)
+	now := time.Date(2026, 5, 10, 23, 0, 0, 0, time.UTC)
+	at := func() time.Time { return now }
+	s, err := openDSN(t, dsn, key, Config{Now: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.InsertFlows(t, s, []flowrecord.Record{storetest.Flow(0, now)})
+	s.Close()
+	s, err = openDSN(t, dsn, key, Config{Now: at, Partition: PartitionHour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.InsertFlows(t, s, []flowrecord.Record{storetest.Flow(1, now.Add(30*time.Minute)), storetest.Flow(2, now.Add(90*time.Minute))})
+	want := "flows_default flows_p2026051000 flows_p2026051100"
+	if got := strings.Join(partitionNames(t, s), " "); got != want {
+		t.Errorf("partitions %s, want %s", got, want)
+	}
+	if n := countIn(t, s, "flows_p2026051000"); n != 2 {
+		t.Errorf("the daily partition holds %d flows, want 2", n)
+	}
+}
