@@ -27,6 +27,8 @@ import (
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/restapi"
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/postgres"
 	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/fsutil"
@@ -41,11 +43,20 @@ const AdminConfigFile = "admin.conf"
 // Options are the controller process's settings, as eastguard-controller's
 // flags give them.
 type Options struct {
-	DataDir     string
-	GRPCListen  string
-	HTTPListen  string
-	HTTPTLSCert string
-	HTTPTLSKey  string
+	DataDir string
+	// Store is the store's location: "" for SQLite in DataDir, or a
+	// postgres:// URL (--store). StorePasswordFile holds its password
+	// (--store-password-file); CAKeyEncryptionKeyFile the key that seals
+	// the CA key in PostgreSQL (required with it); StoreFlowPartition is
+	// the flows table's partition size there, "day" or "hour".
+	Store                  string
+	StorePasswordFile      string
+	CAKeyEncryptionKeyFile string
+	StoreFlowPartition     string
+	GRPCListen             string
+	HTTPListen             string
+	HTTPTLSCert            string
+	HTTPTLSKey             string
 	// HTTPTLSFromCA serves the HTTP listener over TLS with the
 	// controller's own serving certificate, issued from its CA and
 	// rotated with it; admin.conf then carries the CA.
@@ -108,6 +119,9 @@ type Options struct {
 func (o *Options) Check() error {
 	if o.DataDir == "" {
 		return errors.New("--data-dir is required")
+	}
+	if err := o.checkStore(); err != nil {
+		return err
 	}
 	for _, a := range []struct{ name, addr string }{{"--grpc-listen", o.GRPCListen}, {"--http-listen", o.HTTPListen}} {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
@@ -181,11 +195,12 @@ func (o *Options) Check() error {
 	return nil
 }
 
-// Run is the controller process: it opens the store in the data
-// directory, loads or creates the CA, serves both listeners, writes
-// admin.conf once both accept, and runs until ctx is done.
+// Run is the controller process: it opens the store (SQLite in the data
+// directory, or PostgreSQL with --store), loads or creates the CA, serves
+// both listeners, writes admin.conf once both accept, and runs until ctx
+// is done.
 func Run(ctx context.Context, o Options, log *zap.Logger) error {
-	st, err := sqlite.Open(o.DataDir)
+	st, err := openStore(ctx, o, log)
 	if err != nil {
 		return err
 	}
@@ -534,4 +549,67 @@ func servingHosts(o Options, log *zap.Logger) func() []string {
 		}
 		return out
 	}
+}
+
+// checkStore checks the store's flags: --store is a postgres:// URL, and
+// with it the CA key's sealing key is given (the key must never be in
+// clear in a shared database); the PostgreSQL flags need --store.
+func (o *Options) checkStore() error {
+	if o.Store == "" {
+		for _, f := range []struct{ name, v string }{{"--store-password-file", o.StorePasswordFile},
+			{"--ca-key-encryption-key-file", o.CAKeyEncryptionKeyFile}, {"--store-flow-partition", o.StoreFlowPartition}} {
+			if f.v != "" {
+				return fmt.Errorf("%s goes with --store postgres://...", f.name)
+			}
+		}
+		return nil
+	}
+	if !postgres.IsDSN(o.Store) {
+		return errors.New("--store: want postgres://USER@HOST/DATABASE?... (without --store, the store is SQLite in --data-dir)")
+	}
+	if o.CAKeyEncryptionKeyFile == "" {
+		return errors.New("--store postgres://... needs --ca-key-encryption-key-file: the CA key is never stored in clear in a shared database (make the key with: openssl rand -hex 32 > FILE)")
+	}
+	switch o.StoreFlowPartition {
+	case "", "day", "hour":
+	default:
+		return fmt.Errorf("--store-flow-partition %q: want day or hour", o.StoreFlowPartition)
+	}
+	return nil
+}
+
+// openStore opens the store the options name: SQLite in the data
+// directory, or PostgreSQL. The DSN is logged with its password redacted.
+func openStore(ctx context.Context, o Options, log *zap.Logger) (store.Store, error) {
+	if o.Store == "" {
+		st, err := sqlite.Open(o.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("store opened", zap.String("store", "sqlite"), zap.String("path", st.Path()))
+		return st, nil
+	}
+	// The data directory still holds admin.conf.
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("--data-dir: %w", err)
+	}
+	dsn := postgres.RedactDSN(o.Store)
+	pool, err := postgres.ParseDSN(o.Store, o.StorePasswordFile)
+	if err != nil {
+		return nil, err
+	}
+	key, err := postgres.LoadKeyFile(o.CAKeyEncryptionKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	part := postgres.PartitionDay
+	if o.StoreFlowPartition == "hour" {
+		part = postgres.PartitionHour
+	}
+	st, err := postgres.Open(ctx, postgres.Config{Pool: pool, CAKeyKey: key, Partition: part})
+	if err != nil {
+		return nil, fmt.Errorf("--store %s: %w", dsn, err)
+	}
+	log.Info("store opened", zap.String("store", "postgres"), zap.String("dsn", dsn), zap.Duration("flow-partition", part))
+	return st, nil
 }

@@ -52,7 +52,9 @@ type EventStore interface {
 	// rule and verdict.
 	RuleCounts(ctx context.Context, since, until time.Time) ([]RuleCount, error)
 	// PruneFlows deletes up to limit flows recorded before before, oldest
-	// first, and returns how many it deleted.
+	// first, and returns how many it deleted. A store that keeps flows in
+	// time partitions also drops, beyond limit, every partition wholly
+	// before before (a drop costs the same whatever it holds).
 	PruneFlows(ctx context.Context, before time.Time, limit int) (int64, error)
 	// PruneOldestFlows deletes the n oldest flows.
 	PruneOldestFlows(ctx context.Context, n int) (int64, error)

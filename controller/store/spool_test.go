@@ -4,7 +4,7 @@ import "testing"
 
 // TestSpoolPositionBoundedHoles: holes are bounded; the oldest go first.
 // The rest of SpoolPosition's behaviour, and its persistence, is tested
-// with the SQLite store (controller/store/sqlite, TestSpoolPosition).
+// by the conformance suite (controller/store/storetest, SpoolPosition).
 func TestSpoolPositionBoundedHoles(t *testing.T) {
 	q := SpoolPosition{}
 	for i := range uint64(maxHoles + 10) {

@@ -12,24 +12,21 @@
 // what they decided, each change in one transaction.
 //
 // Implementations live in subpackages; this package imports none of them,
-// no database driver and nothing else of the controller. The default is
+// no database driver and nothing else of the controller: the default
 // controller/store/sqlite (sqlite.Open, a pure-Go driver, files under the
-// data directory); callers take a Store, and only the process wiring
-// (controller.Run) and tests open one. Adding Postgres means a second
-// subpackage implementing Store, typically with pgx/stdlib and the same
-// schema: the SQLite SQL sticks to what both engines accept
-// (INSERT ... ON CONFLICT DO UPDATE, integers for times, no
-// SQLite-specific types) except for placeholders ($n in Postgres) and
-// BLOB (BYTEA), so the port is mostly mechanical; its migrations must be
-// versioned the same way (see controller/store/sqlite/migrations.go). The
-// shared behaviour is pinned by the tests in controller/store/sqlite
-// (store_test.go, events_test.go), which a Postgres implementation should
-// run too.
+// data directory) and controller/store/postgres (postgres.Open, pgx, one
+// database several controller processes may share). Callers take a Store,
+// and only the process wiring (controller.Run) and tests open one. Their
+// rows are encoded alike (controller/store/internal/rowcodec), their
+// migrations are versioned and forward-only, and the shared behaviour is
+// pinned by the conformance suite (controller/store/storetest), which
+// every implementation runs.
 //
-// Secrets: the CA private key is stored in the database, unencrypted; an
-// implementation's database must be protected and backed up like the key
-// it holds (sqlite's files are mode 0600 in a data directory of mode
-// 0700). Token secrets are only stored hashed.
+// Secrets: InitCA and CA take and give the CA private key in clear; the
+// SQLite store keeps it so (its files are mode 0600 in a data directory of
+// mode 0700, protected and backed up like the key), the PostgreSQL store
+// sealed with a key of the operator's, since its database is shared.
+// Token secrets are only stored hashed.
 package store
 
 import (

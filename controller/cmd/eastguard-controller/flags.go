@@ -29,7 +29,10 @@ the admin credential to DIR/admin.conf (mode 0600), for egctl:
   EGCTL_CONFIG=DIR/admin.conf egctl token create --node node-a --ttl 1h
 
 The store (DIR/eastguard.db, SQLite) holds the CA key: keep DIR private
-(the controller creates it mode 0700) and back it up.
+(the controller creates it mode 0700) and back it up. Or keep the store in
+PostgreSQL, the CA key sealed with a key of your own:
+  eastguard-controller --data-dir DIR --store postgres://eastguard@db.example.com/eastguard?sslmode=verify-full \
+      --store-password-file /etc/eastguard/db-password --ca-key-encryption-key-file /etc/eastguard/ca-key.key
 
 Flags:
 `
@@ -47,6 +50,10 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	fs.StringVar(&o.DataDir, "data-dir", "", "directory for the store and admin.conf (required)")
+	fs.StringVar(&o.Store, "store", "", "keep the store in PostgreSQL: postgres://USER@HOST/DATABASE?sslmode=verify-full&... (default: SQLite in --data-dir); a password here is never logged, --store-password-file keeps it off the command line")
+	fs.StringVar(&o.StorePasswordFile, "store-password-file", "", "with --store: the database password, the file's first line")
+	fs.StringVar(&o.CAKeyEncryptionKeyFile, "ca-key-encryption-key-file", "", "with --store (required): 32 random bytes, raw or hex (openssl rand -hex 32), that seal the CA key in the database (AES-256-GCM)")
+	fs.StringVar(&o.StoreFlowPartition, "store-flow-partition", "", "with --store: the flows table's partitions, day (default) or hour")
 	fs.StringVar(&o.GRPCListen, "grpc-listen", ":7443", "agent-facing gRPC address (mutual TLS)")
 	fs.StringVar(&o.HTTPListen, "http-listen", "127.0.0.1:8080", "admin API, /metrics and /healthz address")
 	fs.StringVar(&o.HTTPTLSCert, "http-tls-cert", "", "serve the HTTP listener over TLS with this certificate (PEM)")

@@ -23,12 +23,24 @@ func TestParseFlags(t *testing.T) {
 		{"--data-dir", "d", "--http-tls-from-ca", "--http-tls-cert", "c", "--http-tls-key", "k"},
 		{"--data-dir", "d", "--agent-join-rate", "0"},
 		{"--data-dir", "d", "--agent-max-conns-per-source", "-1"},
+		// PostgreSQL: never without the CA key's sealing key; its flags
+		// only with --store.
+		{"--data-dir", "d", "--store", "postgres://eg@db/eastguard"},
+		{"--data-dir", "d", "--store", "mysql://eg@db/eastguard", "--ca-key-encryption-key-file", "k"},
+		{"--data-dir", "d", "--ca-key-encryption-key-file", "k"},
+		{"--data-dir", "d", "--store-password-file", "p"},
+		{"--data-dir", "d", "--store", "postgres://eg@db/eastguard", "--ca-key-encryption-key-file", "k", "--store-flow-partition", "week"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
-	o, err := parseFlags([]string{"--data-dir", "d", "--advertise", "a.example,10.0.0.1", "--advertise", "b", "--http-max-connections", "10"}, io.Discard)
+	o, err := parseFlags([]string{"--data-dir", "d", "--store", "postgres://eg@db/eastguard", "--ca-key-encryption-key-file", "k",
+		"--store-password-file", "p", "--store-flow-partition", "hour"}, io.Discard)
+	if err != nil || o.Store != "postgres://eg@db/eastguard" || o.CAKeyEncryptionKeyFile != "k" || o.StorePasswordFile != "p" || o.StoreFlowPartition != "hour" {
+		t.Errorf("--store flags: %+v, %v", o, err)
+	}
+	o, err = parseFlags([]string{"--data-dir", "d", "--advertise", "a.example,10.0.0.1", "--advertise", "b", "--http-max-connections", "10"}, io.Discard)
 	if err != nil || o.HTTP.MaxConns != 10 {
 		t.Errorf("--http-max-connections: %v %v", o.HTTP.MaxConns, err)
 	}

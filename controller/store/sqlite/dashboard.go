@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/store"
+	rc "github.com/eastguard/eastguard/controller/store/internal/rowcodec"
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
@@ -64,7 +65,7 @@ LIMIT ?`, int64(ruleset.VerdictAllowed), int64(ruleset.VerdictAllowed), lo, hi, 
 		e.DstAddr, _ = netip.ParseAddr(dst)
 		e.Port, e.Verdict = uint16(port), ruleset.Verdict(verdict)
 		e.Flows, e.Packets, e.Bytes = uint64(n), uint64(packets), uint64(bytes)
-		e.FirstSeen, e.LastSeen = fromNanos(first), fromNanos(last)
+		e.FirstSeen, e.LastSeen = rc.FromNanos(first), rc.FromNanos(last)
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/eastguard/eastguard/controller/store"
+	rc "github.com/eastguard/eastguard/controller/store/internal/rowcodec"
 	"modernc.org/sqlite" // registers the "sqlite" driver
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -189,20 +190,6 @@ func classify(err error) error {
 	return err
 }
 
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
 func (s *SQLite) CA(ctx context.Context) ([]byte, []byte, error) {
 	var cert, key []byte
 	err := s.db.QueryRowContext(ctx, "SELECT cert_pem, key_pem FROM ca WHERE id = 1").Scan(&cert, &key)
@@ -229,7 +216,7 @@ func (s *SQLite) InitCA(ctx context.Context, certPEM, keyPEM []byte) error {
 func (s *SQLite) AddAdminToken(ctx context.Context, t store.AdminToken) error {
 	res, err := s.db.ExecContext(ctx, `INSERT INTO admin_tokens (id, secret_hash, name, created, expires, revoked, created_by)
 		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		t.ID, t.SecretHash, t.Name, nanos(t.Created), nanos(t.Expires), nanos(t.Revoked), t.CreatedBy)
+		t.ID, t.SecretHash, t.Name, rc.Nanos(t.Created), rc.Nanos(t.Expires), rc.Nanos(t.Revoked), t.CreatedBy)
 	if err != nil {
 		return fmt.Errorf("store admin token: %w", err)
 	}
@@ -245,7 +232,7 @@ func scanAdminToken(row interface{ Scan(...any) error }) (store.AdminToken, erro
 	var t store.AdminToken
 	var created, expires, revoked int64
 	err := row.Scan(&t.ID, &t.SecretHash, &t.Name, &created, &expires, &revoked, &t.CreatedBy)
-	t.Created, t.Expires, t.Revoked = fromNanos(created), fromNanos(expires), fromNanos(revoked)
+	t.Created, t.Expires, t.Revoked = rc.FromNanos(created), rc.FromNanos(expires), rc.FromNanos(revoked)
 	return t, err
 }
 
@@ -280,7 +267,7 @@ func (s *SQLite) AdminTokens(ctx context.Context) ([]store.AdminToken, error) {
 func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) (store.AdminToken, error) {
 	var t store.AdminToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "UPDATE admin_tokens SET revoked = ? WHERE id = ? AND revoked = 0", nanos(at), id); err != nil {
+		if _, err := tx.ExecContext(ctx, "UPDATE admin_tokens SET revoked = ? WHERE id = ? AND revoked = 0", rc.Nanos(at), id); err != nil {
 			return err
 		}
 		var err error
@@ -298,7 +285,7 @@ func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) 
 
 func (s *SQLite) AddJoinToken(ctx context.Context, t store.JoinToken) error {
 	_, err := s.db.ExecContext(ctx, "INSERT INTO join_tokens (id, secret_hash, node, created, expires) VALUES (?, ?, ?, ?, ?)",
-		t.ID, t.SecretHash, t.Node, nanos(t.Created), nanos(t.Expires))
+		t.ID, t.SecretHash, t.Node, rc.Nanos(t.Created), rc.Nanos(t.Expires))
 	if err != nil {
 		return fmt.Errorf("store join token: %w", err)
 	}
@@ -314,7 +301,7 @@ func scanJoinToken(row interface{ Scan(...any) error }) (store.JoinToken, error)
 	if err := row.Scan(&t.ID, &t.SecretHash, &t.Node, &created, &expires, &used); err != nil {
 		return store.JoinToken{}, err
 	}
-	t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
+	t.Created, t.Expires, t.Used = rc.FromNanos(created), rc.FromNanos(expires), rc.FromNanos(used)
 	return t, nil
 }
 
@@ -395,7 +382,7 @@ func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time,
 		if err := t.Usable(now); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, "UPDATE join_tokens SET used = ? WHERE id = ? AND used = 0", nanos(now), id)
+		res, err := tx.ExecContext(ctx, "UPDATE join_tokens SET used = ? WHERE id = ? AND used = 0", rc.Nanos(now), id)
 		if err != nil {
 			return err
 		}
@@ -410,7 +397,7 @@ func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time,
 
 func (s *SQLite) AddCert(ctx context.Context, c store.Cert) error {
 	_, err := s.db.ExecContext(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES (?, ?, ?, ?)",
-		c.Serial, c.Node, nanos(c.NotAfter), nanos(c.Revoked))
+		c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked))
 	if err != nil {
 		return fmt.Errorf("record certificate: %w", err)
 	}
@@ -421,7 +408,7 @@ func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]s
 	var out []store.Cert
 	var tokens int64
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "UPDATE certs SET revoked = ? WHERE node = ? AND revoked = 0", nanos(at), node); err != nil {
+		if _, err := tx.ExecContext(ctx, "UPDATE certs SET revoked = ? WHERE node = ? AND revoked = 0", rc.Nanos(at), node); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE node = ? AND used = 0", node)
@@ -432,7 +419,7 @@ func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]s
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (name, revoked) VALUES (?, ?)
-			ON CONFLICT (name) DO UPDATE SET revoked = excluded.revoked`, node, nanos(at)); err != nil {
+			ON CONFLICT (name) DO UPDATE SET revoked = excluded.revoked`, node, rc.Nanos(at)); err != nil {
 			return err
 		}
 		rows, err := tx.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE node = ?", node)
@@ -449,7 +436,7 @@ func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]s
 }
 
 func (s *SQLite) RevokedCerts(ctx context.Context, now time.Time) ([]store.Cert, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE revoked <> 0 AND not_after > ?", nanos(now))
+	rows, err := s.db.QueryContext(ctx, "SELECT serial, node, not_after, revoked FROM certs WHERE revoked <> 0 AND not_after > ?", rc.Nanos(now))
 	if err != nil {
 		return nil, fmt.Errorf("read revocations: %w", err)
 	}
@@ -465,7 +452,7 @@ func scanCerts(rows *sql.Rows) ([]store.Cert, error) {
 		if err := rows.Scan(&c.Serial, &c.Node, &notAfter, &revoked); err != nil {
 			return nil, err
 		}
-		c.NotAfter, c.Revoked = fromNanos(notAfter), fromNanos(revoked)
+		c.NotAfter, c.Revoked = rc.FromNanos(notAfter), rc.FromNanos(revoked)
 		out = append(out, c)
 	}
 	return out, rows.Err()
@@ -484,7 +471,7 @@ func (s *SQLite) Resources(ctx context.Context) ([]store.Resource, error) {
 		if err := rows.Scan(&r.Kind, &r.Name, &r.Document, &updated, &r.Source); err != nil {
 			return nil, fmt.Errorf("read resources: %w", err)
 		}
-		r.Updated = fromNanos(updated)
+		r.Updated = rc.FromNanos(updated)
 		out = append(out, r)
 	}
 	return out, rows.Err()
@@ -500,13 +487,13 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 		for _, r := range c.Put {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO resources (kind, name, document, updated, source) VALUES (?, ?, ?, ?, ?)
 				ON CONFLICT (kind, name) DO UPDATE SET document = excluded.document, updated = excluded.updated, source = excluded.source`,
-				r.Kind, r.Name, r.Document, nanos(r.Updated), r.Source); err != nil {
+				r.Kind, r.Name, r.Document, rc.Nanos(r.Updated), r.Source); err != nil {
 				return err
 			}
 		}
 		for _, rs := range c.RuleSets {
 			if _, err := tx.ExecContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created) VALUES (?, ?, ?, ?, ?)",
-				rs.Node, int64(rs.Version), rs.Hash, rs.Data, nanos(rs.Created)); err != nil {
+				rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created)); err != nil {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
 			if _, err := tx.ExecContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ?",
@@ -544,7 +531,7 @@ func scanRuleSet(row interface{ Scan(...any) error }) (store.RuleSetRecord, erro
 	var r store.RuleSetRecord
 	var version, created int64
 	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created)
-	r.Version, r.Created = uint64(version), fromNanos(created)
+	r.Version, r.Created = uint64(version), rc.FromNanos(created)
 	return r, err
 }
 
@@ -568,8 +555,8 @@ func (s *SQLite) Nodes(ctx context.Context) ([]store.Node, error) {
 			n.Capabilities = strings.Split(caps, ",")
 		}
 		n.AppliedVersion = uint64(applied)
-		n.AppliedAt, n.LastContact, n.CertExpiry = fromNanos(appliedAt), fromNanos(contact), fromNanos(expiry)
-		n.Joined, n.Revoked = fromNanos(joined), fromNanos(revoked)
+		n.AppliedAt, n.LastContact, n.CertExpiry = rc.FromNanos(appliedAt), rc.FromNanos(contact), rc.FromNanos(expiry)
+		n.Joined, n.Revoked = rc.FromNanos(joined), rc.FromNanos(revoked)
 		out = append(out, n)
 	}
 	return out, rows.Err()
@@ -592,8 +579,8 @@ func (s *SQLite) SaveNodes(ctx context.Context, nodes []store.Node) error {
 		defer stmt.Close()
 		for _, n := range nodes {
 			if _, err := stmt.ExecContext(ctx, n.Name, n.AgentVersion, n.Kernel, strings.Join(n.Capabilities, ","), n.DefaultMode,
-				int64(n.AppliedVersion), n.AppliedHash, nanos(n.AppliedAt), nanos(n.LastContact), n.LastError, n.CertSerial,
-				nanos(n.CertExpiry), nanos(n.Joined), nanos(n.Revoked)); err != nil {
+				int64(n.AppliedVersion), n.AppliedHash, rc.Nanos(n.AppliedAt), rc.Nanos(n.LastContact), n.LastError, n.CertSerial,
+				rc.Nanos(n.CertExpiry), rc.Nanos(n.Joined), rc.Nanos(n.Revoked)); err != nil {
 				return fmt.Errorf("node %s: %w", n.Name, err)
 			}
 		}

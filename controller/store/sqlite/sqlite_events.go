@@ -3,17 +3,15 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/eastguard/eastguard/controller/store"
+	rc "github.com/eastguard/eastguard/controller/store/internal/rowcodec"
 	"github.com/eastguard/eastguard/internal/flowrecord"
-	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
 // EventTx runs f in one transaction of flows.db.
@@ -49,8 +47,8 @@ func (t *sqliteEventTx) SpoolPosition(node string, spoolID uint64) (store.SpoolP
 	if err != nil {
 		return p, fmt.Errorf("spool position of %s: %w", node, err)
 	}
-	p.High, p.Updated = uint64(high), fromNanos(updated)
-	if p.Holes, err = parseHoles(holes); err != nil {
+	p.High, p.Updated = uint64(high), rc.FromNanos(updated)
+	if p.Holes, err = rc.ParseHoles(holes); err != nil {
 		return p, fmt.Errorf("spool position of %s: %w", node, err)
 	}
 	return p, nil
@@ -59,7 +57,7 @@ func (t *sqliteEventTx) SpoolPosition(node string, spoolID uint64) (store.SpoolP
 func (t *sqliteEventTx) SaveSpoolPosition(p store.SpoolPosition) error {
 	_, err := t.tx.ExecContext(t.ctx, `INSERT INTO flow_spools (node, spool_id, high, holes, updated) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT (node, spool_id) DO UPDATE SET high = excluded.high, holes = excluded.holes, updated = excluded.updated`,
-		p.Node, int64(p.SpoolID), int64(p.High), formatHoles(p.Holes), nanos(p.Updated))
+		p.Node, int64(p.SpoolID), int64(p.High), rc.FormatHoles(p.Holes), rc.Nanos(p.Updated))
 	if err != nil {
 		return fmt.Errorf("save spool position of %s: %w", p.Node, err)
 	}
@@ -95,141 +93,27 @@ func (t *sqliteEventTx) ForgetSpools(node string, keep int) ([]uint64, error) {
 	return ids, nil
 }
 
-// Holes are kept as "first-last,first-last".
-func formatHoles(hs []store.SeqRange) string {
-	var b strings.Builder
-	for i, h := range hs {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%d-%d", h.First, h.Last)
-	}
-	return b.String()
-}
-
-func parseHoles(s string) ([]store.SeqRange, error) {
-	if s == "" {
-		return nil, nil
-	}
-	var out []store.SeqRange
-	for _, part := range strings.Split(s, ",") {
-		a, b, ok := strings.Cut(part, "-")
-		first, err1 := strconv.ParseUint(a, 10, 64)
-		last, err2 := strconv.ParseUint(b, 10, 64)
-		if !ok || err1 != nil || err2 != nil || first > last {
-			return nil, fmt.Errorf("holes: %q is not a seq range", part)
-		}
-		out = append(out, store.SeqRange{First: first, Last: last})
-	}
-	return out, nil
-}
-
-const flowColumns = `time, node, direction, protocol, src_addr, src_port, src_workload, src_identity, dst_addr, dst_port,
-	dst_workload, dst_identity, verdict, rule, packets, bytes, first_seen, last_seen, icmp_type, icmp_code, reason,
-	packets_sent, packets_received, bytes_sent, bytes_received, state`
-
 func (t *sqliteEventTx) InsertFlows(recs []flowrecord.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
 	if t.insertFlow == nil {
 		var err error
-		t.insertFlow, err = t.tx.PrepareContext(t.ctx, "INSERT INTO flows ("+flowColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		t.insertFlow, err = t.tx.PrepareContext(t.ctx, "INSERT INTO flows ("+rc.FlowColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 		if err != nil {
 			return fmt.Errorf("insert flows: %w", err)
 		}
 	}
 	for i := range recs {
-		r := &recs[i]
-		var icmpType, icmpCode any
-		if r.ICMPType != nil {
-			icmpType = int64(*r.ICMPType)
-		}
-		if r.ICMPCode != nil {
-			icmpCode = int64(*r.ICMPCode)
-		}
-		if _, err := t.insertFlow.ExecContext(t.ctx, r.Time.UnixNano(), r.Node, int64(r.Direction), r.Protocol,
-			r.SrcAddr.String(), int64(r.SrcPort), r.SrcWorkload, int64(r.SrcIdentity),
-			r.DstAddr.String(), int64(r.DstPort), r.DstWorkload, int64(r.DstIdentity),
-			int64(r.Verdict), r.Rule, int64(r.Packets), int64(r.Bytes), r.FirstSeen.UnixNano(), r.LastSeen.UnixNano(),
-			icmpType, icmpCode, r.Reason,
-			int64(r.PacketsSent), int64(r.PacketsReceived), int64(r.BytesSent), int64(r.BytesReceived), string(stateOrNew(r.State))); err != nil {
+		if _, err := t.insertFlow.ExecContext(t.ctx, rc.FlowArgs(&recs[i])...); err != nil {
 			return fmt.Errorf("insert flows: %w", err)
 		}
 	}
 	return nil
 }
 
-// stateOrNew stores a record without a state (made before records had
-// one) as the new-flow event it is.
-func stateOrNew(s flowrecord.State) flowrecord.State {
-	if s == "" {
-		return flowrecord.StateNew
-	}
-	return s
-}
-
-const alertColumns = `id, rule, severity, dedup_key, state, count, source, destination, src_workload, dst_workload,
-	src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node, first_seen, last_seen,
-	window_ns, notify, created, acknowledged_at, resolved_at, resolved_by, ports, port_count, port_set, folded, refreshed, acknowledged_by`
-
-func scanAlert(row interface{ Scan(...any) error }) (store.Alert, error) {
-	var a store.Alert
-	var count, port, first, last, window, created, acked, resolved, portCount, folded, refreshed int64
-	var srcAddr, dstAddr, srcLabels, dstLabels, notify, ports string
-	err := row.Scan(&a.ID, &a.Rule, &a.Severity, &a.Key, &a.State, &count, &a.Source, &a.Destination, &a.SrcWorkload,
-		&a.DstWorkload, &srcAddr, &dstAddr, &srcLabels, &dstLabels, &port, &a.Protocol, &a.Verdict, &a.DecidingRule,
-		&a.Node, &first, &last, &window, &notify, &created, &acked, &resolved, &a.ResolvedBy,
-		&ports, &portCount, &a.PortSet, &folded, &refreshed, &a.AcknowledgedBy)
-	if err != nil {
-		return a, err
-	}
-	a.Count, a.Port, a.Window = uint64(count), uint16(port), time.Duration(window)
-	a.PortCount, a.Folded = int(portCount), uint64(folded)
-	a.FirstSeen, a.LastSeen, a.Created = fromNanos(first), fromNanos(last), fromNanos(created)
-	a.AcknowledgedAt, a.ResolvedAt, a.RefreshedAt = fromNanos(acked), fromNanos(resolved), fromNanos(refreshed)
-	a.SrcAddr, _ = netip.ParseAddr(srcAddr)
-	a.DstAddr, _ = netip.ParseAddr(dstAddr)
-	if len(a.PortSet) == 0 {
-		a.PortSet = nil
-	}
-	if err := errors.Join(unmarshalIfAny(srcLabels, &a.SrcLabels), unmarshalIfAny(dstLabels, &a.DstLabels),
-		unmarshalIfAny(notify, &a.Notify), unmarshalIfAny(ports, &a.Ports)); err != nil {
-		return a, fmt.Errorf("alert %d: %w", a.ID, err)
-	}
-	return a, nil
-}
-
-// portSetValue is the port_set column's value: NULL while the sample
-// holds every port.
-func portSetValue(b []byte) any {
-	if len(b) == 0 {
-		return nil
-	}
-	return b
-}
-
-func unmarshalIfAny(s string, v any) error {
-	if s == "" || s == "null" {
-		return nil
-	}
-	return json.Unmarshal([]byte(s), v)
-}
-
-func marshalString(v any) string {
-	b, _ := json.Marshal(v) // maps of strings and string slices always encode
-	return string(b)
-}
-
-func addrString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
-}
-
 func (t *sqliteEventTx) LiveAlert(key string) (store.Alert, error) {
-	a, err := scanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE dedup_key = ? AND state <> ? ORDER BY id DESC LIMIT 1",
+	a, err := rc.ScanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+rc.AlertColumns+" FROM alerts WHERE dedup_key = ? AND state <> ? ORDER BY id DESC LIMIT 1",
 		key, store.AlertResolved))
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, store.ErrNotFound
@@ -238,7 +122,7 @@ func (t *sqliteEventTx) LiveAlert(key string) (store.Alert, error) {
 }
 
 func (t *sqliteEventTx) Alert(id int64) (store.Alert, error) {
-	a, err := scanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE id = ?", id))
+	a, err := rc.ScanAlert(t.tx.QueryRowContext(t.ctx, "SELECT "+rc.AlertColumns+" FROM alerts WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, fmt.Errorf("alert %d: %w", id, store.ErrNotFound)
 	}
@@ -246,7 +130,7 @@ func (t *sqliteEventTx) Alert(id int64) (store.Alert, error) {
 }
 
 func (t *sqliteEventTx) LiveAlerts() ([]store.Alert, error) {
-	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+" FROM alerts WHERE state <> ? ORDER BY id", store.AlertResolved)
+	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+rc.AlertColumns+" FROM alerts WHERE state <> ? ORDER BY id", store.AlertResolved)
 	if err != nil {
 		return nil, err
 	}
@@ -254,9 +138,9 @@ func (t *sqliteEventTx) LiveAlerts() ([]store.Alert, error) {
 }
 
 func (t *sqliteEventTx) ExpiredAlerts(now time.Time, limit int) ([]store.Alert, error) {
-	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+` FROM alerts INDEXED BY alerts_expires
+	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+rc.AlertColumns+` FROM alerts INDEXED BY alerts_expires
 		WHERE state IN (?, ?) AND expires < ? ORDER BY expires, id LIMIT ?`,
-		store.AlertOpen, store.AlertAcknowledged, nanos(now), limit)
+		store.AlertOpen, store.AlertAcknowledged, rc.Nanos(now), limit)
 	if err != nil {
 		return nil, err
 	}
@@ -264,9 +148,9 @@ func (t *sqliteEventTx) ExpiredAlerts(now time.Time, limit int) ([]store.Alert, 
 }
 
 func (t *sqliteEventTx) AlertsToRefresh(before time.Time, limit int) ([]store.Alert, error) {
-	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+alertColumns+` FROM alerts INDEXED BY alerts_refreshed
+	rows, err := t.tx.QueryContext(t.ctx, "SELECT "+rc.AlertColumns+` FROM alerts INDEXED BY alerts_refreshed
 		WHERE state IN (?, ?) AND refreshed <= ? ORDER BY refreshed, id LIMIT ?`,
-		store.AlertOpen, store.AlertAcknowledged, nanos(before), limit)
+		store.AlertOpen, store.AlertAcknowledged, rc.Nanos(before), limit)
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +194,7 @@ func scanAlerts(rows *sql.Rows) ([]store.Alert, error) {
 	defer rows.Close()
 	var out []store.Alert
 	for rows.Next() {
-		a, err := scanAlert(rows)
+		a, err := rc.ScanAlert(rows)
 		if err != nil {
 			return nil, err
 		}
@@ -320,18 +204,9 @@ func scanAlerts(rows *sql.Rows) ([]store.Alert, error) {
 }
 
 func (t *sqliteEventTx) InsertAlert(a *store.Alert) error {
-	normalizePorts(a)
-	err := t.tx.QueryRowContext(t.ctx, `INSERT INTO alerts (rule, severity, dedup_key, state, count, source, destination,
-		src_workload, dst_workload, src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node,
-		first_seen, last_seen, window_ns, notify, created, acknowledged_at, resolved_at, resolved_by,
-		ports, port_count, port_set, folded, expires, refreshed)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-		a.Rule, a.Severity, a.Key, a.State, int64(a.Count), a.Source, a.Destination, a.SrcWorkload, a.DstWorkload,
-		addrString(a.SrcAddr), addrString(a.DstAddr), marshalString(a.SrcLabels), marshalString(a.DstLabels), int64(a.Port),
-		a.Protocol, a.Verdict, a.DecidingRule, a.Node, nanos(a.FirstSeen), nanos(a.LastSeen), int64(a.Window),
-		marshalString(a.Notify), nanos(a.Created), nanos(a.AcknowledgedAt), nanos(a.ResolvedAt), a.ResolvedBy,
-		marshalString(a.Ports), int64(a.PortCount), portSetValue(a.PortSet), int64(a.Folded), expires(a),
-		nanos(a.RefreshedAt)).Scan(&a.ID)
+	args := rc.InsertAlertArgs(a)
+	err := t.tx.QueryRowContext(t.ctx, "INSERT INTO alerts ("+rc.InsertAlertColumns+") VALUES ("+
+		strings.TrimSuffix(strings.Repeat("?, ", len(args)), ", ")+") RETURNING id", args...).Scan(&a.ID)
 	if err != nil {
 		return fmt.Errorf("insert alert: %w", err)
 	}
@@ -339,34 +214,10 @@ func (t *sqliteEventTx) InsertAlert(a *store.Alert) error {
 }
 
 func (t *sqliteEventTx) UpdateAlert(a *store.Alert) error {
-	normalizePorts(a)
-	_, err := t.tx.ExecContext(t.ctx, `UPDATE alerts SET state = ?, count = ?, verdict = ?, deciding_rule = ?, node = ?,
-		first_seen = ?, last_seen = ?, acknowledged_at = ?, acknowledged_by = ?, resolved_at = ?, resolved_by = ?,
-		ports = ?, port_count = ?, port_set = ?, folded = ?, expires = ?, refreshed = ? WHERE id = ?`,
-		a.State, int64(a.Count), a.Verdict, a.DecidingRule, a.Node, nanos(a.FirstSeen), nanos(a.LastSeen),
-		nanos(a.AcknowledgedAt), a.AcknowledgedBy, nanos(a.ResolvedAt), a.ResolvedBy,
-		marshalString(a.Ports), int64(a.PortCount), portSetValue(a.PortSet), int64(a.Folded), expires(a),
-		nanos(a.RefreshedAt), a.ID)
-	if err != nil {
+	if _, err := t.tx.ExecContext(t.ctx, "UPDATE alerts SET "+rc.UpdateAlertSet+" WHERE id = ?", rc.UpdateAlertArgs(a)...); err != nil {
 		return fmt.Errorf("update alert %d: %w", a.ID, err)
 	}
 	return nil
-}
-
-// normalizePorts fills the port fields of an alert made without them
-// (one port, the sample holding it), so every stored alert has them.
-func normalizePorts(a *store.Alert) {
-	if a.PortCount == 0 && len(a.Ports) == 0 {
-		a.Ports, a.PortCount = []uint16{a.Port}, 1
-	}
-}
-
-// expires is when an alert's window passes with no repeat.
-func expires(a *store.Alert) int64 {
-	if a.LastSeen.IsZero() {
-		return 0
-	}
-	return a.LastSeen.Add(a.Window).UnixNano()
 }
 
 func (t *sqliteEventTx) AddDeliveries(ds []store.Delivery) error {
@@ -377,8 +228,8 @@ func (t *sqliteEventTx) AddDeliveries(ds []store.Delivery) error {
 		}
 		err := t.tx.QueryRowContext(t.ctx, `INSERT INTO deliveries (alert_id, webhook, event, state, attempts, next_attempt,
 			created, last_error, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-			d.AlertID, d.Webhook, d.Event, d.State, d.Attempts, nanos(d.NextAttempt), nanos(d.Created), d.LastError,
-			nanos(d.Finished)).Scan(&d.ID)
+			d.AlertID, d.Webhook, d.Event, d.State, d.Attempts, rc.Nanos(d.NextAttempt), rc.Nanos(d.Created), d.LastError,
+			rc.Nanos(d.Finished)).Scan(&d.ID)
 		if err != nil {
 			return fmt.Errorf("queue delivery of alert %d to %s: %w", d.AlertID, d.Webhook, err)
 		}
@@ -393,7 +244,7 @@ func (t *sqliteEventTx) LastDeliveryCreated(alertID int64, webhook string) (time
 	if err != nil {
 		return time.Time{}, err
 	}
-	return fromNanos(created.Int64), nil
+	return rc.FromNanos(created.Int64), nil
 }
 
 // Flows answers a flow query from an index: the filters that have one
@@ -409,52 +260,11 @@ func (s *SQLite) Flows(ctx context.Context, q store.FlowQuery) ([]flowrecord.Rec
 
 // ScanFlows is Flows one record at a time, with the records' ids.
 func (s *SQLite) ScanFlows(ctx context.Context, q store.FlowQuery, fn func(id int64, r *flowrecord.Record) error) error {
-	var where []string
-	var args []any
-	add := func(cond string, vals ...any) {
-		where = append(where, cond)
-		args = append(args, vals...)
-	}
-	if !q.Since.IsZero() {
-		add("time >= ?", q.Since.UnixNano())
-	}
-	if !q.Until.IsZero() {
-		add("time < ?", q.Until.UnixNano())
-	}
-	if q.Verdict != ruleset.VerdictNone {
-		add("verdict = ?", int64(q.Verdict))
-	}
-	if q.HasPort {
-		add("dst_port = ?", int64(q.Port))
-	}
-	if q.Protocol != "" {
-		add("protocol = ?", q.Protocol)
-	}
-	if q.Workload != "" {
-		add("(src_workload = ? OR dst_workload = ?)", q.Workload, q.Workload)
-	}
-	if q.ByWorkloads {
-		if len(q.Workloads) == 0 {
-			return nil
-		}
-		// A JSON array as one parameter: any number of names, no SQL
-		// built from them.
-		names := marshalString(q.Workloads)
-		add("(src_workload IN (SELECT value FROM json_each(?)) OR dst_workload IN (SELECT value FROM json_each(?)))", names, names)
-	}
-	if q.Addr.IsValid() {
-		add("(src_addr = ? OR dst_addr = ?)", q.Addr.String(), q.Addr.String())
-	}
-	if q.Rule != "" {
-		add("rule = ?", q.Rule)
-	}
-	if q.Node != "" {
-		add("node = ?", q.Node)
+	f := rc.NewFlowFilter(q, "%s IN (SELECT value FROM json_each(?))", rc.MarshalString(q.Workloads))
+	if f.None {
+		return nil
 	}
 	if q.Before != 0 {
-		// Keyset paging in the answer's order (time, id), from the time
-		// of the page's last flow: read first, so that the condition
-		// leaves the indexes usable.
 		var t int64
 		err := s.edb.QueryRowContext(ctx, "SELECT time FROM flows WHERE id = ?", q.Before).Scan(&t)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -463,16 +273,9 @@ func (s *SQLite) ScanFlows(ctx context.Context, q store.FlowQuery, fn func(id in
 		if err != nil {
 			return fmt.Errorf("read flows: %w", classify(err))
 		}
-		add("(time < ? OR (time = ? AND id < ?))", t, t, q.Before)
+		f.Page(t, q.Before)
 	}
-	query := "SELECT id, " + flowColumns + " FROM flows"
-	if len(where) > 0 {
-		query += " WHERE " + strings.Join(where, " AND ")
-	}
-	query += " ORDER BY time DESC, id DESC"
-	if q.Limit > 0 {
-		query += " LIMIT " + strconv.Itoa(q.Limit)
-	}
+	query, args := f.Query(q), f.Args
 	rows, err := s.edb.QueryContext(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("read flows: %w", classify(err))
@@ -480,31 +283,9 @@ func (s *SQLite) ScanFlows(ctx context.Context, q store.FlowQuery, fn func(id in
 	defer rows.Close()
 	for rows.Next() {
 		var r flowrecord.Record
-		var id, t, dir, srcPort, srcID, dstPort, dstID, verdict, packets, bytes, first, last int64
-		var pSent, pRecv, bSent, bRecv int64
-		var srcAddr, dstAddr, state string
-		var icmpType, icmpCode sql.NullInt64
-		if err := rows.Scan(&id, &t, &r.Node, &dir, &r.Protocol, &srcAddr, &srcPort, &r.SrcWorkload, &srcID, &dstAddr, &dstPort,
-			&r.DstWorkload, &dstID, &verdict, &r.Rule, &packets, &bytes, &first, &last, &icmpType, &icmpCode, &r.Reason,
-			&pSent, &pRecv, &bSent, &bRecv, &state); err != nil {
+		id, err := rc.ScanFlow(rows, &r)
+		if err != nil {
 			return fmt.Errorf("read flows: %w", err)
-		}
-		r.PacketsSent, r.PacketsReceived, r.BytesSent, r.BytesReceived = uint64(pSent), uint64(pRecv), uint64(bSent), uint64(bRecv)
-		r.State = flowrecord.State(state)
-		r.Time, r.FirstSeen, r.LastSeen = time.Unix(0, t).UTC(), time.Unix(0, first).UTC(), time.Unix(0, last).UTC()
-		r.Direction, r.Verdict = ruleset.Direction(dir), ruleset.Verdict(verdict)
-		r.SrcAddr, _ = netip.ParseAddr(srcAddr)
-		r.DstAddr, _ = netip.ParseAddr(dstAddr)
-		r.SrcPort, r.DstPort = uint16(srcPort), uint16(dstPort)
-		r.SrcIdentity, r.DstIdentity = ruleset.Identity(srcID), ruleset.Identity(dstID)
-		r.Packets, r.Bytes = uint64(packets), uint64(bytes)
-		if icmpType.Valid {
-			v := uint8(icmpType.Int64)
-			r.ICMPType = &v
-		}
-		if icmpCode.Valid {
-			v := uint8(icmpCode.Int64)
-			r.ICMPCode = &v
 		}
 		if err := fn(id, &r); err != nil {
 			return err
@@ -578,7 +359,7 @@ func (s *SQLite) Alerts(ctx context.Context, q store.AlertQuery) ([]store.Alert,
 		where = append(where, "last_seen >= ?")
 		args = append(args, q.Since.UnixNano())
 	}
-	query := "SELECT " + alertColumns + " FROM alerts"
+	query := "SELECT " + rc.AlertColumns + " FROM alerts"
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -625,7 +406,7 @@ func scanDelivery(row interface{ Scan(...any) error }) (store.Delivery, error) {
 	var d store.Delivery
 	var next, created, finished int64
 	err := row.Scan(&d.ID, &d.AlertID, &d.Webhook, &d.Event, &d.State, &d.Attempts, &next, &created, &d.LastError, &finished)
-	d.NextAttempt, d.Created, d.Finished = fromNanos(next), fromNanos(created), fromNanos(finished)
+	d.NextAttempt, d.Created, d.Finished = rc.FromNanos(next), rc.FromNanos(created), rc.FromNanos(finished)
 	return d, err
 }
 
@@ -669,7 +450,7 @@ func (s *SQLite) NextDeliveryAt(ctx context.Context) (time.Time, int, error) {
 	if err != nil {
 		return time.Time{}, 0, fmt.Errorf("read outbox: %w", classify(err))
 	}
-	return fromNanos(next.Int64), n, nil
+	return rc.FromNanos(next.Int64), n, nil
 }
 
 func (s *SQLite) WebhookStats(ctx context.Context) ([]store.WebhookStats, error) {
@@ -692,7 +473,7 @@ func (s *SQLite) WebhookStats(ctx context.Context) ([]store.WebhookStats, error)
 		if err := rows.Scan(&w.Webhook, &last, &w.LastError, &w.Pending, &w.GaveUp); err != nil {
 			return nil, fmt.Errorf("read outbox: %w", err)
 		}
-		w.LastDelivered = fromNanos(last.Int64)
+		w.LastDelivered = rc.FromNanos(last.Int64)
 		out = append(out, w)
 	}
 	return out, rows.Err()
@@ -700,7 +481,7 @@ func (s *SQLite) WebhookStats(ctx context.Context) ([]store.WebhookStats, error)
 
 func (s *SQLite) UpdateDelivery(ctx context.Context, d store.Delivery) error {
 	_, err := s.edb.ExecContext(ctx, "UPDATE deliveries SET state = ?, attempts = ?, next_attempt = ?, last_error = ?, finished = ? WHERE id = ?",
-		d.State, d.Attempts, nanos(d.NextAttempt), d.LastError, nanos(d.Finished), d.ID)
+		d.State, d.Attempts, rc.Nanos(d.NextAttempt), d.LastError, rc.Nanos(d.Finished), d.ID)
 	if err != nil {
 		return fmt.Errorf("update delivery %d: %w", d.ID, classify(err))
 	}

@@ -1,0 +1,201 @@
+package postgres
+
+// migrations are applied in order, each once, each in its own transaction
+// (PostgreSQL's DDL is transactional: a failed migration leaves the schema
+// as it was); eastguard_schema.version counts those applied. Never edit a
+// migration that has shipped: append a new one. They follow the SQLite
+// store's (controller/store/sqlite/migrations.go) in spirit: the same
+// tables and columns, times as Unix nanoseconds (0 for none), uint64
+// counters as their int64 bit pattern. Text columns compare and sort
+// bytewise (COLLATE "C"), as SQLite's do, whatever the database's locale.
+var migrations = []string{
+	// 1: the whole schema: control state and event data in one database.
+	`
+CREATE TABLE ca (
+	id       INTEGER PRIMARY KEY CHECK (id = 1),
+	cert_pem BYTEA NOT NULL,
+	-- The CA key, sealed with AES-256-GCM (cakey.go): never in clear.
+	key_sealed BYTEA NOT NULL
+);
+CREATE TABLE admin_tokens (
+	id          TEXT COLLATE "C" PRIMARY KEY,
+	secret_hash TEXT COLLATE "C" NOT NULL,
+	name        TEXT COLLATE "C" NOT NULL DEFAULT '',
+	created     BIGINT NOT NULL,
+	expires     BIGINT NOT NULL DEFAULT 0,
+	revoked     BIGINT NOT NULL DEFAULT 0,
+	created_by  TEXT COLLATE "C" NOT NULL DEFAULT ''
+);
+CREATE TABLE join_tokens (
+	id          TEXT COLLATE "C" PRIMARY KEY,
+	secret_hash TEXT COLLATE "C" NOT NULL,
+	node        TEXT COLLATE "C" NOT NULL,
+	created     BIGINT NOT NULL,
+	expires     BIGINT NOT NULL,
+	used        BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX join_tokens_node ON join_tokens (node);
+CREATE TABLE certs (
+	serial    TEXT COLLATE "C" PRIMARY KEY,
+	node      TEXT COLLATE "C" NOT NULL,
+	not_after BIGINT NOT NULL,
+	revoked   BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX certs_node ON certs (node);
+CREATE TABLE resources (
+	kind     TEXT COLLATE "C" NOT NULL,
+	name     TEXT COLLATE "C" NOT NULL,
+	document BYTEA NOT NULL,
+	updated  BIGINT NOT NULL,
+	source   TEXT COLLATE "C" NOT NULL DEFAULT '',
+	PRIMARY KEY (kind, name)
+);
+CREATE TABLE rulesets (
+	node    TEXT COLLATE "C" NOT NULL,
+	version BIGINT NOT NULL,
+	hash    TEXT COLLATE "C" NOT NULL,
+	data    BYTEA NOT NULL,
+	created BIGINT NOT NULL,
+	PRIMARY KEY (node, version)
+);
+CREATE TABLE nodes (
+	name            TEXT COLLATE "C" PRIMARY KEY,
+	agent_version   TEXT COLLATE "C" NOT NULL DEFAULT '',
+	kernel          TEXT COLLATE "C" NOT NULL DEFAULT '',
+	capabilities    TEXT COLLATE "C" NOT NULL DEFAULT '',
+	default_mode    TEXT COLLATE "C" NOT NULL DEFAULT '',
+	applied_version BIGINT NOT NULL DEFAULT 0,
+	applied_hash    TEXT COLLATE "C" NOT NULL DEFAULT '',
+	applied_at      BIGINT NOT NULL DEFAULT 0,
+	last_contact    BIGINT NOT NULL DEFAULT 0,
+	last_error      TEXT COLLATE "C" NOT NULL DEFAULT '',
+	cert_serial     TEXT COLLATE "C" NOT NULL DEFAULT '',
+	cert_expiry     BIGINT NOT NULL DEFAULT 0,
+	joined          BIGINT NOT NULL DEFAULT 0,
+	revoked         BIGINT NOT NULL DEFAULT 0
+);
+
+-- Flows: partitioned by time (range partitions of one day or hour,
+-- flows_pYYYYMMDDHH, listed in flow_partitions; events.go makes them),
+-- rows outside every partition in flows_default. Ids come from one
+-- sequence, so they are unique across partitions.
+CREATE SEQUENCE flows_id_seq;
+CREATE TABLE flows (
+	id               BIGINT NOT NULL DEFAULT nextval('flows_id_seq'),
+	time             BIGINT NOT NULL,
+	node             TEXT COLLATE "C" NOT NULL,
+	direction        INTEGER NOT NULL,
+	protocol         TEXT COLLATE "C" NOT NULL,
+	src_addr         TEXT COLLATE "C" NOT NULL,
+	src_port         INTEGER NOT NULL,
+	src_workload     TEXT COLLATE "C" NOT NULL,
+	src_identity     BIGINT NOT NULL,
+	dst_addr         TEXT COLLATE "C" NOT NULL,
+	dst_port         INTEGER NOT NULL,
+	dst_workload     TEXT COLLATE "C" NOT NULL,
+	dst_identity     BIGINT NOT NULL,
+	verdict          INTEGER NOT NULL,
+	rule             TEXT COLLATE "C" NOT NULL,
+	packets          BIGINT NOT NULL,
+	bytes            BIGINT NOT NULL,
+	first_seen       BIGINT NOT NULL,
+	last_seen        BIGINT NOT NULL,
+	icmp_type        INTEGER,
+	icmp_code        INTEGER,
+	reason           TEXT COLLATE "C" NOT NULL DEFAULT '',
+	packets_sent     BIGINT NOT NULL DEFAULT 0,
+	packets_received BIGINT NOT NULL DEFAULT 0,
+	bytes_sent       BIGINT NOT NULL DEFAULT 0,
+	bytes_received   BIGINT NOT NULL DEFAULT 0,
+	state            TEXT COLLATE "C" NOT NULL DEFAULT 'new'
+) PARTITION BY RANGE (time);
+CREATE TABLE flows_default PARTITION OF flows DEFAULT;
+-- The queries of egctl flows and the dashboard, as in SQLite: newest
+-- first, each filter's index ending in time; id for paging.
+CREATE INDEX flows_id ON flows (id);
+CREATE INDEX flows_time ON flows (time);
+CREATE INDEX flows_verdict ON flows (verdict, time);
+CREATE INDEX flows_dst_port ON flows (dst_port, time);
+CREATE INDEX flows_rule ON flows (rule, time);
+CREATE INDEX flows_src_workload ON flows (src_workload, time);
+CREATE INDEX flows_dst_workload ON flows (dst_workload, time);
+CREATE INDEX flows_node ON flows (node, time);
+CREATE INDEX flows_protocol ON flows (protocol, time);
+CREATE INDEX flows_src_addr ON flows (src_addr, time);
+CREATE INDEX flows_dst_addr ON flows (dst_addr, time);
+CREATE TABLE flow_partitions (
+	name TEXT COLLATE "C" PRIMARY KEY,
+	lo   BIGINT NOT NULL,
+	hi   BIGINT NOT NULL
+);
+CREATE TABLE flow_spools (
+	node     TEXT COLLATE "C" NOT NULL,
+	spool_id BIGINT NOT NULL,
+	high     BIGINT NOT NULL,
+	holes    TEXT COLLATE "C" NOT NULL DEFAULT '',
+	updated  BIGINT NOT NULL,
+	-- Creation order (SQLite's rowid): an upsert keeps it.
+	seq      BIGSERIAL NOT NULL,
+	PRIMARY KEY (node, spool_id)
+);
+CREATE TABLE alerts (
+	id              BIGSERIAL PRIMARY KEY,
+	rule            TEXT COLLATE "C" NOT NULL,
+	severity        TEXT COLLATE "C" NOT NULL,
+	dedup_key       TEXT COLLATE "C" NOT NULL,
+	state           TEXT COLLATE "C" NOT NULL,
+	count           BIGINT NOT NULL,
+	source          TEXT COLLATE "C" NOT NULL,
+	destination     TEXT COLLATE "C" NOT NULL,
+	src_workload    TEXT COLLATE "C" NOT NULL,
+	dst_workload    TEXT COLLATE "C" NOT NULL,
+	src_addr        TEXT COLLATE "C" NOT NULL,
+	dst_addr        TEXT COLLATE "C" NOT NULL,
+	src_labels      TEXT COLLATE "C" NOT NULL,
+	dst_labels      TEXT COLLATE "C" NOT NULL,
+	port            INTEGER NOT NULL,
+	protocol        TEXT COLLATE "C" NOT NULL,
+	verdict         TEXT COLLATE "C" NOT NULL,
+	deciding_rule   TEXT COLLATE "C" NOT NULL,
+	node            TEXT COLLATE "C" NOT NULL,
+	first_seen      BIGINT NOT NULL,
+	last_seen       BIGINT NOT NULL,
+	window_ns       BIGINT NOT NULL,
+	notify          TEXT COLLATE "C" NOT NULL,
+	created         BIGINT NOT NULL,
+	acknowledged_at BIGINT NOT NULL DEFAULT 0,
+	resolved_at     BIGINT NOT NULL DEFAULT 0,
+	resolved_by     TEXT COLLATE "C" NOT NULL DEFAULT '',
+	ports           TEXT COLLATE "C" NOT NULL DEFAULT '',
+	port_count      BIGINT NOT NULL DEFAULT 1,
+	port_set        BYTEA,
+	folded          BIGINT NOT NULL DEFAULT 0,
+	expires         BIGINT NOT NULL DEFAULT 0,
+	refreshed       BIGINT NOT NULL DEFAULT 0,
+	acknowledged_by TEXT COLLATE "C" NOT NULL DEFAULT ''
+);
+CREATE INDEX alerts_key ON alerts (dedup_key, state);
+CREATE INDEX alerts_state ON alerts (state, last_seen);
+CREATE INDEX alerts_last_seen ON alerts (last_seen);
+CREATE INDEX alerts_expires ON alerts (state, expires);
+CREATE INDEX alerts_refreshed ON alerts (state, refreshed);
+CREATE INDEX alerts_rule ON alerts (rule, state);
+CREATE INDEX alerts_resolved ON alerts (state, resolved_at);
+CREATE TABLE deliveries (
+	id           BIGSERIAL PRIMARY KEY,
+	alert_id     BIGINT NOT NULL REFERENCES alerts (id) ON DELETE CASCADE,
+	webhook      TEXT COLLATE "C" NOT NULL,
+	event        TEXT COLLATE "C" NOT NULL,
+	state        TEXT COLLATE "C" NOT NULL,
+	attempts     INTEGER NOT NULL DEFAULT 0,
+	next_attempt BIGINT NOT NULL,
+	created      BIGINT NOT NULL,
+	last_error   TEXT COLLATE "C" NOT NULL DEFAULT '',
+	finished     BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX deliveries_due ON deliveries (state, next_attempt);
+CREATE INDEX deliveries_alert ON deliveries (alert_id, webhook);
+CREATE INDEX deliveries_finished ON deliveries (state, finished);
+CREATE INDEX deliveries_webhook ON deliveries (webhook, state);
+`,
+}

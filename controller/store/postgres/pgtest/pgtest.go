@@ -1,0 +1,241 @@
+// Package pgtest gives tests a throw-away PostgreSQL: one cluster per
+// test binary, made with initdb in a temporary directory and started on
+// first use, listening only on a Unix socket in that directory; a fresh
+// database per test (DSN), dropped when the test ends. Main stops the
+// cluster and removes its directory when the tests end, also when they
+// fail; should the test binary die instead, the server gets SIGQUIT
+// (the kernel's parent-death signal) and stops by itself.
+//
+// As root, the server runs as the postgres user (initdb refuses root).
+// Where the PostgreSQL binaries are missing (no initdb under
+// /usr/lib/postgresql/*/bin nor on PATH), the tests that need one are
+// skipped with a reason that says so; any other failure fails them.
+//
+// Only tests import it; it imports no Eastguard package.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// cluster is the running server.
+type cluster struct {
+	dir  string // socket directory, parent of the data directory
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the server exits
+}
+
+var (
+	mu      sync.Mutex // guards the variables below
+	running *cluster
+	// startErr is why the cluster could not start (sticky); errMissing
+	// if the binaries are missing.
+	startErr error
+	started  bool
+)
+
+var errMissing = errors.New("PostgreSQL binaries not found (initdb and postgres under /usr/lib/postgresql/*/bin or on PATH; Debian: apt-get install postgresql)")
+
+// Main runs the tests, then stops the cluster if one was started. Use it
+// as: func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }.
+func Main(m *testing.M) int {
+	code := m.Run()
+	mu.Lock()
+	defer mu.Unlock()
+	if running != nil {
+		if err := running.stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest:", err)
+			if code == 0 {
+				code = 1
+			}
+		}
+		running = nil
+	}
+	return code
+}
+
+// binDir finds the directory of initdb and postgres: the newest
+// /usr/lib/postgresql/N/bin, else PATH's.
+func binDir() (string, error) {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool {
+		vi, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
+		vj, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
+		return vi > vj
+	})
+	for _, d := range dirs {
+		if isExec(filepath.Join(d, "initdb")) && isExec(filepath.Join(d, "postgres")) {
+			return d, nil
+		}
+	}
+	if p, err := exec.LookPath("initdb"); err == nil {
+		if _, err := exec.LookPath("postgres"); err == nil {
+			return filepath.Dir(p), nil
+		}
+	}
+	return "", errMissing
+}
+
+func isExec(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+}
+
+// get starts the cluster once; it skips t if the binaries are missing.
+func get(t testing.TB) *cluster {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	if !started {
+		started = true
+		running, startErr = start()
+	}
+	if errors.Is(startErr, errMissing) {
+		t.Skipf("skipped: %v", startErr)
+	}
+	if startErr != nil {
+		t.Fatalf("throw-away PostgreSQL: %v", startErr)
+	}
+	return running
+}
+
+func start() (*cluster, error) {
+	bin, err := binDir()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "eastguard-pg-")
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{dir: dir, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(dir)
+		}
+	}()
+	// As root, everything runs as postgres, which must own the directory.
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("running as root, the server runs as the postgres user: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	data := filepath.Join(dir, "data")
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
+		"--encoding=UTF8", "--locale=C.UTF-8")
+	initdb.Dir = dir
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
+	}
+	// Unix socket only (no TCP port to collide or expose); the server
+	// gets SIGQUIT (an immediate shutdown) if this process dies.
+	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir, "-c", "listen_addresses=",
+		"-c", "max_connections=200", "-c", "shared_buffers=128MB")
+	c.cmd.Dir = dir
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
+	logf, err := os.Create(filepath.Join(dir, "server.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	if err := c.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	go func() { c.cmd.Wait(); close(c.done) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		conn, err := pgx.Connect(context.Background(), c.dsn("postgres"))
+		if err == nil {
+			conn.Close(context.Background())
+			break
+		}
+		select {
+		case <-c.done:
+			log, _ := os.ReadFile(filepath.Join(dir, "server.log"))
+			return nil, fmt.Errorf("postgres exited at start: %s", log)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, fmt.Errorf("postgres not accepting connections after 60s: %w", err)
+		}
+	}
+	ok = true
+	return c, nil
+}
+
+// dsn is the URL of database db on the cluster's socket.
+func (c *cluster) dsn(db string) string {
+	return "postgres:///" + db + "?host=" + url.QueryEscape(c.dir) + "&user=postgres&sslmode=disable"
+}
+
+// stop shuts the server down (fast: SIGINT) and removes its directory.
+func (c *cluster) stop() error {
+	c.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+	return os.RemoveAll(c.dir)
+}
+
+// DSN creates a fresh, empty database for the test and returns its URL
+// (a Unix socket, user postgres, no password). The database is dropped
+// when the test ends; close every pool on it before (t.Cleanup runs last
+// registered first, so open pools after calling DSN).
+func DSN(t testing.TB) string {
+	t.Helper()
+	c := get(t)
+	var b [6]byte
+	rand.Read(b[:])
+	name := "eg_" + hex.EncodeToString(b[:])
+	ctx := context.Background()
+	admin := func(stmt string) error {
+		conn, err := pgx.Connect(ctx, c.dsn("postgres"))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		_, err = conn.Exec(ctx, stmt)
+		return err
+	}
+	if err := admin("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := admin("DROP DATABASE " + name + " WITH (FORCE)"); err != nil {
+			t.Errorf("drop database %s: %v", name, err)
+		}
+	})
+	return c.dsn(name)
+}

@@ -1,0 +1,207 @@
+// Package storetest is the conformance suite of controller/store's
+// interfaces: every behaviour the Store and EventStore doc comments
+// promise, checked through the interfaces alone, so that each
+// implementation (controller/store/sqlite, controller/store/postgres)
+// runs the same tests and none is held to less. What is an engine's own
+// (file modes, migrations of its old schemas, query plans, a full disk)
+// stays in that engine's package.
+//
+// Only tests import it. It imports controller/store and internal/...,
+// never an implementation, nor anything else of the controller, nor
+// agent/....
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
+// Open returns a new, empty store for one test; the implementation closes
+// it when the test ends (t.Cleanup).
+type Open func(t testing.TB) store.Store
+
+// Run runs the whole suite, each test on a store of its own.
+func Run(t *testing.T, open Open) {
+	for _, c := range []struct {
+		name string
+		f    func(*testing.T, Open)
+	}{
+		{"CA", testCA},
+		{"AdminTokens", testAdminTokens},
+		{"ConsumeJoinToken", testConsumeJoinToken},
+		{"CertsAndRevocation", testCertsAndRevocation},
+		{"JoinTokenLookupListDelete", testJoinTokenLookupListDelete},
+		{"PolicyCommitAndRuleSets", testPolicyCommitAndRuleSets},
+		{"Nodes", testNodes},
+		{"SpoolPosition", testSpoolPosition},
+		{"ForgetAndPruneSpools", testForgetAndPruneSpools},
+		{"FlowsQueryAndRetention", testFlowsQueryAndRetention},
+		{"FlowsPaging", testFlowsPaging},
+		{"AlertsAndDeliveries", testAlertsAndDeliveries},
+		{"DueDeliveriesFairness", testDueDeliveriesFairness},
+		{"WebhookStats", testWebhookStats},
+		{"FlowVolumeRoundTrip", testFlowVolumeRoundTrip},
+		{"FlowEdgesFirstSeen", testFlowEdgesFirstSeen},
+		{"FlowEdgesOf", testFlowEdgesOf},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.f(t, open) })
+	}
+}
+
+// Flow is a TCP flow record from web to db, allowed when i is even
+// and denied when odd, to port 22, 23 or 24 by i.
+func Flow(i int, at time.Time) flowrecord.Record {
+	verdict := ruleset.VerdictAllowed
+	if i%2 == 1 {
+		verdict = ruleset.VerdictDenied
+	}
+	return flowrecord.Record{
+		Time: at, Node: "node-a", Direction: ruleset.Ingress, Protocol: "TCP",
+		SrcAddr: netip.MustParseAddr("10.250.0.1"), SrcPort: uint16(30000 + i), SrcWorkload: "web", SrcIdentity: 300,
+		DstAddr: netip.MustParseAddr("10.250.0.2"), DstPort: uint16(22 + i%3), DstWorkload: "db", DstIdentity: 301,
+		Verdict: verdict, Rule: fmt.Sprintf("shop/r%d", i%2), Packets: 1, Bytes: 60, FirstSeen: at, LastSeen: at,
+	}
+}
+
+// InsertFlows stores recs in one event transaction, failing the test if
+// it cannot.
+func InsertFlows(t testing.TB, s store.EventStore, recs []flowrecord.Record) {
+	t.Helper()
+	if err := s.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testCA: the CA is stored once; a second one is refused and changes
+// nothing.
+func testCA(t *testing.T, open Open) {
+	s := open(t)
+	ctx := context.Background()
+	if _, _, err := s.CA(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("CA of an empty store: %v", err)
+	}
+	if err := s.InitCA(ctx, []byte("cert"), []byte("key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.InitCA(ctx, []byte("other"), []byte("other key")); !errors.Is(err, store.ErrExists) {
+		t.Errorf("second CA: %v", err)
+	}
+	if cert, key, err := s.CA(ctx); err != nil || string(cert) != "cert" || string(key) != "key" {
+		t.Errorf("CA: %q, %q, %v", cert, key, err)
+	}
+}
+
+// testAdminTokens: admin tokens are kept with every field, listed oldest
+// first, and a revocation keeps its first time.
+func testAdminTokens(t *testing.T, open Open) {
+	s := open(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	first := store.AdminToken{ID: "old", SecretHash: "h0", Name: "admin.conf", Created: now.Add(-time.Hour)}
+	if err := s.AddAdminToken(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	tok := store.AdminToken{ID: "t1", SecretHash: "h1", Name: "ci", Created: now, Expires: now.Add(time.Hour), CreatedBy: "old"}
+	if err := s.AddAdminToken(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddAdminToken(ctx, tok); !errors.Is(err, store.ErrExists) {
+		t.Errorf("same id twice: %v", err)
+	}
+	if got, err := s.AdminToken(ctx, "t1"); err != nil || got != tok {
+		t.Errorf("read back: %+v, %v\nwant %+v", got, err, tok)
+	}
+	if _, err := s.AdminToken(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown id: %v", err)
+	}
+	// Revocation keeps the record and its first time.
+	got, err := s.RevokeAdminToken(ctx, "t1", now.Add(time.Minute))
+	if err != nil || !got.Revoked.Equal(now.Add(time.Minute)) {
+		t.Errorf("revoke: %+v, %v", got, err)
+	}
+	if got, err = s.RevokeAdminToken(ctx, "t1", now.Add(time.Hour)); err != nil || !got.Revoked.Equal(now.Add(time.Minute)) {
+		t.Errorf("revoke again: %+v, %v", got, err)
+	}
+	if _, err := s.RevokeAdminToken(ctx, "nope", now); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("revoke an unknown id: %v", err)
+	}
+	list, err := s.AdminTokens(ctx)
+	if err != nil || len(list) != 2 || list[0] != first || list[1].ID != "t1" || list[1].Revoked.IsZero() {
+		t.Errorf("list: %+v, %v", list, err)
+	}
+}
+
+// testFlowsPaging: Before pages through the newest-first order (time,
+// then id) without gaps or repeats, also across equal times, and an id no
+// longer stored selects nothing.
+func testFlowsPaging(t *testing.T, open Open) {
+	s := open(t)
+	ctx := context.Background()
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var recs []flowrecord.Record
+	for i := range 25 {
+		recs = append(recs, Flow(i, base.Add(time.Duration(i/3)*time.Second)))
+	}
+	InsertFlows(t, s, recs)
+	var ids []int64
+	var before int64
+	for range 10 { // bounded: 25 flows are 5 pages of 5
+		var page []int64
+		if err := s.ScanFlows(ctx, store.FlowQuery{Before: before, Limit: 5}, func(id int64, _ *flowrecord.Record) error {
+			page = append(page, id)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		ids = append(ids, page...)
+		before = page[len(page)-1]
+	}
+	seen := map[int64]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			t.Errorf("flow %d on two pages", id)
+		}
+		seen[id] = true
+	}
+	if len(ids) != 25 {
+		t.Errorf("%d flows over the pages, want 25", len(ids))
+	}
+	if _, err := s.PruneOldestFlows(ctx, 25); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Flows(ctx, store.FlowQuery{Before: ids[0]}); err != nil || len(got) != 0 {
+		t.Errorf("page after a pruned flow: %d flows, %v", len(got), err)
+	}
+}
+
+// BenchmarkInsertFlows measures flow ingest through the store's insert
+// path: batches of batch records, one event transaction each (as
+// controller/flowingest writes them), records spread over the last hour.
+// Reported: records/s.
+func BenchmarkInsertFlows(b *testing.B, open Open, batch int) {
+	s := open(b)
+	now := time.Now().Add(-time.Hour)
+	recs := make([]flowrecord.Record, batch)
+	n := 0
+	for b.Loop() {
+		for i := range recs {
+			recs[i] = Flow(n, now.Add(time.Duration(n)*time.Millisecond))
+			n++
+		}
+		if err := s.EventTx(context.Background(), func(tx store.EventTx) error { return tx.InsertFlows(recs) }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
+}
