@@ -57,8 +57,8 @@ const (
 
 // Client is the part of the Kubernetes API the verifier and PublishCA use
 // (kube.Client and the fake clientset satisfy it). Not
-// kubernetes.Interface: importing the all-groups clientset doubles the
-// controller's cold build (see the kube package comment).
+// kubernetes.Interface: the all-groups clientset is most of the
+// controller's cold build time (see the kube package comment).
 type Client interface {
 	CoreV1() typedcorev1.CoreV1Interface
 	AuthenticationV1() typedauthenticationv1.AuthenticationV1Interface
