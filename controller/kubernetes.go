@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/eastguard/eastguard/controller/kube"
 	"github.com/eastguard/eastguard/controller/kube/join"
@@ -54,7 +53,7 @@ func (k *KubernetesOptions) check() error {
 
 // kubeClients are the clients of Kubernetes mode.
 type kubeClients struct {
-	client  kubernetes.Interface
+	client  kube.Client
 	dynamic dynamic.Interface
 }
 
@@ -63,13 +62,9 @@ func newKubeClients(o KubernetesOptions) (*kubeClients, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, dyn, err := kube.NewClients(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
 	return &kubeClients{client: client, dynamic: dyn}, nil
 }

@@ -14,13 +14,13 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -46,7 +46,7 @@ type Repo interface {
 
 // Config configures a Source.
 type Config struct {
-	Client    kubernetes.Interface
+	Client    Client
 	Dynamic   dynamic.Interface
 	Discovery discovery.DiscoveryInterface // Client.Discovery() when nil
 	Repo      Repo
@@ -86,9 +86,10 @@ type Source struct {
 	// informers have synced, by kind.
 	mu     sync.Mutex
 	custom map[string]cache.GenericLister
-	// handled says which custom informers have the source's handler
-	// (only the goroutine that runs startCustom touches it).
-	handled map[string]bool
+	// informers are the custom resources' informers, by kind, made and
+	// started once each; only the goroutine that runs startCustom touches
+	// it (and Run's exit, after that goroutine ended).
+	informers map[string]cache.SharedIndexInformer
 
 	synced atomic.Bool
 }
@@ -108,7 +109,7 @@ func New(cfg Config) *Source {
 		cfg.Resync = time.Minute
 	}
 	return &Source{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), metrics: newMetrics(cfg.Registry),
-		custom: make(map[string]cache.GenericLister), handled: make(map[string]bool)}
+		custom: make(map[string]cache.GenericLister), informers: make(map[string]cache.SharedIndexInformer)}
 }
 
 // Synced reports whether the first sync after the informers' caches
@@ -135,30 +136,39 @@ func (s *Source) handler() cache.ResourceEventHandler {
 // Run watches until ctx is done. It syncs only once the pod and namespace
 // caches are full: an empty cache would read as "every pod is gone".
 func (s *Source) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactory(s.cfg.Client, s.cfg.Resync)
-	podInf := factory.Core().V1().Pods()
-	nsInf := factory.Core().V1().Namespaces()
-	if _, err := podInf.Informer().AddEventHandler(s.handler()); err != nil {
+	// The informers are built here rather than by client-go's informer
+	// factories, which import every API group (see the package comment):
+	// the same ListWatch, indexers and resync as the factories'.
+	core := s.cfg.Client.CoreV1()
+	podInf := newInformer(s.cfg.Client, core.Pods(corev1.NamespaceAll), &corev1.Pod{}, s.cfg.Resync, "pods")
+	nsInf := newInformer(s.cfg.Client, core.Namespaces(), &corev1.Namespace{}, s.cfg.Resync, "namespaces")
+	if _, err := podInf.AddEventHandler(s.handler()); err != nil {
 		return err
 	}
-	if _, err := nsInf.Informer().AddEventHandler(s.handler()); err != nil {
+	if _, err := nsInf.AddEventHandler(s.handler()); err != nil {
 		return err
 	}
 	// Only the fields the source reads are kept: a large cluster's pods
 	// are mostly container specs and statuses nobody here needs.
-	if err := podInf.Informer().SetTransform(trimPod); err != nil {
+	if err := podInf.SetTransform(trimPod); err != nil {
 		return err
 	}
-	s.pods, s.namespaces = podInf.Lister(), nsInf.Lister()
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	s.pods, s.namespaces = listerscorev1.NewPodLister(podInf.GetIndexer()), listerscorev1.NewNamespaceLister(nsInf.GetIndexer())
+	// running counts every informer's goroutine (the custom resources'
+	// too): Run returns only once all have stopped.
+	var running sync.WaitGroup
+	defer running.Wait()
+	informerCtx, stopInformers := context.WithCancel(ctx)
+	defer stopInformers()
+	running.Go(func() { podInf.RunWithContext(informerCtx) })
+	running.Go(func() { nsInf.RunWithContext(informerCtx) })
 	s.log.Info("watching Kubernetes pods and namespaces")
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
+	for typ, inf := range map[string]cache.SharedIndexInformer{"pods": podInf, "namespaces": nsInf} {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("kubernetes: cache of %v did not sync", typ)
+			return fmt.Errorf("kubernetes: cache of %s did not sync", typ)
 		}
 	}
 	// Pods first: a sync of the pods alone need not wait for the custom
@@ -168,24 +178,18 @@ func (s *Source) Run(ctx context.Context) error {
 	// The custom resources are looked for, and their caches waited for,
 	// beside the sync loop: a CRD missing or unreadable never holds up
 	// the pods.
-	dyn := dynamicinformer.NewDynamicSharedInformerFactory(s.cfg.Dynamic, s.cfg.Resync)
-	var custom sync.WaitGroup
-	custom.Go(func() {
+	running.Go(func() {
 		recheck := time.NewTicker(s.cfg.Resync)
 		defer recheck.Stop()
 		for {
-			s.startCustom(ctx, dyn)
+			s.startCustom(informerCtx, &running)
 			select {
-			case <-ctx.Done():
+			case <-informerCtx.Done():
 				return
 			case <-recheck.C:
 			}
 		}
 	})
-	defer func() {
-		custom.Wait()
-		dyn.Shutdown()
-	}()
 
 	retry := time.NewTimer(0)
 	<-retry.C
@@ -228,14 +232,15 @@ func (s *Source) settle(ctx context.Context) bool {
 }
 
 // startCustom starts the informers of the custom resources whose CRDs
-// are installed and not watched yet, and waits for their caches.
-func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSharedInformerFactory) {
+// are installed and not watched yet (their goroutines counted in
+// running), and waits for their caches.
+func (s *Source) startCustom(ctx context.Context, running *sync.WaitGroup) {
 	installed, err := s.installedKinds()
 	if err != nil {
 		s.log.Warn("cannot list the eastguard.dev custom resources; retrying", zap.Error(err))
 		return
 	}
-	pending := make(map[string]informers.GenericInformer)
+	pending := make(map[string]cache.SharedIndexInformer)
 	for _, kind := range customKinds {
 		s.mu.Lock()
 		watching := s.custom[kind] != nil
@@ -244,17 +249,20 @@ func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSha
 		if watching || !installed[gvr.Resource] {
 			continue
 		}
-		inf := dyn.ForResource(gvr)
-		if !s.handled[kind] {
-			if _, err := inf.Informer().AddEventHandler(s.handler()); err != nil {
+		// An informer is made and started once: one whose cache did
+		// not fill in time keeps trying and is waited for again here.
+		inf := s.informers[kind]
+		if inf == nil {
+			inf = newInformer(s.cfg.Dynamic, s.cfg.Dynamic.Resource(gvr), &unstructured.Unstructured{}, s.cfg.Resync, gvr.String())
+			if _, err := inf.AddEventHandler(s.handler()); err != nil {
 				s.log.Error("watch custom resource", zap.String("kind", kind), zap.Error(err))
 				continue
 			}
-			s.handled[kind] = true
+			s.informers[kind] = inf
+			running.Go(func() { inf.RunWithContext(ctx) })
 		}
 		pending[kind] = inf
 	}
-	dyn.Start(ctx.Done())
 	// Each kind is read as soon as its cache is full. Bounded: a cache
 	// that cannot fill (its list forbidden to the controller) holds up
 	// neither the pods nor the other kinds, and is waited for again at
@@ -263,9 +271,9 @@ func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSha
 	deadline := time.Now().Add(customSyncWait)
 	for len(pending) > 0 {
 		for _, kind := range customKinds {
-			if inf := pending[kind]; inf != nil && inf.Informer().HasSynced() {
+			if inf := pending[kind]; inf != nil && inf.HasSynced() {
 				s.mu.Lock()
-				s.custom[kind] = inf.Lister()
+				s.custom[kind] = cache.NewGenericLister(inf.GetIndexer(), crdv1.Resources[kind].GroupResource())
 				s.mu.Unlock()
 				started = append(started, kind)
 				delete(pending, kind)
@@ -296,6 +304,32 @@ func (s *Source) startCustom(ctx context.Context, dyn dynamicinformer.DynamicSha
 				zap.String("crd", r+"."+crdv1.Group))
 		}
 	}
+}
+
+// listWatcher is the typed or dynamic client of one resource.
+type listWatcher[L runtime.Object] interface {
+	List(ctx context.Context, opts metav1.ListOptions) (L, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
+
+// newInformer makes a shared informer of the objects c lists (all
+// namespaces'), indexed by namespace, as client-go's informer factories
+// make them. client is the clientset c is part of: the fake clientsets
+// say through it that they cannot serve the watch-list protocol, and the
+// informer then lists and watches.
+func newInformer[L runtime.Object](client any, c listWatcher[L], obj runtime.Object, resync time.Duration, what string) cache.SharedIndexInformer {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.List(ctx, o)
+		},
+		WatchFuncWithContext: c.Watch,
+	}
+	return cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client), obj,
+		cache.SharedIndexInformerOptions{
+			ResyncPeriod:      resync,
+			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			ObjectDescription: what,
+		})
 }
 
 func (s *Source) installedKinds() (map[string]bool, error) {

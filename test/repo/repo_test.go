@@ -1,7 +1,8 @@
 // Package repo_test checks the rules of the repository itself, as `make
 // lint` and `make test` run them: dependencies run one way (mains ->
-// agent/... | controller/... -> internal/...), no build output or other
-// binary is committed, the README and docs/ link only inside the
+// agent/... | controller/... -> internal/...), the production binaries
+// do not depend on client-go's all-groups packages, no build output or
+// other binary is committed, the README and docs/ link only inside the
 // repository, the README's layout section lists exactly the folders
 // and packages the tree has, and every command the README shows is run
 // by a test (readme_test.go).
@@ -110,6 +111,56 @@ func TestDependenciesRunOneWay(t *testing.T) {
 	}
 	if checked < 20 {
 		t.Errorf("only %d packages checked", checked)
+	}
+}
+
+// slowPackages are the client-go packages that bring in the clients or
+// informers of every Kubernetes API group (about 230 more k8s.io
+// packages, more than half of a cold `make build`), with what to import
+// instead.
+var slowPackages = map[string]string{
+	"k8s.io/client-go/kubernetes": "the per-group typed clients (k8s.io/client-go/kubernetes/typed/GROUP/VERSION) " +
+		"behind a narrow interface such as controller/kube.Client",
+	"k8s.io/client-go/informers": "cache.NewSharedIndexInformer over a cache.ListWatch of the typed client " +
+		"and the listers of k8s.io/client-go/listers/GROUP/VERSION (as controller/kube's Source does)",
+	"k8s.io/client-go/dynamic/dynamicinformer": "cache.NewSharedIndexInformer over a cache.ListWatch of " +
+		"the dynamic client's Resource(gvr) and cache.NewGenericLister (as controller/kube's Source does)",
+}
+
+// TestBinariesAvoidAllGroupsClientGo: the production binaries do not
+// depend on slowPackages. A cold `make demo` is mostly compiling Go, and
+// these packages were most of it (issue 18: the demo, build included,
+// under 3 minutes on a fresh 2-core machine). Tests may still use the
+// fake clientset.
+func TestBinariesAvoidAllGroupsClientGo(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`,
+		"./agent/cmd/...", "./controller/cmd/...")
+	cmd.Dir = root(t)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := 0
+	sawClientGo := false
+	for line := range strings.Lines(string(out)) {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		deps++
+		if fields[0] == "k8s.io/client-go/rest" {
+			sawClientGo = true // the check below is not vacuous
+		}
+		for _, imp := range fields[1:] {
+			if instead, ok := slowPackages[imp]; ok {
+				t.Errorf("%s imports %s, which compiles the clients or informers of every Kubernetes API group "+
+					"and makes a cold `make demo` minutes slower (issue 18); import %s instead", fields[0], imp, instead)
+			}
+		}
+	}
+	if deps < 100 || !sawClientGo {
+		t.Fatalf("go list found %d dependencies of the binaries (client-go's rest among them: %v); the rule checks nothing", deps, sawClientGo)
 	}
 }
 

@@ -38,7 +38,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	typedauthenticationv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
 )
@@ -53,6 +54,15 @@ const (
 	extraNodeName     = "authentication.kubernetes.io/node-name"
 	extraCredentialID = "authentication.kubernetes.io/credential-id"
 )
+
+// Client is the part of the Kubernetes API the verifier and PublishCA use
+// (kube.Client and the fake clientset satisfy it). Not
+// kubernetes.Interface: the all-groups clientset is most of the
+// controller's cold build time (see the kube package comment).
+type Client interface {
+	CoreV1() typedcorev1.CoreV1Interface
+	AuthenticationV1() typedauthenticationv1.AuthenticationV1Interface
+}
 
 // Config configures a Verifier.
 type Config struct {
@@ -70,7 +80,7 @@ type Config struct {
 // Verifier checks agents' ServiceAccount tokens. It implements
 // agentapi.ServiceAccountVerifier.
 type Verifier struct {
-	client kubernetes.Interface
+	client Client
 	cfg    Config
 	log    *zap.Logger
 }
@@ -78,7 +88,7 @@ type Verifier struct {
 var _ agentapi.ServiceAccountVerifier = (*Verifier)(nil)
 
 // NewVerifier makes a Verifier that asks client's apiserver.
-func NewVerifier(client kubernetes.Interface, cfg Config) *Verifier {
+func NewVerifier(client Client, cfg Config) *Verifier {
 	if cfg.Audience == "" {
 		cfg.Audience = DefaultAudience
 	}

@@ -7,7 +7,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // The ConfigMap agents mount to trust the controller on their first join
@@ -21,7 +20,7 @@ const (
 // controller's) hold caPEM under CAKey: it creates it, or updates it when
 // its content differs, and leaves it alone otherwise. Other keys and the
 // ConfigMap's metadata are kept.
-func PublishCA(ctx context.Context, client kubernetes.Interface, namespace string, caPEM []byte) error {
+func PublishCA(ctx context.Context, client Client, namespace string, caPEM []byte) error {
 	cms := client.CoreV1().ConfigMaps(namespace)
 	for range 3 { // a concurrent create or update: read again
 		cm, err := cms.Get(ctx, CAConfigMap, metav1.GetOptions{})
