@@ -367,13 +367,14 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	browsertest.Shot(t, ctx, shots, "agents.png")
 
-	// Policies: the monitor policy's YAML as text, would-deny flows linked.
+	// Policies: the monitor policy's YAML as text, would-deny flows
+	// linked (over the last hour, the detail's default range).
 	browsertest.Step(t, ctx, "policies", chromedp.Navigate(srv.URL+"/#/policies"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=monitor]`)))
 	browsertest.Step(t, ctx, "policy detail", chromedp.Navigate(srv.URL+"/#/policies/web-mesh"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=policy-yaml]`)))
 	if y := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=policy-yaml]').textContent`); !strings.Contains(y, "<script>alert(3)</script>") {
 		t.Errorf("policy YAML %q", y)
 	}
-	if href := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=would-deny-link]').getAttribute('href')`); href != "#/flows?rule=peers&verdict=would-deny&since=24h" {
+	if href := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=would-deny-link]').getAttribute('href')`); href != "#/flows?rule=peers&verdict=would-deny&since=1h" {
 		t.Errorf("would-deny link %q", href)
 	}
 	if !browsertest.Eval[bool](t, ctx, browsertest.NoImg) {

@@ -1,7 +1,7 @@
 // The dashboard's entry point: the hash router, the header (pages, the
 // logged-in name, logout, what needs attention now) and the session.
 import { session, setUnauthorizedHandler, restoreSession, logout, get, arr } from './api.js';
-import { h, on, clear, errorBox } from './dom.js';
+import { h, on, clear, errorBox, markReady, nextPaint } from './dom.js';
 import { agentAttention } from './pages/agents.js';
 import * as loginPage from './pages/login.js';
 import * as mapPage from './pages/map.js';
@@ -128,7 +128,11 @@ async function route() {
     await p.mod.render(box, { arg, params });
   } catch (e) {
     if (e.status !== 401) box.append(errorBox(e));
+    return;
   }
+  // Ready once painted, unless the user has gone elsewhere meanwhile.
+  await nextPaint();
+  if (box.isConnected) markReady(box);
 }
 
 window.addEventListener('hashchange', route);
