@@ -34,6 +34,14 @@ const names = Object.keys(result.metafile.outputs).map((p) => basename(p));
 const js = names.find((n) => n.startsWith('app-') && n.endsWith('.js'));
 const css = names.find((n) => n.startsWith('style-') && n.endsWith('.css'));
 if (!js || !css) throw new Error(`build: outputs ${names.join(', ')}: want app-*.js and style-*.css`);
-const html = readFileSync('src/index.html', 'utf8').replace('{{JS}}', js).replace('{{CSS}}', css);
+// The chunks the app imports statically (esbuild's shared helpers) are
+// preloaded by index.html, fetched alongside the app, not after it.
+const jsOut = Object.keys(result.metafile.outputs).find((p) => basename(p) === js);
+const preload = result.metafile.outputs[jsOut].imports
+  .filter((i) => i.kind === 'import-statement')
+  .map((i) => `<link rel="modulepreload" href="ui/${basename(i.path)}">`)
+  .sort()
+  .join('\n');
+const html = readFileSync('src/index.html', 'utf8').replace('{{JS}}', js).replace('{{CSS}}', css).replace('{{PRELOAD}}', preload);
 writeFileSync(join(out, 'index.html'), html);
 console.log(`built ${js}, ${css}, index.html`);
