@@ -6,13 +6,14 @@
 // its members' edges are aggregated onto it. Level of detail for large
 // maps (issue 17: interactive in under 1 s at 1,000 workloads, measured
 // by BenchmarkBrowserPages): grouped and collapsed from the start past
-// groupThreshold workloads; an edge with a collapsed group at an end is
-// one per verdict (its ports listed), and a policy-only edge between two
-// groups is drawn between the groups, not once per pair of members; past
-// forceLayoutMax nodes no force layout: positions are computed (groups
-// on shelves, members on a grid inside their group, preset layout); edge
-// labels hidden when zoomed out (min-zoomed-font-size); edges hidden and
-// the canvas a texture while panning.
+// groupThreshold workloads; the edges with a collapsed group at an end
+// are one per pair of ends (its worst verdict, its ports listed), and a
+// policy-only edge between two groups is drawn between the groups, not
+// once per pair of members; past forceLayoutMax nodes or edges no force
+// layout: positions are computed (collapsed groups on a circle, expanded
+// ones as boxes on shelves with their members on a grid inside), edge
+// labels only on the selected edge, edges hidden and the canvas a texture
+// while panning.
 import { get, arr } from '../api.js';
 import { h, on, clear, table, fmtNum, fmtTime, hashLink, errorBox, markReady, nextPaint } from '../dom.js';
 import { compactRow, compactHeaders } from './flows.js';
@@ -32,10 +33,10 @@ function loadGraphLib() {
 }
 
 const groupThreshold = 150;
-const bigGraph = 300; // elements: level-of-detail rendering options
 // fcose up to this many nodes and edges drawn, computed positions past
-// it (fcose over 20 groups and their 800 edges takes most of a second).
-const forceLayoutMax = { nodes: 120, edges: 300 };
+// it (fcose over 20 collapsed groups and their 280 edges takes 0.7 s on
+// the 2-core benchmark machine).
+const forceLayoutMax = { nodes: 80, edges: 120 };
 const ranges = ['15m', '1h', '6h', '24h'];
 const fixedKeys = ['app', 'role', 'k8s:namespace'];
 
@@ -136,14 +137,14 @@ export async function render(box, { params }) {
     // 800 elements, 1.8 s for 4,000, on the 2-core benchmark machine).
     cy = cytoscape({
       container,
-      // Past bigGraph edges: straight edges (no bundling of parallel
-      // ones to compute) and edge labels only on the selected edge.
-      style: edges > bigGraph ? [...graphStyle, ...bigStyle] : graphStyle,
+      // A large map: straight edges (no bundling of parallel ones to
+      // compute) and edge labels only on the selected edge.
+      style: computed ? [...graphStyle, ...bigStyle] : graphStyle,
       wheelSensitivity: 0.3,
       minZoom: 0.05,
       maxZoom: 4,
-      hideEdgesOnViewport: els.length > bigGraph,
-      textureOnViewport: els.length > bigGraph,
+      hideEdgesOnViewport: computed,
+      textureOnViewport: computed,
       boxSelectionEnabled: false,
       ...view0,
     });
