@@ -551,6 +551,20 @@ func TestBrowserMapLarge(t *testing.T) {
 	}) {
 		t.Errorf("groups after expand all %+v: want the 20, expanded (drawn around their members)", groups)
 	}
+	// Not grouped: the 1,000 workloads drawn, every one inside the map.
+	seq = ready()
+	browsertest.Step(t, ctx, "group by none", browsertest.SelectOption("map-group", ""))
+	browsertest.WaitFor(t, ctx, "ungrouped", fmt.Sprintf(`Number(document.querySelector('[data-testid=page-map]').getAttribute('data-ready')) > %d`, seq))
+	outside := browsertest.Eval[[]string](t, ctx, `(() => {
+		const box = document.querySelector('[data-testid=map]').getBoundingClientRect();
+		return window.egMap.nodes().filter((n) => {
+			const p = window.egMap.position(n);
+			return !p || p.x < box.left || p.x > box.right || p.y < box.top || p.y > box.bottom;
+		});
+	})()`)
+	if n := len(browsertest.MapNodes(t, ctx)); n != 1000 || len(outside) > 0 {
+		t.Errorf("ungrouped: %d nodes drawn, %d of them outside the map (%q...), want 1,000 all inside", n, len(outside), outside[:min(5, len(outside))])
+	}
 	t.Logf("1,000 workloads: grouped map ready %v after login; expanded (1,000 nodes, %d edges) in %v",
 		grouped.Round(time.Millisecond), len(browsertest.Eval[[]any](t, ctx, `window.egMap.edges()`)), expanded.Round(time.Millisecond))
 	if errs := consoleErrors(); len(errs) > 0 {

@@ -346,6 +346,10 @@ export function elements(model, key, collapsed, meta) {
   return els;
 }
 
+// circleMax: past this many nodes and no expanded group, shelves rather
+// than a circle (a circle of 1,000 would not fit the view at minZoom).
+const circleMax = 60;
+
 // severity orders verdicts for a group edge's colour: the worst wins.
 const severity = { allowed: 1, 'would-deny': 2, denied: 3 };
 
@@ -357,8 +361,9 @@ function portLabel(protocol, port) {
 // added), without a force layout (fcose over 1,000 nodes takes
 // seconds): each expanded group (its members on a square grid) and each
 // other node is a box; boxes go on shelves in a roughly square area, the
-// largest first; with no expanded group, the nodes go on a circle (edges
-// between collapsed groups then do not cross nodes). Linear in the nodes.
+// largest first; with no expanded group and at most circleMax nodes, the
+// nodes go on a circle (edges between collapsed groups then do not cross
+// nodes). Linear in the nodes.
 // An expanded group is not a compound node here (cytoscape's compound
 // bookkeeping made expanding 20 groups of 50 take seconds, most of it
 // allocating collections): its node becomes a box drawn under its
@@ -380,7 +385,7 @@ function place(els) {
     if (!byGroup.has(parent)) byGroup.set(parent, []);
     byGroup.get(parent).push(e);
   }
-  if (byGroup.size === 0) {
+  if (byGroup.size === 0 && boxes.length <= circleMax) {
     const r = Math.max(100, (boxes.length * gap) / (2 * Math.PI));
     boxes.forEach((b, i) => {
       const a = (2 * Math.PI * i) / boxes.length;
