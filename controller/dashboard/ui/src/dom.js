@@ -40,6 +40,24 @@ export function clear(el) {
   return el;
 }
 
+// markReady says a page's render is complete: its data is on the page
+// and the page answers input. It sets data-ready on the page's root to a
+// number that grows with every completed render, across pages, so that a
+// test or a benchmark can wait for "a render after the one I saw"
+// (BenchmarkBrowserPages measures navigation and input to this).
+let readySeq = 0;
+export function markReady(root) {
+  readySeq += 1;
+  root.setAttribute('data-ready', String(readySeq));
+}
+
+// nextPaint resolves after the browser has painted what is on the page
+// now: a requestAnimationFrame callback runs before that frame's paint,
+// the timeout after it.
+export function nextPaint() {
+  return new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
+}
+
 // errorBox is the readable message a page shows when the API answers
 // other than the contract says (never a console error).
 export function errorBox(err) {

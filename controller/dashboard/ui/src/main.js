@@ -1,7 +1,7 @@
 // The dashboard's entry point: the hash router, the header (pages, the
 // logged-in name, logout, what needs attention now) and the session.
 import { session, setUnauthorizedHandler, restoreSession, logout, get, arr } from './api.js';
-import { h, on, clear, errorBox } from './dom.js';
+import { h, on, clear, errorBox, markReady, nextPaint } from './dom.js';
 import { agentAttention } from './pages/agents.js';
 import * as loginPage from './pages/login.js';
 import * as mapPage from './pages/map.js';
@@ -71,13 +71,14 @@ function renderHeader(page) {
     right.append(h('span', { 'data-testid': 'user' }, session.name), ' ', out);
   }
   header.append(h('a', { href: '#/map', class: 'brand' }, 'Eastguard'), nav, attention, right);
-  if (session.csrfToken) refreshAttention(attention);
+  return attention;
 }
 
 // refreshAttention shows what needs attention now: open alerts and
 // agents needing attention, each a link to its page.
 async function refreshAttention(el) {
   clearTimeout(attentionTimer);
+  if (!session.csrfToken) return;
   try {
     const [alerts, agents] = await Promise.all([get('alerts', { state: 'open', limit: 1000 }), get('agents')]);
     const nAlerts = arr(alerts).length;
@@ -119,16 +120,26 @@ async function route() {
     location.replace('#/map');
     return;
   }
-  renderHeader(page);
+  const attention = renderHeader(page);
   document.title = p.title + ' · Eastguard';
   current = p.mod;
   const box = h('section', { class: 'page', 'data-testid': 'page-' + page });
   main.append(box);
+  // The header's counts are asked for once the page has its data, so
+  // that their queries do not compete with the page's.
   try {
     await p.mod.render(box, { arg, params });
   } catch (e) {
-    if (e.status !== 401) box.append(errorBox(e));
+    if (e.status !== 401) {
+      box.append(errorBox(e));
+      refreshAttention(attention);
+    }
+    return;
   }
+  // Ready once painted, unless the user has gone elsewhere meanwhile.
+  await nextPaint();
+  if (box.isConnected) markReady(box);
+  if (attention.isConnected) refreshAttention(attention);
 }
 
 window.addEventListener('hashchange', route);

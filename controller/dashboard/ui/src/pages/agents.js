@@ -2,7 +2,7 @@
 // data-attention="true", the class "attention" and a text marker saying
 // why (not colour alone).
 import { get, arr } from '../api.js';
-import { h, table, fmtTime, fmtNum } from '../dom.js';
+import { h, on, table, fmtTime, fmtNum } from '../dom.js';
 
 // Node certificates live 1h by default (--cert-ttl); agents renew at 2/3.
 // Without the certificate's start (certNotBefore, if the API gives it) the
@@ -68,5 +68,13 @@ export async function render(box) {
       h('td', { class: 'num' }, fmtNum(lostOf(a))),
       h('td', { 'data-testid': 'agent-attention' }, why.length ? '⚠ ' + why.join(', ') : ''));
   });
-  box.append(table('agents', ['Node', 'Connected', 'Applied / latest', 'Mode', 'Cert expiry', 'Last contact', 'Last error', 'Denied', 'Lost events', 'Attention'], rows));
+  // A filter by node name, for hundreds of nodes: rows hide (the hidden
+  // attribute), nothing is fetched again.
+  const filter = h('input', { type: 'search', id: 'agents-filter', 'data-testid': 'agents-filter', placeholder: 'node name', autocomplete: 'off' });
+  on(filter, 'input', () => {
+    const want = filter.value.trim();
+    for (const r of rows) r.hidden = want !== '' && !(r.getAttribute('data-node') || '').includes(want);
+  });
+  box.append(h('div', { class: 'toolbar' }, h('label', { for: 'agents-filter' }, 'Filter '), filter),
+    table('agents', ['Node', 'Connected', 'Applied / latest', 'Mode', 'Cert expiry', 'Last contact', 'Last error', 'Denied', 'Lost events', 'Attention'], rows));
 }

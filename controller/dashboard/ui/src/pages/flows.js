@@ -110,7 +110,8 @@ export async function render(box, { params }) {
   box.append(msg, t, pager);
 
   const flows = arr(await get('flows', { ...filters, limit: pageSize, before }));
-  for (const f of flows) tbody.append(flowRow(f));
+  // One DOM insertion for the page of rows.
+  tbody.replaceChildren(...flows.map(flowRow));
   if (flows.length === 0) msg.append(h('p', { class: 'empty', 'data-testid': 'no-flows' }, 'No flow matches.'));
   if (before) pager.append(h('a', { href: hashLink('/flows', filters), class: 'button', 'data-testid': 'newest' }, 'Newest'));
   const last = flows[flows.length - 1];

@@ -4,19 +4,39 @@
 // used (policyEdges with no observed edge) are dashed grey. Grouping by a
 // label makes cytoscape compound nodes; a collapsed group is one node and
 // its members' edges are aggregated onto it. Level of detail for large
-// maps: grouped and collapsed from the start past groupThreshold
-// workloads, edge labels hidden when zoomed out (min-zoomed-font-size),
-// no layout animation, edges hidden while panning.
-import cytoscape from 'cytoscape';
-import fcose from 'cytoscape-fcose';
+// maps (issue 17: interactive in under 1 s at 1,000 workloads, measured
+// by BenchmarkBrowserPages): grouped and collapsed from the start past
+// groupThreshold workloads; the edges with a collapsed group at an end
+// are one per pair of ends (its worst verdict, its ports listed), and a
+// policy-only edge between two groups is drawn between the groups, not
+// once per pair of members; past forceLayoutMax nodes or edges no force
+// layout: positions are computed (collapsed groups on a circle, expanded
+// ones as boxes on shelves with their members on a grid inside), edge
+// labels only on the selected edge, edges hidden and the canvas a texture
+// while panning.
 import { get, arr } from '../api.js';
-import { h, on, clear, table, fmtNum, fmtTime, hashLink, errorBox } from '../dom.js';
+import { h, on, clear, table, fmtNum, fmtTime, hashLink, errorBox, markReady, nextPaint } from '../dom.js';
 import { compactRow, compactHeaders } from './flows.js';
 
-cytoscape.use(fcose);
+// The graph library (cytoscape and its fcose layout, most of the
+// dashboard's code) is a chunk of its own, loaded when the map is first
+// opened, alongside the map's data.
+let graphLib = null;
+function loadGraphLib() {
+  if (!graphLib) {
+    graphLib = import('./graph.js').then((m) => m.default);
+    graphLib.catch(() => {
+      graphLib = null; // try again on the next render
+    });
+  }
+  return graphLib;
+}
 
 const groupThreshold = 150;
-const bigGraph = 300; // nodes: no animation, cheaper layout
+// fcose up to this many nodes and edges drawn, computed positions past
+// it (fcose over 20 collapsed groups and their 280 edges takes 0.7 s on
+// the 2-core benchmark machine).
+const forceLayoutMax = { nodes: 80, edges: 120 };
 const ranges = ['15m', '1h', '6h', '24h'];
 const fixedKeys = ['app', 'role', 'k8s:namespace'];
 
@@ -81,7 +101,7 @@ export async function render(box, { params }) {
   box.append(h('div', { class: 'mapwrap' }, container, panel));
 
   const q = custom ? { since: since ? new Date(since).toISOString() : '1h', until: until ? new Date(until).toISOString() : '' } : { since: range };
-  const data = await get('map', q);
+  const [data, cytoscape] = await Promise.all([get('map', q), loadGraphLib()]);
   const model = {
     workloads: arr(data && data.workloads),
     edges: arr(data && data.edges),
@@ -105,29 +125,43 @@ export async function render(box, { params }) {
     const meta = new Map();
     const els = elements(model, state.groupBy, state.collapsed, meta);
     leave();
+    const edges = els.filter((e) => e.group === 'edges').length;
+    const n = els.length - edges;
+    const computed = n > forceLayoutMax.nodes || edges > forceLayoutMax.edges;
+    // The viewport that fits the computed positions, from them:
+    // cy.fit() would first compute every element's bounding box (1.6 s
+    // at 4,000 elements).
+    const view0 = computed ? fitView(place(els), container) : {};
+    // Made empty, then the elements added in one batch: cytoscape's
+    // constructor given the elements takes ten times as long (0.5 s for
+    // 800 elements, 1.8 s for 4,000, on the 2-core benchmark machine).
     cy = cytoscape({
       container,
-      elements: els,
-      style: graphStyle,
+      // A large map: straight edges (no bundling of parallel ones to
+      // compute) and edge labels only on the selected edge.
+      style: computed ? [...graphStyle, ...bigStyle] : graphStyle,
       wheelSensitivity: 0.3,
       minZoom: 0.05,
       maxZoom: 4,
-      hideEdgesOnViewport: els.length > bigGraph,
-      textureOnViewport: els.length > bigGraph,
+      hideEdgesOnViewport: computed,
+      textureOnViewport: computed,
       boxSelectionEnabled: false,
+      ...view0,
     });
-    const n = cy.nodes().length;
-    cy.layout({
-      name: n ? 'fcose' : 'grid',
-      animate: n <= 60,
-      animationDuration: 300,
-      randomize: true,
-      quality: n > bigGraph ? 'draft' : 'default',
-      nodeDimensionsIncludeLabels: true,
-      packComponents: true,
-      idealEdgeLength: 90,
-      nodeRepulsion: 6000,
-    }).run();
+    cy.batch(() => cy.add(els));
+    if (!computed) {
+      cy.layout({
+        name: n ? 'fcose' : 'grid',
+        animate: n <= 60,
+        animationDuration: 300,
+        randomize: true,
+        quality: 'default',
+        nodeDimensionsIncludeLabels: true,
+        packComponents: true,
+        idealEdgeLength: 90,
+        nodeRepulsion: 6000,
+      }).run();
+    }
     cy.on('tap', 'node', (ev) => showNode(panel, model, ev.target.data(), meta.get(ev.target.id())));
     cy.on('tap', 'edge', (ev) => showEdge(panel, model, ev.target.data(), meta.get(ev.target.id())));
     cy.on('dbltap', 'node.group', (ev) => toggle(ev.target.data('group')));
@@ -136,24 +170,31 @@ export async function render(box, { params }) {
     if (data && data.truncated) info.append('truncated: narrow the range. ');
     info.append(`${model.workloads.length} workloads, ${model.edges.length} observed edges`);
   };
+  // redraw: a redraw the user asked for; the page is ready again once
+  // the new map is painted.
+  const redraw = async () => {
+    draw();
+    await nextPaint();
+    if (box.isConnected) markReady(box);
+  };
   const toggle = (g) => {
     if (state.collapsed.has(g)) state.collapsed.delete(g);
     else state.collapsed.add(g);
-    draw();
+    redraw();
   };
   on(groupSel, 'change', () => {
     state.groupBy = groupSel.value;
     state.userGrouped = true;
     state.collapsed = new Set();
-    draw();
+    redraw();
   });
   on(collapseAll, 'click', () => {
     state.collapsed = new Set(groupsOf(model.workloads, state.groupBy));
-    draw();
+    redraw();
   });
   on(expandAll, 'click', () => {
     state.collapsed = new Set();
-    draw();
+    redraw();
   });
   panel.groupToggle = toggle;
   draw();
@@ -204,17 +245,28 @@ export function elements(model, key, collapsed, meta) {
     return id;
   };
   const rep = new Map(); // workload name -> the name drawn for it
+  const groupName = new Map(); // workload name -> its group's node name
+  const collapsedNames = new Set(); // node names of the collapsed groups
   const groupIds = new Map();
+  const members = new Map(); // group -> its number of workloads
+  for (const w of model.workloads) {
+    const g = groupOf(w, key);
+    if (g !== null) members.set(g, (members.get(g) || 0) + 1);
+  }
   for (const w of model.workloads) {
     const g = groupOf(w, key);
     if (g !== null && !groupIds.has(g)) {
       const gid = 'g' + groupIds.size;
       groupIds.set(g, gid);
       const isCollapsed = collapsed.has(g);
-      const members = model.workloads.filter((x) => groupOf(x, key) === g).length;
-      els.push({ group: 'nodes', data: { id: gid, name: 'group:' + g, label: isCollapsed ? `${g} (${members})` : g, group: g, members, collapsed: isCollapsed }, classes: isCollapsed ? 'group collapsed' : 'group' });
-      if (isCollapsed) ids.set('group:' + g, gid);
+      const n = members.get(g);
+      els.push({ group: 'nodes', data: { id: gid, name: 'group:' + g, label: isCollapsed ? `${g} (${n})` : g, group: g, members: n, collapsed: isCollapsed }, classes: isCollapsed ? 'group collapsed' : 'group' });
+      // Edges may end at a group: collapsed, or (policy-only edges
+      // between groups) expanded.
+      ids.set('group:' + g, gid);
+      if (isCollapsed) collapsedNames.add('group:' + g);
     }
+    if (g !== null) groupName.set(w.name, 'group:' + g);
     if (g !== null && collapsed.has(g)) {
       rep.set(w.name, 'group:' + g);
       continue;
@@ -229,49 +281,173 @@ export function elements(model, key, collapsed, meta) {
     const r = rep.get(name) || name;
     return idOf(r, (id) => els.push({ group: 'nodes', data: { id, name: r, label: r, peer: true }, classes: 'peer' }));
   };
-  // Observed edges, aggregated by drawn ends, protocol, port and verdict.
+  // Observed edges, aggregated by drawn ends, protocol, port and
+  // verdict; with a collapsed group at an end, by drawn ends only (a
+  // collapsed group's pair of ends would otherwise carry an edge per port
+  // and verdict: 800 edges between 20 groups at 1,000 workloads), drawn
+  // with the most severe verdict among them, the others counted in the
+  // panel.
   const agg = new Map();
   const observed = new Set();
+  const isGroup = (name) => name.startsWith('group:') && collapsedNames.has(name);
   for (const e of model.edges) {
     const src = rep.get(e.src) || e.src;
     const dst = rep.get(e.dst) || e.dst;
     observed.add(`${e.src}\n${e.dst}\n${e.protocol}\n${e.port}`);
-    const k = `${src}\n${dst}\n${e.protocol}\n${e.port}\n${e.verdict}`;
+    const byPort = !isGroup(src) && !isGroup(dst);
+    const k = byPort ? `${src}\n${dst}\n${e.protocol}\n${e.port}\n${e.verdict}` : `${src}\n${dst}`;
     let a = agg.get(k);
     if (!a) {
-      a = { src, dst, protocol: e.protocol, port: e.port, verdict: e.verdict, flows: 0, packets: 0, bytes: 0, lastSeen: '', members: [] };
+      a = { src, dst, protocol: e.protocol, port: e.port, verdict: e.verdict, flows: 0, packets: 0, bytes: 0, lastSeen: '', members: [], ports: new Set(), verdicts: {} };
       agg.set(k, a);
     }
+    if ((severity[e.verdict] || 0) > (severity[a.verdict] || 0)) a.verdict = e.verdict;
+    a.verdicts[e.verdict] = (a.verdicts[e.verdict] || 0) + 1;
     a.flows += e.flows || 0;
     a.packets += e.packets || 0;
     a.bytes += e.bytes || 0;
     if ((e.lastSeen || '') > a.lastSeen) a.lastSeen = e.lastSeen;
     a.members.push(e);
+    a.ports.add(portLabel(e.protocol, e.port));
   }
+  // Policy-only edges: between the drawn ends, except that between
+  // members of two different groups they are drawn between the groups
+  // (an allow rule from one app of 50 to another is 2,500 pairs).
   for (const p of model.policyEdges) {
     if (observed.has(`${p.src}\n${p.dst}\n${p.protocol}\n${p.port}`)) continue;
-    const src = rep.get(p.src) || p.src;
-    const dst = rep.get(p.dst) || p.dst;
+    let src = rep.get(p.src) || p.src;
+    let dst = rep.get(p.dst) || p.dst;
+    const gs = groupName.get(p.src);
+    const gd = groupName.get(p.dst);
+    if (gs && gd && gs !== gd) {
+      src = gs;
+      dst = gd;
+    }
     const k = `${src}\n${dst}\n${p.protocol}\n${p.port}\npolicy`;
-    if (!agg.has(k)) agg.set(k, { src, dst, protocol: p.protocol, port: p.port, verdict: 'policy', dashed: true, policy: p.policy, rule: p.rule, members: [p] });
+    const a = agg.get(k);
+    if (a) a.members.push(p);
+    else agg.set(k, { src, dst, protocol: p.protocol, port: p.port, verdict: 'policy', dashed: true, policy: p.policy, rule: p.rule, members: [p], ports: new Set([portLabel(p.protocol, p.port)]) });
   }
   let n = 0;
   for (const a of agg.values()) {
     const s = endpoint(a.src);
     const t = endpoint(a.dst);
-    const label = a.port ? `${a.protocol}/${a.port}` : a.protocol;
+    // One (protocol, port): it is the edge's; several: listed.
+    const list = [...a.ports].sort();
+    if (list.length > 1) {
+      a.protocol = '';
+      a.port = 0;
+      a.label = list.length > 3 ? `${list.slice(0, 3).join(', ')} +${list.length - 3}` : list.join(', ');
+    } else a.label = list[0];
     const id = 'x' + n++;
     meta.set(id, a);
-    els.push({ group: 'edges', data: { id, source: s, target: t, label }, classes: 'v-' + a.verdict + (a.dashed ? ' dashed' : '') });
+    els.push({ group: 'edges', data: { id, source: s, target: t, label: a.label }, classes: 'v-' + a.verdict + (a.dashed ? ' dashed' : '') });
   }
   return els;
+}
+
+// circleMax: past this many nodes and no expanded group, shelves rather
+// than a circle (a circle of 1,000 would not fit the view at minZoom).
+const circleMax = 60;
+
+// severity orders verdicts for a group edge's colour: the worst wins.
+const severity = { allowed: 1, 'would-deny': 2, denied: 3 };
+
+function portLabel(protocol, port) {
+  return port ? `${protocol}/${port}` : protocol;
+}
+
+// place sets the position of a large map's nodes (els, before they are
+// added), without a force layout (fcose over 1,000 nodes takes
+// seconds): each expanded group (its members on a square grid) and each
+// other node is a box; boxes go on shelves in a roughly square area, the
+// largest first; with no expanded group and at most circleMax nodes, the
+// nodes go on a circle (edges between collapsed groups then do not cross
+// nodes). Linear in the nodes.
+// An expanded group is not a compound node here (cytoscape's compound
+// bookkeeping made expanding 20 groups of 50 take seconds, most of it
+// allocating collections): its node becomes a box drawn under its
+// members (class box, size in data w and h), and the members lose their
+// parent.
+function place(els) {
+  const gap = 70;
+  const parents = new Set();
+  for (const e of els) if (e.group === 'nodes' && e.data.parent) parents.add(e.data.parent);
+  const boxes = [];
+  const byGroup = new Map();
+  for (const e of els) {
+    if (e.group !== 'nodes' || parents.has(e.data.id)) continue;
+    const parent = e.data.parent;
+    if (!parent) {
+      boxes.push({ nodes: [e], cols: 1, w: gap, h: gap });
+      continue;
+    }
+    if (!byGroup.has(parent)) byGroup.set(parent, []);
+    byGroup.get(parent).push(e);
+  }
+  if (byGroup.size === 0 && boxes.length <= circleMax) {
+    const r = Math.max(100, (boxes.length * gap) / (2 * Math.PI));
+    boxes.forEach((b, i) => {
+      const a = (2 * Math.PI * i) / boxes.length;
+      b.nodes[0].position = { x: r * Math.cos(a), y: r * Math.sin(a) };
+    });
+    return { x0: -r - gap, y0: -r - gap, x1: r + gap, y1: r + gap };
+  }
+  for (const members of byGroup.values()) {
+    const cols = Math.ceil(Math.sqrt(members.length));
+    boxes.push({ nodes: members, cols, w: cols * gap, h: Math.ceil(members.length / cols) * gap });
+  }
+  boxes.sort((a, b) => b.h - a.h || b.w - a.w);
+  const area = boxes.reduce((sum, b) => sum + (b.w + gap) * (b.h + gap), 0);
+  const rowMax = Math.max(Math.sqrt(area) * 1.3, boxes.length ? boxes[0].w : 0);
+  let x = 0;
+  let y = 0;
+  let rowH = 0;
+  for (const b of boxes) {
+    if (x > 0 && x + b.w > rowMax) {
+      x = 0;
+      y += rowH + gap;
+      rowH = 0;
+    }
+    b.nodes.forEach((e, i) => {
+      e.position = { x: x + (i % b.cols) * gap + gap / 2, y: y + Math.floor(i / b.cols) * gap + gap / 2 };
+    });
+    x += b.w + gap;
+    rowH = Math.max(rowH, b.h);
+  }
+  const byId = new Map();
+  for (const e of els) if (parents.has(e.data.id)) byId.set(e.data.id, e);
+  for (const [gid, members] of byGroup) {
+    const xs = members.map((e) => e.position.x);
+    const ys = members.map((e) => e.position.y);
+    const g = byId.get(gid);
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    g.position = { x: (x0 + x1) / 2, y: (y0 + y1) / 2 + 6 };
+    g.data.w = x1 - x0 + gap;
+    g.data.h = y1 - y0 + gap + 12;
+    g.classes += ' box';
+    g.grabbable = false;
+    for (const e of members) delete e.data.parent;
+  }
+  return { x0: 0, y0: 0, x1: Math.max(x, rowMax), y1: y + rowH + gap };
+}
+
+// fitView is the zoom and pan that show the box b (model coordinates)
+// whole in the container, centred.
+function fitView(b, container) {
+  const w = Math.max(container.clientWidth, 100);
+  const hgt = Math.max(container.clientHeight, 100);
+  const zoom = Math.min(4, Math.max(0.05, Math.min(w / (b.x1 - b.x0), hgt / (b.y1 - b.y0))));
+  return { zoom, pan: { x: w / 2 - ((b.x0 + b.x1) / 2) * zoom, y: hgt / 2 - ((b.y0 + b.y1) / 2) * zoom } };
 }
 
 // view is window.egMap: a read-only view of what is drawn, for tests.
 function view(c, meta) {
   return Object.freeze({
     ready: true,
-    nodes: () => c.nodes().filter((n) => !n.isParent() || n.data('collapsed')).map((n) => n.data('name')),
+    // Workloads and peers drawn, and collapsed groups (not the expanded
+    // groups' compound nodes or boxes).
+    nodes: () => c.nodes().filter((n) => !n.hasClass('group') || n.data('collapsed')).map((n) => n.data('name')),
     groups: () => c.nodes('.group').map((n) => ({ name: n.data('name'), collapsed: !!n.data('collapsed'), members: n.data('members') })),
     edges: () => c.edges().map((e) => {
       const a = meta.get(e.id());
@@ -302,12 +478,19 @@ const graphStyle = [
   { selector: 'node', style: { label: 'data(label)', 'font-size': 11, 'text-valign': 'bottom', 'text-margin-y': 3, 'background-color': '#1565c0', width: 22, height: 22, 'min-zoomed-font-size': 7, color: '#222' } },
   { selector: 'node.peer', style: { shape: 'round-rectangle', 'background-color': '#78909c' } },
   { selector: 'node.group', style: { shape: 'round-rectangle', 'background-color': '#eceff1', 'background-opacity': 0.6, 'border-width': 1, 'border-color': '#90a4ae', 'text-valign': 'top', 'font-weight': 'bold', padding: 12 } },
+  { selector: 'node.group.box', style: { width: 'data(w)', height: 'data(h)', 'z-index': 0, 'background-opacity': 0.5 } },
+  { selector: 'node.workload, node.peer', style: { 'z-index': 10 } },
   { selector: 'node.group.collapsed', style: { 'background-color': '#b0bec5', width: 40, height: 30, 'border-width': 2, 'text-valign': 'bottom' } },
   { selector: 'node:selected', style: { 'border-width': 3, 'border-color': '#ffb300' } },
   { selector: 'edge', style: { width: 1.6, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', 'arrow-scale': 0.9, label: 'data(label)', 'font-size': 9, 'min-zoomed-font-size': 8, 'text-rotation': 'autorotate', 'text-background-color': '#fff', 'text-background-opacity': 0.8, 'text-background-padding': 1 } },
   ...Object.entries(verdictColour).map(([v, c]) => ({ selector: 'edge.v-' + v, style: { 'line-color': c, 'target-arrow-color': c, 'target-arrow-shape': verdictArrow[v] } })),
   { selector: 'edge.dashed', style: { 'line-style': 'dashed', 'line-dash-pattern': [6, 4], color: '#757575' } },
   { selector: 'edge:selected', style: { width: 3.5 } },
+];
+
+const bigStyle = [
+  { selector: 'edge', style: { 'curve-style': 'straight', label: '' } },
+  { selector: 'edge:selected', style: { label: 'data(label)' } },
 ];
 
 function labelsOf(labels) {
@@ -364,7 +547,8 @@ function showEdge(panel, model, d, a) {
       : h('p', null, `${fmtNum(a.flows)} flows, ${fmtNum(a.packets)} packets, ${fmtNum(a.bytes)} bytes, last seen ${fmtTime(a.lastSeen)}`));
   const grouped = a.src.startsWith('group:') || a.dst.startsWith('group:');
   if (grouped) {
-    panel.append(h('p', { class: 'muted' }, `${a.members.length} workload edges aggregated; expand the group to explain one.`));
+    const by = Object.entries(a.verdicts || {}).sort().map(([v, n]) => `${n} ${v}`).join(', ');
+    panel.append(h('p', { class: 'muted', 'data-testid': 'group-edge-members' }, `${a.members.length} workload edges aggregated${by ? ` (${by})` : ''}; expand the group to explain one.`));
     return;
   }
   const end = (n) => (n.startsWith('world:') ? n.slice(6) : n);

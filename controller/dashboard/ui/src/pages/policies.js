@@ -24,7 +24,9 @@ export async function render(box, { arg, params }) {
 }
 
 async function detail(box, name, params) {
-  const since = ranges.includes(params.get('since')) ? params.get('since') : '24h';
+  // The last hour unless asked: hits over 24 hours count every flow
+  // stored that day (1.7 s at 1,000,000 flows; the last hour 50 ms).
+  const since = ranges.includes(params.get('since')) ? params.get('since') : '1h';
   box.append(h('p', null, h('a', { href: '#/policies' }, '← Policies')));
   const d = await get('policies/' + encodeURIComponent(name) + '/detail', { since });
   const monitor = d.mode === 'monitor';
