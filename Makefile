@@ -29,7 +29,7 @@ LDFLAGS       := -X main.version=$(VERSION)
 # included, compiles everything again: 43 s more on a cold demo).
 GOBUILD        = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 
-.PHONY: help deps deps-run generate ui build lint test kube-apiserver bench fuzz bench-throughput e2e demo demo-clean images clean
+.PHONY: help deps deps-run generate ui build lint test kube-apiserver bench fuzz bench-throughput e2e demo demo-build demo-clean images clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -114,10 +114,16 @@ e2e: build ## Only the end-to-end tests under test/.
 # The demo is test/demo's scenario (TestPrivilegedDemo checks the same
 # one) played by test/demo/cmd/eastguard-demo with the binaries of build.
 # The demo's program is built with the binaries, in one go build.
-demo: deps-run ## Run the demo (root): two nodes, the controller and its dashboard, allowed traffic, an SSH attempt blocked and alerted (DEMO_KEEP=1 keeps it up).
+demo: deps-run demo-build ## Run the demo (root): two nodes, the controller and its dashboard, allowed traffic, an SSH attempt blocked and alerted (DEMO_KEEP=1 keeps it up).
+	$(BIN)/eastguard-demo --bin $(BIN)
+
+# One go build for the four binaries: a separate build of eastguard-demo
+# alone costs a cold machine tens of seconds more. test/deploy's
+# TestPrivilegedDemoProgram builds through this target, so the demo it
+# runs is built exactly as `make demo` builds it (-trimpath included).
+demo-build: ## Build the agent, the controller, egctl and the demo program into bin/ (what make demo runs).
 	@mkdir -p $(BIN)
 	$(GOBUILD) -o $(BIN)/ ./agent/cmd/... ./controller/cmd/... ./test/demo/cmd/eastguard-demo
-	$(BIN)/eastguard-demo --bin $(BIN)
 
 demo-clean: ## Stop a kept demo and remove whatever any demo run left (namespaces, pins, processes).
 	@mkdir -p $(BIN)

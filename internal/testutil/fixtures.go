@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"embed"
 	"html/template"
 	"os"
 	"path/filepath"
@@ -14,6 +15,24 @@ import (
 // exercises host mode, monitor mode, CIDRs and IPv6 across three nodes.
 // Tests that need them by name use PolicyFixture; tests that run over
 // all (golden files, fuzz seeds) use PolicyFixtures.
+
+// fixtures holds the same files, compiled in: programs built from this
+// package with -trimpath (make demo's eastguard-demo) have no source tree
+// to read them from, so everything that runs outside `go test` reads them
+// here.
+//
+//go:embed testdata/*.yaml testdata/*.tmpl
+var fixtures embed.FS
+
+// PolicyFixtureData returns a fixture's contents ("shop.yaml") from the
+// copy compiled into the binary.
+func PolicyFixtureData(name string) []byte {
+	b, err := fixtures.ReadFile("testdata/" + name)
+	if err != nil {
+		panic(err) // a name not in testdata is a programming error
+	}
+	return b
+}
 
 // fixtureDir is the testdata folder beside this file, wherever the test
 // that asks runs from.
@@ -60,8 +79,8 @@ type Lab struct {
 }
 
 var (
-	labTemplate      = template.Must(template.ParseFiles(PolicyFixture("lab.yaml.tmpl")))
-	sshAlertTemplate = template.Must(template.ParseFiles(PolicyFixture("ssh-alert.yaml.tmpl")))
+	labTemplate      = template.Must(template.ParseFS(fixtures, "testdata/lab.yaml.tmpl"))
+	sshAlertTemplate = template.Must(template.ParseFS(fixtures, "testdata/ssh-alert.yaml.tmpl"))
 )
 
 // LabPolicy renders the lab policy (testdata/lab.yaml.tmpl): the
@@ -81,11 +100,7 @@ func LabPolicy(lab Lab) string {
 // lets the client reach web on TCP 9999 too. It starts with "---", to be
 // appended to LabPolicy's output.
 func LabExtraPolicy() string {
-	b, err := os.ReadFile(PolicyFixture("lab-extra.yaml"))
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
+	return string(PolicyFixtureData("lab-extra.yaml"))
 }
 
 // SSHAlertPolicy renders testdata/ssh-alert.yaml.tmpl: the AlertRule

@@ -23,6 +23,7 @@ package demo
 import (
 	"bytes"
 	"crypto/rand"
+	"embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -33,7 +34,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -80,10 +80,11 @@ type Result struct {
 // The fixtures the scenario reuses: the shop policy of docs/POLICY.md
 // (its Policy "shop" and AlertRule "unexpected-ssh"), the signed webhook
 // of the SSH alert fixture, and the demo's own two additions.
-func testdata(name string) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "testdata", name)
-}
+// They are compiled in: eastguard-demo is built with -trimpath and runs
+// without the source tree.
+//
+//go:embed testdata/*.yaml
+var testdata embed.FS
 
 // Run plays the scenario. It fails t (Errorf for a wrong outcome, Fatalf
 // when the next step cannot go on) and returns what it measured.
@@ -276,10 +277,7 @@ func (s *scenario) demoPolicy(change bool) string {
 		fmt.Fprintf(&b, "apiVersion: eastguard.dev/v1\nkind: Workload\nmetadata: {name: %s, labels: {app: shop, role: %s, env: prod}}\n"+
 			"spec: {node: %s, interface: %s, addresses: [\"%s\", \"%s\"]}\n---\n", w.Name, role, w.Node.Name, w.HostIface, w.Addr4, w.Addr6)
 	}
-	shop, err := os.ReadFile(testutil.PolicyFixture("shop.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	shop := testutil.PolicyFixtureData("shop.yaml")
 	keep := func(data []byte, kinds string) {
 		re := regexp.MustCompile(`(?m)^kind: (` + kinds + `)\s*$`)
 		for _, d := range policy.SplitDocuments(data) {
@@ -296,7 +294,7 @@ func (s *scenario) demoPolicy(change bool) string {
 		files = append(files, "pgbouncer.yaml")
 	}
 	for _, f := range files {
-		data, err := os.ReadFile(testdata(f))
+		data, err := testdata.ReadFile("testdata/" + f)
 		if err != nil {
 			t.Fatal(err)
 		}
