@@ -225,7 +225,9 @@ func decide(g generation, ep bpfEgEndpoint, dir ruleset.Direction, peer ruleset.
 	probes := []func() (bpfEgPolicyValue, bool, error){
 		func() (bpfEgPolicyValue, bool, error) { return exact(ruleset.ShapeExactPeer, peer, proto, port) },
 		func() (bpfEgPolicyValue, bool, error) { return ranged(ruleset.ShapeRangePeer, peer) },
-		func() (bpfEgPolicyValue, bool, error) { return exact(ruleset.ShapeExactAny, ruleset.IdentityAny, proto, port) },
+		func() (bpfEgPolicyValue, bool, error) {
+			return exact(ruleset.ShapeExactAny, ruleset.IdentityAny, proto, port)
+		},
 		func() (bpfEgPolicyValue, bool, error) { return ranged(ruleset.ShapeRangeAny, ruleset.IdentityAny) },
 		func() (bpfEgPolicyValue, bool, error) {
 			return exact(ruleset.ShapeAnyProtoPeer, peer, ruleset.ProtocolAny, 0)
