@@ -117,6 +117,8 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 			err = s.send(ackMessage(c.applyFull(msg.Full)))
 		case *pb.ControllerMessage_Delta:
 			err = s.send(ackMessage(c.applyDelta(msg.Delta)))
+		case *pb.ControllerMessage_Lookup:
+			err = s.send(c.lookup(msg.Lookup))
 		case *pb.ControllerMessage_FlowAck:
 			if c.cfg.Flows != nil {
 				c.cfg.Flows.Ack(msg.FlowAck)
