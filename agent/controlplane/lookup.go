@@ -34,10 +34,19 @@ type LookupFunc func(ep ruleset.EndpointID, q LookupQuery) (LookupResult, error)
 // The controller bounds them per node already (agentapi); this keeps a
 // controller bug or a compromised controller from spending the node's CPU
 // on reading maps.
+// lookupQueue lookups wait for the one goroutine that does them; beyond,
+// the agent answers "busy" at once.
 const (
 	lookupRate  = 20
 	lookupBurst = 20
+	lookupQueue = 8
 )
+
+// busyLookup answers a request the queue had no room for.
+func busyLookup(m *pb.LookupRequest) *pb.AgentMessage {
+	return &pb.AgentMessage{Msg: &pb.AgentMessage_LookupAnswer{LookupAnswer: &pb.LookupAnswer{
+		Id: m.GetId(), Error: fmt.Sprintf("busy: %d lookups are waiting already", lookupQueue)}}}
+}
 
 // lookupLimiter is a token bucket.
 type lookupLimiter struct {
