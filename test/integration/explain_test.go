@@ -15,6 +15,8 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
+	"github.com/eastguard/eastguard/controller/egctl/egctltest"
+	"github.com/eastguard/eastguard/controller/egctl/offline"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
 	"github.com/eastguard/eastguard/internal/wire"
@@ -119,6 +121,32 @@ func TestLiveExplainApplyFailed(t *testing.T) {
 		!strings.Contains(msgs, "eg_policy is full") ||
 		!strings.Contains(msgs, "node-a's datapath decides denied by default-deny; the controller's version 2: allowed by admin/ssh") {
 		t.Errorf("destination end: %+v controller %+v agent %+v", e, e.Controller, e.Agent)
+	}
+
+	// egctl explain --live says the same, in words, and exits with the
+	// controller's verdict.
+	egctl := egctltest.Commands(offline.ExplainCmd)
+	code, out, errs := egctltest.Run(t, egctl, "explain", "--live", "--from", "192.0.2.7", "--to", "web", "--port", "22/tcp",
+		"--server", cfg.Server, "--token", cfg.Token)
+	for _, w := range []string{"verdict:     allowed (admin/ssh)",
+		"live:        destination web on node-a: differs; pushed version 2: allowed by admin/ssh; applied version 1, datapath: denied by default-deny",
+		"node-a applies version 1, the controller pushed 2: version 2 not applied"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("egctl explain --live lacks %q:\n%s", w, out)
+		}
+	}
+	if code != 0 || errs != "" {
+		t.Errorf("egctl explain --live: exit %d, stderr %q", code, errs)
+	}
+	code, out, _ = egctltest.Run(t, egctl, "explain", "--live", "--from", "client", "--to", "web", "--port", "22/tcp", "-o", "json",
+		"--server", cfg.Server, "--token", cfg.Token)
+	var jx apiclient.Explanation
+	if err := json.Unmarshal([]byte(out), &jx); err != nil || code != 3 || jx.Live == nil || len(jx.Live.Ends) != 2 {
+		t.Errorf("egctl explain --live -o json: exit %d (want 3, denied), %v:\n%s", code, err, out)
+	}
+	if code, _, errs := egctltest.Run(t, egctl, "explain", "--live", "--from", "client", "--to", "web", "--port", "22/tcp", "policies/",
+		"--server", cfg.Server, "--token", cfg.Token); code != 1 || !strings.Contains(errs, "--live takes no files") {
+		t.Errorf("egctl explain --live with files: exit %d, stderr %q", code, errs)
 	}
 
 	// node-b goes away: its end is offline, node-a's still answered.
