@@ -64,6 +64,13 @@ func (l *lookups) add(c *lookupCall) bool {
 	return true
 }
 
+// waiting reports whether a call still waits for its answer.
+func (l *lookups) waiting(id uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.pending[id] != nil
+}
+
 func (l *lookups) remove(id uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -105,9 +112,14 @@ func (s *Service) Lookup(ctx context.Context, node string, q wire.Lookup) (*pb.L
 		return nil, fmt.Errorf("%w: %d are waiting for an answer already", ErrLookupLimited, maxLookupsOutstanding)
 	}
 	defer ss.lookups.remove(q.ID)
-	// Never blocks: the channel holds as many calls as may be
-	// outstanding.
-	ss.lookups.send <- c
+	// Calls given up on may still sit in the channel while the session
+	// is busy sending: never wait for room.
+	select {
+	case ss.lookups.send <- c:
+	default:
+		s.m.lookups.WithLabelValues("limited").Inc()
+		return nil, fmt.Errorf("%w: the agent's stream is busy", ErrLookupLimited)
+	}
 	ss.WakeUp()
 	timer := time.NewTimer(LookupTimeout)
 	defer timer.Stop()
@@ -131,6 +143,9 @@ func (ss *session) sendLookups() error {
 	for {
 		select {
 		case c := <-ss.lookups.send:
+			if !ss.lookups.waiting(c.req.GetId()) {
+				continue // given up on already: the agent is spared it
+			}
 			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Lookup{Lookup: c.req}}); err != nil {
 				return err
 			}
