@@ -104,7 +104,15 @@ func compareEnd(in liveIn) apiclient.LiveEnd {
 		differs("no interface on %s carries %s yet (pending): its packets meet the node's default, %s", in.node, in.workload, agent.Verdict)
 	}
 	if c := in.controller; c != nil {
+		// What only the agent knows, and adds to what it enforces: the
+		// node's own addresses (host) and its controller's (failsafe).
+		agentOnly := ruleset.Identity(agent.PeerIdentity)
+		nodeOwn := agent.PeerIdentity != c.PeerIdentity && (agentOnly == ruleset.IdentityHost ||
+			agentOnly >= ruleset.IdentityFailsafeFirst && agentOnly <= ruleset.IdentityFailsafeLast)
 		switch {
+		case nodeOwn:
+			say("%s counts the peer as identity %d (the node's own or its controller's address, which only its agent knows) and its datapath decides %s by %s; the controller's version %d gives identity %d: %s by %s",
+				in.node, agent.PeerIdentity, agent.Verdict, agent.Rule, c.Version, c.PeerIdentity, c.Verdict, c.Rule)
 		case agent.Rule == ruleset.FailsafeName && c.Rule != ruleset.FailsafeName:
 			// The agent adds its failsafe to what it enforces: expected.
 			say("%s's agent lets its own control traffic through (%s) whatever the policy decides (%s by %s)",
@@ -113,7 +121,7 @@ func compareEnd(in liveIn) apiclient.LiveEnd {
 			differs("%s's datapath decides %s by %s; the controller's version %d: %s by %s",
 				in.node, agent.Verdict, agent.Rule, c.Version, c.Verdict, c.Rule)
 		}
-		if agent.PeerIdentity != c.PeerIdentity {
+		if agent.PeerIdentity != c.PeerIdentity && !nodeOwn {
 			differs("%s's datapath gives the peer identity %d; the controller's version %d gives %d",
 				in.node, agent.PeerIdentity, c.Version, c.PeerIdentity)
 		}

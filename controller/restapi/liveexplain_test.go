@@ -78,6 +78,11 @@ func TestCompareEnd(t *testing.T) {
 			in.answer = answer(func(a *pb.LookupAnswer) { a.Rule = uint32(ruleset.RuleFailsafe) })
 			in.controller = &apiclient.LiveDecision{Version: 7, Hash: "sha256:b", PeerIdentity: 300, Verdict: ruleset.VerdictDenied, Rule: "default-deny"}
 		}), apiclient.LiveInSync, false, []string{"lets its own control traffic through"}},
+		{"the node's own address is expected", base(func(in *liveIn) {
+			in.answer = answer(func(a *pb.LookupAnswer) {
+				a.PeerIdentity, a.Verdict, a.Rule = uint32(ruleset.IdentityHost), uint32(ruleset.VerdictDenied), 0
+			})
+		}), apiclient.LiveInSync, false, []string{"node-b counts the peer as identity 2 (the node's own"}},
 		{"offline", base(func(in *liveIn) {
 			in.answer, in.askErr = nil, agentapi.ErrNodeOffline
 			in.status.AppliedVersion, in.status.LastError = 6, "disconnected: EOF"
