@@ -196,6 +196,7 @@ func printLive(w io.Writer, x *apiclient.Explanation) {
 		fmt.Fprintf(w, "note:        %s\n", n)
 	}
 	if x.Live == nil {
+		fmt.Fprintf(w, "%-12s the controller gave no live answer (a controller older than egctl?)\n", "live:")
 		return
 	}
 	for _, l := range x.Live.Ends {
