@@ -275,7 +275,8 @@ func (a *Agent) open() (err error) {
 				}
 				return c.ByName(), nil
 			},
-			Log: a.log.Named("controlplane"),
+			Lookup: a.lookup,
+			Log:    a.log.Named("controlplane"),
 			// Every connection resolves the controller again, and the
 			// failsafe follows the answer before the connection starts.
 			Dialer: a.enf.DialController,
@@ -454,6 +455,17 @@ func (a *Agent) endpointIdentity(id ruleset.EndpointID) ruleset.Identity {
 		}
 	}
 	return 0
+}
+
+// lookup answers the controller's lookup requests from the datapath's
+// maps (egctl explain --live).
+func (a *Agent) lookup(ep ruleset.EndpointID, q controlplane.LookupQuery) (controlplane.LookupResult, error) {
+	r, err := a.dp.Lookup(datapath.LookupQuery{Endpoint: ep, Direction: q.Direction, Peer: q.Peer, Protocol: q.Protocol, Port: q.Port})
+	if err != nil {
+		return controlplane.LookupResult{}, err
+	}
+	return controlplane.LookupResult{Generation: r.Generation, Interfaces: r.Interfaces, Mode: r.Mode,
+		PeerIdentity: r.PeerIdentity, Verdict: r.Verdict, Rule: r.Rule}, nil
 }
 
 // controllerSource is the enforcer as the control plane sees it: rule

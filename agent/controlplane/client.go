@@ -66,6 +66,10 @@ type Config struct {
 	Capabilities []string
 	// Counters, if set, is read at every heartbeat and sent along.
 	Counters func() (map[string]uint64, error)
+	// Lookup, if set, answers the controller's lookup requests (egctl
+	// explain --live) from the datapath's maps; without it the agent
+	// answers that it cannot.
+	Lookup LookupFunc
 	// Flows, if set, supplies flow batches to send on the stream
 	// (agent/flows.Spool).
 	Flows FlowSource
@@ -107,6 +111,7 @@ type Client struct {
 
 	connected atomic.Bool
 	streams   atomic.Int64
+	lookups   lookupLimiter
 }
 
 // Permanent errors: Run returns them, since retrying cannot help (the

@@ -3,7 +3,9 @@
 // its pod's projected ServiceAccount token (the private key never leaves
 // the node), keeps the node certificate renewed, and holds one
 // stream open over which it receives rule sets, applies them through the
-// enforcer and acks the version in force. It reconnects with jittered
+// enforcer and acks the version in force, and answers the controller's
+// lookup requests (egctl explain --live) from the datapath's maps on a
+// goroutine of its own, bounded (lookup.go). It reconnects with jittered
 // backoff and never stops enforcing: without a controller the last applied
 // rule set stays.
 //

@@ -100,6 +100,21 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 		})
 	}
 
+	lookups := make(chan *pb.LookupRequest, lookupQueue)
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case req := <-lookups:
+				if err := s.send(c.lookup(req)); err != nil {
+					cancel(fmt.Errorf("send lookup answer: %w", err))
+					return
+				}
+			}
+		}
+	})
+
 	for {
 		m, err := st.Recv()
 		if err != nil {
@@ -117,6 +132,15 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 			err = s.send(ackMessage(c.applyFull(msg.Full)))
 		case *pb.ControllerMessage_Delta:
 			err = s.send(ackMessage(c.applyDelta(msg.Delta)))
+		case *pb.ControllerMessage_Lookup:
+			// Looked up on their own goroutine: reading maps must never
+			// hold up rule sets and heartbeats. A full queue is answered
+			// at once.
+			select {
+			case lookups <- msg.Lookup:
+			default:
+				err = s.send(busyLookup(msg.Lookup))
+			}
 		case *pb.ControllerMessage_FlowAck:
 			if c.cfg.Flows != nil {
 				c.cfg.Flows.Ack(msg.FlowAck)

@@ -1,8 +1,9 @@
 // Package agentapi is the controller's agent-facing gRPC service: Join (a
 // one-time token, or in Kubernetes mode a ServiceAccount token checked by a
 // ServiceAccountVerifier, and a CSR for a node certificate), Renew, and Connect,
-// one stream per agent that carries rule sets down and acks, heartbeats,
-// counters and flow batches up. It owns the serving certificate (rotated
+// one stream per agent that carries rule sets and datapath lookup
+// requests (egctl explain --live) down and acks, heartbeats, counters,
+// flow batches and lookup answers up. It owns the serving certificate (rotated
 // at two thirds of its life; agenttls), node certificates and their
 // revocation, and join tokens.
 //
@@ -25,6 +26,9 @@
 //   - Each stream has one goroutine that sends, so a slow agent only
 //     delays itself; it holds at most one update in flight and always
 //     sends the newest version next (older ones are skipped, never queued).
+//   - Lookups an admin can trigger on an agent are bounded per node
+//     (lookup.go): 4 waiting, 5 a second, 2 s each; an answer nobody
+//     waits for is dropped, and one out of bounds refuses the stream.
 //
 // It must not import restapi or the controller package that wires it.
 //

@@ -10,6 +10,7 @@ type metrics struct {
 	acks        *prometheus.CounterVec
 	refused     *prometheus.CounterVec
 	joins       *prometheus.CounterVec
+	lookups     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,9 +40,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eastguard_controller_joins_total",
 			Help: "Nodes admitted by Join, by method (token: a join token; service-account: a Kubernetes ServiceAccount token).",
 		}, []string{"method"}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_lookups_total",
+			Help: "Datapath lookups asked of agents (egctl explain --live), by result (answered, timeout, limited).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins)
+		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins, m.lookups)
 	}
 	return m
 }

@@ -19,5 +19,6 @@ func TestMetricsLint(t *testing.T) {
 	m.acks.WithLabelValues("applied").Inc()
 	m.refused.WithLabelValues("revoked").Inc()
 	m.joins.WithLabelValues("service-account").Inc()
+	m.lookups.WithLabelValues("answered").Inc()
 	testutil.LintMetrics(t, reg, reflect.TypeOf(*m).NumField())
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,10 +105,14 @@ type Service struct {
 
 	// What the listener lets peers hold and do (limits.go), and the
 	// rate-limited log of refusals (refusals.go).
-	conns    *admission.ConnLimiter
-	joins    *admission.JoinLimiter
-	renews   *admission.RateLimiter[string] // per node
-	refusals *admission.RefusalLog
+	conns  *admission.ConnLimiter
+	joins  *admission.JoinLimiter
+	renews *admission.RateLimiter[string] // per node
+	// lookupLimit bounds datapath lookups per node (lookup.go);
+	// lookupSeq numbers them.
+	lookupLimit *admission.RateLimiter[string]
+	lookupSeq   atomic.Uint64
+	refusals    *admission.RefusalLog
 	// usedTokens are the ServiceAccount tokens' credential ids that
 	// joined, until the tokens expire: each joins once.
 	usedTokens *admission.Once
@@ -150,11 +155,12 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{
 		cfg: cfg, log: cfg.Log, st: cfg.Store, ca: cfg.CA, now: cfg.Now, m: newMetrics(cfg.Registry),
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
-		conns:      admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
-		joins:      admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
-		renews:     admission.NewRateLimiter[string](renewRate, renewBurst),
-		refusals:   admission.NewRefusalLog(cfg.Log, cfg.Now),
-		usedTokens: admission.NewOnce(maxUsedTokens),
+		conns:       admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
+		joins:       admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		renews:      admission.NewRateLimiter[string](renewRate, renewBurst),
+		lookupLimit: admission.NewRateLimiter[string](lookupRate, lookupBurst),
+		refusals:    admission.NewRefusalLog(cfg.Log, cfg.Now),
+		usedTokens:  admission.NewOnce(maxUsedTokens),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error

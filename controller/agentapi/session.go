@@ -95,6 +95,9 @@ type session struct {
 	flowAcks chan *pb.FlowAck
 	names    map[ruleset.RuleID]string
 	namesOf  *nodes.Version
+
+	// lookups are the datapath lookups waiting for the agent (lookup.go).
+	lookups *lookups
 }
 
 func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello *pb.Hello) *session {
@@ -116,6 +119,7 @@ func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello 
 		done:          make(chan struct{}),
 		lastRecv:      s.now(),
 		flowAcks:      make(chan *pb.FlowAck, flowingest.MaxInFlight),
+		lookups:       newLookups(),
 	}
 }
 
@@ -143,6 +147,9 @@ func (ss *session) run(msgs <-chan *pb.AgentMessage, recvErr <-chan error) error
 	defer tick.Stop()
 	for {
 		if err := ss.push(); err != nil {
+			return err
+		}
+		if err := ss.sendLookups(); err != nil {
 			return err
 		}
 		select {
@@ -271,6 +278,10 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_FlowAck{FlowAck: ack}}); err != nil {
 				return err
 			}
+		}
+	case *pb.AgentMessage_LookupAnswer:
+		if err := ss.onLookupAnswer(msg.LookupAnswer); err != nil {
+			return err
 		}
 	case *pb.AgentMessage_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice on one stream")

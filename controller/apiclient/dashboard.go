@@ -139,6 +139,70 @@ type Explanation struct {
 	Verdict      ruleset.Verdict  `json:"verdict"`
 	DecidingRule string           `json:"rule"`
 	Notes        []string         `json:"notes,omitempty"`
+	// Live is set by egctl explain --live (GET /api/v1/explain?live=1):
+	// each managed end as its node enforces it now.
+	Live *LiveExplanation `json:"live,omitempty"`
+}
+
+// LiveExplanation compares, for each managed end of a flow, the
+// controller's decision from the rule set it last pushed to the end's node
+// with what that node's agent applies and its datapath's maps decide.
+type LiveExplanation struct {
+	Ends []LiveEnd `json:"ends"`
+	// Differs is set when any end differs.
+	Differs bool `json:"differs"`
+}
+
+// Live statuses of an end.
+const (
+	LiveInSync  = "in-sync" // the agent applies what was pushed and its datapath decides the same
+	LiveDiffers = "differs" // Messages say how
+	LiveOffline = "offline" // no agent connected: the kernel was not asked
+	LiveUnknown = "unknown" // the agent was asked but gave no lookup (Messages say why)
+)
+
+// LiveEnd is one managed end of a flow, live.
+type LiveEnd struct {
+	End       string            `json:"end"` // source or destination
+	Node      string            `json:"node"`
+	Workload  string            `json:"workload"`
+	Direction ruleset.Direction `json:"direction"`
+	Status    string            `json:"status"`
+	Differs   bool              `json:"differs"`
+	// Controller is the decision of the rule set last pushed to the node
+	// (nil: the node has none).
+	Controller *LiveDecision `json:"controller"`
+	// Agent is what the agent reported (nil: it could not be asked).
+	Agent *LiveAgent `json:"agent"`
+	// Messages say, in plain words, what differs or why something is
+	// not known.
+	Messages []string `json:"messages"`
+}
+
+// LiveDecision is the controller's decision at one end.
+type LiveDecision struct {
+	Version      uint64          `json:"version"`
+	Hash         string          `json:"hash"`
+	PeerIdentity uint32          `json:"peerIdentity"`
+	Verdict      ruleset.Verdict `json:"verdict"`
+	Rule         string          `json:"rule"`
+}
+
+// LiveAgent is an agent's answer: the rule set it applies, and its
+// datapath's decision (absent when Error says why there is none).
+type LiveAgent struct {
+	AppliedVersion uint64 `json:"appliedVersion"`
+	AppliedHash    string `json:"appliedHash"`
+	LastError      string `json:"lastError,omitempty"`
+	Error          string `json:"error,omitempty"`
+	Generation     uint32 `json:"generation,omitempty"`
+	// Interfaces counts the interfaces that carry the workload's endpoint
+	// in the kernel.
+	Interfaces   int             `json:"interfaces"`
+	Mode         ruleset.Mode    `json:"mode"`
+	PeerIdentity uint32          `json:"peerIdentity,omitempty"`
+	Verdict      ruleset.Verdict `json:"verdict,omitempty"`
+	Rule         string          `json:"rule,omitempty"`
 }
 
 // NewExplanation is the JSON view of an explanation.
@@ -156,5 +220,5 @@ func NewExplanation(x *compile.Explanation, notes []string) Explanation {
 		return ""
 	}
 	return Explanation{name(x.From), x.From.Addr.String(), name(x.To), x.To.Addr.String(), x.Protocol, x.Port,
-		end(x.Source), end(x.Destination), x.Verdict, x.Rule, notes}
+		end(x.Source), end(x.Destination), x.Verdict, x.Rule, notes, nil}
 }

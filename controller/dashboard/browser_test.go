@@ -192,6 +192,17 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write(f.fixture["policies"])
 	case p == "policies/web-mesh/detail":
 		w.Write(f.fixture["policyDetail"])
+	case p == "explain" && q.Get("live") == "1":
+		var x map[string]any
+		json.Unmarshal(f.fixture["explain"], &x)
+		x["live"] = map[string]any{"differs": true, "ends": []any{map[string]any{
+			"end": "destination", "node": "node-b", "workload": "db-1", "direction": "ingress", "status": "differs", "differs": true,
+			"controller": map[string]any{"version": 7, "hash": "sha256:b", "peerIdentity": 300, "verdict": "denied", "rule": "default-deny"},
+			"agent": map[string]any{"appliedVersion": 6, "appliedHash": "sha256:a", "interfaces": 1, "mode": "enforce",
+				"peerIdentity": 300, "verdict": "allowed", "rule": "<b>old/rule</b>"},
+			"messages": []string{"node-b applies version 6, the controller pushed 7: version 7 not applied: map full",
+				"node-b's datapath decides allowed by <b>old/rule</b>; the controller's version 7: denied by default-deny"}}}}
+		writeJSON(w, 200, x)
 	case p == "explain":
 		w.Write(f.fixture["explain"])
 	default:
@@ -304,6 +315,22 @@ func TestBrowserDashboard(t *testing.T) {
 		t.Errorf("explain verdict %q", v)
 	}
 	if got := api.called("explain?"); len(got) != 1 || got[0] != "explain?src=jump&dst=db-1&protocol=TCP&port=22" {
+		t.Errorf("explain calls %q", got)
+	}
+	// Ask the nodes: each end's live status and what differs, as text
+	// (an agent's rule name is never markup).
+	browsertest.Step(t, ctx, "ask the nodes", chromedp.Click(chromedp.CSS(`[data-testid=explain-live-ask]`)))
+	browsertest.WaitFor(t, ctx, "the live answer", `document.querySelectorAll('[data-testid=explain-live-end]').length === 1`)
+	live := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=explain-live]').textContent`)
+	for _, w := range []string{"destination: db-1 on node-b: differs", "node-b applies version 6, the controller pushed 7: version 7 not applied", "<b>old/rule</b>"} {
+		if !strings.Contains(live, w) {
+			t.Errorf("live explain panel lacks %q: %q", w, live)
+		}
+	}
+	if n := browsertest.Eval[int](t, ctx, `document.querySelectorAll('[data-testid=explain-live] b').length`); n != 0 {
+		t.Errorf("an agent's rule name became %d elements", n)
+	}
+	if got := api.called("explain?"); len(got) != 2 || got[1] != "explain?src=jump&dst=db-1&protocol=TCP&port=22&live=1" {
 		t.Errorf("explain calls %q", got)
 	}
 	browsertest.Shot(t, ctx, shots, "map-edge.png")

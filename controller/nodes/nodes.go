@@ -150,6 +150,28 @@ func (t *Table) Latest(name string) *Version {
 	return nil
 }
 
+// Stream returns the node's open stream, nil if it has none (offline, or
+// never heard of).
+func (t *Table) Stream(name string) Stream {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n := t.nodes[name]; n != nil {
+		return n.Stream
+	}
+	return nil
+}
+
+// Status returns one node's status as Agents lists it, and whether the
+// table has the node.
+func (t *Table) Status(name string) (apiclient.AgentStatus, bool) {
+	for _, a := range t.Agents() {
+		if a.Node == name {
+			return a, true
+		}
+	}
+	return apiclient.AgentStatus{}, false
+}
+
 // SetLatest sets the versions as their nodes' newest, and wakes their
 // streams. Versions must be committed to the store first.
 func (t *Table) SetLatest(versions []*Version) {

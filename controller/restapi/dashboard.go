@@ -68,10 +68,12 @@ func (s *API) handleMap(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, m)
 }
 
-var explainParams = []string{"src", "dst", "protocol", "port"}
+var explainParams = []string{"src", "dst", "protocol", "port", "live"}
 
 // handleExplain answers as egctl explain -o json does, from the policy in
-// force and each managed end's node's default mode.
+// force and each managed end's node's default mode; with live=1 also as
+// egctl explain --live does: each end as its node enforces it now
+// (liveexplain.go).
 func (s *API) handleExplain(w http.ResponseWriter, r *http.Request) {
 	v, ok := query(w, r)
 	if !ok {
@@ -92,6 +94,14 @@ func (s *API) handleExplain(w http.ResponseWriter, r *http.Request) {
 	}
 	src, dst, proto := get("src"), get("dst"), get("protocol")
 	port := v.Get("port")
+	live := false
+	switch l := v["live"]; {
+	case len(l) == 0:
+	case len(l) == 1 && (l[0] == "1" || l[0] == "0"):
+		live = l[0] == "1"
+	default:
+		problems = append(problems, "live: give it once, 1 or 0")
+	}
 	if len(problems) > 0 {
 		writeError(w, http.StatusBadRequest, strings.Join(problems, "; "), nil)
 		return
@@ -123,7 +133,11 @@ func (s *API) handleExplain(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error(), nil)
 		return
 	}
-	writeJSON(w, http.StatusOK, apiclient.NewExplanation(x, nil))
+	out := apiclient.NewExplanation(x, nil)
+	if live {
+		out.Live = s.explainLive(r.Context(), x, q)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *API) handlePolicyDetail(w http.ResponseWriter, r *http.Request) {

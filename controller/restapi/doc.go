@@ -2,7 +2,7 @@
 // apply and delete, listings of resources, agents, rule sets, flows and
 // alerts, join tokens, revocations and alert acknowledgement; the
 // dashboard's data (flow pages and exports, live flows, the service map,
-// explain, a policy's detail), the policy recommended from the flows
+// explain, also live against each end's agent, a policy's detail), the policy recommended from the flows
 // (controller/recommend), and its login sessions; and the admin tokens
 // that every call needs, with their lifecycle (create with a name and an
 // optional expiry, list, revoke). Its JSON shapes are

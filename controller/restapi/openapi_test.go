@@ -100,6 +100,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	check("GET", "/api/v1/map", "/api/v1/map?since=4h", "", nil)
 	check("GET", "/api/v1/explain", "/api/v1/explain?src=web-1&dst=db-1&protocol=TCP&port=5432", "", nil)
 	check("GET", "/api/v1/explain", "/api/v1/explain?src=203.0.113.9&dst=db-1&protocol=TCP&port=22", "", nil)
+	check("GET", "/api/v1/explain", "/api/v1/explain?src=web-1&dst=db-1&protocol=TCP&port=5432&live=1", "", nil)
+	check("GET", "/api/v1/explain", "/api/v1/explain?src=web-1&dst=db-1&protocol=TCP&port=5432&live=yes", "", nil)
 	check("GET", "/api/v1/recommend", "/api/v1/recommend?since=4h&includeDenied=true&diff=true", "", nil)
 	check("GET", "/api/v1/recommend", "/api/v1/recommend?groupBy=a%20b", "", nil)
 	check("GET", "/api/v1/policies/{name}/detail", "/api/v1/policies/shop/detail", "", map[string]string{"name": "shop"})

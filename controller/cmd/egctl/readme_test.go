@@ -112,6 +112,10 @@ var readmeEgctl = map[string]readmeWant{
 	"egctl validate --sizes policies/":                               {out: map[string][]string{"": {"node-a", "node-b"}}},
 	"egctl compile --node node-a policies/":                          {out: map[string][]string{"": {"node-a", "hash"}}},
 	"egctl explain --from web-1 --to db-1 --port 5432/tcp policies/": {out: map[string][]string{"": {"allowed", "shop/web-to-db"}}},
+	// The seeded controller has no agent connected: both ends offline,
+	// the controller's verdict still answered.
+	"egctl explain --live --from web-1 --to db-1 --port 5432/tcp": {out: map[string][]string{"": {"allowed", "shop/web-to-db",
+		"live:        source web-1 on node-a: offline; pushed version 1: allowed by shop/web-to-db", "node-b is offline"}}},
 	"egctl validate --controller-address 10.0.0.5:7443 policies/": {out: map[string][]string{"": {"valid"}},
 		errs: []string{"host-mode workload node-a-host: no rule lets node node-a reach the controller at 10.0.0.5:7443"}},
 	"egctl import networkpolicy -f netpol/ > eastguard.yaml && egctl validate eastguard.yaml": {

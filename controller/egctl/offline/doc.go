@@ -1,6 +1,7 @@
 // Package offline holds the egctl commands that work on policy files
 // without a controller: validate, compile, explain and import (one file
-// each; import's translation is controller/egctl/importer),
+// each; import's translation is controller/egctl/importer; explain --live
+// asks the controller instead, through cli.RemoteFlags),
 // loading the files (load.go), and the control-plane reachability warnings
 // (controlplane.go: the --controller-address flag and the check that a
 // host-mode workload's policy lets its node reach the controller, which

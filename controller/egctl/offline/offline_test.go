@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/eastguard/eastguard/controller/egctl/cli"
+	"github.com/eastguard/eastguard/controller/egctl/egctltest"
 )
 
 func TestValidate(t *testing.T) {
@@ -106,5 +109,28 @@ func TestExplainExitCodes(t *testing.T) {
 	var x struct{ Verdict, Rule string }
 	if err := json.Unmarshal([]byte(out), &x); code != exitOK || err != nil || x.Verdict != "allowed" || x.Rule != "shop/web-to-db" {
 		t.Errorf("json: exit %d, %v, %+v", code, err, x)
+	}
+}
+
+// TestExplainLiveFlags: --live asks the controller, so it takes no files
+// nor --controller-address (bad input), and without a controller
+// configured it exits 2, as online commands do; a bad request the
+// controller refuses (an unknown workload) is bad input.
+func TestExplainLiveFlags(t *testing.T) {
+	t.Setenv(cli.EnvConfig, "")
+	t.Setenv(cli.EnvServer, "")
+	t.Setenv(cli.EnvToken, "")
+	if code, _, errs := egctl(t, "explain", "--live", "--from", "web-1", "--to", "db-1", "--port", "5432/tcp", shop); code != exitBadInput || !strings.Contains(errs, "--live takes no files") {
+		t.Errorf("--live with files: exit %d, %s", code, errs)
+	}
+	if code, _, errs := egctl(t, "explain", "--live", "--controller-address", "10.0.0.5:7443", "--from", "web-1", "--to", "db-1", "--port", "5432/tcp"); code != exitBadInput || !strings.Contains(errs, "--controller-address") {
+		t.Errorf("--live with --controller-address: exit %d, %s", code, errs)
+	}
+	if code, _, errs := egctl(t, "explain", "--live", "--from", "web-1", "--to", "db-1", "--port", "5432/tcp"); code != cli.ExitRemote || !strings.Contains(errs, "no controller configured") {
+		t.Errorf("--live without a controller: exit %d, %s", code, errs)
+	}
+	conf := egctltest.Controller(t)
+	if code, _, errs := egctl(t, "explain", "--live", "--from", "nobody", "--to", "db-1", "--port", "5432/tcp", "--config", conf); code != exitBadInput || !strings.Contains(errs, "nobody") {
+		t.Errorf("--live with an unknown workload: exit %d, %s", code, errs)
 	}
 }

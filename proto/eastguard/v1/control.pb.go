@@ -335,6 +335,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Heartbeat
 	//	*AgentMessage_Counters
 	//	*AgentMessage_Flows
+	//	*AgentMessage_LookupAnswer
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -422,6 +423,15 @@ func (x *AgentMessage) GetFlows() *FlowBatch {
 	return nil
 }
 
+func (x *AgentMessage) GetLookupAnswer() *LookupAnswer {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_LookupAnswer); ok {
+			return x.LookupAnswer
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -446,6 +456,10 @@ type AgentMessage_Flows struct {
 	Flows *FlowBatch `protobuf:"bytes,5,opt,name=flows,proto3,oneof"`
 }
 
+type AgentMessage_LookupAnswer struct {
+	LookupAnswer *LookupAnswer `protobuf:"bytes,7,opt,name=lookup_answer,json=lookupAnswer,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Ack) isAgentMessage_Msg() {}
@@ -455,6 +469,8 @@ func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
 func (*AgentMessage_Counters) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Flows) isAgentMessage_Msg() {}
+
+func (*AgentMessage_LookupAnswer) isAgentMessage_Msg() {}
 
 // ControllerMessage is everything the controller sends on an agent's stream.
 type ControllerMessage struct {
@@ -467,6 +483,7 @@ type ControllerMessage struct {
 	//	*ControllerMessage_Heartbeat
 	//	*ControllerMessage_Revocation
 	//	*ControllerMessage_FlowAck
+	//	*ControllerMessage_Lookup
 	Msg           isControllerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -563,6 +580,15 @@ func (x *ControllerMessage) GetFlowAck() *FlowAck {
 	return nil
 }
 
+func (x *ControllerMessage) GetLookup() *LookupRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*ControllerMessage_Lookup); ok {
+			return x.Lookup
+		}
+	}
+	return nil
+}
+
 type isControllerMessage_Msg interface {
 	isControllerMessage_Msg()
 }
@@ -591,6 +617,10 @@ type ControllerMessage_FlowAck struct {
 	FlowAck *FlowAck `protobuf:"bytes,6,opt,name=flow_ack,json=flowAck,proto3,oneof"`
 }
 
+type ControllerMessage_Lookup struct {
+	Lookup *LookupRequest `protobuf:"bytes,7,opt,name=lookup,proto3,oneof"`
+}
+
 func (*ControllerMessage_Welcome) isControllerMessage_Msg() {}
 
 func (*ControllerMessage_Full) isControllerMessage_Msg() {}
@@ -602,6 +632,8 @@ func (*ControllerMessage_Heartbeat) isControllerMessage_Msg() {}
 func (*ControllerMessage_Revocation) isControllerMessage_Msg() {}
 
 func (*ControllerMessage_FlowAck) isControllerMessage_Msg() {}
+
+func (*ControllerMessage_Lookup) isControllerMessage_Msg() {}
 
 // Hello is the agent's first message on a stream.
 type Hello struct {
@@ -2003,6 +2035,238 @@ func (x *FlowRecord) GetState() uint32 {
 	return 0
 }
 
+// LookupRequest asks the agent what its datapath would decide for a new
+// flow at one workload's end (egctl explain --live): it answers from the
+// kernel's maps, read-only (no packet is run, no conntrack entry, counter
+// or event is made). The controller bounds how many are outstanding per
+// node and how often they are sent (docs/SECURITY.md).
+type LookupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is chosen by the controller; the answer carries it back.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// workload names the end; the agent finds its endpoint in the rule set
+	// it enforces.
+	Workload string `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
+	// direction is ruleset's: 0 ingress (to the workload), 1 egress.
+	Direction uint32 `protobuf:"varint,3,opt,name=direction,proto3" json:"direction,omitempty"`
+	// peer_addr is the other end's address, 4 or 16 bytes.
+	PeerAddr []byte `protobuf:"bytes,4,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	Protocol uint32 `protobuf:"varint,5,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// port is in the datapath's port space (type<<8|code for ICMP).
+	Port          uint32 `protobuf:"varint,6,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookupRequest) Reset() {
+	*x = LookupRequest{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookupRequest) ProtoMessage() {}
+
+func (x *LookupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
+func (*LookupRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *LookupRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LookupRequest) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *LookupRequest) GetDirection() uint32 {
+	if x != nil {
+		return x.Direction
+	}
+	return 0
+}
+
+func (x *LookupRequest) GetPeerAddr() []byte {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return nil
+}
+
+func (x *LookupRequest) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *LookupRequest) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// LookupAnswer answers a LookupRequest.
+type LookupAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// applied_version and applied_hash name the rule set the agent enforces.
+	AppliedVersion uint64 `protobuf:"varint,2,opt,name=applied_version,json=appliedVersion,proto3" json:"applied_version,omitempty"`
+	AppliedHash    string `protobuf:"bytes,3,opt,name=applied_hash,json=appliedHash,proto3" json:"applied_hash,omitempty"`
+	// error is set when no lookup could be made (no rule set in force, the
+	// workload has no endpoint in it, the maps could not be read); the
+	// fields below are then meaningless.
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// endpoint is the workload's endpoint id in the kernel's active
+	// generation; interfaces how many interfaces carry it (0: none yet, so
+	// its packets meet the no-endpoint default instead).
+	Endpoint   uint32 `protobuf:"varint,5,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Interfaces uint32 `protobuf:"varint,6,opt,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// peer_identity is the identity the kernel's ipcache gives peer_addr.
+	PeerIdentity uint32 `protobuf:"varint,7,opt,name=peer_identity,json=peerIdentity,proto3" json:"peer_identity,omitempty"`
+	// mode is the endpoint's mode in the kernel (ruleset.Mode).
+	Mode uint32 `protobuf:"varint,8,opt,name=mode,proto3" json:"mode,omitempty"`
+	// verdict and rule are the kernel's decision for the flow's first
+	// packet, after the mode downgrade (rule 0: default deny).
+	Verdict uint32 `protobuf:"varint,9,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Rule    uint32 `protobuf:"varint,10,opt,name=rule,proto3" json:"rule,omitempty"`
+	// generation is the kernel's active rule-set generation.
+	Generation    uint32 `protobuf:"varint,11,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookupAnswer) Reset() {
+	*x = LookupAnswer{}
+	mi := &file_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookupAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookupAnswer) ProtoMessage() {}
+
+func (x *LookupAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookupAnswer.ProtoReflect.Descriptor instead.
+func (*LookupAnswer) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LookupAnswer) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetAppliedVersion() uint64 {
+	if x != nil {
+		return x.AppliedVersion
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetAppliedHash() string {
+	if x != nil {
+		return x.AppliedHash
+	}
+	return ""
+}
+
+func (x *LookupAnswer) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *LookupAnswer) GetEndpoint() uint32 {
+	if x != nil {
+		return x.Endpoint
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetInterfaces() uint32 {
+	if x != nil {
+		return x.Interfaces
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetPeerIdentity() uint32 {
+	if x != nil {
+		return x.PeerIdentity
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetVerdict() uint32 {
+	if x != nil {
+		return x.Verdict
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetRule() uint32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *LookupAnswer) GetGeneration() uint32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -2021,14 +2285,15 @@ const file_control_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"A\n" +
 	"\rRenewResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
-	"\x02ca\x18\x02 \x01(\fR\x02ca\"\x89\x02\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\"\xcc\x02\n" +
 	"\fAgentMessage\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.eastguard.v1.HelloH\x00R\x05hello\x12%\n" +
 	"\x03ack\x18\x02 \x01(\v2\x11.eastguard.v1.AckH\x00R\x03ack\x127\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x17.eastguard.v1.HeartbeatH\x00R\theartbeat\x124\n" +
 	"\bcounters\x18\x04 \x01(\v2\x16.eastguard.v1.CountersH\x00R\bcounters\x12/\n" +
-	"\x05flows\x18\x05 \x01(\v2\x17.eastguard.v1.FlowBatchH\x00R\x05flowsB\x05\n" +
-	"\x03msg\"\xd7\x02\n" +
+	"\x05flows\x18\x05 \x01(\v2\x17.eastguard.v1.FlowBatchH\x00R\x05flows\x12A\n" +
+	"\rlookup_answer\x18\a \x01(\v2\x1a.eastguard.v1.LookupAnswerH\x00R\flookupAnswerB\x05\n" +
+	"\x03msg\"\x8e\x03\n" +
 	"\x11ControllerMessage\x121\n" +
 	"\awelcome\x18\x01 \x01(\v2\x15.eastguard.v1.WelcomeH\x00R\awelcome\x12+\n" +
 	"\x04full\x18\x02 \x01(\v2\x15.eastguard.v1.RuleSetH\x00R\x04full\x122\n" +
@@ -2037,7 +2302,8 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"revocation\x18\x05 \x01(\v2\x18.eastguard.v1.RevocationH\x00R\n" +
 	"revocation\x122\n" +
-	"\bflow_ack\x18\x06 \x01(\v2\x15.eastguard.v1.FlowAckH\x00R\aflowAckB\x05\n" +
+	"\bflow_ack\x18\x06 \x01(\v2\x15.eastguard.v1.FlowAckH\x00R\aflowAck\x125\n" +
+	"\x06lookup\x18\a \x01(\v2\x1b.eastguard.v1.LookupRequestH\x00R\x06lookupB\x05\n" +
 	"\x03msg\"\x9f\x02\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12#\n" +
@@ -2169,7 +2435,31 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"_icmp_typeB\f\n" +
 	"\n" +
-	"_icmp_code*\x85\x01\n" +
+	"_icmp_code\"\xa6\x01\n" +
+	"\rLookupRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
+	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x1c\n" +
+	"\tdirection\x18\x03 \x01(\rR\tdirection\x12\x1b\n" +
+	"\tpeer_addr\x18\x04 \x01(\fR\bpeerAddr\x12\x1a\n" +
+	"\bprotocol\x18\x05 \x01(\rR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x06 \x01(\rR\x04port\"\xc3\x02\n" +
+	"\fLookupAnswer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12'\n" +
+	"\x0fapplied_version\x18\x02 \x01(\x04R\x0eappliedVersion\x12!\n" +
+	"\fapplied_hash\x18\x03 \x01(\tR\vappliedHash\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1a\n" +
+	"\bendpoint\x18\x05 \x01(\rR\bendpoint\x12\x1e\n" +
+	"\n" +
+	"interfaces\x18\x06 \x01(\rR\n" +
+	"interfaces\x12#\n" +
+	"\rpeer_identity\x18\a \x01(\rR\fpeerIdentity\x12\x12\n" +
+	"\x04mode\x18\b \x01(\rR\x04mode\x12\x18\n" +
+	"\averdict\x18\t \x01(\rR\averdict\x12\x12\n" +
+	"\x04rule\x18\n" +
+	" \x01(\rR\x04rule\x12\x1e\n" +
+	"\n" +
+	"generation\x18\v \x01(\rR\n" +
+	"generation*\x85\x01\n" +
 	"\aAckCode\x12\x14\n" +
 	"\x10ACK_CODE_APPLIED\x10\x00\x12\x19\n" +
 	"\x15ACK_CODE_APPLY_FAILED\x10\x01\x12\x17\n" +
@@ -2194,7 +2484,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_control_proto_goTypes = []any{
 	(AckCode)(0),              // 0: eastguard.v1.AckCode
 	(*JoinRequest)(nil),       // 1: eastguard.v1.JoinRequest
@@ -2219,7 +2509,9 @@ var file_control_proto_goTypes = []any{
 	(*FlowBatch)(nil),         // 20: eastguard.v1.FlowBatch
 	(*FlowAck)(nil),           // 21: eastguard.v1.FlowAck
 	(*FlowRecord)(nil),        // 22: eastguard.v1.FlowRecord
-	nil,                       // 23: eastguard.v1.Counters.ValuesEntry
+	(*LookupRequest)(nil),     // 23: eastguard.v1.LookupRequest
+	(*LookupAnswer)(nil),      // 24: eastguard.v1.LookupAnswer
+	nil,                       // 25: eastguard.v1.Counters.ValuesEntry
 }
 var file_control_proto_depIdxs = []int32{
 	7,  // 0: eastguard.v1.AgentMessage.hello:type_name -> eastguard.v1.Hello
@@ -2227,36 +2519,38 @@ var file_control_proto_depIdxs = []int32{
 	10, // 2: eastguard.v1.AgentMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
 	11, // 3: eastguard.v1.AgentMessage.counters:type_name -> eastguard.v1.Counters
 	20, // 4: eastguard.v1.AgentMessage.flows:type_name -> eastguard.v1.FlowBatch
-	8,  // 5: eastguard.v1.ControllerMessage.welcome:type_name -> eastguard.v1.Welcome
-	13, // 6: eastguard.v1.ControllerMessage.full:type_name -> eastguard.v1.RuleSet
-	14, // 7: eastguard.v1.ControllerMessage.delta:type_name -> eastguard.v1.RuleSetDelta
-	10, // 8: eastguard.v1.ControllerMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
-	12, // 9: eastguard.v1.ControllerMessage.revocation:type_name -> eastguard.v1.Revocation
-	21, // 10: eastguard.v1.ControllerMessage.flow_ack:type_name -> eastguard.v1.FlowAck
-	0,  // 11: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
-	23, // 12: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
-	15, // 13: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 14: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
-	18, // 15: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
-	19, // 16: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
-	15, // 17: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 18: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
-	17, // 19: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
-	18, // 20: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
-	18, // 21: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
-	19, // 22: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
-	22, // 23: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
-	1,  // 24: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
-	3,  // 25: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
-	5,  // 26: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
-	2,  // 27: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
-	4,  // 28: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
-	6,  // 29: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	24, // 5: eastguard.v1.AgentMessage.lookup_answer:type_name -> eastguard.v1.LookupAnswer
+	8,  // 6: eastguard.v1.ControllerMessage.welcome:type_name -> eastguard.v1.Welcome
+	13, // 7: eastguard.v1.ControllerMessage.full:type_name -> eastguard.v1.RuleSet
+	14, // 8: eastguard.v1.ControllerMessage.delta:type_name -> eastguard.v1.RuleSetDelta
+	10, // 9: eastguard.v1.ControllerMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
+	12, // 10: eastguard.v1.ControllerMessage.revocation:type_name -> eastguard.v1.Revocation
+	21, // 11: eastguard.v1.ControllerMessage.flow_ack:type_name -> eastguard.v1.FlowAck
+	23, // 12: eastguard.v1.ControllerMessage.lookup:type_name -> eastguard.v1.LookupRequest
+	0,  // 13: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
+	25, // 14: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
+	15, // 15: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
+	16, // 16: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
+	18, // 17: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
+	19, // 18: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
+	15, // 19: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
+	16, // 20: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
+	17, // 21: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
+	18, // 22: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
+	18, // 23: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
+	19, // 24: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
+	22, // 25: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
+	1,  // 26: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
+	3,  // 27: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
+	5,  // 28: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
+	2,  // 29: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
+	4,  // 30: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
+	6,  // 31: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
+	29, // [29:32] is the sub-list for method output_type
+	26, // [26:29] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2270,6 +2564,7 @@ func file_control_proto_init() {
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Counters)(nil),
 		(*AgentMessage_Flows)(nil),
+		(*AgentMessage_LookupAnswer)(nil),
 	}
 	file_control_proto_msgTypes[5].OneofWrappers = []any{
 		(*ControllerMessage_Welcome)(nil),
@@ -2278,6 +2573,7 @@ func file_control_proto_init() {
 		(*ControllerMessage_Heartbeat)(nil),
 		(*ControllerMessage_Revocation)(nil),
 		(*ControllerMessage_FlowAck)(nil),
+		(*ControllerMessage_Lookup)(nil),
 	}
 	file_control_proto_msgTypes[17].OneofWrappers = []any{}
 	file_control_proto_msgTypes[21].OneofWrappers = []any{}
@@ -2287,7 +2583,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -638,9 +638,35 @@ async function explain(box, q) {
     const x = await get('explain', q);
     const verdict = x && (x.verdict || x.Verdict);
     const rule = x && (x.rule || x.ruleName || x.decidingRule || x.Rule);
+    // Live: ask each end's agent what it applies and what its datapath
+    // decides (GET /api/v1/explain?live=1), on demand: it costs the nodes
+    // a lookup each.
+    const liveBox = h('div', { 'data-testid': 'explain-live' });
+    const ask = h('button', { type: 'button', 'data-testid': 'explain-live-ask' }, 'Check the nodes');
+    on(ask, 'click', () => explainLive(liveBox, ask, q));
     box.append(h('p', null, 'Verdict: ', h('strong', { 'data-testid': 'explain-verdict' }, String(verdict || '')), rule ? ` by ${rule}` : ''),
+      h('p', null, ask), liveBox,
       h('pre', { class: 'json' }, JSON.stringify(x, null, 2)));
   } catch (e) {
     if (e.status !== 401) box.append(errorBox(e));
+  }
+}
+
+async function explainLive(box, button, q) {
+  button.disabled = true;
+  clear(box);
+  try {
+    const x = await get('explain', { ...q, live: '1' });
+    const ends = (x && x.live && x.live.ends) || [];
+    if (!ends.length) box.append(h('p', { class: 'muted' }, 'No managed end to ask.'));
+    for (const e of ends) {
+      box.append(h('p', { 'data-testid': 'explain-live-end' },
+        `${e.end}: ${e.workload} on ${e.node}: `, h('strong', { class: e.differs ? 'denied' : '' }, e.status)),
+      h('ul', null, ...(e.messages || []).map((m) => h('li', null, m))));
+    }
+  } catch (e) {
+    if (e.status !== 401) box.append(errorBox(e));
+  } finally {
+    button.disabled = false;
   }
 }
