@@ -127,6 +127,12 @@ func NewRecorder(ctx context.Context, cfg Config) (*Recorder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--audit-log: %w", err)
 	}
+	// A regular file only: a device or a FIFO named by mistake would
+	// have its mode changed, or block the writer.
+	if info, err := f.Stat(); err != nil || !info.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("--audit-log %s: want a regular file", cfg.LogFile)
+	}
 	if err := f.Chmod(0o600); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("--audit-log %s: %w", cfg.LogFile, err)
