@@ -3,7 +3,8 @@
 // they keep (the CA, admin and join tokens, issued certificates and
 // revocations, policy resources, every node's rule sets with their
 // versions, what each agent last reported; flows, alerts, webhook
-// deliveries and how far each agent's flow spool is stored), the sentinel
+// deliveries and how far each agent's flow spool is stored; the audit
+// trail, append-only and hash-chained, see audit.go), the sentinel
 // errors callers branch on, and the logic on those records that does not
 // depend on an engine (JoinToken.Usable, SpoolPosition's holes). It must
 // not decide anything: validation, compilation, versioning and
