@@ -203,6 +203,16 @@ func TestAuditTrail(t *testing.T) {
 	if !chainOK(t, recs) {
 		t.FailNow()
 	}
+	// Every record this controller wrote is counted, by action.
+	perAction := map[string]int{}
+	for _, r := range recs {
+		perAction[r.Action]++
+	}
+	for action, n := range perAction {
+		if got := h.Counter("eastguard_controller_audit_records_total", "action", action); got != float64(n) {
+			t.Errorf("eastguard_controller_audit_records_total{action=%q} = %v, want %d", action, got, n)
+		}
+	}
 
 	// A restart keeps every record, chain and all, and numbering goes on.
 	h.Restart()
