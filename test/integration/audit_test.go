@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"bufio"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -18,6 +19,8 @@ import (
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/testutil"
+
+	_ "modernc.org/sqlite" // a raw handle on the store's file, as an attacker would have
 )
 
 // auditOf reads the whole trail through GET /api/v1/audit, oldest first.
@@ -270,4 +273,43 @@ func chainOK(t *testing.T, recs []apiclient.AuditRecord) bool {
 		return false
 	}
 	return true
+}
+
+// TestAuditChainCheckedAtStart: a record edited in the database while the
+// controller was stopped (around the trigger, as whoever holds the file
+// can) is reported at the next start: an error naming the record, and
+// the gauge.
+func TestAuditChainCheckedAtStart(t *testing.T) {
+	h := newHarness(t)
+	h.Token("node-a", time.Hour)
+	h.Token("node-b", time.Hour)
+	h.Stop()
+	db, err := sql.Open("sqlite", h.St.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("DROP TRIGGER audit_append_only; UPDATE audit SET detail = 'for node node-c' WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	h.Start()
+	testutil.Eventually(t, 10*time.Second, "the chain check's error", func() error {
+		if lines := h.Logged("audit trail: hash chain check failed", "audit record 1"); len(lines) != 1 {
+			return fmt.Errorf("logged %q", h.Logged("audit"))
+		}
+		return nil
+	})
+	mfs, err := h.Reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "eastguard_controller_audit_chain_broken" {
+			broken = mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	if broken != 1 {
+		t.Errorf("eastguard_controller_audit_chain_broken = %v, want 1", broken)
+	}
 }
