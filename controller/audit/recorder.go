@@ -308,6 +308,9 @@ func (r *Recorder) Flush(ctx context.Context) error {
 	for {
 		recs, err := r.cfg.Store.AuditRecords(ctx, store.AuditQuery{AfterID: r.lastLogged, OldestFirst: true, Limit: page})
 		if err != nil {
+			if ctx.Err() != nil {
+				return err // stopping: Close writes the rest
+			}
 			return r.logFailed(fmt.Errorf("read the records to log: %w", err))
 		}
 		if len(recs) == 0 {
