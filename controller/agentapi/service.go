@@ -178,8 +178,12 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		// to them is blocked.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second, MaxConnectionIdle: maxConnIdle}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		// Thousands of mostly idle streams: small per-connection buffers.
-		grpc.ReadBufferSize(8<<10),
+		// Thousands of mostly idle streams: no per-connection read buffer
+		// (the TLS connection already buffers a record; a bufio on top of it
+		// held 8 KB per agent), and the write buffer taken from a pool for
+		// a write and given back after it, not kept by every connection.
+		grpc.ReadBufferSize(0),
+		grpc.SharedWriteBuffer(true),
 		grpc.WaitForHandlers(true),
 	)
 	pb.RegisterControlServer(s.grpc, &control{s: s})

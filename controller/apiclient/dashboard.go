@@ -21,11 +21,13 @@ type StoredFlow struct {
 
 // ServiceMap is the answer of GET /api/v1/map.
 type ServiceMap struct {
-	Since       time.Time     `json:"since"`
-	Until       time.Time     `json:"until"`
-	Workloads   []MapWorkload `json:"workloads"`
-	Edges       []MapEdge     `json:"edges"`
-	PolicyEdges []PolicyEdge  `json:"policyEdges"`
+	Since     time.Time     `json:"since"`
+	Until     time.Time     `json:"until"`
+	Workloads []MapWorkload `json:"workloads"`
+	Edges     []MapEdge     `json:"edges"`
+	// PolicyEdges are what the allow rules admit, as blocks: every
+	// source of a block to every destination of it.
+	PolicyEdges []PolicyBlock `json:"policyEdges"`
 	// Truncated says edges or policyEdges were cut at their bound (the
 	// most used edges are kept).
 	Truncated bool `json:"truncated"`
@@ -65,6 +67,20 @@ type PolicyEdge struct {
 	EndPort  uint16 `json:"endPort,omitempty"`
 	Policy   string `json:"policy"`
 	Rule     string `json:"rule"`
+}
+
+// PolicyBlock is what an allow rule admits between workloads on one
+// protocol and port range: every pair of Srcs x Dsts (workload names).
+// Port is the range's first port (0: every port), EndPort its last when
+// it is a range; Protocol "any" with Port 0: every protocol and port.
+type PolicyBlock struct {
+	Srcs     []string `json:"srcs"`
+	Dsts     []string `json:"dsts"`
+	Protocol string   `json:"protocol"`
+	Port     uint16   `json:"port"`
+	EndPort  uint16   `json:"endPort,omitempty"`
+	Policy   string   `json:"policy"`
+	Rule     string   `json:"rule"`
 }
 
 // PolicyDetail is the answer of GET /api/v1/policies/{name}/detail.

@@ -269,12 +269,19 @@ func TestBrowserDashboard(t *testing.T) {
 	want := []browsertest.MapEdge{
 		browsertest.Edge("jump", "db-1", "TCP", "denied", 22, false),
 		browsertest.Edge("web-1", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("web-1", "db-1", "TCP", "policy", 6000, true),
 		browsertest.Edge("web-1", "web-2", "TCP", "policy", 8080, true),
 		browsertest.Edge("web-2", "db-1", "TCP", "allowed", 5432, false),
+		browsertest.Edge("web-2", "db-1", "TCP", "policy", 6000, true),
 		browsertest.Edge("world:198.51.100.7", "web-1", "TCP", "would-deny", 443, false),
 	}
 	if !slices.Equal(edges, want) {
 		t.Errorf("map edges\n%+v\nwant\n%+v", edges, want)
+	}
+	// A policy port range is drawn with its range, and a range that
+	// observed traffic used (5400-5500 holds 5432) is not drawn unused.
+	if labels := browsertest.Eval[[]string](t, ctx, `window.egMap.edges().filter((e) => e.dashed && e.port === 6000).map((e) => e.label)`); !slices.Equal(labels, []string{"TCP/6000-6100", "TCP/6000-6100"}) {
+		t.Errorf("the unused range's labels %q", labels)
 	}
 	browsertest.Shot(t, ctx, shots, "map.png")
 	// Click a workload: its flows in the side panel; click the denied
@@ -500,7 +507,7 @@ func largeMap(n int) []byte {
 	var m struct {
 		Workloads   []wl             `json:"workloads"`
 		Edges       []edge           `json:"edges"`
-		PolicyEdges []map[string]any `json:"policyEdges"`
+		PolicyEdges []map[string]any `json:"policyEdges"` // PolicyBlocks
 		Truncated   bool             `json:"truncated"`
 	}
 	name := func(i int) string { return fmt.Sprintf("w%04d", i) }
@@ -511,6 +518,13 @@ func largeMap(n int) []byte {
 			m.Edges = append(m.Edges, edge{name(i), name((i + 13) % n), "TCP", 22, "denied", 1})
 		}
 	}
+	// Every workload may reach every other on TCP 9000, unused: one
+	// block of a million pairs, the case that made the API send blocks.
+	var all []string
+	for i := range n {
+		all = append(all, name(i))
+	}
+	m.PolicyEdges = append(m.PolicyEdges, map[string]any{"srcs": all, "dsts": all, "protocol": "TCP", "port": 9000, "policy": "mesh", "rule": "all"})
 	b, _ := json.Marshal(m)
 	return b
 }
@@ -549,15 +563,29 @@ func TestBrowserMapLarge(t *testing.T) {
 	// Between two collapsed groups, one edge: app00 -> app01 carries
 	// allowed 8080 and denied 22 (w0042 -> w0055), drawn denied, both
 	// ports listed.
+	// The unused allow-all on TCP 9000: one dashed edge per pair of
+	// groups (400, a group to itself included), none where a pair of
+	// groups has traffic on that port (none does).
 	edges := browsertest.MapEdges(t, ctx)
 	pairs := map[[2]string]int{}
+	unused := 0
 	for _, e := range edges {
+		if e.Dashed {
+			unused++
+			if e.Port != 9000 {
+				t.Errorf("unused policy edge %+v: want TCP 9000", e)
+			}
+			continue
+		}
 		pairs[[2]string{e.Src, e.Dst}]++
 	}
 	for p, n := range pairs {
 		if n != 1 {
 			t.Errorf("%d edges %s -> %s, want one per pair of collapsed groups", n, p[0], p[1])
 		}
+	}
+	if unused != 400 {
+		t.Errorf("%d unused policy edges drawn between 20 collapsed groups, want 400", unused)
 	}
 	if !slices.Contains(edges, browsertest.Edge("group:app=app00", "group:app=app01", "", "denied", 0, false)) {
 		t.Errorf("collapsed edges %+v: want group:app=app00 -> group:app=app01 denied (its worst), no single port", edges)
@@ -614,6 +642,14 @@ func TestBrowserMapLarge(t *testing.T) {
 	})()`)
 	if n := len(browsertest.MapNodes(t, ctx)); n != 1000 || len(outside) > 0 {
 		t.Errorf("ungrouped: %d nodes drawn, %d of them outside the map (%q...), want 1,000 all inside", n, len(outside), outside[:min(5, len(outside))])
+	}
+	// Ungrouped, the allow-all is a million unused pairs: the page draws
+	// the first 1,000 and says so.
+	if n := browsertest.Eval[int](t, ctx, `window.egMap.edges().filter((e) => e.dashed).length`); n != 1000 {
+		t.Errorf("ungrouped: %d unused policy edges drawn, want the bound, 1,000", n)
+	}
+	if note := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=map-note]').textContent`); !strings.Contains(note, "past 1000 are not drawn") {
+		t.Errorf("ungrouped: the map's note %q does not say policy edges were left out", note)
 	}
 	t.Logf("1,000 workloads: grouped map ready %v after login; expanded (1,000 nodes, %d edges) in %v",
 		grouped.Round(time.Millisecond), len(browsertest.Eval[[]any](t, ctx, `window.egMap.edges()`)), expanded.Round(time.Millisecond))

@@ -63,7 +63,7 @@ func (s *API) handleMap(w http.ResponseWriter, r *http.Request) {
 	set := s.policy.Merged()
 	m.Workloads, m.Edges = servicemap.Workloads(set), servicemap.Edges(groups)
 	var cut bool
-	m.PolicyEdges, cut = servicemap.PolicyEdges(set)
+	m.PolicyEdges, cut = servicemap.PolicyBlocks(set)
 	m.Truncated = m.Truncated || cut
 	writeJSON(w, http.StatusOK, m)
 }

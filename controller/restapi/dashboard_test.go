@@ -283,8 +283,12 @@ func TestServiceMap(t *testing.T) {
 		rule            string
 	}
 	var pedges []pedge
-	for _, e := range m.PolicyEdges {
-		pedges = append(pedges, pedge{e.Src, e.Dst, e.Protocol, e.Port, e.Policy + "/" + e.Rule})
+	for _, b := range m.PolicyEdges {
+		for _, src := range b.Srcs {
+			for _, dst := range b.Dsts {
+				pedges = append(pedges, pedge{src, dst, b.Protocol, b.Port, b.Policy + "/" + b.Rule})
+			}
+		}
 	}
 	for _, w := range []pedge{{"web-1", "db-1", "TCP", 5432, "shop/web-to-db"}, {"bastion", "db-1", "TCP", 22, "shop/bastion-ssh"}} {
 		if !slices.Contains(pedges, w) {

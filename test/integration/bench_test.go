@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -54,7 +55,16 @@ func clusterPolicy(n, port int) string {
 // GC, over the idle baseline with the same policy loaded, divided by the
 // streams) and goroutines-per-stream.
 func BenchmarkPropagation1000Agents(b *testing.B) {
-	const agents = 1000
+	benchPropagation(b, 1000, "node-%04d", clusterPolicy)
+}
+
+// benchPropagation runs agents simulated agents, named by nodeName, in a
+// child process against an in-process controller, the policy made by
+// policy(agents, port) with a new port at each op.
+func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, port int) string) {
+	if os.Getenv("EG_BENCH_HEAP") != "" {
+		runtime.MemProfileRate = 8192 // finer than the default 512 KB: a stream's allocations are small
+	}
 	// acks tracks the newest version each node acked, and how many nodes
 	// have reached the version waited for.
 	var mu sync.Mutex
@@ -66,7 +76,7 @@ func BenchmarkPropagation1000Agents(b *testing.B) {
 		c.Heartbeat = 10 * time.Second
 		c.FlushInterval = time.Second
 		// Every simulated agent comes from the one loopback address.
-		c.AgentLimits = agentapi.Limits{MaxConns: 4 * agents, MaxConnsPerSource: 4 * agents, JoinRate: agents, JoinBurst: agents}
+		c.AgentLimits = agentapi.Limits{MaxConns: 4 * agents, MaxConnsPerSource: 4 * agents, JoinRate: float64(agents), JoinBurst: agents}
 		c.OnAck = func(a agentapi.Ack) {
 			if !a.Applied {
 				return
@@ -81,7 +91,7 @@ func BenchmarkPropagation1000Agents(b *testing.B) {
 			acked[a.Node] = max(acked[a.Node], a.Version)
 		}
 	})
-	h.Apply(clusterPolicy(agents, 8000))
+	h.Apply(policy(agents, 8000))
 	// waitAll waits until every node has acked at least version v.
 	waitAll := func(v uint64, timeout time.Duration) {
 		mu.Lock()
@@ -111,7 +121,7 @@ func BenchmarkPropagation1000Agents(b *testing.B) {
 
 	var tokens strings.Builder
 	for i := range agents {
-		node := fmt.Sprintf("node-%04d", i)
+		node := fmt.Sprintf(nodeName, i)
 		fmt.Fprintf(&tokens, "%s %s\n", node, h.Token(node, time.Hour))
 	}
 	tokFile := filepath.Join(b.TempDir(), "tokens")
@@ -149,15 +159,27 @@ func BenchmarkPropagation1000Agents(b *testing.B) {
 	start := time.Now()
 	waitAll(1, 5*time.Minute)
 	b.Logf("%d agents joined and synced in %v", agents, time.Since(start).Round(time.Millisecond))
-	perStream := float64(liveBytes()-base) / agents
-	goroutines := float64(runtime.NumGoroutine()-baseGoroutines) / agents
+	perStream := float64(liveBytes()-base) / float64(agents)
+	goroutines := float64(runtime.NumGoroutine()-baseGoroutines) / float64(agents)
+	// EG_BENCH_HEAP=FILE: the controller's heap profile with every stream
+	// up, to see what a stream costs (go tool pprof -sample_index=inuse_space).
+	if path := os.Getenv("EG_BENCH_HEAP"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
 
 	version := uint64(1)
 	var times, applyTimes []time.Duration
 	b.ResetTimer()
 	for i := range b.N {
 		t0 := time.Now()
-		res := h.Apply(clusterPolicy(agents, 8001+i))
+		res := h.Apply(policy(agents, 8001+i))
 		applyTimes = append(applyTimes, time.Since(t0))
 		version = res.Nodes[0].Version
 		waitAll(version, time.Minute)

@@ -4,7 +4,8 @@
 // workloads each rule of a policy selects. It computes from what it is
 // given (a policy set, aggregated flows) and reads nothing itself.
 //
-// Invariants: every answer is bounded (MaxEdges, MaxPolicyEdges; beyond
+// Invariants: every answer is bounded (MaxEdges, MaxPolicyEdges,
+// MaxPolicyPairs; beyond
 // them the answer says it is truncated); names and labels are passed
 // through as data, never interpreted.
 //
@@ -14,6 +15,7 @@ package servicemap
 
 import (
 	"cmp"
+	"encoding/binary"
 	"maps"
 	"net/netip"
 	"slices"
@@ -29,8 +31,11 @@ const (
 	// MaxEdges bounds the observed edges (the ones with most flows are
 	// kept).
 	MaxEdges = 20000
-	// MaxPolicyEdges bounds the edges the policy admits.
+	// MaxPolicyEdges bounds the edges the policy admits, one by one
+	// (PolicyEdges); MaxPolicyPairs the pairs of workloads the blocks of
+	// PolicyBlocks stand for in all (the page expands them).
 	MaxPolicyEdges = 20000
+	MaxPolicyPairs = 250000
 	// MaxWorldPeers: with more distinct unmanaged addresses than this
 	// among the edges, they are all drawn as one peer, "world".
 	MaxWorldPeers = 100
@@ -201,6 +206,74 @@ func portRange(pr *policy.PortRule, lo, hi uint16) *policy.PortRule {
 // egctl explain (GET /api/v1/explain) is the exact answer for one flow.
 // Bounded by MaxPolicyEdges; truncated says edges were left out.
 func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool) {
+	edges = []apiclient.PolicyEdge{}
+	complete := admitted(set, MaxPolicyPairs, func(p *policy.Policy, r *policy.Rule, pr *policy.PortRule, srcs, dsts []*policy.Workload) bool {
+		for _, src := range srcs {
+			for _, dst := range dsts {
+				if len(edges) >= MaxPolicyEdges {
+					return false
+				}
+				e := apiclient.PolicyEdge{Src: src.Name, Dst: dst.Name, Policy: p.Name, Rule: r.Name}
+				e.Protocol, e.Port, e.EndPort = portsOf(pr)
+				edges = append(edges, e)
+			}
+		}
+		return true
+	})
+	return edges, !complete
+}
+
+// PolicyBlocks is PolicyEdges written compactly, as the map's answer
+// carries it: every source of a block to every destination of it, on
+// its protocol and ports. An allow rule between two apps of 50 replicas
+// is one block of 50 and 50 names, not 2,500 edges (the map's answer at
+// 1,000 workloads was 4 MB of them). Bounded by MaxPolicyPairs pairs in
+// all; truncated says blocks were left out.
+func PolicyBlocks(set *policy.Set) (blocks []apiclient.PolicyBlock, truncated bool) {
+	blocks = []apiclient.PolicyBlock{}
+	complete := admitted(set, MaxPolicyPairs, func(p *policy.Policy, r *policy.Rule, pr *policy.PortRule, srcs, dsts []*policy.Workload) bool {
+		b := apiclient.PolicyBlock{Srcs: names(srcs), Dsts: names(dsts), Policy: p.Name, Rule: r.Name}
+		b.Protocol, b.Port, b.EndPort = portsOf(pr)
+		blocks = append(blocks, b)
+		return true
+	})
+	return blocks, !complete
+}
+
+func names(ws []*policy.Workload) []string {
+	out := make([]string, len(ws))
+	for i, w := range ws {
+		out[i] = w.Name
+	}
+	return out
+}
+
+// portsOf is how an edge names a port rule: protocol, first port (0:
+// every port) and last port of a range (0: not a range); "any" for nil.
+func portsOf(pr *policy.PortRule) (protocol string, port, endPort uint16) {
+	if pr == nil {
+		return "any", 0, 0
+	}
+	if pr.EndPort > pr.Port {
+		endPort = pr.EndPort
+	}
+	return pr.Protocol.String(), pr.Port, endPort
+}
+
+// admitted calls visit with what each allow rule admits, in the set's
+// order: for each of the rule's port rules (nil: every protocol and
+// port) less the denies' cuts, blocks of sources and destinations that
+// every pair of admits on those same ports. It stops, returning false,
+// when visit does or when the blocks stand for more than maxPairs pairs
+// of workloads in all.
+//
+// The work is linear in the workloads, not in their pairs: which denies
+// cut a pair depends only on which denies select its source (in their
+// from) and which select its destination (in their to), so sources and
+// destinations are grouped by those, and each pair of groups is one
+// block per port rule left. With no deny between them, a rule is one
+// block.
+func admitted(set *policy.Set, maxPairs int, visit func(p *policy.Policy, r *policy.Rule, pr *policy.PortRule, srcs, dsts []*policy.Workload) bool) bool {
 	var denies []*policy.Rule
 	for pi := range set.Policies {
 		p := &set.Policies[pi]
@@ -213,18 +286,15 @@ func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool)
 			}
 		}
 	}
-	// remaining returns what of pr the denies between src and dst leave
-	// ([]: nothing; nil pr, every port: itself unless a deny takes every
-	// port).
-	remaining := func(src, dst *policy.Workload, pr *policy.PortRule) []*policy.PortRule {
+	// remaining returns what of pr the denies (indices into denies, in
+	// order) leave ([]: nothing; nil pr, every port: itself unless a deny
+	// takes every port).
+	remaining := func(cut []int, pr *policy.PortRule) []*policy.PortRule {
 		left := []*policy.PortRule{pr}
-		for _, d := range denies {
-			if !selects(d.From, src) || !selects(d.To, dst) {
-				continue
-			}
+		for _, i := range cut {
 			var next []*policy.PortRule
 			for _, l := range left {
-				next = append(next, subtract(l, d.Ports)...)
+				next = append(next, subtract(l, denies[i].Ports)...)
 			}
 			if left = next; len(left) == 0 {
 				break
@@ -232,7 +302,7 @@ func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool)
 		}
 		return left
 	}
-	edges = []apiclient.PolicyEdge{}
+	pairs := 0
 	for pi := range set.Policies {
 		p := &set.Policies[pi]
 		for ri := range p.Rules {
@@ -240,7 +310,8 @@ func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool)
 			if r.Action != policy.ActionAllow {
 				continue
 			}
-			from, to := selected(set, r.From), selected(set, r.To)
+			srcGroups := groupByDenies(selected(set, r.From), len(denies), func(i int, w *policy.Workload) bool { return selects(denies[i].From, w) })
+			dstGroups := groupByDenies(selected(set, r.To), len(denies), func(i int, w *policy.Workload) bool { return selects(denies[i].To, w) })
 			ports := make([]*policy.PortRule, 0, max(len(r.Ports), 1))
 			for i := range r.Ports {
 				ports = append(ports, &r.Ports[i])
@@ -248,28 +319,73 @@ func PolicyEdges(set *policy.Set) (edges []apiclient.PolicyEdge, truncated bool)
 			if r.Ports == nil {
 				ports = append(ports, nil)
 			}
-			for _, src := range from {
-				for _, dst := range to {
-					for _, allowed := range ports {
-						for _, pr := range remaining(src, dst, allowed) {
-							if len(edges) >= MaxPolicyEdges {
-								return edges, true
+			for _, allowed := range ports {
+				for _, sg := range srcGroups {
+					for _, dg := range dstGroups {
+						for _, pr := range remaining(intersect(sg.denies, dg.denies), allowed) {
+							if pairs += len(sg.members) * len(dg.members); pairs > maxPairs {
+								return false
 							}
-							e := apiclient.PolicyEdge{Src: src.Name, Dst: dst.Name, Protocol: "any", Policy: p.Name, Rule: r.Name}
-							if pr != nil {
-								e.Protocol, e.Port = pr.Protocol.String(), pr.Port
-								if pr.EndPort > pr.Port {
-									e.EndPort = pr.EndPort
-								}
+							if !visit(p, r, pr, sg.members, dg.members) {
+								return false
 							}
-							edges = append(edges, e)
 						}
 					}
 				}
 			}
 		}
 	}
-	return edges, false
+	return true
+}
+
+// denyGroup is the workloads that the same denies select (on one side).
+type denyGroup struct {
+	denies  []int // ascending
+	members []*policy.Workload
+}
+
+// groupByDenies splits ws by which of the n denies select them, groups
+// in the order of their first member, members in ws's order.
+func groupByDenies(ws []*policy.Workload, n int, sel func(i int, w *policy.Workload) bool) []*denyGroup {
+	var groups []*denyGroup
+	index := map[string]*denyGroup{}
+	var key []byte
+	for _, w := range ws {
+		var ds []int
+		key = key[:0]
+		for i := range n {
+			if sel(i, w) {
+				ds = append(ds, i)
+				key = binary.AppendUvarint(key, uint64(i))
+			}
+		}
+		g := index[string(key)]
+		if g == nil {
+			g = &denyGroup{denies: ds}
+			index[string(key)] = g
+			groups = append(groups, g)
+		}
+		g.members = append(g.members, w)
+	}
+	return groups
+}
+
+// intersect returns the indices in both ascending lists.
+func intersect(a, b []int) []int {
+	var out []int
+	for i, j := 0, 0; i < len(a) && j < len(b); {
+		switch {
+		case a[i] < b[j]:
+			i++
+		case a[i] > b[j]:
+			j++
+		default:
+			out = append(out, a[i])
+			i++
+			j++
+		}
+	}
+	return out
 }
 
 // RuleSelects names what a rule's from and to select: the workloads of

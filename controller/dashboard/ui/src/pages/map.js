@@ -1,7 +1,8 @@
 // #/map: the service map. Workloads are nodes, observed flows are edges
 // labelled protocol/port and coloured by verdict (with a distinct arrow
 // per verdict, so colour is not the only cue); allow rules no traffic
-// used (policyEdges with no observed edge) are dashed grey. Grouping by a
+// used (the policyEdges blocks, expanded to the drawn ends, with no
+// observed edge in their ports) are dashed grey, at most policyEdgesMax. Grouping by a
 // label makes cytoscape compound nodes; a collapsed group is one node and
 // its members' edges are aggregated onto it. Level of detail for large
 // maps (issue 17: interactive in under 1 s at 1,000 workloads, measured
@@ -90,9 +91,10 @@ export async function render(box, { params }) {
   const collapseAll = h('button', { type: 'button', 'data-testid': 'map-collapse-all' }, 'Collapse all');
   const expandAll = h('button', { type: 'button', 'data-testid': 'map-expand-all' }, 'Expand all');
   const info = h('span', { class: 'status', 'data-testid': 'map-info' });
+  const drawNote = h('span', { class: 'status', 'data-testid': 'map-note' }); // what the current drawing leaves out
   box.append(h('div', { class: 'toolbar' },
     h('label', { for: 'map-range' }, 'Range '), rangeSel, sinceIn, untilIn, apply,
-    h('label', { for: 'map-group' }, ' Group by '), groupSel, collapseAll, expandAll, info));
+    h('label', { for: 'map-group' }, ' Group by '), groupSel, collapseAll, expandAll, info, drawNote));
   box.append(h('div', { class: 'legend' },
     h('span', { class: 'lg allowed' }, '→ allowed'), h('span', { class: 'lg denied' }, '⊣ denied'),
     h('span', { class: 'lg would-deny' }, '◆ would deny'), h('span', { class: 'lg policy' }, '⇢ allowed by policy, unused')));
@@ -123,7 +125,8 @@ export async function render(box, { params }) {
 
   const draw = () => {
     const meta = new Map();
-    const els = elements(model, state.groupBy, state.collapsed, meta);
+    drawNote.textContent = '';
+    const els = elements(model, state.groupBy, state.collapsed, meta, (msg) => { drawNote.textContent = msg; });
     leave();
     const edges = els.filter((e) => e.group === 'edges').length;
     const n = els.length - edges;
@@ -231,7 +234,7 @@ function groupsOf(ws, key) {
 // selectors); names live in data. The workload and edge objects go in
 // meta (by element id), not in data: cytoscape copies data on every add,
 // which at 1,000 workloads costs seconds.
-export function elements(model, key, collapsed, meta) {
+export function elements(model, key, collapsed, meta, onNote) {
   const els = [];
   const ids = new Map(); // display name -> element id
   let seq = 0;
@@ -288,12 +291,26 @@ export function elements(model, key, collapsed, meta) {
   // with the most severe verdict among them, the others counted in the
   // panel.
   const agg = new Map();
-  const observed = new Set();
+  // observedAt: drawn ends (as policy edges are drawn: the workloads'
+  // ends, and their groups' between different groups) -> protocol ->
+  // ports observed.
+  const observedAt = new Map();
+  const observe = (src, dst, e) => {
+    const k = `${src}\n${dst}`;
+    let byProto = observedAt.get(k);
+    if (!byProto) observedAt.set(k, (byProto = new Map()));
+    let ports = byProto.get(e.protocol);
+    if (!ports) byProto.set(e.protocol, (ports = new Set()));
+    ports.add(e.port);
+  };
   const isGroup = (name) => name.startsWith('group:') && collapsedNames.has(name);
   for (const e of model.edges) {
     const src = rep.get(e.src) || e.src;
     const dst = rep.get(e.dst) || e.dst;
-    observed.add(`${e.src}\n${e.dst}\n${e.protocol}\n${e.port}`);
+    observe(src, dst, e);
+    const gs = groupName.get(e.src);
+    const gd = groupName.get(e.dst);
+    if (gs && gd && gs !== gd) observe(gs, gd, e);
     const byPort = !isGroup(src) && !isGroup(dst);
     const k = byPort ? `${src}\n${dst}\n${e.protocol}\n${e.port}\n${e.verdict}` : `${src}\n${dst}`;
     let a = agg.get(k);
@@ -310,24 +327,70 @@ export function elements(model, key, collapsed, meta) {
     a.members.push(e);
     a.ports.add(portLabel(e.protocol, e.port));
   }
-  // Policy-only edges: between the drawn ends, except that between
-  // members of two different groups they are drawn between the groups
-  // (an allow rule from one app of 50 to another is 2,500 pairs).
-  for (const p of model.policyEdges) {
-    if (observed.has(`${p.src}\n${p.dst}\n${p.protocol}\n${p.port}`)) continue;
-    let src = rep.get(p.src) || p.src;
-    let dst = rep.get(p.dst) || p.dst;
-    const gs = groupName.get(p.src);
-    const gd = groupName.get(p.dst);
-    if (gs && gd && gs !== gd) {
-      src = gs;
-      dst = gd;
-    }
-    const k = `${src}\n${dst}\n${p.protocol}\n${p.port}\npolicy`;
+  // Policy-only edges. The API sends blocks (every source of a block may
+  // reach every destination of it on its ports); they are drawn between
+  // the drawn ends, except that between members of two different groups
+  // they are drawn between the groups (an allow rule from one app of 50
+  // to another is 2,500 pairs, one edge). The work is linear in a
+  // block's names plus the edges drawn, never in its pairs: members are
+  // bucketed by group first. A policy edge is unused when no observed
+  // edge between the same drawn ends falls in its protocol and ports.
+  const groupKey = (name) => groupName.get(name) || '';
+  const used = (src, dst, p) => {
+    const byProto = observedAt.get(`${src}\n${dst}`);
+    if (!byProto) return false;
+    if (p.protocol === 'any') return true;
+    const ports = byProto.get(p.protocol);
+    if (!ports) return false;
+    if (!p.port) return true;
+    const hi = p.endPort || p.port;
+    for (const port of ports) if (port >= p.port && port <= hi) return true;
+    return false;
+  };
+  let policyDrawn = 0;
+  let policyFull = false; // policyEdgesMax reached: the rest is not even looked at
+  const addPolicy = (src, dst, p) => {
+    if (src === dst && !isGroup(src)) return; // a workload to itself crosses no datapath
+    if (used(src, dst, p)) return;
+    const k = `${src}\n${dst}\n${p.protocol}\n${p.port}\n${p.endPort || 0}\npolicy`;
     const a = agg.get(k);
-    if (a) a.members.push(p);
-    else agg.set(k, { src, dst, protocol: p.protocol, port: p.port, verdict: 'policy', dashed: true, policy: p.policy, rule: p.rule, members: [p], ports: new Set([portLabel(p.protocol, p.port)]) });
+    if (a) {
+      a.members.push(p);
+      return;
+    }
+    if (policyDrawn >= policyEdgesMax) {
+      policyFull = true;
+      return;
+    }
+    policyDrawn++;
+    agg.set(k, { src, dst, protocol: p.protocol, port: p.port, verdict: 'policy', dashed: true, policy: p.policy, rule: p.rule, members: [p], ports: new Set([portLabel(p.protocol, p.port, p.endPort)]) });
+  };
+  const bucket = (names) => {
+    const by = new Map(); // group node name ('' for none) -> drawn ends
+    for (const name of arr(names)) {
+      const g = groupKey(name);
+      let ends = by.get(g);
+      if (!ends) by.set(g, (ends = new Set()));
+      ends.add(rep.get(name) || name);
+    }
+    return by;
+  };
+  blocks: for (const p of model.policyEdges) {
+    const srcs = bucket(p.srcs);
+    const dsts = bucket(p.dsts);
+    for (const [gs, sEnds] of srcs) {
+      for (const [gd, dEnds] of dsts) {
+        if (gs && gd && gs !== gd) addPolicy(gs, gd, p);
+        else {
+          for (const s of sEnds) {
+            for (const d of dEnds) addPolicy(s, d, p);
+            if (policyFull) break blocks;
+          }
+        }
+      }
+    }
   }
+  if (policyFull && onNote) onNote(`Unused policy edges past ${policyEdgesMax} are not drawn; group or collapse to see them all. `);
   let n = 0;
   for (const a of agg.values()) {
     const s = endpoint(a.src);
@@ -353,9 +416,15 @@ const circleMax = 60;
 // severity orders verdicts for a group edge's colour: the worst wins.
 const severity = { allowed: 1, 'would-deny': 2, denied: 3 };
 
-function portLabel(protocol, port) {
-  return port ? `${protocol}/${port}` : protocol;
+function portLabel(protocol, port, endPort) {
+  if (!port) return protocol;
+  return endPort ? `${protocol}/${port}-${endPort}` : `${protocol}/${port}`;
 }
+
+// policyEdgesMax bounds the unused policy edges drawn (an allow-all over
+// 1,000 expanded workloads is a million pairs); past it the page says how
+// many were left out.
+const policyEdgesMax = 1000;
 
 // place sets the position of a large map's nodes (els, before they are
 // added), without a force layout (fcose over 1,000 nodes takes
@@ -451,7 +520,7 @@ function view(c, meta) {
     groups: () => c.nodes('.group').map((n) => ({ name: n.data('name'), collapsed: !!n.data('collapsed'), members: n.data('members') })),
     edges: () => c.edges().map((e) => {
       const a = meta.get(e.id());
-      return { src: a.src, dst: a.dst, port: a.port, protocol: a.protocol, verdict: a.verdict, dashed: !!a.dashed };
+      return { src: a.src, dst: a.dst, port: a.port, protocol: a.protocol, verdict: a.verdict, dashed: !!a.dashed, label: a.label };
     }),
     zoom: () => c.zoom(),
     // position: where a node (by name) or an edge (by "src->dst:port") is
