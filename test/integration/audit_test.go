@@ -158,8 +158,22 @@ func TestAuditTrail(t *testing.T) {
 
 	recs := auditOf(t, cfg)
 	// Renewals happen on their own clock: as many as the controller
-	// logged, each by the node; they are checked apart.
-	renewals := len(h.Logged("node certificate renewed"))
+	// logged (a renewal is logged just after its commit: polled), each by
+	// the node; they are checked apart.
+	var renewals int
+	testutil.Eventually(t, 10*time.Second, "every recorded renewal logged", func() error {
+		renewals = len(h.Logged("node certificate renewed"))
+		n := 0
+		for _, r := range recs {
+			if r.Action == "node.renew" {
+				n++
+			}
+		}
+		if n != renewals {
+			return fmt.Errorf("%d renewals recorded, %d logged", n, renewals)
+		}
+		return nil
+	})
 	var got []auditEntry
 	var renews int
 	for _, e := range entries(recs) {
