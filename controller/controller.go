@@ -28,6 +28,7 @@ import (
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
 	"github.com/eastguard/eastguard/controller/alert/webhook/egress"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
@@ -99,6 +100,11 @@ type Config struct {
 	// OnAck, if set, is called after each agent ack is recorded (tests
 	// and benchmarks wait on it). It must not block.
 	OnAck func(agentapi.Ack)
+	// AuditLogFile, if set, receives every audit record as a JSON line
+	// (--audit-log); AuditRetention is how long the store keeps them (0:
+	// audit.DefaultRetention; negative: forever).
+	AuditLogFile   string
+	AuditRetention time.Duration
 }
 
 // DefaultFlushInterval is how often agents' status is written to the
@@ -114,6 +120,7 @@ type Controller struct {
 	Agents *agentapi.Service
 	Flows  *flowingest.Ingester
 	API    *restapi.API
+	Audit  *audit.Recorder
 
 	nodes    *nodes.Table
 	webhooks *webhook.Deliverer
@@ -143,8 +150,26 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.AlertRefresh <= 0 {
 		cfg.AlertRefresh = alert.DefaultRefreshInterval
 	}
+	switch {
+	case cfg.AuditRetention == 0:
+		cfg.AuditRetention = audit.DefaultRetention
+	case cfg.AuditRetention < 0:
+		cfg.AuditRetention = 0 // the Recorder keeps every record
+	}
 	log := cfg.Log
 	c := &Controller{flush: cfg.FlushInterval}
+	var err error
+	c.Audit, err = audit.NewRecorder(ctx, audit.Config{Store: cfg.Store, Log: log.Named("audit"), Now: cfg.Now, Registry: cfg.Registry,
+		LogFile: cfg.AuditLogFile, Retention: cfg.AuditRetention})
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Audit.Close()
+		}
+	}()
 	c.nodes = nodes.New(cfg.Store, cfg.Now, log)
 	c.Nodes = c.nodes
 	c.Flows = flowingest.New(flowingest.Config{
@@ -159,7 +184,6 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.Registry != nil {
 		cfg.Registry.MustRegister(deliveries)
 	}
-	var err error
 	c.webhooks, err = webhook.New(webhook.Config{
 		Store: cfg.Store,
 		// Read at every attempt: deliveries already queued follow a
@@ -189,7 +213,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c.Flows.OnDeliveries(c.webhooks.Kick)
 	dests := &egress.Destinations{AllowPrivate: cfg.WebhookAllowPrivate, Own: cfg.OwnAddrs}
 	c.Policy = policyrepo.New(policyrepo.Config{
-		Store: cfg.Store, Nodes: c.nodes, Log: log, Now: cfg.Now, OnChange: c.Flows.SetPolicy,
+		Store: cfg.Store, Nodes: c.nodes, Log: log, Now: cfg.Now, OnChange: c.Flows.SetPolicy, Audit: c.Audit,
 		Check: func(set *policy.Set, changed func(policy.Pos) bool) policy.Diagnostics {
 			return egress.CheckPolicy(set, changed, secrets, dests, cfg.BuiltinAlerts.Notify)
 		},
@@ -208,14 +232,14 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		Nodes: c.nodes, Policy: c.Policy, Flows: c.Flows,
 		ServingHosts: cfg.ServingHosts, NodeCertTTL: cfg.NodeCertTTL, ServerCertTTL: cfg.ServerCertTTL,
 		Heartbeat: cfg.Heartbeat, Version: cfg.Version, OnAck: cfg.OnAck, Limits: cfg.AgentLimits,
-		ServiceAccounts: cfg.ServiceAccounts,
+		ServiceAccounts: cfg.ServiceAccounts, Audit: c.Audit,
 	})
 	if err != nil {
 		return nil, err
 	}
 	c.API = restapi.New(restapi.Config{
 		Store: cfg.Store, Log: log, Now: cfg.Now, Nodes: c.nodes, Policy: c.Policy, Agents: c.Agents,
-		ClientCerts: cfg.ClientCerts,
+		ClientCerts: cfg.ClientCerts, Audit: c.Audit,
 	})
 	c.Flows.OnStored(c.API.PublishFlows)
 	run, cancel := context.WithCancel(context.Background())
@@ -223,6 +247,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c.wg.Go(func() { c.nodes.Run(run, c.flush) })
 	c.wg.Go(func() { c.Flows.Run(run) })
 	c.wg.Go(func() { c.webhooks.Run(run) })
+	c.wg.Go(func() { c.Audit.Run(run) })
+	ok = true
 	return c, nil
 }
 
@@ -272,6 +298,9 @@ func (c *Controller) Close() error {
 		c.wg.Wait()
 		if err = c.nodes.Flush(context.Background()); err != nil {
 			err = fmt.Errorf("final flush of agent status: %w", err)
+		}
+		if aerr := c.Audit.Close(); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("audit log: %w", aerr))
 		}
 	})
 	return err

@@ -85,6 +85,11 @@ type Options struct {
 	FlowRetention  time.Duration
 	FlowMaxBytes   int64
 	AlertRetention time.Duration
+	// AuditRetention is how long audit records are kept (0: forever);
+	// AuditLog, if set, is the file every record is appended to as a
+	// JSON line.
+	AuditRetention time.Duration
+	AuditLog       string
 	// AgentFlowRate is each agent's flow records per second; 0 is
 	// unlimited.
 	AgentFlowRate float64
@@ -154,6 +159,9 @@ func (o *Options) Check() error {
 	}
 	if o.FlowRetention < time.Minute || o.AlertRetention < time.Minute || o.WebhookGiveUp < time.Second {
 		return errors.New("--flow-retention and --alert-retention must be at least 1m, --webhook-give-up at least 1s")
+	}
+	if o.AuditRetention != 0 && o.AuditRetention < time.Hour {
+		return fmt.Errorf("--audit-retention %s: want at least 1h, or 0 to keep every record", o.AuditRetention)
 	}
 	if o.FlowMaxBytes < 1<<20 {
 		size := cliflag.ByteSize(o.FlowMaxBytes)
@@ -318,6 +326,8 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		OwnAddrs:            ownAddrs(o.GRPCListen, httpLis.Addr()),
 		WebhookAllowPrivate: o.WebhookAllowPrivate,
 		SecretsDir:          o.SecretsDir,
+		AuditLogFile:        o.AuditLog,
+		AuditRetention:      auditRetention(o.AuditRetention),
 	})
 	if err != nil {
 		return err
@@ -612,4 +622,13 @@ func openStore(ctx context.Context, o Options, log *zap.Logger) (store.Store, er
 	}
 	log.Info("store opened", zap.String("store", "postgres"), zap.String("dsn", dsn), zap.Duration("flow-partition", part))
 	return st, nil
+}
+
+// auditRetention maps --audit-retention (0: keep every record) to
+// Config.AuditRetention (negative: keep every record).
+func auditRetention(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

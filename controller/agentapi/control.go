@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/eastguard/eastguard/controller/agentapi/admission"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
@@ -63,7 +65,8 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		if err != nil {
 			return nil, err
 		}
-		resp, err := s.admit(ctx, j, csr, now, func(revoked time.Time) error { return podAfterRevocation(req.GetNode(), id, revoked) })
+		resp, err := s.admit(ctx, j, csr, now, func(revoked time.Time) error { return podAfterRevocation(req.GetNode(), id, revoked) },
+			fmt.Sprintf("Kubernetes ServiceAccount token of pod %s/%s", id.Namespace, id.Pod))
 		if status.Code(err) == codes.Internal {
 			giveBack()
 		}
@@ -81,7 +84,8 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 		return nil, joinRefusal(err, j)
 	}
 	// A token made before the revocation never undoes it.
-	return s.admit(ctx, j, csr, now, func(revoked time.Time) error { return tokenAfterRevocation(tok, revoked) })
+	return s.admit(ctx, j, csr, now, func(revoked time.Time) error { return tokenAfterRevocation(tok, revoked) },
+		"join token "+tok.ID)
 }
 
 // joinAttempt is one Join's logging and refusing.
@@ -111,15 +115,19 @@ func (j *joinAttempt) refuse(reason string, code codes.Code, err error) error {
 
 // admit issues the certificate of a join whose token was proven, unless
 // afterRevocation refuses the token against the node's revocation. Under
-// certMu, as Revoke records the revocation (see Renew).
-func (s *Service) admit(ctx context.Context, j *joinAttempt, csr *x509.CertificateRequest, now time.Time, afterRevocation func(revoked time.Time) error) (*pb.JoinResponse, error) {
+// certMu, as Revoke records the revocation (see Renew). The join is
+// recorded in the audit trail with the certificate, as the node's own
+// action (it proved the token); how it proved it is detail.
+func (s *Service) admit(ctx context.Context, j *joinAttempt, csr *x509.CertificateRequest, now time.Time, afterRevocation func(revoked time.Time) error,
+	detail string) (*pb.JoinResponse, error) {
 	node := j.req.GetNode()
+	ctx = audit.WithActor(ctx, audit.Actor{Kind: store.ActorNode, ID: node, Source: remote(ctx)})
 	s.certMu.Lock()
 	err := afterRevocation(s.nodes.RevokedAt(node))
 	var cert *x509.Certificate
 	var certPEM []byte
 	if err == nil {
-		cert, certPEM, err = s.issueNodeCert(ctx, node, csr, now)
+		cert, certPEM, err = s.issueNodeCert(ctx, node, csr, now, audit.NodeJoin, detail)
 	}
 	if err == nil {
 		s.nodes.Update(node, func(n *nodes.Node) {
@@ -215,7 +223,8 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 		s.log.Warn("renewal refused", zap.String("node", id.node), zap.Error(err))
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
-	cert, certPEM, err := s.issueNodeCert(ctx, id.node, csr, s.now())
+	cert, certPEM, err := s.issueNodeCert(audit.WithActor(ctx, audit.Actor{Kind: store.ActorNode, ID: id.node, Source: remote(ctx)}),
+		id.node, csr, s.now(), audit.NodeRenew, "")
 	s.certMu.Unlock()
 	if err != nil {
 		s.log.Error("renewal failed", zap.String("node", id.node), zap.Error(err))
@@ -232,15 +241,20 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 }
 
 // issueNodeCert signs and records a node certificate for a CSR that
-// pki.CheckCSR accepted. Called with certMu held.
-func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time) (*x509.Certificate, []byte, error) {
+// pki.CheckCSR accepted, with its audit record (action, by ctx's
+// actor). Called with certMu held.
+func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time, action, detail string) (*x509.Certificate, []byte, error) {
 	cert, certPEM, err := s.ca.IssueNode(csr, name, s.cfg.NodeCertTTL, now)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := s.st.AddCert(ctx, store.Cert{Serial: pki.Serial(cert), Node: name, NotAfter: cert.NotAfter}); err != nil {
+	ar := audit.Record(ctx, now, action, audit.NodeObject(name),
+		strings.TrimSuffix(fmt.Sprintf("certificate %s until %s; %s", pki.Serial(cert), cert.NotAfter.UTC().Format(time.RFC3339), detail), "; "))
+	ar.After = audit.Hash(cert.Raw)
+	if err := s.st.AddCert(ctx, store.Cert{Serial: pki.Serial(cert), Node: name, NotAfter: cert.NotAfter}, ar); err != nil {
 		return nil, nil, err
 	}
+	s.cfg.Audit.Written(ar)
 	s.nodes.Update(name, func(n *nodes.Node) { n.Rec.CertSerial, n.Rec.CertExpiry = pki.Serial(cert), cert.NotAfter })
 	return cert, certPEM, nil
 }

@@ -23,6 +23,10 @@
 //   - A ServiceAccount token joins once (its credential id is remembered
 //     until it expires), only for the node its pod runs on, and a revoked
 //     node only with a token of a pod created after the revocation.
+//   - Joins, renewals, revocations and join tokens made and deleted are
+//     recorded in the audit trail in the store transaction that makes
+//     them (controller/audit): a join or renewal as the node's own, the
+//     rest as the caller's the context carries.
 //   - Each stream has one goroutine that sends, so a slow agent only
 //     delays itself; it holds at most one update in flight and always
 //     sends the newest version next (older ones are skipped, never queued).

@@ -19,6 +19,7 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi/admission"
 	"github.com/eastguard/eastguard/controller/agentapi/agenttls"
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/policyrepo"
@@ -62,6 +63,9 @@ type Config struct {
 	// OnAck, if set, is called after each ack is recorded (tests and
 	// benchmarks wait on it). It must not block.
 	OnAck func(Ack)
+	// Audit counts the audit records of joins, renewals, revocations and
+	// join tokens (nil: not counted; the store writes them anyway).
+	Audit *audit.Recorder
 }
 
 // Ack is an agent's report on one version, as OnAck sees it.
@@ -243,10 +247,13 @@ func (s *Service) Revoke(ctx context.Context, name string) (*apiclient.RevokeRes
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
 	at := s.now()
-	certs, tokens, err := s.st.RevokeNode(ctx, name, at)
+	ar := audit.Record(ctx, at, audit.NodeRevoke, audit.NodeObject(name),
+		"every certificate of the node revoked and its unused join tokens deleted")
+	certs, tokens, err := s.st.RevokeNode(ctx, name, at, ar)
 	if err != nil {
 		return nil, err
 	}
+	s.cfg.Audit.Written(ar)
 	revoke(s.tls, certs)
 	reason := fmt.Sprintf("certificate revoked at %s: the agent must join again with a new token", at.UTC().Format(time.RFC3339))
 	s.nodes.Update(name, func(n *nodes.Node) {
@@ -299,11 +306,15 @@ func (s *Service) CreateJoinToken(ctx context.Context, node string, ttl time.Dur
 	s.certMu.Lock()
 	now := s.now()
 	rec := store.JoinToken{ID: t.ID, SecretHash: pki.HashSecret(t.Secret), Node: node, Created: now, Expires: now.Add(ttl)}
-	err = s.st.AddJoinToken(ctx, rec)
+	ar := audit.Record(ctx, now, audit.TokenCreate, audit.JoinTokenObject(t.ID),
+		fmt.Sprintf("for node %s, expires %s", node, rec.Expires.UTC().Format(time.RFC3339)))
+	ar.After = audit.JoinTokenHash(rec)
+	err = s.st.AddJoinToken(ctx, rec, ar)
 	s.certMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
+	s.cfg.Audit.Written(ar)
 	s.log.Info("join token created", zap.String("node", node), zap.String("token-id", t.ID), zap.Time("expires", rec.Expires))
 	return &apiclient.JoinToken{Token: t.String(), Node: node, Expires: rec.Expires.UTC()}, nil
 }
@@ -329,7 +340,16 @@ func (s *Service) JoinTokens(ctx context.Context) ([]apiclient.JoinTokenInfo, er
 // DeleteJoinToken deletes a join token, used or not: an unused one can no
 // longer admit its node.
 func (s *Service) DeleteJoinToken(ctx context.Context, id string) (*apiclient.JoinTokenInfo, error) {
-	t, err := s.st.DeleteJoinToken(ctx, id)
+	// Read first for the record's hash (what it hashes never changes
+	// while the token exists); the delete then finds it, or nothing.
+	t, err := s.st.JoinToken(ctx, id)
+	if err == nil {
+		ar := audit.Record(ctx, s.now(), audit.TokenDelete, audit.JoinTokenObject(id), "for node "+t.Node)
+		ar.Before = audit.JoinTokenHash(t)
+		if t, err = s.st.DeleteJoinToken(ctx, id, ar); err == nil {
+			s.cfg.Audit.Written(ar)
+		}
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("join token %q: %w", id, ErrUnknownToken)
 	}

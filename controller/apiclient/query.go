@@ -334,3 +334,103 @@ func ParseAlertFilter(v url.Values, now time.Time) (AlertFilter, error) {
 	f.Limit = q.limit()
 	return f, q.err()
 }
+
+// AuditFilter is the query of GET /api/v1/audit. Zero fields select
+// everything.
+type AuditFilter struct {
+	// Since and Until bound the record time: Since <= time < Until.
+	Since, Until time.Time
+	// Actor is the actor's name exactly (a token id, a node name,
+	// "kubernetes"); ActorKind its kind.
+	Actor, ActorKind string
+	// Action is one action, or every action it begins when it ends in
+	// "." ("policy.").
+	Action string
+	// Object is one object, or every object it begins when it ends in
+	// "/" ("Policy/").
+	Object string
+	// Before and After page by record id: ids below Before (newest
+	// first, the default order) or above After (with Oldest).
+	Before, After uint64
+	// Oldest orders records oldest first (order=oldest).
+	Oldest bool
+	Limit  int
+}
+
+var auditParams = []string{"since", "until", "actor", "actorKind", "action", "object", "before", "after", "order", "limit"}
+
+// AuditActorKinds are the actor kinds a query may select.
+var AuditActorKinds = []string{"admin-token", "certificate", "node", "kubernetes", "controller", "anonymous"}
+
+// ParseAuditFilter parses the query of GET /api/v1/audit. The error, if
+// any, is ParamErrors.
+func ParseAuditFilter(v url.Values, now time.Time) (AuditFilter, error) {
+	q := &query{v: v}
+	q.unknown(auditParams)
+	var f AuditFilter
+	f.Since = q.time("since", now)
+	f.Until = q.time("until", now)
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		q.fail("until", "%s is not after since (%s)", f.Until.Format(time.RFC3339), f.Since.Format(time.RFC3339))
+	}
+	f.Actor = q.name("actor")
+	if f.ActorKind = q.name("actorKind"); f.ActorKind != "" && !slices.Contains(AuditActorKinds, f.ActorKind) {
+		q.fail("actorKind", "%q is not one of %s", f.ActorKind, strings.Join(AuditActorKinds, ", "))
+	}
+	f.Action = q.name("action")
+	f.Object = q.name("object")
+	id := func(name string) uint64 {
+		s, ok := q.single(name)
+		if !ok {
+			return 0
+		}
+		n, err := strconv.ParseUint(s, 10, 63)
+		if err != nil || n == 0 {
+			q.fail(name, "%q is not a record id (a number from 1)", s)
+		}
+		return n
+	}
+	f.Before, f.After = id("before"), id("after")
+	switch order, _ := q.single("order"); order {
+	case "", "newest":
+	case "oldest":
+		f.Oldest = true
+	default:
+		q.fail("order", "%q is not newest or oldest", order)
+	}
+	f.Limit = q.limit()
+	return f, q.err()
+}
+
+// Values is the query that asks for f (egctl builds its call with it).
+func (f AuditFilter) Values() url.Values {
+	v := url.Values{}
+	set := func(name, val string) {
+		if val != "" {
+			v.Set(name, val)
+		}
+	}
+	if !f.Since.IsZero() {
+		v.Set("since", f.Since.UTC().Format(time.RFC3339Nano))
+	}
+	if !f.Until.IsZero() {
+		v.Set("until", f.Until.UTC().Format(time.RFC3339Nano))
+	}
+	set("actor", f.Actor)
+	set("actorKind", f.ActorKind)
+	set("action", f.Action)
+	set("object", f.Object)
+	if f.Before != 0 {
+		v.Set("before", strconv.FormatUint(f.Before, 10))
+	}
+	if f.After != 0 {
+		v.Set("after", strconv.FormatUint(f.After, 10))
+	}
+	if f.Oldest {
+		v.Set("order", "oldest")
+	}
+	if f.Limit != 0 {
+		v.Set("limit", strconv.Itoa(f.Limit))
+	}
+	return v
+}

@@ -8,10 +8,11 @@ import (
 	"time"
 )
 
-// FuzzParseFilters: no query string makes the flow or alert query parser
-// panic, and every error it returns is a ParamErrors whose every entry
-// names a parameter the query gave, its message starting with that name.
-// (make fuzz runs it.)
+// FuzzParseFilters: no query string makes the flow, alert or audit query
+// parser panic, and every error it returns is a ParamErrors whose every
+// entry names a parameter the query gave, its message starting with that
+// name; an audit query that parses asks the same again through Values
+// (egctl's way). (make fuzz runs it.)
 func FuzzParseFilters(f *testing.F) {
 	for _, seed := range []string{
 		"",
@@ -26,6 +27,8 @@ func FuzzParseFilters(f *testing.F) {
 		"since=99999999999d&until=-5d&since=",
 		"addr=fe80::1%25eth0&protocol=proto-256",
 		"%zz&;&=&==",
+		"actor=node-a&actorKind=node&action=policy.&object=Policy%2F&before=9&order=oldest&since=1h&until=2025-06-01T11:59:00Z",
+		"after=0&before=x&order=up&actorKind=robot&until=2h&since=1h",
 	} {
 		f.Add(seed)
 	}
@@ -34,7 +37,18 @@ func FuzzParseFilters(f *testing.F) {
 		v, _ := url.ParseQuery(raw) // the values it could parse, as the server sees them
 		_, ferr := ParseFlowFilter(v, now)
 		_, aerr := ParseAlertFilter(v, now)
-		for _, err := range []error{ferr, aerr} {
+		audit, uerr := ParseAuditFilter(v, now)
+		if uerr == nil {
+			again, err := ParseAuditFilter(audit.Values(), now)
+			if err != nil || !again.Since.Equal(audit.Since) || !again.Until.Equal(audit.Until) {
+				t.Fatalf("%q: %+v through Values: %+v, %v", raw, audit, again, err)
+			}
+			again.Since, again.Until = audit.Since, audit.Until
+			if again != audit {
+				t.Fatalf("%q: %+v through Values: %+v", raw, audit, again)
+			}
+		}
+		for _, err := range []error{ferr, aerr, uerr} {
 			if err == nil {
 				continue
 			}

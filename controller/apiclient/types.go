@@ -331,3 +331,41 @@ type Alert struct {
 	// for a whole window) or "api".
 	ResolvedBy string `json:"resolvedBy,omitempty"`
 }
+
+// AuditRecord is one entry of the audit trail (GET /api/v1/audit, and
+// one line of --audit-log): who did what to which object, when and from
+// where, and the hashes that chain it to the record before.
+type AuditRecord struct {
+	// ID counts records from 1, without gaps.
+	ID   uint64    `json:"id"`
+	Time time.Time `json:"time"`
+	// ActorKind is admin-token, certificate, node, kubernetes,
+	// controller or anonymous; Actor names the actor within its kind (a
+	// token id, a certificate's subject, a node name).
+	ActorKind string `json:"actorKind"`
+	Actor     string `json:"actor"`
+	// Action is policy.apply, policy.delete, token.create, token.delete,
+	// admintoken.create, admintoken.revoke, node.join, node.renew,
+	// node.revoke, alert.acknowledge, login.success or login.failure.
+	Action string `json:"action"`
+	Object string `json:"object,omitempty"`
+	// Before and After are the hex SHA-256 of the object's canonical form
+	// before and after the change, where it has one.
+	Before string `json:"before,omitempty"`
+	After  string `json:"after,omitempty"`
+	// Source is the address the change came from.
+	Source string `json:"source,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	// Prev is the previous record's Hash ("" for record 1); Hash is
+	// SHA-256 over Prev and this record's fields (egctl audit --verify).
+	Prev string `json:"prev,omitempty"`
+	Hash string `json:"hash"`
+}
+
+// AuditList is the answer of GET /api/v1/audit.
+type AuditList struct {
+	Records []AuditRecord `json:"records"`
+	// Next, when set, is the query parameter (before=ID, or after=ID with
+	// order=oldest) that asks for the next page.
+	Next string `json:"next,omitempty"`
+}

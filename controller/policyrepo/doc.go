@@ -8,6 +8,10 @@
 //     in one store transaction (resources and new versions together)
 //     before any agent hears of it; an invalid change is refused with
 //     every diagnostic and changes nothing.
+//   - Every resource a change creates, updates or deletes gets an audit
+//     record (controller/audit), in the same transaction, by the actor
+//     the context carries (Sync: its source); an unchanged resource or a
+//     recompilation gets none.
 //   - Versions are per node, strictly increasing, persisted: a node's
 //     version changes only when its rule set does.
 //

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
@@ -35,6 +36,9 @@ type Config struct {
 	// its warnings are reported. changed says whether a position is in
 	// the request (a delete changes no document).
 	Check func(merged *policy.Set, changed func(policy.Pos) bool) policy.Diagnostics
+	// Audit counts the audit records of policy changes (nil: not
+	// counted; the store writes them with each change anyway).
+	Audit *audit.Recorder
 }
 
 // Repo holds the policy resources. It is safe for concurrent use.
@@ -384,9 +388,27 @@ func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed m
 			deleted = append(deleted, keyString(k))
 		}
 	}
-	if err := r.commitLocked(ctx, put, del, versions); err != nil {
+	slices.SortFunc(del, compareKeys)
+	// One audit record per resource that changes, by ctx's actor, with
+	// the hashes of its stored document before and after.
+	var records []store.AuditRecord
+	for _, p := range put {
+		ar := audit.Record(ctx, now, audit.PolicyApply, audit.ResourceObject(p.ResourceKey), "created")
+		if old := r.resources[p.ResourceKey]; old != nil {
+			ar.Before, ar.Detail = audit.Hash(old.doc), "updated"
+		}
+		ar.After = audit.Hash(p.Document)
+		records = append(records, ar)
+	}
+	for _, k := range del {
+		ar := audit.Record(ctx, now, audit.PolicyDelete, audit.ResourceObject(k), "deleted")
+		ar.Before = audit.Hash(r.resources[k].doc)
+		records = append(records, ar)
+	}
+	if err := r.commitLocked(ctx, put, del, versions, records); err != nil {
 		return nil, err
 	}
+	r.cfg.Audit.Written(records...)
 	r.docMu.Lock()
 	for _, k := range del {
 		delete(r.resources, k)

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
 )
@@ -51,6 +52,8 @@ func (r *Repo) Sync(ctx context.Context, source string, kinds []string, objs []S
 	if source == "" {
 		return nil, fmt.Errorf("sync: no source")
 	}
+	// The source is the actor of its changes in the audit trail.
+	ctx = audit.WithActor(ctx, audit.Actor{Kind: source, ID: source})
 	out := &SyncResult{Refused: make(map[store.ResourceKey]policy.Diagnostics)}
 	present := make(map[store.ResourceKey]bool, len(objs))
 	var parsed []*resource

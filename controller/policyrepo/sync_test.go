@@ -8,6 +8,7 @@ import (
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/controller/store/storetest"
 	"github.com/eastguard/eastguard/internal/policy"
 )
 
@@ -100,5 +101,42 @@ func TestSyncUnchangedIsNoop(t *testing.T) {
 	res, err := h.Srv.Policy.Sync(context.Background(), store.SourceKubernetes, kinds, less)
 	if err != nil || res.Change == nil || fmt.Sprint(res.Change.Deleted) != "[Workload/ns1/pod-1]" {
 		t.Fatalf("set without pod-1: %v %+v", err, res)
+	}
+}
+
+// TestSyncAudited: the source's changes are recorded as its own, one
+// record per resource created, updated or deleted, with the stored
+// documents' hashes; a sync that changes nothing records nothing.
+func TestSyncAudited(t *testing.T) {
+	h := controllertest.New(t)
+	kinds := []string{policy.KindWorkload}
+	ctx := context.Background()
+	base := len(storetest.AllAudit(t, h.St))
+	sync := func(objs []policyrepo.SourceObject) {
+		t.Helper()
+		if _, err := h.Srv.Policy.Sync(ctx, store.SourceKubernetes, kinds, objs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync(podObjects(3, 0))
+	sync(podObjects(3, 0))
+	sync(podObjects(3, 1)[:2]) // pod 0 relabelled, pod 2 gone
+	recs := storetest.AllAudit(t, h.St)[base:]
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%s %s %s:%s before=%t after=%t", r.Action, r.Object, r.ActorKind, r.Actor, r.Before != "", r.After != ""))
+	}
+	want := []string{
+		"policy.apply Workload/ns0/pod-0 kubernetes:kubernetes before=false after=true",
+		"policy.apply Workload/ns1/pod-1 kubernetes:kubernetes before=false after=true",
+		"policy.apply Workload/ns2/pod-2 kubernetes:kubernetes before=false after=true",
+		"policy.apply Workload/ns0/pod-0 kubernetes:kubernetes before=true after=true",
+		"policy.delete Workload/ns2/pod-2 kubernetes:kubernetes before=true after=false",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("records:\n got %q\nwant %q", got, want)
+	}
+	if len(recs) == 5 && (recs[3].Before != recs[0].After || recs[4].Before != recs[2].After) {
+		t.Error("a record's before hash is not the previous record's after hash of the same resource")
 	}
 }

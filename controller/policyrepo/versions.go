@@ -128,11 +128,12 @@ func decodeRuleSet(rec store.RuleSetRecord) (*ruleset.RuleSet, error) {
 	return rs, nil
 }
 
-// commitLocked persists a change and its versions, then makes the
-// versions current and wakes the nodes' streams.
-func (r *Repo) commitLocked(ctx context.Context, put []store.Resource, del []store.ResourceKey, versions []*nodes.Version) error {
+// commitLocked persists a change, its versions and its audit records,
+// then makes the versions current and wakes the nodes' streams.
+func (r *Repo) commitLocked(ctx context.Context, put []store.Resource, del []store.ResourceKey, versions []*nodes.Version,
+	records []store.AuditRecord) error {
 	now := r.now()
-	c := store.PolicyCommit{Put: put, Delete: del, RuleSets: make([]store.RuleSetRecord, len(versions))}
+	c := store.PolicyCommit{Put: put, Delete: del, RuleSets: make([]store.RuleSetRecord, len(versions)), Audit: records}
 	errs := make([]error, len(versions))
 	parallel(len(versions), func(i int) {
 		v := versions[i]
@@ -169,7 +170,7 @@ func (r *Repo) recompileLocked(ctx context.Context, targets []string) ([]*nodes.
 	if len(versions) == 0 {
 		return nil, nil
 	}
-	return versions, r.commitLocked(ctx, nil, nil, versions)
+	return versions, r.commitLocked(ctx, nil, nil, versions, nil)
 }
 
 // PrepareNode makes sure a connecting agent's node has a rule set
@@ -206,7 +207,7 @@ func (r *Repo) BumpPast(ctx context.Context, name string, agentVersion uint64) (
 	rs := latest.RuleSet.Clone()
 	rs.Version = agentVersion + 1
 	v := &nodes.Version{Num: rs.Version, Hash: latest.Hash, RuleSet: rs}
-	if err := r.commitLocked(ctx, nil, nil, []*nodes.Version{v}); err != nil {
+	if err := r.commitLocked(ctx, nil, nil, []*nodes.Version{v}, nil); err != nil {
 		return nil, err
 	}
 	r.log.Warn("agent enforces a version this controller never issued; numbering moved past it",

@@ -1,11 +1,13 @@
 package restapi
 
 import (
+	"context"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/policyrepo"
@@ -33,6 +35,9 @@ type Config struct {
 	// the dashboard (POST /api/v1/login/certificate) on a TLS listener;
 	// nil: only admin tokens log in.
 	ClientCerts *clientcert.Verifier
+	// Audit counts the audit records the API writes and copies them to
+	// the audit log; nil: a Recorder of the Store alone.
+	Audit *audit.Recorder
 }
 
 // API serves the admin REST API.
@@ -47,6 +52,7 @@ type API struct {
 	sessions *session.Store
 	certs    *clientcert.Verifier
 	stream   *flowstream.Broker
+	audit    *audit.Recorder
 }
 
 // New returns the API over the controller's parts.
@@ -66,8 +72,12 @@ func New(cfg Config) *API {
 	if cfg.Stream.Log == nil {
 		cfg.Stream.Log = cfg.Log.Named("flowstream")
 	}
+	if cfg.Audit == nil {
+		// Without a log file NewRecorder cannot fail.
+		cfg.Audit, _ = audit.NewRecorder(context.Background(), audit.Config{Store: cfg.Store, Log: cfg.Log, Now: cfg.Now})
+	}
 	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents,
-		sessions: session.New(cfg.Sessions), certs: cfg.ClientCerts, stream: flowstream.New(cfg.Stream)}
+		sessions: session.New(cfg.Sessions), certs: cfg.ClientCerts, stream: flowstream.New(cfg.Stream), audit: cfg.Audit}
 }
 
 // PublishFlows hands newly stored flows to the live subscribers

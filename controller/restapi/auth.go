@@ -3,6 +3,7 @@ package restapi
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/restapi/session"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
@@ -150,9 +152,12 @@ func (s *API) NewAdminToken(ctx context.Context, sp AdminTokenSpec) (apiclient.C
 	if sp.TTL > 0 {
 		rec.Expires = now.Add(sp.TTL)
 	}
-	if err := s.st.AddAdminToken(ctx, rec); err != nil {
+	ar := audit.Record(ctx, now, audit.AdminTokenCreate, audit.AdminTokenObject(rec.ID), adminTokenDetail(rec))
+	ar.After = audit.AdminTokenHash(rec)
+	if err := s.st.AddAdminToken(ctx, rec, ar); err != nil {
 		return apiclient.CreatedAdminToken{}, err
 	}
+	s.audit.Written(ar)
 	s.log.Info("admin token created", zap.String("admin-token", rec.ID), zap.String("name", rec.Name),
 		zap.Time("expires", rec.Expires), zap.String("created-by", rec.CreatedBy))
 	return apiclient.CreatedAdminToken{AdminToken: s.adminTokenView(rec, ""), Token: t.String()}, nil
@@ -171,12 +176,35 @@ func (s *API) RetireAdminToken(ctx context.Context, token string) (string, error
 	case err != nil:
 		return "", nil // not a token of this store: nothing to revoke
 	}
-	if _, err := s.st.RevokeAdminToken(ctx, rec.ID, s.now()); err != nil {
+	if _, err := s.revokeAdminToken(ctx, rec, s.now(), "admin.conf rewritten"); err != nil {
 		return "", err
 	}
 	s.log.Info("admin token revoked", zap.String("admin-token", rec.ID), zap.String("name", rec.Name),
 		zap.String("reason", "admin.conf rewritten"))
 	return rec.ID, nil
+}
+
+// revokeAdminToken revokes the token prior is the stored state of, with
+// its audit record (written only if this call revokes it).
+func (s *API) revokeAdminToken(ctx context.Context, prior store.AdminToken, at time.Time, why string) (store.AdminToken, error) {
+	after := prior
+	after.Revoked = at
+	ar := audit.Record(ctx, at, audit.AdminTokenRevoke, audit.AdminTokenObject(prior.ID), strings.TrimPrefix(adminTokenDetail(prior)+"; "+why, "; "))
+	ar.Before, ar.After = audit.AdminTokenHash(prior), audit.AdminTokenHash(after)
+	rec, err := s.st.RevokeAdminToken(ctx, prior.ID, at, ar)
+	if err == nil && rec.Revoked.Equal(at) && prior.Revoked.IsZero() {
+		s.audit.Written(ar)
+	}
+	return rec, err
+}
+
+// adminTokenDetail describes a token in its audit records.
+func adminTokenDetail(t store.AdminToken) string {
+	d := fmt.Sprintf("name %q", t.Name)
+	if !t.Expires.IsZero() {
+		d += ", expires " + t.Expires.UTC().Format(time.RFC3339)
+	}
+	return d
 }
 
 // adminTokenView is the API's view of a stored token; current is the id
@@ -219,12 +247,16 @@ func (s *API) requireAdmin(next http.Handler) http.Handler {
 		bearer, hasBearer := cutBearer(r)
 		var rec store.AdminToken
 		var err error
+		actor := audit.Actor{Kind: store.ActorAdminToken, Source: r.RemoteAddr}
 		switch {
 		case hasBearer:
 			rec, err = s.authenticate(r.Context(), bearer)
 		case hasSessionCookie(r):
 			var sess session.Session
 			sess, rec, err = s.sessionOf(r)
+			if sess.Cert != ([sha256.Size]byte{}) {
+				actor.Kind = store.ActorCertificate
+			}
 			if err == nil && r.Method != http.MethodGet && r.Method != http.MethodHead && !sess.CheckCSRF(r.Header.Get(csrfHeader)) {
 				s.log.Warn("API call refused: missing or wrong CSRF token", zap.String("remote", r.RemoteAddr),
 					zap.String("path", r.URL.Path), zap.String("admin-token", rec.ID))
@@ -240,7 +272,14 @@ func (s *API) requireAdmin(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, callerInfo{rec.ID, rec.Name})))
+		// The actor of every change this request makes: the token's id,
+		// or a certificate session's subject and fingerprint.
+		actor.ID = rec.ID
+		if actor.Kind == store.ActorCertificate {
+			actor.ID = certActor(rec.Name, rec.ID)
+		}
+		ctx := audit.WithActor(context.WithValue(r.Context(), callerKey{}, callerInfo{rec.ID, rec.Name}), actor)
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
@@ -285,7 +324,10 @@ func (s *API) handleRevokeAdminToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
-	rec, err := s.st.RevokeAdminToken(r.Context(), id, now)
+	rec, err := s.st.AdminToken(r.Context(), id)
+	if err == nil {
+		rec, err = s.revokeAdminToken(r.Context(), rec, now, "")
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("%v %q, nothing changed", errNoSuchAdminTok, id), nil)
 		return
@@ -312,4 +354,13 @@ func (s *API) handleRevokeAdminToken(w http.ResponseWriter, r *http.Request) {
 			zap.String("revoked-by", caller(r)))
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// certActor names a client certificate in audit records: its subject's
+// name and the fingerprint that tells certificates of one name apart.
+func certActor(name, id string) string {
+	if name == "" {
+		return id
+	}
+	return name + " (" + id + ")"
 }

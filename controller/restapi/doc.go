@@ -5,7 +5,10 @@
 // explain, also live against each end's agent, a policy's detail), the policy recommended from the flows
 // (controller/recommend), and its login sessions; and the admin tokens
 // that every call needs, with their lifecycle (create with a name and an
-// optional expiry, list, revoke). Its JSON shapes are
+// optional expiry, list, revoke); and the audit trail, read-only
+// (GET /api/v1/audit): every change it makes carries the caller as the
+// actor of its audit record (controller/audit), and logins are recorded.
+// Its JSON shapes are
 // controller/apiclient's, which egctl uses to call it. Every route is in
 // one table (routes.go), from which the mux is built and against which
 // openapi.json is tested.
@@ -20,7 +23,8 @@
 // needs the session's CSRF token (403 without, nothing changed); no answer
 // carries a token's secret or hash except the creation's, once; a request
 // that is refused changes nothing; request bodies are bounded and decoded
-// strictly; streamed answers (exports, live flows) are bounded in rows,
+// strictly; no route changes or deletes an audit record; streamed
+// answers (exports, live flows) are bounded in rows,
 // time and subscribers and never wait for a slow client.
 //
 // It must not import the controller package that wires it.

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 )
@@ -100,6 +101,14 @@ func (s *API) AckAlert(ctx context.Context, id int64, by string) (apiclient.Aler
 	}
 	if changed {
 		s.log.Info("alert acknowledged", zap.Int64("alert-id", id), zap.String("alert-rule", a.Rule), zap.String("by", by))
+		// The alert lives in the event data, the trail in the control
+		// data (two SQLite files): the record follows the commit, and a
+		// failure to write it is logged, the acknowledgement stands.
+		ar := audit.Record(ctx, a.AcknowledgedAt, audit.AlertAcknowledge, audit.AlertObject(id),
+			fmt.Sprintf("rule %s, %s -> %s", a.Rule, a.Source, a.Destination))
+		if err := s.audit.Append(ctx, ar); err != nil {
+			s.log.Error("alert acknowledgement not recorded in the audit trail", zap.Int64("alert-id", id), zap.Error(err))
+		}
 	}
 	return alertView(&a), nil
 }

@@ -45,6 +45,7 @@ var routes = []route{
 	{"GET /api/v1/alerts", false, (*API).handleAlerts},
 	{"GET /api/v1/alerts/{id}", false, (*API).handleAlert},
 	{"POST /api/v1/alerts/{id}/ack", false, (*API).handleAckAlert},
+	{"GET /api/v1/audit", false, (*API).handleAudit},
 	{"GET /api/v1/{kind}", false, (*API).handleList},
 }
 

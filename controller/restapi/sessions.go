@@ -12,9 +12,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/restapi/session"
 	"github.com/eastguard/eastguard/controller/store"
+	"github.com/eastguard/eastguard/internal/pki"
 )
 
 // Dashboard sessions (docs/OPERATIONS.md, "Dashboard sessions"): the page
@@ -148,10 +150,19 @@ func (s *API) handleLogin(w http.ResponseWriter, r *http.Request) {
 	rec, err := s.authenticate(r.Context(), req.Token)
 	if errors.Is(err, ErrAdminTokenRefused) {
 		s.log.Warn("login refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
+		s.auditLoginFailure(r, "token", claimedTokenID(req.Token, rec), err)
 		writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
 		return
 	}
 	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	// The login is recorded before the session exists: a login that
+	// cannot be recorded is refused.
+	ctx := audit.WithActor(r.Context(), audit.Actor{Kind: store.ActorAdminToken, ID: rec.ID, Source: r.RemoteAddr})
+	ar := audit.Record(ctx, s.now(), audit.LoginSuccess, audit.AdminTokenObject(rec.ID), "dashboard, admin token "+adminTokenDetail(rec))
+	if err := s.audit.Append(ctx, ar); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -190,7 +201,14 @@ func (s *API) handleCertLogin(w http.ResponseWriter, r *http.Request) {
 	id, err := s.certs.Identify(r.TLS)
 	if err != nil {
 		s.log.Warn("certificate login refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
+		s.auditLoginFailure(r, "certificate", "", err)
 		writeError(w, http.StatusUnauthorized, "unauthorized: "+err.Error(), nil)
+		return
+	}
+	ctx := audit.WithActor(r.Context(), audit.Actor{Kind: store.ActorCertificate, ID: certActor(id.Name, id.ID()), Source: r.RemoteAddr})
+	ar := audit.Record(ctx, s.now(), audit.LoginSuccess, "", "dashboard, client certificate expiring "+id.NotAfter.UTC().Format(time.RFC3339))
+	if err := s.audit.Append(ctx, ar); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	cookie, sess, err := s.sessions.CreateBound(id.ID(), id.Name, id.Fingerprint, id.NotAfter)
@@ -229,4 +247,34 @@ func (s *API) handleLogout(w http.ResponseWriter, r *http.Request) {
 	setSessionCookie(w, r, "", -1)
 	s.log.Info("dashboard logout", zap.String("remote", r.RemoteAddr), zap.String("admin-token", sess.TokenID))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// auditLoginFailure records a refused login (after the login rate limit:
+// a flood from one address is refused before it costs a record). The
+// caller proved nothing: the actor is anonymous, and the token id it
+// claimed, if well-formed, is the object. A record that cannot be
+// written is logged: the refusal stands either way.
+func (s *API) auditLoginFailure(r *http.Request, method, claimedID string, why error) {
+	ctx := audit.WithActor(r.Context(), audit.Actor{Kind: store.ActorAnonymous, Source: r.RemoteAddr})
+	object := ""
+	if claimedID != "" {
+		object = audit.AdminTokenObject(claimedID)
+	}
+	ar := audit.Record(ctx, s.now(), audit.LoginFailure, object, "dashboard, "+method+": "+why.Error())
+	if err := s.audit.Append(ctx, ar); err != nil {
+		s.log.Error("login failure not recorded in the audit trail", zap.String("remote", r.RemoteAddr), zap.Error(err))
+	}
+}
+
+// claimedTokenID is the id a refused login's token claims: the stored
+// token's when its secret matched (revoked, expired), else the id part
+// of a well-formed token, else "".
+func claimedTokenID(token string, rec store.AdminToken) string {
+	if rec.ID != "" {
+		return rec.ID
+	}
+	if t, err := pki.ParseAdminToken(token); err == nil {
+		return t.ID
+	}
+	return ""
 }

@@ -3,7 +3,8 @@
 // they keep (the CA, admin and join tokens, issued certificates and
 // revocations, policy resources, every node's rule sets with their
 // versions, what each agent last reported; flows, alerts, webhook
-// deliveries and how far each agent's flow spool is stored), the sentinel
+// deliveries and how far each agent's flow spool is stored; the audit
+// trail, append-only and hash-chained, see audit.go), the sentinel
 // errors callers branch on, and the logic on those records that does not
 // depend on an engine (JoinToken.Usable, SpoolPosition's holes). It must
 // not decide anything: validation, compilation, versioning and
@@ -44,7 +45,10 @@ var (
 	ErrTokenExpiry = errors.New("join token expired")
 )
 
-// Store is the controller's persistence.
+// Store is the controller's persistence. Its methods that take audit
+// records (a last, variadic argument; PolicyCommit.Audit) append them
+// to the audit trail in the change's own transaction, after the change
+// and only if it is made (see AuditStore).
 type Store interface {
 	// CA returns the CA certificate and key (PEM), or ErrNotFound.
 	CA(ctx context.Context) (certPEM, keyPEM []byte, err error)
@@ -53,7 +57,7 @@ type Store interface {
 
 	// AddAdminToken keeps an admin token (its secret hashed); ErrExists
 	// if its id is taken.
-	AddAdminToken(ctx context.Context, t AdminToken) error
+	AddAdminToken(ctx context.Context, t AdminToken, audit ...AuditRecord) error
 	// AdminToken returns one admin token, or ErrNotFound. Callers that
 	// authenticate with it read it at every call: a revocation by
 	// another process sharing the store takes effect at once.
@@ -62,12 +66,13 @@ type Store interface {
 	// included, oldest first.
 	AdminTokens(ctx context.Context) ([]AdminToken, error)
 	// RevokeAdminToken revokes an admin token at at and returns it; a
-	// token revoked before keeps its first revocation time. ErrNotFound
-	// if there is no such token.
-	RevokeAdminToken(ctx context.Context, id string, at time.Time) (AdminToken, error)
+	// token revoked before keeps its first revocation time (and the
+	// audit records are not written: nothing changed). ErrNotFound if
+	// there is no such token.
+	RevokeAdminToken(ctx context.Context, id string, at time.Time, audit ...AuditRecord) (AdminToken, error)
 
 	// AddJoinToken keeps a join token (its secret hashed).
-	AddJoinToken(ctx context.Context, t JoinToken) error
+	AddJoinToken(ctx context.Context, t JoinToken, audit ...AuditRecord) error
 	// JoinToken reads one join token, or ErrNotFound. It writes nothing:
 	// callers look a token up before they spend a write transaction on
 	// it (Join is open to anyone who can reach the listener).
@@ -76,7 +81,7 @@ type Store interface {
 	// included, oldest first.
 	JoinTokens(ctx context.Context) ([]JoinToken, error)
 	// DeleteJoinToken deletes a join token and returns it, or ErrNotFound.
-	DeleteJoinToken(ctx context.Context, id string) (JoinToken, error)
+	DeleteJoinToken(ctx context.Context, id string, audit ...AuditRecord) (JoinToken, error)
 	// ConsumeJoinToken marks a join token used, atomically: of two
 	// concurrent calls for the same token, one wins. check runs on the
 	// stored token inside the transaction; if it fails, nothing changes
@@ -85,13 +90,13 @@ type Store interface {
 	ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error)
 
 	// AddCert records a certificate issued to a node.
-	AddCert(ctx context.Context, c Cert) error
+	AddCert(ctx context.Context, c Cert, audit ...AuditRecord) error
 	// RevokeNode revokes every certificate issued to node so far, deletes
 	// its unused join tokens (so that none made before the revocation can
 	// admit it again) and records the revocation time in its node record,
 	// in one transaction. It returns the node's certificates and the
 	// number of tokens deleted.
-	RevokeNode(ctx context.Context, node string, at time.Time) ([]Cert, int, error)
+	RevokeNode(ctx context.Context, node string, at time.Time, audit ...AuditRecord) ([]Cert, int, error)
 	// RevokedCerts returns the revoked certificates that have not expired
 	// at now (expired ones are refused anyway).
 	RevokedCerts(ctx context.Context, now time.Time) ([]Cert, error)
@@ -113,6 +118,7 @@ type Store interface {
 	SaveNodes(ctx context.Context, nodes []Node) error
 
 	EventStore
+	AuditStore
 
 	Close() error
 }
@@ -202,6 +208,9 @@ type PolicyCommit struct {
 	Put      []Resource
 	Delete   []ResourceKey
 	RuleSets []RuleSetRecord
+	// Audit records the change (one record per resource put or
+	// deleted), written in its transaction.
+	Audit []AuditRecord
 }
 
 // Node is what the controller knows of a node's agent.

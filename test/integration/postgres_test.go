@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,6 +142,25 @@ func TestPostgresControllerEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
+	// The audit trail in PostgreSQL: kept across the restart, each action
+	// with its actor, one chain.
+	var trail apiclient.AuditList
+	if err := api.Do(ctx, "GET", "/api/v1/audit?order=oldest&limit=10000", nil, &trail); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for _, r := range trail.Records {
+		if r.Action != "node.renew" {
+			seen = append(seen, r.Action+" "+r.Object+" "+r.ActorKind)
+		}
+	}
+	for _, want := range []string{"admintoken.create admin-token/", "policy.apply Policy/shop admin-token", "token.create join-token/",
+		"node.join node/node-a node", "policy.apply Policy/admin admin-token"} {
+		if !slices.ContainsFunc(seen, func(s string) bool { return strings.HasPrefix(s, want) || strings.Contains(s, want) }) {
+			t.Errorf("audit trail lacks %q: %q", want, seen)
+		}
+	}
+	chainOK(t, trail.Records)
 	stop()
 
 	wrong := filepath.Join(dir, "wrong.key")

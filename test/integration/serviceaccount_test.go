@@ -20,6 +20,7 @@ import (
 	"github.com/eastguard/eastguard/agent/controlplane"
 	"github.com/eastguard/eastguard/controller"
 	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
@@ -123,6 +124,13 @@ func TestServiceAccountJoin(t *testing.T) {
 	}
 	if n := h.Counter("eastguard_controller_joins_total", "method", "service-account"); n != 1 {
 		t.Errorf("joins_total{method=service-account} = %v, want 1", n)
+	}
+	// The audit trail has the join as the node's, saying which pod's
+	// token admitted it.
+	joins, aerr := h.St.AuditRecords(context.Background(), store.AuditQuery{Action: "node.join"})
+	if aerr != nil || len(joins) != 1 || joins[0].ActorKind != store.ActorNode || joins[0].Actor != "node-a" ||
+		!strings.Contains(joins[0].Detail, "ServiceAccount token of pod eastguard/eastguard-agent-node-a") {
+		t.Errorf("node.join audit records: %+v, %v", joins, aerr)
 	}
 	first := a.client.CertExpiry()
 	testutil.Eventually(t, 20*time.Second, "renewals with the certificate, not the token", func() error {

@@ -10,6 +10,7 @@ import (
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
+	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/internal/cliflag"
 	"github.com/eastguard/eastguard/internal/pki"
@@ -77,6 +78,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&o.FlowRetention, "flow-retention", flowingest.DefaultFlowRetention, "delete flow records older than this")
 	fs.Var((*cliflag.ByteSize)(&o.FlowMaxBytes), "flow-max-bytes", "keep the flow store under this size (e.g. 4GiB, 500MB); the oldest flows go first")
 	fs.DurationVar(&o.AlertRetention, "alert-retention", flowingest.DefaultAlertRetention, "delete resolved alerts and finished webhook deliveries older than this")
+	fs.DurationVar(&o.AuditRetention, "audit-retention", audit.DefaultRetention, "delete audit records older than this, oldest first (0: keep every record)")
+	fs.StringVar(&o.AuditLog, "audit-log", "", "also append every audit record to this file as a JSON line (created mode 0600)")
 	fs.Float64Var(&o.AgentFlowRate, "agent-flow-rate", flowingest.DefaultAgentFlowRate, "flow records per second each agent may send (0: unlimited); beyond it batches wait in the agent's spool")
 	fs.StringVar(&o.ExternalURL, "external-url", "", "the dashboard's URL as the security team reaches it, for links in alerts (default: the HTTP listener's)")
 	fs.DurationVar(&o.WebhookGiveUp, "webhook-give-up", webhook.DefaultGiveUpAfter, "stop retrying a webhook delivery this long after the alert queued it (recorded as gave-up)")

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
 	"github.com/eastguard/eastguard/controller/controllertest"
@@ -23,6 +24,8 @@ func TestParseFlags(t *testing.T) {
 		{"--data-dir", "d", "--http-tls-from-ca", "--http-tls-cert", "c", "--http-tls-key", "k"},
 		{"--data-dir", "d", "--agent-join-rate", "0"},
 		{"--data-dir", "d", "--agent-max-conns-per-source", "-1"},
+		{"--data-dir", "d", "--audit-retention", "1m"},
+		{"--data-dir", "d", "--audit-retention", "-1h"},
 		// PostgreSQL: never without the CA key's sealing key; its flags
 		// only with --store.
 		{"--data-dir", "d", "--store", "postgres://eg@db/eastguard"},
@@ -39,6 +42,14 @@ func TestParseFlags(t *testing.T) {
 		"--store-password-file", "p", "--store-flow-partition", "hour"}, io.Discard)
 	if err != nil || o.Store != "postgres://eg@db/eastguard" || o.CAKeyEncryptionKeyFile != "k" || o.StorePasswordFile != "p" || o.StoreFlowPartition != "hour" {
 		t.Errorf("--store flags: %+v, %v", o, err)
+	}
+	o, err = parseFlags([]string{"--data-dir", "d"}, io.Discard)
+	if err != nil || o.AuditRetention != 400*24*time.Hour || o.AuditLog != "" {
+		t.Errorf("audit defaults: retention %v, log %q, %v", o.AuditRetention, o.AuditLog, err)
+	}
+	o, err = parseFlags([]string{"--data-dir", "d", "--audit-retention", "0", "--audit-log", "/var/log/eastguard/audit.jsonl"}, io.Discard)
+	if err != nil || o.AuditRetention != 0 || o.AuditLog != "/var/log/eastguard/audit.jsonl" {
+		t.Errorf("--audit-retention 0 --audit-log: retention %v, log %q, %v", o.AuditRetention, o.AuditLog, err)
 	}
 	o, err = parseFlags([]string{"--data-dir", "d", "--advertise", "a.example,10.0.0.1", "--advertise", "b", "--http-max-connections", "10"}, io.Discard)
 	if err != nil || o.HTTP.MaxConns != 10 {

@@ -8,8 +8,9 @@
 // Exit codes shared by every command: 0 success, 1 bad input (unreadable or
 // invalid files, bad flags). explain adds 3 (denied) and 4 (would-deny);
 // the online commands (apply, get, delete, agents, agent, flows, recommend,
-// alerts, alert, token, admin-token) add 2 (the controller could not be reached
-// or refused the credential).
+// alerts, alert, token, admin-token, audit) add 2 (the controller could not be
+// reached or refused the credential); audit --verify adds 3 (the trail's hash
+// chain is broken).
 //
 // It must not import agent/... .
 package main
@@ -34,7 +35,7 @@ var commands = []*cli.Command{
 	online.ApplyCmd, online.GetCmd, online.DeleteCmd,
 	online.AgentsCmd, online.AgentCmd, online.WebhooksCmd,
 	online.FlowsCmd, online.RecommendCmd, online.AlertsCmd, online.AlertCmd,
-	online.TokenCmd, online.AdminTokenCmd,
+	online.TokenCmd, online.AdminTokenCmd, online.AuditCmd,
 }
 
 func main() {

@@ -84,6 +84,8 @@ var readmeEgctl = map[string]readmeWant{
 	"egctl token create --node node-a --ttl 1h | tail -n1 > node-a.token": {files: map[string]string{"node-a.token": "eg1."}},
 	"egctl token list [-o json]":                                          {out: map[string][]string{"": {"node-a"}}},
 	"egctl token delete ID":                                               {out: map[string][]string{"": {"deleted"}}},
+	"egctl audit [--since 24h] [--object Policy/shop] [-o json]":          {out: map[string][]string{"": {"policy.apply", "Policy/shop", "controller"}}},
+	"egctl audit --verify":                                                {out: map[string][]string{"": {"audit trail intact"}}},
 
 	"egctl admin-token create --name alice --ttl 8h":                       {out: map[string][]string{"": {"egadm1."}}},
 	"egctl admin-token create --name ci --ttl 720h --write-config ci.conf": {files: map[string]string{"ci.conf": "token"}},

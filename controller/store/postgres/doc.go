@@ -13,7 +13,9 @@
 // its row lock (SELECT ... FOR UPDATE); policy commits, event
 // transactions (flows, alerts, the webhook outbox) and partition changes
 // each take an advisory transaction lock, so they run one at a time
-// across processes as SQLite's single writer runs them.
+// across processes as SQLite's single writer runs them; so do audit
+// appends (lockAudit, the last lock any transaction takes), so that the
+// audit trail's ids have no gaps and its hash chain no fork.
 //
 // Secrets: the CA private key is stored sealed with AES-256-GCM under a
 // key read from a file (Config.CAKeyKey, --ca-key-encryption-key-file),

@@ -198,4 +198,39 @@ CREATE INDEX deliveries_alert ON deliveries (alert_id, webhook);
 CREATE INDEX deliveries_finished ON deliveries (state, finished);
 CREATE INDEX deliveries_webhook ON deliveries (webhook, state);
 `,
+	// 2: the audit trail (store.AuditStore), as the SQLite store's
+	// migration 4. IDs are given by the store under lockAudit (the
+	// previous record's + 1), never by a sequence, whose values a
+	// rolled-back transaction would skip. The triggers refuse UPDATE and
+	// TRUNCATE, whoever issues them (a role that owns the table can drop
+	// a trigger: docs/SECURITY.md); DELETE stays for retention.
+	`
+CREATE TABLE audit (
+	id          BIGINT PRIMARY KEY,
+	time        BIGINT NOT NULL,
+	actor_kind  TEXT COLLATE "C" NOT NULL,
+	actor       TEXT COLLATE "C" NOT NULL,
+	action      TEXT COLLATE "C" NOT NULL,
+	object      TEXT COLLATE "C" NOT NULL,
+	before_hash TEXT COLLATE "C" NOT NULL,
+	after_hash  TEXT COLLATE "C" NOT NULL,
+	source      TEXT COLLATE "C" NOT NULL,
+	detail      TEXT COLLATE "C" NOT NULL,
+	prev_hash   TEXT COLLATE "C" NOT NULL,
+	hash        TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX audit_time ON audit (time);
+CREATE INDEX audit_actor ON audit (actor, id);
+CREATE INDEX audit_action ON audit (action, id);
+CREATE INDEX audit_object ON audit (object, id);
+CREATE FUNCTION eastguard_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE EXCEPTION 'audit records are append-only: they cannot be changed';
+END;
+$$;
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+	FOR EACH ROW EXECUTE FUNCTION eastguard_audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+	FOR EACH STATEMENT EXECUTE FUNCTION eastguard_audit_append_only();
+`,
 }

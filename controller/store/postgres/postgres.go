@@ -33,6 +33,11 @@ const (
 	// node's new rule-set version is above every stored one holds until
 	// the commit.
 	lockPolicy int64 = 0x4567_706f_6c79 // "Egpoly"
+	// lockAudit serializes audit appends, so that the newest record a
+	// transaction chains on is still the newest at its commit. It is
+	// always the last lock a transaction takes (after the change's own),
+	// so it adds no lock-order cycle.
+	lockAudit int64 = 0x4567_6175_6474 // "Egaudt"
 )
 
 // Partition sizes of the flows table.
@@ -246,15 +251,22 @@ func isUniqueViolation(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-func (s *Postgres) AddAdminToken(ctx context.Context, t store.AdminToken) error {
-	tag, err := s.pool.Exec(ctx, `INSERT INTO admin_tokens (id, secret_hash, name, created, expires, revoked, created_by)
-		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
-		t.ID, t.SecretHash, t.Name, rc.Nanos(t.Created), rc.Nanos(t.Expires), rc.Nanos(t.Revoked), t.CreatedBy)
+func (s *Postgres) AddAdminToken(ctx context.Context, t store.AdminToken, audit ...store.AuditRecord) error {
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO admin_tokens (id, secret_hash, name, created, expires, revoked, created_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
+			t.ID, t.SecretHash, t.Name, rc.Nanos(t.Created), rc.Nanos(t.Expires), rc.Nanos(t.Revoked), t.CreatedBy)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("%s: %w", t.ID, store.ErrExists)
+		}
+		_, err = appendAudit(ctx, tx, audit)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("store admin token: %w", classify(err))
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("store admin token %s: %w", t.ID, store.ErrExists)
+		return fmt.Errorf("store admin token: %w", err)
 	}
 	return nil
 }
@@ -284,16 +296,22 @@ func (s *Postgres) AdminTokens(ctx context.Context) ([]store.AdminToken, error) 
 	return queryAll(ctx, s.pool, "admin tokens", scanAdminToken, "SELECT "+adminTokenColumns+" FROM admin_tokens ORDER BY created, id")
 }
 
-func (s *Postgres) RevokeAdminToken(ctx context.Context, id string, at time.Time) (store.AdminToken, error) {
+func (s *Postgres) RevokeAdminToken(ctx context.Context, id string, at time.Time, audit ...store.AuditRecord) (store.AdminToken, error) {
 	var t store.AdminToken
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "UPDATE admin_tokens SET revoked = $1 WHERE id = $2 AND revoked = 0", rc.Nanos(at), id); err != nil {
+		tag, err := tx.Exec(ctx, "UPDATE admin_tokens SET revoked = $1 WHERE id = $2 AND revoked = 0", rc.Nanos(at), id)
+		if err != nil {
 			return err
 		}
-		var err error
 		t, err = scanAdminToken(tx.QueryRow(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens WHERE id = $1", id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 1 {
+			_, err = appendAudit(ctx, tx, audit)
 		}
 		return err
 	})
@@ -303,11 +321,17 @@ func (s *Postgres) RevokeAdminToken(ctx context.Context, id string, at time.Time
 	return t, nil
 }
 
-func (s *Postgres) AddJoinToken(ctx context.Context, t store.JoinToken) error {
-	_, err := s.pool.Exec(ctx, "INSERT INTO join_tokens (id, secret_hash, node, created, expires) VALUES ($1, $2, $3, $4, $5)",
-		t.ID, t.SecretHash, t.Node, rc.Nanos(t.Created), rc.Nanos(t.Expires))
+func (s *Postgres) AddJoinToken(ctx context.Context, t store.JoinToken, audit ...store.AuditRecord) error {
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO join_tokens (id, secret_hash, node, created, expires) VALUES ($1, $2, $3, $4, $5)",
+			t.ID, t.SecretHash, t.Node, rc.Nanos(t.Created), rc.Nanos(t.Expires)); err != nil {
+			return err
+		}
+		_, err := appendAudit(ctx, tx, audit)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("store join token: %w", classify(err))
+		return fmt.Errorf("store join token: %w", err)
 	}
 	return nil
 }
@@ -372,14 +396,17 @@ func queryAll[T any](ctx context.Context, db interface {
 	return out, nil
 }
 
-func (s *Postgres) DeleteJoinToken(ctx context.Context, id string) (store.JoinToken, error) {
+func (s *Postgres) DeleteJoinToken(ctx context.Context, id string, audit ...store.AuditRecord) (store.JoinToken, error) {
 	var t store.JoinToken
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		var err error
 		if t, err = joinTokenByID(ctx, tx, id, " FOR UPDATE"); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, "DELETE FROM join_tokens WHERE id = $1", id)
+		if _, err = tx.Exec(ctx, "DELETE FROM join_tokens WHERE id = $1", id); err != nil {
+			return err
+		}
+		_, err = appendAudit(ctx, tx, audit)
 		return err
 	})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -419,11 +446,17 @@ func (s *Postgres) ConsumeJoinToken(ctx context.Context, id string, now time.Tim
 	return t, err
 }
 
-func (s *Postgres) AddCert(ctx context.Context, c store.Cert) error {
-	_, err := s.pool.Exec(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES ($1, $2, $3, $4)",
-		c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked))
+func (s *Postgres) AddCert(ctx context.Context, c store.Cert, audit ...store.AuditRecord) error {
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES ($1, $2, $3, $4)",
+			c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked)); err != nil {
+			return err
+		}
+		_, err := appendAudit(ctx, tx, audit)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("record certificate: %w", classify(err))
+		return fmt.Errorf("record certificate: %w", err)
 	}
 	return nil
 }
@@ -436,7 +469,7 @@ func scanCert(row pgx.Row) (store.Cert, error) {
 	return c, err
 }
 
-func (s *Postgres) RevokeNode(ctx context.Context, node string, at time.Time) ([]store.Cert, int, error) {
+func (s *Postgres) RevokeNode(ctx context.Context, node string, at time.Time, audit ...store.AuditRecord) ([]store.Cert, int, error) {
 	var out []store.Cert
 	var tokens int64
 	err := s.tx(ctx, func(tx pgx.Tx) error {
@@ -452,7 +485,10 @@ func (s *Postgres) RevokeNode(ctx context.Context, node string, at time.Time) ([
 			ON CONFLICT (name) DO UPDATE SET revoked = excluded.revoked`, node, rc.Nanos(at)); err != nil {
 			return err
 		}
-		out, err = queryAll(ctx, tx, "certificates", scanCert, "SELECT serial, node, not_after, revoked FROM certs WHERE node = $1", node)
+		if out, err = queryAll(ctx, tx, "certificates", scanCert, "SELECT serial, node, not_after, revoked FROM certs WHERE node = $1", node); err != nil {
+			return err
+		}
+		_, err = appendAudit(ctx, tx, audit)
 		return err
 	})
 	if err != nil {
@@ -514,7 +550,8 @@ func (s *Postgres) CommitPolicy(ctx context.Context, c store.PolicyCommit) error
 				return err
 			}
 		}
-		return nil
+		_, err := appendAudit(ctx, tx, c.Audit)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("commit policy: %w", err)

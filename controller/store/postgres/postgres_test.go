@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,7 +98,7 @@ func TestPostgresMigrations(t *testing.T) {
 	}
 	// A migration that fails half-way changes nothing.
 	bad := append(append([]string(nil), migrations...), "CREATE TABLE half_done (x INTEGER); SELECT 1/0")
-	if err := migrate(ctx, s.pool, bad); err == nil || !strings.Contains(err.Error(), "migration 2") {
+	if err := migrate(ctx, s.pool, bad); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("migration %d:", len(bad))) {
 		t.Errorf("failing migration: %v", err)
 	}
 	var half bool
@@ -477,5 +478,42 @@ func TestPostgresPartitionSizeChange(t *testing.T) {
 	}
 	if n := countIn(t, s, "flows_p2026051000"); n != 2 {
 		t.Errorf("the daily partition holds %d flows, want 2", n)
+	}
+}
+
+// TestPostgresAuditAppendOnly shows that the database refuses to change
+// or truncate audit records, whoever asks (a bug, or a role with write
+// access to the table but not its ownership), while retention's DELETE
+// of the oldest stays possible; and that an edit made around the trigger
+// (by the table's owner) breaks the chain.
+func TestPostgresAuditAppendOnly(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := s.AppendAudit(ctx, storetest.AuditRecord("policy.apply", "Policy/a", now), storetest.AuditRecord("policy.apply", "Policy/b", now)); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{"UPDATE audit SET actor = 'someone-else' WHERE id = 1", "UPDATE audit SET id = 7 WHERE id = 2", "TRUNCATE audit"} {
+		_, err := s.Pool().Exec(ctx, stmt)
+		if err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s: %v, want refused as append-only", stmt, err)
+		}
+	}
+	if n, err := s.PruneAudit(ctx, now.Add(time.Hour)); err != nil || n != 1 {
+		t.Errorf("retention: %d deleted, %v", n, err)
+	}
+	if _, err := s.Pool().Exec(ctx, "ALTER TABLE audit DISABLE TRIGGER audit_no_update"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pool().Exec(ctx, "UPDATE audit SET detail = 'nothing to see' WHERE id = 2"); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.AuditRecords(ctx, store.AuditQuery{OldestFirst: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *store.AuditChainError
+	if err := store.VerifyAuditChain(nil, recs); !errors.As(err, &ce) || ce.ID != 2 {
+		t.Errorf("edited record: %v, want a break at record 2", err)
 	}
 }

@@ -79,6 +79,35 @@ UPDATE admin_tokens SET name = 'admin.conf';
 	`
 ALTER TABLE resources ADD COLUMN source TEXT NOT NULL DEFAULT '';
 `,
+	// 4: the audit trail (store.AuditStore). IDs are given by the store
+	// (the previous record's + 1, in the appending transaction), never
+	// reused: the table's rows are only inserted, and deleted oldest
+	// first by retention; the trigger refuses every UPDATE, whoever
+	// issues it.
+	`
+CREATE TABLE audit (
+	id          INTEGER PRIMARY KEY,
+	time        INTEGER NOT NULL,
+	actor_kind  TEXT NOT NULL,
+	actor       TEXT NOT NULL,
+	action      TEXT NOT NULL,
+	object      TEXT NOT NULL,
+	before_hash TEXT NOT NULL,
+	after_hash  TEXT NOT NULL,
+	source      TEXT NOT NULL,
+	detail      TEXT NOT NULL,
+	prev_hash   TEXT NOT NULL,
+	hash        TEXT NOT NULL
+);
+CREATE INDEX audit_time ON audit (time);
+CREATE INDEX audit_actor ON audit (actor, id);
+CREATE INDEX audit_action ON audit (action, id);
+CREATE INDEX audit_object ON audit (object, id);
+CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
+BEGIN
+	SELECT RAISE(ABORT, 'audit records are append-only: they cannot be changed');
+END;
+`,
 }
 
 // eventMigrations are the event database's (flows.db), versioned the same

@@ -213,15 +213,22 @@ func (s *SQLite) InitCA(ctx context.Context, certPEM, keyPEM []byte) error {
 	return nil
 }
 
-func (s *SQLite) AddAdminToken(ctx context.Context, t store.AdminToken) error {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO admin_tokens (id, secret_hash, name, created, expires, revoked, created_by)
-		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		t.ID, t.SecretHash, t.Name, rc.Nanos(t.Created), rc.Nanos(t.Expires), rc.Nanos(t.Revoked), t.CreatedBy)
+func (s *SQLite) AddAdminToken(ctx context.Context, t store.AdminToken, audit ...store.AuditRecord) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO admin_tokens (id, secret_hash, name, created, expires, revoked, created_by)
+			VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+			t.ID, t.SecretHash, t.Name, rc.Nanos(t.Created), rc.Nanos(t.Expires), rc.Nanos(t.Revoked), t.CreatedBy)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("%s: %w", t.ID, store.ErrExists)
+		}
+		_, err = appendAudit(ctx, tx, audit)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("store admin token: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("store admin token %s: %w", t.ID, store.ErrExists)
 	}
 	return nil
 }
@@ -264,16 +271,22 @@ func (s *SQLite) AdminTokens(ctx context.Context) ([]store.AdminToken, error) {
 	return out, rows.Err()
 }
 
-func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) (store.AdminToken, error) {
+func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time, audit ...store.AuditRecord) (store.AdminToken, error) {
 	var t store.AdminToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "UPDATE admin_tokens SET revoked = ? WHERE id = ? AND revoked = 0", rc.Nanos(at), id); err != nil {
+		res, err := tx.ExecContext(ctx, "UPDATE admin_tokens SET revoked = ? WHERE id = ? AND revoked = 0", rc.Nanos(at), id)
+		if err != nil {
 			return err
 		}
-		var err error
 		t, err = scanAdminToken(tx.QueryRowContext(ctx, "SELECT "+adminTokenColumns+" FROM admin_tokens WHERE id = ?", id))
 		if errors.Is(err, sql.ErrNoRows) {
 			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			_, err = appendAudit(ctx, tx, audit)
 		}
 		return err
 	})
@@ -283,9 +296,15 @@ func (s *SQLite) RevokeAdminToken(ctx context.Context, id string, at time.Time) 
 	return t, nil
 }
 
-func (s *SQLite) AddJoinToken(ctx context.Context, t store.JoinToken) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO join_tokens (id, secret_hash, node, created, expires) VALUES (?, ?, ?, ?, ?)",
-		t.ID, t.SecretHash, t.Node, rc.Nanos(t.Created), rc.Nanos(t.Expires))
+func (s *SQLite) AddJoinToken(ctx context.Context, t store.JoinToken, audit ...store.AuditRecord) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO join_tokens (id, secret_hash, node, created, expires) VALUES (?, ?, ?, ?, ?)",
+			t.ID, t.SecretHash, t.Node, rc.Nanos(t.Created), rc.Nanos(t.Expires)); err != nil {
+			return err
+		}
+		_, err := appendAudit(ctx, tx, audit)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("store join token: %w", err)
 	}
@@ -351,14 +370,17 @@ func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(int
 	return out, nil
 }
 
-func (s *SQLite) DeleteJoinToken(ctx context.Context, id string) (store.JoinToken, error) {
+func (s *SQLite) DeleteJoinToken(ctx context.Context, id string, audit ...store.AuditRecord) (store.JoinToken, error) {
 	var t store.JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
 		if t, err = joinTokenByID(ctx, tx, id); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE id = ?", id)
+		if _, err = tx.ExecContext(ctx, "DELETE FROM join_tokens WHERE id = ?", id); err != nil {
+			return err
+		}
+		_, err = appendAudit(ctx, tx, audit)
 		return err
 	})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -395,16 +417,22 @@ func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time,
 	return t, err
 }
 
-func (s *SQLite) AddCert(ctx context.Context, c store.Cert) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES (?, ?, ?, ?)",
-		c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked))
+func (s *SQLite) AddCert(ctx context.Context, c store.Cert, audit ...store.AuditRecord) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES (?, ?, ?, ?)",
+			c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked)); err != nil {
+			return err
+		}
+		_, err := appendAudit(ctx, tx, audit)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("record certificate: %w", err)
 	}
 	return nil
 }
 
-func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]store.Cert, int, error) {
+func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time, audit ...store.AuditRecord) ([]store.Cert, int, error) {
 	var out []store.Cert
 	var tokens int64
 	err := s.tx(ctx, func(tx *sql.Tx) error {
@@ -426,7 +454,10 @@ func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time) ([]s
 		if err != nil {
 			return err
 		}
-		out, err = scanCerts(rows)
+		if out, err = scanCerts(rows); err != nil {
+			return err
+		}
+		_, err = appendAudit(ctx, tx, audit)
 		return err
 	})
 	if err != nil {
@@ -501,7 +532,8 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 				return err
 			}
 		}
-		return nil
+		_, err := appendAudit(ctx, tx, c.Audit)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("commit policy: %w", err)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/controller/store/storetest"
@@ -116,4 +118,36 @@ func TestOpenPathWithURICharacters(t *testing.T) {
 //	go test -run '^$' -bench InsertFlows -benchtime 200x ./controller/store/sqlite/
 func BenchmarkInsertFlows(b *testing.B) {
 	storetest.BenchmarkInsertFlows(b, func(t testing.TB) store.Store { return openTest(t, t.TempDir()) }, 1000)
+}
+
+// TestAuditAppendOnly shows that the database itself refuses to change an
+// audit record, whoever asks (a bug, or someone with the file and the
+// sqlite3 shell), while retention's DELETE of the oldest stays possible;
+// and that an edit made around the trigger breaks the chain.
+func TestAuditAppendOnly(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := s.AppendAudit(ctx, storetest.AuditRecord("policy.apply", "Policy/a", now), storetest.AuditRecord("policy.apply", "Policy/b", now)); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{"UPDATE audit SET actor = 'someone-else' WHERE id = 1", "UPDATE audit SET id = 7 WHERE id = 2"} {
+		_, err := s.db.ExecContext(ctx, stmt)
+		if err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s: %v, want refused as append-only", stmt, err)
+		}
+	}
+	// Dropping the trigger is possible for whoever has the file: the
+	// chain then shows the edit.
+	if _, err := s.db.ExecContext(ctx, "DROP TRIGGER audit_append_only; UPDATE audit SET actor = 'someone-else' WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.AuditRecords(ctx, store.AuditQuery{OldestFirst: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *store.AuditChainError
+	if err := store.VerifyAuditChain(nil, recs); !errors.As(err, &ce) || ce.ID != 1 {
+		t.Errorf("edited record: %v, want a break at record 1", err)
+	}
 }

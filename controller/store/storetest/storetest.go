@@ -51,6 +51,10 @@ func Run(t *testing.T, open Open) {
 		{"FlowVolumeRoundTrip", testFlowVolumeRoundTrip},
 		{"FlowEdgesFirstSeen", testFlowEdgesFirstSeen},
 		{"FlowEdgesOf", testFlowEdgesOf},
+		{"AuditWithChanges", testAuditWithChanges},
+		{"AuditAppendQuery", testAuditAppendQuery},
+		{"AuditPrune", testAuditPrune},
+		{"AuditConcurrent", testAuditConcurrent},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.f(t, open) })
 	}

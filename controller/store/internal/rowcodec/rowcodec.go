@@ -326,3 +326,76 @@ func (f *FlowFilter) Query(q store.FlowQuery) string {
 	}
 	return query
 }
+
+// AuditColumns are the audit table's columns, in the order AuditArgs
+// gives and ScanAudit reads them.
+const AuditColumns = "id, time, actor_kind, actor, action, object, before_hash, after_hash, source, detail, prev_hash, hash"
+
+// AuditArgs are a record's values for AuditColumns.
+func AuditArgs(r *store.AuditRecord) []any {
+	return []any{int64(r.ID), Nanos(r.Time), r.ActorKind, r.Actor, r.Action, r.Object, r.Before, r.After, r.Source, r.Detail, r.Prev, r.Hash}
+}
+
+// ScanAudit reads one row of AuditColumns.
+func ScanAudit(row interface{ Scan(...any) error }) (store.AuditRecord, error) {
+	var r store.AuditRecord
+	var id, t int64
+	err := row.Scan(&id, &t, &r.ActorKind, &r.Actor, &r.Action, &r.Object, &r.Before, &r.After, &r.Source, &r.Detail, &r.Prev, &r.Hash)
+	r.ID, r.Time = uint64(id), FromNanos(t)
+	return r, err
+}
+
+// AuditQuery is the SQL of an audit query: "SELECT AuditColumns FROM
+// audit WHERE ... ORDER BY id ... LIMIT ...", with ? placeholders, and
+// its arguments. A prefix filter (an Action ending in ".", an Object in
+// "/") is a range of the bytewise order both stores' text compares in,
+// so that it uses the index and needs no LIKE escaping.
+func AuditQuery(q store.AuditQuery) (string, []any) {
+	var where []string
+	var args []any
+	add := func(cond string, a ...any) { where = append(where, cond); args = append(args, a...) }
+	if !q.Since.IsZero() {
+		add("time >= ?", Nanos(q.Since))
+	}
+	if !q.Until.IsZero() {
+		add("time < ?", Nanos(q.Until))
+	}
+	if q.Actor != "" {
+		add("actor = ?", q.Actor)
+	}
+	if q.ActorKind != "" {
+		add("actor_kind = ?", q.ActorKind)
+	}
+	match := func(col, v, sep string) {
+		if v == "" {
+			return
+		}
+		if strings.HasSuffix(v, sep) {
+			// sep is "." or "/": the next byte bounds the prefix.
+			add(col+" >= ? AND "+col+" < ?", v, v[:len(v)-1]+string(rune(sep[0]+1)))
+			return
+		}
+		add(col+" = ?", v)
+	}
+	match("action", q.Action, ".")
+	match("object", q.Object, "/")
+	if q.BeforeID != 0 {
+		add("id < ?", int64(q.BeforeID))
+	}
+	if q.AfterID != 0 {
+		add("id > ?", int64(q.AfterID))
+	}
+	sql := "SELECT " + AuditColumns + " FROM audit"
+	if len(where) > 0 {
+		sql += " WHERE " + strings.Join(where, " AND ")
+	}
+	if q.OldestFirst {
+		sql += " ORDER BY id"
+	} else {
+		sql += " ORDER BY id DESC"
+	}
+	if q.Limit > 0 {
+		sql += " LIMIT " + strconv.Itoa(q.Limit)
+	}
+	return sql, args
+}
