@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"slices"
 	"sync"
@@ -152,6 +153,15 @@ type Datapath struct {
 	preparing chan *prepared
 	current   *applied           // what the active generation holds
 	links     map[hook]link.Link // our attachments
+	// shadow is our copy of what the active generation's inner maps
+	// hold (nil until this process applied a rule set), innerIDs those
+	// maps' ids, progIDs the ids of the programs we loaded (ingress,
+	// egress): what Check compares the kernel's objects with.
+	shadow   *shadow
+	seed     maphash.Seed
+	innerIDs [numInner]ebpf.MapID
+	progIDs  [2]ebpf.ProgramID
+	kicks    chan struct{} // CheckRequests
 	watch     *linkWatch
 	stopped   chan struct{} // closed by Close: address watches end
 	closed    bool
@@ -229,6 +239,16 @@ func Open(cfg Config) (*Datapath, error) {
 		replaced: l.replaced,
 		links:    make(map[hook]link.Link),
 		stopped:  make(chan struct{}),
+		seed:     maphash.MakeSeed(),
+		kicks:    make(chan struct{}, 1),
+	}
+	for i, p := range []*ebpf.Program{d.objs.EgTcIngress, d.objs.EgTcEgress} {
+		info, err := p.Info()
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("read program info: %w", err)
+		}
+		d.progIDs[i], _ = info.ID()
 	}
 	var g bpfEgGeneration
 	if err := d.objs.EgState.Lookup(uint32(0), &g); err != nil {
