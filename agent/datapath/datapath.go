@@ -162,10 +162,10 @@ type Datapath struct {
 	innerIDs [numInner]ebpf.MapID
 	progIDs  [2]ebpf.ProgramID
 	kicks    chan struct{} // CheckRequests
-	watch     *linkWatch
-	stopped   chan struct{} // closed by Close: address watches end
-	closed    bool
-	closeErr  error
+	watch    *linkWatch
+	stopped  chan struct{} // closed by Close: address watches end
+	closed   bool
+	closeErr error
 }
 
 // Open loads the programs and maps, adopting whatever an earlier agent

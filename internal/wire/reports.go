@@ -32,6 +32,9 @@ const (
 	// MaxAckError bounds Ack.error as kept in the node's last error; it
 	// is free text, so it is Cut, not refused.
 	MaxAckError = 1024
+	// MaxDriftText bounds DatapathDrift.object, .detail and
+	// .repairError (refused beyond: an agent writes far less).
+	MaxDriftText = 1024
 )
 
 // checkText checks a short free text: at most max bytes of UTF-8 without
@@ -135,6 +138,20 @@ func CheckAck(a *pb.Ack) error {
 	return firstError(
 		checkText("ack.hash", a.GetHash(), MaxHashLen),
 		checkList("ack.pendingInterfaces", a.GetPendingInterfaces(), MaxPending, checkInterface),
+	)
+}
+
+// CheckDrift checks a datapath drift report before the controller keeps
+// any of it (in an alert) or logs it.
+func CheckDrift(d *pb.DatapathDrift) error {
+	if d.GetCount() == 0 {
+		return fmt.Errorf("drift.count: 0, want at least 1")
+	}
+	return firstError(
+		checkWord("drift.kind", d.GetKind()),
+		checkText("drift.object", d.GetObject(), MaxDriftText),
+		checkText("drift.detail", d.GetDetail(), MaxDriftText),
+		checkText("drift.repairError", d.GetRepairError(), MaxDriftText),
 	)
 }
 

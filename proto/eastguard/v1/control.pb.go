@@ -335,6 +335,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Heartbeat
 	//	*AgentMessage_Counters
 	//	*AgentMessage_Flows
+	//	*AgentMessage_Drift
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -422,6 +423,15 @@ func (x *AgentMessage) GetFlows() *FlowBatch {
 	return nil
 }
 
+func (x *AgentMessage) GetDrift() *DatapathDrift {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Drift); ok {
+			return x.Drift
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -446,6 +456,10 @@ type AgentMessage_Flows struct {
 	Flows *FlowBatch `protobuf:"bytes,5,opt,name=flows,proto3,oneof"`
 }
 
+type AgentMessage_Drift struct {
+	Drift *DatapathDrift `protobuf:"bytes,6,opt,name=drift,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Ack) isAgentMessage_Msg() {}
@@ -455,6 +469,8 @@ func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
 func (*AgentMessage_Counters) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Flows) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Drift) isAgentMessage_Msg() {}
 
 // ControllerMessage is everything the controller sends on an agent's stream.
 type ControllerMessage struct {
@@ -963,6 +979,110 @@ func (x *Counters) GetValues() map[string]uint64 {
 	return nil
 }
 
+// DatapathDrift says the agent found one of its kernel objects changed by
+// someone else: a tcx link detached or running another program, the
+// generation word or a map of the active rule set rewritten, a pin
+// removed. The controller raises the built-in alert datapath-tampered.
+// Reports of one kind are coalesced: count says how many times it was
+// found since the previous report of that kind; the other fields are the
+// latest finding's.
+type DatapathDrift struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind: link-detached, prog-replaced, state-modified, map-replaced,
+	// map-modified or pin-removed (a newer agent may have more).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// object names what drifted (a hook and its interface, a map, a pin).
+	Object string `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// repaired: the agent put it back; repair_error: why it could not.
+	// Neither: the agent runs with --repair=false and only reports.
+	Repaired      bool   `protobuf:"varint,4,opt,name=repaired,proto3" json:"repaired,omitempty"`
+	RepairError   string `protobuf:"bytes,5,opt,name=repair_error,json=repairError,proto3" json:"repair_error,omitempty"`
+	Count         uint64 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`
+	UnixNano      int64  `protobuf:"varint,7,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatapathDrift) Reset() {
+	*x = DatapathDrift{}
+	mi := &file_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatapathDrift) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatapathDrift) ProtoMessage() {}
+
+func (x *DatapathDrift) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatapathDrift.ProtoReflect.Descriptor instead.
+func (*DatapathDrift) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DatapathDrift) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetObject() string {
+	if x != nil {
+		return x.Object
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetRepaired() bool {
+	if x != nil {
+		return x.Repaired
+	}
+	return false
+}
+
+func (x *DatapathDrift) GetRepairError() string {
+	if x != nil {
+		return x.RepairError
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DatapathDrift) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
 // Revocation tells an agent its certificates were revoked; the controller
 // closes the stream after sending it.
 type Revocation struct {
@@ -977,7 +1097,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1109,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1122,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Revocation) GetNode() string {
@@ -1044,7 +1164,7 @@ type RuleSet struct {
 
 func (x *RuleSet) Reset() {
 	*x = RuleSet{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1176,7 @@ func (x *RuleSet) String() string {
 func (*RuleSet) ProtoMessage() {}
 
 func (x *RuleSet) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1189,7 @@ func (x *RuleSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleSet.ProtoReflect.Descriptor instead.
 func (*RuleSet) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RuleSet) GetNode() string {
@@ -1144,7 +1264,7 @@ type RuleSetDelta struct {
 
 func (x *RuleSetDelta) Reset() {
 	*x = RuleSetDelta{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1276,7 @@ func (x *RuleSetDelta) String() string {
 func (*RuleSetDelta) ProtoMessage() {}
 
 func (x *RuleSetDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1289,7 @@ func (x *RuleSetDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleSetDelta.ProtoReflect.Descriptor instead.
 func (*RuleSetDelta) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RuleSetDelta) GetNode() string {
@@ -1279,7 +1399,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1411,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1424,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Endpoint) GetId() uint32 {
@@ -1361,7 +1481,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1493,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1506,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IPCacheEntry) GetAddr() []byte {
@@ -1420,7 +1540,7 @@ type Prefix struct {
 
 func (x *Prefix) Reset() {
 	*x = Prefix{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1552,7 @@ func (x *Prefix) String() string {
 func (*Prefix) ProtoMessage() {}
 
 func (x *Prefix) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1565,7 @@ func (x *Prefix) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prefix.ProtoReflect.Descriptor instead.
 func (*Prefix) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Prefix) GetAddr() []byte {
@@ -1480,7 +1600,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1612,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1625,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Entry) GetEndpoint() uint32 {
@@ -1588,7 +1708,7 @@ type RuleName struct {
 
 func (x *RuleName) Reset() {
 	*x = RuleName{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1720,7 @@ func (x *RuleName) String() string {
 func (*RuleName) ProtoMessage() {}
 
 func (x *RuleName) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1733,7 @@ func (x *RuleName) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleName.ProtoReflect.Descriptor instead.
 func (*RuleName) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RuleName) GetId() uint32 {
@@ -1654,7 +1774,7 @@ type FlowBatch struct {
 
 func (x *FlowBatch) Reset() {
 	*x = FlowBatch{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1786,7 @@ func (x *FlowBatch) String() string {
 func (*FlowBatch) ProtoMessage() {}
 
 func (x *FlowBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1799,7 @@ func (x *FlowBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowBatch.ProtoReflect.Descriptor instead.
 func (*FlowBatch) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FlowBatch) GetRecords() []*FlowRecord {
@@ -1726,7 +1846,7 @@ type FlowAck struct {
 
 func (x *FlowAck) Reset() {
 	*x = FlowAck{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1858,7 @@ func (x *FlowAck) String() string {
 func (*FlowAck) ProtoMessage() {}
 
 func (x *FlowAck) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1871,7 @@ func (x *FlowAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowAck.ProtoReflect.Descriptor instead.
 func (*FlowAck) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FlowAck) GetSeq() uint64 {
@@ -1814,7 +1934,7 @@ type FlowRecord struct {
 
 func (x *FlowRecord) Reset() {
 	*x = FlowRecord{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1946,7 @@ func (x *FlowRecord) String() string {
 func (*FlowRecord) ProtoMessage() {}
 
 func (x *FlowRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1959,7 @@ func (x *FlowRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowRecord.ProtoReflect.Descriptor instead.
 func (*FlowRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FlowRecord) GetTimeUnixNano() int64 {
@@ -2021,13 +2141,14 @@ const file_control_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"A\n" +
 	"\rRenewResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
-	"\x02ca\x18\x02 \x01(\fR\x02ca\"\x89\x02\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\"\xbe\x02\n" +
 	"\fAgentMessage\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.eastguard.v1.HelloH\x00R\x05hello\x12%\n" +
 	"\x03ack\x18\x02 \x01(\v2\x11.eastguard.v1.AckH\x00R\x03ack\x127\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x17.eastguard.v1.HeartbeatH\x00R\theartbeat\x124\n" +
 	"\bcounters\x18\x04 \x01(\v2\x16.eastguard.v1.CountersH\x00R\bcounters\x12/\n" +
-	"\x05flows\x18\x05 \x01(\v2\x17.eastguard.v1.FlowBatchH\x00R\x05flowsB\x05\n" +
+	"\x05flows\x18\x05 \x01(\v2\x17.eastguard.v1.FlowBatchH\x00R\x05flows\x123\n" +
+	"\x05drift\x18\x06 \x01(\v2\x1b.eastguard.v1.DatapathDriftH\x00R\x05driftB\x05\n" +
 	"\x03msg\"\xd7\x02\n" +
 	"\x11ControllerMessage\x121\n" +
 	"\awelcome\x18\x01 \x01(\v2\x15.eastguard.v1.WelcomeH\x00R\awelcome\x12+\n" +
@@ -2066,7 +2187,15 @@ const file_control_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\v2\".eastguard.v1.Counters.ValuesEntryR\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"R\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xc5\x01\n" +
+	"\rDatapathDrift\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06object\x18\x02 \x01(\tR\x06object\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1a\n" +
+	"\brepaired\x18\x04 \x01(\bR\brepaired\x12!\n" +
+	"\frepair_error\x18\x05 \x01(\tR\vrepairError\x12\x14\n" +
+	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x1b\n" +
+	"\tunix_nano\x18\a \x01(\x03R\bunixNano\"R\n" +
 	"\n" +
 	"Revocation\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
@@ -2194,7 +2323,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_control_proto_goTypes = []any{
 	(AckCode)(0),              // 0: eastguard.v1.AckCode
 	(*JoinRequest)(nil),       // 1: eastguard.v1.JoinRequest
@@ -2208,55 +2337,57 @@ var file_control_proto_goTypes = []any{
 	(*Ack)(nil),               // 9: eastguard.v1.Ack
 	(*Heartbeat)(nil),         // 10: eastguard.v1.Heartbeat
 	(*Counters)(nil),          // 11: eastguard.v1.Counters
-	(*Revocation)(nil),        // 12: eastguard.v1.Revocation
-	(*RuleSet)(nil),           // 13: eastguard.v1.RuleSet
-	(*RuleSetDelta)(nil),      // 14: eastguard.v1.RuleSetDelta
-	(*Endpoint)(nil),          // 15: eastguard.v1.Endpoint
-	(*IPCacheEntry)(nil),      // 16: eastguard.v1.IPCacheEntry
-	(*Prefix)(nil),            // 17: eastguard.v1.Prefix
-	(*Entry)(nil),             // 18: eastguard.v1.Entry
-	(*RuleName)(nil),          // 19: eastguard.v1.RuleName
-	(*FlowBatch)(nil),         // 20: eastguard.v1.FlowBatch
-	(*FlowAck)(nil),           // 21: eastguard.v1.FlowAck
-	(*FlowRecord)(nil),        // 22: eastguard.v1.FlowRecord
-	nil,                       // 23: eastguard.v1.Counters.ValuesEntry
+	(*DatapathDrift)(nil),     // 12: eastguard.v1.DatapathDrift
+	(*Revocation)(nil),        // 13: eastguard.v1.Revocation
+	(*RuleSet)(nil),           // 14: eastguard.v1.RuleSet
+	(*RuleSetDelta)(nil),      // 15: eastguard.v1.RuleSetDelta
+	(*Endpoint)(nil),          // 16: eastguard.v1.Endpoint
+	(*IPCacheEntry)(nil),      // 17: eastguard.v1.IPCacheEntry
+	(*Prefix)(nil),            // 18: eastguard.v1.Prefix
+	(*Entry)(nil),             // 19: eastguard.v1.Entry
+	(*RuleName)(nil),          // 20: eastguard.v1.RuleName
+	(*FlowBatch)(nil),         // 21: eastguard.v1.FlowBatch
+	(*FlowAck)(nil),           // 22: eastguard.v1.FlowAck
+	(*FlowRecord)(nil),        // 23: eastguard.v1.FlowRecord
+	nil,                       // 24: eastguard.v1.Counters.ValuesEntry
 }
 var file_control_proto_depIdxs = []int32{
 	7,  // 0: eastguard.v1.AgentMessage.hello:type_name -> eastguard.v1.Hello
 	9,  // 1: eastguard.v1.AgentMessage.ack:type_name -> eastguard.v1.Ack
 	10, // 2: eastguard.v1.AgentMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
 	11, // 3: eastguard.v1.AgentMessage.counters:type_name -> eastguard.v1.Counters
-	20, // 4: eastguard.v1.AgentMessage.flows:type_name -> eastguard.v1.FlowBatch
-	8,  // 5: eastguard.v1.ControllerMessage.welcome:type_name -> eastguard.v1.Welcome
-	13, // 6: eastguard.v1.ControllerMessage.full:type_name -> eastguard.v1.RuleSet
-	14, // 7: eastguard.v1.ControllerMessage.delta:type_name -> eastguard.v1.RuleSetDelta
-	10, // 8: eastguard.v1.ControllerMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
-	12, // 9: eastguard.v1.ControllerMessage.revocation:type_name -> eastguard.v1.Revocation
-	21, // 10: eastguard.v1.ControllerMessage.flow_ack:type_name -> eastguard.v1.FlowAck
-	0,  // 11: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
-	23, // 12: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
-	15, // 13: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 14: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
-	18, // 15: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
-	19, // 16: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
-	15, // 17: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 18: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
-	17, // 19: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
-	18, // 20: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
-	18, // 21: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
-	19, // 22: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
-	22, // 23: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
-	1,  // 24: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
-	3,  // 25: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
-	5,  // 26: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
-	2,  // 27: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
-	4,  // 28: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
-	6,  // 29: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	21, // 4: eastguard.v1.AgentMessage.flows:type_name -> eastguard.v1.FlowBatch
+	12, // 5: eastguard.v1.AgentMessage.drift:type_name -> eastguard.v1.DatapathDrift
+	8,  // 6: eastguard.v1.ControllerMessage.welcome:type_name -> eastguard.v1.Welcome
+	14, // 7: eastguard.v1.ControllerMessage.full:type_name -> eastguard.v1.RuleSet
+	15, // 8: eastguard.v1.ControllerMessage.delta:type_name -> eastguard.v1.RuleSetDelta
+	10, // 9: eastguard.v1.ControllerMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
+	13, // 10: eastguard.v1.ControllerMessage.revocation:type_name -> eastguard.v1.Revocation
+	22, // 11: eastguard.v1.ControllerMessage.flow_ack:type_name -> eastguard.v1.FlowAck
+	0,  // 12: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
+	24, // 13: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
+	16, // 14: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
+	17, // 15: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
+	19, // 16: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
+	20, // 17: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
+	16, // 18: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
+	17, // 19: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
+	18, // 20: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
+	19, // 21: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
+	19, // 22: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
+	20, // 23: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
+	23, // 24: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
+	1,  // 25: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
+	3,  // 26: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
+	5,  // 27: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
+	2,  // 28: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
+	4,  // 29: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
+	6,  // 30: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
+	28, // [28:31] is the sub-list for method output_type
+	25, // [25:28] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2270,6 +2401,7 @@ func file_control_proto_init() {
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Counters)(nil),
 		(*AgentMessage_Flows)(nil),
+		(*AgentMessage_Drift)(nil),
 	}
 	file_control_proto_msgTypes[5].OneofWrappers = []any{
 		(*ControllerMessage_Welcome)(nil),
@@ -2279,15 +2411,15 @@ func file_control_proto_init() {
 		(*ControllerMessage_Revocation)(nil),
 		(*ControllerMessage_FlowAck)(nil),
 	}
-	file_control_proto_msgTypes[17].OneofWrappers = []any{}
-	file_control_proto_msgTypes[21].OneofWrappers = []any{}
+	file_control_proto_msgTypes[18].OneofWrappers = []any{}
+	file_control_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
