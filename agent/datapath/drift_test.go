@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
+	"github.com/eastguard/eastguard/internal/wire"
 )
 
 // TestShadowLayouts: the shadow hashes the Go memory of the generated
@@ -358,5 +359,18 @@ func TestPrivilegedDriftIgnoresVanishedInterfaces(t *testing.T) {
 	case <-h.d.CheckRequests():
 	case <-time.After(30 * time.Second):
 		t.Error("no check requested after an interface vanished")
+	}
+}
+
+// TestDriftKindsKnownToController: the controller alerts and counts kinds
+// it does not know as "other"; every kind this datapath reports must be
+// known to it.
+func TestDriftKindsKnownToController(t *testing.T) {
+	var ours []string
+	for _, k := range DriftKinds {
+		ours = append(ours, string(k))
+	}
+	if !slices.Equal(ours, wire.DriftKinds) {
+		t.Errorf("datapath kinds %v, internal/wire's %v", ours, wire.DriftKinds)
 	}
 }

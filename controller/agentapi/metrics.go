@@ -1,6 +1,12 @@
 package agentapi
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eastguard/eastguard/internal/wire"
+)
 
 // metrics are the agent-facing service's.
 type metrics struct {
@@ -10,6 +16,7 @@ type metrics struct {
 	acks        *prometheus.CounterVec
 	refused     *prometheus.CounterVec
 	joins       *prometheus.CounterVec
+	drift       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,9 +46,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eastguard_controller_joins_total",
 			Help: "Nodes admitted by Join, by method (token: a join token; service-account: a Kubernetes ServiceAccount token).",
 		}, []string{"method"}),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_datapath_drift_total",
+			Help: "Datapath drift findings agents reported (each raises or counts on a datapath-tampered alert), by kind (" + strings.Join(wire.DriftKinds, ", ") + ", other).",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins)
+		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins, m.drift)
 	}
 	return m
 }

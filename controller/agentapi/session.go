@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/internal/pki"
@@ -205,6 +206,15 @@ func (ss *session) heartbeat() error {
 		return status.Errorf(codes.Unauthenticated, "certificate expired at %s and was not renewed", exp.UTC().Format(time.RFC3339))
 	}
 	if silent := now.Sub(ss.lastRecv); silent > 3*ss.peerHeartbeat+ss.s.cfg.Heartbeat {
+		// The connection is up (the stream did not end) but the agent
+		// says nothing: hung, stopped, or its reports suppressed. The
+		// node's enforcement can no longer be vouched for.
+		ss.s.flows.RaiseNodeAlert(alert.NodeEvent{
+			Rule: alert.BuiltinSilentRule, Node: ss.node, Kind: "silent", Count: 1, At: now,
+			Detail:  fmt.Sprintf("no message from the agent for %s (heartbeat every %s) while its stream was open", silent.Round(time.Millisecond), ss.peerHeartbeat),
+			Outcome: "stream closed",
+		})
+		ss.log.Warn("closing a silent agent's stream; alert raised", zap.String("rule", alert.BuiltinSilentRule), zap.Duration("silent", silent))
 		return status.Errorf(codes.DeadlineExceeded, "no message from the agent for %s (heartbeat every %s)",
 			silent.Round(time.Millisecond), ss.peerHeartbeat)
 	}
@@ -272,6 +282,12 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 				return err
 			}
 		}
+	case *pb.AgentMessage_Drift:
+		if err := invalid(wire.CheckDrift(msg.Drift)); err != nil {
+			ss.s.m.refused.WithLabelValues("invalid").Inc()
+			return err
+		}
+		ss.onDrift(msg.Drift)
 	case *pb.AgentMessage_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice on one stream")
 	default:
@@ -281,6 +297,37 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 	}
 	ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Rec.LastContact = ss.lastRecv })
 	return nil
+}
+
+// onDrift raises the datapath-tampered alert for a drift report (checked
+// already) and logs it.
+func (ss *session) onDrift(d *pb.DatapathDrift) {
+	outcome := "not repaired (--repair=false)"
+	switch {
+	case d.GetRepaired():
+		outcome = "repaired"
+	case d.GetRepairError() != "":
+		outcome = "repair failed: " + d.GetRepairError()
+	}
+	detail := d.GetDetail()
+	if o := d.GetObject(); o != "" {
+		detail = o + ": " + detail
+	}
+	kind := wire.DriftKind(d.GetKind())
+	if kind != d.GetKind() {
+		detail = d.GetKind() + ": " + detail
+	}
+	ss.s.m.drift.WithLabelValues(kind).Add(float64(d.GetCount()))
+	ss.log.Error("agent reports its datapath tampered with", zap.String("kind", d.GetKind()), zap.String("object", d.GetObject()),
+		zap.String("detail", d.GetDetail()), zap.String("outcome", outcome), zap.Uint64("count", d.GetCount()))
+	at := time.Unix(0, d.GetUnixNano())
+	if d.GetUnixNano() == 0 {
+		at = time.Time{}
+	}
+	ss.s.flows.RaiseNodeAlert(alert.NodeEvent{
+		Rule: alert.BuiltinTamperedRule, Node: ss.node, Kind: kind,
+		Detail: wire.Cut(detail, wire.MaxDriftText), Outcome: wire.Cut(outcome, wire.MaxDriftText), Count: d.GetCount(), At: at,
+	})
 }
 
 // onAck records the outcome of the update in flight and decides what

@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -139,6 +140,20 @@ func CheckAck(a *pb.Ack) error {
 		checkText("ack.hash", a.GetHash(), MaxHashLen),
 		checkList("ack.pendingInterfaces", a.GetPendingInterfaces(), MaxPending, checkInterface),
 	)
+}
+
+// DriftKinds are the kinds of datapath drift agents of this build report
+// (agent/datapath.DriftKinds). A newer agent may send others: the
+// controller counts and alerts them as "other", so that an agent cannot
+// make up label values or alerts without end.
+var DriftKinds = []string{"link-detached", "prog-replaced", "state-modified", "map-replaced", "map-modified", "pin-removed"}
+
+// DriftKind returns kind if it is one of DriftKinds, else "other".
+func DriftKind(kind string) string {
+	if slices.Contains(DriftKinds, kind) {
+		return kind
+	}
+	return "other"
 }
 
 // CheckDrift checks a datapath drift report before the controller keeps
