@@ -156,8 +156,8 @@ func New(cfg Config) *Ingester {
 		queue:  make(chan *batch, queueLen),
 
 		nodeEvents: make(chan alert.NodeEvent, queueLen),
-		kick:   func() {},
-		stored: func([]flowrecord.Record) {},
+		kick:       func() {},
+		stored:     func([]flowrecord.Record) {},
 
 		forgotLog: make(map[string]time.Time),
 	}
