@@ -358,19 +358,19 @@ func (d *Datapath) checkMaps(opts CheckOptions) ([]Drift, error) {
 func scanInner(which int, m *ebpf.Map, f func(k, v []byte)) error {
 	switch which {
 	case mEndpoints:
-		return scanMap[uint32, bpfEgEndpoint](m, true, func(k, v []byte) {
+		return scanMap[uint32, bpfEgEndpoint](m, func(k, v []byte) {
 			if !allZero(v) {
 				f(k, v)
 			}
 		})
 	case mHosts:
-		return scanMap[bpfEgHostKey, bpfEgIpcacheValue](m, true, f)
+		return scanMap[bpfEgHostKey, bpfEgIpcacheValue](m, f)
 	case mPrefixes:
-		return scanMap[bpfEgIpcacheKey, bpfEgIpcacheValue](m, false, f)
+		return scanMap[bpfEgIpcacheKey, bpfEgIpcacheValue](m, f)
 	case mPolicy:
-		return scanMap[bpfEgPolicyKey, bpfEgPolicyValue](m, true, f)
+		return scanMap[bpfEgPolicyKey, bpfEgPolicyValue](m, f)
 	case mRanges:
-		return scanMap[bpfEgRangeKey, bpfEgRangeValue](m, true, f)
+		return scanMap[bpfEgRangeKey, bpfEgRangeValue](m, f)
 	}
 	return fmt.Errorf("no inner map %d", which)
 }

@@ -3,6 +3,7 @@ package datapath
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -359,6 +360,46 @@ func TestPrivilegedDriftIgnoresVanishedInterfaces(t *testing.T) {
 	case <-h.d.CheckRequests():
 	case <-time.After(30 * time.Second):
 		t.Error("no check requested after an interface vanished")
+	}
+}
+
+// TestPrivilegedScanMapFallsBack: a map read entry by entry (a kernel
+// without batch lookup for its type) gives the same entries as batches.
+func TestPrivilegedScanMapFallsBack(t *testing.T) {
+	h := newHarness(t, Config{HostInterfaces: []string{"up0"}}, "web0", "mon0", "up0")
+	h.apply(shopRuleSet())
+	gen := h.d.gens[h.d.word&1]
+	for i := range numInner {
+		batch, one := map[string]string{}, map[string]string{}
+		if err := scanInner(i, gen[i], func(k, v []byte) { batch[string(k)] = string(v) }); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		switch i {
+		case mEndpoints:
+			err = iterateMap[uint32, bpfEgEndpoint](gen[i], func(k, v []byte) {
+				if !allZero(v) {
+					one[string(k)] = string(v)
+				}
+			})
+		case mHosts:
+			err = iterateMap[bpfEgHostKey, bpfEgIpcacheValue](gen[i], func(k, v []byte) { one[string(k)] = string(v) })
+		case mPrefixes:
+			err = iterateMap[bpfEgIpcacheKey, bpfEgIpcacheValue](gen[i], func(k, v []byte) { one[string(k)] = string(v) })
+		case mPolicy:
+			err = iterateMap[bpfEgPolicyKey, bpfEgPolicyValue](gen[i], func(k, v []byte) { one[string(k)] = string(v) })
+		case mRanges:
+			err = iterateMap[bpfEgRangeKey, bpfEgRangeValue](gen[i], func(k, v []byte) { one[string(k)] = string(v) })
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch) == 0 && i != mRanges {
+			t.Errorf("%s: nothing read", innerNames[i])
+		}
+		if !maps.Equal(batch, one) || !maps.Equal(batch, h.d.shadow.entries[i]) {
+			t.Errorf("%s: batches read %d entries, one by one %d, the shadow has %d", innerNames[i], len(batch), len(one), len(h.d.shadow.entries[i]))
+		}
 	}
 }
 

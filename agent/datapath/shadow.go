@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // shadow is this process's own copy of what it wrote into the active
@@ -108,27 +109,20 @@ func record[K, V any](s *shadow, which int, keys []K, vals []V) {
 // enough to stay a few hundred KiB.
 const scanChunk = 4096
 
-// scanMap calls f with the bytes of every entry of m: in batches of
-// scanChunk with batch, entry by entry without (the LPM trie has no batch
-// lookup). The slices are only valid during the call.
-func scanMap[K, V any](m *ebpf.Map, batch bool, f func(k, v []byte)) error {
-	if !batch {
-		var k K
-		var v V
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			f(raw(&k), raw(&v))
-		}
-		if err := it.Err(); err != nil {
-			return fmt.Errorf("iterate: %w", err)
-		}
-		return nil
-	}
-	keys := make([]K, scanChunk)
-	vals := make([]V, scanChunk)
+// scanMap calls f with the bytes of every entry of m, read in batches of
+// up to scanChunk; a map type without batch lookup on this kernel is read
+// entry by entry (older kernels' LPM trie). The slices are only valid
+// during the call.
+func scanMap[K, V any](m *ebpf.Map, f func(k, v []byte)) error {
+	n := int(min(scanChunk, max(m.MaxEntries(), 1)))
+	keys := make([]K, n)
+	vals := make([]V, n)
 	var cursor ebpf.MapBatchCursor
-	for {
+	for first := true; ; first = false {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if first && n == 0 && (errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTSUP)) {
+			return iterateMap[K, V](m, f)
+		}
 		for i := range n {
 			f(raw(&keys[i]), raw(&vals[i]))
 		}
@@ -139,4 +133,17 @@ func scanMap[K, V any](m *ebpf.Map, batch bool, f func(k, v []byte)) error {
 			return err
 		}
 	}
+}
+
+func iterateMap[K, V any](m *ebpf.Map, f func(k, v []byte)) error {
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		f(raw(&k), raw(&v))
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate: %w", err)
+	}
+	return nil
 }
