@@ -1,6 +1,7 @@
 package agentapi
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,6 +51,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eastguard_controller_datapath_drift_total",
 			Help: "Datapath drift findings agents reported (each raises or counts on a datapath-tampered alert), by kind (" + strings.Join(wire.DriftKinds, ", ") + ", other).",
 		}, []string{"kind"}),
+	}
+	for _, k := range slices.Concat(wire.DriftKinds, []string{"other"}) {
+		m.drift.WithLabelValues(k) // at 0 from the start: an increase is what to alert on
 	}
 	if reg != nil {
 		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins, m.drift)
