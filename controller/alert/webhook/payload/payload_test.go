@@ -307,7 +307,7 @@ func tamperedAlert() store.Alert {
 	return store.Alert{ID: 7, Rule: "datapath-tampered", Severity: "critical", State: store.AlertOpen, Count: 3,
 		Source: "node-a", Destination: "link-detached", Node: "node-a", Verdict: "repaired",
 		DecidingRule: "tcx-7-ingress (eth0): our tcx link is no longer attached to the interface",
-		FirstSeen: payloadtest.T0, LastSeen: payloadtest.T0.Add(time.Minute), Created: payloadtest.T0}
+		FirstSeen:    payloadtest.T0, LastSeen: payloadtest.T0.Add(time.Minute), Created: payloadtest.T0}
 }
 
 // TestNodeAlertPayloads: node alerts read as what happened on which node,
