@@ -7,10 +7,12 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/eastguard/eastguard/controller/agentapi/admission"
 	"github.com/eastguard/eastguard/controller/agentapi/agenttls"
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/flowingest"
@@ -130,4 +132,32 @@ func TestSilentAgentRaisesAlert(t *testing.T) {
 	if a.Severity != "critical" || a.Node != "node-a" || a.Destination != "silent" || !strings.Contains(a.DecidingRule, "no message from the agent") {
 		t.Errorf("alert %+v", a)
 	}
+}
+
+// TestDriftReportsRateLimited: an agent flooding drift reports gets the
+// first ones alerted and the rest dropped and counted as rate_limited,
+// never a stream error (an honest agent stays far below).
+func TestDriftReportsRateLimited(t *testing.T) {
+	ss, st := nodeAlertSession(t)
+	ss.s.drifts = admission.NewRateLimiter[string](driftRate, driftBurst)
+	for range 1000 {
+		msg := &pb.AgentMessage{Msg: &pb.AgentMessage_Drift{Drift: &pb.DatapathDrift{Kind: "map-modified", Detail: "d", Count: 1}}}
+		if err := ss.handle(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := promtest.ToFloat64(ss.s.m.refused.WithLabelValues("rate_limited")); got < 1000-driftBurst-driftRate*5 {
+		t.Errorf("%v reports refused as rate_limited out of 1000", got)
+	}
+	waitAlert(t, st, alert.BuiltinTamperedRule)
+	testutil.Eventually(t, 30*time.Second, "the alert's count", func() error {
+		as, err := st.Alerts(context.Background(), store.AlertQuery{})
+		if err != nil || len(as) != 1 {
+			return fmt.Errorf("alerts %+v, %v", as, err)
+		}
+		if as[0].Count < driftBurst || as[0].Count > driftBurst+driftRate*5 {
+			return fmt.Errorf("count %d, want about %d", as[0].Count, driftBurst)
+		}
+		return nil
+	})
 }

@@ -107,6 +107,7 @@ type Service struct {
 	conns    *admission.ConnLimiter
 	joins    *admission.JoinLimiter
 	renews   *admission.RateLimiter[string] // per node
+	drifts   *admission.RateLimiter[string] // drift reports, per node
 	refusals *admission.RefusalLog
 	// usedTokens are the ServiceAccount tokens' credential ids that
 	// joined, until the tokens expire: each joins once.
@@ -153,6 +154,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		conns:      admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
 		joins:      admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
 		renews:     admission.NewRateLimiter[string](renewRate, renewBurst),
+		drifts:     admission.NewRateLimiter[string](driftRate, driftBurst),
 		refusals:   admission.NewRefusalLog(cfg.Log, cfg.Now),
 		usedTokens: admission.NewOnce(maxUsedTokens),
 	}

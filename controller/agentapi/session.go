@@ -22,6 +22,14 @@ import (
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
+// Drift reports per node: an agent sends at most one per kind a second
+// (six kinds); beyond driftRate a second, after a burst, they are dropped,
+// so a lying agent cannot flood the log and the alert queue.
+const (
+	driftRate  = 8
+	driftBurst = 64
+)
+
 // ResyncInterval bounds stale-version re-syncs per node: each numbers the
 // node's versions past its agent's with a new committed version
 // (policyrepo.BumpPast). An honest agent needs one after the controller's
@@ -286,6 +294,13 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 		if err := invalid(wire.CheckDrift(msg.Drift)); err != nil {
 			ss.s.m.refused.WithLabelValues("invalid").Inc()
 			return err
+		}
+		if ss.s.drifts != nil && !ss.s.drifts.Allow(ss.node, ss.lastRecv) {
+			// An honest agent sends one report per kind a second at
+			// most; beyond, the report is dropped (the next one carries
+			// the count), and neither logged nor alerted.
+			ss.s.m.refused.WithLabelValues("rate_limited").Inc()
+			break
 		}
 		ss.onDrift(msg.Drift)
 	case *pb.AgentMessage_Hello:
