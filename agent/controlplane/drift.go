@@ -38,7 +38,7 @@ func NewDriftReports() *DriftReports {
 // Add records one finding. It never blocks.
 func (r *DriftReports) Add(d *pb.DatapathDrift) {
 	r.mu.Lock()
-	r.merge(d)
+	r.merge(d, true)
 	r.mu.Unlock()
 	select {
 	case r.notify <- struct{}{}:
@@ -46,17 +46,23 @@ func (r *DriftReports) Add(d *pb.DatapathDrift) {
 	}
 }
 
-// merge folds d into the pending report of its kind. Called with r.mu held.
-func (r *DriftReports) merge(d *pb.DatapathDrift) {
+// merge folds d into the pending report of its kind: the fields of the
+// newer of the two, the counts of both. Called with r.mu held.
+func (r *DriftReports) merge(d *pb.DatapathDrift, newer bool) {
 	n := max(d.GetCount(), 1)
-	if p, ok := r.pending[d.GetKind()]; ok {
-		n += p.GetCount()
-	} else if len(r.pending) >= maxDriftKinds {
+	p, ok := r.pending[d.GetKind()]
+	if !ok && len(r.pending) >= maxDriftKinds {
 		return
 	}
-	c := &pb.DatapathDrift{Kind: d.GetKind(), Object: d.GetObject(), Detail: d.GetDetail(),
+	if ok && !newer {
+		p.Count += n
+		return
+	}
+	if ok {
+		n += p.GetCount()
+	}
+	r.pending[d.GetKind()] = &pb.DatapathDrift{Kind: d.GetKind(), Object: d.GetObject(), Detail: d.GetDetail(),
 		Repaired: d.GetRepaired(), RepairError: d.GetRepairError(), Count: n, UnixNano: d.GetUnixNano()}
-	r.pending[d.GetKind()] = c
 }
 
 // take returns the pending reports, by kind, and forgets them.
@@ -76,7 +82,7 @@ func (r *DriftReports) putBack(ds []*pb.DatapathDrift) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, d := range ds {
-		r.merge(d)
+		r.merge(d, false) // older than what came meanwhile
 	}
 }
 
