@@ -77,6 +77,9 @@ func (d *Datapath) attach(b binding) error {
 		err := inNetNS(d.netns(), func() error {
 			var err error
 			l, err = link.AttachTCX(link.TCXOptions{Interface: int(b.ifindex), Program: d.program(h), Attach: h.attachType()})
+			if err == nil {
+				d.preceding[h], _ = precedingNow(h, d.progIDs[boolIndex(h.egress)]) // what another tool put there first
+			}
 			return err
 		})
 		if errors.Is(err, unix.ENODEV) {
@@ -111,6 +114,7 @@ func (d *Datapath) detach(ifindex uint32) {
 			d.log.Warn("close link", zap.String("link", h.String()), zap.Error(err))
 		}
 		delete(d.links, h)
+		delete(d.preceding, h)
 	}
 }
 
@@ -149,6 +153,10 @@ func (d *Datapath) adoptLinks(switchNow bool) error {
 			}
 		}
 		d.links[h] = l
+		_ = inNetNS(d.netns(), func() error {
+			d.preceding[h], _ = precedingNow(h, info.Program)
+			return nil
+		})
 	}
 	return nil
 }

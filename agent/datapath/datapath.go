@@ -161,6 +161,11 @@ type Datapath struct {
 	seed     maphash.Seed
 	innerIDs [numInner]ebpf.MapID
 	progIDs  [2]ebpf.ProgramID
+	// preceding are, per hook, the other programs that ran before ours
+	// when we attached (or adopted) it: a program put ahead of ours later
+	// is drift (prog-preceded), one that was there before is not ours to
+	// judge (another tool's, e.g. a CNI's).
+	preceding map[hook][]ebpf.ProgramID
 	kicks    chan struct{} // CheckRequests
 	watch    *linkWatch
 	stopped  chan struct{} // closed by Close: address watches end
@@ -240,6 +245,7 @@ func Open(cfg Config) (*Datapath, error) {
 		links:    make(map[hook]link.Link),
 		stopped:  make(chan struct{}),
 		seed:     maphash.MakeSeed(),
+		preceding: make(map[hook][]ebpf.ProgramID),
 		kicks:    make(chan struct{}, 1),
 	}
 	for i, p := range []*ebpf.Program{d.objs.EgTcIngress, d.objs.EgTcEgress} {

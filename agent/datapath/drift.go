@@ -40,13 +40,17 @@ const (
 	// DriftMapModified: an inner map of the active generation holds other
 	// entries than we wrote (an entry changed, added or deleted).
 	DriftMapModified DriftKind = "map-modified"
+	// DriftProgPreceded: a program that was not there when we attached
+	// runs before ours on our hook: returning TCX_PASS, it lets packets
+	// through without ours ever seeing them.
+	DriftProgPreceded DriftKind = "prog-preceded"
 	// DriftPinRemoved: a pin that keeps enforcement after this process
 	// (a link's or a map's) is gone or names another object.
 	DriftPinRemoved DriftKind = "pin-removed"
 )
 
 // DriftKinds lists every kind, in a fixed order.
-var DriftKinds = []DriftKind{DriftLinkDetached, DriftProgReplaced, DriftStateModified, DriftMapReplaced, DriftMapModified, DriftPinRemoved}
+var DriftKinds = []DriftKind{DriftLinkDetached, DriftProgReplaced, DriftProgPreceded, DriftStateModified, DriftMapReplaced, DriftMapModified, DriftPinRemoved}
 
 // Drift is one thing a check found changed.
 type Drift struct {
@@ -195,7 +199,108 @@ func (d *Datapath) checkLinks(repair bool) []Drift {
 			out = append(out, dr)
 		}
 	}
+	if len(d.replaced) == 0 {
+		out = append(out, d.checkPreceding(repair)...)
+	}
 	return out
+}
+
+// precedingNow lists the programs that run before program id on h's hook
+// now (nil if id is not there). Runs in the datapath's namespace.
+func precedingNow(h hook, id ebpf.ProgramID) ([]ebpf.ProgramID, error) {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(h.ifindex), Attach: h.attachType()})
+	if err != nil {
+		return nil, err
+	}
+	var before []ebpf.ProgramID
+	for _, p := range res.Programs {
+		if p.ID == id {
+			return before, nil
+		}
+		before = append(before, p.ID)
+	}
+	return nil, nil
+}
+
+// checkPreceding finds programs put ahead of ours since we attached, and
+// moves ours to the head of the hook again. Called with d.mu held, after
+// checkLinks made sure every link is attached and runs our program.
+func (d *Datapath) checkPreceding(repair bool) []Drift {
+	var out []Drift
+	type found struct {
+		h   hook
+		new []ebpf.ProgramID
+	}
+	var todo []found
+	err := inNetNS(d.netns(), func() error {
+		for h := range d.links {
+			before, err := precedingNow(h, d.progIDs[boolIndex(h.egress)])
+			if err != nil {
+				continue // the interface went away meanwhile: the watch's business
+			}
+			var added []ebpf.ProgramID
+			for _, id := range before {
+				if !slices.Contains(d.preceding[h], id) {
+					added = append(added, id)
+				}
+			}
+			if len(added) > 0 {
+				todo = append(todo, found{h, added})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		d.log.Warn("drift check: querying the programs on our hooks failed", zap.Error(err))
+	}
+	slices.SortFunc(todo, func(a, b found) int { return strings.Compare(a.h.String(), b.h.String()) })
+	for _, f := range todo {
+		name, _ := d.interfaceName(f.h.ifindex)
+		dr := Drift{Kind: DriftProgPreceded, Object: fmt.Sprintf("%s (%s)", f.h, name),
+			Detail: fmt.Sprintf("programs %v were put before ours: they can pass packets ours never sees", f.new)}
+		if repair {
+			repaired(&dr, d.moveToHead(f.h))
+		}
+		out = append(out, dr)
+	}
+	return out
+}
+
+// moveToHead detaches our link from h's hook and attaches our program
+// again at its head, pinned in place of the old link. tcx refuses one
+// program twice on a hook, so there is a moment (microseconds) without
+// ours on it; the program ahead of ours could pass everything anyway.
+// Called with d.mu held.
+func (d *Datapath) moveToHead(h hook) error {
+	old := d.links[h]
+	path := d.pinPath(h)
+	_ = old.Unpin()
+	_ = os.Remove(path)
+	old.Close() // detaches: no pin and no other descriptor hold it
+	delete(d.links, h)
+	var nl link.Link
+	err := inNetNS(d.netns(), func() error {
+		var err error
+		nl, err = link.AttachTCX(link.TCXOptions{Interface: int(h.ifindex), Program: d.program(h), Attach: h.attachType(), Anchor: link.Head()})
+		return err
+	})
+	if err != nil {
+		// Not on the hook at all now: the next check finds the link
+		// missing only if it is in d.links, so attach it at the tail.
+		name, _ := d.interfaceName(h.ifindex)
+		if aerr := d.attach(binding{ifindex: h.ifindex, ifname: name}); aerr != nil {
+			return fmt.Errorf("attach ahead of them: %w; attach again at all: %w", err, aerr)
+		}
+		return fmt.Errorf("attach ahead of them: %w (attached behind them again)", err)
+	}
+	if err := nl.Pin(path); err != nil {
+		// Attached but unpinned: enforcing while this process lives;
+		// the next full check pins it.
+		d.log.Warn("drift repair: pin the moved link", zap.String("pin", path), zap.Error(err))
+	}
+	d.links[h] = nl
+	d.preceding[h] = nil
+	return nil
 }
 
 func boolIndex(b bool) int {
@@ -237,6 +342,10 @@ func (d *Datapath) interfaceName(ifindex uint32) (string, bool) {
 // reattach replaces a detached link of ours by a new one, pinned in its
 // place. Called with d.mu held.
 func (d *Datapath) reattach(h hook, name string) error {
+	// What ran before ours stays the baseline: a program the attacker
+	// put there with the detach must still show as prog-preceded.
+	baseline := d.preceding[h]
+	defer func() { d.preceding[h] = baseline }()
 	if l, ok := d.links[h]; ok {
 		_ = l.Unpin()
 		l.Close()

@@ -314,8 +314,41 @@ func TestPrivilegedDriftDetectedAndRepaired(t *testing.T) {
 	if ds := check(t, h, CheckOptions{Full: true}); len(ds) != 0 {
 		t.Fatalf("drift left after repair: %v", ds)
 	}
-	if got := attachedPrograms(t, h, web); !slices.Contains(got, h.d.progIDs[1]) {
+	if got := attachedPrograms(t, h, web); len(got) != 2 || !slices.Contains(got, h.d.progIDs[1]) {
 		t.Errorf("our egress program not on web0 after repair: %v", got)
+	}
+
+	// A program put ahead of ours (BPF_F_BEFORE, at the head): it could
+	// pass everything before ours runs. Ours moves to the head again. A
+	// program that was there before ours was attached is not drift.
+	var ahead link.Link
+	if err := h.ns.Do(func() error {
+		var err error
+		ahead, err = link.AttachTCX(link.TCXOptions{Interface: int(web), Program: decoy, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ahead.Close()
+	ds = check(t, h, CheckOptions{Repair: true})
+	if got := kinds(ds); !slices.Equal(got, []string{string(DriftProgPreceded)}) || !ds[0].Repaired {
+		t.Fatalf("found %v, want prog-preceded repaired", ds)
+	}
+	var first ebpf.ProgramID
+	if err := h.ns.Do(func() error {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(web), Attach: ebpf.AttachTCXIngress})
+		if err == nil && len(res.Programs) > 0 {
+			first = res.Programs[0].ID
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if first != h.d.progIDs[0] {
+		t.Errorf("first program on web0 ingress after repair: %d, want ours (%d)", first, h.d.progIDs[0])
+	}
+	if ds := check(t, h, CheckOptions{Full: true}); len(ds) != 0 {
+		t.Fatalf("drift left after moving ours ahead: %v", ds)
 	}
 
 	// Pins: the cheap check does not look, the full one does.
@@ -340,6 +373,49 @@ func TestPrivilegedDriftDetectedAndRepaired(t *testing.T) {
 	}
 	if err := h.d.CheckPins(); err != nil {
 		t.Errorf("pins after repair: %v", err)
+	}
+}
+
+// TestPrivilegedDriftLeavesEarlierProgramsAlone: a program another tool
+// attached before ours (a CNI's) is not drift; one put ahead of ours after
+// a detach is, even though ours was re-attached behind it.
+func TestPrivilegedDriftLeavesEarlierProgramsAlone(t *testing.T) {
+	h := newHarness(t, Config{HostInterfaces: []string{"up0"}}, "web0", "mon0", "up0")
+	web := h.ifindex["web0"]
+	attach := func(anchor link.Anchor) link.Link {
+		// A program of its own each time: tcx takes one program once per hook.
+		other, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { other.Close() })
+		var l link.Link
+		if err := h.ns.Do(func() error {
+			var err error
+			l, err = link.AttachTCX(link.TCXOptions{Interface: int(web), Program: other, Attach: ebpf.AttachTCXIngress, Anchor: anchor})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		return l
+	}
+	attach(nil) // the CNI's, before the agent's
+	h.apply(shopRuleSet())
+	if ds := check(t, h, CheckOptions{Full: true, Repair: true}); len(ds) != 0 {
+		t.Fatalf("a program attached before ours reported: %v", ds)
+	}
+
+	x := &tamperer{t: t, h: h, dir: h.d.cfg.BPFFSDir}
+	x.detach(x.linkOf(web, ebpf.AttachTCXIngress))
+	attach(link.Head())
+	ds := check(t, h, CheckOptions{Repair: true})
+	if got := kinds(ds); !slices.Equal(got, []string{string(DriftLinkDetached), string(DriftProgPreceded)}) {
+		t.Fatalf("found %v, want link-detached and prog-preceded", got)
+	}
+	if ds := check(t, h, CheckOptions{Full: true}); len(ds) != 0 {
+		t.Fatalf("drift left: %v", ds)
 	}
 }
 

@@ -114,7 +114,7 @@ func New(src Sources) *Agent {
 	}, []string{"outcome"})
 	a.drift = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "eastguard_agent_datapath_drift_total",
-		Help: "Changes of the agent's kernel objects it did not make, found by its drift checks, by kind: link-detached, prog-replaced, state-modified, map-replaced, map-modified, pin-removed. Each finding counts once per check it is found in.",
+		Help: "Changes of the agent's kernel objects it did not make, found by its drift checks, by kind: link-detached, prog-replaced, prog-preceded, state-modified, map-replaced, map-modified, pin-removed. Each finding counts once per check it is found in.",
 	}, []string{"kind"})
 	a.repairFailed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "eastguard_agent_datapath_repair_failures_total",

@@ -146,7 +146,7 @@ func CheckAck(a *pb.Ack) error {
 // (agent/datapath.DriftKinds). A newer agent may send others: the
 // controller counts and alerts them as "other", so that an agent cannot
 // make up label values or alerts without end.
-var DriftKinds = []string{"link-detached", "prog-replaced", "state-modified", "map-replaced", "map-modified", "pin-removed"}
+var DriftKinds = []string{"link-detached", "prog-replaced", "prog-preceded", "state-modified", "map-replaced", "map-modified", "pin-removed"}
 
 // DriftKind returns kind if it is one of DriftKinds, else "other".
 func DriftKind(kind string) string {

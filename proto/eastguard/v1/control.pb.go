@@ -988,8 +988,9 @@ func (x *Counters) GetValues() map[string]uint64 {
 // latest finding's.
 type DatapathDrift struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// kind: link-detached, prog-replaced, state-modified, map-replaced,
-	// map-modified or pin-removed (a newer agent may have more).
+	// kind: link-detached, prog-replaced, prog-preceded, state-modified,
+	// map-replaced, map-modified or pin-removed (a newer agent may have
+	// more).
 	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	// object names what drifted (a hook and its interface, a map, a pin).
 	Object string `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
