@@ -166,11 +166,11 @@ type Datapath struct {
 	// is drift (prog-preceded), one that was there before is not ours to
 	// judge (another tool's, e.g. a CNI's).
 	preceding map[hook][]ebpf.ProgramID
-	kicks    chan struct{} // CheckRequests
-	watch    *linkWatch
-	stopped  chan struct{} // closed by Close: address watches end
-	closed   bool
-	closeErr error
+	kicks     chan struct{} // CheckRequests
+	watch     *linkWatch
+	stopped   chan struct{} // closed by Close: address watches end
+	closed    bool
+	closeErr  error
 }
 
 // Open loads the programs and maps, adopting whatever an earlier agent
@@ -232,21 +232,21 @@ func Open(cfg Config) (*Datapath, error) {
 		return nil, err
 	}
 	d := &Datapath{
-		lock:     lock,
-		ns:       ns,
-		hz:       hz,
-		probe:    probe,
-		clock:    newClock(probe, hz),
-		cfg:      cfg,
-		log:      log,
-		spec:     spec,
-		objs:     l.objs,
-		replaced: l.replaced,
-		links:    make(map[hook]link.Link),
-		stopped:  make(chan struct{}),
-		seed:     maphash.MakeSeed(),
+		lock:      lock,
+		ns:        ns,
+		hz:        hz,
+		probe:     probe,
+		clock:     newClock(probe, hz),
+		cfg:       cfg,
+		log:       log,
+		spec:      spec,
+		objs:      l.objs,
+		replaced:  l.replaced,
+		links:     make(map[hook]link.Link),
+		stopped:   make(chan struct{}),
+		seed:      maphash.MakeSeed(),
 		preceding: make(map[hook][]ebpf.ProgramID),
-		kicks:    make(chan struct{}, 1),
+		kicks:     make(chan struct{}, 1),
 	}
 	for i, p := range []*ebpf.Program{d.objs.EgTcIngress, d.objs.EgTcEgress} {
 		info, err := p.Info()
