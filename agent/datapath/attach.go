@@ -153,8 +153,12 @@ func (d *Datapath) adoptLinks(switchNow bool) error {
 			}
 		}
 		d.links[h] = l
+		running := info.Program // the previous agent's, until finishUpgrade
+		if switchNow {
+			running = d.progIDs[boolIndex(h.egress)]
+		}
 		_ = inNetNS(d.netns(), func() error {
-			d.preceding[h], _ = precedingNow(h, info.Program)
+			d.preceding[h], _ = precedingNow(h, running)
 			return nil
 		})
 	}

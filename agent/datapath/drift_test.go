@@ -382,6 +382,7 @@ func TestPrivilegedDriftDetectedAndRepaired(t *testing.T) {
 func TestPrivilegedDriftLeavesEarlierProgramsAlone(t *testing.T) {
 	h := newHarness(t, Config{HostInterfaces: []string{"up0"}}, "web0", "mon0", "up0")
 	web := h.ifindex["web0"]
+	var err error
 	attach := func(anchor link.Anchor) link.Link {
 		// A program of its own each time: tcx takes one program once per hook.
 		other, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
@@ -405,6 +406,23 @@ func TestPrivilegedDriftLeavesEarlierProgramsAlone(t *testing.T) {
 	h.apply(shopRuleSet())
 	if ds := check(t, h, CheckOptions{Full: true, Repair: true}); len(ds) != 0 {
 		t.Fatalf("a program attached before ours reported: %v", ds)
+	}
+
+	// An agent restarted adopts the links: the CNI's program is still no
+	// drift, before and after the first rule set.
+	cfg := h.d.cfg
+	if err := h.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if h.d, err = h.open(cfg); err != nil {
+		t.Fatalf("re-Open: %v", err)
+	}
+	if ds := check(t, h, CheckOptions{Full: true}); len(ds) != 0 {
+		t.Fatalf("drift after a restart, before the first rule set: %v", ds)
+	}
+	h.apply(shopRuleSet())
+	if ds := check(t, h, CheckOptions{Full: true}); len(ds) != 0 {
+		t.Fatalf("drift after a restart: %v", ds)
 	}
 
 	x := &tamperer{t: t, h: h, dir: h.d.cfg.BPFFSDir}
