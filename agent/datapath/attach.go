@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -79,6 +80,7 @@ func (d *Datapath) attach(b binding) error {
 			l, err = link.AttachTCX(link.TCXOptions{Interface: int(b.ifindex), Program: d.program(h), Attach: h.attachType()})
 			if err == nil {
 				d.preceding[h], _ = precedingNow(h, d.progIDs[boolIndex(h.egress)]) // what another tool put there first
+				d.settling[h] = time.Now()
 			}
 			return err
 		})
@@ -115,6 +117,7 @@ func (d *Datapath) detach(ifindex uint32) {
 		}
 		delete(d.links, h)
 		delete(d.preceding, h)
+		delete(d.settling, h)
 	}
 }
 

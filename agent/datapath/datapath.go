@@ -166,6 +166,10 @@ type Datapath struct {
 	// is drift (prog-preceded), one that was there before is not ours to
 	// judge (another tool's, e.g. a CNI's).
 	preceding map[hook][]ebpf.ProgramID
+	// settling are the hooks attached less than precedeSettle ago, by
+	// when: programs a CNI puts ahead of ours right after creating the
+	// interface join the baseline meanwhile.
+	settling map[hook]time.Time
 	kicks     chan struct{} // CheckRequests
 	watch     *linkWatch
 	stopped   chan struct{} // closed by Close: address watches end
@@ -246,6 +250,7 @@ func Open(cfg Config) (*Datapath, error) {
 		stopped:   make(chan struct{}),
 		seed:      maphash.MakeSeed(),
 		preceding: make(map[hook][]ebpf.ProgramID),
+		settling:  make(map[hook]time.Time),
 		kicks:     make(chan struct{}, 1),
 	}
 	for i, p := range []*ebpf.Program{d.objs.EgTcIngress, d.objs.EgTcEgress} {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -205,6 +206,11 @@ func (d *Datapath) checkLinks(repair bool) []Drift {
 	return out
 }
 
+// precedeSettle is how long after we attach to a new interface programs
+// put ahead of ours are taken as the interface's own (a CNI attaching its
+// programs as it sets up a pod's veth, racing our attach), not drift.
+const precedeSettle = 5 * time.Second
+
 // precedingNow lists the programs that run before program id on h's hook
 // now (nil if id is not there). Runs in the datapath's namespace.
 func precedingNow(h hook, id ebpf.ProgramID) ([]ebpf.ProgramID, error) {
@@ -237,6 +243,13 @@ func (d *Datapath) checkPreceding(repair bool) []Drift {
 			before, err := precedingNow(h, d.progIDs[boolIndex(h.egress)])
 			if err != nil {
 				continue // the interface went away meanwhile: the watch's business
+			}
+			if at, ok := d.settling[h]; ok {
+				if time.Since(at) < precedeSettle {
+					d.preceding[h] = before
+					continue
+				}
+				delete(d.settling, h)
 			}
 			var added []ebpf.ProgramID
 			for _, id := range before {
@@ -300,6 +313,7 @@ func (d *Datapath) moveToHead(h hook) error {
 	}
 	d.links[h] = nl
 	d.preceding[h] = nil
+	delete(d.settling, h)
 	return nil
 }
 
@@ -345,7 +359,10 @@ func (d *Datapath) reattach(h hook, name string) error {
 	// What ran before ours stays the baseline: a program the attacker
 	// put there with the detach must still show as prog-preceded.
 	baseline := d.preceding[h]
-	defer func() { d.preceding[h] = baseline }()
+	defer func() {
+		d.preceding[h] = baseline
+		delete(d.settling, h) // no window for whoever detached it
+	}()
 	if l, ok := d.links[h]; ok {
 		_ = l.Unpin()
 		l.Close()

@@ -145,6 +145,14 @@ func (x *tamperer) activeInner(name string) *ebpf.Map {
 
 var seedForTest = maphash.MakeSeed()
 
+// settle ends the settling time of every hook, as if precedeSettle had
+// passed since the interfaces were attached.
+func settle(h *harness) {
+	h.d.mu.Lock()
+	defer h.d.mu.Unlock()
+	clear(h.d.settling)
+}
+
 func kinds(ds []Drift) []string {
 	var out []string
 	for _, d := range ds {
@@ -321,6 +329,7 @@ func TestPrivilegedDriftDetectedAndRepaired(t *testing.T) {
 	// A program put ahead of ours (BPF_F_BEFORE, at the head): it could
 	// pass everything before ours runs. Ours moves to the head again. A
 	// program that was there before ours was attached is not drift.
+	settle(h)
 	var ahead link.Link
 	if err := h.ns.Do(func() error {
 		var err error
@@ -406,6 +415,30 @@ func TestPrivilegedDriftLeavesEarlierProgramsAlone(t *testing.T) {
 	h.apply(shopRuleSet())
 	if ds := check(t, h, CheckOptions{Full: true, Repair: true}); len(ds) != 0 {
 		t.Fatalf("a program attached before ours reported: %v", ds)
+	}
+	// And one the CNI puts ahead right after ours, while the interface
+	// settles (a pod's veth being set up).
+	mon := h.ifindex["mon0"]
+	var cni link.Link
+	if err := h.ns.Do(func() error {
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { p.Close() })
+		cni, err = link.AttachTCX(link.TCXOptions{Interface: int(mon), Program: p, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cni.Close() })
+	if ds := check(t, h, CheckOptions{Repair: true}); len(ds) != 0 {
+		t.Fatalf("a program put ahead while the interface settles reported: %v", ds)
+	}
+	settle(h)
+	if ds := check(t, h, CheckOptions{Repair: true}); len(ds) != 0 {
+		t.Fatalf("the settled CNI program reported: %v", ds)
 	}
 
 	// An agent restarted adopts the links: the CNI's program is still no
