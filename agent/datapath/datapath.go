@@ -170,11 +170,11 @@ type Datapath struct {
 	// when: programs a CNI puts ahead of ours right after creating the
 	// interface join the baseline meanwhile.
 	settling map[hook]time.Time
-	kicks     chan struct{} // CheckRequests
-	watch     *linkWatch
-	stopped   chan struct{} // closed by Close: address watches end
-	closed    bool
-	closeErr  error
+	kicks    chan struct{} // CheckRequests
+	watch    *linkWatch
+	stopped  chan struct{} // closed by Close: address watches end
+	closed   bool
+	closeErr error
 }
 
 // Open loads the programs and maps, adopting whatever an earlier agent
