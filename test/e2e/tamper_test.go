@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +22,73 @@ import (
 	"github.com/eastguard/eastguard/test/harness"
 )
 
+// tamperEnv is two nodes (web on node-a, client on node-b) with agents
+// joined to a controller whose webhook receiver checks signatures.
+type tamperEnv struct {
+	cp           *harness.ControlPlane
+	rc           *harness.Receiver
+	nodeA, nodeB *topo.Node
+	web, client  *topo.Workload
+	agentA       *topo.Process
+}
+
+func newTamperEnv(t *testing.T, controllerArgs ...string) *tamperEnv {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	bin := buildAll(t)
+	e := &tamperEnv{nodeA: topo.NewNode(t, "node-a", 1), nodeB: topo.NewNode(t, "node-b", 2)}
+	e.web = e.nodeA.AddWorkload(t, "web", 1)
+	e.client = e.nodeB.AddWorkload(t, "client", 3)
+	topo.Link(t, e.nodeA, e.nodeB)
+	e.web.Listen(t, 8080)
+	e.cp = harness.NewControlPlane(t, bin, t.TempDir(), e.nodeA, e.nodeB)
+	e.cp.Env = []string{"EASTGUARD_WEBHOOK_SECRET=" + webhookSecret}
+	e.cp.Args = append(append(e.cp.Args, "--webhook-allow-private"), controllerArgs...)
+	for _, n := range []*topo.Node{e.nodeA, e.nodeB} {
+		t.Cleanup(func() {
+			if out, err := exec.Command(bin["eastguard-agent"], "--uninstall", "--bpffs-dir", n.BPFFSDir).CombinedOutput(); err != nil {
+				t.Errorf("uninstall %s: %v\n%s", n.Name, err, out)
+			}
+		})
+	}
+	e.rc = harness.NewReceiver([]byte(webhookSecret))
+	hookURL := e.cp.ServeWebhook(e.rc)
+	e.cp.Start()
+	for _, n := range []*topo.Node{e.nodeA, e.nodeB} {
+		out := strings.Split(strings.TrimSpace(e.cp.MustEgctl("token", "create", "--node", n.Name, "--ttl", "10m")), "\n")
+		p := topo.Start(t, "agent-"+n.Name, n.NS.Nsenter(t.Context(), bin["eastguard-agent"], "--node", n.Name,
+			"--controller", e.cp.Addr(n), "--join-token", out[len(out)-1], "--state-dir", t.TempDir(),
+			"--bpffs-dir", n.BPFFSDir, "--log-format", "console", "--metrics-listen", "127.0.0.1:9790"))
+		if n == e.nodeA {
+			e.agentA = p
+		}
+	}
+	e.cp.Apply(crossNodePolicy(e.web, e.client) + "---\n" + testutil.SSHAlertPolicy(hookURL, ""))
+	e.cp.WaitSynced(1, "node-a", "node-b")
+	return e
+}
+
+// waitNodeAlert waits for the signed firing alert of rule and destination
+// (a kind) at the webhook, and returns it.
+func (e *tamperEnv) waitNodeAlert(t *testing.T, rule, kind string) harness.Received {
+	t.Helper()
+	var got harness.Received
+	testutil.Eventually(t, 90*time.Second, "the "+rule+" alert ("+kind+") at the webhook", func() error {
+		rs, errs := e.rc.Requests()
+		if len(errs) > 0 {
+			t.Fatalf("webhook requests that do not verify or parse: %v", errs)
+		}
+		for _, r := range rs {
+			if r.Payload.Alert.Rule == rule && r.Payload.Alert.Destination.Name == kind {
+				got = r
+				return nil
+			}
+		}
+		return fmt.Errorf("not among %d requests", len(rs))
+	})
+	return got
+}
+
 // TestPrivilegedDatapathTamperRepairedAndAlerted plays a root attacker on
 // node-a while its agent runs with a controller: it detaches the tcx
 // link of web's interface by id (what `bpftool link detach` does) and
@@ -30,34 +98,8 @@ import (
 // counts them in eastguard_agent_datapath_drift_total, and the controller
 // sends the signed datapath-tampered alert, one per kind, to the webhook.
 func TestPrivilegedDatapathTamperRepairedAndAlerted(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	bin := buildAll(t)
-	nodeA, nodeB := topo.NewNode(t, "node-a", 1), topo.NewNode(t, "node-b", 2)
-	web := nodeA.AddWorkload(t, "web", 1)
-	client := nodeB.AddWorkload(t, "client", 3)
-	topo.Link(t, nodeA, nodeB)
-	web.Listen(t, 8080)
-	cp := harness.NewControlPlane(t, bin, t.TempDir(), nodeA, nodeB)
-	cp.Env = []string{"EASTGUARD_WEBHOOK_SECRET=" + webhookSecret}
-	cp.Args = append(cp.Args, "--webhook-allow-private")
-	for _, n := range []*topo.Node{nodeA, nodeB} {
-		t.Cleanup(func() {
-			if out, err := exec.Command(bin["eastguard-agent"], "--uninstall", "--bpffs-dir", n.BPFFSDir).CombinedOutput(); err != nil {
-				t.Errorf("uninstall %s: %v\n%s", n.Name, err, out)
-			}
-		})
-	}
-	rc := harness.NewReceiver([]byte(webhookSecret))
-	hookURL := cp.ServeWebhook(rc)
-	cp.Start()
-	for _, n := range []*topo.Node{nodeA, nodeB} {
-		out := strings.Split(strings.TrimSpace(cp.MustEgctl("token", "create", "--node", n.Name, "--ttl", "10m")), "\n")
-		topo.Start(t, "agent-"+n.Name, n.NS.Nsenter(t.Context(), bin["eastguard-agent"], "--node", n.Name,
-			"--controller", cp.Addr(n), "--join-token", out[len(out)-1], "--state-dir", t.TempDir(),
-			"--bpffs-dir", n.BPFFSDir, "--log-format", "console", "--metrics-listen", "127.0.0.1:9790"))
-	}
-	cp.Apply(crossNodePolicy(web, client) + "---\n" + testutil.SSHAlertPolicy(hookURL, ""))
-	cp.WaitSynced(1, "node-a", "node-b")
+	e := newTamperEnv(t)
+	nodeA, web, client := e.nodeA, e.web, e.client
 	topo.MustPass(t, "client -> web:8080 before tampering", client.Dial(web.Addr4, 8080, 2*time.Second))
 
 	// The attacker: web's ingress link detached...
@@ -158,30 +200,39 @@ func TestPrivilegedDatapathTamperRepairedAndAlerted(t *testing.T) {
 	})
 
 	// One signed, critical alert per kind at the webhook, saying repaired.
-	testutil.Eventually(t, 30*time.Second, "the datapath-tampered alerts at the webhook", func() error {
-		got, errs := rc.Requests()
-		if len(errs) > 0 {
-			t.Fatalf("webhook requests that do not verify or parse: %v", errs)
+	for _, kind := range []string{"link-detached", "map-modified"} {
+		r := e.waitNodeAlert(t, "datapath-tampered", kind)
+		a := r.Payload.Alert
+		if r.Payload.Event != "firing" || a.Severity != "critical" || a.Node != "node-a" || a.Source.Name != "node-a" || a.Verdict != "repaired" {
+			t.Errorf("alert for %s: %+v", kind, r.Payload)
 		}
-		kinds := map[string]harness.Received{}
-		for _, r := range got {
-			if r.Payload.Alert.Rule == "datapath-tampered" {
-				kinds[r.Payload.Alert.Destination.Name] = r
-			}
-		}
-		for _, kind := range []string{"link-detached", "map-modified"} {
-			r, ok := kinds[kind]
-			if !ok {
-				return fmt.Errorf("no datapath-tampered alert for %s among %d requests", kind, len(got))
-			}
-			a := r.Payload.Alert
-			if r.Payload.Event != "firing" || a.Severity != "critical" || a.Node != "node-a" || a.Source.Name != "node-a" || a.Verdict != "repaired" {
-				t.Fatalf("alert for %s: %+v", kind, r.Payload)
-			}
-			t.Logf("%s alert at the webhook %v after the tampering", kind, r.At.Sub(detached))
-		}
-		return nil
-	})
+		t.Logf("%s alert at the webhook %v after the tampering", kind, r.At.Sub(detached))
+	}
+}
+
+// TestPrivilegedSilentAgentAlerted: node-a's agent frozen (SIGSTOP), its
+// connection stays up (the kernel keeps the socket) but it sends
+// nothing; the controller (heartbeat 1s) closes the stream once it has
+// been silent for three of the agent's heartbeats (10 s) and one of its
+// own, and the signed agent-silent alert reaches the webhook.
+func TestPrivilegedSilentAgentAlerted(t *testing.T) {
+	e := newTamperEnv(t, "--heartbeat", "1s")
+	pid := e.agentA.Cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	r := e.waitNodeAlert(t, "agent-silent", "silent")
+	a := r.Payload.Alert
+	if r.Payload.Event != "firing" || a.Severity != "critical" || a.Node != "node-a" || a.Source.Name != "node-a" ||
+		a.Verdict != "stream closed" || !strings.Contains(a.Decider, "no message from the agent") {
+		t.Errorf("alert: %+v", r.Payload)
+	}
+	t.Logf("agent-silent alert at the webhook %v after the agent was frozen", r.At.Sub(stopped))
+	if rs, _ := e.rc.Requests(); slices.ContainsFunc(rs, func(r harness.Received) bool { return r.Payload.Alert.Node == "node-b" }) {
+		t.Errorf("an alert for node-b, whose agent runs: %+v", rs)
+	}
 }
 
 // policyEntry opens the active generation's policy map of the agent
