@@ -335,13 +335,11 @@ func (ss *session) onDrift(d *pb.DatapathDrift) {
 	ss.s.m.drift.WithLabelValues(kind).Add(float64(d.GetCount()))
 	ss.log.Error("agent reports its datapath tampered with", zap.String("kind", d.GetKind()), zap.String("object", d.GetObject()),
 		zap.String("detail", d.GetDetail()), zap.String("outcome", outcome), zap.Uint64("count", d.GetCount()))
-	at := time.Unix(0, d.GetUnixNano())
-	if d.GetUnixNano() == 0 {
-		at = time.Time{}
-	}
+	// The controller's clock, not the agent's: an agent clock behind by
+	// more than the window would have the alert resolved at once.
 	ss.s.flows.RaiseNodeAlert(alert.NodeEvent{
 		Rule: alert.BuiltinTamperedRule, Node: ss.node, Kind: kind,
-		Detail: wire.Cut(detail, wire.MaxDriftText), Outcome: wire.Cut(outcome, wire.MaxDriftText), Count: d.GetCount(), At: at,
+		Detail: wire.Cut(detail, wire.MaxDriftText), Outcome: wire.Cut(outcome, wire.MaxDriftText), Count: d.GetCount(), At: ss.lastRecv,
 	})
 }
 

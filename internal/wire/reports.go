@@ -36,6 +36,10 @@ const (
 	// MaxDriftText bounds DatapathDrift.object, .detail and
 	// .repairError (refused beyond: an agent writes far less).
 	MaxDriftText = 1024
+	// MaxDriftCount bounds DatapathDrift.count, the findings of one kind
+	// since the last report (an agent checks ten times a second at most),
+	// so that summing them never wraps.
+	MaxDriftCount = 1 << 32
 )
 
 // checkText checks a short free text: at most max bytes of UTF-8 without
@@ -159,8 +163,8 @@ func DriftKind(kind string) string {
 // CheckDrift checks a datapath drift report before the controller keeps
 // any of it (in an alert) or logs it.
 func CheckDrift(d *pb.DatapathDrift) error {
-	if d.GetCount() == 0 {
-		return fmt.Errorf("drift.count: 0, want at least 1")
+	if c := d.GetCount(); c == 0 || c > MaxDriftCount {
+		return fmt.Errorf("drift.count: %d, want 1 to %d", c, MaxDriftCount)
 	}
 	return firstError(
 		checkWord("drift.kind", d.GetKind()),

@@ -92,6 +92,7 @@ func TestCheckDrift(t *testing.T) {
 		edit  func(*pb.DatapathDrift)
 	}{
 		{"drift.count", func(d *pb.DatapathDrift) { d.Count = 0 }},
+		{"drift.count", func(d *pb.DatapathDrift) { d.Count = MaxDriftCount + 1 }},
 		{"drift.kind", func(d *pb.DatapathDrift) { d.Kind = "Link Detached" }},
 		{"drift.kind", func(d *pb.DatapathDrift) { d.Kind = "" }},
 		{"drift.detail", func(d *pb.DatapathDrift) { d.Detail = "ok\nFAKE LOG LINE" }},
