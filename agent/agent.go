@@ -35,6 +35,7 @@ import (
 	"github.com/eastguard/eastguard/agent/state"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
 // Config is the agent's settings, as eastguard-agent's flags give them.
@@ -68,6 +69,12 @@ type Config struct {
 	// (active and closed records); 0 means DefaultFlowUpdateInterval.
 	FlowUpdateInterval time.Duration
 	Stdout             io.Writer
+	// DatapathCheckInterval and DatapathFullCheckInterval are the drift
+	// checks' periods (0: the defaults); Repair puts back what they find
+	// changed (enforcer.DriftConfig).
+	DatapathCheckInterval     time.Duration
+	DatapathFullCheckInterval time.Duration
+	Repair                    bool
 	// MetricsListen serves /metrics, /healthz and /status ("" for none).
 	MetricsListen string
 	// Version is reported to the controller.
@@ -95,6 +102,12 @@ func (c *Config) Check() error {
 	}
 	if c.FlowUpdateInterval != 0 && (c.FlowUpdateInterval < time.Second || c.FlowUpdateInterval > 24*time.Hour) {
 		return fmt.Errorf("--flow-update-interval %s: want between 1s and 24h", c.FlowUpdateInterval)
+	}
+	if d := c.DatapathCheckInterval; d != 0 && (d < 100*time.Millisecond || d > time.Minute) {
+		return fmt.Errorf("--datapath-check-interval %s: want between 100ms and 1m", d)
+	}
+	if d := c.DatapathFullCheckInterval; d != 0 && (d < time.Second || d > 24*time.Hour) {
+		return fmt.Errorf("--datapath-full-check-interval %s: want between 1s and 24h", d)
 	}
 	given := 0
 	for _, s := range []string{c.JoinToken, c.JoinTokenFile, c.JoinServiceAccountTokenFile} {
@@ -149,7 +162,8 @@ type Agent struct {
 	pipe   *flows.Pipeline
 	spool  *flows.Spool // with a controller only
 
-	cp *controlplane.Client // with a controller only
+	cp    *controlplane.Client // with a controller only
+	drift *controlplane.DriftReports
 
 	closers []func() error // in the order to run them
 }
@@ -255,8 +269,10 @@ func (a *Agent) open() (err error) {
 	}
 
 	if cfg.Controller != "" {
+		a.drift = controlplane.NewDriftReports()
 		if a.cp, err = controlplane.New(controlplane.Config{
 			Flows:      a.spool,
+			Drift:      a.drift,
 			Node:       cfg.Node,
 			Controller: cfg.Controller,
 			JoinToken:  cfg.JoinToken,
@@ -368,6 +384,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			}
 		})
 	}
+	// Tampering with the datapath is found, repaired (unless
+	// --repair=false), logged, counted and reported to the controller.
+	wg.Go(func() {
+		a.enf.WatchDrift(ctx, enforcer.DriftConfig{
+			Interval: a.cfg.DatapathCheckInterval, FullInterval: a.cfg.DatapathFullCheckInterval,
+			Repair: a.cfg.Repair, OnDrift: a.onDrift, OnCheck: a.met.ObserveCheck,
+		})
+	})
 	if a.pipe != nil {
 		wg.Go(func() {
 			if err := a.reader.Run(ctx, a.pipe.Handle); err != nil {
@@ -466,6 +490,16 @@ func (a *Agent) lookup(ep ruleset.EndpointID, q controlplane.LookupQuery) (contr
 	}
 	return controlplane.LookupResult{Generation: r.Generation, Interfaces: r.Interfaces, Mode: r.Mode,
 		PeerIdentity: r.PeerIdentity, Verdict: r.Verdict, Rule: r.Rule}, nil
+}
+
+// onDrift counts a datapath drift finding and, with a controller,
+// reports it (datapath-tampered alert).
+func (a *Agent) onDrift(d datapath.Drift) {
+	a.met.ObserveDrift(d)
+	if a.drift != nil {
+		a.drift.Add(&pb.DatapathDrift{Kind: string(d.Kind), Object: d.Object, Detail: d.Detail,
+			Repaired: d.Repaired, RepairError: d.RepairError, Count: 1, UnixNano: time.Now().UnixNano()})
+	}
 }
 
 // controllerSource is the enforcer as the control plane sees it: rule

@@ -33,6 +33,8 @@ func (d *fakeDatapath) Apply(rs *ruleset.RuleSet) (*datapath.ApplyResult, error)
 func (d *fakeDatapath) NodeAddresses() ([]netip.Addr, error)                       { return []netip.Addr{fakeNodeAddr}, nil }
 func (d *fakeDatapath) UpdateIPCache([]ruleset.IPCacheEntry, []netip.Prefix) error { return nil }
 func (d *fakeDatapath) WatchAddresses(context.Context) (<-chan struct{}, error)    { return nil, nil }
+func (d *fakeDatapath) Check(datapath.CheckOptions) ([]datapath.Drift, error)      { return nil, nil }
+func (d *fakeDatapath) CheckRequests() <-chan struct{}                             { return nil }
 func (d *fakeDatapath) Status() datapath.Status {
 	return datapath.Status{Generation: d.last.Generation, Version: d.last.Version, EffectiveHash: d.last.Hash}
 }

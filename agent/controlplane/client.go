@@ -73,6 +73,9 @@ type Config struct {
 	// Flows, if set, supplies flow batches to send on the stream
 	// (agent/flows.Spool).
 	Flows FlowSource
+	// Drift, if set, holds the datapath drift findings to report
+	// (DriftReports); they are sent as they come, coalesced per kind.
+	Drift *DriftReports
 	// Heartbeat is how often the agent sends one (default 10s).
 	Heartbeat time.Duration
 	// MinBackoff and MaxBackoff bound the jittered exponential wait

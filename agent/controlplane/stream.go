@@ -85,6 +85,9 @@ func (c *Client) stream(ctx context.Context) (established bool, err error) {
 	defer wg.Wait()
 	defer cancel(nil) // stops the heartbeats and the sender before waiting for them
 	wg.Go(func() { s.heartbeats(ctx, cancel, peer, heard) })
+	if r := c.cfg.Drift; r != nil {
+		wg.Go(func() { s.sendDrift(ctx, cancel, r) })
+	}
 	if flows := c.cfg.Flows; flows != nil {
 		wg.Go(func() {
 			for {

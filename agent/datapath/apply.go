@@ -115,7 +115,8 @@ func (d *Datapath) Apply(rs *ruleset.RuleSet) (*ApplyResult, error) {
 // it, installed on the spot.
 func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, pending []string) error {
 	slot := (d.word & 1) ^ 1
-	gen, capacity, err := d.stage(slot, rs, tables, bindings, needOf(rs, tables, bindings))
+	sh := newShadow(d.seed)
+	gen, capacity, err := d.stage(slot, rs, tables, bindings, needOf(rs, tables, bindings), sh)
 	if err != nil {
 		return err
 	}
@@ -154,6 +155,8 @@ func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings ma
 		return err
 	}
 	d.gens[slot] = gen
+	d.shadow = sh
+	d.innerIDs = gen.ids()
 	// The previous generation is retired; the kernel keeps its maps until
 	// the slot is reused.
 	if old := d.gens[slot^1]; old != nil {
@@ -181,10 +184,10 @@ func (d *Datapath) swap(rs *ruleset.RuleSet, tables *ruleset.Tables, bindings ma
 // stage fills maps for slot with the rule set: the prepared ones if the
 // rule set fits, else new ones installed now. It returns the generation and
 // the capacity of its maps.
-func (d *Datapath) stage(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, need sizes) (*generation, sizes, error) {
+func (d *Datapath) stage(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, need sizes, sh *shadow) (*generation, sizes, error) {
 	if p := d.takePrepared(); p != nil {
 		if p.slot == slot && need.fits(p.capacity) {
-			if err := d.fill(p.gen, rs, tables, bindings, p.capacity); err != nil {
+			if err := d.fill(p.gen, rs, tables, bindings, p.capacity, sh); err != nil {
 				// Half-filled, in the inactive slot: harmless, never
 				// reused; the next swap takes the slow path.
 				p.gen.close()
@@ -199,7 +202,7 @@ func (d *Datapath) stage(slot uint32, rs *ruleset.RuleSet, tables *ruleset.Table
 	if err != nil {
 		return nil, sizes{}, err
 	}
-	if err := d.fill(gen, rs, tables, bindings, capacity); err != nil {
+	if err := d.fill(gen, rs, tables, bindings, capacity, sh); err != nil {
 		gen.close()
 		return nil, sizes{}, err
 	}
@@ -286,9 +289,13 @@ func (d *Datapath) UpdateIPCache(upsert []ruleset.IPCacheEntry, remove []netip.P
 	for _, p := range remove {
 		var err error
 		if isHost(p) {
-			err = gen[mHosts].Delete(hostKey(p.Addr()))
+			k := hostKey(p.Addr())
+			err = gen[mHosts].Delete(k)
+			d.shadow.del(mHosts, raw(&k))
 		} else {
-			err = gen[mPrefixes].Delete(ipcacheKey(p))
+			k := ipcacheKey(p)
+			err = gen[mPrefixes].Delete(k)
+			d.shadow.del(mPrefixes, raw(&k))
 		}
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("update ipcache: delete %s: %w", p, err)
@@ -300,9 +307,15 @@ func (d *Datapath) UpdateIPCache(upsert []ruleset.IPCacheEntry, remove []netip.P
 		which := mPrefixes
 		if isHost(c.Prefix) {
 			which = mHosts
-			err = gen[mHosts].Update(hostKey(c.Prefix.Addr()), v, ebpf.UpdateAny)
+			k := hostKey(c.Prefix.Addr())
+			if err = gen[mHosts].Update(k, v, ebpf.UpdateAny); err == nil {
+				d.shadow.set(mHosts, raw(&k), raw(&v))
+			}
 		} else {
-			err = gen[mPrefixes].Update(ipcacheKey(c.Prefix), v, ebpf.UpdateAny)
+			k := ipcacheKey(c.Prefix)
+			if err = gen[mPrefixes].Update(k, v, ebpf.UpdateAny); err == nil {
+				d.shadow.set(mPrefixes, raw(&k), raw(&v))
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("update ipcache: %s: %w", c.Prefix, mapErr(which, cur.capacity, err))

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -77,6 +78,10 @@ func (d *Datapath) attach(b binding) error {
 		err := inNetNS(d.netns(), func() error {
 			var err error
 			l, err = link.AttachTCX(link.TCXOptions{Interface: int(b.ifindex), Program: d.program(h), Attach: h.attachType()})
+			if err == nil {
+				d.preceding[h], _ = precedingNow(h, d.progIDs[boolIndex(h.egress)]) // what another tool put there first
+				d.settling[h] = time.Now()
+			}
 			return err
 		})
 		if errors.Is(err, unix.ENODEV) {
@@ -111,6 +116,8 @@ func (d *Datapath) detach(ifindex uint32) {
 			d.log.Warn("close link", zap.String("link", h.String()), zap.Error(err))
 		}
 		delete(d.links, h)
+		delete(d.preceding, h)
+		delete(d.settling, h)
 	}
 }
 
@@ -149,6 +156,14 @@ func (d *Datapath) adoptLinks(switchNow bool) error {
 			}
 		}
 		d.links[h] = l
+		running := info.Program // the previous agent's, until finishUpgrade
+		if switchNow {
+			running = d.progIDs[boolIndex(h.egress)]
+		}
+		_ = inNetNS(d.netns(), func() error {
+			d.preceding[h], _ = precedingNow(h, running)
+			return nil
+		})
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"slices"
 	"sync"
@@ -152,10 +153,28 @@ type Datapath struct {
 	preparing chan *prepared
 	current   *applied           // what the active generation holds
 	links     map[hook]link.Link // our attachments
-	watch     *linkWatch
-	stopped   chan struct{} // closed by Close: address watches end
-	closed    bool
-	closeErr  error
+	// shadow is our copy of what the active generation's inner maps
+	// hold (nil until this process applied a rule set), innerIDs those
+	// maps' ids, progIDs the ids of the programs we loaded (ingress,
+	// egress): what Check compares the kernel's objects with.
+	shadow   *shadow
+	seed     maphash.Seed
+	innerIDs [numInner]ebpf.MapID
+	progIDs  [2]ebpf.ProgramID
+	// preceding are, per hook, the other programs that ran before ours
+	// when we attached (or adopted) it: a program put ahead of ours later
+	// is drift (prog-preceded), one that was there before is not ours to
+	// judge (another tool's, e.g. a CNI's).
+	preceding map[hook][]ebpf.ProgramID
+	// settling are the hooks attached less than precedeSettle ago, by
+	// when: programs a CNI puts ahead of ours right after creating the
+	// interface join the baseline meanwhile.
+	settling map[hook]time.Time
+	kicks    chan struct{} // CheckRequests
+	watch    *linkWatch
+	stopped  chan struct{} // closed by Close: address watches end
+	closed   bool
+	closeErr error
 }
 
 // Open loads the programs and maps, adopting whatever an earlier agent
@@ -217,18 +236,30 @@ func Open(cfg Config) (*Datapath, error) {
 		return nil, err
 	}
 	d := &Datapath{
-		lock:     lock,
-		ns:       ns,
-		hz:       hz,
-		probe:    probe,
-		clock:    newClock(probe, hz),
-		cfg:      cfg,
-		log:      log,
-		spec:     spec,
-		objs:     l.objs,
-		replaced: l.replaced,
-		links:    make(map[hook]link.Link),
-		stopped:  make(chan struct{}),
+		lock:      lock,
+		ns:        ns,
+		hz:        hz,
+		probe:     probe,
+		clock:     newClock(probe, hz),
+		cfg:       cfg,
+		log:       log,
+		spec:      spec,
+		objs:      l.objs,
+		replaced:  l.replaced,
+		links:     make(map[hook]link.Link),
+		stopped:   make(chan struct{}),
+		seed:      maphash.MakeSeed(),
+		preceding: make(map[hook][]ebpf.ProgramID),
+		settling:  make(map[hook]time.Time),
+		kicks:     make(chan struct{}, 1),
+	}
+	for i, p := range []*ebpf.Program{d.objs.EgTcIngress, d.objs.EgTcEgress} {
+		info, err := p.Info()
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("read program info: %w", err)
+		}
+		d.progIDs[i], _ = info.ID()
 	}
 	var g bpfEgGeneration
 	if err := d.objs.EgState.Lookup(uint32(0), &g); err != nil {

@@ -129,7 +129,8 @@ func (d *Datapath) create(slot uint32, capacity sizes) (*generation, error) {
 }
 
 // fill writes a rule set into a generation's empty maps.
-func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, capacity sizes) error {
+// What it writes goes into sh too (see shadow).
+func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tables, bindings map[uint32]binding, capacity sizes, sh *shadow) error {
 	eps := make(map[ruleset.EndpointID]ruleset.Endpoint, len(rs.Endpoints))
 	for _, e := range rs.Endpoints {
 		eps[e.ID] = e
@@ -149,7 +150,7 @@ func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tabl
 	for i, s := range slots {
 		vals[i] = table[s]
 	}
-	if err := batchUpdate(g[mEndpoints], mEndpoints, slots, vals, capacity); err != nil {
+	if err := batchUpdate(g[mEndpoints], mEndpoints, slots, vals, capacity, sh); err != nil {
 		return err
 	}
 
@@ -163,11 +164,13 @@ func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tabl
 			continue
 		}
 		// The LPM trie has no batch update.
-		if err := g[mPrefixes].Update(ipcacheKey(c.Prefix), v, ebpf.UpdateAny); err != nil {
+		k := ipcacheKey(c.Prefix)
+		if err := g[mPrefixes].Update(k, v, ebpf.UpdateAny); err != nil {
 			return mapErr(mPrefixes, capacity, err)
 		}
+		sh.set(mPrefixes, raw(&k), raw(&v))
 	}
-	if err := batchUpdate(g[mHosts], mHosts, hostKeys, hostVals, capacity); err != nil {
+	if err := batchUpdate(g[mHosts], mHosts, hostKeys, hostVals, capacity, sh); err != nil {
 		return err
 	}
 
@@ -180,7 +183,7 @@ func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tabl
 		})
 		pVals = append(pVals, bpfEgPolicyValue{RuleId: uint32(v.Rule), Verdict: uint8(v.Verdict)})
 	}
-	if err := batchUpdate(g[mPolicy], mPolicy, pKeys, pVals, capacity); err != nil {
+	if err := batchUpdate(g[mPolicy], mPolicy, pKeys, pVals, capacity, sh); err != nil {
 		return err
 	}
 
@@ -198,7 +201,7 @@ func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tabl
 		}
 		rVals = append(rVals, v)
 	}
-	return batchUpdate(g[mRanges], mRanges, rKeys, rVals, capacity)
+	return batchUpdate(g[mRanges], mRanges, rKeys, rVals, capacity, sh)
 }
 
 // install puts a generation's inner maps into the outer maps' slot. Each
@@ -257,13 +260,14 @@ func (d *Datapath) takePrepared() *prepared {
 	return p
 }
 
-func batchUpdate[K, V any](m *ebpf.Map, which int, keys []K, vals []V, capacity sizes) error {
+func batchUpdate[K, V any](m *ebpf.Map, which int, keys []K, vals []V, capacity sizes, sh *shadow) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	if _, err := m.BatchUpdate(keys, vals, &ebpf.BatchOptions{}); err != nil {
 		return mapErr(which, capacity, err)
 	}
+	record(sh, which, keys, vals)
 	return nil
 }
 

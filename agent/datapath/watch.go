@@ -75,6 +75,9 @@ func (w *linkWatch) stop() {
 }
 
 func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
+	// Any change of an interface is a moment to check ours (a link
+	// detached with the interface down and up, a flapped device).
+	defer d.requestCheck()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cur := d.current
@@ -132,7 +135,7 @@ func (d *Datapath) onLinkUpdate(u netlink.LinkUpdate) {
 		if !bound {
 			return
 		}
-		if err := unplaceEndpoint(eps, ifindex); err != nil {
+		if err := unplaceEndpoint(eps, ifindex, d.shadow); err != nil {
 			log.Warn("clearing the endpoint of a vanished interface", zap.Error(err))
 		}
 		d.detach(ifindex) // the kernel detached it already; drop our pins
@@ -166,15 +169,21 @@ func (d *Datapath) bindLive(cur *applied, ep ruleset.Endpoint, b binding, pendin
 		return false
 	}
 	slot, err := placeEndpoint(eps, b.ifindex)
+	v := endpointValue(ep, b, cur.tables)
 	if err == nil {
-		err = eps.Update(slot, endpointValue(ep, b, cur.tables), ebpf.UpdateAny)
+		if err = eps.Update(slot, v, ebpf.UpdateAny); err == nil {
+			d.shadow.set(mEndpoints, raw(&slot), raw(&v))
+		}
 	}
 	if err != nil {
 		log.Error("interface appeared but could not be bound", zap.Error(err))
 		return false
 	}
 	if err := d.attach(b); err != nil {
-		_ = eps.Update(slot, bpfEgEndpoint{Ifindex: epTombstone}, ebpf.UpdateAny)
+		tomb := bpfEgEndpoint{Ifindex: epTombstone}
+		if eps.Update(slot, tomb, ebpf.UpdateAny) == nil {
+			d.shadow.set(mEndpoints, raw(&slot), raw(&tomb))
+		}
 		log.Error("interface appeared but attaching failed; it stays pending", zap.Error(err))
 		return false
 	}
@@ -304,8 +313,8 @@ func placeEndpoint(eps *ebpf.Map, ifindex uint32) (uint32, error) {
 }
 
 // unplaceEndpoint tombstones ifindex's slot: later entries of the same
-// probe sequence stay reachable.
-func unplaceEndpoint(eps *ebpf.Map, ifindex uint32) error {
+// probe sequence stay reachable. The write goes into sh too.
+func unplaceEndpoint(eps *ebpf.Map, ifindex uint32, sh *shadow) error {
 	for i := range uint32(epProbes) {
 		s := (ifindex + i) & (epSlots - 1)
 		var v bpfEgEndpoint
@@ -316,7 +325,12 @@ func unplaceEndpoint(eps *ebpf.Map, ifindex uint32) error {
 			return nil
 		}
 		if v.Ifindex == ifindex {
-			return eps.Update(s, bpfEgEndpoint{Ifindex: epTombstone}, ebpf.UpdateAny)
+			tomb := bpfEgEndpoint{Ifindex: epTombstone}
+			if err := eps.Update(s, tomb, ebpf.UpdateAny); err != nil {
+				return err
+			}
+			sh.set(mEndpoints, raw(&s), raw(&tomb))
+			return nil
 		}
 	}
 	return nil

@@ -36,6 +36,11 @@ type Datapath interface {
 	// ctx is done.
 	WatchAddresses(ctx context.Context) (<-chan struct{}, error)
 	Status() datapath.Status
+	// Check compares the kernel objects with what the datapath made of
+	// them, repairing if told (WatchDrift); CheckRequests asks for a
+	// check out of turn.
+	Check(datapath.CheckOptions) ([]datapath.Drift, error)
+	CheckRequests() <-chan struct{}
 }
 
 // AddressBook names the workloads behind addresses, for flow records. A

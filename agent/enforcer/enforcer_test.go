@@ -35,6 +35,31 @@ type fakeDatapath struct {
 	watch     chan struct{} // WatchAddresses's channel; nil: it fails
 	gen       uint32
 	last      *datapath.ApplyResult
+	// Drift checks: each call takes the next of drifts (none when they
+	// run out) and records its options; requests is CheckRequests.
+	drifts   [][]datapath.Drift
+	checks   []datapath.CheckOptions
+	requests chan struct{}
+}
+
+func (d *fakeDatapath) Check(opts datapath.CheckOptions) ([]datapath.Drift, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.checks = append(d.checks, opts)
+	if len(d.drifts) == 0 {
+		return nil, nil
+	}
+	ds := d.drifts[0]
+	d.drifts = d.drifts[1:]
+	return ds, nil
+}
+
+func (d *fakeDatapath) CheckRequests() <-chan struct{} { return d.requests }
+
+func (d *fakeDatapath) checkCalls() []datapath.CheckOptions {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.checks)
 }
 
 // ipcacheUpdate is one UpdateIPCache call.

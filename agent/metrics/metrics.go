@@ -41,6 +41,11 @@ type Agent struct {
 	reg   *prometheus.Registry
 	src   Sources
 	apply *prometheus.HistogramVec
+	// Datapath drift checks (enforcer.DriftConfig's OnDrift and
+	// OnCheck): counted as they happen, not read at scrape time.
+	drift        *prometheus.CounterVec
+	repairFailed *prometheus.CounterVec
+	check        *prometheus.HistogramVec
 }
 
 var (
@@ -107,8 +112,42 @@ func New(src Sources) *Agent {
 		Help:    "Time to apply a rule set to the kernel, by outcome.",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	}, []string{"outcome"})
-	a.reg.MustRegister(a, a.apply, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.drift = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "eastguard_agent_datapath_drift_total",
+		Help: "Changes of the agent's kernel objects it did not make, found by its drift checks, by kind: link-detached, prog-replaced, prog-preceded, state-modified, map-replaced, map-modified, pin-removed. Each finding counts once per check it is found in.",
+	}, []string{"kind"})
+	a.repairFailed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "eastguard_agent_datapath_repair_failures_total",
+		Help: "Drift findings the agent could not repair, by kind (the node may not enforce as it should: see the agent's log).",
+	}, []string{"kind"})
+	for _, k := range datapath.DriftKinds {
+		a.drift.WithLabelValues(string(k))
+		a.repairFailed.WithLabelValues(string(k))
+	}
+	a.check = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "eastguard_agent_datapath_check_duration_seconds",
+		Help:    "Time of one datapath drift check, cheap (every --datapath-check-interval) or full (every --datapath-full-check-interval).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+	}, []string{"check"})
+	a.reg.MustRegister(a, a.apply, a.drift, a.repairFailed, a.check, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return a
+}
+
+// ObserveDrift counts one drift finding.
+func (a *Agent) ObserveDrift(d datapath.Drift) {
+	a.drift.WithLabelValues(string(d.Kind)).Inc()
+	if d.RepairError != "" {
+		a.repairFailed.WithLabelValues(string(d.Kind)).Inc()
+	}
+}
+
+// ObserveCheck records the time one drift check took.
+func (a *Agent) ObserveCheck(full bool, d time.Duration) {
+	kind := "cheap"
+	if full {
+		kind = "full"
+	}
+	a.check.WithLabelValues(kind).Observe(d.Seconds())
 }
 
 // ObserveApply records one rule-set apply (enforcer.Enforcer.Observe).

@@ -1,6 +1,13 @@
 package agentapi
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"slices"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eastguard/eastguard/internal/wire"
+)
 
 // metrics are the agent-facing service's.
 type metrics struct {
@@ -11,6 +18,7 @@ type metrics struct {
 	refused     *prometheus.CounterVec
 	joins       *prometheus.CounterVec
 	lookups     *prometheus.CounterVec
+	drift       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -44,9 +52,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "eastguard_controller_lookups_total",
 			Help: "Datapath lookups asked of agents (egctl explain --live), by result (answered, timeout, limited).",
 		}, []string{"result"}),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "eastguard_controller_datapath_drift_total",
+			Help: "Datapath drift findings agents reported (each raises or counts on a datapath-tampered alert), by kind (" + strings.Join(wire.DriftKinds, ", ") + ", other).",
+		}, []string{"kind"}),
+	}
+	for _, k := range slices.Concat(wire.DriftKinds, []string{"other"}) {
+		m.drift.WithLabelValues(k) // at 0 from the start: an increase is what to alert on
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins, m.lookups)
+		reg.MustRegister(m.connected, m.propagation, m.pushes, m.acks, m.refused, m.joins, m.lookups, m.drift)
 	}
 	return m
 }

@@ -109,9 +109,10 @@ type Service struct {
 
 	// What the listener lets peers hold and do (limits.go), and the
 	// rate-limited log of refusals (refusals.go).
-	conns  *admission.ConnLimiter
-	joins  *admission.JoinLimiter
-	renews *admission.RateLimiter[string] // per node
+	conns    *admission.ConnLimiter
+	joins    *admission.JoinLimiter
+	renews   *admission.RateLimiter[string] // per node
+	drifts   *admission.RateLimiter[string] // drift reports, per node
 	// lookupLimit bounds datapath lookups per node (lookup.go);
 	// lookupSeq numbers them.
 	lookupLimit *admission.RateLimiter[string]
@@ -162,6 +163,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		conns:       admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
 		joins:       admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
 		renews:      admission.NewRateLimiter[string](renewRate, renewBurst),
+		drifts:      admission.NewRateLimiter[string](driftRate, driftBurst),
 		lookupLimit: admission.NewRateLimiter[string](lookupRate, lookupBurst),
 		refusals:    admission.NewRefusalLog(cfg.Log, cfg.Now),
 		usedTokens:  admission.NewOnce(maxUsedTokens),

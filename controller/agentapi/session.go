@@ -13,12 +13,21 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/flowingest"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/internal/pki"
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/wire"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
+)
+
+// Drift reports per node: an agent sends at most one per kind a second
+// (six kinds); beyond driftRate a second, after a burst, they are dropped,
+// so a lying agent cannot flood the log and the alert queue.
+const (
+	driftRate  = 8
+	driftBurst = 64
 )
 
 // ResyncInterval bounds stale-version re-syncs per node: each numbers the
@@ -212,6 +221,15 @@ func (ss *session) heartbeat() error {
 		return status.Errorf(codes.Unauthenticated, "certificate expired at %s and was not renewed", exp.UTC().Format(time.RFC3339))
 	}
 	if silent := now.Sub(ss.lastRecv); silent > 3*ss.peerHeartbeat+ss.s.cfg.Heartbeat {
+		// The connection is up (the stream did not end) but the agent
+		// says nothing: hung, stopped, or its reports suppressed. The
+		// node's enforcement can no longer be vouched for.
+		ss.s.flows.RaiseNodeAlert(alert.NodeEvent{
+			Rule: alert.BuiltinSilentRule, Node: ss.node, Kind: "silent", Count: 1, At: now,
+			Detail:  fmt.Sprintf("no message from the agent for %s (heartbeat every %s) while its stream was open", silent.Round(time.Millisecond), ss.peerHeartbeat),
+			Outcome: "stream closed",
+		})
+		ss.log.Warn("closing a silent agent's stream; alert raised", zap.String("rule", alert.BuiltinSilentRule), zap.Duration("silent", silent))
 		return status.Errorf(codes.DeadlineExceeded, "no message from the agent for %s (heartbeat every %s)",
 			silent.Round(time.Millisecond), ss.peerHeartbeat)
 	}
@@ -283,6 +301,19 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 		if err := ss.onLookupAnswer(msg.LookupAnswer); err != nil {
 			return err
 		}
+	case *pb.AgentMessage_Drift:
+		if err := invalid(wire.CheckDrift(msg.Drift)); err != nil {
+			ss.s.m.refused.WithLabelValues("invalid").Inc()
+			return err
+		}
+		if ss.s.drifts != nil && !ss.s.drifts.Allow(ss.node, ss.lastRecv) {
+			// An honest agent sends one report per kind a second at
+			// most; beyond, the report is dropped (the next one carries
+			// the count), and neither logged nor alerted.
+			ss.s.m.refused.WithLabelValues("rate_limited").Inc()
+			break
+		}
+		ss.onDrift(msg.Drift)
 	case *pb.AgentMessage_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice on one stream")
 	default:
@@ -292,6 +323,35 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 	}
 	ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Rec.LastContact = ss.lastRecv })
 	return nil
+}
+
+// onDrift raises the datapath-tampered alert for a drift report (checked
+// already) and logs it.
+func (ss *session) onDrift(d *pb.DatapathDrift) {
+	outcome := "not repaired (--repair=false)"
+	switch {
+	case d.GetRepaired():
+		outcome = "repaired"
+	case d.GetRepairError() != "":
+		outcome = "repair failed: " + d.GetRepairError()
+	}
+	detail := d.GetDetail()
+	if o := d.GetObject(); o != "" {
+		detail = o + ": " + detail
+	}
+	kind := wire.DriftKind(d.GetKind())
+	if kind != d.GetKind() {
+		detail = d.GetKind() + ": " + detail
+	}
+	ss.s.m.drift.WithLabelValues(kind).Add(float64(d.GetCount()))
+	ss.log.Error("agent reports its datapath tampered with", zap.String("kind", d.GetKind()), zap.String("object", d.GetObject()),
+		zap.String("detail", d.GetDetail()), zap.String("outcome", outcome), zap.Uint64("count", d.GetCount()))
+	// The controller's clock, not the agent's: an agent clock behind by
+	// more than the window would have the alert resolved at once.
+	ss.s.flows.RaiseNodeAlert(alert.NodeEvent{
+		Rule: alert.BuiltinTamperedRule, Node: ss.node, Kind: kind,
+		Detail: wire.Cut(detail, wire.MaxDriftText), Outcome: wire.Cut(outcome, wire.MaxDriftText), Count: d.GetCount(), At: ss.lastRecv,
+	})
 }
 
 // onAck records the outcome of the update in flight and decides what

@@ -107,6 +107,8 @@ type Ingester struct {
 	// on; replaced whole with each policy.
 	owners atomic.Pointer[owners]
 	queue  chan *batch
+	// nodeEvents are node alerts (RaiseNodeAlert) for the writer.
+	nodeEvents chan alert.NodeEvent
 	// kick tells the webhook deliverer that deliveries were queued; set
 	// before Run.
 	kick func()
@@ -152,8 +154,10 @@ func New(cfg Config) *Ingester {
 		m:      newMetrics(cfg.Registry),
 		engine: alert.NewEngine(nil, cfg.AlertRefresh, cfg.AlertLimits),
 		queue:  make(chan *batch, queueLen),
-		kick:   func() {},
-		stored: func([]flowrecord.Record) {},
+
+		nodeEvents: make(chan alert.NodeEvent, queueLen),
+		kick:       func() {},
+		stored:     func([]flowrecord.Record) {},
 
 		forgotLog: make(map[string]time.Time),
 	}
@@ -207,6 +211,18 @@ func (in *Ingester) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 			in.housekeep(ctx)
+		case ev := <-in.nodeEvents:
+			evs := []alert.NodeEvent{ev}
+		node:
+			for len(evs) < maxGroup {
+				select {
+				case ev := <-in.nodeEvents:
+					evs = append(evs, ev)
+				default:
+					break node
+				}
+			}
+			in.storeNodeEvents(ctx, evs)
 		case b := <-in.queue:
 			group = append(group[:0], b)
 		more:
@@ -221,6 +237,50 @@ func (in *Ingester) Run(ctx context.Context) {
 			in.m.ingestQueue.Set(float64(len(in.queue)))
 			in.store(ctx, group)
 		}
+	}
+}
+
+// RaiseNodeAlert queues a node alert (a tampered datapath, a silent
+// agent) for the writer; it never blocks. False when the queue is full:
+// the event is dropped and logged, and the next report of the same kind
+// raises the alert.
+func (in *Ingester) RaiseNodeAlert(ev alert.NodeEvent) bool {
+	select {
+	case in.nodeEvents <- ev:
+		return true
+	default:
+		in.log.Error("node alert dropped: the alert queue is full", zap.String("node", ev.Node),
+			zap.String("rule", ev.Rule), zap.String("kind", ev.Kind))
+		return false
+	}
+}
+
+// storeNodeEvents records node events in one transaction. On a store
+// error they are logged and lost; their agents report again.
+func (in *Ingester) storeNodeEvents(ctx context.Context, evs []alert.NodeEvent) {
+	now := in.now()
+	var pend alert.Pending
+	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
+		pend = alert.Pending{}
+		for _, ev := range evs {
+			if err := in.engine.ObserveNode(tx, ev, now, &pend); err != nil {
+				return fmt.Errorf("alert engine: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		reason := storeErrorReason(err)
+		in.m.storeErrors.WithLabelValues(reason).Inc()
+		in.log.Error("node alerts not stored", zap.Int("events", len(evs)), zap.String("reason", reason), zap.Error(err))
+		return
+	}
+	in.engine.Commit(&pend)
+	for rule, n := range pend.Raised {
+		in.m.alertsRaised.WithLabelValues(rule).Add(float64(n))
+	}
+	if pend.Deliveries > 0 {
+		in.kick()
 	}
 }
 

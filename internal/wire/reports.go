@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -32,6 +33,13 @@ const (
 	// MaxAckError bounds Ack.error as kept in the node's last error; it
 	// is free text, so it is Cut, not refused.
 	MaxAckError = 1024
+	// MaxDriftText bounds DatapathDrift.object, .detail and
+	// .repairError (refused beyond: an agent writes far less).
+	MaxDriftText = 1024
+	// MaxDriftCount bounds DatapathDrift.count, the findings of one kind
+	// since the last report (an agent checks ten times a second at most),
+	// so that summing them never wraps.
+	MaxDriftCount = 1 << 32
 )
 
 // checkText checks a short free text: at most max bytes of UTF-8 without
@@ -135,6 +143,34 @@ func CheckAck(a *pb.Ack) error {
 	return firstError(
 		checkText("ack.hash", a.GetHash(), MaxHashLen),
 		checkList("ack.pendingInterfaces", a.GetPendingInterfaces(), MaxPending, checkInterface),
+	)
+}
+
+// DriftKinds are the kinds of datapath drift agents of this build report
+// (agent/datapath.DriftKinds). A newer agent may send others: the
+// controller counts and alerts them as "other", so that an agent cannot
+// make up label values or alerts without end.
+var DriftKinds = []string{"link-detached", "prog-replaced", "prog-preceded", "state-modified", "map-replaced", "map-modified", "pin-removed"}
+
+// DriftKind returns kind if it is one of DriftKinds, else "other".
+func DriftKind(kind string) string {
+	if slices.Contains(DriftKinds, kind) {
+		return kind
+	}
+	return "other"
+}
+
+// CheckDrift checks a datapath drift report before the controller keeps
+// any of it (in an alert) or logs it.
+func CheckDrift(d *pb.DatapathDrift) error {
+	if c := d.GetCount(); c == 0 || c > MaxDriftCount {
+		return fmt.Errorf("drift.count: %d, want 1 to %d", c, MaxDriftCount)
+	}
+	return firstError(
+		checkWord("drift.kind", d.GetKind()),
+		checkText("drift.object", d.GetObject(), MaxDriftText),
+		checkText("drift.detail", d.GetDetail(), MaxDriftText),
+		checkText("drift.repairError", d.GetRepairError(), MaxDriftText),
 	)
 }
 

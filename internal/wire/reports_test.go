@@ -76,3 +76,34 @@ func TestAgentReportBounds(t *testing.T) {
 		t.Errorf("Cut: %q, want a valid UTF-8 prefix and a mark", got)
 	}
 }
+
+// TestCheckDrift: an honest agent's drift report passes; a made-up kind
+// that is no word, control characters (a log line forged in the
+// controller's logs), oversized text and a zero count are refused, naming
+// the field.
+func TestCheckDrift(t *testing.T) {
+	honest := &pb.DatapathDrift{Kind: "link-detached", Object: "tcx-7-ingress (eth0)",
+		Detail: "our tcx link is no longer attached to the interface", Repaired: true, Count: 1}
+	if err := CheckDrift(honest); err != nil {
+		t.Fatalf("honest report refused: %v", err)
+	}
+	for _, c := range []struct {
+		field string
+		edit  func(*pb.DatapathDrift)
+	}{
+		{"drift.count", func(d *pb.DatapathDrift) { d.Count = 0 }},
+		{"drift.count", func(d *pb.DatapathDrift) { d.Count = MaxDriftCount + 1 }},
+		{"drift.kind", func(d *pb.DatapathDrift) { d.Kind = "Link Detached" }},
+		{"drift.kind", func(d *pb.DatapathDrift) { d.Kind = "" }},
+		{"drift.detail", func(d *pb.DatapathDrift) { d.Detail = "ok\nFAKE LOG LINE" }},
+		{"drift.object", func(d *pb.DatapathDrift) { d.Object = strings.Repeat("x", MaxDriftText+1) }},
+		{"drift.repairError", func(d *pb.DatapathDrift) { d.RepairError = "\x1b[2J" }},
+	} {
+		d := &pb.DatapathDrift{Kind: honest.Kind, Object: honest.Object, Detail: honest.Detail, Count: 1}
+		c.edit(d)
+		err := CheckDrift(d)
+		if err == nil || !strings.HasPrefix(err.Error(), c.field+":") {
+			t.Errorf("%s: got %v, want an error naming it", c.field, err)
+		}
+	}
+}

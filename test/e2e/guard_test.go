@@ -69,6 +69,14 @@ func TestPrivilegedAgentGuardsUnclaimedVeths(t *testing.T) {
 		if !strings.Contains(m, "eastguard_agent_guarded_interfaces 1\n") {
 			return fmt.Errorf("/metrics: guarded interfaces %v, want 1", metricValue(m, "eastguard_agent_guarded_interfaces"))
 		}
+		// Veths appearing, guarded and claimed are the agent's own
+		// doing: none of it is drift.
+		for _, kind := range []string{"link-detached", "prog-replaced", "prog-preceded", "state-modified", "map-replaced", "map-modified", "pin-removed"} {
+			name := `eastguard_agent_datapath_drift_total{kind="` + kind + `"}`
+			if !strings.Contains(m, name+" 0\n") {
+				t.Fatalf("/metrics: %s is %v, want 0", name, metricValue(m, name))
+			}
+		}
 		return nil
 	})
 }

@@ -248,6 +248,10 @@ type WebhookPayload struct {
 
 // End is an alert's source or destination.
 type End struct {
+	// Name is the workload or address; for a node alert (datapath-
+	// tampered, agent-silent) the source's is the node, the
+	// destination's what happened.
+	Name     string            `json:"name"`
 	Workload string            `json:"workload"`
 	Address  string            `json:"address"`
 	Labels   map[string]string `json:"labels"`

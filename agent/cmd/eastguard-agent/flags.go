@@ -9,6 +9,7 @@ import (
 
 	"github.com/eastguard/eastguard/agent"
 	"github.com/eastguard/eastguard/agent/datapath"
+	"github.com/eastguard/eastguard/agent/enforcer"
 	"github.com/eastguard/eastguard/internal/cliflag"
 )
 
@@ -102,6 +103,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.Var(guardList{&c.GuardInterfaces}, "guard-interfaces", "comma-separated shell globs of interface names (e.g. cali*,lxc*,veth*): every matching veth no workload claims yet is denied both ways until its workload arrives (Kubernetes: closes the window before a new pod's workload reaches the agent); only veths are guarded (default off)")
 	fs.StringVar(&c.FlowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
 	fs.DurationVar(&c.FlowUpdateInterval, "flow-update-interval", 30*time.Second, "report each connection's volume (active records) this often while it lasts, and when it ends (closed records); 1s to 24h")
+	fs.DurationVar(&c.DatapathCheckInterval, "datapath-check-interval", enforcer.DefaultDriftInterval, "check this often that the programs are attached as loaded and the rule set's maps hold what the agent wrote (a checksum), and on every interface event; 100ms to 1m")
+	fs.DurationVar(&c.DatapathFullCheckInterval, "datapath-full-check-interval", enforcer.DefaultFullDriftInterval, "compare the maps entry by entry, and the pins, this often; 1s to 24h")
+	fs.BoolVar(&c.Repair, "repair", true, "put back what a datapath check finds changed (re-attach, rewrite from the agent's own copy); --repair=false only logs, counts and reports it")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "serve /metrics, /healthz and /status (JSON) on this address, e.g. 127.0.0.1:9790 (default off)")
 	fs.StringVar(&f.logFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")

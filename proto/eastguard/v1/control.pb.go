@@ -335,6 +335,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Heartbeat
 	//	*AgentMessage_Counters
 	//	*AgentMessage_Flows
+	//	*AgentMessage_Drift
 	//	*AgentMessage_LookupAnswer
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
@@ -423,6 +424,15 @@ func (x *AgentMessage) GetFlows() *FlowBatch {
 	return nil
 }
 
+func (x *AgentMessage) GetDrift() *DatapathDrift {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Drift); ok {
+			return x.Drift
+		}
+	}
+	return nil
+}
+
 func (x *AgentMessage) GetLookupAnswer() *LookupAnswer {
 	if x != nil {
 		if x, ok := x.Msg.(*AgentMessage_LookupAnswer); ok {
@@ -456,6 +466,10 @@ type AgentMessage_Flows struct {
 	Flows *FlowBatch `protobuf:"bytes,5,opt,name=flows,proto3,oneof"`
 }
 
+type AgentMessage_Drift struct {
+	Drift *DatapathDrift `protobuf:"bytes,6,opt,name=drift,proto3,oneof"`
+}
+
 type AgentMessage_LookupAnswer struct {
 	LookupAnswer *LookupAnswer `protobuf:"bytes,7,opt,name=lookup_answer,json=lookupAnswer,proto3,oneof"`
 }
@@ -469,6 +483,8 @@ func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
 func (*AgentMessage_Counters) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Flows) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Drift) isAgentMessage_Msg() {}
 
 func (*AgentMessage_LookupAnswer) isAgentMessage_Msg() {}
 
@@ -995,6 +1011,111 @@ func (x *Counters) GetValues() map[string]uint64 {
 	return nil
 }
 
+// DatapathDrift says the agent found one of its kernel objects changed by
+// someone else: a tcx link detached or running another program, the
+// generation word or a map of the active rule set rewritten, a pin
+// removed. The controller raises the built-in alert datapath-tampered.
+// Reports of one kind are coalesced: count says how many times it was
+// found since the previous report of that kind; the other fields are the
+// latest finding's.
+type DatapathDrift struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind: link-detached, prog-replaced, prog-preceded, state-modified,
+	// map-replaced, map-modified or pin-removed (a newer agent may have
+	// more).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// object names what drifted (a hook and its interface, a map, a pin).
+	Object string `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// repaired: the agent put it back; repair_error: why it could not.
+	// Neither: the agent runs with --repair=false and only reports.
+	Repaired      bool   `protobuf:"varint,4,opt,name=repaired,proto3" json:"repaired,omitempty"`
+	RepairError   string `protobuf:"bytes,5,opt,name=repair_error,json=repairError,proto3" json:"repair_error,omitempty"`
+	Count         uint64 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`
+	UnixNano      int64  `protobuf:"varint,7,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatapathDrift) Reset() {
+	*x = DatapathDrift{}
+	mi := &file_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatapathDrift) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatapathDrift) ProtoMessage() {}
+
+func (x *DatapathDrift) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatapathDrift.ProtoReflect.Descriptor instead.
+func (*DatapathDrift) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DatapathDrift) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetObject() string {
+	if x != nil {
+		return x.Object
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetRepaired() bool {
+	if x != nil {
+		return x.Repaired
+	}
+	return false
+}
+
+func (x *DatapathDrift) GetRepairError() string {
+	if x != nil {
+		return x.RepairError
+	}
+	return ""
+}
+
+func (x *DatapathDrift) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DatapathDrift) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
 // Revocation tells an agent its certificates were revoked; the controller
 // closes the stream after sending it.
 type Revocation struct {
@@ -1009,7 +1130,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1142,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1155,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Revocation) GetNode() string {
@@ -1076,7 +1197,7 @@ type RuleSet struct {
 
 func (x *RuleSet) Reset() {
 	*x = RuleSet{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1209,7 @@ func (x *RuleSet) String() string {
 func (*RuleSet) ProtoMessage() {}
 
 func (x *RuleSet) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1222,7 @@ func (x *RuleSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleSet.ProtoReflect.Descriptor instead.
 func (*RuleSet) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RuleSet) GetNode() string {
@@ -1176,7 +1297,7 @@ type RuleSetDelta struct {
 
 func (x *RuleSetDelta) Reset() {
 	*x = RuleSetDelta{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1309,7 @@ func (x *RuleSetDelta) String() string {
 func (*RuleSetDelta) ProtoMessage() {}
 
 func (x *RuleSetDelta) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1322,7 @@ func (x *RuleSetDelta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleSetDelta.ProtoReflect.Descriptor instead.
 func (*RuleSetDelta) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RuleSetDelta) GetNode() string {
@@ -1311,7 +1432,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1444,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1457,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Endpoint) GetId() uint32 {
@@ -1393,7 +1514,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1526,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1539,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IPCacheEntry) GetAddr() []byte {
@@ -1452,7 +1573,7 @@ type Prefix struct {
 
 func (x *Prefix) Reset() {
 	*x = Prefix{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1585,7 @@ func (x *Prefix) String() string {
 func (*Prefix) ProtoMessage() {}
 
 func (x *Prefix) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1598,7 @@ func (x *Prefix) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prefix.ProtoReflect.Descriptor instead.
 func (*Prefix) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Prefix) GetAddr() []byte {
@@ -1512,7 +1633,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1645,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1658,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Entry) GetEndpoint() uint32 {
@@ -1620,7 +1741,7 @@ type RuleName struct {
 
 func (x *RuleName) Reset() {
 	*x = RuleName{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1753,7 @@ func (x *RuleName) String() string {
 func (*RuleName) ProtoMessage() {}
 
 func (x *RuleName) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1766,7 @@ func (x *RuleName) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuleName.ProtoReflect.Descriptor instead.
 func (*RuleName) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RuleName) GetId() uint32 {
@@ -1686,7 +1807,7 @@ type FlowBatch struct {
 
 func (x *FlowBatch) Reset() {
 	*x = FlowBatch{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1819,7 @@ func (x *FlowBatch) String() string {
 func (*FlowBatch) ProtoMessage() {}
 
 func (x *FlowBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1832,7 @@ func (x *FlowBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowBatch.ProtoReflect.Descriptor instead.
 func (*FlowBatch) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FlowBatch) GetRecords() []*FlowRecord {
@@ -1758,7 +1879,7 @@ type FlowAck struct {
 
 func (x *FlowAck) Reset() {
 	*x = FlowAck{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1891,7 @@ func (x *FlowAck) String() string {
 func (*FlowAck) ProtoMessage() {}
 
 func (x *FlowAck) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1904,7 @@ func (x *FlowAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowAck.ProtoReflect.Descriptor instead.
 func (*FlowAck) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FlowAck) GetSeq() uint64 {
@@ -1846,7 +1967,7 @@ type FlowRecord struct {
 
 func (x *FlowRecord) Reset() {
 	*x = FlowRecord{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1979,7 @@ func (x *FlowRecord) String() string {
 func (*FlowRecord) ProtoMessage() {}
 
 func (x *FlowRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1992,7 @@ func (x *FlowRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowRecord.ProtoReflect.Descriptor instead.
 func (*FlowRecord) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FlowRecord) GetTimeUnixNano() int64 {
@@ -2060,7 +2181,7 @@ type LookupRequest struct {
 
 func (x *LookupRequest) Reset() {
 	*x = LookupRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2193,7 @@ func (x *LookupRequest) String() string {
 func (*LookupRequest) ProtoMessage() {}
 
 func (x *LookupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2206,7 @@ func (x *LookupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
 func (*LookupRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LookupRequest) GetId() uint64 {
@@ -2162,7 +2283,7 @@ type LookupAnswer struct {
 
 func (x *LookupAnswer) Reset() {
 	*x = LookupAnswer{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2295,7 @@ func (x *LookupAnswer) String() string {
 func (*LookupAnswer) ProtoMessage() {}
 
 func (x *LookupAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2308,7 @@ func (x *LookupAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupAnswer.ProtoReflect.Descriptor instead.
 func (*LookupAnswer) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LookupAnswer) GetId() uint64 {
@@ -2285,13 +2406,14 @@ const file_control_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"A\n" +
 	"\rRenewResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
-	"\x02ca\x18\x02 \x01(\fR\x02ca\"\xcc\x02\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\"\x81\x03\n" +
 	"\fAgentMessage\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.eastguard.v1.HelloH\x00R\x05hello\x12%\n" +
 	"\x03ack\x18\x02 \x01(\v2\x11.eastguard.v1.AckH\x00R\x03ack\x127\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x17.eastguard.v1.HeartbeatH\x00R\theartbeat\x124\n" +
 	"\bcounters\x18\x04 \x01(\v2\x16.eastguard.v1.CountersH\x00R\bcounters\x12/\n" +
-	"\x05flows\x18\x05 \x01(\v2\x17.eastguard.v1.FlowBatchH\x00R\x05flows\x12A\n" +
+	"\x05flows\x18\x05 \x01(\v2\x17.eastguard.v1.FlowBatchH\x00R\x05flows\x123\n" +
+	"\x05drift\x18\x06 \x01(\v2\x1b.eastguard.v1.DatapathDriftH\x00R\x05drift\x12A\n" +
 	"\rlookup_answer\x18\a \x01(\v2\x1a.eastguard.v1.LookupAnswerH\x00R\flookupAnswerB\x05\n" +
 	"\x03msg\"\x8e\x03\n" +
 	"\x11ControllerMessage\x121\n" +
@@ -2332,7 +2454,15 @@ const file_control_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\v2\".eastguard.v1.Counters.ValuesEntryR\x06values\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"R\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xc5\x01\n" +
+	"\rDatapathDrift\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06object\x18\x02 \x01(\tR\x06object\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1a\n" +
+	"\brepaired\x18\x04 \x01(\bR\brepaired\x12!\n" +
+	"\frepair_error\x18\x05 \x01(\tR\vrepairError\x12\x14\n" +
+	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x1b\n" +
+	"\tunix_nano\x18\a \x01(\x03R\bunixNano\"R\n" +
 	"\n" +
 	"Revocation\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
@@ -2484,7 +2614,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_control_proto_goTypes = []any{
 	(AckCode)(0),              // 0: eastguard.v1.AckCode
 	(*JoinRequest)(nil),       // 1: eastguard.v1.JoinRequest
@@ -2498,59 +2628,61 @@ var file_control_proto_goTypes = []any{
 	(*Ack)(nil),               // 9: eastguard.v1.Ack
 	(*Heartbeat)(nil),         // 10: eastguard.v1.Heartbeat
 	(*Counters)(nil),          // 11: eastguard.v1.Counters
-	(*Revocation)(nil),        // 12: eastguard.v1.Revocation
-	(*RuleSet)(nil),           // 13: eastguard.v1.RuleSet
-	(*RuleSetDelta)(nil),      // 14: eastguard.v1.RuleSetDelta
-	(*Endpoint)(nil),          // 15: eastguard.v1.Endpoint
-	(*IPCacheEntry)(nil),      // 16: eastguard.v1.IPCacheEntry
-	(*Prefix)(nil),            // 17: eastguard.v1.Prefix
-	(*Entry)(nil),             // 18: eastguard.v1.Entry
-	(*RuleName)(nil),          // 19: eastguard.v1.RuleName
-	(*FlowBatch)(nil),         // 20: eastguard.v1.FlowBatch
-	(*FlowAck)(nil),           // 21: eastguard.v1.FlowAck
-	(*FlowRecord)(nil),        // 22: eastguard.v1.FlowRecord
-	(*LookupRequest)(nil),     // 23: eastguard.v1.LookupRequest
-	(*LookupAnswer)(nil),      // 24: eastguard.v1.LookupAnswer
-	nil,                       // 25: eastguard.v1.Counters.ValuesEntry
+	(*DatapathDrift)(nil),     // 12: eastguard.v1.DatapathDrift
+	(*Revocation)(nil),        // 13: eastguard.v1.Revocation
+	(*RuleSet)(nil),           // 14: eastguard.v1.RuleSet
+	(*RuleSetDelta)(nil),      // 15: eastguard.v1.RuleSetDelta
+	(*Endpoint)(nil),          // 16: eastguard.v1.Endpoint
+	(*IPCacheEntry)(nil),      // 17: eastguard.v1.IPCacheEntry
+	(*Prefix)(nil),            // 18: eastguard.v1.Prefix
+	(*Entry)(nil),             // 19: eastguard.v1.Entry
+	(*RuleName)(nil),          // 20: eastguard.v1.RuleName
+	(*FlowBatch)(nil),         // 21: eastguard.v1.FlowBatch
+	(*FlowAck)(nil),           // 22: eastguard.v1.FlowAck
+	(*FlowRecord)(nil),        // 23: eastguard.v1.FlowRecord
+	(*LookupRequest)(nil),     // 24: eastguard.v1.LookupRequest
+	(*LookupAnswer)(nil),      // 25: eastguard.v1.LookupAnswer
+	nil,                       // 26: eastguard.v1.Counters.ValuesEntry
 }
 var file_control_proto_depIdxs = []int32{
 	7,  // 0: eastguard.v1.AgentMessage.hello:type_name -> eastguard.v1.Hello
 	9,  // 1: eastguard.v1.AgentMessage.ack:type_name -> eastguard.v1.Ack
 	10, // 2: eastguard.v1.AgentMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
 	11, // 3: eastguard.v1.AgentMessage.counters:type_name -> eastguard.v1.Counters
-	20, // 4: eastguard.v1.AgentMessage.flows:type_name -> eastguard.v1.FlowBatch
-	24, // 5: eastguard.v1.AgentMessage.lookup_answer:type_name -> eastguard.v1.LookupAnswer
-	8,  // 6: eastguard.v1.ControllerMessage.welcome:type_name -> eastguard.v1.Welcome
-	13, // 7: eastguard.v1.ControllerMessage.full:type_name -> eastguard.v1.RuleSet
-	14, // 8: eastguard.v1.ControllerMessage.delta:type_name -> eastguard.v1.RuleSetDelta
-	10, // 9: eastguard.v1.ControllerMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
-	12, // 10: eastguard.v1.ControllerMessage.revocation:type_name -> eastguard.v1.Revocation
-	21, // 11: eastguard.v1.ControllerMessage.flow_ack:type_name -> eastguard.v1.FlowAck
-	23, // 12: eastguard.v1.ControllerMessage.lookup:type_name -> eastguard.v1.LookupRequest
-	0,  // 13: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
-	25, // 14: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
-	15, // 15: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 16: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
-	18, // 17: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
-	19, // 18: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
-	15, // 19: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
-	16, // 20: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
-	17, // 21: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
-	18, // 22: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
-	18, // 23: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
-	19, // 24: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
-	22, // 25: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
-	1,  // 26: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
-	3,  // 27: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
-	5,  // 28: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
-	2,  // 29: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
-	4,  // 30: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
-	6,  // 31: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
-	29, // [29:32] is the sub-list for method output_type
-	26, // [26:29] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	21, // 4: eastguard.v1.AgentMessage.flows:type_name -> eastguard.v1.FlowBatch
+	12, // 5: eastguard.v1.AgentMessage.drift:type_name -> eastguard.v1.DatapathDrift
+	25, // 6: eastguard.v1.AgentMessage.lookup_answer:type_name -> eastguard.v1.LookupAnswer
+	8,  // 7: eastguard.v1.ControllerMessage.welcome:type_name -> eastguard.v1.Welcome
+	14, // 8: eastguard.v1.ControllerMessage.full:type_name -> eastguard.v1.RuleSet
+	15, // 9: eastguard.v1.ControllerMessage.delta:type_name -> eastguard.v1.RuleSetDelta
+	10, // 10: eastguard.v1.ControllerMessage.heartbeat:type_name -> eastguard.v1.Heartbeat
+	13, // 11: eastguard.v1.ControllerMessage.revocation:type_name -> eastguard.v1.Revocation
+	22, // 12: eastguard.v1.ControllerMessage.flow_ack:type_name -> eastguard.v1.FlowAck
+	24, // 13: eastguard.v1.ControllerMessage.lookup:type_name -> eastguard.v1.LookupRequest
+	0,  // 14: eastguard.v1.Ack.code:type_name -> eastguard.v1.AckCode
+	26, // 15: eastguard.v1.Counters.values:type_name -> eastguard.v1.Counters.ValuesEntry
+	16, // 16: eastguard.v1.RuleSet.endpoints:type_name -> eastguard.v1.Endpoint
+	17, // 17: eastguard.v1.RuleSet.ipcache:type_name -> eastguard.v1.IPCacheEntry
+	19, // 18: eastguard.v1.RuleSet.entries:type_name -> eastguard.v1.Entry
+	20, // 19: eastguard.v1.RuleSet.rules:type_name -> eastguard.v1.RuleName
+	16, // 20: eastguard.v1.RuleSetDelta.put_endpoints:type_name -> eastguard.v1.Endpoint
+	17, // 21: eastguard.v1.RuleSetDelta.put_ipcache:type_name -> eastguard.v1.IPCacheEntry
+	18, // 22: eastguard.v1.RuleSetDelta.delete_ipcache:type_name -> eastguard.v1.Prefix
+	19, // 23: eastguard.v1.RuleSetDelta.add_entries:type_name -> eastguard.v1.Entry
+	19, // 24: eastguard.v1.RuleSetDelta.delete_entries:type_name -> eastguard.v1.Entry
+	20, // 25: eastguard.v1.RuleSetDelta.put_rules:type_name -> eastguard.v1.RuleName
+	23, // 26: eastguard.v1.FlowBatch.records:type_name -> eastguard.v1.FlowRecord
+	1,  // 27: eastguard.v1.Control.Join:input_type -> eastguard.v1.JoinRequest
+	3,  // 28: eastguard.v1.Control.Renew:input_type -> eastguard.v1.RenewRequest
+	5,  // 29: eastguard.v1.Control.Connect:input_type -> eastguard.v1.AgentMessage
+	2,  // 30: eastguard.v1.Control.Join:output_type -> eastguard.v1.JoinResponse
+	4,  // 31: eastguard.v1.Control.Renew:output_type -> eastguard.v1.RenewResponse
+	6,  // 32: eastguard.v1.Control.Connect:output_type -> eastguard.v1.ControllerMessage
+	30, // [30:33] is the sub-list for method output_type
+	27, // [27:30] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2564,6 +2696,7 @@ func file_control_proto_init() {
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Counters)(nil),
 		(*AgentMessage_Flows)(nil),
+		(*AgentMessage_Drift)(nil),
 		(*AgentMessage_LookupAnswer)(nil),
 	}
 	file_control_proto_msgTypes[5].OneofWrappers = []any{
@@ -2575,15 +2708,15 @@ func file_control_proto_init() {
 		(*ControllerMessage_FlowAck)(nil),
 		(*ControllerMessage_Lookup)(nil),
 	}
-	file_control_proto_msgTypes[17].OneofWrappers = []any{}
-	file_control_proto_msgTypes[21].OneofWrappers = []any{}
+	file_control_proto_msgTypes[18].OneofWrappers = []any{}
+	file_control_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

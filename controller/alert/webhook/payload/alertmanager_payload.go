@@ -103,6 +103,12 @@ func EncodeAlertmanager(m Message, resolveAfter time.Duration) ([]byte, error) {
 		"lastSeen":     timestamp(a.LastSeen),
 		"node":         a.Node,
 	}
+	if nodeAlert(a) {
+		annotations["summary"] = fmt.Sprintf("%s: %s", a.Rule, nodeSummary(a))
+		annotations["description"] = fmt.Sprintf("%s on node %s, %d time(s): %s (%s).", a.Destination, a.Node, a.Count, a.DecidingRule, a.Verdict)
+		delete(annotations, "portCount")
+		delete(labels, "port")
+	}
 	if a.Folded > 0 {
 		annotations["folded"] = strconv.FormatUint(a.Folded, 10)
 	}

@@ -79,7 +79,12 @@
 //   - alert.id (integer): the alert's ID in the controller (GET
 //     /api/v1/alerts, POST /api/v1/alerts/{id}/ack).
 //   - alert.rule (string): the AlertRule that raised it
-//     ("builtin-any-denied" for the built-in rule).
+//     ("builtin-any-denied" for the built-in rule; "datapath-tampered" and
+//     "agent-silent" for the built-in node alerts, whose source.name is
+//     the node, destination.name what happened (a drift kind such as
+//     "link-detached", or "silent"), verdict the outcome ("repaired",
+//     "repair failed: ...", "not repaired (--repair=false)", "stream
+//     closed"), decidingRule the detail, protocol "" and port 0).
 //   - alert.severity (string): "info", "warning" or "critical".
 //   - alert.state (string): "open", "acknowledged" or "resolved", as the
 //     alert is when the attempt is made (a firing delivery retried late

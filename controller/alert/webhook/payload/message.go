@@ -1,6 +1,7 @@
 package payload
 
 import (
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -46,6 +47,17 @@ func endName(workload string, addr netip.Addr, stored string) string {
 	default:
 		return stored
 	}
+}
+
+// nodeAlert says whether a is a built-in node alert (datapath-tampered,
+// agent-silent): its source is the node, its destination what happened,
+// and it has no protocol, which every flow alert has.
+func nodeAlert(a store.Alert) bool { return a.Protocol == "" }
+
+// nodeSummary is a node alert in one line: "node node-a: link-detached,
+// repaired: tcx-7-ingress (eth0): ...".
+func nodeSummary(a store.Alert) string {
+	return fmt.Sprintf("node %s: %s, %s: %s", a.Node, a.Destination, a.Verdict, a.DecidingRule)
 }
 
 func srcName(a store.Alert) string { return endName(a.SrcWorkload, a.SrcAddr, a.Source) }

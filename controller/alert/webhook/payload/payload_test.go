@@ -299,3 +299,56 @@ func TestAlertmanagerURL(t *testing.T) {
 		t.Errorf("AlertmanagerURL(%q) = %v, want an error without the URL", bad, err)
 	}
 }
+
+// tamperedAlert is a built-in datapath-tampered alert as the engine
+// stores it: the node as source, the drift kind as destination, no port
+// or protocol.
+func tamperedAlert() store.Alert {
+	return store.Alert{ID: 7, Rule: "datapath-tampered", Severity: "critical", State: store.AlertOpen, Count: 3,
+		Source: "node-a", Destination: "link-detached", Node: "node-a", Verdict: "repaired",
+		DecidingRule: "tcx-7-ingress (eth0): our tcx link is no longer attached to the interface",
+		FirstSeen:    payloadtest.T0, LastSeen: payloadtest.T0.Add(time.Minute), Created: payloadtest.T0}
+}
+
+// TestNodeAlertPayloads: node alerts read as what happened on which node,
+// not as a flow "node-a -> link-detached 0/": in Slack's text and
+// section, and in Alertmanager's summary and description (no port label
+// or port count); the JSON payload carries the fields as stored.
+func TestNodeAlertPayloads(t *testing.T) {
+	a := tamperedAlert()
+	want := "node node-a: link-detached, repaired: tcx-7-ingress (eth0): our tcx link is no longer attached to the interface"
+	b, err := payload.EncodeSlack(message(store.EventFiring, a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(b); !strings.Contains(s, want) || strings.Contains(s, "0/") {
+		t.Errorf("slack payload %s", s)
+	}
+	b, err = payload.EncodeAlertmanager(message(store.EventFiring, a), 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var am []struct {
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(b, &am); err != nil {
+		t.Fatal(err)
+	}
+	if len(am) != 1 || am[0].Annotations["summary"] != "datapath-tampered: "+want || am[0].Labels["port"] != "" ||
+		am[0].Annotations["portCount"] != "" || am[0].Labels["severity"] != "critical" || am[0].Labels["source"] != "node-a" {
+		t.Errorf("alertmanager payload %s", b)
+	}
+	b, err = payload.EncodeJSON(message(store.EventFiring, a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p payload.Payload
+	if err := json.Unmarshal(b, &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Alert.Rule != "datapath-tampered" || p.Alert.Source.Name != "node-a" || p.Alert.Destination.Name != "link-detached" ||
+		p.Alert.Verdict != "repaired" || p.Alert.Node != "node-a" || p.Alert.Count != 3 {
+		t.Errorf("json payload %s", b)
+	}
+}

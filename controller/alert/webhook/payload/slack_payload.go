@@ -54,14 +54,21 @@ func EncodeSlack(m Message) ([]byte, error) {
 	}
 	flow := fmt.Sprintf("%s → %s %s", srcName(a), dstName(a), portProto(a))
 	text := fmt.Sprintf("[%s] %s: %s %s by %s (count %d)", word, a.Rule, flow, a.Verdict, a.DecidingRule, a.Count)
+	if nodeAlert(a) {
+		text = fmt.Sprintf("[%s] %s: %s (count %d)", word, a.Rule, nodeSummary(a), a.Count)
+	}
 
 	headline := fmt.Sprintf("%s *%s* %s", badge, word, slackEscape(a.Rule))
 	if m.Event == store.EventResolved {
 		headline += " (" + slackEscape(a.Severity) + ")"
 	}
 	var details strings.Builder
-	fmt.Fprintf(&details, "*%s* → *%s* `%s`\n", slackEscape(srcName(a)), slackEscape(dstName(a)), slackEscape(portProto(a)))
-	fmt.Fprintf(&details, "Verdict: *%s* by `%s` on node %s\n", slackEscape(a.Verdict), slackEscape(a.DecidingRule), slackEscape(a.Node))
+	if nodeAlert(a) {
+		fmt.Fprintf(&details, "Node *%s*: *%s*, %s\n`%s`\n", slackEscape(a.Node), slackEscape(a.Destination), slackEscape(a.Verdict), slackEscape(a.DecidingRule))
+	} else {
+		fmt.Fprintf(&details, "*%s* → *%s* `%s`\n", slackEscape(srcName(a)), slackEscape(dstName(a)), slackEscape(portProto(a)))
+		fmt.Fprintf(&details, "Verdict: *%s* by `%s` on node %s\n", slackEscape(a.Verdict), slackEscape(a.DecidingRule), slackEscape(a.Node))
+	}
 	fmt.Fprintf(&details, "Count: %d, first seen %s, last seen %s", a.Count, slackDate(a.FirstSeen), slackDate(a.LastSeen))
 	if note := foldedNote(a); note != "" {
 		details.WriteString(slackEscape(note))
