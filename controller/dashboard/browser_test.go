@@ -397,6 +397,17 @@ func TestBrowserDashboard(t *testing.T) {
 		t.Error("the alert's hostile label is not shown as text")
 	}
 	browsertest.Shot(t, ctx, shots, "alert.png")
+	// A built-in node alert: no flows behind it, the node's row instead,
+	// its detail (attacker-influenced text: an agent writes it) as text.
+	browsertest.Step(t, ctx, "node alert", chromedp.Navigate(srv.URL+"/#/alerts/9"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=alert-detail]`)))
+	if n := browsertest.Eval[int](t, ctx, `document.querySelectorAll('[data-testid=alert-flows]').length`); n != 0 {
+		t.Errorf("a node alert links to flows (%d links)", n)
+	}
+	if d := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=alert-detail]').textContent`); !strings.Contains(d, "Whatlink-detached") || !strings.Contains(d, "<b>by hand</b>") {
+		t.Errorf("node alert detail %q: want What link-detached and the detail as text", d)
+	}
+	browsertest.Step(t, ctx, "node alert's node", chromedp.Click(chromedp.CSS(`[data-testid=alert-node]`)), chromedp.WaitVisible(chromedp.CSS(`[data-testid=agents-filter]`)))
+	browsertest.WaitFor(t, ctx, "the agents filtered to node-b", `document.querySelector('[data-testid=agents-filter]').value === 'node-b' && [...document.querySelectorAll('[data-testid=agent-row]')].every((r) => r.hidden === (r.dataset.node !== 'node-b'))`)
 
 	// Agents: the one behind the latest version stands out.
 	browsertest.Step(t, ctx, "agents", chromedp.Navigate(srv.URL+"/#/agents"), chromedp.WaitVisible(chromedp.CSS(`[data-testid=agent-row]`)))

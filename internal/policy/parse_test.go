@@ -114,6 +114,8 @@ func TestErrorClasses(t *testing.T) {
 			`t.yaml:20:7: rules[1].name: duplicate rule name "r" (first at t.yaml:17:7)`},
 		{"unknown webhook", doc("AlertRule", "a", "  severity: info\n  notify: [security]\n"),
 			`t.yaml:7:12: notify[0]: unknown webhook "security" (no Webhook resource has that name)`},
+		{"built-in alert name", doc("AlertRule", "datapath-tampered", "  severity: info\n"),
+			`t.yaml:4:9: metadata.name: AlertRule name "datapath-tampered" is the controller's built-in node alert's: alerts of both would read as one; choose another name`},
 		{"bad apiVersion", "apiVersion: v1\nkind: Policy\nmetadata: {name: p}\nspec: {}\n",
 			`t.yaml:1:13: apiVersion: "v1" is not supported (want "eastguard.dev/v1")`},
 		{"unknown kind", "apiVersion: eastguard.dev/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n",

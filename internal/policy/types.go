@@ -183,6 +183,12 @@ type AlertRule struct {
 	Notify   []WebhookRef
 }
 
+// BuiltinAlertRules are the rule names of the alerts the controller
+// raises itself about a node (datapath-tampered, agent-silent): no
+// AlertRule may take them, or a policy author could make a flow alert
+// pass for one, or hide one among look-alikes.
+var BuiltinAlertRules = []string{"datapath-tampered", "agent-silent"}
+
 // AlertMatch says which flows an AlertRule matches. Protocol ProtocolAny
 // matches every protocol; empty Ports every port; nil From or To any peer.
 type AlertMatch struct {

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Validate runs the checks that span documents and files: duplicate names,
@@ -75,6 +76,9 @@ func (s *Set) Validate() Diagnostics {
 		webhooks[w.Name] = true
 	}
 	for _, a := range s.AlertRules {
+		if slices.Contains(BuiltinAlertRules, a.Name) {
+			errorf(a.NamePos, "metadata.name", "AlertRule name %q is the controller's built-in node alert's: alerts of both would read as one; choose another name", a.Name)
+		}
 		for _, ref := range a.Notify {
 			if !webhooks[ref.Name] {
 				errorf(ref.Pos, ref.Path, "unknown webhook %q (no Webhook resource has that name)", ref.Name)

@@ -46,7 +46,7 @@ export function agentAttention(a, now = Date.now()) {
   return why;
 }
 
-export async function render(box) {
+export async function render(box, { params } = {}) {
   box.append(h('h1', null, 'Agents'));
   const agents = arr(await get('agents'));
   if (agents.length === 0) {
@@ -71,10 +71,17 @@ export async function render(box) {
   // A filter by node name, for hundreds of nodes: rows hide (the hidden
   // attribute), nothing is fetched again.
   const filter = h('input', { type: 'search', id: 'agents-filter', 'data-testid': 'agents-filter', placeholder: 'node name', autocomplete: 'off' });
-  on(filter, 'input', () => {
+  const apply = () => {
     const want = filter.value.trim();
     for (const r of rows) r.hidden = want !== '' && !(r.getAttribute('data-node') || '').includes(want);
-  });
+  };
+  on(filter, 'input', apply);
+  // #/agents?node=NAME (a node alert's link) starts filtered to it.
+  const node = params && params.get('node');
+  if (node) {
+    filter.value = node;
+    apply();
+  }
   box.append(h('div', { class: 'toolbar' }, h('label', { for: 'agents-filter' }, 'Filter '), filter),
     table('agents', ['Node', 'Connected', 'Applied / latest', 'Mode', 'Cert expiry', 'Last contact', 'Last error', 'Denied', 'Lost events', 'Attention'], rows));
 }

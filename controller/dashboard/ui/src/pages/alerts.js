@@ -22,6 +22,16 @@ export function flowsLink(a) {
   return hashLink('/flows', p);
 }
 
+// nodeAlert: one of the controller's built-in alerts about a node
+// (datapath-tampered, agent-silent; the policy language reserves the
+// names): its source is the node, its destination what happened, its
+// verdict the outcome and its deciding rule the detail. No flows behind
+// it, no port.
+const builtinRules = ['datapath-tampered', 'agent-silent'];
+export function nodeAlert(a) {
+  return builtinRules.includes(a.rule);
+}
+
 function ports(a) {
   const list = arr(a.ports);
   if (list.length > 1) return list.slice(0, 8).join(', ') + (a.portCount > 8 ? ` (+${a.portCount - 8})` : '');
@@ -63,7 +73,9 @@ function row(a, rerender, box) {
     h('td', null, fmtTime(a.firstSeen)),
     h('td', null, fmtTime(a.lastSeen)),
     h('td', { 'data-testid': 'acked-by' }, ackedBy(a)),
-    h('td', null, ackCell(a, rerender, box), ' ', h('a', { href: flowsLink(a), 'data-testid': 'alert-flows' }, 'flows')));
+    h('td', null, ackCell(a, rerender, box), ' ', nodeAlert(a)
+      ? h('a', { href: hashLink('/agents', { node: a.source || '' }), 'data-testid': 'alert-node' }, 'node')
+      : h('a', { href: flowsLink(a), 'data-testid': 'alert-flows' }, 'flows')));
 }
 
 const headers = ['Alert', 'Severity', 'Rule', 'Source', 'Destination', 'Port', 'Count', 'First seen', 'Last seen', 'Acknowledged', ''];
@@ -101,7 +113,11 @@ async function detail(box, id, rerender) {
   box.append(h('h1', null, `Alert #${a.id}: `, a.rule || ''));
   box.append(table('alerts', headers, [row(a, rerender, box)]));
   const dl = h('dl', { class: 'facts', 'data-testid': 'alert-detail' });
-  const facts = [
+  const facts = nodeAlert(a) ? [
+    ['State', a.state], ['Severity', a.severity], ['Node', a.source], ['What', a.destination], ['Outcome', a.verdict], ['Detail', a.decidingRule],
+    ['Count', fmtNum(a.count)], ['First seen', fmtTime(a.firstSeen)], ['Last seen', fmtTime(a.lastSeen)],
+    ['Acknowledged', ackedBy(a)], ['Resolved', a.resolvedAt ? `${fmtTime(a.resolvedAt)} (${a.resolvedBy || ''})` : ''],
+  ] : [
     ['State', a.state], ['Severity', a.severity], ['Source', a.source], ['Destination', a.destination],
     ['Source workload', a.srcWorkload], ['Destination workload', a.dstWorkload], ['Source address', a.srcAddr], ['Destination address', a.dstAddr],
     ['Protocol', a.protocol], ['Ports', ports(a)], ['Verdict', a.verdict], ['Deciding rule', a.decidingRule], ['Node', a.node],
