@@ -198,4 +198,31 @@ CREATE INDEX deliveries_alert ON deliveries (alert_id, webhook);
 CREATE INDEX deliveries_finished ON deliveries (state, finished);
 CREATE INDEX deliveries_webhook ON deliveries (webhook, state);
 `,
+	// 2: reserved for the audit trail (another branch adds it; until that
+	// merge this placeholder keeps the numbering, and is replaced by it).
+	`SELECT 1`,
+	// 3: high availability (controller/leader). controller_leader is the
+	// one row naming the controller that holds the leader lock (an
+	// advisory lock on a dedicated session) and its term, which grows at
+	// each change of leader; controllers lists every controller process
+	// sharing the database, its role and the addresses it advertises,
+	// refreshed while it runs (egctl status, the standbys' "not leader"
+	// answers). Neither decides who leads: the lock does.
+	`
+CREATE TABLE controller_leader (
+	id       INTEGER PRIMARY KEY CHECK (id = 1),
+	instance TEXT COLLATE "C" NOT NULL,
+	term     BIGINT NOT NULL,
+	since    BIGINT NOT NULL
+);
+CREATE TABLE controllers (
+	instance  TEXT COLLATE "C" PRIMARY KEY,
+	role      TEXT COLLATE "C" NOT NULL,
+	grpc      TEXT COLLATE "C" NOT NULL DEFAULT '',
+	api       TEXT COLLATE "C" NOT NULL DEFAULT '',
+	version   TEXT COLLATE "C" NOT NULL DEFAULT '',
+	started   BIGINT NOT NULL,
+	last_seen BIGINT NOT NULL
+);
+`,
 }
