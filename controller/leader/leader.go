@@ -209,6 +209,16 @@ func (e *Elector) Campaign(ctx context.Context) (*Term, error) {
 	}
 }
 
+// TryLead makes one attempt: it returns a Term when the lock is taken,
+// nil and nil when another controller holds it.
+func (e *Elector) TryLead(ctx context.Context) (*Term, error) {
+	term, err := e.try(ctx)
+	if err != nil {
+		e.closeConn()
+	}
+	return term, err
+}
+
 // try makes one attempt: it returns a Term when the lock is taken.
 func (e *Elector) try(ctx context.Context) (*Term, error) {
 	if e.conn == nil {

@@ -1,11 +1,13 @@
 package restapi
 
 import (
+	"context"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/nodes"
 	"github.com/eastguard/eastguard/controller/policyrepo"
@@ -33,6 +35,9 @@ type Config struct {
 	// the dashboard (POST /api/v1/login/certificate) on a TLS listener;
 	// nil: only admin tokens log in.
 	ClientCerts *clientcert.Verifier
+	// Controllers lists the controllers sharing the store (high
+	// availability, controller/leader); nil: this one alone, the leader.
+	Controllers func(context.Context) ([]apiclient.Controller, error)
 }
 
 // API serves the admin REST API.
@@ -47,6 +52,8 @@ type API struct {
 	sessions *session.Store
 	certs    *clientcert.Verifier
 	stream   *flowstream.Broker
+
+	controllers func(context.Context) ([]apiclient.Controller, error)
 }
 
 // New returns the API over the controller's parts.
@@ -67,7 +74,8 @@ func New(cfg Config) *API {
 		cfg.Stream.Log = cfg.Log.Named("flowstream")
 	}
 	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents,
-		sessions: session.New(cfg.Sessions), certs: cfg.ClientCerts, stream: flowstream.New(cfg.Stream)}
+		sessions: session.New(cfg.Sessions), certs: cfg.ClientCerts, stream: flowstream.New(cfg.Stream),
+		controllers: cfg.Controllers}
 }
 
 // PublishFlows hands newly stored flows to the live subscribers
