@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -672,7 +673,7 @@ func writeAdminConfig(ctx context.Context, c *Controller, dataDir, url, caCert s
 		if tokenErr != nil && !errors.Is(tokenErr, restapi.ErrAdminTokenRefused) {
 			return fmt.Errorf("check the token of %s: %w", path, tokenErr)
 		}
-		if old.Check() == nil && old.Server == url && old.CACert == caCert && tokenErr == nil {
+		if old.Check() == nil && slices.Contains(apiclient.SplitServers(old.Server), url) && old.CACert == caCert && tokenErr == nil {
 			return nil
 		}
 		log.Warn("admin.conf is out of date (API address, certificate or token changed); writing a new one", zap.String("path", path))
