@@ -149,9 +149,11 @@ func (o *Options) Check() error {
 		return errors.New("--http-client-ca needs TLS on the HTTP listener: give --http-tls-from-ca, or --http-tls-cert and --http-tls-key")
 	}
 	if o.AdvertiseGRPC != "" {
-		if _, _, err := net.SplitHostPort(o.AdvertiseGRPC); err != nil {
-			return fmt.Errorf("--advertise-grpc %q: want HOST:PORT: %w", o.AdvertiseGRPC, err)
+		host, port, err := net.SplitHostPort(o.AdvertiseGRPC)
+		if err != nil || host == "" {
+			return fmt.Errorf("--advertise-grpc %q: want HOST:PORT ([ADDRESS]:PORT for any IP address)", o.AdvertiseGRPC)
 		}
+		o.AdvertiseGRPC = net.JoinHostPort(host, port) // [10.0.0.1]:7443 is 10.0.0.1:7443
 	}
 	if o.AdvertiseAPI != "" {
 		if u, err := url.Parse(o.AdvertiseAPI); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -584,13 +586,22 @@ func advertisedGRPC(o Options, addr net.Addr) string {
 
 // advertisedAPI is the admin API's URL of this controller as the
 // controllers' table records it: --advertise-api, else --external-url,
-// else the listener's.
+// else the HTTP listener's port on --advertise-grpc's host, else the
+// listener's address.
 func advertisedAPI(o Options, addr net.Addr, https bool) string {
 	switch {
 	case o.AdvertiseAPI != "":
 		return o.AdvertiseAPI
 	case o.ExternalURL != "":
 		return o.ExternalURL
+	case o.AdvertiseGRPC != "":
+		host, _, _ := net.SplitHostPort(o.AdvertiseGRPC)
+		_, port, _ := net.SplitHostPort(addr.String())
+		scheme := "http"
+		if https {
+			scheme = "https"
+		}
+		return scheme + "://" + net.JoinHostPort(host, port)
 	}
 	return apiURL(addr, https)
 }
