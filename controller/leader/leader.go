@@ -413,7 +413,9 @@ func List(ctx context.Context, q Querier, now time.Time) ([]Info, error) {
 		}
 		c.Started, c.LastSeen = time.Unix(0, started), time.Unix(0, seen)
 		switch {
-		case now.Sub(c.LastSeen) > StaleAfter:
+		case now.Sub(c.LastSeen) > StaleAfter, !isLeader && c.Role == RoleLeader:
+			// A leader that lost the lock exits: a row still saying
+			// leader that the leader's row does not name is a dead one.
 			c.Role = RoleGone
 		case isLeader:
 			c.Role = RoleLeader

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,6 +66,17 @@ func TestPrivilegedFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc := harness.NewReceiver([]byte(webhookSecret))
+	// hold, once set, keeps the next delivery's answer until released:
+	// a delivery in flight when its leader dies.
+	var hold atomic.Pointer[chan struct{}]
+	held, release := make(chan struct{}), make(chan struct{})
+	rc.OnDelivery = func(harness.Received, error) {
+		if h := hold.Load(); h != nil && hold.CompareAndSwap(h, nil) {
+			close(held)
+			<-release
+		}
+	}
+	defer close(release)
 	hookURL := cp.ServeWebhook(rc)
 
 	start := func(c *haController) {
@@ -235,5 +247,44 @@ func TestPrivilegedFailover(t *testing.T) {
 	})
 	if got, _ := rc.Requests(); len(got) != 1 {
 		t.Errorf("the webhook got %d deliveries, want 1: %+v", len(got), got)
+	}
+
+	// A delivery in flight when its leader dies: the new leader sends it
+	// again with the same delivery id (at-least-once, de-duplicated by
+	// the receiver on it), and only once.
+	h := make(chan struct{})
+	hold.Store(&h)
+	topo.MustDrop(t, "web -> client:22", web.Dial(client.Addr4, 22, 500*time.Millisecond))
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the second alert's delivery did not arrive")
+	}
+	killed = time.Now()
+	ctlB.proc.Kill()
+	var resent []harness.Received
+	testutil.Eventually(t, 60*time.Second, "the delivery in flight sent again by the new leader", func() error {
+		got, errs := rc.Requests()
+		if len(errs) > 0 {
+			t.Fatalf("deliveries refused by the receiver: %v", errs)
+		}
+		if len(got) < 3 {
+			return fmt.Errorf("%d deliveries", len(got))
+		}
+		resent = got
+		return nil
+	})
+	t.Logf("second failover: the delivery in flight was sent again %s after kill -9 of controller-b", time.Since(killed))
+	if a, b := resent[1].Payload, resent[2].Payload; a.DeliveryID != b.DeliveryID || a.Alert.ID != b.Alert.ID || a.Alert.ID == alertID ||
+		a.Event != "firing" || b.Event != "firing" {
+		t.Errorf("the delivery in flight and its resend: %+v / %+v", a, b)
+	}
+	if got := status(); got["http://"+ctlA.http] != "leader" {
+		t.Errorf("after the second failover: roles %v\n%s", got, cp.MustEgctl("status"))
+	}
+	// Recorded as delivered now: nothing more.
+	time.Sleep(2 * time.Second)
+	if got, _ := rc.Requests(); len(got) != 3 {
+		t.Errorf("the webhook got %d deliveries, want 3: %+v", len(got), got)
 	}
 }
