@@ -387,11 +387,11 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 			return err
 		}
 		leaderInfo := func() leader.Info { l, _ := elector.Leader(); return l }
-		sbGRPC := standbyGRPC(sbCtx, sbTLS, func() string { return leaderInfo().GRPC })
+		sbGRPC, limit := standbyGRPC(sbCtx, sbTLS, o.AgentLimits, func() string { return leaderInfo().GRPC })
 		sbServing := sbTLS.Serving
 		serving.Store(&sbServing)
 		handler.set(standbyHandler(reg, func() string { return leaderInfo().API }))
-		sbLis := grpcLis.Next()
+		sbLis := limit(grpcLis.Next())
 		wg.Go(func() { _ = sbGRPC.Serve(sbLis) })
 		serveHTTP()
 		log.Info("standing by: another controller leads", zap.String("grpc-listen", grpcRaw.Addr().String()),

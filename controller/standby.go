@@ -10,12 +10,16 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
+	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/agentapi/admission"
 	"github.com/eastguard/eastguard/controller/agentapi/agenttls"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/internal/wire"
@@ -85,11 +89,25 @@ func writeNotLeader(w http.ResponseWriter, e apiclient.Error) {
 
 // standbyGRPC is the standby's agent listener: the TLS agents expect (a
 // serving certificate of the controller's CA for this controller's names,
-// rotated), and no service: every call is answered wire.NotLeader.
-func standbyGRPC(ctx context.Context, t *agenttls.State, leaderGRPC func() string) *grpc.Server {
+// rotated), and no service: every call is answered wire.NotLeader. Anyone
+// who reaches the port may connect before authenticating, so the leader's
+// bounds apply: connections in all and per source (lis is wrapped), the
+// handshake's deadline, streams per connection, idle connections closed,
+// and requests never read beyond a small size.
+func standbyGRPC(ctx context.Context, t *agenttls.State, limits agentapi.Limits, leaderGRPC func() string) (*grpc.Server, func(net.Listener) net.Listener) {
 	go t.Rotate(ctx)
-	return grpc.NewServer(grpc.Creds(credentials.NewTLS(t.ServerConfig())),
+	limits = limits.WithDefaults()
+	conns := admission.NewConnLimiter(limits.MaxConns, limits.MaxConnsPerSource)
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(t.ServerConfig())),
+		grpc.MaxRecvMsgSize(16<<10),
+		grpc.MaxConcurrentStreams(uint32(limits.MaxStreamsPerConn)),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute}),
+		grpc.ReadBufferSize(8<<10),
 		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error { return wire.NotLeader(leaderGRPC()) }))
+	return srv, func(lis net.Listener) net.Listener {
+		return admission.Listener(lis, conns, func(c net.Conn, _ string) {})
+	}
 }
 
 // handoff passes the connections of one listener to one server at a
