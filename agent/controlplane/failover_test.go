@@ -1,8 +1,10 @@
 package controlplane
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ import (
 
 // startStandby serves a standby controller of f's CA: every call is
 // answered "not leader", naming leader; it counts the calls.
-func startStandby(t *testing.T, f *fakeController, leader string) (addr string, calls *atomic.Int64) {
+func startStandby(t *testing.T, f *fakeController, leader, listen string) (addr string, calls *atomic.Int64) {
 	t.Helper()
 	cert, err := f.ca.IssueServer([]string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Hour, time.Now())
 	if err != nil {
@@ -28,7 +30,7 @@ func startStandby(t *testing.T, f *fakeController, leader string) (addr string, 
 			calls.Add(1)
 			return wire.NotLeader(leader)
 		}))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +63,7 @@ func TestFailoverClientFindsTheLeader(t *testing.T) {
 			if named {
 				leader = f.addr
 			}
-			standby, calls := startStandby(t, f, leader)
+			standby, calls := startStandby(t, f, leader, "127.0.0.1:0")
 			dead := deadAddr(t)
 			c := f.newClient(t, openStateDir(t, t.TempDir()), &syncEnforcer{}, f.token.String(), func(cfg *Config) {
 				cfg.Controller = dead + "," + standby + "," + f.addr
@@ -83,5 +85,31 @@ func TestFailoverClientFindsTheLeader(t *testing.T) {
 				t.Error("after the stream ended, the standby was not asked again")
 			}
 		})
+	}
+}
+
+// TestFailoverClientNameForSeveral: a name resolving to several addresses
+// (one per controller) is tried at each, the certificate checked against
+// the name: the agent reaches the leader behind the standby's address.
+func TestFailoverClientNameForSeveral(t *testing.T) {
+	f := startFake(t, nil)
+	_, port, _ := net.SplitHostPort(f.addr)
+	// The standby on another loopback address, the same port.
+	_, calls := startStandby(t, f, "", net.JoinHostPort("127.0.0.2", port))
+	var lookups atomic.Int64
+	c := f.newClient(t, openStateDir(t, t.TempDir()), &syncEnforcer{}, f.token.String(), func(cfg *Config) {
+		cfg.Controller = net.JoinHostPort("localhost", port)
+		cfg.Resolve = func(_ context.Context, host string) ([]netip.Addr, error) {
+			lookups.Add(1)
+			if host != "localhost" {
+				t.Errorf("resolve %q", host)
+			}
+			return []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1")}, nil
+		}
+	})
+	startRun(t, c)
+	f.nextStream(t)
+	if calls.Load() == 0 || lookups.Load() == 0 {
+		t.Errorf("standby calls %d, lookups %d: want the name's first address (the standby) tried first", calls.Load(), lookups.Load())
 	}
 }
