@@ -233,7 +233,7 @@ type WebhookPayload struct {
 	// de-duplicate on it.
 	DeliveryID int64  `json:"deliveryId"`
 	Event      string `json:"event"`
-	Alert struct {
+	Alert      struct {
 		ID          int64  `json:"id"`
 		Rule        string `json:"rule"`
 		Severity    string `json:"severity"`
