@@ -136,7 +136,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		}
 	}
 	var errs []error
-	expanded := map[string]bool{}
+	expanded, again := map[string]bool{}, map[string]int{}
 	for k := 0; k < len(queue) && k < 64; k++ {
 		t := queue[k]
 		if t.base == "" {
@@ -154,9 +154,23 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 			break
 		}
 		var se *StatusError
-		if errors.As(err, &se) && !expanded[t.base] {
+		if !errors.As(err, &se) {
+			continue
+		}
+		if !expanded[t.base] {
 			expanded[t.base] = true
-			queue = append(queue, expand(ctx, t.base)...)
+			if more := expand(ctx, t.base); len(more) > 0 {
+				queue = append(queue, more...)
+				continue
+			}
+		}
+		// A single address that led to a standby is a load balancer's
+		// (a Kubernetes Service): a new connection may reach the
+		// leader, a few times over.
+		if t.pin == "" && again[t.base] < maxAgain {
+			again[t.base]++
+			c.http.CloseIdleConnections()
+			queue = append(queue, t)
 		}
 	}
 	if len(errs) == 1 {
@@ -165,11 +179,29 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	return &NoLeaderError{Errs: errs}
 }
 
+// maxAgain is how many more times a server whose name has one address is
+// asked after it answered "not leader".
+const maxAgain = 5
+
 // NoLeaderError is what Do returns when no server answered as the leader.
 type NoLeaderError struct{ Errs []error }
 
 func (e *NoLeaderError) Error() string {
-	return "no controller answered as the leader: " + errors.Join(e.Errs...).Error()
+	var lines []string
+	count := map[string]int{}
+	for _, err := range e.Errs {
+		msg := err.Error()
+		if count[msg] == 0 {
+			lines = append(lines, msg)
+		}
+		count[msg]++
+	}
+	for i, l := range lines {
+		if n := count[l]; n > 1 {
+			lines[i] = fmt.Sprintf("%s (%d times)", l, n)
+		}
+	}
+	return "no controller answered as the leader: " + strings.Join(lines, "; ")
 }
 
 func (e *NoLeaderError) Unwrap() []error { return e.Errs }

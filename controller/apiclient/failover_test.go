@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 )
@@ -76,8 +78,15 @@ func TestFailoverClientMovesToTheLeader(t *testing.T) {
 	// No leader at all.
 	c, _ = NewClient(&Config{Server: dead + "," + standby.URL, Token: "tok"})
 	var none *NoLeaderError
-	if err := c.Do(context.Background(), "GET", "/api/v1/agents", nil, nil); !errors.As(err, &none) || len(none.Errs) != 2 {
+	before := standbyCalls.Load()
+	if err := c.Do(context.Background(), "GET", "/api/v1/agents", nil, nil); !errors.As(err, &none) || len(none.Errs) != 2+maxAgain ||
+		!strings.Contains(err.Error(), fmt.Sprintf("(%d times)", 1+maxAgain)) {
 		t.Errorf("no leader: %v", err)
+	}
+	// A name with one address (a load balancer) that led to a standby is
+	// asked again on new connections, a bounded number of times.
+	if n := standbyCalls.Load() - before; n != 1+maxAgain {
+		t.Errorf("the standby was asked %d times, want %d", n, 1+maxAgain)
 	}
 
 	for _, bad := range []string{"http://a:1,ftp://b:1", "http://a:1,", "http://a:1,,http://b:1"} {
