@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,8 +133,8 @@ func (c *Config) Check() error {
 		}
 	}
 	if c.Controller != "" {
-		if _, _, err := net.SplitHostPort(c.Controller); err != nil {
-			return fmt.Errorf("--controller %q: want HOST:PORT: %w", c.Controller, err)
+		if _, _, err := enforcer.SplitControllers(c.Controller); err != nil {
+			return fmt.Errorf("--controller %q: want HOST:PORT, or several separated by commas on one port: %w", c.Controller, err)
 		}
 		if c.JoinToken != "" {
 			if _, err := pki.ParseJoinToken(c.JoinToken); err != nil {
@@ -293,9 +292,11 @@ func (a *Agent) open() (err error) {
 			},
 			Lookup: a.lookup,
 			Log:    a.log.Named("controlplane"),
-			// Every connection resolves the controller again, and the
-			// failsafe follows the answer before the connection starts.
-			Dialer: a.enf.DialController,
+			// Every round over the controllers resolves their names
+			// again, and the failsafe follows the answer before a
+			// connection starts.
+			Resolve: a.enf.ResolveController,
+			Dialer:  a.enf.DialController,
 		}); err != nil {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,7 @@ import (
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/alert/webhook"
 	"github.com/eastguard/eastguard/controller/alert/webhook/egress"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/flowingest"
@@ -97,6 +99,9 @@ type Config struct {
 	// SecretsDir is where webhooks' secretFrom.file names files ("":
 	// file secrets are refused).
 	SecretsDir string
+	// Controllers lists the controllers sharing the store (GET
+	// /api/v1/controllers); nil: this one alone, the leader.
+	Controllers func(context.Context) ([]apiclient.Controller, error)
 	// OnAck, if set, is called after each agent ack is recorded (tests
 	// and benchmarks wait on it). It must not block.
 	OnAck func(agentapi.Ack)
@@ -128,6 +133,8 @@ type Controller struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	closed   sync.Once
+	// abandoned skips Close's final flush (Abandon).
+	abandoned atomic.Bool
 }
 
 // New loads the controller's state from the store and reconciles it with
@@ -239,7 +246,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c.API = restapi.New(restapi.Config{
 		Store: cfg.Store, Log: log, Now: cfg.Now, Nodes: c.nodes, Policy: c.Policy, Agents: c.Agents,
-		ClientCerts: cfg.ClientCerts, Audit: c.Audit,
+		ClientCerts: cfg.ClientCerts, Audit: c.Audit, Controllers: cfg.Controllers,
 	})
 	c.Flows.OnStored(c.API.PublishFlows)
 	run, cancel := context.WithCancel(context.Background())
@@ -287,6 +294,10 @@ func (c *Controller) Handler(metrics prometheus.Gatherer) http.Handler { return 
 // ServingCertificate returns the gRPC serving certificate in use.
 func (c *Controller) ServingCertificate() *tls.Certificate { return c.Agents.ServingCertificate() }
 
+// Abandon makes Close write nothing more to the store: the controller
+// lost its leadership, and another may lead already.
+func (c *Controller) Abandon() { c.abandoned.Store(true) }
+
 // Close stops serving, closes every agent stream, waits for every
 // goroutine and writes the agents' last status to the store. Agents keep
 // enforcing and reconnect when a controller is back.
@@ -296,6 +307,9 @@ func (c *Controller) Close() error {
 		c.Agents.Close()
 		c.cancel()
 		c.wg.Wait()
+		if c.abandoned.Load() {
+			return
+		}
 		if err = c.nodes.Flush(context.Background()); err != nil {
 			err = fmt.Errorf("final flush of agent status: %w", err)
 		}

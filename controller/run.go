@@ -12,20 +12,25 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/agentapi/agenttls"
 	"github.com/eastguard/eastguard/controller/alert"
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/flowingest"
+	"github.com/eastguard/eastguard/controller/leader"
 	"github.com/eastguard/eastguard/controller/restapi"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/controller/store/postgres"
@@ -68,8 +73,14 @@ type Options struct {
 	HTTPClientCRL string
 	// HTTP bounds the HTTP listener's connections; zero fields take the
 	// defaults.
-	HTTP          HTTPLimits
-	Advertise     []string
+	HTTP      HTTPLimits
+	Advertise []string
+	// AdvertiseGRPC and AdvertiseAPI are the agents' gRPC address
+	// (HOST:PORT) and the admin API's URL of this controller as other
+	// controllers name it when they stand by (high availability); empty:
+	// derived from --advertise, --external-url and the listeners.
+	AdvertiseGRPC string
+	AdvertiseAPI  string
 	CACert, CAKey string
 	CertTTL       time.Duration
 	ServerCertTTL time.Duration
@@ -142,6 +153,21 @@ func (o *Options) Check() error {
 	if o.HTTPClientCA != "" && o.HTTPTLSCert == "" && !o.HTTPTLSFromCA {
 		return errors.New("--http-client-ca needs TLS on the HTTP listener: give --http-tls-from-ca, or --http-tls-cert and --http-tls-key")
 	}
+	if o.AdvertiseGRPC != "" {
+		host, port, err := net.SplitHostPort(o.AdvertiseGRPC)
+		if err != nil || host == "" {
+			return fmt.Errorf("--advertise-grpc %q: want HOST:PORT ([ADDRESS]:PORT for any IP address)", o.AdvertiseGRPC)
+		}
+		o.AdvertiseGRPC = net.JoinHostPort(host, port) // [10.0.0.1]:7443 is 10.0.0.1:7443
+	}
+	if o.AdvertiseAPI != "" {
+		if u, err := url.Parse(o.AdvertiseAPI); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--advertise-api %q: want an http(s) URL such as https://ctl-1.example.com:8080", o.AdvertiseAPI)
+		}
+	}
+	if (o.AdvertiseGRPC != "" || o.AdvertiseAPI != "") && o.Store == "" {
+		return errors.New("--advertise-grpc and --advertise-api go with --store postgres://... (with SQLite there is one controller)")
+	}
 	if o.HTTPClientCRL != "" && o.HTTPClientCA == "" {
 		return errors.New("--http-client-crl goes with --http-client-ca")
 	}
@@ -207,8 +233,15 @@ func (o *Options) Check() error {
 // directory, or PostgreSQL with --store), loads or creates the CA, serves
 // both listeners, writes admin.conf once both accept, and runs until ctx
 // is done.
+//
+// On PostgreSQL it first campaigns for leadership (controller/leader):
+// until it leads it serves as a standby (standby.go), then it loads
+// everything from the store (New) and serves as the leader. It returns
+// ErrLeadershipLost if its leader session fails: the process exits and
+// its supervisor restarts it as a standby, so that it never acts as
+// leader without the lock. With SQLite it always leads.
 func Run(ctx context.Context, o Options, log *zap.Logger) error {
-	st, err := openStore(ctx, o, log)
+	st, connCfg, err := openStore(ctx, o, log)
 	if err != nil {
 		return err
 	}
@@ -222,6 +255,49 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 			return fmt.Errorf("--ca-key: %w", err)
 		}
 	}
+	// Both listeners are opened first: alert links and the address a
+	// standby advertises name their real addresses (a listen address may
+	// say port 0).
+	httpLis, err := net.Listen("tcp", o.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("--http-listen: %w", err)
+	}
+	defer httpLis.Close()
+	grpcRaw, err := net.Listen("tcp", o.GRPCListen)
+	if err != nil {
+		return fmt.Errorf("--grpc-listen: %w", err)
+	}
+	grpcLis := newHandoff(grpcRaw)
+	defer grpcLis.Close()
+	https := o.HTTPTLSCert != "" || o.HTTPTLSFromCA
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	role := newRoleMetrics(reg)
+
+	// The leader election, on PostgreSQL: a controller that does not lead
+	// at once waits for the CA (the first leader creates it) and stands by.
+	var elector *leader.Elector
+	var term *leader.Term
+	if connCfg != nil {
+		if elector, err = leader.New(leader.Config{
+			Conn: connCfg, Instance: leader.NewInstance(), Log: log.Named("leader"), Version: o.Version,
+			GRPC: advertisedGRPC(o, grpcRaw.Addr()), API: advertisedAPI(o, httpLis.Addr(), https),
+			OnRole: role.set,
+		}); err != nil {
+			return err
+		}
+		if term, err = waitForCA(ctx, elector, st, log); err != nil {
+			return err
+		}
+		defer func() {
+			if term != nil {
+				term.Resign()
+			}
+		}()
+	} else {
+		role.set(true)
+	}
 	ca, err := LoadCA(ctx, st, userCert, userKey, log)
 	if err != nil {
 		return err
@@ -230,6 +306,9 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 	// what admin.conf tells egctl to trust for it.
 	var httpTLS *tls.Config
 	var caCert string
+	// serving is the certificate the HTTP listener serves with
+	// --http-tls-from-ca: the standby's, then the leader's.
+	var serving atomic.Pointer[func() *tls.Certificate]
 	switch {
 	case o.HTTPTLSCert != "":
 		cert, err := tls.LoadX509KeyPair(o.HTTPTLSCert, o.HTTPTLSKey)
@@ -243,11 +322,12 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		}
 		caCert = trustAnchor(chain)
 	case o.HTTPTLSFromCA:
-		// The certificate is the controller's serving certificate (set
-		// below, once the controller exists): its names cover the HTTP
-		// listener too (servingHosts), it is rotated at two thirds of its
-		// life, and its chain ends at the CA that admin.conf carries.
-		httpTLS = &tls.Config{MinVersion: tls.VersionTLS12}
+		// The certificate is the controller's serving certificate: its
+		// names cover the HTTP listener too (servingHosts), it is rotated
+		// at two thirds of its life, and its chain ends at the CA that
+		// admin.conf carries.
+		httpTLS = &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return (*serving.Load())(), nil }}
 		caCert = string(ca.CertPEM)
 	}
 	var clientCerts *clientcert.Verifier
@@ -258,25 +338,13 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		}
 		clientCerts.Configure(httpTLS)
 	}
-
-	// The HTTP listener is opened before the controller so that alert
-	// links can name its real address (--http-listen may say port 0).
-	httpLis, err := net.Listen("tcp", o.HTTPListen)
-	if err != nil {
-		return fmt.Errorf("--http-listen: %w", err)
+	if httpTLS == nil && !isLoopback(o.HTTPListen) {
+		log.Warn("serving the admin API over plain HTTP on a non-loopback address: the admin token crosses the network in clear; give --http-tls-from-ca, or --http-tls-cert and --http-tls-key",
+			zap.String("http-listen", o.HTTPListen))
 	}
-	defer httpLis.Close()
 	dashboardURL := o.ExternalURL
 	if dashboardURL == "" {
 		dashboardURL = apiURL(httpLis.Addr(), httpTLS != nil)
-	}
-	flowRate := o.AgentFlowRate
-	if flowRate == 0 {
-		flowRate = -1 // the flag's "unlimited"
-	}
-	webhookRate := o.WebhookRate
-	if webhookRate == 0 {
-		webhookRate = -1 // the flag's "unlimited"
 	}
 
 	var kc *kubeClients
@@ -289,8 +357,67 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		}
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var handler roleHandler
+	httpSrv, httpConns := httpServer(&handler, httpLis, o.HTTP, httpTLS, log)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	httpServing := false
+	serveHTTP := func() {
+		if httpServing {
+			return
+		}
+		httpServing = true
+		wg.Go(func() {
+			var err error
+			if httpTLS != nil {
+				err = httpSrv.ServeTLS(httpConns, "", "")
+			} else {
+				err = httpSrv.Serve(httpConns)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- fmt.Errorf("HTTP listener: %w", err)
+			}
+		})
+	}
+	shutdownHTTP := func() {
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = httpSrv.Shutdown(shutdown)
+	}
+
+	if elector != nil && term == nil {
+		// Stand by until this controller leads.
+		sbCtx, sbCancel := context.WithCancel(ctx)
+		sbTLS, err := agenttls.New(agenttls.Config{CA: ca, Hosts: servingHosts(o, log), TTL: o.ServerCertTTL, Now: time.Now, Log: log.Named("standby"),
+			Refused: func(string) {}, HandshakeRefused: func(net.Addr, error) {}})
+		if err != nil {
+			sbCancel()
+			return err
+		}
+		leaderInfo := func() leader.Info { l, _ := elector.Leader(); return l }
+		sbGRPC, limit := standbyGRPC(sbCtx, sbTLS, o.AgentLimits, func() string { return leaderInfo().GRPC })
+		sbServing := sbTLS.Serving
+		serving.Store(&sbServing)
+		handler.set(standbyHandler(reg, func() string { return leaderInfo().API }))
+		sbLis := limit(grpcLis.Next())
+		wg.Go(func() { _ = sbGRPC.Serve(sbLis) })
+		serveHTTP()
+		log.Info("standing by: another controller leads", zap.String("grpc-listen", grpcRaw.Addr().String()),
+			zap.String("http-listen", httpLis.Addr().String()), zap.String("instance", elector.Instance()))
+		term, err = elector.Campaign(ctx)
+		sbGRPC.Stop()
+		sbCancel()
+		if err != nil {
+			shutdownHTTP()
+			wg.Wait()
+			if ctx.Err() != nil {
+				log.Info("stopping")
+				return nil
+			}
+			return err
+		}
+	}
+	takeover := time.Now()
 	c, err := New(ctx, Config{
 		Store:         st,
 		CA:            ca,
@@ -305,12 +432,13 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		// Kubernetes mode's verifier, when there is one.
 		ServiceAccounts: o.ServiceAccounts,
 		ClientCerts:     clientCerts,
+		Controllers:     listControllers(st, elector),
 
 		Settings: flowingest.Settings{
 			FlowRetention:  o.FlowRetention,
 			FlowMaxBytes:   o.FlowMaxBytes,
 			AlertRetention: o.AlertRetention,
-			AgentFlowRate:  flowRate,
+			AgentFlowRate:  rateFlag(o.AgentFlowRate),
 			BuiltinAlerts: alert.Builtin{
 				Denied: o.AlertOnDenied, Notify: o.DeniedNotify, Severity: policy.AlertSeverity(o.DeniedSeverity),
 			},
@@ -320,7 +448,7 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		},
 		DashboardURL:  dashboardURL,
 		WebhookGiveUp: o.WebhookGiveUp,
-		WebhookRate:   webhookRate,
+		WebhookRate:   rateFlag(o.WebhookRate),
 		WebhookBurst:  o.WebhookBurst,
 		// Webhooks never reach the controller's own listeners.
 		OwnAddrs:            ownAddrs(o.GRPCListen, httpLis.Addr()),
@@ -330,6 +458,8 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		AuditRetention:      auditRetention(o.AuditRetention),
 	})
 	if err != nil {
+		shutdownHTTP()
+		wg.Wait()
 		return err
 	}
 	defer func() {
@@ -337,21 +467,10 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 			log.Error("shutdown", zap.Error(err))
 		}
 	}()
-
-	grpcLis, err := net.Listen("tcp", o.GRPCListen)
-	if err != nil {
-		return fmt.Errorf("--grpc-listen: %w", err)
-	}
-	if o.HTTPTLSFromCA {
-		httpTLS.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.ServingCertificate(), nil }
-	}
-	if httpTLS == nil && !isLoopback(o.HTTPListen) {
-		log.Warn("serving the admin API over plain HTTP on a non-loopback address: the admin token crosses the network in clear; give --http-tls-from-ca, or --http-tls-cert and --http-tls-key",
-			zap.String("http-listen", o.HTTPListen))
-	}
-	httpSrv, httpConns := httpServer(c.Handler(reg), httpLis, o.HTTP, httpTLS, log)
-	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	leaderServing := c.ServingCertificate
+	serving.Store(&leaderServing)
+	handler.set(leaderHandler(c.Handler(reg)))
+	serveHTTP()
 	if kc != nil {
 		wg.Go(func() {
 			if err := runKubernetes(ctx, c, kc, o.Kubernetes, ca.CertPEM, reg, log); err != nil {
@@ -359,24 +478,21 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 			}
 		})
 	}
+	leaderLis := grpcLis.Next()
 	wg.Go(func() {
-		if err := c.ServeGRPC(grpcLis); err != nil {
+		if err := c.ServeGRPC(leaderLis); err != nil {
 			errs <- fmt.Errorf("gRPC listener: %w", err)
 		}
 	})
-	wg.Go(func() {
-		var err error
-		if httpTLS != nil {
-			err = httpSrv.ServeTLS(httpConns, "", "")
-		} else {
-			err = httpSrv.Serve(httpConns)
-		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errs <- fmt.Errorf("HTTP listener: %w", err)
-		}
-	})
-	log.Info("controller serving", zap.String("grpc-listen", grpcLis.Addr().String()), zap.String("http-listen", httpLis.Addr().String()),
-		zap.String("ca-fingerprint", ca.Fingerprint()), zap.String("data-dir", o.DataDir))
+	fields := []zap.Field{zap.String("grpc-listen", grpcRaw.Addr().String()), zap.String("http-listen", httpLis.Addr().String()),
+		zap.String("ca-fingerprint", ca.Fingerprint()), zap.String("data-dir", o.DataDir)}
+	var lost <-chan struct{}
+	if term != nil {
+		lost = term.Lost()
+		fields = append(fields, zap.String("instance", elector.Instance()), zap.Int64("term", term.Number()),
+			zap.Duration("loaded-in", time.Since(takeover)))
+	}
+	log.Info("controller serving", fields...)
 
 	// Both listeners accept connections now: admin.conf may tell egctl
 	// where to go.
@@ -390,16 +506,148 @@ func Run(ctx context.Context, o Options, log *zap.Logger) error {
 		case <-ctx.Done():
 			log.Info("stopping")
 		case runErr = <-errs:
+		case <-lost:
+			runErr = fmt.Errorf("%w: %w", ErrLeadershipLost, term.Err())
+			// Another controller may lead already: write nothing more.
+			c.Abandon()
 		}
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = httpSrv.Shutdown(shutdown)
+	shutdownHTTP()
 	if err := c.Close(); err != nil {
 		log.Error("shutdown", zap.Error(err))
 	}
 	wg.Wait()
 	return runErr
+}
+
+// ErrLeadershipLost ends Run when the leader's database session fails:
+// eastguard-controller exits 1 and its supervisor restarts it, as a
+// standby until it leads again.
+var ErrLeadershipLost = errors.New("leadership lost")
+
+// rateFlag maps a rate flag's 0 ("unlimited") to the packages' -1.
+func rateFlag(r float64) float64 {
+	if r == 0 {
+		return -1
+	}
+	return r
+}
+
+// waitForCA makes the first attempt at leadership; a controller that does
+// not lead then waits until the CA is in the store (the first leader of a
+// new database creates it), so that it never creates one of its own.
+func waitForCA(ctx context.Context, e *leader.Elector, st store.Store, log *zap.Logger) (*leader.Term, error) {
+	for i := 0; ; i++ {
+		term, err := e.TryLead(ctx)
+		if term != nil {
+			return term, nil
+		}
+		if err != nil {
+			log.Warn("leader election: the database cannot be reached; retrying", zap.Error(err))
+		} else if _, _, err := st.CA(ctx); err == nil {
+			return nil, nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		} else if i == 0 {
+			log.Info("another controller leads and the CA is not in the store yet: waiting for it")
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(leader.DefaultRetryInterval):
+		}
+	}
+}
+
+// listControllers is GET /api/v1/controllers' source: the controllers'
+// table on PostgreSQL, nil (this one alone) on SQLite.
+func listControllers(st store.Store, e *leader.Elector) func(context.Context) ([]apiclient.Controller, error) {
+	pg, ok := st.(*postgres.Postgres)
+	if e == nil || !ok {
+		return nil
+	}
+	return func(ctx context.Context) ([]apiclient.Controller, error) {
+		list, err := leader.List(ctx, pg.Pool(), time.Now())
+		if err != nil {
+			return nil, err
+		}
+		out := make([]apiclient.Controller, len(list))
+		for i, c := range list {
+			out[i] = apiclient.Controller{Instance: c.Instance, Role: c.Role, GRPC: c.GRPC, API: c.API, Version: c.Version,
+				Started: c.Started, LastSeen: c.LastSeen, Term: c.Term}
+		}
+		return out, nil
+	}
+}
+
+// advertisedGRPC is the agents' address of this controller as the
+// controllers' table records it: --advertise-grpc, else the first
+// --advertise on the listener's port, else the listener's address.
+func advertisedGRPC(o Options, addr net.Addr) string {
+	if o.AdvertiseGRPC != "" {
+		return o.AdvertiseGRPC
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	if len(o.Advertise) > 0 {
+		return net.JoinHostPort(o.Advertise[0], port)
+	}
+	return addr.String()
+}
+
+// advertisedAPI is the admin API's URL of this controller as the
+// controllers' table records it: --advertise-api, else --external-url,
+// else the HTTP listener's port on --advertise-grpc's host, else the
+// listener's address.
+func advertisedAPI(o Options, addr net.Addr, https bool) string {
+	switch {
+	case o.AdvertiseAPI != "":
+		return o.AdvertiseAPI
+	case o.ExternalURL != "":
+		return o.ExternalURL
+	case o.AdvertiseGRPC != "":
+		host, _, _ := net.SplitHostPort(o.AdvertiseGRPC)
+		_, port, _ := net.SplitHostPort(addr.String())
+		scheme := "http"
+		if https {
+			scheme = "https"
+		}
+		return scheme + "://" + net.JoinHostPort(host, port)
+	}
+	return apiURL(addr, https)
+}
+
+// roleMetrics are the leadership's metrics.
+type roleMetrics struct {
+	leader  prometheus.Gauge
+	changes prometheus.Counter
+	mu      sync.Mutex
+	known   bool
+	leading bool
+}
+
+func newRoleMetrics(reg prometheus.Registerer) *roleMetrics {
+	m := &roleMetrics{
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "eastguard_controller_leader",
+			Help: "1 while this controller leads (always with SQLite), 0 while it stands by."}),
+		changes: prometheus.NewCounter(prometheus.CounterOpts{Name: "eastguard_controller_leadership_changes_total",
+			Help: "Changes of this controller's role (standby to leader, leader to standby) since it started."}),
+	}
+	reg.MustRegister(m.leader, m.changes)
+	return m
+}
+
+func (m *roleMetrics) set(leading bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.known && m.leading != leading {
+		m.changes.Inc()
+	}
+	m.known, m.leading = true, leading
+	if leading {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
 }
 
 // ownAddrs returns the controller's listening addresses: --grpc-listen
@@ -446,7 +694,7 @@ func writeAdminConfig(ctx context.Context, c *Controller, dataDir, url, caCert s
 		if tokenErr != nil && !errors.Is(tokenErr, restapi.ErrAdminTokenRefused) {
 			return fmt.Errorf("check the token of %s: %w", path, tokenErr)
 		}
-		if old.Check() == nil && old.Server == url && old.CACert == caCert && tokenErr == nil {
+		if old.Check() == nil && slices.Contains(apiclient.SplitServers(old.Server), url) && old.CACert == caCert && tokenErr == nil {
 			return nil
 		}
 		log.Warn("admin.conf is out of date (API address, certificate or token changed); writing a new one", zap.String("path", path))
@@ -529,6 +777,9 @@ func servingHosts(o Options, log *zap.Logger) func() []string {
 		listens = append(listens, o.HTTPListen)
 	}
 	advertise := o.Advertise
+	if h, _, err := net.SplitHostPort(o.AdvertiseGRPC); err == nil && h != "" {
+		advertise = append(append([]string(nil), advertise...), h)
+	}
 	return func() []string {
 		hosts := []string{"localhost", "127.0.0.1", "::1"}
 		for _, l := range listens {
@@ -590,27 +841,27 @@ func (o *Options) checkStore() error {
 
 // openStore opens the store the options name: SQLite in the data
 // directory, or PostgreSQL. The DSN is logged with its password redacted.
-func openStore(ctx context.Context, o Options, log *zap.Logger) (store.Store, error) {
+func openStore(ctx context.Context, o Options, log *zap.Logger) (store.Store, *pgx.ConnConfig, error) {
 	if o.Store == "" {
 		st, err := sqlite.Open(o.DataDir)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		log.Info("store opened", zap.String("store", "sqlite"), zap.String("path", st.Path()))
-		return st, nil
+		return st, nil, nil
 	}
 	// The data directory still holds admin.conf.
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("--data-dir: %w", err)
+		return nil, nil, fmt.Errorf("--data-dir: %w", err)
 	}
 	dsn := postgres.RedactDSN(o.Store)
 	pool, err := postgres.ParseDSN(o.Store, o.StorePasswordFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key, err := postgres.LoadKeyFile(o.CAKeyEncryptionKeyFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	part := postgres.PartitionDay
 	if o.StoreFlowPartition == "hour" {
@@ -618,10 +869,12 @@ func openStore(ctx context.Context, o Options, log *zap.Logger) (store.Store, er
 	}
 	st, err := postgres.Open(ctx, postgres.Config{Pool: pool, CAKeyKey: key, Partition: part})
 	if err != nil {
-		return nil, fmt.Errorf("--store %s: %w", dsn, err)
+		return nil, nil, fmt.Errorf("--store %s: %w", dsn, err)
 	}
 	log.Info("store opened", zap.String("store", "postgres"), zap.String("dsn", dsn), zap.Duration("flow-partition", part))
-	return st, nil
+	// The leader's session: the pool's settings (password included),
+	// a connection of its own.
+	return st, pool.ConnConfig, nil
 }
 
 // auditRetention maps --audit-retention (0: keep every record) to

@@ -50,7 +50,8 @@ command line (every user of the host can read a process's arguments):
   sudo deploy/install.sh --controller ctl.example.com:7443 --join-token-file NAME.token
 
 Flags:
-  --controller HOST:PORT     the controller's gRPC address (required to install)
+  --controller HOST:PORT     the controller's gRPC address (required to install);
+                             several controllers: HOST:PORT,HOST:PORT
   --join-token-file FILE     read the one-time join token from FILE
   --join-token-stdin         read the one-time join token from standard input
                              (one of the two is required unless the node has
@@ -241,7 +242,7 @@ $purge && usage_error "--purge goes with --uninstall"
 
 # Check every input before anything changes.
 [ -n "$controller" ] || usage_error "--controller HOST:PORT is required"
-check_value --controller "$controller" '([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}' "HOST:PORT"
+check_value --controller "$controller" '(([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})(,([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})*' "HOST:PORT, or several separated by commas"
 if [ -z "$node" ]; then
 	node=$(hostname)
 fi

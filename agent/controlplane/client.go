@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,9 +40,15 @@ type Enforcer interface {
 // Config configures a Client. Zero durations take the defaults.
 type Config struct {
 	Node string
-	// Controller is the controller's gRPC address (host:port); the host
-	// must be one its serving certificate names.
+	// Controller is the controllers' gRPC addresses (HOST:PORT, several
+	// separated by commas: high availability); each host must be one its
+	// controller's serving certificate names. The client stays with the
+	// one that answers as the leader.
 	Controller string
+	// Resolve, if set, resolves a controller's host name to the addresses
+	// tried in turn (the agent: its failsafe opens them first); nil
+	// dials the names as given.
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	// JoinToken is needed the first time, and to join again with a new
 	// identity; otherwise the state directory's credentials are used.
 	JoinToken string
@@ -84,8 +91,8 @@ type Config struct {
 	Log                    *zap.Logger
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
-	// Dialer, if set, makes the connections (the agent: its failsafe
-	// follows the controller's addresses; tests).
+	// Dialer, if set, makes the connections to the addresses Resolve
+	// returns, or the HOST:PORT entries (the agent: its failsafe; tests).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 
@@ -112,6 +119,8 @@ type Client struct {
 	hashed  *ruleset.RuleSet
 	hashVal string
 
+	targets *targets
+
 	connected atomic.Bool
 	streams   atomic.Int64
 	lookups   lookupLimiter
@@ -133,8 +142,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Controller == "" || cfg.State == nil || cfg.Enforcer == nil {
 		return nil, errors.New("controlplane: Controller, State and Enforcer are required")
 	}
-	if _, _, err := net.SplitHostPort(cfg.Controller); err != nil {
-		return nil, fmt.Errorf("controller address %q: %w", cfg.Controller, err)
+	given, err := splitControllers(cfg.Controller)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
@@ -151,7 +161,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(15*time.Second, cfg.MinBackoff)
 	}
-	c := &Client{cfg: cfg, log: cfg.Log, now: cfg.Now}
+	c := &Client{cfg: cfg, log: cfg.Log, now: cfg.Now, targets: &targets{given: given, resolve: cfg.Resolve, log: cfg.Log}}
 	if cfg.ServiceAccountTokenFile != "" {
 		if cfg.JoinToken != "" {
 			return nil, errors.New("controlplane: a join token or a ServiceAccount token file, not both")
@@ -207,7 +217,7 @@ func (c *Client) Run(ctx context.Context) error {
 	})
 	b := c.newBackoff()
 	for {
-		established, err := c.stream(ctx)
+		tg, established, err := c.stream(ctx)
 		if ctx.Err() != nil {
 			if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
 				return cause
@@ -220,9 +230,9 @@ func (c *Client) Run(ctx context.Context) error {
 		if established {
 			b.reset()
 		}
-		wait := b.next()
+		wait := c.nextWait(b, tg, err)
 		c.log.Warn("controller stream down; enforcement continues with the rule set in force; reconnecting",
-			zap.Error(explain(err)), zap.Duration("retry-in", wait))
+			zap.Error(explain(err)), zap.String("controller", tg.addr), zap.Duration("retry-in", wait))
 		select {
 		case <-ctx.Done():
 			continue
@@ -259,7 +269,7 @@ func (c *Client) ensureIdentity(ctx context.Context) error {
 	}
 	b := c.newBackoff()
 	for {
-		creds, fingerprint, err := c.joinOnce(ctx)
+		tg, creds, fingerprint, err := c.joinOnce(ctx)
 		if err == nil {
 			c.creds.Store(creds)
 			c.log.Info("joined the controller", zap.String("method", joinMethod(sa)), zap.Time("cert-expiry", creds.expiry()),
@@ -278,8 +288,9 @@ func (c *Client) ensureIdentity(ctx context.Context) error {
 			// about this pod, may be admitted: retry, never exit.
 			err = fmt.Errorf("the controller refused the ServiceAccount token: %s", status.Convert(err).Message())
 		}
-		wait := b.next()
-		c.log.Warn("join failed; retrying; enforcement continues with what is pinned", zap.Error(explain(err)), zap.Duration("retry-in", wait))
+		wait := c.nextWait(b, tg, err)
+		c.log.Warn("join failed; retrying; enforcement continues with what is pinned", zap.Error(explain(err)),
+			zap.String("controller", tg.addr), zap.Duration("retry-in", wait))
 		select {
 		case <-ctx.Done():
 			return nil // stopped before joining: Run returns nil, as documented
@@ -330,7 +341,7 @@ func (c *Client) renewLoop(ctx context.Context) error {
 			return nil
 		case <-time.After(max(wait, 0)):
 		}
-		creds, err := c.renew(ctx)
+		tg, creds, err := c.renew(ctx)
 		if err == nil {
 			c.creds.Store(creds)
 			b.reset()
@@ -348,7 +359,7 @@ func (c *Client) renewLoop(ctx context.Context) error {
 			return fmt.Errorf("%w at %s before it could be renewed (%v): join again with a new --join-token",
 				ErrExpired, cur.expiry().Format(time.RFC3339), err)
 		}
-		wait = min(b.next(), time.Until(cur.expiry()))
+		wait = min(c.nextWait(b, tg, err), time.Until(cur.expiry()))
 		c.log.Warn("certificate renewal failed; retrying", zap.Error(explain(err)), zap.Duration("retry-in", wait),
 			zap.Time("cert-expiry", cur.expiry()))
 		select {
@@ -359,7 +370,26 @@ func (c *Client) renewLoop(ctx context.Context) error {
 	}
 }
 
-func (c *Client) dial(tlsCfg *tls.Config) (*grpc.ClientConn, error) {
+// nextWait moves on from the target that failed and returns how long to
+// wait before the next attempt: the backoff once every target has been
+// tried, a short jittered pause before trying the next one.
+func (c *Client) nextWait(b *backoff, tg target, err error) time.Duration {
+	if tg.addr == "" || c.targets.failed(tg, err) || !c.targets.several() {
+		return b.next()
+	}
+	return c.cfg.MinBackoff/2 + rand.N(c.cfg.MinBackoff/2+1)
+}
+
+// dial connects to the current target, checking its certificate against
+// the name it was given by.
+func (c *Client) dial(ctx context.Context, tlsCfg *tls.Config) (target, *grpc.ClientConn, error) {
+	tg, err := c.targets.current(ctx)
+	if err != nil {
+		return tg, nil, err
+	}
+	if tlsCfg.ServerName == "" {
+		tlsCfg.ServerName = tg.host
+	}
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512 << 20)),
@@ -369,11 +399,11 @@ func (c *Client) dial(tlsCfg *tls.Config) (*grpc.ClientConn, error) {
 	if c.cfg.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
 	}
-	conn, err := grpc.NewClient("passthrough:///"+c.cfg.Controller, opts...)
+	conn, err := grpc.NewClient("passthrough:///"+tg.addr, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("controller address %q: %w", c.cfg.Controller, err)
+		return tg, nil, fmt.Errorf("controller address %q: %w", tg.addr, err)
 	}
-	return conn, nil
+	return tg, conn, nil
 }
 
 // backoff is jittered exponential backoff: each wait is drawn from the

@@ -200,17 +200,17 @@ func (c *Client) joinRequest() (*pb.JoinRequest, string, error) {
 // joinOnce trades the token and a CSR for credentials, trusting the
 // controller only if its chain holds the pinned CA. It returns the pinned
 // CA's fingerprint.
-func (c *Client) joinOnce(ctx context.Context) (*identity, string, error) {
+func (c *Client) joinOnce(ctx context.Context) (target, *identity, string, error) {
 	req, pin, err := c.joinRequest()
 	if err != nil {
-		return nil, "", err
+		return target{}, nil, "", err
 	}
 	key, csr, err := c.newKey()
 	if err != nil {
-		return nil, "", err
+		return target{}, nil, "", err
 	}
 	req.Csr = csr
-	conn, err := c.dial(&tls.Config{
+	tg, conn, err := c.dial(ctx, &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// Replaced, not relaxed: VerifyPinned checks the chain against the
 		// pinned CA's fingerprint and the leaf against the name dialled.
@@ -218,48 +218,48 @@ func (c *Client) joinOnce(ctx context.Context) (*identity, string, error) {
 		VerifyConnection:   pki.VerifyPinned(pin),
 	})
 	if err != nil {
-		return nil, "", err
+		return tg, nil, "", err
 	}
 	defer conn.Close()
 	resp, err := pb.NewControlClient(conn).Join(ctx, req)
 	if err != nil {
-		return nil, "", err
+		return tg, nil, "", err
 	}
 	creds, err := issued(resp.GetCertificate(), resp.GetCa(), key, c.cfg.Node, pin, credMeta{TokenID: req.GetTokenId()}, c.now())
 	if err != nil {
-		return nil, "", err
+		return tg, nil, "", err
 	}
 	if err := creds.save(c.cfg.State, key); err != nil {
-		return nil, "", err
+		return tg, nil, "", err
 	}
-	return creds, pin, nil
+	return tg, creds, pin, nil
 }
 
 // renew asks for a new certificate for a new key over a fresh mutual-TLS
 // connection; the stream keeps running on its own connection meanwhile.
-func (c *Client) renew(ctx context.Context) (*identity, error) {
+func (c *Client) renew(ctx context.Context) (target, *identity, error) {
 	old := c.creds.Load()
 	key, csr, err := c.newKey()
 	if err != nil {
-		return nil, err
+		return target{}, nil, err
 	}
-	conn, err := c.dial(c.mutualTLS())
+	tg, conn, err := c.dial(ctx, c.mutualTLS())
 	if err != nil {
-		return nil, err
+		return tg, nil, err
 	}
 	defer conn.Close()
 	resp, err := pb.NewControlClient(conn).Renew(ctx, &pb.RenewRequest{Csr: csr})
 	if err != nil {
-		return nil, err
+		return tg, nil, err
 	}
 	creds, err := issued(resp.GetCertificate(), resp.GetCa(), key, c.cfg.Node, pki.Fingerprint(old.ca), old.meta, c.now())
 	if err != nil {
-		return nil, err
+		return tg, nil, err
 	}
 	if err := creds.save(c.cfg.State, key); err != nil {
-		return nil, err
+		return tg, nil, err
 	}
-	return creds, nil
+	return tg, creds, nil
 }
 
 // newKey makes a fresh key (each certificate gets its own) and the CSR

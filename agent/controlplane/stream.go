@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -21,14 +22,21 @@ import (
 // Capabilities every agent of this build has.
 var baseCapabilities = []string{"delta", "ipv6", "tcx"}
 
-// stream opens one stream and serves it until it ends. established says
-// whether the controller accepted it (the backoff starts over then).
-func (c *Client) stream(ctx context.Context) (established bool, err error) {
-	conn, err := c.dial(c.mutualTLS())
+// stream opens one stream to the current target and serves it until it
+// ends. established says whether the controller accepted it (the backoff
+// starts over then).
+func (c *Client) stream(ctx context.Context) (tg target, established bool, err error) {
+	tg, conn, err := c.dial(ctx, c.mutualTLS())
 	if err != nil {
-		return false, err
+		return tg, false, err
 	}
 	defer conn.Close()
+	established, err = c.serve(ctx, conn)
+	return tg, established, err
+}
+
+// serve runs one stream on conn.
+func (c *Client) serve(ctx context.Context, conn *grpc.ClientConn) (established bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	st, err := pb.NewControlClient(conn).Connect(ctx)

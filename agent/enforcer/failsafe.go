@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -37,8 +38,9 @@ const (
 
 // FailsafeConfig configures the failsafe. Zero fields take the defaults.
 type FailsafeConfig struct {
-	// Controller is the controller's address as the agent dials it
-	// (HOST:PORT, --controller).
+	// Controller is the controllers' addresses as the agent dials them
+	// (HOST:PORT, several separated by commas: --controller). Several
+	// must share the port: the failsafe opens one port.
 	Controller string
 	// ResolvConf is where the resolvers are read from (default
 	// /etc/resolv.conf). When it names only loopback resolvers (a local
@@ -54,12 +56,20 @@ type FailsafeConfig struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// failsafe is the failsafe's fixed configuration.
+// failsafe is the failsafe's configuration and what names resolved to.
 type failsafe struct {
-	cfg     FailsafeConfig
-	host    string
-	port    uint16
-	literal netip.Addr // valid when the host is an IP address
+	cfg  FailsafeConfig
+	port uint16
+	// given are the HOST:PORT entries of cfg.Controller; literals the
+	// hosts that are IP addresses; names the others.
+	given    []string
+	literals []netip.Addr
+	names    []string
+
+	// mu guards resolved: each name's last answer. It is taken without
+	// e.mu held, and e.mu never with it held.
+	mu       sync.Mutex
+	resolved map[string][]netip.Addr
 }
 
 // FailsafeStatus is what the failsafe opens, for /status.
@@ -74,19 +84,38 @@ type FailsafeStatus struct {
 	Enforced bool `json:"enforced"`
 }
 
-// EnableFailsafe turns the failsafe on for the controller at
-// cfg.Controller. Call it before Restore: the last known good rule set is
-// then enforced with the failsafe for the controller's address (when it
-// is an IP address) and the resolvers; a name is resolved at the first
-// DialController.
-func (e *Enforcer) EnableFailsafe(cfg FailsafeConfig) error {
-	host, portStr, err := net.SplitHostPort(cfg.Controller)
-	if err != nil {
-		return fmt.Errorf("failsafe: controller %q: %w", cfg.Controller, err)
+// SplitControllers splits --controller into its HOST:PORT entries and
+// checks them: at least one, each HOST:PORT with a port from 1 to 65535,
+// all on the same port (the failsafe opens one).
+func SplitControllers(list string) (addrs []string, port uint16, err error) {
+	for a := range strings.SplitSeq(list, ",") {
+		a = strings.TrimSpace(a)
+		host, portStr, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return nil, 0, fmt.Errorf("controller %q: want HOST:PORT", a)
+		}
+		p, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil || p == 0 {
+			return nil, 0, fmt.Errorf("controller %q: want a port from 1 to 65535", a)
+		}
+		if port != 0 && uint16(p) != port {
+			return nil, 0, fmt.Errorf("controller %q: every controller address must use the same port (%d): the failsafe opens one", a, port)
+		}
+		port = uint16(p)
+		addrs = append(addrs, a)
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil || port == 0 {
-		return fmt.Errorf("failsafe: controller %q: want a port from 1 to 65535", cfg.Controller)
+	return addrs, port, nil
+}
+
+// EnableFailsafe turns the failsafe on for the controllers at
+// cfg.Controller. Call it before Restore: the last known good rule set is
+// then enforced with the failsafe for the controllers' addresses (those
+// given as IP addresses) and the resolvers; a name is resolved at the
+// first ResolveController or DialController.
+func (e *Enforcer) EnableFailsafe(cfg FailsafeConfig) error {
+	given, port, err := SplitControllers(cfg.Controller)
+	if err != nil {
+		return fmt.Errorf("failsafe: %w", err)
 	}
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = "/etc/resolv.conf"
@@ -100,12 +129,17 @@ func (e *Enforcer) EnableFailsafe(cfg FailsafeConfig) error {
 	if cfg.Dial == nil {
 		cfg.Dial = (&net.Dialer{}).DialContext
 	}
-	f := &failsafe{cfg: cfg, host: host, port: uint16(port)}
-	cp := ruleset.ControlPlane{Port: f.port}
-	if a, err := netip.ParseAddr(host); err == nil {
-		f.literal = a.Unmap().WithZone("")
-		cp.Controller = []netip.Addr{f.literal}
-	} else {
+	f := &failsafe{cfg: cfg, port: port, given: given, resolved: map[string][]netip.Addr{}}
+	for _, g := range given {
+		host, _, _ := net.SplitHostPort(g)
+		if a, err := netip.ParseAddr(host); err == nil {
+			f.literals = append(f.literals, a.Unmap().WithZone(""))
+		} else if !slices.Contains(f.names, host) {
+			f.names = append(f.names, host)
+		}
+	}
+	cp := ruleset.ControlPlane{Port: f.port, Controller: canonicalAddrs(f.literals, maxControllerAddrs, e.log, "controller addresses")}
+	if len(f.names) > 0 {
 		cp.Resolvers = f.resolvers(e.log)
 	}
 	e.mu.Lock()
@@ -117,11 +151,71 @@ func (e *Enforcer) EnableFailsafe(cfg FailsafeConfig) error {
 	return nil
 }
 
-// DialController connects to the controller at addr (the failsafe's
-// controller): it resolves the name again, updates the failsafe with the
-// answer, then connects to the addresses in turn. It is the control
-// plane's dialer. A failed lookup falls back on the addresses known
-// before, if any.
+// ResolveController resolves one of the controllers' hosts (an IP
+// address is its own answer) and updates the failsafe with the answer
+// before returning it, so that the addresses are open before they are
+// dialled. A failed lookup falls back on the addresses known before, if
+// any. The control plane calls it to list the addresses it tries in turn.
+func (e *Enforcer) ResolveController(ctx context.Context, host string) ([]netip.Addr, error) {
+	e.mu.Lock()
+	f := e.fs
+	e.mu.Unlock()
+	if f == nil {
+		return nil, errors.New("resolve controller: the failsafe is not enabled")
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		a = a.Unmap().WithZone("")
+		if !slices.Contains(f.literals, a) {
+			return nil, fmt.Errorf("resolve controller: %s is not a controller the failsafe is for (%s)", host, f.cfg.Controller)
+		}
+		return []netip.Addr{a}, nil
+	}
+	if !slices.Contains(f.names, host) {
+		return nil, fmt.Errorf("resolve controller: %s is not a controller the failsafe is for (%s)", host, f.cfg.Controller)
+	}
+	// The resolvers first: the lookup needs them.
+	resolvers := f.resolvers(e.log)
+	e.setControlPlane(f.controlPlane(resolvers, e.log))
+	addrs, err := f.cfg.Lookup(ctx, "ip", host)
+	f.mu.Lock()
+	known := f.resolved[host]
+	switch {
+	case err == nil && len(addrs) > 0:
+		known = canonicalAddrs(addrs, maxControllerAddrs, e.log, "controller addresses")
+		f.resolved[host] = known
+	case len(known) > 0:
+		e.log.Warn("controller name not resolved: using the addresses it had", zap.String("controller", host),
+			zap.Stringers("addresses", known), zap.Error(err))
+	}
+	f.mu.Unlock()
+	if len(known) == 0 {
+		if err == nil {
+			err = errors.New("no addresses")
+		}
+		return nil, fmt.Errorf("resolve controller %s: %w", host, err)
+	}
+	e.setControlPlane(f.controlPlane(resolvers, e.log))
+	return known, nil
+}
+
+// controlPlane is what the failsafe opens: every controller address
+// known (given, or the last answer for each name) and the resolvers.
+func (f *failsafe) controlPlane(resolvers []netip.Addr, log *zap.Logger) ruleset.ControlPlane {
+	f.mu.Lock()
+	all := slices.Clone(f.literals)
+	for _, n := range f.names {
+		all = append(all, f.resolved[n]...)
+	}
+	f.mu.Unlock()
+	return ruleset.ControlPlane{Port: f.port, Controller: canonicalAddrs(all, maxControllerAddrs, log, "controller addresses"),
+		Resolvers: resolvers}
+}
+
+// DialController connects to a controller: addr is one of the failsafe's
+// HOST:PORT entries (its name is resolved again, the failsafe updated with
+// the answer, and the addresses tried in turn) or one of the addresses
+// the failsafe opens on its port (the control plane dials the addresses
+// ResolveController listed one by one). It is the control plane's dialer.
 func (e *Enforcer) DialController(ctx context.Context, addr string) (net.Conn, error) {
 	e.mu.Lock()
 	f, cp := e.fs, e.cp
@@ -129,31 +223,19 @@ func (e *Enforcer) DialController(ctx context.Context, addr string) (net.Conn, e
 	if f == nil {
 		return nil, errors.New("dial controller: the failsafe is not enabled")
 	}
-	if addr != f.cfg.Controller {
-		return nil, fmt.Errorf("dial controller: %s is not the controller the failsafe is for (%s)", addr, f.cfg.Controller)
-	}
-	next := ruleset.ControlPlane{Port: f.port, Controller: cp.Controller}
-	if f.literal.IsValid() {
-		next.Controller = []netip.Addr{f.literal}
-	} else {
-		// The resolvers first: the lookup needs them.
-		next.Resolvers = f.resolvers(e.log)
-		e.setControlPlane(next)
-		addrs, err := f.cfg.Lookup(ctx, "ip", f.host)
-		switch {
-		case err == nil && len(addrs) > 0:
-			next.Controller = canonicalAddrs(addrs, maxControllerAddrs, e.log, "controller addresses")
-		case len(next.Controller) > 0:
-			e.log.Warn("controller name not resolved: dialling the addresses it had", zap.String("controller", f.host),
-				zap.Stringers("addresses", next.Controller), zap.Error(err))
-		case err != nil:
-			return nil, fmt.Errorf("resolve controller %s: %w", f.host, err)
-		default:
-			return nil, fmt.Errorf("resolve controller %s: no addresses", f.host)
+	if !slices.Contains(f.given, addr) {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || ap.Port() != f.port || !slices.Contains(cp.Controller, ap.Addr().Unmap().WithZone("")) {
+			return nil, fmt.Errorf("dial controller: %s is not a controller the failsafe is for (%s)", addr, f.cfg.Controller)
 		}
+		return f.dial(ctx, []netip.Addr{ap.Addr().Unmap().WithZone("")})
 	}
-	e.setControlPlane(next)
-	return f.dial(ctx, next.Controller)
+	host, _, _ := net.SplitHostPort(addr)
+	addrs, err := e.ResolveController(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("dial controller: %w", err)
+	}
+	return f.dial(ctx, addrs)
 }
 
 // dial tries each address in turn, giving each an equal share of what is

@@ -343,3 +343,53 @@ func TestNoFailsafe(t *testing.T) {
 		t.Errorf("Current after a refused rule set: version %d", e.Current().Version)
 	}
 }
+
+// TestFailoverFailsafeSeveralControllers: with several controllers (high
+// availability) the failsafe opens every one: the addresses given from
+// the first apply, a name's addresses once resolved, together; the
+// dialer dials any of them and nothing else; the controllers must share
+// a port.
+func TestFailoverFailsafeSeveralControllers(t *testing.T) {
+	e, dp := newEnforcer(t, nil)
+	other := netip.MustParseAddr("203.0.113.7")
+	fn := &fakeNet{addrs: []netip.Addr{ctlAddr, ctlAddr6}}
+	if err := e.EnableFailsafe(enforcer.FailsafeConfig{Controller: "ctl.example:7443, 203.0.113.7:7443",
+		ResolvConf: writeFile(t, "resolv.conf", "nameserver 198.51.100.53\n"), Lookup: fn.lookup, Dial: fn.dial}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Apply(hostRuleSet(1), nil); err != nil {
+		t.Fatal(err)
+	}
+	if fs := failsafeIPCache(dp.appliedRuleSets()[0]); len(fs) != 2 || fs[other] == 0 || fs[resolver] == 0 {
+		t.Errorf("failsafe before resolving: %v, want %s and the resolver", fs, other)
+	}
+	addrs, err := e.ResolveController(context.Background(), "ctl.example")
+	if err != nil || len(addrs) != 2 {
+		t.Fatalf("resolve: %v, %v", addrs, err)
+	}
+	applied := dp.appliedRuleSets()
+	if fs := failsafeIPCache(applied[len(applied)-1]); len(fs) != 4 || fs[other] == 0 || fs[ctlAddr] == 0 || fs[ctlAddr6] == 0 {
+		t.Errorf("failsafe after resolving: %v, want both controllers' addresses and the resolver", fs)
+	}
+	for _, ok := range []string{"203.0.113.5:7443", "[2001:db8::5]:7443", "203.0.113.7:7443"} {
+		conn, err := e.DialController(context.Background(), ok)
+		if err != nil {
+			t.Errorf("dial %s: %v", ok, err)
+			continue
+		}
+		conn.Close()
+	}
+	for _, bad := range []string{"198.51.100.9:7443", "203.0.113.5:22", "other.example:7443"} {
+		if _, err := e.DialController(context.Background(), bad); err == nil {
+			t.Errorf("dialled %s, which the failsafe is not for", bad)
+		}
+	}
+	if _, err := e.ResolveController(context.Background(), "198.51.100.9"); err == nil {
+		t.Error("resolved an address the failsafe is not for")
+	}
+	for _, bad := range []string{"a.example:7443,b.example:7444", "a.example:7443,", ""} {
+		if _, _, err := enforcer.SplitControllers(bad); err == nil {
+			t.Errorf("SplitControllers(%q): no error", bad)
+		}
+	}
+}

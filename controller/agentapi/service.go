@@ -109,10 +109,10 @@ type Service struct {
 
 	// What the listener lets peers hold and do (limits.go), and the
 	// rate-limited log of refusals (refusals.go).
-	conns    *admission.ConnLimiter
-	joins    *admission.JoinLimiter
-	renews   *admission.RateLimiter[string] // per node
-	drifts   *admission.RateLimiter[string] // drift reports, per node
+	conns  *admission.ConnLimiter
+	joins  *admission.JoinLimiter
+	renews *admission.RateLimiter[string] // per node
+	drifts *admission.RateLimiter[string] // drift reports, per node
 	// lookupLimit bounds datapath lookups per node (lookup.go);
 	// lookupSeq numbers them.
 	lookupLimit *admission.RateLimiter[string]

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -14,7 +15,10 @@ import (
 // API. The controller writes it on first start (mode 0600); whoever holds
 // it can change every node's policy.
 type Config struct {
-	// Server is the API's base URL ("http://127.0.0.1:8080").
+	// Server is the API's base URL ("http://127.0.0.1:8080"), or several
+	// separated by commas (controllers sharing a PostgreSQL store: egctl
+	// tries them in turn and uses the one that leads). A file with one URL
+	// reads as before.
 	Server string `yaml:"server"`
 	// Token is the admin credential, sent as a bearer token.
 	Token string `yaml:"token"`
@@ -65,14 +69,26 @@ func ReadConfig(path string) (*Config, error) {
 	return &c, nil
 }
 
+// SplitServers splits a server list at its commas, trimming spaces and
+// trailing slashes.
+func SplitServers(list string) []string {
+	var out []string
+	for s := range strings.SplitSeq(list, ",") {
+		out = append(out, strings.TrimRight(strings.TrimSpace(s), "/"))
+	}
+	return out
+}
+
 // Check says what is missing or wrong.
 func (c *Config) Check() error {
 	if c.Server == "" {
 		return errors.New("no server address")
 	}
-	u, err := url.Parse(c.Server)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("server %q: want http://HOST:PORT or https://HOST:PORT", c.Server)
+	for _, s := range SplitServers(c.Server) {
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("server %q: want http://HOST:PORT or https://HOST:PORT (several separated by commas)", s)
+		}
 	}
 	if c.Token == "" {
 		return errors.New("no admin token")

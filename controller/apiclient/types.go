@@ -19,7 +19,29 @@ import (
 type Error struct {
 	Error       string   `json:"error"`
 	Diagnostics []string `json:"diagnostics,omitempty"`
+	// NotLeader marks a standby controller's answer (HTTP 503): the
+	// client tries the next controller address. Leader is the leader's
+	// advertised API URL, when the standby knows it.
+	NotLeader bool   `json:"notLeader,omitempty"`
+	Leader    string `json:"leader,omitempty"`
 }
+
+// Controller is one controller sharing the store (GET
+// /api/v1/controllers, egctl status): Role is leader, standby, or gone
+// (not seen for 10 s).
+type Controller struct {
+	Instance string    `json:"instance"`
+	Role     string    `json:"role"`
+	GRPC     string    `json:"grpc,omitempty"`
+	API      string    `json:"api,omitempty"`
+	Version  string    `json:"version,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	LastSeen time.Time `json:"lastSeen,omitzero"`
+	Term     int64     `json:"term,omitempty"`
+}
+
+// NotLeaderMessage begins a standby's error message.
+const NotLeaderMessage = "this controller is a standby, not the leader"
 
 // File is one input file of an apply: its name (used in diagnostics) and
 // its YAML.

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/audit"
 	"github.com/eastguard/eastguard/controller/clientcert"
 	"github.com/eastguard/eastguard/controller/nodes"
@@ -38,6 +39,9 @@ type Config struct {
 	// Audit counts the audit records the API writes and copies them to
 	// the audit log; nil: a Recorder of the Store alone.
 	Audit *audit.Recorder
+	// Controllers lists the controllers sharing the store (high
+	// availability, controller/leader); nil: this one alone, the leader.
+	Controllers func(context.Context) ([]apiclient.Controller, error)
 }
 
 // API serves the admin REST API.
@@ -53,6 +57,8 @@ type API struct {
 	certs    *clientcert.Verifier
 	stream   *flowstream.Broker
 	audit    *audit.Recorder
+
+	controllers func(context.Context) ([]apiclient.Controller, error)
 }
 
 // New returns the API over the controller's parts.
@@ -77,7 +83,8 @@ func New(cfg Config) *API {
 		cfg.Audit, _ = audit.NewRecorder(context.Background(), audit.Config{Store: cfg.Store, Log: cfg.Log, Now: cfg.Now})
 	}
 	return &API{st: cfg.Store, log: cfg.Log, now: cfg.Now, nodes: cfg.Nodes, policy: cfg.Policy, agents: cfg.Agents,
-		sessions: session.New(cfg.Sessions), certs: cfg.ClientCerts, stream: flowstream.New(cfg.Stream), audit: cfg.Audit}
+		sessions: session.New(cfg.Sessions), certs: cfg.ClientCerts, stream: flowstream.New(cfg.Stream), audit: cfg.Audit,
+		controllers: cfg.Controllers}
 }
 
 // PublishFlows hands newly stored flows to the live subscribers

@@ -195,6 +195,23 @@ func (s *API) handleAgents(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.nodes.Agents())
 }
 
+// handleControllers lists the controllers and which one leads.
+func (s *API) handleControllers(w http.ResponseWriter, r *http.Request) {
+	if s.controllers == nil {
+		writeJSON(w, http.StatusOK, []apiclient.Controller{{Role: "leader"}})
+		return
+	}
+	list, err := s.controllers(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []apiclient.Controller{}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
 func (s *API) handleRuleSet(w http.ResponseWriter, r *http.Request) {
 	v := s.nodes.Latest(r.PathValue("node"))
 	if v == nil {

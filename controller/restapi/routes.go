@@ -28,6 +28,7 @@ var routes = []route{
 	{"POST /api/v1/delete", false, (*API).handleDelete},
 	{"DELETE /api/v1/{kind}/{name}", false, (*API).handleDeleteOne},
 	{"GET /api/v1/agents", false, (*API).handleAgents},
+	{"GET /api/v1/controllers", false, (*API).handleControllers},
 	{"POST /api/v1/agents/{node}/revoke", false, (*API).handleRevoke},
 	{"POST /api/v1/tokens", false, (*API).handleToken},
 	{"GET /api/v1/tokens", false, (*API).handleListTokens},

@@ -197,6 +197,17 @@ func TestInstallScript(t *testing.T) {
 			"\nEASTGUARD_ARGS=--controller [fd00::1]:7443 --join-token-file /etc/eastguard/join-token")
 	})
 
+	t.Run("several controllers (Failover)", func(t *testing.T) {
+		dest := t.TempDir()
+		r.mustRun(t, dest, testToken+"\n", "deploy/install.sh --node web-1 --controller ctl-1.example.com:7443,[fd00::2]:7443 --join-token-stdin")
+		checkInstalled(t, r, dest, "EASTGUARD_NODE=web-1"+
+			"\nEASTGUARD_ARGS=--controller ctl-1.example.com:7443,[fd00::2]:7443 --join-token-file /etc/eastguard/join-token")
+		res := r.run(t, t.TempDir(), testToken+"\n", "deploy/install.sh --node web-1 --controller ctl-1.example.com:7443, --join-token-stdin")
+		if res.code != 2 || !strings.Contains(res.stderr, "want HOST:PORT") {
+			t.Errorf("a trailing comma: exit %d\n%s", res.code, res.stderr)
+		}
+	})
+
 	// The token is never an argument of any process the script starts:
 	// every execve, with its whole argument list, is traced.
 	t.Run("token in no argument list", func(t *testing.T) {

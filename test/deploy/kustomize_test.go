@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os/exec"
 	"slices"
 	"strings"
@@ -10,10 +11,12 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/eastguard/eastguard/internal/policy"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 // rendered is `kubectl kustomize deploy/kubernetes`, decoded.
@@ -25,22 +28,30 @@ type rendered struct {
 	roles        []rbacv1.Role
 	statefulSets []appsv1.StatefulSet
 	daemonSets   []appsv1.DaemonSet
+	pdbs         []policyv1.PodDisruptionBudget
 }
 
-// render runs kubectl kustomize; without kubectl the test cannot check
-// what is applied and says so.
+// render runs kubectl kustomize deploy/kubernetes; without kubectl the
+// test cannot check what is applied and says so.
 func render(t *testing.T) rendered {
+	t.Helper()
+	r, _ := renderDir(t, "kubernetes")
+	return r
+}
+
+// renderDir renders deploy/DIR, decoded and as text.
+func renderDir(t *testing.T, dir string) (rendered, string) {
 	t.Helper()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		t.Skip("kubectl is not installed: cannot render deploy/kubernetes with kubectl kustomize")
+		t.Skip("kubectl is not installed: cannot render deploy/" + dir + " with kubectl kustomize")
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(kubectl, "kustomize", "../../deploy/kubernetes")
+	cmd := exec.Command(kubectl, "kustomize", "../../deploy/"+dir)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("kubectl kustomize deploy/kubernetes: %v\n%s", err, stderr.Bytes())
+		t.Fatalf("kubectl kustomize deploy/%s: %v\n%s", dir, err, stderr.Bytes())
 	}
 	r := rendered{kinds: map[string][]string{}, sas: map[string]corev1.ServiceAccount{}}
 	for _, doc := range policy.SplitDocuments(out) {
@@ -68,11 +79,13 @@ func render(t *testing.T) rendered {
 			r.statefulSets = append(r.statefulSets, decodeStrict[appsv1.StatefulSet](t, head.Kind, doc))
 		case "DaemonSet":
 			r.daemonSets = append(r.daemonSets, decodeStrict[appsv1.DaemonSet](t, head.Kind, doc))
+		case "PodDisruptionBudget":
+			r.pdbs = append(r.pdbs, decodeStrict[policyv1.PodDisruptionBudget](t, head.Kind, doc))
 		case "Deployment":
 			t.Errorf("Deployment %s: the controller is a StatefulSet (its volume holds the SQLite store)", head.Metadata.Name)
 		}
 	}
-	return r
+	return r, string(out)
 }
 
 // decodeStrict decodes one rendered object; a field the API type does not
@@ -389,4 +402,71 @@ func TestRBACCheckRefusesMore(t *testing.T) {
 			t.Errorf("checkRules accepts %+v", bad)
 		}
 	}
+}
+
+// TestKustomizeFailoverOverlay: deploy/kubernetes-ha (the controller on
+// PostgreSQL, highly available) renders everything of deploy/kubernetes
+// with the same invariants, plus two controller replicas, a
+// PodDisruptionBudget keeping one, and the store's URL, password and
+// CA-sealing key from the Secret eastguard-store (never in the manifest),
+// with flags the controller accepts.
+func TestKustomizeFailoverOverlay(t *testing.T) {
+	r, text := renderDir(t, "kubernetes-ha")
+	base := render(t)
+	for kind, names := range base.kinds {
+		if !slices.Equal(slices.Sorted(slices.Values(r.kinds[kind])), slices.Sorted(slices.Values(names))) {
+			t.Errorf("%s: %q in the overlay, %q in deploy/kubernetes", kind, r.kinds[kind], names)
+		}
+	}
+	if got := r.kinds["PodDisruptionBudget"]; !slices.Equal(got, []string{"eastguard-controller"}) {
+		t.Errorf("PodDisruptionBudgets %q", got)
+	}
+	if len(r.statefulSets) != 1 || len(r.pdbs) != 1 {
+		t.Fatalf("%d StatefulSets, %d PodDisruptionBudgets", len(r.statefulSets), len(r.pdbs))
+	}
+	ss, pdb := r.statefulSets[0], r.pdbs[0]
+	checkController(t, ss)
+	for _, ds := range r.daemonSets {
+		checkAgent(t, ds, r.sas)
+	}
+	if ss.Spec.Replicas == nil || *ss.Spec.Replicas != 2 {
+		t.Errorf("controller replicas %v, want 2", ss.Spec.Replicas)
+	}
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 || pdb.Spec.Selector == nil ||
+		!maps.Equal(pdb.Spec.Selector.MatchLabels, ss.Spec.Template.Labels) {
+		t.Errorf("PodDisruptionBudget %+v: want minAvailable 1 over the controller's pods %v", pdb.Spec, ss.Spec.Template.Labels)
+	}
+	c := ss.Spec.Template.Spec.Containers[0]
+	for _, want := range []string{"--store=$(EASTGUARD_STORE)", "--store-password-file=/etc/eastguard/store/password",
+		"--ca-key-encryption-key-file=/etc/eastguard/store/ca-key.key", "--advertise-grpc=[$(POD_IP)]:7443"} {
+		if !slices.Contains(c.Args, want) {
+			t.Errorf("controller args %q lack %s", c.Args, want)
+		}
+	}
+	fromSecret := slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+		return e.Name == "EASTGUARD_STORE" && e.Value == "" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil &&
+			e.ValueFrom.SecretKeyRef.Name == "eastguard-store" && e.ValueFrom.SecretKeyRef.Key == "url"
+	})
+	podIP := slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+		return e.Name == "POD_IP" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP"
+	})
+	if !fromSecret || !podIP {
+		t.Errorf("controller env %+v: want EASTGUARD_STORE from the Secret eastguard-store and POD_IP from the pod", c.Env)
+	}
+	var secretVol bool
+	for _, v := range ss.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "eastguard-store" && v.Secret.DefaultMode != nil && *v.Secret.DefaultMode == 0o400 {
+			secretVol = slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+				return m.Name == v.Name && m.MountPath == "/etc/eastguard/store" && m.ReadOnly
+			})
+		}
+	}
+	if !secretVol {
+		t.Error("the Secret eastguard-store is not mounted read-only, mode 0400, at /etc/eastguard/store")
+	}
+	if strings.Contains(text, "postgres://") {
+		t.Error("a database URL is in the manifests: it belongs in the Secret")
+	}
+	controller := acceptedFlags(t, topo.BuildBinary(t, "controller/cmd/eastguard-controller", t.TempDir()))
+	checkFlags(t, "deploy/kubernetes-ha controller args", strings.Join(c.Args, " "), controller)
 }

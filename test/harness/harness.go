@@ -229,8 +229,11 @@ type Received struct {
 // WebhookPayload is the part of the documented JSON schema the tests
 // check.
 type WebhookPayload struct {
-	Event string `json:"event"`
-	Alert struct {
+	// DeliveryID is the same on every attempt of a delivery: receivers
+	// de-duplicate on it.
+	DeliveryID int64  `json:"deliveryId"`
+	Event      string `json:"event"`
+	Alert      struct {
 		ID          int64  `json:"id"`
 		Rule        string `json:"rule"`
 		Severity    string `json:"severity"`

@@ -321,7 +321,7 @@ func TestREADMELayout(t *testing.T) {
 	}
 	// Folders without Go packages that hold the project's parts, and a
 	// package behind a build tag.
-	for _, d := range []string{"deploy/docker", "deploy/kubernetes", "deploy/systemd", "test/throughput"} {
+	for _, d := range []string{"deploy/docker", "deploy/kubernetes", "deploy/kubernetes-ha", "deploy/systemd", "test/throughput"} {
 		want[d] = true
 	}
 	for _, p := range slices.Sorted(maps.Keys(want)) {

@@ -93,7 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/eastguard", "directory for the last known good rule set and the node's key and certificates")
 	fs.StringVar(&c.PolicyDir, "policy-dir", "", "standalone mode: policy YAML to compile for this node, reloaded on change")
 	fs.StringVar(&c.RuleSetFile, "rule-set", "", "enforce a compiled rule set (JSON), reloaded on change")
-	fs.StringVar(&c.Controller, "controller", "", "controller gRPC address (HOST:PORT); HOST must be a name its certificate covers")
+	fs.StringVar(&c.Controller, "controller", "", "controller gRPC address (HOST:PORT; several controllers, high availability: HOST:PORT,HOST:PORT on one port, or a name resolving to several addresses); HOST must be a name its certificate covers")
 	fs.StringVar(&c.JoinToken, "join-token", "", "one-time token to join the controller (egctl token create); not needed once joined; prefer --join-token-file (a command line is visible to every user)")
 	fs.StringVar(&c.JoinTokenFile, "join-token-file", "", "read the join token from this file; a missing file means no token (for DaemonSets: a Secret keyed by node name)")
 	fs.StringVar(&c.JoinServiceAccountTokenFile, "join-service-account-token-file", "", "Kubernetes: join with this pod's projected ServiceAccount token (audience eastguard) instead of a join token; read at each join attempt, waited for while missing; needs --ca-file")

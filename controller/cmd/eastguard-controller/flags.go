@@ -34,6 +34,8 @@ The store (DIR/eastguard.db, SQLite) holds the CA key: keep DIR private
 PostgreSQL, the CA key sealed with a key of your own:
   eastguard-controller --data-dir DIR --store postgres://eastguard@db.example.com/eastguard?sslmode=verify-full \
       --store-password-file /etc/eastguard/db-password --ca-key-encryption-key-file /etc/eastguard/ca-key.key
+Several controllers on one PostgreSQL database are highly available: one
+leads, the others stand by and take over within seconds of its death.
 
 Flags:
 `
@@ -68,6 +70,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.IntVar(&o.AgentLimits.MaxStreamsPerConn, "agent-max-streams-per-conn", agentapi.DefaultMaxStreamsPerConn, "concurrent calls on one gRPC connection")
 	fs.Float64Var(&o.AgentLimits.JoinRate, "agent-join-rate", agentapi.DefaultJoinRate, "joins per second one IPv4 address or IPv6 /64 may start (beyond it and --agent-join-burst: retry later)")
 	fs.IntVar(&o.AgentLimits.JoinBurst, "agent-join-burst", agentapi.DefaultJoinBurst, "joins one source may start at once")
+	fs.StringVar(&o.AdvertiseGRPC, "advertise-grpc", "", "with --store postgres:// (high availability): this controller's agent address, HOST:PORT ([ADDRESS]:PORT takes any IP address), as standbys name the leader to agents (default: the first --advertise on --grpc-listen's port, else --grpc-listen)")
+	fs.StringVar(&o.AdvertiseAPI, "advertise-api", "", "with --store postgres:// (high availability): this controller's admin API URL, as standbys and egctl status name it (default: --external-url, else the HTTP listener's port on --advertise-grpc's host, else the HTTP listener's address)")
 	fs.Var((*cliflag.List)(&o.Advertise), "advertise", "extra DNS name or IP address agents reach the controller by, for the serving certificate (repeatable, comma-separated)")
 	fs.StringVar(&o.CACert, "ca-cert", "", "on first start: use this CA certificate (PEM) instead of creating one")
 	fs.StringVar(&o.CAKey, "ca-key", "", "key of --ca-cert (PEM)")

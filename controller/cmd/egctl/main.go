@@ -33,7 +33,7 @@ var version = "dev"
 var commands = []*cli.Command{
 	offline.ValidateCmd, offline.CompileCmd, offline.ExplainCmd, offline.ImportCmd,
 	online.ApplyCmd, online.GetCmd, online.DeleteCmd,
-	online.AgentsCmd, online.AgentCmd, online.WebhooksCmd,
+	online.AgentsCmd, online.AgentCmd, online.StatusCmd, online.WebhooksCmd,
 	online.FlowsCmd, online.RecommendCmd, online.AlertsCmd, online.AlertCmd,
 	online.TokenCmd, online.AdminTokenCmd, online.AuditCmd,
 }

@@ -44,7 +44,7 @@ type RemoteFlags struct {
 func AddRemoteFlags(fs *flag.FlagSet) *RemoteFlags {
 	return &RemoteFlags{
 		config:  fs.String("config", "", "admin config file (default $"+EnvConfig+")"),
-		server:  fs.String("server", "", "controller API URL, e.g. http://127.0.0.1:8080 (default $"+EnvServer+" or the config file's)"),
+		server:  fs.String("server", "", "controller API URL, e.g. http://127.0.0.1:8080, or several separated by commas (controllers sharing a PostgreSQL store: the leader answers) (default $"+EnvServer+" or the config file's)"),
 		token:   fs.String("token", "", "admin token (default $"+EnvToken+" or the config file's)"),
 		timeout: fs.Duration("timeout", time.Minute, "give up on the controller after this long"),
 	}
@@ -115,6 +115,11 @@ func first(vals ...string) string {
 // for refusals of the request itself (4xx but 401/403), ExitRemote for the
 // rest.
 func remoteFailed(e *Env, err error) int {
+	var none *apiclient.NoLeaderError
+	if errors.As(err, &none) {
+		fmt.Fprintf(e.Stderr, "egctl: %v\n", err)
+		return ExitRemote
+	}
 	var se *apiclient.StatusError
 	if !errors.As(err, &se) {
 		fmt.Fprintf(e.Stderr, "egctl: %v\n", err)

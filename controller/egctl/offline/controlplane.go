@@ -98,16 +98,21 @@ func applyControllerAddresses(e *cli.Env, flagged []string, server string) []net
 		}
 		return aps
 	}
-	u, err := url.Parse(server)
-	if err != nil || u.Hostname() == "" {
-		return nil
+	// Every controller of the list: any may lead after a failover.
+	var all []netip.AddrPort
+	for _, s := range apiclient.SplitServers(server) {
+		u, err := url.Parse(s)
+		if err != nil || u.Hostname() == "" {
+			continue
+		}
+		aps, err := resolveHostPort(net.JoinHostPort(u.Hostname(), DefaultGRPCPort))
+		if err != nil {
+			fmt.Fprintf(e.Stderr, "egctl: warning: controller reachability not checked: %s: %v\n", u.Hostname(), err)
+			return nil
+		}
+		all = append(all, aps...)
 	}
-	aps, err := resolveHostPort(net.JoinHostPort(u.Hostname(), DefaultGRPCPort))
-	if err != nil {
-		fmt.Fprintf(e.Stderr, "egctl: warning: controller reachability not checked: %s: %v\n", u.Hostname(), err)
-		return nil
-	}
-	return aps
+	return all
 }
 
 // CheckControlPlane warns about every host-mode workload whose policy,

@@ -28,7 +28,7 @@ var (
 	readFile            = egctltest.ReadFile
 	controller          = egctltest.Controller
 	controllerWithStore = egctltest.ControllerWithStore
-	run                 = egctltest.Commands(ApplyCmd, GetCmd, DeleteCmd, AgentsCmd, AgentCmd, WebhooksCmd, FlowsCmd, RecommendCmd, AlertsCmd, AlertCmd, TokenCmd, AdminTokenCmd, AuditCmd)
+	run                 = egctltest.Commands(ApplyCmd, GetCmd, DeleteCmd, AgentsCmd, AgentCmd, StatusCmd, WebhooksCmd, FlowsCmd, RecommendCmd, AlertsCmd, AlertCmd, TokenCmd, AdminTokenCmd, AuditCmd)
 )
 
 func egctl(t *testing.T, args ...string) (int, string, string) {

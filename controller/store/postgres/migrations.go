@@ -233,4 +233,28 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
 	FOR EACH STATEMENT EXECUTE FUNCTION eastguard_audit_append_only();
 `,
+	// 3: high availability (controller/leader). controller_leader is the
+	// one row naming the controller that holds the leader lock (an
+	// advisory lock on a dedicated session) and its term, which grows at
+	// each change of leader; controllers lists every controller process
+	// sharing the database, its role and the addresses it advertises,
+	// refreshed while it runs (egctl status, the standbys' "not leader"
+	// answers). Neither decides who leads: the lock does.
+	`
+CREATE TABLE controller_leader (
+	id       INTEGER PRIMARY KEY CHECK (id = 1),
+	instance TEXT COLLATE "C" NOT NULL,
+	term     BIGINT NOT NULL,
+	since    BIGINT NOT NULL
+);
+CREATE TABLE controllers (
+	instance  TEXT COLLATE "C" PRIMARY KEY,
+	role      TEXT COLLATE "C" NOT NULL,
+	grpc      TEXT COLLATE "C" NOT NULL DEFAULT '',
+	api       TEXT COLLATE "C" NOT NULL DEFAULT '',
+	version   TEXT COLLATE "C" NOT NULL DEFAULT '',
+	started   BIGINT NOT NULL,
+	last_seen BIGINT NOT NULL
+);
+`,
 }

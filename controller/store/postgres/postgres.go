@@ -168,13 +168,30 @@ func schemaVersion(ctx context.Context, q interface {
 
 // migrate applies the migrations the database lacks, one transaction
 // each, under lockMigrate (controllers starting together migrate once).
+//
+// The lock is a session lock taken before each migration's transaction
+// begins, not a transaction lock taken inside it: a transaction that
+// waited for the lock inside itself would read the catalog as of before
+// the wait (PostgreSQL's catalog snapshot of the transaction), miss the
+// tables another controller has just created, and run the migration
+// again (two controllers starting together on an empty database).
 func migrate(ctx context.Context, pool *pgxpool.Pool, migrations []string) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", lockMigrate); err != nil {
+		return err
+	}
+	defer func() {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", lockMigrate); err != nil {
+			conn.Conn().Close(context.Background()) // the session, and its lock, end with the connection
+		}
+	}()
 	for {
 		done := false
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockMigrate); err != nil {
-				return err
-			}
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			v, err := schemaVersion(ctx, tx)
 			if err != nil {
 				return err
