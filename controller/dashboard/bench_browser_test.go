@@ -194,11 +194,17 @@ func BenchmarkBrowserPages(b *testing.B) {
 	}
 	for _, p := range pages {
 		b.Run(p.name, func(b *testing.B) {
-			var ready, interactive []float64
+			var ready, interactive, api []float64
 			for b.Loop() {
 				browsertest.Step(b, ctx, "blank", chromedp.Navigate("about:blank"))
 				browsertest.Step(b, ctx, "open "+p.route, chromedp.Navigate(base+"/"+p.route))
 				r := browsertest.Eval[float64](b, ctx, waitReadyJS(p.root, 0))
+				// The slowest API answer the page waited for before it was
+				// ready (request to last byte, Resource Timing): how much of
+				// ready-ms is the controller's.
+				api = append(api, browsertest.Eval[float64](b, ctx, `Math.max(0, ...performance.getEntriesByType('resource')
+	.filter((e) => e.name.includes('/api/v1/') && e.responseEnd <= `+fmt.Sprint(r)+`)
+	.map((e) => e.responseEnd - e.startTime))`))
 				seq := readySeq(b, ctx, p.root)
 				var done float64
 				if p.input != nil {
@@ -210,6 +216,7 @@ func BenchmarkBrowserPages(b *testing.B) {
 			}
 			b.ReportMetric(median(ready), "ready-ms")
 			b.ReportMetric(median(interactive), "interactive-ms")
+			b.ReportMetric(median(api), "api-ms")
 		})
 	}
 	b.Run("map-expand-all", func(b *testing.B) {
