@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -46,11 +45,10 @@ type Repo interface {
 
 // Config configures a Source.
 type Config struct {
-	Client    Client
-	Dynamic   dynamic.Interface
-	Discovery discovery.DiscoveryInterface // Client.Discovery() when nil
-	Repo      Repo
-	Log       *zap.Logger
+	Client  Client
+	Dynamic dynamic.Interface
+	Repo    Repo
+	Log     *zap.Logger
 	// Quiet is how long the source waits after a change for more before
 	// it syncs, and MaxDelay the longest it waits in a steady stream of
 	// changes: a rollout of a thousand pods becomes a handful of
@@ -96,9 +94,6 @@ type Source struct {
 
 // New returns a source; Run starts it.
 func New(cfg Config) *Source {
-	if cfg.Discovery == nil && cfg.Client != nil {
-		cfg.Discovery = cfg.Client.Discovery()
-	}
 	if cfg.Quiet <= 0 {
 		cfg.Quiet = 200 * time.Millisecond
 	}
@@ -139,9 +134,9 @@ func (s *Source) Run(ctx context.Context) error {
 	// The informers are built here rather than by client-go's informer
 	// factories, which import every API group (see the package comment):
 	// the same ListWatch, indexers and resync as the factories'.
-	core := s.cfg.Client.CoreV1()
-	podInf := newInformer(s.cfg.Client, core.Pods(corev1.NamespaceAll), &corev1.Pod{}, s.cfg.Resync, "pods")
-	nsInf := newInformer(s.cfg.Client, core.Namespaces(), &corev1.Namespace{}, s.cfg.Resync, "namespaces")
+	c := s.cfg.Client
+	podInf := newInformer(c, listWatchFuncs[*corev1.PodList]{c.ListPods, c.WatchPods}, &corev1.Pod{}, s.cfg.Resync, "pods")
+	nsInf := newInformer(c, listWatchFuncs[*corev1.NamespaceList]{c.ListNamespaces, c.WatchNamespaces}, &corev1.Namespace{}, s.cfg.Resync, "namespaces")
 	if _, err := podInf.AddEventHandler(s.handler()); err != nil {
 		return err
 	}
@@ -235,7 +230,7 @@ func (s *Source) settle(ctx context.Context) bool {
 // are installed and not watched yet (their goroutines counted in
 // running), and waits for their caches.
 func (s *Source) startCustom(ctx context.Context, running *sync.WaitGroup) {
-	installed, err := s.installedKinds()
+	installed, err := s.installedKinds(ctx)
 	if err != nil {
 		s.log.Warn("cannot list the eastguard.dev custom resources; retrying", zap.Error(err))
 		return
@@ -306,17 +301,34 @@ func (s *Source) startCustom(ctx context.Context, running *sync.WaitGroup) {
 	}
 }
 
-// listWatcher is the typed or dynamic client of one resource.
+// listWatcher is the list and watch of one resource: the dynamic
+// client's, or Client's (listWatchFuncs).
 type listWatcher[L runtime.Object] interface {
 	List(ctx context.Context, opts metav1.ListOptions) (L, error)
 	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
 }
 
+// listWatchFuncs is a listWatcher of Client's methods.
+type listWatchFuncs[L runtime.Object] struct {
+	list  func(context.Context, metav1.ListOptions) (L, error)
+	watch func(context.Context, metav1.ListOptions) (watch.Interface, error)
+}
+
+func (f listWatchFuncs[L]) List(ctx context.Context, opts metav1.ListOptions) (L, error) {
+	return f.list(ctx, opts)
+}
+
+func (f listWatchFuncs[L]) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	return f.watch(ctx, opts)
+}
+
 // newInformer makes a shared informer of the objects c lists (all
 // namespaces'), indexed by namespace, as client-go's informer factories
-// make them. client is the clientset c is part of: the fake clientsets
-// say through it that they cannot serve the watch-list protocol, and the
-// informer then lists and watches.
+// make them. client is the client c is part of: the fake clients say
+// through it that they cannot serve the watch-list protocol, and the
+// informer then lists and watches; the real ones (restClient, the
+// dynamic client) serve it when client-go's WatchListClient feature is
+// on.
 func newInformer[L runtime.Object](client any, c listWatcher[L], obj runtime.Object, resync time.Duration, what string) cache.SharedIndexInformer {
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -332,8 +344,8 @@ func newInformer[L runtime.Object](client any, c listWatcher[L], obj runtime.Obj
 		})
 }
 
-func (s *Source) installedKinds() (map[string]bool, error) {
-	list, err := s.cfg.Discovery.ServerResourcesForGroupVersion(crdv1.SchemeGroupVersion.String())
+func (s *Source) installedKinds(ctx context.Context) (map[string]bool, error) {
+	list, err := s.cfg.Client.ServerResources(ctx, crdv1.SchemeGroupVersion.String())
 	if apierrors.IsNotFound(err) {
 		return map[string]bool{}, nil
 	}

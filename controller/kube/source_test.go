@@ -25,13 +25,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
-	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 
 	"github.com/eastguard/eastguard/controller/apiclient"
 	"github.com/eastguard/eastguard/controller/controllertest"
 	"github.com/eastguard/eastguard/controller/kube"
 	"github.com/eastguard/eastguard/controller/kube/crdv1"
+	"github.com/eastguard/eastguard/controller/kube/kubefake"
 	"github.com/eastguard/eastguard/controller/policyrepo"
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/internal/policy"
@@ -83,7 +83,7 @@ func (c *countingRepo) count() int {
 type harness struct {
 	t      *testing.T
 	ctl    *controllertest.Controller
-	client *fake.Clientset
+	client *kubefake.Client
 	dyn    *dynamicfake.FakeDynamicClient
 	repo   *countingRepo
 	events *events
@@ -103,7 +103,7 @@ func start(t *testing.T, crds bool, objs ...runtime.Object) *harness {
 // source starts (reactors that inject failures).
 func startWith(t *testing.T, crds bool, setup func(*harness), objs ...runtime.Object) *harness {
 	t.Helper()
-	h := &harness{t: t, ctl: controllertest.New(t), client: fake.NewClientset(objs...), events: &events{}}
+	h := &harness{t: t, ctl: controllertest.New(t), client: kubefake.New(objs...), events: &events{}}
 	listKinds := make(map[schema.GroupVersionResource]string)
 	var resources []metav1.APIResource
 	for kind, gvr := range crdv1.Resources {

@@ -37,9 +37,6 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	typedauthenticationv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
 )
@@ -56,12 +53,17 @@ const (
 )
 
 // Client is the part of the Kubernetes API the verifier and PublishCA use
-// (kube.Client and the fake clientset satisfy it). Not
-// kubernetes.Interface: the all-groups clientset is most of the
-// controller's cold build time (see the kube package comment).
+// (kube.Client satisfies it; tests use the fake clientset through
+// controller/kube/kubefake). Not client-go's clientset or typed clients:
+// they are most of the controller's cold build time (see the kube
+// package comment).
 type Client interface {
-	CoreV1() typedcorev1.CoreV1Interface
-	AuthenticationV1() typedauthenticationv1.AuthenticationV1Interface
+	CreateTokenReview(ctx context.Context, review *authv1.TokenReview) (*authv1.TokenReview, error)
+	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+	GetConfigMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error)
+	// CreateConfigMap and UpdateConfigMap write cm in cm.Namespace.
+	CreateConfigMap(ctx context.Context, cm *corev1.ConfigMap) (*corev1.ConfigMap, error)
+	UpdateConfigMap(ctx context.Context, cm *corev1.ConfigMap) (*corev1.ConfigMap, error)
 }
 
 // Config configures a Verifier.
@@ -108,9 +110,9 @@ func (v *Verifier) Verify(ctx context.Context, node, token string) (agentapi.Ser
 	if v.cfg.AgentNamespace == "" || v.cfg.AgentServiceAccount == "" {
 		return id, errors.New("kube join: the agents' namespace and ServiceAccount are not configured")
 	}
-	review, err := v.client.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
+	review, err := v.client.CreateTokenReview(ctx, &authv1.TokenReview{
 		Spec: authv1.TokenReviewSpec{Token: token, Audiences: []string{v.cfg.Audience}},
-	}, metav1.CreateOptions{})
+	})
 	if err != nil {
 		return id, fmt.Errorf("%w: TokenReview: %v", agentapi.ErrServiceAccountUnavailable, err)
 	}
@@ -151,7 +153,7 @@ func (v *Verifier) Verify(ctx context.Context, node, token string) (agentapi.Ser
 	// The Pod itself, in every case: the node-name claim is optional, and
 	// the pod may have been deleted or recreated since the token was
 	// issued.
-	pod, err := v.client.CoreV1().Pods(id.Namespace).Get(ctx, id.Pod, metav1.GetOptions{})
+	pod, err := v.client.GetPod(ctx, id.Namespace, id.Pod)
 	switch {
 	case apierrors.IsNotFound(err):
 		return id, fmt.Errorf("%w: token belongs to pod %s, which no longer exists", agentapi.ErrServiceAccountDenied, podName)

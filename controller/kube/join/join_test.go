@@ -14,10 +14,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
+	"github.com/eastguard/eastguard/controller/kube/kubefake"
 )
 
 const (
@@ -59,9 +59,9 @@ func agentPod(node string) *corev1.Pod {
 
 // setup makes a verifier whose apiserver answers TokenReviews with st
 // (checking the request's token and audience) and holds objs.
-func setup(t *testing.T, st authv1.TokenReviewStatus, objs ...runtime.Object) (*Verifier, *fake.Clientset) {
+func setup(t *testing.T, st authv1.TokenReviewStatus, objs ...runtime.Object) (*Verifier, *kubefake.Client) {
 	t.Helper()
-	client := fake.NewClientset(objs...)
+	client := kubefake.New(objs...)
 	client.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		tr := a.(k8stesting.CreateAction).GetObject().(*authv1.TokenReview)
 		if tr.Spec.Token != fakeJWT() || len(tr.Spec.Audiences) != 1 || tr.Spec.Audiences[0] != "eastguard" {
@@ -171,7 +171,7 @@ func TestVerifyRefusals(t *testing.T) {
 }
 
 func TestVerifyAPIServerErrorIsUnavailable(t *testing.T) {
-	client := fake.NewClientset()
+	client := kubefake.New()
 	client.PrependReactor("create", "tokenreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewServiceUnavailable("etcd is down")
 	})
@@ -190,7 +190,7 @@ func TestVerifyAPIServerErrorIsUnavailable(t *testing.T) {
 }
 
 func TestVerifyUnconfigured(t *testing.T) {
-	v := NewVerifier(fake.NewClientset(), Config{})
+	v := NewVerifier(kubefake.New(), Config{})
 	_, err := v.Verify(context.Background(), "node-a", fakeJWT())
 	if err == nil || errors.Is(err, agentapi.ErrServiceAccountDenied) || errors.Is(err, agentapi.ErrServiceAccountInvalid) {
 		t.Fatalf("unconfigured verifier: %v, want a configuration error", err)
@@ -199,7 +199,7 @@ func TestVerifyUnconfigured(t *testing.T) {
 
 func TestPublishCA(t *testing.T) {
 	ctx := context.Background()
-	client := fake.NewClientset()
+	client := kubefake.New()
 	get := func() *corev1.ConfigMap {
 		cm, err := client.CoreV1().ConfigMaps("ctl").Get(ctx, CAConfigMap, metav1.GetOptions{})
 		if err != nil {

@@ -21,15 +21,14 @@ const (
 // its content differs, and leaves it alone otherwise. Other keys and the
 // ConfigMap's metadata are kept.
 func PublishCA(ctx context.Context, client Client, namespace string, caPEM []byte) error {
-	cms := client.CoreV1().ConfigMaps(namespace)
 	for range 3 { // a concurrent create or update: read again
-		cm, err := cms.Get(ctx, CAConfigMap, metav1.GetOptions{})
+		cm, err := client.GetConfigMap(ctx, namespace, CAConfigMap)
 		if apierrors.IsNotFound(err) {
-			_, err = cms.Create(ctx, &corev1.ConfigMap{
+			_, err = client.CreateConfigMap(ctx, &corev1.ConfigMap{
 				ObjectMeta: metav1.ObjectMeta{Name: CAConfigMap, Namespace: namespace,
 					Labels: map[string]string{"app.kubernetes.io/part-of": "eastguard"}},
 				Data: map[string]string{CAKey: string(caPEM)},
-			}, metav1.CreateOptions{})
+			})
 			if apierrors.IsAlreadyExists(err) {
 				continue
 			}
@@ -45,11 +44,12 @@ func PublishCA(ctx context.Context, client Client, namespace string, caPEM []byt
 			return nil
 		}
 		cm = cm.DeepCopy()
+		cm.Namespace = namespace // where it was read: the update goes there
 		if cm.Data == nil {
 			cm.Data = map[string]string{}
 		}
 		cm.Data[CAKey] = string(caPEM)
-		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		_, err = client.UpdateConfigMap(ctx, cm)
 		if apierrors.IsConflict(err) {
 			continue
 		}
