@@ -57,13 +57,20 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	if err != nil {
 		return nil, j.refuse("bad_request", codes.InvalidArgument, err)
 	}
+	// From here on a join costs store work: joinSlot bounds how many do
+	// it at once (limits.go).
+	release, err := s.joinSlot(ctx)
+	if err != nil {
+		return nil, j.refuse("busy", codes.ResourceExhausted, err)
+	}
+	defer release()
 	now := s.now()
 	if req.GetServiceAccountToken() != "" {
 		id, giveBack, err := s.verifyServiceAccount(ctx, j)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := s.admit(ctx, j, csr, now, func(revoked time.Time) error { return podAfterRevocation(req.GetNode(), id, revoked) })
+		resp, err := s.admit(ctx, j, csr, now, func(revoked time.Time) error { return podAfterRevocation(req.GetNode(), id, revoked) }, nil)
 		if status.Code(err) == codes.Internal {
 			giveBack()
 		}
@@ -74,14 +81,18 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	if err == nil {
 		err = check(tok)
 	}
-	if err == nil {
-		tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
-	}
 	if err != nil {
 		return nil, joinRefusal(err, j)
 	}
-	// A token made before the revocation never undoes it.
-	return s.admit(ctx, j, csr, now, func(revoked time.Time) error { return tokenAfterRevocation(tok, revoked) })
+	// A token made before the revocation never undoes it. The token is
+	// used up last, once the certificate is signed and recorded: a join
+	// that fails before (a busy store, the call's deadline) leaves it
+	// usable for the agent's retry.
+	return s.admit(ctx, j, csr, now, func(revoked time.Time) error { return tokenAfterRevocation(tok, revoked) },
+		func() error {
+			_, err := s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
+			return err
+		})
 }
 
 // joinAttempt is one Join's logging and refusing.
@@ -111,18 +122,27 @@ func (j *joinAttempt) refuse(reason string, code codes.Code, err error) error {
 
 // admit issues the certificate of a join whose token was proven, unless
 // afterRevocation refuses the token against the node's revocation. Under
-// certMu, as Revoke records the revocation (see Renew).
-func (s *Service) admit(ctx context.Context, j *joinAttempt, csr *x509.CertificateRequest, now time.Time, afterRevocation func(revoked time.Time) error) (*pb.JoinResponse, error) {
+// certMu, as Revoke records the revocation (see Renew). consume, if set,
+// uses the token up: it runs last, after the certificate is signed and
+// recorded, so that a join that fails never costs its one-time token (a
+// certificate recorded for a join whose consume then fails was never
+// handed out; a revocation revokes it with the others).
+func (s *Service) admit(ctx context.Context, j *joinAttempt, csr *x509.CertificateRequest, now time.Time,
+	afterRevocation func(revoked time.Time) error, consume func() error) (*pb.JoinResponse, error) {
 	node := j.req.GetNode()
 	s.certMu.Lock()
 	err := afterRevocation(s.nodes.RevokedAt(node))
 	var cert *x509.Certificate
 	var certPEM []byte
 	if err == nil {
-		cert, certPEM, err = s.issueNodeCert(ctx, node, csr, now)
+		cert, certPEM, err = s.signNodeCert(ctx, node, csr, now)
+	}
+	if err == nil && consume != nil {
+		err = consume()
 	}
 	if err == nil {
 		s.nodes.Update(node, func(n *nodes.Node) {
+			n.Rec.CertSerial, n.Rec.CertExpiry = pki.Serial(cert), cert.NotAfter
 			n.Rec.Joined, n.Rec.Revoked, n.Rec.LastError = now, time.Time{}, ""
 		})
 	}
@@ -232,8 +252,19 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 }
 
 // issueNodeCert signs and records a node certificate for a CSR that
-// pki.CheckCSR accepted. Called with certMu held.
+// pki.CheckCSR accepted, and makes it the node's. Called with certMu held.
 func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time) (*x509.Certificate, []byte, error) {
+	cert, certPEM, err := s.signNodeCert(ctx, name, csr, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.nodes.Update(name, func(n *nodes.Node) { n.Rec.CertSerial, n.Rec.CertExpiry = pki.Serial(cert), cert.NotAfter })
+	return cert, certPEM, nil
+}
+
+// signNodeCert signs a node certificate and records it in the store (so
+// that a revocation finds it). Called with certMu held.
+func (s *Service) signNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time) (*x509.Certificate, []byte, error) {
 	cert, certPEM, err := s.ca.IssueNode(csr, name, s.cfg.NodeCertTTL, now)
 	if err != nil {
 		return nil, nil, err
@@ -241,7 +272,6 @@ func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.Cert
 	if err := s.st.AddCert(ctx, store.Cert{Serial: pki.Serial(cert), Node: name, NotAfter: cert.NotAfter}); err != nil {
 		return nil, nil, err
 	}
-	s.nodes.Update(name, func(n *nodes.Node) { n.Rec.CertSerial, n.Rec.CertExpiry = pki.Serial(cert), cert.NotAfter })
 	return cert, certPEM, nil
 }
 

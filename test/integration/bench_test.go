@@ -30,6 +30,9 @@ import (
 const (
 	envSimTokens = "EG_SIM_AGENT_TOKENS" // file of "node token" lines
 	envSimAddr   = "EG_SIM_CONTROLLER"
+	// EG_SIM_CPUPROFILE=FILE: the child's CPU profile, from its start to
+	// the end of the benchmark (the controller's is -cpuprofile's).
+	envSimCPUProfile = "EG_SIM_CPUPROFILE"
 )
 
 // clusterPolicy is n nodes with one workload each, all allowed to reach
@@ -56,6 +59,35 @@ func clusterPolicy(n, port int) string {
 // streams) and goroutines-per-stream.
 func BenchmarkPropagation1000Agents(b *testing.B) {
 	benchPropagation(b, 1000, "node-%04d", clusterPolicy)
+}
+
+// appsPolicy is n nodes with one workload each, in apps of 100, app i
+// allowed to reach app i+1 (the last the first) on port: each node's rule
+// set holds its app's neighbours, about 200 addresses. (clusterPolicy's
+// full mesh would put 10,000 addresses in each of 10,000 rule sets.)
+func appsPolicy(n, port int) string {
+	var b strings.Builder
+	apps := (n + 99) / 100
+	for i := range n {
+		fmt.Fprintf(&b, "apiVersion: eastguard.dev/v1\nkind: Workload\nmetadata: {name: w%05d, labels: {app: a%03d}}\n"+
+			"spec: {node: node-%05d, interface: eg-w%05d, addresses: [10.%d.%d.%d]}\n---\n", i, i/100, i, i, 100+i/65536, i/256%256, i%256)
+	}
+	fmt.Fprintf(&b, "apiVersion: eastguard.dev/v1\nkind: Policy\nmetadata: {name: chain}\nspec:\n  rules:\n")
+	for a := range apps {
+		fmt.Fprintf(&b, "    - name: a%03d-to-a%03d\n      from: [{selector: {app: a%03d}}]\n      to: [{selector: {app: a%03d}}]\n      ports: [{protocol: TCP, port: %d}]\n",
+			a, (a+1)%apps, a, (a+1)%apps, port)
+	}
+	return b.String()
+}
+
+// BenchmarkPropagation10000Agents is BenchmarkPropagation1000Agents at
+// 10,000 agents, with appsPolicy.
+func BenchmarkPropagation10000Agents(b *testing.B) {
+	n := 10000
+	if v := os.Getenv("EG_BENCH_AGENTS"); v != "" { // TEMP
+		fmt.Sscan(v, &n)
+	}
+	benchPropagation(b, n, "node-%05d", appsPolicy)
 }
 
 // benchPropagation runs agents simulated agents, named by nodeName, in a
@@ -157,7 +189,27 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	go io.Copy(io.Discard, bufio.NewReader(out))
 
 	start := time.Now()
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		tick := time.NewTicker(15 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-tick.C:
+				mu.Lock()
+				n := len(acked)
+				mu.Unlock()
+				b.Logf("%v: %d nodes acked; %s", time.Since(start).Round(time.Second), n, controllerSummary(h))
+			}
+		}
+	}()
 	waitAll(1, 5*time.Minute)
+	close(stopProgress)
+	<-progressDone
 	b.Logf("%d agents joined and synced in %v", agents, time.Since(start).Round(time.Millisecond))
 	perStream := float64(liveBytes()-base) / float64(agents)
 	goroutines := float64(runtime.NumGoroutine()-baseGoroutines) / float64(agents)
@@ -201,6 +253,47 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	b.ReportMetric(goroutines, "goroutines-per-stream")
 }
 
+// controllerSummary is what the controller counted: streams, joins,
+// refusals by reason and its warnings and errors by message, to see where
+// agents that do not sync are stuck.
+func controllerSummary(h *harness) string {
+	mfs, err := h.Reg.Gather()
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "eastguard_controller_agents_connected", "eastguard_controller_joins_total", "eastguard_controller_agent_refusals_total",
+			"eastguard_controller_rule_set_pushes_total", "eastguard_controller_acks_total":
+			for _, m := range mf.GetMetric() {
+				v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+				var labels []string
+				for _, l := range m.GetLabel() {
+					labels = append(labels, l.GetValue())
+				}
+				parts = append(parts, fmt.Sprintf("%s%v=%g", strings.TrimPrefix(mf.GetName(), "eastguard_controller_"), labels, v))
+			}
+		}
+	}
+	msgs := make(map[string]int)
+	for _, e := range h.Logs.All() {
+		if e.Level >= zap.WarnLevel {
+			m := e.Message
+			for _, f := range e.Context {
+				if f.Key == "error" {
+					m += ": " + fmt.Sprint(f.Interface)
+				}
+			}
+			msgs[m]++
+		}
+	}
+	for m, n := range msgs {
+		parts = append(parts, fmt.Sprintf("%q x%d", m, n))
+	}
+	return strings.Join(parts, ", ")
+}
+
 // liveBytes is the heap in use and the goroutine stacks, after a GC.
 func liveBytes() uint64 {
 	runtime.GC()
@@ -221,6 +314,19 @@ func TestSimulatedAgents(t *testing.T) {
 	data, err := os.ReadFile(tokFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if path := os.Getenv(envSimCPUProfile); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
