@@ -80,12 +80,18 @@ func appsPolicy(n, port int) string {
 	return b.String()
 }
 
-// BenchmarkPropagation10000Agents is BenchmarkPropagation1000Agents at
-// 10,000 agents, with appsPolicy.
-func BenchmarkPropagation10000Agents(b *testing.B) {
-	n := 10000
-	if v := os.Getenv("EG_BENCH_AGENTS"); v != "" { // TEMP
-		fmt.Sscan(v, &n)
+// BenchmarkPropagation3000Agents is BenchmarkPropagation1000Agents at
+// 3,000 agents with appsPolicy; EG_BENCH_AGENTS=N runs it with N agents.
+// Issue 19 asks for 10,000: out of reach while every node's rule set holds
+// every workload's address (the ipcache is cluster-wide), which makes an
+// apply's work and memory grow with nodes x workloads (README, "Policy
+// propagation").
+func BenchmarkPropagation3000Agents(b *testing.B) {
+	n := 3000
+	if v := os.Getenv("EG_BENCH_AGENTS"); v != "" {
+		if _, err := fmt.Sscan(v, &n); err != nil || n < 1 || n > 100000 {
+			b.Fatalf("EG_BENCH_AGENTS=%q: want a number of agents from 1 to 100000", v)
+		}
 	}
 	benchPropagation(b, n, "node-%05d", appsPolicy)
 }
