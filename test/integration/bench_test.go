@@ -129,6 +129,11 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 			acked[a.Node] = max(acked[a.Node], a.Version)
 		}
 	})
+	// Only warnings are kept in memory (the progress logs count them): the
+	// test's log entries, several per stream, are not the controller's
+	// memory (a controller writes its logs out).
+	h.LogLevel = zap.WarnLevel
+	h.Restart()
 	h.Apply(policy(agents, 8000))
 	// waitAll waits until every node has acked at least version v.
 	waitAll := func(v uint64, timeout time.Duration) {
@@ -166,7 +171,7 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	if err := os.WriteFile(tokFile, []byte(tokens.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	base := liveBytes()
+	base, baseStack := liveBytes()
 	baseGoroutines := runtime.NumGoroutine()
 
 	exe, err := os.Executable()
@@ -217,7 +222,9 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	close(stopProgress)
 	<-progressDone
 	b.Logf("%d agents joined and synced in %v", agents, time.Since(start).Round(time.Millisecond))
-	perStream := float64(liveBytes()-base) / float64(agents)
+	live, stack := liveBytes()
+	perStream := float64(live-base) / float64(agents)
+	stackPerStream := float64(stack-baseStack) / float64(agents)
 	goroutines := float64(runtime.NumGoroutine()-baseGoroutines) / float64(agents)
 	// EG_BENCH_HEAP=FILE: the controller's heap profile with every stream
 	// up, to see what a stream costs (go tool pprof -sample_index=inuse_space).
@@ -256,6 +263,7 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	}
 	b.ReportMetric(float64(applyTotal.Milliseconds())/float64(len(applyTimes)), "ms-apply")
 	b.ReportMetric(perStream/1024, "KB-per-stream")
+	b.ReportMetric(stackPerStream/1024, "stack-KB-per-stream")
 	b.ReportMetric(goroutines, "goroutines-per-stream")
 }
 
@@ -300,13 +308,14 @@ func controllerSummary(h *harness) string {
 	return strings.Join(parts, ", ")
 }
 
-// liveBytes is the heap in use and the goroutine stacks, after a GC.
-func liveBytes() uint64 {
+// liveBytes is the heap in use and the goroutine stacks, after a GC, and
+// of that the stacks.
+func liveBytes() (total, stacks uint64) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapAlloc + m.StackInuse
+	return m.HeapAlloc + m.StackInuse, m.StackInuse
 }
 
 // TestSimulatedAgents is the child process of BenchmarkPropagation1000Agents
