@@ -158,7 +158,7 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 		case <-time.After(timeout):
 			mu.Lock()
 			defer mu.Unlock()
-			b.Fatalf("only %d of %d agents acked version %d after %v", reached, agents, v, timeout)
+			b.Fatalf("only %d of %d agents acked version %d after %v; the controller: %s", reached, agents, v, timeout, controllerSummary(h))
 		}
 	}
 
