@@ -59,6 +59,13 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	if err != nil {
 		return nil, j.refuse("bad_request", codes.InvalidArgument, err)
 	}
+	// From here on a join costs store work: joinSlot bounds how many do
+	// it at once (limits.go).
+	release, err := s.joinSlot(ctx)
+	if err != nil {
+		return nil, j.refuse("busy", codes.ResourceExhausted, err)
+	}
+	defer release()
 	now := s.now()
 	if req.GetServiceAccountToken() != "" {
 		id, giveBack, err := s.verifyServiceAccount(ctx, j)
@@ -77,9 +84,10 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	if err == nil {
 		err = check(tok)
 	}
-	if err == nil {
-		tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
+	if err != nil {
+		return nil, joinRefusal(err, j)
 	}
+	tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
 	if err != nil {
 		return nil, joinRefusal(err, j)
 	}

@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -55,7 +56,34 @@ const (
 	// agent's stream is a call): neither holds a connection slot for long.
 	handshakeTimeout = 10 * time.Second
 	maxConnIdle      = 5 * time.Minute
+	// maxJoinsInProgress bounds the joins doing their store work (the
+	// token's lookup, the certificate's record, the token's use: each a
+	// write to the control database, one connection) at once, and
+	// joinQueueWait how long a join waits for its turn before it is
+	// answered "busy, retry later" (agents retry with backoff). Without
+	// them, thousands of agents joining at once (a fleet's first start, a
+	// controller restored empty) queue their writes on the one connection
+	// for longer than a join's deadline: every join then fails, in turn,
+	// having done part of its work, and joins stop completing altogether.
+	// Waiters are served in order of arrival.
+	maxJoinsInProgress = 8
+	joinQueueWait      = 5 * time.Second
 )
+
+// joinSlot waits for one of the maxJoinsInProgress slots, at most
+// joinQueueWait, and returns its release.
+func (s *Service) joinSlot(ctx context.Context) (release func(), err error) {
+	t := time.NewTimer(joinQueueWait)
+	defer t.Stop()
+	select {
+	case s.joinSlots <- struct{}{}:
+		return func() { <-s.joinSlots }, nil
+	case <-t.C:
+		return nil, fmt.Errorf("the controller is busy with other joins (%d at once, each waits at most %s for its turn): retry later", maxJoinsInProgress, joinQueueWait)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
 
 // tap runs for every new RPC before its request is read (gRPC's InTapHandle,
 // on the connection's reader goroutine: it must be quick). Join is rate

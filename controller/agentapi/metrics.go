@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"result"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eastguard_controller_agent_refusals_total",
-			Help: "Agent connections or RPCs refused, by reason (expired, revoked, unknown_ca, no_identity, wrong_node, token, bad_request, rate_limited, connection_limit, stale_resync, invalid, service_account, unavailable).",
+			Help: "Agent connections or RPCs refused, by reason (expired, revoked, unknown_ca, no_identity, wrong_node, token, bad_request, rate_limited, connection_limit, stale_resync, invalid, service_account, unavailable, busy).",
 		}, []string{"reason"}),
 		joins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "eastguard_controller_joins_total",

@@ -109,10 +109,12 @@ type Service struct {
 
 	// What the listener lets peers hold and do (limits.go), and the
 	// rate-limited log of refusals (refusals.go).
-	conns  *admission.ConnLimiter
-	joins  *admission.JoinLimiter
-	renews *admission.RateLimiter[string] // per node
-	drifts *admission.RateLimiter[string] // drift reports, per node
+	conns *admission.ConnLimiter
+	joins *admission.JoinLimiter
+	// joinSlots holds a token per join doing its store work (joinSlot).
+	joinSlots chan struct{}
+	renews    *admission.RateLimiter[string] // per node
+	drifts    *admission.RateLimiter[string] // drift reports, per node
 	// lookupLimit bounds datapath lookups per node (lookup.go);
 	// lookupSeq numbers them.
 	lookupLimit *admission.RateLimiter[string]
@@ -162,6 +164,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		nodes: cfg.Nodes, policy: cfg.Policy, flows: cfg.Flows,
 		conns:       admission.NewConnLimiter(cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
 		joins:       admission.NewJoinLimiter(cfg.Limits.JoinRate, cfg.Limits.JoinBurst),
+		joinSlots:   make(chan struct{}, maxJoinsInProgress),
 		renews:      admission.NewRateLimiter[string](renewRate, renewBurst),
 		drifts:      admission.NewRateLimiter[string](driftRate, driftBurst),
 		lookupLimit: admission.NewRateLimiter[string](lookupRate, lookupBurst),

@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/eastguard/eastguard/controller"
@@ -59,6 +60,10 @@ type Controller struct {
 	// WrapStore, if set, wraps the store the controller is given (tests
 	// inject failures with it).
 	WrapStore func(store.Store) store.Store
+	// LogLevel, if set, is the lowest level Logs keeps (default: debug).
+	// Benchmarks of memory raise it: kept log entries are the test's
+	// memory, not the controller's.
+	LogLevel zapcore.LevelEnabler
 
 	serveWG sync.WaitGroup
 	mu      sync.Mutex
@@ -106,7 +111,11 @@ func (h *Controller) Start() {
 	if h.St, err = sqlite.Open(h.Dir, h.StoreOpts...); err != nil {
 		h.T.Fatal(err)
 	}
-	core, logs := observer.New(zap.DebugLevel)
+	var level zapcore.LevelEnabler = zap.DebugLevel
+	if h.LogLevel != nil {
+		level = h.LogLevel
+	}
+	core, logs := observer.New(level)
 	h.Logs = logs
 	log := zap.New(core)
 	if h.CA, err = controller.LoadCA(context.Background(), h.St, nil, nil, log); err != nil {

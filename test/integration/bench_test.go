@@ -30,6 +30,9 @@ import (
 const (
 	envSimTokens = "EG_SIM_AGENT_TOKENS" // file of "node token" lines
 	envSimAddr   = "EG_SIM_CONTROLLER"
+	// EG_SIM_CPUPROFILE=FILE: the child's CPU profile, from its start to
+	// the end of the benchmark (the controller's is -cpuprofile's).
+	envSimCPUProfile = "EG_SIM_CPUPROFILE"
 )
 
 // clusterPolicy is n nodes with one workload each, all allowed to reach
@@ -56,6 +59,41 @@ func clusterPolicy(n, port int) string {
 // streams) and goroutines-per-stream.
 func BenchmarkPropagation1000Agents(b *testing.B) {
 	benchPropagation(b, 1000, "node-%04d", clusterPolicy)
+}
+
+// appsPolicy is n nodes with one workload each, in apps of 100, app i
+// allowed to reach app i+1 (the last the first) on port: each node's rule
+// set holds its app's neighbours, about 200 addresses. (clusterPolicy's
+// full mesh would put 10,000 addresses in each of 10,000 rule sets.)
+func appsPolicy(n, port int) string {
+	var b strings.Builder
+	apps := (n + 99) / 100
+	for i := range n {
+		fmt.Fprintf(&b, "apiVersion: eastguard.dev/v1\nkind: Workload\nmetadata: {name: w%05d, labels: {app: a%03d}}\n"+
+			"spec: {node: node-%05d, interface: eg-w%05d, addresses: [10.%d.%d.%d]}\n---\n", i, i/100, i, i, 100+i/65536, i/256%256, i%256)
+	}
+	fmt.Fprintf(&b, "apiVersion: eastguard.dev/v1\nkind: Policy\nmetadata: {name: chain}\nspec:\n  rules:\n")
+	for a := range apps {
+		fmt.Fprintf(&b, "    - name: a%03d-to-a%03d\n      from: [{selector: {app: a%03d}}]\n      to: [{selector: {app: a%03d}}]\n      ports: [{protocol: TCP, port: %d}]\n",
+			a, (a+1)%apps, a, (a+1)%apps, port)
+	}
+	return b.String()
+}
+
+// BenchmarkPropagation3000Agents is BenchmarkPropagation1000Agents at
+// 3,000 agents with appsPolicy; EG_BENCH_AGENTS=N runs it with N agents.
+// Issue 19 asks for 10,000: out of reach while every node's rule set holds
+// every workload's address (the ipcache is cluster-wide), which makes an
+// apply's work and memory grow with nodes x workloads (README, "Policy
+// propagation").
+func BenchmarkPropagation3000Agents(b *testing.B) {
+	n := 3000
+	if v := os.Getenv("EG_BENCH_AGENTS"); v != "" {
+		if _, err := fmt.Sscan(v, &n); err != nil || n < 1 || n > 100000 {
+			b.Fatalf("EG_BENCH_AGENTS=%q: want a number of agents from 1 to 100000", v)
+		}
+	}
+	benchPropagation(b, n, "node-%05d", appsPolicy)
 }
 
 // benchPropagation runs agents simulated agents, named by nodeName, in a
@@ -91,6 +129,11 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 			acked[a.Node] = max(acked[a.Node], a.Version)
 		}
 	})
+	// Only warnings are kept in memory (the progress logs count them): the
+	// test's log entries, several per stream, are not the controller's
+	// memory (a controller writes its logs out).
+	h.LogLevel = zap.WarnLevel
+	h.Restart()
 	h.Apply(policy(agents, 8000))
 	// waitAll waits until every node has acked at least version v.
 	waitAll := func(v uint64, timeout time.Duration) {
@@ -115,7 +158,7 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 		case <-time.After(timeout):
 			mu.Lock()
 			defer mu.Unlock()
-			b.Fatalf("only %d of %d agents acked version %d after %v", reached, agents, v, timeout)
+			b.Fatalf("only %d of %d agents acked version %d after %v; the controller: %s", reached, agents, v, timeout, controllerSummary(h))
 		}
 	}
 
@@ -128,7 +171,7 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	if err := os.WriteFile(tokFile, []byte(tokens.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	base := liveBytes()
+	base, baseStack := liveBytes()
 	baseGoroutines := runtime.NumGoroutine()
 
 	exe, err := os.Executable()
@@ -157,9 +200,31 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	go io.Copy(io.Discard, bufio.NewReader(out))
 
 	start := time.Now()
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		tick := time.NewTicker(15 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-tick.C:
+				mu.Lock()
+				n := len(acked)
+				mu.Unlock()
+				b.Logf("%v: %d nodes acked; %s", time.Since(start).Round(time.Second), n, controllerSummary(h))
+			}
+		}
+	}()
 	waitAll(1, 5*time.Minute)
+	close(stopProgress)
+	<-progressDone
 	b.Logf("%d agents joined and synced in %v", agents, time.Since(start).Round(time.Millisecond))
-	perStream := float64(liveBytes()-base) / float64(agents)
+	live, stack := liveBytes()
+	perStream := float64(live-base) / float64(agents)
+	stackPerStream := float64(stack-baseStack) / float64(agents)
 	goroutines := float64(runtime.NumGoroutine()-baseGoroutines) / float64(agents)
 	// EG_BENCH_HEAP=FILE: the controller's heap profile with every stream
 	// up, to see what a stream costs (go tool pprof -sample_index=inuse_space).
@@ -198,16 +263,59 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy func(n, 
 	}
 	b.ReportMetric(float64(applyTotal.Milliseconds())/float64(len(applyTimes)), "ms-apply")
 	b.ReportMetric(perStream/1024, "KB-per-stream")
+	b.ReportMetric(stackPerStream/1024, "stack-KB-per-stream")
 	b.ReportMetric(goroutines, "goroutines-per-stream")
 }
 
-// liveBytes is the heap in use and the goroutine stacks, after a GC.
-func liveBytes() uint64 {
+// controllerSummary is what the controller counted: streams, joins,
+// refusals by reason and its warnings and errors by message, to see where
+// agents that do not sync are stuck.
+func controllerSummary(h *harness) string {
+	mfs, err := h.Reg.Gather()
+	if err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "eastguard_controller_agents_connected", "eastguard_controller_joins_total", "eastguard_controller_agent_refusals_total",
+			"eastguard_controller_rule_set_pushes_total", "eastguard_controller_acks_total":
+			for _, m := range mf.GetMetric() {
+				v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+				var labels []string
+				for _, l := range m.GetLabel() {
+					labels = append(labels, l.GetValue())
+				}
+				parts = append(parts, fmt.Sprintf("%s%v=%g", strings.TrimPrefix(mf.GetName(), "eastguard_controller_"), labels, v))
+			}
+		}
+	}
+	msgs := make(map[string]int)
+	for _, e := range h.Logs.All() {
+		if e.Level >= zap.WarnLevel {
+			m := e.Message
+			for _, f := range e.Context {
+				if f.Key == "error" {
+					m += ": " + fmt.Sprint(f.Interface)
+				}
+			}
+			msgs[m]++
+		}
+	}
+	for m, n := range msgs {
+		parts = append(parts, fmt.Sprintf("%q x%d", m, n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// liveBytes is the heap in use and the goroutine stacks, after a GC, and
+// of that the stacks.
+func liveBytes() (total, stacks uint64) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapAlloc + m.StackInuse
+	return m.HeapAlloc + m.StackInuse, m.StackInuse
 }
 
 // TestSimulatedAgents is the child process of BenchmarkPropagation1000Agents
@@ -221,6 +329,19 @@ func TestSimulatedAgents(t *testing.T) {
 	data, err := os.ReadFile(tokFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if path := os.Getenv(envSimCPUProfile); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -246,4 +367,28 @@ func TestSimulatedAgents(t *testing.T) {
 	io.Copy(io.Discard, os.Stdin)
 	cancel()
 	wg.Wait()
+}
+
+// BenchmarkApplyApps: an apply that changes every node's rule set
+// (appsPolicy with a new port) at 1,000, 2,000 and 4,000 nodes, no agent
+// connected, and the controller's heap with the latest versions held
+// (heap-MB). Both grow with nodes x workloads: every node's ipcache holds
+// every workload's address.
+func BenchmarkApplyApps(b *testing.B) {
+	for _, n := range []int{1000, 2000, 4000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			h := newHarness(b)
+			h.Apply(appsPolicy(n, 8000))
+			if got := len(h.Srv.Nodes.Latest("node-00001").RuleSet.IPCache); got != n {
+				b.Fatalf("node-00001's ipcache holds %d addresses, want every workload's (%d)", got, n)
+			}
+			heap, _ := liveBytes()
+			b.ResetTimer()
+			for i := range b.N {
+				h.Apply(appsPolicy(n, 8001+i))
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(heap)/(1<<20), "heap-MB")
+		})
+	}
 }
