@@ -1,9 +1,11 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/eastguard/eastguard/controller/store"
@@ -33,45 +35,91 @@ func (s *SQLite) FlowEdgesOf(ctx context.Context, since, until time.Time, worklo
 }
 
 // flowEdges groups the range's flows; a workload other than "" keeps
-// only its flows.
+// only its flows. The rows come from the covering index flows_map in
+// time order and are grouped here, in a map: SQLite's GROUP BY over
+// seven columns sorted every row of the range in a temporary B-tree
+// first (175 ms for the last hour's 42,000 flows at 1,000,000 stored,
+// BenchmarkDashboard/MapLastHour), while the distinct edges are few.
 func (s *SQLite) flowEdges(ctx context.Context, since, until time.Time, workload string, limit int) ([]store.FlowEdge, error) {
 	lo, hi := rangeArgs(since, until)
 	rows, err := s.edb.QueryContext(ctx, `
-SELECT src_workload, CASE WHEN src_workload = '' THEN src_addr ELSE '' END AS src,
-	dst_workload, CASE WHEN dst_workload = '' THEN dst_addr ELSE '' END AS dst,
-	protocol, dst_port, verdict,
-	SUM(state = 'new') AS n,
-	SUM(CASE WHEN state = 'closed' OR (state = 'new' AND verdict <> ?) THEN packets ELSE 0 END),
-	SUM(CASE WHEN state = 'closed' OR (state = 'new' AND verdict <> ?) THEN bytes ELSE 0 END),
-	MIN(time), MAX(time)
+SELECT src_workload, src_addr, dst_workload, dst_addr, protocol, dst_port, verdict, state, packets, bytes, time
 FROM flows INDEXED BY flows_map
-WHERE time >= ? AND time < ? AND (? = '' OR src_workload = ? OR dst_workload = ?)
-GROUP BY src_workload, src, dst_workload, dst, protocol, dst_port, verdict
-ORDER BY n DESC, src_workload, src, dst_workload, dst, protocol, dst_port, verdict
-LIMIT ?`, int64(ruleset.VerdictAllowed), int64(ruleset.VerdictAllowed), lo, hi, workload, workload, workload, limit)
+WHERE time >= ? AND time < ? AND (? = '' OR src_workload = ? OR dst_workload = ?)`, lo, hi, workload, workload, workload)
 	if err != nil {
 		return nil, fmt.Errorf("read flow edges: %w", classify(err))
 	}
 	defer rows.Close()
-	var out []store.FlowEdge
+	type key struct {
+		srcWorkload, src, dstWorkload, dst, protocol string
+		port, verdict                                int64
+	}
+	type sums struct {
+		n, packets, bytes, first, last int64
+	}
+	edges := map[key]*sums{}
+	var k key
+	var state string
+	var packets, bytes, t int64
 	for rows.Next() {
-		var e store.FlowEdge
-		var src, dst string
-		var port, verdict, n, packets, bytes, first, last int64
-		if err := rows.Scan(&e.SrcWorkload, &src, &e.DstWorkload, &dst, &e.Protocol, &port, &verdict, &n, &packets, &bytes, &first, &last); err != nil {
+		if err := rows.Scan(&k.srcWorkload, &k.src, &k.dstWorkload, &k.dst, &k.protocol, &k.port, &k.verdict, &state, &packets, &bytes, &t); err != nil {
 			return nil, fmt.Errorf("read flow edges: %w", err)
 		}
-		e.SrcAddr, _ = netip.ParseAddr(src)
-		e.DstAddr, _ = netip.ParseAddr(dst)
-		e.Port, e.Verdict = uint16(port), ruleset.Verdict(verdict)
-		e.Flows, e.Packets, e.Bytes = uint64(n), uint64(packets), uint64(bytes)
-		e.FirstSeen, e.LastSeen = rc.FromNanos(first), rc.FromNanos(last)
-		out = append(out, e)
+		// An address names an end only where no workload does.
+		if k.srcWorkload != "" {
+			k.src = ""
+		}
+		if k.dstWorkload != "" {
+			k.dst = ""
+		}
+		e := edges[k]
+		if e == nil {
+			e = &sums{first: t, last: t}
+			edges[k] = e
+		}
+		isNew := state == "new"
+		if isNew {
+			e.n++
+		}
+		// Totals: closed connections' and not-allowed flows' (their only
+		// record is the new one).
+		if state == "closed" || (isNew && k.verdict != int64(ruleset.VerdictAllowed)) {
+			e.packets += packets
+			e.bytes += bytes
+		}
+		e.first, e.last = min(e.first, t), max(e.last, t)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read flow edges: %w", classify(err))
 	}
+	out := make([]store.FlowEdge, 0, len(edges))
+	for k, e := range edges {
+		fe := store.FlowEdge{SrcWorkload: k.srcWorkload, DstWorkload: k.dstWorkload, Protocol: k.protocol,
+			Port: uint16(k.port), Verdict: ruleset.Verdict(k.verdict),
+			Flows: uint64(e.n), Packets: uint64(e.packets), Bytes: uint64(e.bytes),
+			FirstSeen: rc.FromNanos(e.first), LastSeen: rc.FromNanos(e.last)}
+		fe.SrcAddr, _ = netip.ParseAddr(k.src)
+		fe.DstAddr, _ = netip.ParseAddr(k.dst)
+		out = append(out, fe)
+	}
+	// Most flows first, then the key's columns, as the SQL ordered them.
+	slices.SortFunc(out, func(a, b store.FlowEdge) int {
+		return cmp.Or(cmp.Compare(b.Flows, a.Flows), cmp.Compare(a.SrcWorkload, b.SrcWorkload), cmp.Compare(addrKey(a.SrcAddr), addrKey(b.SrcAddr)),
+			cmp.Compare(a.DstWorkload, b.DstWorkload), cmp.Compare(addrKey(a.DstAddr), addrKey(b.DstAddr)),
+			cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Verdict, b.Verdict))
+	})
+	if limit >= 0 && len(out) > limit {
+		out = out[:limit]
+	}
 	return out, nil
+}
+
+// addrKey is an address as the flows table stores it ("" for none).
+func addrKey(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // RuleCounts counts new flows (first records: one per connection

@@ -442,3 +442,48 @@ func testFlowEdgesOf(t *testing.T, open Open) {
 		t.Errorf("every edge: %+v, %v", all, err)
 	}
 }
+
+// testFlowEdgesTotals: an edge counts its new flows; its packets and
+// bytes are its closed connections' and its not-allowed flows' (whose
+// only record is the new one); an unmanaged end is named by its address,
+// a managed one by its workload alone; most flows first, then by the
+// ends.
+func testFlowEdgesTotals(t *testing.T, open Open) {
+	s := open(t)
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	at := func(m int) time.Time { return base.Add(-time.Duration(m) * time.Minute) }
+	opened := Flow(0, at(30))
+	opened.SrcPort, opened.State, opened.Packets, opened.Bytes = 40000, flowrecord.StateNew, 1, 60
+	closed := opened
+	closed.Time, closed.State, closed.Packets, closed.Bytes = at(20), flowrecord.StateClosed, 10, 1000
+	again := opened
+	again.Time, again.SrcPort = at(10), 40001
+	denied := Flow(1, at(5))
+	denied.SrcWorkload, denied.SrcAddr, denied.DstPort = "", netip.MustParseAddr("203.0.113.9"), 22
+	denied.State, denied.Packets, denied.Bytes = flowrecord.StateNew, 3, 180
+	InsertFlows(t, s, []flowrecord.Record{opened, closed, again, denied})
+	edges, err := s.FlowEdges(context.Background(), base.Add(-time.Hour), base, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range edges {
+		got = append(got, fmt.Sprintf("%s|%s>%s|%s %s/%d %s flows=%d packets=%d bytes=%d %s..%s", e.SrcWorkload, addrOrNone(e.SrcAddr),
+			e.DstWorkload, addrOrNone(e.DstAddr), e.Protocol, e.Port, e.Verdict, e.Flows, e.Packets, e.Bytes,
+			e.FirstSeen.Format("15:04"), e.LastSeen.Format("15:04")))
+	}
+	want := []string{
+		"web|->db|- TCP/22 allowed flows=2 packets=10 bytes=1000 11:30..11:50",
+		"|203.0.113.9>db|- TCP/22 denied flows=1 packets=3 bytes=180 11:55..11:55",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("edges\n got %q\nwant %q", got, want)
+	}
+}
+
+func addrOrNone(a netip.Addr) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	return a.String()
+}

@@ -51,6 +51,7 @@ func Run(t *testing.T, open Open) {
 		{"FlowVolumeRoundTrip", testFlowVolumeRoundTrip},
 		{"FlowEdgesFirstSeen", testFlowEdgesFirstSeen},
 		{"FlowEdgesOf", testFlowEdgesOf},
+		{"FlowEdgesTotals", testFlowEdgesTotals},
 		{"AuditWithChanges", testAuditWithChanges},
 		{"AuditAppendQuery", testAuditAppendQuery},
 		{"AuditPrune", testAuditPrune},
