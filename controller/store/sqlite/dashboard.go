@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -92,8 +93,19 @@ WHERE time >= ? AND time < ? AND (? = '' OR src_workload = ? OR dst_workload = ?
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read flow edges: %w", classify(err))
 	}
-	out := make([]store.FlowEdge, 0, len(edges))
-	for k, e := range edges {
+	// Most flows first, then the key's columns, as SQL's ORDER BY would
+	// have them: sorted on the stored values, before any is parsed.
+	keys := slices.SortedFunc(maps.Keys(edges), func(a, b key) int {
+		return cmp.Or(cmp.Compare(edges[b].n, edges[a].n), cmp.Compare(a.srcWorkload, b.srcWorkload), cmp.Compare(a.src, b.src),
+			cmp.Compare(a.dstWorkload, b.dstWorkload), cmp.Compare(a.dst, b.dst),
+			cmp.Compare(a.protocol, b.protocol), cmp.Compare(a.port, b.port), cmp.Compare(a.verdict, b.verdict))
+	})
+	if limit >= 0 && len(keys) > limit {
+		keys = keys[:limit]
+	}
+	out := make([]store.FlowEdge, 0, len(keys))
+	for _, k := range keys {
+		e := edges[k]
 		fe := store.FlowEdge{SrcWorkload: k.srcWorkload, DstWorkload: k.dstWorkload, Protocol: k.protocol,
 			Port: uint16(k.port), Verdict: ruleset.Verdict(k.verdict),
 			Flows: uint64(e.n), Packets: uint64(e.packets), Bytes: uint64(e.bytes),
@@ -102,24 +114,7 @@ WHERE time >= ? AND time < ? AND (? = '' OR src_workload = ? OR dst_workload = ?
 		fe.DstAddr, _ = netip.ParseAddr(k.dst)
 		out = append(out, fe)
 	}
-	// Most flows first, then the key's columns, as the SQL ordered them.
-	slices.SortFunc(out, func(a, b store.FlowEdge) int {
-		return cmp.Or(cmp.Compare(b.Flows, a.Flows), cmp.Compare(a.SrcWorkload, b.SrcWorkload), cmp.Compare(addrKey(a.SrcAddr), addrKey(b.SrcAddr)),
-			cmp.Compare(a.DstWorkload, b.DstWorkload), cmp.Compare(addrKey(a.DstAddr), addrKey(b.DstAddr)),
-			cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Verdict, b.Verdict))
-	})
-	if limit >= 0 && len(out) > limit {
-		out = out[:limit]
-	}
 	return out, nil
-}
-
-// addrKey is an address as the flows table stores it ("" for none).
-func addrKey(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
 }
 
 // RuleCounts counts new flows (first records: one per connection
