@@ -54,15 +54,11 @@ func (s *shadow) set(which int, k, v []byte) {
 	if s == nil {
 		return
 	}
-	m := s.entries[which]
-	if old, ok := m[string(k)]; ok {
-		s.sum[which] -= entryHash(s.seed, k, []byte(old))
-		delete(m, string(k))
-	}
+	s.del(which, k)
 	if which == mEndpoints && allZero(v) {
 		return // an array slot never written
 	}
-	m[string(k)] = string(v)
+	s.entries[which][string(k)] = string(v)
 	s.sum[which] += entryHash(s.seed, k, v)
 }
 
