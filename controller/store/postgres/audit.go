@@ -20,34 +20,17 @@ func appendAudit(ctx context.Context, tx pgx.Tx, recs []store.AuditRecord) ([]st
 	if len(recs) == 0 {
 		return nil, nil
 	}
-	for i := range recs {
-		if err := recs[i].Check(); err != nil {
-			return nil, err
-		}
+	if err := rc.CheckAudit(recs); err != nil {
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockAudit); err != nil {
 		return nil, err
 	}
-	var prev *store.AuditRecord
-	last, err := rc.ScanAudit(tx.QueryRow(ctx, "SELECT "+rc.AuditColumns+" FROM audit ORDER BY id DESC LIMIT 1"))
-	switch {
-	case err == nil:
-		prev = &last
-	case !errors.Is(err, pgx.ErrNoRows):
-		return nil, fmt.Errorf("read the last audit record: %w", err)
-	}
-	out := make([]store.AuditRecord, len(recs))
-	for i := range recs {
-		r := recs[i]
-		r.Chain(prev)
-		if _, err := tx.Exec(ctx, "INSERT INTO audit ("+rc.AuditColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-			rc.AuditArgs(&r)...); err != nil {
-			return nil, fmt.Errorf("append audit record: %w", err)
-		}
-		out[i] = r
-		prev = &out[i]
-	}
-	return out, nil
+	return rc.AppendAudit(
+		func() (store.AuditRecord, error) { return rc.ScanAudit(tx.QueryRow(ctx, rc.LastAuditSQL)) },
+		func(err error) bool { return errors.Is(err, pgx.ErrNoRows) },
+		func(args []any) error { _, err := tx.Exec(ctx, q(rc.InsertAuditSQL), args...); return err },
+		recs)
 }
 
 func (s *Postgres) AppendAudit(ctx context.Context, recs ...store.AuditRecord) ([]store.AuditRecord, error) {

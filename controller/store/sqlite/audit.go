@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/eastguard/eastguard/controller/store"
@@ -21,31 +20,14 @@ func appendAudit(ctx context.Context, tx *sql.Tx, recs []store.AuditRecord) ([]s
 	if len(recs) == 0 {
 		return nil, nil
 	}
-	for i := range recs {
-		if err := recs[i].Check(); err != nil {
-			return nil, err
-		}
+	if err := rc.CheckAudit(recs); err != nil {
+		return nil, err
 	}
-	var prev *store.AuditRecord
-	last, err := rc.ScanAudit(tx.QueryRowContext(ctx, "SELECT "+rc.AuditColumns+" FROM audit ORDER BY id DESC LIMIT 1"))
-	switch {
-	case err == nil:
-		prev = &last
-	case !errors.Is(err, sql.ErrNoRows):
-		return nil, fmt.Errorf("read the last audit record: %w", err)
-	}
-	out := make([]store.AuditRecord, len(recs))
-	placeholders := "(" + strings.TrimSuffix(strings.Repeat("?, ", 12), ", ") + ")"
-	for i := range recs {
-		r := recs[i]
-		r.Chain(prev)
-		if _, err := tx.ExecContext(ctx, "INSERT INTO audit ("+rc.AuditColumns+") VALUES "+placeholders, rc.AuditArgs(&r)...); err != nil {
-			return nil, fmt.Errorf("append audit record: %w", err)
-		}
-		out[i] = r
-		prev = &out[i]
-	}
-	return out, nil
+	return rc.AppendAudit(
+		func() (store.AuditRecord, error) { return rc.ScanAudit(tx.QueryRowContext(ctx, rc.LastAuditSQL)) },
+		func(err error) bool { return errors.Is(err, sql.ErrNoRows) },
+		func(args []any) error { _, err := tx.ExecContext(ctx, rc.InsertAuditSQL, args...); return err },
+		recs)
 }
 
 func (s *SQLite) AppendAudit(ctx context.Context, recs ...store.AuditRecord) ([]store.AuditRecord, error) {

@@ -336,6 +336,52 @@ func AuditArgs(r *store.AuditRecord) []any {
 	return []any{int64(r.ID), Nanos(r.Time), r.ActorKind, r.Actor, r.Action, r.Object, r.Before, r.After, r.Source, r.Detail, r.Prev, r.Hash}
 }
 
+// CheckAudit checks every record before any is chained (store.AuditRecord.Check).
+func CheckAudit(recs []store.AuditRecord) error {
+	for i := range recs {
+		if err := recs[i].Check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The statements AppendAudit's callers run, with ? placeholders: the
+// newest record, and one record's insert (AuditArgs).
+const (
+	LastAuditSQL   = "SELECT " + AuditColumns + " FROM audit ORDER BY id DESC LIMIT 1"
+	InsertAuditSQL = "INSERT INTO audit (" + AuditColumns + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+// AppendAudit chains recs after the newest stored record (last: its
+// row of LastAuditSQL, or an error for which empty reports true when
+// there is none) and inserts them in order (insert: InsertAuditSQL with
+// the record's AuditArgs). It returns the records as stored. The caller
+// runs it in one transaction that keeps the newest record the newest
+// until commit (the store's write lock, or an advisory lock).
+func AppendAudit(last func() (store.AuditRecord, error), empty func(error) bool, insert func(args []any) error,
+	recs []store.AuditRecord) ([]store.AuditRecord, error) {
+	var prev *store.AuditRecord
+	newest, err := last()
+	switch {
+	case err == nil:
+		prev = &newest
+	case !empty(err):
+		return nil, fmt.Errorf("read the last audit record: %w", err)
+	}
+	out := make([]store.AuditRecord, len(recs))
+	for i := range recs {
+		r := recs[i]
+		r.Chain(prev)
+		if err := insert(AuditArgs(&r)); err != nil {
+			return nil, fmt.Errorf("append audit record: %w", err)
+		}
+		out[i] = r
+		prev = &out[i]
+	}
+	return out, nil
+}
+
 // ScanAudit reads one row of AuditColumns.
 func ScanAudit(row interface{ Scan(...any) error }) (store.AuditRecord, error) {
 	var r store.AuditRecord
