@@ -167,34 +167,10 @@ func explainLive(e *cli.Env, remote *cli.RemoteFlags, from, to string, proto rul
 	return verdictExit(x.Verdict)
 }
 
-// printLive prints an explanation from the API in printExplain's style,
+// printLive prints an explanation from the API as printExplain does,
 // then a live line per managed end and its messages.
 func printLive(w io.Writer, x *apiclient.Explanation) {
-	party := func(name, addr string, d *apiclient.ExplainEnd) string {
-		if d == nil {
-			return addr + " (unmanaged)"
-		}
-		return fmt.Sprintf("%s (%s on %s)", name, addr, d.Node)
-	}
-	fmt.Fprintf(w, "flow:        %s -> %s, %s\n", party(x.From, x.FromAddr, x.Source), party(x.To, x.ToAddr, x.Destination), service(x.Protocol, x.Port))
-	end := func(label, addr string, d *apiclient.ExplainEnd) {
-		if d == nil {
-			fmt.Fprintf(w, "%-12s %s is not a managed workload: no end of its own\n", label, addr)
-			return
-		}
-		mode := ""
-		if d.Mode == ruleset.ModeMonitor {
-			mode = " (monitor mode)"
-		}
-		fmt.Fprintf(w, "%-12s %s on %s%s, %s, peer identity %d %s: %s by %s\n",
-			label, d.Workload, d.Node, mode, d.Direction, d.Peer, d.PeerName, d.Verdict, d.Rule)
-	}
-	end("source:", x.FromAddr, x.Source)
-	end("destination:", x.ToAddr, x.Destination)
-	fmt.Fprintf(w, "verdict:     %s (%s)\n", x.Verdict, x.DecidingRule)
-	for _, n := range x.Notes {
-		fmt.Fprintf(w, "note:        %s\n", n)
-	}
+	printExplanation(w, x)
 	if x.Live == nil {
 		fmt.Fprintf(w, "%-12s the controller gave no live answer (a controller older than egctl?)\n", "live:")
 		return
@@ -247,10 +223,23 @@ func failsafeNotes(x *compile.Explanation, withFailsafe bool) []string {
 }
 
 func printExplain(w io.Writer, x *compile.Explanation, notes []string) {
-	fmt.Fprintf(w, "flow:        %s -> %s, %s\n", x.From, x.To, service(x.Protocol, x.Port))
-	end := func(label string, p compile.Party, d *compile.EndDecision) {
+	out := apiclient.NewExplanation(x, notes)
+	printExplanation(w, &out)
+}
+
+// printExplanation is explain's text: the flow, each end's decision, the
+// verdict and the notes. An end without a decision is unmanaged.
+func printExplanation(w io.Writer, x *apiclient.Explanation) {
+	party := func(name, addr string, d *apiclient.ExplainEnd) string {
 		if d == nil {
-			fmt.Fprintf(w, "%-12s %s is not a managed workload: no end of its own\n", label, p.Addr)
+			return addr + " (unmanaged)"
+		}
+		return fmt.Sprintf("%s (%s on %s)", name, addr, d.Node)
+	}
+	fmt.Fprintf(w, "flow:        %s -> %s, %s\n", party(x.From, x.FromAddr, x.Source), party(x.To, x.ToAddr, x.Destination), service(x.Protocol, x.Port))
+	end := func(label, addr string, d *apiclient.ExplainEnd) {
+		if d == nil {
+			fmt.Fprintf(w, "%-12s %s is not a managed workload: no end of its own\n", label, addr)
 			return
 		}
 		mode := ""
@@ -258,12 +247,12 @@ func printExplain(w io.Writer, x *compile.Explanation, notes []string) {
 			mode = " (monitor mode)"
 		}
 		fmt.Fprintf(w, "%-12s %s on %s%s, %s, peer identity %d %s: %s by %s\n",
-			label, d.Workload, d.Node, mode, d.Direction, d.Peer, d.PeerName, d.Verdict, d.RuleName)
+			label, d.Workload, d.Node, mode, d.Direction, d.Peer, d.PeerName, d.Verdict, d.Rule)
 	}
-	end("source:", x.From, x.Source)
-	end("destination:", x.To, x.Destination)
-	fmt.Fprintf(w, "verdict:     %s (%s)\n", x.Verdict, x.Rule)
-	for _, n := range notes {
+	end("source:", x.FromAddr, x.Source)
+	end("destination:", x.ToAddr, x.Destination)
+	fmt.Fprintf(w, "verdict:     %s (%s)\n", x.Verdict, x.DecidingRule)
+	for _, n := range x.Notes {
 		fmt.Fprintf(w, "note:        %s\n", n)
 	}
 }
