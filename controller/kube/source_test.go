@@ -266,9 +266,35 @@ func TestPodChangesFollow(t *testing.T) {
 	}
 	h.waitWorkload("shop/web-1", func(w *apiclient.WorkloadView) bool { return w != nil && w.Labels["k8s:ns.env"] == "prod" })
 
-	// A pod on another node changes this node's rule set only where it
-	// must: its address in the (cluster-wide) ipcache.
+	// A pod on another node that no rule of node-a names leaves node-a's
+	// rule set as it was (its ipcache holds what its policy names).
 	before := h.ctl.Srv.Nodes.Latest("node-a")
+	if _, err := pods.Create(ctx, pod("shop", "stranger", "node-b", map[string]string{"app": "stranger"}, "10.250.2.8"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitWorkload("shop/stranger", func(w *apiclient.WorkloadView) bool { return w != nil })
+	if after := h.ctl.Srv.Nodes.Latest("node-a"); after.Num != before.Num {
+		t.Errorf("a pod on node-b no rule names moved node-a from version %d to %d: %+v", before.Num, after.Num, ruleset.Diff(before.RuleSet, after.RuleSet))
+	}
+	// One that a rule of node-a names changes node-a's rule set only
+	// where it must: its address in the ipcache.
+	if _, err := h.ctl.Srv.Policy.Apply(ctx, []apiclient.File{{Name: "p.yaml", Content: `apiVersion: eastguard.dev/v1
+kind: Policy
+metadata: {name: other-to-api}
+spec:
+  rules:
+    - {name: http, from: [{selector: {app: other}}], to: [{selector: {app: api}}], ports: [{port: 80}]}
+`}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pods.Create(ctx, pod("shop", "other-1", "node-b", map[string]string{"app": "other"}, "10.250.2.7"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitWorkload("shop/other-1", func(w *apiclient.WorkloadView) bool { return w != nil })
+	until(t, 10*time.Second, "node-a's ipcache holds other-1", func() bool {
+		return h.ctl.Srv.Nodes.Latest("node-a").RuleSet.Resolve(netip.MustParseAddr("10.250.2.7")) != ruleset.IdentityWorld
+	})
+	before = h.ctl.Srv.Nodes.Latest("node-a")
 	if _, err := pods.Create(ctx, pod("shop", "other", "node-b", map[string]string{"app": "other"}, "10.250.2.9"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -382,8 +382,12 @@ func (r *Repo) changeLocked(ctx context.Context, incoming []*resource, removed m
 	}
 	var del []store.ResourceKey
 	var deleted []string
+	coming := make(map[store.ResourceKey]bool, len(incoming))
+	for _, res := range incoming {
+		coming[res.key] = true
+	}
 	for k := range removed {
-		if r.resources[k] != nil && !slices.ContainsFunc(incoming, func(res *resource) bool { return res.key == k }) {
+		if r.resources[k] != nil && !coming[k] {
 			del = append(del, k)
 			deleted = append(deleted, keyString(k))
 		}

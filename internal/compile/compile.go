@@ -137,8 +137,13 @@ type compiler struct {
 	// items[node] are the rule ends on that node.
 	items [][]endItem
 	// globalIPCache maps every managed address to its label identity,
-	// sorted; each node copies it and patches its own host.
+	// sorted; each node takes the part of it its ipcache needs
+	// (scopedManaged) and patches its own host.
 	globalIPCache []ruleset.IPCacheEntry
+	// addrsOf[w] are the indexes in globalIPCache of workload w's
+	// addresses; labelOf maps a label identity to its label set.
+	addrsOf [][]int32
+	labelOf map[ruleset.Identity]int
 }
 
 type compiledRule struct {
@@ -182,11 +187,17 @@ func (c *compiler) resolveRules() {
 		}
 		c.rules = append(c.rules, cr)
 	}
-	for _, oa := range c.m.addrs {
+	c.addrsOf = make([][]int32, len(c.m.ws))
+	for i, oa := range c.m.addrs {
 		c.globalIPCache = append(c.globalIPCache, ruleset.IPCacheEntry{
 			Prefix:   netip.PrefixFrom(oa.addr, oa.addr.BitLen()),
 			Identity: c.m.labelSets[c.m.wLabel[oa.workload]].id,
 		})
+		c.addrsOf[oa.workload] = append(c.addrsOf[oa.workload], int32(i))
+	}
+	c.labelOf = make(map[ruleset.Identity]int, len(c.m.labelSets))
+	for li, ls := range c.m.labelSets {
+		c.labelOf[ls.id] = li
 	}
 }
 
@@ -530,7 +541,7 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 		rs.Endpoints = append(rs.Endpoints, e)
 	}
 
-	rs.IPCache = mergeIPCache(nc.globalIPCache, nc.prefixes, m.cidrID)
+	rs.IPCache = mergeIPCache(nc.scopedManaged(rs.Entries), nc.prefixes, m.cidrID)
 	if nc.node.host >= 0 {
 		// The node's own addresses are the host identity here (docs/POLICY.md, semantics 5 of docs/POLICY.md).
 		for _, a := range m.ws[nc.node.host].Addresses {
@@ -570,6 +581,58 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 		return nodeOutput{err: err}
 	}
 	return nodeOutput{rs: rs, tables: tables, size: size, shadow: shadowStats(rs.Entries)}
+}
+
+// scopedManaged returns the managed addresses this node's ipcache holds,
+// sorted (a sub-list of globalIPCache, never modified): those of the
+// identities its entries name as peers, its own workloads' (the datapath
+// checks a workload's own traffic against them), and every one inside one
+// of its CIDR prefixes; all of them when an entry names world.
+//
+// Why that is exact: an address left out resolves on this node to world
+// (it is inside none of the node's prefixes), which no entry names, and
+// its own identity is named by none either; so only any-peer entries or
+// the default decide it, as they would have with its identity. The
+// ipcache thus grows with what the node's policy names, not with the
+// cluster: an apply on 10,000 nodes no longer costs nodes x workloads
+// (docs/ARCHITECTURE.md, "What changes where").
+func (nc *nodeCompiler) scopedManaged(entries []ruleset.Entry) []ruleset.IPCacheEntry {
+	named := make(map[ruleset.Identity]bool)
+	for i := range entries {
+		named[entries[i].Peer] = true
+	}
+	if named[ruleset.IdentityWorld] {
+		return nc.globalIPCache
+	}
+	var keep []int32
+	for _, w := range nc.node.workloads {
+		keep = append(keep, nc.addrsOf[w]...)
+	}
+	for id := range named {
+		li, ok := nc.labelOf[id]
+		if !ok {
+			continue // reserved or CIDR identity
+		}
+		for _, w := range nc.m.labelSets[li].members {
+			keep = append(keep, nc.addrsOf[w]...)
+		}
+	}
+	for _, q := range nc.prefixes {
+		i, j := nc.m.addrRange(q)
+		for k := i; k < j; k++ {
+			keep = append(keep, int32(k))
+		}
+	}
+	slices.Sort(keep)
+	keep = slices.Compact(keep)
+	if len(keep) == len(nc.globalIPCache) {
+		return nc.globalIPCache
+	}
+	out := make([]ruleset.IPCacheEntry, len(keep))
+	for i, k := range keep {
+		out[i] = nc.globalIPCache[k]
+	}
+	return out
 }
 
 // explainEncodeError adds the workload and the rules involved to an Encode

@@ -39,9 +39,13 @@ func TestControlPlaneWarnings(t *testing.T) {
 		t.Errorf("first warning %q is not at h1's name (line 4)", ds[0])
 	}
 	// The controller on the node itself, or in one of its containers,
-	// is not reached through the node's interfaces.
-	if ds := ControlPlaneWarnings(set, res, []netip.AddrPort{netip.MustParseAddrPort("10.0.1.1:7443"), netip.MustParseAddrPort("[fd00:1::10]:7443")}); len(ds) != 1 || !strings.Contains(ds[0].Message, "workload h2") {
-		t.Errorf("controller on n1: warnings %v, want one for h2", ds)
+	// is not reached through the node's interfaces: no warning for h1.
+	// From n2 both are reached through its interfaces and no rule allows
+	// them: two for h2. (web-1's fd00:1::10 has the labels of n2's web-2;
+	// it is still another node's workload.)
+	ds = ControlPlaneWarnings(set, res, []netip.AddrPort{netip.MustParseAddrPort("10.0.1.1:7443"), netip.MustParseAddrPort("[fd00:1::10]:7443")})
+	if len(ds) != 2 || !strings.Contains(ds[0].Message, "workload h2") || !strings.Contains(ds[1].Message, "workload h2") {
+		t.Errorf("controller on n1: warnings %v, want two for h2", ds)
 	}
 }
 

@@ -78,11 +78,19 @@
 //
 // # Ipcache and sizes
 //
-// Every node's ipcache holds every managed address (so that world and
-// CIDR peers never match a managed workload by mistake, and flow events
-// name the peer's identity) plus the CIDR prefixes of rules that have an
-// end on the node. Worst case per node: ipcache = managed addresses +
-// distinct prefixes written in policy; policy entries = sum over rule ends
+// A node's ipcache holds the managed addresses its policy needs and the
+// CIDR prefixes of rules that have an end on the node. Needed are: its own
+// workloads' addresses (the datapath checks a workload's own traffic
+// against them), those of every identity its entries name as a peer, every
+// managed address inside one of its prefixes (so that CIDR peers never
+// match a managed workload by mistake), and every managed address when an
+// entry names world (so that world never does). Any other managed address
+// resolves to world on the node, which no entry there names, exactly as
+// its own identity is named by none: the verdicts are those of a
+// cluster-wide ipcache, and the ipcache grows with what the node's policy
+// names rather than with the cluster (the controller names the peers of
+// flow records by address). Worst case per node: ipcache = managed
+// addresses + distinct prefixes written in policy; policy entries = sum over rule ends
 // on the node of (peer identities x port items, ANY-with-port counting
 // twice), where peer identities <= label sets + prefixes + 2, and a deny's
 // share at an end is bounded by DenyExpansionLimit or by the allows it

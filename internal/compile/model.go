@@ -191,13 +191,20 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // addrsIn returns the managed addresses inside p, as a sub-slice of the
 // sorted address list.
 func (m *model) addrsIn(p netip.Prefix) []ownedAddr {
+	i, j := m.addrRange(p)
+	return m.addrs[i:j]
+}
+
+// addrRange returns the indexes [i, j) of the managed addresses inside p
+// in the sorted address list.
+func (m *model) addrRange(p netip.Prefix) (i, j int) {
 	lo, hi := p.Masked().Addr(), lastAddr(p)
-	i, _ := slices.BinarySearchFunc(m.addrs, lo, func(o ownedAddr, a netip.Addr) int { return o.addr.Compare(a) })
+	i, _ = slices.BinarySearchFunc(m.addrs, lo, func(o ownedAddr, a netip.Addr) int { return o.addr.Compare(a) })
 	j, found := slices.BinarySearchFunc(m.addrs, hi, func(o ownedAddr, a netip.Addr) int { return o.addr.Compare(a) })
 	if found {
 		j++
 	}
-	return m.addrs[i:j]
+	return i, j
 }
 
 // selectorSet returns the label sets a selector matches.

@@ -130,11 +130,26 @@ func fromIPCache(c []ruleset.IPCacheEntry) []*pb.IPCacheEntry {
 	if len(c) == 0 {
 		return nil
 	}
-	// One allocation for all the messages: the ipcache can be large.
+	// One allocation for all the messages and one for all the addresses:
+	// the ipcache can be large, and a store write encodes every changed
+	// node's.
 	msgs := make([]pb.IPCacheEntry, len(c))
 	out := make([]*pb.IPCacheEntry, len(c))
+	n := 0
+	for _, e := range c {
+		n += e.Prefix.Addr().BitLen() / 8
+	}
+	addrs := make([]byte, 0, n)
 	for i, e := range c {
-		msgs[i].Addr, msgs[i].Bits, msgs[i].Identity = e.Prefix.Addr().AsSlice(), uint32(e.Prefix.Bits()), uint32(e.Identity)
+		start := len(addrs)
+		if a := e.Prefix.Addr(); a.Is4() {
+			b := a.As4()
+			addrs = append(addrs, b[:]...)
+		} else {
+			b := a.As16() // as AsSlice: 16 bytes for IPv6, IPv4-mapped included
+			addrs = append(addrs, b[:]...)
+		}
+		msgs[i].Addr, msgs[i].Bits, msgs[i].Identity = addrs[start:len(addrs):len(addrs)], uint32(e.Prefix.Bits()), uint32(e.Identity)
 		out[i] = &msgs[i]
 	}
 	return out

@@ -515,24 +515,39 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 				return err
 			}
 		}
+		// Statements prepared once per commit: an apply on a large
+		// cluster writes thousands of rule sets, and preparing each
+		// statement again cost as much as running it.
+		putRes, err := tx.PrepareContext(ctx, `INSERT INTO resources (kind, name, document, updated, source) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (kind, name) DO UPDATE SET document = excluded.document, updated = excluded.updated, source = excluded.source`)
+		if err != nil {
+			return err
+		}
+		defer putRes.Close()
 		for _, r := range c.Put {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO resources (kind, name, document, updated, source) VALUES (?, ?, ?, ?, ?)
-				ON CONFLICT (kind, name) DO UPDATE SET document = excluded.document, updated = excluded.updated, source = excluded.source`,
-				r.Kind, r.Name, r.Document, rc.Nanos(r.Updated), r.Source); err != nil {
+			if _, err := putRes.ExecContext(ctx, r.Kind, r.Name, r.Document, rc.Nanos(r.Updated), r.Source); err != nil {
 				return err
 			}
 		}
+		putRS, err := tx.PrepareContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created) VALUES (?, ?, ?, ?, ?)")
+		if err != nil {
+			return err
+		}
+		defer putRS.Close()
+		pruneRS, err := tx.PrepareContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ?")
+		if err != nil {
+			return err
+		}
+		defer pruneRS.Close()
 		for _, rs := range c.RuleSets {
-			if _, err := tx.ExecContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created) VALUES (?, ?, ?, ?, ?)",
-				rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created)); err != nil {
+			if _, err := putRS.ExecContext(ctx, rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created)); err != nil {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
-			if _, err := tx.ExecContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ?",
-				rs.Node, int64(rs.Version)-store.KeepRuleSetVersions); err != nil {
+			if _, err := pruneRS.ExecContext(ctx, rs.Node, int64(rs.Version)-store.KeepRuleSetVersions); err != nil {
 				return err
 			}
 		}
-		_, err := appendAudit(ctx, tx, c.Audit)
+		_, err = appendAudit(ctx, tx, c.Audit)
 		return err
 	})
 	if err != nil {
