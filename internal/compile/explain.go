@@ -43,7 +43,10 @@ type EndDecision struct {
 	Endpoint  ruleset.EndpointID
 	Direction ruleset.Direction
 	Mode      ruleset.Mode
-	// Peer is the other end's identity as this node's ipcache resolves it.
+	// Peer is the other end's identity as this node's ipcache resolves it:
+	// world for a managed workload that no rule on the node names (its
+	// ipcache holds only what the node's policy names; the verdict is the
+	// one its own identity would get), which PeerName then says.
 	Peer     ruleset.Identity
 	PeerName string
 	Verdict  ruleset.Verdict
@@ -92,12 +95,12 @@ func Explain(set *policy.Set, res *Result, q Query) (*Explanation, error) {
 	}
 	x := &Explanation{From: from, To: to, Protocol: q.Protocol, Port: q.Port}
 	if from.Workload != nil {
-		if x.Source, err = decideEnd(res, from.Workload, ruleset.Egress, to.Addr, q); err != nil {
+		if x.Source, err = decideEnd(res, from.Workload, ruleset.Egress, to, q); err != nil {
 			return nil, err
 		}
 	}
 	if to.Workload != nil {
-		if x.Destination, err = decideEnd(res, to.Workload, ruleset.Ingress, from.Addr, q); err != nil {
+		if x.Destination, err = decideEnd(res, to.Workload, ruleset.Ingress, from, q); err != nil {
 			return nil, err
 		}
 	}
@@ -197,7 +200,7 @@ func partyName(p Party) string {
 	return p.Addr.String()
 }
 
-func decideEnd(res *Result, w *policy.Workload, dir ruleset.Direction, peerAddr netip.Addr, q Query) (*EndDecision, error) {
+func decideEnd(res *Result, w *policy.Workload, dir ruleset.Direction, other Party, q Query) (*EndDecision, error) {
 	rs, ok := res.RuleSets[w.Node]
 	if !ok {
 		return nil, fmt.Errorf("node %s of workload %s was not compiled", w.Node, w.Name)
@@ -213,11 +216,15 @@ func decideEnd(res *Result, w *policy.Workload, dir ruleset.Direction, peerAddr 
 	if !found {
 		return nil, fmt.Errorf("workload %s has no endpoint in the rule set of node %s", w.Name, w.Node)
 	}
-	peer := ResolveAddr(rs, peerAddr)
+	peer := ResolveAddr(rs, other.Addr)
 	v := res.Tables[w.Node].Decide(ep, dir, peer, q.Protocol, q.Port)
+	name := res.Identities[peer]
+	if peer == ruleset.IdentityWorld && other.Workload != nil {
+		name = fmt.Sprintf("%s (workload %s: no rule on node %s names it)", name, other.Workload.Name, w.Node)
+	}
 	return &EndDecision{
 		Node: w.Node, Workload: w.Name, Endpoint: ep.ID, Direction: dir, Mode: ep.Mode,
-		Peer: peer, PeerName: res.Identities[peer],
+		Peer: peer, PeerName: name,
 		Verdict: v.Verdict, Rule: v.Rule, RuleName: rs.RuleName(v.Rule),
 	}, nil
 }

@@ -132,3 +132,21 @@ func TestScopedIPCacheContents(t *testing.T) {
 		t.Errorf("n3's ipcache %v, want every managed address %v", got, all)
 	}
 }
+
+// TestExplainNamesALeftOutPeer: explain says which workload a peer that
+// resolves to world on the deciding node is, and decides it as its own
+// identity would be decided.
+func TestExplainNamesALeftOutPeer(t *testing.T) {
+	set, res := mustCompile(t, cluster+policyDoc("p", "", "    - {name: web-db, from: [{selector: {role: web}}], to: [{selector: {role: db}}], ports: [{port: 5432}]}\n"))
+	x, err := Explain(set, res, Query{From: "bastion-1", To: "db-1", Protocol: ruleset.ProtocolTCP, Port: 5432})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := x.Destination
+	if d.Peer != ruleset.IdentityWorld || d.PeerName != "world (workload bastion-1: no rule on node n1 names it)" {
+		t.Errorf("db-1's end: peer %d %q, want world naming bastion-1", d.Peer, d.PeerName)
+	}
+	if d.Verdict != ruleset.VerdictDenied || d.RuleName != ruleset.DefaultDenyName {
+		t.Errorf("db-1's end: %s by %s, want denied by %s", d.Verdict, d.RuleName, ruleset.DefaultDenyName)
+	}
+}
