@@ -73,7 +73,7 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 			return nil, err
 		}
 		resp, err := s.admit(ctx, j, csr, now, func(revoked time.Time) error { return podAfterRevocation(req.GetNode(), id, revoked) },
-			fmt.Sprintf("Kubernetes ServiceAccount token of pod %s/%s", id.Namespace, id.Pod))
+			fmt.Sprintf("Kubernetes ServiceAccount token of pod %s/%s", id.Namespace, id.Pod), s.addCert)
 		if status.Code(err) == codes.Internal {
 			giveBack()
 		}
@@ -87,13 +87,17 @@ func (c *control) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinRespon
 	if err != nil {
 		return nil, joinRefusal(err, j)
 	}
-	tok, err = s.st.ConsumeJoinToken(ctx, req.GetTokenId(), now, check)
-	if err != nil {
-		return nil, joinRefusal(err, j)
+	// The token is used in the transaction that records the certificate
+	// (checked again there: of two joins racing for it, one wins), so a
+	// join that fails after the check (the store busy past the deadline)
+	// leaves it unused for the agent's retry instead of locking the node
+	// out for good. A token made before the revocation never undoes it.
+	record := func(ctx context.Context, c store.Cert, ar store.AuditRecord) error {
+		_, err := s.st.ConsumeJoinToken(ctx, tok.ID, now, check, &c, ar)
+		return err
 	}
-	// A token made before the revocation never undoes it.
 	return s.admit(ctx, j, csr, now, func(revoked time.Time) error { return tokenAfterRevocation(tok, revoked) },
-		"join token "+tok.ID)
+		"join token "+tok.ID, record)
 }
 
 // joinAttempt is one Join's logging and refusing.
@@ -127,7 +131,7 @@ func (j *joinAttempt) refuse(reason string, code codes.Code, err error) error {
 // recorded in the audit trail with the certificate, as the node's own
 // action (it proved the token); how it proved it is detail.
 func (s *Service) admit(ctx context.Context, j *joinAttempt, csr *x509.CertificateRequest, now time.Time, afterRevocation func(revoked time.Time) error,
-	detail string) (*pb.JoinResponse, error) {
+	detail string, record recordCert) (*pb.JoinResponse, error) {
 	node := j.req.GetNode()
 	ctx = audit.WithActor(ctx, audit.Actor{Kind: store.ActorNode, ID: node, Source: remote(ctx)})
 	s.certMu.Lock()
@@ -135,7 +139,7 @@ func (s *Service) admit(ctx context.Context, j *joinAttempt, csr *x509.Certifica
 	var cert *x509.Certificate
 	var certPEM []byte
 	if err == nil {
-		cert, certPEM, err = s.issueNodeCert(ctx, node, csr, now, audit.NodeJoin, detail)
+		cert, certPEM, err = s.issueNodeCert(ctx, node, csr, now, audit.NodeJoin, detail, record)
 	}
 	if err == nil {
 		s.nodes.Update(node, func(n *nodes.Node) {
@@ -232,7 +236,7 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
 	cert, certPEM, err := s.issueNodeCert(audit.WithActor(ctx, audit.Actor{Kind: store.ActorNode, ID: id.node, Source: remote(ctx)}),
-		id.node, csr, s.now(), audit.NodeRenew, "")
+		id.node, csr, s.now(), audit.NodeRenew, "", s.addCert)
 	s.certMu.Unlock()
 	if err != nil {
 		s.log.Error("renewal failed", zap.String("node", id.node), zap.Error(err))
@@ -248,10 +252,21 @@ func (c *control) Renew(ctx context.Context, req *pb.RenewRequest) (*pb.RenewRes
 	return &pb.RenewResponse{Certificate: certPEM, Ca: s.ca.CertPEM}, nil
 }
 
+// recordCert records an issued certificate with its audit record: in the
+// store alone (addCert), or with what else must commit with it (a join
+// token's use).
+type recordCert func(ctx context.Context, c store.Cert, ar store.AuditRecord) error
+
+func (s *Service) addCert(ctx context.Context, c store.Cert, ar store.AuditRecord) error {
+	return s.st.AddCert(ctx, c, ar)
+}
+
 // issueNodeCert signs and records a node certificate for a CSR that
-// pki.CheckCSR accepted, with its audit record (action, by ctx's
-// actor). Called with certMu held.
-func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time, action, detail string) (*x509.Certificate, []byte, error) {
+// pki.CheckCSR accepted, with its audit record (action, by ctx's actor).
+// The certificate is returned only once record succeeded. Called with
+// certMu held.
+func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.CertificateRequest, now time.Time, action, detail string,
+	record recordCert) (*x509.Certificate, []byte, error) {
 	cert, certPEM, err := s.ca.IssueNode(csr, name, s.cfg.NodeCertTTL, now)
 	if err != nil {
 		return nil, nil, err
@@ -259,7 +274,7 @@ func (s *Service) issueNodeCert(ctx context.Context, name string, csr *x509.Cert
 	ar := audit.Record(ctx, now, action, audit.NodeObject(name),
 		strings.TrimSuffix(fmt.Sprintf("certificate %s until %s; %s", pki.Serial(cert), cert.NotAfter.UTC().Format(time.RFC3339), detail), "; "))
 	ar.After = audit.Hash(cert.Raw)
-	if err := s.st.AddCert(ctx, store.Cert{Serial: pki.Serial(cert), Node: name, NotAfter: cert.NotAfter}, ar); err != nil {
+	if err := record(ctx, store.Cert{Serial: pki.Serial(cert), Node: name, NotAfter: cert.NotAfter}, ar); err != nil {
 		return nil, nil, err
 	}
 	s.cfg.Audit.Written(ar)

@@ -85,9 +85,12 @@ type Store interface {
 	// ConsumeJoinToken marks a join token used, atomically: of two
 	// concurrent calls for the same token, one wins. check runs on the
 	// stored token inside the transaction; if it fails, nothing changes
-	// and its error is returned. Errors: ErrNotFound, ErrTokenUsed,
-	// ErrTokenExpiry (at now), or check's.
-	ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error)
+	// and its error is returned. cert (when not nil) and audit are
+	// recorded in the same transaction, as AddCert records them: a join
+	// whose certificate cannot be recorded leaves its token unused, to be
+	// retried. Errors: ErrNotFound, ErrTokenUsed, ErrTokenExpiry (at now),
+	// check's, or the record's.
+	ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error, cert *Cert, audit ...AuditRecord) (JoinToken, error)
 
 	// AddCert records a certificate issued to a node.
 	AddCert(ctx context.Context, c Cert, audit ...AuditRecord) error

@@ -29,9 +29,10 @@ type consumeCounter struct {
 	n *atomic.Int64
 }
 
-func (c consumeCounter) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(store.JoinToken) error) (store.JoinToken, error) {
+func (c consumeCounter) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(store.JoinToken) error, cert *store.Cert,
+	audit ...store.AuditRecord) (store.JoinToken, error) {
 	c.n.Add(1)
-	return c.Store.ConsumeJoinToken(ctx, id, now, check)
+	return c.Store.ConsumeJoinToken(ctx, id, now, check, cert, audit...)
 }
 
 const refusals = "eastguard_controller_agent_refusals_total"

@@ -435,7 +435,7 @@ func (s *Postgres) DeleteJoinToken(ctx context.Context, id string, audit ...stor
 // ConsumeJoinToken locks the token's row (SELECT ... FOR UPDATE) for the
 // transaction: a second controller process consuming the same token
 // waits, then reads it used.
-func (s *Postgres) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(store.JoinToken) error) (store.JoinToken, error) {
+func (s *Postgres) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(store.JoinToken) error, cert *store.Cert, audit ...store.AuditRecord) (store.JoinToken, error) {
 	var t store.JoinToken
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		var err error
@@ -458,24 +458,31 @@ func (s *Postgres) ConsumeJoinToken(ctx context.Context, id string, now time.Tim
 			return store.ErrTokenUsed
 		}
 		t.Used = now
+		if cert == nil {
+			return nil
+		}
+		if err := addCert(ctx, tx, *cert, audit); err != nil {
+			return fmt.Errorf("record certificate: %w", err)
+		}
 		return nil
 	})
 	return t, err
 }
 
 func (s *Postgres) AddCert(ctx context.Context, c store.Cert, audit ...store.AuditRecord) error {
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES ($1, $2, $3, $4)",
-			c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked)); err != nil {
-			return err
-		}
-		_, err := appendAudit(ctx, tx, audit)
-		return err
-	})
-	if err != nil {
+	if err := s.tx(ctx, func(tx pgx.Tx) error { return addCert(ctx, tx, c, audit) }); err != nil {
 		return fmt.Errorf("record certificate: %w", err)
 	}
 	return nil
+}
+
+func addCert(ctx context.Context, tx pgx.Tx, c store.Cert, audit []store.AuditRecord) error {
+	if _, err := tx.Exec(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES ($1, $2, $3, $4)",
+		c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked)); err != nil {
+		return err
+	}
+	_, err := appendAudit(ctx, tx, audit)
+	return err
 }
 
 func scanCert(row pgx.Row) (store.Cert, error) {

@@ -389,7 +389,7 @@ func (s *SQLite) DeleteJoinToken(ctx context.Context, id string, audit ...store.
 	return t, err
 }
 
-func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(store.JoinToken) error) (store.JoinToken, error) {
+func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time, check func(store.JoinToken) error, cert *store.Cert, audit ...store.AuditRecord) (store.JoinToken, error) {
 	var t store.JoinToken
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		var err error
@@ -412,24 +412,31 @@ func (s *SQLite) ConsumeJoinToken(ctx context.Context, id string, now time.Time,
 			return store.ErrTokenUsed
 		}
 		t.Used = now
+		if cert == nil {
+			return nil
+		}
+		if err := addCert(ctx, tx, *cert, audit); err != nil {
+			return fmt.Errorf("record certificate: %w", err)
+		}
 		return nil
 	})
 	return t, err
 }
 
 func (s *SQLite) AddCert(ctx context.Context, c store.Cert, audit ...store.AuditRecord) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES (?, ?, ?, ?)",
-			c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked)); err != nil {
-			return err
-		}
-		_, err := appendAudit(ctx, tx, audit)
-		return err
-	})
-	if err != nil {
+	if err := s.tx(ctx, func(tx *sql.Tx) error { return addCert(ctx, tx, c, audit) }); err != nil {
 		return fmt.Errorf("record certificate: %w", err)
 	}
 	return nil
+}
+
+func addCert(ctx context.Context, tx *sql.Tx, c store.Cert, audit []store.AuditRecord) error {
+	if _, err := tx.ExecContext(ctx, "INSERT INTO certs (serial, node, not_after, revoked) VALUES (?, ?, ?, ?)",
+		c.Serial, c.Node, rc.Nanos(c.NotAfter), rc.Nanos(c.Revoked)); err != nil {
+		return err
+	}
+	_, err := appendAudit(ctx, tx, audit)
+	return err
 }
 
 func (s *SQLite) RevokeNode(ctx context.Context, node string, at time.Time, audit ...store.AuditRecord) ([]store.Cert, int, error) {

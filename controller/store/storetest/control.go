@@ -23,14 +23,39 @@ func testConsumeJoinToken(t *testing.T, open Open) {
 	}
 	ok := func(store.JoinToken) error { return nil }
 	bad := errors.New("bad secret")
-	if _, err := s.ConsumeJoinToken(ctx, "t1", now, func(store.JoinToken) error { return bad }); !errors.Is(err, bad) {
+	if _, err := s.ConsumeJoinToken(ctx, "t1", now, func(store.JoinToken) error { return bad }, nil); !errors.Is(err, bad) {
 		t.Errorf("failed check: %v", err)
 	}
-	if _, err := s.ConsumeJoinToken(ctx, "nope", now, ok); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.ConsumeJoinToken(ctx, "nope", now, ok, nil); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown id: %v", err)
 	}
-	if _, err := s.ConsumeJoinToken(ctx, "t2", now.Add(2*time.Minute), ok); !errors.Is(err, store.ErrTokenExpiry) {
+	if _, err := s.ConsumeJoinToken(ctx, "t2", now.Add(2*time.Minute), ok, nil); !errors.Is(err, store.ErrTokenExpiry) {
 		t.Errorf("expired: %v", err)
+	}
+	// A join's certificate is recorded with the token's use, or neither
+	// is: a certificate that cannot be recorded (here: its serial is
+	// taken) leaves the token unused for the agent's retry.
+	if err := s.AddJoinToken(ctx, store.JoinToken{ID: "t3", SecretHash: "h", Node: "n", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddCert(ctx, store.Cert{Serial: "taken", Node: "other", NotAfter: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ConsumeJoinToken(ctx, "t3", now, ok, &store.Cert{Serial: "taken", Node: "n", NotAfter: now.Add(time.Hour)}); err == nil {
+		t.Fatal("a join whose certificate's serial is taken was recorded")
+	}
+	if tok, err := s.JoinToken(ctx, "t3"); err != nil || !tok.Used.IsZero() {
+		t.Errorf("after a failed record the token reads %+v, %v: want it unused", tok, err)
+	}
+	ar := AuditRecord("node.join", "node/n", now)
+	if tok, err := s.ConsumeJoinToken(ctx, "t3", now, ok, &store.Cert{Serial: "c-n", Node: "n", NotAfter: now.Add(time.Hour)}, ar); err != nil || tok.Used.IsZero() {
+		t.Fatalf("retried join: %+v, %v", tok, err)
+	}
+	if err := s.AddCert(ctx, store.Cert{Serial: "c-n", Node: "n", NotAfter: now.Add(time.Hour)}); err == nil {
+		t.Errorf("the join's certificate was not recorded: its serial is free")
+	}
+	if recs, err := s.AuditRecords(ctx, store.AuditQuery{}); err != nil || len(recs) != 1 || recs[0].Action != "node.join" {
+		t.Errorf("audit after the join: %+v, %v", recs, err)
 	}
 	// Of many concurrent uses, exactly one wins.
 	wins, used := ConsumeConcurrently(t, []store.Store{s}, "t1", now, 8)
@@ -60,7 +85,7 @@ func testCertsAndRevocation(t *testing.T, open Open) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.ConsumeJoinToken(ctx, "a-used", now.Add(-time.Hour), func(store.JoinToken) error { return nil }); err != nil {
+	if _, err := s.ConsumeJoinToken(ctx, "a-used", now.Add(-time.Hour), func(store.JoinToken) error { return nil }, nil); err != nil {
 		t.Fatal(err)
 	}
 	certs, tokens, err := s.RevokeNode(ctx, "a", now)
@@ -187,7 +212,7 @@ func ConsumeConcurrently(t testing.TB, handles []store.Store, id string, now tim
 			_, err := s.ConsumeJoinToken(context.Background(), id, now, func(store.JoinToken) error {
 				time.Sleep(5 * time.Millisecond)
 				return nil
-			})
+			}, nil)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
