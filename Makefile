@@ -29,7 +29,7 @@ LDFLAGS       := -X main.version=$(VERSION)
 # included, compiles everything again: 43 s more on a cold demo).
 GOBUILD        = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 
-.PHONY: help deps deps-run generate ui build lint test kube-apiserver bench fuzz bench-throughput e2e demo demo-build demo-clean images clean
+.PHONY: help deps deps-run generate ui build lint test kube-apiserver bench fuzz bench-throughput bench-realpath e2e demo demo-build demo-clean images clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -107,6 +107,8 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s).
 
 bench-throughput: build ## iperf3 through an enforcing veth vs no program vs nftables (needs root, iperf3, nft).
 	$(GO) test -tags throughput -run '^$$' -bench Throughput -benchtime 1x -timeout 30m ./test/throughput/
+bench-realpath: build ## The real path's cost as the kernel counts it (bpf_stats): ns per packet per program, stream and req/resp ratios (needs root, iperf3).
+	$(GO) test -tags throughput -run '^$$' -bench RealPath -benchtime 1x -timeout 30m ./test/throughput/
 
 e2e: build ## Only the end-to-end tests under test/.
 	$(GO) test $(TEST_FLAGS) ./test/...
