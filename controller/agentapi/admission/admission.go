@@ -301,8 +301,10 @@ func (l limitedListener) Accept() (net.Conn, error) {
 		}
 		src := SourceOf(c.RemoteAddr())
 		if why := l.l.Acquire(src); why != "" {
-			c.Close()
+			// Counted before it is closed: whoever sees the close sees
+			// the count (TestConnectionLimits read it in between).
 			l.refused(c, why)
+			c.Close()
 			continue
 		}
 		return &limitedConn{Conn: c, release: func() { l.l.Release(src) }}, nil
