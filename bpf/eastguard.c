@@ -50,6 +50,9 @@ volatile const __u32 cfg_ct_tcp_established_j = 21600 * 250;
 volatile const __u32 cfg_ct_tcp_close_j = 10 * 250;
 volatile const __u32 cfg_ct_other_j = 60 * 250;
 volatile const __u32 cfg_frag_timeout_j = 30 * 250;
+/* Per-endpoint conntrack quota: entries of eg_ct4 ([0]) and eg_ct6 ([1]). */
+volatile const __s64 cfg_ct_ep_max4 = 65536;
+volatile const __s64 cfg_ct_ep_max6 = 32768;
 
 static __always_inline void eg_count(__u32 idx)
 {
@@ -450,19 +453,65 @@ static __always_inline struct eg_ct_entry *eg_ct_lookup(const struct eg_ct_key *
 	return bpf_map_lookup_elem(&eg_ct6, &k->k6);
 }
 
-static __always_inline long eg_ct_insert(const struct eg_ct_key *k, const struct eg_ct_entry *e)
+static __always_inline long eg_ct_update(const struct eg_ct_key *k, const struct eg_ct_entry *e, __u64 flags)
 {
 	if (k->family == 4)
-		return bpf_map_update_elem(&eg_ct4, &k->k4, e, BPF_ANY);
-	return bpf_map_update_elem(&eg_ct6, &k->k6, e, BPF_ANY);
+		return bpf_map_update_elem(&eg_ct4, &k->k4, e, flags);
+	return bpf_map_update_elem(&eg_ct6, &k->k6, e, flags);
 }
 
-static __always_inline void eg_ct_delete(const struct eg_ct_key *k)
+/* eg_ct_quota returns the endpoint's entry count in the key's map. */
+static __always_inline __s64 *eg_ct_quota(const struct eg_ct_key *k, __u32 slot)
 {
+	struct eg_ct_count *c = bpf_map_lookup_elem(&eg_ct_ep, &slot);
+
+	if (!c)
+		return 0;
+	return &c->count[k->family == 4 ? 0 : 1];
+}
+
+/*
+ * eg_ct_insert tracks a new admitted flow. old is an expired entry of the
+ * same tuple, if the lookup found one: it is replaced, and counts against
+ * the endpoint already. Otherwise the entry is new: it must fit in the
+ * endpoint's quota and in the table. Returns 0, or the counter saying why
+ * the flow could not be tracked.
+ */
+static __always_inline __u32 eg_ct_insert(const struct eg_ct_key *k, const struct eg_ct_entry *old,
+					  const struct eg_ct_entry *e, __u32 slot)
+{
+	__s64 *n;
+	long err;
+
+	if (old && !eg_ct_update(k, e, BPF_EXIST))
+		return 0;
+	/* No entry (or the agent's GC deleted the expired one meanwhile). */
+	n = eg_ct_quota(k, slot);
+	if (!n)
+		return EG_CNT_CT_FULL;
+	if (*n >= (k->family == 4 ? cfg_ct_ep_max4 : cfg_ct_ep_max6))
+		return EG_CNT_CT_ENDPOINT_FULL;
+	err = eg_ct_update(k, e, BPF_NOEXIST);
+	if (err == -17) /* -EEXIST */
+		return 0; /* another CPU tracked the same flow first: counted there */
+	if (err)
+		return EG_CNT_CT_FULL;
+	__sync_fetch_and_add(n, 1);
+	return 0;
+}
+
+static __always_inline void eg_ct_delete(const struct eg_ct_key *k, __u32 slot)
+{
+	long err;
+	__s64 *n;
+
 	if (k->family == 4)
-		bpf_map_delete_elem(&eg_ct4, &k->k4);
+		err = bpf_map_delete_elem(&eg_ct4, &k->k4);
 	else
-		bpf_map_delete_elem(&eg_ct6, &k->k6);
+		err = bpf_map_delete_elem(&eg_ct6, &k->k6);
+	n = eg_ct_quota(k, slot);
+	if (!err && n)
+		__sync_fetch_and_add(n, -1);
 }
 
 /* The policy port of a tracked flow: the destination port of its first
@@ -807,7 +856,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		v.rule_id = pv.rule_id;
 		v.reason = EG_REASON_REVALIDATED;
 		if (pv.verdict == EG_VERDICT_DENIED) {
-			eg_ct_delete(&key);
+			eg_ct_delete(&key, ep.ct_slot);
 			return eg_finish(&p, &v, 1);
 		}
 		if (pv.verdict != ct->verdict || pv.rule_id != ct->rule_id) {
@@ -860,26 +909,59 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	v.reason = EG_REASON_POLICY;
 
 	if (v.verdict != EG_VERDICT_DENIED) {
-		struct eg_ct_entry e = {};
+		struct eg_ct_entry e;
+		__u32 full;
 
+		/* Every field written, none twice (the entry is one cache line). */
+		e.expires = 0;
+		e.created = now;
+		e.packets[0] = cfg_ct_accounting ? 1 : 0;
+		e.packets[1] = 0;
+		e.bytes[0] = cfg_ct_accounting ? p.len : 0;
+		e.bytes[1] = 0;
 		e.generation = gen;
 		e.rule_id = v.rule_id;
 		e.peer_identity = v.peer_identity;
 		e.verdict = v.verdict;
 		e.origin = v.dir;
-		e.created = now;
-		if (cfg_ct_accounting) {
-			e.packets[0] = 1;
-			e.bytes[0] = p.len;
-		}
-		if (p.proto == IPPROTO_TCP && (p.tcp_flags & EG_TCP_RST))
-			e.state = EG_CT_CLOSING;
+		e.state = (p.proto == IPPROTO_TCP && (p.tcp_flags & EG_TCP_RST)) ? EG_CT_CLOSING : 0;
+		e.pad = 0;
 		e.expires = now + eg_ct_lifetime(p.proto, e.state);
-		if (eg_ct_insert(&key, &e))
-			eg_count(EG_CNT_CT_FULL);
+		full = eg_ct_insert(&key, ct, &e, ep.ct_slot);
+		if (full) {
+			/* Fail closed: a flow the datapath cannot track would
+			 * have its replies denied, and one endpoint's flood must
+			 * not pass untracked. Established flows are untouched. */
+			eg_count(full);
+			v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
+			v.reason = EG_REASON_CT_FULL;
+			return eg_finish(&p, &v, 1);
+		}
 		eg_frag_remember(&p, ep.id, v.verdict, now);
 	}
 	return eg_finish(&p, &v, 1);
+}
+
+/*
+ * eg_ct_adjust adds a signed delta to one endpoint's conntrack count. The
+ * agent runs it with BPF_PROG_TEST_RUN (it is attached nowhere) after its
+ * GC deleted entries: an atomic add, where a map update from user space
+ * would overwrite the datapath's concurrent counts. Returns 0, or 2 for a
+ * bad request.
+ */
+SEC("tc")
+int eg_ct_adjust(struct __sk_buff *skb)
+{
+	struct eg_ct_adjust_req req;
+	struct eg_ct_count *c;
+
+	if (bpf_skb_load_bytes(skb, 0, &req, sizeof(req)) || req.family > 1)
+		return 2;
+	c = bpf_map_lookup_elem(&eg_ct_ep, &req.slot);
+	if (!c)
+		return 2;
+	__sync_fetch_and_add(&c->count[req.family & 1], req.delta);
+	return 0;
 }
 
 SEC("tcx/ingress")

@@ -40,9 +40,18 @@ type Config struct {
 	// refused whole.
 	Limits ruleset.Limits
 	// CTEntries and CT6Entries are the IPv4 and IPv6 conntrack
-	// capacities (LRU: the least recently used flow is evicted when full).
+	// capacities. Nothing is evicted: the GC deletes expired entries, and
+	// a full table refuses new flows (counted, reason conntrack-full)
+	// while established ones go on.
 	CTEntries  uint32
 	CT6Entries uint32
+	// CTEndpointPercent is the share of each conntrack map one endpoint
+	// may hold (default 25, at most 100): past it, that endpoint's new
+	// flows are refused (counted) and the others' still get in.
+	CTEndpointPercent uint32
+	// CTGCInterval is the longest time between two conntrack GC sweeps
+	// (default 10 s); a sweep that finds the maps filling comes sooner.
+	CTGCInterval time.Duration
 	// RingBufBytes is the flow event ring size, a power of two. Bigger
 	// is not better beyond what covers the reader's pauses: the
 	// datapath writes each event where the ring was written one lap
@@ -99,6 +108,12 @@ func (c *Config) setDefaults() {
 	if c.CT6Entries == 0 {
 		c.CT6Entries = max(c.CTEntries/2, 1024)
 	}
+	if c.CTEndpointPercent == 0 || c.CTEndpointPercent > 100 {
+		c.CTEndpointPercent = 25
+	}
+	if c.CTGCInterval <= 0 {
+		c.CTGCInterval = 10 * time.Second
+	}
 	if c.RingBufBytes == 0 {
 		c.RingBufBytes = 4 << 20
 	}
@@ -146,6 +161,12 @@ type Datapath struct {
 	mu       sync.Mutex
 	objs     bpfObjects
 	replaced map[string]bool // pinned after the first Apply; see loaded
+	oldCT    map[string]*ebpf.Map // the replaced conntrack maps' old pins, until finishUpgrade
+	// ctReconcile: the conntrack quota must be recounted from the maps
+	// (its maps are new, or the conntrack was replaced).
+	ctReconcile bool
+	ctSlots     *ctSlots
+	gc          gcState
 	word     uint32          // generation word last written (eg_state)
 	gens     [2]*generation  // inner maps of the generation in a slot, if we built it
 	// preparing delivers the empty maps being installed in the inactive
@@ -246,6 +267,7 @@ func Open(cfg Config) (*Datapath, error) {
 		spec:      spec,
 		objs:      l.objs,
 		replaced:  l.replaced,
+		oldCT:     l.oldCT,
 		links:     make(map[hook]link.Link),
 		stopped:   make(chan struct{}),
 		seed:      maphash.MakeSeed(),
@@ -261,6 +283,11 @@ func Open(cfg Config) (*Datapath, error) {
 		}
 		d.progIDs[i], _ = info.ID()
 	}
+	d.ctReconcile = needsReconcile(l)
+	if d.ctSlots, err = newCTSlots(d.objs.EgCtSlots, log); err != nil {
+		d.Close()
+		return nil, err
+	}
 	var g bpfEgGeneration
 	if err := d.objs.EgState.Lookup(uint32(0), &g); err != nil {
 		d.Close()
@@ -270,6 +297,14 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := d.adoptLinks(len(l.replaced) == 0); err != nil {
 		d.Close()
 		return nil, err
+	}
+	if len(l.replaced) == 0 && d.ctReconcile {
+		// Our programs run already (no upgrade to finish): recount now.
+		if err := d.reconcileCT(); err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.ctReconcile = false
 	}
 	if err := d.startWatch(); err != nil {
 		d.Close()
@@ -339,6 +374,12 @@ func (d *Datapath) Close() error {
 	}
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close eBPF objects: %w", err))
+	}
+	for _, m := range d.oldCT {
+		m.Close()
+	}
+	if d.gc.high != nil {
+		d.gc.high.Close()
 	}
 	if err := d.probe.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close jiffies probe: %w", err))
