@@ -160,15 +160,15 @@ type Datapath struct {
 	// Clock.mu (never the other way round).
 	mu       sync.Mutex
 	objs     bpfObjects
-	replaced map[string]bool // pinned after the first Apply; see loaded
+	replaced map[string]bool      // pinned after the first Apply; see loaded
 	oldCT    map[string]*ebpf.Map // the replaced conntrack maps' old pins, until finishUpgrade
 	// ctReconcile: the conntrack quota must be recounted from the maps
 	// (its maps are new, or the conntrack was replaced).
 	ctReconcile bool
 	ctSlots     *ctSlots
 	gc          gcState
-	word     uint32          // generation word last written (eg_state)
-	gens     [2]*generation  // inner maps of the generation in a slot, if we built it
+	word        uint32         // generation word last written (eg_state)
+	gens        [2]*generation // inner maps of the generation in a slot, if we built it
 	// preparing delivers the empty maps being installed in the inactive
 	// slot (see swap); nil when nothing is being prepared.
 	preparing chan *prepared
