@@ -385,6 +385,21 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			}
 		})
 	}
+	// Expired conntrack entries are deleted by the agent (the datapath
+	// never evicts: a full table refuses new flows). While the maps are
+	// less than half full, an entry stays one flow-update interval past
+	// its expiry, so the flow walk reports a closed connection's last
+	// totals before it goes.
+	wg.Go(func() {
+		grace := time.Duration(0)
+		if a.pipe != nil {
+			grace = a.cfg.FlowUpdateInterval
+			if grace == 0 {
+				grace = flows.DefaultUpdateInterval
+			}
+		}
+		a.dp.RunGC(ctx, grace)
+	})
 	// Tampering with the datapath is found, repaired (unless
 	// --repair=false), logged, counted and reported to the controller.
 	wg.Go(func() {

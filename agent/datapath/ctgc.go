@@ -587,3 +587,23 @@ func needsReconcile(l *loaded) bool {
 	emptyCT := slices.Contains(l.fresh, "eg_ct4") && slices.Contains(l.fresh, "eg_ct6")
 	return !(emptyCT && isNew("eg_ct_ep"))
 }
+
+// conntrackStatus reads the conntrack's figures for Status.
+func (d *Datapath) conntrackStatus() *ConntrackStatus {
+	cs := &ConntrackStatus{GCStats: d.GCStats()}
+	for fam := range 2 {
+		cs.Full[fam] = cs.Capacity[fam] > 0 && cs.Entries[fam]*100 > cs.Capacity[fam]*95
+	}
+	var perCPU []uint64
+	for _, c := range []struct {
+		k   Counter
+		out *uint64
+	}{{CounterCTFull, &cs.RefusedTableFull}, {CounterCTEndpointFull, &cs.RefusedEndpointQuota}} {
+		if err := d.objs.EgCounters.Lookup(uint32(c.k), &perCPU); err == nil {
+			for _, v := range perCPU {
+				*c.out += v
+			}
+		}
+	}
+	return cs
+}

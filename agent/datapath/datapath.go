@@ -108,7 +108,7 @@ func (c *Config) setDefaults() {
 	if c.CT6Entries == 0 {
 		c.CT6Entries = max(c.CTEntries/2, 1024)
 	}
-	if c.CTEndpointPercent == 0 || c.CTEndpointPercent > 100 {
+	if c.CTEndpointPercent == 0 {
 		c.CTEndpointPercent = 25
 	}
 	if c.CTGCInterval <= 0 {
@@ -207,6 +207,9 @@ func Open(cfg Config) (*Datapath, error) {
 	log := cfg.Logger.With(zap.String("bpffs-dir", cfg.BPFFSDir))
 	if err := CheckGuardPatterns(cfg.GuardInterfaces); err != nil {
 		return nil, fmt.Errorf("guard interfaces: %w", err)
+	}
+	if cfg.CTEndpointPercent > 100 {
+		return nil, fmt.Errorf("conntrack share per endpoint %d%%: want 1 to 100", cfg.CTEndpointPercent)
 	}
 	if err := checkPrivileges(); err != nil {
 		return nil, err
