@@ -274,9 +274,11 @@ __noinline int eg_policy_decide(const struct eg_endpoint *ep, __u32 slot,
 	if (!shape)
 		return 1;
 	pm = bpf_map_lookup_elem(&eg_policy, &slot);
-	rm = bpf_map_lookup_elem(&eg_policy_ranges, &slot);
 	if (!pm)
 		return 1;
+	/* The range table only for endpoints with ranges (most have none). */
+	rm = (shape & (EG_SHAPE_RANGE_PEER | EG_SHAPE_RANGE_ANY)) ?
+		     bpf_map_lookup_elem(&eg_policy_ranges, &slot) : 0;
 	rk.endpoint_id = k->endpoint_id;
 	rk.peer_identity = peer;
 	rk.direction = k->direction;
