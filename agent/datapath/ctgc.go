@@ -52,11 +52,16 @@ type ctSlots struct {
 	m    *ebpf.Map // eg_ct_slots
 	byID map[ruleset.EndpointID]uint16
 	used []bool
-	log  *zap.Logger
+	// asked: endpoints of asked for since the last release. release
+	// keeps their slots: an Apply may have written the slot into the
+	// endpoint table after release's caller looked at the rule set.
+	asked map[ruleset.EndpointID]bool
+	log   *zap.Logger
 }
 
 func newCTSlots(m *ebpf.Map, log *zap.Logger) (*ctSlots, error) {
-	s := &ctSlots{m: m, byID: make(map[ruleset.EndpointID]uint16), used: make([]bool, ctSlotCount), log: log}
+	s := &ctSlots{m: m, byID: make(map[ruleset.EndpointID]uint16), used: make([]bool, ctSlotCount),
+		asked: make(map[ruleset.EndpointID]bool), log: log}
 	s.used[0] = true
 	var id, slot uint32
 	it := m.Iterate()
@@ -80,6 +85,7 @@ func newCTSlots(m *ebpf.Map, log *zap.Logger) (*ctSlots, error) {
 func (s *ctSlots) of(id ruleset.EndpointID) uint16 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.asked[id] = true
 	if slot, ok := s.byID[id]; ok {
 		return slot
 	}
@@ -112,8 +118,9 @@ func (s *ctSlots) lookup(id ruleset.EndpointID) (uint16, bool) {
 func (s *ctSlots) release(keep func(ruleset.EndpointID) bool, live map[ruleset.EndpointID]int, counts *ebpf.Map) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer clear(s.asked)
 	for id, slot := range s.byID {
-		if keep(id) || live[id] > 0 {
+		if keep(id) || live[id] > 0 || s.asked[id] {
 			continue
 		}
 		var c bpfEgCtCount
