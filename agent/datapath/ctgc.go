@@ -147,6 +147,10 @@ type GCStats struct {
 	// they deleted since this process started.
 	Sweeps  uint64 `json:"sweeps"`
 	Deleted uint64 `json:"deleted"`
+	// EarlyDropped counts the never answered flows deleted before their
+	// expiry because their endpoint neared its quota or a map neared
+	// full (included in Deleted).
+	EarlyDropped uint64 `json:"earlyDropped"`
 	// LastSweep, LastDuration, LastDeleted describe the last sweep.
 	LastSweep    time.Time     `json:"lastSweep"`
 	LastDuration time.Duration `json:"lastDurationNs"`
@@ -219,6 +223,13 @@ func (d *Datapath) ctAdjust(slot uint16, family int, delta int64) error {
 // GCResult is what one sweep did.
 type GCResult struct {
 	Scanned, Deleted int
+	// EarlyDropped counts the unexpired, never answered entries deleted
+	// (included in Deleted) because their endpoint neared its quota or
+	// the map neared full.
+	EarlyDropped int
+	// Pressure: an endpoint held 90% of its quota, or a map 90% of its
+	// capacity (RunGC then sweeps every second).
+	Pressure bool
 	// Live counts the unexpired entries per endpoint.
 	Live     map[ruleset.EndpointID]int
 	Duration time.Duration
@@ -263,6 +274,7 @@ func (d *Datapath) GC(grace time.Duration) (GCResult, error) {
 	st.Entries = entries
 	st.Sweeps++
 	st.Deleted += uint64(res.Deleted)
+	st.EarlyDropped += uint64(res.EarlyDropped)
 	st.LastSweep, st.LastDuration, st.LastDeleted = start, res.Duration, res.Deleted
 	st.Batch = !d.gc.noBatch
 	return res, nil
@@ -290,17 +302,49 @@ func tailOf[K ctKey](k *K) *bpfEgCtTail {
 func gcMap[K ctKey](d *Datapath, m *ebpf.Map, fam int, now, grace uint64, res *GCResult) (int, error) {
 	var dead []K
 	left := 0
+	live := make(map[ruleset.EndpointID]int)
+	// Entries that never saw a reply, older than ctEarlyDropAge: what
+	// goes first under pressure (below).
+	unanswered := make(map[ruleset.EndpointID][]K)
+	age := uint64(d.cfg.ctEarlyDropAge) * uint64(d.hz) / uint64(time.Second)
 	visit := func(k *K, v *bpfEgCtEntry) {
 		res.Scanned++
 		if v.Expires+grace <= now {
 			dead = append(dead, *k)
 			return
 		}
+		id := ruleset.EndpointID(tailOf(k).EndpointId)
 		left++
-		res.Live[ruleset.EndpointID(tailOf(k).EndpointId)]++
+		live[id]++
+		if v.State&uint8(bpfEgCtStateEG_CT_SEEN_REPLY) == 0 && v.Created+age <= now {
+			unanswered[id] = append(unanswered[id], *k)
+		}
 	}
 	if err := readCT(d, m, visit); err != nil {
 		return left, err
+	}
+	// Early drop, as Linux conntrack does when its table is full: an
+	// endpoint at 90% of its quota, or any endpoint while the map is 90%
+	// full, loses its flows that never had an answer. Without it, a SYN
+	// flood from outside to a workload's open port (1,100 SYNs/s fill a
+	// quota of 65,536 with the 60 s SYN timeout) would get that
+	// workload's new flows refused; with it, the flood must fill the
+	// quota within ctEarlyDropAge plus a GC interval.
+	quota := int(ctQuota(m.MaxEntries(), d.cfg.CTEndpointPercent))
+	tableFull := left*10 >= int(m.MaxEntries())*9
+	for id, n := range live {
+		if !tableFull && n*10 < quota*9 {
+			continue
+		}
+		res.Pressure = true
+		drop := unanswered[id]
+		dead = append(dead, drop...)
+		res.EarlyDropped += len(drop)
+		left -= len(drop)
+		live[id] -= len(drop)
+	}
+	for id, n := range live {
+		res.Live[id] += n
 	}
 	deleted := make(map[ruleset.EndpointID]int64)
 	if err := deleteCT(d, m, dead, func(k *K) { deleted[ruleset.EndpointID(tailOf(k).EndpointId)]++ }); err != nil {
@@ -415,7 +459,7 @@ func (d *Datapath) RunGC(ctx context.Context, grace time.Duration) {
 				wait = min(wait, time.Second)
 			}
 		}
-		if res.Deleted > 0 && res.Scanned > 0 && res.Deleted*4 > res.Scanned {
+		if res.Pressure || res.Deleted > 0 && res.Scanned > 0 && res.Deleted*4 > res.Scanned {
 			wait = min(wait, time.Second)
 		}
 		select {

@@ -304,7 +304,8 @@ func BenchmarkConntrackGC(b *testing.B) {
 	vals := make([]bpfEgCtEntry, dead+live)
 	for i := range keys {
 		keys[i] = bpfEgCt4Key{Local: uint32(i), Remote: 0x0afa0000, T: bpfEgCtTail{EndpointId: 1, LocalPort: uint16(i), RemotePort: 443, Protocol: protoTCP}}
-		vals[i] = bpfEgCtEntry{Expires: 1, Verdict: uint8(ruleset.VerdictAllowed)}
+		// Answered flows: the early drop leaves them alone.
+		vals[i] = bpfEgCtEntry{Expires: 1, Verdict: uint8(ruleset.VerdictAllowed), State: uint8(bpfEgCtStateEG_CT_SEEN_REPLY)}
 		if i >= dead {
 			vals[i].Expires = 1 << 62
 		}
@@ -337,5 +338,49 @@ func BenchmarkConntrackGC(b *testing.B) {
 			b.ReportMetric(float64(took.Milliseconds())/float64(b.N), "ms/sweep")
 			b.ReportMetric(float64(deleted)/took.Seconds(), "deleted/s")
 		})
+	}
+}
+
+// TestPrivilegedConntrackEarlyDrop: flows that never had an answer go
+// first when their endpoint nears its quota (a SYN flood to a workload's
+// open port must not get its new flows refused for a whole SYN timeout);
+// answered flows, and other endpoints' unanswered ones, stay.
+func TestPrivilegedConntrackEarlyDrop(t *testing.T) {
+	h := newHarness(t, Config{HostInterfaces: []string{"up0"}, CTEntries: 1024, CT6Entries: 1024, CTEndpointPercent: 25, ctEarlyDropAge: time.Nanosecond}, "web0", "mon0", "up0")
+	h.apply(twoWorkloads())
+	for i := range 256 {
+		if got := h.toWorkload("web0", tcp4(cli4, web4, uint16(20000+i), 443, tcpSYN)); got != retPass {
+			t.Fatalf("SYN %d dropped", i)
+		}
+	}
+	if got := h.fromWorkload("web0", tcp4(web4, cli4, 443, 20000, tcpSYN|tcpACK)); got != retPass {
+		t.Fatalf("SYN-ACK dropped")
+	}
+	for i := range 10 {
+		h.toWorkload("mon0", tcp4(cli4, mon4, uint16(40000+i), 80, tcpSYN))
+	}
+	if got := h.toWorkload("web0", tcp4(cli4, web4, 30000, 443, tcpSYN)); got != retDrop {
+		t.Fatalf("new flow past web's quota passed")
+	}
+	h.drain()
+	res, err := h.d.GC(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.EarlyDropped != 255 || res.Deleted != 255 || !res.Pressure {
+		t.Errorf("GC %+v: want web's 255 unanswered flows dropped early, under pressure", res)
+	}
+	if n, m := h.ctCount(1, 0), h.ctCount(2, 0); n != 1 || m != 10 {
+		t.Errorf("counts after the early drop: web %d (want the answered flow), mon %d (want 10)", n, m)
+	}
+	if got := h.toWorkload("web0", tcp4(cli4, web4, 20000, 443, tcpACK)); got != retPass {
+		t.Errorf("answered flow dropped by the early drop")
+	}
+	if got := h.toWorkload("web0", tcp4(cli4, web4, 30000, 443, tcpSYN)); got != retPass {
+		t.Errorf("web's new flow refused after the early drop")
+	}
+	h.drain()
+	if st := h.d.GCStats(); st.EarlyDropped != 255 {
+		t.Errorf("GCStats.EarlyDropped %d, want 255", st.EarlyDropped)
 	}
 }

@@ -89,6 +89,10 @@ type Config struct {
 	GuardInterfaces []string
 	Logger          *zap.Logger
 
+	// ctEarlyDropAge is how old a never answered conntrack entry must be
+	// for the GC's early drop (5 s; tests shorten it).
+	ctEarlyDropAge time.Duration
+
 	// synExpiresAtOnce makes conntrack entries of unanswered TCP flows
 	// expire immediately, so a repeated SYN stays a new flow. Only the
 	// benchmarks set it, to measure the new-flow path with repeated runs.
@@ -113,6 +117,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CTGCInterval <= 0 {
 		c.CTGCInterval = 10 * time.Second
+	}
+	if c.ctEarlyDropAge == 0 {
+		c.ctEarlyDropAge = 5 * time.Second
 	}
 	if c.RingBufBytes == 0 {
 		c.RingBufBytes = 4 << 20
