@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -351,13 +352,7 @@ func gcMap[K ctKey](d *Datapath, m *ebpf.Map, fam int, now, grace uint64, res *G
 		return left, err
 	}
 	var errs []error
-	for _, id := range slices.Sorted(func(yield func(ruleset.EndpointID) bool) {
-		for id := range deleted {
-			if !yield(id) {
-				return
-			}
-		}
-	}) {
+	for _, id := range slices.Sorted(maps.Keys(deleted)) {
 		res.Deleted += int(deleted[id])
 		slot, ok := d.ctSlots.lookup(id)
 		if !ok {
