@@ -163,7 +163,10 @@ type GCStats struct {
 // gcState is GC's own state, under its own lock (GC never takes d.mu
 // while it walks the maps: Apply must not wait for a sweep).
 type gcState struct {
-	mu      sync.Mutex // one sweep at a time
+	mu sync.Mutex // one sweep at a time
+	// statsMu guards stats: Status reads them under d.mu and must not
+	// wait for a sweep.
+	statsMu sync.Mutex
 	stats   GCStats
 	high    *ebpf.Program // returns the high 32 bits of bpf_jiffies64()
 	noBatch bool          // the kernel refused a batch operation once
@@ -271,18 +274,24 @@ func (d *Datapath) GC(grace time.Duration) (GCResult, error) {
 		}
 	}
 	res.Duration = time.Since(start)
+	d.gc.statsMu.Lock()
+	defer d.gc.statsMu.Unlock()
 	st := &d.gc.stats
 	st.Entries = entries
 	st.Sweeps++
 	st.Deleted += uint64(res.Deleted)
 	st.EarlyDropped += uint64(res.EarlyDropped)
 	st.LastSweep, st.LastDuration, st.LastDeleted = start, res.Duration, res.Deleted
-	st.Batch = !d.gc.noBatch
+	st.Batch = !d.gc.noBatch // under gc.mu
 	return res, nil
 }
 
 // ctCount is the entry count of the last sweep of one family.
-func (d *Datapath) ctCount(fam int) int { return d.gc.stats.Entries[fam] }
+func (d *Datapath) ctCount(fam int) int {
+	d.gc.statsMu.Lock()
+	defer d.gc.statsMu.Unlock()
+	return d.gc.stats.Entries[fam]
+}
 
 // ctKey is either conntrack key type.
 type ctKey interface{ bpfEgCt4Key | bpfEgCt6Key }
@@ -488,8 +497,8 @@ func (d *Datapath) releaseSlots(live map[ruleset.EndpointID]int) {
 
 // GCStats returns the conntrack's size, quota and GC figures.
 func (d *Datapath) GCStats() GCStats {
-	d.gc.mu.Lock()
-	defer d.gc.mu.Unlock()
+	d.gc.statsMu.Lock()
+	defer d.gc.statsMu.Unlock()
 	st := d.gc.stats
 	st.Capacity = [2]int{int(d.objs.EgCt4.MaxEntries()), int(d.objs.EgCt6.MaxEntries())}
 	st.EndpointQuota = [2]int{int(ctQuota(d.objs.EgCt4.MaxEntries(), d.cfg.CTEndpointPercent)), int(ctQuota(d.objs.EgCt6.MaxEntries(), d.cfg.CTEndpointPercent))}

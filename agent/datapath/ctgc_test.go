@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -382,5 +383,41 @@ func TestPrivilegedConntrackEarlyDrop(t *testing.T) {
 	h.drain()
 	if st := h.d.GCStats(); st.EarlyDropped != 255 {
 		t.Errorf("GCStats.EarlyDropped %d, want 255", st.EarlyDropped)
+	}
+}
+
+// TestPrivilegedConntrackRunGC: the agent's GC loop sweeps on its own,
+// gives the quota back, frees nothing in use, reports in Status while it
+// runs, and stops with its context.
+func TestPrivilegedConntrackRunGC(t *testing.T) {
+	h := newHarness(t, Config{HostInterfaces: []string{"up0"}, CTGCInterval: 50 * time.Millisecond, synExpiresAtOnce: true}, "web0", "mon0", "up0")
+	h.apply(twoWorkloads())
+	for i := range 100 {
+		if got := h.toWorkload("web0", tcp4(cli4, web4, uint16(20000+i), 443, tcpSYN)); got != retPass {
+			t.Fatalf("SYN %d dropped", i)
+		}
+	}
+	h.drain()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.d.RunGC(ctx, 0)
+	}()
+	waitFor(t, 20*time.Second, "the GC loop to delete the 100 expired entries", func() bool {
+		st := h.d.Status().Conntrack
+		return st != nil && st.Deleted >= 100 && st.Sweeps >= 2
+	})
+	if n := h.ctCount(1, 0); n != 0 {
+		t.Errorf("web's count after the GC loop: %d, want 0", n)
+	}
+	if _, ok := h.d.ctSlots.lookup(1); !ok {
+		t.Errorf("the GC loop freed the slot of an endpoint in the rule set")
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("RunGC did not return after its context ended")
 	}
 }

@@ -382,6 +382,10 @@ func (d *Datapath) Close() error {
 			errs = append(errs, g.close())
 		}
 	}
+	// A GC sweep in progress finishes before its maps are closed (lock
+	// order: mu, then gc.mu).
+	d.gc.mu.Lock()
+	defer d.gc.mu.Unlock()
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close eBPF objects: %w", err))
 	}
