@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -537,6 +538,7 @@ func (d *Datapath) migrateCT(old map[string]*ebpf.Map, count bool) (int, error) 
 		dst := d.objs.mapsByName()[name]
 		added := make(map[ruleset.EndpointID]int64)
 		var cerr error
+		full := 0
 		put := func(k any, id uint32, v *bpfEgCtEntry) {
 			if cerr != nil || v.Expires <= now {
 				return
@@ -547,6 +549,11 @@ func (d *Datapath) migrateCT(old map[string]*ebpf.Map, count bool) (int, error) 
 				copied++
 				added[ruleset.EndpointID(id)]++
 			case errors.Is(err, ebpf.ErrKeyExist):
+			case errors.Is(err, unix.E2BIG):
+				// A smaller map (--conntrack-entries lowered): what
+				// does not fit is decided anew, as after a restart of
+				// a full conntrack; failing would wedge every apply.
+				full++
 			default:
 				cerr = fmt.Errorf("copy %s entries to the new map: %w", name, err)
 			}
@@ -566,6 +573,10 @@ func (d *Datapath) migrateCT(old map[string]*ebpf.Map, count bool) (int, error) 
 				put(&k, k.T.EndpointId, &v)
 			}
 			err = it.Err()
+		}
+		if full > 0 {
+			d.log.Warn("upgrade: the new conntrack map is full; flows that did not fit are decided anew",
+				zap.String("map", name), zap.Int("not-copied", full))
 		}
 		if cerr != nil {
 			return copied, cerr

@@ -421,3 +421,53 @@ func TestPrivilegedConntrackRunGC(t *testing.T) {
 		t.Fatal("RunGC did not return after its context ended")
 	}
 }
+
+// TestPrivilegedConntrackResize: a new capacity (--conntrack-entries)
+// replaces the pinned maps like an upgrade does, entries copied over;
+// a smaller map takes what fits and the rest are decided anew, and the
+// apply does not fail for it.
+func TestPrivilegedConntrackResize(t *testing.T) {
+	h := newHarness(t, Config{HostInterfaces: []string{"up0"}, CTEntries: 2048, CTEndpointPercent: 100}, "web0", "mon0", "up0")
+	h.apply(twoWorkloads())
+	for i := range 1100 {
+		if got := h.toWorkload("web0", tcp4(cli4, web4, uint16(20000+i), 443, tcpSYN)); got != retPass {
+			t.Fatalf("SYN %d dropped", i)
+		}
+	}
+	h.drain()
+	for _, size := range []uint32{4096, 1024} {
+		cfg := h.d.cfg
+		if err := h.d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		cfg.CTEntries, cfg.CT6Entries = size, 0
+		cfg.Logger = zaptest.NewLogger(t)
+		var err error
+		if h.d, err = h.open(cfg); err != nil {
+			t.Fatalf("Open with %d conntrack entries: %v", size, err)
+		}
+		h.apply(twoWorkloads())
+		if got := int(h.d.objs.EgCt4.MaxEntries()); got != int(size) {
+			t.Errorf("eg_ct4 holds %d, want %d", got, size)
+		}
+		want := int64(min(1100, size))
+		if n := h.ctCount(1, 0); n != want {
+			t.Errorf("%d entries: web's count %d, want %d (the copied entries)", size, n, want)
+		}
+		if err := h.d.CheckPins(); err != nil {
+			t.Errorf("pins after the resize: %v", err)
+		}
+	}
+	// Exactly the copied flows are still tracked: their replies pass, the
+	// others' are new flows no rule allows.
+	passed := 0
+	for i := range 1100 {
+		if h.fromWorkload("web0", tcp4(web4, cli4, 443, uint16(20000+i), tcpSYN|tcpACK)) == retPass {
+			passed++
+		}
+	}
+	h.drain()
+	if passed != 1024 {
+		t.Errorf("%d replies passed after shrinking to 1024 entries, want 1024 (the copied flows)", passed)
+	}
+}
