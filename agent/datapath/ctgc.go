@@ -317,6 +317,8 @@ func gcMap[K ctKey](d *Datapath, m *ebpf.Map, fam int, now, grace uint64, res *G
 	// Entries that never saw a reply, older than ctEarlyDropAge: what
 	// goes first under pressure (below).
 	unanswered := make(map[ruleset.EndpointID][]K)
+	// Expired entries kept for the grace: they go too under pressure.
+	graced := make(map[ruleset.EndpointID][]K)
 	age := uint64(d.cfg.ctEarlyDropAge) * uint64(d.hz) / uint64(time.Second)
 	visit := func(k *K, v *bpfEgCtEntry) {
 		res.Scanned++
@@ -327,7 +329,10 @@ func gcMap[K ctKey](d *Datapath, m *ebpf.Map, fam int, now, grace uint64, res *G
 		id := ruleset.EndpointID(tailOf(k).EndpointId)
 		left++
 		live[id]++
-		if v.State&uint8(bpfEgCtStateEG_CT_SEEN_REPLY) == 0 && v.Created+age <= now {
+		switch {
+		case v.Expires <= now:
+			graced[id] = append(graced[id], *k)
+		case v.State&uint8(bpfEgCtStateEG_CT_SEEN_REPLY) == 0 && v.Created+age <= now:
 			unanswered[id] = append(unanswered[id], *k)
 		}
 	}
@@ -336,7 +341,8 @@ func gcMap[K ctKey](d *Datapath, m *ebpf.Map, fam int, now, grace uint64, res *G
 	}
 	// Early drop, as Linux conntrack does when its table is full: an
 	// endpoint at 90% of its quota, or any endpoint while the map is 90%
-	// full, loses its flows that never had an answer. Without it, a SYN
+	// full, loses its flows that never had an answer, and its expired
+	// entries kept for the grace (they would count against its quota). Without it, a SYN
 	// flood from outside to a workload's open port (1,100 SYNs/s fill a
 	// quota of 65,536 with the 60 s SYN timeout) would get that
 	// workload's new flows refused; with it, the flood must fill the
@@ -348,11 +354,12 @@ func gcMap[K ctKey](d *Datapath, m *ebpf.Map, fam int, now, grace uint64, res *G
 			continue
 		}
 		res.Pressure = true
-		drop := unanswered[id]
-		dead = append(dead, drop...)
-		res.EarlyDropped += len(drop)
-		left -= len(drop)
-		live[id] -= len(drop)
+		dead = append(dead, graced[id]...)
+		dead = append(dead, unanswered[id]...)
+		res.EarlyDropped += len(unanswered[id])
+		drop := len(graced[id]) + len(unanswered[id])
+		left -= drop
+		live[id] -= drop
 	}
 	for id, n := range live {
 		res.Live[id] += n

@@ -187,6 +187,22 @@ func TestPrivilegedConntrackGC(t *testing.T) {
 	if n := h.ctCount(1, 0); n != 0 {
 		t.Errorf("web's IPv4 count after GC entry by entry: %d, want 0", n)
 	}
+	// Grace (the agent's: one flow-update interval): expired entries stay
+	// for it, unless their endpoint nears its quota (256 here), where
+	// they would keep its new flows out.
+	for i := range 50 {
+		h.toWorkload("web0", tcp4(cli4, web4, uint16(23000+i), 443, tcpSYN))
+	}
+	if res, err := h.d.GC(time.Hour); err != nil || res.Deleted != 0 || h.ctCount(1, 0) != 50 {
+		t.Errorf("GC with grace: %+v, %v, count %d; want nothing deleted, 50 kept", res, err, h.ctCount(1, 0))
+	}
+	for i := range 200 {
+		h.toWorkload("web0", tcp4(cli4, web4, uint16(24000+i), 443, tcpSYN))
+	}
+	h.drain()
+	if res, err := h.d.GC(time.Hour); err != nil || res.Deleted != 250 || !res.Pressure || h.ctCount(1, 0) != 0 {
+		t.Errorf("GC with grace near the quota: %+v, %v, count %d; want all 250 expired entries deleted", res, err, h.ctCount(1, 0))
+	}
 	// The slot of an endpoint gone from the rule set is freed once its
 	// entries are: here mon, which never had any.
 	if _, ok := h.d.ctSlots.lookup(2); !ok {
