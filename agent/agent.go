@@ -67,7 +67,12 @@ type Config struct {
 	// FlowUpdateInterval is how often connections' volume is reported
 	// (active and closed records); 0 means DefaultFlowUpdateInterval.
 	FlowUpdateInterval time.Duration
-	Stdout             io.Writer
+	// ConntrackEntries is the IPv4 conntrack's capacity (IPv6: half);
+	// ConntrackEndpointPercent the share of it one workload may hold. 0:
+	// the datapath's defaults (262,144; 25).
+	ConntrackEntries         uint32
+	ConntrackEndpointPercent uint32
+	Stdout                   io.Writer
 	// DatapathCheckInterval and DatapathFullCheckInterval are the drift
 	// checks' periods (0: the defaults); Repair puts back what they find
 	// changed (enforcer.DriftConfig).
@@ -101,6 +106,12 @@ func (c *Config) Check() error {
 	}
 	if c.FlowUpdateInterval != 0 && (c.FlowUpdateInterval < time.Second || c.FlowUpdateInterval > 24*time.Hour) {
 		return fmt.Errorf("--flow-update-interval %s: want between 1s and 24h", c.FlowUpdateInterval)
+	}
+	if n := c.ConntrackEntries; n != 0 && (n < 1024 || n > 1<<24) {
+		return fmt.Errorf("--conntrack-entries %d: want between 1024 and 16777216", n)
+	}
+	if p := c.ConntrackEndpointPercent; p > 100 {
+		return fmt.Errorf("--conntrack-endpoint-percent %d: want between 1 and 100", p)
 	}
 	if d := c.DatapathCheckInterval; d != 0 && (d < 100*time.Millisecond || d > time.Minute) {
 		return fmt.Errorf("--datapath-check-interval %s: want between 100ms and 1m", d)
@@ -198,7 +209,10 @@ func (a *Agent) open() (err error) {
 		DefaultMode:     cfg.DefaultMode,
 		HostInterfaces:  cfg.HostInterfaces,
 		GuardInterfaces: cfg.GuardInterfaces,
-		Logger:          a.log.Named("datapath"),
+		CTEntries:       cfg.ConntrackEntries,
+		// CT6Entries: half of CTEntries (the datapath's default).
+		CTEndpointPercent: cfg.ConntrackEndpointPercent,
+		Logger:            a.log.Named("datapath"),
 	}); err != nil {
 		return err
 	}
@@ -385,6 +399,21 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			}
 		})
 	}
+	// Expired conntrack entries are deleted by the agent (the datapath
+	// never evicts: a full table refuses new flows). While the maps are
+	// less than half full, an entry stays one flow-update interval past
+	// its expiry, so the flow walk reports a closed connection's last
+	// totals before it goes.
+	wg.Go(func() {
+		grace := time.Duration(0)
+		if a.pipe != nil {
+			grace = a.cfg.FlowUpdateInterval
+			if grace == 0 {
+				grace = flows.DefaultUpdateInterval
+			}
+		}
+		a.dp.RunGC(ctx, grace)
+	})
 	// Tampering with the datapath is found, repaired (unless
 	// --repair=false), logged, counted and reported to the controller.
 	wg.Go(func() {

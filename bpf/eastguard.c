@@ -50,6 +50,9 @@ volatile const __u32 cfg_ct_tcp_established_j = 21600 * 250;
 volatile const __u32 cfg_ct_tcp_close_j = 10 * 250;
 volatile const __u32 cfg_ct_other_j = 60 * 250;
 volatile const __u32 cfg_frag_timeout_j = 30 * 250;
+/* Per-endpoint conntrack quota: entries of eg_ct4 ([0]) and eg_ct6 ([1]). */
+volatile const __s64 cfg_ct_ep_max4 = 65536;
+volatile const __s64 cfg_ct_ep_max6 = 32768;
 
 static __always_inline void eg_count(__u32 idx)
 {
@@ -102,6 +105,7 @@ static __always_inline int eg_ratelimit_take(__u64 now, __u32 *suppressed)
 }
 
 struct eg_verdict_ctx {
+	__u64 now;          /* bpf_jiffies64() of the packet, set before any event */
 	__u32 ifindex;
 	__u32 endpoint_id;
 	__u32 local_identity;
@@ -112,74 +116,64 @@ struct eg_verdict_ctx {
 	__u8  reason;
 };
 
-/* EG_FILL_EVENT fills every field of an eg_flow_event or eg_flow_event4
- * but the addresses (the two share their field names). */
-#define EG_FILL_EVENT(ev, now, p, v, suppressed)                                             \
-	do {                                                                                 \
-		(ev)->jiffies = (now);                                                       \
-		(ev)->ifindex = (v)->ifindex;                                                \
-		(ev)->endpoint_id = (v)->endpoint_id;                                        \
-		if ((v)->dir == EG_DIR_INGRESS) {                                            \
-			(ev)->src_identity = (v)->peer_identity;                             \
-			(ev)->dst_identity = (v)->local_identity;                            \
-		} else {                                                                     \
-			(ev)->src_identity = (v)->local_identity;                            \
-			(ev)->dst_identity = (v)->peer_identity;                             \
-		}                                                                            \
-		(ev)->rule_id = (v)->rule_id;                                                \
-		(ev)->suppressed = (suppressed);                                             \
-		(ev)->length = (p)->len;                                                     \
-		(ev)->src_port = ((p)->proto == IPPROTO_ICMP || (p)->proto == IPPROTO_ICMPV6) ? \
-					 0 : (p)->sport;                                     \
-		(ev)->dst_port = (p)->dport;                                                 \
-		(ev)->family = (p)->family;                                                  \
-		(ev)->protocol = (p)->proto;                                                 \
-		(ev)->direction = (v)->dir;                                                  \
-		(ev)->verdict = (v)->verdict;                                                \
-		(ev)->reason = (v)->reason;                                                  \
-		(ev)->tcp_flags = (p)->tcp_flags;                                            \
-		(ev)->pad[0] = 0;                                                            \
-		(ev)->pad[1] = 0;                                                            \
-	} while (0)
+/*
+ * The event's fields after the addresses, as six 64-bit words in the
+ * order of struct eg_flow_event (and eg_flow_event4, 24 bytes earlier):
+ * composed in registers and stored once each, straight into the ring's
+ * reserved record. Writing field by field cost a store per byte field;
+ * the record is written where the ring was last written a lap ago, so
+ * fewer, wider stores into that cold line are what is cheap. Every byte
+ * is written (pads as zero): nothing is zeroed first.
+ */
+static __always_inline void eg_event_tail(__u64 *w, __u64 now, const struct eg_pkt *p,
+					  const struct eg_verdict_ctx *v, __u32 suppressed)
+{
+	__u32 src_id = v->dir == EG_DIR_INGRESS ? v->peer_identity : v->local_identity;
+	__u32 dst_id = v->dir == EG_DIR_INGRESS ? v->local_identity : v->peer_identity;
+	__u16 sport = (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) ? 0 : p->sport;
+
+	w[0] = (__u64)v->endpoint_id << 32 | v->ifindex;
+	w[1] = (__u64)dst_id << 32 | src_id;
+	w[2] = (__u64)suppressed << 32 | v->rule_id;
+	w[3] = (__u64)p->dport << 48 | (__u64)sport << 32 | p->len;
+	w[4] = (__u64)p->tcp_flags << 40 | (__u64)v->reason << 32 | (__u64)v->verdict << 24 |
+	       (__u64)v->dir << 16 | (__u64)p->proto << 8 | p->family;
+}
 
 /* Global (verified once, on its own): see eg_parse. */
 __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 {
 	__u32 suppressed = 0;
-	__u64 now = bpf_jiffies64();
-	__u64 flags = 0;
-	void *rec;
+	__u64 flags = 0, now;
+	__u64 *w;
 
 	if (!p || !v)
 		return 0;
-
+	now = v->now;
 	if (v->verdict != EG_VERDICT_ALLOWED && !eg_ratelimit_take(now, &suppressed)) {
 		eg_count(EG_CNT_EVENTS_SUPPRESSED);
 		return 0;
 	}
 	if (p->family == 4) {
-		struct eg_flow_event4 *ev = bpf_ringbuf_reserve(&eg_events, sizeof(*ev), 0);
-
-		if (!ev)
+		w = bpf_ringbuf_reserve(&eg_events, sizeof(struct eg_flow_event4), 0);
+		if (!w)
 			goto lost;
-		EG_FILL_EVENT(ev, now, p, v, suppressed);
-		__builtin_memcpy(ev->src, p->src, 4);
-		__builtin_memcpy(ev->dst, p->dst, 4);
-		rec = ev;
+		w[0] = now;
+		w[1] = (__u64)*(const __u32 *)p->dst << 32 | *(const __u32 *)p->src;
+		eg_event_tail(&w[2], now, p, v, suppressed);
 	} else {
-		struct eg_flow_event *ev = bpf_ringbuf_reserve(&eg_events, sizeof(*ev), 0);
-
-		if (!ev)
+		w = bpf_ringbuf_reserve(&eg_events, sizeof(struct eg_flow_event), 0);
+		if (!w)
 			goto lost;
-		EG_FILL_EVENT(ev, now, p, v, suppressed);
-		eg_copy16(ev->src, p->src);
-		eg_copy16(ev->dst, p->dst);
-		rec = ev;
+		w[0] = now;
+		__builtin_memcpy(&w[1], p->src, 16);
+		__builtin_memcpy(&w[3], p->dst, 16);
+		eg_event_tail(&w[5], now, p, v, suppressed);
 	}
 	if (cfg_events_wakeup_bytes &&
 	    bpf_ringbuf_query(&eg_events, BPF_RB_AVAIL_DATA) < cfg_events_wakeup_bytes)
 		flags = BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(rec, flags);
+	bpf_ringbuf_submit(w, flags);
 	return 1;
 lost:
 	eg_count(EG_CNT_EVENTS_LOST);
@@ -280,9 +274,11 @@ __noinline int eg_policy_decide(const struct eg_endpoint *ep, __u32 slot,
 	if (!shape)
 		return 1;
 	pm = bpf_map_lookup_elem(&eg_policy, &slot);
-	rm = bpf_map_lookup_elem(&eg_policy_ranges, &slot);
 	if (!pm)
 		return 1;
+	/* The range table only for endpoints with ranges (most have none). */
+	rm = (shape & (EG_SHAPE_RANGE_PEER | EG_SHAPE_RANGE_ANY)) ?
+		     bpf_map_lookup_elem(&eg_policy_ranges, &slot) : 0;
 	rk.endpoint_id = k->endpoint_id;
 	rk.peer_identity = peer;
 	rk.direction = k->direction;
@@ -450,19 +446,65 @@ static __always_inline struct eg_ct_entry *eg_ct_lookup(const struct eg_ct_key *
 	return bpf_map_lookup_elem(&eg_ct6, &k->k6);
 }
 
-static __always_inline long eg_ct_insert(const struct eg_ct_key *k, const struct eg_ct_entry *e)
+static __always_inline long eg_ct_update(const struct eg_ct_key *k, const struct eg_ct_entry *e, __u64 flags)
 {
 	if (k->family == 4)
-		return bpf_map_update_elem(&eg_ct4, &k->k4, e, BPF_ANY);
-	return bpf_map_update_elem(&eg_ct6, &k->k6, e, BPF_ANY);
+		return bpf_map_update_elem(&eg_ct4, &k->k4, e, flags);
+	return bpf_map_update_elem(&eg_ct6, &k->k6, e, flags);
 }
 
-static __always_inline void eg_ct_delete(const struct eg_ct_key *k)
+/* eg_ct_quota returns the endpoint's entry count in the key's map. */
+static __always_inline __s64 *eg_ct_quota(const struct eg_ct_key *k, __u32 slot)
 {
+	struct eg_ct_count *c = bpf_map_lookup_elem(&eg_ct_ep, &slot);
+
+	if (!c)
+		return 0;
+	return &c->count[k->family == 4 ? 0 : 1];
+}
+
+/*
+ * eg_ct_insert tracks a new admitted flow. old is an expired entry of the
+ * same tuple, if the lookup found one: it is replaced, and counts against
+ * the endpoint already. Otherwise the entry is new: it must fit in the
+ * endpoint's quota and in the table. Returns 0, or the counter saying why
+ * the flow could not be tracked.
+ */
+static __always_inline __u32 eg_ct_insert(const struct eg_ct_key *k, const struct eg_ct_entry *old,
+					  const struct eg_ct_entry *e, __u32 slot)
+{
+	__s64 *n;
+	long err;
+
+	if (old && !eg_ct_update(k, e, BPF_EXIST))
+		return 0;
+	/* No entry (or the agent's GC deleted the expired one meanwhile). */
+	n = eg_ct_quota(k, slot);
+	if (!n)
+		return EG_CNT_CT_FULL;
+	if (*n >= (k->family == 4 ? cfg_ct_ep_max4 : cfg_ct_ep_max6))
+		return EG_CNT_CT_ENDPOINT_FULL;
+	err = eg_ct_update(k, e, BPF_NOEXIST);
+	if (err == -17) /* -EEXIST */
+		return 0; /* another CPU tracked the same flow first: counted there */
+	if (err)
+		return EG_CNT_CT_FULL;
+	__sync_fetch_and_add(n, 1);
+	return 0;
+}
+
+static __always_inline void eg_ct_delete(const struct eg_ct_key *k, __u32 slot)
+{
+	long err;
+	__s64 *n;
+
 	if (k->family == 4)
-		bpf_map_delete_elem(&eg_ct4, &k->k4);
+		err = bpf_map_delete_elem(&eg_ct4, &k->k4);
 	else
-		bpf_map_delete_elem(&eg_ct6, &k->k6);
+		err = bpf_map_delete_elem(&eg_ct6, &k->k6);
+	n = eg_ct_quota(k, slot);
+	if (!err && n)
+		__sync_fetch_and_add(n, -1);
 }
 
 /* The policy port of a tracked flow: the destination port of its first
@@ -760,6 +802,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	}
 
 	now = bpf_jiffies64();
+	v.now = now;
 	if (p.frag != EG_FRAG_NONE)
 		eg_count(EG_CNT_FRAGMENTS);
 	if (p.frag == EG_FRAG_LATER) {
@@ -807,7 +850,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		v.rule_id = pv.rule_id;
 		v.reason = EG_REASON_REVALIDATED;
 		if (pv.verdict == EG_VERDICT_DENIED) {
-			eg_ct_delete(&key);
+			eg_ct_delete(&key, ep.ct_slot);
 			return eg_finish(&p, &v, 1);
 		}
 		if (pv.verdict != ct->verdict || pv.rule_id != ct->rule_id) {
@@ -860,26 +903,59 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	v.reason = EG_REASON_POLICY;
 
 	if (v.verdict != EG_VERDICT_DENIED) {
-		struct eg_ct_entry e = {};
+		struct eg_ct_entry e;
+		__u32 full;
 
+		/* Every field written, none twice (the entry is one cache line). */
+		e.expires = 0;
+		e.created = now;
+		e.packets[0] = cfg_ct_accounting ? 1 : 0;
+		e.packets[1] = 0;
+		e.bytes[0] = cfg_ct_accounting ? p.len : 0;
+		e.bytes[1] = 0;
 		e.generation = gen;
 		e.rule_id = v.rule_id;
 		e.peer_identity = v.peer_identity;
 		e.verdict = v.verdict;
 		e.origin = v.dir;
-		e.created = now;
-		if (cfg_ct_accounting) {
-			e.packets[0] = 1;
-			e.bytes[0] = p.len;
-		}
-		if (p.proto == IPPROTO_TCP && (p.tcp_flags & EG_TCP_RST))
-			e.state = EG_CT_CLOSING;
+		e.state = (p.proto == IPPROTO_TCP && (p.tcp_flags & EG_TCP_RST)) ? EG_CT_CLOSING : 0;
+		e.pad = 0;
 		e.expires = now + eg_ct_lifetime(p.proto, e.state);
-		if (eg_ct_insert(&key, &e))
-			eg_count(EG_CNT_CT_FULL);
+		full = eg_ct_insert(&key, ct, &e, ep.ct_slot);
+		if (full) {
+			/* Fail closed: a flow the datapath cannot track would
+			 * have its replies denied, and one endpoint's flood must
+			 * not pass untracked. Established flows are untouched. */
+			eg_count(full);
+			v.verdict = eg_downgrade(ep.mode, EG_VERDICT_DENIED);
+			v.reason = EG_REASON_CT_FULL;
+			return eg_finish(&p, &v, 1);
+		}
 		eg_frag_remember(&p, ep.id, v.verdict, now);
 	}
 	return eg_finish(&p, &v, 1);
+}
+
+/*
+ * eg_ct_adjust adds a signed delta to one endpoint's conntrack count. The
+ * agent runs it with BPF_PROG_TEST_RUN (it is attached nowhere) after its
+ * GC deleted entries: an atomic add, where a map update from user space
+ * would overwrite the datapath's concurrent counts. Returns 0, or 2 for a
+ * bad request.
+ */
+SEC("tc")
+int eg_ct_adjust(struct __sk_buff *skb)
+{
+	struct eg_ct_adjust_req req;
+	struct eg_ct_count *c;
+
+	if (bpf_skb_load_bytes(skb, 0, &req, sizeof(req)) || req.family > 1)
+		return 2;
+	c = bpf_map_lookup_elem(&eg_ct_ep, &req.slot);
+	if (!c)
+		return 2;
+	__sync_fetch_and_add(&c->count[req.family & 1], req.delta);
+	return 0;
 }
 
 SEC("tcx/ingress")

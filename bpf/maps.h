@@ -63,6 +63,7 @@ enum eg_reason {
 	EG_REASON_FRAGMENT    = 3, /* non-first fragment whose first fragment was not allowed */
 	EG_REASON_REVALIDATED = 4, /* established flow re-checked after a rule-set change */
 	EG_REASON_MALFORMED   = 5, /* truncated or inconsistent headers */
+	EG_REASON_CT_FULL     = 6, /* admitted, but conntrack (or the endpoint's quota) is full */
 };
 
 enum eg_endpoint_flags {
@@ -107,7 +108,8 @@ enum eg_counter {
 	EG_CNT_NO_ENDPOINT,
 	EG_CNT_EVENTS_LOST,        /* ring buffer full: event not written */
 	EG_CNT_EVENTS_SUPPRESSED,  /* deny events over the rate limit */
-	EG_CNT_CT_FULL,            /* conntrack insert failed */
+	EG_CNT_CT_FULL,            /* conntrack table full: new flow refused */
+	EG_CNT_CT_ENDPOINT_FULL,   /* the endpoint's conntrack quota used up: new flow refused */
 	EG_CNT_MAX,
 };
 
@@ -144,6 +146,8 @@ struct eg_endpoint {
 	__u8  mode;         /* enum eg_mode */
 	__u8  flags;        /* enum eg_endpoint_flags */
 	__u8  shapes[2];    /* enum eg_shape bits, indexed by enum eg_direction */
+	__u16 ct_slot;      /* the endpoint's conntrack quota in eg_ct_ep (datapath.ctSlots) */
+	__u16 pad;
 };
 
 /*
@@ -228,12 +232,21 @@ enum eg_ct_kind {
 };
 
 /*
- * eg_ct4, eg_ct6: LRU conntrack, keyed from the endpoint's point of view so
+ * eg_ct4, eg_ct6: conntrack, keyed from the endpoint's point of view so
  * that both directions of a flow find the same entry with one lookup:
  * "local" is the workload's side, "remote" the peer's. endpoint_id keeps
  * two workloads on one node from sharing state: each end decides on its
  * own. IPv4 has its own map because a 20-byte key hashes and compares in
  * about two thirds of the time of the 44-byte IPv6 one, on every packet.
+ *
+ * Preallocated plain hashes, not LRU: an LRU insert costs an element
+ * allocation and a free on shared lists (71 ns over an empty program,
+ * BenchmarkPrimitives), a preallocated insert takes an element from a
+ * per-CPU free list. Nothing is evicted: the agent deletes expired entries
+ * (datapath.GC), and a full table refuses new flows (EG_REASON_CT_FULL,
+ * counted) while established ones go on. Each endpoint may hold at most
+ * cfg_ct_ep_max of each map (eg_ct_ep), so that one workload cannot fill
+ * the table and have the others' new flows refused.
  */
 struct eg_ct_tail {
 	__u32 endpoint_id;
@@ -281,6 +294,31 @@ struct eg_ct_entry {
 	__u8  origin;       /* enum eg_direction of the first packet */
 	__u8  state;        /* enum eg_ct_state bits */
 	__u8  pad;
+};
+
+/*
+ * eg_ct_ep: per-endpoint conntrack quota, indexed by eg_endpoint.ct_slot
+ * (slot 0: endpoints the agent could not give a slot of their own share
+ * it). count[0] is the endpoint's entries in eg_ct4, count[1] in eg_ct6:
+ * the datapath adds one per insert and takes one per delete of its own,
+ * the agent's GC subtracts what it deleted (eg_ct_adjust), all with
+ * atomic adds. Signed: a GC delete may be counted before the insert's add
+ * lands.
+ */
+enum eg_ct_limits {
+	EG_CT_EP_SLOTS = 16384,
+};
+
+struct eg_ct_count {
+	__s64 count[2];
+};
+
+/* eg_ct_adjust's request (BPF_PROG_TEST_RUN data): add delta to
+ * eg_ct_ep[slot].count[family]. */
+struct eg_ct_adjust_req {
+	__u32 slot;
+	__u32 family;       /* 0 IPv4, 1 IPv6 */
+	__s64 delta;
 };
 
 /* eg_frags: verdicts of first fragments, so later fragments (no L4 header)
@@ -439,7 +477,7 @@ struct {
 } eg_policy_ranges SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct eg_ct4_key);
 	__type(value, struct eg_ct_entry);
@@ -447,12 +485,31 @@ struct {
 } eg_ct4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 131072);
 	__type(key, struct eg_ct6_key);
 	__type(value, struct eg_ct_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } eg_ct6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EG_CT_EP_SLOTS);
+	__type(key, __u32);
+	__type(value, struct eg_ct_count);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_ct_ep SEC(".maps");
+
+/* eg_ct_slots: endpoint id -> its slot in eg_ct_ep. The agent's own
+ * record (no program reads it), pinned so that a restarted agent knows
+ * which quota an endpoint's remaining entries count against. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EG_CT_EP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} eg_ct_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -531,6 +588,8 @@ EG_BTF_ANCHOR(eg_range_key);
 EG_BTF_ANCHOR(eg_range_value);
 EG_BTF_ANCHOR(eg_flow_event);
 EG_BTF_ANCHOR(eg_flow_event4);
+EG_BTF_ANCHOR(eg_ct_adjust_req);
+EG_BTF_ANCHOR(eg_ct_count);
 /* Enums are only in BTF when a typed object uses them. */
 #define EG_BTF_ENUM(type) const enum type eg_btf_##type = 0
 EG_BTF_ENUM(eg_counter);
@@ -543,5 +602,6 @@ EG_BTF_ENUM(eg_ct_kind);
 EG_BTF_ENUM(eg_mode);
 EG_BTF_ENUM(eg_direction);
 EG_BTF_ENUM(eg_endpoint_table);
+EG_BTF_ENUM(eg_ct_limits);
 
 #endif /* EG_MAPS_H */

@@ -241,11 +241,13 @@ func freeSlot(ifindex uint32, used func(slot uint32) bool) (uint32, bool) {
 	return 0, false
 }
 
-func endpointValue(e ruleset.Endpoint, b binding, tables *ruleset.Tables) bpfEgEndpoint {
+// endpointValue is an endpoint's entry of the endpoint table; ctSlot gives
+// the endpoint's conntrack quota slot (ctSlots.of).
+func endpointValue(e ruleset.Endpoint, b binding, tables *ruleset.Tables, ctSlot func(ruleset.EndpointID) uint16) bpfEgEndpoint {
 	if b.isGuard() {
 		e = guardEndpoint
 	}
-	v := bpfEgEndpoint{Ifindex: b.ifindex, Id: uint32(e.ID), Identity: uint32(e.Identity), Mode: uint8(e.Mode)}
+	v := bpfEgEndpoint{Ifindex: b.ifindex, Id: uint32(e.ID), Identity: uint32(e.Identity), Mode: uint8(e.Mode), CtSlot: ctSlot(e.ID)}
 	if e.HostMode() {
 		v.Flags |= uint8(bpfEgEndpointFlagsEG_EP_F_HOST)
 	}

@@ -175,6 +175,21 @@ func (d *Datapath) finishUpgrade() error {
 	if len(d.replaced) == 0 {
 		return nil
 	}
+	// The conntrack first, while the old programs still run on the old
+	// maps (see migrateCT): a failure here changes nothing.
+	if len(d.oldCT) > 0 {
+		n, err := d.migrateCT(d.oldCT, false)
+		if err != nil {
+			return fmt.Errorf("upgrade: %w", err)
+		}
+		d.log.Info("upgrade: conntrack entries copied to the new maps", zap.Int("entries", n))
+	}
+	if d.ctReconcile {
+		if err := d.reconcileCT(); err != nil {
+			return fmt.Errorf("upgrade: %w", err)
+		}
+		d.ctReconcile = false
+	}
 	for h, l := range d.links {
 		if err := l.Update(d.program(h)); err != nil {
 			return fmt.Errorf("switch link %s to the new programs: %w", h, err)
@@ -190,6 +205,18 @@ func (d *Datapath) finishUpgrade() error {
 			return fmt.Errorf("pin %s: %w", path, err)
 		}
 		delete(d.replaced, name)
+	}
+	if len(d.oldCT) > 0 {
+		// What the old programs added between the copy and the switch.
+		n, err := d.migrateCT(d.oldCT, true)
+		if err != nil {
+			d.log.Warn("upgrade: second conntrack copy incomplete; flows opened during the switch are decided anew", zap.Error(err))
+		}
+		d.log.Info("upgrade: conntrack entries added during the switch copied", zap.Int("entries", n))
+		for _, m := range d.oldCT {
+			m.Close()
+		}
+		d.oldCT = nil
 	}
 	d.log.Info("upgrade finished: new maps pinned, links switched to the new programs")
 	return nil

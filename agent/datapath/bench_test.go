@@ -49,15 +49,19 @@ func benchRuleSet(rules, prefixes int) *ruleset.RuleSet {
 	rs := &ruleset.RuleSet{
 		Node:      "bench",
 		Endpoints: []ruleset.Endpoint{{ID: 1, Workload: "web", Interface: "lo", Identity: idWeb}},
-		IPCache:   []ruleset.IPCacheEntry{{Prefix: pfx(web4 + "/32"), Identity: idWeb}},
+		IPCache:   []ruleset.IPCacheEntry{{Prefix: pfx(web4 + "/32"), Identity: idWeb}, {Prefix: pfx(web6 + "/128"), Identity: idWeb}},
 		Rules:     []ruleset.RuleName{{ID: 1, Name: "bench/allow"}},
 	}
-	// Peer identities 1000.., each a /32 in 10.250.128.0/17 (and a few
-	// CIDRs), so the trie holds `prefixes` entries.
+	// Peer identities 1000.., each a /32 in 10.250.128.0/17 and a /128 in
+	// fd0e:210::/112 (bench6Peer), so the ipcache holds `prefixes`
+	// entries of each family.
 	for i := range prefixes {
 		a := [4]byte{10, 250, byte(128 + i/256), byte(i % 256)}
 		rs.IPCache = append(rs.IPCache, ruleset.IPCacheEntry{
 			Prefix:   pfx(fmt.Sprintf("%d.%d.%d.%d/32", a[0], a[1], a[2], a[3])),
+			Identity: ruleset.Identity(1000 + i),
+		}, ruleset.IPCacheEntry{
+			Prefix:   pfx(fmt.Sprintf("fd0e:210::%x/128", i)),
 			Identity: ruleset.Identity(1000 + i),
 		})
 	}
@@ -138,35 +142,46 @@ func (e *benchEnv) measure(b *testing.B, prog *ebpf.Program, repeat int, packet 
 }
 
 // verdictCases runs the four cases of BenchmarkVerdict and
-// BenchmarkVerdictCold.
+// BenchmarkVerdictCold, IPv4 (as rules=N) and IPv6 (as ipv6/rules=N).
 func verdictCases(b *testing.B, repeat int) {
-	peer := "10.250.128.0" // identity 1000, allowed to 443
-	established := tcp4(peer, web4, 1, 443, tcpACK)
-	denied := tcp4(peer, web4, 2, 80, tcpSYN)
-	newFlow := tcp4(peer, web4, 1024, 443, tcpSYN)
+	for _, v6 := range []bool{false, true} {
+		for _, rules := range []int{10, 50000} {
+			benchVerdictCase(b, repeat, rules, v6)
+		}
+	}
+}
+
+func benchVerdictCase(b *testing.B, repeat, rules int, v6 bool) {
+	peer, web, mk, name, sportOff := "10.250.128.0", web4, tcp4, fmt.Sprintf("rules=%d", rules), 34 // identity 1000, allowed to 443
+	if v6 {
+		peer, web, mk, name, sportOff = "fd0e:210::", web6, tcp6, fmt.Sprintf("ipv6/rules=%d", rules), 54
+	}
+	established := mk(peer, web, 1, 443, tcpACK)
+	denied := mk(peer, web, 2, 80, tcpSYN)
+	newFlow := mk(peer, web, 1024, 443, tcpSYN)
 	newPort := func(i int) []byte {
 		if repeat == 1 { // a fresh source port: a real conntrack miss
-			binary.BigEndian.PutUint16(newFlow[34:], uint16(1024+i%64000))
+			binary.BigEndian.PutUint16(newFlow[sportOff:], uint16(1024+i%64000))
 		}
 		return newFlow
 	}
-	for _, rules := range []int{10, 50000} {
-		b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {
+	{
+		b.Run(name, func(b *testing.B) {
 			env := newBenchEnv(b, benchRuleSet(rules, 256), false)
 			// The endpoint is in container mode: tc egress delivers to it,
 			// tc ingress carries its replies.
 			in, out := env.h.d.objs.EgTcEgress, env.h.d.objs.EgTcIngress
-			if ret := env.h.run(in, "lo", tcp4(peer, web4, 1, 443, tcpSYN)); ret != retPass {
+			if ret := env.h.run(in, "lo", mk(peer, web, 1, 443, tcpSYN)); ret != retPass {
 				b.Fatalf("allowed SYN dropped: %d", ret)
 			}
-			if ret := env.h.run(out, "lo", tcp4(web4, peer, 443, 1, tcpSYN|tcpACK)); ret != retPass {
+			if ret := env.h.run(out, "lo", mk(web, peer, 443, 1, tcpSYN|tcpACK)); ret != retPass {
 				b.Fatalf("SYN-ACK dropped: %d", ret)
 			}
 			if ret := env.h.run(in, "lo", denied); ret != retDrop {
 				b.Fatalf("denied SYN passed: %d", ret)
 			}
 			env.h.drain()
-			if rules == 10 {
+			if rules == 10 && !v6 {
 				b.Run("empty", func(b *testing.B) {
 					env.measure(b, env.empty, repeat, func(int) []byte { return established })
 				})

@@ -45,7 +45,7 @@ var ErrWalkLimit = errors.New("conntrack walk stopped at its entry limit")
 // conntrack entry, IPv4 then IPv6, reading at most max entries in all
 // (the maps hold at most 2 x 131072). ICMP entries (echo, errors) carry
 // no connection volume worth a record and are skipped. Entries change
-// under the walk: one may be missed or seen twice (an LRU map has no
+// under the walk: one may be missed or seen twice (a hash map has no
 // snapshot); callers compare across walks. fn must not keep c.
 func (d *Datapath) Conntrack(max int, fn func(c *Conn)) error {
 	seen := 0

@@ -23,6 +23,7 @@ const (
 	CounterEventsLost       = Counter(bpfEgCounterEG_CNT_EVENTS_LOST)
 	CounterEventsSuppressed = Counter(bpfEgCounterEG_CNT_EVENTS_SUPPRESSED)
 	CounterCTFull           = Counter(bpfEgCounterEG_CNT_CT_FULL)
+	CounterCTEndpointFull   = Counter(bpfEgCounterEG_CNT_CT_ENDPOINT_FULL)
 	numCounters             = int(bpfEgCounterEG_CNT_MAX)
 )
 
@@ -41,7 +42,7 @@ var counterNames = [numCounters]string{
 	"would_deny_ingress", "would_deny_egress",
 	"established", "related", "revalidated", "forwarded",
 	"neighbor", "non_ip", "fragments", "malformed", "spoofed", "no_endpoint",
-	"events_lost", "events_suppressed", "ct_full",
+	"events_lost", "events_suppressed", "ct_full", "ct_endpoint_full",
 }
 
 // String returns the counter's name ("events_lost", "denied_ingress").

@@ -40,9 +40,18 @@ type Config struct {
 	// refused whole.
 	Limits ruleset.Limits
 	// CTEntries and CT6Entries are the IPv4 and IPv6 conntrack
-	// capacities (LRU: the least recently used flow is evicted when full).
+	// capacities. Nothing is evicted: the GC deletes expired entries, and
+	// a full table refuses new flows (counted, reason conntrack-full)
+	// while established ones go on.
 	CTEntries  uint32
 	CT6Entries uint32
+	// CTEndpointPercent is the share of each conntrack map one endpoint
+	// may hold (default 25, at most 100): past it, that endpoint's new
+	// flows are refused (counted) and the others' still get in.
+	CTEndpointPercent uint32
+	// CTGCInterval is the longest time between two conntrack GC sweeps
+	// (default 10 s); a sweep that finds the maps filling comes sooner.
+	CTGCInterval time.Duration
 	// RingBufBytes is the flow event ring size, a power of two. Bigger
 	// is not better beyond what covers the reader's pauses: the
 	// datapath writes each event where the ring was written one lap
@@ -80,6 +89,10 @@ type Config struct {
 	GuardInterfaces []string
 	Logger          *zap.Logger
 
+	// ctEarlyDropAge is how old a never answered conntrack entry must be
+	// for the GC's early drop (5 s; tests shorten it).
+	ctEarlyDropAge time.Duration
+
 	// synExpiresAtOnce makes conntrack entries of unanswered TCP flows
 	// expire immediately, so a repeated SYN stays a new flow. Only the
 	// benchmarks set it, to measure the new-flow path with repeated runs.
@@ -98,6 +111,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.CT6Entries == 0 {
 		c.CT6Entries = max(c.CTEntries/2, 1024)
+	}
+	if c.CTEndpointPercent == 0 {
+		c.CTEndpointPercent = 25
+	}
+	if c.CTGCInterval <= 0 {
+		c.CTGCInterval = 10 * time.Second
+	}
+	if c.ctEarlyDropAge == 0 {
+		c.ctEarlyDropAge = 5 * time.Second
 	}
 	if c.RingBufBytes == 0 {
 		c.RingBufBytes = 4 << 20
@@ -145,9 +167,15 @@ type Datapath struct {
 	// Clock.mu (never the other way round).
 	mu       sync.Mutex
 	objs     bpfObjects
-	replaced map[string]bool // pinned after the first Apply; see loaded
-	word     uint32          // generation word last written (eg_state)
-	gens     [2]*generation  // inner maps of the generation in a slot, if we built it
+	replaced map[string]bool      // pinned after the first Apply; see loaded
+	oldCT    map[string]*ebpf.Map // the replaced conntrack maps' old pins, until finishUpgrade
+	// ctReconcile: the conntrack quota must be recounted from the maps
+	// (its maps are new, or the conntrack was replaced).
+	ctReconcile bool
+	ctSlots     *ctSlots
+	gc          gcState
+	word        uint32         // generation word last written (eg_state)
+	gens        [2]*generation // inner maps of the generation in a slot, if we built it
 	// preparing delivers the empty maps being installed in the inactive
 	// slot (see swap); nil when nothing is being prepared.
 	preparing chan *prepared
@@ -186,6 +214,9 @@ func Open(cfg Config) (*Datapath, error) {
 	log := cfg.Logger.With(zap.String("bpffs-dir", cfg.BPFFSDir))
 	if err := CheckGuardPatterns(cfg.GuardInterfaces); err != nil {
 		return nil, fmt.Errorf("guard interfaces: %w", err)
+	}
+	if cfg.CTEndpointPercent > 100 {
+		return nil, fmt.Errorf("conntrack share per endpoint %d%%: want 1 to 100", cfg.CTEndpointPercent)
 	}
 	if err := checkPrivileges(); err != nil {
 		return nil, err
@@ -246,6 +277,7 @@ func Open(cfg Config) (*Datapath, error) {
 		spec:      spec,
 		objs:      l.objs,
 		replaced:  l.replaced,
+		oldCT:     l.oldCT,
 		links:     make(map[hook]link.Link),
 		stopped:   make(chan struct{}),
 		seed:      maphash.MakeSeed(),
@@ -261,6 +293,11 @@ func Open(cfg Config) (*Datapath, error) {
 		}
 		d.progIDs[i], _ = info.ID()
 	}
+	d.ctReconcile = needsReconcile(l)
+	if d.ctSlots, err = newCTSlots(d.objs.EgCtSlots, log); err != nil {
+		d.Close()
+		return nil, err
+	}
 	var g bpfEgGeneration
 	if err := d.objs.EgState.Lookup(uint32(0), &g); err != nil {
 		d.Close()
@@ -270,6 +307,14 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := d.adoptLinks(len(l.replaced) == 0); err != nil {
 		d.Close()
 		return nil, err
+	}
+	if len(l.replaced) == 0 && d.ctReconcile {
+		// Our programs run already (no upgrade to finish): recount now.
+		if err := d.reconcileCT(); err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.ctReconcile = false
 	}
 	if err := d.startWatch(); err != nil {
 		d.Close()
@@ -337,8 +382,18 @@ func (d *Datapath) Close() error {
 			errs = append(errs, g.close())
 		}
 	}
+	// A GC sweep in progress finishes before its maps are closed (lock
+	// order: mu, then gc.mu).
+	d.gc.mu.Lock()
+	defer d.gc.mu.Unlock()
 	if err := d.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close eBPF objects: %w", err))
+	}
+	for _, m := range d.oldCT {
+		m.Close()
+	}
+	if d.gc.high != nil {
+		d.gc.high.Close()
 	}
 	if err := d.probe.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close jiffies probe: %w", err))

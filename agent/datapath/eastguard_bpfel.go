@@ -35,7 +35,8 @@ const (
 	bpfEgCounterEG_CNT_EVENTS_LOST        bpfEgCounter = 16
 	bpfEgCounterEG_CNT_EVENTS_SUPPRESSED  bpfEgCounter = 17
 	bpfEgCounterEG_CNT_CT_FULL            bpfEgCounter = 18
-	bpfEgCounterEG_CNT_MAX                bpfEgCounter = 19
+	bpfEgCounterEG_CNT_CT_ENDPOINT_FULL   bpfEgCounter = 19
+	bpfEgCounterEG_CNT_MAX                bpfEgCounter = 20
 )
 
 type bpfEgCt4Key struct {
@@ -50,6 +51,18 @@ type bpfEgCt6Key struct {
 	Local  [16]uint8
 	Remote [16]uint8
 	T      bpfEgCtTail
+}
+
+type bpfEgCtAdjustReq struct {
+	_      structs.HostLayout
+	Slot   uint32
+	Family uint32
+	Delta  int64
+}
+
+type bpfEgCtCount struct {
+	_     structs.HostLayout
+	Count [2]int64
 }
 
 type bpfEgCtEntry struct {
@@ -73,6 +86,12 @@ const (
 	bpfEgCtKindEG_CT_KIND_PORTS bpfEgCtKind = 0
 	bpfEgCtKindEG_CT_KIND_ECHO  bpfEgCtKind = 1
 	bpfEgCtKindEG_CT_KIND_ICMP  bpfEgCtKind = 2
+)
+
+type bpfEgCtLimits uint32
+
+const (
+	bpfEgCtLimitsEG_CT_EP_SLOTS bpfEgCtLimits = 16384
 )
 
 type bpfEgCtState uint32
@@ -109,6 +128,8 @@ type bpfEgEndpoint struct {
 	Mode     uint8
 	Flags    uint8
 	Shapes   [2]uint8
+	CtSlot   uint16
+	Pad      uint16
 }
 
 type bpfEgEndpointFlags uint32
@@ -291,6 +312,7 @@ const (
 	bpfEgReasonEG_REASON_FRAGMENT    bpfEgReason = 3
 	bpfEgReasonEG_REASON_REVALIDATED bpfEgReason = 4
 	bpfEgReasonEG_REASON_MALFORMED   bpfEgReason = 5
+	bpfEgReasonEG_REASON_CT_FULL     bpfEgReason = 6
 )
 
 type bpfEgShape uint32
@@ -320,6 +342,8 @@ const (
 	bpfMapEgCounters           = "eg_counters"
 	bpfMapEgCt4                = "eg_ct4"
 	bpfMapEgCt6                = "eg_ct6"
+	bpfMapEgCtEp               = "eg_ct_ep"
+	bpfMapEgCtSlots            = "eg_ct_slots"
 	bpfMapEgEndpoints          = "eg_endpoints"
 	bpfMapEgEvents             = "eg_events"
 	bpfMapEgFrags              = "eg_frags"
@@ -330,9 +354,12 @@ const (
 	bpfMapEgPolicyRanges       = "eg_policy_ranges"
 	bpfMapEgRatelimit          = "eg_ratelimit"
 	bpfMapEgState              = "eg_state"
+	bpfProgEgCtAdjust          = "eg_ct_adjust"
 	bpfProgEgTcEgress          = "eg_tc_egress"
 	bpfProgEgTcIngress         = "eg_tc_ingress"
 	bpfVarCfgCtAccounting      = "cfg_ct_accounting"
+	bpfVarCfgCtEpMax4          = "cfg_ct_ep_max4"
+	bpfVarCfgCtEpMax6          = "cfg_ct_ep_max6"
 	bpfVarCfgCtOtherJ          = "cfg_ct_other_j"
 	bpfVarCfgCtRevalidate      = "cfg_ct_revalidate"
 	bpfVarCfgCtTcpCloseJ       = "cfg_ct_tcp_close_j"
@@ -345,7 +372,10 @@ const (
 	bpfVarCfgFragTimeoutJ      = "cfg_frag_timeout_j"
 	bpfVarCfgHz                = "cfg_hz"
 	bpfVarEgBtfEgCounter       = "eg_btf_eg_counter"
+	bpfVarEgBtfEgCtAdjustReq   = "eg_btf_eg_ct_adjust_req"
+	bpfVarEgBtfEgCtCount       = "eg_btf_eg_ct_count"
 	bpfVarEgBtfEgCtKind        = "eg_btf_eg_ct_kind"
+	bpfVarEgBtfEgCtLimits      = "eg_btf_eg_ct_limits"
 	bpfVarEgBtfEgCtState       = "eg_btf_eg_ct_state"
 	bpfVarEgBtfEgDirection     = "eg_btf_eg_direction"
 	bpfVarEgBtfEgEndpoint      = "eg_btf_eg_endpoint"
@@ -408,6 +438,7 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
+	EgCtAdjust  *ebpf.ProgramSpec `ebpf:"eg_ct_adjust"`
 	EgTcEgress  *ebpf.ProgramSpec `ebpf:"eg_tc_egress"`
 	EgTcIngress *ebpf.ProgramSpec `ebpf:"eg_tc_ingress"`
 }
@@ -419,6 +450,8 @@ type bpfMapSpecs struct {
 	EgCounters     *ebpf.MapSpec `ebpf:"eg_counters"`
 	EgCt4          *ebpf.MapSpec `ebpf:"eg_ct4"`
 	EgCt6          *ebpf.MapSpec `ebpf:"eg_ct6"`
+	EgCtEp         *ebpf.MapSpec `ebpf:"eg_ct_ep"`
+	EgCtSlots      *ebpf.MapSpec `ebpf:"eg_ct_slots"`
 	EgEndpoints    *ebpf.MapSpec `ebpf:"eg_endpoints"`
 	EgEvents       *ebpf.MapSpec `ebpf:"eg_events"`
 	EgFrags        *ebpf.MapSpec `ebpf:"eg_frags"`
@@ -436,6 +469,8 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	CfgCtAccounting      *ebpf.VariableSpec `ebpf:"cfg_ct_accounting"`
+	CfgCtEpMax4          *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max4"`
+	CfgCtEpMax6          *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max6"`
 	CfgCtOtherJ          *ebpf.VariableSpec `ebpf:"cfg_ct_other_j"`
 	CfgCtRevalidate      *ebpf.VariableSpec `ebpf:"cfg_ct_revalidate"`
 	CfgCtTcpCloseJ       *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_close_j"`
@@ -448,7 +483,10 @@ type bpfVariableSpecs struct {
 	CfgFragTimeoutJ      *ebpf.VariableSpec `ebpf:"cfg_frag_timeout_j"`
 	CfgHz                *ebpf.VariableSpec `ebpf:"cfg_hz"`
 	EgBtfEgCounter       *ebpf.VariableSpec `ebpf:"eg_btf_eg_counter"`
+	EgBtfEgCtAdjustReq   *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_adjust_req"`
+	EgBtfEgCtCount       *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_count"`
 	EgBtfEgCtKind        *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_kind"`
+	EgBtfEgCtLimits      *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_limits"`
 	EgBtfEgCtState       *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_state"`
 	EgBtfEgDirection     *ebpf.VariableSpec `ebpf:"eg_btf_eg_direction"`
 	EgBtfEgEndpoint      *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint"`
@@ -492,6 +530,8 @@ type bpfMaps struct {
 	EgCounters     *ebpf.Map `ebpf:"eg_counters"`
 	EgCt4          *ebpf.Map `ebpf:"eg_ct4"`
 	EgCt6          *ebpf.Map `ebpf:"eg_ct6"`
+	EgCtEp         *ebpf.Map `ebpf:"eg_ct_ep"`
+	EgCtSlots      *ebpf.Map `ebpf:"eg_ct_slots"`
 	EgEndpoints    *ebpf.Map `ebpf:"eg_endpoints"`
 	EgEvents       *ebpf.Map `ebpf:"eg_events"`
 	EgFrags        *ebpf.Map `ebpf:"eg_frags"`
@@ -509,6 +549,8 @@ func (m *bpfMaps) Close() error {
 		m.EgCounters,
 		m.EgCt4,
 		m.EgCt6,
+		m.EgCtEp,
+		m.EgCtSlots,
 		m.EgEndpoints,
 		m.EgEvents,
 		m.EgFrags,
@@ -527,6 +569,8 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	CfgCtAccounting      *ebpf.Variable `ebpf:"cfg_ct_accounting"`
+	CfgCtEpMax4          *ebpf.Variable `ebpf:"cfg_ct_ep_max4"`
+	CfgCtEpMax6          *ebpf.Variable `ebpf:"cfg_ct_ep_max6"`
 	CfgCtOtherJ          *ebpf.Variable `ebpf:"cfg_ct_other_j"`
 	CfgCtRevalidate      *ebpf.Variable `ebpf:"cfg_ct_revalidate"`
 	CfgCtTcpCloseJ       *ebpf.Variable `ebpf:"cfg_ct_tcp_close_j"`
@@ -539,7 +583,10 @@ type bpfVariables struct {
 	CfgFragTimeoutJ      *ebpf.Variable `ebpf:"cfg_frag_timeout_j"`
 	CfgHz                *ebpf.Variable `ebpf:"cfg_hz"`
 	EgBtfEgCounter       *ebpf.Variable `ebpf:"eg_btf_eg_counter"`
+	EgBtfEgCtAdjustReq   *ebpf.Variable `ebpf:"eg_btf_eg_ct_adjust_req"`
+	EgBtfEgCtCount       *ebpf.Variable `ebpf:"eg_btf_eg_ct_count"`
 	EgBtfEgCtKind        *ebpf.Variable `ebpf:"eg_btf_eg_ct_kind"`
+	EgBtfEgCtLimits      *ebpf.Variable `ebpf:"eg_btf_eg_ct_limits"`
 	EgBtfEgCtState       *ebpf.Variable `ebpf:"eg_btf_eg_ct_state"`
 	EgBtfEgDirection     *ebpf.Variable `ebpf:"eg_btf_eg_direction"`
 	EgBtfEgEndpoint      *ebpf.Variable `ebpf:"eg_btf_eg_endpoint"`
@@ -564,12 +611,14 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
+	EgCtAdjust  *ebpf.Program `ebpf:"eg_ct_adjust"`
 	EgTcEgress  *ebpf.Program `ebpf:"eg_tc_egress"`
 	EgTcIngress *ebpf.Program `ebpf:"eg_tc_ingress"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.EgCtAdjust,
 		p.EgTcEgress,
 		p.EgTcIngress,
 	)

@@ -24,6 +24,9 @@ const (
 	ReasonFragment    Reason = Reason(bpfEgReasonEG_REASON_FRAGMENT)
 	ReasonRevalidated Reason = Reason(bpfEgReasonEG_REASON_REVALIDATED)
 	ReasonMalformed   Reason = Reason(bpfEgReasonEG_REASON_MALFORMED)
+	// ReasonCTFull: the policy admitted the flow, but conntrack had no
+	// room for it (the table, or the endpoint's quota): refused.
+	ReasonCTFull Reason = Reason(bpfEgReasonEG_REASON_CT_FULL)
 )
 
 func (r Reason) String() string {
@@ -40,6 +43,8 @@ func (r Reason) String() string {
 		return "revalidated"
 	case ReasonMalformed:
 		return "malformed"
+	case ReasonCTFull:
+		return "conntrack-full"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

@@ -143,7 +143,7 @@ func (d *Datapath) fill(g *generation, rs *ruleset.RuleSet, tables *ruleset.Tabl
 			return fmt.Errorf("%s: interface %s (ifindex %d) collides with %d others in the endpoint table; recreate it to get another index",
 				ruleset.MapEndpoints, b.ifname, ifindex, epProbes)
 		}
-		table[slot] = endpointValue(eps[b.endpoint], b, tables)
+		table[slot] = endpointValue(eps[b.endpoint], b, tables, d.ctSlots.of)
 	}
 	slots := slices.Sorted(maps.Keys(table))
 	vals := make([]bpfEgEndpoint, len(slots))

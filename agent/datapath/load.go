@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"go.uber.org/zap"
@@ -33,6 +34,8 @@ func loadSpec(cfg *Config, hz uint32) (*ebpf.CollectionSpec, error) {
 		"cfg_ct_tcp_close_j":       jiffies(cfg.Timeouts.TCPClose, hz),
 		"cfg_ct_other_j":           jiffies(cfg.Timeouts.Other, hz),
 		"cfg_frag_timeout_j":       jiffies(cfg.Timeouts.Fragment, hz),
+		"cfg_ct_ep_max4":           int64(ctQuota(cfg.CTEntries, cfg.CTEndpointPercent)),
+		"cfg_ct_ep_max6":           int64(ctQuota(cfg.CT6Entries, cfg.CTEndpointPercent)),
 	}
 	if cfg.synExpiresAtOnce {
 		vars["cfg_ct_tcp_syn_j"] = uint32(0)
@@ -71,17 +74,30 @@ type loaded struct {
 	replaced map[string]bool
 	// fresh lists maps that had no pin (first start).
 	fresh []string
+	// oldCT holds the replaced conntrack maps' pins (an upgrade from the
+	// LRU conntrack): finishUpgrade copies their entries over before
+	// the new programs run, so established flows survive the upgrade.
+	oldCT map[string]*ebpf.Map
 }
+
+// ctMaps are the conntrack maps whose entries an upgrade carries over.
+var ctMaps = []string{"eg_ct4", "eg_ct6"}
 
 // loadObjects opens the pinned maps under dir that match the spec, creates
 // the missing ones, and loads the programs against them. Programs are
 // always loaded anew: the running links are switched to them by Update,
 // atomically.
 func loadObjects(spec *ebpf.CollectionSpec, dir string, log *zap.Logger) (*loaded, error) {
-	l := &loaded{replaced: make(map[string]bool)}
+	l := &loaded{replaced: make(map[string]bool), oldCT: make(map[string]*ebpf.Map)}
 	repl := make(map[string]*ebpf.Map)
 	closeAll := func() {
 		for _, m := range repl {
+			m.Close()
+		}
+	}
+	fail := func() {
+		closeAll()
+		for _, m := range l.oldCT {
 			m.Close()
 		}
 	}
@@ -96,27 +112,31 @@ func loadObjects(spec *ebpf.CollectionSpec, dir string, log *zap.Logger) (*loade
 		case errors.Is(err, os.ErrNotExist):
 			m, err := ebpf.NewMap(ms)
 			if err != nil {
-				closeAll()
+				fail()
 				return nil, fmt.Errorf("create map %s: %w", name, err)
 			}
 			if err := m.Pin(path); err != nil {
 				m.Close()
-				closeAll()
+				fail()
 				return nil, fmt.Errorf("pin map %s: %w", name, err)
 			}
 			repl[name] = m
 			l.fresh = append(l.fresh, name)
 		case err != nil:
-			closeAll()
+			fail()
 			return nil, fmt.Errorf("open pinned map %s: %w", path, err)
 		default:
 			if cerr := compatible(ms, pinned); cerr != nil {
 				log.Warn("pinned map is incompatible with this agent; a new one replaces it after the first rule set is applied",
 					zap.String("map", name), zap.String("pin", path), zap.Error(cerr))
-				pinned.Close()
+				if slices.Contains(ctMaps, name) {
+					l.oldCT[name] = pinned
+				} else {
+					pinned.Close()
+				}
 				m, err := ebpf.NewMap(ms)
 				if err != nil {
-					closeAll()
+					fail()
 					return nil, fmt.Errorf("create map %s: %w", name, err)
 				}
 				repl[name] = m
@@ -128,7 +148,7 @@ func loadObjects(spec *ebpf.CollectionSpec, dir string, log *zap.Logger) (*loade
 	}
 	err := spec.LoadAndAssign(&l.objs, &ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
-		closeAll()
+		fail()
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load eBPF programs (verifier): %+v", ve)
@@ -177,10 +197,18 @@ func (o *bpfObjects) mapsByName() map[string]*ebpf.Map {
 		"eg_policy_ranges": o.EgPolicyRanges,
 		"eg_ct4":           o.EgCt4,
 		"eg_ct6":           o.EgCt6,
+		"eg_ct_ep":         o.EgCtEp,
+		"eg_ct_slots":      o.EgCtSlots,
 		"eg_frags":         o.EgFrags,
 		"eg_nd_neigh":      o.EgNdNeigh,
 		"eg_events":        o.EgEvents,
 		"eg_counters":      o.EgCounters,
 		"eg_ratelimit":     o.EgRatelimit,
 	}
+}
+
+// ctQuota is how many entries of a conntrack map of the given capacity
+// one endpoint may hold: percent of it, at least one.
+func ctQuota(capacity, percent uint32) uint32 {
+	return max(uint32(uint64(capacity)*uint64(percent)/100), 1)
 }

@@ -67,6 +67,7 @@ func BenchmarkPrimitives(b *testing.B) {
 	lru20 := mk(ebpf.LRUHash, 20, 40, 262144, 0)
 	lru44 := mk(ebpf.LRUHash, 44, 40, 262144, 0)
 	lruIns := mk(ebpf.LRUHash, 20, 40, 262144, 0)
+	hashIns := mk(ebpf.Hash, 20, 64, 262144, 0) // preallocated, as eg_ct4
 	lpm := mk(ebpf.LPMTrie, 24, 8, 1024, 1 /* BPF_F_NO_PREALLOC */)
 	rb := mk(ebpf.RingBuf, 0, 0, 4<<20, 0) // the datapath's default size
 	for _, m := range []*ebpf.Map{h20, lru20} {
@@ -92,6 +93,9 @@ func BenchmarkPrimitives(b *testing.B) {
 		{"lru-lookup/key=20", withKey(lru20, 20, asm.FnMapLookupElem, false)},
 		{"lru-lookup/key=44", withKey(lru44, 44, asm.FnMapLookupElem, false)},
 		{"lru-update/key=20", withKey(lruIns, 20, asm.FnMapUpdateElem, true)},
+		// Replacing the key's entry (after the first run), as the
+		// conntrack does for a flow whose entry expired.
+		{"hash-update/key=20", withKey(hashIns, 20, asm.FnMapUpdateElem, true)},
 		{"lpm-lookup", withKey(lpm, 24, asm.FnMapLookupElem, false)},
 		{"jiffies", asm.Instructions{asm.FnJiffies64.Call(), asm.Mov.Imm(asm.R0, -1), asm.Return()}},
 		{"ktime-coarse", asm.Instructions{asm.FnKtimeGetCoarseNs.Call(), asm.Mov.Imm(asm.R0, -1), asm.Return()}},

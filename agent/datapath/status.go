@@ -57,6 +57,21 @@ type Status struct {
 	// Maps are the active generation's maps: entries used, capacity (what
 	// incremental updates may grow into before a rebuild) and limit.
 	Maps []MapUsage `json:"maps,omitempty"`
+	// Conntrack: its fill, quota, GC, and the new flows refused for want
+	// of room.
+	Conntrack *ConntrackStatus `json:"conntrack,omitempty"`
+}
+
+// ConntrackStatus is the conntrack's fill and GC, and the new flows it
+// refused: RefusedTableFull when a map was full, RefusedEndpointQuota
+// when the flow's endpoint held its whole share (counters ct_full and
+// ct_endpoint_full, since the maps were created). Full says a map held
+// more than 95% of its capacity at the last sweep.
+type ConntrackStatus struct {
+	GCStats
+	Full                 [2]bool `json:"full"`
+	RefusedTableFull     uint64  `json:"refusedTableFull"`
+	RefusedEndpointQuota uint64  `json:"refusedEndpointQuota"`
 }
 
 // Status reports the rule set in force and where it is enforced.
@@ -64,6 +79,9 @@ func (d *Datapath) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := Status{Generation: d.word >> 1, Attached: len(d.links) / 2}
+	if !d.closed {
+		st.Conntrack = d.conntrackStatus()
+	}
 	cur := d.current
 	if cur == nil {
 		return st

@@ -169,7 +169,7 @@ func (d *Datapath) bindLive(cur *applied, ep ruleset.Endpoint, b binding, pendin
 		return false
 	}
 	slot, err := placeEndpoint(eps, b.ifindex)
-	v := endpointValue(ep, b, cur.tables)
+	v := endpointValue(ep, b, cur.tables, d.ctSlots.of)
 	if err == nil {
 		if err = eps.Update(slot, v, ebpf.UpdateAny); err == nil {
 			d.shadow.set(mEndpoints, raw(&slot), raw(&v))

@@ -15,6 +15,10 @@ import (
 
 // Sink takes aggregated flows. Write is called from one goroutine, every
 // flush interval; it must not block on the network (the spool queues).
+// DefaultUpdateInterval is how often the conntrack is walked when
+// PipelineConfig.UpdateInterval is 0.
+const DefaultUpdateInterval = 30 * time.Second
+
 type Sink interface {
 	Write([]Flow) error
 }
@@ -67,7 +71,7 @@ func NewPipeline(cfg PipelineConfig) *Pipeline {
 		cfg.Log = zap.NewNop()
 	}
 	if cfg.UpdateInterval <= 0 {
-		cfg.UpdateInterval = 30 * time.Second
+		cfg.UpdateInterval = DefaultUpdateInterval
 	}
 	p := &Pipeline{cfg: cfg, agg: NewAggregator(cfg.MaxFlows), flush: make(chan struct{}, 1)}
 	if cfg.Conntrack != nil {

@@ -65,7 +65,15 @@ var (
 	descEventsSuppressed = prometheus.NewDesc("eastguard_agent_flow_events_suppressed_total",
 		"Deny events the datapath's per-CPU rate limit suppressed (the drops themselves are counted in verdicts).", nil, nil)
 	descCTFull = prometheus.NewDesc("eastguard_agent_conntrack_insert_failures_total",
-		"Admitted flows the datapath could not add to conntrack.", nil, nil)
+		"New flows the policy admitted but the datapath refused because a conntrack map was full (established flows go on).", nil, nil)
+	descCTRefused = prometheus.NewDesc("eastguard_agent_conntrack_endpoint_quota_refusals_total",
+		"New flows refused because their endpoint held its whole share of the conntrack (the other endpoints' new flows still get in).", nil, nil)
+	descCTEntries = prometheus.NewDesc("eastguard_agent_conntrack_entries",
+		"Conntrack entries at the last GC sweep, by family.", []string{"family"}, nil)
+	descCTCapacity = prometheus.NewDesc("eastguard_agent_conntrack_capacity_entries",
+		"Conntrack capacity by family: a full map refuses new flows (eastguard_agent_conntrack_insert_failures_total).", []string{"family"}, nil)
+	descCTGCDeleted = prometheus.NewDesc("eastguard_agent_conntrack_gc_deleted_total",
+		"Expired conntrack entries the agent's GC deleted.", nil, nil)
 	descRingUsed = prometheus.NewDesc("eastguard_agent_event_ring_used_bytes",
 		"Bytes waiting in the flow event ring buffer.", nil, nil)
 	descRingSize = prometheus.NewDesc("eastguard_agent_event_ring_size_bytes",
@@ -162,7 +170,7 @@ func (a *Agent) ObserveApply(d time.Duration, err error) {
 // Describe implements prometheus.Collector.
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVerdicts, descPackets, descChecks, descEventsRead, descEventsLost,
-		descEventsSuppressed, descCTFull, descRingUsed, descRingSize, descVersion, descApplyFailed, descMapEntries,
+		descEventsSuppressed, descCTFull, descCTRefused, descCTEntries, descCTCapacity, descCTGCDeleted, descRingUsed, descRingSize, descVersion, descApplyFailed, descMapEntries,
 		descMapAllocated, descMapLimit, descEndpoints, descGuarded, descFlows, descVolumeRecords, descUntracked, descFlowsLost, descSpoolBytes, descSpoolBatches, descConnected,
 		descCertExpiry, descDefaultMode} {
 		ch <- d
@@ -197,6 +205,7 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 			counter(descEventsLost, c.Get(datapath.CounterEventsLost))
 			counter(descEventsSuppressed, c.Get(datapath.CounterEventsSuppressed))
 			counter(descCTFull, c.Get(datapath.CounterCTFull))
+			counter(descCTRefused, c.Get(datapath.CounterCTEndpointFull))
 		}
 	}
 	if a.src.Ring != nil {
@@ -212,6 +221,13 @@ func (a *Agent) Collect(ch chan<- prometheus.Metric) {
 			failed = 1
 		}
 		gauge(descApplyFailed, failed)
+		if ct := st.Datapath.Conntrack; ct != nil {
+			for fam, name := range []string{"ipv4", "ipv6"} {
+				gauge(descCTEntries, float64(ct.Entries[fam]), name)
+				gauge(descCTCapacity, float64(ct.Capacity[fam]), name)
+			}
+			counter(descCTGCDeleted, ct.Deleted)
+		}
 		for _, m := range st.Datapath.Maps {
 			gauge(descMapEntries, float64(m.Entries), m.Name)
 			gauge(descMapAllocated, float64(m.Capacity), m.Name)

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -103,6 +105,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.Var(guardList{&c.GuardInterfaces}, "guard-interfaces", "comma-separated shell globs of interface names (e.g. cali*,lxc*,veth*): every matching veth no workload claims yet is denied both ways until its workload arrives (Kubernetes: closes the window before a new pod's workload reaches the agent); only veths are guarded (default off)")
 	fs.StringVar(&c.FlowLog, "flow-log", "", "write flow records as JSON lines to FILE, or - for standard output")
 	fs.DurationVar(&c.FlowUpdateInterval, "flow-update-interval", 30*time.Second, "report each connection's volume (active records) this often while it lasts, and when it ends (closed records); 1s to 24h")
+	fs.Func("conntrack-entries", "IPv4 conntrack capacity, entries (IPv6: half); a full conntrack refuses new flows, so size it for the new flows of one timeout (default 262144; 1024 to 16777216)", uintFlag(&c.ConntrackEntries))
+	fs.Func("conntrack-endpoint-percent", "the share of the conntrack one workload may hold; past it only its own new flows are refused (default 25; 1 to 100)", uintFlag(&c.ConntrackEndpointPercent))
 	fs.DurationVar(&c.DatapathCheckInterval, "datapath-check-interval", enforcer.DefaultDriftInterval, "check this often that the programs are attached as loaded and the rule set's maps hold what the agent wrote (a checksum), and on every interface event; 100ms to 1m")
 	fs.DurationVar(&c.DatapathFullCheckInterval, "datapath-full-check-interval", enforcer.DefaultFullDriftInterval, "compare the maps entry by entry, and the pins, this often; 1s to 24h")
 	fs.BoolVar(&c.Repair, "repair", true, "put back what a datapath check finds changed (re-attach, rewrite from the agent's own copy); --repair=false only logs, counts and reports it")
@@ -132,4 +136,20 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	c.Version = version
 	return f, nil
+}
+
+// uintFlag parses a flag's value into a uint32 (0 is refused: leave the
+// flag out for the default).
+func uintFlag(p *uint32) func(string) error {
+	return func(s string) error {
+		v, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return fmt.Errorf("want a whole number: %w", err)
+		}
+		if v == 0 {
+			return errors.New("want more than 0")
+		}
+		*p = uint32(v)
+		return nil
+	}
 }

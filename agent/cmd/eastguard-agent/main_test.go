@@ -65,6 +65,12 @@ func TestParseFlags(t *testing.T) {
 		{"guard interfaces: bad glob", []string{"--node", "a", "--policy-dir", dir, "--guard-interfaces", "cali*,lxc[", "--guard-interfaces", "veth*"},
 			`invalid value "cali*,lxc[" for flag -guard-interfaces: pattern 2 "lxc[": bad guard interface pattern: syntax error in pattern`, nil},
 		{"uninstall needs nothing else", []string{"--uninstall"}, "", nil},
+		{"conntrack size and share", []string{"--node", "a", "--policy-dir", dir, "--conntrack-entries", "1048576", "--conntrack-endpoint-percent", "10"}, "",
+			func(o *flags) bool { return o.ConntrackEntries == 1<<20 && o.ConntrackEndpointPercent == 10 }},
+		{"conntrack too small", []string{"--node", "a", "--policy-dir", dir, "--conntrack-entries", "100"}, "--conntrack-entries 100: want between 1024", nil},
+		{"conntrack share over 100", []string{"--node", "a", "--policy-dir", dir, "--conntrack-endpoint-percent", "101"}, "--conntrack-endpoint-percent 101: want between 1 and 100", nil},
+		{"conntrack share 0", []string{"--node", "a", "--policy-dir", dir, "--conntrack-endpoint-percent", "0"}, "want more than 0", nil},
+		{"conntrack size not a number", []string{"--node", "a", "--policy-dir", dir, "--conntrack-entries", "1M"}, "want a whole number", nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
