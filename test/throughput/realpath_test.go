@@ -4,7 +4,6 @@ package throughput
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -73,38 +72,6 @@ func BenchmarkRealPath(b *testing.B) {
 	b.Cleanup(func() { datapath.Uninstall(node.BPFFSDir, nil) })
 
 	var agent *topo.Process
-	startAgent := func() {
-		dir := b.TempDir()
-		rsFile := filepath.Join(dir, "ruleset.json")
-		raw, err := json.Marshal(ruleSet(client, server, 3)) // the client allowed on the bench's ports: one rule
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := os.WriteFile(rsFile, raw, 0o600); err != nil {
-			b.Fatal(err)
-		}
-		agent = topo.Start(b, "agent", node.NS.Nsenter(context.Background(), bin, "--node", "node-t",
-			"--rule-set", rsFile, "--bpffs-dir", node.BPFFSDir, "--state-dir", filepath.Join(dir, "state"),
-			"--flow-log", filepath.Join(dir, "flows.jsonl"), "--log-format", "console"))
-		testutil.Eventually(b, 20*time.Second, "the agent to apply the rule set", func() error {
-			if agent.Exited() {
-				b.Fatalf("agent exited:\n%s", agent.Output())
-			}
-			if !strings.Contains(agent.Output(), "policy input applied") {
-				return fmt.Errorf("not yet")
-			}
-			return nil
-		})
-	}
-	stopAgent := func() {
-		if err := agent.Stop(10 * time.Second); err != nil {
-			b.Fatal(err)
-		}
-		if err := datapath.Uninstall(node.BPFFSDir, nil); err != nil {
-			b.Fatal(err)
-		}
-	}
-
 	type round struct{ stream, rr float64 }
 	bare := make([]round, 0, realPathRounds)
 	enforced := make([]round, 0, realPathRounds)
@@ -144,11 +111,11 @@ func BenchmarkRealPath(b *testing.B) {
 		// within a round then favours neither.
 		for _, withAgent := range [][]bool{{false, true}, {true, false}}[r%2] {
 			if withAgent {
-				startAgent()
+				agent = startAgent(b, node, bin, ruleSet(client, server, 3)) // the client allowed on the bench's ports: one rule
 			}
 			res := measure(withAgent)
 			if withAgent {
-				stopAgent()
+				stopAgent(b, node, agent)
 				enforced = append(enforced, res)
 			} else {
 				bare = append(bare, res)

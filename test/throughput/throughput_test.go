@@ -91,38 +91,9 @@ func BenchmarkThroughput(b *testing.B) {
 	var agent *topo.Process
 	eastguard := func(rules int) scenario {
 		return scenario{
-			name: fmt.Sprintf("eastguard %d rules", rules),
-			setup: func() {
-				dir := b.TempDir()
-				rsFile := filepath.Join(dir, "ruleset.json")
-				raw, err := json.Marshal(ruleSet(client, server, rules))
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := os.WriteFile(rsFile, raw, 0o600); err != nil {
-					b.Fatal(err)
-				}
-				agent = topo.Start(b, "agent", node.NS.Nsenter(context.Background(), bin, "--node", "node-t",
-					"--rule-set", rsFile, "--bpffs-dir", node.BPFFSDir, "--state-dir", filepath.Join(dir, "state"),
-					"--flow-log", filepath.Join(dir, "flows.jsonl"), "--log-format", "console"))
-				testutil.Eventually(b, 20*time.Second, "the agent to apply the rule set", func() error {
-					if agent.Exited() {
-						b.Fatalf("agent exited:\n%s", agent.Output())
-					}
-					if !strings.Contains(agent.Output(), "policy input applied") {
-						return fmt.Errorf("not yet")
-					}
-					return nil
-				})
-			},
-			clear: func() {
-				if err := agent.Stop(10 * time.Second); err != nil {
-					b.Fatal(err)
-				}
-				if err := datapath.Uninstall(node.BPFFSDir, nil); err != nil {
-					b.Fatal(err)
-				}
-			},
+			name:  fmt.Sprintf("eastguard %d rules", rules),
+			setup: func() { agent = startAgent(b, node, bin, ruleSet(client, server, rules)) },
+			clear: func() { stopAgent(b, node, agent) },
 		}
 	}
 	nft := func(rules int) scenario {
@@ -344,4 +315,42 @@ func requestResponse(b *testing.B, client *topo.Workload, addr netip.Addr, port 
 		conn.Close()
 	}
 	return float64(n) / rrDur.Seconds()
+}
+
+// startAgent runs the agent binary in node's namespace, enforcing rs from
+// a file, its flow log written, and waits until it applied rs.
+func startAgent(b *testing.B, node *topo.Node, bin string, rs *ruleset.RuleSet) *topo.Process {
+	dir := b.TempDir()
+	rsFile := filepath.Join(dir, "ruleset.json")
+	raw, err := json.Marshal(rs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(rsFile, raw, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	agent := topo.Start(b, "agent", node.NS.Nsenter(context.Background(), bin, "--node", rs.Node,
+		"--rule-set", rsFile, "--bpffs-dir", node.BPFFSDir, "--state-dir", filepath.Join(dir, "state"),
+		"--flow-log", filepath.Join(dir, "flows.jsonl"), "--log-format", "console"))
+	testutil.Eventually(b, 20*time.Second, "the agent to apply the rule set", func() error {
+		if agent.Exited() {
+			b.Fatalf("agent exited:\n%s", agent.Output())
+		}
+		if !strings.Contains(agent.Output(), "policy input applied") {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	return agent
+}
+
+// stopAgent stops the agent and removes what it left in the kernel (its
+// programs stay attached after it exits: fail-static).
+func stopAgent(b *testing.B, node *topo.Node, agent *topo.Process) {
+	if err := agent.Stop(10 * time.Second); err != nil {
+		b.Fatal(err)
+	}
+	if err := datapath.Uninstall(node.BPFFSDir, nil); err != nil {
+		b.Fatal(err)
+	}
 }
