@@ -109,10 +109,7 @@ func (t *pgEventTx) InsertFlows(recs []flowrecord.Record) error {
 			return fmt.Errorf("insert flows: %w", err)
 		}
 	}
-	_, err := t.tx.CopyFrom(t.ctx, pgx.Identifier{"flows"}, flowCopyColumns, pgx.CopyFromSlice(len(recs), func(i int) ([]any, error) {
-		return rc.FlowArgs(&recs[i]), nil
-	}))
-	if err != nil {
+	if err := copyFlows(t.ctx, t.tx, recs); err != nil {
 		return fmt.Errorf("insert flows: %w", err)
 	}
 	return nil
