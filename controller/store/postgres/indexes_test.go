@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"regexp"
 	"strings"
 	"testing"
@@ -9,6 +10,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eastguard/eastguard/controller/store"
+	rc "github.com/eastguard/eastguard/controller/store/internal/rowcodec"
+	"github.com/eastguard/eastguard/controller/store/postgres/pgtest"
 	"github.com/eastguard/eastguard/controller/store/storetest"
 	"github.com/eastguard/eastguard/internal/flowrecord"
 )
@@ -82,4 +86,75 @@ func explain(t *testing.T, conn *pgxpool.Conn, query string) string {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// TestPostgresMigration4: a database with flows at schema version 3
+// migrates to the leaner indexes with its flows counted in flow_count;
+// the count then follows inserts, a rolled-back insert and retention.
+func TestPostgresMigration4(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(ctx, pool, migrations[:3]); err != nil {
+		t.Fatal(err)
+	}
+	// Three flows stored by the old schema (in flows_default: no
+	// partition made yet).
+	old := time.Now().Add(-48 * time.Hour).UnixNano()
+	if _, err := pool.Exec(ctx, `INSERT INTO flows (`+rc.FlowColumns+`)
+		SELECT $1::BIGINT + i, 'node-a', 0, 'TCP', '10.1.0.1', 1, 'a', 1, '10.1.0.2', 22, 'b', 2, 1, 'r', 1, 60, 0, 0, NULL, NULL, '', 0, 0, 0, 0, 'new'
+		FROM generate_series(1, 3) i`, old); err != nil {
+		t.Fatal(err)
+	}
+	pool.Close()
+	s, err := openDSN(t, dsn, testKey(t), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(want int64) {
+		t.Helper()
+		_, n, err := s.EventStoreSize(ctx)
+		var real int64
+		if err == nil {
+			err = s.pool.QueryRow(ctx, "SELECT COUNT(*) FROM flows").Scan(&real)
+		}
+		if err != nil || n != want || real != want {
+			t.Errorf("flow count %d, COUNT(*) %d, want %d: %v", n, real, want, err)
+		}
+	}
+	count(3)
+	var idx string
+	if err := s.pool.QueryRow(ctx, `SELECT string_agg(indexname, ' ' ORDER BY indexname) FROM pg_indexes
+		WHERE tablename = 'flows' AND indexname IN ('flows_id', 'flows_node', 'flows_protocol', 'flows_time')`).Scan(&idx); err != nil || idx != "flows_id flows_time" {
+		t.Errorf("flows' indexes after migration 4: %q, %v", idx, err)
+	}
+	var am string
+	if err := s.pool.QueryRow(ctx, "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam WHERE c.relname = 'flows_id'").Scan(&am); err != nil || am != "brin" {
+		t.Errorf("flows_id is %q, want brin: %v", am, err)
+	}
+	now := time.Now()
+	recs := []flowrecord.Record{storetest.Flow(0, now), storetest.Flow(1, now), storetest.Flow(2, now)}
+	storetest.InsertFlows(t, s, recs)
+	count(6)
+	boom := errors.New("boom")
+	if err := s.EventTx(ctx, func(tx store.EventTx) error {
+		if err := tx.InsertFlows(recs); err != nil {
+			return err
+		}
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	count(6)
+	if n, err := s.PruneFlows(ctx, now.Add(-time.Hour), 1); err != nil || n != 1 {
+		t.Errorf("prune by age: %d, %v", n, err)
+	}
+	count(5)
+	if n, err := s.PruneOldestFlows(ctx, 3); err != nil || n != 3 {
+		t.Errorf("prune oldest: %d, %v", n, err)
+	}
+	count(2)
 }
