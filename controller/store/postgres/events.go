@@ -371,8 +371,11 @@ func (s *Postgres) ScanFlows(ctx context.Context, fq store.FlowQuery, fn func(id
 		}
 		f.Page(t, fq.Before)
 	}
+	// Planned with the values (an unnamed statement, QueryExecModeExec),
+	// never a generic plan: the partial index on verdict (migration 4)
+	// serves only a plan that knows the verdict asked for.
 	query, args := f.Query(fq), f.Args
-	rows, err := s.pool.Query(ctx, q(query), args...)
+	rows, err := s.pool.Query(ctx, q(query), append([]any{pgx.QueryExecModeExec}, args...)...)
 	if err != nil {
 		return fmt.Errorf("read flows: %w", classify(err))
 	}

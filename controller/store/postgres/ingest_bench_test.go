@@ -24,27 +24,23 @@ const sustainedLimit = 10 * time.Minute
 // 1,000, as flowingest's writer calls it) with records of a fleet of
 // 1,000 workloads (storetest.FleetFlow: every index gets as many distinct
 // keys as a fleet gives it), times advancing 10 µs a record from two
-// hours ago (one or two daily partitions). b.N is the number of batches:
+// hours ago (one or two daily partitions). One call stores
+// EG_BENCH_FLOWS records (default 2,000,000) whatever b.N, in at most
+// sustainedLimit (then it reports what it stored); it takes minutes, so
+// the framework makes no second call:
 //
-//	go test -run '^$' -bench PostgresIngestSustained -benchtime 3000x -timeout 30m ./controller/store/postgres/
+//	go test -run '^$' -bench PostgresIngestSustained -benchtime 1x -timeout 30m ./controller/store/postgres/
 //
-// stores 3,000,000 flows (at most sustainedLimit, then it reports what it
-// stored). Reported: records/s over the whole run and over its last
-// quarter (the table's largest), the PostgreSQL server's and the Go
-// side's CPU per record (µs; pgtest.ServerCPU, getrusage), WAL bytes and
-// stored bytes (table and indexes) per record. EG_BENCH_WRITERS=N runs N
-// writers in parallel (each its own transactions), for comparison only:
-// flowingest has one writer.
+// Reported: records/s over the whole run and over its last quarter (the
+// table's largest), the PostgreSQL server's and the Go side's CPU per
+// record (µs; pgtest.ServerCPU, getrusage), WAL bytes and stored bytes
+// (table and indexes) per record. EG_BENCH_WRITERS=N runs N writers in
+// parallel (each its own transactions), for comparison only: flowingest
+// has one writer.
 func BenchmarkPostgresIngestSustained(b *testing.B) {
 	const batch, workloads = 1000, 1000
-	writers := 1
-	if v := os.Getenv("EG_BENCH_WRITERS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 8 {
-			b.Fatalf("EG_BENCH_WRITERS=%q: want 1 to 8", v)
-		}
-		writers = n
-	}
+	writers, total := envInt(b, "EG_BENCH_WRITERS", 1, 1, 8), envInt(b, "EG_BENCH_FLOWS", 2_000_000, batch, 100_000_000)
+	batches := total / batch
 	s, err := openDSN(b, pgtest.DSN(b), testKey(b), Config{})
 	if err != nil {
 		b.Fatal(err)
@@ -70,7 +66,7 @@ func BenchmarkPostgresIngestSustained(b *testing.B) {
 	base := time.Now().Add(-2 * time.Hour)
 	// Records are made before the clock runs, in batches of their own per
 	// writer so that the Go side measured is the store's.
-	total := b.N * batch
+	total = batches * batch
 	recs := make([]flowrecord.Record, total)
 	for i := range recs {
 		recs[i] = storetest.FleetFlow(i, workloads, base.Add(time.Duration(i)*10*time.Microsecond))
@@ -83,7 +79,7 @@ func BenchmarkPostgresIngestSustained(b *testing.B) {
 	next := make(chan int, writers)
 	go func() {
 		defer close(next)
-		for i := range b.N {
+		for i := range batches {
 			next <- i
 		}
 	}()
@@ -102,7 +98,7 @@ func BenchmarkPostgresIngestSustained(b *testing.B) {
 					return
 				}
 				stored[w] += batch
-				if i == b.N*3/4 {
+				if i == batches*3/4 {
 					quarter <- time.Now()
 				}
 			}
@@ -130,7 +126,7 @@ func BenchmarkPostgresIngestSustained(b *testing.B) {
 	case q := <-quarter:
 		// The last quarter of the batches, counted from when the batch
 		// three quarters in was stored.
-		last := n - (b.N*3/4+1)*batch
+		last := n - (batches*3/4+1)*batch
 		if d := start.Add(elapsed).Sub(q); last > 0 && d > 0 {
 			b.ReportMetric(float64(last)/d.Seconds(), "last-quarter-records/s")
 		}
@@ -142,4 +138,18 @@ func BenchmarkPostgresIngestSustained(b *testing.B) {
 	b.ReportMetric(float64(wal)/float64(n), "WAL-B/record")
 	b.ReportMetric(float64(size)/float64(n), "stored-B/record")
 	b.ReportMetric(0, "ns/op")
+}
+
+// envInt is the integer in the environment variable name, def if unset;
+// a value that is not an integer from lo to hi fails the benchmark.
+func envInt(b *testing.B, name string, def, lo, hi int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		b.Fatalf("%s=%q: want an integer from %d to %d", name, v, lo, hi)
+	}
+	return n
 }
