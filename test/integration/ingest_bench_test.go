@@ -69,17 +69,17 @@ func BenchmarkFlowIngest(b *testing.B) {
 	}
 }
 
-// BenchmarkFlowIngestPostgres is BenchmarkFlowIngest with the controller
+// BenchmarkPostgresFlowIngest is BenchmarkFlowIngest with the controller
 // on PostgreSQL (a throw-away cluster on this machine, pgtest), batches
 // of 1,000, b.N batches with times from two hours ago on, a second
 // apart: sustained, with the flows table growing to millions of rows,
 // as
 //
-//	go test -run '^$' -bench BenchmarkFlowIngestPostgres -benchtime 2000x -timeout 30m ./test/integration/
+//	go test -run '^$' -bench BenchmarkPostgresFlowIngest -benchtime 2000x -timeout 30m ./test/integration/
 //
 // (2,000,000 flows). Reported: records/s, and the PostgreSQL server's
 // and the test process's (agent and controller) CPU per record.
-func BenchmarkFlowIngestPostgres(b *testing.B) {
+func BenchmarkPostgresFlowIngest(b *testing.B) {
 	pc, err := postgres.ParseDSN(pgtest.DSN(b), "")
 	if err != nil {
 		b.Fatal(err)
