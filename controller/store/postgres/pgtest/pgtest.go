@@ -6,6 +6,9 @@
 // fail; should the test binary die instead, the server gets SIGQUIT
 // (the kernel's parent-death signal) and stops by itself.
 //
+// EG_PG_SETTINGS adds server settings (name=value, separated by spaces)
+// for benchmarks.
+//
 // As root, the server runs as the postgres user (initdb refuses root).
 // Where the PostgreSQL binaries are missing (no initdb under
 // /usr/lib/postgresql/*/bin nor on PATH), the tests that need one are
@@ -157,8 +160,17 @@ func start() (*cluster, error) {
 	}
 	// Unix socket only (no TCP port to collide or expose); the server
 	// gets SIGQUIT (an immediate shutdown) if this process dies.
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir, "-c", "listen_addresses=",
-		"-c", "max_connections=200", "-c", "shared_buffers=128MB")
+	args := []string{"-D", data, "-k", dir, "-c", "listen_addresses=", "-c", "max_connections=200", "-c", "shared_buffers=128MB"}
+	// Benchmarks of a server tuned as docs/OPERATIONS.md advises set
+	// more (later settings win), e.g. EG_PG_SETTINGS='shared_buffers=2GB
+	// max_wal_size=8GB'.
+	for _, kv := range strings.Fields(os.Getenv("EG_PG_SETTINGS")) {
+		if !strings.Contains(kv, "=") {
+			return nil, fmt.Errorf("EG_PG_SETTINGS: %q is not name=value", kv)
+		}
+		args = append(args, "-c", kv)
+	}
+	c.cmd = exec.Command(filepath.Join(bin, "postgres"), args...)
 	c.cmd.Dir = dir
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
 	logf, err := os.Create(filepath.Join(dir, "server.log"))
