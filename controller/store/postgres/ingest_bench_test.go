@@ -46,11 +46,6 @@ func BenchmarkPostgresIngestSustained(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	if v := os.Getenv("EG_BENCH_SQL"); v != "" { // EXPERIMENT
-		if _, err := s.pool.Exec(ctx, v); err != nil {
-			b.Fatal(err)
-		}
-	}
 	walLSN := func() int64 {
 		var n int64
 		if err := s.pool.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::BIGINT").Scan(&n); err != nil {
