@@ -259,11 +259,11 @@ CREATE TABLE controllers (
 `,
 	// 4: the flows' indexes, leaner for ingest (issue 19: every COPY row
 	// updated all eleven btrees, most of the server's time per record).
-	// Node and protocol filters have few distinct values: walking
-	// flows_time newest first and filtering finds a page of them, as
-	// PostgreSQL does for any filter without an index. The filters that
-	// pick few rows out of many (workload, address, port, rule) keep
-	// theirs; the verdict's holds only the flows not allowed (the few a
+	// The protocol has a handful of values: walking flows_time newest
+	// first and filtering finds a page of them, as PostgreSQL does for
+	// any filter without an index. The filters that pick few rows out of
+	// many (workload, address, port, rule, node: a fleet has thousands
+	// of nodes) keep theirs; the verdict's holds only the flows not allowed (the few a
 	// query by verdict looks for: allowed ones are most flows, found
 	// walking flows_time), so allowed flows, most of them, do not pay
 	// for it. A partial index serves a query whose plan knows the
@@ -279,7 +279,7 @@ CREATE TABLE controllers (
 	// check of every retention pass reads a row instead of counting
 	// millions (COUNT(*) walks the whole table).
 	`
-DROP INDEX flows_node, flows_protocol, flows_verdict;
+DROP INDEX flows_protocol, flows_verdict;
 CREATE INDEX flows_verdict ON flows (verdict, time) WHERE verdict <> 1;
 CREATE TABLE flow_count (
 	id INTEGER PRIMARY KEY CHECK (id = 1),
