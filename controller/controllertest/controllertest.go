@@ -123,9 +123,14 @@ func (h *Controller) Start() {
 	}
 	h.Reg = prometheus.NewRegistry()
 	cfg := h.Cfg
-	cfg.Store, cfg.CA, cfg.Log, cfg.Registry = h.St, h.CA, log, h.Reg
+	cfg.CA, cfg.Log, cfg.Registry = h.CA, log, h.Reg
+	if cfg.Store == nil {
+		// An Option that set Store (a PostgreSQL store: benchmarks) keeps
+		// it; the CA is still the SQLite store's.
+		cfg.Store = h.St
+	}
 	if h.WrapStore != nil {
-		cfg.Store = h.WrapStore(h.St)
+		cfg.Store = h.WrapStore(cfg.Store)
 	}
 	if h.Srv, err = controller.New(context.Background(), cfg); err != nil {
 		h.T.Fatal(err)

@@ -2,12 +2,16 @@ package integration_test
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/eastguard/eastguard/controller"
+	"github.com/eastguard/eastguard/controller/store/postgres"
+	"github.com/eastguard/eastguard/controller/store/postgres/pgtest"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -60,42 +64,88 @@ func (f *benchFlows) Reset() {}
 func BenchmarkFlowIngest(b *testing.B) {
 	for _, size := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
-			h := newHarness(b, func(c *controller.Config) { c.AgentFlowRate = -1 })
-			h.Apply(twoNodes, sshAlert)
-			// Batches are made before the clock starts: the agent's
-			// encoding is not the controller's cost.
-			batches := make([]*pb.FlowBatch, b.N)
-			for i := range batches {
-				batch := &pb.FlowBatch{Seq: uint64(i + 1), SpoolId: 1}
-				at := flowBase.Add(time.Duration(i) * time.Second)
-				for j := range size {
-					r := sshAttempt(uint32(1024+j%60000), at)
-					if j%50 != 0 {
-						r.DstPort, r.Verdict = 8080, 1
-					}
-					batch.Records = append(batch.Records, r)
-				}
-				batches[i] = batch
-			}
-			src := &benchFlows{batches: make(chan *pb.FlowBatch, b.N), window: make(chan struct{}, 8), done: make(chan struct{}), want: b.N}
-			a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
-			h.waitApplied(a)
-			b.ResetTimer()
-			start := time.Now()
-			for _, batch := range batches {
-				src.batches <- batch
-			}
-			select {
-			case <-src.done:
-			case <-time.After(10 * time.Minute):
-				b.Fatalf("%d of %d batches acked after 10 minutes", src.acked, b.N)
-			}
-			elapsed := time.Since(start)
-			b.StopTimer()
-			if len(src.failed) > 0 {
-				b.Fatalf("%d batches refused, first: %s", len(src.failed), src.failed[0])
-			}
-			b.ReportMetric(float64(b.N*size)/elapsed.Seconds(), "records/s")
+			flowIngest(b, size, flowBase, func(c *controller.Config) { c.AgentFlowRate = -1 })
 		})
 	}
+}
+
+// BenchmarkPostgresFlowIngest is BenchmarkFlowIngest with the controller
+// on PostgreSQL (a throw-away cluster on this machine, pgtest), batches
+// of 1,000, b.N batches with times from two hours ago on, a second
+// apart: sustained, with the flows table growing to millions of rows,
+// as
+//
+//	go test -run '^$' -bench BenchmarkPostgresFlowIngest -benchtime 2000x -timeout 30m ./test/integration/
+//
+// (2,000,000 flows). Reported: records/s, and the PostgreSQL server's
+// and the test process's (agent and controller) CPU per record.
+func BenchmarkPostgresFlowIngest(b *testing.B) {
+	pc, err := postgres.ParseDSN(pgtest.DSN(b), "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	key := make([]byte, postgres.KeySize)
+	rand.Read(key)
+	pg, err := postgres.Open(context.Background(), postgres.Config{Pool: pc, CAKeyKey: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { pg.Close() })
+	srv0, self0 := pgtest.ServerCPU(b), processCPU()
+	n := flowIngest(b, 1000, time.Now().Add(-2*time.Hour), func(c *controller.Config) {
+		c.AgentFlowRate = -1
+		c.Store = pg
+	})
+	b.ReportMetric(float64((pgtest.ServerCPU(b)-srv0).Microseconds())/float64(n), "server-µs/record")
+	b.ReportMetric(float64((processCPU()-self0).Microseconds())/float64(n), "go-µs/record")
+}
+
+// processCPU is the CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// flowIngest sends b.N batches of size records, timed from base a second
+// apart, through one agent's stream, reports records/s and returns the
+// number of records.
+func flowIngest(b *testing.B, size int, base time.Time, opts ...harnessOpt) int {
+	h := newHarness(b, opts...)
+	h.Apply(twoNodes, sshAlert)
+	// Batches are made before the clock starts: the agent's
+	// encoding is not the controller's cost.
+	batches := make([]*pb.FlowBatch, b.N)
+	for i := range batches {
+		batch := &pb.FlowBatch{Seq: uint64(i + 1), SpoolId: 1}
+		at := base.Add(time.Duration(i) * time.Second)
+		for j := range size {
+			r := sshAttempt(uint32(1024+j%60000), at)
+			if j%50 != 0 {
+				r.DstPort, r.Verdict = 8080, 1
+			}
+			batch.Records = append(batch.Records, r)
+		}
+		batches[i] = batch
+	}
+	src := &benchFlows{batches: make(chan *pb.FlowBatch, b.N), window: make(chan struct{}, 8), done: make(chan struct{}), want: b.N}
+	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
+	h.waitApplied(a)
+	b.ResetTimer()
+	start := time.Now()
+	for _, batch := range batches {
+		src.batches <- batch
+	}
+	select {
+	case <-src.done:
+	case <-time.After(10 * time.Minute):
+		b.Fatalf("%d of %d batches acked after 10 minutes", src.acked, b.N)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if len(src.failed) > 0 {
+		b.Fatalf("%d batches refused, first: %s", len(src.failed), src.failed[0])
+	}
+	b.ReportMetric(float64(b.N*size)/elapsed.Seconds(), "records/s")
+	return b.N * size
 }

@@ -76,6 +76,44 @@ func Flow(i int, at time.Time) flowrecord.Record {
 	}
 }
 
+// FleetFlow is flow i of a fleet of workloads workloads, distributed as
+// sqlitetest.SeedFlows distributes its rows (the dashboard's benchmarks),
+// so that ingest benchmarks fill the indexes with as many distinct keys
+// as a fleet does, not one workload's: one flow in 20 from an unmanaged
+// address (203.0.113.x), ports 22, 53 (UDP), 80, 443, 5432, 6379, 8080,
+// 9090 and 1024-1073, one in 7 denied by default-deny, one in 11
+// would-deny, the node node-<dst % 100>, workload i at 10.1.<i/250>.<i%250>.
+func FleetFlow(i, workloads int, at time.Time) flowrecord.Record {
+	src, dst := (i*7919)%workloads, (i*104729+17)%workloads
+	port := [...]uint16{22, 53, 80, 443, 5432, 6379, 8080, 9090, 0, 0}[i%10]
+	if port == 0 {
+		port = uint16(1024 + i%50)
+	}
+	verdict, rule := ruleset.VerdictAllowed, fmt.Sprintf("shop/rule-%d", port%97)
+	switch {
+	case i%7 == 0:
+		verdict, rule = ruleset.VerdictDenied, "default-deny"
+	case i%11 == 0:
+		verdict, rule = ruleset.VerdictWouldDeny, fmt.Sprintf("audit/no-%d", port)
+	}
+	proto := "TCP"
+	if port == 53 {
+		proto = "UDP"
+	}
+	addr := func(w int) netip.Addr { return netip.AddrFrom4([4]byte{10, 1, byte(w / 250), byte(w % 250)}) }
+	r := flowrecord.Record{
+		Time: at, Node: fmt.Sprintf("node-%d", dst%100), Direction: ruleset.Ingress, Protocol: proto,
+		SrcAddr: addr(src), SrcPort: uint16(30000 + i%30000), SrcWorkload: fmt.Sprintf("wl-%d", src), SrcIdentity: ruleset.Identity(src + 256),
+		DstAddr: addr(dst), DstPort: port, DstWorkload: fmt.Sprintf("wl-%d", dst), DstIdentity: ruleset.Identity(dst + 256),
+		Verdict: verdict, Rule: rule, Packets: 3, Bytes: 180, FirstSeen: at.Add(-time.Millisecond), LastSeen: at,
+		PacketsSent: 3, BytesSent: 180, State: flowrecord.StateNew,
+	}
+	if i%20 == 0 {
+		r.SrcAddr, r.SrcWorkload = netip.AddrFrom4([4]byte{203, 0, 113, byte(i % 250)}), ""
+	}
+	return r
+}
+
 // InsertFlows stores recs in one event transaction, failing the test if
 // it cannot.
 func InsertFlows(t testing.TB, s store.EventStore, recs []flowrecord.Record) {

@@ -6,6 +6,9 @@
 // fail; should the test binary die instead, the server gets SIGQUIT
 // (the kernel's parent-death signal) and stops by itself.
 //
+// EG_PG_SETTINGS adds server settings (name=value, separated by spaces)
+// for benchmarks.
+//
 // As root, the server runs as the postgres user (initdb refuses root).
 // Where the PostgreSQL binaries are missing (no initdb under
 // /usr/lib/postgresql/*/bin nor on PATH), the tests that need one are
@@ -27,6 +30,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -156,8 +160,17 @@ func start() (*cluster, error) {
 	}
 	// Unix socket only (no TCP port to collide or expose); the server
 	// gets SIGQUIT (an immediate shutdown) if this process dies.
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir, "-c", "listen_addresses=",
-		"-c", "max_connections=200", "-c", "shared_buffers=128MB")
+	args := []string{"-D", data, "-k", dir, "-c", "listen_addresses=", "-c", "max_connections=200", "-c", "shared_buffers=128MB"}
+	// Benchmarks of a server tuned as docs/OPERATIONS.md advises set
+	// more (later settings win), e.g. EG_PG_SETTINGS='shared_buffers=2GB
+	// max_wal_size=8GB'.
+	for _, kv := range strings.Fields(os.Getenv("EG_PG_SETTINGS")) {
+		if !strings.Contains(kv, "=") {
+			return nil, fmt.Errorf("EG_PG_SETTINGS: %q is not name=value", kv)
+		}
+		args = append(args, "-c", kv)
+	}
+	c.cmd = exec.Command(filepath.Join(bin, "postgres"), args...)
 	c.cmd.Dir = dir
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
 	logf, err := os.Create(filepath.Join(dir, "server.log"))
@@ -238,4 +251,65 @@ func DSN(t testing.TB) string {
 		}
 	})
 	return c.dsn(name)
+}
+
+// ServerCPU is the CPU time (user and system) the throw-away cluster's
+// processes have used so far: the postmaster, its live children (the
+// backends, the WAL writer, the checkpointer, ...) and the children it has
+// reaped. Benchmarks take the difference over a run, to tell the
+// server's share of the work from the Go side's (the test binary's own
+// rusage).
+func ServerCPU(tb testing.TB) time.Duration {
+	tb.Helper()
+	c := get(tb)
+	pid := c.cmd.Process.Pid
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		tb.Fatalf("server CPU: %v", err)
+	}
+	var ticks int64
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f, err := procStat(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		switch {
+		case p == pid:
+			// utime, stime, cutime, cstime: its own and its reaped children's.
+			ticks += f[13] + f[14] + f[15] + f[16]
+		case f[3] == int64(pid):
+			ticks += f[13] + f[14]
+		}
+	}
+	// Linux reports these in clock ticks of USER_HZ, 100 on every
+	// architecture Go supports on Linux.
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// procStat reads /proc/PID/stat as numbers, field i at index i (0-based,
+// as proc(5) numbers them from 1: f[3] is the parent, f[13] utime); the
+// command, which may hold spaces, is left out.
+func procStat(pid int) ([]int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	s := string(b)
+	end := strings.LastIndexByte(s, ')')
+	if end < 0 {
+		return nil, fmt.Errorf("/proc/%d/stat: no command", pid)
+	}
+	f := []int64{int64(pid), 0}
+	for _, w := range strings.Fields(s[end+1:]) {
+		n, _ := strconv.ParseInt(w, 10, 64)
+		f = append(f, n)
+	}
+	if len(f) < 17 {
+		return nil, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	return f, nil
 }
