@@ -146,7 +146,15 @@ async function route() {
   // Ready once painted, unless the user has gone elsewhere meanwhile.
   await nextPaint();
   if (box.isConnected) markReady(box);
-  if (attention.isConnected) refreshAttention(attention);
+  // The counts wait for an idle moment too: the page's first input (a
+  // click on the map) is not queued behind their answers' parsing.
+  whenIdle(() => attention.isConnected && refreshAttention(attention));
+}
+
+// whenIdle runs fn when the page is idle, within a second at the latest.
+function whenIdle(fn) {
+  if (window.requestIdleCallback) requestIdleCallback(fn, { timeout: 1000 });
+  else setTimeout(fn, 0);
 }
 
 window.addEventListener('hashchange', route);
