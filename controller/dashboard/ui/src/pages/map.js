@@ -156,11 +156,20 @@ export async function render(box, { params, prefetched }) {
   // The spare instance is made as soon as the library is there, while the
   // data is still on its way (it comes later: the controller aggregates
   // the range's flows).
+  let failed = false;
   const lib = (pre ? pre.lib : loadGraphLib()).then((c) => {
-    if (box.isConnected && !spare) spare = newCy(c, container, true);
+    if (box.isConnected && !failed && !spare) spare = newCy(c, container, true);
     return c;
   });
-  const [data, cytoscape] = await Promise.all([pre ? pre.data : get('map', q), lib]);
+  let data;
+  let cytoscape;
+  try {
+    [data, cytoscape] = await Promise.all([pre ? pre.data : get('map', q), lib]);
+  } catch (e) {
+    failed = true;
+    leave(); // no map to draw: the spare's render loop stops too
+    throw e;
+  }
   const model = {
     workloads: arr(data && data.workloads),
     edges: arr(data && data.edges),
