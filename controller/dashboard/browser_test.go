@@ -491,6 +491,48 @@ func TestBrowserAPIError(t *testing.T) {
 	}
 }
 
+// TestBrowserMapAPIError: the map's data failing after the graph library
+// came (the spare cytoscape instance, made while the data is on its way,
+// drawing in the map's box) shows the error and destroys the spare: no
+// canvas is left in the box, nothing drawn, no error of the page's own on
+// the console.
+func TestBrowserMapAPIError(t *testing.T) {
+	release := make(chan struct{})
+	srv := serveDashboard(t, newFakeAPI(t), func(mux *http.ServeMux) {
+		mux.HandleFunc("/api/v1/map", func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			case <-time.After(time.Minute): // bounded: the test failed before releasing it
+			}
+			writeJSON(w, 500, map[string]string{"error": "store unavailable"})
+		})
+	})
+	ctx, consoleErrors := browsertest.Browser(t)
+	browsertest.Step(t, ctx, "log in", login(srv.URL))
+	browsertest.WaitFor(t, ctx, "the spare instance's canvases", `document.querySelectorAll('[data-testid=map] canvas').length > 0`)
+	close(release)
+	browsertest.WaitFor(t, ctx, "the map's error", `document.querySelector('[data-testid=page-map] [data-testid=error]') !== null`)
+	if msg := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=page-map] [data-testid=error]').textContent`); !strings.Contains(msg, "store unavailable") {
+		t.Errorf("map error %q, want it to say store unavailable", msg)
+	}
+	if n := browsertest.Eval[int](t, ctx, `document.querySelectorAll('[data-testid=map] canvas').length`); n != 0 {
+		t.Errorf("%d canvases left in the map's box after its data failed, want the spare destroyed", n)
+	}
+	if browsertest.Eval[bool](t, ctx, `!!(window.egMap && window.egMap.ready)`) {
+		t.Error("the map says it is drawn after its data failed")
+	}
+	var pageErrs []string
+	for _, e := range consoleErrors() {
+		if !strings.Contains(e, "status of 500") {
+			pageErrs = append(pageErrs, e)
+		}
+	}
+	if len(pageErrs) > 0 {
+		t.Errorf("console errors:\n%s", strings.Join(pageErrs, "\n"))
+	}
+}
+
 // TestBrowserCertificateLogin: where the listener takes client
 // certificates, the login page offers them, and the button logs in
 // (sending the header that keeps other sites out); where it does not,

@@ -106,6 +106,18 @@ async function route() {
     loginPage.render(main, { afterLogin: () => afterLogin });
     return;
   }
+  const p = pages.find((x) => x.path === page);
+  if (!p) {
+    location.replace('#/map');
+    return;
+  }
+  // A page may ask for its data (and load its code) now, alongside the
+  // session: on a reload the session's round trip is then not ahead of
+  // the page's. Only GETs, answered only with a live session cookie (no
+  // CSRF token needed); without one the answer is the 401 that sends the
+  // page to #/login anyway. What it returns is this route's alone
+  // (render's prefetched), so a later visit never gets stale data.
+  const prefetched = p.mod.prefetch ? p.mod.prefetch({ arg, params }) : undefined;
   if (!session.csrfToken) {
     // A reload: ask for the session (and its CSRF token) first.
     try {
@@ -115,11 +127,6 @@ async function route() {
       return;
     }
   }
-  const p = pages.find((x) => x.path === page);
-  if (!p) {
-    location.replace('#/map');
-    return;
-  }
   const attention = renderHeader(page);
   document.title = p.title + ' · Eastguard';
   current = p.mod;
@@ -128,7 +135,7 @@ async function route() {
   // The header's counts are asked for once the page has its data, so
   // that their queries do not compete with the page's.
   try {
-    await p.mod.render(box, { arg, params });
+    await p.mod.render(box, { arg, params, prefetched });
   } catch (e) {
     if (e.status !== 401) {
       box.append(errorBox(e));
@@ -139,7 +146,15 @@ async function route() {
   // Ready once painted, unless the user has gone elsewhere meanwhile.
   await nextPaint();
   if (box.isConnected) markReady(box);
-  if (attention.isConnected) refreshAttention(attention);
+  // The counts wait for an idle moment too: the page's first input (a
+  // click on the map) is not queued behind their answers' parsing.
+  whenIdle(() => attention.isConnected && refreshAttention(attention));
+}
+
+// whenIdle runs fn when the page is idle, within a second at the latest.
+function whenIdle(fn) {
+  if (window.requestIdleCallback) requestIdleCallback(fn, { timeout: 1000 });
+  else setTimeout(fn, 0);
 }
 
 window.addEventListener('hashchange', route);

@@ -19,9 +19,10 @@ import { get, arr } from '../api.js';
 import { h, on, clear, table, fmtNum, fmtTime, hashLink, errorBox, markReady, nextPaint } from '../dom.js';
 import { compactRow, compactHeaders } from './flows.js';
 
-// The graph library (cytoscape and its fcose layout, most of the
-// dashboard's code) is a chunk of its own, loaded when the map is first
-// opened, alongside the map's data.
+// The graph library (cytoscape, most of the dashboard's code) is a chunk
+// of its own, loaded when the map is first opened, alongside the map's
+// data; its force layout (fcose) another, loaded only when a map small
+// enough for a force layout is drawn.
 let graphLib = null;
 function loadGraphLib() {
   if (!graphLib) {
@@ -31,6 +32,18 @@ function loadGraphLib() {
     });
   }
   return graphLib;
+}
+let forceLayout = null;
+function loadForceLayout(cytoscape) {
+  if (!forceLayout) {
+    forceLayout = import('./layout.js').then((m) => {
+      cytoscape.use(m.default);
+    });
+    forceLayout.catch(() => {
+      forceLayout = null;
+    });
+  }
+  return forceLayout;
 }
 
 const groupThreshold = 150;
@@ -42,13 +55,27 @@ const ranges = ['15m', '1h', '6h', '24h'];
 const fixedKeys = ['app', 'role', 'k8s:namespace'];
 
 let cy = null;
+// spare: a cytoscape instance made while the map's data is on its way
+// (its constructor, the renderer's canvases and the parsed stylesheet
+// are then off the path to the first frame), with a large map's
+// options; draw takes it when the map drawn is large, else drops it.
+let spare = null;
 
-export function leave() {
+// dropDrawn destroys the map drawn (not the spare).
+function dropDrawn() {
   if (cy) {
     cy.destroy();
     cy = null;
   }
   window.egMap = emptyView;
+}
+
+export function leave() {
+  dropDrawn();
+  if (spare) {
+    spare.destroy();
+    spare = null;
+  }
 }
 
 const emptyView = Object.freeze({ nodes: () => [], edges: () => [], ready: false });
@@ -60,7 +87,29 @@ const state = { groupBy: null, collapsed: new Set(), userGrouped: false };
 const verdictColour = { allowed: '#2e7d32', denied: '#c62828', 'would-deny': '#ef8f00', policy: '#9e9e9e' };
 const verdictArrow = { allowed: 'triangle', denied: 'tee', 'would-deny': 'diamond', policy: 'triangle' };
 
-export async function render(box, { params }) {
+// mapQuery is the GET /api/v1/map query of the page's parameters.
+function mapQuery(params) {
+  const range = params.get('range') || '1h';
+  if (range !== 'custom') return { since: range };
+  const since = params.get('since') || '';
+  const until = params.get('until') || '';
+  return { since: since ? new Date(since).toISOString() : '1h', until: until ? new Date(until).toISOString() : '' };
+}
+
+// prefetch starts what the map waits for, the data and the graph library,
+// before the session is known (main.js route); render takes them. The
+// rejection of a request whose render never comes (a 401: the page goes
+// to #/login) is handled here, not left to the console.
+export function prefetch({ params }) {
+  const q = mapQuery(params);
+  const data = get('map', q);
+  data.catch(() => {});
+  const lib = loadGraphLib();
+  lib.catch(() => {});
+  return { key: JSON.stringify(q), data, lib };
+}
+
+export async function render(box, { params, prefetched }) {
   const range = params.get('range') || '1h';
   const since = params.get('since') || '';
   const until = params.get('until') || '';
@@ -102,8 +151,25 @@ export async function render(box, { params }) {
   const panel = h('aside', { class: 'panel', 'data-testid': 'map-panel' }, h('p', { class: 'muted' }, 'Click a workload or an edge.'));
   box.append(h('div', { class: 'mapwrap' }, container, panel));
 
-  const q = custom ? { since: since ? new Date(since).toISOString() : '1h', until: until ? new Date(until).toISOString() : '' } : { since: range };
-  const [data, cytoscape] = await Promise.all([get('map', q), loadGraphLib()]);
+  const q = mapQuery(params);
+  const pre = prefetched && prefetched.key === JSON.stringify(q) ? prefetched : null;
+  // The spare instance is made as soon as the library is there, while the
+  // data is still on its way (it comes later: the controller aggregates
+  // the range's flows).
+  let failed = false;
+  const lib = (pre ? pre.lib : loadGraphLib()).then((c) => {
+    if (box.isConnected && !failed && !spare) spare = newCy(c, container, true);
+    return c;
+  });
+  let data;
+  let cytoscape;
+  try {
+    [data, cytoscape] = await Promise.all([pre ? pre.data : get('map', q), lib]);
+  } catch (e) {
+    failed = true;
+    leave(); // no map to draw: the spare's render loop stops too
+    throw e;
+  }
   const model = {
     workloads: arr(data && data.workloads),
     edges: arr(data && data.edges),
@@ -123,34 +189,48 @@ export async function render(box, { params }) {
   groupSel.append(h('option', { value: '', selected: state.groupBy === '' }, 'none'),
     ...[...keys].sort().map((k) => h('option', { value: k, selected: k === state.groupBy }, k)));
 
-  const draw = () => {
+  // draws counts draw calls: a draw that waited for the force layout's
+  // code and was overtaken by another (a second click) gives up, and
+  // says so (false).
+  let draws = 0;
+  const draw = async () => {
+    const seq = ++draws;
     const meta = new Map();
-    drawNote.textContent = '';
-    const els = elements(model, state.groupBy, state.collapsed, meta, (msg) => { drawNote.textContent = msg; });
-    leave();
+    let note = '';
+    const els = elements(model, state.groupBy, state.collapsed, meta, (msg) => { note = msg; });
     const edges = els.filter((e) => e.group === 'edges').length;
     const n = els.length - edges;
     const computed = n > forceLayoutMax.nodes || edges > forceLayoutMax.edges;
+    if (!computed && n) {
+      await loadForceLayout(cytoscape);
+      if (seq !== draws || !box.isConnected) return false;
+    }
+    drawNote.textContent = note;
+    dropDrawn();
+    // A large map: straight edges (no bundling of parallel ones to
+    // compute) and edge labels only on the selected edge (class big); a
+    // small one: every edge labelled.
+    const edgeClass = computed ? ' big' : ' labelled';
+    for (const e of els) if (e.group === 'edges') e.classes += edgeClass;
     // The viewport that fits the computed positions, from them:
     // cy.fit() would first compute every element's bounding box (1.6 s
     // at 4,000 elements).
-    const view0 = computed ? fitView(place(els), container) : {};
-    // Made empty, then the elements added in one batch: cytoscape's
-    // constructor given the elements takes ten times as long (0.5 s for
-    // 800 elements, 1.8 s for 4,000, on the 2-core benchmark machine).
-    cy = cytoscape({
-      container,
-      // A large map: straight edges (no bundling of parallel ones to
-      // compute) and edge labels only on the selected edge.
-      style: computed ? [...graphStyle, ...bigStyle] : graphStyle,
-      wheelSensitivity: 0.3,
-      minZoom: 0.05,
-      maxZoom: 4,
-      hideEdgesOnViewport: computed,
-      textureOnViewport: computed,
-      boxSelectionEnabled: false,
-      ...view0,
-    });
+    const view0 = computed ? fitView(place(els), container) : null;
+    // Made empty (or the spare taken), then the elements added in one
+    // batch: cytoscape's constructor given the elements takes ten times
+    // as long (0.5 s for 800 elements, 1.8 s for 4,000, on the 2-core
+    // benchmark machine).
+    if (computed && spare) {
+      cy = spare;
+      spare = null;
+    } else {
+      if (spare) {
+        spare.destroy();
+        spare = null;
+      }
+      cy = newCy(cytoscape, container, computed);
+    }
+    if (view0) cy.viewport(view0);
     cy.batch(() => cy.add(els));
     if (!computed) {
       cy.layout({
@@ -172,11 +252,12 @@ export async function render(box, { params }) {
     clear(info);
     if (data && data.truncated) info.append('truncated: narrow the range. ');
     info.append(`${model.workloads.length} workloads, ${model.edges.length} observed edges`);
+    return true;
   };
   // redraw: a redraw the user asked for; the page is ready again once
   // the new map is painted.
   const redraw = async () => {
-    draw();
+    if (!(await draw())) return;
     await nextPaint();
     if (box.isConnected) markReady(box);
   };
@@ -200,7 +281,22 @@ export async function render(box, { params }) {
     redraw();
   });
   panel.groupToggle = toggle;
-  draw();
+  await draw();
+}
+
+// newCy makes an empty cytoscape instance in the container; large: a large
+// map's options (edges hidden and the canvas a texture while panning).
+function newCy(cytoscape, container, large) {
+  return cytoscape({
+    container,
+    style: graphStyle,
+    wheelSensitivity: 0.3,
+    minZoom: 0.05,
+    maxZoom: 4,
+    hideEdgesOnViewport: large,
+    textureOnViewport: large,
+    boxSelectionEnabled: false,
+  });
 }
 
 // pickKey: the grouping a large map starts with, the first fixed key
@@ -551,16 +647,21 @@ const graphStyle = [
   { selector: 'node.workload, node.peer', style: { 'z-index': 10 } },
   { selector: 'node.group.collapsed', style: { 'background-color': '#b0bec5', width: 40, height: 30, 'border-width': 2, 'text-valign': 'bottom' } },
   { selector: 'node:selected', style: { 'border-width': 3, 'border-color': '#ffb300' } },
-  { selector: 'edge', style: { width: 1.6, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', 'arrow-scale': 0.9, label: 'data(label)', 'font-size': 9, 'min-zoomed-font-size': 8, 'text-rotation': 'autorotate', 'text-background-color': '#fff', 'text-background-opacity': 0.8, 'text-background-padding': 1 } },
+  { selector: 'edge', style: { width: 1.6, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', 'arrow-scale': 0.9 } },
+  // The label and its text properties only on the edges that show one (a
+  // small map's, class labelled, and a large map's selected edge): every
+  // property an edge's matching selectors set is applied to it when it is
+  // first drawn, and applying styles is the largest part of a large map's
+  // first frame (without these on its edges, about a third less of it,
+  // measured in Node.js).
+  { selector: 'edge.labelled, edge:selected', style: { label: 'data(label)', 'font-size': 9, 'min-zoomed-font-size': 8, 'text-rotation': 'autorotate', 'text-background-color': '#fff', 'text-background-opacity': 0.8, 'text-background-padding': 1 } },
   ...Object.entries(verdictColour).map(([v, c]) => ({ selector: 'edge.v-' + v, style: { 'line-color': c, 'target-arrow-color': c, 'target-arrow-shape': verdictArrow[v] } })),
   { selector: 'edge.dashed', style: { 'line-style': 'dashed', 'line-dash-pattern': [6, 4], color: '#757575' } },
   { selector: 'edge:selected', style: { width: 3.5 } },
+  // A large map's edges (draw: class big): straight.
+  { selector: 'edge.big', style: { 'curve-style': 'straight' } },
 ];
 
-const bigStyle = [
-  { selector: 'edge', style: { 'curve-style': 'straight', label: '' } },
-  { selector: 'edge:selected', style: { label: 'data(label)' } },
-];
 
 function labelsOf(labels) {
   return Object.entries(labels || {}).sort().map(([k, v]) => h('span', { class: 'label' }, `${k}=${v}`));
