@@ -557,6 +557,21 @@ static __always_inline void eg_ct_account(struct eg_ct_entry *ct, const struct e
 	b->bytes[1] = 0;
 }
 
+/* eg_ct_batch_forget empties this CPU's slot if it holds the key's flow:
+ * called where that flow's entry is deleted or replaced by a new flow of
+ * the same tuple, whose created may be the same jiffy. A slot on another
+ * CPU is told apart by created only: a flow that replaces another of the
+ * same tuple within the same jiffy may be credited with the old one's last
+ * pending counts. */
+static __always_inline void eg_ct_batch_forget(const struct eg_ct_key *k)
+{
+	__u32 idx = eg_ct_batch_slot(k);
+	struct eg_ct_pending *b = bpf_map_lookup_elem(&eg_ct_batch, &idx);
+
+	if (b && eg_ct_batch_is(b, k))
+		b->family = 0;
+}
+
 /* eg_ct_refresh updates an entry for a packet of its flow. Writes to the
  * entry, a line both directions' CPUs read on every packet, are limited
  * to state changes, to moving the expiry by at least a second, and to the
@@ -612,6 +627,8 @@ static __always_inline __u32 eg_ct_insert(const struct eg_ct_key *k, const struc
 	__s64 *n;
 	long err;
 
+	if (cfg_ct_accounting)
+		eg_ct_batch_forget(k);
 	if (old && !eg_ct_update(k, e, BPF_EXIST))
 		return 0;
 	/* No entry (or the agent's GC deleted the expired one meanwhile). */
@@ -634,6 +651,7 @@ static __always_inline void eg_ct_delete(const struct eg_ct_key *k, __u32 slot)
 	long err;
 	__s64 *n;
 
+	eg_ct_batch_forget(k);
 	if (k->family == 4)
 		err = bpf_map_delete_elem(&eg_ct4, &k->k4);
 	else
