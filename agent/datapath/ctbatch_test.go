@@ -130,6 +130,23 @@ func TestPrivilegedConntrackBatchedCounts(t *testing.T) {
 		}
 	}
 	check("after 100 packets in and 34 out")
+	// The agent's walk reports entry plus pending: the flow's whole volume.
+	found := false
+	if err := h.d.Conntrack(1<<20, func(c *Conn) {
+		if c.LocalPort != 443 || c.RemotePort != 41500 {
+			return
+		}
+		found = true
+		if c.OrigPackets != sent[0] || c.ReplyPackets != sent[1] || c.OrigBytes != sent[0]*plen || c.ReplyBytes != sent[1]*plen {
+			t.Errorf("walk reports %d/%d packets, %d/%d bytes; want %d/%d and %d/%d",
+				c.OrigPackets, c.ReplyPackets, c.OrigBytes, c.ReplyBytes, sent[0], sent[1], sent[0]*plen, sent[1]*plen)
+		}
+	}); err != nil {
+		t.Fatalf("Conntrack: %v", err)
+	}
+	if !found {
+		t.Error("the walk did not report the flow")
+	}
 	pp, _ := h.pendingFor(key, 4)
 	if pp[0] == 0 && pp[1] == 0 {
 		// 101 packets from the client are not a multiple of the batch;
