@@ -45,7 +45,6 @@ volatile const __u32 cfg_deny_events_burst = 500;
 volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 or 1: wake the reader on every event */
 volatile const __u8  cfg_ct_revalidate = 1;               /* re-check established flows after a change */
 volatile const __u8  cfg_ct_accounting = 1;               /* packet and byte counts per flow */
-volatile const __u32 cfg_ct_batch_j = 250 / 10;           /* eg_ct_batch: pending counts' age limit */
 volatile const __u32 cfg_ct_tcp_syn_j = 60 * 250;
 volatile const __u32 cfg_ct_tcp_established_j = 21600 * 250;
 volatile const __u32 cfg_ct_tcp_close_j = 10 * 250;
@@ -340,6 +339,42 @@ static __always_inline __u64 eg_ct_lifetime(__u8 proto, __u8 state)
 	return j;
 }
 
+/* eg_ct_refresh updates an entry for a packet of its flow. Writes are
+ * limited to state changes and to moving the expiry by at least a second,
+ * except for the (optional) counters. */
+static __always_inline void eg_ct_refresh(struct eg_ct_entry *ct, const struct eg_pkt *p,
+					  __u8 dir, __u64 now)
+{
+	__u8 reply = dir != ct->origin;
+	__u8 st = ct->state, nst = st;
+	__u64 exp;
+
+	if (cfg_ct_accounting) {
+		/* Atomic (BPF_ATOMIC add, a locked add on x86): both
+		 * directions of a flow run on different CPUs at once, and a
+		 * plain add loses counts then. Measured in BenchmarkVerdict
+		 * (docs/ARCHITECTURE.md, "Conntrack"). reply is 0 or 1. */
+		__sync_fetch_and_add(&ct->packets[reply], 1);
+		__sync_fetch_and_add(&ct->bytes[reply], (__u64)p->len);
+	}
+	if (reply)
+		nst |= EG_CT_SEEN_REPLY;
+	if (p->proto == IPPROTO_TCP) {
+		if ((p->tcp_flags & (EG_TCP_SYN | EG_TCP_ACK)) == EG_TCP_SYN && !reply &&
+		    (st & (EG_CT_CLOSING | EG_CT_FIN_ORIG | EG_CT_FIN_REPLY)))
+			nst = 0; /* the tuple is reused by a new connection */
+		if (p->tcp_flags & EG_TCP_RST)
+			nst |= EG_CT_CLOSING;
+		if (p->tcp_flags & EG_TCP_FIN)
+			nst |= reply ? EG_CT_FIN_REPLY : EG_CT_FIN_ORIG;
+	}
+	exp = now + eg_ct_lifetime(p->proto, nst);
+	if (nst != st || exp > ct->expires + cfg_hz) {
+		ct->state = nst;
+		ct->expires = exp;
+	}
+}
+
 /* The workload's and the peer's address of a packet. */
 static __always_inline const __u8 *eg_local(const struct eg_pkt *p, __u8 dir)
 {
@@ -418,192 +453,6 @@ static __always_inline long eg_ct_update(const struct eg_ct_key *k, const struct
 	return bpf_map_update_elem(&eg_ct6, &k->k6, e, flags);
 }
 
-/* ---- per-flow accounting (eg_ct_batch, maps.h) ---- */
-
-_Static_assert(EG_CT_BATCH_SLOTS == 256, "eg_ct_batch_slot takes the hash's top 8 bits");
-_Static_assert(sizeof(struct eg_ct6_key) == 11 * 4 && sizeof(struct eg_ct4_key) == 5 * 4,
-	       "eg_ct_batch.key holds a conntrack key as 32-bit words");
-
-/* eg_ct_add writes counts to an entry: atomic adds (BPF_ATOMIC, a locked
- * add on x86), as a flow's two directions may write at once from two CPUs
- * and plain adds would lose counts. reply is 0 or 1. */
-static __always_inline void eg_ct_add(struct eg_ct_entry *ct, __u32 reply, __u64 packets, __u64 bytes)
-{
-	__sync_fetch_and_add(&ct->packets[reply & 1], packets);
-	__sync_fetch_and_add(&ct->bytes[reply & 1], bytes);
-}
-
-static __always_inline void eg_ct_batch_flush(struct eg_ct_pending *b, struct eg_ct_entry *ct)
-{
-	if (b->packets[0])
-		eg_ct_add(ct, 0, b->packets[0], b->bytes[0]);
-	if (b->packets[1])
-		eg_ct_add(ct, 1, b->packets[1], b->bytes[1]);
-	b->packets[0] = 0;
-	b->packets[1] = 0;
-	b->bytes[0] = 0;
-	b->bytes[1] = 0;
-}
-
-/* The slot of a key: a multiplicative hash of its words, top 8 bits. Only
- * spreads flows over slots; a collision costs counting through, never a
- * wrong count (the slot holds the whole key). */
-static __always_inline __u32 eg_ct_batch_slot(const struct eg_ct_key *k)
-{
-	const __u32 *w = (const __u32 *)k;
-	__u32 h = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
-
-	if (k->family != 4)
-		h ^= w[5] ^ w[6] ^ w[7] ^ w[8] ^ w[9] ^ w[10];
-	return (h * 0x9E3779B1u) >> 24;
-}
-
-static __always_inline int eg_ct_batch_is(const struct eg_ct_pending *b, const struct eg_ct_key *k)
-{
-	const __u32 *w = (const __u32 *)k;
-	__u32 d;
-
-	if (b->family != k->family)
-		return 0;
-	d = (b->key[0] ^ w[0]) | (b->key[1] ^ w[1]) | (b->key[2] ^ w[2]) | (b->key[3] ^ w[3]) |
-	    (b->key[4] ^ w[4]);
-	if (k->family != 4)
-		d |= (b->key[5] ^ w[5]) | (b->key[6] ^ w[6]) | (b->key[7] ^ w[7]) |
-		     (b->key[8] ^ w[8]) | (b->key[9] ^ w[9]) | (b->key[10] ^ w[10]);
-	return d == 0;
-}
-
-/* eg_ct_batch_evict writes a slot's pending counts to their entry, found
- * by the slot's key; they are dropped if that flow's entry is gone. Out of
- * line: rare (a slot idle for a second taken by another flow). */
-static __noinline void eg_ct_batch_evict(struct eg_ct_pending *b)
-{
-	struct eg_ct_entry *ct;
-
-	if (!b)
-		return;
-	if (b->family == 4) {
-		struct eg_ct4_key k4;
-
-		__builtin_memcpy(&k4, b->key, sizeof(k4));
-		ct = bpf_map_lookup_elem(&eg_ct4, &k4);
-	} else {
-		struct eg_ct6_key k6;
-
-		__builtin_memcpy(&k6, b->key, sizeof(k6));
-		ct = bpf_map_lookup_elem(&eg_ct6, &k6);
-	}
-	if (ct && ct->created == b->created)
-		eg_ct_batch_flush(b, ct);
-}
-
-/*
- * eg_ct_account counts a packet of an established flow: in its CPU's
- * batch slot when the slot holds the flow, written through every
- * EG_CT_BATCH_MAX packets of a direction, after cfg_ct_batch_j jiffies, or
- * now when flush is set (a state change). Otherwise the packet counts
- * through, and takes the slot if it is empty or idle for a second (its
- * pending counts written first), so that the flow's next packets batch: a
- * flow's first packet on a CPU always reaches the entry at once, and a
- * request and its reply are exact.
- */
-static __always_inline void eg_ct_account(struct eg_ct_entry *ct, const struct eg_ct_key *k, __u32 reply,
-					  __u32 len, __u64 now, int flush)
-{
-	__u32 idx = eg_ct_batch_slot(k);
-	struct eg_ct_pending *b = bpf_map_lookup_elem(&eg_ct_batch, &idx);
-	const __u32 *w = (const __u32 *)k;
-	__u32 pending;
-
-	reply &= 1;
-	if (!b) {
-		eg_ct_add(ct, reply, 1, len);
-		return;
-	}
-	pending = b->packets[0] | b->packets[1];
-	if (eg_ct_batch_is(b, k) && b->created == ct->created) {
-		if (!pending)
-			b->since = now;
-		b->packets[reply] += 1;
-		b->bytes[reply] += len;
-		if (flush || b->packets[reply] >= EG_CT_BATCH_MAX || now - b->since >= cfg_ct_batch_j)
-			eg_ct_batch_flush(b, ct);
-		return;
-	}
-	eg_ct_add(ct, reply, 1, len);
-	if (pending) {
-		if (now - b->since < cfg_hz)
-			return; /* another flow's, busy: this one counts through */
-		eg_ct_batch_evict(b);
-	}
-	b->key[0] = w[0];
-	b->key[1] = w[1];
-	b->key[2] = w[2];
-	b->key[3] = w[3];
-	b->key[4] = w[4];
-	if (k->family != 4) {
-		b->key[5] = w[5];
-		b->key[6] = w[6];
-		b->key[7] = w[7];
-		b->key[8] = w[8];
-		b->key[9] = w[9];
-		b->key[10] = w[10];
-	}
-	b->family = k->family;
-	b->created = ct->created;
-	b->packets[0] = 0;
-	b->packets[1] = 0;
-	b->bytes[0] = 0;
-	b->bytes[1] = 0;
-}
-
-/* eg_ct_batch_forget empties this CPU's slot if it holds the key's flow:
- * called where that flow's entry is deleted or replaced by a new flow of
- * the same tuple, whose created may be the same jiffy. A slot on another
- * CPU is told apart by created only: a flow that replaces another of the
- * same tuple within the same jiffy may be credited with the old one's last
- * pending counts. */
-static __always_inline void eg_ct_batch_forget(const struct eg_ct_key *k)
-{
-	__u32 idx = eg_ct_batch_slot(k);
-	struct eg_ct_pending *b = bpf_map_lookup_elem(&eg_ct_batch, &idx);
-
-	if (b && eg_ct_batch_is(b, k))
-		b->family = 0;
-}
-
-/* eg_ct_refresh updates an entry for a packet of its flow. Writes to the
- * entry, a line both directions' CPUs read on every packet, are limited
- * to state changes, to moving the expiry by at least a second, and to the
- * batched counts (eg_ct_account). */
-static __always_inline void eg_ct_refresh(struct eg_ct_entry *ct, const struct eg_ct_key *k,
-					  const struct eg_pkt *p, __u8 dir, __u64 now)
-{
-	__u8 reply = dir != ct->origin;
-	__u8 st = ct->state, nst = st;
-	__u64 exp;
-
-	if (reply)
-		nst |= EG_CT_SEEN_REPLY;
-	if (p->proto == IPPROTO_TCP) {
-		if ((p->tcp_flags & (EG_TCP_SYN | EG_TCP_ACK)) == EG_TCP_SYN && !reply &&
-		    (st & (EG_CT_CLOSING | EG_CT_FIN_ORIG | EG_CT_FIN_REPLY)))
-			nst = 0; /* the tuple is reused by a new connection */
-		if (p->tcp_flags & EG_TCP_RST)
-			nst |= EG_CT_CLOSING;
-		if (p->tcp_flags & EG_TCP_FIN)
-			nst |= reply ? EG_CT_FIN_REPLY : EG_CT_FIN_ORIG;
-	}
-	if (cfg_ct_accounting)
-		eg_ct_account(ct, k, reply, p->len, now,
-			      nst != st || (p->tcp_flags & (EG_TCP_FIN | EG_TCP_RST)));
-	exp = now + eg_ct_lifetime(p->proto, nst);
-	if (nst != st || exp > ct->expires + cfg_hz) {
-		ct->state = nst;
-		ct->expires = exp;
-	}
-}
-
 /* eg_ct_quota returns the endpoint's entry count in the key's map. */
 static __always_inline __s64 *eg_ct_quota(const struct eg_ct_key *k, __u32 slot)
 {
@@ -627,8 +476,6 @@ static __always_inline __u32 eg_ct_insert(const struct eg_ct_key *k, const struc
 	__s64 *n;
 	long err;
 
-	if (cfg_ct_accounting)
-		eg_ct_batch_forget(k);
 	if (old && !eg_ct_update(k, e, BPF_EXIST))
 		return 0;
 	/* No entry (or the agent's GC deleted the expired one meanwhile). */
@@ -651,7 +498,6 @@ static __always_inline void eg_ct_delete(const struct eg_ct_key *k, __u32 slot)
 	long err;
 	__s64 *n;
 
-	eg_ct_batch_forget(k);
 	if (k->family == 4)
 		err = bpf_map_delete_elem(&eg_ct4, &k->k4);
 	else
@@ -984,7 +830,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 	ct = eg_ct_lookup(&key);
 	if (ct && ct->expires > now) {
 		if (ct->generation == gen || !cfg_ct_revalidate) {
-			eg_ct_refresh(ct, &key, &p, v.dir, now);
+			eg_ct_refresh(ct, &p, v.dir, now);
 			eg_count(EG_CNT_ESTABLISHED);
 			eg_frag_remember(&p, ep.id, ct->verdict, now);
 			return TCX_NEXT;
@@ -1015,7 +861,7 @@ static __always_inline int eg_process(struct __sk_buff *skb, __u8 hook_ingress)
 		}
 		ct->peer_identity = v.peer_identity;
 		ct->generation = gen;
-		eg_ct_refresh(ct, &key, &p, v.dir, now);
+		eg_ct_refresh(ct, &p, v.dir, now);
 		eg_frag_remember(&p, ep.id, pv.verdict, now);
 		return TCX_NEXT;
 	}

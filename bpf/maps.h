@@ -297,36 +297,6 @@ struct eg_ct_entry {
 };
 
 /*
- * eg_ct_batch: per-CPU, direct-mapped by a hash of the conntrack key
- * (EG_CT_BATCH_SLOTS slots). An established packet adds its count here,
- * on its own CPU's line, instead of with two locked adds on the conntrack
- * entry: a connection's two directions usually run on two CPUs, and adds
- * from both on every packet move the entry's cache line between them on
- * every packet (the real path's cost, issue 23). A slot's pending counts
- * are written through to the entry (atomic adds) at its EG_CT_BATCH_MAX-th
- * packet, after cfg_ct_batch_j jiffies, at a state change (SYN reuse, FIN,
- * RST), and when another flow takes the slot (only an empty slot or one
- * idle for a second is taken; a busy one leaves the newcomer to count
- * through). Accuracy: at most EG_CT_BATCH_MAX - 1 packets of a flow per
- * CPU (and their bytes) are not yet in its entry; they are lost only if
- * the entry is gone (GC, re-validation) before they are written. created
- * tells a slot's flow from a later flow of the same tuple.
- */
-enum eg_ct_batch_limits {
-	EG_CT_BATCH_SLOTS = 256,
-	EG_CT_BATCH_MAX   = 32,
-};
-
-struct eg_ct_pending {
-	__u32 key[11];      /* the eg_ct4_key (words 0-4) or eg_ct6_key */
-	__u32 family;       /* 4 or 6; 0: empty slot */
-	__u64 created;      /* the entry's created: which flow of the tuple */
-	__u64 since;        /* jiffies of the oldest pending count */
-	__u32 packets[2];   /* pending, indexed as eg_ct_entry.packets */
-	__u64 bytes[2];
-};
-
-/*
  * eg_ct_ep: per-endpoint conntrack quota, indexed by eg_endpoint.ct_slot
  * (slot 0: endpoints the agent could not give a slot of their own share
  * it). count[0] is the endpoint's entries in eg_ct4, count[1] in eg_ct6:
@@ -542,14 +512,6 @@ struct {
 } eg_ct_slots SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EG_CT_BATCH_SLOTS);
-	__type(key, __u32);
-	__type(value, struct eg_ct_pending);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} eg_ct_batch SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
 	__type(key, struct eg_frag_key);
@@ -641,6 +603,5 @@ EG_BTF_ENUM(eg_mode);
 EG_BTF_ENUM(eg_direction);
 EG_BTF_ENUM(eg_endpoint_table);
 EG_BTF_ENUM(eg_ct_limits);
-EG_BTF_ENUM(eg_ct_batch_limits);
 
 #endif /* EG_MAPS_H */

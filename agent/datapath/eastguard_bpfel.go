@@ -60,13 +60,6 @@ type bpfEgCtAdjustReq struct {
 	Delta  int64
 }
 
-type bpfEgCtBatchLimits uint32
-
-const (
-	bpfEgCtBatchLimitsEG_CT_BATCH_SLOTS bpfEgCtBatchLimits = 256
-	bpfEgCtBatchLimitsEG_CT_BATCH_MAX   bpfEgCtBatchLimits = 32
-)
-
 type bpfEgCtCount struct {
 	_     structs.HostLayout
 	Count [2]int64
@@ -100,16 +93,6 @@ type bpfEgCtLimits uint32
 const (
 	bpfEgCtLimitsEG_CT_EP_SLOTS bpfEgCtLimits = 16384
 )
-
-type bpfEgCtPending struct {
-	_       structs.HostLayout
-	Key     [11]uint32
-	Family  uint32
-	Created uint64
-	Since   uint64
-	Packets [2]uint32
-	Bytes   [2]uint64
-}
 
 type bpfEgCtState uint32
 
@@ -359,7 +342,6 @@ const (
 	bpfMapEgCounters           = "eg_counters"
 	bpfMapEgCt4                = "eg_ct4"
 	bpfMapEgCt6                = "eg_ct6"
-	bpfMapEgCtBatch            = "eg_ct_batch"
 	bpfMapEgCtEp               = "eg_ct_ep"
 	bpfMapEgCtSlots            = "eg_ct_slots"
 	bpfMapEgEndpoints          = "eg_endpoints"
@@ -376,7 +358,6 @@ const (
 	bpfProgEgTcEgress          = "eg_tc_egress"
 	bpfProgEgTcIngress         = "eg_tc_ingress"
 	bpfVarCfgCtAccounting      = "cfg_ct_accounting"
-	bpfVarCfgCtBatchJ          = "cfg_ct_batch_j"
 	bpfVarCfgCtEpMax4          = "cfg_ct_ep_max4"
 	bpfVarCfgCtEpMax6          = "cfg_ct_ep_max6"
 	bpfVarCfgCtOtherJ          = "cfg_ct_other_j"
@@ -392,7 +373,6 @@ const (
 	bpfVarCfgHz                = "cfg_hz"
 	bpfVarEgBtfEgCounter       = "eg_btf_eg_counter"
 	bpfVarEgBtfEgCtAdjustReq   = "eg_btf_eg_ct_adjust_req"
-	bpfVarEgBtfEgCtBatchLimits = "eg_btf_eg_ct_batch_limits"
 	bpfVarEgBtfEgCtCount       = "eg_btf_eg_ct_count"
 	bpfVarEgBtfEgCtKind        = "eg_btf_eg_ct_kind"
 	bpfVarEgBtfEgCtLimits      = "eg_btf_eg_ct_limits"
@@ -470,7 +450,6 @@ type bpfMapSpecs struct {
 	EgCounters     *ebpf.MapSpec `ebpf:"eg_counters"`
 	EgCt4          *ebpf.MapSpec `ebpf:"eg_ct4"`
 	EgCt6          *ebpf.MapSpec `ebpf:"eg_ct6"`
-	EgCtBatch      *ebpf.MapSpec `ebpf:"eg_ct_batch"`
 	EgCtEp         *ebpf.MapSpec `ebpf:"eg_ct_ep"`
 	EgCtSlots      *ebpf.MapSpec `ebpf:"eg_ct_slots"`
 	EgEndpoints    *ebpf.MapSpec `ebpf:"eg_endpoints"`
@@ -490,7 +469,6 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	CfgCtAccounting      *ebpf.VariableSpec `ebpf:"cfg_ct_accounting"`
-	CfgCtBatchJ          *ebpf.VariableSpec `ebpf:"cfg_ct_batch_j"`
 	CfgCtEpMax4          *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max4"`
 	CfgCtEpMax6          *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max6"`
 	CfgCtOtherJ          *ebpf.VariableSpec `ebpf:"cfg_ct_other_j"`
@@ -506,7 +484,6 @@ type bpfVariableSpecs struct {
 	CfgHz                *ebpf.VariableSpec `ebpf:"cfg_hz"`
 	EgBtfEgCounter       *ebpf.VariableSpec `ebpf:"eg_btf_eg_counter"`
 	EgBtfEgCtAdjustReq   *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_adjust_req"`
-	EgBtfEgCtBatchLimits *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_batch_limits"`
 	EgBtfEgCtCount       *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_count"`
 	EgBtfEgCtKind        *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_kind"`
 	EgBtfEgCtLimits      *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_limits"`
@@ -553,7 +530,6 @@ type bpfMaps struct {
 	EgCounters     *ebpf.Map `ebpf:"eg_counters"`
 	EgCt4          *ebpf.Map `ebpf:"eg_ct4"`
 	EgCt6          *ebpf.Map `ebpf:"eg_ct6"`
-	EgCtBatch      *ebpf.Map `ebpf:"eg_ct_batch"`
 	EgCtEp         *ebpf.Map `ebpf:"eg_ct_ep"`
 	EgCtSlots      *ebpf.Map `ebpf:"eg_ct_slots"`
 	EgEndpoints    *ebpf.Map `ebpf:"eg_endpoints"`
@@ -573,7 +549,6 @@ func (m *bpfMaps) Close() error {
 		m.EgCounters,
 		m.EgCt4,
 		m.EgCt6,
-		m.EgCtBatch,
 		m.EgCtEp,
 		m.EgCtSlots,
 		m.EgEndpoints,
@@ -594,7 +569,6 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	CfgCtAccounting      *ebpf.Variable `ebpf:"cfg_ct_accounting"`
-	CfgCtBatchJ          *ebpf.Variable `ebpf:"cfg_ct_batch_j"`
 	CfgCtEpMax4          *ebpf.Variable `ebpf:"cfg_ct_ep_max4"`
 	CfgCtEpMax6          *ebpf.Variable `ebpf:"cfg_ct_ep_max6"`
 	CfgCtOtherJ          *ebpf.Variable `ebpf:"cfg_ct_other_j"`
@@ -610,7 +584,6 @@ type bpfVariables struct {
 	CfgHz                *ebpf.Variable `ebpf:"cfg_hz"`
 	EgBtfEgCounter       *ebpf.Variable `ebpf:"eg_btf_eg_counter"`
 	EgBtfEgCtAdjustReq   *ebpf.Variable `ebpf:"eg_btf_eg_ct_adjust_req"`
-	EgBtfEgCtBatchLimits *ebpf.Variable `ebpf:"eg_btf_eg_ct_batch_limits"`
 	EgBtfEgCtCount       *ebpf.Variable `ebpf:"eg_btf_eg_ct_count"`
 	EgBtfEgCtKind        *ebpf.Variable `ebpf:"eg_btf_eg_ct_kind"`
 	EgBtfEgCtLimits      *ebpf.Variable `ebpf:"eg_btf_eg_ct_limits"`

@@ -44,7 +44,6 @@ func TestLayout(t *testing.T) {
 		"eg_ct4_key":       bpfEgCt4Key{},
 		"eg_ct6_key":       bpfEgCt6Key{},
 		"eg_ct_entry":      bpfEgCtEntry{},
-		"eg_ct_pending":    bpfEgCtPending{},
 		"eg_frag_key":      bpfEgFragKey{},
 		"eg_frag_entry":    bpfEgFragEntry{},
 		"eg_nd_key":        bpfEgNdKey{},

@@ -29,7 +29,6 @@ func loadSpec(cfg *Config, hz uint32) (*ebpf.CollectionSpec, error) {
 		"cfg_ct_revalidate":        boolByte(!cfg.KeepEstablished),
 		"cfg_ct_accounting":        boolByte(!cfg.NoFlowAccounting),
 		"cfg_hz":                   hz,
-		"cfg_ct_batch_j":           max(hz/10, 1), // pending flow counts written within 100 ms
 		"cfg_ct_tcp_syn_j":         jiffies(cfg.Timeouts.TCPSyn, hz),
 		"cfg_ct_tcp_established_j": jiffies(cfg.Timeouts.TCPEstablished, hz),
 		"cfg_ct_tcp_close_j":       jiffies(cfg.Timeouts.TCPClose, hz),
@@ -200,7 +199,6 @@ func (o *bpfObjects) mapsByName() map[string]*ebpf.Map {
 		"eg_ct6":           o.EgCt6,
 		"eg_ct_ep":         o.EgCtEp,
 		"eg_ct_slots":      o.EgCtSlots,
-		"eg_ct_batch":      o.EgCtBatch,
 		"eg_frags":         o.EgFrags,
 		"eg_nd_neigh":      o.EgNdNeigh,
 		"eg_events":        o.EgEvents,
