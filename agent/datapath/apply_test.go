@@ -449,3 +449,83 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestPrivilegedRevalidationCutsEstablished: a connection whose packets
+// have been passing on the established fast path (answered, counted as
+// established, its entry refreshed) is cut by its first packet after a
+// rule-set change that refuses it, in either direction, and stays cut;
+// the same tuple is admitted again, as a new flow, once the rule is back
+// (issue 23: re-validation must hold with whatever fast path established
+// traffic takes).
+func TestPrivilegedRevalidationCutsEstablished(t *testing.T) {
+	for _, fromWorkload := range []bool{false, true} {
+		t.Run(fmt.Sprintf("first-packet-from-workload=%v", fromWorkload), func(t *testing.T) {
+			h := newShopHarness(t)
+			if got := h.toWorkload("web0", tcp4(cli4, web4, 41600, 443, tcpSYN)); got != retPass {
+				t.Fatalf("SYN: %d", got)
+			}
+			if got := h.fromWorkload("web0", tcp4(web4, cli4, 443, 41600, tcpSYN|tcpACK)); got != retPass {
+				t.Fatalf("SYN-ACK: %d", got)
+			}
+			before := h.counters()
+			for i := range 50 {
+				if got := h.toWorkload("web0", tcp4(cli4, web4, 41600, 443, tcpACK)); got != retPass {
+					t.Fatalf("ACK %d: %d", i, got)
+				}
+				if got := h.fromWorkload("web0", tcp4(web4, cli4, 443, 41600, tcpACK)); got != retPass {
+					t.Fatalf("reply %d: %d", i, got)
+				}
+			}
+			if d := h.counters().Get(CounterEstablished) - before.Get(CounterEstablished); d != 100 {
+				t.Fatalf("established +%d, want +100: the packets did not take the established path", d)
+			}
+			h.drain()
+			before = h.counters()
+
+			// The same rules without clients-to-web.
+			rs := shopRuleSet()
+			rs.Entries = rs.Entries[1:]
+			h.apply(rs)
+			var got int32
+			if fromWorkload {
+				got = h.fromWorkload("web0", tcp4(web4, cli4, 443, 41600, tcpACK))
+			} else {
+				got = h.toWorkload("web0", tcp4(cli4, web4, 41600, 443, tcpACK))
+			}
+			if got != retDrop {
+				t.Fatalf("revoked established connection still passes: %d", got)
+			}
+			// The event describes the packet that was cut (its direction,
+			// its source and destination identities).
+			want := &wantEvent{ruleset.VerdictDenied, ruleset.RuleDefaultDeny, ReasonRevalidated, ruleset.Ingress, idClients, idWeb}
+			if fromWorkload {
+				want = &wantEvent{ruleset.VerdictDenied, ruleset.RuleDefaultDeny, ReasonRevalidated, ruleset.Egress, idWeb, idClients}
+			}
+			checkEvents(t, h.drain(), want)
+			if d := h.counters().Get(CounterRevalidated) - before.Get(CounterRevalidated); d != 1 {
+				t.Errorf("revalidated +%d, want +1", d)
+			}
+			for i := range 3 {
+				if got := h.toWorkload("web0", tcp4(cli4, web4, 41600, 443, tcpACK)); got != retDrop {
+					t.Errorf("client packet %d of the cut connection passes: %d", i, got)
+				}
+				if got := h.fromWorkload("web0", tcp4(web4, cli4, 443, 41600, tcpACK)); got != retDrop {
+					t.Errorf("server packet %d of the cut connection passes: %d", i, got)
+				}
+			}
+			if d := h.counters().Get(CounterEstablished) - before.Get(CounterEstablished); d != 0 {
+				t.Errorf("established +%d after the cut, want 0", d)
+			}
+			h.drain()
+
+			h.apply(shopRuleSet())
+			if got := h.toWorkload("web0", tcp4(cli4, web4, 41600, 443, tcpSYN)); got != retPass {
+				t.Fatalf("new SYN on the tuple once the rule is back: %d", got)
+			}
+			e := h.ctEntry(4, web4, cli4, 1, 443, 41600, protoTCP)
+			if e.Packets != [2]uint64{1, 0} {
+				t.Errorf("new connection on the tuple: entry counts %v, want [1 0] (nothing of the cut one)", e.Packets)
+			}
+		})
+	}
+}
