@@ -58,9 +58,11 @@ func ChromiumPath(t testing.TB) string {
 func Browser(t testing.TB) (context.Context, func() []string) {
 	t.Helper()
 	path := ChromiumPath(t)
+	// Chromium puts its singleton socket in a directory of its own under
+	// TMPDIR and leaves it behind: the test's temporary directory takes it.
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(),
 		append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.DisableGPU,
-			chromedp.WindowSize(1400, 900), chromedp.UserDataDir(t.TempDir()))...)
+			chromedp.WindowSize(1400, 900), chromedp.UserDataDir(t.TempDir()), chromedp.Env("TMPDIR="+t.TempDir()))...)
 	ctx, cancel := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancel(); cancelA() })
 	if err := chromedp.Do(ctx); err != nil {
