@@ -37,7 +37,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,18 +153,10 @@ func BenchmarkThroughput(b *testing.B) {
 }
 
 func median(rs []result) result {
-	pick := func(f func(result) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
 	return result{
-		stream: pick(func(r result) float64 { return r.stream }),
-		rr:     pick(func(r result) float64 { return r.rr }),
-		crr:    pick(func(r result) float64 { return r.crr }),
+		stream: medianOf(project(rs, func(r result) float64 { return r.stream })),
+		rr:     medianOf(project(rs, func(r result) float64 { return r.rr })),
+		crr:    medianOf(project(rs, func(r result) float64 { return r.crr })),
 	}
 }
 

@@ -53,7 +53,7 @@ func (s *Postgres) AuditRecords(ctx context.Context, aq store.AuditQuery) ([]sto
 }
 
 func (s *Postgres) LastAudit(ctx context.Context) (store.AuditRecord, error) {
-	r, err := rc.ScanAudit(s.pool.QueryRow(ctx, "SELECT "+rc.AuditColumns+" FROM audit ORDER BY id DESC LIMIT 1"))
+	r, err := rc.ScanAudit(s.pool.QueryRow(ctx, rc.LastAuditSQL))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, store.ErrNotFound
 	}

@@ -42,27 +42,17 @@ func BenchmarkPostgresDashboard(b *testing.B) {
 	}
 	b.Logf("seeded %d flows in %s", flows, time.Since(start).Round(time.Millisecond))
 	lastHour := now.Add(-time.Hour)
-	page := func(b *testing.B, q store.FlowQuery) []int64 {
-		var ids []int64
-		if err := s.ScanFlows(ctx, q, func(id int64, _ *flowrecord.Record) error {
-			ids = append(ids, id)
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-		return ids
-	}
 	full := func(q store.FlowQuery) func(b *testing.B) {
 		return func(b *testing.B) {
 			for b.Loop() {
-				if ids := page(b, q); len(ids) != q.Limit {
+				if ids := storetest.FlowIDs(b, s, q); len(ids) != q.Limit {
 					b.Fatalf("%d flows, want %d", len(ids), q.Limit)
 				}
 			}
 		}
 	}
 	b.Run("FlowsNewest", full(store.FlowQuery{Limit: 100}))
-	first := page(b, store.FlowQuery{Limit: 100})
+	first := storetest.FlowIDs(b, s, store.FlowQuery{Limit: 100})
 	b.Run("FlowsPageBefore", full(store.FlowQuery{Before: first[99], Limit: 100}))
 	b.Run("FlowsPort22LastHour", full(store.FlowQuery{Since: lastHour, Port: 22, HasPort: true, Limit: 100}))
 	b.Run("FlowsDeniedLastHour", full(store.FlowQuery{Since: lastHour, Verdict: ruleset.VerdictDenied, Limit: 100}))
@@ -75,12 +65,12 @@ func BenchmarkPostgresDashboard(b *testing.B) {
 	// An address seen in no flow: the whole range is looked through.
 	b.Run("FlowsAddrNone", func(b *testing.B) {
 		for b.Loop() {
-			page(b, store.FlowQuery{Addr: netip.MustParseAddr("192.0.2.1"), Limit: 100})
+			storetest.FlowIDs(b, s, store.FlowQuery{Addr: netip.MustParseAddr("192.0.2.1"), Limit: 100})
 		}
 	})
 	b.Run("FlowsNodeNone", func(b *testing.B) {
 		for b.Loop() {
-			page(b, store.FlowQuery{Since: lastHour, Node: "node-none", Limit: 100})
+			storetest.FlowIDs(b, s, store.FlowQuery{Since: lastHour, Node: "node-none", Limit: 100})
 		}
 	})
 	b.Run("MapLastHour", func(b *testing.B) {

@@ -49,7 +49,7 @@ func (s *SQLite) AuditRecords(ctx context.Context, q store.AuditQuery) ([]store.
 }
 
 func (s *SQLite) LastAudit(ctx context.Context) (store.AuditRecord, error) {
-	r, err := rc.ScanAudit(s.db.QueryRowContext(ctx, "SELECT "+rc.AuditColumns+" FROM audit ORDER BY id DESC LIMIT 1"))
+	r, err := rc.ScanAudit(s.db.QueryRowContext(ctx, rc.LastAuditSQL))
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, store.ErrNotFound
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/eastguard/eastguard/controller/store"
 	"github.com/eastguard/eastguard/controller/store/sqlite"
 	"github.com/eastguard/eastguard/controller/store/sqlite/sqlitetest"
-	"github.com/eastguard/eastguard/internal/flowrecord"
+	"github.com/eastguard/eastguard/controller/store/storetest"
 )
 
 // Dashboard query cost at scale (issue 17: a filtered flow query well
@@ -41,42 +41,32 @@ func BenchmarkDashboard(b *testing.B) {
 	b.Logf("seeded %d flows in %s", benchFlows, time.Since(start).Round(time.Millisecond))
 	ctx := context.Background()
 	lastHour := now.Add(-time.Hour)
-	page := func(q store.FlowQuery) []int64 {
-		var ids []int64
-		if err := s.ScanFlows(ctx, q, func(id int64, _ *flowrecord.Record) error {
-			ids = append(ids, id)
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-		return ids
-	}
 	b.Run("FlowsPort22LastHour", func(b *testing.B) {
 		for b.Loop() {
-			if ids := page(store.FlowQuery{Since: lastHour, Port: 22, HasPort: true, Limit: 100}); len(ids) != 100 {
+			if ids := storetest.FlowIDs(b, s, store.FlowQuery{Since: lastHour, Port: 22, HasPort: true, Limit: 100}); len(ids) != 100 {
 				b.Fatalf("%d flows", len(ids))
 			}
 		}
 	})
-	first := page(store.FlowQuery{Limit: 100})
+	first := storetest.FlowIDs(b, s, store.FlowQuery{Limit: 100})
 	b.Run("FlowsPageBefore", func(b *testing.B) {
 		for b.Loop() {
-			if ids := page(store.FlowQuery{Before: first[99], Limit: 100}); len(ids) != 100 {
+			if ids := storetest.FlowIDs(b, s, store.FlowQuery{Before: first[99], Limit: 100}); len(ids) != 100 {
 				b.Fatalf("%d flows", len(ids))
 			}
 		}
 	})
-	port22 := page(store.FlowQuery{Port: 22, HasPort: true, Limit: 5000})
+	port22 := storetest.FlowIDs(b, s, store.FlowQuery{Port: 22, HasPort: true, Limit: 5000})
 	b.Run("FlowsPort22PageBefore", func(b *testing.B) {
 		for b.Loop() {
-			if ids := page(store.FlowQuery{Port: 22, HasPort: true, Before: port22[4999], Limit: 100}); len(ids) != 100 {
+			if ids := storetest.FlowIDs(b, s, store.FlowQuery{Port: 22, HasPort: true, Before: port22[4999], Limit: 100}); len(ids) != 100 {
 				b.Fatalf("%d flows", len(ids))
 			}
 		}
 	})
 	b.Run("FlowsWorkloadLastHour", func(b *testing.B) {
 		for b.Loop() {
-			page(store.FlowQuery{Since: lastHour, Workload: "wl-42", Limit: 100})
+			storetest.FlowIDs(b, s, store.FlowQuery{Since: lastHour, Workload: "wl-42", Limit: 100})
 		}
 	})
 	b.Run("FlowsLabelLastHour", func(b *testing.B) {
@@ -86,7 +76,7 @@ func BenchmarkDashboard(b *testing.B) {
 			names[i] = "wl-" + string(rune('0'+i/10)) + string(rune('0'+i%10))
 		}
 		for b.Loop() {
-			page(store.FlowQuery{Since: lastHour, ByWorkloads: true, Workloads: names, Limit: 100})
+			storetest.FlowIDs(b, s, store.FlowQuery{Since: lastHour, ByWorkloads: true, Workloads: names, Limit: 100})
 		}
 	})
 	b.Run("MapLastHour", func(b *testing.B) {

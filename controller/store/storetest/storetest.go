@@ -123,6 +123,20 @@ func InsertFlows(t testing.TB, s store.EventStore, recs []flowrecord.Record) {
 	}
 }
 
+// FlowIDs returns the ids of the flows q selects, in the store's order,
+// failing the test if the query fails.
+func FlowIDs(t testing.TB, s store.EventStore, q store.FlowQuery) []int64 {
+	t.Helper()
+	var ids []int64
+	if err := s.ScanFlows(context.Background(), q, func(id int64, _ *flowrecord.Record) error {
+		ids = append(ids, id)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
 // testCA: the CA is stored once; a second one is refused and changes
 // nothing.
 func testCA(t *testing.T, open Open) {
@@ -197,13 +211,7 @@ func testFlowsPaging(t *testing.T, open Open) {
 	var ids []int64
 	var before int64
 	for range 10 { // bounded: 25 flows are 5 pages of 5
-		var page []int64
-		if err := s.ScanFlows(ctx, store.FlowQuery{Before: before, Limit: 5}, func(id int64, _ *flowrecord.Record) error {
-			page = append(page, id)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		page := FlowIDs(t, s, store.FlowQuery{Before: before, Limit: 5})
 		if len(page) == 0 {
 			break
 		}
