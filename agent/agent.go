@@ -275,6 +275,9 @@ func (a *Agent) open() (err error) {
 		if a.reader, err = a.dp.NewEventReader(); err != nil {
 			return err
 		}
+		a.reader.OnCorrupt(func(err error) {
+			a.log.Error("flow events skipped: the event ring broke its protocol (a bug, or a writer that is not ours)", zap.Error(err))
+		})
 		a.pipe = flows.NewPipeline(flows.PipelineConfig{
 			Sinks: sinks, Log: a.log.Named("flows"),
 			Conntrack: a.dp.Conntrack, UpdateInterval: cfg.FlowUpdateInterval, Identity: a.endpointIdentity,

@@ -32,6 +32,10 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define TCX_NEXT (-1)
 #define TCX_DROP 2
 
+/* One load the compiler may not merge, repeat or move: for lines another
+ * CPU writes (the agent's side of an event ring). */
+#define READ_ONCE(x) (*(volatile __typeof__(x) *)&(x))
+
 /*
  * Runtime switches, set by the loader (agent/datapath.Config). Times are in
  * jiffies: bpf_jiffies64() costs a couple of ns where the kernel clocks
@@ -43,6 +47,8 @@ volatile const __u32 cfg_hz = 250;
 volatile const __u32 cfg_deny_events_per_sec = 2000;      /* per CPU; 0 = no limit; as the loader's default */
 volatile const __u32 cfg_deny_events_burst = 500;
 volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 or 1: wake the reader on every event */
+volatile const __u64 cfg_ev_slots = 1024;                 /* slots of each CPU's event ring, a power of two */
+volatile const __u64 cfg_ev_mask = 1023;                  /* cfg_ev_slots - 1 */
 volatile const __u8  cfg_ct_revalidate = 1;               /* re-check established flows after a change */
 volatile const __u8  cfg_ct_accounting = 1;               /* packet and byte counts per flow */
 volatile const __u32 cfg_ct_tcp_syn_j = 60 * 250;
@@ -140,11 +146,22 @@ static __always_inline void eg_event_tail(__u64 *w, __u64 now, const struct eg_p
 	       (__u64)v->dir << 16 | (__u64)p->proto << 8 | p->family;
 }
 
-/* Global (verified once, on its own): see eg_parse. */
+/*
+ * eg_ev_slot is slot idx of ring r. idx must be at most cfg_ev_mask: the
+ * verifier checks the access against the value size the loader set.
+ */
+static __always_inline __u64 *eg_ev_slot(struct eg_ev_ring *r, __u64 idx)
+{
+	return (void *)r + EG_EV_HDR + idx * EG_EV_SLOT;
+}
+
+/* Global (verified once, on its own): see eg_parse. Writes one record into
+ * this CPU's ring of eg_events (see maps.h for the protocol). */
 __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 {
-	__u32 suppressed = 0;
-	__u64 flags = 0, now;
+	__u32 suppressed = 0, cpu, n;
+	__u64 now, start, head, idx, fill;
+	struct eg_ev_ring *r;
 	__u64 *w;
 
 	if (!p || !v)
@@ -154,26 +171,61 @@ __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 		eg_count(EG_CNT_EVENTS_SUPPRESSED);
 		return 0;
 	}
-	if (p->family == 4) {
-		w = bpf_ringbuf_reserve(&eg_events, sizeof(struct eg_flow_event4), 0);
-		if (!w)
+	cpu = bpf_get_smp_processor_id();
+	r = bpf_map_lookup_elem(&eg_events, &cpu);
+	if (!r)
+		goto lost;
+	n = p->family == 4 ? 1 : 2;
+	start = head = r->head;
+	idx = head & cfg_ev_mask;
+	if (n == 2 && idx == cfg_ev_mask) {
+		/* The last slot cannot start a two-slot record: pad it. */
+		if (head + 3 - r->cached_tail > cfg_ev_slots) {
+			r->cached_tail = READ_ONCE(r->tail);
+			if (head + 3 - r->cached_tail > cfg_ev_slots)
+				goto lost;
+		}
+		eg_ev_slot(r, idx)[0] = EG_EV_PAD | (__u64)EG_EV_SLOT << 32;
+		head++;
+		idx = 0;
+	} else if (head + n - r->cached_tail > cfg_ev_slots) {
+		r->cached_tail = READ_ONCE(r->tail);
+		if (head + n - r->cached_tail > cfg_ev_slots)
 			goto lost;
-		w[0] = now;
-		w[1] = (__u64)*(const __u32 *)p->dst << 32 | *(const __u32 *)p->src;
-		eg_event_tail(&w[2], now, p, v, suppressed);
-	} else {
-		w = bpf_ringbuf_reserve(&eg_events, sizeof(struct eg_flow_event), 0);
-		if (!w)
-			goto lost;
-		w[0] = now;
-		__builtin_memcpy(&w[1], p->src, 16);
-		__builtin_memcpy(&w[3], p->dst, 16);
-		eg_event_tail(&w[5], now, p, v, suppressed);
 	}
-	if (cfg_events_wakeup_bytes &&
-	    bpf_ringbuf_query(&eg_events, BPF_RB_AVAIL_DATA) < cfg_events_wakeup_bytes)
-		flags = BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(w, flags);
+	if (n == 1) {
+		w = eg_ev_slot(r, idx);
+		w[0] = EG_EV_IPV4 | (__u64)sizeof(struct eg_flow_event4) << 32;
+		w[1] = now;
+		w[2] = (__u64)*(const __u32 *)p->dst << 32 | *(const __u32 *)p->src;
+		eg_event_tail(&w[3], now, p, v, suppressed);
+	} else {
+		if (idx >= cfg_ev_mask) /* cannot be (padded above): for the verifier */
+			goto lost;
+		w = eg_ev_slot(r, idx);
+		w[0] = EG_EV_IPV6 | (__u64)sizeof(struct eg_flow_event) << 32;
+		w[1] = now;
+		__builtin_memcpy(&w[2], p->src, 16);
+		__builtin_memcpy(&w[4], p->dst, 16);
+		eg_event_tail(&w[6], now, p, v, suppressed);
+	}
+	/* Publish: head moves past the record, after its stores (a fetching
+	 * atomic add is fully ordered on every architecture; its result is
+	 * used so that it is one). Another writer would be a broken
+	 * invariant: counted as a loss, as its record or this one is. */
+	head += n;
+	if (__sync_fetch_and_add(&r->head, head - start) != start)
+		eg_count(EG_CNT_EVENTS_LOST);
+	fill = head - r->cached_tail;
+	if (fill * EG_EV_SLOT >= cfg_events_wakeup_bytes) {
+		/* Maybe enough to wake the agent for: look at what it has read. */
+		r->cached_tail = READ_ONCE(r->tail);
+		fill = head - r->cached_tail;
+		if (fill * EG_EV_SLOT >= cfg_events_wakeup_bytes && !READ_ONCE(r->kicked)) {
+			r->kicked = 1;
+			bpf_ringbuf_output(&eg_wake, &cpu, sizeof(cpu), 0);
+		}
+	}
 	return 1;
 lost:
 	eg_count(EG_CNT_EVENTS_LOST);

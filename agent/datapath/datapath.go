@@ -52,12 +52,13 @@ type Config struct {
 	// CTGCInterval is the longest time between two conntrack GC sweeps
 	// (default 10 s); a sweep that finds the maps filling comes sooner.
 	CTGCInterval time.Duration
-	// RingBufBytes is the flow event ring size, a power of two. Bigger
-	// is not better beyond what covers the reader's pauses: the
-	// datapath writes each event where the ring was written one lap
-	// earlier, and a ring larger than what stays in the CPU caches makes
-	// every event a cache miss (BenchmarkEventRingSize). 4 MiB holds
-	// about 47,000 events, half a second at 100,000 new flows per second.
+	// RingBufBytes is what the flow event rings hold, all CPUs together:
+	// each CPU has a ring of its own (bpf/maps.h), of the largest power
+	// of two of 64-byte slots that fits its share. 0 takes the default,
+	// 4 MiB or 256 KiB a CPU where that is more (with 2 CPUs, 2 MiB a
+	// CPU: about 32,000 IPv4 events, a third of a second of one CPU's
+	// 100,000 new flows per second). A ring's size does not change the
+	// cost of an event (BenchmarkEventRingSize).
 	RingBufBytes uint32
 	// DenyEventsPerSecond and DenyEventsBurst rate-limit denied and
 	// would-deny events per CPU (a SYN flood must not drown the ring);
@@ -123,6 +124,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RingBufBytes == 0 {
 		c.RingBufBytes = 4 << 20
+		if cpus, err := ebpf.PossibleCPU(); err == nil && cpus > 16 {
+			c.RingBufBytes = uint32(cpus) * 256 << 10
+		}
 	}
 	if c.EventsWakeupBytes == 0 {
 		c.EventsWakeupBytes = 4 << 10

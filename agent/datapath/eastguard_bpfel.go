@@ -146,6 +146,27 @@ const (
 	bpfEgEndpointTableEG_EP_PROBES bpfEgEndpointTable = 4
 )
 
+type bpfEgEvRing struct {
+	_          structs.HostLayout
+	Head       uint64
+	CachedTail uint64
+	Pad0       [6]uint64
+	Tail       uint64
+	Kicked     uint32
+	Pad1       uint32
+	Pad2       [6]uint64
+}
+
+type bpfEgEvRingGeometry uint32
+
+const (
+	bpfEgEvRingGeometryEG_EV_SLOT bpfEgEvRingGeometry = 64
+	bpfEgEvRingGeometryEG_EV_HDR  bpfEgEvRingGeometry = 128
+	bpfEgEvRingGeometryEG_EV_PAD  bpfEgEvRingGeometry = 1
+	bpfEgEvRingGeometryEG_EV_IPV4 bpfEgEvRingGeometry = 4
+	bpfEgEvRingGeometryEG_EV_IPV6 bpfEgEvRingGeometry = 6
+)
+
 type bpfEgFlowEvent struct {
 	_           structs.HostLayout
 	Jiffies     uint64
@@ -339,61 +360,66 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapEgCounters           = "eg_counters"
-	bpfMapEgCt4                = "eg_ct4"
-	bpfMapEgCt6                = "eg_ct6"
-	bpfMapEgCtEp               = "eg_ct_ep"
-	bpfMapEgCtSlots            = "eg_ct_slots"
-	bpfMapEgEndpoints          = "eg_endpoints"
-	bpfMapEgEvents             = "eg_events"
-	bpfMapEgFrags              = "eg_frags"
-	bpfMapEgIpcache            = "eg_ipcache"
-	bpfMapEgIpcacheHosts       = "eg_ipcache_hosts"
-	bpfMapEgNdNeigh            = "eg_nd_neigh"
-	bpfMapEgPolicy             = "eg_policy"
-	bpfMapEgPolicyRanges       = "eg_policy_ranges"
-	bpfMapEgRatelimit          = "eg_ratelimit"
-	bpfMapEgState              = "eg_state"
-	bpfProgEgCtAdjust          = "eg_ct_adjust"
-	bpfProgEgTcEgress          = "eg_tc_egress"
-	bpfProgEgTcIngress         = "eg_tc_ingress"
-	bpfVarCfgCtAccounting      = "cfg_ct_accounting"
-	bpfVarCfgCtEpMax4          = "cfg_ct_ep_max4"
-	bpfVarCfgCtEpMax6          = "cfg_ct_ep_max6"
-	bpfVarCfgCtOtherJ          = "cfg_ct_other_j"
-	bpfVarCfgCtRevalidate      = "cfg_ct_revalidate"
-	bpfVarCfgCtTcpCloseJ       = "cfg_ct_tcp_close_j"
-	bpfVarCfgCtTcpEstablishedJ = "cfg_ct_tcp_established_j"
-	bpfVarCfgCtTcpSynJ         = "cfg_ct_tcp_syn_j"
-	bpfVarCfgDefaultMode       = "cfg_default_mode"
-	bpfVarCfgDenyEventsBurst   = "cfg_deny_events_burst"
-	bpfVarCfgDenyEventsPerSec  = "cfg_deny_events_per_sec"
-	bpfVarCfgEventsWakeupBytes = "cfg_events_wakeup_bytes"
-	bpfVarCfgFragTimeoutJ      = "cfg_frag_timeout_j"
-	bpfVarCfgHz                = "cfg_hz"
-	bpfVarEgBtfEgCounter       = "eg_btf_eg_counter"
-	bpfVarEgBtfEgCtAdjustReq   = "eg_btf_eg_ct_adjust_req"
-	bpfVarEgBtfEgCtCount       = "eg_btf_eg_ct_count"
-	bpfVarEgBtfEgCtKind        = "eg_btf_eg_ct_kind"
-	bpfVarEgBtfEgCtLimits      = "eg_btf_eg_ct_limits"
-	bpfVarEgBtfEgCtState       = "eg_btf_eg_ct_state"
-	bpfVarEgBtfEgDirection     = "eg_btf_eg_direction"
-	bpfVarEgBtfEgEndpoint      = "eg_btf_eg_endpoint"
-	bpfVarEgBtfEgEndpointFlags = "eg_btf_eg_endpoint_flags"
-	bpfVarEgBtfEgEndpointTable = "eg_btf_eg_endpoint_table"
-	bpfVarEgBtfEgFlowEvent     = "eg_btf_eg_flow_event"
-	bpfVarEgBtfEgFlowEvent4    = "eg_btf_eg_flow_event4"
-	bpfVarEgBtfEgHostKey       = "eg_btf_eg_host_key"
-	bpfVarEgBtfEgIpcacheKey    = "eg_btf_eg_ipcache_key"
-	bpfVarEgBtfEgIpcacheValue  = "eg_btf_eg_ipcache_value"
-	bpfVarEgBtfEgMode          = "eg_btf_eg_mode"
-	bpfVarEgBtfEgPolicyKey     = "eg_btf_eg_policy_key"
-	bpfVarEgBtfEgPolicyValue   = "eg_btf_eg_policy_value"
-	bpfVarEgBtfEgRangeKey      = "eg_btf_eg_range_key"
-	bpfVarEgBtfEgRangeValue    = "eg_btf_eg_range_value"
-	bpfVarEgBtfEgReason        = "eg_btf_eg_reason"
-	bpfVarEgBtfEgShape         = "eg_btf_eg_shape"
-	bpfVarEgBtfEgVerdict       = "eg_btf_eg_verdict"
+	bpfMapEgCounters            = "eg_counters"
+	bpfMapEgCt4                 = "eg_ct4"
+	bpfMapEgCt6                 = "eg_ct6"
+	bpfMapEgCtEp                = "eg_ct_ep"
+	bpfMapEgCtSlots             = "eg_ct_slots"
+	bpfMapEgEndpoints           = "eg_endpoints"
+	bpfMapEgEvents              = "eg_events"
+	bpfMapEgFrags               = "eg_frags"
+	bpfMapEgIpcache             = "eg_ipcache"
+	bpfMapEgIpcacheHosts        = "eg_ipcache_hosts"
+	bpfMapEgNdNeigh             = "eg_nd_neigh"
+	bpfMapEgPolicy              = "eg_policy"
+	bpfMapEgPolicyRanges        = "eg_policy_ranges"
+	bpfMapEgRatelimit           = "eg_ratelimit"
+	bpfMapEgState               = "eg_state"
+	bpfMapEgWake                = "eg_wake"
+	bpfProgEgCtAdjust           = "eg_ct_adjust"
+	bpfProgEgTcEgress           = "eg_tc_egress"
+	bpfProgEgTcIngress          = "eg_tc_ingress"
+	bpfVarCfgCtAccounting       = "cfg_ct_accounting"
+	bpfVarCfgCtEpMax4           = "cfg_ct_ep_max4"
+	bpfVarCfgCtEpMax6           = "cfg_ct_ep_max6"
+	bpfVarCfgCtOtherJ           = "cfg_ct_other_j"
+	bpfVarCfgCtRevalidate       = "cfg_ct_revalidate"
+	bpfVarCfgCtTcpCloseJ        = "cfg_ct_tcp_close_j"
+	bpfVarCfgCtTcpEstablishedJ  = "cfg_ct_tcp_established_j"
+	bpfVarCfgCtTcpSynJ          = "cfg_ct_tcp_syn_j"
+	bpfVarCfgDefaultMode        = "cfg_default_mode"
+	bpfVarCfgDenyEventsBurst    = "cfg_deny_events_burst"
+	bpfVarCfgDenyEventsPerSec   = "cfg_deny_events_per_sec"
+	bpfVarCfgEvMask             = "cfg_ev_mask"
+	bpfVarCfgEvSlots            = "cfg_ev_slots"
+	bpfVarCfgEventsWakeupBytes  = "cfg_events_wakeup_bytes"
+	bpfVarCfgFragTimeoutJ       = "cfg_frag_timeout_j"
+	bpfVarCfgHz                 = "cfg_hz"
+	bpfVarEgBtfEgCounter        = "eg_btf_eg_counter"
+	bpfVarEgBtfEgCtAdjustReq    = "eg_btf_eg_ct_adjust_req"
+	bpfVarEgBtfEgCtCount        = "eg_btf_eg_ct_count"
+	bpfVarEgBtfEgCtKind         = "eg_btf_eg_ct_kind"
+	bpfVarEgBtfEgCtLimits       = "eg_btf_eg_ct_limits"
+	bpfVarEgBtfEgCtState        = "eg_btf_eg_ct_state"
+	bpfVarEgBtfEgDirection      = "eg_btf_eg_direction"
+	bpfVarEgBtfEgEndpoint       = "eg_btf_eg_endpoint"
+	bpfVarEgBtfEgEndpointFlags  = "eg_btf_eg_endpoint_flags"
+	bpfVarEgBtfEgEndpointTable  = "eg_btf_eg_endpoint_table"
+	bpfVarEgBtfEgEvRing         = "eg_btf_eg_ev_ring"
+	bpfVarEgBtfEgEvRingGeometry = "eg_btf_eg_ev_ring_geometry"
+	bpfVarEgBtfEgFlowEvent      = "eg_btf_eg_flow_event"
+	bpfVarEgBtfEgFlowEvent4     = "eg_btf_eg_flow_event4"
+	bpfVarEgBtfEgHostKey        = "eg_btf_eg_host_key"
+	bpfVarEgBtfEgIpcacheKey     = "eg_btf_eg_ipcache_key"
+	bpfVarEgBtfEgIpcacheValue   = "eg_btf_eg_ipcache_value"
+	bpfVarEgBtfEgMode           = "eg_btf_eg_mode"
+	bpfVarEgBtfEgPolicyKey      = "eg_btf_eg_policy_key"
+	bpfVarEgBtfEgPolicyValue    = "eg_btf_eg_policy_value"
+	bpfVarEgBtfEgRangeKey       = "eg_btf_eg_range_key"
+	bpfVarEgBtfEgRangeValue     = "eg_btf_eg_range_value"
+	bpfVarEgBtfEgReason         = "eg_btf_eg_reason"
+	bpfVarEgBtfEgShape          = "eg_btf_eg_shape"
+	bpfVarEgBtfEgVerdict        = "eg_btf_eg_verdict"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -462,49 +488,54 @@ type bpfMapSpecs struct {
 	EgPolicyRanges *ebpf.MapSpec `ebpf:"eg_policy_ranges"`
 	EgRatelimit    *ebpf.MapSpec `ebpf:"eg_ratelimit"`
 	EgState        *ebpf.MapSpec `ebpf:"eg_state"`
+	EgWake         *ebpf.MapSpec `ebpf:"eg_wake"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	CfgCtAccounting      *ebpf.VariableSpec `ebpf:"cfg_ct_accounting"`
-	CfgCtEpMax4          *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max4"`
-	CfgCtEpMax6          *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max6"`
-	CfgCtOtherJ          *ebpf.VariableSpec `ebpf:"cfg_ct_other_j"`
-	CfgCtRevalidate      *ebpf.VariableSpec `ebpf:"cfg_ct_revalidate"`
-	CfgCtTcpCloseJ       *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_close_j"`
-	CfgCtTcpEstablishedJ *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_established_j"`
-	CfgCtTcpSynJ         *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_syn_j"`
-	CfgDefaultMode       *ebpf.VariableSpec `ebpf:"cfg_default_mode"`
-	CfgDenyEventsBurst   *ebpf.VariableSpec `ebpf:"cfg_deny_events_burst"`
-	CfgDenyEventsPerSec  *ebpf.VariableSpec `ebpf:"cfg_deny_events_per_sec"`
-	CfgEventsWakeupBytes *ebpf.VariableSpec `ebpf:"cfg_events_wakeup_bytes"`
-	CfgFragTimeoutJ      *ebpf.VariableSpec `ebpf:"cfg_frag_timeout_j"`
-	CfgHz                *ebpf.VariableSpec `ebpf:"cfg_hz"`
-	EgBtfEgCounter       *ebpf.VariableSpec `ebpf:"eg_btf_eg_counter"`
-	EgBtfEgCtAdjustReq   *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_adjust_req"`
-	EgBtfEgCtCount       *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_count"`
-	EgBtfEgCtKind        *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_kind"`
-	EgBtfEgCtLimits      *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_limits"`
-	EgBtfEgCtState       *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_state"`
-	EgBtfEgDirection     *ebpf.VariableSpec `ebpf:"eg_btf_eg_direction"`
-	EgBtfEgEndpoint      *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint"`
-	EgBtfEgEndpointFlags *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_flags"`
-	EgBtfEgEndpointTable *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_table"`
-	EgBtfEgFlowEvent     *ebpf.VariableSpec `ebpf:"eg_btf_eg_flow_event"`
-	EgBtfEgFlowEvent4    *ebpf.VariableSpec `ebpf:"eg_btf_eg_flow_event4"`
-	EgBtfEgHostKey       *ebpf.VariableSpec `ebpf:"eg_btf_eg_host_key"`
-	EgBtfEgIpcacheKey    *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_key"`
-	EgBtfEgIpcacheValue  *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_value"`
-	EgBtfEgMode          *ebpf.VariableSpec `ebpf:"eg_btf_eg_mode"`
-	EgBtfEgPolicyKey     *ebpf.VariableSpec `ebpf:"eg_btf_eg_policy_key"`
-	EgBtfEgPolicyValue   *ebpf.VariableSpec `ebpf:"eg_btf_eg_policy_value"`
-	EgBtfEgRangeKey      *ebpf.VariableSpec `ebpf:"eg_btf_eg_range_key"`
-	EgBtfEgRangeValue    *ebpf.VariableSpec `ebpf:"eg_btf_eg_range_value"`
-	EgBtfEgReason        *ebpf.VariableSpec `ebpf:"eg_btf_eg_reason"`
-	EgBtfEgShape         *ebpf.VariableSpec `ebpf:"eg_btf_eg_shape"`
-	EgBtfEgVerdict       *ebpf.VariableSpec `ebpf:"eg_btf_eg_verdict"`
+	CfgCtAccounting       *ebpf.VariableSpec `ebpf:"cfg_ct_accounting"`
+	CfgCtEpMax4           *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max4"`
+	CfgCtEpMax6           *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max6"`
+	CfgCtOtherJ           *ebpf.VariableSpec `ebpf:"cfg_ct_other_j"`
+	CfgCtRevalidate       *ebpf.VariableSpec `ebpf:"cfg_ct_revalidate"`
+	CfgCtTcpCloseJ        *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_close_j"`
+	CfgCtTcpEstablishedJ  *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_established_j"`
+	CfgCtTcpSynJ          *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_syn_j"`
+	CfgDefaultMode        *ebpf.VariableSpec `ebpf:"cfg_default_mode"`
+	CfgDenyEventsBurst    *ebpf.VariableSpec `ebpf:"cfg_deny_events_burst"`
+	CfgDenyEventsPerSec   *ebpf.VariableSpec `ebpf:"cfg_deny_events_per_sec"`
+	CfgEvMask             *ebpf.VariableSpec `ebpf:"cfg_ev_mask"`
+	CfgEvSlots            *ebpf.VariableSpec `ebpf:"cfg_ev_slots"`
+	CfgEventsWakeupBytes  *ebpf.VariableSpec `ebpf:"cfg_events_wakeup_bytes"`
+	CfgFragTimeoutJ       *ebpf.VariableSpec `ebpf:"cfg_frag_timeout_j"`
+	CfgHz                 *ebpf.VariableSpec `ebpf:"cfg_hz"`
+	EgBtfEgCounter        *ebpf.VariableSpec `ebpf:"eg_btf_eg_counter"`
+	EgBtfEgCtAdjustReq    *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_adjust_req"`
+	EgBtfEgCtCount        *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_count"`
+	EgBtfEgCtKind         *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_kind"`
+	EgBtfEgCtLimits       *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_limits"`
+	EgBtfEgCtState        *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_state"`
+	EgBtfEgDirection      *ebpf.VariableSpec `ebpf:"eg_btf_eg_direction"`
+	EgBtfEgEndpoint       *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint"`
+	EgBtfEgEndpointFlags  *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_flags"`
+	EgBtfEgEndpointTable  *ebpf.VariableSpec `ebpf:"eg_btf_eg_endpoint_table"`
+	EgBtfEgEvRing         *ebpf.VariableSpec `ebpf:"eg_btf_eg_ev_ring"`
+	EgBtfEgEvRingGeometry *ebpf.VariableSpec `ebpf:"eg_btf_eg_ev_ring_geometry"`
+	EgBtfEgFlowEvent      *ebpf.VariableSpec `ebpf:"eg_btf_eg_flow_event"`
+	EgBtfEgFlowEvent4     *ebpf.VariableSpec `ebpf:"eg_btf_eg_flow_event4"`
+	EgBtfEgHostKey        *ebpf.VariableSpec `ebpf:"eg_btf_eg_host_key"`
+	EgBtfEgIpcacheKey     *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_key"`
+	EgBtfEgIpcacheValue   *ebpf.VariableSpec `ebpf:"eg_btf_eg_ipcache_value"`
+	EgBtfEgMode           *ebpf.VariableSpec `ebpf:"eg_btf_eg_mode"`
+	EgBtfEgPolicyKey      *ebpf.VariableSpec `ebpf:"eg_btf_eg_policy_key"`
+	EgBtfEgPolicyValue    *ebpf.VariableSpec `ebpf:"eg_btf_eg_policy_value"`
+	EgBtfEgRangeKey       *ebpf.VariableSpec `ebpf:"eg_btf_eg_range_key"`
+	EgBtfEgRangeValue     *ebpf.VariableSpec `ebpf:"eg_btf_eg_range_value"`
+	EgBtfEgReason         *ebpf.VariableSpec `ebpf:"eg_btf_eg_reason"`
+	EgBtfEgShape          *ebpf.VariableSpec `ebpf:"eg_btf_eg_shape"`
+	EgBtfEgVerdict        *ebpf.VariableSpec `ebpf:"eg_btf_eg_verdict"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -542,6 +573,7 @@ type bpfMaps struct {
 	EgPolicyRanges *ebpf.Map `ebpf:"eg_policy_ranges"`
 	EgRatelimit    *ebpf.Map `ebpf:"eg_ratelimit"`
 	EgState        *ebpf.Map `ebpf:"eg_state"`
+	EgWake         *ebpf.Map `ebpf:"eg_wake"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -561,6 +593,7 @@ func (m *bpfMaps) Close() error {
 		m.EgPolicyRanges,
 		m.EgRatelimit,
 		m.EgState,
+		m.EgWake,
 	)
 }
 
@@ -568,43 +601,47 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	CfgCtAccounting      *ebpf.Variable `ebpf:"cfg_ct_accounting"`
-	CfgCtEpMax4          *ebpf.Variable `ebpf:"cfg_ct_ep_max4"`
-	CfgCtEpMax6          *ebpf.Variable `ebpf:"cfg_ct_ep_max6"`
-	CfgCtOtherJ          *ebpf.Variable `ebpf:"cfg_ct_other_j"`
-	CfgCtRevalidate      *ebpf.Variable `ebpf:"cfg_ct_revalidate"`
-	CfgCtTcpCloseJ       *ebpf.Variable `ebpf:"cfg_ct_tcp_close_j"`
-	CfgCtTcpEstablishedJ *ebpf.Variable `ebpf:"cfg_ct_tcp_established_j"`
-	CfgCtTcpSynJ         *ebpf.Variable `ebpf:"cfg_ct_tcp_syn_j"`
-	CfgDefaultMode       *ebpf.Variable `ebpf:"cfg_default_mode"`
-	CfgDenyEventsBurst   *ebpf.Variable `ebpf:"cfg_deny_events_burst"`
-	CfgDenyEventsPerSec  *ebpf.Variable `ebpf:"cfg_deny_events_per_sec"`
-	CfgEventsWakeupBytes *ebpf.Variable `ebpf:"cfg_events_wakeup_bytes"`
-	CfgFragTimeoutJ      *ebpf.Variable `ebpf:"cfg_frag_timeout_j"`
-	CfgHz                *ebpf.Variable `ebpf:"cfg_hz"`
-	EgBtfEgCounter       *ebpf.Variable `ebpf:"eg_btf_eg_counter"`
-	EgBtfEgCtAdjustReq   *ebpf.Variable `ebpf:"eg_btf_eg_ct_adjust_req"`
-	EgBtfEgCtCount       *ebpf.Variable `ebpf:"eg_btf_eg_ct_count"`
-	EgBtfEgCtKind        *ebpf.Variable `ebpf:"eg_btf_eg_ct_kind"`
-	EgBtfEgCtLimits      *ebpf.Variable `ebpf:"eg_btf_eg_ct_limits"`
-	EgBtfEgCtState       *ebpf.Variable `ebpf:"eg_btf_eg_ct_state"`
-	EgBtfEgDirection     *ebpf.Variable `ebpf:"eg_btf_eg_direction"`
-	EgBtfEgEndpoint      *ebpf.Variable `ebpf:"eg_btf_eg_endpoint"`
-	EgBtfEgEndpointFlags *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_flags"`
-	EgBtfEgEndpointTable *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_table"`
-	EgBtfEgFlowEvent     *ebpf.Variable `ebpf:"eg_btf_eg_flow_event"`
-	EgBtfEgFlowEvent4    *ebpf.Variable `ebpf:"eg_btf_eg_flow_event4"`
-	EgBtfEgHostKey       *ebpf.Variable `ebpf:"eg_btf_eg_host_key"`
-	EgBtfEgIpcacheKey    *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_key"`
-	EgBtfEgIpcacheValue  *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_value"`
-	EgBtfEgMode          *ebpf.Variable `ebpf:"eg_btf_eg_mode"`
-	EgBtfEgPolicyKey     *ebpf.Variable `ebpf:"eg_btf_eg_policy_key"`
-	EgBtfEgPolicyValue   *ebpf.Variable `ebpf:"eg_btf_eg_policy_value"`
-	EgBtfEgRangeKey      *ebpf.Variable `ebpf:"eg_btf_eg_range_key"`
-	EgBtfEgRangeValue    *ebpf.Variable `ebpf:"eg_btf_eg_range_value"`
-	EgBtfEgReason        *ebpf.Variable `ebpf:"eg_btf_eg_reason"`
-	EgBtfEgShape         *ebpf.Variable `ebpf:"eg_btf_eg_shape"`
-	EgBtfEgVerdict       *ebpf.Variable `ebpf:"eg_btf_eg_verdict"`
+	CfgCtAccounting       *ebpf.Variable `ebpf:"cfg_ct_accounting"`
+	CfgCtEpMax4           *ebpf.Variable `ebpf:"cfg_ct_ep_max4"`
+	CfgCtEpMax6           *ebpf.Variable `ebpf:"cfg_ct_ep_max6"`
+	CfgCtOtherJ           *ebpf.Variable `ebpf:"cfg_ct_other_j"`
+	CfgCtRevalidate       *ebpf.Variable `ebpf:"cfg_ct_revalidate"`
+	CfgCtTcpCloseJ        *ebpf.Variable `ebpf:"cfg_ct_tcp_close_j"`
+	CfgCtTcpEstablishedJ  *ebpf.Variable `ebpf:"cfg_ct_tcp_established_j"`
+	CfgCtTcpSynJ          *ebpf.Variable `ebpf:"cfg_ct_tcp_syn_j"`
+	CfgDefaultMode        *ebpf.Variable `ebpf:"cfg_default_mode"`
+	CfgDenyEventsBurst    *ebpf.Variable `ebpf:"cfg_deny_events_burst"`
+	CfgDenyEventsPerSec   *ebpf.Variable `ebpf:"cfg_deny_events_per_sec"`
+	CfgEvMask             *ebpf.Variable `ebpf:"cfg_ev_mask"`
+	CfgEvSlots            *ebpf.Variable `ebpf:"cfg_ev_slots"`
+	CfgEventsWakeupBytes  *ebpf.Variable `ebpf:"cfg_events_wakeup_bytes"`
+	CfgFragTimeoutJ       *ebpf.Variable `ebpf:"cfg_frag_timeout_j"`
+	CfgHz                 *ebpf.Variable `ebpf:"cfg_hz"`
+	EgBtfEgCounter        *ebpf.Variable `ebpf:"eg_btf_eg_counter"`
+	EgBtfEgCtAdjustReq    *ebpf.Variable `ebpf:"eg_btf_eg_ct_adjust_req"`
+	EgBtfEgCtCount        *ebpf.Variable `ebpf:"eg_btf_eg_ct_count"`
+	EgBtfEgCtKind         *ebpf.Variable `ebpf:"eg_btf_eg_ct_kind"`
+	EgBtfEgCtLimits       *ebpf.Variable `ebpf:"eg_btf_eg_ct_limits"`
+	EgBtfEgCtState        *ebpf.Variable `ebpf:"eg_btf_eg_ct_state"`
+	EgBtfEgDirection      *ebpf.Variable `ebpf:"eg_btf_eg_direction"`
+	EgBtfEgEndpoint       *ebpf.Variable `ebpf:"eg_btf_eg_endpoint"`
+	EgBtfEgEndpointFlags  *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_flags"`
+	EgBtfEgEndpointTable  *ebpf.Variable `ebpf:"eg_btf_eg_endpoint_table"`
+	EgBtfEgEvRing         *ebpf.Variable `ebpf:"eg_btf_eg_ev_ring"`
+	EgBtfEgEvRingGeometry *ebpf.Variable `ebpf:"eg_btf_eg_ev_ring_geometry"`
+	EgBtfEgFlowEvent      *ebpf.Variable `ebpf:"eg_btf_eg_flow_event"`
+	EgBtfEgFlowEvent4     *ebpf.Variable `ebpf:"eg_btf_eg_flow_event4"`
+	EgBtfEgHostKey        *ebpf.Variable `ebpf:"eg_btf_eg_host_key"`
+	EgBtfEgIpcacheKey     *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_key"`
+	EgBtfEgIpcacheValue   *ebpf.Variable `ebpf:"eg_btf_eg_ipcache_value"`
+	EgBtfEgMode           *ebpf.Variable `ebpf:"eg_btf_eg_mode"`
+	EgBtfEgPolicyKey      *ebpf.Variable `ebpf:"eg_btf_eg_policy_key"`
+	EgBtfEgPolicyValue    *ebpf.Variable `ebpf:"eg_btf_eg_policy_value"`
+	EgBtfEgRangeKey       *ebpf.Variable `ebpf:"eg_btf_eg_range_key"`
+	EgBtfEgRangeValue     *ebpf.Variable `ebpf:"eg_btf_eg_range_value"`
+	EgBtfEgReason         *ebpf.Variable `ebpf:"eg_btf_eg_reason"`
+	EgBtfEgShape          *ebpf.Variable `ebpf:"eg_btf_eg_shape"`
+	EgBtfEgVerdict        *ebpf.Variable `ebpf:"eg_btf_eg_verdict"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

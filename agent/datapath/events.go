@@ -148,67 +148,98 @@ func DecodeEvent(b []byte, clock *Clock, ev *FlowEvent) error {
 	return nil
 }
 
-// EventReader reads flow events from the ring buffer.
+// EventReader reads flow events from eg_events, the per-CPU event rings
+// (bpf/maps.h), woken through eg_wake.
 type EventReader struct {
-	rd    *ringbuf.Reader
+	rings *ringMem
+	wake  *ringbuf.Reader
 	clock *Clock
 	rec   ringbuf.Record
 	poll  time.Duration
+	// corrupt, if set, is told of records that break the rings'
+	// protocol; they are skipped.
+	corrupt func(error)
 }
 
-// NewEventReader opens a reader on the event ring. Only one reader should
-// consume the ring at a time.
+// NewEventReader opens a reader on the event rings. Only one reader may
+// consume them at a time: the rings have one consumer.
 func (d *Datapath) NewEventReader() (*EventReader, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil, errClosed
 	}
-	rd, err := ringbuf.NewReader(d.objs.EgEvents)
+	geo, err := eventRingOf(d.cfg.RingBufBytes)
 	if err != nil {
-		return nil, fmt.Errorf("open eg_events reader: %w", err)
+		return nil, err
 	}
-	// With batched wake-ups the reader must also poll, so a lone event is
-	// delivered within this time.
-	poll := time.Duration(0)
-	if d.cfg.EventsWakeupBytes > 1 {
-		poll = 100 * time.Millisecond
+	rings, err := mapEventRing(d.objs.EgEvents, geo)
+	if err != nil {
+		return nil, err
 	}
-	return &EventReader{rd: rd, clock: d.clock, poll: poll}, nil
+	wake, err := ringbuf.NewReader(d.objs.EgWake)
+	if err != nil {
+		rings.close()
+		return nil, fmt.Errorf("open eg_wake reader: %w", err)
+	}
+	// Below the wake-up threshold the reader polls, so that a lone event
+	// is delivered within this time.
+	return &EventReader{rings: rings, wake: wake, clock: d.clock, poll: 100 * time.Millisecond}, nil
 }
+
+// OnCorrupt sets what is told of records that break the rings' protocol
+// (each is skipped with what follows it on its CPU's ring). Call it
+// before Run.
+func (r *EventReader) OnCorrupt(f func(error)) { r.corrupt = f }
 
 // Run calls handle for every event until ctx is done, then closes the
 // reader and returns nil. handle must not keep ev.
 func (r *EventReader) Run(ctx context.Context, handle func(ev *FlowEvent)) error {
-	stop := context.AfterFunc(ctx, func() { r.rd.Close() })
+	stop := context.AfterFunc(ctx, func() { r.Close() })
 	defer stop()
-	var ev FlowEvent
 	for {
-		if r.poll > 0 {
-			r.rd.SetDeadline(time.Now().Add(r.poll))
-		}
-		err := r.rd.ReadInto(&r.rec)
+		_, err := r.Drain(handle)
 		switch {
-		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			continue
+		case errors.Is(err, errRingClosed):
+			return nil
+		case err != nil && r.corrupt != nil:
+			r.corrupt(err)
+		}
+		r.wake.SetDeadline(time.Now().Add(r.poll))
+		err = r.wake.ReadInto(&r.rec)
+		switch {
+		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed):
 			return nil
 		default:
-			return fmt.Errorf("read eg_events: %w", err)
+			return fmt.Errorf("read eg_wake: %w", err)
 		}
-		if err := DecodeEvent(r.rec.RawSample, r.clock, &ev); err != nil {
-			return err
-		}
-		handle(&ev)
 	}
 }
 
+// Drain hands every event waiting in the rings to handle, without
+// waiting for more, and returns how many it read. An error names the
+// records it skipped as corrupt; the others were read.
+func (r *EventReader) Drain(handle func(ev *FlowEvent)) (int, error) {
+	var ev FlowEvent
+	return r.rings.drain(func(rec []byte) error {
+		if err := DecodeEvent(rec, r.clock, &ev); err != nil {
+			return err
+		}
+		handle(&ev)
+		return nil
+	})
+}
+
 // Close stops the reader; Run returns.
-func (r *EventReader) Close() error { return r.rd.Close() }
+func (r *EventReader) Close() error {
+	return errors.Join(r.wake.Close(), r.rings.close())
+}
 
-// Pending returns how many bytes are queued in the ring.
-func (r *EventReader) Pending() int { return r.rd.AvailableBytes() }
+// Pending returns how many bytes of events wait in the rings.
+func (r *EventReader) Pending() int { return r.rings.pending() }
 
-// RingSize returns the ring's capacity in bytes.
-func (r *EventReader) RingSize() int { return r.rd.BufferSize() }
+// RingSize returns the rings' capacity in bytes, all CPUs together.
+func (r *EventReader) RingSize() int {
+	return int(r.rings.geo.cpus) * int(r.rings.geo.slots) * evSlotBytes
+}

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/ringbuf"
-
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
 	"github.com/eastguard/eastguard/internal/testutil/topo"
@@ -70,9 +68,9 @@ func TestPrivilegedGuard(t *testing.T) {
 	}
 
 	d := openInNodeWith(t, node, Config{GuardInterfaces: []string{"eg1-g*", "egbr*"}})
-	ring, err := ringbuf.NewReader(d.objs.EgEvents)
+	ring, err := d.NewEventReader()
 	if err != nil {
-		t.Fatalf("ring reader: %v", err)
+		t.Fatalf("event reader: %v", err)
 	}
 	t.Cleanup(func() { ring.Close() })
 
@@ -102,13 +100,13 @@ func TestPrivilegedGuard(t *testing.T) {
 	}
 
 	// (1) Fresh node, no rule set: guarded means denied, both ways.
-	readEvents(t, ring, d.clock)
+	readEvents(t, ring)
 	guarded(ga)
 	guarded(gb)
 	untouched()
 	wantGuarded("eg1-ga", "eg1-gb")
 	var in, out bool
-	evs := readEvents(t, ring, d.clock)
+	evs := readEvents(t, ring)
 	for _, ev := range evs {
 		if ev.Endpoint != GuardEndpoint {
 			continue

@@ -6,10 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -31,7 +29,7 @@ type harness struct {
 	ns      *tnetns.NS
 	d       *Datapath
 	ifindex map[string]uint32
-	ring    *ringbuf.Reader
+	ring    *EventReader
 	clock   *Clock
 }
 
@@ -65,9 +63,9 @@ func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
 	for _, name := range ifaces {
 		h.ifindex[name] = h.linkIndex(name)
 	}
-	rd, err := ringbuf.NewReader(h.d.objs.EgEvents)
+	rd, err := h.d.NewEventReader()
 	if err != nil {
-		t.Fatalf("ring reader: %v", err)
+		t.Fatalf("event reader: %v", err)
 	}
 	h.ring = rd
 	t.Cleanup(func() { rd.Close() })
@@ -147,29 +145,18 @@ func (h *harness) toHost(iface string, pkt []byte) int32 {
 // prog.Run returns, so nothing is waited for.
 func (h *harness) drain() []FlowEvent {
 	h.t.Helper()
-	return readEvents(h.t, h.ring, h.clock)
+	return readEvents(h.t, h.ring)
 }
 
-// readEvents returns the events waiting in ring, without waiting for more.
-func readEvents(t testing.TB, ring *ringbuf.Reader, clock *Clock) []FlowEvent {
+// readEvents returns the events waiting in the rings, without waiting
+// for more.
+func readEvents(t testing.TB, rd *EventReader) []FlowEvent {
 	t.Helper()
 	var out []FlowEvent
-	var rec ringbuf.Record
-	for {
-		ring.SetDeadline(time.Now())
-		err := ring.ReadInto(&rec)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("read ring: %v", err)
-		}
-		var ev FlowEvent
-		if err := DecodeEvent(rec.RawSample, clock, &ev); err != nil {
-			t.Fatalf("decode: %v", err)
-		}
-		out = append(out, ev)
+	if _, err := rd.Drain(func(ev *FlowEvent) { out = append(out, *ev) }); err != nil {
+		t.Fatalf("read events: %v", err)
 	}
+	return out
 }
 
 func (h *harness) counters() Counters {

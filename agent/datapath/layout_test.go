@@ -51,6 +51,7 @@ func TestLayout(t *testing.T) {
 		"eg_ratelimit":     bpfEgRatelimit{},
 		"eg_flow_event":    bpfEgFlowEvent{},
 		"eg_flow_event4":   bpfEgFlowEvent4{},
+		"eg_ev_ring":       bpfEgEvRing{},
 	}
 	for name, v := range goTypes {
 		s := structType(name)
@@ -131,6 +132,21 @@ func TestLayout(t *testing.T) {
 		}
 	}
 
+	// The event rings' header and records (eventring.go).
+	ring := structType("eg_ev_ring")
+	if ring.Size != evHdrBytes {
+		t.Errorf("eg_ev_ring is %d bytes, the reader assumes %d", ring.Size, evHdrBytes)
+	}
+	for _, m := range ring.Members {
+		want, ok := map[string]int{"head": ringHeadOff, "tail": ringTailOff, "kicked": ringKickedOff}[m.Name]
+		if ok && int(m.Offset.Bytes()) != want {
+			t.Errorf("eg_ev_ring.%s at %d, the reader uses %d", m.Name, m.Offset.Bytes(), want)
+		}
+	}
+	if evSize4+8 > evSlotBytes || evSize+8 > 2*evSlotBytes {
+		t.Errorf("events of %d and %d bytes with their 8-byte word do not fit one and two slots of %d", evSize4, evSize, evSlotBytes)
+	}
+
 	// EG_MAX_RANGES is the length of eg_range_value.iv.
 	var rv bpfEgRangeValue
 	if n := len(rv.Iv); n != ruleset.MaxIntervals {
@@ -173,6 +189,10 @@ func TestLayout(t *testing.T) {
 	checkEnum("eg_verdict", map[string]uint64{
 		"EG_VERDICT_ALLOWED": uint64(ruleset.VerdictAllowed), "EG_VERDICT_DENIED": uint64(ruleset.VerdictDenied),
 		"EG_VERDICT_WOULD_DENY": uint64(ruleset.VerdictWouldDeny),
+	})
+	checkEnum("eg_ev_ring_geometry", map[string]uint64{
+		"EG_EV_SLOT": evSlotBytes, "EG_EV_HDR": evHdrBytes,
+		"EG_EV_PAD": evKindPad, "EG_EV_IPV4": evKindIPv4, "EG_EV_IPV6": evKindIPv6,
 	})
 	checkEnum("eg_direction", map[string]uint64{"EG_DIR_INGRESS": uint64(ruleset.Ingress), "EG_DIR_EGRESS": uint64(ruleset.Egress)})
 	checkEnum("eg_mode", map[string]uint64{"EG_MODE_ENFORCE": uint64(ruleset.ModeEnforce), "EG_MODE_MONITOR": uint64(ruleset.ModeMonitor)})

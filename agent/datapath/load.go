@@ -51,7 +51,17 @@ func loadSpec(cfg *Config, hz uint32) (*ebpf.CollectionSpec, error) {
 	}
 	spec.Maps["eg_ct4"].MaxEntries = cfg.CTEntries
 	spec.Maps["eg_ct6"].MaxEntries = cfg.CT6Entries
-	spec.Maps["eg_events"].MaxEntries = cfg.RingBufBytes
+	ring, err := eventRingOf(cfg.RingBufBytes)
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps["eg_events"].MaxEntries = ring.cpus
+	spec.Maps["eg_events"].ValueSize = ring.valueSize()
+	for name, v := range map[string]uint64{"cfg_ev_slots": ring.slots, "cfg_ev_mask": ring.slots - 1} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
 	return spec, nil
 }
 
@@ -202,6 +212,7 @@ func (o *bpfObjects) mapsByName() map[string]*ebpf.Map {
 		"eg_frags":         o.EgFrags,
 		"eg_nd_neigh":      o.EgNdNeigh,
 		"eg_events":        o.EgEvents,
+		"eg_wake":          o.EgWake,
 		"eg_counters":      o.EgCounters,
 		"eg_ratelimit":     o.EgRatelimit,
 	}
