@@ -70,7 +70,7 @@ func TestAdminTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := migrate(ctx, db, migrations[:1]); err != nil {
+	if err := migrate(ctx, db, migrations[:1], nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := db.Exec("INSERT INTO admin_tokens (id, secret_hash, created) VALUES ('old', 'h0', 1)"); err != nil {
