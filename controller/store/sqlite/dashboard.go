@@ -5,7 +5,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -50,7 +49,8 @@ func (s *SQLite) FlowEdgesOf(ctx context.Context, since, until time.Time, worklo
 // distinct edges are few.
 func (s *SQLite) flowEdges(ctx context.Context, since, until time.Time, workload string, limit int) ([]store.FlowEdge, error) {
 	lo, hi := rangeArgs(since, until)
-	edges := map[rc.EdgeKey]*rc.EdgeSums{}
+	// Keyed by rowcodec.EdgeKey's String, the rollup's key column.
+	edges := map[string]*rc.EdgeSums{}
 	tx, err := s.edb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("read flow edges: %w", classify(err))
@@ -63,19 +63,20 @@ func (s *SQLite) flowEdges(ctx context.Context, since, until time.Time, workload
 	for _, r := range rc.EdgeCover(lo, hi, from) {
 		if r.Span == 0 {
 			err = scanFlowRows(ctx, tx, r.Lo, r.Hi, workload, func(k rc.EdgeKey, state string, packets, bytes, t int64) {
-				e := edges[k]
+				ks := k.String()
+				e := edges[ks]
 				if e == nil {
 					e = &rc.EdgeSums{}
-					edges[k] = e
+					edges[ks] = e
 				}
 				e.Add(state, k.Verdict, packets, bytes, t)
 			})
 		} else {
-			err = scanEdgeRows(ctx, tx, r, workload, func(k rc.EdgeKey, sums rc.EdgeSums) {
-				e := edges[k]
+			err = scanEdgeRows(ctx, tx, r, workload, func(k []byte, sums rc.EdgeSums) {
+				e := edges[string(k)]
 				if e == nil {
 					e = &rc.EdgeSums{}
-					edges[k] = e
+					edges[string(k)] = e
 				}
 				e.Merge(sums)
 			})
@@ -84,25 +85,36 @@ func (s *SQLite) flowEdges(ctx context.Context, since, until time.Time, workload
 			return nil, fmt.Errorf("read flow edges: %w", classify(err))
 		}
 	}
+	type edge struct {
+		rc.EdgeKey
+		*rc.EdgeSums
+	}
+	all := make([]edge, 0, len(edges))
+	for ks, e := range edges {
+		k, err := rc.ParseEdgeKey(ks)
+		if err != nil {
+			return nil, fmt.Errorf("read flow edges: %w", err)
+		}
+		all = append(all, edge{k, e})
+	}
 	// Most flows first, then the key's columns, as SQL's ORDER BY would
 	// have them: sorted on the stored values, before any is parsed.
-	keys := slices.SortedFunc(maps.Keys(edges), func(a, b rc.EdgeKey) int {
-		return cmp.Or(cmp.Compare(edges[b].Flows, edges[a].Flows), cmp.Compare(a.SrcWorkload, b.SrcWorkload), cmp.Compare(a.Src, b.Src),
+	slices.SortFunc(all, func(a, b edge) int {
+		return cmp.Or(cmp.Compare(b.Flows, a.Flows), cmp.Compare(a.SrcWorkload, b.SrcWorkload), cmp.Compare(a.Src, b.Src),
 			cmp.Compare(a.DstWorkload, b.DstWorkload), cmp.Compare(a.Dst, b.Dst),
 			cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Verdict, b.Verdict))
 	})
-	if limit >= 0 && len(keys) > limit {
-		keys = keys[:limit]
+	if limit >= 0 && len(all) > limit {
+		all = all[:limit]
 	}
-	out := make([]store.FlowEdge, 0, len(keys))
-	for _, k := range keys {
-		e := edges[k]
-		fe := store.FlowEdge{SrcWorkload: k.SrcWorkload, DstWorkload: k.DstWorkload, Protocol: k.Protocol,
-			Port: uint16(k.Port), Verdict: ruleset.Verdict(k.Verdict),
+	out := make([]store.FlowEdge, 0, len(all))
+	for _, e := range all {
+		fe := store.FlowEdge{SrcWorkload: e.SrcWorkload, DstWorkload: e.DstWorkload, Protocol: e.Protocol,
+			Port: uint16(e.Port), Verdict: ruleset.Verdict(e.Verdict),
 			Flows: uint64(e.Flows), Packets: uint64(e.Packets), Bytes: uint64(e.Bytes),
 			FirstSeen: rc.FromNanos(e.First), LastSeen: rc.FromNanos(e.Last)}
-		fe.SrcAddr, _ = netip.ParseAddr(k.Src)
-		fe.DstAddr, _ = netip.ParseAddr(k.Dst)
+		fe.SrcAddr, _ = netip.ParseAddr(e.Src)
+		fe.DstAddr, _ = netip.ParseAddr(e.Dst)
 		out = append(out, fe)
 	}
 	return out, nil
@@ -176,22 +188,21 @@ WHERE time >= ? AND time < ? AND (? = '' OR src_workload = ? OR dst_workload = ?
 	return rows.Err()
 }
 
-// scanEdgeRows calls fn with each rollup row of r (of workload's edges,
-// unless it is "").
-func scanEdgeRows(ctx context.Context, q querier, r rc.EdgeRange, workload string, fn func(k rc.EdgeKey, sums rc.EdgeSums)) error {
+// scanEdgeRows calls fn with the key (valid until fn returns) and sums
+// of each rollup row of r (of workload's edges, unless it is "").
+func scanEdgeRows(ctx context.Context, q querier, r rc.EdgeRange, workload string, fn func(k []byte, sums rc.EdgeSums)) error {
 	rows, err := q.QueryContext(ctx, `
-SELECT src_workload, src, dst_workload, dst, protocol, port, verdict, flows, packets, bytes, first_time, last_time
+SELECT key, flows, packets, bytes, first_time, last_time
 FROM flow_edges
 WHERE span = ? AND bucket >= ? AND bucket < ? AND (? = '' OR src_workload = ? OR dst_workload = ?)`, r.Span, r.Lo, r.Hi, workload, workload, workload)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
-	var k rc.EdgeKey
+	var k sql.RawBytes
 	e := rc.EdgeSums{Set: true}
 	for rows.Next() {
-		if err := rows.Scan(&k.SrcWorkload, &k.Src, &k.DstWorkload, &k.Dst, &k.Protocol, &k.Port, &k.Verdict,
-			&e.Flows, &e.Packets, &e.Bytes, &e.First, &e.Last); err != nil {
+		if err := rows.Scan(&k, &e.Flows, &e.Packets, &e.Bytes, &e.First, &e.Last); err != nil {
 			return err
 		}
 		fn(k, e)
@@ -210,9 +221,9 @@ func wrapAdd(a, b string) string {
 }
 
 // upsertEdgesSQL adds one bucket's sums to its rollup row.
-var upsertEdgesSQL = `INSERT INTO flow_edges (span, bucket, src_workload, src, dst_workload, dst, protocol, port, verdict,
-	flows, packets, bytes, first_time, last_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (span, bucket, src_workload, src, dst_workload, dst, protocol, port, verdict) DO UPDATE SET
+var upsertEdgesSQL = `INSERT INTO flow_edges (span, bucket, key, src_workload, dst_workload,
+	flows, packets, bytes, first_time, last_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (span, bucket, key) DO UPDATE SET
 	flows = flows + excluded.flows,
 	packets = ` + wrapAdd("packets", "excluded.packets") + `,
 	bytes = ` + wrapAdd("bytes", "excluded.bytes") + `,
@@ -229,7 +240,7 @@ func addFlowEdges(ctx context.Context, tx *sql.Tx, sums map[rc.EdgeBucket]*rc.Ed
 	}
 	defer stmt.Close()
 	for b, e := range sums {
-		if _, err := stmt.ExecContext(ctx, b.Span, b.Bucket, b.SrcWorkload, b.Src, b.DstWorkload, b.Dst, b.Protocol, b.Port, b.Verdict,
+		if _, err := stmt.ExecContext(ctx, b.Span, b.Bucket, b.EdgeKey.String(), b.SrcWorkload, b.DstWorkload,
 			e.Flows, e.Packets, e.Bytes, e.First, e.Last); err != nil {
 			return err
 		}

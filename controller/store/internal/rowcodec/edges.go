@@ -1,7 +1,10 @@
 package rowcodec
 
 import (
+	"fmt"
 	"math"
+	"strconv"
+	"strings"
 
 	"github.com/eastguard/eastguard/internal/flowrecord"
 	"github.com/eastguard/eastguard/internal/ruleset"
@@ -27,6 +30,55 @@ var EdgeSpans = []int64{int64(60e9), int64(600e9)}
 type EdgeKey struct {
 	SrcWorkload, Src, DstWorkload, Dst, Protocol string
 	Port, Verdict                                int64
+}
+
+// String encodes the key in one string, as the SQLite store's rollup
+// keeps it (a row read in one column instead of seven costs half as
+// much): each text its byte length, ':' and its bytes, then the port,
+// ',' and the verdict, in decimal.
+func (k EdgeKey) String() string {
+	b := make([]byte, 0, len(k.SrcWorkload)+len(k.Src)+len(k.DstWorkload)+len(k.Dst)+len(k.Protocol)+24)
+	for _, f := range [...]string{k.SrcWorkload, k.Src, k.DstWorkload, k.Dst, k.Protocol} {
+		b = strconv.AppendInt(b, int64(len(f)), 10)
+		b = append(b, ':')
+		b = append(b, f...)
+	}
+	b = strconv.AppendInt(b, k.Port, 10)
+	b = append(b, ',')
+	b = strconv.AppendInt(b, k.Verdict, 10)
+	return string(b)
+}
+
+// EdgeKeySQL is SQL for EdgeKey.String of a row with the named columns.
+func EdgeKeySQL(srcWorkload, src, dstWorkload, dst, protocol, port, verdict string) string {
+	var b strings.Builder
+	for _, f := range [...]string{srcWorkload, src, dstWorkload, dst, protocol} {
+		b.WriteString("length(CAST(" + f + " AS BLOB)) || ':' || " + f + " || ")
+	}
+	b.WriteString(port + " || ',' || " + verdict)
+	return b.String()
+}
+
+// ParseEdgeKey reads what EdgeKey.String wrote.
+func ParseEdgeKey(s string) (EdgeKey, error) {
+	var k EdgeKey
+	rest := s
+	for _, f := range [...]*string{&k.SrcWorkload, &k.Src, &k.DstWorkload, &k.Dst, &k.Protocol} {
+		n, after, ok := strings.Cut(rest, ":")
+		l, err := strconv.Atoi(n)
+		if !ok || err != nil || l < 0 || l > len(after) {
+			return k, fmt.Errorf("edge key %q: bad length", s)
+		}
+		*f, rest = after[:l], after[l:]
+	}
+	port, verdict, ok := strings.Cut(rest, ",")
+	var err1, err2 error
+	k.Port, err1 = strconv.ParseInt(port, 10, 64)
+	k.Verdict, err2 = strconv.ParseInt(verdict, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return k, fmt.Errorf("edge key %q: bad port or verdict", s)
+	}
+	return k, nil
 }
 
 // EdgeKeyOf is the key of a stored flow row.
