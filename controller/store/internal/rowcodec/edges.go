@@ -93,11 +93,11 @@ func EdgeKeyOf(srcWorkload, srcAddr, dstWorkload, dstAddr, protocol string, port
 }
 
 // RecordEdge is a record's key, time, state, packets and bytes as
-// FlowArgs stores them.
+// FlowArgs stores them (TestRecordEdge holds it to that), without
+// FlowArgs' boxing of every column.
 func RecordEdge(r *flowrecord.Record) (k EdgeKey, t int64, state string, packets, bytes int64) {
-	a := FlowArgs(r)
-	k = EdgeKeyOf(a[6].(string), a[4].(string), a[10].(string), a[8].(string), a[3].(string), a[9].(int64), a[12].(int64))
-	return k, a[0].(int64), a[25].(string), a[14].(int64), a[15].(int64)
+	k = EdgeKeyOf(r.SrcWorkload, r.SrcAddr.String(), r.DstWorkload, r.DstAddr.String(), r.Protocol, int64(r.DstPort), int64(r.Verdict))
+	return k, r.Time.UnixNano(), string(StateOrNew(r.State)), int64(r.Packets), int64(r.Bytes)
 }
 
 // EdgeSums are one edge's sums over some flows: Flows counts the new
