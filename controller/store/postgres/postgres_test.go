@@ -453,6 +453,21 @@ func BenchmarkPostgresInsertFlows(b *testing.B) {
 	}, 1000)
 }
 
+// BenchmarkPostgresInsertFleetFlows: the same with a fleet's flows, nearly
+// each an edge of its own in its minute (the rollup's most writes per
+// record), as SQLite's BenchmarkInsertFleetFlows:
+//
+//	go test -run '^$' -bench PostgresInsertFleetFlows -benchtime 200x ./controller/store/postgres/
+func BenchmarkPostgresInsertFleetFlows(b *testing.B) {
+	storetest.BenchmarkInsertFleetFlows(b, func(t testing.TB) store.Store {
+		s, err := openDSN(t, pgtest.DSN(t), testKey(t), Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}, 1000)
+}
+
 // TestPostgresPartitionSizeChange: after a switch from daily to hourly
 // partitions, records of a day that has its daily partition go there
 // (no overlapping hourly one is made); the next day gets hourly ones.

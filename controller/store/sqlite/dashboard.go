@@ -98,7 +98,8 @@ func (s *SQLite) flowEdges(ctx context.Context, since, until time.Time, workload
 		all = append(all, edge{k, e})
 	}
 	// Most flows first, then the key's columns, as SQL's ORDER BY would
-	// have them: sorted on the stored values, before any is parsed.
+	// have them: sorted on the stored values, before any address is
+	// parsed.
 	slices.SortFunc(all, func(a, b edge) int {
 		return cmp.Or(cmp.Compare(b.Flows, a.Flows), cmp.Compare(a.SrcWorkload, b.SrcWorkload), cmp.Compare(a.Src, b.Src),
 			cmp.Compare(a.DstWorkload, b.DstWorkload), cmp.Compare(a.Dst, b.Dst),

@@ -306,8 +306,8 @@ func (s *SQLite) PruneFlows(ctx context.Context, before time.Time, limit int) (i
 	return s.pruneFlows(ctx, "time < ?", before.UnixNano(), limit)
 }
 
-// pruneFlows deletes the oldest limit flows matching where (one
-// argument) and, in the same transaction, the rollup rows of the buckets
+// pruneFlows deletes the oldest limit flows matching where, a condition
+// on the one argument arg ("? = 1" with 1 for every flow), and, in the same transaction, the rollup rows of the buckets
 // up to the one holding the latest of them (dropFlowEdges): the flows
 // deleted are the oldest, so every bucket after it has lost none.
 func (s *SQLite) pruneFlows(ctx context.Context, where string, arg any, limit int) (int64, error) {

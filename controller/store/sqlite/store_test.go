@@ -120,6 +120,14 @@ func BenchmarkInsertFlows(b *testing.B) {
 	storetest.BenchmarkInsertFlows(b, func(t testing.TB) store.Store { return openTest(t, t.TempDir()) }, 1000)
 }
 
+// BenchmarkInsertFleetFlows: the same with a fleet's flows, nearly each
+// an edge of its own in its minute (the rollup's most writes per record):
+//
+//	go test -run '^$' -bench InsertFleetFlows -benchtime 200x ./controller/store/sqlite/
+func BenchmarkInsertFleetFlows(b *testing.B) {
+	storetest.BenchmarkInsertFleetFlows(b, func(t testing.TB) store.Store { return openTest(t, t.TempDir()) }, 1000)
+}
+
 // TestAuditAppendOnly shows that the database itself refuses to change an
 // audit record, whoever asks (a bug, or someone with the file and the
 // sqlite3 shell), while retention's DELETE of the oldest stays possible;
