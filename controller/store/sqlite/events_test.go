@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -172,49 +171,17 @@ func TestFlowEdgesMigration(t *testing.T) {
 	}
 	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	huge := uint64(1<<63 + 5)
-	flow := func(i int, at time.Time) flowrecord.Record {
-		r := storetest.Flow(i, at)
-		r.State = []flowrecord.State{flowrecord.StateNew, flowrecord.StateClosed, flowrecord.StateActive}[i%3]
-		if i%4 == 1 {
-			r.Packets, r.Bytes = huge, huge-1
-		}
-		return r
-	}
 	for i := range 200 {
-		r := flow(i, base.Add(time.Duration(i)*7777*time.Millisecond))
+		r := storetest.EdgeMigrationFlow(i, base.Add(time.Duration(i)*7777*time.Millisecond), huge)
 		if _, err := db.ExecContext(ctx, "INSERT INTO flows ("+rc.FlowColumns+") VALUES (?"+strings.Repeat(", ?", 25)+")", rc.FlowArgs(&r)...); err != nil {
 			t.Fatal(err)
 		}
 	}
 	db.Close()
 	s := openTest(t, dir)
-	check := func(when string) {
-		t.Helper()
-		all, err := s.Flows(ctx, store.FlowQuery{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range [][2]time.Duration{{0, time.Hour}, {90 * time.Second, 25*time.Minute + 3*time.Second}, {10 * time.Minute, 20 * time.Minute}} {
-			since, until := base.Add(r[0]), base.Add(r[1])
-			got, err := s.FlowEdges(ctx, since, until, 100)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := storetest.BruteFlowEdges(all, since, until, "")
-			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
-				t.Errorf("%s: edges of %v..%v\n got %+v\nwant %+v", when, r[0], r[1], got, want)
-			}
-		}
-	}
-	check("migrated")
 	var n int
 	if err := s.edb.QueryRowContext(ctx, "SELECT COUNT(*) FROM flow_edges").Scan(&n); err != nil || n == 0 {
 		t.Fatalf("rollup rows after the migration: %d, %v", n, err)
 	}
-	var recs []flowrecord.Record
-	for i := range 100 {
-		recs = append(recs, flow(i, base.Add(time.Duration(i)*3333*time.Millisecond)))
-	}
-	storetest.InsertFlows(t, s, recs)
-	check("stored after")
+	storetest.CheckMigratedFlowEdges(t, s, base, huge)
 }

@@ -85,16 +85,10 @@ func testFlowEdgesExact(t *testing.T, open Open) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, r := range ranges() {
+		rs := ranges()
+		CheckFlowEdges(t, s, when, rs...)
+		for _, r := range rs {
 			want := BruteFlowEdges(all, r[0], r[1], "")
-			got, err := s.FlowEdges(ctx, r[0], r[1], 1000)
-			if err != nil {
-				t.Fatalf("%s: edges of %v..%v: %v", when, r[0], r[1], err)
-			}
-			if d := diffEdges(got, want); d != "" {
-				t.Errorf("%s: edges of %s..%s (%d flows stored):\n%s", when, r[0].Format(time.TimeOnly+".000000000"),
-					r[1].Format(time.TimeOnly+".000000000"), len(all), d)
-			}
 			// The limit keeps the first of the same order.
 			if got, err := s.FlowEdges(ctx, r[0], r[1], 3); err != nil || diffEdges(got, want[:min(3, len(want))]) != "" {
 				t.Errorf("%s: edges of %v..%v, limit 3: %v", when, r[0], r[1], err)
@@ -134,6 +128,61 @@ func testFlowEdgesExact(t *testing.T, open Open) {
 		t.Fatal(err)
 	}
 	check("after retention of late flows")
+}
+
+// CheckFlowEdges fails t unless FlowEdges of each range of s (since,
+// until; a limit of 1,000) is BruteFlowEdges of every flow s stores; when
+// says at which point of the test.
+func CheckFlowEdges(t testing.TB, s store.EventStore, when string, ranges ...[2]time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	all, err := s.Flows(ctx, store.FlowQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range ranges {
+		got, err := s.FlowEdges(ctx, r[0], r[1], 1000)
+		if err != nil {
+			t.Fatalf("%s: edges of %v..%v: %v", when, r[0], r[1], err)
+		}
+		if d := diffEdges(got, BruteFlowEdges(all, r[0], r[1], "")); d != "" {
+			t.Errorf("%s: edges of %s..%s (%d flows stored):\n%s", when, r[0].Format(time.TimeOnly+".000000000"),
+				r[1].Format(time.TimeOnly+".000000000"), len(all), d)
+		}
+	}
+}
+
+// EdgeMigrationFlow is flow i of the stores' rollup migration tests,
+// stored through the old schema and then through the store: web to db
+// (Flow) of every state; with huge other than 0, one in four has huge
+// packets and huge-1 bytes (their sums wrap around).
+func EdgeMigrationFlow(i int, at time.Time, huge uint64) flowrecord.Record {
+	r := Flow(i, at)
+	r.State = []flowrecord.State{flowrecord.StateNew, flowrecord.StateClosed, flowrecord.StateActive}[i%3]
+	r.Packets, r.Bytes = uint64(i), uint64(100*i)
+	if huge != 0 && i%4 == 1 {
+		r.Packets, r.Bytes = huge, huge-1
+	}
+	return r
+}
+
+// CheckMigratedFlowEdges is the rollup migration tests' check of a
+// store whose flows, EdgeMigrationFlow 0 to 199 from base 7.777 s apart,
+// were stored before the rollup: FlowEdges answers for them, and again
+// once 100 more of the same minutes are stored.
+func CheckMigratedFlowEdges(t testing.TB, s store.EventStore, base time.Time, huge uint64) {
+	t.Helper()
+	var ranges [][2]time.Time
+	for _, r := range [][2]time.Duration{{0, time.Hour}, {90 * time.Second, 25*time.Minute + 3*time.Second}, {10 * time.Minute, 20 * time.Minute}} {
+		ranges = append(ranges, [2]time.Time{base.Add(r[0]), base.Add(r[1])})
+	}
+	CheckFlowEdges(t, s, "migrated", ranges...)
+	var recs []flowrecord.Record
+	for i := range 100 {
+		recs = append(recs, EdgeMigrationFlow(i, base.Add(time.Duration(i)*3333*time.Millisecond), huge))
+	}
+	InsertFlows(t, s, recs)
+	CheckFlowEdges(t, s, "stored after", ranges...)
 }
 
 // edgeFlow is a flow of a few workloads and unmanaged addresses, with
