@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -129,6 +129,10 @@ func (t *pgEventTx) InsertFlows(recs []flowrecord.Record) error {
 		}
 	}
 	if err := copyFlows(t.ctx, t.tx, recs); err != nil {
+		return fmt.Errorf("insert flows: %w", err)
+	}
+	// The service map's rollup, in the same transaction.
+	if err := addFlowEdges(t.ctx, t.tx, recs); err != nil {
 		return fmt.Errorf("insert flows: %w", err)
 	}
 	t.inserted += int64(len(recs))
@@ -459,6 +463,8 @@ func (s *Postgres) PruneFlows(ctx context.Context, before time.Time, limit int) 
 			return nil, err
 		}
 		var dropped []int64
+		// last bounds the times of the flows deleted, for the rollup.
+		last := int64(math.MinInt64)
 		for _, p := range ps {
 			if p.hi > before.UnixNano() {
 				break
@@ -469,13 +475,24 @@ func (s *Postgres) PruneFlows(ctx context.Context, before time.Time, limit int) 
 			}
 			n += c
 			dropped = append(dropped, p.lo)
+			last = max(last, p.hi-1)
 		}
-		tag, err := tx.Exec(ctx, `DELETE FROM flows WHERE time < $1 AND id IN (
-			SELECT id FROM flows WHERE time < $1 ORDER BY time LIMIT $2)`, before.UnixNano(), limit)
-		if err != nil {
+		var deleted int64
+		var latest *int64
+		if err := tx.QueryRow(ctx, `WITH d AS (DELETE FROM flows WHERE time < $1 AND id IN (
+			SELECT id FROM flows WHERE time < $1 ORDER BY time LIMIT $2) RETURNING time)
+			SELECT COUNT(*), MAX(time) FROM d`, before.UnixNano(), limit).Scan(&deleted, &latest); err != nil {
 			return nil, err
 		}
-		n += tag.RowsAffected()
+		n += deleted
+		if latest != nil {
+			last = max(last, *latest)
+		}
+		if n > 0 {
+			if err := dropFlowEdges(ctx, tx, last); err != nil {
+				return nil, err
+			}
+		}
 		return dropped, addFlowCount(ctx, tx, -n)
 	})
 	if err != nil {
@@ -512,10 +529,17 @@ func (s *Postgres) PruneOldestFlows(ctx context.Context, n int) (int64, error) {
 		if err != nil {
 			return nil, err
 		}
+		// last bounds the times of the flows deleted, for the rollup.
+		last := int64(math.MinInt64)
 		deleteOldest := func(table string, bound int64) error {
-			tag, err := tx.Exec(ctx, "DELETE FROM "+table+" WHERE time < $1 AND id IN (SELECT id FROM "+table+
-				" WHERE time < $1 ORDER BY time LIMIT $2)", bound, left)
-			left -= tag.RowsAffected()
+			var deleted int64
+			var latest *int64
+			err := tx.QueryRow(ctx, "WITH d AS (DELETE FROM "+table+" WHERE time < $1 AND id IN (SELECT id FROM "+table+
+				" WHERE time < $1 ORDER BY time LIMIT $2) RETURNING time) SELECT COUNT(*), MAX(time) FROM d", bound, left).Scan(&deleted, &latest)
+			left -= deleted
+			if latest != nil {
+				last = max(last, *latest)
+			}
 			return err
 		}
 		bound := int64(1<<63 - 1)
@@ -544,6 +568,7 @@ func (s *Postgres) PruneOldestFlows(ctx context.Context, n int) (int64, error) {
 				}
 				left -= c
 				dropped = append(dropped, p.lo)
+				last = max(last, p.hi-1)
 			default:
 				if err := deleteOldest(id, p.hi); err != nil {
 					return nil, err
@@ -554,6 +579,11 @@ func (s *Postgres) PruneOldestFlows(ctx context.Context, n int) (int64, error) {
 			// Whatever is left of flows_default (rows newer than the
 			// oldest partition, stored outside the window).
 			if err := deleteOldest("flows_default", int64(1<<63-1)); err != nil {
+				return nil, err
+			}
+		}
+		if int64(n) > left {
+			if err := dropFlowEdges(ctx, tx, last); err != nil {
 				return nil, err
 			}
 		}
@@ -574,13 +604,15 @@ func (s *Postgres) PruneSpoolPositions(ctx context.Context, before time.Time) (i
 }
 
 // EventStoreSize is the on-disk size (pg_total_relation_size: table,
-// indexes, TOAST) of the flows' partitions and of the other event tables,
+// indexes, TOAST) of the flows' partitions, their rollup and the other
+// event tables,
 // and the number of flows (flow_count: migration 4).
 func (s *Postgres) EventStoreSize(ctx context.Context) (int64, int64, error) {
 	var size, flows int64
 	err := s.pool.QueryRow(ctx, `SELECT
 		COALESCE((SELECT SUM(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = 'flows'::regclass), 0)
-		+ pg_total_relation_size('alerts') + pg_total_relation_size('deliveries') + pg_total_relation_size('flow_spools'),
+		+ pg_total_relation_size('flow_edges') + pg_total_relation_size('alerts') + pg_total_relation_size('deliveries')
+		+ pg_total_relation_size('flow_spools'),
 		(SELECT n FROM flow_count)`).Scan(&size, &flows)
 	if err != nil {
 		return 0, 0, fmt.Errorf("event store size: %w", classify(err))
@@ -741,7 +773,8 @@ func rangeArgs(since, until time.Time) (int64, int64) {
 }
 
 // FlowEdges groups the range's flows by the ends, protocol, port and
-// verdict.
+// verdict: whole buckets from the rollup flow_edges (migration 5), the
+// rest from the flows (edges.go).
 func (s *Postgres) FlowEdges(ctx context.Context, since, until time.Time, limit int) ([]store.FlowEdge, error) {
 	return s.flowEdges(ctx, since, until, "", limit)
 }
@@ -749,38 +782,6 @@ func (s *Postgres) FlowEdges(ctx context.Context, since, until time.Time, limit 
 // FlowEdgesOf is FlowEdges of one workload's flows.
 func (s *Postgres) FlowEdgesOf(ctx context.Context, since, until time.Time, workload string, limit int) ([]store.FlowEdge, error) {
 	return s.flowEdges(ctx, since, until, workload, limit)
-}
-
-// flowEdges groups the range's flows; a workload other than "" keeps
-// only its flows.
-func (s *Postgres) flowEdges(ctx context.Context, since, until time.Time, workload string, limit int) ([]store.FlowEdge, error) {
-	lo, hi := rangeArgs(since, until)
-	return queryAll(ctx, s.pool, "flow edges", func(row pgx.Row) (store.FlowEdge, error) {
-		var e store.FlowEdge
-		var src, dst string
-		var port, verdict, n, packets, bytes, first, last int64
-		if err := row.Scan(&e.SrcWorkload, &src, &e.DstWorkload, &dst, &e.Protocol, &port, &verdict, &n, &packets, &bytes, &first, &last); err != nil {
-			return e, err
-		}
-		e.SrcAddr, _ = netip.ParseAddr(src)
-		e.DstAddr, _ = netip.ParseAddr(dst)
-		e.Port, e.Verdict = uint16(port), ruleset.Verdict(verdict)
-		e.Flows, e.Packets, e.Bytes = uint64(n), uint64(packets), uint64(bytes)
-		e.FirstSeen, e.LastSeen = rc.FromNanos(first), rc.FromNanos(last)
-		return e, nil
-	}, `
-SELECT src_workload, CASE WHEN src_workload = '' THEN src_addr ELSE '' END AS src,
-	dst_workload, CASE WHEN dst_workload = '' THEN dst_addr ELSE '' END AS dst,
-	protocol, dst_port::BIGINT, verdict::BIGINT,
-	COUNT(*) FILTER (WHERE state = 'new') AS n,
-	COALESCE(SUM(packets) FILTER (WHERE state = 'closed' OR (state = 'new' AND verdict <> $1)), 0)::BIGINT,
-	COALESCE(SUM(bytes) FILTER (WHERE state = 'closed' OR (state = 'new' AND verdict <> $1)), 0)::BIGINT,
-	MIN(time), MAX(time)
-FROM flows
-WHERE time >= $2 AND time < $3 AND ($4 = '' OR src_workload = $4 OR dst_workload = $4)
-GROUP BY src_workload, src, dst_workload, dst, protocol, dst_port, verdict
-ORDER BY n DESC, src_workload, src, dst_workload, dst, protocol, dst_port, verdict
-LIMIT $5`, int64(ruleset.VerdictAllowed), lo, hi, workload, limit)
 }
 
 // RuleCounts counts new flows (first records: one per connection

@@ -112,13 +112,7 @@ func explain(t *testing.T, conn *pgxpool.Conn, query string, args ...any) string
 func TestPostgresMigration4(t *testing.T) {
 	dsn := pgtest.DSN(t)
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrate(ctx, pool, migrations[:3]); err != nil {
-		t.Fatal(err)
-	}
+	pool := migratedTo(t, dsn, 3)
 	// Three flows stored by the old schema (in flows_default: no
 	// partition made yet).
 	old := time.Now().Add(-48 * time.Hour).UnixNano()

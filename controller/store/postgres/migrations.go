@@ -1,5 +1,13 @@
 package postgres
 
+import (
+	"strconv"
+	"strings"
+
+	rc "github.com/eastguard/eastguard/controller/store/internal/rowcodec"
+	"github.com/eastguard/eastguard/internal/ruleset"
+)
+
 // migrations are applied in order, each once, each in its own transaction
 // (PostgreSQL's DDL is transactional: a failed migration leaves the schema
 // as it was); eastguard_schema.version counts those applied. Never edit a
@@ -287,4 +295,60 @@ CREATE TABLE flow_count (
 );
 INSERT INTO flow_count SELECT 1, COUNT(*) FROM flows;
 `,
+	// 5: the service map's rollup (issue 17), as the SQLite store's
+	// migration 5 but with the edge key's columns: per bucket of each
+	// width of rowcodec.EdgeSpans (span, in nanoseconds; bucket, its
+	// start) and edge key (src and dst: the addresses of ends no workload
+	// names, '' otherwise), the sums store.FlowEdge reports of the flows
+	// recorded in the bucket. packets and bytes are NUMERIC, as SUM over
+	// BIGINT is: FlowEdges sums and casts them as it did the flows'. Kept
+	// by the transactions that insert flows (events.go, under lockEvents);
+	// retention deletes the rows of every bucket up to the one of the
+	// latest flow it deleted and moves flow_edges_from past it; FlowEdges
+	// reads whole buckets from it and the rest from the flows. Filled
+	// here from the flows stored before it.
+	`
+CREATE TABLE flow_edges (
+	span         BIGINT NOT NULL,
+	bucket       BIGINT NOT NULL,
+	src_workload TEXT COLLATE "C" NOT NULL,
+	src          TEXT COLLATE "C" NOT NULL,
+	dst_workload TEXT COLLATE "C" NOT NULL,
+	dst          TEXT COLLATE "C" NOT NULL,
+	protocol     TEXT COLLATE "C" NOT NULL,
+	port         INTEGER NOT NULL,
+	verdict      INTEGER NOT NULL,
+	flows        BIGINT NOT NULL,
+	packets      NUMERIC NOT NULL,
+	bytes        NUMERIC NOT NULL,
+	first_time   BIGINT NOT NULL,
+	last_time    BIGINT NOT NULL,
+	PRIMARY KEY (span, bucket, src_workload, src, dst_workload, dst, protocol, port, verdict)
+);
+CREATE TABLE flow_edges_from (
+	span   BIGINT PRIMARY KEY,
+	bucket BIGINT NOT NULL
+);
+INSERT INTO flow_edges ` + flowEdgesSelect("flows", "TRUE") + `;
+`,
+}
+
+// flowEdgesSelect is SQL for the rollup rows of the flows of table that
+// match where: every width of rowcodec.EdgeSpans, each flow in the
+// bucket starting at the multiple of the width at or before its time.
+func flowEdgesSelect(table, where string) string {
+	var spans []string
+	for _, s := range rc.EdgeSpans {
+		spans = append(spans, "("+strconv.FormatInt(s, 10)+"::BIGINT)")
+	}
+	return `(span, bucket, src_workload, src, dst_workload, dst, protocol, port, verdict, flows, packets, bytes, first_time, last_time)
+SELECT l.span, f.time - ((f.time % l.span) + l.span) % l.span, src_workload, CASE WHEN src_workload = '' THEN src_addr ELSE '' END,
+	dst_workload, CASE WHEN dst_workload = '' THEN dst_addr ELSE '' END, protocol, dst_port, verdict,
+	COUNT(*) FILTER (WHERE state = 'new'),
+	COALESCE(SUM(packets) FILTER (WHERE state = 'closed' OR (state = 'new' AND verdict <> ` + strconv.Itoa(int(ruleset.VerdictAllowed)) + `)), 0),
+	COALESCE(SUM(bytes) FILTER (WHERE state = 'closed' OR (state = 'new' AND verdict <> ` + strconv.Itoa(int(ruleset.VerdictAllowed)) + `)), 0),
+	MIN(time), MAX(time)
+FROM ` + table + ` f CROSS JOIN (VALUES ` + strings.Join(spans, ", ") + `) l(span)
+WHERE ` + where + `
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9`
 }

@@ -444,13 +444,26 @@ func TestPostgresDSN(t *testing.T) {
 //
 //	go test -run '^$' -bench PostgresInsertFlows -benchtime 200x ./controller/store/postgres/
 func BenchmarkPostgresInsertFlows(b *testing.B) {
-	storetest.BenchmarkInsertFlows(b, func(t testing.TB) store.Store {
-		s, err := openDSN(t, pgtest.DSN(t), testKey(t), Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}, 1000)
+	storetest.BenchmarkInsertFlows(b, openBench, 1000)
+}
+
+// openBench opens a store on a new database, with the default
+// configuration.
+func openBench(t testing.TB) store.Store {
+	s, err := openDSN(t, pgtest.DSN(t), testKey(t), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// BenchmarkPostgresInsertFleetFlows: the same with a fleet's flows, nearly
+// each an edge of its own in its minute (the rollup's most writes per
+// record), as SQLite's BenchmarkInsertFleetFlows:
+//
+//	go test -run '^$' -bench PostgresInsertFleetFlows -benchtime 200x ./controller/store/postgres/
+func BenchmarkPostgresInsertFleetFlows(b *testing.B) {
+	storetest.BenchmarkInsertFleetFlows(b, openBench, 1000)
 }
 
 // TestPostgresPartitionSizeChange: after a switch from daily to hourly

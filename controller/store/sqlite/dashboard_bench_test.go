@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -41,6 +42,15 @@ func BenchmarkDashboard(b *testing.B) {
 	b.Logf("seeded %d flows in %s", benchFlows, time.Since(start).Round(time.Millisecond))
 	ctx := context.Background()
 	lastHour := now.Add(-time.Hour)
+	// The seed's rollup is the flows': the map of the last hour is the
+	// flows' grouped one by one.
+	recent, err := s.Flows(ctx, store.FlowQuery{Since: lastHour, Until: now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if got, err := s.FlowEdges(ctx, lastHour, now, 20001); err != nil || fmt.Sprint(got) != fmt.Sprint(storetest.BruteFlowEdges(recent, lastHour, now, "")) {
+		b.Fatalf("the map of the last hour (%d edges, %v) is not its %d flows'", len(got), err, len(recent))
+	}
 	b.Run("FlowsPort22LastHour", func(b *testing.B) {
 		for b.Loop() {
 			if ids := storetest.FlowIDs(b, s, store.FlowQuery{Since: lastHour, Port: 22, HasPort: true, Limit: 100}); len(ids) != 100 {

@@ -1,5 +1,11 @@
 package sqlite
 
+import (
+	"context"
+	"database/sql"
+	"math"
+)
+
 // migrations are applied in order, each once, in a transaction; the
 // database's user_version counts how many ran. Never edit a migration that
 // has shipped: append a new one.
@@ -250,5 +256,47 @@ CREATE INDEX flows_protocol ON flows (protocol, time);
 CREATE INDEX flows_src_addr ON flows (src_addr, time);
 CREATE INDEX flows_dst_addr ON flows (dst_addr, time);
 CREATE INDEX flows_map ON flows (time, src_workload, dst_workload, protocol, dst_port, verdict, state, packets, bytes, src_addr, dst_addr, rule);
+`, // 5: the service map's rollup (issue 17): per bucket of each width of
+	// rowcodec.EdgeSpans (span, in nanoseconds; bucket, its start) and
+	// edge key (rowcodec.EdgeKey, in one column: its String; the ends'
+	// workloads also apart, for FlowEdgesOf's filter), the sums
+	// store.FlowEdge reports of the flows recorded in the bucket: flows
+	// counts the new ones, packets and bytes the volume that counts
+	// (int64 wrap-around, as Go sums), first_time and last_time the
+	// earliest and latest record. Kept by the transactions that insert
+	// flows (sqlite_events.go); FlowEdges reads whole buckets from it and
+	// the flows of partial ones from flows_map. Retention deletes the rows
+	// of every bucket up to the one of the latest flow it deleted and
+	// moves flow_edges_from, the first bucket of each width the table
+	// still holds, past it: FlowEdges reads what comes before from finer
+	// buckets or the flows. Filled from the flows stored before it by
+	// refillFlowEdges, in this migration's transaction.
+	`
+CREATE TABLE flow_edges (
+	span         INTEGER NOT NULL,
+	bucket       INTEGER NOT NULL,
+	key          TEXT NOT NULL,
+	src_workload TEXT NOT NULL,
+	dst_workload TEXT NOT NULL,
+	flows        INTEGER NOT NULL,
+	packets      INTEGER NOT NULL,
+	bytes        INTEGER NOT NULL,
+	first_time   INTEGER NOT NULL,
+	last_time    INTEGER NOT NULL,
+	PRIMARY KEY (span, bucket, key)
+) WITHOUT ROWID;
+CREATE TABLE flow_edges_from (
+	span   INTEGER PRIMARY KEY,
+	bucket INTEGER NOT NULL
+);
 `,
+}
+
+// eventMigrationFills run after the event migration of their version
+// (1-based), in its transaction: what SQL alone would get wrong (the
+// rollup's wrap-around sums).
+var eventMigrationFills = map[int]func(context.Context, *sql.Tx) error{
+	5: func(ctx context.Context, tx *sql.Tx) error {
+		return refillFlowEdges(ctx, tx, math.MinInt64, math.MaxInt64)
+	},
 }

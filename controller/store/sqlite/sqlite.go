@@ -66,7 +66,7 @@ func Open(dataDir string, opts ...Option) (*SQLite, error) {
 	if s.db, err = openDB(s.path, 1, nil); err != nil {
 		return nil, err
 	}
-	if err := migrate(context.Background(), s.db, migrations); err != nil {
+	if err := migrate(context.Background(), s.db, migrations, nil); err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("store %s: %w", s.path, err)
 	}
@@ -78,7 +78,7 @@ func Open(dataDir string, opts ...Option) (*SQLite, error) {
 		s.db.Close()
 		return nil, err
 	}
-	if err := migrate(context.Background(), s.edb, eventMigrations); err != nil {
+	if err := migrate(context.Background(), s.edb, eventMigrations, eventMigrationFills); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("store %s: %w", s.epath, err)
 	}
@@ -131,7 +131,7 @@ func (s *SQLite) EventsPath() string { return s.epath }
 // Close closes the databases.
 func (s *SQLite) Close() error { return errors.Join(s.db.Close(), s.edb.Close()) }
 
-func migrate(ctx context.Context, db *sql.DB, migrations []string) error {
+func migrate(ctx context.Context, db *sql.DB, migrations []string, fills map[int]func(context.Context, *sql.Tx) error) error {
 	var version int
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
 		return fmt.Errorf("schema version: %w", err)
@@ -143,6 +143,11 @@ func migrate(ctx context.Context, db *sql.DB, migrations []string) error {
 		err := inTx(ctx, db, func(tx *sql.Tx) error {
 			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
 				return err
+			}
+			if fill := fills[i+1]; fill != nil {
+				if err := fill(ctx, tx); err != nil {
+					return err
+				}
 			}
 			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1))
 			return err

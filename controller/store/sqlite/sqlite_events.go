@@ -109,6 +109,11 @@ func (t *sqliteEventTx) InsertFlows(recs []flowrecord.Record) error {
 			return fmt.Errorf("insert flows: %w", err)
 		}
 	}
+	// The service map's rollup, in the same transaction: one row per
+	// bucket and edge of the batch.
+	if err := addFlowEdges(t.ctx, t.tx, rc.RollupRecords(recs)); err != nil {
+		return fmt.Errorf("insert flows: flow edges: %w", err)
+	}
 	return nil
 }
 
@@ -298,12 +303,37 @@ func (s *SQLite) ScanFlows(ctx context.Context, q store.FlowQuery, fn func(id in
 }
 
 func (s *SQLite) PruneFlows(ctx context.Context, before time.Time, limit int) (int64, error) {
-	res, err := s.edb.ExecContext(ctx, "DELETE FROM flows WHERE id IN (SELECT id FROM flows WHERE time < ? ORDER BY time LIMIT ?)",
-		before.UnixNano(), limit)
+	return s.pruneFlows(ctx, "time < ?", before.UnixNano(), limit)
+}
+
+// pruneFlows deletes the oldest limit flows matching where, a condition
+// on the one argument arg ("? = 1" with 1 for every flow), and, in the same transaction, the rollup rows of the buckets
+// up to the one holding the latest of them (dropFlowEdges): the flows
+// deleted are the oldest, so every bucket after it has lost none.
+func (s *SQLite) pruneFlows(ctx context.Context, where string, arg any, limit int) (int64, error) {
+	var n int64
+	err := inTx(ctx, s.edb, func(tx *sql.Tx) error {
+		var last sql.NullInt64
+		if err := tx.QueryRowContext(ctx, "SELECT MAX(time) FROM (SELECT time FROM flows WHERE "+where+" ORDER BY time LIMIT ?)",
+			arg, limit).Scan(&last); err != nil {
+			return err
+		}
+		if !last.Valid {
+			return nil
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM flows WHERE id IN (SELECT id FROM flows WHERE "+where+" ORDER BY time LIMIT ?)", arg, limit)
+		if err != nil {
+			return err
+		}
+		if n, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		return dropFlowEdges(ctx, tx, last.Int64)
+	})
 	if err != nil {
-		return 0, fmt.Errorf("prune flows: %w", classify(err))
+		return 0, fmt.Errorf("prune flows: %w", err)
 	}
-	return res.RowsAffected()
+	return n, nil
 }
 
 func (s *SQLite) PruneSpoolPositions(ctx context.Context, before time.Time) (int64, error) {
@@ -315,11 +345,7 @@ func (s *SQLite) PruneSpoolPositions(ctx context.Context, before time.Time) (int
 }
 
 func (s *SQLite) PruneOldestFlows(ctx context.Context, n int) (int64, error) {
-	res, err := s.edb.ExecContext(ctx, "DELETE FROM flows WHERE id IN (SELECT id FROM flows ORDER BY time LIMIT ?)", n)
-	if err != nil {
-		return 0, fmt.Errorf("prune flows: %w", classify(err))
-	}
-	return res.RowsAffected()
+	return s.pruneFlows(ctx, "? = 1", 1, n)
 }
 
 func (s *SQLite) EventStoreSize(ctx context.Context) (int64, int64, error) {

@@ -52,6 +52,7 @@ func Run(t *testing.T, open Open) {
 		{"FlowEdgesFirstSeen", testFlowEdgesFirstSeen},
 		{"FlowEdgesOf", testFlowEdgesOf},
 		{"FlowEdgesTotals", testFlowEdgesTotals},
+		{"FlowEdgesExact", testFlowEdgesExact},
 		{"AuditWithChanges", testAuditWithChanges},
 		{"AuditAppendQuery", testAuditAppendQuery},
 		{"AuditPrune", testAuditPrune},
