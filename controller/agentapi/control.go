@@ -399,7 +399,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 func (s *Service) attach(ss *session, hello *pb.Hello) error {
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
-	if err := s.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+	if err := s.checkSerialNotRevoked(ss.node, ss.serial); err != nil {
 		return err
 	}
 	now := s.now()

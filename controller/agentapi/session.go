@@ -1,7 +1,6 @@
 package agentapi
 
 import (
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -72,9 +71,10 @@ func (e *revokedError) Error() string { return e.reason }
 type session struct {
 	s    *Service
 	node string
-	// cert is the certificate the stream's connection was opened with:
-	// every heartbeat checks it against the revocations.
-	cert   *x509.Certificate
+	// serial is that of the certificate the stream's connection was
+	// opened with (pki.Serial): every heartbeat checks it against the
+	// revocations.
+	serial string
 	stream pb.Control_ConnectServer
 	log    *zap.Logger
 	// peerHeartbeat is the agent's heartbeat interval.
@@ -119,7 +119,7 @@ func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello 
 	return &session{
 		s:             s,
 		node:          node,
-		cert:          id.cert,
+		serial:        pki.Serial(id.cert),
 		stream:        stream,
 		log:           log,
 		flows:         s.flows.NewAgent(node, log),
@@ -208,9 +208,9 @@ func (ss *session) closed() error {
 // stream: whatever way a stream of a revoked certificate came to be
 // attached, it ends within one heartbeat.
 func (ss *session) heartbeat() error {
-	if err := ss.s.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+	if err := ss.s.checkSerialNotRevoked(ss.node, ss.serial); err != nil {
 		ss.log.Warn("closing stream: the agent's certificate was revoked", zap.Error(err))
-		ss.Close(&revokedError{serials: []string{pki.Serial(ss.cert)}, reason: err.Error()})
+		ss.Close(&revokedError{serials: []string{ss.serial}, reason: err.Error()})
 		return ss.closed()
 	}
 	now := ss.s.now()
