@@ -1,6 +1,7 @@
 package agentapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -66,8 +68,13 @@ type revokedError struct {
 
 func (e *revokedError) Error() string { return e.reason }
 
-// session is one agent's stream. Its run goroutine owns base, inflight
-// and refused; other goroutines only wake it or close it.
+// session is one agent's stream. It has no goroutine of its own: the
+// stream's handler goroutine receives and handles what the agent says,
+// and updates, heartbeats, flow acks and lookups that are due otherwise
+// are sent by a short-lived goroutine started when they fall due (kick),
+// so an idle stream holds one goroutine, not two. mu makes them take
+// turns: whoever holds it owns base, inflight, refused, lastRecv and the
+// rule names, and is the one sending.
 type session struct {
 	s    *Service
 	node string
@@ -83,10 +90,23 @@ type session struct {
 	// presented or was issued expires; the stream is closed after it.
 	certExpiry atomic.Int64
 
-	wake      chan struct{}
+	// end cancels the stream's context (made by the tap for it): the
+	// handler's Recv returns, and a send waiting for the agent's flow
+	// control gives up. nil in tests that drive a session by hand.
+	end       context.CancelCauseFunc
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
+
+	mu sync.Mutex
+	// kicked says something may be due to send; sending that a sender
+	// goroutine runs; heartbeatDue that the heartbeat timer fired.
+	kicked, sending, heartbeatDue atomic.Bool
+	heartbeats                    *time.Timer
+	// revocationSent: the agent was told of its revocation (once);
+	// ended: the stream's status is decided (by the sender, or by the
+	// handler when its Recv failed first).
+	revocationSent, ended bool
 
 	// base is the version the agent enforces as far as the controller
 	// knows (nil: unknown, the next update is a full one); inflight the
@@ -109,7 +129,7 @@ type session struct {
 	lookups *lookups
 }
 
-func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello *pb.Hello) *session {
+func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello *pb.Hello, end context.CancelCauseFunc) *session {
 	node := id.node
 	hb := time.Duration(hello.GetHeartbeatIntervalMs()) * time.Millisecond
 	if hb <= 0 {
@@ -124,7 +144,7 @@ func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello 
 		log:           log,
 		flows:         s.flows.NewAgent(node, log),
 		peerHeartbeat: max(hb, 100*time.Millisecond),
-		wake:          make(chan struct{}, 1),
+		end:           end,
 		done:          make(chan struct{}),
 		lastRecv:      s.now(),
 		flowAcks:      make(chan *pb.FlowAck, flowingest.MaxInFlight),
@@ -133,74 +153,163 @@ func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello 
 }
 
 // WakeUp tells the session that its node has a new version. It never
-// blocks: a wake-up already pending covers this one too.
-func (ss *session) WakeUp() {
-	select {
-	case ss.wake <- struct{}{}:
-	default:
-	}
-}
+// blocks.
+func (ss *session) WakeUp() { ss.kick() }
 
-// Close ends the session with err (the first reason wins).
+// Close ends the session with err (the first reason wins). It never
+// blocks: the sender (kick) ends the stream with the status err says
+// (endStream), the agent of a revoked node told so first.
 func (ss *session) Close(err error) {
 	ss.closeOnce.Do(func() {
 		ss.closeErr = err
 		close(ss.done)
+		if ss.end != nil { // nil in tests that drive a session by hand
+			ss.kick()
+		}
 	})
 }
 
-// run serves the stream until it ends: it sends updates and heartbeats
-// and handles what the agent says, all from this one goroutine.
-func (ss *session) run(msgs <-chan *pb.AgentMessage, recvErr <-chan error) error {
-	tick := time.NewTicker(ss.s.cfg.Heartbeat)
-	defer tick.Stop()
+// statusWriter is what gRPC's server transport stream (in the stream's
+// context: grpc.ServerTransportStreamFromContext) has to end a stream
+// with a status before the handler returns.
+type statusWriter interface {
+	WriteStatus(*status.Status) error
+}
+
+// endStream ends a stream whose handler waits in Recv, with err's status.
+// The status is written first: cancelling the stream's context alone would
+// have the agent see the Recv's own "context canceled" instead of why.
+func endStream(ctx context.Context, end context.CancelCauseFunc, err error) {
+	if w, ok := grpc.ServerTransportStreamFromContext(ctx).(statusWriter); ok {
+		_ = w.WriteStatus(status.Convert(err))
+	}
+	end(err)
+}
+
+func (ss *session) isClosed() bool {
+	select {
+	case <-ss.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kick has what is due sent: by the sender goroutine, started unless it
+// runs already (it then makes one more pass). It never blocks.
+func (ss *session) kick() {
+	ss.kicked.Store(true)
+	if ss.sending.CompareAndSwap(false, true) {
+		go ss.sender()
+	}
+}
+
+// sender sends what is due until nothing more is (see kick). A send that
+// fails closes the session.
+func (ss *session) sender() {
 	for {
-		if err := ss.push(); err != nil {
+		ss.kicked.Store(false)
+		ss.mu.Lock()
+		if !ss.isClosed() {
+			if err := ss.sendDue(); err != nil {
+				ss.Close(err)
+			}
+		}
+		if ss.isClosed() && !ss.ended {
+			ss.ended = true
+			endStream(ss.stream.Context(), ss.end, ss.closed())
+		}
+		ss.mu.Unlock()
+		ss.sending.Store(false)
+		if !ss.kicked.Load() || !ss.sending.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// sendDue sends a heartbeat if one is due, the flow acks ready, the
+// node's newest version (push) and the lookups queued. Called with mu
+// held.
+func (ss *session) sendDue() error {
+	if ss.heartbeatDue.CompareAndSwap(true, false) {
+		if err := ss.heartbeat(); err != nil {
 			return err
 		}
-		if err := ss.sendLookups(); err != nil {
-			return err
-		}
+		ss.heartbeats.Reset(ss.s.cfg.Heartbeat)
+	}
+	for drained := false; !drained; {
 		select {
-		case <-ss.s.ctx.Done():
-			return status.Error(codes.Unavailable, "controller shutting down")
-		case <-ss.done:
-			return ss.closed()
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		case m := <-msgs:
-			if err := ss.handle(m); err != nil {
-				return err
-			}
 		case a := <-ss.flowAcks:
 			ss.flows.Done()
 			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_FlowAck{FlowAck: a}}); err != nil {
 				return err
 			}
-		case <-ss.wake:
-		case <-tick.C:
-			if err := ss.heartbeat(); err != nil {
-				return err
-			}
+		default:
+			drained = true
 		}
 	}
+	if err := ss.push(); err != nil {
+		return err
+	}
+	return ss.sendLookups()
 }
 
+// errShutdown ends the streams of a controller that shuts down.
+var errShutdown = status.Error(codes.Unavailable, "controller shutting down")
+
+// serve serves the stream until it ends: it receives and handles what the
+// agent says on the calling goroutine (the stream's handler), and has the
+// rest sent as it falls due (kick). Called with mu held (Connect took it
+// before the stream was attached, so nothing is sent before Welcome); it
+// is released here.
+func (ss *session) serve() error {
+	ss.heartbeats = time.AfterFunc(ss.s.cfg.Heartbeat, func() {
+		ss.heartbeatDue.Store(true)
+		ss.kick()
+	})
+	err := ss.sendDue()
+	ss.mu.Unlock()
+	for err == nil {
+		var m *pb.AgentMessage
+		if m, err = ss.stream.Recv(); err != nil {
+			break
+		}
+		ss.mu.Lock()
+		if err = ss.handle(m); err == nil {
+			err = ss.sendDue()
+		}
+		ss.mu.Unlock()
+	}
+	ss.heartbeats.Stop()
+	// The first reason wins: what closed the session (a revocation, a
+	// newer stream, a failed send, the shutdown) made Recv fail.
+	ss.Close(err)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.ended = true
+	if errors.Is(ss.closeErr, io.EOF) {
+		return nil // the agent closed the stream
+	}
+	return ss.closed()
+}
+
+// closed is what the stream ends with, once closed: a revoked agent is
+// told so first. Called with mu held.
 func (ss *session) closed() error {
 	var rev *revokedError
 	switch {
 	case errors.As(ss.closeErr, &rev):
-		_ = ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Revocation{Revocation: &pb.Revocation{
-			Node: ss.node, Reason: rev.reason, Serials: rev.serials,
-		}}})
+		if !ss.revocationSent {
+			ss.revocationSent = true
+			_ = ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Revocation{Revocation: &pb.Revocation{
+				Node: ss.node, Reason: rev.reason, Serials: rev.serials,
+			}}})
+		}
 		return status.Error(codes.PermissionDenied, rev.reason)
 	case errors.Is(ss.closeErr, nodes.ErrReplaced):
 		return status.Error(codes.Aborted, ss.closeErr.Error())
 	}
-	return status.Error(codes.Unavailable, ss.closeErr.Error())
+	return ss.closeErr
 }
 
 // heartbeat checks that the stream may go on, then sends a heartbeat.
@@ -435,7 +544,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 	return nil
 }
 
-// flowAck hands an ack to the session goroutine. The channel holds
+// flowAck hands an ack to the sender (kick). The channel holds
 // flowingest.MaxInFlight acks, as many as batches can be in flight (a batch
 // leaves flight when its ack is taken from the channel), so this never
 // blocks; a session that ended drops it (its agent resends the
@@ -443,6 +552,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 func (ss *session) flowAck(a *pb.FlowAck) {
 	select {
 	case ss.flowAcks <- a:
+		ss.kick()
 	case <-ss.done:
 	default:
 		ss.log.Error("flow ack dropped: ack channel full (bug)")
