@@ -125,8 +125,9 @@ type session struct {
 	names    map[ruleset.RuleID]string
 	namesOf  *nodes.Version
 
-	// lookups are the datapath lookups waiting for the agent (lookup.go).
-	lookups *lookups
+	// lookups are the datapath lookups waiting for the agent (lookup.go;
+	// nil until the first).
+	lookups atomic.Pointer[lookups]
 }
 
 func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello *pb.Hello, end context.CancelCauseFunc) *session {
@@ -148,7 +149,6 @@ func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello 
 		done:          make(chan struct{}),
 		lastRecv:      s.now(),
 		flowAcks:      make(chan *pb.FlowAck, flowingest.MaxInFlight),
-		lookups:       newLookups(),
 	}
 }
 
