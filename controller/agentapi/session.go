@@ -360,7 +360,12 @@ func (ss *session) push() error {
 	msg := &pb.ControllerMessage{}
 	kind := "full"
 	if ss.base != nil {
-		d := ruleset.Diff(ss.base.RuleSet, latest.RuleSet)
+		var d ruleset.Delta
+		if c := latest.Change; c != nil && latest.ChangeFrom == ss.base.Num && latest.ChangeFromHash == ss.base.Hash {
+			d = *c // what the apply found (the hashes and version set below, on this copy)
+		} else {
+			d = ruleset.Diff(ss.base.RuleSet, latest.RuleSet)
+		}
 		if d.Len() < ruleSetItems(latest.RuleSet) {
 			d.BaseHash, d.Hash, d.Version = ss.base.Hash, latest.Hash, latest.Num
 			msg.Msg = &pb.ControllerMessage_Delta{Delta: wire.FromDelta(&d, ss.base.Num)}
