@@ -177,7 +177,7 @@ func (ss *session) onLookupAnswer(a *pb.LookupAnswer) error {
 		return err
 	}
 	if l := ss.lookups.Load(); l == nil || !l.deliver(a) {
-		ss.log.Debug("lookup answer nobody waits for ignored", zap.Uint64("lookup-id", a.GetId()))
+		ss.logger().Debug("lookup answer nobody waits for ignored", zap.Uint64("lookup-id", a.GetId()))
 	}
 	return nil
 }

@@ -83,7 +83,6 @@ type session struct {
 	// revocations.
 	serial string
 	stream pb.Control_ConnectServer
-	log    *zap.Logger
 	// peerHeartbeat is the agent's heartbeat interval.
 	peerHeartbeat time.Duration
 	// certExpiry (Unix ns) is when the certificate the agent last
@@ -136,14 +135,12 @@ func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello 
 	if hb <= 0 {
 		hb = DefaultHeartbeat
 	}
-	log := s.log.With(zap.String("node", node))
 	return &session{
 		s:             s,
 		node:          node,
 		serial:        pki.Serial(id.cert),
 		stream:        stream,
-		log:           log,
-		flows:         s.flows.NewAgent(node, log),
+		flows:         s.flows.NewAgent(node, s.log),
 		peerHeartbeat: max(hb, 100*time.Millisecond),
 		end:           end,
 		done:          make(chan struct{}),
@@ -151,6 +148,10 @@ func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello 
 		flowAcks:      make(chan *pb.FlowAck, flowingest.MaxInFlight),
 	}
 }
+
+// logger is the service's log, naming the node: made when a line is
+// logged (rarely), not kept by every stream.
+func (ss *session) logger() *zap.Logger { return ss.s.log.With(zap.String("node", ss.node)) }
 
 // WakeUp tells the session that its node has a new version. It never
 // blocks.
@@ -318,14 +319,14 @@ func (ss *session) closed() error {
 // attached, it ends within one heartbeat.
 func (ss *session) heartbeat() error {
 	if err := ss.s.checkSerialNotRevoked(ss.node, ss.serial); err != nil {
-		ss.log.Warn("closing stream: the agent's certificate was revoked", zap.Error(err))
+		ss.logger().Warn("closing stream: the agent's certificate was revoked", zap.Error(err))
 		ss.Close(&revokedError{serials: []string{ss.serial}, reason: err.Error()})
 		return ss.closed()
 	}
 	now := ss.s.now()
 	if exp := time.Unix(0, ss.certExpiry.Load()); now.After(exp) {
 		ss.s.m.refused.WithLabelValues("expired").Inc()
-		ss.log.Warn("closing stream: the agent's certificate expired and was not renewed",
+		ss.logger().Warn("closing stream: the agent's certificate expired and was not renewed",
 			zap.Time("cert-expiry", exp))
 		return status.Errorf(codes.Unauthenticated, "certificate expired at %s and was not renewed", exp.UTC().Format(time.RFC3339))
 	}
@@ -338,7 +339,7 @@ func (ss *session) heartbeat() error {
 			Detail:  fmt.Sprintf("no message from the agent for %s (heartbeat every %s) while its stream was open", silent.Round(time.Millisecond), ss.peerHeartbeat),
 			Outcome: "stream closed",
 		})
-		ss.log.Warn("closing a silent agent's stream; alert raised", zap.String("rule", alert.BuiltinSilentRule), zap.Duration("silent", silent))
+		ss.logger().Warn("closing a silent agent's stream; alert raised", zap.String("rule", alert.BuiltinSilentRule), zap.Duration("silent", silent))
 		return status.Errorf(codes.DeadlineExceeded, "no message from the agent for %s (heartbeat every %s)",
 			silent.Round(time.Millisecond), ss.peerHeartbeat)
 	}
@@ -382,7 +383,7 @@ func (ss *session) push() error {
 	}
 	ss.inflight = latest
 	ss.s.m.pushes.WithLabelValues(kind).Inc()
-	ss.log.Debug("rule set sent", zap.String("kind", kind), zap.Uint64("policy-version", latest.Num))
+	ss.s.log.Debug("rule set sent", zap.String("node", ss.node), zap.String("kind", kind), zap.Uint64("policy-version", latest.Num))
 	return nil
 }
 
@@ -433,7 +434,7 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 	default:
 		// A newer agent's message this controller does not know: ignore
 		// it, as protobuf lets old readers do.
-		ss.log.Debug("unknown message from agent ignored")
+		ss.logger().Debug("unknown message from agent ignored")
 	}
 	ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Rec.LastContact = ss.lastRecv })
 	return nil
@@ -458,7 +459,7 @@ func (ss *session) onDrift(d *pb.DatapathDrift) {
 		detail = d.GetKind() + ": " + detail
 	}
 	ss.s.m.drift.WithLabelValues(kind).Add(float64(d.GetCount()))
-	ss.log.Error("agent reports its datapath tampered with", zap.String("kind", d.GetKind()), zap.String("object", d.GetObject()),
+	ss.logger().Error("agent reports its datapath tampered with", zap.String("kind", d.GetKind()), zap.String("object", d.GetObject()),
 		zap.String("detail", d.GetDetail()), zap.String("outcome", outcome), zap.Uint64("count", d.GetCount()))
 	// The controller's clock, not the agent's: an agent clock behind by
 	// more than the window would have the alert resolved at once.
@@ -477,7 +478,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 	}
 	v := ss.inflight
 	if v == nil || a.GetVersion() != v.Num {
-		ss.log.Debug("ack of a version not in flight ignored", zap.Uint64("policy-version", a.GetVersion()))
+		ss.logger().Debug("ack of a version not in flight ignored", zap.Uint64("policy-version", a.GetVersion()))
 		return nil
 	}
 	ss.inflight = nil
@@ -503,7 +504,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		}
 	case pb.AckCode_ACK_CODE_DELTA_BASE:
 		result = "delta_base"
-		ss.log.Info("agent could not apply a delta; sending the full rule set", zap.String("error", wire.Cut(a.GetError(), wire.MaxAckError)))
+		ss.logger().Info("agent could not apply a delta; sending the full rule set", zap.String("error", wire.Cut(a.GetError(), wire.MaxAckError)))
 		ss.base = nil
 	case pb.AckCode_ACK_CODE_STALE_VERSION:
 		result = "stale_version"
@@ -511,7 +512,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		if !ss.s.allowResync(ss.node, now) {
 			ss.s.m.acks.WithLabelValues(result).Inc()
 			ss.s.m.refused.WithLabelValues("stale_resync").Inc()
-			ss.log.Warn("stale-version ack refused: the node's versions were re-numbered less than a minute ago; closing the stream",
+			ss.logger().Warn("stale-version ack refused: the node's versions were re-numbered less than a minute ago; closing the stream",
 				zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()))
 			return status.Errorf(codes.ResourceExhausted,
 				"stale-version ack of version %d refused: the agent says it enforces version %d, but node %s had its versions re-numbered past its agent's less than %s ago (at most one re-sync per %s)",
@@ -532,7 +533,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		}
 		agentErr := wire.Cut(a.GetError(), wire.MaxAckError)
 		lastErr = fmt.Sprintf("version %d not applied: %s; version %d stays in force", v.Num, agentErr, a.GetAppliedVersion())
-		ss.log.Warn("agent could not apply a rule set; its previous one stays in force",
+		ss.logger().Warn("agent could not apply a rule set; its previous one stays in force",
 			zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()), zap.String("error", agentErr))
 	}
 	ss.s.m.acks.WithLabelValues(result).Inc()
@@ -560,7 +561,7 @@ func (ss *session) flowAck(a *pb.FlowAck) {
 		ss.kick()
 	case <-ss.done:
 	default:
-		ss.log.Error("flow ack dropped: ack channel full (bug)")
+		ss.logger().Error("flow ack dropped: ack channel full (bug)")
 	}
 }
 
