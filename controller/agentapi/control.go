@@ -291,40 +291,27 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		return err
 	}
 	s.log.Debug("stream opened; waiting for its Hello", zap.String("node", id.node), zap.String("remote", remote(ctx)))
-	// One goroutine reads; the session goroutine (this one) does the rest.
-	msgs := make(chan *pb.AgentMessage)
-	recvErr := make(chan error, 1)
-	done := make(chan struct{})
-	defer close(done)
-	s.wg.Go(func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case msgs <- m:
-			case <-done:
-				return
-			}
-		}
-	})
-
-	var hello *pb.Hello
-	timer := time.NewTimer(helloTimeout)
-	defer timer.Stop()
-	select {
-	case m := <-msgs:
-		if hello = m.GetHello(); hello == nil {
-			return status.Error(codes.InvalidArgument, "the first message on a stream must be Hello")
-		}
-	case err := <-recvErr:
+	// The stream's context is the tap's (streamContext): cancelling it
+	// ends the stream, so the handler needs no goroutine of its own to
+	// receive while it waits for anything else.
+	end, ok := ctx.Value(streamEndKey{}).(context.CancelCauseFunc)
+	if !ok {
+		return status.Error(codes.Internal, "stream not set up by the service's tap")
+	}
+	helloTimer := time.AfterFunc(helloTimeout, func() { endStream(ctx, end, errNoHello) })
+	stopShutdown := context.AfterFunc(s.ctx, func() { endStream(ctx, end, errShutdown) })
+	m, err := stream.Recv()
+	switch {
+	case !helloTimer.Stop():
+		return errNoHello
+	case !stopShutdown():
+		return errShutdown
+	case err != nil:
 		return err
-	case <-timer.C:
-		return status.Error(codes.DeadlineExceeded, "no Hello")
-	case <-s.ctx.Done():
-		return status.Error(codes.Unavailable, "controller shutting down")
+	}
+	hello := m.GetHello()
+	if hello == nil {
+		return status.Error(codes.InvalidArgument, "the first message on a stream must be Hello")
 	}
 	log := s.log.With(zap.String("node", id.node), zap.String("remote", remote(ctx)))
 	if hello.GetNode() != id.node {
@@ -349,8 +336,11 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		return status.Error(codes.Internal, "the controller could not compile this node's rule set; see its log")
 	}
 
-	ss := newSession(s, id, stream, hello)
+	ss := newSession(s, id, stream, hello, end)
 	ss.certExpiry.Store(id.cert.NotAfter.UnixNano())
+	// Held until Welcome is sent: an update woken by the attach waits
+	// for it (serve releases it).
+	ss.mu.Lock()
 	// Beyond the re-sync limit the version is not bumped: the agent's
 	// stale-version ack of the push that follows closes the stream.
 	if latest := s.nodes.Latest(id.node); latest != nil && hello.GetAppliedVersion() > latest.Num && s.allowResync(id.node, s.now()) {
@@ -362,6 +352,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		ss.base = s.policy.StoredVersion(ctx, id.node, hello.GetAppliedVersion(), hello.GetAppliedHash())
 	}
 	if err := s.attach(ss, hello); err != nil {
+		ss.mu.Unlock()
 		log.Warn("stream refused", zap.Error(err))
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
@@ -371,13 +362,17 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 		HeartbeatIntervalMs: uint32(s.cfg.Heartbeat / time.Millisecond),
 		ControllerVersion:   s.cfg.Version,
 	}}}); err != nil {
+		ss.Close(err)
+		ss.mu.Unlock()
 		s.detach(ss, err)
 		return err
 	}
 	log.Info("agent connected", zap.String("agent-version", hello.GetAgentVersion()),
 		zap.Uint64("applied-version", hello.GetAppliedVersion()), zap.Uint64("policy-version", latest.Num),
 		zap.Bool("delta-base-known", ss.base != nil))
-	err = ss.run(msgs, recvErr)
+	stopShutdown = context.AfterFunc(s.ctx, func() { ss.Close(errShutdown) })
+	err = ss.serve()
+	stopShutdown()
 	switch code := status.Code(err); {
 	case err == nil, code == codes.Canceled, code == codes.Aborted:
 		// The agent went away, or reconnected on a new stream.
@@ -399,7 +394,7 @@ func (c *control) Connect(stream pb.Control_ConnectServer) error {
 func (s *Service) attach(ss *session, hello *pb.Hello) error {
 	s.certMu.Lock()
 	defer s.certMu.Unlock()
-	if err := s.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
+	if err := s.checkSerialNotRevoked(ss.node, ss.serial); err != nil {
 		return err
 	}
 	now := s.now()

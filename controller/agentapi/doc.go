@@ -27,9 +27,14 @@
 //     recorded in the audit trail in the store transaction that makes
 //     them (controller/audit): a join or renewal as the node's own, the
 //     rest as the caller's the context carries.
-//   - Each stream has one goroutine that sends, so a slow agent only
-//     delays itself; it holds at most one update in flight and always
-//     sends the newest version next (older ones are skipped, never queued).
+//   - A stream holds one goroutine while idle (its handler, in Recv);
+//     what falls due otherwise (an update, a heartbeat, a flow ack, a
+//     lookup) is sent by a goroutine started for it (session.kick). One
+//     sends at a time (the session's lock), so a slow agent only delays
+//     itself; it holds at most one update in flight and always sends the
+//     newest version next (older ones are skipped, never queued). A
+//     stream the controller ends while its handler waits in Recv gets its
+//     status written first, then its context (the tap's) cancelled.
 //   - Lookups an admin can trigger on an agent are bounded per node
 //     (lookup.go): 4 waiting, 5 a second, 2 s each; an answer nobody
 //     waits for is dropped, and one out of bounds refuses the stream.
@@ -38,5 +43,7 @@
 //
 // Lock order: Service.certMu, then the node table's lock. certMu orders
 // issuing a certificate and attaching a stream against revoking a node's
-// certificates. A session's state is owned by its stream's goroutine.
+// certificates. A session's state is owned by whoever holds its lock,
+// which is taken before those two (a session's lock, then certMu, then
+// the table's); Close and WakeUp take none.
 package agentapi

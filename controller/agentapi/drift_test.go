@@ -54,7 +54,7 @@ func nodeAlertSession(t *testing.T) (*session, *sqlite.SQLite) {
 		Now: time.Now, Log: zap.NewNop()}); err != nil {
 		t.Fatal(err)
 	}
-	ss := &session{s: s, node: "node-a", cert: leaf, stream: &sentStream{}, log: zap.NewNop(),
+	ss := &session{s: s, node: "node-a", serial: pki.Serial(leaf), stream: &sentStream{},
 		peerHeartbeat: time.Second, done: make(chan struct{}), lastRecv: time.Now()}
 	ss.certExpiry.Store(leaf.NotAfter.UnixNano())
 	return ss, st

@@ -46,7 +46,7 @@ func TestHeartbeatClosesRevokedStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	stream := &sentStream{}
-	ss := &session{s: s, node: "node-a", cert: leaf, stream: stream, log: zap.NewNop(),
+	ss := &session{s: s, node: "node-a", serial: pki.Serial(leaf), stream: stream,
 		peerHeartbeat: time.Second, done: make(chan struct{}), lastRecv: time.Now()}
 	ss.certExpiry.Store(leaf.NotAfter.UnixNano())
 

@@ -99,6 +99,8 @@ func (s *Service) tap(ctx context.Context, info *tap.Info) (context.Context, err
 				admission.SourceName(admission.SourceOf(remote)), s.cfg.Limits.JoinRate, s.cfg.Limits.JoinBurst)
 		}
 	case pb.Control_Renew_FullMethodName:
+	case pb.Control_Connect_FullMethodName:
+		return streamContext(ctx), nil
 	default:
 		return ctx, nil
 	}
@@ -124,3 +126,19 @@ func (s *Service) limitRequestSize(ctx context.Context, req any, info *grpc.Unar
 	}
 	return handler(ctx, req)
 }
+
+// streamEndKey is the context key of a Connect stream's end: the cancel
+// function of the stream's context.
+type streamEndKey struct{}
+
+// streamContext is a Connect stream's context: gRPC's, which the stream's
+// receives and sends wait on, made cancellable by the service (Connect
+// finds the cancel function under streamEndKey). It ends with gRPC's at
+// the latest.
+func streamContext(ctx context.Context) context.Context {
+	ctx, end := context.WithCancelCause(ctx)
+	return context.WithValue(ctx, streamEndKey{}, end)
+}
+
+// errNoHello ends a stream whose agent did not say Hello in time.
+var errNoHello = status.Error(codes.DeadlineExceeded, "no Hello")

@@ -107,15 +107,16 @@ func (s *Service) Lookup(ctx context.Context, node string, q wire.Lookup) (*pb.L
 	}
 	q.ID = s.lookupSeq.Add(1)
 	c := &lookupCall{req: wire.FromLookup(q), answer: make(chan *pb.LookupAnswer, 1)}
-	if !ss.lookups.add(c) {
+	l := ss.lookupQueue()
+	if !l.add(c) {
 		s.m.lookups.WithLabelValues("limited").Inc()
 		return nil, fmt.Errorf("%w: %d are waiting for an answer already", ErrLookupLimited, maxLookupsOutstanding)
 	}
-	defer ss.lookups.remove(q.ID)
+	defer l.remove(q.ID)
 	// Calls given up on may still sit in the channel while the session
 	// is busy sending: never wait for room.
 	select {
-	case ss.lookups.send <- c:
+	case l.send <- c:
 	default:
 		s.m.lookups.WithLabelValues("limited").Inc()
 		return nil, fmt.Errorf("%w: the agent's stream is busy", ErrLookupLimited)
@@ -137,13 +138,27 @@ func (s *Service) Lookup(ctx context.Context, node string, q wire.Lookup) (*pb.L
 	}
 }
 
+// lookupQueue is the session's lookups, made at the first (most streams
+// never have one).
+func (ss *session) lookupQueue() *lookups {
+	if l := ss.lookups.Load(); l != nil {
+		return l
+	}
+	ss.lookups.CompareAndSwap(nil, newLookups())
+	return ss.lookups.Load()
+}
+
 // sendLookups sends the lookups queued for the agent. Called from the
 // session goroutine.
 func (ss *session) sendLookups() error {
+	l := ss.lookups.Load()
+	if l == nil {
+		return nil
+	}
 	for {
 		select {
-		case c := <-ss.lookups.send:
-			if !ss.lookups.waiting(c.req.GetId()) {
+		case c := <-l.send:
+			if !l.waiting(c.req.GetId()) {
 				continue // given up on already: the agent is spared it
 			}
 			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Lookup{Lookup: c.req}}); err != nil {
@@ -161,8 +176,8 @@ func (ss *session) onLookupAnswer(a *pb.LookupAnswer) error {
 		ss.s.m.refused.WithLabelValues("invalid").Inc()
 		return err
 	}
-	if !ss.lookups.deliver(a) {
-		ss.log.Debug("lookup answer nobody waits for ignored", zap.Uint64("lookup-id", a.GetId()))
+	if l := ss.lookups.Load(); l == nil || !l.deliver(a) {
+		ss.logger().Debug("lookup answer nobody waits for ignored", zap.Uint64("lookup-id", a.GetId()))
 	}
 	return nil
 }

@@ -1,7 +1,7 @@
 package agentapi
 
 import (
-	"crypto/x509"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -67,26 +68,44 @@ type revokedError struct {
 
 func (e *revokedError) Error() string { return e.reason }
 
-// session is one agent's stream. Its run goroutine owns base, inflight
-// and refused; other goroutines only wake it or close it.
+// session is one agent's stream. It has no goroutine of its own: the
+// stream's handler goroutine receives and handles what the agent says,
+// and updates, heartbeats, flow acks and lookups that are due otherwise
+// are sent by a short-lived goroutine started when they fall due (kick),
+// so an idle stream holds one goroutine, not two. mu makes them take
+// turns: whoever holds it owns base, inflight, refused, lastRecv and the
+// rule names, and is the one sending.
 type session struct {
 	s    *Service
 	node string
-	// cert is the certificate the stream's connection was opened with:
-	// every heartbeat checks it against the revocations.
-	cert   *x509.Certificate
+	// serial is that of the certificate the stream's connection was
+	// opened with (pki.Serial): every heartbeat checks it against the
+	// revocations.
+	serial string
 	stream pb.Control_ConnectServer
-	log    *zap.Logger
 	// peerHeartbeat is the agent's heartbeat interval.
 	peerHeartbeat time.Duration
 	// certExpiry (Unix ns) is when the certificate the agent last
 	// presented or was issued expires; the stream is closed after it.
 	certExpiry atomic.Int64
 
-	wake      chan struct{}
+	// end cancels the stream's context (made by the tap for it): the
+	// handler's Recv returns, and a send waiting for the agent's flow
+	// control gives up. nil in tests that drive a session by hand.
+	end       context.CancelCauseFunc
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
+
+	mu sync.Mutex
+	// kicked says something may be due to send; sending that a sender
+	// goroutine runs; heartbeatDue that the heartbeat timer fired.
+	kicked, sending, heartbeatDue atomic.Bool
+	heartbeats                    *time.Timer
+	// revocationSent: the agent was told of its revocation (once);
+	// ended: the stream's status is decided (by the sender, or by the
+	// handler when its Recv failed first).
+	revocationSent, ended bool
 
 	// base is the version the agent enforces as far as the controller
 	// knows (nil: unknown, the next update is a full one); inflight the
@@ -105,102 +124,193 @@ type session struct {
 	names    map[ruleset.RuleID]string
 	namesOf  *nodes.Version
 
-	// lookups are the datapath lookups waiting for the agent (lookup.go).
-	lookups *lookups
+	// lookups are the datapath lookups waiting for the agent (lookup.go;
+	// nil until the first).
+	lookups atomic.Pointer[lookups]
 }
 
-func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello *pb.Hello) *session {
+func newSession(s *Service, id identity, stream pb.Control_ConnectServer, hello *pb.Hello, end context.CancelCauseFunc) *session {
 	node := id.node
 	hb := time.Duration(hello.GetHeartbeatIntervalMs()) * time.Millisecond
 	if hb <= 0 {
 		hb = DefaultHeartbeat
 	}
-	log := s.log.With(zap.String("node", node))
 	return &session{
 		s:             s,
 		node:          node,
-		cert:          id.cert,
+		serial:        pki.Serial(id.cert),
 		stream:        stream,
-		log:           log,
-		flows:         s.flows.NewAgent(node, log),
+		flows:         s.flows.NewAgent(node, s.log),
 		peerHeartbeat: max(hb, 100*time.Millisecond),
-		wake:          make(chan struct{}, 1),
+		end:           end,
 		done:          make(chan struct{}),
 		lastRecv:      s.now(),
 		flowAcks:      make(chan *pb.FlowAck, flowingest.MaxInFlight),
-		lookups:       newLookups(),
 	}
 }
+
+// logger is the service's log, naming the node: made when a line is
+// logged (rarely), not kept by every stream.
+func (ss *session) logger() *zap.Logger { return ss.s.log.With(zap.String("node", ss.node)) }
 
 // WakeUp tells the session that its node has a new version. It never
-// blocks: a wake-up already pending covers this one too.
-func (ss *session) WakeUp() {
-	select {
-	case ss.wake <- struct{}{}:
-	default:
-	}
-}
+// blocks.
+func (ss *session) WakeUp() { ss.kick() }
 
-// Close ends the session with err (the first reason wins).
+// Close ends the session with err (the first reason wins). It never
+// blocks: the sender (kick) ends the stream with the status err says
+// (endStream), the agent of a revoked node told so first.
 func (ss *session) Close(err error) {
 	ss.closeOnce.Do(func() {
 		ss.closeErr = err
 		close(ss.done)
+		if ss.end != nil { // nil in tests that drive a session by hand
+			ss.kick()
+		}
 	})
 }
 
-// run serves the stream until it ends: it sends updates and heartbeats
-// and handles what the agent says, all from this one goroutine.
-func (ss *session) run(msgs <-chan *pb.AgentMessage, recvErr <-chan error) error {
-	tick := time.NewTicker(ss.s.cfg.Heartbeat)
-	defer tick.Stop()
+// statusWriter is what gRPC's server transport stream (in the stream's
+// context: grpc.ServerTransportStreamFromContext) has to end a stream
+// with a status before the handler returns.
+type statusWriter interface {
+	WriteStatus(*status.Status) error
+}
+
+// endStream ends a stream whose handler waits in Recv, with err's status.
+// The status is written first: cancelling the stream's context alone would
+// have the agent see the Recv's own "context canceled" instead of why.
+func endStream(ctx context.Context, end context.CancelCauseFunc, err error) {
+	if w, ok := grpc.ServerTransportStreamFromContext(ctx).(statusWriter); ok {
+		_ = w.WriteStatus(status.Convert(err))
+	}
+	end(err)
+}
+
+func (ss *session) isClosed() bool {
+	select {
+	case <-ss.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kick has what is due sent: by the sender goroutine, started unless it
+// runs already (it then makes one more pass). It never blocks.
+func (ss *session) kick() {
+	ss.kicked.Store(true)
+	if ss.sending.CompareAndSwap(false, true) {
+		go ss.sender()
+	}
+}
+
+// sender sends what is due until nothing more is (see kick). A send that
+// fails closes the session.
+func (ss *session) sender() {
 	for {
-		if err := ss.push(); err != nil {
+		ss.kicked.Store(false)
+		ss.mu.Lock()
+		if !ss.isClosed() {
+			if err := ss.sendDue(); err != nil {
+				ss.Close(err)
+			}
+		}
+		if ss.isClosed() && !ss.ended {
+			ss.ended = true
+			endStream(ss.stream.Context(), ss.end, ss.closed())
+		}
+		ss.mu.Unlock()
+		ss.sending.Store(false)
+		if !ss.kicked.Load() || !ss.sending.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// sendDue sends a heartbeat if one is due, the flow acks ready, the
+// node's newest version (push) and the lookups queued. Called with mu
+// held.
+func (ss *session) sendDue() error {
+	if ss.heartbeatDue.CompareAndSwap(true, false) {
+		if err := ss.heartbeat(); err != nil {
 			return err
 		}
-		if err := ss.sendLookups(); err != nil {
-			return err
-		}
+		ss.heartbeats.Reset(ss.s.cfg.Heartbeat)
+	}
+	for drained := false; !drained; {
 		select {
-		case <-ss.s.ctx.Done():
-			return status.Error(codes.Unavailable, "controller shutting down")
-		case <-ss.done:
-			return ss.closed()
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		case m := <-msgs:
-			if err := ss.handle(m); err != nil {
-				return err
-			}
 		case a := <-ss.flowAcks:
 			ss.flows.Done()
 			if err := ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_FlowAck{FlowAck: a}}); err != nil {
 				return err
 			}
-		case <-ss.wake:
-		case <-tick.C:
-			if err := ss.heartbeat(); err != nil {
-				return err
-			}
+		default:
+			drained = true
 		}
 	}
+	if err := ss.push(); err != nil {
+		return err
+	}
+	return ss.sendLookups()
 }
 
+// errShutdown ends the streams of a controller that shuts down.
+var errShutdown = status.Error(codes.Unavailable, "controller shutting down")
+
+// serve serves the stream until it ends: it receives and handles what the
+// agent says on the calling goroutine (the stream's handler), and has the
+// rest sent as it falls due (kick). Called with mu held (Connect took it
+// before the stream was attached, so nothing is sent before Welcome); it
+// is released here.
+func (ss *session) serve() error {
+	ss.heartbeats = time.AfterFunc(ss.s.cfg.Heartbeat, func() {
+		ss.heartbeatDue.Store(true)
+		ss.kick()
+	})
+	err := ss.sendDue()
+	ss.mu.Unlock()
+	for err == nil {
+		var m *pb.AgentMessage
+		if m, err = ss.stream.Recv(); err != nil {
+			break
+		}
+		ss.mu.Lock()
+		if err = ss.handle(m); err == nil {
+			err = ss.sendDue()
+		}
+		ss.mu.Unlock()
+	}
+	ss.heartbeats.Stop()
+	// The first reason wins: what closed the session (a revocation, a
+	// newer stream, a failed send, the shutdown) made Recv fail.
+	ss.Close(err)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.ended = true
+	if errors.Is(ss.closeErr, io.EOF) {
+		return nil // the agent closed the stream
+	}
+	return ss.closed()
+}
+
+// closed is what the stream ends with, once closed: a revoked agent is
+// told so first. Called with mu held.
 func (ss *session) closed() error {
 	var rev *revokedError
 	switch {
 	case errors.As(ss.closeErr, &rev):
-		_ = ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Revocation{Revocation: &pb.Revocation{
-			Node: ss.node, Reason: rev.reason, Serials: rev.serials,
-		}}})
+		if !ss.revocationSent {
+			ss.revocationSent = true
+			_ = ss.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Revocation{Revocation: &pb.Revocation{
+				Node: ss.node, Reason: rev.reason, Serials: rev.serials,
+			}}})
+		}
 		return status.Error(codes.PermissionDenied, rev.reason)
 	case errors.Is(ss.closeErr, nodes.ErrReplaced):
 		return status.Error(codes.Aborted, ss.closeErr.Error())
 	}
-	return status.Error(codes.Unavailable, ss.closeErr.Error())
+	return ss.closeErr
 }
 
 // heartbeat checks that the stream may go on, then sends a heartbeat.
@@ -208,15 +318,15 @@ func (ss *session) closed() error {
 // stream: whatever way a stream of a revoked certificate came to be
 // attached, it ends within one heartbeat.
 func (ss *session) heartbeat() error {
-	if err := ss.s.checkNotRevoked(identity{node: ss.node, cert: ss.cert}); err != nil {
-		ss.log.Warn("closing stream: the agent's certificate was revoked", zap.Error(err))
-		ss.Close(&revokedError{serials: []string{pki.Serial(ss.cert)}, reason: err.Error()})
+	if err := ss.s.checkSerialNotRevoked(ss.node, ss.serial); err != nil {
+		ss.logger().Warn("closing stream: the agent's certificate was revoked", zap.Error(err))
+		ss.Close(&revokedError{serials: []string{ss.serial}, reason: err.Error()})
 		return ss.closed()
 	}
 	now := ss.s.now()
 	if exp := time.Unix(0, ss.certExpiry.Load()); now.After(exp) {
 		ss.s.m.refused.WithLabelValues("expired").Inc()
-		ss.log.Warn("closing stream: the agent's certificate expired and was not renewed",
+		ss.logger().Warn("closing stream: the agent's certificate expired and was not renewed",
 			zap.Time("cert-expiry", exp))
 		return status.Errorf(codes.Unauthenticated, "certificate expired at %s and was not renewed", exp.UTC().Format(time.RFC3339))
 	}
@@ -229,7 +339,7 @@ func (ss *session) heartbeat() error {
 			Detail:  fmt.Sprintf("no message from the agent for %s (heartbeat every %s) while its stream was open", silent.Round(time.Millisecond), ss.peerHeartbeat),
 			Outcome: "stream closed",
 		})
-		ss.log.Warn("closing a silent agent's stream; alert raised", zap.String("rule", alert.BuiltinSilentRule), zap.Duration("silent", silent))
+		ss.logger().Warn("closing a silent agent's stream; alert raised", zap.String("rule", alert.BuiltinSilentRule), zap.Duration("silent", silent))
 		return status.Errorf(codes.DeadlineExceeded, "no message from the agent for %s (heartbeat every %s)",
 			silent.Round(time.Millisecond), ss.peerHeartbeat)
 	}
@@ -251,7 +361,12 @@ func (ss *session) push() error {
 	msg := &pb.ControllerMessage{}
 	kind := "full"
 	if ss.base != nil {
-		d := ruleset.Diff(ss.base.RuleSet, latest.RuleSet)
+		var d ruleset.Delta
+		if c := latest.Change; c != nil && latest.ChangeFrom == ss.base.Num && latest.ChangeFromHash == ss.base.Hash {
+			d = *c // what the apply found (the hashes and version set below, on this copy)
+		} else {
+			d = ruleset.Diff(ss.base.RuleSet, latest.RuleSet)
+		}
 		if d.Len() < ruleSetItems(latest.RuleSet) {
 			d.BaseHash, d.Hash, d.Version = ss.base.Hash, latest.Hash, latest.Num
 			msg.Msg = &pb.ControllerMessage_Delta{Delta: wire.FromDelta(&d, ss.base.Num)}
@@ -268,7 +383,7 @@ func (ss *session) push() error {
 	}
 	ss.inflight = latest
 	ss.s.m.pushes.WithLabelValues(kind).Inc()
-	ss.log.Debug("rule set sent", zap.String("kind", kind), zap.Uint64("policy-version", latest.Num))
+	ss.s.log.Debug("rule set sent", zap.String("node", ss.node), zap.String("kind", kind), zap.Uint64("policy-version", latest.Num))
 	return nil
 }
 
@@ -319,7 +434,7 @@ func (ss *session) handle(m *pb.AgentMessage) error {
 	default:
 		// A newer agent's message this controller does not know: ignore
 		// it, as protobuf lets old readers do.
-		ss.log.Debug("unknown message from agent ignored")
+		ss.logger().Debug("unknown message from agent ignored")
 	}
 	ss.s.nodes.Update(ss.node, func(n *nodes.Node) { n.Rec.LastContact = ss.lastRecv })
 	return nil
@@ -344,7 +459,7 @@ func (ss *session) onDrift(d *pb.DatapathDrift) {
 		detail = d.GetKind() + ": " + detail
 	}
 	ss.s.m.drift.WithLabelValues(kind).Add(float64(d.GetCount()))
-	ss.log.Error("agent reports its datapath tampered with", zap.String("kind", d.GetKind()), zap.String("object", d.GetObject()),
+	ss.logger().Error("agent reports its datapath tampered with", zap.String("kind", d.GetKind()), zap.String("object", d.GetObject()),
 		zap.String("detail", d.GetDetail()), zap.String("outcome", outcome), zap.Uint64("count", d.GetCount()))
 	// The controller's clock, not the agent's: an agent clock behind by
 	// more than the window would have the alert resolved at once.
@@ -363,7 +478,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 	}
 	v := ss.inflight
 	if v == nil || a.GetVersion() != v.Num {
-		ss.log.Debug("ack of a version not in flight ignored", zap.Uint64("policy-version", a.GetVersion()))
+		ss.logger().Debug("ack of a version not in flight ignored", zap.Uint64("policy-version", a.GetVersion()))
 		return nil
 	}
 	ss.inflight = nil
@@ -389,7 +504,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		}
 	case pb.AckCode_ACK_CODE_DELTA_BASE:
 		result = "delta_base"
-		ss.log.Info("agent could not apply a delta; sending the full rule set", zap.String("error", wire.Cut(a.GetError(), wire.MaxAckError)))
+		ss.logger().Info("agent could not apply a delta; sending the full rule set", zap.String("error", wire.Cut(a.GetError(), wire.MaxAckError)))
 		ss.base = nil
 	case pb.AckCode_ACK_CODE_STALE_VERSION:
 		result = "stale_version"
@@ -397,7 +512,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		if !ss.s.allowResync(ss.node, now) {
 			ss.s.m.acks.WithLabelValues(result).Inc()
 			ss.s.m.refused.WithLabelValues("stale_resync").Inc()
-			ss.log.Warn("stale-version ack refused: the node's versions were re-numbered less than a minute ago; closing the stream",
+			ss.logger().Warn("stale-version ack refused: the node's versions were re-numbered less than a minute ago; closing the stream",
 				zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()))
 			return status.Errorf(codes.ResourceExhausted,
 				"stale-version ack of version %d refused: the agent says it enforces version %d, but node %s had its versions re-numbered past its agent's less than %s ago (at most one re-sync per %s)",
@@ -418,7 +533,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 		}
 		agentErr := wire.Cut(a.GetError(), wire.MaxAckError)
 		lastErr = fmt.Sprintf("version %d not applied: %s; version %d stays in force", v.Num, agentErr, a.GetAppliedVersion())
-		ss.log.Warn("agent could not apply a rule set; its previous one stays in force",
+		ss.logger().Warn("agent could not apply a rule set; its previous one stays in force",
 			zap.Uint64("policy-version", v.Num), zap.Uint64("applied-version", a.GetAppliedVersion()), zap.String("error", agentErr))
 	}
 	ss.s.m.acks.WithLabelValues(result).Inc()
@@ -435,7 +550,7 @@ func (ss *session) onAck(a *pb.Ack) error {
 	return nil
 }
 
-// flowAck hands an ack to the session goroutine. The channel holds
+// flowAck hands an ack to the sender (kick). The channel holds
 // flowingest.MaxInFlight acks, as many as batches can be in flight (a batch
 // leaves flight when its ack is taken from the channel), so this never
 // blocks; a session that ended drops it (its agent resends the
@@ -443,9 +558,10 @@ func (ss *session) onAck(a *pb.Ack) error {
 func (ss *session) flowAck(a *pb.FlowAck) {
 	select {
 	case ss.flowAcks <- a:
+		ss.kick()
 	case <-ss.done:
 	default:
-		ss.log.Error("flow ack dropped: ack channel full (bug)")
+		ss.logger().Error("flow ack dropped: ack channel full (bug)")
 	}
 }
 

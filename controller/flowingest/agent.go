@@ -27,7 +27,9 @@ type Agent struct {
 	lastNotLocalLog time.Time
 }
 
-// NewAgent returns the admission state of a new stream of node.
+// NewAgent returns the admission state of a new stream of node; its log
+// lines name the node (log need not: a logger made With it for every
+// stream cost each of thousands of streams its copy).
 func (in *Ingester) NewAgent(node string, log *zap.Logger) *Agent {
 	return &Agent{in: in, node: node, log: log, bucket: newTokenBucket(in.cfg.AgentFlowRate, in.now())}
 }
@@ -53,7 +55,7 @@ func (a *Agent) Submit(b *pb.FlowBatch, rules func(ruleset.RuleID) string, reply
 	if !a.bucket.take(max(1, len(b.GetRecords())), now) {
 		if now.Sub(a.lastLog) > time.Minute {
 			a.lastLog = now
-			a.log.Warn("agent sends flow records faster than its rate limit; its batches wait in its spool",
+			a.log.Warn("agent sends flow records faster than its rate limit; its batches wait in its spool", zap.String("node", a.node),
 				zap.Float64("records-per-second", in.cfg.AgentFlowRate))
 		}
 		return refuse("rate_limited", fmt.Sprintf("rate limited: this agent may send %.0f flow records/s", in.cfg.AgentFlowRate), true)
@@ -63,7 +65,7 @@ func (a *Agent) Submit(b *pb.FlowBatch, rules func(ruleset.RuleID) string, reply
 	if err != nil {
 		// A broken batch is refused whole, never stored in part. It will
 		// not get better by retrying: the agent counts it as lost.
-		a.log.Error("malformed flow batch refused", zap.Uint64("seq", b.GetSeq()), zap.Int("records", len(b.GetRecords())), zap.Error(err))
+		a.log.Error("malformed flow batch refused", zap.String("node", a.node), zap.Uint64("seq", b.GetSeq()), zap.Int("records", len(b.GetRecords())), zap.Error(err))
 		return refuse("malformed", "malformed flow batch: "+err.Error(), false)
 	}
 	// Records with no end on this node are dropped, the rest of the batch
@@ -73,7 +75,7 @@ func (a *Agent) Submit(b *pb.FlowBatch, rules func(ruleset.RuleID) string, reply
 	recs, notLocal, first := ows.keepLocal(a.node, recs)
 	if notLocal > 0 && now.Sub(a.lastNotLocalLog) > time.Minute {
 		a.lastNotLocalLog = now
-		a.log.Warn("flow records refused: no end on the reporting node (another node's workloads); the rest of the batch is stored",
+		a.log.Warn("flow records refused: no end on the reporting node (another node's workloads); the rest of the batch is stored", zap.String("node", a.node),
 			zap.Uint64("seq", b.GetSeq()), zap.Int("refused", notLocal), zap.String("direction", first.Direction.String()),
 			zap.Stringer("src-addr", first.SrcAddr), zap.String("src-workload", first.SrcWorkload),
 			zap.Stringer("dst-addr", first.DstAddr), zap.String("dst-workload", first.DstWorkload))

@@ -35,6 +35,14 @@ type Version struct {
 	Hash    string
 	RuleSet *ruleset.RuleSet
 	At      time.Time // committed
+	// Change, when set, is the change to this version from the node's
+	// version ChangeFrom (its number and hash), as the apply that made
+	// this one found it: the node's stream sends it to an agent that
+	// enforces that version instead of diffing the two again. Set only
+	// when it is small (policyrepo), so it costs little to keep.
+	Change         *ruleset.Delta
+	ChangeFrom     uint64
+	ChangeFromHash string
 }
 
 // Stream is what the table needs of an agent's open control stream.

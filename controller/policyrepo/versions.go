@@ -79,20 +79,31 @@ func (r *Repo) nextVersionsLocked(ruleSets map[string]*ruleset.RuleSet) []*nodes
 	for _, name := range slices.Sorted(maps.Keys(ruleSets)) {
 		rs := ruleSets[name]
 		latest := r.nodes.Latest(name)
+		v := &nodes.Version{Num: 1, RuleSet: rs}
 		if latest != nil {
-			if d := ruleset.Diff(latest.RuleSet, rs); d.Empty() {
+			d := ruleset.Diff(latest.RuleSet, rs)
+			if d.Empty() {
 				continue
 			}
+			v.Num = latest.Num + 1
+			// A small change is kept for the node's stream (nodes.Version);
+			// a large one it diffs itself if it needs to, rather than
+			// every node holding a second copy of most of its rule set.
+			if d.Len() <= ruleSetItems(rs)/4 {
+				v.Change, v.ChangeFrom, v.ChangeFromHash = &d, latest.Num, latest.Hash
+			}
 		}
-		num := uint64(1)
-		if latest != nil {
-			num = latest.Num + 1
-		}
-		rs.Version = num
-		out = append(out, &nodes.Version{Num: num, RuleSet: rs})
+		rs.Version = v.Num
+		out = append(out, v)
 	}
 	parallel(len(out), func(i int) { out[i].Hash = out[i].RuleSet.Hash() })
 	return out
+}
+
+// ruleSetItems is how many items a rule set holds, to weigh a delta
+// against.
+func ruleSetItems(rs *ruleset.RuleSet) int {
+	return len(rs.Endpoints) + len(rs.IPCache) + len(rs.Entries) + len(rs.Rules)
 }
 
 // parallel runs f(0..n-1) on GOMAXPROCS goroutines and waits for them.

@@ -7,12 +7,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,8 +32,9 @@ import (
 const (
 	envSimTokens = "EG_SIM_AGENT_TOKENS" // file of "node token" lines
 	envSimAddr   = "EG_SIM_CONTROLLER"
-	// EG_SIM_CPUPROFILE=FILE: the child's CPU profile, from its start to
-	// the end of the benchmark (the controller's is -cpuprofile's).
+	// EG_SIM_CPUPROFILE=FILE: the child's CPU profile, from the first op
+	// (the parent signals it with SIGUSR1 once every agent synced) to the
+	// end of the benchmark (the controller's is EG_BENCH_CPUPROFILE's).
 	envSimCPUProfile = "EG_SIM_CPUPROFILE"
 )
 
@@ -198,6 +201,14 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy benchPol
 	}
 	child := exec.Command(exe, "-test.run=^TestSimulatedAgents$", "-test.v")
 	child.Env = append(os.Environ(), envSimTokens+"="+tokFile, envSimAddr+"="+h.Addr)
+	if os.Getenv("GOGC") == "" {
+		// The simulated agents share one heap, with the goroutines of
+		// every agent's connection: collected at the default GOGC, a
+		// fifth of the child's CPU in an op went to its collector, which
+		// real agents (a process each, a small heap) do not pay. Every
+		// agent still receives, decodes, checks, applies and acks.
+		child.Env = append(child.Env, "GOGC=400")
+	}
 	stdin, _ := child.StdinPipe()
 	out, _ := child.StdoutPipe()
 	child.Stderr = os.Stderr
@@ -257,6 +268,29 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy benchPol
 		f.Close()
 	}
 
+	// EG_BENCH_CPUPROFILE=FILE: the controller's CPU profile of the ops
+	// alone (-cpuprofile holds the joins too).
+	if path := os.Getenv("EG_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	// The CPU time of the controller (this process) and of the simulated
+	// agents (the child) during the ops: who had the 2 cores.
+	ctlCPU0, simCPU0 := cpuTime(os.Getpid()), cpuTime(child.Process.Pid)
+	if os.Getenv(envSimCPUProfile) != "" {
+		if err := child.Process.Signal(syscall.SIGUSR1); err != nil {
+			b.Fatal(err)
+		}
+	}
 	version := uint64(1)
 	var times, applyTimes []time.Duration
 	b.ResetTimer()
@@ -269,6 +303,8 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy benchPol
 		times = append(times, time.Since(t0))
 	}
 	b.StopTimer()
+	b.ReportMetric(float64((cpuTime(os.Getpid())-ctlCPU0).Milliseconds())/float64(b.N), "ctl-cpu-ms/op")
+	b.ReportMetric(float64((cpuTime(child.Process.Pid)-simCPU0).Milliseconds())/float64(b.N), "sim-cpu-ms/op")
 	var total time.Duration
 	for _, d := range times {
 		total += d
@@ -283,6 +319,27 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy benchPol
 	b.ReportMetric(perStream/1024, "KB-per-stream")
 	b.ReportMetric(stackPerStream/1024, "stack-KB-per-stream")
 	b.ReportMetric(goroutines, "goroutines-per-stream")
+}
+
+// cpuTime is the CPU time (user and system) a process has used so far,
+// from /proc (0 where there is none).
+func cpuTime(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command (in parentheses, which may hold
+	// spaces): utime and stime are the 12th and 13th of them, in clock
+	// ticks (100 a second on Linux).
+	_, rest, ok := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // controllerSummary is what the controller counted: streams, joins,
@@ -353,13 +410,17 @@ func TestSimulatedAgents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			f.Close()
+		defer f.Close()
+		ops := make(chan os.Signal, 1)
+		signal.Notify(ops, syscall.SIGUSR1)
+		defer signal.Stop(ops)
+		go func() {
+			<-ops
+			if err := pprof.StartCPUProfile(f); err != nil {
+				t.Error(err)
+			}
 		}()
+		defer pprof.StopCPUProfile()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
