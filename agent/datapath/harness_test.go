@@ -13,6 +13,7 @@ import (
 	"github.com/eastguard/eastguard/internal/ruleset"
 	"github.com/eastguard/eastguard/internal/testutil"
 	tnetns "github.com/eastguard/eastguard/internal/testutil/netns"
+	"github.com/eastguard/eastguard/internal/testutil/topo"
 )
 
 const (
@@ -37,6 +38,12 @@ func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	h := &harness{t: t, ns: tnetns.New(t, "dp"), ifindex: make(map[string]uint32)}
+	// No IPv6 on the interfaces: the kernel would otherwise send its own
+	// router solicitations and MLD reports on them (retransmitted up to a
+	// second or more after link up), which the programs count as
+	// neighbour traffic between a test's before and after. The tests'
+	// packets are injected with prog.Run, which needs none of it.
+	topo.Sysctl(t, h.ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 	for _, name := range ifaces {
 		// veth, because not every kernel has the dummy driver.
 		h.ns.IP(t, "link", "add", "name", name, "type", "veth", "peer", "name", name+"p")
