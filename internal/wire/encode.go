@@ -15,52 +15,36 @@ import (
 // building the messages first and then marshalling them was most of an
 // apply's allocation. TestMarshalRuleSetMatchesProto holds the two equal.
 func MarshalRuleSet(rs *ruleset.RuleSet, hash string) []byte {
-	b := make([]byte, 0, sizeRuleSet(rs, hash))
+	n := sizeString(1, rs.Node) + sizeVarint(2, rs.Version) + sizeString(3, hash) +
+		sizeAll(4, rs.Endpoints, sizeEndpoint) + sizeAll(5, rs.IPCache, sizeIPCache) +
+		sizeAll(6, rs.Entries, sizeEntry) + sizeAll(7, rs.Rules, sizeRule)
+	b := make([]byte, 0, n)
 	b = appendString(b, 1, rs.Node)
 	b = appendVarint(b, 2, rs.Version)
 	b = appendString(b, 3, hash)
-	for i := range rs.Endpoints {
-		e := &rs.Endpoints[i]
-		b = protowire.AppendTag(b, 4, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(sizeEndpoint(e)))
-		b = appendEndpoint(b, e)
-	}
-	for i := range rs.IPCache {
-		e := &rs.IPCache[i]
-		b = protowire.AppendTag(b, 5, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(sizeIPCache(e)))
-		b = appendIPCache(b, e)
-	}
-	for i := range rs.Entries {
-		e := &rs.Entries[i]
-		b = protowire.AppendTag(b, 6, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(sizeEntry(e)))
-		b = appendEntry(b, e)
-	}
-	for i := range rs.Rules {
-		r := &rs.Rules[i]
-		b = protowire.AppendTag(b, 7, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(sizeRule(r)))
-		b = appendRule(b, r)
-	}
-	return b
+	b = appendAll(b, 4, rs.Endpoints, sizeEndpoint, appendEndpoint)
+	b = appendAll(b, 5, rs.IPCache, sizeIPCache, appendIPCache)
+	b = appendAll(b, 6, rs.Entries, sizeEntry, appendEntry)
+	return appendAll(b, 7, rs.Rules, sizeRule, appendRule)
 }
 
-func sizeRuleSet(rs *ruleset.RuleSet, hash string) int {
-	n := sizeString(1, rs.Node) + sizeVarint(2, rs.Version) + sizeString(3, hash)
-	for i := range rs.Endpoints {
-		n += sizeNested(4, sizeEndpoint(&rs.Endpoints[i]))
-	}
-	for i := range rs.IPCache {
-		n += sizeNested(5, sizeIPCache(&rs.IPCache[i]))
-	}
-	for i := range rs.Entries {
-		n += sizeNested(6, sizeEntry(&rs.Entries[i]))
-	}
-	for i := range rs.Rules {
-		n += sizeNested(7, sizeRule(&rs.Rules[i]))
+// sizeAll is the size of a repeated message field holding items.
+func sizeAll[T any](num protowire.Number, items []T, size func(*T) int) int {
+	n := 0
+	for i := range items {
+		n += sizeNested(num, size(&items[i]))
 	}
 	return n
+}
+
+// appendAll appends items as a repeated message field, each length first.
+func appendAll[T any](b []byte, num protowire.Number, items []T, size func(*T) int, app func([]byte, *T) []byte) []byte {
+	for i := range items {
+		b = protowire.AppendTag(b, num, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(size(&items[i])))
+		b = app(b, &items[i])
+	}
+	return b
 }
 
 // The messages, field by field as proto/eastguard/v1 numbers them.
