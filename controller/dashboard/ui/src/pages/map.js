@@ -78,7 +78,9 @@ export function leave() {
   }
 }
 
-const emptyView = Object.freeze({ nodes: () => [], edges: () => [], ready: false });
+// Nothing drawn (yet): the view's methods, all empty, so that a test
+// polling one waits instead of failing.
+const emptyView = Object.freeze({ nodes: () => [], groups: () => [], edges: () => [], zoom: () => 1, position: () => null, ready: false });
 window.egMap = emptyView;
 
 // The map's state across re-renders of the same page (group toggles).
@@ -232,8 +234,15 @@ export async function render(box, { params, prefetched }) {
     }
     if (view0) cy.viewport(view0);
     cy.batch(() => cy.add(els));
+    // window.egMap (what tests read and click) once the nodes are where
+    // they stay: a small map's layout animates them for 300 ms, and a
+    // position read before that is not where the node ends up.
+    const drawn = cy;
+    const settled = () => {
+      if (seq === draws && cy === drawn) window.egMap = view(drawn, meta);
+    };
     if (!computed) {
-      cy.layout({
+      const layout = cy.layout({
         name: n ? 'fcose' : 'grid',
         animate: n <= 60,
         animationDuration: 300,
@@ -243,12 +252,15 @@ export async function render(box, { params, prefetched }) {
         packComponents: true,
         idealEdgeLength: 90,
         nodeRepulsion: 6000,
-      }).run();
+      });
+      layout.one('layoutstop', settled);
+      layout.run();
+    } else {
+      settled();
     }
     cy.on('tap', 'node', (ev) => showNode(panel, model, ev.target.data(), meta.get(ev.target.id())));
     cy.on('tap', 'edge', (ev) => showEdge(panel, model, ev.target.data(), meta.get(ev.target.id())));
     cy.on('dbltap', 'node.group', (ev) => toggle(ev.target.data('group')));
-    window.egMap = view(cy, meta);
     clear(info);
     if (data && data.truncated) info.append('truncated: narrow the range. ');
     info.append(`${model.workloads.length} workloads, ${model.edges.length} observed edges`);
