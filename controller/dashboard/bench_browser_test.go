@@ -142,9 +142,7 @@ func BenchmarkBrowserPages(b *testing.B) {
 		chromedp.SetValue(chromedp.CSS(`[data-testid=login-token]`), cfg.Token), chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)),
 		chromedp.WaitVisible(chromedp.CSS(`[data-testid=map]`)))
 	b.Cleanup(func() {
-		if errs := consoleErrors(); len(errs) > 0 {
-			b.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
-		}
+		browsertest.NoConsoleErrors(b, consoleErrors(), nil)
 	})
 
 	pages := []pageBench{

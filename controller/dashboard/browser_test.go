@@ -454,9 +454,7 @@ func TestBrowserDashboard(t *testing.T) {
 	if api.csrfBad != 0 {
 		t.Errorf("%d POSTs went without the CSRF token", api.csrfBad)
 	}
-	if errs := consoleErrors(); len(errs) > 0 {
-		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
-	}
+	browsertest.NoConsoleErrors(t, consoleErrors(), nil)
 }
 
 // TestBrowserAPIError: an API answering other than the contract says gets
@@ -480,15 +478,7 @@ func TestBrowserAPIError(t *testing.T) {
 	}
 	// The 500 itself is logged by the browser as a failed resource; that
 	// is the server's error, not the page's.
-	var pageErrs []string
-	for _, e := range consoleErrors() {
-		if !strings.Contains(e, "status of 500") {
-			pageErrs = append(pageErrs, e)
-		}
-	}
-	if len(pageErrs) > 0 {
-		t.Errorf("console errors:\n%s", strings.Join(pageErrs, "\n"))
-	}
+	browsertest.NoConsoleErrors(t, consoleErrors(), func(e string) bool { return strings.Contains(e, "status of 500") })
 }
 
 // TestBrowserMapAPIError: the map's data failing after the graph library
@@ -522,15 +512,7 @@ func TestBrowserMapAPIError(t *testing.T) {
 	if browsertest.Eval[bool](t, ctx, `!!(window.egMap && window.egMap.ready)`) {
 		t.Error("the map says it is drawn after its data failed")
 	}
-	var pageErrs []string
-	for _, e := range consoleErrors() {
-		if !strings.Contains(e, "status of 500") {
-			pageErrs = append(pageErrs, e)
-		}
-	}
-	if len(pageErrs) > 0 {
-		t.Errorf("console errors:\n%s", strings.Join(pageErrs, "\n"))
-	}
+	browsertest.NoConsoleErrors(t, consoleErrors(), func(e string) bool { return strings.Contains(e, "status of 500") })
 }
 
 // TestBrowserCertificateLogin: where the listener takes client
@@ -563,9 +545,7 @@ func TestBrowserCertificateLogin(t *testing.T) {
 	if who := browsertest.Eval[string](t, ctx, `document.querySelector('[data-testid=user]') ? document.querySelector('[data-testid=user]').textContent : ''`); !strings.Contains(who, fakeName) {
 		t.Errorf("after a certificate login the header shows %q, want %q", who, fakeName)
 	}
-	if errs := consoleErrors(); len(errs) > 0 {
-		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
-	}
+	browsertest.NoConsoleErrors(t, consoleErrors(), nil)
 }
 
 // largeMap is a service map of n workloads in apps of 50, each talking
@@ -733,7 +713,5 @@ func TestBrowserMapLarge(t *testing.T) {
 	}
 	t.Logf("1,000 workloads: grouped map ready %v after login; expanded (1,000 nodes, %d edges) in %v",
 		grouped.Round(time.Millisecond), len(browsertest.Eval[[]any](t, ctx, `window.egMap.edges()`)), expanded.Round(time.Millisecond))
-	if errs := consoleErrors(); len(errs) > 0 {
-		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
-	}
+	browsertest.NoConsoleErrors(t, consoleErrors(), nil)
 }

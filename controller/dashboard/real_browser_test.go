@@ -268,13 +268,7 @@ func TestBrowserRealController(t *testing.T) {
 	}
 	// The refused ack is logged by the browser as a failed resource: that
 	// is the test's own request, not the page's.
-	var errs S
-	for _, e := range consoleErrors() {
-		if !(strings.Contains(e, "status of 403") && strings.Contains(e, "/ack")) {
-			errs = append(errs, e)
-		}
-	}
-	if len(errs) > 0 {
-		t.Errorf("console errors:\n%s", strings.Join(errs, "\n"))
-	}
+	browsertest.NoConsoleErrors(t, consoleErrors(), func(e string) bool {
+		return strings.Contains(e, "status of 403") && strings.Contains(e, "/ack")
+	})
 }

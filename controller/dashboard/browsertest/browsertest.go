@@ -94,6 +94,24 @@ func Browser(t testing.TB) (context.Context, func() []string) {
 	}
 }
 
+// NoConsoleErrors fails t with every console error in errs (Browser's
+// second result) that expected does not account for; a nil expected
+// accounts for none. A test that provokes a failed request on purpose
+// names that request's log line, so that only the page's own errors fail
+// it.
+func NoConsoleErrors(t testing.TB, errs []string, expected func(msg string) bool) {
+	t.Helper()
+	var page []string
+	for _, e := range errs {
+		if expected == nil || !expected(e) {
+			page = append(page, e)
+		}
+	}
+	if len(page) > 0 {
+		t.Errorf("console errors:\n%s", strings.Join(page, "\n"))
+	}
+}
+
 // ScreenshotDir is where a test saves its screenshots: $EASTGUARD_SCREENSHOTS
 // if set (to keep them: docs/dashboard.png is taken this way), else the
 // test's temp dir.
