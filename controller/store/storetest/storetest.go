@@ -124,6 +124,22 @@ func InsertFlows(t testing.TB, s store.EventStore, recs []flowrecord.Record) {
 	}
 }
 
+// InsertFlowsRolledBack inserts recs in a transaction that then fails,
+// failing the test unless the failure is the transaction's own: what the
+// store kept of it is for the caller to check (nothing, flows or rollup).
+func InsertFlowsRolledBack(t testing.TB, s store.EventStore, recs []flowrecord.Record) {
+	t.Helper()
+	boom := errors.New("boom")
+	if err := s.EventTx(context.Background(), func(tx store.EventTx) error {
+		if err := tx.InsertFlows(recs); err != nil {
+			return err
+		}
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatalf("a transaction failed after its insert: %v, want its own error", err)
+	}
+}
+
 // FlowIDs returns the ids of the flows q selects, in the store's order,
 // failing the test if the query fails.
 func FlowIDs(t testing.TB, s store.EventStore, q store.FlowQuery) []int64 {
