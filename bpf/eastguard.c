@@ -159,7 +159,7 @@ static __always_inline __u64 *eg_ev_slot(struct eg_ev_ring *r, __u64 idx)
  * this CPU's ring of eg_events (see maps.h for the protocol). */
 __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 {
-	__u32 suppressed = 0, cpu, n;
+	__u32 suppressed = 0, cpu, n, pad;
 	__u64 now, start, head, idx, fill;
 	struct eg_ev_ring *r;
 	__u64 *w;
@@ -178,20 +178,17 @@ __noinline int eg_emit(const struct eg_pkt *p, const struct eg_verdict_ctx *v)
 	n = p->family == 4 ? 1 : 2;
 	start = head = r->head;
 	idx = head & cfg_ev_mask;
-	if (n == 2 && idx == cfg_ev_mask) {
-		/* The last slot cannot start a two-slot record: pad it. */
-		if (head + 3 - r->cached_tail > cfg_ev_slots) {
-			r->cached_tail = READ_ONCE(r->tail);
-			if (head + 3 - r->cached_tail > cfg_ev_slots)
-				goto lost;
-		}
+	/* The last slot cannot start a two-slot record: it is padded then. */
+	pad = n == 2 && idx == cfg_ev_mask;
+	if (head + pad + n - r->cached_tail > cfg_ev_slots) {
+		r->cached_tail = READ_ONCE(r->tail);
+		if (head + pad + n - r->cached_tail > cfg_ev_slots)
+			goto lost;
+	}
+	if (pad) {
 		eg_ev_slot(r, idx)[0] = EG_EV_PAD | (__u64)EG_EV_SLOT << 32;
 		head++;
 		idx = 0;
-	} else if (head + n - r->cached_tail > cfg_ev_slots) {
-		r->cached_tail = READ_ONCE(r->tail);
-		if (head + n - r->cached_tail > cfg_ev_slots)
-			goto lost;
 	}
 	if (n == 1) {
 		w = eg_ev_slot(r, idx);
