@@ -65,10 +65,9 @@ func (g eventRing) bytes() int {
 // ringMem is a shared mapping of eg_events. It is the only way the agent
 // reads events; the kernel writes into the same pages.
 type ringMem struct {
-	mu   sync.Mutex // held while mem is read: Close must not unmap under a reader
-	mem  []byte
-	geo  eventRing
-	tail []uint64 // per CPU: the agent's copy of what it has consumed
+	mu  sync.Mutex // held while mem is read: Close must not unmap under a reader
+	mem []byte
+	geo eventRing
 }
 
 // mapEventRing maps m, whose shape must be geo.
@@ -80,11 +79,7 @@ func mapEventRing(m *ebpf.Map, geo eventRing) (*ringMem, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map eg_events: %w", err)
 	}
-	r := &ringMem{mem: mem, geo: geo, tail: make([]uint64, geo.cpus)}
-	for cpu := range r.tail {
-		r.tail[cpu] = atomic.LoadUint64(r.word(cpu, ringTailOff))
-	}
-	return r, nil
+	return &ringMem{mem: mem, geo: geo}, nil
 }
 
 // word is the 8-byte field at off of CPU cpu's ring header.
@@ -115,7 +110,7 @@ func (r *ringMem) drain(fn func(rec []byte) error) (int, error) {
 		// this read is not lost (bpf/maps.h).
 		atomic.StoreUint32((*uint32)(unsafe.Pointer(r.word(cpu, ringKickedOff))), 0)
 		head := atomic.LoadUint64(r.word(cpu, ringHeadOff))
-		tail := r.tail[cpu]
+		tail := atomic.LoadUint64(r.word(cpu, ringTailOff)) // the agent's own: the rings have one reader
 		if head-tail > r.geo.slots {
 			errs = append(errs, fmt.Errorf("%w: CPU %d: head %d is %d slots past tail %d (ring of %d); skipped", errCorruptRing, cpu, head, head-tail, tail, r.geo.slots))
 			tail = head
@@ -135,7 +130,6 @@ func (r *ringMem) drain(fn func(rec []byte) error) (int, error) {
 			}
 			tail += used
 		}
-		r.tail[cpu] = tail
 		atomic.StoreUint64(r.word(cpu, ringTailOff), tail)
 	}
 	return n, errors.Join(errs...)
@@ -175,7 +169,7 @@ func (r *ringMem) pending() int {
 	}
 	n := uint64(0)
 	for cpu := range int(r.geo.cpus) {
-		n += atomic.LoadUint64(r.word(cpu, ringHeadOff)) - r.tail[cpu]
+		n += atomic.LoadUint64(r.word(cpu, ringHeadOff)) - atomic.LoadUint64(r.word(cpu, ringTailOff))
 	}
 	return int(n) * evSlotBytes
 }
