@@ -1,9 +1,9 @@
 package datapath
 
 import (
-	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -236,9 +236,11 @@ func cpuRingWriter(b *testing.B, slots uint64) (prog *ebpf.Program, reset func()
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { prog.Close() })
+	// The records are not events (no kind word): given back by moving
+	// each tail to its head, not read.
 	return prog, func() {
-		if _, err := rm.drain(func([]byte) error { return nil }); err != nil && !errors.Is(err, errCorruptRing) {
-			b.Fatal(err)
+		for cpu := range int(geo.cpus) {
+			atomic.StoreUint64(rm.word(cpu, ringTailOff), atomic.LoadUint64(rm.word(cpu, ringHeadOff)))
 		}
 	}
 }
