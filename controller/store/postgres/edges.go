@@ -18,9 +18,11 @@ import (
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
 
-// The service map's rollup (migration 5): flow_edges, kept with the
-// flows it sums. See rowcodec's edges.go for the buckets and how a range
-// is split.
+// The service map's rollup (migration 5): flow_edges, the sums of the
+// flows recorded before flow_edges_rolled.upto (migration 6), filled by
+// RollupFlowEdges apart from the inserts, which add only their records
+// older than upto. See rowcodec's edges.go for the buckets and how a
+// range is split.
 
 // pgEdgeSums are a batch's sums of one rollup row, packets and bytes
 // exact (NUMERIC, as SUM over BIGINT is: no wrap-around).
