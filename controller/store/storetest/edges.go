@@ -218,7 +218,8 @@ func EdgeMigrationFlow(i int, at time.Time, huge uint64) flowrecord.Record {
 // CheckMigratedFlowEdges is the rollup migration tests' check of a
 // store whose flows, EdgeMigrationFlow 0 to 199 from base 7.777 s apart,
 // were stored before the rollup: FlowEdges answers for them, and again
-// once 100 more of the same minutes are stored.
+// once 100 more of the same minutes are stored, and once they are rolled
+// up (a store without a rollup step: RollupAll does nothing).
 func CheckMigratedFlowEdges(t testing.TB, s store.EventStore, base time.Time, huge uint64) {
 	t.Helper()
 	var ranges [][2]time.Time
@@ -232,6 +233,10 @@ func CheckMigratedFlowEdges(t testing.TB, s store.EventStore, base time.Time, hu
 	}
 	InsertFlows(t, s, recs)
 	CheckFlowEdges(t, s, "stored after", ranges...)
+	// A store that rolls up apart from the inserts: the migrated sums
+	// are not summed again.
+	RollupAll(t, s, base.Add(2*time.Hour))
+	CheckFlowEdges(t, s, "rolled up after", ranges...)
 }
 
 // edgeFlow is a flow of a few workloads and unmanaged addresses, with
