@@ -2,6 +2,7 @@ package flowingest
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -340,5 +341,44 @@ func TestSpoolIDsCapped(t *testing.T) {
 	ti.retain(context.Background(), now())
 	if got := append(kept("node-a", all...), kept("node-b", 5)...); len(got) != 0 {
 		t.Errorf("spool positions older than the flow retention kept: %v", got)
+	}
+}
+
+// rollerStore is a store with a rollup apart from its inserts
+// (store.FlowEdgeRoller) that says it has more left for its first steps.
+type rollerStore struct {
+	store.Store
+	left   int
+	untils []time.Time
+}
+
+func (r *rollerStore) RollupFlowEdges(_ context.Context, until time.Time, limit int) (bool, error) {
+	r.untils = append(r.untils, until)
+	if limit <= 0 {
+		return false, errors.New("no limit")
+	}
+	r.left--
+	return r.left > 0, nil
+}
+
+// TestHousekeepingRollsUp: a housekeeping pass runs the store's rollup
+// steps until it has caught up, up to rollupGrace before now.
+func TestHousekeepingRollsUp(t *testing.T) {
+	var rs *rollerStore
+	ti := startIngester(t, Config{Now: func() time.Time { return testNow }}, func(in *Ingester) {
+		rs = &rollerStore{Store: in.st}
+		in.st = rs
+	})
+	ti.stop()
+	// Whatever the writer's own passes did before it stopped.
+	rs.untils, rs.left = nil, 3
+	ti.housekeep(context.Background())
+	if len(rs.untils) != 3 {
+		t.Fatalf("%d rollup steps, want 3 (until the store has caught up)", len(rs.untils))
+	}
+	for _, u := range rs.untils {
+		if !u.Equal(testNow.Add(-rollupGrace)) {
+			t.Errorf("rolled up to %s, want %s", u, testNow.Add(-rollupGrace))
+		}
 	}
 }

@@ -91,6 +91,19 @@ type EventStore interface {
 	Delivery(ctx context.Context, id int64) (Delivery, error)
 }
 
+// FlowEdgeRoller is an EventStore whose service-map rollup is filled
+// apart from the transactions that insert flows (PostgreSQL's: the
+// upsert of a batch's rows was most of an insert's cost). Its FlowEdges
+// read the flows not yet rolled up from the flows, so the answer is the
+// same whenever the rollup runs; the rollup only makes it cheaper. The
+// flow ingester calls it at each housekeeping pass.
+type FlowEdgeRoller interface {
+	// RollupFlowEdges adds to the rollup, in one transaction, the flows
+	// recorded before until that are not yet in it, at most about limit
+	// of them (the oldest), and says whether some are left.
+	RollupFlowEdges(ctx context.Context, until time.Time, limit int) (more bool, err error)
+}
+
 // EventTx is what an EventStore transaction may do.
 type EventTx interface {
 	// SpoolPosition returns how far an agent's spool has been stored (the

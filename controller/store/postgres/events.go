@@ -50,6 +50,9 @@ type pgEventTx struct {
 	// inserted counts the flows InsertFlows stored: added to flow_count
 	// once, at the end of the transaction.
 	inserted int64
+	// rollup is the rollup's state, read at the first InsertFlows: it
+	// holds while the transaction holds lockEvents.
+	rollup *rollupState
 }
 
 // addFlowCount adds n (negative: deleted flows) to flow_count in tx,
@@ -131,9 +134,25 @@ func (t *pgEventTx) InsertFlows(recs []flowrecord.Record) error {
 	if err := copyFlows(t.ctx, t.tx, recs); err != nil {
 		return fmt.Errorf("insert flows: %w", err)
 	}
-	// The service map's rollup, in the same transaction.
-	if err := addFlowEdges(t.ctx, t.tx, recs); err != nil {
-		return fmt.Errorf("insert flows: %w", err)
+	// The service map's rollup, in the same transaction, of the records
+	// it already covers (sent late); RollupFlowEdges sums the others.
+	if t.rollup == nil {
+		st, err := readRollupState(t.ctx, t.tx)
+		if err != nil {
+			return fmt.Errorf("insert flows: %w", err)
+		}
+		t.rollup = &st
+	}
+	var late []flowrecord.Record
+	for i := range recs {
+		if recs[i].Time.UnixNano() < t.rollup.upto {
+			late = append(late, recs[i])
+		}
+	}
+	if len(late) > 0 {
+		if err := addFlowEdges(t.ctx, t.tx, late, t.rollup.from); err != nil {
+			return fmt.Errorf("insert flows: %w", err)
+		}
 	}
 	t.inserted += int64(len(recs))
 	return nil

@@ -331,6 +331,26 @@ CREATE TABLE flow_edges_from (
 );
 INSERT INTO flow_edges ` + flowEdgesSelect("flows", "TRUE") + `;
 `,
+	// 6: the rollup filled apart from the inserts (issue 19: the upsert
+	// of a fleet's batch, ~2,000 rows, halved the ingest). flow_edges
+	// holds the sums of exactly the flows recorded before
+	// flow_edges_rolled.upto (and after the horizon, flow_edges_from):
+	// a background step (RollupFlowEdges, under lockEvents) sums the
+	// flows of [upto, a later time) with one INSERT ... SELECT ... GROUP
+	// BY and moves upto in the same transaction, so a crash leaves both
+	// as they were; an insert adds to the rollup only its records older
+	// than upto (sent late), as before; FlowEdges reads the minutes from
+	// the one holding upto on from the flows. Every flow stored so far is
+	// in the rollup (migration 5 and the inserts kept it), so upto starts
+	// after the latest.
+	`
+CREATE TABLE flow_edges_rolled (
+	id   INTEGER PRIMARY KEY CHECK (id = 1),
+	upto BIGINT NOT NULL
+);
+INSERT INTO flow_edges_rolled SELECT 1, CASE WHEN MAX(time) IS NULL THEN -9223372036854775808
+	WHEN MAX(time) = 9223372036854775807 THEN MAX(time) ELSE MAX(time) + 1 END FROM flows;
+`,
 }
 
 // flowEdgesSelect is SQL for the rollup rows of the flows of table that

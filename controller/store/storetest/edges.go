@@ -22,7 +22,9 @@ import (
 // bucket and read only the ends from the flows): ranges that start and
 // end mid-minute, on minute and ten-minute boundaries, within one
 // minute, unbounded; after retention by age and by count; and with flows
-// stored late, older than what retention deleted.
+// stored late, older than what retention deleted. A store that rolls up
+// apart from the inserts is checked before, between and after its
+// rollup steps, with retention before and after where they reached.
 func testFlowEdgesExact(t *testing.T, open Open) {
 	s := open(t)
 	ctx := context.Background()
@@ -105,8 +107,32 @@ func testFlowEdgesExact(t *testing.T, open Open) {
 			}
 		}
 	}
+	// A store that rolls up apart from the inserts (store.FlowEdgeRoller)
+	// is checked with none, part and all of its flows rolled up, and
+	// with retention deleting flows on both sides of how far it reached;
+	// for the others roll does nothing.
+	roller, _ := s.(store.FlowEdgeRoller)
+	roll := func(until time.Time, limit, steps int) {
+		t.Helper()
+		for i := 0; roller != nil && i < steps; i++ {
+			more, err := roller.RollupFlowEdges(ctx, until, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !more {
+				return
+			}
+		}
+	}
+	// Nothing rolled up: as after a crash between the inserts and the
+	// first rollup step.
 	check("stored")
-	// Retention by age, a limited chunk: it stops mid-minute.
+	roll(base.Add(-55*time.Minute), 50, 1)
+	check("after one rollup step")
+	roll(base.Add(-55*time.Minute+17*time.Second), 50, 1000)
+	check("rolled up to mid-minute")
+	// Retention by age, a limited chunk: it stops mid-minute, past
+	// where the rollup reached.
 	if _, err := s.PruneFlows(ctx, base.Add(-50*time.Minute), 37); err != nil {
 		t.Fatal(err)
 	}
@@ -115,19 +141,42 @@ func testFlowEdgesExact(t *testing.T, open Open) {
 		t.Fatal(err)
 	}
 	check("after retention by age")
+	roll(base.Add(-10*time.Minute+time.Second), 1000, 1000)
+	check("rolled up from where retention stopped")
+	// Retention by count and rollup steps at once (each is one
+	// transaction: whichever runs first, the other finds its result).
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 3 {
+			if roller != nil {
+				if _, err := roller.RollupFlowEdges(ctx, base.Add(10*time.Minute), 20); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}
+	}()
 	if _, err := s.PruneOldestFlows(ctx, 41); err != nil {
 		t.Fatal(err)
 	}
+	<-done
 	check("after retention by count")
-	// Flows stored late: older than the ones retention deleted, and in
-	// the minute it stopped in.
+	// Flows stored late: older than the ones retention deleted, in the
+	// minute it stopped in, and on both sides of where the rollup
+	// reached.
 	batch(40, -2*time.Hour, time.Hour)
 	batch(20, -45*time.Minute, 2*time.Minute)
+	batch(30, 5*time.Minute, 10*time.Minute)
 	check("after late flows")
+	roll(base.Add(2*time.Hour), 100, 1000)
+	check("all rolled up")
 	if _, err := s.PruneOldestFlows(ctx, 30); err != nil {
 		t.Fatal(err)
 	}
 	check("after retention of late flows")
+	roll(base.Add(3*time.Hour), 100, 1000)
+	check("all rolled up after retention")
 }
 
 // CheckFlowEdges fails t unless FlowEdges of each range of s (since,
@@ -169,7 +218,8 @@ func EdgeMigrationFlow(i int, at time.Time, huge uint64) flowrecord.Record {
 // CheckMigratedFlowEdges is the rollup migration tests' check of a
 // store whose flows, EdgeMigrationFlow 0 to 199 from base 7.777 s apart,
 // were stored before the rollup: FlowEdges answers for them, and again
-// once 100 more of the same minutes are stored.
+// once 100 more of the same minutes are stored, and once they are rolled
+// up (a store without a rollup step: RollupAll does nothing).
 func CheckMigratedFlowEdges(t testing.TB, s store.EventStore, base time.Time, huge uint64) {
 	t.Helper()
 	var ranges [][2]time.Time
@@ -183,6 +233,10 @@ func CheckMigratedFlowEdges(t testing.TB, s store.EventStore, base time.Time, hu
 	}
 	InsertFlows(t, s, recs)
 	CheckFlowEdges(t, s, "stored after", ranges...)
+	// A store that rolls up apart from the inserts: the migrated sums
+	// are not summed again.
+	RollupAll(t, s, base.Add(2*time.Hour))
+	CheckFlowEdges(t, s, "rolled up after", ranges...)
 }
 
 // edgeFlow is a flow of a few workloads and unmanaged addresses, with

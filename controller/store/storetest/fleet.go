@@ -13,7 +13,9 @@ import (
 // (FleetFlow of 1,000 workloads) at the dashboard benchmarks' rate, one
 // every 86.4 ms (1,000,000 a day): nearly every record is an edge of its
 // own in its minute, the most a rollup of edges per time bucket has to
-// write per record. Reported: records/s.
+// write per record. A store that rolls up apart from the inserts
+// (store.FlowEdgeRoller) rolls up every record before the clock stops,
+// so that the figure counts it. Reported: records/s.
 func BenchmarkInsertFleetFlows(b *testing.B, open Open, batch int) {
 	s := open(b)
 	start := time.Now().Add(-24 * time.Hour)
@@ -28,5 +30,22 @@ func BenchmarkInsertFleetFlows(b *testing.B, open Open, batch int) {
 			b.Fatal(err)
 		}
 	}
+	RollupAll(b, s, time.Now())
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
+}
+
+// RollupAll runs s's rollup steps (store.FlowEdgeRoller; nothing for a
+// store without) until every flow recorded before until is rolled up.
+func RollupAll(tb testing.TB, s store.EventStore, until time.Time) {
+	tb.Helper()
+	r, ok := s.(store.FlowEdgeRoller)
+	for i := 0; ok && i < 1_000_000; i++ {
+		more, err := r.RollupFlowEdges(context.Background(), until, 50000)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if !more {
+			return
+		}
+	}
 }

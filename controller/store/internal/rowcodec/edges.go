@@ -265,3 +265,26 @@ func RollupRecords(recs []flowrecord.Record) map[EdgeBucket]*EdgeSums {
 	}
 	return out
 }
+
+// EdgeCoverRolled is EdgeCover for a rollup that holds only the flows
+// recorded before rolled (PostgreSQL's, filled by a background step,
+// events migration 6): buckets of the finest width that end at or before
+// rolled are read from the rollup as EdgeCover splits them, the rest of
+// the range, from the start of the finest bucket holding rolled, from the
+// flows. A flows part of EdgeCover that ends where that one starts is
+// merged into it.
+func EdgeCoverRolled(lo, hi int64, from []int64, rolled int64) []EdgeRange {
+	at := FloorTo(rolled, EdgeSpans[0])
+	out := EdgeCover(lo, min(hi, at), from)
+	a := max(lo, at)
+	if a >= hi {
+		return out
+	}
+	for i := range out {
+		if out[i].Span == 0 && out[i].Hi == a {
+			out[i].Hi = hi
+			return out
+		}
+	}
+	return append(out, EdgeRange{Lo: a, Hi: hi})
+}

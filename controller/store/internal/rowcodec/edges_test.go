@@ -50,7 +50,9 @@ func TestEdgeKeyString(t *testing.T) {
 }
 
 // TestEdgeCover: the parts of a range are whole buckets of their width,
-// adjacent, in no bucket before the horizon, and together the range.
+// adjacent, in no bucket before the horizon, and together the range; with
+// a rollup filled up to some time (EdgeCoverRolled), in no finest bucket
+// that ends after it.
 func TestEdgeCover(t *testing.T) {
 	m, ten := EdgeSpans[0], EdgeSpans[1]
 	base := int64(1_800_000_000) * 1e9 // a multiple of ten minutes
@@ -65,34 +67,46 @@ func TestEdgeCover(t *testing.T) {
 		{base, base + 2*ten, []int64{math.MaxInt64, math.MaxInt64}},
 		{math.MinInt64, math.MaxInt64, NoHorizon()},
 	} {
-		parts := EdgeCover(c.lo, c.hi, c.from)
-		var covered int64
-		for _, p := range parts {
-			if p.Lo >= p.Hi {
-				t.Errorf("%d..%d: empty part %+v", c.lo, c.hi, p)
-			}
-			if p.Span != 0 {
-				i := 0
-				for EdgeSpans[i] != p.Span {
-					i++
-				}
-				if p.Lo%p.Span != 0 || p.Hi%p.Span != 0 || p.Lo < c.from[i] {
-					t.Errorf("%d..%d: part %+v not whole buckets after the horizon", c.lo, c.hi, p)
-				}
-			}
-			if p.Lo < c.lo || p.Hi > c.hi {
-				t.Errorf("%d..%d: part %+v outside", c.lo, c.hi, p)
-			}
-			covered += p.Hi/1e9 - p.Lo/1e9 // seconds: the widest range overflows nanoseconds
+		checkCover(t, c.lo, c.hi, c.from, math.MaxInt64, EdgeCover(c.lo, c.hi, c.from))
+		for _, rolled := range []int64{math.MinInt64, c.lo, c.lo + 1, base + ten + 3*m + 5, base + 2*ten, c.hi - 1, c.hi, math.MaxInt64} {
+			checkCover(t, c.lo, c.hi, c.from, rolled, EdgeCoverRolled(c.lo, c.hi, c.from, rolled))
 		}
-		if want, n := c.hi/1e9-c.lo/1e9, int64(len(parts)); covered < want-n || covered > want+n {
-			t.Errorf("%d..%d: parts %+v cover %d s, want %d", c.lo, c.hi, parts, covered, want)
+	}
+}
+
+// checkCover fails t unless parts cover [lo, hi) as EdgeCoverRolled
+// must for the horizon from and a rollup filled up to rolled.
+func checkCover(t *testing.T, lo, hi int64, from []int64, rolled int64, parts []EdgeRange) {
+	t.Helper()
+	var covered int64
+	for _, p := range parts {
+		if p.Lo >= p.Hi {
+			t.Errorf("%d..%d (rolled %d): empty part %+v", lo, hi, rolled, p)
 		}
-		for i := range parts {
-			for j := range parts {
-				if i != j && parts[i].Lo < parts[j].Hi && parts[j].Lo < parts[i].Hi {
-					t.Errorf("%d..%d: parts %+v and %+v overlap", c.lo, c.hi, parts[i], parts[j])
-				}
+		if p.Span != 0 {
+			i := 0
+			for EdgeSpans[i] != p.Span {
+				i++
+			}
+			if p.Lo%p.Span != 0 || p.Hi%p.Span != 0 || p.Lo < from[i] {
+				t.Errorf("%d..%d (rolled %d): part %+v not whole buckets after the horizon", lo, hi, rolled, p)
+			}
+			if p.Hi > FloorTo(rolled, EdgeSpans[0]) {
+				t.Errorf("%d..%d (rolled %d): part %+v reads buckets the rollup does not hold whole", lo, hi, rolled, p)
+			}
+		}
+		if p.Lo < lo || p.Hi > hi {
+			t.Errorf("%d..%d (rolled %d): part %+v outside", lo, hi, rolled, p)
+		}
+		covered += p.Hi/1e9 - p.Lo/1e9 // seconds: the widest range overflows nanoseconds
+	}
+	if want, n := hi/1e9-lo/1e9, int64(len(parts)); covered < want-n || covered > want+n {
+		t.Errorf("%d..%d (rolled %d): parts %+v cover %d s, want %d", lo, hi, rolled, parts, covered, want)
+	}
+	for i := range parts {
+		for j := range parts {
+			if i != j && parts[i].Lo < parts[j].Hi && parts[j].Lo < parts[i].Hi {
+				t.Errorf("%d..%d (rolled %d): parts %+v and %+v overlap", lo, hi, rolled, parts[i], parts[j])
 			}
 		}
 	}
