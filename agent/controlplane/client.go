@@ -126,6 +126,10 @@ type Client struct {
 	lookups   lookupLimiter
 }
 
+// controllerWindow is the HTTP/2 flow-control window of the connection to
+// the controller and of its stream (fixed: see dial).
+const controllerWindow = 4 << 20
+
 // Permanent errors: Run returns them, since retrying cannot help (the
 // agent then exits 1, saying what to do; what is pinned stays enforced).
 var (
@@ -395,6 +399,14 @@ func (c *Client) dial(ctx context.Context, tlsCfg *tls.Config) (target, *grpc.Cl
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512 << 20)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 		grpc.WithReadBufferSize(8 << 10),
+		// Fixed flow-control windows: the default dynamic window answers
+		// every message the controller sends (a rule set update, a
+		// heartbeat) with a BDP-estimation ping, two more TLS records
+		// and round trips per message on a controller that serves
+		// thousands of agents. 4 MB per round trip still brings a large
+		// rule set at 80 MB/s from a controller 50 ms away.
+		grpc.WithStaticStreamWindowSize(controllerWindow),
+		grpc.WithStaticConnWindowSize(controllerWindow),
 	}
 	if c.cfg.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))

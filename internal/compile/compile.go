@@ -541,7 +541,11 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 		rs.Endpoints = append(rs.Endpoints, e)
 	}
 
-	rs.IPCache = mergeIPCache(nc.scopedManaged(rs.Entries), nc.prefixes, m.cidrID)
+	if managed, shared := nc.scopedManaged(rs.Entries); shared || len(nc.prefixes) > 0 {
+		rs.IPCache = mergeIPCache(managed, nc.prefixes, m.cidrID)
+	} else {
+		rs.IPCache = managed // the node's own list: patched below, and kept, without a second copy
+	}
 	if nc.node.host >= 0 {
 		// The node's own addresses are the host identity here (docs/POLICY.md, semantics 5 of docs/POLICY.md).
 		for _, a := range m.ws[nc.node.host].Addresses {
@@ -584,7 +588,8 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 }
 
 // scopedManaged returns the managed addresses this node's ipcache holds,
-// sorted (a sub-list of globalIPCache, never modified): those of the
+// sorted: globalIPCache itself (shared is true: never to be modified), or a
+// new slice holding part of it. They are those of the
 // identities its entries name as peers, its own workloads' (the datapath
 // checks a workload's own traffic against them), and every one inside one
 // of its CIDR prefixes; all of them when an entry names world.
@@ -596,15 +601,31 @@ func (nc *nodeCompiler) finish(modes map[ruleset.EndpointID]ruleset.Mode) nodeOu
 // ipcache thus grows with what the node's policy names, not with the
 // cluster: an apply on 10,000 nodes no longer costs nodes x workloads
 // (docs/ARCHITECTURE.md, "What changes where").
-func (nc *nodeCompiler) scopedManaged(entries []ruleset.Entry) []ruleset.IPCacheEntry {
+func (nc *nodeCompiler) scopedManaged(entries []ruleset.Entry) (list []ruleset.IPCacheEntry, shared bool) {
 	named := make(map[ruleset.Identity]bool)
 	for i := range entries {
 		named[entries[i].Peer] = true
 	}
 	if named[ruleset.IdentityWorld] {
-		return nc.globalIPCache
+		return nc.globalIPCache, true
 	}
-	var keep []int32
+	// Sized first: keep is allocated once (this runs for every node).
+	n := 0
+	for _, w := range nc.node.workloads {
+		n += len(nc.addrsOf[w])
+	}
+	for id := range named {
+		if li, ok := nc.labelOf[id]; ok {
+			n += nc.m.labelSets[li].naddrs
+		}
+	}
+	ranges := make([][2]int, len(nc.prefixes))
+	for pi, q := range nc.prefixes {
+		i, j := nc.m.addrRange(q)
+		ranges[pi] = [2]int{i, j}
+		n += j - i
+	}
+	keep := make([]int32, 0, n)
 	for _, w := range nc.node.workloads {
 		keep = append(keep, nc.addrsOf[w]...)
 	}
@@ -617,22 +638,21 @@ func (nc *nodeCompiler) scopedManaged(entries []ruleset.Entry) []ruleset.IPCache
 			keep = append(keep, nc.addrsOf[w]...)
 		}
 	}
-	for _, q := range nc.prefixes {
-		i, j := nc.m.addrRange(q)
-		for k := i; k < j; k++ {
+	for _, r := range ranges {
+		for k := r[0]; k < r[1]; k++ {
 			keep = append(keep, int32(k))
 		}
 	}
 	slices.Sort(keep)
 	keep = slices.Compact(keep)
 	if len(keep) == len(nc.globalIPCache) {
-		return nc.globalIPCache
+		return nc.globalIPCache, true
 	}
 	out := make([]ruleset.IPCacheEntry, len(keep))
 	for i, k := range keep {
 		out[i] = nc.globalIPCache[k]
 	}
-	return out
+	return out, false
 }
 
 // explainEncodeError adds the workload and the rules involved to an Encode

@@ -155,8 +155,13 @@ var ErrDeltaBase = errors.New("delta does not apply to this rule set")
 // item to delete is missing or an entry to add is present), and when the
 // result's hash is not the one the delta promises.
 func (rs *RuleSet) ApplyDelta(d Delta) (*RuleSet, error) {
-	out := rs.Clone()
-	out.Canonicalize()
+	// Every slice of the result is built anew below (applyKeyed and
+	// applyEntries merge into new slices), so the base is only read: it is
+	// not copied (an agent's rule set is copied once per update, not
+	// twice), and what the result shares with it, endpoint addresses and
+	// ICMP fields, is copied at the end (unshareParts).
+	c := canonical(rs)
+	out := &RuleSet{Node: c.Node, Endpoints: c.Endpoints, IPCache: c.IPCache, Entries: c.Entries, Rules: c.Rules}
 	if d.BaseHash != "" && out.Hash() != d.BaseHash {
 		return nil, fmt.Errorf("%w: base hash %s, rule set hash %s", ErrDeltaBase, d.BaseHash, out.Hash())
 	}
@@ -179,6 +184,7 @@ func (rs *RuleSet) ApplyDelta(d Delta) (*RuleSet, error) {
 	if out.Entries, err = applyEntries(out.Entries, d.AddEntries, d.DeleteEntries); err != nil {
 		return nil, err
 	}
+	out.unshareParts()
 	out.Version = d.Version
 	// Hash tells an empty slice (JSON []) from a nil one (null); a delta
 	// cannot, so results use nil for "none", as the compiler does.
@@ -259,6 +265,26 @@ func applyEntries(entries, add, del []Entry) ([]Entry, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// unshareParts gives the rule set its own copies of what its slices'
+// elements point to (endpoint addresses, ICMP type and code), so that it
+// shares no memory with the rule set it was merged from.
+func (rs *RuleSet) unshareParts() {
+	for i := range rs.Endpoints {
+		rs.Endpoints[i].Addresses = slices.Clone(rs.Endpoints[i].Addresses)
+	}
+	for i := range rs.Entries {
+		e := &rs.Entries[i]
+		if e.ICMPType != nil {
+			t := *e.ICMPType
+			e.ICMPType = &t
+		}
+		if e.ICMPCode != nil {
+			cd := *e.ICMPCode
+			e.ICMPCode = &cd
+		}
+	}
 }
 
 func nilIfEmpty[T any](s []T) []T {

@@ -18,6 +18,9 @@ func randomRuleSet(rng *rand.Rand) *RuleSet {
 		}
 		rs.Endpoints = append(rs.Endpoints, Endpoint{ID: id, Workload: "w", Interface: "veth" + string(rune('0'+id)),
 			Identity: Identity(256 + rng.IntN(3)), Mode: Mode(rng.IntN(2))})
+		if rng.IntN(3) == 0 { // an "interface: auto" endpoint
+			rs.Endpoints[len(rs.Endpoints)-1].Addresses = []netip.Addr{netip.AddrFrom4([4]byte{10, 1, 0, byte(id)})}
+		}
 	}
 	for i := range 12 {
 		if rng.IntN(2) == 0 {
@@ -39,6 +42,9 @@ func randomRuleSet(rng *rand.Rand) *RuleSet {
 		case 1:
 			e.Protocol = ProtocolICMP
 			e.ICMPType = u8(uint8(rng.IntN(3)))
+			if rng.IntN(2) == 0 {
+				e.ICMPCode = u8(uint8(rng.IntN(2)))
+			}
 		}
 		rs.Entries = append(rs.Entries, e)
 	}
@@ -85,6 +91,20 @@ func TestDiffApplyReproduces(t *testing.T) {
 		cd.BaseHash, cd.Hash = d.BaseHash, d.Hash
 		if !reflect.DeepEqual(cd, d) {
 			t.Fatalf("iteration %d: Diff of canonical copies differs", iter)
+		}
+		// A canonical base is read in place, not copied: it must come out
+		// unchanged, and the result must share nothing with it.
+		before := ca.Clone()
+		got2, err := ca.ApplyDelta(d)
+		if err != nil {
+			t.Fatalf("iteration %d: ApplyDelta on a canonical base: %v", iter, err)
+		}
+		if !reflect.DeepEqual(got2, want) {
+			t.Fatalf("iteration %d: ApplyDelta on a canonical base differs\ngot  %+v\nwant %+v", iter, got2, want)
+		}
+		scribble(got2)
+		if !reflect.DeepEqual(ca, before) {
+			t.Fatalf("iteration %d: ApplyDelta's result shares memory with its base, or changed it", iter)
 		}
 		if self := Diff(b, b); !self.Empty() {
 			t.Fatalf("iteration %d: Diff(b, b) is not empty: %+v", iter, self)
@@ -137,5 +157,30 @@ func TestApplyDeltaRefusesWrongBase(t *testing.T) {
 	d.Hash = ""
 	if _, err := a.ApplyDelta(Delta{DeleteIPCache: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}); !errors.Is(err, ErrDeltaBase) {
 		t.Errorf("deleting a missing prefix: %v, want ErrDeltaBase", err)
+	}
+}
+
+// scribble overwrites every element of rs and what they point to.
+func scribble(rs *RuleSet) {
+	for i := range rs.Endpoints {
+		rs.Endpoints[i].Workload = "scribbled"
+		for j := range rs.Endpoints[i].Addresses {
+			rs.Endpoints[i].Addresses[j] = netip.IPv6Loopback()
+		}
+	}
+	for i := range rs.IPCache {
+		rs.IPCache[i].Identity = 0
+	}
+	for i := range rs.Entries {
+		rs.Entries[i].Port = 1
+		if t := rs.Entries[i].ICMPType; t != nil {
+			*t = 99
+		}
+		if c := rs.Entries[i].ICMPCode; c != nil {
+			*c = 99
+		}
+	}
+	for i := range rs.Rules {
+		rs.Rules[i].Name = "scribbled"
 	}
 }

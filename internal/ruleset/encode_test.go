@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -378,6 +379,10 @@ func TestValidate(t *testing.T) {
 		{"ports on ICMP", func(rs *RuleSet) { rs.Entries[0].Protocol = ProtocolICMP }, "ports are only valid with TCP or UDP"},
 		{"ICMP type on TCP", func(rs *RuleSet) { rs.Entries[0].ICMPType = u8(3) }, "ICMP type and code are only valid with ICMP"},
 		{"duplicate prefix", func(rs *RuleSet) { rs.IPCache = append(rs.IPCache, rs.IPCache[0]) }, "duplicate prefix 10.250.1.2/32"},
+		{"duplicate prefix in a sorted ipcache", func(rs *RuleSet) {
+			rs.Canonicalize()
+			rs.IPCache = slices.Insert(rs.IPCache, 1, rs.IPCache[0])
+		}, "ipcache[1]: duplicate prefix"},
 		{"reserved identity", func(rs *RuleSet) { rs.Endpoints[0].Identity = IdentityWorld }, "identity 1 is reserved"},
 	}
 	for _, tc := range cases {

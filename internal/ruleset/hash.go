@@ -7,6 +7,7 @@ import (
 	"hash"
 	"slices"
 	"strconv"
+	"sync"
 )
 
 // Hash returns a content hash of the rule set ("sha256:<hex>"), independent
@@ -65,7 +66,14 @@ func cmpInt[T ~uint32](a, b T) int {
 // encodeCanonical writes exactly what json.Marshal would write for rs with
 // Version 0 and empty slices nil.
 func encodeCanonical(h hash.Hash, rs *RuleSet) error {
-	e := &hashEncoder{h: h, buf: make([]byte, 0, 4096)}
+	bp := hashBufs.Get().(*[]byte)
+	defer hashBufs.Put(bp)
+	e := &hashEncoder{h: h, buf: (*bp)[:0]}
+	defer func() {
+		if cap(e.buf) <= 64<<10 { // a long name grew it: not kept
+			*bp = e.buf[:0]
+		}
+	}()
 	e.raw(`{"node":`)
 	e.str(rs.Node)
 	e.raw(`,"endpoints":`)
@@ -144,6 +152,11 @@ func encodeCanonical(h hash.Hash, rs *RuleSet) error {
 	e.flush()
 	return nil
 }
+
+// hashBufs holds the encoders' buffers: an apply hashes every changed
+// node's rule set (10,000 at fleet scale), each through a buffer of 4 KB
+// that was garbage right after.
+var hashBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 type hashEncoder struct {
 	h   hash.Hash

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Validate checks the structural invariants the datapath relies on. It
@@ -84,7 +85,15 @@ func (rs *RuleSet) Validate() error {
 	// The ipcache and entries can hold millions of items: nothing below
 	// formats or allocates per item unless the item is wrong.
 	identities := make(map[Identity]bool)
-	prefixes := make(map[netip.Prefix]struct{}, len(rs.IPCache))
+	// A sorted ipcache (a canonical rule set's: what the compiler makes
+	// and an agent merges) has its duplicates side by side; only an
+	// unsorted one needs a set of its prefixes (building it was most of
+	// an agent's validation of an update).
+	sorted := slices.IsSortedFunc(rs.IPCache, compareIPCache)
+	var prefixes map[netip.Prefix]struct{}
+	if !sorted {
+		prefixes = make(map[netip.Prefix]struct{}, len(rs.IPCache))
+	}
 	for i, c := range rs.IPCache {
 		switch {
 		case !c.Prefix.IsValid():
@@ -100,10 +109,16 @@ func (rs *RuleSet) Validate() error {
 		if c.Identity == IdentityAny {
 			bad("ipcache[%d]: %s maps to identity 0, which is the wildcard", i, c.Prefix)
 		}
-		if _, dup := prefixes[c.Prefix]; dup {
+		var dup bool
+		if sorted {
+			dup = i > 0 && rs.IPCache[i-1].Prefix == c.Prefix
+		} else {
+			_, dup = prefixes[c.Prefix]
+			prefixes[c.Prefix] = struct{}{}
+		}
+		if dup {
 			bad("ipcache[%d]: duplicate prefix %s", i, c.Prefix)
 		}
-		prefixes[c.Prefix] = struct{}{}
 		identities[c.Identity] = true
 	}
 	// The datapath tells an endpoint's own packets from spoofed (container
