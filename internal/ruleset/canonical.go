@@ -39,26 +39,14 @@ func CompareEntries(a, b Entry) int {
 	)
 }
 
-// Clone returns a deep copy.
+// Clone returns a deep copy: its own slices, and its own copies of what
+// their elements point to (unshareParts).
 func (rs *RuleSet) Clone() *RuleSet {
 	c := *rs
 	c.Endpoints = slices.Clone(rs.Endpoints)
-	for i := range c.Endpoints {
-		c.Endpoints[i].Addresses = slices.Clone(c.Endpoints[i].Addresses)
-	}
 	c.IPCache = slices.Clone(rs.IPCache)
 	c.Rules = slices.Clone(rs.Rules)
-	c.Entries = make([]Entry, len(rs.Entries))
-	for i, e := range rs.Entries {
-		if e.ICMPType != nil {
-			t := *e.ICMPType
-			e.ICMPType = &t
-		}
-		if e.ICMPCode != nil {
-			cd := *e.ICMPCode
-			e.ICMPCode = &cd
-		}
-		c.Entries[i] = e
-	}
+	c.Entries = slices.Clone(rs.Entries)
+	c.unshareParts()
 	return &c
 }

@@ -106,6 +106,13 @@ func TestDiffApplyReproduces(t *testing.T) {
 		if !reflect.DeepEqual(ca, before) {
 			t.Fatalf("iteration %d: ApplyDelta's result shares memory with its base, or changed it", iter)
 		}
+		// Clone shares nothing with its source (checked by hash: a
+		// shallow Clone would change want alike).
+		h := b.Hash()
+		scribble(b.Clone())
+		if b.Hash() != h {
+			t.Fatalf("iteration %d: Clone shares memory with its source", iter)
+		}
 		if self := Diff(b, b); !self.Empty() {
 			t.Fatalf("iteration %d: Diff(b, b) is not empty: %+v", iter, self)
 		}
