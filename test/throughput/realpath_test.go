@@ -214,29 +214,16 @@ func BenchmarkRealPath(b *testing.B) {
 // agent's pinned links under dir, by program name (a program attached
 // at several links is counted once).
 func attachedStats(b *testing.B, dir string) map[string]progStat {
-	entries, err := os.ReadDir(filepath.Join(dir, "links"))
-	if err != nil {
-		b.Fatalf("the agent's links: %v", err)
-	}
 	out := make(map[string]progStat)
 	seen := make(map[ebpf.ProgramID]bool)
-	for _, e := range entries {
-		l, err := link.LoadPinnedLink(filepath.Join(dir, "links", e.Name()), nil)
-		if err != nil {
-			b.Fatalf("pinned link %s: %v", e.Name(), err)
-		}
-		info, err := l.Info()
-		l.Close()
-		if err != nil {
-			b.Fatalf("link %s: %v", e.Name(), err)
-		}
+	for name, info := range agentLinks(b, dir) {
 		if seen[info.Program] {
 			continue
 		}
 		seen[info.Program] = true
 		prog, err := ebpf.NewProgramFromID(info.Program)
 		if err != nil {
-			b.Fatalf("program %d of link %s: %v", info.Program, e.Name(), err)
+			b.Fatalf("program %d of link %s: %v", info.Program, name, err)
 		}
 		pi, err := prog.Info()
 		if err != nil {
@@ -250,6 +237,31 @@ func attachedStats(b *testing.B, dir string) map[string]progStat {
 		}
 		s := out[pi.Name]
 		out[pi.Name] = progStat{s.runtime + st.Runtime, s.runs + st.RunCount}
+	}
+	return out
+}
+
+// agentLinks reads the links the agent pinned under dir, by pin name.
+func agentLinks(b *testing.B, dir string) map[string]*link.Info {
+	entries, err := os.ReadDir(filepath.Join(dir, "links"))
+	if err != nil {
+		b.Fatalf("the agent's links: %v", err)
+	}
+	out := make(map[string]*link.Info, len(entries))
+	for _, e := range entries {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, "links", e.Name()), nil)
+		if err != nil {
+			b.Fatalf("pinned link %s: %v", e.Name(), err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			b.Fatalf("link %s: %v", e.Name(), err)
+		}
+		out[e.Name()] = info
+	}
+	if len(out) == 0 {
+		b.Fatalf("no pinned link of the agent's under %s", dir)
 	}
 	return out
 }
@@ -288,36 +300,23 @@ func (f floorProbe) stats(b *testing.B) progStat {
 // so the probe sees each of them, and the agent does not report a
 // program ahead of its own. It returns the detach.
 func (f floorProbe) attachBehind(b *testing.B, node *topo.Node) (detach func()) {
-	dir := filepath.Join(node.BPFFSDir, "links")
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		b.Fatalf("the agent's links: %v", err)
-	}
+	infos := agentLinks(b, node.BPFFSDir)
 	var links []link.Link
 	detach = func() {
 		for _, l := range links {
 			l.Close()
 		}
 	}
-	err = node.NS.Do(func() error {
-		for _, e := range entries {
-			pinned, err := link.LoadPinnedLink(filepath.Join(dir, e.Name()), nil)
-			if err != nil {
-				return fmt.Errorf("pinned link %s: %w", e.Name(), err)
-			}
-			info, err := pinned.Info()
-			pinned.Close()
-			if err != nil {
-				return fmt.Errorf("link %s: %w", e.Name(), err)
-			}
+	err := node.NS.Do(func() error {
+		for name, info := range infos {
 			tcx := info.TCX()
 			if tcx == nil {
-				return fmt.Errorf("link %s is not a tcx link", e.Name())
+				return fmt.Errorf("link %s is not a tcx link", name)
 			}
 			l, err := link.AttachTCX(link.TCXOptions{Interface: int(tcx.Ifindex), Program: f.prog,
 				Attach: ebpf.AttachType(tcx.AttachType), Anchor: link.Tail()})
 			if err != nil {
-				return fmt.Errorf("attach %s behind link %s: %w", f.name, e.Name(), err)
+				return fmt.Errorf("attach %s behind link %s: %w", f.name, name, err)
 			}
 			links = append(links, l)
 		}
@@ -326,9 +325,6 @@ func (f floorProbe) attachBehind(b *testing.B, node *topo.Node) (detach func()) 
 	if err != nil {
 		detach()
 		b.Fatal(err)
-	}
-	if len(links) == 0 {
-		b.Fatalf("no pinned link of the agent's under %s", dir)
 	}
 	return detach
 }
