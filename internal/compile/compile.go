@@ -475,7 +475,7 @@ func (nc *nodeCompiler) emit(r *compiledRule, ep ruleset.EndpointID, dir ruleset
 func (nc *nodeCompiler) add(t ruleset.Entry, r *compiledRule, ep ruleset.EndpointID, dir ruleset.Direction, peer ruleset.Identity) {
 	t.Endpoint, t.Direction, t.Peer, t.Verdict, t.Rule = ep, dir, peer, r.verdict, r.ref.id
 	if t.Protocol.IsICMP() {
-		ownICMP(&t)
+		t.OwnICMP()
 	}
 	nc.entries = append(nc.entries, t)
 }

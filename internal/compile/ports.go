@@ -77,16 +77,3 @@ func withRange(proto ruleset.Protocol, lo, hi uint16) ruleset.Entry {
 	}
 	return e
 }
-
-// ownICMP gives an entry its own ICMP type and code, so no two entries of a
-// rule set share a pointer.
-func ownICMP(e *ruleset.Entry) {
-	if e.ICMPType != nil {
-		t := *e.ICMPType
-		e.ICMPType = &t
-	}
-	if e.ICMPCode != nil {
-		c := *e.ICMPCode
-		e.ICMPCode = &c
-	}
-}

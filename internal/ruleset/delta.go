@@ -275,15 +275,20 @@ func (rs *RuleSet) unshareParts() {
 		rs.Endpoints[i].Addresses = slices.Clone(rs.Endpoints[i].Addresses)
 	}
 	for i := range rs.Entries {
-		e := &rs.Entries[i]
-		if e.ICMPType != nil {
-			t := *e.ICMPType
-			e.ICMPType = &t
-		}
-		if e.ICMPCode != nil {
-			cd := *e.ICMPCode
-			e.ICMPCode = &cd
-		}
+		rs.Entries[i].OwnICMP()
+	}
+}
+
+// OwnICMP gives the entry its own copies of its ICMP type and code, so
+// that it shares no pointer with another entry or rule set.
+func (e *Entry) OwnICMP() {
+	if e.ICMPType != nil {
+		t := *e.ICMPType
+		e.ICMPType = &t
+	}
+	if e.ICMPCode != nil {
+		c := *e.ICMPCode
+		e.ICMPCode = &c
 	}
 }
 
