@@ -54,18 +54,26 @@ func newHarness(t testing.TB, cfg Config, ifaces ...string) *harness {
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t)
 	}
-	var err error
-	if h.d, err = h.open(cfg); err != nil {
-		t.Fatalf("Open: %v", err)
-	}
+	// Registered before Open: an Open that fails after pinning maps (a
+	// program the verifier refuses) leaves them, and they must go too.
 	t.Cleanup(func() {
-		if err := h.d.Uninstall(); err != nil {
+		var err error
+		if h.d != nil {
+			err = h.d.Uninstall()
+		} else {
+			err = Uninstall(cfg.BPFFSDir, nil)
+		}
+		if err != nil {
 			t.Errorf("Uninstall: %v", err)
 		}
 		if _, err := os.Stat(cfg.BPFFSDir); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("pin directory %s still there after Uninstall", cfg.BPFFSDir)
 		}
 	})
+	var err error
+	if h.d, err = h.open(cfg); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
 	h.clock = h.d.clock
 	for _, name := range ifaces {
 		h.ifindex[name] = h.linkIndex(name)
