@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"slices"
 	"strings"
@@ -82,15 +83,9 @@ func TestEventStoreFull(t *testing.T) {
 // ports columns (migration 2) upgrades with every alert listing its one
 
 func TestAlertsMigrationKeepsLiveAlerts(t *testing.T) {
-	dir := t.TempDir()
 	ctx := context.Background()
-	db, err := openDB(dir+"/"+EventsFile, 1, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrate(ctx, db, eventMigrations[:1], nil); err != nil {
-		t.Fatal(err)
-	}
+	dir, db := eventsDBAt(t, 1)
+	var err error
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	_, err = db.ExecContext(ctx, `INSERT INTO alerts (rule, severity, dedup_key, state, count, source, destination,
 		src_workload, dst_workload, src_addr, dst_addr, src_labels, dst_labels, port, protocol, verdict, deciding_rule, node,
@@ -126,15 +121,9 @@ func TestAlertsMigrationKeepsLiveAlerts(t *testing.T) {
 // TestWebhookStats: per webhook, the last successful delivery, the last
 
 func TestFlowVolumeMigration(t *testing.T) {
-	dir := t.TempDir()
 	ctx := context.Background()
-	db, err := openDB(dir+"/"+EventsFile, 1, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrate(ctx, db, eventMigrations[:2], nil); err != nil {
-		t.Fatal(err)
-	}
+	dir, db := eventsDBAt(t, 2)
+	var err error
 	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano()
 	_, err = db.ExecContext(ctx, `INSERT INTO flows (time, node, direction, protocol, src_addr, src_port, src_workload,
 		src_identity, dst_addr, dst_port, dst_workload, dst_identity, verdict, rule, packets, bytes, first_seen, last_seen)
@@ -160,15 +149,8 @@ func TestFlowVolumeMigration(t *testing.T) {
 // in the fill, in a batch or in the upsert (SQLite's own + would turn
 // them into REALs).
 func TestFlowEdgesMigration(t *testing.T) {
-	dir := t.TempDir()
 	ctx := context.Background()
-	db, err := openDB(dir+"/"+EventsFile, 1, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := migrate(ctx, db, eventMigrations[:4], nil); err != nil {
-		t.Fatal(err)
-	}
+	dir, db := eventsDBAt(t, 4)
 	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	huge := uint64(1<<63 + 5)
 	for i := range 200 {
@@ -184,4 +166,20 @@ func TestFlowEdgesMigration(t *testing.T) {
 		t.Fatalf("rollup rows after the migration: %d, %v", n, err)
 	}
 	storetest.CheckMigratedFlowEdges(t, s, base, huge)
+}
+
+// eventsDBAt makes an events database in a new directory with the first n
+// migrations applied, as a controller of that time left it, for a test of
+// the later migrations to open.
+func eventsDBAt(t *testing.T, n int) (dir string, db *sql.DB) {
+	t.Helper()
+	dir = t.TempDir()
+	db, err := openDB(dir+"/"+EventsFile, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(context.Background(), db, eventMigrations[:n], nil); err != nil {
+		t.Fatal(err)
+	}
+	return dir, db
 }
