@@ -442,6 +442,21 @@ func (in *Ingester) housekeep(ctx context.Context) {
 	}
 	in.retain(ctx, now)
 	in.rollup(ctx, now)
+	in.summarize(ctx)
+}
+
+// summarize brings the store's flow indexes up to date, if it keeps them
+// apart from the inserts (store.FlowIndexer). A failure leaves them for
+// the next pass: queries stay right meanwhile, only slower.
+func (in *Ingester) summarize(ctx context.Context) {
+	ix, ok := in.st.(store.FlowIndexer)
+	if !ok {
+		return
+	}
+	if _, err := ix.SummarizeFlowIndexes(ctx); err != nil {
+		in.m.storeErrors.WithLabelValues(storeErrorReason(err)).Inc()
+		in.log.Error("flow index summary failed", zap.Error(err))
+	}
 }
 
 // rollup runs the store's rollup steps, if it has them, until it has

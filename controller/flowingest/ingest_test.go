@@ -382,3 +382,41 @@ func TestHousekeepingRollsUp(t *testing.T) {
 		}
 	}
 }
+
+// indexerStore is a store whose flow indexes are summarized apart from
+// its inserts (store.FlowIndexer); its first call fails.
+type indexerStore struct {
+	store.Store
+	calls int
+}
+
+func (s *indexerStore) SummarizeFlowIndexes(context.Context) (int64, error) {
+	s.calls++
+	if s.calls == 1 {
+		return 0, errors.New("lock timeout")
+	}
+	return 1, nil
+}
+
+// TestHousekeepingSummarizesIndexes: every housekeeping pass summarizes
+// the store's flow indexes; a failure is counted and the next pass runs
+// it again.
+func TestHousekeepingSummarizesIndexes(t *testing.T) {
+	var is *indexerStore
+	ti := startIngester(t, Config{Now: func() time.Time { return testNow }}, func(in *Ingester) {
+		is = &indexerStore{Store: in.st}
+		in.st = is
+	})
+	ti.stop()
+	is.calls = 0
+	errs := func() float64 { return promtest.ToFloat64(ti.m.storeErrors.WithLabelValues("other")) }
+	before := errs()
+	ti.housekeep(context.Background())
+	if is.calls != 1 || errs() != before+1 {
+		t.Fatalf("first pass: %d calls, %v store errors counted, want 1 and %v", is.calls, errs(), before+1)
+	}
+	ti.housekeep(context.Background())
+	if is.calls != 2 || errs() != before+1 {
+		t.Errorf("second pass: %d calls, %v store errors, want 2 and %v", is.calls, errs(), before+1)
+	}
+}

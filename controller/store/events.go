@@ -104,6 +104,18 @@ type FlowEdgeRoller interface {
 	RollupFlowEdges(ctx context.Context, until time.Time, limit int) (more bool, err error)
 }
 
+// FlowIndexer is an EventStore whose flow indexes are brought up to date
+// apart from the inserts (PostgreSQL's BRIN indexes: a row appended to a
+// range not yet summarized costs them nothing; the summary is made once
+// per range). Queries answer the same whenever it runs; until it does,
+// they read the new rows whole. The flow ingester calls it at each
+// housekeeping pass.
+type FlowIndexer interface {
+	// SummarizeFlowIndexes indexes the flows stored since its last
+	// call and reports how many units of index (page ranges) it made.
+	SummarizeFlowIndexes(ctx context.Context) (int64, error)
+}
+
 // EventTx is what an EventStore transaction may do.
 type EventTx interface {
 	// SpoolPosition returns how far an agent's spool has been stored (the

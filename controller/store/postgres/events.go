@@ -35,6 +35,7 @@ func (s *Postgres) EventTx(ctx context.Context, f func(store.EventTx) error) err
 	})
 	if err == nil && etx != nil {
 		s.partitionsCommitted(etx.made)
+		s.flowsStored(etx.stored)
 	}
 	return err
 }
@@ -53,6 +54,8 @@ type pgEventTx struct {
 	// rollup is the rollup's state, read at the first InsertFlows: it
 	// holds while the transaction holds lockEvents.
 	rollup *rollupState
+	// stored holds the partition starts of the flows InsertFlows stored.
+	stored map[int64]struct{}
 }
 
 // addFlowCount adds n (negative: deleted flows) to flow_count in tx,
@@ -127,9 +130,18 @@ func (t *pgEventTx) InsertFlows(recs []flowrecord.Record) error {
 		return nil
 	}
 	for i := range recs {
-		if err := t.ensurePartition(recs[i].Time.UnixNano()); err != nil {
+		nanos := recs[i].Time.UnixNano()
+		if err := t.ensurePartition(nanos); err != nil {
 			return fmt.Errorf("insert flows: %w", err)
 		}
+		if t.stored == nil {
+			t.stored = map[int64]struct{}{}
+		}
+		lo := t.s.partitionStart(nanos)
+		if !t.s.inWindow(lo) {
+			lo = outsideWindow // in flows_default: a set bounded by the window
+		}
+		t.stored[lo] = struct{}{}
 	}
 	if err := copyFlows(t.ctx, t.tx, recs); err != nil {
 		return fmt.Errorf("insert flows: %w", err)

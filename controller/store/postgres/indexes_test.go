@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,10 +20,10 @@ import (
 )
 
 // TestPostgresFlowIndexes: the flow queries that pick few rows out of
-// many have an index (migration 4 keeps them), the paging lookup by id
-// uses its index, and the newest-first page walks flows_time. With
-// sequential scans disabled, a plan without an index means none serves
-// the query.
+// many have an index (the verdict's partial btree of migration 4, the
+// BRIN bloom filters of migration 7), the paging lookup by id uses its
+// index, and the newest-first page walks flows_time. With sequential
+// scans disabled, a plan without an index means none serves the query.
 func TestPostgresFlowIndexes(t *testing.T) {
 	s := openTest(t)
 	ctx := context.Background()
@@ -44,17 +45,19 @@ func TestPostgresFlowIndexes(t *testing.T) {
 	}
 	for _, c := range []struct{ where, index string }{
 		// A partition's indexes are named by PostgreSQL after their
-		// columns: flows_pYYYYMMDDHH_<columns>_idx.
+		// columns: flows_pYYYYMMDDHH_<columns>_idx (cut at 63
+		// characters). The BRIN index serves a query as a bitmap of page
+		// ranges.
 		// Values no stored flow has: the case an index is for (a
 		// common value is found as fast walking flows_time).
 		{"verdict = 0", " flows_p[0-9]+_verdict_time_idx "},
-		{"dst_port = 7", " flows_p[0-9]+_dst_port_time_idx "},
-		{"rule = 'none'", " flows_p[0-9]+_rule_time_idx "},
-		{"(src_workload = 'wl-none' OR dst_workload = 'wl-none')", " flows_p[0-9]+_src_workload_time_idx "},
-		{"(src_workload = 'wl-none' OR dst_workload = 'wl-none')", " flows_p[0-9]+_dst_workload_time_idx "},
-		{"(src_addr = '192.0.2.1' OR dst_addr = '192.0.2.1')", " flows_p[0-9]+_src_addr_time_idx "},
-		{"(src_addr = '192.0.2.1' OR dst_addr = '192.0.2.1')", " flows_p[0-9]+_dst_addr_time_idx "},
-		{"node = 'node-none'", " flows_p[0-9]+_node_time_idx "},
+		{"dst_port = 7", "Bitmap Index Scan on flows_p[0-9]+_dst_port_rule_[a-z_]*idx "},
+		{"rule = 'none'", "Bitmap Index Scan on flows_p[0-9]+_dst_port_rule_[a-z_]*idx "},
+		{"(src_workload = 'wl-none' OR dst_workload = 'wl-none')", "Bitmap Index Scan on flows_p[0-9]+_dst_port_rule_[a-z_]*idx "},
+		{"(src_workload = 'wl-none' OR dst_workload = 'wl-none')", "Bitmap Index Scan on flows_p[0-9]+_dst_port_rule_[a-z_]*idx "},
+		{"(src_addr = '192.0.2.1' OR dst_addr = '192.0.2.1')", "Bitmap Index Scan on flows_p[0-9]+_dst_port_rule_[a-z_]*idx "},
+		{"(src_addr = '192.0.2.1' OR dst_addr = '192.0.2.1')", "Bitmap Index Scan on flows_p[0-9]+_dst_port_rule_[a-z_]*idx "},
+		{"node = 'node-none'", "Bitmap Index Scan on flows_p[0-9]+_dst_port_rule_[a-z_]*idx "},
 		{"protocol = 'ICMP'", "Index Scan Backward using flows_p[0-9]+_time_idx "},
 		{"true", "Index Scan Backward using flows_p[0-9]+_time_idx "},
 	} {
@@ -80,6 +83,82 @@ func TestPostgresFlowIndexes(t *testing.T) {
 	}
 	if plan := explain(t, conn, "SELECT time FROM flows WHERE id = 1000"); !regexp.MustCompile("Index Scan using flows_p[0-9]+_id_idx ").MatchString(plan) {
 		t.Errorf("the paging lookup does not use the index on id:\n%s", plan)
+	}
+}
+
+// TestPostgresFlowIndexSummaries: flows stored are in no BRIN summary
+// until SummarizeFlowIndexes (the ingester's housekeeping) makes them: a
+// filtered query then reads every new page; after, a value no flow has
+// reads none (a bloom filter answers "maybe" for 1% of absent values:
+// of five such values, at least one must read nothing). A second call
+// finds nothing new; flows stored after it are summarized by the next.
+func TestPostgresFlowIndexSummaries(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	at := time.Now().Add(-time.Hour)
+	// 10,000 flows: many ranges of flowBRINPagesPerRange pages (the
+	// first range of a partition is summarized, empty, when its indexes
+	// are made; flows stored in it update its summaries).
+	store := func(from int, at time.Time) {
+		recs := make([]flowrecord.Record, 10_000)
+		for i := range recs {
+			recs[i] = storetest.FleetFlow(from+i, 100, at.Add(time.Duration(from+i)*time.Millisecond))
+		}
+		storetest.InsertFlows(t, s, recs)
+	}
+	store(0, at)
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, stmt := range []string{"ANALYZE flows", "SET enable_seqscan = off", "SET enable_indexscan = off"} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// heapBlocks is the heap pages the query for node read (EXPLAIN
+	// ANALYZE's "Heap Blocks", 0 when it read none).
+	heapBlocks := func(node string) int {
+		plan := explain(t, conn, "(ANALYZE) SELECT * FROM flows WHERE node = '"+node+"'")
+		if !strings.Contains(plan, "Bitmap Index Scan on flows_p") {
+			t.Fatalf("the query for a node does not use its BRIN index:\n%s", plan)
+		}
+		n := 0
+		for _, m := range regexp.MustCompile(`Heap Blocks: .*lossy=([0-9]+)`).FindAllStringSubmatch(plan, -1) {
+			v, _ := strconv.Atoi(m[1])
+			n += v
+		}
+		return n
+	}
+	if n := heapBlocks("node-none-0"); n == 0 {
+		t.Fatalf("before the summaries, a query read no page: the new ranges are not read whole (or were summarized at insert):\n%s", explain(t, conn, "(ANALYZE) SELECT * FROM flows WHERE node = 'node-none-0'"))
+	}
+	n, err := s.SummarizeFlowIndexes(ctx)
+	if err != nil || n == 0 {
+		t.Fatalf("SummarizeFlowIndexes: %d ranges, %v; want some", n, err)
+	}
+	least := -1
+	for i := range 5 {
+		if b := heapBlocks("node-none-" + strconv.Itoa(i)); least < 0 || b < least {
+			least = b
+		}
+	}
+	if least != 0 {
+		t.Errorf("after the summaries, every absent node's query read pages (least %d)", least)
+	}
+	if n, err := s.SummarizeFlowIndexes(ctx); err != nil || n != 0 {
+		t.Errorf("second SummarizeFlowIndexes: %d ranges, %v; want none", n, err)
+	}
+	store(10_000, at)
+	if n, err := s.SummarizeFlowIndexes(ctx); err != nil || n == 0 {
+		t.Errorf("SummarizeFlowIndexes after more flows: %d ranges, %v; want some", n, err)
+	}
+	// Records from outside the partitions' window (an agent's clock far
+	// off), in flows_default: summarized too.
+	store(20_000, time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC))
+	if n, err := s.SummarizeFlowIndexes(ctx); err != nil || n == 0 {
+		t.Errorf("SummarizeFlowIndexes after flows outside the window: %d ranges, %v; want some", n, err)
 	}
 }
 
@@ -140,8 +219,16 @@ func TestPostgresMigration4(t *testing.T) {
 	var idx string
 	if err := s.pool.QueryRow(ctx, `SELECT string_agg(indexname, ' ' ORDER BY indexname) FROM pg_indexes
 		WHERE tablename = 'flows'`).Scan(&idx); err != nil ||
-		idx != "flows_dst_addr flows_dst_port flows_dst_workload flows_id flows_node flows_rule flows_src_addr flows_src_workload flows_time flows_verdict" {
-		t.Errorf("flows' indexes after migration 4: %q, %v", idx, err)
+		idx != "flows_filters flows_id flows_time flows_verdict" {
+		t.Errorf("flows' indexes after migrations 4 and 7: %q, %v", idx, err)
+	}
+	// Migration 7's one BRIN index holds the seven filters (built over
+	// the flows already stored).
+	var am string
+	var cols int
+	if err := s.pool.QueryRow(ctx, `SELECT a.amname, x.indnatts FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+		JOIN pg_am a ON a.oid = i.relam WHERE x.indexrelid = 'flows_filters'::regclass`).Scan(&am, &cols); err != nil || am != "brin" || cols != 7 {
+		t.Errorf("flows_filters: %s of %d columns, %v; want brin of 7", am, cols, err)
 	}
 	var pred string
 	if err := s.pool.QueryRow(ctx, "SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = 'flows_verdict'::regclass").Scan(&pred); err != nil || pred != "(verdict <> 1)" {

@@ -85,6 +85,11 @@ type Postgres struct {
 	// inside event transactions, never around one.
 	partMu sync.Mutex
 	parts  map[int64]bool
+	// unsummarized holds the starts of the partitions flows were stored
+	// into since the last SummarizeFlowIndexes (under partMu): they may
+	// have page ranges their BRIN index does not summarize yet: at most
+	// one entry per partition of the window (inWindow), and outsideWindow.
+	unsummarized map[int64]struct{}
 }
 
 // ErrSchemaNewer: the database's schema is newer than this controller

@@ -39,7 +39,7 @@ func BenchmarkPostgresDashboard(b *testing.B) {
 	}
 	// As the controller's housekeeping would have: the flows of more
 	// than a minute ago rolled up.
-	storetest.RollupAll(b, s, now.Add(-time.Minute))
+	storetest.Housekeep(b, s, now.Add(-time.Minute))
 	if _, err := s.pool.Exec(ctx, "ANALYZE flows"); err != nil {
 		b.Fatal(err)
 	}

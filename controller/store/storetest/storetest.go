@@ -256,8 +256,8 @@ func testFlowsPaging(t *testing.T, open Open) {
 // BenchmarkInsertFlows measures flow ingest through the store's insert
 // path: batches of batch records, one event transaction each (as
 // controller/flowingest writes them), records spread over the last hour;
-// a store that rolls up apart from the inserts (store.FlowEdgeRoller)
-// rolls them all up before the clock stops. Reported: records/s.
+// what a store does apart from the inserts (Housekeep) is done before
+// the clock stops. Reported: records/s.
 func BenchmarkInsertFlows(b *testing.B, open Open, batch int) {
 	s := open(b)
 	now := time.Now().Add(-time.Hour)
@@ -272,6 +272,6 @@ func BenchmarkInsertFlows(b *testing.B, open Open, batch int) {
 			b.Fatal(err)
 		}
 	}
-	RollupAll(b, s, time.Now().Add(time.Hour))
+	Housekeep(b, s, time.Now().Add(time.Hour))
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "records/s")
 }
