@@ -188,3 +188,29 @@ func BenchmarkHash(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkHashFrom: a node's next version that keeps its endpoints and
+// ipcache (201 addresses, as in BenchmarkPropagation10000Agents) hashed
+// whole, and resumed from the last version's part.
+func BenchmarkHashFrom(b *testing.B) {
+	rs := &RuleSet{Node: "node-00001", Endpoints: []Endpoint{{ID: 1, Workload: "w00001", Interface: "eg-w00001", Identity: 300}}}
+	for i := range 201 {
+		rs.IPCache = append(rs.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 100, byte(i / 256), byte(i)}), 32), Identity: Identity(300 + i/100)})
+	}
+	for i := range 4 {
+		rs.Entries = append(rs.Entries, Entry{Endpoint: 1, Direction: Direction(i % 2), Peer: Identity(300 + i), Protocol: ProtocolTCP, Port: 8001, Verdict: VerdictAllowed, Rule: RuleID(1 + i)})
+	}
+	rs.Rules = []RuleName{{ID: 1, Name: "a000-to-a001"}, {ID: 2, Name: "a001-to-a002"}, {ID: 3, Name: "a002-to-a003"}, {ID: 4, Name: "a003-to-a004"}}
+	rs.Canonicalize()
+	_, part := rs.HashFrom(nil)
+	b.Run("whole", func(b *testing.B) {
+		for b.Loop() {
+			rs.Hash()
+		}
+	})
+	b.Run("resumed", func(b *testing.B) {
+		for b.Loop() {
+			rs.HashFrom(part)
+		}
+	})
+}
