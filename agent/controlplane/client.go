@@ -118,6 +118,10 @@ type Client struct {
 	hashMu  sync.Mutex
 	hashed  *ruleset.RuleSet
 	hashVal string
+	// hashPart is hashed's part of its hash (nil if unknown): a delta
+	// that keeps the node's endpoints and ipcache has its result hashed
+	// from it (ruleset.HashFrom), only its entries and rules encoded.
+	hashPart *ruleset.HashPart
 
 	targets *targets
 

@@ -247,9 +247,21 @@ func (c *Client) current() (*ruleset.RuleSet, string) {
 	c.hashMu.Lock()
 	defer c.hashMu.Unlock()
 	if c.hashed != rs {
-		c.hashed, c.hashVal = rs, rs.Hash()
+		c.hashed = rs
+		c.hashVal, c.hashPart = rs.HashFrom(nil)
 	}
 	return rs, c.hashVal
+}
+
+// hashPartOf is the hash part of rs if it is the rule set whose hash is
+// cached, else nil.
+func (c *Client) hashPartOf(rs *ruleset.RuleSet) *ruleset.HashPart {
+	c.hashMu.Lock()
+	defer c.hashMu.Unlock()
+	if c.hashed != rs {
+		return nil
+	}
+	return c.hashPart
 }
 
 // applyFull applies a full rule set and says how it went.
@@ -258,11 +270,11 @@ func (c *Client) applyFull(m *pb.RuleSet) *pb.Ack {
 	if err != nil {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_INVALID, fmt.Errorf("rule set: %w", err))
 	}
-	hash := rs.Hash()
+	hash, part := rs.HashFrom(nil)
 	if m.GetHash() != "" && hash != m.GetHash() {
 		return c.refuse(rs.Version, pb.AckCode_ACK_CODE_INVALID, fmt.Errorf("rule set hash %s, the controller says %s", hash, m.GetHash()))
 	}
-	return c.apply(rs, hash)
+	return c.apply(rs, hash, part)
 }
 
 // applyDelta rebuilds the full rule set from the one in force and a delta
@@ -291,19 +303,19 @@ func (c *Client) applyDelta(m *pb.RuleSetDelta) *pb.Ack {
 	if d.Hash == "" {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_INVALID, errors.New("delta without the hash of its result"))
 	}
-	rs, err := cur.ApplyDelta(*d)
+	rs, part, err := cur.ApplyDeltaFrom(*d, c.hashPartOf(cur))
 	if errors.Is(err, ruleset.ErrDeltaBase) {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_DELTA_BASE, err)
 	}
 	if err != nil {
 		return c.refuse(m.GetVersion(), pb.AckCode_ACK_CODE_INVALID, fmt.Errorf("delta: %w", err))
 	}
-	return c.apply(rs, d.Hash)
+	return c.apply(rs, d.Hash, part)
 }
 
-// apply enforces rs (whose hash is known) unless it is for another node
-// or older than what is in force.
-func (c *Client) apply(rs *ruleset.RuleSet, hash string) *pb.Ack {
+// apply enforces rs (whose hash and hash part, which may be nil, are
+// known) unless it is for another node or older than what is in force.
+func (c *Client) apply(rs *ruleset.RuleSet, hash string, part *ruleset.HashPart) *pb.Ack {
 	if rs.Node != c.cfg.Node {
 		return c.refuse(rs.Version, pb.AckCode_ACK_CODE_INVALID, fmt.Errorf("rule set is for node %q, this agent is %q", rs.Node, c.cfg.Node))
 	}
@@ -323,7 +335,7 @@ func (c *Client) apply(rs *ruleset.RuleSet, hash string) *pb.Ack {
 		return c.refuse(rs.Version, pb.AckCode_ACK_CODE_APPLY_FAILED, err)
 	}
 	c.hashMu.Lock()
-	c.hashed, c.hashVal = rs, hash
+	c.hashed, c.hashVal, c.hashPart = rs, hash, part
 	c.hashMu.Unlock()
 	c.log.Info("rule set applied", zap.Uint64("policy-version", rs.Version), zap.Duration("duration", took),
 		zap.Strings("pending-interfaces", pending))

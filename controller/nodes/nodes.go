@@ -43,6 +43,10 @@ type Version struct {
 	Change         *ruleset.Delta
 	ChangeFrom     uint64
 	ChangeFromHash string
+	// HashPart, when set, is the part of Hash that the node's next
+	// version resumes from when it keeps this one's node, endpoints and
+	// ipcache (ruleset.HashFrom). It shares RuleSet's slices.
+	HashPart *ruleset.HashPart
 }
 
 // Stream is what the table needs of an agent's open control stream.

@@ -72,14 +72,19 @@ func (r *Repo) compileLocked(set *policy.Set, targets []string) (map[string]*rul
 // nextVersionsLocked returns a new version for every node whose rule set
 // differs from its latest, sorted by node. Unchanged nodes are found by
 // comparing the rule sets (cheap); only changed ones are hashed, in
-// parallel (hashing is the expensive part of an apply on a large cluster).
+// parallel (hashing is the expensive part of an apply on a large cluster),
+// each from its latest version's hash part: a change that keeps a node's
+// addresses hashes only its entries and rules.
 func (r *Repo) nextVersionsLocked(ruleSets map[string]*ruleset.RuleSet) []*nodes.Version {
 	var out []*nodes.Version
+	var parts []*ruleset.HashPart
 	for _, name := range slices.Sorted(maps.Keys(ruleSets)) {
 		rs := ruleSets[name]
 		latest := r.nodes.Latest(name)
 		v := &nodes.Version{Num: 1, RuleSet: rs}
+		var part *ruleset.HashPart
 		if latest != nil {
+			part = latest.HashPart
 			d := ruleset.Diff(latest.RuleSet, rs)
 			if d.Empty() {
 				continue
@@ -94,8 +99,9 @@ func (r *Repo) nextVersionsLocked(ruleSets map[string]*ruleset.RuleSet) []*nodes
 		}
 		rs.Version = v.Num
 		out = append(out, v)
+		parts = append(parts, part)
 	}
-	parallel(len(out), func(i int) { out[i].Hash = out[i].RuleSet.Hash() })
+	parallel(len(out), func(i int) { out[i].Hash, out[i].HashPart = out[i].RuleSet.HashFrom(parts[i]) })
 	return out
 }
 

@@ -155,6 +155,16 @@ var ErrDeltaBase = errors.New("delta does not apply to this rule set")
 // item to delete is missing or an entry to add is present), and when the
 // result's hash is not the one the delta promises.
 func (rs *RuleSet) ApplyDelta(d Delta) (*RuleSet, error) {
+	out, _, err := rs.ApplyDeltaFrom(d, nil)
+	return out, err
+}
+
+// ApplyDeltaFrom is ApplyDelta, with the result's hash resumed from part
+// (rs's hash part, or nil: see HashFrom), and the result's own part: an
+// agent that keeps it hashes a delta that leaves its endpoints and
+// ipcache alone by encoding only the entries and rules. The hash checked
+// is the result's whole hash either way.
+func (rs *RuleSet) ApplyDeltaFrom(d Delta, part *HashPart) (*RuleSet, *HashPart, error) {
 	// Every slice of the result is built anew below (applyKeyed and
 	// applyEntries merge into new slices), so the base is only read: it is
 	// not copied (an agent's rule set is copied once per update, not
@@ -163,26 +173,26 @@ func (rs *RuleSet) ApplyDelta(d Delta) (*RuleSet, error) {
 	c := canonical(rs)
 	out := &RuleSet{Node: c.Node, Endpoints: c.Endpoints, IPCache: c.IPCache, Entries: c.Entries, Rules: c.Rules}
 	if d.BaseHash != "" && out.Hash() != d.BaseHash {
-		return nil, fmt.Errorf("%w: base hash %s, rule set hash %s", ErrDeltaBase, d.BaseHash, out.Hash())
+		return nil, nil, fmt.Errorf("%w: base hash %s, rule set hash %s", ErrDeltaBase, d.BaseHash, out.Hash())
 	}
 	if d.Node != "" && d.Node != out.Node {
-		return nil, fmt.Errorf("%w: delta for node %q, rule set of node %q", ErrDeltaBase, d.Node, out.Node)
+		return nil, nil, fmt.Errorf("%w: delta for node %q, rule set of node %q", ErrDeltaBase, d.Node, out.Node)
 	}
 	var err error
 	if out.Endpoints, err = applyKeyed(out.Endpoints, d.PutEndpoints, d.DeleteEndpoints,
 		func(e Endpoint) EndpointID { return e.ID }, cmp.Compare[EndpointID], "endpoint"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if out.IPCache, err = applyKeyed(out.IPCache, d.PutIPCache, d.DeleteIPCache,
 		func(e IPCacheEntry) netip.Prefix { return e.Prefix }, comparePrefixes, "ipcache prefix"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if out.Rules, err = applyKeyed(out.Rules, d.PutRules, d.DeleteRules,
 		func(r RuleName) RuleID { return r.ID }, cmp.Compare[RuleID], "rule"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if out.Entries, err = applyEntries(out.Entries, d.AddEntries, d.DeleteEntries); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out.unshareParts()
 	out.Version = d.Version
@@ -193,10 +203,11 @@ func (rs *RuleSet) ApplyDelta(d Delta) (*RuleSet, error) {
 	out.Entries = nilIfEmpty(out.Entries)
 	out.Rules = nilIfEmpty(out.Rules)
 	out.Canonicalize()
-	if d.Hash != "" && out.Hash() != d.Hash {
-		return nil, fmt.Errorf("%w: result hash %s, delta promises %s", ErrDeltaBase, out.Hash(), d.Hash)
+	hash, outPart := out.HashFrom(part)
+	if d.Hash != "" && hash != d.Hash {
+		return nil, nil, fmt.Errorf("%w: result hash %s, delta promises %s", ErrDeltaBase, hash, d.Hash)
 	}
-	return out, nil
+	return out, outPart, nil
 }
 
 // applyKeyed merges sorted items with the puts and deletes (sorted here,

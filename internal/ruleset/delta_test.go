@@ -191,3 +191,31 @@ func scribble(rs *RuleSet) {
 		rs.Rules[i].Name = "scribbled"
 	}
 }
+
+// TestApplyDeltaFromChecksTheWholeHash: applied with the base's hash part,
+// a delta gives ApplyDelta's result, and a promised hash that is wrong is
+// still refused (the part saves encoding, not checking).
+func TestApplyDeltaFromChecksTheWholeHash(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for i := range 500 {
+		base := randomHashRuleSet(rng, rng.IntN(20))
+		base.Canonicalize()
+		next := base.Clone()
+		next.Entries = randomHashRuleSet(rng, rng.IntN(20)).Entries
+		next.Canonicalize()
+		d := Diff(base, next)
+		d.Node, d.Version, d.Hash = next.Node, base.Version+1, next.Hash()
+		_, part := base.HashFrom(nil)
+		got, gotPart, err := base.ApplyDeltaFrom(d, part)
+		if err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		if got.Hash() != next.Hash() || gotPart == nil {
+			t.Fatalf("case %d: the result hashes %s (part %v), want %s and a part", i, got.Hash(), gotPart, next.Hash())
+		}
+		d.Hash = "sha256:0"
+		if _, _, err := base.ApplyDeltaFrom(d, part); !errors.Is(err, ErrDeltaBase) {
+			t.Fatalf("case %d: a wrong promised hash gave %v, want ErrDeltaBase", i, err)
+		}
+	}
+}

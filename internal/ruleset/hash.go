@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"encoding/json"
 	"hash"
@@ -21,26 +22,89 @@ import (
 // TestHashEncoderMatchesJSON checks byte for byte against json.Marshal.
 // An already canonical rule set is encoded in place, without a copy.
 func (rs *RuleSet) Hash() string {
+	h, _ := rs.HashFrom(nil)
+	return h
+}
+
+// HashPart is what hashing a rule set learnt of its node, endpoints and
+// ipcache (the first fields the hash encodes): those, and the SHA-256
+// state after them. A node's next version mostly keeps them (a change of
+// ports or rules leaves its addresses alone), and is hashed from that
+// state by encoding only its entries and rules (HashFrom): at 10,000
+// nodes, the ipcache's text was most of an apply's hashing. Immutable;
+// it refers to the slices of the rule set it was taken from, which must
+// not change afterwards (a published version's do not).
+type HashPart struct {
+	node      string
+	endpoints []Endpoint
+	ipcache   []IPCacheEntry
+	state     []byte // sha256's MarshalBinary after the ipcache
+}
+
+// HashFrom is Hash, resumed from prev (may be nil) when rs has the same
+// node, endpoints and ipcache as the rule set prev was taken from; the
+// hash is the same either way (TestHashFromMatchesHash). It also returns
+// rs's own part, for its next version: nil when rs was not canonical
+// (the hash was of a canonical copy, which a part must not keep alive).
+func (rs *RuleSet) HashFrom(prev *HashPart) (string, *HashPart) {
+	h := sha256.New()
+	if prev.matches(rs) && entriesCanonical(rs.Entries) && rulesCanonical(rs.Rules) {
+		// prev's fields were canonical, and rs's equal them element by
+		// element: rs is canonical, and its encoding starts as prev's.
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(prev.state); err == nil {
+			if err := encodeCanonical(h, rs, false); err == nil {
+				// rs's own part, not prev: prev keeps the earlier rule
+				// set's slices alive, which its holder may drop.
+				return hashString(h), &HashPart{node: rs.Node, endpoints: rs.Endpoints, ipcache: rs.IPCache, state: prev.state}
+			}
+			h.Reset()
+		}
+	}
 	c := rs
 	if !rs.isCanonical() {
 		c = rs.Clone()
 		c.Canonicalize()
 	}
-	h := sha256.New()
-	if err := encodeCanonical(h, c); err != nil {
+	var state []byte
+	err := encodeCanonicalHead(h, c)
+	if err == nil {
+		state, _ = h.(encoding.BinaryMarshaler).MarshalBinary() // sha256's never fails
+		err = encodeCanonical(h, c, false)
+	}
+	if err != nil {
 		// Only invalid enum values fail to encode; hash what we can so the
 		// caller still gets a value that differs from every valid set.
 		h.Reset()
 		h.Write([]byte(err.Error()))
+		return hashString(h), nil
 	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if c != rs || state == nil {
+		return hashString(h), nil
+	}
+	return hashString(h), &HashPart{node: rs.Node, endpoints: rs.Endpoints, ipcache: rs.IPCache, state: state}
+}
+
+func hashString(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
+
+// matches reports whether rs has the node, endpoints and ipcache p was
+// taken from (false for a nil p). Comparing is far cheaper than encoding.
+func (p *HashPart) matches(rs *RuleSet) bool {
+	return p != nil && p.node == rs.Node && slices.Equal(p.ipcache, rs.IPCache) &&
+		slices.EqualFunc(p.endpoints, rs.Endpoints, func(a, b Endpoint) bool {
+			return a.ID == b.ID && a.Workload == b.Workload && a.Interface == b.Interface &&
+				slices.Equal(a.Addresses, b.Addresses) && a.Identity == b.Identity && a.Mode == b.Mode
+		})
+}
+
+func rulesCanonical(rules []RuleName) bool {
+	return slices.IsSortedFunc(rules, func(a, b RuleName) int { return cmpInt(a.ID, b.ID) })
 }
 
 // isCanonical reports whether Canonicalize would change nothing.
 func (rs *RuleSet) isCanonical() bool {
 	return slices.IsSortedFunc(rs.Endpoints, func(a, b Endpoint) int { return cmpInt(a.ID, b.ID) }) &&
 		slices.IsSortedFunc(rs.IPCache, compareIPCache) &&
-		slices.IsSortedFunc(rs.Rules, func(a, b RuleName) int { return cmpInt(a.ID, b.ID) }) &&
+		rulesCanonical(rs.Rules) &&
 		entriesCanonical(rs.Entries)
 }
 
@@ -64,8 +128,9 @@ func cmpInt[T ~uint32](a, b T) int {
 }
 
 // encodeCanonical writes exactly what json.Marshal would write for rs with
-// Version 0 and empty slices nil.
-func encodeCanonical(h hash.Hash, rs *RuleSet) error {
+// Version 0 and empty slices nil: with head, all of it; without, what
+// follows the ipcache (encodeCanonicalHead wrote the rest to h before).
+func encodeCanonical(h hash.Hash, rs *RuleSet, head bool) error {
 	bp := hashBufs.Get().(*[]byte)
 	defer hashBufs.Put(bp)
 	e := &hashEncoder{h: h, buf: (*bp)[:0]}
@@ -74,6 +139,34 @@ func encodeCanonical(h hash.Hash, rs *RuleSet) error {
 			*bp = e.buf[:0]
 		}
 	}()
+	if head {
+		if err := e.head(rs); err != nil {
+			return err
+		}
+	}
+	return e.tail(rs)
+}
+
+// encodeCanonicalHead writes the start of encodeCanonical's JSON, up to
+// and with the ipcache, all of it to h.
+func encodeCanonicalHead(h hash.Hash, rs *RuleSet) error {
+	bp := hashBufs.Get().(*[]byte)
+	defer hashBufs.Put(bp)
+	e := &hashEncoder{h: h, buf: (*bp)[:0]}
+	defer func() {
+		if cap(e.buf) <= 64<<10 {
+			*bp = e.buf[:0]
+		}
+	}()
+	if err := e.head(rs); err != nil {
+		return err
+	}
+	e.flush()
+	return nil
+}
+
+// head encodes the node, the endpoints and the ipcache.
+func (e *hashEncoder) head(rs *RuleSet) error {
 	e.raw(`{"node":`)
 	e.str(rs.Node)
 	e.raw(`,"endpoints":`)
@@ -122,6 +215,11 @@ func encodeCanonical(h hash.Hash, rs *RuleSet) error {
 		}
 		e.raw("]")
 	}
+	return nil
+}
+
+// tail encodes the entries and the rules, and ends the object.
+func (e *hashEncoder) tail(rs *RuleSet) error {
 	e.raw(`,"entries":`)
 	if len(rs.Entries) == 0 {
 		e.raw("null")

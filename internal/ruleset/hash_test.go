@@ -87,7 +87,7 @@ func TestHashEncoderMatchesJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got recorder
-		if err := encodeCanonical(&got, c); err != nil {
+		if err := encodeCanonical(&got, c, true); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got.Bytes(), want) {
@@ -99,6 +99,66 @@ func TestHashEncoderMatchesJSON(t *testing.T) {
 		if rs.Hash() != c.Hash() {
 			t.Fatalf("case %d: hash depends on order or version", i)
 		}
+	}
+}
+
+// TestHashFromMatchesHash: a hash resumed from an earlier version's part
+// is the rule set's Hash, whether the next version keeps the node,
+// endpoints and ipcache (resumed) or changes any of them in any field
+// (hashed whole: a part that matched wrongly would give another hash).
+func TestHashFromMatchesHash(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	resumed := 0
+	for i := range 3000 {
+		prev := randomHashRuleSet(rng, rng.IntN(20))
+		prev.Canonicalize()
+		prevHash, part := prev.HashFrom(nil)
+		if prevHash != prev.Hash() || part == nil {
+			t.Fatalf("case %d: a canonical rule set's HashFrom(nil) gave %s and part %v, want %s and a part", i, prevHash, part, prev.Hash())
+		}
+		next := prev.Clone()
+		other := randomHashRuleSet(rng, rng.IntN(20))
+		if rng.IntN(4) > 0 {
+			other.Canonicalize() // else its entries may be out of order: hashed whole
+		}
+		next.Entries, next.Rules = other.Entries, other.Rules
+		switch rng.IntN(8) {
+		case 0:
+			next.Node += "x"
+		case 1:
+			if len(next.IPCache) > 0 {
+				next.IPCache[rng.IntN(len(next.IPCache))].Identity++
+			}
+		case 2:
+			if len(next.IPCache) > 0 {
+				next.IPCache = next.IPCache[1:]
+			}
+		case 3:
+			if len(next.Endpoints) > 0 {
+				ep := &next.Endpoints[rng.IntN(len(next.Endpoints))]
+				[]func(){func() { ep.Mode ^= 1 }, func() { ep.Workload += "x" }, func() { ep.Interface += "x" },
+					func() { ep.Identity++ }, func() { ep.Addresses = append(ep.Addresses, netip.MustParseAddr("10.9.9.9")) }}[rng.IntN(5)]()
+			}
+		case 4:
+			next.Endpoints = nil
+		}
+		got, nextPart := next.HashFrom(part)
+		if want := next.Hash(); got != want {
+			t.Fatalf("case %d: HashFrom(the previous part) = %s, Hash() = %s", i, got, want)
+		}
+		if nextPart != nil && &nextPart.state[0] == &part.state[0] {
+			resumed++
+		}
+		if nextPart != nil && (len(next.IPCache) > 0 && &nextPart.ipcache[0] != &next.IPCache[0] ||
+			len(next.Endpoints) > 0 && &nextPart.endpoints[0] != &next.Endpoints[0]) {
+			t.Fatalf("case %d: the part does not refer to the rule set's own slices (it would keep another's alive)", i)
+		}
+		if next.isCanonical() != (nextPart != nil) {
+			t.Fatalf("case %d: canonical %v, but part %v", i, next.isCanonical(), nextPart)
+		}
+	}
+	if resumed < 1000 {
+		t.Fatalf("only %d of 3000 hashes resumed from the previous part", resumed)
 	}
 }
 
@@ -125,6 +185,32 @@ func BenchmarkHash(b *testing.B) {
 	b.Run("unsorted-100k-entries", func(b *testing.B) {
 		for b.Loop() {
 			shuffled.Hash()
+		}
+	})
+}
+
+// BenchmarkHashFrom: a node's next version that keeps its endpoints and
+// ipcache (201 addresses, as in BenchmarkPropagation10000Agents) hashed
+// whole, and resumed from the last version's part.
+func BenchmarkHashFrom(b *testing.B) {
+	rs := &RuleSet{Node: "node-00001", Endpoints: []Endpoint{{ID: 1, Workload: "w00001", Interface: "eg-w00001", Identity: 300}}}
+	for i := range 201 {
+		rs.IPCache = append(rs.IPCache, IPCacheEntry{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 100, byte(i / 256), byte(i)}), 32), Identity: Identity(300 + i/100)})
+	}
+	for i := range 4 {
+		rs.Entries = append(rs.Entries, Entry{Endpoint: 1, Direction: Direction(i % 2), Peer: Identity(300 + i), Protocol: ProtocolTCP, Port: 8001, Verdict: VerdictAllowed, Rule: RuleID(1 + i)})
+	}
+	rs.Rules = []RuleName{{ID: 1, Name: "a000-to-a001"}, {ID: 2, Name: "a001-to-a002"}, {ID: 3, Name: "a002-to-a003"}, {ID: 4, Name: "a003-to-a004"}}
+	rs.Canonicalize()
+	_, part := rs.HashFrom(nil)
+	b.Run("whole", func(b *testing.B) {
+		for b.Loop() {
+			rs.Hash()
+		}
+	})
+	b.Run("resumed", func(b *testing.B) {
+		for b.Loop() {
+			rs.HashFrom(part)
 		}
 	})
 }
