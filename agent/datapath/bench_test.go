@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
 )
@@ -300,4 +302,83 @@ func BenchmarkDriftCheck(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkVerdictContended: one established IPv4 flow's two directions at
+// once, each on a CPU of its own, as a stream's data and its ACKs run
+// (issue 23): what the entry's lines moving between the CPUs cost. Each
+// side repeats its packet 1000 times per test run, b.N runs; ns/op is the
+// mean of the two sides' medians over their runs (orig-ns/op and
+// reply-ns/op each side's). The sides start together and run about as long,
+// so they overlap for most of their runs.
+func BenchmarkVerdictContended(b *testing.B) {
+	if runtime.NumCPU() < 2 {
+		b.Skip("needs two CPUs")
+	}
+	env := newBenchEnv(b, benchRuleSet(10, 256), false)
+	peer := "10.250.128.0" // identity 1000, allowed to 443
+	in, out := env.h.d.objs.EgTcEgress, env.h.d.objs.EgTcIngress
+	if ret := env.h.run(in, "lo", tcp4(peer, web4, 1, 443, tcpSYN)); ret != retPass {
+		b.Fatalf("allowed SYN dropped: %d", ret)
+	}
+	if ret := env.h.run(out, "lo", tcp4(web4, peer, 443, 1, tcpSYN|tcpACK)); ret != retPass {
+		b.Fatalf("SYN-ACK dropped: %d", ret)
+	}
+	env.h.drain()
+	sides := []struct {
+		name string
+		prog *ebpf.Program
+		pkt  []byte
+	}{
+		{"orig", in, tcp4(peer, web4, 1, 443, tcpACK)},
+		{"reply", out, tcp4(web4, peer, 443, 1, tcpACK)},
+	}
+	n := b.N
+	medians := make([]time.Duration, len(sides))
+	errs := make([]error, len(sides))
+	var start, done sync.WaitGroup
+	start.Add(1)
+	for i, s := range sides {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			// The thread's CPU and namespace are changed and never
+			// restored: it stays locked, and ends with the goroutine.
+			runtime.LockOSThread()
+			var cpus unix.CPUSet
+			cpus.Set(i)
+			if err := unix.SchedSetaffinity(0, &cpus); err != nil {
+				errs[i] = err
+				return
+			}
+			if err := netns.Set(env.h.d.ns); err != nil {
+				errs[i] = err
+				return
+			}
+			start.Wait()
+			per := make([]time.Duration, 0, n)
+			for range n {
+				_, d, err := s.prog.Benchmark(s.pkt, 1000, nil)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				per = append(per, d)
+			}
+			slices.Sort(per)
+			medians[i] = per[len(per)/2]
+		}()
+	}
+	b.ResetTimer()
+	start.Done()
+	done.Wait()
+	for i, err := range errs {
+		if err != nil {
+			b.Fatalf("%s side: %v", sides[i].name, err)
+		}
+	}
+	for i, s := range sides {
+		b.ReportMetric(float64(medians[i].Nanoseconds()), s.name+"-ns/op")
+	}
+	b.ReportMetric(float64(medians[0]+medians[1])/2, "ns/op")
 }
