@@ -130,16 +130,12 @@ func (t *pgEventTx) InsertFlows(recs []flowrecord.Record) error {
 		return nil
 	}
 	for i := range recs {
-		nanos := recs[i].Time.UnixNano()
-		if err := t.ensurePartition(nanos); err != nil {
+		lo, err := t.ensurePartition(recs[i].Time.UnixNano())
+		if err != nil {
 			return fmt.Errorf("insert flows: %w", err)
 		}
 		if t.stored == nil {
 			t.stored = map[int64]struct{}{}
-		}
-		lo := t.s.partitionStart(nanos)
-		if !t.s.inWindow(lo) {
-			lo = outsideWindow // in flows_default: a set bounded by the window
 		}
 		t.stored[lo] = struct{}{}
 	}
@@ -216,23 +212,28 @@ func (s *Postgres) partitionsDropped(los []int64) {
 // in flows_default (stored while the range was outside the window) move
 // into it: the table is made apart, filled, then attached, which
 // PostgreSQL allows only once the default partition has no row of the
-// range.
-func (t *pgEventTx) ensurePartition(nanos int64) error {
+// range. It returns the start of the record's partition range, or
+// outsideWindow when the range is outside the window (flows_default
+// holds the record).
+func (t *pgEventTx) ensurePartition(nanos int64) (int64, error) {
 	s := t.s
 	lo := s.partitionStart(nanos)
-	if s.partitionKnown(lo) || !s.inWindow(lo) {
-		return nil
+	if s.partitionKnown(lo) {
+		return lo, nil
+	}
+	if !s.inWindow(lo) {
+		return outsideWindow, nil
 	}
 	for _, m := range t.made {
 		if m == lo {
-			return nil
+			return lo, nil
 		}
 	}
 	hi := time.Unix(0, lo).UTC().Add(s.part).UnixNano()
 	name := partitionName(lo)
 	var exists bool
 	if err := t.tx.QueryRow(t.ctx, "SELECT EXISTS (SELECT 1 FROM flow_partitions WHERE lo = $1)", lo).Scan(&exists); err != nil {
-		return fmt.Errorf("partition %s: %w", name, err)
+		return 0, fmt.Errorf("partition %s: %w", name, err)
 	}
 	if !exists {
 		// The partition size may have changed since a partition covering
@@ -240,13 +241,13 @@ func (t *pgEventTx) ensurePartition(nanos int64) error {
 		// partition holds them, and this range goes to flows_default.
 		var overlap bool
 		if err := t.tx.QueryRow(t.ctx, "SELECT EXISTS (SELECT 1 FROM flow_partitions WHERE lo < $2 AND hi > $1)", lo, hi).Scan(&overlap); err != nil {
-			return fmt.Errorf("partition %s: %w", name, err)
+			return 0, fmt.Errorf("partition %s: %w", name, err)
 		}
 		if overlap {
 			// Nothing to make for this range: remembered like a made
 			// one, so that its records cost no more queries.
 			t.made = append(t.made, lo)
-			return nil
+			return lo, nil
 		}
 		id := pgx.Identifier{name}.Sanitize()
 		for _, stmt := range []string{
@@ -256,15 +257,15 @@ func (t *pgEventTx) ensurePartition(nanos int64) error {
 			"ALTER TABLE flows ATTACH PARTITION " + id + " FOR VALUES FROM (" + strconv.FormatInt(lo, 10) + ") TO (" + strconv.FormatInt(hi, 10) + ")",
 		} {
 			if _, err := t.tx.Exec(t.ctx, stmt); err != nil {
-				return fmt.Errorf("make partition %s: %w", name, err)
+				return 0, fmt.Errorf("make partition %s: %w", name, err)
 			}
 		}
 		if _, err := t.tx.Exec(t.ctx, "INSERT INTO flow_partitions (name, lo, hi) VALUES ($1, $2, $3)", name, lo, hi); err != nil {
-			return fmt.Errorf("make partition %s: %w", name, err)
+			return 0, fmt.Errorf("make partition %s: %w", name, err)
 		}
 	}
 	t.made = append(t.made, lo)
-	return nil
+	return lo, nil
 }
 
 func (t *pgEventTx) LiveAlert(key string) (store.Alert, error) {
@@ -541,7 +542,7 @@ func (s *Postgres) makeAhead(ctx context.Context) error {
 	return s.EventTx(ctx, func(etx store.EventTx) error {
 		t := etx.(*pgEventTx)
 		for _, at := range []time.Time{now, now.Add(s.part)} {
-			if err := t.ensurePartition(at.UnixNano()); err != nil {
+			if _, err := t.ensurePartition(at.UnixNano()); err != nil {
 				return err
 			}
 		}
