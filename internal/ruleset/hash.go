@@ -52,7 +52,7 @@ func (rs *RuleSet) HashFrom(prev *HashPart) (string, *HashPart) {
 		// prev's fields were canonical, and rs's equal them element by
 		// element: rs is canonical, and its encoding starts as prev's.
 		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(prev.state); err == nil {
-			if err := encodeCanonical(h, rs, false); err == nil {
+			if err := encodeParts(h, rs, (*hashEncoder).tail); err == nil {
 				// rs's own part, not prev: prev keeps the earlier rule
 				// set's slices alive, which its holder may drop.
 				return hashString(h), &HashPart{node: rs.Node, endpoints: rs.Endpoints, ipcache: rs.IPCache, state: prev.state}
@@ -66,10 +66,10 @@ func (rs *RuleSet) HashFrom(prev *HashPart) (string, *HashPart) {
 		c.Canonicalize()
 	}
 	var state []byte
-	err := encodeCanonicalHead(h, c)
+	err := encodeParts(h, c, (*hashEncoder).head)
 	if err == nil {
 		state, _ = h.(encoding.BinaryMarshaler).MarshalBinary() // sha256's never fails
-		err = encodeCanonical(h, c, false)
+		err = encodeParts(h, c, (*hashEncoder).tail)
 	}
 	if err != nil {
 		// Only invalid enum values fail to encode; hash what we can so the
@@ -90,10 +90,7 @@ func hashString(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Su
 // taken from (false for a nil p). Comparing is far cheaper than encoding.
 func (p *HashPart) matches(rs *RuleSet) bool {
 	return p != nil && p.node == rs.Node && slices.Equal(p.ipcache, rs.IPCache) &&
-		slices.EqualFunc(p.endpoints, rs.Endpoints, func(a, b Endpoint) bool {
-			return a.ID == b.ID && a.Workload == b.Workload && a.Interface == b.Interface &&
-				slices.Equal(a.Addresses, b.Addresses) && a.Identity == b.Identity && a.Mode == b.Mode
-		})
+		slices.EqualFunc(p.endpoints, rs.Endpoints, Endpoint.Equal)
 }
 
 func rulesCanonical(rules []RuleName) bool {
@@ -128,9 +125,15 @@ func cmpInt[T ~uint32](a, b T) int {
 }
 
 // encodeCanonical writes exactly what json.Marshal would write for rs with
-// Version 0 and empty slices nil: with head, all of it; without, what
-// follows the ipcache (encodeCanonicalHead wrote the rest to h before).
-func encodeCanonical(h hash.Hash, rs *RuleSet, head bool) error {
+// Version 0 and empty slices nil.
+func encodeCanonical(h hash.Hash, rs *RuleSet) error {
+	return encodeParts(h, rs, (*hashEncoder).head, (*hashEncoder).tail)
+}
+
+// encodeParts writes parts of encodeCanonical's JSON of rs to h, in
+// order, through a pooled buffer: head, tail or both (HashFrom writes the
+// head, keeps the hash state, then writes the tail).
+func encodeParts(h hash.Hash, rs *RuleSet, parts ...func(*hashEncoder, *RuleSet) error) error {
 	bp := hashBufs.Get().(*[]byte)
 	defer hashBufs.Put(bp)
 	e := &hashEncoder{h: h, buf: (*bp)[:0]}
@@ -139,27 +142,10 @@ func encodeCanonical(h hash.Hash, rs *RuleSet, head bool) error {
 			*bp = e.buf[:0]
 		}
 	}()
-	if head {
-		if err := e.head(rs); err != nil {
+	for _, part := range parts {
+		if err := part(e, rs); err != nil {
 			return err
 		}
-	}
-	return e.tail(rs)
-}
-
-// encodeCanonicalHead writes the start of encodeCanonical's JSON, up to
-// and with the ipcache, all of it to h.
-func encodeCanonicalHead(h hash.Hash, rs *RuleSet) error {
-	bp := hashBufs.Get().(*[]byte)
-	defer hashBufs.Put(bp)
-	e := &hashEncoder{h: h, buf: (*bp)[:0]}
-	defer func() {
-		if cap(e.buf) <= 64<<10 {
-			*bp = e.buf[:0]
-		}
-	}()
-	if err := e.head(rs); err != nil {
-		return err
 	}
 	e.flush()
 	return nil
@@ -247,7 +233,6 @@ func (e *hashEncoder) tail(rs *RuleSet) error {
 		e.raw("]")
 	}
 	e.raw("}")
-	e.flush()
 	return nil
 }
 

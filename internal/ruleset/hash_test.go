@@ -87,7 +87,7 @@ func TestHashEncoderMatchesJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got recorder
-		if err := encodeCanonical(&got, c, true); err != nil {
+		if err := encodeCanonical(&got, c); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got.Bytes(), want) {
