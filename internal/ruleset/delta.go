@@ -172,8 +172,11 @@ func (rs *RuleSet) ApplyDeltaFrom(d Delta, part *HashPart) (*RuleSet, *HashPart,
 	// ICMP fields, is copied at the end (unshareParts).
 	c := canonical(rs)
 	out := &RuleSet{Node: c.Node, Endpoints: c.Endpoints, IPCache: c.IPCache, Entries: c.Entries, Rules: c.Rules}
-	if d.BaseHash != "" && out.Hash() != d.BaseHash {
-		return nil, nil, fmt.Errorf("%w: base hash %s, rule set hash %s", ErrDeltaBase, d.BaseHash, out.Hash())
+	if d.BaseHash != "" {
+		// The base's hash resumed from its own part, as the result's is.
+		if h, _ := out.HashFrom(part); h != d.BaseHash {
+			return nil, nil, fmt.Errorf("%w: base hash %s, rule set hash %s", ErrDeltaBase, d.BaseHash, h)
+		}
 	}
 	if d.Node != "" && d.Node != out.Node {
 		return nil, nil, fmt.Errorf("%w: delta for node %q, rule set of node %q", ErrDeltaBase, d.Node, out.Node)

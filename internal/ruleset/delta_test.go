@@ -193,8 +193,8 @@ func scribble(rs *RuleSet) {
 }
 
 // TestApplyDeltaFromChecksTheWholeHash: applied with the base's hash part,
-// a delta gives ApplyDelta's result, and a promised hash that is wrong is
-// still refused (the part saves encoding, not checking).
+// a delta gives ApplyDelta's result, and a base hash or a promised hash
+// that is wrong is still refused (the part saves encoding, not checking).
 func TestApplyDeltaFromChecksTheWholeHash(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for i := range 500 {
@@ -212,6 +212,14 @@ func TestApplyDeltaFromChecksTheWholeHash(t *testing.T) {
 		}
 		if got.Hash() != next.Hash() || gotPart == nil {
 			t.Fatalf("case %d: the result hashes %s (part %v), want %s and a part", i, got.Hash(), gotPart, next.Hash())
+		}
+		d.BaseHash = "sha256:0"
+		if _, _, err := base.ApplyDeltaFrom(d, part); !errors.Is(err, ErrDeltaBase) {
+			t.Fatalf("case %d: a wrong base hash gave %v, want ErrDeltaBase", i, err)
+		}
+		d.BaseHash = base.Hash()
+		if _, _, err := base.ApplyDeltaFrom(d, part); err != nil {
+			t.Fatalf("case %d: the right base hash, resumed from the part: %v", i, err)
 		}
 		d.Hash = "sha256:0"
 		if _, _, err := base.ApplyDeltaFrom(d, part); !errors.Is(err, ErrDeltaBase) {
