@@ -258,3 +258,28 @@ func TestPostgresMigration4(t *testing.T) {
 	}
 	count(1)
 }
+
+// TestPostgresSummarySetBounded: a hostile agent's records, each at
+// another hour outside the partitions' window, leave one entry for the
+// summaries (flows_default's), not one per hour: the set, and each
+// housekeeping pass's work, stays bounded by the window.
+func TestPostgresSummarySetBounded(t *testing.T) {
+	s := openTest(t)
+	recs := make([]flowrecord.Record, 500)
+	for i := range recs {
+		recs[i] = storetest.FleetFlow(i, 100, time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i)*37*time.Hour))
+	}
+	storetest.InsertFlows(t, s, recs)
+	s.partMu.Lock()
+	n, outside := len(s.unsummarized), len(s.unsummarized) == 1
+	if outside {
+		_, outside = s.unsummarized[outsideWindow]
+	}
+	s.partMu.Unlock()
+	if !outside {
+		t.Fatalf("%d partition starts noted for the summaries, want only outsideWindow", n)
+	}
+	if _, err := s.SummarizeFlowIndexes(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
