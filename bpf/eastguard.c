@@ -488,18 +488,44 @@ static __always_inline const struct eg_ct_tail *eg_ct_tail_of(const struct eg_ct
 	return k->family == 4 ? &k->k4.t : &k->k6.t;
 }
 
+/*
+ * EG_OWN_CALL_SITE keeps a map helper call on one map at a call site of its
+ * own. clang merges the two families' identical calls into one whose map
+ * pointer is chosen at run time; the verifier then cannot tell which map a
+ * call is on and leaves it to the generic helper, which reaches the map
+ * through an indirect call (a retpoline on this kind of machine) instead
+ * of inlining the hash lookup or calling the update directly. An empty asm
+ * that differs by family after each call is a point clang cannot merge
+ * across. TestMapCallsSpecialized checks the result on the loaded program.
+ */
+#define EG_OWN_CALL_SITE(tag, v) asm volatile("/* " tag " */" : "+r"(v))
+
 static __always_inline struct eg_ct_entry *eg_ct_lookup(const struct eg_ct_key *k)
 {
-	if (k->family == 4)
-		return bpf_map_lookup_elem(&eg_ct4, &k->k4);
-	return bpf_map_lookup_elem(&eg_ct6, &k->k6);
+	struct eg_ct_entry *ct;
+
+	if (k->family == 4) {
+		ct = bpf_map_lookup_elem(&eg_ct4, &k->k4);
+		EG_OWN_CALL_SITE("eg_ct4", ct);
+	} else {
+		ct = bpf_map_lookup_elem(&eg_ct6, &k->k6);
+		EG_OWN_CALL_SITE("eg_ct6", ct);
+	}
+	return ct;
 }
 
 static __always_inline long eg_ct_update(const struct eg_ct_key *k, const struct eg_ct_entry *e, __u64 flags)
 {
-	if (k->family == 4)
-		return bpf_map_update_elem(&eg_ct4, &k->k4, e, flags);
-	return bpf_map_update_elem(&eg_ct6, &k->k6, e, flags);
+	long err;
+
+	if (k->family == 4) {
+		err = bpf_map_update_elem(&eg_ct4, &k->k4, e, flags);
+		EG_OWN_CALL_SITE("eg_ct4", err);
+	} else {
+		err = bpf_map_update_elem(&eg_ct6, &k->k6, e, flags);
+		EG_OWN_CALL_SITE("eg_ct6", err);
+	}
+	return err;
 }
 
 /* eg_ct_quota returns the endpoint's entry count in the key's map. */
@@ -547,10 +573,13 @@ static __always_inline void eg_ct_delete(const struct eg_ct_key *k, __u32 slot)
 	long err;
 	__s64 *n;
 
-	if (k->family == 4)
+	if (k->family == 4) {
 		err = bpf_map_delete_elem(&eg_ct4, &k->k4);
-	else
+		EG_OWN_CALL_SITE("eg_ct4", err);
+	} else {
 		err = bpf_map_delete_elem(&eg_ct6, &k->k6);
+		EG_OWN_CALL_SITE("eg_ct6", err);
+	}
 	n = eg_ct_quota(k, slot);
 	if (!err && n)
 		__sync_fetch_and_add(n, -1);
