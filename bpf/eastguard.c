@@ -41,24 +41,37 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  * jiffies: bpf_jiffies64() costs a couple of ns where the kernel clocks
  * cost tens, and second resolution is all conntrack needs. The loader
  * knows the kernel's HZ and scales the timeouts.
+ *
+ * Each is a constant the loader writes into the instructions themselves:
+ * EG_CONFIG emits a 64-bit immediate load with a relocation against an
+ * undefined symbol (eg_cfg_...), and agent/datapath (config.go) puts the
+ * value in every such instruction before the programs are loaded,
+ * refusing an object that names a symbol it does not know. A read then
+ * costs no memory access; as globals in .rodata, each read was a load
+ * from the map's lines, which are cold in the real path, where a packet
+ * follows the scheduler and the stack rather than the last packet. The
+ * verifier sees a known scalar either way, so it still prunes what a
+ * switch turns off. Not volatile: the same value may be read once.
  */
-volatile const __u8  cfg_default_mode = EG_MODE_ENFORCE;  /* interfaces without an endpoint */
-volatile const __u32 cfg_hz = 250;
-volatile const __u32 cfg_deny_events_per_sec = 2000;      /* per CPU; 0 = no limit; as the loader's default */
-volatile const __u32 cfg_deny_events_burst = 500;
-volatile const __u32 cfg_events_wakeup_bytes = 0;         /* 0 or 1: wake the reader on every event */
-volatile const __u64 cfg_ev_slots = 1024;                 /* slots of each CPU's event ring, a power of two */
-volatile const __u64 cfg_ev_mask = 1023;                  /* cfg_ev_slots - 1 */
-volatile const __u8  cfg_ct_revalidate = 1;               /* re-check established flows after a change */
-volatile const __u8  cfg_ct_accounting = 1;               /* packet and byte counts per flow */
-volatile const __u32 cfg_ct_tcp_syn_j = 60 * 250;
-volatile const __u32 cfg_ct_tcp_established_j = 21600 * 250;
-volatile const __u32 cfg_ct_tcp_close_j = 10 * 250;
-volatile const __u32 cfg_ct_other_j = 60 * 250;
-volatile const __u32 cfg_frag_timeout_j = 30 * 250;
+#define EG_CONFIG(sym) ({ __u64 __v; asm("%0 = " #sym " ll" : "=r"(__v)); __v; })
+
+#define cfg_default_mode         ((__u8)EG_CONFIG(eg_cfg_default_mode))          /* interfaces without an endpoint */
+#define cfg_hz                   ((__u32)EG_CONFIG(eg_cfg_hz))
+#define cfg_deny_events_per_sec  ((__u32)EG_CONFIG(eg_cfg_deny_events_per_sec))  /* per CPU; 0 = no limit */
+#define cfg_deny_events_burst    ((__u32)EG_CONFIG(eg_cfg_deny_events_burst))
+#define cfg_events_wakeup_bytes  ((__u32)EG_CONFIG(eg_cfg_events_wakeup_bytes))  /* 0 or 1: wake the reader on every event */
+#define cfg_ev_slots             ((__u64)EG_CONFIG(eg_cfg_ev_slots))             /* slots of each CPU's event ring, a power of two */
+#define cfg_ev_mask              ((__u64)EG_CONFIG(eg_cfg_ev_mask))              /* cfg_ev_slots - 1 */
+#define cfg_ct_revalidate        ((__u8)EG_CONFIG(eg_cfg_ct_revalidate))         /* re-check established flows after a change */
+#define cfg_ct_accounting        ((__u8)EG_CONFIG(eg_cfg_ct_accounting))         /* packet and byte counts per flow */
+#define cfg_ct_tcp_syn_j         ((__u32)EG_CONFIG(eg_cfg_ct_tcp_syn_j))
+#define cfg_ct_tcp_established_j ((__u32)EG_CONFIG(eg_cfg_ct_tcp_established_j))
+#define cfg_ct_tcp_close_j       ((__u32)EG_CONFIG(eg_cfg_ct_tcp_close_j))
+#define cfg_ct_other_j           ((__u32)EG_CONFIG(eg_cfg_ct_other_j))
+#define cfg_frag_timeout_j       ((__u32)EG_CONFIG(eg_cfg_frag_timeout_j))
 /* Per-endpoint conntrack quota: entries of eg_ct4 ([0]) and eg_ct6 ([1]). */
-volatile const __s64 cfg_ct_ep_max4 = 65536;
-volatile const __s64 cfg_ct_ep_max6 = 32768;
+#define cfg_ct_ep_max4           ((__s64)EG_CONFIG(eg_cfg_ct_ep_max4))
+#define cfg_ct_ep_max6           ((__s64)EG_CONFIG(eg_cfg_ct_ep_max6))
 
 static __always_inline void eg_count(__u32 idx)
 {

@@ -379,22 +379,6 @@ const (
 	bpfProgEgCtAdjust           = "eg_ct_adjust"
 	bpfProgEgTcEgress           = "eg_tc_egress"
 	bpfProgEgTcIngress          = "eg_tc_ingress"
-	bpfVarCfgCtAccounting       = "cfg_ct_accounting"
-	bpfVarCfgCtEpMax4           = "cfg_ct_ep_max4"
-	bpfVarCfgCtEpMax6           = "cfg_ct_ep_max6"
-	bpfVarCfgCtOtherJ           = "cfg_ct_other_j"
-	bpfVarCfgCtRevalidate       = "cfg_ct_revalidate"
-	bpfVarCfgCtTcpCloseJ        = "cfg_ct_tcp_close_j"
-	bpfVarCfgCtTcpEstablishedJ  = "cfg_ct_tcp_established_j"
-	bpfVarCfgCtTcpSynJ          = "cfg_ct_tcp_syn_j"
-	bpfVarCfgDefaultMode        = "cfg_default_mode"
-	bpfVarCfgDenyEventsBurst    = "cfg_deny_events_burst"
-	bpfVarCfgDenyEventsPerSec   = "cfg_deny_events_per_sec"
-	bpfVarCfgEvMask             = "cfg_ev_mask"
-	bpfVarCfgEvSlots            = "cfg_ev_slots"
-	bpfVarCfgEventsWakeupBytes  = "cfg_events_wakeup_bytes"
-	bpfVarCfgFragTimeoutJ       = "cfg_frag_timeout_j"
-	bpfVarCfgHz                 = "cfg_hz"
 	bpfVarEgBtfEgCounter        = "eg_btf_eg_counter"
 	bpfVarEgBtfEgCtAdjustReq    = "eg_btf_eg_ct_adjust_req"
 	bpfVarEgBtfEgCtCount        = "eg_btf_eg_ct_count"
@@ -495,22 +479,6 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	CfgCtAccounting       *ebpf.VariableSpec `ebpf:"cfg_ct_accounting"`
-	CfgCtEpMax4           *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max4"`
-	CfgCtEpMax6           *ebpf.VariableSpec `ebpf:"cfg_ct_ep_max6"`
-	CfgCtOtherJ           *ebpf.VariableSpec `ebpf:"cfg_ct_other_j"`
-	CfgCtRevalidate       *ebpf.VariableSpec `ebpf:"cfg_ct_revalidate"`
-	CfgCtTcpCloseJ        *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_close_j"`
-	CfgCtTcpEstablishedJ  *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_established_j"`
-	CfgCtTcpSynJ          *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_syn_j"`
-	CfgDefaultMode        *ebpf.VariableSpec `ebpf:"cfg_default_mode"`
-	CfgDenyEventsBurst    *ebpf.VariableSpec `ebpf:"cfg_deny_events_burst"`
-	CfgDenyEventsPerSec   *ebpf.VariableSpec `ebpf:"cfg_deny_events_per_sec"`
-	CfgEvMask             *ebpf.VariableSpec `ebpf:"cfg_ev_mask"`
-	CfgEvSlots            *ebpf.VariableSpec `ebpf:"cfg_ev_slots"`
-	CfgEventsWakeupBytes  *ebpf.VariableSpec `ebpf:"cfg_events_wakeup_bytes"`
-	CfgFragTimeoutJ       *ebpf.VariableSpec `ebpf:"cfg_frag_timeout_j"`
-	CfgHz                 *ebpf.VariableSpec `ebpf:"cfg_hz"`
 	EgBtfEgCounter        *ebpf.VariableSpec `ebpf:"eg_btf_eg_counter"`
 	EgBtfEgCtAdjustReq    *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_adjust_req"`
 	EgBtfEgCtCount        *ebpf.VariableSpec `ebpf:"eg_btf_eg_ct_count"`
@@ -601,22 +569,6 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	CfgCtAccounting       *ebpf.Variable `ebpf:"cfg_ct_accounting"`
-	CfgCtEpMax4           *ebpf.Variable `ebpf:"cfg_ct_ep_max4"`
-	CfgCtEpMax6           *ebpf.Variable `ebpf:"cfg_ct_ep_max6"`
-	CfgCtOtherJ           *ebpf.Variable `ebpf:"cfg_ct_other_j"`
-	CfgCtRevalidate       *ebpf.Variable `ebpf:"cfg_ct_revalidate"`
-	CfgCtTcpCloseJ        *ebpf.Variable `ebpf:"cfg_ct_tcp_close_j"`
-	CfgCtTcpEstablishedJ  *ebpf.Variable `ebpf:"cfg_ct_tcp_established_j"`
-	CfgCtTcpSynJ          *ebpf.Variable `ebpf:"cfg_ct_tcp_syn_j"`
-	CfgDefaultMode        *ebpf.Variable `ebpf:"cfg_default_mode"`
-	CfgDenyEventsBurst    *ebpf.Variable `ebpf:"cfg_deny_events_burst"`
-	CfgDenyEventsPerSec   *ebpf.Variable `ebpf:"cfg_deny_events_per_sec"`
-	CfgEvMask             *ebpf.Variable `ebpf:"cfg_ev_mask"`
-	CfgEvSlots            *ebpf.Variable `ebpf:"cfg_ev_slots"`
-	CfgEventsWakeupBytes  *ebpf.Variable `ebpf:"cfg_events_wakeup_bytes"`
-	CfgFragTimeoutJ       *ebpf.Variable `ebpf:"cfg_frag_timeout_j"`
-	CfgHz                 *ebpf.Variable `ebpf:"cfg_hz"`
 	EgBtfEgCounter        *ebpf.Variable `ebpf:"eg_btf_eg_counter"`
 	EgBtfEgCtAdjustReq    *ebpf.Variable `ebpf:"eg_btf_eg_ct_adjust_req"`
 	EgBtfEgCtCount        *ebpf.Variable `ebpf:"eg_btf_eg_ct_count"`

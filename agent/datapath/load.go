@@ -3,11 +3,14 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"go.uber.org/zap"
 )
 
@@ -21,48 +24,79 @@ func loadSpec(cfg *Config, hz uint32) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load eBPF object: %w", err)
 	}
-	vars := map[string]any{
-		"cfg_default_mode":         uint8(cfg.DefaultMode),
-		"cfg_deny_events_per_sec":  cfg.DenyEventsPerSecond,
-		"cfg_deny_events_burst":    cfg.DenyEventsBurst,
-		"cfg_events_wakeup_bytes":  cfg.EventsWakeupBytes,
-		"cfg_ct_revalidate":        boolByte(!cfg.KeepEstablished),
-		"cfg_ct_accounting":        boolByte(!cfg.NoFlowAccounting),
-		"cfg_hz":                   hz,
-		"cfg_ct_tcp_syn_j":         jiffies(cfg.Timeouts.TCPSyn, hz),
-		"cfg_ct_tcp_established_j": jiffies(cfg.Timeouts.TCPEstablished, hz),
-		"cfg_ct_tcp_close_j":       jiffies(cfg.Timeouts.TCPClose, hz),
-		"cfg_ct_other_j":           jiffies(cfg.Timeouts.Other, hz),
-		"cfg_frag_timeout_j":       jiffies(cfg.Timeouts.Fragment, hz),
-		"cfg_ct_ep_max4":           int64(ctQuota(cfg.CTEntries, cfg.CTEndpointPercent)),
-		"cfg_ct_ep_max6":           int64(ctQuota(cfg.CT6Entries, cfg.CTEndpointPercent)),
-	}
-	if cfg.synExpiresAtOnce {
-		vars["cfg_ct_tcp_syn_j"] = uint32(0)
-	}
-	for name, v := range vars {
-		vs, ok := spec.Variables[name]
-		if !ok {
-			return nil, fmt.Errorf("eBPF object has no variable %s", name)
-		}
-		if err := vs.Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
-		}
-	}
-	spec.Maps["eg_ct4"].MaxEntries = cfg.CTEntries
-	spec.Maps["eg_ct6"].MaxEntries = cfg.CT6Entries
 	ring, err := eventRingOf(cfg.RingBufBytes)
 	if err != nil {
 		return nil, err
 	}
+	consts := map[string]uint64{
+		"eg_cfg_default_mode":         uint64(cfg.DefaultMode),
+		"eg_cfg_deny_events_per_sec":  uint64(cfg.DenyEventsPerSecond),
+		"eg_cfg_deny_events_burst":    uint64(cfg.DenyEventsBurst),
+		"eg_cfg_events_wakeup_bytes":  uint64(cfg.EventsWakeupBytes),
+		"eg_cfg_ct_revalidate":        uint64(boolByte(!cfg.KeepEstablished)),
+		"eg_cfg_ct_accounting":        uint64(boolByte(!cfg.NoFlowAccounting)),
+		"eg_cfg_hz":                   uint64(hz),
+		"eg_cfg_ct_tcp_syn_j":         uint64(jiffies(cfg.Timeouts.TCPSyn, hz)),
+		"eg_cfg_ct_tcp_established_j": uint64(jiffies(cfg.Timeouts.TCPEstablished, hz)),
+		"eg_cfg_ct_tcp_close_j":       uint64(jiffies(cfg.Timeouts.TCPClose, hz)),
+		"eg_cfg_ct_other_j":           uint64(jiffies(cfg.Timeouts.Other, hz)),
+		"eg_cfg_frag_timeout_j":       uint64(jiffies(cfg.Timeouts.Fragment, hz)),
+		"eg_cfg_ct_ep_max4":           uint64(ctQuota(cfg.CTEntries, cfg.CTEndpointPercent)),
+		"eg_cfg_ct_ep_max6":           uint64(ctQuota(cfg.CT6Entries, cfg.CTEndpointPercent)),
+		"eg_cfg_ev_slots":             ring.slots,
+		"eg_cfg_ev_mask":              ring.slots - 1,
+	}
+	if cfg.synExpiresAtOnce {
+		consts["eg_cfg_ct_tcp_syn_j"] = 0
+	}
+	if err := setConstants(spec, consts); err != nil {
+		return nil, err
+	}
+	spec.Maps["eg_ct4"].MaxEntries = cfg.CTEntries
+	spec.Maps["eg_ct6"].MaxEntries = cfg.CT6Entries
 	spec.Maps["eg_events"].MaxEntries = ring.cpus
 	spec.Maps["eg_events"].ValueSize = ring.valueSize()
-	for name, v := range map[string]uint64{"cfg_ev_slots": ring.slots, "cfg_ev_mask": ring.slots - 1} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
+	return spec, nil
+}
+
+// configPrefix starts the names of the configuration constants of
+// bpf/eastguard.c (EG_CONFIG).
+const configPrefix = "eg_cfg_"
+
+// setConstants writes each configuration value into the instructions that
+// read it: EG_CONFIG compiles to a 64-bit immediate load referring to an
+// undefined symbol, which the ELF reader leaves as a reference. Left
+// unresolved, such a load would run with 0, so an object that refers to a
+// configuration symbol not in values, or values naming one no program
+// reads (a renamed constant), is refused.
+func setConstants(spec *ebpf.CollectionSpec, values map[string]uint64) error {
+	used := make(map[string]bool, len(values))
+	for _, name := range slices.Sorted(maps.Keys(spec.Programs)) {
+		insns := spec.Programs[name].Instructions
+		for i := range insns {
+			ins := &insns[i]
+			ref := ins.Reference()
+			if !strings.HasPrefix(ref, configPrefix) {
+				continue
+			}
+			v, ok := values[ref]
+			if !ok {
+				return fmt.Errorf("eBPF program %s reads configuration %s, which the loader does not set", name, ref)
+			}
+			if !ins.OpCode.IsDWordLoad() || ins.Src != asm.R0 {
+				return fmt.Errorf("eBPF program %s: configuration %s read by %v, not a 64-bit immediate load", name, ref, ins)
+			}
+			ins.Constant = int64(v)
+			*ins = ins.WithReference("")
+			used[ref] = true
 		}
 	}
-	return spec, nil
+	for _, name := range slices.Sorted(maps.Keys(values)) {
+		if !used[name] {
+			return fmt.Errorf("eBPF object reads no configuration %s", name)
+		}
+	}
+	return nil
 }
 
 func boolByte(b bool) uint8 {
