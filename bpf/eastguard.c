@@ -502,28 +502,32 @@ static __always_inline const struct eg_ct_tail *eg_ct_tail_of(const struct eg_ct
 }
 
 /*
- * EG_OWN_CALL_SITE keeps a map helper call on one map at a call site of its
- * own. clang merges the two families' identical calls into one whose map
- * pointer is chosen at run time; the verifier then cannot tell which map a
- * call is on and leaves it to the generic helper, which reaches the map
- * through an indirect call (a retpoline on this kind of machine) instead
- * of inlining the hash lookup or calling the update directly. An empty asm
- * that differs by family after each call is a point clang cannot merge
- * across. TestMapCallsSpecialized checks the result on the loaded program.
+ * EG_CT_CALL(ret, k, fn, args...) sets ret to fn on the conntrack map of k's
+ * family (eg_ct4 with the IPv4 key, eg_ct6 with the IPv6 one), each family's
+ * call at a call site of its own. clang merges two identical calls into one
+ * whose map pointer is chosen at run time; the verifier then cannot tell
+ * which map a call is on and leaves it to the generic helper, which reaches
+ * the map through an indirect call (a retpoline on many machines) instead of
+ * inlining the hash lookup or calling the update directly. An empty asm that
+ * differs by family after each call is a point clang cannot merge across.
+ * TestMapCallsSpecialized checks the result on the loaded programs.
  */
-#define EG_OWN_CALL_SITE(tag, v) asm volatile("/* " tag " */" : "+r"(v))
+#define EG_CT_CALL(ret, k, fn, ...)                                         \
+	do {                                                                \
+		if ((k)->family == 4) {                                     \
+			ret = fn(&eg_ct4, &(k)->k4, ##__VA_ARGS__);         \
+			asm volatile("/* eg_ct4 */" : "+r"(ret));           \
+		} else {                                                    \
+			ret = fn(&eg_ct6, &(k)->k6, ##__VA_ARGS__);         \
+			asm volatile("/* eg_ct6 */" : "+r"(ret));           \
+		}                                                           \
+	} while (0)
 
 static __always_inline struct eg_ct_entry *eg_ct_lookup(const struct eg_ct_key *k)
 {
 	struct eg_ct_entry *ct;
 
-	if (k->family == 4) {
-		ct = bpf_map_lookup_elem(&eg_ct4, &k->k4);
-		EG_OWN_CALL_SITE("eg_ct4", ct);
-	} else {
-		ct = bpf_map_lookup_elem(&eg_ct6, &k->k6);
-		EG_OWN_CALL_SITE("eg_ct6", ct);
-	}
+	EG_CT_CALL(ct, k, bpf_map_lookup_elem);
 	return ct;
 }
 
@@ -531,13 +535,7 @@ static __always_inline long eg_ct_update(const struct eg_ct_key *k, const struct
 {
 	long err;
 
-	if (k->family == 4) {
-		err = bpf_map_update_elem(&eg_ct4, &k->k4, e, flags);
-		EG_OWN_CALL_SITE("eg_ct4", err);
-	} else {
-		err = bpf_map_update_elem(&eg_ct6, &k->k6, e, flags);
-		EG_OWN_CALL_SITE("eg_ct6", err);
-	}
+	EG_CT_CALL(err, k, bpf_map_update_elem, e, flags);
 	return err;
 }
 
@@ -586,13 +584,7 @@ static __always_inline void eg_ct_delete(const struct eg_ct_key *k, __u32 slot)
 	long err;
 	__s64 *n;
 
-	if (k->family == 4) {
-		err = bpf_map_delete_elem(&eg_ct4, &k->k4);
-		EG_OWN_CALL_SITE("eg_ct4", err);
-	} else {
-		err = bpf_map_delete_elem(&eg_ct6, &k->k6);
-		EG_OWN_CALL_SITE("eg_ct6", err);
-	}
+	EG_CT_CALL(err, k, bpf_map_delete_elem);
 	n = eg_ct_quota(k, slot);
 	if (!err && n)
 		__sync_fetch_and_add(n, -1);

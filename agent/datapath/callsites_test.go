@@ -19,7 +19,7 @@ import (
 // by the map's own operation (a hash lookup inlined, an update called
 // directly); a call site shared by two maps (clang merges the two
 // families' conntrack calls unless bpf/eastguard.c keeps them apart, see
-// EG_OWN_CALL_SITE) stays generic and reaches the map through an indirect
+// EG_CT_CALL) stays generic and reaches the map through an indirect
 // call: 7-10 ns more for an established packet in BenchmarkVerdict, more
 // with retpolines in the real path.
 func TestMapCallsSpecialized(t *testing.T) {
