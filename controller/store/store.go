@@ -34,6 +34,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -200,9 +202,27 @@ type RuleSetRecord struct {
 	Version uint64
 	Hash    string
 	// Data is the rule set, encoded by the caller (controller/policyrepo
-	// stores the protobuf form, eastguard.v1.RuleSet).
-	Data    []byte
-	Created time.Time
+	// stores the protobuf form, eastguard.v1.RuleSet), or the node's own
+	// part of it when Shared is set.
+	Data []byte
+	// Shared, when set, is the key of a part of the rule set stored once
+	// for every version that holds it (RuleSetPart): controller/policyrepo
+	// stores a node's ipcache so, most of a large rule set, kept by most
+	// changes (of ports, of rules) and alike on nodes with the same peers.
+	// A commit gives the part in PolicyCommit.Parts unless a stored
+	// version already refers to it; reads return its data in SharedData.
+	Shared     string
+	SharedData []byte
+	Created    time.Time
+}
+
+// RuleSetPart is a part of rule sets stored once under Key, the hash of
+// Data (the caller's: a key names one content). The store keeps it while
+// a stored version refers to it (RuleSetRecord.Shared) and deletes it in
+// the commit that prunes or replaces the last one.
+type RuleSetPart struct {
+	Key  string
+	Data []byte
 }
 
 // PolicyCommit is one policy change: resources put and deleted, and the
@@ -211,6 +231,11 @@ type PolicyCommit struct {
 	Put      []Resource
 	Delete   []ResourceKey
 	RuleSets []RuleSetRecord
+	// Parts are the shared parts RuleSets refer to that may not be stored
+	// yet; one already stored under its key is kept as it is. A rule set
+	// referring to a part neither stored nor given fails the commit
+	// (ErrNotFound).
+	Parts []RuleSetPart
 	// Audit records the change (one record per resource put or
 	// deleted), written in its transaction.
 	Audit []AuditRecord
@@ -237,3 +262,65 @@ type Node struct {
 // KeepRuleSetVersions is how many versions of each node's rule set the
 // store keeps: enough to send a delta to an agent a few versions behind.
 const KeepRuleSetVersions = 8
+
+// PartRefs is what a commit does to the reference counts of its shared
+// parts (RuleSetPart): one more for every version it adds that refers to
+// a part, one fewer for every version it prunes that did. The stores count
+// it while they write, then apply it once a key.
+type PartRefs struct {
+	delta map[string]int
+	given []string
+}
+
+// NewPartRefs counts the references of c's rule sets.
+func NewPartRefs(c PolicyCommit) PartRefs {
+	r := PartRefs{delta: make(map[string]int)}
+	for _, rs := range c.RuleSets {
+		if rs.Shared != "" {
+			r.delta[rs.Shared]++
+		}
+	}
+	for _, p := range c.Parts {
+		r.given = append(r.given, p.Key)
+	}
+	return r
+}
+
+// Pruned counts the shared keys of the versions a delete pruned ("" for a
+// version stored whole), as it returned them with err, which it returns.
+func (r PartRefs) Pruned(keys []string, err error) error {
+	for _, k := range keys {
+		if k != "" {
+			r.delta[k]--
+		}
+	}
+	return err
+}
+
+// Apply adds each key's count to its part with add (false: no part is
+// stored under the key, which fails the commit), then has drop delete
+// those of the parts it lowered or the commit gave that no version refers
+// to. Keys go in order, so two stores' commits lock rows alike.
+func (r PartRefs) Apply(add func(key string, delta int) (bool, error), drop func(key string) error) error {
+	keys := slices.Sorted(maps.Keys(r.delta))
+	for _, k := range keys {
+		if r.delta[k] == 0 {
+			continue // as many pruned as added: the part is stored, its count unchanged
+		}
+		ok, err := add(k, r.delta[k])
+		if err != nil {
+			return fmt.Errorf("rule set part %s: %w", k, err)
+		}
+		if !ok {
+			return fmt.Errorf("rule set part %s: %w: neither stored nor given in the commit", k, ErrNotFound)
+		}
+	}
+	for _, k := range slices.Concat(keys, r.given) {
+		if r.delta[k] <= 0 || slices.Contains(r.given, k) {
+			if err := drop(k); err != nil {
+				return fmt.Errorf("rule set part %s: %w", k, err)
+			}
+		}
+	}
+	return nil
+}

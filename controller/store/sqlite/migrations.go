@@ -114,6 +114,20 @@ BEGIN
 	SELECT RAISE(ABORT, 'audit records are append-only: they cannot be changed');
 END;
 `,
+	// 5: rule sets' shared parts (store.RuleSetPart), stored once by key
+	// for every version that refers to one (rulesets.shared; '' for a
+	// version stored whole, as every earlier one is). refs counts those
+	// versions: a commit adds and prunes versions, and deletes the parts
+	// it leaves at 0 (issue 19: at 10,000 nodes, a commit rewrote every
+	// node's ipcache though most were alike and none had changed).
+	`
+CREATE TABLE ruleset_parts (
+	key  TEXT PRIMARY KEY,
+	data BLOB NOT NULL,
+	refs INTEGER NOT NULL
+);
+ALTER TABLE rulesets ADD COLUMN shared TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // eventMigrations are the event database's (flows.db), versioned the same

@@ -541,23 +541,27 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 				return err
 			}
 		}
-		putRS, err := tx.PrepareContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created) VALUES (?, ?, ?, ?, ?)")
+		putRS, err := tx.PrepareContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created, shared) VALUES (?, ?, ?, ?, ?, ?)")
 		if err != nil {
 			return err
 		}
 		defer putRS.Close()
-		pruneRS, err := tx.PrepareContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ?")
+		pruneRS, err := tx.PrepareContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ? RETURNING shared")
 		if err != nil {
 			return err
 		}
 		defer pruneRS.Close()
+		refs := store.NewPartRefs(c)
 		for _, rs := range c.RuleSets {
-			if _, err := putRS.ExecContext(ctx, rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created)); err != nil {
+			if _, err := putRS.ExecContext(ctx, rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created), rs.Shared); err != nil {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
-			if _, err := pruneRS.ExecContext(ctx, rs.Node, int64(rs.Version)-store.KeepRuleSetVersions); err != nil {
+			if err := refs.Pruned(queryStrings(ctx, pruneRS, rs.Node, int64(rs.Version)-store.KeepRuleSetVersions)); err != nil {
 				return err
 			}
+		}
+		if err := commitParts(ctx, tx, c.Parts, refs); err != nil {
+			return err
 		}
 		_, err = appendAudit(ctx, tx, c.Audit)
 		return err
@@ -568,15 +572,61 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 	return nil
 }
 
+// commitParts stores the parts a commit gives that are not stored yet,
+// applies its reference counts, and deletes the parts it left unreferenced.
+func commitParts(ctx context.Context, tx *sql.Tx, parts []store.RuleSetPart, refs store.PartRefs) error {
+	for _, p := range parts {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO ruleset_parts (key, data, refs) VALUES (?, ?, 0) ON CONFLICT (key) DO NOTHING",
+			p.Key, p.Data); err != nil {
+			return fmt.Errorf("rule set part %s: %w", p.Key, err)
+		}
+	}
+	return refs.Apply(func(key string, delta int) (bool, error) {
+		res, err := tx.ExecContext(ctx, "UPDATE ruleset_parts SET refs = refs + ? WHERE key = ?", delta, key)
+		if err != nil {
+			return false, err
+		}
+		n, err := res.RowsAffected()
+		return n > 0, err
+	}, func(key string) error {
+		_, err := tx.ExecContext(ctx, "DELETE FROM ruleset_parts WHERE key = ? AND refs <= 0", key)
+		return err
+	})
+}
+
+// queryStrings runs a statement returning one text column, and returns
+// the rows' values.
+func queryStrings(ctx context.Context, stmt *sql.Stmt, args ...any) ([]string, error) {
+	rows, err := stmt.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// ruleSetColumns are a rule set's columns with its shared part's data
+// (” for none), for scanRuleSet: r is rulesets, p its part.
+const ruleSetColumns = "r.node, r.version, r.hash, r.data, r.created, r.shared, COALESCE(p.data, X'')"
+
 func (s *SQLite) LatestRuleSets(ctx context.Context) ([]store.RuleSetRecord, error) {
-	return queryAll(ctx, s.db, "rule sets", scanRuleSet, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
+	return queryAll(ctx, s.db, "rule sets", scanRuleSet, `SELECT `+ruleSetColumns+` FROM rulesets r
 		JOIN (SELECT node, MAX(version) AS version FROM rulesets GROUP BY node) m ON r.node = m.node AND r.version = m.version
+		LEFT JOIN ruleset_parts p ON p.key = r.shared
 		ORDER BY r.node`)
 }
 
 func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (store.RuleSetRecord, error) {
-	r, err := scanRuleSet(s.db.QueryRowContext(ctx, "SELECT node, version, hash, data, created FROM rulesets WHERE node = ? AND version = ?",
-		node, int64(version)))
+	r, err := scanRuleSet(s.db.QueryRowContext(ctx, "SELECT "+ruleSetColumns+
+		" FROM rulesets r LEFT JOIN ruleset_parts p ON p.key = r.shared WHERE r.node = ? AND r.version = ?", node, int64(version)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, store.ErrNotFound
 	}
@@ -589,7 +639,7 @@ func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (stor
 func scanRuleSet(row interface{ Scan(...any) error }) (store.RuleSetRecord, error) {
 	var r store.RuleSetRecord
 	var version, created int64
-	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created)
+	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created, &r.Shared, &r.SharedData)
 	r.Version, r.Created = uint64(version), rc.FromNanos(created)
 	return r, err
 }
