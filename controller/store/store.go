@@ -219,7 +219,7 @@ type RuleSetRecord struct {
 // RuleSetPart is a part of rule sets stored once under Key, the hash of
 // Data (the caller's: a key names one content). The store keeps it while
 // a stored version refers to it (RuleSetRecord.Shared) and deletes it in
-// the commit that prunes or replaces the last one.
+// the commit that prunes the last one (PartSweep).
 type RuleSetPart struct {
 	Key  string
 	Data []byte
@@ -263,64 +263,40 @@ type Node struct {
 // store keeps: enough to send a delta to an agent a few versions behind.
 const KeepRuleSetVersions = 8
 
-// PartRefs is what a commit does to the reference counts of its shared
-// parts (RuleSetPart): one more for every version it adds that refers to
-// a part, one fewer for every version it prunes that did. The stores count
-// it while they write, then apply it once a key.
-type PartRefs struct {
-	delta map[string]int
-	given []string
+// PartSweep is what a commit must sweep of the shared parts
+// (RuleSetPart): the parts it gave and those of the versions it pruned,
+// unless a version it adds refers to them, may have no version referring
+// to them left; the stores delete those that have none.
+type PartSweep struct {
+	referenced map[string]bool
+	candidates map[string]bool
 }
 
-// NewPartRefs counts the references of c's rule sets.
-func NewPartRefs(c PolicyCommit) PartRefs {
-	r := PartRefs{delta: make(map[string]int)}
+// NewPartSweep starts c's sweep with the parts it gives.
+func NewPartSweep(c PolicyCommit) *PartSweep {
+	p := &PartSweep{referenced: make(map[string]bool), candidates: make(map[string]bool)}
 	for _, rs := range c.RuleSets {
 		if rs.Shared != "" {
-			r.delta[rs.Shared]++
+			p.referenced[rs.Shared] = true
 		}
 	}
-	for _, p := range c.Parts {
-		r.given = append(r.given, p.Key)
+	for _, part := range c.Parts {
+		p.Pruned([]string{part.Key}, nil)
 	}
-	return r
+	return p
 }
 
-// Pruned counts the shared keys of the versions a delete pruned ("" for a
+// Pruned adds the shared keys of the versions a delete pruned ("" for a
 // version stored whole), as it returned them with err, which it returns.
-func (r PartRefs) Pruned(keys []string, err error) error {
+func (p *PartSweep) Pruned(keys []string, err error) error {
 	for _, k := range keys {
-		if k != "" {
-			r.delta[k]--
+		if k != "" && !p.referenced[k] {
+			p.candidates[k] = true
 		}
 	}
 	return err
 }
 
-// Apply adds each key's count to its part with add (false: no part is
-// stored under the key, which fails the commit), then has drop delete
-// those of the parts it lowered or the commit gave that no version refers
-// to. Keys go in order, so two stores' commits lock rows alike.
-func (r PartRefs) Apply(add func(key string, delta int) (bool, error), drop func(key string) error) error {
-	keys := slices.Sorted(maps.Keys(r.delta))
-	for _, k := range keys {
-		if r.delta[k] == 0 {
-			continue // as many pruned as added: the part is stored, its count unchanged
-		}
-		ok, err := add(k, r.delta[k])
-		if err != nil {
-			return fmt.Errorf("rule set part %s: %w", k, err)
-		}
-		if !ok {
-			return fmt.Errorf("rule set part %s: %w: neither stored nor given in the commit", k, ErrNotFound)
-		}
-	}
-	for _, k := range slices.Concat(keys, r.given) {
-		if r.delta[k] <= 0 || slices.Contains(r.given, k) {
-			if err := drop(k); err != nil {
-				return fmt.Errorf("rule set part %s: %w", k, err)
-			}
-		}
-	}
-	return nil
-}
+// Candidates are the keys whose parts may have no version referring to
+// them left, in order.
+func (p *PartSweep) Candidates() []string { return slices.Sorted(maps.Keys(p.candidates)) }

@@ -390,15 +390,16 @@ CREATE INDEX flows_filters ON flows USING brin (
 `,
 	// 8: rule sets' shared parts (store.RuleSetPart), as the SQLite
 	// store's control migration 5: stored once by key for every version
-	// that refers to one (rulesets.shared; '' for a version stored whole),
-	// refs counting those versions.
+	// that refers to one (rulesets.shared; '' for a version stored
+	// whole), deleted by the commit that leaves one unreferenced (found
+	// by the index).
 	`
 CREATE TABLE ruleset_parts (
 	key  TEXT COLLATE "C" PRIMARY KEY,
-	data BYTEA NOT NULL,
-	refs BIGINT NOT NULL
+	data BYTEA NOT NULL
 );
 ALTER TABLE rulesets ADD COLUMN shared TEXT COLLATE "C" NOT NULL DEFAULT '';
+CREATE INDEX rulesets_shared ON rulesets (shared);
 `,
 }
 

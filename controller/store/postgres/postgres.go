@@ -562,7 +562,12 @@ func (s *Postgres) CommitPolicy(ctx context.Context, c store.PolicyCommit) error
 				return err
 			}
 		}
-		refs := store.NewPartRefs(c)
+		for _, p := range c.Parts {
+			if _, err := tx.Exec(ctx, "INSERT INTO ruleset_parts (key, data) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", p.Key, p.Data); err != nil {
+				return fmt.Errorf("rule set part %s: %w", p.Key, err)
+			}
+		}
+		sweep := store.NewPartSweep(c)
 		for _, rs := range c.RuleSets {
 			var newest *int64
 			if err := tx.QueryRow(ctx, "SELECT MAX(version) FROM rulesets WHERE node = $1", rs.Node).Scan(&newest); err != nil {
@@ -571,36 +576,31 @@ func (s *Postgres) CommitPolicy(ctx context.Context, c store.PolicyCommit) error
 			if newest != nil && uint64(*newest) >= rs.Version {
 				return fmt.Errorf("rule set of %s version %d: %w (version %d is stored)", rs.Node, rs.Version, store.ErrExists, *newest)
 			}
-			if _, err := tx.Exec(ctx, "INSERT INTO rulesets (node, version, hash, data, created, shared) VALUES ($1, $2, $3, $4, $5, $6)",
-				rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created), rs.Shared); err != nil {
+			// A version stored whole, or one whose part is stored.
+			tag, err := tx.Exec(ctx, `INSERT INTO rulesets (node, version, hash, data, created, shared) SELECT $1, $2, $3, $4, $5, $6
+				WHERE $6 = '' OR EXISTS (SELECT 1 FROM ruleset_parts WHERE key = $6)`,
+				rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created), rs.Shared)
+			if err == nil && tag.RowsAffected() == 0 {
+				err = fmt.Errorf("shared part %s: %w: neither stored nor given in the commit", rs.Shared, store.ErrNotFound)
+			}
+			if err != nil {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
 			rows, err := tx.Query(ctx, "DELETE FROM rulesets WHERE node = $1 AND version <= $2 RETURNING shared",
 				rs.Node, int64(rs.Version)-store.KeepRuleSetVersions)
 			if err == nil {
-				err = refs.Pruned(pgx.CollectRows(rows, pgx.RowTo[string]))
+				err = sweep.Pruned(pgx.CollectRows(rows, pgx.RowTo[string]))
 			}
 			if err != nil {
 				return err
 			}
 		}
-		for _, p := range c.Parts {
-			if _, err := tx.Exec(ctx, "INSERT INTO ruleset_parts (key, data, refs) VALUES ($1, $2, 0) ON CONFLICT (key) DO NOTHING",
-				p.Key, p.Data); err != nil {
-				return fmt.Errorf("rule set part %s: %w", p.Key, err)
+		for _, k := range sweep.Candidates() {
+			if _, err := tx.Exec(ctx, "DELETE FROM ruleset_parts WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM rulesets WHERE shared = $1)", k); err != nil {
+				return fmt.Errorf("rule set part %s: %w", k, err)
 			}
 		}
-		err := refs.Apply(func(key string, delta int) (bool, error) {
-			tag, err := tx.Exec(ctx, "UPDATE ruleset_parts SET refs = refs + $1 WHERE key = $2", delta, key)
-			return tag.RowsAffected() > 0, err
-		}, func(key string) error {
-			_, err := tx.Exec(ctx, "DELETE FROM ruleset_parts WHERE key = $1 AND refs <= 0", key)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		_, err = appendAudit(ctx, tx, c.Audit)
+		_, err := appendAudit(ctx, tx, c.Audit)
 		return err
 	})
 	if err != nil {

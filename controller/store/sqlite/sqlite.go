@@ -541,7 +541,14 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 				return err
 			}
 		}
-		putRS, err := tx.PrepareContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created, shared) VALUES (?, ?, ?, ?, ?, ?)")
+		for _, p := range c.Parts {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO ruleset_parts (key, data) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", p.Key, p.Data); err != nil {
+				return fmt.Errorf("rule set part %s: %w", p.Key, err)
+			}
+		}
+		// A version stored whole, or one whose part is stored.
+		putRS, err := tx.PrepareContext(ctx, `INSERT INTO rulesets (node, version, hash, data, created, shared) SELECT ?1, ?2, ?3, ?4, ?5, ?6
+			WHERE ?6 = '' OR EXISTS (SELECT 1 FROM ruleset_parts WHERE key = ?6)`)
 		if err != nil {
 			return err
 		}
@@ -551,17 +558,23 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 			return err
 		}
 		defer pruneRS.Close()
-		refs := store.NewPartRefs(c)
+		sweep := store.NewPartSweep(c)
 		for _, rs := range c.RuleSets {
-			if _, err := putRS.ExecContext(ctx, rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created), rs.Shared); err != nil {
+			res, err := putRS.ExecContext(ctx, rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created), rs.Shared)
+			if err == nil {
+				err = partStored(res, rs)
+			}
+			if err != nil {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
-			if err := refs.Pruned(queryStrings(ctx, pruneRS, rs.Node, int64(rs.Version)-store.KeepRuleSetVersions)); err != nil {
+			if err := sweep.Pruned(queryStrings(ctx, pruneRS, rs.Node, int64(rs.Version)-store.KeepRuleSetVersions)); err != nil {
 				return err
 			}
 		}
-		if err := commitParts(ctx, tx, c.Parts, refs); err != nil {
-			return err
+		for _, k := range sweep.Candidates() {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM ruleset_parts WHERE key = ?1 AND NOT EXISTS (SELECT 1 FROM rulesets WHERE shared = ?1)", k); err != nil {
+				return fmt.Errorf("rule set part %s: %w", k, err)
+			}
 		}
 		_, err = appendAudit(ctx, tx, c.Audit)
 		return err
@@ -572,26 +585,14 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 	return nil
 }
 
-// commitParts stores the parts a commit gives that are not stored yet,
-// applies its reference counts, and deletes the parts it left unreferenced.
-func commitParts(ctx context.Context, tx *sql.Tx, parts []store.RuleSetPart, refs store.PartRefs) error {
-	for _, p := range parts {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO ruleset_parts (key, data, refs) VALUES (?, ?, 0) ON CONFLICT (key) DO NOTHING",
-			p.Key, p.Data); err != nil {
-			return fmt.Errorf("rule set part %s: %w", p.Key, err)
-		}
+// partStored says whether an insert of rs (which inserts nothing when its
+// shared part is not stored) inserted it.
+func partStored(res sql.Result, rs store.RuleSetRecord) error {
+	n, err := res.RowsAffected()
+	if err == nil && n == 0 {
+		err = fmt.Errorf("shared part %s: %w: neither stored nor given in the commit", rs.Shared, store.ErrNotFound)
 	}
-	return refs.Apply(func(key string, delta int) (bool, error) {
-		res, err := tx.ExecContext(ctx, "UPDATE ruleset_parts SET refs = refs + ? WHERE key = ?", delta, key)
-		if err != nil {
-			return false, err
-		}
-		n, err := res.RowsAffected()
-		return n > 0, err
-	}, func(key string) error {
-		_, err := tx.ExecContext(ctx, "DELETE FROM ruleset_parts WHERE key = ? AND refs <= 0", key)
-		return err
-	})
+	return err
 }
 
 // queryStrings runs a statement returning one text column, and returns
