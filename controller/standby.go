@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/eastguard/eastguard/controller/agentapi"
@@ -98,7 +97,7 @@ func standbyGRPC(ctx context.Context, t *agenttls.State, limits agentapi.Limits,
 	go t.Rotate(ctx)
 	limits = limits.WithDefaults()
 	conns := admission.NewConnLimiter(limits.MaxConns, limits.MaxConnsPerSource)
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(t.ServerConfig())),
+	srv := grpc.NewServer(grpc.Creds(t.ServerCredentials()),
 		grpc.MaxRecvMsgSize(16<<10),
 		grpc.MaxConcurrentStreams(uint32(limits.MaxStreamsPerConn)),
 		grpc.ConnectionTimeout(10*time.Second),

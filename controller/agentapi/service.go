@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/eastguard/eastguard/controller/agentapi/admission"
@@ -181,7 +180,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(s.tls.ServerConfig())),
+		grpc.Creds(s.tls.ServerCredentials()),
 		grpc.MaxRecvMsgSize(maxAgentMessage),
 		// Join and Renew: a deadline before the request is read, and a
 		// far smaller size limit than Connect's flow batches need.

@@ -47,6 +47,10 @@ type Version struct {
 	// version resumes from when it keeps this one's node, endpoints and
 	// ipcache (ruleset.HashFrom). It shares RuleSet's slices.
 	HashPart *ruleset.HashPart
+	// Shared, when set, is the key its ipcache is stored under
+	// (store.RuleSetRecord.Shared): the node's next version with the same
+	// ipcache refers to it without encoding it again.
+	Shared string
 }
 
 // Stream is what the table needs of an agent's open control stream.

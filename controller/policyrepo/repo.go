@@ -204,7 +204,7 @@ func (r *Repo) Load(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		latest = append(latest, &nodes.Version{Num: rec.Version, Hash: rec.Hash, RuleSet: rs, At: rec.Created})
+		latest = append(latest, &nodes.Version{Num: rec.Version, Hash: rec.Hash, RuleSet: rs, At: rec.Created, Shared: rec.Shared})
 	}
 	r.nodes.SetLatest(latest)
 	if broken > 0 {

@@ -2,6 +2,8 @@ package policyrepo
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"runtime"
@@ -90,6 +92,9 @@ func (r *Repo) nextVersionsLocked(ruleSets map[string]*ruleset.RuleSet) []*nodes
 				continue
 			}
 			v.Num = latest.Num + 1
+			if latest.Shared != "" && slices.Equal(latest.RuleSet.IPCache, rs.IPCache) {
+				v.Shared = latest.Shared // stored already: not encoded nor written again
+			}
 			// A small change is kept for the node's stream (nodes.Version);
 			// a large one it diffs itself if it needs to, rather than
 			// every node holding a second copy of most of its rule set.
@@ -125,17 +130,38 @@ func parallel(n int, f func(i int)) {
 	wg.Wait()
 }
 
-// encodeRuleSet is a rule set as the store keeps it: its protobuf wire
-// form (compact and quick to encode; the version and hash are columns),
-// written straight from the rule set (wire.MarshalRuleSet: an apply
-// stores every changed node's, 10,000 of them at fleet scale).
-func encodeRuleSet(v *nodes.Version) []byte {
-	return wire.MarshalRuleSet(v.RuleSet, "")
+// encodeRuleSet is a version's rule set as the store keeps it: its
+// protobuf wire form (compact and quick to encode; the version and hash
+// are columns), written straight from the rule set (wire.MarshalRuleSet:
+// an apply stores every changed node's, 10,000 of them at fleet scale).
+// The ipcache, most of a large rule set and alike on many nodes, is
+// stored apart once by its hash (store.RuleSetPart): a version that keeps
+// its node's ipcache (v.Shared set) refers to the stored one, and one
+// with a new ipcache returns it as part, setting v.Shared.
+func encodeRuleSet(v *nodes.Version) (data []byte, part store.RuleSetPart) {
+	if len(v.RuleSet.IPCache) == 0 {
+		return wire.MarshalRuleSet(v.RuleSet, ""), part
+	}
+	if v.Shared == "" {
+		ipc := wire.MarshalIPCache(v.RuleSet.IPCache)
+		sum := sha256.Sum256(ipc)
+		v.Shared = "sha256:" + hex.EncodeToString(sum[:])
+		part = store.RuleSetPart{Key: v.Shared, Data: ipc}
+	}
+	return wire.MarshalRuleSetOwn(v.RuleSet, ""), part
 }
 
+// decodeRuleSet reads a stored version's rule set: its shared part (the
+// ipcache), then its own, into one message.
 func decodeRuleSet(rec store.RuleSetRecord) (*ruleset.RuleSet, error) {
 	var m pb.RuleSet
-	if err := proto.Unmarshal(rec.Data, &m); err != nil {
+	if rec.Shared != "" && len(rec.SharedData) == 0 {
+		return nil, fmt.Errorf("stored rule set of %s version %d: its shared part %s is missing", rec.Node, rec.Version, rec.Shared)
+	}
+	if err := proto.Unmarshal(rec.SharedData, &m); err != nil {
+		return nil, fmt.Errorf("stored rule set of %s version %d: shared part %s: %w", rec.Node, rec.Version, rec.Shared, err)
+	}
+	if err := (proto.UnmarshalOptions{Merge: true}).Unmarshal(rec.Data, &m); err != nil {
 		return nil, fmt.Errorf("stored rule set of %s version %d: %w", rec.Node, rec.Version, err)
 	}
 	rs, err := wire.ToRuleSet(&m)
@@ -152,11 +178,22 @@ func (r *Repo) commitLocked(ctx context.Context, put []store.Resource, del []sto
 	records []store.AuditRecord) error {
 	now := r.now()
 	c := store.PolicyCommit{Put: put, Delete: del, RuleSets: make([]store.RuleSetRecord, len(versions)), Audit: records}
+	parts := make([]store.RuleSetPart, len(versions))
 	parallel(len(versions), func(i int) {
 		v := versions[i]
 		v.At = now
-		c.RuleSets[i] = store.RuleSetRecord{Node: v.RuleSet.Node, Version: v.Num, Hash: v.Hash, Data: encodeRuleSet(v), Created: now}
+		var data []byte
+		data, parts[i] = encodeRuleSet(v)
+		c.RuleSets[i] = store.RuleSetRecord{Node: v.RuleSet.Node, Version: v.Num, Hash: v.Hash, Data: data, Shared: v.Shared, Created: now}
 	})
+	// Nodes with the same new ipcache give it once.
+	given := make(map[string]bool)
+	for _, p := range parts {
+		if p.Key != "" && !given[p.Key] {
+			given[p.Key] = true
+			c.Parts = append(c.Parts, p)
+		}
+	}
 	if err := r.st.CommitPolicy(ctx, c); err != nil {
 		return err
 	}
@@ -216,7 +253,7 @@ func (r *Repo) BumpPast(ctx context.Context, name string, agentVersion uint64) (
 	}
 	rs := latest.RuleSet.Clone()
 	rs.Version = agentVersion + 1
-	v := &nodes.Version{Num: rs.Version, Hash: latest.Hash, RuleSet: rs}
+	v := &nodes.Version{Num: rs.Version, Hash: latest.Hash, RuleSet: rs, Shared: latest.Shared}
 	if err := r.commitLocked(ctx, nil, nil, []*nodes.Version{v}, nil); err != nil {
 		return nil, err
 	}
@@ -240,7 +277,7 @@ func (r *Repo) StoredVersion(ctx context.Context, name string, num uint64, hash 
 		r.log.Warn("stored rule set unreadable; sending a full one", zap.String("node", name), zap.Error(err))
 		return nil
 	}
-	return &nodes.Version{Num: num, Hash: hash, RuleSet: rs, At: rec.Created}
+	return &nodes.Version{Num: num, Hash: hash, RuleSet: rs, At: rec.Created, Shared: rec.Shared}
 }
 
 // nodeNames lists the nodes of versions, sorted, for logs: a person needs

@@ -34,6 +34,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -200,9 +202,27 @@ type RuleSetRecord struct {
 	Version uint64
 	Hash    string
 	// Data is the rule set, encoded by the caller (controller/policyrepo
-	// stores the protobuf form, eastguard.v1.RuleSet).
-	Data    []byte
-	Created time.Time
+	// stores the protobuf form, eastguard.v1.RuleSet), or the node's own
+	// part of it when Shared is set.
+	Data []byte
+	// Shared, when set, is the key of a part of the rule set stored once
+	// for every version that holds it (RuleSetPart): controller/policyrepo
+	// stores a node's ipcache so, most of a large rule set, kept by most
+	// changes (of ports, of rules) and alike on nodes with the same peers.
+	// A commit gives the part in PolicyCommit.Parts unless a stored
+	// version already refers to it; reads return its data in SharedData.
+	Shared     string
+	SharedData []byte
+	Created    time.Time
+}
+
+// RuleSetPart is a part of rule sets stored once under Key, the hash of
+// Data (the caller's: a key names one content). The store keeps it while
+// a stored version refers to it (RuleSetRecord.Shared) and deletes it in
+// the commit that prunes the last one (PartSweep).
+type RuleSetPart struct {
+	Key  string
+	Data []byte
 }
 
 // PolicyCommit is one policy change: resources put and deleted, and the
@@ -211,6 +231,11 @@ type PolicyCommit struct {
 	Put      []Resource
 	Delete   []ResourceKey
 	RuleSets []RuleSetRecord
+	// Parts are the shared parts RuleSets refer to that may not be stored
+	// yet; one already stored under its key is kept as it is. A rule set
+	// referring to a part neither stored nor given fails the commit
+	// (ErrNotFound).
+	Parts []RuleSetPart
 	// Audit records the change (one record per resource put or
 	// deleted), written in its transaction.
 	Audit []AuditRecord
@@ -237,3 +262,41 @@ type Node struct {
 // KeepRuleSetVersions is how many versions of each node's rule set the
 // store keeps: enough to send a delta to an agent a few versions behind.
 const KeepRuleSetVersions = 8
+
+// PartSweep is what a commit must sweep of the shared parts
+// (RuleSetPart): the parts it gave and those of the versions it pruned,
+// unless a version it adds refers to them, may have no version referring
+// to them left; the stores delete those that have none.
+type PartSweep struct {
+	referenced map[string]bool
+	candidates map[string]bool
+}
+
+// NewPartSweep starts c's sweep with the parts it gives.
+func NewPartSweep(c PolicyCommit) *PartSweep {
+	p := &PartSweep{referenced: make(map[string]bool), candidates: make(map[string]bool)}
+	for _, rs := range c.RuleSets {
+		if rs.Shared != "" {
+			p.referenced[rs.Shared] = true
+		}
+	}
+	for _, part := range c.Parts {
+		p.Pruned([]string{part.Key}, nil)
+	}
+	return p
+}
+
+// Pruned adds the shared keys of the versions a delete pruned ("" for a
+// version stored whole), as it returned them with err, which it returns.
+func (p *PartSweep) Pruned(keys []string, err error) error {
+	for _, k := range keys {
+		if k != "" && !p.referenced[k] {
+			p.candidates[k] = true
+		}
+	}
+	return err
+}
+
+// Candidates are the keys whose parts may have no version referring to
+// them left, in order.
+func (p *PartSweep) Candidates() []string { return slices.Sorted(maps.Keys(p.candidates)) }

@@ -15,15 +15,40 @@ import (
 // building the messages first and then marshalling them was most of an
 // apply's allocation. TestMarshalRuleSetMatchesProto holds the two equal.
 func MarshalRuleSet(rs *ruleset.RuleSet, hash string) []byte {
+	return marshalRuleSet(rs, hash, true)
+}
+
+// MarshalRuleSetOwn is MarshalRuleSet without the ipcache, which
+// MarshalIPCache writes: unmarshalled together (the ipcache, then this;
+// protobuf merges concatenated messages, repeated fields appended in
+// order) they are MarshalRuleSet's message. The ipcache is most of a
+// large rule set, alike on the nodes whose workloads have the same peers
+// and kept by most changes (of ports, of rules): the controller stores
+// each distinct one once.
+func MarshalRuleSetOwn(rs *ruleset.RuleSet, hash string) []byte {
+	return marshalRuleSet(rs, hash, false)
+}
+
+// MarshalIPCache is a RuleSet message holding ipc alone (see
+// MarshalRuleSetOwn).
+func MarshalIPCache(ipc []ruleset.IPCacheEntry) []byte {
+	return appendAll(make([]byte, 0, sizeAll(5, ipc, sizeIPCache)), 5, ipc, sizeIPCache, appendIPCache)
+}
+
+func marshalRuleSet(rs *ruleset.RuleSet, hash string, withIPCache bool) []byte {
 	n := sizeString(1, rs.Node) + sizeVarint(2, rs.Version) + sizeString(3, hash) +
-		sizeAll(4, rs.Endpoints, sizeEndpoint) + sizeAll(5, rs.IPCache, sizeIPCache) +
-		sizeAll(6, rs.Entries, sizeEntry) + sizeAll(7, rs.Rules, sizeRule)
+		sizeAll(4, rs.Endpoints, sizeEndpoint) + sizeAll(6, rs.Entries, sizeEntry) + sizeAll(7, rs.Rules, sizeRule)
+	if withIPCache {
+		n += sizeAll(5, rs.IPCache, sizeIPCache)
+	}
 	b := make([]byte, 0, n)
 	b = appendString(b, 1, rs.Node)
 	b = appendVarint(b, 2, rs.Version)
 	b = appendString(b, 3, hash)
 	b = appendAll(b, 4, rs.Endpoints, sizeEndpoint, appendEndpoint)
-	b = appendAll(b, 5, rs.IPCache, sizeIPCache, appendIPCache)
+	if withIPCache {
+		b = appendAll(b, 5, rs.IPCache, sizeIPCache, appendIPCache)
+	}
 	b = appendAll(b, 6, rs.Entries, sizeEntry, appendEntry)
 	return appendAll(b, 7, rs.Rules, sizeRule, appendRule)
 }

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/eastguard/eastguard/internal/ruleset"
+	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
 // randomRuleSet makes a rule set with every field used, zero values and
@@ -87,6 +89,33 @@ func TestMarshalRuleSetMatchesProto(t *testing.T) {
 		}
 		if cap(got) != len(got) {
 			t.Fatalf("rule set %d: sized %d, wrote %d", i, cap(got), len(got))
+		}
+	}
+}
+
+// TestMarshalRuleSetOwn: the ipcache part (MarshalIPCache), then the node's own,
+// unmarshalled together decode to the message MarshalRuleSet writes; the
+// own part holds no ipcache entry, and the ipcache part nothing else.
+func TestMarshalRuleSetOwn(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range 500 {
+		rs := randomRuleSet(r, 1+i%40)
+		own, ipc := MarshalRuleSetOwn(rs, "sha256:abc"), MarshalIPCache(rs.IPCache)
+		var whole, got, ownOnly, ipcOnly pb.RuleSet
+		if err := proto.Unmarshal(MarshalRuleSet(rs, "sha256:abc"), &whole); err != nil {
+			t.Fatal(err)
+		}
+		if err := proto.Unmarshal(append(slices.Clone(ipc), own...), &got); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(&got, &whole) {
+			t.Fatalf("rule set %d: the two parts decode to\n%v\nwant\n%v", i, &got, &whole)
+		}
+		if err := proto.Unmarshal(own, &ownOnly); err != nil || len(ownOnly.GetIpcache()) != 0 {
+			t.Fatalf("rule set %d: the own part holds %d ipcache entries (%v), want none", i, len(ownOnly.GetIpcache()), err)
+		}
+		if err := proto.Unmarshal(ipc, &ipcOnly); err != nil || !proto.Equal(&ipcOnly, &pb.RuleSet{Ipcache: whole.GetIpcache()}) {
+			t.Fatalf("rule set %d: the ipcache part is %v (%v), want the ipcache alone", i, &ipcOnly, err)
 		}
 	}
 }

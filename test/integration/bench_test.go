@@ -32,6 +32,12 @@ import (
 const (
 	envSimTokens = "EG_SIM_AGENT_TOKENS" // file of "node token" lines
 	envSimAddr   = "EG_SIM_CONTROLLER"
+	// envSimState is the directory the child keeps its agents' state
+	// directories in: the benchmark's own temporary directory, removed by
+	// the benchmark once the child has exited. (Under the child's own
+	// t.TempDir, removing 10,000 of them outlasted the 30 s the child is
+	// given to exit, and the killed child left them in /tmp.)
+	envSimState = "EG_SIM_STATE_DIR"
 	// EG_SIM_CPUPROFILE=FILE: the child's CPU profile, from the first op
 	// (the parent signals it with SIGUSR1 once every agent synced) to the
 	// end of the benchmark (the controller's is EG_BENCH_CPUPROFILE's).
@@ -188,7 +194,12 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy benchPol
 		node := fmt.Sprintf(nodeName, i)
 		fmt.Fprintf(&tokens, "%s %s\n", node, h.Token(node, time.Hour))
 	}
-	tokFile := filepath.Join(b.TempDir(), "tokens")
+	tmp := b.TempDir() // removed after the child's exit: cleanups run after the deferred wait below
+	tokFile := filepath.Join(tmp, "tokens")
+	stateDir := filepath.Join(tmp, "agents")
+	if err := os.Mkdir(stateDir, 0o700); err != nil {
+		b.Fatal(err)
+	}
 	if err := os.WriteFile(tokFile, []byte(tokens.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
@@ -200,7 +211,7 @@ func benchPropagation(b *testing.B, agents int, nodeName string, policy benchPol
 		b.Fatal(err)
 	}
 	child := exec.Command(exe, "-test.run=^TestSimulatedAgents$", "-test.v")
-	child.Env = append(os.Environ(), envSimTokens+"="+tokFile, envSimAddr+"="+h.Addr)
+	child.Env = append(os.Environ(), envSimTokens+"="+tokFile, envSimAddr+"="+h.Addr, envSimState+"="+stateDir)
 	if os.Getenv("GOGC") == "" {
 		// The simulated agents share one heap, with the goroutines of
 		// every agent's connection: collected at the default GOGC, a
@@ -397,8 +408,8 @@ func liveBytes() (total, stacks uint64) {
 // (it runs only with the benchmark's environment): one control-plane
 // client per token, with in-memory enforcers, until standard input closes.
 func TestSimulatedAgents(t *testing.T) {
-	tokFile, addr := os.Getenv(envSimTokens), os.Getenv(envSimAddr)
-	if tokFile == "" || addr == "" {
+	tokFile, addr, stateDir := os.Getenv(envSimTokens), os.Getenv(envSimAddr), os.Getenv(envSimState)
+	if tokFile == "" || addr == "" || stateDir == "" {
 		t.Skip("helper process of BenchmarkPropagation1000Agents; runs only when the benchmark starts it")
 	}
 	data, err := os.ReadFile(tokFile)
@@ -426,7 +437,7 @@ func TestSimulatedAgents(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 		node, token, _ := strings.Cut(line, " ")
-		dir, err := state.Open(filepath.Join(t.TempDir(), node))
+		dir, err := state.Open(filepath.Join(stateDir, node))
 		if err != nil {
 			t.Fatal(err)
 		}

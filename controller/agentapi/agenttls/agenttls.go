@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/eastguard/eastguard/internal/pki"
 )
@@ -128,41 +129,67 @@ func (t *State) Rotate(ctx context.Context) {
 	}
 }
 
+// ServerCredentials are the listener's gRPC credentials: TLS with
+// ServerConfig, and a chain refused at the handshake logged with the
+// address it came from (HandshakeRefused).
+func (t *State) ServerCredentials() credentials.TransportCredentials {
+	return serverCreds{TransportCredentials: credentials.NewTLS(t.ServerConfig()), refused: t.cfg.HandshakeRefused}
+}
+
 // ServerConfig is the listener's TLS configuration. A client certificate
 // is requested but not required (Join has none); when given, its chain is
 // verified here, so a certificate of another CA, expired or without a
-// node identity fails the handshake, with a log line that says why. A
-// revoked one passes the handshake: every RPC it could open checks
-// revocation and refuses it with PermissionDenied and the reason, which
-// tells the agent to stop retrying; a failed handshake would tell it
-// nothing, and it would try again forever.
+// node identity fails the handshake, with a log line that says why
+// (ServerCredentials). A revoked one passes the handshake: every RPC it
+// could open checks revocation and refuses it with PermissionDenied and
+// the reason, which tells the agent to stop retrying; a failed handshake
+// would tell it nothing, and it would try again forever. One
+// configuration for every connection: a configuration made per client
+// (GetConfigForClient, to know the remote address for the log) was two
+// clones of it per handshake, one kept by every connection for its life.
 func (t *State) ServerConfig() *tls.Config {
-	base := &tls.Config{
+	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return t.serving.Load(), nil
 		},
 		ClientAuth: tls.RequestClientCert,
 		NextProtos: []string{"h2"},
-	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			c := base.Clone()
-			remote := hello.Conn.RemoteAddr()
-			c.VerifyConnection = func(cs tls.ConnectionState) error {
-				if len(cs.PeerCertificates) == 0 {
-					return nil // only Join accepts that; every other RPC checks
-				}
-				_, err := t.VerifyChain(cs.PeerCertificates)
-				if err != nil {
-					t.cfg.HandshakeRefused(remote, err)
-				}
-				return err
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return nil // only Join accepts that; every other RPC checks
 			}
-			return c, nil
+			if _, err := t.VerifyChain(cs.PeerCertificates); err != nil {
+				return &chainRefused{err: err}
+			}
+			return nil
 		},
 	}
+}
+
+// chainRefused is a node chain that VerifyChain refused at a handshake.
+type chainRefused struct{ err error }
+
+func (e *chainRefused) Error() string { return e.err.Error() }
+func (e *chainRefused) Unwrap() error { return e.err }
+
+// serverCreds logs the chains refused at a handshake, with the address
+// they came from (which VerifyConnection is not told).
+type serverCreds struct {
+	credentials.TransportCredentials
+	refused func(remote net.Addr, err error)
+}
+
+func (c serverCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	out, info, err := c.TransportCredentials.ServerHandshake(conn)
+	if refused, ok := errors.AsType[*chainRefused](err); ok {
+		c.refused(conn.RemoteAddr(), refused.err)
+	}
+	return out, info, err
+}
+
+func (c serverCreds) Clone() credentials.TransportCredentials {
+	return serverCreds{TransportCredentials: c.TransportCredentials.Clone(), refused: c.refused}
 }
 
 // VerifyChain checks a node certificate chain (CA, validity, node

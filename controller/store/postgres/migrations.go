@@ -388,6 +388,19 @@ CREATE INDEX flows_filters ON flows USING brin (
 	dst_addr text_bloom_ops(n_distinct_per_range = ` + flowBRINDistinct + `)
 ) WITH (pages_per_range = ` + flowBRINPagesPerRange + `);
 `,
+	// 8: rule sets' shared parts (store.RuleSetPart), as the SQLite
+	// store's control migration 5: stored once by key for every version
+	// that refers to one (rulesets.shared; '' for a version stored
+	// whole), deleted by the commit that leaves one unreferenced (found
+	// by the index).
+	`
+CREATE TABLE ruleset_parts (
+	key  TEXT COLLATE "C" PRIMARY KEY,
+	data BYTEA NOT NULL
+);
+ALTER TABLE rulesets ADD COLUMN shared TEXT COLLATE "C" NOT NULL DEFAULT '';
+CREATE INDEX rulesets_shared ON rulesets (shared);
+`,
 }
 
 // The flows' BRIN index (migration 7): the heap pages each summary

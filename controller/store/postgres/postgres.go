@@ -562,6 +562,12 @@ func (s *Postgres) CommitPolicy(ctx context.Context, c store.PolicyCommit) error
 				return err
 			}
 		}
+		for _, p := range c.Parts {
+			if _, err := tx.Exec(ctx, "INSERT INTO ruleset_parts (key, data) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", p.Key, p.Data); err != nil {
+				return fmt.Errorf("rule set part %s: %w", p.Key, err)
+			}
+		}
+		sweep := store.NewPartSweep(c)
 		for _, rs := range c.RuleSets {
 			var newest *int64
 			if err := tx.QueryRow(ctx, "SELECT MAX(version) FROM rulesets WHERE node = $1", rs.Node).Scan(&newest); err != nil {
@@ -570,13 +576,28 @@ func (s *Postgres) CommitPolicy(ctx context.Context, c store.PolicyCommit) error
 			if newest != nil && uint64(*newest) >= rs.Version {
 				return fmt.Errorf("rule set of %s version %d: %w (version %d is stored)", rs.Node, rs.Version, store.ErrExists, *newest)
 			}
-			if _, err := tx.Exec(ctx, "INSERT INTO rulesets (node, version, hash, data, created) VALUES ($1, $2, $3, $4, $5)",
-				rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created)); err != nil {
+			// A version stored whole, or one whose part is stored.
+			tag, err := tx.Exec(ctx, `INSERT INTO rulesets (node, version, hash, data, created, shared) SELECT $1, $2, $3, $4, $5, $6
+				WHERE $6 = '' OR EXISTS (SELECT 1 FROM ruleset_parts WHERE key = $6)`,
+				rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created), rs.Shared)
+			if err == nil && tag.RowsAffected() == 0 {
+				err = fmt.Errorf("shared part %s: %w: neither stored nor given in the commit", rs.Shared, store.ErrNotFound)
+			}
+			if err != nil {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
-			if _, err := tx.Exec(ctx, "DELETE FROM rulesets WHERE node = $1 AND version <= $2",
-				rs.Node, int64(rs.Version)-store.KeepRuleSetVersions); err != nil {
+			rows, err := tx.Query(ctx, "DELETE FROM rulesets WHERE node = $1 AND version <= $2 RETURNING shared",
+				rs.Node, int64(rs.Version)-store.KeepRuleSetVersions)
+			if err == nil {
+				err = sweep.Pruned(pgx.CollectRows(rows, pgx.RowTo[string]))
+			}
+			if err != nil {
 				return err
+			}
+		}
+		for _, k := range sweep.Candidates() {
+			if _, err := tx.Exec(ctx, "DELETE FROM ruleset_parts WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM rulesets WHERE shared = $1)", k); err != nil {
+				return fmt.Errorf("rule set part %s: %w", k, err)
 			}
 		}
 		_, err := appendAudit(ctx, tx, c.Audit)
@@ -591,19 +612,23 @@ func (s *Postgres) CommitPolicy(ctx context.Context, c store.PolicyCommit) error
 func scanRuleSet(row pgx.Row) (store.RuleSetRecord, error) {
 	var r store.RuleSetRecord
 	var version, created int64
-	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created)
+	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created, &r.Shared, &r.SharedData)
 	r.Version, r.Created = uint64(version), rc.FromNanos(created)
 	return r, err
 }
 
+// ruleSetColumns are a rule set's columns with its shared part's data
+// (empty for none), for scanRuleSet: r is rulesets, p its part.
+const ruleSetColumns = "r.node, r.version, r.hash, r.data, r.created, r.shared, COALESCE(p.data, ''::bytea)"
+
 func (s *Postgres) LatestRuleSets(ctx context.Context) ([]store.RuleSetRecord, error) {
-	return queryAll(ctx, s.pool, "rule sets", scanRuleSet, `SELECT DISTINCT ON (node) node, version, hash, data, created
-		FROM rulesets ORDER BY node, version DESC`)
+	return queryAll(ctx, s.pool, "rule sets", scanRuleSet, `SELECT DISTINCT ON (r.node) `+ruleSetColumns+`
+		FROM rulesets r LEFT JOIN ruleset_parts p ON p.key = r.shared ORDER BY r.node, r.version DESC`)
 }
 
 func (s *Postgres) RuleSet(ctx context.Context, node string, version uint64) (store.RuleSetRecord, error) {
-	r, err := scanRuleSet(s.pool.QueryRow(ctx, "SELECT node, version, hash, data, created FROM rulesets WHERE node = $1 AND version = $2",
-		node, int64(version)))
+	r, err := scanRuleSet(s.pool.QueryRow(ctx, "SELECT "+ruleSetColumns+
+		" FROM rulesets r LEFT JOIN ruleset_parts p ON p.key = r.shared WHERE r.node = $1 AND r.version = $2", node, int64(version)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, store.ErrNotFound
 	}

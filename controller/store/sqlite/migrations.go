@@ -114,6 +114,21 @@ BEGIN
 	SELECT RAISE(ABORT, 'audit records are append-only: they cannot be changed');
 END;
 `,
+	// 5: rule sets' shared parts (store.RuleSetPart), stored once by key
+	// for every version that refers to one (rulesets.shared; '' for a
+	// version stored whole, as every earlier one is). A commit deletes
+	// the parts it leaves unreferenced, found by the index (issue 19: at
+	// 10,000 nodes, a commit rewrote every node's ipcache though none had
+	// changed). No reference count: SQLite rewrites a row whole, blob
+	// and all, on every update of it.
+	`
+CREATE TABLE ruleset_parts (
+	key  TEXT PRIMARY KEY,
+	data BLOB NOT NULL
+);
+ALTER TABLE rulesets ADD COLUMN shared TEXT NOT NULL DEFAULT '';
+CREATE INDEX rulesets_shared ON rulesets (shared);
+`,
 }
 
 // eventMigrations are the event database's (flows.db), versioned the same

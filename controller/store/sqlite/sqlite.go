@@ -541,22 +541,39 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 				return err
 			}
 		}
-		putRS, err := tx.PrepareContext(ctx, "INSERT INTO rulesets (node, version, hash, data, created) VALUES (?, ?, ?, ?, ?)")
+		for _, p := range c.Parts {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO ruleset_parts (key, data) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", p.Key, p.Data); err != nil {
+				return fmt.Errorf("rule set part %s: %w", p.Key, err)
+			}
+		}
+		// A version stored whole, or one whose part is stored.
+		putRS, err := tx.PrepareContext(ctx, `INSERT INTO rulesets (node, version, hash, data, created, shared) SELECT ?1, ?2, ?3, ?4, ?5, ?6
+			WHERE ?6 = '' OR EXISTS (SELECT 1 FROM ruleset_parts WHERE key = ?6)`)
 		if err != nil {
 			return err
 		}
 		defer putRS.Close()
-		pruneRS, err := tx.PrepareContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ?")
+		pruneRS, err := tx.PrepareContext(ctx, "DELETE FROM rulesets WHERE node = ? AND version <= ? RETURNING shared")
 		if err != nil {
 			return err
 		}
 		defer pruneRS.Close()
+		sweep := store.NewPartSweep(c)
 		for _, rs := range c.RuleSets {
-			if _, err := putRS.ExecContext(ctx, rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created)); err != nil {
+			res, err := putRS.ExecContext(ctx, rs.Node, int64(rs.Version), rs.Hash, rs.Data, rc.Nanos(rs.Created), rs.Shared)
+			if err == nil {
+				err = partStored(res, rs)
+			}
+			if err != nil {
 				return fmt.Errorf("rule set of %s version %d: %w", rs.Node, rs.Version, err)
 			}
-			if _, err := pruneRS.ExecContext(ctx, rs.Node, int64(rs.Version)-store.KeepRuleSetVersions); err != nil {
+			if err := sweep.Pruned(queryStrings(ctx, pruneRS, rs.Node, int64(rs.Version)-store.KeepRuleSetVersions)); err != nil {
 				return err
+			}
+		}
+		for _, k := range sweep.Candidates() {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM ruleset_parts WHERE key = ?1 AND NOT EXISTS (SELECT 1 FROM rulesets WHERE shared = ?1)", k); err != nil {
+				return fmt.Errorf("rule set part %s: %w", k, err)
 			}
 		}
 		_, err = appendAudit(ctx, tx, c.Audit)
@@ -568,15 +585,49 @@ func (s *SQLite) CommitPolicy(ctx context.Context, c store.PolicyCommit) error {
 	return nil
 }
 
+// partStored says whether an insert of rs (which inserts nothing when its
+// shared part is not stored) inserted it.
+func partStored(res sql.Result, rs store.RuleSetRecord) error {
+	n, err := res.RowsAffected()
+	if err == nil && n == 0 {
+		err = fmt.Errorf("shared part %s: %w: neither stored nor given in the commit", rs.Shared, store.ErrNotFound)
+	}
+	return err
+}
+
+// queryStrings runs a statement returning one text column, and returns
+// the rows' values.
+func queryStrings(ctx context.Context, stmt *sql.Stmt, args ...any) ([]string, error) {
+	rows, err := stmt.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// ruleSetColumns are a rule set's columns with its shared part's data
+// (” for none), for scanRuleSet: r is rulesets, p its part.
+const ruleSetColumns = "r.node, r.version, r.hash, r.data, r.created, r.shared, COALESCE(p.data, X'')"
+
 func (s *SQLite) LatestRuleSets(ctx context.Context) ([]store.RuleSetRecord, error) {
-	return queryAll(ctx, s.db, "rule sets", scanRuleSet, `SELECT r.node, r.version, r.hash, r.data, r.created FROM rulesets r
+	return queryAll(ctx, s.db, "rule sets", scanRuleSet, `SELECT `+ruleSetColumns+` FROM rulesets r
 		JOIN (SELECT node, MAX(version) AS version FROM rulesets GROUP BY node) m ON r.node = m.node AND r.version = m.version
+		LEFT JOIN ruleset_parts p ON p.key = r.shared
 		ORDER BY r.node`)
 }
 
 func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (store.RuleSetRecord, error) {
-	r, err := scanRuleSet(s.db.QueryRowContext(ctx, "SELECT node, version, hash, data, created FROM rulesets WHERE node = ? AND version = ?",
-		node, int64(version)))
+	r, err := scanRuleSet(s.db.QueryRowContext(ctx, "SELECT "+ruleSetColumns+
+		" FROM rulesets r LEFT JOIN ruleset_parts p ON p.key = r.shared WHERE r.node = ? AND r.version = ?", node, int64(version)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, store.ErrNotFound
 	}
@@ -589,7 +640,7 @@ func (s *SQLite) RuleSet(ctx context.Context, node string, version uint64) (stor
 func scanRuleSet(row interface{ Scan(...any) error }) (store.RuleSetRecord, error) {
 	var r store.RuleSetRecord
 	var version, created int64
-	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created)
+	err := row.Scan(&r.Node, &version, &r.Hash, &r.Data, &created, &r.Shared, &r.SharedData)
 	r.Version, r.Created = uint64(version), rc.FromNanos(created)
 	return r, err
 }

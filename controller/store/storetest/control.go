@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -176,6 +177,77 @@ func testPolicyCommitAndRuleSets(t *testing.T, open Open) {
 	res, err := s.Resources(ctx)
 	if err != nil || len(res) != 1 || string(res[0].Document) != "doc1" {
 		t.Errorf("resources after a failed commit: %+v, %v", res, err)
+	}
+}
+
+// testRuleSetParts: a shared part is stored once for the versions that
+// refer to it and read back with each; it stays while one does and goes
+// with the last one pruned; a commit referring to a part neither stored
+// nor given fails and changes nothing; a part given that no version
+// refers to is not kept.
+func testRuleSetParts(t *testing.T, open Open) {
+	s := open(t)
+	ctx := context.Background()
+	now := time.Now()
+	rec := func(node string, v uint64, shared string) store.RuleSetRecord {
+		return store.RuleSetRecord{Node: node, Version: v, Hash: fmt.Sprintf("h%d", v), Data: []byte(node), Shared: shared, Created: now}
+	}
+	commit := func(c store.PolicyCommit) {
+		t.Helper()
+		if err := s.CommitPolicy(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// refused: a commit of rs without parts fails with ErrNotFound (its
+	// part is not stored).
+	refused := func(rs store.RuleSetRecord) {
+		t.Helper()
+		if err := s.CommitPolicy(ctx, store.PolicyCommit{RuleSets: []store.RuleSetRecord{rs}}); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("a commit of %s version %d referring to part %q not stored: %v, want ErrNotFound", rs.Node, rs.Version, rs.Shared, err)
+		}
+		if _, err := s.RuleSet(ctx, rs.Node, rs.Version); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("the refused commit stored %s version %d: %v", rs.Node, rs.Version, err)
+		}
+	}
+	// Two nodes share part p1, a third is stored whole.
+	commit(store.PolicyCommit{RuleSets: []store.RuleSetRecord{rec("a", 1, "p1"), rec("b", 1, "p1"), rec("c", 1, "")},
+		Parts: []store.RuleSetPart{{Key: "p1", Data: []byte("part one")}}})
+	latest, err := s.LatestRuleSets(ctx)
+	if err != nil || len(latest) != 3 {
+		t.Fatalf("latest: %+v, %v", latest, err)
+	}
+	for _, r := range latest {
+		wantShared, wantData := "p1", "part one"
+		if r.Node == "c" {
+			wantShared, wantData = "", ""
+		}
+		if r.Shared != wantShared || string(r.SharedData) != wantData || string(r.Data) != r.Node {
+			t.Errorf("latest of %s: shared %q %q, data %q; want %q %q, %q", r.Node, r.Shared, r.SharedData, r.Data, wantShared, wantData, r.Node)
+		}
+	}
+	// A part already stored is referred to without being given again;
+	// one given again under its key is kept as stored.
+	commit(store.PolicyCommit{RuleSets: []store.RuleSetRecord{rec("a", 2, "p1")}, Parts: []store.RuleSetPart{{Key: "p1", Data: []byte("other")}}})
+	if r, err := s.RuleSet(ctx, "a", 2); err != nil || string(r.SharedData) != "part one" {
+		t.Fatalf("a version 2: %+v, %v", r, err)
+	}
+	refused(rec("a", 3, "unknown"))
+	// A part given with no version referring to it is not kept.
+	commit(store.PolicyCommit{Parts: []store.RuleSetPart{{Key: "orphan", Data: []byte("x")}}})
+	refused(rec("a", 3, "orphan"))
+	// b moves to p2; p1 stays while a version of a or b refers to it, and
+	// goes with the last one pruned.
+	commit(store.PolicyCommit{RuleSets: []store.RuleSetRecord{rec("b", 2, "p2")}, Parts: []store.RuleSetPart{{Key: "p2", Data: []byte("part two")}}})
+	for v := uint64(3); v <= 1+store.KeepRuleSetVersions; v++ {
+		commit(store.PolicyCommit{RuleSets: []store.RuleSetRecord{rec("a", v, "p2"), rec("b", v, "p2")}})
+	}
+	if r, err := s.RuleSet(ctx, "a", 2); err != nil || string(r.SharedData) != "part one" {
+		t.Fatalf("a version 2, the last referring to p1, kept: %+v, %v", r, err)
+	}
+	commit(store.PolicyCommit{RuleSets: []store.RuleSetRecord{rec("a", 2+store.KeepRuleSetVersions, "p2")}})
+	refused(rec("c", 2, "p1"))
+	if r, err := s.RuleSet(ctx, "b", 1+store.KeepRuleSetVersions); err != nil || string(r.SharedData) != "part two" {
+		t.Fatalf("b's latest: %+v, %v", r, err)
 	}
 }
 

@@ -40,6 +40,7 @@ func Run(t *testing.T, open Open) {
 		{"CertsAndRevocation", testCertsAndRevocation},
 		{"JoinTokenLookupListDelete", testJoinTokenLookupListDelete},
 		{"PolicyCommitAndRuleSets", testPolicyCommitAndRuleSets},
+		{"RuleSetParts", testRuleSetParts},
 		{"Nodes", testNodes},
 		{"SpoolPosition", testSpoolPosition},
 		{"ForgetAndPruneSpools", testForgetAndPruneSpools},
