@@ -31,13 +31,13 @@ const (
 	// queueLen bounds the batches waiting for a store writer; a full
 	// queue answers "retry later" rather than holding a stream.
 	queueLen = 256
+	// maxGroup bounds the batches one store transaction takes: group
+	// commit amortises the fsync over many agents' batches.
+	maxGroup = 64
 	// concurrentWriters is how many writers store flow batches into a
 	// store that takes them side by side (store.ConcurrentFlowWriter):
 	// two keep both cores of a small controller busy, one formatting and
 	// waiting for a COPY while the other's runs on the server.
-	// maxGroup bounds the batches one store transaction takes: group
-	// commit amortises the fsync over many agents' batches.
-	maxGroup          = 64
 	concurrentWriters = 2
 	// MaxInFlight bounds one agent's batches between arrival and ack, so
 	// a session's ack channel of this size never blocks the writer.
@@ -94,9 +94,9 @@ type Config struct {
 	Log      *zap.Logger
 	Now      func() time.Time
 	Registry prometheus.Registerer
-	// Writers is how many goroutines store flow batches: 0 takes
-	// concurrentWriters for a store.ConcurrentFlowWriter and one
-	// otherwise; more than one needs a ConcurrentFlowWriter.
+	// Writers is how many goroutines store flow batches into a
+	// store.ConcurrentFlowWriter (0: concurrentWriters); any other store
+	// gets one.
 	Writers int
 	Settings
 }
@@ -180,11 +180,10 @@ func New(cfg Config) *Ingester {
 	if cfg.AlertRefresh <= 0 {
 		cfg.AlertRefresh = alert.DefaultRefreshInterval
 	}
-	if cfg.Writers <= 0 {
+	if _, ok := cfg.Store.(store.ConcurrentFlowWriter); !ok {
 		cfg.Writers = 1
-		if _, ok := cfg.Store.(store.ConcurrentFlowWriter); ok {
-			cfg.Writers = concurrentWriters
-		}
+	} else if cfg.Writers <= 0 {
+		cfg.Writers = concurrentWriters
 	}
 	queues := make([]chan *batch, cfg.Writers)
 	for i := range queues {

@@ -427,3 +427,19 @@ func TestHousekeepingSummarizesIndexes(t *testing.T) {
 		t.Errorf("second pass: %d calls, %v store errors, want 2 and %v", is.calls, errs(), before+1)
 	}
 }
+
+// TestOneWriterOnSQLite: a store that does not take concurrent flow
+// writers (SQLite: one write lock) gets one writer, whatever is asked.
+func TestOneWriterOnSQLite(t *testing.T) {
+	st, err := sqlite.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, ok := store.Store(st).(store.ConcurrentFlowWriter); ok {
+		t.Fatal("SQLite claims to take concurrent flow writers")
+	}
+	if in := New(Config{Store: st, Writers: 2}); len(in.queues) != 1 {
+		t.Errorf("%d writers on SQLite, want 1", len(in.queues))
+	}
+}
