@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,12 +28,17 @@ const (
 	// on average (a burst of ten seconds' worth is allowed); beyond it its
 	// batches are answered "retry later" and wait in its spool.
 	DefaultAgentFlowRate = 20000
-	// queueLen bounds the batches waiting for the store writer; a full
+	// queueLen bounds the batches waiting for a store writer; a full
 	// queue answers "retry later" rather than holding a stream.
 	queueLen = 256
 	// maxGroup bounds the batches one store transaction takes: group
 	// commit amortises the fsync over many agents' batches.
 	maxGroup = 64
+	// concurrentWriters is how many writers store flow batches into a
+	// store that takes them side by side (store.ConcurrentFlowWriter):
+	// two keep both cores of a small controller busy, one formatting and
+	// waiting for a COPY while the other's runs on the server.
+	concurrentWriters = 2
 	// MaxInFlight bounds one agent's batches between arrival and ack, so
 	// a session's ack channel of this size never blocks the writer.
 	MaxInFlight = 16
@@ -87,6 +94,10 @@ type Config struct {
 	Log      *zap.Logger
 	Now      func() time.Time
 	Registry prometheus.Registerer
+	// Writers is how many goroutines store flow batches into a
+	// store.ConcurrentFlowWriter (0: concurrentWriters); any other store
+	// gets one.
+	Writers int
 	Settings
 }
 
@@ -103,10 +114,13 @@ type batch struct {
 	reply    func(*pb.FlowAck)
 }
 
-// Ingester is the single writer of the event store: flow batches, the
-// alerts they raise, alert sweeps and retention all go through its one
-// goroutine (Run), so SQLite never sees two writers and batches from many
-// agents share a transaction.
+// Ingester is the writer of the event store: flow batches, the alerts
+// they raise, alert sweeps and retention all go through it, and batches
+// from many agents share a transaction. With SQLite it is one goroutine
+// (Run), so SQLite never sees two writers. With a store that takes
+// concurrent flow writers (store.ConcurrentFlowWriter) Run starts more
+// writers for flow batches, each with its own queue; a node's batches
+// always go to the same one, so its spool positions have one writer.
 type Ingester struct {
 	cfg    Config
 	st     store.Store
@@ -117,7 +131,15 @@ type Ingester struct {
 	// owners names flow ends and says which node each managed address is
 	// on; replaced whole with each policy.
 	owners atomic.Pointer[owners]
-	queue  chan *batch
+	// queues hold the batches for each writer (queues[0]: Run's own).
+	queues []chan *batch
+	// engineMu gives one transaction at a time the alert engine, from
+	// its first Observe, ObserveNode or Sweep to its Commit (or the
+	// transaction's failure), so that the engine's memory follows the
+	// store's commits. It is taken inside the transaction, after the
+	// store's own lock (lock order: the store's events lock, engineMu,
+	// FlowTx.Serialize), never around one: see engineTurn.
+	engineMu sync.Mutex
 	// nodeEvents are node alerts (RaiseNodeAlert) for the writer.
 	nodeEvents chan alert.NodeEvent
 	// kick tells the webhook deliverer that deliveries were queued; set
@@ -128,9 +150,10 @@ type Ingester struct {
 	stored func([]flowrecord.Record)
 	// lastSize is when the store's size was last measured.
 	lastSize time.Time
-	// forgotLog is when the writer last logged, per node, that spool
+	// forgotLog is when a writer last logged, per node, that spool
 	// positions were forgotten (a node cycling spool ids would otherwise
-	// log at every transaction). Owned by the writer goroutine.
+	// log at every transaction); under forgotMu.
+	forgotMu  sync.Mutex
 	forgotLog map[string]time.Time
 }
 
@@ -157,6 +180,15 @@ func New(cfg Config) *Ingester {
 	if cfg.AlertRefresh <= 0 {
 		cfg.AlertRefresh = alert.DefaultRefreshInterval
 	}
+	if _, ok := cfg.Store.(store.ConcurrentFlowWriter); !ok {
+		cfg.Writers = 1
+	} else if cfg.Writers <= 0 {
+		cfg.Writers = concurrentWriters
+	}
+	queues := make([]chan *batch, cfg.Writers)
+	for i := range queues {
+		queues[i] = make(chan *batch, queueLen)
+	}
 	in := &Ingester{
 		cfg:    cfg,
 		st:     cfg.Store,
@@ -164,7 +196,7 @@ func New(cfg Config) *Ingester {
 		now:    cfg.Now,
 		m:      newMetrics(cfg.Registry),
 		engine: alert.NewEngine(nil, cfg.AlertRefresh, cfg.AlertLimits),
-		queue:  make(chan *batch, queueLen),
+		queues: queues,
 
 		nodeEvents: make(chan alert.NodeEvent, queueLen),
 		kick:       func() {},
@@ -181,7 +213,8 @@ func New(cfg Config) *Ingester {
 func (in *Ingester) OnDeliveries(kick func()) { in.kick = kick }
 
 // OnStored sets what is given the records of every stored batch, after
-// the commit, on the writer's goroutine: it must not block nor keep or
+// the commit, on a writer's goroutine (two writers may call it at once:
+// it must be safe for concurrent use): it must not block nor keep or
 // change the records (the live flows' broker copies what it queues).
 // Set before Run.
 func (in *Ingester) OnStored(f func([]flowrecord.Record)) { in.stored = f }
@@ -198,31 +231,71 @@ func (in *Ingester) SetPolicy(set *policy.Set) {
 // workloads that name flow ends).
 func (in *Ingester) Policy() *alert.Policy { return in.engine.Policy() }
 
-// offer queues a batch; false when the queue is full.
+// offer queues a batch for its node's writer; false when that writer's
+// queue is full.
 func (in *Ingester) offer(b *batch) bool {
 	select {
-	case in.queue <- b:
-		in.m.ingestQueue.Set(float64(len(in.queue)))
+	case in.queueOf(b.agent.node) <- b:
+		in.setQueueGauge()
 		return true
 	default:
 		return false
 	}
 }
 
-// Run is the writer loop; it returns when ctx is done. Batches still
-// queued then are not acked: their agents send them again to the next
-// controller.
+// queueOf is the queue of a node's writer: always the same, so that one
+// writer stores a node's batches, in the order they came.
+func (in *Ingester) queueOf(node string) chan *batch {
+	if len(in.queues) == 1 {
+		return in.queues[0]
+	}
+	h := fnv.New32a()
+	h.Write([]byte(node))
+	return in.queues[h.Sum32()%uint32(len(in.queues))]
+}
+
+func (in *Ingester) setQueueGauge() {
+	n := 0
+	for _, q := range in.queues {
+		n += len(q)
+	}
+	in.m.ingestQueue.Set(float64(n))
+}
+
+// Run is the writer loop; it returns when ctx is done (and the other
+// writers it started have returned). Batches still queued then are not
+// acked: their agents send them again to the next controller.
 func (in *Ingester) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, q := range in.queues[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in.write(ctx, q, nil)
+		}()
+	}
 	tick := time.NewTicker(housekeeping)
 	defer tick.Stop()
+	in.write(ctx, in.queues[0], tick.C)
+}
+
+// write is a writer's loop: it stores the batches of queue, a group per
+// transaction, until ctx is done. Run's own also does the housekeeping
+// (at each tick) and stores node events.
+func (in *Ingester) write(ctx context.Context, queue chan *batch, tick <-chan time.Time) {
+	var nodeEvents chan alert.NodeEvent
+	if tick != nil {
+		nodeEvents = in.nodeEvents
+	}
 	group := make([]*batch, 0, maxGroup)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-tick:
 			in.housekeep(ctx)
-		case ev := <-in.nodeEvents:
+		case ev := <-nodeEvents:
 			evs := []alert.NodeEvent{ev}
 		node:
 			for len(evs) < maxGroup {
@@ -234,18 +307,18 @@ func (in *Ingester) Run(ctx context.Context) {
 				}
 			}
 			in.storeNodeEvents(ctx, evs)
-		case b := <-in.queue:
+		case b := <-queue:
 			group = append(group[:0], b)
 		more:
 			for len(group) < maxGroup {
 				select {
-				case b := <-in.queue:
+				case b := <-queue:
 					group = append(group, b)
 				default:
 					break more
 				}
 			}
-			in.m.ingestQueue.Set(float64(len(in.queue)))
+			in.setQueueGauge()
 			in.store(ctx, group)
 		}
 	}
@@ -266,13 +339,44 @@ func (in *Ingester) RaiseNodeAlert(ev alert.NodeEvent) bool {
 	}
 }
 
+// engineTurn is one transaction's hold of Ingester.engineMu: take it
+// inside the transaction, after the store's lock and before the engine
+// first sees the transaction (a writer holding the store's lock may be
+// waiting for engineMu: taking engineMu first, then waiting for the
+// store's lock, could deadlock); done releases it, after the engine's
+// Commit or the transaction's failure. take may be called again (a
+// transaction run again by the store).
+type engineTurn struct {
+	mu   *sync.Mutex
+	held bool
+}
+
+func (in *Ingester) engineTurn() *engineTurn { return &engineTurn{mu: &in.engineMu} }
+
+func (t *engineTurn) take() {
+	if !t.held {
+		t.mu.Lock()
+		t.held = true
+	}
+}
+
+func (t *engineTurn) done() {
+	if t.held {
+		t.held = false
+		t.mu.Unlock()
+	}
+}
+
 // storeNodeEvents records node events in one transaction. On a store
 // error they are logged and lost; their agents report again.
 func (in *Ingester) storeNodeEvents(ctx context.Context, evs []alert.NodeEvent) {
 	now := in.now()
 	var pend alert.Pending
+	turn := in.engineTurn()
+	defer turn.done()
 	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
 		pend = alert.Pending{}
+		turn.take()
 		for _, ev := range evs {
 			if err := in.engine.ObserveNode(tx, ev, now, &pend); err != nil {
 				return fmt.Errorf("alert engine: %w", err)
@@ -295,14 +399,28 @@ func (in *Ingester) storeNodeEvents(ctx context.Context, evs []alert.NodeEvent) 
 	}
 }
 
-// store writes a group of batches in one transaction and acks each.
+// store writes a group of batches in one transaction and acks each. The
+// flows go in first, alongside other writers' transactions (a store that
+// takes concurrent flow writers); then, in the transaction's serial turn
+// (FlowTx.Serialize) and the engine's (engineMu), the alert engine sees
+// them.
 func (in *Ingester) store(ctx context.Context, group []*batch) {
 	now := in.now()
 	var pend alert.Pending
 	results := make([]string, len(group))
 	stored := 0
 	var forgot []forgotten
-	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
+	var nodes []string
+	seen := make(map[string]bool)
+	for _, b := range group {
+		if !seen[b.agent.node] {
+			seen[b.agent.node] = true
+			nodes = append(nodes, b.agent.node)
+		}
+	}
+	turn := in.engineTurn()
+	defer turn.done()
+	err := store.RunFlowTx(ctx, in.st, nodes, func(tx store.FlowTx) error {
 		pend = alert.Pending{}
 		stored = 0
 		positions := make(map[[2]any]*store.SpoolPosition)
@@ -331,9 +449,6 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 			if err := tx.InsertFlows(b.recs); err != nil {
 				return err
 			}
-			if err := in.engine.Observe(tx, b.recs, now, &pend); err != nil {
-				return fmt.Errorf("alert engine: %w", err)
-			}
 			if n := pos.Add(b.seq); n > 0 {
 				in.log.Warn("agent spool has many gaps; the oldest are forgotten", zap.String("node", b.agent.node), zap.Int("forgotten", n))
 			}
@@ -356,6 +471,18 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 				forgot = append(forgot, forgotten{node, ids})
 			}
 		}
+		turn.take()
+		if err := tx.Serialize(); err != nil {
+			return err
+		}
+		for i, b := range group {
+			if results[i] != "stored" {
+				continue
+			}
+			if err := in.engine.Observe(tx, b.recs, now, &pend); err != nil {
+				return fmt.Errorf("alert engine: %w", err)
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -369,6 +496,7 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 		return
 	}
 	in.engine.Commit(&pend)
+	turn.done()
 	in.logForgotten(forgot, now)
 	in.m.flowsIngested.Add(float64(stored))
 	for rule, n := range pend.Raised {
@@ -402,6 +530,11 @@ type forgotten struct {
 // logForgotten says which spool positions were forgotten, at most once a
 // minute per node.
 func (in *Ingester) logForgotten(forgot []forgotten, now time.Time) {
+	if len(forgot) == 0 {
+		return
+	}
+	in.forgotMu.Lock()
+	defer in.forgotMu.Unlock()
 	for _, f := range forgot {
 		if now.Sub(in.forgotLog[f.node]) < time.Minute {
 			continue
@@ -427,8 +560,10 @@ func storeErrorReason(err error) string {
 func (in *Ingester) housekeep(ctx context.Context) {
 	now := in.now()
 	var pend alert.Pending
+	turn := in.engineTurn()
 	err := in.st.EventTx(ctx, func(tx store.EventTx) error {
 		pend = alert.Pending{}
+		turn.take()
 		return in.engine.Sweep(tx, now, &pend)
 	})
 	if err != nil {
@@ -440,6 +575,7 @@ func (in *Ingester) housekeep(ctx context.Context) {
 			in.kick()
 		}
 	}
+	turn.done()
 	in.retain(ctx, now)
 	in.rollup(ctx, now)
 	in.summarize(ctx)

@@ -33,7 +33,7 @@ func admitted(t *testing.T, in *Ingester, a *Agent, b *pb.FlowBatch) *pb.FlowAck
 	t.Helper()
 	ack := a.Submit(b, ruleNames, func(*pb.FlowAck) {})
 	if ack == nil {
-		<-in.queue
+		<-in.queueOf(a.node)
 		a.Done()
 	}
 	return ack
@@ -72,11 +72,11 @@ var testPolicy = testutil.LabPolicy(testutil.Lab{Workloads: []testutil.LabWorklo
 	{Name: "db", Node: "node-b", Interface: "eg2-db", Addrs: []string{"10.250.33.3", "fd0e::33:3"}},
 }}) + "\n---\n" + testutil.SSHAlertPolicy("", "")
 
-// testIngester is an ingester with its writer running over a SQLite store
-// in a temporary directory, under testPolicy.
+// testIngester is an ingester with its writers running over a store (by
+// default SQLite in a temporary directory), under testPolicy.
 type testIngester struct {
 	*Ingester
-	st  *sqlite.SQLite
+	st  store.Store
 	reg *prometheus.Registry
 	// stop stops the writer (the test may then call its methods itself).
 	stop func()
@@ -88,6 +88,13 @@ func startIngester(t *testing.T, cfg Config, setup ...func(*Ingester)) *testInge
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startIngesterOn(t, st, cfg, setup...)
+}
+
+// startIngesterOn is startIngester on st, which it closes when the test
+// ends.
+func startIngesterOn(t *testing.T, st store.Store, cfg Config, setup ...func(*Ingester)) *testIngester {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Store, cfg.Registry = st, reg
 	in := New(cfg)
@@ -418,5 +425,21 @@ func TestHousekeepingSummarizesIndexes(t *testing.T) {
 	ti.housekeep(context.Background())
 	if is.calls != 2 || errs() != before+1 {
 		t.Errorf("second pass: %d calls, %v store errors, want 2 and %v", is.calls, errs(), before+1)
+	}
+}
+
+// TestOneWriterOnSQLite: a store that does not take concurrent flow
+// writers (SQLite: one write lock) gets one writer, whatever is asked.
+func TestOneWriterOnSQLite(t *testing.T) {
+	st, err := sqlite.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, ok := store.Store(st).(store.ConcurrentFlowWriter); ok {
+		t.Fatal("SQLite claims to take concurrent flow writers")
+	}
+	if in := New(Config{Store: st, Writers: 2}); len(in.queues) != 1 {
+		t.Errorf("%d writers on SQLite, want 1", len(in.queues))
 	}
 }

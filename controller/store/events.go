@@ -116,6 +116,50 @@ type FlowIndexer interface {
 	SummarizeFlowIndexes(ctx context.Context) (int64, error)
 }
 
+// ConcurrentFlowWriter is an EventStore that stores flow batches from
+// several writers at once (PostgreSQL's: one writer left a core idle,
+// the controller's work and the server's taking turns). SQLite has one
+// write lock and does not implement it: its ingester keeps one writer.
+type ConcurrentFlowWriter interface {
+	// FlowTx runs f in one transaction, as EventTx does, but alongside
+	// other FlowTx transactions until f calls tx.Serialize. It first
+	// takes the spool positions of nodes for itself: f may read and save
+	// the positions of these nodes only, and the same node's batches are
+	// never stored by two FlowTx at once (in any process sharing the
+	// store), so a batch sent again while its first copy is being stored
+	// is seen stored. Before Serialize f may only use the spool positions
+	// and InsertFlows; after it, anything (alerts, deliveries), one
+	// transaction at a time, as in EventTx, until the commit. An EventTx
+	// (retention, rollup, the API's alert changes) runs while no FlowTx
+	// does. f may be run again (a store's own retry): it must start from
+	// scratch each time.
+	FlowTx(ctx context.Context, nodes []string, f func(tx FlowTx) error) error
+}
+
+// FlowTx is a transaction of ConcurrentFlowWriter.FlowTx.
+type FlowTx interface {
+	EventTx
+	// Serialize waits until no other FlowTx is past its Serialize, and
+	// holds that turn to the end of the transaction. Calling it again
+	// does nothing.
+	Serialize() error
+}
+
+// RunFlowTx runs f in es.FlowTx when es takes concurrent flow writers,
+// and in es.EventTx otherwise (one transaction at a time throughout:
+// Serialize does nothing).
+func RunFlowTx(ctx context.Context, es EventStore, nodes []string, f func(tx FlowTx) error) error {
+	if c, ok := es.(ConcurrentFlowWriter); ok {
+		return c.FlowTx(ctx, nodes, f)
+	}
+	return es.EventTx(ctx, func(tx EventTx) error { return f(serialTx{tx}) })
+}
+
+// serialTx is an EventTx as a FlowTx: it is alone already.
+type serialTx struct{ EventTx }
+
+func (serialTx) Serialize() error { return nil }
+
 // EventTx is what an EventStore transaction may do.
 type EventTx interface {
 	// SpoolPosition returns how far an agent's spool has been stored (the

@@ -13,6 +13,7 @@ import (
 	"github.com/eastguard/eastguard/controller/store/postgres"
 	"github.com/eastguard/eastguard/controller/store/postgres/pgtest"
 	"github.com/eastguard/eastguard/controller/store/storetest"
+	"github.com/eastguard/eastguard/internal/ruleset"
 	pb "github.com/eastguard/eastguard/proto/eastguard/v1"
 )
 
@@ -65,14 +66,16 @@ func (f *benchFlows) Reset() {}
 func BenchmarkFlowIngest(b *testing.B) {
 	for _, size := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
-			flowIngest(b, size, flowBase, time.Second, ingestHooks{}, func(c *controller.Config) { c.AgentFlowRate = -1 })
+			flowIngest(b, size, 1, flowBase, time.Second, ingestHooks{}, func(c *controller.Config) { c.AgentFlowRate = -1 })
 		})
 	}
 }
 
 // BenchmarkPostgresFlowIngest is BenchmarkFlowIngest with the controller
 // on PostgreSQL (a throw-away cluster on this machine, pgtest), batches
-// of 1,000, b.N batches with times from now on, a millisecond apart (as
+// of 1,000 from one agent's stream (agents=1) or two agents' (agents=2:
+// the controller's two writers each store one node's batches, as with a
+// fleet), b.N batches with times from now on, a millisecond apart (as
 // an agent's records arrive: none late for the service map's rollup,
 // whose late-record path records from hours ago took, as this
 // benchmark's did before): sustained, with the flows table growing to
@@ -85,6 +88,12 @@ func BenchmarkFlowIngest(b *testing.B) {
 // Reported: records/s, and the PostgreSQL server's and the test
 // process's (agent and controller) CPU per record while the clock runs.
 func BenchmarkPostgresFlowIngest(b *testing.B) {
+	for _, agents := range []int{1, 2} {
+		b.Run(fmt.Sprintf("agents=%d", agents), func(b *testing.B) { postgresFlowIngest(b, agents) })
+	}
+}
+
+func postgresFlowIngest(b *testing.B, agents int) {
 	pc, err := postgres.ParseDSN(pgtest.DSN(b), "")
 	if err != nil {
 		b.Fatal(err)
@@ -98,7 +107,7 @@ func BenchmarkPostgresFlowIngest(b *testing.B) {
 	b.Cleanup(func() { pg.Close() })
 	var srv0, self0, srv, self time.Duration
 	base := time.Now()
-	n := flowIngest(b, 1000, base, time.Millisecond, ingestHooks{
+	n := flowIngest(b, 1000, agents, base, time.Millisecond, ingestHooks{
 		started: func() { srv0, self0 = pgtest.ServerCPU(b), processCPU() },
 		finish: func() {
 			storetest.Housekeep(b, pg, base.Add(time.Duration(b.N)*time.Millisecond+time.Second))
@@ -108,6 +117,11 @@ func BenchmarkPostgresFlowIngest(b *testing.B) {
 		c.AgentFlowRate = -1
 		c.Store = pg
 	})
+	// Every record stored, once (a record dropped as not local to its
+	// agent's node would pass for a fast one).
+	if _, flows, err := pg.EventStoreSize(context.Background()); err != nil || flows != int64(n) {
+		b.Fatalf("%d flows stored (%v), want %d", flows, err, n)
+	}
 	b.ReportMetric(float64(srv.Microseconds())/float64(n), "server-µs/record")
 	b.ReportMetric(float64(self.Microseconds())/float64(n), "go-µs/record")
 }
@@ -127,19 +141,24 @@ func processCPU() time.Duration {
 }
 
 // flowIngest sends b.N batches of size records, timed from base step
-// apart, through one agent's stream, reports records/s and returns the
-// number of records.
-func flowIngest(b *testing.B, size int, base time.Time, step time.Duration, hooks ingestHooks, opts ...harnessOpt) int {
+// apart, through the streams of agents agents (1 or 2: node-a's, and
+// node-b's, each every other batch; twoNodes' records have an end on
+// both nodes), reports records/s and returns the number of records.
+func flowIngest(b *testing.B, size, agents int, base time.Time, step time.Duration, hooks ingestHooks, opts ...harnessOpt) int {
 	h := newHarness(b, opts...)
 	h.Apply(twoNodes, sshAlert)
 	// Batches are made before the clock starts: the agent's
 	// encoding is not the controller's cost.
 	batches := make([]*pb.FlowBatch, b.N)
 	for i := range batches {
-		batch := &pb.FlowBatch{Seq: uint64(i + 1), SpoolId: 1}
+		batch := &pb.FlowBatch{Seq: uint64(i/agents + 1), SpoolId: 1}
 		at := base.Add(time.Duration(i) * step)
 		for j := range size {
 			r := sshAttempt(uint32(1024+j%60000), at)
+			if i%agents == 1 {
+				// node-b's records are its client's, sent.
+				r.Direction = uint32(ruleset.Egress)
+			}
 			if j%50 != 0 {
 				r.DstPort, r.Verdict = 8080, 1
 			}
@@ -147,29 +166,41 @@ func flowIngest(b *testing.B, size int, base time.Time, step time.Duration, hook
 		}
 		batches[i] = batch
 	}
-	src := &benchFlows{batches: make(chan *pb.FlowBatch, b.N), window: make(chan struct{}, 8), done: make(chan struct{}), want: b.N}
-	a := h.startAgent("node-a", h.Token("node-a", time.Hour), nil, nil, withFlows(src))
-	h.waitApplied(a)
+	srcs := make([]*benchFlows, agents)
+	for i, node := range []string{"node-a", "node-b"}[:agents] {
+		want := (b.N - i + agents - 1) / agents
+		srcs[i] = &benchFlows{batches: make(chan *pb.FlowBatch, want), window: make(chan struct{}, 8), done: make(chan struct{}), want: want}
+		if want == 0 {
+			close(srcs[i].done)
+		}
+		a := h.startAgent(node, h.Token(node, time.Hour), nil, nil, withFlows(srcs[i]))
+		h.waitApplied(a)
+	}
 	b.ResetTimer()
 	if hooks.started != nil {
 		hooks.started()
 	}
 	start := time.Now()
-	for _, batch := range batches {
-		src.batches <- batch
+	for i, batch := range batches {
+		srcs[i%agents].batches <- batch
 	}
-	select {
-	case <-src.done:
-	case <-time.After(10 * time.Minute):
-		b.Fatalf("%d of %d batches acked after 10 minutes", src.acked, b.N)
+	timeout := time.After(10 * time.Minute)
+	for _, src := range srcs {
+		select {
+		case <-src.done:
+		case <-timeout:
+			b.Fatalf("%d of %d batches acked after 10 minutes", src.acked, src.want)
+		}
 	}
 	if hooks.finish != nil {
 		hooks.finish()
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	if len(src.failed) > 0 {
-		b.Fatalf("%d batches refused, first: %s", len(src.failed), src.failed[0])
+	for _, src := range srcs {
+		if len(src.failed) > 0 {
+			b.Fatalf("%d batches refused, first: %s", len(src.failed), src.failed[0])
+		}
 	}
 	b.ReportMetric(float64(b.N*size)/elapsed.Seconds(), "records/s")
 	return b.N * size

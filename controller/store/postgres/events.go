@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,10 +42,131 @@ func (s *Postgres) EventTx(ctx context.Context, f func(store.EventTx) error) err
 	return err
 }
 
+// FlowTx (store.ConcurrentFlowWriter) runs f holding lockEvents shared
+// and the spool locks of nodes: flow writers COPY side by side, while
+// partitions, retention and the rollup, which take lockEvents
+// exclusively, wait. What must be one transaction at a time (alerts, the
+// outbox, flow_count, the rollup's rows of late flows) waits for
+// lockFlowSerial (Serialize, taken at the end if f did not). A partition
+// the flows need and that does not exist is not made here: CREATE and
+// ATTACH would wait for the other writers, which may be waiting for this
+// one. The transaction is rolled back, the partitions are made in one of
+// their own (makePartitions) and f runs again (at most three times).
+func (s *Postgres) FlowTx(ctx context.Context, nodes []string, f func(store.FlowTx) error) error {
+	keys := nodeLockKeys(nodes)
+	for attempt := 1; ; attempt++ {
+		var etx *pgEventTx
+		err := s.tx(ctx, func(tx pgx.Tx) error {
+			// One round trip: lockEvents first, then the nodes' (unnest
+			// yields the keys in order, sorted: every writer takes them
+			// in the same order).
+			var locks pgx.Batch
+			locks.Queue("SELECT pg_advisory_xact_lock_shared($1)", lockEvents)
+			locks.Queue("SELECT pg_advisory_xact_lock($1::INTEGER, k) FROM unnest($2::INTEGER[]) k", lockSpools, keys)
+			if err := tx.SendBatch(ctx, &locks).Close(); err != nil {
+				return fmt.Errorf("lock events and spool positions: %w", err)
+			}
+			etx = &pgEventTx{ctx: ctx, tx: tx, s: s, shared: true}
+			if err := f(etx); err != nil {
+				return err
+			}
+			if err := etx.Serialize(); err != nil {
+				return err
+			}
+			if len(etx.late) > 0 {
+				if err := addFlowEdges(ctx, tx, etx.late, etx.rollup.from); err != nil {
+					return fmt.Errorf("insert flows: %w", err)
+				}
+			}
+			return addFlowCount(ctx, tx, etx.inserted)
+		})
+		var missing *missingPartitions
+		if errors.As(err, &missing) && attempt < 3 {
+			if err := s.makePartitions(ctx, missing.los); err != nil {
+				return err
+			}
+			continue
+		}
+		if err == nil && etx != nil {
+			s.partitionsCommitted(etx.made)
+			s.flowsStored(etx.stored)
+		}
+		return err
+	}
+}
+
+var _ store.ConcurrentFlowWriter = (*Postgres)(nil)
+
+// nodeLockKeys are the second keys of the nodes' lockSpools locks,
+// sorted and distinct (two nodes may share one: they then wait for each
+// other, which is only slower).
+func nodeLockKeys(nodes []string) []int32 {
+	keys := make([]int32, 0, len(nodes))
+	for _, n := range nodes {
+		h := fnv.New32a()
+		h.Write([]byte(n))
+		keys = append(keys, int32(h.Sum32()))
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// missingPartitions is FlowTx's InsertFlows' refusal of records whose
+// partitions do not exist (starts los).
+type missingPartitions struct{ los []int64 }
+
+func (e *missingPartitions) Error() string {
+	return fmt.Sprintf("%d flow partitions to make first", len(e.los))
+}
+
+// makePartitions makes the partitions starting at los in a transaction
+// of their own, holding lockEvents exclusively.
+func (s *Postgres) makePartitions(ctx context.Context, los []int64) error {
+	var etx *pgEventTx
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockEvents); err != nil {
+			return err
+		}
+		etx = &pgEventTx{ctx: ctx, tx: tx, s: s}
+		for _, lo := range los {
+			if _, err := etx.ensurePartition(lo); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("insert flows: %w", err)
+	}
+	s.partitionsCommitted(etx.made)
+	return nil
+}
+
+// Serialize (store.FlowTx) takes lockFlowSerial, once.
+func (t *pgEventTx) Serialize() error {
+	if !t.shared || t.serial {
+		return nil
+	}
+	if _, err := t.tx.Exec(t.ctx, "SELECT pg_advisory_xact_lock($1)", lockFlowSerial); err != nil {
+		return fmt.Errorf("wait for the event writers' turn: %w", err)
+	}
+	t.serial = true
+	return nil
+}
+
 type pgEventTx struct {
 	ctx context.Context
 	tx  pgx.Tx
 	s   *Postgres
+	// shared: the transaction holds lockEvents shared (FlowTx), not
+	// exclusively; serial: it took lockFlowSerial (Serialize).
+	shared, serial bool
+	// missing are the partition starts a shared transaction's records
+	// need and that do not exist (FlowTx makes them apart).
+	missing []int64
+	// late are the records a shared transaction stored that the rollup
+	// already covers: added to it at the end, after Serialize.
+	late []flowrecord.Record
 	// made are the partition starts this transaction settled (made, found
 	// made, or covered by a partition of another size): nothing to do for
 	// them once it commits.
@@ -139,6 +262,9 @@ func (t *pgEventTx) InsertFlows(recs []flowrecord.Record) error {
 		}
 		t.stored[lo] = struct{}{}
 	}
+	if len(t.missing) > 0 {
+		return &missingPartitions{los: t.missing}
+	}
 	if err := copyFlows(t.ctx, t.tx, recs); err != nil {
 		return fmt.Errorf("insert flows: %w", err)
 	}
@@ -157,7 +283,9 @@ func (t *pgEventTx) InsertFlows(recs []flowrecord.Record) error {
 			late = append(late, recs[i])
 		}
 	}
-	if len(late) > 0 {
+	if len(late) > 0 && t.shared {
+		t.late = append(t.late, late...)
+	} else if len(late) > 0 {
 		if err := addFlowEdges(t.ctx, t.tx, late, t.rollup.from); err != nil {
 			return fmt.Errorf("insert flows: %w", err)
 		}
@@ -208,7 +336,8 @@ func (s *Postgres) partitionsDropped(los []int64) {
 
 // ensurePartition makes the partition for a record time if it is in the
 // window and does not exist. The transaction holds lockEvents, so no
-// other process makes or drops one meanwhile. Rows of its range already
+// other process makes or drops one meanwhile; a shared one (FlowTx) only
+// notes the partitions to make (missing). Rows of its range already
 // in flows_default (stored while the range was outside the window) move
 // into it: the table is made apart, filled, then attached, which
 // PostgreSQL allows only once the default partition has no row of the
@@ -224,10 +353,8 @@ func (t *pgEventTx) ensurePartition(nanos int64) (int64, error) {
 	if !s.inWindow(lo) {
 		return outsideWindow, nil
 	}
-	for _, m := range t.made {
-		if m == lo {
-			return lo, nil
-		}
+	if slices.Contains(t.made, lo) || slices.Contains(t.missing, lo) {
+		return lo, nil
 	}
 	hi := time.Unix(0, lo).UTC().Add(s.part).UnixNano()
 	name := partitionName(lo)
@@ -247,6 +374,13 @@ func (t *pgEventTx) ensurePartition(nanos int64) (int64, error) {
 			// Nothing to make for this range: remembered like a made
 			// one, so that its records cost no more queries.
 			t.made = append(t.made, lo)
+			return lo, nil
+		}
+		if t.shared {
+			// Made apart (FlowTx): the records are not stored here.
+			if !slices.Contains(t.missing, lo) {
+				t.missing = append(t.missing, lo)
+			}
 			return lo, nil
 		}
 		id := pgx.Identifier{name}.Sanitize()

@@ -20,8 +20,8 @@ const sustainedLimit = 10 * time.Minute
 
 // BenchmarkPostgresIngestSustained: flow ingest into PostgreSQL held over
 // minutes with the flows table growing to millions of rows, through the
-// store's insert path (InsertFlows in an event transaction per batch of
-// 1,000, as flowingest's writer calls it) with records of a fleet of
+// store's insert path (InsertFlows in a flow transaction, FlowTx, per
+// batch of 1,000, as flowingest's writers call it) with records of a fleet of
 // 1,000 workloads (storetest.FleetFlow: every index gets as many distinct
 // keys as a fleet gives it), each batch stamped with the time it is
 // stored at (as an agent's records arrive, seconds old: none is late for
@@ -39,12 +39,12 @@ const sustainedLimit = 10 * time.Minute
 // record (µs; pgtest.ServerCPU, getrusage), WAL bytes and stored bytes
 // (table and indexes) per record. The service map's rollup and the flow
 // indexes' summaries run beside the writers as the controller's
-// housekeeping runs them, and finish before the clock stops. EG_BENCH_WRITERS=N runs N writers in
-// parallel (each its own transactions), for comparison only: flowingest
-// has one writer.
+// housekeeping runs them, and finish before the clock stops. Two
+// writers store side by side, as flowingest's do; EG_BENCH_WRITERS=N
+// runs N.
 func BenchmarkPostgresIngestSustained(b *testing.B) {
 	const batch, workloads = 1000, 1000
-	writers, total := envInt(b, "EG_BENCH_WRITERS", 1, 1, 8), envInt(b, "EG_BENCH_FLOWS", 2_000_000, batch, 100_000_000)
+	writers, total := envInt(b, "EG_BENCH_WRITERS", 2, 1, 8), envInt(b, "EG_BENCH_FLOWS", 2_000_000, batch, 100_000_000)
 	batches := total / batch
 	s, err := openDSN(b, pgtest.DSN(b), testKey(b), Config{})
 	if err != nil {
@@ -101,7 +101,7 @@ func BenchmarkPostgresIngestSustained(b *testing.B) {
 				}
 				part := recs[i*batch : (i+1)*batch]
 				stamp(part)
-				if err := s.EventTx(ctx, func(tx store.EventTx) error { return tx.InsertFlows(part) }); err != nil {
+				if err := s.FlowTx(ctx, nil, func(tx store.FlowTx) error { return tx.InsertFlows(part) }); err != nil {
 					errs <- err
 					return
 				}

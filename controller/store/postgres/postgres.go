@@ -28,7 +28,23 @@ const (
 	// lockEvents serializes event transactions (EventTx), partition
 	// changes and flow retention: the alert engine's read-modify-write of
 	// alerts and the outbox must not interleave with another process's.
+	//
+	// Flow writers (FlowTx) hold it shared, so that their COPYs run side
+	// by side: what changes under an insert (partitions, retention, the
+	// rollup's upto) takes it exclusively. Their lock order is:
+	// lockEvents shared, then lockSpools of their nodes (in key order),
+	// then lockFlowSerial; none waits for a lock it takes earlier, so
+	// writers cannot deadlock one another.
 	lockEvents int64 = 0x4567_6576_6e74 // "Egevnt"
+	// lockFlowSerial gives flow writers (FlowTx, after Serialize) their
+	// turn at what one transaction at a time must change: alerts, the
+	// outbox, flow_count, the rollup's rows of late flows.
+	lockFlowSerial int64 = 0x4567_666c_7372 // "Egflsr"
+	// lockSpools is the first key of the two-key advisory locks a flow
+	// writer takes on the spool positions of its batches' nodes (the
+	// second key: nodeLockKey), so that one node's batches are stored by
+	// one transaction at a time in every process.
+	lockSpools int32 = 0x4567_7370 // "Egsp"
 	// lockPolicy serializes policy commits, so that the check that a
 	// node's new rule-set version is above every stored one holds until
 	// the commit.
