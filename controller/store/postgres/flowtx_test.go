@@ -75,6 +75,65 @@ func gate(t *testing.T) (wait <-chan struct{}, release func()) {
 	return c, release
 }
 
+// openFlowTx starts a FlowTx of node that runs f and then stays open: it
+// returns once f has returned nil, with release (which ends the
+// transaction; the test's end does too) and the transaction's result.
+func openFlowTx(t *testing.T, s *Postgres, node string, f func(tx store.FlowTx) error) (release func(), done <-chan error) {
+	t.Helper()
+	ran := make(chan struct{})
+	var once sync.Once
+	wait, release := gate(t)
+	errs := make(chan error, 1)
+	go func() {
+		errs <- s.FlowTx(context.Background(), []string{node}, func(tx store.FlowTx) error {
+			if err := f(tx); err != nil {
+				return err
+			}
+			once.Do(func() { close(ran) })
+			<-wait
+			return nil
+		})
+	}()
+	select {
+	case <-ran:
+	case err := <-errs:
+		t.Fatalf("%s's transaction ended before it was open: %v", node, err)
+	}
+	return release, errs
+}
+
+// storing is an openFlowTx f that stores recs as node's batch seq.
+func storing(node string, seq uint64, recs []flowrecord.Record) func(tx store.FlowTx) error {
+	return func(tx store.FlowTx) error {
+		if ok, err := storeBatch(tx, node, seq, recs); err != nil || !ok {
+			return fmt.Errorf("batch %d of %s stored %v: %v", seq, node, ok, err)
+		}
+		return nil
+	}
+}
+
+// startFlowTx runs FlowTx(nodes, f) in a goroutine; its result comes on
+// the channel.
+func startFlowTx(s *Postgres, nodes []string, f func(tx store.FlowTx) error) <-chan error {
+	errs := make(chan error, 1)
+	go func() { errs <- s.FlowTx(context.Background(), nodes, f) }()
+	return errs
+}
+
+// releaseWhenWaiting waits until a transaction waits for an advisory
+// lock (the second, for the first's), releases the first, and fails the
+// test on either's error.
+func releaseWhenWaiting(t *testing.T, s *Postgres, release func(), first, second <-chan error) {
+	t.Helper()
+	waitLockWaiters(t, s, 1)
+	release()
+	for _, done := range []<-chan error{first, second} {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // flowCount is the flows s stores, by its count and by a query.
 func flowCount(t *testing.T, s *Postgres) (int64, int) {
 	t.Helper()
@@ -98,20 +157,7 @@ func TestPostgresFlowTxSideBySide(t *testing.T) {
 	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	// The partition exists, so that neither transaction makes one.
 	storetest.InsertFlows(t, s, nodeFlows("node-c", 1, 0, at))
-	inserted := make(chan struct{})
-	wait, release := gate(t)
-	errs := make(chan error, 1)
-	go func() {
-		errs <- s.FlowTx(ctx, []string{"node-a"}, func(tx store.FlowTx) error {
-			if _, err := storeBatch(tx, "node-a", 1, nodeFlows("node-a", 10, 100, at)); err != nil {
-				return err
-			}
-			close(inserted)
-			<-wait
-			return nil
-		})
-	}()
-	<-inserted
+	release, errs := openFlowTx(t, s, "node-a", storing("node-a", 1, nodeFlows("node-a", 10, 100, at)))
 	done := make(chan error, 1)
 	go func() {
 		done <- s.FlowTx(ctx, []string{"node-b"}, func(tx store.FlowTx) error {
@@ -144,41 +190,17 @@ func TestPostgresFlowTxSideBySide(t *testing.T) {
 // once.
 func TestPostgresFlowTxSameNodeOnce(t *testing.T) {
 	s := openTest(t)
-	ctx := context.Background()
 	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	storetest.InsertFlows(t, s, nodeFlows("node-c", 1, 0, at))
 	batch := nodeFlows("node-a", 10, 100, at)
-	inserted := make(chan struct{})
-	wait, release := gate(t)
-	first := make(chan error, 1)
-	go func() {
-		first <- s.FlowTx(ctx, []string{"node-a"}, func(tx store.FlowTx) error {
-			if ok, err := storeBatch(tx, "node-a", 7, batch); err != nil || !ok {
-				return fmt.Errorf("first copy stored %v: %v", ok, err)
-			}
-			close(inserted)
-			<-wait
-			return nil
-		})
-	}()
-	<-inserted
+	release, first := openFlowTx(t, s, "node-a", storing("node-a", 7, batch))
 	var again bool
-	second := make(chan error, 1)
-	go func() {
-		second <- s.FlowTx(ctx, []string{"node-b", "node-a"}, func(tx store.FlowTx) error {
-			var err error
-			again, err = storeBatch(tx, "node-a", 7, batch)
-			return err
-		})
-	}()
-	waitLockWaiters(t, s, 1)
-	release()
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-second; err != nil {
-		t.Fatal(err)
-	}
+	second := startFlowTx(s, []string{"node-b", "node-a"}, func(tx store.FlowTx) error {
+		var err error
+		again, err = storeBatch(tx, "node-a", 7, batch)
+		return err
+	})
+	releaseWhenWaiting(t, s, release, first, second)
 	if again {
 		t.Error("the batch sent again was stored again")
 	}
@@ -196,43 +218,19 @@ func TestPostgresFlowTxMakesPartitions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	storetest.InsertFlows(t, s, nodeFlows("node-c", 1, 0, at))
-	inserted := make(chan struct{})
-	wait, release := gate(t)
-	first := make(chan error, 1)
-	go func() {
-		first <- s.FlowTx(ctx, []string{"node-a"}, func(tx store.FlowTx) error {
-			if _, err := storeBatch(tx, "node-a", 1, nodeFlows("node-a", 10, 100, at)); err != nil {
-				return err
-			}
-			close(inserted)
-			<-wait
-			return nil
-		})
-	}()
-	<-inserted
-	second := make(chan error, 1)
+	release, first := openFlowTx(t, s, "node-a", storing("node-a", 1, nodeFlows("node-a", 10, 100, at)))
 	runs := 0
-	go func() {
-		second <- s.FlowTx(ctx, []string{"node-b"}, func(tx store.FlowTx) error {
-			runs++
-			// Two hours later, and five: two partitions to make.
-			recs := append(nodeFlows("node-b", 5, 200, at.Add(2*time.Hour)), nodeFlows("node-b", 5, 300, at.Add(5*time.Hour))...)
-			_, err := storeBatch(tx, "node-b", 1, recs)
-			return err
-		})
-	}()
+	second := startFlowTx(s, []string{"node-b"}, func(tx store.FlowTx) error {
+		runs++
+		// Two hours later, and five: two partitions to make.
+		recs := append(nodeFlows("node-b", 5, 200, at.Add(2*time.Hour)), nodeFlows("node-b", 5, 300, at.Add(5*time.Hour))...)
+		_, err := storeBatch(tx, "node-b", 1, recs)
+		return err
+	})
 	// The second writer waits to make its partitions, for the first.
-	waitLockWaiters(t, s, 1)
-	release()
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-second; err != nil {
-		t.Fatal(err)
-	}
+	releaseWhenWaiting(t, s, release, first, second)
 	if runs != 2 {
 		t.Errorf("the second writer's transaction ran %d times, want 2 (once refused for its partitions, once stored)", runs)
 	}
@@ -274,37 +272,19 @@ func TestPostgresFlowTxAlertOnce(t *testing.T) {
 			Source: "client", Destination: "web", Protocol: "TCP", FirstSeen: at, LastSeen: at, Window: time.Hour}
 		return true, tx.InsertAlert(&a)
 	}
-	serial := make(chan struct{})
-	wait, release := gate(t)
-	first := make(chan error, 1)
-	go func() {
-		first <- s.FlowTx(ctx, []string{"node-a"}, func(tx store.FlowTx) error {
-			if ok, err := raise(tx); err != nil || !ok {
-				return fmt.Errorf("first writer raised %v: %v", ok, err)
-			}
-			close(serial)
-			<-wait
-			return nil
-		})
-	}()
-	<-serial
+	release, first := openFlowTx(t, s, "node-a", func(tx store.FlowTx) error {
+		if ok, err := raise(tx); err != nil || !ok {
+			return fmt.Errorf("first writer raised %v: %v", ok, err)
+		}
+		return nil
+	})
 	var raised bool
-	second := make(chan error, 1)
-	go func() {
-		second <- s.FlowTx(ctx, []string{"node-b"}, func(tx store.FlowTx) error {
-			var err error
-			raised, err = raise(tx)
-			return err
-		})
-	}()
-	waitLockWaiters(t, s, 1)
-	release()
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-second; err != nil {
-		t.Fatal(err)
-	}
+	second := startFlowTx(s, []string{"node-b"}, func(tx store.FlowTx) error {
+		var err error
+		raised, err = raise(tx)
+		return err
+	})
+	releaseWhenWaiting(t, s, release, first, second)
 	if raised {
 		t.Error("the second writer raised the alert again")
 	}
