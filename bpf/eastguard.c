@@ -44,7 +44,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
  *
  * Each is a constant the loader writes into the instructions themselves:
  * EG_CONFIG emits a 64-bit immediate load with a relocation against an
- * undefined symbol (eg_cfg_...), and agent/datapath (config.go) puts the
+ * undefined symbol (eg_cfg_...), and agent/datapath (setConstants, load.go) puts the
  * value in every such instruction before the programs are loaded,
  * refusing an object that names a symbol it does not know. A read then
  * costs no memory access; as globals in .rodata, each read was a load
