@@ -368,15 +368,24 @@ func (r *rollerStore) RollupFlowEdges(_ context.Context, until time.Time, limit 
 	return r.left > 0, nil
 }
 
+// stoppedIngesterWith starts an ingester at testNow on the store wrap
+// makes of its own, and stops its writer, so that a test runs the
+// housekeeping passes itself.
+func stoppedIngesterWith[S store.Store](t *testing.T, wrap func(store.Store) S) (*testIngester, S) {
+	t.Helper()
+	var s S
+	ti := startIngester(t, Config{Now: func() time.Time { return testNow }}, func(in *Ingester) {
+		s = wrap(in.st)
+		in.st = s
+	})
+	ti.stop()
+	return ti, s
+}
+
 // TestHousekeepingRollsUp: a housekeeping pass runs the store's rollup
 // steps until it has caught up, up to rollupGrace before now.
 func TestHousekeepingRollsUp(t *testing.T) {
-	var rs *rollerStore
-	ti := startIngester(t, Config{Now: func() time.Time { return testNow }}, func(in *Ingester) {
-		rs = &rollerStore{Store: in.st}
-		in.st = rs
-	})
-	ti.stop()
+	ti, rs := stoppedIngesterWith(t, func(st store.Store) *rollerStore { return &rollerStore{Store: st} })
 	// Whatever the writer's own passes did before it stopped.
 	rs.untils, rs.left = nil, 3
 	ti.housekeep(context.Background())
@@ -409,12 +418,7 @@ func (s *indexerStore) SummarizeFlowIndexes(context.Context) (int64, error) {
 // the store's flow indexes; a failure is counted and the next pass runs
 // it again.
 func TestHousekeepingSummarizesIndexes(t *testing.T) {
-	var is *indexerStore
-	ti := startIngester(t, Config{Now: func() time.Time { return testNow }}, func(in *Ingester) {
-		is = &indexerStore{Store: in.st}
-		in.st = is
-	})
-	ti.stop()
+	ti, is := stoppedIngesterWith(t, func(st store.Store) *indexerStore { return &indexerStore{Store: st} })
 	is.calls = 0
 	errs := func() float64 { return promtest.ToFloat64(ti.m.storeErrors.WithLabelValues("other")) }
 	before := errs()
