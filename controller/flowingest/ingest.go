@@ -410,13 +410,9 @@ func (in *Ingester) store(ctx context.Context, group []*batch) {
 	results := make([]string, len(group))
 	stored := 0
 	var forgot []forgotten
-	var nodes []string
-	seen := make(map[string]bool)
-	for _, b := range group {
-		if !seen[b.agent.node] {
-			seen[b.agent.node] = true
-			nodes = append(nodes, b.agent.node)
-		}
+	nodes := make([]string, len(group)) // may repeat: FlowTx takes each once
+	for i, b := range group {
+		nodes[i] = b.agent.node
 	}
 	turn := in.engineTurn()
 	defer turn.done()

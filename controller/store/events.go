@@ -123,7 +123,8 @@ type FlowIndexer interface {
 type ConcurrentFlowWriter interface {
 	// FlowTx runs f in one transaction, as EventTx does, but alongside
 	// other FlowTx transactions until f calls tx.Serialize. It first
-	// takes the spool positions of nodes for itself: f may read and save
+	// takes the spool positions of nodes (a node may be named more than
+	// once) for itself: f may read and save
 	// the positions of these nodes only, and the same node's batches are
 	// never stored by two FlowTx at once (in any process sharing the
 	// store), so a batch sent again while its first copy is being stored
