@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"bufio"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -92,7 +91,7 @@ func kernelCallOffsets(t *testing.T, names ...string) map[int32]string {
 		out[int32(a-base)] = n
 	}
 	if len(out) != len(names) {
-		t.Fatal(fmt.Sprintf("kallsyms: two of %v at one address", names))
+		t.Fatalf("kallsyms: two of %v at one address", names)
 	}
 	return out
 }
