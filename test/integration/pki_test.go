@@ -334,9 +334,15 @@ func TestExpiredCertificateRefused(t *testing.T) {
 	if _, err := connect(t, h.rawClient(cert), "node-a"); err == nil {
 		t.Fatal("an expired certificate opened a stream")
 	}
-	if lines := h.Logged("agent certificate refused", "certificate expired", "node-a"); len(lines) == 0 {
-		t.Errorf("no clear log line; got %q", h.Logged("refused"))
-	}
+	// The controller logs a refused chain when its side of the handshake
+	// returns (agenttls.ServerCredentials, which knows the address), after
+	// the client has had the alert: wait for the line.
+	testutil.Eventually(t, 10*time.Second, "a clear log line of the refusal", func() error {
+		if lines := h.Logged("agent certificate refused", "certificate expired", "node-a"); len(lines) == 0 {
+			return fmt.Errorf("none; got %q", h.Logged("refused"))
+		}
+		return nil
+	})
 	// So is a certificate from another CA.
 	other, _, _ := pki.NewCA(time.Now())
 	leaf, _, _ = other.SignNode(csr, "node-a", time.Hour, time.Now())
@@ -344,9 +350,12 @@ func TestExpiredCertificateRefused(t *testing.T) {
 	if _, err := connect(t, h.rawClient(cert), "node-a"); err == nil {
 		t.Fatal("another CA's certificate opened a stream")
 	}
-	if len(h.Logged("agent certificate refused", "not signed by this controller's CA")) == 0 {
-		t.Errorf("no log line for the foreign certificate")
-	}
+	testutil.Eventually(t, 10*time.Second, "a log line for the foreign certificate", func() error {
+		if len(h.Logged("agent certificate refused", "not signed by this controller's CA")) == 0 {
+			return fmt.Errorf("none; got %q", h.Logged("refused"))
+		}
+		return nil
+	})
 }
 
 // TestBadCSRKeepsToken: a join with an unacceptable CSR is refused before
